@@ -1,0 +1,35 @@
+"""One emulated chip: its spec, its HBM, its RNG and its event log.
+
+A process drives exactly one chip (multi-chip runs are one process per chip),
+so the chip is created once, lazily, from the environment.
+"""
+
+from . import chips
+from .hbm import HBM
+from .rng import CounterRNG
+from .trace import EventLog
+
+
+class Chip:
+    def __init__(self, spec, hbm_capacity):
+        self.spec = spec
+        self.events = EventLog()
+        self.hbm = HBM(hbm_capacity, spec.name, self.events)
+        self.rng = CounterRNG()
+        self.hbm_capacity_limit = hbm_capacity  # the physical (or overridden) size
+
+    def set_memory_fraction(self, fraction):
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"memory fraction must be within [0, 1], got {fraction}")
+        self.hbm.capacity = int(self.hbm_capacity_limit * fraction)
+
+
+_current = None
+
+
+def current_chip():
+    global _current
+    if _current is None:
+        spec = chips.chip_from_environment()
+        _current = Chip(spec, chips.hbm_capacity_from_environment(spec))
+    return _current

@@ -1,0 +1,20 @@
+"""torch_tpu: an emulated Google TPU (Ironwood by default) as the PyTorch device ``"tpu"``.
+
+``import torch`` loads this package through the ``torch.backends`` entry point
+(set ``TORCH_DEVICE_BACKEND_AUTOLOAD=0`` to turn that off and ``import torch_tpu``
+yourself). After that, ``tensor.to("tpu")`` runs on the emulated chip.
+"""
+
+from . import _backend
+
+_backend.register_device()
+
+from . import _printing, _storage, ops  # noqa: E402,F401
+from .ops.fallback import fallback_counts  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["fallback_counts"]
+
+
+def _autoload():
+    """Entry point for torch's device-backend autoloading; importing this package did the work."""

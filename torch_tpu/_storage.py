@@ -1,0 +1,106 @@
+"""``torch.UntypedStorage`` for tpu: the parts C++ cannot do for a Python backend.
+
+PyTorch allocates and reads storages in C++ through a device allocator that a
+Python backend does not have (``UntypedStorage(n, device="tpu")`` would
+segfault). These patches route tpu storages to the HBM buffer; every other
+device keeps PyTorch's own code path untouched.
+"""
+
+import functools
+
+import torch
+
+from . import _tensor
+
+_Storage = torch.UntypedStorage
+
+
+def _is_tpu_device(device):
+    return device is not None and torch.device(device).type == "tpu"
+
+
+def new_tpu_storage(nbytes):
+    return _tensor.empty((int(nbytes),), torch.uint8).untyped_storage()
+
+
+def _patch(name):
+    def decorate(tpu_method):
+        original = getattr(_Storage, name)
+
+        @functools.wraps(original)
+        def dispatching(self, *args, **kwargs):
+            if self.device.type == "tpu":
+                return tpu_method(self, *args, **kwargs)
+            return original(self, *args, **kwargs)
+
+        setattr(_Storage, name, dispatching)
+        return tpu_method
+
+    return decorate
+
+
+def _storage_bytes_tensor(storage):
+    return torch.empty((0,), dtype=torch.uint8, device=storage.device).set_(storage)
+
+
+def _install_copy():
+    """Storage copies in either direction go through tensor copies over the same bytes."""
+    original_copy = _Storage.copy_
+
+    @functools.wraps(original_copy)
+    def copy_(self, source, non_blocking=None):
+        if self.device.type != "tpu" and source.device.type != "tpu":
+            return original_copy(self, source, non_blocking)
+        if self.nbytes() != source.nbytes():
+            raise RuntimeError(f"size mismatch in storage copy_: {self.nbytes()} vs {source.nbytes()} bytes")
+        _storage_bytes_tensor(self).copy_(_storage_bytes_tensor(source))
+        return self
+
+    _Storage.copy_ = copy_
+
+
+@_patch("__getitem__")
+def _getitem(self, index):
+    return _storage_bytes_tensor(self).cpu().untyped_storage()[index]
+
+
+@_patch("__setitem__")
+def _setitem(self, index, value):
+    _storage_bytes_tensor(self)[index] = value
+
+
+@_patch("fill_")
+def _fill(self, value):
+    _storage_bytes_tensor(self).fill_(value)
+    return self
+
+
+@_patch("tolist")
+def _tolist(self):
+    return _storage_bytes_tensor(self).tolist()
+
+
+@_patch("data_ptr")
+def _data_ptr(self):
+    """The host address of the emulated HBM bytes: unique per live allocation."""
+    buffer = _tensor.hbm_buffer(self)
+    return buffer.array.ctypes.data if buffer.nbytes else 0
+
+
+def _install_constructor():
+    original_new = _Storage.__new__
+
+    def __new__(cls, *args, device=None, **kwargs):
+        if _is_tpu_device(device):
+            if len(args) > 1 or kwargs:
+                raise TypeError("UntypedStorage(size, device='tpu') takes only a byte count")
+            return new_tpu_storage(args[0] if args else 0)
+        if device is not None:
+            kwargs["device"] = device
+        return original_new(cls, *args, **kwargs)
+
+    _Storage.__new__ = __new__
+
+
+_install_constructor()
+_install_copy()

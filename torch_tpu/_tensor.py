@@ -1,0 +1,147 @@
+"""The tensor/storage bridge: plain torch.Tensors whose bytes live in emulated HBM.
+
+A tpu tensor is an ordinary ``torch.Tensor`` on PrivateUse1 (a subclass would
+break FakeTensor and compile). Its storage carries the HBM ``Buffer`` as a
+Python attribute; torch keeps a storage's Python object alive as long as the
+storage lives, so the storage's lifetime is the allocation's lifetime. Kernels
+read and write tensors through NumPy views over those bytes.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+from . import _C
+
+BUFFER_ATTRIBUTE = "_tpu_hbm_buffer"
+
+NUMPY_DTYPE = {
+    dtype: _C.dtypes.numpy_dtype(name)
+    for name in _C.dtypes.NUMPY_DTYPES
+    if isinstance(dtype := getattr(torch, name, None), torch.dtype)
+}
+TORCH_DTYPE = {np_dtype: dtype for dtype, np_dtype in NUMPY_DTYPE.items()}
+DTYPE_NAME = {dtype: str(dtype).removeprefix("torch.") for dtype in NUMPY_DTYPE}
+
+_create_empty_tensor = torch._C._acc.create_empty_tensor
+_set_meta_included = torch._C._set_meta_in_tls_dispatch_include
+_meta_included = torch._C._meta_in_tls_dispatch_include
+
+
+def chip():
+    return _C.current_chip()
+
+
+def numpy_dtype(dtype):
+    try:
+        return NUMPY_DTYPE[dtype]
+    except KeyError:
+        raise TypeError(f"dtype {dtype} is not supported on the tpu device") from None
+
+
+def contiguous_strides(shape):
+    strides, running = [], 1
+    for size in reversed(shape):
+        strides.append(running)
+        running *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+def storage_nbytes(shape, strides, itemsize, offset=0):
+    if any(size == 0 for size in shape):
+        return 0
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
+    return (offset + extent) * itemsize
+
+
+def allocate(nbytes):
+    """An HBM buffer, raising torch.OutOfMemoryError (a clean, recoverable error) on OOM."""
+    try:
+        return chip().hbm.allocate(nbytes)
+    except _C.HBMOutOfMemory as oom:
+        raise torch.OutOfMemoryError(str(oom)) from None
+
+
+def set_metadata(tensor, storage, offset, shape, strides):
+    """Point ``tensor`` at ``storage`` with exact geometry, without touching any bytes.
+
+    Running ``set_`` with Meta in the TLS include set reuses PyTorch's own
+    bounds checks and sets the storage's nbytes, at about 1 us.
+    """
+    was_included = _meta_included()
+    _set_meta_included(True)
+    try:
+        tensor.set_(storage, offset, shape, strides)
+    finally:
+        _set_meta_included(was_included)
+    return tensor
+
+
+def empty(shape, dtype, strides=None):
+    """A new tpu tensor backed by a fresh HBM allocation (contents undefined)."""
+    shape = tuple(shape)
+    numpy_dtype(dtype)
+    if strides is None:
+        strides = contiguous_strides(shape)
+    nbytes = storage_nbytes(shape, strides, dtype.itemsize)
+    buffer = allocate(nbytes)
+    tensor = _create_empty_tensor(shape, dtype)
+    storage = tensor.untyped_storage()
+    set_metadata(tensor, storage, 0, shape, strides)
+    setattr(storage, BUFFER_ATTRIBUTE, buffer)
+    return tensor
+
+
+def empty_like_shape(tensor, shape=None, dtype=None):
+    return empty(tensor.shape if shape is None else shape, tensor.dtype if dtype is None else dtype)
+
+
+def hbm_buffer(storage):
+    try:
+        return getattr(storage, BUFFER_ATTRIBUTE)
+    except AttributeError:
+        raise RuntimeError(
+            "this tpu storage has no HBM buffer; it was not created by torch_tpu"
+        ) from None
+
+
+def replace_buffer(storage, nbytes):
+    """Give ``storage`` a new buffer of ``nbytes``, keeping the bytes both have in common."""
+    old = hbm_buffer(storage)
+    new = allocate(nbytes)
+    kept = min(old.nbytes, nbytes)
+    new.array[:kept] = old.array[:kept]
+    setattr(storage, BUFFER_ATTRIBUTE, new)
+    return new
+
+
+def as_numpy(tensor):
+    """A writable NumPy view of a tpu tensor's elements (no copy)."""
+    dtype = NUMPY_DTYPE[tensor.dtype]
+    shape = tuple(tensor.shape)
+    buffer = getattr(tensor.untyped_storage(), BUFFER_ATTRIBUTE).array
+    itemsize = dtype.itemsize
+    if tensor.is_contiguous():
+        if math.prod(shape) == 0:
+            return np.empty(shape, dtype)
+        return np.ndarray(shape, dtype, buffer=buffer, offset=tensor.storage_offset() * itemsize)
+    if tensor.numel() == 0:
+        return np.empty(shape, dtype)
+    return np.ndarray(
+        shape, dtype, buffer=buffer, offset=tensor.storage_offset() * itemsize,
+        strides=tuple(s * itemsize for s in tensor.stride()),
+    )
+
+
+def from_numpy(array, dtype=None):
+    """A new tpu tensor holding ``array`` (converted to ``dtype`` if given)."""
+    array = np.asarray(array)
+    dtype = TORCH_DTYPE[array.dtype] if dtype is None else dtype
+    result = empty(array.shape, dtype)
+    _C.dtypes.cast_into(as_numpy(result), array, DTYPE_NAME[dtype])
+    return result
+
+
+def is_tpu(value):
+    return isinstance(value, torch.Tensor) and value.device.type == "tpu"

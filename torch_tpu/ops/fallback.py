@@ -1,0 +1,125 @@
+"""The one boxed fallback: what runs when an aten op has no tpu kernel.
+
+In order it tries:
+1. view ops (schema returns an alias of an input): redispatch to Meta, which
+   only computes sizes and strides over the same storage;
+2. a decomposition from ``torch._decomp`` into ops that do have kernels;
+3. the CPU, only if the user opted in with ``TORCH_TPU_CPU_FALLBACK=1``
+   (warned once per op, counted in ``torch_tpu.fallback_counts()``);
+4. otherwise a NotImplementedError naming the op.
+"""
+
+import collections
+import os
+import threading
+import warnings
+
+import torch
+from torch._decomp import decomposition_table
+from torch.utils._pytree import tree_map
+
+from .. import _tensor
+
+CPU_FALLBACK_VARIABLE = "TORCH_TPU_CPU_FALLBACK"
+META_KEYSET = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
+
+_LIBRARY = torch.library.Library("_", "IMPL")
+_counts = collections.Counter()
+_warned = set()
+_active_decompositions = threading.local()
+
+
+def fallback_counts():
+    """How many times each op ran on the CPU through ``TORCH_TPU_CPU_FALLBACK=1``."""
+    return dict(_counts)
+
+
+def cpu_fallback_enabled():
+    return os.environ.get(CPU_FALLBACK_VARIABLE, "0") == "1"
+
+
+def returns_view(schema):
+    return any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
+
+
+def _run_decomposition(op, decomposition, args, kwargs):
+    active = _active_decompositions.__dict__.setdefault("ops", set())
+    active.add(op)
+    try:
+        return decomposition(*args, **kwargs)
+    finally:
+        active.discard(op)
+
+
+def _usable_decomposition(op):
+    if op in getattr(_active_decompositions, "ops", ()):
+        return None  # the decomposition reached its own op again: it cannot help
+    return decomposition_table.get(op)
+
+
+def _to_cpu(value):
+    if _tensor.is_tpu(value):
+        return value.cpu()
+    if isinstance(value, torch.device) and value.type == "tpu":
+        return torch.device("cpu")
+    return value
+
+
+def _to_tpu(value):
+    return value.to("tpu") if isinstance(value, torch.Tensor) and value.device.type == "cpu" else value
+
+
+def _write_back(original, computed):
+    if original.shape != computed.shape:
+        original.resize_(computed.shape)
+    original.copy_(computed)
+
+
+def run_on_cpu(op, args, kwargs):
+    name = str(op)
+    if name not in _warned:
+        _warned.add(name)
+        warnings.warn(
+            f"{name} has no tpu kernel; running it on the CPU because {CPU_FALLBACK_VARIABLE}=1. "
+            "Its numerics and cost are the CPU's, not the TPU's.",
+            stacklevel=2,
+        )
+    _counts[name] += 1
+    cpu_args, cpu_kwargs = tree_map(_to_cpu, (args, kwargs))
+    if "device" in kwargs and kwargs["device"] is None and not any(map(_tensor.is_tpu, args)):
+        cpu_kwargs["device"] = torch.device("cpu")
+    result = op(*cpu_args, **cpu_kwargs)
+    written = {}
+    for position, argument in enumerate(op._schema.arguments):
+        if argument.alias_info is None or not argument.alias_info.is_write:
+            continue
+        if argument.kwarg_only or position >= len(args):
+            original, computed = kwargs.get(argument.name), cpu_kwargs.get(argument.name)
+        else:
+            original, computed = args[position], cpu_args[position]
+        if _tensor.is_tpu(original):
+            _write_back(original, computed)
+            written[id(computed)] = original
+    return tree_map(lambda v: written.get(id(v)) if id(v) in written else _to_tpu(v), result)
+
+
+def not_implemented(op):
+    return NotImplementedError(
+        f"The operator '{op}' is not implemented for the tpu device (torch_tpu has no kernel or "
+        f"decomposition for it). Set {CPU_FALLBACK_VARIABLE}=1 to run it on the CPU instead "
+        "(slow, with CPU numerics), and please report it."
+    )
+
+
+def tpu_fallback(op, keyset, *args, **kwargs):
+    if returns_view(op._schema):
+        return op.redispatch(META_KEYSET, *args, **kwargs)
+    decomposition = _usable_decomposition(op)
+    if decomposition is not None:
+        return _run_decomposition(op, decomposition, args, kwargs)
+    if cpu_fallback_enabled():
+        return run_on_cpu(op, args, kwargs)
+    raise not_implemented(op)
+
+
+_LIBRARY.fallback(tpu_fallback, "PrivateUse1", with_keyset=True)

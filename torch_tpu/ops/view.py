@@ -1,0 +1,89 @@
+"""View kernels: new sizes and strides over the same storage, computed by Meta.
+
+Redispatching to Meta reuses PyTorch's own shape checks and stride arithmetic;
+the result shares the input's storage, so views alias exactly as on CPU. The
+boxed fallback does the same for every other op whose schema returns a view;
+the ones here are registered directly because they are hot.
+"""
+
+import torch
+
+from .. import _tensor
+from ._registry import register, register_with_keyset
+
+META = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
+
+
+def _redispatch_to_meta(overload):
+    def kernel(keyset, *args, **kwargs):
+        return overload.redispatch(META, *args, **kwargs)
+
+    kernel.__name__ = f"meta_{overload.__name__.replace('.', '_')}"
+    return kernel
+
+
+for _overload in (
+    torch.ops.aten.view.default,
+    torch.ops.aten.as_strided.default,
+    torch.ops.aten._reshape_alias.default,
+    torch.ops.aten.unfold.default,
+    torch.ops.aten.view_as_real.default,
+    torch.ops.aten.view_as_complex.default,
+    torch.ops.aten.as_strided_.default,
+):
+    register_with_keyset(_overload)(_redispatch_to_meta(_overload))
+
+
+def _ensure_capacity(storage, nbytes):
+    """Grow a storage's buffer before Meta sets its nbytes: Meta grows nbytes silently."""
+    if nbytes > _tensor.hbm_buffer(storage).nbytes:
+        _tensor.replace_buffer(storage, nbytes)
+
+
+def _check_tpu_storage(storage):
+    if storage.device.type != "tpu":
+        raise RuntimeError(
+            f"set_: expected a tpu storage for a tpu tensor, but got a {storage.device.type} storage"
+        )
+
+
+@register("set_.source_Storage_storage_offset")
+def set_storage_offset(self, source, storage_offset, size, stride=()):
+    _check_tpu_storage(source)
+    stride = tuple(stride) or _tensor.contiguous_strides(size)
+    _ensure_capacity(source, _tensor.storage_nbytes(size, stride, self.element_size(), storage_offset))
+    return _tensor.set_metadata(self, source, storage_offset, size, stride)
+
+
+@register("set_.source_Storage")
+def set_storage(self, source):
+    _check_tpu_storage(source)
+    return set_storage_offset(self, source, 0, (source.nbytes() // self.element_size(),))
+
+
+@register("set_.source_Tensor")
+def set_tensor(self, source):
+    if self is source:
+        return self
+    return set_storage_offset(self, source.untyped_storage(), source.storage_offset(), source.shape, source.stride())
+
+
+@register("set_")
+def set_empty(self):
+    return set_storage_offset(self, _tensor.empty((0,), self.dtype).untyped_storage(), 0, (0,))
+
+
+@register("resize_")
+def resize_(self, size, memory_format=None):
+    size = tuple(size)
+    if any(s < 0 for s in size):
+        raise RuntimeError(f"Trying to create tensor with negative dimension {min(size)}: {list(size)}")
+    if size == tuple(self.shape) and memory_format in (None, torch.preserve_format):
+        return self
+    if memory_format in (None, torch.contiguous_format, torch.preserve_format):
+        strides = _tensor.contiguous_strides(size)
+    else:
+        strides = torch.empty(size, memory_format=memory_format, device="meta").stride()
+    storage = self.untyped_storage()
+    _ensure_capacity(storage, _tensor.storage_nbytes(size, strides, self.element_size(), self.storage_offset()))
+    return _tensor.set_metadata(self, storage, self.storage_offset(), size, strides)
