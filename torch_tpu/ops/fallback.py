@@ -75,8 +75,12 @@ def _write_back(original, computed):
     original.copy_(computed)
 
 
+def op_name(op):
+    return f"{op._schema.name}.{op._overloadname}"
+
+
 def run_on_cpu(op, args, kwargs):
-    name = str(op)
+    name = op_name(op)
     if name not in _warned:
         _warned.add(name)
         warnings.warn(
@@ -100,18 +104,18 @@ def run_on_cpu(op, args, kwargs):
         if _tensor.is_tpu(original):
             _write_back(original, computed)
             written[id(computed)] = original
-    return tree_map(lambda v: written.get(id(v)) if id(v) in written else _to_tpu(v), result)
+    return tree_map(lambda v: written[id(v)] if id(v) in written else _to_tpu(v), result)
 
 
 def not_implemented(op):
     return NotImplementedError(
-        f"The operator '{op}' is not implemented for the tpu device (torch_tpu has no kernel or "
+        f"The operator '{op_name(op)}' is not implemented for the tpu device (torch_tpu has no kernel or "
         f"decomposition for it). Set {CPU_FALLBACK_VARIABLE}=1 to run it on the CPU instead "
         "(slow, with CPU numerics), and please report it."
     )
 
 
-def tpu_fallback(op, keyset, *args, **kwargs):
+def tpu_fallback(keyset, op, *args, **kwargs):
     if returns_view(op._schema):
         return op.redispatch(META_KEYSET, *args, **kwargs)
     decomposition = _usable_decomposition(op)

@@ -1,0 +1,76 @@
+"""What every kernel needs: operands as NumPy, PyTorch's dtype rules, outputs in HBM."""
+
+import numpy as np
+import torch
+
+from .. import _C, _tensor
+from .._errors import device_mismatch
+
+as_numpy = _tensor.as_numpy
+empty = _tensor.empty
+
+# PyTorch computes reduced-precision floats in float32 ("opmath") and rounds once on store.
+_OPMATH = {
+    torch.bfloat16: np.dtype(np.float32),
+    torch.float16: np.dtype(np.float32),
+    torch.float8_e4m3fn: np.dtype(np.float32),
+    torch.float8_e5m2: np.dtype(np.float32),
+}
+
+
+def opmath_dtype(dtype):
+    """The NumPy dtype PyTorch computes ``dtype`` in."""
+    return _OPMATH.get(dtype) or _tensor.numpy_dtype(dtype)
+
+
+def operand(value, op_name=None):
+    """A kernel argument as NumPy: tpu tensors as views, CPU scalars and numbers as NumPy scalars.
+
+    A CPU tensor with dimensions is an error, worded as CUDA words it.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.device.type == "tpu":
+            array = as_numpy(value)
+            if value.is_conj():
+                array = np.conj(array)
+            if value.is_neg():
+                array = np.negative(array)
+            return array
+        if value.dim() == 0:
+            return np.asarray(value.item(), dtype=_tensor.numpy_dtype(value.dtype))
+        raise device_mismatch("tpu:0", value.device, op_name)
+    return value
+
+
+def opmath_operand(value, op_name=None):
+    """Like ``operand``, upcast to the dtype PyTorch would compute in."""
+    array = operand(value, op_name)
+    if isinstance(value, torch.Tensor) and value.dtype in _OPMATH:
+        return array.astype(np.float32)
+    return array
+
+
+def write(out, array):
+    """Store ``array`` into the tpu tensor ``out``, rounding/casting as PyTorch does."""
+    _C.dtypes.cast_into(as_numpy(out), array, _tensor.DTYPE_NAME[out.dtype])
+    return out
+
+
+def new_tensor(array, dtype):
+    """A fresh tpu tensor holding ``array`` converted to the torch ``dtype``."""
+    result = empty(np.shape(array), dtype)
+    return write(result, array)
+
+
+def check_same_device(op_name, *tensors):
+    for t in tensors:
+        if isinstance(t, torch.Tensor) and t.device.type != "tpu":
+            raise device_mismatch("tpu:0", t.device, op_name)
+
+
+def resize_out(out, shape):
+    """``out=`` tensors are resized the way PyTorch resizes them (no warning for empty ones)."""
+    shape = tuple(shape)
+    if tuple(out.shape) != shape:
+        out.resize_(shape)
+    return out
