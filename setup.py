@@ -7,7 +7,7 @@ setup(
     python_requires=">=3.10",
     packages=["torch_tpu", "torch_tpu.ops", "torch_tpu.tpu", "torch_tpu._C"],
     package_dir={"torch_tpu._C": "csrc_py"},
-    install_requires=["torch>=2.13,<2.14", "numpy", "ml_dtypes"],
+    install_requires=["torch>=2.13,<2.14", "numpy", "ml_dtypes", "scipy"],
     extras_require={"test": ["pytest", "expecttest"]},
     entry_points={"torch.backends": ["torch_tpu = torch_tpu:_autoload"]},
 )

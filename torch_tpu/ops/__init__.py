@@ -3,7 +3,21 @@
 Importing this package registers every kernel and the boxed fallback.
 """
 
-from . import copy, factory, fallback, view  # noqa: F401
+from . import (  # noqa: F401
+    conv,
+    copy,
+    factory,
+    fallback,
+    foreach,
+    indexing,
+    linalg,
+    nn,
+    pointwise,
+    random,
+    reduction,
+    shape,
+    view,
+)
 from ._registry import KERNELS
 
 __all__ = ["KERNELS"]

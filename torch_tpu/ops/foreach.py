@@ -1,0 +1,1 @@
+"""The _foreach_* kernels the optimizers use."""

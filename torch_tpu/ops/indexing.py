@@ -1,0 +1,1 @@
+"""Indexing kernels: advanced indexing, gather/scatter, masks, embedding."""

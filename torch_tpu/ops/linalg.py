@@ -1,0 +1,1 @@
+"""Linear algebra kernels: the matmul family through the MXU, and torch.linalg."""

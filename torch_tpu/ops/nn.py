@@ -1,0 +1,1 @@
+"""Neural-network kernels: softmax, normalization, pooling, dropout, losses, attention."""

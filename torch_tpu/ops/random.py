@@ -1,0 +1,1 @@
+"""Random kernels, drawn from the chip's counter-based generator."""

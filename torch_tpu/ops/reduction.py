@@ -1,0 +1,1 @@
+"""Reduction kernels: sum, mean, prod, min/max, arg-reductions, var/std, norms, scans."""

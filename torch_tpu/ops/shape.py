@@ -1,0 +1,1 @@
+"""Shape kernels: cat, stack, flip, roll, pad, repeat, tril/triu, sort, topk, unique."""
