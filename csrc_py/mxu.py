@@ -30,6 +30,8 @@ Mixed operand types follow the same rules per operand (e.g. a bf16 lhs with a fl
 split into passes).
 """
 
+import functools
+
 import numpy as np
 
 from . import dtypes
@@ -47,7 +49,6 @@ _BF16 = dtypes.numpy_dtype("bfloat16")
 _FLOAT32 = np.dtype(np.float32)
 _INT64 = np.dtype(np.int64)
 _NAME_OF = {dtype: name for name, dtype in dtypes.NUMPY_DTYPES.items()}
-_EXACT_IN_BF16 = frozenset(dtypes.numpy_dtype(n) for n in ("bfloat16", "float8_e4m3fn", "float8_e5m2"))
 
 
 def bf16_pieces(x, count):
@@ -80,6 +81,7 @@ def _passes_matmul(a, b, passes, out):
     return total
 
 
+@functools.cache
 def accumulator_dtype(a_dtype, b_dtype):
     """The dtype the MXU (or, off the MXU, the emulator) accumulates these operand types in."""
     if a_dtype.kind in "biu" and b_dtype.kind in "biu":

@@ -9,7 +9,7 @@ from . import _backend
 
 _backend.register_device()
 
-from . import _printing, _storage, ops  # noqa: E402,F401
+from . import _printing, _storage, autocast, ops  # noqa: E402,F401
 from .ops.fallback import fallback_counts  # noqa: E402
 
 __version__ = "0.1.0"

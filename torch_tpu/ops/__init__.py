@@ -4,6 +4,7 @@ Importing this package registers every kernel and the boxed fallback.
 """
 
 from . import (  # noqa: F401
+    amp,
     conv,
     copy,
     factory,

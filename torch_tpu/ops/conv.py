@@ -1,1 +1,150 @@
-"""Convolution forward and backward, lowered to MXU matmuls."""
+"""Convolution forward and backward, lowered to MXU matmuls.
+
+PyTorch's own ``convolution`` / ``_convolution`` run first (argument checks, unbatched inputs,
+``padding="same"``) and hand a PrivateUse1 device to the ``*_overrideable`` hooks registered
+here; autograd reaches ``convolution_backward_overrideable`` the same way.
+
+The lowering is im2col: a strided NumPy view (``_windows``) gathers, for every output position, the input
+window it sees ("columns", one copy), and one batched matmul per group multiplies them by
+the weights on the MXU. A transposed convolution is the adjoint: the matmul spreads each
+input position over its window, and col2im adds the windows back (a loop over kernel
+offsets, never over pixels). Layouts below: ``G`` groups, ``K`` kernel elements, ``P``
+output positions.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+from ._common import as_numpy, empty, operand, opmath_dtype, write
+from ._registry import register
+from .linalg import fail_like_cpu, mxu_matmul
+
+
+def _windows(x, kernel, stride, padding, dilation):
+    """A strided view (N, C, *k, *out_spatial) of the window each output position sees."""
+    batch, channels, *spatial = x.shape
+    if any(padding):
+        x = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
+    out_spatial = tuple(
+        (size + 2 * p - d * (k - 1) - 1) // s + 1
+        for size, p, d, k, s in zip(spatial, padding, dilation, kernel, stride)
+    )
+    spatial_strides = x.strides[2:]
+    return np.lib.stride_tricks.as_strided(
+        x,
+        shape=(batch, channels, *kernel, *out_spatial),
+        strides=(*x.strides[:2],
+                 *(st * d for st, d in zip(spatial_strides, dilation)),
+                 *(st * s for st, s in zip(spatial_strides, stride))),
+        writeable=False,
+    )
+
+
+def _grouped_weight(weight, groups):
+    """(C_out, C_in/G, *k) -> (G, C_out/G, C_in/G * K)."""
+    return weight.reshape(groups, weight.shape[0] // groups, -1)
+
+
+def _convolve(x, weight, stride, padding, dilation, groups):
+    """Cross-correlation, the accumulator array (N, C_out, *out_spatial)."""
+    windows = _windows(x, weight.shape[2:], stride, padding, dilation)
+    out_spatial = windows.shape[2 + len(weight.shape[2:]):]
+    columns = windows.reshape(x.shape[0], groups, -1, math.prod(out_spatial))  # the im2col copy
+    product = mxu_matmul(_grouped_weight(weight, groups), columns)  # (N, G, C_out/G, P)
+    return product.reshape(x.shape[0], weight.shape[0], *out_spatial)
+
+
+def _convolve_transposed(x, weight, stride, padding, dilation, output_padding, groups):
+    """The adjoint of ``_convolve``; ``weight`` is (C_in, C_out/G, *k) as PyTorch lays it out."""
+    batch, channels, *spatial = x.shape
+    kernel = weight.shape[2:]
+    out_channels = weight.shape[1] * groups
+    # (G, C_in/G, C_out/G * K)^T @ (N, G, C_in/G, P_in) -> (N, G, C_out/G * K, P_in)
+    spread = mxu_matmul(
+        np.swapaxes(weight.reshape(groups, channels // groups, -1), 1, 2),
+        x.reshape(batch, groups, channels // groups, -1),
+    ).reshape(batch, out_channels, *kernel, *spatial)
+    full = tuple(
+        (size - 1) * s + d * (k - 1) + 1 + op
+        for size, s, d, k, op in zip(spatial, stride, dilation, kernel, output_padding)
+    )
+    result = np.zeros((batch, out_channels, *full), spread.dtype)
+    for offset in np.ndindex(*kernel):
+        window = tuple(
+            slice(o * d, o * d + (size - 1) * s + 1, s)
+            for o, d, size, s in zip(offset, dilation, spatial, stride)
+        )
+        result[(..., *window)] += spread[(slice(None), slice(None), *offset)]
+    crop = tuple(slice(p, f - p) for p, f in zip(padding, full))
+    return result[(..., *crop)]
+
+
+def _with_bias(accumulator, bias):
+    if bias is not None:
+        accumulator += operand(bias).astype(accumulator.dtype).reshape(-1, *(1,) * (accumulator.ndim - 2))
+    return accumulator
+
+
+def _opmath(tensor):
+    return operand(tensor).astype(opmath_dtype(tensor.dtype), copy=False)
+
+
+@register("convolution_overrideable")
+def convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
+    if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
+        fail_like_cpu(torch.ops.aten.convolution.default, input, weight, bias, stride, padding, dilation, transposed,
+                      output_padding, groups)
+    x, w = operand(input, "convolution"), operand(weight, "convolution")
+    if transposed:
+        accumulator = _convolve_transposed(x, w, stride, padding, dilation, output_padding, groups)
+    else:
+        accumulator = _convolve(x, w, stride, padding, dilation, groups)
+    accumulator = _with_bias(accumulator, bias)
+    return write(empty(accumulator.shape, input.dtype), accumulator)
+
+
+def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
+    """d(conv)/d(weight): correlates ``target`` channels with the windows of ``source``.
+
+    (G, T/G, N*P) @ (G, S/G * K, N*P)^T -> (T, S/G, *k): one MXU accumulation over batch and
+    positions. Both operands are laid out with N*P innermost so the matmul reads them as is.
+    """
+    windows = _windows(source, kernel, stride, padding, dilation)
+    columns = np.moveaxis(windows, 0, 1 + len(kernel)).reshape(groups, -1, target[0, 0].size * target.shape[0])
+    target_channels = target.shape[1]
+    rows = np.moveaxis(target.reshape(target.shape[0], groups, target_channels // groups, -1), 0, 2)
+    gradient = mxu_matmul(rows.reshape(groups, target_channels // groups, -1), columns.swapaxes(1, 2))
+    return gradient.reshape(target_channels, -1, *kernel)
+
+
+def _input_gradient(grad, w, input_shape, stride, padding, dilation, transposed, groups):
+    if transposed:
+        return _convolve(grad, w, stride, padding, dilation, groups)
+    produced = (
+        (g - 1) * s - 2 * p + d * (k - 1) + 1
+        for g, s, p, d, k in zip(grad.shape[2:], stride, padding, dilation, w.shape[2:])
+    )
+    output_padding = [size - made for size, made in zip(input_shape[2:], produced)]
+    return _convolve_transposed(grad, w, stride, padding, dilation, output_padding, groups)
+
+
+@register("convolution_backward_overrideable")
+def convolution_backward(grad_output, input, weight, stride, padding, dilation, transposed, output_padding,
+                         groups, output_mask):
+    grad, x, w = (operand(t, "convolution_backward") for t in (grad_output, input, weight))
+    grad_input = grad_weight = grad_bias = None
+    if output_mask[0]:
+        gradient = _input_gradient(grad, w, x.shape, stride, padding, dilation, transposed, groups)
+        grad_input = write(empty(input.shape, input.dtype), gradient)
+    if output_mask[1]:
+        if transposed:
+            gradient = _weight_gradient(grad, x, w.shape[2:], stride, padding, dilation, groups)
+        else:
+            gradient = _weight_gradient(x, grad, w.shape[2:], stride, padding, dilation, groups)
+        grad_weight = write(empty(weight.shape, weight.dtype), gradient)
+    if output_mask[2]:
+        summed = _opmath(grad_output).sum(axis=(0, *range(2, grad.ndim)))
+        grad_bias = write(empty((grad.shape[1],), grad_output.dtype), summed)
+    return grad_input, grad_weight, grad_bias

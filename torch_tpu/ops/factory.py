@@ -29,10 +29,47 @@ def empty_strided(size, stride, *, dtype=None, layout=None, device=None, pin_mem
     return _tensor.empty(size, dtype or torch.get_default_dtype(), tuple(stride))
 
 
+# c10's names for the C++ types a Scalar converts to; its overflow error names them.
+_CPP_TYPE_NAME = {
+    torch.float32: "float", torch.float64: "double", torch.float16: "c10::Half",
+    torch.bfloat16: "c10::BFloat16", torch.float8_e4m3fn: "c10::Float8_e4m3fn",
+    torch.float8_e5m2: "c10::Float8_e5m2", torch.int8: "int8_t", torch.int16: "int16_t",
+    torch.int32: "int", torch.int64: "int64_t", torch.uint8: "uint8_t", torch.uint16: "uint16_t",
+    torch.uint32: "uint32_t", torch.uint64: "uint64_t",
+    torch.complex64: "c10::complex<float>", torch.complex128: "c10::complex<double>",
+}
+
+
+def _overflows(value, dtype):
+    """c10::overflows, which fill_ (and so full, ones, ...) applies to its scalar before storing it."""
+    if dtype == torch.bool or isinstance(value, bool):
+        return False
+    if isinstance(value, complex):
+        if not dtype.is_complex and value.imag != 0:
+            return True
+        value = value.real
+    if dtype.is_floating_point or dtype.is_complex:
+        limits = torch.finfo(dtype)
+        if math.isinf(value) and dtype != torch.float8_e4m3fn:  # every other float format has inf
+            return False
+        if math.isnan(value):
+            return False
+        return value < limits.min or value > limits.max
+    limits = torch.iinfo(dtype)
+    if isinstance(value, float):
+        # C++ compares a double with the limits converted to double
+        return math.isnan(value) or value < float(limits.min) or value > float(limits.max)
+    if limits.min == 0 and value < 0:  # unsigned types accept negatives that wrap, like -1 -> 255
+        return -value > limits.max
+    return value < limits.min or value > limits.max
+
+
 @register("fill_.Scalar")
 def fill_scalar_(self, value):
+    if _overflows(value, self.dtype):
+        raise RuntimeError(f"value cannot be converted to type {_CPP_TYPE_NAME[self.dtype]} without overflow")
     array = _tensor.as_numpy(self)
-    _tensor._C.dtypes.cast_into(array, np.asarray(value), _tensor.DTYPE_NAME[self.dtype])
+    _tensor._C.dtypes.cast_into(array, np.asarray(value), _tensor.DTYPE_NAME[self.dtype], scalar_source=True)
     return self
 
 

@@ -1,1 +1,351 @@
-"""The _foreach_* kernels the optimizers use."""
+"""The _foreach_* kernels the optimizers use.
+
+PyTorch's own (CompositeExplicitAutograd) foreach kernels loop over the list
+and dispatch one aten op per tensor. Here a list whose tensors are all tpu,
+of one floating dtype and one shape per position runs as a single Python loop
+of NumPy ufuncs: computed in opmath (float32 for bf16/fp16), rounded once on
+store, written straight into the tensor's memory when it is stored in opmath.
+Any other list (integer or mixed dtypes, complex values, broadcasting) takes
+the per-tensor route PyTorch's composite kernel takes, so type promotion and
+errors stay PyTorch's.
+"""
+
+import math
+
+import numpy as np
+import scipy.special
+import torch
+
+from .. import _tensor
+from ._common import as_numpy, empty, operand, opmath_dtype, opmath_operand, write
+from ._registry import register
+
+_FAST_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
+_aten = torch.ops.aten
+
+
+# --- argument checks (worded as PyTorch's check_foreach_api_restrictions) --------------------------------------
+
+
+def _check(condition, message):
+    if not condition:
+        raise RuntimeError(message)
+
+
+def _check_lists(self, *others):
+    _check(len(self) > 0, "Tensor list must have at least one tensor.")
+    for other in others:
+        if other and isinstance(other[0], torch.Tensor):
+            _check(len(other) == len(self),
+                   f"Tensor lists must have the same number of tensors, got {len(self)} and {len(other)}")
+        else:
+            _check(len(other) == len(self), "Tensor list must have same number of elements as scalar list.")
+
+
+def _scalar_from_tensor(scalar):
+    _check(scalar.dim() == 0, f"scalar tensor expected to be 0 dim but it has {scalar.dim()} dimensions and "
+                              f"{scalar.numel()} elements.")
+    return scalar
+
+
+def _scalars_from_tensor(scalars, length):
+    """The per-tensor scalars packed in a 1-d tensor, as Python numbers."""
+    _check(scalars.dim() == 1, f"Expected packed scalar Tensor to be of dimension 1. Got {scalars.dim()} instead.")
+    _check(scalars.numel() == length,
+           f"Expected length of scalars to match input of length {length} but got {scalars.numel()} instead.")
+    values = as_numpy(scalars) if scalars.device.type == "tpu" else scalars.detach().numpy()
+    return values.tolist()
+
+
+# --- the fast path ---------------------------------------------------------------------------------------------
+
+
+def _is_real_scalar(value):
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_complex() and value.device.type in ("tpu", "cpu")
+    return not isinstance(value, complex)
+
+
+def _fast_path(self, tensor_columns, scalar_columns):
+    """Every tensor is a tpu tensor of self's floating dtype and shape; every scalar is real.
+
+    A real scalar (number or 0-dim tensor) never changes a floating tensor's dtype, so these lists keep it.
+    """
+    dtype = self[0].dtype
+    if dtype not in _FAST_DTYPES or any(t.device.type != "tpu" or t.dtype != dtype for t in self):
+        return False
+    for column in tensor_columns:
+        for t, other in zip(self, column):
+            if other.device.type != "tpu" or other.dtype != dtype or other.shape != t.shape:
+                return False
+    return all(_is_real_scalar(value) for column in scalar_columns for value in column)
+
+
+def _as_number(value):
+    if isinstance(value, torch.Tensor):
+        return operand(value).item()
+    return value
+
+
+def _store(target, compute):
+    """Run ``compute(out)`` into ``target``: in place when target is stored in opmath, else rounded on store."""
+    array = as_numpy(target)
+    direct = array.dtype == opmath_dtype(target.dtype)
+    result = compute(array if direct else None)
+    if not direct:
+        write(target, result)
+    elif result is not array:
+        array[...] = result
+
+
+def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
+    """fn(self[i], *tensor_columns[i], *scalar_columns[i], out=) for each i, on NumPy arrays and numbers."""
+    targets = self if inplace else [empty(t.shape, t.dtype) for t in self]
+    with np.errstate(all="ignore"):
+        for position, target in enumerate(targets):
+            arrays = [opmath_operand(column[position]) for column in (self, *tensor_columns)]
+            numbers = [_as_number(column[position]) for column in scalar_columns]
+            _store(target, lambda out: fn(*arrays, *numbers, out=out, **keywords))
+    return None if inplace else targets
+
+
+def _foreach(fn, method, self, tensor_columns, scalar_columns, inplace, keywords=None):
+    """The fast NumPy loop when the lists allow it, else PyTorch's composite route: one aten op per tensor."""
+    keywords = keywords or {}
+    _check_lists(self, *tensor_columns, *scalar_columns)
+    if _fast_path(self, tensor_columns, scalar_columns):
+        return _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords)
+    columns = (*tensor_columns, *scalar_columns)
+    results = [method(t, *(column[i] for column in columns), **keywords) for i, t in enumerate(self)]
+    return None if inplace else results
+
+
+def _overloads(name):
+    """The overload names (Scalar, List, ...) aten has for _foreach_<name>, without out variants."""
+    packet = getattr(_aten, f"_foreach_{name}", None)
+    return [] if packet is None else [o for o in packet.overloads() if not o.endswith("out")]
+
+
+def _scalar_column(kind, self, scalar):
+    """A Scalar, a 0-dim Tensor or a ScalarList argument as one scalar per tensor."""
+    if kind == "Scalar":
+        return [scalar] * len(self)
+    if kind == "Tensor":
+        return [_scalar_from_tensor(scalar)] * len(self)
+    return scalar
+
+
+# --- unary -----------------------------------------------------------------------------------------------------
+
+
+def _sign(x, out=None):
+    return np.subtract(x > 0, x < 0, out=out, dtype=x.dtype)  # 0 for NaN, as torch.sign gives
+
+
+def _sigmoid(x, out=None):
+    return np.divide(1, 1 + np.exp(-x), out=out)
+
+
+def _rsqrt(x, out=None):
+    return np.divide(1, np.sqrt(x), out=out)
+
+
+def _reciprocal(x, out=None):
+    return np.divide(1, x, out=out)
+
+
+def _frac(x, out=None):
+    return np.subtract(x, np.trunc(x), out=out)
+
+
+_UNARY = {
+    "abs": np.abs, "neg": np.negative, "sqrt": np.sqrt, "rsqrt": _rsqrt, "reciprocal": _reciprocal,
+    "exp": np.exp, "expm1": np.expm1, "log": np.log, "log1p": np.log1p, "log2": np.log2, "log10": np.log10,
+    "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
+    "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "sigmoid": _sigmoid, "sign": _sign,
+    "ceil": np.ceil, "floor": np.floor, "trunc": np.trunc, "round": np.rint, "frac": _frac,
+    "erf": scipy.special.erf, "erfc": scipy.special.erfc, "lgamma": scipy.special.gammaln,
+}
+
+
+def _unary_kernel(name, fn, inplace):
+    method = _per_tensor_method(name, inplace)
+
+    def kernel(self):
+        return _foreach(fn, method, self, [], [], inplace)
+
+    return kernel
+
+
+# --- binary: add, sub, mul, div, maximum, minimum, clamp_min, clamp_max, pow -----------------------------------
+
+
+def _with_alpha(ufunc):
+    def apply(x, y, out=None, alpha=1):
+        return ufunc(x, y if alpha == 1 else np.multiply(y, alpha), out=out)
+
+    return apply
+
+
+_BINARY = {
+    "add": _with_alpha(np.add), "sub": _with_alpha(np.subtract), "mul": np.multiply, "div": np.divide,
+    "maximum": np.maximum, "minimum": np.minimum, "clamp_min": np.maximum, "clamp_max": np.minimum,
+    "pow": np.power,
+}
+# torch.maximum/minimum take tensors only; with scalars PyTorch's composite uses clamp_min/clamp_max.
+_SCALAR_METHOD = {"maximum": "clamp_min", "minimum": "clamp_max"}
+# CPU's add and sub read a scalar operand as a tensor of the list's dtype, so a bf16/fp16 list sees the scalar
+# rounded to bf16/fp16; mul and div keep it in opmath.
+_SCALAR_ROUNDED_TO_DTYPE = frozenset({"add", "sub"})
+_REDUCED_FLOATS = frozenset({torch.bfloat16, torch.float16})
+
+
+def _rounded_to(dtype, column):
+    scalar_type = _tensor.numpy_dtype(dtype).type
+    return [float(scalar_type(_as_number(value))) if _is_real_scalar(value) else value for value in column]
+
+
+def _per_tensor_method(name, inplace):
+    """The aten op the composite kernel runs per tensor (maximum has no in-place form: copy its result)."""
+    if not inplace:
+        return getattr(torch.Tensor, name)
+    method = getattr(torch.Tensor, f"{name}_", None)
+    return method or (lambda t, *args, **keywords: t.copy_(getattr(torch.Tensor, name)(t, *args, **keywords)))
+
+
+def _binary_kernel(name, fn, kind, inplace):
+    method = _per_tensor_method(name if kind in ("List", "Tensor") else _SCALAR_METHOD.get(name, name), inplace)
+
+    def kernel(self, other, **keywords):  # keywords: alpha, for add and sub
+        if kind == "List":
+            return _foreach(fn, method, self, [other], [], inplace, keywords)
+        scalars = _scalar_column(kind, self, other)
+        if name in _SCALAR_ROUNDED_TO_DTYPE and self and self[0].dtype in _REDUCED_FLOATS:
+            scalars = _rounded_to(self[0].dtype, scalars)
+        return _foreach(fn, method, self, [], [scalars], inplace, keywords)
+
+    return kernel
+
+
+# --- addcmul, addcdiv: self + value * (t1 op t2) ---------------------------------------------------------------
+
+
+def _addcmul(x, t1, t2, value, out=None):
+    return np.add(x, np.multiply(np.multiply(t1, value), t2), out=out)
+
+
+def _addcdiv(x, t1, t2, value, out=None):
+    return np.add(x, np.divide(np.multiply(t1, value), t2), out=out)
+
+
+_TERNARY = {"addcmul": _addcmul, "addcdiv": _addcdiv}
+
+
+def _ternary_kernel(name, fn, kind, inplace):
+    method = _per_tensor_method(name, inplace)
+
+    def per_tensor(t, t1, t2, value):
+        return method(t, t1, t2, value=value)
+
+    def kernel(self, tensor1, tensor2, scalars=1):
+        if kind == "Tensor":  # one scalar per tensor, packed in a 1-d tensor
+            scalars = _scalars_from_tensor(scalars, len(self))
+        values = [scalars] * len(self) if kind == "Scalar" else scalars
+        return _foreach(fn, per_tensor, self, [tensor1, tensor2], [values], inplace)
+
+    return kernel
+
+
+# --- lerp: PyTorch's two-sided formula, exact at both ends -----------------------------------------------------
+
+
+def _lerp(start, end, weight, out=None):
+    difference = np.subtract(end, start)
+    if np.ndim(weight) == 0:
+        if abs(weight) < 0.5:
+            return np.add(start, np.multiply(difference, weight), out=out)
+        return np.subtract(end, np.multiply(difference, 1 - weight), out=out)
+    small = np.abs(weight) < 0.5
+    return np.where(small, start + weight * difference, end - difference * (1 - weight))
+
+
+def _lerp_kernel(kind, inplace):
+    method = _per_tensor_method("lerp", inplace)
+
+    def kernel(self, tensors1, weight):
+        if kind == "List":
+            return _foreach(_lerp, method, self, [tensors1, weight], [], inplace)
+        return _foreach(_lerp, method, self, [tensors1], [_scalar_column(kind, self, weight)], inplace)
+
+    return kernel
+
+
+# --- zero_, copy_, norm ----------------------------------------------------------------------------------------
+
+
+@register("_foreach_zero_")
+def foreach_zero_(self):
+    _check_lists(self)
+    for t in self:
+        if t.device.type == "tpu":
+            as_numpy(t)[...] = 0
+        else:
+            t.zero_()
+
+
+@register("_foreach_copy_")
+def foreach_copy_(self, src, non_blocking=False):
+    _check_lists(self, src)
+    for destination, source in zip(self, src):
+        if (destination.device.type == source.device.type == "tpu" and destination.dtype == source.dtype
+                and destination.shape == source.shape):
+            np.copyto(as_numpy(destination), as_numpy(source))
+        else:
+            destination.copy_(source, non_blocking)
+
+
+def _norm(x, ord):
+    """A vector norm accumulated in float64, so the stored result is correctly rounded."""
+    x = np.abs(x.astype(np.float64, copy=False)).reshape(-1)
+    if ord == 2:
+        return math.sqrt(np.dot(x, x))
+    if ord == 1:
+        return float(x.sum())
+    return float(x.max())
+
+
+@register("_foreach_norm.Scalar")
+def foreach_norm(self, ord=2, dtype=None):
+    _check_lists(self)
+    fast = (ord in (1, 2, math.inf) and dtype is None and _fast_path(self, [], [])
+            and (ord != math.inf or all(t.numel() for t in self)))
+    if not fast:
+        return [torch.linalg.vector_norm(t, ord, dtype=dtype) for t in self]
+    with np.errstate(all="ignore"):
+        return [write(empty((), t.dtype), np.asarray(_norm(opmath_operand(t), ord))) for t in self]
+
+
+# --- registration ----------------------------------------------------------------------------------------------
+
+
+def _register_both(name, make_kernel, kind):
+    """Registers the functional and the in-place overload of one kind."""
+    suffix = "" if kind == "default" else f".{kind}"
+    register(f"_foreach_{name}{suffix}")(make_kernel(inplace=False))
+    register(f"_foreach_{name}_{suffix}")(make_kernel(inplace=True))
+
+
+def register_tables():
+    for name, fn in _UNARY.items():
+        _register_both(name, lambda inplace, name=name, fn=fn: _unary_kernel(name, fn, inplace), "default")
+    for name, fn in _BINARY.items():
+        for kind in _overloads(f"{name}_"):
+            _register_both(name, lambda inplace, n=name, f=fn, k=kind: _binary_kernel(n, f, k, inplace), kind)
+    for name, fn in _TERNARY.items():
+        for kind in _overloads(f"{name}_"):
+            _register_both(name, lambda inplace, n=name, f=fn, k=kind: _ternary_kernel(n, f, k, inplace), kind)
+    for kind in _overloads("lerp_"):
+        _register_both("lerp", lambda inplace, k=kind: _lerp_kernel(k, inplace), kind)
+
+
+register_tables()

@@ -1,1 +1,637 @@
-"""Indexing kernels: advanced indexing, gather/scatter, masks, embedding."""
+"""Indexing kernels: advanced indexing, gather/scatter, masks, embedding.
+
+Every kernel checks its indices the way the CPU kernel of the same op does (some
+wrap negative indices, some reject them, each with its own wording), then lets
+NumPy move the elements. Accumulating kernels use ``ufunc.at`` in the tensor's own
+dtype: like the CPU loops it rounds after every addition, so duplicate indices
+accumulate exactly as on CPU.
+"""
+
+import numpy as np
+import torch
+
+from .. import _tensor
+from ._common import as_numpy, empty, new_tensor, operand, opmath_operand, write
+from ._registry import register
+from .copy import cpu_tensor_as_numpy
+
+_INDEX_DTYPES = (torch.int64, torch.int32)
+
+
+# ---------------------------------------------------------------------------
+# index checking
+
+
+def _dim_error(exception=RuntimeError, prefix=""):
+    def error(index, dim, size):
+        return exception(f"{prefix}index {index} is out of bounds for dimension {dim} with size {size}")
+
+    return error
+
+
+def _fixed_error(exception, message):
+    return lambda index, dim, size: exception(message)
+
+
+def _flat_error(index, dim, size):
+    return IndexError(f"out of range: tried to access index {index} on a tensor of {size} elements.")
+
+
+def checked_indices(indices, size, *, wrap, error, dim=0):
+    """``indices`` as int64 NumPy, in range for a dimension of ``size``, negatives wrapped if ``wrap``."""
+    indices = np.asarray(indices)
+    if indices.size == 0:
+        return indices.astype(np.int64, copy=False)
+    low = -size if wrap else 0
+    out_of_range = (indices < low) | (indices >= size)
+    if out_of_range.any():
+        raise error(int(indices[out_of_range].flat[0]), dim, size)
+    if wrap and (indices < 0).any():
+        return np.where(indices < 0, indices + size, indices)
+    return indices.astype(np.int64, copy=False)
+
+
+def _index_tensor_as_numpy(index):
+    """Indices may live on the CPU for the advanced-indexing ops, as on CUDA."""
+    if index.device.type == "tpu":
+        return as_numpy(index)
+    return cpu_tensor_as_numpy(index)
+
+
+def _wrap_dim(dim, ndim):
+    return dim % max(ndim, 1)
+
+
+def _along(dim, index):
+    """The NumPy key selecting ``index`` along ``dim`` and everything along the other dims."""
+    return (slice(None),) * dim + (index,)
+
+
+def _as_dtype(array, tensor):
+    """``array`` converted to ``tensor``'s storage dtype with PyTorch's casting rules."""
+    result = np.empty(np.shape(array), _tensor.numpy_dtype(tensor.dtype))
+    write_array(result, array, tensor.dtype)
+    return result
+
+
+def write_array(destination, array, dtype):
+    _tensor._C.dtypes.cast_into(destination, np.asarray(array), _tensor.DTYPE_NAME[dtype])
+
+
+def _at_least_1d(array):
+    return array.reshape(1) if array.ndim == 0 else array
+
+
+# ---------------------------------------------------------------------------
+# advanced indexing: x[i, mask, None-as-slice]
+
+
+def advanced_index_key(self, indices):
+    """The NumPy key for aten's ``indices`` list: None is a full slice, bool tensors are masks."""
+    if len(indices) > self.dim():
+        raise IndexError(f"too many indices for tensor of dimension {self.dim()}")
+    key, dim = [], 0
+    for index in indices:
+        if index is None:
+            key.append(slice(None))
+            dim += 1
+            continue
+        if index.dtype in (torch.bool, torch.uint8):
+            mask = _index_tensor_as_numpy(index).astype(bool, copy=False)
+            _check_mask_shape(self, mask, dim, len(key))
+            key.append(mask)
+            dim += max(mask.ndim, 0)
+            continue
+        if index.dtype not in _INDEX_DTYPES:
+            raise IndexError("tensors used as indices must be long, int, byte or bool tensors")
+        size = self.shape[dim]
+        key.append(checked_indices(_index_tensor_as_numpy(index), size, wrap=True, error=_dim_error(IndexError), dim=dim))
+        dim += 1
+    return tuple(key)
+
+
+def _check_mask_shape(self, mask, first_dim, position):
+    for offset, size in enumerate(mask.shape):
+        dim = first_dim + offset
+        if dim >= self.dim() or self.shape[dim] != size:
+            raise IndexError(
+                f"The shape of the mask {list(mask.shape)} at index {offset} does not match the shape of the "
+                f"indexed tensor {list(self.shape)} at index {dim}"
+            )
+
+
+@register("index.Tensor")
+def index(self, indices):
+    return _tensor.from_numpy(operand(self, "index")[advanced_index_key(self, indices)], self.dtype)
+
+
+@register("index.Tensor_out")
+def index_out(self, indices, *, out):
+    result = operand(self, "index")[advanced_index_key(self, indices)]
+    if tuple(out.shape) != result.shape:
+        out.resize_(result.shape)
+    return write(out, result)
+
+
+@register("_index_put_impl_")
+def index_put_impl_(self, indices, values, accumulate=False, unsafe=False):
+    if values.dtype != self.dtype:
+        raise RuntimeError(
+            "Index put requires the source and destination dtypes match, got "
+            f"{_dtype_title(self.dtype)} for the destination and {_dtype_title(values.dtype)} for the source."
+        )
+    target = as_numpy(self)
+    key = advanced_index_key(self, indices)
+    source = operand(values, "index_put_")
+    try:
+        if accumulate:
+            np.add.at(target, _without_masks(key), source)
+        else:
+            target[key] = source
+    except ValueError:
+        raise RuntimeError(
+            f"shape mismatch: value tensor of shape {list(values.shape)} cannot be broadcast to indexing result "
+            f"of shape {list(target[key].shape)}"
+        ) from None
+    return self
+
+
+def _dtype_title(dtype):
+    return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+            torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
+            torch.uint8: "Byte", torch.bool: "Bool"}.get(dtype, str(dtype))
+
+
+def _without_masks(key):
+    """``ufunc.at`` takes integer index arrays and slices only: a mask becomes its nonzero coordinates."""
+    expanded = []
+    for part in key:
+        expanded.extend(np.nonzero(part) if isinstance(part, np.ndarray) and part.dtype == bool else (part,))
+    return tuple(expanded)
+
+
+# ---------------------------------------------------------------------------
+# gather / scatter
+
+
+def _gather_source(source, index, dim):
+    """``source`` cut to ``index``'s extent in every dim but ``dim``: gather and scatter allow a larger source."""
+    return source[tuple(slice(None) if d == dim else slice(0, n) for d, n in enumerate(index.shape))]
+
+
+@register("gather.out")
+def gather_out(self, dim, index, sparse_grad=False, *, out):
+    source = _at_least_1d(operand(self, "gather"))
+    dim = _wrap_dim(dim, self.dim())
+    positions = _at_least_1d(checked_indices(operand(index, "gather"), source.shape[dim], wrap=False,
+                                             error=_dim_error(), dim=dim))
+    result = np.take_along_axis(_gather_source(source, positions, dim), positions, axis=dim)
+    return write(out, result.reshape(out.shape))
+
+
+def _scatter_key(target_shape, index, dim):
+    """Full coordinates for every element of ``index``: its own position, with ``index`` along ``dim``."""
+    positions = checked_indices(index, target_shape[dim], wrap=False, error=_dim_error(), dim=dim)
+    grid = list(np.indices(positions.shape, sparse=True))
+    grid[dim] = positions
+    return tuple(grid)
+
+
+def _prepared_scatter(self, dim, index, src, out, op_name):
+    """The out array holding ``self``, the scatter coordinates, and the values scattered (in out's dtype)."""
+    if out is not self:
+        write(out, operand(self, op_name))
+    target = _at_least_1d(as_numpy(out))
+    positions = _at_least_1d(operand(index, op_name))
+    dim = _wrap_dim(dim, self.dim())
+    key = _scatter_key(target.shape, positions, dim)
+    if isinstance(src, torch.Tensor):
+        values = _gather_source(_at_least_1d(operand(src, op_name)), positions, dim)
+        values = values[tuple(slice(0, n) for n in positions.shape)]
+    else:
+        values = src
+    return target, key, _as_dtype(values, out)
+
+
+_SCATTER_UFUNCS = {"add": np.add, "sum": np.add, "multiply": np.multiply, "prod": np.multiply,
+                   "amax": np.maximum, "amin": np.minimum, "mean": np.add}
+
+
+def _scatter(self, dim, index, src, reduce, out, op_name="scatter"):
+    target, key, values = _prepared_scatter(self, dim, index, src, out, op_name)
+    if reduce is None:
+        target[key] = values
+    else:
+        _SCATTER_UFUNCS[reduce].at(target, key, values)
+    return out
+
+
+@register("scatter.src_out")
+def scatter_src_out(self, dim, index, src, *, out):
+    return _scatter(self, dim, index, src, None, out)
+
+
+@register("scatter.value_out")
+def scatter_value_out(self, dim, index, value, *, out):
+    return _scatter(self, dim, index, value, None, out)
+
+
+@register("scatter.reduce_out")
+def scatter_reduce_out(self, dim, index, src, reduce, *, out):
+    return _scatter(self, dim, index, src, reduce, out)
+
+
+@register("scatter.value_reduce_out")
+def scatter_value_reduce_out(self, dim, index, value, reduce, *, out):
+    return _scatter(self, dim, index, value, reduce, out)
+
+
+@register("scatter_add.out")
+def scatter_add_out(self, dim, index, src, *, out):
+    return _scatter(self, dim, index, src, "add", out, "scatter_add")
+
+
+def _reduction_identity(reduce, dtype):
+    if reduce in ("sum", "mean"):
+        return 0
+    if reduce == "prod":
+        return 1
+    if dtype.is_floating_point:
+        return -np.inf if reduce == "amax" else np.inf
+    if dtype == torch.bool:
+        return reduce == "amin"
+    info = torch.iinfo(dtype)
+    return info.min if reduce == "amax" else info.max
+
+
+@register("scatter_reduce.two_out")
+def scatter_reduce_two_out(self, dim, index, src, reduce, *, include_self=True, out):
+    target, key, values = _prepared_scatter(self, dim, index, src, out, "scatter_reduce")
+    if not include_self:
+        target[key] = _reduction_identity(reduce, out.dtype)
+    _SCATTER_UFUNCS[reduce].at(target, key, values)
+    if reduce == "mean":
+        _divide_by_counts(target, key, include_self, out.dtype)
+    return out
+
+
+def _divide_by_counts(target, key, include_self, dtype):
+    counts = np.full(target.shape, int(include_self), np.int64)
+    np.add.at(counts, key, 1)
+    counts = np.maximum(counts, 1)
+    if dtype.is_floating_point or dtype.is_complex:
+        write_array(target, target.astype(np.result_type(target.dtype, np.float32)) / counts, dtype)
+    else:
+        write_array(target, np.floor_divide(target, counts), dtype)
+
+
+# ---------------------------------------------------------------------------
+# index_select / index_add / index_copy / index_fill / index_reduce
+
+
+def _index_vector(index, op_name):
+    if index.dim() > 1:
+        raise IndexError(f"{op_name}(): Index is supposed to be a vector")
+    if index.dtype not in _INDEX_DTYPES:
+        raise IndexError(f"{op_name}(): Expected dtype int32 or int64 for index")
+    return _at_least_1d(operand(index, op_name))
+
+
+@register("index_select")
+def index_select(self, dim, index):
+    out = empty(_index_select_shape(self, dim, index), self.dtype)
+    return index_select_out(self, dim, index, out=out)
+
+
+def _index_select_shape(self, dim, index):
+    shape = list(self.shape)
+    if shape:
+        shape[_wrap_dim(dim, self.dim())] = index.numel()
+    return shape
+
+
+@register("index_select.out")
+def index_select_out(self, dim, index, *, out):
+    positions = _index_vector(index, "index_select")
+    source = _at_least_1d(operand(self, "index_select"))
+    dim = _wrap_dim(dim, self.dim())
+    positions = checked_indices(positions, source.shape[dim], wrap=False,
+                                error=_fixed_error(IndexError, "index out of range in self"))
+    shape = _index_select_shape(self, dim, index)
+    if tuple(out.shape) != tuple(shape):
+        out.resize_(shape)
+    taken_shape = source.shape[:dim] + (positions.size,) + source.shape[dim + 1:]
+    if out.is_contiguous():
+        np.take(source, positions, axis=dim, out=as_numpy(out).reshape(taken_shape))
+        return out
+    return write(out, np.take(source, positions, axis=dim).reshape(shape))
+
+
+def _prepared_index_op(self, dim, index, out, op_name, error):
+    """out holding ``self`` and the NumPy key for ``index`` along ``dim``."""
+    if out is not self:
+        write(out, operand(self, op_name))
+    target = _at_least_1d(as_numpy(out))
+    dim = _wrap_dim(dim, self.dim())
+    positions = checked_indices(_index_vector(index, op_name), target.shape[dim], wrap=False, error=error, dim=dim)
+    return target, _along(dim, positions)
+
+
+def _index_source(source, target, key, op_name):
+    """``source`` shaped like ``target[key]`` (a 0-d self takes a 0-d or 1-element source)."""
+    dim = len(key) - 1
+    shape = target.shape[:dim] + (key[-1].size,) + target.shape[dim + 1:]
+    return operand(source, op_name).reshape(shape)
+
+
+@register("index_add.out")
+def index_add_out(self, dim, index, source, *, alpha=1, out):
+    target, key = _prepared_index_op(self, dim, index, out, "index_add", _dim_error())
+    values = _index_source(source, target, key, "index_add")
+    if alpha != 1:
+        values = opmath_operand(source, "index_add").reshape(values.shape) * alpha
+    np.add.at(target, key, _as_dtype(values, out))
+    return out
+
+
+@register("index_copy.out")
+def index_copy_out(self, dim, index, source, *, out):
+    target, key = _prepared_index_op(self, dim, index, out, "index_copy", _dim_error(IndexError, "index_copy_(): "))
+    target[key] = _index_source(source, target, key, "index_copy")
+    return out
+
+
+@register("index_reduce.out")
+def index_reduce_out(self, dim, index, source, reduce, *, include_self=True, out):
+    target, key = _prepared_index_op(self, dim, index, out, "index_reduce", _dim_error())
+    values = _as_dtype(_index_source(source, target, key, "index_reduce"), out)
+    if not include_self:
+        target[key] = _reduction_identity(reduce, out.dtype)
+    _SCATTER_UFUNCS[reduce].at(target, key, values)
+    if reduce == "mean":
+        _divide_by_counts(target, key, include_self, out.dtype)
+    return out
+
+
+@register("index_fill_.int_Scalar")
+def index_fill_scalar_(self, dim, index, value):
+    target = _at_least_1d(as_numpy(self))
+    dim = _wrap_dim(dim, self.dim())
+    positions = checked_indices(_index_vector(index, "index_fill_"), target.shape[dim], wrap=True,
+                                error=_dim_error(IndexError), dim=dim)
+    target[_along(dim, positions)] = _as_dtype(value, self)
+    return self
+
+
+@register("index_fill_.int_Tensor")
+def index_fill_tensor_(self, dim, index, value):
+    if value.dim() != 0:
+        raise RuntimeError(
+            f"index_fill_ only supports a 0-dimensional value tensor, but got tensor with {value.dim()} dimension(s)."
+        )
+    return index_fill_scalar_(self, dim, index, operand(value, "index_fill_"))
+
+
+# ---------------------------------------------------------------------------
+# masks
+
+
+def _check_bool_mask(mask, op_name):
+    if mask.dtype != torch.bool:
+        raise RuntimeError(f"{op_name} only supports boolean masks, but got mask with dtype {mask.dtype}")
+
+
+@register("masked_fill_.Scalar")
+def masked_fill_scalar_(self, mask, value):
+    _check_bool_mask(mask, "masked_fill_")
+    target = as_numpy(self)
+    np.copyto(target, _as_dtype(value, self), where=np.broadcast_to(operand(mask, "masked_fill_"), target.shape))
+    return self
+
+
+@register("masked_fill_.Tensor")
+def masked_fill_tensor_(self, mask, value):
+    if value.dim() != 0:
+        raise RuntimeError(
+            f"masked_fill_ only supports a 0-dimensional value tensor, but got tensor with {value.dim()} dimension(s)."
+        )
+    return masked_fill_scalar_(self, mask, operand(value, "masked_fill_"))
+
+
+@register("masked_select")
+def masked_select(self, mask):
+    _check_bool_mask(mask, "masked_select:")
+    source, selector = np.broadcast_arrays(operand(self, "masked_select"), operand(mask, "masked_select"))
+    return _tensor.from_numpy(source[selector], self.dtype)
+
+
+@register("masked_select.out")
+def masked_select_out(self, mask, *, out):
+    result = masked_select(self, mask)
+    out.resize_(result.shape)
+    return write(out, as_numpy(result))
+
+
+@register("masked_scatter_")
+def masked_scatter_(self, mask, source):
+    _check_bool_mask(mask, "masked_scatter_")
+    target = as_numpy(self)
+    selector = np.broadcast_to(operand(mask, "masked_scatter_"), target.shape)
+    count = int(np.count_nonzero(selector))
+    values = operand(source, "masked_scatter_").reshape(-1)
+    if values.size < count:
+        raise RuntimeError("Number of elements of source < number of ones in mask")
+    target[selector] = _as_dtype(values[:count], self)
+    return self
+
+
+# ---------------------------------------------------------------------------
+# nonzero
+
+
+def _nonzero_tensor(coordinates):
+    """(n, ndim) int64 in the column-major layout CPU's nonzero returns."""
+    rows, columns = coordinates.shape
+    out = empty((rows, columns), torch.int64, strides=(1, max(rows, 1)))
+    as_numpy(out)[...] = coordinates
+    return out
+
+
+@register("nonzero")
+def nonzero(self):
+    return _nonzero_tensor(np.argwhere(operand(self, "nonzero")))
+
+
+@register("nonzero.out")
+def nonzero_out(self, *, out):
+    coordinates = np.argwhere(operand(self, "nonzero"))
+    out.resize_(coordinates.shape)
+    return write(out, coordinates)
+
+
+@register("nonzero_static")
+def nonzero_static(self, *, size, fill_value=-1):
+    if size < 0:
+        raise RuntimeError(f"nonzero_static: 'size' must be an non-negative integer, but got: {size}")
+    found = np.argwhere(operand(self, "nonzero_static"))[:size]
+    result = np.full((size, self.dim()), fill_value, np.int64)
+    result[: len(found)] = found
+    return new_tensor(result, torch.int64)
+
+
+# ---------------------------------------------------------------------------
+# flat indexing: take / put_
+
+
+def _flat_positions(self, index, op_name):
+    if index.dtype != torch.int64:
+        raise RuntimeError(f"{op_name}(): Expected a long tensor for index, but got {_dtype_title(index.dtype)}")
+    size = self.numel()
+    return checked_indices(operand(index, op_name), size, wrap=True, error=_flat_error)
+
+
+@register("take")
+def take(self, index):
+    positions = _flat_positions(self, index, "take")
+    if positions.size and self.numel() == 0:
+        raise IndexError("take(): tried to take from an empty tensor")
+    return _tensor.from_numpy(operand(self, "take").reshape(-1)[positions], self.dtype)
+
+
+@register("take.out")
+def take_out(self, index, *, out):
+    result = take(self, index)
+    out.resize_(result.shape)
+    return write(out, as_numpy(result))
+
+
+@register("put_")
+def put_(self, index, source, accumulate=False):
+    positions = _flat_positions(self, index, "put_").reshape(-1)
+    values = _as_dtype(operand(source, "put_").reshape(-1), self)
+    if values.size != positions.size:
+        raise RuntimeError(
+            f"put_(): Expected source and index to have the same number of elements, but got source.numel() = "
+            f"{values.size}, index.numel() = {positions.size}"
+        )
+    target = as_numpy(self)
+    flat = target.reshape(-1)  # a copy when self is not contiguous: written back below
+    if accumulate:
+        np.add.at(flat, positions, values)
+    else:
+        flat[positions] = values
+    if not np.shares_memory(flat, target):
+        target[...] = flat.reshape(target.shape)
+    return self
+
+
+# ---------------------------------------------------------------------------
+# embedding
+
+
+@register("embedding_dense_backward")
+def embedding_dense_backward(grad_output, indices, num_weights, padding_idx, scale_grad_by_freq):
+    positions = operand(indices, "embedding_backward").reshape(-1)
+    grad = operand(grad_output, "embedding_backward").reshape(positions.size, -1)
+    keep = positions != padding_idx
+    positions, grad = positions[keep], grad[keep]
+    if scale_grad_by_freq:
+        counts = np.bincount(positions, minlength=num_weights)
+        grad = opmath_operand(grad_output).reshape(-1, grad.shape[-1])[keep] / counts[positions, None]
+    result = np.zeros((num_weights, grad.shape[-1]), _tensor.numpy_dtype(grad_output.dtype))
+    np.add.at(result, positions, _as_dtype(grad, grad_output))
+    return new_tensor(result, grad_output.dtype)
+
+
+# ---------------------------------------------------------------------------
+# embedding_bag (mode 0 sum, 1 mean, 2 max)
+
+_BAG_SUM, _BAG_MEAN, _BAG_MAX = 0, 1, 2
+
+
+def _bags(indices, offsets, include_last_offset):
+    """The bag of each index, and how many bags there are."""
+    starts = operand(offsets, "embedding_bag").astype(np.int64)
+    if include_last_offset:
+        starts = starts[:-1]
+    positions = np.arange(indices.size)
+    return np.searchsorted(starts, positions, side="right") - 1, starts.size
+
+
+def _embedding_bag(weight, indices, offsets, mode, per_sample_weights, include_last_offset, padding_idx):
+    table = opmath_operand(weight, "embedding_bag")
+    positions = operand(indices, "embedding_bag").reshape(-1)
+    checked_indices(positions, table.shape[0], wrap=False, error=_fixed_error(IndexError, "index out of range in self"))
+    bag_of, bag_count = _bags(positions, offsets, include_last_offset)
+    used = positions != padding_idx
+    rows = table[positions]
+    if per_sample_weights is not None:
+        rows = rows * opmath_operand(per_sample_weights, "embedding_bag").reshape(-1, 1)
+    bag_size = np.bincount(bag_of[used], minlength=bag_count).astype(np.int64)
+    result = np.zeros((bag_count, table.shape[1]), table.dtype)
+    max_indices = np.zeros((bag_count, table.shape[1]) if mode == _BAG_MAX else (0,), np.int64)
+    if mode == _BAG_MAX:
+        _bag_max(result, max_indices, rows[used], bag_of[used], positions[used])
+    else:
+        np.add.at(result, bag_of[used], rows[used])
+    if mode == _BAG_MEAN:
+        result /= np.maximum(bag_size, 1)[:, None]
+    return (new_tensor(result, weight.dtype), new_tensor(bag_of, torch.int64),
+            new_tensor(bag_size, torch.int64), new_tensor(max_indices, torch.int64))
+
+
+def _bag_max(result, max_indices, rows, bag_of, positions):
+    """Per bag and column, the largest row value and the weight row it came from (the first on ties)."""
+    result[...] = -np.inf
+    np.maximum.at(result, bag_of, rows)
+    for column in range(result.shape[1]):
+        is_max = rows[:, column] == result[bag_of, column]
+        first = np.flatnonzero(is_max)[::-1]  # written last wins: reverse so the first maximum stays
+        max_indices[bag_of[first], column] = positions[first]
+    result[np.isneginf(result) & (max_indices == 0)] = 0  # empty bags are zero, as on CPU
+
+
+@register("_embedding_bag", "_embedding_bag_forward_only")
+def embedding_bag(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sparse=False,
+                  per_sample_weights=None, include_last_offset=False, padding_idx=-1):
+    if per_sample_weights is not None and mode != _BAG_SUM:
+        raise NotImplementedError(
+            "embedding_bag: per_sample_weights was not None. per_sample_weights is only supported for mode='sum'"
+        )
+    return _embedding_bag(weight, indices, offsets, mode, per_sample_weights, include_last_offset, padding_idx)
+
+
+@register("_embedding_bag_backward")
+def embedding_bag_backward(grad, indices, offsets, offset2bag, bag_size, maximum_indices, num_weights,
+                           scale_grad_by_freq, mode, sparse, per_sample_weights, padding_idx=-1):
+    if sparse:
+        raise NotImplementedError("embedding_bag: sparse gradients are not supported on the tpu device")
+    gradient = opmath_operand(grad, "embedding_bag_backward")
+    positions = operand(indices, "embedding_bag_backward").reshape(-1)
+    bag_of = operand(offset2bag, "embedding_bag_backward")
+    result = np.zeros((num_weights, gradient.shape[1]), gradient.dtype)
+    if mode == _BAG_MAX:
+        chosen = operand(maximum_indices, "embedding_bag_backward")
+        filled = operand(bag_size, "embedding_bag_backward") > 0
+        columns = np.broadcast_to(np.arange(gradient.shape[1]), chosen.shape)
+        np.add.at(result, (chosen[filled], columns[filled]), gradient[filled])
+        return new_tensor(result, grad.dtype)
+    used = positions != padding_idx
+    rows = gradient[bag_of]
+    if mode == _BAG_MEAN:
+        rows = rows / np.maximum(operand(bag_size, "embedding_bag_backward"), 1)[bag_of, None]
+    if per_sample_weights is not None:
+        rows = rows * opmath_operand(per_sample_weights, "embedding_bag_backward").reshape(-1, 1)
+    if scale_grad_by_freq:
+        rows = rows / np.bincount(positions, minlength=num_weights)[positions, None]
+    np.add.at(result, positions[used], rows[used])
+    return new_tensor(result, grad.dtype)
+
+
+@register("_embedding_bag_per_sample_weights_backward")
+def embedding_bag_per_sample_weights_backward(grad, weight, indices, offsets, offset2bag, mode, padding_idx=-1):
+    gradient = opmath_operand(grad, "embedding_bag")
+    positions = operand(indices, "embedding_bag").reshape(-1)
+    bag_of = operand(offset2bag, "embedding_bag")
+    products = np.einsum("ij,ij->i", gradient[bag_of], opmath_operand(weight, "embedding_bag")[positions])
+    return new_tensor(np.where(positions != padding_idx, products, 0), grad.dtype)

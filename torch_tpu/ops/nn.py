@@ -1,1 +1,872 @@
-"""Neural-network kernels: softmax, normalization, pooling, dropout, losses, attention."""
+"""Neural-network kernels: softmax, normalization, pooling, dropout, losses.
+
+Attention needs no kernel of its own: for tpu tensors ``scaled_dot_product_attention``
+takes PyTorch's math path, which is built from ``bmm`` (the MXU), ``_safe_softmax`` and
+``native_dropout``, all of which run here or in linalg.
+
+Every kernel computes in PyTorch's opmath dtype (float32 for bf16/fp16) and rounds once
+on store, so results match the CPU to the last bit wherever the order of summation allows.
+"""
+
+import functools
+import itertools
+import math
+
+import numpy as np
+import torch
+
+from .. import _C
+from ._common import empty, opmath_dtype, opmath_operand, operand, resize_out, write
+from . import _registry
+
+# at::Reduction
+REDUCTION_NONE, REDUCTION_MEAN, REDUCTION_SUM = 0, 1, 2
+
+
+# ---------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------
+
+
+def register(*overloads):
+    """Register a NumPy kernel that, like the CPU kernels, never warns about NaN, inf or 0/0."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def quiet(*args, **kwargs):
+            with np.errstate(all="ignore"):
+                return function(*args, **kwargs)
+
+        _registry.register(*overloads)(quiet)
+        return function
+
+    return decorate
+
+
+def wrap_dim(dim, ndim):
+    """A dim index made non-negative, raising the IndexError PyTorch raises."""
+    rank = max(ndim, 1)
+    if not -rank <= dim < rank:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-rank}, {rank - 1}], but got {dim})")
+    return dim % rank
+
+
+def at_least_1d(array):
+    return array.reshape(1) if array.ndim == 0 else array
+
+
+def store(out, array):
+    """Write ``array`` into an ``out=`` tensor, resizing it first as PyTorch does."""
+    resize_out(out, np.shape(array))
+    return write(out, array)
+
+
+def new(array, dtype):
+    result = empty(np.shape(array), dtype)
+    return write(result, array)
+
+
+def reduce_loss(loss, reduction):
+    if reduction == REDUCTION_MEAN:
+        return np.mean(loss)
+    if reduction == REDUCTION_SUM:
+        return np.sum(loss)
+    return loss
+
+
+def loss_gradient_scale(grad_output, numel, reduction):
+    """d(reduced loss)/d(elementwise loss): the incoming gradient, divided by N for a mean."""
+    return grad_output / numel if reduction == REDUCTION_MEAN else grad_output
+
+
+def mixed_precision(input, *params):
+    """PyTorch's ``is_mixed_type``: reduced-precision input with float32 parameters."""
+    return input.dtype in (torch.bfloat16, torch.float16) and any(
+        p is not None and p.dtype == torch.float32 for p in params
+    )
+
+
+def statistics_dtype(input, *params):
+    """The dtype of saved means and inverse stds (``param_scalar_type`` in PyTorch)."""
+    return torch.float32 if mixed_precision(input, *params) else input.dtype
+
+
+def optional_operand(value):
+    return None if value is None else opmath_operand(value)
+
+
+# ---------------------------------------------------------------------------------------
+# Softmax
+# ---------------------------------------------------------------------------------------
+
+
+def softmax_array(x, dim):
+    if x.size == 0:
+        return x.astype(x.dtype, copy=True)
+    result = x - np.max(x, axis=dim, keepdims=True)
+    np.exp(result, out=result)
+    result /= np.sum(result, axis=dim, keepdims=True)
+    return result
+
+
+def log_softmax_array(x, dim):
+    if x.size == 0:
+        return x.astype(x.dtype, copy=True)
+    result = x - np.max(x, axis=dim, keepdims=True)
+    result -= np.log(np.sum(np.exp(result), axis=dim, keepdims=True))
+    return result
+
+
+def softmax_kernel(array_function):
+    def kernel(self, dim, half_to_float, *, out):
+        x = at_least_1d(opmath_operand(self))
+        result = array_function(x, wrap_dim(dim, self.dim()))
+        return store(out, result.reshape(self.shape))
+
+    return kernel
+
+
+register("_softmax.out")(softmax_kernel(softmax_array))
+register("_log_softmax.out")(softmax_kernel(log_softmax_array))
+
+
+@register("_softmax_backward_data.out")
+def softmax_backward_data(grad_output, output, dim, input_dtype, *, grad_input):
+    grad, y = at_least_1d(opmath_operand(grad_output)), at_least_1d(opmath_operand(output))
+    dim = wrap_dim(dim, output.dim())
+    result = y * (grad - np.sum(grad * y, axis=dim, keepdims=True))
+    return store(grad_input, result.reshape(output.shape))
+
+
+@register("_log_softmax_backward_data.out")
+def log_softmax_backward_data(grad_output, output, dim, input_dtype, *, out):
+    grad, y = at_least_1d(opmath_operand(grad_output)), at_least_1d(opmath_operand(output))
+    dim = wrap_dim(dim, output.dim())
+    result = grad - np.exp(y) * np.sum(grad, axis=dim, keepdims=True)
+    return store(out, result.reshape(output.shape))
+
+
+@register("_safe_softmax")
+def safe_softmax(self, dim, dtype=None):
+    """Softmax whose fully masked rows (all -inf) are 0 instead of NaN: attention's softmax."""
+    dtype = dtype or self.dtype
+    dim = wrap_dim(dim, self.dim())
+    x = at_least_1d(opmath_operand(self)).astype(opmath_dtype(dtype), copy=False)
+    result = softmax_array(x, dim)
+    if x.size:
+        masked_rows = np.all(x == -np.inf, axis=dim, keepdims=True)
+        result = np.where(masked_rows, 0, result)
+    return new(result.reshape(self.shape), dtype)
+
+
+# ---------------------------------------------------------------------------------------
+# Normalization. Each is "normalize over some axes, then scale and shift"; the backward
+# of that normalization is shared.
+# ---------------------------------------------------------------------------------------
+
+
+def moments(x, axes):
+    """Mean and biased variance over ``axes`` (kept), two-pass for accuracy."""
+    mean = np.mean(x, axis=axes, keepdims=True)
+    return mean, np.mean(np.square(x - mean), axis=axes, keepdims=True)
+
+
+def inverse_std(var, eps):
+    return 1 / np.sqrt(var + eps)
+
+
+def normalized_input_gradient(grad_xhat, xhat, rstd, axes):
+    """d loss / d x for xhat = (x - mean(x)) * rstd, with mean and rstd taken over ``axes``."""
+    mean_grad = np.mean(grad_xhat, axis=axes, keepdims=True)
+    mean_grad_xhat = np.mean(grad_xhat * xhat, axis=axes, keepdims=True)
+    return rstd * (grad_xhat - mean_grad - xhat * mean_grad_xhat)
+
+
+def scaled(x, weight):
+    return x if weight is None else x * weight
+
+
+def shifted(x, bias):
+    return x if bias is None else x + bias
+
+
+def dtype_of(tensor):
+    return None if tensor is None else tensor.dtype
+
+
+def output_if(mask, array, dtype):
+    return new(array, dtype) if mask else None
+
+
+@register("native_layer_norm")
+def native_layer_norm(input, normalized_shape, weight, bias, eps):
+    axis = input.dim() - len(normalized_shape)
+    x = opmath_operand(input)
+    axes = tuple(range(axis, input.dim()))
+    mean, var = moments(x, axes)
+    rstd = inverse_std(var, eps)
+    out = shifted(scaled((x - mean) * rstd, optional_operand(weight)), optional_operand(bias))
+    stats_dtype = statistics_dtype(input, weight, bias)
+    return new(out, input.dtype), new(mean, stats_dtype), new(rstd, stats_dtype)
+
+
+@register("native_layer_norm_backward")
+def native_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask):
+    axis = input.dim() - len(normalized_shape)
+    x, dy = opmath_operand(input), opmath_operand(grad_out)
+    mean, rstd = opmath_operand(mean), opmath_operand(rstd)
+    xhat = (x - mean) * rstd
+    batch_axes = tuple(range(axis))
+    grad_input = output_if(
+        output_mask[0],
+        normalized_input_gradient(scaled(dy, optional_operand(weight)), xhat, rstd, tuple(range(axis, x.ndim))),
+        input.dtype,
+    )
+    grad_weight = output_if(output_mask[1] and weight is not None, np.sum(dy * xhat, axis=batch_axes), dtype_of(weight))
+    grad_bias = output_if(output_mask[2] and bias is not None, np.sum(dy, axis=batch_axes), dtype_of(bias))
+    return grad_input, grad_weight, grad_bias
+
+
+def grouped(x, n, channels, spatial, group):
+    """(N, C, *) viewed as (N, group, C // group * spatial): the axes group norm reduces over."""
+    return x.reshape(n, group, channels // group * spatial)
+
+
+def per_channel(param, ndim):
+    """A (C,) parameter shaped to broadcast against (N, C, *spatial)."""
+    return None if param is None else param.reshape((-1,) + (1,) * (ndim - 2))
+
+
+@register("native_group_norm")
+def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
+    x = opmath_operand(input)
+    mean, var = moments(grouped(x, N, C, HxW, group), (2,))
+    rstd = inverse_std(var, eps)
+    xhat = ((grouped(x, N, C, HxW, group) - mean) * rstd).reshape(x.shape)
+    out = shifted(scaled(xhat, per_channel(optional_operand(weight), x.ndim)), per_channel(optional_operand(bias), x.ndim))
+    stats_dtype = statistics_dtype(input, weight, bias)
+    return new(out, input.dtype), new(mean.reshape(N, group), stats_dtype), new(rstd.reshape(N, group), stats_dtype)
+
+
+@register("native_group_norm_backward")
+def native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, group, output_mask):
+    x, dy = opmath_operand(input), opmath_operand(grad_out)
+    mean, rstd = opmath_operand(mean)[..., None], opmath_operand(rstd)[..., None]
+    xhat = (grouped(x, N, C, HxW, group) - mean) * rstd
+    grad_xhat = grouped(scaled(dy, per_channel(optional_operand(weight), x.ndim)), N, C, HxW, group)
+    reduce_axes = (0,) + tuple(range(2, x.ndim))
+    params_dtype = input.dtype if weight is None else weight.dtype
+    grad_input = output_if(
+        output_mask[0], normalized_input_gradient(grad_xhat, xhat, rstd, (2,)).reshape(x.shape), input.dtype
+    )
+    grad_weight = output_if(output_mask[1], np.sum(dy * xhat.reshape(x.shape), axis=reduce_axes), params_dtype)
+    grad_bias = output_if(output_mask[2], np.sum(dy, axis=reduce_axes), params_dtype)
+    return grad_input, grad_weight, grad_bias
+
+
+def batch_norm_axes(ndim):
+    return (0,) + tuple(range(2, ndim))
+
+
+def update_running_stat(running, batch_value, momentum):
+    """running = (1 - momentum) * running + momentum * batch, in place, as PyTorch updates it."""
+    value = opmath_operand(running)
+    write(running, value * (1 - momentum) + batch_value * momentum)
+
+
+@register("native_batch_norm")
+def native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    x = opmath_operand(input)
+    axes = batch_norm_axes(x.ndim)
+    stats_dtype = statistics_dtype(input, weight, bias, running_mean, running_var)
+    if training:
+        mean, var = moments(x, axes)
+        invstd = inverse_std(var, eps)
+        count = x.size // max(x.shape[1], 1)
+        if running_mean is not None:
+            update_running_stat(running_mean, mean.ravel(), momentum)
+        if running_var is not None:
+            update_running_stat(running_var, var.ravel() * count / (count - 1), momentum)
+        save_mean, save_invstd = mean.ravel(), invstd.ravel()
+    else:
+        if running_mean is None or running_var is None:
+            raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
+        mean = per_channel(opmath_operand(running_mean), x.ndim)
+        invstd = inverse_std(per_channel(opmath_operand(running_var), x.ndim), eps)
+        save_mean = save_invstd = np.empty(0, np.float32)
+    out = (x - mean) * invstd
+    out = shifted(scaled(out, per_channel(optional_operand(weight), x.ndim)), per_channel(optional_operand(bias), x.ndim))
+    return new(out, input.dtype), new(save_mean, stats_dtype), new(save_invstd, stats_dtype)
+
+
+@register("_native_batch_norm_legit")
+def native_batch_norm_legit(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    return native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps)
+
+
+@register("_native_batch_norm_legit.no_stats")
+def native_batch_norm_legit_no_stats(input, weight, bias, training, momentum, eps):
+    return native_batch_norm(input, weight, bias, None, None, training, momentum, eps)
+
+
+@register("_native_batch_norm_legit_no_training")
+def native_batch_norm_legit_no_training(input, weight, bias, running_mean, running_var, momentum, eps):
+    return native_batch_norm(input, weight, bias, running_mean, running_var, False, momentum, eps)
+
+
+@register("native_batch_norm_backward")
+def native_batch_norm_backward(
+    grad_out, input, weight, running_mean, running_var, save_mean, save_invstd, train, eps, output_mask
+):
+    x, dy = opmath_operand(input), opmath_operand(grad_out)
+    axes = batch_norm_axes(x.ndim)
+    if train:
+        mean, invstd = per_channel(opmath_operand(save_mean), x.ndim), per_channel(opmath_operand(save_invstd), x.ndim)
+    else:
+        mean = per_channel(opmath_operand(running_mean), x.ndim)
+        invstd = inverse_std(per_channel(opmath_operand(running_var), x.ndim), eps)
+    xhat = (x - mean) * invstd
+    grad_xhat = scaled(dy, per_channel(optional_operand(weight), x.ndim))
+    grad_x = normalized_input_gradient(grad_xhat, xhat, invstd, axes) if train else grad_xhat * invstd
+    params_dtype = input.dtype if weight is None else weight.dtype
+    return (
+        output_if(output_mask[0], grad_x, input.dtype),
+        output_if(output_mask[1], np.sum(dy * xhat, axis=axes), params_dtype),
+        output_if(output_mask[2], np.sum(dy, axis=axes), params_dtype),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Pooling over the last ``n`` dims of any (batch..., *spatial) array.
+#
+# Fixed-window pools pad the input once, then visit each kernel offset as one strided view:
+# a loop over the kernel's k**n offsets, each step vectorised over every output element.
+# Adaptive pools have windows of varying size and gather instead.
+# ---------------------------------------------------------------------------------------
+
+
+def expand_param(value, n, default=None):
+    value = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not value and default is not None:
+        return list(default)
+    return value * n if len(value) == 1 else value
+
+
+def pooling_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    """at::pooling_output_shape."""
+    numerator = size + 2 * padding - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = numerator // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+class Window:
+    """The geometry of a fixed-window pool over ``n`` spatial dims."""
+
+    def __init__(self, in_sizes, kernel, stride, padding, dilation, ceil_mode):
+        n = len(in_sizes)
+        self.in_sizes = tuple(in_sizes)
+        self.kernel = expand_param(kernel, n)
+        self.stride = expand_param(stride, n, default=self.kernel)
+        self.padding = expand_param(padding, n)
+        self.dilation = expand_param(dilation, n)
+        self.out_sizes = tuple(
+            pooling_output_size(*args, ceil_mode)
+            for args in zip(in_sizes, self.kernel, self.stride, self.padding, self.dilation)
+        )
+        # padding after the input that the last (ceil_mode) window may reach into
+        self.pad_after = tuple(
+            max(0, (o - 1) * s + d * (k - 1) + 1 - i - p)
+            for i, o, k, s, p, d in zip(
+                in_sizes, self.out_sizes, self.kernel, self.stride, self.padding, self.dilation
+            )
+        )
+
+    def pad(self, x, fill):
+        widths = [(0, 0)] * (x.ndim - len(self.in_sizes)) + list(zip(self.padding, self.pad_after))
+        if not any(lo or hi for lo, hi in widths):
+            return x
+        return np.pad(x, widths, constant_values=fill)
+
+    def offsets(self):
+        return itertools.product(*(range(k) for k in self.kernel))
+
+    def view(self, offset):
+        """The index selecting, in the padded input, every window's element at ``offset``."""
+        return (Ellipsis,) + tuple(
+            slice(j * d, j * d + (o - 1) * s + 1, s)
+            for j, d, o, s in zip(offset, self.dilation, self.out_sizes, self.stride)
+        )
+
+    def coordinates(self, offset):
+        """Per dim, the input coordinate each output reads at ``offset`` (may lie in padding)."""
+        return [
+            np.arange(o) * s - p + j * d
+            for j, o, s, p, d in zip(offset, self.out_sizes, self.stride, self.padding, self.dilation)
+        ]
+
+    def first_valid_coordinates(self):
+        """Per dim, each window's first coordinate inside the input (PyTorch's starting argmax)."""
+        starts = [np.arange(o) * s - p for o, s, p in zip(self.out_sizes, self.stride, self.padding)]
+        return [np.where(start < 0, start + (-start + d - 1) // d * d, start) for start, d in zip(starts, self.dilation)]
+
+    def avg_divisors(self, count_include_pad):
+        """Per dim, the number of elements each window averages over."""
+        divisors = []
+        for i, o, k, s, p in zip(self.in_sizes, self.out_sizes, self.kernel, self.stride, self.padding):
+            start = np.arange(o) * s - p
+            end = np.minimum(start + k, i + p)
+            if not count_include_pad:
+                start, end = np.maximum(start, 0), np.minimum(end, i)
+            divisors.append(end - start)
+        return divisors
+
+
+def grids(per_dim):
+    """Per-dim 1-d arrays reshaped to broadcast against each other (np.ix_, but booleans stay values)."""
+    n = len(per_dim)
+    return [np.asarray(a).reshape((1,) * d + (-1,) + (1,) * (n - d - 1)) for d, a in enumerate(per_dim)]
+
+
+def flat_index(coordinates, in_sizes):
+    """Row-major flat indices of the outer product of per-dim coordinates."""
+    return sum(grid * math.prod(in_sizes[d + 1:]) for d, grid in enumerate(grids(coordinates)))
+
+
+def outer_product(per_dim):
+    return math.prod(grids(per_dim))
+
+
+def lowest(dtype):
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+def running_max(best, best_index, values, index, is_float):
+    """PyTorch's update rule: take a strictly greater value, or any NaN (so the last NaN wins)."""
+    take = values > best
+    if is_float:
+        take |= np.isnan(values)
+    np.copyto(best, values, where=take)
+    np.copyto(best_index, index, where=take)
+
+
+def max_pool_arrays(x, window):
+    padded = window.pad(x, lowest(x.dtype))
+    out_shape = x.shape[: x.ndim - len(window.in_sizes)] + window.out_sizes
+    best = np.full(out_shape, lowest(x.dtype), x.dtype)
+    best_index = np.empty(out_shape, np.int64)
+    best_index[...] = flat_index(window.first_valid_coordinates(), window.in_sizes)
+    for offset in window.offsets():
+        index = flat_index(window.coordinates(offset), window.in_sizes)
+        running_max(best, best_index, padded[window.view(offset)], index, x.dtype.kind == "f")
+    return best, best_index
+
+
+def max_pool_backward_array(grad, indices, in_shape, n_spatial):
+    """Scatter-add each output gradient to the input element its max came from."""
+    lead = in_shape[: len(in_shape) - n_spatial]
+    rows, inner = math.prod(lead), math.prod(in_shape[len(lead):])
+    flat = indices.reshape(rows, -1) + (np.arange(rows) * inner)[:, None]
+    summed = np.bincount(flat.ravel(), weights=grad.reshape(rows, -1).ravel(), minlength=rows * inner)
+    return summed.reshape(in_shape)
+
+
+def avg_pool_arrays(x, window, count_include_pad, divisor_override):
+    padded = window.pad(x, 0)
+    total = sum(padded[window.view(offset)] for offset in window.offsets())
+    divisor = divisor_override or outer_product(window.avg_divisors(count_include_pad))
+    return total / divisor
+
+
+def avg_pool_backward_array(grad, in_shape, window, count_include_pad, divisor_override):
+    divisor = divisor_override or outer_product(window.avg_divisors(count_include_pad))
+    share = grad / divisor
+    lead = len(in_shape) - len(window.in_sizes)
+    padded_shape = in_shape[:lead] + tuple(
+        i + p + hi for i, p, hi in zip(window.in_sizes, window.padding, window.pad_after)
+    )
+    padded = np.zeros(padded_shape, share.dtype)
+    for offset in window.offsets():
+        padded[window.view(offset)] += share
+    return padded[(Ellipsis,) + tuple(slice(p, p + i) for p, i in zip(window.padding, window.in_sizes))]
+
+
+def pool_window(self, n, kernel_size, stride, padding, dilation, ceil_mode):
+    return Window(tuple(self.shape[-n:]), kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def max_pool_kernel(n):
+    def kernel(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False, *, out=None, indices=None):
+        window = pool_window(self, n, kernel_size, stride, padding, dilation, ceil_mode)
+        values, index = max_pool_arrays(opmath_operand(self), window)
+        if out is None:
+            return new(values, self.dtype), new(index, torch.int64)
+        return store(out, values), store(indices, index)
+
+    return kernel
+
+
+def max_pool_backward_kernel(n):
+    def kernel(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode, indices, *, grad_input=None):
+        result = max_pool_backward_array(opmath_operand(grad_output), operand(indices), tuple(self.shape), n)
+        return new(result, self.dtype) if grad_input is None else store(grad_input, result)
+
+    return kernel
+
+
+register("max_pool2d_with_indices.out")(max_pool_kernel(2))
+register("max_pool3d_with_indices", "max_pool3d_with_indices.out")(max_pool_kernel(3))
+register("max_pool2d_with_indices_backward.grad_input")(max_pool_backward_kernel(2))
+register("max_pool3d_with_indices_backward", "max_pool3d_with_indices_backward.grad_input")(max_pool_backward_kernel(3))
+
+
+def avg_pool_kernel(n):
+    def kernel(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, *, out):
+        window = pool_window(self, n, kernel_size, stride, padding, 1, ceil_mode)
+        return store(out, avg_pool_arrays(opmath_operand(self), window, count_include_pad, divisor_override))
+
+    return kernel
+
+
+def avg_pool_backward_kernel(n):
+    def kernel(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+               *, grad_input):
+        window = pool_window(self, n, kernel_size, stride, padding, 1, ceil_mode)
+        result = avg_pool_backward_array(
+            opmath_operand(grad_output), tuple(self.shape), window, count_include_pad, divisor_override
+        )
+        return store(grad_input, result)
+
+    return kernel
+
+
+register("avg_pool2d.out")(avg_pool_kernel(2))
+register("avg_pool3d.out")(avg_pool_kernel(3))
+register("avg_pool2d_backward.grad_input")(avg_pool_backward_kernel(2))
+register("avg_pool3d_backward.grad_input")(avg_pool_backward_kernel(3))
+
+
+def adaptive_bounds(in_size, out_size):
+    """at::native::start_index / end_index for every output position."""
+    o = np.arange(out_size)
+    return (o * in_size) // out_size, ((o + 1) * in_size + out_size - 1) // out_size
+
+
+def adaptive_membership(in_size, out_size):
+    """(out, in) matrix: 1 where input element i lies in output o's window."""
+    start, end = adaptive_bounds(in_size, out_size)
+    i = np.arange(in_size)
+    return ((i >= start[:, None]) & (i < end[:, None])).astype(np.float32)
+
+
+def contract_spatial(x, matrices):
+    """Apply one small matrix along each trailing spatial dim."""
+    n = len(matrices)
+    for d, matrix in enumerate(matrices):
+        axis = x.ndim - n + d
+        x = np.moveaxis(np.tensordot(x, matrix.astype(x.dtype), axes=([axis], [1])), -1, axis)
+    return x
+
+
+def adaptive_avg_pool_array(x, out_sizes):
+    in_sizes = x.shape[-len(out_sizes):]
+    matrices = [adaptive_membership(i, o) for i, o in zip(in_sizes, out_sizes)]
+    counts = outer_product([m.sum(axis=1) for m in matrices])
+    return contract_spatial(x, matrices) / counts
+
+
+def adaptive_avg_pool_backward_array(grad, in_sizes):
+    out_sizes = grad.shape[-len(in_sizes):]
+    matrices = [adaptive_membership(i, o) for i, o in zip(in_sizes, out_sizes)]
+    counts = outer_product([m.sum(axis=1) for m in matrices])
+    return contract_spatial(grad / counts, [m.T for m in matrices])
+
+
+def adaptive_avg_pool_kernel(n):
+    def kernel(self, output_size, *, out=None):
+        result = adaptive_avg_pool_array(opmath_operand(self), tuple(expand_param(output_size, n)))
+        return new(result, self.dtype) if out is None else store(out, result)
+
+    return kernel
+
+
+def adaptive_avg_pool_backward_kernel(n):
+    def kernel(grad_output, self, *, out=None):
+        result = adaptive_avg_pool_backward_array(opmath_operand(grad_output), tuple(self.shape[-n:]))
+        return new(result, self.dtype) if out is None else store(out, result)
+
+    return kernel
+
+
+register("_adaptive_avg_pool2d", "_adaptive_avg_pool2d.out")(adaptive_avg_pool_kernel(2))
+register("_adaptive_avg_pool3d", "_adaptive_avg_pool3d.out")(adaptive_avg_pool_kernel(3))
+register("_adaptive_avg_pool2d_backward", "_adaptive_avg_pool2d_backward.out")(adaptive_avg_pool_backward_kernel(2))
+register("_adaptive_avg_pool3d_backward", "_adaptive_avg_pool3d_backward.out")(adaptive_avg_pool_backward_kernel(3))
+
+
+def adaptive_max_pool_arrays(x, out_sizes):
+    n = len(out_sizes)
+    in_sizes = x.shape[-n:]
+    bounds = [adaptive_bounds(i, o) for i, o in zip(in_sizes, out_sizes)]
+    lengths = [end - start for start, end in bounds]
+    best = np.full(x.shape[:-n] + tuple(out_sizes), lowest(x.dtype), x.dtype)
+    best_index = np.empty(best.shape, np.int64)
+    best_index[...] = flat_index([start for start, _ in bounds], in_sizes)
+    for offset in itertools.product(*(range(int(length.max(initial=0))) for length in lengths)):
+        coordinates = [np.minimum(start + j, i - 1) for (start, _), j, i in zip(bounds, offset, in_sizes)]
+        inside = outer_product([j < length for j, length in zip(offset, lengths)])
+        values = x[(Ellipsis,) + tuple(grids(coordinates))]
+        running_max(best, best_index, np.where(inside, values, lowest(x.dtype)), flat_index(coordinates, in_sizes),
+                    x.dtype.kind == "f")
+    return best, best_index
+
+
+def adaptive_max_pool_kernel(n):
+    def kernel(self, output_size, *, out, indices):
+        values, index = adaptive_max_pool_arrays(opmath_operand(self), tuple(expand_param(output_size, n)))
+        return store(out, values), store(indices, index)
+
+    return kernel
+
+
+def adaptive_max_pool_backward_kernel(n):
+    def kernel(grad_output, self, indices, *, grad_input):
+        result = max_pool_backward_array(opmath_operand(grad_output), operand(indices), tuple(self.shape), n)
+        return store(grad_input, result)
+
+    return kernel
+
+
+register("adaptive_max_pool2d.out")(adaptive_max_pool_kernel(2))
+register("adaptive_max_pool3d.out")(adaptive_max_pool_kernel(3))
+register("adaptive_max_pool2d_backward.grad_input")(adaptive_max_pool_backward_kernel(2))
+register("adaptive_max_pool3d_backward.grad_input")(adaptive_max_pool_backward_kernel(3))
+
+
+# ---------------------------------------------------------------------------------------
+# Dropout
+# ---------------------------------------------------------------------------------------
+
+
+@register("native_dropout")
+def native_dropout(input, p, train):
+    x = opmath_operand(input)
+    if train is not None and not train:
+        return new(x, input.dtype), new(np.ones(x.shape, np.bool_), torch.bool)
+    keep_probability = 1 - p
+    keep = _C.current_chip().rng.next_stream().random(x.shape, dtype=np.float32) < keep_probability
+    scale = 0.0 if keep_probability == 0 else 1 / keep_probability
+    # multiply rather than select, so NaN and inf inputs propagate exactly as on the CPU
+    return new(x * keep * np.asarray(scale, x.dtype), input.dtype), new(keep, torch.bool)
+
+
+@register("native_dropout_backward", "native_dropout_backward.out")
+def native_dropout_backward(grad_output, mask, scale, *, out=None):
+    grad = opmath_operand(grad_output)
+    result = grad * operand(mask) * np.asarray(scale, grad.dtype)
+    return new(result, grad_output.dtype) if out is None else store(out, result)
+
+
+# ---------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------
+
+
+def nll_terms(log_probs, target, weight, ignore_index):
+    """Per-sample -weight[t] * log_probs[t] and weight[t] (0 where ignored), for (M, C) log_probs."""
+    classes = log_probs.shape[-1]
+    ignored = target == ignore_index
+    out_of_bounds = ~ignored & ((target < 0) | (target >= classes))
+    if out_of_bounds.any():
+        raise IndexError(f"Target {target[out_of_bounds][0]} is out of bounds.")
+    safe_target = np.where(ignored, 0, target)
+    sample_weight = np.ones(target.shape, log_probs.dtype) if weight is None else weight[safe_target]
+    sample_weight = np.where(ignored, 0, sample_weight).astype(log_probs.dtype)
+    picked = np.take_along_axis(log_probs, safe_target[:, None], axis=1)[:, 0]
+    return np.where(ignored, 0, -sample_weight * picked), sample_weight, ignored
+
+
+def class_last(x, n_spatial):
+    """(N, C, *spatial) -> (N * prod(spatial), C) so every NLL variant is one (M, C) problem."""
+    return np.moveaxis(x, 1, -1).reshape(-1, x.shape[1]) if n_spatial else x.reshape(-1, x.shape[-1])
+
+
+def nll_forward_arrays(self, target, weight, reduction, ignore_index, n_spatial):
+    log_probs = class_last(opmath_operand(self), n_spatial)
+    target_array = operand(target)
+    terms, sample_weight, _ = nll_terms(log_probs, target_array.reshape(-1), optional_operand(weight), ignore_index)
+    if reduction == REDUCTION_NONE:
+        return terms.reshape(target_array.shape), np.zeros((), log_probs.dtype)
+    total_weight = np.sum(sample_weight)
+    total = np.sum(terms)
+    if reduction == REDUCTION_MEAN:
+        total = total / total_weight
+    return total, total_weight
+
+
+def nll_backward_array(grad_output, self, target, weight, reduction, ignore_index, total_weight, n_spatial):
+    x = opmath_operand(self)
+    target_array = operand(target).reshape(-1)
+    _, sample_weight, ignored = nll_terms(class_last(x, n_spatial), target_array, optional_operand(weight), ignore_index)
+    grad = opmath_operand(grad_output).reshape(-1) if reduction == REDUCTION_NONE else opmath_operand(grad_output)
+    if reduction == REDUCTION_MEAN:
+        grad = grad / opmath_operand(total_weight)
+    rows = np.zeros((target_array.size, x.shape[1] if n_spatial else x.shape[-1]), x.dtype)
+    values = np.where(ignored, 0, -sample_weight * grad)
+    np.put_along_axis(rows, np.where(ignored, 0, target_array)[:, None], values[:, None], axis=1)
+    if not n_spatial:
+        return rows.reshape(x.shape)
+    return np.moveaxis(rows.reshape((x.shape[0],) + x.shape[2:] + (x.shape[1],)), -1, 1)
+
+
+@register("nll_loss_forward.output")
+def nll_loss_forward(self, target, weight, reduction, ignore_index, *, output, total_weight):
+    loss, weight_sum = nll_forward_arrays(self, target, weight, reduction, ignore_index, 0)
+    return store(output, loss), store(total_weight, weight_sum)
+
+
+@register("nll_loss_backward.grad_input")
+def nll_loss_backward(grad_output, self, target, weight, reduction, ignore_index, total_weight, *, grad_input):
+    return store(grad_input, nll_backward_array(grad_output, self, target, weight, reduction, ignore_index,
+                                                total_weight, 0))
+
+
+def check_nll2d_shapes(self, target):
+    if target.dim() != 3:
+        raise RuntimeError(
+            f"only batches of spatial targets supported (3D tensors) but got targets of dimension: {target.dim()}"
+        )
+    if self.dim() != 4:
+        raise RuntimeError(f"only batches of spatial inputs supported (4D tensors), but got input of dimension: "
+                           f"{self.dim()}")
+    if self.shape[0] != target.shape[0] or self.shape[2:] != target.shape[1:]:
+        raise RuntimeError(f"input and target batch or spatial sizes don't match: target {list(target.shape)}, "
+                           f"input {list(self.shape)}")
+
+
+@register("nll_loss2d_forward", "nll_loss2d_forward.output")
+def nll_loss2d_forward(self, target, weight, reduction, ignore_index, *, output=None, total_weight=None):
+    check_nll2d_shapes(self, target)
+    loss, weight_sum = nll_forward_arrays(self, target, weight, reduction, ignore_index, 2)
+    if output is None:
+        return new(loss, self.dtype), new(weight_sum, self.dtype)
+    return store(output, loss), store(total_weight, weight_sum)
+
+
+@register("nll_loss2d_backward", "nll_loss2d_backward.grad_input")
+def nll_loss2d_backward(grad_output, self, target, weight, reduction, ignore_index, total_weight, *, grad_input=None):
+    result = nll_backward_array(grad_output, self, target, weight, reduction, ignore_index, total_weight, 2)
+    return new(result, self.dtype) if grad_input is None else store(grad_input, result)
+
+
+def pointwise_loss(loss_function):
+    """Kernel for a loss that is an elementwise function of (input, target), then reduced.
+
+    The dispatcher drops trailing arguments equal to their schema default, so ``loss_function``
+    carries the schema's defaults for its extra parameters (beta, delta).
+    """
+
+    def kernel(self, target, reduction=REDUCTION_MEAN, *args, out=None):
+        x, t = opmath_operand(self), opmath_operand(target)
+        loss = reduce_loss(loss_function(x, t, *args), reduction)
+        return new(loss, self.dtype) if out is None else store(out, loss)
+
+    return kernel
+
+
+def pointwise_loss_backward(gradient_function):
+    """Kernel for d loss / d input = grad * gradient_function(input, target), shaped like input."""
+
+    def kernel(grad_output, self, target, reduction, *args, grad_input=None):
+        x, t = opmath_operand(self), opmath_operand(target)
+        grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
+        result = np.broadcast_to(grad * gradient_function(x, t, *args), x.shape)
+        return new(result, self.dtype) if grad_input is None else store(grad_input, result)
+
+    return kernel
+
+
+def squared_error(x, t):
+    return np.square(x - t)
+
+
+def squared_error_gradient(x, t):
+    return 2 * (x - t)
+
+
+def smooth_l1(x, t, beta=1.0):
+    d = np.abs(x - t)
+    # beta == 0 is the L1 loss; the quadratic branch is never taken then, "or 1" only avoids 0/0
+    return np.where(d < beta, 0.5 * d * d / (beta or 1), d - 0.5 * beta)
+
+
+def smooth_l1_gradient(x, t, beta):
+    d = x - t
+    if beta == 0:
+        return np.sign(d)
+    return np.where(d < -beta, -1, np.where(d > beta, 1, d / beta))
+
+
+def huber(x, t, delta=1.0):
+    d = np.abs(x - t)
+    return np.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta))
+
+
+def huber_gradient(x, t, delta):
+    d = x - t
+    return np.where(d < -delta, -delta, np.where(d > delta, delta, d))
+
+
+# mse_loss and smooth_l1_loss are structured: only their out= overloads, so PyTorch's meta function checks shapes
+register("mse_loss.out")(pointwise_loss(squared_error))
+register("mse_loss_backward", "mse_loss_backward.grad_input")(pointwise_loss_backward(squared_error_gradient))
+register("smooth_l1_loss.out")(pointwise_loss(smooth_l1))
+register("smooth_l1_loss_backward", "smooth_l1_loss_backward.grad_input")(pointwise_loss_backward(smooth_l1_gradient))
+register("huber_loss", "huber_loss.out")(pointwise_loss(huber))
+register("huber_loss_backward", "huber_loss_backward.out")(pointwise_loss_backward(huber_gradient))
+
+
+# log terms are clamped at -100 so a probability of exactly 0 or 1 gives a finite loss
+BCE_LOG_FLOOR = -100
+BCE_GRAD_EPSILON = 1e-12
+
+
+def check_probabilities(x):
+    if not np.all((x >= 0) & (x <= 1)):
+        raise RuntimeError("all elements of input should be between 0 and 1")
+
+
+@register("binary_cross_entropy", "binary_cross_entropy.out")
+def binary_cross_entropy(self, target, weight=None, reduction=REDUCTION_MEAN, *, out=None):
+    x, t = opmath_operand(self), opmath_operand(target)
+    check_probabilities(x)
+    loss = (t - 1) * np.maximum(np.log1p(-x), BCE_LOG_FLOOR) - t * np.maximum(np.log(x), BCE_LOG_FLOOR)
+    loss = reduce_loss(scaled(loss, optional_operand(weight)), reduction)
+    return new(loss, self.dtype) if out is None else store(out, loss)
+
+
+@register("binary_cross_entropy_backward", "binary_cross_entropy_backward.grad_input")
+def binary_cross_entropy_backward(grad_output, self, target, weight=None, reduction=REDUCTION_MEAN, *,
+                                  grad_input=None):
+    x, t = opmath_operand(self), opmath_operand(target)
+    grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
+    result = scaled(grad * (x - t) / np.maximum((1 - x) * x, BCE_GRAD_EPSILON), optional_operand(weight))
+    result = np.broadcast_to(result, x.shape)
+    return new(result, self.dtype) if grad_input is None else store(grad_input, result)
+
+
+def log_sigmoid(x):
+    return np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
+
+
+@register("binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits.out")
+def binary_cross_entropy_with_logits(self, target, weight=None, pos_weight=None, reduction=REDUCTION_MEAN, *,
+                                     out=None):
+    x, t = opmath_operand(self), opmath_operand(target)
+    log_sigmoid_x = log_sigmoid(x)
+    if pos_weight is not None:
+        log_sigmoid_x = log_sigmoid_x * ((opmath_operand(pos_weight) - 1) * t + 1)
+    loss = reduce_loss(scaled((1 - t) * x - log_sigmoid_x, optional_operand(weight)), reduction)
+    return new(loss, self.dtype) if out is None else store(out, loss)

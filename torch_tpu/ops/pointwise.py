@@ -1,1 +1,950 @@
-"""Pointwise kernels: unary, binary and ternary ops with PyTorch broadcasting and type promotion."""
+"""Pointwise kernels: unary, binary and ternary ops with PyTorch broadcasting and type promotion.
+
+Most ops are tables: an aten overload, the NumPy (or scipy.special) function that computes it, and
+the rule that turns the operands' promoted dtype into the dtype it is computed in. One kernel factory
+turns each row into a kernel. Structured ops are registered as their ``.out`` overload, where
+PyTorch's meta function has already checked devices, resized ``out`` and picked its dtype, so the
+functional, in-place and ``out=`` forms all work. Non-structured ops get all three forms here.
+
+Semantics follow PyTorch, not NumPy, wherever the two differ: integer division by zero raises,
+``remainder`` takes the divisor's sign, integers to negative powers give 0, NaN has no sign, shifts
+past the bit width saturate. Reduced-precision floats compute in float32 and round once on store.
+"""
+
+import math
+
+import ml_dtypes
+import numpy as np
+import scipy.special as special
+import torch
+from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
+
+from .._errors import device_mismatch
+from .._tensor import numpy_dtype
+from ._common import as_numpy, empty, operand, opmath_dtype, resize_out, write
+from ._registry import register
+
+aten = torch.ops.aten
+
+# --------------------------------------------------------------------------------------------------
+# Dtype rules
+
+
+def keep(dtype):
+    return dtype
+
+
+def to_float(dtype):
+    """Integer and bool operands compute in the default float dtype (PyTorch's "float ops")."""
+    return dtype if dtype.is_floating_point or dtype.is_complex else torch.get_default_dtype()
+
+
+def to_bool(dtype):
+    return torch.bool
+
+
+def common_dtype(*operands):
+    """PyTorch's promoted dtype of tensors and Python scalars (scalars are "weak")."""
+    operands = [o for o in operands if o is not None]
+    if len(operands) == 1:
+        only = operands[0]
+        return only.dtype if isinstance(only, torch.Tensor) else torch.result_type(torch.tensor(0), only)
+    if len(operands) == 2:
+        return torch.result_type(*operands)
+    return elementwise_dtypes(*operands, type_promotion_kind=ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT)[1]
+
+
+def broadcast_shape(*operands):
+    shapes = [tuple(o.shape) for o in operands if isinstance(o, torch.Tensor)]
+    return tuple(torch.broadcast_shapes(*shapes))
+
+
+def check_castable(dtype, out_dtype):
+    if not torch.can_cast(dtype, out_dtype):
+        raise RuntimeError(f"result type {type_name(dtype)} can't be cast to the desired output type "
+                           f"{type_name(out_dtype)}")
+
+
+def check_inplace(self, dtype, shape):
+    """What the structured meta function checks before an in-place op writes into ``self``."""
+    check_castable(dtype, self.dtype)
+    if tuple(shape) != tuple(self.shape):
+        raise RuntimeError(f"output with shape {list(self.shape)} doesn't match the broadcast shape {list(shape)}")
+
+
+def type_name(dtype):
+    return torch.empty(0, dtype=dtype).type().removeprefix("torch.").removesuffix("Tensor")
+
+
+def require(condition, dtype, kernel_name):
+    """PyTorch's AT_DISPATCH error for a dtype a kernel has no loop for."""
+    if not condition:
+        raise NotImplementedError(f'"{kernel_name}" not implemented for \'{type_name(dtype)}\'')
+
+
+def is_integral(dtype):
+    return not (dtype.is_floating_point or dtype.is_complex)
+
+
+# --------------------------------------------------------------------------------------------------
+# Operands and results
+
+
+def as_compute(value, dtype):
+    """A tensor or scalar operand as a NumPy array of the compute dtype (no copy when it already is)."""
+    array = operand(value)
+    if isinstance(array, np.ndarray):
+        return array if array.dtype == dtype else array.astype(dtype)
+    return np.array(array).astype(dtype)  # wraps out-of-range integers as C++ static_cast does
+
+
+def scalar(value, like):
+    """A Scalar argument (alpha, beta, threshold, ...) in the compute dtype of ``like``."""
+    return np.array(value).astype(like.dtype)
+
+
+def compute_into(out, function, operands, dtype, extras=(), options=None, opmath=True):
+    """Run ``function`` on the operands converted to ``dtype``'s opmath type and store into ``out``.
+
+    Absent optional operands (None) stay None.
+    """
+    compute = opmath_dtype(dtype) if opmath else numpy_dtype(dtype)
+    arrays = [None if value is None else as_compute(value, compute) for value in operands]
+    with np.errstate(all="ignore"):
+        if isinstance(function, np.ufunc) and not extras and not options and out.dtype == dtype:
+            target = as_numpy(out)
+            if target.dtype == compute:
+                function(*arrays, out=target)  # NumPy buffers inputs that overlap the output
+                return out
+        result = function(*arrays, *extras, **(options or {}))
+    return write(out, result)
+
+
+# --------------------------------------------------------------------------------------------------
+# The kernel factory
+
+
+def structured(overload, function, operands=1, rule=keep, check=None, opmath=True, result=None,
+               shape=None):
+    """Register ``function`` as the kernel of a structured op's ``.out`` overload.
+
+    The first ``operands`` arguments take part in type promotion; the remaining positional and keyword
+    arguments (other than the output) are passed to ``function`` as they are. ``out=`` calls reach the
+    kernel directly, without the meta function, so it resizes and checks ``out`` itself.
+    """
+    result = result or rule
+    out_name = resolve(overload)._schema.arguments[-1].name
+
+    def kernel(*args, **kwargs):
+        out = kwargs.pop(out_name)
+        promoted, extras = args[:operands], args[operands:]
+        common = common_dtype(*promoted)
+        dtype = rule(common)
+        if check is not None:
+            check(dtype, *promoted, *extras, **kwargs)
+        check_castable(result(common), out.dtype)
+        resize_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs))
+        return compute_into(out, function, promoted, dtype, extras, kwargs, opmath)
+
+    register(overload)(kernel)
+    return kernel
+
+
+def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None):
+    """Register the given functional, in-place and ``out=`` overloads of a non-structured op.
+
+    Their schemas tell them apart; each one does what the structured meta function would have done
+    (dtype, broadcast shape, in-place castability) and then runs ``function`` like ``structured``.
+    """
+    result = result or rule
+
+    def run(out, args, kwargs):
+        promoted, extras = args[:operands], args[operands:]
+        dtype = rule(common_dtype(*promoted))
+        if check is not None:
+            check(dtype, *promoted, *extras, **kwargs)
+        return compute_into(out, function, promoted, dtype, extras, kwargs)
+
+    def functional(*args, **kwargs):
+        promoted = args[:operands]
+        return run(empty(broadcast_shape(*promoted), result(common_dtype(*promoted))), args, kwargs)
+
+    def inplace(self, *args, **kwargs):
+        promoted = (self, *args[:operands - 1])
+        check_inplace(self, result(common_dtype(*promoted)), broadcast_shape(*promoted))
+        return run(self, (self, *args), kwargs)
+
+    def out_variant(*args, out, **kwargs):
+        check_castable(result(common_dtype(*args[:operands])), out.dtype)
+        resize_out(out, broadcast_shape(*args[:operands]))
+        return run(out, args, kwargs)
+
+    for overload in overloads:
+        schema = resolve(overload)._schema
+        if any(argument.is_out for argument in schema.arguments):
+            register(overload)(out_variant)
+        elif schema.name.endswith("_"):
+            register(overload)(inplace)
+        else:
+            register(overload)(functional)
+
+
+def resolve(overload):
+    name, _, overload_name = overload.partition(".")
+    return getattr(getattr(aten, name), overload_name or "default")
+
+
+# --------------------------------------------------------------------------------------------------
+# NumPy formulas where PyTorch's semantics differ from NumPy's
+
+
+def sign(x):
+    if x.dtype == np.bool_:
+        return x.copy()
+    return (x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)  # NaN -> 0, -0.0 -> 0
+
+
+def sgn(x):
+    if x.dtype.kind != "c":
+        return sign(x)
+    magnitude = np.abs(x)
+    return np.where(magnitude == 0, 0, x / np.where(magnitude == 0, 1, magnitude))
+
+
+def rsqrt(x):
+    return np.reciprocal(np.sqrt(x))
+
+
+def sigmoid(x):
+    return np.reciprocal(1 + np.exp(-x))
+
+
+def frac(x):
+    return x - np.trunc(x)
+
+
+def round_decimals(x, decimals=0):
+    if decimals == 0:
+        return np.rint(x)
+    ten_pow = scalar(10.0 ** abs(decimals), x)
+    if decimals < 0:
+        return np.rint(x / ten_pow) * ten_pow
+    return np.rint(x * ten_pow) / ten_pow
+
+
+def integer_identity(function):
+    """Rounding ops leave integers untouched."""
+
+    def rounded(x):
+        return x.copy() if x.dtype.kind in "biu" else function(x)
+
+    rounded.__name__ = function.__name__
+    return rounded
+
+
+def signbit(x):
+    return np.signbit(x) if x.dtype.kind == "f" else x < 0
+
+
+def isnan(x):
+    return np.isnan(x) if x.dtype.kind in "fc" else np.zeros(x.shape, np.bool_)
+
+
+def bitwise_not(x):
+    return np.invert(x)
+
+
+def logical_not(x):
+    return x == 0
+
+
+def angle(x):
+    if x.dtype.kind == "c":
+        return np.angle(x)
+    return np.where(np.isnan(x), x, np.where(x < 0, scalar(math.pi, x), scalar(0, x)))
+
+
+def sinc(x):
+    product = x * scalar(math.pi, x)
+    return np.where(x == 0, scalar(1, x), np.sin(product) / np.where(x == 0, 1, product))
+
+
+def logit(x, eps=None):
+    if eps is not None:
+        x = np.clip(x, scalar(eps, x), scalar(1 - eps, x))
+    return np.log(x / (1 - x))
+
+
+def digamma(x):
+    # PyTorch: digamma(+-0) = -+inf, as the limit from the other side of the pole
+    return np.where(x == 0, np.copysign(scalar(np.inf, x), -x), special.psi(x))
+
+
+def lgamma(x):
+    return np.where(np.isneginf(x), -x, special.gammaln(x))  # PyTorch: lgamma(-inf) = inf
+
+
+def polygamma(x, n):
+    return digamma(x) if n == 0 else special.polygamma(n, x).astype(x.dtype)
+
+
+def nan_to_num(x, nan, posinf, neginf):
+    if x.dtype.kind not in "fc":
+        return x.copy()
+    return np.nan_to_num(x, nan=nan, posinf=posinf, neginf=neginf)
+
+
+def nan_to_num_defaults(dtype, nan, posinf, neginf):
+    """Infinities become the largest finite value of the tensor's own dtype (bf16's, not float32's)."""
+    if not dtype.is_floating_point:
+        return nan, posinf, neginf
+    info = ml_dtypes.finfo(numpy_dtype(dtype))
+    return (0.0 if nan is None else nan, float(info.max) if posinf is None else posinf,
+            float(info.min) if neginf is None else neginf)
+
+
+# Binary
+
+
+def add(a, b, alpha=1):
+    return a + b if alpha == 1 else a + scalar(alpha, b) * b
+
+
+def sub(a, b, alpha=1):
+    return a - b if alpha == 1 else a - scalar(alpha, b) * b
+
+
+def check_alpha(dtype, a, b, alpha=1):
+    if isinstance(alpha, bool) and dtype != torch.bool:
+        raise RuntimeError("Boolean alpha only supported for Boolean results.")
+    if is_integral(dtype) and not isinstance(alpha, int):
+        raise RuntimeError("For integral input tensors, argument alpha must not be a floating point number.")
+    if not dtype.is_complex and isinstance(alpha, complex):
+        raise RuntimeError("For non-complex input tensors, argument alpha must not be a complex number.")
+
+
+def check_sub(dtype, a, b, alpha=1):
+    bools = [isinstance(x, bool) or (isinstance(x, torch.Tensor) and x.dtype == torch.bool) for x in (a, b)]
+    if all(bools):
+        raise RuntimeError("Subtraction, the `-` operator, with two bool tensors is not supported. "
+                           "Use the `^` or `logical_xor()` operator instead.")
+    if any(bools):
+        raise RuntimeError("Subtraction, the `-` operator, with a bool tensor is not supported. "
+                           "If you are trying to invert a mask, use the `~` or `logical_not()` operator instead.")
+    check_alpha(dtype, a, b, alpha)
+
+
+def check_nonzero_divisor(b):
+    if b.dtype.kind in "biu" and not np.all(b):
+        raise RuntimeError("ZeroDivisionError")
+
+
+def trunc_divide(a, b):
+    if a.dtype.kind not in "biu":
+        return np.trunc(a / b)
+    check_nonzero_divisor(b)
+    quotient = np.floor_divide(a, b)
+    return quotient + ((quotient < 0) & (quotient * b != a)).astype(quotient.dtype)
+
+
+def floor_divide(a, b):
+    check_nonzero_divisor(b)
+    return np.floor_divide(a, b)  # NumPy's float floor division is PyTorch's div_floor_floating
+
+
+def divide(a, b, rounding_mode=None):
+    return {None: np.true_divide, "trunc": trunc_divide, "floor": floor_divide}[rounding_mode](a, b)
+
+
+def remainder(a, b):
+    if a.dtype.kind in "biu":
+        check_nonzero_divisor(b)
+        return np.remainder(a, b)
+    mod = np.fmod(a, b)
+    return mod + np.where((mod != 0) & ((b < 0) != (mod < 0)), b, 0).astype(mod.dtype)
+
+
+def fmod(a, b):
+    check_nonzero_divisor(b)
+    return np.fmod(a, b)
+
+
+def power(base, exponent):
+    if base.dtype.kind not in "iu":
+        return np.power(base, exponent)
+    negative = exponent < 0
+    result = np.power(base, np.where(negative, -exponent, exponent))
+    # PyTorch: integers to negative powers truncate 1/base**n toward zero
+    return np.where(negative & (np.abs(base) != 1), 0, result).astype(base.dtype)
+
+
+# pow(tensor, scalar) takes these shortcuts on CPU; they differ from pow() at -0.0 and -inf
+_POW_SHORTCUTS = {
+    0.5: np.sqrt,
+    2: np.square,
+    3: lambda x: x * x * x,
+    -0.5: rsqrt,
+    -1: np.reciprocal,
+    -2: lambda x: np.reciprocal(x * x),
+}
+
+
+def power_scalar(base, exponent):
+    value = exponent.item()
+    if base.dtype.kind == "f" and value in _POW_SHORTCUTS and not isinstance(value, complex):
+        return _POW_SHORTCUTS[value](base)
+    return power(base, exponent)
+
+
+def check_integer_power(dtype, base, exponent):
+    if is_integral(dtype) and not isinstance(exponent, torch.Tensor) and exponent < 0:
+        raise RuntimeError("Integers to negative integer powers are not allowed.")
+
+
+def xlogy(x, y):
+    return np.where(np.isnan(y), y, np.where(x == 0, scalar(0, x), x * np.log(y)))
+
+
+def nextafter(a, b):
+    if a.dtype.kind == "f" and a.dtype.itemsize >= 2 and a.dtype in (np.float16, np.float32, np.float64):
+        return np.nextafter(a, b)
+    # formats NumPy has no nextafter for: step the bit pattern, as c10's nextafter does
+    bits_type = np.dtype(f"uint{a.dtype.itemsize * 8}")
+    a, b = np.broadcast_arrays(a, b)
+    bits = a.view(bits_type).astype(np.int64)
+    away_from_zero = (a < b) == (a > 0)
+    stepped = np.where(away_from_zero, bits + 1, bits - 1).astype(bits_type).view(a.dtype)
+    smallest = np.array(1, bits_type).view(a.dtype)
+    from_zero = np.where(b > 0, smallest, -smallest)
+    return np.where(np.isnan(a) | np.isnan(b), a + b, np.where(a == b, b, np.where(a == 0, from_zero, stepped)))
+
+
+def logaddexp(a, b):
+    biggest = np.maximum(a, b)
+    return np.where(np.isinf(a) & (a == b), a, biggest + np.log1p(np.exp(-np.abs(a - b))))
+
+
+def logaddexp2(a, b):
+    biggest = np.maximum(a, b)
+    return np.where(np.isinf(a) & (a == b), a, biggest + np.log1p(np.exp2(-np.abs(a - b))) / np.log(2).astype(a.dtype))
+
+
+def heaviside(x, values):
+    return np.where(x == 0, values, (x > 0).astype(x.dtype))
+
+
+def left_shift(a, b):
+    out_of_range = (b < 0) | (b >= a.dtype.itemsize * 8)
+    return np.where(out_of_range, 0, np.left_shift(a, np.where(out_of_range, 0, b))).astype(a.dtype)
+
+
+def right_shift(a, b):
+    bits = a.dtype.itemsize * 8
+    out_of_range = (b < 0) | (b >= bits)
+    if a.dtype.kind == "u":
+        return np.where(out_of_range, 0, np.right_shift(a, np.where(out_of_range, 0, b))).astype(a.dtype)
+    return np.right_shift(a, np.where(out_of_range, bits - 1, b))  # signed: fill with the sign bit
+
+
+def logical(function):
+    def combine(a, b):
+        return function(a != 0, b != 0)
+
+    combine.__name__ = function.__name__
+    return combine
+
+
+def supports(predicate, kernel_name):
+    """A check that raises PyTorch's "not implemented for" error for dtypes the CPU kernel lacks."""
+
+    def check(dtype, *args, **kwargs):
+        require(predicate(dtype), dtype, kernel_name)
+
+    return check
+
+
+def floating(dtype):
+    return dtype.is_floating_point
+
+
+def single_or_double(dtype):
+    return dtype in (torch.float32, torch.float64)
+
+
+def real(dtype):
+    return not dtype.is_complex
+
+
+def not_bool(dtype):
+    return dtype != torch.bool
+
+
+def integer(dtype):
+    return is_integral(dtype) and dtype != torch.bool
+
+
+# Ternary
+
+
+def clamp_max(x, high):
+    return clamp(x, high=high)
+
+
+def clamp(x, low=None, high=None):
+    # NaN in x or in a bound propagates; when low > high every element becomes high
+    if low is not None:
+        x = np.maximum(x, low)
+    if high is not None:
+        x = np.minimum(x, high)
+    return x
+
+
+def check_clamp_bounds(dtype, x, low=None, high=None):
+    if low is None and high is None:
+        raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
+
+
+def addcmul(x, a, b, value=1):
+    return x + scalar(value, x) * a * b
+
+
+def addcdiv(x, a, b, value=1):
+    return x + scalar(value, x) * (a / b)
+
+
+def check_addcdiv(dtype, x, a, b, value=1):
+    if is_integral(a.dtype) and is_integral(b.dtype):
+        raise RuntimeError(
+            "Integer division with addcdiv is no longer supported, and in a future release addcdiv will "
+            "perform a true division of tensor1 and tensor2. The historic addcdiv behavior can be implemented "
+            "as (input + value * torch.trunc(tensor1 / tensor2)).to(input.dtype) for integer inputs and as "
+            "(input + value * tensor1 / tensor2) for float inputs. The future addcdiv behavior is just the "
+            "latter implementation: (input + value * tensor1 / tensor2), for all dtypes.")
+
+
+def lerp(start, end, weight):
+    weight = weight if isinstance(weight, np.ndarray) else scalar(weight, start)
+    difference = end - start
+    return np.where(np.abs(weight) < 0.5, start + weight * difference, end - difference * (1 - weight))
+
+
+def where(condition, x, y):
+    return np.where(condition, x, y)
+
+
+# --------------------------------------------------------------------------------------------------
+# Activations and the backward ops autograd calls
+
+
+def relu(x):
+    return np.maximum(x, scalar(0, x))  # keeps NaN
+
+
+def threshold(x, threshold_value, value):
+    return np.where(x <= scalar(threshold_value, x), scalar(value, x), x)
+
+
+def threshold_backward(grad, x, threshold_value):
+    return np.where(x <= scalar(threshold_value, x), scalar(0, grad), grad)
+
+
+def gelu(x, approximate="none"):
+    if approximate == "tanh":
+        inner = scalar(math.sqrt(2 / math.pi), x) * (x + scalar(0.044715, x) * x * x * x)
+        return scalar(0.5, x) * x * (1 + np.tanh(inner))
+    return x * scalar(0.5, x) * (1 + special.erf(x * scalar(math.sqrt(0.5), x)))
+
+
+def gelu_backward(grad, x, approximate="none"):
+    if approximate == "tanh":
+        beta, kappa = scalar(math.sqrt(2 / math.pi), x), scalar(0.044715, x)
+        inner = beta * (x + kappa * x * x * x)
+        tanh_inner = np.tanh(inner)
+        left_derivative = scalar(0.5, x) * (1 + tanh_inner)
+        tanh_derivative = 1 - tanh_inner * tanh_inner
+        inner_derivative = beta * (1 + 3 * kappa * x * x)
+        return grad * (left_derivative + scalar(0.5, x) * x * tanh_derivative * inner_derivative)
+    cdf = scalar(0.5, x) * (1 + special.erf(x * scalar(math.sqrt(0.5), x)))
+    pdf = np.exp(scalar(-0.5, x) * x * x) * scalar(1 / math.sqrt(2 * math.pi), x)
+    return grad * (cdf + x * pdf)
+
+
+def silu(x):
+    return x / (1 + np.exp(-x))
+
+
+def silu_backward(grad, x):
+    sig = sigmoid(x)
+    return grad * sig * (1 + x * (1 - sig))
+
+
+def sigmoid_backward(grad, y):
+    return grad * (1 - y) * y
+
+
+def tanh_backward(grad, y):
+    return grad * (1 - y * y)
+
+
+def logit_backward(grad, x, eps=None):
+    if eps is None:
+        return np.where((x < 0) | (x > 1), scalar(np.nan, x), grad / (x * (1 - x)))
+    outside = (x < scalar(eps, x)) | (x > scalar(1 - eps, x))
+    return np.where(outside, scalar(0, x), grad / (x * (1 - x)))
+
+
+def softplus(x, beta=1, threshold_value=20):
+    scaled = x * scalar(beta, x)
+    return np.where(scaled > scalar(threshold_value, x), x, np.log1p(np.exp(scaled)) / scalar(beta, x))
+
+
+def softplus_backward(grad, x, beta, threshold_value):
+    scaled = x * scalar(beta, x)
+    z = np.exp(scaled)
+    return np.where(scaled > scalar(threshold_value, x), grad, grad * z / (z + 1))
+
+
+def elu(x, alpha=1, scale=1, input_scale=1):
+    negative = np.expm1(x * scalar(input_scale, x)) * scalar(alpha * scale, x)
+    return np.where(x <= 0, negative, x * scalar(scale, x))
+
+
+def elu_backward(grad, x, alpha, scale, input_scale, is_result):
+    negcoef, poscoef, negiptcoef = scalar(alpha * scale, x), scalar(scale, x), scalar(input_scale, x)
+    if is_result:
+        negative = grad * negiptcoef * (x + negcoef)
+    else:
+        negative = grad * negiptcoef * negcoef * np.exp(x * negiptcoef)
+    return np.where(x <= 0, negative, grad * poscoef)
+
+
+def leaky_relu(x, negative_slope=0.01):
+    return np.where(x > 0, x, x * scalar(negative_slope, x))
+
+
+def leaky_relu_backward(grad, x, negative_slope, self_is_result):
+    return np.where(x > 0, grad, grad * scalar(negative_slope, x))
+
+
+def hardtanh(x, min_value=-1, max_value=1):
+    return np.minimum(np.maximum(x, scalar(min_value, x)), scalar(max_value, x))
+
+
+def hardtanh_backward(grad, x, min_value, max_value):
+    return np.where((x <= scalar(min_value, x)) | (x >= scalar(max_value, x)), scalar(0, grad), grad)
+
+
+def hardsigmoid(x):
+    return np.minimum(np.maximum(x + 3, scalar(0, x)), scalar(6, x)) / scalar(6, x)
+
+
+def hardsigmoid_backward(grad, x):
+    return np.where((x > -3) & (x < 3), grad / scalar(6, x), scalar(0, x))
+
+
+def hardswish(x):
+    return x * np.minimum(np.maximum(x + 3, scalar(0, x)), scalar(6, x)) / scalar(6, x)
+
+
+def hardswish_backward(grad, x):
+    middle = grad * (x / scalar(3, x) + scalar(0.5, x))
+    return np.where(x < -3, scalar(0, x), np.where(x <= 3, middle, grad))
+
+
+def mish(x):
+    return x * np.tanh(np.log1p(np.exp(x)))
+
+
+def softshrink(x, lambd=0.5):
+    lambd = scalar(lambd, x)
+    return np.where(x > lambd, x - lambd, np.where(x < -lambd, x + lambd, scalar(0, x)))
+
+
+def softshrink_backward(grad, x, lambd):
+    return np.where(np.abs(x) > scalar(lambd, x), grad, scalar(0, x))
+
+
+def hardshrink(x, lambd=0.5):
+    return np.where((x >= -scalar(lambd, x)) & (x <= scalar(lambd, x)), scalar(0, x), x)
+
+
+def hardshrink_backward(grad, x, lambd):
+    return np.where((x >= -scalar(lambd, x)) & (x <= scalar(lambd, x)), scalar(0, x), grad)
+
+
+def prelu(x, weight):
+    return np.where(x > 0, x, weight * x)
+
+
+def glu(x, dim=-1):
+    first, second = np.split(x, 2, axis=dim)
+    return first * sigmoid(second)
+
+
+def glu_shape(x, dim=-1):
+    halved = list(x.shape)
+    halved[dim] //= 2
+    return tuple(halved)
+
+
+def glu_backward(grad, x, dim):
+    first, second = np.split(x, 2, axis=dim)
+    sig = sigmoid(second)
+    return np.concatenate([grad * sig, grad * first * sig * (1 - sig)], axis=dim)
+
+
+def real_part_dtype(dtype):
+    return dtype.to_real() if dtype.is_complex else dtype
+
+
+# --------------------------------------------------------------------------------------------------
+# Tables
+
+UNARY_FLOAT = {  # integer and bool inputs compute in the default float dtype
+    "exp": np.exp, "exp2": np.exp2, "expm1": np.expm1,
+    "log": np.log, "log2": np.log2, "log10": np.log10, "log1p": np.log1p,
+    "sqrt": np.sqrt, "rsqrt": rsqrt, "reciprocal": np.reciprocal, "sigmoid": sigmoid,
+    "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
+    "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
+    "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh,
+    "erf": special.erf, "erfc": special.erfc, "erfinv": special.erfinv,
+    "lgamma": lgamma, "digamma": digamma, "i0": special.i0, "sinc": sinc,
+    "special_i0e": special.i0e, "special_i1": special.i1, "special_i1e": special.i1e, "special_entr": special.entr,
+}
+UNARY_FLOAT_SINGLE_OR_DOUBLE = {  # CPU has no reduced-precision kernels for these
+    "special_ndtri": special.ndtri, "special_log_ndtr": special.log_ndtr, "special_erfcx": special.erfcx,
+}
+UNARY_SAME = {  # computed in the input's own dtype: (function, supported dtypes)
+    "neg": (np.negative, None), "sign": (sign, None), "sgn": (sgn, None), "frac": (frac, floating),
+    "floor": (integer_identity(np.floor), not_bool), "ceil": (integer_identity(np.ceil), not_bool),
+    "trunc": (integer_identity(np.trunc), not_bool), "round": (integer_identity(np.rint), not_bool),
+    "signbit": (signbit, real), "isposinf": (np.isposinf, real), "isneginf": (np.isneginf, real),
+    "bitwise_not": (bitwise_not, is_integral),
+}
+
+BINARY = {  # overload: (function, dtype rule, supported dtypes)
+    "mul.out": (np.multiply, keep, None),
+    "div.out": (np.true_divide, to_float, None),
+    "div.out_mode": (divide, keep, not_bool),
+    "remainder.Tensor_out": (remainder, keep, not_bool),
+    "fmod.Tensor_out": (fmod, keep, not_bool),
+    "pow.Tensor_Tensor_out": (power, keep, not_bool),
+    "pow.Scalar_out": (power, keep, not_bool),
+    "atan2.out": (np.arctan2, to_float, None),
+    "hypot.out": (np.hypot, keep, floating),
+    "maximum.out": (np.maximum, keep, real),
+    "minimum.out": (np.minimum, keep, real),
+    "fmax.out": (np.fmax, keep, real),
+    "fmin.out": (np.fmin, keep, real),
+    "copysign.out": (np.copysign, to_float, None),
+    "logaddexp.out": (logaddexp, keep, floating),
+    "logaddexp2.out": (logaddexp2, keep, floating),
+    "xlogy.OutTensor": (xlogy, to_float, None),
+    "special_xlog1py.out": (special.xlog1py, to_float, None),
+    "special_zeta.out": (special.zeta, to_float, single_or_double),
+    "igamma.out": (special.gammainc, keep, floating),
+    "igammac.out": (special.gammaincc, keep, floating),
+    "heaviside.out": (heaviside, keep, None),
+    "gcd.out": (np.gcd, keep, integer),
+    "lcm.out": (np.lcm, keep, integer),
+    "bitwise_and.Tensor_out": (np.bitwise_and, keep, is_integral),
+    "bitwise_or.Tensor_out": (np.bitwise_or, keep, is_integral),
+    "bitwise_xor.Tensor_out": (np.bitwise_xor, keep, is_integral),
+    "bitwise_left_shift.Tensor_out": (left_shift, keep, integer),
+    "bitwise_right_shift.Tensor_out": (right_shift, keep, integer),
+}
+COMPARISONS = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal,
+               "gt": np.greater, "ge": np.greater_equal}
+LOGICAL = {"logical_and": np.logical_and, "logical_or": np.logical_or, "logical_xor": np.logical_xor}
+
+ACTIVATIONS = {  # overload: (function, number of promoted operands); all floating-point only
+    "threshold.out": (threshold, 1),
+    "threshold_backward.grad_input": (threshold_backward, 2),
+    "gelu.out": (gelu, 1),
+    "gelu_backward.grad_input": (gelu_backward, 2),
+    "silu.out": (silu, 1),
+    "silu_backward.grad_input": (silu_backward, 2),
+    "sigmoid_backward.grad_input": (sigmoid_backward, 2),
+    "tanh_backward.grad_input": (tanh_backward, 2),
+    "logit_backward.grad_input": (logit_backward, 2),
+    "softplus.out": (softplus, 1),
+    "softplus_backward.grad_input": (softplus_backward, 2),
+    "elu.out": (elu, 1),
+    "leaky_relu.out": (leaky_relu, 1),
+    "leaky_relu_backward.grad_input": (leaky_relu_backward, 2),
+    "hardsigmoid.out": (hardsigmoid, 1),
+    "hardsigmoid_backward.grad_input": (hardsigmoid_backward, 2),
+    "mish.out": (mish, 1),
+    "softshrink.out": (softshrink, 1),
+    "softshrink_backward.grad_input": (softshrink_backward, 2),
+    "hardshrink.out": (hardshrink, 1),
+    "hardshrink_backward.grad_input": (hardshrink_backward, 2),
+}
+
+
+def checked(predicate, overload):
+    return None if predicate is None else supports(predicate, overload.split(".")[0] + "_cpu")
+
+
+def register_tables():
+    for name, function in UNARY_FLOAT.items():
+        structured(f"{name}.out", function, rule=to_float)
+    for name, function in UNARY_FLOAT_SINGLE_OR_DOUBLE.items():
+        structured(f"{name}.out", function, rule=to_float, check=checked(single_or_double, name))
+    for name, (function, predicate) in UNARY_SAME.items():
+        structured(f"{name}.out", function, check=checked(predicate, name),
+                   result=to_bool if name in ("signbit", "isposinf", "isneginf") else keep)
+    structured("round.decimals_out", round_decimals, check=checked(floating, "round"))
+    for overload, (function, rule, predicate) in BINARY.items():
+        structured(overload, function, operands=2, rule=rule, check=checked(predicate, overload))
+    structured("add.out", add, operands=2, check=check_alpha)
+    structured("sub.out", sub, operands=2, check=check_sub)
+    structured("pow.Tensor_Scalar_out", power_scalar, operands=2, check=check_integer_power)
+    # nextafter steps to the neighbour in the tensor's own format, so bf16 must not widen to float32
+    structured("nextafter.out", nextafter, operands=2, check=checked(floating, "nextafter"), opmath=False)
+    for name, function in COMPARISONS.items():
+        structured(f"{name}.Tensor_out", function, operands=2, result=to_bool)
+        structured(f"{name}.Scalar_out", function, operands=2, result=to_bool)
+    for name, function in LOGICAL.items():
+        unstructured(logical(function), name, f"{name}_", f"{name}.out", operands=2, result=to_bool)
+    for overload, (function, operands) in ACTIVATIONS.items():
+        structured(overload, function, operands=operands, check=checked(floating, overload))
+    structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)
+    for overload in ("clamp.out", "clamp.Tensor_out"):
+        structured(overload, clamp, operands=3, check=check_clamp_bounds)
+    for overload in ("clamp_min.out", "clamp_min.Tensor_out"):
+        structured(overload, clamp, operands=2)
+    for overload in ("clamp_max.out", "clamp_max.Tensor_out"):
+        structured(overload, clamp_max, operands=2)
+    structured("addcmul.out", addcmul, operands=3)
+    structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
+    structured("lerp.Scalar_out", lerp, operands=2)
+    structured("lerp.Tensor_out", lerp, operands=3)
+    unstructured(logit, "logit", "logit_", "logit.out", rule=to_float)
+    unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)))
+    unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"))
+    unstructured(np.conj, "conj_physical.out")
+    unstructured(logical_not, "logical_not.out", result=to_bool)
+    unstructured(isnan, "isnan", result=to_bool)
+    unstructured(floor_divide, "floor_divide", "floor_divide_.Tensor", "floor_divide.out", operands=2,
+                 check=supports(not_bool, "div_floor_cpu"))
+    unstructured(remainder, "remainder.Scalar_Tensor", operands=2, check=checked(not_bool, "remainder"))
+    unstructured(relu, "relu", "relu_", check=supports(not_bool, "clamp_min_scalar_cpu"))
+    unstructured(hardtanh, "hardtanh", "hardtanh_", "hardtanh.out", check=checked(not_bool, "hardtanh"))
+    unstructured(hardtanh_backward, "hardtanh_backward", "hardtanh_backward.grad_input", operands=2)
+    unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"))
+    unstructured(hardswish_backward, "hardswish_backward", operands=2)
+    unstructured(prelu, "_prelu_kernel", operands=2)
+
+
+register_tables()
+
+
+# --------------------------------------------------------------------------------------------------
+# Ops whose arguments do not fit the tables
+
+
+@register("elu_backward.grad_input")
+def elu_backward_out(grad_output, alpha, scale, input_scale, is_result, self_or_result, *, grad_input):
+    dtype = common_dtype(grad_output, self_or_result)
+    require(dtype.is_floating_point, dtype, "elu_backward_cpu")
+    return compute_into(grad_input, elu_backward, (grad_output, self_or_result), dtype,
+                        (alpha, scale, input_scale, is_result))
+
+
+@register("polygamma.out")
+def polygamma_out(n, self, *, out):
+    return compute_into(out, polygamma, (self,), to_float(self.dtype), (n,))
+
+
+@register("nan_to_num.out")
+def nan_to_num_out(self, nan=None, posinf=None, neginf=None, *, out):
+    resize_out(out, self.shape)
+    replacement = nan_to_num_defaults(self.dtype, nan, posinf, neginf)
+    return compute_into(out, nan_to_num, (self,), self.dtype, replacement)
+
+
+@register("where.self")
+def where_self(condition, self, other):
+    out = empty(broadcast_shape(condition, self, other), common_dtype(self, other))
+    return where_into(out, condition, self, other)
+
+
+@register("where.self_out")
+def where_self_out(condition, self, other, *, out):
+    resize_out(out, broadcast_shape(condition, self, other))
+    return where_into(out, condition, self, other)
+
+
+def where_into(out, condition, self, other):
+    if condition.dtype != torch.bool:
+        raise RuntimeError(f"where expected condition to be a boolean tensor, but got a tensor with dtype "
+                           f"{type_name(condition.dtype)}")
+    compute = opmath_dtype(common_dtype(self, other))
+    return write(out, np.where(operand(condition), as_compute(self, compute), as_compute(other, compute)))
+
+
+@register("rsub.Tensor")
+def rsub(self, other, alpha=1):
+    dtype = common_dtype(self, other)
+    check_sub(dtype, other, self, alpha)
+    return compute_into(empty(broadcast_shape(self, other), dtype), sub, (other, self), dtype, (alpha,))
+
+
+@register("glu_backward")
+def glu_backward_functional(grad_output, self, dim):
+    return glu_backward_out(grad_output, self, dim, grad_input=empty(self.shape, self.dtype))
+
+
+@register("glu_backward.grad_input")
+def glu_backward_out(grad_output, self, dim, *, grad_input):
+    require(self.dtype.is_floating_point, self.dtype, "glu_backward")
+    resize_out(grad_input, self.shape)
+    compute = opmath_dtype(self.dtype)
+    grad, x = as_compute(grad_output, compute), as_compute(self, compute)
+    with np.errstate(all="ignore"):
+        return write(grad_input, glu_backward(grad, x, dim))
+
+
+@register("log_sigmoid_forward")
+def log_sigmoid_forward(self):
+    return log_sigmoid_forward_out(self, output=empty(self.shape, self.dtype), buffer=empty((0,), self.dtype))
+
+
+@register("log_sigmoid_forward.output")
+def log_sigmoid_forward_out(self, *, output, buffer):
+    require(self.dtype.is_floating_point, self.dtype, "log_sigmoid_forward")
+    resize_out(output, self.shape)
+    x = as_compute(self, opmath_dtype(self.dtype))
+    with np.errstate(all="ignore"):
+        write(output, np.minimum(x, scalar(0, x)) - np.log1p(np.exp(-np.abs(x))))
+    return output, buffer
+
+
+@register("log_sigmoid_backward")
+def log_sigmoid_backward(grad_output, self, buffer):
+    out = empty(broadcast_shape(grad_output, self), common_dtype(grad_output, self))
+    return log_sigmoid_backward_out(grad_output, self, buffer, grad_input=out)
+
+
+@register("log_sigmoid_backward.grad_input")
+def log_sigmoid_backward_out(grad_output, self, buffer, *, grad_input):
+    resize_out(grad_input, broadcast_shape(grad_output, self))
+    compute = opmath_dtype(common_dtype(grad_output, self))
+    grad, x = as_compute(grad_output, compute), as_compute(self, compute)
+    with np.errstate(all="ignore"):
+        z = np.exp(-np.abs(x))
+        negative = x < 0
+        derivative = np.where(negative, scalar(1, x), scalar(0, x)) - np.where(negative, 1, -1).astype(compute) * (z / (1 + z))
+        return write(grad_input, grad * derivative)
+
+
+@register("_prelu_kernel_backward")
+def prelu_backward(grad_output, self, weight):
+    shape = broadcast_shape(grad_output, self, weight)
+    compute = opmath_dtype(common_dtype(self, weight))
+    grad, x, w = (as_compute(t, compute) for t in (grad_output, self, weight))
+    positive = x > 0
+    input_grad = write(empty(shape, self.dtype), np.where(positive, grad, w * grad))
+    weight_grad = write(empty(shape, weight.dtype), np.where(positive, scalar(0, x), x * grad))
+    return input_grad, weight_grad

@@ -1,1 +1,660 @@
-"""Reduction kernels: sum, mean, prod, min/max, arg-reductions, var/std, norms, scans."""
+"""Reduction kernels: sum, mean, prod, min/max, arg-reductions, var/std, norms, scans.
+
+Functional calls of structured reductions (``sum``, ``amax``, ``cumsum``, ...) reach their ``.out``
+kernel with ``out`` shaped and typed by PyTorch's meta function, but ``out=`` calls and unstructured
+ops (``var.correction``, ``median.dim_values``, ...) arrive unchecked, so every kernel checks its
+dims, empty reductions without an identity and dtype support itself, raising what CPU raises, and
+resizes ``out`` (a no-op when PyTorch already did).
+
+Numerics follow torch CPU: the input is first converted to the result dtype, then accumulated in
+float32 for bfloat16/float16 (opmath), float64 for float64 and int64 for integer sums, and rounded
+once on store. Max/min propagate NaN, and arg-reductions return the first extreme (or first NaN).
+"""
+
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from .. import _C, _tensor
+from ._common import as_numpy, empty, operand, opmath_dtype, resize_out, write
+from ._registry import register
+
+# ---------------------------------------------------------------------------------------------
+# Mechanisms shared by every reduction
+# ---------------------------------------------------------------------------------------------
+
+
+def _wrap_dim(dim, ndim):
+    span = max(ndim, 1)  # a 0-d tensor accepts dims 0 and -1
+    if not -span <= dim < span:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-span}, {span - 1}], but got {dim})")
+    return dim % span
+
+
+def _reduced_axes(self, dim):
+    """NumPy axes for a PyTorch ``dim`` argument: None or [] mean every dim; 0-d tensors have none.
+
+    Checked as PyTorch checks it: ``out=`` calls reach the kernels without a meta function.
+    """
+    dims = () if dim is None else (dim,) if isinstance(dim, int) else tuple(dim)
+    axes = tuple(_wrap_dim(d, self.dim()) for d in dims)
+    seen = set()
+    for d, axis in zip(dims, axes):
+        if axis in seen:
+            raise RuntimeError(f"dim {axis} appears multiple times in the list of dims")
+        seen.add(axis)
+    if self.dim() == 0:
+        return ()
+    return axes or tuple(range(self.dim()))
+
+
+def _reduction_out(out, self, axes, keepdim):
+    """``out`` resized to the reduction's result (a no-op when PyTorch allocated it)."""
+    return resize_out(out, _reduced_shape(self.shape, axes, keepdim))
+
+
+def _check_nonempty(op_name, self, axes):
+    """Reductions without an identity refuse empty reduced dims, with CPU's IndexError."""
+    for axis in axes:
+        if self.shape[axis] == 0:
+            raise IndexError(f"{op_name}(): Expected reduction dim {axis} to have non-zero size.")
+
+
+def _reduced_shape(shape, axes, keepdim):
+    if keepdim:
+        return tuple(1 if axis in axes else size for axis, size in enumerate(shape))
+    return tuple(size for axis, size in enumerate(shape) if axis not in axes)
+
+
+def _converted(array, dtype):
+    """``array`` converted to the torch ``dtype`` exactly as a PyTorch cast would."""
+    target = _tensor.numpy_dtype(dtype)
+    if array.dtype == target:
+        return array
+    result = np.empty(array.shape, target)
+    _C.dtypes.cast_into(result, array, _tensor.DTYPE_NAME[dtype])
+    return result
+
+
+def _accumuland(self, dtype=None):
+    """``self`` as a reduction into ``dtype`` reads it: converted to dtype, widened to its opmath."""
+    dtype = dtype or self.dtype
+    return _converted(operand(self), dtype).astype(opmath_dtype(dtype), copy=False)
+
+
+def _reduce_into(out, reduction, array, axes, keepdim):
+    """Run a NumPy reduction, straight into ``out``'s memory when no cast is needed."""
+    target = as_numpy(out)
+    if target.dtype == array.dtype:
+        reduction(array, axis=axes, keepdims=keepdim, out=target)
+    else:
+        write(out, np.asarray(reduction(array, axis=axes, keepdims=keepdim)))
+    return out
+
+
+def _sum_dtype(self, dtype):
+    """Sums and products of integers and bools are int64 unless a dtype is asked for."""
+    if dtype is not None:
+        return dtype
+    return self.dtype if self.dtype.is_floating_point or self.dtype.is_complex else torch.int64
+
+
+_SCALAR_TYPE_NAME = {
+    torch.bool: "Bool", torch.uint8: "Byte", torch.int8: "Char", torch.int16: "Short",
+    torch.int32: "Int", torch.int64: "Long", torch.float16: "Half", torch.bfloat16: "BFloat16",
+    torch.float32: "Float", torch.float64: "Double", torch.complex64: "ComplexFloat",
+    torch.complex128: "ComplexDouble", torch.uint16: "UInt16", torch.uint32: "UInt32", torch.uint64: "UInt64",
+    torch.float8_e4m3fn: "Float8_e4m3fn", torch.float8_e5m2: "Float8_e5m2",
+}
+
+
+def _check_dtype(self, kernel_name, supported):
+    """CPU kernels dispatch on a set of dtypes and raise NotImplementedError for the rest."""
+    if not supported(self.dtype):
+        raise NotImplementedError(f'"{kernel_name}" not implemented for \'{_SCALAR_TYPE_NAME[self.dtype]}\'')
+
+
+def _real(dtype):
+    return not dtype.is_complex
+
+
+def _real_not_bool(dtype):
+    return not dtype.is_complex and dtype != torch.bool
+
+
+def _floating(dtype):
+    return dtype.is_floating_point or dtype.is_complex
+
+
+def _along_last(array, axis):
+    """``array`` with ``axis`` moved last; 0-d arrays become one-element vectors."""
+    return np.moveaxis(array, axis, -1) if array.ndim else array.reshape(1)
+
+
+def _from_last(array, axis, ndim):
+    return np.moveaxis(array, -1, axis) if ndim else array.reshape(())
+
+
+# ---------------------------------------------------------------------------------------------
+# Sums and products
+# ---------------------------------------------------------------------------------------------
+
+
+def _accumulating_kernel(reduction):
+    """sum/prod into ``out``: the input converted to out's dtype, accumulated in its opmath."""
+
+    def kernel(self, dim, keepdim=False, *, dtype=None, out):
+        axes = _reduced_axes(self, dim)
+        return _reduce_into(_reduction_out(out, self, axes, keepdim), reduction, _accumuland(self, out.dtype),
+                            axes, keepdim)
+
+    return kernel
+
+
+sum_out = register("sum.IntList_out")(_accumulating_kernel(np.sum))
+prod_int_out = register("prod.int_out")(_accumulating_kernel(np.prod))
+
+
+# sum and mean are hot (losses, normalisation): their functional forms skip the structured wrapper.
+@register("sum.dim_IntList")
+def sum_dim(self, dim, keepdim=False, *, dtype=None):
+    shape = _reduced_shape(self.shape, _reduced_axes(self, dim), keepdim)
+    return sum_out(self, dim, keepdim, out=empty(shape, _sum_dtype(self, dtype)))
+
+
+def _mean_dtype(self, dtype):
+    result = dtype or self.dtype
+    if not (result.is_floating_point or result.is_complex):
+        which = "Optional" if dtype else "Input"
+        raise RuntimeError(f"mean(): could not infer output dtype. {which} dtype must be either a floating point "
+                           f"or complex dtype. Got: {_SCALAR_TYPE_NAME[result]}")
+    return result
+
+
+@register("mean.dim")
+def mean_dim(self, dim, keepdim=False, *, dtype=None):
+    shape = _reduced_shape(self.shape, _reduced_axes(self, dim), keepdim)
+    return mean_out(self, dim, keepdim, out=empty(shape, _mean_dtype(self, dtype)))
+
+
+@register("prod")
+def prod(self, *, dtype=None):
+    return prod_int_out(self, None, out=empty((), _sum_dtype(self, dtype)))
+
+
+@register("mean.out")
+def mean_out(self, dim, keepdim=False, *, dtype=None, out):
+    axes = _reduced_axes(self, dim)
+    _reduction_out(out, self, axes, keepdim)
+    total = np.sum(_accumuland(self, out.dtype), axis=axes, keepdims=keepdim)
+    count = math.prod(self.shape[axis] for axis in axes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return write(out, np.asarray(total / np.asarray(count, total.dtype)))
+
+
+@register("nansum.out")
+def nansum_out(self, dim=None, keepdim=False, *, dtype=None, out):
+    if self.dtype.is_complex:
+        raise RuntimeError("nansum does not support complex inputs")
+    axes = _reduced_axes(self, dim)
+    array = _accumuland(self, _reduction_out(out, self, axes, keepdim).dtype)
+    return _reduce_into(out, np.nansum if array.dtype.kind == "f" else np.sum, array, axes, keepdim)
+
+
+@register("nansum")
+def nansum(self, dim=None, keepdim=False, *, dtype=None):
+    return nansum_out(self, dim, keepdim, out=empty((0,), _sum_dtype(self, dtype)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Extremes: amax/amin, max/min, aminmax, argmax/argmin
+# ---------------------------------------------------------------------------------------------
+
+# NaN propagates in np.max/np.min and np.argmax/np.argmin pick the first NaN, as PyTorch does.
+_EXTREME = {"max": (np.max, np.argmax), "min": (np.min, np.argmin)}
+
+
+def _extreme_operand(self, kernel_name):
+    _check_dtype(self, kernel_name, _real)
+    return _accumuland(self)
+
+
+def _check_same_dtype(self, out):
+    if out.dtype != self.dtype:
+        raise RuntimeError(f"Expected out tensor to have dtype {_SCALAR_TYPE_NAME[self.dtype].lower()}, but got "
+                           f"{_SCALAR_TYPE_NAME[out.dtype].lower()} instead")
+
+
+def _extreme_kernel(kind):
+    """amax/amin: the extremes over ``dim`` (every dim if empty), NaN-propagating."""
+    reduction, _ = _EXTREME[kind]
+
+    def kernel(self, dim=(), keepdim=False, *, out):
+        axes = _reduced_axes(self, dim)
+        _check_nonempty(f"a{kind}", self, axes)
+        _check_same_dtype(self, out)
+        array = _extreme_operand(self, f"{kind}_values_cpu")
+        return _reduce_into(_reduction_out(out, self, axes, keepdim), reduction, array, axes, keepdim)
+
+    return kernel
+
+
+amax_out = register("amax.out")(_extreme_kernel("max"))
+amin_out = register("amin.out")(_extreme_kernel("min"))
+
+
+def _extreme_all(kind, self, out):
+    if self.numel() == 0:
+        raise RuntimeError(
+            f"{kind}(): Expected reduction dim to be specified for input.numel() == 0. "
+            "Specify the reduction dim with the 'dim' argument."
+        )
+    reduction, _ = _EXTREME[kind]
+    return write(out, np.asarray(reduction(_extreme_operand(self, f"{kind}_all"))))
+
+
+@register("max")
+def max_all(self):
+    return _extreme_all("max", self, empty((), self.dtype))
+
+
+@register("min")
+def min_all(self):
+    return _extreme_all("min", self, empty((), self.dtype))
+
+
+def _extreme_all_out(kind):
+    def kernel(self, *, out):
+        if not torch.can_cast(self.dtype, out.dtype):
+            raise RuntimeError(f"result type {_SCALAR_TYPE_NAME[self.dtype]} can't be cast to the desired "
+                               f"output type {_SCALAR_TYPE_NAME[out.dtype]}")
+        return _extreme_all(kind, self, resize_out(out, ()))
+
+    return kernel
+
+
+register("max.unary_out")(_extreme_all_out("max"))
+register("min.unary_out")(_extreme_all_out("min"))
+
+
+def _extreme_with_index_kernel(kind):
+    """max.dim/min.dim: values and first-occurrence indices of the extremes along ``dim``."""
+    _, arg_reduction = _EXTREME[kind]
+
+    def kernel(self, dim, keepdim=False, **outs):
+        values, indices = outs.values()
+        axes = _reduced_axes(self, dim)
+        _check_nonempty(kind, self, axes)
+        _check_same_dtype(self, values)
+        _reduction_out(values, self, axes, keepdim)
+        _reduction_out(indices, self, axes, keepdim)
+        if values.numel() == 0:
+            return values, indices
+        array = _extreme_operand(self, f"{kind}_cpu").reshape(self.shape or (1,))
+        axis = axes[0] if axes else 0
+        index = arg_reduction(array, axis=axis, keepdims=True)
+        write(values, np.take_along_axis(array, index, axis).reshape(values.shape))
+        write(indices, index.reshape(indices.shape))
+        return values, indices
+
+    return kernel
+
+
+register("max.dim_max")(_extreme_with_index_kernel("max"))
+register("min.dim_min")(_extreme_with_index_kernel("min"))
+
+
+@register("aminmax.out")
+def aminmax_out(self, *, dim=None, keepdim=False, min, max):
+    axes = _reduced_axes(self, dim)
+    if any(self.shape[axis] == 0 for axis in axes) or (dim is None and self.numel() == 0):
+        raise RuntimeError("aminmax(): cannot compute aminmax over an empty dimension as the operation has no "
+                           "identity.")
+    dims = () if dim is None else [dim]
+    return amin_out(self, dims, keepdim, out=min), amax_out(self, dims, keepdim, out=max)
+
+
+def _arg_extreme(kind, self, dim, keepdim, out):
+    if self.dtype.is_complex:
+        raise RuntimeError(f"arg{kind}(): does not support complex input")
+    if dim is None:
+        if self.numel() == 0:
+            raise IndexError(f"arg{kind}(): Expected reduction dim to be specified for input.numel() == 0.")
+        resize_out(out, (1,) * self.dim() if keepdim else ())
+        return write(out, np.asarray(_EXTREME[kind][1](_accumuland(self).reshape(-1))).reshape(out.shape))
+    axes = _reduced_axes(self, dim)
+    _check_nonempty(f"arg{kind}", self, axes)
+    _reduction_out(out, self, axes, keepdim)
+    if out.numel() == 0:
+        return out
+    array = _accumuland(self).reshape(self.shape or (1,))
+    return write(out, _EXTREME[kind][1](array, axis=axes[0] if axes else 0, keepdims=True).reshape(out.shape))
+
+
+@register("argmax.out")
+def argmax_out(self, dim=None, keepdim=False, *, out):
+    return _arg_extreme("max", self, dim, keepdim, out)
+
+
+@register("argmin.out")
+def argmin_out(self, dim=None, keepdim=False, *, out):
+    return _arg_extreme("min", self, dim, keepdim, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Moments: var, std and their *_mean pairs
+# ---------------------------------------------------------------------------------------------
+
+
+def _moments(op_name, self, axes, correction, keepdim):
+    """(variance, mean) in opmath precision, with Bessel-style ``correction`` (default 1)."""
+    if not _floating(self.dtype):
+        raise RuntimeError("std and var only support floating point and complex dtypes")
+    array = _accumuland(self)
+    count = math.prod(self.shape[axis] for axis in axes)
+    correction = 1 if correction is None else correction
+    if count - correction <= 0:
+        warnings.warn(
+            f"{op_name}(): degrees of freedom is <= 0. Correction should be strictly less than the "
+            "reduction factor (input numel divided by output numel).",
+            stacklevel=3,
+        )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.sum(array, axis=axes, keepdims=True) / array.dtype.type(count)
+        deviation = array - mean
+        squares = deviation.real**2 + deviation.imag**2 if array.dtype.kind == "c" else deviation * deviation
+        m2 = np.sum(squares, axis=axes, keepdims=keepdim)
+        variance = m2 / m2.dtype.type(max(count - correction, 0))
+    return variance, mean if keepdim else mean.reshape(variance.shape)
+
+
+def _moment_kernel(op_name, wants_std, wants_mean):
+    """A kernel for ``var``/``std`` (and their ``_mean`` pairs) in functional or out= form."""
+
+    def kernel(self, dim=None, *, correction=None, keepdim=False, out=None):
+        axes = _reduced_axes(self, dim)
+        shape = _reduced_shape(self.shape, axes, keepdim)
+        spread = resize_out(out, shape) if out is not None else empty(shape, self.dtype.to_real())
+        variance, mean = _moments(op_name, self, axes, correction, keepdim)
+        write(spread, np.asarray(np.sqrt(variance) if wants_std else variance))
+        if wants_mean:
+            return spread, write(empty(shape, self.dtype), np.asarray(mean))
+        return spread
+
+    return kernel
+
+
+register("var.correction", "var.correction_out")(_moment_kernel("var", wants_std=False, wants_mean=False))
+register("std.correction", "std.correction_out")(_moment_kernel("std", wants_std=True, wants_mean=False))
+register("var_mean.correction")(_moment_kernel("var_mean", wants_std=False, wants_mean=True))
+register("std_mean.correction")(_moment_kernel("std_mean", wants_std=True, wants_mean=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Norms
+# ---------------------------------------------------------------------------------------------
+
+
+def _vector_norm(magnitude, ord, axes, keepdim):
+    """The ``ord``-norm of non-negative ``magnitude`` over ``axes``, as linalg.vector_norm defines it."""
+    if ord == 0:
+        return np.sum(magnitude != 0, axis=axes, keepdims=keepdim, dtype=magnitude.dtype)
+    if ord == math.inf:
+        return np.max(magnitude, axis=axes, keepdims=keepdim)
+    if ord == -math.inf:
+        return np.min(magnitude, axis=axes, keepdims=keepdim)
+    if ord == 1:
+        return np.sum(magnitude, axis=axes, keepdims=keepdim)
+    if ord == 2:
+        return np.sqrt(np.sum(magnitude * magnitude, axis=axes, keepdims=keepdim))
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        return np.sum(magnitude**ord, axis=axes, keepdims=keepdim) ** (1 / ord)
+
+
+def _norm_into(self, ord, dim, keepdim, dtype, out):
+    if not _floating(self.dtype):
+        raise RuntimeError(f"linalg.vector_norm: Expected a floating point or complex tensor as input. "
+                           f"Got {_SCALAR_TYPE_NAME[self.dtype]}")
+    axes = _reduced_axes(self, dim)
+    if (ord < 0 or ord == math.inf) and any(self.shape[axis] == 0 for axis in axes):
+        raise RuntimeError(f"linalg.vector_norm cannot compute the {ord} norm on an empty tensor because the "
+                           "operation does not have an identity")
+    _reduction_out(out, self, axes, keepdim)
+    magnitude = np.abs(_accumuland(self, dtype))
+    return write(out, np.asarray(_vector_norm(magnitude, ord, axes, keepdim)))
+
+
+@register("linalg_vector_norm.out")
+def linalg_vector_norm_out(self, ord=2, dim=None, keepdim=False, *, dtype=None, out):
+    return _norm_into(self, ord, dim, keepdim, dtype, out)
+
+
+@register("norm.out")
+def norm_out(self, p, dim, keepdim=False, *, out):
+    return _norm_into(self, 2 if p is None else p, dim, keepdim, None, out)
+
+
+@register("norm.dtype_out")
+def norm_dtype_out(self, p, dim, keepdim, *, dtype, out):
+    return _norm_into(self, 2 if p is None else p, dim, keepdim, dtype, out)
+
+
+@register("logsumexp.out")
+def logsumexp_out(self, dim, keepdim=False, *, out):
+    if not out.dtype.is_floating_point:
+        raise RuntimeError(f"logsumexp(): Expected floating point type for result tensor, but got: "
+                           f"{_SCALAR_TYPE_NAME[out.dtype]}")
+    _check_dtype(self, "logsumexp", _real)
+    axes = _reduced_axes(self, dim)
+    if self.numel() and self.dim() and not keepdim and not dim:
+        # CPU adds the keepdim maxes of dim=[] (shaped [1, ...]) into a 0-d result in place.
+        raise RuntimeError(f"output with shape [] doesn't match the broadcast shape {[1] * self.dim()}")
+    _reduction_out(out, self, axes, keepdim)
+    array = _accumuland(self, self.dtype if self.dtype.is_floating_point else torch.get_default_dtype())
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if array.size == 0:
+            return write(out, np.asarray(np.log(np.sum(np.exp(array), axis=axes, keepdims=keepdim))))
+        # Shift by the max for stability, except where the max is infinite (it would make NaNs).
+        shift = np.max(array, axis=axes, keepdims=True)
+        shift = np.where(np.isinf(shift), 0, shift).astype(array.dtype, copy=False)
+        total = np.sum(np.exp(array - shift), axis=axes, keepdims=keepdim)
+        result = np.log(total) + (shift if keepdim else shift.reshape(total.shape))
+    return write(out, np.asarray(result))
+
+
+# ---------------------------------------------------------------------------------------------
+# Boolean reductions
+# ---------------------------------------------------------------------------------------------
+
+
+def _truth_kernel(reduction):
+    def kernel(self, dim=None, keepdim=False, *, out):
+        # Unlike the other reductions, any/all read dim=[] as "reduce nothing".
+        axes = () if dim == [] else _reduced_axes(self, dim)
+        _reduction_out(out, self, axes, keepdim)
+        array = _accumuland(self)
+        return _reduce_into(out, reduction, array != 0 if array.dtype != np.bool_ else array, axes, keepdim)
+
+    return kernel
+
+
+register("any.out", "any.dims_out", "any.all_out")(_truth_kernel(np.any))
+register("all.out", "all.dims_out", "all.all_out")(_truth_kernel(np.all))
+
+
+@register("count_nonzero.dim_IntList")
+def count_nonzero(self, dim):
+    axes = _reduced_axes(self, dim)
+    array = operand(self)
+    if array.dtype != np.bool_ and array.dtype.kind not in "iufc":
+        array = array.astype(np.float32)  # bfloat16/float8: NumPy compares them through float32
+    out = empty(_reduced_shape(self.shape, axes, False), torch.int64)
+    return write(out, np.asarray(np.count_nonzero(array, axis=axes)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Order statistics: median, nanmedian, mode
+# ---------------------------------------------------------------------------------------------
+
+
+def _median_along_last(array, ignore_nan):
+    """Values and indices of the lower median of each row, NaN handled the way CPU's median does.
+
+    median returns the first NaN of a row holding one; nanmedian takes the lower median of the
+    non-NaN values. A stable sort puts NaNs last in their original order.
+    """
+    order = np.argsort(array, axis=-1, kind="stable")
+    size = array.shape[-1]
+    nan_count = np.isnan(array).sum(axis=-1, keepdims=True) if array.dtype.kind == "f" else 0
+    if ignore_nan:
+        position = np.maximum((size - nan_count - 1) // 2, 0)
+    else:
+        position = np.where(nan_count > 0, size - nan_count, (size - 1) // 2)
+    position = np.broadcast_to(position, array.shape[:-1] + (1,))
+    index = np.take_along_axis(order, position, -1)
+    return np.take_along_axis(array, index, -1), index
+
+
+def _median_all(op_name, self, ignore_nan):
+    _check_dtype(self, f"{op_name}_cpu", _real_not_bool)
+    out = empty((), self.dtype)
+    if self.numel() == 0:
+        return write(out, np.asarray(np.nan))
+    value, _ = _median_along_last(_accumuland(self).reshape(-1), ignore_nan)
+    return write(out, value.reshape(()))
+
+
+@register("median")
+def median(self):
+    return _median_all("median", self, ignore_nan=False)
+
+
+@register("nanmedian")
+def nanmedian(self):
+    return _median_all("nanmedian", self, ignore_nan=True)
+
+
+def _selection_by_dim(op_name, along_last, supported):
+    """median/nanmedian/mode along one dim into (values, indices), with CPU's checks."""
+
+    def kernel(self, dim=-1, keepdim=False, **outs):
+        _check_dtype(self, f"{op_name}_cpu", supported)
+        axes = _reduced_axes(self, dim)
+        _check_nonempty(op_name, self, axes)
+        shape = _reduced_shape(self.shape, axes, keepdim)
+        if outs:
+            values, indices = outs.values()
+            _check_same_dtype(self, values)
+            resize_out(values, shape), resize_out(indices, shape)
+        else:
+            values, indices = empty(shape, self.dtype), empty(shape, torch.int64)
+        if values.numel() == 0:
+            return values, indices
+        axis = axes[0] if axes else 0
+        value, index = along_last(_along_last(_accumuland(self), axis))
+        write(values, _from_last(value, axis, self.dim()).reshape(shape))
+        write(indices, _from_last(index, axis, self.dim()).reshape(shape))
+        return values, indices
+
+    return kernel
+
+
+register("median.dim_values")(
+    _selection_by_dim("median", lambda rows: _median_along_last(rows, ignore_nan=False), _real_not_bool))
+register("nanmedian.dim_values")(
+    _selection_by_dim("nanmedian", lambda rows: _median_along_last(rows, ignore_nan=True), _real_not_bool))
+
+
+def _mode_along_last(array):
+    """The most frequent value of each row (the smallest on ties) and the last index holding it.
+
+    CPU sorts each row and keeps the first longest run of equal values, reporting the position of
+    that run's last element; a stable sort makes that the value's last occurrence.
+    """
+    order = np.argsort(array, axis=-1, kind="stable")
+    ordered = np.take_along_axis(array, order, -1)
+    positions = np.arange(array.shape[-1])
+    run_starts = np.concatenate(
+        [np.ones(array.shape[:-1] + (1,), bool), ordered[..., 1:] != ordered[..., :-1]], axis=-1)
+    run_ends = np.concatenate([run_starts[..., 1:], np.ones(array.shape[:-1] + (1,), bool)], axis=-1)
+    run_start = np.maximum.accumulate(np.where(run_starts, positions, 0), axis=-1)
+    run_length = np.where(run_ends, positions - run_start + 1, 0)
+    end = np.argmax(run_length, axis=-1)[..., None]
+    return np.take_along_axis(ordered, end, -1), np.take_along_axis(order, end, -1)
+
+
+register("mode", "mode.values")(_selection_by_dim("mode", _mode_along_last, _real))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scans: cumsum, cumprod, cummax/cummin, logcumsumexp
+# ---------------------------------------------------------------------------------------------
+
+
+def _scan_kernel(accumulate):
+    """cumsum/cumprod: convert to the result dtype, accumulate in its opmath, round each output."""
+
+    def kernel(self, dim, *, dtype=None, out):
+        axis = _wrap_dim(dim, self.dim())
+        if resize_out(out, self.shape).numel() == 0:
+            return out
+        array = _accumuland(self, out.dtype).reshape(self.shape or (1,))
+        target = as_numpy(out).reshape(array.shape)
+        if target.dtype == array.dtype and out.is_contiguous():
+            accumulate(array, axis=axis, out=target)
+            return out
+        return write(out, accumulate(array, axis=axis).reshape(out.shape))
+
+    return kernel
+
+
+register("cumsum.out")(_scan_kernel(np.cumsum))
+register("cumprod.out")(_scan_kernel(np.cumprod))
+
+
+def _running_extreme_kernel(kind, ufunc):
+    """cummax/cummin: the running extreme and the index of its latest occurrence.
+
+    CPU takes a new element when it is NaN or ties/passes the running extreme, so the index at
+    each position is the last one where the element equals the running extreme there.
+    """
+
+    def kernel(self, values, indices, dim):
+        _check_dtype(self, f"{kind}_cpu", _real)
+        array = _accumuland(self)
+        running = ufunc.accumulate(array, axis=dim)
+        takes = array == running
+        if array.dtype.kind == "f":
+            takes |= np.isnan(array)
+        shape = [1] * array.ndim
+        shape[dim] = array.shape[dim]
+        positions = np.arange(array.shape[dim]).reshape(shape)
+        write(values, running)
+        write(indices, np.maximum.accumulate(np.where(takes, positions, 0), axis=dim))
+
+    return kernel
+
+
+register("_cummax_helper")(_running_extreme_kernel("cummax", np.maximum))
+register("_cummin_helper")(_running_extreme_kernel("cummin", np.minimum))
+
+
+def _logcumsumexp_into(self, dim, out):
+    _check_dtype(self, "logcumsumexp_out_cpu", lambda dtype: dtype.is_floating_point)
+    axis = _wrap_dim(dim, self.dim())
+    if resize_out(out, self.shape).numel() == 0:
+        return out
+    array = _accumuland(self).reshape(self.shape or (1,))
+    return write(out, np.logaddexp.accumulate(array, axis=axis).reshape(out.shape))
+
+
+@register("_logcumsumexp")
+def logcumsumexp(self, dim):
+    return _logcumsumexp_into(self, dim, empty(self.shape, self.dtype))
+
+
+@register("_logcumsumexp.out")
+def logcumsumexp_out(self, dim, *, out):
+    return _logcumsumexp_into(self, dim, out)

@@ -1,1 +1,446 @@
-"""Shape kernels: cat, stack, flip, roll, pad, repeat, tril/triu, sort, topk, unique."""
+"""Shape kernels: cat, flip, roll, pad, tril/triu, sort, topk, unique, searchsorted, histograms.
+
+Ops PyTorch already expresses through views and these kernels (stack, split,
+chunk, repeat, tile, meshgrid, diag, the *_scatter family, constant_pad_nd)
+need nothing here: their composite kernels or decompositions run on tpu as they are.
+"""
+
+import numpy as np
+import torch
+
+from .. import _tensor
+from ._common import as_numpy, empty, new_tensor, operand, opmath_operand, write
+from ._registry import register
+
+
+def _wrap_dim(dim, ndim):
+    return dim % max(ndim, 1)
+
+
+def _sortable(tensor, op_name):
+    """Values NumPy orders like PyTorch: reduced floats upcast, NaN sorting last as on CPU."""
+    return opmath_operand(tensor, op_name)
+
+
+# ---------------------------------------------------------------------------
+# cat
+
+
+def _skipped_by_cat(tensor):
+    """CPU's legacy rule: a 1-d empty tensor joins any cat, whatever its shape."""
+    return tensor.dim() == 1 and tensor.numel() == 0
+
+
+@register("cat.out")
+def cat_out(tensors, dim=0, *, out):
+    parts = [t for t in tensors if not _skipped_by_cat(t)]
+    if not parts:
+        return out
+    dim = _wrap_dim(dim, parts[0].dim())
+    target = as_numpy(out)
+    name = _tensor.DTYPE_NAME[out.dtype]
+    start = 0
+    for part in parts:
+        length = part.shape[dim]
+        destination = target[(slice(None),) * dim + (slice(start, start + length),)]
+        _tensor._C.dtypes.cast_into(destination, operand(part, "cat"), name)
+        start += length
+    return out
+
+
+# ---------------------------------------------------------------------------
+# flip / roll / tril / triu
+
+
+def _flipped(self, dims):
+    array = operand(self, "flip")
+    if array.ndim == 0:
+        return array
+    return np.flip(array, tuple(_wrap_dim(d, self.dim()) for d in dims))
+
+
+@register("flip")
+def flip(self, dims):
+    return new_tensor(_flipped(self, dims), self.dtype)
+
+
+@register("flip.out")
+def flip_out(self, dims, *, out):
+    out.resize_(self.shape)
+    return write(out, _flipped(self, dims))
+
+
+@register("roll")
+def roll(self, shifts, dims=()):
+    array = operand(self, "roll")
+    if not dims:
+        if len(shifts) != 1:
+            raise RuntimeError(f"`shifts` required to be of size 1 when `dims` is empty, got {len(shifts)}")
+        return new_tensor(np.roll(array.reshape(-1), shifts[0]).reshape(array.shape), self.dtype)
+    if len(shifts) != len(dims):
+        raise RuntimeError(f"shifts and dimensions must align. shifts: {len(shifts)}, dims:{len(dims)}")
+    axes = tuple(_wrap_dim(d, self.dim()) for d in dims)
+    return new_tensor(np.roll(array, tuple(shifts), axes), self.dtype)
+
+
+def _triangle_kernel(numpy_function):
+    def kernel(self, diagonal=0, *, out):
+        return write(out, numpy_function(operand(self, numpy_function.__name__), diagonal))
+
+    return kernel
+
+
+register("tril.out")(_triangle_kernel(np.tril))
+register("triu.out")(_triangle_kernel(np.triu))
+
+
+# ---------------------------------------------------------------------------
+# reflection / replication padding
+
+
+def _reflect(positions, size):
+    period = 2 * (size - 1)
+    positions = np.abs(positions) % max(period, 1)
+    return np.where(positions >= size, period - positions, positions)
+
+
+def _replicate(positions, size):
+    return np.clip(positions, 0, size - 1)
+
+
+_PAD_SOURCES = {"reflection": _reflect, "replication": _replicate}
+
+
+def _pad_sources(mode, shape, padding):
+    """For each padded dim (last first in ``padding``), the input position each output position reads."""
+    padded_dims = len(padding) // 2
+    sources = {}
+    for i in range(padded_dims):
+        dim = len(shape) - 1 - i
+        before, after = padding[2 * i], padding[2 * i + 1]
+        size = shape[dim]
+        _check_padding(mode, dim, size, before, after, shape, padding)
+        sources[dim] = _PAD_SOURCES[mode](np.arange(-before, size + after), size)
+    return sources
+
+
+def _check_padding(mode, dim, size, before, after, shape, padding):
+    if mode == "reflection" and (before >= size or after >= size):
+        raise RuntimeError(
+            f"Argument #4: Padding size should be less than the corresponding input dimension, but got: "
+            f"padding ({before}, {after}) at dimension {dim} of input {list(shape)}"
+        )
+    if mode == "replication" and size == 0:
+        raise RuntimeError(f"input tensor must have non-zero size in dimension {dim} for replication padding")
+    if size + before + after <= 0:
+        raise RuntimeError(
+            f"input (size {size}) is too small. Calculated output size: {size + before + after}"
+        )
+
+
+def _pad_forward(mode, self, padding):
+    array = operand(self, f"{mode}_pad")
+    for dim, source in _pad_sources(mode, array.shape, padding).items():
+        array = np.take(array, source, axis=dim)
+    return array
+
+
+def _pad_backward(mode, grad_output, self, padding):
+    gradient = opmath_operand(grad_output, f"{mode}_pad_backward")
+    for dim, source in _pad_sources(mode, self.shape, padding).items():
+        summed = np.zeros(gradient.shape[:dim] + (self.shape[dim],) + gradient.shape[dim + 1:], gradient.dtype)
+        np.add.at(summed, (slice(None),) * dim + (source,), gradient)
+        gradient = summed
+    return gradient
+
+
+def _pad_kernels(mode, dims):
+    name = f"{mode}_pad{dims}d"
+
+    def forward(self, padding):
+        return new_tensor(_pad_forward(mode, self, padding), self.dtype)
+
+    def forward_out(self, padding, *, out):
+        result = _pad_forward(mode, self, padding)
+        out.resize_(result.shape)
+        return write(out, result)
+
+    def backward(grad_output, self, padding):
+        return new_tensor(_pad_backward(mode, grad_output, self, padding), self.dtype)
+
+    def backward_out(grad_output, self, padding, *, grad_input):
+        grad_input.resize_(self.shape)
+        return write(grad_input, _pad_backward(mode, grad_output, self, padding))
+
+    register(name)(forward)
+    register(f"{name}.out")(forward_out)
+    register(f"{name}_backward")(backward)
+    register(f"{name}_backward.grad_input")(backward_out)
+
+
+for _mode in _PAD_SOURCES:
+    for _dims in (1, 2, 3):
+        _pad_kernels(_mode, _dims)
+
+
+# ---------------------------------------------------------------------------
+# sort / topk
+
+
+def _stable_argsort(values, axis, descending):
+    """CPU's order: NaN above everything, ties kept in input order, in both directions."""
+    if not descending:
+        return np.argsort(values, axis=axis, kind="stable")
+    reversed_order = np.argsort(np.flip(values, axis), axis=axis, kind="stable")
+    return values.shape[axis] - 1 - np.flip(reversed_order, axis)
+
+
+@register("sort.values_stable")
+def sort_values_stable(self, *, stable=None, dim=-1, descending=False, values, indices):
+    source = operand(self, "sort")
+    if self.dim() == 0:
+        write(values, source)
+        return values, write(indices, np.zeros((), np.int64))
+    dim = _wrap_dim(dim, self.dim())
+    order = _stable_argsort(_sortable(self, "sort"), dim, descending)
+    write(values, np.take_along_axis(source, order, axis=dim))
+    write(indices, order)
+    return values, indices
+
+
+@register("topk.values")
+def topk_values(self, k, dim=-1, largest=True, sorted=True, *, values, indices):
+    source = operand(self, "topk")
+    if self.dim() == 0:
+        write(values, source)
+        return values, write(indices, np.zeros((), np.int64))
+    dim = _wrap_dim(dim, self.dim())
+    order = _stable_argsort(_sortable(self, "topk"), dim, largest)
+    order = order[(slice(None),) * dim + (slice(0, k),)]
+    write(values, np.take_along_axis(source, order, axis=dim))
+    write(indices, order)
+    return values, indices
+
+
+# ---------------------------------------------------------------------------
+# unique
+
+
+def _group_starts(rows):
+    """Where each run of equal consecutive rows begins (NaN equals nothing, as on CPU)."""
+    if len(rows) == 0:
+        return np.zeros(0, bool)
+    different = np.ones(len(rows), bool)
+    if rows.ndim == 1:
+        different[1:] = rows[1:] != rows[:-1]
+    else:
+        different[1:] = (rows[1:] != rows[:-1]).any(axis=1)
+    return different
+
+
+def _unique_rows(rows, order):
+    """Unique runs of ``rows[order]``: (first row of each run, inverse per original row, run lengths)."""
+    starts = _group_starts(rows[order])
+    group_of_sorted = np.cumsum(starts) - 1
+    inverse = np.empty(len(rows), np.int64)
+    inverse[order] = group_of_sorted
+    counts = np.diff(np.append(np.flatnonzero(starts), len(rows)))
+    return order[starts], inverse, counts
+
+
+def _unique_outputs(self, inverse, counts, inverse_shape, return_inverse, return_counts, values):
+    unique = new_tensor(values, self.dtype)
+    inverse_tensor = new_tensor(inverse.reshape(inverse_shape), torch.int64) if return_inverse else empty((0,), torch.int64)
+    counts_tensor = new_tensor(counts, torch.int64) if return_counts else empty((0,), torch.int64)
+    return unique, inverse_tensor, counts_tensor
+
+
+def _flat_unique(self, sort, return_inverse, return_counts):
+    flat = _sortable(self, "unique").reshape(-1)
+    order = np.argsort(flat, kind="stable") if sort else np.arange(flat.size)
+    picked, inverse, counts = _unique_rows(flat, order)
+    values = operand(self, "unique").reshape(-1)[picked]
+    return _unique_outputs(self, inverse, counts, self.shape, return_inverse, return_counts, values)
+
+
+@register("_unique2")
+def unique2(self, sorted=True, return_inverse=False, return_counts=False):
+    return _flat_unique(self, True, return_inverse, return_counts)
+
+
+@register("_unique")
+def unique(self, sorted=True, return_inverse=False):
+    values, inverse, _ = _flat_unique(self, True, return_inverse, False)
+    return values, inverse
+
+
+def _dim_unique(self, dim, sort, return_inverse, return_counts):
+    dim = _wrap_dim(dim, self.dim())
+    source = np.moveaxis(operand(self, "unique_dim"), dim, 0)
+    rows = np.moveaxis(_sortable(self, "unique_dim"), dim, 0).reshape(source.shape[0], -1)
+    order = np.lexsort(rows.T[::-1]) if sort and rows.shape[1] else np.arange(rows.shape[0])
+    picked, inverse, counts = _unique_rows(rows, order)
+    values = np.moveaxis(source[picked], 0, dim)
+    return _unique_outputs(self, inverse, counts, (source.shape[0],), return_inverse, return_counts, values)
+
+
+@register("unique_dim")
+def unique_dim(self, dim, sorted=True, return_inverse=False, return_counts=False):
+    return _dim_unique(self, dim, True, return_inverse, return_counts)
+
+
+@register("unique_consecutive")
+def unique_consecutive(self, return_inverse=False, return_counts=False, dim=None):
+    if dim is None:
+        return _flat_unique(self, False, return_inverse, return_counts)
+    return _dim_unique(self, dim, False, return_inverse, return_counts)
+
+
+@register("unique_dim_consecutive")
+def unique_dim_consecutive(self, dim, return_inverse=False, return_counts=False):
+    return _dim_unique(self, dim, False, return_inverse, return_counts)
+
+
+# ---------------------------------------------------------------------------
+# repeat_interleave
+
+
+@register("repeat_interleave.Tensor")
+def repeat_interleave(repeats, *, output_size=None):
+    counts = operand(repeats, "repeat_interleave").reshape(-1)
+    if repeats.dim() > 1:
+        raise RuntimeError("repeat_interleave only accept 1D vector as repeat")
+    if repeats.dtype not in (torch.int64, torch.int32):
+        raise RuntimeError("repeats has to be Long or Int tensor")
+    if (counts < 0).any():
+        raise RuntimeError("repeats can not be negative")
+    result = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+    if output_size is not None and result.size != output_size:
+        raise RuntimeError("allocated size does not match required size")
+    return new_tensor(result, repeats.dtype)
+
+
+# ---------------------------------------------------------------------------
+# searchsorted / bucketize
+
+
+def _searchsorted(boundaries, values, right, side, sorter, out_int32):
+    if side is not None:
+        right = side == "right"
+    sequence = opmath_operand(boundaries, "searchsorted")
+    if sorter is not None:
+        sequence = np.take_along_axis(sequence, operand(sorter, "searchsorted"), axis=-1)
+    queries = np.asarray(opmath_operand(values, "searchsorted"))
+    numpy_side = "right" if right else "left"
+    if sequence.ndim <= 1:
+        result = np.searchsorted(sequence, queries, side=numpy_side)
+    else:
+        rows = sequence.reshape(-1, sequence.shape[-1])
+        batched = queries.reshape(rows.shape[0], -1)
+        result = np.stack([np.searchsorted(row, q, side=numpy_side) for row, q in zip(rows, batched)])
+        result = result.reshape(queries.shape)
+    return new_tensor(result, torch.int32 if out_int32 else torch.int64)
+
+
+def _check_searchsorted(boundaries, values, side, right):
+    if side is not None and side not in ("left", "right"):
+        raise RuntimeError(f"torch.searchsorted(): side can only be 'left' or 'right' but got {side}")
+    if side == "left" and right:
+        raise RuntimeError("torch.searchsorted(): side and right can't be set to opposites, got side of left "
+                           "while right was True")
+    if boundaries.dim() > 1 and isinstance(values, torch.Tensor) and boundaries.shape[:-1] != values.shape[:-1]:
+        raise RuntimeError(
+            "torch.searchsorted(): boundaries tensor should be 1 dimension or the first N-1 dimensions of "
+            f"boundaries tensor and input value tensor must match, but we got boundaries tensor "
+            f"{list(boundaries.shape)} and input value tensor {list(values.shape)}"
+        )
+
+
+@register("searchsorted.Tensor")
+def searchsorted(sorted_sequence, self, *, out_int32=False, right=False, side=None, sorter=None):
+    _check_searchsorted(sorted_sequence, self, side, right)
+    return _searchsorted(sorted_sequence, self, right, side, sorter, out_int32)
+
+
+@register("searchsorted.Scalar")
+def searchsorted_scalar(sorted_sequence, self, *, out_int32=False, right=False, side=None, sorter=None):
+    _check_searchsorted(sorted_sequence, self, side, right)
+    if sorted_sequence.dim() != 1:
+        raise RuntimeError(
+            "torch.searchsorted(): input value can be a scalar only when boundaries tensor dimension is 1, "
+            f"but we got boundaries tensor dim({sorted_sequence.dim()}) and input value's dim(0) numel(1)"
+        )
+    return _searchsorted(sorted_sequence, np.asarray(self), right, side, sorter, out_int32)
+
+
+@register("bucketize.Tensor")
+def bucketize(self, boundaries, *, out_int32=False, right=False):
+    if boundaries.dim() != 1:
+        raise RuntimeError(f"boundaries tensor must be 1 dimension, but got dim({boundaries.dim()})")
+    return _searchsorted(boundaries, self, right, None, None, out_int32)
+
+
+@register("bucketize.Scalar")
+def bucketize_scalar(self, boundaries, *, out_int32=False, right=False):
+    return bucketize(np.asarray(self), boundaries, out_int32=out_int32, right=right)
+
+
+# ---------------------------------------------------------------------------
+# histc / bincount
+
+
+def _histc_range(values, low, high):
+    low, high = float(low), float(high)
+    if low == high and values.size:
+        low, high = float(values.min()), float(values.max())
+    if low == high:
+        low, high = low - 1, high + 1
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise RuntimeError(f"torch.histc: range of [{low}, {high}] is not finite")
+    if low > high:
+        raise RuntimeError("torch.histc: max must be larger than min")
+    return low, high
+
+
+@register("histc")
+def histc(self, bins=100, min=0, max=0):
+    if not self.dtype.is_floating_point:
+        raise RuntimeError(f"\"histogram_cpu\" not implemented for '{self.dtype}'")
+    if bins <= 0:
+        raise RuntimeError("torch.histc(): bins must be > 0, but got " + str(bins) + " for dim 0")
+    values = opmath_operand(self, "histc").reshape(-1)
+    values = values[~np.isnan(values)]
+    low, high = _histc_range(values, min, max)
+    low, high = values.dtype.type(low), values.dtype.type(high)
+    inside = values[(values >= low) & (values <= high)]
+    # The same float arithmetic as CPU's linear interpolation, so edge elements land in the same bin.
+    positions = ((inside - low) * bins / (high - low)).astype(np.int64)
+    counts = np.bincount(np.minimum(positions, bins - 1), minlength=bins)
+    return new_tensor(counts, self.dtype)
+
+
+@register("histc.out")
+def histc_out(self, bins=100, min=0, max=0, *, out):
+    result = histc(self, bins, min, max)
+    out.resize_(result.shape)
+    return write(out, as_numpy(result))
+
+
+@register("bincount")
+def bincount(self, weights=None, minlength=0):
+    if self.dim() != 1:
+        raise RuntimeError("bincount only supports 1-d non-negative integral inputs.")
+    if self.dtype.is_floating_point or self.dtype == torch.bool:
+        raise NotImplementedError(f"\"bincount_cpu\" not implemented for '{_tensor.DTYPE_NAME[self.dtype].title()}'")
+    if minlength < 0:
+        raise RuntimeError("minlength should be >= 0")
+    values = operand(self, "bincount")
+    if values.size and values.min() < 0:
+        raise RuntimeError("bincount only supports 1-d non-negative integral inputs.")
+    if weights is None:
+        return new_tensor(np.bincount(values, minlength=minlength), torch.int64)
+    if weights.shape != self.shape:
+        raise RuntimeError("weights should be 1-d and have the same length as input")
+    result_dtype = torch.float32 if weights.dtype == torch.float32 else torch.float64
+    counts = np.bincount(values, weights=operand(weights, "bincount").astype(np.float64), minlength=minlength)
+    return new_tensor(counts, result_dtype)

@@ -106,7 +106,7 @@ def memory_summary(device=None, abbreviated=False):
     header = f"{'Metric':<22}{'Current':>13}{'Peak':>13}{'Tot. Alloc':>13}{'Tot. Freed':>13}"
     lines = [
         "=" * width,
-        f" TPU HBM summary, {chip.spec.name} ({chip.spec.generation}), device tpu:0".ljust(width),
+        f" TPU HBM summary, {chip.spec.name} ({chip.spec.generation}), device tpu:0",
         "-" * width,
         f" Capacity: {fmt(hbm.capacity)}   Free: {fmt(hbm.capacity - hbm.allocated_bytes.current)}"
         f"   OOMs: {hbm.num_ooms}",

@@ -1,0 +1,141 @@
+"""Eager-mode speed of the tpu device against torch CPU and raw NumPy, measured in one run.
+
+    python benchmarks/eager.py            # prints the table and rewrites docs/performance.md
+    python benchmarks/eager.py --no-write # prints only
+
+Each case times the same work three ways on this machine; the ratios are what matter, since
+absolute times depend on the (shared, noisy) host.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+from models import GPT  # noqa: E402
+
+DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "performance.md")
+
+
+def median_seconds(fn, number, repeat=7):
+    fn()  # warm up: first-call costs (imports, caches) are not steady state
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - start) / number)
+    return statistics.median(samples)
+
+
+def elementwise_case(n, number):
+    a, b = np.random.rand(n).astype(np.float32), np.random.rand(n).astype(np.float32)
+    x, y = torch.from_numpy(a), torch.from_numpy(b)
+    tx, ty = x.to("tpu"), y.to("tpu")
+    return {
+        "tpu": median_seconds(lambda: tx + ty, number),
+        "cpu": median_seconds(lambda: x + y, number),
+        "numpy": median_seconds(lambda: a + b, number),
+    }
+
+
+def matmul_case(n, number):
+    a, b = np.random.rand(n, n).astype(np.float32), np.random.rand(n, n).astype(np.float32)
+    x, y = torch.from_numpy(a), torch.from_numpy(b)
+    tx, ty = x.to("tpu"), y.to("tpu")
+    return {
+        "tpu": median_seconds(lambda: tx @ ty, number),
+        "cpu": median_seconds(lambda: x @ y, number),
+        "numpy": median_seconds(lambda: a @ b, number),
+    }
+
+
+def gpt_training_step(device):
+    torch.manual_seed(0)
+    model = GPT().to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    tokens = torch.randint(0, 128, (8, 32), device=device)
+
+    def step():
+        loss = model(tokens[:, :-1], tokens[:, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def gpt_case(number):
+    return {
+        "tpu": median_seconds(gpt_training_step("tpu"), number, repeat=5),
+        "cpu": median_seconds(gpt_training_step("cpu"), number, repeat=5),
+        "numpy": None,
+    }
+
+
+CASES = {
+    "add, 1,000 float32 (latency)": lambda: elementwise_case(1_000, 2_000),
+    "add, 16M float32": lambda: elementwise_case(16 * 2**20, 5),
+    "matmul 1024x1024 float32": lambda: matmul_case(1024, 5),
+    "GPT-style training step (2 layers, width 64, 8x31 tokens)": lambda: gpt_case(3),
+}
+
+
+def format_time(seconds):
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1e6:.1f} us" if seconds < 1e-3 else f"{seconds * 1e3:.2f} ms"
+
+
+def format_ratio(numerator, denominator):
+    return "-" if denominator is None else f"{numerator / denominator:.2f}x"
+
+
+def table(results):
+    lines = [
+        "| case | tpu | torch CPU | NumPy | tpu / CPU | tpu / NumPy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        lines.append(
+            f"| {name} | {format_time(r['tpu'])} | {format_time(r['cpu'])} | {format_time(r['numpy'])} "
+            f"| {format_ratio(r['tpu'], r['cpu'])} | {format_ratio(r['tpu'], r['numpy'])} |"
+        )
+    return "\n".join(lines)
+
+
+def write_doc(markdown):
+    with open(DOC) as f:
+        text = f.read()
+    start, end = "<!-- eager:begin -->", "<!-- eager:end -->"
+    before, rest = text.split(start)
+    _, after = rest.split(end)
+    with open(DOC, "w") as f:
+        f.write(f"{before}{start}\n{markdown}\n{end}{after}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/performance.md alone")
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count())
+    results = {name: case() for name, case in CASES.items()}
+    header = (
+        f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch {torch.__version__}, NumPy {np.__version__}; medians."
+    )
+    markdown = f"{header}\n\n{table(results)}"
+    print(markdown)
+    if not args.no_write:
+        write_doc(markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Shared fixtures: HBM accounting baselines and fresh Python processes.
+
+Anything that must be decided at import time (autoload, chip selection, HBM size)
+or that measures the whole process (RSS, golden memory summaries) runs in a
+subprocess, so each test sees a clean chip.
+"""
+
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import torch_tpu  # noqa: F401  (explicit, in case autoload is off in the parent environment)
+
+SUBPROCESS_TIMEOUT = 120
+
+
+class MemoryBaseline:
+    """``memory_allocated()`` at the start of a test; ``delta()`` is what the test added since."""
+
+    def __init__(self):
+        gc.collect()
+        self.bytes = torch.tpu.memory_allocated()
+
+    def delta(self):
+        gc.collect()
+        return torch.tpu.memory_allocated() - self.bytes
+
+
+@pytest.fixture
+def memory_baseline():
+    baseline = MemoryBaseline()
+    yield baseline
+    assert baseline.delta() == 0, "the test leaked HBM: memory_allocated did not return to its baseline"
+
+
+def run_python(code, env=None, check=True):
+    """Run ``code`` in a fresh interpreter with extra environment variables; returns the completed process."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_TPU_")}
+    environment.update(env or {})
+    process = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=environment, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
+    )
+    if check and process.returncode != 0:
+        raise AssertionError(f"subprocess failed ({process.returncode}):\n{process.stdout}\n{process.stderr}")
+    return process
+
+
+@pytest.fixture
+def python_subprocess():
+    return run_python

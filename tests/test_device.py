@@ -1,0 +1,118 @@
+"""The tpu device itself: autoload, the chip table, torch.tpu's device functions."""
+
+import pytest
+import torch
+
+from conftest import run_python
+
+GiB = 1 << 30
+
+
+def test_import_torch_alone_gives_the_device():
+    out = run_python("""
+        import sys, torch
+        print('torch_tpu' in sys.modules, torch._C._get_privateuse1_backend_name(), hasattr(torch, 'tpu'))
+        print(torch.ones(2, device='tpu').device)
+    """).stdout.split()
+    assert out == ["True", "tpu", "True", "tpu:0"]
+
+
+def test_autoload_can_be_turned_off():
+    out = run_python("""
+        import sys, torch
+        print('torch_tpu' in sys.modules, torch._C._get_privateuse1_backend_name())
+    """, env={"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"}).stdout.split()
+    assert out == ["False", "privateuseone"]
+
+
+def test_explicit_import_after_autoload_off():
+    out = run_python("""
+        import torch, torch_tpu
+        print(torch.ones(2, device='tpu').device)
+    """, env={"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"}).stdout.split()
+    assert out == ["tpu:0"]
+
+
+def test_transposed_view_one_liner():
+    code = "import torch; x = torch.arange(6.).to('tpu').view(2, 3).t(); print(x, x.stride(), x.storage_offset())"
+    got = run_python(code).stdout
+    expected = run_python(code.replace(".to('tpu')", ""), env={"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"}).stdout
+    assert got == expected.replace("5.]])", "5.]], device='tpu:0')")
+    assert got == (
+        "tensor([[0., 3.],\n        [1., 4.],\n        [2., 5.]], device='tpu:0') (1, 3) 0\n"
+    )
+
+
+CHIP_QUERY = """
+    import torch
+    p = torch.tpu.get_device_properties()
+    print(p.name, p.total_memory, torch.tpu.mem_get_info()[1], torch.tpu.get_device_name())
+"""
+
+
+@pytest.mark.parametrize(
+    "chip, name, hbm",
+    [(None, "ironwood", 192 * GiB), ("v6e", "v6e", 32 * GiB), ("v5p", "v5p", 95 * GiB), ("V5E", "v5e", 16 * GiB)],
+)
+def test_chip_selection(chip, name, hbm):
+    env = {} if chip is None else {"TORCH_TPU_CHIP": chip}
+    words = run_python(CHIP_QUERY, env=env).stdout.split()
+    assert words[:3] == [name, str(hbm), str(hbm)]
+    assert name in " ".join(words[3:])
+
+
+def test_unknown_chip_is_a_clear_error():
+    process = run_python(CHIP_QUERY, env={"TORCH_TPU_CHIP": "v9z"}, check=False)
+    assert process.returncode != 0
+    assert "TORCH_TPU_CHIP='v9z' is not a known chip" in process.stderr
+    assert "ironwood, v6e, v5p, v5e" in process.stderr
+
+
+def test_hbm_bytes_override():
+    words = run_python(CHIP_QUERY, env={"TORCH_TPU_CHIP": "v5e", "TORCH_TPU_HBM_BYTES": "123456"}).stdout.split()
+    assert words[:3] == ["v5e", "123456", "123456"]
+
+
+@pytest.mark.parametrize("bad", ["lots", "-5"])
+def test_bad_hbm_bytes_is_a_clear_error(bad):
+    process = run_python(CHIP_QUERY, env={"TORCH_TPU_HBM_BYTES": bad}, check=False)
+    assert process.returncode != 0 and f"TORCH_TPU_HBM_BYTES={bad!r}" in process.stderr
+
+
+def test_device_module_basics():
+    assert torch.tpu.is_available() and torch.tpu.device_count() == 1 and torch.tpu.current_device() == 0
+    torch.tpu.set_device(0)
+    torch.tpu.set_device("tpu:0")
+    torch.tpu.synchronize()
+    with torch.tpu.device(0):
+        assert torch.ones(1, device="tpu").device == torch.device("tpu", 0)
+    assert torch.tpu.is_bf16_supported()
+    assert torch.bfloat16 in torch.tpu.get_amp_supported_dtype()
+
+
+def test_device_properties_follow_the_chip_table():
+    from torch_tpu import _C
+
+    spec = _C.current_chip().spec
+    props = torch.tpu.get_device_properties(0)
+    assert (props.name, props.tensorcores, props.mxu_shape) == (spec.name, spec.tensorcores, spec.mxu_shape)
+    assert props.multi_processor_count == spec.tensorcores
+    assert props.total_memory == _C.current_chip().hbm.capacity
+    assert props.name in repr(props)
+
+
+def test_tensor_device_attributes():
+    x = torch.ones(2, 3).to("tpu")
+    assert x.device == torch.device("tpu:0") and x.device.type == "tpu"
+    assert x.is_tpu and not torch.ones(1).is_tpu
+    assert x.get_device() == 0
+    assert torch.ones(2).tpu().device == torch.device("tpu:0")
+    assert torch.empty(0, device="tpu").data_ptr() == 0
+    assert x.to("tpu") is x
+
+
+def test_to_cpu_round_trip_values():
+    cpu = torch.randn(4, 5, generator=torch.Generator().manual_seed(0))
+    back = cpu.to("tpu").cpu()
+    assert back.device.type == "cpu"
+    assert torch.equal(back, cpu)

@@ -1,0 +1,233 @@
+"""_foreach_* kernels, differential against torch CPU on the same lists (tensor, scalar and scalar-list forms)."""
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from torch_tpu.ops.foreach import _BINARY, _UNARY
+
+SHAPES = [(3, 4), (5,), (), (2, 0)]
+
+
+def make_list(dtype=torch.float32, seed=0, low=-2.0, high=2.0, shapes=SHAPES):
+    generator = torch.Generator().manual_seed(seed)
+    tensors = [torch.rand(shape, generator=generator, dtype=torch.float64) * (high - low) + low for shape in shapes]
+    tensors.append((torch.rand(4, 3, generator=generator, dtype=torch.float64) * (high - low) + low).t())  # strided
+    if dtype.is_floating_point:
+        return [t.to(dtype) for t in tensors]
+    return [t.round().to(dtype) for t in tensors]
+
+
+def to_tpu(value):
+    if isinstance(value, list):
+        return [to_tpu(v) for v in value]
+    return value.to("tpu") if isinstance(value, torch.Tensor) else value
+
+
+def clone_list(value):
+    if isinstance(value, list):
+        return [t.clone() if isinstance(t, torch.Tensor) else t for t in value]
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+def check(function, *arguments, inplace=False, **keywords):
+    """The op on tpu copies gives CPU's results (returned list, or the mutated first list) or CPU's error."""
+    cpu_arguments = [clone_list(a) for a in arguments]
+    tpu_arguments = [to_tpu(a) for a in arguments]
+    try:
+        expected = function(*cpu_arguments, **keywords)
+    except Exception as error:  # noqa: BLE001 - the tpu must raise the same class
+        with pytest.raises(type(error)):
+            function(*tpu_arguments, **keywords)
+        return
+    actual = function(*tpu_arguments, **keywords)
+    if inplace:
+        assert actual is None or all(a is t for a, t in zip(actual, tpu_arguments[0]))
+        expected, actual = cpu_arguments[0], tpu_arguments[0]
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        assert a.device.type == "tpu"
+        assert a.dtype == e.dtype
+        assert_close(a.cpu(), e, equal_nan=True)
+
+
+FLOATS = [torch.float32, torch.bfloat16, torch.float64]
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("name", sorted(_UNARY))
+def test_unary(name, dtype):
+    check(getattr(torch, f"_foreach_{name}"), make_list(dtype))
+    check(getattr(torch, f"_foreach_{name}_"), make_list(dtype), inplace=True)
+
+
+@pytest.mark.parametrize("name", ["abs", "neg", "sign", "sqrt"])
+def test_unary_integer_lists_promote_like_cpu(name):
+    check(getattr(torch, f"_foreach_{name}"), make_list(torch.int64))
+    check(getattr(torch, f"_foreach_{name}_"), make_list(torch.int32), inplace=True)
+
+
+BINARY_CASES = {
+    "Scalar": lambda: 1.7,
+    "ScalarList": lambda: [0.5, -1.25, 2.0, 3.0, -0.75],
+    "List": lambda: make_list(seed=1, low=0.5, high=2.0),
+    "Tensor": lambda: torch.tensor(-1.5),
+}
+
+
+def binary_other(kind, dtype):
+    other = BINARY_CASES[kind]()
+    return [t.to(dtype) for t in other] if kind == "List" else other
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", list(BINARY_CASES))
+@pytest.mark.parametrize("name", sorted(_BINARY))
+def test_binary(name, kind, dtype):
+    functional = getattr(torch, f"_foreach_{name}")
+    if kind not in getattr(torch.ops.aten, f"_foreach_{name}").overloads():
+        pytest.skip(f"aten has no _foreach_{name}.{kind}")
+    self = make_list(dtype, low=0.25) if name == "pow" else make_list(dtype)
+    check(functional, self, binary_other(kind, dtype))
+    check(getattr(torch, f"_foreach_{name}_"), self, binary_other(kind, dtype), inplace=True)
+
+
+@pytest.mark.parametrize("kind", ["List", "Tensor"])
+@pytest.mark.parametrize("name", ["add", "sub"])
+def test_binary_alpha(name, kind):
+    if kind not in getattr(torch.ops.aten, f"_foreach_{name}").overloads():
+        pytest.skip(f"aten has no _foreach_{name}.{kind}")
+    check(getattr(torch, f"_foreach_{name}"), make_list(), binary_other(kind, torch.float32), alpha=-0.3)
+    check(getattr(torch, f"_foreach_{name}_"), make_list(), binary_other(kind, torch.float32), alpha=2,
+          inplace=True)
+
+
+def test_binary_tensor_scalar_on_tpu():
+    """clip_grad_norm_ multiplies by a 0-dim tpu tensor."""
+    grads = make_list()
+    scale = torch.tensor(0.25)
+    expected = torch._foreach_mul(grads, scale)
+    actual = torch._foreach_mul(to_tpu(grads), scale.to("tpu"))
+    for a, e in zip(actual, expected):
+        assert_close(a.cpu(), e)
+
+
+def test_integer_lists_and_promotion_follow_cpu():
+    check(torch._foreach_add, make_list(torch.int64), 1.5)
+    check(torch._foreach_add_, make_list(torch.int64), 1.5, inplace=True)  # CPU raises: Float into Long
+    check(torch._foreach_mul, make_list(torch.int64), make_list(torch.int64, seed=3))
+    check(torch._foreach_add, make_list(torch.float32), make_list(torch.float64, seed=2))
+    check(torch._foreach_mul, make_list(torch.int64), torch.tensor(2.5, dtype=torch.float64))
+    check(torch._foreach_maximum_, make_list(torch.int32), 1, inplace=True)
+
+
+def test_broadcasting_lists_follow_cpu():
+    check(torch._foreach_add, [torch.randn(2, 3), torch.randn(3)], [torch.randn(3), torch.randn(3)])
+    check(torch._foreach_add_, [torch.randn(2, 3)], [torch.randn(3)], inplace=True)
+
+
+def test_nan_propagation():
+    values = [torch.tensor([float("nan"), 1.0, -1.0])]
+    check(torch._foreach_maximum, values, [torch.tensor([0.0, float("nan"), 0.0])])
+    check(torch._foreach_clamp_min, values, 0.5)
+    check(torch._foreach_clamp_max_, values, 0.5, inplace=True)
+    check(torch._foreach_sign, values)
+
+
+TERNARY_VALUES = {
+    "Scalar": lambda: 0.3,
+    "ScalarList": lambda: [0.5, -1.0, 2.0, 0.25, -0.5],
+    "Tensor": lambda: torch.tensor([0.5, -1.0, 2.0, 0.25, -0.5]),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", list(TERNARY_VALUES))
+@pytest.mark.parametrize("name", ["addcmul", "addcdiv"])
+def test_addcmul_addcdiv(name, kind, dtype):
+    tensor1, tensor2 = make_list(dtype, seed=1), make_list(dtype, seed=2, low=0.5, high=3.0)
+    check(getattr(torch, f"_foreach_{name}"), make_list(dtype), tensor1, tensor2, TERNARY_VALUES[kind]())
+    check(getattr(torch, f"_foreach_{name}_"), make_list(dtype), tensor1, tensor2, TERNARY_VALUES[kind](),
+          inplace=True)
+
+
+def test_addcdiv_default_value_and_integer_scalars_tensor():
+    check(torch._foreach_addcdiv, make_list(), make_list(seed=1), make_list(seed=2, low=0.5))
+    check(torch._foreach_addcmul_, make_list(), make_list(seed=1), make_list(seed=2),
+          torch.tensor([1, 2, 3, 4, 5]), inplace=True)
+
+
+LERP_WEIGHTS = {
+    "Scalar": lambda: 0.1,
+    "ScalarList": lambda: [0.1, 0.9, 0.5, -0.25, 1.5],
+    "List": lambda: make_list(seed=4, low=-0.5, high=1.5),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", list(LERP_WEIGHTS))
+def test_lerp(kind, dtype):
+    weight = LERP_WEIGHTS[kind]()
+    weight = [w.to(dtype) for w in weight] if kind == "List" else weight
+    check(torch._foreach_lerp, make_list(dtype), make_list(dtype, seed=1), weight)
+    check(torch._foreach_lerp_, make_list(dtype), make_list(dtype, seed=1), weight, inplace=True)
+
+
+def test_lerp_is_exact_at_the_ends():
+    start, end = make_list(), make_list(seed=1)
+    for weight, expected in ((0.0, start), (1.0, end)):
+        result = torch._foreach_lerp(to_tpu(start), to_tpu(end), weight)
+        for r, e in zip(result, expected):
+            assert torch.equal(r.cpu(), e)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("ord", [1, 2, 2.0, math.inf, 3, 0])
+def test_norm(ord, dtype):
+    tensors = [t for t in make_list(dtype) if t.numel() or ord != math.inf]
+    check(torch._foreach_norm, tensors, ord)
+
+
+def test_norm_dtype_and_empty_inf_error():
+    check(torch._foreach_norm, make_list(torch.bfloat16), 2, dtype=torch.float32)
+    check(torch._foreach_norm, [torch.ones(0)], math.inf)
+
+
+def test_zero_and_copy():
+    check(torch._foreach_zero_, make_list(), inplace=True)
+    check(torch._foreach_zero_, make_list(torch.int64), inplace=True)
+    check(torch._foreach_copy_, make_list(), make_list(seed=1), inplace=True)
+    check(torch._foreach_copy_, make_list(), make_list(torch.bfloat16, seed=1), inplace=True)
+    check(torch._foreach_copy_, [torch.zeros(2, 3)], [torch.arange(3.0)], inplace=True)
+
+
+def test_copy_from_cpu_sources():
+    destination = to_tpu(make_list())
+    source = make_list(seed=5)
+    torch._foreach_copy_(destination, source)
+    for d, s in zip(destination, source):
+        assert_close(d.cpu(), s)
+
+
+@pytest.mark.parametrize("case", [
+    lambda: (torch._foreach_add, make_list(), make_list()[:2]),
+    lambda: (torch._foreach_add, make_list(), [1.0, 2.0]),
+    lambda: (torch._foreach_mul_, make_list(), torch.ones(2)),
+    lambda: (torch._foreach_addcdiv_, make_list(), make_list(), make_list(), torch.ones(3)),
+    lambda: (torch._foreach_addcdiv_, make_list(), make_list(), make_list(), torch.ones(1, 5)),
+    lambda: (torch._foreach_addcmul, make_list(), make_list(), make_list(), [1.0]),
+    lambda: (torch._foreach_lerp, make_list(), make_list(), [0.5]),
+    lambda: (torch._foreach_add, [torch.ones(2)], [torch.ones(3)]),
+])
+def test_errors_match_cpu(case):
+    function, *arguments = case()
+    check(function, *arguments)
+
+
+def test_functional_results_are_new_tensors():
+    tensors = to_tpu(make_list())
+    results = torch._foreach_mul(tensors, 2.0)
+    for t, r in zip(tensors, results):
+        assert r is not t and r.shape == t.shape

@@ -1,0 +1,349 @@
+"""Indexing kernels, differential against torch CPU."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torch.utils._pytree import tree_map
+
+
+def to_tpu(value):
+    return value.to("tpu") if isinstance(value, torch.Tensor) else value
+
+
+def check(fn, *args, **kwargs):
+    """fn on CPU args and on their tpu copies agree (values, dtype, shape), or both raise the same class."""
+    try:
+        expected = fn(*args, **kwargs)
+    except Exception as cpu_error:
+        with pytest.raises(type(cpu_error)):
+            fn(*tree_map(to_tpu, args), **tree_map(to_tpu, kwargs))
+        return
+    actual = fn(*tree_map(to_tpu, args), **tree_map(to_tpu, kwargs))
+    actual = tree_map(lambda v: v.cpu() if isinstance(v, torch.Tensor) else v, actual)
+    torch.testing.assert_close(actual, expected, equal_nan=True)
+    return actual
+
+
+def noncontiguous(*shape, dtype=torch.float32):
+    """A transposed view with the given shape."""
+    base = make(*reversed(shape), dtype=dtype)
+    return base.permute(*reversed(range(len(shape))))
+
+
+def make(*shape, dtype=torch.float32):
+    if dtype == torch.bool:
+        return torch.rand(shape) > 0.5
+    if not dtype.is_floating_point:
+        return torch.randint(-50, 50, shape, dtype=dtype)
+    return torch.randn(shape).to(dtype)
+
+
+DTYPES = [torch.float32, torch.bfloat16, torch.int64, torch.bool]
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
+
+
+# --- advanced indexing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_index_integer_and_negative(dtype):
+    x = noncontiguous(4, 5, dtype=dtype)
+    check(lambda x: x[torch.tensor([0, -1, 2, 2])], x)
+    check(lambda x: x[:, torch.tensor([[1, -2], [0, 4]])], x)
+    check(lambda x: x[torch.tensor([0, 3]), torch.tensor([-1, 2])], x)
+
+
+def test_index_mixed_slices_none_and_non_adjacent():
+    x = make(3, 4, 5, 6)
+    i, j = torch.tensor([0, 2]), torch.tensor([1, 3])
+    check(lambda x: x[i, :, j], x)
+    check(lambda x: x[:, i, None, j], x)
+    check(lambda x: x[..., i], x)
+    check(lambda x: x[1:, ::2, i], x)
+
+
+def test_index_bool_masks():
+    x = noncontiguous(4, 5)
+    mask = torch.rand(4, 5) > 0.5
+    check(lambda x, m: x[m], x, mask)
+    check(lambda x, m: x[m[:, 0]], x, mask)
+    check(lambda x, m: x[:, m[0]], x, mask)
+    check(lambda x: x[torch.zeros(4, dtype=torch.bool)], x)
+    check(lambda x: x[torch.tensor(True)], x)
+
+
+def test_index_int32_and_empty():
+    x = make(4, 5)
+    check(lambda x: x[torch.tensor([1, 3], dtype=torch.int32)], x)
+    check(lambda x: x[torch.tensor([], dtype=torch.long)], x)
+    check(lambda x: x[torch.tensor([0, 1])], make(2, 0))
+
+
+@pytest.mark.parametrize("index", [torch.tensor([4]), torch.tensor([-5]), torch.tensor([0.0]),
+                                   torch.tensor([True, False])])
+def test_index_errors(index):
+    check(lambda x: x[index], make(4, 5))
+
+
+# --- index_put -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_index_put(dtype, accumulate):
+    x = noncontiguous(4, 5, dtype=dtype)
+    idx = (torch.tensor([0, -1, 2]),)
+    check(lambda x, v: x.clone().index_put_(idx, v, accumulate=accumulate), x, make(3, 5, dtype=dtype))
+    check(lambda x, v: x.clone().index_put_(idx, v, accumulate=accumulate), x, make(5, dtype=dtype))
+    check(lambda x, v: x.clone().index_put(idx, v, accumulate=accumulate), x, make(dtype=dtype))
+
+
+def test_index_put_accumulate_duplicates_and_masks():
+    x = make(4, 5)
+    dup = (torch.tensor([1, 1, 1, 3]), torch.tensor([0, 0, 2, -1]))
+    check(lambda x, v: x.clone().index_put_(dup, v, accumulate=True), x, make(4))
+    mask = torch.rand(4, 5) > 0.5
+    check(lambda x, m: x.clone().index_put_((m,), torch.tensor(7.0), accumulate=True), x, mask)
+    check(lambda x, m: x.clone().index_put_((m,), torch.tensor(7.0)), x, mask)
+
+
+def test_setitem_through_view_mutates_base():
+    x = make(4, 6)
+    def fn(x):
+        x = x.clone()
+        x[:, ::2][torch.tensor([0, 2])] = 5.0
+        x[x > 1] = -1.0
+        return x
+    check(fn, x)
+
+
+def test_index_put_errors():
+    x = make(4, 5)
+    check(lambda x: x.clone().index_put_((torch.tensor([4]),), torch.tensor(1.0)), x)
+    check(lambda x: x.clone().index_put_((torch.tensor([0]),), torch.tensor(1.0, dtype=torch.float64)), x)
+    check(lambda x: x.clone().index_put_((torch.tensor([0, 1]),), torch.ones(3)), x)
+
+
+# --- gather / scatter ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather(dtype):
+    x = noncontiguous(4, 6, dtype=dtype)
+    index = torch.randint(0, 4, (3, 2))
+    check(lambda x, i: x.gather(0, i), x, index)
+    check(lambda x, i: x.gather(-1, i), x, index)
+    check(lambda x, i: x.gather(1, i), x, index.t())
+    check(lambda x, i: x.gather(0, i), make(dtype=dtype), torch.tensor(0))
+    check(lambda x, i: x.gather(1, i), x, torch.zeros(4, 0, dtype=torch.long))
+
+
+@pytest.mark.parametrize("index", [torch.tensor([[6]]), torch.tensor([[-1]])])
+def test_gather_scatter_out_of_range(index):
+    x = make(4, 6)
+    check(lambda x, i: x.gather(1, i), x, index)
+    check(lambda x, i: x.scatter(1, i, 1.0), x, index)
+    check(lambda x, i: x.scatter_add(1, i, x), x, index)
+    check(lambda x, i: x.scatter_reduce(1, i, x, "amax"), x, index)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_scatter(dtype):
+    x = noncontiguous(4, 6, dtype=dtype)
+    index = torch.stack([torch.randperm(4)[:3] for _ in range(6)], 1)  # unique along dim 0
+    src = make(5, 7, dtype=dtype)
+    check(lambda x, i, s: x.scatter(0, i, s), x, index, src)
+    check(lambda x, i: x.scatter(0, i, 3), x, index)
+    check(lambda x, i, s: x.clone().scatter_(0, i, s), x, index, src)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+def test_scatter_add_and_reduce_variants(dtype):
+    x = make(4, 6, dtype=dtype)
+    index = torch.randint(-0, 4, (5, 6))
+    src = make(5, 6, dtype=dtype)
+    check(lambda x, i, s: x.scatter_add(0, i, s), x, index, src)
+    check(lambda x, i, s: x.scatter(0, i, s, reduce="add"), x, index, src)
+    check(lambda x, i, s: x.scatter(0, i, s, reduce="multiply"), x, index, src)
+    check(lambda x, i: x.scatter(0, i, 2, reduce="multiply"), x, index)
+    for reduce in ("sum", "prod", "mean", "amax", "amin"):
+        for include_self in (True, False):
+            check(lambda x, i, s: x.scatter_reduce(0, i, s, reduce, include_self=include_self), x, index, src)
+
+
+# --- index_select / index_add / index_copy / index_fill ------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_index_select(dtype):
+    x = noncontiguous(4, 5, dtype=dtype)
+    check(lambda x, i: x.index_select(0, i), x, torch.tensor([3, 0, 0]))
+    check(lambda x, i: x.index_select(-1, i), x, torch.tensor([4, 1], dtype=torch.int32))
+    check(lambda x, i: x.index_select(1, i), x, torch.tensor([], dtype=torch.long))
+    check(lambda x, i: x.index_select(0, i), make(dtype=dtype), torch.tensor([0]))
+    check(lambda x, i: x.index_select(0, i), x, torch.tensor(2))
+
+
+@pytest.mark.parametrize("index", [torch.tensor([4]), torch.tensor([-1]), torch.tensor([[0]])])
+def test_index_select_errors(index):
+    check(lambda x, i: x.index_select(0, i), make(4, 5), index)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+def test_index_add_copy_fill(dtype):
+    x = noncontiguous(4, 5, dtype=dtype)
+    source = make(5, 3, dtype=dtype)
+    check(lambda x, i, s: x.index_add(1, i, s), x, torch.tensor([0, 4, 0]), source)
+    check(lambda x, i, s: x.index_add(1, i, s, alpha=2), x, torch.tensor([0, 4, 0]), source)
+    check(lambda x, i, s: x.index_copy(1, i, s), x, torch.tensor([1, 4, 0]), source)
+    check(lambda x, i: x.index_fill(1, i, 3), x, torch.tensor([-1, 0]))
+    check(lambda x, i: x.clone().index_fill_(0, i, torch.tensor(3)), x, torch.tensor([2]))
+
+
+def test_index_add_copy_fill_errors():
+    x = make(4, 5)
+    check(lambda x, i, s: x.index_add(0, i, s), x, torch.tensor([4]), torch.ones(1, 5))
+    check(lambda x, i, s: x.index_add(0, i, s), x, torch.tensor([-1]), torch.ones(1, 5))
+    check(lambda x, i, s: x.index_copy(0, i, s), x, torch.tensor([-1]), torch.ones(1, 5))
+    check(lambda x, i: x.index_fill(0, i, 1.0), x, torch.tensor([4]))
+
+
+@pytest.mark.parametrize("reduce", ["prod", "mean", "amax", "amin"])
+def test_index_reduce(reduce):
+    x = make(4, 5)
+    source = make(3, 5)
+    for include_self in (True, False):
+        check(lambda x, i, s: x.index_reduce(0, i, s, reduce, include_self=include_self),
+              x, torch.tensor([1, 1, 3]), source)
+
+
+# --- masks ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_masked_ops(dtype):
+    x = noncontiguous(4, 5, dtype=dtype)
+    mask = torch.rand(4, 5) > 0.5
+    row_mask = torch.rand(5) > 0.5
+    check(lambda x, m: x.masked_fill(m, 1), x, mask)
+    check(lambda x, m: x.masked_fill(m, torch.tensor(0)), x, row_mask)
+    check(lambda x, m: x.masked_select(m), x, row_mask)
+    check(lambda x, m: torch.masked_select(x[0], m[:, None]), x, row_mask)
+    check(lambda x, m, s: x.masked_scatter(m, s), x, mask, make(30, dtype=dtype))
+    check(lambda x, m, s: x.masked_scatter(m, s), x, row_mask, make(4, 5, dtype=dtype).t())
+
+
+def test_masked_errors():
+    x = make(4, 5)
+    check(lambda x, m: x.masked_fill(m, 1.0), x, torch.ones(4, 5))
+    check(lambda x, m, v: x.masked_fill(m, v), x, torch.ones(4, 5, dtype=torch.bool), torch.ones(2))
+    check(lambda x, m, s: x.masked_scatter(m, s), x, torch.ones(4, 5, dtype=torch.bool), torch.ones(3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nonzero_family(dtype):
+    x = noncontiguous(3, 4, dtype=dtype)
+    x[0, 0] = 0
+    result = check(torch.nonzero, x)
+    assert result.stride() == torch.nonzero(x).stride()
+    check(torch.argwhere, x)
+    check(lambda x: torch.nonzero(x, as_tuple=True), x)
+    check(torch.nonzero, make(dtype=dtype))
+    check(torch.nonzero, make(0, 3, dtype=dtype))
+    check(lambda x: torch.nonzero_static(x, size=4), x)
+    check(lambda x: torch.nonzero_static(x, size=20, fill_value=-7), x)
+
+
+# --- take / put --------------------------------------------------------------------------------
+
+
+def test_take_put():
+    x = noncontiguous(3, 4)
+    index = torch.tensor([[0, -1], [5, 11]])
+    check(lambda x, i: x.take(i), x, index)
+    check(lambda x, i: x.take(i), x, torch.tensor([12]))
+    check(lambda x, i, s: x.clone().put_(i, s), x, index, make(2, 2))
+    check(lambda x, i, s: x.put(i, s, accumulate=True), x, torch.tensor([1, 1, -12]), make(3))
+    check(lambda x, i, s: x.t().put_(i, s), x.contiguous(), torch.tensor([1, 7]), make(2))
+    check(lambda x, i, s: x.clone().put_(i, s), x, torch.tensor([12]), make(1))
+
+
+# --- embedding -------------------------------------------------------------------------------
+
+
+def test_embedding_forward_and_errors():
+    weight = make(10, 3)
+    check(F.embedding, torch.tensor([[1, 2], [9, 0]]), weight)
+    check(F.embedding, torch.tensor([10]), weight)
+    check(F.embedding, torch.tensor([-1]), weight)
+
+
+@pytest.mark.parametrize("padding_idx,scale", [(None, False), (2, False), (None, True), (1, True)])
+def test_embedding_backward(padding_idx, scale):
+    weight = make(6, 3)
+    indices = torch.tensor([[1, 2, 1], [5, 1, 0]])
+
+    def grads(device):
+        w = weight.detach().to(device).requires_grad_()
+        out = F.embedding(indices.to(device), w, padding_idx=padding_idx, scale_grad_by_freq=scale)
+        (out * torch.arange(18.0).reshape(2, 3, 3).to(device)).sum().backward()
+        return w.grad.cpu()
+
+    torch.testing.assert_close(grads("tpu"), grads("cpu"))
+
+
+# --- autograd --------------------------------------------------------------------------------
+
+
+def grads_agree(fn, *inputs):
+    """fn's value and its inputs' gradients agree between CPU and tpu."""
+    results = []
+    for device in ("cpu", "tpu"):
+        leaves = [x.detach().to(device).requires_grad_() for x in inputs]
+        out = fn(*leaves)
+        out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(device))
+        results.append((out.detach().cpu(), [leaf.grad.cpu() for leaf in leaves]))
+    torch.testing.assert_close(results[1], results[0])
+
+
+def test_autograd_through_index_gather_scatter():
+    x = make(4, 5)
+    grads_agree(lambda x: x[torch.tensor([0, 0, -1]).to(x.device)], x)
+    grads_agree(lambda x: x[x.detach() > 0], x)
+    index = torch.randint(0, 4, (3, 5))
+    grads_agree(lambda x: x.gather(0, index.to(x.device)), x)
+    grads_agree(lambda x, s: x.scatter(0, index[:1].to(x.device), s), x, make(1, 5))
+    grads_agree(lambda x, s: x.scatter_add(0, index.to(x.device), s), x, make(3, 5))
+    grads_agree(lambda x: x.index_select(1, torch.tensor([4, 4, 0]).to(x.device)), x)
+    grads_agree(lambda x, s: x.index_add(0, torch.tensor([1, 1]).to(x.device), s), x, make(2, 5))
+    grads_agree(lambda x: x.masked_fill((x.detach() > 0), 0.0), x)
+
+
+@pytest.mark.parametrize("mode", ["sum", "mean", "max"])
+@pytest.mark.parametrize("padding_idx", [None, 2])
+def test_embedding_bag_forward_backward(mode, padding_idx):
+    weight = make(8, 3)
+    indices = torch.tensor([1, 2, 4, 5, 4, 3, 2, 7])
+    offsets = torch.tensor([0, 2, 2, 5])
+
+    def run(device, include_last_offset=False, weighted=False):
+        w = weight.detach().to(device).requires_grad_()
+        psw = torch.linspace(0.5, 2, 8).to(device).requires_grad_() if weighted else None
+        offs = torch.cat([offsets, torch.tensor([8])]) if include_last_offset else offsets
+        out = F.embedding_bag(indices.to(device), w, offs.to(device), mode=mode, padding_idx=padding_idx,
+                              per_sample_weights=psw, include_last_offset=include_last_offset)
+        out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(device))
+        return out.detach().cpu(), w.grad.cpu(), psw.grad.cpu() if weighted else None
+
+    for include_last_offset in (False, True):
+        torch.testing.assert_close(run("tpu", include_last_offset), run("cpu", include_last_offset))
+    if mode == "sum":
+        torch.testing.assert_close(run("tpu", weighted=True), run("cpu", weighted=True))
+    bags = torch.tensor([[1, 2], [0, 7]])
+    torch.testing.assert_close(F.embedding_bag(bags.to("tpu"), weight.to("tpu"), mode=mode).cpu(),
+                               F.embedding_bag(bags, weight, mode=mode))

@@ -1,0 +1,350 @@
+"""The matmul family and torch.linalg on tpu, differential against torch CPU, and the MXU numerics."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+
+from torch_tpu._C import mxu
+
+L = torch.linalg
+BF16_TOLERANCE = dict(atol=2e-2, rtol=1.6e-2)
+
+
+def tpu(value):
+    return value.to("tpu") if isinstance(value, torch.Tensor) else value
+
+
+def cpu(value):
+    return torch.utils._pytree.tree_map(lambda v: v.cpu() if isinstance(v, torch.Tensor) else v, value)
+
+
+def check(f, *args, tolerance=None, **kwargs):
+    expected = f(*args, **kwargs)
+    actual = f(*map(tpu, args), **kwargs)
+    torch.testing.assert_close(cpu(actual), expected, **(tolerance or {}))
+    return actual
+
+
+def make(*shape, dtype=torch.float32):
+    if dtype.is_floating_point or dtype.is_complex:
+        return torch.randn(*shape, dtype=torch.float32 if dtype.itemsize == 1 else dtype).to(dtype)
+    return torch.randint(-9, 9, shape, dtype=dtype)
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
+# --- matmul family ---------------------------------------------------------------------------
+
+DTYPE_TOLERANCE = {
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.float64: None,
+    torch.complex64: dict(atol=1e-5, rtol=1e-5),
+    torch.bfloat16: BF16_TOLERANCE,
+    torch.float16: dict(atol=1e-2, rtol=1e-3),
+    torch.int64: None,
+    torch.int32: None,
+    torch.uint8: None,
+}
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_TOLERANCE), ids=str)
+def test_mm_family_dtypes(dtype):
+    tolerance = DTYPE_TOLERANCE[dtype]
+    a, b, c = make(5, 7, dtype=dtype), make(7, 3, dtype=dtype), make(5, 3, dtype=dtype)
+    batch1, batch2 = make(4, 5, 7, dtype=dtype), make(4, 7, 3, dtype=dtype)
+    check(torch.mm, a, b, tolerance=tolerance)
+    check(torch.bmm, batch1, batch2, tolerance=tolerance)
+    check(torch.mv, a, b[:, 0], tolerance=tolerance)
+    check(torch.dot, a[0], b[:, 0], tolerance=tolerance)
+    scalars = dict(beta=2, alpha=3)
+    check(torch.addmm, c, a, b, tolerance=tolerance, **scalars)
+    check(torch.baddbmm, c, batch1, batch2, tolerance=tolerance, **scalars)
+    check(torch.addbmm, c, batch1, batch2, tolerance=tolerance, **scalars)
+    check(torch.addmv, c[:, 0], a, b[:, 0], tolerance=tolerance, **scalars)
+    check(torch.addr, c, c[:, 0], c[0], tolerance=tolerance, **scalars)
+
+
+def test_float_scalars_and_vdot():
+    a, b, c = make(5, 7), make(7, 3), make(3)
+    check(torch.addmm, c, a, b, beta=0.5, alpha=-1.5, tolerance=DTYPE_TOLERANCE[torch.float32])
+    x, y = make(6, dtype=torch.complex64), make(6, dtype=torch.complex64)
+    check(torch.vdot, x, y)
+    check(torch.dot, x, y)
+
+
+def test_non_contiguous_operands():
+    a, b = make(7, 5).t(), make(3, 7).t()  # transposed views
+    check(torch.mm, a, b)
+    check(torch.mm, make(5, 14)[:, ::2], make(7, 6)[:, 1::2])
+    check(torch.bmm, make(5, 4, 7).transpose(0, 1), make(4, 3, 7).transpose(1, 2))
+    check(torch.addmm, make(3, 5).t(), a, b, beta=0.5)
+
+
+@pytest.mark.parametrize("shapes", [
+    ((3,), (3,)), ((2, 3), (3,)), ((3,), (3, 4)), ((5, 2, 3), (3, 4)), ((2, 3), (5, 3, 4)),
+    ((2, 1, 2, 3), (4, 3, 5)), ((0, 3), (3, 4)), ((2, 0), (0, 4)), ((3, 2, 0), (0, 5)), ((4, 2, 3), (4, 3, 0)),
+], ids=str)
+def test_matmul_broadcasting_and_empty(shapes):
+    check(torch.matmul, *(make(*shape) for shape in shapes))
+
+
+def test_composites_reach_the_mxu():
+    check(torch.einsum, "bij,bjk->bik", make(2, 3, 4), make(2, 4, 5))
+    check(torch.nn.functional.linear, make(3, 4), make(5, 4), make(5))
+    check(torch.nn.functional.linear, make(2, 3, 4), make(5, 4), make(5))
+    check(torch.tensordot, make(3, 4, 5), make(4, 5, 2), dims=2)
+    check(L.multi_dot, [make(3, 4), make(4, 5), make(5, 2)])
+
+
+def test_addmm_beta_zero_ignores_nan_and_alpha_zero_ignores_product():
+    bias = torch.full((2, 3), float("nan"))
+    check(torch.addmm, bias, make(2, 4), make(4, 3), beta=0)
+    mat1 = torch.tensor([[float("nan"), 1.0]])
+    check(torch.addmm, make(1, 2), mat1, make(2, 2), alpha=0)
+
+
+def test_out_variants_and_in_place():
+    a, b = make(3, 4), make(4, 5)
+    out = torch.empty(0, device="tpu")
+    result = torch.mm(tpu(a), tpu(b), out=out)
+    assert result is out and out.shape == (3, 5)
+    torch.testing.assert_close(out.cpu(), a @ b)
+    c = make(3, 5)
+    expected = c.clone().addmm_(a, b, alpha=2)
+    actual = tpu(c).addmm_(tpu(a), tpu(b), alpha=2)
+    torch.testing.assert_close(actual.cpu(), expected)
+    batch1, batch2 = make(2, 3, 4), make(2, 4, 5)
+    torch.testing.assert_close(tpu(c).addbmm_(tpu(batch1), tpu(batch2)).cpu(), c.clone().addbmm_(batch1, batch2))
+    square = make(4, 4)
+    aliased = tpu(square)
+    torch.mm(aliased, aliased, out=aliased)
+    torch.testing.assert_close(aliased.cpu(), square @ square)
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: torch.mm(torch.ones(2, 3, device=d), torch.ones(4, 5, device=d)),
+    lambda d: torch.mm(torch.ones(2, 3, device=d), torch.ones(3, device=d)),
+    lambda d: torch.mm(torch.ones(2, 3, device=d), torch.ones(3, 5, device=d, dtype=torch.float64)),
+    lambda d: torch.mm(torch.ones(2, 2, device=d, dtype=torch.bool), torch.ones(2, 2, device=d, dtype=torch.bool)),
+    lambda d: torch.bmm(torch.ones(2, 2, 3, device=d), torch.ones(3, 3, 5, device=d)),
+    lambda d: torch.addmm(torch.ones(3, 3, device=d), torch.ones(2, 3, device=d), torch.ones(3, 5, device=d)),
+    lambda d: torch.addmm(torch.ones(2, 2, device=d, dtype=torch.long), torch.ones(2, 2, device=d, dtype=torch.long),
+                          torch.ones(2, 2, device=d, dtype=torch.long), alpha=0.5),
+    lambda d: torch.mv(torch.ones(2, 3, device=d), torch.ones(4, device=d)),
+    lambda d: torch.dot(torch.ones(3, device=d), torch.ones(4, device=d)),
+    lambda d: torch.mm(torch.ones(2, 3, device=d), torch.ones(3, 5, device=d),
+                       out=torch.empty(0, device=d, dtype=torch.float64)),
+], ids=lambda _: "")
+def test_errors_match_cpu(call):
+    with pytest.raises(Exception) as on_cpu:
+        call("cpu")
+    with pytest.raises(type(on_cpu.value)) as on_tpu:
+        call("tpu")
+    assert str(on_tpu.value) == str(on_cpu.value)
+
+
+def test_cpu_operand_is_a_device_error():
+    with pytest.raises(RuntimeError, match="same device"):
+        torch.mm(torch.ones(2, 2, device="tpu"), torch.ones(2, 2))
+
+
+def test_gradients_match_cpu():
+    weights = [make(4, 3), make(3), make(2, 5, 4), make(2, 3, 5)]
+    x = make(2, 5, 4)
+
+    def loss(w, b, batch, other, x):
+        hidden = torch.nn.functional.linear(x, w, b)  # (2, 5, 3)
+        return torch.bmm(batch, hidden) + torch.matmul(other.transpose(1, 2), torch.ones_like(other[:, :1]))
+
+    grads = {}
+    for device in ("cpu", "tpu"):
+        leaves = [w.to(device).requires_grad_() for w in weights]
+        out = loss(*leaves, x.to(device))
+        out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(device))
+        grads[device] = [leaf.grad.cpu() for leaf in leaves]
+    torch.testing.assert_close(grads["tpu"], grads["cpu"])
+
+
+def test_float64_matmul_computes_in_float64_and_warns():
+    from torch_tpu.ops import linalg
+
+    linalg._warn_float64.cache_clear()
+    a, b = make(3, 4, dtype=torch.float64), make(4, 2, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="float64"):
+        actual = tpu(a) @ tpu(b)
+    torch.testing.assert_close(actual.cpu(), a @ b, atol=0, rtol=1e-15)
+
+
+# --- float32 matmul precision and the MXU numerics ----------------------------------------------
+
+
+def _bf16(x):
+    return x.astype(ml_dtypes.bfloat16).astype(np.float64)
+
+
+def reference_passes(a, b, passes):
+    """An independent float64 model: split into bf16 pieces, multiply the pieces exactly."""
+    pieces = {1: 1, 3: 2, 6: 3}[passes]
+    splits = []
+    for x in (a.astype(np.float64), b.astype(np.float64)):
+        parts, rest = [], x
+        for _ in range(pieces):
+            parts.append(_bf16(rest.astype(np.float32)))
+            rest = rest - parts[-1]
+        splits.append(parts)
+    (ah, *alo), (bh, *blo) = splits
+    products = {1: [(0, 0)], 3: [(0, 0), (0, 1), (1, 0)],
+                6: [(0, 0), (0, 1), (1, 0), (0, 2), (1, 1), (2, 0)]}[passes]
+    return sum(splits[0][i] @ splits[1][j] for i, j in products)
+
+
+@pytest.mark.parametrize("passes", [1, 3, 6])
+def test_mxu_passes_match_an_independent_float64_model(passes):
+    rng = np.random.default_rng(passes)
+    a = rng.standard_normal((16, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 8)).astype(np.float32)
+    model = reference_passes(a, b, passes)
+    actual = mxu.matmul(a, b, precision_passes=passes)
+    assert actual.dtype == np.float32
+    # Only the float32 accumulation separates the chip from the model: a few ulps of the sum of |terms|.
+    scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+    assert np.all(np.abs(actual - model) <= 8 * 2.0 ** -24 * scale)
+
+
+def test_mxu_passes_trade_precision_as_documented():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((32, 256)).astype(np.float32)
+    b = rng.standard_normal((256, 32)).astype(np.float32)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+
+    def relative_error(passes):
+        return np.max(np.abs(mxu.matmul(a, b, precision_passes=passes) - exact) / scale)
+
+    one, three, six, exact32 = (relative_error(p) for p in (1, 3, mxu.EXACT and 6, mxu.EXACT))
+    assert 2.0 ** -10 < one < 2.0 ** -7  # inputs rounded to 8 significant bits
+    assert three < 2.0 ** -15 and six < 2.0 ** -20 and exact32 < 2.0 ** -20
+    assert one > three > six
+
+
+def test_mxu_bf16_and_fp8_products_are_exact_with_float32_accumulation():
+    rng = np.random.default_rng(1)
+    for fmt in (ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2):
+        a = rng.standard_normal((8, 64)).astype(fmt)
+        b = rng.standard_normal((64, 4)).astype(fmt)
+        exact = a.astype(np.float64) @ b.astype(np.float64)
+        accumulated = mxu.matmul(a, b)
+        assert accumulated.dtype == np.float32
+        scale = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
+        assert np.all(np.abs(accumulated - exact) <= 64 * 2.0 ** -24 * scale)
+        out = np.empty((8, 4), ml_dtypes.bfloat16)
+        mxu.matmul(a, b, out)  # rounded once to the output
+        np.testing.assert_array_equal(out, accumulated.astype(ml_dtypes.bfloat16))
+
+
+def test_mxu_integers_accumulate_exactly_and_wrap_on_store():
+    a = np.full((2, 3), 100, np.int8)
+    b = np.full((3, 2), 100, np.int8)
+    assert mxu.matmul(a, b).dtype == np.int64
+    np.testing.assert_array_equal(mxu.matmul(a, b), np.full((2, 2), 30000))
+    out = np.empty((2, 2), np.int8)
+    np.testing.assert_array_equal(mxu.matmul(a, b, out), np.full((2, 2), 30000).astype(np.int8))
+    with pytest.raises(ValueError, match="precision_passes"):
+        mxu.matmul(a, b, precision_passes=2)
+
+
+@pytest.mark.parametrize("precision, passes", [("highest", None), ("high", 3), ("medium", 1)])
+def test_float32_matmul_precision_selects_passes(precision, passes):
+    a, b = make(8, 64), make(64, 8)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        actual = (tpu(a) @ tpu(b)).cpu().numpy()
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    if passes is None:
+        torch.testing.assert_close(torch.from_numpy(actual), a @ b, atol=1e-5, rtol=1e-5)
+    else:
+        np.testing.assert_array_equal(actual, mxu.matmul(a.numpy(), b.numpy(), precision_passes=passes))
+        assert not np.array_equal(actual, mxu.matmul(a.numpy(), b.numpy()))
+
+
+# --- torch.linalg ------------------------------------------------------------------------------
+
+
+def spd(*batch, n=4, dtype=torch.float64):
+    a = make(*batch, n, n, dtype=dtype)
+    return a @ a.mH + n * torch.eye(n, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128], ids=str)
+def test_factorizations_and_solves(dtype):
+    tolerance = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else None
+    a, s, b = make(2, 4, 4, dtype=dtype), spd(2, dtype=dtype), make(2, 4, 3, dtype=dtype)
+    for f, args in [
+        (L.cholesky, (s,)), (L.cholesky_ex, (s,)), (lambda x: L.cholesky(x, upper=True), (s,)),
+        (L.inv, (a,)), (L.inv_ex, (a,)), (L.det, (a,)), (L.slogdet, (a,)), (torch.logdet, (s,)),
+        (L.lu_factor, (a,)), (L.lu_factor_ex, (a[:, :3],)),
+        (L.solve, (a, b)), (L.solve, (a, b[..., 0])), (L.solve, (a[0], b)), (lambda x, y: L.solve(x, y, left=False), (a, b.mT)),
+        (lambda x, y: L.lu_solve(*L.lu_factor(x), y), (a, b)),
+        (lambda x, y: L.lu_solve(*L.lu_factor(x), y, left=False, adjoint=True), (a, b.mT)),
+        (L.qr, (make(2, 5, 3, dtype=dtype),)), (lambda x: L.qr(x, mode="complete"), (make(5, 3, dtype=dtype),)),
+        (L.eigvalsh, (s,)), (L.svdvals, (make(2, 5, 3, dtype=dtype),)),
+        (lambda x, y: L.solve_triangular(x.triu(), y, upper=True), (a, b)),
+        (lambda x, y: L.solve_triangular(x.tril(), y, upper=False, left=False, unitriangular=True), (a, b.mT)),
+        (lambda y, x: torch.triangular_solve(y, x.triu(), transpose=True), (b, a)),
+        (L.matrix_exp, (a,)), (L.pinv, (make(5, 3, dtype=dtype),)),
+    ]:
+        check(f, *args, tolerance=tolerance)
+
+
+def test_decompositions_reconstruct_their_input():
+    s, a, r = spd(2), make(4, 4, dtype=torch.float64), make(2, 5, 3, dtype=torch.float64)
+    values, vectors = (t.cpu() for t in L.eigh(tpu(s)))
+    torch.testing.assert_close(vectors @ torch.diag_embed(values) @ vectors.mT, s)
+    u, sv, vh = (t.cpu() for t in L.svd(tpu(r), full_matrices=False))
+    torch.testing.assert_close(u @ torch.diag_embed(sv) @ vh, r)
+    torch.testing.assert_close(sv, L.svdvals(r))
+    values, vectors = (t.cpu() for t in L.eig(tpu(a)))
+    assert values.dtype == torch.complex128
+    torch.testing.assert_close(vectors @ torch.diag_embed(values) @ L.inv(vectors), a.to(torch.complex128))
+    torch.testing.assert_close(L.eigvals(tpu(a)).cpu().abs().sort().values, L.eigvals(a).abs().sort().values)
+
+
+def test_empty_matrices():
+    check(L.inv, torch.empty(0, 3, 3))
+    check(L.det, torch.empty(2, 0, 0))
+    check(L.cholesky, torch.empty(0, 0))
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: L.inv(torch.zeros(3, 3, device=d)),
+    lambda d: L.inv(torch.zeros(2, 3, device=d)),
+    lambda d: L.inv(torch.eye(3, device=d, dtype=torch.bfloat16)),
+    lambda d: L.cholesky(-torch.eye(3, device=d)),
+    lambda d: L.cholesky(torch.stack([torch.eye(2), -torch.eye(2)]).to(d)),
+    lambda d: L.solve(torch.zeros(2, 3, 3, device=d), torch.zeros(2, 3, device=d)),
+    lambda d: L.lu_factor(torch.eye(3, device=d), pivot=False),
+], ids=lambda _: "")
+def test_linalg_errors_match_cpu(call):
+    with pytest.raises(Exception) as on_cpu:
+        call("cpu")
+    with pytest.raises(type(on_cpu.value)) as on_tpu:
+        call("tpu")
+    assert str(on_tpu.value) == str(on_cpu.value)
+
+
+def test_linalg_gradients_match_cpu():
+    a, s, b = make(3, 3, dtype=torch.float64), spd(n=3), make(3, 2, dtype=torch.float64)
+    grads = {}
+    for device in ("cpu", "tpu"):
+        leaves = [t.to(device).requires_grad_() for t in (a, s, b)]
+        x, y, z = leaves
+        out = L.solve(x, z).sum() + L.inv(x).sum() + L.det(x) + L.cholesky(y).sum() + L.eigvalsh(y).sum()
+        out.backward()
+        grads[device] = [leaf.grad.cpu() for leaf in leaves]
+    torch.testing.assert_close(grads["tpu"], grads["cpu"])

@@ -1,0 +1,238 @@
+"""Exact HBM accounting, torch.cuda-style statistics, OOM and host RAM use."""
+
+import gc
+
+import expecttest
+import pytest
+import torch
+
+from conftest import run_python
+
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+def test_allocation_is_exact_storage_nbytes(memory_baseline):
+    tensors = [
+        torch.empty(3, device="tpu"),
+        torch.empty(7, dtype=torch.bfloat16, device="tpu"),
+        torch.empty(5, dtype=torch.bool, device="tpu"),
+        torch.empty(1, dtype=torch.complex64, device="tpu"),
+        torch.empty(2, 3, dtype=torch.float8_e5m2, device="tpu"),
+        torch.empty((), dtype=torch.int64, device="tpu"),
+        torch.empty(0, 4, device="tpu"),
+        torch.empty_strided((2, 3), (1, 4), device="tpu"),  # storage spans 1 + 1*1 + 2*4 = 10 elements
+    ]
+    assert [t.untyped_storage().nbytes() for t in tensors] == [12, 14, 5, 8, 6, 8, 0, 40]
+    assert memory_baseline.delta() == sum(t.untyped_storage().nbytes() for t in tensors) == 93
+    del tensors
+
+
+def test_views_do_not_allocate(memory_baseline):
+    x = torch.empty(4, 6, device="tpu")
+    before = torch.tpu.memory_allocated()
+    views = [x.t(), x[::2, 1:], x.view(24), x.unsqueeze(0).expand(3, 4, 6), x.view(torch.int16), x.diagonal(),
+             x.unfold(1, 2, 2), torch.view_as_complex(x.view(4, 3, 2)), x.as_strided((2, 2), (1, 2), 3)]
+    assert torch.tpu.memory_allocated() == before
+    del x
+    gc.collect()
+    assert memory_baseline.delta() == 96, "the views keep the whole storage alive"
+    del views
+
+
+def test_storage_freed_when_last_view_dies(memory_baseline):
+    x = torch.empty(1000, device="tpu")
+    tail = x[990:]
+    del x
+    assert memory_baseline.delta() == 4000
+    del tail
+    assert memory_baseline.delta() == 0
+
+
+def test_create_and_drop_loop_returns_to_baseline(memory_baseline):
+    for i in range(1000):
+        x = torch.empty(i % 17 + 1, 3, device="tpu")
+        y = x.t()[1:]
+        z = torch.zeros(i % 5, dtype=torch.bfloat16, device="tpu").view(torch.int16)
+        del x, y, z
+    assert memory_baseline.delta() == 0
+
+
+def test_peak_and_reset(memory_baseline):
+    torch.tpu.reset_peak_memory_stats()
+    start = torch.tpu.memory_allocated()
+    assert torch.tpu.max_memory_allocated() == start
+    big = torch.empty(1000, device="tpu")
+    del big
+    small = torch.empty(10, device="tpu")
+    assert torch.tpu.max_memory_allocated() == start + 4000
+    torch.tpu.reset_peak_memory_stats()
+    assert torch.tpu.max_memory_allocated() == start + 40
+    del small
+
+
+def test_memory_stats_keys_and_values(memory_baseline):
+    torch.tpu.reset_peak_memory_stats()
+    torch.tpu.reset_accumulated_memory_stats()
+    stats = torch.tpu.memory_stats()
+    required = [
+        f"{family}.all.{field}"
+        for family in ("allocated_bytes", "allocation", "active_bytes", "active", "requested_bytes")
+        for field in ("current", "peak", "allocated", "freed")
+    ] + ["num_alloc_retries", "num_ooms", "reserved_bytes.all.current", "reserved_bytes.all.peak"]
+    assert set(required) <= set(stats)
+    base = stats["allocated_bytes.all.current"]
+    count = stats["allocation.all.current"]
+    x = torch.empty(100, device="tpu")
+    y = torch.empty(50, dtype=torch.int8, device="tpu")
+    del x
+    stats = torch.tpu.memory_stats()
+    assert stats["allocated_bytes.all.current"] == base + 50 == torch.tpu.memory_allocated()
+    assert stats["allocated_bytes.all.peak"] == base + 450
+    assert stats["allocated_bytes.all.allocated"] == 450
+    assert stats["allocated_bytes.all.freed"] == 400
+    assert (stats["allocation.all.current"], stats["allocation.all.allocated"], stats["allocation.all.freed"]) == (
+        count + 1, 2, 1)
+    assert stats["num_alloc_retries"] == 0
+    assert stats["reserved_bytes.all.current"] >= stats["allocated_bytes.all.current"]
+    assert stats["reserved_bytes.all.current"] == torch.tpu.memory_reserved()
+    nested = torch.tpu.memory_stats_as_nested_dict()
+    assert nested["allocated_bytes"]["all"]["current"] == base + 50
+    del y
+
+
+def test_empty_cache_releases_reserved_bytes(memory_baseline):
+    x = torch.empty(12345, dtype=torch.uint8, device="tpu")
+    del x
+    assert torch.tpu.memory_reserved() >= torch.tpu.memory_allocated() + 12345
+    torch.tpu.empty_cache()
+    assert torch.tpu.memory_reserved() == torch.tpu.memory_allocated()
+
+
+def test_mem_get_info(memory_baseline):
+    capacity = torch.tpu.get_device_properties().total_memory
+    x = torch.empty(25, device="tpu")
+    assert torch.tpu.mem_get_info() == (capacity - torch.tpu.memory_allocated(), capacity)
+    assert torch.tpu.mem_get_info("tpu:0") == torch.tpu.mem_get_info(0)
+    del x
+
+
+def test_resize_accounts_exactly(memory_baseline):
+    x = torch.empty(0, device="tpu")
+    x.resize_(10)
+    assert memory_baseline.delta() == 40
+    x.resize_(3, 3)  # shrinking keeps the storage, as on CPU
+    assert memory_baseline.delta() == 40
+    x.resize_(20)
+    assert memory_baseline.delta() == 80
+    del x
+
+
+class TestMemorySummary(expecttest.TestCase):
+    def test_golden_summary(self):
+        out = run_python("""
+            import torch
+            a = torch.empty(1000, device='tpu')
+            b = torch.empty(100, dtype=torch.float16, device='tpu')
+            del a
+            c = torch.empty(10, device='tpu')
+            try:
+                torch.empty(1 << 20, device='tpu')
+            except torch.OutOfMemoryError:
+                pass
+            print(torch.tpu.memory_summary(), end='')
+        """, env={"TORCH_TPU_HBM_BYTES": str(MiB)}).stdout
+        self.assertExpectedInline(out, """\
+===========================================================================
+ TPU HBM summary, ironwood (TPU7x), device tpu:0
+---------------------------------------------------------------------------
+ Capacity: 1.00 MiB   Free: 1023.77 KiB   OOMs: 1
+---------------------------------------------------------------------------
+Metric                      Current         Peak   Tot. Alloc   Tot. Freed
+---------------------------------------------------------------------------
+Allocated memory              240 B     4.10 KiB     4.14 KiB     3.91 KiB
+Allocations                       2            2            3            1
+Reserved memory            4.14 KiB                                       
+===========================================================================
+""")
+
+
+OOM_SCRIPT = """
+    import torch
+    keep = torch.empty(600, dtype=torch.uint8, device='tpu')
+    before = torch.tpu.memory_stats()
+    try:
+        torch.empty(500, dtype=torch.uint8, device='tpu')
+    except torch.OutOfMemoryError as error:
+        print(type(error).__name__, isinstance(error, RuntimeError))
+        print(str(error))
+    after = torch.tpu.memory_stats()
+    print(after['num_ooms'] - before['num_ooms'], after['allocated_bytes.all.current'] - before['allocated_bytes.all.current'])
+    fits = torch.ones(400, dtype=torch.uint8, device='tpu')
+    print(torch.tpu.memory_allocated(), fits.cpu().sum().item())
+"""
+
+
+def test_out_of_memory_with_env_capacity():
+    lines = run_python(OOM_SCRIPT, env={"TORCH_TPU_HBM_BYTES": "1000"}).stdout.splitlines()
+    assert lines[0] == "OutOfMemoryError True"
+    assert "500 bytes" in lines[1] and "600 bytes" in lines[1] and "1000 bytes" in lines[1]
+    assert lines[2] == "1 0"
+    assert lines[3] == "1000 400"
+
+
+def test_out_of_memory_with_memory_fraction():
+    torch.tpu.set_per_process_memory_fraction(1.0)
+    capacity = torch.tpu.get_device_properties().total_memory
+    allocated = torch.tpu.memory_allocated()
+    fraction = (allocated + 4096) / capacity
+    ooms = torch.tpu.memory_stats()["num_ooms"]
+    try:
+        torch.tpu.set_per_process_memory_fraction(fraction)
+        limit = torch.tpu.mem_get_info()[1]
+        assert limit == int(capacity * fraction)
+        free = limit - allocated
+        with pytest.raises(torch.OutOfMemoryError) as caught:
+            torch.empty(free + 1, dtype=torch.uint8, device="tpu")
+        message = str(caught.value)
+        assert f"({free + 1} bytes)" in message and f"({allocated} bytes)" in message and f"({limit} bytes)" in message
+        assert torch.tpu.memory_stats()["num_ooms"] == ooms + 1
+        assert torch.tpu.memory_allocated() == allocated
+        exactly_full = torch.empty(free, dtype=torch.uint8, device="tpu")
+        assert torch.tpu.mem_get_info()[0] == 0
+        del exactly_full
+    finally:
+        torch.tpu.set_per_process_memory_fraction(1.0)
+    assert torch.tpu.mem_get_info()[1] == capacity
+    with pytest.raises(ValueError):
+        torch.tpu.set_per_process_memory_fraction(2.0)
+
+
+def test_out_of_memory_in_a_copy_to_tpu():
+    out = run_python("""
+        import torch
+        try:
+            torch.ones(300, dtype=torch.float32).to('tpu')
+        except torch.OutOfMemoryError as error:
+            print('OOM', torch.tpu.memory_allocated())
+    """, env={"TORCH_TPU_HBM_BYTES": "1000"}).stdout.split()
+    assert out == ["OOM", "0"]
+
+
+def test_host_ram_is_one_copy_of_hbm():
+    out = run_python("""
+        import torch
+        def rss():
+            for line in open('/proc/self/status'):
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1]) * 1024
+        before = rss()
+        x = torch.ones(256 << 20, dtype=torch.uint8, device='tpu')
+        grown = rss() - before
+        del x
+        shrunk = rss() - before
+        print(grown, shrunk)
+    """).stdout.split()
+    grown, shrunk = (int(v) for v in out)
+    assert 0.9 * 256 * MiB < grown < 1.2 * 256 * MiB
+    assert shrunk < 0.2 * 256 * MiB, "a freed large buffer goes back to the OS"

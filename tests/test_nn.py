@@ -1,0 +1,514 @@
+"""Neural-network kernels on tpu, checked against torch CPU: forward values and gradients.
+
+Gradients are driven with an explicit random ``gradient`` tensor (not ``.sum().backward()``),
+so each test exercises the backward kernel with a non-trivial incoming gradient.
+"""
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+BF16_TOLERANCE = dict(atol=2e-2, rtol=2e-2)
+
+
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _to_device(x, device, requires_grad):
+    if not isinstance(x, torch.Tensor):
+        return x
+    moved = x.detach().to(device)
+    return moved.requires_grad_(requires_grad and moved.is_floating_point())
+
+
+def check(fn, *inputs, grad=True, **tolerance):
+    """Run ``fn`` on CPU and on tpu; compare every output and every input gradient."""
+    cpu_inputs = [_to_device(x, "cpu", grad) for x in inputs]
+    tpu_inputs = [_to_device(x, "tpu", grad) for x in inputs]
+    cpu_outputs, tpu_outputs = _tensors(fn(*cpu_inputs)), _tensors(fn(*tpu_inputs))
+    assert len(cpu_outputs) == len(tpu_outputs)
+    for got, expected in zip(tpu_outputs, cpu_outputs):
+        assert got.device.type == "tpu"
+        assert_close(got.cpu(), expected, equal_nan=True, **tolerance)
+    if not grad:
+        return tpu_outputs
+    differentiable = [(c, t) for c, t in zip(cpu_outputs, tpu_outputs) if c.requires_grad]
+    assert differentiable, "nothing to differentiate"
+    cpu_out, tpu_out = differentiable[0]
+    gradient = torch.randn_like(cpu_out)
+    cpu_out.backward(gradient)
+    tpu_out.backward(gradient.to("tpu"))
+    for cpu_x, tpu_x in zip(cpu_inputs, tpu_inputs):
+        if isinstance(cpu_x, torch.Tensor) and cpu_x.requires_grad:
+            assert (cpu_x.grad is None) == (tpu_x.grad is None)
+            if cpu_x.grad is not None:
+                assert_close(tpu_x.grad.cpu(), cpu_x.grad, equal_nan=True, **tolerance)
+    return tpu_outputs
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+# ------------------------------------------------------------------ softmax
+
+
+@pytest.mark.parametrize("function", [F.softmax, F.log_softmax])
+@pytest.mark.parametrize("shape,dim", [((3, 7), -1), ((3, 7), 0), ((2, 3, 4), 1), ((), 0), ((0, 5), 1), ((4, 0), 1)])
+def test_softmax_matches_cpu(function, shape, dim):
+    check(lambda x: function(x, dim), torch.randn(shape))
+
+
+@pytest.mark.parametrize("function", [F.softmax, F.log_softmax])
+def test_softmax_non_contiguous_and_extreme_values(function):
+    x = torch.randn(6, 5).t()
+    x[0, 1] = float("inf")
+    x[1] = float("-inf")
+    x[2, 0] = float("nan")
+    check(lambda t: function(t, 1), x, grad=False)
+    check(lambda t: function(t, 0), torch.randn(6, 5).t() * 50)
+
+
+@pytest.mark.parametrize("function", [F.softmax, F.log_softmax])
+def test_softmax_bf16_and_dtype_argument(function):
+    x = torch.randn(4, 33).bfloat16()
+    check(lambda t: function(t, -1), x, **BF16_TOLERANCE)
+    out = check(lambda t: function(t, -1, dtype=torch.float32), x)[0]
+    assert out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("op", [torch._softmax, torch._log_softmax])
+def test_half_to_float(op):
+    x = torch.randn(3, 9).half()
+    out = op(x.to("tpu"), 1, True)
+    assert out.dtype == torch.float32
+    reference = F.softmax(x.float(), 1) if op is torch._softmax else F.log_softmax(x.float(), 1)
+    assert_close(out.cpu(), reference)
+
+
+def test_softmax_dim_out_of_range_raises_like_cpu():
+    with pytest.raises(IndexError):
+        F.softmax(torch.randn(2, 3).to("tpu"), 2)
+
+
+def test_safe_softmax_zeroes_fully_masked_rows():
+    x = torch.randn(3, 4)
+    x[1] = float("-inf")
+    out = check(lambda t: torch.ops.aten._safe_softmax(t, -1), x)[0].cpu()
+    assert torch.equal(out[1], torch.zeros(4))
+
+
+# ------------------------------------------------------------------ normalization
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("shape,normalized", [((4, 10), (10,)), ((2, 3, 4, 5), (4, 5)), ((0, 3), (3,))])
+def test_layer_norm(affine, shape, normalized):
+    weight = torch.randn(normalized) if affine else None
+    bias = torch.randn(normalized) if affine else None
+    check(lambda x, w, b: F.layer_norm(x, normalized, w, b, eps=1e-4), torch.randn(shape) * 3 + 1, weight, bias)
+
+
+def test_layer_norm_non_contiguous_input():
+    check(lambda x, w: F.layer_norm(x, (6,), w), torch.randn(6, 4).t(), torch.randn(6))
+
+
+def test_layer_norm_bf16_with_float32_parameters_saves_float32_statistics():
+    x, w, b = torch.randn(5, 16).bfloat16(), torch.randn(16), torch.randn(16)
+    outputs = check(lambda x, w, b: torch.ops.aten.native_layer_norm(x, [16], w, b, 1e-5), x, w, b, **BF16_TOLERANCE)
+    assert [o.dtype for o in outputs] == [torch.bfloat16, torch.float32, torch.float32]
+    check(lambda x: F.layer_norm(x, (16,)), x, **BF16_TOLERANCE)
+
+
+def test_layer_norm_module():
+    module = nn.LayerNorm(8)
+    with torch.no_grad():
+        module.weight.normal_()
+        module.bias.normal_()
+    check(lambda x, w, b: F.layer_norm(x, (8,), w, b), torch.randn(3, 5, 8), module.weight, module.bias)
+    assert_close(module.to("tpu")(torch.ones(2, 8).to("tpu") * torch.arange(8.).to("tpu")).cpu(),
+                 module.cpu()(torch.ones(2, 8) * torch.arange(8.)))
+
+
+@pytest.mark.parametrize("shape,groups", [((2, 6, 5), 3), ((3, 4, 2, 3), 2), ((2, 6), 3)])
+def test_group_norm(shape, groups):
+    channels = shape[1]
+    check(lambda x, w, b: F.group_norm(x, groups, w, b, eps=1e-3),
+          torch.randn(shape) * 2 - 1, torch.randn(channels), torch.randn(channels))
+    check(lambda x: F.group_norm(x, groups), torch.randn(shape))
+
+
+def test_group_norm_module():
+    module = nn.GroupNorm(2, 4)
+    tpu_module = nn.GroupNorm(2, 4).to("tpu")
+    x = torch.randn(3, 4, 5, 5)
+    assert_close(tpu_module(x.to("tpu")).cpu(), module(x))
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (4, 3, 5), (2, 3, 4, 4)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_functional(shape, training):
+    running_mean, running_var = torch.randn(3), torch.rand(3) + 0.5
+    cpu_stats = [running_mean.clone(), running_var.clone()]
+    tpu_stats = [running_mean.to("tpu"), running_var.to("tpu")]
+
+    def function(x, w, b):
+        stats = tpu_stats if x.device.type == "tpu" else cpu_stats
+        return F.batch_norm(x, *stats, w, b, training=training, momentum=0.3, eps=1e-3)
+
+    check(function, torch.randn(shape) * 2 + 1, torch.randn(3), torch.randn(3))
+    assert_close(tpu_stats[0].cpu(), cpu_stats[0])
+    assert_close(tpu_stats[1].cpu(), cpu_stats[1])
+
+
+def test_batch_norm_without_running_stats():
+    check(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), torch.randn(4, 3, 2), torch.randn(3),
+          torch.randn(3))
+
+
+def test_batch_norm_eval_needs_running_stats():
+    with pytest.raises(RuntimeError):
+        torch.ops.aten.native_batch_norm(torch.randn(4, 3).to("tpu"), None, None, None, None, False, 0.1, 1e-5)
+
+
+def test_batch_norm_2d_module_running_stats_train_then_eval():
+    cpu_module = nn.BatchNorm2d(3, momentum=0.2)
+    tpu_module = nn.BatchNorm2d(3, momentum=0.2).to("tpu")
+    for _ in range(3):
+        x = torch.randn(4, 3, 5, 5) * 3 + 2
+        assert_close(tpu_module(x.to("tpu")).cpu(), cpu_module(x))
+    for name in ("running_mean", "running_var"):
+        assert_close(getattr(tpu_module, name).cpu(), getattr(cpu_module, name))
+    assert tpu_module.num_batches_tracked.item() == 3
+    cpu_module.eval()
+    tpu_module.eval()
+    x = torch.randn(2, 3, 5, 5)
+    assert_close(tpu_module(x.to("tpu")).cpu(), cpu_module(x))
+
+
+def test_batch_norm_bf16_input_with_float32_module():
+    outputs = check(
+        lambda x, w, b: torch.ops.aten.native_batch_norm(x, w, b, None, None, True, 0.1, 1e-5),
+        torch.randn(6, 4, 3).bfloat16(), torch.randn(4), torch.randn(4), **BF16_TOLERANCE,
+    )
+    assert [o.dtype for o in outputs] == [torch.bfloat16, torch.float32, torch.float32]
+
+
+# ------------------------------------------------------------------ pooling
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=2),
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=(2, 3), stride=(1, 2), dilation=(2, 1)),
+    dict(kernel_size=3, stride=2, ceil_mode=True),
+    dict(kernel_size=3, stride=2, padding=1, dilation=2, ceil_mode=True),
+])
+def test_max_pool2d(kwargs):
+    check(lambda x: F.max_pool2d(x, return_indices=True, **kwargs), torch.randn(2, 3, 9, 8))
+    check(lambda x: F.max_pool2d(x, **kwargs), torch.randn(3, 9, 8))  # unbatched
+
+
+def test_max_pool2d_ties_nan_and_all_negative_infinity():
+    x = torch.zeros(1, 1, 4, 4)  # ties: the first maximum wins
+    x[0, 0, 3, 3] = float("nan")
+    x[0, 0, 0, 3] = float("nan")
+    x[0, 0, 2:, :2] = float("-inf")
+    check(lambda t: F.max_pool2d(t, 2, return_indices=True), x)
+    check(lambda t: F.max_pool2d(t, 3, 2, padding=1, return_indices=True), x, grad=False)
+
+
+def test_max_pool2d_channels_last_and_integer():
+    check(lambda x: F.max_pool2d(x, 3, 2, 1), torch.randn(2, 4, 7, 7).to(memory_format=torch.channels_last))
+    check(lambda x: F.max_pool2d(x, 2, return_indices=True), torch.randint(-50, 50, (1, 2, 6, 6)), grad=False)
+
+
+def test_max_pool1d_and_3d():
+    check(lambda x: F.max_pool1d(x, 3, 2, 1, return_indices=True), torch.randn(2, 3, 10))
+    check(lambda x: F.max_pool3d(x, 2, return_indices=True), torch.randn(2, 2, 4, 5, 6))
+    check(lambda x: F.max_pool3d(x, (2, 3, 2), (1, 2, 2), (1, 1, 0), ceil_mode=True), torch.randn(2, 4, 5, 6))
+
+
+def test_max_pool_modules():
+    check(nn.MaxPool2d(3, stride=2, padding=1), torch.randn(2, 3, 8, 8))
+    check(nn.MaxPool2d(2, return_indices=True), torch.randn(1, 2, 6, 6))
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=2),
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=3, stride=2, padding=1, count_include_pad=False),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True, count_include_pad=False),
+    dict(kernel_size=(2, 3), stride=(2, 1), divisor_override=5),
+])
+def test_avg_pool2d(kwargs):
+    check(lambda x: F.avg_pool2d(x, **kwargs), torch.randn(2, 3, 9, 8))
+
+
+def test_avg_pool1d_3d_and_module():
+    check(lambda x: F.avg_pool1d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), torch.randn(2, 3, 10))
+    check(lambda x: F.avg_pool3d(x, 3, 2, 1, ceil_mode=True), torch.randn(2, 2, 5, 6, 7))
+    check(lambda x: F.avg_pool3d(x, 2, divisor_override=3), torch.randn(2, 4, 4, 4))
+    check(nn.AvgPool2d(2), torch.randn(2, 3, 6, 6).to(memory_format=torch.channels_last))
+    check(nn.AvgPool2d(2), torch.randn(2, 3, 6, 6).bfloat16(), **BF16_TOLERANCE)
+
+
+@pytest.mark.parametrize("in_size,out_size", [((8, 8), (4, 4)), ((7, 10), (3, 4)), ((3, 5), (5, 7)), ((6, 6), (1, 1))])
+def test_adaptive_pool2d(in_size, out_size):
+    x = torch.randn(2, 3, *in_size)
+    check(lambda t: F.adaptive_avg_pool2d(t, out_size), x)
+    check(lambda t: F.adaptive_max_pool2d(t, out_size, return_indices=True), x)
+
+
+def test_adaptive_pool1d_and_3d():
+    check(lambda t: F.adaptive_avg_pool1d(t, 4), torch.randn(2, 3, 11))
+    check(lambda t: F.adaptive_max_pool1d(t, 4, return_indices=True), torch.randn(2, 3, 11))
+    check(lambda t: F.adaptive_avg_pool3d(t, (2, 3, 2)), torch.randn(2, 2, 5, 7, 4))
+    check(lambda t: F.adaptive_max_pool3d(t, (2, 3, 2), return_indices=True), torch.randn(2, 2, 5, 7, 4))
+
+
+def test_adaptive_max_pool_nan():
+    x = torch.randn(1, 1, 5, 5)
+    x[0, 0, 1, 1] = float("nan")
+    check(lambda t: F.adaptive_max_pool2d(t, 2, return_indices=True), x, grad=False)
+
+
+# ------------------------------------------------------------------ dropout
+
+
+def test_dropout_statistics_and_gradient():
+    x = torch.ones(200, 500).to("tpu").requires_grad_()
+    out = F.dropout(x, p=0.3)
+    values = out.detach().cpu()
+    kept = values != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01
+    assert_close(values[kept], torch.full_like(values[kept], 1 / 0.7))
+    gradient = torch.randn(200, 500)
+    out.backward(gradient.to("tpu"))
+    assert_close(x.grad.cpu(), gradient * kept / 0.7)
+
+
+def test_dropout_is_reproducible_under_manual_seed():
+    x = torch.randn(64, 64).to("tpu")
+    torch.manual_seed(123)
+    first = F.dropout(x, 0.5).cpu()
+    second = F.dropout(x, 0.5).cpu()
+    torch.manual_seed(123)
+    assert torch.equal(F.dropout(x, 0.5).cpu(), first)
+    assert not torch.equal(first, second)
+
+
+def test_native_dropout_edge_cases():
+    x = torch.randn(10, 10).to("tpu")
+    out, mask = torch.native_dropout(x, 0.0, True)
+    assert mask.dtype == torch.bool and bool(mask.cpu().all())
+    assert_close(out.cpu(), x.cpu())
+    out, mask = torch.native_dropout(x, 1.0, True)
+    assert not bool(mask.cpu().any()) and bool((out.cpu() == 0).all())
+    out, mask = torch.native_dropout(x, 0.5, False)
+    assert bool(mask.cpu().all())
+    assert_close(out.cpu(), x.cpu())
+    for dropout in (nn.Dropout(0.5).eval(), lambda t: F.dropout(t, 0.5, training=False), nn.Dropout(0.0)):
+        assert_close(dropout(x).cpu(), x.cpu())
+    assert_close(F.dropout(x, 1.0).cpu(), torch.zeros(10, 10))
+
+
+def test_dropout_bf16_backward_rounds_scale_like_cpu():
+    grad, mask = torch.randn(50).bfloat16(), torch.rand(50) > 0.3
+    expected = torch.ops.aten.native_dropout_backward(grad, mask, 1 / 0.7)
+    assert_close(torch.ops.aten.native_dropout_backward(grad.to("tpu"), mask.to("tpu"), 1 / 0.7).cpu(), expected,
+                 atol=0, rtol=0)
+
+
+# ------------------------------------------------------------------ losses
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_nll_loss(reduction, weighted):
+    weight = torch.rand(5) if weighted else None
+    target = torch.tensor([0, 4, 2, 2, 1, 3])
+    on = lambda x: None if weight is None else weight.to(x.device)  # noqa: E731
+    check(lambda x: F.nll_loss(x, target.to(x.device), on(x), ignore_index=2, reduction=reduction),
+          torch.randn(6, 5))
+    spatial_target = torch.randint(0, 5, (2, 3, 4))
+    check(lambda x: F.nll_loss(x, spatial_target.to(x.device), on(x), ignore_index=1, reduction=reduction),
+          torch.randn(2, 5, 3, 4))
+    check(lambda x: F.nll_loss(x, torch.tensor(3).to(x.device), reduction=reduction), torch.randn(5))
+
+
+def test_nll_loss_all_ignored_mean_is_nan_like_cpu():
+    check(lambda x: F.nll_loss(x, torch.tensor([1, 1]).to(x.device), ignore_index=1), torch.randn(2, 3))
+
+
+@pytest.mark.parametrize("bad_target", [5, -3])
+def test_nll_loss_target_out_of_range_raises_like_cpu(bad_target):
+    target = torch.tensor([0, bad_target])
+    with pytest.raises(IndexError, match="out of bounds"):
+        F.nll_loss(torch.randn(2, 5), target)
+    with pytest.raises(IndexError, match="out of bounds"):
+        F.nll_loss(torch.randn(2, 5).to("tpu"), target.to("tpu"))
+
+
+def test_nll_loss2d_shape_mismatch_raises():
+    with pytest.raises(RuntimeError):
+        torch.ops.aten.nll_loss2d_forward(torch.randn(2, 3, 4, 4).to("tpu"), torch.zeros(2, 4, 5, dtype=torch.long).to("tpu"),
+                                          None, 1, -100)
+
+
+def test_cross_entropy_module_ignore_index_and_label_smoothing():
+    target = torch.tensor([1, 0, 3, 3, 2])
+    for kwargs in (dict(), dict(ignore_index=3), dict(label_smoothing=0.2), dict(ignore_index=3, label_smoothing=0.1),
+                   dict(weight=torch.rand(4), label_smoothing=0.1), dict(reduction="sum")):
+        loss = nn.CrossEntropyLoss(**kwargs)
+        tpu_loss = nn.CrossEntropyLoss(**kwargs).to("tpu")
+        x = torch.randn(5, 4)
+        expected = loss(x.requires_grad_(), target)
+        x_tpu = x.detach().to("tpu").requires_grad_()
+        got = tpu_loss(x_tpu, target.to("tpu"))
+        assert_close(got.cpu(), expected.detach())
+        expected.backward()
+        got.backward()
+        assert_close(x_tpu.grad.cpu(), x.grad)
+
+
+def test_cross_entropy_probability_targets_and_spatial():
+    probabilities = torch.rand(3, 5).softmax(-1)
+    check(lambda x: F.cross_entropy(x, probabilities.to(x.device), label_smoothing=0.1), torch.randn(3, 5))
+    spatial = torch.randint(0, 4, (2, 3, 3))
+    check(lambda x: F.cross_entropy(x, spatial.to(x.device), ignore_index=0), torch.randn(2, 4, 3, 3))
+
+
+def test_cross_entropy_bf16():
+    target = torch.tensor([1, 0, 2])
+    check(lambda x: F.cross_entropy(x, target.to(x.device)), torch.randn(3, 4).bfloat16(), **BF16_TOLERANCE)
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_regression_losses(reduction):
+    x, y = torch.randn(4, 6) * 2, torch.randn(4, 6) * 2
+    check(lambda a, b: F.mse_loss(a, b, reduction=reduction), x, y)
+    for beta in (0.0, 0.5, 1.0):
+        check(lambda a, b: F.smooth_l1_loss(a, b, reduction=reduction, beta=beta), x, y)
+    for delta in (0.5, 2.0):
+        check(lambda a, b: F.huber_loss(a, b, reduction=reduction, delta=delta), x, y)
+
+
+def test_regression_losses_non_contiguous_and_bf16():
+    x, y = torch.randn(5, 4).t(), torch.randn(4, 5)
+    check(lambda a, b: F.mse_loss(a, b), x, y)
+    check(lambda a, b: F.smooth_l1_loss(a, b), x.bfloat16(), y.bfloat16(), **BF16_TOLERANCE)
+
+
+def test_smooth_l1_gradient_at_zero_with_beta_zero():
+    x = torch.zeros(3)
+    check(lambda a, b: F.smooth_l1_loss(a, b, beta=0.0, reduction="none"), x, torch.tensor([0.0, 1.0, -1.0]))
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_binary_cross_entropy(reduction):
+    probabilities = torch.rand(4, 5)
+    probabilities[0, 0], probabilities[1, 1] = 0.0, 1.0  # log clamp at -100
+    weight = torch.rand(4, 5)
+    check(lambda p, t: F.binary_cross_entropy(p, t, weight.to(p.device), reduction=reduction),
+          probabilities, torch.rand(4, 5))
+    check(lambda p, t: F.binary_cross_entropy(p, t, reduction=reduction), torch.rand(7), torch.rand(7))
+
+
+def test_binary_cross_entropy_rejects_values_outside_unit_interval():
+    with pytest.raises(RuntimeError, match="between 0 and 1"):
+        F.binary_cross_entropy(torch.tensor([0.5, 1.5]).to("tpu"), torch.tensor([0.0, 1.0]).to("tpu"))
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_binary_cross_entropy_with_logits(reduction):
+    logits, target = torch.randn(4, 5) * 10, torch.rand(4, 5)
+    check(lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction=reduction), logits, target)
+    weight, pos_weight = torch.rand(5), torch.rand(5) * 3
+    check(lambda x, t: F.binary_cross_entropy_with_logits(
+        x, t, weight.to(x.device), pos_weight=pos_weight.to(x.device), reduction=reduction), logits, target)
+
+
+@pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])
+@pytest.mark.parametrize("log_target", [False, True])
+def test_kl_div(reduction, log_target):
+    target = torch.rand(3, 4).softmax(-1)
+    target = target.log() if log_target else target
+    check(lambda x, t: F.kl_div(x, t, reduction=reduction, log_target=log_target),
+          torch.randn(3, 4).log_softmax(-1), target)
+
+
+# ------------------------------------------------------------------ attention
+
+
+def _qkv(batch=2, heads=4, kv_heads=None, length=5, source=6, dim=8):
+    kv_heads = kv_heads or heads
+    return (torch.randn(batch, heads, length, dim), torch.randn(batch, kv_heads, source, dim),
+            torch.randn(batch, kv_heads, source, dim))
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(is_causal=True), dict(scale=0.3)])
+def test_scaled_dot_product_attention(kwargs):
+    q, k, v = _qkv(length=6)
+    check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **kwargs), q, k, v)
+
+
+def test_scaled_dot_product_attention_masks():
+    q, k, v = _qkv()
+    boolean = torch.rand(5, 6) > 0.3
+    boolean[:, 0] = True
+    additive = torch.randn(2, 1, 5, 6)
+    check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=boolean.to(q.device)), q, k, v)
+    check(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m), q, k, v, additive)
+
+
+def test_scaled_dot_product_attention_fully_masked_row_gives_zeros():
+    q, k, v = _qkv()
+    mask = torch.ones(5, 6, dtype=torch.bool)
+    mask[2] = False
+    out = check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.device)), q, k, v)[0]
+    assert torch.equal(out[:, :, 2].cpu(), torch.zeros(2, 4, 8))
+
+
+def test_scaled_dot_product_attention_gqa_and_bf16():
+    q, k, v = _qkv(heads=4, kv_heads=2)
+    check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True, is_causal=True), q, k, v)
+    check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), *(t.bfloat16() for t in _qkv()),
+          **BF16_TOLERANCE)
+
+
+def test_scaled_dot_product_attention_dropout():
+    q, k, v = (t.to("tpu").requires_grad_() for t in _qkv())
+    torch.manual_seed(7)
+    first = F.scaled_dot_product_attention(q, k, v, dropout_p=0.4)
+    torch.manual_seed(7)
+    second = F.scaled_dot_product_attention(q, k, v, dropout_p=0.4)
+    assert torch.equal(first.detach().cpu(), second.detach().cpu())
+    no_dropout = F.scaled_dot_product_attention(q, k, v).detach().cpu()
+    assert not torch.allclose(first.detach().cpu(), no_dropout)
+    first.backward(torch.randn(first.shape).to("tpu"))
+    assert all(bool(t.grad.cpu().isfinite().all()) for t in (q, k, v))
+
+
+def test_multihead_attention_module():
+    cpu_module = nn.MultiheadAttention(8, 2)
+    tpu_module = nn.MultiheadAttention(8, 2).to("tpu")
+    tpu_module.load_state_dict({name: value.to("tpu") for name, value in cpu_module.state_dict().items()})
+    query, key = torch.randn(5, 3, 8), torch.randn(7, 3, 8)
+    expected, expected_weights = cpu_module(query, key, key)
+    got, got_weights = tpu_module(query.to("tpu"), key.to("tpu"), key.to("tpu"))
+    assert_close(got.cpu(), expected.detach(), atol=1e-5, rtol=1e-4)
+    assert_close(got_weights.cpu(), expected_weights.detach(), atol=1e-5, rtol=1e-4)
+    gradient = torch.randn(5, 3, 8)
+    expected.backward(gradient)
+    got.backward(gradient.to("tpu"))
+    assert_close(tpu_module.in_proj_weight.grad.cpu(), cpu_module.in_proj_weight.grad, atol=1e-4, rtol=1e-4)

@@ -1,0 +1,453 @@
+"""Pointwise kernels, differential against torch CPU on the same inputs."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+SPECIALS = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1.0, -1.0, 0.5]
+
+
+def sample(shape, dtype=torch.float32, low=-3.0, high=3.0, seed=0, specials=True):
+    generator = torch.Generator().manual_seed(seed)
+    if dtype == torch.bool:
+        return torch.rand(shape, generator=generator) > 0.5
+    if not (dtype.is_floating_point or dtype.is_complex):
+        return torch.randint(int(low) - 2, int(high) + 3, shape, generator=generator).to(dtype)
+    values = torch.rand(shape, generator=generator, dtype=torch.float64) * (high - low) + low
+    flat = values.view(-1)
+    if specials and flat.numel() >= 2 * len(SPECIALS):
+        flat[: len(SPECIALS)] = torch.tensor(SPECIALS, dtype=torch.float64)
+    return values.to(dtype)
+
+
+def to_tpu(value):
+    return value.to("tpu") if isinstance(value, torch.Tensor) else value
+
+
+def check(function, *args, atol=None, rtol=None, **kwargs):
+    """``function`` on tpu copies of the arguments gives the CPU result (or raises the same error)."""
+    try:
+        expected = function(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 - the tpu must raise the same class
+        with pytest.raises(type(error)):
+            function(*map(to_tpu, args), **tpu_kwargs(kwargs))
+        return
+    actual = function(*map(to_tpu, args), **tpu_kwargs(kwargs))
+    compare(actual, expected, atol=atol, rtol=rtol)
+
+
+def tpu_kwargs(kwargs):
+    return {name: to_tpu(value) for name, value in kwargs.items()}
+
+
+def compare(actual, expected, atol=None, rtol=None):
+    if isinstance(expected, (tuple, list)):
+        for a, e in zip(actual, expected):
+            compare(a, e, atol=atol, rtol=rtol)
+        return
+    assert actual.device.type == "tpu"
+    assert_close(actual.cpu(), expected, equal_nan=True, atol=atol, rtol=rtol)
+
+
+# --------------------------------------------------------------------------------------------------
+# Unary
+
+UNARY_FLOAT = [
+    "exp", "exp2", "expm1", "log", "log2", "log10", "log1p", "sqrt", "rsqrt", "reciprocal", "sigmoid",
+    "sin", "cos", "tan", "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh",
+    "erf", "erfc", "erfinv", "lgamma", "digamma", "i0", "sinc", "logit", "deg2rad", "rad2deg",
+    "special.i0e", "special.i1", "special.i1e", "special.ndtri", "special.log_ndtr", "special.erfcx",
+    "special.entr",
+]
+UNARY_ANY = [
+    "abs", "neg", "sign", "sgn", "floor", "ceil", "round", "trunc", "signbit", "isnan", "isinf",
+    "isfinite", "isposinf", "isneginf", "logical_not", "angle", "positive", "nan_to_num", "square",
+]
+TOLERANCE = {"lgamma": 1e-4, "digamma": 1e-4, "special.i1e": 1e-5, "special.erfcx": 1e-5}
+# CPU rounds every intermediate of these to bf16; the tpu rounds once, from float32
+BF16_TOLERANCE = {"logit": 2e-2}
+
+
+def torch_function(name):
+    function = torch
+    for part in name.split("."):
+        function = getattr(function, part)
+    return function
+
+
+@pytest.mark.parametrize("name", UNARY_FLOAT + UNARY_ANY + ["frac"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_unary_float(name, dtype):
+    x = sample((6, 5), dtype)
+    tolerance = BF16_TOLERANCE.get(name) if dtype == torch.bfloat16 else TOLERANCE.get(name)
+    check(torch_function(name), x, atol=tolerance, rtol=tolerance)
+    check(torch_function(name), x.t(), atol=tolerance, rtol=tolerance)  # non-contiguous
+    check(torch_function(name), x[2, 3], atol=tolerance, rtol=tolerance)  # 0-d
+    check(torch_function(name), x[:0])  # empty
+
+
+@pytest.mark.parametrize("name", UNARY_FLOAT + UNARY_ANY)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+def test_unary_integer_and_bool(name, dtype):
+    tolerance = TOLERANCE.get(name)
+    check(torch_function(name), sample((4, 3), dtype), atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int64, torch.bool, torch.float32])
+def test_bitwise_not(dtype):
+    check(torch.bitwise_not, sample((5, 4), dtype))
+
+
+def test_round_decimals_and_polygamma_and_logit_eps():
+    x = sample((4, 5), torch.float32, low=-50, high=50, specials=False)
+    for decimals in (-1, 0, 2):
+        check(torch.round, x, decimals=decimals)
+    positive = sample((4, 5), torch.float32, low=0.1, high=4, specials=False)
+    for n in (0, 1, 2):
+        check(torch.polygamma, n, positive, atol=1e-4, rtol=1e-4)
+    check(torch.logit, sample((4, 5), low=-0.2, high=1.2), eps=0.1)
+
+
+def test_nan_to_num_uses_the_dtype_own_limits():
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        x = sample((4, 5), dtype)
+        check(torch.nan_to_num, x)
+        check(torch.nan_to_num, x, nan=1.5, posinf=2.0, neginf=-2.0)
+
+
+def test_complex_unary():
+    x = torch.complex(sample((3, 4), seed=1, specials=False), sample((3, 4), seed=2, specials=False))
+    for name in ("abs", "angle", "sgn", "exp", "neg", "conj_physical", "sqrt", "sin", "log"):
+        check(torch_function(name), x)
+
+
+# --------------------------------------------------------------------------------------------------
+# Binary
+
+BINARY = [
+    "add", "sub", "mul", "div", "true_divide", "remainder", "fmod", "pow", "atan2", "hypot", "maximum",
+    "minimum", "fmax", "fmin", "copysign", "nextafter", "logaddexp", "logaddexp2", "xlogy",
+    "floor_divide", "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_xor",
+    "heaviside", "special.xlog1py", "special.zeta", "igamma", "igammac", "float_power", "rsub",
+]
+INTEGER_BINARY = ["bitwise_and", "bitwise_or", "bitwise_xor", "gcd", "lcm"]
+BINARY_TOLERANCE = {"special.zeta": 1e-4, "igamma": 1e-4, "igammac": 1e-4}
+
+
+def binary_operands(name, dtype, seed):
+    low, high = (0.25, 3.0) if name.startswith(("special.zeta", "igamma")) else (-3.0, 3.0)
+    return sample((4, 5), dtype, low, high, seed=seed), sample((5,), dtype, low, high, seed=seed + 1)
+
+
+@pytest.mark.parametrize("name", BINARY)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64, torch.int16, torch.bool])
+def test_binary_broadcasting(name, dtype):
+    a, b = binary_operands(name, dtype, seed=3)
+    if name == "heaviside":
+        b = b.to(dtype)
+    if dtype in (torch.int64, torch.int16) and name in ("remainder", "fmod", "floor_divide", "div"):
+        b = torch.where(b == 0, 1, b).to(dtype)  # integer division by zero is tested below
+    tolerance = BINARY_TOLERANCE.get(name)
+    function = torch_function(name)
+    check(function, a, b, atol=tolerance, rtol=tolerance)
+    check(function, b.unsqueeze(1), a.t(), atol=tolerance, rtol=tolerance)  # non-contiguous, both broadcast
+    check(function, a[:0], b, atol=tolerance, rtol=tolerance)  # empty
+
+
+@pytest.mark.parametrize("name", INTEGER_BINARY + ["bitwise_left_shift", "bitwise_right_shift"])
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int64, torch.bool, torch.float32])
+def test_integer_binary(name, dtype):
+    a = sample((4, 6), dtype, -100, 100)
+    b = sample((6,), dtype, -2, 10, seed=1) if "shift" in name else sample((6,), dtype, -100, 100, seed=1)
+    check(torch_function(name), a, b)
+
+
+def test_shift_past_bit_width():
+    for dtype in (torch.int8, torch.uint8, torch.int64):
+        a = torch.tensor([-100, -1, 1, 100], dtype=dtype) if dtype != torch.uint8 else torch.tensor([0, 1, 7, 200], dtype=dtype)
+        shifts = torch.tensor([-1, 8, 9, 64], dtype=dtype) if dtype != torch.uint8 else torch.tensor([0, 8, 9, 64], dtype=dtype)
+        check(torch.bitwise_left_shift, a, shifts)
+        check(torch.bitwise_right_shift, a, shifts)
+
+
+@pytest.mark.parametrize("mode", [None, "trunc", "floor"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64, torch.int8, torch.uint8])
+def test_div_rounding_modes(mode, dtype):
+    a = sample((5, 6), dtype, -20, 20, seed=4)
+    b = sample((5, 6), dtype, -5, 5, seed=5, specials=False)
+    if not dtype.is_floating_point:
+        b = torch.where(b == 0, 3, b).to(dtype)
+    check(torch.div, a, b, rounding_mode=mode)
+    check(torch.div, a, 3, rounding_mode=mode)
+    check(torch.div, a, -2.5, rounding_mode=mode)
+
+
+@pytest.mark.parametrize("name", ["div", "remainder", "fmod", "floor_divide"])
+def test_integer_division_by_zero_raises_like_cpu(name):
+    a, b = torch.tensor([4, -3, 7]), torch.tensor([2, 0, 1])
+    check(torch_function(name), a, b)
+    check(torch.div, a, b, rounding_mode="trunc")
+    check(torch.div, a, b, rounding_mode="floor")
+    check(torch_function(name), a.float(), b.float())  # floats give inf/nan
+
+
+def test_pow_overloads():
+    x = sample((4, 5), low=-3, high=3, seed=6)
+    for exponent in (0, 1, 2, 3, 0.5, -0.5, -1, -2, 1.7, -3.3):
+        check(torch.pow, x, exponent)
+    check(torch.pow, 2.0, x)
+    check(torch.pow, 2, sample((4, 5), torch.int64, -3, 6))
+    check(torch.pow, sample((4, 5), torch.int64), sample((5,), torch.int64, 0, 4, seed=1))
+    check(torch.pow, torch.tensor([2, 1, -1, 3]), torch.tensor([-1, -2, -3, 0]))  # negative integer powers
+    check(torch.pow, torch.tensor([2, 3]), -1)  # raises
+    check(torch.pow, sample((3,), torch.bfloat16), 2)
+    check(torch.pow, sample((3,), torch.int64), 2.5)
+
+
+@pytest.mark.parametrize("other", [
+    2.5, 3, True, torch.tensor(2.5), torch.tensor(2, dtype=torch.int64), torch.tensor(1.5, dtype=torch.float64),
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int32, torch.bool, torch.float16])
+def test_type_promotion_with_scalars_and_cpu_scalar_tensors(dtype, other):
+    x = sample((3, 4), dtype, seed=7)
+    for name in ("add", "mul", "div", "eq", "lt", "maximum", "sub", "pow", "atan2", "remainder"):
+        check(torch_function(name), x, other)
+        check(torch_function(name), other if isinstance(other, torch.Tensor) else torch.tensor(other), x)
+
+
+def test_mixed_dtype_tensors():
+    pairs = [(torch.int32, torch.float32), (torch.bool, torch.int64), (torch.bfloat16, torch.float16),
+             (torch.uint8, torch.int8), (torch.bfloat16, torch.float64), (torch.int64, torch.float64)]
+    for first, second in pairs:
+        a, b = sample((3, 4), first, seed=8), sample((4,), second, seed=9)
+        for name in ("add", "sub", "mul", "div", "maximum", "ge", "hypot", "copysign"):
+            check(torch_function(name), a, b)
+            check(torch_function(name), b, a)
+
+
+def test_add_sub_alpha():
+    a, b = sample((3, 4)), sample((3, 4), seed=1)
+    check(torch.add, a, b, alpha=2.5)
+    check(torch.sub, a, b, alpha=-3)
+    check(torch.add, a.int(), b.int(), alpha=2)
+    check(torch.add, a.int(), b.int(), alpha=2.5)  # raises: float alpha with integers
+    check(torch.sub, a > 0, b > 0)  # raises: bool subtraction
+    check(torch.sub, a, b > 0)  # raises: bool subtraction
+    check(torch.rsub, a, b, alpha=2)
+    check(torch.rsub, a, 3)
+
+
+def test_comparisons_with_nan_and_mixed_types():
+    a = sample((4, 5))
+    for name in ("eq", "ne", "lt", "le", "gt", "ge"):
+        check(torch_function(name), a, a.t().contiguous().t())
+        check(torch_function(name), a.int(), 1.5)
+        check(torch_function(name), a, float("nan"))
+
+
+def test_maximum_minimum_nan_rules():
+    a = torch.tensor([1.0, float("nan"), 3.0, float("nan"), -0.0])
+    b = torch.tensor([float("nan"), 2.0, 1.0, float("nan"), 0.0])
+    for name in ("maximum", "minimum", "fmax", "fmin"):
+        check(torch_function(name), a, b)
+    check(torch.maximum, torch.complex(a, a), torch.complex(b, b))  # raises for complex
+
+
+# --------------------------------------------------------------------------------------------------
+# Ternary
+
+
+def test_where():
+    condition = sample((4, 5), seed=1) > 0
+    a, b = sample((4, 5), seed=2), sample((5,), torch.int64, seed=3)
+    check(torch.where, condition, a, b)
+    check(torch.where, condition, a, 0.0)
+    check(torch.where, condition, 2, b)
+    check(torch.where, condition[:, :1], a.t().contiguous().t(), b.bfloat16())
+    check(torch.where, condition.int(), a, b)  # raises: condition must be bool
+    check(lambda c, x, y: x.where(c, y), condition, a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int64, torch.bfloat16])
+def test_clamp(dtype):
+    x = sample((4, 5), dtype, -5, 5)
+    check(torch.clamp, x, -1, 2)
+    check(torch.clamp, x, min=0.5)
+    check(torch.clamp, x, max=1)
+    check(torch.clamp, x, 3, -3)  # min > max: everything becomes max
+    check(torch.clamp, x, sample((5,), dtype, seed=1), sample((4, 1), dtype, seed=2))
+    check(torch.clamp, x, min=sample((5,), dtype, seed=1))
+    check(torch.clamp_min, x, 0)
+    check(torch.clamp_max, x, sample((5,), dtype, seed=2))
+    check(torch.clamp_min, x, sample((5,), dtype, seed=2))
+    check(torch.clamp_max, x, 1.5)
+    check(torch.clip, x, -1, 1)
+    check(torch.clamp, x)  # raises: no bound given
+
+
+def test_clamp_nan_bounds():
+    x = torch.tensor([1.0, float("nan"), 5.0])
+    check(torch.clamp, x, torch.tensor(float("nan")), torch.tensor(3.0))
+    check(torch.clamp, x, min=float("nan"))
+
+
+def test_addcmul_addcdiv_lerp():
+    x, a, b = sample((4, 5)), sample((5,), seed=1), sample((4, 1), seed=2)
+    check(torch.addcmul, x, a, b, value=0.5)
+    check(torch.addcdiv, x, a, b, value=-2)
+    check(torch.addcmul, x.int(), a.int(), b.int(), value=3)
+    check(torch.addcdiv, x.int(), a.int(), b.int())  # raises: integer division
+    check(torch.lerp, x, a, 0.3)
+    check(torch.lerp, x, a, 0.7)
+    check(torch.lerp, x, a, sample((4, 5), low=-1, high=2, seed=3))
+    check(torch.lerp, x.bfloat16(), a.bfloat16(), 0.25)
+
+
+# --------------------------------------------------------------------------------------------------
+# Activations, forward and backward through autograd
+
+ACTIVATIONS = [
+    F.relu, F.relu6, F.gelu, lambda x: F.gelu(x, approximate="tanh"), F.silu, torch.sigmoid, torch.tanh,
+    F.softplus, lambda x: F.softplus(x, beta=2, threshold=3), F.elu, lambda x: F.elu(x, alpha=0.5), F.selu,
+    F.celu, F.leaky_relu, lambda x: F.leaky_relu(x, 0.2), F.hardtanh, lambda x: F.hardtanh(x, -2, 0.5),
+    F.hardsigmoid, F.hardswish, F.mish, F.logsigmoid, lambda x: F.glu(x, 0), lambda x: F.glu(x, -1),
+    lambda x: torch.threshold(x, 0.5, -2.0), F.softshrink, F.hardshrink, lambda x: torch.logit(x, 0.1),
+    lambda x: torch.logit(x), lambda x: F.prelu(x, torch.tensor([0.25], dtype=x.dtype, device=x.device)),
+    torch.erf, torch.exp, torch.log1p, torch.sqrt, torch.atan2, torch.reciprocal,
+]
+
+
+def forward_and_grads(function, x, extra_inputs=()):
+    x = x.clone().requires_grad_(True)
+    extras = [e.clone().requires_grad_(True) for e in extra_inputs]
+    y = function(x, *extras)
+    y.backward(torch.ones_like(y))
+    return (y.detach(), x.grad, *[e.grad for e in extras])
+
+
+@pytest.mark.parametrize("index", range(len(ACTIVATIONS)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_activation_forward_and_backward(index, dtype):
+    function = ACTIVATIONS[index]
+    x = sample((4, 6), dtype, seed=index, specials=False)
+    if function is torch.atan2:
+        other = sample((4, 6), dtype, seed=index + 1, specials=False)
+        expected = forward_and_grads(function, x, [other])
+        actual = forward_and_grads(function, x.to("tpu"), [other.to("tpu")])
+    else:
+        expected = forward_and_grads(function, x)
+        actual = forward_and_grads(function, x.to("tpu"))
+    # CPU rounds some bf16 intermediates to bf16; the tpu keeps them in float32
+    tolerance = 1e-2 if dtype == torch.bfloat16 else None
+    compare(actual, expected, atol=tolerance, rtol=tolerance)
+
+
+def test_activation_forward_nan_and_inf():
+    x = sample((4, 6))
+    for function in (F.relu, F.gelu, F.silu, F.elu, F.leaky_relu, F.hardtanh, F.softplus, torch.sigmoid):
+        check(function, x)
+    check(F.relu, sample((4, 6), torch.int64))
+    check(F.relu, sample((4, 6), torch.bool))  # raises
+
+
+def test_prelu_with_channel_weights():
+    x, weight = sample((2, 3, 4), specials=False), torch.tensor([0.1, 0.2, 0.3])
+    expected = forward_and_grads(lambda t, w: F.prelu(t, w), x, [weight])
+    actual = forward_and_grads(lambda t, w: F.prelu(t, w), x.to("tpu"), [weight.to("tpu")])
+    compare(actual, expected)
+
+
+# --------------------------------------------------------------------------------------------------
+# In-place, out= and errors
+
+
+def test_inplace_on_views_mutates_the_base():
+    cpu = sample((4, 6), seed=10)
+    tpu = cpu.to("tpu")
+    for target in (lambda t: t[1], lambda t: t[:, ::2], lambda t: t.t()[2:]):
+        target(cpu).mul_(2).add_(1.5).exp_().clamp_(max=3)
+        target(tpu).mul_(2).add_(1.5).exp_().clamp_(max=3)
+        assert_close(tpu.cpu(), cpu, equal_nan=True)
+    check(lambda t: t.clone()[1:].add_(t[:-1]), cpu)  # distinct views of one storage
+    check(lambda t: (lambda c: c[1:].add_(c[:-1]))(t.clone()), cpu)  # raises: partial overlap
+    check(lambda t: (lambda c: c.mul_(c))(t.clone()), cpu)  # full overlap is fine
+
+
+def test_inplace_forms():
+    x, y = sample((3, 4), seed=11), sample((4,), seed=12)
+    for method in ("add_", "sub_", "mul_", "div_", "pow_", "atan2_", "maximum", "fmod_", "remainder_",
+                   "floor_divide_", "logical_and_", "eq_", "lt_", "hypot_", "copysign_", "lerp_"):
+        args = (y, 0.5) if method == "lerp_" else (y,)
+        check(lambda a, *rest: getattr(a.clone(), method)(*rest), x, *args)
+    for method in ("sigmoid_", "tanh_", "relu_", "neg_", "abs_", "floor_", "sqrt_", "exp_", "nan_to_num_"):
+        check(lambda a: getattr(a.clone(), method)(), x)
+    check(lambda a: a.clone().clamp_(-1, 1), x)
+    check(lambda a: a.clone().round_(decimals=1), x)
+    check(lambda a: a.clone().addcmul_(a, a, value=2), x)
+    check(lambda a: F.hardtanh(a.clone(), inplace=True), x)
+    check(lambda a: F.hardswish(a.clone(), inplace=True), x)
+    check(lambda a: F.leaky_relu(a.clone(), inplace=True), x)
+    check(lambda a: F.threshold(a.clone(), 0.1, 20.0, inplace=True), x)
+
+
+def test_inplace_result_type_and_shape_errors():
+    integers, floats = sample((3, 4), torch.int64), sample((3, 4))
+    check(lambda a, b: a.clone().add_(b), integers, floats)  # float result can't be cast to int
+    check(lambda a, b: a.clone().mul_(b), integers, 2.5)
+    check(lambda a, b: a.clone().div_(b), integers, integers)
+    check(lambda a, b: a.clone().sub_(b), floats[0], floats)  # broadcast shape bigger than self
+    check(lambda a, b: a.clone().add_(b), floats, integers)  # int into float is fine
+    check(lambda a, b: a.clone().add_(b), floats.bfloat16(), floats)
+    check(lambda a, b: a.clone().logical_or_(b), integers, floats)
+    check(lambda a, b: a.clone().floor_divide_(b), integers, floats)
+    check(lambda a: a.clone().clamp_(0.5, 1.5), integers)
+
+
+def test_out_variants():
+    a, b = sample((3, 4), seed=13), sample((4,), seed=14)
+    for name in ("add", "mul", "div", "atan2", "maximum", "eq", "logical_xor", "floor_divide", "remainder"):
+        for out_dtype in (torch.float32, torch.float64, torch.bool):
+            def run(x, y, out):
+                torch_function(name)(x, y, out=out)
+                return out
+            check(run, a, b, torch.empty(0, dtype=out_dtype))  # out is resized
+            check(run, a, b, torch.empty(3, 4, dtype=out_dtype).t())  # non-contiguous out
+    for name in ("exp", "abs", "neg", "sigmoid", "isnan", "logical_not", "nan_to_num", "angle", "logit"):
+        def run_unary(x, out):
+            torch_function(name)(x, out=out)
+            return out
+        check(run_unary, a, torch.empty(0))
+        check(run_unary, a, torch.empty(0, dtype=torch.float64))
+    check(lambda x, y, c, out: (torch.where(c, x, y, out=out), out)[1], a, b, a > 0, torch.empty(0))
+    check(lambda x, out: (torch.clamp(x, -1, 1, out=out), out)[1], a, torch.empty(0, dtype=torch.float64))
+
+
+def test_mixed_device_is_an_error():
+    x = torch.ones(3, device="tpu")
+    for function in (torch.add, torch.mul, torch.sub, torch.div, torch.maximum, torch.atan2, torch.eq):
+        with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+            function(x, torch.ones(3))
+        with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+            function(torch.ones(3), x)
+    with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+        x.add_(torch.ones(3))
+    with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+        torch.where(x > 0, x, torch.ones(3))
+    # CPU 0-dim tensors are scalars, allowed on any device
+    assert_close((x + torch.tensor(2.0)).cpu(), torch.full((3,), 3.0))
+    assert_close((torch.tensor(2.0) * x).cpu(), torch.full((3,), 2.0))
+
+
+def test_broadcast_error_matches_cpu():
+    check(torch.add, sample((3, 4)), sample((5,)))
+    check(torch.where, sample((3, 4)) > 0, sample((3, 4)), sample((2, 1, 5)))
+
+
+def test_large_elementwise_matches():
+    a, b = torch.randn(1 << 16), torch.randn(1 << 16)
+    check(torch.add, a, b)
+    check(lambda x, y: x.clone().mul_(y), a, b)
+    assert math.isfinite(float((a.to("tpu") * b.to("tpu")).sum().cpu()))

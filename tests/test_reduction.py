@@ -1,0 +1,458 @@
+"""Reductions on tpu against torch CPU on the same inputs: values, dtypes, indices and errors."""
+
+import math
+
+import pytest
+import torch
+from torch.utils._pytree import tree_map
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*degrees of freedom is <= 0")
+
+DTYPES = [torch.float32, torch.bfloat16, torch.int64, torch.bool]
+FLOATS = [torch.float32, torch.bfloat16]
+
+
+def make(shape, dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=generator).bool()
+    if not dtype.is_floating_point:
+        return torch.randint(-4, 5, shape, generator=generator).to(dtype)
+    return torch.randn(shape, generator=generator).to(dtype)
+
+
+def with_nans(tensor):
+    """A copy with NaNs at a few scattered positions (so some rows have one and some none)."""
+    tensor = tensor.clone()
+    flat = tensor.view(-1)
+    flat[:: max(len(flat) // 3, 1) + 1] = math.nan
+    return tensor
+
+
+def to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        assert value.device.type == "tpu"
+        return value.cpu()
+    return value
+
+
+def assert_matches_cpu(fn, *inputs, view=lambda t: t, **tolerance):
+    """``fn`` on tpu copies of ``inputs`` (viewed on each device) gives what it gives on CPU.
+
+    If the CPU raises, the tpu must raise the same exception class.
+    """
+    cpu_inputs = [view(t) for t in inputs]
+    tpu_inputs = [view(t.to("tpu")) for t in inputs]
+    try:
+        expected = fn(*cpu_inputs)
+    except Exception as error:  # noqa: BLE001 - the class is what is compared
+        with pytest.raises(type(error)):
+            fn(*tpu_inputs)
+        return None
+    actual = fn(*tpu_inputs)
+    actual = tree_map(to_cpu, tuple(actual) if isinstance(actual, tuple) else actual)
+    expected = tuple(expected) if isinstance(expected, tuple) else expected
+    torch.testing.assert_close(actual, expected, equal_nan=True, **tolerance)
+    return actual
+
+
+def transposed(t):
+    return t.transpose(0, -1) if t.dim() > 1 else t
+
+
+def strided(t):
+    return t[..., ::2] if t.dim() else t
+
+
+VIEWS = [lambda t: t, transposed, strided]
+VIEW_IDS = ["contiguous", "transposed", "strided"]
+
+# ---------------------------------------------------------------------------------------------
+# Reductions over a list of dims
+# ---------------------------------------------------------------------------------------------
+
+DIMS = [None, 0, -1, [0, 2], [-1, 0, 1], []]
+
+LIST_REDUCTIONS = {
+    "sum": lambda x, dim, keepdim: x.sum(dim, keepdim),
+    "nansum": lambda x, dim, keepdim: x.nansum(dim, keepdim),
+    "mean": lambda x, dim, keepdim: x.mean(dim, keepdim),
+    "nanmean": lambda x, dim, keepdim: x.nanmean(dim, keepdim),
+    "amax": lambda x, dim, keepdim: x.amax(() if dim is None else dim, keepdim),
+    "amin": lambda x, dim, keepdim: x.amin(() if dim is None else dim, keepdim),
+    "logsumexp": lambda x, dim, keepdim: x.logsumexp(() if dim is None else dim, keepdim),
+    "any": lambda x, dim, keepdim: x.any(dim, keepdim),
+    "all": lambda x, dim, keepdim: x.all(dim, keepdim),
+    "count_nonzero": lambda x, dim, keepdim: x.count_nonzero(dim),
+    "var": lambda x, dim, keepdim: x.var(dim, keepdim=keepdim),
+    "std": lambda x, dim, keepdim: x.std(dim, correction=0, keepdim=keepdim),
+    "var_mean": lambda x, dim, keepdim: torch.var_mean(x, dim, correction=2, keepdim=keepdim),
+    "std_mean": lambda x, dim, keepdim: torch.std_mean(x, dim, keepdim=keepdim),
+    "norm": lambda x, dim, keepdim: x.norm(dim=dim, keepdim=keepdim),
+    "vector_norm_1": lambda x, dim, keepdim: torch.linalg.vector_norm(x, 1, dim, keepdim),
+    "vector_norm_inf": lambda x, dim, keepdim: torch.linalg.vector_norm(x, math.inf, dim, keepdim),
+    "vector_norm_-inf": lambda x, dim, keepdim: torch.linalg.vector_norm(x, -math.inf, dim, keepdim),
+    "vector_norm_0": lambda x, dim, keepdim: torch.linalg.vector_norm(x, 0, dim, keepdim),
+    "vector_norm_3.5": lambda x, dim, keepdim: torch.linalg.vector_norm(x, 3.5, dim, keepdim),
+    "vector_norm_-1": lambda x, dim, keepdim: torch.linalg.vector_norm(x, -1, dim, keepdim),
+}
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", LIST_REDUCTIONS)
+def test_list_reductions(name, dtype, keepdim):
+    reduction = LIST_REDUCTIONS[name]
+    x = make((4, 3, 6), dtype)
+    for dim in DIMS:
+        for view in VIEWS:
+            assert_matches_cpu(lambda t: reduction(t, dim, keepdim), x, view=view)
+
+
+@pytest.mark.parametrize("name", LIST_REDUCTIONS)
+def test_list_reductions_zero_dim_and_empty(name):
+    reduction = LIST_REDUCTIONS[name]
+    for dim in [None, 0, -1, []]:
+        assert_matches_cpu(lambda t: reduction(t, dim, False), make((), torch.float32))
+        assert_matches_cpu(lambda t: reduction(t, dim, True), make((), torch.int64))
+    empty = torch.empty(0, 3)
+    for dim in [None, 0, 1, [0, 1]]:
+        assert_matches_cpu(lambda t: reduction(t, dim, False), empty)
+        assert_matches_cpu(lambda t: reduction(t, dim, True), empty.long())
+
+
+@pytest.mark.parametrize("name", LIST_REDUCTIONS)
+def test_list_reductions_propagate_nan(name):
+    reduction = LIST_REDUCTIONS[name]
+    x = with_nans(make((4, 5), torch.float32))
+    for dim in [None, 0, 1]:
+        assert_matches_cpu(lambda t: reduction(t, dim, False), x)
+        assert_matches_cpu(lambda t: reduction(t, dim, False), x.bfloat16())
+
+
+@pytest.mark.parametrize("name", LIST_REDUCTIONS)
+def test_list_reductions_bad_dims(name):
+    reduction = LIST_REDUCTIONS[name]
+    x = make((2, 3), torch.float32)
+    for dim in [2, -3, [0, 0]]:
+        assert_matches_cpu(lambda t: reduction(t, dim, False), x)
+
+
+def test_sum_promotes_and_converts_to_dtype():
+    for dtype in [torch.int8, torch.uint8, torch.int32, torch.int64, torch.bool]:
+        result = assert_matches_cpu(lambda t: t.sum(1), make((3, 5), dtype))
+        assert result.dtype == torch.int64
+    x = make((3, 50), torch.float32) * 100
+    for dtype in [torch.float64, torch.bfloat16, torch.int32, torch.float16]:
+        assert_matches_cpu(lambda t: t.sum(1, dtype=dtype), x)
+        assert_matches_cpu(lambda t: t.sum(dtype=dtype), x)
+    assert_matches_cpu(lambda t: t.sum(0, dtype=torch.float32), make((3, 5), torch.int64))
+    assert_matches_cpu(lambda t: t.mean(0, dtype=torch.float64), make((3, 5), torch.int64))
+
+
+def test_integer_sum_wraps_like_int64():
+    x = torch.tensor([2**62, 2**62, 2**62], dtype=torch.int64)
+    assert_matches_cpu(lambda t: t.sum(), x, rtol=0, atol=0)
+
+
+def test_bfloat16_sum_accumulates_in_float32():
+    # 4096 ones: a bf16 accumulator would stall at 256, float32 reaches 4096 exactly.
+    x = torch.ones(4096, dtype=torch.bfloat16)
+    assert assert_matches_cpu(lambda t: t.sum(), x).item() == 4096
+    assert assert_matches_cpu(lambda t: t.mean(), x).item() == 1
+
+
+def test_complex_reductions():
+    x = torch.randn(3, 4, dtype=torch.complex64)
+    for fn in [lambda t: t.sum(1), lambda t: t.mean(), lambda t: t.var(0), lambda t: t.norm(dim=1),
+               lambda t: torch.linalg.vector_norm(t, math.inf), lambda t: t.prod(1),
+               lambda t: t.nansum(), lambda t: t.amax(), lambda t: t.argmax(), lambda t: t.max()]:
+        assert_matches_cpu(fn, x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reductions over one dim, with and without indices
+# ---------------------------------------------------------------------------------------------
+
+ONE_DIM_REDUCTIONS = {
+    "prod": lambda x, dim, keepdim: x.prod(dim, keepdim),
+    "max": lambda x, dim, keepdim: x.max(dim, keepdim),
+    "min": lambda x, dim, keepdim: x.min(dim, keepdim),
+    "argmax": lambda x, dim, keepdim: x.argmax(dim, keepdim),
+    "argmin": lambda x, dim, keepdim: x.argmin(dim, keepdim),
+    "aminmax": lambda x, dim, keepdim: torch.aminmax(x, dim=dim, keepdim=keepdim),
+    "median_values": lambda x, dim, keepdim: x.median(dim, keepdim).values,
+    "nanmedian_values": lambda x, dim, keepdim: x.nanmedian(dim, keepdim).values,
+    "mode_values": lambda x, dim, keepdim: x.mode(dim, keepdim).values,
+    "any": lambda x, dim, keepdim: x.any(dim, keepdim),
+    "all": lambda x, dim, keepdim: x.all(dim, keepdim),
+}
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", ONE_DIM_REDUCTIONS)
+def test_one_dim_reductions(name, dtype, keepdim):
+    reduction = ONE_DIM_REDUCTIONS[name]
+    x = make((4, 3, 6), dtype)
+    for dim in [0, 1, -1]:
+        for view in VIEWS:
+            assert_matches_cpu(lambda t: reduction(t, dim, keepdim), x, view=view)
+
+
+@pytest.mark.parametrize("name", ONE_DIM_REDUCTIONS)
+def test_one_dim_reductions_zero_dim_empty_and_nan(name):
+    reduction = ONE_DIM_REDUCTIONS[name]
+    for dim in [0, -1, 1]:
+        assert_matches_cpu(lambda t: reduction(t, dim, False), make((), torch.float32))
+        assert_matches_cpu(lambda t: reduction(t, dim, True), make((), torch.int64))
+        # Reducing the empty dim has no identity for most; reducing the other one is fine.
+        assert_matches_cpu(lambda t: reduction(t, dim, False), torch.empty(0, 3))
+        assert_matches_cpu(lambda t: reduction(t, dim, True), torch.empty(3, 0))
+    if name != "mode_values":  # CPU's mode sorts NaNs with an inconsistent comparison
+        for dim in [0, 1]:
+            assert_matches_cpu(lambda t: reduction(t, dim, False), with_nans(make((4, 5), torch.float32)))
+    assert_matches_cpu(lambda t: reduction(t, 2, False), make((2, 3), torch.float32))
+
+
+def test_extreme_indices_are_first_occurrences():
+    ties = torch.tensor([[1, 3, 3, 0, 3], [2, 2, 2, 2, 2], [0, -1, 0, -1, 5]])
+    for dtype in [torch.int64, torch.float32, torch.bfloat16, torch.bool]:
+        x = ties.to(dtype)
+        for fn in [lambda t: t.max(1), lambda t: t.min(1), lambda t: t.argmax(1), lambda t: t.argmin(0),
+                   lambda t: t.argmax(), lambda t: t.argmin(), lambda t: t.max(0, keepdim=True)]:
+            assert_matches_cpu(fn, x, rtol=0, atol=0)
+
+
+def test_extreme_indices_point_at_first_nan():
+    x = torch.tensor([[1.0, math.nan, 5.0, math.nan], [math.inf, 2.0, -math.inf, 0.0]])
+    for fn in [lambda t: t.max(1), lambda t: t.min(1), lambda t: t.argmax(1), lambda t: t.argmin(1),
+               lambda t: t.argmax(), lambda t: t.max(), lambda t: t.min(), lambda t: torch.aminmax(t),
+               lambda t: t.median(1), lambda t: t.median()]:
+        assert_matches_cpu(fn, x)
+        assert_matches_cpu(fn, x.bfloat16())
+
+
+def test_full_reductions():
+    for dtype in DTYPES:
+        x = make((3, 4), dtype)
+        for fn in [torch.max, torch.min, torch.prod, torch.argmax, torch.argmin, torch.aminmax,
+                   torch.median, torch.nanmedian, torch.any, torch.all, torch.count_nonzero]:
+            assert_matches_cpu(fn, x)
+            assert_matches_cpu(fn, x, view=transposed)
+            assert_matches_cpu(fn, make((), dtype))
+
+
+def test_empty_full_reductions():
+    for dtype in [torch.float32, torch.int64, torch.bool]:
+        for fn in [torch.max, torch.min, torch.argmax, torch.argmin, torch.aminmax, torch.prod, torch.sum,
+                   torch.any, torch.all, torch.count_nonzero]:
+            assert_matches_cpu(fn, torch.empty(0, 3).to(dtype))
+    for fn in [torch.median, torch.nanmedian, torch.mean, torch.var, torch.norm, torch.logsumexp_all
+               if hasattr(torch, "logsumexp_all") else torch.nanmean]:
+        assert_matches_cpu(fn, torch.empty(2, 0))
+
+
+def test_median_picks_lower_median_and_its_index():
+    x = torch.randperm(24, generator=torch.Generator().manual_seed(1)).float().reshape(4, 6)
+    for fn in [lambda t: t.median(1), lambda t: t.median(0, keepdim=True), lambda t: t.nanmedian(1),
+               lambda t: t.median(), lambda t: t.nanmedian()]:
+        assert_matches_cpu(fn, x)
+        assert_matches_cpu(fn, x, view=transposed)
+    assert_matches_cpu(lambda t: t.median(1).values, make((5, 8), torch.int64))
+
+
+def test_nanmedian_skips_nans():
+    x = torch.tensor([[math.nan, 1.0, 3.0, 2.0], [math.nan, math.nan, 7.0, math.nan],
+                      [4.0, 6.0, 5.0, 0.0]])
+    for fn in [lambda t: t.nanmedian(1), lambda t: t.nanmedian(), lambda t: t.median(1),
+               lambda t: t.nanmedian(0).values]:
+        assert_matches_cpu(fn, x)
+    all_nan = torch.full((2, 3), math.nan)
+    assert_matches_cpu(lambda t: t.nanmedian(1).values, all_nan)
+    assert_matches_cpu(lambda t: t.nanmedian(), all_nan)
+
+
+def test_mode():
+    x = torch.tensor([[1, 3, 3, 2, 2, 5], [4, 4, 4, 1, 1, 1], [9, 8, 7, 6, 5, 4]])
+    for dtype in [torch.int64, torch.float32, torch.bfloat16]:
+        assert_matches_cpu(lambda t: t.mode(1), x.to(dtype))
+        assert_matches_cpu(lambda t: t.mode(0), x.to(dtype))
+    assert_matches_cpu(lambda t: t.mode(1), x.bool())
+
+
+def test_unsupported_dtypes_raise_like_cpu():
+    complex_x = torch.randn(3, 2, dtype=torch.complex64)
+    for fn in [torch.median, lambda t: t.mode(0), lambda t: t.cummax(0), lambda t: t.amax(0),
+               lambda t: t.max(0), lambda t: t.argmax(0), lambda t: t.aminmax()]:
+        assert_matches_cpu(fn, complex_x)
+    for fn in [torch.median, torch.nanmedian, lambda t: t.median(0), lambda t: t.var(), lambda t: t.std(0),
+               lambda t: t.mean(), lambda t: t.norm(), lambda t: t.logcumsumexp(0)]:
+        assert_matches_cpu(fn, make((3, 2), torch.bool))
+        assert_matches_cpu(fn, make((3, 2), torch.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Scans
+# ---------------------------------------------------------------------------------------------
+
+SCANS = {
+    "cumsum": lambda x, dim: x.cumsum(dim),
+    "cumprod": lambda x, dim: x.cumprod(dim),
+    "cummax": lambda x, dim: x.cummax(dim),
+    "cummin": lambda x, dim: x.cummin(dim),
+    "logcumsumexp": lambda x, dim: x.logcumsumexp(dim),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", SCANS)
+def test_scans(name, dtype):
+    scan = SCANS[name]
+    x = make((4, 3, 6), dtype)
+    for dim in [0, 1, -1]:
+        for view in VIEWS:
+            assert_matches_cpu(lambda t: scan(t, dim), x, view=view)
+    assert_matches_cpu(lambda t: scan(t, 0), make((), dtype))
+    assert_matches_cpu(lambda t: scan(t, -1), torch.empty(3, 0).to(dtype))
+    assert_matches_cpu(lambda t: scan(t, 2), x)
+
+
+@pytest.mark.parametrize("name", SCANS)
+def test_scans_with_nan_and_inf(name):
+    scan = SCANS[name]
+    x = torch.tensor([[1.0, math.nan, 3.0, math.nan, 0.5], [-math.inf, -math.inf, 2.0, math.inf, math.inf],
+                      [2.0, 2.0, 1.0, 2.0, 3.0]])
+    assert_matches_cpu(lambda t: scan(t, 1), x)
+    assert_matches_cpu(lambda t: scan(t, 1), x.bfloat16())
+
+
+def test_cumulative_extremes_take_latest_tie():
+    x = torch.tensor([[1, 3, 3, 0, 3, 4, 4], [2, 2, 2, 2, 2, 2, 2]])
+    for dtype in [torch.int64, torch.float32, torch.bool]:
+        assert_matches_cpu(lambda t: t.cummax(1), x.to(dtype), rtol=0, atol=0)
+        assert_matches_cpu(lambda t: t.cummin(1), x.to(dtype), rtol=0, atol=0)
+
+
+def test_scan_dtypes():
+    x = make((3, 5), torch.int32)
+    assert assert_matches_cpu(lambda t: t.cumsum(1), x).dtype == torch.int64
+    assert_matches_cpu(lambda t: t.cumsum(1, dtype=torch.float64), x)
+    assert_matches_cpu(lambda t: t.cumprod(0, dtype=torch.bfloat16), make((6, 2), torch.float32))
+    assert_matches_cpu(lambda t: t.cumsum_(1), make((3, 5), torch.float32))
+    ones = torch.ones(1000, dtype=torch.bfloat16)
+    assert_matches_cpu(lambda t: t.cumsum(0), ones)  # float32 accumulation: 1000 is exact-ish in bf16
+
+
+# ---------------------------------------------------------------------------------------------
+# out= overloads
+# ---------------------------------------------------------------------------------------------
+
+
+def out_case(fn, out_dtypes, x):
+    """``fn(t, out)`` writes ``out`` (allocated empty on the right device) like on CPU."""
+
+    def run(t):
+        outs = tuple(torch.empty(0, dtype=d, device=t.device) for d in out_dtypes)
+        result = fn(t, outs if len(outs) > 1 else outs[0])
+        assert all(a is b for a, b in zip(result if len(outs) > 1 else (result,), outs))
+        return outs
+
+    assert_matches_cpu(run, x)
+
+
+OUT_CASES = [
+    (lambda t, o: torch.sum(t, 1, out=o), [torch.float32]),
+    (lambda t, o: torch.sum(t, 1, out=o), [torch.float64]),
+    (lambda t, o: torch.sum(t, (0, 1), keepdim=True, out=o), [torch.float32]),
+    (lambda t, o: torch.nansum(t, 1, out=o), [torch.float32]),
+    (lambda t, o: torch.mean(t, 0, out=o), [torch.float32]),
+    (lambda t, o: torch.prod(t, 1, out=o), [torch.float32]),
+    (lambda t, o: torch.amax(t, 1, out=o), [torch.float32]),
+    (lambda t, o: torch.amin(t, 0, out=o), [torch.float32]),
+    (lambda t, o: torch.max(t, out=o), [torch.float32]),
+    (lambda t, o: torch.max(t, out=o), [torch.int64]),
+    (lambda t, o: torch.min(t, out=o), [torch.float64]),
+    (lambda t, o: torch.max(t, 1, out=o), [torch.float32, torch.int64]),
+    (lambda t, o: torch.min(t, 0, keepdim=True, out=o), [torch.float32, torch.int64]),
+    (lambda t, o: torch.aminmax(t, dim=1, out=o), [torch.float32, torch.float32]),
+    (lambda t, o: torch.argmax(t, 1, out=o), [torch.int64]),
+    (lambda t, o: torch.argmin(t, out=o), [torch.int64]),
+    (lambda t, o: torch.var(t, 1, out=o), [torch.float32]),
+    (lambda t, o: torch.var(t, 1, out=o), [torch.float64]),
+    (lambda t, o: torch.std(t, 0, correction=0, out=o), [torch.float32]),
+    (lambda t, o: torch.var_mean(t, 1, out=o), [torch.float32, torch.float32]),
+    (lambda t, o: torch.norm(t, 3, 1, out=o), [torch.float32]),
+    (lambda t, o: torch.linalg.vector_norm(t, 2, 1, out=o), [torch.float32]),
+    (lambda t, o: torch.linalg.vector_norm(t, 2, 1, dtype=torch.float64, out=o), [torch.float64]),
+    (lambda t, o: torch.logsumexp(t, 1, out=o), [torch.float32]),
+    (lambda t, o: torch.logsumexp(t, 1, out=o), [torch.int64]),
+    (lambda t, o: torch.any(t, 1, out=o), [torch.bool]),
+    (lambda t, o: torch.all(t, out=o), [torch.bool]),
+    (lambda t, o: torch.any(t, (0, 1), out=o), [torch.bool]),
+    (lambda t, o: torch.count_nonzero(t, 1, out=o), [torch.int64]),
+    (lambda t, o: torch.cumsum(t, 1, out=o), [torch.float32]),
+    (lambda t, o: torch.cumprod(t, 0, out=o), [torch.float64]),
+    (lambda t, o: torch.cummax(t, 1, out=o), [torch.float32, torch.int64]),
+    (lambda t, o: torch.logcumsumexp(t, 1, out=o), [torch.float32]),
+    (lambda t, o: torch.median(t, 1, out=o), [torch.float32, torch.int64]),
+    (lambda t, o: torch.median(t, 1, out=o), [torch.int64, torch.int64]),
+    (lambda t, o: torch.nanmedian(t, 0, out=o), [torch.float32, torch.int64]),
+    (lambda t, o: torch.mode(t, 1, out=o), [torch.float32, torch.int64]),
+]
+
+
+@pytest.mark.parametrize("case", range(len(OUT_CASES)))
+def test_out_overloads(case):
+    fn, out_dtypes = OUT_CASES[case]
+    out_case(fn, out_dtypes, make((3, 5), torch.float32))
+
+
+def test_out_into_strided_view():
+    def run(t):
+        out = torch.zeros(3, 4, device=t.device)
+        torch.sum(t, 0, out=out[:, 1])
+        torch.amax(t, 0, out=out[:, 3])
+        return out
+
+    assert_matches_cpu(run, make((2, 3), torch.float32))
+
+
+def test_uint8_any_all_keep_uint8():
+    x = torch.tensor([[0, 3], [0, 0]], dtype=torch.uint8)
+    for fn in [lambda t: t.any(1), lambda t: t.all(0), lambda t: t.any(), lambda t: t.all()]:
+        assert assert_matches_cpu(fn, x).dtype == torch.uint8
+
+
+def test_var_degrees_of_freedom_warning():
+    x = make((3,), torch.float32)
+    with pytest.warns(UserWarning, match="degrees of freedom"):
+        assert_matches_cpu(lambda t: t.var(correction=3), x)
+    assert_matches_cpu(lambda t: t.std(correction=0.5), x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd through the kernels
+# ---------------------------------------------------------------------------------------------
+
+BACKWARD_CASES = {
+    "sum": lambda a: a.sum(1), "mean": lambda a: a.mean(), "nansum": lambda a: a.nansum(0),
+    "prod": lambda a: a.prod(1), "amax": lambda a: a.amax(1), "max": lambda a: a.max(),
+    "max_dim": lambda a: a.max(1).values, "var_mean": lambda a: sum(torch.var_mean(a, 1)),
+    "std": lambda a: a.std(), "norm": lambda a: a.norm(dim=1), "norm_3": lambda a: torch.linalg.vector_norm(a, 3),
+    "cumsum": lambda a: a.cumsum(1), "cumprod": lambda a: a.cumprod(1), "cummax": lambda a: a.cummax(1).values,
+    "logcumsumexp": lambda a: a.logcumsumexp(1), "logsumexp": lambda a: a.logsumexp(1),
+    "median_dim": lambda a: a.median(1).values, "mode": lambda a: a.mode(1).values,
+}
+
+
+@pytest.mark.parametrize("name", BACKWARD_CASES)
+def test_backward(name):
+    fn = BACKWARD_CASES[name]
+
+    def gradient(t):
+        t = t.clone().requires_grad_()
+        fn(t).sum().backward()
+        return t.grad
+
+    assert_matches_cpu(gradient, make((3, 4), torch.float64))

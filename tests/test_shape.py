@@ -1,0 +1,294 @@
+"""Shape kernels, differential against torch CPU."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torch.utils._pytree import tree_map
+
+
+def to_tpu(value):
+    return value.to("tpu") if isinstance(value, torch.Tensor) else value
+
+
+def check(fn, *args, **kwargs):
+    """fn on CPU args and on their tpu copies agree (values, dtype, shape), or both raise the same class."""
+    try:
+        expected = fn(*args, **kwargs)
+    except Exception as cpu_error:
+        with pytest.raises(type(cpu_error)):
+            fn(*tree_map(to_tpu, args), **tree_map(to_tpu, kwargs))
+        return
+    actual = fn(*tree_map(to_tpu, args), **tree_map(to_tpu, kwargs))
+    actual = tree_map(lambda v: v.cpu() if isinstance(v, torch.Tensor) else v, actual)
+    torch.testing.assert_close(actual, expected, equal_nan=True)
+    return actual
+
+
+def make(*shape, dtype=torch.float32):
+    if dtype == torch.bool:
+        return torch.rand(shape) > 0.5
+    if not dtype.is_floating_point:
+        return torch.randint(-50, 50, shape, dtype=dtype)
+    return torch.randn(shape).to(dtype)
+
+
+def noncontiguous(*shape, dtype=torch.float32):
+    return make(*reversed(shape), dtype=dtype).permute(*reversed(range(len(shape))))
+
+
+DTYPES = [torch.float32, torch.bfloat16, torch.int64, torch.bool]
+
+
+@pytest.fixture(autouse=True)
+def seed():
+    torch.manual_seed(0)
+
+
+# --- cat / stack / split -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cat_stack(dtype):
+    a, b = noncontiguous(2, 3, dtype=dtype), make(4, 3, dtype=dtype)
+    check(lambda a, b: torch.cat([a, b]), a, b)
+    check(lambda a, b: torch.cat([a, b, a], dim=-2), a, b)
+    check(lambda a: torch.cat([a, a.t().t()], 1), a)
+    check(lambda a: torch.stack([a, a], -1), a)
+    check(lambda a: torch.hstack([a, a]), a)
+    check(lambda a: torch.cat([a[:0], a]), a)
+
+
+def test_cat_type_promotion_and_legacy_empty():
+    check(lambda a, b, c: torch.cat([a, b, c]), make(2, 3, dtype=torch.int64), make(1, 3), make(1, 3, dtype=torch.bfloat16))
+    check(lambda a, b: torch.cat([a, b]), make(2, 3, dtype=torch.bool), make(2, 3, dtype=torch.int32))
+    check(lambda a, e: torch.cat([a, e, a], 1), make(2, 3), torch.empty(0))
+    check(lambda a: torch.cat([a.unsqueeze(0), a.unsqueeze(0)]), make())
+
+
+def test_cat_out_and_errors():
+    check(lambda a, out: torch.cat([a, a], out=out), make(2, 3), torch.empty(0))
+    check(lambda a, b: torch.cat([a, b]), make(2, 3), make(2, 4))
+    check(lambda a: torch.cat([a, a], dim=2), make(2, 3))
+
+
+def test_split_chunk_tensor_split_meshgrid():
+    x = noncontiguous(6, 5)
+    check(lambda x: x.split(4), x)
+    check(lambda x: x.split([1, 2, 3]), x)
+    check(lambda x: x.chunk(3, -1), x)
+    check(lambda x: torch.tensor_split(x, [1, 4], dim=1), x)
+    check(lambda a, b: torch.meshgrid(a, b, indexing="ij"), make(3), make(2))
+    check(lambda a, b: torch.meshgrid(a, b, indexing="xy"), make(3), make(2))
+
+
+# --- flip / roll / tril / triu / repeat ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_flip_roll(dtype):
+    x = noncontiguous(3, 4, 5, dtype=dtype)
+    check(lambda x: x.flip(0), x)
+    check(lambda x: x.flip(-1, 1), x)
+    check(lambda x: x.flip([]), x)
+    check(lambda x: torch.fliplr(x), x)
+    check(lambda x: x.roll(2), x)
+    check(lambda x: x.roll((1, -7), (0, -1)), x)
+    check(lambda x: x.roll(3, 1), make(0, 4, dtype=dtype))
+    check(lambda x: x.flip(0), make(dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("diagonal", [-2, 0, 1, 7])
+def test_tril_triu(dtype, diagonal):
+    x = noncontiguous(2, 4, 5, dtype=dtype)
+    check(lambda x: x.tril(diagonal), x)
+    check(lambda x: x.triu(diagonal), x)
+    check(lambda x: x.clone().tril_(diagonal), x)
+    check(lambda x: x.triu(diagonal), make(0, 3, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_repeat_family(dtype):
+    x = noncontiguous(2, 3, dtype=dtype)
+    check(lambda x: x.repeat(2, 1, 3), x)
+    check(lambda x: x.tile((2,)), x)
+    check(lambda x: x.repeat_interleave(2, dim=-1), x)
+    check(lambda x: x.repeat_interleave(2), x)
+    check(lambda x, r: x.repeat_interleave(r, dim=0), x, torch.tensor([0, 3]))
+    check(lambda r: torch.repeat_interleave(r), torch.tensor([2, 0, 1]))
+    check(lambda r: torch.repeat_interleave(r), torch.tensor([2, -1]))
+
+
+# --- padding -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular", "constant"])
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_padding_forward_backward(mode, dims):
+    shape = (2, 3, 4, 5, 6)[: dims + 2]
+    pad = (2, 1, 0, 3, 1, 1)[: 2 * dims]
+    x = make(*shape)
+
+    def grads(device):
+        leaf = x.to(device).transpose(-1, -2).contiguous().transpose(-1, -2).requires_grad_()
+        out = F.pad(leaf, pad, mode=mode)
+        out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(device))
+        return out.detach().cpu(), leaf.grad.cpu()
+
+    torch.testing.assert_close(grads("tpu"), grads("cpu"))
+
+
+def test_padding_negative_and_errors():
+    x = make(2, 3, 6)
+    check(lambda x: F.pad(x, (-1, 2), mode="reflect"), x)
+    check(lambda x: F.pad(x, (-2, 1), mode="replicate"), x)
+    check(lambda x: F.pad(x, (6, 0), mode="reflect"), x)
+    check(lambda x: F.pad(x, (1, -2), value=3.5), x)
+    check(lambda x: F.pad(x, (1, 1), mode="reflect"), make(2, 3, 6, dtype=torch.bfloat16))
+
+
+# --- sort / topk / argsort ---------------------------------------------------------------------
+
+
+def with_ties_and_nans(dtype):
+    x = torch.tensor([[3.0, float("nan"), 1.0, 3.0, -0.0, 0.0, float("-inf"), 1.0],
+                      [2.0, 2.0, float("nan"), float("inf"), -1.0, 2.0, float("nan"), 5.0]]).to(dtype)
+    return x.t().contiguous().t()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("descending", [False, True])
+def test_sort_stable_with_nans(dtype, descending):
+    x = with_ties_and_nans(dtype)
+    check(lambda x: x.sort(stable=True, descending=descending), x)
+    check(lambda x: x.sort(dim=0, stable=True, descending=descending), x)
+    check(lambda x: x.argsort(stable=True, descending=descending), x)
+    check(lambda x: torch.sort(x, stable=True, descending=descending), make(dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.int8])
+def test_sort_integers(dtype):
+    x = make(5, 7, dtype=dtype).t()
+    check(lambda x: x.sort(stable=True), x)
+    check(lambda x: x.sort(stable=True, descending=True, dim=0), x)
+    check(lambda x: x.sort(), make(0, 3, dtype=dtype))
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_topk(largest):
+    x = torch.randperm(40).float().reshape(5, 8).t()
+    check(lambda x: x.topk(3, largest=largest), x)
+    check(lambda x: x.topk(2, dim=0, largest=largest), x)
+    check(lambda x: x.topk(0, largest=largest), x)
+    check(lambda x: x.topk(9, largest=largest), x)
+    check(lambda x: x.topk(1, largest=largest), torch.tensor(2.0))
+    nan = torch.tensor([1.0, float("nan"), 3.0, 2.0])
+    check(lambda x: x.topk(2, largest=largest), nan)
+    check(lambda x: x.topk(2, largest=largest), torch.tensor([1, 5, 3, 2], dtype=torch.int64))
+
+
+# --- unique ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unique(dtype):
+    x = torch.randint(0, 4, (3, 5)).to(dtype).t()
+    check(lambda x: torch.unique(x), x)
+    check(lambda x: torch.unique(x, return_inverse=True, return_counts=True), x)
+    check(lambda x: torch.unique(x, sorted=False, return_inverse=True), x)
+    check(lambda x: torch.unique(x, dim=0, return_inverse=True, return_counts=True), x)
+    check(lambda x: torch.unique(x, dim=-1, return_counts=True), x)
+    check(lambda x: torch.unique_consecutive(x, return_inverse=True, return_counts=True), x)
+    check(lambda x: torch.unique_consecutive(x, dim=1, return_inverse=True, return_counts=True), x)
+    check(lambda x: torch.unique(x, return_inverse=True, return_counts=True), make(0, dtype=dtype))
+
+
+def test_unique_float_dim_ordering():
+    x = torch.tensor([[1.5, -2.0], [-3.0, 10.0], [1.5, -2.0], [-3.0, 2.0]])
+    check(lambda x: torch.unique(x, dim=0, return_inverse=True, return_counts=True), x)
+    check(lambda x: torch.unique(x, return_inverse=True), torch.tensor([float("nan"), 1.0, float("nan")]))
+
+
+# --- *_scatter, diag, narrow_copy ----------------------------------------------------------------
+
+
+def test_scatter_family_and_diag():
+    x = noncontiguous(4, 5)
+    check(lambda x, s: torch.diagonal_scatter(x, s, 1), x, make(4))
+    check(lambda x, s: torch.select_scatter(x, s, 1, -1), x, make(4))
+    check(lambda x, s: torch.slice_scatter(x, s, 1, 1, 5, 2), x, make(4, 2))
+    check(lambda x, s: torch.as_strided_scatter(x.contiguous(), s, (2, 2), (1, 2)), x, make(2, 2))
+    check(lambda x: torch.diag(x, -1), x)
+    check(lambda v: torch.diag(v, 2), make(3))
+    check(lambda x: torch.diag_embed(x, offset=1, dim1=0, dim2=2), x)
+    check(lambda x: x.narrow_copy(1, 1, 3), x)
+    check(lambda x: x.diagonal(0, 0, 1).clone(), x)
+
+
+# --- searchsorted / bucketize / histc / bincount -------------------------------------------------
+
+
+@pytest.mark.parametrize("right", [False, True])
+def test_searchsorted_bucketize(right):
+    boundaries = torch.tensor([1.0, 2.0, 2.0, 5.0])
+    values = torch.tensor([[0.0, 2.0], [5.0, 7.0]]).t()
+    check(lambda b, v: torch.searchsorted(b, v, right=right), boundaries, values)
+    check(lambda b, v: torch.searchsorted(b, v, side="right" if right else "left", out_int32=True), boundaries, values)
+    check(lambda b: torch.searchsorted(b, 2.0, right=right), boundaries)
+    check(lambda v, b: torch.bucketize(v, b, right=right), values, boundaries)
+    batched = torch.sort(torch.randn(3, 6), dim=-1).values
+    check(lambda b, v: torch.searchsorted(b, v, right=right), batched, torch.randn(3, 4))
+    unsorted = torch.randn(6)
+    check(lambda b, s, v: torch.searchsorted(b, v, sorter=s), unsorted, unsorted.argsort(), torch.randn(5))
+
+
+def test_searchsorted_errors():
+    check(lambda b, v: torch.searchsorted(b, v), torch.zeros(2, 3), torch.zeros(3, 3))
+    check(lambda b, v: torch.searchsorted(b, v, side="left", right=True), torch.zeros(3), torch.zeros(3))
+
+
+def test_histc():
+    x = torch.randn(200)
+    check(lambda x: torch.histc(x), x)
+    check(lambda x: torch.histc(x, bins=7, min=-1, max=1), x)
+    check(lambda x: torch.histc(x, bins=4, min=0, max=3), torch.tensor([0.0, 1.0, 2.0, 3.0, 3.0, -1.0, 4.0]))
+    check(lambda x: torch.histc(x, bins=3), torch.tensor([2.0, 2.0]))
+    check(lambda x: torch.histc(x, bins=5), x.double())
+    check(lambda x: torch.histc(x, bins=-1), x)
+
+
+def test_bincount():
+    x = torch.tensor([1, 3, 3, 0, 7])
+    check(torch.bincount, x)
+    check(lambda x: torch.bincount(x, minlength=10), x)
+    check(lambda x, w: torch.bincount(x, w), x, torch.rand(5))
+    check(lambda x, w: torch.bincount(x, w), x, torch.rand(5).double())
+    check(lambda x, w: torch.bincount(x, w), x, torch.arange(5))
+    check(torch.bincount, torch.tensor([], dtype=torch.int64))
+    check(torch.bincount, torch.tensor([-1, 2]))
+    check(torch.bincount, torch.tensor([1.0]))
+
+
+# --- autograd --------------------------------------------------------------------------------
+
+
+def grads_agree(fn, *inputs):
+    results = []
+    for device in ("cpu", "tpu"):
+        leaves = [x.detach().to(device).requires_grad_() for x in inputs]
+        out = fn(*leaves)
+        out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(device))
+        results.append((out.detach().cpu(), [leaf.grad.cpu() for leaf in leaves]))
+    torch.testing.assert_close(results[1], results[0])
+
+
+def test_autograd_through_shape_ops():
+    a, b = make(2, 3), make(4, 3)
+    grads_agree(lambda a, b: torch.cat([a, b, a]), a, b)
+    grads_agree(lambda a: torch.stack([a, a * 2], 1), a)
+    grads_agree(lambda a: a.flip(1).roll(1, 0), a)
+    grads_agree(lambda a: a.sort(dim=1).values, a)
+    grads_agree(lambda b: b.topk(2, dim=0).values, b)
+    grads_agree(lambda b: b.triu(1) + b.tril(-1), b)
+    grads_agree(lambda a: a.repeat(2, 2), a)
