@@ -1,10 +1,11 @@
-"""One emulated chip: its spec, its HBM, its RNG and its event log.
+"""One emulated chip: its spec, its HBM, its RNG, its clock and its event log.
 
 A process drives exactly one chip (multi-chip runs are one process per chip),
 so the chip is created once, lazily, from the environment.
 """
 
 from . import chips
+from .clock import Clock
 from .hbm import HBM
 from .rng import CounterRNG
 from .trace import EventLog
@@ -16,6 +17,7 @@ class Chip:
         self.events = EventLog()
         self.hbm = HBM(hbm_capacity, spec.name, self.events)
         self.rng = CounterRNG()
+        self.clock = Clock(spec)
         self.hbm_capacity_limit = hbm_capacity  # the physical (or overridden) size
 
     def set_memory_fraction(self, fraction):

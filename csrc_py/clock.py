@@ -21,7 +21,7 @@ LAUNCH_OVERHEAD_SECONDS = 1e-6  # fixed per-kernel cost: issue, pipeline fill, s
 FLOAT32_DEFAULT_PASSES = 6
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class KernelCost:
     name: str
     mxu_flops: dict = dataclasses.field(default_factory=dict)  # input type name -> FLOPs
@@ -38,6 +38,18 @@ class KernelCost:
     @property
     def bytes(self):
         return self.bytes_read + self.bytes_written
+
+
+@dataclasses.dataclass(slots=True)
+class KernelRecord:
+    cost: KernelCost
+    stream: int
+    start: float  # simulated seconds
+    end: float
+
+    @property
+    def seconds(self):
+        return self.end - self.start
 
 
 def mxu_peak(spec, type_name, float32_passes=FLOAT32_DEFAULT_PASSES):
@@ -70,6 +82,8 @@ class Clock:
         self.kernels_run = 0
         self.busy_seconds = 0.0
         self.total_flops = 0
+        self.recorders = []  # lists that profilers hand in to receive KernelRecords
+        self.current_stream = 0
 
     def now(self, stream=0):
         return self.stream_seconds.get(stream, 0.0)
@@ -86,6 +100,10 @@ class Clock:
         self.kernels_run += 1
         self.busy_seconds += seconds
         self.total_flops += cost.flops
+        if self.recorders:
+            record = KernelRecord(cost, stream, start, end)
+            for recorder in self.recorders:
+                recorder.append(record)
         return start, end
 
     def wait(self, stream, until):

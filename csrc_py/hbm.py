@@ -124,20 +124,20 @@ class HBM:
             return Buffer(np.empty(0, np.uint8), 0, None, None, -1)
         if self.allocated_bytes.current + nbytes > self.capacity:
             self.num_ooms += 1
-            self.events.record("oom", nbytes=nbytes, allocated=self.allocated_bytes.current)
+            self.events.record("oom", -1, nbytes, self.allocated_bytes.current)
             raise HBMOutOfMemory(nbytes, self.allocated_bytes.current, self.capacity, self.chip_name)
         block = self.pool.take(nbytes)
         self._next_id += 1
         self.allocated_bytes.increase(nbytes)
         self.allocations.increase(1)
-        self.events.record("alloc", id=self._next_id, nbytes=nbytes, allocated=self.allocated_bytes.current)
+        self.events.record("alloc", self._next_id, nbytes, self.allocated_bytes.current)
         return Buffer(block, nbytes, block, self, self._next_id)
 
     def release(self, buffer):
         self.allocated_bytes.decrease(buffer.nbytes)
         self.allocations.decrease(1)
         self.pool.give_back(buffer.block)
-        self.events.record("free", id=buffer.id, nbytes=buffer.nbytes, allocated=self.allocated_bytes.current)
+        self.events.record("free", buffer.id, buffer.nbytes, self.allocated_bytes.current)
 
     @property
     def reserved_bytes(self):

@@ -1,30 +1,29 @@
-"""The chip's event log: what happened on the device, in order.
+"""The chip's memory event log: every allocation, free and OOM, in order.
 
-Memory events are recorded here so later tools (memory snapshots, timelines,
-the profiler) can replay them. The log is bounded so a long run cannot grow host
-memory without limit.
+Memory snapshots and HBM timelines are rebuilt from it. Entries are plain tuples
+``(kind, host_time_ns, buffer_id, nbytes, allocated_after)`` because one is written on every
+allocation and free, the hottest path there is. The log is bounded so a long run cannot
+grow host memory without limit.
 """
 
 import collections
-import itertools
 import time
 
 DEFAULT_CAPACITY = 100_000
+FIELDS = ("kind", "host_time_ns", "id", "nbytes", "allocated")
+
+_now_ns = time.perf_counter_ns
 
 
 class EventLog:
     def __init__(self, capacity=DEFAULT_CAPACITY):
         self._events = collections.deque(maxlen=capacity)
-        self._sequence = itertools.count()
-        self.enabled = True
 
-    def record(self, kind, **fields):
-        if self.enabled:
-            fields.update(kind=kind, seq=next(self._sequence), host_time_ns=time.perf_counter_ns())
-            self._events.append(fields)
+    def record(self, kind, buffer_id, nbytes, allocated):
+        self._events.append((kind, _now_ns(), buffer_id, nbytes, allocated))
 
     def events(self, kind=None):
-        return [e for e in self._events if kind is None or e["kind"] == kind]
+        return [dict(zip(FIELDS, e)) for e in self._events if kind is None or e[0] == kind]
 
     def clear(self):
         self._events.clear()

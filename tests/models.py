@@ -61,10 +61,13 @@ class TinyGPT(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(width, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, vocabulary, bias=False)
-        self.head.weight = self.tokens.weight
+        self.tie_weights()
         for name, parameter in self.named_parameters():
             if name.endswith("projection.weight"):
                 nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * layers))
+
+    def tie_weights(self):
+        self.head.weight = self.tokens.weight
 
     def forward(self, tokens):
         positions = torch.arange(tokens.shape[1], device=tokens.device)

@@ -194,11 +194,6 @@ def sample_to_tpu(sample):
 # --------------------------------------------------------------- checks ----
 
 
-def first_line(error):
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"
-
-
 def missing_op(reason):
     """The aten op a failure reason says has no tpu kernel, or None."""
     for pattern in MISSING_OP_PATTERNS:
@@ -206,6 +201,16 @@ def missing_op(reason):
         if match:
             return match.group(1)
     return None
+
+
+def first_line(error):
+    """``Type: first line of the message``, with missing-kernel errors cut to the op's name."""
+    lines = str(error).strip().splitlines()
+    message = lines[0] if lines else ""
+    missing = missing_op(message) if isinstance(error, NotImplementedError) else None
+    if missing:
+        message = f"operator '{missing}' is not implemented for tpu"
+    return f"{type(error).__name__}: {message}"
 
 
 def _tensors(tree):
@@ -336,13 +341,17 @@ def run(op, dtype, kind) -> Iterator[Outcome]:
     """One Outcome per sample; a failure to generate samples is one failed outcome."""
     try:
         op_samples = samples(op, dtype, kind)
+        policy = policy_for(op, dtype)
     except Exception as error:
         yield Outcome(FAILED, f"sample generation failed: {first_line(error)}")
         return
-    policy = policy_for(op, dtype)
     check = CHECKS[kind]
     for sample in op_samples:
-        yield check(op, sample, policy)
+        try:
+            outcome = check(op, sample, policy)
+        except Exception as error:  # copying the sample to tpu, say
+            outcome = Outcome(FAILED, first_line(error))
+        yield outcome
 
 
 def failure_summary(outcomes):

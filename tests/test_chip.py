@@ -155,8 +155,8 @@ def test_events_record_allocations_and_ooms():
 def test_event_log_is_bounded():
     log = chip.trace.EventLog(capacity=3)
     for i in range(5):
-        log.record("x", i=i)
-    assert [e["i"] for e in log.events()] == [2, 3, 4]
+        log.record("alloc", i, 8, 8 * i)
+    assert [e["id"] for e in log.events()] == [2, 3, 4]
 
 
 def test_format_bytes():

@@ -34,6 +34,8 @@ MODELS = {
 
 def train(model, batches, device, make_optimizer, make_scheduler, foreach, clip):
     model = model.to(device)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()  # Module.to unties shared parameters on tpu: see test_module_to_keeps_tied_weights
     optimizer = make_optimizer(model.parameters(), foreach=foreach)
     scheduler = make_scheduler(optimizer)
     losses = []
@@ -92,6 +94,19 @@ def test_default_optimizer_uses_foreach_on_tpu():
     assert _default_to_fused_or_foreach(parameters, differentiable=False, use_fused=False) == (False, True)
 
 
-def test_tied_weights_stay_tied_on_tpu():
+@pytest.mark.xfail(strict=True, reason=(
+    "Module._apply keeps a Parameter object (so tied weights stay tied) only when "
+    "torch._has_compatible_shallow_copy_type(cpu, tpu) is True, and c10 answers False for PrivateUse1; "
+    "torch.__future__.set_swap_module_params_on_conversion(True) or re-tying after .to() works around it"))
+def test_module_to_keeps_tied_weights():
     model = TinyGPT().to("tpu")
     assert model.head.weight is model.tokens.weight
+
+
+def test_swap_on_conversion_keeps_tied_weights():
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model = TinyGPT().to("tpu")
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(False)
+    assert model.head.weight is model.tokens.weight and model.head.weight.device.type == "tpu"

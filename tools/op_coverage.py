@@ -23,7 +23,6 @@ import datetime
 import multiprocessing
 import os
 import pathlib
-import pprint
 import signal
 import sys
 import time
@@ -221,9 +220,12 @@ def missing_op_table(results):
     return samples, rows
 
 
-def _cell(text):
-    text = text.replace("|", "\\|").replace("\n", " ")
+def _truncated(text):
     return text if len(text) <= REASON_WIDTH else text[: REASON_WIDTH - 3] + "..."
+
+
+def _cell(text):
+    return _truncated(text.replace("|", "\\|").replace("\n", " "))
 
 
 def _reasons(result):
@@ -280,7 +282,7 @@ def write_report(results, command, seconds, path):
 
 def expected_failures(results):
     return {
-        (r.op, r.variant, r.dtype, r.kind): _cell(r.failures[0][0])
+        (r.op, r.variant, r.dtype, r.kind): _truncated(r.failures[0][0])
         for r in results
         if r.failed
     }
@@ -293,12 +295,12 @@ def write_expected_failures(results, path, ran_keys):
         exec(path.read_text(), namespace)
     table = {k: v for k, v in namespace.get("EXPECTED_FAILURES", {}).items() if k not in ran_keys}
     table.update(expected_failures(results))
-    body = pprint.pformat(dict(sorted(table.items())), width=120, sort_dicts=False)
+    entries = "".join(f"    {key!r}: {reason!r},\n" for key, reason in sorted(table.items()))
     path.write_text(
         '"""Known OpInfo failures on tpu: (op name, variant, dtype, check) -> most common failure reason.\n\n'
         "Written by tools/op_coverage.py from a real run; regenerate rather than edit by hand.\n"
         '"""\n\n'
-        f"EXPECTED_FAILURES = {body}\n"
+        f"EXPECTED_FAILURES = {{\n{entries}}}\n"
     )
 
 
@@ -325,6 +327,8 @@ def _print_progress(name, results):
 def main(argv=None):
     args = parse_args(argv)
     warnings.filterwarnings("ignore")
+    import torch
+
     import opinfo_support as support
 
     op_names = args.ops or list(support.OPS_BY_FULL_NAME)
@@ -341,7 +345,7 @@ def main(argv=None):
         support.expectation_key(support.OPS_BY_FULL_NAME[name], dtype, kind)
         for name in op_names
         for kind, dtype in support.kinds_and_dtypes(
-            support.OPS_BY_FULL_NAME[name], [getattr(support.torch, d) for d in args.dtypes]
+            support.OPS_BY_FULL_NAME[name], [getattr(torch, d) for d in args.dtypes]
         )
     }
     write_expected_failures(results, args.expected_failures, ran)

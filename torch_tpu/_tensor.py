@@ -84,7 +84,9 @@ def empty(shape, dtype, strides=None):
     numpy_dtype(dtype)
     if strides is None:
         strides = contiguous_strides(shape)
-    nbytes = storage_nbytes(shape, strides, dtype.itemsize)
+        nbytes = math.prod(shape) * dtype.itemsize
+    else:
+        nbytes = storage_nbytes(shape, strides, dtype.itemsize)
     buffer = allocate(nbytes)
     tensor = _create_empty_tensor(shape, dtype)
     storage = tensor.untyped_storage()

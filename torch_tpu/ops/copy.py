@@ -6,18 +6,30 @@ import torch
 from .. import _tensor
 from ._registry import register
 
-# NumPy has no bfloat16/float8 scalar types of its own; CPU tensors of these
-# dtypes are read through a same-width integer view.
-_SAME_WIDTH_INTEGER = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+class _HostBytes:
+    """A CPU tensor's elements as NumPy sees them, through the array interface.
+
+    ``Tensor.numpy()`` would mark the tensor's storage non-resizable for good, so a
+    ``.to("tpu")`` would break a later ``resize_`` of the CPU tensor. Holding the
+    tensor here keeps its bytes alive as long as the NumPy array that views them.
+    """
+
+    def __init__(self, tensor):
+        itemsize = tensor.element_size()
+        self.tensor = tensor
+        self.__array_interface__ = {
+            "version": 3,
+            "shape": tuple(tensor.shape),
+            "typestr": f"|V{itemsize}",
+            "data": (tensor.data_ptr(), False),
+            "strides": tuple(stride * itemsize for stride in tensor.stride()),
+        }
 
 
 def cpu_tensor_as_numpy(tensor):
-    """A NumPy view of a CPU tensor's elements, with conj/neg bits resolved."""
+    """A writable NumPy view of a CPU tensor's elements, with conj/neg bits resolved."""
     tensor = tensor.detach().resolve_conj().resolve_neg()
-    dtype = _tensor.numpy_dtype(tensor.dtype)
-    if tensor.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):
-        return tensor.view(_SAME_WIDTH_INTEGER[tensor.element_size()]).numpy().view(dtype)
-    return tensor.numpy()
+    return np.asarray(_HostBytes(tensor)).view(_tensor.numpy_dtype(tensor.dtype))
 
 
 def _readable(tensor):

@@ -66,11 +66,17 @@ def _is_real_scalar(value):
     return not isinstance(value, complex)
 
 
-def _fast_path(self, tensor_columns, scalar_columns):
-    """Every tensor is a tpu tensor of self's floating dtype and shape; every scalar is real.
+def _keeps_dtype(t, scalar):
+    """A real scalar leaves a floating tensor's dtype alone, except a 0-dim tensor meeting another 0-dim tensor."""
+    if not _is_real_scalar(scalar):
+        return False
+    if isinstance(scalar, torch.Tensor) and t.dim() == 0 and scalar.is_floating_point():
+        return scalar.dtype == t.dtype
+    return True
 
-    A real scalar (number or 0-dim tensor) never changes a floating tensor's dtype, so these lists keep it.
-    """
+
+def _fast_path(self, tensor_columns, scalar_columns):
+    """Every tensor is a tpu tensor of self's floating dtype and shape, and no scalar changes that dtype."""
     dtype = self[0].dtype
     if dtype not in _FAST_DTYPES or any(t.device.type != "tpu" or t.dtype != dtype for t in self):
         return False
@@ -78,7 +84,7 @@ def _fast_path(self, tensor_columns, scalar_columns):
         for t, other in zip(self, column):
             if other.device.type != "tpu" or other.dtype != dtype or other.shape != t.shape:
                 return False
-    return all(_is_real_scalar(value) for column in scalar_columns for value in column)
+    return all(_keeps_dtype(t, value) for column in scalar_columns for t, value in zip(self, column))
 
 
 def _as_number(value):

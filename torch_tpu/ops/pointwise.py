@@ -20,9 +20,9 @@ import torch
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
 
 from .._errors import device_mismatch
-from .._tensor import numpy_dtype
+from .._tensor import hbm_buffer, numpy_dtype
 from ._common import as_numpy, empty, operand, opmath_dtype, resize_out, write
-from ._registry import register
+from ._registry import KERNELS, register
 
 aten = torch.ops.aten
 
@@ -54,7 +54,7 @@ def common_dtype(*operands):
     return elementwise_dtypes(*operands, type_promotion_kind=ELEMENTWISE_TYPE_PROMOTION_KIND.DEFAULT)[1]
 
 
-def broadcast_shape(*operands):
+def broadcast_shape(*operands, **options):
     shapes = [tuple(o.shape) for o in operands if isinstance(o, torch.Tensor)]
     return tuple(torch.broadcast_shapes(*shapes))
 
@@ -125,12 +125,13 @@ def compute_into(out, function, operands, dtype, extras=(), options=None, opmath
 
 
 def structured(overload, function, operands=1, rule=keep, check=None, opmath=True, result=None,
-               shape=None):
+               shape=None, exact_out=False):
     """Register ``function`` as the kernel of a structured op's ``.out`` overload.
 
     The first ``operands`` arguments take part in type promotion; the remaining positional and keyword
     arguments (other than the output) are passed to ``function`` as they are. ``out=`` calls reach the
-    kernel directly, without the meta function, so it resizes and checks ``out`` itself.
+    kernel directly, without the meta function, so it resizes and checks ``out`` itself; ``exact_out``
+    ops (PyTorch's plain unary ops) accept only an ``out`` of the result dtype.
     """
     result = result or rule
     out_name = resolve(overload)._schema.arguments[-1].name
@@ -142,6 +143,8 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         dtype = rule(common)
         if check is not None:
             check(dtype, *promoted, *extras, **kwargs)
+        if exact_out and out.dtype != result(common):
+            raise RuntimeError(f"Found dtype {type_name(out.dtype)} but expected {type_name(result(common))}")
         check_castable(result(common), out.dtype)
         resize_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs))
         return compute_into(out, function, promoted, dtype, extras, kwargs, opmath)
@@ -150,7 +153,7 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
     return kernel
 
 
-def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None):
+def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None, exact_out=False):
     """Register the given functional, in-place and ``out=`` overloads of a non-structured op.
 
     Their schemas tell them apart; each one does what the structured meta function would have done
@@ -175,7 +178,10 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         return run(self, (self, *args), kwargs)
 
     def out_variant(*args, out, **kwargs):
-        check_castable(result(common_dtype(*args[:operands])), out.dtype)
+        expected = result(common_dtype(*args[:operands]))
+        if exact_out and out.dtype != expected:
+            raise RuntimeError(f"Found dtype {type_name(out.dtype)} but expected {type_name(expected)}")
+        check_castable(expected, out.dtype)
         resize_out(out, broadcast_shape(*args[:operands]))
         return run(out, args, kwargs)
 
@@ -419,6 +425,10 @@ def nextafter(a, b):
     return np.where(np.isnan(a) | np.isnan(b), a + b, np.where(a == b, b, np.where(a == 0, from_zero, stepped)))
 
 
+def zeta(x, q):
+    return np.where(np.isposinf(q) & (x > 1), scalar(np.nan, x), special.zeta(x, q))  # PyTorch: NaN at q=inf
+
+
 def logaddexp(a, b):
     biggest = np.maximum(a, b)
     return np.where(np.isinf(a) & (a == b), a, biggest + np.log1p(np.exp(-np.abs(a - b))))
@@ -552,7 +562,9 @@ def gelu(x, approximate="none"):
     if approximate == "tanh":
         inner = scalar(math.sqrt(2 / math.pi), x) * (x + scalar(0.044715, x) * x * x * x)
         return scalar(0.5, x) * x * (1 + np.tanh(inner))
-    return x * scalar(0.5, x) * (1 + special.erf(x * scalar(math.sqrt(0.5), x)))
+    result = x * scalar(0.5, x) * (1 + special.erf(x * scalar(math.sqrt(0.5), x)))
+    # PyTorch's float32 (and bf16) kernel turns +inf into NaN; float64 keeps inf
+    return np.where(np.isposinf(x), scalar(np.nan, x), result) if x.dtype == np.float32 else result
 
 
 def gelu_backward(grad, x, approximate="none"):
@@ -741,7 +753,7 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "logaddexp2.out": (logaddexp2, keep, floating),
     "xlogy.OutTensor": (xlogy, to_float, None),
     "special_xlog1py.out": (special.xlog1py, to_float, None),
-    "special_zeta.out": (special.zeta, to_float, single_or_double),
+    "special_zeta.out": (zeta, to_float, single_or_double),
     "igamma.out": (special.gammainc, keep, floating),
     "igammac.out": (special.gammaincc, keep, floating),
     "heaviside.out": (heaviside, keep, None),
@@ -792,9 +804,9 @@ def register_tables():
     for name, function in UNARY_FLOAT_SINGLE_OR_DOUBLE.items():
         structured(f"{name}.out", function, rule=to_float, check=checked(single_or_double, name))
     for name, (function, predicate) in UNARY_SAME.items():
-        structured(f"{name}.out", function, check=checked(predicate, name),
+        structured(f"{name}.out", function, check=checked(predicate, name), exact_out=True,
                    result=to_bool if name in ("signbit", "isposinf", "isneginf") else keep)
-    structured("round.decimals_out", round_decimals, check=checked(floating, "round"))
+    structured("round.decimals_out", round_decimals, check=checked(floating, "round"), exact_out=True)
     for overload, (function, rule, predicate) in BINARY.items():
         structured(overload, function, operands=2, rule=rule, check=checked(predicate, overload))
     structured("add.out", add, operands=2, check=check_alpha)
@@ -811,18 +823,18 @@ def register_tables():
         structured(overload, function, operands=operands, check=checked(floating, overload))
     structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)
     for overload in ("clamp.out", "clamp.Tensor_out"):
-        structured(overload, clamp, operands=3, check=check_clamp_bounds)
+        structured(overload, clamp, operands=3, check=check_clamp_bounds, exact_out=overload == "clamp.out")
     for overload in ("clamp_min.out", "clamp_min.Tensor_out"):
-        structured(overload, clamp, operands=2)
+        structured(overload, clamp, operands=2, exact_out=overload == "clamp_min.out")
     for overload in ("clamp_max.out", "clamp_max.Tensor_out"):
-        structured(overload, clamp_max, operands=2)
+        structured(overload, clamp_max, operands=2, exact_out=overload == "clamp_max.out")
     structured("addcmul.out", addcmul, operands=3)
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
     structured("lerp.Scalar_out", lerp, operands=2)
     structured("lerp.Tensor_out", lerp, operands=3)
     unstructured(logit, "logit", "logit_", "logit.out", rule=to_float)
     unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)))
-    unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"))
+    unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
     unstructured(np.conj, "conj_physical.out")
     unstructured(logical_not, "logical_not.out", result=to_bool)
     unstructured(isnan, "isnan", result=to_bool)
@@ -948,3 +960,93 @@ def prelu_backward(grad_output, self, weight):
     input_grad = write(empty(shape, self.dtype), np.where(positive, grad, w * grad))
     weight_grad = write(empty(shape, weight.dtype), np.where(positive, scalar(0, x), x * grad))
     return input_grad, weight_grad
+
+
+# --------------------------------------------------------------------------------------------------
+# The hot path: functional and in-place add/sub/mul/div registered directly, skipping the structured
+# wrapper and its output allocation. The common case (tpu tensors, or a CPU float scalar, already of
+# the result dtype) goes straight to one NumPy ufunc writing into the new tensor; anything else takes
+# the general ``.out`` kernel above, which has every check.
+
+# dtypes NumPy computes exactly as PyTorch does (no opmath widening, no bool-specific rules)
+_NATIVE = frozenset({torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64,
+                     torch.uint8, torch.complex64, torch.complex128})
+
+
+def native_operand(value, dtype):
+    """A NumPy view or Python float usable as is for ``dtype``; None when conversion is needed."""
+    if not isinstance(value, torch.Tensor):
+        return value if isinstance(value, float) and dtype.is_floating_point else None
+    if value.is_cpu:
+        if value.dim():
+            raise device_mismatch("tpu:0", value.device)
+        return value.item() if dtype.is_floating_point and value.dtype.is_floating_point else None
+    if value.dtype != dtype or value.is_conj() or value.is_neg():
+        return None
+    return as_numpy(value)
+
+
+def result_shape(self, other):
+    if isinstance(other, torch.Tensor) and self.shape != other.shape:
+        return torch.broadcast_shapes(self.shape, other.shape)
+    return self.shape
+
+
+def check_no_partial_overlap(out, value):
+    """In-place ops refuse inputs that share some, but not all, of the output's elements."""
+    if not isinstance(value, torch.Tensor) or value is out or not (value._is_view() or out._is_view()):
+        return  # only views share storage with another tensor
+    if value.is_cpu or value.numel() == 0 or out.numel() == 0:
+        return
+    if hbm_buffer(value.untyped_storage()) is not hbm_buffer(out.untyped_storage()):
+        return
+    if (value.storage_offset(), value.shape, value.stride()) == (out.storage_offset(), out.shape, out.stride()):
+        return
+    if not (value.is_contiguous() and out.is_contiguous()):
+        return  # PyTorch cannot tell either ("too hard") and lets it through
+    value_end = value.storage_offset() + value.numel()
+    out_end = out.storage_offset() + out.numel()
+    if value.storage_offset() < out_end and out.storage_offset() < value_end:
+        raise RuntimeError(
+            "unsupported operation: some elements of the input tensor and the written-to tensor refer to a "
+            "single memory location. Please clone() the tensor before performing the operation.")
+
+
+def hot_binary(ufunc, out_kernel, rule=keep):
+    def functional(self, other, **options):
+        dtype = rule(torch.result_type(self, other))
+        if not options and dtype in _NATIVE:
+            a, b = native_operand(self, dtype), native_operand(other, dtype)
+            if a is not None and b is not None:
+                out = empty(result_shape(self, other), dtype)
+                with np.errstate(all="ignore"):
+                    ufunc(a, b, out=as_numpy(out))
+                return out
+        out = empty(broadcast_shape(self, other), rule(common_dtype(self, other)))
+        return out_kernel(self, other, **options, out=out)
+
+    def inplace(self, other, **options):
+        dtype = rule(torch.result_type(self, other))
+        check_no_partial_overlap(self, other)
+        if not options and dtype is self.dtype and dtype in _NATIVE:
+            b = native_operand(other, dtype)
+            if b is not None and result_shape(self, other) == self.shape:
+                target = as_numpy(self)
+                with np.errstate(all="ignore"):
+                    ufunc(target, b, out=target)
+                return self
+        check_inplace(self, dtype, broadcast_shape(self, other))
+        return out_kernel(self, other, **options, out=self)
+
+    return functional, inplace
+
+
+def register_hot_path():
+    for name, ufunc, rule in (("add", np.add, keep), ("sub", np.subtract, keep), ("mul", np.multiply, keep),
+                              ("div", np.true_divide, to_float)):
+        functional, inplace = hot_binary(ufunc, KERNELS[f"{name}.out"], rule)
+        register(f"{name}.Tensor")(functional)
+        register(f"{name}_.Tensor")(inplace)
+
+
+register_hot_path()

@@ -40,14 +40,18 @@ def _reduced_axes(self, dim):
     """
     dims = () if dim is None else (dim,) if isinstance(dim, int) else tuple(dim)
     axes = tuple(_wrap_dim(d, self.dim()) for d in dims)
-    seen = set()
-    for d, axis in zip(dims, axes):
-        if axis in seen:
+    for position, axis in enumerate(axes):
+        if axis in axes[:position]:
             raise RuntimeError(f"dim {axis} appears multiple times in the list of dims")
-        seen.add(axis)
     if self.dim() == 0:
         return ()
     return axes or tuple(range(self.dim()))
+
+
+def _reduced_shape(shape, axes, keepdim):
+    if keepdim:
+        return tuple(1 if axis in axes else size for axis, size in enumerate(shape))
+    return tuple(size for axis, size in enumerate(shape) if axis not in axes)
 
 
 def _reduction_out(out, self, axes, keepdim):
@@ -60,12 +64,6 @@ def _check_nonempty(op_name, self, axes):
     for axis in axes:
         if self.shape[axis] == 0:
             raise IndexError(f"{op_name}(): Expected reduction dim {axis} to have non-zero size.")
-
-
-def _reduced_shape(shape, axes, keepdim):
-    if keepdim:
-        return tuple(1 if axis in axes else size for axis, size in enumerate(shape))
-    return tuple(size for axis, size in enumerate(shape) if axis not in axes)
 
 
 def _converted(array, dtype):
@@ -602,10 +600,11 @@ def _scan_kernel(accumulate):
             return out
         array = _accumuland(self, out.dtype).reshape(self.shape or (1,))
         target = as_numpy(out).reshape(array.shape)
-        if target.dtype == array.dtype and out.is_contiguous():
-            accumulate(array, axis=axis, out=target)
-            return out
-        return write(out, accumulate(array, axis=axis).reshape(out.shape))
+        with np.errstate(all="ignore"):  # inf - inf and overflow give NaN/inf silently, as on CPU
+            if target.dtype == array.dtype and out.is_contiguous():
+                accumulate(array, axis=axis, out=target)
+                return out
+            return write(out, accumulate(array, axis=axis).reshape(out.shape))
 
     return kernel
 
@@ -647,7 +646,8 @@ def _logcumsumexp_into(self, dim, out):
     if resize_out(out, self.shape).numel() == 0:
         return out
     array = _accumuland(self).reshape(self.shape or (1,))
-    return write(out, np.logaddexp.accumulate(array, axis=axis).reshape(out.shape))
+    with np.errstate(all="ignore"):
+        return write(out, np.logaddexp.accumulate(array, axis=axis).reshape(out.shape))
 
 
 @register("_logcumsumexp")
