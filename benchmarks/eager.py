@@ -59,9 +59,9 @@ def matmul_case(n, number):
 
 def gpt_training_step(device):
     torch.manual_seed(0)
-    model = GPT().to(device)
+    model = GPT(vocabulary=128, context=32, width=64, heads=4, layers=2).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    tokens = torch.randint(0, 128, (8, 32), device=device)
+    tokens = torch.randint(0, 128, (8, 33), device=device)
 
     def step():
         loss = model(tokens[:, :-1], tokens[:, 1:])
@@ -84,7 +84,7 @@ CASES = {
     "add, 1,000 float32 (latency)": lambda: elementwise_case(1_000, 2_000),
     "add, 16M float32": lambda: elementwise_case(16 * 2**20, 5),
     "matmul 1024x1024 float32": lambda: matmul_case(1024, 5),
-    "GPT-style training step (2 layers, width 64, 8x31 tokens)": lambda: gpt_case(3),
+    "GPT-style training step (2 layers, width 64, 8x32 tokens)": lambda: gpt_case(3),
 }
 
 

@@ -6,19 +6,27 @@ A kernel's simulated time is
     + LAUNCH_OVERHEAD_SECONDS
 
 Peaks come from the chip table. A float32 matmul runs as bf16 passes on the MXU, so its
-peak is the bf16 peak divided by the number of passes (one pass for the exact-float32 mode
-is not available on hardware; we charge it as six, the HIGHEST precision a TPU offers).
-float16 and float64 have no MXU path and are charged as float32 at six passes.
+peak is the bf16 peak divided by the number of passes (1 for "medium", 3 for "high", 6 for
+"highest", the precision a TPU needs to match float32). Input types with no MXU path on the
+chip (float16, float64, complex, integers, int8 on Ironwood) are charged like float32 at six
+passes: XLA upcasts them and runs the HIGHEST-precision float32 algorithm.
 VPU element operations are counted and reported but not timed on their own: elementwise
 work is bound by HBM traffic on every TPU generation in the table.
 
-Each stream keeps its own time; kernels on a stream run back to back.
+The host is modelled as infinitely fast: kernels on one stream run back to back, a stream
+that has nothing to do is idle, and a new stream starts at the last point the host waited
+for the device (``synchronize``). Each chip keeps per-kernel-name totals from process start,
+which ``torch_tpu.report()`` and ``python -m torch_tpu.smi`` read.
 """
 
 import dataclasses
 
-LAUNCH_OVERHEAD_SECONDS = 1e-6  # fixed per-kernel cost: issue, pipeline fill, sync
+# Fixed cost of every kernel launch on top of its roofline time: issuing the program, filling
+# the MXU/VPU pipelines and the DMA round trip for the first tile. About one microsecond is
+# what a tiny fused XLA op costs on a TPU; it is what makes thousands of small kernels slow.
+LAUNCH_OVERHEAD_SECONDS = 1e-6
 FLOAT32_DEFAULT_PASSES = 6
+PROGRESS_EVERY_KERNELS = 1000  # how often progress hooks (the smi publisher) are called
 
 
 @dataclasses.dataclass(slots=True)
@@ -30,6 +38,7 @@ class KernelCost:
     bytes_written: int = 0
     shapes: tuple = ()
     float32_passes: int = FLOAT32_DEFAULT_PASSES
+    dtypes: tuple = ()  # element type names of the tensor inputs (filled in when profiling)
 
     @property
     def flops(self):
@@ -46,19 +55,52 @@ class KernelRecord:
     stream: int
     start: float  # simulated seconds
     end: float
+    host_start_ns: int = 0  # host wall clock around the emulated kernel (perf_counter_ns)
+    host_end_ns: int = 0
+    thread: int = 0
 
     @property
     def seconds(self):
         return self.end - self.start
 
 
+@dataclasses.dataclass(slots=True)
+class OpTotals:
+    """Everything the launches of one kernel name have cost."""
+
+    count: int = 0
+    seconds: float = 0.0  # simulated device time, launch overhead included
+    compute_seconds: float = 0.0  # MXU time at peak
+    flops: int = 0
+    bytes: int = 0
+    host_seconds: float = 0.0  # emulation wall time (profiled launches only)
+
+    def add(self, seconds, compute, cost):
+        self.count += 1
+        self.seconds += seconds
+        self.compute_seconds += compute
+        self.bytes += cost.bytes_read + cost.bytes_written
+        if cost.mxu_flops:
+            self.flops += cost.flops
+
+    def minus(self, earlier):
+        return OpTotals(*(getattr(self, f) - getattr(earlier, f) for f in OpTotals.__slots__))
+
+    def copy(self):
+        return OpTotals(*(getattr(self, f) for f in OpTotals.__slots__))
+
+
 def mxu_peak(spec, type_name, float32_passes=FLOAT32_DEFAULT_PASSES):
+    """FLOP/s the MXU reaches for ``type_name`` inputs."""
     if type_name in spec.peak_flops:
         return spec.peak_flops[type_name]
-    if type_name in ("float32", "float16", "float64", "complex64", "complex128"):
-        passes = float32_passes if type_name == "float32" else FLOAT32_DEFAULT_PASSES
-        return spec.peak_flops["bfloat16"] / passes
-    raise ValueError(f"{spec.name} has no MXU path for {type_name} inputs")
+    passes = float32_passes if type_name == "float32" else FLOAT32_DEFAULT_PASSES
+    return spec.peak_flops["bfloat16"] / passes
+
+
+def ridge_point(spec, type_name="bfloat16", float32_passes=FLOAT32_DEFAULT_PASSES):
+    """FLOP/byte above which a kernel with ``type_name`` inputs is compute-bound."""
+    return mxu_peak(spec, type_name, float32_passes) / spec.hbm_bandwidth
 
 
 def compute_seconds(cost, spec):
@@ -66,7 +108,7 @@ def compute_seconds(cost, spec):
 
 
 def memory_seconds(cost, spec):
-    return cost.bytes / spec.hbm_bandwidth
+    return (cost.bytes_read + cost.bytes_written) / spec.hbm_bandwidth
 
 
 def kernel_seconds(cost, spec):
@@ -79,40 +121,72 @@ class Clock:
     def __init__(self, spec):
         self.spec = spec
         self.stream_seconds = {}
+        self.host_seconds = 0.0  # the latest device time the host has waited for
+        self.op_totals = {}  # kernel name -> OpTotals since process start
         self.kernels_run = 0
-        self.busy_seconds = 0.0
-        self.total_flops = 0
         self.recorders = []  # lists that profilers hand in to receive KernelRecords
+        self.progress_hooks = []  # called every PROGRESS_EVERY_KERNELS kernels
         self.current_stream = 0
+        self._next_progress = PROGRESS_EVERY_KERNELS
+
+    @property
+    def busy_seconds(self):
+        return sum(t.seconds for t in self.op_totals.values())
+
+    @property
+    def total_flops(self):
+        return sum(t.flops for t in self.op_totals.values())
 
     def now(self, stream=0):
-        return self.stream_seconds.get(stream, 0.0)
+        return self.stream_seconds.get(stream, self.host_seconds)
 
     def device_now(self):
-        return max(self.stream_seconds.values(), default=0.0)
+        return max(self.host_seconds, *self.stream_seconds.values()) if self.stream_seconds else self.host_seconds
 
-    def charge(self, cost, stream=0):
+    def charge(self, cost, stream=0, host_start_ns=0, host_end_ns=0, thread=0):
         """Run ``cost`` on ``stream``; returns (start, end) in simulated seconds."""
-        seconds = kernel_seconds(cost, self.spec)
-        start = self.stream_seconds.get(stream, 0.0)
+        compute = compute_seconds(cost, self.spec) if cost.mxu_flops else 0.0
+        seconds = max(compute, memory_seconds(cost, self.spec)) + LAUNCH_OVERHEAD_SECONDS
+        start = self.stream_seconds.get(stream, self.host_seconds)
         end = start + seconds
         self.stream_seconds[stream] = end
-        self.kernels_run += 1
-        self.busy_seconds += seconds
-        self.total_flops += cost.flops
+        totals = self.op_totals.get(cost.name)
+        if totals is None:
+            totals = self.op_totals[cost.name] = OpTotals()
+        totals.add(seconds, compute, cost)
         if self.recorders:
-            record = KernelRecord(cost, stream, start, end)
+            record = KernelRecord(cost, stream, start, end, host_start_ns, host_end_ns, thread)
             for recorder in self.recorders:
                 recorder.append(record)
+        self.kernels_run += 1
+        if self.kernels_run >= self._next_progress:
+            self._progress()
         return start, end
+
+    def _progress(self):
+        self._next_progress = self.kernels_run + PROGRESS_EVERY_KERNELS
+        for hook in self.progress_hooks:
+            hook(self)
 
     def wait(self, stream, until):
         """Make ``stream`` wait for a point in simulated time (an event on another stream)."""
         if until > self.now(stream):
             self.stream_seconds[stream] = until
 
-    def synchronize(self):
-        now = self.device_now()
-        for stream in self.stream_seconds:
-            self.stream_seconds[stream] = now
+    def synchronize(self, stream=None):
+        """The host waits for ``stream`` (or every stream); returns the time it waited for."""
+        now = self.device_now() if stream is None else self.now(stream)
+        self.host_wait(now)
         return now
+
+    def host_wait(self, until):
+        """The host blocks until ``until``: nothing it issues afterwards starts earlier."""
+        if until <= self.host_seconds:
+            return
+        self.host_seconds = until
+        for stream, time in self.stream_seconds.items():
+            if time < until:
+                self.stream_seconds[stream] = until
+
+    def totals_snapshot(self):
+        return {name: totals.copy() for name, totals in self.op_totals.items()}

@@ -123,7 +123,7 @@ def cast_into(destination, source, destination_name, scalar_source=False):
     source_dtype = source.dtype
     with np.errstate(invalid="ignore", over="ignore"):
         source = _widen(source)
-        if source.dtype.kind == "c" and destination.dtype.kind != "c":
+        if source.dtype.kind == "c" and destination.dtype.kind not in "cb":  # bool: is either part nonzero
             source = source.real
         if destination_name in VIA_FLOAT32:
             _narrow_into(destination, source, destination_name, source_dtype, scalar_source)

@@ -6,6 +6,11 @@ The host memory behind an allocation is 64-byte aligned (NumPy's vector loops
 run fastest on aligned data). Freed host blocks are kept in a small pool so a
 training loop does not page-fault fresh memory every step; the pool counts as
 *reserved*, like CUDA's caching allocator, and ``empty_cache`` returns it.
+
+An allocation's address is the address of its host block (what
+``storage.data_ptr()`` returns). ``live`` lists every allocation for memory
+snapshots; while ``history`` is set (``torch.tpu.memory._record_memory_history``)
+every allocation, free and OOM is also reported to it with its Python stack.
 """
 
 import collections
@@ -17,6 +22,7 @@ from .trace import EventLog
 HOST_ALIGNMENT = 64
 POOL_BLOCK_LIMIT = 64 << 20  # larger blocks go straight back to the OS
 POOL_TOTAL_LIMIT = 256 << 20
+_NO_BYTES = np.empty(0, np.uint8)
 
 
 class HBMOutOfMemory(MemoryError):
@@ -37,6 +43,10 @@ def format_bytes(n):
         if abs(n) < 1024 or unit == "GiB":
             return f"{n} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
+
+
+def host_address(block):
+    return block.ctypes.data
 
 
 class Stat:
@@ -117,27 +127,45 @@ class HBM:
         self.allocated_bytes = Stat()
         self.allocations = Stat()
         self.num_ooms = 0
+        self.live = {}  # buffer id -> host block, for every live allocation
+        self.history = None  # a trace.MemoryHistory while history recording is on
         self._next_id = 0
 
     def allocate(self, nbytes):
         if nbytes == 0:
-            return Buffer(np.empty(0, np.uint8), 0, None, None, -1)
-        if self.allocated_bytes.current + nbytes > self.capacity:
+            return Buffer(_NO_BYTES, 0, None, None, -1)
+        allocated = self.allocated_bytes
+        if allocated.current + nbytes > self.capacity:
             self.num_ooms += 1
-            self.events.record("oom", -1, nbytes, self.allocated_bytes.current)
-            raise HBMOutOfMemory(nbytes, self.allocated_bytes.current, self.capacity, self.chip_name)
+            self.events.record("oom", -1, nbytes, allocated.current)
+            if self.history is not None:
+                self.history.oom(nbytes, max(self.capacity - allocated.current, 0))
+            raise HBMOutOfMemory(nbytes, allocated.current, self.capacity, self.chip_name)
         block = self.pool.take(nbytes)
         self._next_id += 1
-        self.allocated_bytes.increase(nbytes)
+        # Stat.increase, inlined: this runs on every kernel's output
+        allocated.current += nbytes
+        allocated.allocated += nbytes
+        if allocated.current > allocated.peak:
+            allocated.peak = allocated.current
         self.allocations.increase(1)
-        self.events.record("alloc", self._next_id, nbytes, self.allocated_bytes.current)
+        self.events.record("alloc", self._next_id, nbytes, allocated.current)
+        self.live[self._next_id] = block
+        if self.history is not None:
+            self.history.alloc(host_address(block), nbytes)
         return Buffer(block, nbytes, block, self, self._next_id)
 
     def release(self, buffer):
-        self.allocated_bytes.decrease(buffer.nbytes)
+        nbytes = buffer.nbytes
+        allocated = self.allocated_bytes
+        allocated.current -= nbytes
+        allocated.freed += nbytes
         self.allocations.decrease(1)
+        del self.live[buffer.id]
+        if self.history is not None:
+            self.history.free(host_address(buffer.block), nbytes)
         self.pool.give_back(buffer.block)
-        self.events.record("free", buffer.id, buffer.nbytes, self.allocated_bytes.current)
+        self.events.record("free", buffer.id, nbytes, allocated.current)
 
     @property
     def reserved_bytes(self):

@@ -1,60 +1,74 @@
 """Small reference models shared by the examples, the benchmarks and the tests."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class MLP(nn.Sequential):
-    def __init__(self, inputs=32, hidden=64, classes=10):
-        super().__init__(nn.Linear(inputs, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, classes))
+class MLP(nn.Module):
+    def __init__(self, features=12, hidden=16, classes=5):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.Tanh(),
+                                    nn.Linear(hidden, classes))
+
+    def forward(self, x):
+        return self.layers(x)
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, channels=3, classes=10):
+    """conv -> batch norm -> ReLU -> max pool -> linear, for square images of ``image_size``."""
+
+    def __init__(self, channels=3, classes=4, image_size=8):
         super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.head = nn.Linear(16 * 4 * 4, classes)
+        self.conv = nn.Conv2d(channels, 6, kernel_size=3, padding=1)
+        self.norm = nn.BatchNorm2d(6)
+        self.pool = nn.MaxPool2d(2)
+        self.head = nn.Linear(6 * (image_size // 2) ** 2, classes)
 
-    def forward(self, images):  # images: (batch, channels, 16, 16)
-        return self.head(self.features(images).flatten(1))
+    def forward(self, x):
+        x = self.pool(F.relu(self.norm(self.conv(x))))
+        return self.head(x.flatten(1))
 
 
-class Block(nn.Module):
+class DecoderBlock(nn.Module):
     def __init__(self, width, heads):
         super().__init__()
         self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attention_norm = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(approximate="tanh"), nn.Linear(4 * width, width))
-
-    def attention(self, x):
-        batch, length, width = x.shape
-        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(batch, length, width))
+        self.projection = nn.Linear(width, width)
+        self.mlp_norm = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
     def forward(self, x):
-        x = x + self.attention(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        batch, length, width = x.shape
+        q, k, v = self.qkv(self.attention_norm(x)).split(width, dim=-1)
+        q, k, v = (t.view(batch, length, self.heads, width // self.heads).transpose(1, 2) for t in (q, k, v))
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.projection(attended.transpose(1, 2).reshape(batch, length, width))
+        return x + self.mlp(self.mlp_norm(x))
 
 
 class GPT(nn.Module):
-    """A GPT-style decoder: token and position embeddings, causal attention, tied head."""
+    """A GPT-style decoder: token + position embeddings, causal attention blocks, LayerNorm,
+    and an output head tied to the token embedding.
 
-    def __init__(self, vocab=128, context=32, width=64, heads=4, layers=2):
+    ``model(tokens)`` returns logits; ``model(tokens, targets)`` returns the mean cross-entropy.
+    """
+
+    def __init__(self, vocabulary=32, context=8, width=16, heads=2, layers=2):
         super().__init__()
-        self.tokens = nn.Embedding(vocab, width)
+        self.tokens = nn.Embedding(vocabulary, width)
         self.positions = nn.Embedding(context, width)
-        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(DecoderBlock(width, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, vocab, bias=False)
+        self.head = nn.Linear(width, vocabulary, bias=False)
         self.head.weight = self.tokens.weight
+        for name, parameter in self.named_parameters():
+            if name.endswith("projection.weight"):
+                nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * layers))
 
     def forward(self, tokens, targets=None):
         positions = torch.arange(tokens.shape[1], device=tokens.device)
@@ -62,6 +76,9 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         logits = self.head(self.norm(x))
-        if targets is None:
-            return logits
-        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits if targets is None else cross_entropy(logits, targets)
+
+
+def cross_entropy(logits, targets):
+    """Mean cross-entropy over every position of a (batch, ..., classes) output."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))

@@ -16,6 +16,9 @@ import torch
 
 import torch_tpu  # noqa: F401  (explicit, in case autoload is off in the parent environment)
 
+# The reference models (examples/models.py) are shared by the examples, benchmarks and tests.
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "examples"))
+
 SUBPROCESS_TIMEOUT = 120
 
 

@@ -29,7 +29,7 @@ def check(f, *args, tolerance=None, **kwargs):
 def make(*shape, dtype=torch.float32):
     if dtype.is_floating_point or dtype.is_complex:
         return torch.randn(*shape, dtype=torch.float32 if dtype.itemsize == 1 else dtype).to(dtype)
-    return torch.randint(-9, 9, shape, dtype=dtype)
+    return torch.randint(0 if dtype == torch.uint8 else -9, 9, shape, dtype=dtype)
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +73,8 @@ def test_float_scalars_and_vdot():
     check(torch.addmm, c, a, b, beta=0.5, alpha=-1.5, tolerance=DTYPE_TOLERANCE[torch.float32])
     x, y = make(6, dtype=torch.complex64), make(6, dtype=torch.complex64)
     check(torch.vdot, x, y)
+    integers = [make(2, 2, dtype=torch.int64) for _ in range(3)]
+    check(torch.addmm, *integers, alpha=2.7, beta=1.5)  # CPU truncates the scalars
     check(torch.dot, x, y)
 
 
@@ -132,8 +134,6 @@ def test_out_variants_and_in_place():
     lambda d: torch.mm(torch.ones(2, 2, device=d, dtype=torch.bool), torch.ones(2, 2, device=d, dtype=torch.bool)),
     lambda d: torch.bmm(torch.ones(2, 2, 3, device=d), torch.ones(3, 3, 5, device=d)),
     lambda d: torch.addmm(torch.ones(3, 3, device=d), torch.ones(2, 3, device=d), torch.ones(3, 5, device=d)),
-    lambda d: torch.addmm(torch.ones(2, 2, device=d, dtype=torch.long), torch.ones(2, 2, device=d, dtype=torch.long),
-                          torch.ones(2, 2, device=d, dtype=torch.long), alpha=0.5),
     lambda d: torch.mv(torch.ones(2, 3, device=d), torch.ones(4, device=d)),
     lambda d: torch.dot(torch.ones(3, device=d), torch.ones(4, device=d)),
     lambda d: torch.mm(torch.ones(2, 3, device=d), torch.ones(3, 5, device=d),
@@ -153,16 +153,16 @@ def test_cpu_operand_is_a_device_error():
 
 
 def test_gradients_match_cpu():
-    weights = [make(4, 3), make(3), make(2, 5, 4), make(2, 3, 5)]
+    weights = [make(3, 4), make(3), make(2, 5, 5), make(2, 3, 5)]
     x = make(2, 5, 4)
 
     def loss(w, b, batch, other, x):
         hidden = torch.nn.functional.linear(x, w, b)  # (2, 5, 3)
-        return torch.bmm(batch, hidden) + torch.matmul(other.transpose(1, 2), torch.ones_like(other[:, :1]))
+        return torch.bmm(batch, hidden) + torch.matmul(other.transpose(1, 2), torch.eye(3, device=x.device) * 2)
 
     grads = {}
     for device in ("cpu", "tpu"):
-        leaves = [w.to(device).requires_grad_() for w in weights]
+        leaves = [w.detach().to(device).requires_grad_() for w in weights]
         out = loss(*leaves, x.to(device))
         out.backward(torch.linspace(-1, 1, out.numel()).reshape(out.shape).to(device))
         grads[device] = [leaf.grad.cpu() for leaf in leaves]
@@ -225,8 +225,8 @@ def test_mxu_passes_trade_precision_as_documented():
     def relative_error(passes):
         return np.max(np.abs(mxu.matmul(a, b, precision_passes=passes) - exact) / scale)
 
-    one, three, six, exact32 = (relative_error(p) for p in (1, 3, mxu.EXACT and 6, mxu.EXACT))
-    assert 2.0 ** -10 < one < 2.0 ** -7  # inputs rounded to 8 significant bits
+    one, three, six, exact32 = (relative_error(p) for p in (1, 3, 6, mxu.EXACT))
+    assert 2.0 ** -12 < one < 2.0 ** -7  # inputs rounded to 8 significant bits
     assert three < 2.0 ** -15 and six < 2.0 ** -20 and exact32 < 2.0 ** -20
     assert one > three > six
 
@@ -346,7 +346,7 @@ def test_linalg_gradients_match_cpu():
     a, s, b = make(3, 3, dtype=torch.float64), spd(n=3), make(3, 2, dtype=torch.float64)
     grads = {}
     for device in ("cpu", "tpu"):
-        leaves = [t.to(device).requires_grad_() for t in (a, s, b)]
+        leaves = [t.detach().to(device).requires_grad_() for t in (a, s, b)]
         x, y, z = leaves
         out = L.solve(x, z).sum() + L.inv(x).sum() + L.det(x) + L.cholesky(y).sum() + L.eigvalsh(y).sum()
         out.backward()

@@ -170,6 +170,11 @@ OOM_SCRIPT = """
     print(after['num_ooms'] - before['num_ooms'], after['allocated_bytes.all.current'] - before['allocated_bytes.all.current'])
     fits = torch.ones(400, dtype=torch.uint8, device='tpu')
     print(torch.tpu.memory_allocated(), fits.cpu().sum().item())
+    del fits
+    try:
+        torch.ones(300, dtype=torch.float32).to('tpu')  # a copy to tpu that does not fit
+    except torch.OutOfMemoryError:
+        print('OOM', torch.tpu.memory_allocated())
 """
 
 
@@ -179,6 +184,7 @@ def test_out_of_memory_with_env_capacity():
     assert "500 bytes" in lines[1] and "600 bytes" in lines[1] and "1000 bytes" in lines[1]
     assert lines[2] == "1 0"
     assert lines[3] == "1000 400"
+    assert lines[4] == "OOM 600"
 
 
 def test_out_of_memory_with_memory_fraction():
@@ -206,17 +212,6 @@ def test_out_of_memory_with_memory_fraction():
     assert torch.tpu.mem_get_info()[1] == capacity
     with pytest.raises(ValueError):
         torch.tpu.set_per_process_memory_fraction(2.0)
-
-
-def test_out_of_memory_in_a_copy_to_tpu():
-    out = run_python("""
-        import torch
-        try:
-            torch.ones(300, dtype=torch.float32).to('tpu')
-        except torch.OutOfMemoryError as error:
-            print('OOM', torch.tpu.memory_allocated())
-    """, env={"TORCH_TPU_HBM_BYTES": "1000"}).stdout.split()
-    assert out == ["OOM", "0"]
 
 
 def test_host_ram_is_one_copy_of_hbm():

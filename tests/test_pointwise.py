@@ -414,7 +414,7 @@ def test_out_variants():
                 torch_function(name)(x, y, out=out)
                 return out
             check(run, a, b, torch.empty(0, dtype=out_dtype))  # out is resized
-            check(run, a, b, torch.empty(3, 4, dtype=out_dtype).t())  # non-contiguous out
+            check(run, a, b, torch.empty(4, 3, dtype=out_dtype).t())  # non-contiguous out
     for name in ("exp", "abs", "neg", "sigmoid", "isnan", "logical_not", "nan_to_num", "angle", "logit"):
         def run_unary(x, out):
             torch_function(name)(x, out=out)

@@ -17,10 +17,10 @@ environment). Writes:
 
 import argparse
 import collections
-import concurrent.futures
 import dataclasses
 import datetime
 import multiprocessing
+import multiprocessing.connection
 import os
 import pathlib
 import signal
@@ -134,36 +134,73 @@ def run_op(full_name, dtype_names, sample_timeout):
     return [run_check(op, kind, dtype, sample_timeout) for kind, dtype in support.kinds_and_dtypes(op, dtypes)]
 
 
-def _crashed(full_name, error):
+def _crashed(full_name, dtype_names, exitcode):
+    """A failed sample for every check of an op whose worker process died running it."""
+    import torch
+
     import opinfo_support as support
 
     op = support.OPS_BY_FULL_NAME[full_name]
-    reason = f"worker process died: {support.first_line(error)}"
+    reason = f"{support.CRASH_REASON} (exit code {exitcode})"
+    dtypes = [getattr(torch, name) for name in dtype_names]
     return [
-        CheckResult(op.name, op.variant_test_name, support.FORWARD, "float32", 0, 1, 0, [(reason, 1)],
+        CheckResult(op.name, op.variant_test_name, kind, support.dtype_name(dtype), 0, 1, 0, [(reason, 1)],
                     collections.Counter(), "", 0.0)
+        for kind, dtype in support.kinds_and_dtypes(op, dtypes)
     ]
 
 
+def _serve(connection, dtype_names, sample_timeout):
+    _init_worker()
+    for name in iter(connection.recv, None):
+        connection.send(run_op(name, dtype_names, sample_timeout))
+
+
+class Worker:
+    """A process that runs one op at a time; the parent always knows which."""
+
+    context = multiprocessing.get_context("spawn")  # no forking of torch's and NumPy's thread pools
+
+    def __init__(self, dtype_names, sample_timeout):
+        self.connection, child = self.context.Pipe()
+        self.process = self.context.Process(target=_serve, args=(child, dtype_names, sample_timeout), daemon=True)
+        self.process.start()
+        child.close()
+        self.op = None
+
+    def give(self, name):
+        self.op = name
+        self.connection.send(name)
+
+    def stop(self):
+        self.connection.send(None)
+        self.process.join()
+
+
 def sweep(op_names, dtype_names, jobs, sample_timeout, progress):
-    """Run every op; returns CheckResults in op_db order."""
-    by_op = {}
-    if jobs == 1:
-        _init_worker()
-        for name in op_names:
-            by_op[name] = run_op(name, dtype_names, sample_timeout)
+    """Run every op in worker processes; a worker that dies is replaced. Returns CheckResults in op_db order."""
+    pending, by_op = list(reversed(op_names)), {}
+    workers = [Worker(dtype_names, sample_timeout) for _ in range(min(jobs, len(op_names)))]
+    for worker in workers:
+        worker.give(pending.pop())
+    while len(by_op) < len(op_names):
+        multiprocessing.connection.wait([w.connection for w in workers if w.op])
+        for index, worker in enumerate(workers):
+            if not worker.op or not worker.connection.poll():
+                continue
+            name = worker.op
+            try:
+                by_op[name] = worker.connection.recv()
+                worker.op = None
+            except EOFError:  # a crash in C code (a segfault, say): no Python frame survived to catch it
+                worker.process.join()
+                by_op[name] = _crashed(name, dtype_names, worker.process.exitcode)
+                worker = workers[index] = Worker(dtype_names, sample_timeout)
             progress(name, by_op[name])
-    else:
-        context = multiprocessing.get_context("spawn")  # no forking of torch's and NumPy's thread pools
-        with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=context, initializer=_init_worker) as pool:
-            futures = {pool.submit(run_op, name, dtype_names, sample_timeout): name for name in op_names}
-            for future in concurrent.futures.as_completed(futures):
-                name = futures[future]
-                try:
-                    by_op[name] = future.result()
-                except Exception as error:  # the worker itself died
-                    by_op[name] = _crashed(name, error)
-                progress(name, by_op[name])
+            if pending:
+                worker.give(pending.pop())
+    for worker in workers:
+        worker.stop()
     return [result for name in op_names for result in by_op[name]]
 
 
@@ -311,7 +348,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--ops", nargs="+", help="OpInfo full names (default: all of op_db)")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "int64", "bool"])
-    parser.add_argument("--jobs", type=int, default=2, help="worker processes; 1 runs in this process")
+    parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--sample-timeout", type=float, default=60.0, help="seconds before a sample fails")
     parser.add_argument("--report", type=pathlib.Path, default=REPORT)
     parser.add_argument("--expected-failures", type=pathlib.Path, default=EXPECTED_FAILURES)

@@ -9,11 +9,13 @@ from . import _backend
 
 _backend.register_device()
 
-from . import _printing, _storage, autocast, ops  # noqa: E402,F401
+from . import _module, _printing, _storage, autocast, ops  # noqa: E402,F401
 from .ops.fallback import fallback_counts  # noqa: E402
+from . import profiler  # noqa: E402,F401
+from .report import report  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["fallback_counts"]
+__all__ = ["fallback_counts", "report"]
 
 
 def _autoload():

@@ -1,59 +1,75 @@
 """What each kernel launch costs on the chip, and charging it to the roofline clock.
 
-Every registered kernel is one launch. By default a launch reads the bytes of its tensor
-inputs, writes the bytes of its tensor outputs, and does one VPU operation per output
-element. Matmul-like ops add MXU FLOPs, keyed by the lhs input type (the clock turns that
-into time with the chip's peak for that type). Kernels that only allocate or reshape
-metadata cost nothing.
+Every registered kernel is one launch. A launch reads the bytes of its tensor inputs and
+writes the bytes of its tensor outputs (an in-place op reads and writes ``self``; ops that
+overwrite ``self`` without reading it, such as ``fill_`` or ``normal_``, only write it; a
+host transfer moves only the bytes on the chip's side). Matmul-like ops add MXU FLOPs, keyed
+by the lhs input type: the clock turns that into time with the chip's peak for that type.
+Kernels that only allocate or reshape metadata cost nothing.
+
+This runs after every kernel, so the common path computes only what the clock needs
+(bytes and FLOPs); shapes, dtypes and VPU element counts are worked out only while a
+profiler is recording.
 """
 
 import math
+import threading
+import time
 
 import torch
 
 from . import _C
+from ._tensor import DTYPE_NAME
 
 Tensor = torch.Tensor
+_SEQUENCES = (list, tuple)
 FREE_OPS = frozenset({
     "empty.memory_format", "empty_strided", "resize_", "set_", "set_.source_Storage",
     "set_.source_Storage_storage_offset", "set_.source_Tensor",
 })
+# Ops that overwrite their first argument without reading it.
+WRITE_ONLY_SELF = frozenset({
+    "fill_", "zero_", "copy_", "normal_", "uniform_", "exponential_", "log_normal_", "cauchy_",
+    "geometric_", "bernoulli_", "random_",
+})
+HOST_TRANSFERS = frozenset({"_copy_from", "_copy_from_and_resize"})
 PASSES_BY_PRECISION = {"highest": 6, "high": 3, "medium": 1}
+
+_perf_counter_ns = time.perf_counter_ns
+_thread_id = threading.get_native_id
 
 
 def _tensor_bytes(values):
     total = 0
     for value in values:
-        if type(value) is Tensor or isinstance(value, Tensor):
+        if isinstance(value, Tensor):
             total += value.nbytes
-        elif type(value) in (list, tuple):
+        elif type(value) in _SEQUENCES:
             total += _tensor_bytes(value)
     return total
 
 
-def _elements(values):
-    total = 0
+def _tensors(values):
     for value in values:
         if isinstance(value, Tensor):
-            total += value.numel()
-        elif type(value) in (list, tuple):
-            total += _elements(value)
-    return total
-
-
-def _dtype_name(tensor):
-    return str(tensor.dtype).removeprefix("torch.")
+            yield value
+        elif type(value) in _SEQUENCES:
+            yield from _tensors(value)
 
 
 # --- MXU FLOPs of matmul-like ops: functions of the kernel's own arguments ---------------
 
 def _matmul_flops(lhs, rhs):
     """2*M*N*K for (..., M, K) @ (..., K, N), with batch dimensions broadcast."""
-    k = lhs.shape[-1]
-    out_elements = math.prod(torch.broadcast_shapes(lhs.shape[:-2], rhs.shape[:-2])) if lhs.dim() > 2 or rhs.dim() > 2 else 1
-    m = lhs.shape[-2] if lhs.dim() > 1 else 1
-    n = rhs.shape[-1] if rhs.dim() > 1 else 1
-    return {_dtype_name(lhs): 2 * out_elements * m * n * k}
+    a, b = lhs.shape, rhs.shape
+    m = a[-2] if len(a) > 1 else 1
+    n = b[-1] if len(b) > 1 else 1
+    batch = math.prod(torch.broadcast_shapes(a[:-2], b[:-2])) if len(a) > 2 or len(b) > 2 else 1
+    return {DTYPE_NAME[lhs.dtype]: 2 * batch * m * n * a[-1]}
+
+
+def _vector_flops(a, b, *rest, **kwargs):
+    return {DTYPE_NAME[a.dtype]: 2 * a.numel()}
 
 
 MXU_FLOPS = {
@@ -64,35 +80,44 @@ MXU_FLOPS = {
     "addbmm": lambda bias, a, b, *rest, **kw: _matmul_flops(a, b),
     "addmv": lambda bias, a, v, *rest, **kw: _matmul_flops(a, v.unsqueeze(-1)),
     "mv": lambda a, v, *rest, **kw: _matmul_flops(a, v.unsqueeze(-1)),
-    "dot": lambda a, b, *rest, **kw: {_dtype_name(a): 2 * a.numel()},
-    "vdot": lambda a, b, *rest, **kw: {_dtype_name(a): 2 * a.numel()},
+    "dot": _vector_flops,
+    "vdot": _vector_flops,
     "_scaled_mm": lambda a, b, *rest, **kw: _matmul_flops(a, b),
 }
 
 
+def _convolution_flops(input, weight, output, transposed):
+    """Each output element of a convolution is a dot product of length C_in/groups * prod(kernel).
+
+    A transposed convolution is the backward of a convolution: each *input* element meets
+    C_out/groups * prod(kernel) weights.
+    """
+    per_element = math.prod(weight.shape[1:])
+    return 2 * (input.numel() if transposed else output.numel()) * per_element
+
+
 def _convolution_result_flops(args, result):
-    input, weight = args[0], args[1]
-    transposed = args[6] if len(args) > 6 else False
-    groups = args[8] if len(args) > 8 else 1
-    if transposed:
-        return {_dtype_name(input): 2 * input.numel() * math.prod(weight.shape[1:])}
-    output = result[0] if isinstance(result, (tuple, list)) else result
-    per_output = (weight.shape[1]) * math.prod(weight.shape[2:])
-    return {_dtype_name(input): 2 * output.numel() * per_output}
+    input, weight, transposed = args[0], args[1], args[6]
+    return {DTYPE_NAME[input.dtype]: _convolution_flops(input, weight, result, transposed)}
 
 
-def _convolution_backward_flops(args, result):
-    # grad_input and grad_weight each cost one forward convolution
-    grad_output, input, weight = args[0], args[1], args[2]
-    per_output = weight.shape[1] * math.prod(weight.shape[2:])
-    return {_dtype_name(input): 2 * 2 * grad_output.numel() * per_output}
+def _convolution_backward_flops(transposed_index, mask_index):
+    """grad_input and grad_weight each cost one forward convolution, when ``output_mask`` asks for them."""
+
+    def flops(args, result):
+        grad_output, input, weight = args[0], args[1], args[2]
+        transposed, output_mask = args[transposed_index], args[mask_index]
+        convolutions = int(output_mask[0]) + int(output_mask[1])
+        return {DTYPE_NAME[input.dtype]: convolutions * _convolution_flops(input, weight, grad_output, transposed)}
+
+    return flops
 
 
 RESULT_FLOPS = {
     "convolution": _convolution_result_flops,
     "convolution_overrideable": _convolution_result_flops,
-    "convolution_backward": _convolution_backward_flops,
-    "convolution_backward_overrideable": _convolution_backward_flops,
+    "convolution_backward": _convolution_backward_flops(transposed_index=7, mask_index=10),
+    "convolution_backward_overrideable": _convolution_backward_flops(transposed_index=6, mask_index=9),
 }
 
 
@@ -100,25 +125,54 @@ def float32_passes():
     return PASSES_BY_PRECISION.get(torch.get_float32_matmul_precision(), 6)
 
 
-def kernel_cost(name, args, kwargs, result):
-    packet = name.partition(".")[0]
+def _outputs(args, kwargs, result):
     out = kwargs.get("out")
-    outputs = (out,) if out is not None else (result,)
-    if result is None or (isinstance(result, (tuple, list)) and not result):
-        outputs = args  # in-place list ops (foreach, amp) write their inputs
-    read = _tensor_bytes(args) + _tensor_bytes(v for k, v in kwargs.items() if k != "out")
-    written = _tensor_bytes(outputs)
+    if out is not None:
+        return (out,)
+    if result is None or (type(result) in _SEQUENCES and not result):
+        return args[:1]  # in-place list ops (foreach, amp) return nothing and write their first argument
+    return (result,)
+
+
+def _traffic(packet, args, kwargs, outputs):
+    """(bytes read, bytes written) in HBM."""
+    if packet in HOST_TRANSFERS:  # (source, destination): only the chip's side touches HBM
+        source, destination = args[0], args[1]
+        return (0 if source.is_cpu else source.nbytes), (0 if destination.is_cpu else destination.nbytes)
+    read = _tensor_bytes(args)
+    if kwargs:
+        read += _tensor_bytes(v for k, v in kwargs.items() if k != "out")
+    if packet in WRITE_ONLY_SELF:
+        read -= args[0].nbytes
+    return read, _tensor_bytes(outputs)
+
+
+def _mxu_flops(packet, args, kwargs, result):
     if packet in MXU_FLOPS:
-        flops = MXU_FLOPS[packet](*args, **kwargs)
-    elif packet in RESULT_FLOPS:
-        flops = RESULT_FLOPS[packet](args, result)
-    else:
-        flops = {}
-    return _C.clock.KernelCost(
-        name=name, mxu_flops=flops, vpu_ops=_elements(outputs), bytes_read=read,
-        bytes_written=written, shapes=tuple(tuple(a.shape) for a in args if isinstance(a, Tensor)),
-        float32_passes=float32_passes() if flops else _C.clock.FLOAT32_DEFAULT_PASSES,
-    )
+        return MXU_FLOPS[packet](*args, **kwargs)
+    if packet in RESULT_FLOPS:
+        return RESULT_FLOPS[packet](args, result)
+    return None
+
+
+def kernel_cost(name, args, kwargs, result, detailed=False):
+    """The KernelCost of one launch; ``detailed`` adds shapes, dtypes and VPU element counts."""
+    packet = name.partition(".")[0]
+    outputs = _outputs(args, kwargs, result)
+    read, written = _traffic(packet, args, kwargs, outputs)
+    flops = _mxu_flops(packet, args, kwargs, result)
+    cost = _C.clock.KernelCost(name, flops or {}, 0, read, written)
+    if flops:
+        cost.float32_passes = float32_passes()
+    if detailed:
+        inputs = list(_tensors(args))
+        cost.shapes = tuple(tuple(t.shape) for t in inputs)
+        cost.dtypes = tuple(DTYPE_NAME.get(t.dtype, str(t.dtype)) for t in inputs)
+        # one VPU op per output element of an MXU op (its epilogue), else per element of the
+        # largest tensor touched (a reduction works on its input, a broadcast on its output)
+        output_elements = sum(t.numel() for t in _tensors(outputs))
+        cost.vpu_ops = output_elements if flops else max([output_elements, *(t.numel() for t in inputs)])
+    return cost
 
 
 def charged(kernel, name):
@@ -128,6 +182,8 @@ def charged(kernel, name):
     clock = _C.current_chip().clock
 
     def launch(*args, **kwargs):
+        if clock.recorders:
+            return _recorded_launch(kernel, name, clock, args, kwargs)
         result = kernel(*args, **kwargs)
         clock.charge(kernel_cost(name, args, kwargs, result), clock.current_stream)
         return result
@@ -135,3 +191,13 @@ def charged(kernel, name):
     launch.__name__ = kernel.__name__
     launch.__wrapped__ = kernel
     return launch
+
+
+def _recorded_launch(kernel, name, clock, args, kwargs):
+    """A launch while a profiler records: also time the emulation on the host."""
+    host_start = _perf_counter_ns()
+    result = kernel(*args, **kwargs)
+    host_end = _perf_counter_ns()
+    cost = kernel_cost(name, args, kwargs, result, detailed=True)
+    clock.charge(cost, clock.current_stream, host_start, host_end, _thread_id())
+    return result

@@ -26,7 +26,6 @@ DTYPE_NAME = {dtype: str(dtype).removeprefix("torch.") for dtype in NUMPY_DTYPE}
 
 _create_empty_tensor = torch._C._acc.create_empty_tensor
 _set_meta_included = torch._C._set_meta_in_tls_dispatch_include
-_meta_included = torch._C._meta_in_tls_dispatch_include
 
 
 def chip():
@@ -69,30 +68,40 @@ def set_metadata(tensor, storage, offset, shape, strides):
     Running ``set_`` with Meta in the TLS include set reuses PyTorch's own
     bounds checks and sets the storage's nbytes, at about 1 us.
     """
-    was_included = _meta_included()
-    _set_meta_included(True)
+    _set_meta_included(True)  # never already set here: Meta set_ does not call back into Python
     try:
         tensor.set_(storage, offset, shape, strides)
     finally:
-        _set_meta_included(was_included)
+        _set_meta_included(False)
     return tensor
 
 
 def empty(shape, dtype, strides=None):
     """A new tpu tensor backed by a fresh HBM allocation (contents undefined)."""
-    shape = tuple(shape)
-    numpy_dtype(dtype)
+    if dtype not in NUMPY_DTYPE:
+        raise TypeError(f"dtype {dtype} is not supported on the tpu device")
     if strides is None:
-        strides = contiguous_strides(shape)
         nbytes = math.prod(shape) * dtype.itemsize
+        strides = ()  # set_ then lays the sizes out contiguously
     else:
         nbytes = storage_nbytes(shape, strides, dtype.itemsize)
     buffer = allocate(nbytes)
     tensor = _create_empty_tensor(shape, dtype)
     storage = tensor.untyped_storage()
-    set_metadata(tensor, storage, 0, shape, strides)
+    if nbytes or strides:
+        set_metadata(tensor, storage, 0, shape, strides)
     setattr(storage, BUFFER_ATTRIBUTE, buffer)
     return tensor
+
+
+def empty_with_array(shape, dtype):
+    """A new contiguous tpu tensor and a NumPy view of it, for kernels that fill their output."""
+    tensor = empty(shape, dtype)
+    np_dtype = NUMPY_DTYPE[dtype]
+    buffer = getattr(tensor.untyped_storage(), BUFFER_ATTRIBUTE)
+    if not buffer.nbytes:
+        return tensor, np.empty(shape, np_dtype)
+    return tensor, np.ndarray(shape, np_dtype, buffer.array, 0)
 
 
 def empty_like_shape(tensor, shape=None, dtype=None):
@@ -121,19 +130,14 @@ def replace_buffer(storage, nbytes):
 def as_numpy(tensor):
     """A writable NumPy view of a tpu tensor's elements (no copy)."""
     dtype = NUMPY_DTYPE[tensor.dtype]
-    shape = tuple(tensor.shape)
+    if not tensor.numel():
+        return np.empty(tensor.shape, dtype)
     buffer = getattr(tensor.untyped_storage(), BUFFER_ATTRIBUTE).array
-    itemsize = dtype.itemsize
+    offset = tensor.storage_offset() * dtype.itemsize
     if tensor.is_contiguous():
-        if math.prod(shape) == 0:
-            return np.empty(shape, dtype)
-        return np.ndarray(shape, dtype, buffer=buffer, offset=tensor.storage_offset() * itemsize)
-    if tensor.numel() == 0:
-        return np.empty(shape, dtype)
-    return np.ndarray(
-        shape, dtype, buffer=buffer, offset=tensor.storage_offset() * itemsize,
-        strides=tuple(s * itemsize for s in tensor.stride()),
-    )
+        return np.ndarray(tensor.shape, dtype, buffer, offset)
+    itemsize = dtype.itemsize
+    return np.ndarray(tensor.shape, dtype, buffer, offset, [s * itemsize for s in tensor.stride()])
 
 
 def from_numpy(array, dtype=None):

@@ -16,6 +16,7 @@ from . import (  # noqa: F401
     pointwise,
     random,
     reduction,
+    scaled_mm,
     shape,
     view,
 )

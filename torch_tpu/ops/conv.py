@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from ._common import as_numpy, empty, operand, opmath_dtype, write
+from ._common import empty, operand, opmath_dtype, write
 from ._registry import register
 from .linalg import fail_like_cpu, mxu_matmul
 

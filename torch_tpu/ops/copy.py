@@ -118,3 +118,11 @@ def copy_from_and_resize(self, dst):
     if dst.shape != self.shape:
         dst.resize_(self.shape)
     return copy_from(self, dst)
+
+
+# The conj/neg math fallbacks would resolve a conjugated source with clone(), which copies
+# through _copy_from again: endless recursion. Our kernels read those bits themselves.
+_BIT_AWARE = torch.library.Library("aten", "IMPL")
+for _key in ("Conjugate", "Negative"):
+    for _op in ("_copy_from", "_copy_from_and_resize"):
+        _BIT_AWARE.impl(_op, torch.library.fallthrough_kernel, _key)

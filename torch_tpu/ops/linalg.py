@@ -58,7 +58,10 @@ def scaled_sum_into(out, product, bias, beta, alpha):
     """``out = beta * bias + alpha * product`` in the accumulator's precision, rounded once.
 
     Like BLAS, ``beta == 0`` ignores ``bias`` (NaN included) and ``alpha == 0`` the product.
+    Integer results truncate the scalars to integers first, as CPU does.
     """
+    if product.dtype.kind in "iu":
+        beta, alpha = int(beta), int(alpha)
     if alpha == 0:
         product = np.zeros_like(product)
     elif alpha != 1:
@@ -102,15 +105,6 @@ def _broadcasts_to(tensor, shape):
         return np.broadcast_shapes(tuple(tensor.shape), shape) == shape
     except ValueError:
         return False
-
-
-def _integral_safe(dtype, *scalars):
-    """Integer results take no floating alpha/beta (and non-complex results no complex ones)."""
-    if dtype.is_complex:
-        return True
-    if dtype.is_floating_point:
-        return not any(isinstance(s, complex) for s in scalars)
-    return all(isinstance(s, (bool, int)) for s in scalars)
 
 
 def checked_out(out, shape, dtype, out_overload, *args, **kwargs):
@@ -172,8 +166,7 @@ def _biased_product(product_shape, dtypes=MATMUL_DTYPES):
 
     def shape_of(op, self, first, second, *, beta=1, alpha=1):
         shape = product_shape(first, second)
-        valid = (shape is not None and _same_dtype_of(dtypes, self, first, second)
-                 and _integral_safe(self.dtype, beta, alpha) and _broadcasts_to(self, shape))
+        valid = shape is not None and _same_dtype_of(dtypes, self, first, second) and _broadcasts_to(self, shape)
         _check(valid, op, self, first, second, beta=beta, alpha=alpha)
         return shape, self.dtype
 
@@ -340,10 +333,16 @@ def _permutation_sign(pivots):
     return np.where(swaps % 2, -1, 1)
 
 
+def _determinant_lu(op, A):
+    """PyTorch factors A^T when A is contiguous and real (det(A^T) = det(A), no copy for LAPACK);
+    the backward formulas read LU knowing that, so we factor the same matrix."""
+    a = _lapack_operand(op, A, A)
+    return _lu_factor(np.swapaxes(a, -1, -2) if A.is_contiguous() and not A.is_complex() else a)
+
+
 @register("_linalg_det.result")
 def linalg_det(A, *, result, LU, pivots):
-    a = _lapack_operand(torch.ops.aten._linalg_det.default, A, A)
-    lu, pivot_indices, _ = _lu_factor(a)
+    lu, pivot_indices, _ = _determinant_lu(torch.ops.aten._linalg_det.default, A)
     diagonal = np.diagonal(lu, axis1=-2, axis2=-1)
     _store((result, _permutation_sign(pivot_indices) * np.prod(diagonal, axis=-1)), (LU, lu), (pivots, pivot_indices))
     return result, LU, pivots
@@ -351,8 +350,7 @@ def linalg_det(A, *, result, LU, pivots):
 
 @register("_linalg_slogdet.sign")
 def linalg_slogdet(A, *, sign, logabsdet, LU, pivots):
-    a = _lapack_operand(torch.ops.aten._linalg_slogdet.default, A, A)
-    lu, pivot_indices, _ = _lu_factor(a)
+    lu, pivot_indices, _ = _determinant_lu(torch.ops.aten._linalg_slogdet.default, A)
     diagonal = np.diagonal(lu, axis1=-2, axis2=-1)
     magnitude = np.abs(diagonal)
     with np.errstate(divide="ignore", invalid="ignore"):

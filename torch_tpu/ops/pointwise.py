@@ -21,7 +21,7 @@ from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dty
 
 from .._errors import device_mismatch
 from .._tensor import hbm_buffer, numpy_dtype
-from ._common import as_numpy, empty, operand, opmath_dtype, resize_out, write
+from ._common import as_numpy, empty, empty_with_array, operand, opmath_dtype, resize_out, write
 from ._registry import KERNELS, register
 
 aten = torch.ops.aten
@@ -871,6 +871,9 @@ def polygamma_out(n, self, *, out):
 
 @register("nan_to_num.out")
 def nan_to_num_out(self, nan=None, posinf=None, neginf=None, *, out):
+    if out.dtype != self.dtype:
+        raise RuntimeError(f"nan_to_num: dtype of out: {type_name(out.dtype)} should be same as input: "
+                           f"{type_name(self.dtype)}")
     resize_out(out, self.shape)
     replacement = nan_to_num_defaults(self.dtype, nan, posinf, neginf)
     return compute_into(out, nan_to_num, (self,), self.dtype, replacement)
@@ -1018,9 +1021,8 @@ def hot_binary(ufunc, out_kernel, rule=keep):
         if not options and dtype in _NATIVE:
             a, b = native_operand(self, dtype), native_operand(other, dtype)
             if a is not None and b is not None:
-                out = empty(result_shape(self, other), dtype)
-                with np.errstate(all="ignore"):
-                    ufunc(a, b, out=as_numpy(out))
+                out, array = empty_with_array(result_shape(self, other), dtype)
+                ufunc(a, b, out=array)  # NumPy's overflow warnings are filtered (see _common)
                 return out
         out = empty(broadcast_shape(self, other), rule(common_dtype(self, other)))
         return out_kernel(self, other, **options, out=out)
@@ -1032,8 +1034,7 @@ def hot_binary(ufunc, out_kernel, rule=keep):
             b = native_operand(other, dtype)
             if b is not None and result_shape(self, other) == self.shape:
                 target = as_numpy(self)
-                with np.errstate(all="ignore"):
-                    ufunc(target, b, out=target)
+                ufunc(target, b, out=target)
                 return self
         check_inplace(self, dtype, broadcast_shape(self, other))
         return out_kernel(self, other, **options, out=self)

@@ -99,6 +99,7 @@ class device(contextlib.ContextDecorator):
 
 def synchronize(device=None):
     check_device_index(_as_device(device), "torch.tpu.synchronize")
+    streams.synchronize()
 
 
 @dataclasses.dataclass(frozen=True)

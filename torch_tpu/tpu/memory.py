@@ -1,6 +1,15 @@
-"""HBM statistics with torch.cuda's names (``torch.tpu.memory_allocated`` and friends)."""
+"""HBM statistics with torch.cuda's names (``torch.tpu.memory_allocated`` and friends).
+
+Memory history works as torch.cuda.memory's does: ``_record_memory_history()`` starts recording
+every allocation and free with its Python stack, ``_snapshot()`` returns the dictionary that
+PyTorch's memory visualiser reads (https://pytorch.org/memory_viz, torch.cuda._memory_viz), and
+``_dump_snapshot(path)`` pickles it. Each live allocation is one segment holding one block at
+its storage's ``data_ptr()``: the emulated HBM allocates exactly what is asked for.
+"""
 
 import collections
+import pickle
+import sys
 
 from .. import _C
 from .._errors import check_device_index
@@ -117,3 +126,70 @@ def memory_summary(device=None, abbreviated=False):
         "=" * width,
     ]
     return "\n".join(lines) + "\n"
+
+
+# --- memory history and snapshots (torch.cuda.memory's private API, which memory_viz reads) ---
+
+SEGMENT_LARGE_BYTES = 1 << 20  # CUDA's boundary between its "small" and "large" pools
+
+
+def _record_memory_history(enabled="all", context="all", stacks="python", max_entries=sys.maxsize,
+                           device=None, clear_history=False, **ignored):
+    """Start (``"all"``: trace and stacks, ``"state"``: stacks of live allocations only) or stop (None).
+
+    ``context`` picks which events keep a Python stack (None, "state", "alloc", "all"); the trace
+    keeps the last ``max_entries`` events. ``True``/``False`` are accepted as "all"/None.
+    """
+    if isinstance(enabled, bool):
+        enabled = "all" if enabled else None
+    if enabled not in (None, "state", "all"):
+        raise ValueError(f"enabled must be None, 'state' or 'all', got {enabled!r}")
+    if context not in (None, "state", "alloc", "all"):
+        raise ValueError(f"context must be None, 'state', 'alloc' or 'all', got {context!r}")
+    hbm = _hbm(device)
+    if enabled is None:
+        hbm.history = None
+        return
+    history = _C.trace.MemoryHistory(
+        max_entries=None if max_entries >= sys.maxsize else max_entries,
+        keep_trace=enabled == "all", context=context,
+    )
+    if hbm.history is not None and not clear_history:
+        history.entries.extend(hbm.history.entries)
+        history.frames.update(hbm.history.frames)
+    hbm.history = history
+
+
+def _segment(address, nbytes, frames):
+    block = {"address": address, "size": nbytes, "requested_size": nbytes, "state": "active_allocated", "frames": frames}
+    return {
+        "device": 0, "address": address, "total_size": nbytes, "allocated_size": nbytes,
+        "active_size": nbytes, "requested_size": nbytes, "stream": 0,
+        "segment_type": "large" if nbytes >= SEGMENT_LARGE_BYTES else "small",
+        "segment_pool_id": (0, 0), "is_expandable": False, "frames": [], "blocks": [block],
+    }
+
+
+def _snapshot(device=None, augment_with_fx_traces=False):
+    """The HBM state and recorded trace, with torch.cuda.memory._snapshot()'s structure."""
+    hbm = _hbm(device)
+    history = hbm.history
+    stacks = history.frames if history is not None else {}
+    blocks = sorted((_C.hbm.host_address(block), block.nbytes) for block in hbm.live.values())
+    return {
+        "segments": [_segment(address, nbytes, stacks.get(address, [])) for address, nbytes in blocks],
+        "device_traces": [list(history.entries) if history is not None else []],
+        "allocator_settings": {"allocator": "torch_tpu exact HBM", "capacity_bytes": hbm.capacity},
+        "external_annotations": [],
+    }
+
+
+def _dump_snapshot(filename="dump_snapshot.pickle", augment_with_fx_traces=False):
+    """Pickle ``_snapshot()`` to ``filename``; open it at https://pytorch.org/memory_viz."""
+    with open(filename, "wb") as f:
+        pickle.dump(_snapshot(), f)
+
+
+def memory_snapshot(device=None):
+    """The live segments, as torch.cuda.memory_snapshot() returns them."""
+    return _snapshot(device)["segments"]

@@ -1,0 +1,113 @@
+"""Convolution on tpu (im2col on the MXU), forward and backward, differential against torch CPU."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+FLOAT32 = dict(atol=1e-4, rtol=1e-4)
+BF16 = dict(atol=5e-2, rtol=2e-2)
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
+def run(f, tensors, kwargs, device, dtype, grad_output=None):
+    leaves = [None if t is None else t.detach().to(device, dtype).requires_grad_() for t in tensors]
+    out = f(*leaves, **kwargs)
+    if grad_output is not None:
+        out.backward(grad_output.to(device, dtype))
+    if grad_output is None:
+        return out.detach().cpu(), None
+    return out.detach().cpu(), [None if leaf is None else leaf.grad.cpu() for leaf in leaves]
+
+
+def check(f, tensors, kwargs, dtype=torch.float32, tolerance=FLOAT32, backward=True):
+    with torch.no_grad():
+        shape = f(*(None if t is None else t.to(dtype) for t in tensors), **kwargs).shape
+    grad_output = torch.randn(shape) if backward else None
+    expected, expected_grads = run(f, tensors, kwargs, "cpu", dtype, grad_output)
+    actual, actual_grads = run(f, tensors, kwargs, "tpu", dtype, grad_output)
+    torch.testing.assert_close(actual, expected, **tolerance)
+    if backward:
+        torch.testing.assert_close(actual_grads, expected_grads, **tolerance)
+
+
+CASES = {
+    "1d": (F.conv1d, (2, 4, 9), (6, 4, 3), dict(stride=2, padding=1)),
+    "1d dilated groups": (F.conv1d, (2, 4, 11), (6, 2, 3), dict(dilation=3, groups=2)),
+    "2d": (F.conv2d, (2, 3, 8, 7), (5, 3, 3, 3), dict(padding=1)),
+    "2d strided asymmetric": (F.conv2d, (2, 4, 9, 8), (6, 2, 3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=(2, 1), groups=2)),
+    "2d depthwise": (F.conv2d, (1, 4, 6, 6), (4, 1, 3, 3), dict(groups=4, padding=2)),
+    "2d 1x1": (F.conv2d, (3, 5, 4, 4), (7, 5, 1, 1), {}),
+    "2d same": (F.conv2d, (2, 3, 7, 6), (4, 3, 4, 3), dict(padding="same", dilation=2)),
+    "2d unbatched": (F.conv2d, (3, 6, 6), (4, 3, 3, 3), dict(stride=2)),
+    "3d": (F.conv3d, (1, 2, 5, 6, 4), (3, 2, 2, 3, 2), dict(stride=(1, 2, 1), padding=1)),
+    "transposed 1d": (F.conv_transpose1d, (2, 4, 5), (4, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+    "transposed 2d": (F.conv_transpose2d, (2, 4, 5, 6), (4, 3, 3, 2),
+                      dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2, dilation=(1, 2))),
+    "transposed 3d": (F.conv_transpose3d, (1, 2, 3, 4, 3), (2, 3, 2, 2, 3), dict(stride=2)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_convolution_forward_and_gradients(name, with_bias):
+    f, input_shape, weight_shape, kwargs = CASES[name]
+    transposed = f in (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)
+    out_channels = weight_shape[1] * kwargs.get("groups", 1) if transposed else weight_shape[0]
+    bias = torch.randn(out_channels) if with_bias else None
+    check(f, (torch.randn(input_shape), torch.randn(weight_shape), bias), kwargs)
+
+
+@pytest.mark.parametrize("name", ["2d", "transposed 2d", "1d dilated groups"])
+def test_bfloat16(name):
+    f, input_shape, weight_shape, kwargs = CASES[name]
+    check(f, (torch.randn(input_shape), torch.randn(weight_shape)), kwargs, dtype=torch.bfloat16, tolerance=BF16)
+
+
+def test_float64_and_non_contiguous_input():
+    x = torch.randn(2, 6, 5, 3, dtype=torch.float64).permute(0, 3, 1, 2)  # channels-last-like view
+    w = torch.randn(4, 3, 2, 2, dtype=torch.float64)[:, :, :, :]
+    check(F.conv2d, (x, w), dict(padding=1), dtype=torch.float64, tolerance={})
+
+
+def test_conv_module_training_step_matches_cpu():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 2, 3, stride=2))
+    x = torch.randn(2, 3, 8, 8)
+    grads = {}
+    for device in ("cpu", "tpu"):
+        replica = model.to(device) if device == "cpu" else torch.nn.Sequential(*model).to(device)
+        replica.zero_grad()
+        replica(x.to(device)).backward(torch.ones(2, 2, 3, 3, device=device))
+        grads[device] = [p.grad.cpu() for p in replica.parameters()]
+    torch.testing.assert_close(grads["tpu"], grads["cpu"], **FLOAT32)
+
+
+def test_double_backward():
+    x, w = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3)
+    results = {}
+    for device in ("cpu", "tpu"):
+        xd, wd = (t.to(device).requires_grad_() for t in (x, w))
+        (gx,) = torch.autograd.grad(F.conv2d(xd, wd, padding=1), xd, torch.ones(1, 3, 5, 5, device=device),
+                                    create_graph=True)
+        (gw,) = torch.autograd.grad(gx, wd, torch.ones_like(gx))
+        results[device] = gw.cpu()
+    torch.testing.assert_close(results["tpu"], results["cpu"], **FLOAT32)
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: F.conv2d(torch.ones(1, 2, 4, 4, device=d), torch.ones(3, 3, 3, 3, device=d)),
+    lambda d: F.conv2d(torch.ones(1, 2, 2, 2, device=d), torch.ones(3, 2, 3, 3, device=d)),
+    lambda d: F.conv2d(torch.ones(1, 2, 4, 4, device=d), torch.ones(3, 2, 3, 3, device=d, dtype=torch.float64)),
+    lambda d: F.conv2d(torch.ones(1, 2, 4, 4, device=d), torch.ones(3, 2, 3, 3, device=d),
+                       torch.ones(3, device=d, dtype=torch.float64)),
+    lambda d: F.conv2d(torch.ones(1, 4, 4, 4, device=d), torch.ones(3, 2, 3, 3, device=d), groups=2),
+], ids=lambda _: "")
+def test_errors_match_cpu(call):
+    with pytest.raises(Exception) as on_cpu:
+        call("cpu")
+    with pytest.raises(type(on_cpu.value)) as on_tpu:
+        call("tpu")
+    assert str(on_tpu.value) == str(on_cpu.value)

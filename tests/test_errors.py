@@ -1,0 +1,97 @@
+"""Errors a user meets: device mismatch, tpu:1, ops without kernels, and the opt-in CPU fallback."""
+
+import warnings
+
+import pytest
+import torch
+
+import torch_tpu
+
+ONE_CHIP = "one chip per process"
+
+
+def test_mixing_tpu_with_a_cpu_tensor():
+    with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+        torch.ones(2, device="tpu") + torch.ones(2)
+
+
+def test_a_cpu_scalar_tensor_is_allowed_where_cpu_allows_it():
+    try:
+        result = torch.ones(2, device="tpu") + torch.tensor(2.0)
+    except NotImplementedError:
+        pytest.skip("pointwise add has no tpu kernel yet")
+    assert result.device.type == "tpu" and result.cpu().tolist() == [3.0, 3.0]
+
+
+def test_copy_size_mismatch():
+    with pytest.raises(RuntimeError, match="must match the size"):
+        torch.ones(2, device="tpu").copy_(torch.ones(3))
+
+
+@pytest.mark.parametrize("action", [
+    lambda: torch.ones(2, device="tpu:1"),
+    lambda: torch.empty(2, device=torch.device("tpu", 1)),
+    lambda: torch.zeros(2).to("tpu:1"),
+    lambda: torch.ones(2, device="tpu").to("tpu:1"),
+    lambda: torch.tensor([1.0], device="tpu:1"),
+    lambda: torch.tpu.set_device(1),
+    lambda: torch.tpu.set_device("tpu:3"),
+    lambda: torch.tpu.memory_allocated(1),
+    lambda: torch.tpu.get_device_properties(2),
+])
+def test_other_chips_are_a_clear_error(action):
+    with pytest.raises(RuntimeError) as caught:
+        action()
+    message = str(caught.value)
+    assert "tpu:" in message and "torchrun" in message and "one chip" in message
+
+
+# A custom op with only a CPU kernel: it will never get a tpu kernel or decomposition.
+_LIBRARY = torch.library.Library("torch_tpu_test", "DEF")
+_LIBRARY.define("scale(Tensor x, float factor) -> Tensor")
+_LIBRARY.define("scale_(Tensor(a!) x, float factor) -> Tensor(a!)")
+_LIBRARY.define("scale.out(Tensor x, float factor, *, Tensor(a!) out) -> Tensor(a!)")
+_LIBRARY.impl("scale", lambda x, factor: x * factor, "CPU")
+_LIBRARY.impl("scale_", lambda x, factor: x.mul_(factor), "CPU")
+_LIBRARY.impl("scale.out", lambda x, factor, *, out: torch.mul(x, factor, out=out), "CPU")
+scale = torch.ops.torch_tpu_test.scale
+
+
+def test_op_without_kernel_names_the_op_and_the_fallback_switch(monkeypatch):
+    monkeypatch.delenv("TORCH_TPU_CPU_FALLBACK", raising=False)
+    with pytest.raises(NotImplementedError) as caught:
+        scale(torch.ones(2, device="tpu"), 2.0)
+    message = str(caught.value)
+    assert "torch_tpu_test::scale" in message and "TORCH_TPU_CPU_FALLBACK=1" in message
+
+
+def test_cpu_fallback_runs_warns_once_and_counts(monkeypatch):
+    monkeypatch.setenv("TORCH_TPU_CPU_FALLBACK", "1")
+    x = torch.arange(3.0).to("tpu")
+    before = torch_tpu.fallback_counts().get("torch_tpu_test::scale.default", 0)
+    with pytest.warns(UserWarning, match="torch_tpu_test::scale.default has no tpu kernel"):
+        first = scale(x, 2.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        second = scale(x, 3.0)
+    assert first.device.type == "tpu" and first.cpu().tolist() == [0, 2, 4]
+    assert second.cpu().tolist() == [0, 3, 6]
+    assert torch_tpu.fallback_counts()["torch_tpu_test::scale.default"] == before + 2
+
+
+@pytest.mark.filterwarnings("ignore:.*has no tpu kernel")
+def test_cpu_fallback_writes_back_in_place_and_out(monkeypatch):
+    monkeypatch.setenv("TORCH_TPU_CPU_FALLBACK", "1")
+    base = torch.arange(6.0).to("tpu")
+    view = base[1::2]
+    result = torch.ops.torch_tpu_test.scale_(view, 10.0)
+    assert result is view
+    assert base.cpu().tolist() == [0, 10, 2, 30, 4, 50]
+    out = torch.empty(0, device="tpu")
+    returned = torch.ops.torch_tpu_test.scale.out(torch.arange(3.0).to("tpu"), 2.0, out=out)
+    assert returned is out and out.device.type == "tpu" and out.cpu().tolist() == [0, 2, 4]
+
+
+def test_unsupported_dtype():
+    with pytest.raises(TypeError, match="tpu"):
+        torch.zeros(2, dtype=torch.complex32, device="tpu")
