@@ -8,7 +8,6 @@ import torch
 
 from conftest import run_python
 
-KiB = 1 << 10
 MiB = 1 << 20
 
 

@@ -150,8 +150,14 @@ def _crashed(full_name, dtype_names, exitcode):
     ]
 
 
+READY = "ready"
+
+
 def _serve(connection, dtype_names, sample_timeout):
     _init_worker()
+    import opinfo_support  # noqa: F401  (importing torch_tpu and op_db is most of a worker's start-up)
+
+    connection.send(READY)
     for name in iter(connection.recv, None):
         connection.send(run_op(name, dtype_names, sample_timeout))
 
@@ -168,9 +174,25 @@ class Worker:
         child.close()
         self.op = None
 
+    def wait_ready(self):
+        try:
+            self.connection.recv()
+        except EOFError:
+            self.process.join()
+            raise SystemExit(f"a worker process failed to start (exit code {self.process.exitcode})") from None
+        return self
+
     def give(self, name):
         self.op = name
         self.connection.send(name)
+
+    def result(self):
+        """The finished op's CheckResults, or None if the process died running it."""
+        try:
+            return self.connection.recv()
+        except (EOFError, OSError):  # a crash in C code (a segfault, say): no Python frame survived to catch it
+            self.process.join()
+            return None
 
     def stop(self):
         self.connection.send(None)
@@ -182,21 +204,19 @@ def sweep(op_names, dtype_names, jobs, sample_timeout, progress):
     pending, by_op = list(reversed(op_names)), {}
     workers = [Worker(dtype_names, sample_timeout) for _ in range(min(jobs, len(op_names)))]
     for worker in workers:
-        worker.give(pending.pop())
+        worker.wait_ready().give(pending.pop())
     while len(by_op) < len(op_names):
         multiprocessing.connection.wait([w.connection for w in workers if w.op])
         for index, worker in enumerate(workers):
             if not worker.op or not worker.connection.poll():
                 continue
-            name = worker.op
-            try:
-                by_op[name] = worker.connection.recv()
-                worker.op = None
-            except EOFError:  # a crash in C code (a segfault, say): no Python frame survived to catch it
-                worker.process.join()
-                by_op[name] = _crashed(name, dtype_names, worker.process.exitcode)
-                worker = workers[index] = Worker(dtype_names, sample_timeout)
-            progress(name, by_op[name])
+            name, results = worker.op, worker.result()
+            worker.op = None
+            if results is None:
+                results = _crashed(name, dtype_names, worker.process.exitcode)
+                worker = workers[index] = Worker(dtype_names, sample_timeout).wait_ready()
+            by_op[name] = results
+            progress(name, results)
             if pending:
                 worker.give(pending.pop())
     for worker in workers:

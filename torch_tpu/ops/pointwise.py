@@ -19,12 +19,14 @@ import scipy.special as special
 import torch
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
 
+from .. import _C
 from .._errors import device_mismatch
 from .._tensor import hbm_buffer, numpy_dtype
 from ._common import as_numpy, empty, empty_with_array, operand, opmath_dtype, resize_out, write
 from ._registry import KERNELS, register
 
 aten = torch.ops.aten
+vpu = _C.vpu
 
 # --------------------------------------------------------------------------------------------------
 # Dtype rules
@@ -114,7 +116,7 @@ def compute_into(out, function, operands, dtype, extras=(), options=None, opmath
         if isinstance(function, np.ufunc) and not extras and not options and out.dtype == dtype:
             target = as_numpy(out)
             if target.dtype == compute:
-                function(*arrays, out=target)  # NumPy buffers inputs that overlap the output
+                vpu.apply(function, *arrays, out=target)  # overlapping inputs stay on one thread
                 return out
         result = function(*arrays, *extras, **(options or {}))
     return write(out, result)
@@ -1022,7 +1024,7 @@ def hot_binary(ufunc, out_kernel, rule=keep):
             a, b = native_operand(self, dtype), native_operand(other, dtype)
             if a is not None and b is not None:
                 out, array = empty_with_array(result_shape(self, other), dtype)
-                ufunc(a, b, out=array)  # NumPy's overflow warnings are filtered (see _common)
+                vpu.apply(ufunc, a, b, out=array)  # NumPy's overflow warnings are filtered (see _common)
                 return out
         out = empty(broadcast_shape(self, other), rule(common_dtype(self, other)))
         return out_kernel(self, other, **options, out=out)
@@ -1034,7 +1036,7 @@ def hot_binary(ufunc, out_kernel, rule=keep):
             b = native_operand(other, dtype)
             if b is not None and result_shape(self, other) == self.shape:
                 target = as_numpy(self)
-                ufunc(target, b, out=target)
+                vpu.apply(ufunc, target, b, out=target)
                 return self
         check_inplace(self, dtype, broadcast_shape(self, other))
         return out_kernel(self, other, **options, out=self)

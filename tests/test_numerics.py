@@ -1,0 +1,320 @@
+"""Ironwood numerics through torch ops, checked against references built independently of the
+emulator: ml_dtypes rounding, explicit bf16 pass decompositions in float64, torch CPU."""
+
+import json
+
+import ml_dtypes
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from torch_tpu._C import chips
+
+BF16 = ml_dtypes.bfloat16
+
+
+def tpu(value):
+    return value.to("tpu") if isinstance(value, torch.Tensor) else value
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def matmul_precision():
+    """Set torch.set_float32_matmul_precision for one test and restore it afterwards."""
+    previous = torch.get_float32_matmul_precision()
+    yield torch.set_float32_matmul_precision
+    torch.set_float32_matmul_precision(previous)
+
+
+# --- low-precision MXU products: exact products, float32 accumulation, one rounding ---------
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_narrow_matmul_rounds_the_exact_result_once(dtype):
+    """Eighths in [-8, 8]: products and float32 sums are exact, so only the final rounding is left."""
+    a = (torch.randint(-64, 65, (24, 96)) / 8).to(dtype)
+    b = (torch.randint(-64, 65, (96, 40)) / 8).to(dtype)
+    exact = a.float().numpy().astype(np.float64) @ b.float().numpy().astype(np.float64)
+    rounded_once = exact.astype(np.float32).astype(BF16 if dtype == torch.bfloat16 else np.float16)
+    actual = (tpu(a) @ tpu(b)).cpu()
+    expected = torch.from_numpy(rounded_once.astype(np.float32)).to(dtype)
+    assert torch.equal(actual, expected)
+    assert torch.equal(actual, a @ b)  # and torch CPU agrees
+
+
+def _accumulate_in(dtype, products):
+    """Sum ``products`` left to right, rounding the running total to ``dtype`` after every add."""
+    total = dtype(0)
+    for product in products:
+        total = dtype(np.float32(total) + np.float32(product))
+    return float(total)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_float32_accumulation_differs_from_narrow_accumulation(dtype):
+    """4096 products of 1/256: float32 accumulation gives 16; a narrow running sum gets stuck."""
+    a = torch.ones(1, 4096, dtype=dtype)
+    b = torch.full((4096, 1), 2.0 ** -8, dtype=dtype)
+    narrow = BF16 if dtype == torch.bfloat16 else np.float16
+    naive = _accumulate_in(narrow, np.full(4096, 2.0 ** -8, dtype=np.float32))
+    actual = (tpu(a) @ tpu(b)).item()
+    assert actual == 16.0 == (a @ b).item()
+    assert naive <= 8.0  # a narrow running sum stalls once 1/256 is half an ulp of the total
+
+
+def test_bf16_products_are_exact_in_float32():
+    """bf16 x bf16 has at most 16 significant bits: a depth-1 product is exact, then rounded once."""
+    a = torch.randn(64, 1).bfloat16()
+    b = torch.randn(1, 64).bfloat16()
+    exact = a.float().numpy().astype(np.float64) * b.float().numpy().astype(np.float64)
+    assert np.array_equal(exact.astype(np.float32), exact)  # exact in float32
+    actual = (tpu(a).float() @ tpu(b).float()).cpu().numpy()
+    assert np.array_equal(actual, exact.astype(np.float32))
+
+
+# --- float32 matmul precision modes -----------------------------------------------------------
+
+
+def _bf16_pieces(x, count):
+    """x = hi + mid + lo..., each piece the bf16 rounding (ml_dtypes) of what is left, in float64."""
+    pieces, rest = [], x.astype(np.float32)
+    for _ in range(count):
+        piece = rest.astype(BF16).astype(np.float32)
+        pieces.append(piece.astype(np.float64))
+        rest = rest - piece
+    return pieces
+
+
+PASS_PRODUCTS = {  # XLA's bf16 pass decompositions: (lhs piece, rhs piece) products that are summed
+    1: [(0, 0)],
+    3: [(0, 0), (0, 1), (1, 0)],
+    6: [(0, 0), (0, 1), (1, 0), (1, 1), (0, 2), (2, 0)],
+}
+PRECISION_PASSES = {"medium": 1, "high": 3}
+
+
+def _passes_reference(a, b, passes):
+    """The pass decomposition summed exactly in float64: what the MXU computes up to float32 accumulation."""
+    count = max(max(pair) for pair in PASS_PRODUCTS[passes]) + 1
+    a_pieces, b_pieces = _bf16_pieces(a, count), _bf16_pieces(b, count)
+    return sum(a_pieces[i] @ b_pieces[j] for i, j in PASS_PRODUCTS[passes])
+
+
+def _relative_error(actual, reference):
+    return np.abs(actual - reference).max() / np.abs(reference).max()
+
+
+MEASURED_ERROR_BOUNDS = {  # max |error| / max |reference| on 256x256 randn, see docs/numerics.md
+    "highest": (0, 2e-6),
+    "high": (1e-6, 3e-5),
+    "medium": (5e-4, 1e-2),
+}
+
+
+@pytest.mark.parametrize("mode", ["highest", "high", "medium"])
+def test_float32_precision_modes(mode, matmul_precision):
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    exact = a.double().numpy() @ b.double().numpy()
+    matmul_precision(mode)
+    actual = (tpu(a) @ tpu(b)).cpu().numpy().astype(np.float64)
+    low, high = MEASURED_ERROR_BOUNDS[mode]
+    assert low <= _relative_error(actual, exact) < high
+    if mode in PRECISION_PASSES:  # and the error is the pass decomposition's, not anything else's
+        reference = _passes_reference(a.numpy(), b.numpy(), PRECISION_PASSES[mode])
+        assert _relative_error(actual, reference) < 1e-6
+    else:  # "highest" is a plain float32 matmul, as on CPU
+        torch.testing.assert_close(torch.from_numpy(actual).float(), a @ b, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["high", "medium"])
+def test_precision_mode_reaches_every_matmul_op(mode, matmul_precision):
+    a, b, bias = torch.randn(32, 48), torch.randn(48, 16), torch.randn(16)
+    matmul_precision(mode)
+    reference = _passes_reference(a.numpy(), b.numpy(), PRECISION_PASSES[mode])
+    results = {
+        "mm": torch.mm(tpu(a), tpu(b)),
+        "matmul": tpu(a) @ tpu(b),
+        "linear": F.linear(tpu(a), tpu(b).t()),
+        "bmm": torch.bmm(tpu(a)[None], tpu(b)[None])[0],
+        "addmm": torch.addmm(tpu(bias), tpu(a), tpu(b)) - tpu(bias),
+    }
+    for name, result in results.items():
+        assert _relative_error(result.cpu().numpy().astype(np.float64), reference) < 1e-6, name
+
+
+def test_six_pass_decomposition_of_the_mxu():
+    """Not reachable from torch's knob ("highest" is exact float32), but the chip has it: ~22 bits."""
+    from torch_tpu._C import mxu
+
+    a, b = np.random.default_rng(0).standard_normal((2, 128, 128), dtype=np.float32)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    six = mxu.matmul(a, b, precision_passes=6).astype(np.float64)
+    assert _relative_error(six, _passes_reference(a, b, 6)) < 1e-6
+    assert _relative_error(six, exact) < 2e-6
+
+
+def test_float64_matmul_warns_once_and_matches_cpu(python_subprocess):
+    process = python_subprocess(
+        """
+        import warnings, torch
+        a, b = torch.randn(8, 8, dtype=torch.float64), torch.randn(8, 8, dtype=torch.float64)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            first = a.to("tpu") @ b.to("tpu")
+            second = a.to("tpu") @ b.to("tpu")
+        torch.testing.assert_close(first.cpu(), a @ b)
+        print(sum("float64" in str(w.message) for w in caught))
+        """
+    )
+    assert process.stdout.strip() == "1"
+
+
+# --- autocast("tpu") --------------------------------------------------------------------------
+
+
+def test_autocast_default_dtype_is_bf16():
+    assert torch.get_autocast_dtype("tpu") == torch.bfloat16
+    with torch.amp.autocast("tpu"):
+        assert torch.is_autocast_enabled("tpu")
+        assert (tpu(torch.randn(4, 4)) @ tpu(torch.randn(4, 4))).dtype == torch.bfloat16
+    assert torch.tpu.is_bf16_supported()
+    assert torch.bfloat16 in torch.tpu.get_amp_supported_dtype()
+
+
+def test_autocast_matmul_like_ops_run_in_bf16():
+    a, b, bias = torch.randn(8, 16), torch.randn(16, 4), torch.randn(4)
+    images, kernel = torch.randn(1, 2, 6, 6), torch.randn(3, 2, 3, 3)
+    with torch.autocast("tpu"):
+        outputs = {
+            "mm": torch.mm(tpu(a), tpu(b)),
+            "matmul": tpu(a) @ tpu(b),
+            "linear": F.linear(tpu(a), tpu(b).t(), tpu(bias)),
+            "addmm": torch.addmm(tpu(bias), tpu(a), tpu(b)),
+            "bmm": torch.bmm(tpu(a)[None], tpu(b)[None]),
+            "conv2d": F.conv2d(tpu(images), tpu(kernel)),
+        }
+    for name, output in outputs.items():
+        assert output.dtype == torch.bfloat16, name
+    expected = F.linear(a.bfloat16(), b.t().bfloat16(), bias.bfloat16())  # casts first, then the bf16 op
+    assert torch.equal(outputs["linear"].cpu(), expected)
+
+
+def test_autocast_precision_sensitive_ops_run_in_float32():
+    x = tpu(torch.randn(4, 10)).bfloat16()
+    target = tpu(torch.randint(0, 10, (4,)))
+    with torch.autocast("tpu"):
+        logits = x @ x.t()  # bf16 under autocast
+        outputs = {
+            "softmax": torch.softmax(logits, dim=-1),
+            "log_softmax": F.log_softmax(logits, dim=-1),
+            "layer_norm": F.layer_norm(x, (10,)),
+            "cross_entropy": F.cross_entropy(x, target),
+            "mse_loss": F.mse_loss(x, x * 2),
+            "exp": torch.exp(x),
+            "sum": x.sum(),
+        }
+        added = torch.addcmul(tpu(torch.randn(4, 10)), x, x)  # promote: widest input type
+    assert logits.dtype == torch.bfloat16
+    for name, output in outputs.items():
+        assert output.dtype == torch.float32, name
+    assert added.dtype == torch.float32
+    expected = torch.softmax(logits.cpu().float(), dim=-1)
+    torch.testing.assert_close(outputs["softmax"].cpu(), expected)
+
+
+def test_autocast_leaves_float64_alone_and_can_be_nested_off():
+    a = tpu(torch.randn(4, 4, dtype=torch.float64))
+    f = tpu(torch.randn(4, 4))
+    with torch.autocast("tpu"):
+        assert (a @ a).dtype == torch.float64
+        with torch.autocast("tpu", enabled=False):
+            assert (f @ f).dtype == torch.float32
+        with torch.autocast("tpu", dtype=torch.float16):
+            assert (f @ f).dtype == torch.float16
+
+
+def test_autocast_bans_binary_cross_entropy_like_cuda():
+    p = tpu(torch.rand(4))
+    with torch.autocast("tpu"), pytest.raises(RuntimeError, match="binary_cross_entropy_with_logits"):
+        F.binary_cross_entropy(p, p)
+
+
+# --- GradScaler("tpu") ------------------------------------------------------------------------
+
+
+def _scaled_training(device, steps, poison_step=None):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0 ** 10, growth_interval=2)
+    inputs, targets = torch.randn(32, 8), torch.randn(32, 1)
+    scales, skipped = [], []
+    for step in range(steps):
+        loss = F.mse_loss(model(inputs.to(device)), targets.to(device))
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        if step == poison_step:
+            model[0].weight.grad[0, 0] = float("inf")
+        before = model[0].weight.detach().cpu().clone()
+        scaler.step(optimizer)
+        scaler.update()
+        skipped.append(torch.equal(before, model[0].weight.detach().cpu()))
+        scales.append(scaler.get_scale())
+    return [p.detach().cpu() for p in model.parameters()], scales, skipped
+
+
+def test_grad_scaler_trains_like_cpu():
+    expected, expected_scales, _ = _scaled_training("cpu", steps=5, poison_step=2)
+    actual, scales, skipped = _scaled_training("tpu", steps=5, poison_step=2)
+    assert scales == expected_scales == [2.0 ** 10, 2.0 ** 11, 2.0 ** 10, 2.0 ** 10, 2.0 ** 11]
+    assert skipped == [False, False, True, False, False]  # the overflowing step is skipped
+    for actual_parameter, expected_parameter in zip(actual, expected):
+        torch.testing.assert_close(actual_parameter, expected_parameter)
+
+
+def test_grad_scaler_unscale_matches_cpu():
+    grads = {}
+    for device in ("cpu", "tpu"):
+        parameter = torch.nn.Parameter(torch.arange(6.0).to(device))
+        optimizer = torch.optim.SGD([parameter], lr=1.0)
+        scaler = torch.amp.GradScaler(device, init_scale=8.0)
+        scaler.scale((parameter ** 2).sum()).backward()
+        scaler.unscale_(optimizer)
+        grads[device] = parameter.grad.cpu()
+    torch.testing.assert_close(grads["tpu"], grads["cpu"])
+    torch.testing.assert_close(grads["tpu"], 2 * torch.arange(6.0))
+
+
+# --- chip selection ---------------------------------------------------------------------------
+
+CHIP_REPORT = """
+    import json, torch
+    props = torch.tpu.get_device_properties()
+    free, total = torch.tpu.mem_get_info()
+    print(json.dumps({"name": props.name, "total_memory": props.total_memory, "mem_total": total,
+                      "peak_flops": dict(props.peak_flops), "bf16": torch.tpu.is_bf16_supported(),
+                      "device_name": torch.tpu.get_device_name()}))
+"""
+
+
+@pytest.mark.parametrize("chip", sorted(chips.CHIPS))
+def test_chip_selection_follows_the_table(chip, python_subprocess):
+    spec = chips.CHIPS[chip]
+    report = json.loads(python_subprocess(CHIP_REPORT, env={"TORCH_TPU_CHIP": chip}).stdout.strip().splitlines()[-1])
+    assert report["name"] == chip and chip in report["device_name"]
+    assert report["total_memory"] == report["mem_total"] == spec.hbm_bytes
+    assert report["peak_flops"] == spec.peak_flops
+    assert ("float8_e4m3fn" in report["peak_flops"]) == (chip != "v5e")
+
+
+def test_hbm_override_and_unknown_chip(python_subprocess):
+    report = json.loads(python_subprocess(CHIP_REPORT, env={"TORCH_TPU_HBM_BYTES": "1e9"}).stdout.splitlines()[-1])
+    assert report["name"] == chips.DEFAULT_CHIP and report["total_memory"] == 10 ** 9
+    failed = python_subprocess("import torch; torch.ones(1, device='tpu')", env={"TORCH_TPU_CHIP": "v9z"},
+                               check=False)
+    assert failed.returncode != 0 and "v9z" in failed.stderr
