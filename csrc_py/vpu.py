@@ -1,7 +1,8 @@
 """The vector unit: elementwise work, spread over the host's cores when it is big enough.
 
 NumPy runs a ufunc on one core but releases the GIL inside it, so a large elementwise op is
-split into row blocks run by a thread pool. Small ops run inline (a thread hand-off costs
+split into row blocks run by a thread pool. Floating-point exceptions are ignored, as on a
+TPU (and in PyTorch): overflow gives inf and invalid operations give NaN, silently. Small ops run inline (a thread hand-off costs
 more than they do), and so do ops whose output overlaps an input in any way other than
 exactly (``x += y`` splits safely; ``x[1:] += x[:-1]`` does not).
 """
@@ -25,14 +26,20 @@ def _splittable(inputs, out):
     return True
 
 
+def _ignoring_fp_errors(ufunc, *inputs, out):
+    with np.errstate(all="ignore"):  # NumPy's error state is per thread
+        return ufunc(*inputs, out=out)
+
+
 def apply(ufunc, *inputs, out):
     """``ufunc(*inputs, out=out)``, in parallel row blocks when ``out`` is large."""
     if not _splittable(inputs, out):
-        return ufunc(*inputs, out=out)
+        with np.errstate(all="ignore"):
+            return ufunc(*inputs, out=out)
     shaped = [np.broadcast_to(v, out.shape) if isinstance(v, np.ndarray) and v.ndim else v for v in inputs]
     bounds = np.linspace(0, out.shape[0], WORKERS + 1, dtype=np.int64)
     blocks = [
-        _pool.submit(ufunc, *(v[start:stop] if isinstance(v, np.ndarray) and v.ndim else v for v in shaped),
+        _pool.submit(_ignoring_fp_errors, ufunc, *(v[start:stop] if isinstance(v, np.ndarray) and v.ndim else v for v in shaped),
                      out=out[start:stop])
         for start, stop in zip(bounds[:-1], bounds[1:])
     ]

@@ -57,10 +57,11 @@ def format_table(statuses, now=None):
     lines = [header, "-" * len(header)]
     for s in statuses:
         chip = f"{s['chip']} ({s['generation']})"
+        age = f"{max(now - s['updated'], 0):.0f}s ago"
         lines.append(
             f"{s['pid']:>8}  {chip:<16}{format_bytes(s['hbm_used']):>14}{format_bytes(s['hbm_peak']):>14}"
             f"{format_bytes(s['hbm_capacity']):>14}{s['kernels_run']:>10}{format_time(s['busy_seconds']):>13}"
-            f"{f'{max(now - s['updated'], 0):.0f}s ago':>9}  {s['command'][:60]}"
+            f"{age:>9}  {s['command'][:60]}"
         )
     return "\n".join(lines)
 

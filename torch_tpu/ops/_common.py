@@ -1,7 +1,5 @@
 """What every kernel needs: operands as NumPy, PyTorch's dtype rules, outputs in HBM."""
 
-import warnings
-
 import numpy as np
 import torch
 
@@ -11,13 +9,6 @@ from .._errors import device_mismatch
 as_numpy = _tensor.as_numpy
 empty = _tensor.empty
 empty_with_array = _tensor.empty_with_array
-
-# PyTorch never warns when a result overflows or is NaN; NumPy does. Kernels are silenced by
-# this filter rather than by np.errstate, which would cost about 1 us on every call.
-warnings.filterwarnings(
-    "ignore", message=r"(overflow|invalid value|divide by zero|underflow) encountered",
-    category=RuntimeWarning, module=r"torch_tpu\.",
-)
 
 # PyTorch computes reduced-precision floats in float32 ("opmath") and rounds once on store.
 _OPMATH = {

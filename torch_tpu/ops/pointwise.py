@@ -112,12 +112,12 @@ def compute_into(out, function, operands, dtype, extras=(), options=None, opmath
     """
     compute = opmath_dtype(dtype) if opmath else numpy_dtype(dtype)
     arrays = [None if value is None else as_compute(value, compute) for value in operands]
+    if isinstance(function, np.ufunc) and not extras and not options and out.dtype == dtype:
+        target = as_numpy(out)
+        if target.dtype == compute:
+            vpu.apply(function, *arrays, out=target)  # overlapping inputs stay on one thread
+            return out
     with np.errstate(all="ignore"):
-        if isinstance(function, np.ufunc) and not extras and not options and out.dtype == dtype:
-            target = as_numpy(out)
-            if target.dtype == compute:
-                vpu.apply(function, *arrays, out=target)  # overlapping inputs stay on one thread
-                return out
         result = function(*arrays, *extras, **(options or {}))
     return write(out, result)
 
@@ -1024,7 +1024,7 @@ def hot_binary(ufunc, out_kernel, rule=keep):
             a, b = native_operand(self, dtype), native_operand(other, dtype)
             if a is not None and b is not None:
                 out, array = empty_with_array(result_shape(self, other), dtype)
-                vpu.apply(ufunc, a, b, out=array)  # NumPy's overflow warnings are filtered (see _common)
+                vpu.apply(ufunc, a, b, out=array)
                 return out
         out = empty(broadcast_shape(self, other), rule(common_dtype(self, other)))
         return out_kernel(self, other, **options, out=out)
