@@ -8,6 +8,6 @@ setup(
     packages=["torch_tpu", "torch_tpu.ops", "torch_tpu.tpu", "torch_tpu._C"],
     package_dir={"torch_tpu._C": "csrc_py"},
     install_requires=["torch>=2.13,<2.14", "numpy", "ml_dtypes", "scipy"],
-    extras_require={"test": ["pytest", "expecttest"]},
+    extras_require={"test": ["pytest", "expecttest"], "plot": ["matplotlib"]},
     entry_points={"torch.backends": ["torch_tpu = torch_tpu:_autoload"]},
 )

@@ -1,10 +1,16 @@
-"""torch_tpu in one page: the "tpu" device, a small training run, and the HBM report.
+"""torch_tpu in one page: the "tpu" device, a small training run, the HBM report and the
+estimated Ironwood step time.
 
 Run: python examples/quickstart.py
 """
 
+import os
+import tempfile
+
 import torch
 import torch.nn.functional as F
+
+import torch_tpu
 
 
 def show_device():
@@ -32,7 +38,25 @@ def train_mlp(steps=20):
     return model
 
 
+def profile_step(model):
+    """Profile one more training step: estimated Ironwood step time, MFU, HBM peak, top ops."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    inputs = torch.randn(128, 32, device="tpu")
+    labels = torch.randint(0, 10, (128,), device="tpu")
+    with torch_tpu.profiler.profile() as prof:
+        loss = F.cross_entropy(model(inputs), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        prof.step()
+    trace = os.path.join(tempfile.gettempdir(), "torch_tpu_quickstart_trace.json")
+    prof.export_chrome_trace(trace)
+    print(prof.report())
+    print(f"trace of the step (open in https://ui.perfetto.dev): {trace}")
+
+
 if __name__ == "__main__":
     show_device()
     model = train_mlp()
     print(torch.tpu.memory_summary())
+    profile_step(model)

@@ -26,8 +26,8 @@ from collections.abc import Iterator
 import torch
 from torch.testing._internal.common_device_type import precisionOverride, toleranceOverride
 from torch.testing._internal.common_methods_invocations import op_db
-from torch.testing._internal.opinfo.core import DecorateInfo
 from torch.testing._internal.common_utils import clear_tracked_input, set_rng_seed
+from torch.testing._internal.opinfo.core import DecorateInfo
 from torch.utils._pytree import tree_flatten, tree_map
 
 DEVICE = "tpu"

@@ -260,6 +260,7 @@ def test_avg_pool1d_3d_and_module():
     check(lambda x: F.avg_pool3d(x, 2, divisor_override=3), torch.randn(2, 4, 4, 4))
     check(nn.AvgPool2d(2), torch.randn(2, 3, 6, 6).to(memory_format=torch.channels_last))
     check(nn.AvgPool2d(2), torch.randn(2, 3, 6, 6).bfloat16(), **BF16_TOLERANCE)
+    check(lambda x: F.avg_pool2d(x, 2, ceil_mode=True), torch.randint(-100, 100, (1, 2, 5, 5)), grad=False)
 
 
 @pytest.mark.parametrize("in_size,out_size", [((8, 8), (4, 4)), ((7, 10), (3, 4)), ((3, 5), (5, 7)), ((6, 6), (1, 1))])

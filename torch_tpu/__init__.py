@@ -5,7 +5,14 @@
 yourself). After that, ``tensor.to("tpu")`` runs on the emulated chip.
 """
 
-from . import _backend
+
+def _autoload():
+    """Entry point for torch's device-backend autoloading; importing this package did the work."""
+
+
+# defined before anything imports torch: `import torch_tpu` first imports torch, whose
+# autoloading looks up torch_tpu._autoload on this partly initialised module
+from . import _backend  # noqa: E402
 
 _backend.register_device()
 
@@ -16,7 +23,3 @@ from .report import report  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["fallback_counts", "report"]
-
-
-def _autoload():
-    """Entry point for torch's device-backend autoloading; importing this package did the work."""

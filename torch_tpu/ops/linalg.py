@@ -12,6 +12,7 @@ every kernel validates its arguments; an invalid call is re-run on zero-byte CPU
 """
 
 import functools
+import math
 import warnings
 
 import numpy as np
@@ -190,6 +191,9 @@ def _addmm_into(out, self, first, second, *, beta=1, alpha=1):
 def _addr_into(out, self, vec1, vec2, *, beta=1, alpha=1):
     """The outer product is a depth-1 matmul."""
     product = mxu_matmul(operand(vec1)[:, None], operand(vec2)[None, :])
+    if alpha == 0 and product.dtype.kind in "fc":  # unlike addmm, CPU's addr scales by a zero alpha: NaN stays NaN
+        product *= alpha
+        alpha = 1
     return scaled_sum_into(out, product, operand(self), beta, alpha)
 
 
@@ -259,11 +263,17 @@ def _lapack_operand(op, tensor, *args, **kwargs):
     return operand(tensor, str(op))
 
 
-def _each_matrix(function, matrices):
-    """Apply ``function`` (matrix -> tuple of arrays) to each matrix of a batch; stack each output."""
-    batch = matrices.shape[:-2]
-    flat = matrices.reshape(-1, *matrices.shape[-2:])
-    outputs = zip(*(function(matrix) for matrix in flat))
+def _each_matrix(function, *operands, core_dims=None):
+    """Apply ``function`` (matrices -> tuple of arrays) to each matrix of a non-empty batch; stack each output.
+
+    Several operands have their batches broadcast; ``core_dims`` says how many trailing dimensions of each operand
+    make one item (2, a matrix, by default; 1 for pivots or tau).
+    """
+    core_dims = core_dims or (2,) * len(operands)
+    cores = [x.shape[x.ndim - dims:] for x, dims in zip(operands, core_dims)]
+    batch = np.broadcast_shapes(*(x.shape[:x.ndim - dims] for x, dims in zip(operands, core_dims)))
+    flat = [np.broadcast_to(x, batch + core).reshape(math.prod(batch), *core) for x, core in zip(operands, cores)]
+    outputs = zip(*(function(*items) for items in zip(*flat)))
     return tuple(np.stack(parts).reshape(batch + np.shape(parts[0])) for parts in outputs)
 
 
@@ -387,12 +397,14 @@ def linalg_inv_ex(A, *, check_errors=False, inverse, info):
 def _solve_with_lu(lu, pivots, rhs, transpose):
     """Solve with LAPACK getrs for batches broadcast against each other; ``transpose`` 0, 1 (T) or 2 (H)."""
     batch = np.broadcast_shapes(lu.shape[:-2], rhs.shape[:-2])
+    if not (lu.size and rhs.size):  # then the solution is empty too
+        return np.empty(batch + rhs.shape[-2:], rhs.dtype)
     lu = np.broadcast_to(lu, batch + lu.shape[-2:]).reshape(-1, *lu.shape[-2:])
     pivots = np.broadcast_to(pivots, batch + pivots.shape[-1:]).reshape(-1, pivots.shape[-1])
     rhs = np.broadcast_to(rhs, batch + rhs.shape[-2:]).reshape(-1, *rhs.shape[-2:])
     getrs = _lapack_function("getrs", lu[:1])
     solved = [getrs(m, p - 1, b, trans=transpose)[0] for m, p, b in zip(lu, pivots, rhs)]
-    return np.stack(solved).reshape(*batch, *rhs.shape[-2:]) if solved else np.empty(batch + rhs.shape[-2:], rhs.dtype)
+    return np.stack(solved).reshape(*batch, *rhs.shape[-2:])
 
 
 def _solve_sides(lu, pivots, b, left, adjoint):
@@ -484,6 +496,9 @@ def _triangular_solve(a, b, upper, left, unitriangular, transpose=False):
         return np.swapaxes(_triangular_solve(a, np.swapaxes(b, -1, -2), upper, True, unitriangular, not transpose),
                            -1, -2)
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    dtype = np.result_type(a.dtype, b.dtype)
+    if not (a.size and b.size):  # then the solution is empty too
+        return np.empty(batch + b.shape[-2:], dtype)
     a = np.broadcast_to(a, batch + a.shape[-2:]).reshape(-1, *a.shape[-2:])
     b = np.broadcast_to(b, batch + b.shape[-2:]).reshape(-1, *b.shape[-2:])
     solved = [
@@ -491,8 +506,7 @@ def _triangular_solve(a, b, upper, left, unitriangular, transpose=False):
                                       check_finite=False)
         for m, r in zip(a, b)
     ]
-    dtype = np.result_type(a.dtype, b.dtype)
-    return np.stack(solved).reshape(batch + b.shape[-2:]) if solved else np.empty(batch + b.shape[-2:], dtype)
+    return np.stack(solved).reshape(batch + b.shape[-2:])
 
 
 @register("linalg_solve_triangular")
@@ -525,3 +539,508 @@ def linalg_matrix_exp(self):
     _check(self.dim() >= 2 and self.shape[-1] == self.shape[-2] and self.dtype in LAPACK_DTYPES, op, self)
     a = operand(self, "linalg.matrix_exp")
     return new_tensor(scipy.linalg.expm(a) if a.size else a, self.dtype)
+
+
+@register("linalg_matrix_exp.out")
+def linalg_matrix_exp_out(self, *, out):
+    result = linalg_matrix_exp(self)
+    _check(out.dtype == self.dtype, torch.ops.aten.linalg_matrix_exp.out, self, out=out)
+    _store((out, as_numpy(result)))
+    return out
+
+
+def _complex_dtype(dtype):
+    return torch.complex128 if dtype in (torch.float64, torch.complex128) else torch.complex64
+
+
+@register("linalg_eig.out")
+def linalg_eig_out(self, *, eigenvalues, eigenvectors):
+    """CPU takes any complex out= dtype its result casts to safely."""
+    op = torch.ops.aten.linalg_eig.out
+    dtype = _complex_dtype(self.dtype)
+    castable = all(t.dtype.is_complex and torch.can_cast(dtype, t.dtype) for t in (eigenvalues, eigenvectors))
+    _check(castable, op, self, eigenvalues=eigenvalues, eigenvectors=eigenvectors)
+    values, vectors = linalg_eig(self)
+    _store((eigenvalues, as_numpy(values)), (eigenvectors, as_numpy(vectors)))
+    return eigenvalues, eigenvectors
+
+
+# --- LU unpacking, QR by Householder reflectors, Cholesky and LDL solves ------------------------
+
+
+def _square_lapack_operand(op, tensor, *args, **kwargs):
+    _check(tensor.dim() >= 2 and tensor.shape[-1] == tensor.shape[-2], op, *args, **kwargs)
+    return _lapack_operand(op, tensor, *args, **kwargs)
+
+
+def _permutation_matrices(pivots, rows, dtype):
+    """P with A = P L U from LAPACK's 1-based row swaps: row i was swapped with row pivots[i] - 1, in order."""
+    batch = pivots.shape[:-1]
+    order = np.broadcast_to(np.arange(rows), batch + (rows,)).reshape(-1, rows).copy()
+    swaps = pivots.reshape(-1, pivots.shape[-1]).astype(np.intp) - 1
+    every = np.arange(order.shape[0])
+    for i in range(swaps.shape[-1]):
+        target = swaps[:, i]
+        order[every, i], order[every, target] = order[every, target], order[every, i]
+    permutation = np.zeros((order.shape[0], rows, rows), dtype)
+    permutation[every[:, None], order, np.arange(rows)] = 1  # column j of P picks row order[j]
+    return permutation.reshape(batch + (rows, rows))
+
+
+def _unpacked_triangles(lu):
+    """L (unit lower, m x k) and U (upper, k x n) of a packed LU factorization."""
+    rows, columns = lu.shape[-2:]
+    k = min(rows, columns)
+    lower = np.tril(lu[..., :, :k], -1)
+    lower[..., np.arange(k), np.arange(k)] = 1
+    return lower, np.triu(lu[..., :k, :])
+
+
+def _store_lu_unpacked(lu, pivots, unpack_data, unpack_pivots, P, L, U):
+    nothing = np.empty(0, lu.dtype)
+    lower, upper = _unpacked_triangles(lu) if unpack_data else (nothing, nothing)
+    permutation = _permutation_matrices(pivots, lu.shape[-2], lu.dtype) if unpack_pivots else nothing
+    _store((P, permutation), (L, lower), (U, upper))
+    return P, L, U
+
+
+@register("lu_unpack.out")
+def lu_unpack(LU_data, LU_pivots, unpack_data=True, unpack_pivots=True, *, P, L, U):
+    op = torch.ops.aten.lu_unpack.default
+    args = (LU_data, LU_pivots, unpack_data, unpack_pivots)
+    _check(LU_data.dim() >= 2 and LU_pivots.dtype == torch.int32, op, *args)
+    lu = operand(LU_data, "lu_unpack")
+    return _store_lu_unpacked(lu, operand(LU_pivots, "lu_unpack"), unpack_data, unpack_pivots, P, L, U)
+
+
+@register("linalg_lu.out")
+def linalg_lu(A, *, pivot=True, P, L, U):
+    op = torch.ops.aten.linalg_lu.default
+    _check(pivot, op, A, pivot=pivot)  # CPU has no LU without pivoting
+    lu, pivots, _ = _lu_factor(_lapack_operand(op, A, A, pivot=pivot))
+    return _store_lu_unpacked(lu, pivots, True, True, P, L, U)
+
+
+def _geqrf(matrix):
+    factors, tau, _, _ = _lapack_function("geqrf", matrix)(matrix)
+    return factors, tau
+
+
+@register("geqrf", "geqrf.a")
+def geqrf(self, *, a=None, tau=None):
+    matrices = _lapack_operand(torch.ops.aten.geqrf.default, self, self)
+    if matrices.size:
+        factors, scalars = _each_matrix(_geqrf, matrices)
+    else:
+        factors, scalars = matrices.copy(), np.empty(matrices.shape[:-2] + (min(matrices.shape[-2:]),), matrices.dtype)
+    a = empty(factors.shape, self.dtype) if a is None else a
+    tau = empty(scalars.shape, self.dtype) if tau is None else tau
+    _store((a, factors), (tau, scalars))
+    return a, tau
+
+
+def _householder_name(real_name, array):
+    """LAPACK names the complex Householder routines differently (orgqr -> ungqr, ormqr -> unmqr)."""
+    return {"orgqr": "ungqr", "ormqr": "unmqr"}[real_name] if array.dtype.kind == "c" else real_name
+
+
+def _orgqr(reflectors, tau):
+    function = _lapack_function(_householder_name("orgqr", reflectors), reflectors)
+    return (function(reflectors, tau)[0],)
+
+
+def _householder_product_valid(input, tau):
+    return (input.dim() >= 2 and input.shape[-2] >= input.shape[-1] >= tau.shape[-1]
+            and tau.dim() == input.dim() - 1 and input.shape[:-2] == tau.shape[:-1] and tau.dtype == input.dtype)
+
+
+@register("linalg_householder_product", "linalg_householder_product.out")
+def linalg_householder_product(input, tau, *, out=None):
+    op = torch.ops.aten.linalg_householder_product.default
+    reflectors = _lapack_operand(op, input, input, tau)
+    _check(_householder_product_valid(input, tau), op, input, tau)
+    scalars = operand(tau, "linalg.householder_product")
+    product = _each_matrix(_orgqr, reflectors, scalars, core_dims=(2, 1))[0] if reflectors.size else reflectors.copy()
+    out = empty(product.shape, input.dtype) if out is None else out
+    _store((out, product))
+    return out
+
+
+def _ormqr(left, transpose):
+    side = "L" if left else "R"
+
+    def apply(reflectors, tau, other):
+        trans = ("C" if other.dtype.kind == "c" else "T") if transpose else "N"
+        function = _lapack_function(_householder_name("ormqr", reflectors), reflectors)
+        work = max(1, other.shape[1] if left else other.shape[0]) * 64  # LAPACK's blocked path wants n * block size
+        return (function(side, trans, reflectors[:, :tau.shape[0]], tau, other, work)[0],)
+
+    return apply
+
+
+@register("ormqr", "ormqr.out")
+def ormqr(self, input2, input3, left=True, transpose=False, *, out=None):
+    op = torch.ops.aten.ormqr.default
+    args = (self, input2, input3, left, transpose)
+    reflectors = _lapack_operand(op, self, *args)
+    other_rows = input3.shape[-2] if left else input3.shape[-1]
+    valid = (input3.dim() == self.dim() and input2.dim() == self.dim() - 1 and input2.shape[-1] <= self.shape[-1]
+             and self.shape[-2] == other_rows and input2.shape[-1] <= other_rows
+             and self.shape[:-2] == input2.shape[:-1] == input3.shape[:-2]
+             and input2.dtype == input3.dtype == self.dtype)
+    _check(valid, op, *args)
+    other = operand(input3, "ormqr")
+    tau = operand(input2, "ormqr")
+    if other.size and tau.shape[-1]:
+        product = _each_matrix(_ormqr(left, transpose), reflectors, tau, other, core_dims=(2, 1, 2))[0]
+    else:  # no reflectors: Q is the identity
+        product = other.copy()
+    out = empty(product.shape, self.dtype) if out is None else out
+    _store((out, product))
+    return out
+
+
+def _mirror_triangle(matrices, upper):
+    """The Hermitian matrix whose ``upper`` (or lower) triangle is given."""
+    triangle = np.triu(matrices) if upper else np.tril(matrices)
+    strict = np.triu(matrices, 1) if upper else np.tril(matrices, -1)
+    return triangle + np.conj(np.swapaxes(strict, -1, -2))
+
+
+def _potri(upper):
+    def invert(factor):
+        inverse, info = _lapack_function("potri", factor)(factor, lower=not upper)
+        return inverse, np.int32(info)
+
+    return invert
+
+
+@register("cholesky_inverse", "cholesky_inverse.out")
+def cholesky_inverse(self, upper=False, *, out=None):
+    factors = _square_lapack_operand(torch.ops.aten.cholesky_inverse.default, self, self, upper)
+    if factors.size:
+        inverse, codes = _each_matrix(_potri(upper), factors)
+        linalg_check_errors(new_tensor(codes, torch.int32), "cholesky_inverse", is_matrix=self.dim() == 2)
+        inverse = _mirror_triangle(inverse, upper)
+    else:
+        inverse = factors.copy()
+    out = empty(inverse.shape, self.dtype) if out is None else out
+    _store((out, inverse))
+    return out
+
+
+def _potrs(upper):
+    def solve(factor, rhs):
+        return (_lapack_function("potrs", factor)(factor, rhs, lower=not upper)[0],)
+
+    return solve
+
+
+@register("_cholesky_solve_helper")
+def cholesky_solve_helper(self, A, upper):
+    """X with A A^H X = B (or A^H A for upper A): the batches were already broadcast by cholesky_solve."""
+    factors = _square_lapack_operand(torch.ops.aten._cholesky_solve_helper.default, A, self, A, upper)
+    rhs = operand(self, "cholesky_solve")
+    if factors.size and rhs.size:
+        return new_tensor(_each_matrix(_potrs(upper), factors, rhs)[0], self.dtype)
+    return empty(np.broadcast_shapes(factors.shape[:-2], rhs.shape[:-2]) + rhs.shape[-2:], self.dtype)
+
+
+def _symmetric_factorization_name(hermitian, array):
+    """Bunch-Kaufman: sytrf/sytrs for symmetric, hetrf/hetrs for complex Hermitian matrices."""
+    return "he" if hermitian and array.dtype.kind == "c" else "sy"
+
+
+def _ldl_factor(hermitian):
+    def factor(lower_triangle):
+        name = _symmetric_factorization_name(hermitian, lower_triangle) + "trf"
+        factors, pivots, info = _lapack_function(name, lower_triangle)(lower_triangle, lower=True)
+        return factors, pivots.astype(np.int32), np.int32(info)
+
+    return factor
+
+
+@register("linalg_ldl_factor_ex.out")
+def linalg_ldl_factor_ex(self, *, hermitian=False, check_errors=False, LD, pivots, info):
+    """LAPACK works on the lower triangle only; CPU zeroes the upper one first."""
+    op = torch.ops.aten.linalg_ldl_factor_ex.default
+    lower_triangle = np.tril(_square_lapack_operand(op, self, self, hermitian=hermitian))
+    if lower_triangle.size:
+        factors, pivot_indices, codes = _each_matrix(_ldl_factor(hermitian), lower_triangle)
+    else:
+        factors, pivot_indices = lower_triangle, np.empty(lower_triangle.shape[:-1], np.int32)
+        codes = np.zeros(lower_triangle.shape[:-2], np.int32)
+    _store((LD, factors), (pivots, pivot_indices), (info, codes))
+    if check_errors:
+        linalg_check_errors(info, "torch.linalg.ldl_factor_ex", is_matrix=self.dim() == 2)
+    return LD, pivots, info
+
+
+def _ldl_solve(hermitian):
+    def solve(factors, pivots, rhs):
+        name = _symmetric_factorization_name(hermitian, factors) + "trs"
+        return (_lapack_function(name, factors)(factors, pivots, rhs, lower=True)[0],)
+
+    return solve
+
+
+@register("linalg_ldl_solve.out")
+def linalg_ldl_solve(LD, pivots, B, *, hermitian=False, out):
+    op = torch.ops.aten.linalg_ldl_solve.default
+    args = (LD, pivots, B)
+    factors = _square_lapack_operand(op, LD, *args, hermitian=hermitian)
+    valid = (B.dim() >= 2 and B.dtype == LD.dtype and pivots.dtype == torch.int32
+             and pivots.shape == LD.shape[:-1] and B.shape[-2] == LD.shape[-1])
+    _check(valid, op, *args, hermitian=hermitian)
+    rhs = operand(B, "linalg.ldl_solve")
+    batch = np.broadcast_shapes(factors.shape[:-2], rhs.shape[:-2])
+    if factors.size and rhs.size:
+        solution = _each_matrix(_ldl_solve(hermitian), factors, operand(pivots), rhs, core_dims=(2, 1, 2))[0]
+    else:
+        solution = np.empty(batch + rhs.shape[-2:], rhs.dtype)
+    _store((out, solution))
+    return out
+
+
+# --- least squares --------------------------------------------------------------------------
+# CPU's defaults and outputs: gelsy (rank only), gelsd and gelss (rank and singular values), gels
+# (full rank only, neither). Residuals come from the rows LAPACK leaves below the solution, when
+# m > n, for every driver but gelsy, and for gelsd/gelss only if every matrix has full rank.
+
+LSTSQ_DRIVERS = ("gels", "gelsy", "gelsd", "gelss")
+
+
+def _lwork(name, array, *args):
+    return scipy.linalg.lapack._compute_lwork(_lapack_function(name + "_lwork", array), *args)
+
+
+def _least_squares(driver, rcond):
+    """(matrix, right-hand sides padded to max(m, n) rows) -> (LAPACK's b, rank, singular values, info)."""
+
+    def gelsy(a, b):
+        m, n = a.shape
+        work = _lwork("gelsy", a, m, n, b.shape[1], rcond)
+        _, x, _, rank, info = _lapack_function("gelsy", a)(a, b, np.zeros(n, np.int32), rcond, work)
+        return x, rank, np.empty(0, a.real.dtype), info
+
+    def gelsd(a, b):
+        m, n = a.shape
+        works = _lwork("gelsd", a, m, n, b.shape[1], rcond)
+        x, s, rank, info = _lapack_function("gelsd", a)(a, b, *works, cond=rcond)
+        return x, rank, s, info
+
+    def gelss(a, b):
+        m, n = a.shape
+        work = _lwork("gelss", a, m, n, b.shape[1], rcond)
+        _, x, s, rank, _, info = _lapack_function("gelss", a)(a, b, cond=rcond, lwork=work)
+        return x, rank, s, info
+
+    def gels(a, b):
+        _, x, info = _lapack_function("gels", a)(a, b)
+        return x, 0, np.empty(0, a.real.dtype), info
+
+    return locals()[driver]
+
+
+def _lstsq_arguments_valid(self, b, driver):
+    return (driver in LSTSQ_DRIVERS and self.dim() >= 2 and b.dim() >= 1 and 0 <= self.dim() - b.dim() <= 1
+            and self.dtype == b.dtype and self.dtype in LAPACK_DTYPES)
+
+
+def _lstsq_solve(a, b, driver, rcond):
+    """LAPACK's overwritten b (max(m, n) rows), ranks and singular values, batches broadcast."""
+    m, n = a.shape[-2:]
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    padded = np.zeros(batch + (max(m, n), b.shape[-1]), b.dtype)
+    padded[..., :m, :] = b
+    if not (a.size and padded.size):
+        ranks = np.zeros(batch, np.int64)
+        return padded, ranks, np.zeros(batch + (min(m, n),), a.real.dtype), np.zeros(batch, np.int32)
+    # LAPACK needs one right-hand side for the rank and singular values even if the caller has none.
+    columns = padded if padded.shape[-1] else np.zeros(batch + (max(m, n), 1), b.dtype)
+    solved, ranks, values, codes = _each_matrix(_least_squares(driver, rcond), a, columns)
+    return solved[..., :padded.shape[-1]], ranks, values, codes
+
+
+def _lstsq_residuals(solved, ranks, m, n, driver):
+    full_rank = driver not in ("gelsd", "gelss") or bool(np.all(ranks == n))
+    if m > n and driver != "gelsy" and full_rank:
+        return np.square(np.abs(solved[..., n:, :])).sum(axis=-2)
+    return np.empty(0, solved.real.dtype)
+
+
+@register("linalg_lstsq.out")
+def linalg_lstsq(self, b, rcond=None, *, driver=None, solution, residuals, rank, singular_values):
+    op = torch.ops.aten.linalg_lstsq.default
+    driver = driver or "gelsy"
+    _check(_lstsq_arguments_valid(self, b, driver), op, self, b, rcond, driver=driver)
+    a, rhs = operand(self, "linalg.lstsq"), operand(b, "linalg.lstsq")
+    vector = rhs.ndim == a.ndim - 1
+    m, n = a.shape[-2:]
+    if rcond is None:
+        rcond = np.finfo(a.dtype).eps * max(m, n)
+    solved, ranks, values, codes = _lstsq_solve(a, rhs[..., None] if vector else rhs, driver, rcond)
+    if driver == "gels":
+        linalg_check_errors(new_tensor(codes, torch.int32), "torch.linalg.lstsq", is_matrix=self.dim() == 2)
+    x = np.zeros_like(solved[..., :n, :]) if m == 0 else solved[..., :n, :]
+    nothing = np.empty(0, values.dtype)
+    _store(
+        (solution, x[..., 0] if vector else x),
+        (residuals, _lstsq_residuals(solved, ranks, m, n, driver)),
+        (rank, np.empty(0, np.int64) if driver == "gels" else ranks),
+        (singular_values, values if driver in ("gelsd", "gelss") else nothing),
+    )
+    return solution, residuals, rank, singular_values
+
+
+# --- pairwise distances -----------------------------------------------------------------------
+# One p-norm family serves cdist and pdist, forward and backward, in CPU's special cases:
+# p = 0 counts differing coordinates, p = inf takes the largest; gradients are 0 where the distance is.
+
+DISTANCE_DTYPES = frozenset({torch.float32, torch.float64})
+PAIRWISE_CHUNK_ELEMENTS = 1 << 22  # bounds the (rows, rows, columns) difference tensor
+
+
+def _p_norm(difference, p):
+    magnitude = np.abs(difference)
+    if p == 0:
+        return np.count_nonzero(difference, axis=-1).astype(difference.dtype)
+    if p == 1:
+        return magnitude.sum(axis=-1)
+    if p == 2:
+        return np.sqrt(np.square(magnitude).sum(axis=-1))
+    if np.isinf(p):
+        return magnitude.max(axis=-1, initial=0)
+    return np.power(np.power(magnitude, p).sum(axis=-1), 1 / p)
+
+
+def _p_norm_gradient(difference, grad, distance, p):
+    """d distance / d x1 times grad, per pair: CPU's formulas, including its zero-distance conventions."""
+    sign = np.sign(difference)
+    if p == 0:
+        return np.zeros_like(difference)
+    if p == 1:
+        return grad * sign
+    if np.isinf(p):
+        return grad * sign * (np.abs(difference) == distance)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if p == 2:
+            gradient = grad * difference / distance
+        elif p < 2:
+            gradient = sign * np.power(np.abs(difference), p - 1) * grad / np.power(distance, p - 1)
+            gradient = np.where((difference == 0) & (p < 1), 0, gradient)
+        else:
+            gradient = difference * np.power(np.abs(difference), p - 2) * grad / np.power(distance, p - 1)
+    return np.where(distance == 0, 0, gradient)
+
+
+def _row_chunks(rows, other_rows, columns):
+    step = max(1, PAIRWISE_CHUNK_ELEMENTS // max(1, other_rows * columns))
+    return (slice(start, start + step) for start in range(0, rows, step))
+
+
+def _pairwise_distances(x1, x2, p):
+    """(r1, m) x (r2, m) -> (r1, r2)."""
+    distances = np.empty((x1.shape[0], x2.shape[0]), x1.dtype)
+    for rows in _row_chunks(x1.shape[0], x2.shape[0], x1.shape[1]):
+        distances[rows] = _p_norm(x1[rows, None, :] - x2[None, :, :], p)
+    return distances
+
+
+def _pairwise_gradient(grad, x1, x2, p, distances):
+    """The gradient of sum(grad * distances) with respect to x1, (r1, m)."""
+    gradient = np.empty(x1.shape, x1.dtype)
+    for rows in _row_chunks(x1.shape[0], x2.shape[0], x1.shape[1]):
+        difference = x1[rows, None, :] - x2[None, :, :]
+        terms = _p_norm_gradient(difference, grad[rows, :, None], distances[rows, :, None], p)
+        gradient[rows] = terms.sum(axis=1)
+    return gradient
+
+
+def _euclidean_distances(x1, x2):
+    """CPU's matmul route for p = 2 (torch._decomp's _euclidean_dist): |a|^2 - 2 a.b + |b|^2 on the MXU."""
+    square1 = np.square(x1).sum(axis=-1, keepdims=True)
+    square2 = np.square(x2).sum(axis=-1, keepdims=True)
+    left = np.concatenate([-2 * x1, square1, np.ones_like(square1)], axis=-1)
+    right = np.concatenate([x2, np.ones_like(square2), square2], axis=-1)
+    return np.sqrt(np.maximum(mxu_matmul(left, np.swapaxes(right, -1, -2)), 0))
+
+
+def _uses_matmul(p, compute_mode, r1, r2):
+    mode = compute_mode or 0
+    return p == 2 and (mode == 1 or (mode == 0 and (r1 > 25 or r2 > 25)))
+
+
+def _cdist_arguments_valid(x1, x2, p, compute_mode):
+    return (x1.dim() >= 2 and x2.dim() >= 2 and x1.shape[-1] == x2.shape[-1] and p >= 0
+            and x1.dtype in DISTANCE_DTYPES and x2.dtype == x1.dtype and compute_mode in (None, 0, 1, 2)
+            and _batches_broadcast(x1, x2))
+
+
+def _batches_broadcast(*tensors):
+    try:
+        np.broadcast_shapes(*(tuple(t.shape[:-2]) for t in tensors))
+    except ValueError:
+        return False
+    return True
+
+
+def _expanded_pair(x1, x2):
+    """Both operands with their batches broadcast and flattened to one batch axis."""
+    batch = np.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
+    return batch, (np.broadcast_to(x, batch + x.shape[-2:]).reshape(math.prod(batch), *x.shape[-2:]) for x in (x1, x2))
+
+
+@register("_cdist_forward")
+def cdist_forward(x1, x2, p, compute_mode):
+    op = torch.ops.aten._cdist_forward.default
+    _check(_cdist_arguments_valid(x1, x2, p, compute_mode), op, x1, x2, p, compute_mode)
+    a, b = operand(x1, "cdist"), operand(x2, "cdist")
+    batch, (first, second) = _expanded_pair(a, b)
+    r1, r2 = a.shape[-2], b.shape[-2]
+    result = empty(batch + (r1, r2), x1.dtype)
+    if not result.numel():
+        return result
+    if _uses_matmul(p, compute_mode, r1, r2) and a.shape[-1]:
+        distances = _euclidean_distances(first, second)
+    else:
+        distances = np.stack([_pairwise_distances(u, v, p) for u, v in zip(first, second)])
+    return write(result, distances.reshape(batch + (r1, r2)))
+
+
+@register("_cdist_backward")
+def cdist_backward(grad, x1, x2, p, cdist):
+    """Gradient for x1 at the batch-broadcast shape; autograd sums it back to x1's shape."""
+    a, b = operand(x1, "cdist"), operand(x2, "cdist")
+    batch, (first, second) = _expanded_pair(a, b)
+    g = operand(grad, "cdist").reshape(-1, a.shape[-2], b.shape[-2])
+    distances = operand(cdist, "cdist").reshape(g.shape)
+    gradients = [_pairwise_gradient(*items, p, d) for *items, d in zip(g, first, second, distances)]
+    shape = batch + a.shape[-2:]
+    return new_tensor(np.stack(gradients).reshape(shape) if gradients else np.zeros(shape, a.dtype), x1.dtype)
+
+
+def _pdist_arguments_valid(self, p):
+    return self.dim() == 2 and self.dtype in DISTANCE_DTYPES and p >= 0
+
+
+@register("_pdist_forward")
+def pdist_forward(self, p=2.0):
+    _check(_pdist_arguments_valid(self, p), torch.ops.aten._pdist_forward.default, self, p)
+    x = operand(self, "pdist")
+    upper = np.triu_indices(x.shape[0], 1)
+    return new_tensor(_pairwise_distances(x, x, p)[upper], self.dtype)
+
+
+@register("_pdist_backward")
+def pdist_backward(grad, self, p, pdist):
+    """Each pair's gradient goes to both rows with opposite signs: the cdist gradient of x against itself
+    with the pair gradients mirrored into a symmetric matrix."""
+    x = operand(self, "pdist")
+    rows = x.shape[0]
+    upper = np.triu_indices(rows, 1)
+    pair_grads = np.zeros((rows, rows), x.dtype)
+    pair_grads[upper] = operand(grad, "pdist")
+    distances = np.zeros((rows, rows), x.dtype)
+    distances[upper] = operand(pdist, "pdist")
+    return new_tensor(_pairwise_gradient(pair_grads + pair_grads.T, x, x, p, distances + distances.T), self.dtype)

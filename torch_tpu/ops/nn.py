@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import _C
-from ._common import empty, opmath_dtype, opmath_operand, operand, resize_out, write
+from ._common import as_numpy, empty, opmath_dtype, opmath_operand, operand, resize_out, write
 from . import _registry
 
 # at::Reduction
@@ -100,50 +100,68 @@ def optional_operand(value):
 # ---------------------------------------------------------------------------------------
 
 
-def softmax_array(x, dim):
+def compute_into(out, dtype, compute):
+    """Run ``compute(destination)`` in ``out``'s own memory when it has the compute dtype, else via scratch."""
+    view = as_numpy(out)
+    if view.dtype == dtype:
+        compute(view)
+        return out
+    scratch = np.empty(view.shape, dtype)
+    compute(scratch)
+    return write(out, scratch)
+
+
+def softmax_into(destination, x, dim, log=False):
+    """(Log-)softmax of ``x`` along ``dim`` into ``destination``; returns the row maxima."""
     if x.size == 0:
-        return x.astype(x.dtype, copy=True)
-    result = x - np.max(x, axis=dim, keepdims=True)
-    np.exp(result, out=result)
-    result /= np.sum(result, axis=dim, keepdims=True)
-    return result
+        return None
+    row_max = np.max(x, axis=dim, keepdims=True)
+    np.subtract(x, row_max, out=destination)
+    if log:
+        destination -= np.log(np.sum(np.exp(destination), axis=dim, keepdims=True))
+    else:
+        np.exp(destination, out=destination)
+        destination /= np.sum(destination, axis=dim, keepdims=True)
+    return row_max
 
 
-def log_softmax_array(x, dim):
-    if x.size == 0:
-        return x.astype(x.dtype, copy=True)
-    result = x - np.max(x, axis=dim, keepdims=True)
-    result -= np.log(np.sum(np.exp(result), axis=dim, keepdims=True))
-    return result
-
-
-def softmax_kernel(array_function):
+def softmax_kernel(log):
     def kernel(self, dim, half_to_float, *, out):
+        resize_out(out, self.shape)
         x = at_least_1d(opmath_operand(self))
-        result = array_function(x, wrap_dim(dim, self.dim()))
-        return store(out, result.reshape(self.shape))
+        dim = wrap_dim(dim, self.dim())
+        return compute_into(out, x.dtype, lambda destination: softmax_into(at_least_1d(destination), x, dim, log))
 
     return kernel
 
 
-register("_softmax.out")(softmax_kernel(softmax_array))
-register("_log_softmax.out")(softmax_kernel(log_softmax_array))
+register("_softmax.out")(softmax_kernel(log=False))
+register("_log_softmax.out")(softmax_kernel(log=True))
 
 
-@register("_softmax_backward_data.out")
-def softmax_backward_data(grad_output, output, dim, input_dtype, *, grad_input):
-    grad, y = at_least_1d(opmath_operand(grad_output)), at_least_1d(opmath_operand(output))
-    dim = wrap_dim(dim, output.dim())
-    result = y * (grad - np.sum(grad * y, axis=dim, keepdims=True))
-    return store(grad_input, result.reshape(output.shape))
+def softmax_backward_into(destination, grad, y, dim):
+    np.subtract(grad, np.sum(grad * y, axis=dim, keepdims=True), out=destination)
+    destination *= y
 
 
-@register("_log_softmax_backward_data.out")
-def log_softmax_backward_data(grad_output, output, dim, input_dtype, *, out):
-    grad, y = at_least_1d(opmath_operand(grad_output)), at_least_1d(opmath_operand(output))
-    dim = wrap_dim(dim, output.dim())
-    result = grad - np.exp(y) * np.sum(grad, axis=dim, keepdims=True)
-    return store(out, result.reshape(output.shape))
+def log_softmax_backward_into(destination, grad, y, dim):
+    np.exp(y, out=destination)
+    destination *= -np.sum(grad, axis=dim, keepdims=True)
+    destination += grad
+
+
+def softmax_backward_kernel(backward_into, out_name):
+    def kernel(grad_output, output, dim, input_dtype, **out):
+        out = resize_out(out[out_name], output.shape)
+        grad, y = at_least_1d(opmath_operand(grad_output)), at_least_1d(opmath_operand(output))
+        dim = wrap_dim(dim, output.dim())
+        return compute_into(out, y.dtype, lambda destination: backward_into(at_least_1d(destination), grad, y, dim))
+
+    return kernel
+
+
+register("_softmax_backward_data.out")(softmax_backward_kernel(softmax_backward_into, "grad_input"))
+register("_log_softmax_backward_data.out")(softmax_backward_kernel(log_softmax_backward_into, "out"))
 
 
 @register("_safe_softmax")
@@ -152,11 +170,14 @@ def safe_softmax(self, dim, dtype=None):
     dtype = dtype or self.dtype
     dim = wrap_dim(dim, self.dim())
     x = at_least_1d(opmath_operand(self)).astype(opmath_dtype(dtype), copy=False)
-    result = softmax_array(x, dim)
-    if x.size:
-        masked_rows = np.all(x == -np.inf, axis=dim, keepdims=True)
-        result = np.where(masked_rows, 0, result)
-    return new(result.reshape(self.shape), dtype)
+
+    def compute(destination):
+        destination = at_least_1d(destination)
+        row_max = softmax_into(destination, x, dim)
+        if row_max is not None:  # a row is fully masked exactly when its maximum is -inf
+            np.copyto(destination, 0, where=row_max == -np.inf)
+
+    return compute_into(empty(self.shape, dtype), x.dtype, compute)
 
 
 # ---------------------------------------------------------------------------------------
@@ -442,25 +463,40 @@ def lowest(dtype):
     return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
 
 
-def running_max(best, best_index, values, index, is_float):
+def running_max(best, best_label, values, label, check_nan):
     """PyTorch's update rule: take a strictly greater value, or any NaN (so the last NaN wins)."""
     take = values > best
-    if is_float:
+    if check_nan:
         take |= np.isnan(values)
-    np.copyto(best, values, where=take)
-    np.copyto(best_index, index, where=take)
+    np.maximum(best, values, out=best)  # same values as a masked copy (NaN included), several times faster
+    best_label += take * (label - best_label)
+
+
+def has_nan(x):
+    return x.dtype.kind == "f" and bool(np.isnan(x).any())
 
 
 def max_pool_arrays(x, window):
+    """Max and flat argmax of every window.
+
+    The loop only records which kernel offset won (a small integer); the flat input index
+    is computed once at the end from that offset and the window's position.
+    """
     padded = window.pad(x, lowest(x.dtype))
     out_shape = x.shape[: x.ndim - len(window.in_sizes)] + window.out_sizes
     best = np.full(out_shape, lowest(x.dtype), x.dtype)
-    best_index = np.empty(out_shape, np.int64)
-    best_index[...] = flat_index(window.first_valid_coordinates(), window.in_sizes)
-    for offset in window.offsets():
-        index = flat_index(window.coordinates(offset), window.in_sizes)
-        running_max(best, best_index, padded[window.view(offset)], index, x.dtype.kind == "f")
-    return best, best_index
+    winner = np.full(out_shape, -1, np.int32)
+    check_nan = has_nan(x)
+    offsets = list(window.offsets())
+    for number, offset in enumerate(offsets):
+        running_max(best, winner, padded[window.view(offset)], number, check_nan)
+    window_origin = flat_index(window.coordinates((0,) * len(window.in_sizes)), window.in_sizes)
+    offset_delta = np.array([flat_index([[j * d] for j, d in zip(offset, window.dilation)], window.in_sizes).item()
+                             for offset in offsets])
+    index = window_origin + offset_delta[winner]
+    # a window with no value above -inf points at its first element inside the input, as on the CPU
+    np.copyto(index, flat_index(window.first_valid_coordinates(), window.in_sizes), where=winner < 0)
+    return best, index
 
 
 def max_pool_backward_array(grad, indices, in_shape, n_spatial):
@@ -474,9 +510,15 @@ def max_pool_backward_array(grad, indices, in_shape, n_spatial):
 
 def avg_pool_arrays(x, window, count_include_pad, divisor_override):
     padded = window.pad(x, 0)
-    total = sum(padded[window.view(offset)] for offset in window.offsets())
+    views = (padded[window.view(offset)] for offset in window.offsets())
+    total = next(views).copy()
+    for view in views:
+        total += view
     divisor = divisor_override or outer_product(window.avg_divisors(count_include_pad))
-    return total / divisor
+    if total.dtype.kind in "iu":  # integer averages truncate toward zero, as C++ division does
+        return np.sign(total) * (np.abs(total) // divisor)
+    total /= divisor
+    return total
 
 
 def avg_pool_backward_array(grad, in_shape, window, count_include_pad, divisor_override):
@@ -570,8 +612,18 @@ def contract_spatial(x, matrices):
     return x
 
 
+def uniform_window(in_sizes, out_sizes):
+    """When every size divides evenly, adaptive windows are plain non-overlapping ones: pool them so."""
+    if all(o and i % o == 0 for i, o in zip(in_sizes, out_sizes)):
+        kernel = [i // o for i, o in zip(in_sizes, out_sizes)]
+        return Window(in_sizes, kernel, kernel, 0, 1, False)
+    return None
+
+
 def adaptive_avg_pool_array(x, out_sizes):
     in_sizes = x.shape[-len(out_sizes):]
+    if window := uniform_window(in_sizes, out_sizes):
+        return avg_pool_arrays(x, window, True, None)
     matrices = [adaptive_membership(i, o) for i, o in zip(in_sizes, out_sizes)]
     counts = outer_product([m.sum(axis=1) for m in matrices])
     return contract_spatial(x, matrices) / counts
@@ -579,6 +631,8 @@ def adaptive_avg_pool_array(x, out_sizes):
 
 def adaptive_avg_pool_backward_array(grad, in_sizes):
     out_sizes = grad.shape[-len(in_sizes):]
+    if window := uniform_window(in_sizes, out_sizes):
+        return avg_pool_backward_array(grad, grad.shape[: -len(in_sizes)] + tuple(in_sizes), window, True, None)
     matrices = [adaptive_membership(i, o) for i, o in zip(in_sizes, out_sizes)]
     counts = outer_product([m.sum(axis=1) for m in matrices])
     return contract_spatial(grad / counts, [m.T for m in matrices])
@@ -609,17 +663,20 @@ register("_adaptive_avg_pool3d_backward", "_adaptive_avg_pool3d_backward.out")(a
 def adaptive_max_pool_arrays(x, out_sizes):
     n = len(out_sizes)
     in_sizes = x.shape[-n:]
+    if window := uniform_window(in_sizes, out_sizes):
+        return max_pool_arrays(x, window)
     bounds = [adaptive_bounds(i, o) for i, o in zip(in_sizes, out_sizes)]
     lengths = [end - start for start, end in bounds]
     best = np.full(x.shape[:-n] + tuple(out_sizes), lowest(x.dtype), x.dtype)
     best_index = np.empty(best.shape, np.int64)
     best_index[...] = flat_index([start for start, _ in bounds], in_sizes)
+    check_nan = has_nan(x)
     for offset in itertools.product(*(range(int(length.max(initial=0))) for length in lengths)):
         coordinates = [np.minimum(start + j, i - 1) for (start, _), j, i in zip(bounds, offset, in_sizes)]
         inside = outer_product([j < length for j, length in zip(offset, lengths)])
         values = x[(Ellipsis,) + tuple(grids(coordinates))]
         running_max(best, best_index, np.where(inside, values, lowest(x.dtype)), flat_index(coordinates, in_sizes),
-                    x.dtype.kind == "f")
+                    check_nan)
     return best, best_index
 
 
