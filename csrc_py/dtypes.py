@@ -47,8 +47,10 @@ VIA_FLOAT32 = frozenset({"float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"})
 def _float8_to_float32_table(name):
     """float32 value of each of the 256 codes, with the NaN payloads c10's bit conversion gives."""
     codes = np.arange(256, dtype=np.uint8)
-    if name == "float8_e5m2":  # c10 widens e5m2 as the top byte of a float16
-        return (codes.astype(np.uint16) << 8).view(np.float16).astype(np.float32)
+    if name == "float8_e5m2":  # c10 widens e5m2 as the top byte of a float16, quieting NaNs
+        values = (codes.astype(np.uint16) << 8).view(np.float16).astype(np.float32)
+        values.view(np.uint32)[np.isnan(values)] |= 0x00400000
+        return values
     values = codes.view(NUMPY_DTYPES[name]).astype(np.float32)
     bits = values.view(np.uint32)
     bits[np.isnan(values)] = np.where(codes[np.isnan(values)] & 0x80, 0xFFF00000, 0x7FF00000)

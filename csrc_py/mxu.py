@@ -35,6 +35,8 @@ import functools
 import numpy as np
 
 from . import dtypes
+from .chip import current_chip
+from .chips import CHIPS
 
 EXACT = None  # precision_passes value: a float32 matmul, no bf16 splitting
 
@@ -49,6 +51,7 @@ _BF16 = dtypes.numpy_dtype("bfloat16")
 _FLOAT32 = np.dtype(np.float32)
 _INT64 = np.dtype(np.int64)
 _NAME_OF = {dtype: name for name, dtype in dtypes.NUMPY_DTYPES.items()}
+_FP8 = frozenset({dtypes.NUMPY_DTYPES["float8_e4m3fn"], dtypes.NUMPY_DTYPES["float8_e5m2"]})
 
 
 def bf16_pieces(x, count):
@@ -86,10 +89,25 @@ def accumulator_dtype(a_dtype, b_dtype):
     """The dtype the MXU (or, off the MXU, the emulator) accumulates these operand types in."""
     if a_dtype.kind in "biu" and b_dtype.kind in "biu":
         return _INT64
+    if a_dtype in _FP8 or b_dtype in _FP8:
+        return _FLOAT32  # NumPy has no common type for two different fp8 formats
     wide = np.result_type(a_dtype, b_dtype)
     if wide.kind == "c" or wide == np.float64:
         return wide
     return _FLOAT32
+
+
+def check_chip_supports(a_dtype, b_dtype):
+    """FP8 and int8 matmuls exist only on chips whose table lists them."""
+    spec = current_chip().spec
+    for dtype in (a_dtype, b_dtype):
+        name = _NAME_OF.get(dtype)
+        if dtype in _FP8 and not spec.supports_mxu_dtype(name):
+            raise RuntimeError(
+                f"{spec.name} ({spec.generation}) has no {name} MXU path: FP8 matmul needs a chip "
+                f"whose table lists it ({', '.join(n for n, c in CHIPS.items() if c.supports_mxu_dtype(name))}); "
+                "select one with TORCH_TPU_CHIP"
+            )
 
 
 def matmul(a, b, out=None, *, precision_passes=EXACT):
@@ -100,6 +118,7 @@ def matmul(a, b, out=None, *, precision_passes=EXACT):
     """
     if precision_passes is not EXACT and precision_passes not in PASS_PRODUCTS:
         raise ValueError(f"precision_passes must be EXACT (None) or one of {sorted(PASS_PRODUCTS)}, got {precision_passes!r}")
+    check_chip_supports(a.dtype, b.dtype)
     accumulate = accumulator_dtype(a.dtype, b.dtype)
     direct = out if out is not None and out.dtype == accumulate else None
     split = accumulate == _FLOAT32 and precision_passes is not EXACT and _FLOAT32 in (a.dtype, b.dtype)

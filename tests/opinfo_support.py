@@ -162,6 +162,8 @@ def _storage_span(tensor):
 
 def tensor_to_tpu(tensor):
     """An exact tpu copy: same values, sizes, strides (overlaps included) and requires_grad."""
+    if tensor.layout != torch.strided:  # sparse samples: whatever the backend makes of them
+        return tensor.detach().to(DEVICE).requires_grad_(tensor.requires_grad)
     with torch.no_grad():
         cpu = tensor.detach().resolve_conj().resolve_neg()
         span = _storage_span(cpu)
@@ -171,24 +173,23 @@ def tensor_to_tpu(tensor):
 
 
 def _value_to_tpu(value):
+    """Tensors and device arguments ("cpu" or torch.device("cpu")) move to tpu."""
     if isinstance(value, torch.Tensor):
         return tensor_to_tpu(value)
     if isinstance(value, torch.device) and value.type == "cpu":
         return torch.device(DEVICE)
+    if isinstance(value, str) and value == "cpu":
+        return DEVICE
     return value
 
 
-def _kwarg_to_tpu(name, value):
-    if name == "device" and value == "cpu":
-        return DEVICE
-    return tree_map(_value_to_tpu, value)
-
-
 def sample_to_tpu(sample):
+    """The sample with every tensor on tpu. Note: index tensors that a sample
+    function deliberately leaves on the CPU (tensor_split's) move too."""
     return type(sample)(
         tree_map(_value_to_tpu, sample.input),
         args=tree_map(_value_to_tpu, sample.args),
-        kwargs={name: _kwarg_to_tpu(name, value) for name, value in sample.kwargs.items()},
+        kwargs=tree_map(_value_to_tpu, sample.kwargs),
         output_process_fn_grad=sample.output_process_fn_grad,
         broadcasts_input=sample.broadcasts_input,
         name=sample.name,

@@ -352,3 +352,164 @@ def test_linalg_gradients_match_cpu():
         out.backward()
         grads[device] = [leaf.grad.cpu() for leaf in leaves]
     torch.testing.assert_close(grads["tpu"], grads["cpu"])
+
+
+# --- least squares, LU/QR/Cholesky/LDL pieces, distances ----------------------------------------
+
+
+def check_grads(f, *inputs, tolerance=None):
+    """Gradients of a random projection of f's (real) outputs, tpu against CPU."""
+    grads = {}
+    for device in ("cpu", "tpu"):
+        leaves = [t.detach().to(device).requires_grad_() for t in inputs]
+        outputs = [o for o in torch.utils._pytree.tree_leaves(f(*leaves)) if o.requires_grad]
+        torch.manual_seed(1)
+        loss = sum((o * torch.randn(o.shape, dtype=o.dtype).to(device)).sum() for o in outputs)
+        grads[device] = [g.cpu() for g in torch.autograd.grad(loss, leaves)]
+    torch.testing.assert_close(grads["tpu"], grads["cpu"], **(tolerance or {}))
+
+
+LAPACK_TOLERANCE = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float64: None,
+                    torch.complex64: dict(atol=1e-4, rtol=1e-4), torch.complex128: None}
+
+
+@pytest.mark.parametrize("driver", [None, "gelsy", "gelsd", "gelss", "gels"])
+@pytest.mark.parametrize("dtype", list(LAPACK_TOLERANCE), ids=str)
+def test_lstsq_drivers_and_outputs(driver, dtype):
+    tolerance = LAPACK_TOLERANCE[dtype]
+    for a_shape, b_shape in [((5, 3), (5, 2)), ((3, 5), (3, 2)), ((2, 5, 3), (2, 5)), ((2, 5, 3), (1, 5, 2)),
+                             ((0, 3), (0, 2)), ((5, 0), (5, 2)), ((4, 4), (4, 1))]:
+        check(L.lstsq, make(*a_shape, dtype=dtype), make(*b_shape, dtype=dtype), driver=driver, tolerance=tolerance)
+    deficient = make(5, 3, dtype=dtype)
+    deficient[:, 2] = deficient[:, 1]
+    if driver != "gels":  # rank, and no residuals for rank-deficient gelsd/gelss
+        check(L.lstsq, deficient, make(5, 2, dtype=dtype), driver=driver, tolerance=tolerance)
+        check(L.lstsq, deficient, make(5, 2, dtype=dtype), 0.1, driver=driver, tolerance=tolerance)
+
+
+def test_lstsq_gradients():
+    check_grads(lambda a, b: L.lstsq(a, b).solution, make(2, 5, 3, dtype=torch.float64), make(2, 5, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype", list(LAPACK_TOLERANCE), ids=str)
+def test_lu_qr_pieces(dtype):
+    tolerance = LAPACK_TOLERANCE[dtype]
+    for shape in [(4, 4), (2, 3, 5), (5, 3), (0, 3), (2, 0, 0)]:
+        a = make(*shape, dtype=dtype)
+        check(L.lu, a, tolerance=tolerance)
+        check(torch.geqrf, a, tolerance=tolerance)
+        if a.numel():
+            for unpack_data, unpack_pivots in [(True, True), (False, True), (True, False)]:
+                check(torch.lu_unpack, *L.lu_factor(a), unpack_data, unpack_pivots, tolerance=tolerance)
+    reflectors, tau = torch.geqrf(make(2, 5, 3, dtype=dtype))
+    check(L.householder_product, reflectors, tau, tolerance=tolerance)
+    check(L.householder_product, reflectors, tau[..., :2], tolerance=tolerance)
+    for left, transpose in [(True, False), (True, True), (False, False), (False, True)]:
+        other = make(2, 5, 4, dtype=dtype) if left else make(2, 4, 5, dtype=dtype)
+        check(torch.ormqr, reflectors, tau, other, left, transpose, tolerance=tolerance)
+    check(torch.ormqr, make(2, 5, 0, dtype=dtype), tau[..., :0], make(2, 5, 4, dtype=dtype))  # no reflectors
+
+
+@pytest.mark.parametrize("dtype", list(LAPACK_TOLERANCE), ids=str)
+def test_cholesky_and_ldl_pieces(dtype):
+    tolerance = LAPACK_TOLERANCE[dtype]
+    s = spd(2, dtype=dtype)
+    for upper in (False, True):
+        factor = L.cholesky(s, upper=upper)
+        check(torch.cholesky_inverse, factor, upper, tolerance=tolerance)
+        check(torch.cholesky_inverse, factor[0], upper, tolerance=tolerance)
+        check(torch.cholesky_solve, make(2, 4, 3, dtype=dtype), factor, upper, tolerance=tolerance)
+        check(torch.cholesky_solve, make(4, 3, dtype=dtype), factor, upper, tolerance=tolerance)  # broadcast
+    check(torch.cholesky_inverse, torch.zeros(0, 3, 3, dtype=dtype))
+    indefinite = make(6, 6, dtype=dtype)
+    indefinite = indefinite + indefinite.mT
+    indefinite[0, 0] = indefinite[1, 1] = 0  # forces 2x2 pivots
+    for hermitian, matrix in [(False, indefinite), (True, s), (False, s + s.mT)]:
+        check(lambda m: L.ldl_factor_ex(m, hermitian=hermitian), matrix, tolerance=tolerance)
+        ld, pivots = L.ldl_factor(matrix, hermitian=hermitian)
+        rhs = make(*matrix.shape[:-1], 3, dtype=dtype)
+        check(lambda *args: L.ldl_solve(*args, hermitian=hermitian), ld, pivots, rhs, tolerance=tolerance)
+        check(lambda *args: L.ldl_solve(*args, hermitian=hermitian), ld, pivots, rhs[..., -1, :, :] if rhs.dim() > 2
+              else rhs, tolerance=tolerance)
+    check(L.ldl_factor_ex, torch.zeros(3, 3, dtype=dtype))  # info > 0
+    check(L.ldl_factor_ex, torch.zeros(2, 0, 0, dtype=dtype))
+
+
+def test_factorization_gradients():
+    s, a = spd(2, n=3), make(2, 4, 3, dtype=torch.float64)
+    check_grads(lambda x: L.lu(x), a)
+    check_grads(lambda x: torch.lu_unpack(*L.lu_factor(x)), make(3, 3, dtype=torch.float64))
+    check_grads(lambda x: torch.cholesky_inverse(L.cholesky(x)), s)
+    check_grads(lambda x, b: torch.cholesky_solve(b, L.cholesky(x)), s, make(2, 3, 2, dtype=torch.float64))
+    reflectors, tau = torch.geqrf(a)
+    check_grads(L.householder_product, reflectors, tau)
+    check_grads(lambda r, t, c: torch.ormqr(r, t, c), reflectors, tau, make(2, 4, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, float("inf")])
+def test_cdist_and_pdist(p):
+    modes = ["use_mm_for_euclid_dist_if_necessary", "use_mm_for_euclid_dist", "donot_use_mm_for_euclid_dist"]
+    x1, x2 = make(2, 30, 5, dtype=torch.float64), make(1, 7, 5, dtype=torch.float64)
+    x2[0, 0] = x1[0, 0]  # a zero distance: its gradient is 0 by convention
+    for mode in modes:
+        check(torch.cdist, x1, x2, p=p, compute_mode=mode)
+        check_grads(lambda a, b: torch.cdist(a, b, p=p, compute_mode=mode), x1, x2)
+    check(torch.cdist, make(5, 3).t(), make(4, 10)[:, ::2], p=p, tolerance=dict(atol=1e-5, rtol=1e-4))  # views
+    check(torch.cdist, make(0, 5), make(3, 5), p=p)
+    check_grads(lambda a, b: torch.cdist(a, b, p=p), make(4, 0, dtype=torch.float64), make(3, 0, dtype=torch.float64))
+    rows = make(7, 5, dtype=torch.float64)
+    rows[3] = rows[1]
+    check(torch.nn.functional.pdist, rows, p=p)
+    check_grads(lambda x: torch.nn.functional.pdist(x, p=p), rows)
+    check(torch.nn.functional.pdist, make(1, 5), p=p)
+
+
+def test_out_overloads_and_addr_alpha_zero():
+    a = make(3, 3, dtype=torch.float64)
+    for values_dtype in (torch.complex128,):
+        values, vectors = torch.empty(0, dtype=values_dtype, device="tpu"), torch.empty(0, dtype=values_dtype, device="tpu")
+        L.eig(tpu(a), out=(values, vectors))
+        torch.testing.assert_close(values.cpu(), L.eig(a)[0])
+        out = torch.empty(0, dtype=values_dtype, device="tpu")
+        torch.testing.assert_close(L.eigvals(tpu(a), out=out).cpu(), L.eigvals(a))
+    out = torch.empty(0, dtype=torch.float64, device="tpu")
+    torch.testing.assert_close(torch.ops.aten.linalg_matrix_exp.out(tpu(a), out=out).cpu(), L.matrix_exp(a))
+    nan = torch.tensor([float("nan")])
+    check(torch.addr, torch.zeros(1, 1), nan, nan, beta=0.0, alpha=0.0, tolerance=dict(equal_nan=True))  # 0 * NaN is NaN
+    check(L.cross, make(4, 3), make(1, 3))
+    check(torch.cross, make(3, 4), make(3, 4), dim=0)
+
+
+def test_empty_solves():
+    check(L.solve, torch.empty(0, 0), torch.empty(0, 2))
+    check(L.solve_triangular, torch.empty(3, 3), torch.empty(3, 0), upper=True)
+    check(lambda a, b: L.lu_solve(*L.lu_factor(a), b), make(3, 3), torch.empty(3, 0))
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: L.lstsq(torch.ones(5, 3, device=d), torch.ones(5, 2, device=d), driver="foo"),
+    lambda d: L.lstsq(torch.ones(5, 3, device=d), torch.ones(5, 2, device=d, dtype=torch.float64)),
+    lambda d: L.lstsq(torch.ones(5, 3, device=d), torch.ones(2, 5, 2, device=d)),
+    lambda d: L.lstsq(torch.ones(3, 5, 3, device=d), torch.ones(5, 2, device=d)),
+    lambda d: L.lstsq(torch.ones(3, 3, device=d, dtype=torch.int64), torch.ones(3, 3, device=d, dtype=torch.int64)),
+    lambda d: L.lu(torch.eye(3, device=d), pivot=False),
+    lambda d: L.householder_product(torch.ones(3, 5, device=d), torch.ones(3, device=d)),
+    lambda d: torch.ormqr(torch.ones(5, 3, device=d), torch.ones(3, device=d), torch.ones(4, 4, device=d)),
+    lambda d: torch.ormqr(torch.ones(5, 3, device=d), torch.ones(2, device=d), torch.ones(5, 4, device=d)),
+    lambda d: torch.cholesky_inverse(torch.zeros(3, 3, device=d)),
+    lambda d: torch.cholesky_inverse(torch.ones(2, 3, device=d)),
+    lambda d: torch.geqrf(torch.ones(3, 3, device=d, dtype=torch.bfloat16)),
+    lambda d: L.ldl_factor(torch.zeros(3, 3, device=d)),
+    lambda d: torch.cdist(torch.ones(3, 5, device=d), torch.ones(3, 4, device=d)),
+    lambda d: torch.cdist(torch.ones(3, 5, device=d), torch.ones(3, 5, device=d), p=-1),
+    lambda d: torch.cdist(torch.ones(3, 5, device=d, dtype=torch.bfloat16), torch.ones(3, 5, device=d, dtype=torch.bfloat16)),
+    lambda d: torch.nn.functional.pdist(torch.ones(2, 3, 5, device=d)),
+    lambda d: L.eig(torch.ones(3, 3, device=d), out=(torch.empty(0, device=d), torch.empty(0, device=d))),
+    lambda d: torch.ops.aten.linalg_matrix_exp.out(torch.ones(3, 3, device=d), out=torch.empty(0, device=d, dtype=torch.int64)),
+], ids=lambda _: "")
+def test_new_linalg_errors_match_cpu(call):
+    with pytest.raises(Exception) as on_cpu:
+        call("cpu")
+    with pytest.raises(type(on_cpu.value)) as on_tpu:
+        call("tpu")
+    assert str(on_tpu.value) == str(on_cpu.value)

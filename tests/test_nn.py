@@ -202,6 +202,20 @@ def test_batch_norm_bf16_input_with_float32_module():
     assert [o.dtype for o in outputs] == [torch.bfloat16, torch.float32, torch.float32]
 
 
+def test_rms_norm():
+    check(lambda x, w: F.rms_norm(x, (6,), w, eps=1e-5), torch.randn(3, 4, 6), torch.randn(6))
+    module = nn.RMSNorm(6)
+    assert_close(module.to("tpu")(torch.arange(12.).view(2, 6).to("tpu")).cpu(), module.cpu()(torch.arange(12.).view(2, 6)))
+
+
+def test_batch_norm_export_variants_match_native_batch_norm():
+    x, w, b = torch.randn(4, 3, 5), torch.randn(3), torch.randn(3)
+    check(lambda x, w, b: torch.ops.aten._native_batch_norm_legit.no_stats(x, w, b, True, 0.1, 1e-5), x, w, b)
+    stats = (torch.randn(3), torch.rand(3) + 0.5)
+    check(lambda x, w, b, m, v: torch.ops.aten._native_batch_norm_legit_no_training(x, w, b, m, v, 0.1, 1e-5),
+          x, w, b, *stats, grad=False)
+
+
 # ------------------------------------------------------------------ pooling
 
 
@@ -362,8 +376,9 @@ def test_nll_loss_target_out_of_range_raises_like_cpu(bad_target):
 
 def test_nll_loss2d_shape_mismatch_raises():
     with pytest.raises(RuntimeError):
-        torch.ops.aten.nll_loss2d_forward(torch.randn(2, 3, 4, 4).to("tpu"), torch.zeros(2, 4, 5, dtype=torch.long).to("tpu"),
-                                          None, 1, -100)
+        torch.ops.aten.nll_loss2d_forward(
+            torch.randn(2, 3, 4, 4).to("tpu"), torch.zeros(2, 4, 5, dtype=torch.long).to("tpu"), None, 1, -100
+        )
 
 
 def test_cross_entropy_module_ignore_index_and_label_smoothing():

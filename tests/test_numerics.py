@@ -211,6 +211,7 @@ def test_autocast_precision_sensitive_ops_run_in_float32():
     torch.testing.assert_close(outputs["softmax"].cpu(), expected)
 
 
+@pytest.mark.filterwarnings("ignore:tpu. float64 matmul")
 def test_autocast_leaves_float64_alone_and_can_be_nested_off():
     a = tpu(torch.randn(4, 4, dtype=torch.float64))
     f = tpu(torch.randn(4, 4))

@@ -465,19 +465,22 @@ def _complex(array):
     return array.astype(np.result_type(array.dtype, np.complex64), copy=False)
 
 
+def _complex_dtype(dtype):
+    return torch.complex128 if dtype in (torch.float64, torch.complex128) else torch.complex64
+
+
 @register("linalg_eig")
 def linalg_eig(self):
     a = _lapack_operand(torch.ops.aten.linalg_eig.default, self, self)
     values, vectors = np.linalg.eig(a)
-    dtype = torch.complex128 if self.dtype in (torch.float64, torch.complex128) else torch.complex64
+    dtype = _complex_dtype(self.dtype)
     return new_tensor(_complex(values), dtype), new_tensor(_complex(vectors), dtype)
 
 
 @register("_linalg_eigvals")
 def linalg_eigvals(self):
     a = _lapack_operand(torch.ops.aten._linalg_eigvals.default, self, self)
-    dtype = torch.complex128 if self.dtype in (torch.float64, torch.complex128) else torch.complex64
-    return new_tensor(_complex(np.linalg.eigvals(a)), dtype)
+    return new_tensor(_complex(np.linalg.eigvals(a)), _complex_dtype(self.dtype))
 
 
 @register("_linalg_svd.U")
@@ -549,8 +552,12 @@ def linalg_matrix_exp_out(self, *, out):
     return out
 
 
-def _complex_dtype(dtype):
-    return torch.complex128 if dtype in (torch.float64, torch.complex128) else torch.complex64
+@register("linalg_eigvals.out")
+def linalg_eigvals_out(self, *, out):
+    _check(out.dtype.is_complex and torch.can_cast(_complex_dtype(self.dtype), out.dtype),
+           torch.ops.aten.linalg_eigvals.out, self, out=out)
+    _store((out, as_numpy(linalg_eigvals(self))))
+    return out
 
 
 @register("linalg_eig.out")
@@ -576,8 +583,8 @@ def _square_lapack_operand(op, tensor, *args, **kwargs):
 def _permutation_matrices(pivots, rows, dtype):
     """P with A = P L U from LAPACK's 1-based row swaps: row i was swapped with row pivots[i] - 1, in order."""
     batch = pivots.shape[:-1]
-    order = np.broadcast_to(np.arange(rows), batch + (rows,)).reshape(-1, rows).copy()
-    swaps = pivots.reshape(-1, pivots.shape[-1]).astype(np.intp) - 1
+    order = np.broadcast_to(np.arange(rows), batch + (rows,)).reshape(math.prod(batch), rows).copy()
+    swaps = pivots.reshape(len(order), pivots.shape[-1]).astype(np.intp) - 1
     every = np.arange(order.shape[0])
     for i in range(swaps.shape[-1]):
         target = swaps[:, i]
@@ -684,7 +691,8 @@ def ormqr(self, input2, input3, left=True, transpose=False, *, out=None):
     args = (self, input2, input3, left, transpose)
     reflectors = _lapack_operand(op, self, *args)
     other_rows = input3.shape[-2] if left else input3.shape[-1]
-    valid = (input3.dim() == self.dim() and input2.dim() == self.dim() - 1 and input2.shape[-1] <= self.shape[-1]
+    valid = (input3.dim() == self.dim() and input2.dim() == self.dim() - 1
+             and input2.shape[-1] == min(input3.shape[-2], self.shape[-1])
              and self.shape[-2] == other_rows and input2.shape[-1] <= other_rows
              and self.shape[:-2] == input2.shape[:-1] == input3.shape[:-2]
              and input2.dtype == input3.dtype == self.dtype)
@@ -843,8 +851,11 @@ def _least_squares(driver, rcond):
 
 
 def _lstsq_arguments_valid(self, b, driver):
-    return (driver in LSTSQ_DRIVERS and self.dim() >= 2 and b.dim() >= 1 and 0 <= self.dim() - b.dim() <= 1
-            and self.dtype == b.dtype and self.dtype in LAPACK_DTYPES)
+    if not (driver in LSTSQ_DRIVERS and self.dim() >= 2 and b.dim() >= 1 and 0 <= self.dim() - b.dim() <= 1
+            and self.dtype == b.dtype and self.dtype in LAPACK_DTYPES):
+        return False
+    rhs_matrix_shape = b.shape + (1,) if b.dim() == self.dim() - 1 else b.shape
+    return rhs_matrix_shape[-2] == self.shape[-2] and _batches_broadcast(self.shape, rhs_matrix_shape)
 
 
 def _lstsq_solve(a, b, driver, rcond):
@@ -854,6 +865,8 @@ def _lstsq_solve(a, b, driver, rcond):
     padded = np.zeros(batch + (max(m, n), b.shape[-1]), b.dtype)
     padded[..., :m, :] = b
     if not (a.size and padded.size):
+        if driver == "gels":  # its quick return for an empty problem zeroes b
+            padded[...] = 0
         ranks = np.zeros(batch, np.int64)
         return padded, ranks, np.zeros(batch + (min(m, n),), a.real.dtype), np.zeros(batch, np.int32)
     # LAPACK needs one right-hand side for the rank and singular values even if the caller has none.
@@ -966,6 +979,13 @@ def _euclidean_distances(x1, x2):
     return np.sqrt(np.maximum(mxu_matmul(left, np.swapaxes(right, -1, -2)), 0))
 
 
+@register("_euclidean_dist")
+def euclidean_dist(x1, x2):
+    """cdist's matmul route, one kernel instead of its decomposition's eight."""
+    a, b = operand(x1, "cdist"), operand(x2, "cdist")
+    return new_tensor(_euclidean_distances(a, b), torch.promote_types(x1.dtype, x2.dtype))
+
+
 def _uses_matmul(p, compute_mode, r1, r2):
     mode = compute_mode or 0
     return p == 2 and (mode == 1 or (mode == 0 and (r1 > 25 or r2 > 25)))
@@ -974,12 +994,12 @@ def _uses_matmul(p, compute_mode, r1, r2):
 def _cdist_arguments_valid(x1, x2, p, compute_mode):
     return (x1.dim() >= 2 and x2.dim() >= 2 and x1.shape[-1] == x2.shape[-1] and p >= 0
             and x1.dtype in DISTANCE_DTYPES and x2.dtype == x1.dtype and compute_mode in (None, 0, 1, 2)
-            and _batches_broadcast(x1, x2))
+            and _batches_broadcast(x1.shape, x2.shape))
 
 
-def _batches_broadcast(*tensors):
+def _batches_broadcast(*matrix_shapes):
     try:
-        np.broadcast_shapes(*(tuple(t.shape[:-2]) for t in tensors))
+        np.broadcast_shapes(*(tuple(shape[:-2]) for shape in matrix_shapes))
     except ValueError:
         return False
     return True
@@ -988,7 +1008,7 @@ def _batches_broadcast(*tensors):
 def _expanded_pair(x1, x2):
     """Both operands with their batches broadcast and flattened to one batch axis."""
     batch = np.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
-    return batch, (np.broadcast_to(x, batch + x.shape[-2:]).reshape(math.prod(batch), *x.shape[-2:]) for x in (x1, x2))
+    return batch, [np.broadcast_to(x, batch + x.shape[-2:]).reshape(math.prod(batch), *x.shape[-2:]) for x in (x1, x2)]
 
 
 @register("_cdist_forward")
@@ -1013,11 +1033,12 @@ def cdist_backward(grad, x1, x2, p, cdist):
     """Gradient for x1 at the batch-broadcast shape; autograd sums it back to x1's shape."""
     a, b = operand(x1, "cdist"), operand(x2, "cdist")
     batch, (first, second) = _expanded_pair(a, b)
-    g = operand(grad, "cdist").reshape(-1, a.shape[-2], b.shape[-2])
+    if not (first.size and second.size):  # CPU answers zeros at x1's own shape then
+        return new_tensor(np.zeros(a.shape, a.dtype), x1.dtype)
+    g = operand(grad, "cdist").reshape(len(first), a.shape[-2], b.shape[-2])
     distances = operand(cdist, "cdist").reshape(g.shape)
     gradients = [_pairwise_gradient(*items, p, d) for *items, d in zip(g, first, second, distances)]
-    shape = batch + a.shape[-2:]
-    return new_tensor(np.stack(gradients).reshape(shape) if gradients else np.zeros(shape, a.dtype), x1.dtype)
+    return new_tensor(np.stack(gradients).reshape(batch + a.shape[-2:]), x1.dtype)
 
 
 def _pdist_arguments_valid(self, p):

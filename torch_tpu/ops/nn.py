@@ -4,8 +4,9 @@ Attention needs no kernel of its own: for tpu tensors ``scaled_dot_product_atten
 takes PyTorch's math path, which is built from ``bmm`` (the MXU), ``_safe_softmax`` and
 ``native_dropout``, all of which run here or in linalg.
 
-Every kernel computes in PyTorch's opmath dtype (float32 for bf16/fp16) and rounds once
-on store, so results match the CPU to the last bit wherever the order of summation allows.
+Every kernel computes in PyTorch's opmath dtype (float32 for bf16/fp16) and rounds once on
+store; results differ from the CPU's only by summation order (and, for bf16 losses that the
+CPU builds from several bf16 ops, by the CPU's intermediate roundings).
 """
 
 import functools
@@ -16,8 +17,8 @@ import numpy as np
 import torch
 
 from .. import _C
-from ._common import as_numpy, empty, opmath_dtype, opmath_operand, operand, resize_out, write
 from . import _registry
+from ._common import as_numpy, empty, new_tensor, opmath_dtype, opmath_operand, operand, resize_out, write
 
 # at::Reduction
 REDUCTION_NONE, REDUCTION_MEAN, REDUCTION_SUM = 0, 1, 2
@@ -59,11 +60,6 @@ def store(out, array):
     """Write ``array`` into an ``out=`` tensor, resizing it first as PyTorch does."""
     resize_out(out, np.shape(array))
     return write(out, array)
-
-
-def new(array, dtype):
-    result = empty(np.shape(array), dtype)
-    return write(result, array)
 
 
 def reduce_loss(loss, reduction):
@@ -216,7 +212,7 @@ def dtype_of(tensor):
 
 
 def output_if(mask, array, dtype):
-    return new(array, dtype) if mask else None
+    return new_tensor(array, dtype) if mask else None
 
 
 @register("native_layer_norm")
@@ -228,7 +224,7 @@ def native_layer_norm(input, normalized_shape, weight, bias, eps):
     rstd = inverse_std(var, eps)
     out = shifted(scaled((x - mean) * rstd, optional_operand(weight)), optional_operand(bias))
     stats_dtype = statistics_dtype(input, weight, bias)
-    return new(out, input.dtype), new(mean, stats_dtype), new(rstd, stats_dtype)
+    return new_tensor(out, input.dtype), new_tensor(mean, stats_dtype), new_tensor(rstd, stats_dtype)
 
 
 @register("native_layer_norm_backward")
@@ -238,13 +234,14 @@ def native_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, we
     mean, rstd = opmath_operand(mean), opmath_operand(rstd)
     xhat = (x - mean) * rstd
     batch_axes = tuple(range(axis))
+    weight_dtype, bias_dtype = dtype_of(weight), dtype_of(bias)
     grad_input = output_if(
         output_mask[0],
         normalized_input_gradient(scaled(dy, optional_operand(weight)), xhat, rstd, tuple(range(axis, x.ndim))),
         input.dtype,
     )
-    grad_weight = output_if(output_mask[1] and weight is not None, np.sum(dy * xhat, axis=batch_axes), dtype_of(weight))
-    grad_bias = output_if(output_mask[2] and bias is not None, np.sum(dy, axis=batch_axes), dtype_of(bias))
+    grad_weight = output_if(output_mask[1] and weight is not None, np.sum(dy * xhat, axis=batch_axes), weight_dtype)
+    grad_bias = output_if(output_mask[2] and bias is not None, np.sum(dy, axis=batch_axes), bias_dtype)
     return grad_input, grad_weight, grad_bias
 
 
@@ -258,15 +255,21 @@ def per_channel(param, ndim):
     return None if param is None else param.reshape((-1,) + (1,) * (ndim - 2))
 
 
+def affine_per_channel(xhat, weight, bias):
+    return shifted(scaled(xhat, per_channel(optional_operand(weight), xhat.ndim)),
+                   per_channel(optional_operand(bias), xhat.ndim))
+
+
 @register("native_group_norm")
 def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
     x = opmath_operand(input)
     mean, var = moments(grouped(x, N, C, HxW, group), (2,))
     rstd = inverse_std(var, eps)
     xhat = ((grouped(x, N, C, HxW, group) - mean) * rstd).reshape(x.shape)
-    out = shifted(scaled(xhat, per_channel(optional_operand(weight), x.ndim)), per_channel(optional_operand(bias), x.ndim))
+    out = affine_per_channel(xhat, weight, bias)
     stats_dtype = statistics_dtype(input, weight, bias)
-    return new(out, input.dtype), new(mean.reshape(N, group), stats_dtype), new(rstd.reshape(N, group), stats_dtype)
+    return (new_tensor(out, input.dtype), new_tensor(mean.reshape(N, group), stats_dtype),
+            new_tensor(rstd.reshape(N, group), stats_dtype))
 
 
 @register("native_group_norm_backward")
@@ -315,9 +318,8 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
         mean = per_channel(opmath_operand(running_mean), x.ndim)
         invstd = inverse_std(per_channel(opmath_operand(running_var), x.ndim), eps)
         save_mean = save_invstd = np.empty(0, np.float32)
-    out = (x - mean) * invstd
-    out = shifted(scaled(out, per_channel(optional_operand(weight), x.ndim)), per_channel(optional_operand(bias), x.ndim))
-    return new(out, input.dtype), new(save_mean, stats_dtype), new(save_invstd, stats_dtype)
+    out = affine_per_channel((x - mean) * invstd, weight, bias)
+    return new_tensor(out, input.dtype), new_tensor(save_mean, stats_dtype), new_tensor(save_invstd, stats_dtype)
 
 
 @register("_native_batch_norm_legit")
@@ -342,7 +344,8 @@ def native_batch_norm_backward(
     x, dy = opmath_operand(input), opmath_operand(grad_out)
     axes = batch_norm_axes(x.ndim)
     if train:
-        mean, invstd = per_channel(opmath_operand(save_mean), x.ndim), per_channel(opmath_operand(save_invstd), x.ndim)
+        mean = per_channel(opmath_operand(save_mean), x.ndim)
+        invstd = per_channel(opmath_operand(save_invstd), x.ndim)
     else:
         mean = per_channel(opmath_operand(running_mean), x.ndim)
         invstd = inverse_std(per_channel(opmath_operand(running_var), x.ndim), eps)
@@ -416,7 +419,7 @@ class Window:
     def view(self, offset):
         """The index selecting, in the padded input, every window's element at ``offset``."""
         return (Ellipsis,) + tuple(
-            slice(j * d, j * d + (o - 1) * s + 1, s)
+            slice(j * d, j * d + (o - 1) * s + 1 if o else j * d, s)
             for j, d, o, s in zip(offset, self.dilation, self.out_sizes, self.stride)
         )
 
@@ -430,7 +433,9 @@ class Window:
     def first_valid_coordinates(self):
         """Per dim, each window's first coordinate inside the input (PyTorch's starting argmax)."""
         starts = [np.arange(o) * s - p for o, s, p in zip(self.out_sizes, self.stride, self.padding)]
-        return [np.where(start < 0, start + (-start + d - 1) // d * d, start) for start, d in zip(starts, self.dilation)]
+        return [
+            np.where(start < 0, start + (-start + d - 1) // d * d, start) for start, d in zip(starts, self.dilation)
+        ]
 
     def avg_divisors(self, count_include_pad):
         """Per dim, the number of elements each window averages over."""
@@ -543,7 +548,7 @@ def max_pool_kernel(n):
         window = pool_window(self, n, kernel_size, stride, padding, dilation, ceil_mode)
         values, index = max_pool_arrays(opmath_operand(self), window)
         if out is None:
-            return new(values, self.dtype), new(index, torch.int64)
+            return new_tensor(values, self.dtype), new_tensor(index, torch.int64)
         return store(out, values), store(indices, index)
 
     return kernel
@@ -552,7 +557,7 @@ def max_pool_kernel(n):
 def max_pool_backward_kernel(n):
     def kernel(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode, indices, *, grad_input=None):
         result = max_pool_backward_array(opmath_operand(grad_output), operand(indices), tuple(self.shape), n)
-        return new(result, self.dtype) if grad_input is None else store(grad_input, result)
+        return new_tensor(result, self.dtype) if grad_input is None else store(grad_input, result)
 
     return kernel
 
@@ -641,7 +646,7 @@ def adaptive_avg_pool_backward_array(grad, in_sizes):
 def adaptive_avg_pool_kernel(n):
     def kernel(self, output_size, *, out=None):
         result = adaptive_avg_pool_array(opmath_operand(self), tuple(expand_param(output_size, n)))
-        return new(result, self.dtype) if out is None else store(out, result)
+        return new_tensor(result, self.dtype) if out is None else store(out, result)
 
     return kernel
 
@@ -649,7 +654,7 @@ def adaptive_avg_pool_kernel(n):
 def adaptive_avg_pool_backward_kernel(n):
     def kernel(grad_output, self, *, out=None):
         result = adaptive_avg_pool_backward_array(opmath_operand(grad_output), tuple(self.shape[-n:]))
-        return new(result, self.dtype) if out is None else store(out, result)
+        return new_tensor(result, self.dtype) if out is None else store(out, result)
 
     return kernel
 
@@ -711,19 +716,19 @@ register("adaptive_max_pool3d_backward.grad_input")(adaptive_max_pool_backward_k
 def native_dropout(input, p, train):
     x = opmath_operand(input)
     if train is not None and not train:
-        return new(x, input.dtype), new(np.ones(x.shape, np.bool_), torch.bool)
+        return new_tensor(x, input.dtype), new_tensor(np.ones(x.shape, np.bool_), torch.bool)
     keep_probability = 1 - p
     keep = _C.current_chip().rng.next_stream().random(x.shape, dtype=np.float32) < keep_probability
     scale = 0.0 if keep_probability == 0 else 1 / keep_probability
     # multiply rather than select, so NaN and inf inputs propagate exactly as on the CPU
-    return new(x * keep * np.asarray(scale, x.dtype), input.dtype), new(keep, torch.bool)
+    return new_tensor(x * keep * np.asarray(scale, x.dtype), input.dtype), new_tensor(keep, torch.bool)
 
 
 @register("native_dropout_backward", "native_dropout_backward.out")
 def native_dropout_backward(grad_output, mask, scale, *, out=None):
     grad = opmath_operand(grad_output)
     result = grad * operand(mask) * np.asarray(scale, grad.dtype)
-    return new(result, grad_output.dtype) if out is None else store(out, result)
+    return new_tensor(result, grad_output.dtype) if out is None else store(out, result)
 
 
 # ---------------------------------------------------------------------------------------
@@ -766,11 +771,12 @@ def nll_forward_arrays(self, target, weight, reduction, ignore_index, n_spatial)
 def nll_backward_array(grad_output, self, target, weight, reduction, ignore_index, total_weight, n_spatial):
     x = opmath_operand(self)
     target_array = operand(target).reshape(-1)
-    _, sample_weight, ignored = nll_terms(class_last(x, n_spatial), target_array, optional_operand(weight), ignore_index)
+    log_probs = class_last(x, n_spatial)
+    _, sample_weight, ignored = nll_terms(log_probs, target_array, optional_operand(weight), ignore_index)
     grad = opmath_operand(grad_output).reshape(-1) if reduction == REDUCTION_NONE else opmath_operand(grad_output)
     if reduction == REDUCTION_MEAN:
         grad = grad / opmath_operand(total_weight)
-    rows = np.zeros((target_array.size, x.shape[1] if n_spatial else x.shape[-1]), x.dtype)
+    rows = np.zeros(log_probs.shape, x.dtype)
     values = np.where(ignored, 0, -sample_weight * grad)
     np.put_along_axis(rows, np.where(ignored, 0, target_array)[:, None], values[:, None], axis=1)
     if not n_spatial:
@@ -808,14 +814,14 @@ def nll_loss2d_forward(self, target, weight, reduction, ignore_index, *, output=
     check_nll2d_shapes(self, target)
     loss, weight_sum = nll_forward_arrays(self, target, weight, reduction, ignore_index, 2)
     if output is None:
-        return new(loss, self.dtype), new(weight_sum, self.dtype)
+        return new_tensor(loss, self.dtype), new_tensor(weight_sum, self.dtype)
     return store(output, loss), store(total_weight, weight_sum)
 
 
 @register("nll_loss2d_backward", "nll_loss2d_backward.grad_input")
 def nll_loss2d_backward(grad_output, self, target, weight, reduction, ignore_index, total_weight, *, grad_input=None):
     result = nll_backward_array(grad_output, self, target, weight, reduction, ignore_index, total_weight, 2)
-    return new(result, self.dtype) if grad_input is None else store(grad_input, result)
+    return new_tensor(result, self.dtype) if grad_input is None else store(grad_input, result)
 
 
 def pointwise_loss(loss_function):
@@ -828,7 +834,7 @@ def pointwise_loss(loss_function):
     def kernel(self, target, reduction=REDUCTION_MEAN, *args, out=None):
         x, t = opmath_operand(self), opmath_operand(target)
         loss = reduce_loss(loss_function(x, t, *args), reduction)
-        return new(loss, self.dtype) if out is None else store(out, loss)
+        return new_tensor(loss, self.dtype) if out is None else store(out, loss)
 
     return kernel
 
@@ -840,7 +846,7 @@ def pointwise_loss_backward(gradient_function):
         x, t = opmath_operand(self), opmath_operand(target)
         grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
         result = np.broadcast_to(grad * gradient_function(x, t, *args), x.shape)
-        return new(result, self.dtype) if grad_input is None else store(grad_input, result)
+        return new_tensor(result, self.dtype) if grad_input is None else store(grad_input, result)
 
     return kernel
 
@@ -901,7 +907,7 @@ def binary_cross_entropy(self, target, weight=None, reduction=REDUCTION_MEAN, *,
     check_probabilities(x)
     loss = (t - 1) * np.maximum(np.log1p(-x), BCE_LOG_FLOOR) - t * np.maximum(np.log(x), BCE_LOG_FLOOR)
     loss = reduce_loss(scaled(loss, optional_operand(weight)), reduction)
-    return new(loss, self.dtype) if out is None else store(out, loss)
+    return new_tensor(loss, self.dtype) if out is None else store(out, loss)
 
 
 @register("binary_cross_entropy_backward", "binary_cross_entropy_backward.grad_input")
@@ -911,7 +917,7 @@ def binary_cross_entropy_backward(grad_output, self, target, weight=None, reduct
     grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
     result = scaled(grad * (x - t) / np.maximum((1 - x) * x, BCE_GRAD_EPSILON), optional_operand(weight))
     result = np.broadcast_to(result, x.shape)
-    return new(result, self.dtype) if grad_input is None else store(grad_input, result)
+    return new_tensor(result, self.dtype) if grad_input is None else store(grad_input, result)
 
 
 def log_sigmoid(x):
@@ -926,4 +932,4 @@ def binary_cross_entropy_with_logits(self, target, weight=None, pos_weight=None,
     if pos_weight is not None:
         log_sigmoid_x = log_sigmoid_x * ((opmath_operand(pos_weight) - 1) * t + 1)
     loss = reduce_loss(scaled((1 - t) * x - log_sigmoid_x, optional_operand(weight)), reduction)
-    return new(loss, self.dtype) if out is None else store(out, loss)
+    return new_tensor(loss, self.dtype) if out is None else store(out, loss)

@@ -20,14 +20,12 @@ import numpy as np
 import torch
 
 from .. import _C
-from .._tensor import DTYPE_NAME
 from ._common import empty, operand, resize_out, write
 from ._registry import register
 
 FLOAT8_DTYPES = frozenset({torch.float8_e4m3fn, torch.float8_e5m2})
 TENSORWISE, ROWWISE = 0, 1  # torch.nn.functional.ScalingType values, as _scaled_mm_v2 receives them
 _FLOAT32 = np.dtype(np.float32)
-_BF16 = _C.dtypes.numpy_dtype("bfloat16")
 
 
 # --- argument checks: accept exactly what torch CPU accepts ---------------------------------
@@ -78,27 +76,7 @@ def _valid_call(mat1, mat2, scale_a, scale_b, bias):
     )
 
 
-def _check_chip_has_fp8(*tensors):
-    spec = _C.current_chip().spec
-    for tensor in tensors:
-        name = DTYPE_NAME[tensor.dtype]
-        if not spec.supports_mxu_dtype(name):
-            raise RuntimeError(
-                f"_scaled_mm: the {spec.name} TPU ({spec.generation}) has no {name} MXU; its MXU takes "
-                f"{', '.join(spec.mxu_dtypes)}. Select an fp8 chip with TORCH_TPU_CHIP (e.g. ironwood) "
-                "or run the matmul in bfloat16."
-            )
-
-
 # --- the computation ------------------------------------------------------------------------
-
-
-def _mxu_operands(a, b):
-    """Mixed fp8 pairs meet as bf16, which holds every fp8 value exactly (NumPy cannot promote
-    e4m3fn with e5m2), so the products stay exact."""
-    if a.dtype != b.dtype:
-        return a.astype(_BF16), b.astype(_BF16)
-    return a, b
 
 
 def _scale_array(scale, scaling):
@@ -107,9 +85,8 @@ def _scale_array(scale, scaling):
 
 
 def _scaled_mm_into(out, mat1, mat2, scale_a, scale_b, bias, scale_result=None, out_dtype=None):
-    _check_chip_has_fp8(mat1, mat2)
     scaling = _scaling(mat1, mat2, scale_a, scale_b)
-    accumulator = _C.mxu.matmul(*_mxu_operands(operand(mat1, "_scaled_mm"), operand(mat2, "_scaled_mm")))
+    accumulator = _C.mxu.matmul(operand(mat1, "_scaled_mm"), operand(mat2, "_scaled_mm"))
     accumulator *= _scale_array(scale_a, scaling)
     accumulator *= _scale_array(scale_b, scaling)
     if bias is not None:
