@@ -251,6 +251,16 @@ def test_max_pool1d_and_3d():
     check(lambda x: F.max_pool3d(x, (2, 3, 2), (1, 2, 2), (1, 1, 0), ceil_mode=True), torch.randn(2, 4, 5, 6))
 
 
+@pytest.mark.parametrize("device", ["cpu", "tpu"])
+def test_pool_argument_errors_match_cpu(device):
+    with pytest.raises(RuntimeError, match="too small"):
+        F.max_pool3d(torch.randn(1, 1, 2, 2, 2).to(device), 3)
+    with pytest.raises(RuntimeError, match="pad should be at most half"):
+        F.max_pool3d(torch.randn(1, 1, 4, 4, 4).to(device), 2, padding=2)
+    with pytest.raises(RuntimeError, match="too small"):
+        F.max_pool2d(torch.randn(1, 1, 2, 2).to(device), 3)
+
+
 def test_max_pool_modules():
     check(nn.MaxPool2d(3, stride=2, padding=1), torch.randn(2, 3, 8, 8))
     check(nn.MaxPool2d(2, return_indices=True), torch.randn(1, 2, 6, 6))

@@ -399,6 +399,7 @@ class Window:
             pooling_output_size(*args, ceil_mode)
             for args in zip(in_sizes, self.kernel, self.stride, self.padding, self.dilation)
         )
+        self.check()
         # padding after the input that the last (ceil_mode) window may reach into
         self.pad_after = tuple(
             max(0, (o - 1) * s + d * (k - 1) + 1 - i - p)
@@ -406,6 +407,20 @@ class Window:
                 in_sizes, self.out_sizes, self.kernel, self.stride, self.padding, self.dilation
             )
         )
+
+    def check(self):
+        """The argument errors PyTorch's pooling shape checks raise (only 2-d pools get them from meta)."""
+        for k, p, d in zip(self.kernel, self.padding, self.dilation):
+            if p > (d * (k - 1) + 1) // 2:
+                raise RuntimeError(
+                    f"pad should be at most half of effective kernel size, but got pad={p}, kernel_size={k} and "
+                    f"dilation={d}"
+                )
+        if any(o < 1 for o in self.out_sizes):
+            raise RuntimeError(
+                f"Given input size: {self.in_sizes}. Calculated output size: {self.out_sizes}. "
+                "Output size is too small"
+            )
 
     def pad(self, x, fill):
         widths = [(0, 0)] * (x.ndim - len(self.in_sizes)) + list(zip(self.padding, self.pad_after))
