@@ -145,8 +145,10 @@ class Clock:
 
     def charge(self, cost, stream=0, host_start_ns=0, host_end_ns=0, thread=0):
         """Run ``cost`` on ``stream``; returns (start, end) in simulated seconds."""
+        # kernel_seconds, written out: this runs on every launch
+        memory = (cost.bytes_read + cost.bytes_written) / self.spec.hbm_bandwidth
         compute = compute_seconds(cost, self.spec) if cost.mxu_flops else 0.0
-        seconds = max(compute, memory_seconds(cost, self.spec)) + LAUNCH_OVERHEAD_SECONDS
+        seconds = (compute if compute > memory else memory) + LAUNCH_OVERHEAD_SECONDS
         start = self.stream_seconds.get(stream, self.host_seconds)
         end = start + seconds
         self.stream_seconds[stream] = end

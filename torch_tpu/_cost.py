@@ -134,45 +134,61 @@ def _outputs(args, kwargs, result):
     return (result,)
 
 
-def _traffic(packet, args, kwargs, outputs):
-    """(bytes read, bytes written) in HBM."""
-    if packet in HOST_TRANSFERS:  # (source, destination): only the chip's side touches HBM
-        source, destination = args[0], args[1]
-        return (0 if source.is_cpu else source.nbytes), (0 if destination.is_cpu else destination.nbytes)
-    read = _tensor_bytes(args)
-    if kwargs:
-        read += _tensor_bytes(v for k, v in kwargs.items() if k != "out")
-    if packet in WRITE_ONLY_SELF:
-        read -= args[0].nbytes
-    return read, _tensor_bytes(outputs)
+def _transfer_traffic(args):
+    """A host copy (source, destination): only the chip's side touches HBM."""
+    source, destination = args[0], args[1]
+    return (0 if source.is_cpu else source.nbytes), (0 if destination.is_cpu else destination.nbytes)
 
 
-def _mxu_flops(packet, args, kwargs, result):
-    if packet in MXU_FLOPS:
-        return MXU_FLOPS[packet](*args, **kwargs)
-    if packet in RESULT_FLOPS:
-        return RESULT_FLOPS[packet](args, result)
-    return None
+def cost_model(name):
+    """The function giving the KernelCost of one launch of aten ``name``.
+
+    Everything that depends only on the op is looked up once here, not on every launch.
+    """
+    packet = name.partition(".")[0]
+    flops_of_arguments = MXU_FLOPS.get(packet)
+    flops_of_result = RESULT_FLOPS.get(packet)
+    host_transfer = packet in HOST_TRANSFERS
+    write_only_self = packet in WRITE_ONLY_SELF
+    make_cost = _C.clock.KernelCost
+
+    def cost(args, kwargs, result, detailed=False):
+        """``detailed`` adds shapes, dtypes and VPU element counts (for profiles)."""
+        outputs = _outputs(args, kwargs, result)
+        if host_transfer:
+            read, written = _transfer_traffic(args)
+        else:
+            read = _tensor_bytes(args)
+            if kwargs:
+                read += _tensor_bytes(v for k, v in kwargs.items() if k != "out")
+            if write_only_self:
+                read -= args[0].nbytes
+            written = _tensor_bytes(outputs)
+        if flops_of_arguments is not None:
+            flops = flops_of_arguments(*args, **kwargs)
+        elif flops_of_result is not None:
+            flops = flops_of_result(args, result)
+        else:
+            flops = None
+        kernel = make_cost(name, flops or {}, 0, read, written)
+        if flops:
+            kernel.float32_passes = float32_passes()
+        if detailed:
+            inputs = list(_tensors(args))
+            kernel.shapes = tuple(tuple(t.shape) for t in inputs)
+            kernel.dtypes = tuple(DTYPE_NAME.get(t.dtype, str(t.dtype)) for t in inputs)
+            # one VPU op per output element of an MXU op (its epilogue), else per element of the
+            # largest tensor touched (a reduction works on its input, a broadcast on its output)
+            output_elements = sum(t.numel() for t in _tensors(outputs))
+            kernel.vpu_ops = output_elements if flops else max([output_elements, *(t.numel() for t in inputs)])
+        return kernel
+
+    return cost
 
 
 def kernel_cost(name, args, kwargs, result, detailed=False):
-    """The KernelCost of one launch; ``detailed`` adds shapes, dtypes and VPU element counts."""
-    packet = name.partition(".")[0]
-    outputs = _outputs(args, kwargs, result)
-    read, written = _traffic(packet, args, kwargs, outputs)
-    flops = _mxu_flops(packet, args, kwargs, result)
-    cost = _C.clock.KernelCost(name, flops or {}, 0, read, written)
-    if flops:
-        cost.float32_passes = float32_passes()
-    if detailed:
-        inputs = list(_tensors(args))
-        cost.shapes = tuple(tuple(t.shape) for t in inputs)
-        cost.dtypes = tuple(DTYPE_NAME.get(t.dtype, str(t.dtype)) for t in inputs)
-        # one VPU op per output element of an MXU op (its epilogue), else per element of the
-        # largest tensor touched (a reduction works on its input, a broadcast on its output)
-        output_elements = sum(t.numel() for t in _tensors(outputs))
-        cost.vpu_ops = output_elements if flops else max([output_elements, *(t.numel() for t in inputs)])
-    return cost
+    """The KernelCost of one launch of aten ``name``."""
+    return cost_model(name)(args, kwargs, result, detailed)
 
 
 def charged(kernel, name):
@@ -180,12 +196,13 @@ def charged(kernel, name):
     if name in FREE_OPS:
         return kernel
     clock = _C.current_chip().clock
+    cost_of = cost_model(name)
 
     def launch(*args, **kwargs):
         if clock.recorders:
-            return _recorded_launch(kernel, name, clock, args, kwargs)
+            return _recorded_launch(kernel, cost_of, clock, args, kwargs)
         result = kernel(*args, **kwargs)
-        clock.charge(kernel_cost(name, args, kwargs, result), clock.current_stream)
+        clock.charge(cost_of(args, kwargs, result), clock.current_stream)
         return result
 
     launch.__name__ = kernel.__name__
@@ -193,11 +210,11 @@ def charged(kernel, name):
     return launch
 
 
-def _recorded_launch(kernel, name, clock, args, kwargs):
+def _recorded_launch(kernel, cost_of, clock, args, kwargs):
     """A launch while a profiler records: also time the emulation on the host."""
     host_start = _perf_counter_ns()
     result = kernel(*args, **kwargs)
     host_end = _perf_counter_ns()
-    cost = kernel_cost(name, args, kwargs, result, detailed=True)
-    clock.charge(cost, clock.current_stream, host_start, host_end, _thread_id())
+    clock.charge(cost_of(args, kwargs, result, detailed=True), clock.current_stream, host_start, host_end,
+                 _thread_id())
     return result

@@ -76,8 +76,8 @@ def set_metadata(tensor, storage, offset, shape, strides):
     return tensor
 
 
-def empty(shape, dtype, strides=None):
-    """A new tpu tensor backed by a fresh HBM allocation (contents undefined)."""
+def _new(shape, dtype, strides):
+    """A new tpu tensor and its HBM buffer."""
     if dtype not in NUMPY_DTYPE:
         raise TypeError(f"dtype {dtype} is not supported on the tpu device")
     if strides is None:
@@ -91,17 +91,20 @@ def empty(shape, dtype, strides=None):
     if nbytes or strides:
         set_metadata(tensor, storage, 0, shape, strides)
     setattr(storage, BUFFER_ATTRIBUTE, buffer)
-    return tensor
+    return tensor, buffer
+
+
+def empty(shape, dtype, strides=None):
+    """A new tpu tensor backed by a fresh HBM allocation (contents undefined)."""
+    return _new(shape, dtype, strides)[0]
 
 
 def empty_with_array(shape, dtype):
     """A new contiguous tpu tensor and a NumPy view of it, for kernels that fill their output."""
-    tensor = empty(shape, dtype)
-    np_dtype = NUMPY_DTYPE[dtype]
-    buffer = getattr(tensor.untyped_storage(), BUFFER_ATTRIBUTE)
+    tensor, buffer = _new(shape, dtype, None)
     if not buffer.nbytes:
-        return tensor, np.empty(shape, np_dtype)
-    return tensor, np.ndarray(shape, np_dtype, buffer.array, 0)
+        return tensor, np.empty(shape, NUMPY_DTYPE[dtype])
+    return tensor, np.ndarray(shape, NUMPY_DTYPE[dtype], buffer.array, 0)
 
 
 def empty_like_shape(tensor, shape=None, dtype=None):

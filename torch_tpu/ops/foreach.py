@@ -93,25 +93,25 @@ def _as_number(value):
     return value
 
 
-def _store(target, compute):
-    """Run ``compute(out)`` into ``target``: in place when target is stored in opmath, else rounded on store."""
-    array = as_numpy(target)
-    direct = array.dtype == opmath_dtype(target.dtype)
-    result = compute(array if direct else None)
-    if not direct:
-        write(target, result)
-    elif result is not array:
-        array[...] = result
-
-
 def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
-    """fn(self[i], *tensor_columns[i], *scalar_columns[i], out=) for each i, on NumPy arrays and numbers."""
+    """fn(self[i], *tensor_columns[i], *scalar_columns[i], out=) for each i, on NumPy arrays and numbers.
+
+    Every operand is viewed once up front; when the dtype is its own opmath type (float32,
+    float64) each result is written straight into its target, else it is rounded on store.
+    """
     targets = self if inplace else [empty(t.shape, t.dtype) for t in self]
+    arrays = [[opmath_operand(t) for t in column] for column in (self, *tensor_columns)]
+    numbers = [[_as_number(value) for value in column] for column in scalar_columns]
+    direct = opmath_dtype(self[0].dtype) == _tensor.numpy_dtype(self[0].dtype)
+    outs = (arrays[0] if inplace else [as_numpy(t) for t in targets]) if direct else [None] * len(self)
     with np.errstate(all="ignore"):
-        for position, target in enumerate(targets):
-            arrays = [opmath_operand(column[position]) for column in (self, *tensor_columns)]
-            numbers = [_as_number(column[position]) for column in scalar_columns]
-            _store(target, lambda out: fn(*arrays, *numbers, out=out, **keywords))
+        for position, (target, out) in enumerate(zip(targets, outs)):
+            result = fn(*(column[position] for column in arrays), *(column[position] for column in numbers),
+                        out=out, **keywords)
+            if not direct:
+                write(target, result)
+            elif result is not out:
+                out[...] = result
     return None if inplace else targets
 
 

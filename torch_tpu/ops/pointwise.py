@@ -974,8 +974,14 @@ def prelu_backward(grad_output, self, weight):
 # the general ``.out`` kernel above, which has every check.
 
 # dtypes NumPy computes exactly as PyTorch does (no opmath widening, no bool-specific rules)
+# dtypes whose binary ops NumPy computes exactly as PyTorch does, in the same dtype
+_NATIVE_SAME = frozenset({torch.float32, torch.float64})
 _NATIVE = frozenset({torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64,
                      torch.uint8, torch.complex64, torch.complex128})
+
+
+def _has_view_bits(tensor):
+    return tensor.is_conj() or tensor.is_neg()
 
 
 def native_operand(value, dtype):
@@ -1019,6 +1025,14 @@ def check_no_partial_overlap(out, value):
 
 def hot_binary(ufunc, out_kernel, rule=keep):
     def functional(self, other, **options):
+        if (isinstance(self, torch.Tensor) and isinstance(other, torch.Tensor) and self.dtype is other.dtype
+                and self.dtype in _NATIVE_SAME
+                and self.shape == other.shape and not options
+                and not (self.is_cpu or other.is_cpu or _has_view_bits(self) or _has_view_bits(other))):
+            # the commonest call, two tpu tensors alike: no promotion, no broadcasting
+            out, array = empty_with_array(self.shape, rule(self.dtype))
+            vpu.apply(ufunc, as_numpy(self), as_numpy(other), out=array)
+            return out
         dtype = rule(torch.result_type(self, other))
         if not options and dtype in _NATIVE:
             a, b = native_operand(self, dtype), native_operand(other, dtype)
