@@ -99,7 +99,14 @@ def test_identical_results_pass():
 def test_different_values_fail():
     op = lambda x: (x.cpu() + _on_tpu(x)).to(x.device)  # noqa: E731
     outcome = support.check_forward(op, _sample(3), EXACT)
-    assert outcome.status == support.FAILED and "Tensor-likes are not equal" in outcome.reason
+    assert outcome.status == support.FAILED and "Tensor-likes are not close" in outcome.reason
+
+
+def test_float_results_of_integer_samples_get_float_tolerance():
+    from torch.testing._internal.opinfo.core import SampleInput
+
+    op = lambda x: (x.cpu().float() * (1 + 1e-6 * _on_tpu(x))).to(x.device)  # noqa: E731
+    assert support.check_forward(op, SampleInput(torch.arange(1, 5)), EXACT).status == support.PASSED
 
 
 def test_result_left_on_cpu_fails():

@@ -7,7 +7,7 @@
 Each sample is judged by tests/opinfo_support.py, exactly as tests/test_opinfo.py
 judges it, with the CPU fallback off (TORCH_TPU_CPU_FALLBACK is removed from the
 environment). Writes:
-- docs/op_coverage.md: per op, variant, check and dtype the samples passed,
+- docs/op_coverage.md (full sweeps only, unless --report is given): per op, variant, check and dtype the samples passed,
   failed and skipped, with each distinct failure reason; the summary lines;
   the aten ops most often missing;
 - tests/opinfo_expected_failures.py: every failing (op, variant, dtype, check),
@@ -370,7 +370,9 @@ def parse_args(argv):
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "int64", "bool"])
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--sample-timeout", type=float, default=60.0, help="seconds before a sample fails")
-    parser.add_argument("--report", type=pathlib.Path, default=REPORT)
+    parser.add_argument(
+        "--report", type=pathlib.Path, help=f"default: {REPORT.relative_to(ROOT)}, for a full sweep only (no --ops)"
+    )
     parser.add_argument("--expected-failures", type=pathlib.Path, default=EXPECTED_FAILURES)
     return parser.parse_args(argv)
 
@@ -397,7 +399,9 @@ def main(argv=None):
     seconds = time.perf_counter() - start
 
     command = " ".join(["python tools/op_coverage.py", *(argv if argv is not None else sys.argv[1:])])
-    write_report(results, command, seconds, args.report)
+    report = args.report or (None if args.ops else REPORT)
+    if report:
+        write_report(results, command, seconds, report)
     ran = {
         support.expectation_key(support.OPS_BY_FULL_NAME[name], dtype, kind)
         for name in op_names
@@ -410,7 +414,7 @@ def main(argv=None):
     print("\n".join(summary_lines(results)))
     samples, _ = missing_op_table(results)
     print(f"\ntop missing aten ops (failing samples): {samples.most_common(25)}")
-    print(f"{seconds:.0f} s; wrote {args.report} and {args.expected_failures}")
+    print(f"{seconds:.0f} s; wrote {report or 'no report'} and {args.expected_failures}")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ from . import (  # noqa: F401
     copy,
     factory,
     fallback,
+    fft,
     foreach,
+    histogram,
     indexing,
     linalg,
     nn,
@@ -17,8 +19,11 @@ from . import (  # noqa: F401
     pointwise,
     random,
     reduction,
+    rnn,
+    sampling,
     scaled_mm,
     shape,
+    special,
     view,
 )
 from ._registry import KERNELS

@@ -17,6 +17,7 @@ import scipy.special
 import torch
 
 from .. import _tensor
+from .._C import special as vpu_special
 from ._common import as_numpy, empty, operand, opmath_dtype, opmath_operand, write
 from ._registry import register
 
@@ -170,7 +171,7 @@ _UNARY = {
     "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
     "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "sigmoid": _sigmoid, "sign": _sign,
     "ceil": np.ceil, "floor": np.floor, "trunc": np.trunc, "round": np.rint, "frac": _frac,
-    "erf": scipy.special.erf, "erfc": scipy.special.erfc, "lgamma": scipy.special.gammaln,
+    "erf": vpu_special.erf, "erfc": scipy.special.erfc, "lgamma": scipy.special.gammaln,
 }
 
 

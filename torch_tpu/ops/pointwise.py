@@ -20,6 +20,7 @@ import torch
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
 
 from .. import _C
+from .._C import special as vpu_special
 from .._errors import device_mismatch
 from .._tensor import hbm_buffer, numpy_dtype
 from ._common import as_numpy, empty, empty_with_array, operand, opmath_dtype, resize_out, write
@@ -564,7 +565,7 @@ def gelu(x, approximate="none"):
     if approximate == "tanh":
         inner = scalar(math.sqrt(2 / math.pi), x) * (x + scalar(0.044715, x) * x * x * x)
         return scalar(0.5, x) * x * (1 + np.tanh(inner))
-    result = x * scalar(0.5, x) * (1 + special.erf(x * scalar(math.sqrt(0.5), x)))
+    result = x * scalar(0.5, x) * (1 + vpu_special.erf(x * scalar(math.sqrt(0.5), x)))
     # PyTorch's float32 (and bf16) kernel turns +inf into NaN; float64 keeps inf
     return np.where(np.isposinf(x), scalar(np.nan, x), result) if x.dtype == np.float32 else result
 
@@ -578,7 +579,7 @@ def gelu_backward(grad, x, approximate="none"):
         tanh_derivative = 1 - tanh_inner * tanh_inner
         inner_derivative = beta * (1 + 3 * kappa * x * x)
         return grad * (left_derivative + scalar(0.5, x) * x * tanh_derivative * inner_derivative)
-    cdf = scalar(0.5, x) * (1 + special.erf(x * scalar(math.sqrt(0.5), x)))
+    cdf = scalar(0.5, x) * (1 + vpu_special.erf(x * scalar(math.sqrt(0.5), x)))
     pdf = np.exp(scalar(-0.5, x) * x * x) * scalar(1 / math.sqrt(2 * math.pi), x)
     return grad * (cdf + x * pdf)
 
@@ -721,7 +722,7 @@ UNARY_FLOAT = {  # integer and bool inputs compute in the default float dtype
     "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
     "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
     "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh,
-    "erf": special.erf, "erfc": special.erfc, "erfinv": special.erfinv,
+    "erf": vpu_special.erf, "erfc": special.erfc, "erfinv": special.erfinv,
     "lgamma": lgamma, "digamma": digamma, "i0": special.i0, "sinc": sinc,
     "special_i0e": special.i0e, "special_i1": special.i1, "special_i1e": special.i1e, "special_entr": special.entr,
 }

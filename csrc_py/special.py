@@ -1,0 +1,90 @@
+"""Special functions the VPU evaluates with polynomials, as vector math libraries do.
+
+``scipy.special.erf`` runs a scalar routine per element (about 13 ns each), fifteen times slower
+than PyTorch's vectorised float32 ``erf``. For float32 we evaluate the function with whole-array
+NumPy operations instead: a polynomial for most of the work in float32, and only the few steps
+where float32 rounding would cost accuracy in float64. The result is within 1 ulp of the true
+value (PyTorch's CPU kernel is within about 0.7 ulp). Other dtypes keep scipy's routines, which are
+accurate in float64.
+
+The coefficients are weighted least-squares fits iterated towards minimax (Lawson's algorithm)
+of erf's relative error, computed once offline against ``scipy.special`` in float64:
+
+- ``|x| < 1``: ``erf(x) = x * (2/sqrt(pi) + u * S(u))`` with ``u = x*x`` and ``S`` of degree 5
+  (fit error 1.5e-9 relative);
+- ``1 <= |x| < 4``: ``erf(x) = 1 - exp(-x*x) * R(t)``, ``R`` of degree 9 approximating
+  ``erfcx`` in ``t = (|x| - 2.5) / 1.5`` (error 5e-10 relative to erf). Beyond 4, erf rounds to
+  +-1 in float32.
+"""
+
+import numpy as np
+import scipy.special
+
+_TWO_OVER_SQRT_PI = 2 / np.sqrt(np.pi)
+_SMALL_S = (-0.37612629256553937, 0.11283608557701932, -0.02685448206446113,
+            0.005189242937502482, -0.0008016053049471408, 7.867801452573348e-05)
+_TAIL_R = (0.21080630800481695, -0.11152468042598024, 0.056089489180129286, -0.026994446557891582,
+           0.012801035146498468, -0.004871096060912239, 0.0025339497511972925, -0.0024400420580403884,
+           -0.0015844375416660186, -0.0011069658491685494)
+_SMALL_S32 = np.array(_SMALL_S, np.float32)
+_TAIL_R32 = np.array(_TAIL_R, np.float32)
+_TAIL_START, _TAIL_END = np.float32(1), np.float32(4)
+_TAIL_CENTRE, _TAIL_INVERSE_HALF_WIDTH = np.float32(2.5), np.float32(1 / 1.5)
+
+
+def _horner_tail(coefficients, x):
+    """``x * (c[1] + x * (c[2] + ...))``: the polynomial without its constant term, in x's dtype."""
+    total = x * coefficients[-1]
+    for coefficient in coefficients[-2:0:-1]:
+        total += coefficient
+        total *= x
+    return total
+
+
+def _erf_small(x):
+    """``erf(x)`` for ``|x| < 1`` (and any value elsewhere, to be overwritten), odd by construction.
+
+    The leading coefficient 2/sqrt(pi) is not a float32, so the result is formed as ``x + x*w``
+    with the small correction ``w`` from float64; the polynomial's higher terms are small enough
+    for float32.
+    """
+    square = x * x
+    x64 = x.astype(np.float64)
+    correction = np.add(_horner_tail(_SMALL_S32, square), _SMALL_S[0], dtype=np.float64)
+    correction *= x64 * x64  # float32 squares are exact in float64
+    correction += _TWO_OVER_SQRT_PI - 1
+    result = x * correction.astype(np.float32)
+    result += x
+    return result
+
+
+def _erf_tail(x):
+    """``erf(x)`` for ``|x| >= 1`` (x of any magnitude, NaN-free): ``sign(x) * (1 - exp(-x*x) * R)``."""
+    magnitude = np.minimum(np.abs(x), _TAIL_END)
+    t = magnitude - _TAIL_CENTRE
+    t *= _TAIL_INVERSE_HALF_WIDTH
+    scaled_erfc = np.add(_horner_tail(_TAIL_R32, t), _TAIL_R[0], dtype=np.float64)
+    magnitude64 = magnitude.astype(np.float64)
+    gaussian = np.multiply(magnitude64, magnitude64)
+    np.negative(gaussian, out=gaussian)
+    np.exp(gaussian, out=gaussian)  # float64: exp(-x*x) of the exact square
+    scaled_erfc *= gaussian
+    np.subtract(1, scaled_erfc, out=scaled_erfc)
+    return np.copysign(scaled_erfc, x)
+
+
+def erf(x, out=None):
+    """``scipy.special.erf(x, out=out)``; float32 arrays take the fast vectorised path (within 1 ulp)."""
+    if x.dtype != np.float32 or x.ndim == 0:
+        return scipy.special.erf(x, out=out)
+    x = np.ascontiguousarray(x)  # results are scattered through flat views
+    with np.errstate(all="ignore"):  # squares of huge |x| overflow in values the tail overwrites
+        result = _erf_small(x)
+        flat = x.reshape(-1)
+        tail = np.flatnonzero(np.abs(flat) >= _TAIL_START)
+        if tail.size:
+            result.reshape(-1)[tail] = _erf_tail(flat.take(tail))
+    if out is None:
+        return result
+    out[...] = result
+    return out
