@@ -103,3 +103,16 @@ def test_to_cpu_round_trip_values():
     back = cpu.to("tpu").cpu()
     assert back.device.type == "cpu"
     assert torch.equal(back, cpu)
+
+
+def test_dataloader_pin_memory_feeds_the_device():
+    """tpu is the accelerator, so DataLoader(pin_memory=True) pins; pinning is a plain host copy here."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = torch.randn(10, 3)
+    batches = [x.to("tpu", non_blocking=True) for x, _ in
+               DataLoader(TensorDataset(data, torch.arange(10)), batch_size=4, pin_memory=True)]
+    assert torch.equal(torch.cat(batches).cpu(), data)
+    source = torch.arange(4.0)
+    pinned = source.pin_memory()
+    assert torch.equal(pinned, source) and pinned.data_ptr() != source.data_ptr()

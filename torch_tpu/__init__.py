@@ -16,9 +16,8 @@ from . import _backend  # noqa: E402
 
 _backend.register_device()
 
-from . import _module, _printing, _storage, autocast, ops  # noqa: E402,F401
+from . import _module, _pinned, _printing, _storage, autocast, fp8, ops, profiler  # noqa: E402,F401
 from .ops.fallback import fallback_counts  # noqa: E402
-from . import profiler  # noqa: E402,F401
 from .report import report  # noqa: E402
 
 __version__ = "0.1.0"

@@ -14,6 +14,7 @@ from . import (  # noqa: F401
     histogram,
     indexing,
     linalg,
+    losses,
     nn,
     optim,
     pointwise,

@@ -77,13 +77,17 @@ def _keeps_dtype(t, scalar):
 
 
 def _fast_path(self, tensor_columns, scalar_columns):
-    """Every tensor is a tpu tensor of self's floating dtype and shape, and no scalar changes that dtype."""
+    """Every tensor is a tpu tensor of self's floating dtype and shape (and no negated view), and no scalar
+    changes that dtype."""
     dtype = self[0].dtype
-    if dtype not in _FAST_DTYPES or any(t.device.type != "tpu" or t.dtype != dtype for t in self):
+    if dtype not in _FAST_DTYPES:
         return False
+    for t in self:
+        if t.dtype != dtype or t.is_cpu or t.device.type != "tpu" or t.is_neg():
+            return False
     for column in tensor_columns:
         for t, other in zip(self, column):
-            if other.device.type != "tpu" or other.dtype != dtype or other.shape != t.shape:
+            if other.dtype != dtype or other.is_cpu or other.device.type != "tpu" or other.shape != t.shape or other.is_neg():
                 return False
     return all(_keeps_dtype(t, value) for column in scalar_columns for t, value in zip(self, column))
 
@@ -97,23 +101,28 @@ def _as_number(value):
 def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
     """fn(self[i], *tensor_columns[i], *scalar_columns[i], out=) for each i, on NumPy arrays and numbers.
 
-    Every operand is viewed once up front; when the dtype is its own opmath type (float32,
-    float64) each result is written straight into its target, else it is rounded on store.
+    Every operand is viewed once up front (the fast path has checked what ``operand`` would); when
+    the dtype is its own opmath type (float32, float64) each result is written straight into its
+    target, else it is rounded on store.
     """
     targets = self if inplace else [empty(t.shape, t.dtype) for t in self]
-    arrays = [[opmath_operand(t) for t in column] for column in (self, *tensor_columns)]
-    numbers = [[_as_number(value) for value in column] for column in scalar_columns]
     direct = opmath_dtype(self[0].dtype) == _tensor.numpy_dtype(self[0].dtype)
+    view = as_numpy if direct else _opmath_view
+    arrays = [[view(t) for t in column] for column in (self, *tensor_columns)]
+    numbers = [[_as_number(value) for value in column] for column in scalar_columns]
     outs = (arrays[0] if inplace else [as_numpy(t) for t in targets]) if direct else [None] * len(self)
     with np.errstate(all="ignore"):
-        for position, (target, out) in enumerate(zip(targets, outs)):
-            result = fn(*(column[position] for column in arrays), *(column[position] for column in numbers),
-                        out=out, **keywords)
+        for target, out, operands in zip(targets, outs, zip(*arrays, *numbers)):
+            result = fn(*operands, out=out, **keywords)
             if not direct:
                 write(target, result)
             elif result is not out:
                 out[...] = result
     return None if inplace else targets
+
+
+def _opmath_view(t):
+    return as_numpy(t).astype(np.float32)
 
 
 def _foreach(fn, method, self, tensor_columns, scalar_columns, inplace, keywords=None):
@@ -238,11 +247,15 @@ def _binary_kernel(name, fn, kind, inplace):
 
 
 def _addcmul(x, t1, t2, value, out=None):
-    return np.add(x, np.multiply(np.multiply(t1, value), t2), out=out)
+    product = np.multiply(t1, value)
+    product *= t2
+    return np.add(x, product, out=out)
 
 
 def _addcdiv(x, t1, t2, value, out=None):
-    return np.add(x, np.divide(np.multiply(t1, value), t2), out=out)
+    quotient = np.multiply(t1, value)
+    quotient /= t2
+    return np.add(x, quotient, out=out)
 
 
 _TERNARY = {"addcmul": _addcmul, "addcdiv": _addcdiv}
@@ -270,8 +283,10 @@ def _lerp(start, end, weight, out=None):
     difference = np.subtract(end, start)
     if np.ndim(weight) == 0:
         if abs(weight) < 0.5:
-            return np.add(start, np.multiply(difference, weight), out=out)
-        return np.subtract(end, np.multiply(difference, 1 - weight), out=out)
+            difference *= weight
+            return np.add(start, difference, out=out)
+        difference *= 1 - weight
+        return np.subtract(end, difference, out=out)
     small = np.abs(weight) < 0.5
     return np.where(small, start + weight * difference, end - difference * (1 - weight))
 
