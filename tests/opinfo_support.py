@@ -42,6 +42,7 @@ GRAD_DTYPES = (torch.float32,)
 # bf16 keeps one rounding of slack on top (its epsilon is 7.8e-3).
 BASE_TOLERANCE = {  # dtype -> (atol, rtol)
     torch.float32: (1e-3, 1e-3),
+    torch.complex64: (1e-3, 1e-3),
     torch.bfloat16: (1e-2, 1.6e-2),
 }
 UPSTREAM_TEST = ("TestCommon", "test_compare_cpu")

@@ -25,6 +25,7 @@ from . import (  # noqa: F401
     scaled_mm,
     shape,
     special,
+    transformer,
     view,
 )
 from ._registry import KERNELS

@@ -88,24 +88,206 @@ def zero_(self):
     return self
 
 
-def _arange_length(start, end, step):
-    if step == 0:
-        raise RuntimeError("arange: step must be nonzero")
-    if not all(math.isfinite(v) for v in (start, end)):
-        raise RuntimeError(f"arange: unsupported range: {start} -> {end}")
-    if (step > 0 and start > end) or (step < 0 and start < end):
-        raise RuntimeError("arange: upper bound and larger bound inconsistent with step sign")
-    return max(math.ceil((end - start) / step), 0)
+# torch CPU's arange kernel fills each thread's range two SIMD vectors at a time, each vector
+# counted on from its first element, then element by element; the two ways round differently.
+# That kernel has no AVX-512 build, so vectors are 32 bytes.
+_SIMD_BYTES = 32
+_GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE: at::parallel_for splits longer ranges across threads
+
+# c10's names of the dtypes some CPU factories have no kernel for
+_SCALAR_TYPE_NAME = {
+    torch.bool: "Bool", torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
+    torch.uint16: "UInt16", torch.uint32: "UInt32", torch.uint64: "UInt64",
+    torch.float8_e4m3fn: "Float8_e4m3fn", torch.float8_e5m2: "Float8_e5m2",
+}
+_RANGE_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+                 torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SPACE_DTYPES = _RANGE_DTYPES + (torch.complex64, torch.complex128)
+# at::acc_type on the CPU: what arange counts in
+_ACC_TYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.float32: torch.float64}
+
+
+def _check_kernel_dtype(kernel_name, dtype, supported):
+    if dtype not in supported:
+        raise NotImplementedError(f'"{kernel_name}" not implemented for \'{_SCALAR_TYPE_NAME[dtype]}\'')
+
+
+def _python_scalar(value):
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+def _scalar_to(value, dtype):
+    """c10's Scalar::to<scalar_t>: refused on overflow, floats truncated to integers, doubles via float."""
+    value = _python_scalar(value)
+    if _overflows(value, dtype):
+        raise RuntimeError(f"value cannot be converted to type {_CPP_TYPE_NAME[dtype]} without overflow")
+    np_dtype = _tensor.numpy_dtype(dtype)
+    if not (dtype.is_floating_point or dtype.is_complex):
+        return np.array(math.trunc(value)).astype(np_dtype)[()]
+    if np_dtype.itemsize < 4:
+        return np.float32(value).astype(np_dtype)
+    return np_dtype.type(value)
+
+
+# Where CPU's compiled kernels fuse ``a * b + c`` (one rounding), a wider type computes it:
+# the product of two float32s is exact in float64; x86's long double keeps 64 bits of a float64
+# product (where long double is no wider, this degrades to two roundings).
+_FUSED_IN = {np.dtype(np.float32): np.dtype(np.float64), np.dtype(np.float64): np.dtype(np.longdouble)}
+
+
+def _multiply_add(a, b, c):
+    """``a * b + c`` as CPU's compiled float32/float64 kernels give it: fused, with one rounding."""
+    wide = _FUSED_IN.get(np.asarray(a).dtype)
+    if wide is None:  # c10's Half and BFloat16 round every operation; integers are exact
+        return a * b + c
+    return (wide.type(a) * b.astype(wide) + wide.type(c)).astype(np.asarray(a).dtype)
+
+
+def _number(value):
+    """A double as C++ streams it."""
+    return f"{value:g}"
+
+
+def _arange_length(start, end, step, dtype):
+    """at::arange_out's size: bounds checked in double, the length counted in double, except for
+    int64, which counts in integers (a double cannot hold every int64)."""
+    start, end, step = (float(_python_scalar(v)) for v in (start, end, step))
+    if not (step > 0 or step < 0):
+        raise RuntimeError("step must be nonzero")
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise RuntimeError(f"unsupported range: {_number(start)} -> {_number(end)}")
+    if not ((step > 0 and end >= start) or (step < 0 and end <= start)):
+        raise RuntimeError("upper bound and lower bound inconsistent with step sign")
+    if dtype == torch.int64:
+        xstart, xend, xstep = (int(_scalar_to(v, torch.int64)) for v in (start, end, step))
+        if xstep == 0:
+            raise ValueError("step must be nonzero")
+        numerator = xend - xstart + xstep - (1 if xstep > 0 else -1)
+        length = abs(numerator) // abs(xstep) * (1 if (numerator >= 0) == (xstep > 0) else -1)
+    else:
+        with np.errstate(all="ignore"):
+            length = np.ceil((np.float64(end) - np.float64(start)) / np.float64(step))
+    if not 0 <= length <= torch.iinfo(torch.int64).max:
+        raise RuntimeError("invalid size, possible overflow?")
+    return int(length)
+
+
+def _range_starts(index, n):
+    """The first index of the at::parallel_for range (one per thread) each index falls in, and their length."""
+    threads = min(torch.get_num_threads(), -(-n // _GRAIN_SIZE)) if n > _GRAIN_SIZE else 1
+    chunk = -(-n // threads)
+    return index // chunk * chunk, chunk
+
+
+def _arange_values(first, step, n, dtype):
+    """``first + step * i`` in the accumulate type of ``first``/``step``, rounded to ``dtype`` as
+    CPU's vectorised fill gives it: each vector counts on from its own first element."""
+    index = np.arange(n)
+    lanes = _SIMD_BYTES // dtype.itemsize
+    begin, chunk = _range_starts(index, n)
+    offset = index - begin
+    in_vectors = offset < np.minimum(chunk, n - begin) // (2 * lanes) * (2 * lanes)
+    lane = offset % lanes
+    with np.errstate(all="ignore"):
+        elementwise = _multiply_add(step, index.astype(step.dtype), first).astype(dtype)
+        vector_base = elementwise[index - lane].astype(step.dtype)
+        # a double step fuses with the base; c10's BFloat16/Half operators keep a float step apart
+        multiply_add = _multiply_add if step.dtype == np.float64 else _unfused_multiply_add
+        vectorised = multiply_add(step, lane.astype(step.dtype), vector_base).astype(dtype)
+    return np.where(in_vectors, vectorised, elementwise)
 
 
 @register("arange.start_out")
 def arange_out(start, end, step=1, *, out):
-    start, end, step = (v.item() if isinstance(v, torch.Tensor) else v for v in (start, end, step))
-    length = _arange_length(start, end, step)
+    _check_kernel_dtype("arange_cpu", out.dtype, _RANGE_DTYPES)
+    length = _arange_length(start, end, step, out.dtype)
     if out.numel() != length:
         out.resize_(length)
-    values = np.arange(length, dtype=np.float64 if out.dtype.is_floating_point else np.int64)
-    _tensor._C.dtypes.cast_into(_tensor.as_numpy(out), start + values * step, _tensor.DTYPE_NAME[out.dtype])
+    acc = _ACC_TYPE.get(out.dtype, out.dtype if out.dtype.is_floating_point else torch.int64)
+    values = _arange_values(_scalar_to(start, acc), _scalar_to(step, acc), length, _tensor.numpy_dtype(out.dtype))
+    _tensor.as_numpy(out)[...] = values
+    return out
+
+
+def _prepare_space_out(out, steps):
+    if steps < 0:
+        raise RuntimeError("number of steps must be non-negative")
+    if out.numel() != steps:
+        out.resize_(steps)
+
+
+def _two_sided(first, last, step, steps, counter_type, multiply_add):
+    """CPU's linspace formula: counted up from ``first`` to halfway, down from ``last`` after."""
+    index = np.arange(steps)
+    with np.errstate(all="ignore"):
+        up = multiply_add(step, index.astype(counter_type), first)
+        down = multiply_add(-step, (steps - 1 - index).astype(counter_type), last)
+    return np.where(index < steps // 2, up, down)
+
+
+def _unfused_multiply_add(a, b, c):
+    return a * b + c
+
+
+@register("linspace.out")
+def linspace_out(start, end, steps, *, out):
+    """In the output type for floats (each operation rounded there); for integers the step
+    and the values are doubles, truncated on store."""
+    _prepare_space_out(out, steps)
+    if steps <= 1:
+        return out if steps == 0 else fill_scalar_(out, _python_scalar(start))
+    _check_kernel_dtype("linspace_cpu", out.dtype, _SPACE_DTYPES)
+    first, last = _scalar_to(start, out.dtype), _scalar_to(end, out.dtype)
+    if not (out.dtype.is_floating_point or out.dtype.is_complex):
+        first, last = np.float64(first), np.float64(last)
+    step = (last - first) / first.dtype.type(steps - 1)
+    counter_type = step.real.dtype  # c10 multiplies a complex step by a real count
+    values = _two_sided(first, last, step, steps, counter_type, _multiply_add)
+    _tensor.as_numpy(out)[...] = values.astype(_tensor.numpy_dtype(out.dtype))
+    return out
+
+
+def _power(base, exponents):
+    """``base ** exponents`` as the C library's pow gives it (NumPy's SIMD power differs in the last bit)."""
+    if exponents.dtype.kind == "c":
+        with np.errstate(all="ignore"):
+            return np.power(base, exponents)
+    return np.array([_c_pow(float(base), e) for e in exponents.tolist()], np.float64)
+
+
+def _c_pow(base, exponent):
+    try:
+        return math.pow(base, exponent)
+    except OverflowError:
+        return math.inf if base > 0 or exponent.is_integer() and exponent % 2 == 0 else -math.inf
+    except ValueError:  # a negative base to a fractional power
+        return math.nan
+
+
+@register("logspace.out")
+def logspace_out(start, end, steps, base=10.0, *, out):
+    """``base ** e`` in double (complex: in the output type) of linspace's two-sided exponents,
+    counted from the start and end rounded to the output type."""
+    _prepare_space_out(out, steps)
+    if steps == 0:
+        return out
+    power_type = _tensor.numpy_dtype(out.dtype) if out.dtype.is_complex else np.dtype(np.float64)
+    if steps == 1:
+        with np.errstate(all="ignore"):
+            value = np.power(complex(base) if out.dtype.is_complex else float(base),
+                             np.asarray(_python_scalar(start), np.complex128 if out.dtype.is_complex else np.float64))
+        return fill_scalar_(out, value.item())
+    _check_kernel_dtype("logspace_cpu", out.dtype, _SPACE_DTYPES)
+    first, last = _scalar_to(start, out.dtype), _scalar_to(end, out.dtype)
+    # the span is rounded to the output type for floats, exact for integers
+    span = last - first if out.dtype.is_floating_point or out.dtype.is_complex else int(last) - int(first)
+    step = power_type.type(span) / power_type.type(steps - 1)
+    exponents = _two_sided(power_type.type(first), power_type.type(last), step, steps, power_type,
+                           _unfused_multiply_add)
+    values = _power(power_type.type(base), exponents)
+    if out.dtype in (torch.float16, torch.bfloat16):
+        values = values.astype(np.float32)  # a double reaches c10's Half and BFloat16 through float
+    _tensor._C.dtypes.cast_into(_tensor.as_numpy(out), values, _tensor.DTYPE_NAME[out.dtype])
     return out
 
 

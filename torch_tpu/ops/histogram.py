@@ -92,15 +92,16 @@ def _outer_edges(points, range_):
 
 
 def _linspace(start, end, steps, dtype):
-    """torch.linspace's CPU formula in ``dtype``: from the start for the first half, from the end after."""
+    """torch.linspace's CPU formula in ``dtype``: start + step * i for the first half, end - step * (steps
+    - 1 - i) after, each a fused multiply-add in CPU's build (exact in float64 for float32 operands)."""
     start, end = dtype.type(start), dtype.type(end)
     if steps == 1:
         return np.array([start], dtype)
     step = (end - start) / dtype.type(steps - 1)
     index = np.arange(steps)
-    halfway = steps // 2
-    return np.where(index < halfway, start + step * index.astype(dtype),
-                    end - step * (steps - index - 1).astype(dtype)).astype(dtype)
+    from_start = np.float64(start) + np.float64(step) * index
+    from_end = np.float64(end) - np.float64(step) * (steps - index - 1)
+    return np.where(index < steps // 2, from_start, from_end).astype(dtype)
 
 
 def _edges_from_counts(self, bins, range_, op_name="torch.histogramdd()"):

@@ -532,15 +532,43 @@ def put_(self, index, source, accumulate=False):
 @register("embedding_dense_backward")
 def embedding_dense_backward(grad_output, indices, num_weights, padding_idx, scale_grad_by_freq):
     positions = operand(indices, "embedding_backward").reshape(-1)
-    grad = operand(grad_output, "embedding_backward").reshape(positions.size, -1)
-    keep = positions != padding_idx
-    positions, grad = positions[keep], grad[keep]
+    grad = operand(grad_output, "embedding_backward").reshape(positions.size, grad_output.shape[-1])
     if scale_grad_by_freq:
-        counts = np.bincount(positions, minlength=num_weights)
-        grad = opmath_operand(grad_output).reshape(-1, grad.shape[-1])[keep] / counts[positions, None]
-    result = np.zeros((num_weights, grad.shape[-1]), _tensor.numpy_dtype(grad_output.dtype))
-    np.add.at(result, positions, _as_dtype(grad, grad_output))
-    return new_tensor(result, grad_output.dtype)
+        opmath_grad = opmath_operand(grad_output).reshape(grad.shape)
+        scale = (1 / np.bincount(positions, minlength=num_weights)[positions]).astype(opmath_grad.dtype)
+        grad = opmath_grad * scale[:, None]  # the CPU adds each row with alpha = 1 / count
+    if 0 <= padding_idx < num_weights:  # a negative padding_idx means none
+        keep = positions != padding_idx
+        positions, grad = positions[keep], grad[keep]
+    result = empty((num_weights, grad.shape[-1]), grad_output.dtype)
+    target = as_numpy(result)
+    target[...] = 0
+    _add_rows_in_order(target, positions, grad if grad.dtype == target.dtype else _as_dtype(grad, grad_output))
+    return result
+
+
+_MAX_ROUNDS = 64  # beyond this many repeats of one index, np.add.at's single pass is faster
+
+
+def _add_rows_in_order(target, positions, rows):
+    """``target[positions[i]] += rows[i]`` for each i in order, rounding after every addition as the CPU loop does.
+
+    ``np.add.at`` does exactly that, but slowly. Here round k adds the k-th occurrence of every index at
+    once: within a round the indices are distinct, so a plain fancy-indexed ``+=`` is exact.
+    """
+    order = np.argsort(positions, kind="stable")
+    sorted_positions = positions[order]
+    group_starts = np.flatnonzero(np.diff(sorted_positions, prepend=-1))
+    group_sizes = np.diff(group_starts, append=positions.size)
+    if group_sizes.size == 0 or group_sizes.max() > _MAX_ROUNDS:
+        np.add.at(target, positions, rows)
+        return
+    occurrence = np.arange(positions.size) - np.repeat(group_starts, group_sizes)
+    by_round = order[np.argsort(occurrence, kind="stable")]
+    bounds = np.cumsum(np.bincount(occurrence))
+    for start, stop in zip(np.r_[0, bounds[:-1]], bounds):
+        chosen = by_round[start:stop]
+        target[positions[chosen]] += rows[chosen]
 
 
 # ---------------------------------------------------------------------------
@@ -635,3 +663,37 @@ def embedding_bag_per_sample_weights_backward(grad, weight, indices, offsets, of
     bag_of = operand(offset2bag, "embedding_bag")
     products = np.einsum("ij,ij->i", gradient[bag_of], opmath_operand(weight, "embedding_bag")[positions])
     return new_tensor(np.where(positions != padding_idx, products, 0), grad.dtype)
+
+
+# ---------------------------------------------------------------------------
+# embedding_renorm_
+
+
+def _row_norms(rows, norm_type):
+    """Vector p-norms of each row, as torch.norm computes them (inf/-inf/0 included)."""
+    magnitude = np.abs(rows.astype(np.float64))
+    if norm_type == float("inf"):
+        return magnitude.max(axis=-1, initial=0)
+    if norm_type == float("-inf"):
+        return magnitude.min(axis=-1)
+    if norm_type == 0:
+        return (magnitude != 0).sum(axis=-1).astype(np.float64)
+    return (magnitude ** norm_type).sum(axis=-1) ** (1 / norm_type)
+
+
+@register("embedding_renorm_")
+def embedding_renorm_(self, indices, max_norm, norm_type):
+    """Every distinct row named by ``indices`` whose norm exceeds ``max_norm`` is scaled in place by
+    max_norm / (norm + 1e-7), the scale rounded to the weight's dtype as CPU's ``row *= scale`` does."""
+    if self.dim() != 2:
+        raise RuntimeError(f"embedding_renorm_(): argument 'self' (position 1) must be 2-D, but got {self.dim()}-D")
+    if indices.dtype not in _INDEX_DTYPES:
+        raise RuntimeError(f"embedding_renorm_(): Expected tensor for argument #2 'indices' to have one of the "
+                           f"following scalar types: Long, Int; but got {indices.dtype} instead")
+    weight = as_numpy(self)
+    rows = np.unique(operand(indices).reshape(-1))
+    norms = _row_norms(weight[rows], norm_type)
+    over = norms > max_norm
+    scale = (max_norm / (norms[over] + 1e-7)).astype(weight.dtype)
+    weight[rows[over]] = (weight[rows[over]] * scale[:, None]).astype(weight.dtype)
+    return self

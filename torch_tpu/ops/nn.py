@@ -987,3 +987,100 @@ def binary_cross_entropy_with_logits(self, target, weight=None, pos_weight=None,
         log_sigmoid_x = log_sigmoid_x * ((opmath_operand(pos_weight) - 1) * t + 1)
     loss = reduce_loss(scaled((1 - t) * x - log_sigmoid_x, optional_operand(weight)), reduction)
     return new_tensor(loss, self.dtype) if out is None else store(out, loss)
+
+
+# ---------------------------------------------------------------------------------------
+# Fractional max pooling
+# ---------------------------------------------------------------------------------------
+
+# Which column of random_samples drives which spatial dim (CPU: 2d takes W first, 3d takes T first).
+FRACTIONAL_SAMPLE_COLUMN = {2: (1, 0), 3: (0, 1, 2)}
+
+
+def fractional_window_starts(samples, input_size, output_size, pool_size):
+    """CPU's generate_intervals for every plane at once, in the samples' dtype as CPU computes it.
+
+    ``samples`` is (planes,); the result is (planes, output_size) window starts.
+    """
+    dtype = samples.dtype.type
+    starts = np.full(samples.shape + (output_size,), input_size - pool_size, np.int64)
+    if output_size > 1:
+        alpha = dtype(dtype(input_size - pool_size) / dtype(output_size - 1))
+        steps = np.arange(output_size - 1).astype(samples.dtype)
+        scaled = ((steps[None, :] + samples[:, None]).astype(samples.dtype) * alpha).astype(samples.dtype)
+        offset = (samples * alpha).astype(samples.dtype)
+        starts[:, :-1] = scaled.astype(np.int64) - offset.astype(np.int64)[:, None]
+    return starts
+
+
+def check_fractional_pool(name, self, kernel_size, output_size, random_samples, n_spatial):
+    if self.dim() not in (n_spatial + 1, n_spatial + 2):
+        raise RuntimeError(f"{name}(): Expected {n_spatial + 1}D or {n_spatial + 2}D tensor, but got: "
+                           f"{list(self.shape)}")
+    for size, pool, out_size in zip(self.shape[-n_spatial:], kernel_size, output_size):
+        if out_size + pool - 1 > size:
+            raise RuntimeError(f"{name}(): pool size {pool} too large relative to input size {size} "
+                               f"for output size {out_size}")
+    if random_samples.dim() != 3:
+        raise RuntimeError(f"{name}(): Expected 3D random_samples, but got {list(random_samples.shape)}")
+
+
+def fractional_max_pool(name, n_spatial):
+    """Max over the pseudo-random windows: the first maximum wins, a NaN anywhere in the window wins
+    over it and the last NaN wins over earlier ones; indices are flat positions within the plane."""
+
+    def kernel(self, kernel_size, output_size, random_samples, *, output, indices):
+        check_fractional_pool(name, self, kernel_size, output_size, random_samples, n_spatial)
+        spatial = tuple(self.shape[-n_spatial:])
+        planes_shape = tuple(self.shape[:-n_spatial])
+        x = operand(self).reshape((math.prod(planes_shape),) + spatial)
+        samples = operand(random_samples).reshape(-1, n_spatial)[:x.shape[0]]
+        flat_positions = np.zeros((x.shape[0],) + tuple(output_size) + (1,) * n_spatial, np.int64)
+        for d, column in enumerate(FRACTIONAL_SAMPLE_COLUMN[n_spatial]):
+            starts = fractional_window_starts(samples[:, column], spatial[d], output_size[d], kernel_size[d])
+            grid_shape = [x.shape[0]] + [1] * (2 * n_spatial)
+            grid_shape[1 + d] = output_size[d]
+            offset_shape = [1] * (1 + 2 * n_spatial)
+            offset_shape[1 + n_spatial + d] = kernel_size[d]
+            coordinate = starts.reshape(grid_shape) + np.arange(kernel_size[d]).reshape(offset_shape)
+            flat_positions = flat_positions * spatial[d] + coordinate
+        flat_positions = flat_positions.reshape(flat_positions.shape[:1 + n_spatial] + (math.prod(kernel_size),))
+        values = np.take_along_axis(x.reshape(x.shape[0], math.prod(spatial))[(slice(None),) + (None,) * n_spatial],
+                                    flat_positions, -1)
+        nan = np.isnan(values)
+        window = values.shape[-1]
+        choice = np.where(nan.any(-1), window - 1 - np.argmax(nan[..., ::-1], -1), np.argmax(values, -1))
+        chosen = np.take_along_axis(flat_positions, choice[..., None], -1)[..., 0]
+        shape = planes_shape + tuple(output_size)
+        resize_out(output, shape), resize_out(indices, shape)
+        write(output, np.take_along_axis(values, choice[..., None], -1).reshape(shape))
+        write(indices, chosen.reshape(shape))
+        return output, indices
+
+    return kernel
+
+
+def fractional_max_pool_backward(n_spatial):
+    """Each output's gradient added to the input element its index names, in the tensor's own dtype
+    (CPU rounds bf16 after every addition)."""
+
+    def kernel(grad_output, self, kernel_size, output_size, indices, *, grad_input=None):
+        spatial_numel = math.prod(self.shape[-n_spatial:])
+        gradient = operand(grad_output)
+        grad = np.zeros((math.prod(self.shape[:-n_spatial]), spatial_numel), gradient.dtype)
+        planes = np.arange(grad.shape[0])[:, None]
+        outputs = math.prod(output_size)
+        np.add.at(grad, (planes, operand(indices).reshape(grad.shape[0], outputs)),
+                  gradient.reshape(grad.shape[0], outputs))
+        grad = grad.reshape(self.shape)
+        return new_tensor(grad, self.dtype) if grad_input is None else store(grad_input, grad)
+
+    return kernel
+
+
+register("fractional_max_pool2d.output")(fractional_max_pool("fractional_max_pool2d", 2))
+register("fractional_max_pool3d.output")(fractional_max_pool("fractional_max_pool3d", 3))
+register("fractional_max_pool2d_backward", "fractional_max_pool2d_backward.grad_input")(
+    fractional_max_pool_backward(2))
+register("fractional_max_pool3d_backward", "fractional_max_pool3d_backward.grad_input")(
+    fractional_max_pool_backward(3))

@@ -565,9 +565,21 @@ def gelu(x, approximate="none"):
     if approximate == "tanh":
         inner = scalar(math.sqrt(2 / math.pi), x) * (x + scalar(0.044715, x) * x * x * x)
         return scalar(0.5, x) * x * (1 + np.tanh(inner))
-    result = x * scalar(0.5, x) * (1 + vpu_special.erf(x * scalar(math.sqrt(0.5), x)))
-    # PyTorch's float32 (and bf16) kernel turns +inf into NaN; float64 keeps inf
-    return np.where(np.isposinf(x), scalar(np.nan, x), result) if x.dtype == np.float32 else result
+    result = gaussian_cdf(x)
+    result *= x  # x * 0.5 * (1 + erf): the 0.5 is exact in either place
+    if x.dtype == np.float32:  # PyTorch's float32 (and bf16) kernel turns +inf into NaN; float64 keeps inf
+        positive_infinity = np.isposinf(x)
+        if positive_infinity.any():
+            result[positive_infinity] = np.nan
+    return result
+
+
+def gaussian_cdf(x):
+    """0.5 * (1 + erf(x / sqrt(2))), in a fresh array."""
+    result = vpu_special.erf(x * scalar(math.sqrt(0.5), x))
+    result += 1
+    result *= scalar(0.5, x)
+    return result
 
 
 def gelu_backward(grad, x, approximate="none"):
@@ -579,9 +591,15 @@ def gelu_backward(grad, x, approximate="none"):
         tanh_derivative = 1 - tanh_inner * tanh_inner
         inner_derivative = beta * (1 + 3 * kappa * x * x)
         return grad * (left_derivative + scalar(0.5, x) * x * tanh_derivative * inner_derivative)
-    cdf = scalar(0.5, x) * (1 + vpu_special.erf(x * scalar(math.sqrt(0.5), x)))
-    pdf = np.exp(scalar(-0.5, x) * x * x) * scalar(1 / math.sqrt(2 * math.pi), x)
-    return grad * (cdf + x * pdf)
+    x_pdf = x * x
+    x_pdf *= scalar(-0.5, x)
+    np.exp(x_pdf, out=x_pdf)
+    x_pdf *= scalar(1 / math.sqrt(2 * math.pi), x)
+    x_pdf *= x
+    result = gaussian_cdf(x)
+    result += x_pdf
+    result *= grad
+    return result
 
 
 def silu(x):
@@ -999,6 +1017,8 @@ def native_operand(value, dtype):
 
 
 def result_shape(self, other):
+    if not isinstance(self, torch.Tensor):  # a wrapped number, as rsub.Scalar passes sub.Tensor
+        return other.shape
     if isinstance(other, torch.Tensor) and self.shape != other.shape:
         return torch.broadcast_shapes(self.shape, other.shape)
     return self.shape

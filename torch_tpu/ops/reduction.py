@@ -658,3 +658,252 @@ def logcumsumexp(self, dim):
 @register("_logcumsumexp.out")
 def logcumsumexp_out(self, dim, *, out):
     return _logcumsumexp_into(self, dim, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# equal, kthvalue, hash_tensor
+# ---------------------------------------------------------------------------------------------
+
+
+@register("equal")
+def equal(self, other):
+    """Same sizes and equal elements after promotion to the common dtype (so NaN is never equal)."""
+    for tensor in (self, other):
+        if tensor.device.type != "tpu":
+            raise RuntimeError(f"Cannot compare two tensors on different devices. Got: {self.device} and "
+                               f"{other.device}")
+    if self.shape != other.shape:
+        return False
+    common = torch.result_type(self, other)
+    return bool(np.array_equal(_converted(operand(self), common), _converted(operand(other), common)))
+
+
+def _quickselect_index(row, k):
+    """The index CPU's quick_select_template leaves at position k (median-of-three Hoare partition).
+
+    Only rows where the k-th value is tied need it: elsewhere every selection gives the same index.
+    """
+    values, indices = list(row), list(range(len(row)))
+
+    def greater_or_nan(a, b):
+        return (math.isnan(a) and not math.isnan(b)) or a > b
+
+    def swap(a, b):
+        values[a], values[b] = values[b], values[a]
+        indices[a], indices[b] = indices[b], indices[a]
+
+    low, high = 0, len(values) - 1
+    while high > low:
+        if high == low + 1:
+            if greater_or_nan(values[low], values[high]):
+                swap(low, high)
+            break
+        swap(low + (high - low) // 2, low + 1)
+        for a, b in ((low + 1, high), (low, high), (low + 1, low)):
+            if greater_or_nan(values[a], values[b]):
+                swap(a, b)
+        i, j, pivot = low + 1, high, values[low]
+        while True:
+            i += 1
+            while greater_or_nan(pivot, values[i]):
+                i += 1
+            j -= 1
+            while greater_or_nan(values[j], pivot):
+                j -= 1
+            if j < i:
+                break
+            swap(i, j)
+        swap(low, j)
+        if j <= k:
+            low = i
+        if j >= k:
+            high = j - 1
+    return indices[k]
+
+
+def _kth_along_last(rows, k):
+    """The k-th smallest (0-based) of each row, NaN above everything, and the index CPU reports."""
+    order = np.argsort(rows, axis=-1, kind="stable")  # NaNs last
+    index = order[..., k:k + 1]
+    value = np.take_along_axis(rows, index, -1)
+    same = (rows == value) | (np.isnan(rows) & np.isnan(value))
+    flat_rows, flat_index = rows.reshape(-1, rows.shape[-1]), index.reshape(-1)
+    for row in np.flatnonzero(same.reshape(flat_rows.shape).sum(axis=-1) > 1):
+        flat_index[row] = _quickselect_index(flat_rows[row].tolist(), k)
+    return value, flat_index.reshape(index.shape)
+
+
+@register("kthvalue.values")
+def kthvalue_values(self, k, dim=-1, keepdim=False, *, values, indices):
+    axis = _wrap_dim(dim, self.dim())
+    size = self.shape[axis] if self.dim() else 1
+    if self.numel() and not 1 <= k <= size:
+        raise RuntimeError(f"kthvalue(): selected number k out of range for dimension {axis}")
+    select = _selection_by_dim("kthvalue", lambda rows: _kth_along_last(rows, k - 1), _real_not_bool)
+    return select(self, dim, keepdim, values=values, indices=indices)
+
+
+def _hash_bits(self):
+    """Each element widened to 64 bits (float64, int64 or uint64) and read as uint64."""
+    array = operand(self)
+    if self.dtype.is_floating_point:
+        return _converted(array, torch.float64).view(np.uint64)
+    if self.dtype == torch.bool or not self.is_signed():
+        return array.astype(np.uint64)
+    return array.astype(np.int64).view(np.uint64)
+
+
+@register("hash_tensor.out")
+def hash_tensor_out(self, dim=(), *, keepdim=False, mode=0, out):
+    if mode != 0:
+        raise RuntimeError(f"hash_tensor only supports mode=0 (xor_sum) but got mode={mode}")
+    if self.numel() == 0 and not dim:
+        raise RuntimeError("hash_tensor: Expected reduction dim to be specified for input.numel() == 0. Specify "
+                           "the reduction dim with the 'dim' argument.")
+    axes = _reduced_axes(self, dim)
+    _reduction_out(out, self, axes, keepdim)
+    return _reduce_into(out, np.bitwise_xor.reduce, _hash_bits(self).reshape(self.shape), axes, keepdim)
+
+
+# ---------------------------------------------------------------------------------------------
+# segment_reduce: reductions over runs of consecutive slices along one axis
+# ---------------------------------------------------------------------------------------------
+
+_SEGMENT_REDUCTIONS = {"sum": "sum", "prod": "prod", "mean": "mean", "max": "max", "amax": "max",
+                       "min": "min", "amin": "min"}
+_SEGMENT_IDENTITY = {"sum": 0.0, "mean": 0.0, "prod": 1.0, "max": -math.inf, "min": math.inf}
+_SEGMENT_COMBINE = {"sum": np.add, "mean": np.add, "prod": np.multiply, "max": np.maximum, "min": np.minimum}
+
+
+def _segment_reduction(reduce):
+    if reduce not in _SEGMENT_REDUCTIONS:
+        raise RuntimeError(f"reduce argument must be either sum, prod, mean, amax or amin, got {reduce}")
+    return _SEGMENT_REDUCTIONS[reduce]
+
+
+def _segment_offsets(lengths, offsets, axis, data):
+    """(outer, segments + 1) start offsets of each segment and the output's shape."""
+    if lengths is not None:
+        counts = operand(lengths).astype(np.int64)
+        counts = counts.reshape(-1, counts.shape[-1] if counts.ndim else 1)
+        starts = np.concatenate([np.zeros((counts.shape[0], 1), np.int64), np.cumsum(counts, axis=-1)], axis=-1)
+        segments = lengths.shape[-1] if lengths.dim() else 1
+    else:
+        starts = operand(offsets).astype(np.int64)
+        starts = starts.reshape(-1, starts.shape[-1])
+        segments = offsets.shape[-1] - 1
+    return starts, tuple(data.shape[:axis]) + (segments,) + tuple(data.shape[axis + 1:])
+
+
+def _check_segments(data, reduce, lengths, indices, offsets, axis, unsafe):
+    if indices is not None:
+        raise RuntimeError("segment_reduce(): indices based reduction is not supported yet.")
+    if lengths is None and offsets is None:
+        raise RuntimeError("segment_reduce(): Either lengths or offsets must be defined.")
+    if data.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        raise NotImplementedError(f"\"_segment_reduce_cpu\" not implemented for '{_dtype_name(data.dtype)}'")
+    given = lengths if lengths is not None else offsets
+    if given.dtype not in (torch.int32, torch.int64):
+        raise NotImplementedError(
+            f"\"_segment_reduce_lengths_cpu_kernel1\" not implemented for '{_dtype_name(given.dtype)}'")
+    if lengths is not None and not unsafe:
+        counts = operand(lengths)
+        if (counts < 0).any():
+            raise RuntimeError("lengths contains negative value!")
+        if (counts.sum(axis=-1) != data.shape[axis]).any():
+            raise RuntimeError("segment_reduce(): Expected all rows of lengths along axis to sum to "
+                               "data.size(lengths.dim()-1) when !unsafe.")
+
+
+def _dtype_name(dtype):
+    return torch.empty(0, dtype=dtype).type().removeprefix("torch.").removesuffix("Tensor")
+
+
+def _segment_ids(starts, size):
+    """For each outer row and position along the axis: its segment, or -1 outside every segment."""
+    positions = np.arange(size)
+    ids = np.stack([np.searchsorted(row, positions, side="right") - 1 for row in starts])
+    inside = (positions >= starts[:, :1]) & (positions < starts[:, -1:]) & (ids < starts.shape[1] - 1)
+    return np.where(inside, ids, -1)
+
+
+def _segment_layout(data, axis):
+    """``data`` as (outer, axis, inner)."""
+    outer = int(np.prod(data.shape[:axis], dtype=np.int64))
+    return operand(data).reshape(outer, data.shape[axis], -1)
+
+
+@register("segment_reduce", "segment_reduce.out")
+def segment_reduce(data, reduce, *, lengths=None, indices=None, offsets=None, axis=0, unsafe=False,
+                   initial=None, out=None):
+    """CPU's loop per segment: start from ``initial`` (or the identity), fold each slice in order in
+    the data dtype (NaN sticks in max/min), mean divides non-NaN sums by the length, and an empty
+    segment without ``initial`` has mean NaN."""
+    reduction = _segment_reduction(reduce)
+    axis = _wrap_dim(axis, data.dim())
+    _check_segments(data, reduce, lengths, indices, offsets, axis, unsafe)
+    starts, shape = _segment_offsets(lengths, offsets, axis, data)
+    values = _segment_layout(data, axis)
+    dtype = values.dtype
+    segments = starts.shape[1] - 1
+    start_value = _SEGMENT_IDENTITY[reduction] if initial is None else initial
+    result = np.full((values.shape[0], segments, values.shape[2]), start_value, dtype)
+    ids = _segment_ids(starts, values.shape[1])
+    outer, position = np.nonzero(ids >= 0)
+    with np.errstate(all="ignore"):
+        _SEGMENT_COMBINE[reduction].at(result, (outer, ids[outer, position]), values[outer, position])
+        if reduction == "mean":
+            counts = np.diff(starts, axis=-1)[..., None]
+            divided = (result / counts.astype(dtype)).astype(dtype)
+            result = np.where(counts == 0, np.nan if initial is None else result,
+                              np.where(np.isnan(result), result, divided))
+    out = empty(shape, data.dtype) if out is None else resize_out(out, shape)
+    return write(out, result.reshape(shape))
+
+
+@register("_segment_reduce_backward", "_segment_reduce_backward.out")
+def segment_reduce_backward(grad, output, data, reduce, *, lengths=None, offsets=None, axis=0, initial=None,
+                            out=None):
+    """CPU's gradient: max/min send the gradient to every extreme (or NaN) element and share positive
+    gradients among ties; prod divides grad * output by the element, recomputing the product of the
+    others where the element is 0 or NaN."""
+    reduction = _segment_reduction(reduce)
+    axis = _wrap_dim(axis, data.dim())
+    starts, _ = _segment_offsets(lengths, offsets, axis, data)
+    values = _segment_layout(data, axis)
+    dtype = values.dtype
+    segments = starts.shape[1] - 1
+    grads = operand(grad).reshape(values.shape[0], segments, -1)
+    results = operand(output).reshape(values.shape[0], segments, -1)
+    ids = _segment_ids(starts, values.shape[1])
+    inside = (ids >= 0)[..., None]
+    segment = np.maximum(ids, 0)[..., None]
+    outer = np.arange(values.shape[0])[:, None, None]
+    inner = np.arange(values.shape[2])[None, None, :]
+    segment_grad = grads[outer, segment, inner]
+    segment_result = results[outer, segment, inner]
+    with np.errstate(all="ignore"):
+        if reduction in ("max", "min"):
+            hit = inside & (np.isnan(values) | (values == segment_result))
+            gradient = np.where(hit, segment_grad, 0).astype(dtype)
+            ties = np.zeros(results.shape, np.int64)
+            np.add.at(ties, (outer, segment, inner), hit.astype(np.int64))
+            ties = ties[outer, segment, inner]
+            gradient = np.where((ties >= 2) & (gradient > 0), gradient / ties.astype(dtype), gradient)
+        elif reduction == "mean":
+            counts = np.diff(starts, axis=-1)[outer[..., 0], segment[..., 0]][..., None]
+            gradient = np.where(inside, segment_grad / counts.astype(dtype), 0)
+        elif reduction == "sum":
+            gradient = np.where(inside, segment_grad, 0)
+        else:
+            gradient = np.where(inside, (segment_grad * segment_result).astype(dtype) / values, 0).astype(dtype)
+            start = 1.0 if initial is None else initial
+            for o, a, i in zip(*np.nonzero(inside & (np.isnan(values) | (values == 0)))):
+                s = ids[o, a]
+                others = np.delete(values[o, starts[o, s]:starts[o, s + 1], i], a - starts[o, s])
+                exclusive = dtype.type(start)
+                for value in others:
+                    exclusive = dtype.type(exclusive * value)
+                gradient[o, a, i] = grads[o, s, i] * exclusive
+    out = empty(data.shape, data.dtype) if out is None else resize_out(out, data.shape)
+    return write(out, gradient.astype(dtype).reshape(data.shape))

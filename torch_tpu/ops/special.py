@@ -5,8 +5,11 @@ their results outside the textbook domain are defined by that code, not by mathe
 ``n`` is truncated to an integer as a C cast does (NaN and infinities become a negative degree),
 negative degrees give 0, the endpoints of [-1, 1] have exact values, high degrees inside (-1, 1)
 switch to the trigonometric closed form, and everything else runs the three-term recurrence in the
-compute dtype, stopping where the value turns NaN. The Bessel and Airy functions are scipy.special
-evaluated in float64 and rounded once to the result dtype.
+compute dtype (fused multiply-adds, as CPU's build contracts them), stopping where the value turns
+NaN. The closed forms use correctly rounded acos/cos/sin; glibc's acosf can be an ulp off, which the
+degree multiplies, so float32 results of degrees above 8 inside (-1, 1) can differ from CPU by ~1e-5.
+The Bessel functions are scipy.special in float64, rounded once to the result dtype (torch CPU's own
+float64 J0/J1/Y0/Y1 are only accurate to about 1e-6); Airy Ai is CPU's Cephes code, ported.
 """
 
 import numpy as np

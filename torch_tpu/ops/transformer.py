@@ -1,0 +1,77 @@
+"""The fused inference fast paths of nn.MultiheadAttention and nn.TransformerEncoderLayer.
+
+In eval mode without autograd, PyTorch sends tpu tensors (like CPU and CUDA ones) to
+``_native_multi_head_attention`` and ``_transformer_encoder_layer_fwd``. These kernels
+follow the CPU's fused implementation (aten/src/ATen/native/transformers/) step by step,
+built from tpu ops. Where it differs from the unfused module path, the CPU's behaviour
+is kept: a query row whose keys are all masked gets zero attention, not NaN.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .nn import register
+
+PADDING_MASK = 1  # mask_type: 0 is an attention mask (L, L), 1 a key padding mask (B, L), 2 a merged one
+
+
+def attention_mask(mask, mask_type, scores):
+    """The boolean mask (True = masked out) broadcastable to scores (B, heads, L, S)."""
+    mask = mask.to(torch.bool)
+    if mask_type == PADDING_MASK:
+        return mask.view(mask.shape[0], 1, 1, mask.shape[-1])
+    return mask.view((1,) * (scores.dim() - mask.dim()) + tuple(mask.shape))
+
+
+def masked_softmax(scores, mask, mask_type):
+    if mask is None:
+        return torch.softmax(scores, -1)
+    masked = scores.masked_fill(attention_mask(mask, mask_type, scores), -math.inf)
+    return torch.ops.aten._safe_softmax(masked, -1)
+
+
+def heads(x, num_heads):
+    """(B, L, D) -> (B, heads, L, D / heads)."""
+    batch, length, dim = x.shape
+    return x.view(batch, length, num_heads, dim // num_heads).transpose(1, 2)
+
+
+@register("_native_multi_head_attention")
+def native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias, proj_weight, proj_bias,
+                                mask=None, need_weights=True, average_attn_weights=True, mask_type=None):
+    weights = qkv_weight.chunk(3)
+    biases = qkv_bias.chunk(3) if qkv_bias is not None else (None,) * 3
+    q, k, v = (heads(F.linear(x, w, b), num_head) for x, w, b in zip((query, key, value), weights, biases))
+    q = q / math.sqrt(embed_dim // num_head)
+    attention = masked_softmax(q @ k.transpose(-2, -1), mask, mask_type)
+    context = (attention @ v).transpose(1, 2).reshape(query.shape[0], query.shape[1], embed_dim)
+    output = F.linear(context, proj_weight, proj_bias)
+    if not need_weights:
+        return output, query.new_empty(0)
+    return output, attention.sum(1) / num_head if average_attn_weights else attention
+
+
+@register("_transformer_encoder_layer_fwd")
+def transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias, use_gelu,
+                                  norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2, norm_bias_2,
+                                  ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask=None, mask_type=None):
+    if src.numel() == 0:
+        return src.clone()
+
+    def norm(x, weight, bias):
+        return F.layer_norm(x, (embed_dim,), weight, bias, eps)
+
+    x = norm(src, norm_weight_1, norm_bias_1) if norm_first else src
+    x, _ = native_multi_head_attention(x, x, x, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
+                                       mask, False, True, mask_type)
+    x = x + src
+    if not norm_first:
+        x = norm(x, norm_weight_1, norm_bias_1)
+    residual = x
+    if norm_first:
+        x = norm(x, norm_weight_2, norm_bias_2)
+    hidden = F.linear(x, ffn_weight_1, ffn_bias_1)
+    x = F.linear(F.gelu(hidden) if use_gelu else F.relu(hidden), ffn_weight_2, ffn_bias_2) + residual
+    return norm(x, norm_weight_2, norm_bias_2) if not norm_first else x
