@@ -296,3 +296,19 @@ def test_multihead_attention_fast_path(batch_first, options):
     expected = inference(module, (x, x, x), options)
     actual = inference(copy.deepcopy(module).to(support.DEVICE), (tpu_x, tpu_x, tpu_x), tpu_options)
     support.compare(actual, expected, POLICY)
+
+
+class _WrongGradientOnTpu(torch.nn.Linear):
+    """Same forward on both devices, a weight gradient 1.5 times too large on tpu."""
+
+    def forward(self, x):
+        scale = 1.5 if self.weight.device.type == support.DEVICE else 1.0
+        weight = self.weight.detach() + scale * (self.weight - self.weight.detach())
+        return torch.nn.functional.linear(x, weight, self.bias)
+
+
+def test_a_wrong_gradient_fails():
+    linear = [({"in_features": 3, "out_features": 2}, (4, 3))]
+    info = ModuleInfo(_WrongGradientOnTpu, module_inputs_func=partial(_sampling_inputs, linear))
+    outcome = check_sample(info, module_inputs(info, True)[0], True)
+    assert outcome.status == support.FAILED and "not close" in outcome.reason

@@ -451,3 +451,53 @@ def test_large_elementwise_matches():
     check(torch.add, a, b)
     check(lambda x, y: x.clone().mul_(y), a, b)
     assert math.isfinite(float((a.to("tpu") * b.to("tpu")).sum().cpu()))
+
+
+# --- the VPU's vectorised float32 erf (csrc_py/special.py) ----------------------------------------
+
+
+def erf_ulp_error(actual, x):
+    """|actual - erf(x)| in units in the last place of the correctly rounded float32 result (float64 reference)."""
+    exact = torch.erf(x.double())
+    ulp = torch.nextafter(exact.abs().float(), torch.tensor(math.inf)).double() - exact.abs().float().double()
+    return ((actual.double() - exact).abs() / ulp).max().item()
+
+
+def erf_arguments():
+    """Dense over [-5, 5] (both pieces and the switch at |x| = 1), log-spaced tails down to subnormals."""
+    dense = torch.linspace(-5, 5, 400_001)
+    magnitudes = torch.logspace(-44, 1.5, 50_001, dtype=torch.float64).float()
+    near_switch = torch.nextafter(torch.ones(64), torch.zeros(64)).cumsum(0) - torch.arange(64) * 0.99999994
+    return torch.cat([dense, magnitudes, -magnitudes, near_switch, -near_switch, torch.tensor([1.0, -1.0, 4.0, 3.9])])
+
+
+def test_erf_float32_is_within_one_ulp_and_matches_cpu():
+    x = erf_arguments()
+    actual = torch.erf(x.to("tpu")).cpu()
+    assert erf_ulp_error(actual, x) < 1.0  # torch CPU's own kernel is within about 0.7 ulp
+    assert_close(actual, torch.erf(x), rtol=0, atol=1.2e-7)
+    assert torch.equal(actual, -torch.erf(-x.to("tpu")).cpu())  # odd, bit for bit
+
+
+def test_erf_float32_special_values():
+    x = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, 1e-45, -1e-45, 3.4e38, -3.4e38, 10.0, -10.0])
+    actual = torch.erf(x.to("tpu")).cpu()
+    assert_close(actual, torch.erf(x), rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(torch.signbit(actual[:2]), torch.tensor([False, True]))  # erf(-0) = -0
+
+
+def test_erf_float32_non_contiguous_and_empty():
+    x = sample((64, 48)).t()[::2]
+    check(torch.erf, x, rtol=0, atol=1.2e-7)
+    check(torch.erf, torch.empty(0, 3))
+    check(torch.erf, torch.tensor(0.3))
+
+
+def test_gelu_and_its_backward_use_the_float32_erf():
+    x = erf_arguments()[::7] * 2
+    grad = sample(x.shape, seed=3, specials=False)
+    check(F.gelu, x)
+    check(torch.ops.aten.gelu_backward, grad, x)
+    tpu_results = torch._foreach_erf([x.to("tpu"), x[:5].to("tpu")])
+    for actual, expected in zip(tpu_results, torch._foreach_erf([x, x[:5]])):
+        compare(actual, expected, rtol=0, atol=1.2e-7)

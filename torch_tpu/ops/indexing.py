@@ -181,6 +181,8 @@ def _gather_source(source, index, dim):
 
 @register("gather.out")
 def gather_out(self, dim, index, sparse_grad=False, *, out):
+    if index.numel() == 0:  # nothing gathered: CPU accepts an empty index of any rank
+        return out
     source = _at_least_1d(operand(self, "gather"))
     dim = _wrap_dim(dim, self.dim())
     positions = _at_least_1d(checked_indices(operand(index, "gather"), source.shape[dim], wrap=False,

@@ -70,6 +70,8 @@ def scaled_sum_into(out, product, bias, beta, alpha):
     if beta != 0:
         bias = bias.astype(product.dtype, copy=False)
         product += bias if beta == 1 else beta * bias
+    if product.base is not None and np.may_share_memory(product, as_numpy(out)):
+        return out  # the product was computed in out's own memory
     return write(out, product)
 
 
@@ -185,7 +187,12 @@ def _conj_product_into(out, self, other):
 
 
 def _addmm_into(out, self, first, second, *, beta=1, alpha=1):
-    return scaled_sum_into(out, mxu_matmul(operand(first), operand(second)), operand(self), beta, alpha)
+    a, b, bias = operand(first), operand(second), operand(self)
+    target = as_numpy(out)
+    # The product may go straight into out's memory unless out holds an operand (addmm_ reads its self as the bias).
+    direct = target.dtype == mxu.accumulator_dtype(a.dtype, b.dtype) and not any(
+        np.may_share_memory(target, array) for array in (a, b, bias))
+    return scaled_sum_into(out, mxu_matmul(a, b, target if direct else None), bias, beta, alpha)
 
 
 def _addr_into(out, self, vec1, vec2, *, beta=1, alpha=1):
@@ -198,9 +205,19 @@ def _addr_into(out, self, vec1, vec2, *, beta=1, alpha=1):
 
 
 def _addbmm_into(out, self, batch1, batch2, *, beta=1, alpha=1):
-    """The batch sum is one MXU accumulation over the batches laid side by side along k."""
+    """The batch sum is one MXU accumulation over the batches laid side by side along k.
+
+    When the output is narrower than the accumulator (bfloat16, float16), CPU runs one addmm_
+    per batch instead, rounding the running sum to the output dtype each time: so do we.
+    """
     b1, b2 = operand(batch1), operand(batch2)
     batches, rows, depth = b1.shape
+    if as_numpy(out).dtype != mxu.accumulator_dtype(b1.dtype, b2.dtype) and batches:
+        bias = operand(self)
+        for first, second in zip(b1, b2):
+            scaled_sum_into(out, mxu_matmul(first, second), bias, beta, alpha)
+            bias, beta = as_numpy(out), 1
+        return out
     side_by_side = b1.transpose(1, 0, 2).reshape(rows, batches * depth)
     product = mxu_matmul(side_by_side, b2.reshape(batches * depth, b2.shape[2]))
     return scaled_sum_into(out, product, operand(self), beta, alpha)
@@ -690,10 +707,11 @@ def ormqr(self, input2, input3, left=True, transpose=False, *, out=None):
     op = torch.ops.aten.ormqr.default
     args = (self, input2, input3, left, transpose)
     reflectors = _lapack_operand(op, self, *args)
-    other_rows = input3.shape[-2] if left else input3.shape[-1]
+    # CPU's checks: Q (from self's rows) must match other's rows (left) or columns (right)
+    _check(input3.dim() >= 2, op, *args)
+    other_side = input3.shape[-2] if left else input3.shape[-1]
     valid = (input3.dim() == self.dim() and input2.dim() == self.dim() - 1
-             and input2.shape[-1] == min(input3.shape[-2], self.shape[-1])
-             and self.shape[-2] == other_rows and input2.shape[-1] <= other_rows
+             and input2.shape[-1] == min(other_side, self.shape[-1]) and other_side == self.shape[-2]
              and self.shape[:-2] == input2.shape[:-1] == input3.shape[:-2]
              and input2.dtype == input3.dtype == self.dtype)
     _check(valid, op, *args)

@@ -96,6 +96,15 @@ def optional_operand(value):
 # ---------------------------------------------------------------------------------------
 
 
+def sum_along(array, dim):
+    """``np.sum(array, axis=dim, keepdims=True)``; along the last axis as one matrix-vector product, several
+    times faster than NumPy's reduction over short rows."""
+    if dim != array.ndim - 1 or array.size == 0:
+        return np.sum(array, axis=dim, keepdims=True)
+    rows = array.reshape(-1, array.shape[-1])
+    return np.matmul(rows, np.ones(rows.shape[1], array.dtype)).reshape(array.shape[:-1] + (1,))
+
+
 def compute_into(out, dtype, compute):
     """Run ``compute(destination)`` in ``out``'s own memory when it has the compute dtype, else via scratch."""
     view = as_numpy(out)
@@ -114,10 +123,10 @@ def softmax_into(destination, x, dim, log=False):
     row_max = np.max(x, axis=dim, keepdims=True)
     np.subtract(x, row_max, out=destination)
     if log:
-        destination -= np.log(np.sum(np.exp(destination), axis=dim, keepdims=True))
+        destination -= np.log(sum_along(np.exp(destination), dim))
     else:
         np.exp(destination, out=destination)
-        destination /= np.sum(destination, axis=dim, keepdims=True)
+        destination /= sum_along(destination, dim)
     return row_max
 
 
@@ -136,13 +145,13 @@ register("_log_softmax.out")(softmax_kernel(log=True))
 
 
 def softmax_backward_into(destination, grad, y, dim):
-    np.subtract(grad, np.sum(grad * y, axis=dim, keepdims=True), out=destination)
+    np.subtract(grad, sum_along(grad * y, dim), out=destination)
     destination *= y
 
 
 def log_softmax_backward_into(destination, grad, y, dim):
     np.exp(y, out=destination)
-    destination *= -np.sum(grad, axis=dim, keepdims=True)
+    destination *= -sum_along(grad, dim)
     destination += grad
 
 
@@ -170,8 +179,9 @@ def safe_softmax(self, dim, dtype=None):
     def compute(destination):
         destination = at_least_1d(destination)
         row_max = softmax_into(destination, x, dim)
-        if row_max is not None:  # a row is fully masked exactly when its maximum is -inf
-            np.copyto(destination, 0, where=row_max == -np.inf)
+        masked = None if row_max is None else np.isneginf(row_max)  # fully masked exactly when its maximum is -inf
+        if masked is not None and masked.any():
+            np.copyto(destination, 0, where=masked)
 
     return compute_into(empty(self.shape, dtype), x.dtype, compute)
 
@@ -216,8 +226,8 @@ def output_if(mask, array, dtype):
 
 
 def row_means(rows):
-    """The mean of each row of a 2-d array: one matrix-vector product, far faster than ``np.mean`` on short rows."""
-    return np.matmul(rows, np.ones(rows.shape[1], rows.dtype)) / rows.shape[1]
+    """The mean of each row of a 2-d array."""
+    return sum_along(rows, 1)[:, 0] / rows.shape[1]
 
 
 def column_sums(rows):

@@ -343,21 +343,22 @@ def check_sub(dtype, a, b, alpha=1):
     check_alpha(dtype, a, b, alpha)
 
 
-def check_nonzero_divisor(b):
-    if b.dtype.kind in "biu" and not np.all(b):
+def check_nonzero_divisor(a, b):
+    """Integer division by zero fails on CPU only when some element is divided (not when ``a`` is empty)."""
+    if b.dtype.kind in "biu" and np.size(a) and not np.all(b):
         raise RuntimeError("ZeroDivisionError")
 
 
 def trunc_divide(a, b):
     if a.dtype.kind not in "biu":
         return np.trunc(a / b)
-    check_nonzero_divisor(b)
+    check_nonzero_divisor(a, b)
     quotient = np.floor_divide(a, b)
     return quotient + ((quotient < 0) & (quotient * b != a)).astype(quotient.dtype)
 
 
 def floor_divide(a, b):
-    check_nonzero_divisor(b)
+    check_nonzero_divisor(a, b)
     return np.floor_divide(a, b)  # NumPy's float floor division is PyTorch's div_floor_floating
 
 
@@ -367,14 +368,14 @@ def divide(a, b, rounding_mode=None):
 
 def remainder(a, b):
     if a.dtype.kind in "biu":
-        check_nonzero_divisor(b)
+        check_nonzero_divisor(a, b)
         return np.remainder(a, b)
     mod = np.fmod(a, b)
     return mod + np.where((mod != 0) & ((b < 0) != (mod < 0)), b, 0).astype(mod.dtype)
 
 
 def fmod(a, b):
-    check_nonzero_divisor(b)
+    check_nonzero_divisor(a, b)
     return np.fmod(a, b)
 
 

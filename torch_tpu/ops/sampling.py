@@ -1,10 +1,13 @@
-"""Resampling kernels: upsample/interpolate (every mode, forward and backward) and grid_sample.
+"""Resampling kernels: upsample/interpolate in every mode, forward and backward.
 
 Every upsample mode is separable: along each spatial axis an output position reads a few
 input positions ("taps") with weights, and the N-d result applies those 1-d maps one axis
 at a time. Each axis map is a sparse (out x in) matrix built from the CPU's own index and
 weight formulas (aten/src/ATen/native/UpSample.h); the backward applies its transpose.
 Nearest modes gather instead, so that they copy values of any dtype exactly.
+
+unfold/fold (im2col/col2im), pixel_shuffle and the grid_sampler_2d forward run as
+PyTorch's decompositions; grid_sampler_2d_backward and grid_sampler_3d have no kernel yet.
 """
 
 import math

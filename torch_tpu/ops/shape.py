@@ -5,6 +5,8 @@ chunk, repeat, tile, meshgrid, diag, the *_scatter family, constant_pad_nd)
 need nothing here: their composite kernels or decompositions run on tpu as they are.
 """
 
+import math
+
 import numpy as np
 import torch
 
@@ -277,7 +279,7 @@ def unique(self, sorted=True, return_inverse=False):
 def _dim_unique(self, dim, sort, return_inverse, return_counts):
     dim = _wrap_dim(dim, self.dim())
     source = np.moveaxis(operand(self, "unique_dim"), dim, 0)
-    rows = np.moveaxis(_sortable(self, "unique_dim"), dim, 0).reshape(source.shape[0], -1)
+    rows = np.moveaxis(_sortable(self, "unique_dim"), dim, 0).reshape(source.shape[0], math.prod(source.shape[1:]))
     order = np.lexsort(rows.T[::-1]) if sort and rows.shape[1] else np.arange(rows.shape[0])
     picked, inverse, counts = _unique_rows(rows, order)
     values = np.moveaxis(source[picked], 0, dim)
@@ -335,9 +337,12 @@ def _searchsorted(boundaries, values, right, side, sorter, out_int32):
     if sequence.ndim <= 1:
         result = np.searchsorted(sequence, queries, side=numpy_side)
     else:
-        rows = sequence.reshape(-1, sequence.shape[-1])
-        batched = queries.reshape(rows.shape[0], -1)
-        result = np.stack([np.searchsorted(row, q, side=numpy_side) for row, q in zip(rows, batched)])
+        # explicit sizes: a -1 cannot be resolved when a batch is empty
+        rows = sequence.reshape(math.prod(sequence.shape[:-1]), sequence.shape[-1])
+        batched = queries.reshape(len(rows), queries.shape[-1])
+        result = np.empty(batched.shape, np.int64)
+        for row, row_queries, row_result in zip(rows, batched, result):
+            row_result[...] = np.searchsorted(row, row_queries, side=numpy_side)
         result = result.reshape(queries.shape)
     return new_tensor(result, torch.int32 if out_int32 else torch.int64)
 
@@ -390,13 +395,14 @@ def bucketize_scalar(self, boundaries, *, out_int32=False, right=False):
 
 
 def _histc_range(values, low, high):
+    """CPU's outer edges, in double: the data's extrema (NaN if it has one) when min == max."""
     low, high = float(low), float(high)
     if low == high and values.size:
         low, high = float(values.min()), float(values.max())
     if low == high:
         low, high = low - 1, high + 1
     if not (np.isfinite(low) and np.isfinite(high)):
-        raise RuntimeError(f"torch.histc: range of [{low}, {high}] is not finite")
+        raise RuntimeError(f"torch.histc: range of [{low:g}, {high:g}] is not finite")
     if low > high:
         raise RuntimeError("torch.histc: max must be larger than min")
     return low, high
@@ -408,15 +414,33 @@ def histc(self, bins=100, min=0, max=0):
         raise RuntimeError(f"\"histogram_cpu\" not implemented for '{self.dtype}'")
     if bins <= 0:
         raise RuntimeError("torch.histc(): bins must be > 0, but got " + str(bins) + " for dim 0")
-    values = opmath_operand(self, "histc").reshape(-1)
-    values = values[~np.isnan(values)]
+    values = operand(self, "histc").reshape(-1)
     low, high = _histc_range(values, min, max)
-    low, high = values.dtype.type(low), values.dtype.type(high)
-    inside = values[(values >= low) & (values <= high)]
-    # The same float arithmetic as CPU's linear interpolation, so edge elements land in the same bin.
-    positions = ((inside - low) * bins / (high - low)).astype(np.int64)
-    counts = np.bincount(np.minimum(positions, bins - 1), minlength=bins)
-    return new_tensor(counts, self.dtype)
+    # CPU's edges are linspace's in the input dtype (a double reaches bfloat16 through float),
+    # and each element's bin is computed in that dtype, every operation rounded there.
+    dtype = values.dtype.type
+    low, high = dtype(np.float32(low)), dtype(np.float32(high))
+    with np.errstate(invalid="ignore"):
+        inside = (values >= low) & (values <= high)
+        positions = ((values[inside] - low) * dtype(bins) / (high - low)).astype(np.int64)
+    bin_of = np.full(values.shape, bins, np.int64)  # bin ``bins`` collects the skipped elements
+    bin_of[inside] = np.minimum(positions, bins - 1)
+    return new_tensor(_thread_histograms(bin_of, bins, self.dtype), self.dtype)
+
+
+HISTOGRAM_GRAIN_SIZE = 200
+
+
+def _thread_histograms(bin_of, bins, dtype):
+    """CPU's counts: each thread counts its share of the elements in ``dtype``, where ``count + 1``
+    stops growing at 2**(mantissa bits + 1) (256 in bfloat16), and the threads' counts are summed."""
+    n = bin_of.size
+    threads = min(torch.get_num_threads(), -(-n // HISTOGRAM_GRAIN_SIZE)) or 1
+    share = -(-n // threads) if n else 1
+    exact_up_to = 2 / torch.finfo(dtype).eps
+    counts = [np.minimum(np.bincount(bin_of[start:start + share], minlength=bins + 1)[:bins], exact_up_to)
+              for start in range(0, max(n, 1), share)]
+    return np.sum(counts, axis=0, dtype=np.float32)
 
 
 @register("histc.out")
