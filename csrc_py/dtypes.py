@@ -7,6 +7,10 @@ even and saturate/NaN exactly as the formats define.
 import ml_dtypes
 import numpy as np
 
+# complex32 (torch.chalf) has no NumPy type: the chip stores it as (real, imag) float16 pairs,
+# which NumPy can copy but not compute with; casts convert it through complex64.
+COMPLEX32 = np.dtype([("real", np.float16), ("imag", np.float16)])
+
 NUMPY_DTYPES = {
     "float32": np.dtype(np.float32),
     "float64": np.dtype(np.float64),
@@ -25,6 +29,7 @@ NUMPY_DTYPES = {
     "bool": np.dtype(np.bool_),
     "complex64": np.dtype(np.complex64),
     "complex128": np.dtype(np.complex128),
+    "complex32": COMPLEX32,
 }
 
 # Formats NumPy has no arithmetic loops for: compute in float32, round once on store.
@@ -80,6 +85,10 @@ def _widen(source):
     table = FLOAT8_TO_FLOAT32.get(source.dtype.name)
     if table is not None:
         return table[source.view(np.uint8)]
+    if source.dtype == COMPLEX32:
+        widened = np.empty(source.shape, np.complex64)
+        widened.real, widened.imag = source["real"], source["imag"]
+        return widened
     if source.dtype == NUMPY_DTYPES["bfloat16"]:
         return source.astype(np.float32)
     return source
@@ -125,6 +134,10 @@ def cast_into(destination, source, destination_name, scalar_source=False):
     source_dtype = source.dtype
     with np.errstate(invalid="ignore", over="ignore"):
         source = _widen(source)
+        if destination.dtype == COMPLEX32:  # each part as a float16, through float32 like c10's Half
+            for field, part in (("real", source.real), ("imag", source.imag if source.dtype.kind == "c" else 0)):
+                _narrow_into(destination[field], np.asarray(part), "float16", source_dtype, scalar_source)
+            return
         if source.dtype.kind == "c" and destination.dtype.kind not in "cb":  # bool: is either part nonzero
             source = source.real
         if destination_name in VIA_FLOAT32:

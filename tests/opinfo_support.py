@@ -16,7 +16,16 @@ Per sample, a check returns an ``Outcome``:
 - skipped: nothing to check (no differentiable output, say).
 Ops whose values are random or undefined across devices (``has_nondeterministic_output``
 or an upstream skip of ``TestCommon.test_compare_cpu``) are compared on
-metadata only: shape, dtype and device of every output.
+metadata only: shape, dtype and device of every output. So are the samples of
+ops that OpInfo runs under ``wrapper_set_seed`` (its mark of a random op: randn,
+randint, dropout, ...) whose tpu run draws from the tpu generator, which is not
+CPU's; a sample that draws nothing (dropout in eval mode, ``item``) is compared
+in full.
+
+A tensor that a sample function leaves on the CPU whatever device it is asked
+for (``tensor_split``'s ``indices_or_sections``, ``narrow``'s ``start``) stays
+on the CPU, as in PyTorch's own device tests: such tensors are the ones that a
+generation of the same samples for the meta device leaves on the CPU.
 """
 
 import dataclasses
@@ -28,7 +37,8 @@ from torch.testing._internal.common_device_type import precisionOverride, tolera
 from torch.testing._internal.common_methods_invocations import op_db
 from torch.testing._internal.common_utils import clear_tracked_input, set_rng_seed
 from torch.testing._internal.opinfo.core import DecorateInfo
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 DEVICE = "tpu"
 SEED = 0
@@ -46,6 +56,7 @@ BASE_TOLERANCE = {  # dtype -> (atol, rtol)
     torch.bfloat16: (1e-2, 1.6e-2),
 }
 UPSTREAM_TEST = ("TestCommon", "test_compare_cpu")
+RANDOM_VALUES = "random values: the tpu generator is not CPU's"
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 # tools/op_coverage.py's reason for an op that killed its worker process: such
@@ -97,6 +108,7 @@ class Policy:
     atol: float
     rtol: float
     values_undefined: str = ""  # why values are not compared, if they are not
+    seeded: bool = False  # OpInfo reseeds the RNG for each call: values compared unless tpu draws
 
 
 def fast_ops():
@@ -139,6 +151,12 @@ def _skip_reason(decorator):
     return getattr(decorated, "__unittest_skip_why__", "") if getattr(decorated, "__unittest_skip__", False) else ""
 
 
+def _is_seeded(op):
+    """OpInfo wraps random ops in ``wrapper_set_seed``, which seeds the RNG before each call."""
+    code = getattr(op.op, "__code__", None)
+    return code is not None and "wrapper_set_seed" in code.co_names
+
+
 def policy_for(op, dtype):
     atol, rtol = BASE_TOLERANCE.get(dtype, (0.0, 0.0))
     undefined = "has_nondeterministic_output" if op.has_nondeterministic_output else ""
@@ -149,7 +167,7 @@ def policy_for(op, dtype):
             atol = max(atol, decorator.d[dtype])
         elif not undefined:
             undefined = _skip_reason(decorator)
-    return Policy(atol, rtol, undefined)
+    return Policy(atol, rtol, undefined, seeded=_is_seeded(op))
 
 
 # ------------------------------------------------------- moving samples ----
@@ -184,16 +202,51 @@ def _value_to_tpu(value):
     return value
 
 
-def sample_to_tpu(sample):
-    """The sample with every tensor on tpu. Note: index tensors that a sample
-    function deliberately leaves on the CPU (tensor_split's) move too."""
+def _leaves(sample):
+    return tree_flatten((sample.input, sample.args, sample.kwargs))
+
+
+def sample_to_tpu(sample, cpu_side=frozenset()):
+    """The sample with every tensor on tpu, except the leaves (positions in its flattened
+    input, args and kwargs) in ``cpu_side``."""
+    leaves, spec = _leaves(sample)
+    moved = [leaf if position in cpu_side else _value_to_tpu(leaf) for position, leaf in enumerate(leaves)]
+    tpu_input, tpu_args, tpu_kwargs = tree_unflatten(moved, spec)
     return type(sample)(
-        tree_map(_value_to_tpu, sample.input),
-        args=tree_map(_value_to_tpu, sample.args),
-        kwargs=tree_map(_value_to_tpu, sample.kwargs),
+        tpu_input,
+        args=tpu_args,
+        kwargs=tpu_kwargs,
         output_process_fn_grad=sample.output_process_fn_grad,
         broadcasts_input=sample.broadcasts_input,
         name=sample.name,
+    )
+
+
+def cpu_side_leaves(op, dtype, kind, generated):
+    """Per generated sample, the positions of the tensors its sample function keeps on the CPU
+    whatever the device: those still on the CPU when the same samples are made for meta.
+    Nothing stays on the CPU where that generation fails or differs in structure."""
+    nothing = [frozenset()] * len(generated)
+    try:
+        set_rng_seed(SEED)
+        probes = list(op.sample_inputs("meta", dtype, requires_grad=kind == GRAD, set_seed=False))
+    except Exception:  # sample functions that read values cannot run on meta
+        return nothing
+    finally:
+        clear_tracked_input()
+    if len(probes) != len(generated):
+        return nothing
+    return [_cpu_side(sample, probe) for sample, probe in zip(generated, probes)]
+
+
+def _cpu_side(sample, probe):
+    (leaves, spec), (probe_leaves, probe_spec) = _leaves(sample), _leaves(probe)
+    if spec != probe_spec:
+        return frozenset()
+    return frozenset(
+        position
+        for position, (leaf, probe_leaf) in enumerate(zip(leaves, probe_leaves))
+        if isinstance(leaf, torch.Tensor) and isinstance(probe_leaf, torch.Tensor) and probe_leaf.device.type == "cpu"
     )
 
 
@@ -266,6 +319,25 @@ def _error_parity(cpu_error, run_on_tpu):
     return Outcome(FAILED, f"tpu did not raise; CPU raised {first_line(cpu_error)}")
 
 
+class _RandomOpWatch(TorchDispatchMode):
+    """Notes whether an aten op that draws random numbers (tagged nondeterministic_seeded) runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.drew = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.drew = self.drew or torch.Tag.nondeterministic_seeded in func.tags
+        return func(*args, **(kwargs or {}))
+
+
+def _run_seeded(tpu_run, policy):
+    """Run a seeded op on tpu; the policy to judge it by: values undefined if it drew random numbers."""
+    with _RandomOpWatch() as watch:
+        result = tpu_run()
+    return result, dataclasses.replace(policy, values_undefined=RANDOM_VALUES) if watch.drew else policy
+
+
 def _judged(cpu_run, tpu_run, policy):
     """Run the CPU reference, then tpu, and compare; every exception becomes an Outcome."""
     try:
@@ -275,7 +347,11 @@ def _judged(cpu_run, tpu_run, policy):
     if expected is SKIPPED:
         return Outcome(SKIPPED, "no differentiable output")
     try:
-        compare(tpu_run(), expected, policy)
+        if policy.seeded and not policy.values_undefined:
+            actual, policy = _run_seeded(tpu_run, policy)
+        else:
+            actual = tpu_run()
+        compare(actual, expected, policy)
     except Exception as error:
         return Outcome(FAILED, first_line(error))
     return Outcome(PASSED)
@@ -297,8 +373,8 @@ def _call(op, sample):
     return sample.output_process_fn_grad(op(sample.input, *sample.args, **sample.kwargs))
 
 
-def check_forward(op, sample, policy):
-    tpu_sample = sample_to_tpu(sample)  # before the CPU run, which may mutate its inputs
+def check_forward(op, sample, policy, cpu_side=frozenset()):
+    tpu_sample = sample_to_tpu(sample, cpu_side)  # before the CPU run, which may mutate its inputs
     return _untouched(tpu_sample) or _judged(lambda: _call(op, sample), lambda: _call(op, tpu_sample), policy)
 
 
@@ -320,8 +396,8 @@ def _input_grads(op, sample, grad_outputs):
     return torch.autograd.grad(outputs, inputs, cotangents, allow_unused=True)
 
 
-def check_grad(op, sample, policy):
-    tpu_sample = sample_to_tpu(sample)
+def check_grad(op, sample, policy, cpu_side=frozenset()):
+    tpu_sample = sample_to_tpu(sample, cpu_side)
     cotangents = []
 
     def cpu_cotangents(outputs):
@@ -361,9 +437,9 @@ def run(op, dtype, kind) -> Iterator[Outcome]:
         yield Outcome(FAILED, f"sample generation failed: {first_line(error)}")
         return
     check = CHECKS[kind]
-    for sample in op_samples:
+    for sample, cpu_side in zip(op_samples, cpu_side_leaves(op, dtype, kind, op_samples)):
         try:
-            outcome = check(op, sample, policy)
+            outcome = check(op, sample, policy, cpu_side)
         except Exception as error:  # copying the sample to tpu, say
             outcome = Outcome(FAILED, first_line(error))
         yield outcome

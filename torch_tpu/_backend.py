@@ -6,6 +6,7 @@ import torch
 from torch.utils.backend_registration import _setup_privateuseone_for_python_backend
 
 DEVICE_NAME = "tpu"
+_DEVICE_TYPE = torch._C._autograd.DeviceType.PrivateUse1
 
 
 class TPUHooks(torch._C._acc.PrivateUse1Hooks):
@@ -20,8 +21,9 @@ class TPUHooks(torch._C._acc.PrivateUse1Hooks):
 
 
 class TPUDeviceGuard(torch._C._acc.DeviceGuard):
+    # C++ calls this several times per kernel and per autograd node, each time taking the GIL
     def type_(self):
-        return torch._C._autograd.DeviceType.PrivateUse1
+        return _DEVICE_TYPE
 
 
 def register_device():

@@ -204,6 +204,9 @@ def _prepared_scatter(self, dim, index, src, out, op_name):
     if out is not self:
         write(out, operand(self, op_name))
     target = _at_least_1d(as_numpy(out))
+    if index.numel() == 0:  # nothing scattered: CPU accepts an empty index of any rank
+        nowhere = np.zeros(0, np.intp)
+        return target, (nowhere,) * target.ndim, np.zeros(0, target.dtype)
     positions = _at_least_1d(operand(index, op_name))
     dim = _wrap_dim(dim, self.dim())
     key = _scatter_key(target.shape, positions, dim)

@@ -217,10 +217,6 @@ def shifted(x, bias):
     return x if bias is None else x + bias
 
 
-def dtype_of(tensor):
-    return None if tensor is None else tensor.dtype
-
-
 def output_if(mask, array, dtype):
     return new_tensor(array, dtype) if mask else None
 

@@ -1089,3 +1089,18 @@ def register_hot_path():
 
 
 register_hot_path()
+
+
+@register("frexp.Tensor_out")
+def frexp_out(self, *, mantissa, exponent):
+    """``self = mantissa * 2 ** exponent`` with 0.5 <= |mantissa| < 1; bfloat16 splits exactly in float32."""
+    if not self.dtype.is_floating_point:
+        raise RuntimeError("torch.frexp() only supports floating-point dtypes")
+    if mantissa.dtype != self.dtype:
+        raise RuntimeError(f"torch.frexp() expects mantissa to have dtype {self.dtype} but got {mantissa.dtype}")
+    if exponent.dtype != torch.int32:
+        raise RuntimeError(f"torch.frexp() expects exponent to have int dtype but got {exponent.dtype}")
+    fraction, power = np.frexp(operand(self, "frexp").astype(opmath_dtype(self.dtype), copy=False))
+    write(resize_out(mantissa, self.shape), fraction)
+    write(resize_out(exponent, self.shape), power)
+    return mantissa, exponent

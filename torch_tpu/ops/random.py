@@ -402,3 +402,42 @@ def multinomial(self, num_samples, replacement=False, *, generator=None):
 @register("multinomial.out")
 def multinomial_out(self, num_samples, replacement=False, *, generator=None, out):
     return _multinomial_into(out, self, num_samples, replacement, generator)
+
+
+# --- rrelu --------------------------------------------------------------------------------------------------------
+
+
+def _rrelu_with_noise_into(output, self, noise, lower, upper, training, generator):
+    """Training: each element <= 0 gets a slope drawn from U(lower, upper), recorded in ``noise``
+    (1 elsewhere). Evaluation: leaky_relu with the mean slope, ``noise`` untouched."""
+    if self.shape != noise.shape:
+        raise RuntimeError(f"noise tensor shape must match self tensor shape. Got self.shape = {list(self.shape)} "
+                           f"noise.shape = {list(noise.shape)}")
+    if not training:
+        return torch.ops.aten.leaky_relu.out(self, (float(lower) + float(upper)) / 2, out=output)
+    if not self.dtype.is_floating_point:
+        raise _not_implemented_for("rrelu_with_noise_out_cpu", self.dtype)
+    rng = _stream(generator)
+    values = opmath_operand(self)
+    negative = values <= 0
+    slopes = np.ones(values.shape, values.dtype)
+    slopes[negative] = rng.uniform(float(lower), float(upper), int(negative.sum())).astype(values.dtype)
+    result = values * slopes  # times 1 leaves the other elements unchanged
+    write(noise, slopes)
+    return write(output, result)
+
+
+@register("rrelu_with_noise")
+def rrelu_with_noise(self, noise, lower=0.125, upper=1 / 3, training=False, generator=None):
+    output = empty(self.shape, self.dtype)
+    return _rrelu_with_noise_into(output, self, noise, lower, upper, training, generator)
+
+
+@register("rrelu_with_noise.out")
+def rrelu_with_noise_out(self, noise, lower=0.125, upper=1 / 3, training=False, generator=None, *, out):
+    return _rrelu_with_noise_into(resize_out(out, self.shape), self, noise, lower, upper, training, generator)
+
+
+@register("rrelu_with_noise_")
+def rrelu_with_noise_(self, noise, lower=0.125, upper=1 / 3, training=False, generator=None):
+    return _rrelu_with_noise_into(self, self, noise, lower, upper, training, generator)

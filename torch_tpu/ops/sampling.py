@@ -10,6 +10,7 @@ unfold/fold (im2col/col2im), pixel_shuffle and the grid_sampler_2d forward run a
 PyTorch's decompositions; grid_sampler_2d_backward and grid_sampler_3d have no kernel yet.
 """
 
+import itertools
 import math
 
 import numpy as np
@@ -264,3 +265,477 @@ def register_upsample_ops():
 
 
 register_upsample_ops()
+
+
+# ---------------------------------------------------------------------------------------
+# Grid sampling (grid_sampler_2d/3d, forward and backward)
+#
+# Every output point is computed at once. The CPU computes grid sampling in the tensor's own
+# dtype, rounding after every operation even for bf16/fp16 (its bf16 nearest mode even picks
+# different pixels than an fp32 computation would), so these kernels do their arithmetic in
+# that dtype, op by op, in the CPU's order. The 2-d kernels follow the vectorised CPU kernel
+# (aten/src/ATen/native/cpu/GridSamplerKernel.cpp), the 3-d ones the scalar kernel
+# (GridSampler.h/.cpp): their coordinate formulas round differently. Channel and corner sums
+# run left to right as on the CPU; only the scatter-add order of grad_input may differ.
+# ---------------------------------------------------------------------------------------
+
+BILINEAR, NEAREST, BICUBIC = 0, 1, 2
+ZEROS, BORDER, REFLECTION = 0, 1, 2
+CUBIC_A = -0.75
+
+
+def sequential_sum(terms):
+    """Left-to-right sum, the CPU's accumulation order."""
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
+
+
+def to_index(coordinate):
+    with np.errstate(invalid="ignore"):
+        return coordinate.astype(np.int64)
+
+
+class VectorAxis:
+    """ComputeLocation of the vectorised 2-d kernel along one spatial axis."""
+
+    def __init__(self, size, padding, align_corners, dtype):
+        s = dtype.type
+        self.s, self.size, self.padding = s, size, padding
+        self.max_val = s(size - 1)
+        if align_corners:
+            self.scaling, self.low, self.twice_span, self.empty = s(size - 1) / s(2), s(0), s(size - 1) * s(2), size <= 1
+        else:
+            self.scaling, self.low, self.twice_span, self.empty = s(size) / s(2), s(-0.5), s(size) * s(2), size <= 0
+        self.shift = not align_corners
+
+    def unnormalize(self, x):
+        x = (x + self.s(1)) * self.scaling
+        return x - self.s(0.5) if self.shift else x
+
+    def clip(self, x):
+        return np.minimum(self.max_val, np.where(x > 0, x, self.s(0)))  # NaN clamps to 0
+
+    def clip_get_grad(self, x):
+        bounded = np.minimum(np.maximum(x, self.s(0)), self.max_val)
+        return bounded, (np.maximum(x, self.s(0)) != 0) & (bounded != self.max_val)
+
+    def reflect_parts(self, x):
+        shifted = x - self.low
+        magnitude = np.abs(shifted)
+        extra = magnitude - np.trunc(magnitude / self.twice_span) * self.twice_span
+        return shifted < 0, extra, self.twice_span - extra
+
+    def reflect(self, x):
+        if self.empty:
+            return np.zeros_like(x)
+        _, extra, reflected = self.reflect_parts(x)
+        return np.minimum(extra, reflected) + self.low
+
+    def reflect_get_grad(self, x):
+        if self.empty:
+            return np.zeros_like(x), np.zeros_like(x)
+        negative, extra, reflected = self.reflect_parts(x)
+        flip = extra > reflected
+        return np.where(flip, reflected, extra) + self.low, np.where(flip ^ negative, self.s(-1), self.s(1))
+
+    def compute_coordinates(self, x):
+        if self.padding == BORDER:
+            return self.clip(x)
+        if self.padding == REFLECTION:
+            return self.clip(self.reflect(x))
+        return x
+
+    def apply(self, grid):
+        return self.compute_coordinates(self.unnormalize(grid))
+
+    def apply_get_grad(self, grid):
+        x = self.unnormalize(grid)
+        if self.padding == ZEROS:
+            return x, np.full_like(x, self.scaling)
+        multiplier = np.full_like(x, self.scaling)
+        if self.padding == REFLECTION:
+            x, reflect_grad = self.reflect_get_grad(x)
+            multiplier = reflect_grad * multiplier
+        x, inside = self.clip_get_grad(x)
+        return x, np.where(inside, multiplier, self.s(0))
+
+    def to_index(self, x):
+        with np.errstate(invalid="ignore"):
+            return np.rint(x).astype(np.int64)  # cvtps: round to nearest
+
+
+class ScalarAxis:
+    """grid_sampler_compute_source_index(_set_grad) of GridSampler.h along one spatial axis."""
+
+    def __init__(self, size, padding, align_corners, dtype):
+        s = dtype.type
+        self.s, self.size, self.padding, self.align_corners = s, size, padding, align_corners
+        self.max_val = s(size - 1)
+        self.scaling = s(size - 1) / s(2) if align_corners else s(size) / s(2)
+        twice_low, twice_high = (0, 2 * (size - 1)) if align_corners else (-1, 2 * size - 1)
+        self.empty = twice_low == twice_high
+        self.low, self.span = s(twice_low) / s(2), s(twice_high - twice_low) / s(2)
+
+    def unnormalize(self, x):
+        s = self.s
+        if self.align_corners:
+            return ((x + s(1)) / s(2)) * s(self.size - 1)
+        return ((x + s(1)) * s(self.size) - s(1)) / s(2)
+
+    def clip(self, x):
+        return np.where(x < self.max_val, np.where(x < 0, self.s(0), x), self.max_val)  # std::min/max: NaN -> max
+
+    def clip_get_grad(self, x):
+        inside = (x > 0) & (x < self.max_val)
+        return np.where(x <= 0, self.s(0), np.where(x >= self.max_val, self.max_val, x)), inside
+
+    def reflect_get_grad(self, x):
+        if self.empty:
+            return np.zeros_like(x), np.zeros_like(x)
+        shifted = x - self.low
+        negative = shifted < 0
+        magnitude = np.where(negative, -shifted, shifted)
+        extra = np.fmod(magnitude, self.span)
+        odd = to_index(np.floor(magnitude / self.span)) % 2 == 1
+        sign = np.where(odd != negative, self.s(-1), self.s(1))
+        return np.where(odd, self.span - extra + self.low, extra + self.low), sign
+
+    @staticmethod
+    def safe_downgrade(x):
+        """safe_downgrade_to_int_range: non-finite and out-of-int-range coordinates become -100."""
+        limit = np.iinfo(np.int32).max
+        return np.where(np.isfinite(x) & (x <= limit - 1) & (x >= -limit), x, x.dtype.type(-100))
+
+    def apply_get_grad(self, grid):
+        x = self.unnormalize(grid)
+        multiplier = np.full_like(x, self.scaling)
+        if self.padding == REFLECTION:
+            x, reflect_grad = self.reflect_get_grad(x)
+            multiplier = multiplier * reflect_grad
+        if self.padding != ZEROS:
+            x, inside = self.clip_get_grad(x)
+            multiplier = multiplier * inside.astype(x.dtype)
+        return self.safe_downgrade(x), multiplier
+
+    def apply(self, grid):
+        x = self.unnormalize(grid)
+        if self.padding == REFLECTION:
+            x = self.reflect_get_grad(x)[0]
+        if self.padding != ZEROS:
+            x = self.clip(x)
+        return self.safe_downgrade(x)
+
+    def to_index(self, x):
+        return to_index(x)
+
+
+class PointSet:
+    """Integer positions of every sample point in a flattened (N, C, spatial) input."""
+
+    def __init__(self, spatial, indices):
+        self.mask = np.ones(indices[0].shape, bool)
+        linear = np.zeros(indices[0].shape, np.int64)
+        for size, index in zip(spatial, indices):
+            self.mask &= (index >= 0) & (index < size)
+            linear = linear * size + np.clip(index, 0, size - 1)
+        self.linear = linear
+
+    def gather(self, flat_input):
+        """(N, C, P) input values at the points, zero where a point is outside."""
+        values = np.take_along_axis(flat_input, self.linear[:, None, :], axis=2)
+        return np.where(self.mask[:, None, :], values, flat_input.dtype.type(0))
+
+    def scatter_add(self, flat_grad, values):
+        n, c, p = values.shape
+        values = np.where(self.mask[:, None, :], values, values.dtype.type(0))
+        np.add.at(flat_grad, (np.arange(n)[:, None, None], np.arange(c)[None, :, None], self.linear[:, None, :]), values)
+
+
+def floor_corners(locations):
+    """Each axis' floor index and the distances (to the floor side, to the ceiling side)."""
+    floors = [np.floor(x) for x in locations]
+    fractions = [x - f for x, f in zip(locations, floors)]
+    return floors, fractions
+
+
+def corner_offsets(n):
+    return list(itertools.product((0, 1), repeat=n))  # slowest axis first: nw, ne, sw, se / tnw, ...
+
+
+# ----- 2-d vectorised kernel ----------------------------------------------------------
+
+
+def bilinear_2d_parts(axes, locations, spatial):
+    """compute_interp_params: the four corners (nw, ne, sw, se) as points with their weights."""
+    (y_n, x_w), (n, w) = floor_corners(locations)
+    one = n.dtype.type(1)
+    s, e = one - n, one - w
+    weights = [s * e, s * w, n * e, n * w]
+    iy, ix = to_index(y_n), to_index(x_w)
+    points = [PointSet(spatial, (iy + dy, ix + dx)) for dy, dx in corner_offsets(2)]
+    return points, weights, (n, s, w, e)
+
+
+def bilinear_2d_forward(flat, axes, locations, spatial):
+    points, weights, _ = bilinear_2d_parts(axes, locations, spatial)
+    return sequential_sum([p.gather(flat) * w[:, None, :] for p, w in zip(points, weights)])
+
+
+def nearest_points(axes, locations, spatial):
+    return PointSet(spatial, [axis.to_index(np.rint(x)) for axis, x in zip(axes, locations)])
+
+
+def cubic_coefficients(t):
+    s = t.dtype.type
+    a = s(CUBIC_A)
+    outer = lambda x: ((a * x - s(5) * a) * x + s(8) * a) * x - s(4) * a
+    inner = lambda x: ((a + s(2)) * x - (a + s(3))) * x * x + s(1)
+    return [outer(t + s(1)), inner(t), inner(s(1) - t), outer(s(2) - t)]
+
+
+def cubic_coefficients_grad(t):
+    s = t.dtype.type
+    a = s(CUBIC_A)
+    return [
+        (s(-3) * a * (s(-1) - t) - s(10) * a) * (s(-1) - t) - s(8) * a,
+        (s(-3) * (a + s(2)) * (s(0) - t) - s(2) * (a + s(3))) * (s(0) - t),
+        (s(3) * (a + s(2)) * (s(1) - t) - s(2) * (a + s(3))) * (s(1) - t),
+        (s(3) * a * (s(2) - t) - s(10) * a) * (s(2) - t) + s(8) * a,
+    ]
+
+
+def bicubic_parts(axes, grid_coords, spatial):
+    """The 4 x 4 taps of every point: [j][i] points (row j, column i) and per-axis coefficients."""
+    y_axis, x_axis = axes
+    y, x = y_axis.unnormalize(grid_coords[0]), x_axis.unnormalize(grid_coords[1])
+    iy, ix = np.floor(y), np.floor(x)
+    s = x.dtype.type
+
+    def tap(dy, dx):
+        yy = y_axis.to_index(y_axis.compute_coordinates(iy + s(dy)))
+        xx = x_axis.to_index(x_axis.compute_coordinates(ix + s(dx)))
+        return PointSet(spatial, (yy, xx))
+
+    taps = [[tap(j - 1, i - 1) for i in range(4)] for j in range(4)]
+    return taps, (y - iy, x - ix)
+
+
+def bicubic_2d_forward(flat, axes, grid_coords, spatial):
+    taps, (ty, tx) = bicubic_parts(axes, grid_coords, spatial)
+    cx, cy = cubic_coefficients(tx), cubic_coefficients(ty)
+    rows = [sequential_sum([cx[i][:, None, :] * taps[j][i].gather(flat) for i in range(4)]) for j in range(4)]
+    return sequential_sum([cy[j][:, None, :] * rows[j] for j in range(4)])
+
+
+# ----- 3-d scalar kernel --------------------------------------------------------------
+
+
+def trilinear_parts(locations, spatial):
+    """The eight corners tnw..bse: points, the floor/ceil coordinates and the located point."""
+    floors = [np.floor(x) for x in locations]
+    index = [to_index(f) for f in floors]
+    s = locations[0].dtype.type
+    points, weights = [], []
+    for offsets in corner_offsets(3):
+        points.append(PointSet(spatial, [i + o for i, o in zip(index, offsets)]))
+        # the weight of a corner is the product of distances to the opposite corner, ordered x, y, z
+        factors = [x - f if o else (f + s(1)) - x for x, f, o in zip(locations, floors, offsets)]
+        weights.append(factors[2] * factors[1] * factors[0])
+    return points, weights, floors
+
+
+def trilinear_forward(flat, axes, locations, spatial):
+    points, weights, _ = trilinear_parts(locations, spatial)
+    return sequential_sum([p.gather(flat) * w[:, None, :] for p, w in zip(points, weights)])
+
+
+# ----- dispatch -----------------------------------------------------------------------
+
+GRID_FORWARD = {  # (spatial dims, interpolation) -> forward on (flat input, axes, coordinates, spatial)
+    (2, BILINEAR): bilinear_2d_forward,
+    (3, BILINEAR): trilinear_forward,
+}
+
+
+def check_grid_sampler(input, grid, interpolation_mode, n):
+    if input.dtype != grid.dtype:
+        raise RuntimeError(f"expected scalar type {str(input.dtype)[6:].capitalize()} but found "
+                           f"{str(grid.dtype)[6:].capitalize()}")
+    if input.dim() != n + 2 or grid.dim() != n + 2:
+        raise RuntimeError(f"grid_sampler(): expected {n + 2}D input and grid with same number of dimensions, but got "
+                           f"input with sizes {list(input.shape)} and grid with sizes {list(grid.shape)}")
+    if input.shape[0] != grid.shape[0]:
+        raise RuntimeError(f"grid_sampler(): expected grid and input to have same batch size, but got input with sizes "
+                           f"{list(input.shape)} and grid with sizes {list(grid.shape)}")
+    if grid.shape[-1] != n:
+        raise RuntimeError(f"grid_sampler(): expected grid to have size {n} in last dimension, but got grid with sizes "
+                           f"{list(grid.shape)}")
+    for dim in range(2, n + 2):
+        if input.shape[dim] <= 0:
+            raise RuntimeError(f"grid_sampler(): expected input to have non-empty spatial dimensions, but input has "
+                               f"sizes {list(input.shape)} with dimension {dim} being empty")
+    if n == 3 and interpolation_mode == BICUBIC:
+        raise RuntimeError("grid_sampler(): bicubic interpolation only supports 4D input")
+    if interpolation_mode not in (BILINEAR, NEAREST, BICUBIC) or interpolation_mode == BICUBIC and n != 2:
+        raise RuntimeError(f"grid_sampler(): invalid interpolation mode {interpolation_mode}")
+
+
+class GridProblem:
+    """One grid_sampler call: the input flattened to (N, C, spatial), the grid's coordinates
+    (slowest axis first) flattened to (N, points), and one axis object per spatial dim."""
+
+    def __init__(self, input, grid, interpolation_mode, padding_mode, align_corners, n):
+        check_grid_sampler(input, grid, interpolation_mode, n)
+        self.interpolation = interpolation_mode
+        self.spatial = tuple(input.shape[2:])
+        self.out_spatial = tuple(grid.shape[1:-1])
+        batch, channels = input.shape[:2]
+        self.out_shape = (batch, channels, *self.out_spatial)
+        self.dtype = numpy_dtype(input.dtype)
+        self.flat = np.ascontiguousarray(operand(input)).reshape(batch, channels, math.prod(self.spatial))
+        coords = operand(grid).reshape(batch, math.prod(self.out_spatial), n)
+        self.coords = [coords[..., n - 1 - d] for d in range(n)]  # grid's last dim is (x, y[, z])
+        axis_type = VectorAxis if n == 2 else ScalarAxis
+        self.axes = [axis_type(size, padding_mode, align_corners, self.dtype) for size in self.spatial]
+
+    def locations(self):
+        return [axis.apply(c) for axis, c in zip(self.axes, self.coords)]
+
+    def forward(self):
+        if self.interpolation == NEAREST:
+            return nearest_points(self.axes, self.locations(), self.spatial).gather(self.flat)
+        if self.interpolation == BICUBIC:
+            return bicubic_2d_forward(self.flat, self.axes, self.coords, self.spatial)
+        return GRID_FORWARD[len(self.spatial), BILINEAR](self.flat, self.axes, self.locations(), self.spatial)
+
+    def located_with_grads(self):
+        return zip(*[axis.apply_get_grad(c) for axis, c in zip(self.axes, self.coords)])
+
+    def backward(self, grad_output, input_grad_needed):
+        """(grad_input as (N, C, spatial) or None, grad_grid as (N, points, n) in the grid's (x, y[, z]) order)."""
+        g_out = operand(grad_output).reshape(*self.flat.shape[:2], self.coords[0].shape[1])
+        grad_flat = np.zeros(self.flat.shape, self.dtype) if input_grad_needed else None
+        if self.interpolation == NEAREST:
+            if input_grad_needed:
+                nearest_points(self.axes, self.locations(), self.spatial).scatter_add(grad_flat, g_out)
+            coordinate_grads = [np.zeros(c.shape, self.dtype) for c in self.coords]
+        elif self.interpolation == BICUBIC:
+            coordinate_grads = bicubic_2d_backward(self, g_out, grad_flat)
+        else:
+            backward = bilinear_2d_backward if len(self.spatial) == 2 else trilinear_backward
+            coordinate_grads = backward(self, g_out, grad_flat)
+        return grad_flat, np.stack(coordinate_grads[::-1], axis=-1)
+
+
+def channel_sum(terms):
+    """gx = gx + term for each channel in turn, from 0, as the CPU loops over channels."""
+    total = np.zeros(terms.shape[::2], terms.dtype)
+    for c in range(terms.shape[1]):
+        total = total + terms[:, c]
+    return total
+
+
+def bilinear_2d_backward(problem, g_out, grad_flat):
+    (y, x), (gy_mult, gx_mult) = problem.located_with_grads()
+    points, weights, (n, s, w, e) = bilinear_2d_parts(problem.axes, (y, x), problem.spatial)
+    if grad_flat is not None:
+        for point, weight in zip(points, weights):
+            point.scatter_add(grad_flat, weight[:, None, :] * g_out)
+    nw, ne, sw, se = [p.gather(problem.flat) for p in points]
+    gx = channel_sum(((ne - nw) * s[:, None] + (se - sw) * n[:, None]) * g_out)
+    gy = channel_sum(((sw - nw) * e[:, None] + (se - ne) * w[:, None]) * g_out)
+    return [gy * gy_mult, gx * gx_mult]
+
+
+def bicubic_2d_backward(problem, g_out, grad_flat):
+    taps, (ty, tx) = bicubic_parts(problem.axes, problem.coords, problem.spatial)
+    cx, cy = cubic_coefficients(tx), cubic_coefficients(ty)
+    cx_grad, cy_grad = cubic_coefficients_grad(tx), cubic_coefficients_grad(ty)
+    gx_terms, gy_terms = [], []
+    for i, j in itertools.product(range(4), range(4)):
+        if grad_flat is not None:
+            taps[j][i].scatter_add(grad_flat, g_out * cx[i][:, None] * cy[j][:, None])
+        value_grad = taps[j][i].gather(problem.flat) * g_out
+        gx_terms.append(value_grad * cx_grad[i][:, None] * cy[j][:, None])
+        gy_terms.append(value_grad * cy_grad[j][:, None] * cx[i][:, None])
+    # the CPU subtracts term by term, channel-major then tap-major; -(a + b) is exactly (-a) - b
+    gx = -channel_sum(np.stack(gx_terms, 2).reshape(g_out.shape[0], -1, g_out.shape[2]))
+    gy = -channel_sum(np.stack(gy_terms, 2).reshape(g_out.shape[0], -1, g_out.shape[2]))
+    y_axis, x_axis = problem.axes
+    return [gy * y_axis.scaling, gx * x_axis.scaling]
+
+
+def trilinear_backward(problem, g_out, grad_flat):
+    locations, multipliers = problem.located_with_grads()
+    points, weights, floors = trilinear_parts(list(locations), problem.spatial)
+    s = problem.dtype.type
+    if grad_flat is not None:
+        for point, weight in zip(points, weights):
+            point.scatter_add(grad_flat, weight[:, None, :] * g_out)
+    per_axis_terms = [[], [], []]  # z, y, x
+    for point, offsets in zip(points, corner_offsets(3)):
+        value = point.gather(problem.flat)
+        factors = [x - f if o else (f + s(1)) - x for x, f, o in zip(locations, floors, offsets)]
+        for axis in range(3):
+            others = [factors[a] for a in (2, 1, 0) if a != axis]  # the other two factors, x before y before z
+            term = value * others[0][:, None] * others[1][:, None] * g_out
+            term = np.where(point.mask[:, None, :], term, s(0))
+            per_axis_terms[axis].append(term if offsets[axis] else -term)
+    sums = [channel_sum(np.stack(terms, 2).reshape(g_out.shape[0], -1, g_out.shape[2])) for terms in per_axis_terms]
+    return [m * total for m, total in zip(multipliers, sums)]
+
+
+def grid_sampler_forward(n):
+    def compute(input, grid, interpolation_mode, padding_mode, align_corners):
+        problem = GridProblem(input, grid, interpolation_mode, padding_mode, align_corners, n)
+        return problem.forward().reshape(problem.out_shape), input.dtype
+
+    def functional(*args):
+        result, dtype = compute(*args)
+        return write(empty(result.shape, dtype), result)
+
+    def out_variant(*args, out):
+        result, _ = compute(*args)
+        return write(resize_out(out, result.shape), result)
+
+    return functional, out_variant
+
+
+def grid_sampler_backward(n):
+    def compute(grad_output, input, grid, interpolation_mode, padding_mode, align_corners, output_mask):
+        problem = GridProblem(input, grid, interpolation_mode, padding_mode, align_corners, n)
+        if tuple(grad_output.shape) != problem.out_shape:
+            raise RuntimeError(f"grid_sampler_{n}d_backward: expected grad_output of sizes {list(problem.out_shape)}, "
+                               f"but got {list(grad_output.shape)}")
+        grad_input, grad_grid = problem.backward(grad_output, output_mask[0])
+        grad_grid = grad_grid.reshape(grid.shape)
+        return (None if grad_input is None else grad_input.reshape(input.shape)), grad_grid
+
+    def functional(grad_output, input, grid, *options):
+        grad_input, grad_grid = compute(grad_output, input, grid, *options)
+        if grad_input is not None:
+            grad_input = write(empty(grad_input.shape, input.dtype), grad_input)
+        return grad_input, write(empty(grad_grid.shape, grid.dtype), grad_grid)
+
+    def out_variant(grad_output, input, grid, *options, out0, out1):
+        grad_input, grad_grid = compute(grad_output, input, grid, *options)
+        if grad_input is not None:
+            write(resize_out(out0, grad_input.shape), grad_input)
+        return out0, write(resize_out(out1, grad_grid.shape), grad_grid)
+
+    return functional, out_variant
+
+
+def register_grid_sampler_ops():
+    for n in (2, 3):
+        functional, out_variant = grid_sampler_forward(n)
+        register(f"grid_sampler_{n}d")(functional)
+        register(f"grid_sampler_{n}d.out")(out_variant)
+        functional, out_variant = grid_sampler_backward(n)
+        register(f"grid_sampler_{n}d_backward")(functional)
+        register(f"grid_sampler_{n}d_backward.out")(out_variant)
+
+
+register_grid_sampler_ops()
