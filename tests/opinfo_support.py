@@ -38,7 +38,7 @@ from torch.testing._internal.common_methods_invocations import op_db
 from torch.testing._internal.common_utils import clear_tracked_input, set_rng_seed
 from torch.testing._internal.opinfo.core import DecorateInfo
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 DEVICE = "tpu"
 SEED = 0

@@ -282,3 +282,77 @@ def test_untyped_storage_apis():
     assert storage.data_ptr() != 0 and storage.data_ptr() != fresh.data_ptr()
     on_cpu = torch.UntypedStorage(10).copy_(fresh)
     assert on_cpu.tolist() == [4] * 10
+
+
+# --- regressions from the OpInfo sweep: range factories ----------------------------------------------------------
+
+RANGE_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16,
+                torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8]
+ENDPOINTS = [(4.3, -3), (-8.000001, 5.000001), (0, 1), (1, 100.5), (10, 2.1), (2.1, 2.1), (-3, -10000.0)]
+
+
+def _same_as_cpu(factory, *args, **kwargs):
+    """factory(..., device="tpu") is bit-equal to CPU's result, or raises the same error class."""
+    try:
+        expected = factory(*args, **kwargs)
+    except Exception as cpu_error:
+        with pytest.raises(type(cpu_error)):
+            factory(*args, **kwargs, device="tpu")
+        return
+    actual = factory(*args, **kwargs, device="tpu")
+    assert (actual.device.type, actual.dtype, actual.shape) == ("tpu", expected.dtype, expected.shape)
+    torch.testing.assert_close(actual.cpu(), expected, atol=0, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", RANGE_DTYPES, ids=str)
+def test_linspace_matches_cpu_bit_for_bit(dtype):
+    for (start, end), steps in itertools.product(ENDPOINTS, (0, 1, 2, 5, 50, 129, 1000)):
+        _same_as_cpu(torch.linspace, start, end, steps, dtype=dtype)
+    _same_as_cpu(torch.linspace, torch.tensor(-2.5), torch.tensor(7), 33, dtype=dtype)  # tensor endpoints
+    out = torch.empty(7, 2, device="tpu", dtype=dtype)[:, 0]
+    torch.linspace(0, 10, 7, out=out)  # non-contiguous out
+    assert out.cpu().tolist() == torch.linspace(0, 10, 7, dtype=dtype).tolist()
+
+
+@pytest.mark.parametrize("dtype", RANGE_DTYPES, ids=str)
+def test_logspace_matches_cpu_bit_for_bit(dtype):
+    scale = 0.1 if dtype.is_floating_point else 1  # integer exponents stay small
+    for (start, end), steps, base in itertools.product(ENDPOINTS[:5], (0, 1, 2, 31, 100), (10.0, 2.0, 0.5)):
+        _same_as_cpu(torch.logspace, start * scale, end * scale, steps, base=base, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", RANGE_DTYPES, ids=str)
+def test_arange_matches_cpu_bit_for_bit(dtype):
+    for (start, end), step in itertools.product(ENDPOINTS, (1, 0.5, -0.3, 3.7, 0.01, -2)):
+        _same_as_cpu(torch.arange, start, end, step, dtype=dtype)
+    _same_as_cpu(torch.arange, 0.0, 100_000.0, 0.7, dtype=dtype)  # split across threads like CPU
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: torch.arange(0, 5, 0, device=d),
+    lambda d: torch.arange(0, 5, 0.5, dtype=torch.int64, device=d),  # the int64 step truncates to 0
+    lambda d: torch.arange(1, -3, 0.5, device=d),
+    lambda d: torch.arange(0, float("nan"), device=d),
+    lambda d: torch.arange(0, 1e30, 1e-30, device=d),
+    lambda d: torch.arange(0, 3, dtype=torch.bool, device=d),
+    lambda d: torch.linspace(0, 1, -1, device=d),
+    lambda d: torch.linspace(0, 1e6, 3, dtype=torch.int8, device=d),
+    lambda d: torch.linspace(0, 1, 5, dtype=torch.bool, device=d),
+    lambda d: torch.logspace(0, 1, 5, dtype=torch.bool, device=d),
+], ids=lambda _: "")
+def test_range_factory_errors_match_cpu(call):
+    with pytest.raises(Exception) as on_cpu:
+        call("cpu")
+    with pytest.raises(type(on_cpu.value)) as on_tpu:
+        call("tpu")
+    assert str(on_tpu.value) == str(on_cpu.value)
+
+
+def test_complex32_is_stored_as_float16_pairs():
+    source = torch.tensor([1.5, -2.25, 70000.0, float("nan"), 1e-8])
+    for x in (source, source.to(torch.bfloat16), source.to(torch.int64), source > 0, source * (1 + 2j), source.double()):
+        actual = x.to("tpu").chalf()
+        assert actual.dtype == torch.complex32 and actual.device.type == "tpu"
+        assert_bits_equal(actual.cpu().view(torch.float16), x.chalf().view(torch.float16))
+    back = torch.randn(4, 3).chalf().to("tpu")
+    torch.testing.assert_close(back.to(torch.complex64).cpu(), back.cpu().to(torch.complex64), atol=0, rtol=0)

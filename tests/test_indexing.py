@@ -347,3 +347,24 @@ def test_embedding_bag_forward_backward(mode, padding_idx):
     bags = torch.tensor([[1, 2], [0, 7]])
     torch.testing.assert_close(F.embedding_bag(bags.to("tpu"), weight.to("tpu"), mode=mode).cpu(),
                                F.embedding_bag(bags, weight, mode=mode))
+
+
+# --- regressions from the OpInfo sweep ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.uint8])
+def test_gather_and_scatter_with_an_empty_index_of_any_rank(index_dtype):
+    """CPU checks nothing of an empty index: any rank and dtype give an empty result or an unchanged self."""
+    x, src = make(5), make(3, 3)
+    index = torch.empty(2, 0, dtype=index_dtype)
+    check(torch.gather, x, 0, index)
+    if index_dtype == torch.int64:
+        check(lambda t, i, s: t.scatter_add(0, i, s), x, index, src)
+        check(lambda t, i, s: t.scatter(0, i, s), x, index, src)
+        check(lambda t, i: t.scatter(0, i, 2.0), x, index)
+        check(lambda t, i, s: t.scatter_reduce(0, i, s, "amax", include_self=False), x, index, src)
+    leaf = x.clone().requires_grad_()
+    tpu_leaf = x.to("tpu").requires_grad_()
+    torch.gather(tpu_leaf, 0, index.to("tpu")).sum().backward()
+    torch.gather(leaf, 0, index).sum().backward()
+    torch.testing.assert_close(tpu_leaf.grad.cpu(), leaf.grad)

@@ -513,3 +513,45 @@ def test_new_linalg_errors_match_cpu(call):
     with pytest.raises(type(on_cpu.value)) as on_tpu:
         call("tpu")
     assert str(on_tpu.value) == str(on_cpu.value)
+
+
+# --- regressions from the OpInfo sweep ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("left, transpose", [(True, False), (True, True), (False, False), (False, True)])
+def test_ormqr_both_sides(left, transpose):
+    reflectors, tau = torch.geqrf(make(2, 5, 3))
+    other = make(2, 5, 4) if left else make(2, 4, 5)
+    check(torch.ormqr, reflectors, tau, other, left, transpose, tolerance=dict(atol=1e-5, rtol=1e-5))
+    wide, wide_tau = torch.geqrf(make(3, 5))  # fewer rows than columns: 3 reflectors
+    check(torch.ormqr, wide, wide_tau, make(3, 4) if left else make(4, 3), left, transpose,
+          tolerance=dict(atol=1e-5, rtol=1e-5))
+
+
+@pytest.mark.parametrize("shapes", [
+    ((5, 3), (2,), (5, 2)),  # tau must have min(rows of other, columns) entries
+    ((5, 3), (3,), (4, 2)),  # other's rows must match
+    ((3, 3), (3,), (3,)),  # other must be a matrix
+    ((2, 5, 3), (3, 3), (2, 5, 2)),  # batch mismatch
+], ids=str)
+def test_ormqr_errors_match_cpu(shapes):
+    args = [make(*shape) for shape in shapes]
+    with pytest.raises(RuntimeError) as on_cpu:
+        torch.ormqr(*args)
+    with pytest.raises(RuntimeError) as on_tpu:
+        torch.ormqr(*map(tpu, args))
+    assert str(on_tpu.value) == str(on_cpu.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_addbmm_narrow_dtypes_round_the_running_sum_per_batch(dtype):
+    """CPU runs one addmm_ per batch, so the sum is rounded to the output dtype after each batch."""
+    torch.manual_seed(0)
+    bias, batch1, batch2 = make(5, 6, dtype=dtype), make(7, 5, 4, dtype=dtype), make(7, 4, 6, dtype=dtype)
+    exact = dict(atol=0, rtol=0)
+    check(torch.addbmm, bias, batch1, batch2, beta=0.5, alpha=1.5, tolerance=exact)
+    check(torch.addbmm, bias[0], batch1, batch2, tolerance=exact)  # broadcast bias
+    check(torch.addbmm, bias, batch1, batch2, beta=0, tolerance=exact)
+    check(torch.addbmm, bias, batch1[:0], batch2[:0], beta=2, tolerance=exact)  # no batches: beta * bias
+    expected = bias.clone().addbmm_(batch1, batch2)
+    torch.testing.assert_close(tpu(bias).addbmm_(tpu(batch1), tpu(batch2)).cpu(), expected, **exact)

@@ -186,3 +186,22 @@ def test_expected_failures_name_real_checks():
         support.expectation_key(op, dtype, kind) for op in op_db for kind, dtype in support.kinds_and_dtypes(op)
     }
     assert not set(EXPECTED_FAILURES) - checks
+
+
+def test_tensors_a_sample_function_keeps_on_the_cpu_stay_there():
+    op = support.OPS_BY_FULL_NAME["tensor_split"]
+    generated = support.samples(op, torch.float32, support.FORWARD)
+    kept = support.cpu_side_leaves(op, torch.float32, support.FORWARD, generated)
+    first = support.sample_to_tpu(generated[0], kept[0])  # tensor_split(x, tensor([1, 2, 3]))
+    assert first.input.device.type == support.DEVICE and first.args[0].device.type == "cpu"
+    assert all(not cpu_side for sample, cpu_side in zip(generated, kept) if not isinstance(sample.args[0], torch.Tensor))
+
+
+def test_seeded_random_ops_compare_values_only_when_they_draw():
+    from torch.testing._utils import wrapper_set_seed
+
+    seeded = support.Policy(atol=0.0, rtol=0.0, seeded=True)
+    noise = lambda x: wrapper_set_seed(lambda t: t + torch.rand(t.shape, device=t.device), x)  # noqa: E731
+    wrong_without_drawing = lambda x: wrapper_set_seed(lambda t: t + _on_tpu(t), x)  # noqa: E731
+    assert support.check_forward(noise, _sample(3), seeded).status == support.PASSED
+    assert support.check_forward(wrong_without_drawing, _sample(3), seeded).status == support.FAILED

@@ -501,3 +501,41 @@ def test_gelu_and_its_backward_use_the_float32_erf():
     tpu_results = torch._foreach_erf([x.to("tpu"), x[:5].to("tpu")])
     for actual, expected in zip(tpu_results, torch._foreach_erf([x, x[:5]])):
         compare(actual, expected, rtol=0, atol=1.2e-7)
+
+
+# --- regressions from the OpInfo sweep ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_frexp(dtype):
+    x = sample((6, 5), dtype=dtype, low=-1e4, high=1e4)
+    check(torch.frexp, x)
+    check(torch.frexp, x.t()[::2])
+    check(torch.frexp, torch.tensor(3e-39 if dtype == torch.float32 else 0.375, dtype=dtype))
+    check(torch.frexp, torch.empty(0, 2, dtype=dtype))
+    mantissa, exponent = torch.empty(0, device="tpu", dtype=dtype), torch.empty(0, device="tpu", dtype=torch.int32)
+    torch.frexp(x.to("tpu"), out=(mantissa, exponent))
+    compare((mantissa, exponent), torch.frexp(x))
+
+
+def test_frexp_errors_match_cpu():
+    check(torch.frexp, torch.arange(3))
+    x = torch.randn(3)
+    check(lambda t: torch.frexp(t, out=(torch.empty_like(t, dtype=torch.float64), torch.empty_like(t, dtype=torch.int32))), x)
+    check(lambda t: torch.frexp(t, out=(torch.empty_like(t), torch.empty_like(t, dtype=torch.int64))), x)
+
+
+def test_scalar_minus_tensor_reaches_sub_with_a_wrapped_number():
+    """rsub.Scalar calls sub with the scalar first, as a number."""
+    for x in (sample((4, 3)), torch.arange(5), sample((4, 3), dtype=torch.bfloat16)):
+        check(lambda t: 1.5 - t, x)
+        check(lambda t: 2 - t, x)
+        check(lambda t: torch.rsub(t, 0.5, alpha=3), x)
+
+
+def test_integer_division_by_zero_of_nothing_is_no_error():
+    empty = torch.empty(0, 3, dtype=torch.int64)
+    for divide in (lambda a: a // 0, lambda a: torch.div(a, 0, rounding_mode="trunc"),
+                   lambda a: torch.remainder(a, 0), lambda a: torch.fmod(a, 0)):
+        check(divide, empty)
+        check(divide, torch.arange(3))  # something to divide: both raise

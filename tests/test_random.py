@@ -344,3 +344,44 @@ def test_errors_match_cpu(name):
 ])
 def test_empty_tensors(fill):
     assert fill(tpu_empty(0, 3)).shape == (0, 3)
+
+
+# --- rrelu ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_rrelu_with_noise_eval_is_leaky_relu_with_the_mean_slope(dtype):
+    x = torch.randn(4, 5).to(dtype)
+    noise, tpu_noise = torch.full_like(x, 7.0), torch.full_like(x, 7.0, device="tpu")
+    expected = torch.ops.aten.rrelu_with_noise(x, noise, 0.1, 0.3, False)
+    actual = torch.ops.aten.rrelu_with_noise(x.to("tpu"), tpu_noise, 0.1, 0.3, False)
+    torch.testing.assert_close(actual.cpu(), expected, atol=0, rtol=0)
+    assert torch.equal(tpu_noise.cpu(), noise)  # untouched in evaluation
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rrelu_with_noise_training_draws_slopes_in_range(dtype):
+    x = torch.cat([torch.linspace(-3, 3, N), torch.tensor([0.0, float("nan")])]).to(dtype).to("tpu")
+    noise = torch.empty_like(x)
+    torch.manual_seed(5)
+    out = torch.ops.aten.rrelu_with_noise(x, noise, 0.1, 0.3, True).cpu()
+    x, noise = x.cpu(), noise.cpu()
+    negative = x <= 0
+    assert torch.all(noise[~negative] == 1) and torch.equal(out[x > 0], x[x > 0]) and out[-1].isnan()
+    slopes = noise[negative].float()
+    assert slopes.min() >= 0.1 and slopes.max() <= 0.3
+    check_moments(slopes, 0.2, 0.2 / math.sqrt(3), sigmas=6)
+    torch.testing.assert_close(out[negative], (x[negative].float() * slopes).to(dtype), atol=0, rtol=0)
+    torch.manual_seed(5)
+    again = torch.ops.aten.rrelu_with_noise(x.to("tpu"), torch.empty_like(x, device="tpu"), 0.1, 0.3, True)
+    assert torch.equal(again.cpu(), out)  # seeded: reproducible
+
+
+def test_rrelu_trains_and_backpropagates_through_the_noise():
+    x = torch.randn(3, 4, device="tpu", requires_grad=True)
+    y = torch.nn.functional.rrelu(x, training=True)
+    y.sum().backward()
+    slopes = torch.where(x.detach() > 0, torch.ones_like(x), y.detach() / x.detach())
+    torch.testing.assert_close(x.grad, slopes)
+    with pytest.raises(RuntimeError):
+        torch.ops.aten.rrelu_with_noise(x.detach(), torch.empty(3, device="tpu"), 0.1, 0.3, True)

@@ -140,3 +140,14 @@ def test_affine_grid_and_gradient(size, align_corners):
         results.append((grid.cpu(), t.grad.cpu()))
     for a, e in zip(*results):
         torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_empty_backward(dims):
+    x = torch.randn(2, 0, *[3] * dims)
+    grid = torch.rand(2, *[2] * dims, dims)
+    grad_output = torch.ones(2, 0, *[2] * dims)
+    expected = run(x, grid, "bilinear", "zeros", False, "cpu", grad_output)
+    actual = run(x, grid, "bilinear", "zeros", False, "tpu", grad_output)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e)

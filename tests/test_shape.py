@@ -292,3 +292,40 @@ def test_autograd_through_shape_ops():
     grads_agree(lambda b: b.topk(2, dim=0).values, b)
     grads_agree(lambda b: b.triu(1) + b.tril(-1), b)
     grads_agree(lambda a: a.repeat(2, 2), a)
+
+
+# --- regressions from the OpInfo sweep ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("boundaries, values", [
+    ((0, 0), (0, 0)), ((0, 5), (0, 3)), ((3, 0), (3, 2)), ((2, 0, 4), (2, 0, 1)), ((4,), (0,)),
+], ids=str)
+def test_searchsorted_empty_batches(boundaries, values):
+    sorted_sequence = make(*boundaries).sort(dim=-1).values
+    for side in ("left", "right"):
+        check(torch.searchsorted, sorted_sequence, make(*values), side=side)
+    check(torch.searchsorted, sorted_sequence, make(*values), out_int32=True)
+
+
+@pytest.mark.parametrize("shape, dim", [((0,), 0), ((0, 3), 0), ((3, 0), 0), ((3, 0), 1), ((2, 0, 3), 2)], ids=str)
+def test_unique_with_dim_of_empty_tensors(shape, dim):
+    x = make(*shape)
+    check(lambda t: torch.unique(t, dim=dim, return_inverse=True, return_counts=True), x)
+    check(lambda t: torch.unique_consecutive(t, dim=dim, return_inverse=True, return_counts=True), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_histc_bins_edge_values_like_cpu(dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(40, 25) * 5).to(dtype)  # data extrema and values on bin edges
+    for bins, low, high in ((10, 0, 0), (10, -10, 10), (100, -7, 9), (7, -3, 2.5), (1, 0, 0), (3, 1, 1)):
+        check(torch.histc, x, bins, low, high)
+    check(torch.histc, x.t()[::2], 13, -2, 3)  # non-contiguous
+    check(torch.histc, torch.tensor([], dtype=dtype), 5)
+    check(torch.histc, torch.tensor([1.0, float("nan"), 3.0], dtype=dtype), 4)  # NaN extrema: not finite
+
+
+def test_histc_counts_saturate_per_thread_like_cpu():
+    """CPU counts each thread's share in the input dtype: a bfloat16 count stops at 256."""
+    check(torch.histc, torch.ones(7000, dtype=torch.bfloat16), 3, 0, 2)
+    check(torch.histc, torch.randn(100_000, dtype=torch.float16), 5)

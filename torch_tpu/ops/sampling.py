@@ -6,8 +6,9 @@ at a time. Each axis map is a sparse (out x in) matrix built from the CPU's own 
 weight formulas (aten/src/ATen/native/UpSample.h); the backward applies its transpose.
 Nearest modes gather instead, so that they copy values of any dtype exactly.
 
-unfold/fold (im2col/col2im), pixel_shuffle and the grid_sampler_2d forward run as
-PyTorch's decompositions; grid_sampler_2d_backward and grid_sampler_3d have no kernel yet.
+Grid sampling (grid_sampler_2d/3d and their backwards) gathers every output point at once and
+scatters gradients with np.add.at. unfold/fold (im2col/col2im), pixel_shuffle and
+affine_grid_generator run as PyTorch's decompositions.
 """
 
 import itertools
@@ -637,6 +638,13 @@ def channel_sum(terms):
     return total
 
 
+def channel_major(terms):
+    """k (N, C, P) terms as one (N, C * k, P) sequence, channel by channel."""
+    stacked = np.stack(terms, 2)
+    n, c, k, p = stacked.shape
+    return stacked.reshape(n, c * k, p)
+
+
 def bilinear_2d_backward(problem, g_out, grad_flat):
     (y, x), (gy_mult, gx_mult) = problem.located_with_grads()
     points, weights, (n, s, w, e) = bilinear_2d_parts(problem.axes, (y, x), problem.spatial)
@@ -661,8 +669,8 @@ def bicubic_2d_backward(problem, g_out, grad_flat):
         gx_terms.append(value_grad * cx_grad[i][:, None] * cy[j][:, None])
         gy_terms.append(value_grad * cy_grad[j][:, None] * cx[i][:, None])
     # the CPU subtracts term by term, channel-major then tap-major; -(a + b) is exactly (-a) - b
-    gx = -channel_sum(np.stack(gx_terms, 2).reshape(g_out.shape[0], -1, g_out.shape[2]))
-    gy = -channel_sum(np.stack(gy_terms, 2).reshape(g_out.shape[0], -1, g_out.shape[2]))
+    gx = -channel_sum(channel_major(gx_terms))
+    gy = -channel_sum(channel_major(gy_terms))
     y_axis, x_axis = problem.axes
     return [gy * y_axis.scaling, gx * x_axis.scaling]
 
@@ -683,7 +691,7 @@ def trilinear_backward(problem, g_out, grad_flat):
             term = value * others[0][:, None] * others[1][:, None] * g_out
             term = np.where(point.mask[:, None, :], term, s(0))
             per_axis_terms[axis].append(term if offsets[axis] else -term)
-    sums = [channel_sum(np.stack(terms, 2).reshape(g_out.shape[0], -1, g_out.shape[2])) for terms in per_axis_terms]
+    sums = [channel_sum(channel_major(terms)) for terms in per_axis_terms]
     return [m * total for m, total in zip(multipliers, sums)]
 
 
