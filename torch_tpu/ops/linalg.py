@@ -2,8 +2,9 @@
 
 Every product goes through ``mxu_matmul``, which applies the user's
 ``torch.set_float32_matmul_precision`` (see ``torch_tpu._C.mxu`` for the numerics):
-"highest" (PyTorch's default) is an exact float32 matmul, as on CPU; "high" is 3 bf16
-passes and "medium" 1 bf16 pass, as XLA's HIGH and DEFAULT precisions on a real TPU.
+"highest" (PyTorch's default) is XLA's HIGHEST, 6 bf16 passes, computed as one float32
+matmul (the two agree to float32 rounding: docs/numerics.md); "high" is 3 bf16 passes and
+"medium" 1 bf16 pass, as XLA's HIGH and DEFAULT precisions on a real TPU.
 
 The hot functional overloads (mm, bmm, addmm, ...) are registered next to their ``.out``
 overloads so they skip the structured wrapper. ``.out`` overloads reach us unchecked, so
