@@ -73,3 +73,56 @@ def apply(ufunc, *inputs, out):
     for block in blocks:
         block.result()
     return out
+
+
+# --- fused multiply-add -------------------------------------------------------------------------------------------
+# NumPy has no FMA ufunc. Error-free transformations give one in the operands' own format:
+# Boldo and Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms using
+# rounding to odd" (IEEE Trans. Computers, 2008).
+
+_SPLITTER = {np.dtype(np.float32): np.float32(2**12 + 1), np.dtype(np.float64): np.float64(2**27 + 1)}
+_BITS = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
+
+
+def _two_sum(a, b):
+    """(s, e) with s = a + b rounded and s + e = a + b exactly."""
+    s = a + b
+    b_part = s - a
+    return s, (a - (s - b_part)) + (b - b_part)
+
+
+def _two_product(a, b, splitter):
+    """(p, e) with p = a * b rounded and p + e = a * b exactly (Veltkamp split, Dekker product)."""
+    def split(x):
+        scaled = splitter * x
+        high = scaled - (scaled - x)
+        return high, x - high
+
+    (a_high, a_low), (b_high, b_low) = split(a), split(b)
+    p = a * b
+    return p, ((a_high * b_high - p) + a_high * b_low + a_low * b_high) + a_low * b_low
+
+
+def _add_rounded_to_odd(a, b):
+    """a + b rounded to odd: truncated, with the last bit set when anything was cut off."""
+    s, error = _two_sum(a, b)
+    even = (s.view(_BITS[s.dtype]) & 1) == 0
+    towards = np.where(error > 0, np.inf, -np.inf).astype(s.dtype)
+    return np.where((error != 0) & even, np.nextafter(s, towards), s)
+
+
+def fused_multiply_add(a, b, c):
+    """``a * b + c`` with a single rounding, in float32 or float64, as an FMA instruction gives it.
+
+    Where the error-free steps overflow (products near the format's largest value), the
+    result is the plain two-rounding ``a * b + c``, which is then infinite or NaN anyway."""
+    dtype = np.result_type(a, b, c)
+    a, b, c = (np.asarray(v, dtype) for v in (a, b, c))
+    token = _ignore_fp_errors()
+    try:
+        product_high, product_low = _two_product(a, b, _SPLITTER[dtype])
+        sum_high, sum_low = _two_sum(c, product_high)
+        fused = sum_high + _add_rounded_to_odd(sum_low, product_low)
+        return np.where(np.isfinite(fused), fused, a * b + c)
+    finally:
+        _restore_fp_errors(token)

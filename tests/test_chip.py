@@ -7,6 +7,7 @@ source folder so these tests do not depend on the torch integration.
 import importlib.util
 import pathlib
 import sys
+from fractions import Fraction
 
 import ml_dtypes
 import numpy as np
@@ -226,3 +227,21 @@ def test_cast_is_silent(recwarn):
     _cast([np.nan, np.inf, 1e30], np.float32, "int32")
     _cast([1 + 2j], np.complex64, "float32")
     assert not recwarn.list
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_multiply_add_rounds_once(dtype):
+    """Against exact rational arithmetic, on near-cancelling sums where two roundings go wrong."""
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal(3000) * 10.0 ** rng.integers(-5, 5, 3000)).astype(dtype)
+    b = rng.standard_normal(3000).astype(dtype)
+    c = (-(a.astype(np.float64) * b) * (1 + rng.standard_normal(3000) * 1e-7)).astype(dtype)
+    result = chip.vpu.fused_multiply_add(a, b, c)
+    exact = [Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)) for x, y, z in zip(a, b, c)]
+    # the nearest representable value (ties to even) among the three around a float64 first guess
+    def nearest(value):
+        guess = dtype(float(value))
+        candidates = [np.nextafter(guess, dtype(-np.inf)), guess, np.nextafter(guess, dtype(np.inf))]
+        return min(candidates, key=lambda x: (abs(Fraction(float(x)) - value), int(np.array(x).view(f"u{x.itemsize}")) & 1))
+    assert [nearest(v) for v in exact] == list(result)
+    assert (result != (a * b + c)).any()  # the case mattered: unfused arithmetic differs

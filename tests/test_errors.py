@@ -92,6 +92,10 @@ def test_cpu_fallback_writes_back_in_place_and_out(monkeypatch):
     assert returned is out and out.device.type == "tpu" and out.cpu().tolist() == [0, 2, 4]
 
 
-def test_unsupported_dtype():
-    with pytest.raises(TypeError, match="tpu"):
-        torch.zeros(2, dtype=torch.complex32, device="tpu")
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fnuz, torch.float8_e5m2fnuz, torch.float4_e2m1fn_x2, torch.bits8])
+def test_unsupported_dtype_is_a_clear_error(dtype):
+    """Formats an Ironwood chip does not store (AMD's fnuz FP8, packed FP4, raw bits) are refused by name."""
+    with pytest.raises(TypeError, match=f"dtype {dtype} is not supported on the tpu device"):
+        torch.zeros(2, dtype=dtype, device="tpu")
+    with pytest.raises(TypeError, match="not supported on the tpu device"):
+        torch.empty(2, dtype=dtype).to("tpu")

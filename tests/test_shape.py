@@ -307,7 +307,7 @@ def test_searchsorted_empty_batches(boundaries, values):
     check(torch.searchsorted, sorted_sequence, make(*values), out_int32=True)
 
 
-@pytest.mark.parametrize("shape, dim", [((0,), 0), ((0, 3), 0), ((3, 0), 0), ((3, 0), 1), ((2, 0, 3), 2)], ids=str)
+@pytest.mark.parametrize("shape, dim", [((0,), 0), ((0, 3), 0), ((3, 0), 0), ((3, 0), 1), ((2, 0, 3), 2), ((2, 0, 3), 1), ((0, 0), 1)], ids=str)
 def test_unique_with_dim_of_empty_tensors(shape, dim):
     x = make(*shape)
     check(lambda t: torch.unique(t, dim=dim, return_inverse=True, return_counts=True), x)

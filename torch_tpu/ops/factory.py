@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from .. import _tensor
+from .._C import vpu
 from .._errors import check_device_index
 from ._registry import register
 
@@ -129,18 +130,11 @@ def _scalar_to(value, dtype):
     return np_dtype.type(value)
 
 
-# Where CPU's compiled kernels fuse ``a * b + c`` (one rounding), a wider type computes it:
-# the product of two float32s is exact in float64; x86's long double keeps 64 bits of a float64
-# product (where long double is no wider, this degrades to two roundings).
-_FUSED_IN = {np.dtype(np.float32): np.dtype(np.float64), np.dtype(np.float64): np.dtype(np.longdouble)}
-
-
 def _multiply_add(a, b, c):
     """``a * b + c`` as CPU's compiled float32/float64 kernels give it: fused, with one rounding."""
-    wide = _FUSED_IN.get(np.asarray(a).dtype)
-    if wide is None:  # c10's Half and BFloat16 round every operation; integers are exact
-        return a * b + c
-    return (wide.type(a) * b.astype(wide) + wide.type(c)).astype(np.asarray(a).dtype)
+    if np.asarray(a).dtype.itemsize < 4 or not np.asarray(a).dtype.kind == "f":
+        return a * b + c  # c10's Half and BFloat16 round every operation; integers are exact
+    return vpu.fused_multiply_add(a, b, c)
 
 
 def _number(value):

@@ -276,8 +276,18 @@ def unique(self, sorted=True, return_inverse=False):
     return values, inverse
 
 
+def _check_unique_dim_of_empty(self, dim):
+    """ATen's unique_dim only takes an empty tensor whose one zero-sized dimension is ``dim``."""
+    zero_dims = sum(size == 0 for size in self.shape)
+    if zero_dims > 1:
+        raise RuntimeError("Number of zero sized dimensions is more than one, so unique cannot be applied ")
+    if zero_dims == 1 and self.shape[dim] != 0:
+        raise RuntimeError("There are 0 sized dimensions, and they aren't selected, so unique cannot be applied")
+
+
 def _dim_unique(self, dim, sort, return_inverse, return_counts):
     dim = _wrap_dim(dim, self.dim())
+    _check_unique_dim_of_empty(self, dim)
     source = np.moveaxis(operand(self, "unique_dim"), dim, 0)
     rows = np.moveaxis(_sortable(self, "unique_dim"), dim, 0).reshape(source.shape[0], math.prod(source.shape[1:]))
     order = np.lexsort(rows.T[::-1]) if sort and rows.shape[1] else np.arange(rows.shape[0])
