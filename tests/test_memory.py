@@ -230,3 +230,24 @@ def test_host_ram_is_one_copy_of_hbm():
     grown, shrunk = (int(v) for v in out)
     assert 0.9 * 256 * MiB < grown < 1.2 * 256 * MiB
     assert shrunk < 0.2 * 256 * MiB, "a freed large buffer goes back to the OS"
+
+
+def test_torch_accelerator_answers_from_the_chip(memory_baseline):
+    """Device-generic code (torch.accelerator.*) sees the same HBM numbers as torch.tpu."""
+    accelerator = torch.accelerator
+    assert accelerator.current_accelerator().type == "tpu"
+    x = torch.empty(1000, device="tpu")
+    assert accelerator.memory_allocated() == torch.tpu.memory_allocated()
+    assert accelerator.memory_stats() == torch.tpu.memory_stats()
+    assert accelerator.get_memory_info() == torch.tpu.mem_get_info()
+    accelerator.reset_peak_memory_stats()
+    del x
+    y = torch.empty(10, device="tpu")
+    assert accelerator.max_memory_allocated() == torch.tpu.max_memory_allocated() == memory_baseline.bytes + 4000
+    assert accelerator.memory_reserved() == torch.tpu.memory_reserved()
+    accelerator.synchronize()
+    accelerator.empty_cache()
+    assert torch.float8_e4m3fn in accelerator.get_device_capability()["supported_dtypes"]
+    with pytest.raises(RuntimeError, match="one chip per process"):
+        accelerator.synchronize("tpu:1")
+    del y
