@@ -80,15 +80,20 @@ BFLOAT16_VECTOR_SOURCES = frozenset({np.dtype(np.float32), np.dtype(np.float64)}
 BFLOAT16_SCALAR_NAN = 0x7FC0
 
 
+def complex32_as_complex64(array):
+    """complex32 values as complex64, the type NumPy (and PyTorch's opmath) computes them in."""
+    widened = np.empty(array.shape, np.complex64)
+    widened.real, widened.imag = array["real"], array["imag"]
+    return widened
+
+
 def _widen(source):
     """``source`` as PyTorch reads it before converting: float8 and bfloat16 as float32, complex as real."""
     table = FLOAT8_TO_FLOAT32.get(source.dtype.name)
     if table is not None:
         return table[source.view(np.uint8)]
     if source.dtype == COMPLEX32:
-        widened = np.empty(source.shape, np.complex64)
-        widened.real, widened.imag = source["real"], source["imag"]
-        return widened
+        return complex32_as_complex64(source)
     if source.dtype == NUMPY_DTYPES["bfloat16"]:
         return source.astype(np.float32)
     return source

@@ -37,6 +37,7 @@ import numpy as np
 from . import dtypes
 from .chip import current_chip
 from .chips import CHIPS
+from .vpu import ignore_fp_errors, restore_fp_errors
 
 EXACT = None  # precision_passes value: a float32 matmul, no bf16 splitting
 
@@ -122,10 +123,14 @@ def matmul(a, b, out=None, *, precision_passes=EXACT):
     accumulate = accumulator_dtype(a.dtype, b.dtype)
     direct = out if out is not None and out.dtype == accumulate else None
     split = accumulate == _FLOAT32 and precision_passes is not EXACT and _FLOAT32 in (a.dtype, b.dtype)
-    if split:
-        result = _passes_matmul(a, b, precision_passes, direct)
-    else:
-        result = np.matmul(a.astype(accumulate, copy=False), b.astype(accumulate, copy=False), out=direct)
+    token = ignore_fp_errors()  # like the VPU, the MXU overflows to inf and NaN without a word
+    try:
+        if split:
+            result = _passes_matmul(a, b, precision_passes, direct)
+        else:
+            result = np.matmul(a.astype(accumulate, copy=False), b.astype(accumulate, copy=False), out=direct)
+    finally:
+        restore_fp_errors(token)
     if out is None or direct is not None:
         return result
     dtypes.cast_into(out, result, _NAME_OF[out.dtype])

@@ -18,19 +18,19 @@ try:  # NumPy 2 keeps the error state in a context variable: setting a prebuilt 
 
     _IGNORE_ALL = _make_extobj(all="ignore")
 
-    def _ignore_fp_errors():
+    def ignore_fp_errors():
         return _extobj_contextvar.set(_IGNORE_ALL)
 
-    def _restore_fp_errors(token):
+    def restore_fp_errors(token):
         _extobj_contextvar.reset(token)
 
 except ImportError:  # another NumPy layout: the public, slower way
-    def _ignore_fp_errors():
+    def ignore_fp_errors():
         state = np.errstate(all="ignore")
         state.__enter__()
         return state
 
-    def _restore_fp_errors(state):
+    def restore_fp_errors(state):
         state.__exit__(None, None, None)
 
 PARALLEL_MIN_ELEMENTS = 1 << 18
@@ -48,21 +48,21 @@ def _splittable(inputs, out):
 
 
 def _ignoring_fp_errors(ufunc, *inputs, out):
-    token = _ignore_fp_errors()  # NumPy's error state is per thread (per context)
+    token = ignore_fp_errors()  # NumPy's error state is per thread (per context)
     try:
         return ufunc(*inputs, out=out)
     finally:
-        _restore_fp_errors(token)
+        restore_fp_errors(token)
 
 
 def apply(ufunc, *inputs, out):
     """``ufunc(*inputs, out=out)``, in parallel row blocks when ``out`` is large."""
     if out.size < PARALLEL_MIN_ELEMENTS or not _splittable(inputs, out):
-        token = _ignore_fp_errors()
+        token = ignore_fp_errors()
         try:
             return ufunc(*inputs, out=out)
         finally:
-            _restore_fp_errors(token)
+            restore_fp_errors(token)
     shaped = [np.broadcast_to(v, out.shape) if isinstance(v, np.ndarray) and v.ndim else v for v in inputs]
     bounds = np.linspace(0, out.shape[0], WORKERS + 1, dtype=np.int64)
     blocks = [
@@ -118,11 +118,11 @@ def fused_multiply_add(a, b, c):
     result is the plain two-rounding ``a * b + c``, which is then infinite or NaN anyway."""
     dtype = np.result_type(a, b, c)
     a, b, c = (np.asarray(v, dtype) for v in (a, b, c))
-    token = _ignore_fp_errors()
+    token = ignore_fp_errors()
     try:
         product_high, product_low = _two_product(a, b, _SPLITTER[dtype])
         sum_high, sum_low = _two_sum(c, product_high)
         fused = sum_high + _add_rounded_to_odd(sum_low, product_low)
         return np.where(np.isfinite(fused), fused, a * b + c)
     finally:
-        _restore_fp_errors(token)
+        restore_fp_errors(token)

@@ -50,9 +50,13 @@ GRAD_DTYPES = (torch.float32,)
 # PyTorch's own CPU-vs-device test (TestCommon.test_compare_cpu) compares with
 # atol=rtol=1e-3 and lets an OpInfo's toleranceOverride loosen that further.
 # bf16 keeps one rounding of slack on top (its epsilon is 7.8e-3).
+# float64 outputs (of integer inputs with dtype=torch.float64, say) are held far tighter: only their last
+# bits may differ, as CPU's own do from host to host (its reductions sum in SIMD-width lanes).
 BASE_TOLERANCE = {  # dtype -> (atol, rtol)
     torch.float32: (1e-3, 1e-3),
     torch.complex64: (1e-3, 1e-3),
+    torch.float64: (1e-7, 1e-7),
+    torch.complex128: (1e-7, 1e-7),
     torch.bfloat16: (1e-2, 1.6e-2),
 }
 UPSTREAM_TEST = ("TestCommon", "test_compare_cpu")
@@ -173,21 +177,19 @@ def policy_for(op, dtype):
 # ------------------------------------------------------- moving samples ----
 
 
-def _storage_span(tensor):
-    if tensor.numel() == 0:
-        return 0
-    return 1 + sum((size - 1) * stride for size, stride in zip(tensor.shape, tensor.stride()))
-
-
 def tensor_to_tpu(tensor):
-    """An exact tpu copy: same values, sizes, strides (overlaps included) and requires_grad."""
+    """An exact tpu copy: same values, sizes, strides (overlaps included), storage offset and requires_grad.
+
+    The whole storage is copied, so a view keeps the elements around it: ``as_strided`` with an
+    explicit storage offset reads the same bytes on both devices.
+    """
     if tensor.layout != torch.strided:  # sparse samples: whatever the backend makes of them
         return tensor.detach().to(DEVICE).requires_grad_(tensor.requires_grad)
     with torch.no_grad():
         cpu = tensor.detach().resolve_conj().resolve_neg()
-        span = _storage_span(cpu)
-        region = cpu.as_strided((span,), (1,), cpu.storage_offset())
-        copy = region.to(DEVICE).as_strided(cpu.shape, cpu.stride(), 0)
+        elements = cpu.untyped_storage().nbytes() // cpu.element_size()
+        storage = cpu.as_strided((elements,), (1,), 0)
+        copy = storage.to(DEVICE).as_strided(cpu.shape, cpu.stride(), cpu.storage_offset())
     return copy.requires_grad_(tensor.requires_grad)
 
 

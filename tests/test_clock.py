@@ -170,6 +170,17 @@ def test_wait_stream_and_synchronize():
     assert torch.tpu.Stream().query() and torch.tpu.current_stream().query()
 
 
+def test_record_stream_of_a_side_stream_result():
+    """CUDA-style prefetching marks tensors used on a side stream; tpu streams never hold a tensor back."""
+    side = torch.tpu.Stream()
+    x = torch.ones(4, device="tpu")
+    with torch.tpu.stream(side):
+        y = x * 2
+    y.record_stream(side)
+    x.record_stream(torch.tpu.current_stream())
+    assert y.cpu().tolist() == [2.0] * 4
+
+
 def test_set_stream_routes_kernels():
     side = torch.tpu.Stream()
     torch.tpu.set_stream(side)

@@ -48,6 +48,10 @@ CASES = {
     "transposed 2d": (F.conv_transpose2d, (2, 4, 5, 6), (4, 3, 3, 2),
                       dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2, dilation=(1, 2))),
     "transposed 3d": (F.conv_transpose3d, (1, 2, 3, 4, 3), (2, 3, 2, 2, 3), dict(stride=2)),
+    # output_padding not below the stride (allowed as it is below the dilation): rows no input reaches
+    "transposed 2d output padding past the stride": (
+        F.conv_transpose2d, (2, 2, 4, 4), (2, 2, 4, 5),
+        dict(stride=(3, 2), padding=(1, 2), output_padding=(2, 3), groups=2, dilation=(4, 4))),
 }
 
 
@@ -65,6 +69,27 @@ def test_convolution_forward_and_gradients(name, with_bias):
 def test_bfloat16(name):
     f, input_shape, weight_shape, kwargs = CASES[name]
     check(f, (torch.randn(input_shape), torch.randn(weight_shape)), kwargs, dtype=torch.bfloat16, tolerance=BF16)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("im2col: output padding not below the stride", dict(stride=(3, 2), padding=(1, 2), output_padding=(2, 3),
+                                                         groups=2, dilation=(4, 4))),
+    ("im2col, 1 x 1 stride", dict(stride=(1, 2), output_padding=(0, 1), dilation=(2, 3))),
+    ("oneDNN", dict(stride=2, padding=1, output_padding=1, groups=2)),
+])
+@pytest.mark.parametrize("f,spatial", [(F.conv_transpose2d, (5, 6)), (F.conv_transpose3d, (3, 4, 5))])
+def test_transposed_bfloat16_rounds_where_cpu_kernel_rounds(name, kwargs, f, spatial):
+    """CPU's im2col kernel keeps the columns, and adds them back, in bf16; oneDNN sums in float32."""
+    n = len(spatial)
+    kwargs = {k: v[:n] + v[-1:] * (n - len(v)) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+    groups = kwargs.get("groups", 1)
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 4, *spatial, generator=generator) * 3).bfloat16()
+    w = (torch.randn(4, 6 // groups, *(3,) * n, generator=generator) * 3).bfloat16()
+    b = torch.randn(6, generator=generator).bfloat16()
+    expected = f(x.transpose(-1, -2).contiguous().transpose(-1, -2), w, b, **kwargs)
+    actual = f(x.to("tpu").transpose(-1, -2).contiguous().transpose(-1, -2), w.to("tpu"), b.to("tpu"), **kwargs)
+    torch.testing.assert_close(actual.cpu(), expected, atol=0, rtol=0)
 
 
 def test_float64_and_non_contiguous_input():

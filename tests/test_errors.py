@@ -99,3 +99,77 @@ def test_unsupported_dtype_is_a_clear_error(dtype):
         torch.zeros(2, dtype=dtype, device="tpu")
     with pytest.raises(TypeError, match="not supported on the tpu device"):
         torch.empty(2, dtype=dtype).to("tpu")
+
+
+# A CPU tensor as the written operand (in-place self, out=) still dispatches to tpu, the higher-priority
+# backend; CUDA raises its device-mismatch error there, and so must tpu, not an internal AttributeError.
+@pytest.mark.parametrize("action", [
+    lambda tpu: torch.ones(2).add_(tpu),
+    lambda tpu: torch.ones(2).mul_(tpu),
+    lambda tpu: torch.add(tpu, 1, out=torch.empty(2)),
+    lambda tpu: torch.exp(tpu, out=torch.empty(2)),
+    lambda tpu: torch.ones(2).copy_(tpu).add_(tpu),
+], ids=["add_", "mul_", "add_out", "exp_out", "copy_then_add_"])
+def test_a_cpu_tensor_written_by_a_tpu_op_is_a_device_mismatch(action):
+    with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device, but found at least two "
+                                           "devices, tpu:0 and cpu!"):
+        action(torch.ones(2, device="tpu"))
+
+
+def test_strided_nested_tensors_are_a_clear_error_with_the_transformer_workaround():
+    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
+    encoder = torch.nn.TransformerEncoder(layer, 1).eval().to("tpu")
+    padding = torch.tensor([[False, False, True]], device="tpu")
+    with torch.no_grad(), pytest.raises(NotImplementedError, match="enable_nested_tensor=False"):
+        encoder(torch.ones(1, 3, 8, device="tpu"), src_key_padding_mask=padding)
+    with pytest.raises(NotImplementedError, match="layout=torch.jagged"):
+        torch.nested.nested_tensor([torch.ones(2, 3), torch.ones(1, 3)]).to("tpu")
+    unnested = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False).eval().to("tpu")
+    with torch.no_grad():
+        assert unnested(torch.ones(1, 3, 8, device="tpu"), src_key_padding_mask=padding).shape == (1, 3, 8)
+
+
+@pytest.mark.parametrize("op", [torch.lt, torch.ge, torch.xlogy])
+def test_ops_cpu_refuses_for_complex_are_refused_on_tpu(op):
+    """NumPy orders complex numbers lexicographically; PyTorch has no such order."""
+    z = torch.tensor([1 + 2j, 3 - 1j])
+    with pytest.raises(NotImplementedError) as cpu_error:
+        op(z, z.flip(0))
+    with pytest.raises(NotImplementedError, match=str(cpu_error.value).replace("'", ".")):
+        op(z.to("tpu"), z.flip(0).to("tpu"))
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: torch._assert_async(torch.tensor(True, device=d)),
+    lambda d: torch._assert_async(torch.tensor(float("nan"), device=d)),
+    lambda d: torch._assert_async(torch.tensor(0.0, device=d)),
+    lambda d: torch._assert_async(torch.tensor([[0]], device=d), "no tokens left"),
+    lambda d: torch._assert_async(torch.ones(2, device=d)),
+    lambda d: torch._assert_async(torch.ones(0, device=d), "empty"),
+], ids=["true", "nan_is_nonzero", "zero", "zero_with_message", "two_values", "no_values"])
+def test_assert_async_checks_like_cpu(call):
+    """torch._assert_async is a device-side assert on CUDA; on tpu, as on CPU, it checks at once."""
+    try:
+        call("cpu")
+    except RuntimeError as error:
+        with pytest.raises(RuntimeError, match=str(error)):
+            call("tpu")
+    else:
+        call("tpu")
+
+
+@pytest.mark.parametrize("call", [
+    lambda: torch.ones(3, 3, device="tpu").to_sparse(),
+    lambda: torch.ones(3, 3, device="tpu").t().to_sparse_csr(),
+    lambda: torch.eye(3).to_sparse().to("tpu"),
+    lambda: torch.sparse_coo_tensor(torch.tensor([[0], [1]]), torch.tensor([1.0]), (2, 2), device="tpu"),
+    lambda: torch.sparse.mm(torch.eye(3).to_sparse_csr().to("tpu"), torch.ones(3, 2, device="tpu"), "sum"),
+    lambda: torch.sparse.sampled_addmm(torch.eye(3).to_sparse_csr().to("tpu"), torch.ones(3, 3, device="tpu"),
+                                       torch.ones(3, 3, device="tpu")),
+], ids=["to_sparse", "to_sparse_csr", "coo_to_tpu", "coo_constructor", "mm_reduce", "sampled_addmm"])
+def test_sparse_layouts_are_a_clear_error_naming_the_op(call):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CSR's "beta state" notice
+        with pytest.raises(NotImplementedError,
+                           match=r"The operator 'aten::\w+.*sparse layouts .* not supported on tpu"):
+            call()

@@ -555,3 +555,42 @@ def test_addbmm_narrow_dtypes_round_the_running_sum_per_batch(dtype):
     check(torch.addbmm, bias, batch1[:0], batch2[:0], beta=2, tolerance=exact)  # no batches: beta * bias
     expected = bias.clone().addbmm_(batch1, batch2)
     torch.testing.assert_close(tpu(bias).addbmm_(tpu(batch1), tpu(batch2)).cpu(), expected, **exact)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64, torch.int64])
+def test_cross_rounds_like_cpu(dtype):
+    """CPU multiplies in the operands' own dtype (reduced floats round each product) and, for float32
+    and float64, fuses the first product into the subtraction."""
+    a, b = make(6, 3, 5, dtype=dtype) * 4, make(1, 3, 5, dtype=dtype) * 4
+    exact = dict(atol=0, rtol=0)
+    check(lambda x, y: L.cross(x, y, dim=1), a, b, tolerance=exact)
+    check(lambda x, y: torch.cross(x, y, dim=0), a.transpose(0, 1), b.expand(6, 3, 5).transpose(0, 1),
+          tolerance=exact)
+    out = torch.empty(0, dtype=dtype)
+    check(lambda x, y, o: L.cross(x, y, dim=-2, out=o), a, b, out, tolerance=exact)
+
+
+@pytest.mark.parametrize("call", [
+    lambda t: L.cross(t(torch.randn(4, 3)), t(torch.randn(4, 3).double())),
+    lambda t: L.cross(t(torch.ones(4, 3, dtype=torch.bool)), t(torch.ones(4, 3, dtype=torch.bool))),
+    lambda t: L.cross(t(torch.randn(4, 3)), t(torch.randn(3))),
+    lambda t: L.cross(t(torch.randn(4, 3)), t(torch.randn(4, 3)), dim=0),
+    lambda t: L.cross(t(torch.randn(4, 3)), t(torch.randn(4, 3)), out=t(torch.empty(0, dtype=torch.float64))),
+])
+def test_cross_errors_match_cpu(call):
+    with pytest.raises(Exception) as on_cpu:
+        call(lambda v: v)
+    with pytest.raises(type(on_cpu.value)) as on_tpu:
+        call(tpu)
+    assert str(on_tpu.value) == str(on_cpu.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_matrix_exp_of_reduced_floats_is_the_float32_exponential_rounded_once(dtype):
+    """CPU accepts these dtypes but its bf16 result is wrong (its float64 Taylor coefficients are read
+    as bf16 bytes), so the reference is CPU's float32 exponential of the same values, within a rounding."""
+    a = (make(3, 5, 5) * 0.7).to(dtype)
+    one_rounding = dict(atol=1e-3, rtol=2 ** -7 if dtype == torch.bfloat16 else 2 ** -10)
+    for view in (lambda t: t, lambda t: t.transpose(-2, -1)):
+        expected = L.matrix_exp(view(a.float())).to(dtype)
+        torch.testing.assert_close(L.matrix_exp(view(tpu(a))).cpu(), expected, **one_rounding)

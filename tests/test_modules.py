@@ -281,17 +281,20 @@ def test_expected_failures_name_real_checks():
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"need_weights": False}, {"average_attn_weights": False}, {"key_padding_mask": "padding"}],
-    ids=["weights", "no_weights", "per_head_weights", "padding_mask"],
+    [{}, {"need_weights": False}, {"average_attn_weights": False}, {"key_padding_mask": "padding"},
+     {"key_padding_mask": "all_padding"}, {"key_padding_mask": "all_padding", "need_weights": False}],
+    ids=["weights", "no_weights", "per_head_weights", "padding_mask", "all_masked", "all_masked_no_weights"],
 )
 def test_multihead_attention_fast_path(batch_first, options):
     """Batched self-attention in eval mode without autograd: _native_multi_head_attention.
-    (module_db's MultiheadAttention samples are unbatched, which the fast path skips.)"""
+    (module_db's MultiheadAttention samples are unbatched, which the fast path skips.)
+    A sequence whose keys are all padding gets NaN from CPU's masked softmax, and so from tpu's."""
     torch.manual_seed(support.SEED)
     module = torch.nn.MultiheadAttention(8, 2, batch_first=batch_first).eval()
     x = torch.randn(2, 5, 8) if batch_first else torch.randn(5, 2, 8)
     if "key_padding_mask" in options:
-        options = {"key_padding_mask": torch.tensor([[False] * 4 + [True], [False] * 5])}
+        first = [True] * 5 if options["key_padding_mask"] == "all_padding" else [False] * 4 + [True]
+        options = {**options, "key_padding_mask": torch.tensor([first, [False] * 5])}
     tpu_x, tpu_options = inputs_to_tpu(FunctionInput(x, **options))[0][0], inputs_to_tpu(FunctionInput(**options))[1]
     expected = inference(module, (x, x, x), options)
     actual = inference(copy.deepcopy(module).to(support.DEVICE), (tpu_x, tpu_x, tpu_x), tpu_options)

@@ -216,6 +216,48 @@ def test_batch_norm_export_variants_match_native_batch_norm():
           x, w, b, *stats, grad=False)
 
 
+BATCH_NORM_LAYOUTS = {
+    "contiguous": lambda t: t,
+    "channels_last": lambda t: t.to(memory_format=torch.channels_last),
+    "transposed": lambda t: t.transpose(2, 3),  # CPU's generic loop: other roundings
+}
+
+
+@pytest.mark.parametrize("layout", BATCH_NORM_LAYOUTS)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_batch_norm_normalizes_with_statistics_as_cpu_stores_them(dtype, training, layout):
+    """CPU keeps the saved statistics in the parameters' dtype (bf16 rounds them). Its vectorised kernels
+    (contiguous, channels-last) apply ``x * alpha + beta`` in float; its generic loop computes
+    ``((x - mean) * invstd) * weight + bias`` in the parameters' dtype. instance_norm is the former."""
+    generator = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 5, 4, 6, generator=generator) * 3 + 2).to(dtype)
+    weight, bias = (torch.randn(5, generator=generator) * 3).to(dtype), torch.randn(5, generator=generator).to(dtype)
+    stats = (torch.randn(5, generator=generator).to(dtype), (torch.rand(5, generator=generator) + 0.5).to(dtype))
+    exact = dict(atol=0, rtol=0) if dtype == torch.bfloat16 else {}
+    view = BATCH_NORM_LAYOUTS[layout]
+    check(lambda t, m, v: torch.ops.aten.native_batch_norm(view(t), weight.to(t.device), bias.to(t.device), m, v,
+                                                           training, -0.7, 0.5)[0], x, *stats, grad=False, **exact)
+    check(lambda t: F.instance_norm(view(t), stats[0].to(t.device).clone(), stats[1].to(t.device).clone(),
+                                    weight.to(t.device), bias.to(t.device), momentum=-1.0, eps=0.5),
+          x, grad=False, **exact)
+
+
+@pytest.mark.parametrize("op", ["_batch_norm_with_update", "_batch_norm_no_update"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batch_norm_update_variants_keep_the_input_dtype_and_update_running_stats(op, dtype):
+    x, w, b = torch.randn(4, 3, 5).to(dtype), torch.randn(3).to(dtype), torch.randn(3).to(dtype)
+    stats = (torch.randn(3).to(dtype), (torch.rand(3) + 0.5).to(dtype))
+    cpu_stats, tpu_stats = [s.clone() for s in stats], [s.to("tpu") for s in stats]
+    kernel = getattr(torch.ops.aten, op)
+    expected = kernel(x.transpose(0, 2), w, b, *cpu_stats, 0.1, 1e-5)
+    got = kernel(x.to("tpu").transpose(0, 2), w.to("tpu"), b.to("tpu"), *tpu_stats, 0.1, 1e-5)
+    tolerance = BF16_TOLERANCE if dtype == torch.bfloat16 else {}
+    for g, e in zip([*got, *tpu_stats], [*expected, *cpu_stats]):
+        assert g.dtype == e.dtype
+        assert_close(g.cpu(), e, **tolerance)
+
+
 # ------------------------------------------------------------------ pooling
 
 
@@ -287,6 +329,14 @@ def test_avg_pool1d_3d_and_module():
     check(lambda x: F.avg_pool2d(x, 2, ceil_mode=True), torch.randint(-100, 100, (1, 2, 5, 5)), grad=False)
 
 
+@pytest.mark.parametrize("divisor", [-2, -3, 3])
+def test_integer_avg_pool_truncates_toward_zero_with_any_divisor_sign(divisor):
+    x = torch.randint(-9, 10, (2, 3, 6, 6))
+    check(lambda t: F.avg_pool2d(t, 2, divisor_override=divisor), x, grad=False)
+    check(lambda t: F.avg_pool2d(t, 3, 1, 1, divisor_override=divisor), x.transpose(2, 3), grad=False)
+    check(lambda t: F.avg_pool3d(t, (2, 2, 3), (2, 2, 1), divisor_override=divisor), x[None], grad=False)
+
+
 @pytest.mark.parametrize("in_size,out_size", [((8, 8), (4, 4)), ((7, 10), (3, 4)), ((3, 5), (5, 7)), ((6, 6), (1, 1))])
 def test_adaptive_pool2d(in_size, out_size):
     x = torch.randn(2, 3, *in_size)
@@ -299,6 +349,48 @@ def test_adaptive_pool1d_and_3d():
     check(lambda t: F.adaptive_max_pool1d(t, 4, return_indices=True), torch.randn(2, 3, 11))
     check(lambda t: F.adaptive_avg_pool3d(t, (2, 3, 2)), torch.randn(2, 2, 5, 7, 4))
     check(lambda t: F.adaptive_max_pool3d(t, (2, 3, 2), return_indices=True), torch.randn(2, 2, 5, 7, 4))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_adaptive_avg_pool3d_sums_each_window_in_the_input_dtype_like_cpu(dtype):
+    """CPU's 3-d adaptive average adds a window's elements one by one in the input's dtype (bf16 rounds
+    each addition), then divides by the window's extent along each dim in turn; area interpolation of
+    5-d inputs is the same op."""
+    x = (torch.randn(2, 3, 8, 6, 7, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    exact = dict(atol=0, rtol=0)
+    for out_size in ((5, 4, 3), (4, 3, 7), (1, 2, 1)):  # (1, 1, 1) would be mean(), another kernel
+        check(lambda t: F.adaptive_avg_pool3d(t, out_size), x, grad=False, **exact)
+        check(lambda t: F.adaptive_avg_pool3d(t, out_size), x.to(memory_format=torch.channels_last_3d), grad=False,
+              **exact)
+        check(lambda t: F.adaptive_avg_pool3d(t.transpose(2, 4), out_size), x, grad=False, **exact)
+    check(lambda t: F.interpolate(t, scale_factor=1.7, mode="area"), x[:, :, :4, :4, :4], grad=False, **exact)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("mode,spatial", [("linear", (9,)), ("bilinear", (7, 9)), ("trilinear", (5, 7, 9))])
+def test_linear_interpolation_of_bf16_keeps_cpu_weights(mode, spatial, align_corners):
+    """CPU's 1-d and 3-d linear kernels store lambda in bf16 and take 1 - lambda from that rounded value;
+    its 2-d kernel keeps float32 weights (and sums in its own order: within one bf16 rounding)."""
+    x = (torch.randn(2, 3, *spatial, generator=torch.Generator().manual_seed(0)) * 3).bfloat16()
+    size = tuple(s + s // 2 + 1 for s in spatial)
+    exact = dict(atol=0, rtol=2 ** -7 if mode == "bilinear" else 0)
+    check(lambda t: F.interpolate(t, size=size, mode=mode, align_corners=align_corners), x, grad=False, **exact)
+    check(lambda t: F.interpolate(t.flip(-1), scale_factor=0.6, mode=mode, align_corners=align_corners), x,
+          grad=False, **exact)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.bfloat16, torch.complex64])
+def test_average_pools_refuse_the_dtypes_cpu_has_no_loop_for(dtype):
+    x = torch.ones(2, 3, 4, 4, 4, dtype=dtype)
+    for pool in (lambda t: F.avg_pool2d(t[0], 2), lambda t: F.avg_pool3d(t, 2),
+                 lambda t: F.adaptive_avg_pool2d(t[0], 3), lambda t: F.adaptive_avg_pool3d(t, 3)):
+        try:
+            expected = pool(x)
+        except NotImplementedError as error:
+            with pytest.raises(NotImplementedError, match=str(error)):
+                pool(x.to("tpu"))
+            continue
+        assert_close(pool(x.to("tpu")).cpu(), expected)
 
 
 def test_adaptive_max_pool_nan():
@@ -354,6 +446,15 @@ def test_dropout_bf16_backward_rounds_scale_like_cpu():
                  atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.float64])
+def test_dropout_backward_promotes_integer_and_bool_gradients_like_cpu(dtype):
+    grad, mask = (torch.randn(6, 5) * 5).to(dtype), torch.rand(6, 5) > 0.3
+    expected = torch.ops.aten.native_dropout_backward(grad.t(), mask.t(), 1 / 0.7)
+    got = torch.ops.aten.native_dropout_backward(grad.to("tpu").t(), mask.to("tpu").t(), 1 / 0.7)
+    assert got.dtype == expected.dtype
+    assert_close(got.cpu(), expected, atol=0, rtol=0)
+
+
 # ------------------------------------------------------------------ losses
 
 
@@ -369,6 +470,26 @@ def test_nll_loss(reduction, weighted):
     check(lambda x: F.nll_loss(x, spatial_target.to(x.device), on(x), ignore_index=1, reduction=reduction),
           torch.randn(2, 5, 3, 4))
     check(lambda x: F.nll_loss(x, torch.tensor(3).to(x.device), reduction=reduction), torch.randn(5))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_nll_loss_reduction_follows_cpu_cascade_sum_in_the_input_dtype(dtype, reduction):
+    """CPU sums the losses and weights in the input's dtype through a cascade of partial sums, so bf16
+    rounds at every addition; the tpu must give the same bits."""
+    exact = dict(atol=0, rtol=0)
+    generator = torch.Generator().manual_seed(0)
+    for samples in (8, 300, 5000):
+        x = (torch.randn(samples, 7, generator=generator) * 4).to(dtype)
+        target = torch.randint(0, 7, (samples,), generator=generator)
+        weight = (torch.rand(7, generator=generator) * 9 - 3).to(dtype)
+        for w in (None, weight):
+            check(lambda t, *rest: F.nll_loss(t, target.to(t.device), *rest, ignore_index=2, reduction=reduction),
+                  x, *([] if w is None else [w]), grad=False, **exact)
+    spatial = (torch.randn(2, 5, 9, 3, generator=generator) * 4).to(dtype).permute(0, 3, 2, 1)
+    spatial_target = torch.randint(0, 3, (2, 9, 5), generator=generator)
+    check(lambda t, w: F.nll_loss(t, spatial_target.to(t.device), w, ignore_index=1, reduction=reduction),
+          spatial, weight[:3], grad=False, **exact)
 
 
 def test_nll_loss_all_ignored_mean_is_nan_like_cpu():
@@ -462,6 +583,22 @@ def test_binary_cross_entropy_with_logits(reduction):
     weight, pos_weight = torch.rand(5), torch.rand(5) * 3
     check(lambda x, t: F.binary_cross_entropy_with_logits(
         x, t, weight.to(x.device), pos_weight=pos_weight.to(x.device), reduction=reduction), logits, target)
+
+
+def test_binary_cross_entropy_with_logits_bf16_rounds_each_step_like_cpu():
+    """CPU builds the loss from bf16 ops (log_sigmoid, (1 - t) * x, the difference, the weighting), each
+    rounding to bf16."""
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(5, 6, generator=generator) * 6).bfloat16().t()
+    target = torch.rand(6, 5, generator=generator).bfloat16()
+    weight = (torch.randn(5, generator=generator) * 5).bfloat16()
+    exact = dict(atol=0, rtol=0)
+    check(lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction="none"), logits, target, grad=False,
+          **exact)
+    check(lambda x, t, w: F.binary_cross_entropy_with_logits(x, t, w, pos_weight=w.abs(), reduction="none"),
+          logits, target, weight, grad=False, **exact)
+    check(lambda x, t: F.binary_cross_entropy_with_logits(x, t, weight.to(x.device)), logits, target,
+          **BF16_TOLERANCE)
 
 
 @pytest.mark.parametrize("reduction", ["batchmean", "sum", "none"])

@@ -1,4 +1,4 @@
-"""Fused optimizer steps (Adam/AdamW/SGD with fused=True) on tpu, differential against torch CPU."""
+"""Fused optimizer steps (Adam/AdamW/SGD/Adagrad with fused=True) on tpu, differential against torch CPU."""
 
 import pytest
 import torch
@@ -33,6 +33,9 @@ CASES = [
     (torch.optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01)),
     (torch.optim.SGD, dict(lr=0.1, momentum=0.9, dampening=0.1, maximize=True)),
     (torch.optim.SGD, dict(lr=torch.tensor(0.1), momentum=0.5)),
+    (torch.optim.Adagrad, dict(lr=0.1)),
+    (torch.optim.Adagrad, dict(lr=0.1, lr_decay=0.01, weight_decay=0.1, maximize=True)),
+    (torch.optim.Adagrad, dict(lr=torch.tensor(0.05), initial_accumulator_value=0.5)),
 ]
 
 
@@ -50,7 +53,7 @@ def test_fused_steps_match_cpu_fused_and_unfused(case, dtype):
     torch.testing.assert_close(actual, run(optimizer_class, "cpu", dtype, fused=False, **options))
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] is not torch.optim.SGD], ids=_case_id)
+@pytest.mark.parametrize("case", [c for c in CASES if c[0] in (torch.optim.Adam, torch.optim.AdamW)], ids=_case_id)
 def test_fused_adam_bfloat16_is_bitwise_cpu_fused(case):
     """float32 opmath, each state rounded once on store: exactly CPU's fused kernel."""
     optimizer_class, options = case
@@ -64,6 +67,15 @@ def test_fused_sgd_bfloat16_matches_unfused(options):
     reference is the unfused step, which the fused formulas equal up to one bf16 rounding."""
     actual = run(torch.optim.SGD, "tpu", torch.bfloat16, **options)
     torch.testing.assert_close(actual, run(torch.optim.SGD, "cpu", torch.bfloat16, fused=False, **options),
+                               atol=1e-2, rtol=1.6e-2)
+
+
+@pytest.mark.parametrize("options", [c[1] for c in CASES if c[0] is torch.optim.Adagrad], ids=str)
+def test_fused_adagrad_bfloat16_matches_cpu_to_a_rounding(options):
+    """CPU's vectorised bf16 Adagrad rounds lr, eps and weight_decay to bf16 while its scalar tail keeps
+    them in float32; the tpu keeps float32 throughout, so the two agree to one bf16 rounding."""
+    actual = run(torch.optim.Adagrad, "tpu", torch.bfloat16, **options)
+    torch.testing.assert_close(actual, run(torch.optim.Adagrad, "cpu", torch.bfloat16, **options),
                                atol=1e-2, rtol=1.6e-2)
 
 

@@ -185,6 +185,41 @@ def test_div_rounding_modes(mode, dtype):
     check(torch.div, a, -2.5, rounding_mode=mode)
 
 
+@pytest.mark.parametrize("mode", ["trunc", "floor"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reduced_float_rounding_division_rounds_each_step_like_cpu(mode, dtype):
+    """Against a tensor divisor CPU rounds the quotient to the format before truncating or flooring it;
+    a lone divisor (number, 0-d or one-element tensor) keeps the whole division in float32."""
+    a = sample((40, 50), dtype, -20, 20, seed=4, specials=False)
+    b = sample((40, 50), dtype, -2, 2, seed=5, specials=False)
+    exact = dict(atol=0, rtol=0)
+    check(torch.div, a, b, rounding_mode=mode, **exact)
+    check(torch.div, a.t(), b.t(), rounding_mode=mode, **exact)
+    check(torch.div, a, b[:1, :1], rounding_mode=mode, **exact)
+    check(torch.div, a, b[0, 0], rounding_mode=mode, **exact)
+    check(torch.div, a, -0.0559, rounding_mode=mode, **exact)
+    expected = torch.div(a, b[:1, :1].expand(40, 50), rounding_mode=mode)
+    compare(torch.div(a.to("tpu"), b[:1, :1].to("tpu").expand(40, 50), rounding_mode=mode), expected, **exact)
+    if mode == "floor":  # floor_divide and // are the same CPU kernel
+        check(torch.floor_divide, a, b, **exact)
+        check(lambda x, y: x.clone().floor_divide_(y), a.t(), b.t(), **exact)
+
+
+def test_true_division_with_a_rounding_mode_argument_accepts_bool():
+    x = torch.tensor([True, False, True])
+    check(torch.div, x, x, rounding_mode=None)
+    check(torch.div, x, x, rounding_mode="trunc")
+    check(torch.div, x, x, rounding_mode="floor")
+
+
+def test_threshold_takes_every_real_dtype_but_bool():
+    for dtype in (torch.int64, torch.int32, torch.uint8, torch.bfloat16, torch.bool):
+        x = sample((5, 6), dtype, -9, 9, seed=3)
+        check(F.threshold, x, 2, -5)
+        check(F.threshold, x.t(), 0, 7)
+        check(torch.ops.aten.threshold_backward, x, x.t().t(), 1)
+
+
 @pytest.mark.parametrize("name", ["div", "remainder", "fmod", "floor_divide"])
 def test_integer_division_by_zero_raises_like_cpu(name):
     a, b = torch.tensor([4, -3, 7]), torch.tensor([2, 0, 1])
@@ -539,3 +574,28 @@ def test_integer_division_by_zero_of_nothing_is_no_error():
                    lambda a: torch.remainder(a, 0), lambda a: torch.fmod(a, 0)):
         check(divide, empty)
         check(divide, torch.arange(3))  # something to divide: both raise
+
+
+@pytest.mark.parametrize("scalar_device", ["cpu", "tpu"])
+def test_complex32_results_compute_in_complex64(scalar_device):
+    """float16 with a complex 0-d tensor or number promotes to complex32 (float16 pairs, which NumPy cannot
+    compute with). PyTorch computes complex32 in complex64 and rounds once; where() once took the pairs apart."""
+    half = torch.tensor([3.0, -2.0, 0.5], dtype=torch.float16)
+    scalar = torch.tensor(1 - 2j)
+    mask = torch.tensor([True, False, True])
+    cases = [lambda h, s: h + s, lambda h, s: h * s, lambda h, s: h - 1j, lambda h, s: h == s,
+             lambda h, s: torch.where(mask.to(h.device), h, s)]
+    for case in cases:
+        expected = case(half, scalar)
+        actual = case(half.to("tpu"), scalar.to(scalar_device))
+        assert actual.device.type == "tpu" and actual.dtype == expected.dtype
+        assert_close(actual.cpu().to(torch.complex64), expected.to(torch.complex64))
+
+
+def test_nan_to_num_of_complex_replaces_each_part():
+    """Each part gets the limits of the real dtype; NumPy was handed None for them."""
+    z = torch.tensor([complex(float("nan"), float("inf")), complex(-float("inf"), 2), 1 - 1j])
+    for options in ({}, {"nan": 1.0, "posinf": 5.0}):
+        for dtype in (torch.complex64, torch.complex128):
+            check(lambda t: torch.nan_to_num(t, **options), z.to(dtype))
+            check(lambda t: torch.nan_to_num(t.conj(), **options), z.to(dtype))

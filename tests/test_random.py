@@ -326,6 +326,12 @@ ERROR_CASES = {
     "multinomial_negative": lambda d: torch.multinomial(torch.tensor([1.0, -1.0], device=d), 1),
     "multinomial_nan": lambda d: torch.multinomial(torch.tensor([1.0, float("nan")], device=d), 1, True),
     "multinomial_zero_row": lambda d: torch.multinomial(torch.tensor([[0.0, 0.0], [1.0, 1.0]], device=d), 1),
+    "standard_gamma_half": lambda d: torch._standard_gamma(torch.ones(3, device=d, dtype=torch.float16)),
+    "dirichlet_bfloat16": lambda d: torch._sample_dirichlet(torch.ones(3, device=d, dtype=torch.bfloat16)),
+    "poisson_negative_rate": lambda d: torch.poisson(torch.tensor([1.0, -1.0], device=d)),
+    "poisson_int": lambda d: torch.poisson(torch.ones(3, device=d, dtype=torch.int64)),
+    "binomial_int_count": lambda d: torch.binomial(torch.ones(3, device=d, dtype=torch.int64), torch.ones(3, device=d)),
+    "gamma_grad_half": lambda d: torch._standard_gamma_grad(*[torch.ones(3, device=d, dtype=torch.float16)] * 2),
 }
 
 
@@ -388,3 +394,90 @@ def test_rrelu_trains_and_backpropagates_through_the_noise():
     torch.testing.assert_close(x.grad, slopes)
     with pytest.raises(RuntimeError):
         torch.ops.aten.rrelu_with_noise(x.detach(), torch.empty(3, device="tpu"), 0.1, 0.3, True)
+
+
+# --- the samplers behind torch.distributions ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("alpha", [0.5, 2.0, 7.5])
+def test_standard_gamma_moments(dtype, alpha):
+    sample = torch._standard_gamma(torch.full((N,), alpha, dtype=dtype, device="tpu"))
+    assert sample.dtype == dtype and bool((sample > 0).all())
+    check_moments(sample, alpha, math.sqrt(alpha))
+
+
+def test_standard_gamma_never_returns_zero():
+    """Tiny concentrations underflow; CPU stores the smallest normal float instead, so log_prob stays finite."""
+    sample = torch._standard_gamma(torch.full((1000,), 1e-3, device="tpu"))
+    assert bool((sample >= torch.finfo(torch.float32).tiny).all())
+    assert torch.isfinite(torch.distributions.Gamma(1e-3, 1.0).log_prob(sample)).all()
+
+
+def assert_close_to(actual, expected, rtol):
+    assert torch.allclose(actual.cpu(), expected, rtol=rtol, atol=0), (actual, expected)
+
+
+def test_dirichlet_rows_lie_on_the_simplex_with_the_right_means():
+    concentration = torch.tensor([1.0, 2.0, 5.0])
+    sample = torch._sample_dirichlet(concentration.expand(N, 3).contiguous().to("tpu")).cpu().double()
+    assert bool(((sample > 0) & (sample < 1)).all())
+    assert_close_to(sample.sum(-1), torch.ones(N, dtype=torch.float64), 1e-6)
+    for i, mean in enumerate((concentration / concentration.sum()).tolist()):
+        check_moments(sample[:, i], mean, math.sqrt(mean * (1 - mean) / 9))
+
+
+@pytest.mark.parametrize("rate", [0.0, 3.0, 80.0])
+def test_poisson_moments(rate):
+    sample = torch.poisson(torch.full((N,), rate, device="tpu"))
+    assert bool((sample == sample.round()).all())
+    if rate:
+        check_moments(sample, rate, math.sqrt(rate))
+
+
+def test_binomial_moments_and_broadcast_probability():
+    count = torch.tensor([0.0, 10.0, 50.0]).expand(N, 3).contiguous().to("tpu")
+    sample = torch.binomial(count, torch.tensor([0.5, 0.3, 0.9], device="tpu")).cpu()
+    assert bool((sample[:, 0] == 0).all())
+    check_moments(sample[:, 1], 3.0, math.sqrt(10 * 0.3 * 0.7))
+    check_moments(sample[:, 2], 45.0, math.sqrt(50 * 0.9 * 0.1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rsample_gradients_match_cpu(dtype):
+    """dx/dconcentration of gamma and Dirichlet samples (implicit reparameterisation). CPU evaluates them
+    with approximations good to about 4e-4; the tpu's are exact to float64 rounding, hence rtol 1e-3."""
+    alpha = torch.tensor([0.05, 0.3, 1.0, 2.5, 7.0, 30.0, 200.0], dtype=dtype)
+    x = torch.tensor([1e-20, 0.1, 0.8, 3.0, 5.0, 33.0, 190.0], dtype=dtype)
+    tpu = torch._standard_gamma_grad(alpha.to("tpu"), x.to("tpu"))
+    assert_close_to(tpu, torch._standard_gamma_grad(alpha, x), 1e-3)
+    concentration = torch.tensor([[0.3, 1.0, 2.5], [7.0, 0.05, 30.0]], dtype=dtype)
+    point = torch.tensor([[0.2, 0.5, 0.3], [0.2, 1e-6, 0.8 - 1e-6]], dtype=dtype)
+    total = concentration.sum(-1, True).expand_as(concentration)
+    tpu = torch._dirichlet_grad(point.to("tpu"), concentration.to("tpu"), total.to("tpu"))
+    assert_close_to(tpu, torch._dirichlet_grad(point, concentration, total), 1e-3)
+
+
+@pytest.mark.parametrize("make", [
+    lambda c: torch.distributions.Gamma(c, 2.0), lambda c: torch.distributions.Beta(c, c + 1),
+    lambda c: torch.distributions.Dirichlet(c), lambda c: torch.distributions.StudentT(c),
+    lambda c: torch.distributions.Chi2(c),
+], ids=["Gamma", "Beta", "Dirichlet", "StudentT", "Chi2"])
+def test_reparameterised_distributions_train(make):
+    concentration = torch.tensor([0.5, 2.0, 4.0], device="tpu", requires_grad=True)
+    distribution = make(concentration)
+    sample = distribution.rsample((64,))
+    log_prob = distribution.log_prob(sample)
+    (sample.sum() + log_prob.sum()).backward()
+    assert sample.device.type == "tpu" and torch.isfinite(log_prob).all()
+    assert torch.isfinite(concentration.grad).all() and bool((concentration.grad != 0).any())
+
+
+@pytest.mark.parametrize("make", [
+    lambda r: torch.distributions.Poisson(r), lambda r: torch.distributions.Binomial(10, probs=r / 5),
+    lambda r: torch.distributions.NegativeBinomial(5, probs=r / 5),
+], ids=["Poisson", "Binomial", "NegativeBinomial"])
+def test_discrete_distributions_sample(make):
+    distribution = make(torch.tensor([0.5, 2.0, 4.0], device="tpu"))
+    sample = distribution.sample((64,))
+    assert sample.device.type == "tpu" and torch.isfinite(distribution.log_prob(sample)).all()

@@ -281,6 +281,13 @@ def test_mode():
     assert_matches_cpu(lambda t: t.mode(1), x.bool())
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bfloat16, torch.bool])
+def test_mode_of_long_rows_reports_the_index_cpu_std_sort_leaves_last(dtype):
+    x = torch.randint(0, 5, (6, 3000), generator=torch.Generator().manual_seed(0)).to(dtype)
+    assert_matches_cpu(lambda t: t.mode(1), x, rtol=0, atol=0)
+    assert_matches_cpu(lambda t: t.mode(0), x.t(), rtol=0, atol=0)
+
+
 def test_unsupported_dtypes_raise_like_cpu():
     complex_x = torch.randn(3, 2, dtype=torch.complex64)
     for fn in [torch.median, lambda t: t.mode(0), lambda t: t.cummax(0), lambda t: t.amax(0),
@@ -325,6 +332,20 @@ def test_scans_with_nan_and_inf(name):
                       [2.0, 2.0, 1.0, 2.0, 3.0]])
     assert_matches_cpu(lambda t: scan(t, 1), x)
     assert_matches_cpu(lambda t: scan(t, 1), x.bfloat16())
+
+
+def test_logcumsumexp_of_large_values_rounds_once_like_cpu():
+    """CPU keeps the running value in double: at 1e4 a float32 running value is off by several ulps,
+    which its gradient (exp of a difference of such values) turns into a 1e-3 relative error."""
+    x = (torch.randn(9, 5, 4, generator=torch.Generator().manual_seed(1)) * 3 + 1e4).requires_grad_()
+    gradient = torch.randn(9, 4, 5)
+    cpu_out = x.transpose(1, 2).logcumsumexp(0)
+    (cpu_grad,) = torch.autograd.grad(cpu_out, x, gradient)
+    tpu_x = x.detach().to("tpu").requires_grad_()
+    tpu_out = tpu_x.transpose(1, 2).logcumsumexp(0)
+    (tpu_grad,) = torch.autograd.grad(tpu_out, tpu_x, gradient.to("tpu"))
+    torch.testing.assert_close(tpu_out.cpu(), cpu_out.detach(), atol=0, rtol=0)
+    torch.testing.assert_close(tpu_grad.cpu(), cpu_grad, atol=1e-4, rtol=1e-4)
 
 
 def test_cumulative_extremes_take_latest_tie():

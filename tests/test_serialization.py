@@ -2,6 +2,7 @@
 
 import copy
 import io
+import pickle
 
 import pytest
 import torch
@@ -88,3 +89,33 @@ def test_save_load_frees_nothing_it_should_keep(memory_baseline):
     loaded = _round_trip(x)
     assert memory_baseline.delta() == 800
     del x, loaded
+
+
+# pickle (multiprocessing, caches, pickle.dumps(state_dict)) and torch.save's legacy format write each
+# storage's bytes through C++, which reads them from a data pointer a Python backend does not have.
+@pytest.mark.parametrize("dump", [
+    lambda obj: pickle.loads(pickle.dumps(obj)),
+    lambda obj: _round_trip_legacy(obj),
+], ids=["pickle", "legacy_torch_save"])
+def test_pickle_and_legacy_format_round_trip(dump):
+    base = torch.linspace(-1, 1, 6).to(torch.bfloat16).to("tpu").view(2, 3)
+    model = torch.nn.Linear(3, 2).to("tpu")
+    loaded_base, loaded_view, loaded_model = dump([base, base.t(), model])
+    assert loaded_base.device.type == "tpu" and loaded_base.dtype == torch.bfloat16
+    assert torch.equal(loaded_base.cpu(), base.cpu()) and torch.equal(loaded_view.cpu(), base.t().cpu())
+    assert loaded_model.weight.device.type == "tpu"
+    assert torch.equal(loaded_model.weight.cpu(), model.weight.cpu())
+
+
+def _round_trip_legacy(obj):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer, _use_new_zipfile_serialization=False)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def test_legacy_format_from_a_real_file_to_either_device(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save({"w": torch.arange(4.0).to("tpu")}, path, _use_new_zipfile_serialization=False)
+    assert torch.load(path)["w"].device.type == "tpu"
+    assert torch.equal(torch.load(path, map_location="cpu")["w"], torch.arange(4.0))

@@ -188,6 +188,43 @@ def test_topk(largest):
     check(lambda x: x.topk(2, largest=largest), torch.tensor([1, 5, 3, 2], dtype=torch.int64))
 
 
+def tied(*shape, values, dtype, seed=0):
+    """Keys from only ``values`` distinct values: long rows full of ties."""
+    return torch.randint(0, values, shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64, torch.bool])
+@pytest.mark.parametrize("descending", [False, True])
+def test_unstable_sort_leaves_ties_where_cpu_introsort_does(dtype, descending):
+    """CPU's stable=False sort is libstdc++'s std::sort: equal keys come out in its introsort's order."""
+    for x in (tied(3, 900, values=4, dtype=dtype), tied(2000, values=50, dtype=dtype, seed=1),
+              tied(40, 30, values=3, dtype=dtype, seed=2).t(), tied(5, 17, values=2, dtype=dtype, seed=3)):
+        check(lambda t: t.sort(descending=descending), x)
+        check(lambda t: t.argsort(dim=0, descending=descending), x.reshape(x.shape[-1], -1))
+    with_nans = tied(300, values=5, dtype=torch.float32)
+    with_nans[::7] = float("nan")
+    check(lambda t: t.sort(descending=descending), with_nans.to(dtype) if dtype.is_floating_point else with_nans)
+
+
+def test_unstable_sort_cases_cpu_sorts_stably_or_not_at_all():
+    check(lambda t: t.sort(), tied(40000, values=3, dtype=torch.int64))  # fbgemm's radix sort: stable
+    check(lambda t: t.sort(descending=True), tied(40000, values=3, dtype=torch.int64))
+    one = tied(1, values=3, dtype=torch.float32)  # expanded to stride 0: CPU sorts nothing
+    assert torch.equal(one.to("tpu").expand(300).sort().indices.cpu(), one.expand(300).sort().indices)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64])
+@pytest.mark.parametrize("largest", [True, False])
+def test_topk_with_ties_matches_cpu_selection(dtype, largest):
+    """CPU's topk: std::partial_sort when k * 64 <= n, else std::nth_element then std::sort."""
+    x = tied(4, 700, values=6, dtype=dtype)
+    for k in (1, 5, 10, 11, 300, 700):
+        check(lambda t: t.topk(k, largest=largest), x)
+        check(lambda t: t.topk(k, dim=0, largest=largest), x.t())
+        check(lambda t: t.topk(k, largest=largest, sorted=False), x)
+    check(lambda t: t.topk(3, dim=1, largest=largest), tied(5, 10, 5, values=3, dtype=dtype).transpose(0, 2))
+
+
 # --- unique ------------------------------------------------------------------------------------
 
 

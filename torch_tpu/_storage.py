@@ -80,6 +80,25 @@ def _tolist(self):
     return _storage_bytes_tensor(self).tolist()
 
 
+@_patch("_write_file")
+def _write_file(self, *args):
+    """pickle and legacy ``torch.save`` write a storage's bytes from host memory: write a CPU copy.
+
+    C++ reads the bytes through the storage's data pointer, which is null for a Python backend.
+    """
+    return self.cpu()._write_file(*args)
+
+
+@_patch("_set_from_file")
+def _set_from_file(self, *args):
+    """Unpickling and legacy ``torch.load`` read the bytes on the host, then copy them to HBM.
+
+    C++ would wrap the storage's null data pointer in a fresh tpu storage that has no HBM buffer.
+    """
+    host = _Storage(self.nbytes())._set_from_file(*args)
+    return self.copy_(host)
+
+
 @_patch("data_ptr")
 def _data_ptr(self):
     """The host address of the emulated HBM bytes: unique per live allocation."""

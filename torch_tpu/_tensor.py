@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from . import _C
+from ._errors import device_mismatch
 
 BUFFER_ATTRIBUTE = "_tpu_hbm_buffer"
 
@@ -111,13 +112,18 @@ def empty_like_shape(tensor, shape=None, dtype=None):
     return empty(tensor.shape if shape is None else shape, tensor.dtype if dtype is None else dtype)
 
 
+def _without_buffer(storage):
+    """Why a storage handed to a tpu kernel has no HBM bytes: usually a CPU tensor as ``self`` or ``out=``."""
+    if storage.device.type != "tpu":
+        return device_mismatch("tpu:0", storage.device)
+    return RuntimeError("this tpu storage has no HBM buffer; it was not created by torch_tpu")
+
+
 def hbm_buffer(storage):
     try:
         return getattr(storage, BUFFER_ATTRIBUTE)
     except AttributeError:
-        raise RuntimeError(
-            "this tpu storage has no HBM buffer; it was not created by torch_tpu"
-        ) from None
+        raise _without_buffer(storage) from None
 
 
 def replace_buffer(storage, nbytes):
@@ -135,7 +141,10 @@ def as_numpy(tensor):
     dtype = NUMPY_DTYPE[tensor.dtype]
     if not tensor.numel():
         return np.empty(tensor.shape, dtype)
-    buffer = getattr(tensor.untyped_storage(), BUFFER_ATTRIBUTE).array
+    try:
+        buffer = getattr(tensor.untyped_storage(), BUFFER_ATTRIBUTE).array
+    except AttributeError:
+        raise _without_buffer(tensor.untyped_storage()) from None
     offset = tensor.storage_offset() * dtype.itemsize
     if tensor.is_contiguous():
         return np.ndarray(tensor.shape, dtype, buffer, offset)

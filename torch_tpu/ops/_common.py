@@ -16,7 +16,12 @@ _OPMATH = {
     torch.float16: np.dtype(np.float32),
     torch.float8_e4m3fn: np.dtype(np.float32),
     torch.float8_e5m2: np.dtype(np.float32),
+    torch.complex32: np.dtype(np.complex64),
 }
+
+
+# How a CPU 0-d tensor of a format NumPy cannot compute with is read as a scalar operand.
+_SCALAR_DTYPE = {torch.complex32: np.dtype(np.complex64)}
 
 
 def opmath_dtype(dtype):
@@ -32,13 +37,15 @@ def operand(value, op_name=None):
     if isinstance(value, torch.Tensor):
         if value.device.type == "tpu":
             array = as_numpy(value)
+            if value.dtype is torch.complex32:  # stored as float16 pairs, which NumPy cannot compute with
+                array = _C.dtypes.complex32_as_complex64(array)
             if value.is_conj():
                 array = np.conj(array)
             if value.is_neg():
                 array = np.negative(array)
             return array
         if value.dim() == 0:
-            return np.asarray(value.item(), dtype=_tensor.numpy_dtype(value.dtype))
+            return np.asarray(value.item(), dtype=_SCALAR_DTYPE.get(value.dtype) or _tensor.numpy_dtype(value.dtype))
         raise device_mismatch("tpu:0", value.device, op_name)
     return value
 
@@ -47,7 +54,7 @@ def opmath_operand(value, op_name=None):
     """Like ``operand``, upcast to the dtype PyTorch would compute in."""
     array = operand(value, op_name)
     if isinstance(value, torch.Tensor) and value.dtype in _OPMATH:
-        return array.astype(np.float32)
+        return array.astype(_OPMATH[value.dtype])
     return array
 
 

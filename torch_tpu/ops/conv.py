@@ -22,12 +22,16 @@ from ._registry import register
 from .linalg import fail_like_cpu, mxu_matmul
 
 
-def _windows(x, kernel, stride, padding, dilation):
-    """A strided view (N, C, *k, *out_spatial) of the window each output position sees."""
+def _windows(x, kernel, stride, padding, dilation, out_spatial=None):
+    """A strided view (N, C, *k, *out_spatial) of the window each output position sees.
+
+    ``out_spatial`` keeps only the leading output positions: a transposed convolution's
+    ``output_padding`` adds input rows that no position of its adjoint reaches.
+    """
     batch, channels, *spatial = x.shape
     if any(padding):
         x = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
-    out_spatial = tuple(
+    out_spatial = out_spatial or tuple(
         (size + 2 * p - d * (k - 1) - 1) // s + 1
         for size, p, d, k, s in zip(spatial, padding, dilation, kernel, stride)
     )
@@ -47,17 +51,20 @@ def _grouped_weight(weight, groups):
     return weight.reshape(groups, weight.shape[0] // groups, -1)
 
 
-def _convolve(x, weight, stride, padding, dilation, groups):
+def _convolve(x, weight, stride, padding, dilation, groups, out_spatial=None):
     """Cross-correlation, the accumulator array (N, C_out, *out_spatial)."""
-    windows = _windows(x, weight.shape[2:], stride, padding, dilation)
+    windows = _windows(x, weight.shape[2:], stride, padding, dilation, out_spatial)
     out_spatial = windows.shape[2 + len(weight.shape[2:]):]
     columns = windows.reshape(x.shape[0], groups, -1, math.prod(out_spatial))  # the im2col copy
     product = mxu_matmul(_grouped_weight(weight, groups), columns)  # (N, G, C_out/G, P)
     return product.reshape(x.shape[0], weight.shape[0], *out_spatial)
 
 
-def _convolve_transposed(x, weight, stride, padding, dilation, output_padding, groups):
-    """The adjoint of ``_convolve``; ``weight`` is (C_in, C_out/G, *k) as PyTorch lays it out."""
+def _convolve_transposed(x, weight, stride, padding, dilation, output_padding, groups, held_in=None):
+    """The adjoint of ``_convolve``; ``weight`` is (C_in, C_out/G, *k) as PyTorch lays it out.
+
+    ``held_in``: the dtype the spread columns are stored, and added back, in (the accumulator's if None).
+    """
     batch, channels, *spatial = x.shape
     kernel = weight.shape[2:]
     out_channels = weight.shape[1] * groups
@@ -66,6 +73,8 @@ def _convolve_transposed(x, weight, stride, padding, dilation, output_padding, g
         np.swapaxes(weight.reshape(groups, channels // groups, -1), 1, 2),
         x.reshape(batch, groups, channels // groups, -1),
     ).reshape(batch, out_channels, *kernel, *spatial)
+    if held_in is not None:
+        spread = spread.astype(held_in)
     full = tuple(
         (size - 1) * s + d * (k - 1) + 1 + op
         for size, s, d, k, op in zip(spatial, stride, dilation, kernel, output_padding)
@@ -98,7 +107,12 @@ def convolution(input, weight, bias, stride, padding, dilation, transposed, outp
                       output_padding, groups)
     x, w = operand(input, "convolution"), operand(weight, "convolution")
     if transposed:
-        accumulator = _convolve_transposed(x, w, stride, padding, dilation, output_padding, groups)
+        # CPU leaves a transposed convolution whose output padding is not below its stride to its im2col
+        # kernel, which stores the columns and adds them back in the tensor's own dtype (bf16 rounds each
+        # addition); the rest goes to oneDNN, which accumulates in float32 like the MXU
+        im2col = any(p >= s for p, s in zip(output_padding, stride))
+        accumulator = _convolve_transposed(x, w, stride, padding, dilation, output_padding, groups,
+                                           x.dtype if im2col else None)
     else:
         accumulator = _convolve(x, w, stride, padding, dilation, groups)
     accumulator = _with_bias(accumulator, bias)
@@ -111,7 +125,7 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
     (G, T/G, N*P) @ (G, S/G * K, N*P)^T -> (T, S/G, *k): one MXU accumulation over batch and
     positions. Both operands are laid out with N*P innermost so the matmul reads them as is.
     """
-    windows = _windows(source, kernel, stride, padding, dilation)
+    windows = _windows(source, kernel, stride, padding, dilation, target.shape[2:])
     columns = np.moveaxis(windows, 0, 1 + len(kernel)).reshape(groups, -1, target[0, 0].size * target.shape[0])
     target_channels = target.shape[1]
     rows = np.moveaxis(target.reshape(target.shape[0], groups, target_channels // groups, -1), 0, 2)
@@ -121,7 +135,7 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
 
 def _input_gradient(grad, w, input_shape, stride, padding, dilation, transposed, groups):
     if transposed:
-        return _convolve(grad, w, stride, padding, dilation, groups)
+        return _convolve(grad, w, stride, padding, dilation, groups, input_shape[2:])
     produced = (
         (g - 1) * s - 2 * p + d * (k - 1) + 1
         for g, s, p, d, k in zip(grad.shape[2:], stride, padding, dilation, w.shape[2:])

@@ -120,6 +120,12 @@ def copy_from_and_resize(self, dst):
     return copy_from(self, dst)
 
 
+@register("record_stream")
+def record_stream(self, stream):
+    """CUDA-style code marks a tensor used on a side stream (prefetch, FSDP) so that its memory is not
+    reused too early. tpu streams finish each kernel as it is launched: nothing can still be reading."""
+
+
 # The conj/neg math fallbacks would resolve a conjugated source with clone(), which copies
 # through _copy_from again: endless recursion. Our kernels read those bits themselves.
 _BIT_AWARE = torch.library.Library("aten", "IMPL")

@@ -30,6 +30,16 @@ def empty_strided(size, stride, *, dtype=None, layout=None, device=None, pin_mem
     return _tensor.empty(size, dtype or torch.get_default_dtype(), tuple(stride))
 
 
+@register("_efficientzerotensor")
+def efficient_zero_tensor(size, *, dtype=None, layout=None, device=None, pin_memory=None):
+    """The zeros autograd and torch.func use for absent gradients and tangents (jacfwd, hessian).
+
+    CPU and CUDA return a byteless ZeroTensor, a dispatch key Python cannot set; materialised
+    zeros hold the same values and every op accepts them.
+    """
+    return zero_(empty(size, dtype=dtype, device=device))
+
+
 # c10's names for the C++ types a Scalar converts to; its overflow error names them.
 _CPP_TYPE_NAME = {
     torch.float32: "float", torch.float64: "double", torch.float16: "c10::Half",
@@ -304,3 +314,16 @@ def eye_out(n, *, out):
 @register("_local_scalar_dense")
 def local_scalar_dense(self):
     return _tensor.as_numpy(self).reshape(()).item()
+
+
+# torch._assert_async: a device-side assert on CUDA. The chip answers at once, as CPU does.
+@register("_assert_async")
+def assert_async(self):
+    if not torch.is_nonzero(self):  # also CPU's error for more or fewer than one element
+        raise RuntimeError("Expected Tensor with single nonzero value, but got zero")
+
+
+@register("_assert_async.msg")
+def assert_async_msg(self, assert_msg):
+    if not torch.is_nonzero(self):
+        raise RuntimeError(assert_msg)

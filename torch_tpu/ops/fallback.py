@@ -7,6 +7,9 @@ In order it tries:
 3. the CPU, only if the user opted in with ``TORCH_TPU_CPU_FALLBACK=1``
    (warned once per op, counted in ``torch_tpu.fallback_counts()``);
 4. otherwise a NotImplementedError naming the op.
+
+Ops of a feature torch_tpu does not have (strided nested tensors, which also get their own
+fallback on the NestedTensorPrivateUse1 key) skip the CPU and say what to use instead.
 """
 
 import collections
@@ -107,7 +110,39 @@ def run_on_cpu(op, args, kwargs):
     return tree_map(lambda v: written[id(v)] if id(v) in written else _to_tpu(v), result)
 
 
+STRIDED_NESTED = (
+    "strided nested tensors (torch.nested with layout=torch.strided) are not supported on tpu; use "
+    "layout=torch.jagged. nn.TransformerEncoder builds one in eval mode when given a src_key_padding_mask: "
+    "construct it with enable_nested_tensor=False, which gives the same values at every unpadded position."
+)
+SPARSE_LAYOUTS = (
+    "sparse layouts (torch.sparse_coo, sparse_csr, sparse_csc, sparse_bsr, sparse_bsc) are not supported on "
+    "tpu; keep sparse tensors on the CPU, or make them dense (to_dense()) before moving them to tpu."
+)
+# Whole features torch_tpu does not have, by their ops' name prefixes. The CPU fallback cannot help with
+# these (its results would have to come back to tpu), so the error says what to do instead.
+UNSUPPORTED_FEATURES = {
+    "aten::_nested_tensor_": STRIDED_NESTED,
+    "aten::_nested_from_padded": STRIDED_NESTED,
+    "aten::_nested_view_from_buffer": STRIDED_NESTED,
+    "aten::_to_sparse": SPARSE_LAYOUTS,  # to_sparse() and its csr/csc/bsr/bsc forms, from a dense tensor
+    "aten::sparse_": SPARSE_LAYOUTS,
+    "aten::_sparse_": SPARSE_LAYOUTS,
+}
+
+
+def unsupported_feature(name):
+    return next((why for prefix, why in UNSUPPORTED_FEATURES.items() if name.startswith(prefix)), None)
+
+
+def unsupported(op, why):
+    return NotImplementedError(f"The operator '{op_name(op)}' is not implemented for the tpu device: {why}")
+
+
 def not_implemented(op):
+    why = unsupported_feature(op_name(op))
+    if why is not None:
+        return unsupported(op, why)
     return NotImplementedError(
         f"The operator '{op_name(op)}' is not implemented for the tpu device (torch_tpu has no kernel or "
         f"decomposition for it). Set {CPU_FALLBACK_VARIABLE}=1 to run it on the CPU instead "
@@ -121,9 +156,24 @@ def tpu_fallback(keyset, op, *args, **kwargs):
     decomposition = _usable_decomposition(op)
     if decomposition is not None:
         return _run_decomposition(op, decomposition, args, kwargs)
-    if cpu_fallback_enabled():
+    if cpu_fallback_enabled() and unsupported_feature(op_name(op)) is None:
         return run_on_cpu(op, args, kwargs)
     raise not_implemented(op)
 
 
+def nested_fallback(op, *args, **kwargs):
+    """Every op on a strided nested tensor whose buffer would be on tpu, such as ``nested.to("tpu")``."""
+    raise unsupported(op, STRIDED_NESTED)
+
+
 _LIBRARY.fallback(tpu_fallback, "PrivateUse1", with_keyset=True)
+_LIBRARY.fallback(nested_fallback, "NestedTensorPrivateUse1")
+
+
+def sparse_fallback(op, *args, **kwargs):
+    """Every op on a sparse tensor whose values would be on tpu, such as ``sparse.to("tpu")``."""
+    raise unsupported(op, SPARSE_LAYOUTS)
+
+
+_LIBRARY.fallback(sparse_fallback, "SparsePrivateUse1")
+_LIBRARY.fallback(sparse_fallback, "SparseCsrPrivateUse1")

@@ -21,8 +21,8 @@ import scipy.linalg
 import torch
 from torch.utils._pytree import tree_map
 
-from .._C import mxu
-from ._common import as_numpy, empty, new_tensor, operand, resize_out, write
+from .._C import mxu, vpu
+from ._common import as_numpy, empty, new_tensor, operand, opmath_operand, resize_out, write
 from ._registry import register
 
 PASSES_FOR_PRECISION = {"highest": mxu.EXACT, "high": 3, "medium": 1}
@@ -554,12 +554,53 @@ def triangular_solve(self, A, upper=True, transpose=False, unitriangular=False, 
     return X, M
 
 
+def _cross_shape(self, other, dim):
+    """The broadcast shape, or None where CPU refuses the operands."""
+    if self.dim() != other.dim() or self.dtype != other.dtype or self.dtype == torch.bool:
+        return None
+    try:
+        shape = tuple(np.broadcast_shapes(tuple(self.shape), tuple(other.shape)))
+    except ValueError:
+        return None
+    if not -len(shape) <= dim < len(shape) or self.shape[dim] != 3 or other.shape[dim] != 3:
+        return None
+    return shape
+
+
+def _product_difference(a, b, c, d):
+    """``a * b - c * d`` as CPU's compiled loop gives it: float32/float64 fuse the first product into
+    the subtraction (one FMA); the operators of reduced floats round each product to their format."""
+    with np.errstate(all="ignore"):  # overflow gives inf, silently, as on CPU
+        if a.dtype in (np.float32, np.float64):
+            return vpu.fused_multiply_add(a, b, -(c * d))
+        return a * b - c * d
+
+
+@register("linalg_cross.out")
+def linalg_cross_out(self, other, *, dim=-1, out):
+    """``a[i+1] * b[i+2] - a[i+2] * b[i+1]``, computed as on CPU in the operands' own dtype."""
+    shape = _cross_shape(self, other, dim)
+    _check(shape is not None, torch.ops.aten.linalg_cross.default, self, other, dim=dim)
+    out = checked_out(out, shape, self.dtype, torch.ops.aten.linalg_cross.out, self, other, dim=dim)
+    a, b = (np.moveaxis(np.broadcast_to(operand(t, "linalg.cross"), shape), dim, 0) for t in (self, other))
+    following, after_next = [1, 2, 0], [2, 0, 1]
+    product = _product_difference(a[following], b[after_next], a[after_next], b[following])
+    write(out, np.moveaxis(product, 0, dim))
+    return out
+
+
+# CPU also takes the reduced floats (its bf16 result is garbage: it reads its float64 Taylor
+# coefficients as bf16 bytes); here they are exponentiated in float32 and rounded once.
+MATRIX_EXP_DTYPES = LAPACK_DTYPES | {torch.bfloat16, torch.float16}
+
+
 @register("linalg_matrix_exp")
 def linalg_matrix_exp(self):
     op = torch.ops.aten.linalg_matrix_exp.default
-    _check(self.dim() >= 2 and self.shape[-1] == self.shape[-2] and self.dtype in LAPACK_DTYPES, op, self)
-    a = operand(self, "linalg.matrix_exp")
-    return new_tensor(scipy.linalg.expm(a) if a.size else a, self.dtype)
+    _check(self.dim() >= 2 and self.shape[-1] == self.shape[-2] and self.dtype in MATRIX_EXP_DTYPES, op, self)
+    a = opmath_operand(self, "linalg.matrix_exp")
+    with np.errstate(all="ignore"):  # an exponential that overflows is inf, silently, as on CPU
+        return new_tensor(scipy.linalg.expm(a) if a.size else a, self.dtype)
 
 
 @register("linalg_matrix_exp.out")

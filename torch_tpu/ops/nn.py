@@ -18,7 +18,9 @@ import torch
 
 from .. import _C
 from . import _registry
+from .._tensor import numpy_dtype
 from ._common import as_numpy, empty, new_tensor, opmath_dtype, opmath_operand, operand, resize_out, write
+from .pointwise import require, trunc_divide
 
 # at::Reduction
 REDUCTION_NONE, REDUCTION_MEAN, REDUCTION_SUM = 0, 1, 2
@@ -343,28 +345,94 @@ def update_running_stat(running, batch_value, momentum):
     write(running, value * (1 - momentum) + batch_value * momentum)
 
 
+def stored(array, dtype):
+    """``array`` stored as a new tensor of ``dtype``, and the values that tensor holds (in opmath)."""
+    tensor = new_tensor(array, dtype)
+    return tensor, opmath_operand(tensor)
+
+
+def vectorised_layout(input):
+    """Whether CPU's batch norm takes its vectorised kernels (contiguous or channels-last input) rather
+    than its generic loops; the two round differently."""
+    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
+    channels_last = formats.get(input.dim())
+    return input.is_contiguous() or (channels_last is not None and input.is_contiguous(memory_format=channels_last))
+
+
+def batch_statistics(x, axes, stats_dtype, vectorised):
+    """Per channel, the saved mean (a tensor in ``stats_dtype``, and its value) and the biased and
+    unbiased variances, formed as CPU forms them. Sums run in acc_type (double for float32).
+
+    The vectorised kernels take deviations from the mean in opmath, store the mean and the sum of
+    squares in ``stats_dtype`` (bf16 parameters round both) and divide that stored sum by the count
+    in the same dtype; the generic loops take deviations from the stored mean and keep their sum.
+    """
+    accumulator = np.float64 if x.dtype == np.float32 else x.dtype
+    count = x.size // max(x.shape[1], 1)
+    mean = (np.sum(x, axis=axes, dtype=accumulator, keepdims=True) / count).astype(x.dtype)
+    save_mean, mean_value = stored(mean.ravel(), stats_dtype)
+    deviation_from = mean if vectorised else per_channel(mean_value, x.ndim)
+    squares = np.sum(np.square((x - deviation_from).astype(accumulator)), axis=axes, dtype=accumulator)
+    if vectorised:
+        saved_squares = new_tensor(squares, stats_dtype)
+        squares = as_numpy(saved_squares)
+    variances = [(squares / np.asarray(n, squares.dtype)).astype(accumulator) for n in (count, count - 1)]
+    return save_mean, mean_value, *variances
+
+
+def generic_arithmetic(input, stats_dtype):
+    """The dtype CPU's generic batch norm loop computes in: the parameters' own (bf16 rounds each
+    step), or float32 for a reduced input with float32 parameters."""
+    return numpy_dtype(stats_dtype) if stats_dtype == input.dtype else opmath_dtype(input.dtype)
+
+
+def transformed(input, weight, bias, mean, invstd, compute, vectorised):
+    """The normalized input. The vectorised kernels compute ``x * alpha + beta`` in opmath, with alpha =
+    invstd * weight and beta = bias - mean * alpha; the generic loop computes ``((x - mean) * invstd) *
+    weight + bias`` in ``compute``."""
+    ndim = input.dim()
+    if not vectorised:
+        x = operand(input).astype(compute, copy=False)
+        centered = (x - per_channel(mean.astype(compute), ndim)) * per_channel(invstd.astype(compute), ndim)
+        weight, bias = (None if p is None else operand(p).astype(compute, copy=False) for p in (weight, bias))
+        return shifted(scaled(centered, per_channel(weight, ndim)), per_channel(bias, ndim))
+    alpha = scaled(per_channel(invstd.astype(np.float32), ndim), per_channel(optional_operand(weight), ndim))
+    beta = shifted(-per_channel(mean.astype(alpha.dtype), ndim) * alpha, per_channel(optional_operand(bias), ndim))
+    return opmath_operand(input) * alpha + beta
+
+
+def evaluation_invstd(running_var, eps, compute, vectorised):
+    """1 / sqrt(running_var + eps): in opmath for the vectorised kernels; for the generic loop, as
+    tensor ops in its dtype (each rounding)."""
+    var = opmath_operand(running_var)
+    if vectorised:
+        return inverse_std(var, eps)
+    root = np.sqrt((var + np.asarray(eps, var.dtype)).astype(compute))
+    return np.asarray(1, compute) / root
+
+
 @register("native_batch_norm")
 def native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps):
+    """Normalized with the statistics as CPU stores and reads them back."""
     x = opmath_operand(input)
-    axes = batch_norm_axes(x.ndim)
     stats_dtype = statistics_dtype(input, weight, bias, running_mean, running_var)
+    vectorised = vectorised_layout(input)
+    compute = generic_arithmetic(input, stats_dtype)
     if training:
-        mean, var = moments(x, axes)
-        invstd = inverse_std(var, eps)
-        count = x.size // max(x.shape[1], 1)
+        save_mean, mean, var, unbiased_var = batch_statistics(x, batch_norm_axes(x.ndim), stats_dtype, vectorised)
         if running_mean is not None:
-            update_running_stat(running_mean, mean.ravel(), momentum)
+            update_running_stat(running_mean, mean, momentum)
         if running_var is not None:
-            update_running_stat(running_var, var.ravel() * count / (count - 1), momentum)
-        save_mean, save_invstd = mean.ravel(), invstd.ravel()
+            update_running_stat(running_var, unbiased_var, momentum)
+        save_invstd, _ = stored(inverse_std(var, eps), stats_dtype)
+        mean, invstd = as_numpy(save_mean), as_numpy(save_invstd)
     else:
         if running_mean is None or running_var is None:
             raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
-        mean = per_channel(opmath_operand(running_mean), x.ndim)
-        invstd = inverse_std(per_channel(opmath_operand(running_var), x.ndim), eps)
-        save_mean = save_invstd = np.empty(0, np.float32)
-    out = affine_per_channel((x - mean) * invstd, weight, bias)
-    return new_tensor(out, input.dtype), new_tensor(save_mean, stats_dtype), new_tensor(save_invstd, stats_dtype)
+        mean, invstd = operand(running_mean), evaluation_invstd(running_var, eps, compute, vectorised)
+        save_mean = save_invstd = empty((0,), stats_dtype)
+    out = transformed(input, weight, bias, mean, invstd, compute, vectorised)
+    return new_tensor(out, input.dtype), save_mean, save_invstd
 
 
 @register("_native_batch_norm_legit")
@@ -380,6 +448,23 @@ def native_batch_norm_legit_no_stats(input, weight, bias, training, momentum, ep
 @register("_native_batch_norm_legit_no_training")
 def native_batch_norm_legit_no_training(input, weight, bias, running_mean, running_var, momentum, eps):
     return native_batch_norm(input, weight, bias, running_mean, running_var, False, momentum, eps)
+
+
+def cudnn_reserve():
+    """The reserve buffer of the export-friendly batch norms: cuDNN's workspace, empty everywhere else."""
+    return empty((0,), torch.uint8)
+
+
+@register("_batch_norm_with_update")
+def batch_norm_with_update(input, weight, bias, running_mean, running_var, momentum, eps):
+    outputs = native_batch_norm(input, weight, bias, running_mean, running_var, True, momentum, eps)
+    return (*outputs, cudnn_reserve())
+
+
+@register("_batch_norm_no_update")
+def batch_norm_no_update(input, weight, bias, running_mean, running_var, momentum, eps):
+    outputs = native_batch_norm(input, weight, bias, running_mean, running_var, False, momentum, eps)
+    return (*outputs, cudnn_reserve())
 
 
 @register("native_batch_norm_backward")
@@ -403,6 +488,13 @@ def native_batch_norm_backward(
         output_if(output_mask[1], np.sum(dy * xhat, axis=axes), params_dtype),
         output_if(output_mask[2], np.sum(dy, axis=axes), params_dtype),
     )
+
+
+@register("_weight_norm_interface_backward")
+def weight_norm_interface_backward(grad_w, saved_v, saved_g, saved_norms, dim):
+    """nn.utils.weight_norm's fused backward. PyTorch's differentiable twin (a composite of tpu ops)
+    computes the same gradients for v and g from the same saved tensors."""
+    return torch.ops.aten._weight_norm_differentiable_backward(grad_w, saved_v, saved_g, saved_norms, dim)
 
 
 # ---------------------------------------------------------------------------------------
@@ -581,7 +673,7 @@ def avg_pool_arrays(x, window, count_include_pad, divisor_override):
         total += view
     divisor = divisor_override or outer_product(window.avg_divisors(count_include_pad))
     if total.dtype.kind in "iu":  # integer averages truncate toward zero, as C++ division does
-        return np.sign(total) * (np.abs(total) // divisor)
+        return trunc_divide(total, np.asarray(divisor, total.dtype))
     total /= divisor
     return total
 
@@ -628,9 +720,20 @@ register("max_pool2d_with_indices_backward.grad_input")(max_pool_backward_kernel
 register("max_pool3d_with_indices_backward", "max_pool3d_with_indices_backward.grad_input")(max_pool_backward_kernel(3))
 
 
+# What CPU's average pooling kernels have loops for, and the name their "not implemented" error gives
+AVG_POOL_DTYPES = {
+    2: (frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int64}), "avg_pool2d"),
+    3: (frozenset({torch.float32, torch.float64, torch.int64}), "avg_pool3d_out_frame"),
+}
+ADAPTIVE_AVG_POOL_NAMES = {2: "adaptive_avg_pool2d", 3: "adaptive_avg_pool3d_cpu"}
+
+
 def avg_pool_kernel(n):
+    supported, kernel_name = AVG_POOL_DTYPES[n]
+
     def kernel(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None, *, out):
+        require(self.dtype in supported, self.dtype, kernel_name)
         window = pool_window(self, n, kernel_size, stride, padding, 1, ceil_mode)
         return store(out, avg_pool_arrays(opmath_operand(self), window, count_include_pad, divisor_override))
 
@@ -703,9 +806,32 @@ def adaptive_avg_pool_backward_array(grad, in_sizes):
     return contract_spatial(grad / counts, [m.T for m in matrices])
 
 
+def sequential_adaptive_avg_pool_array(x, out_sizes):
+    """CPU's 3-d adaptive average: each window summed element by element in ``x``'s own dtype (bf16
+    rounds every addition), in (t, h, w) order, then divided by its extent along t, h and w in turn."""
+    in_sizes = x.shape[-len(out_sizes):]
+    starts, ends = zip(*(adaptive_bounds(i, o) for i, o in zip(in_sizes, out_sizes)))
+    extents = [end - start for start, end in zip(starts, ends)]
+    total = np.zeros(x.shape[:-len(out_sizes)] + tuple(out_sizes), x.dtype)
+    for offset in itertools.product(*(range(int(e.max(initial=0))) for e in extents)):
+        inside = functools.reduce(np.logical_and, grids([k < e for k, e in zip(offset, extents)]))
+        index = [np.minimum(start + k, size - 1) for start, k, size in zip(starts, offset, in_sizes)]
+        total = np.where(inside, total + x[(Ellipsis,) + np.ix_(*index)], total)
+    for extent in grids(extents):
+        total = total / extent.astype(x.dtype)
+    return total
+
+
 def adaptive_avg_pool_kernel(n):
+    """2-d pooling averages in opmath (float32 for bf16); 3-d runs CPU's older loop over the input's dtype."""
+
     def kernel(self, output_size, *, out=None):
-        result = adaptive_avg_pool_array(opmath_operand(self), tuple(expand_param(output_size, n)))
+        require(self.dtype.is_floating_point, self.dtype, ADAPTIVE_AVG_POOL_NAMES[n])
+        out_sizes = tuple(expand_param(output_size, n))
+        if n == 3:
+            result = sequential_adaptive_avg_pool_array(operand(self), out_sizes)
+        else:
+            result = adaptive_avg_pool_array(opmath_operand(self), out_sizes)
         return new_tensor(result, self.dtype) if out is None else store(out, result)
 
     return kernel
@@ -786,9 +912,13 @@ def native_dropout(input, p, train):
 
 @register("native_dropout_backward", "native_dropout_backward.out")
 def native_dropout_backward(grad_output, mask, scale, *, out=None):
-    grad = opmath_operand(grad_output)
-    result = grad * operand(mask) * np.asarray(scale, grad.dtype)
-    return new_tensor(result, grad_output.dtype) if out is None else store(out, result)
+    """CPU's ``grad * mask * scale``: two promoting products, so integer and bool gradients give floats."""
+    masked_dtype = torch.promote_types(grad_output.dtype, mask.dtype)
+    dtype = torch.result_type(torch.empty((), dtype=masked_dtype), scale)
+    compute = opmath_dtype(dtype)
+    masked = (opmath_operand(grad_output) * operand(mask)).astype(compute, copy=False)  # exact: mask is 0 or 1
+    result = masked * np.asarray(scale, compute)
+    return new_tensor(result, dtype) if out is None else store(out, result)
 
 
 # ---------------------------------------------------------------------------------------
@@ -818,14 +948,60 @@ def class_last(x, n_spatial):
 def nll_forward_arrays(self, target, weight, reduction, ignore_index, n_spatial):
     log_probs = class_last(opmath_operand(self), n_spatial)
     target_array = operand(target)
-    terms, sample_weight, _ = nll_terms(log_probs, target_array.reshape(-1), optional_operand(weight), ignore_index)
+    terms, sample_weight, ignored = nll_terms(log_probs, target_array.reshape(-1), optional_operand(weight),
+                                              ignore_index)
     if reduction == REDUCTION_NONE:
         return terms.reshape(target_array.shape), np.zeros((), log_probs.dtype)
-    total_weight = np.sum(sample_weight)
-    total = np.sum(terms)
+    if not terms.size:
+        return np.asarray(np.nan if reduction == REDUCTION_MEAN else 0.0), np.zeros(())
+    return nll_reduction(terms, sample_weight, ignored, weight is not None, reduction, numpy_dtype(self.dtype))
+
+
+# CPU's nll_loss sums in its input's own dtype through 8 partial sums, each flushed into the next every
+# ``2 ** level_power`` samples: rounding, in bf16, after every addition
+CASCADE_LEVELS = 8
+
+
+def nll_reduction(terms, sample_weight, ignored, weighted, reduction, dtype):
+    """The sum (or weighted mean) of the per-sample losses and the total weight, exactly as CPU's
+    cascade sum forms them in ``dtype``."""
+    terms, sample_weight = terms.astype(dtype), sample_weight.astype(dtype)
+    total = cascade_sum(terms, ~ignored, dtype)
+    counted = np.count_nonzero(~ignored)
+    total_weight = cascade_sum(sample_weight, ~ignored, dtype) if weighted else np.asarray(counted).astype(dtype)
     if reduction == REDUCTION_MEAN:
-        total = total / total_weight
+        total = (total / total_weight).astype(dtype)
     return total, total_weight
+
+
+def cascade_sum(values, counted, dtype):
+    """sum(values[counted]) as CPU's cascade forms it. Sample ``b`` (if counted) flushes level j into level
+    j + 1 when ``b`` is a multiple of ``2 ** (level_power * (j + 1))``; the levels are then added in order."""
+    level_power = max(4, (max(len(values), 3) - 1).bit_length() // CASCADE_LEVELS)  # utils::CeilLog2
+    samples = np.flatnonzero(counted)
+    inputs = values[samples]
+    residuals = []
+    for level in range(1, CASCADE_LEVELS):
+        flushes = samples % (1 << (level_power * level)) == 0
+        group = np.cumsum(flushes) - flushes  # a flushing sample closes its group
+        sums = sequential_sums(inputs, group, int(flushes.sum()) + 1, dtype)
+        residuals.append(sums[-1])
+        inputs, samples = sums[:-1], samples[flushes]
+    residuals.append(sequential_sums(inputs, np.zeros(len(inputs), np.int64), 1, dtype)[0])
+    return sequential_sums(np.array(residuals, dtype), np.zeros(len(residuals), np.int64), 1, dtype)[0]
+
+
+def sequential_sums(values, group, groups, dtype):
+    """Per group, ``((0 + v0) + v1) + ...`` over its values in order, rounding to ``dtype`` at each step."""
+    position = np.arange(len(values)) - np.searchsorted(group, group)
+    width = int(position.max()) + 1 if len(values) else 0
+    table = np.zeros((groups, width), dtype)
+    present = np.zeros((groups, width), bool)
+    table[group, position], present[group, position] = values, True
+    sums = np.zeros(groups, dtype)
+    for column, valid in zip(table.T, present.T):
+        sums = np.where(valid, (sums + column).astype(dtype), sums)
+    return sums
 
 
 def nll_backward_array(grad_output, self, target, weight, reduction, ignore_index, total_weight, n_spatial):
@@ -978,21 +1154,6 @@ def binary_cross_entropy_backward(grad_output, self, target, weight=None, reduct
     result = scaled(grad * (x - t) / np.maximum((1 - x) * x, BCE_GRAD_EPSILON), optional_operand(weight))
     result = np.broadcast_to(result, x.shape)
     return new_tensor(result, self.dtype) if grad_input is None else store(grad_input, result)
-
-
-def log_sigmoid(x):
-    return np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
-
-
-@register("binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits.out")
-def binary_cross_entropy_with_logits(self, target, weight=None, pos_weight=None, reduction=REDUCTION_MEAN, *,
-                                     out=None):
-    x, t = opmath_operand(self), opmath_operand(target)
-    log_sigmoid_x = log_sigmoid(x)
-    if pos_weight is not None:
-        log_sigmoid_x = log_sigmoid_x * ((opmath_operand(pos_weight) - 1) * t + 1)
-    loss = reduce_loss(scaled((1 - t) * x - log_sigmoid_x, optional_operand(weight)), reduction)
-    return new_tensor(loss, self.dtype) if out is None else store(out, loss)
 
 
 # ---------------------------------------------------------------------------------------

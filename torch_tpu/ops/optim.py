@@ -1,11 +1,12 @@
-"""Fused optimizer steps: what ``torch.optim.Adam/AdamW/SGD(fused=True)`` launch.
+"""Fused optimizer steps: what ``torch.optim.Adam/AdamW/SGD/Adagrad(fused=True)`` launch.
 
 PyTorch accepts ``fused=True`` for the PrivateUse1 backend by name
 (``torch.utils._foreach_utils._get_fused_kernels_supported_devices`` lists it), so these kernels
 are all tpu needs. Each step follows PyTorch's fused CPU kernels (aten/src/ATen/native/cpu/
-FusedAdamKernel.cpp, FusedSGDKernel.cpp) operation by operation: hyperparameters are cast to the
-parameter's compute dtype before use, reduced-precision parameters compute in float32 and round
-once per stored state, and a set ``found_inf`` skips the whole step, as under ``GradScaler``.
+FusedAdamKernel.cpp, FusedSGDKernel.cpp, FusedAdagradKernel.cpp) operation by operation:
+hyperparameters are cast to the parameter's compute dtype before use, reduced-precision parameters
+compute in float32 and round once per stored state, and a set ``found_inf`` skips the whole step,
+as under ``GradScaler``.
 """
 
 import math
@@ -116,3 +117,27 @@ def fused_sgd_(self, grads, momentum_buffer_list, *, weight_decay, momentum, lr,
         _sgd_step(param, grad, momentum_buffer, weight_decay=weight_decay, momentum=momentum, lr=_scalar(lr),
                   dampening=dampening, nesterov=nesterov, maximize=maximize, is_first_step=is_first_step,
                   grad_scale=grad_scale)
+
+
+def _adagrad_step(param, grad, state_sum, step, *, lr, lr_decay, weight_decay, eps, maximize, grad_scale):
+    real = opmath_dtype(param.dtype).type
+    gradient = _unscaled_gradient(grad, grad_scale, real)
+    if maximize:
+        gradient = -gradient
+    weights = opmath_operand(param)
+    if weight_decay != 0:
+        gradient = gradient + weights * real(weight_decay)
+    squares = opmath_operand(state_sum) + gradient * gradient
+    write(state_sum, squares)
+    step_size = lr / (1 + (step - 1) * lr_decay)  # the optimizer counted this step already
+    write(param, weights - real(step_size) * gradient / (np.sqrt(squares) + real(eps)))
+
+
+@register("_fused_adagrad_", "_fused_adagrad_.tensor_lr")
+def fused_adagrad_(self, grads, state_sums, state_steps, *, lr, lr_decay, weight_decay, eps, maximize,
+                   grad_scale=None, found_inf=None):
+    if _step_skipped(found_inf):
+        return
+    for param, grad, state_sum, step in zip(self, grads, state_sums, state_steps, strict=True):
+        _adagrad_step(param, grad, state_sum, _scalar(step), lr=_scalar(lr), lr_decay=lr_decay,
+                      weight_decay=weight_decay, eps=eps, maximize=maximize, grad_scale=grad_scale)

@@ -156,11 +156,13 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
     return kernel
 
 
-def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None, exact_out=False):
+def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None, exact_out=False,
+                 opmath=lambda *promoted: True):
     """Register the given functional, in-place and ``out=`` overloads of a non-structured op.
 
     Their schemas tell them apart; each one does what the structured meta function would have done
-    (dtype, broadcast shape, in-place castability) and then runs ``function`` like ``structured``.
+    (dtype, broadcast shape, in-place castability) and then runs ``function`` like ``structured``,
+    in opmath unless ``opmath(*promoted operands)`` says otherwise.
     """
     result = result or rule
 
@@ -169,7 +171,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         dtype = rule(common_dtype(*promoted))
         if check is not None:
             check(dtype, *promoted, *extras, **kwargs)
-        return compute_into(out, function, promoted, dtype, extras, kwargs)
+        return compute_into(out, function, promoted, dtype, extras, kwargs, opmath(*promoted))
 
     def functional(*args, **kwargs):
         promoted = args[:operands]
@@ -304,10 +306,11 @@ def nan_to_num(x, nan, posinf, neginf):
 
 
 def nan_to_num_defaults(dtype, nan, posinf, neginf):
-    """Infinities become the largest finite value of the tensor's own dtype (bf16's, not float32's)."""
-    if not dtype.is_floating_point:
+    """Infinities become the largest finite value of the tensor's own dtype (bf16's, not float32's);
+    complex tensors replace in each part, with the limits of their real dtype."""
+    if not (dtype.is_floating_point or dtype.is_complex):
         return nan, posinf, neginf
-    info = ml_dtypes.finfo(numpy_dtype(dtype))
+    info = ml_dtypes.finfo(numpy_dtype(dtype.to_real()))
     return (0.0 if nan is None else nan, float(info.max) if posinf is None else posinf,
             float(info.min) if neginf is None else neginf)
 
@@ -357,9 +360,32 @@ def trunc_divide(a, b):
     return quotient + ((quotient < 0) & (quotient * b != a)).astype(quotient.dtype)
 
 
+def divides_in_opmath(dividend, divisor):
+    """CPU's rounding divisions compute reduced floats in opmath (rounding once) only when the divisor is
+    a lone value: a number, or a tensor whose one value is broadcast everywhere (TensorIterator's
+    ``is_scalar``). Otherwise their loops run in the tensors' own format, rounding every step."""
+    return not isinstance(divisor, torch.Tensor) or all(
+        stride == 0 for size, stride in zip(divisor.shape, divisor.stride()) if size != 1)
+
+
 def floor_divide(a, b):
-    check_nonzero_divisor(a, b)
-    return np.floor_divide(a, b)  # NumPy's float floor division is PyTorch's div_floor_floating
+    if a.dtype.kind in "biu":
+        check_nonzero_divisor(a, b)
+    if a.dtype.kind in "biu" or a.dtype in (np.float32, np.float64):
+        return np.floor_divide(a, b)  # NumPy's float floor division is c10's div_floor_floating
+    return floor_divide_floating(a, b)
+
+
+def floor_divide_floating(a, b):
+    """c10's div_floor_floating step by step in the arrays' own format, so that a reduced-float format
+    rounds every intermediate, as CPU's loops over them do (NumPy's own rounds once)."""
+    mod = np.fmod(a, b)
+    quotient = (a - mod) / b
+    quotient = np.where((mod != 0) & ((b < 0) != (mod < 0)), quotient - np.ones((), a.dtype), quotient)
+    floored = np.floor(quotient)
+    floored = np.where(quotient - floored > np.asarray(0.5, a.dtype), floored + np.ones((), a.dtype), floored)
+    floored = np.where(quotient == 0, np.copysign(np.zeros((), a.dtype), a / b), floored)
+    return np.where(b == 0, a / b, floored)
 
 
 def divide(a, b, rounding_mode=None):
@@ -495,6 +521,10 @@ def not_bool(dtype):
 
 def integer(dtype):
     return is_integral(dtype) and dtype != torch.bool
+
+
+def real_not_bool(dtype):
+    return real(dtype) and not_bool(dtype)
 
 
 # Ternary
@@ -727,6 +757,25 @@ def glu_backward(grad, x, dim):
     return np.concatenate([grad * sig, grad * first * sig * (1 - sig)], axis=dim)
 
 
+def glu_jvp(result, x, dx, dim):
+    """Forward-mode derivative of a * sigmoid(b): da * sigmoid(b) + a * sigmoid(b) * (1 - sigmoid(b)) * db."""
+    sig = sigmoid(np.split(x, 2, axis=dim)[1])
+    d_first, d_second = np.split(dx, 2, axis=dim)
+    return d_first * sig + result * (1 - sig) * d_second
+
+
+def glu_backward_jvp(grad, x, d_grad, dx, dim):
+    """Forward-mode derivative of ``glu_backward`` in both the incoming gradient and the input."""
+    first, second = np.split(x, 2, axis=dim)
+    d_first, d_second = np.split(dx, 2, axis=dim)
+    sig = sigmoid(second)
+    slope = sig * (1 - sig)
+    return np.concatenate([
+        d_grad * sig + grad * slope * d_second,
+        (d_grad * first + grad * d_first) * slope + grad * first * slope * (1 - 2 * sig) * d_second,
+    ], axis=dim)
+
+
 def real_part_dtype(dtype):
     return dtype.to_real() if dtype.is_complex else dtype
 
@@ -759,7 +808,6 @@ UNARY_SAME = {  # computed in the input's own dtype: (function, supported dtypes
 BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "mul.out": (np.multiply, keep, None),
     "div.out": (np.true_divide, to_float, None),
-    "div.out_mode": (divide, keep, not_bool),
     "remainder.Tensor_out": (remainder, keep, not_bool),
     "fmod.Tensor_out": (fmod, keep, not_bool),
     "pow.Tensor_Tensor_out": (power, keep, not_bool),
@@ -773,7 +821,7 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "copysign.out": (np.copysign, to_float, None),
     "logaddexp.out": (logaddexp, keep, floating),
     "logaddexp2.out": (logaddexp2, keep, floating),
-    "xlogy.OutTensor": (xlogy, to_float, None),
+    "xlogy.OutTensor": (xlogy, to_float, real),
     "special_xlog1py.out": (special.xlog1py, to_float, None),
     "special_zeta.out": (zeta, to_float, single_or_double),
     "igamma.out": (special.gammainc, keep, floating),
@@ -787,13 +835,13 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "bitwise_left_shift.Tensor_out": (left_shift, keep, integer),
     "bitwise_right_shift.Tensor_out": (right_shift, keep, integer),
 }
-COMPARISONS = {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal,
-               "gt": np.greater, "ge": np.greater_equal}
+COMPARISONS = {  # name: (function, supported dtypes); complex numbers have no order
+    "eq": (np.equal, None), "ne": (np.not_equal, None), "lt": (np.less, real), "le": (np.less_equal, real),
+    "gt": (np.greater, real), "ge": (np.greater_equal, real),
+}
 LOGICAL = {"logical_and": np.logical_and, "logical_or": np.logical_or, "logical_xor": np.logical_xor}
 
 ACTIVATIONS = {  # overload: (function, number of promoted operands); all floating-point only
-    "threshold.out": (threshold, 1),
-    "threshold_backward.grad_input": (threshold_backward, 2),
     "gelu.out": (gelu, 1),
     "gelu_backward.grad_input": (gelu_backward, 2),
     "silu.out": (silu, 1),
@@ -836,13 +884,17 @@ def register_tables():
     structured("pow.Tensor_Scalar_out", power_scalar, operands=2, check=check_integer_power)
     # nextafter steps to the neighbour in the tensor's own format, so bf16 must not widen to float32
     structured("nextafter.out", nextafter, operands=2, check=checked(floating, "nextafter"), opmath=False)
-    for name, function in COMPARISONS.items():
-        structured(f"{name}.Tensor_out", function, operands=2, result=to_bool)
-        structured(f"{name}.Scalar_out", function, operands=2, result=to_bool)
+    for name, (function, predicate) in COMPARISONS.items():
+        structured(f"{name}.Tensor_out", function, operands=2, result=to_bool, check=checked(predicate, name))
+        structured(f"{name}.Scalar_out", function, operands=2, result=to_bool, check=checked(predicate, name))
     for name, function in LOGICAL.items():
         unstructured(logical(function), name, f"{name}_", f"{name}.out", operands=2, result=to_bool)
     for overload, (function, operands) in ACTIVATIONS.items():
         structured(overload, function, operands=operands, check=checked(floating, overload))
+    # threshold has loops for every real dtype but bool; its backward shares its dispatch name
+    structured("threshold.out", threshold, check=supports(real_not_bool, "threshold_cpu"))
+    structured("threshold_backward.grad_input", threshold_backward, operands=2,
+               check=supports(real_not_bool, "threshold_cpu"))
     structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)
     for overload in ("clamp.out", "clamp.Tensor_out"):
         structured(overload, clamp, operands=3, check=check_clamp_bounds, exact_out=overload == "clamp.out")
@@ -861,7 +913,7 @@ def register_tables():
     unstructured(logical_not, "logical_not.out", result=to_bool)
     unstructured(isnan, "isnan", result=to_bool)
     unstructured(floor_divide, "floor_divide", "floor_divide_.Tensor", "floor_divide.out", operands=2,
-                 check=supports(not_bool, "div_floor_cpu"))
+                 check=supports(not_bool, "div_floor_cpu"), opmath=divides_in_opmath)
     unstructured(remainder, "remainder.Scalar_Tensor", operands=2, check=checked(not_bool, "remainder"))
     unstructured(relu, "relu", "relu_", check=supports(not_bool, "clamp_min_scalar_cpu"))
     unstructured(hardtanh, "hardtanh", "hardtanh_", "hardtanh.out", check=checked(not_bool, "hardtanh"))
@@ -884,6 +936,25 @@ def elu_backward_out(grad_output, alpha, scale, input_scale, is_result, self_or_
     require(dtype.is_floating_point, dtype, "elu_backward_cpu")
     return compute_into(grad_input, elu_backward, (grad_output, self_or_result), dtype,
                         (alpha, scale, input_scale, is_result))
+
+
+@register("div.out_mode")
+def div_out_mode(self, other, *, rounding_mode=None, out):
+    """Division with an optional rounding mode.
+
+    CPU divides reduced floats in their own format, rounding each step before the next (truncation sees
+    the rounded quotient), unless the divisor is a lone value: that one it reads in opmath, where the
+    whole division happens, rounding once.
+    """
+    dtype = common_dtype(self, other)
+    if rounding_mode is None:
+        dtype = to_float(dtype)
+    else:
+        require(dtype != torch.bool, dtype, f"div_{rounding_mode}_cpu")
+    check_castable(dtype, out.dtype)
+    resize_out(out, broadcast_shape(self, other))
+    return compute_into(out, divide, (self, other), dtype, options={"rounding_mode": rounding_mode},
+                        opmath=divides_in_opmath(self, other))
 
 
 @register("polygamma.out")
@@ -941,6 +1012,22 @@ def glu_backward_out(grad_output, self, dim, *, grad_input):
     grad, x = as_compute(grad_output, compute), as_compute(self, compute)
     with np.errstate(all="ignore"):
         return write(grad_input, glu_backward(grad, x, dim))
+
+
+@register("glu_jvp")
+def glu_jvp_kernel(glu_result, x, dx, dim):
+    compute = opmath_dtype(x.dtype)
+    with np.errstate(all="ignore"):
+        tangent = glu_jvp(*(as_compute(t, compute) for t in (glu_result, x, dx)), dim)
+    return write(empty(glu_result.shape, glu_result.dtype), tangent)
+
+
+@register("glu_backward_jvp")
+def glu_backward_jvp_kernel(grad_x, grad_glu, x, dgrad_glu, dx, dim):
+    compute = opmath_dtype(x.dtype)
+    with np.errstate(all="ignore"):
+        tangent = glu_backward_jvp(*(as_compute(t, compute) for t in (grad_glu, x, dgrad_glu, dx)), dim)
+    return write(empty(x.shape, grad_x.dtype), tangent)
 
 
 @register("log_sigmoid_forward")

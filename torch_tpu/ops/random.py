@@ -20,6 +20,7 @@ import math
 import warnings
 
 import numpy as np
+import scipy.special as special
 import torch
 
 from .. import _C, _tensor
@@ -181,6 +182,128 @@ def cauchy_(self, median=0.0, sigma=1.0, *, generator=None):
     _check_continuous(self, "Cauchy")
     _check(sigma > 0.0, f"cauchy_ expects sigma > 0.0, but found sigma={sigma:g}")
     return _fill(self, generator, lambda rng, shape, dtype: median + sigma * rng.standard_cauchy(shape))
+
+
+# --- the samplers behind torch.distributions (Gamma, Beta, Dirichlet, Chi2, StudentT, Poisson, Binomial) ----------
+# Parameters are read and draws made in float64, as CPU draws them; each result is stored once in its dtype.
+
+
+def _check_single_or_double(tensor, kernel):
+    if tensor.dtype not in (torch.float32, torch.float64):
+        raise _not_implemented_for(kernel, tensor.dtype)
+
+
+def _float64(tensor):
+    return opmath_operand(tensor).astype(np.float64)
+
+
+def _draw_into_new(like, generator, draw, *parameters):
+    """A new tensor shaped and typed like ``like`` holding ``draw(rng, *parameters)``."""
+    rng = _stream(generator)
+    return write(empty(like.shape, like.dtype), draw(rng, *parameters))
+
+
+def _standard_gamma_draws(rng, alpha):
+    """Gamma(alpha, 1); alpha <= 0 or NaN, which NumPy refuses, draw 0 as CPU's sampler does."""
+    valid = alpha > 0
+    return np.where(valid, rng.standard_gamma(np.where(valid, alpha, 1.0)), 0.0)
+
+
+@register("_standard_gamma")
+def standard_gamma(self, generator=None):
+    _check_single_or_double(self, "gamma_cpu")
+    tiny = np.finfo(_tensor.numpy_dtype(self.dtype)).tiny  # CPU never returns 0: log_prob stays finite
+    return _draw_into_new(self, generator, lambda rng, alpha: np.maximum(_standard_gamma_draws(rng, alpha), tiny),
+                          _float64(self))
+
+
+def _dirichlet_draws(rng, alpha, dtype):
+    """Normalised gamma draws, kept strictly inside (0, 1) in ``dtype`` as CPU keeps them."""
+    gammas = np.maximum(_standard_gamma_draws(rng, alpha), np.finfo(np.float64).tiny)
+    ratios = gammas / gammas.sum(axis=-1, keepdims=True) if gammas.ndim else gammas / gammas
+    limits = np.finfo(dtype)
+    return np.clip(ratios, limits.tiny, np.nextafter(dtype.type(1), dtype.type(0)))
+
+
+@register("_sample_dirichlet")
+def sample_dirichlet(self, generator=None):
+    _check_single_or_double(self, "dirichlet")
+    dtype = _tensor.numpy_dtype(self.dtype)
+    return _draw_into_new(self, generator, lambda rng, alpha: _dirichlet_draws(rng, alpha, dtype), _float64(self))
+
+
+@register("poisson")
+def poisson(self, generator=None):
+    _check_floating(self, "poisson_cpu")
+    rates = _float64(self)
+    _check(bool(np.all(rates >= 0)), "invalid Poisson rate, expected rate to be non-negative")
+    return _draw_into_new(self, generator, lambda rng, rates: rng.poisson(rates), rates)
+
+
+def _binomial_draws(rng, trials, probability):
+    """Counts of successes; a negative count draws 0 and a NaN parameter gives NaN, as on CPU."""
+    valid = np.isfinite(trials) & (trials >= 0) & (probability >= 0) & (probability <= 1)
+    draws = rng.binomial(np.where(valid, trials, 0).astype(np.int64), np.where(valid, probability, 0))
+    return np.where(valid, draws, np.where(np.isnan(trials) | np.isnan(probability), np.nan, 0))
+
+
+@register("binomial")
+def binomial(count, prob, generator=None):
+    if not count.is_floating_point():
+        raise ValueError(
+            f"binomial only supports floating-point dtypes for count, got: {_SCALAR_TYPE_NAME[count.dtype]}")
+    _check_single_or_double(count, "binomial_cpu")
+    trials = _float64(count)
+    probability = np.broadcast_to(_float64(prob), trials.shape)
+    return _draw_into_new(count, generator, _binomial_draws, trials, probability)
+
+
+# --- gradients of those samples (rsample), by implicit reparameterisation ------------------------------------------
+
+
+def _implicit_gradient(cdf, survival, log_density, a, x):
+    """dx/da for a sample x = F^-1(u; a) at a fixed quantile u: -(dF/da) / density.
+
+    dF/da is a float64 central difference taken on the smaller tail, F or 1 - F, which keeps its digits.
+    """
+    step = 1e-4 * a
+    lower = cdf(a, x) < 0.5
+
+    def tail(shape):
+        return np.where(lower, cdf(shape, x), -survival(shape, x))
+
+    with np.errstate(all="ignore"):
+        gradient = -(tail(a + step) - tail(a - step)) / (2 * step) / np.exp(log_density(a, x))
+    return np.where(x > 0, gradient, 0.0)
+
+
+def _gamma_sample_gradient(alpha, x):
+    return _implicit_gradient(
+        special.gammainc, special.gammaincc, lambda a, x: (a - 1) * np.log(x) - x - special.gammaln(a), alpha, x)
+
+
+def _beta_sample_gradient(a, b, x):
+    """dx/da for x ~ Beta(a, b) with b held fixed."""
+    return _implicit_gradient(
+        lambda a, x: special.betainc(a, b, x), lambda a, x: special.betainc(b, a, 1 - x),
+        lambda a, x: (a - 1) * np.log(x) + (b - 1) * np.log1p(-x) - special.betaln(a, b), a, x)
+
+
+@register("_standard_gamma_grad")
+def standard_gamma_grad(self, output):
+    _check_single_or_double(self, "_standard_gamma_grad_cpu")
+    alpha, x = np.broadcast_arrays(_float64(self), _float64(output))
+    return write(empty(alpha.shape, self.dtype), _gamma_sample_gradient(alpha, x))
+
+
+@register("_dirichlet_grad")
+def dirichlet_grad(x, alpha, total):
+    """Dirichlet's rsample gradient: a coordinate's marginal Beta(alpha, total - alpha) gradient, over 1 - x."""
+    _check_single_or_double(x, "_dirichlet_grad_cpu")
+    sample, concentration, total = np.broadcast_arrays(_float64(x), _float64(alpha), _float64(total))
+    with np.errstate(all="ignore"):
+        gradient = _beta_sample_gradient(concentration, total - concentration, sample) / (1 - sample)
+    return write(empty(sample.shape, x.dtype), gradient)
 
 
 # --- discrete distributions ------------------------------------------------------------------------------------

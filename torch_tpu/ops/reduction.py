@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .. import _C, _tensor
+from . import _libstdcxx
 from ._common import as_numpy, empty, operand, opmath_dtype, resize_out, write
 from ._registry import register
 
@@ -566,12 +567,13 @@ register("nanmedian.dim_values")(
 
 
 def _mode_along_last(array):
-    """The most frequent value of each row (the smallest on ties) and the last index holding it.
+    """The most frequent value of each row (the smallest on ties) and the index CPU reports for it.
 
-    CPU sorts each row and keeps the first longest run of equal values, reporting the position of
-    that run's last element; a stable sort makes that the value's last occurrence.
+    CPU std::sorts each row and keeps the first longest run of equal values, reporting the position of
+    that run's last element, which is wherever std::sort leaves it among the equal keys.
     """
-    order = np.argsort(array, axis=-1, kind="stable")
+    rows = array.reshape(math.prod(array.shape[:-1]), array.shape[-1])
+    order = _libstdcxx.sort_order(_libstdcxx.ranks(rows)).reshape(array.shape)
     ordered = np.take_along_axis(array, order, -1)
     positions = np.arange(array.shape[-1])
     run_starts = np.concatenate(
@@ -641,11 +643,13 @@ register("_cummin_helper")(_running_extreme_kernel("cummin", np.minimum))
 
 
 def _logcumsumexp_into(self, dim, out):
+    """CPU's running log-sum-exp is held in ``acc_type``: double for float32, so each output rounds once."""
     _check_dtype(self, "logcumsumexp_out_cpu", lambda dtype: dtype.is_floating_point)
     axis = _wrap_dim(dim, self.dim())
     if resize_out(out, self.shape).numel() == 0:
         return out
-    array = _accumuland(self).reshape(self.shape or (1,))
+    accumulator = np.float64 if self.dtype == torch.float32 else opmath_dtype(self.dtype)
+    array = _accumuland(self).astype(accumulator, copy=False).reshape(self.shape or (1,))
     with np.errstate(all="ignore"):
         return write(out, np.logaddexp.accumulate(array, axis=axis).reshape(out.shape))
 

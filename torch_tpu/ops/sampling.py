@@ -169,19 +169,39 @@ def gather(x, indices):
 
 NEAREST_TAPS = (nearest_taps, nearest_exact_taps)
 
-UPSAMPLE_OPS = {  # aten name -> (taps, spatial dims, whether the op takes align_corners)
-    "upsample_nearest1d": (nearest_taps, 1, False),
-    "upsample_nearest2d": (nearest_taps, 2, False),
-    "upsample_nearest3d": (nearest_taps, 3, False),
-    "_upsample_nearest_exact1d": (nearest_exact_taps, 1, False),
-    "_upsample_nearest_exact2d": (nearest_exact_taps, 2, False),
-    "_upsample_nearest_exact3d": (nearest_exact_taps, 3, False),
-    "upsample_linear1d": (linear_taps, 1, True),
-    "upsample_bilinear2d": (linear_taps, 2, True),
-    "upsample_trilinear3d": (linear_taps, 3, True),
-    "upsample_bicubic2d": (cubic_taps, 2, True),
-    "_upsample_bilinear2d_aa": (antialias_taps(triangle_filter, 2), 2, True),
-    "_upsample_bicubic2d_aa": (antialias_taps(lambda d: cubic_convolution(d, -0.5), 4), 2, True),
+
+def opmath_weights(weight, storage):
+    """Weights kept in opmath whatever the tensor's dtype."""
+    return weight
+
+
+def weights_in_storage(weight, storage):
+    """Each weight rounded to the tensor's dtype (bicubic)."""
+    return weight.astype(storage)
+
+
+def fraction_in_storage(weight, storage):
+    """The generic N-d linear kernel (1-d and 3-d) keeps lambda in the tensor's dtype and takes the
+    other weight, 1 - lambda, from that rounded value, rounding it too."""
+    fraction = weight[:, 1].astype(storage)
+    return np.stack([(1 - fraction.astype(weight.dtype)).astype(storage), fraction], 1)
+
+
+# aten name -> (taps, spatial dims, whether the op takes align_corners, how the CPU kernel keeps its weights
+# for a reduced-precision tensor; the sums themselves run in opmath)
+UPSAMPLE_OPS = {
+    "upsample_nearest1d": (nearest_taps, 1, False, opmath_weights),
+    "upsample_nearest2d": (nearest_taps, 2, False, opmath_weights),
+    "upsample_nearest3d": (nearest_taps, 3, False, opmath_weights),
+    "_upsample_nearest_exact1d": (nearest_exact_taps, 1, False, opmath_weights),
+    "_upsample_nearest_exact2d": (nearest_exact_taps, 2, False, opmath_weights),
+    "_upsample_nearest_exact3d": (nearest_exact_taps, 3, False, opmath_weights),
+    "upsample_linear1d": (linear_taps, 1, True, fraction_in_storage),
+    "upsample_bilinear2d": (linear_taps, 2, True, opmath_weights),  # a separable kernel of its own
+    "upsample_trilinear3d": (linear_taps, 3, True, fraction_in_storage),
+    "upsample_bicubic2d": (cubic_taps, 2, True, weights_in_storage),
+    "_upsample_bilinear2d_aa": (antialias_taps(triangle_filter, 2), 2, True, opmath_weights),
+    "_upsample_bicubic2d_aa": (antialias_taps(lambda d: cubic_convolution(d, -0.5), 4), 2, True, opmath_weights),
 }
 
 
@@ -201,23 +221,23 @@ def split_options(options, takes_align_corners):
     return False, options
 
 
-def axis_taps(taps_fn, in_sizes, out_sizes, align_corners, scales, tensor_dtype):
-    """Each axis' taps, computed in opmath (bicubic's CPU kernel keeps its weights in the tensor's dtype)."""
+def axis_taps(taps_fn, stored_weights, in_sizes, out_sizes, align_corners, scales, tensor_dtype):
+    """Each axis' taps, computed in opmath, with their weights as the CPU kernel keeps them."""
     compute = opmath_dtype(tensor_dtype)
-    storage = numpy_dtype(tensor_dtype) if taps_fn is cubic_taps else compute
     scales = list(scales) + [None] * (len(in_sizes) - len(scales))
     per_axis = [taps_fn(i, o, align_corners, s, compute.type) for i, o, s in zip(in_sizes, out_sizes, scales)]
-    return [(index, weight.astype(storage).astype(compute)) for index, weight in per_axis]
+    storage = numpy_dtype(tensor_dtype)
+    return [(index, stored_weights(weight, storage).astype(compute)) for index, weight in per_axis]
 
 
-def upsample_forward(name, taps_fn, n, takes_align_corners):
+def upsample_forward(name, taps_fn, n, takes_align_corners, stored_weights):
     def compute(self, output_size, *options):
         if self.dim() != n + 2:
             raise RuntimeError(f"{name}: expected a {n + 2}D input tensor, but got {self.dim()}D")
         in_sizes, out_sizes = self.shape[2:], tuple(output_size)
         check_sizes(name, in_sizes, out_sizes)
         align_corners, scales = split_options(options, takes_align_corners)
-        taps = axis_taps(taps_fn, in_sizes, out_sizes, align_corners, scales, self.dtype)
+        taps = axis_taps(taps_fn, stored_weights, in_sizes, out_sizes, align_corners, scales, self.dtype)
         if taps_fn in NEAREST_TAPS:
             return gather(operand(self), [index[:, 0] for index, _ in taps])
         return resample(opmath_operand(self), [axis_matrix(t, size) for t, size in zip(taps, in_sizes)])
@@ -233,7 +253,7 @@ def upsample_forward(name, taps_fn, n, takes_align_corners):
     return functional, out_variant
 
 
-def upsample_backward(name, taps_fn, n, takes_align_corners):
+def upsample_backward(name, taps_fn, n, takes_align_corners, stored_weights):
     def compute(grad_output, output_size, input_size, *options):
         in_sizes, out_sizes = tuple(input_size)[2:], tuple(output_size)
         check_sizes(name, in_sizes, out_sizes)
@@ -242,7 +262,7 @@ def upsample_backward(name, taps_fn, n, takes_align_corners):
             raise RuntimeError(f"Expected grad_output to have the same shape as output; output.size() = {list(expected)}"
                                f" but got grad_output.size() = {list(grad_output.shape)}")
         align_corners, scales = split_options(options, takes_align_corners)
-        taps = axis_taps(taps_fn, in_sizes, out_sizes, align_corners, scales, grad_output.dtype)
+        taps = axis_taps(taps_fn, stored_weights, in_sizes, out_sizes, align_corners, scales, grad_output.dtype)
         return resample(opmath_operand(grad_output), [axis_matrix(t, size).T.tocsr() for t, size in zip(taps, in_sizes)])
 
     def functional(grad_output, output_size, input_size, *options):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .. import _tensor
+from . import _libstdcxx
 from ._common import as_numpy, empty, new_tensor, operand, opmath_operand, write
 from ._registry import register
 
@@ -197,6 +198,70 @@ def _stable_argsort(values, axis, descending):
     return values.shape[axis] - 1 - np.flip(reversed_order, axis)
 
 
+def _rows_of(values, axis, descending):
+    """Keys ordered as CPU's comparators order ``values`` (NaN above everything), one row per lane along ``axis``."""
+    lanes = np.moveaxis(values, axis, -1)
+    return _libstdcxx.ranks(lanes.reshape(math.prod(lanes.shape[:-1]), lanes.shape[-1]), descending), lanes.shape
+
+
+def _from_rows(order, lanes_shape, axis):
+    return np.moveaxis(order.reshape(lanes_shape[:-1] + order.shape[-1:]), -1, axis)
+
+
+# at::internal::GRAIN_SIZE: from this many elements on, CPU sorts a 1-d integer tensor in ascending order
+# with fbgemm's radix sort, which is stable
+RADIX_SORT_MIN_ELEMENTS = 32768
+
+
+def _sorts_stably(self, descending, stable):
+    radix = (self.dim() == 1 and not descending and self.numel() >= RADIX_SORT_MIN_ELEMENTS
+             and not (self.dtype.is_floating_point or self.dtype.is_complex or self.dtype == torch.bool))
+    return stable or radix
+
+
+def _sort_order(self, dim, descending, stable):
+    """CPU's order: std::stable_sort's (or a radix sort's), or std::sort's, which leaves equal keys where
+    its introsort puts them. Along a stride-0 dim CPU sorts nothing: every key there is the same element."""
+    if self.stride(dim) == 0:
+        return np.broadcast_to(np.arange(self.shape[dim]).reshape((-1,) + (1,) * (self.dim() - dim - 1)), self.shape)
+    values = _sortable(self, "sort")
+    if _sorts_stably(self, descending, stable):
+        return _stable_argsort(values, dim, descending)
+    keys, lanes_shape = _rows_of(values, dim, descending)
+    return _from_rows(_libstdcxx.sort_order(keys), lanes_shape, dim)
+
+
+def _top_order(self, dim, k, largest, sorted):
+    """The positions CPU's topk returns: std::partial_sort's first k when k * 64 <= n, else
+    std::nth_element's at k - 1, with (when sorted) the k - 1 before it std::sorted."""
+    keys, lanes_shape = _rows_of(_sortable(self, "topk"), dim, largest)
+    if k == 0:
+        order = np.empty((len(keys), 0), np.int64)
+    elif k * 64 <= keys.shape[1]:
+        order = _libstdcxx.partial_sort_prefix(keys, k)
+    elif sorted:
+        order = _selected_then_sorted(keys, k)
+    else:
+        order = _libstdcxx.select_order(keys, k - 1)[:, :k]
+    return _from_rows(order, lanes_shape, dim)
+
+
+def _selected_then_sorted(keys, k):
+    """std::nth_element at k - 1, then std::sort of the k - 1 keys before it."""
+    order, settled = _libstdcxx.smallest_first(keys, k)
+    tied = keys[~settled]
+    chosen = _libstdcxx.select_order(tied, k - 1)
+    chosen = np.take_along_axis(chosen, _libstdcxx.sort_order(np.take_along_axis(tied, chosen, 1), k - 1), 1)
+    order[~settled] = chosen[:, :k]
+    return order
+
+
+def _ordered_into(values, indices, source, order, dim):
+    write(values, np.take_along_axis(source, order, axis=dim))
+    write(indices, order)
+    return values, indices
+
+
 @register("sort.values_stable")
 def sort_values_stable(self, *, stable=None, dim=-1, descending=False, values, indices):
     source = operand(self, "sort")
@@ -204,10 +269,7 @@ def sort_values_stable(self, *, stable=None, dim=-1, descending=False, values, i
         write(values, source)
         return values, write(indices, np.zeros((), np.int64))
     dim = _wrap_dim(dim, self.dim())
-    order = _stable_argsort(_sortable(self, "sort"), dim, descending)
-    write(values, np.take_along_axis(source, order, axis=dim))
-    write(indices, order)
-    return values, indices
+    return _ordered_into(values, indices, source, _sort_order(self, dim, descending, stable), dim)
 
 
 @register("topk.values")
@@ -217,11 +279,7 @@ def topk_values(self, k, dim=-1, largest=True, sorted=True, *, values, indices):
         write(values, source)
         return values, write(indices, np.zeros((), np.int64))
     dim = _wrap_dim(dim, self.dim())
-    order = _stable_argsort(_sortable(self, "topk"), dim, largest)
-    order = order[(slice(None),) * dim + (slice(0, k),)]
-    write(values, np.take_along_axis(source, order, axis=dim))
-    write(indices, order)
-    return values, indices
+    return _ordered_into(values, indices, source, _top_order(self, dim, k, largest, sorted), dim)
 
 
 # ---------------------------------------------------------------------------

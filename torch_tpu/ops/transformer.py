@@ -4,7 +4,8 @@ In eval mode without autograd, PyTorch sends tpu tensors (like CPU and CUDA ones
 ``_native_multi_head_attention`` and ``_transformer_encoder_layer_fwd``. These kernels
 follow the CPU's fused implementation (aten/src/ATen/native/transformers/) step by step,
 built from tpu ops. Where it differs from the unfused module path, the CPU's behaviour
-is kept: a query row whose keys are all masked gets zero attention, not NaN.
+is kept: a query row whose keys are all masked gets NaN (CPU's and CUDA's masked softmax), where
+the unfused path with need_weights=False (scaled_dot_product_attention) gives zeros.
 """
 
 import math
@@ -28,8 +29,7 @@ def attention_mask(mask, mask_type, scores):
 def masked_softmax(scores, mask, mask_type):
     if mask is None:
         return torch.softmax(scores, -1)
-    masked = scores.masked_fill(attention_mask(mask, mask_type, scores), -math.inf)
-    return torch.ops.aten._safe_softmax(masked, -1)
+    return torch.softmax(scores.masked_fill(attention_mask(mask, mask_type, scores), -math.inf), -1)
 
 
 def heads(x, num_heads):

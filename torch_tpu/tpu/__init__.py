@@ -45,8 +45,14 @@ def is_available():
     return True
 
 
+# The chip exists as soon as torch_tpu is imported. Device-generic code reads this attribute, as it reads
+# torch.cuda's: torch.utils.checkpoint stashes and restores the device RNG (so that dropout draws the same
+# mask when the forward is recomputed) only for an initialised device module.
+_initialized = True
+
+
 def is_initialized():
-    return True
+    return _initialized
 
 
 def init():
