@@ -75,7 +75,7 @@ def gpt_case(number):
 
 
 CASES = {
-    "add, 1,000 float32 (latency)": lambda: elementwise_case(1_000, 2_000),
+    "add, 1,000 float32 (latency)": lambda: elementwise_case(1_000, 20_000),
     "add, 16M float32": lambda: elementwise_case(16 * 2**20, 5),
     "matmul 1024x1024 float32": lambda: matmul_case(1024, 5),
     "GPT-style training step (2 layers, width 64, 8x32 tokens)": lambda: gpt_case(3),

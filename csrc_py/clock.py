@@ -75,13 +75,12 @@ class OpTotals:
     bytes: int = 0
     host_seconds: float = 0.0  # emulation wall time (profiled launches only)
 
-    def add(self, seconds, compute, cost):
+    def add(self, seconds, compute, nbytes, flops):
         self.count += 1
         self.seconds += seconds
         self.compute_seconds += compute
-        self.bytes += cost.bytes_read + cost.bytes_written
-        if cost.mxu_flops:
-            self.flops += cost.flops
+        self.bytes += nbytes
+        self.flops += flops
 
     def minus(self, earlier):
         return OpTotals(*(getattr(self, f) - getattr(earlier, f) for f in OpTotals.__slots__))
@@ -145,21 +144,34 @@ class Clock:
 
     def charge(self, cost, stream=0, host_start_ns=0, host_end_ns=0, thread=0):
         """Run ``cost`` on ``stream``; returns (start, end) in simulated seconds."""
-        # kernel_seconds, written out: this runs on every launch
-        memory = (cost.bytes_read + cost.bytes_written) / self.spec.hbm_bandwidth
         compute = compute_seconds(cost, self.spec) if cost.mxu_flops else 0.0
-        seconds = (compute if compute > memory else memory) + LAUNCH_OVERHEAD_SECONDS
-        start = self.stream_seconds.get(stream, self.host_seconds)
-        end = start + seconds
-        self.stream_seconds[stream] = end
-        totals = self.op_totals.get(cost.name)
-        if totals is None:
-            totals = self.op_totals[cost.name] = OpTotals()
-        totals.add(seconds, compute, cost)
+        flops = cost.flops if cost.mxu_flops else 0
+        start, end = self._run(cost.name, cost.bytes_read + cost.bytes_written, compute, flops, stream)
         if self.recorders:
             record = KernelRecord(cost, stream, start, end, host_start_ns, host_end_ns, thread)
             for recorder in self.recorders:
                 recorder.append(record)
+        return start, end
+
+    def charge_traffic(self, name, nbytes, stream=0):
+        """Run a kernel with no MXU work, which costs only its HBM traffic (most launches), without
+        building a KernelCost; nothing may be recording (recorders need the full cost)."""
+        return self._run(name, nbytes, 0.0, 0, stream)
+
+    def _run(self, name, nbytes, compute, flops, stream):
+        # kernel_seconds and OpTotals.add, written out: this runs on every launch
+        memory = nbytes / self.spec.hbm_bandwidth
+        seconds = (compute if compute > memory else memory) + LAUNCH_OVERHEAD_SECONDS
+        start = self.stream_seconds.get(stream, self.host_seconds)
+        end = self.stream_seconds[stream] = start + seconds
+        totals = self.op_totals.get(name)
+        if totals is None:
+            totals = self.op_totals[name] = OpTotals()
+        totals.count += 1
+        totals.seconds += seconds
+        totals.compute_seconds += compute
+        totals.bytes += nbytes
+        totals.flops += flops
         self.kernels_run += 1
         if self.kernels_run >= self._next_progress:
             self._progress()

@@ -17,7 +17,7 @@ import collections
 
 import numpy as np
 
-from .trace import EventLog
+from .trace import EventLog, now_ns as _now_ns
 
 HOST_ALIGNMENT = 64
 POOL_BLOCK_LIMIT = 64 << 20  # larger blocks go straight back to the OS
@@ -80,11 +80,10 @@ class Stat:
 class Buffer:
     """Device bytes behind one storage. Freed when the last reference (the storage) drops it."""
 
-    __slots__ = ("array", "nbytes", "block", "allocator", "id")
+    __slots__ = ("array", "nbytes", "allocator", "id")
 
-    def __init__(self, array, nbytes, block, allocator, buffer_id):
-        self.array, self.nbytes, self.block = array, nbytes, block
-        self.allocator, self.id = allocator, buffer_id
+    def __init__(self, array, nbytes, allocator, buffer_id):
+        self.array, self.nbytes, self.allocator, self.id = array, nbytes, allocator, buffer_id
 
     def __del__(self):
         if self.allocator is not None:
@@ -123,6 +122,7 @@ class HBM:
         self.capacity = capacity
         self.chip_name = chip_name
         self.events = events if events is not None else EventLog()
+        self._log = self.events.append_raw
         self.pool = HostPool()
         self.allocated_bytes = Stat()
         self.allocations = Stat()
@@ -133,7 +133,7 @@ class HBM:
 
     def allocate(self, nbytes):
         if nbytes == 0:
-            return Buffer(_NO_BYTES, 0, None, None, -1)
+            return Buffer(_NO_BYTES, 0, None, -1)
         allocated = self.allocated_bytes
         if allocated.current + nbytes > self.capacity:
             self.num_ooms += 1
@@ -142,30 +142,37 @@ class HBM:
                 self.history.oom(nbytes, max(self.capacity - allocated.current, 0))
             raise HBMOutOfMemory(nbytes, allocated.current, self.capacity, self.chip_name)
         block = self.pool.take(nbytes)
-        self._next_id += 1
-        # Stat.increase, inlined: this runs on every kernel's output
+        self._next_id = buffer_id = self._next_id + 1
+        # Stat.increase for both counters and EventLog.record, inlined: this runs for every
+        # kernel's output, and each Python call would cost as much as the work it does
         allocated.current += nbytes
         allocated.allocated += nbytes
         if allocated.current > allocated.peak:
             allocated.peak = allocated.current
-        self.allocations.increase(1)
-        self.events.record("alloc", self._next_id, nbytes, allocated.current)
-        self.live[self._next_id] = block
+        count = self.allocations
+        count.current += 1
+        count.allocated += 1
+        if count.current > count.peak:
+            count.peak = count.current
+        self._log(("alloc", _now_ns(), buffer_id, nbytes, allocated.current))
+        self.live[buffer_id] = block
         if self.history is not None:
             self.history.alloc(host_address(block), nbytes)
-        return Buffer(block, nbytes, block, self, self._next_id)
+        return Buffer(block, nbytes, self, buffer_id)
 
     def release(self, buffer):
-        nbytes = buffer.nbytes
+        nbytes, block = buffer.nbytes, buffer.array
         allocated = self.allocated_bytes
         allocated.current -= nbytes
         allocated.freed += nbytes
-        self.allocations.decrease(1)
+        count = self.allocations
+        count.current -= 1
+        count.freed += 1
         del self.live[buffer.id]
         if self.history is not None:
-            self.history.free(host_address(buffer.block), nbytes)
-        self.pool.give_back(buffer.block)
-        self.events.record("free", buffer.id, nbytes, allocated.current)
+            self.history.free(host_address(block), nbytes)
+        self.pool.give_back(block)
+        self._log(("free", _now_ns(), buffer.id, nbytes, allocated.current))
 
     @property
     def reserved_bytes(self):

@@ -140,6 +140,28 @@ def _transfer_traffic(args):
     return (0 if source.is_cpu else source.nbytes), (0 if destination.is_cpu else destination.nbytes)
 
 
+def _traffic_model(packet):
+    """The function giving (bytes read, bytes written) of one launch of an op."""
+    host_transfer = packet in HOST_TRANSFERS
+    write_only_self = packet in WRITE_ONLY_SELF
+
+    def traffic(args, kwargs, outputs):
+        if host_transfer:
+            return _transfer_traffic(args)
+        read = _tensor_bytes(args)
+        if kwargs:
+            read += _tensor_bytes(v for k, v in kwargs.items() if k != "out")
+        if write_only_self:
+            read -= args[0].nbytes
+        return read, _tensor_bytes(outputs)
+
+    return traffic
+
+
+def _launch_outputs(args, kwargs, result):
+    return (result,) if type(result) is Tensor and not kwargs else _outputs(args, kwargs, result)
+
+
 def cost_model(name):
     """The function giving the KernelCost of one launch of aten ``name``.
 
@@ -148,22 +170,13 @@ def cost_model(name):
     packet = name.partition(".")[0]
     flops_of_arguments = MXU_FLOPS.get(packet)
     flops_of_result = RESULT_FLOPS.get(packet)
-    host_transfer = packet in HOST_TRANSFERS
-    write_only_self = packet in WRITE_ONLY_SELF
+    traffic = _traffic_model(packet)
     make_cost = _C.clock.KernelCost
 
     def cost(args, kwargs, result, detailed=False):
         """``detailed`` adds shapes, dtypes and VPU element counts (for profiles)."""
-        outputs = _outputs(args, kwargs, result)
-        if host_transfer:
-            read, written = _transfer_traffic(args)
-        else:
-            read = _tensor_bytes(args)
-            if kwargs:
-                read += _tensor_bytes(v for k, v in kwargs.items() if k != "out")
-            if write_only_self:
-                read -= args[0].nbytes
-            written = _tensor_bytes(outputs)
+        outputs = _launch_outputs(args, kwargs, result)
+        read, written = traffic(args, kwargs, outputs)
         if flops_of_arguments is not None:
             flops = flops_of_arguments(*args, **kwargs)
         elif flops_of_result is not None:
@@ -192,17 +205,33 @@ def kernel_cost(name, args, kwargs, result, detailed=False):
 
 
 def charged(kernel, name):
-    """Wrap ``kernel`` so that every launch advances the chip's clock by its roofline time."""
+    """Wrap ``kernel`` so that every launch advances the chip's clock by its roofline time.
+
+    Outside a profile, an op without MXU work is charged by its traffic alone, with no
+    KernelCost built: that is most launches, and the small ones are dominated by this overhead.
+    """
     if name in FREE_OPS:
         return kernel
     clock = _C.current_chip().clock
     cost_of = cost_model(name)
+    packet = name.partition(".")[0]
+    traffic = _traffic_model(packet)
+    charge_traffic = clock.charge_traffic
+
+    def charge_cost(args, kwargs, result):
+        clock.charge(cost_of(args, kwargs, result), clock.current_stream)
+
+    def charge_bytes(args, kwargs, result):
+        read, written = traffic(args, kwargs, _launch_outputs(args, kwargs, result))
+        charge_traffic(name, read + written, clock.current_stream)
+
+    charge = charge_cost if packet in MXU_FLOPS or packet in RESULT_FLOPS else charge_bytes
 
     def launch(*args, **kwargs):
         if clock.recorders:
             return _recorded_launch(kernel, cost_of, clock, args, kwargs)
         result = kernel(*args, **kwargs)
-        clock.charge(cost_of(args, kwargs, result), clock.current_stream)
+        charge(args, kwargs, result)
         return result
 
     launch.__name__ = kernel.__name__

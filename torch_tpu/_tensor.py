@@ -90,7 +90,11 @@ def _new(shape, dtype, strides):
     tensor = _create_empty_tensor(shape, dtype)
     storage = tensor.untyped_storage()
     if nbytes or strides:
-        set_metadata(tensor, storage, 0, shape, strides)
+        _set_meta_included(True)  # set_metadata, inlined: this runs for every new tensor
+        try:
+            tensor.set_(storage, 0, shape, strides)
+        finally:
+            _set_meta_included(False)
     setattr(storage, BUFFER_ATTRIBUTE, buffer)
     return tensor, buffer
 

@@ -78,7 +78,7 @@ class profile:
         for record in self.records:
             cost = record.cost
             op = totals.setdefault(key(record), OpTotals())
-            op.add(record.seconds, compute_seconds(cost, spec) if cost.mxu_flops else 0.0, cost)
+            op.add(record.seconds, compute_seconds(cost, spec) if cost.mxu_flops else 0.0, cost.bytes, cost.flops)
             op.host_seconds += (record.host_end_ns - record.host_start_ns) / 1e9
         return totals
 

@@ -1087,10 +1087,6 @@ _NATIVE = frozenset({torch.float32, torch.float64, torch.int8, torch.int16, torc
                      torch.uint8, torch.complex64, torch.complex128})
 
 
-def _has_view_bits(tensor):
-    return tensor.is_conj() or tensor.is_neg()
-
-
 def native_operand(value, dtype):
     """A NumPy view or Python float usable as is for ``dtype``; None when conversion is needed."""
     if not isinstance(value, torch.Tensor):
@@ -1137,7 +1133,8 @@ def hot_binary(ufunc, out_kernel, rule=keep):
         if (isinstance(self, torch.Tensor) and isinstance(other, torch.Tensor) and self.dtype is other.dtype
                 and self.dtype in _NATIVE_SAME
                 and self.shape == other.shape and not options
-                and not (self.is_cpu or other.is_cpu or _has_view_bits(self) or _has_view_bits(other))):
+                # a real tensor never has the conjugate bit; a negative view (torch._neg_view) it may
+                and not (self.is_cpu or other.is_cpu or self.is_neg() or other.is_neg())):
             # the commonest call, two tpu tensors alike: no promotion, no broadcasting
             out, array = empty_with_array(self.shape, rule(self.dtype))
             vpu.apply(ufunc, as_numpy(self), as_numpy(other), out=array)
