@@ -143,17 +143,19 @@ def replace_buffer(storage, nbytes):
 def as_numpy(tensor):
     """A writable NumPy view of a tpu tensor's elements (no copy)."""
     dtype = NUMPY_DTYPE[tensor.dtype]
-    if not tensor.numel():
-        return np.empty(tensor.shape, dtype)
     try:
         buffer = getattr(tensor.untyped_storage(), BUFFER_ATTRIBUTE).array
     except AttributeError:
         raise _without_buffer(tensor.untyped_storage()) from None
     offset = tensor.storage_offset() * dtype.itemsize
-    if tensor.is_contiguous():
-        return np.ndarray(tensor.shape, dtype, buffer, offset)
-    itemsize = dtype.itemsize
-    return np.ndarray(tensor.shape, dtype, buffer, offset, [s * itemsize for s in tensor.stride()])
+    try:
+        if tensor.is_contiguous():
+            return np.ndarray(tensor.shape, dtype, buffer, offset)
+        return np.ndarray(tensor.shape, dtype, buffer, offset, [s * dtype.itemsize for s in tensor.stride()])
+    except (TypeError, ValueError):  # NumPy's "buffer is too small" / "offset must be ... no greater than"
+        if tensor.numel():
+            raise
+        return np.empty(tensor.shape, dtype)  # an empty tensor may sit past the end of its storage
 
 
 def from_numpy(array, dtype=None):

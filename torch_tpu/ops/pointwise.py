@@ -1135,8 +1135,9 @@ def hot_binary(ufunc, out_kernel, rule=keep):
                 and self.shape == other.shape and not options
                 # a real tensor never has the conjugate bit; a negative view (torch._neg_view) it may
                 and not (self.is_cpu or other.is_cpu or self.is_neg() or other.is_neg())):
-            # the commonest call, two tpu tensors alike: no promotion, no broadcasting
-            out, array = empty_with_array(self.shape, rule(self.dtype))
+            # the commonest call, two tpu tensors alike: no promotion, no broadcasting, and
+            # every rule keeps a float32/float64 result type
+            out, array = empty_with_array(self.shape, self.dtype)
             vpu.apply(ufunc, as_numpy(self), as_numpy(other), out=array)
             return out
         dtype = rule(torch.result_type(self, other))
