@@ -218,3 +218,41 @@ def test_view_errors_match_cpu():
             x.view(6)
         with pytest.raises(RuntimeError, match="shape '\\[4\\]' is invalid for input of size 6"):
             x.reshape(4)
+
+
+# --- writing into a tensor whose elements alias (an expanded view) --------------------------------------------
+
+WRITES_INTO_EXPANDED = {
+    "add_": lambda e, d: e.add_(1), "mul_": lambda e, d: e.mul_(2), "div_": lambda e, d: e.div_(2),
+    "sin_": lambda e, d: e.sin_(), "clamp_": lambda e, d: e.clamp_(0, 1), "relu_": lambda e, d: e.relu_(),
+    "copy_": lambda e, d: e.copy_(torch.ones(3, device=d)),
+    "add out": lambda e, d: torch.add(torch.ones(3, device=d), 1, out=e),
+    "exp out": lambda e, d: torch.exp(torch.ones(3, device=d), out=e),
+    "normal_": lambda e, d: e.normal_(), "uniform_": lambda e, d: e.uniform_(), "bernoulli_": lambda e, d: e.bernoulli_(0.5),
+    "_foreach_add_": lambda e, d: torch._foreach_add_([e], 1.0),
+    "addcmul_": lambda e, d: e.addcmul_(torch.ones(3, device=d), torch.ones(3, device=d)),
+    # CPU lets these write through aliasing elements; so must tpu
+    "fill_": lambda e, d: e.fill_(1), "zero_": lambda e, d: e.zero_(),
+    "masked_fill_": lambda e, d: e.masked_fill_(torch.tensor([True, False, True], device=d), 1.0),
+    "index_put_": lambda e, d: e.index_put_((torch.tensor([0], device=d),), torch.tensor(1.0, device=d)),
+    "sum out": lambda e, d: torch.sum(torch.ones(3, 3, device=d), 1, out=e),
+    "_foreach_zero_": lambda e, d: torch._foreach_zero_([e]),
+}
+
+
+@pytest.mark.parametrize("name", WRITES_INTO_EXPANDED)
+def test_writing_into_an_expanded_tensor_is_refused_like_cpu(name):
+    write = WRITES_INTO_EXPANDED[name]
+    results = {}
+    for device in ("cpu", "tpu"):
+        expanded = torch.zeros(1, device=device).expand(3)
+        torch.manual_seed(0)
+        try:
+            write(expanded, device)
+            results[device] = expanded.cpu()
+        except RuntimeError as error:
+            results[device] = str(error)
+    if isinstance(results["cpu"], str):
+        assert results["tpu"] == results["cpu"]
+    else:
+        torch.testing.assert_close(results["tpu"], results["cpu"])

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from .. import _tensor
+from ._overlap import PARTIAL_OVERLAP, check_no_internal_overlap, partially_overlap
 from ._registry import register
 
 class _HostBytes:
@@ -51,54 +52,17 @@ def _writable(tensor):
     return _tensor.as_numpy(tensor)
 
 
-_INTERNAL_OVERLAP = (
-    "unsupported operation: more than one element of the written-to tensor refers to a single "
-    "memory location. Please clone() the tensor before performing the operation."
-)
-_PARTIAL_OVERLAP = (
-    "unsupported operation: some elements of the input tensor and the written-to tensor refer to "
-    "a single memory location. Please clone() the tensor before performing the operation."
-)
-
-
 def _check_broadcastable(dst, src):
     """The source must broadcast to the destination; Meta raises PyTorch's own message if not."""
     if dst.shape != src.shape:
         torch.empty(dst.shape, device="meta").copy_(torch.empty(src.shape, device="meta"))
 
 
-def _is_non_overlapping_and_dense(tensor):
-    expected = 1
-    for size, stride in sorted((p for p in zip(tensor.shape, tensor.stride()) if p[0] != 1), key=lambda p: p[1]):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
-
-
-def _byte_range(tensor):
-    begin = tensor.storage_offset() * tensor.element_size()
-    return begin, begin + tensor.numel() * tensor.element_size()
-
-
-def _partially_overlap(a, b):
-    """ATen's get_overlap_status(a, b) == Partial, for two tpu tensors."""
-    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage()._cdata != b.untyped_storage()._cdata:
-        return False
-    if not (_is_non_overlapping_and_dense(a) and _is_non_overlapping_and_dense(b)):
-        return False  # too hard to tell: ATen lets these through as well
-    (a_begin, a_end), (b_begin, b_end) = _byte_range(a), _byte_range(b)
-    if (a_begin, a_end) == (b_begin, b_end):
-        return a.stride() != b.stride()
-    return a_begin < b_end and b_begin < a_end
-
-
 def _check_no_overlap(dst, src):
     """The memory-overlap errors CPU's copy_ raises, so results never depend on copy order."""
-    if torch._debug_has_internal_overlap(dst) == 1:
-        raise RuntimeError(_INTERNAL_OVERLAP)
-    if dst.device.type == "tpu" and src.device.type == "tpu" and _partially_overlap(dst, src):
-        raise RuntimeError(_PARTIAL_OVERLAP)
+    check_no_internal_overlap(dst)
+    if dst.device.type == "tpu" and src.device.type == "tpu" and partially_overlap(dst, src):
+        raise RuntimeError(PARTIAL_OVERLAP)
 
 
 @register("_copy_from")

@@ -19,6 +19,7 @@ import torch
 from .. import _tensor
 from .._C import special as vpu_special
 from ._common import as_numpy, empty, operand, opmath_dtype, opmath_operand, write
+from ._overlap import check_no_internal_overlap
 from ._registry import register
 
 _FAST_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
@@ -129,6 +130,9 @@ def _foreach(fn, method, self, tensor_columns, scalar_columns, inplace, keywords
     """The fast NumPy loop when the lists allow it, else PyTorch's composite route: one aten op per tensor."""
     keywords = keywords or {}
     _check_lists(self, *tensor_columns, *scalar_columns)
+    if inplace:
+        for t in self:
+            check_no_internal_overlap(t)
     if _fast_path(self, tensor_columns, scalar_columns):
         return _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords)
     columns = (*tensor_columns, *scalar_columns)

@@ -22,8 +22,9 @@ from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dty
 from .. import _C
 from .._C import special as vpu_special
 from .._errors import device_mismatch
-from .._tensor import hbm_buffer, numpy_dtype
+from .._tensor import numpy_dtype
 from ._common import as_numpy, empty, empty_with_array, operand, opmath_dtype, resize_out, write
+from ._overlap import check_no_internal_overlap, check_no_partial_overlap
 from ._registry import KERNELS, register
 
 aten = torch.ops.aten
@@ -150,6 +151,7 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
             raise RuntimeError(f"Found dtype {type_name(out.dtype)} but expected {type_name(result(common))}")
         check_castable(result(common), out.dtype)
         resize_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs))
+        check_no_internal_overlap(out)
         return compute_into(out, function, promoted, dtype, extras, kwargs, opmath)
 
     register(overload)(kernel)
@@ -180,6 +182,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
     def inplace(self, *args, **kwargs):
         promoted = (self, *args[:operands - 1])
         check_inplace(self, result(common_dtype(*promoted)), broadcast_shape(*promoted))
+        check_no_internal_overlap(self)
         return run(self, (self, *args), kwargs)
 
     def out_variant(*args, out, **kwargs):
@@ -188,6 +191,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
             raise RuntimeError(f"Found dtype {type_name(out.dtype)} but expected {type_name(expected)}")
         check_castable(expected, out.dtype)
         resize_out(out, broadcast_shape(*args[:operands]))
+        check_no_internal_overlap(out)
         return run(out, args, kwargs)
 
     for overload in overloads:
@@ -1108,26 +1112,6 @@ def result_shape(self, other):
     return self.shape
 
 
-def check_no_partial_overlap(out, value):
-    """In-place ops refuse inputs that share some, but not all, of the output's elements."""
-    if not isinstance(value, torch.Tensor) or value is out or not (value._is_view() or out._is_view()):
-        return  # only views share storage with another tensor
-    if value.is_cpu or value.numel() == 0 or out.numel() == 0:
-        return
-    if hbm_buffer(value.untyped_storage()) is not hbm_buffer(out.untyped_storage()):
-        return
-    if (value.storage_offset(), value.shape, value.stride()) == (out.storage_offset(), out.shape, out.stride()):
-        return
-    if not (value.is_contiguous() and out.is_contiguous()):
-        return  # PyTorch cannot tell either ("too hard") and lets it through
-    value_end = value.storage_offset() + value.numel()
-    out_end = out.storage_offset() + out.numel()
-    if value.storage_offset() < out_end and out.storage_offset() < value_end:
-        raise RuntimeError(
-            "unsupported operation: some elements of the input tensor and the written-to tensor refer to a "
-            "single memory location. Please clone() the tensor before performing the operation.")
-
-
 def hot_binary(ufunc, out_kernel, rule=keep):
     def functional(self, other, **options):
         if (isinstance(self, torch.Tensor) and isinstance(other, torch.Tensor) and self.dtype is other.dtype
@@ -1152,6 +1136,7 @@ def hot_binary(ufunc, out_kernel, rule=keep):
 
     def inplace(self, other, **options):
         dtype = rule(torch.result_type(self, other))
+        check_no_internal_overlap(self)
         check_no_partial_overlap(self, other)
         if not options and dtype is self.dtype and dtype in _NATIVE:
             b = native_operand(other, dtype)

@@ -25,6 +25,7 @@ import torch
 
 from .. import _C, _tensor
 from ._common import as_numpy, empty, opmath_operand, resize_out, write
+from ._overlap import check_no_internal_overlap
 from ._registry import register
 
 # PyTorch's names for dtypes in "not implemented for 'Long'" errors, and its C++ type names in bounds errors.
@@ -64,6 +65,7 @@ def _draw_dtype(dtype):
 
 def _fill(self, generator, draw):
     """Store ``draw(rng, shape, draw_dtype)`` into ``self``; a complex tensor gets independent real and imag parts."""
+    check_no_internal_overlap(self)  # before the draw: a refused call leaves the generator where it was
     rng = _stream(generator)
     if self.numel() == 0:
         return self
