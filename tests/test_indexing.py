@@ -4,40 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from torch.utils._pytree import tree_map
-
-
-def to_tpu(value):
-    return value.to("tpu") if isinstance(value, torch.Tensor) else value
-
-
-def check(fn, *args, **kwargs):
-    """fn on CPU args and on their tpu copies agree (values, dtype, shape), or both raise the same class."""
-    try:
-        expected = fn(*args, **kwargs)
-    except Exception as cpu_error:
-        with pytest.raises(type(cpu_error)):
-            fn(*tree_map(to_tpu, args), **tree_map(to_tpu, kwargs))
-        return
-    actual = fn(*tree_map(to_tpu, args), **tree_map(to_tpu, kwargs))
-    actual = tree_map(lambda v: v.cpu() if isinstance(v, torch.Tensor) else v, actual)
-    torch.testing.assert_close(actual, expected, equal_nan=True)
-    return actual
-
-
-def noncontiguous(*shape, dtype=torch.float32):
-    """A transposed view with the given shape."""
-    base = make(*reversed(shape), dtype=dtype)
-    return base.permute(*reversed(range(len(shape))))
-
-
-def make(*shape, dtype=torch.float32):
-    if dtype == torch.bool:
-        return torch.rand(shape) > 0.5
-    if not dtype.is_floating_point:
-        return torch.randint(-50, 50, shape, dtype=dtype)
-    return torch.randn(shape).to(dtype)
-
+from differential import check, make, noncontiguous
 
 DTYPES = [torch.float32, torch.bfloat16, torch.int64, torch.bool]
 

@@ -13,7 +13,6 @@ bin exactly as CPU's binary search bins them.
 import numpy as np
 import torch
 
-from .. import _tensor
 from ._common import empty, operand, resize_out, write
 from ._registry import register
 

@@ -36,6 +36,14 @@ def _unscaled_gradient(grad, grad_scale, real):
     return gradient
 
 
+def _step_operands(param, grad, grad_scale, maximize):
+    """(opmath scalar type, weights, gradient) as every fused optimizer starts a step: the gradient
+    unscaled, negated to maximize, in the parameter's opmath type."""
+    real = opmath_dtype(param.dtype).type
+    gradient = _unscaled_gradient(grad, grad_scale, real)
+    return real, opmath_operand(param), -gradient if maximize else gradient
+
+
 def _lerp(start, end, weight, real):
     """``start.lerp(end, weight)`` in PyTorch's two-sided form, exact at both ends."""
     if abs(weight) < 0.5:
@@ -45,14 +53,10 @@ def _lerp(start, end, weight, real):
 
 def _adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step, *, lr, beta1, beta2, weight_decay, eps,
                amsgrad, maximize, grad_scale, decoupled_weight_decay):
-    real = opmath_dtype(param.dtype).type
     bias_correction1 = 1 - beta1 ** step  # in double, as the non-fused optimizer computes it
     bias_correction2_sqrt = math.sqrt(1 - beta2 ** step)
     step_size = lr / bias_correction1
-    gradient = _unscaled_gradient(grad, grad_scale, real)
-    if maximize:
-        gradient = -gradient
-    weights = opmath_operand(param)
+    real, weights, gradient = _step_operands(param, grad, grad_scale, maximize)
     if weight_decay != 0:
         if decoupled_weight_decay:
             weights = weights * real(1 - lr * weight_decay)
@@ -90,11 +94,7 @@ register("_fused_adamw_", "_fused_adamw_.tensor_lr")(_fused_adam(decoupled_weigh
 
 def _sgd_step(param, grad, momentum_buffer, *, weight_decay, momentum, lr, dampening, nesterov, maximize,
               is_first_step, grad_scale):
-    real = opmath_dtype(param.dtype).type
-    gradient = _unscaled_gradient(grad, grad_scale, real)
-    if maximize:
-        gradient = -gradient
-    weights = opmath_operand(param)
+    real, weights, gradient = _step_operands(param, grad, grad_scale, maximize)
     if weight_decay != 0:
         gradient = gradient + weights * real(weight_decay)
     if momentum != 0:
@@ -120,11 +120,7 @@ def fused_sgd_(self, grads, momentum_buffer_list, *, weight_decay, momentum, lr,
 
 
 def _adagrad_step(param, grad, state_sum, step, *, lr, lr_decay, weight_decay, eps, maximize, grad_scale):
-    real = opmath_dtype(param.dtype).type
-    gradient = _unscaled_gradient(grad, grad_scale, real)
-    if maximize:
-        gradient = -gradient
-    weights = opmath_operand(param)
+    real, weights, gradient = _step_operands(param, grad, grad_scale, maximize)
     if weight_decay != 0:
         gradient = gradient + weights * real(weight_decay)
     squares = opmath_operand(state_sum) + gradient * gradient
