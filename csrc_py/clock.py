@@ -146,19 +146,18 @@ class Clock:
         """Run ``cost`` on ``stream``; returns (start, end) in simulated seconds."""
         compute = compute_seconds(cost, self.spec) if cost.mxu_flops else 0.0
         flops = cost.flops if cost.mxu_flops else 0
-        start, end = self._run(cost.name, cost.bytes_read + cost.bytes_written, compute, flops, stream)
+        start, end = self.advance(cost.name, cost.bytes_read + cost.bytes_written, stream, compute, flops)
         if self.recorders:
             record = KernelRecord(cost, stream, start, end, host_start_ns, host_end_ns, thread)
             for recorder in self.recorders:
                 recorder.append(record)
         return start, end
 
-    def charge_traffic(self, name, nbytes, stream=0):
-        """Run a kernel with no MXU work, which costs only its HBM traffic (most launches), without
-        building a KernelCost; nothing may be recording (recorders need the full cost)."""
-        return self._run(name, nbytes, 0.0, 0, stream)
+    def advance(self, name, nbytes, stream=0, compute=0.0, flops=0):
+        """Run kernel ``name`` moving ``nbytes`` of HBM traffic (and ``compute`` seconds of MXU work).
 
-    def _run(self, name, nbytes, compute, flops, stream):
+        Called directly, with no KernelCost built, for the many launches without MXU work while
+        nothing records (recorders need the full cost: use ``charge``)."""
         # kernel_seconds and OpTotals.add, written out: this runs on every launch
         memory = nbytes / self.spec.hbm_bandwidth
         seconds = (compute if compute > memory else memory) + LAUNCH_OVERHEAD_SECONDS

@@ -158,10 +158,6 @@ def _traffic_model(packet):
     return traffic
 
 
-def _launch_outputs(args, kwargs, result):
-    return (result,) if type(result) is Tensor and not kwargs else _outputs(args, kwargs, result)
-
-
 def cost_model(name):
     """The function giving the KernelCost of one launch of aten ``name``.
 
@@ -175,7 +171,7 @@ def cost_model(name):
 
     def cost(args, kwargs, result, detailed=False):
         """``detailed`` adds shapes, dtypes and VPU element counts (for profiles)."""
-        outputs = _launch_outputs(args, kwargs, result)
+        outputs = (result,) if type(result) is Tensor and not kwargs else _outputs(args, kwargs, result)
         read, written = traffic(args, kwargs, outputs)
         if flops_of_arguments is not None:
             flops = flops_of_arguments(*args, **kwargs)
@@ -216,14 +212,19 @@ def charged(kernel, name):
     cost_of = cost_model(name)
     packet = name.partition(".")[0]
     traffic = _traffic_model(packet)
-    charge_traffic = clock.charge_traffic
+    plain = packet not in HOST_TRANSFERS and packet not in WRITE_ONLY_SELF
+    advance = clock.advance
 
     def charge_cost(args, kwargs, result):
         clock.charge(cost_of(args, kwargs, result), clock.current_stream)
 
     def charge_bytes(args, kwargs, result):
-        read, written = traffic(args, kwargs, _launch_outputs(args, kwargs, result))
-        charge_traffic(name, read + written, clock.current_stream)
+        if plain and not kwargs and type(result) is Tensor:  # the commonest launch: inputs read, one new output
+            nbytes = _tensor_bytes(args) + result.nbytes
+        else:
+            read, written = traffic(args, kwargs, _outputs(args, kwargs, result))
+            nbytes = read + written
+        advance(name, nbytes, clock.current_stream)
 
     charge = charge_cost if packet in MXU_FLOPS or packet in RESULT_FLOPS else charge_bytes
 
