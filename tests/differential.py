@@ -34,3 +34,12 @@ def make(*shape, dtype=torch.float32):
 def noncontiguous(*shape, dtype=torch.float32):
     """A transposed view with the given shape."""
     return make(*reversed(shape), dtype=dtype).permute(*reversed(range(len(shape))))
+
+
+def check_same_error(call, on_cpu="cpu", on_tpu="tpu"):
+    """``call(on_cpu)`` raises, and ``call(on_tpu)`` raises the same class with the same message."""
+    with pytest.raises(Exception) as cpu_error:
+        call(on_cpu)
+    with pytest.raises(type(cpu_error.value)) as tpu_error:
+        call(on_tpu)
+    assert str(tpu_error.value) == str(cpu_error.value)

@@ -7,6 +7,8 @@ import torch
 
 from torch_tpu._C import mxu
 
+from differential import check_same_error
+
 L = torch.linalg
 BF16_TOLERANCE = dict(atol=2e-2, rtol=1.6e-2)
 
@@ -140,11 +142,7 @@ def test_out_variants_and_in_place():
                        out=torch.empty(0, device=d, dtype=torch.float64)),
 ], ids=lambda _: "")
 def test_errors_match_cpu(call):
-    with pytest.raises(Exception) as on_cpu:
-        call("cpu")
-    with pytest.raises(type(on_cpu.value)) as on_tpu:
-        call("tpu")
-    assert str(on_tpu.value) == str(on_cpu.value)
+    check_same_error(call)
 
 
 def test_cpu_operand_is_a_device_error():
@@ -335,11 +333,7 @@ def test_empty_matrices():
     lambda d: L.lu_factor(torch.eye(3, device=d), pivot=False),
 ], ids=lambda _: "")
 def test_linalg_errors_match_cpu(call):
-    with pytest.raises(Exception) as on_cpu:
-        call("cpu")
-    with pytest.raises(type(on_cpu.value)) as on_tpu:
-        call("tpu")
-    assert str(on_tpu.value) == str(on_cpu.value)
+    check_same_error(call)
 
 
 def test_linalg_gradients_match_cpu():
@@ -508,11 +502,7 @@ def test_empty_solves():
     lambda d: torch.ops.aten.linalg_matrix_exp.out(torch.ones(3, 3, device=d), out=torch.empty(0, device=d, dtype=torch.int64)),
 ], ids=lambda _: "")
 def test_new_linalg_errors_match_cpu(call):
-    with pytest.raises(Exception) as on_cpu:
-        call("cpu")
-    with pytest.raises(type(on_cpu.value)) as on_tpu:
-        call("tpu")
-    assert str(on_tpu.value) == str(on_cpu.value)
+    check_same_error(call)
 
 
 # --- regressions from the OpInfo sweep ----------------------------------------------------------------------------
@@ -578,11 +568,7 @@ def test_cross_rounds_like_cpu(dtype):
     lambda t: L.cross(t(torch.randn(4, 3)), t(torch.randn(4, 3)), out=t(torch.empty(0, dtype=torch.float64))),
 ])
 def test_cross_errors_match_cpu(call):
-    with pytest.raises(Exception) as on_cpu:
-        call(lambda v: v)
-    with pytest.raises(type(on_cpu.value)) as on_tpu:
-        call(tpu)
-    assert str(on_tpu.value) == str(on_cpu.value)
+    check_same_error(call, on_cpu=lambda v: v, on_tpu=tpu)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

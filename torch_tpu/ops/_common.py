@@ -82,3 +82,10 @@ def resize_out(out, shape):
     if tuple(out.shape) != shape:
         out.resize_(shape)
     return out
+
+
+def store_out(out, result):
+    """The last step of an ``out=`` variant built on its functional kernel: ``out`` resized to
+    ``result`` (a tpu tensor or an array), which is stored into it."""
+    resize_out(out, result.shape)
+    return write(out, as_numpy(result) if isinstance(result, torch.Tensor) else result)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import _tensor
-from ._common import as_numpy, empty, new_tensor, operand, opmath_operand, write
+from ._common import as_numpy, empty, new_tensor, operand, opmath_operand, store_out, write
 from ._registry import register
 from .copy import cpu_tensor_as_numpy
 
@@ -127,10 +127,7 @@ def index(self, indices):
 
 @register("index.Tensor_out")
 def index_out(self, indices, *, out):
-    result = operand(self, "index")[advanced_index_key(self, indices)]
-    if tuple(out.shape) != result.shape:
-        out.resize_(result.shape)
-    return write(out, result)
+    return store_out(out, operand(self, "index")[advanced_index_key(self, indices)])
 
 
 @register("_index_put_impl_")
@@ -432,9 +429,7 @@ def masked_select(self, mask):
 
 @register("masked_select.out")
 def masked_select_out(self, mask, *, out):
-    result = masked_select(self, mask)
-    out.resize_(result.shape)
-    return write(out, as_numpy(result))
+    return store_out(out, masked_select(self, mask))
 
 
 @register("masked_scatter_")
@@ -505,9 +500,7 @@ def take(self, index):
 
 @register("take.out")
 def take_out(self, index, *, out):
-    result = take(self, index)
-    out.resize_(result.shape)
-    return write(out, as_numpy(result))
+    return store_out(out, take(self, index))
 
 
 @register("put_")

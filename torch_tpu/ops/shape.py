@@ -12,7 +12,7 @@ import torch
 
 from .. import _tensor
 from . import _libstdcxx
-from ._common import as_numpy, empty, new_tensor, operand, opmath_operand, write
+from ._common import as_numpy, empty, new_tensor, operand, opmath_operand, store_out, write
 from ._registry import register
 
 
@@ -164,9 +164,7 @@ def _pad_kernels(mode, dims):
         return new_tensor(_pad_forward(mode, self, padding), self.dtype)
 
     def forward_out(self, padding, *, out):
-        result = _pad_forward(mode, self, padding)
-        out.resize_(result.shape)
-        return write(out, result)
+        return store_out(out, _pad_forward(mode, self, padding))
 
     def backward(grad_output, self, padding):
         return new_tensor(_pad_backward(mode, grad_output, self, padding), self.dtype)
@@ -513,9 +511,7 @@ def _thread_histograms(bin_of, bins, dtype):
 
 @register("histc.out")
 def histc_out(self, bins=100, min=0, max=0, *, out):
-    result = histc(self, bins, min, max)
-    out.resize_(result.shape)
-    return write(out, as_numpy(result))
+    return store_out(out, histc(self, bins, min, max))
 
 
 @register("bincount")
