@@ -957,6 +957,7 @@ def div_out_mode(self, other, *, rounding_mode=None, out):
         require(dtype != torch.bool, dtype, f"div_{rounding_mode}_cpu")
     check_castable(dtype, out.dtype)
     resize_out(out, broadcast_shape(self, other))
+    check_no_internal_overlap(out)
     return compute_into(out, divide, (self, other), dtype, options={"rounding_mode": rounding_mode},
                         opmath=divides_in_opmath(self, other))
 
