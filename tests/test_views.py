@@ -224,6 +224,7 @@ def test_view_errors_match_cpu():
 
 WRITES_INTO_EXPANDED = {
     "add_": lambda e, d: e.add_(1), "mul_": lambda e, d: e.mul_(2), "div_": lambda e, d: e.div_(2),
+    "div_ floor": lambda e, d: e.div_(2, rounding_mode="floor"),
     "sin_": lambda e, d: e.sin_(), "clamp_": lambda e, d: e.clamp_(0, 1), "relu_": lambda e, d: e.relu_(),
     "copy_": lambda e, d: e.copy_(torch.ones(3, device=d)),
     "add out": lambda e, d: torch.add(torch.ones(3, device=d), 1, out=e),
