@@ -20,10 +20,6 @@ _OPMATH = {
 }
 
 
-# How a CPU 0-d tensor of a format NumPy cannot compute with is read as a scalar operand.
-_SCALAR_DTYPE = {torch.complex32: np.dtype(np.complex64)}
-
-
 def opmath_dtype(dtype):
     """The NumPy dtype PyTorch computes ``dtype`` in."""
     return _OPMATH.get(dtype) or _tensor.numpy_dtype(dtype)
@@ -45,7 +41,9 @@ def operand(value, op_name=None):
                 array = np.negative(array)
             return array
         if value.dim() == 0:
-            return np.asarray(value.item(), dtype=_SCALAR_DTYPE.get(value.dtype) or _tensor.numpy_dtype(value.dtype))
+            # complex32 is read as the complex64 it computes in, as on the tpu side above
+            scalar_dtype = _OPMATH[value.dtype] if value.dtype is torch.complex32 else _tensor.numpy_dtype(value.dtype)
+            return np.asarray(value.item(), dtype=scalar_dtype)
         raise device_mismatch("tpu:0", value.device, op_name)
     return value
 

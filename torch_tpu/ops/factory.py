@@ -142,7 +142,7 @@ def _scalar_to(value, dtype):
 
 def _multiply_add(a, b, c):
     """``a * b + c`` as CPU's compiled float32/float64 kernels give it: fused, with one rounding."""
-    if np.asarray(a).dtype.itemsize < 4 or not np.asarray(a).dtype.kind == "f":
+    if np.asarray(a).dtype not in (np.float32, np.float64):
         return a * b + c  # c10's Half and BFloat16 round every operation; integers are exact
     return vpu.fused_multiply_add(a, b, c)
 
