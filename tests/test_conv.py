@@ -1,5 +1,7 @@
 """Convolution on tpu (im2col on the MXU), forward and backward, differential against torch CPU."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -105,7 +107,7 @@ def test_conv_module_training_step_matches_cpu():
     x = torch.randn(2, 3, 8, 8)
     grads = {}
     for device in ("cpu", "tpu"):
-        replica = model.to(device) if device == "cpu" else torch.nn.Sequential(*model).to(device)
+        replica = copy.deepcopy(model).to(device)
         replica.zero_grad()
         replica(x.to(device)).backward(torch.ones(2, 2, 3, 3, device=device))
         grads[device] = [p.grad.cpu() for p in replica.parameters()]

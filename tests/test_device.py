@@ -94,8 +94,19 @@ def test_tensor_device_attributes():
     assert x.is_tpu and not torch.ones(1).is_tpu
     assert x.get_device() == 0
     assert torch.ones(2).tpu().device == torch.device("tpu:0")
-    assert torch.empty(0, device="tpu").data_ptr() == 0
     assert x.to("tpu") is x
+
+
+def test_data_ptr_is_the_hbm_address_plus_the_offset():
+    """Libraries detect aliasing by comparing pointers: distinct tensors must never compare equal."""
+    x, y = torch.ones(4, device="tpu"), torch.ones(4, device="tpu")
+    assert x.data_ptr() != 0 and x.data_ptr() != y.data_ptr()
+    assert x.data_ptr() == x.untyped_storage().data_ptr() != y.untyped_storage().data_ptr()
+    assert x[1:].data_ptr() == x.data_ptr() + 4 and x.view(2, 2)[1].data_ptr() == x.data_ptr() + 8
+    assert torch.ones(2, dtype=torch.float64, device="tpu")[1:].element_size() == 8
+    many = [torch.ones(3, device="tpu") for _ in range(50)]
+    assert len({t.data_ptr() for t in many}) == 50
+    assert torch.empty(0, device="tpu").data_ptr() == 0  # as an empty CPU tensor's
 
 
 def test_to_cpu_round_trip_values():

@@ -10,6 +10,7 @@ import functools
 
 import pytest
 import torch
+from torch import nn
 from torch.testing import assert_close
 
 from models import GPT, MLP, SmallCNN, cross_entropy
@@ -105,7 +106,6 @@ def test_default_optimizer_uses_foreach_on_tpu():
 
 
 def test_module_to_keeps_tied_weights():
-    """Module._apply would untie them (PrivateUse1 is not a "compatible shallow-copy type"); torch_tpu re-ties."""
     model = GPT()
     shared = model.head.weight
     assert shared is model.tokens.weight
@@ -114,3 +114,34 @@ def test_module_to_keeps_tied_weights():
     assert len(list(model.parameters())) == len(list(GPT().parameters()))
     model = model.to(torch.float64)
     assert model.head.weight is model.tokens.weight and model.head.weight.dtype == torch.float64
+
+
+def test_module_to_keeps_parameter_objects_so_an_earlier_optimizer_trains_the_model():
+    """As CPU->CUDA: Module._apply moves data into the same Parameters (``param.data = tpu_tensor``)."""
+    torch.manual_seed(0)
+    cpu_model = nn.Linear(4, 3)
+    tpu_model = nn.Linear(4, 3)
+    tpu_model.load_state_dict(cpu_model.state_dict())
+    parameters = list(tpu_model.parameters())
+    optimizer = torch.optim.SGD(tpu_model.parameters(), lr=0.5)
+    cpu_optimizer = torch.optim.SGD(cpu_model.parameters(), lr=0.5)
+    tpu_model.to("tpu")
+    assert all(a is b for a, b in zip(tpu_model.parameters(), parameters))
+    x = torch.randn(5, 4)
+    for model, opt, batch in ((cpu_model, cpu_optimizer, x), (tpu_model, optimizer, x.to("tpu"))):
+        model(batch).square().sum().backward()
+        opt.step()
+    assert_close(tpu_model.weight.detach().cpu(), cpu_model.weight.detach())
+    assert not torch.equal(cpu_model.weight.detach(), nn.Linear(4, 3).weight.detach())  # it did move
+    tpu_model.cpu()
+    assert all(a is b for a, b in zip(tpu_model.parameters(), parameters)) and parameters[0].device.type == "cpu"
+
+
+def test_cpu_and_tpu_tensors_are_shallow_copy_compatible():
+    cpu, tpu = torch.ones(2), torch.zeros(3, device="tpu")
+    assert torch._has_compatible_shallow_copy_type(cpu, tpu) and torch._has_compatible_shallow_copy_type(tpu, cpu)
+    assert not torch._has_compatible_shallow_copy_type(torch.ones(2, device="meta"), tpu)
+    parameter = nn.Parameter(torch.ones(3))
+    parameter.data = tpu
+    assert parameter.device.type == "tpu" and parameter.is_leaf and isinstance(parameter, nn.Parameter)
+    assert torch.equal(parameter.detach().cpu(), torch.zeros(3))

@@ -20,7 +20,7 @@ from . import _accelerator  # noqa: E402
 
 _accelerator.install()
 
-from . import _module, _pinned, _printing, _storage, autocast, fp8, ops, profiler  # noqa: E402,F401
+from . import _pinned, _printing, _storage, autocast, fp8, ops, profiler  # noqa: E402,F401
 from .ops.fallback import fallback_counts  # noqa: E402
 from .report import report  # noqa: E402
 

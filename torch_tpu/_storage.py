@@ -102,8 +102,28 @@ def _set_from_file(self, *args):
 @_patch("data_ptr")
 def _data_ptr(self):
     """The host address of the emulated HBM bytes: unique per live allocation."""
-    buffer = _tensor.hbm_buffer(self)
-    return buffer.array.ctypes.data if buffer.nbytes else 0
+    return _tensor.buffer_address(_tensor.hbm_buffer(self))
+
+
+def _install_tensor_data_ptr():
+    """``Tensor.data_ptr()`` is the storage's address plus the offset, as on every other device.
+
+    C++ would read the storage's own data pointer, which is null for a Python backend, and return
+    just ``storage_offset * itemsize``: two unrelated tensors would then compare equal, and libraries
+    that detect aliasing by pointer (safetensors, FSDP, Hugging Face's tied-weight checks) would
+    be wrong. Tensors without an HBM buffer (fake and meta tensors on "tpu") keep C++'s answer.
+    """
+    original = torch.Tensor.data_ptr
+
+    @functools.wraps(original)
+    def data_ptr(self):
+        buffer = getattr(self.untyped_storage(), _tensor.BUFFER_ATTRIBUTE, None)
+        if buffer is None:
+            return original(self)
+        address = _tensor.buffer_address(buffer)
+        return address + self.storage_offset() * self.element_size() if address else 0
+
+    torch.Tensor.data_ptr = data_ptr
 
 
 def _install_constructor():
@@ -123,3 +143,4 @@ def _install_constructor():
 
 _install_constructor()
 _install_copy()
+_install_tensor_data_ptr()

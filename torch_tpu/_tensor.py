@@ -130,6 +130,11 @@ def hbm_buffer(storage):
         raise _without_buffer(storage) from None
 
 
+def buffer_address(buffer):
+    """The host address of an HBM buffer's bytes (0 for an empty one, as for an empty CPU storage)."""
+    return buffer.array.ctypes.data if buffer.nbytes else 0
+
+
 def replace_buffer(storage, nbytes):
     """Give ``storage`` a new buffer of ``nbytes``, keeping the bytes both have in common."""
     old = hbm_buffer(storage)

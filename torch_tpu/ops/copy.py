@@ -96,3 +96,18 @@ _BIT_AWARE = torch.library.Library("aten", "IMPL")
 for _key in ("Conjugate", "Negative"):
     for _op in ("_copy_from", "_copy_from_and_resize"):
         _BIT_AWARE.impl(_op, torch.library.fallthrough_kernel, _key)
+
+
+@register("_has_compatible_shallow_copy_type")
+def has_compatible_shallow_copy_type(self, source):
+    """Dense CPU and tpu tensors may take each other's data, as CPU and CUDA ones may.
+
+    ``param.data = tensor`` and ``nn.Module._apply`` ask this before moving a tensor's data into an
+    existing Parameter. PyTorch answers yes only for its built-in dense backends, so without this a
+    ``model.to("tpu")`` would replace every Parameter with a new object: an optimizer built before the
+    move would go on updating the old CPU tensors, and tied weights would come apart.
+    """
+    return self.layout == source.layout == torch.strided and {self.device.type, source.device.type} <= _DENSE_PEERS
+
+
+_DENSE_PEERS = frozenset({"cpu", "tpu"})
