@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from .. import _tensor
-from .._C import vpu
+from .._C import cpu_loops, vpu
 from .._errors import check_device_index
 from ._registry import register
 
@@ -103,7 +103,6 @@ def zero_(self):
 # counted on from its first element, then element by element; the two ways round differently.
 # That kernel has no AVX-512 build, so vectors are 32 bytes.
 _SIMD_BYTES = 32
-_GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE: at::parallel_for splits longer ranges across threads
 
 # c10's names of the dtypes some CPU factories have no kernel for
 _SCALAR_TYPE_NAME = {
@@ -176,19 +175,13 @@ def _arange_length(start, end, step, dtype):
     return int(length)
 
 
-def _range_starts(index, n):
-    """The first index of the at::parallel_for range (one per thread) each index falls in, and their length."""
-    threads = min(torch.get_num_threads(), -(-n // _GRAIN_SIZE)) if n > _GRAIN_SIZE else 1
-    chunk = -(-n // threads)
-    return index // chunk * chunk, chunk
-
-
 def _arange_values(first, step, n, dtype):
     """``first + step * i`` in the accumulate type of ``first``/``step``, rounded to ``dtype`` as
     CPU's vectorised fill gives it: each vector counts on from its own first element."""
     index = np.arange(n)
     lanes = _SIMD_BYTES // dtype.itemsize
-    begin, chunk = _range_starts(index, n)
+    chunk = cpu_loops.parallel_chunk_length(n, torch.get_num_threads())  # each thread's range
+    begin = index // chunk * chunk
     offset = index - begin
     in_vectors = offset < np.minimum(chunk, n - begin) // (2 * lanes) * (2 * lanes)
     lane = offset % lanes
@@ -291,7 +284,7 @@ def logspace_out(start, end, steps, base=10.0, *, out):
     values = _power(power_type.type(base), exponents)
     if out.dtype in (torch.float16, torch.bfloat16):
         values = values.astype(np.float32)  # a double reaches c10's Half and BFloat16 through float
-    _tensor._C.dtypes.cast_into(_tensor.as_numpy(out), values, _tensor.DTYPE_NAME[out.dtype])
+    _tensor._C.dtypes.cast_into(_tensor.as_numpy(out), values, _tensor.DTYPE_NAME[out.dtype], static_cast=True)
     return out
 
 
