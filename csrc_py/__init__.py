@@ -7,6 +7,6 @@ hardware with NumPy and knows nothing of PyTorch. Never import torch here.
 from . import chips, clock, dtypes, hbm, rng, trace, vpu
 from .chip import Chip, current_chip
 from .chips import CHIPS, ChipSpec
-from .hbm import HBMOutOfMemory
+from .hbm import HBMOutOfMemory, HostOutOfMemory
 
-__all__ = ["CHIPS", "Chip", "ChipSpec", "HBMOutOfMemory", "chips", "clock", "current_chip", "dtypes", "hbm", "rng", "trace", "vpu"]
+__all__ = ["CHIPS", "Chip", "ChipSpec", "HBMOutOfMemory", "HostOutOfMemory", "chips", "clock", "current_chip", "dtypes", "hbm", "rng", "trace", "vpu"]

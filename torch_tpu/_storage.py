@@ -11,6 +11,7 @@ import functools
 import torch
 
 from . import _tensor
+from ._errors import negative_allocation
 
 _Storage = torch.UntypedStorage
 
@@ -20,7 +21,12 @@ def _is_tpu_device(device):
 
 
 def new_tpu_storage(nbytes):
-    return _tensor.empty((int(nbytes),), torch.uint8).untyped_storage()
+    """A fresh tpu storage of ``nbytes`` bytes, refused as CPU's allocator refuses it (before allocating)."""
+    if nbytes > _tensor.INT64_MAX:
+        raise ValueError("Overflow when unpacking long long")  # what the C++ argument parser says
+    if nbytes < 0:
+        raise negative_allocation(nbytes)
+    return _tensor.empty((nbytes,), torch.uint8).untyped_storage()
 
 
 def _patch(name):
@@ -131,9 +137,13 @@ def _install_constructor():
 
     def __new__(cls, *args, device=None, **kwargs):
         if _is_tpu_device(device):
-            if len(args) > 1 or kwargs:
-                raise TypeError("UntypedStorage(size, device='tpu') takes only a byte count")
-            return new_tpu_storage(args[0] if args else 0)
+            if not args and not kwargs:
+                return new_tpu_storage(0)
+            if len(args) == 1 and not kwargs and isinstance(args[0], int):
+                return new_tpu_storage(args[0])
+            # a sequence of bytes, or arguments CPU refuses: CPU builds it (or raises its error), then it moves
+            host = original_new(cls, *args, **kwargs)
+            return new_tpu_storage(host.nbytes()).copy_(host)
         if device is not None:
             kwargs["device"] = device
         return original_new(cls, *args, **kwargs)

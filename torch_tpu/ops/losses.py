@@ -9,7 +9,7 @@ uninitialised; nothing reads them.
 import numpy as np
 import torch
 
-from ._common import empty, opmath_operand, operand, write
+from ._common import opmath_operand, operand, store
 from .nn import REDUCTION_MEAN, REDUCTION_NONE, reduce_loss, register
 
 # ---------------------------------------------------------------------------------------
@@ -57,7 +57,7 @@ def multi_margin_loss(self, target, p=1, margin=1, weight=None, reduction=REDUCT
     check_margin_p(p)
     terms, _, _ = multi_margin_terms(self, target, p, margin, weight)
     loss = reduce_loss(terms.sum(axis=1), reduction)
-    return write(empty(per_sample_shape(target, reduction), self.dtype), np.reshape(loss, per_sample_shape(target, reduction)))
+    return store(np.reshape(loss, per_sample_shape(target, reduction)), self.dtype)
 
 
 def per_sample_gradient(grad_output, samples, reduction):
@@ -79,7 +79,7 @@ def multi_margin_loss_backward(grad_output, self, target, p, margin, weight=None
     _, slopes, labels = multi_margin_terms(self, target, p, margin, weight)
     grad = slopes * per_sample_gradient(grad_output, slopes.shape[0], reduction)
     grad = scatter_label_gradient(grad, grad.sum(axis=1), labels)
-    return write(empty(self.shape, self.dtype), grad.reshape(self.shape))
+    return store(grad.reshape(self.shape), self.dtype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,7 +109,7 @@ def multilabel_margin_loss_forward(self, target, reduction):
     terms, _, _, is_target = multilabel_terms(self, target)
     shape = (self.shape[0],) if reduction == REDUCTION_NONE and target.dim() > 1 else ()
     loss = np.reshape(reduce_loss(terms.sum(axis=(1, 2)), reduction), shape)
-    return write(empty(shape, self.dtype), loss), write(empty(target.shape, self.dtype), is_target.reshape(target.shape))
+    return store(loss, self.dtype), store(is_target.reshape(target.shape), self.dtype)
 
 
 @register("multilabel_margin_loss_backward")
@@ -119,7 +119,7 @@ def multilabel_margin_loss_backward(grad_output, self, target, reduction, is_tar
     grad = slopes.sum(axis=1)
     rows = np.broadcast_to(np.arange(grad.shape[0])[:, None], labels.shape)
     np.subtract.at(grad, (rows, labels), slopes.sum(axis=2))
-    return write(empty(self.shape, self.dtype), grad.reshape(self.shape))
+    return store(grad.reshape(self.shape), self.dtype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -242,8 +242,8 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, zero_in
     problem = CTCProblem(log_probs, targets, input_lengths, target_lengths, blank)
     alpha = problem.log_alpha()
     nll = problem.neg_log_likelihood(alpha)
-    return (write(empty(nll.shape, log_probs.dtype), nll),
-            write(empty(alpha.transpose(1, 0, 2).shape, log_probs.dtype), alpha.transpose(1, 0, 2)))
+    return (store(nll, log_probs.dtype),
+            store(alpha.transpose(1, 0, 2), log_probs.dtype))
 
 
 @register("_ctc_loss_backward", "_ctc_loss_backward.Tensor")
@@ -253,4 +253,4 @@ def ctc_loss_backward(grad, log_probs, targets, input_lengths, target_lengths, n
     alpha = opmath_operand(log_alpha).transpose(1, 0, 2)
     result = problem.gradient(alpha, problem.log_beta(), opmath_operand(neg_log_likelihood),
                               np.broadcast_to(opmath_operand(grad), problem.input_lengths.shape), zero_infinity)
-    return write(empty(log_probs.shape, log_probs.dtype), result)
+    return store(result, log_probs.dtype)

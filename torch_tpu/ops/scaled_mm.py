@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import _C
-from ._common import empty, operand, resize_out, write
+from ._common import empty, operand, prepare_out, write
 from ._registry import register
 
 FLOAT8_DTYPES = frozenset({torch.float8_e4m3fn, torch.float8_e5m2})
@@ -116,7 +116,7 @@ def scaled_mm_out(self, mat2, scale_a, scale_b, bias=None, scale_result=None, ou
     args = (self, mat2, scale_a, scale_b, bias, scale_result, out_dtype, use_fast_accum)
     if not _valid_call(self, mat2, scale_a, scale_b, bias) or out_dtype not in (None, out.dtype):
         _fail_like_cpu(torch.ops.aten._scaled_mm.out, *args, out=torch.empty(0, dtype=out.dtype))
-    resize_out(out, _result_shape(self, mat2))
+    prepare_out(out, _result_shape(self, mat2), distinct=(self, mat2))
     return _scaled_mm_into(out, self, mat2, scale_a, scale_b, bias, scale_result, out_dtype)
 
 
@@ -148,7 +148,7 @@ def _v2(overload, self, mat2, scale_a, recipe_a, swizzle_a, scale_b, recipe_b, s
     else:
         if scales is None or out_dtype not in (None, out.dtype):
             _fail_like_cpu(overload, *args, out=torch.empty(0, dtype=out.dtype))
-        resize_out(out, _result_shape(self, mat2))
+        prepare_out(out, _result_shape(self, mat2), distinct=(self, mat2))
     return _scaled_mm_into(out, self, mat2, *scales, bias)
 
 
