@@ -140,6 +140,12 @@ def meta_error(op, args, kwargs):
     return None
 
 
+def _tensors_of(args, kwargs):
+    from torch.utils._pytree import tree_leaves
+
+    return [leaf for leaf in tree_leaves((args, kwargs)) if isinstance(leaf, torch.Tensor)]
+
+
 def host_out_of_memory(op_name, error):
     return torch.OutOfMemoryError(
         f"{op_name}: host RAM ran out while computing on tpu (the emulated chip computes in this machine's "
@@ -153,6 +159,8 @@ def kernel_error(error, op, args, kwargs):
         return host_out_of_memory(op, error)
     if not escaped(error):
         return error
+    if any(isinstance(t, torch.Tensor) and t.dim() > 64 for t in _tensors_of(args, kwargs)):
+        return RuntimeError("only tensors with up to 64 dims are supported")  # NumPy's limit, and TensorIterator's
     return meta_error(op, args, kwargs) or RuntimeError(
         f"{op}: this input is not supported by the tpu kernel ({type(error).__name__}: {error}). "
         "PyTorch's CPU kernel may accept it or refuse it with a clearer message; please report it."

@@ -524,9 +524,10 @@ def pooling_output_size(size, kernel, stride, padding, dilation, ceil_mode):
 class Window:
     """The geometry of a fixed-window pool over ``n`` spatial dims."""
 
-    def __init__(self, in_sizes, kernel, stride, padding, dilation, ceil_mode):
+    def __init__(self, in_sizes, kernel, stride, padding, dilation, ceil_mode, planes=1):
         n = len(in_sizes)
         self.in_sizes = tuple(in_sizes)
+        self.planes = planes
         self.kernel = expand_param(kernel, n)
         self.stride = expand_param(stride, n, default=self.kernel)
         self.padding = expand_param(padding, n)
@@ -535,7 +536,7 @@ class Window:
             pooling_output_size(*args, ceil_mode)
             for args in zip(in_sizes, self.kernel, self.stride, self.padding, self.dilation)
         )
-        self.check()
+        self.check_padding()
         # padding after the input that the last (ceil_mode) window may reach into
         self.pad_after = tuple(
             max(0, (o - 1) * s + d * (k - 1) + 1 - i - p)
@@ -544,7 +545,7 @@ class Window:
             )
         )
 
-    def check(self):
+    def check_padding(self):
         """The argument errors PyTorch's pooling shape checks raise (only 2-d pools get them from meta)."""
         for k, p, d in zip(self.kernel, self.padding, self.dilation):
             if p > (d * (k - 1) + 1) // 2:
@@ -552,10 +553,12 @@ class Window:
                     f"pad should be at most half of effective kernel size, but got pad={p}, kernel_size={k} and "
                     f"dilation={d}"
                 )
+
+    def check_output(self):
         if any(o < 1 for o in self.out_sizes):
             raise RuntimeError(
-                f"Given input size: {self.in_sizes}. Calculated output size: {self.out_sizes}. "
-                "Output size is too small"
+                f"Given input size: ({'x'.join(map(str, (self.planes, *self.in_sizes)))}). Calculated output size: "
+                f"({'x'.join(map(str, (self.planes, *self.out_sizes)))}). Output size is too small"
             )
 
     def pad(self, x, fill):
@@ -690,8 +693,36 @@ def avg_pool_backward_array(grad, in_shape, window, count_include_pad, divisor_o
     return padded[(Ellipsis,) + tuple(slice(p, p + i) for p, i in zip(window.padding, window.in_sizes))]
 
 
-def pool_window(self, n, kernel_size, stride, padding, dilation, ceil_mode):
-    return Window(tuple(self.shape[-n:]), kernel_size, stride, padding, dilation, ceil_mode)
+# the name 3-d pools' shape checks give themselves in CPU's errors (Meta checks the 2-d pools)
+POOL_CHECK_NAMES = {"max": "max_pool3d_with_indices_out_cpu_template()", "avg": "avg_pool3d()"}
+
+
+def check_pool_input(self, n, kind, kernel_size):
+    """CPU's 3-d pool checks of the input, between those of the padding and of the output size: positive
+    non-batch sizes and, for average pooling, an input at least as large as the kernel."""
+    if n == 3:
+        for position, size in enumerate(self.shape):
+            if size <= 0 and not (self.dim() == 5 and position == 0):
+                raise RuntimeError(
+                    f"{POOL_CHECK_NAMES[kind]}: Expected input's non-batch dimensions to have positive length, but "
+                    f"input has a shape of {list(self.shape)} and non-batch dimension {size} has length zero!")
+        if kind == "avg":
+            kernel, sizes = expand_param(kernel_size, n), self.shape[-n:]
+            if any(size < k for size, k in zip(sizes, kernel)):
+                raise RuntimeError(f"input image (T: {sizes[0]} H: {sizes[1]} W: {sizes[2]}) smaller than kernel size "
+                                   f"(kT: {kernel[0]} kH: {kernel[1]} kW: {kernel[2]})")
+
+
+def pool_window(self, n, kernel_size, stride, padding, dilation, ceil_mode, kind="max"):
+    """The window, after CPU's checks of the arguments in CPU's order."""
+    for pad in expand_param(padding, n):
+        if pad < 0:
+            raise RuntimeError(f"pad must be non-negative, but got pad: {pad}")
+    planes = self.shape[-n - 1] if self.dim() > n else 1
+    window = Window(tuple(self.shape[-n:]), kernel_size, stride, padding, dilation, ceil_mode, planes)
+    check_pool_input(self, n, kind, kernel_size)
+    window.check_output()
+    return window
 
 
 def max_pool_kernel(n):
@@ -732,7 +763,7 @@ def avg_pool_kernel(n):
     def kernel(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None, *, out):
         require(self.dtype in supported, self.dtype, kernel_name)
-        window = pool_window(self, n, kernel_size, stride, padding, 1, ceil_mode)
+        window = pool_window(self, n, kernel_size, stride, padding, 1, ceil_mode, "avg")
         return store(avg_pool_arrays(opmath_operand(self), window, count_include_pad, divisor_override), self.dtype,
                      out=out, distinct=(self,), dtype_rule=exact_dtype)
 
@@ -1109,6 +1140,8 @@ def smooth_l1_gradient(x, t, beta):
 
 
 def huber(x, t, delta=1.0):
+    if delta <= 0:
+        raise RuntimeError("huber_loss does not support non-positive values for delta.")
     d = np.abs(x - t)
     return np.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta))
 

@@ -1001,6 +1001,37 @@ def where_into(out, condition, self, other):
     return write(out, np.where(operand(condition), as_compute(self, compute), as_compute(other, compute)))
 
 
+def check_complex_parts(result_dtype, real, imag, out=None):
+    """CPU's torch.complex takes two floating tensors of one dtype, and gives (or writes) its complex dtype."""
+    if not all(t.dtype in (torch.float16, torch.float32, torch.float64) for t in (real, imag)):
+        raise RuntimeError(f"Expected both inputs to be Half, Float or Double tensors but got "
+                           f"{scalar_type_name(real.dtype)} and {scalar_type_name(imag.dtype)}")
+    if real.dtype != imag.dtype:
+        raise RuntimeError(f"Expected object of scalar type {scalar_type_name(real.dtype)} but got scalar type "
+                           f"{scalar_type_name(imag.dtype)} for second argument")
+    if out is not None and out.dtype != real.dtype.to_complex():
+        raise RuntimeError(f"Expected object of scalar type {scalar_type_name(real.dtype.to_complex())} but got scalar "
+                           f"type {scalar_type_name(out.dtype)} for argument 'out'")
+
+
+def complex_from_parts(real, imag):
+    result = np.empty(np.broadcast_shapes(real.shape, imag.shape), np.result_type(real.dtype, np.complex64))
+    result.real, result.imag = real, imag  # each part exactly as given, NaN and -0.0 included
+    return result
+
+
+@register("complex")
+def complex_(real, imag):
+    check_complex_parts(None, real, imag)
+    return store(complex_from_parts(operand(real), operand(imag)), real.dtype.to_complex())
+
+
+@register("complex.out")
+def complex_out(real, imag, *, out):
+    check_complex_parts(None, real, imag, out)
+    return store(complex_from_parts(operand(real), operand(imag)), out.dtype, out=out, inputs=(real, imag))
+
+
 @register("rsub.Tensor")
 def rsub(self, other, alpha=1):
     dtype = common_dtype(self, other)
