@@ -5,6 +5,7 @@ check is PyTorch's own, carry the same message. Allocation counters must not mov
 exception (and its traceback) is alive: nothing is allocated for input that is refused.
 """
 
+import contextlib
 import gc
 import re
 import warnings
@@ -25,6 +26,16 @@ def allocation_counters():
     stats = torch.tpu.memory_stats()
     return (torch.tpu.memory_allocated(), stats["allocation.all.allocated"], stats["allocation.all.current"],
             stats["allocated_bytes.all.allocated"])
+
+
+@contextlib.contextmanager
+def no_garbage_collection():
+    """Keeps the cycle collector from freeing earlier tests' tensors while counters are compared."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 # --- sizes are validated before anything is allocated --------------------------------------------------------------
@@ -95,11 +106,11 @@ def test_bad_sizes_raise_cpus_error_and_allocate_nothing(name):
     with pytest.raises(Exception) as cpu_error:
         call(*make_inputs("cpu"))
     inputs = make_inputs("tpu")
-    gc.collect()
-    before = allocation_counters()
-    with pytest.raises(type(cpu_error.value)) as tpu_error:
-        call(*inputs)
-    assert allocation_counters() == before, "something was allocated (and is kept alive by the exception)"
+    with no_garbage_collection():
+        before = allocation_counters()
+        with pytest.raises(type(cpu_error.value)) as tpu_error:
+            call(*inputs)
+        assert allocation_counters() == before, "something was allocated (and is kept alive by the exception)"
     assert str(tpu_error.value) == str(cpu_error.value)
 
 
@@ -351,18 +362,30 @@ def test_host_memory_exhausted_inside_a_kernel_is_out_of_memory():
     assert isinstance(translated, torch.OutOfMemoryError) and "host RAM" in str(translated)
 
 
-@pytest.mark.parametrize("name", ["full_overflow", "gather_out_of_range", "index_select_out_of_range",
-                                  "layer_norm_shape", "mm_shapes", "cat_sizes_differ"])
+# failing calls on inputs made beforehand: whatever a call allocates before it fails must be freed with it
+FAILING_AFTER_ALLOCATING = {
+    "full_overflow": (lambda: (), lambda: torch.full((2,), 300, dtype=torch.uint8, device="tpu")),
+    "gather_out_of_range": (lambda: (_matrix("tpu"), torch.tensor([[5]], device="tpu")), lambda x, i: x.gather(0, i)),
+    "index_select_out_of_range": (lambda: (_matrix("tpu"), torch.tensor([5], device="tpu")),
+                                  lambda x, i: x.index_select(0, i)),
+    "layer_norm_shape": (lambda: (_matrix("tpu"),), lambda x: torch.nn.functional.layer_norm(x, (2,))),
+    "mm_shapes": (lambda: (_matrix("tpu"),), lambda x: x @ x),
+    "cat_sizes_differ": (lambda: (_matrix("tpu"), torch.ones(3, 3, device="tpu")), lambda x, y: torch.cat([x, y], 1)),
+    "scatter_out_of_range_after_copying_self": (lambda: (_matrix("tpu"), torch.tensor([[5]], device="tpu")),
+                                                lambda x, i: x.scatter(0, i, 1.0)),
+}
+
+
+@pytest.mark.parametrize("name", FAILING_AFTER_ALLOCATING)
 def test_a_failed_kernel_leaves_nothing_allocated(name):
     """Outputs made before the kernel refused its input are freed at once, not kept by the traceback."""
-    call = FUZZ[name]
-    gc.collect()
-    before = torch.tpu.memory_allocated()
-    with pytest.raises(Exception):
-        call("tpu")
-    # the tensors the call itself made as inputs are held by its frame in the traceback: allow those
-    gc.collect()
-    assert torch.tpu.memory_allocated() == before
+    make_inputs, call = FAILING_AFTER_ALLOCATING[name]
+    inputs = make_inputs()
+    with no_garbage_collection():
+        before = torch.tpu.memory_allocated()
+        with pytest.raises(Exception):
+            call(*inputs)
+        assert torch.tpu.memory_allocated() == before
 
 
 # --- PyTorch's own OpInfo error inputs ---------------------------------------------------------------------------

@@ -28,6 +28,11 @@ def check_device_index(device, op_name="tensor creation"):
         )
 
 
+def unsupported_dtype(dtype):
+    """A format the chip does not store (AMD's fnuz FP8, packed FP4, raw bits)."""
+    return TypeError(f"dtype {dtype} is not supported on the tpu device")
+
+
 # ---------------------------------------------------------------- sizes and storage ----
 
 

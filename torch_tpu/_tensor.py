@@ -14,7 +14,7 @@ import torch
 
 from . import _C
 from ._errors import (device_mismatch, invalid_storage_offset, negative_dimension, negative_strides, numel_overflow,
-                      out_of_storage_bounds, storage_size_overflow)
+                      out_of_storage_bounds, storage_size_overflow, unsupported_dtype)
 
 BUFFER_ATTRIBUTE = "_tpu_hbm_buffer"
 
@@ -39,7 +39,7 @@ def numpy_dtype(dtype):
     try:
         return NUMPY_DTYPE[dtype]
     except KeyError:
-        raise TypeError(f"dtype {dtype} is not supported on the tpu device") from None
+        raise unsupported_dtype(dtype) from None
 
 
 def contiguous_strides(shape):
@@ -157,7 +157,7 @@ def set_metadata(tensor, storage, offset, shape, strides):
 def _new(shape, dtype, strides):
     """A new tpu tensor and its HBM buffer; sizes are checked as CPU checks them, before anything is allocated."""
     if dtype not in NUMPY_DTYPE:
-        raise TypeError(f"dtype {dtype} is not supported on the tpu device")
+        raise unsupported_dtype(dtype)
     if strides is None:
         nbytes = math.prod(shape) * dtype.itemsize
         if not 0 < nbytes <= INT64_MAX:  # empty, negative or huge: the full check (kernels' shapes never get here)

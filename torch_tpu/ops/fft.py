@@ -13,7 +13,7 @@ import numpy as np
 import scipy.fft
 import torch
 
-from ._common import operand, store
+from ._common import operand, store, wrap_dim
 from ._registry import register
 
 _REAL_TO_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -30,7 +30,7 @@ def _check_dtype(self, kind, expected):
 
 
 def _axes(self, dim):
-    return [d % max(self.dim(), 1) for d in dim]
+    return [wrap_dim(d, self.dim()) for d in dim]
 
 
 @register("_fft_r2c", "_fft_r2c.out")
