@@ -340,6 +340,19 @@ def test_numpy_errors_are_told_from_a_kernels_own_errors():
     assert not torch_tpu._errors.escaped(_raised(torch.ones(2).view, 3))  # PyTorch's own error
 
 
+def test_errors_a_kernel_obtains_from_cpu_pass_unchanged():
+    """A kernel that cannot take a call asks CPU for its error (raise_cpu_error): that one is PyTorch's own."""
+    x = torch.ones(3, device="tpu")
+    error = _raised(torch_tpu._errors.raise_cpu_error, torch.ops.aten.select.int, x, 0, 5)
+    with pytest.raises(IndexError) as cpu_error:
+        torch.ones(3).select(0, 5)
+    assert type(error) is IndexError and str(error) == str(cpu_error.value)
+    assert not torch_tpu._errors.escaped(error)
+    assert torch_tpu._errors.kernel_error(error, torch.ops.aten.select.int, (x, 0, 5), {}) is error
+    with pytest.raises(RuntimeError, match="arguments torch CPU accepts but the tpu device does not"):
+        torch_tpu._errors.raise_cpu_error(torch.ops.aten.select.int, x, 0, 1)
+
+
 def test_an_escaped_numpy_error_becomes_the_meta_kernels_error():
     """The general mechanism: the op replayed on Meta tensors of the same sizes and dtypes raises PyTorch's error."""
     x = torch.ones(2, 3, device="tpu")

@@ -78,6 +78,7 @@ def negative_allocation(nbytes):
 
 _LIBRARY_PACKAGES = frozenset({"numpy", "scipy", "ml_dtypes"})
 _RAISE_OPCODES = frozenset({dis.opmap["RAISE_VARARGS"]})
+_PYTORCH_RAISED = "_torch_tpu_raised_by_pytorch"  # set on errors a kernel obtained from PyTorch on purpose
 _OWN_PACKAGES = frozenset({"torch_tpu"})
 _PYTORCH_ERRORS = (RuntimeError, IndexError, ValueError, TypeError)
 
@@ -92,10 +93,35 @@ def _package(frame):
     return frame.f_globals.get("__name__", "").partition(".")[0]
 
 
+def _cpu_standin(value):
+    """A CPU tensor with ``value``'s sizes, strides and dtype (its values unread), so CPU checks the same call."""
+    if isinstance(value, torch.Tensor) and value.device.type == "tpu":
+        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype)
+    return value
+
+
+def raise_cpu_error(op, *args, **kwargs):
+    """Raise the error torch CPU raises for ``op(*args, **kwargs)``, for a call a tpu kernel cannot take.
+
+    The op runs on CPU stand-ins of the tpu tensors; its error is PyTorch's own, marked so that the
+    kernel's wrapper passes it on unchanged. If CPU takes the call, the error says tpu does not.
+    """
+    from torch.utils._pytree import tree_map
+
+    try:
+        op(*tree_map(_cpu_standin, args), **tree_map(_cpu_standin, kwargs))
+    except Exception as error:
+        setattr(error, _PYTORCH_RAISED, True)
+        raise
+    raise RuntimeError(f"{op}: arguments torch CPU accepts but the tpu device does not")
+
+
 def escaped(error):
     """Whether ``error`` escaped a kernel without being one of its deliberate, PyTorch-worded errors:
     raised inside NumPy, SciPy or ml_dtypes, or by a call (not a ``raise``) in torch_tpu's code."""
     if isinstance(error, (RuntimeError, NotImplementedError)) or error.__traceback__ is None:
+        return False
+    if getattr(error, _PYTORCH_RAISED, False):
         return False
     if type(error).__module__.partition(".")[0] in _LIBRARY_PACKAGES:
         return True

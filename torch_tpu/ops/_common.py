@@ -79,10 +79,14 @@ def wrap_dim(dim, ndim, scalar_has_dim=True):
 
 def wrap_dims(dims, ndim):
     """Several dims wrapped, each at most once (at::dim_list_to_bitset)."""
-    wrapped = [wrap_dim(dim, ndim) for dim in dims]
-    for position, dim in enumerate(wrapped):
-        if dim in wrapped[:position]:
+    rank, wrapped = max(ndim, 1), []
+    for dim in dims:
+        if not -rank <= dim < rank:
+            raise dim_out_of_range(dim, ndim)
+        dim %= rank
+        if dim in wrapped:
             raise RuntimeError(f"dim {dim} appears multiple times in the list of dims")
+        wrapped.append(dim)
     return tuple(wrapped)
 
 
@@ -130,6 +134,17 @@ def check_same_device(op_name, *tensors):
             raise device_mismatch("tpu:0", t.device, op_name)
 
 
+def converted(array, dtype):
+    """``array`` as a NumPy array of the torch ``dtype``, converted as a PyTorch CPU cast converts it."""
+    target = _tensor.numpy_dtype(dtype)
+    array = np.asarray(array)
+    if array.dtype == target:
+        return array
+    result = np.empty(array.shape, target)
+    _C.dtypes.cast_into(result, array, _tensor.DTYPE_NAME[dtype])
+    return result
+
+
 def write(tensor, array):
     """Convert ``array`` into the existing tpu tensor ``tensor`` (shapes broadcast), rounding as PyTorch does."""
     _C.dtypes.cast_into(as_numpy(tensor), array, _tensor.DTYPE_NAME[tensor.dtype])
@@ -152,7 +167,7 @@ def resize_output(out, shape):
     """at::native::resize_output: ``out`` takes the result's shape, with PyTorch's deprecation warning
     when that throws away elements it had."""
     shape = tuple(shape)
-    if tuple(out.shape) != shape:
+    if out.shape != shape:
         if out.numel():
             warnings.warn(resized_output_warning(out.shape, shape), UserWarning, stacklevel=2)
         out.resize_(shape)
@@ -172,7 +187,7 @@ def prepare_out(out, shape, dtype=None, inputs=(), distinct=(), dtype_rule=casta
         check_no_partial_overlap(out, value)
     for value in distinct:
         check_no_overlap(out, value)
-    if dtype is not None and dtype_rule is not None:
+    if dtype is not None and dtype is not out.dtype and dtype_rule is not None:  # a dtype always suits itself
         dtype_rule(dtype, out.dtype)
     return resize_output(out, shape)
 

@@ -74,6 +74,9 @@ def fully_overlap(a, b):
 def check_no_overlap(out, value):
     """ATen's assert_no_overlap: ops that read an input while writing their output refuse to share any
     element with it, the same tensor included."""
-    if isinstance(value, torch.Tensor) and value.device.type == "tpu" and (
-            partially_overlap(out, value) or fully_overlap(out, value)):
+    if value is out:
+        raise RuntimeError(PARTIAL_OVERLAP)
+    if not isinstance(value, torch.Tensor) or not (value._is_view() or out._is_view()):
+        return  # only views share storage with another tensor
+    if value.device.type == "tpu" and (partially_overlap(out, value) or fully_overlap(out, value)):
         raise RuntimeError(PARTIAL_OVERLAP)

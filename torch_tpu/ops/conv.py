@@ -19,7 +19,8 @@ import torch
 
 from ._common import operand, opmath_dtype, store
 from ._registry import register
-from .linalg import fail_like_cpu, mxu_matmul
+from .._errors import raise_cpu_error
+from .linalg import mxu_matmul
 
 
 def _windows(x, kernel, stride, padding, dilation, out_spatial=None):
@@ -103,7 +104,7 @@ def _opmath(tensor):
 @register("convolution_overrideable")
 def convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
     if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
-        fail_like_cpu(torch.ops.aten.convolution.default, input, weight, bias, stride, padding, dilation, transposed,
+        raise_cpu_error(torch.ops.aten.convolution.default, input, weight, bias, stride, padding, dilation, transposed,
                       output_padding, groups)
     x, w = operand(input, "convolution"), operand(weight, "convolution")
     if transposed:

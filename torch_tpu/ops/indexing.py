@@ -10,10 +10,9 @@ accumulate exactly as on CPU.
 import numpy as np
 import torch
 
-from .. import _tensor
 from .._errors import scalar_type_name
-from ._common import (as_numpy, broadcast_shapes, check_scalar_fits, empty, exact_dtype, operand, opmath_operand, prepare_out,
-                      store, wrap_dim, write)
+from ._common import (as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, exact_dtype, operand,
+                      opmath_operand, prepare_out, store, wrap_dim, write)
 from ._overlap import check_no_internal_overlap
 from ._registry import register
 from .copy import cpu_tensor_as_numpy
@@ -64,13 +63,6 @@ def _index_tensor_as_numpy(index):
 def _along(dim, index):
     """The NumPy key selecting ``index`` along ``dim`` and everything along the other dims."""
     return (slice(None),) * dim + (index,)
-
-
-def _as_dtype(array, tensor):
-    """``array`` converted to ``tensor``'s storage dtype with PyTorch's casting rules."""
-    result = np.empty(np.shape(array), _tensor.numpy_dtype(tensor.dtype))
-    _tensor._C.dtypes.cast_into(result, np.asarray(array), _tensor.DTYPE_NAME[tensor.dtype])
-    return result
 
 
 def _at_least_1d(array):
@@ -214,7 +206,7 @@ def _prepared_scatter(self, dim, index, src, out, op_name):
         values = values[tuple(slice(0, n) for n in positions.shape)]
     else:
         values = src
-    return target, key, _as_dtype(values, out)
+    return target, key, converted(values, out.dtype)
 
 
 _SCATTER_UFUNCS = {"add": np.add, "sum": np.add, "multiply": np.multiply, "prod": np.multiply,
@@ -390,7 +382,7 @@ def index_add_out(self, dim, index, source, *, alpha=1, out):
     values = _index_source(source, target, key, "index_add")
     if alpha != 1:
         values = opmath_operand(source, "index_add").reshape(values.shape) * alpha
-    np.add.at(target, key, _as_dtype(values, out))
+    np.add.at(target, key, converted(values, out.dtype))
     return out
 
 
@@ -405,7 +397,7 @@ def index_copy_out(self, dim, index, source, *, out):
 @register("index_reduce.out")
 def index_reduce_out(self, dim, index, source, reduce, *, include_self=True, out):
     target, key = _prepared_index_op(self, dim, index, out, "index_reduce", _dim_error(), source)
-    values = _as_dtype(_index_source(source, target, key, "index_reduce"), out)
+    values = converted(_index_source(source, target, key, "index_reduce"), out.dtype)
     if not include_self:
         target[key] = _reduction_identity(reduce, out.dtype)
     _SCATTER_UFUNCS[reduce].at(target, key, values)
@@ -421,7 +413,7 @@ def index_fill_scalar_(self, dim, index, value):
     dim = wrap_dim(dim, self.dim())
     positions = checked_indices(_index_vector(index, "index_fill_"), target.shape[dim], wrap=True,
                                 error=_dim_error(IndexError), dim=dim)
-    target[_along(dim, positions)] = _as_dtype(value, self)
+    target[_along(dim, positions)] = converted(value, self.dtype)
     return self
 
 
@@ -448,7 +440,7 @@ def masked_fill_scalar_(self, mask, value):
     _check_bool_mask(mask, "masked_fill_")
     check_scalar_fits(value, self.dtype)
     target = as_numpy(self)
-    np.copyto(target, _as_dtype(value, self), where=np.broadcast_to(operand(mask, "masked_fill_"), target.shape))
+    np.copyto(target, converted(value, self.dtype), where=np.broadcast_to(operand(mask, "masked_fill_"), target.shape))
     return self
 
 
@@ -492,7 +484,7 @@ def masked_scatter_(self, mask, source):
     values = operand(source, "masked_scatter_").reshape(-1)
     if values.size < count:
         raise RuntimeError("Number of elements of source < number of ones in mask")
-    target[selector] = _as_dtype(values[:count], self)
+    target[selector] = converted(values[:count], self.dtype)
     return self
 
 
@@ -568,7 +560,7 @@ def take_out(self, index, *, out):
 @register("put_")
 def put_(self, index, source, accumulate=False):
     positions = _flat_positions(self, index, "put_").reshape(-1)
-    values = _as_dtype(operand(source, "put_").reshape(-1), self)
+    values = converted(operand(source, "put_").reshape(-1), self.dtype)
     if values.size != positions.size:
         raise RuntimeError(
             f"put_(): Expected source and index to have the same number of elements, but got source.numel() = "
@@ -603,7 +595,7 @@ def embedding_dense_backward(grad_output, indices, num_weights, padding_idx, sca
     result = empty((num_weights, grad.shape[-1]), grad_output.dtype)
     target = as_numpy(result)
     target[...] = 0
-    _add_rows_in_order(target, positions, grad if grad.dtype == target.dtype else _as_dtype(grad, grad_output))
+    _add_rows_in_order(target, positions, grad if grad.dtype == target.dtype else converted(grad, grad_output.dtype))
     return result
 
 

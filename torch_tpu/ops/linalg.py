@@ -8,8 +8,8 @@ matmul (the two agree to float32 rounding: docs/numerics.md); "high" is 3 bf16 p
 
 The hot functional overloads (mm, bmm, addmm, ...) are registered next to their ``.out``
 overloads so they skip the structured wrapper. ``.out`` overloads reach us unchecked, so
-every kernel validates its arguments; an invalid call is re-run on zero-byte CPU stand-ins
-(``fail_like_cpu``) so the error is exactly PyTorch's own.
+every kernel validates its arguments; an invalid call is re-run on CPU stand-ins
+(``_errors.raise_cpu_error``) so the error is exactly PyTorch's own.
 """
 
 import functools
@@ -19,9 +19,8 @@ import warnings
 import numpy as np
 import scipy.linalg
 import torch
-from torch.utils._pytree import tree_map
-
 from .._C import mxu, vpu
+from .._errors import raise_cpu_error
 from ._common import as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store, write
 from ._registry import register
 
@@ -79,24 +78,9 @@ def scaled_sum_into(out, product, bias, beta, alpha):
 # --- argument checks ------------------------------------------------------------------------
 
 
-def _cpu_standin(value):
-    if isinstance(value, torch.Tensor) and value.device.type == "tpu":
-        return torch.empty((), dtype=value.dtype).expand(value.shape)
-    return value
-
-
-def fail_like_cpu(op, *args, **kwargs):
-    """Raise the error torch CPU raises for ``op(*args, **kwargs)``.
-
-    Runs the op on stride-0 CPU stand-ins of the tpu tensors (no data, no result kept).
-    """
-    op(*tree_map(_cpu_standin, args), **tree_map(_cpu_standin, kwargs))
-    raise RuntimeError(f"{op}: invalid arguments for the tpu device")
-
-
 def _check(valid, op, *args, **kwargs):
     if not valid:
-        fail_like_cpu(op, *args, **kwargs)
+        raise_cpu_error(op, *args, **kwargs)
 
 
 def _same_dtype_of(allowed, *tensors):
@@ -114,7 +98,7 @@ def _broadcasts_to(tensor, shape):
 def checked_out(out, shape, dtype, out_overload, *args, **kwargs):
     """``out=`` must have the result's dtype; its shape is resized like PyTorch resizes it."""
     if out.dtype != dtype:
-        fail_like_cpu(out_overload, *args, out=torch.empty(0, dtype=out.dtype), **kwargs)
+        raise_cpu_error(out_overload, *args, out=torch.empty(0, dtype=out.dtype), **kwargs)
     return prepare_out(out, shape)
 
 
@@ -633,8 +617,7 @@ def linalg_matrix_exp_out(self, *, out):
 def linalg_eigvals_out(self, *, out):
     _check(out.dtype.is_complex and torch.can_cast(_complex_dtype(self.dtype), out.dtype),
            torch.ops.aten.linalg_eigvals.out, self, out=out)
-    store(as_numpy(linalg_eigvals(self)), out=out, dtype_rule=exact_dtype)
-    return out
+    return store(as_numpy(linalg_eigvals(self)), out=out)
 
 
 @register("linalg_eig.out")
@@ -645,9 +628,7 @@ def linalg_eig_out(self, *, eigenvalues, eigenvectors):
     castable = all(t.dtype.is_complex and torch.can_cast(dtype, t.dtype) for t in (eigenvalues, eigenvectors))
     _check(castable, op, self, eigenvalues=eigenvalues, eigenvectors=eigenvectors)
     values, vectors = linalg_eig(self)
-    store(as_numpy(values), out=eigenvalues, dtype_rule=exact_dtype)
-    store(as_numpy(vectors), out=eigenvectors, dtype_rule=exact_dtype)
-    return eigenvalues, eigenvectors
+    return store(as_numpy(values), out=eigenvalues), store(as_numpy(vectors), out=eigenvectors)
 
 
 # --- LU unpacking, QR by Householder reflectors, Cholesky and LDL solves ------------------------
@@ -749,9 +730,7 @@ def linalg_householder_product(input, tau, *, out=None):
     _check(_householder_product_valid(input, tau), op, input, tau)
     scalars = operand(tau, "linalg.householder_product")
     product = _each_matrix(_orgqr, reflectors, scalars, core_dims=(2, 1))[0] if reflectors.size else reflectors.copy()
-    out = empty(product.shape, input.dtype) if out is None else out
-    store(product, out=out, dtype_rule=exact_dtype)
-    return out
+    return store(product, input.dtype, out=out, dtype_rule=exact_dtype)
 
 
 def _ormqr(left, transpose):
@@ -785,9 +764,7 @@ def ormqr(self, input2, input3, left=True, transpose=False, *, out=None):
         product = _each_matrix(_ormqr(left, transpose), reflectors, tau, other, core_dims=(2, 1, 2))[0]
     else:  # no reflectors: Q is the identity
         product = other.copy()
-    out = empty(product.shape, self.dtype) if out is None else out
-    store(product, out=out, dtype_rule=exact_dtype)
-    return out
+    return store(product, self.dtype, out=out, dtype_rule=exact_dtype)
 
 
 def _mirror_triangle(matrices, upper):
@@ -814,9 +791,7 @@ def cholesky_inverse(self, upper=False, *, out=None):
         inverse = _mirror_triangle(inverse, upper)
     else:
         inverse = factors.copy()
-    out = empty(inverse.shape, self.dtype) if out is None else out
-    store(inverse, out=out, dtype_rule=exact_dtype)
-    return out
+    return store(inverse, self.dtype, out=out, dtype_rule=exact_dtype)
 
 
 def _potrs(upper):

@@ -17,10 +17,10 @@ import warnings
 import numpy as np
 import torch
 
-from .. import _C, _tensor
 from .._errors import cannot_cast, not_implemented_for, scalar_type_name, shape_mismatch
 from . import _libstdcxx
-from ._common import as_numpy, empty, exact_dtype, operand, opmath_dtype, prepare_out, store, wrap_dim, wrap_dims, write
+from ._common import (as_numpy, converted, empty, exact_dtype, operand, opmath_dtype, prepare_out, store, wrap_dim,
+                      wrap_dims, write)
 from ._registry import register
 
 # ---------------------------------------------------------------------------------------------
@@ -59,20 +59,10 @@ def _check_nonempty(op_name, self, axes):
             raise IndexError(f"{op_name}(): Expected reduction dim {axis} to have non-zero size.")
 
 
-def _converted(array, dtype):
-    """``array`` converted to the torch ``dtype`` exactly as a PyTorch cast would."""
-    target = _tensor.numpy_dtype(dtype)
-    if array.dtype == target:
-        return array
-    result = np.empty(array.shape, target)
-    _C.dtypes.cast_into(result, array, _tensor.DTYPE_NAME[dtype])
-    return result
-
-
 def _accumuland(self, dtype=None):
     """``self`` as a reduction into ``dtype`` reads it: converted to dtype, widened to its opmath."""
     dtype = dtype or self.dtype
-    return _converted(operand(self), dtype).astype(opmath_dtype(dtype), copy=False)
+    return converted(operand(self), dtype).astype(opmath_dtype(dtype), copy=False)
 
 
 def _reduce_into(out, reduction, array, axes, keepdim):
@@ -688,7 +678,7 @@ def equal(self, other):
     if self.shape != other.shape:
         return False
     common = torch.result_type(self, other)
-    return bool(np.array_equal(_converted(operand(self), common), _converted(operand(other), common)))
+    return bool(np.array_equal(converted(operand(self), common), converted(operand(other), common)))
 
 
 def _quickselect_index(row, k):
@@ -760,7 +750,7 @@ def _hash_bits(self):
     """Each element widened to 64 bits (float64, int64 or uint64) and read as uint64."""
     array = operand(self)
     if self.dtype.is_floating_point:
-        return _converted(array, torch.float64).view(np.uint64)
+        return converted(array, torch.float64).view(np.uint64)
     if self.dtype == torch.bool or not self.is_signed():
         return array.astype(np.uint64)
     return array.astype(np.int64).view(np.uint64)

@@ -39,17 +39,18 @@ def _cat_castable(result_dtype, out_dtype):
 
 def _cat_shape(parts, dim):
     """The joined shape, with cat's checks of the parts against the first one."""
-    first = parts[0]
-    for number, part in enumerate(parts[1:], 1):
-        if part.dim() != first.dim():
-            raise RuntimeError(f"Tensors must have same number of dimensions: got {first.dim()} and {part.dim()}")
-        for d in range(first.dim()):
-            if d != dim and part.shape[d] != first.shape[d]:
-                raise RuntimeError(f"Sizes of tensors must match except in dimension {dim}. Expected size "
-                                   f"{first.shape[d]} but got size {part.shape[d]} for tensor number {number} in the list.")
-    shape = list(first.shape)
-    shape[dim] = sum(part.shape[dim] for part in parts)
-    return shape
+    first = tuple(parts[0].shape)  # tuples: slicing a torch.Size costs several times more
+    joined = 0
+    for number, part in enumerate(parts):
+        shape = tuple(part.shape)
+        if len(shape) != len(first):
+            raise RuntimeError(f"Tensors must have same number of dimensions: got {len(first)} and {len(shape)}")
+        if shape[:dim] != first[:dim] or shape[dim + 1:] != first[dim + 1:]:
+            d = next(d for d in range(len(first)) if d != dim and shape[d] != first[d])
+            raise RuntimeError(f"Sizes of tensors must match except in dimension {dim}. Expected size "
+                               f"{first[d]} but got size {shape[d]} for tensor number {number} in the list.")
+        joined += shape[dim]
+    return first[:dim] + (joined,) + first[dim + 1:]
 
 
 @register("cat.out")
@@ -57,7 +58,8 @@ def cat_out(tensors, dim=0, *, out):
     if not tensors:
         raise ValueError("torch.cat(): expected a non-empty list of Tensors")
     parts = [t for t in tensors if not _skipped_by_cat(t)]
-    result_dtype = functools.reduce(torch.promote_types, (t.dtype for t in tensors))
+    dtypes = {t.dtype for t in tensors}
+    result_dtype = dtypes.pop() if len(dtypes) == 1 else functools.reduce(torch.promote_types, dtypes)
     if not parts:
         prepare_out(out, out.shape if out.numel() == 0 else (0,), result_dtype, distinct=tensors, dtype_rule=_cat_castable)
         return out
