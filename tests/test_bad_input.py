@@ -298,6 +298,13 @@ FUZZ = {
     "sign_of_complex": lambda d: torch.sign(torch.ones(2, dtype=torch.cfloat, device=d)),
     "floor_of_complex": lambda d: torch.floor(torch.ones(2, dtype=torch.cfloat, device=d)),
     "gelu_bad_approximation": lambda d: torch.nn.functional.gelu(_matrix(d), approximate="asdf"),
+    "lerp_of_integers": lambda d: torch.lerp(torch.arange(3, device=d), torch.arange(3, device=d), 0.5),
+    "lerp_of_integers_tensor_weight": lambda d: torch.lerp(*(torch.arange(3, device=d),) * 3),
+    "float_added_in_place_to_integers": lambda d: torch.arange(3, device=d).add_(1.5),
+    "float_multiplied_in_place_into_integers": lambda d: torch.arange(3, device=d).mul_(torch.ones(3, device=d)),
+    "true_division_in_place_of_integers": lambda d: torch.arange(3, device=d).div_(2),
+    "float_bounds_clamping_integers_in_place": lambda d: torch.arange(3, device=d).clamp_(0.5, 1.5),
+    "foreach_float_added_to_integers": lambda d: torch._foreach_add_([torch.arange(3, device=d)], 1.5),
 }
 
 
@@ -476,6 +483,10 @@ OUT_ERRORS = {
                                                     out=torch.empty(0, dtype=torch.long, device=d)),
     "add_float_into_long": lambda d: torch.add(_matrix(d), 1, out=torch.empty(0, dtype=torch.long, device=d)),
     "exp_float_into_long": lambda d: torch.exp(_matrix(d), out=torch.empty(0, dtype=torch.long, device=d)),
+    "exp_float_into_bool": lambda d: torch.exp(_matrix(d), out=torch.empty(0, dtype=torch.bool, device=d)),
+    "add_complex_into_float": lambda d: torch.add(_matrix(d).cfloat(), 1, out=torch.empty(0, device=d)),
+    "floor_divide_float_into_long": lambda d: torch.floor_divide(_matrix(d), 2.0,
+                                                                 out=torch.empty(0, dtype=torch.long, device=d)),
     "abs_float_into_long": lambda d: torch.abs(_matrix(d), out=torch.empty(0, dtype=torch.long, device=d)),
     "mm_float_into_long": lambda d: torch.mm(_matrix(d), _matrix(d).t(), out=torch.empty(0, dtype=torch.long, device=d)),
     "mean_float_into_long": lambda d: torch.mean(_matrix(d), 0, out=torch.empty(0, dtype=torch.long, device=d)),

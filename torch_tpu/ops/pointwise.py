@@ -516,6 +516,10 @@ def real_not_bool(dtype):
     return real(dtype) and not_bool(dtype)
 
 
+def floating_or_complex(dtype):
+    return dtype.is_floating_point or dtype.is_complex
+
+
 def shiftable(dtype):
     """CPU's shift kernels have loops for the integer types PyTorch had before uint16/32/64."""
     return dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -904,8 +908,8 @@ def register_tables():
         structured(overload, clamp_max, operands=2, exact_out=overload == "clamp_max.out")
     structured("addcmul.out", addcmul, operands=3)
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
-    structured("lerp.Scalar_out", lerp, operands=2)
-    structured("lerp.Tensor_out", lerp, operands=3)
+    structured("lerp.Scalar_out", lerp, operands=2, check=supports(floating_or_complex, "lerp_kernel_scalar"))
+    structured("lerp.Tensor_out", lerp, operands=3, check=supports(floating_or_complex, "lerp_kernel_tensor"))
     unstructured(logit, "logit", "logit_", "logit.out", rule=to_float)
     unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)))
     unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
