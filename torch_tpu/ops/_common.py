@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from .. import _C, _tensor
-from .._errors import (broadcast_mismatch, cannot_cast, device_mismatch, dim_out_of_range, resized_output_warning, unexpected_out_dtype,
-                       value_overflow)
+from .._errors import (broadcast_mismatch, cannot_cast, device_mismatch, dim_out_of_range, resized_output_warning,
+                       unexpected_out_dtype, value_overflow)
 from ._overlap import check_no_internal_overlap, check_no_overlap, check_no_partial_overlap
 
 as_numpy = _tensor.as_numpy
