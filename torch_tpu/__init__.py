@@ -21,8 +21,13 @@ from . import _accelerator  # noqa: E402
 _accelerator.install()
 
 from . import _pinned, _printing, _storage, autocast, fp8, ops, profiler  # noqa: E402,F401
+from . import distributed  # noqa: E402
+
+distributed.register_backend()
+
+from .distributed import simulate  # noqa: E402
 from .ops.fallback import fallback_counts  # noqa: E402
 from .report import report  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["fallback_counts", "report"]
+__all__ = ["fallback_counts", "report", "simulate"]
