@@ -105,6 +105,34 @@ def _data_ptr(self):
     return _tensor.buffer_address(_tensor.hbm_buffer(self))
 
 
+@_patch("resize_")
+def _resize(self, nbytes):
+    """Give the storage ``nbytes`` of HBM, keeping the bytes old and new have in common.
+
+    FSDP2 frees an unsharded parameter with ``resize_(0)`` and brings it back with ``resize_(n)``.
+    C++ cannot resize a Python backend's storage; the HBM buffer is what holds (and accounts) the
+    bytes, so ``nbytes()`` and ``size()`` answer from it. Views keep their geometry: reading one
+    while the storage is smaller than it fails, as on CUDA.
+    """
+    nbytes = int(nbytes)
+    if nbytes < 0:
+        raise RuntimeError(f"resize_: the new size must be a non-negative number of bytes, got {nbytes}")
+    if nbytes != _tensor.hbm_buffer(self).nbytes:
+        _tensor.replace_buffer(self, nbytes)
+    return self
+
+
+@_patch("nbytes")
+def _nbytes(self):
+    buffer = getattr(self, _tensor.BUFFER_ATTRIBUTE, None)  # fake and meta "tpu" storages have none
+    return torch._C.StorageBase.nbytes(self) if buffer is None else buffer.nbytes
+
+
+@_patch("size")
+def _size(self):
+    return self.nbytes()
+
+
 def _install_tensor_data_ptr():
     """``Tensor.data_ptr()`` is the storage's address plus the offset, as on every other device.
 

@@ -1,13 +1,11 @@
-"""Worker (run under torchrun): every c10d collective on tpu tensors against gloo on CPU tensors.
+"""Checks (run by suite.py on every rank): every c10d collective on tpu tensors against gloo on CPU.
 
 The default process group is "ici" (init_process_group() with no backend: tpu is the accelerator);
 a second, plain gloo group gives the reference. Results must be equal bit for bit where gloo can
 compute them; dtypes gloo cannot reduce (bf16 on more than 2 ranks, fp16, FP8, unsigned) are
-checked against a float32 (or wider) reduction of every rank's input, rounded once. Prints
-"collectives ok" on success; any mismatch raises.
+checked against a float32 (or wider) reduction of every rank's input, rounded once. Any mismatch
+raises.
 """
-
-import datetime
 
 import torch
 import torch.distributed as dist
@@ -15,10 +13,7 @@ import torch.distributed._functional_collectives as funcol
 
 import torch_tpu  # noqa: F401
 
-dist.init_process_group(timeout=datetime.timedelta(seconds=30))
-rank, world = dist.get_rank(), dist.get_world_size()
-gloo = dist.new_group(backend="gloo")
-assert dist.get_backend() == "ici" or dist.group.WORLD.name() == "ici", dist.group.WORLD.name()
+rank = world = gloo = None
 
 GLOO_DTYPES = [torch.float32, torch.float64, torch.int64, torch.int32, torch.int8, torch.uint8]
 OPS = [dist.ReduceOp.SUM, dist.ReduceOp.AVG, dist.ReduceOp.MAX, dist.ReduceOp.MIN, dist.ReduceOp.PRODUCT]
@@ -233,9 +228,9 @@ def check_functional_collectives():
     assert torch.equal(funcol.all_gather_tensor(x, 0, group).cpu(), everyone)
     scattered = funcol.reduce_scatter_tensor(everyone.to("tpu"), "sum", 0, group)
     assert torch.equal(scattered.cpu(), everyone.chunk(world)[rank] * world)
-    swapped = funcol.all_to_all_single(everyone.to("tpu"), None, None, group)
-    assert swapped.shape == everyone.shape
-    coalesced = funcol.all_gather_into_tensor_coalesced([x, x + 1], group)
+    swapped = funcol.all_to_all_single(everyone.to("tpu"), None, None, group).wait()
+    assert torch.equal(swapped.cpu(), everyone.chunk(world)[rank].repeat(world, 1))  # every rank sent the same
+    coalesced = [t.wait() for t in funcol.all_gather_into_tensor_coalesced([x, x + 1], group)]
     assert torch.equal(coalesced[1].cpu(), everyone + 1)
     # the _c10d_functional ops (what DTensor and compiled graphs call) on tpu tensors
     out = torch.ops._c10d_functional.all_reduce(x, "avg", group.group_name)
@@ -275,10 +270,13 @@ def check_costs_are_charged():
     assert prof.device_seconds >= expected
 
 
-checks = [check_all_reduce, check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
-          check_functional_collectives, check_cpu_tensors_use_gloo, check_costs_are_charged]
-for check in checks:
-    check()
-    dist.barrier()
-dist.destroy_process_group()
-print(f"rank {rank}: collectives ok")
+def run():
+    global rank, world, gloo
+    rank, world = dist.get_rank(), dist.get_world_size()
+    assert dist.group.WORLD.name() == "ici", dist.group.WORLD.name()
+    gloo = dist.new_group(backend="gloo")
+    for check in (check_all_reduce, check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
+                  check_functional_collectives, check_cpu_tensors_use_gloo, check_costs_are_charged):
+        check()
+        dist.barrier()
+    gloo = None  # the reference group goes with the others at destroy_process_group()

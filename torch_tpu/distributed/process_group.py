@@ -5,7 +5,7 @@ PyTorch cannot subclass its C++ c10d ``Backend`` in Python, but it can subclass
 group, for every device. So this group takes tpu tensors (handed to the transport as host views of
 their HBM bytes, see ``_host``, and charged on the simulated ICI) and CPU tensors (handed to the
 transport as they are, uncharged: with the gloo transport they behave exactly as under
-``backend="gloo"``; gloo is also registered as the group's CPU backend for C++ callers).
+``backend="gloo"``).
 
 Every collective goes the same way: check the arguments on this rank, agree with the other ranks
 on what is being called (``checks``), start the transport, charge the collective on this group's
@@ -74,7 +74,7 @@ def _reduce_op(options):
 class ProcessGroupICI(dist.ProcessGroup):
     """A group of ranks (one chip each) on the torus ``torus``; ``global_ranks`` are its members."""
 
-    def __init__(self, rank, size, transport, torus, global_ranks=(), cpu_backend=None):
+    def __init__(self, rank, size, transport, torus, global_ranks=()):
         super().__init__(rank, size)
         self._transport = transport
         self._torus = torus
@@ -85,8 +85,6 @@ class ProcessGroupICI(dist.ProcessGroup):
         self._stream = None
         self._sequence = itertools.count()
         self._coalesced = None  # the works issued between _start_coalescing and _end_coalescing
-        if cpu_backend is not None:  # C++ callers with CPU tensors (object collectives) reach gloo directly
-            self._register_backend(torch.device("cpu"), dist.ProcessGroup.BackendType.GLOO, cpu_backend)
 
     # --- what c10d asks of every process group ---------------------------------------------------
 
@@ -115,7 +113,10 @@ class ProcessGroupICI(dist.ProcessGroup):
         return isinstance(self._transport, SimulatedTransport)
 
     def shutdown(self):
-        self._transport.shutdown()
+        """Release the transport (gloo's threads and sockets) now: after destroy_process_group(),
+        PyTorch may still hold this object (functions that took ``group.WORLD`` as a default, meshes)."""
+        transport, self._transport = self._transport, _Destroyed(self._label())
+        transport.shutdown()
 
     def abort(self):
         self.shutdown()
@@ -140,9 +141,9 @@ class ProcessGroupICI(dist.ProcessGroup):
             self._agree(error, checks.signature(sequence, name, signature_of, **signature))
         return error, on_tpu
 
-    def _agree(self, error, signature):
-        """Every rank of the group must be making the same call (see ``checks``)."""
-        mine = torch.tensor(signature, dtype=torch.int64)
+    def _exchange(self, error, values):
+        """Every rank's ``values`` (a list of ints of the same length on every rank)."""
+        mine = torch.tensor(values, dtype=torch.int64)
         everyone = [torch.empty_like(mine) for _ in range(self.size())]
         pending = self._transport.allgather([everyone], [mine], AllgatherOptions())
         try:
@@ -150,9 +151,30 @@ class ProcessGroupICI(dist.ProcessGroup):
                 pending.wait()
         except RuntimeError as failure:
             raise error(f"not every rank of the group reached this collective: {failure}", type(failure)) from failure
-        if any(not torch.equal(other, mine) for other in everyone):
-            calls = "; ".join(f"rank {r}: {checks.describe_signature(v.tolist())}" for r, v in enumerate(everyone))
+        return [other.tolist() for other in everyone]
+
+    def _agree(self, error, signature):
+        """Every rank of the group must be making the same call (see ``checks``)."""
+        everyone = self._exchange(error, signature)
+        if any(other != signature for other in everyone):
+            calls = "; ".join(f"rank {r}: {checks.describe_signature(v)}" for r, v in enumerate(everyone))
             raise error(f"the ranks of the group called different collectives: {calls}")
+
+    def _agree_on_splits(self, error, input_splits, output_splits):
+        """What rank j sends rank r (its input split r) must be what r expects from j (output split j)."""
+        if self.size() == 1 or not checks.exchange_enabled() or (not input_splits and not output_splits):
+            return
+        sizes = self._exchange(error, [len(input_splits), len(output_splits)])
+        if any(s != [self.size(), self.size()] for s in sizes):
+            raise error("every rank must pass split sizes when one does (one size per rank, for input and output)")
+        everyone = self._exchange(error, [*input_splits, *output_splits])
+        world = self.size()
+        for receiver, splits in enumerate(everyone):
+            for sender in range(world):
+                sent, expected = everyone[sender][receiver], splits[world + sender]
+                if sent != expected:
+                    raise error(f"rank {sender} sends {sent} rows to rank {receiver}, which expects {expected} "
+                                "(input and output split sizes disagree across ranks)")
 
     def _ici_stream(self, clock):
         if self._stream is None:
@@ -300,6 +322,7 @@ class ProcessGroupICI(dist.ProcessGroup):
         checks.same_dtype(error, tensor, [output])
         checks.splits(error, tensor, input_splits, self.size(), "input")
         checks.splits(error, output, output_splits, self.size(), "output")
+        self._agree_on_splits(error, list(input_splits), list(output_splits))
         target, source = HostTensor(output), HostTensor(tensor)
         return self._launch(
             "all_to_all_single", error, on_tpu,
@@ -376,6 +399,10 @@ class ProcessGroupICI(dist.ProcessGroup):
         seconds = ici.barrier_seconds(self._axes.values(), torus.link_bandwidth, torus.hop_latency)
         return Work(str(error), [pending], ends_at=self._charge("barrier", 0, [], seconds))
 
+    def monitored_barrier(self, timeout=None, wait_all_ranks=False):
+        """A barrier that fails, within the group's timeout, when a rank does not arrive."""
+        self.barrier().wait()
+
     # --- point to point -------------------------------------------------------------------------
 
     def _point_to_point(self, name, tensors, peer, launch, source_rank=-1):
@@ -418,6 +445,19 @@ class ProcessGroupICI(dist.ProcessGroup):
         return self._coalesce(works, [])
 
 
+class _Destroyed:
+    """The transport of a process group that has been shut down: any use is an error."""
+
+    def __init__(self, label):
+        self._label = label
+
+    def shutdown(self):
+        pass
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"process group {self._label!r} has been destroyed (destroy_process_group)")
+
+
 # --- creation ------------------------------------------------------------------------------------
 
 def world_torus(world_size):
@@ -437,4 +477,4 @@ def create(common_options, backend_options=None):
         return ProcessGroupICI(rank, size, SimulatedTransport(rank, size), world.torus, global_ranks)
     world_size = dist.get_world_size() if common_options.global_ranks_in_group else size
     transport = gloo_transport(common_options.store, rank, size, resolve_timeout(common_options.timeout))
-    return ProcessGroupICI(rank, size, transport, world_torus(world_size), global_ranks, cpu_backend=transport)
+    return ProcessGroupICI(rank, size, transport, world_torus(world_size), global_ranks)
