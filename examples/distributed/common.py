@@ -77,7 +77,7 @@ def single_process_losses(steps, param_dtype=None):
     of the float32 parameters, step the float32 parameters with float32 gradients.
     """
     master = build_model().to("tpu")
-    optimizer = torch.optim.AdamW(master.parameters(), lr=LEARNING_RATE)
+    optimizer = optimizer_for(master)
     losses = []
     for tokens, targets in batches(steps):
         model = master if param_dtype is None else copy.deepcopy(master).to(param_dtype)
@@ -90,6 +90,30 @@ def single_process_losses(steps, param_dtype=None):
         optimizer.zero_grad()
         losses.append(loss.item())
     return losses
+
+
+def optimizer_for(model):
+    return torch.optim.AdamW(model.parameters(), lr=LEARNING_RATE)
+
+
+def train(model, optimizer, steps, data_rank=0, data_ranks=1, data_group=None, keep_last_gradients=False):
+    """``steps`` steps on the first batches, this data-parallel rank's rows of each, profiled.
+
+    Returns the losses of the whole batches and the profile of the steps.
+    """
+    torch.tpu.reset_peak_memory_stats()
+    losses = []
+    with torch_tpu.profiler.profile() as prof:
+        for step, (tokens, targets) in enumerate(batches(steps)):
+            tokens, targets = (rows(t, data_rank, data_ranks).to("tpu") for t in (tokens, targets))
+            loss = model(tokens, targets)
+            loss.backward()
+            optimizer.step()
+            if step < steps - 1 or not keep_last_gradients:
+                optimizer.zero_grad()
+            losses.append(mean_over(loss, data_group) if data_ranks > 1 else loss.item())
+            prof.step()
+    return losses, prof
 
 
 def check_against_single_process(rank, losses, tolerance, param_dtype=None):
@@ -124,6 +148,3 @@ def finish(ok):
     if not ok:
         sys.exit("losses differ from single-process training")
 
-
-def profile():
-    return torch_tpu.profiler.profile()

@@ -8,7 +8,6 @@ streams). The losses must equal single-process training's.
 """
 
 import common
-import torch
 from torch.nn.parallel import DistributedDataParallel
 
 
@@ -16,18 +15,7 @@ def main():
     args = common.arguments(__doc__)
     rank, world = common.setup()
     model = DistributedDataParallel(common.build_model().to("tpu"))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=common.LEARNING_RATE)
-    torch.tpu.reset_peak_memory_stats()
-    losses = []
-    with common.profile() as prof:
-        for tokens, targets in common.batches(args.steps):
-            tokens, targets = (common.rows(t, rank, world).to("tpu") for t in (tokens, targets))
-            loss = model(tokens, targets)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            losses.append(common.mean_over(loss))
-            prof.step()
+    losses, prof = common.train(model, common.optimizer_for(model), args.steps, rank, world)
     common.report_rank(rank, losses, prof)
     common.finish(common.check_against_single_process(rank, losses, args.tolerance))
 

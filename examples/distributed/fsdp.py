@@ -25,7 +25,7 @@ def shard(model, mesh, mixed_precision):
 
 
 def model_state_bytes():
-    """HBM held between steps: parameters, gradients and AdamW's two states (nothing else is alive)."""
+    """HBM held after a step: parameters, gradients and AdamW's two states (nothing else is alive)."""
     return torch.tpu.memory_allocated()
 
 
@@ -35,20 +35,8 @@ def main():
     rank, world = common.setup()
     mesh = init_device_mesh("tpu", (world,), mesh_dim_names=("dp",))
     model = shard(common.build_model(), mesh, args.mixed_precision)  # fully_shard moves the shards to tpu
-    optimizer = torch.optim.AdamW(model.parameters(), lr=common.LEARNING_RATE)
-    torch.tpu.reset_peak_memory_stats()
-    losses = []
-    with common.profile() as prof:
-        for tokens, targets in common.batches(args.steps):
-            tokens, targets = (common.rows(t, rank, world).to("tpu") for t in (tokens, targets))
-            loss = model(tokens, targets)
-            loss.backward()
-            optimizer.step()
-            losses.append(common.mean_over(loss))
-            if len(losses) < args.steps:
-                optimizer.zero_grad()
-            prof.step()
-    del tokens, targets, loss
+    optimizer = common.optimizer_for(model)
+    losses, prof = common.train(model, optimizer, args.steps, rank, world, keep_last_gradients=True)
     parameters = sum(p.numel() for p in model.parameters())
     print(f"rank {rank}: model state {model_state_bytes()} bytes in HBM for {parameters} parameters "
           f"({world} shards)", flush=True)

@@ -9,7 +9,6 @@ dimensions map onto torus axes (printed by rank 0). Losses must equal single-pro
 """
 
 import common
-import torch
 from fsdp import shard
 from tensor_parallel import parallelize
 from torch.distributed.device_mesh import init_device_mesh
@@ -26,19 +25,9 @@ def main():
             print(f"mesh dimension {name!r} ({mesh[name].size()} ranks) runs on torus axes "
                   f"{mesh[name].get_group().torus_axes}")
     model = shard(parallelize(common.build_model(), mesh["tp"]), mesh["dp"], mixed_precision=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=common.LEARNING_RATE)
-    data_rank, data_ranks = mesh.get_local_rank("dp"), mesh["dp"].size()
-    torch.tpu.reset_peak_memory_stats()
-    losses = []
-    with common.profile() as prof:
-        for tokens, targets in common.batches(args.steps):
-            tokens, targets = (common.rows(t, data_rank, data_ranks).to("tpu") for t in (tokens, targets))
-            loss = model(tokens, targets)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            losses.append(common.mean_over(loss, mesh["dp"].get_group()))
-            prof.step()
+    optimizer = common.optimizer_for(model)
+    losses, prof = common.train(model, optimizer, args.steps, mesh.get_local_rank("dp"), mesh["dp"].size(),
+                                mesh["dp"].get_group())
     common.report_rank(rank, losses, prof)
     common.finish(common.check_against_single_process(rank, losses, args.tolerance))
 

@@ -72,17 +72,7 @@ def main():
     rank, world = common.setup()
     mesh = init_device_mesh("tpu", (world,), mesh_dim_names=("tp",))
     model = parallelize(common.build_model(), mesh)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=common.LEARNING_RATE)
-    torch.tpu.reset_peak_memory_stats()
-    losses = []
-    with common.profile() as prof:
-        for tokens, targets in common.batches(args.steps):  # every rank sees the whole batch
-            loss = model(tokens.to("tpu"), targets.to("tpu"))
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            losses.append(loss.item())
-            prof.step()
+    losses, prof = common.train(model, common.optimizer_for(model), args.steps)  # every rank sees the whole batch
     common.report_rank(rank, losses, prof)
     common.finish(common.check_against_single_process(rank, losses, args.tolerance))
 

@@ -103,6 +103,10 @@ def check_all_reduce():
     tpu = torch.full((3,), float(rank + 1), device="tpu")
     dist.all_reduce(tpu, op=dist._make_nccl_premul_sum(0.5))
     assert tpu.cpu().tolist() == [0.5 * sum(range(1, world + 1))] * 3
+    source, chunk = torch.full((2 * world,), float(rank + 1), device="tpu"), torch.empty(2, device="tpu")
+    dist.reduce_scatter_tensor(chunk, source, op=dist._make_nccl_premul_sum(0.5))
+    assert chunk.cpu().tolist() == [0.5 * sum(range(1, world + 1))] * 2
+    assert source.cpu().tolist() == [float(rank + 1)] * (2 * world)  # the input is left as it was
 
 
 def check_gathers_and_scatters():
@@ -202,13 +206,16 @@ def check_point_to_point_and_async():
     for request in dist.batch_isend_irecv(operations):
         request.wait()
     assert received.cpu().float().tolist() == (torch.arange(4.0) + 10 * preceding).tolist()
-    if world >= 2:  # blocking send/recv between ranks 0 and 1
-        if rank == 0:
-            dist.send(torch.full((3,), 7.0, device="tpu"), 1)
-        elif rank == 1:
-            got = torch.empty(3, device="tpu")
-            dist.recv(got, 0)
-            assert got.cpu().tolist() == [7.0] * 3
+    # blocking send/recv between ranks 0 and 1, then a receive from whichever rank sends
+    if rank == 0:
+        dist.send(torch.full((3,), 7.0, device="tpu"), 1)
+        got = torch.empty(2, device="tpu")
+        assert dist.recv(got) == 1 and got.cpu().tolist() == [5.0, 5.0]
+    elif rank == 1:
+        got = torch.empty(3, device="tpu")
+        dist.recv(got, 0)
+        assert got.cpu().tolist() == [7.0] * 3
+        dist.send(torch.full((2,), 5.0, device="tpu"), 0)
     # async collectives: handles, wait(), is_completed(), get_future()
     tensor = torch.ones(5, device="tpu")
     work = dist.all_reduce(tensor, async_op=True)

@@ -208,21 +208,24 @@ class ProcessGroupICI(dist.ProcessGroup):
             self._coalesced.append(work)
         return work
 
-    def _reducing_hosts(self, error, tensors, options, inputs=True):
-        """Host views to reduce; PREMUL_SUM scales the ``inputs`` first, and the transport then sums."""
+    def _reducing_hosts(self, error, tensors, options, role="in place"):
+        """Host views of tensors a reduction reads and writes ("in place"), reads ("input") or writes
+        ("output"), and the options for the transport: PREMUL_SUM scales what is read, then sums."""
         op = _reduce_op(options)
         if op == RedOpType.PREMUL_SUM and tensors and tensors[0].device.type == "cpu":
             raise error("ReduceOp.PREMUL_SUM is not supported for CPU tensors (gloo)")
         unsigned_order = op in (RedOpType.MAX, RedOpType.MIN)
         hosts = [HostTensor(t, reducing=True, unsigned_order=unsigned_order and t.dtype == torch.uint64) for t in tensors]
-        if op == RedOpType.PREMUL_SUM and inputs:
-            factor = options.reduceOp.factor
-            for host in hosts:
-                if host.host is not None:
-                    host.host.mul_(factor.cpu() if isinstance(factor, torch.Tensor) else factor)
-            options = type(options)()
-            options.reduceOp = dist.ReduceOp.SUM
-        return hosts, options
+        if op != RedOpType.PREMUL_SUM or role == "output":
+            return hosts, options
+        factor = options.reduceOp.factor
+        factor = factor.cpu() if isinstance(factor, torch.Tensor) else factor
+        for host in hosts:
+            if host.host is not None:  # an input is not the caller's to change: scale a copy
+                host.host = host.host.mul_(factor) if role == "in place" else host.host * factor
+        summing = type(options)()
+        summing.reduceOp, summing.timeout = dist.ReduceOp.SUM, options.timeout
+        return hosts, summing
 
     @staticmethod
     def _hosts(tensors):
@@ -254,10 +257,7 @@ class ProcessGroupICI(dist.ProcessGroup):
     def allgather(self, output_lists, inputs, opts):
         outputs = [t for group in output_lists for t in group]
         error, on_tpu = self._start("all_gather", [*inputs, *outputs], inputs[0] if inputs else None)
-        for group, tensor in zip(output_lists, inputs):
-            checks.list_length(error, group, self.size(), "the output list")
-            checks.same_dtype(error, tensor, group)
-            checks.same_shape(error, tensor, group, "output")
+        checks.one_per_rank(error, inputs, output_lists, self.size(), "output")
         hosts = [self._hosts(group) for group in output_lists]
         sources = self._hosts(inputs)
         return self._launch(
@@ -289,12 +289,9 @@ class ProcessGroupICI(dist.ProcessGroup):
         inputs = [t for group in input_lists for t in group]
         error, on_tpu = self._start("reduce_scatter", [*outputs, *inputs], outputs[0] if outputs else None,
                                     op=_reduce_op(opts))
-        for output, group in zip(outputs, input_lists):
-            checks.list_length(error, group, self.size(), "the input list")
-            checks.same_dtype(error, output, group, "input")
-            checks.same_shape(error, output, group, "input")
-        targets, _ = self._reducing_hosts(error, outputs, opts, inputs=False)
-        sources, opts = self._reducing_hosts(error, inputs, opts)
+        checks.one_per_rank(error, outputs, input_lists, self.size(), "input")
+        targets, _ = self._reducing_hosts(error, outputs, opts, "output")
+        sources, opts = self._reducing_hosts(error, inputs, opts, "input")
         grouped = [[h.host for h in sources[i * self.size():(i + 1) * self.size()]] for i in range(len(outputs))]
         return self._launch("reduce_scatter", error, on_tpu,
                             lambda: self._transport.reduce_scatter([h.host for h in targets], grouped, opts),
@@ -304,8 +301,8 @@ class ProcessGroupICI(dist.ProcessGroup):
         error, on_tpu = self._start("reduce_scatter_tensor", [output, tensor], output, op=_reduce_op(opts))
         checks.same_dtype(error, tensor, [output])
         checks.sized(error, tensor, output, self.size(), "input", "output")
-        (target,), _ = self._reducing_hosts(error, [output], opts, inputs=False)
-        (source,), opts = self._reducing_hosts(error, [tensor], opts)
+        (target,), _ = self._reducing_hosts(error, [output], opts, "output")
+        (source,), opts = self._reducing_hosts(error, [tensor], opts, "input")
         return self._launch("reduce_scatter_tensor", error, on_tpu,
                             lambda: self._transport._reduce_scatter_base(target.host, source.host, opts),
                             [target, source], [output], tensor.nbytes)
@@ -334,8 +331,8 @@ class ProcessGroupICI(dist.ProcessGroup):
     def alltoall(self, outputs, inputs, opts):
         error, on_tpu = self._start("all_to_all", [*outputs, *inputs], inputs[0] if inputs else None,
                                     shape=(), count=len(inputs))
-        checks.list_length(error, inputs, self.size(), "the input list")
-        checks.list_length(error, outputs, self.size(), "the output list")
+        checks.list_length(error, inputs, self.size(), "input")
+        checks.list_length(error, outputs, self.size(), "output")
         checks.same_dtype(error, inputs[0], [*inputs, *outputs], "tensor")
         targets, sources = self._hosts(outputs), self._hosts(inputs)
         return self._launch("all_to_all", error, on_tpu,
@@ -343,17 +340,9 @@ class ProcessGroupICI(dist.ProcessGroup):
                             [*targets, *sources], outputs, _nbytes(inputs) * self.size())
 
     def scatter(self, outputs, input_lists, opts):
-        root, is_root = opts.rootRank, opts.rootRank == self.rank()
         inputs = [t for group in input_lists for t in group]
-        error, on_tpu = self._start("scatter", [*outputs, *inputs], outputs[0] if outputs else None, root=root)
-        checks.rank_in_group(error, root, self.size(), "the root")
-        if is_root:
-            for output, group in zip(outputs, input_lists):
-                checks.list_length(error, group, self.size(), "the scatter list")
-                checks.same_dtype(error, output, group, "scatter list")
-                checks.same_shape(error, output, group, "scatter list tensor")
-        elif inputs:
-            raise error("only the root passes a scatter list")
+        error, on_tpu = self._start("scatter", [*outputs, *inputs], outputs[0] if outputs else None, root=opts.rootRank)
+        checks.root_list(error, opts.rootRank, self.rank(), self.size(), outputs, input_lists, "scatter")
         targets = self._hosts(outputs)
         sources = [self._hosts(group) for group in input_lists]
         return self._launch(
@@ -362,17 +351,9 @@ class ProcessGroupICI(dist.ProcessGroup):
             [*targets, *(h for g in sources for h in g)], outputs, _nbytes(outputs) * self.size())
 
     def gather(self, output_lists, inputs, opts):
-        root, is_root = opts.rootRank, opts.rootRank == self.rank()
         outputs = [t for group in output_lists for t in group]
-        error, on_tpu = self._start("gather", [*inputs, *outputs], inputs[0] if inputs else None, root=root)
-        checks.rank_in_group(error, root, self.size(), "the root")
-        if is_root:
-            for group, tensor in zip(output_lists, inputs):
-                checks.list_length(error, group, self.size(), "the gather list")
-                checks.same_dtype(error, tensor, group, "gather list")
-                checks.same_shape(error, tensor, group, "gather list tensor")
-        elif outputs:
-            raise error("only the root passes a gather list")
+        error, on_tpu = self._start("gather", [*inputs, *outputs], inputs[0] if inputs else None, root=opts.rootRank)
+        checks.root_list(error, opts.rootRank, self.rank(), self.size(), inputs, output_lists, "gather")
         targets = [self._hosts(group) for group in output_lists]
         sources = self._hosts(inputs)
         return self._launch(
@@ -398,10 +379,6 @@ class ProcessGroupICI(dist.ProcessGroup):
         torus = self._torus
         seconds = ici.barrier_seconds(self._axes.values(), torus.link_bandwidth, torus.hop_latency)
         return Work(str(error), [pending], ends_at=self._charge("barrier", 0, [], seconds))
-
-    def monitored_barrier(self, timeout=None, wait_all_ranks=False):
-        """A barrier that fails, within the group's timeout, when a rank does not arrive."""
-        self.barrier().wait()
 
     # --- point to point -------------------------------------------------------------------------
 
@@ -430,7 +407,7 @@ class ProcessGroupICI(dist.ProcessGroup):
         return self._point_to_point("recv", tensors, src, lambda hosts: self._transport.recv(hosts, src, tag), src)
 
     def recv_anysource(self, tensors, tag):
-        return self._point_to_point("recv", tensors, None, lambda hosts: self._transport.recv_anysource(hosts, tag))
+        return self._point_to_point("recv", tensors, None, lambda hosts: self._transport.recv_anysource(hosts, tag), None)
 
     # --- coalescing -----------------------------------------------------------------------------
 
