@@ -1,8 +1,9 @@
 """Multi-host runs and torch.distributed.checkpoint.
 
-Two torchrun invocations (two "hosts", one rank each) find each other over a TCP rendezvous on
-loopback, as hosts of a TPU slice would. Sharded (FSDP2, DTensor) state dicts saved with
-torch.distributed.checkpoint on N ranks load onto a different number of ranks, every tensor equal.
+Two torchrun invocations (two "hosts", one rank each, init_process_group("ici")) find each other
+over a TCP rendezvous on loopback, as hosts of a TPU slice would. Sharded (FSDP2, DTensor) state
+dicts saved with torch.distributed.checkpoint on N ranks (init_process_group() with no backend)
+load onto a different number of ranks (init_process_group("cpu:gloo,tpu:ici")), every tensor equal.
 """
 
 import os
@@ -33,5 +34,5 @@ def test_two_hosts_over_a_tcp_rendezvous():
 def test_sharded_checkpoint_reloads_on_another_world_size(tmp_path, saved_on, loaded_on):
     saved = run_ok("checkpoint.py", saved_on, "save", str(tmp_path))
     assert saved.count("checkpoint saved") == saved_on
-    loaded = run_ok("checkpoint.py", loaded_on, "load", str(tmp_path))
+    loaded = run_ok("checkpoint.py", loaded_on, "load", str(tmp_path), env={"BACKEND": "cpu:gloo,tpu:ici"})
     assert loaded.count("checkpoint loaded") == loaded_on

@@ -22,7 +22,8 @@ import torch_tpu  # noqa: F401
 from models import GPT
 
 mode, directory = sys.argv[1], sys.argv[2]
-dist.init_process_group()
+dist.init_process_group(os.environ.get("BACKEND") or None)  # no backend, "ici" or "cpu:gloo,tpu:ici"
+assert dist.group.WORLD.name() == "ici", dist.group.WORLD.name()
 rank, world = dist.get_rank(), dist.get_world_size()
 mesh = init_device_mesh("tpu", (world,))
 

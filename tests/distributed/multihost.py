@@ -11,7 +11,8 @@ import torch.distributed as dist
 
 import torch_tpu  # noqa: F401
 
-dist.init_process_group()
+dist.init_process_group("ici")
+assert dist.group.WORLD.name() == "ici", dist.group.WORLD.name()
 rank, world = dist.get_rank(), dist.get_world_size()
 node = int(os.environ["GROUP_RANK"])  # torchrun's node rank
 values = torch.full((3,), float(rank + 1), device="tpu")

@@ -137,9 +137,13 @@ class ProcessGroupICI(dist.ProcessGroup):
         if on_tpu and not self.simulated and not all(has_bytes(t) for t in tensors):
             raise error("these tensors have no bytes (abstract mode): run collectives on them under torch_tpu.simulate()")
         sequence = next(self._sequence)
-        if self.size() > 1 and checks.exchange_enabled():
+        if self._has_peers():
             self._agree(error, checks.signature(sequence, name, signature_of, **signature))
         return error, on_tpu
+
+    def _has_peers(self):
+        """Whether there are other ranks to agree with (none in a simulated world)."""
+        return self.size() > 1 and not self.simulated and checks.exchange_enabled()
 
     def _exchange(self, error, values):
         """Every rank's ``values`` (a list of ints of the same length on every rank)."""
@@ -162,7 +166,7 @@ class ProcessGroupICI(dist.ProcessGroup):
 
     def _agree_on_splits(self, error, input_splits, output_splits):
         """What rank j sends rank r (its input split r) must be what r expects from j (output split j)."""
-        if self.size() == 1 or not checks.exchange_enabled() or (not input_splits and not output_splits):
+        if not self._has_peers() or (not input_splits and not output_splits):
             return
         sizes = self._exchange(error, [len(input_splits), len(output_splits)])
         if any(s != [self.size(), self.size()] for s in sizes):
