@@ -27,7 +27,7 @@ from . import _accelerator, _lazy  # noqa: E402
 _accelerator.install()
 _lazy.install_fallbacks()
 
-from . import _pinned, _printing, _storage, autocast, profiler  # noqa: E402,F401
+from . import _pinned, _printing, _pytorch_profiler, _storage, autocast, profiler  # noqa: E402,F401
 from .report import report  # noqa: E402
 
 __version__ = "0.1.0"
