@@ -129,12 +129,14 @@ class Event(torch.Event):
 
     def elapsed_time(self, end_event):
         """Simulated milliseconds from this event to ``end_event``."""
-        if not (self.enable_timing and getattr(end_event, "enable_timing", False)):
+        if not isinstance(end_event, Event):
+            raise TypeError("elapsed_time needs two torch.tpu.Event objects: a torch.Event on tpu is recorded "
+                            "by C++ through the Python device guard and carries no simulated time")
+        if not (self.enable_timing and end_event.enable_timing):
             raise RuntimeError("Both events must be created with argument 'enable_timing=True'.")
-        end = getattr(end_event, "recorded_at", None)
-        if self.recorded_at is None or end is None:
+        if self.recorded_at is None or end_event.recorded_at is None:
             raise RuntimeError("Both events must be recorded before calculating elapsed time.")
-        return (end - self.recorded_at) * 1e3
+        return (end_event.recorded_at - self.recorded_at) * 1e3
 
     def __repr__(self):
         index = 0 if self._event_id else -1
