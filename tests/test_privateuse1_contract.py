@@ -152,6 +152,21 @@ def test_plain_torch_streams_are_handles_of_the_default_stream():
         torch.tpu.set_stream(torch.Stream(device="cpu"))
 
 
+def test_plain_torch_events_carry_no_time():
+    """C++ records a torch.Event on tpu through the Python device guard, which does nothing (docs/architecture.md)."""
+    start, end = torch.Event(device="tpu", enable_timing=True), torch.Event(device="tpu", enable_timing=True)
+    start.record(torch.Stream(device="tpu"))
+    torch.ones(4, device="tpu") + 1
+    end.record()
+    assert start.event_id == 0 and start.query() and end.query()
+    with pytest.raises(RuntimeError, match="Backend doesn't support elapsedTime"):
+        start.elapsed_time(end)
+    waiting = torch.tpu.Stream()
+    before = clock.now(waiting.stream_id)
+    waiting.wait_event(start)  # nothing to wait for
+    assert clock.now(waiting.stream_id) == before
+
+
 def test_stream_query_synchronize_wait_stream_and_wait_event():
     side = torch.tpu.Stream()
     x = torch.ones(1 << 18, device="tpu")
