@@ -30,10 +30,6 @@ class ChipSpec:
     topology: str
     max_pod_chips: int
 
-    @property
-    def mxu_dtypes(self):
-        return tuple(self.peak_flops)
-
     def supports_mxu_dtype(self, dtype_name):
         return dtype_name in self.peak_flops
 
