@@ -10,7 +10,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import run_python
+from conftest import finish_python, run_python, start_python
 
 # Loaded by the first tpu use, never by `import torch`: the kernels and what they import.
 HEAVY = ("ml_dtypes", "scipy", "torch_tpu.ops", "torch_tpu._tensor", "torch_tpu._C.dtypes")
@@ -61,17 +61,22 @@ FIRST_USES = {
 }
 
 
-@pytest.mark.parametrize("first_use", FIRST_USES, ids=list(FIRST_USES))
-def test_every_first_use_loads_the_kernels(first_use):
-    expression, expected = FIRST_USES[first_use]
-    out = run_python(f"""
+@pytest.fixture(scope="module")
+def first_use_processes():
+    """One fresh interpreter per first use, all started at once (they spend their time importing)."""
+    return {name: start_python(f"""
         import io, pickle, sys, torch
         result = {expression}
         print(result.tolist() if hasattr(result, 'tolist') else result)
         print(result.device if isinstance(result, torch.Tensor) else 'tpu:0')
         {REPORT_HEAVY}
-    """).stdout.splitlines()
-    assert out == [expected, "tpu:0", str(sorted(HEAVY))]
+    """) for name, (expression, _) in FIRST_USES.items()}
+
+
+@pytest.mark.parametrize("first_use", FIRST_USES, ids=list(FIRST_USES))
+def test_every_first_use_loads_the_kernels(first_use, first_use_processes):
+    out = finish_python(first_use_processes[first_use]).stdout.splitlines()
+    assert out == [FIRST_USES[first_use][1], "tpu:0", str(sorted(HEAVY))]
 
 
 def test_import_torch_tpu_with_autoload_off():
