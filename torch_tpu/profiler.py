@@ -124,38 +124,47 @@ def _kernel_args(record, correlation):
     }
 
 
+def device_lanes(records, device_start, spec, origin_us=0.0, extra_args=None):
+    """The simulated chip's part of a Chrome trace: process "TPU 0", a track per stream, an event per kernel.
+
+    Kernel times are simulated, placed ``origin_us`` + (start - ``device_start``) microseconds into the
+    trace. ``extra_args(index, record)`` adds arguments to a kernel (its correlation with a host event).
+    """
+    events = [
+        _name(DEVICE_PID, 0, "process_name", f"TPU 0: {spec.name} ({spec.generation}, simulated clock)"),
+        _sort_index(DEVICE_PID, 1),
+    ]
+    for index, record in enumerate(records):
+        args = _kernel_args(record, index)
+        if extra_args is not None:
+            args.update(extra_args(index, record))
+        events.append({"ph": "X", "cat": "kernel", "name": record.cost.name, "pid": DEVICE_PID, "tid": record.stream,
+                       "ts": round(origin_us + (record.start - device_start) * 1e6, 6),
+                       "dur": round(record.seconds * 1e6, 6), "args": args})
+    for stream in sorted({record.stream for record in records}):
+        events.append(_name(DEVICE_PID, stream, "thread_name", f"stream {stream}"))
+    return events
+
+
 def chrome_trace(prof):
     """The trace as a dict: host and simulated-device time lines, microseconds from the start."""
     window, spec = prof.window, prof.chip.spec
     host_pid = os.getpid()
     main_thread = threading.main_thread().native_id
-    us = round  # microsecond floats, kept to nanoseconds
-    events = [
-        _name(host_pid, 0, "process_name", "host (Python emulation, wall clock)"), _sort_index(host_pid, 0),
-        _name(DEVICE_PID, 0, "process_name", f"TPU 0: {spec.name} ({spec.generation}, simulated clock)"),
-        _sort_index(DEVICE_PID, 1),
-    ]
-    threads, streams = set(), set()
+    events = [_name(host_pid, 0, "process_name", "host (Python emulation, wall clock)"), _sort_index(host_pid, 0)]
     for index, record in enumerate(prof.records):
-        name, args = record.cost.name, _kernel_args(record, index)
         host_ts = (record.host_start_ns - window.host_start_ns) / 1e3
-        events.append({"ph": "X", "cat": "cpu_op", "name": name, "pid": host_pid, "tid": record.thread,
-                       "ts": us(host_ts, 3), "dur": us((record.host_end_ns - record.host_start_ns) / 1e3, 3),
+        events.append({"ph": "X", "cat": "cpu_op", "name": record.cost.name, "pid": host_pid, "tid": record.thread,
+                       "ts": round(host_ts, 3), "dur": round((record.host_end_ns - record.host_start_ns) / 1e3, 3),
                        "args": {"correlation": index}})
-        events.append({"ph": "X", "cat": "kernel", "name": name, "pid": DEVICE_PID, "tid": record.stream,
-                       "ts": us((record.start - window.device_start) * 1e6, 6), "dur": us(record.seconds * 1e6, 6),
-                       "args": args})
-        threads.add(record.thread)
-        streams.add(record.stream)
-    for thread in sorted(threads):
+    for thread in sorted({record.thread for record in prof.records}):
         label = "Python main thread" if thread == main_thread else f"Python thread {thread} (autograd)"
         events.append(_name(host_pid, thread, "thread_name", label))
-    for stream in sorted(streams):
-        events.append(_name(DEVICE_PID, stream, "thread_name", f"stream {stream}"))
+    events += device_lanes(prof.records, window.device_start, spec)
     events += _memory_counters(prof, host_pid)
     for mark, device_time in enumerate(prof.step_marks):
         events.append({"ph": "i", "s": "p", "name": f"step {mark}", "pid": DEVICE_PID, "tid": 0,
-                       "ts": us(device_time * 1e6, 6)})
+                       "ts": round(device_time * 1e6, 6)})
     return {
         "traceEvents": events,
         "displayTimeUnit": "ns",
