@@ -10,6 +10,7 @@ import datetime
 import gc
 import os
 import sys
+import threading
 import time
 
 import collectives
@@ -21,8 +22,10 @@ import torch_tpu  # noqa: F401
 
 
 def threads_and_sockets():
-    """Threads (but autograd's device threads, which live as long as the process) and open sockets."""
+    """Threads and open sockets, but the threads that live as long as the process: autograd's device
+    threads and the chip's VPU workers (started by the first large kernel)."""
     threads = sum(not open(f"/proc/self/task/{t}/comm").read().startswith("pt_autograd") for t in os.listdir("/proc/self/task"))
+    threads -= sum(thread.name.startswith("tpu-vpu") for thread in threading.enumerate())
     sockets = 0
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -81,6 +84,7 @@ def check_bad_arguments_name_the_collective_and_rank(rank):
 
 
 scenario = sys.argv[1] if len(sys.argv) > 1 else "all"
+torch.ones(1, device="tpu")  # the chip's own threads start with its first use
 before = threads_and_sockets()
 rank = int(os.environ["RANK"])
 store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
