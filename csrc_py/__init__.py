@@ -11,15 +11,15 @@ submodules loaded on first attribute access (``_C.dtypes``, ``from torch_tpu._C 
 
 import importlib
 
-from . import chips, clock, hbm, rng, trace
+from . import chips, clock, hbm, ici, rng, trace
 from .chip import Chip, current_chip
 from .chips import CHIPS, ChipSpec
 from .hbm import HBMOutOfMemory
 
 LAZY_SUBMODULES = frozenset({"dtypes", "mxu", "special", "vpu"})
 
-__all__ = ["CHIPS", "Chip", "ChipSpec", "HBMOutOfMemory", "chips", "clock", "current_chip", "dtypes", "hbm", "rng",
-           "trace", "vpu"]
+__all__ = ["CHIPS", "Chip", "ChipSpec", "HBMOutOfMemory", "chips", "clock", "current_chip", "dtypes", "hbm", "ici",
+           "rng", "trace", "vpu"]
 
 
 def __getattr__(name):

@@ -27,11 +27,15 @@ from . import _accelerator, _lazy  # noqa: E402
 _accelerator.install()
 _lazy.install_fallbacks()
 
-from . import _pinned, _printing, _pytorch_profiler, _storage, autocast, profiler  # noqa: E402,F401
+from . import _pinned, _printing, _pytorch_profiler, _storage, autocast, distributed, profiler  # noqa: E402,F401
+
+distributed.register_backend()  # cheap: "ici" is a name for c10d until a process group is made
+
+from .distributed import simulate  # noqa: E402
 from .report import report  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["fallback_counts", "report"]
+__all__ = ["fallback_counts", "report", "simulate"]
 
 
 def fallback_counts():
