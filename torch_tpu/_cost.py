@@ -208,7 +208,8 @@ def charged(kernel, name):
     """
     if name in FREE_OPS:
         return kernel
-    clock = _C.current_chip().clock
+    chip = _C.current_chip()
+    clock = chip.clock
     cost_of = cost_model(name)
     packet = name.partition(".")[0]
     traffic = _traffic_model(packet)
@@ -229,6 +230,8 @@ def charged(kernel, name):
     charge = charge_cost if packet in MXU_FLOPS or packet in RESULT_FLOPS else charge_bytes
 
     def launch(*args, **kwargs):
+        if chip.lost_in_fork:  # a child forked after the tpu was used: the chip is its parent's
+            raise _C.chip.ChipLostInFork()
         if clock.recorders:
             return _recorded_launch(kernel, cost_of, clock, args, kwargs)
         result = kernel(*args, **kwargs)

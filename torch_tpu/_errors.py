@@ -1,6 +1,5 @@
 """Error messages shared by kernels, worded like PyTorch's own so users recognise them."""
 
-import dis
 import threading
 import typing
 
@@ -77,7 +76,6 @@ def negative_allocation(nbytes):
 # on Meta tensors of the same sizes and dtypes, and Meta's error is raised instead.
 
 _LIBRARY_PACKAGES = frozenset({"numpy", "scipy", "ml_dtypes"})
-_RAISE_OPCODES = frozenset({dis.opmap["RAISE_VARARGS"]})
 _PYTORCH_RAISED = "_torch_tpu_raised_by_pytorch"  # set on errors a kernel obtained from PyTorch on purpose
 _OWN_PACKAGES = frozenset({"torch_tpu"})
 _PYTORCH_ERRORS = (RuntimeError, IndexError, ValueError, TypeError)
@@ -131,7 +129,9 @@ def escaped(error):
         return True
     if package not in _OWN_PACKAGES:
         return False  # PyTorch's own Python code raised it: already PyTorch's error
-    return innermost.tb_frame.f_code.co_code[innermost.tb_lasti] not in _RAISE_OPCODES  # a call or subscript failed
+    import dis  # only errors come this way
+
+    return innermost.tb_frame.f_code.co_code[innermost.tb_lasti] != dis.opmap["RAISE_VARARGS"]  # a call or lookup failed
 
 
 _META = torch.device("meta")

@@ -4,14 +4,18 @@ PyTorch allocates and reads storages in C++ through a device allocator that a
 Python backend does not have (``UntypedStorage(n, device="tpu")`` would
 segfault). These patches route tpu storages to the HBM buffer; every other
 device keeps PyTorch's own code path untouched.
+
+The patches are installed at import; what they call on tpu (``_tensor``) loads on first use.
+A tpu storage's size is its HBM buffer's: C++ keeps its own byte count, which only ever grows
+(``resize_`` to fewer bytes, as FSDP does with ``resize_(0)``, cannot shrink it from Python), so
+``nbytes()``, ``size()`` and every byte view of the storage read the buffer.
 """
 
 import functools
 
 import torch
 
-from . import _tensor
-from ._errors import negative_allocation
+from ._errors import check_device_index, negative_allocation
 
 _Storage = torch.UntypedStorage
 
@@ -22,11 +26,25 @@ def _is_tpu_device(device):
 
 def new_tpu_storage(nbytes):
     """A fresh tpu storage of ``nbytes`` bytes, refused as CPU's allocator refuses it (before allocating)."""
+    from . import _lazy, _tensor
+
+    _lazy.load()
     if nbytes > _tensor.INT64_MAX:
         raise ValueError("Overflow when unpacking long long")  # what the C++ argument parser says
     if nbytes < 0:
         raise negative_allocation(nbytes)
     return _tensor.empty((nbytes,), torch.uint8).untyped_storage()
+
+
+_cpp_nbytes = _Storage.nbytes
+
+
+def _buffer_nbytes(storage):
+    """The HBM buffer's size; C++'s count for a tpu storage without one (fake and meta tensors on tpu)."""
+    from . import _tensor
+
+    buffer = getattr(storage, _tensor.BUFFER_ATTRIBUTE, None)
+    return _cpp_nbytes(storage) if buffer is None else buffer.nbytes
 
 
 def _patch(name):
@@ -46,7 +64,8 @@ def _patch(name):
 
 
 def _storage_bytes_tensor(storage):
-    return torch.empty((0,), dtype=torch.uint8, device=storage.device).set_(storage)
+    nbytes = storage.nbytes()  # on tpu, the buffer's size: C++'s count may be larger after a shrink
+    return torch.empty((0,), dtype=torch.uint8, device=storage.device).set_(storage, 0, (nbytes,))
 
 
 def _install_copy():
@@ -108,7 +127,33 @@ def _set_from_file(self, *args):
 @_patch("data_ptr")
 def _data_ptr(self):
     """The host address of the emulated HBM bytes: unique per live allocation."""
+    from . import _tensor
+
     return _tensor.buffer_address(_tensor.hbm_buffer(self))
+
+
+@_patch("nbytes")
+def _nbytes(self):
+    return _buffer_nbytes(self)
+
+
+@_patch("size")
+def _size(self):
+    return _buffer_nbytes(self)
+
+
+@_patch("resize_")
+def _resize(self, nbytes):
+    """Grow or shrink the HBM buffer, keeping the bytes both sizes have (new bytes are undefined, as on CUDA)."""
+    from . import _tensor
+
+    nbytes = int(nbytes)
+    if nbytes < 0:
+        raise RuntimeError(f"resize_: the size of a storage must not be negative, got {nbytes}")
+    _tensor.replace_buffer(self, nbytes)
+    # C++'s byte count grows to fit (tensors set_ on the storage are bounds-checked against it)
+    _tensor.set_metadata(torch.empty((0,), dtype=torch.uint8, device="tpu"), self, 0, (nbytes,), (1,))
+    return self
 
 
 def _install_tensor_data_ptr():
@@ -123,6 +168,10 @@ def _install_tensor_data_ptr():
 
     @functools.wraps(original)
     def data_ptr(self):
+        if self.device.type != "tpu":
+            return original(self)
+        from . import _tensor
+
         buffer = getattr(self.untyped_storage(), _tensor.BUFFER_ATTRIBUTE, None)
         if buffer is None:
             return original(self)
@@ -137,6 +186,7 @@ def _install_constructor():
 
     def __new__(cls, *args, device=None, **kwargs):
         if _is_tpu_device(device):
+            check_device_index(device, "torch.UntypedStorage")
             if not args and not kwargs:
                 return new_tpu_storage(0)
             if len(args) == 1 and not kwargs and isinstance(args[0], int):

@@ -128,12 +128,6 @@ def broadcast_shapes(*shapes):
         raise broadcast_mismatch(shapes) from None
 
 
-def check_same_device(op_name, *tensors):
-    for t in tensors:
-        if isinstance(t, torch.Tensor) and t.device.type != "tpu":
-            raise device_mismatch("tpu:0", t.device, op_name)
-
-
 def converted(array, dtype):
     """``array`` as a NumPy array of the torch ``dtype``, converted as a PyTorch CPU cast converts it."""
     target = _tensor.numpy_dtype(dtype)

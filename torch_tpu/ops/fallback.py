@@ -10,6 +10,9 @@ In order it tries:
 
 Ops of a feature torch_tpu does not have (strided nested tensors, which also get their own
 fallback on the NestedTensorPrivateUse1 key) skip the CPU and say what to use instead.
+
+``torch_tpu._lazy`` registers the boxed fallbacks at import and forwards to these functions once
+the kernels are loaded (a fallback cannot be replaced while the process runs).
 """
 
 import collections
@@ -27,7 +30,6 @@ from .._errors import release_frames
 CPU_FALLBACK_VARIABLE = "TORCH_TPU_CPU_FALLBACK"
 META_KEYSET = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
 
-_LIBRARY = torch.library.Library("_", "IMPL")
 _counts = collections.Counter()
 _warned = set()
 _active_decompositions = threading.local()
@@ -171,19 +173,11 @@ def _run(op, args, kwargs):
     raise not_implemented(op)
 
 
-def nested_fallback(op, *args, **kwargs):
+def nested_fallback(keyset, op, *args, **kwargs):
     """Every op on a strided nested tensor whose buffer would be on tpu, such as ``nested.to("tpu")``."""
     raise unsupported(op, STRIDED_NESTED)
 
 
-_LIBRARY.fallback(tpu_fallback, "PrivateUse1", with_keyset=True)
-_LIBRARY.fallback(nested_fallback, "NestedTensorPrivateUse1")
-
-
-def sparse_fallback(op, *args, **kwargs):
+def sparse_fallback(keyset, op, *args, **kwargs):
     """Every op on a sparse tensor whose values would be on tpu, such as ``sparse.to("tpu")``."""
     raise unsupported(op, SPARSE_LAYOUTS)
-
-
-_LIBRARY.fallback(sparse_fallback, "SparsePrivateUse1")
-_LIBRARY.fallback(sparse_fallback, "SparseCsrPrivateUse1")
