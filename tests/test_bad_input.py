@@ -545,6 +545,11 @@ OUT_ACCEPTED = {
     "index_select_resizes_with_warning": lambda d: torch.index_select(_matrix(d), 0, torch.tensor([0], device=d),
                                                                       out=torch.ones(2, device=d)),
     "flip_resizes_with_warning": lambda d: torch.ops.aten.flip.out(_matrix(d), [0], out=torch.ones(2, device=d)),
+    "arange_warns_of_another_count": lambda d: torch.arange(6, out=torch.ones(2, device=d)),
+    "arange_keeps_a_matrix_of_the_count": lambda d: torch.arange(6, out=torch.ones(2, 3, device=d)),
+    "linspace_resizes_silently": lambda d: torch.linspace(0, 1, 6, out=torch.ones(2, device=d)),
+    "linspace_keeps_a_matrix_of_the_count": lambda d: torch.linspace(0, 1, 6, out=torch.ones(3, 2, device=d)),
+    "logspace_keeps_a_matrix_of_the_count": lambda d: torch.logspace(0, 1, 6, out=torch.ones(3, 2, device=d)),
     "sort_resizes_with_warning": lambda d: torch.sort(_matrix(d), out=(torch.ones(2, device=d),
                                                                       torch.ones(2, dtype=torch.long, device=d))),
 }

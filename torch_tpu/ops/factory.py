@@ -1,6 +1,7 @@
 """Factory kernels: tensors made from nothing but sizes and a value."""
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -157,19 +158,29 @@ def _arange_values(first, step, n, dtype):
 def arange_out(start, end, step=1, *, out):
     _check_kernel_dtype("arange_cpu", out.dtype, _RANGE_DTYPES)
     length = _arange_length(start, end, step, out.dtype)
-    if out.numel() != length:
-        out.resize_(length)
+    if out.numel() and out.numel() != length:
+        warnings.warn(f"The number of elements in the out tensor of shape {list(out.shape)} is {out.numel()} which does "
+                      f"not match the computed number of elements {length}. Note that this may occur as a result of "
+                      f"rounding error. The out tensor will be resized to a tensor of shape ({length},).", UserWarning,
+                      stacklevel=2)
+    _resize_to_count(out, length)
     acc = _ACC_TYPE.get(out.dtype, out.dtype if out.dtype.is_floating_point else torch.int64)
     values = _arange_values(_scalar_to(start, acc), _scalar_to(step, acc), length, _tensor.numpy_dtype(out.dtype))
-    _tensor.as_numpy(out)[...] = values
+    _tensor.as_numpy(out)[...] = values.reshape(out.shape)  # an out= of the right count keeps its shape
     return out
+
+
+def _resize_to_count(out, count):
+    """CPU's range factories keep an ``out=`` of the right element count as it is (a (2, 3) out takes six
+    values) and resize any other to 1-d, without resize_output's warning (arange gives its own)."""
+    if out.numel() != count:
+        out.resize_(count)
 
 
 def _prepare_space_out(out, steps):
     if steps < 0:
         raise RuntimeError("number of steps must be non-negative")
-    if out.numel() != steps:
-        out.resize_(steps)
+    _resize_to_count(out, steps)
 
 
 def _two_sided(first, last, step, steps, counter_type, multiply_add):
@@ -199,7 +210,7 @@ def linspace_out(start, end, steps, *, out):
     step = (last - first) / first.dtype.type(steps - 1)
     counter_type = step.real.dtype  # c10 multiplies a complex step by a real count
     values = _two_sided(first, last, step, steps, counter_type, _multiply_add)
-    _tensor.as_numpy(out)[...] = values.astype(_tensor.numpy_dtype(out.dtype))
+    _tensor.as_numpy(out)[...] = values.astype(_tensor.numpy_dtype(out.dtype)).reshape(out.shape)
     return out
 
 
@@ -243,7 +254,8 @@ def logspace_out(start, end, steps, base=10.0, *, out):
     values = _power(power_type.type(base), exponents)
     if out.dtype in (torch.float16, torch.bfloat16):
         values = values.astype(np.float32)  # a double reaches c10's Half and BFloat16 through float
-    _tensor._C.dtypes.cast_into(_tensor.as_numpy(out), values, _tensor.DTYPE_NAME[out.dtype], static_cast=True)
+    _tensor._C.dtypes.cast_into(_tensor.as_numpy(out), values.reshape(out.shape), _tensor.DTYPE_NAME[out.dtype],
+                                static_cast=True)
     return out
 
 
