@@ -14,11 +14,11 @@ import importlib
 from . import chips, clock, hbm, ici, rng, trace
 from .chip import Chip, current_chip
 from .chips import CHIPS, ChipSpec
-from .hbm import HBMOutOfMemory
+from .hbm import HBMOutOfMemory, HostOutOfMemory
 
-LAZY_SUBMODULES = frozenset({"dtypes", "mxu", "special", "vpu"})
+LAZY_SUBMODULES = frozenset({"cpu_loops", "dtypes", "mxu", "special", "vpu"})
 
-__all__ = ["CHIPS", "Chip", "ChipSpec", "HBMOutOfMemory", "chips", "clock", "current_chip", "dtypes", "hbm", "ici",
+__all__ = ["CHIPS", "Chip", "ChipSpec", "HBMOutOfMemory", "HostOutOfMemory", "chips", "clock", "current_chip", "dtypes", "hbm", "ici",
            "rng", "trace", "vpu"]
 
 

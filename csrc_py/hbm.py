@@ -38,6 +38,21 @@ class HBMOutOfMemory(MemoryError):
         )
 
 
+class HostOutOfMemory(MemoryError):
+    """The host could not provide the memory behind an allocation that fits in HBM: the emulated
+    chip keeps HBM contents in this machine's RAM. Nothing was allocated in HBM."""
+
+    def __init__(self, requested, allocated, capacity, chip_name):
+        self.requested = requested
+        free = max(capacity - allocated, 0)
+        super().__init__(
+            f"Host out of memory: the host could not provide {format_bytes(requested)} ({requested} bytes) of RAM "
+            f"to back an HBM allocation on {chip_name}. HBM itself is not full ({format_bytes(free)} of "
+            f"{format_bytes(capacity)} free): the emulator keeps HBM contents in this machine's memory, so the "
+            "host's RAM (or a limit on this process) is what ran out."
+        )
+
+
 def format_bytes(n):
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
@@ -122,7 +137,9 @@ class HBM:
         self._next_id = 0
 
     def allocate(self, nbytes):
-        if nbytes == 0:
+        if nbytes <= 0:
+            if nbytes < 0:
+                raise ValueError(f"cannot allocate a negative number of bytes: {nbytes}")
             return Buffer(_NO_BYTES, 0, None, -1)
         allocated = self.allocated_bytes
         if allocated.current + nbytes > self.capacity:
@@ -131,7 +148,10 @@ class HBM:
             if self.history is not None:
                 self.history.oom(nbytes, max(self.capacity - allocated.current, 0))
             raise HBMOutOfMemory(nbytes, allocated.current, self.capacity, self.chip_name)
-        block = self.pool.take(nbytes)
+        try:
+            block = self.pool.take(nbytes)
+        except MemoryError:  # before any counter moves: the accounting stays exact
+            raise HostOutOfMemory(nbytes, allocated.current, self.capacity, self.chip_name) from None
         self._next_id = buffer_id = self._next_id + 1
         # both counters and the event log updated inline, not through methods: this runs for every
         # kernel's output, and each Python call would cost as much as the work it does

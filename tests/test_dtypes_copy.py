@@ -1,5 +1,6 @@
 """Factories and copies: every dtype bit-exact against torch CPU, including conversions."""
 
+import functools
 import itertools
 import math
 
@@ -335,3 +336,135 @@ def test_complex32_is_stored_as_float16_pairs():
         assert_bits_equal(actual.cpu().view(torch.float16), x.chalf().view(torch.float16))
     back = torch.randn(4, 3).chalf().to("tpu")
     torch.testing.assert_close(back.to(torch.complex64).cpu(), back.cpu().to(torch.complex64), atol=0, rtol=0)
+
+
+# --- casts are CPU's bit for bit, for every bit pattern -----------------------------------------------------------
+
+ALL_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
+              torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.uint16, torch.uint32,
+              torch.uint64, torch.bool, torch.complex32, torch.complex64, torch.complex128]
+NARROW_DTYPES = [d for d in ALL_DTYPES if d.itemsize <= 2]
+WIDE_DTYPES = [d for d in ALL_DTYPES if d.itemsize > 2]
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+# signalling and quiet NaNs with payloads, of both signs, as integer bit patterns
+NAN_PATTERNS = {
+    torch.float32: [0x7F800001, 0x7FA00000, 0x7FC00000, 0x7FD12345, 0xFF800001, 0xFFC12345],
+    torch.float64: [0x7FF0000000000001, 0x7FF4000000000000, 0x7FF8000000000000, 0x7FF8123456789ABC,
+                    0xFFF0000000000001, 0xFFF8123456789ABC],
+}
+WIDE_SPECIALS = SPECIAL + [2.0**31, -2.0**31, -2.0**31 - 256, 3e9, -3e9, 5e9, 2.0**32, 2.0**63, -2.0**63, 2.0**64,
+                           1e19, -1e19, -3.5e16, 1.2e18, 5e-324, 1e-40, 3e38, 4e38, -1.0, -0.5]
+
+
+def bit_patterns(dtype, values):
+    """Integers (wrapping) reinterpreted as ``dtype``'s bits."""
+    bits = _BITS[dtype.itemsize]
+    wrapped = [v - (1 << 8 * dtype.itemsize) if v >= 1 << (8 * dtype.itemsize - 1) else v for v in values]
+    return torch.tensor(wrapped, dtype=torch.int64).to(bits).view(dtype)
+
+
+def every_bit_pattern(dtype):
+    if dtype == torch.bool:
+        return torch.tensor([False, True])
+    return bit_patterns(dtype, range(1 << 8 * dtype.itemsize))
+
+
+def wide_sample(dtype, n=40_000):
+    """Random bit patterns (NaNs with payloads, subnormals, huge values included) plus the special values."""
+    g = torch.Generator().manual_seed(dtype.itemsize)
+    random = torch.randint(0, 256, (n * dtype.itemsize,), dtype=torch.uint8, generator=g).view(dtype)
+    if not (dtype.is_floating_point or dtype.is_complex):
+        info = torch.iinfo(dtype)
+        return torch.cat([random, torch.tensor([0, 1, info.max, info.max - 1], dtype=dtype),
+                          torch.tensor([info.min], dtype=dtype)])
+    values = torch.tensor(WIDE_SPECIALS, dtype=torch.float64)
+    specials = torch.complex(values, values.flip(0)).to(dtype) if dtype.is_complex else values.to(dtype)
+    nans = [bit_patterns(dtype, NAN_PATTERNS[dtype])] if dtype in NAN_PATTERNS else []
+    return torch.cat([random, specials, *nans])
+
+
+def assert_cast_matches_cpu(cpu, destination):
+    """``cpu`` converted to ``destination`` on tpu (tpu -> tpu and tpu -> CPU) has CPU's bits."""
+    expected = cpu.to(destination)
+    tpu = cpu.to("tpu")
+    assert_bits_equal(tpu.to(destination).cpu(), expected)
+    host = torch.empty(cpu.shape, dtype=destination)
+    host.copy_(tpu)
+    assert_bits_equal(host, expected)
+
+
+@pytest.mark.filterwarnings("ignore:Casting complex values to real", "ignore:ComplexHalf support is experimental")
+@pytest.mark.parametrize("destination", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("source", NARROW_DTYPES, ids=str)
+def test_every_bit_pattern_converts_like_cpu(source, destination):
+    assert_cast_matches_cpu(every_bit_pattern(source), destination)
+
+
+@pytest.mark.filterwarnings("ignore:Casting complex values to real", "ignore:ComplexHalf support is experimental")
+@pytest.mark.parametrize("destination", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("source", WIDE_DTYPES, ids=str)
+def test_wide_sources_convert_like_cpu(source, destination):
+    assert_cast_matches_cpu(wide_sample(source), destination)
+
+
+def test_half_nan_quieting_like_cpu():
+    """float16 signalling NaNs are quieted on the way to float32 (and bfloat16's on the way to float16),
+    keeping their payload; float32 -> float16 quiets and keeps the payload's top bits."""
+    half = bit_patterns(torch.float16, [0x7C01, 0x7D00, 0xFC01] * 4)
+    assert half.to("tpu").float().cpu().view(torch.int32)[:3].tolist() == [0x7FC02000, 0x7FE00000, 0xFFC02000 - 2**32]
+    brain = bit_patterns(torch.bfloat16, [0x7F81, 0x7FA0, 0xFF81])
+    assert brain.to("tpu").half().cpu().view(torch.int16).tolist() == [0x7E08, 0x7F00, 0xFE08 - 2**16]
+    single = bit_patterns(torch.float32, [0x7F800001, 0x7FA00000, 0x7FD12345])
+    assert single.to("tpu").half().cpu().view(torch.int16).tolist() == [0x7E00, 0x7F00, 0x7E89]
+
+
+# Layouts decide which elements CPU's copy converts in SIMD vectors and which in its scalar loop;
+# for a few pairs the two give different bits (NaN payloads, out-of-range floats to uint32).
+LAYOUTS = {
+    "contiguous_5": lambda x: x[:5],
+    "contiguous_37": lambda x: x[:37],
+    "strided": lambda x: x[:80:2],
+    "rows": lambda x: x[:96].reshape(6, 16)[:, :11],
+    "matrix": lambda x: x[:99].reshape(9, 11),
+    "transposed": lambda x: x[:99].reshape(11, 9).t(),
+    "expanded": lambda x: x[:1].expand(37),
+    "zero_d": lambda x: x[3],
+    "threads": lambda x: x,  # past at::parallel_for's grain: each thread's chunk has its own tail
+    "threads_matrix": lambda x: x[:70_004].reshape(-1, 11),
+}
+
+
+@functools.cache
+def _special_mix(dtype, n=70_007):
+    """NaNs (signalling ones too), out-of-range and ordinary values at random places."""
+    g = torch.Generator().manual_seed(n)
+    values = torch.randn(n, generator=g, dtype=torch.float64) * 1e10
+    kind = torch.randint(0, 4, (n,), generator=g)
+    values[kind == 0] = float("nan")
+    values[kind == 1] = -5e9
+    x = torch.complex(values, values).to(dtype) if dtype.is_complex else values.to(dtype)
+    if dtype in (torch.float16, torch.float32, torch.float64):
+        signalling = {torch.float16: 0x7C01, torch.float32: 0x7F800101, torch.float64: 0x7FF0000000000101}[dtype]
+        bits = x.view(_BITS[dtype.itemsize]).clone()
+        bits[kind == 2] = signalling
+        x = bits.view(dtype)
+    return x
+
+
+@pytest.mark.filterwarnings("ignore:Casting complex values to real")
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("source, destination", [
+    (torch.float16, torch.float32), (torch.float64, torch.bfloat16), (torch.float32, torch.bfloat16),
+    (torch.float32, torch.uint32), (torch.float64, torch.uint32), (torch.bfloat16, torch.uint32),
+    (torch.complex64, torch.uint32), (torch.complex128, torch.uint32), (torch.float16, torch.uint32),
+], ids=str)
+def test_conversions_follow_cpus_simd_loops(source, destination, layout):
+    x = _special_mix(source)
+    make = LAYOUTS[layout]
+    expected, tpu = make(x), make(x.to("tpu"))
+    assert_bits_equal(tpu.to(destination).cpu(), expected.to(destination))
+    out, expected_out = (torch.empty(expected.shape, dtype=destination, device=d) for d in ("tpu", "cpu"))
+    assert_bits_equal(out.copy_(tpu).cpu(), expected_out.copy_(expected))
+    if expected.dim() == 2:  # into a destination laid out the other way round
+        out, expected_out = (torch.empty(expected.shape[::-1], dtype=destination, device=d).t() for d in ("tpu", "cpu"))
+        assert_bits_equal(out.copy_(tpu).cpu(), expected_out.copy_(expected))

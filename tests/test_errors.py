@@ -173,3 +173,32 @@ def test_sparse_layouts_are_a_clear_error_naming_the_op(call):
         with pytest.raises(NotImplementedError,
                            match=r"The operator 'aten::\w+.*sparse layouts .* not supported on tpu"):
             call()
+
+
+def test_release_frames_frees_what_a_failed_kernel_made():
+    """A kernel's half-built output dies with the failure, not with the exception the user may keep."""
+    def failing_kernel():
+        scratch = torch.empty(1000, device="tpu")  # noqa: F841 (held only by this frame)
+        raise RuntimeError("refused")
+
+    before = torch.tpu.memory_allocated()
+    try:
+        failing_kernel()
+    except RuntimeError as error:
+        assert torch.tpu.memory_allocated() == before + 4000
+        torch_tpu._errors.release_frames(error)
+        assert torch.tpu.memory_allocated() == before
+
+
+@pytest.mark.parametrize("call", [
+    lambda: torch.ones(2, 3, device="tpu").flip(0, 0),
+    lambda: torch.ones(2, 3, device="tpu").masked_select(torch.ones(4, dtype=torch.bool, device="tpu")),
+    lambda: torch.ones(3, device="tpu").index_select(0, torch.tensor([5], device="tpu")),
+], ids=["flip", "masked_select", "index_select"])
+def test_errors_from_kernels_carry_no_numpy_exception(call):
+    """Neither the error nor anything chained to it comes from NumPy: the user sees PyTorch's error only."""
+    with pytest.raises(Exception) as caught:
+        call()
+    error = caught.value
+    assert type(error).__module__.partition(".")[0] in ("builtins", "torch")
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)

@@ -15,7 +15,7 @@ import functools
 
 import torch
 
-from ._errors import check_device_index
+from ._errors import check_device_index, negative_allocation
 
 _Storage = torch.UntypedStorage
 
@@ -25,10 +25,15 @@ def _is_tpu_device(device):
 
 
 def new_tpu_storage(nbytes):
+    """A fresh tpu storage of ``nbytes`` bytes, refused as CPU's allocator refuses it (before allocating)."""
     from . import _lazy, _tensor
 
     _lazy.load()
-    return _tensor.empty((int(nbytes),), torch.uint8).untyped_storage()
+    if nbytes > _tensor.INT64_MAX:
+        raise ValueError("Overflow when unpacking long long")  # what the C++ argument parser says
+    if nbytes < 0:
+        raise negative_allocation(nbytes)
+    return _tensor.empty((nbytes,), torch.uint8).untyped_storage()
 
 
 _cpp_nbytes = _Storage.nbytes
@@ -182,9 +187,13 @@ def _install_constructor():
     def __new__(cls, *args, device=None, **kwargs):
         if _is_tpu_device(device):
             check_device_index(device, "torch.UntypedStorage")
-            if len(args) > 1 or kwargs:
-                raise TypeError("UntypedStorage(size, device='tpu') takes only a byte count")
-            return new_tpu_storage(args[0] if args else 0)
+            if not args and not kwargs:
+                return new_tpu_storage(0)
+            if len(args) == 1 and not kwargs and isinstance(args[0], int):
+                return new_tpu_storage(args[0])
+            # a sequence of bytes, or arguments CPU refuses: CPU builds it (or raises its error), then it moves
+            host = original_new(cls, *args, **kwargs)
+            return new_tpu_storage(host.nbytes()).copy_(host)
         if device is not None:
             kwargs["device"] = device
         return original_new(cls, *args, **kwargs)

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from . import _C
-from ._errors import device_mismatch
+from ._errors import (device_mismatch, invalid_storage_offset, negative_dimension, negative_strides, numel_overflow,
+                      out_of_storage_bounds, storage_size_overflow, unsupported_dtype)
 
 BUFFER_ATTRIBUTE = "_tpu_hbm_buffer"
 
@@ -25,6 +26,7 @@ NUMPY_DTYPE = {
 TORCH_DTYPE = {np_dtype: dtype for dtype, np_dtype in NUMPY_DTYPE.items()}
 DTYPE_NAME = {dtype: str(dtype).removeprefix("torch.") for dtype in NUMPY_DTYPE}
 
+MAX_DIMS = 64
 _create_empty_tensor = torch._C._acc.create_empty_tensor
 _set_meta_included = torch._C._set_meta_in_tls_dispatch_include
 
@@ -37,7 +39,7 @@ def numpy_dtype(dtype):
     try:
         return NUMPY_DTYPE[dtype]
     except KeyError:
-        raise TypeError(f"dtype {dtype} is not supported on the tpu device") from None
+        raise unsupported_dtype(dtype) from None
 
 
 def contiguous_strides(shape):
@@ -48,18 +50,93 @@ def contiguous_strides(shape):
     return tuple(reversed(strides))
 
 
+# ATen computes storage sizes in unsigned 64-bit arithmetic and refuses any that overflow it or
+# exceed int64 (at::detail::computeStorageNbytes). Negative sizes and strides wrap around to huge
+# unsigned values there, so they overflow too; these functions give the same verdicts.
+INT64_MAX = (1 << 63) - 1
+_U64 = 1 << 64
+
+
+def _unsigned(value):
+    return value % _U64
+
+
+def check_nonnegative_sizes(shape):
+    """at::detail::check_size_nonnegative, what every factory checks first."""
+    for size in shape:
+        if size < 0:
+            raise negative_dimension(size, shape)
+
+
+def checked_numel(shape):
+    """TensorImpl::safe_compute_numel: the element count, refused if it overflows (negative sizes do)."""
+    numel, overflowed = 1, False
+    for size in shape:
+        numel *= _unsigned(size)
+        overflowed |= numel >= _U64
+        numel = _unsigned(numel)
+    if overflowed or numel > INT64_MAX:
+        raise numel_overflow()
+    return numel
+
+
+def contiguous_nbytes(shape, itemsize, offset=0):
+    """at::detail::computeStorageNbytesContiguous: bytes of a contiguous layout after ``offset`` elements."""
+    nbytes, overflowed = 1, False
+    for size in shape:
+        nbytes *= _unsigned(size)
+        overflowed |= nbytes >= _U64
+        nbytes = _unsigned(nbytes)
+    nbytes += _unsigned(offset)
+    nbytes *= itemsize
+    if overflowed or nbytes > INT64_MAX:
+        raise storage_size_overflow(shape)
+    return nbytes
+
+
 def storage_nbytes(shape, strides, itemsize, offset=0):
-    if any(size == 0 for size in shape):
-        return 0
-    extent = 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))
-    return (offset + extent) * itemsize
+    """at::detail::computeStorageNbytes: bytes a strided layout reaches after ``offset`` elements (0 if empty)."""
+    if len(shape) != len(strides):
+        raise RuntimeError(f"dimensionality of sizes ({len(shape)}) must match dimensionality of strides ({len(strides)})")
+    extent, overflowed = _unsigned(offset) + 1, False  # wraps like size_t: an offset of -1 reaches 0
+    extent = _unsigned(extent)
+    for size, stride in zip(shape, strides):
+        if size == 0:
+            return 0
+        reach = _unsigned(stride) * _unsigned(size - 1)
+        extent += _unsigned(reach)
+        overflowed |= reach >= _U64 or extent >= _U64
+        extent = _unsigned(extent)
+    nbytes = extent * itemsize
+    if overflowed or nbytes > INT64_MAX:
+        raise storage_size_overflow(shape, strides)
+    return nbytes
+
+
+def check_in_storage_bounds(shape, strides, offset, itemsize, available):
+    """at::native::checkInBoundsForStorage: a layout of ``itemsize`` elements must fit ``available`` bytes."""
+    nbytes, needed = storage_nbytes(shape, strides, itemsize), storage_nbytes(shape, strides, itemsize, offset)
+    if nbytes and needed > available:
+        raise out_of_storage_bounds(shape, strides, offset, itemsize, needed, available)
+
+
+def check_strided_view(shape, strides, offset, itemsize, available):
+    """at::native::setStrided's checks of an ``as_strided`` view of ``available`` storage bytes."""
+    if len(shape) != len(strides):
+        raise RuntimeError("mismatch in length of strides and shape")
+    if any(stride < 0 for stride in strides):
+        raise negative_strides(strides)
+    check_in_storage_bounds(shape, strides, offset, itemsize, available)
+    if offset < 0:
+        raise invalid_storage_offset(offset)
 
 
 def allocate(nbytes):
-    """An HBM buffer, raising torch.OutOfMemoryError (a clean, recoverable error) on OOM."""
+    """An HBM buffer, raising torch.OutOfMemoryError (a clean, recoverable error) when HBM is full or
+    when the host cannot provide the RAM that backs it."""
     try:
         return chip().hbm.allocate(nbytes)
-    except _C.HBMOutOfMemory as oom:
+    except (_C.HBMOutOfMemory, _C.HostOutOfMemory) as oom:
         raise torch.OutOfMemoryError(str(oom)) from None
 
 
@@ -78,16 +155,20 @@ def set_metadata(tensor, storage, offset, shape, strides):
 
 
 def _new(shape, dtype, strides):
-    """A new tpu tensor and its HBM buffer."""
+    """A new tpu tensor and its HBM buffer; sizes are checked as CPU checks them, before anything is allocated."""
     if dtype not in NUMPY_DTYPE:
-        raise TypeError(f"dtype {dtype} is not supported on the tpu device")
+        raise unsupported_dtype(dtype)
     if strides is None:
         nbytes = math.prod(shape) * dtype.itemsize
+        if not 0 < nbytes <= INT64_MAX:  # empty, negative or huge: the full check (kernels' shapes never get here)
+            check_nonnegative_sizes(shape)
+            nbytes = contiguous_nbytes(shape, dtype.itemsize)
         strides = ()  # set_ then lays the sizes out contiguously
     else:
+        check_nonnegative_sizes(shape)
         nbytes = storage_nbytes(shape, strides, dtype.itemsize)
+    tensor = _create_empty_tensor(shape, dtype)  # its own checks (stride overflow) come before the allocation
     buffer = allocate(nbytes)
-    tensor = _create_empty_tensor(shape, dtype)
     storage = tensor.untyped_storage()
     if nbytes or strides:
         _set_meta_included(True)  # set_metadata, inlined: this runs for every new tensor
@@ -154,18 +235,11 @@ def as_numpy(tensor):
             return np.ndarray(tensor.shape, dtype, buffer, offset)
         return np.ndarray(tensor.shape, dtype, buffer, offset, [s * dtype.itemsize for s in tensor.stride()])
     except (TypeError, ValueError):  # NumPy's "buffer is too small" / "offset must be ... no greater than"
+        if tensor.dim() > MAX_DIMS:  # NumPy's limit, and that of PyTorch's TensorIterator, whose words these are
+            raise RuntimeError(f"only tensors with up to {MAX_DIMS} dims are supported") from None
         if tensor.numel():
             raise
         return np.empty(tensor.shape, dtype)  # an empty tensor may sit past the end of its storage
-
-
-def from_numpy(array, dtype=None):
-    """A new tpu tensor holding ``array`` (converted to ``dtype`` if given)."""
-    array = np.asarray(array)
-    dtype = TORCH_DTYPE[array.dtype] if dtype is None else dtype
-    result = empty(array.shape, dtype)
-    _C.dtypes.cast_into(as_numpy(result), array, DTYPE_NAME[dtype])
-    return result
 
 
 def is_tpu(value):

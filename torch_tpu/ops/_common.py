@@ -1,10 +1,20 @@
-"""What every kernel needs: operands as NumPy, PyTorch's dtype rules, outputs in HBM."""
+"""What every kernel needs: operands as NumPy, PyTorch's dtype rules, outputs in HBM.
+
+A kernel's result reaches a tensor through ``store``: a new tensor, or an ``out=`` tensor
+that ``prepare_out`` has checked and resized by TensorIterator's rules first. ``write`` is
+the conversion both end in, and what in-place kernels use on ``self``.
+"""
+
+import math
+import warnings
 
 import numpy as np
 import torch
 
 from .. import _C, _tensor
-from .._errors import device_mismatch
+from .._errors import (broadcast_mismatch, cannot_cast, device_mismatch, dim_out_of_range, resized_output_warning,
+                       unexpected_out_dtype, value_overflow)
+from ._overlap import check_no_internal_overlap, check_no_overlap, check_no_partial_overlap
 
 as_numpy = _tensor.as_numpy
 empty = _tensor.empty
@@ -56,28 +66,133 @@ def opmath_operand(value, op_name=None):
     return array
 
 
-def write(out, array):
-    """Store ``array`` into the tpu tensor ``out``, rounding/casting as PyTorch does."""
-    _C.dtypes.cast_into(as_numpy(out), array, _tensor.DTYPE_NAME[out.dtype])
-    return out
+def wrap_dim(dim, ndim, scalar_has_dim=True):
+    """A dim index made non-negative, raising the IndexError PyTorch raises. A 0-d tensor takes dims 0
+    and -1, unless ``scalar_has_dim`` is False (c10's maybe_wrap_dim with wrap_scalar=false)."""
+    if ndim == 0 and not scalar_has_dim:
+        raise IndexError(f"Dimension specified as {dim} but tensor has no dimensions")
+    rank = max(ndim, 1)
+    if not -rank <= dim < rank:
+        raise dim_out_of_range(dim, ndim)
+    return dim % rank
 
 
-def new_tensor(array, dtype):
-    """A fresh tpu tensor holding ``array`` converted to the torch ``dtype``."""
-    result = empty(np.shape(array), dtype)
-    return write(result, array)
+def wrap_dims(dims, ndim):
+    """Several dims wrapped, each at most once (at::dim_list_to_bitset)."""
+    rank, wrapped = max(ndim, 1), []
+    for dim in dims:
+        if not -rank <= dim < rank:
+            raise dim_out_of_range(dim, ndim)
+        dim %= rank
+        if dim in wrapped:
+            raise RuntimeError(f"dim {dim} appears multiple times in the list of dims")
+        wrapped.append(dim)
+    return tuple(wrapped)
 
 
-def resize_out(out, shape):
-    """``out=`` tensors are resized the way PyTorch resizes them (no warning for empty ones)."""
+def _overflows(value, dtype):
+    """c10::overflows: whether a Scalar does not fit ``dtype`` (unsigned types take negatives that wrap)."""
+    if dtype == torch.bool or isinstance(value, bool):
+        return False
+    if isinstance(value, complex):
+        if not dtype.is_complex and value.imag != 0:
+            return True
+        value = value.real
+    if dtype.is_floating_point or dtype.is_complex:
+        limits = torch.finfo(dtype)
+        if math.isinf(value) and dtype != torch.float8_e4m3fn:  # every other float format has inf
+            return False
+        if math.isnan(value):
+            return False
+        return value < limits.min or value > limits.max
+    limits = torch.iinfo(dtype)
+    if isinstance(value, float):
+        # C++ compares a double with the limits converted to double
+        return math.isnan(value) or value < float(limits.min) or value > float(limits.max)
+    if limits.min == 0 and value < 0:  # unsigned types accept negatives that wrap, like -1 -> 255
+        return -value > limits.max
+    return value < limits.min or value > limits.max
+
+
+def check_scalar_fits(value, dtype):
+    """The check c10 makes before storing a Scalar into a ``dtype`` tensor (fill_, masked_fill_, full, ...)."""
+    if _overflows(value, dtype):
+        raise value_overflow(dtype)
+
+
+def broadcast_shapes(*shapes):
+    """The shape ``shapes`` broadcast to, or at::infer_size's error (torch.broadcast_shapes words its own)."""
+    try:
+        return tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        raise broadcast_mismatch(shapes) from None
+
+
+def converted(array, dtype):
+    """``array`` as a NumPy array of the torch ``dtype``, converted as a PyTorch CPU cast converts it."""
+    target = _tensor.numpy_dtype(dtype)
+    array = np.asarray(array)
+    if array.dtype == target:
+        return array
+    result = np.empty(array.shape, target)
+    _C.dtypes.cast_into(result, array, _tensor.DTYPE_NAME[dtype])
+    return result
+
+
+def write(tensor, array):
+    """Convert ``array`` into the existing tpu tensor ``tensor`` (shapes broadcast), rounding as PyTorch does."""
+    _C.dtypes.cast_into(as_numpy(tensor), array, _tensor.DTYPE_NAME[tensor.dtype])
+    return tensor
+
+
+def castable(result_dtype, out_dtype):
+    """TensorIterator's rule for an output's dtype: it must be able to hold the result type."""
+    if not torch.can_cast(result_dtype, out_dtype):
+        raise cannot_cast(result_dtype, out_dtype)
+
+
+def exact_dtype(result_dtype, out_dtype):
+    """Structured kernels' rule (their resize_out): the output has the result's very dtype."""
+    if result_dtype != out_dtype:
+        raise unexpected_out_dtype(result_dtype, out_dtype)
+
+
+def resize_output(out, shape):
+    """at::native::resize_output: ``out`` takes the result's shape, with PyTorch's deprecation warning
+    when that throws away elements it had."""
     shape = tuple(shape)
-    if tuple(out.shape) != shape:
+    if out.shape != shape:
+        if out.numel():
+            warnings.warn(resized_output_warning(out.shape, shape), UserWarning, stacklevel=2)
         out.resize_(shape)
     return out
 
 
-def store_out(out, result):
-    """The last step of an ``out=`` variant built on its functional kernel: ``out`` resized to
-    ``result`` (a tpu tensor or an array), which is stored into it."""
-    resize_out(out, result.shape)
-    return write(out, as_numpy(result) if isinstance(result, torch.Tensor) else result)
+def prepare_out(out, shape, dtype=None, inputs=(), distinct=(), dtype_rule=castable, may_alias=False):
+    """The checks CPU makes of an ``out=`` tensor before writing the result into it, in TensorIterator's
+    order, then the resize. ``out`` may not alias itself (an expanded tensor; reductions, which CPU
+    lets do that, pass ``may_alias``), nor partially overlap any of ``inputs``, nor overlap any of
+    ``distinct`` at all (ops that read those while writing); it must accept a result of ``dtype``
+    under ``dtype_rule`` (None: any dtype, converted on store). Returns ``out``, resized to ``shape``.
+    """
+    if not may_alias:
+        check_no_internal_overlap(out)
+    for value in inputs:
+        check_no_partial_overlap(out, value)
+    for value in distinct:
+        check_no_overlap(out, value)
+    if dtype is not None and dtype is not out.dtype and dtype_rule is not None:  # a dtype always suits itself
+        dtype_rule(dtype, out.dtype)
+    return resize_output(out, shape)
+
+
+def store(array, dtype=None, *, out=None, inputs=(), distinct=(), dtype_rule=castable, may_alias=False):
+    """Where a kernel's result goes: a new tpu tensor of the result's ``dtype`` (``array``'s own when
+    None), or, for an ``out=`` variant, ``out`` once ``prepare_out`` has checked it against a result
+    of that dtype. The values are converted to the tensor's dtype as a CPU store converts them."""
+    dtype = dtype or _tensor.TORCH_DTYPE[np.asarray(array).dtype]
+    if out is None:
+        return write(empty(np.shape(array), dtype), array)
+    prepare_out(out, np.shape(array), dtype, inputs, distinct, dtype_rule, may_alias)
+    return write(out, array)
+

@@ -58,3 +58,25 @@ def check_no_partial_overlap(out, value):
         return  # only views share storage with another tensor
     if value.device.type == "tpu" and partially_overlap(out, value):
         raise RuntimeError(PARTIAL_OVERLAP)
+
+
+def fully_overlap(a, b):
+    """ATen's get_overlap_status(a, b) == Full: the same tensor, or the same elements laid out the same way."""
+    if a is b:
+        return True
+    if a.numel() == 0 or b.numel() == 0 or a.untyped_storage()._cdata != b.untyped_storage()._cdata:
+        return False
+    if not (is_non_overlapping_and_dense(a) and is_non_overlapping_and_dense(b)):
+        return False
+    return _byte_range(a) == _byte_range(b) and a.stride() == b.stride()
+
+
+def check_no_overlap(out, value):
+    """ATen's assert_no_overlap: ops that read an input while writing their output refuse to share any
+    element with it, the same tensor included."""
+    if value is out:
+        raise RuntimeError(PARTIAL_OVERLAP)
+    if not isinstance(value, torch.Tensor) or not (value._is_view() or out._is_view()):
+        return  # only views share storage with another tensor
+    if value.device.type == "tpu" and (partially_overlap(out, value) or fully_overlap(out, value)):
+        raise RuntimeError(PARTIAL_OVERLAP)

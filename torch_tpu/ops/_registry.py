@@ -2,13 +2,15 @@
 
 ``@register("add.Tensor", "add.out")`` makes the decorated function the
 PrivateUse1 kernel of each named aten overload (a name or an OpOverload), wrapped so
-that each launch is charged to the chip's roofline clock (``_cost.py``). Every kernel module is a list
-of such small functions; ``KERNELS`` is the index the docs and coverage
-scripts read.
+that each launch is charged to the chip's roofline clock (``_cost.py``) and so that an
+error escaping it reaches the user as PyTorch's error (``_errors.kernel_error``). Every
+kernel module is a list of such small functions; ``KERNELS`` is the index the docs and
+coverage scripts read.
 """
 
 import torch
 
+from .. import _errors
 from .._cost import charged
 
 _ATEN = torch.library.Library("aten", "IMPL")  # kept alive for the process: it owns the registrations
@@ -19,7 +21,7 @@ def register(*overloads):
     def decorate(kernel):
         for overload in overloads:
             name = _name(overload)
-            _ATEN.impl(overload, charged(kernel, name), "PrivateUse1")
+            _ATEN.impl(overload, guarded(charged(kernel, name), name), "PrivateUse1")
             KERNELS[name] = kernel
         return kernel
 
@@ -33,6 +35,32 @@ def _name(overload):
     return overload._schema.name.removeprefix("aten::") + (
         "" if overload._overloadname == "default" else f".{overload._overloadname}"
     )
+
+
+def _overload(name):
+    packet, _, overload = name.partition(".")
+    return getattr(getattr(torch.ops.aten, packet), overload or "default")
+
+
+def guarded(launch, name):
+    """``launch`` with its errors as the user must see them: NumPy's and other internal errors become
+    PyTorch's (see ``_errors.kernel_error``), and no tensor made inside the kernel outlives the call
+    by hiding in the exception's frames."""
+
+    def kernel(*args, **kwargs):
+        try:
+            return launch(*args, **kwargs)
+        except Exception as error:
+            _errors.release_frames(error)
+            replacement = _errors.kernel_error(error, _overload(name), args, kwargs)
+            del args, kwargs  # this frame stays in the traceback: it must not keep the tensors alive
+            if replacement is error:
+                raise
+            raise replacement.with_traceback(None) from None
+
+    kernel.__name__ = launch.__name__
+    kernel.__wrapped__ = getattr(launch, "__wrapped__", launch)
+    return kernel
 
 
 def register_with_keyset(*overloads):

@@ -17,9 +17,10 @@ import math
 import numpy as np
 import torch
 
-from ._common import empty, operand, opmath_dtype, write
+from ._common import operand, opmath_dtype, store
 from ._registry import register
-from .linalg import fail_like_cpu, mxu_matmul
+from .._errors import raise_cpu_error
+from .linalg import mxu_matmul
 
 
 def _windows(x, kernel, stride, padding, dilation, out_spatial=None):
@@ -103,7 +104,7 @@ def _opmath(tensor):
 @register("convolution_overrideable")
 def convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
     if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
-        fail_like_cpu(torch.ops.aten.convolution.default, input, weight, bias, stride, padding, dilation, transposed,
+        raise_cpu_error(torch.ops.aten.convolution.default, input, weight, bias, stride, padding, dilation, transposed,
                       output_padding, groups)
     x, w = operand(input, "convolution"), operand(weight, "convolution")
     if transposed:
@@ -116,7 +117,7 @@ def convolution(input, weight, bias, stride, padding, dilation, transposed, outp
     else:
         accumulator = _convolve(x, w, stride, padding, dilation, groups)
     accumulator = _with_bias(accumulator, bias)
-    return write(empty(accumulator.shape, input.dtype), accumulator)
+    return store(accumulator, input.dtype)
 
 
 def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
@@ -151,14 +152,14 @@ def convolution_backward(grad_output, input, weight, stride, padding, dilation, 
     grad_input = grad_weight = grad_bias = None
     if output_mask[0]:
         gradient = _input_gradient(grad, w, x.shape, stride, padding, dilation, transposed, groups)
-        grad_input = write(empty(input.shape, input.dtype), gradient)
+        grad_input = store(gradient, input.dtype)
     if output_mask[1]:
         if transposed:
             gradient = _weight_gradient(grad, x, w.shape[2:], stride, padding, dilation, groups)
         else:
             gradient = _weight_gradient(x, grad, w.shape[2:], stride, padding, dilation, groups)
-        grad_weight = write(empty(weight.shape, weight.dtype), gradient)
+        grad_weight = store(gradient, weight.dtype)
     if output_mask[2]:
         summed = _opmath(grad_output).sum(axis=(0, *range(2, grad.ndim)))
-        grad_bias = write(empty((grad.shape[1],), grad_output.dtype), summed)
+        grad_bias = store(summed, grad_output.dtype)
     return grad_input, grad_weight, grad_bias

@@ -73,7 +73,7 @@ def copy_from(self, dst, non_blocking=False):
     if dst.device.type == "tpu" and (dst.is_conj() or dst.is_neg()):
         source = np.conj(source) if dst.is_conj() else source
         source = np.negative(source) if dst.is_neg() else source
-    _tensor._C.dtypes.cast_into(_writable(dst), source, _tensor.DTYPE_NAME[dst.dtype])
+    _tensor._C.dtypes.cast_into(_writable(dst), source, _tensor.DTYPE_NAME[dst.dtype], threads=torch.get_num_threads())
     return dst
 
 

@@ -1,13 +1,15 @@
 """Factory kernels: tensors made from nothing but sizes and a value."""
 
 import math
+import warnings
 
 import numpy as np
 import torch
 
 from .. import _tensor
-from .._C import vpu
-from .._errors import check_device_index
+from .._C import cpu_loops, vpu
+from .._errors import check_device_index, not_implemented_for
+from ._common import check_scalar_fits, prepare_out
 from ._registry import register
 
 
@@ -20,6 +22,7 @@ def _strides_for(size, memory_format):
 @register("empty.memory_format")
 def empty(size, *, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
     check_device_index(device, "torch.empty")
+    _tensor.check_nonnegative_sizes(size)  # every factory reaches here: refused before anything is allocated
     dtype = dtype or torch.get_default_dtype()
     return _tensor.empty(size, dtype, _strides_for(size, memory_format))
 
@@ -40,45 +43,9 @@ def efficient_zero_tensor(size, *, dtype=None, layout=None, device=None, pin_mem
     return zero_(empty(size, dtype=dtype, device=device))
 
 
-# c10's names for the C++ types a Scalar converts to; its overflow error names them.
-_CPP_TYPE_NAME = {
-    torch.float32: "float", torch.float64: "double", torch.float16: "c10::Half",
-    torch.bfloat16: "c10::BFloat16", torch.float8_e4m3fn: "c10::Float8_e4m3fn",
-    torch.float8_e5m2: "c10::Float8_e5m2", torch.int8: "int8_t", torch.int16: "int16_t",
-    torch.int32: "int", torch.int64: "int64_t", torch.uint8: "uint8_t", torch.uint16: "uint16_t",
-    torch.uint32: "uint32_t", torch.uint64: "uint64_t",
-    torch.complex64: "c10::complex<float>", torch.complex128: "c10::complex<double>",
-}
-
-
-def _overflows(value, dtype):
-    """c10::overflows, which fill_ (and so full, ones, ...) applies to its scalar before storing it."""
-    if dtype == torch.bool or isinstance(value, bool):
-        return False
-    if isinstance(value, complex):
-        if not dtype.is_complex and value.imag != 0:
-            return True
-        value = value.real
-    if dtype.is_floating_point or dtype.is_complex:
-        limits = torch.finfo(dtype)
-        if math.isinf(value) and dtype != torch.float8_e4m3fn:  # every other float format has inf
-            return False
-        if math.isnan(value):
-            return False
-        return value < limits.min or value > limits.max
-    limits = torch.iinfo(dtype)
-    if isinstance(value, float):
-        # C++ compares a double with the limits converted to double
-        return math.isnan(value) or value < float(limits.min) or value > float(limits.max)
-    if limits.min == 0 and value < 0:  # unsigned types accept negatives that wrap, like -1 -> 255
-        return -value > limits.max
-    return value < limits.min or value > limits.max
-
-
 @register("fill_.Scalar")
 def fill_scalar_(self, value):
-    if _overflows(value, self.dtype):
-        raise RuntimeError(f"value cannot be converted to type {_CPP_TYPE_NAME[self.dtype]} without overflow")
+    check_scalar_fits(value, self.dtype)
     array = _tensor.as_numpy(self)
     _tensor._C.dtypes.cast_into(array, np.asarray(value), _tensor.DTYPE_NAME[self.dtype], scalar_source=True)
     return self
@@ -103,14 +70,7 @@ def zero_(self):
 # counted on from its first element, then element by element; the two ways round differently.
 # That kernel has no AVX-512 build, so vectors are 32 bytes.
 _SIMD_BYTES = 32
-_GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE: at::parallel_for splits longer ranges across threads
 
-# c10's names of the dtypes some CPU factories have no kernel for
-_SCALAR_TYPE_NAME = {
-    torch.bool: "Bool", torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
-    torch.uint16: "UInt16", torch.uint32: "UInt32", torch.uint64: "UInt64",
-    torch.float8_e4m3fn: "Float8_e4m3fn", torch.float8_e5m2: "Float8_e5m2",
-}
 _RANGE_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
                  torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SPACE_DTYPES = _RANGE_DTYPES + (torch.complex64, torch.complex128)
@@ -120,7 +80,7 @@ _ACC_TYPE = {torch.float16: torch.float32, torch.bfloat16: torch.float32, torch.
 
 def _check_kernel_dtype(kernel_name, dtype, supported):
     if dtype not in supported:
-        raise NotImplementedError(f'"{kernel_name}" not implemented for \'{_SCALAR_TYPE_NAME[dtype]}\'')
+        raise not_implemented_for(kernel_name, dtype)
 
 
 def _python_scalar(value):
@@ -130,8 +90,7 @@ def _python_scalar(value):
 def _scalar_to(value, dtype):
     """c10's Scalar::to<scalar_t>: refused on overflow, floats truncated to integers, doubles via float."""
     value = _python_scalar(value)
-    if _overflows(value, dtype):
-        raise RuntimeError(f"value cannot be converted to type {_CPP_TYPE_NAME[dtype]} without overflow")
+    check_scalar_fits(value, dtype)
     np_dtype = _tensor.numpy_dtype(dtype)
     if not (dtype.is_floating_point or dtype.is_complex):
         return np.array(math.trunc(value)).astype(np_dtype)[()]
@@ -176,19 +135,13 @@ def _arange_length(start, end, step, dtype):
     return int(length)
 
 
-def _range_starts(index, n):
-    """The first index of the at::parallel_for range (one per thread) each index falls in, and their length."""
-    threads = min(torch.get_num_threads(), -(-n // _GRAIN_SIZE)) if n > _GRAIN_SIZE else 1
-    chunk = -(-n // threads)
-    return index // chunk * chunk, chunk
-
-
 def _arange_values(first, step, n, dtype):
     """``first + step * i`` in the accumulate type of ``first``/``step``, rounded to ``dtype`` as
     CPU's vectorised fill gives it: each vector counts on from its own first element."""
     index = np.arange(n)
     lanes = _SIMD_BYTES // dtype.itemsize
-    begin, chunk = _range_starts(index, n)
+    chunk = cpu_loops.parallel_chunk_length(n, torch.get_num_threads())  # each thread's range
+    begin = index // chunk * chunk
     offset = index - begin
     in_vectors = offset < np.minimum(chunk, n - begin) // (2 * lanes) * (2 * lanes)
     lane = offset % lanes
@@ -205,19 +158,29 @@ def _arange_values(first, step, n, dtype):
 def arange_out(start, end, step=1, *, out):
     _check_kernel_dtype("arange_cpu", out.dtype, _RANGE_DTYPES)
     length = _arange_length(start, end, step, out.dtype)
-    if out.numel() != length:
-        out.resize_(length)
+    if out.numel() and out.numel() != length:
+        warnings.warn(f"The number of elements in the out tensor of shape {list(out.shape)} is {out.numel()} which does "
+                      f"not match the computed number of elements {length}. Note that this may occur as a result of "
+                      f"rounding error. The out tensor will be resized to a tensor of shape ({length},).", UserWarning,
+                      stacklevel=2)
+    _resize_to_count(out, length)
     acc = _ACC_TYPE.get(out.dtype, out.dtype if out.dtype.is_floating_point else torch.int64)
     values = _arange_values(_scalar_to(start, acc), _scalar_to(step, acc), length, _tensor.numpy_dtype(out.dtype))
-    _tensor.as_numpy(out)[...] = values
+    _tensor.as_numpy(out)[...] = values.reshape(out.shape)  # an out= of the right count keeps its shape
     return out
+
+
+def _resize_to_count(out, count):
+    """CPU's range factories keep an ``out=`` of the right element count as it is (a (2, 3) out takes six
+    values) and resize any other to 1-d, without resize_output's warning (arange gives its own)."""
+    if out.numel() != count:
+        out.resize_(count)
 
 
 def _prepare_space_out(out, steps):
     if steps < 0:
         raise RuntimeError("number of steps must be non-negative")
-    if out.numel() != steps:
-        out.resize_(steps)
+    _resize_to_count(out, steps)
 
 
 def _two_sided(first, last, step, steps, counter_type, multiply_add):
@@ -247,7 +210,7 @@ def linspace_out(start, end, steps, *, out):
     step = (last - first) / first.dtype.type(steps - 1)
     counter_type = step.real.dtype  # c10 multiplies a complex step by a real count
     values = _two_sided(first, last, step, steps, counter_type, _multiply_add)
-    _tensor.as_numpy(out)[...] = values.astype(_tensor.numpy_dtype(out.dtype))
+    _tensor.as_numpy(out)[...] = values.astype(_tensor.numpy_dtype(out.dtype)).reshape(out.shape)
     return out
 
 
@@ -291,15 +254,18 @@ def logspace_out(start, end, steps, base=10.0, *, out):
     values = _power(power_type.type(base), exponents)
     if out.dtype in (torch.float16, torch.bfloat16):
         values = values.astype(np.float32)  # a double reaches c10's Half and BFloat16 through float
-    _tensor._C.dtypes.cast_into(_tensor.as_numpy(out), values, _tensor.DTYPE_NAME[out.dtype])
+    _tensor._C.dtypes.cast_into(_tensor.as_numpy(out), values.reshape(out.shape), _tensor.DTYPE_NAME[out.dtype],
+                                static_cast=True)
     return out
 
 
 @register("eye.m_out")
 def eye_m_out(n, m, *, out):
-    if n < 0 or m < 0:
-        raise RuntimeError(f"eye: n and m must be non-negative, got n={n}, m={m}")
-    out.resize_((n, m))
+    if n < 0:
+        raise RuntimeError(f"n must be greater or equal to 0, got {n}")
+    if m < 0:
+        raise RuntimeError(f"m must be greater or equal to 0, got {m}")
+    prepare_out(out, (n, m))
     array = _tensor.as_numpy(out)
     array[...] = 0
     np.fill_diagonal(array, 1)

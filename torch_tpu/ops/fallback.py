@@ -25,6 +25,7 @@ from torch._decomp import decomposition_table
 from torch.utils._pytree import tree_map
 
 from .. import _tensor
+from .._errors import release_frames
 
 CPU_FALLBACK_VARIABLE = "TORCH_TPU_CPU_FALLBACK"
 META_KEYSET = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
@@ -153,6 +154,15 @@ def not_implemented(op):
 
 
 def tpu_fallback(keyset, op, *args, **kwargs):
+    try:
+        return _run(op, args, kwargs)
+    except Exception as error:
+        release_frames(error)  # a decomposition's intermediate tensors must not outlive a failed op
+        del args, kwargs
+        raise
+
+
+def _run(op, args, kwargs):
     if returns_view(op._schema):
         return op.redispatch(META_KEYSET, *args, **kwargs)
     decomposition = _usable_decomposition(op)

@@ -13,7 +13,7 @@ import numpy as np
 import scipy.fft
 import torch
 
-from ._common import empty, operand, resize_out, write
+from ._common import operand, store, wrap_dim
 from ._registry import register
 
 _REAL_TO_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
@@ -29,17 +29,8 @@ def _check_dtype(self, kind, expected):
                            f"but got {self.dtype}")
 
 
-def _into(out, result, dtype):
-    """The transform's result stored in ``out`` (resized), or in a fresh tpu tensor."""
-    if out is None:
-        out = empty(result.shape, dtype)
-    else:
-        resize_out(out, result.shape)
-    return write(out, result)
-
-
 def _axes(self, dim):
-    return [d % max(self.dim(), 1) for d in dim]
+    return [wrap_dim(d, self.dim()) for d in dim]
 
 
 @register("_fft_r2c", "_fft_r2c.out")
@@ -51,7 +42,7 @@ def fft_r2c(self, dim, normalization, onesided, *, out=None):
         result = scipy.fft.rfftn(x, axes=axes, norm=norm)
     else:
         result = scipy.fft.fftn(x, axes=axes, norm=norm)
-    return _into(out, result, _REAL_TO_COMPLEX[self.dtype])
+    return store(result, _REAL_TO_COMPLEX[self.dtype], out=out, distinct=(self,), dtype_rule=None)
 
 
 @register("_fft_c2r", "_fft_c2r.out")
@@ -60,7 +51,7 @@ def fft_c2r(self, dim, normalization, last_dim_size, *, out=None):
     x, axes = operand(self), _axes(self, dim)
     sizes = [self.shape[axis] for axis in axes[:-1]] + [last_dim_size]
     result = scipy.fft.irfftn(x, s=sizes, axes=axes, norm=_INVERSE_NORM[normalization])
-    return _into(out, result, self.dtype.to_real())
+    return store(result, self.dtype.to_real(), out=out, distinct=(self,), dtype_rule=None)
 
 
 @register("_fft_c2c", "_fft_c2c.out")
@@ -68,9 +59,9 @@ def fft_c2c(self, dim, normalization, forward, *, out=None):
     _check_dtype(self, "c2c", lambda dtype: dtype.is_complex)
     x, axes = operand(self), _axes(self, dim)
     if not axes:
-        return _into(out, np.array(x), self.dtype)
+        return store(np.array(x), self.dtype, out=out, distinct=(self,), dtype_rule=None)
     if forward:
         result = scipy.fft.fftn(x, axes=axes, norm=_FORWARD_NORM[normalization])
     else:
         result = scipy.fft.ifftn(x, axes=axes, norm=_INVERSE_NORM[normalization])
-    return _into(out, result, self.dtype)
+    return store(result, self.dtype, out=out, distinct=(self,), dtype_rule=None)

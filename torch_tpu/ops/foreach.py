@@ -18,7 +18,7 @@ import torch
 
 from .. import _tensor
 from .._C import special as vpu_special
-from ._common import as_numpy, empty, operand, opmath_dtype, opmath_operand, write
+from ._common import as_numpy, empty, operand, opmath_dtype, opmath_operand, store, write
 from ._overlap import check_no_internal_overlap
 from ._registry import register
 
@@ -348,7 +348,7 @@ def foreach_norm(self, ord=2, dtype=None):
     if not fast:
         return [torch.linalg.vector_norm(t, ord, dtype=dtype) for t in self]
     with np.errstate(all="ignore"):
-        return [write(empty((), t.dtype), np.asarray(_norm(opmath_operand(t), ord))) for t in self]
+        return [store(np.asarray(_norm(opmath_operand(t), ord)), t.dtype) for t in self]
 
 
 # --- registration ----------------------------------------------------------------------------------------------

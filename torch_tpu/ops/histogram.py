@@ -13,20 +13,16 @@ bin exactly as CPU's binary search bins them.
 import numpy as np
 import torch
 
-from ._common import empty, operand, resize_out, write
+from .._errors import cpp_type_name, not_implemented_for
+from ._common import operand, store
 from ._registry import register
 
 _SUPPORTED = (torch.float32, torch.float64)
 
 
-def _type_name(dtype):
-    return {torch.float32: "float", torch.float64: "double"}.get(dtype, str(dtype).removeprefix("torch."))
-
-
 def _check_inputs(self, bin_dims, weight):
     if self.dtype not in _SUPPORTED:
-        dtype_name = torch.empty(0, dtype=self.dtype).type().removeprefix("torch.").removesuffix("Tensor")
-        raise NotImplementedError(f"\"histogramdd\" not implemented for '{dtype_name}'")
+        raise not_implemented_for("histogramdd", self.dtype)
     if self.dim() < 2:
         raise RuntimeError("torch.histogramdd: input tensor should have at least 2 dimensions")
     if bin_dims != self.shape[-1]:
@@ -40,7 +36,7 @@ def _check_inputs(self, bin_dims, weight):
         if weight.dtype != self.dtype:
             raise RuntimeError(
                 "torch.histogramdd: if weight tensor is provided, input tensor and weight tensor should have the "
-                f"same dtype, but got input({_type_name(self.dtype)}), and weight({_type_name(weight.dtype)})")
+                f"same dtype, but got input({cpp_type_name(self.dtype)}), and weight({cpp_type_name(weight.dtype)})")
 
 
 def _check_bin_tensors(self, bins):
@@ -48,7 +44,7 @@ def _check_bin_tensors(self, bins):
         if edges.dtype != self.dtype:
             raise RuntimeError(
                 "torch.histogramdd: input tensor and bins tensors should have the same dtype, but got input with "
-                f"dtype {_type_name(self.dtype)} and bins for dimension {dim} with dtype {_type_name(edges.dtype)}")
+                f"dtype {cpp_type_name(self.dtype)} and bins for dimension {dim} with dtype {cpp_type_name(edges.dtype)}")
         if edges.dim() != 1:
             raise RuntimeError(
                 "torch.histogramdd: bins tensor should have one dimension, but got "
@@ -160,12 +156,21 @@ def _histogram(points, edges, weight, density, bin_of):
     return hist.astype(dtype)
 
 
-def _stored(out, array, dtype):
-    if out is None:
-        out = empty(array.shape, dtype)
-    else:
-        resize_out(out, array.shape)
-    return write(out, array)
+def _same_dtype_as_input(name, dimension=""):
+    """torch.histogram's rule for its outputs, with its words."""
+
+    def rule(input_dtype, out_dtype):
+        if out_dtype != input_dtype:
+            raise RuntimeError(f"torch.histogram: input tensor and {name} tensor should have the same dtype, but got "
+                               f"input {cpp_type_name(input_dtype)} and {name} {cpp_type_name(out_dtype)}{dimension}")
+
+    return rule
+
+
+def _store_histogram(self, counts, edges, hist, bin_edges):
+    return (store(counts, self.dtype, out=hist, distinct=(self,), dtype_rule=_same_dtype_as_input("hist")),
+            store(edges, self.dtype, out=bin_edges, distinct=(self,),
+                  dtype_rule=_same_dtype_as_input("bin_edges", " for dimension 0")))
 
 
 def _weights(weight):
@@ -178,7 +183,7 @@ def histogram_bin_ct(self, bins=100, *, range=None, weight=None, density=False, 
     _check_inputs(column, 1, None if weight is None else weight.reshape(-1))
     edges = _edges_from_counts(column, [bins], range, "torch.histogram()")
     counts = _histogram(_points(column), edges, _weights(weight), density, _bin_by_interpolation)
-    return _stored(hist, counts, self.dtype), _stored(bin_edges, edges[0], self.dtype)
+    return _store_histogram(self, counts, edges[0], hist, bin_edges)
 
 
 @register("histogram.bins_tensor", "histogram.bins_tensor_out")
@@ -188,13 +193,13 @@ def histogram_bins_tensor(self, bins, *, weight=None, density=False, hist=None, 
     _check_inputs(column, 1, None if weight is None else weight.reshape(-1))
     edges = [np.array(operand(bins))]
     counts = _histogram(_points(column), edges, _weights(weight), density, _bin_by_search)
-    return _stored(hist, counts, self.dtype), _stored(bin_edges, edges[0], self.dtype)
+    return _store_histogram(self, counts, edges[0], hist, bin_edges)
 
 
 @register("_histogramdd_bin_edges")
 def histogramdd_bin_edges(self, bins, *, range=None, weight=None, density=False):
     _check_inputs(self, len(bins), weight)
-    return [_stored(None, edges, self.dtype) for edges in _edges_from_counts(self, bins, range)]
+    return [store(edges, self.dtype) for edges in _edges_from_counts(self, bins, range)]
 
 
 @register("_histogramdd_from_bin_cts", "_histogramdd_from_bin_cts.out")
@@ -202,7 +207,7 @@ def histogramdd_from_bin_cts(self, bins, *, range=None, weight=None, density=Fal
     _check_inputs(self, len(bins), weight)
     edges = _edges_from_counts(self, bins, range)
     counts = _histogram(_points(self), edges, _weights(weight), density, _bin_by_interpolation)
-    return _stored(out, counts, self.dtype)
+    return store(counts, self.dtype, out=out, distinct=(self,), dtype_rule=_same_dtype_as_input("hist"))
 
 
 @register("_histogramdd_from_bin_tensors", "_histogramdd_from_bin_tensors.out")
@@ -211,4 +216,4 @@ def histogramdd_from_bin_tensors(self, bins, *, weight=None, density=False, out=
     _check_inputs(self, len(bins), weight)
     edges = [np.array(operand(b)) for b in bins]
     counts = _histogram(_points(self), edges, _weights(weight), density, _bin_by_search)
-    return _stored(out, counts, self.dtype)
+    return store(counts, self.dtype, out=out, distinct=(self,), dtype_rule=_same_dtype_as_input("hist"))

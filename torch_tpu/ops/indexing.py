@@ -10,8 +10,10 @@ accumulate exactly as on CPU.
 import numpy as np
 import torch
 
-from .. import _tensor
-from ._common import as_numpy, empty, new_tensor, operand, opmath_operand, store_out, write
+from .._errors import scalar_type_name
+from ._common import (as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, exact_dtype, operand,
+                      opmath_operand, prepare_out, store, wrap_dim, write)
+from ._overlap import check_no_internal_overlap
 from ._registry import register
 from .copy import cpu_tensor_as_numpy
 
@@ -58,24 +60,9 @@ def _index_tensor_as_numpy(index):
     return cpu_tensor_as_numpy(index)
 
 
-def _wrap_dim(dim, ndim):
-    return dim % max(ndim, 1)
-
-
 def _along(dim, index):
     """The NumPy key selecting ``index`` along ``dim`` and everything along the other dims."""
     return (slice(None),) * dim + (index,)
-
-
-def _as_dtype(array, tensor):
-    """``array`` converted to ``tensor``'s storage dtype with PyTorch's casting rules."""
-    result = np.empty(np.shape(array), _tensor.numpy_dtype(tensor.dtype))
-    write_array(result, array, tensor.dtype)
-    return result
-
-
-def write_array(destination, array, dtype):
-    _tensor._C.dtypes.cast_into(destination, np.asarray(array), _tensor.DTYPE_NAME[dtype])
 
 
 def _at_least_1d(array):
@@ -122,12 +109,19 @@ def _check_mask_shape(self, mask, first_dim, position):
 
 @register("index.Tensor")
 def index(self, indices):
-    return _tensor.from_numpy(operand(self, "index")[advanced_index_key(self, indices)], self.dtype)
+    return store(operand(self, "index")[advanced_index_key(self, indices)], self.dtype)
+
+
+def _same_dtype_as_self(self_dtype, out_dtype):
+    if self_dtype != out_dtype:
+        raise RuntimeError(f"index_out: self ({scalar_type_name(self_dtype)}) and result ({scalar_type_name(out_dtype)}) "
+                           "must have the same scalar type")
 
 
 @register("index.Tensor_out")
 def index_out(self, indices, *, out):
-    return store_out(out, operand(self, "index")[advanced_index_key(self, indices)])
+    return store(operand(self, "index")[advanced_index_key(self, indices)], self.dtype, out=out,
+                 distinct=(self, *(i for i in indices if i is not None)), dtype_rule=_same_dtype_as_self)
 
 
 @register("_index_put_impl_")
@@ -135,7 +129,7 @@ def index_put_impl_(self, indices, values, accumulate=False, unsafe=False):
     if values.dtype != self.dtype:
         raise RuntimeError(
             "Index put requires the source and destination dtypes match, got "
-            f"{_dtype_title(self.dtype)} for the destination and {_dtype_title(values.dtype)} for the source."
+            f"{scalar_type_name(self.dtype)} for the destination and {scalar_type_name(values.dtype)} for the source."
         )
     target = as_numpy(self)
     key = advanced_index_key(self, indices)
@@ -151,12 +145,6 @@ def index_put_impl_(self, indices, values, accumulate=False, unsafe=False):
             f"of shape {list(target[key].shape)}"
         ) from None
     return self
-
-
-def _dtype_title(dtype):
-    return {torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
-            torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char",
-            torch.uint8: "Byte", torch.bool: "Bool"}.get(dtype, str(dtype))
 
 
 def _without_masks(key):
@@ -178,10 +166,13 @@ def _gather_source(source, index, dim):
 
 @register("gather.out")
 def gather_out(self, dim, index, sparse_grad=False, *, out):
-    if index.numel() == 0:  # nothing gathered: CPU accepts an empty index of any rank
+    dim = wrap_dim(dim, self.dim())
+    prepare_out(out, index.shape, self.dtype, inputs=(index,), distinct=(self,), dtype_rule=exact_dtype)
+    if index.numel() == 0:  # nothing gathered: CPU accepts an empty index of any rank and dtype
         return out
+    if index.dtype not in _INDEX_DTYPES:
+        raise RuntimeError("gather(): Expected dtype int32/int64 for index")
     source = _at_least_1d(operand(self, "gather"))
-    dim = _wrap_dim(dim, self.dim())
     positions = _at_least_1d(checked_indices(operand(index, "gather"), source.shape[dim], wrap=False,
                                              error=_dim_error(), dim=dim))
     result = np.take_along_axis(_gather_source(source, positions, dim), positions, axis=dim)
@@ -198,21 +189,24 @@ def _scatter_key(target_shape, index, dim):
 
 def _prepared_scatter(self, dim, index, src, out, op_name):
     """The out array holding ``self``, the scatter coordinates, and the values scattered (in out's dtype)."""
+    dim = wrap_dim(dim, self.dim())
+    if index.numel() and index.dtype not in _INDEX_DTYPES:
+        raise RuntimeError(f"{op_name}(): Expected dtype int32/int64 for index")
     if out is not self:
+        prepare_out(out, self.shape, self.dtype, inputs=(self,), distinct=(index, src), dtype_rule=exact_dtype)
         write(out, operand(self, op_name))
     target = _at_least_1d(as_numpy(out))
     if index.numel() == 0:  # nothing scattered: CPU accepts an empty index of any rank
         nowhere = np.zeros(0, np.intp)
         return target, (nowhere,) * target.ndim, np.zeros(0, target.dtype)
     positions = _at_least_1d(operand(index, op_name))
-    dim = _wrap_dim(dim, self.dim())
     key = _scatter_key(target.shape, positions, dim)
     if isinstance(src, torch.Tensor):
         values = _gather_source(_at_least_1d(operand(src, op_name)), positions, dim)
         values = values[tuple(slice(0, n) for n in positions.shape)]
     else:
         values = src
-    return target, key, _as_dtype(values, out)
+    return target, key, converted(values, out.dtype)
 
 
 _SCATTER_UFUNCS = {"add": np.add, "sum": np.add, "multiply": np.multiply, "prod": np.multiply,
@@ -273,29 +267,58 @@ def scatter_reduce_two_out(self, dim, index, src, reduce, *, include_self=True, 
         target[key] = _reduction_identity(reduce, out.dtype)
     _SCATTER_UFUNCS[reduce].at(target, key, values)
     if reduce == "mean":
-        _divide_by_counts(target, key, include_self, out.dtype)
+        _divide_by_counts(out, target, key, include_self)
     return out
 
 
-def _divide_by_counts(target, key, include_self, dtype):
+def _divide_by_counts(out, target, key, include_self):
+    """``out`` (whose elements ``target`` views) divided by how many values each element gathered."""
     counts = np.full(target.shape, int(include_self), np.int64)
     np.add.at(counts, key, 1)
     counts = np.maximum(counts, 1)
-    if dtype.is_floating_point or dtype.is_complex:
-        write_array(target, target.astype(np.result_type(target.dtype, np.float32)) / counts, dtype)
+    if out.dtype.is_floating_point or out.dtype.is_complex:
+        quotient = target.astype(np.result_type(target.dtype, np.float32)) / counts
     else:
-        write_array(target, np.floor_divide(target, counts), dtype)
+        quotient = np.floor_divide(target, counts)
+    write(out, quotient.reshape(out.shape))
 
 
 # ---------------------------------------------------------------------------
 # index_select / index_add / index_copy / index_fill / index_reduce
 
 
+# How each index op refuses an index that is not a vector of int32/int64: CPU words (and classes) them differently.
+_INDEX_VECTOR_ERRORS = {
+    "index_select": (
+        lambda index: IndexError("index_select(): Index is supposed to be a vector"),
+        lambda index: RuntimeError("index_select(): Expected dtype int32 or int64 for index")),
+    "index_add": (
+        lambda index: IndexError(f"index_add_(): Index is supposed to be a vector, but got dim: {index.dim()} with type: "
+                                 f"{scalar_type_name(index.dtype)} and size: {list(index.shape)}"),
+        lambda index: RuntimeError(f"index_add_(): Expected dtype int32/int64 for index but got: "
+                                   f"{scalar_type_name(index.dtype)}")),
+    "index_reduce": (
+        lambda index: IndexError(f"index_reduce_(): Index is supposed to be a vector, but got dim: {index.dim()} with "
+                                 f"type: {scalar_type_name(index.dtype)} and size: {list(index.shape)}"),
+        lambda index: RuntimeError(f"index_reduce_(): Expected dtype int32/int64 for index but got: "
+                                   f"{scalar_type_name(index.dtype)}")),
+    "index_copy": (
+        lambda index: IndexError("index_copy_(): Index should have dimension 1 or 0 (got 2)".replace("2", str(index.dim()))),
+        lambda index: RuntimeError(f"index_copy_(): Expected a long tensor for index, but got "
+                                   f"{scalar_type_name(index.dtype)}")),
+    "index_fill_": (
+        lambda index: RuntimeError("Index has to be a vector/scalar"),
+        lambda index: IndexError("index_fill_(): Expected dtype int64 for index.")),
+}
+_INDEX_VECTOR_DTYPES = {"index_copy": (torch.int64,), "index_fill_": (torch.int64,)}
+
+
 def _index_vector(index, op_name):
+    not_a_vector, wrong_dtype = _INDEX_VECTOR_ERRORS[op_name]
     if index.dim() > 1:
-        raise IndexError(f"{op_name}(): Index is supposed to be a vector")
-    if index.dtype not in _INDEX_DTYPES:
-        raise IndexError(f"{op_name}(): Expected dtype int32 or int64 for index")
+        raise not_a_vector(index)
+    if index.dtype not in _INDEX_VECTOR_DTYPES.get(op_name, _INDEX_DTYPES):
+        raise wrong_dtype(index)
     return _at_least_1d(operand(index, op_name))
 
 
@@ -308,20 +331,25 @@ def index_select(self, dim, index):
 def _index_select_shape(self, dim, index):
     shape = list(self.shape)
     if shape:
-        shape[_wrap_dim(dim, self.dim())] = index.numel()
+        shape[wrap_dim(dim, self.dim())] = index.numel()
     return shape
+
+
+def _index_select_dtype(self_dtype, out_dtype):
+    if self_dtype != out_dtype:
+        raise RuntimeError("index_select(): self and result must have the same scalar type")
 
 
 @register("index_select.out")
 def index_select_out(self, dim, index, *, out):
+    dim = wrap_dim(dim, self.dim())
     positions = _index_vector(index, "index_select")
+    prepare_out(out, _index_select_shape(self, dim, index), self.dtype, distinct=(self, index),
+                dtype_rule=_index_select_dtype)
     source = _at_least_1d(operand(self, "index_select"))
-    dim = _wrap_dim(dim, self.dim())
     positions = checked_indices(positions, source.shape[dim], wrap=False,
                                 error=_fixed_error(IndexError, "index out of range in self"))
-    shape = _index_select_shape(self, dim, index)
-    if tuple(out.shape) != tuple(shape):
-        out.resize_(shape)
+    shape = out.shape
     taken_shape = source.shape[:dim] + (positions.size,) + source.shape[dim + 1:]
     if out.is_contiguous():
         np.take(source, positions, axis=dim, out=as_numpy(out).reshape(taken_shape))
@@ -329,13 +357,15 @@ def index_select_out(self, dim, index, *, out):
     return write(out, np.take(source, positions, axis=dim).reshape(shape))
 
 
-def _prepared_index_op(self, dim, index, out, op_name, error):
+def _prepared_index_op(self, dim, index, out, op_name, error, source=None):
     """out holding ``self`` and the NumPy key for ``index`` along ``dim``."""
+    dim = wrap_dim(dim, self.dim())
+    positions = _index_vector(index, op_name)
     if out is not self:
+        prepare_out(out, self.shape, self.dtype, inputs=(self,), distinct=(index, source), dtype_rule=exact_dtype)
         write(out, operand(self, op_name))
     target = _at_least_1d(as_numpy(out))
-    dim = _wrap_dim(dim, self.dim())
-    positions = checked_indices(_index_vector(index, op_name), target.shape[dim], wrap=False, error=error, dim=dim)
+    positions = checked_indices(positions, target.shape[dim], wrap=False, error=error, dim=dim)
     return target, _along(dim, positions)
 
 
@@ -348,40 +378,42 @@ def _index_source(source, target, key, op_name):
 
 @register("index_add.out")
 def index_add_out(self, dim, index, source, *, alpha=1, out):
-    target, key = _prepared_index_op(self, dim, index, out, "index_add", _dim_error())
+    target, key = _prepared_index_op(self, dim, index, out, "index_add", _dim_error(), source)
     values = _index_source(source, target, key, "index_add")
     if alpha != 1:
         values = opmath_operand(source, "index_add").reshape(values.shape) * alpha
-    np.add.at(target, key, _as_dtype(values, out))
+    np.add.at(target, key, converted(values, out.dtype))
     return out
 
 
 @register("index_copy.out")
 def index_copy_out(self, dim, index, source, *, out):
-    target, key = _prepared_index_op(self, dim, index, out, "index_copy", _dim_error(IndexError, "index_copy_(): "))
+    target, key = _prepared_index_op(self, dim, index, out, "index_copy", _dim_error(IndexError, "index_copy_(): "),
+                                     source)
     target[key] = _index_source(source, target, key, "index_copy")
     return out
 
 
 @register("index_reduce.out")
 def index_reduce_out(self, dim, index, source, reduce, *, include_self=True, out):
-    target, key = _prepared_index_op(self, dim, index, out, "index_reduce", _dim_error())
-    values = _as_dtype(_index_source(source, target, key, "index_reduce"), out)
+    target, key = _prepared_index_op(self, dim, index, out, "index_reduce", _dim_error(), source)
+    values = converted(_index_source(source, target, key, "index_reduce"), out.dtype)
     if not include_self:
         target[key] = _reduction_identity(reduce, out.dtype)
     _SCATTER_UFUNCS[reduce].at(target, key, values)
     if reduce == "mean":
-        _divide_by_counts(target, key, include_self, out.dtype)
+        _divide_by_counts(out, target, key, include_self)
     return out
 
 
 @register("index_fill_.int_Scalar")
 def index_fill_scalar_(self, dim, index, value):
+    check_scalar_fits(value, self.dtype)
     target = _at_least_1d(as_numpy(self))
-    dim = _wrap_dim(dim, self.dim())
+    dim = wrap_dim(dim, self.dim())
     positions = checked_indices(_index_vector(index, "index_fill_"), target.shape[dim], wrap=True,
                                 error=_dim_error(IndexError), dim=dim)
-    target[_along(dim, positions)] = _as_dtype(value, self)
+    target[_along(dim, positions)] = converted(value, self.dtype)
     return self
 
 
@@ -391,7 +423,7 @@ def index_fill_tensor_(self, dim, index, value):
         raise RuntimeError(
             f"index_fill_ only supports a 0-dimensional value tensor, but got tensor with {value.dim()} dimension(s)."
         )
-    return index_fill_scalar_(self, dim, index, operand(value, "index_fill_"))
+    return index_fill_scalar_(self, dim, index, value.item())
 
 
 # ---------------------------------------------------------------------------
@@ -406,8 +438,9 @@ def _check_bool_mask(mask, op_name):
 @register("masked_fill_.Scalar")
 def masked_fill_scalar_(self, mask, value):
     _check_bool_mask(mask, "masked_fill_")
+    check_scalar_fits(value, self.dtype)
     target = as_numpy(self)
-    np.copyto(target, _as_dtype(value, self), where=np.broadcast_to(operand(mask, "masked_fill_"), target.shape))
+    np.copyto(target, converted(value, self.dtype), where=np.broadcast_to(operand(mask, "masked_fill_"), target.shape))
     return self
 
 
@@ -417,19 +450,29 @@ def masked_fill_tensor_(self, mask, value):
         raise RuntimeError(
             f"masked_fill_ only supports a 0-dimensional value tensor, but got tensor with {value.dim()} dimension(s)."
         )
-    return masked_fill_scalar_(self, mask, operand(value, "masked_fill_"))
+    return masked_fill_scalar_(self, mask, value.item())
+
+
+def _masked_selection(self, mask):
+    _check_bool_mask(mask, "masked_select:")
+    shape = broadcast_shapes(mask.shape, self.shape)
+    return np.broadcast_to(operand(self, "masked_select"), shape)[np.broadcast_to(operand(mask, "masked_select"), shape)]
 
 
 @register("masked_select")
 def masked_select(self, mask):
-    _check_bool_mask(mask, "masked_select:")
-    source, selector = np.broadcast_arrays(operand(self, "masked_select"), operand(mask, "masked_select"))
-    return _tensor.from_numpy(source[selector], self.dtype)
+    return store(_masked_selection(self, mask), self.dtype)
+
+
+def _masked_select_dtype(self_dtype, out_dtype):
+    if self_dtype != out_dtype:
+        raise RuntimeError("masked_select(): self and result must have the same scalar type")
 
 
 @register("masked_select.out")
 def masked_select_out(self, mask, *, out):
-    return store_out(out, masked_select(self, mask))
+    check_no_internal_overlap(out)
+    return store(_masked_selection(self, mask), self.dtype, out=out, distinct=(self, mask), dtype_rule=_masked_select_dtype)
 
 
 @register("masked_scatter_")
@@ -441,7 +484,7 @@ def masked_scatter_(self, mask, source):
     values = operand(source, "masked_scatter_").reshape(-1)
     if values.size < count:
         raise RuntimeError("Number of elements of source < number of ones in mask")
-    target[selector] = _as_dtype(values[:count], self)
+    target[selector] = converted(values[:count], self.dtype)
     return self
 
 
@@ -462,11 +505,15 @@ def nonzero(self):
     return _nonzero_tensor(np.argwhere(operand(self, "nonzero")))
 
 
+def _nonzero_dtype(result_dtype, out_dtype):
+    if out_dtype != torch.int64:
+        raise RuntimeError(f"nonzero: Expected out tensor to have scalar type Long but got scalar type"
+                           f"{scalar_type_name(out_dtype)}")
+
+
 @register("nonzero.out")
 def nonzero_out(self, *, out):
-    coordinates = np.argwhere(operand(self, "nonzero"))
-    out.resize_(coordinates.shape)
-    return write(out, coordinates)
+    return store(np.argwhere(operand(self, "nonzero")), torch.int64, out=out, distinct=(self,), dtype_rule=_nonzero_dtype)
 
 
 @register("nonzero_static")
@@ -476,7 +523,7 @@ def nonzero_static(self, *, size, fill_value=-1):
     found = np.argwhere(operand(self, "nonzero_static"))[:size]
     result = np.full((size, self.dim()), fill_value, np.int64)
     result[: len(found)] = found
-    return new_tensor(result, torch.int64)
+    return store(result, torch.int64)
 
 
 # ---------------------------------------------------------------------------
@@ -485,7 +532,7 @@ def nonzero_static(self, *, size, fill_value=-1):
 
 def _flat_positions(self, index, op_name):
     if index.dtype != torch.int64:
-        raise RuntimeError(f"{op_name}(): Expected a long tensor for index, but got {_dtype_title(index.dtype)}")
+        raise RuntimeError(f"{op_name}(): Expected a long tensor for index, but got {scalar_type_name(index.dtype)}")
     size = self.numel()
     return checked_indices(operand(index, op_name), size, wrap=True, error=_flat_error)
 
@@ -495,18 +542,25 @@ def take(self, index):
     positions = _flat_positions(self, index, "take")
     if positions.size and self.numel() == 0:
         raise IndexError("take(): tried to take from an empty tensor")
-    return _tensor.from_numpy(operand(self, "take").reshape(-1)[positions], self.dtype)
+    return store(operand(self, "take").reshape(-1)[positions], self.dtype)
+
+
+def _take_dtype(self_dtype, out_dtype):
+    if self_dtype != out_dtype:
+        raise RuntimeError(f"take(): self and out expected to have the same dtype, but got self.dtype = "
+                           f"{scalar_type_name(self_dtype)} and out.dtype = {scalar_type_name(out_dtype)}")
 
 
 @register("take.out")
 def take_out(self, index, *, out):
-    return store_out(out, take(self, index))
+    prepare_out(out, index.shape, self.dtype, distinct=(self, index), dtype_rule=_take_dtype)
+    return write(out, as_numpy(take(self, index)))
 
 
 @register("put_")
 def put_(self, index, source, accumulate=False):
     positions = _flat_positions(self, index, "put_").reshape(-1)
-    values = _as_dtype(operand(source, "put_").reshape(-1), self)
+    values = converted(operand(source, "put_").reshape(-1), self.dtype)
     if values.size != positions.size:
         raise RuntimeError(
             f"put_(): Expected source and index to have the same number of elements, but got source.numel() = "
@@ -541,7 +595,7 @@ def embedding_dense_backward(grad_output, indices, num_weights, padding_idx, sca
     result = empty((num_weights, grad.shape[-1]), grad_output.dtype)
     target = as_numpy(result)
     target[...] = 0
-    _add_rows_in_order(target, positions, grad if grad.dtype == target.dtype else _as_dtype(grad, grad_output))
+    _add_rows_in_order(target, positions, grad if grad.dtype == target.dtype else converted(grad, grad_output.dtype))
     return result
 
 
@@ -602,8 +656,8 @@ def _embedding_bag(weight, indices, offsets, mode, per_sample_weights, include_l
         np.add.at(result, bag_of[used], rows[used])
     if mode == _BAG_MEAN:
         result /= np.maximum(bag_size, 1)[:, None]
-    return (new_tensor(result, weight.dtype), new_tensor(bag_of, torch.int64),
-            new_tensor(bag_size, torch.int64), new_tensor(max_indices, torch.int64))
+    return (store(result, weight.dtype), store(bag_of, torch.int64),
+            store(bag_size, torch.int64), store(max_indices, torch.int64))
 
 
 def _bag_max(result, max_indices, rows, bag_of, positions):
@@ -641,7 +695,7 @@ def embedding_bag_backward(grad, indices, offsets, offset2bag, bag_size, maximum
         filled = operand(bag_size, "embedding_bag_backward") > 0
         columns = np.broadcast_to(np.arange(gradient.shape[1]), chosen.shape)
         np.add.at(result, (chosen[filled], columns[filled]), gradient[filled])
-        return new_tensor(result, grad.dtype)
+        return store(result, grad.dtype)
     used = positions != padding_idx
     rows = gradient[bag_of]
     if mode == _BAG_MEAN:
@@ -651,7 +705,7 @@ def embedding_bag_backward(grad, indices, offsets, offset2bag, bag_size, maximum
     if scale_grad_by_freq:
         rows = rows / np.bincount(positions, minlength=num_weights)[positions, None]
     np.add.at(result, positions[used], rows[used])
-    return new_tensor(result, grad.dtype)
+    return store(result, grad.dtype)
 
 
 @register("_embedding_bag_per_sample_weights_backward")
@@ -660,7 +714,7 @@ def embedding_bag_per_sample_weights_backward(grad, weight, indices, offsets, of
     positions = operand(indices, "embedding_bag").reshape(-1)
     bag_of = operand(offset2bag, "embedding_bag")
     products = np.einsum("ij,ij->i", gradient[bag_of], opmath_operand(weight, "embedding_bag")[positions])
-    return new_tensor(np.where(positions != padding_idx, products, 0), grad.dtype)
+    return store(np.where(positions != padding_idx, products, 0), grad.dtype)
 
 
 # ---------------------------------------------------------------------------

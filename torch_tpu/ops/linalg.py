@@ -8,8 +8,8 @@ matmul (the two agree to float32 rounding: docs/numerics.md); "high" is 3 bf16 p
 
 The hot functional overloads (mm, bmm, addmm, ...) are registered next to their ``.out``
 overloads so they skip the structured wrapper. ``.out`` overloads reach us unchecked, so
-every kernel validates its arguments; an invalid call is re-run on zero-byte CPU stand-ins
-(``fail_like_cpu``) so the error is exactly PyTorch's own.
+every kernel validates its arguments; an invalid call is re-run on CPU stand-ins
+(``_errors.raise_cpu_error``) so the error is exactly PyTorch's own.
 """
 
 import functools
@@ -19,10 +19,9 @@ import warnings
 import numpy as np
 import scipy.linalg
 import torch
-from torch.utils._pytree import tree_map
-
 from .._C import mxu, vpu
-from ._common import as_numpy, empty, new_tensor, operand, opmath_operand, resize_out, write
+from .._errors import raise_cpu_error
+from ._common import as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store, write
 from ._registry import register
 
 PASSES_FOR_PRECISION = {"highest": mxu.EXACT, "high": 3, "medium": 1}
@@ -79,24 +78,9 @@ def scaled_sum_into(out, product, bias, beta, alpha):
 # --- argument checks ------------------------------------------------------------------------
 
 
-def _cpu_standin(value):
-    if isinstance(value, torch.Tensor) and value.device.type == "tpu":
-        return torch.empty((), dtype=value.dtype).expand(value.shape)
-    return value
-
-
-def fail_like_cpu(op, *args, **kwargs):
-    """Raise the error torch CPU raises for ``op(*args, **kwargs)``.
-
-    Runs the op on stride-0 CPU stand-ins of the tpu tensors (no data, no result kept).
-    """
-    op(*tree_map(_cpu_standin, args), **tree_map(_cpu_standin, kwargs))
-    raise RuntimeError(f"{op}: invalid arguments for the tpu device")
-
-
 def _check(valid, op, *args, **kwargs):
     if not valid:
-        fail_like_cpu(op, *args, **kwargs)
+        raise_cpu_error(op, *args, **kwargs)
 
 
 def _same_dtype_of(allowed, *tensors):
@@ -114,8 +98,8 @@ def _broadcasts_to(tensor, shape):
 def checked_out(out, shape, dtype, out_overload, *args, **kwargs):
     """``out=`` must have the result's dtype; its shape is resized like PyTorch resizes it."""
     if out.dtype != dtype:
-        fail_like_cpu(out_overload, *args, out=torch.empty(0, dtype=out.dtype), **kwargs)
-    return resize_out(out, shape)
+        raise_cpu_error(out_overload, *args, out=torch.empty(0, dtype=out.dtype), **kwargs)
+    return prepare_out(out, shape)
 
 
 # --- the matmul family ----------------------------------------------------------------------
@@ -295,12 +279,6 @@ def _each_matrix(function, *operands, core_dims=None):
     return tuple(np.stack(parts).reshape(batch + np.shape(parts[0])) for parts in outputs)
 
 
-def _store(*pairs):
-    """Write each (tpu tensor, array) pair, resizing out= tensors to the array's shape."""
-    for tensor, array in pairs:
-        write(resize_out(tensor, np.shape(array)), array)
-
-
 @register("_linalg_check_errors")
 def linalg_check_errors(info, api_name, *, is_matrix):
     """LAPACK info codes become CPU's exact errors: the check itself runs on a CPU copy of ``info``."""
@@ -319,7 +297,8 @@ def linalg_cholesky_ex(self, *, upper=False, check_errors=False, L, info):
     a = _lapack_operand(torch.ops.aten.linalg_cholesky_ex.default, self, self, upper=upper)
     if a.size:
         factor, codes = _each_matrix(lambda m: _potrf(m, upper), a)
-        _store((L, factor), (info, codes))
+        store(factor, out=L, dtype_rule=exact_dtype)
+        store(codes, out=info, dtype_rule=exact_dtype)
     if check_errors:
         linalg_check_errors(info, "linalg.cholesky_ex", is_matrix=self.dim() == 2)
     return L, info
@@ -349,7 +328,9 @@ def linalg_lu_factor_ex(A, *, pivot=True, check_errors=False, LU, pivots, info):
     op = torch.ops.aten.linalg_lu_factor_ex.default
     _check(pivot, op, A, pivot=pivot)
     lu, pivot_indices, codes = _lu_factor(_lapack_operand(op, A, A, pivot=pivot))
-    _store((LU, lu), (pivots, pivot_indices), (info, codes))
+    store(lu, out=LU, dtype_rule=exact_dtype)
+    store(pivot_indices, out=pivots, dtype_rule=exact_dtype)
+    store(codes, out=info, dtype_rule=exact_dtype)
     if check_errors:
         linalg_check_errors(info, "torch.linalg.lu_factor_ex", is_matrix=A.dim() == 2)
     return LU, pivots, info
@@ -372,7 +353,10 @@ def _determinant_lu(op, A):
 def linalg_det(A, *, result, LU, pivots):
     lu, pivot_indices, _ = _determinant_lu(torch.ops.aten._linalg_det.default, A)
     diagonal = np.diagonal(lu, axis1=-2, axis2=-1)
-    _store((result, _permutation_sign(pivot_indices) * np.prod(diagonal, axis=-1)), (LU, lu), (pivots, pivot_indices))
+    store(_permutation_sign(pivot_indices).astype(lu.dtype) * np.prod(diagonal, axis=-1), out=result,
+          dtype_rule=exact_dtype)
+    store(lu, out=LU, dtype_rule=exact_dtype)
+    store(pivot_indices, out=pivots, dtype_rule=exact_dtype)
     return result, LU, pivots
 
 
@@ -384,8 +368,10 @@ def linalg_slogdet(A, *, sign, logabsdet, LU, pivots):
     with np.errstate(divide="ignore", invalid="ignore"):
         unit = np.where(magnitude == 0, 0, diagonal / magnitude)
         log_magnitude = np.log(magnitude).sum(axis=-1)
-    _store((sign, _permutation_sign(pivot_indices) * np.prod(unit, axis=-1)), (logabsdet, log_magnitude),
-           (LU, lu), (pivots, pivot_indices))
+    store(_permutation_sign(pivot_indices).astype(lu.dtype) * np.prod(unit, axis=-1), out=sign, dtype_rule=exact_dtype)
+    store(log_magnitude, out=logabsdet, dtype_rule=exact_dtype)
+    store(lu, out=LU, dtype_rule=exact_dtype)
+    store(pivot_indices, out=pivots, dtype_rule=exact_dtype)
     return sign, logabsdet, LU, pivots
 
 
@@ -404,9 +390,10 @@ def linalg_inv_ex(A, *, check_errors=False, inverse, info):
     _check(a.shape[-1] == a.shape[-2], op, A)
     if a.size:
         inverted, codes = _each_matrix(_getri, a)
-        _store((inverse, inverted), (info, codes))
+        store(inverted, out=inverse, dtype_rule=exact_dtype)
+        store(codes, out=info, dtype_rule=exact_dtype)
     else:
-        _store((info, np.zeros(a.shape[:-2], np.int32)))
+        store(np.zeros(a.shape[:-2], np.int32), out=info, dtype_rule=exact_dtype)
     if check_errors:
         linalg_check_errors(info, "linalg.inv_ex", is_matrix=A.dim() == 2)
     return inverse, info
@@ -440,7 +427,7 @@ def linalg_lu_solve(LU, pivots, B, *, left=True, adjoint=False, out):
     op = torch.ops.aten.linalg_lu_solve.default
     lu = _lapack_operand(op, LU, LU, pivots, B, left=left, adjoint=adjoint)
     _check(B.dtype == LU.dtype and B.dim() >= 2, op, LU, pivots, B, left=left, adjoint=adjoint)
-    _store((out, _solve_sides(lu, operand(pivots), operand(B), left, adjoint)))
+    store(_solve_sides(lu, operand(pivots), operand(B), left, adjoint), out=out, dtype_rule=exact_dtype)
     return out
 
 
@@ -453,7 +440,10 @@ def linalg_solve_ex(A, B, *, left=True, check_errors=False, result, LU, pivots, 
     vector = b.ndim == 1 or (b.ndim == a.ndim - 1 and b.shape == a.shape[:-1])  # PyTorch's rule
     rhs = b[..., None] if vector else b
     solution = _solve_sides(lu, pivot_indices, rhs, left, adjoint=False)
-    _store((LU, lu), (pivots, pivot_indices), (info, codes), (result, solution[..., 0] if vector else solution))
+    store(lu, out=LU, dtype_rule=exact_dtype)
+    store(pivot_indices, out=pivots, dtype_rule=exact_dtype)
+    store(codes, out=info, dtype_rule=exact_dtype)
+    store(solution[..., 0] if vector else solution, out=result, dtype_rule=exact_dtype)
     if check_errors:
         linalg_check_errors(info, "torch.linalg.solve_ex", is_matrix=A.dim() == 2)
     return result, LU, pivots, info
@@ -463,9 +453,12 @@ def linalg_solve_ex(A, B, *, left=True, check_errors=False, result, LU, pivots, 
 def linalg_qr(A, mode="reduced", *, Q, R):
     a = _lapack_operand(torch.ops.aten.linalg_qr.default, A, A, mode)
     if mode == "r":
-        _store((R, np.linalg.qr(a, mode="r")), (Q, np.empty(0, a.dtype)))
+        store(np.linalg.qr(a, mode="r"), out=R, dtype_rule=exact_dtype)
+        store(np.empty(0, a.dtype), out=Q, dtype_rule=exact_dtype)
     else:
-        _store(*zip((Q, R), np.linalg.qr(a, mode=mode)))
+        q, r = np.linalg.qr(a, mode=mode)
+        store(q, out=Q, dtype_rule=exact_dtype)
+        store(r, out=R, dtype_rule=exact_dtype)
     return Q, R
 
 
@@ -473,9 +466,12 @@ def linalg_qr(A, mode="reduced", *, Q, R):
 def linalg_eigh(A, UPLO="L", compute_v=True, *, eigenvalues, eigenvectors):
     a = _lapack_operand(torch.ops.aten._linalg_eigh.default, A, A, UPLO, compute_v)
     if compute_v:
-        _store(*zip((eigenvalues, eigenvectors), np.linalg.eigh(a, UPLO=UPLO)))
+        values, vectors = np.linalg.eigh(a, UPLO=UPLO)
+        store(values, out=eigenvalues, dtype_rule=exact_dtype)
+        store(vectors, out=eigenvectors, dtype_rule=exact_dtype)
     else:
-        _store((eigenvalues, np.linalg.eigvalsh(a, UPLO=UPLO)), (eigenvectors, np.empty(0, a.dtype)))
+        store(np.linalg.eigvalsh(a, UPLO=UPLO), out=eigenvalues, dtype_rule=exact_dtype)
+        store(np.empty(0, a.dtype), out=eigenvectors, dtype_rule=exact_dtype)
     return eigenvalues, eigenvectors
 
 
@@ -492,22 +488,27 @@ def linalg_eig(self):
     a = _lapack_operand(torch.ops.aten.linalg_eig.default, self, self)
     values, vectors = np.linalg.eig(a)
     dtype = _complex_dtype(self.dtype)
-    return new_tensor(_complex(values), dtype), new_tensor(_complex(vectors), dtype)
+    return store(_complex(values), dtype), store(_complex(vectors), dtype)
 
 
 @register("_linalg_eigvals")
 def linalg_eigvals(self):
     a = _lapack_operand(torch.ops.aten._linalg_eigvals.default, self, self)
-    return new_tensor(_complex(np.linalg.eigvals(a)), _complex_dtype(self.dtype))
+    return store(_complex(np.linalg.eigvals(a)), _complex_dtype(self.dtype))
 
 
 @register("_linalg_svd.U")
 def linalg_svd(A, full_matrices=False, compute_uv=True, *, driver=None, U, S, Vh):
     a = _lapack_operand(torch.ops.aten._linalg_svd.default, A, A, full_matrices, compute_uv)
     if compute_uv:
-        _store(*zip((U, S, Vh), np.linalg.svd(a, full_matrices=full_matrices)))
+        u, s, vh = np.linalg.svd(a, full_matrices=full_matrices)
+        store(u, out=U, dtype_rule=exact_dtype)
+        store(s, out=S, dtype_rule=exact_dtype)
+        store(vh, out=Vh, dtype_rule=exact_dtype)
     else:
-        _store((S, np.linalg.svd(a, compute_uv=False)), (U, np.empty(0, a.dtype)), (Vh, np.empty(0, a.dtype)))
+        store(np.linalg.svd(a, compute_uv=False), out=S, dtype_rule=exact_dtype)
+        store(np.empty(0, a.dtype), out=U, dtype_rule=exact_dtype)
+        store(np.empty(0, a.dtype), out=Vh, dtype_rule=exact_dtype)
     return U, S, Vh
 
 
@@ -535,13 +536,13 @@ def linalg_solve_triangular(self, B, *, upper, left=True, unitriangular=False):
     op = torch.ops.aten.linalg_solve_triangular.default
     a = _lapack_operand(op, self, self, B, upper=upper, left=left, unitriangular=unitriangular)
     _check(B.dtype == self.dtype and B.dim() >= 2, op, self, B, upper=upper, left=left, unitriangular=unitriangular)
-    return new_tensor(_triangular_solve(a, operand(B), upper, left, unitriangular), self.dtype)
+    return store(_triangular_solve(a, operand(B), upper, left, unitriangular), self.dtype)
 
 
 @register("linalg_solve_triangular.out")
 def linalg_solve_triangular_out(self, B, *, upper, left=True, unitriangular=False, out):
     result = linalg_solve_triangular(self, B, upper=upper, left=left, unitriangular=unitriangular)
-    _store((out, as_numpy(result)))
+    store(as_numpy(result), out=out, dtype_rule=exact_dtype)
     return out
 
 
@@ -550,7 +551,8 @@ def triangular_solve(self, A, upper=True, transpose=False, unitriangular=False, 
     op = torch.ops.aten.triangular_solve.default
     a = _lapack_operand(op, A, self, A, upper, transpose, unitriangular)
     solution = _triangular_solve(a, operand(self), upper, True, unitriangular, transpose)
-    _store((X, solution), (M, np.broadcast_to(a, solution.shape[:-2] + a.shape[-2:])))
+    store(solution, out=X, dtype_rule=exact_dtype)
+    store(a, out=M, dtype_rule=exact_dtype)
     return X, M
 
 
@@ -600,14 +602,14 @@ def linalg_matrix_exp(self):
     _check(self.dim() >= 2 and self.shape[-1] == self.shape[-2] and self.dtype in MATRIX_EXP_DTYPES, op, self)
     a = opmath_operand(self, "linalg.matrix_exp")
     with np.errstate(all="ignore"):  # an exponential that overflows is inf, silently, as on CPU
-        return new_tensor(scipy.linalg.expm(a) if a.size else a, self.dtype)
+        return store(scipy.linalg.expm(a) if a.size else a, self.dtype)
 
 
 @register("linalg_matrix_exp.out")
 def linalg_matrix_exp_out(self, *, out):
     result = linalg_matrix_exp(self)
     _check(out.dtype == self.dtype, torch.ops.aten.linalg_matrix_exp.out, self, out=out)
-    _store((out, as_numpy(result)))
+    store(as_numpy(result), out=out, dtype_rule=exact_dtype)
     return out
 
 
@@ -615,8 +617,7 @@ def linalg_matrix_exp_out(self, *, out):
 def linalg_eigvals_out(self, *, out):
     _check(out.dtype.is_complex and torch.can_cast(_complex_dtype(self.dtype), out.dtype),
            torch.ops.aten.linalg_eigvals.out, self, out=out)
-    _store((out, as_numpy(linalg_eigvals(self))))
-    return out
+    return store(as_numpy(linalg_eigvals(self)), out=out)
 
 
 @register("linalg_eig.out")
@@ -627,8 +628,7 @@ def linalg_eig_out(self, *, eigenvalues, eigenvectors):
     castable = all(t.dtype.is_complex and torch.can_cast(dtype, t.dtype) for t in (eigenvalues, eigenvectors))
     _check(castable, op, self, eigenvalues=eigenvalues, eigenvectors=eigenvectors)
     values, vectors = linalg_eig(self)
-    _store((eigenvalues, as_numpy(values)), (eigenvectors, as_numpy(vectors)))
-    return eigenvalues, eigenvectors
+    return store(as_numpy(values), out=eigenvalues), store(as_numpy(vectors), out=eigenvectors)
 
 
 # --- LU unpacking, QR by Householder reflectors, Cholesky and LDL solves ------------------------
@@ -666,7 +666,9 @@ def _store_lu_unpacked(lu, pivots, unpack_data, unpack_pivots, P, L, U):
     nothing = np.empty(0, lu.dtype)
     lower, upper = _unpacked_triangles(lu) if unpack_data else (nothing, nothing)
     permutation = _permutation_matrices(pivots, lu.shape[-2], lu.dtype) if unpack_pivots else nothing
-    _store((P, permutation), (L, lower), (U, upper))
+    store(permutation, out=P, dtype_rule=exact_dtype)
+    store(lower, out=L, dtype_rule=exact_dtype)
+    store(upper, out=U, dtype_rule=exact_dtype)
     return P, L, U
 
 
@@ -701,7 +703,8 @@ def geqrf(self, *, a=None, tau=None):
         factors, scalars = matrices.copy(), np.empty(matrices.shape[:-2] + (min(matrices.shape[-2:]),), matrices.dtype)
     a = empty(factors.shape, self.dtype) if a is None else a
     tau = empty(scalars.shape, self.dtype) if tau is None else tau
-    _store((a, factors), (tau, scalars))
+    store(factors, out=a, dtype_rule=exact_dtype)
+    store(scalars, out=tau, dtype_rule=exact_dtype)
     return a, tau
 
 
@@ -727,9 +730,7 @@ def linalg_householder_product(input, tau, *, out=None):
     _check(_householder_product_valid(input, tau), op, input, tau)
     scalars = operand(tau, "linalg.householder_product")
     product = _each_matrix(_orgqr, reflectors, scalars, core_dims=(2, 1))[0] if reflectors.size else reflectors.copy()
-    out = empty(product.shape, input.dtype) if out is None else out
-    _store((out, product))
-    return out
+    return store(product, input.dtype, out=out, dtype_rule=exact_dtype)
 
 
 def _ormqr(left, transpose):
@@ -763,9 +764,7 @@ def ormqr(self, input2, input3, left=True, transpose=False, *, out=None):
         product = _each_matrix(_ormqr(left, transpose), reflectors, tau, other, core_dims=(2, 1, 2))[0]
     else:  # no reflectors: Q is the identity
         product = other.copy()
-    out = empty(product.shape, self.dtype) if out is None else out
-    _store((out, product))
-    return out
+    return store(product, self.dtype, out=out, dtype_rule=exact_dtype)
 
 
 def _mirror_triangle(matrices, upper):
@@ -788,13 +787,11 @@ def cholesky_inverse(self, upper=False, *, out=None):
     factors = _square_lapack_operand(torch.ops.aten.cholesky_inverse.default, self, self, upper)
     if factors.size:
         inverse, codes = _each_matrix(_potri(upper), factors)
-        linalg_check_errors(new_tensor(codes, torch.int32), "cholesky_inverse", is_matrix=self.dim() == 2)
+        linalg_check_errors(store(codes, torch.int32), "cholesky_inverse", is_matrix=self.dim() == 2)
         inverse = _mirror_triangle(inverse, upper)
     else:
         inverse = factors.copy()
-    out = empty(inverse.shape, self.dtype) if out is None else out
-    _store((out, inverse))
-    return out
+    return store(inverse, self.dtype, out=out, dtype_rule=exact_dtype)
 
 
 def _potrs(upper):
@@ -810,7 +807,7 @@ def cholesky_solve_helper(self, A, upper):
     factors = _square_lapack_operand(torch.ops.aten._cholesky_solve_helper.default, A, self, A, upper)
     rhs = operand(self, "cholesky_solve")
     if factors.size and rhs.size:
-        return new_tensor(_each_matrix(_potrs(upper), factors, rhs)[0], self.dtype)
+        return store(_each_matrix(_potrs(upper), factors, rhs)[0], self.dtype)
     return empty(np.broadcast_shapes(factors.shape[:-2], rhs.shape[:-2]) + rhs.shape[-2:], self.dtype)
 
 
@@ -838,7 +835,9 @@ def linalg_ldl_factor_ex(self, *, hermitian=False, check_errors=False, LD, pivot
     else:
         factors, pivot_indices = lower_triangle, np.empty(lower_triangle.shape[:-1], np.int32)
         codes = np.zeros(lower_triangle.shape[:-2], np.int32)
-    _store((LD, factors), (pivots, pivot_indices), (info, codes))
+    store(factors, out=LD, dtype_rule=exact_dtype)
+    store(pivot_indices, out=pivots, dtype_rule=exact_dtype)
+    store(codes, out=info, dtype_rule=exact_dtype)
     if check_errors:
         linalg_check_errors(info, "torch.linalg.ldl_factor_ex", is_matrix=self.dim() == 2)
     return LD, pivots, info
@@ -866,7 +865,7 @@ def linalg_ldl_solve(LD, pivots, B, *, hermitian=False, out):
         solution = _each_matrix(_ldl_solve(hermitian), factors, operand(pivots), rhs, core_dims=(2, 1, 2))[0]
     else:
         solution = np.empty(batch + rhs.shape[-2:], rhs.dtype)
-    _store((out, solution))
+    store(solution, out=out, dtype_rule=exact_dtype)
     return out
 
 
@@ -954,15 +953,13 @@ def linalg_lstsq(self, b, rcond=None, *, driver=None, solution, residuals, rank,
         rcond = np.finfo(a.dtype).eps * max(m, n)
     solved, ranks, values, codes = _lstsq_solve(a, rhs[..., None] if vector else rhs, driver, rcond)
     if driver == "gels":
-        linalg_check_errors(new_tensor(codes, torch.int32), "torch.linalg.lstsq", is_matrix=self.dim() == 2)
+        linalg_check_errors(store(codes, torch.int32), "torch.linalg.lstsq", is_matrix=self.dim() == 2)
     x = np.zeros_like(solved[..., :n, :]) if m == 0 else solved[..., :n, :]
     nothing = np.empty(0, values.dtype)
-    _store(
-        (solution, x[..., 0] if vector else x),
-        (residuals, _lstsq_residuals(solved, ranks, m, n, driver)),
-        (rank, np.empty(0, np.int64) if driver == "gels" else ranks),
-        (singular_values, values if driver in ("gelsd", "gelss") else nothing),
-    )
+    store(x[..., 0] if vector else x, out=solution, dtype_rule=exact_dtype)
+    store(_lstsq_residuals(solved, ranks, m, n, driver), out=residuals, dtype_rule=exact_dtype)
+    store(np.empty(0, np.int64) if driver == "gels" else ranks, out=rank, dtype_rule=exact_dtype)
+    store(values if driver in ("gelsd", "gelss") else nothing, out=singular_values, dtype_rule=exact_dtype)
     return solution, residuals, rank, singular_values
 
 
@@ -1043,7 +1040,7 @@ def _euclidean_distances(x1, x2):
 def euclidean_dist(x1, x2):
     """cdist's matmul route, one kernel instead of its decomposition's eight."""
     a, b = operand(x1, "cdist"), operand(x2, "cdist")
-    return new_tensor(_euclidean_distances(a, b), torch.promote_types(x1.dtype, x2.dtype))
+    return store(_euclidean_distances(a, b), torch.promote_types(x1.dtype, x2.dtype))
 
 
 def _uses_matmul(p, compute_mode, r1, r2):
@@ -1094,11 +1091,11 @@ def cdist_backward(grad, x1, x2, p, cdist):
     a, b = operand(x1, "cdist"), operand(x2, "cdist")
     batch, (first, second) = _expanded_pair(a, b)
     if not (first.size and second.size):  # CPU answers zeros at x1's own shape then
-        return new_tensor(np.zeros(a.shape, a.dtype), x1.dtype)
+        return store(np.zeros(a.shape, a.dtype), x1.dtype)
     g = operand(grad, "cdist").reshape(len(first), a.shape[-2], b.shape[-2])
     distances = operand(cdist, "cdist").reshape(g.shape)
     gradients = [_pairwise_gradient(*items, p, d) for *items, d in zip(g, first, second, distances)]
-    return new_tensor(np.stack(gradients).reshape(batch + a.shape[-2:]), x1.dtype)
+    return store(np.stack(gradients).reshape(batch + a.shape[-2:]), x1.dtype)
 
 
 def _pdist_arguments_valid(self, p):
@@ -1110,7 +1107,7 @@ def pdist_forward(self, p=2.0):
     _check(_pdist_arguments_valid(self, p), torch.ops.aten._pdist_forward.default, self, p)
     x = operand(self, "pdist")
     upper = np.triu_indices(x.shape[0], 1)
-    return new_tensor(_pairwise_distances(x, x, p)[upper], self.dtype)
+    return store(_pairwise_distances(x, x, p)[upper], self.dtype)
 
 
 @register("_pdist_backward")
@@ -1124,4 +1121,4 @@ def pdist_backward(grad, self, p, pdist):
     pair_grads[upper] = operand(grad, "pdist")
     distances = np.zeros((rows, rows), x.dtype)
     distances[upper] = operand(pdist, "pdist")
-    return new_tensor(_pairwise_gradient(pair_grads + pair_grads.T, x, x, p, distances + distances.T), self.dtype)
+    return store(_pairwise_gradient(pair_grads + pair_grads.T, x, x, p, distances + distances.T), self.dtype)

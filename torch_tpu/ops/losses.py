@@ -9,7 +9,8 @@ uninitialised; nothing reads them.
 import numpy as np
 import torch
 
-from ._common import empty, opmath_operand, operand, write
+from .._errors import scalar_type_name
+from ._common import opmath_operand, operand, store
 from .nn import REDUCTION_MEAN, REDUCTION_NONE, reduce_loss, register
 
 # ---------------------------------------------------------------------------------------
@@ -20,6 +21,30 @@ from .nn import REDUCTION_MEAN, REDUCTION_NONE, reduce_loss, register
 def as_batch(x):
     """Inputs may be (C,) or (N, C); the kernels work on (N, C)."""
     return x.reshape(1, -1) if x.ndim <= 1 else x
+
+
+def check_margin_input(self):
+    """CPU's margin losses take a non-empty vector or a matrix of samples (a 0-d input is one score)."""
+    if not ((self.dim() == 2 and self.shape[1]) or (self.dim() == 1 and self.shape[0]) or self.dim() == 0):
+        raise RuntimeError(f"Expected non-empty vector or matrix with optional 0-dim batch size, but got: "
+                           f"{list(self.shape)}")
+
+
+def check_long_target(target):
+    if target.dtype != torch.int64:
+        raise RuntimeError(f"expected scalar type Long but found {scalar_type_name(target.dtype)}")
+
+
+def check_multi_margin_shapes(self, target, weight):
+    check_margin_input(self)
+    samples, classes = (1, self.shape[0] if self.dim() else 1) if self.dim() <= 1 else self.shape[:2]
+    if target.dim() > 1 or target.numel() != samples:
+        raise RuntimeError(
+            "multi_margin_loss: target tensor should be 1-D with size equal to the number of input samples (batch "
+            f"size). Expected target size [{samples}], but got {list(target.shape)}. Input has shape {list(self.shape)}.")
+    if weight is not None and (weight.dim() > 1 or weight.numel() != classes):
+        raise RuntimeError(f"inconsistent weight size, expected {classes} but got {list(weight.shape)}")
+    check_long_target(target)
 
 
 def margin_target(self, target):
@@ -55,9 +80,10 @@ def per_sample_shape(target, reduction):
 @register("multi_margin_loss")
 def multi_margin_loss(self, target, p=1, margin=1, weight=None, reduction=REDUCTION_MEAN):
     check_margin_p(p)
+    check_multi_margin_shapes(self, target, weight)
     terms, _, _ = multi_margin_terms(self, target, p, margin, weight)
     loss = reduce_loss(terms.sum(axis=1), reduction)
-    return write(empty(per_sample_shape(target, reduction), self.dtype), np.reshape(loss, per_sample_shape(target, reduction)))
+    return store(np.reshape(loss, per_sample_shape(target, reduction)), self.dtype)
 
 
 def per_sample_gradient(grad_output, samples, reduction):
@@ -79,7 +105,7 @@ def multi_margin_loss_backward(grad_output, self, target, p, margin, weight=None
     _, slopes, labels = multi_margin_terms(self, target, p, margin, weight)
     grad = slopes * per_sample_gradient(grad_output, slopes.shape[0], reduction)
     grad = scatter_label_gradient(grad, grad.sum(axis=1), labels)
-    return write(empty(self.shape, self.dtype), grad.reshape(self.shape))
+    return store(grad.reshape(self.shape), self.dtype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -87,13 +113,22 @@ def multi_margin_loss_backward(grad_output, self, target, p, margin, weight=None
 # ---------------------------------------------------------------------------------------
 
 
+def check_multilabel_shapes(self, target):
+    check_margin_input(self)
+    expected = [self.shape[0] if self.dim() else 1] if self.dim() <= 1 else list(self.shape)
+    if (list(target.shape) if self.dim() > 1 else [target.numel()] if target.dim() <= 1 else None) != expected:
+        raise RuntimeError(f"inconsistent target size: {list(target.shape)} for input of size: {list(self.shape)}")
+    check_long_target(target)
+
+
 def multilabel_terms(self, target):
     """For each listed label k (up to the first -1) and each non-target class j: 1 - (x[y_k] - x[j])."""
+    check_multilabel_shapes(self, target)
     x = as_batch(opmath_operand(self))
     labels = as_batch(operand(target)).astype(np.int64)
     classes = x.shape[1]
     if labels.size and (labels.min() < -1 or labels.max() >= classes):
-        raise RuntimeError("multilabel_margin_loss: target out of range")
+        raise RuntimeError("argument #2 'target' is out of range")
     listed = np.cumprod(labels >= 0, axis=1).astype(bool)
     safe = np.where(listed, labels, 0)
     rows = np.arange(x.shape[0])[:, None]
@@ -109,7 +144,7 @@ def multilabel_margin_loss_forward(self, target, reduction):
     terms, _, _, is_target = multilabel_terms(self, target)
     shape = (self.shape[0],) if reduction == REDUCTION_NONE and target.dim() > 1 else ()
     loss = np.reshape(reduce_loss(terms.sum(axis=(1, 2)), reduction), shape)
-    return write(empty(shape, self.dtype), loss), write(empty(target.shape, self.dtype), is_target.reshape(target.shape))
+    return store(loss, self.dtype), store(is_target.reshape(target.shape), self.dtype)
 
 
 @register("multilabel_margin_loss_backward")
@@ -119,7 +154,7 @@ def multilabel_margin_loss_backward(grad_output, self, target, reduction, is_tar
     grad = slopes.sum(axis=1)
     rows = np.broadcast_to(np.arange(grad.shape[0])[:, None], labels.shape)
     np.subtract.at(grad, (rows, labels), slopes.sum(axis=2))
-    return write(empty(self.shape, self.dtype), grad.reshape(self.shape))
+    return store(grad.reshape(self.shape), self.dtype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -242,8 +277,8 @@ def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, zero_in
     problem = CTCProblem(log_probs, targets, input_lengths, target_lengths, blank)
     alpha = problem.log_alpha()
     nll = problem.neg_log_likelihood(alpha)
-    return (write(empty(nll.shape, log_probs.dtype), nll),
-            write(empty(alpha.transpose(1, 0, 2).shape, log_probs.dtype), alpha.transpose(1, 0, 2)))
+    return (store(nll, log_probs.dtype),
+            store(alpha.transpose(1, 0, 2), log_probs.dtype))
 
 
 @register("_ctc_loss_backward", "_ctc_loss_backward.Tensor")
@@ -253,4 +288,4 @@ def ctc_loss_backward(grad, log_probs, targets, input_lengths, target_lengths, n
     alpha = opmath_operand(log_alpha).transpose(1, 0, 2)
     result = problem.gradient(alpha, problem.log_beta(), opmath_operand(neg_log_likelihood),
                               np.broadcast_to(opmath_operand(grad), problem.input_lengths.shape), zero_infinity)
-    return write(empty(log_probs.shape, log_probs.dtype), result)
+    return store(result, log_probs.dtype)

@@ -19,7 +19,8 @@ import torch
 from .. import _C
 from . import _registry
 from .._tensor import numpy_dtype
-from ._common import as_numpy, empty, new_tensor, opmath_dtype, opmath_operand, operand, resize_out, write
+from ._common import (as_numpy, empty, exact_dtype, opmath_dtype, opmath_operand, operand, prepare_out, store, wrap_dim,
+                      write)
 from .pointwise import require, trunc_divide
 
 # at::Reduction
@@ -46,22 +47,8 @@ def register(*overloads):
     return decorate
 
 
-def wrap_dim(dim, ndim):
-    """A dim index made non-negative, raising the IndexError PyTorch raises."""
-    rank = max(ndim, 1)
-    if not -rank <= dim < rank:
-        raise IndexError(f"Dimension out of range (expected to be in range of [{-rank}, {rank - 1}], but got {dim})")
-    return dim % rank
-
-
 def at_least_1d(array):
     return array.reshape(1) if array.ndim == 0 else array
-
-
-def store(out, array):
-    """Write ``array`` into an ``out=`` tensor, resizing it first as PyTorch does."""
-    resize_out(out, np.shape(array))
-    return write(out, array)
 
 
 def reduce_loss(loss, reduction):
@@ -134,9 +121,10 @@ def softmax_into(destination, x, dim, log=False):
 
 def softmax_kernel(log):
     def kernel(self, dim, half_to_float, *, out):
-        resize_out(out, self.shape)
-        x = at_least_1d(opmath_operand(self))
         dim = wrap_dim(dim, self.dim())
+        prepare_out(out, self.shape, torch.float32 if half_to_float else self.dtype, distinct=(self,),
+                    dtype_rule=exact_dtype)
+        x = at_least_1d(opmath_operand(self))
         return compute_into(out, x.dtype, lambda destination: softmax_into(at_least_1d(destination), x, dim, log))
 
     return kernel
@@ -159,9 +147,9 @@ def log_softmax_backward_into(destination, grad, y, dim):
 
 def softmax_backward_kernel(backward_into, out_name):
     def kernel(grad_output, output, dim, input_dtype, **out):
-        out = resize_out(out[out_name], output.shape)
-        grad, y = at_least_1d(opmath_operand(grad_output)), at_least_1d(opmath_operand(output))
         dim = wrap_dim(dim, output.dim())
+        out = prepare_out(out[out_name], output.shape, input_dtype, distinct=(grad_output, output), dtype_rule=exact_dtype)
+        grad, y = at_least_1d(opmath_operand(grad_output)), at_least_1d(opmath_operand(output))
         return compute_into(out, y.dtype, lambda destination: backward_into(at_least_1d(destination), grad, y, dim))
 
     return kernel
@@ -220,7 +208,7 @@ def shifted(x, bias):
 
 
 def output_if(mask, array, dtype):
-    return new_tensor(array, dtype) if mask else None
+    return store(array, dtype) if mask else None
 
 
 def row_means(rows):
@@ -230,6 +218,21 @@ def row_means(rows):
 
 def column_sums(rows):
     return np.matmul(np.ones(rows.shape[0], rows.dtype), rows)
+
+
+def check_layer_norm_inputs(input, normalized_shape, weight, bias):
+    """CPU's checks of layer_norm's arguments, in its order."""
+    normalized_shape = list(normalized_shape)
+    if not normalized_shape:
+        raise RuntimeError("Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one "
+                           f"element, but got normalized_shape = {normalized_shape}")
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param is not None and list(param.shape) != normalized_shape:
+            raise RuntimeError(f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
+                               f"{list(param.shape)} and normalized_shape = {normalized_shape}")
+    if list(input.shape[input.dim() - len(normalized_shape):]) != normalized_shape or input.dim() < len(normalized_shape):
+        raise RuntimeError(f"Given normalized_shape={normalized_shape}, expected input with shape "
+                           f"[*{''.join(f', {size}' for size in normalized_shape)}], but got input of size{list(input.shape)}")
 
 
 def layer_norm_rows(input, normalized_shape):
@@ -246,6 +249,7 @@ def flat_operand(param):
 
 @register("native_layer_norm")
 def native_layer_norm(input, normalized_shape, weight, bias, eps):
+    check_layer_norm_inputs(input, normalized_shape, weight, bias)
     x, stats_shape = layer_norm_rows(input, normalized_shape)
     mean = row_means(x)
     centered = x - mean[:, None]
@@ -262,8 +266,8 @@ def native_layer_norm(input, normalized_shape, weight, bias, eps):
 
     out = compute_into(empty(input.shape, input.dtype), x.dtype, normalize)
     stats_dtype = statistics_dtype(input, weight, bias)
-    return (out, new_tensor(mean.reshape(stats_shape), stats_dtype),
-            new_tensor(rstd.reshape(stats_shape), stats_dtype))
+    return (out, store(mean.reshape(stats_shape), stats_dtype),
+            store(rstd.reshape(stats_shape), stats_dtype))
 
 
 @register("native_layer_norm_backward")
@@ -286,9 +290,9 @@ def native_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, we
     grad_input = compute_into(empty(input.shape, input.dtype), x.dtype, input_gradient) if output_mask[0] else None
     grad_weight = grad_bias = None
     if output_mask[1] and weight is not None:
-        grad_weight = new_tensor(column_sums(dy * xhat).reshape(weight.shape), weight.dtype)
+        grad_weight = store(column_sums(dy * xhat).reshape(weight.shape), weight.dtype)
     if output_mask[2] and bias is not None:
-        grad_bias = new_tensor(column_sums(dy).reshape(bias.shape), bias.dtype)
+        grad_bias = store(column_sums(dy).reshape(bias.shape), bias.dtype)
     return grad_input, grad_weight, grad_bias
 
 
@@ -315,8 +319,8 @@ def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
     xhat = ((grouped(x, N, C, HxW, group) - mean) * rstd).reshape(x.shape)
     out = affine_per_channel(xhat, weight, bias)
     stats_dtype = statistics_dtype(input, weight, bias)
-    return (new_tensor(out, input.dtype), new_tensor(mean.reshape(N, group), stats_dtype),
-            new_tensor(rstd.reshape(N, group), stats_dtype))
+    return (store(out, input.dtype), store(mean.reshape(N, group), stats_dtype),
+            store(rstd.reshape(N, group), stats_dtype))
 
 
 @register("native_group_norm_backward")
@@ -382,11 +386,11 @@ def batch_statistics(x, axes, stats_dtype, vectorised):
     accumulator = np.float64 if x.dtype == np.float32 else x.dtype
     count = x.size // max(x.shape[1], 1)
     mean = (np.sum(x, axis=axes, dtype=accumulator, keepdims=True) / count).astype(x.dtype)
-    save_mean = new_tensor(mean.ravel(), stats_dtype)
+    save_mean = store(mean.ravel(), stats_dtype)
     deviation_from = mean if vectorised else per_channel(opmath_operand(save_mean), x.ndim)
     squares = np.sum(np.square((x - deviation_from).astype(accumulator)), axis=axes, dtype=accumulator)
     if vectorised:
-        mean, squares = as_numpy(save_mean), as_numpy(new_tensor(squares, stats_dtype))
+        mean, squares = as_numpy(save_mean), as_numpy(store(squares, stats_dtype))
     else:
         mean = opmath_operand(save_mean)
     biased_var = (squares / np.asarray(count, squares.dtype)).astype(accumulator)
@@ -434,7 +438,7 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
     if training:
         save_mean, mean, squares, count, var = batch_statistics(x, batch_norm_axes(x.ndim), stats_dtype, vectorised)
         update_running_stats(running_mean, running_var, mean, squares, count, momentum, vectorised)
-        save_invstd = new_tensor(inverse_std(var, eps), stats_dtype)
+        save_invstd = store(inverse_std(var, eps), stats_dtype)
         mean, invstd = as_numpy(save_mean), as_numpy(save_invstd)
     else:
         if running_mean is None or running_var is None:
@@ -442,7 +446,7 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
         mean, invstd = operand(running_mean), evaluation_invstd(running_var, eps, compute, vectorised)
         save_mean = save_invstd = empty((0,), stats_dtype)
     out = transformed(input, weight, bias, mean, invstd, compute, vectorised)
-    return new_tensor(out, input.dtype), save_mean, save_invstd
+    return store(out, input.dtype), save_mean, save_invstd
 
 
 @register("_native_batch_norm_legit")
@@ -535,9 +539,10 @@ def pooling_output_size(size, kernel, stride, padding, dilation, ceil_mode):
 class Window:
     """The geometry of a fixed-window pool over ``n`` spatial dims."""
 
-    def __init__(self, in_sizes, kernel, stride, padding, dilation, ceil_mode):
+    def __init__(self, in_sizes, kernel, stride, padding, dilation, ceil_mode, planes=1):
         n = len(in_sizes)
         self.in_sizes = tuple(in_sizes)
+        self.planes = planes
         self.kernel = expand_param(kernel, n)
         self.stride = expand_param(stride, n, default=self.kernel)
         self.padding = expand_param(padding, n)
@@ -546,7 +551,7 @@ class Window:
             pooling_output_size(*args, ceil_mode)
             for args in zip(in_sizes, self.kernel, self.stride, self.padding, self.dilation)
         )
-        self.check()
+        self.check_padding()
         # padding after the input that the last (ceil_mode) window may reach into
         self.pad_after = tuple(
             max(0, (o - 1) * s + d * (k - 1) + 1 - i - p)
@@ -555,7 +560,7 @@ class Window:
             )
         )
 
-    def check(self):
+    def check_padding(self):
         """The argument errors PyTorch's pooling shape checks raise (only 2-d pools get them from meta)."""
         for k, p, d in zip(self.kernel, self.padding, self.dilation):
             if p > (d * (k - 1) + 1) // 2:
@@ -563,10 +568,12 @@ class Window:
                     f"pad should be at most half of effective kernel size, but got pad={p}, kernel_size={k} and "
                     f"dilation={d}"
                 )
+
+    def check_output(self):
         if any(o < 1 for o in self.out_sizes):
             raise RuntimeError(
-                f"Given input size: {self.in_sizes}. Calculated output size: {self.out_sizes}. "
-                "Output size is too small"
+                f"Given input size: ({'x'.join(map(str, (self.planes, *self.in_sizes)))}). Calculated output size: "
+                f"({'x'.join(map(str, (self.planes, *self.out_sizes)))}). Output size is too small"
             )
 
     def pad(self, x, fill):
@@ -701,17 +708,44 @@ def avg_pool_backward_array(grad, in_shape, window, count_include_pad, divisor_o
     return padded[(Ellipsis,) + tuple(slice(p, p + i) for p, i in zip(window.padding, window.in_sizes))]
 
 
-def pool_window(self, n, kernel_size, stride, padding, dilation, ceil_mode):
-    return Window(tuple(self.shape[-n:]), kernel_size, stride, padding, dilation, ceil_mode)
+# the name 3-d pools' shape checks give themselves in CPU's errors (Meta checks the 2-d pools)
+POOL_CHECK_NAMES = {"max": "max_pool3d_with_indices_out_cpu_template()", "avg": "avg_pool3d()"}
+
+
+def check_pool_input(self, n, kind, kernel_size):
+    """CPU's 3-d pool checks of the input, between those of the padding and of the output size: positive
+    non-batch sizes and, for average pooling, an input at least as large as the kernel."""
+    if n == 3:
+        for position, size in enumerate(self.shape):
+            if size <= 0 and not (self.dim() == 5 and position == 0):
+                raise RuntimeError(
+                    f"{POOL_CHECK_NAMES[kind]}: Expected input's non-batch dimensions to have positive length, but "
+                    f"input has a shape of {list(self.shape)} and non-batch dimension {size} has length zero!")
+        if kind == "avg":
+            kernel, sizes = expand_param(kernel_size, n), self.shape[-n:]
+            if any(size < k for size, k in zip(sizes, kernel)):
+                raise RuntimeError(f"input image (T: {sizes[0]} H: {sizes[1]} W: {sizes[2]}) smaller than kernel size "
+                                   f"(kT: {kernel[0]} kH: {kernel[1]} kW: {kernel[2]})")
+
+
+def pool_window(self, n, kernel_size, stride, padding, dilation, ceil_mode, kind="max"):
+    """The window, after CPU's checks of the arguments in CPU's order."""
+    for pad in expand_param(padding, n):
+        if pad < 0:
+            raise RuntimeError(f"pad must be non-negative, but got pad: {pad}")
+    planes = self.shape[-n - 1] if self.dim() > n else 1
+    window = Window(tuple(self.shape[-n:]), kernel_size, stride, padding, dilation, ceil_mode, planes)
+    check_pool_input(self, n, kind, kernel_size)
+    window.check_output()
+    return window
 
 
 def max_pool_kernel(n):
     def kernel(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False, *, out=None, indices=None):
         window = pool_window(self, n, kernel_size, stride, padding, dilation, ceil_mode)
         values, index = max_pool_arrays(opmath_operand(self), window)
-        if out is None:
-            return new_tensor(values, self.dtype), new_tensor(index, torch.int64)
-        return store(out, values), store(indices, index)
+        return (store(values, self.dtype, out=out, distinct=(self,), dtype_rule=exact_dtype),
+                store(index, torch.int64, out=indices, distinct=(self,), dtype_rule=exact_dtype))
 
     return kernel
 
@@ -719,7 +753,7 @@ def max_pool_kernel(n):
 def max_pool_backward_kernel(n):
     def kernel(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode, indices, *, grad_input=None):
         result = max_pool_backward_array(opmath_operand(grad_output), operand(indices), tuple(self.shape), n)
-        return new_tensor(result, self.dtype) if grad_input is None else store(grad_input, result)
+        return store(result, self.dtype, out=grad_input, distinct=(grad_output, self), dtype_rule=exact_dtype)
 
     return kernel
 
@@ -744,8 +778,9 @@ def avg_pool_kernel(n):
     def kernel(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
                divisor_override=None, *, out):
         require(self.dtype in supported, self.dtype, kernel_name)
-        window = pool_window(self, n, kernel_size, stride, padding, 1, ceil_mode)
-        return store(out, avg_pool_arrays(opmath_operand(self), window, count_include_pad, divisor_override))
+        window = pool_window(self, n, kernel_size, stride, padding, 1, ceil_mode, "avg")
+        return store(avg_pool_arrays(opmath_operand(self), window, count_include_pad, divisor_override), self.dtype,
+                     out=out, distinct=(self,), dtype_rule=exact_dtype)
 
     return kernel
 
@@ -757,7 +792,7 @@ def avg_pool_backward_kernel(n):
         result = avg_pool_backward_array(
             opmath_operand(grad_output), tuple(self.shape), window, count_include_pad, divisor_override
         )
-        return store(grad_input, result)
+        return store(result, self.dtype, out=grad_input, distinct=(grad_output, self), dtype_rule=exact_dtype)
 
     return kernel
 
@@ -842,7 +877,7 @@ def adaptive_avg_pool_kernel(n):
             result = sequential_adaptive_avg_pool_array(operand(self), out_sizes)
         else:
             result = adaptive_avg_pool_array(opmath_operand(self), out_sizes)
-        return new_tensor(result, self.dtype) if out is None else store(out, result)
+        return store(result, self.dtype, out=out, dtype_rule=exact_dtype)
 
     return kernel
 
@@ -850,7 +885,7 @@ def adaptive_avg_pool_kernel(n):
 def adaptive_avg_pool_backward_kernel(n):
     def kernel(grad_output, self, *, out=None):
         result = adaptive_avg_pool_backward_array(opmath_operand(grad_output), tuple(self.shape[-n:]))
-        return new_tensor(result, self.dtype) if out is None else store(out, result)
+        return store(result, self.dtype, out=out, dtype_rule=exact_dtype)
 
     return kernel
 
@@ -884,7 +919,8 @@ def adaptive_max_pool_arrays(x, out_sizes):
 def adaptive_max_pool_kernel(n):
     def kernel(self, output_size, *, out, indices):
         values, index = adaptive_max_pool_arrays(opmath_operand(self), tuple(expand_param(output_size, n)))
-        return store(out, values), store(indices, index)
+        return (store(values, self.dtype, out=out, distinct=(self,), dtype_rule=exact_dtype),
+                store(index, torch.int64, out=indices, distinct=(self,), dtype_rule=exact_dtype))
 
     return kernel
 
@@ -892,7 +928,7 @@ def adaptive_max_pool_kernel(n):
 def adaptive_max_pool_backward_kernel(n):
     def kernel(grad_output, self, indices, *, grad_input):
         result = max_pool_backward_array(opmath_operand(grad_output), operand(indices), tuple(self.shape), n)
-        return store(grad_input, result)
+        return store(result, self.dtype, out=grad_input, distinct=(grad_output, self), dtype_rule=exact_dtype)
 
     return kernel
 
@@ -912,12 +948,12 @@ register("adaptive_max_pool3d_backward.grad_input")(adaptive_max_pool_backward_k
 def native_dropout(input, p, train):
     x = opmath_operand(input)
     if train is not None and not train:
-        return new_tensor(x, input.dtype), new_tensor(np.ones(x.shape, np.bool_), torch.bool)
+        return store(x, input.dtype), store(np.ones(x.shape, np.bool_), torch.bool)
     keep_probability = 1 - p
     keep = _C.current_chip().rng.next_stream().random(x.shape, dtype=np.float32) < keep_probability
     scale = 0.0 if keep_probability == 0 else 1 / keep_probability
     # multiply rather than select, so NaN and inf inputs propagate exactly as on the CPU
-    return new_tensor(x * keep * np.asarray(scale, x.dtype), input.dtype), new_tensor(keep, torch.bool)
+    return store(x * keep * np.asarray(scale, x.dtype), input.dtype), store(keep, torch.bool)
 
 
 @register("native_dropout_backward", "native_dropout_backward.out")
@@ -928,7 +964,7 @@ def native_dropout_backward(grad_output, mask, scale, *, out=None):
     compute = opmath_dtype(dtype)
     masked = (opmath_operand(grad_output) * operand(mask)).astype(compute, copy=False)  # exact: mask is 0 or 1
     result = masked * np.asarray(scale, compute)
-    return new_tensor(result, dtype) if out is None else store(out, result)
+    return store(result, dtype, out=out, dtype_rule=exact_dtype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1033,13 +1069,14 @@ def nll_backward_array(grad_output, self, target, weight, reduction, ignore_inde
 @register("nll_loss_forward.output")
 def nll_loss_forward(self, target, weight, reduction, ignore_index, *, output, total_weight):
     loss, weight_sum = nll_forward_arrays(self, target, weight, reduction, ignore_index, 0)
-    return store(output, loss), store(total_weight, weight_sum)
+    return (store(loss, self.dtype, out=output, dtype_rule=exact_dtype),
+            store(weight_sum, self.dtype, out=total_weight, dtype_rule=exact_dtype))
 
 
 @register("nll_loss_backward.grad_input")
 def nll_loss_backward(grad_output, self, target, weight, reduction, ignore_index, total_weight, *, grad_input):
-    return store(grad_input, nll_backward_array(grad_output, self, target, weight, reduction, ignore_index,
-                                                total_weight, 0))
+    return store(nll_backward_array(grad_output, self, target, weight, reduction, ignore_index, total_weight, 0),
+                 self.dtype, out=grad_input, dtype_rule=exact_dtype)
 
 
 def check_nll2d_shapes(self, target):
@@ -1059,15 +1096,14 @@ def check_nll2d_shapes(self, target):
 def nll_loss2d_forward(self, target, weight, reduction, ignore_index, *, output=None, total_weight=None):
     check_nll2d_shapes(self, target)
     loss, weight_sum = nll_forward_arrays(self, target, weight, reduction, ignore_index, 2)
-    if output is None:
-        return new_tensor(loss, self.dtype), new_tensor(weight_sum, self.dtype)
-    return store(output, loss), store(total_weight, weight_sum)
+    return (store(loss, self.dtype, out=output, dtype_rule=exact_dtype),
+            store(weight_sum, self.dtype, out=total_weight, dtype_rule=exact_dtype))
 
 
 @register("nll_loss2d_backward", "nll_loss2d_backward.grad_input")
 def nll_loss2d_backward(grad_output, self, target, weight, reduction, ignore_index, total_weight, *, grad_input=None):
     result = nll_backward_array(grad_output, self, target, weight, reduction, ignore_index, total_weight, 2)
-    return new_tensor(result, self.dtype) if grad_input is None else store(grad_input, result)
+    return store(result, self.dtype, out=grad_input, dtype_rule=exact_dtype)
 
 
 def pointwise_loss(loss_function):
@@ -1080,7 +1116,7 @@ def pointwise_loss(loss_function):
     def kernel(self, target, reduction=REDUCTION_MEAN, *args, out=None):
         x, t = opmath_operand(self), opmath_operand(target)
         loss = reduce_loss(loss_function(x, t, *args), reduction)
-        return new_tensor(loss, self.dtype) if out is None else store(out, loss)
+        return store(loss, self.dtype, out=out, dtype_rule=exact_dtype)
 
     return kernel
 
@@ -1092,7 +1128,7 @@ def pointwise_loss_backward(gradient_function):
         x, t = opmath_operand(self), opmath_operand(target)
         grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
         result = np.broadcast_to(grad * gradient_function(x, t, *args), x.shape)
-        return new_tensor(result, self.dtype) if grad_input is None else store(grad_input, result)
+        return store(result, self.dtype, out=grad_input, dtype_rule=exact_dtype)
 
     return kernel
 
@@ -1119,6 +1155,8 @@ def smooth_l1_gradient(x, t, beta):
 
 
 def huber(x, t, delta=1.0):
+    if delta <= 0:
+        raise RuntimeError("huber_loss does not support non-positive values for delta.")
     d = np.abs(x - t)
     return np.where(d < delta, 0.5 * d * d, delta * (d - 0.5 * delta))
 
@@ -1153,7 +1191,7 @@ def binary_cross_entropy(self, target, weight=None, reduction=REDUCTION_MEAN, *,
     check_probabilities(x)
     loss = (t - 1) * np.maximum(np.log1p(-x), BCE_LOG_FLOOR) - t * np.maximum(np.log(x), BCE_LOG_FLOOR)
     loss = reduce_loss(scaled(loss, optional_operand(weight)), reduction)
-    return new_tensor(loss, self.dtype) if out is None else store(out, loss)
+    return store(loss, self.dtype, out=out, dtype_rule=exact_dtype)
 
 
 @register("binary_cross_entropy_backward", "binary_cross_entropy_backward.grad_input")
@@ -1163,7 +1201,7 @@ def binary_cross_entropy_backward(grad_output, self, target, weight=None, reduct
     grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
     result = scaled(grad * (x - t) / np.maximum((1 - x) * x, BCE_GRAD_EPSILON), optional_operand(weight))
     result = np.broadcast_to(result, x.shape)
-    return new_tensor(result, self.dtype) if grad_input is None else store(grad_input, result)
+    return store(result, self.dtype, out=grad_input, dtype_rule=exact_dtype)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1229,10 +1267,9 @@ def fractional_max_pool(name, n_spatial):
         choice = np.where(nan.any(-1), window - 1 - np.argmax(nan[..., ::-1], -1), np.argmax(values, -1))
         chosen = np.take_along_axis(flat_positions, choice[..., None], -1)[..., 0]
         shape = planes_shape + tuple(output_size)
-        resize_out(output, shape), resize_out(indices, shape)
-        write(output, np.take_along_axis(values, choice[..., None], -1).reshape(shape))
-        write(indices, chosen.reshape(shape))
-        return output, indices
+        return (store(np.take_along_axis(values, choice[..., None], -1).reshape(shape), self.dtype, out=output,
+                      distinct=(self,), dtype_rule=exact_dtype),
+                store(chosen.reshape(shape), torch.int64, out=indices, distinct=(self,), dtype_rule=exact_dtype))
 
     return kernel
 
@@ -1250,7 +1287,7 @@ def fractional_max_pool_backward(n_spatial):
         np.add.at(grad, (planes, operand(indices).reshape(grad.shape[0], outputs)),
                   gradient.reshape(grad.shape[0], outputs))
         grad = grad.reshape(self.shape)
-        return new_tensor(grad, self.dtype) if grad_input is None else store(grad_input, grad)
+        return store(grad, self.dtype, out=grad_input, dtype_rule=exact_dtype)
 
     return kernel
 

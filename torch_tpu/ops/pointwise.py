@@ -21,9 +21,9 @@ from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dty
 
 from .. import _C
 from .._C import special as vpu_special
-from .._errors import device_mismatch
+from .._errors import device_mismatch, found_dtype, not_implemented_for, scalar_type_name, shape_mismatch
 from .._tensor import numpy_dtype
-from ._common import as_numpy, empty, empty_with_array, operand, opmath_dtype, resize_out, write
+from ._common import as_numpy, broadcast_shapes, castable, empty, empty_with_array, operand, opmath_dtype, prepare_out, store, write
 from ._overlap import check_no_internal_overlap, check_no_partial_overlap
 from ._registry import KERNELS, register
 
@@ -59,31 +59,20 @@ def common_dtype(*operands):
 
 
 def broadcast_shape(*operands, **options):
-    shapes = [tuple(o.shape) for o in operands if isinstance(o, torch.Tensor)]
-    return tuple(torch.broadcast_shapes(*shapes))
-
-
-def check_castable(dtype, out_dtype):
-    if not torch.can_cast(dtype, out_dtype):
-        raise RuntimeError(f"result type {type_name(dtype)} can't be cast to the desired output type "
-                           f"{type_name(out_dtype)}")
+    return broadcast_shapes(*(tuple(o.shape) for o in operands if isinstance(o, torch.Tensor)))
 
 
 def check_inplace(self, dtype, shape):
     """What the structured meta function checks before an in-place op writes into ``self``."""
-    check_castable(dtype, self.dtype)
+    castable(dtype, self.dtype)
     if tuple(shape) != tuple(self.shape):
-        raise RuntimeError(f"output with shape {list(self.shape)} doesn't match the broadcast shape {list(shape)}")
-
-
-def type_name(dtype):
-    return torch.empty(0, dtype=dtype).type().removeprefix("torch.").removesuffix("Tensor")
+        raise shape_mismatch(self.shape, shape)
 
 
 def require(condition, dtype, kernel_name):
     """PyTorch's AT_DISPATCH error for a dtype a kernel has no loop for."""
     if not condition:
-        raise NotImplementedError(f'"{kernel_name}" not implemented for \'{type_name(dtype)}\'')
+        raise not_implemented_for(kernel_name, dtype)
 
 
 def is_integral(dtype):
@@ -148,10 +137,8 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         if check is not None:
             check(dtype, *promoted, *extras, **kwargs)
         if exact_out and out.dtype != result(common):
-            raise RuntimeError(f"Found dtype {type_name(out.dtype)} but expected {type_name(result(common))}")
-        check_castable(result(common), out.dtype)
-        resize_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs))
-        check_no_internal_overlap(out)
+            raise found_dtype(out.dtype, result(common))
+        prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result(common), promoted)
         return compute_into(out, function, promoted, dtype, extras, kwargs, opmath)
 
     register(overload)(kernel)
@@ -188,18 +175,16 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
     def out_variant(*args, out, **kwargs):
         expected = result(common_dtype(*args[:operands]))
         if exact_out and out.dtype != expected:
-            raise RuntimeError(f"Found dtype {type_name(out.dtype)} but expected {type_name(expected)}")
-        check_castable(expected, out.dtype)
-        resize_out(out, broadcast_shape(*args[:operands]))
-        check_no_internal_overlap(out)
+            raise found_dtype(out.dtype, expected)
+        prepare_out(out, broadcast_shape(*args[:operands]), expected, args[:operands])
         return run(out, args, kwargs)
 
     for overload in overloads:
         schema = resolve(overload)._schema
         if any(argument.is_out for argument in schema.arguments):
             register(overload)(out_variant)
-        elif schema.name.endswith("_"):
-            register(overload)(inplace)
+        elif schema.arguments[0].alias_info is not None and schema.arguments[0].alias_info.is_write:
+            register(overload)(inplace)  # add_, __ilshift__, ...: self is written
         else:
             register(overload)(functional)
 
@@ -531,6 +516,15 @@ def real_not_bool(dtype):
     return real(dtype) and not_bool(dtype)
 
 
+def floating_or_complex(dtype):
+    return dtype.is_floating_point or dtype.is_complex
+
+
+def shiftable(dtype):
+    """CPU's shift kernels have loops for the integer types PyTorch had before uint16/32/64."""
+    return dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
 # Ternary
 
 
@@ -615,6 +609,12 @@ def gaussian_cdf(x):
     result += 1
     result *= scalar(0.5, x)
     return result
+
+
+def check_gelu(dtype, *operands, approximate="none"):
+    require(dtype.is_floating_point, dtype, "gelu_cpu")
+    if approximate not in ("none", "tanh"):
+        raise RuntimeError("approximate argument must be either none or tanh.")
 
 
 def gelu_backward(grad, x, approximate="none"):
@@ -836,8 +836,8 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "bitwise_and.Tensor_out": (np.bitwise_and, keep, is_integral),
     "bitwise_or.Tensor_out": (np.bitwise_or, keep, is_integral),
     "bitwise_xor.Tensor_out": (np.bitwise_xor, keep, is_integral),
-    "bitwise_left_shift.Tensor_out": (left_shift, keep, integer),
-    "bitwise_right_shift.Tensor_out": (right_shift, keep, integer),
+    "bitwise_left_shift.Tensor_out": (left_shift, keep, shiftable),
+    "bitwise_right_shift.Tensor_out": (right_shift, keep, shiftable),
 }
 COMPARISONS = {  # name: (function, supported dtypes); complex numbers have no order
     "eq": (np.equal, None), "ne": (np.not_equal, None), "lt": (np.less, real), "le": (np.less_equal, real),
@@ -846,8 +846,6 @@ COMPARISONS = {  # name: (function, supported dtypes); complex numbers have no o
 LOGICAL = {"logical_and": np.logical_and, "logical_or": np.logical_or, "logical_xor": np.logical_xor}
 
 ACTIVATIONS = {  # overload: (function, number of promoted operands); all floating-point only
-    "gelu.out": (gelu, 1),
-    "gelu_backward.grad_input": (gelu_backward, 2),
     "silu.out": (silu, 1),
     "silu_backward.grad_input": (silu_backward, 2),
     "sigmoid_backward.grad_input": (sigmoid_backward, 2),
@@ -895,6 +893,8 @@ def register_tables():
         unstructured(logical(function), name, f"{name}_", f"{name}.out", operands=2, result=to_bool)
     for overload, (function, operands) in ACTIVATIONS.items():
         structured(overload, function, operands=operands, check=checked(floating, overload))
+    structured("gelu.out", gelu, check=check_gelu)
+    structured("gelu_backward.grad_input", gelu_backward, operands=2, check=check_gelu)
     # threshold has loops for every real dtype but bool; its backward shares its dispatch name
     structured("threshold.out", threshold, check=supports(real_not_bool, "threshold_cpu"))
     structured("threshold_backward.grad_input", threshold_backward, operands=2,
@@ -908,8 +908,8 @@ def register_tables():
         structured(overload, clamp_max, operands=2, exact_out=overload == "clamp_max.out")
     structured("addcmul.out", addcmul, operands=3)
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
-    structured("lerp.Scalar_out", lerp, operands=2)
-    structured("lerp.Tensor_out", lerp, operands=3)
+    structured("lerp.Scalar_out", lerp, operands=2, check=supports(floating_or_complex, "lerp_kernel_scalar"))
+    structured("lerp.Tensor_out", lerp, operands=3, check=supports(floating_or_complex, "lerp_kernel_tensor"))
     unstructured(logit, "logit", "logit_", "logit.out", rule=to_float)
     unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)))
     unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
@@ -925,6 +925,11 @@ def register_tables():
     unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"))
     unstructured(hardswish_backward, "hardswish_backward", operands=2)
     unstructured(prelu, "_prelu_kernel", operands=2)
+    # the Python operators <<, >>, <<= and >>= (bitwise_*_shift with a Scalar goes through these too)
+    for function, kernel_name, names in ((left_shift, "lshift_cpu", ("__lshift__", "__ilshift__")),
+                                         (right_shift, "rshift_cpu", ("__rshift__", "__irshift__"))):
+        unstructured(function, *(f"{name}.{kind}" for name in names for kind in ("Tensor", "Scalar")), operands=2,
+                     check=supports(shiftable, kernel_name))
 
 
 register_tables()
@@ -938,6 +943,7 @@ register_tables()
 def elu_backward_out(grad_output, alpha, scale, input_scale, is_result, self_or_result, *, grad_input):
     dtype = common_dtype(grad_output, self_or_result)
     require(dtype.is_floating_point, dtype, "elu_backward_cpu")
+    prepare_out(grad_input, broadcast_shape(grad_output, self_or_result), dtype, (grad_output, self_or_result))
     return compute_into(grad_input, elu_backward, (grad_output, self_or_result), dtype,
                         (alpha, scale, input_scale, is_result))
 
@@ -955,24 +961,23 @@ def div_out_mode(self, other, *, rounding_mode=None, out):
         dtype = to_float(dtype)
     else:
         require(dtype != torch.bool, dtype, f"div_{rounding_mode}_cpu")
-    check_castable(dtype, out.dtype)
-    resize_out(out, broadcast_shape(self, other))
-    check_no_internal_overlap(out)
+    prepare_out(out, broadcast_shape(self, other), dtype, (self, other))
     return compute_into(out, divide, (self, other), dtype, options={"rounding_mode": rounding_mode},
                         opmath=divides_in_opmath(self, other))
 
 
 @register("polygamma.out")
 def polygamma_out(n, self, *, out):
+    prepare_out(out, self.shape, to_float(self.dtype), (self,))
     return compute_into(out, polygamma, (self,), to_float(self.dtype), (n,))
 
 
 @register("nan_to_num.out")
 def nan_to_num_out(self, nan=None, posinf=None, neginf=None, *, out):
     if out.dtype != self.dtype:
-        raise RuntimeError(f"nan_to_num: dtype of out: {type_name(out.dtype)} should be same as input: "
-                           f"{type_name(self.dtype)}")
-    resize_out(out, self.shape)
+        raise RuntimeError(f"nan_to_num: dtype of out: {scalar_type_name(out.dtype)} should be same as input: "
+                           f"{scalar_type_name(self.dtype)}")
+    prepare_out(out, self.shape, inputs=(self,))
     replacement = nan_to_num_defaults(self.dtype, nan, posinf, neginf)
     return compute_into(out, nan_to_num, (self,), self.dtype, replacement)
 
@@ -985,16 +990,50 @@ def where_self(condition, self, other):
 
 @register("where.self_out")
 def where_self_out(condition, self, other, *, out):
-    resize_out(out, broadcast_shape(condition, self, other))
+    dtype = common_dtype(self, other)
+    if out.dtype != dtype:
+        raise RuntimeError(f"Expected out type to be {scalar_type_name(dtype)} but got {scalar_type_name(out.dtype)}")
+    prepare_out(out, broadcast_shape(condition, self, other), inputs=(condition, self, other))
     return where_into(out, condition, self, other)
 
 
 def where_into(out, condition, self, other):
     if condition.dtype != torch.bool:
         raise RuntimeError(f"where expected condition to be a boolean tensor, but got a tensor with dtype "
-                           f"{type_name(condition.dtype)}")
+                           f"{scalar_type_name(condition.dtype)}")
     compute = opmath_dtype(common_dtype(self, other))
     return write(out, np.where(operand(condition), as_compute(self, compute), as_compute(other, compute)))
+
+
+def check_complex_parts(result_dtype, real, imag, out=None):
+    """CPU's torch.complex takes two floating tensors of one dtype, and gives (or writes) its complex dtype."""
+    if not all(t.dtype in (torch.float16, torch.float32, torch.float64) for t in (real, imag)):
+        raise RuntimeError(f"Expected both inputs to be Half, Float or Double tensors but got "
+                           f"{scalar_type_name(real.dtype)} and {scalar_type_name(imag.dtype)}")
+    if real.dtype != imag.dtype:
+        raise RuntimeError(f"Expected object of scalar type {scalar_type_name(real.dtype)} but got scalar type "
+                           f"{scalar_type_name(imag.dtype)} for second argument")
+    if out is not None and out.dtype != real.dtype.to_complex():
+        raise RuntimeError(f"Expected object of scalar type {scalar_type_name(real.dtype.to_complex())} but got scalar "
+                           f"type {scalar_type_name(out.dtype)} for argument 'out'")
+
+
+def complex_from_parts(real, imag):
+    result = np.empty(np.broadcast_shapes(real.shape, imag.shape), np.result_type(real.dtype, np.complex64))
+    result.real, result.imag = real, imag  # each part exactly as given, NaN and -0.0 included
+    return result
+
+
+@register("complex")
+def complex_(real, imag):
+    check_complex_parts(None, real, imag)
+    return store(complex_from_parts(operand(real), operand(imag)), real.dtype.to_complex())
+
+
+@register("complex.out")
+def complex_out(real, imag, *, out):
+    check_complex_parts(None, real, imag, out)
+    return store(complex_from_parts(operand(real), operand(imag)), out.dtype, out=out, inputs=(real, imag))
 
 
 @register("rsub.Tensor")
@@ -1012,7 +1051,7 @@ def glu_backward_functional(grad_output, self, dim):
 @register("glu_backward.grad_input")
 def glu_backward_out(grad_output, self, dim, *, grad_input):
     require(self.dtype.is_floating_point, self.dtype, "glu_backward")
-    resize_out(grad_input, self.shape)
+    prepare_out(grad_input, self.shape, inputs=(grad_output, self))
     compute = opmath_dtype(self.dtype)
     grad, x = as_compute(grad_output, compute), as_compute(self, compute)
     with np.errstate(all="ignore"):
@@ -1024,7 +1063,7 @@ def glu_jvp_kernel(glu_result, x, dx, dim):
     compute = opmath_dtype(x.dtype)
     with np.errstate(all="ignore"):
         tangent = glu_jvp(*(as_compute(t, compute) for t in (glu_result, x, dx)), dim)
-    return write(empty(glu_result.shape, glu_result.dtype), tangent)
+    return store(tangent, glu_result.dtype)
 
 
 @register("glu_backward_jvp")
@@ -1032,7 +1071,7 @@ def glu_backward_jvp_kernel(grad_x, grad_glu, x, dgrad_glu, dx, dim):
     compute = opmath_dtype(x.dtype)
     with np.errstate(all="ignore"):
         tangent = glu_backward_jvp(*(as_compute(t, compute) for t in (grad_glu, x, dgrad_glu, dx)), dim)
-    return write(empty(x.shape, grad_x.dtype), tangent)
+    return store(tangent, grad_x.dtype)
 
 
 @register("log_sigmoid_forward")
@@ -1043,7 +1082,7 @@ def log_sigmoid_forward(self):
 @register("log_sigmoid_forward.output")
 def log_sigmoid_forward_out(self, *, output, buffer):
     require(self.dtype.is_floating_point, self.dtype, "log_sigmoid_forward")
-    resize_out(output, self.shape)
+    prepare_out(output, self.shape, self.dtype, (self,))
     x = as_compute(self, opmath_dtype(self.dtype))
     with np.errstate(all="ignore"):
         write(output, np.minimum(x, scalar(0, x)) - np.log1p(np.exp(-np.abs(x))))
@@ -1058,7 +1097,7 @@ def log_sigmoid_backward(grad_output, self, buffer):
 
 @register("log_sigmoid_backward.grad_input")
 def log_sigmoid_backward_out(grad_output, self, buffer, *, grad_input):
-    resize_out(grad_input, broadcast_shape(grad_output, self))
+    prepare_out(grad_input, broadcast_shape(grad_output, self), common_dtype(grad_output, self), (grad_output, self))
     compute = opmath_dtype(common_dtype(grad_output, self))
     grad, x = as_compute(grad_output, compute), as_compute(self, compute)
     with np.errstate(all="ignore"):
@@ -1074,8 +1113,8 @@ def prelu_backward(grad_output, self, weight):
     compute = opmath_dtype(common_dtype(self, weight))
     grad, x, w = (as_compute(t, compute) for t in (grad_output, self, weight))
     positive = x > 0
-    input_grad = write(empty(shape, self.dtype), np.where(positive, grad, w * grad))
-    weight_grad = write(empty(shape, weight.dtype), np.where(positive, scalar(0, x), x * grad))
+    input_grad = store(np.where(positive, grad, w * grad), self.dtype)
+    weight_grad = store(np.where(positive, scalar(0, x), x * grad), weight.dtype)
     return input_grad, weight_grad
 
 
@@ -1109,7 +1148,7 @@ def result_shape(self, other):
     if not isinstance(self, torch.Tensor):  # a wrapped number, as rsub.Scalar passes sub.Tensor
         return other.shape
     if isinstance(other, torch.Tensor) and self.shape != other.shape:
-        return torch.broadcast_shapes(self.shape, other.shape)
+        return broadcast_shapes(self.shape, other.shape)
     return self.shape
 
 
@@ -1172,6 +1211,6 @@ def frexp_out(self, *, mantissa, exponent):
     if exponent.dtype != torch.int32:
         raise RuntimeError(f"torch.frexp() expects exponent to have int dtype but got {exponent.dtype}")
     fraction, power = np.frexp(operand(self, "frexp").astype(opmath_dtype(self.dtype), copy=False))
-    write(resize_out(mantissa, self.shape), fraction)
-    write(resize_out(exponent, self.shape), power)
+    write(prepare_out(mantissa, self.shape, inputs=(self,)), fraction)
+    write(prepare_out(exponent, self.shape, inputs=(self,)), power)
     return mantissa, exponent

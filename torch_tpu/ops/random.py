@@ -24,23 +24,11 @@ import scipy.special as special
 import torch
 
 from .. import _C, _tensor
-from ._common import as_numpy, empty, opmath_operand, resize_out, write
+from .._errors import cpp_type_name, not_implemented_for, scalar_type_name
+from ._common import as_numpy, empty, opmath_operand, prepare_out, store, write
 from ._overlap import check_no_internal_overlap
 from ._registry import register
 
-# PyTorch's names for dtypes in "not implemented for 'Long'" errors, and its C++ type names in bounds errors.
-_SCALAR_TYPE_NAME = {
-    torch.bool: "Bool", torch.uint8: "Byte", torch.int8: "Char", torch.int16: "Short", torch.int32: "Int",
-    torch.int64: "Long", torch.uint16: "UInt16", torch.uint32: "UInt32", torch.uint64: "UInt64",
-    torch.float16: "Half", torch.bfloat16: "BFloat16", torch.float32: "Float", torch.float64: "Double",
-    torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
-    torch.float8_e4m3fn: "Float8_e4m3fn", torch.float8_e5m2: "Float8_e5m2",
-}
-_CPP_TYPE_NAME = {
-    torch.bool: "bool", torch.uint8: "unsigned char", torch.int8: "signed char", torch.int16: "short int",
-    torch.int32: "int", torch.int64: "long int", torch.float16: "c10::Half", torch.bfloat16: "c10::BFloat16",
-    torch.float32: "float", torch.float64: "double",
-}
 _FLOAT_DIGITS = {torch.float16: 11, torch.bfloat16: 8, torch.float32: 24, torch.float64: 53}
 _RANDOM_INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -78,20 +66,16 @@ def _fill(self, generator, draw):
     return write(self, draw(rng, shape, dtype))
 
 
-def _not_implemented_for(kernel, dtype):
-    return NotImplementedError(f'"{kernel}" not implemented for \'{_SCALAR_TYPE_NAME.get(dtype, dtype)}\'')
-
-
 def _check_floating(self, kernel, allow_complex=False):
     if not (self.is_floating_point() or (allow_complex and self.is_complex())):
-        raise _not_implemented_for(kernel, self.dtype)
+        raise not_implemented_for(kernel, self.dtype)
 
 
 def _check_continuous(self, distribution):
     if not self.is_floating_point():
         raise RuntimeError(
             f"{distribution} distribution is a continuous probability distribution. dtype must be a floating "
-            f"point but you specified {_SCALAR_TYPE_NAME.get(self.dtype, self.dtype)}"
+            f"point but you specified {scalar_type_name(self.dtype)}"
         )
 
 
@@ -106,11 +90,11 @@ def _check(condition, message):
 def _check_uniform_bounds(self, low, high):
     finfo = torch.finfo(self.dtype if self.is_floating_point() else self.dtype.to_real())
     for name, value in (("from", low), ("to", high)):
-        _check(finfo.min <= value <= finfo.max, f"{name} is out of bounds for {_CPP_TYPE_NAME.get(self.dtype)}")
+        _check(finfo.min <= value <= finfo.max, f"{name} is out of bounds for {cpp_type_name(self.dtype)}")
     _check(low <= high, f"uniform_ expects to return a [from, to) range, but found from={low:g} > to={high:g}")
     _check(
         high - low <= finfo.max,
-        f"uniform_ expects to-from <= std::numeric_limits<{_SCALAR_TYPE_NAME[self.dtype]}>::max(), but found "
+        f"uniform_ expects to-from <= std::numeric_limits<{scalar_type_name(self.dtype)}>::max(), but found "
         f"to={high:g} and from={low:g} which result in to-from to exceed the limit",
     )
 
@@ -144,7 +128,7 @@ def _normal_into(out, mean, std, generator):
         _check(std >= 0.0, f"normal expects std >= 0.0, but found std {std:g}")
     mean_array, std_array = (opmath_operand(v) if isinstance(v, torch.Tensor) else v for v in (mean, std))
     shape = np.broadcast_shapes(np.shape(mean_array), np.shape(std_array))
-    resize_out(out, shape)
+    prepare_out(out, shape, distinct=[v for v in (mean, std) if isinstance(v, torch.Tensor)])
     return _fill(out, generator, lambda rng, shape, dtype: mean_array + std_array * rng.standard_normal(shape, dtype))
 
 
@@ -192,7 +176,7 @@ def cauchy_(self, median=0.0, sigma=1.0, *, generator=None):
 
 def _check_single_or_double(tensor, kernel):
     if tensor.dtype not in (torch.float32, torch.float64):
-        raise _not_implemented_for(kernel, tensor.dtype)
+        raise not_implemented_for(kernel, tensor.dtype)
 
 
 def _float64(tensor):
@@ -202,7 +186,7 @@ def _float64(tensor):
 def _draw_into_new(like, generator, draw, *parameters):
     """A new tensor shaped and typed like ``like`` holding ``draw(rng, *parameters)``."""
     rng = _stream(generator)
-    return write(empty(like.shape, like.dtype), draw(rng, *parameters))
+    return store(draw(rng, *parameters), like.dtype)
 
 
 def _standard_gamma_draws(rng, alpha):
@@ -253,7 +237,7 @@ def _binomial_draws(rng, trials, probability):
 def binomial(count, prob, generator=None):
     if not count.is_floating_point():
         raise ValueError(
-            f"binomial only supports floating-point dtypes for count, got: {_SCALAR_TYPE_NAME[count.dtype]}")
+            f"binomial only supports floating-point dtypes for count, got: {scalar_type_name(count.dtype)}")
     _check_single_or_double(count, "binomial_cpu")
     trials = _float64(count)
     probability = np.broadcast_to(_float64(prob), trials.shape)
@@ -295,7 +279,7 @@ def _beta_sample_gradient(a, b, x):
 def standard_gamma_grad(self, output):
     _check_single_or_double(self, "_standard_gamma_grad_cpu")
     alpha, x = np.broadcast_arrays(_float64(self), _float64(output))
-    return write(empty(alpha.shape, self.dtype), _gamma_sample_gradient(alpha, x))
+    return store(_gamma_sample_gradient(alpha, x), self.dtype)
 
 
 @register("_dirichlet_grad")
@@ -305,7 +289,7 @@ def dirichlet_grad(x, alpha, total):
     sample, concentration, total = np.broadcast_arrays(_float64(x), _float64(alpha), _float64(total))
     with np.errstate(all="ignore"):
         gradient = _beta_sample_gradient(concentration, total - concentration, sample) / (1 - sample)
-    return write(empty(sample.shape, x.dtype), gradient)
+    return store(gradient, x.dtype)
 
 
 # --- discrete distributions ------------------------------------------------------------------------------------
@@ -314,7 +298,7 @@ def dirichlet_grad(x, alpha, total):
 @register("geometric_")
 def geometric_(self, p, *, generator=None):
     if self.dtype == torch.bool or self.is_complex():
-        raise _not_implemented_for("geometric_cpu", self.dtype)
+        raise not_implemented_for("geometric_cpu", self.dtype)
     _check(0 < p < 1, f"geometric_ expects p to be in (0, 1), but got p={p:g}")
     return _fill(self, generator, lambda rng, shape, dtype: rng.geometric(p, shape))
 
@@ -338,7 +322,7 @@ def bernoulli_tensor_(self, p, *, generator=None):
 
 @register("bernoulli.out")
 def bernoulli_out(self, *, generator=None, out):
-    resize_out(out, self.shape)
+    prepare_out(out, self.shape, inputs=(self,))
     return bernoulli_tensor_(out, self, generator=generator)
 
 
@@ -357,7 +341,7 @@ def _dtype_limits(dtype):
 
 def _check_random_dtype(self):
     if not (self.dtype in _FLOAT_DIGITS or self.dtype in _RANDOM_INT_DTYPES):
-        raise _not_implemented_for("random_kernel_cpu", self.dtype)
+        raise not_implemented_for("random_kernel_cpu", self.dtype)
 
 
 def _largest_exact_integer(dtype):
@@ -394,7 +378,7 @@ def _exact_to(high, dtype):
 
 def _check_range_fits(low, high_inclusive, dtype):
     minimum, maximum = _dtype_limits(dtype)
-    type_name = _CPP_TYPE_NAME[dtype]
+    type_name = cpp_type_name(dtype)
     for name, value in (("from", low), ("to - 1", high_inclusive)):
         _check(minimum <= value <= maximum, f"{name} is out of bounds for {type_name}")
         digits = _FLOAT_DIGITS.get(dtype)
@@ -458,10 +442,10 @@ _RANDPERM_FLOAT_LIMIT = {torch.float16: (2049, "2049"), torch.float32: (2**24 + 
 def _check_randperm(n, dtype):
     _check(n >= 0, f"n must be non-negative, got{n}")
     if dtype == torch.bool or dtype.is_complex:
-        raise _not_implemented_for("randperm", dtype)
+        raise not_implemented_for("randperm", dtype)
     if dtype in _RANDPERM_FLOAT_LIMIT:
         limit, text = _RANDPERM_FLOAT_LIMIT[dtype]
-        _check(n <= limit, f"n cannot be greater than {text} for {_SCALAR_TYPE_NAME[dtype]} type.")
+        _check(n <= limit, f"n cannot be greater than {text} for {scalar_type_name(dtype)} type.")
     elif not dtype.is_floating_point:
         _check(max(n - 1, 0) <= torch.iinfo(dtype).max,
                f"value cannot be converted to type {_tensor.numpy_dtype(dtype).name}_t without overflow")
@@ -470,7 +454,7 @@ def _check_randperm(n, dtype):
 @register("randperm.generator_out")
 def randperm_out(n, *, generator=None, out):
     _check_randperm(n, out.dtype)
-    resize_out(out, (n,))
+    prepare_out(out, (n,))
     rng = _stream(generator)
     return write(out, rng.permutation(n))
 
@@ -478,7 +462,7 @@ def randperm_out(n, *, generator=None, out):
 def _check_multinomial(self, num_samples, replacement):
     _check(self.dim() in (1, 2), "prob_dist must be 1 or 2 dim")
     _check(self.is_floating_point(),
-           f"multinomial only supports floating-point dtypes for input, got: {_SCALAR_TYPE_NAME[self.dtype]}")
+           f"multinomial only supports floating-point dtypes for input, got: {scalar_type_name(self.dtype)}")
     _check(num_samples > 0, "cannot sample n_sample <= 0 samples")
     _check(replacement or num_samples <= self.shape[-1],
            "cannot sample n_sample > prob_dist.size(-1) samples without replacement")
@@ -508,8 +492,8 @@ def _sample_without_replacement(rng, probabilities, num_samples):
 
 def _multinomial_into(out, self, num_samples, replacement, generator):
     _check_multinomial(self, num_samples, replacement)
-    _check(out.dtype == torch.int64, f"multinomial expects Long tensor out, got: {_SCALAR_TYPE_NAME[out.dtype]}")
-    resize_out(out, (*self.shape[:-1], num_samples))
+    _check(out.dtype == torch.int64, f"multinomial expects Long tensor out, got: {scalar_type_name(out.dtype)}")
+    prepare_out(out, (*self.shape[:-1], num_samples), distinct=(self,))
     rng = _stream(generator)
     if self.numel() == 0:
         return out
@@ -541,7 +525,7 @@ def _rrelu_with_noise_into(output, self, noise, lower, upper, training, generato
     if not training:
         return torch.ops.aten.leaky_relu.out(self, (float(lower) + float(upper)) / 2, out=output)
     if not self.dtype.is_floating_point:
-        raise _not_implemented_for("rrelu_with_noise_out_cpu", self.dtype)
+        raise not_implemented_for("rrelu_with_noise_out_cpu", self.dtype)
     rng = _stream(generator)
     values = opmath_operand(self)
     negative = values <= 0
@@ -560,7 +544,8 @@ def rrelu_with_noise(self, noise, lower=0.125, upper=1 / 3, training=False, gene
 
 @register("rrelu_with_noise.out")
 def rrelu_with_noise_out(self, noise, lower=0.125, upper=1 / 3, training=False, generator=None, *, out):
-    return _rrelu_with_noise_into(resize_out(out, self.shape), self, noise, lower, upper, training, generator)
+    return _rrelu_with_noise_into(prepare_out(out, self.shape, self.dtype, inputs=(self,), distinct=(noise,)), self, noise,
+                                  lower, upper, training, generator)
 
 
 @register("rrelu_with_noise_")

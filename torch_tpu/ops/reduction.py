@@ -17,21 +17,15 @@ import warnings
 import numpy as np
 import torch
 
-from .. import _C, _tensor
+from .._errors import cannot_cast, not_implemented_for, scalar_type_name, shape_mismatch
 from . import _libstdcxx
-from ._common import as_numpy, empty, operand, opmath_dtype, resize_out, write
+from ._common import (as_numpy, converted, empty, exact_dtype, operand, opmath_dtype, prepare_out, store, wrap_dim,
+                      wrap_dims, write)
 from ._registry import register
 
 # ---------------------------------------------------------------------------------------------
 # Mechanisms shared by every reduction
 # ---------------------------------------------------------------------------------------------
-
-
-def _wrap_dim(dim, ndim):
-    span = max(ndim, 1)  # a 0-d tensor accepts dims 0 and -1
-    if not -span <= dim < span:
-        raise IndexError(f"Dimension out of range (expected to be in range of [{-span}, {span - 1}], but got {dim})")
-    return dim % span
 
 
 def _reduced_axes(self, dim):
@@ -40,10 +34,7 @@ def _reduced_axes(self, dim):
     Checked as PyTorch checks it: ``out=`` calls reach the kernels without a meta function.
     """
     dims = () if dim is None else (dim,) if isinstance(dim, int) else tuple(dim)
-    axes = tuple(_wrap_dim(d, self.dim()) for d in dims)
-    for position, axis in enumerate(axes):
-        if axis in axes[:position]:
-            raise RuntimeError(f"dim {axis} appears multiple times in the list of dims")
+    axes = wrap_dims(dims, self.dim())
     if self.dim() == 0:
         return ()
     return axes or tuple(range(self.dim()))
@@ -55,9 +46,10 @@ def _reduced_shape(shape, axes, keepdim):
     return tuple(size for axis, size in enumerate(shape) if axis not in axes)
 
 
-def _reduction_out(out, self, axes, keepdim):
-    """``out`` resized to the reduction's result (a no-op when PyTorch allocated it)."""
-    return resize_out(out, _reduced_shape(self.shape, axes, keepdim))
+def _reduction_out(out, self, axes, keepdim, may_alias=True):
+    """``out`` checked and resized to the reduction's result (a no-op when PyTorch allocated it). Most
+    reductions let ``out`` alias itself on CPU; the ones with indices do not."""
+    return prepare_out(out, _reduced_shape(self.shape, axes, keepdim), may_alias=may_alias)
 
 
 def _check_nonempty(op_name, self, axes):
@@ -67,20 +59,10 @@ def _check_nonempty(op_name, self, axes):
             raise IndexError(f"{op_name}(): Expected reduction dim {axis} to have non-zero size.")
 
 
-def _converted(array, dtype):
-    """``array`` converted to the torch ``dtype`` exactly as a PyTorch cast would."""
-    target = _tensor.numpy_dtype(dtype)
-    if array.dtype == target:
-        return array
-    result = np.empty(array.shape, target)
-    _C.dtypes.cast_into(result, array, _tensor.DTYPE_NAME[dtype])
-    return result
-
-
 def _accumuland(self, dtype=None):
     """``self`` as a reduction into ``dtype`` reads it: converted to dtype, widened to its opmath."""
     dtype = dtype or self.dtype
-    return _converted(operand(self), dtype).astype(opmath_dtype(dtype), copy=False)
+    return converted(operand(self), dtype).astype(opmath_dtype(dtype), copy=False)
 
 
 def _reduce_into(out, reduction, array, axes, keepdim):
@@ -100,19 +82,10 @@ def _sum_dtype(self, dtype):
     return self.dtype if self.dtype.is_floating_point or self.dtype.is_complex else torch.int64
 
 
-_SCALAR_TYPE_NAME = {
-    torch.bool: "Bool", torch.uint8: "Byte", torch.int8: "Char", torch.int16: "Short",
-    torch.int32: "Int", torch.int64: "Long", torch.float16: "Half", torch.bfloat16: "BFloat16",
-    torch.float32: "Float", torch.float64: "Double", torch.complex64: "ComplexFloat",
-    torch.complex128: "ComplexDouble", torch.uint16: "UInt16", torch.uint32: "UInt32", torch.uint64: "UInt64",
-    torch.float8_e4m3fn: "Float8_e4m3fn", torch.float8_e5m2: "Float8_e5m2",
-}
-
-
 def _check_dtype(self, kernel_name, supported):
     """CPU kernels dispatch on a set of dtypes and raise NotImplementedError for the rest."""
     if not supported(self.dtype):
-        raise NotImplementedError(f'"{kernel_name}" not implemented for \'{_SCALAR_TYPE_NAME[self.dtype]}\'')
+        raise not_implemented_for(kernel_name, self.dtype)
 
 
 def _real(dtype):
@@ -168,14 +141,14 @@ def _mean_dtype(self, dtype):
     if not (result.is_floating_point or result.is_complex):
         which = "Optional" if dtype else "Input"
         raise RuntimeError(f"mean(): could not infer output dtype. {which} dtype must be either a floating point "
-                           f"or complex dtype. Got: {_SCALAR_TYPE_NAME[result]}")
+                           f"or complex dtype. Got: {scalar_type_name(result)}")
     return result
 
 
 @register("mean.dim")
 def mean_dim(self, dim, keepdim=False, *, dtype=None):
     shape = _reduced_shape(self.shape, _reduced_axes(self, dim), keepdim)
-    return mean_out(self, dim, keepdim, out=empty(shape, _mean_dtype(self, dtype)))
+    return mean_out(self, dim, keepdim, dtype=dtype, out=empty(shape, _mean_dtype(self, dtype)))
 
 
 @register("prod")
@@ -183,9 +156,25 @@ def prod(self, *, dtype=None):
     return prod_int_out(self, None, out=empty((), _sum_dtype(self, dtype)))
 
 
+_NO_TRACE_LOOP = frozenset({torch.bool, torch.uint16, torch.uint32, torch.uint64, torch.complex32,
+                            torch.float8_e4m3fn, torch.float8_e5m2})
+
+
+@register("trace")
+def trace(self):
+    """The sum of the diagonal, integers summed as int64 (CPU's trace refuses anything but a matrix)."""
+    if self.dim() != 2:
+        raise RuntimeError(f"trace: expected a matrix, but got tensor with dim {self.dim()}")
+    _check_dtype(self, "trace", lambda dtype: dtype not in _NO_TRACE_LOOP)
+    dtype = _sum_dtype(self, None)
+    return store(np.asarray(np.trace(_accumuland(self, dtype))), dtype)
+
+
 @register("mean.out")
 def mean_out(self, dim, keepdim=False, *, dtype=None, out):
     axes = _reduced_axes(self, dim)
+    if not torch.can_cast(_mean_dtype(self, dtype), out.dtype):
+        raise cannot_cast(_mean_dtype(self, dtype), out.dtype)
     _reduction_out(out, self, axes, keepdim)
     total = np.sum(_accumuland(self, out.dtype), axis=axes, keepdims=keepdim)
     count = math.prod(self.shape[axis] for axis in axes)
@@ -220,12 +209,6 @@ def _extreme_operand(self, kernel_name):
     return _accumuland(self)
 
 
-def _check_same_dtype(self, out):
-    if out.dtype != self.dtype:
-        raise RuntimeError(f"Expected out tensor to have dtype {_SCALAR_TYPE_NAME[self.dtype].lower()}, but got "
-                           f"{_SCALAR_TYPE_NAME[out.dtype].lower()} instead")
-
-
 def _extreme_kernel(kind):
     """amax/amin: the extremes over ``dim`` (every dim if empty), NaN-propagating."""
     reduction, _ = _EXTREME[kind]
@@ -233,7 +216,9 @@ def _extreme_kernel(kind):
     def kernel(self, dim=(), keepdim=False, *, out):
         axes = _reduced_axes(self, dim)
         _check_nonempty(f"a{kind}", self, axes)
-        _check_same_dtype(self, out)
+        if out.dtype != self.dtype:
+            raise RuntimeError(f"Expected the dtype for input and out to match, but got {scalar_type_name(self.dtype)} "
+                               f"for input's dtype and {scalar_type_name(out.dtype)} for out's dtype.")
         array = _extreme_operand(self, f"{kind}_values_cpu")
         return _reduce_into(_reduction_out(out, self, axes, keepdim), reduction, array, axes, keepdim)
 
@@ -267,9 +252,10 @@ def min_all(self):
 def _extreme_all_out(kind):
     def kernel(self, *, out):
         if not torch.can_cast(self.dtype, out.dtype):
-            raise RuntimeError(f"result type {_SCALAR_TYPE_NAME[self.dtype]} can't be cast to the desired "
-                               f"output type {_SCALAR_TYPE_NAME[out.dtype]}")
-        return _extreme_all(kind, self, resize_out(out, ()))
+            raise RuntimeError("Expected canCast( typeMetaToScalarType(self.dtype()), typeMetaToScalarType(out.dtype())) "
+                               "to be true, but got false.  (Could this error message be improved?  If so, please "
+                               "report an enhancement request to PyTorch.)")
+        return _extreme_all(kind, self, _reduction_out(out, self, tuple(range(self.dim())), False))
 
     return kernel
 
@@ -286,9 +272,10 @@ def _extreme_with_index_kernel(kind):
         values, indices = outs.values()
         axes = _reduced_axes(self, dim)
         _check_nonempty(kind, self, axes)
-        _check_same_dtype(self, values)
-        _reduction_out(values, self, axes, keepdim)
-        _reduction_out(indices, self, axes, keepdim)
+        exact_dtype(self.dtype, values.dtype)
+        exact_dtype(torch.int64, indices.dtype)
+        _reduction_out(values, self, axes, keepdim, may_alias=False)
+        _reduction_out(indices, self, axes, keepdim, may_alias=False)
         if values.numel() == 0:
             return values, indices
         array = _extreme_operand(self, f"{kind}_cpu").reshape(self.shape or (1,))
@@ -321,10 +308,12 @@ def _arg_extreme(kind, self, dim, keepdim, out):
     if dim is None:
         if self.numel() == 0:
             raise IndexError(f"arg{kind}(): Expected reduction dim to be specified for input.numel() == 0.")
-        resize_out(out, (1,) * self.dim() if keepdim else ())
+        exact_dtype(torch.int64, out.dtype)
+        prepare_out(out, (1,) * self.dim() if keepdim else (), may_alias=True)
         return write(out, np.asarray(_EXTREME[kind][1](_accumuland(self).reshape(-1))).reshape(out.shape))
     axes = _reduced_axes(self, dim)
     _check_nonempty(f"arg{kind}", self, axes)
+    exact_dtype(torch.int64, out.dtype)
     _reduction_out(out, self, axes, keepdim)
     if out.numel() == 0:
         return out
@@ -375,11 +364,13 @@ def _moment_kernel(op_name, wants_std, wants_mean):
     def kernel(self, dim=None, *, correction=None, keepdim=False, out=None):
         axes = _reduced_axes(self, dim)
         shape = _reduced_shape(self.shape, axes, keepdim)
-        spread = resize_out(out, shape) if out is not None else empty(shape, self.dtype.to_real())
+        if out is not None and not torch.can_cast(self.dtype.to_real(), out.dtype):
+            raise cannot_cast(self.dtype.to_real(), out.dtype)
         variance, mean = _moments(op_name, self, axes, correction, keepdim)
-        write(spread, np.asarray(np.sqrt(variance) if wants_std else variance))
+        spread = store(np.asarray(np.sqrt(variance) if wants_std else variance), self.dtype.to_real(), out=out,
+                       may_alias=True)
         if wants_mean:
-            return spread, write(empty(shape, self.dtype), np.asarray(mean))
+            return spread, store(np.asarray(mean), self.dtype)
         return spread
 
     return kernel
@@ -415,11 +406,12 @@ def _vector_norm(magnitude, ord, axes, keepdim):
 def _norm_into(self, ord, dim, keepdim, dtype, out):
     if not _floating(self.dtype):
         raise RuntimeError(f"linalg.vector_norm: Expected a floating point or complex tensor as input. "
-                           f"Got {_SCALAR_TYPE_NAME[self.dtype]}")
+                           f"Got {scalar_type_name(self.dtype)}")
     axes = _reduced_axes(self, dim)
     if (ord < 0 or ord == math.inf) and any(self.shape[axis] == 0 for axis in axes):
         raise RuntimeError(f"linalg.vector_norm cannot compute the {ord} norm on an empty tensor because the "
                            "operation does not have an identity")
+    exact_dtype(dtype or self.dtype.to_real(), out.dtype)
     _reduction_out(out, self, axes, keepdim)
     magnitude = np.abs(_accumuland(self, dtype))
     return write(out, np.asarray(_vector_norm(magnitude, ord, axes, keepdim)))
@@ -444,12 +436,12 @@ def norm_dtype_out(self, p, dim, keepdim, *, dtype, out):
 def logsumexp_out(self, dim, keepdim=False, *, out):
     if not out.dtype.is_floating_point:
         raise RuntimeError(f"logsumexp(): Expected floating point type for result tensor, but got: "
-                           f"{_SCALAR_TYPE_NAME[out.dtype]}")
+                           f"{scalar_type_name(out.dtype)}")
     _check_dtype(self, "logsumexp", _real)
     axes = _reduced_axes(self, dim)
     if self.numel() and self.dim() and not keepdim and not dim:
         # CPU adds the keepdim maxes of dim=[] (shaped [1, ...]) into a 0-d result in place.
-        raise RuntimeError(f"output with shape [] doesn't match the broadcast shape {[1] * self.dim()}")
+        raise shape_mismatch((), [1] * self.dim())
     _reduction_out(out, self, axes, keepdim)
     array = _accumuland(self, self.dtype if self.dtype.is_floating_point else torch.get_default_dtype())
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -469,7 +461,11 @@ def logsumexp_out(self, dim, keepdim=False, *, out):
 
 
 def _truth_kernel(reduction):
+    name = reduction.__name__
+
     def kernel(self, dim=None, keepdim=False, *, out):
+        if out.dtype not in (torch.bool, torch.uint8):
+            raise RuntimeError(f"{name} only supports bool tensor for result, got: {scalar_type_name(out.dtype)}")
         # Unlike the other reductions, any/all read dim=[] as "reduce nothing".
         axes = () if dim == [] else _reduced_axes(self, dim)
         _reduction_out(out, self, axes, keepdim)
@@ -489,8 +485,8 @@ def count_nonzero(self, dim):
     array = operand(self)
     if array.dtype != np.bool_ and array.dtype.kind not in "iufc":
         array = array.astype(np.float32)  # bfloat16/float8: NumPy compares them through float32
-    out = empty(_reduced_shape(self.shape, axes, False), torch.int64)
-    return write(out, np.asarray(np.count_nonzero(array, axis=axes)))
+    return store(np.asarray(np.count_nonzero(array, axis=axes)).reshape(_reduced_shape(self.shape, axes, False)),
+                 torch.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -518,11 +514,10 @@ def _median_along_last(array, ignore_nan):
 
 def _median_all(op_name, self, ignore_nan):
     _check_dtype(self, f"{op_name}_cpu", _real_not_bool)
-    out = empty((), self.dtype)
     if self.numel() == 0:
-        return write(out, np.asarray(np.nan))
+        return store(np.asarray(np.nan), self.dtype)
     value, _ = _median_along_last(_accumuland(self).reshape(-1), ignore_nan)
-    return write(out, value.reshape(()))
+    return store(value.reshape(()), self.dtype)
 
 
 @register("median")
@@ -545,8 +540,12 @@ def _selection_by_dim(op_name, along_last, supported):
         shape = _reduced_shape(self.shape, axes, keepdim)
         if outs:
             values, indices = outs.values()
-            _check_same_dtype(self, values)
-            resize_out(values, shape), resize_out(indices, shape)
+            if values.dtype != self.dtype:
+                raise RuntimeError(f"Expected tensor for 'values' to have the same type as tensor for argument #2 "
+                                   f"'self'; but type {values.type()} does not equal {self.cpu().type()} "
+                                   f"(while checking arguments for {op_name})")
+            prepare_out(values, shape, distinct=(self,))
+            prepare_out(indices, shape, distinct=(self,))
         else:
             values, indices = empty(shape, self.dtype), empty(shape, torch.int64)
         if values.numel() == 0:
@@ -597,8 +596,8 @@ def _scan_kernel(accumulate):
     """cumsum/cumprod: convert to the result dtype, accumulate in its opmath, round each output."""
 
     def kernel(self, dim, *, dtype=None, out):
-        axis = _wrap_dim(dim, self.dim())
-        if resize_out(out, self.shape).numel() == 0:
+        axis = wrap_dim(dim, self.dim())
+        if prepare_out(out, self.shape, inputs=(self,)).numel() == 0:
             return out
         array = _accumuland(self, out.dtype).reshape(self.shape or (1,))
         target = as_numpy(out).reshape(array.shape)
@@ -645,8 +644,8 @@ register("_cummin_helper")(_running_extreme_kernel("cummin", np.minimum))
 def _logcumsumexp_into(self, dim, out):
     """CPU's running log-sum-exp is held in ``acc_type``: double for float32, so each output rounds once."""
     _check_dtype(self, "logcumsumexp_out_cpu", lambda dtype: dtype.is_floating_point)
-    axis = _wrap_dim(dim, self.dim())
-    if resize_out(out, self.shape).numel() == 0:
+    axis = wrap_dim(dim, self.dim())
+    if prepare_out(out, self.shape, self.dtype, inputs=(self,)).numel() == 0:
         return out
     accumulator = np.float64 if self.dtype == torch.float32 else opmath_dtype(self.dtype)
     array = _accumuland(self).astype(accumulator, copy=False).reshape(self.shape or (1,))
@@ -679,7 +678,7 @@ def equal(self, other):
     if self.shape != other.shape:
         return False
     common = torch.result_type(self, other)
-    return bool(np.array_equal(_converted(operand(self), common), _converted(operand(other), common)))
+    return bool(np.array_equal(converted(operand(self), common), converted(operand(other), common)))
 
 
 def _quickselect_index(row, k):
@@ -739,7 +738,7 @@ def _kth_along_last(rows, k):
 
 @register("kthvalue.values")
 def kthvalue_values(self, k, dim=-1, keepdim=False, *, values, indices):
-    axis = _wrap_dim(dim, self.dim())
+    axis = wrap_dim(dim, self.dim())
     size = self.shape[axis] if self.dim() else 1
     if self.numel() and not 1 <= k <= size:
         raise RuntimeError(f"kthvalue(): selected number k out of range for dimension {axis}")
@@ -751,7 +750,7 @@ def _hash_bits(self):
     """Each element widened to 64 bits (float64, int64 or uint64) and read as uint64."""
     array = operand(self)
     if self.dtype.is_floating_point:
-        return _converted(array, torch.float64).view(np.uint64)
+        return converted(array, torch.float64).view(np.uint64)
     if self.dtype == torch.bool or not self.is_signed():
         return array.astype(np.uint64)
     return array.astype(np.int64).view(np.uint64)
@@ -805,11 +804,10 @@ def _check_segments(data, reduce, lengths, indices, offsets, axis, unsafe):
     if lengths is None and offsets is None:
         raise RuntimeError("segment_reduce(): Either lengths or offsets must be defined.")
     if data.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
-        raise NotImplementedError(f"\"_segment_reduce_cpu\" not implemented for '{_dtype_name(data.dtype)}'")
+        raise not_implemented_for("_segment_reduce_cpu", data.dtype)
     given = lengths if lengths is not None else offsets
     if given.dtype not in (torch.int32, torch.int64):
-        raise NotImplementedError(
-            f"\"_segment_reduce_lengths_cpu_kernel1\" not implemented for '{_dtype_name(given.dtype)}'")
+        raise not_implemented_for("_segment_reduce_lengths_cpu_kernel1", given.dtype)
     if lengths is not None and not unsafe:
         counts = operand(lengths)
         if (counts < 0).any():
@@ -817,10 +815,6 @@ def _check_segments(data, reduce, lengths, indices, offsets, axis, unsafe):
         if (counts.sum(axis=-1) != data.shape[axis]).any():
             raise RuntimeError("segment_reduce(): Expected all rows of lengths along axis to sum to "
                                "data.size(lengths.dim()-1) when !unsafe.")
-
-
-def _dtype_name(dtype):
-    return torch.empty(0, dtype=dtype).type().removeprefix("torch.").removesuffix("Tensor")
 
 
 def _segment_ids(starts, size):
@@ -844,7 +838,7 @@ def segment_reduce(data, reduce, *, lengths=None, indices=None, offsets=None, ax
     the data dtype (NaN sticks in max/min), mean divides non-NaN sums by the length, and an empty
     segment without ``initial`` has mean NaN."""
     reduction = _segment_reduction(reduce)
-    axis = _wrap_dim(axis, data.dim())
+    axis = wrap_dim(axis, data.dim())
     _check_segments(data, reduce, lengths, indices, offsets, axis, unsafe)
     starts, shape = _segment_offsets(lengths, offsets, axis, data)
     values = _segment_layout(data, axis)
@@ -861,8 +855,7 @@ def segment_reduce(data, reduce, *, lengths=None, indices=None, offsets=None, ax
             divided = (result / counts.astype(dtype)).astype(dtype)
             result = np.where(counts == 0, np.nan if initial is None else result,
                               np.where(np.isnan(result), result, divided))
-    out = empty(shape, data.dtype) if out is None else resize_out(out, shape)
-    return write(out, result.reshape(shape))
+    return store(result.reshape(shape), data.dtype, out=out, distinct=(data,))
 
 
 @register("_segment_reduce_backward", "_segment_reduce_backward.out")
@@ -872,7 +865,7 @@ def segment_reduce_backward(grad, output, data, reduce, *, lengths=None, offsets
     gradients among ties; prod divides grad * output by the element, recomputing the product of the
     others where the element is 0 or NaN."""
     reduction = _segment_reduction(reduce)
-    axis = _wrap_dim(axis, data.dim())
+    axis = wrap_dim(axis, data.dim())
     starts, _ = _segment_offsets(lengths, offsets, axis, data)
     values = _segment_layout(data, axis)
     dtype = values.dtype
@@ -909,5 +902,4 @@ def segment_reduce_backward(grad, output, data, reduce, *, lengths=None, offsets
                 for value in others:
                     exclusive = dtype.type(exclusive * value)
                 gradient[o, a, i] = grads[o, s, i] * exclusive
-    out = empty(data.shape, data.dtype) if out is None else resize_out(out, data.shape)
-    return write(out, gradient.astype(dtype).reshape(data.shape))
+    return store(gradient.astype(dtype).reshape(data.shape), data.dtype, out=out, distinct=(grad, output, data))

@@ -9,7 +9,7 @@ the backward kernels can take over from them: LSTM keeps its four activated gate
 
 import numpy as np
 
-from ._common import empty, opmath_operand, write
+from ._common import opmath_operand, store
 from .nn import register
 
 
@@ -26,10 +26,6 @@ def gate_sum(input_gates, hidden_gates, input_bias, hidden_bias):
     return x, h
 
 
-def new_like(tensor, array, shape=None):
-    return write(empty(array.shape if shape is None else shape, tensor.dtype), array)
-
-
 def gradient_or_zero(grad, like):
     """An output's incoming gradient; autograd passes None for an output that got none."""
     return np.zeros_like(like) if grad is None else opmath_operand(grad)
@@ -43,7 +39,7 @@ def fused_lstm_cell(input_gates, hidden_gates, cx, input_bias=None, hidden_bias=
     cy = f * opmath_operand(cx) + i * g
     hy = o * np.tanh(cy)
     workspace = np.concatenate([i, f, g, o], axis=1)
-    return new_like(cx, hy), new_like(cx, cy), new_like(input_gates, workspace)
+    return store(hy, cx.dtype), store(cy, cx.dtype), store(workspace, input_gates.dtype)
 
 
 @register("_thnn_fused_lstm_cell_backward_impl")
@@ -57,8 +53,8 @@ def fused_lstm_cell_backward(grad_hy, grad_cy, cx, cy, workspace, has_bias):
          grad_c * i * (1 - g * g), grad_h * tanh_cy * o * (1 - o)],
         axis=1,
     )
-    grad_bias = new_like(workspace, grad_gates.sum(axis=0)) if has_bias else None
-    return new_like(workspace, grad_gates), new_like(cx, grad_c * f), grad_bias
+    grad_bias = store(grad_gates.sum(axis=0), workspace.dtype) if has_bias else None
+    return store(grad_gates, workspace.dtype), store(grad_c * f, cx.dtype), grad_bias
 
 
 @register("_thnn_fused_gru_cell")
@@ -71,7 +67,7 @@ def fused_gru_cell(input_gates, hidden_gates, hx, input_bias=None, hidden_bias=N
     previous = opmath_operand(hx)
     hy = n + z * (previous - n)
     workspace = np.concatenate([r, z, n, np.broadcast_to(previous, n.shape), h_n], axis=1)
-    return new_like(hx, hy), new_like(input_gates, workspace)
+    return store(hy, hx.dtype), store(workspace, input_gates.dtype)
 
 
 @register("_thnn_fused_gru_cell_backward")
@@ -84,8 +80,8 @@ def fused_gru_cell_backward(grad_hy, workspace, has_bias):
     grad_input_gates = np.concatenate([grad_r, grad_z, grad_n], axis=1)
     grad_hidden_gates = np.concatenate([grad_r, grad_z, grad_n * r], axis=1)
     biases = (
-        (new_like(workspace, grad_input_gates.sum(axis=0)), new_like(workspace, grad_hidden_gates.sum(axis=0)))
+        (store(grad_input_gates.sum(axis=0), workspace.dtype), store(grad_hidden_gates.sum(axis=0), workspace.dtype))
         if has_bias else (None, None)
     )
-    return (new_like(workspace, grad_input_gates), new_like(workspace, grad_hidden_gates),
-            new_like(grad_hy, grad * z), *biases)
+    return (store(grad_input_gates, workspace.dtype), store(grad_hidden_gates, workspace.dtype),
+            store(grad * z, grad_hy.dtype), *biases)

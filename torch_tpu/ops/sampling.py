@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse
 
 from .._tensor import numpy_dtype
-from ._common import empty, opmath_dtype, opmath_operand, operand, resize_out, write
+from ._common import exact_dtype, opmath_dtype, opmath_operand, operand, store
 from .nn import register
 
 # ---------------------------------------------------------------------------------------
@@ -244,11 +244,11 @@ def upsample_forward(name, taps_fn, n, takes_align_corners, stored_weights):
 
     def functional(self, output_size, *options):
         result = compute(self, output_size, *options)
-        return write(empty(result.shape, self.dtype), result)
+        return store(result, self.dtype)
 
     def out_variant(self, output_size, *options, out):
         result = compute(self, output_size, *options)
-        return write(resize_out(out, result.shape), result)
+        return store(result, self.dtype, out=out, distinct=(self,), dtype_rule=exact_dtype)
 
     return functional, out_variant
 
@@ -266,11 +266,11 @@ def upsample_backward(name, taps_fn, n, takes_align_corners, stored_weights):
         return resample(opmath_operand(grad_output), [axis_matrix(t, size).T.tocsr() for t, size in zip(taps, in_sizes)])
 
     def functional(grad_output, output_size, input_size, *options):
-        return write(empty(tuple(input_size), grad_output.dtype), compute(grad_output, output_size, input_size, *options))
+        return store(compute(grad_output, output_size, input_size, *options), grad_output.dtype)
 
     def out_variant(grad_output, output_size, input_size, *options, grad_input):
         result = compute(grad_output, output_size, input_size, *options)
-        return write(resize_out(grad_input, result.shape), result)
+        return store(result, grad_output.dtype, out=grad_input, distinct=(grad_output,), dtype_rule=exact_dtype)
 
     return functional, out_variant
 
@@ -722,11 +722,11 @@ def grid_sampler_forward(n):
 
     def functional(*args):
         result, dtype = compute(*args)
-        return write(empty(result.shape, dtype), result)
+        return store(result, dtype)
 
     def out_variant(*args, out):
-        result, _ = compute(*args)
-        return write(resize_out(out, result.shape), result)
+        result, dtype = compute(*args)
+        return store(result, dtype, out=out, distinct=args[:2], dtype_rule=exact_dtype)
 
     return functional, out_variant
 
@@ -744,14 +744,14 @@ def grid_sampler_backward(n):
     def functional(grad_output, input, grid, *options):
         grad_input, grad_grid = compute(grad_output, input, grid, *options)
         if grad_input is not None:
-            grad_input = write(empty(grad_input.shape, input.dtype), grad_input)
-        return grad_input, write(empty(grad_grid.shape, grid.dtype), grad_grid)
+            grad_input = store(grad_input, input.dtype)
+        return grad_input, store(grad_grid, grid.dtype)
 
     def out_variant(grad_output, input, grid, *options, out0, out1):
         grad_input, grad_grid = compute(grad_output, input, grid, *options)
         if grad_input is not None:
-            write(resize_out(out0, grad_input.shape), grad_input)
-        return out0, write(resize_out(out1, grad_grid.shape), grad_grid)
+            store(grad_input, input.dtype, out=out0, distinct=(grad_output, input, grid), dtype_rule=exact_dtype)
+        return out0, store(grad_grid, grid.dtype, out=out1, distinct=(grad_output, input, grid), dtype_rule=exact_dtype)
 
     return functional, out_variant
 

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from .. import _C
-from ._common import empty, operand, resize_out, write
+from .._errors import raise_cpu_error
+from ._common import empty, operand, prepare_out, write
 from ._registry import register
 
 FLOAT8_DTYPES = frozenset({torch.float8_e4m3fn, torch.float8_e5m2})
@@ -29,20 +30,6 @@ _FLOAT32 = np.dtype(np.float32)
 
 
 # --- argument checks: accept exactly what torch CPU accepts ---------------------------------
-
-
-def _cpu_standin(value):
-    """An uninitialised CPU tensor with ``value``'s geometry, so CPU's checks see the same call."""
-    if isinstance(value, torch.Tensor) and value.device.type == "tpu":
-        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype)
-    if isinstance(value, (list, tuple)):
-        return type(value)(map(_cpu_standin, value))
-    return value
-
-
-def _fail_like_cpu(op, *args, **kwargs):
-    op(*map(_cpu_standin, args), **{k: _cpu_standin(v) for k, v in kwargs.items()})
-    raise RuntimeError(f"{op}: arguments torch CPU accepts but the tpu device does not")
 
 
 def _scaling(mat1, mat2, scale_a, scale_b):
@@ -105,7 +92,7 @@ def _result_shape(mat1, mat2):
 def scaled_mm(self, mat2, scale_a, scale_b, bias=None, scale_result=None, out_dtype=None, use_fast_accum=False):
     args = (self, mat2, scale_a, scale_b, bias, scale_result, out_dtype, use_fast_accum)
     if not _valid_call(self, mat2, scale_a, scale_b, bias):
-        _fail_like_cpu(torch.ops.aten._scaled_mm.default, *args)
+        raise_cpu_error(torch.ops.aten._scaled_mm.default, *args)
     out = empty(_result_shape(self, mat2), out_dtype or self.dtype)
     return _scaled_mm_into(out, self, mat2, scale_a, scale_b, bias, scale_result, out_dtype)
 
@@ -115,8 +102,8 @@ def scaled_mm_out(self, mat2, scale_a, scale_b, bias=None, scale_result=None, ou
                   use_fast_accum=False, *, out):
     args = (self, mat2, scale_a, scale_b, bias, scale_result, out_dtype, use_fast_accum)
     if not _valid_call(self, mat2, scale_a, scale_b, bias) or out_dtype not in (None, out.dtype):
-        _fail_like_cpu(torch.ops.aten._scaled_mm.out, *args, out=torch.empty(0, dtype=out.dtype))
-    resize_out(out, _result_shape(self, mat2))
+        raise_cpu_error(torch.ops.aten._scaled_mm.out, *args, out=torch.empty(0, dtype=out.dtype))
+    prepare_out(out, _result_shape(self, mat2), distinct=(self, mat2))
     return _scaled_mm_into(out, self, mat2, scale_a, scale_b, bias, scale_result, out_dtype)
 
 
@@ -143,12 +130,12 @@ def _v2(overload, self, mat2, scale_a, recipe_a, swizzle_a, scale_b, recipe_b, s
                                contraction_dim)
     if out is None:
         if scales is None:
-            _fail_like_cpu(overload, *args)
+            raise_cpu_error(overload, *args)
         out = empty(_result_shape(self, mat2), out_dtype or self.dtype)
     else:
         if scales is None or out_dtype not in (None, out.dtype):
-            _fail_like_cpu(overload, *args, out=torch.empty(0, dtype=out.dtype))
-        resize_out(out, _result_shape(self, mat2))
+            raise_cpu_error(overload, *args, out=torch.empty(0, dtype=out.dtype))
+        prepare_out(out, _result_shape(self, mat2), distinct=(self, mat2))
     return _scaled_mm_into(out, self, mat2, *scales, bias)
 
 

@@ -12,14 +12,10 @@ import numpy as np
 import torch
 
 from .. import _tensor
+from .._errors import cpp_type_name, not_implemented_for, scalar_type_name
 from . import _libstdcxx
-from ._common import as_numpy, empty, new_tensor, operand, opmath_operand, resize_out, store_out, write
+from ._common import as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store, wrap_dim, wrap_dims, write
 from ._registry import register
-from .pointwise import type_name
-
-
-def _wrap_dim(dim, ndim):
-    return dim % max(ndim, 1)
 
 
 def _sortable(tensor, op_name):
@@ -36,18 +32,39 @@ def _skipped_by_cat(tensor):
     return tensor.dim() == 1 and tensor.numel() == 0
 
 
+def _cat_castable(result_dtype, out_dtype):
+    if not torch.can_cast(result_dtype, out_dtype):
+        raise TypeError(f"torch.cat(): input types can't be cast to the desired output type {scalar_type_name(out_dtype)}")
+
+
+def _cat_shape(parts, dim):
+    """The joined shape, with cat's checks of the parts against the first one."""
+    first = tuple(parts[0].shape)  # tuples: slicing a torch.Size costs several times more
+    joined = 0
+    for number, part in enumerate(parts):
+        shape = tuple(part.shape)
+        if len(shape) != len(first):
+            raise RuntimeError(f"Tensors must have same number of dimensions: got {len(first)} and {len(shape)}")
+        if shape[:dim] != first[:dim] or shape[dim + 1:] != first[dim + 1:]:
+            d = next(d for d in range(len(first)) if d != dim and shape[d] != first[d])
+            raise RuntimeError(f"Sizes of tensors must match except in dimension {dim}. Expected size "
+                               f"{first[d]} but got size {shape[d]} for tensor number {number} in the list.")
+        joined += shape[dim]
+    return first[:dim] + (joined,) + first[dim + 1:]
+
+
 @register("cat.out")
 def cat_out(tensors, dim=0, *, out):
+    if not tensors:
+        raise ValueError("torch.cat(): expected a non-empty list of Tensors")
     parts = [t for t in tensors if not _skipped_by_cat(t)]
+    dtypes = {t.dtype for t in tensors}
+    result_dtype = dtypes.pop() if len(dtypes) == 1 else functools.reduce(torch.promote_types, dtypes)
     if not parts:
+        prepare_out(out, out.shape if out.numel() == 0 else (0,), result_dtype, distinct=tensors, dtype_rule=_cat_castable)
         return out
-    dim = _wrap_dim(dim, parts[0].dim())
-    common = functools.reduce(torch.promote_types, (part.dtype for part in parts))
-    if not torch.can_cast(common, out.dtype):
-        raise TypeError(f"torch.cat(): input types can't be cast to the desired output type {type_name(out.dtype)}")
-    shape = list(parts[0].shape)
-    shape[dim] = sum(part.shape[dim] for part in parts)
-    resize_out(out, shape)
+    dim = wrap_dim(dim, parts[0].dim())
+    prepare_out(out, _cat_shape(parts, dim), result_dtype, distinct=tensors, dtype_rule=_cat_castable)
     target = as_numpy(out)
     name = _tensor.DTYPE_NAME[out.dtype]
     start = 0
@@ -67,18 +84,18 @@ def _flipped(self, dims):
     array = operand(self, "flip")
     if array.ndim == 0:
         return array
-    return np.flip(array, tuple(_wrap_dim(d, self.dim()) for d in dims))
+    return np.flip(array, wrap_dims(dims, self.dim()))
 
 
 @register("flip")
 def flip(self, dims):
-    return new_tensor(_flipped(self, dims), self.dtype)
+    return store(_flipped(self, dims), self.dtype)
 
 
 @register("flip.out")
 def flip_out(self, dims, *, out):
-    out.resize_(self.shape)
-    return write(out, _flipped(self, dims))
+    out.resize_(self.shape)  # CPU's flip resizes out= without the usual warning
+    return store(_flipped(self, dims), self.dtype, out=out, inputs=(self,))
 
 
 @register("roll")
@@ -87,16 +104,19 @@ def roll(self, shifts, dims=()):
     if not dims:
         if len(shifts) != 1:
             raise RuntimeError(f"`shifts` required to be of size 1 when `dims` is empty, got {len(shifts)}")
-        return new_tensor(np.roll(array.reshape(-1), shifts[0]).reshape(array.shape), self.dtype)
+        return store(np.roll(array.reshape(-1), shifts[0]).reshape(array.shape), self.dtype)
     if len(shifts) != len(dims):
         raise RuntimeError(f"shifts and dimensions must align. shifts: {len(shifts)}, dims:{len(dims)}")
-    axes = tuple(_wrap_dim(d, self.dim()) for d in dims)
-    return new_tensor(np.roll(array, tuple(shifts), axes), self.dtype)
+    axes = tuple(wrap_dim(d, self.dim(), scalar_has_dim=False) for d in dims)
+    return store(np.roll(array, tuple(shifts), axes), self.dtype)
 
 
 def _triangle_kernel(numpy_function):
     def kernel(self, diagonal=0, *, out):
-        return write(out, numpy_function(operand(self, numpy_function.__name__), diagonal))
+        name = numpy_function.__name__
+        if self.dim() < 2:
+            raise RuntimeError(f"{name}: input tensor must have at least 2 dimensions")
+        return store(numpy_function(operand(self, name), diagonal), self.dtype, out=out, dtype_rule=exact_dtype)
 
     return kernel
 
@@ -169,17 +189,17 @@ def _pad_kernels(mode, dims):
     name = f"{mode}_pad{dims}d"
 
     def forward(self, padding):
-        return new_tensor(_pad_forward(mode, self, padding), self.dtype)
+        return store(_pad_forward(mode, self, padding), self.dtype)
 
     def forward_out(self, padding, *, out):
-        return store_out(out, _pad_forward(mode, self, padding))
+        return store(_pad_forward(mode, self, padding), self.dtype, out=out, distinct=(self,), dtype_rule=exact_dtype)
 
     def backward(grad_output, self, padding):
-        return new_tensor(_pad_backward(mode, grad_output, self, padding), self.dtype)
+        return store(_pad_backward(mode, grad_output, self, padding), self.dtype)
 
     def backward_out(grad_output, self, padding, *, grad_input):
-        grad_input.resize_(self.shape)
-        return write(grad_input, _pad_backward(mode, grad_output, self, padding))
+        return store(_pad_backward(mode, grad_output, self, padding), self.dtype, out=grad_input,
+                     distinct=(grad_output, self), dtype_rule=exact_dtype)
 
     register(name)(forward)
     register(f"{name}.out")(forward_out)
@@ -262,6 +282,12 @@ def _selected_then_sorted(keys, k):
     return order
 
 
+def _prepare_ordered(self, values, indices, shape):
+    """sort's and topk's outputs: the values in the input's dtype, the indices as int64."""
+    prepare_out(values, shape, self.dtype, distinct=(self,), dtype_rule=exact_dtype)
+    prepare_out(indices, shape, torch.int64, distinct=(self,), dtype_rule=exact_dtype)
+
+
 def _ordered_into(values, indices, source, order, dim):
     write(values, np.take_along_axis(source, order, axis=dim))
     write(indices, order)
@@ -270,21 +296,25 @@ def _ordered_into(values, indices, source, order, dim):
 
 @register("sort.values_stable")
 def sort_values_stable(self, *, stable=None, dim=-1, descending=False, values, indices):
+    dim = wrap_dim(dim, self.dim())
+    _prepare_ordered(self, values, indices, self.shape)
     source = operand(self, "sort")
     if self.dim() == 0:
         write(values, source)
         return values, write(indices, np.zeros((), np.int64))
-    dim = _wrap_dim(dim, self.dim())
     return _ordered_into(values, indices, source, _sort_order(self, dim, descending, stable), dim)
 
 
 @register("topk.values")
 def topk_values(self, k, dim=-1, largest=True, sorted=True, *, values, indices):
+    dim = wrap_dim(dim, self.dim())
+    if not 0 <= k <= (self.shape[dim] if self.dim() else 1):
+        raise RuntimeError("selected index k out of range")
+    _prepare_ordered(self, values, indices, self.shape[:dim] + (k,) + self.shape[dim + 1:] if self.dim() else ())
     source = operand(self, "topk")
     if self.dim() == 0:
         write(values, source)
         return values, write(indices, np.zeros((), np.int64))
-    dim = _wrap_dim(dim, self.dim())
     return _ordered_into(values, indices, source, _top_order(self, dim, k, largest, sorted), dim)
 
 
@@ -315,9 +345,9 @@ def _unique_rows(rows, order):
 
 
 def _unique_outputs(self, inverse, counts, inverse_shape, return_inverse, return_counts, values):
-    unique = new_tensor(values, self.dtype)
-    inverse_tensor = new_tensor(inverse.reshape(inverse_shape), torch.int64) if return_inverse else empty((0,), torch.int64)
-    counts_tensor = new_tensor(counts, torch.int64) if return_counts else empty((0,), torch.int64)
+    unique = store(values, self.dtype)
+    inverse_tensor = store(inverse.reshape(inverse_shape), torch.int64) if return_inverse else empty((0,), torch.int64)
+    counts_tensor = store(counts, torch.int64) if return_counts else empty((0,), torch.int64)
     return unique, inverse_tensor, counts_tensor
 
 
@@ -350,7 +380,7 @@ def _check_unique_dim_of_empty(self, dim):
 
 
 def _dim_unique(self, dim, sort, return_inverse, return_counts):
-    dim = _wrap_dim(dim, self.dim())
+    dim = wrap_dim(dim, self.dim())
     _check_unique_dim_of_empty(self, dim)
     source = np.moveaxis(operand(self, "unique_dim"), dim, 0)
     rows = np.moveaxis(_sortable(self, "unique_dim"), dim, 0).reshape(source.shape[0], math.prod(source.shape[1:]))
@@ -393,7 +423,7 @@ def repeat_interleave(repeats, *, output_size=None):
     result = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
     if output_size is not None and result.size != output_size:
         raise RuntimeError("allocated size does not match required size")
-    return new_tensor(result, repeats.dtype)
+    return store(result, repeats.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -418,7 +448,7 @@ def _searchsorted(boundaries, values, right, side, sorter, out_int32):
         for row, row_queries, row_result in zip(rows, batched, result):
             row_result[...] = np.searchsorted(row, row_queries, side=numpy_side)
         result = result.reshape(queries.shape)
-    return new_tensor(result, torch.int32 if out_int32 else torch.int64)
+    return store(result, torch.int32 if out_int32 else torch.int64)
 
 
 def _check_searchsorted(boundaries, values, side, right):
@@ -487,7 +517,7 @@ def histc(self, bins=100, min=0, max=0):
     if not self.dtype.is_floating_point:
         raise RuntimeError(f"\"histogram_cpu\" not implemented for '{self.dtype}'")
     if bins <= 0:
-        raise RuntimeError("torch.histc(): bins must be > 0, but got " + str(bins) + " for dim 0")
+        raise RuntimeError(f"torch.histogram(): bins must be > 0, but got {bins} for dimension 0")
     values = operand(self, "histc").reshape(-1)
     low, high = _histc_range(values, min, max)
     # CPU's edges are linspace's in the input dtype (a double reaches bfloat16 through float),
@@ -499,7 +529,7 @@ def histc(self, bins=100, min=0, max=0):
         positions = ((values[inside] - low) * dtype(bins) / (high - low)).astype(np.int64)
     bin_of = np.full(values.shape, bins, np.int64)  # bin ``bins`` collects the skipped elements
     bin_of[inside] = np.minimum(positions, bins - 1)
-    return new_tensor(_thread_histograms(bin_of, bins, self.dtype), self.dtype)
+    return store(_thread_histograms(bin_of, bins, self.dtype), self.dtype)
 
 
 HISTOGRAM_GRAIN_SIZE = 200
@@ -517,9 +547,16 @@ def _thread_histograms(bin_of, bins, dtype):
     return np.sum(counts, axis=0, dtype=np.float32)
 
 
+def _same_dtype_as_input(input_dtype, hist_dtype):
+    if input_dtype != hist_dtype:
+        raise RuntimeError(f"torch.histogram: input tensor and hist tensor should have the same dtype, but got input "
+                           f"{cpp_type_name(input_dtype)} and hist {cpp_type_name(hist_dtype)}")
+
+
 @register("histc.out")
 def histc_out(self, bins=100, min=0, max=0, *, out):
-    return store_out(out, histc(self, bins, min, max))
+    _same_dtype_as_input(self.dtype, out.dtype)
+    return store(as_numpy(histc(self, bins, min, max)), self.dtype, out=out, distinct=(self,))
 
 
 @register("bincount")
@@ -527,16 +564,16 @@ def bincount(self, weights=None, minlength=0):
     if self.dim() != 1:
         raise RuntimeError("bincount only supports 1-d non-negative integral inputs.")
     if self.dtype.is_floating_point or self.dtype == torch.bool:
-        raise NotImplementedError(f"\"bincount_cpu\" not implemented for '{_tensor.DTYPE_NAME[self.dtype].title()}'")
+        raise not_implemented_for("bincount_cpu", self.dtype)
     if minlength < 0:
         raise RuntimeError("minlength should be >= 0")
     values = operand(self, "bincount")
     if values.size and values.min() < 0:
         raise RuntimeError("bincount only supports 1-d non-negative integral inputs.")
     if weights is None:
-        return new_tensor(np.bincount(values, minlength=minlength), torch.int64)
+        return store(np.bincount(values, minlength=minlength), torch.int64)
     if weights.shape != self.shape:
         raise RuntimeError("weights should be 1-d and have the same length as input")
     result_dtype = torch.float32 if weights.dtype == torch.float32 else torch.float64
     counts = np.bincount(values, weights=operand(weights, "bincount").astype(np.float64), minlength=minlength)
-    return new_tensor(counts, result_dtype)
+    return store(counts, result_dtype)

@@ -9,6 +9,7 @@ the ones here are registered directly because they are hot.
 import torch
 
 from .. import _tensor
+from .._errors import invalid_storage_offset
 from ._registry import register, register_with_keyset
 
 META = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
@@ -24,14 +25,29 @@ def _redispatch_to_meta(overload):
 
 for _overload in (
     torch.ops.aten.view.default,
-    torch.ops.aten.as_strided.default,
     torch.ops.aten._reshape_alias.default,
     torch.ops.aten.unfold.default,
     torch.ops.aten.view_as_real.default,
     torch.ops.aten.view_as_complex.default,
-    torch.ops.aten.as_strided_.default,
 ):
     register_with_keyset(_overload)(_redispatch_to_meta(_overload))
+
+
+def _checked_as_strided(overload):
+    """``as_strided`` checks its view against the storage first, as CPU does (Meta's own kernel
+    does not: it would hand out views past the end of the HBM buffer)."""
+
+    def kernel(keyset, self, size, stride, storage_offset=None):
+        offset = self.storage_offset() if storage_offset is None else storage_offset
+        _tensor.check_strided_view(size, stride, offset, self.element_size(), self.untyped_storage().nbytes())
+        return overload.redispatch(META, self, size, stride, storage_offset)
+
+    kernel.__name__ = f"checked_{overload.__name__.replace('.', '_')}"
+    return kernel
+
+
+for _overload in (torch.ops.aten.as_strided.default, torch.ops.aten.as_strided_.default):
+    register_with_keyset(_overload)(_checked_as_strided(_overload))
 
 
 def _ensure_capacity(storage, nbytes):
@@ -49,9 +65,20 @@ def _check_tpu_storage(storage):
 
 @register("set_.source_Storage_storage_offset")
 def set_storage_offset(self, source, storage_offset, size, stride=()):
+    """CPU's checks in CPU's order (at::native::checkSetStorage, then resize_impl_cpu_), all before the
+    storage grows: nothing is allocated for a layout CPU would refuse."""
     _check_tpu_storage(source)
-    stride = tuple(stride) or _tensor.contiguous_strides(size)
-    _ensure_capacity(source, _tensor.storage_nbytes(size, stride, self.element_size(), storage_offset))
+    size, stride = tuple(size), tuple(stride) or _tensor.contiguous_strides(size)
+    if len(size) != len(stride):
+        raise RuntimeError(f"unequal size length ({len(size)}) and stride length ({len(stride)})")
+    if storage_offset < 0:
+        raise invalid_storage_offset(storage_offset)
+    if size == tuple(self.shape) and stride == self.stride():  # an unchanged layout is only bounds-checked
+        _tensor.check_in_storage_bounds(size, stride, storage_offset, self.element_size(), source.nbytes())
+    elif _tensor.checked_numel(size):
+        _ensure_capacity(source, _tensor.storage_nbytes(size, stride, self.element_size(), storage_offset))
+    else:
+        _tensor.storage_nbytes(size, stride, self.element_size(), storage_offset)  # still refused if it overflows
     return _tensor.set_metadata(self, source, storage_offset, size, stride)
 
 
@@ -75,15 +102,19 @@ def set_empty(self):
 
 @register("resize_")
 def resize_(self, size, memory_format=None):
+    """CPU's resize_: element count and storage size checked (in that order) before the storage grows."""
     size = tuple(size)
-    if any(s < 0 for s in size):
-        raise RuntimeError(f"Trying to create tensor with negative dimension {min(size)}: {list(size)}")
-    if size == tuple(self.shape) and memory_format in (None, torch.preserve_format):
+    if memory_format == torch.preserve_format:
+        raise RuntimeError("Unsupported memory formatPreserve")
+    if size == tuple(self.shape) and memory_format is None:
         return self
-    if memory_format in (None, torch.contiguous_format, torch.preserve_format):
+    numel = _tensor.checked_numel(size)
+    nbytes = _tensor.contiguous_nbytes(size, self.element_size(), self.storage_offset())
+    if memory_format in (None, torch.contiguous_format):
         strides = _tensor.contiguous_strides(size)
     else:
         strides = torch.empty(size, memory_format=memory_format, device="meta").stride()
     storage = self.untyped_storage()
-    _ensure_capacity(storage, _tensor.storage_nbytes(size, strides, self.element_size(), self.storage_offset()))
+    if numel:
+        _ensure_capacity(storage, nbytes)
     return _tensor.set_metadata(self, storage, self.storage_offset(), size, strides)

@@ -1,0 +1,118 @@
+"""PyTorch's CPU loop structure, replayed where CPU results depend on it.
+
+A few CPU kernels give different bits for the same value depending on whether it is handled
+inside a SIMD vector or by the scalar loop around it: a NaN's payload after a float16 ->
+float32 copy, an out-of-range float copied to uint32, the last elements of ``arange``. Which
+elements land in vectors follows from how TensorIterator lays the work out:
+
+- dimensions are ordered by the operands' strides (output first), innermost first, and
+  adjacent dimensions are coalesced where every operand is contiguous across them;
+- at::parallel_for splits the flattened iteration into one chunk per thread once it reaches
+  ``GRAIN_SIZE`` elements (so CPU's results depend on its thread count, and ours follow it);
+- each chunk runs row by row along the innermost dimension; a vectorised kernel converts a
+  row whose operands are all contiguous in blocks of its vector width, and the row's last
+  ``length % width`` elements one at a time.
+
+This module knows nothing of torch: callers pass NumPy arrays and the thread count.
+"""
+
+import numpy as np
+
+GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE
+
+
+def parallel_chunk_length(n, threads):
+    """The length of each at::parallel_for chunk of ``range(n)`` (``n`` when it runs on one thread)."""
+    if n < GRAIN_SIZE or threads <= 1:
+        return max(n, 1)
+    tasks = min(threads, -(-n // GRAIN_SIZE))
+    return -(-n // tasks)
+
+
+def _should_swap(shape, strides, outer, inner):
+    """TensorIterator's comparison of two dimensions: 1 if ``outer`` belongs inside ``inner``."""
+    for operand in strides:
+        a, b = operand[outer], operand[inner]
+        if a == 0 or b == 0:  # broadcast in this operand: it cannot decide
+            continue
+        if a != b:
+            return -1 if a < b else 1
+        if shape[outer] > shape[inner]:
+            return 1
+    return 0
+
+
+def iteration_order(shape, strides):
+    """Dimensions innermost first, as TensorIterator's reorder_dimensions sorts them (an
+    insertion sort that stops at the first decided comparison)."""
+    order = list(range(len(shape) - 1, -1, -1))
+    for i in range(1, len(order)):
+        moving = i
+        for j in range(i - 1, -1, -1):
+            decision = _should_swap(shape, strides, order[j], order[moving])
+            if decision > 0:
+                order[j], order[moving] = order[moving], order[j]
+                moving = j
+            elif decision < 0:
+                break
+    return order
+
+
+def _coalesce(sizes, strides):
+    """TensorIterator's coalesce_dimensions over innermost-first sizes and per-operand strides."""
+    sizes, strides = list(sizes), [list(s) for s in strides]
+    kept = 0
+    for dim in range(1, len(sizes)):
+        mergeable = sizes[kept] == 1 or sizes[dim] == 1 or all(
+            sizes[kept] * s[kept] == s[dim] for s in strides)
+        if mergeable:
+            if sizes[kept] == 1:
+                for s in strides:
+                    s[kept] = s[dim]
+            sizes[kept] *= sizes[dim]
+        else:
+            kept += 1
+            sizes[kept] = sizes[dim]
+            for s in strides:
+                s[kept] = s[dim]
+    return sizes[:kept + 1], [s[:kept + 1] for s in strides]
+
+
+def _element_strides(array, shape):
+    array = np.broadcast_to(array, shape)
+    return [stride // array.itemsize for stride in array.strides]
+
+
+def simd_lanes(destination, source, indices, width, whole_iteration, reserved, threads):
+    """Whether each element at ``indices`` (a tuple of index arrays into ``destination``) is
+    handled in a vector of ``width`` elements by a CPU kernel writing ``destination`` from
+    ``source``.
+
+    ``whole_iteration``: the kernel vectorises only when the whole iteration is one contiguous
+    run (then the answer is None when it is not: every element goes through its scalar loop);
+    otherwise each row with contiguous operands is vectorised on its own. ``reserved``: how many
+    elements a row leaves to its scalar loop at least (some loops stop one short of a full vector).
+    """
+    shape = destination.shape
+    strides = [_element_strides(destination, shape), _element_strides(source, shape)]
+    order = iteration_order(shape, strides)
+    sizes, coalesced = _coalesce([shape[d] for d in order], [[s[d] for d in order] for s in strides])
+    rows_contiguous = sizes[0] == 1 or all(s[0] == 1 for s in coalesced)  # a lone element's stride is moot
+    if whole_iteration and not (rows_contiguous and len(sizes) == 1):
+        return None
+    count = len(indices[0])
+    if not rows_contiguous:
+        return np.zeros(count, bool)
+    # each element's place in the iteration: its index along the dimensions, innermost first
+    position, weight = np.zeros(count, np.int64), 1
+    for dim in order:
+        position += indices[dim].astype(np.int64) * weight
+        weight *= shape[dim]
+    row_length, total = max(sizes[0], 1), destination.size
+    chunk = parallel_chunk_length(total, threads)
+    chunk_start = position // chunk * chunk
+    row_start = position // row_length * row_length
+    segment_start = np.maximum(row_start, chunk_start)
+    segment_end = np.minimum(row_start + row_length, np.minimum(chunk_start + chunk, total))
+    vectorised_length = np.maximum(segment_end - segment_start - reserved, 0) // width * width
+    return position - segment_start < vectorised_length
