@@ -11,6 +11,10 @@ An allocation's address is the address of its host block (what
 ``storage.data_ptr()`` returns). ``live`` lists every allocation for memory
 snapshots; while ``history`` is set (``torch.tpu.memory._record_memory_history``)
 every allocation, free and OOM is also reported to it with its Python stack.
+
+In bufferless mode (abstract execution, ``torch_tpu.abstract()``) allocations are counted
+exactly as always but get no host memory: their block is a ``Bufferless`` stand-in holding a
+size and a unique address, so a model far larger than the host fits. Reading one raises.
 """
 
 import collections
@@ -45,8 +49,36 @@ def format_bytes(n):
         n /= 1024
 
 
+BUFFERLESS_ADDRESS_BASE = 1 << 47  # far above any host mapping, so the two kinds of address never meet
+
+
 def host_address(block):
-    return block.ctypes.data
+    return block.address if block.__class__ is Bufferless else block.ctypes.data
+
+
+class Bufferless:
+    """The host side of an allocation with no bytes: its size and an address no other allocation has.
+
+    ``retired`` keeps the host block of an allocation whose bytes were dropped (written in abstract
+    mode) until the allocation dies, so that its address cannot be handed out again meanwhile.
+    """
+
+    __slots__ = ("nbytes", "address", "retired")
+
+    def __init__(self, nbytes, address, retired=None):
+        self.nbytes, self.address, self.retired = nbytes, address, retired
+
+
+class BufferlessBlocks:
+    """Where allocations take their block in bufferless mode: addresses bumped, never reused."""
+
+    def __init__(self):
+        self.next_address = BUFFERLESS_ADDRESS_BASE
+
+    def take(self, nbytes):
+        address = self.next_address
+        self.next_address += -(-nbytes // HOST_ALIGNMENT) * HOST_ALIGNMENT
+        return Bufferless(nbytes, address)
 
 
 class Stat:
@@ -124,6 +156,8 @@ class HBM:
         self.events = events if events is not None else EventLog()
         self._log = self.events.append_raw
         self.pool = HostPool()
+        self.bufferless_blocks = BufferlessBlocks()
+        self.take_block = self.pool.take  # where new allocations get their host block
         self.allocated_bytes = Stat()
         self.allocations = Stat()
         self.num_ooms = 0
@@ -141,7 +175,7 @@ class HBM:
             if self.history is not None:
                 self.history.oom(nbytes, max(self.capacity - allocated.current, 0))
             raise HBMOutOfMemory(nbytes, allocated.current, self.capacity, self.chip_name)
-        block = self.pool.take(nbytes)
+        block = self.take_block(nbytes)
         self._next_id = buffer_id = self._next_id + 1
         # Stat.increase for both counters and EventLog.record, inlined: this runs for every
         # kernel's output, and each Python call would cost as much as the work it does
@@ -171,8 +205,24 @@ class HBM:
         del self.live[buffer.id]
         if self.history is not None:
             self.history.free(host_address(block), nbytes)
-        self.pool.give_back(block)
+        if block.__class__ is not Bufferless:
+            self.pool.give_back(block)
         self._log(("free", _now_ns(), buffer.id, nbytes, allocated.current))
+
+    @property
+    def bufferless(self):
+        return self.take_block == self.bufferless_blocks.take
+
+    def set_bufferless(self, bufferless):
+        """From now on, allocate without host memory (True) or with it (False)."""
+        self.take_block = self.bufferless_blocks.take if bufferless else self.pool.take
+
+    def drop_bytes(self, buffer):
+        """Forget the values of a live allocation (written while bufferless): it stays allocated, unreadable."""
+        block = buffer.array
+        if block.__class__ is Bufferless or not buffer.nbytes:
+            return
+        buffer.array = self.live[buffer.id] = Bufferless(buffer.nbytes, host_address(block), retired=block)
 
     @property
     def reserved_bytes(self):

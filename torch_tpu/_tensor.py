@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import _C
-from ._errors import device_mismatch
+from ._errors import NoValuesError, device_mismatch
 
 BUFFER_ATTRIBUTE = "_tpu_hbm_buffer"
 
@@ -132,17 +132,44 @@ def hbm_buffer(storage):
 
 def buffer_address(buffer):
     """The host address of an HBM buffer's bytes (0 for an empty one, as for an empty CPU storage)."""
-    return buffer.array.ctypes.data if buffer.nbytes else 0
+    return _C.hbm.host_address(buffer.array) if buffer.nbytes else 0
+
+
+def has_values(buffer):
+    """False for a buffer allocated or written in abstract mode: it has a size but no bytes."""
+    return buffer.array.__class__ is not _C.hbm.Bufferless
+
+
+def tensor_has_values(tensor):
+    """False for a tpu tensor made or written in abstract mode (and for one with no HBM buffer at all)."""
+    buffer = getattr(tensor.untyped_storage(), BUFFER_ATTRIBUTE, None)
+    return buffer is not None and has_values(buffer)
 
 
 def replace_buffer(storage, nbytes):
-    """Give ``storage`` a new buffer of ``nbytes``, keeping the bytes both have in common."""
+    """Give ``storage`` a new buffer of ``nbytes``, keeping the bytes both have in common.
+
+    A storage without values keeps none: its new buffer has no values either."""
     old = hbm_buffer(storage)
     new = allocate(nbytes)
-    kept = min(old.nbytes, nbytes)
-    new.array[:kept] = old.array[:kept]
+    if not has_values(old):
+        chip().hbm.drop_bytes(new)
+    elif has_values(new):
+        kept = min(old.nbytes, nbytes)
+        new.array[:kept] = old.array[:kept]
     setattr(storage, BUFFER_ATTRIBUTE, new)
     return new
+
+
+def ensure_capacity(storage, nbytes):
+    """Grow a storage's buffer to ``nbytes`` before Meta sets its nbytes: Meta grows nbytes silently."""
+    if nbytes > hbm_buffer(storage).nbytes:
+        replace_buffer(storage, nbytes)
+
+
+def tensor_on(storage, dtype, offset, shape, strides):
+    """A new tensor viewing ``storage`` (which must be large enough) with the given geometry."""
+    return set_metadata(_create_empty_tensor((0,), dtype), storage, offset, shape, strides)
 
 
 def as_numpy(tensor):
@@ -158,6 +185,8 @@ def as_numpy(tensor):
             return np.ndarray(tensor.shape, dtype, buffer, offset)
         return np.ndarray(tensor.shape, dtype, buffer, offset, [s * dtype.itemsize for s in tensor.stride()])
     except (TypeError, ValueError):  # NumPy's "buffer is too small" / "offset must be ... no greater than"
+        if buffer.__class__ is _C.hbm.Bufferless and tensor.numel():
+            raise NoValuesError() from None
         if tensor.numel():
             raise
         return np.empty(tensor.shape, dtype)  # an empty tensor may sit past the end of its storage

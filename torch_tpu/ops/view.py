@@ -34,12 +34,6 @@ for _overload in (
     register_with_keyset(_overload)(_redispatch_to_meta(_overload))
 
 
-def _ensure_capacity(storage, nbytes):
-    """Grow a storage's buffer before Meta sets its nbytes: Meta grows nbytes silently."""
-    if nbytes > _tensor.hbm_buffer(storage).nbytes:
-        _tensor.replace_buffer(storage, nbytes)
-
-
 def _check_tpu_storage(storage):
     if storage.device.type != "tpu":
         raise RuntimeError(
@@ -51,7 +45,7 @@ def _check_tpu_storage(storage):
 def set_storage_offset(self, source, storage_offset, size, stride=()):
     _check_tpu_storage(source)
     stride = tuple(stride) or _tensor.contiguous_strides(size)
-    _ensure_capacity(source, _tensor.storage_nbytes(size, stride, self.element_size(), storage_offset))
+    _tensor.ensure_capacity(source, _tensor.storage_nbytes(size, stride, self.element_size(), storage_offset))
     return _tensor.set_metadata(self, source, storage_offset, size, stride)
 
 
@@ -85,5 +79,5 @@ def resize_(self, size, memory_format=None):
     else:
         strides = torch.empty(size, memory_format=memory_format, device="meta").stride()
     storage = self.untyped_storage()
-    _ensure_capacity(storage, _tensor.storage_nbytes(size, strides, self.element_size(), self.storage_offset()))
+    _tensor.ensure_capacity(storage, _tensor.storage_nbytes(size, strides, self.element_size(), self.storage_offset()))
     return _tensor.set_metadata(self, storage, self.storage_offset(), size, strides)
