@@ -247,3 +247,20 @@ def test_environment_variable_makes_the_whole_process_abstract():
         print(torch_tpu.is_abstract(), torch.tpu.memory_allocated(), torch_tpu.has_values(x))
     """, env={"TORCH_TPU_ABSTRACT": "1"})
     assert process.stdout.split() == ["True", str(1 << 30), "False"]
+
+
+_LIBRARY = torch.library.Library("torch_tpu_abstract_test", "DEF")
+_LIBRARY.define("double(Tensor x) -> Tensor")
+_LIBRARY.impl("double", lambda x: x * 2, "CPU")
+_LIBRARY.impl("double", lambda x: torch.empty_like(x), "Meta")
+
+
+def test_the_opt_in_cpu_fallback_gives_shapes_from_meta(monkeypatch):
+    """An op with no tpu kernel would run on the CPU with TORCH_TPU_CPU_FALLBACK=1: it needs no values here."""
+    monkeypatch.setenv("TORCH_TPU_CPU_FALLBACK", "1")
+    with abstract():
+        doubled = torch.ops.torch_tpu_abstract_test.double(torch.ones(2, 3, device="tpu"))
+    assert (doubled.shape, doubled.device.type, has_values(doubled)) == ((2, 3), "tpu", False)
+    monkeypatch.setenv("TORCH_TPU_CPU_FALLBACK", "0")
+    with abstract(), pytest.raises(NotImplementedError, match="torch_tpu_abstract_test::double"):
+        torch.ops.torch_tpu_abstract_test.double(torch.ones(2, 3, device="tpu"))
