@@ -26,9 +26,14 @@ class ChipSpec:
     mxu_shape: tuple
     sparsecores: int
     vmem_bytes_per_tensorcore: int
-    ici_bandwidth_bidi: float  # bytes/s per chip, both directions
+    ici_bandwidth_bidi: float  # bytes/s per chip, both directions, all links together
     topology: str
     max_pod_chips: int
+    # The torus the chips of a slice form (csrc_py/ici.py). A link joins two neighbours along one
+    # axis; its bidirectional bandwidth is what collectives see ("W" in "How to Scale Your Model").
+    ici_link_bandwidth_bidi: float  # bytes/s per link (per torus axis), both directions
+    torus_dims: int
+    torus_wraparound_multiple: int  # an axis whose size is a multiple of this closes into a ring
 
     @property
     def mxu_dtypes(self):
@@ -60,6 +65,8 @@ CHIPS = {
             mxus_per_tensorcore=2, mxu_shape=(256, 256), sparsecores=4,
             vmem_bytes_per_tensorcore=64 * MiB, ici_bandwidth_bidi=1200 * GIGA,
             topology="3D torus, 64-chip cubes joined by OCS", max_pod_chips=9216,
+            # derived, not published: the per-chip figure over its 6 links (3 axes, 2 directions)
+            ici_link_bandwidth_bidi=1200 * GIGA / 6, torus_dims=3, torus_wraparound_multiple=4,
         ),
         ChipSpec(
             name="v6e", generation="Trillium", peak_flops=_flops(918, fp8=918, int8=1836),
@@ -67,6 +74,7 @@ CHIPS = {
             mxus_per_tensorcore=2, mxu_shape=(256, 256), sparsecores=2,
             vmem_bytes_per_tensorcore=128 * MiB, ici_bandwidth_bidi=800 * GIGA,
             topology="2D torus 16x16", max_pod_chips=256,
+            ici_link_bandwidth_bidi=180 * GIGA, torus_dims=2, torus_wraparound_multiple=16,
         ),
         ChipSpec(
             name="v5p", generation="v5p", peak_flops=_flops(459, fp8=459, int8=918),
@@ -74,6 +82,7 @@ CHIPS = {
             mxus_per_tensorcore=4, mxu_shape=(128, 128), sparsecores=4,
             vmem_bytes_per_tensorcore=64 * MiB, ici_bandwidth_bidi=1200 * GIGA,
             topology="3D torus", max_pod_chips=8960,
+            ici_link_bandwidth_bidi=180 * GIGA, torus_dims=3, torus_wraparound_multiple=4,
         ),
         ChipSpec(
             name="v5e", generation="v5e", peak_flops=_flops(197, int8=393),
@@ -81,6 +90,7 @@ CHIPS = {
             mxus_per_tensorcore=4, mxu_shape=(128, 128), sparsecores=0,
             vmem_bytes_per_tensorcore=128 * MiB, ici_bandwidth_bidi=400 * GIGA,
             topology="2D torus 16x16", max_pod_chips=256,
+            ici_link_bandwidth_bidi=90 * GIGA, torus_dims=2, torus_wraparound_multiple=16,
         ),
     )
 }

@@ -17,6 +17,11 @@ The host is modelled as infinitely fast: kernels on one stream run back to back,
 that has nothing to do is idle, and a new stream starts at the last point the host waited
 for the device (``synchronize``). Each chip keeps per-kernel-name totals from process start,
 which ``torch_tpu.report()`` and ``python -m torch_tpu.smi`` read.
+
+Collectives run over the ICI on streams of their own, one per process group (as NCCL gives each
+communicator a stream): a collective starts once the stream that issued it has finished the work
+before it, and takes the time ``csrc_py/ici.py`` gives it. Compute streams go on meanwhile; they
+wait for it only when asked (``work.wait()``), so communication overlaps computation.
 """
 
 import dataclasses
@@ -27,6 +32,7 @@ import dataclasses
 LAUNCH_OVERHEAD_SECONDS = 1e-6
 FLOAT32_DEFAULT_PASSES = 6
 PROGRESS_EVERY_KERNELS = 1000  # how often progress hooks (the smi publisher) are called
+COLLECTIVE_STREAM_BASE = 1 << 32  # ids of collective streams, clear of torch.tpu.Stream's
 
 
 @dataclasses.dataclass(slots=True)
@@ -47,6 +53,17 @@ class KernelCost:
     @property
     def bytes(self):
         return self.bytes_read + self.bytes_written
+
+
+@dataclasses.dataclass(slots=True)
+class CollectiveCost(KernelCost):
+    """A collective over the ICI: it moves ``ici_bytes`` (V, the whole array) over torus ``axes``."""
+
+    ici_bytes: int = 0
+    seconds: float = 0.0
+    axes: tuple = ()  # e.g. ("x:4 ring", "y:2 line")
+    algorithm: str = ""
+    group: str = ""
 
 
 @dataclasses.dataclass(slots=True)
@@ -127,6 +144,8 @@ class Clock:
         self.progress_hooks = []  # called every PROGRESS_EVERY_KERNELS kernels
         self.current_stream = 0
         self._next_progress = PROGRESS_EVERY_KERNELS
+        self.stream_names = {}  # labels of the streams torch.tpu did not create (collective streams)
+        self.collective_totals = {}  # collective name -> OpTotals (seconds on the ICI, bytes moved)
 
     @property
     def busy_seconds(self):
@@ -176,6 +195,27 @@ class Clock:
             self._progress()
         return start, end
 
+    def collective_stream(self, label):
+        """A new stream for the collectives of one process group, named ``label`` in traces."""
+        stream = COLLECTIVE_STREAM_BASE + len(self.stream_names)
+        self.stream_names[stream] = label
+        return stream
+
+    def charge_collective(self, cost, stream, issued_on):
+        """Run collective ``cost`` on ``stream`` once ``issued_on`` has finished the work issued before it."""
+        start = max(self.now(stream), self.now(issued_on))
+        end = self.stream_seconds[stream] = start + cost.seconds
+        key = f"{cost.name} [{cost.group}]" if cost.group else cost.name
+        totals = self.collective_totals.get(key)
+        if totals is None:
+            totals = self.collective_totals[key] = OpTotals()
+        totals.add(cost.seconds, 0.0, cost.ici_bytes, 0)
+        if self.recorders:
+            record = KernelRecord(cost, stream, start, end)
+            for recorder in self.recorders:
+                recorder.append(record)
+        return start, end
+
     def _progress(self):
         self._next_progress = self.kernels_run + PROGRESS_EVERY_KERNELS
         for hook in self.progress_hooks:
@@ -203,3 +243,6 @@ class Clock:
 
     def totals_snapshot(self):
         return {name: totals.copy() for name, totals in self.op_totals.items()}
+
+    def collective_totals_snapshot(self):
+        return {name: totals.copy() for name, totals in self.collective_totals.items()}

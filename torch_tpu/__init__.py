@@ -23,10 +23,15 @@ _accelerator.install()
 from . import _pinned, _printing, _storage, autocast, fp8, ops, profiler  # noqa: E402,F401
 from . import _abstract  # noqa: E402
 from ._abstract import abstract, has_values, is_abstract  # noqa: E402
+from . import distributed  # noqa: E402
+
+distributed.register_backend()
+
+from .distributed import simulate  # noqa: E402
 from .ops.fallback import fallback_counts  # noqa: E402
 from .report import report  # noqa: E402
 
 _abstract.enable_from_environment()
 
 __version__ = "0.1.0"
-__all__ = ["abstract", "fallback_counts", "has_values", "is_abstract", "report"]
+__all__ = ["abstract", "fallback_counts", "has_values", "is_abstract", "report", "simulate"]

@@ -8,8 +8,9 @@
 
 The trace has two processes: the host (Python wall-clock time of each emulated kernel, and
 HBM allocated) and the TPU, whose time line is the *simulated* chip: one event per kernel
-per stream, with its FLOPs, bytes, shapes and dtypes, and HBM allocated on the same clock.
-Both start at 0 at the start of the profile.
+per stream, with its FLOPs, bytes, shapes and dtypes, one event per collective on the ICI
+stream of its process group, with its bytes, torus axes and algorithm, and HBM allocated on
+the same clock. Both start at 0 at the start of the profile.
 """
 
 import bisect
@@ -19,9 +20,9 @@ import threading
 import time
 
 from . import _C
-from ._C.clock import compute_seconds, OpTotals
+from ._C.clock import CollectiveCost, compute_seconds, OpTotals
 from ._C.hbm import format_bytes
-from .report import StepReport, Window, op_table
+from .report import StepReport, Window, ici_busy_and_exposed, op_table
 
 DEVICE_PID = 0  # as Kineto numbers GPU processes by device index
 MEMORY_COUNTER = "HBM allocated"
@@ -72,10 +73,18 @@ class profile:
         """Mark the end of a training step (as torch.profiler's ``prof.step()``)."""
         self.step_marks.append(self.chip.clock.device_now() - self.window.device_start)
 
+    @property
+    def kernel_records(self):
+        return [r for r in self.records if not isinstance(r.cost, CollectiveCost)]
+
+    @property
+    def collective_records(self):
+        return [r for r in self.records if isinstance(r.cost, CollectiveCost)]
+
     def _totals(self, key):
         totals = {}
         spec = self.chip.spec
-        for record in self.records:
+        for record in self.kernel_records:
             cost = record.cost
             op = totals.setdefault(key(record), OpTotals())
             op.add(record.seconds, compute_seconds(cost, spec) if cost.mxu_flops else 0.0, cost.bytes, cost.flops)
@@ -87,12 +96,24 @@ class profile:
         key = (lambda r: f"{r.cost.name} {list(r.cost.shapes)}") if group_by_input_shape else (lambda r: r.cost.name)
         return op_table(self._totals(key), self.chip.spec, self.device_seconds)
 
+    def collective_averages(self):
+        """Per-collective totals ("name [group]" -> OpTotals: calls, ICI seconds, bytes moved)."""
+        totals = {}
+        for record in self.collective_records:
+            cost = record.cost
+            key = f"{cost.name} [{cost.group}]" if cost.group else cost.name
+            totals.setdefault(key, OpTotals()).add(record.seconds, 0.0, cost.ici_bytes, 0)
+        return totals
+
     def report(self, top=10):
         """The StepReport of the profiled region."""
+        kernels, collectives = self.kernel_records, self.collective_records
+        ici, exposed = ici_busy_and_exposed([(r.start, r.end) for r in kernels], [(r.start, r.end) for r in collectives])
         return StepReport(
             spec=self.chip.spec, device_seconds=self.device_seconds, host_seconds=self.host_seconds,
-            kernels=len(self.records), hbm_peak=self.hbm_peak, hbm_capacity=self.chip.hbm.capacity,
+            kernels=len(kernels), hbm_peak=self.hbm_peak, hbm_capacity=self.chip.hbm.capacity,
             ops=self.key_averages(), steps=len(self.step_marks), title="profiled region", top=top,
+            collectives=self.collective_averages(), ici_seconds=ici, exposed_ici_seconds=exposed,
         )
 
     summary = report
@@ -112,6 +133,12 @@ def _name(pid, tid, kind, name):
 
 def _sort_index(pid, index):
     return {"ph": "M", "pid": pid, "tid": 0, "name": "process_sort_index", "args": {"sort_index": index}}
+
+
+def _collective_args(record):
+    cost = record.cost
+    return {"stream": record.stream, "group": cost.group, "bytes": cost.ici_bytes, "axes": list(cost.axes),
+            "algorithm": cost.algorithm, "shapes": [list(s) for s in cost.shapes], "dtypes": list(cost.dtypes)}
 
 
 def _kernel_args(record, correlation):
@@ -136,7 +163,12 @@ def chrome_trace(prof):
         _sort_index(DEVICE_PID, 1),
     ]
     threads, streams = set(), set()
-    for index, record in enumerate(prof.records):
+    for record in prof.collective_records:
+        events.append({"ph": "X", "cat": "collective", "name": record.cost.name, "pid": DEVICE_PID,
+                       "tid": record.stream, "ts": us((record.start - window.device_start) * 1e6, 6),
+                       "dur": us(record.seconds * 1e6, 6), "args": _collective_args(record)})
+        streams.add(record.stream)
+    for index, record in enumerate(prof.kernel_records):
         name, args = record.cost.name, _kernel_args(record, index)
         host_ts = (record.host_start_ns - window.host_start_ns) / 1e3
         events.append({"ph": "X", "cat": "cpu_op", "name": name, "pid": host_pid, "tid": record.thread,
@@ -150,8 +182,9 @@ def chrome_trace(prof):
     for thread in sorted(threads):
         label = "Python main thread" if thread == main_thread else f"Python thread {thread} (autograd)"
         events.append(_name(host_pid, thread, "thread_name", label))
+    labels = prof.chip.clock.stream_names
     for stream in sorted(streams):
-        events.append(_name(DEVICE_PID, stream, "thread_name", f"stream {stream}"))
+        events.append(_name(DEVICE_PID, stream, "thread_name", labels.get(stream, f"stream {stream}")))
     events += _memory_counters(prof, host_pid)
     for mark, device_time in enumerate(prof.step_marks):
         events.append({"ph": "i", "s": "p", "name": f"step {mark}", "pid": DEVICE_PID, "tid": 0,
@@ -170,13 +203,14 @@ def _memory_counters(prof, host_pid):
     A memory event happens on the device after the last kernel the host finished before it.
     """
     window = prof.window
-    host_ends = [r.host_end_ns for r in prof.records]
+    records = prof.kernel_records
+    host_ends = [r.host_end_ns for r in records]
     counters = []
     for kind, host_ns, _, _, allocated in prof.memory_events:
         if kind == "oom":
             continue
         before = bisect.bisect_right(host_ends, host_ns)
-        device_time = prof.records[before - 1].end - window.device_start if before else 0.0
+        device_time = records[before - 1].end - window.device_start if before else 0.0
         counters.append({"ph": "C", "name": MEMORY_COUNTER, "pid": host_pid, "tid": 0,
                          "ts": round((host_ns - window.host_start_ns) / 1e3, 3), "args": {"bytes": allocated}})
         counters.append({"ph": "C", "name": MEMORY_COUNTER, "pid": DEVICE_PID, "tid": 0,

@@ -9,6 +9,11 @@ Per op: arithmetic intensity is MXU FLOPs per HBM byte; an op is compute-bound w
 MXU time exceeds its HBM time, i.e. when its intensity is above the chip's ridge point for
 its input type (``peak / HBM bandwidth``: 313 FLOP/byte for bf16 on Ironwood). "% roofline"
 is the share of the device time spent at the roofline; the rest is launch overhead.
+
+Time is split into MXU time (FLOPs at peak), HBM time (bytes at HBM bandwidth), both summed over
+kernels, and ICI time (collectives, on their own streams). The ICI time that no kernel overlaps is
+*exposed*: the step waited for it. A profile knows every kernel's interval and gives that exactly;
+the running report (no intervals kept) gives the ICI total only.
 """
 
 import atexit
@@ -132,6 +137,51 @@ def op_table(totals_by_name, spec, device_seconds):
     return OpTable(rows, device_seconds)
 
 
+def collective_table(totals_by_name, row_limit=10):
+    """Collectives by ICI time: calls, time, bytes moved (V) and the bandwidth that makes."""
+    rows = sorted(((name, t) for name, t in totals_by_name.items() if t.count), key=lambda r: (-r[1].seconds, r[0]))
+    header = f"{'Collective [group]':<{NAME_WIDTH}}{'Calls':>7}{'ICI total':>14}{'ICI avg':>12}{'Bytes (V)':>13}{'V / time':>13}"
+    rule = "-" * len(header)
+    lines = [rule, header, rule]
+    for name, t in rows[:row_limit]:
+        name = name if len(name) <= NAME_WIDTH - 1 else name[: NAME_WIDTH - 4] + "..."
+        rate = f"{t.bytes / t.seconds / 1e9:.1f} GB/s" if t.seconds else "-"
+        lines.append(f"{name:<{NAME_WIDTH}}{t.count:>7}{format_time(t.seconds):>14}"
+                     f"{format_time(t.seconds / t.count):>12}{format_bytes(t.bytes):>13}{rate:>13}")
+    return "\n".join([*lines, rule]) + "\n"
+
+
+def merged_intervals(intervals):
+    """The union of (start, end) intervals, as sorted disjoint intervals."""
+    merged = []
+    for start, end in sorted(intervals):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1][1] = end
+        else:
+            merged.append([start, end])
+    return merged
+
+
+def overlap_seconds(a, b):
+    """Length of the intersection of two sorted disjoint interval lists."""
+    total, i, j = 0.0, 0, 0
+    while i < len(a) and j < len(b):
+        total += max(0.0, min(a[i][1], b[j][1]) - max(a[i][0], b[j][0]))
+        if a[i][1] < b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return total
+
+
+def ici_busy_and_exposed(compute_intervals, collective_intervals):
+    """Seconds the ICI is busy, and of those the seconds no kernel runs (the step waits for the ICI)."""
+    ici = merged_intervals(collective_intervals)
+    busy = sum(end - start for start, end in ici)
+    return busy, busy - overlap_seconds(ici, merged_intervals(compute_intervals))
+
+
 class Window:
     """A span of the chip's life: where the clock, HBM and the event log stood at its start."""
 
@@ -141,6 +191,7 @@ class Window:
         self.device_start = chip.clock.device_now()
         self.allocated_start = chip.hbm.allocated_bytes.current
         self.totals_start = chip.clock.totals_snapshot()
+        self.collectives_start = chip.clock.collective_totals_snapshot()
         self.kernels_start = chip.clock.kernels_run
 
     def hbm_peak(self):
@@ -151,11 +202,15 @@ class Window:
         return max([self.allocated_start, *(e[4] for e in events.since(self.host_start_ns))])
 
     def totals(self):
-        empty = OpTotals()
-        return {
-            name: totals.minus(self.totals_start.get(name, empty))
-            for name, totals in self.chip.clock.op_totals.items()
-        }
+        return _since(self.chip.clock.op_totals, self.totals_start)
+
+    def collective_totals(self):
+        return _since(self.chip.clock.collective_totals, self.collectives_start)
+
+
+def _since(totals_by_name, start):
+    empty = OpTotals()
+    return {name: totals.minus(start.get(name, empty)) for name, totals in totals_by_name.items()}
 
 
 @dataclasses.dataclass
@@ -172,10 +227,29 @@ class StepReport:
     steps: int = 0
     title: str = "step report"
     top: int = 10
+    collectives: dict = dataclasses.field(default_factory=dict)  # "name [group]" -> OpTotals
+    ici_seconds: float = 0.0  # time the ICI is busy
+    exposed_ici_seconds: float = None  # of which no kernel overlaps it (None: not known)
 
     @property
     def flops(self):
         return sum(row.flops for row in self.ops)
+
+    @property
+    def mxu_seconds(self):
+        """MXU time of every kernel at peak, summed."""
+        return sum(row.totals.compute_seconds for row in self.ops)
+
+    @property
+    def hbm_seconds(self):
+        """HBM time of every kernel at full bandwidth, summed."""
+        return sum(row.memory_seconds for row in self.ops)
+
+    @property
+    def ici_share(self):
+        """Share of the device time spent waiting for the ICI (exposed, else total ICI time)."""
+        ici = self.ici_seconds if self.exposed_ici_seconds is None else self.exposed_ici_seconds
+        return ici / self.device_seconds if self.device_seconds else 0.0
 
     @property
     def mfu(self):
@@ -200,10 +274,20 @@ class StepReport:
             f" ({self.hbm_peak / self.hbm_capacity if self.hbm_capacity else 0:.2%})",
             f"  launch overhead       : {format_time(overhead)}"
             f" ({overhead / self.device_seconds if self.device_seconds else 0:.1%} of device time)",
+            f"  time split            : MXU {format_time(self.mxu_seconds)}, HBM {format_time(self.hbm_seconds)}"
+            f" (summed over kernels), ICI {format_time(self.ici_seconds)}{self._exposed()}",
             f"  host time (emulation) : {format_time(self.host_seconds)}",
             f"Top {self.top} ops by device time:",
         ]
-        return "\n".join(lines) + "\n" + self.ops.table(row_limit=self.top)
+        text = "\n".join(lines) + "\n" + self.ops.table(row_limit=self.top)
+        if self.collectives:
+            text += "Collectives over the ICI:\n" + collective_table(self.collectives, self.top)
+        return text
+
+    def _exposed(self):
+        if self.exposed_ici_seconds is None:
+            return ""
+        return f" ({format_time(self.exposed_ici_seconds)} exposed, {self.ici_share:.1%} of device time)"
 
     def __repr__(self):
         return str(self)
@@ -224,6 +308,8 @@ def report(reset=False):
         kernels=chip.clock.kernels_run - window.kernels_start, hbm_peak=window.hbm_peak(),
         hbm_capacity=chip.hbm.capacity, ops=op_table(window.totals(), chip.spec, device_seconds),
         title="report since " + ("last reset" if _window else "process start"),
+        collectives=(collectives := window.collective_totals()),
+        ici_seconds=sum(t.seconds for t in collectives.values()),
     )
     if reset:
         _window = Window(chip)
@@ -236,7 +322,7 @@ _PROCESS_START_NS = time.perf_counter_ns()  # close enough: torch_tpu is importe
 def _process_window(chip):
     window = Window(chip)
     window.host_start_ns, window.device_start, window.allocated_start = _PROCESS_START_NS, 0.0, 0
-    window.totals_start, window.kernels_start = {}, 0
+    window.totals_start, window.collectives_start, window.kernels_start = {}, {}, 0
     return window
 
 

@@ -1,0 +1,284 @@
+"""Worker (run under torchrun): every c10d collective on tpu tensors against gloo on CPU tensors.
+
+The default process group is "ici" (init_process_group() with no backend: tpu is the accelerator);
+a second, plain gloo group gives the reference. Results must be equal bit for bit where gloo can
+compute them; dtypes gloo cannot reduce (bf16 on more than 2 ranks, fp16, FP8, unsigned) are
+checked against a float32 (or wider) reduction of every rank's input, rounded once. Prints
+"collectives ok" on success; any mismatch raises.
+"""
+
+import datetime
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+
+import torch_tpu  # noqa: F401
+
+dist.init_process_group(timeout=datetime.timedelta(seconds=30))
+rank, world = dist.get_rank(), dist.get_world_size()
+gloo = dist.new_group(backend="gloo")
+assert dist.get_backend() == "ici" or dist.group.WORLD.name() == "ici", dist.group.WORLD.name()
+
+GLOO_DTYPES = [torch.float32, torch.float64, torch.int64, torch.int32, torch.int8, torch.uint8]
+OPS = [dist.ReduceOp.SUM, dist.ReduceOp.AVG, dist.ReduceOp.MAX, dist.ReduceOp.MIN, dist.ReduceOp.PRODUCT]
+
+
+def values(dtype, shape=(6, 5), seed=0):
+    generator = torch.Generator().manual_seed(1000 * seed + rank)
+    if dtype.is_floating_point:
+        return (torch.randn(shape, generator=generator) * 3).to(dtype)
+    if dtype == torch.bool:
+        return torch.randint(0, 2, shape, generator=generator).bool()
+    return torch.randint(1, 5, shape, generator=generator).to(dtype)
+
+
+def same(tpu, cpu, what):
+    tpu = tpu.cpu()
+    assert tpu.dtype == cpu.dtype and tpu.shape == cpu.shape, (what, tpu.dtype, cpu.dtype, tpu.shape, cpu.shape)
+    equal = torch.equal(tpu.view(torch.uint8) if tpu.dtype.itemsize == 1 else tpu, cpu.view(torch.uint8) if cpu.dtype.itemsize == 1 else cpu)
+    if not equal and tpu.dtype.is_floating_point:
+        equal = torch.equal(tpu.isnan(), cpu.isnan()) and torch.equal(tpu.nan_to_num(), cpu.nan_to_num())
+    assert equal, f"{what} on rank {rank}:\ntpu {tpu}\ncpu {cpu}"
+
+
+def gathered(tensor):
+    """Every rank's tensor (over gloo, as raw bytes)."""
+    raw = tensor.contiguous().view(torch.uint8) if tensor.dim() else tensor.reshape(1).view(torch.uint8)
+    pieces = [torch.empty_like(raw) for _ in range(world)]
+    dist.all_gather(pieces, raw, group=gloo)
+    return [p.view(tensor.dtype).view(tensor.shape) for p in pieces]
+
+
+def reduced_once(inputs, op, wide):
+    """The reduction of every rank's input in the ``wide`` dtype, rounded once to the input dtype."""
+    stack = torch.stack([t.to(wide) for t in inputs])
+    result = {
+        dist.ReduceOp.SUM: lambda: stack.sum(0), dist.ReduceOp.AVG: lambda: stack.sum(0) / world,
+        dist.ReduceOp.MAX: lambda: stack.amax(0), dist.ReduceOp.MIN: lambda: stack.amin(0),
+        dist.ReduceOp.PRODUCT: lambda: stack.prod(0),
+    }[op]()
+    return result.to(inputs[0].dtype)
+
+
+def check_all_reduce():
+    for dtype in GLOO_DTYPES:
+        for op in OPS:
+            if op == dist.ReduceOp.AVG and not dtype.is_floating_point:
+                continue
+            cpu = values(dtype)
+            tpu = cpu.to("tpu")
+            dist.all_reduce(cpu, op=op, group=gloo)
+            dist.all_reduce(tpu, op=op)
+            same(tpu, cpu, f"all_reduce {dtype} {op}")
+    # non-contiguous, 0-d and empty tensors
+    cpu = values(torch.float32, (5, 6)).t()
+    tpu = values(torch.float32, (5, 6)).to("tpu").t()
+    dist.all_reduce(cpu, group=gloo)
+    dist.all_reduce(tpu)
+    same(tpu, cpu, "all_reduce of a transposed view")
+    for shape in ((), (0, 3)):
+        cpu = values(torch.float32, shape)
+        tpu = cpu.to("tpu")
+        dist.all_reduce(cpu, group=gloo)
+        dist.all_reduce(tpu)
+        same(tpu, cpu, f"all_reduce of shape {shape}")
+    # low precision and unsigned types: reduced in a wider type, rounded once
+    for dtype, wide in ((torch.bfloat16, torch.float32), (torch.float16, torch.float32),
+                        (torch.float8_e4m3fn, torch.float32), (torch.float8_e5m2, torch.float32),
+                        (torch.uint16, torch.int64), (torch.uint32, torch.int64)):
+        for op in OPS:
+            if op == dist.ReduceOp.AVG and not dtype.is_floating_point:
+                continue
+            mine = values(torch.float32, seed=2).to(dtype) if dtype.is_floating_point else values(dtype, seed=2)
+            tpu = mine.to("tpu")
+            dist.all_reduce(tpu, op=op)
+            expected = reduced_once(gathered(mine), op, wide)
+            same(tpu, expected, f"all_reduce {dtype} {op}")
+            if world == 2 and dtype in (torch.bfloat16, torch.float16) and op != dist.ReduceOp.AVG:
+                cpu = mine.clone()
+                dist.all_reduce(cpu, op=op, group=gloo)
+                same(tpu, cpu, f"all_reduce {dtype} {op} equals gloo on 2 ranks")
+    # uint64 max keeps unsigned order
+    big = torch.tensor([2**63 + rank, 5], dtype=torch.uint64)
+    tpu = big.to("tpu")
+    dist.all_reduce(tpu, op=dist.ReduceOp.MAX)
+    assert tpu.cpu().tolist() == [2**63 + world - 1, 5], tpu.cpu().tolist()
+    # PREMUL_SUM scales, then sums
+    tpu = torch.full((3,), float(rank + 1), device="tpu")
+    dist.all_reduce(tpu, op=dist._make_nccl_premul_sum(0.5))
+    assert tpu.cpu().tolist() == [0.5 * sum(range(1, world + 1))] * 3
+
+
+def check_gathers_and_scatters():
+    for dtype in (*GLOO_DTYPES, torch.bfloat16, torch.float8_e4m3fn, torch.bool, torch.complex64):
+        cpu = values(torch.float32, (3, 4)).to(dtype) if dtype in (torch.bfloat16, torch.float8_e4m3fn) else values(dtype, (3, 4))
+        reference = gathered(cpu)
+        # all_gather_into_tensor
+        out = torch.empty((3 * world, 4), dtype=dtype, device="tpu")
+        dist.all_gather_into_tensor(out, cpu.to("tpu"))
+        same(out, torch.cat(reference), f"all_gather_into_tensor {dtype}")
+        # all_gather (list)
+        outs = [torch.empty((3, 4), dtype=dtype, device="tpu") for _ in range(world)]
+        dist.all_gather(outs, cpu.to("tpu"))
+        for i in range(world):
+            same(outs[i], reference[i], f"all_gather {dtype} [{i}]")
+        # broadcast from the last rank
+        tpu = cpu.to("tpu")
+        dist.broadcast(tpu, src=world - 1)
+        same(tpu, reference[-1], f"broadcast {dtype}")
+        # scatter from rank 0, gather to rank 0
+        pieces = [values(dtype, (2, 2), seed=7 + i) for i in range(world)] if not dtype.is_floating_point or dtype in (torch.float32, torch.float64) else None
+        if pieces is not None:
+            everyone = gathered(pieces[0])  # rank 0 scatters what every rank made
+            got = torch.empty((2, 2), dtype=dtype, device="tpu")
+            dist.scatter(got, [p.to("tpu") for p in everyone] if rank == 0 else None, src=0)
+            same(got, everyone[rank], f"scatter {dtype}")
+            targets = [torch.empty_like(cpu, device="tpu") for _ in range(world)] if rank == 0 else None
+            dist.gather(cpu.to("tpu"), targets, dst=0)
+            if rank == 0:
+                for i in range(world):
+                    same(targets[i], reference[i], f"gather {dtype} [{i}]")
+    # reduce_scatter_tensor and reduce_scatter against gloo
+    for dtype in GLOO_DTYPES:
+        for op in OPS:
+            if op == dist.ReduceOp.AVG and not dtype.is_floating_point:
+                continue
+            source = values(dtype, (world * 2, 3), seed=3)
+            cpu, tpu = torch.empty((2, 3), dtype=dtype), torch.empty((2, 3), dtype=dtype, device="tpu")
+            dist.reduce_scatter_tensor(cpu, source, op=op, group=gloo)
+            dist.reduce_scatter_tensor(tpu, source.to("tpu"), op=op)
+            same(tpu, cpu, f"reduce_scatter_tensor {dtype} {op}")
+            chunks = list(source.chunk(world))
+            cpu_list, tpu_list = torch.empty((2, 3), dtype=dtype), torch.empty((2, 3), dtype=dtype, device="tpu")
+            dist.reduce_scatter(cpu_list, chunks, op=op, group=gloo)
+            dist.reduce_scatter(tpu_list, [c.to("tpu") for c in chunks], op=op)
+            same(tpu_list, cpu_list, f"reduce_scatter {dtype} {op}")
+            # reduce to the last rank
+            cpu_r, tpu_r = source.clone(), source.to("tpu")
+            dist.reduce(cpu_r, dst=world - 1, op=op, group=gloo)
+            dist.reduce(tpu_r, dst=world - 1, op=op)
+            if rank == world - 1:
+                same(tpu_r, cpu_r, f"reduce {dtype} {op}")
+    # bfloat16 reduce-scatter in float32, rounded once
+    source = values(torch.float32, (world * 2, 3), seed=4).to(torch.bfloat16)
+    tpu = torch.empty((2, 3), dtype=torch.bfloat16, device="tpu")
+    dist.reduce_scatter_tensor(tpu, source.to("tpu"))
+    same(tpu, reduced_once([s.chunk(world)[rank] for s in gathered(source)], dist.ReduceOp.SUM, torch.float32),
+         "reduce_scatter_tensor bf16")
+
+
+def check_all_to_all():
+    for dtype in (torch.float32, torch.int64, torch.bfloat16):
+        source = values(torch.float32, (world * 2, 3), seed=5).to(dtype)
+        cpu, tpu = torch.empty_like(source), torch.empty_like(source, device="tpu")
+        dist.all_to_all_single(cpu, source, group=gloo)
+        dist.all_to_all_single(tpu, source.to("tpu"))
+        same(tpu, cpu, f"all_to_all_single {dtype}")
+    # uneven splits: rank r sends r + 1 rows to every rank
+    input_splits = [rank + 1] * world
+    output_splits = [r + 1 for r in range(world)]
+    source = values(torch.float32, (sum(input_splits), 2), seed=6)
+    cpu, tpu = torch.empty((sum(output_splits), 2)), torch.empty((sum(output_splits), 2), device="tpu")
+    dist.all_to_all_single(cpu, source, output_splits, input_splits, group=gloo)
+    dist.all_to_all_single(tpu, source.to("tpu"), output_splits, input_splits)
+    same(tpu, cpu, "all_to_all_single with splits")
+    # all_to_all of lists
+    inputs = [values(torch.float32, (2,), seed=10 + i) for i in range(world)]
+    cpu_out, tpu_out = [torch.empty(2) for _ in range(world)], [torch.empty(2, device="tpu") for _ in range(world)]
+    dist.all_to_all(cpu_out, inputs, group=gloo)
+    dist.all_to_all(tpu_out, [t.to("tpu") for t in inputs])
+    for i in range(world):
+        same(tpu_out[i], cpu_out[i], f"all_to_all [{i}]")
+
+
+def check_point_to_point_and_async():
+    # a ring: send to the next rank, receive from the previous, with isend/irecv and batch_isend_irecv
+    following, preceding = (rank + 1) % world, (rank - 1) % world
+    payload = torch.arange(4, dtype=torch.float32, device="tpu") + 10 * rank
+    received = torch.empty(4, device="tpu")
+    requests = [dist.isend(payload, following), dist.irecv(received, preceding)]
+    for request in requests:
+        request.wait()
+    assert received.cpu().tolist() == (torch.arange(4.0) + 10 * preceding).tolist()
+    received = torch.zeros(4, dtype=torch.bfloat16, device="tpu")
+    operations = [dist.P2POp(dist.isend, payload.to(torch.bfloat16), following),
+                  dist.P2POp(dist.irecv, received, preceding)]
+    for request in dist.batch_isend_irecv(operations):
+        request.wait()
+    assert received.cpu().float().tolist() == (torch.arange(4.0) + 10 * preceding).tolist()
+    if world >= 2:  # blocking send/recv between ranks 0 and 1
+        if rank == 0:
+            dist.send(torch.full((3,), 7.0, device="tpu"), 1)
+        elif rank == 1:
+            got = torch.empty(3, device="tpu")
+            dist.recv(got, 0)
+            assert got.cpu().tolist() == [7.0] * 3
+    # async collectives: handles, wait(), is_completed(), get_future()
+    tensor = torch.ones(5, device="tpu")
+    work = dist.all_reduce(tensor, async_op=True)
+    work.wait()
+    assert work.is_completed() and tensor.cpu().tolist() == [float(world)] * 5
+    future = dist.all_reduce(tensor, async_op=True).get_future()
+    assert future.wait()[0].cpu().tolist() == [float(world * world)] * 5
+    dist.barrier()
+
+
+def check_functional_collectives():
+    group = dist.group.WORLD
+    x = torch.arange(6, dtype=torch.float32, device="tpu").view(2, 3) + rank
+    everyone = torch.cat([torch.arange(6.0).view(2, 3) + r for r in range(world)])
+    reduced = funcol.all_reduce(x, "sum", group)
+    assert torch.equal(reduced.cpu(), everyone.view(world, 2, 3).sum(0)), reduced
+    assert torch.equal(funcol.all_gather_tensor(x, 0, group).cpu(), everyone)
+    scattered = funcol.reduce_scatter_tensor(everyone.to("tpu"), "sum", 0, group)
+    assert torch.equal(scattered.cpu(), everyone.chunk(world)[rank] * world)
+    swapped = funcol.all_to_all_single(everyone.to("tpu"), None, None, group)
+    assert swapped.shape == everyone.shape
+    coalesced = funcol.all_gather_into_tensor_coalesced([x, x + 1], group)
+    assert torch.equal(coalesced[1].cpu(), everyone + 1)
+    # the _c10d_functional ops (what DTensor and compiled graphs call) on tpu tensors
+    out = torch.ops._c10d_functional.all_reduce(x, "avg", group.group_name)
+    out = torch.ops._c10d_functional.wait_tensor(out)
+    assert torch.allclose(out.cpu(), everyone.view(world, 2, 3).mean(0))
+    assert torch.ops._c10d_functional.all_reduce.default._schema.name == "_c10d_functional::all_reduce"
+
+
+def check_cpu_tensors_use_gloo():
+    cpu = values(torch.float32)
+    reference = cpu.clone()
+    dist.all_reduce(cpu)  # the ici group passes CPU tensors to gloo
+    dist.all_reduce(reference, group=gloo)
+    same(cpu, reference, "all_reduce of CPU tensors on the ici group")
+    objects = [None] * world
+    dist.all_gather_object(objects, {"rank": rank})
+    assert objects == [{"rank": r} for r in range(world)]
+    received = [None]
+    dist.scatter_object_list(received, [f"to {r}" for r in range(world)] if rank == 0 else None, src=0)
+    assert received == [f"to {rank}"]
+
+
+def check_costs_are_charged():
+    from torch_tpu._C import ici
+    from torch_tpu.profiler import profile
+
+    group = dist.group.WORLD
+    torus = ici.torus_for(world, torch_tpu._C.current_chip().spec)
+    tensor = torch.ones(1 << 16, device="tpu")
+    with profile() as prof:
+        dist.all_reduce(tensor)
+    (record,) = prof.collective_records
+    axes = torus.axes_of(range(world)).values()
+    expected = ici.all_reduce_seconds(tensor.nbytes, axes, torus.link_bandwidth)
+    assert record.cost.name == "all_reduce" and abs(record.seconds - expected) < 1e-15, (record, expected)
+    assert list(record.cost.axes) == group.torus_axes and record.cost.ici_bytes == tensor.nbytes
+    assert prof.device_seconds >= expected
+
+
+checks = [check_all_reduce, check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
+          check_functional_collectives, check_cpu_tensors_use_gloo, check_costs_are_charged]
+for check in checks:
+    check()
+    dist.barrier()
+dist.destroy_process_group()
+print(f"rank {rank}: collectives ok")

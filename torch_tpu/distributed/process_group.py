@@ -1,0 +1,440 @@
+"""The "ici" process group: c10d collectives between tpu chips, charged on the ICI cost model.
+
+PyTorch cannot subclass its C++ c10d ``Backend`` in Python, but it can subclass
+``dist.ProcessGroup``, and ``init_process_group`` then uses the Python group as the whole process
+group, for every device. So this group takes tpu tensors (handed to the transport as host views of
+their HBM bytes, see ``_host``, and charged on the simulated ICI) and CPU tensors (handed to the
+transport as they are, uncharged: with the gloo transport they behave exactly as under
+``backend="gloo"``; gloo is also registered as the group's CPU backend for C++ callers).
+
+Every collective goes the same way: check the arguments on this rank, agree with the other ranks
+on what is being called (``checks``), start the transport, charge the collective on this group's
+ICI stream of the simulated clock, and return a ``Work``. Only the transport differs between a
+real run (gloo) and a simulated world (``transport.SimulatedTransport``).
+
+Reductions in bfloat16, float16 and FP8 are computed in float32 and rounded once (see ``_host``);
+``ReduceOp.PREMUL_SUM`` scales the inputs in that type, then sums. Other dtypes reduce as gloo
+reduces them, so results equal gloo's on CPU tensors bit for bit.
+"""
+
+import datetime
+import itertools
+import os
+
+import torch
+import torch.distributed as dist
+from torch._C._distributed_c10d import AllgatherOptions
+
+from .. import _C
+from .._C import ici
+from .._C.clock import CollectiveCost
+from . import checks
+from ._host import HostTensor, has_bytes
+from .transport import SimulatedTransport, gloo_transport
+from .work import Work
+
+BACKEND_NAME = "ici"
+DEFAULT_TIMEOUT = datetime.timedelta(seconds=60)
+TIMEOUT_VARIABLE = "TORCH_TPU_DIST_TIMEOUT"
+RedOpType = dist.ReduceOp.RedOpType
+
+# the c10d collective -> the ICI formula it is charged with, and how its bytes (V) are counted
+COST_KIND = {
+    "all_reduce": "all_reduce", "all_reduce_coalesced": "all_reduce", "broadcast": "broadcast",
+    "all_gather": "all_gather", "all_gather_into_tensor": "all_gather", "all_gather_coalesced": "all_gather",
+    "all_gather_into_tensor_coalesced": "all_gather", "reduce_scatter": "reduce_scatter",
+    "reduce_scatter_tensor": "reduce_scatter", "reduce_scatter_tensor_coalesced": "reduce_scatter",
+    "all_to_all_single": "all_to_all", "all_to_all": "all_to_all", "scatter": "scatter", "gather": "gather",
+    "reduce": "reduce",
+}
+
+
+def resolve_timeout(requested):
+    """The group's timeout: ``TORCH_TPU_DIST_TIMEOUT`` (seconds), else what init_process_group was
+    given, except that torch's 30-minute default becomes 60 s: a stuck peer should fail a test, not stall it."""
+    configured = os.environ.get(TIMEOUT_VARIABLE)
+    if configured:
+        try:
+            return datetime.timedelta(seconds=float(configured))
+        except ValueError:
+            raise ValueError(f"{TIMEOUT_VARIABLE}={configured!r} is not a number of seconds") from None
+    if requested is None or requested == dist.default_pg_timeout:
+        return DEFAULT_TIMEOUT
+    return requested
+
+
+def _nbytes(tensors):
+    return sum(t.nbytes for t in tensors)
+
+
+def _reduce_op(options):
+    return options.reduceOp.op
+
+
+class ProcessGroupICI(dist.ProcessGroup):
+    """A group of ranks (one chip each) on the torus ``torus``; ``global_ranks`` are its members."""
+
+    def __init__(self, rank, size, transport, torus, global_ranks=(), cpu_backend=None):
+        super().__init__(rank, size)
+        self._transport = transport
+        self._torus = torus
+        self._global_ranks = list(global_ranks) or list(range(size))
+        self._axes = torus.axes_of(self._global_ranks)
+        self._group_name = ""
+        self._group_desc = "undefined"
+        self._stream = None
+        self._sequence = itertools.count()
+        self._coalesced = None  # the works issued between _start_coalescing and _end_coalescing
+        if cpu_backend is not None:  # C++ callers with CPU tensors (object collectives) reach gloo directly
+            self._register_backend(torch.device("cpu"), dist.ProcessGroup.BackendType.GLOO, cpu_backend)
+
+    # --- what c10d asks of every process group ---------------------------------------------------
+
+    def getBackendName(self):
+        return BACKEND_NAME
+
+    def getGroupName(self):
+        return self._group_name
+
+    def setGroupName(self, name):
+        self._group_name = name
+
+    def getGroupDesc(self):
+        return self._group_desc
+
+    def setGroupDesc(self, description):
+        self._group_desc = description
+
+    @property
+    def torus_axes(self):
+        """The torus axes this group's collectives run on, e.g. ``["x:4 ring", "y:2 line"]``."""
+        return self._torus.describe_axes(self._axes)
+
+    @property
+    def simulated(self):
+        return isinstance(self._transport, SimulatedTransport)
+
+    def shutdown(self):
+        self._transport.shutdown()
+
+    def abort(self):
+        self.shutdown()
+
+    # --- the shared path of every collective ----------------------------------------------------
+
+    def _label(self):
+        return self._group_desc if self._group_desc not in ("", "undefined") else self._group_name
+
+    def _error(self, name):
+        return checks.CollectiveError(name, self.rank(), self._label())
+
+    def _start(self, name, tensors, signature_of=None, **signature):
+        """Checks every rank makes before a collective; returns (error builder, on tpu?)."""
+        error = self._error(name)
+        checks.same_device(error, tensors)
+        on_tpu = bool(tensors) and tensors[0].device.type == "tpu"
+        if on_tpu and not self.simulated and not all(has_bytes(t) for t in tensors):
+            raise error("these tensors have no bytes (abstract mode): run collectives on them under torch_tpu.simulate()")
+        sequence = next(self._sequence)
+        if self.size() > 1 and checks.exchange_enabled():
+            self._agree(error, checks.signature(sequence, name, signature_of, **signature))
+        return error, on_tpu
+
+    def _agree(self, error, signature):
+        """Every rank of the group must be making the same call (see ``checks``)."""
+        mine = torch.tensor(signature, dtype=torch.int64)
+        everyone = [torch.empty_like(mine) for _ in range(self.size())]
+        pending = self._transport.allgather([everyone], [mine], AllgatherOptions())
+        try:
+            if pending is not None:
+                pending.wait()
+        except RuntimeError as failure:
+            raise error(f"not every rank of the group reached this collective: {failure}", type(failure)) from failure
+        if any(not torch.equal(other, mine) for other in everyone):
+            calls = "; ".join(f"rank {r}: {checks.describe_signature(v.tolist())}" for r, v in enumerate(everyone))
+            raise error(f"the ranks of the group called different collectives: {calls}")
+
+    def _ici_stream(self, clock):
+        if self._stream is None:
+            self._stream = clock.collective_stream(f"ICI {self._label()} ({', '.join(self.torus_axes) or 'one chip'})")
+        return self._stream
+
+    def _charge(self, name, nbytes, tensors, seconds=None):
+        """Put the collective on this group's ICI stream; returns when it ends (simulated seconds)."""
+        torus, kind = self._torus, COST_KIND.get(name, name)
+        if seconds is None:
+            seconds = ici.COLLECTIVE_SECONDS[kind](nbytes, self._axes.values(), torus.link_bandwidth, torus.hop_latency)
+        cost = CollectiveCost(
+            kind, ici_bytes=nbytes, seconds=seconds, axes=tuple(self.torus_axes),
+            algorithm=ici.ALGORITHMS.get(kind, kind), group=self._label(),
+            shapes=tuple(tuple(t.shape) for t in tensors), dtypes=tuple(str(t.dtype).removeprefix("torch.") for t in tensors),
+        )
+        clock = _C.current_chip().clock
+        return clock.charge_collective(cost, self._ici_stream(clock), clock.current_stream)[1]
+
+    def _launch(self, name, error, on_tpu, launch, hosts, result, nbytes, charged=None, source_rank=-1):
+        """Start the transport (``launch()``), charge the ICI, return the Work."""
+        try:
+            pending = launch()
+        except RuntimeError as failure:
+            raise error(str(failure), type(failure)) from failure
+        ends_at = None
+        if on_tpu:
+            ends_at = charged if charged is not None else self._charge(name, nbytes, result or [h.tensor for h in hosts])
+        work = Work(str(error), [pending], hosts, result, ends_at, source_rank)
+        if self._coalesced is not None:
+            self._coalesced.append(work)
+        return work
+
+    def _reducing_hosts(self, error, tensors, options, inputs=True):
+        """Host views to reduce; PREMUL_SUM scales the ``inputs`` first, and the transport then sums."""
+        op = _reduce_op(options)
+        if op == RedOpType.PREMUL_SUM and tensors and tensors[0].device.type == "cpu":
+            raise error("ReduceOp.PREMUL_SUM is not supported for CPU tensors (gloo)")
+        unsigned_order = op in (RedOpType.MAX, RedOpType.MIN)
+        hosts = [HostTensor(t, reducing=True, unsigned_order=unsigned_order and t.dtype == torch.uint64) for t in tensors]
+        if op == RedOpType.PREMUL_SUM and inputs:
+            factor = options.reduceOp.factor
+            for host in hosts:
+                if host.host is not None:
+                    host.host.mul_(factor.cpu() if isinstance(factor, torch.Tensor) else factor)
+            options = type(options)()
+            options.reduceOp = dist.ReduceOp.SUM
+        return hosts, options
+
+    @staticmethod
+    def _hosts(tensors):
+        return [HostTensor(t) for t in tensors]
+
+    # --- collectives ----------------------------------------------------------------------------
+
+    def allreduce(self, tensors, opts):
+        return self._allreduce("all_reduce", tensors, opts, self._transport.allreduce)
+
+    def allreduce_coalesced(self, tensors, opts):
+        return self._allreduce("all_reduce_coalesced", tensors, opts, self._transport.allreduce)
+
+    def _allreduce(self, name, tensors, opts, transport_call):
+        error, on_tpu = self._start(name, tensors, tensors[0] if tensors else None, op=_reduce_op(opts), count=len(tensors))
+        hosts, opts = self._reducing_hosts(error, tensors, opts)
+        options = dist.AllreduceOptions()
+        options.reduceOp, options.timeout = opts.reduceOp, opts.timeout
+        return self._launch(name, error, on_tpu, lambda: transport_call([h.host for h in hosts], options),
+                            hosts, tensors, _nbytes(tensors))
+
+    def broadcast(self, tensors, opts):
+        error, on_tpu = self._start("broadcast", tensors, tensors[0] if tensors else None, root=opts.rootRank)
+        checks.rank_in_group(error, opts.rootRank, self.size(), "the root")
+        hosts = self._hosts(tensors)
+        return self._launch("broadcast", error, on_tpu, lambda: self._transport.broadcast([h.host for h in hosts], opts),
+                            hosts, tensors, _nbytes(tensors))
+
+    def allgather(self, output_lists, inputs, opts):
+        outputs = [t for group in output_lists for t in group]
+        error, on_tpu = self._start("all_gather", [*inputs, *outputs], inputs[0] if inputs else None)
+        for group, tensor in zip(output_lists, inputs):
+            checks.list_length(error, group, self.size(), "the output list")
+            checks.same_dtype(error, tensor, group)
+            checks.same_shape(error, tensor, group, "output")
+        hosts = [self._hosts(group) for group in output_lists]
+        sources = self._hosts(inputs)
+        return self._launch(
+            "all_gather", error, on_tpu,
+            lambda: self._transport.allgather([[h.host for h in group] for group in hosts], [h.host for h in sources], opts),
+            [*sources, *(h for group in hosts for h in group)], outputs, _nbytes(outputs))
+
+    def all_gather_single(self, output, tensor, opts):
+        error, on_tpu = self._start("all_gather_into_tensor", [output, tensor], tensor)
+        checks.same_dtype(error, tensor, [output])
+        checks.sized(error, output, tensor, self.size(), "output", "input")
+        target, source = HostTensor(output), HostTensor(tensor)
+        return self._launch("all_gather_into_tensor", error, on_tpu,
+                            lambda: self._transport._allgather_base(target.host, source.host, opts),
+                            [target, source], [output], output.nbytes)
+
+    _allgather_base = all_gather_single
+
+    def all_gather_single_coalesced(self, outputs, inputs, opts):
+        return self._coalesce([self.all_gather_single(o, i, opts) for o, i in zip(outputs, inputs)], outputs)
+
+    allgather_into_tensor_coalesced = all_gather_single_coalesced
+
+    def allgather_coalesced(self, output_lists, inputs, opts):
+        return self._coalesce([self.allgather([group], [t], opts) for group, t in zip(output_lists, inputs)],
+                              [t for group in output_lists for t in group])
+
+    def reduce_scatter(self, outputs, input_lists, opts):
+        inputs = [t for group in input_lists for t in group]
+        error, on_tpu = self._start("reduce_scatter", [*outputs, *inputs], outputs[0] if outputs else None,
+                                    op=_reduce_op(opts))
+        for output, group in zip(outputs, input_lists):
+            checks.list_length(error, group, self.size(), "the input list")
+            checks.same_dtype(error, output, group, "input")
+            checks.same_shape(error, output, group, "input")
+        targets, _ = self._reducing_hosts(error, outputs, opts, inputs=False)
+        sources, opts = self._reducing_hosts(error, inputs, opts)
+        grouped = [[h.host for h in sources[i * self.size():(i + 1) * self.size()]] for i in range(len(outputs))]
+        return self._launch("reduce_scatter", error, on_tpu,
+                            lambda: self._transport.reduce_scatter([h.host for h in targets], grouped, opts),
+                            [*targets, *sources], outputs, _nbytes(inputs))
+
+    def reduce_scatter_single(self, output, tensor, opts):
+        error, on_tpu = self._start("reduce_scatter_tensor", [output, tensor], output, op=_reduce_op(opts))
+        checks.same_dtype(error, tensor, [output])
+        checks.sized(error, tensor, output, self.size(), "input", "output")
+        (target,), _ = self._reducing_hosts(error, [output], opts, inputs=False)
+        (source,), opts = self._reducing_hosts(error, [tensor], opts)
+        return self._launch("reduce_scatter_tensor", error, on_tpu,
+                            lambda: self._transport._reduce_scatter_base(target.host, source.host, opts),
+                            [target, source], [output], tensor.nbytes)
+
+    _reduce_scatter_base = reduce_scatter_single
+
+    def reduce_scatter_single_coalesced(self, outputs, inputs, opts):
+        return self._coalesce([self.reduce_scatter_single(o, i, opts) for o, i in zip(outputs, inputs)], outputs)
+
+    reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced
+
+    def all_to_all_single(self, output, tensor, output_splits, input_splits, opts):
+        error, on_tpu = self._start("all_to_all_single", [output, tensor], tensor, shape=tuple(tensor.shape[1:]))
+        checks.same_dtype(error, tensor, [output])
+        checks.splits(error, tensor, input_splits, self.size(), "input")
+        checks.splits(error, output, output_splits, self.size(), "output")
+        target, source = HostTensor(output), HostTensor(tensor)
+        return self._launch(
+            "all_to_all_single", error, on_tpu,
+            lambda: self._transport.alltoall_base(target.host, source.host, list(output_splits), list(input_splits), opts),
+            [target, source], [output], tensor.nbytes * self.size())
+
+    alltoall_base = all_to_all_single
+
+    def alltoall(self, outputs, inputs, opts):
+        error, on_tpu = self._start("all_to_all", [*outputs, *inputs], inputs[0] if inputs else None,
+                                    shape=(), count=len(inputs))
+        checks.list_length(error, inputs, self.size(), "the input list")
+        checks.list_length(error, outputs, self.size(), "the output list")
+        checks.same_dtype(error, inputs[0], [*inputs, *outputs], "tensor")
+        targets, sources = self._hosts(outputs), self._hosts(inputs)
+        return self._launch("all_to_all", error, on_tpu,
+                            lambda: self._transport.alltoall([h.host for h in targets], [h.host for h in sources], opts),
+                            [*targets, *sources], outputs, _nbytes(inputs) * self.size())
+
+    def scatter(self, outputs, input_lists, opts):
+        root, is_root = opts.rootRank, opts.rootRank == self.rank()
+        inputs = [t for group in input_lists for t in group]
+        error, on_tpu = self._start("scatter", [*outputs, *inputs], outputs[0] if outputs else None, root=root)
+        checks.rank_in_group(error, root, self.size(), "the root")
+        if is_root:
+            for output, group in zip(outputs, input_lists):
+                checks.list_length(error, group, self.size(), "the scatter list")
+                checks.same_dtype(error, output, group, "scatter list")
+                checks.same_shape(error, output, group, "scatter list tensor")
+        elif inputs:
+            raise error("only the root passes a scatter list")
+        targets = self._hosts(outputs)
+        sources = [self._hosts(group) for group in input_lists]
+        return self._launch(
+            "scatter", error, on_tpu,
+            lambda: self._transport.scatter([h.host for h in targets], [[h.host for h in g] for g in sources], opts),
+            [*targets, *(h for g in sources for h in g)], outputs, _nbytes(outputs) * self.size())
+
+    def gather(self, output_lists, inputs, opts):
+        root, is_root = opts.rootRank, opts.rootRank == self.rank()
+        outputs = [t for group in output_lists for t in group]
+        error, on_tpu = self._start("gather", [*inputs, *outputs], inputs[0] if inputs else None, root=root)
+        checks.rank_in_group(error, root, self.size(), "the root")
+        if is_root:
+            for group, tensor in zip(output_lists, inputs):
+                checks.list_length(error, group, self.size(), "the gather list")
+                checks.same_dtype(error, tensor, group, "gather list")
+                checks.same_shape(error, tensor, group, "gather list tensor")
+        elif outputs:
+            raise error("only the root passes a gather list")
+        targets = [self._hosts(group) for group in output_lists]
+        sources = self._hosts(inputs)
+        return self._launch(
+            "gather", error, on_tpu,
+            lambda: self._transport.gather([[h.host for h in g] for g in targets], [h.host for h in sources], opts),
+            [*sources, *(h for g in targets for h in g)], inputs, _nbytes(inputs) * self.size())
+
+    def reduce(self, tensors, opts):
+        error, on_tpu = self._start("reduce", tensors, tensors[0] if tensors else None, op=_reduce_op(opts),
+                                    root=opts.rootRank)
+        checks.rank_in_group(error, opts.rootRank, self.size(), "the root")
+        hosts, reduce_options = self._reducing_hosts(error, tensors, opts)
+        options = dist.ReduceOptions()
+        options.reduceOp, options.rootRank, options.rootTensor = reduce_options.reduceOp, opts.rootRank, opts.rootTensor
+        options.timeout = opts.timeout
+        return self._launch("reduce", error, on_tpu, lambda: self._transport.reduce([h.host for h in hosts], options),
+                            hosts, tensors, _nbytes(tensors))
+
+    def barrier(self, opts=None):
+        error, _ = self._start("barrier", [])
+        options = dist.BarrierOptions()
+        pending = self._transport.barrier(options)
+        torus = self._torus
+        seconds = ici.barrier_seconds(self._axes.values(), torus.link_bandwidth, torus.hop_latency)
+        return Work(str(error), [pending], ends_at=self._charge("barrier", 0, [], seconds))
+
+    # --- point to point -------------------------------------------------------------------------
+
+    def _point_to_point(self, name, tensors, peer, launch, source_rank=-1):
+        error = self._error(name)
+        checks.same_device(error, tensors)
+        if peer is not None:
+            checks.rank_in_group(error, peer, self.size(), "the peer")
+            if peer == self.rank():
+                raise error("a rank cannot send to or receive from itself", ValueError)
+        on_tpu = bool(tensors) and tensors[0].device.type == "tpu"
+        hosts = self._hosts(tensors)
+        charged = None
+        if on_tpu:
+            torus, nbytes = self._torus, _nbytes(tensors)
+            hops = torus.hops(self._global_ranks[self.rank()], self._global_ranks[peer]) if peer is not None else 1
+            seconds = ici.point_to_point_seconds(nbytes, hops, torus.link_bandwidth, torus.hop_latency)
+            charged = self._charge(name, nbytes, tensors, seconds)
+        return self._launch(name, error, on_tpu, lambda: launch([h.host for h in hosts]), hosts, tensors, 0,
+                            charged=charged, source_rank=source_rank)
+
+    def send(self, tensors, dst, tag):
+        return self._point_to_point("send", tensors, dst, lambda hosts: self._transport.send(hosts, dst, tag))
+
+    def recv(self, tensors, src, tag):
+        return self._point_to_point("recv", tensors, src, lambda hosts: self._transport.recv(hosts, src, tag), src)
+
+    def recv_anysource(self, tensors, tag):
+        return self._point_to_point("recv", tensors, None, lambda hosts: self._transport.recv_anysource(hosts, tag))
+
+    # --- coalescing -----------------------------------------------------------------------------
+
+    def _coalesce(self, works, result):
+        return Work("coalesced collectives", works, result=result)
+
+    def _start_coalescing(self, device):
+        self._coalesced = []
+
+    def _end_coalescing(self, device):
+        works, self._coalesced = self._coalesced or [], None
+        return self._coalesce(works, [])
+
+
+# --- creation ------------------------------------------------------------------------------------
+
+def world_torus(world_size):
+    """The torus of a real run's ``world_size`` chips (subgroups run on parts of it)."""
+    return ici.torus_for(world_size, _C.current_chip().spec)
+
+
+def create(common_options, backend_options=None):
+    """The creator registered with ``dist.Backend.register_backend("ici", ..., extended_api=True)``."""
+    from . import c10d_kernels, simulated_world
+
+    c10d_kernels.register()
+    rank, size = common_options.group_rank, common_options.group_size
+    global_ranks = list(common_options.global_ranks_in_group) or list(range(size))
+    world = simulated_world.current_world()
+    if world is not None:
+        return ProcessGroupICI(rank, size, SimulatedTransport(rank, size), world.torus, global_ranks)
+    world_size = dist.get_world_size() if common_options.global_ranks_in_group else size
+    transport = gloo_transport(common_options.store, rank, size, resolve_timeout(common_options.timeout))
+    return ProcessGroupICI(rank, size, transport, world_torus(world_size), global_ranks, cpu_backend=transport)
