@@ -13,8 +13,8 @@ snapshots; while ``history`` is set (``torch.tpu.memory._record_memory_history``
 every allocation, free and OOM is also reported to it with its Python stack.
 
 In bufferless mode (abstract execution, ``torch_tpu.abstract()``) allocations are counted
-exactly as always but get no host memory: their block is a ``Bufferless`` stand-in holding a
-size and a unique address, so a model far larger than the host fits. Reading one raises.
+exactly as always but get no host memory: their buffer's ``array`` is None, and ``live`` holds a
+``Bufferless`` record of their size and a unique address, so a model far larger than the host fits.
 """
 
 import collections
@@ -57,7 +57,7 @@ def host_address(block):
 
 
 class Bufferless:
-    """The host side of an allocation with no bytes: its size and an address no other allocation has.
+    """What ``live`` holds for an allocation with no bytes: its size and an address no other has.
 
     ``retired`` keeps the host block of an allocation whose bytes were dropped (written in abstract
     mode) until the allocation dies, so that its address cannot be handed out again meanwhile.
@@ -70,7 +70,7 @@ class Bufferless:
 
 
 class BufferlessBlocks:
-    """Where allocations take their block in bufferless mode: addresses bumped, never reused."""
+    """Where allocations take their record in bufferless mode: addresses bumped, never reused."""
 
     def __init__(self):
         self.next_address = BUFFERLESS_ADDRESS_BASE
@@ -110,7 +110,9 @@ class Stat:
 
 
 class Buffer:
-    """Device bytes behind one storage. Freed when the last reference (the storage) drops it."""
+    """Device bytes behind one storage. Freed when the last reference (the storage) drops it.
+
+    ``array`` is None for an allocation without bytes (bufferless mode)."""
 
     __slots__ = ("array", "nbytes", "allocator", "id")
 
@@ -192,17 +194,17 @@ class HBM:
         self.live[buffer_id] = block
         if self.history is not None:
             self.history.alloc(host_address(block), nbytes)
-        return Buffer(block, nbytes, self, buffer_id)
+        return Buffer(block if block.__class__ is not Bufferless else None, nbytes, self, buffer_id)
 
     def release(self, buffer):
-        nbytes, block = buffer.nbytes, buffer.array
+        nbytes = buffer.nbytes
         allocated = self.allocated_bytes
         allocated.current -= nbytes
         allocated.freed += nbytes
         count = self.allocations
         count.current -= 1
         count.freed += 1
-        del self.live[buffer.id]
+        block = self.live.pop(buffer.id)
         if self.history is not None:
             self.history.free(host_address(block), nbytes)
         if block.__class__ is not Bufferless:
@@ -220,9 +222,14 @@ class HBM:
     def drop_bytes(self, buffer):
         """Forget the values of a live allocation (written while bufferless): it stays allocated, unreadable."""
         block = buffer.array
-        if block.__class__ is Bufferless or not buffer.nbytes:
+        if block is None or not buffer.nbytes:
             return
-        buffer.array = self.live[buffer.id] = Bufferless(buffer.nbytes, host_address(block), retired=block)
+        self.live[buffer.id] = Bufferless(buffer.nbytes, host_address(block), retired=block)
+        buffer.array = None
+
+    def address(self, buffer):
+        """The address of a live allocation, with or without bytes."""
+        return host_address(buffer.array if buffer.array is not None else self.live[buffer.id])
 
     @property
     def reserved_bytes(self):

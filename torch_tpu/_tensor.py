@@ -132,12 +132,12 @@ def hbm_buffer(storage):
 
 def buffer_address(buffer):
     """The host address of an HBM buffer's bytes (0 for an empty one, as for an empty CPU storage)."""
-    return _C.hbm.host_address(buffer.array) if buffer.nbytes else 0
+    return buffer.allocator.address(buffer) if buffer.nbytes else 0
 
 
 def has_values(buffer):
     """False for a buffer allocated or written in abstract mode: it has a size but no bytes."""
-    return buffer.array.__class__ is not _C.hbm.Bufferless
+    return buffer.array is not None
 
 
 def tensor_has_values(tensor):
@@ -179,14 +179,16 @@ def as_numpy(tensor):
         buffer = getattr(tensor.untyped_storage(), BUFFER_ATTRIBUTE).array
     except AttributeError:
         raise _without_buffer(tensor.untyped_storage()) from None
+    if buffer is None:  # abstract mode made or wrote it (np.ndarray would allocate fresh memory)
+        if tensor.numel():
+            raise NoValuesError()
+        return np.empty(tensor.shape, dtype)
     offset = tensor.storage_offset() * dtype.itemsize
     try:
         if tensor.is_contiguous():
             return np.ndarray(tensor.shape, dtype, buffer, offset)
         return np.ndarray(tensor.shape, dtype, buffer, offset, [s * dtype.itemsize for s in tensor.stride()])
     except (TypeError, ValueError):  # NumPy's "buffer is too small" / "offset must be ... no greater than"
-        if buffer.__class__ is _C.hbm.Bufferless and tensor.numel():
-            raise NoValuesError() from None
         if tensor.numel():
             raise
         return np.empty(tensor.shape, dtype)  # an empty tensor may sit past the end of its storage
