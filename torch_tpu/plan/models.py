@@ -98,10 +98,12 @@ class RMSNorm(nn.Module):
         return normed.type_as(x) * self.weight
 
 
-def rotary_tables(head_dim, length, theta, device=None):
-    """cos and sin of every position's rotation angles, (length, head_dim), the halves repeated."""
+def rotary_tables(head_dim, length, theta, device=None, start=0):
+    """cos and sin of the rotation angles of positions start..start+length-1, (length, head_dim), the
+    halves repeated."""
     frequencies = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), frequencies)
+    positions = torch.arange(start, start + length, device=device, dtype=torch.float32)
+    angles = torch.outer(positions, frequencies)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
@@ -110,6 +112,24 @@ def rotate(x, cos, sin):
     """RoPE on (batch, heads, length, head_dim), in the rotate-half layout."""
     first, second = x.chunk(2, dim=-1)
     return x * cos.to(x.dtype) + torch.cat([-second, first], dim=-1) * sin.to(x.dtype)
+
+
+class KVCache(nn.Module):
+    """One layer's keys and values for ``max_length`` positions, preallocated as serving does, in
+    ``dtype`` (bf16, or fp8 to halve the cache; attention reads it back in the activations' dtype)."""
+
+    def __init__(self, batch, kv_heads, max_length, head_dim, dtype, device=None):
+        super().__init__()
+        shape = (batch, kv_heads, max_length, head_dim)
+        self.register_buffer("keys", torch.empty(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("values", torch.empty(shape, dtype=dtype, device=device), persistent=False)
+
+    def update(self, position, keys, values):
+        """Store the new positions' keys and values; return every position's so far."""
+        end = position + keys.shape[2]
+        self.keys[:, :, position:end] = keys
+        self.values[:, :, position:end] = values
+        return self.keys[:, :, :end].to(keys.dtype), self.values[:, :, :end].to(values.dtype)
 
 
 class Attention(nn.Module):
@@ -122,13 +142,16 @@ class Attention(nn.Module):
         self.v = nn.Linear(config.dim, config.kv_heads * self.head_dim, bias=bias)
         self.o = nn.Linear(config.heads * self.head_dim, config.dim, bias=bias)
 
-    def forward(self, x, cos=None, sin=None):
+    def forward(self, x, cos=None, sin=None, cache=None, position=0):
         batch, length, _ = x.shape
         q, k, v = (projection(x).view(batch, length, -1, self.head_dim).transpose(1, 2)
                    for projection in (self.q, self.k, self.v))
         if self.rotary:
             q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] != k.shape[1])
+        if cache is not None:
+            k, v = cache.update(position, k, v)
+        causal = length > 1  # one new query (a decode step) attends to every cached position
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=q.shape[1] != k.shape[1])
         return self.o(attended.transpose(1, 2).reshape(batch, length, -1))
 
 
@@ -164,14 +187,15 @@ class Block(nn.Module):
         self.attention = Attention(config, bias=not llama)
         self.mlp = SwiGLU(config) if llama else GELUMLP(config)
 
-    def forward(self, x, cos=None, sin=None):
-        x = x + self.attention(self.attention_norm(x), cos, sin)
+    def forward(self, x, cos=None, sin=None, cache=None, position=0):
+        x = x + self.attention(self.attention_norm(x), cos, sin, cache, position)
         return x + self.mlp(self.mlp_norm(x))
 
 
 class Decoder(nn.Module):
     """A decoder-only language model. ``model(tokens)`` gives logits; ``model(tokens, targets)`` the mean
-    cross-entropy (computed in float32)."""
+    cross-entropy (computed in float32). Serving passes ``caches`` (one KVCache per layer) and the
+    ``position`` of the first token: then only the last position's logits are computed."""
 
     def __init__(self, config, max_length=GPT_CONTEXT):
         super().__init__()
@@ -181,23 +205,35 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.norm = RMSNorm(config.dim, config.norm_eps) if config.family == "llama" else nn.LayerNorm(config.dim)
         self.head = nn.Linear(config.dim, config.vocab, bias=False)
-        if config.tie_embeddings:
+        self.tie_weights()
+
+    def tie_weights(self):
+        """Share the token embedding with the output head (GPT, Llama 3.2); ``to_empty`` unties them."""
+        if self.config.tie_embeddings:
             self.head.weight = self.embedding.weight
 
-    def forward(self, tokens, targets=None):
+    def forward(self, tokens, targets=None, caches=None, position=0):
         length = tokens.shape[1]
         x = self.embedding(tokens)
         cos = sin = None
         if self.positions is not None:
-            x = x + self.positions(torch.arange(length, device=tokens.device))
+            x = x + self.positions(torch.arange(position, position + length, device=tokens.device))
         else:
-            cos, sin = rotary_tables(self.config.head_dim, length, self.config.rope_theta, tokens.device)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
+            cos, sin = rotary_tables(self.config.head_dim, length, self.config.rope_theta, tokens.device, position)
+        for index, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, None if caches is None else caches[index], position)
+        if caches is not None:
+            x = x[:, -1:]
         logits = self.head(self.norm(x))
         if targets is None:
             return logits
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+
+def kv_caches(config, batch, max_length, dtype, device=None, kv_heads=None):
+    """One KVCache per layer (``kv_heads``: each chip's share under tensor parallelism)."""
+    heads = config.kv_heads if kv_heads is None else kv_heads
+    return nn.ModuleList(KVCache(batch, heads, max_length, config.head_dim, dtype, device) for _ in range(config.layers))
 
 
 def build(name, max_length=GPT_CONTEXT):
