@@ -14,7 +14,7 @@ import torch
 
 from .._abstract import abstract
 from . import efficiency, measure, models
-from .training import DTYPES
+from .training import DTYPES, tensor_parallel_plan
 
 KV_DTYPES = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn}
 
@@ -45,17 +45,6 @@ def check_job(job):
         raise ValueError("--prompt, --generate and --batch must be positive")
 
 
-def _tensor_parallel(model, config, mesh):
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
-
-    plan = {"attention.q": ColwiseParallel(), "attention.k": ColwiseParallel(), "attention.v": ColwiseParallel(),
-            "attention.o": RowwiseParallel(), "mlp.up": ColwiseParallel(), "mlp.down": RowwiseParallel()}
-    if config.family == "llama":
-        plan["mlp.gate"] = ColwiseParallel()
-    for layer in model.layers:
-        parallelize_module(layer, mesh, plan)
-
-
 def plan_serving(job):
     """Plan ``job`` (a ServingJob): the JSON-ready dict ``python -m torch_tpu.plan --serve --json`` prints."""
     check_job(job)
@@ -70,7 +59,10 @@ def plan_serving(job):
         with torch.device("meta"):
             model = models.build(job.model, length).to(DTYPES[job.weight_dtype])
         if job.chips > 1:
-            _tensor_parallel(model, config, mesh["tp"])
+            from torch.distributed.tensor.parallel import parallelize_module
+
+            for layer in model.layers:
+                parallelize_module(layer, mesh["tp"], tensor_parallel_plan(config))
         model.to_empty(device="tpu")
         model.tie_weights()
         weight_bytes = measure.tensor_bytes(model.parameters())

@@ -101,32 +101,44 @@ class Program:
 
     @property
     def layers(self):
-        """The repeated blocks: FSDP's units and activation checkpointing's (every ModuleList's elements)."""
-        return [(container, index) for container in self.model.modules() if isinstance(container, nn.ModuleList)
-                for index in range(len(container))]
+        """The repeated blocks, FSDP's and activation checkpointing's units: the elements of the outermost
+        ModuleLists, as (list, index) pairs."""
+        lists = [name for name, module in self.model.named_modules() if isinstance(module, nn.ModuleList)]
+        outermost = [name for name in lists if not any(name.startswith(f"{other}.") for other in lists)]
+        return [(self.model.get_submodule(name), index) for name in outermost
+                for index in range(len(self.model.get_submodule(name)))]
 
 
 def _decoder_loss(model, tokens, targets):
     return model(tokens, targets)
 
 
+def tensor_parallel_plan(config):
+    """Megatron's layout for a decoder layer: q, k, v and the MLP's first matmuls split by columns (heads,
+    FFN units), the output projections by rows, so each layer needs one all-reduce per block."""
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    plan = {"attention.q": ColwiseParallel(), "attention.k": ColwiseParallel(), "attention.v": ColwiseParallel(),
+            "attention.o": RowwiseParallel(), "mlp.up": ColwiseParallel(), "mlp.down": RowwiseParallel()}
+    if config.family == "llama":
+        plan["mlp.gate"] = ColwiseParallel()
+    return plan
+
+
+def head_parallel_plan(config):
+    """An untied output head split by vocabulary columns, its logits gathered for the loss."""
+    from torch.distributed.tensor import Replicate
+    from torch.distributed.tensor.parallel import ColwiseParallel
+
+    return {} if config.tie_embeddings else {"head": ColwiseParallel(output_layouts=Replicate())}
+
+
 def _builtin_program(job, local_batch):
     config = models.CONFIGS[job.model]
     model = models.build(job.model, job.seq)
     tokens = torch.empty(local_batch, job.seq, dtype=torch.long)
-    tp_plan = head_plan = None
-    if job.mesh_shape.get("tp", 1) > 1:
-        from torch.distributed.tensor import Replicate
-        from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
-
-        tp_plan = {"attention.q": ColwiseParallel(), "attention.k": ColwiseParallel(),
-                   "attention.v": ColwiseParallel(), "attention.o": RowwiseParallel()}
-        if config.family == "llama":
-            tp_plan.update({"mlp.gate": ColwiseParallel(), "mlp.up": ColwiseParallel(), "mlp.down": RowwiseParallel()})
-        else:
-            tp_plan.update({"mlp.up": ColwiseParallel(), "mlp.down": RowwiseParallel()})
-        head_plan = {} if config.tie_embeddings else {"head": ColwiseParallel(output_layouts=Replicate())}
-    return Program(model, (tokens, tokens), _decoder_loss, tp_plan, head_plan, models.describe(config))
+    return Program(model, (tokens, tokens), _decoder_loss, tensor_parallel_plan(config), head_parallel_plan(config),
+                   models.describe(config))
 
 
 def _user_program(job, local_batch):
