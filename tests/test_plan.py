@@ -63,7 +63,9 @@ def test_70b_state_per_chip_is_its_size_over_the_shards():
     config, tokens = models.CONFIGS["llama3-70b"], 1 * 128
     attention = 12 * 128 * config.heads * config.head_dim * config.layers * tokens
     assert result["step"]["hardware_flops_per_chip"] == pytest.approx(6 * parameters * tokens + attention, rel=0.05)
-    assert result["step"]["model_flops_per_chip"] == pytest.approx(result["step"]["hardware_flops_per_chip"], rel=1e-6)
+    # 3 x the forward's; a flash attention backward recomputes its scores, so the chip does a little more
+    assert result["step"]["model_flops_per_chip"] <= result["step"]["hardware_flops_per_chip"]
+    assert result["step"]["model_flops_per_chip"] == pytest.approx(6 * parameters * tokens + attention, rel=0.05)
 
 
 def _shard_bytes(shape, shards, itemsize=FP32):

@@ -93,7 +93,7 @@ def has_values(tensor):
 # derived once from Meta and cached under a key made of the op and its arguments' metadata, so the
 # 80 identical layers of a large model cost one Meta run each, as FakeTensor's dispatch cache does.
 
-_ARGUMENT, _VIEW, _NEW, _SEQUENCE, _CONSTANT = range(5)
+_ARGUMENT, _VIEW, _NEW, _SEQUENCE, _CONSTANT, _HOST = range(6)
 _SCALARS = (int, float, bool, complex, str, torch.dtype, torch.device, torch.layout, torch.memory_format)
 CACHE_LIMIT = 50_000
 _RECIPES = {}
@@ -168,7 +168,7 @@ class _Launch:
                         if _geometry(twins[i]) != _geometry(self.tensors[i]))
         deriver = _RecipeDeriver({id(t): i for i, t in enumerate(twins)},
                                  {s._cdata: n for n, s in enumerate(meta_storages)})
-        return deriver.template(meta_result), resized, deriver.cacheable
+        return _on_host(self.op, deriver.template(meta_result)), resized, deriver.cacheable
 
     # --- replaying it on the tpu tensors ------------------------------------------------------
 
@@ -203,7 +203,27 @@ class _Launch:
             return _tensor.tensor_on(self.storages[number], dtype, offset, shape, stride)
         if kind == _SEQUENCE:
             return template[1](self._build(t, new_storages) for t in template[2])
+        if kind == _HOST:
+            return torch.empty(template[2], dtype=template[1])
         return template[1]
+
+
+# Results that the tpu kernel returns on the host, where Meta can only say "meta": (op, result positions).
+HOST_RESULTS = {
+    # the RNG seed and offset a fused attention forward hands its backward
+    torch.ops.aten._scaled_dot_product_fused_attention_overrideable.default: (6, 7),
+}
+
+
+def _on_host(op, template):
+    positions = HOST_RESULTS.get(op)
+    if positions is None:
+        return template
+    results = list(template[2])
+    for position in positions:
+        meta_template = results[position]
+        results[position] = (_HOST, meta_template[3], meta_template[4])  # a _NEW template: dtype, shape
+    return (_SEQUENCE, template[1], tuple(results))
 
 
 def _replace_tensors(value, feed):
