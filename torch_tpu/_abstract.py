@@ -19,7 +19,8 @@ bufferless meanwhile (``csrc_py/hbm.py``): allocations are counted to the byte w
 
 What needs values cannot run: ``.item()``, ``.cpu()``, ``.tolist()``, ops whose output shape
 depends on values (``nonzero``, ``masked_select``, ``unique``, ...) raise ``NoValuesError`` naming
-the op. Printing shows the metadata instead (``tensor(..., device='tpu:0', size=(2, 3))``). A tensor
+the op. Checks of values (``torch._assert_async``, linalg's error codes) pass: there is nothing to
+check. Printing shows the metadata instead (``tensor(..., device='tpu:0', size=(2, 3))``). A tensor
 that existed before abstract mode keeps its values until an abstract op writes it; from then on it
 has none. Random ops draw nothing, so the generator's state does not advance.
 """
@@ -292,18 +293,31 @@ def _float_values_matter(op):
 _KERNELS = {}
 
 
-def kernel(name):
-    """The abstract stand-in for the tpu kernel of aten ``name`` ("add.out"), called as the kernel is."""
+def kernel(name, real_kernel):
+    """What runs in abstract mode in place of the tpu kernel ``real_kernel`` of aten ``name`` ("add.out").
+
+    Ops that return no tensor and write none (``_fused_sdp_choice``, say) only read metadata: their
+    real kernel answers (and raises NoValuesError, naming the op, if it reads a value after all).
+    """
     stand_in = _KERNELS.get(name)
     if stand_in is None:
         packet, _, overload = name.partition(".")
         op = getattr(getattr(torch.ops.aten, packet), overload or "default")
-
-        def stand_in(*args, **kwargs):
-            return run(op, args, kwargs)
+        if _reads_metadata_only(op):
+            stand_in = real_kernel
+        else:
+            def stand_in(*args, **kwargs):
+                return run(op, args, kwargs)
 
         _KERNELS[name] = stand_in
     return stand_in
+
+
+def _reads_metadata_only(op):
+    schema = op._schema
+    return (op not in RULES and torch.Tag.data_dependent_output not in op.tags and not _written_arguments(op)
+            and not any(isinstance(r.type, (torch.TensorType, torch.ListType, torch.OptionalType))
+                        for r in schema.returns))
 
 
 _WRITTEN = {}
@@ -412,8 +426,10 @@ def _copy(op, args, kwargs):
     return destination
 
 
-@rule(torch.ops.aten.record_stream.default)
-def _record_stream(op, args, kwargs):
+@rule(torch.ops.aten.record_stream.default, torch.ops.aten._assert_async.default, torch.ops.aten._assert_async.msg,
+      torch.ops.aten._linalg_check_errors.default)
+def _nothing_to_do(op, args, kwargs):
+    """Streams need no bookkeeping, and checks of values (asserts, linalg's error codes) have none to check."""
     return None
 
 

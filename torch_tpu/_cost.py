@@ -251,7 +251,7 @@ abstract_mode = _abstract.MODE
 
 def _special_launch(kernel, name, charge, cost_of, clock, args, kwargs):
     """A launch in abstract mode, or while a profiler records (which also times the emulation on the host)."""
-    run = _abstract.kernel(name) if abstract_mode.depth else kernel
+    run = _abstract.kernel(name, kernel) if abstract_mode.depth else kernel
     if not clock.recorders:
         result = run(*args, **kwargs)
         charge(args, kwargs, result)

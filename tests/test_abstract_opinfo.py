@@ -1,0 +1,101 @@
+"""Abstract mode against PyTorch's OpInfo samples: every output's shape, dtype and strides as on the CPU.
+
+Each sample runs on the CPU and, in abstract mode, on tpu (its inputs copied with their values first,
+as tests/opinfo_support.py does). Either both give outputs with the same metadata (and so do the
+gradients), or both raise errors of the same class, or abstract mode raises NoValuesError for an op
+whose output depends on values it does not have. The default run takes the representative ops of
+tests/opinfo_support.py; ``-m opinfo_full`` takes every op.
+"""
+
+import pytest
+import torch
+from torch.testing._internal.common_methods_invocations import op_db
+from torch.utils._pytree import tree_flatten
+
+import opinfo_support as support
+import torch_tpu
+from torch_tpu._errors import NoValuesError
+
+# Outputs that need values: their shape depends on them, or they are Python numbers
+NEEDS_VALUES = (NoValuesError,)
+DEFAULT_SAMPLES = 4  # per op and kind in the default run; the full sweep takes every sample
+
+
+def _significant_strides(tensor):
+    """Strides that decide the layout: those of dimensions longer than 1, in a tensor with elements."""
+    if tensor.layout != torch.strided or not tensor.numel():
+        return None
+    return tuple(stride for size, stride in zip(tensor.shape, tensor.stride()) if size > 1)
+
+
+def _metadata(result):
+    return [(tuple(t.shape), t.dtype, _significant_strides(t)) for t in tree_flatten(result)[0]
+            if isinstance(t, torch.Tensor)]
+
+
+def _abstract_outcome(op, sample, kind):
+    tpu_sample = support.sample_to_tpu(sample)
+    if not support._touches_tpu(tpu_sample):
+        return None
+
+    def on_cpu():
+        result = support._call(op, sample)
+        return support._input_grads(op, sample, lambda outs: [torch.ones_like(o) for o in outs]) \
+            if kind == support.GRAD else result
+
+    def on_tpu():
+        with torch_tpu.abstract():
+            result = support._call(op, tpu_sample)
+            return support._input_grads(op, tpu_sample, lambda outs: [torch.ones_like(o) for o in outs]) \
+                if kind == support.GRAD else result
+
+    try:
+        expected = on_cpu()
+    except Exception as cpu_error:
+        try:
+            on_tpu()
+        except NEEDS_VALUES:
+            return None
+        except Exception as tpu_error:
+            return None if isinstance(tpu_error, type(cpu_error)) else f"{support.first_line(tpu_error)} (CPU: {support.first_line(cpu_error)})"
+        return f"tpu did not raise; CPU raised {support.first_line(cpu_error)}"
+    if expected is support.SKIPPED:
+        return None
+    try:
+        actual = on_tpu()
+    except NEEDS_VALUES:
+        return None
+    except Exception as error:
+        return support.first_line(error)
+    if any(isinstance(t, torch.Tensor) and t.device.type != "tpu" for t in tree_flatten(actual)[0]):
+        return "an output is not on tpu"
+    if _metadata(actual) != _metadata(expected):
+        return f"metadata {_metadata(actual)} != CPU's {_metadata(expected)}"
+    return None
+
+
+def _failures(op, dtype, kind, samples=None):
+    failures = []
+    for index, sample in enumerate(op.sample_inputs("cpu", dtype, requires_grad=kind == support.GRAD)):
+        if samples is not None and index == samples:
+            break
+        reason = _abstract_outcome(op, sample, kind)
+        if reason is not None:
+            failures.append(reason)
+    return failures
+
+
+def _cases(ops):
+    return [pytest.param(op, kind, id=f"{op.full_name}-{kind}") for op in ops
+            for kind, dtype in support.kinds_and_dtypes(op, (torch.float32,))]
+
+
+@pytest.mark.parametrize("op, kind", _cases(support.fast_ops()))
+def test_abstract_metadata_matches_cpu(op, kind):
+    assert _failures(op, torch.float32, kind, samples=DEFAULT_SAMPLES) == []
+
+
+@pytest.mark.opinfo_full
+@pytest.mark.parametrize("op, kind", _cases(op_db))
+def test_abstract_metadata_matches_cpu_full(op, kind):
+    assert _failures(op, torch.float32, kind) == []
