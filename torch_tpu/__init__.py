@@ -23,6 +23,7 @@ _accelerator.install()
 from . import _pinned, _printing, _storage, autocast, fp8, ops, profiler  # noqa: E402,F401
 from . import _abstract  # noqa: E402
 from ._abstract import abstract, has_values, is_abstract  # noqa: E402
+from ._errors import NoValuesError  # noqa: E402
 from . import distributed  # noqa: E402
 
 distributed.register_backend()
@@ -34,4 +35,4 @@ from .report import report  # noqa: E402
 _abstract.enable_from_environment()
 
 __version__ = "0.1.0"
-__all__ = ["abstract", "fallback_counts", "has_values", "is_abstract", "report", "simulate"]
+__all__ = ["NoValuesError", "abstract", "fallback_counts", "has_values", "is_abstract", "report", "simulate"]

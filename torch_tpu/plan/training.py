@@ -335,6 +335,13 @@ def _training_result(job, spec, topology, parameter_count, memory, step, model_f
     }
 
 
+def published_job(run):
+    """The TrainingJob that replays an efficiency.PublishedRun: its model, slice, batch and sharding,
+    every layer checkpointed unless the run kept every activation."""
+    return TrainingJob(model=run.model, chip=run.chip, chips=run.chips, mesh=run.mesh, batch=run.batch, seq=run.seq,
+                       checkpoint=run.remat != "none")
+
+
 def candidate_meshes(job, limit=8):
     """Meshes worth trying for ``job.chips`` chips: FSDP over all of them, and FSDP x TP for each
     tensor-parallel size the model's heads allow, smallest TP first (TP's all-reduces are costly)."""

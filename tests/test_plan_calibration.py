@@ -1,0 +1,69 @@
+"""The planner against published MaxText runs (minutes: ``pytest -m plan_calibration``).
+
+Each published run is replanned at full scale in a fresh process (each chip generation is its own
+chip). The uncalibrated roofline must never be slower than what was measured; the efficiency table
+must be what the two calibration runs give; the other runs are predicted within the bounds that
+docs/planning.md reports.
+"""
+
+import json
+
+import pytest
+
+from torch_tpu.plan import efficiency
+
+from conftest import run_python
+
+pytestmark = pytest.mark.plan_calibration
+RUNS = {f"{run.chip}-{run.model}-{run.seq}": run for run in (*efficiency.CALIBRATION, *efficiency.VALIDATION)}
+VALIDATION_ERROR_BOUND = 0.30  # |predicted MFU / published MFU - 1|; docs/planning.md lists each error
+
+
+def _replanned(name):
+    process = run_python(f"""
+        import json
+        from torch_tpu.plan import efficiency
+        from torch_tpu.plan.training import plan_training, published_job
+        run = {{f"{{r.chip}}-{{r.model}}-{{r.seq}}": r for r in (*efficiency.CALIBRATION, *efficiency.VALIDATION)}}[{name!r}]
+        print(json.dumps(plan_training(published_job(run))))
+    """)
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def replanned():
+    return {}
+
+
+def _result(replanned, name):
+    if name not in replanned:
+        replanned[name] = _replanned(name)
+    return replanned[name]
+
+
+def _peak(run):
+    from torch_tpu import _C
+
+    return _C.CHIPS[run.chip].peak_flops["bfloat16"]
+
+
+@pytest.mark.parametrize("name", list(RUNS))
+def test_the_roofline_is_never_slower_than_the_published_run(replanned, name):
+    run = RUNS[name]
+    result = _result(replanned, name)
+    assert result["hbm_per_chip"]["fits"], "the published run fit on its chips"
+    assert result["step"]["roofline_s"] <= run.step_seconds(_peak(run))
+
+
+@pytest.mark.parametrize("run", efficiency.CALIBRATION, ids=lambda run: run.chip)
+def test_the_efficiency_table_is_what_the_calibration_runs_give(replanned, run):
+    result = _result(replanned, f"{run.chip}-{run.model}-{run.seq}")
+    assert efficiency.EFFICIENCY[run.chip] == pytest.approx(result["step"]["roofline_s"] / run.step_seconds(_peak(run)),
+                                                            rel=0.02)
+
+
+@pytest.mark.parametrize("run", efficiency.VALIDATION, ids=lambda run: f"{run.chip}-{run.model}-{run.seq}")
+def test_other_published_runs_are_predicted_within_the_documented_error(replanned, run):
+    result = _result(replanned, f"{run.chip}-{run.model}-{run.seq}")
+    predicted_mfu = run.mfu_of(result["step"]["time_s"], _peak(run))
+    assert abs(predicted_mfu / run.mfu - 1) < VALIDATION_ERROR_BOUND
