@@ -303,3 +303,20 @@ def test_checks_of_values_pass_and_metadata_queries_answer_as_in_eager_mode():
     with abstract():
         abstractly = choice()
     assert abstractly == choice()
+
+
+def test_list_ops_run_element_by_element_with_the_results_of_the_whole_list(memory_baseline):
+    shapes = [(3, 4), (5,), (3, 4), (2, 1, 6), (5,)]
+    cpu = [torch.randn(shape).t() if len(shape) == 2 else torch.randn(shape) for shape in shapes]
+    expected = torch._foreach_addcmul(cpu, cpu, cpu, value=0.5)
+    with abstract():
+        tensors = [t.to("tpu") for t in cpu]
+        before = torch.tpu.memory_allocated()
+        for _ in range(2):  # the second launch reuses the whole list's recipe
+            results = torch._foreach_addcmul(tensors, tensors, tensors, value=0.5)
+            assert [(r.shape, r.stride(), r.dtype) for r in results] == [(e.shape, e.stride(), e.dtype) for e in expected]
+            assert torch.tpu.memory_allocated() - before == sum(t.nbytes for t in cpu)
+            del results
+        torch._foreach_mul_(tensors, 2.0)
+        assert not any(has_values(t) for t in tensors)
+        del tensors
