@@ -112,7 +112,8 @@ def calibration_tables():
         roofline = result["step"]["roofline_s"]
         predicted = roofline / table[run.chip]
         mesh = format_mesh(dict(run.mesh) if run.mesh else {"fsdp": run.chips})
-        return (f"| {run.chip} | {run.model} | {run.chips}, {mesh} | {run.batch} x {run.seq} | {run.mfu:.2%} "
+        model = f"{run.model} (fp8)" if run.dtype == "fp8" else run.model
+        return (f"| {run.chip} | {model} | {run.chips}, {mesh} | {run.batch} x {run.seq} | {run.mfu:.2%} "
                 f"| {step:.2f} s | {roofline:.2f} s | {run.mfu_of(roofline, peak):.1%} | {predicted:.2f} s "
                 f"| {run.mfu_of(predicted, peak):.1%} | {run.mfu_of(predicted, peak) / run.mfu - 1:+.1%} |")
 

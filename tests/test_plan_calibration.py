@@ -15,8 +15,12 @@ from torch_tpu.plan import efficiency
 from conftest import run_python
 
 pytestmark = pytest.mark.plan_calibration
-RUNS = {f"{run.chip}-{run.model}-{run.seq}": run for run in (*efficiency.CALIBRATION, *efficiency.VALIDATION)}
-VALIDATION_ERROR_BOUND = 0.30  # |predicted MFU / published MFU - 1|; docs/planning.md lists each error
+def _name(run):
+    return f"{run.chip}-{run.model}-{run.chips}-{run.seq}-{run.dtype}"
+
+
+RUNS = {_name(run): run for run in (*efficiency.CALIBRATION, *efficiency.VALIDATION)}
+VALIDATION_ERROR_BOUND = 0.25  # |predicted MFU / published MFU - 1|; docs/planning.md lists each error
 
 
 def _replanned(name):
@@ -24,7 +28,8 @@ def _replanned(name):
         import json
         from torch_tpu.plan import efficiency
         from torch_tpu.plan.training import plan_training, published_job
-        run = {{f"{{r.chip}}-{{r.model}}-{{r.seq}}": r for r in (*efficiency.CALIBRATION, *efficiency.VALIDATION)}}[{name!r}]
+        runs = (*efficiency.CALIBRATION, *efficiency.VALIDATION)
+        run = {{f"{{r.chip}}-{{r.model}}-{{r.chips}}-{{r.seq}}-{{r.dtype}}": r for r in runs}}[{name!r}]
         print(json.dumps(plan_training(published_job(run))))
     """)
     return json.loads(process.stdout.strip().splitlines()[-1])
@@ -51,19 +56,20 @@ def _peak(run):
 def test_the_roofline_is_never_slower_than_the_published_run(replanned, name):
     run = RUNS[name]
     result = _result(replanned, name)
-    assert result["hbm_per_chip"]["fits"], "the published run fit on its chips"
+    if run.checkpoint:  # a run with selective remat offloaded activations to the host; this one recomputes
+        assert result["hbm_per_chip"]["fits"], "the published run fit on its chips"
     assert result["step"]["roofline_s"] <= run.step_seconds(_peak(run))
 
 
-@pytest.mark.parametrize("run", efficiency.CALIBRATION, ids=lambda run: run.chip)
+@pytest.mark.parametrize("run", efficiency.CALIBRATION, ids=_name)
 def test_the_efficiency_table_is_what_the_calibration_runs_give(replanned, run):
-    result = _result(replanned, f"{run.chip}-{run.model}-{run.seq}")
+    result = _result(replanned, _name(run))
     assert efficiency.EFFICIENCY[run.chip] == pytest.approx(result["step"]["roofline_s"] / run.step_seconds(_peak(run)),
                                                             rel=0.02)
 
 
-@pytest.mark.parametrize("run", efficiency.VALIDATION, ids=lambda run: f"{run.chip}-{run.model}-{run.seq}")
+@pytest.mark.parametrize("run", efficiency.VALIDATION, ids=_name)
 def test_other_published_runs_are_predicted_within_the_documented_error(replanned, run):
-    result = _result(replanned, f"{run.chip}-{run.model}-{run.seq}")
+    result = _result(replanned, _name(run))
     predicted_mfu = run.mfu_of(result["step"]["time_s"], _peak(run))
     assert abs(predicted_mfu / run.mfu - 1) < VALIDATION_ERROR_BOUND

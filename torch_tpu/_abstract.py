@@ -30,7 +30,6 @@ import os
 import re
 
 import torch
-from torch._decomp import decomposition_table
 
 from . import _C, _storage, _tensor
 from ._errors import NoValuesError, device_mismatch
@@ -167,7 +166,7 @@ class _Launch:
         feed = iter(twins)
         meta_args = tuple(_replace_tensors(v, feed) for v in self.args)
         meta_kwargs = {k: _replace_tensors(v, feed) for k, v in self.kwargs.items()}
-        meta_result = _run_meta(self.op, meta_args, meta_kwargs)
+        meta_result = _run_meta(self.op, *_numbers_as_tensors(self.op, meta_args, meta_kwargs))
         resized = tuple((i, _geometry(twins[i])) for i in self.written_tensors()
                         if _geometry(twins[i]) != _geometry(self.tensors[i]))
         deriver = _RecipeDeriver({id(t): i for i, t in enumerate(twins)},
@@ -231,12 +230,42 @@ def _on_host(op, template):
 
 
 def _replace_tensors(value, feed):
-    """``value`` with each tpu tensor replaced by the next meta twin from ``feed``."""
+    """``value`` with each tpu tensor replaced by the next meta twin from ``feed``, and the tpu device by
+    the meta device (a factory op told to make tpu tensors would come back here)."""
     if isinstance(value, Tensor):
         return next(feed) if value.device.type == "tpu" else value
     if type(value) in _SEQUENCES:
         return type(value)(_replace_tensors(v, feed) for v in value)
+    if isinstance(value, torch.device) and value.type == "tpu":
+        return _META
     return value
+
+
+def _numbers_as_tensors(op, args, kwargs):
+    """Tensor arguments that arrive as Python numbers, as 0-d tensors.
+
+    C++ passes a number given for a tensor (``torch.copysign(t, 2.0)``) as a wrapped-number tensor,
+    which reaches a Python kernel as the number itself; Meta takes it back only as a tensor. A 0-d
+    meta tensor of the number's default dtype promotes as the wrapped number does (and its value, which
+    no shape depends on, is not needed).
+    """
+    args = list(args)
+    for position, argument in enumerate(op._schema.arguments):
+        if not isinstance(argument.type, torch.TensorType):
+            continue
+        in_args = position < len(args) and not argument.kwarg_only
+        value = args[position] if in_args else kwargs.get(argument.name)
+        if type(value) in _NUMBER_DTYPES:
+            number = torch.empty((), dtype=_NUMBER_DTYPES[type(value)](), device=_META)
+            if in_args:
+                args[position] = number
+            else:
+                kwargs = {**kwargs, argument.name: number}
+    return tuple(args), kwargs
+
+
+_NUMBER_DTYPES = {bool: lambda: torch.bool, int: lambda: torch.int64, float: torch.get_default_dtype,
+                  complex: lambda: torch.complex128 if torch.get_default_dtype() == torch.float64 else torch.complex64}
 
 
 def _geometry(tensor):
@@ -449,12 +478,31 @@ def _run_meta(op, args, kwargs):
         failure = error
     if torch.Tag.dynamic_output_shape in op.tags:
         raise NoValuesError(f"{_op_name(op)} (its output's shape depends on the values)") from None
+    from torch._decomp import decomposition_table
+
     decomposition = decomposition_table.get(op)
     if decomposition is not None:
         return decomposition(*args, **kwargs)
+    if not op._schema.returns:
+        return None  # it only writes arguments its caller sized (cummax's helper, say): nothing to infer
+    like = LIKE_ARGUMENT.get(op)
+    if like is not None:
+        return torch.empty_like(_bind(op, args, kwargs)[like])
     raise NotImplementedError(
         f"{_op_name(op)} cannot run in abstract mode: PyTorch has no Meta kernel (shape function) for it "
         f"and torch_tpu no abstract rule. Run it outside torch_tpu.abstract(). ({failure})") from None
+
+
+# Ops with no Meta kernel whose one result has the shape, dtype and layout of an argument: the
+# gradients of a few losses and poolings (with respect to their input), and cumulative ops.
+LIKE_ARGUMENT = {
+    torch.ops.aten.multi_margin_loss_backward.default: "self",
+    torch.ops.aten.multilabel_margin_loss_backward.default: "self",
+    torch.ops.aten.fractional_max_pool3d_backward.default: "self",
+    torch.ops.aten._ctc_loss_backward.default: "log_probs",
+    torch.ops.aten._ctc_loss_backward.Tensor: "log_probs",
+    torch.ops.aten._logcumsumexp.default: "self",
+}
 
 
 def _device_error(op, error):

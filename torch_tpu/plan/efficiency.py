@@ -7,7 +7,9 @@ fraction of the roofline that a well-tuned MaxText training step reaches: predic
 time / efficiency.
 
 It is calibrated on exactly two published runs (``CALIBRATION``), MaxText's Llama-70B on v5p and on
-v6e: each is planned with the run's model, slice, batch, sequence length and sharding, and
+v6e: each is planned with the run's model, slice, batch, sequence length and sharding (recomputing
+every layer only if the run did: selective remat recomputes part of a layer, which the efficiency
+then absorbs), and
 efficiency = planned roofline time / the run's step time, the step time being the run's model
 FLOPs per chip over (published MFU x peak FLOP/s). Ironwood and v5e have no published MaxText run to
 calibrate on; they take the mean of the two. ``python benchmarks/plan.py --calibrate`` replans
@@ -25,6 +27,8 @@ from . import models
 
 TIERING = "MaxText optimized models tiering, maxtext.readthedocs.io/en/latest/reference/models/tiering.html"
 TRILLIUM = "MaxText benchmarks/maxtext_trillium_model_configs.py"
+IRONWOOD = "tpu-recipes training/ironwood/README.md (TFLOP/s per chip / 2307)"
+IRONWOOD_PEAK_TFLOPS = 2307
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +43,20 @@ class PublishedRun:
     mfu: float  # as published
     tokens_per_s_per_chip: float  # as published ("approx")
     attention_counted: float  # share of the full L x L scores the published MFU counts (1 or 0.5)
-    remat: str  # MaxText's remat policy; the planner checkpoints every layer (the nearest it has)
+    remat: str  # MaxText's remat policy
     source: str
     mesh: tuple = ()  # () is FSDP over every chip
+    dtype: str = "bf16"  # matmul precision: "fp8" for MaxText's fp8_full recipe
 
     @property
     def batch(self):
         return self.per_chip_batch * self.chips
+
+    @property
+    def checkpoint(self):
+        """Whether the replay recomputes every layer: only when MaxText did ("full"). Selective policies
+        recompute less, and the replay recomputes nothing, so that its roofline stays a lower bound."""
+        return self.remat == "full"
 
     def model_flops_per_chip(self):
         config = models.CONFIGS[self.model]
@@ -75,10 +86,21 @@ VALIDATION = (
     PublishedRun("v6e", "llama3-405b", 256, 1, 8192, 0.3855, 123, 1.0, "custom: layer input, q, k, v, out offloaded",
                  f"{TIERING} (v6e Silver); {TRILLIUM}, llama3_1_405b_8192_fsdp_dcn (fsdp 64 x tp 4 per slice)",
                  mesh=(("fsdp", 64), ("tp", 4))),
+    # Ironwood: tpu-recipes' table gives step time, TFLOP/s and tokens/s per chip (MaxText's count, causal
+    # attention halved); MaxText's "device" is a TensorCore, two per chip
+    PublishedRun("ironwood", "llama3-70b", 64, 4, 8192, 1207.05 / IRONWOOD_PEAK_TFLOPS, 2686.98, 0.5,
+                 "custom: layer input, context, q, k, v kept", f"{IRONWOOD}; llama3.1-70b 8k-bf16-tpu7x-4x4x4"),
+    PublishedRun("ironwood", "llama3-70b", 256, 4, 8192, 1199.67 / IRONWOOD_PEAK_TFLOPS, 2670.55, 0.5,
+                 "custom: layer input, context, q, k, v kept", f"{IRONWOOD}; llama3.1-70b 8k-bf16 on 256 chips"),
+    PublishedRun("ironwood", "llama3-405b", 256, 6, 8192, 1261.40 / IRONWOOD_PEAK_TFLOPS, 499.77, 0.5,
+                 "custom: layer input, MLP output offloaded", f"{IRONWOOD}; llama3.1-405b 8k-bf16-tpu7x-4x8x8"),
+    PublishedRun("ironwood", "llama3-70b", 64, 4, 8192, 1854.19 / IRONWOOD_PEAK_TFLOPS, 4127.56, 0.5,
+                 "custom: layer input, context, q, k, v kept", f"{IRONWOOD}; llama3.1-70b 8k fp8_full on 64 chips",
+                 dtype="fp8"),
 )
 
 # `python benchmarks/plan.py --calibrate`: planned roofline time / published step time, per chip
-CALIBRATED = {"v5p": None, "v6e": None}
+CALIBRATED = {"v5p": 0.7967, "v6e": 0.7531}
 
 _MEAN = sum(filter(None, CALIBRATED.values())) / max(1, len(list(filter(None, CALIBRATED.values())))) or 1.0
 EFFICIENCY = {"ironwood": _MEAN, "v5e": _MEAN, **{chip: value or _MEAN for chip, value in CALIBRATED.items()}}

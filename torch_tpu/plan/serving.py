@@ -9,6 +9,7 @@ first step and the last, and both are run.
 """
 
 import dataclasses
+import gc
 
 import torch
 
@@ -81,6 +82,7 @@ def plan_serving(job):
         peak = measure.peak()
         parameter_count = sum(p.numel() for p in model.parameters())
         del model, caches
+        gc.collect()  # modules hold cycles: free their HBM before the next plan
     return _serving_result(job, spec, parameter_count, weight_bytes, cache_bytes, peak, capacity, prefill,
                            decode_steps)
 

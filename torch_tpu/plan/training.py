@@ -12,6 +12,7 @@ first real step would, so that the measured step sees the steady-state memory.
 """
 
 import dataclasses
+import gc
 import importlib
 import inspect
 
@@ -306,6 +307,7 @@ def plan_training(job):
         topology = "x".join(map(str, world.torus.shape)) if hasattr(world.torus, "shape") else str(world.torus)
         parameter_count = sum(p.numel() for p in parameters)  # DTensors report their global size
         del model, optimizer, loss, batch, parameters, program
+        gc.collect()  # modules and autograd graphs hold cycles: free their HBM before the next plan
     memory = {"params": parameter_bytes, "grads": gradient_bytes, "optimizer": optimizer_bytes,
               "activations": activation_bytes, "peak": peak, "capacity": capacity, "fits": peak <= capacity}
     memory["largest_consumer"] = max(("params", "grads", "optimizer", "activations"), key=memory.get)
@@ -336,10 +338,9 @@ def _training_result(job, spec, topology, parameter_count, memory, step, model_f
 
 
 def published_job(run):
-    """The TrainingJob that replays an efficiency.PublishedRun: its model, slice, batch and sharding,
-    every layer checkpointed unless the run kept every activation."""
+    """The TrainingJob that replays an efficiency.PublishedRun: its model, slice, batch and sharding."""
     return TrainingJob(model=run.model, chip=run.chip, chips=run.chips, mesh=run.mesh, batch=run.batch, seq=run.seq,
-                       checkpoint=run.remat != "none")
+                       checkpoint=run.checkpoint, dtype=run.dtype)
 
 
 def candidate_meshes(job, limit=8):
