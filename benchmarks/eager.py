@@ -105,10 +105,11 @@ def table(results):
     return "\n".join(lines)
 
 
-def write_doc(markdown):
+def write_doc(markdown, section="eager"):
+    """Replace the text between ``<!-- section:begin -->`` and ``<!-- section:end -->`` in docs/performance.md."""
     with open(DOC) as f:
         text = f.read()
-    start, end = "<!-- eager:begin -->", "<!-- eager:end -->"
+    start, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
     before, rest = text.split(start)
     _, after = rest.split(end)
     with open(DOC, "w") as f:

@@ -35,10 +35,6 @@ class ChipSpec:
     torus_dims: int
     torus_wraparound_multiple: int  # an axis whose size is a multiple of this closes into a ring
 
-    @property
-    def mxu_dtypes(self):
-        return tuple(self.peak_flops)
-
     def supports_mxu_dtype(self, dtype_name):
         return dtype_name in self.peak_flops
 

@@ -26,6 +26,8 @@ wait for it only when asked (``work.wait()``), so communication overlaps computa
 
 import dataclasses
 
+from .trace import now_ns
+
 # Fixed cost of every kernel launch on top of its roofline time: issuing the program, filling
 # the MXU/VPU pipelines and the DMA round trip for the first tile. About one microsecond is
 # what a tiny fused XLA op costs on a TPU; it is what makes thousands of small kernels slow.
@@ -211,7 +213,8 @@ class Clock:
             totals = self.collective_totals[key] = OpTotals()
         totals.add(cost.seconds, 0.0, cost.ici_bytes, 0)
         if self.recorders:
-            record = KernelRecord(cost, stream, start, end)
+            issued = now_ns()  # on the host a collective is only issued: a zero-length moment
+            record = KernelRecord(cost, stream, start, end, issued, issued)
             for recorder in self.recorders:
                 recorder.append(record)
         return start, end

@@ -32,9 +32,6 @@ NUMPY_DTYPES = {
     "complex32": COMPLEX32,
 }
 
-# Formats NumPy has no arithmetic loops for: compute in float32, round once on store.
-COMPUTE_AS_FLOAT32 = frozenset({"bfloat16", "float8_e4m3fn", "float8_e5m2", "float16"})
-
 
 def numpy_dtype(name):
     try:

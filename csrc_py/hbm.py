@@ -89,16 +89,6 @@ class Stat:
     def __init__(self):
         self.current = self.peak = self.allocated = self.freed = 0
 
-    def increase(self, amount):
-        self.current += amount
-        self.allocated += amount
-        if self.current > self.peak:
-            self.peak = self.current
-
-    def decrease(self, amount):
-        self.current -= amount
-        self.freed += amount
-
     def reset_peak(self):
         self.peak = self.current
 
@@ -179,7 +169,7 @@ class HBM:
             raise HBMOutOfMemory(nbytes, allocated.current, self.capacity, self.chip_name)
         block = self.take_block(nbytes)
         self._next_id = buffer_id = self._next_id + 1
-        # Stat.increase for both counters and EventLog.record, inlined: this runs for every
+        # both counters and the event log updated inline, not through methods: this runs for every
         # kernel's output, and each Python call would cost as much as the work it does
         allocated.current += nbytes
         allocated.allocated += nbytes

@@ -5,6 +5,10 @@ split into row blocks run by a thread pool. Floating-point exceptions are ignore
 TPU (and in PyTorch): overflow gives inf and invalid operations give NaN, silently. Small ops run inline (a thread hand-off costs
 more than they do), and so do ops whose output overlaps an input in any way other than
 exactly (``x += y`` splits safely; ``x[1:] += x[:-1]`` does not).
+
+The pool starts on the first big op. A forked child does not inherit its threads (only the
+forking thread survives fork), so the child drops the parent's pool and starts its own:
+otherwise its first big op would queue work for threads that do not exist and wait forever.
 """
 
 import concurrent.futures
@@ -35,11 +39,26 @@ except ImportError:  # another NumPy layout: the public, slower way
 
 PARALLEL_MIN_ELEMENTS = 1 << 18
 WORKERS = max(1, min(os.cpu_count() or 1, 8))
-_pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="tpu-vpu") if WORKERS > 1 else None
+_pool = None
+
+
+def _worker_pool():
+    global _pool
+    if _pool is None:
+        _pool = concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="tpu-vpu")
+    return _pool
+
+
+def _forget_parent_pool():
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_parent_pool)
 
 
 def _splittable(inputs, out):
-    if _pool is None or out.size < PARALLEL_MIN_ELEMENTS or out.ndim == 0 or out.shape[0] < WORKERS:
+    if WORKERS == 1 or out.size < PARALLEL_MIN_ELEMENTS or out.ndim == 0 or out.shape[0] < WORKERS:
         return False
     for value in inputs:
         if isinstance(value, np.ndarray) and value is not out and np.shares_memory(value, out, max_work=0):
@@ -65,8 +84,9 @@ def apply(ufunc, *inputs, out):
             restore_fp_errors(token)
     shaped = [np.broadcast_to(v, out.shape) if isinstance(v, np.ndarray) and v.ndim else v for v in inputs]
     bounds = np.linspace(0, out.shape[0], WORKERS + 1, dtype=np.int64)
+    pool = _worker_pool()
     blocks = [
-        _pool.submit(_ignoring_fp_errors, ufunc, *(v[start:stop] if isinstance(v, np.ndarray) and v.ndim else v for v in shaped),
+        pool.submit(_ignoring_fp_errors, ufunc, *(v[start:stop] if isinstance(v, np.ndarray) and v.ndim else v for v in shaped),
                      out=out[start:stop])
         for start, stop in zip(bounds[:-1], bounds[1:])
     ]

@@ -35,7 +35,7 @@ class SmallCNN(nn.Module):
 class DecoderBlock(nn.Module):
     def __init__(self, width, heads):
         super().__init__()
-        self.heads = heads
+        self.head_width = width // heads
         self.attention_norm = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
         self.projection = nn.Linear(width, width)
@@ -43,11 +43,12 @@ class DecoderBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
     def forward(self, x):
-        batch, length, width = x.shape
-        q, k, v = self.qkv(self.attention_norm(x)).split(width, dim=-1)
-        q, k, v = (t.view(batch, length, self.heads, width // self.heads).transpose(1, 2) for t in (q, k, v))
+        # shapes come from the tensors, never from the configuration, so that a tensor-parallel
+        # rank holding some of the heads (examples/distributed/tensor_parallel.py) runs this unchanged
+        q, k, v = self.qkv(self.attention_norm(x)).chunk(3, dim=-1)
+        q, k, v = (t.unflatten(-1, (-1, self.head_width)).transpose(1, 2) for t in (q, k, v))
         attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.projection(attended.transpose(1, 2).reshape(batch, length, width))
+        x = x + self.projection(attended.transpose(1, 2).flatten(2))
         return x + self.mlp(self.mlp_norm(x))
 
 

@@ -41,17 +41,25 @@ def memory_baseline():
     assert baseline.delta() == 0, "the test leaked HBM: memory_allocated did not return to its baseline"
 
 
-def run_python(code, env=None, check=True):
-    """Run ``code`` in a fresh interpreter with extra environment variables; returns the completed process."""
+def start_python(code, env=None):
+    """Start ``code`` in a fresh interpreter with extra environment variables; ``finish_python`` waits for it."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("TORCH_TPU_")}
     environment.update(env or {})
-    process = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        env=environment, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT,
-    )
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=environment,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_python(process, check=True):
+    """Wait for a process from ``start_python``; returns it completed, with its output."""
+    stdout, stderr = process.communicate(timeout=SUBPROCESS_TIMEOUT)
     if check and process.returncode != 0:
-        raise AssertionError(f"subprocess failed ({process.returncode}):\n{process.stdout}\n{process.stderr}")
-    return process
+        raise AssertionError(f"subprocess failed ({process.returncode}):\n{stdout}\n{stderr}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def run_python(code, env=None, check=True):
+    """Run ``code`` in a fresh interpreter with extra environment variables; returns the completed process."""
+    return finish_python(start_python(code, env), check)
 
 
 @pytest.fixture

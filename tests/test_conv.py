@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from differential import check_same_error
+from differential import check_grads, check_same_error
 
 FLOAT32 = dict(atol=1e-4, rtol=1e-4)
 BF16 = dict(atol=5e-2, rtol=2e-2)
@@ -17,25 +17,9 @@ def seeded():
     torch.manual_seed(0)
 
 
-def run(f, tensors, kwargs, device, dtype, grad_output=None):
-    leaves = [None if t is None else t.detach().to(device, dtype).requires_grad_() for t in tensors]
-    out = f(*leaves, **kwargs)
-    if grad_output is not None:
-        out.backward(grad_output.to(device, dtype))
-    if grad_output is None:
-        return out.detach().cpu(), None
-    return out.detach().cpu(), [None if leaf is None else leaf.grad.cpu() for leaf in leaves]
-
-
-def check(f, tensors, kwargs, dtype=torch.float32, tolerance=FLOAT32, backward=True):
-    with torch.no_grad():
-        shape = f(*(None if t is None else t.to(dtype) for t in tensors), **kwargs).shape
-    grad_output = torch.randn(shape) if backward else None
-    expected, expected_grads = run(f, tensors, kwargs, "cpu", dtype, grad_output)
-    actual, actual_grads = run(f, tensors, kwargs, "tpu", dtype, grad_output)
-    torch.testing.assert_close(actual, expected, **tolerance)
-    if backward:
-        torch.testing.assert_close(actual_grads, expected_grads, **tolerance)
+def check(f, tensors, kwargs, dtype=torch.float32, tolerance=FLOAT32):
+    """Convolution ``f`` and its input, weight and bias gradients, in ``dtype``, tpu against CPU."""
+    check_grads(lambda *ts: f(*ts, **kwargs), *(None if t is None else t.to(dtype) for t in tensors), **tolerance)
 
 
 CASES = {

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from differential import check_same_error
+from differential import check_factory, check_same_error
 
 DTYPES = [
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
@@ -287,24 +287,11 @@ RANGE_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16,
 ENDPOINTS = [(4.3, -3), (-8.000001, 5.000001), (0, 1), (1, 100.5), (10, 2.1), (2.1, 2.1), (-3, -10000.0)]
 
 
-def _same_as_cpu(factory, *args, **kwargs):
-    """factory(..., device="tpu") is bit-equal to CPU's result, or raises the same error class."""
-    try:
-        expected = factory(*args, **kwargs)
-    except Exception as cpu_error:
-        with pytest.raises(type(cpu_error)):
-            factory(*args, **kwargs, device="tpu")
-        return
-    actual = factory(*args, **kwargs, device="tpu")
-    assert (actual.device.type, actual.dtype, actual.shape) == ("tpu", expected.dtype, expected.shape)
-    torch.testing.assert_close(actual.cpu(), expected, atol=0, rtol=0, equal_nan=True)
-
-
 @pytest.mark.parametrize("dtype", RANGE_DTYPES, ids=str)
 def test_linspace_matches_cpu_bit_for_bit(dtype):
     for (start, end), steps in itertools.product(ENDPOINTS, (0, 1, 2, 5, 50, 129, 1000)):
-        _same_as_cpu(torch.linspace, start, end, steps, dtype=dtype)
-    _same_as_cpu(torch.linspace, torch.tensor(-2.5), torch.tensor(7), 33, dtype=dtype)  # tensor endpoints
+        check_factory(torch.linspace, start, end, steps, dtype=dtype)
+    check_factory(torch.linspace, torch.tensor(-2.5), torch.tensor(7), 33, dtype=dtype)  # tensor endpoints
     out = torch.empty(7, 2, device="tpu", dtype=dtype)[:, 0]
     torch.linspace(0, 10, 7, out=out)  # non-contiguous out
     assert out.cpu().tolist() == torch.linspace(0, 10, 7, dtype=dtype).tolist()
@@ -314,14 +301,14 @@ def test_linspace_matches_cpu_bit_for_bit(dtype):
 def test_logspace_matches_cpu_bit_for_bit(dtype):
     scale = 0.1 if dtype.is_floating_point else 1  # integer exponents stay small
     for (start, end), steps, base in itertools.product(ENDPOINTS[:5], (0, 1, 2, 31, 100), (10.0, 2.0, 0.5)):
-        _same_as_cpu(torch.logspace, start * scale, end * scale, steps, base=base, dtype=dtype)
+        check_factory(torch.logspace, start * scale, end * scale, steps, base=base, dtype=dtype)
 
 
 @pytest.mark.parametrize("dtype", RANGE_DTYPES, ids=str)
 def test_arange_matches_cpu_bit_for_bit(dtype):
     for (start, end), step in itertools.product(ENDPOINTS, (1, 0.5, -0.3, 3.7, 0.01, -2)):
-        _same_as_cpu(torch.arange, start, end, step, dtype=dtype)
-    _same_as_cpu(torch.arange, 0.0, 100_000.0, 0.7, dtype=dtype)  # split across threads like CPU
+        check_factory(torch.arange, start, end, step, dtype=dtype)
+    check_factory(torch.arange, 0.0, 100_000.0, 0.7, dtype=dtype)  # split across threads like CPU
 
 
 @pytest.mark.parametrize("call", [

@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from differential import check, to_tpu
+
 from torch_tpu.ops.foreach import _BINARY, _UNARY
 
 SHAPES = [(3, 4), (5,), (), (2, 0)]
@@ -20,39 +22,6 @@ def make_list(dtype=torch.float32, seed=0, low=-2.0, high=2.0, shapes=SHAPES):
     return [t.round().to(dtype) for t in tensors]
 
 
-def to_tpu(value):
-    if isinstance(value, list):
-        return [to_tpu(v) for v in value]
-    return value.to("tpu") if isinstance(value, torch.Tensor) else value
-
-
-def clone_list(value):
-    if isinstance(value, list):
-        return [t.clone() if isinstance(t, torch.Tensor) else t for t in value]
-    return value.clone() if isinstance(value, torch.Tensor) else value
-
-
-def check(function, *arguments, inplace=False, **keywords):
-    """The op on tpu copies gives CPU's results (returned list, or the mutated first list) or CPU's error."""
-    cpu_arguments = [clone_list(a) for a in arguments]
-    tpu_arguments = [to_tpu(a) for a in arguments]
-    try:
-        expected = function(*cpu_arguments, **keywords)
-    except Exception as error:  # noqa: BLE001 - the tpu must raise the same class
-        with pytest.raises(type(error)):
-            function(*tpu_arguments, **keywords)
-        return
-    actual = function(*tpu_arguments, **keywords)
-    if inplace:
-        assert actual is None or all(a is t for a, t in zip(actual, tpu_arguments[0]))
-        expected, actual = cpu_arguments[0], tpu_arguments[0]
-    assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
-        assert a.device.type == "tpu"
-        assert a.dtype == e.dtype
-        assert_close(a.cpu(), e, equal_nan=True)
-
-
 FLOATS = [torch.float32, torch.bfloat16, torch.float64]
 
 
@@ -60,13 +29,13 @@ FLOATS = [torch.float32, torch.bfloat16, torch.float64]
 @pytest.mark.parametrize("name", sorted(_UNARY))
 def test_unary(name, dtype):
     check(getattr(torch, f"_foreach_{name}"), make_list(dtype))
-    check(getattr(torch, f"_foreach_{name}_"), make_list(dtype), inplace=True)
+    check(getattr(torch, f"_foreach_{name}_"), make_list(dtype))
 
 
 @pytest.mark.parametrize("name", ["abs", "neg", "sign", "sqrt"])
 def test_unary_integer_lists_promote_like_cpu(name):
     check(getattr(torch, f"_foreach_{name}"), make_list(torch.int64))
-    check(getattr(torch, f"_foreach_{name}_"), make_list(torch.int32), inplace=True)
+    check(getattr(torch, f"_foreach_{name}_"), make_list(torch.int32))
 
 
 BINARY_CASES = {
@@ -92,14 +61,13 @@ def test_binary(name, kind, dtype):
     functional = getattr(torch, f"_foreach_{name}")
     self = make_list(dtype, low=0.25) if name == "pow" else make_list(dtype)
     check(functional, self, binary_other(kind, dtype))
-    check(getattr(torch, f"_foreach_{name}_"), self, binary_other(kind, dtype), inplace=True)
+    check(getattr(torch, f"_foreach_{name}_"), self, binary_other(kind, dtype))
 
 
 @pytest.mark.parametrize("name,kind", [("add", "List"), ("add", "Tensor"), ("sub", "List")])
 def test_binary_alpha(name, kind):
     check(getattr(torch, f"_foreach_{name}"), make_list(), binary_other(kind, torch.float32), alpha=-0.3)
-    check(getattr(torch, f"_foreach_{name}_"), make_list(), binary_other(kind, torch.float32), alpha=2,
-          inplace=True)
+    check(getattr(torch, f"_foreach_{name}_"), make_list(), binary_other(kind, torch.float32), alpha=2)
 
 
 def test_binary_tensor_scalar_on_tpu():
@@ -114,23 +82,23 @@ def test_binary_tensor_scalar_on_tpu():
 
 def test_integer_lists_and_promotion_follow_cpu():
     check(torch._foreach_add, make_list(torch.int64), 1.5)
-    check(torch._foreach_add_, make_list(torch.int64), 1.5, inplace=True)  # CPU raises: Float into Long
+    check(torch._foreach_add_, make_list(torch.int64), 1.5)  # CPU raises: Float into Long
     check(torch._foreach_mul, make_list(torch.int64), make_list(torch.int64, seed=3))
     check(torch._foreach_add, make_list(torch.float32), make_list(torch.float64, seed=2))
     check(torch._foreach_mul, make_list(torch.int64), torch.tensor(2.5, dtype=torch.float64))
-    check(torch._foreach_maximum_, make_list(torch.int32), 1, inplace=True)
+    check(torch._foreach_maximum_, make_list(torch.int32), 1)
 
 
 def test_broadcasting_lists_follow_cpu():
     check(torch._foreach_add, [torch.randn(2, 3), torch.randn(3)], [torch.randn(3), torch.randn(3)])
-    check(torch._foreach_add_, [torch.randn(2, 3)], [torch.randn(3)], inplace=True)
+    check(torch._foreach_add_, [torch.randn(2, 3)], [torch.randn(3)])
 
 
 def test_nan_propagation():
     values = [torch.tensor([float("nan"), 1.0, -1.0])]
     check(torch._foreach_maximum, values, [torch.tensor([0.0, float("nan"), 0.0])])
     check(torch._foreach_clamp_min, values, 0.5)
-    check(torch._foreach_clamp_max_, values, 0.5, inplace=True)
+    check(torch._foreach_clamp_max_, values, 0.5)
     check(torch._foreach_sign, values)
 
 
@@ -147,14 +115,13 @@ TERNARY_VALUES = {
 def test_addcmul_addcdiv(name, kind, dtype):
     tensor1, tensor2 = make_list(dtype, seed=1), make_list(dtype, seed=2, low=0.5, high=3.0)
     check(getattr(torch, f"_foreach_{name}"), make_list(dtype), tensor1, tensor2, TERNARY_VALUES[kind]())
-    check(getattr(torch, f"_foreach_{name}_"), make_list(dtype), tensor1, tensor2, TERNARY_VALUES[kind](),
-          inplace=True)
+    check(getattr(torch, f"_foreach_{name}_"), make_list(dtype), tensor1, tensor2, TERNARY_VALUES[kind]())
 
 
 def test_addcdiv_default_value_and_integer_scalars_tensor():
     check(torch._foreach_addcdiv, make_list(), make_list(seed=1), make_list(seed=2, low=0.5))
     check(torch._foreach_addcmul_, make_list(), make_list(seed=1), make_list(seed=2),
-          torch.tensor([1, 2, 3, 4, 5]), inplace=True)
+          torch.tensor([1, 2, 3, 4, 5]))
 
 
 LERP_WEIGHTS = {
@@ -170,7 +137,7 @@ def test_lerp(kind, dtype):
     weight = LERP_WEIGHTS[kind]()
     weight = [w.to(dtype) for w in weight] if kind == "List" else weight
     check(torch._foreach_lerp, make_list(dtype), make_list(dtype, seed=1), weight)
-    check(torch._foreach_lerp_, make_list(dtype), make_list(dtype, seed=1), weight, inplace=True)
+    check(torch._foreach_lerp_, make_list(dtype), make_list(dtype, seed=1), weight)
 
 
 def test_lerp_is_exact_at_the_ends():
@@ -194,11 +161,11 @@ def test_norm_dtype_and_empty_inf_error():
 
 
 def test_zero_and_copy():
-    check(torch._foreach_zero_, make_list(), inplace=True)
-    check(torch._foreach_zero_, make_list(torch.int64), inplace=True)
-    check(torch._foreach_copy_, make_list(), make_list(seed=1), inplace=True)
-    check(torch._foreach_copy_, make_list(), make_list(torch.bfloat16, seed=1), inplace=True)
-    check(torch._foreach_copy_, [torch.zeros(2, 3)], [torch.arange(3.0)], inplace=True)
+    check(torch._foreach_zero_, make_list())
+    check(torch._foreach_zero_, make_list(torch.int64))
+    check(torch._foreach_copy_, make_list(), make_list(seed=1))
+    check(torch._foreach_copy_, make_list(), make_list(torch.bfloat16, seed=1))
+    check(torch._foreach_copy_, [torch.zeros(2, 3)], [torch.arange(3.0)])
 
 
 def test_copy_from_cpu_sources():

@@ -11,13 +11,11 @@ from torch.nn.functional import ScalingType
 
 from torch_tpu.fp8 import E4M3, E5M2, Float8Linear, convert_to_float8, to_float8
 
+from differential import to_tpu
+
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 FLOAT8 = (E4M3, E5M2)
 BF16_TOLERANCE = dict(atol=2e-2, rtol=1.6e-2)
-
-
-def tpu(value):
-    return value.to("tpu") if isinstance(value, torch.Tensor) else value
 
 
 def bits(tensor):
@@ -54,16 +52,16 @@ def cast_inputs(dtype):
 @pytest.mark.parametrize("source", [torch.float32, torch.bfloat16, torch.float16, torch.float64], ids=str)
 def test_cast_to_float8_is_bit_exact(source, destination):
     values = cast_inputs(source)
-    assert torch.equal(bits(tpu(values).to(destination)), bits(values.to(destination)))
-    strided = tpu(values)[::3]  # a non-contiguous source
+    assert torch.equal(bits(to_tpu(values).to(destination)), bits(values.to(destination)))
+    strided = to_tpu(values)[::3]  # a non-contiguous source
     assert torch.equal(bits(strided.to(destination)), bits(values[::3].to(destination)))
 
 
 def test_cast_saturation_and_nan_follow_cpu():
     values = torch.tensor([500.0, -1e6, 1e6, float("inf"), float("nan")])
-    e4m3 = tpu(values).to(E4M3).float().cpu()
+    e4m3 = to_tpu(values).to(E4M3).float().cpu()
     assert e4m3[:4].tolist() == [448.0, -448.0, 448.0, 448.0] and e4m3[4].isnan()  # no inf in e4m3fn
-    e5m2 = tpu(values).to(E5M2).float().cpu()
+    e5m2 = to_tpu(values).to(E5M2).float().cpu()
     assert e5m2[:4].tolist() == [512.0, -float("inf"), float("inf"), float("inf")]  # e5m2 overflows to inf
     assert e5m2[4].isnan()
 
@@ -77,13 +75,13 @@ E5M2_SIGNALING_NAN_CODES = (0x7D, 0xFD)  # NaNs whose float16 pattern lacks the 
 def test_cast_from_float8_every_code(source, destination):
     codes = torch.arange(256, dtype=torch.uint8)
     values = codes.view(source)
-    assert torch.equal(bits(tpu(values).to(destination)), bits(values.to(destination)))
+    assert torch.equal(bits(to_tpu(values).to(destination)), bits(values.to(destination)))
 
 
 @pytest.mark.parametrize("destination", [torch.float32, torch.float16], ids=str)
 def test_e5m2_signaling_nan_is_quieted_like_cpu(destination):
     values = torch.tensor(E5M2_SIGNALING_NAN_CODES, dtype=torch.uint8).view(E5M2)
-    assert torch.equal(bits(tpu(values).to(destination)), bits(values.to(destination)))
+    assert torch.equal(bits(to_tpu(values).to(destination)), bits(values.to(destination)))
 
 
 # --- torch._scaled_mm ------------------------------------------------------------------------
@@ -119,7 +117,7 @@ def test_scaled_mm_matches_cpu(types, kind, out_dtype):
     scale_a, scale_b = scales(kind, 48, 40)
     bias = torch.randn(40).to(out_dtype or torch.float32) if out_dtype else None
     expected = torch._scaled_mm(a, b, scale_a, scale_b, bias=bias, out_dtype=out_dtype)
-    actual = torch._scaled_mm(tpu(a), tpu(b), tpu(scale_a), tpu(scale_b), bias=tpu(bias), out_dtype=out_dtype)
+    actual = torch._scaled_mm(to_tpu(a), to_tpu(b), to_tpu(scale_a), to_tpu(scale_b), bias=to_tpu(bias), out_dtype=out_dtype)
     assert_scaled_mm_close(actual, expected)
 
 
@@ -129,7 +127,7 @@ def test_scaled_mm_is_exact_products_with_float32_accumulation():
     b = torch.randint(-8, 9, (256, 16)).float().to(E5M2)
     scale_a, scale_b = torch.tensor(0.25), torch.tensor(2.0 ** -5)
     exact = (a.double() @ b.double()) * 0.25 * 2.0 ** -5
-    actual = torch._scaled_mm(tpu(a), tpu(b), tpu(scale_a), tpu(scale_b), out_dtype=torch.float32)
+    actual = torch._scaled_mm(to_tpu(a), to_tpu(b), to_tpu(scale_a), to_tpu(scale_b), out_dtype=torch.float32)
     assert torch.equal(actual.cpu().double(), exact)
 
 
@@ -138,7 +136,7 @@ def test_scaled_mm_float32_result_is_at_least_as_accurate_as_cpu():
     scale_a, scale_b = torch.tensor(0.37), torch.tensor(1.73)
     exact = (a.double() @ b.double()) * scale_a.double() * scale_b.double()
     on_cpu = torch._scaled_mm(a, b, scale_a, scale_b, out_dtype=torch.float32)
-    on_tpu = torch._scaled_mm(tpu(a), tpu(b), tpu(scale_a), tpu(scale_b), out_dtype=torch.float32).cpu()
+    on_tpu = torch._scaled_mm(to_tpu(a), to_tpu(b), to_tpu(scale_a), to_tpu(scale_b), out_dtype=torch.float32).cpu()
     assert (on_tpu.double() - exact).abs().max() <= (on_cpu.double() - exact).abs().max() * 1.5
 
 
@@ -150,11 +148,11 @@ def test_scaled_mm_float8_output_with_scale_result(out_dtype):
     args = (a, b, torch.tensor(0.125), torch.tensor(0.25))
     for scale_result in (None, torch.tensor(0.125), torch.tensor(2.0 ** -8)):  # 2**-8 saturates e4m3fn
         expected = torch._scaled_mm(*args, scale_result=scale_result, out_dtype=out_dtype)
-        actual = torch._scaled_mm(*map(tpu, args), scale_result=tpu(scale_result), out_dtype=out_dtype)
+        actual = torch._scaled_mm(*map(to_tpu, args), scale_result=to_tpu(scale_result), out_dtype=out_dtype)
         assert torch.equal(bits(actual), bits(expected))
     # CPU applies scale_result only when out_dtype names the fp8 type, not when it defaults to it
     expected = torch._scaled_mm(*args, scale_result=torch.tensor(0.125))
-    assert torch.equal(bits(torch._scaled_mm(*map(tpu, args), scale_result=tpu(torch.tensor(0.125)))), bits(expected))
+    assert torch.equal(bits(torch._scaled_mm(*map(to_tpu, args), scale_result=to_tpu(torch.tensor(0.125)))), bits(expected))
 
 
 @pytest.mark.parametrize("layout", ["row_major_mat2", "empty_rows", "empty_depth", "one_element_scales"])
@@ -168,22 +166,22 @@ def test_scaled_mm_layouts_and_empty(layout):
     elif layout == "one_element_scales":
         scale_a, scale_b = torch.full((1,), 1.5), torch.full((1, 1), 0.5)
     expected = torch._scaled_mm(a, b, scale_a, scale_b, out_dtype=torch.bfloat16)
-    actual = torch._scaled_mm(tpu(a), tpu(b), tpu(scale_a), tpu(scale_b), out_dtype=torch.bfloat16)
+    actual = torch._scaled_mm(to_tpu(a), to_tpu(b), to_tpu(scale_a), to_tpu(scale_b), out_dtype=torch.bfloat16)
     assert_scaled_mm_close(actual, expected)
 
 
 def test_scaled_mm_device_views():
     a, b = fp8_matrix(32, 32, E4M3), fp8_matrix(64, 24, E4M3)
     expected = torch._scaled_mm(a[::2], b[::2], torch.tensor(1.0), torch.tensor(2.0), out_dtype=torch.float32)
-    a_view, b_view = tpu(a)[::2], tpu(b)[::2]
+    a_view, b_view = to_tpu(a)[::2], to_tpu(b)[::2]
     assert not a_view.is_contiguous() and not b_view.is_contiguous()
-    actual = torch._scaled_mm(a_view, b_view, tpu(torch.tensor(1.0)), tpu(torch.tensor(2.0)), out_dtype=torch.float32)
+    actual = torch._scaled_mm(a_view, b_view, to_tpu(torch.tensor(1.0)), to_tpu(torch.tensor(2.0)), out_dtype=torch.float32)
     assert_scaled_mm_close(actual, expected)
 
 
 def test_scaled_mm_use_fast_accum_changes_nothing():
-    a, b = tpu(fp8_matrix(16, 64, E4M3)), tpu(fp8_matrix(64, 16, E4M3))
-    one = tpu(torch.tensor(1.0))
+    a, b = to_tpu(fp8_matrix(16, 64, E4M3)), to_tpu(fp8_matrix(64, 16, E4M3))
+    one = to_tpu(torch.tensor(1.0))
     slow = torch._scaled_mm(a, b, one, one, out_dtype=torch.float32)
     fast = torch._scaled_mm(a, b, one, one, out_dtype=torch.float32, use_fast_accum=True)
     assert torch.equal(slow.cpu(), fast.cpu())
@@ -194,7 +192,7 @@ def test_scaled_mm_out_variant():
     one = torch.tensor(1.0)
     expected = torch._scaled_mm(a, b, one, one, out=torch.empty(0, dtype=torch.bfloat16))
     out = torch.empty(3, dtype=torch.bfloat16, device="tpu")
-    result = torch._scaled_mm(tpu(a), tpu(b), tpu(one), tpu(one), out=out)
+    result = torch._scaled_mm(to_tpu(a), to_tpu(b), to_tpu(one), to_tpu(one), out=out)
     assert result is out
     assert_scaled_mm_close(out, expected)
 
@@ -234,8 +232,8 @@ def test_scaled_mm_errors_match_cpu(name):
     scale_a, scale_b = _as_scale(scale_a), _as_scale(scale_b)
     expected = _raised(lambda: torch._scaled_mm(mat1, mat2, scale_a, scale_b, **kwargs))
     assert expected is not None
-    tpu_kwargs = {k: tpu(v) for k, v in kwargs.items()}
-    actual = _raised(lambda: torch._scaled_mm(tpu(mat1), tpu(mat2), tpu(scale_a), tpu(scale_b), **tpu_kwargs))
+    tpu_kwargs = {k: to_tpu(v) for k, v in kwargs.items()}
+    actual = _raised(lambda: torch._scaled_mm(to_tpu(mat1), to_tpu(mat2), to_tpu(scale_a), to_tpu(scale_b), **tpu_kwargs))
     assert actual == expected
 
 
@@ -243,14 +241,14 @@ def test_scaled_mm_rowwise_scales_must_be_contiguous_like_cpu():
     a, b = fp8_matrix(16, 32, E4M3), fp8_matrix(32, 48, E4M3)
     for make_scale in (lambda d: torch.ones(1, 16, device=d).t(), lambda d: torch.ones(16, 2, device=d)[:, :1]):
         expected = _raised(lambda: torch._scaled_mm(a, b, make_scale("cpu"), torch.ones(1, 48)))
-        actual = _raised(lambda: torch._scaled_mm(tpu(a), tpu(b), make_scale("tpu"), torch.ones(1, 48, device="tpu")))
+        actual = _raised(lambda: torch._scaled_mm(to_tpu(a), to_tpu(b), make_scale("tpu"), torch.ones(1, 48, device="tpu")))
         assert expected is not None and actual == expected
 
 
 def test_scaled_mm_out_dtype_must_match_out():
     a, b, one = fp8_matrix(16, 32, E4M3), fp8_matrix(32, 48, E4M3), torch.tensor(1.0)
     with pytest.raises(ValueError, match="out_dtype must match output matrix type"):
-        torch._scaled_mm(tpu(a), tpu(b), tpu(one), tpu(one), out_dtype=torch.float32,
+        torch._scaled_mm(to_tpu(a), to_tpu(b), to_tpu(one), to_tpu(one), out_dtype=torch.float32,
                          out=torch.empty(0, dtype=torch.bfloat16, device="tpu"))
 
 
@@ -260,7 +258,7 @@ def test_functional_scaled_mm_v2(recipe):
     scale_a, scale_b = scales("tensorwise" if recipe == ScalingType.TensorWise else "rowwise", 16, 24)
     bias = torch.randn(24).bfloat16()
     expected = F.scaled_mm(a, b, scale_a, recipe, scale_b, recipe, bias=bias)
-    actual = F.scaled_mm(tpu(a), tpu(b), tpu(scale_a), recipe, tpu(scale_b), recipe, bias=tpu(bias))
+    actual = F.scaled_mm(to_tpu(a), to_tpu(b), to_tpu(scale_a), recipe, to_tpu(scale_b), recipe, bias=to_tpu(bias))
     assert_scaled_mm_close(actual, expected)
     assert_scaled_mm_close(actual, torch._scaled_mm(a, b, scale_a, scale_b, bias=bias, out_dtype=torch.bfloat16))
 
@@ -268,7 +266,7 @@ def test_functional_scaled_mm_v2(recipe):
 def test_functional_scaled_mm_v2_errors_match_cpu():
     a, b, one = fp8_matrix(16, 64, E4M3), fp8_matrix(64, 24, E4M3), torch.tensor(1.0)
     expected = _raised(lambda: F.scaled_mm(a, b, one, ScalingType.RowWise, one, ScalingType.RowWise))
-    actual = _raised(lambda: F.scaled_mm(tpu(a), tpu(b), tpu(one), ScalingType.RowWise, tpu(one),
+    actual = _raised(lambda: F.scaled_mm(to_tpu(a), to_tpu(b), to_tpu(one), ScalingType.RowWise, to_tpu(one),
                                          ScalingType.RowWise))
     assert expected is not None and actual == expected
 
@@ -300,15 +298,15 @@ def test_fp8_matmul_on_a_chip_without_fp8(python_subprocess):
 
 def test_to_float8_scales():
     x = torch.tensor([[1.0, -2.0], [0.5, 0.25]])
-    quantized, scale = to_float8(tpu(x), E4M3)
+    quantized, scale = to_float8(to_tpu(x), E4M3)
     assert scale.shape == () and scale.cpu().item() == pytest.approx(2.0 / 448)
     assert quantized.dtype == E4M3 and quantized.float().abs().max().cpu().item() == 448.0
-    rows, row_scales = to_float8(tpu(x), E4M3, contraction_dim=1)
+    rows, row_scales = to_float8(to_tpu(x), E4M3, contraction_dim=1)
     assert row_scales.shape == (2, 1)
     torch.testing.assert_close(row_scales.cpu(), torch.tensor([[2.0 / 448], [0.5 / 448]]))
-    _, column_scales = to_float8(tpu(x), E5M2, contraction_dim=0)
+    _, column_scales = to_float8(to_tpu(x), E5M2, contraction_dim=0)
     torch.testing.assert_close(column_scales.cpu(), torch.tensor([[1.0 / 57344, 2.0 / 57344]]))
-    zeros, zero_scale = to_float8(tpu(torch.zeros(3)), E4M3)
+    zeros, zero_scale = to_float8(to_tpu(torch.zeros(3)), E4M3)
     assert torch.isfinite(zero_scale.cpu()) and not zeros.float().cpu().any()
 
 
@@ -329,7 +327,7 @@ def test_float8_linear_forward_backward_match_cpu(recipe, dtype):
     expected, actual = on_cpu(x), on_tpu(x_tpu)
     grad = torch.randn_like(expected)
     expected.backward(grad)
-    actual.backward(tpu(grad))
+    actual.backward(to_tpu(grad))
     tolerance = BF16_TOLERANCE if dtype == torch.bfloat16 else dict(atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(actual.cpu(), expected, **tolerance)
     torch.testing.assert_close(x_tpu.grad.cpu(), x.grad, **tolerance)
@@ -363,7 +361,7 @@ def test_float8_linear_without_bias_and_frozen_input():
     x = torch.randn(5, 64)
     expected = on_cpu(x)
     expected.sum().backward()
-    actual = on_tpu(tpu(x))
+    actual = on_tpu(to_tpu(x))
     actual.sum().backward()
     torch.testing.assert_close(actual.cpu(), expected, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(on_tpu.weight.grad.cpu(), on_cpu.weight.grad, atol=1e-4, rtol=1e-4)

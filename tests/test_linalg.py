@@ -7,31 +7,11 @@ import torch
 
 from torch_tpu._C import mxu
 
-from differential import check_same_error
+from differential import check, check_grads, check_same_error, make, to_tpu
+
 
 L = torch.linalg
 BF16_TOLERANCE = dict(atol=2e-2, rtol=1.6e-2)
-
-
-def tpu(value):
-    return value.to("tpu") if isinstance(value, torch.Tensor) else value
-
-
-def cpu(value):
-    return torch.utils._pytree.tree_map(lambda v: v.cpu() if isinstance(v, torch.Tensor) else v, value)
-
-
-def check(f, *args, tolerance=None, **kwargs):
-    expected = f(*args, **kwargs)
-    actual = f(*map(tpu, args), **kwargs)
-    torch.testing.assert_close(cpu(actual), expected, **(tolerance or {}))
-    return actual
-
-
-def make(*shape, dtype=torch.float32):
-    if dtype.is_floating_point or dtype.is_complex:
-        return torch.randn(*shape, dtype=torch.float32 if dtype.itemsize == 1 else dtype).to(dtype)
-    return torch.randint(0 if dtype == torch.uint8 else -9, 9, shape, dtype=dtype)
 
 
 @pytest.fixture(autouse=True)
@@ -43,13 +23,13 @@ def seeded():
 
 DTYPE_TOLERANCE = {
     torch.float32: dict(atol=1e-5, rtol=1e-5),
-    torch.float64: None,
+    torch.float64: {},
     torch.complex64: dict(atol=1e-5, rtol=1e-5),
     torch.bfloat16: BF16_TOLERANCE,
     torch.float16: dict(atol=1e-2, rtol=1e-3),
-    torch.int64: None,
-    torch.int32: None,
-    torch.uint8: None,
+    torch.int64: {},
+    torch.int32: {},
+    torch.uint8: {},
 }
 
 
@@ -58,21 +38,21 @@ def test_mm_family_dtypes(dtype):
     tolerance = DTYPE_TOLERANCE[dtype]
     a, b, c = make(5, 7, dtype=dtype), make(7, 3, dtype=dtype), make(5, 3, dtype=dtype)
     batch1, batch2 = make(4, 5, 7, dtype=dtype), make(4, 7, 3, dtype=dtype)
-    check(torch.mm, a, b, tolerance=tolerance)
-    check(torch.bmm, batch1, batch2, tolerance=tolerance)
-    check(torch.mv, a, b[:, 0], tolerance=tolerance)
-    check(torch.dot, a[0], b[:, 0], tolerance=tolerance)
+    check(torch.mm, a, b, **tolerance)
+    check(torch.bmm, batch1, batch2, **tolerance)
+    check(torch.mv, a, b[:, 0], **tolerance)
+    check(torch.dot, a[0], b[:, 0], **tolerance)
     scalars = dict(beta=2, alpha=3)
-    check(torch.addmm, c, a, b, tolerance=tolerance, **scalars)
-    check(torch.baddbmm, c, batch1, batch2, tolerance=tolerance, **scalars)
-    check(torch.addbmm, c, batch1, batch2, tolerance=tolerance, **scalars)
-    check(torch.addmv, c[:, 0], a, b[:, 0], tolerance=tolerance, **scalars)
-    check(torch.addr, c, c[:, 0], c[0], tolerance=tolerance, **scalars)
+    check(torch.addmm, c, a, b, **tolerance, **scalars)
+    check(torch.baddbmm, c, batch1, batch2, **tolerance, **scalars)
+    check(torch.addbmm, c, batch1, batch2, **tolerance, **scalars)
+    check(torch.addmv, c[:, 0], a, b[:, 0], **tolerance, **scalars)
+    check(torch.addr, c, c[:, 0], c[0], **tolerance, **scalars)
 
 
 def test_float_scalars_and_vdot():
     a, b, c = make(5, 7), make(7, 3), make(3)
-    check(torch.addmm, c, a, b, beta=0.5, alpha=-1.5, tolerance=DTYPE_TOLERANCE[torch.float32])
+    check(torch.addmm, c, a, b, beta=0.5, alpha=-1.5, **DTYPE_TOLERANCE[torch.float32])
     x, y = make(6, dtype=torch.complex64), make(6, dtype=torch.complex64)
     check(torch.vdot, x, y)
     integers = [make(2, 2, dtype=torch.int64) for _ in range(3)]
@@ -114,17 +94,17 @@ def test_addmm_beta_zero_ignores_nan_and_alpha_zero_ignores_product():
 def test_out_variants_and_in_place():
     a, b = make(3, 4), make(4, 5)
     out = torch.empty(0, device="tpu")
-    result = torch.mm(tpu(a), tpu(b), out=out)
+    result = torch.mm(to_tpu(a), to_tpu(b), out=out)
     assert result is out and out.shape == (3, 5)
     torch.testing.assert_close(out.cpu(), a @ b)
     c = make(3, 5)
     expected = c.clone().addmm_(a, b, alpha=2)
-    actual = tpu(c).addmm_(tpu(a), tpu(b), alpha=2)
+    actual = to_tpu(c).addmm_(to_tpu(a), to_tpu(b), alpha=2)
     torch.testing.assert_close(actual.cpu(), expected)
     batch1, batch2 = make(2, 3, 4), make(2, 4, 5)
-    torch.testing.assert_close(tpu(c).addbmm_(tpu(batch1), tpu(batch2)).cpu(), c.clone().addbmm_(batch1, batch2))
+    torch.testing.assert_close(to_tpu(c).addbmm_(to_tpu(batch1), to_tpu(batch2)).cpu(), c.clone().addbmm_(batch1, batch2))
     square = make(4, 4)
-    aliased = tpu(square)
+    aliased = to_tpu(square)
     torch.mm(aliased, aliased, out=aliased)
     torch.testing.assert_close(aliased.cpu(), square @ square)
 
@@ -173,7 +153,7 @@ def test_float64_matmul_computes_in_float64_and_warns():
     linalg._warn_float64.cache_clear()
     a, b = make(3, 4, dtype=torch.float64), make(4, 2, dtype=torch.float64)
     with pytest.warns(UserWarning, match="float64"):
-        actual = tpu(a) @ tpu(b)
+        actual = to_tpu(a) @ to_tpu(b)
     torch.testing.assert_close(actual.cpu(), a @ b, atol=0, rtol=1e-15)
 
 
@@ -261,7 +241,7 @@ def test_float32_matmul_precision_selects_passes(precision, passes):
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
-        actual = (tpu(a) @ tpu(b)).cpu().numpy()
+        actual = (to_tpu(a) @ to_tpu(b)).cpu().numpy()
     finally:
         torch.set_float32_matmul_precision(previous)
     if passes is None:
@@ -281,7 +261,7 @@ def spd(*batch, n=4, dtype=torch.float64):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128], ids=str)
 def test_factorizations_and_solves(dtype):
-    tolerance = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else None
+    tolerance = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else {}
     a, s, b = make(2, 4, 4, dtype=dtype), spd(2, dtype=dtype), make(2, 4, 3, dtype=dtype)
     for f, args in [
         (L.cholesky, (s,)), (L.cholesky_ex, (s,)), (lambda x: L.cholesky(x, upper=True), (s,)),
@@ -297,7 +277,7 @@ def test_factorizations_and_solves(dtype):
         (lambda y, x: torch.triangular_solve(y, x.triu(), transpose=True), (b, a)),
         (L.matrix_exp, (a,)),
     ]:
-        check(f, *args, tolerance=tolerance)
+        check(f, *args, **tolerance)
 
 
 def test_pinv():
@@ -306,15 +286,15 @@ def test_pinv():
 
 def test_decompositions_reconstruct_their_input():
     s, a, r = spd(2), make(4, 4, dtype=torch.float64), make(2, 5, 3, dtype=torch.float64)
-    values, vectors = (t.cpu() for t in L.eigh(tpu(s)))
+    values, vectors = (t.cpu() for t in L.eigh(to_tpu(s)))
     torch.testing.assert_close(vectors @ torch.diag_embed(values) @ vectors.mT, s)
-    u, sv, vh = (t.cpu() for t in L.svd(tpu(r), full_matrices=False))
+    u, sv, vh = (t.cpu() for t in L.svd(to_tpu(r), full_matrices=False))
     torch.testing.assert_close(u @ torch.diag_embed(sv) @ vh, r)
     torch.testing.assert_close(sv, L.svdvals(r))
-    values, vectors = (t.cpu() for t in L.eig(tpu(a)))
+    values, vectors = (t.cpu() for t in L.eig(to_tpu(a)))
     assert values.dtype == torch.complex128
     torch.testing.assert_close(vectors @ torch.diag_embed(values) @ L.inv(vectors), a.to(torch.complex128))
-    torch.testing.assert_close(L.eigvals(tpu(a)).cpu().abs().sort().values, L.eigvals(a).abs().sort().values)
+    torch.testing.assert_close(L.eigvals(to_tpu(a)).cpu().abs().sort().values, L.eigvals(a).abs().sort().values)
 
 
 def test_empty_matrices():
@@ -351,20 +331,8 @@ def test_linalg_gradients_match_cpu():
 # --- least squares, LU/QR/Cholesky/LDL pieces, distances ----------------------------------------
 
 
-def check_grads(f, *inputs, tolerance=None):
-    """Gradients of a random projection of f's (real) outputs, tpu against CPU."""
-    grads = {}
-    for device in ("cpu", "tpu"):
-        leaves = [t.detach().to(device).requires_grad_() for t in inputs]
-        outputs = [o for o in torch.utils._pytree.tree_leaves(f(*leaves)) if o.requires_grad]
-        torch.manual_seed(1)
-        loss = sum((o * torch.randn(o.shape, dtype=o.dtype).to(device)).sum() for o in outputs)
-        grads[device] = [g.cpu() for g in torch.autograd.grad(loss, leaves)]
-    torch.testing.assert_close(grads["tpu"], grads["cpu"], **(tolerance or {}))
-
-
-LAPACK_TOLERANCE = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float64: None,
-                    torch.complex64: dict(atol=1e-4, rtol=1e-4), torch.complex128: None}
+LAPACK_TOLERANCE = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.float64: {},
+                    torch.complex64: dict(atol=1e-4, rtol=1e-4), torch.complex128: {}}
 
 
 @pytest.mark.parametrize("driver", [None, "gelsy", "gelsd", "gelss", "gels"])
@@ -373,12 +341,12 @@ def test_lstsq_drivers_and_outputs(driver, dtype):
     tolerance = LAPACK_TOLERANCE[dtype]
     for a_shape, b_shape in [((5, 3), (5, 2)), ((3, 5), (3, 2)), ((2, 5, 3), (2, 5)), ((2, 5, 3), (1, 5, 2)),
                              ((0, 3), (0, 2)), ((5, 0), (5, 2)), ((4, 4), (4, 1))]:
-        check(L.lstsq, make(*a_shape, dtype=dtype), make(*b_shape, dtype=dtype), driver=driver, tolerance=tolerance)
+        check(L.lstsq, make(*a_shape, dtype=dtype), make(*b_shape, dtype=dtype), driver=driver, **tolerance)
     deficient = make(5, 3, dtype=dtype)
     deficient[:, 2] = deficient[:, 1]
     if driver != "gels":  # rank, and no residuals for rank-deficient gelsd/gelss
-        check(L.lstsq, deficient, make(5, 2, dtype=dtype), driver=driver, tolerance=tolerance)
-        check(L.lstsq, deficient, make(5, 2, dtype=dtype), 0.1, driver=driver, tolerance=tolerance)
+        check(L.lstsq, deficient, make(5, 2, dtype=dtype), driver=driver, **tolerance)
+        check(L.lstsq, deficient, make(5, 2, dtype=dtype), 0.1, driver=driver, **tolerance)
 
 
 def test_lstsq_gradients():
@@ -390,17 +358,17 @@ def test_lu_qr_pieces(dtype):
     tolerance = LAPACK_TOLERANCE[dtype]
     for shape in [(4, 4), (2, 3, 5), (5, 3), (0, 3), (2, 0, 0)]:
         a = make(*shape, dtype=dtype)
-        check(L.lu, a, tolerance=tolerance)
-        check(torch.geqrf, a, tolerance=tolerance)
+        check(L.lu, a, **tolerance)
+        check(torch.geqrf, a, **tolerance)
         if a.numel():
             for unpack_data, unpack_pivots in [(True, True), (False, True), (True, False)]:
-                check(torch.lu_unpack, *L.lu_factor(a), unpack_data, unpack_pivots, tolerance=tolerance)
+                check(torch.lu_unpack, *L.lu_factor(a), unpack_data, unpack_pivots, **tolerance)
     reflectors, tau = torch.geqrf(make(2, 5, 3, dtype=dtype))
-    check(L.householder_product, reflectors, tau, tolerance=tolerance)
-    check(L.householder_product, reflectors, tau[..., :2], tolerance=tolerance)
+    check(L.householder_product, reflectors, tau, **tolerance)
+    check(L.householder_product, reflectors, tau[..., :2], **tolerance)
     for left, transpose in [(True, False), (True, True), (False, False), (False, True)]:
         other = make(2, 5, 4, dtype=dtype) if left else make(2, 4, 5, dtype=dtype)
-        check(torch.ormqr, reflectors, tau, other, left, transpose, tolerance=tolerance)
+        check(torch.ormqr, reflectors, tau, other, left, transpose, **tolerance)
     check(torch.ormqr, make(2, 5, 0, dtype=dtype), tau[..., :0], make(2, 5, 4, dtype=dtype))  # no reflectors
 
 
@@ -410,21 +378,21 @@ def test_cholesky_and_ldl_pieces(dtype):
     s = spd(2, dtype=dtype)
     for upper in (False, True):
         factor = L.cholesky(s, upper=upper)
-        check(torch.cholesky_inverse, factor, upper, tolerance=tolerance)
-        check(torch.cholesky_inverse, factor[0], upper, tolerance=tolerance)
-        check(torch.cholesky_solve, make(2, 4, 3, dtype=dtype), factor, upper, tolerance=tolerance)
-        check(torch.cholesky_solve, make(4, 3, dtype=dtype), factor, upper, tolerance=tolerance)  # broadcast
+        check(torch.cholesky_inverse, factor, upper, **tolerance)
+        check(torch.cholesky_inverse, factor[0], upper, **tolerance)
+        check(torch.cholesky_solve, make(2, 4, 3, dtype=dtype), factor, upper, **tolerance)
+        check(torch.cholesky_solve, make(4, 3, dtype=dtype), factor, upper, **tolerance)  # broadcast
     check(torch.cholesky_inverse, torch.zeros(0, 3, 3, dtype=dtype))
     indefinite = make(6, 6, dtype=dtype)
     indefinite = indefinite + indefinite.mT
     indefinite[0, 0] = indefinite[1, 1] = 0  # forces 2x2 pivots
     for hermitian, matrix in [(False, indefinite), (True, s), (False, s + s.mT)]:
-        check(lambda m: L.ldl_factor_ex(m, hermitian=hermitian), matrix, tolerance=tolerance)
+        check(lambda m: L.ldl_factor_ex(m, hermitian=hermitian), matrix, **tolerance)
         ld, pivots = L.ldl_factor(matrix, hermitian=hermitian)
         rhs = make(*matrix.shape[:-1], 3, dtype=dtype)
-        check(lambda *args: L.ldl_solve(*args, hermitian=hermitian), ld, pivots, rhs, tolerance=tolerance)
+        check(lambda *args: L.ldl_solve(*args, hermitian=hermitian), ld, pivots, rhs, **tolerance)
         check(lambda *args: L.ldl_solve(*args, hermitian=hermitian), ld, pivots, rhs[..., -1, :, :] if rhs.dim() > 2
-              else rhs, tolerance=tolerance)
+              else rhs, **tolerance)
     check(L.ldl_factor_ex, torch.zeros(3, 3, dtype=dtype))  # info > 0
     check(L.ldl_factor_ex, torch.zeros(2, 0, 0, dtype=dtype))
 
@@ -448,7 +416,7 @@ def test_cdist_and_pdist(p):
     for mode in modes:
         check(torch.cdist, x1, x2, p=p, compute_mode=mode)
         check_grads(lambda a, b: torch.cdist(a, b, p=p, compute_mode=mode), x1, x2)
-    check(torch.cdist, make(5, 3).t(), make(4, 10)[:, ::2], p=p, tolerance=dict(atol=1e-5, rtol=1e-4))  # views
+    check(torch.cdist, make(5, 3).t(), make(4, 10)[:, ::2], p=p, atol=1e-5, rtol=1e-4)  # views
     check(torch.cdist, make(0, 5), make(3, 5), p=p)
     check_grads(lambda a, b: torch.cdist(a, b, p=p), make(4, 0, dtype=torch.float64), make(3, 0, dtype=torch.float64))
     rows = make(7, 5, dtype=torch.float64)
@@ -462,14 +430,14 @@ def test_out_overloads_and_addr_alpha_zero():
     a = make(3, 3, dtype=torch.float64)
     for values_dtype in (torch.complex128,):
         values, vectors = torch.empty(0, dtype=values_dtype, device="tpu"), torch.empty(0, dtype=values_dtype, device="tpu")
-        L.eig(tpu(a), out=(values, vectors))
+        L.eig(to_tpu(a), out=(values, vectors))
         torch.testing.assert_close(values.cpu(), L.eig(a)[0])
         out = torch.empty(0, dtype=values_dtype, device="tpu")
-        torch.testing.assert_close(L.eigvals(tpu(a), out=out).cpu(), L.eigvals(a))
+        torch.testing.assert_close(L.eigvals(to_tpu(a), out=out).cpu(), L.eigvals(a))
     out = torch.empty(0, dtype=torch.float64, device="tpu")
-    torch.testing.assert_close(torch.ops.aten.linalg_matrix_exp.out(tpu(a), out=out).cpu(), L.matrix_exp(a))
+    torch.testing.assert_close(torch.ops.aten.linalg_matrix_exp.out(to_tpu(a), out=out).cpu(), L.matrix_exp(a))
     nan = torch.tensor([float("nan")])
-    check(torch.addr, torch.zeros(1, 1), nan, nan, beta=0.0, alpha=0.0, tolerance=dict(equal_nan=True))  # 0 * NaN is NaN
+    check(torch.addr, torch.zeros(1, 1), nan, nan, beta=0.0, alpha=0.0)  # 0 * NaN is NaN
     check(L.cross, make(4, 3), make(1, 3))
     check(torch.cross, make(3, 4), make(3, 4), dim=0)
 
@@ -512,10 +480,10 @@ def test_new_linalg_errors_match_cpu(call):
 def test_ormqr_both_sides(left, transpose):
     reflectors, tau = torch.geqrf(make(2, 5, 3))
     other = make(2, 5, 4) if left else make(2, 4, 5)
-    check(torch.ormqr, reflectors, tau, other, left, transpose, tolerance=dict(atol=1e-5, rtol=1e-5))
+    check(torch.ormqr, reflectors, tau, other, left, transpose, atol=1e-5, rtol=1e-5)
     wide, wide_tau = torch.geqrf(make(3, 5))  # fewer rows than columns: 3 reflectors
     check(torch.ormqr, wide, wide_tau, make(3, 4) if left else make(4, 3), left, transpose,
-          tolerance=dict(atol=1e-5, rtol=1e-5))
+          atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("shapes", [
@@ -529,7 +497,7 @@ def test_ormqr_errors_match_cpu(shapes):
     with pytest.raises(RuntimeError) as on_cpu:
         torch.ormqr(*args)
     with pytest.raises(RuntimeError) as on_tpu:
-        torch.ormqr(*map(tpu, args))
+        torch.ormqr(*map(to_tpu, args))
     assert str(on_tpu.value) == str(on_cpu.value)
 
 
@@ -539,12 +507,12 @@ def test_addbmm_narrow_dtypes_round_the_running_sum_per_batch(dtype):
     torch.manual_seed(0)
     bias, batch1, batch2 = make(5, 6, dtype=dtype), make(7, 5, 4, dtype=dtype), make(7, 4, 6, dtype=dtype)
     exact = dict(atol=0, rtol=0)
-    check(torch.addbmm, bias, batch1, batch2, beta=0.5, alpha=1.5, tolerance=exact)
-    check(torch.addbmm, bias[0], batch1, batch2, tolerance=exact)  # broadcast bias
-    check(torch.addbmm, bias, batch1, batch2, beta=0, tolerance=exact)
-    check(torch.addbmm, bias, batch1[:0], batch2[:0], beta=2, tolerance=exact)  # no batches: beta * bias
+    check(torch.addbmm, bias, batch1, batch2, beta=0.5, alpha=1.5, **exact)
+    check(torch.addbmm, bias[0], batch1, batch2, **exact)  # broadcast bias
+    check(torch.addbmm, bias, batch1, batch2, beta=0, **exact)
+    check(torch.addbmm, bias, batch1[:0], batch2[:0], beta=2, **exact)  # no batches: beta * bias
     expected = bias.clone().addbmm_(batch1, batch2)
-    torch.testing.assert_close(tpu(bias).addbmm_(tpu(batch1), tpu(batch2)).cpu(), expected, **exact)
+    torch.testing.assert_close(to_tpu(bias).addbmm_(to_tpu(batch1), to_tpu(batch2)).cpu(), expected, **exact)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64, torch.int64])
@@ -553,11 +521,11 @@ def test_cross_rounds_like_cpu(dtype):
     and float64, fuses the first product into the subtraction."""
     a, b = make(6, 3, 5, dtype=dtype) * 4, make(1, 3, 5, dtype=dtype) * 4
     exact = dict(atol=0, rtol=0)
-    check(lambda x, y: L.cross(x, y, dim=1), a, b, tolerance=exact)
+    check(lambda x, y: L.cross(x, y, dim=1), a, b, **exact)
     check(lambda x, y: torch.cross(x, y, dim=0), a.transpose(0, 1), b.expand(6, 3, 5).transpose(0, 1),
-          tolerance=exact)
+          **exact)
     out = torch.empty(0, dtype=dtype)
-    check(lambda x, y, o: L.cross(x, y, dim=-2, out=o), a, b, out, tolerance=exact)
+    check(lambda x, y, o: L.cross(x, y, dim=-2, out=o), a, b, out, **exact)
 
 
 @pytest.mark.parametrize("call", [
@@ -568,7 +536,7 @@ def test_cross_rounds_like_cpu(dtype):
     lambda t: L.cross(t(torch.randn(4, 3)), t(torch.randn(4, 3)), out=t(torch.empty(0, dtype=torch.float64))),
 ])
 def test_cross_errors_match_cpu(call):
-    check_same_error(call, on_cpu=lambda v: v, on_tpu=tpu)
+    check_same_error(call, on_cpu=lambda v: v, on_tpu=to_tpu)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -579,4 +547,4 @@ def test_matrix_exp_of_reduced_floats_is_the_float32_exponential_rounded_once(dt
     one_rounding = dict(atol=1e-3, rtol=2 ** -7 if dtype == torch.bfloat16 else 2 ** -10)
     for view in (lambda t: t, lambda t: t.transpose(-2, -1)):
         expected = L.matrix_exp(view(a.float())).to(dtype)
-        torch.testing.assert_close(L.matrix_exp(view(tpu(a))).cpu(), expected, **one_rounding)
+        torch.testing.assert_close(L.matrix_exp(view(to_tpu(a))).cpu(), expected, **one_rounding)

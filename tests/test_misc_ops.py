@@ -5,14 +5,11 @@ import math
 import pytest
 import torch
 
+from differential import compare
+
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
-
-
-def assert_same(actual, expected, **tolerance):
-    assert actual.device.type == "tpu"
-    torch.testing.assert_close(actual.cpu(), expected, equal_nan=True, **tolerance)
 
 
 # equal ------------------------------------------------------------------------------------------
@@ -44,8 +41,8 @@ def test_kthvalue_ties_pick_cpu_index(dtype):
                 continue
             expected = torch.kthvalue(x, k, dim, keepdim)
             actual = torch.kthvalue(x.to("tpu"), k, dim, keepdim)
-            assert_same(actual.values, expected.values)
-            assert_same(actual.indices, expected.indices)
+            compare(actual.values, expected.values)
+            compare(actual.indices, expected.indices)
 
 
 def test_kthvalue_nan_views_and_errors():
@@ -54,8 +51,8 @@ def test_kthvalue_nan_views_and_errors():
     for k in range(1, 6):
         expected = torch.kthvalue(x.transpose(1, 2), k, 2)
         actual = torch.kthvalue(x.to("tpu").transpose(1, 2), k, 2)
-        assert_same(actual.values, expected.values)
-        assert_same(actual.indices, expected.indices)
+        compare(actual.values, expected.values)
+        compare(actual.indices, expected.indices)
     scalar = torch.kthvalue(torch.tensor(2.0, device="tpu"), 1)
     assert scalar.values.item() == 2.0 and scalar.indices.item() == 0
     with pytest.raises(RuntimeError, match="out of range"):
@@ -77,9 +74,9 @@ def test_kthvalue_nan_views_and_errors():
 ])
 def test_hash_tensor(make):
     x = make()
-    assert_same(torch.hash_tensor(x.to("tpu")), torch.hash_tensor(x))
-    assert_same(torch.hash_tensor(x.to("tpu").t(), 1, keepdim=True), torch.hash_tensor(x.t(), 1, keepdim=True))
-    assert_same(torch.hash_tensor(x.to("tpu")[:0], 1), torch.hash_tensor(x[:0], 1))
+    compare(torch.hash_tensor(x.to("tpu")), torch.hash_tensor(x))
+    compare(torch.hash_tensor(x.to("tpu").t(), 1, keepdim=True), torch.hash_tensor(x.t(), 1, keepdim=True))
+    compare(torch.hash_tensor(x.to("tpu")[:0], 1), torch.hash_tensor(x[:0], 1))
     with pytest.raises(IndexError, match="non-zero size"):
         torch.hash_tensor(x.to("tpu")[:0], 0)
     with pytest.raises(RuntimeError, match="reduction dim"):
@@ -112,8 +109,8 @@ def segment_reduce_and_grad(device, reduce, initial, grad_seed=0, **segments):
 def test_segment_reduce_forward_and_backward(reduce, initial, segments):
     actual, actual_grad = segment_reduce_and_grad("tpu", reduce, initial, **segments)
     expected, expected_grad = segment_reduce_and_grad("cpu", reduce, initial, **segments)
-    assert_same(actual, expected)
-    assert_same(actual_grad, expected_grad)
+    compare(actual, expected)
+    compare(actual_grad, expected_grad)
 
 
 def test_segment_reduce_errors():
@@ -146,14 +143,14 @@ def test_embedding_renorm(norm_type):
     torch.embedding_renorm_(expected, indices, 1.5, norm_type)
     actual = weight.to("tpu")
     assert torch.embedding_renorm_(actual, indices.to("tpu"), 1.5, norm_type) is actual
-    assert_same(actual, expected)
+    compare(actual, expected)
 
 
 def test_embedding_max_norm():
     weight = torch.randn(10, 4, generator=gen())
     indices = torch.tensor([1, 3, 1])
     expected = torch.nn.functional.embedding(indices, weight.clone(), max_norm=0.5)
-    assert_same(torch.nn.functional.embedding(indices.to("tpu"), weight.to("tpu"), max_norm=0.5), expected)
+    compare(torch.nn.functional.embedding(indices.to("tpu"), weight.to("tpu"), max_norm=0.5), expected)
 
 
 # fractional max pooling -------------------------------------------------------------------------
@@ -184,7 +181,7 @@ def test_fractional_max_pool(shape, kernel, output_size, dtype):
         return values, indices, leaf.grad
 
     for actual, expected in zip(run("tpu"), run("cpu")):
-        assert_same(actual, expected)
+        compare(actual, expected)
 
 
 def test_fractional_max_pool_too_large():

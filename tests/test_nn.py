@@ -10,47 +10,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.testing import assert_close
 
+import differential
+from differential import check_grads
+
 BF16_TOLERANCE = dict(atol=2e-2, rtol=2e-2)
-
-
-def _tensors(value):
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (tuple, list)):
-        return [t for v in value for t in _tensors(v)]
-    return []
-
-
-def _to_device(x, device, requires_grad):
-    if not isinstance(x, torch.Tensor):
-        return x
-    moved = x.detach().to(device)
-    return moved.requires_grad_(requires_grad and moved.is_floating_point())
-
-
-def check(fn, *inputs, grad=True, **tolerance):
-    """Run ``fn`` on CPU and on tpu; compare every output and every input gradient."""
-    cpu_inputs = [_to_device(x, "cpu", grad) for x in inputs]
-    tpu_inputs = [_to_device(x, "tpu", grad) for x in inputs]
-    cpu_outputs, tpu_outputs = _tensors(fn(*cpu_inputs)), _tensors(fn(*tpu_inputs))
-    assert len(cpu_outputs) == len(tpu_outputs)
-    for got, expected in zip(tpu_outputs, cpu_outputs):
-        assert got.device.type == "tpu"
-        assert_close(got.cpu(), expected, equal_nan=True, **tolerance)
-    if not grad:
-        return tpu_outputs
-    differentiable = [(c, t) for c, t in zip(cpu_outputs, tpu_outputs) if c.requires_grad]
-    assert differentiable, "nothing to differentiate"
-    cpu_out, tpu_out = differentiable[0]
-    gradient = torch.randn_like(cpu_out)
-    cpu_out.backward(gradient)
-    tpu_out.backward(gradient.to("tpu"))
-    for cpu_x, tpu_x in zip(cpu_inputs, tpu_inputs):
-        if isinstance(cpu_x, torch.Tensor) and cpu_x.requires_grad:
-            assert (cpu_x.grad is None) == (tpu_x.grad is None)
-            if cpu_x.grad is not None:
-                assert_close(tpu_x.grad.cpu(), cpu_x.grad, equal_nan=True, **tolerance)
-    return tpu_outputs
 
 
 @pytest.fixture(autouse=True)
@@ -64,7 +27,7 @@ def _seed():
 @pytest.mark.parametrize("function", [F.softmax, F.log_softmax])
 @pytest.mark.parametrize("shape,dim", [((3, 7), -1), ((3, 7), 0), ((2, 3, 4), 1), ((), 0), ((0, 5), 1), ((4, 0), 1)])
 def test_softmax_matches_cpu(function, shape, dim):
-    check(lambda x: function(x, dim), torch.randn(shape))
+    check_grads(lambda x: function(x, dim), torch.randn(shape))
 
 
 @pytest.mark.parametrize("function", [F.softmax, F.log_softmax])
@@ -73,15 +36,15 @@ def test_softmax_non_contiguous_and_extreme_values(function):
     x[0, 1] = float("inf")
     x[1] = float("-inf")
     x[2, 0] = float("nan")
-    check(lambda t: function(t, 1), x, grad=False)
-    check(lambda t: function(t, 0), torch.randn(6, 5).t() * 50)
+    differential.check(lambda t: function(t, 1), x)
+    check_grads(lambda t: function(t, 0), torch.randn(6, 5).t() * 50)
 
 
 @pytest.mark.parametrize("function", [F.softmax, F.log_softmax])
 def test_softmax_bf16_and_dtype_argument(function):
     x = torch.randn(4, 33).bfloat16()
-    check(lambda t: function(t, -1), x, **BF16_TOLERANCE)
-    out = check(lambda t: function(t, -1, dtype=torch.float32), x)[0]
+    check_grads(lambda t: function(t, -1), x, **BF16_TOLERANCE)
+    out = check_grads(lambda t: function(t, -1, dtype=torch.float32), x)[0]
     assert out.dtype == torch.float32
 
 
@@ -102,7 +65,7 @@ def test_softmax_dim_out_of_range_raises_like_cpu():
 def test_safe_softmax_zeroes_fully_masked_rows():
     x = torch.randn(3, 4)
     x[1] = float("-inf")
-    out = check(lambda t: torch.ops.aten._safe_softmax(t, -1), x)[0].cpu()
+    out = check_grads(lambda t: torch.ops.aten._safe_softmax(t, -1), x)[0].cpu()
     assert torch.equal(out[1], torch.zeros(4))
 
 
@@ -114,18 +77,18 @@ def test_safe_softmax_zeroes_fully_masked_rows():
 def test_layer_norm(affine, shape, normalized):
     weight = torch.randn(normalized) if affine else None
     bias = torch.randn(normalized) if affine else None
-    check(lambda x, w, b: F.layer_norm(x, normalized, w, b, eps=1e-4), torch.randn(shape) * 3 + 1, weight, bias)
+    check_grads(lambda x, w, b: F.layer_norm(x, normalized, w, b, eps=1e-4), torch.randn(shape) * 3 + 1, weight, bias)
 
 
 def test_layer_norm_non_contiguous_input():
-    check(lambda x, w: F.layer_norm(x, (6,), w), torch.randn(6, 4).t(), torch.randn(6))
+    check_grads(lambda x, w: F.layer_norm(x, (6,), w), torch.randn(6, 4).t(), torch.randn(6))
 
 
 def test_layer_norm_bf16_with_float32_parameters_saves_float32_statistics():
     x, w, b = torch.randn(5, 16).bfloat16(), torch.randn(16), torch.randn(16)
-    outputs = check(lambda x, w, b: torch.ops.aten.native_layer_norm(x, [16], w, b, 1e-5), x, w, b, **BF16_TOLERANCE)
+    outputs = check_grads(lambda x, w, b: torch.ops.aten.native_layer_norm(x, [16], w, b, 1e-5), x, w, b, **BF16_TOLERANCE)
     assert [o.dtype for o in outputs] == [torch.bfloat16, torch.float32, torch.float32]
-    check(lambda x: F.layer_norm(x, (16,)), x, **BF16_TOLERANCE)
+    check_grads(lambda x: F.layer_norm(x, (16,)), x, **BF16_TOLERANCE)
 
 
 def test_layer_norm_module():
@@ -133,7 +96,7 @@ def test_layer_norm_module():
     with torch.no_grad():
         module.weight.normal_()
         module.bias.normal_()
-    check(lambda x, w, b: F.layer_norm(x, (8,), w, b), torch.randn(3, 5, 8), module.weight, module.bias)
+    check_grads(lambda x, w, b: F.layer_norm(x, (8,), w, b), torch.randn(3, 5, 8), module.weight, module.bias)
     assert_close(module.to("tpu")(torch.ones(2, 8).to("tpu") * torch.arange(8.).to("tpu")).cpu(),
                  module.cpu()(torch.ones(2, 8) * torch.arange(8.)))
 
@@ -141,9 +104,9 @@ def test_layer_norm_module():
 @pytest.mark.parametrize("shape,groups", [((2, 6, 5), 3), ((3, 4, 2, 3), 2), ((2, 6), 3)])
 def test_group_norm(shape, groups):
     channels = shape[1]
-    check(lambda x, w, b: F.group_norm(x, groups, w, b, eps=1e-3),
+    check_grads(lambda x, w, b: F.group_norm(x, groups, w, b, eps=1e-3),
           torch.randn(shape) * 2 - 1, torch.randn(channels), torch.randn(channels))
-    check(lambda x: F.group_norm(x, groups), torch.randn(shape))
+    check_grads(lambda x: F.group_norm(x, groups), torch.randn(shape))
 
 
 def test_group_norm_module():
@@ -164,13 +127,13 @@ def test_batch_norm_functional(shape, training):
         stats = tpu_stats if x.device.type == "tpu" else cpu_stats
         return F.batch_norm(x, *stats, w, b, training=training, momentum=0.3, eps=1e-3)
 
-    check(function, torch.randn(shape) * 2 + 1, torch.randn(3), torch.randn(3))
+    check_grads(function, torch.randn(shape) * 2 + 1, torch.randn(3), torch.randn(3))
     assert_close(tpu_stats[0].cpu(), cpu_stats[0])
     assert_close(tpu_stats[1].cpu(), cpu_stats[1])
 
 
 def test_batch_norm_without_running_stats():
-    check(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), torch.randn(4, 3, 2), torch.randn(3),
+    check_grads(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), torch.randn(4, 3, 2), torch.randn(3),
           torch.randn(3))
 
 
@@ -195,7 +158,7 @@ def test_batch_norm_2d_module_running_stats_train_then_eval():
 
 
 def test_batch_norm_bf16_input_with_float32_module():
-    outputs = check(
+    outputs = check_grads(
         lambda x, w, b: torch.ops.aten.native_batch_norm(x, w, b, None, None, True, 0.1, 1e-5),
         torch.randn(6, 4, 3).bfloat16(), torch.randn(4), torch.randn(4), **BF16_TOLERANCE,
     )
@@ -203,17 +166,17 @@ def test_batch_norm_bf16_input_with_float32_module():
 
 
 def test_rms_norm():
-    check(lambda x, w: F.rms_norm(x, (6,), w, eps=1e-5), torch.randn(3, 4, 6), torch.randn(6))
+    check_grads(lambda x, w: F.rms_norm(x, (6,), w, eps=1e-5), torch.randn(3, 4, 6), torch.randn(6))
     module = nn.RMSNorm(6)
     assert_close(module.to("tpu")(torch.arange(12.).view(2, 6).to("tpu")).cpu(), module.cpu()(torch.arange(12.).view(2, 6)))
 
 
 def test_batch_norm_export_variants_match_native_batch_norm():
     x, w, b = torch.randn(4, 3, 5), torch.randn(3), torch.randn(3)
-    check(lambda x, w, b: torch.ops.aten._native_batch_norm_legit.no_stats(x, w, b, True, 0.1, 1e-5), x, w, b)
+    check_grads(lambda x, w, b: torch.ops.aten._native_batch_norm_legit.no_stats(x, w, b, True, 0.1, 1e-5), x, w, b)
     stats = (torch.randn(3), torch.rand(3) + 0.5)
-    check(lambda x, w, b, m, v: torch.ops.aten._native_batch_norm_legit_no_training(x, w, b, m, v, 0.1, 1e-5),
-          x, w, b, *stats, grad=False)
+    differential.check(lambda x, w, b, m, v: torch.ops.aten._native_batch_norm_legit_no_training(x, w, b, m, v, 0.1, 1e-5),
+          x, w, b, *stats)
 
 
 BATCH_NORM_LAYOUTS = {
@@ -236,11 +199,39 @@ def test_batch_norm_normalizes_with_statistics_as_cpu_stores_them(dtype, trainin
     stats = (torch.randn(5, generator=generator).to(dtype), (torch.rand(5, generator=generator) + 0.5).to(dtype))
     exact = dict(atol=0, rtol=0) if dtype == torch.bfloat16 else {}
     view = BATCH_NORM_LAYOUTS[layout]
-    check(lambda t, m, v: torch.ops.aten.native_batch_norm(view(t), weight.to(t.device), bias.to(t.device), m, v,
-                                                           training, -0.7, 0.5)[0], x, *stats, grad=False, **exact)
-    check(lambda t: F.instance_norm(view(t), stats[0].to(t.device).clone(), stats[1].to(t.device).clone(),
+    differential.check(lambda t: torch.ops.aten.native_batch_norm(view(t), weight.to(t.device), bias.to(t.device),
+                                                     *(s.to(t.device) for s in stats), training, -0.7, 0.5)[0],
+          x, **exact)
+    differential.check(lambda t: F.instance_norm(view(t), stats[0].to(t.device).clone(), stats[1].to(t.device).clone(),
                                     weight.to(t.device), bias.to(t.device), momentum=-1.0, eps=0.5),
-          x, grad=False, **exact)
+          x, **exact)
+
+
+@pytest.mark.parametrize("layout", BATCH_NORM_LAYOUTS)
+@pytest.mark.parametrize("momentum", [0.1, -0.7])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_batch_norm_updates_running_statistics_with_cpus_arithmetic(dtype, momentum, layout):
+    """CPU's vectorised path updates bf16 running statistics in bf16, rounding every operation: the running
+    mean comes out bit-exact. The running variance is built from CPU's sum of squares, which it
+    accumulates in an order not replayed here: within one bf16 ulp."""
+    generator = torch.Generator().manual_seed(1)
+    x = (torch.randn(3, 64, 4, 6, generator=generator) * 3 + 2).to(dtype)
+    weight, bias = (torch.randn(64, generator=generator).to(dtype) for _ in range(2))
+    stats = (torch.randn(64, generator=generator).to(dtype), (torch.rand(64, generator=generator) + 0.5).to(dtype))
+    view = BATCH_NORM_LAYOUTS[layout]
+    updated = {}
+    for device in ("cpu", "tpu"):
+        mean, var = (s.to(device, copy=True) for s in stats)
+        torch.ops.aten.native_batch_norm(view(x.to(device)), weight.to(device), bias.to(device), mean, var, True,
+                                         momentum, 0.5)
+        updated[device] = mean.cpu(), var.cpu()
+    (cpu_mean, cpu_var), (tpu_mean, tpu_var) = updated["cpu"], updated["tpu"]
+    if dtype == torch.bfloat16:
+        assert_close(tpu_mean, cpu_mean, atol=0, rtol=0)
+        assert_close(tpu_var, cpu_var, atol=0, rtol=2 ** -7)
+    else:
+        assert_close(tpu_mean, cpu_mean, atol=1e-5, rtol=1e-5)
+        assert_close(tpu_var, cpu_var)
 
 
 @pytest.mark.parametrize("op", ["_batch_norm_with_update", "_batch_norm_no_update"])
@@ -269,8 +260,8 @@ def test_batch_norm_update_variants_keep_the_input_dtype_and_update_running_stat
     dict(kernel_size=3, stride=2, padding=1, dilation=2, ceil_mode=True),
 ])
 def test_max_pool2d(kwargs):
-    check(lambda x: F.max_pool2d(x, return_indices=True, **kwargs), torch.randn(2, 3, 9, 8))
-    check(lambda x: F.max_pool2d(x, **kwargs), torch.randn(3, 9, 8))  # unbatched
+    check_grads(lambda x: F.max_pool2d(x, return_indices=True, **kwargs), torch.randn(2, 3, 9, 8))
+    check_grads(lambda x: F.max_pool2d(x, **kwargs), torch.randn(3, 9, 8))  # unbatched
 
 
 def test_max_pool2d_ties_nan_and_all_negative_infinity():
@@ -278,19 +269,19 @@ def test_max_pool2d_ties_nan_and_all_negative_infinity():
     x[0, 0, 3, 3] = float("nan")
     x[0, 0, 0, 3] = float("nan")
     x[0, 0, 2:, :2] = float("-inf")
-    check(lambda t: F.max_pool2d(t, 2, return_indices=True), x)
-    check(lambda t: F.max_pool2d(t, 3, 2, padding=1, return_indices=True), x, grad=False)
+    check_grads(lambda t: F.max_pool2d(t, 2, return_indices=True), x)
+    differential.check(lambda t: F.max_pool2d(t, 3, 2, padding=1, return_indices=True), x)
 
 
 def test_max_pool2d_channels_last_and_integer():
-    check(lambda x: F.max_pool2d(x, 3, 2, 1), torch.randn(2, 4, 7, 7).to(memory_format=torch.channels_last))
-    check(lambda x: F.max_pool2d(x, 2, return_indices=True), torch.randint(-50, 50, (1, 2, 6, 6)), grad=False)
+    check_grads(lambda x: F.max_pool2d(x, 3, 2, 1), torch.randn(2, 4, 7, 7).to(memory_format=torch.channels_last))
+    differential.check(lambda x: F.max_pool2d(x, 2, return_indices=True), torch.randint(-50, 50, (1, 2, 6, 6)))
 
 
 def test_max_pool1d_and_3d():
-    check(lambda x: F.max_pool1d(x, 3, 2, 1, return_indices=True), torch.randn(2, 3, 10))
-    check(lambda x: F.max_pool3d(x, 2, return_indices=True), torch.randn(2, 2, 4, 5, 6))
-    check(lambda x: F.max_pool3d(x, (2, 3, 2), (1, 2, 2), (1, 1, 0), ceil_mode=True), torch.randn(2, 4, 5, 6))
+    check_grads(lambda x: F.max_pool1d(x, 3, 2, 1, return_indices=True), torch.randn(2, 3, 10))
+    check_grads(lambda x: F.max_pool3d(x, 2, return_indices=True), torch.randn(2, 2, 4, 5, 6))
+    check_grads(lambda x: F.max_pool3d(x, (2, 3, 2), (1, 2, 2), (1, 1, 0), ceil_mode=True), torch.randn(2, 4, 5, 6))
 
 
 @pytest.mark.parametrize("device", ["cpu", "tpu"])
@@ -304,8 +295,8 @@ def test_pool_argument_errors_match_cpu(device):
 
 
 def test_max_pool_modules():
-    check(nn.MaxPool2d(3, stride=2, padding=1), torch.randn(2, 3, 8, 8))
-    check(nn.MaxPool2d(2, return_indices=True), torch.randn(1, 2, 6, 6))
+    check_grads(nn.MaxPool2d(3, stride=2, padding=1), torch.randn(2, 3, 8, 8))
+    check_grads(nn.MaxPool2d(2, return_indices=True), torch.randn(1, 2, 6, 6))
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -317,38 +308,38 @@ def test_max_pool_modules():
     dict(kernel_size=(2, 3), stride=(2, 1), divisor_override=5),
 ])
 def test_avg_pool2d(kwargs):
-    check(lambda x: F.avg_pool2d(x, **kwargs), torch.randn(2, 3, 9, 8))
+    check_grads(lambda x: F.avg_pool2d(x, **kwargs), torch.randn(2, 3, 9, 8))
 
 
 def test_avg_pool1d_3d_and_module():
-    check(lambda x: F.avg_pool1d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), torch.randn(2, 3, 10))
-    check(lambda x: F.avg_pool3d(x, 3, 2, 1, ceil_mode=True), torch.randn(2, 2, 5, 6, 7))
-    check(lambda x: F.avg_pool3d(x, 2, divisor_override=3), torch.randn(2, 4, 4, 4))
-    check(nn.AvgPool2d(2), torch.randn(2, 3, 6, 6).to(memory_format=torch.channels_last))
-    check(nn.AvgPool2d(2), torch.randn(2, 3, 6, 6).bfloat16(), **BF16_TOLERANCE)
-    check(lambda x: F.avg_pool2d(x, 2, ceil_mode=True), torch.randint(-100, 100, (1, 2, 5, 5)), grad=False)
+    check_grads(lambda x: F.avg_pool1d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), torch.randn(2, 3, 10))
+    check_grads(lambda x: F.avg_pool3d(x, 3, 2, 1, ceil_mode=True), torch.randn(2, 2, 5, 6, 7))
+    check_grads(lambda x: F.avg_pool3d(x, 2, divisor_override=3), torch.randn(2, 4, 4, 4))
+    check_grads(nn.AvgPool2d(2), torch.randn(2, 3, 6, 6).to(memory_format=torch.channels_last))
+    check_grads(nn.AvgPool2d(2), torch.randn(2, 3, 6, 6).bfloat16(), **BF16_TOLERANCE)
+    differential.check(lambda x: F.avg_pool2d(x, 2, ceil_mode=True), torch.randint(-100, 100, (1, 2, 5, 5)))
 
 
 @pytest.mark.parametrize("divisor", [-2, -3, 3])
 def test_integer_avg_pool_truncates_toward_zero_with_any_divisor_sign(divisor):
     x = torch.randint(-9, 10, (2, 3, 6, 6))
-    check(lambda t: F.avg_pool2d(t, 2, divisor_override=divisor), x, grad=False)
-    check(lambda t: F.avg_pool2d(t, 3, 1, 1, divisor_override=divisor), x.transpose(2, 3), grad=False)
-    check(lambda t: F.avg_pool3d(t, (2, 2, 3), (2, 2, 1), divisor_override=divisor), x[None], grad=False)
+    differential.check(lambda t: F.avg_pool2d(t, 2, divisor_override=divisor), x)
+    differential.check(lambda t: F.avg_pool2d(t, 3, 1, 1, divisor_override=divisor), x.transpose(2, 3))
+    differential.check(lambda t: F.avg_pool3d(t, (2, 2, 3), (2, 2, 1), divisor_override=divisor), x[None])
 
 
 @pytest.mark.parametrize("in_size,out_size", [((8, 8), (4, 4)), ((7, 10), (3, 4)), ((3, 5), (5, 7)), ((6, 6), (1, 1))])
 def test_adaptive_pool2d(in_size, out_size):
     x = torch.randn(2, 3, *in_size)
-    check(lambda t: F.adaptive_avg_pool2d(t, out_size), x)
-    check(lambda t: F.adaptive_max_pool2d(t, out_size, return_indices=True), x)
+    check_grads(lambda t: F.adaptive_avg_pool2d(t, out_size), x)
+    check_grads(lambda t: F.adaptive_max_pool2d(t, out_size, return_indices=True), x)
 
 
 def test_adaptive_pool1d_and_3d():
-    check(lambda t: F.adaptive_avg_pool1d(t, 4), torch.randn(2, 3, 11))
-    check(lambda t: F.adaptive_max_pool1d(t, 4, return_indices=True), torch.randn(2, 3, 11))
-    check(lambda t: F.adaptive_avg_pool3d(t, (2, 3, 2)), torch.randn(2, 2, 5, 7, 4))
-    check(lambda t: F.adaptive_max_pool3d(t, (2, 3, 2), return_indices=True), torch.randn(2, 2, 5, 7, 4))
+    check_grads(lambda t: F.adaptive_avg_pool1d(t, 4), torch.randn(2, 3, 11))
+    check_grads(lambda t: F.adaptive_max_pool1d(t, 4, return_indices=True), torch.randn(2, 3, 11))
+    check_grads(lambda t: F.adaptive_avg_pool3d(t, (2, 3, 2)), torch.randn(2, 2, 5, 7, 4))
+    check_grads(lambda t: F.adaptive_max_pool3d(t, (2, 3, 2), return_indices=True), torch.randn(2, 2, 5, 7, 4))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -359,11 +350,11 @@ def test_adaptive_avg_pool3d_sums_each_window_in_the_input_dtype_like_cpu(dtype)
     x = (torch.randn(2, 3, 8, 6, 7, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
     exact = dict(atol=0, rtol=0)
     for out_size in ((5, 4, 3), (4, 3, 7), (1, 2, 1)):  # (1, 1, 1) would be mean(), another kernel
-        check(lambda t: F.adaptive_avg_pool3d(t, out_size), x, grad=False, **exact)
-        check(lambda t: F.adaptive_avg_pool3d(t, out_size), x.to(memory_format=torch.channels_last_3d), grad=False,
+        differential.check(lambda t: F.adaptive_avg_pool3d(t, out_size), x, **exact)
+        differential.check(lambda t: F.adaptive_avg_pool3d(t, out_size), x.to(memory_format=torch.channels_last_3d),
               **exact)
-        check(lambda t: F.adaptive_avg_pool3d(t.transpose(2, 4), out_size), x, grad=False, **exact)
-    check(lambda t: F.interpolate(t, scale_factor=1.7, mode="area"), x[:, :, :4, :4, :4], grad=False, **exact)
+        differential.check(lambda t: F.adaptive_avg_pool3d(t.transpose(2, 4), out_size), x, **exact)
+    differential.check(lambda t: F.interpolate(t, scale_factor=1.7, mode="area"), x[:, :, :4, :4, :4], **exact)
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
@@ -374,9 +365,8 @@ def test_linear_interpolation_of_bf16_keeps_cpu_weights(mode, spatial, align_cor
     x = (torch.randn(2, 3, *spatial, generator=torch.Generator().manual_seed(0)) * 3).bfloat16()
     size = tuple(s + s // 2 + 1 for s in spatial)
     exact = dict(atol=0, rtol=2 ** -7 if mode == "bilinear" else 0)
-    check(lambda t: F.interpolate(t, size=size, mode=mode, align_corners=align_corners), x, grad=False, **exact)
-    check(lambda t: F.interpolate(t.flip(-1), scale_factor=0.6, mode=mode, align_corners=align_corners), x,
-          grad=False, **exact)
+    differential.check(lambda t: F.interpolate(t, size=size, mode=mode, align_corners=align_corners), x, **exact)
+    differential.check(lambda t: F.interpolate(t.flip(-1), scale_factor=0.6, mode=mode, align_corners=align_corners), x, **exact)
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.bfloat16, torch.complex64])
@@ -396,7 +386,7 @@ def test_average_pools_refuse_the_dtypes_cpu_has_no_loop_for(dtype):
 def test_adaptive_max_pool_nan():
     x = torch.randn(1, 1, 5, 5)
     x[0, 0, 1, 1] = float("nan")
-    check(lambda t: F.adaptive_max_pool2d(t, 2, return_indices=True), x, grad=False)
+    differential.check(lambda t: F.adaptive_max_pool2d(t, 2, return_indices=True), x)
 
 
 # ------------------------------------------------------------------ dropout
@@ -464,12 +454,12 @@ def test_nll_loss(reduction, weighted):
     weight = torch.rand(5) if weighted else None
     target = torch.tensor([0, 4, 2, 2, 1, 3])
     on = lambda x: None if weight is None else weight.to(x.device)  # noqa: E731
-    check(lambda x: F.nll_loss(x, target.to(x.device), on(x), ignore_index=2, reduction=reduction),
+    check_grads(lambda x: F.nll_loss(x, target.to(x.device), on(x), ignore_index=2, reduction=reduction),
           torch.randn(6, 5))
     spatial_target = torch.randint(0, 5, (2, 3, 4))
-    check(lambda x: F.nll_loss(x, spatial_target.to(x.device), on(x), ignore_index=1, reduction=reduction),
+    check_grads(lambda x: F.nll_loss(x, spatial_target.to(x.device), on(x), ignore_index=1, reduction=reduction),
           torch.randn(2, 5, 3, 4))
-    check(lambda x: F.nll_loss(x, torch.tensor(3).to(x.device), reduction=reduction), torch.randn(5))
+    check_grads(lambda x: F.nll_loss(x, torch.tensor(3).to(x.device), reduction=reduction), torch.randn(5))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -484,16 +474,16 @@ def test_nll_loss_reduction_follows_cpu_cascade_sum_in_the_input_dtype(dtype, re
         target = torch.randint(0, 7, (samples,), generator=generator)
         weight = (torch.rand(7, generator=generator) * 9 - 3).to(dtype)
         for w in (None, weight):
-            check(lambda t, *rest: F.nll_loss(t, target.to(t.device), *rest, ignore_index=2, reduction=reduction),
-                  x, *([] if w is None else [w]), grad=False, **exact)
+            differential.check(lambda t, *rest: F.nll_loss(t, target.to(t.device), *rest, ignore_index=2, reduction=reduction),
+                  x, *([] if w is None else [w]), **exact)
     spatial = (torch.randn(2, 5, 9, 3, generator=generator) * 4).to(dtype).permute(0, 3, 2, 1)
     spatial_target = torch.randint(0, 3, (2, 9, 5), generator=generator)
-    check(lambda t, w: F.nll_loss(t, spatial_target.to(t.device), w, ignore_index=1, reduction=reduction),
-          spatial, weight[:3], grad=False, **exact)
+    differential.check(lambda t, w: F.nll_loss(t, spatial_target.to(t.device), w, ignore_index=1, reduction=reduction),
+          spatial, weight[:3], **exact)
 
 
 def test_nll_loss_all_ignored_mean_is_nan_like_cpu():
-    check(lambda x: F.nll_loss(x, torch.tensor([1, 1]).to(x.device), ignore_index=1), torch.randn(2, 3))
+    check_grads(lambda x: F.nll_loss(x, torch.tensor([1, 1]).to(x.device), ignore_index=1), torch.randn(2, 3))
 
 
 @pytest.mark.parametrize("bad_target", [5, -3])
@@ -530,35 +520,35 @@ def test_cross_entropy_module_ignore_index_and_label_smoothing():
 
 def test_cross_entropy_probability_targets_and_spatial():
     probabilities = torch.rand(3, 5).softmax(-1)
-    check(lambda x: F.cross_entropy(x, probabilities.to(x.device), label_smoothing=0.1), torch.randn(3, 5))
+    check_grads(lambda x: F.cross_entropy(x, probabilities.to(x.device), label_smoothing=0.1), torch.randn(3, 5))
     spatial = torch.randint(0, 4, (2, 3, 3))
-    check(lambda x: F.cross_entropy(x, spatial.to(x.device), ignore_index=0), torch.randn(2, 4, 3, 3))
+    check_grads(lambda x: F.cross_entropy(x, spatial.to(x.device), ignore_index=0), torch.randn(2, 4, 3, 3))
 
 
 def test_cross_entropy_bf16():
     target = torch.tensor([1, 0, 2])
-    check(lambda x: F.cross_entropy(x, target.to(x.device)), torch.randn(3, 4).bfloat16(), **BF16_TOLERANCE)
+    check_grads(lambda x: F.cross_entropy(x, target.to(x.device)), torch.randn(3, 4).bfloat16(), **BF16_TOLERANCE)
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_regression_losses(reduction):
     x, y = torch.randn(4, 6) * 2, torch.randn(4, 6) * 2
-    check(lambda a, b: F.mse_loss(a, b, reduction=reduction), x, y)
+    check_grads(lambda a, b: F.mse_loss(a, b, reduction=reduction), x, y)
     for beta in (0.0, 0.5, 1.0):
-        check(lambda a, b: F.smooth_l1_loss(a, b, reduction=reduction, beta=beta), x, y)
+        check_grads(lambda a, b: F.smooth_l1_loss(a, b, reduction=reduction, beta=beta), x, y)
     for delta in (0.5, 2.0):
-        check(lambda a, b: F.huber_loss(a, b, reduction=reduction, delta=delta), x, y)
+        check_grads(lambda a, b: F.huber_loss(a, b, reduction=reduction, delta=delta), x, y)
 
 
 def test_regression_losses_non_contiguous_and_bf16():
     x, y = torch.randn(5, 4).t(), torch.randn(4, 5)
-    check(lambda a, b: F.mse_loss(a, b), x, y)
-    check(lambda a, b: F.smooth_l1_loss(a, b), x.bfloat16(), y.bfloat16(), **BF16_TOLERANCE)
+    check_grads(lambda a, b: F.mse_loss(a, b), x, y)
+    check_grads(lambda a, b: F.smooth_l1_loss(a, b), x.bfloat16(), y.bfloat16(), **BF16_TOLERANCE)
 
 
 def test_smooth_l1_gradient_at_zero_with_beta_zero():
     x = torch.zeros(3)
-    check(lambda a, b: F.smooth_l1_loss(a, b, beta=0.0, reduction="none"), x, torch.tensor([0.0, 1.0, -1.0]))
+    check_grads(lambda a, b: F.smooth_l1_loss(a, b, beta=0.0, reduction="none"), x, torch.tensor([0.0, 1.0, -1.0]))
 
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
@@ -566,9 +556,9 @@ def test_binary_cross_entropy(reduction):
     probabilities = torch.rand(4, 5)
     probabilities[0, 0], probabilities[1, 1] = 0.0, 1.0  # log clamp at -100
     weight = torch.rand(4, 5)
-    check(lambda p, t: F.binary_cross_entropy(p, t, weight.to(p.device), reduction=reduction),
+    check_grads(lambda p, t: F.binary_cross_entropy(p, t, weight.to(p.device), reduction=reduction),
           probabilities, torch.rand(4, 5))
-    check(lambda p, t: F.binary_cross_entropy(p, t, reduction=reduction), torch.rand(7), torch.rand(7))
+    check_grads(lambda p, t: F.binary_cross_entropy(p, t, reduction=reduction), torch.rand(7), torch.rand(7))
 
 
 def test_binary_cross_entropy_rejects_values_outside_unit_interval():
@@ -579,9 +569,9 @@ def test_binary_cross_entropy_rejects_values_outside_unit_interval():
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_binary_cross_entropy_with_logits(reduction):
     logits, target = torch.randn(4, 5) * 10, torch.rand(4, 5)
-    check(lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction=reduction), logits, target)
+    check_grads(lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction=reduction), logits, target)
     weight, pos_weight = torch.rand(5), torch.rand(5) * 3
-    check(lambda x, t: F.binary_cross_entropy_with_logits(
+    check_grads(lambda x, t: F.binary_cross_entropy_with_logits(
         x, t, weight.to(x.device), pos_weight=pos_weight.to(x.device), reduction=reduction), logits, target)
 
 
@@ -593,11 +583,11 @@ def test_binary_cross_entropy_with_logits_bf16_rounds_each_step_like_cpu():
     target = torch.rand(6, 5, generator=generator).bfloat16()
     weight = (torch.randn(5, generator=generator) * 5).bfloat16()
     exact = dict(atol=0, rtol=0)
-    check(lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction="none"), logits, target, grad=False,
+    differential.check(lambda x, t: F.binary_cross_entropy_with_logits(x, t, reduction="none"), logits, target,
           **exact)
-    check(lambda x, t, w: F.binary_cross_entropy_with_logits(x, t, w, pos_weight=w.abs(), reduction="none"),
-          logits, target, weight, grad=False, **exact)
-    check(lambda x, t: F.binary_cross_entropy_with_logits(x, t, weight.to(x.device)), logits, target,
+    differential.check(lambda x, t, w: F.binary_cross_entropy_with_logits(x, t, w, pos_weight=w.abs(), reduction="none"),
+          logits, target, weight, **exact)
+    check_grads(lambda x, t: F.binary_cross_entropy_with_logits(x, t, weight.to(x.device)), logits, target,
           **BF16_TOLERANCE)
 
 
@@ -606,7 +596,7 @@ def test_binary_cross_entropy_with_logits_bf16_rounds_each_step_like_cpu():
 def test_kl_div(reduction, log_target):
     target = torch.rand(3, 4).softmax(-1)
     target = target.log() if log_target else target
-    check(lambda x, t: F.kl_div(x, t, reduction=reduction, log_target=log_target),
+    check_grads(lambda x, t: F.kl_div(x, t, reduction=reduction, log_target=log_target),
           torch.randn(3, 4).log_softmax(-1), target)
 
 
@@ -622,7 +612,7 @@ def _qkv(batch=2, heads=4, kv_heads=None, length=5, source=6, dim=8):
 @pytest.mark.parametrize("kwargs", [dict(), dict(is_causal=True), dict(scale=0.3)])
 def test_scaled_dot_product_attention(kwargs):
     q, k, v = _qkv(length=6)
-    check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **kwargs), q, k, v)
+    check_grads(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, **kwargs), q, k, v)
 
 
 def test_scaled_dot_product_attention_masks():
@@ -630,22 +620,22 @@ def test_scaled_dot_product_attention_masks():
     boolean = torch.rand(5, 6) > 0.3
     boolean[:, 0] = True
     additive = torch.randn(2, 1, 5, 6)
-    check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=boolean.to(q.device)), q, k, v)
-    check(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m), q, k, v, additive)
+    check_grads(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=boolean.to(q.device)), q, k, v)
+    check_grads(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m), q, k, v, additive)
 
 
 def test_scaled_dot_product_attention_fully_masked_row_gives_zeros():
     q, k, v = _qkv()
     mask = torch.ones(5, 6, dtype=torch.bool)
     mask[2] = False
-    out = check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.device)), q, k, v)[0]
+    out = check_grads(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.device)), q, k, v)[0]
     assert torch.equal(out[:, :, 2].cpu(), torch.zeros(2, 4, 8))
 
 
 def test_scaled_dot_product_attention_gqa_and_bf16():
     q, k, v = _qkv(heads=4, kv_heads=2)
-    check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True, is_causal=True), q, k, v)
-    check(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), *(t.bfloat16() for t in _qkv()),
+    check_grads(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True, is_causal=True), q, k, v)
+    check_grads(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), *(t.bfloat16() for t in _qkv()),
           **BF16_TOLERANCE)
 
 

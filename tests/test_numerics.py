@@ -9,13 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from differential import to_tpu
 from torch_tpu._C import chips
 
 BF16 = ml_dtypes.bfloat16
-
-
-def tpu(value):
-    return value.to("tpu") if isinstance(value, torch.Tensor) else value
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +38,7 @@ def test_narrow_matmul_rounds_the_exact_result_once(dtype):
     b = (torch.randint(-64, 65, (96, 40)) / 8).to(dtype)
     exact = a.float().numpy().astype(np.float64) @ b.float().numpy().astype(np.float64)
     rounded_once = exact.astype(np.float32).astype(BF16 if dtype == torch.bfloat16 else np.float16)
-    actual = (tpu(a) @ tpu(b)).cpu()
+    actual = (to_tpu(a) @ to_tpu(b)).cpu()
     expected = torch.from_numpy(rounded_once.astype(np.float32)).to(dtype)
     assert torch.equal(actual, expected)
     assert torch.equal(actual, a @ b)  # and torch CPU agrees
@@ -62,7 +59,7 @@ def test_float32_accumulation_differs_from_narrow_accumulation(dtype):
     b = torch.full((4096, 1), 2.0 ** -8, dtype=dtype)
     narrow = BF16 if dtype == torch.bfloat16 else np.float16
     naive = _accumulate_in(narrow, np.full(4096, 2.0 ** -8, dtype=np.float32))
-    actual = (tpu(a) @ tpu(b)).item()
+    actual = (to_tpu(a) @ to_tpu(b)).item()
     assert actual == 16.0 == (a @ b).item()
     assert naive <= 8.0  # a narrow running sum stalls once 1/256 is half an ulp of the total
 
@@ -73,7 +70,7 @@ def test_bf16_products_are_exact_in_float32():
     b = torch.randn(1, 64).bfloat16()
     exact = a.float().numpy().astype(np.float64) * b.float().numpy().astype(np.float64)
     assert np.array_equal(exact.astype(np.float32), exact)  # exact in float32
-    actual = (tpu(a).float() @ tpu(b).float()).cpu().numpy()
+    actual = (to_tpu(a).float() @ to_tpu(b).float()).cpu().numpy()
     assert np.array_equal(actual, exact.astype(np.float32))
 
 
@@ -121,7 +118,7 @@ def test_float32_precision_modes(mode, matmul_precision):
     a, b = torch.randn(256, 256), torch.randn(256, 256)
     exact = a.double().numpy() @ b.double().numpy()
     matmul_precision(mode)
-    actual = (tpu(a) @ tpu(b)).cpu().numpy().astype(np.float64)
+    actual = (to_tpu(a) @ to_tpu(b)).cpu().numpy().astype(np.float64)
     low, high = MEASURED_ERROR_BOUNDS[mode]
     assert low <= _relative_error(actual, exact) < high
     if mode in PRECISION_PASSES:  # and the error is the pass decomposition's, not anything else's
@@ -137,11 +134,11 @@ def test_precision_mode_reaches_every_matmul_op(mode, matmul_precision):
     matmul_precision(mode)
     reference = _passes_reference(a.numpy(), b.numpy(), PRECISION_PASSES[mode])
     results = {
-        "mm": torch.mm(tpu(a), tpu(b)),
-        "matmul": tpu(a) @ tpu(b),
-        "linear": F.linear(tpu(a), tpu(b).t()),
-        "bmm": torch.bmm(tpu(a)[None], tpu(b)[None])[0],
-        "addmm": torch.addmm(tpu(bias), tpu(a), tpu(b)) - tpu(bias),
+        "mm": torch.mm(to_tpu(a), to_tpu(b)),
+        "matmul": to_tpu(a) @ to_tpu(b),
+        "linear": F.linear(to_tpu(a), to_tpu(b).t()),
+        "bmm": torch.bmm(to_tpu(a)[None], to_tpu(b)[None])[0],
+        "addmm": torch.addmm(to_tpu(bias), to_tpu(a), to_tpu(b)) - to_tpu(bias),
     }
     for name, result in results.items():
         assert _relative_error(result.cpu().numpy().astype(np.float64), reference) < 1e-6, name
@@ -165,7 +162,7 @@ def test_autocast_default_dtype_is_bf16():
     assert torch.get_autocast_dtype("tpu") == torch.bfloat16
     with torch.amp.autocast("tpu"):
         assert torch.is_autocast_enabled("tpu")
-        assert (tpu(torch.randn(4, 4)) @ tpu(torch.randn(4, 4))).dtype == torch.bfloat16
+        assert (to_tpu(torch.randn(4, 4)) @ to_tpu(torch.randn(4, 4))).dtype == torch.bfloat16
     assert torch.tpu.is_bf16_supported()
     assert torch.bfloat16 in torch.tpu.get_amp_supported_dtype()
 
@@ -175,12 +172,12 @@ def test_autocast_matmul_like_ops_run_in_bf16():
     images, kernel = torch.randn(1, 2, 6, 6), torch.randn(3, 2, 3, 3)
     with torch.autocast("tpu"):
         outputs = {
-            "mm": torch.mm(tpu(a), tpu(b)),
-            "matmul": tpu(a) @ tpu(b),
-            "linear": F.linear(tpu(a), tpu(b).t(), tpu(bias)),
-            "addmm": torch.addmm(tpu(bias), tpu(a), tpu(b)),
-            "bmm": torch.bmm(tpu(a)[None], tpu(b)[None]),
-            "conv2d": F.conv2d(tpu(images), tpu(kernel)),
+            "mm": torch.mm(to_tpu(a), to_tpu(b)),
+            "matmul": to_tpu(a) @ to_tpu(b),
+            "linear": F.linear(to_tpu(a), to_tpu(b).t(), to_tpu(bias)),
+            "addmm": torch.addmm(to_tpu(bias), to_tpu(a), to_tpu(b)),
+            "bmm": torch.bmm(to_tpu(a)[None], to_tpu(b)[None]),
+            "conv2d": F.conv2d(to_tpu(images), to_tpu(kernel)),
         }
     for name, output in outputs.items():
         assert output.dtype == torch.bfloat16, name
@@ -189,8 +186,8 @@ def test_autocast_matmul_like_ops_run_in_bf16():
 
 
 def test_autocast_precision_sensitive_ops_run_in_float32():
-    x = tpu(torch.randn(4, 10)).bfloat16()
-    target = tpu(torch.randint(0, 10, (4,)))
+    x = to_tpu(torch.randn(4, 10)).bfloat16()
+    target = to_tpu(torch.randint(0, 10, (4,)))
     with torch.autocast("tpu"):
         logits = x @ x.t()  # bf16 under autocast
         outputs = {
@@ -202,7 +199,7 @@ def test_autocast_precision_sensitive_ops_run_in_float32():
             "exp": torch.exp(x),
             "sum": x.sum(),
         }
-        added = torch.addcmul(tpu(torch.randn(4, 10)), x, x)  # promote: widest input type
+        added = torch.addcmul(to_tpu(torch.randn(4, 10)), x, x)  # promote: widest input type
     assert logits.dtype == torch.bfloat16
     for name, output in outputs.items():
         assert output.dtype == torch.float32, name
@@ -213,8 +210,8 @@ def test_autocast_precision_sensitive_ops_run_in_float32():
 
 @pytest.mark.filterwarnings("ignore:tpu. float64 matmul")
 def test_autocast_leaves_float64_alone_and_can_be_nested_off():
-    a = tpu(torch.randn(4, 4, dtype=torch.float64))
-    f = tpu(torch.randn(4, 4))
+    a = to_tpu(torch.randn(4, 4, dtype=torch.float64))
+    f = to_tpu(torch.randn(4, 4))
     with torch.autocast("tpu"):
         assert (a @ a).dtype == torch.float64
         with torch.autocast("tpu", enabled=False):
@@ -224,7 +221,7 @@ def test_autocast_leaves_float64_alone_and_can_be_nested_off():
 
 
 def test_autocast_bans_binary_cross_entropy_like_cuda():
-    p = tpu(torch.rand(4))
+    p = to_tpu(torch.rand(4))
     with torch.autocast("tpu"), pytest.raises(RuntimeError, match="binary_cross_entropy_with_logits"):
         F.binary_cross_entropy(p, p)
 

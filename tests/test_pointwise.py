@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
+from differential import check, compare, to_tpu
+
 SPECIALS = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1.0, -1.0, 0.5]
 
 
@@ -21,35 +23,6 @@ def sample(shape, dtype=torch.float32, low=-3.0, high=3.0, seed=0, specials=True
     if specials and flat.numel() >= 2 * len(SPECIALS):
         flat[: len(SPECIALS)] = torch.tensor(SPECIALS, dtype=torch.float64)
     return values.to(dtype)
-
-
-def to_tpu(value):
-    return value.to("tpu") if isinstance(value, torch.Tensor) else value
-
-
-def check(function, *args, atol=None, rtol=None, **kwargs):
-    """``function`` on tpu copies of the arguments gives the CPU result (or raises the same error)."""
-    try:
-        expected = function(*args, **kwargs)
-    except Exception as error:  # noqa: BLE001 - the tpu must raise the same class
-        with pytest.raises(type(error)):
-            function(*map(to_tpu, args), **tpu_kwargs(kwargs))
-        return
-    actual = function(*map(to_tpu, args), **tpu_kwargs(kwargs))
-    compare(actual, expected, atol=atol, rtol=rtol)
-
-
-def tpu_kwargs(kwargs):
-    return {name: to_tpu(value) for name, value in kwargs.items()}
-
-
-def compare(actual, expected, atol=None, rtol=None):
-    if isinstance(expected, (tuple, list)):
-        for a, e in zip(actual, expected):
-            compare(a, e, atol=atol, rtol=rtol)
-        return
-    assert actual.device.type == "tpu"
-    assert_close(actual.cpu(), expected, equal_nan=True, atol=atol, rtol=rtol)
 
 
 # --------------------------------------------------------------------------------------------------

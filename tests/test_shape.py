@@ -37,6 +37,9 @@ def test_cat_type_promotion_and_legacy_empty():
 
 def test_cat_out_and_errors():
     check(lambda a, out: torch.cat([a, a], out=out), make(2, 3), torch.empty(0))
+    check(lambda a, out: torch.cat([a, a], dim=1, out=out), make(2, 3), torch.empty(5, 5))
+    check(lambda a, out: torch.cat([a, a], out=out), make(2, 3), torch.empty(0, dtype=torch.int64))
+    check(lambda a, out: torch.cat([a, a], out=out), make(2, 3, dtype=torch.int32), torch.empty(0, dtype=torch.float64))
     check(lambda a, b: torch.cat([a, b]), make(2, 3), make(2, 4))
     check(lambda a: torch.cat([a, a], dim=2), make(2, 3))
 

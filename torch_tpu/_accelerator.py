@@ -1,10 +1,12 @@
 """``torch.accelerator``, the device-generic API, answered for tpu by ``torch.tpu``.
 
-torch.accelerator's memory and synchronisation functions call C++ entry points
-(``torch._C._accelerator_*``) that need a C++ DeviceAllocator, or a device guard that can
-synchronise and report capabilities. A Python backend can register neither, so on tpu those
-entry points fail with an internal assert. Each one listed here is answered from the emulated
-chip while tpu is the accelerator; otherwise PyTorch's own entry point runs.
+torch.accelerator's functions call C++ entry points (``torch._C._accelerator_*``). Those for memory
+and synchronisation need a C++ DeviceAllocator, or a device guard that can synchronise and report
+capabilities; those for devices and streams go through the device guard, whose Python version
+answers device index 0 and the default stream whatever it is asked. A Python backend can register
+none of that, so on tpu the memory entry points fail with an internal assert, ``set_device_index(1)``
+silently does nothing and ``set_stream`` is ignored. Each entry point listed here is answered from
+the emulated chip while tpu is the accelerator; otherwise PyTorch's own entry point runs.
 """
 
 import functools
@@ -12,12 +14,24 @@ import functools
 import torch
 
 from . import tpu
-from ._tensor import NUMPY_DTYPE
+from ._errors import check_device_index
 
 
 def _capability(device_index):
+    from ._tensor import NUMPY_DTYPE  # the element types load with the chip's numerics, on first use
+
     tpu.get_device_properties(device_index)  # the one-chip-per-process check
     return {"supported_dtypes": set(NUMPY_DTYPE)}
+
+
+def _set_device_index(device_index):
+    check_device_index(torch.device("tpu", device_index), "torch.accelerator.set_device_index")
+
+
+def _exchange_device(device_index):
+    """Enter ``torch.accelerator.device_index(i)``: the previous index, always 0."""
+    check_device_index(torch.device("tpu", device_index), "torch.accelerator.device_index")
+    return 0
 
 
 _TPU_ANSWERS = {
@@ -30,6 +44,11 @@ _TPU_ANSWERS = {
     "_accelerator_getMemoryInfo": tpu.mem_get_info,
     "_accelerator_emptyCache": tpu.empty_cache,
     "_accelerator_emptyHostCache": lambda: None,  # no pinned host cache: tpu pinning is a plain copy
+    "_accelerator_setDeviceIndex": _set_device_index,
+    "_accelerator_exchangeDevice": _exchange_device,
+    "_accelerator_maybeExchangeDevice": _exchange_device,
+    "_accelerator_getStream": tpu.current_stream,
+    "_accelerator_setStream": tpu.set_stream,
 }
 
 

@@ -1,9 +1,18 @@
-"""Make PrivateUse1 the ``tpu`` device: name, device guard, hooks and ``torch.tpu``."""
+"""Make PrivateUse1 the ``tpu`` device: name, device guard, hooks and ``torch.tpu``.
+
+The Python device guard PyTorch offers (``torch._C._acc.DeviceGuard``) forwards only ``type_``
+to Python; C++ answers everything else itself: device index 0, the default stream for every
+stream request, and no-ops for event record/block/query/synchronize (docs/architecture.md,
+"What a Python backend cannot reach").
+"""
 
 import sys
 
 import torch
-from torch.utils.backend_registration import _setup_privateuseone_for_python_backend
+from torch.utils.backend_registration import (
+    _setup_privateuseone_for_python_backend,
+    generate_methods_for_privateuse1_backend,
+)
 
 DEVICE_NAME = "tpu"
 _DEVICE_TYPE = torch._C._autograd.DeviceType.PrivateUse1
@@ -33,6 +42,10 @@ def register_device():
 
     _setup_privateuseone_for_python_backend(
         DEVICE_NAME, backend_module=device_module, hook=TPUHooks(), device_guard=TPUDeviceGuard()
+    )
+    # the setup generated Tensor.tpu(), Module.tpu() and PackedSequence.tpu(); storages too, as CUDA has them
+    generate_methods_for_privateuse1_backend(
+        for_tensor=False, for_module=False, for_packed_sequence=False, for_storage=True
     )
     for name in ("memory", "random", "streams"):
         sys.modules[f"torch.{DEVICE_NAME}.{name}"] = getattr(device_module, name)

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from . import _C, _abstract
+from . import _C, _abstract, _abstract_launch
 from ._errors import NoValuesError
 from ._tensor import DTYPE_NAME
 
@@ -211,7 +211,8 @@ def charged(kernel, name):
     """
     if name in FREE_OPS:
         return kernel
-    clock = _C.current_chip().clock
+    chip = _C.current_chip()
+    clock = chip.clock
     cost_of = cost_model(name)
     packet = name.partition(".")[0]
     traffic = _traffic_model(packet)
@@ -232,6 +233,8 @@ def charged(kernel, name):
     charge = charge_cost if packet in MXU_FLOPS or packet in RESULT_FLOPS else charge_bytes
 
     def launch(*args, **kwargs):
+        if chip.lost_in_fork:  # a child forked after the tpu was used: the chip is its parent's
+            raise _C.chip.ChipLostInFork()
         try:
             if clock.recorders or abstract_mode.depth:
                 return _special_launch(kernel, name, charge, cost_of, clock, args, kwargs)
@@ -251,7 +254,7 @@ abstract_mode = _abstract.MODE
 
 def _special_launch(kernel, name, charge, cost_of, clock, args, kwargs):
     """A launch in abstract mode, or while a profiler records (which also times the emulation on the host)."""
-    run = _abstract.kernel(name, kernel) if abstract_mode.depth else kernel
+    run = _abstract_launch.kernel(name, kernel) if abstract_mode.depth else kernel
     if not clock.recorders:
         result = run(*args, **kwargs)
         charge(args, kwargs, result)

@@ -13,8 +13,6 @@ import functools
 
 import torch._tensor_str as tensor_str
 
-from . import _tensor
-
 _format_values = tensor_str._tensor_str
 _format_tensor = tensor_str._str_intern
 
@@ -31,8 +29,11 @@ tensor_str._tensor_str = _format_values_on_cpu
 
 @functools.wraps(_format_tensor)
 def _format_tensor_without_values(inp, *, tensor_contents=None):
-    if tensor_contents is None and inp.device.type == "tpu" and inp.numel() and not _tensor.tensor_has_values(inp):
-        tensor_contents = f"..., size={tuple(inp.shape)}"
+    if tensor_contents is None and inp.device.type == "tpu" and inp.numel():
+        from ._abstract import has_values  # a tpu tensor exists: the kernels are loaded
+
+        if not has_values(inp):
+            tensor_contents = f"..., size={tuple(inp.shape)}"
     return _format_tensor(inp, tensor_contents=tensor_contents)
 
 

@@ -4,13 +4,18 @@ PyTorch allocates and reads storages in C++ through a device allocator that a
 Python backend does not have (``UntypedStorage(n, device="tpu")`` would
 segfault). These patches route tpu storages to the HBM buffer; every other
 device keeps PyTorch's own code path untouched.
+
+The patches are installed at import; what they call on tpu (``_tensor``) loads on first use.
+A tpu storage's size is its HBM buffer's: C++ keeps its own byte count, which only ever grows
+(``resize_`` to fewer bytes, as FSDP does with ``resize_(0)``, cannot shrink it from Python), so
+``nbytes()``, ``size()`` and every byte view of the storage read the buffer.
 """
 
 import functools
 
 import torch
 
-from . import _tensor
+from ._errors import check_device_index
 
 _Storage = torch.UntypedStorage
 
@@ -20,7 +25,21 @@ def _is_tpu_device(device):
 
 
 def new_tpu_storage(nbytes):
+    from . import _lazy, _tensor
+
+    _lazy.load()
     return _tensor.empty((int(nbytes),), torch.uint8).untyped_storage()
+
+
+_cpp_nbytes = _Storage.nbytes
+
+
+def _buffer_nbytes(storage):
+    """The HBM buffer's size; C++'s count for a tpu storage without one (fake and meta tensors on tpu)."""
+    from . import _tensor
+
+    buffer = getattr(storage, _tensor.BUFFER_ATTRIBUTE, None)
+    return _cpp_nbytes(storage) if buffer is None else buffer.nbytes
 
 
 def _patch(name):
@@ -40,7 +59,8 @@ def _patch(name):
 
 
 def _storage_bytes_tensor(storage):
-    return torch.empty((0,), dtype=torch.uint8, device=storage.device).set_(storage)
+    nbytes = storage.nbytes()  # on tpu, the buffer's size: C++'s count may be larger after a shrink
+    return torch.empty((0,), dtype=torch.uint8, device=storage.device).set_(storage, 0, (nbytes,))
 
 
 def _install_copy():
@@ -102,7 +122,33 @@ def _set_from_file(self, *args):
 @_patch("data_ptr")
 def _data_ptr(self):
     """The host address of the emulated HBM bytes: unique per live allocation."""
+    from . import _tensor
+
     return _tensor.buffer_address(_tensor.hbm_buffer(self))
+
+
+@_patch("nbytes")
+def _nbytes(self):
+    return _buffer_nbytes(self)
+
+
+@_patch("size")
+def _size(self):
+    return _buffer_nbytes(self)
+
+
+@_patch("resize_")
+def _resize(self, nbytes):
+    """Grow or shrink the HBM buffer, keeping the bytes both sizes have (new bytes are undefined, as on CUDA)."""
+    from . import _tensor
+
+    nbytes = int(nbytes)
+    if nbytes < 0:
+        raise RuntimeError(f"resize_: the size of a storage must not be negative, got {nbytes}")
+    _tensor.replace_buffer(self, nbytes)
+    # C++'s byte count grows to fit (tensors set_ on the storage are bounds-checked against it)
+    _tensor.set_metadata(torch.empty((0,), dtype=torch.uint8, device="tpu"), self, 0, (nbytes,), (1,))
+    return self
 
 
 def _install_tensor_data_ptr():
@@ -117,6 +163,10 @@ def _install_tensor_data_ptr():
 
     @functools.wraps(original)
     def data_ptr(self):
+        if self.device.type != "tpu":
+            return original(self)
+        from . import _tensor
+
         buffer = getattr(self.untyped_storage(), _tensor.BUFFER_ATTRIBUTE, None)
         if buffer is None:
             return original(self)
@@ -131,6 +181,7 @@ def _install_constructor():
 
     def __new__(cls, *args, device=None, **kwargs):
         if _is_tpu_device(device):
+            check_device_index(device, "torch.UntypedStorage")
             if len(args) > 1 or kwargs:
                 raise TypeError("UntypedStorage(size, device='tpu') takes only a byte count")
             return new_tpu_storage(args[0] if args else 0)

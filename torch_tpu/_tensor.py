@@ -112,10 +112,6 @@ def empty_with_array(shape, dtype):
     return tensor, np.ndarray(shape, NUMPY_DTYPE[dtype], buffer.array, 0)
 
 
-def empty_like_shape(tensor, shape=None, dtype=None):
-    return empty(tensor.shape if shape is None else shape, tensor.dtype if dtype is None else dtype)
-
-
 def _without_buffer(storage):
     """Why a storage handed to a tpu kernel has no HBM bytes: usually a CPU tensor as ``self`` or ``out=``."""
     if storage.device.type != "tpu":

@@ -75,11 +75,11 @@ class profile:
 
     @property
     def kernel_records(self):
-        return [r for r in self.records if not isinstance(r.cost, CollectiveCost)]
+        return [r for r in self.records if not is_collective(r)]
 
     @property
     def collective_records(self):
-        return [r for r in self.records if isinstance(r.cost, CollectiveCost)]
+        return [r for r in self.records if is_collective(r)]
 
     def _totals(self, key):
         totals = {}
@@ -135,10 +135,15 @@ def _sort_index(pid, index):
     return {"ph": "M", "pid": pid, "tid": 0, "name": "process_sort_index", "args": {"sort_index": index}}
 
 
-def _collective_args(record):
+def is_collective(record):
+    return isinstance(record.cost, CollectiveCost)
+
+
+def _collective_args(record, correlation):
     cost = record.cost
-    return {"stream": record.stream, "group": cost.group, "bytes": cost.ici_bytes, "axes": list(cost.axes),
-            "algorithm": cost.algorithm, "shapes": [list(s) for s in cost.shapes], "dtypes": list(cost.dtypes)}
+    return {"correlation": correlation, "stream": record.stream, "group": cost.group, "bytes": cost.ici_bytes,
+            "axes": list(cost.axes), "algorithm": cost.algorithm, "shapes": [list(s) for s in cost.shapes],
+            "dtypes": list(cost.dtypes)}
 
 
 def _kernel_args(record, correlation):
@@ -151,44 +156,52 @@ def _kernel_args(record, correlation):
     }
 
 
+def device_lanes(records, device_start, spec, origin_us=0.0, extra_args=None):
+    """The simulated chip's part of a Chrome trace: process "TPU 0", a track per stream, an event per kernel.
+
+    Kernel times are simulated, placed ``origin_us`` + (start - ``device_start``) microseconds into the
+    trace. ``extra_args(index, record)`` adds arguments to a kernel (its correlation with a host event).
+    """
+    events = [
+        _name(DEVICE_PID, 0, "process_name", f"TPU 0: {spec.name} ({spec.generation}, simulated clock)"),
+        _sort_index(DEVICE_PID, 1),
+    ]
+    for index, record in enumerate(records):
+        collective = is_collective(record)
+        args = (_collective_args if collective else _kernel_args)(record, index)
+        if extra_args is not None:
+            args.update(extra_args(index, record))
+        events.append({"ph": "X", "cat": "collective" if collective else "kernel", "name": record.cost.name,
+                       "pid": DEVICE_PID, "tid": record.stream,
+                       "ts": round(origin_us + (record.start - device_start) * 1e6, 6),
+                       "dur": round(record.seconds * 1e6, 6), "args": args})
+    labels = _C.current_chip().clock.stream_names  # collective streams are named after their group
+    for stream in sorted({record.stream for record in records}):
+        events.append(_name(DEVICE_PID, stream, "thread_name", labels.get(stream, f"stream {stream}")))
+    return events
+
+
 def chrome_trace(prof):
     """The trace as a dict: host and simulated-device time lines, microseconds from the start."""
     window, spec = prof.window, prof.chip.spec
     host_pid = os.getpid()
     main_thread = threading.main_thread().native_id
-    us = round  # microsecond floats, kept to nanoseconds
-    events = [
-        _name(host_pid, 0, "process_name", "host (Python emulation, wall clock)"), _sort_index(host_pid, 0),
-        _name(DEVICE_PID, 0, "process_name", f"TPU 0: {spec.name} ({spec.generation}, simulated clock)"),
-        _sort_index(DEVICE_PID, 1),
-    ]
-    threads, streams = set(), set()
-    for record in prof.collective_records:
-        events.append({"ph": "X", "cat": "collective", "name": record.cost.name, "pid": DEVICE_PID,
-                       "tid": record.stream, "ts": us((record.start - window.device_start) * 1e6, 6),
-                       "dur": us(record.seconds * 1e6, 6), "args": _collective_args(record)})
-        streams.add(record.stream)
-    for index, record in enumerate(prof.kernel_records):
-        name, args = record.cost.name, _kernel_args(record, index)
+    events = [_name(host_pid, 0, "process_name", "host (Python emulation, wall clock)"), _sort_index(host_pid, 0)]
+    for index, record in enumerate(prof.records):
+        if is_collective(record):
+            continue  # nothing runs on the host: the collective is the ICI's
         host_ts = (record.host_start_ns - window.host_start_ns) / 1e3
-        events.append({"ph": "X", "cat": "cpu_op", "name": name, "pid": host_pid, "tid": record.thread,
-                       "ts": us(host_ts, 3), "dur": us((record.host_end_ns - record.host_start_ns) / 1e3, 3),
+        events.append({"ph": "X", "cat": "cpu_op", "name": record.cost.name, "pid": host_pid, "tid": record.thread,
+                       "ts": round(host_ts, 3), "dur": round((record.host_end_ns - record.host_start_ns) / 1e3, 3),
                        "args": {"correlation": index}})
-        events.append({"ph": "X", "cat": "kernel", "name": name, "pid": DEVICE_PID, "tid": record.stream,
-                       "ts": us((record.start - window.device_start) * 1e6, 6), "dur": us(record.seconds * 1e6, 6),
-                       "args": args})
-        threads.add(record.thread)
-        streams.add(record.stream)
-    for thread in sorted(threads):
+    for thread in sorted({record.thread for record in prof.kernel_records}):
         label = "Python main thread" if thread == main_thread else f"Python thread {thread} (autograd)"
         events.append(_name(host_pid, thread, "thread_name", label))
-    labels = prof.chip.clock.stream_names
-    for stream in sorted(streams):
-        events.append(_name(DEVICE_PID, stream, "thread_name", labels.get(stream, f"stream {stream}")))
+    events += device_lanes(prof.records, window.device_start, spec)
     events += _memory_counters(prof, host_pid)
     for mark, device_time in enumerate(prof.step_marks):
         events.append({"ph": "i", "s": "p", "name": f"step {mark}", "pid": DEVICE_PID, "tid": 0,
-                       "ts": us(device_time * 1e6, 6)})
+                       "ts": round(device_time * 1e6, 6)})
     return {
         "traceEvents": events,
         "displayTimeUnit": "ns",

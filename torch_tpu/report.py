@@ -340,7 +340,8 @@ def chip_status():
 
 
 # --- chip status for python -m torch_tpu.smi -------------------------------------------------
-# Each process writes <runtime dir>/<pid>.json at import, then at most once a second, checked
+# Each process writes <runtime dir>/<pid>.json when its chip is created (its first tpu use; a torch
+# program that never touches the tpu publishes nothing), then at most once a second, checked
 # every PROGRESS_EVERY_KERNELS kernels (the kernel hot path pays one integer comparison), and
 # removes it at exit. Runtime dir: $TORCH_TPU_RUNTIME_DIR, default $TMPDIR/torch_tpu-$USER.
 
@@ -395,16 +396,14 @@ class Publisher:
             pass
 
 
-def start_publishing():
+def start_publishing(chip):
     """Publish this process's chip status for ``python -m torch_tpu.smi`` (off with TORCH_TPU_SMI=0)."""
     if os.environ.get("TORCH_TPU_SMI", "1") == "0":
-        return None
+        return
     publisher = Publisher(runtime_dir())
     publisher.write_quietly()
-    _C.current_chip().clock.progress_hooks.append(publisher.on_progress)
+    chip.clock.progress_hooks.append(publisher.on_progress)
     atexit.register(publisher.remove)
-    return publisher
 
 
-
-_publisher = start_publishing()
+_C.chip.when_created(start_publishing)

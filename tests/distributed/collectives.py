@@ -1,13 +1,11 @@
-"""Worker (run under torchrun): every c10d collective on tpu tensors against gloo on CPU tensors.
+"""Checks (run by suite.py on every rank): every c10d collective on tpu tensors against gloo on CPU.
 
 The default process group is "ici" (init_process_group() with no backend: tpu is the accelerator);
 a second, plain gloo group gives the reference. Results must be equal bit for bit where gloo can
 compute them; dtypes gloo cannot reduce (bf16 on more than 2 ranks, fp16, FP8, unsigned) are
-checked against a float32 (or wider) reduction of every rank's input, rounded once. Prints
-"collectives ok" on success; any mismatch raises.
+checked against a float32 (or wider) reduction of every rank's input, rounded once. Any mismatch
+raises.
 """
-
-import datetime
 
 import torch
 import torch.distributed as dist
@@ -15,10 +13,7 @@ import torch.distributed._functional_collectives as funcol
 
 import torch_tpu  # noqa: F401
 
-dist.init_process_group(timeout=datetime.timedelta(seconds=30))
-rank, world = dist.get_rank(), dist.get_world_size()
-gloo = dist.new_group(backend="gloo")
-assert dist.get_backend() == "ici" or dist.group.WORLD.name() == "ici", dist.group.WORLD.name()
+rank = world = gloo = None
 
 GLOO_DTYPES = [torch.float32, torch.float64, torch.int64, torch.int32, torch.int8, torch.uint8]
 OPS = [dist.ReduceOp.SUM, dist.ReduceOp.AVG, dist.ReduceOp.MAX, dist.ReduceOp.MIN, dist.ReduceOp.PRODUCT]
@@ -108,6 +103,10 @@ def check_all_reduce():
     tpu = torch.full((3,), float(rank + 1), device="tpu")
     dist.all_reduce(tpu, op=dist._make_nccl_premul_sum(0.5))
     assert tpu.cpu().tolist() == [0.5 * sum(range(1, world + 1))] * 3
+    source, chunk = torch.full((2 * world,), float(rank + 1), device="tpu"), torch.empty(2, device="tpu")
+    dist.reduce_scatter_tensor(chunk, source, op=dist._make_nccl_premul_sum(0.5))
+    assert chunk.cpu().tolist() == [0.5 * sum(range(1, world + 1))] * 2
+    assert source.cpu().tolist() == [float(rank + 1)] * (2 * world)  # the input is left as it was
 
 
 def check_gathers_and_scatters():
@@ -207,13 +206,16 @@ def check_point_to_point_and_async():
     for request in dist.batch_isend_irecv(operations):
         request.wait()
     assert received.cpu().float().tolist() == (torch.arange(4.0) + 10 * preceding).tolist()
-    if world >= 2:  # blocking send/recv between ranks 0 and 1
-        if rank == 0:
-            dist.send(torch.full((3,), 7.0, device="tpu"), 1)
-        elif rank == 1:
-            got = torch.empty(3, device="tpu")
-            dist.recv(got, 0)
-            assert got.cpu().tolist() == [7.0] * 3
+    # blocking send/recv between ranks 0 and 1, then a receive from whichever rank sends
+    if rank == 0:
+        dist.send(torch.full((3,), 7.0, device="tpu"), 1)
+        got = torch.empty(2, device="tpu")
+        assert dist.recv(got) == 1 and got.cpu().tolist() == [5.0, 5.0]
+    elif rank == 1:
+        got = torch.empty(3, device="tpu")
+        dist.recv(got, 0)
+        assert got.cpu().tolist() == [7.0] * 3
+        dist.send(torch.full((2,), 5.0, device="tpu"), 0)
     # async collectives: handles, wait(), is_completed(), get_future()
     tensor = torch.ones(5, device="tpu")
     work = dist.all_reduce(tensor, async_op=True)
@@ -233,9 +235,9 @@ def check_functional_collectives():
     assert torch.equal(funcol.all_gather_tensor(x, 0, group).cpu(), everyone)
     scattered = funcol.reduce_scatter_tensor(everyone.to("tpu"), "sum", 0, group)
     assert torch.equal(scattered.cpu(), everyone.chunk(world)[rank] * world)
-    swapped = funcol.all_to_all_single(everyone.to("tpu"), None, None, group)
-    assert swapped.shape == everyone.shape
-    coalesced = funcol.all_gather_into_tensor_coalesced([x, x + 1], group)
+    swapped = funcol.all_to_all_single(everyone.to("tpu"), None, None, group).wait()
+    assert torch.equal(swapped.cpu(), everyone.chunk(world)[rank].repeat(world, 1))  # every rank sent the same
+    coalesced = [t.wait() for t in funcol.all_gather_into_tensor_coalesced([x, x + 1], group)]
     assert torch.equal(coalesced[1].cpu(), everyone + 1)
     # the _c10d_functional ops (what DTensor and compiled graphs call) on tpu tensors
     out = torch.ops._c10d_functional.all_reduce(x, "avg", group.group_name)
@@ -275,10 +277,13 @@ def check_costs_are_charged():
     assert prof.device_seconds >= expected
 
 
-checks = [check_all_reduce, check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
-          check_functional_collectives, check_cpu_tensors_use_gloo, check_costs_are_charged]
-for check in checks:
-    check()
-    dist.barrier()
-dist.destroy_process_group()
-print(f"rank {rank}: collectives ok")
+def run():
+    global rank, world, gloo
+    rank, world = dist.get_rank(), dist.get_world_size()
+    assert dist.group.WORLD.name() == "ici", dist.group.WORLD.name()
+    gloo = dist.new_group(backend="gloo")
+    for check in (check_all_reduce, check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
+                  check_functional_collectives, check_cpu_tensors_use_gloo, check_costs_are_charged):
+        check()
+        dist.barrier()
+    gloo = None  # the reference group goes with the others at destroy_process_group()

@@ -86,7 +86,25 @@ def same_shape(error, reference, tensors, what):
 
 def list_length(error, tensors, size, what):
     if len(tensors) != size:
-        raise error(f"{what} has {len(tensors)} tensors, expected one per rank ({size})")
+        raise error(f"the {what} list has {len(tensors)} tensors, expected one per rank ({size})")
+
+
+def one_per_rank(error, references, lists, size, what):
+    """Each list holds one tensor per rank, of its reference's dtype and shape (all-gather outputs,
+    reduce-scatter inputs, the root's scatter and gather lists)."""
+    for reference, tensors in zip(references, lists):
+        list_length(error, tensors, size, what)
+        same_dtype(error, reference, tensors, f"{what} list")
+        same_shape(error, reference, tensors, f"{what} list tensor")
+
+
+def root_list(error, root, rank, size, references, lists, what):
+    """Scatter and gather: a list of one tensor per rank on the root, none elsewhere."""
+    rank_in_group(error, root, size, "the root")
+    if rank == root:
+        one_per_rank(error, references, lists, size, what)
+    elif any(lists):
+        raise error(f"only the root passes a {what} list")
 
 
 def sized(error, big, small, size, big_name, small_name):

@@ -5,7 +5,7 @@ PyTorch cannot subclass its C++ c10d ``Backend`` in Python, but it can subclass
 group, for every device. So this group takes tpu tensors (handed to the transport as host views of
 their HBM bytes, see ``_host``, and charged on the simulated ICI) and CPU tensors (handed to the
 transport as they are, uncharged: with the gloo transport they behave exactly as under
-``backend="gloo"``; gloo is also registered as the group's CPU backend for C++ callers).
+``backend="gloo"``).
 
 Every collective goes the same way: check the arguments on this rank, agree with the other ranks
 on what is being called (``checks``), start the transport, charge the collective on this group's
@@ -74,7 +74,7 @@ def _reduce_op(options):
 class ProcessGroupICI(dist.ProcessGroup):
     """A group of ranks (one chip each) on the torus ``torus``; ``global_ranks`` are its members."""
 
-    def __init__(self, rank, size, transport, torus, global_ranks=(), cpu_backend=None):
+    def __init__(self, rank, size, transport, torus, global_ranks=()):
         super().__init__(rank, size)
         self._transport = transport
         self._torus = torus
@@ -85,8 +85,6 @@ class ProcessGroupICI(dist.ProcessGroup):
         self._stream = None
         self._sequence = itertools.count()
         self._coalesced = None  # the works issued between _start_coalescing and _end_coalescing
-        if cpu_backend is not None:  # C++ callers with CPU tensors (object collectives) reach gloo directly
-            self._register_backend(torch.device("cpu"), dist.ProcessGroup.BackendType.GLOO, cpu_backend)
 
     # --- what c10d asks of every process group ---------------------------------------------------
 
@@ -115,7 +113,10 @@ class ProcessGroupICI(dist.ProcessGroup):
         return isinstance(self._transport, SimulatedTransport)
 
     def shutdown(self):
-        self._transport.shutdown()
+        """Release the transport (gloo's threads and sockets) now: after destroy_process_group(),
+        PyTorch may still hold this object (functions that took ``group.WORLD`` as a default, meshes)."""
+        transport, self._transport = self._transport, _Destroyed(self._label())
+        transport.shutdown()
 
     def abort(self):
         self.shutdown()
@@ -136,13 +137,17 @@ class ProcessGroupICI(dist.ProcessGroup):
         if on_tpu and not self.simulated and not all(has_bytes(t) for t in tensors):
             raise error("these tensors have no bytes (abstract mode): run collectives on them under torch_tpu.simulate()")
         sequence = next(self._sequence)
-        if self.size() > 1 and checks.exchange_enabled():
+        if self._has_peers():
             self._agree(error, checks.signature(sequence, name, signature_of, **signature))
         return error, on_tpu
 
-    def _agree(self, error, signature):
-        """Every rank of the group must be making the same call (see ``checks``)."""
-        mine = torch.tensor(signature, dtype=torch.int64)
+    def _has_peers(self):
+        """Whether there are other ranks to agree with (none in a simulated world)."""
+        return self.size() > 1 and not self.simulated and checks.exchange_enabled()
+
+    def _exchange(self, error, values):
+        """Every rank's ``values`` (a list of ints of the same length on every rank)."""
+        mine = torch.tensor(values, dtype=torch.int64)
         everyone = [torch.empty_like(mine) for _ in range(self.size())]
         pending = self._transport.allgather([everyone], [mine], AllgatherOptions())
         try:
@@ -150,9 +155,30 @@ class ProcessGroupICI(dist.ProcessGroup):
                 pending.wait()
         except RuntimeError as failure:
             raise error(f"not every rank of the group reached this collective: {failure}", type(failure)) from failure
-        if any(not torch.equal(other, mine) for other in everyone):
-            calls = "; ".join(f"rank {r}: {checks.describe_signature(v.tolist())}" for r, v in enumerate(everyone))
+        return [other.tolist() for other in everyone]
+
+    def _agree(self, error, signature):
+        """Every rank of the group must be making the same call (see ``checks``)."""
+        everyone = self._exchange(error, signature)
+        if any(other != signature for other in everyone):
+            calls = "; ".join(f"rank {r}: {checks.describe_signature(v)}" for r, v in enumerate(everyone))
             raise error(f"the ranks of the group called different collectives: {calls}")
+
+    def _agree_on_splits(self, error, input_splits, output_splits):
+        """What rank j sends rank r (its input split r) must be what r expects from j (output split j)."""
+        if not self._has_peers() or (not input_splits and not output_splits):
+            return
+        sizes = self._exchange(error, [len(input_splits), len(output_splits)])
+        if any(s != [self.size(), self.size()] for s in sizes):
+            raise error("every rank must pass split sizes when one does (one size per rank, for input and output)")
+        everyone = self._exchange(error, [*input_splits, *output_splits])
+        world = self.size()
+        for receiver, splits in enumerate(everyone):
+            for sender in range(world):
+                sent, expected = everyone[sender][receiver], splits[world + sender]
+                if sent != expected:
+                    raise error(f"rank {sender} sends {sent} rows to rank {receiver}, which expects {expected} "
+                                "(input and output split sizes disagree across ranks)")
 
     def _ici_stream(self, clock):
         if self._stream is None:
@@ -186,21 +212,24 @@ class ProcessGroupICI(dist.ProcessGroup):
             self._coalesced.append(work)
         return work
 
-    def _reducing_hosts(self, error, tensors, options, inputs=True):
-        """Host views to reduce; PREMUL_SUM scales the ``inputs`` first, and the transport then sums."""
+    def _reducing_hosts(self, error, tensors, options, role="in place"):
+        """Host views of tensors a reduction reads and writes ("in place"), reads ("input") or writes
+        ("output"), and the options for the transport: PREMUL_SUM scales what is read, then sums."""
         op = _reduce_op(options)
         if op == RedOpType.PREMUL_SUM and tensors and tensors[0].device.type == "cpu":
             raise error("ReduceOp.PREMUL_SUM is not supported for CPU tensors (gloo)")
         unsigned_order = op in (RedOpType.MAX, RedOpType.MIN)
         hosts = [HostTensor(t, reducing=True, unsigned_order=unsigned_order and t.dtype == torch.uint64) for t in tensors]
-        if op == RedOpType.PREMUL_SUM and inputs:
-            factor = options.reduceOp.factor
-            for host in hosts:
-                if host.host is not None:
-                    host.host.mul_(factor.cpu() if isinstance(factor, torch.Tensor) else factor)
-            options = type(options)()
-            options.reduceOp = dist.ReduceOp.SUM
-        return hosts, options
+        if op != RedOpType.PREMUL_SUM or role == "output":
+            return hosts, options
+        factor = options.reduceOp.factor
+        factor = factor.cpu() if isinstance(factor, torch.Tensor) else factor
+        for host in hosts:
+            if host.host is not None:  # an input is not the caller's to change: scale a copy
+                host.host = host.host.mul_(factor) if role == "in place" else host.host * factor
+        summing = type(options)()
+        summing.reduceOp, summing.timeout = dist.ReduceOp.SUM, options.timeout
+        return hosts, summing
 
     @staticmethod
     def _hosts(tensors):
@@ -232,10 +261,7 @@ class ProcessGroupICI(dist.ProcessGroup):
     def allgather(self, output_lists, inputs, opts):
         outputs = [t for group in output_lists for t in group]
         error, on_tpu = self._start("all_gather", [*inputs, *outputs], inputs[0] if inputs else None)
-        for group, tensor in zip(output_lists, inputs):
-            checks.list_length(error, group, self.size(), "the output list")
-            checks.same_dtype(error, tensor, group)
-            checks.same_shape(error, tensor, group, "output")
+        checks.one_per_rank(error, inputs, output_lists, self.size(), "output")
         hosts = [self._hosts(group) for group in output_lists]
         sources = self._hosts(inputs)
         return self._launch(
@@ -267,12 +293,9 @@ class ProcessGroupICI(dist.ProcessGroup):
         inputs = [t for group in input_lists for t in group]
         error, on_tpu = self._start("reduce_scatter", [*outputs, *inputs], outputs[0] if outputs else None,
                                     op=_reduce_op(opts))
-        for output, group in zip(outputs, input_lists):
-            checks.list_length(error, group, self.size(), "the input list")
-            checks.same_dtype(error, output, group, "input")
-            checks.same_shape(error, output, group, "input")
-        targets, _ = self._reducing_hosts(error, outputs, opts, inputs=False)
-        sources, opts = self._reducing_hosts(error, inputs, opts)
+        checks.one_per_rank(error, outputs, input_lists, self.size(), "input")
+        targets, _ = self._reducing_hosts(error, outputs, opts, "output")
+        sources, opts = self._reducing_hosts(error, inputs, opts, "input")
         grouped = [[h.host for h in sources[i * self.size():(i + 1) * self.size()]] for i in range(len(outputs))]
         return self._launch("reduce_scatter", error, on_tpu,
                             lambda: self._transport.reduce_scatter([h.host for h in targets], grouped, opts),
@@ -282,8 +305,8 @@ class ProcessGroupICI(dist.ProcessGroup):
         error, on_tpu = self._start("reduce_scatter_tensor", [output, tensor], output, op=_reduce_op(opts))
         checks.same_dtype(error, tensor, [output])
         checks.sized(error, tensor, output, self.size(), "input", "output")
-        (target,), _ = self._reducing_hosts(error, [output], opts, inputs=False)
-        (source,), opts = self._reducing_hosts(error, [tensor], opts)
+        (target,), _ = self._reducing_hosts(error, [output], opts, "output")
+        (source,), opts = self._reducing_hosts(error, [tensor], opts, "input")
         return self._launch("reduce_scatter_tensor", error, on_tpu,
                             lambda: self._transport._reduce_scatter_base(target.host, source.host, opts),
                             [target, source], [output], tensor.nbytes)
@@ -300,6 +323,7 @@ class ProcessGroupICI(dist.ProcessGroup):
         checks.same_dtype(error, tensor, [output])
         checks.splits(error, tensor, input_splits, self.size(), "input")
         checks.splits(error, output, output_splits, self.size(), "output")
+        self._agree_on_splits(error, list(input_splits), list(output_splits))
         target, source = HostTensor(output), HostTensor(tensor)
         return self._launch(
             "all_to_all_single", error, on_tpu,
@@ -311,8 +335,8 @@ class ProcessGroupICI(dist.ProcessGroup):
     def alltoall(self, outputs, inputs, opts):
         error, on_tpu = self._start("all_to_all", [*outputs, *inputs], inputs[0] if inputs else None,
                                     shape=(), count=len(inputs))
-        checks.list_length(error, inputs, self.size(), "the input list")
-        checks.list_length(error, outputs, self.size(), "the output list")
+        checks.list_length(error, inputs, self.size(), "input")
+        checks.list_length(error, outputs, self.size(), "output")
         checks.same_dtype(error, inputs[0], [*inputs, *outputs], "tensor")
         targets, sources = self._hosts(outputs), self._hosts(inputs)
         return self._launch("all_to_all", error, on_tpu,
@@ -320,17 +344,9 @@ class ProcessGroupICI(dist.ProcessGroup):
                             [*targets, *sources], outputs, _nbytes(inputs) * self.size())
 
     def scatter(self, outputs, input_lists, opts):
-        root, is_root = opts.rootRank, opts.rootRank == self.rank()
         inputs = [t for group in input_lists for t in group]
-        error, on_tpu = self._start("scatter", [*outputs, *inputs], outputs[0] if outputs else None, root=root)
-        checks.rank_in_group(error, root, self.size(), "the root")
-        if is_root:
-            for output, group in zip(outputs, input_lists):
-                checks.list_length(error, group, self.size(), "the scatter list")
-                checks.same_dtype(error, output, group, "scatter list")
-                checks.same_shape(error, output, group, "scatter list tensor")
-        elif inputs:
-            raise error("only the root passes a scatter list")
+        error, on_tpu = self._start("scatter", [*outputs, *inputs], outputs[0] if outputs else None, root=opts.rootRank)
+        checks.root_list(error, opts.rootRank, self.rank(), self.size(), outputs, input_lists, "scatter")
         targets = self._hosts(outputs)
         sources = [self._hosts(group) for group in input_lists]
         return self._launch(
@@ -339,17 +355,9 @@ class ProcessGroupICI(dist.ProcessGroup):
             [*targets, *(h for g in sources for h in g)], outputs, _nbytes(outputs) * self.size())
 
     def gather(self, output_lists, inputs, opts):
-        root, is_root = opts.rootRank, opts.rootRank == self.rank()
         outputs = [t for group in output_lists for t in group]
-        error, on_tpu = self._start("gather", [*inputs, *outputs], inputs[0] if inputs else None, root=root)
-        checks.rank_in_group(error, root, self.size(), "the root")
-        if is_root:
-            for group, tensor in zip(output_lists, inputs):
-                checks.list_length(error, group, self.size(), "the gather list")
-                checks.same_dtype(error, tensor, group, "gather list")
-                checks.same_shape(error, tensor, group, "gather list tensor")
-        elif outputs:
-            raise error("only the root passes a gather list")
+        error, on_tpu = self._start("gather", [*inputs, *outputs], inputs[0] if inputs else None, root=opts.rootRank)
+        checks.root_list(error, opts.rootRank, self.rank(), self.size(), inputs, output_lists, "gather")
         targets = [self._hosts(group) for group in output_lists]
         sources = self._hosts(inputs)
         return self._launch(
@@ -403,7 +411,7 @@ class ProcessGroupICI(dist.ProcessGroup):
         return self._point_to_point("recv", tensors, src, lambda hosts: self._transport.recv(hosts, src, tag), src)
 
     def recv_anysource(self, tensors, tag):
-        return self._point_to_point("recv", tensors, None, lambda hosts: self._transport.recv_anysource(hosts, tag))
+        return self._point_to_point("recv", tensors, None, lambda hosts: self._transport.recv_anysource(hosts, tag), None)
 
     # --- coalescing -----------------------------------------------------------------------------
 
@@ -416,6 +424,19 @@ class ProcessGroupICI(dist.ProcessGroup):
     def _end_coalescing(self, device):
         works, self._coalesced = self._coalesced or [], None
         return self._coalesce(works, [])
+
+
+class _Destroyed:
+    """The transport of a process group that has been shut down: any use is an error."""
+
+    def __init__(self, label):
+        self._label = label
+
+    def shutdown(self):
+        pass
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"process group {self._label!r} has been destroyed (destroy_process_group)")
 
 
 # --- creation ------------------------------------------------------------------------------------
@@ -437,4 +458,4 @@ def create(common_options, backend_options=None):
         return ProcessGroupICI(rank, size, SimulatedTransport(rank, size), world.torus, global_ranks)
     world_size = dist.get_world_size() if common_options.global_ranks_in_group else size
     transport = gloo_transport(common_options.store, rank, size, resolve_timeout(common_options.timeout))
-    return ProcessGroupICI(rank, size, transport, world_torus(world_size), global_ranks, cpu_backend=transport)
+    return ProcessGroupICI(rank, size, transport, world_torus(world_size), global_ranks)

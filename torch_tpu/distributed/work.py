@@ -20,20 +20,23 @@ class Work(dist.Work):
         self._host_tensors = host_tensors  # also keeps every tensor of the collective alive until it ends
         self._result = list(result)
         self._ends_at = ends_at  # simulated seconds; None for collectives that do not use the ICI
-        self._source_rank = source_rank
+        self._source = source_rank  # None: the transport knows (a receive from any source)
         self._finished = False
+        self._exception = None
 
     def _finish(self):
+        if self._exception is not None:
+            raise self._exception
         if self._finished:
             return
         try:
             for pending in self._pending:
                 pending.wait()
         except RuntimeError as error:
-            raise type(error)(f"{self._describe} failed: {error}") from error
+            self._exception = type(error)(f"{self._describe} failed: {error}")
+            raise self._exception from error
         for host in self._host_tensors:
             host.finish()
-        self._pending = ()
         self._finished = True
 
     def wait(self, timeout=None):
@@ -44,16 +47,21 @@ class Work(dist.Work):
         return True
 
     def is_completed(self):
-        return self._finished or all(p.is_completed() for p in self._pending)
+        return self._finished or self._exception is not None or all(p.is_completed() for p in self._pending)
 
     def is_success(self):
-        return self.is_completed()
+        return self._finished
 
     def exception(self):
-        return None
+        return self._exception
 
     def source_rank(self):
-        return self._source_rank
+        if self._source is None:
+            self.wait()
+            self._source = self._pending[0]._source_rank() if self._pending else -1
+        return self._source
+
+    _source_rank = source_rank  # the name c10d's recv(src=None) calls
 
     def result(self):
         self.wait()

@@ -68,12 +68,6 @@ def new_tensor(array, dtype):
     return write(result, array)
 
 
-def check_same_device(op_name, *tensors):
-    for t in tensors:
-        if isinstance(t, torch.Tensor) and t.device.type != "tpu":
-            raise device_mismatch("tpu:0", t.device, op_name)
-
-
 def resize_out(out, shape):
     """``out=`` tensors are resized the way PyTorch resizes them (no warning for empty ones)."""
     shape = tuple(shape)

@@ -11,6 +11,9 @@ In order it tries:
 
 Ops of a feature torch_tpu does not have (strided nested tensors, which also get their own
 fallback on the NestedTensorPrivateUse1 key) skip the CPU and say what to use instead.
+
+``torch_tpu._lazy`` registers the boxed fallbacks at import and forwards to these functions once
+the kernels are loaded (a fallback cannot be replaced while the process runs).
 """
 
 import collections
@@ -22,12 +25,11 @@ import torch
 from torch._decomp import decomposition_table
 from torch.utils._pytree import tree_map
 
-from .. import _abstract, _tensor
+from .. import _abstract, _abstract_launch, _tensor
 
 CPU_FALLBACK_VARIABLE = "TORCH_TPU_CPU_FALLBACK"
 META_KEYSET = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
 
-_LIBRARY = torch.library.Library("_", "IMPL")
 _counts = collections.Counter()
 _warned = set()
 _active_decompositions = threading.local()
@@ -159,24 +161,16 @@ def tpu_fallback(keyset, op, *args, **kwargs):
         return _run_decomposition(op, decomposition, args, kwargs)
     if cpu_fallback_enabled() and unsupported_feature(op_name(op)) is None:
         if _abstract.is_abstract():
-            return _abstract.run(op, args, kwargs)
+            return _abstract_launch.run(op, args, kwargs)
         return run_on_cpu(op, args, kwargs)
     raise not_implemented(op)
 
 
-def nested_fallback(op, *args, **kwargs):
+def nested_fallback(keyset, op, *args, **kwargs):
     """Every op on a strided nested tensor whose buffer would be on tpu, such as ``nested.to("tpu")``."""
     raise unsupported(op, STRIDED_NESTED)
 
 
-_LIBRARY.fallback(tpu_fallback, "PrivateUse1", with_keyset=True)
-_LIBRARY.fallback(nested_fallback, "NestedTensorPrivateUse1")
-
-
-def sparse_fallback(op, *args, **kwargs):
+def sparse_fallback(keyset, op, *args, **kwargs):
     """Every op on a sparse tensor whose values would be on tpu, such as ``sparse.to("tpu")``."""
     raise unsupported(op, SPARSE_LAYOUTS)
-
-
-_LIBRARY.fallback(sparse_fallback, "SparsePrivateUse1")
-_LIBRARY.fallback(sparse_fallback, "SparseCsrPrivateUse1")

@@ -339,16 +339,28 @@ def batch_norm_axes(ndim):
     return (0,) + tuple(range(2, ndim))
 
 
-def update_running_stat(running, batch_value, momentum):
-    """running = (1 - momentum) * running + momentum * batch, in place, as PyTorch updates it."""
-    value = opmath_operand(running)
-    write(running, value * (1 - momentum) + batch_value * momentum)
+def update_running_stats(running_mean, running_var, mean, squares, count, momentum, vectorised):
+    """The running averages, updated in place with CPU's arithmetic (batch_norm_cpu_update_stats_template).
 
-
-def stored(array, dtype):
-    """``array`` stored as a new tensor of ``dtype``, and the values that tensor holds (in opmath)."""
-    tensor = new_tensor(array, dtype)
-    return tensor, opmath_operand(tensor)
+    Its vectorised path computes ``m * mean + (1 - m) * running`` and ``m * squares / (n - 1) + (1 - m) *
+    running`` in the parameters' own dtype, from the stored mean and sum of squares, each operation
+    rounded (bf16 parameters round every step, ``n - 1`` included); its generic loop computes in double
+    from the accumulated sums and rounds once on store.
+    """
+    if vectorised:
+        compute = mean.dtype
+        momentum_ = np.asarray(momentum, compute)
+        keep = np.asarray(1, compute) - momentum_
+        unbiased = momentum_ * squares / np.asarray(count - 1, compute)
+    else:
+        compute = np.float64
+        momentum_, keep = momentum, 1 - momentum
+        unbiased = momentum_ * (squares / np.asarray(count - 1, squares.dtype)).astype(compute)
+    with np.errstate(all="ignore"):
+        if running_mean is not None:
+            write(running_mean, momentum_ * mean.astype(compute) + keep * operand(running_mean).astype(compute))
+        if running_var is not None:
+            write(running_var, unbiased + keep * operand(running_var).astype(compute))
 
 
 def vectorised_layout(input):
@@ -360,24 +372,25 @@ def vectorised_layout(input):
 
 
 def batch_statistics(x, axes, stats_dtype, vectorised):
-    """Per channel, the saved mean (a tensor in ``stats_dtype``, and its value) and the biased and
-    unbiased variances, formed as CPU forms them. Sums run in acc_type (double for float32).
+    """Per channel, the saved mean (a tensor in ``stats_dtype``), the mean and the sum of squared
+    deviations as CPU's later steps read them, the count, and the biased variance. Sums run in acc_type (double for float32).
 
-    The vectorised kernels take deviations from the mean in opmath, store the mean and the sum of
-    squares in ``stats_dtype`` (bf16 parameters round both) and divide that stored sum by the count
-    in the same dtype; the generic loops take deviations from the stored mean and keep their sum.
+    The vectorised kernels take deviations from the mean in opmath and store the mean and the sum of
+    squares in ``stats_dtype`` (bf16 parameters round both), then work from those stored values; the
+    generic loops take deviations from the stored mean and keep their sum in acc_type.
     """
     accumulator = np.float64 if x.dtype == np.float32 else x.dtype
     count = x.size // max(x.shape[1], 1)
     mean = (np.sum(x, axis=axes, dtype=accumulator, keepdims=True) / count).astype(x.dtype)
-    save_mean, mean_value = stored(mean.ravel(), stats_dtype)
-    deviation_from = mean if vectorised else per_channel(mean_value, x.ndim)
+    save_mean = new_tensor(mean.ravel(), stats_dtype)
+    deviation_from = mean if vectorised else per_channel(opmath_operand(save_mean), x.ndim)
     squares = np.sum(np.square((x - deviation_from).astype(accumulator)), axis=axes, dtype=accumulator)
     if vectorised:
-        saved_squares = new_tensor(squares, stats_dtype)
-        squares = as_numpy(saved_squares)
-    variances = [(squares / np.asarray(n, squares.dtype)).astype(accumulator) for n in (count, count - 1)]
-    return save_mean, mean_value, *variances
+        mean, squares = as_numpy(save_mean), as_numpy(new_tensor(squares, stats_dtype))
+    else:
+        mean = opmath_operand(save_mean)
+    biased_var = (squares / np.asarray(count, squares.dtype)).astype(accumulator)
+    return save_mean, mean, squares, count, biased_var
 
 
 def generic_arithmetic(input, stats_dtype):
@@ -419,12 +432,9 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
     vectorised = vectorised_layout(input)
     compute = generic_arithmetic(input, stats_dtype)
     if training:
-        save_mean, mean, var, unbiased_var = batch_statistics(x, batch_norm_axes(x.ndim), stats_dtype, vectorised)
-        if running_mean is not None:
-            update_running_stat(running_mean, mean, momentum)
-        if running_var is not None:
-            update_running_stat(running_var, unbiased_var, momentum)
-        save_invstd, _ = stored(inverse_std(var, eps), stats_dtype)
+        save_mean, mean, squares, count, var = batch_statistics(x, batch_norm_axes(x.ndim), stats_dtype, vectorised)
+        update_running_stats(running_mean, running_var, mean, squares, count, momentum, vectorised)
+        save_invstd = new_tensor(inverse_std(var, eps), stats_dtype)
         mean, invstd = as_numpy(save_mean), as_numpy(save_invstd)
     else:
         if running_mean is None or running_var is None:

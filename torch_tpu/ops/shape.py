@@ -5,6 +5,7 @@ chunk, repeat, tile, meshgrid, diag, the *_scatter family, constant_pad_nd)
 need nothing here: their composite kernels or decompositions run on tpu as they are.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -12,8 +13,9 @@ import torch
 
 from .. import _tensor
 from . import _libstdcxx
-from ._common import as_numpy, empty, new_tensor, operand, opmath_operand, store_out, write
+from ._common import as_numpy, empty, new_tensor, operand, opmath_operand, resize_out, store_out, write
 from ._registry import register
+from .pointwise import type_name
 
 
 def _wrap_dim(dim, ndim):
@@ -40,6 +42,12 @@ def cat_out(tensors, dim=0, *, out):
     if not parts:
         return out
     dim = _wrap_dim(dim, parts[0].dim())
+    common = functools.reduce(torch.promote_types, (part.dtype for part in parts))
+    if not torch.can_cast(common, out.dtype):
+        raise TypeError(f"torch.cat(): input types can't be cast to the desired output type {type_name(out.dtype)}")
+    shape = list(parts[0].shape)
+    shape[dim] = sum(part.shape[dim] for part in parts)
+    resize_out(out, shape)
     target = as_numpy(out)
     name = _tensor.DTYPE_NAME[out.dtype]
     start = 0

@@ -2,6 +2,10 @@
 
 One process drives one emulated chip, always ``tpu:0``; multi-chip programs run
 one process per chip under torchrun, as on real TPU hosts.
+
+As with CUDA, the device is initialised lazily: ``_lazy_init()`` (which PyTorch calls before
+the first tpu factory) loads the kernels and creates the chip. A process forked after that is
+in a *bad fork*: its tpu calls raise, and ``torch.manual_seed`` leaves its tpu alone.
 """
 
 import contextlib
@@ -9,7 +13,7 @@ import dataclasses
 
 import torch
 
-from .. import _C
+from .. import _C, _lazy
 from .._errors import check_device_index
 from . import memory, random, streams
 from .memory import (
@@ -45,26 +49,38 @@ def is_available():
     return True
 
 
-# The chip exists as soon as torch_tpu is imported. Device-generic code reads this attribute, as it reads
-# torch.cuda's: torch.utils.checkpoint stashes and restores the device RNG (so that dropout draws the same
-# mask when the forward is recomputed) only for an initialised device module.
-_initialized = True
+# Device-generic code reads this attribute, as it reads torch.cuda's: torch.utils.checkpoint stashes and
+# restores the device RNG (so that dropout draws the same mask when the forward is recomputed) only for an
+# initialised device module. True once the chip exists.
+_initialized = False
+
+
+def _mark_initialized(chip):
+    global _initialized
+    _initialized = True
+
+
+_C.chip.when_created(_mark_initialized)
 
 
 def is_initialized():
-    return _initialized
+    return _initialized and not _is_in_bad_fork()
 
 
 def init():
+    """Load the kernels and create the chip (PyTorch and every tpu op do this on first use)."""
+    if _is_in_bad_fork():
+        raise _C.chip.ChipLostInFork()
+    _lazy.load()
     _C.current_chip()
 
 
-def _lazy_init():
-    init()
+_lazy_init = init  # the name PyTorch calls before the first tpu factory (torch::utils::device_lazy_init)
 
 
 def _is_in_bad_fork():
-    return False
+    """True in a process forked after its parent had used the tpu (then only a spawned process can)."""
+    return _C.chip.in_bad_fork()
 
 
 def is_bf16_supported(including_emulation=True):
@@ -160,4 +176,10 @@ def get_device_capability(device=None):
 
 
 def get_amp_supported_dtype():
-    return [torch.bfloat16, torch.float16, torch.float32]
+    """The lower-precision types ``torch.autocast("tpu", dtype=...)`` accepts; others warn and disable it.
+
+    bfloat16 is the MXU's native input type; float16 runs too (as float32 on the MXU), for code written
+    for CUDA. float32 is not a lower precision: as on CPU and CUDA-like backends, asking autocast for
+    it warns and turns autocast off, which runs every op in its own type.
+    """
+    return [torch.bfloat16, torch.float16]

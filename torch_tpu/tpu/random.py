@@ -1,4 +1,9 @@
-"""The chip's counter-based generator behind torch.manual_seed and fork_rng."""
+"""The chip's counter-based generator behind torch.manual_seed and fork_rng.
+
+``torch.manual_seed`` seeds every device, and most programs call it before they touch one.
+As torch.cuda does, a seed set before the chip exists waits and is applied when it is
+created, so seeding alone does not initialise the device (nor make a later fork a bad one).
+"""
 
 import random
 
@@ -6,13 +11,27 @@ import torch
 
 from .. import _C
 
+_queued_seed = None
+
 
 def _rng():
     return _C.current_chip().rng
 
 
+def _apply_queued_seed(chip):
+    if _queued_seed is not None:
+        chip.rng.manual_seed(_queued_seed)
+
+
+_C.chip.when_created(_apply_queued_seed)
+
+
 def manual_seed(seed):
-    _rng().manual_seed(int(seed))
+    global _queued_seed
+    if _C.chip.created():
+        _rng().manual_seed(int(seed))
+    else:
+        _queued_seed = int(seed)
 
 
 manual_seed_all = manual_seed

@@ -1,0 +1,117 @@
+"""Worker (one process per rank, env:// variables set): the collective and DTensor checks in one run.
+
+    suite.py            every check, then destroy_process_group() must leave no thread or socket
+    suite.py dead       after the checks, rank 1 dies; rank 0's next collective must raise at once
+
+Prints "suite ok" lines (rank 0 adds the thread/socket counts, or what the dead rank's peer saw).
+"""
+
+import datetime
+import gc
+import os
+import sys
+import threading
+import time
+
+import collectives
+import dtensor
+import torch
+import torch.distributed as dist
+
+import torch_tpu  # noqa: F401
+
+
+def threads_and_sockets():
+    """Threads and open sockets, but the threads that live as long as the process: autograd's device
+    threads and the chip's VPU workers (started by the first large kernel)."""
+    threads = sum(not open(f"/proc/self/task/{t}/comm").read().startswith("pt_autograd") for t in os.listdir("/proc/self/task"))
+    threads -= sum(thread.name.startswith("tpu-vpu") for thread in threading.enumerate())
+    sockets = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            sockets += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return threads, sockets
+
+
+def check_mismatch_is_caught_and_recoverable(rank):
+    """Different collectives on different ranks: every rank raises, naming both calls, and the group
+    still works (the check runs before any byte moves)."""
+    try:
+        if rank == 0:
+            dist.all_reduce(torch.ones(4, device="tpu"))
+        else:
+            dist.broadcast(torch.ones(8, device="tpu"), src=0)
+    except RuntimeError as error:
+        message = str(error)
+    else:
+        raise AssertionError("a mismatched collective did not raise")
+    assert "the ranks of the group called different collectives" in message, message
+    assert "rank 0: all_reduce(float32[4], op SUM)" in message and "broadcast(float32[8], root 0)" in message, message
+    assert f"on rank {rank} of process group" in message, message
+    recovered = torch.ones(2, device="tpu")
+    dist.all_reduce(recovered)
+    assert recovered.cpu().tolist() == [float(dist.get_world_size())] * 2
+
+
+def check_bad_arguments_name_the_collective_and_rank(rank):
+    world = dist.get_world_size()
+    try:
+        dist.all_gather_into_tensor(torch.empty(3, device="tpu"), torch.ones(2, device="tpu"))
+    except RuntimeError as error:
+        assert f"all_gather_into_tensor on rank {rank}" in str(error) and "has 3 elements" in str(error), error
+    try:
+        dist.reduce_scatter_tensor(torch.empty(2, device="tpu"), torch.ones(2 * world))
+    except RuntimeError as error:
+        assert "all tensors must be on one device, got tensors on cpu, tpu:0" in str(error), error
+    try:  # locally fine, but rank 0 expects everything from itself while every rank sends it one row
+        splits = [world] + [0] * (world - 1) if rank == 0 else [1] * world
+        dist.all_to_all_single(torch.empty(world, device="tpu"), torch.ones(world, device="tpu"), splits, [1] * world)
+    except RuntimeError as error:
+        assert f"all_to_all_single on rank {rank}" in str(error) and "split sizes disagree across ranks" in str(error), error
+    else:
+        raise AssertionError("inconsistent all_to_all splits did not raise")
+    try:
+        dist.all_to_all_single(torch.empty(world, device="tpu"), torch.ones(world, device="tpu"), [world + 1] + [0] * (world - 1))
+    except RuntimeError as error:
+        assert "output split sizes" in str(error) and f"adding up to the output's first dimension ({world})" in str(error), error
+    else:
+        raise AssertionError("split sizes that do not add up did not raise")
+    recovered = torch.ones(2, device="tpu")
+    dist.all_reduce(recovered)  # nothing was started: the group still works
+    assert recovered.cpu().tolist() == [float(world)] * 2
+
+
+scenario = sys.argv[1] if len(sys.argv) > 1 else "all"
+torch.ones(1, device="tpu")  # the chip's own threads start with its first use
+before = threads_and_sockets()
+rank = int(os.environ["RANK"])
+store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
+                      rank == 0, timeout=datetime.timedelta(seconds=60))
+dist.init_process_group(store=store, rank=rank, world_size=int(os.environ["WORLD_SIZE"]))
+if scenario == "all":
+    collectives.run()
+    dtensor.run()
+    check_mismatch_is_caught_and_recoverable(rank)
+    check_bad_arguments_name_the_collective_and_rank(rank)
+    dist.barrier()
+    dist.destroy_process_group()
+    del store
+    gc.collect()
+    time.sleep(0.5)  # gloo's threads end as their process groups go
+    after = threads_and_sockets()
+    assert after == before, f"threads and sockets before init {before}, after destroy {after}"
+    print(f"rank {rank}: suite ok (threads and sockets before {before}, after {after})", flush=True)
+elif scenario == "dead":
+    tensor = torch.ones(4, device="tpu")
+    dist.all_reduce(tensor)
+    if rank == 1:
+        os._exit(3)
+    time.sleep(1)
+    start = time.monotonic()
+    try:
+        dist.all_reduce(tensor)
+    except RuntimeError as error:
+        print(f"rank {rank}: suite ok: after {time.monotonic() - start:.1f} s: {error}", flush=True)
+    os._exit(0)

@@ -1,0 +1,132 @@
+"""PyTorch's own profilers on tpu: clean runs, and the simulated chip in their tables and traces.
+
+Ported from OpenReg's test_profiler (``torch.autograd.profiler.profile(use_device=...)``) and extended
+to ``torch.profiler.profile``: both must run without C++ errors, report no negative times, print
+tables and export Chrome traces. The device times they report are the simulated kernel times,
+checked against the roofline formula.
+"""
+
+import json
+
+import pytest
+import torch
+from torch.autograd.profiler import profile as autograd_profile
+from torch.profiler import ProfilerActivity, record_function
+
+from conftest import run_python
+from torch_tpu._C.clock import LAUNCH_OVERHEAD_SECONDS
+
+STUB_ERROR = "PrivateUse1 used in profiler but not enabled"
+
+
+def memory_bound_us(nbytes):
+    return (nbytes / torch.tpu.get_device_properties().hbm_bandwidth + LAUNCH_OVERHEAD_SECONDS) * 1e6
+
+
+def pytorch_profile():
+    return torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.PrivateUse1], record_shapes=True)
+
+
+PROFILERS = {"torch.autograd.profiler": lambda: autograd_profile(use_device="tpu", record_shapes=True),
+             "torch.profiler": pytorch_profile}
+
+
+def events_of(prof):
+    return prof.function_events if isinstance(prof, autograd_profile) else prof.events()
+
+
+@pytest.mark.parametrize("make", PROFILERS.values(), ids=list(PROFILERS))
+def test_device_time_of_an_op_is_its_simulated_kernel_time(make, capfd):
+    x = torch.ones(1 << 20, device="tpu")
+    with make() as prof:
+        with record_function("my_block"):
+            y = x * 2
+    assert STUB_ERROR not in capfd.readouterr().err  # no C++ error logged per op
+    events = events_of(prof)
+    (mul,) = [e for e in events if e.name == "aten::mul"]
+    expected = memory_bound_us(x.nbytes + y.nbytes)
+    assert mul.device_time_total == pytest.approx(expected, rel=1e-9)
+    assert mul.self_device_time_total == pytest.approx(expected, rel=1e-9)
+    (kernel,) = [e for e in events if e.device_type == torch._C._autograd.DeviceType.PrivateUse1]
+    assert kernel.name == "mul.Tensor" and kernel.device_time_total == pytest.approx(expected, rel=1e-9)
+    assert kernel.linked_correlation_id == mul.id
+    (block,) = [e for e in events if e.name == "my_block"]
+    assert block.device_time_total == pytest.approx(expected, rel=1e-9)  # a parent counts its children's kernels
+    for event in events:
+        assert event.cpu_time_total >= 0 and event.self_cpu_time_total >= 0
+        assert event.device_time_total >= 0 and event.self_device_time_total >= 0
+
+
+def test_tables_show_simulated_tpu_time(capfd):
+    model = torch.nn.Sequential(torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 10)).to("tpu")
+    x = torch.randn(32, 10, device="tpu")
+    with autograd_profile(use_device="tpu", record_shapes=True) as prof:
+        for _ in range(3):
+            model(x).sum().backward()
+    assert STUB_ERROR not in capfd.readouterr().err
+    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=20)
+    assert "Self TPU" in table and "TPU total" in table and "Self TPU time total" in table
+    averages = {a.key: a for a in prof.key_averages()}
+    assert averages["aten::addmm"].count == 6 and averages["aten::addmm"].self_device_time_total > 0
+    kernels = [e for e in prof.function_events if e.device_type == torch._C._autograd.DeviceType.PrivateUse1]
+    total = sum(e.device_time_total for e in kernels)
+    ops_total = sum(e.self_device_time_total for e in prof.function_events
+                    if e.device_type == torch._C._autograd.DeviceType.CPU)
+    assert total == pytest.approx(ops_total, rel=1e-9) and total > 0  # every kernel found its op
+    assert any("backward" in e.name.lower() and e.device_time_total > 0 for e in prof.function_events)
+    assert prof.key_averages(group_by_input_shape=True).table(row_limit=5)
+
+
+@pytest.mark.parametrize("make", PROFILERS.values(), ids=list(PROFILERS))
+def test_chrome_trace_has_the_simulated_chip(make, tmp_path):
+    side = torch.tpu.Stream()
+    x = torch.ones(1 << 16, device="tpu")
+    with make() as prof:
+        x + 1
+        with torch.tpu.stream(side):
+            x * 3
+    path = tmp_path / "trace.json"
+    prof.export_chrome_trace(str(path))
+    trace = json.loads(path.read_text())
+    events = trace["traceEvents"]
+    kernels = [e for e in events if e.get("cat") == "kernel" and e.get("pid") == 0]
+    assert {(k["name"], k["tid"]) for k in kernels} == {("add.Tensor", 0), ("mul.Tensor", side.stream_id)}
+    for kernel in kernels:
+        assert kernel["dur"] == pytest.approx(memory_bound_us(2 * x.nbytes), rel=1e-6) and kernel["ts"] > 0
+        (op,) = [e for e in events if e.get("cat") == "cpu_op" and e["args"].get("External id") == kernel["args"]["External id"]]
+        assert op["name"] == "aten::" + kernel["name"].split(".")[0]
+    names = {e["args"]["name"] for e in events if e.get("ph") == "M" and e.get("pid") == 0 and e["name"].endswith("_name")}
+    assert any("simulated clock" in name for name in names) and f"stream {side.stream_id}" in names
+
+
+def test_cpu_only_activities_add_no_device_time():
+    x = torch.ones(16, device="tpu")
+    with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as prof:
+        x + 1
+    assert all(e.device_time_total == 0 for e in prof.events())
+    assert not any(e.device_type == torch._C._autograd.DeviceType.PrivateUse1 for e in prof.events())
+
+
+def test_empty_profiles_and_exceptions_inside_a_profile():
+    with autograd_profile(use_device="tpu") as empty:
+        pass
+    assert isinstance(empty.function_events, list)
+    with pytest.raises(ValueError, match="inside"):
+        with autograd_profile(use_device="tpu") as prof:
+            torch.ones(4, device="tpu") + 1
+            raise ValueError("raised inside the profile")
+    assert any(e.name == "aten::add" for e in prof.function_events)
+    assert prof.key_averages().table()
+
+
+def test_a_profile_started_before_the_chip_exists_sees_its_kernels():
+    out = run_python("""
+        import torch
+        from torch_tpu import _C
+        with torch.profiler.profile() as prof:
+            print(_C.chip.created())
+            x = torch.ones(1 << 10, device="tpu") + 1
+        kernels = [e.name for e in prof.events() if e.device_type == torch._C._autograd.DeviceType.PrivateUse1]
+        print(sorted(kernels))
+    """).stdout.splitlines()
+    assert out == ["False", "['add.Tensor', 'fill_.Scalar']"]
