@@ -215,6 +215,7 @@ def test_printing_shows_metadata_instead_of_values():
         assert repr(t) == ("tensor(..., size=(2, 3), device='tpu:0', dtype=torch.bfloat16,\n"
                            "       grad_fn=<MulBackward0>)")
         assert repr(torch.empty(0, device="tpu")) == "tensor([], device='tpu:0')"
+        assert torch.empty(0, 3, device="tpu").cpu().shape == (0, 3)  # no values needed
 
 
 def test_a_real_tensor_keeps_its_values_until_abstract_mode_writes_it():

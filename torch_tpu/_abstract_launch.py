@@ -19,6 +19,7 @@ from ._errors import NoValuesError, device_mismatch
 Tensor = torch.Tensor
 _SEQUENCES = (list, tuple)
 _META = torch.device("meta")
+_BUFFER = _tensor.BUFFER_ATTRIBUTE
 
 
 # --- one abstract launch ---------------------------------------------------------------------
@@ -42,12 +43,12 @@ class _Launch:
     argument's metadata alone cannot decide the result, e.g. a CPU tensor whose values Meta may read).
     """
 
-    def __init__(self, op, args, kwargs):
-        self.op, self.args, self.kwargs = op, args, kwargs
+    def __init__(self, facts, args, kwargs):
+        self.facts, self.op, self.args, self.kwargs = facts, facts.op, args, kwargs
         self.tensors, self.storages, self.owners = [], [], []
         self._storage_numbers = {}
         self.cacheable = True
-        self._float_values_matter = _float_values_matter(op)
+        self._float_values_matter = facts.float_values_matter
         self._owner = None
         described = []
         for position, value in enumerate(args):
@@ -56,21 +57,22 @@ class _Launch:
         for name, value in kwargs.items():
             self._owner = name
             described.append((name, self._describe(value)))
-        self.key = (op, tuple(described)) if self.cacheable else None
+        self.key = (facts, tuple(described)) if self.cacheable else None
 
     def _describe(self, value):
         if isinstance(value, Tensor):
-            if value.device.type != "tpu":
+            storage = value.untyped_storage()
+            buffer = getattr(storage, _BUFFER, None)  # only tpu storages have one
+            if buffer is None:
                 self.cacheable = False
                 return None
-            storage = value.untyped_storage()
             number = self._storage_numbers.get(id(storage))
             if number is None:
                 number = self._storage_numbers[id(storage)] = len(self.storages)
                 self.storages.append(storage)
             self.tensors.append(value)
             self.owners.append(self._owner)
-            return (number, value.dtype, tuple(value.shape), value.stride(), value.storage_offset(), storage.nbytes())
+            return (number, value.dtype, tuple(value.shape), value.stride(), value.storage_offset(), buffer.nbytes)
         if type(value) in _SEQUENCES:
             return (type(value), *(self._describe(v) for v in value))
         if type(value) is float and not self._float_values_matter:
@@ -85,7 +87,7 @@ class _Launch:
 
     def written_tensors(self):
         """Indices into ``tensors`` of the ones the op's schema marks as written (in-place, ``out=``)."""
-        written = _written_arguments(self.op)
+        written = self.facts.written
         return [i for i, owner in enumerate(self.owners) if owner in written]
 
     # --- deriving the recipe from Meta --------------------------------------------------------
@@ -239,22 +241,51 @@ class _RecipeDeriver:
             shape, stride, meta.element_size())
         if number is None:
             number = self.new_storage_numbers[storage._cdata] = len(self.new_storage_numbers)
+        if dense and stride == _tensor.contiguous_strides(shape):
+            stride = None  # the allocator's fast path lays it out contiguously
         return (_NEW, number, storage.nbytes(), meta.dtype, shape, stride, offset, dense)
 
 
+class _OpFacts:
+    """What abstract mode needs to know of an op, read once from its schema and tags."""
+
+    __slots__ = ("op", "rule", "needs_values", "element_wise", "float_values_matter", "written")
+
+    def __init__(self, op):
+        name = op._schema.name
+        self.op = op
+        self.rule = RULES.get(op)
+        self.needs_values = torch.Tag.data_dependent_output in op.tags
+        self.element_wise = name.startswith(_PER_ELEMENT_PREFIXES)
+        # a float can decide a shape (arange's step, interpolate's scale) but not a pointwise result's
+        # or a foreach or fused optimizer step's
+        self.float_values_matter = not (torch.Tag.pointwise in op.tags or name.startswith(_FLOAT_BLIND_PREFIXES))
+        self.written = frozenset(key for position, argument in enumerate(op._schema.arguments)
+                                 if argument.alias_info is not None and argument.alias_info.is_write
+                                 for key in (position, argument.name))
+
+    def reads_metadata_only(self):
+        """Returns no tensor and writes none (``_fused_sdp_choice``, say)."""
+        return (self.rule is None and not self.needs_values and not self.written
+                and not any(isinstance(r.type, (torch.TensorType, torch.ListType, torch.OptionalType))
+                            for r in self.op._schema.returns))
+
+
 _FLOAT_BLIND_PREFIXES = ("aten::_foreach_", "aten::_fused_", "aten::_amp_")
-_FLOATS_MATTER = {}
+# Ops applied to lists element by element: each element's results depend on that element alone, so
+# their recipe is assembled from one recipe per element, each cached per element shape. Meta would
+# loop over the elements in Python: an optimizer step over 700 parameters of 10 shapes derives 10
+# small recipes instead of running 700 elementwise meta functions per op.
+_PER_ELEMENT_PREFIXES = ("aten::_foreach_", "aten::_fused_adam", "aten::_fused_sgd", "aten::_fused_adagrad",
+                         "aten::_amp_foreach_non_finite_check_and_unscale_")
+_FACTS = {}
 
 
-def _float_values_matter(op):
-    """False for ops whose results' metadata never depends on a float argument's value: pointwise
-    ops and the foreach and fused optimizer ops (a float can decide a shape elsewhere: arange's step,
-    interpolate's scale factor)."""
-    matter = _FLOATS_MATTER.get(op)
-    if matter is None:
-        matter = _FLOATS_MATTER[op] = not (
-            torch.Tag.pointwise in op.tags or op._schema.name.startswith(_FLOAT_BLIND_PREFIXES))
-    return matter
+def _facts(op):
+    facts = _FACTS.get(op)
+    if facts is None:
+        facts = _FACTS[op] = _OpFacts(op)
+    return facts
 
 
 _KERNELS = {}
@@ -263,55 +294,38 @@ _KERNELS = {}
 def kernel(name, real_kernel):
     """What runs in abstract mode in place of the tpu kernel ``real_kernel`` of aten ``name`` ("add.out").
 
-    Ops that return no tensor and write none (``_fused_sdp_choice``, say) only read metadata: their
-    real kernel answers (and raises NoValuesError, naming the op, if it reads a value after all).
+    Ops that only read metadata run their real kernel (which raises NoValuesError, naming the op, if it
+    reads a value after all).
     """
     stand_in = _KERNELS.get(name)
     if stand_in is None:
         packet, _, overload = name.partition(".")
-        op = getattr(getattr(torch.ops.aten, packet), overload or "default")
-        if _reads_metadata_only(op):
+        facts = _facts(getattr(getattr(torch.ops.aten, packet), overload or "default"))
+        if facts.reads_metadata_only():
             stand_in = real_kernel
         else:
             def stand_in(*args, **kwargs):
-                return run(op, args, kwargs)
+                return _launch(facts, args, kwargs)
 
         _KERNELS[name] = stand_in
     return stand_in
 
 
-def _reads_metadata_only(op):
-    schema = op._schema
-    return (op not in RULES and torch.Tag.data_dependent_output not in op.tags and not _written_arguments(op)
-            and not any(isinstance(r.type, (torch.TensorType, torch.ListType, torch.OptionalType))
-                        for r in schema.returns))
-
-
-_WRITTEN = {}
-
-
-def _written_arguments(op):
-    """Positions and names of the arguments ``op`` writes, from its schema (cached)."""
-    written = _WRITTEN.get(op)
-    if written is None:
-        written = _WRITTEN[op] = frozenset(
-            key for position, argument in enumerate(op._schema.arguments)
-            if argument.alias_info is not None and argument.alias_info.is_write
-            for key in (position, argument.name))
-    return written
-
-
 def run(op, args, kwargs):
     """One launch of ``op`` without values: results with exact metadata, HBM allocated bufferless."""
-    rule = RULES.get(op)
-    if rule is not None:
-        return rule(op, args, kwargs)
-    if torch.Tag.data_dependent_output in op.tags:
-        raise NoValuesError(USER_NAMES.get(op, _op_name(op)))
-    launch = _Launch(op, args, kwargs)
+    return _launch(_facts(op), args, kwargs)
+
+
+def _launch(facts, args, kwargs):
+    if facts.rule is not None:
+        return facts.rule(facts.op, args, kwargs)
+    if facts.needs_values:
+        raise NoValuesError(USER_NAMES.get(facts.op, _op_name(facts.op)))
+    launch = _Launch(facts, args, kwargs)
     recipe = _RECIPES.get(launch.key) if launch.key is not None else None
     if recipe is None:
-        recipe = _derive_per_element(launch) if _per_element(op, args) else launch.derive_recipe()
+        per_element = facts.element_wise and _list_length(args) > 1
+        recipe = _derive_per_element(launch) if per_element else launch.derive_recipe()
         if launch.key is not None and recipe[2]:
             if len(_RECIPES) >= CACHE_LIMIT:
                 _RECIPES.clear()
@@ -319,20 +333,8 @@ def run(op, args, kwargs):
     return launch.replay(recipe)
 
 
-# Ops applied to lists element by element: each element's results depend on that element alone, so
-# their recipe is assembled from one recipe per element, each cached per element shape. Meta would
-# loop over the elements in Python: an optimizer step over 700 parameters of 10 shapes derives 10
-# small recipes instead of running 700 elementwise meta functions per op.
-_PER_ELEMENT_PREFIXES = ("aten::_foreach_", "aten::_fused_adam", "aten::_fused_sgd", "aten::_fused_adagrad",
-                         "aten::_amp_foreach_non_finite_check_and_unscale_")
-
-
 def _list_length(args):
     return next((len(a) for a in args if type(a) in _SEQUENCES and a and isinstance(a[0], Tensor)), 0)
-
-
-def _per_element(op, args):
-    return op._schema.name.startswith(_PER_ELEMENT_PREFIXES) and _list_length(args) > 1
 
 
 def _derive_per_element(launch):
@@ -344,7 +346,7 @@ def _derive_per_element(launch):
         tensor_numbers.setdefault(id(tensor), number)
     outputs, resized, cacheable, new_storages = [], [], True, 0
     for index in range(length):
-        element = _Launch(launch.op, tuple([a[index]] if p in lists else a for p, a in enumerate(launch.args)),
+        element = _Launch(launch.facts, tuple([a[index]] if p in lists else a for p, a in enumerate(launch.args)),
                           launch.kwargs)
         recipe = _RECIPES.get(element.key) if element.key is not None else None
         if recipe is None:
@@ -467,12 +469,15 @@ def rule(*overloads):
 def _copy(op, args, kwargs):
     """A copy into tpu only checks its arguments; a copy out of tpu would need the values."""
     source, destination = args[0], args[1]
-    if destination.device.type != "tpu" and source.numel():
-        raise NoValuesError(f"Copying a tpu tensor to the {destination.device.type} (.cpu(), .numpy(), .tolist(), "
-                            "printing values)")
     if op is torch.ops.aten._copy_from_and_resize.default and destination.shape != source.shape:
         destination.resize_(source.shape)
-    torch.empty(destination.shape, device=_META).copy_(torch.empty(source.shape, device=_META))  # broadcastable
+    if destination.shape != source.shape:  # Meta raises copy_'s error if the source does not broadcast
+        torch.empty(destination.shape, device=_META).copy_(torch.empty(source.shape, device=_META))
+    if destination.device.type != "tpu":
+        if source.numel():
+            raise NoValuesError(f"Copying a tpu tensor to the {destination.device.type} (.cpu(), .numpy(), "
+                                ".tolist(), printing values)")
+        return destination  # nothing to copy
     _C.current_chip().hbm.drop_bytes(_tensor.hbm_buffer(destination.untyped_storage()))
     return destination
 
