@@ -109,7 +109,8 @@ def rotary_tables(head_dim, length, theta, device=None, start=0):
 
 
 def rotate(x, cos, sin):
-    """RoPE on (batch, heads, length, head_dim), in the rotate-half layout."""
+    """RoPE on (batch, heads, length, head_dim), in the rotate-half layout (the casts are free when the
+    tables already have ``x``'s dtype)."""
     first, second = x.chunk(2, dim=-1)
     return x * cos.to(x.dtype) + torch.cat([-second, first], dim=-1) * sin.to(x.dtype)
 
@@ -219,7 +220,8 @@ class Decoder(nn.Module):
         if self.positions is not None:
             x = x + self.positions(torch.arange(position, position + length, device=tokens.device))
         else:
-            cos, sin = rotary_tables(self.config.head_dim, length, self.config.rope_theta, tokens.device, position)
+            tables = rotary_tables(self.config.head_dim, length, self.config.rope_theta, tokens.device, position)
+            cos, sin = (table.to(x.dtype) for table in tables)  # once, not in every layer
         for index, layer in enumerate(self.layers):
             x = layer(x, cos, sin, None if caches is None else caches[index], position)
         if caches is not None:
