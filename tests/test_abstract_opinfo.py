@@ -33,8 +33,8 @@ def _metadata(result):
             if isinstance(t, torch.Tensor)]
 
 
-def _abstract_outcome(op, sample, kind):
-    tpu_sample = support.sample_to_tpu(sample)
+def _abstract_outcome(op, sample, kind, cpu_side=frozenset()):
+    tpu_sample = support.sample_to_tpu(sample, cpu_side)
     if not support._touches_tpu(tpu_sample):
         return None
 
@@ -75,11 +75,10 @@ def _abstract_outcome(op, sample, kind):
 
 
 def _failures(op, dtype, kind, samples=None):
+    generated = list(op.sample_inputs("cpu", dtype, requires_grad=kind == support.GRAD))[:samples]
     failures = []
-    for index, sample in enumerate(op.sample_inputs("cpu", dtype, requires_grad=kind == support.GRAD)):
-        if samples is not None and index == samples:
-            break
-        reason = _abstract_outcome(op, sample, kind)
+    for sample, cpu_side in zip(generated, support.cpu_side_leaves(op, dtype, kind, generated)):
+        reason = _abstract_outcome(op, sample, kind, cpu_side)
         if reason is not None:
             failures.append(reason)
     return failures

@@ -355,7 +355,7 @@ def candidate_meshes(job, limit=8):
         if job.chips % tp or tp > job.chips or heads is None or heads[1] % tp or heads[0] % tp:
             continue
         shapes.append((("fsdp", job.chips // tp), ("tp", tp)))
-    for dp in (2, 4, 8):
+    for dp in (2, 4, 8, 16):
         if job.chips % dp == 0 and job.chips > dp and len(shapes) < limit:
             shapes.append((("dp", dp), ("fsdp", job.chips // dp)))
     return [mesh for mesh in shapes if job.batch % _data_parallel(mesh) == 0][:limit]
