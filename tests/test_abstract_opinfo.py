@@ -4,7 +4,8 @@ Each sample runs on the CPU and, in abstract mode, on tpu (its inputs copied wit
 as tests/opinfo_support.py does). Either both give outputs with the same metadata (and so do the
 gradients), or both raise errors of the same class, or abstract mode raises NoValuesError for an op
 whose output depends on values it does not have. The default run takes the representative ops of
-tests/opinfo_support.py; ``-m opinfo_full`` takes every op.
+tests/opinfo_support.py; ``-m opinfo_full`` takes every op (1217 (op, kind) cases, of which the
+27 in ``EXPECTED_FAILURES`` fail, each for the reason given there).
 """
 
 import pytest
@@ -84,9 +85,34 @@ def _failures(op, dtype, kind, samples=None):
     return failures
 
 
-def _cases(ops):
-    return [pytest.param(op, kind, id=f"{op.full_name}-{kind}") for op in ops
-            for kind, dtype in support.kinds_and_dtypes(op, (torch.float32,))]
+NO_TPU_KERNEL = "no tpu kernel in eager mode either (sparse layouts)"
+NO_META = "PyTorch has no Meta kernel for it and abstract mode no rule: NotImplementedError naming the op"
+META_LAYOUT = "Meta lays the result out differently from the CPU (same shape, dtype and bytes)"
+META_EVAL_STATISTICS = "Meta returns batch norm's saved statistics in eval mode, the CPU empty tensors"
+EAGER_TO = "torch_tpu/_pinned.py's Tensor.to refuses copy=, in eager mode too"
+# (op, kind) -> why the full sweep fails it; strict, so a fix shows up as an unexpected pass
+EXPECTED_FAILURES = {
+    **{(name, kind): NO_TPU_KERNEL for name in ("sparse.sampled_addmm", "sparse.mm.reduce", "to_sparse")
+       for kind in (support.FORWARD, support.GRAD)},
+    **{(name, support.FORWARD): NO_META for name in ("geqrf", "histogram", "histogramdd")},
+    **{(name, support.FORWARD): META_LAYOUT for name in (
+        "svd", "linalg.svd", "linalg.eig", "linalg.eigh", "nonzero_static", "fft.hfft2", "fft.hfftn", "fft.rfft2",
+        "fft.rfftn", "nn.functional.max_unpool2d", "nn.functional.max_unpool2d.grad")},
+    **{(name, support.GRAD): META_LAYOUT for name in (
+        "fft.irfft2", "fft.irfftn", "nn.functional.scaled_dot_product_attention")},
+    **{(name, support.FORWARD): META_EVAL_STATISTICS for name in ("native_batch_norm", "_native_batch_norm_legit")},
+    **{("to", kind): EAGER_TO for kind in (support.FORWARD, support.GRAD)},
+}
+
+
+def _cases(ops, expected=None):
+    cases = []
+    for op in ops:
+        for kind, dtype in support.kinds_and_dtypes(op, (torch.float32,)):
+            why = (expected or {}).get((op.full_name, kind))
+            marks = [pytest.mark.xfail(reason=why, strict=True)] if why else []
+            cases.append(pytest.param(op, kind, id=f"{op.full_name}-{kind}", marks=marks))
+    return cases
 
 
 @pytest.mark.parametrize("op, kind", _cases(support.fast_ops()))
@@ -95,6 +121,6 @@ def test_abstract_metadata_matches_cpu(op, kind):
 
 
 @pytest.mark.opinfo_full
-@pytest.mark.parametrize("op, kind", _cases(op_db))
+@pytest.mark.parametrize("op, kind", _cases(op_db, EXPECTED_FAILURES))
 def test_abstract_metadata_matches_cpu_full(op, kind):
     assert _failures(op, torch.float32, kind) == []
