@@ -12,7 +12,7 @@ from torch_tpu.plan import models
 from torch_tpu.plan.serving import ServingJob, plan_serving
 from torch_tpu.plan.training import TrainingJob, candidate_meshes, parse_mesh, plan_training, sweep
 
-from conftest import run_python
+from conftest import finish_python, start_python
 
 TESTS = os.path.dirname(__file__)
 FP32 = 4
@@ -181,18 +181,28 @@ STEP_KEYS = {"time_s", "roofline_s", "compute_s", "hbm_s", "ici_exposed_s", "mod
 SERVING_KEYS = {"params", "hbm_per_chip", "prefill_s", "prefill_bound", "decode_step_s", "decode_bound", "tokens_per_s"}
 
 
-def _cli(*arguments, env=None):
-    process = run_python(f"""
+CLI_RUNS = {
+    "8b on v5e": ("--model", "llama3-8b", "--chip", "v5e", "--batch", "1", "--seq", "64", "--json"),
+    "serving": ("--model", "llama3-1b", "--serve", "--prompt", "128", "--generate", "4", "--batch", "2", "--json"),
+    "user table": ("--model", "plan_user_model:mlp_language_model", "--chips", "2", "--batch", "4", "--seq", "32"),
+    "unknown model": ("--model", "llama3-9b"),
+}
+
+
+@pytest.fixture(scope="module")
+def cli():
+    """Every command line these tests read, run at once in fresh interpreters (start-up dominates)."""
+    started = {name: start_python(f"""
         import sys
         from torch_tpu.plan.__main__ import main
         sys.exit(main({list(arguments)!r}))
-    """, env={"PYTHONPATH": TESTS, **(env or {})}, check=False)
-    return process
+    """, env={"PYTHONPATH": TESTS}) for name, arguments in CLI_RUNS.items()}
+    return {name: finish_python(process, check=False) for name, process in started.items()}
 
 
-def test_json_of_a_plan_that_does_not_fit_names_the_largest_consumer():
+def test_json_of_a_plan_that_does_not_fit_names_the_largest_consumer(cli):
     """8B parameters with AdamW on one 16 GiB v5e: 128 GB of weights, gradients and moments."""
-    process = _cli("--model", "llama3-8b", "--chip", "v5e", "--batch", "1", "--seq", "64", "--json")
+    process = cli["8b on v5e"]
     assert process.returncode == 0, process.stderr
     result = json.loads(process.stdout)
     assert TRAINING_KEYS <= result.keys()
@@ -203,20 +213,20 @@ def test_json_of_a_plan_that_does_not_fit_names_the_largest_consumer():
     assert memory["optimizer"] == 2 * models.CONFIGS["llama3-8b"].parameter_count() * FP32
 
 
-def test_serving_json_and_the_readable_table():
-    process = _cli("--model", "llama3-1b", "--serve", "--prompt", "128", "--generate", "4", "--batch", "2", "--json")
+def test_serving_json_and_the_readable_table(cli):
+    process = cli["serving"]
     assert process.returncode == 0, process.stderr
     result = json.loads(process.stdout)
     assert SERVING_KEYS <= result.keys()
     assert {"weights", "kv_cache", "peak", "capacity", "fits"} <= result["hbm_per_chip"].keys()
     assert result["prefill_bound"] in ("compute", "hbm") and result["decode_bound"] == "hbm"
-    table = _cli("--model", "plan_user_model:mlp_language_model", "--chips", "2", "--batch", "4", "--seq", "32")
+    table = cli["user table"]
     assert table.returncode == 0, table.stderr
     for line in ("HBM per chip", "optimizer state", "fits", "exposed ICI", "MFU", "tokens/s per chip"):
         assert line in table.stdout
 
 
-def test_bad_arguments_are_one_clear_line():
-    process = _cli("--model", "llama3-9b")
+def test_bad_arguments_are_one_clear_line(cli):
+    process = cli["unknown model"]
     assert process.returncode == 2 and "unknown model 'llama3-9b'" in process.stderr
     assert "Traceback" not in process.stderr
