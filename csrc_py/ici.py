@@ -125,6 +125,8 @@ ALGORITHMS = {
     "all_reduce": "ring reduce-scatter + all-gather", "all_to_all": "ring all-to-all",
     "broadcast": "ring broadcast from the root", "reduce": "ring reduce to the root",
     "scatter": "ring scatter from the root", "gather": "ring gather to the root",
+    "send": "point to point over the torus distance", "recv": "point to point over the torus distance",
+    "barrier": "all-reduce of nothing",
 }
 
 

@@ -111,3 +111,29 @@ def test_errors():
     with pytest.raises(ValueError, match="do not fit in one pod"):
         with torch_tpu.simulate(100000):
             pass
+
+
+def test_ddp_buckets_overlap_backward_and_the_step_waits_for_them():
+    from torch.nn.parallel import DistributedDataParallel
+
+    from models import GPT
+
+    with torch_tpu.simulate(8):
+        torch.manual_seed(0)
+        model = DistributedDataParallel(GPT(vocabulary=64, context=16, width=256, heads=8, layers=2).to("tpu"),
+                                        bucket_cap_mb=0.05)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        tokens = torch.randint(0, 64, (4, 16), device="tpu")
+        model(tokens, tokens).backward()  # the first step builds DDP's buckets
+        optimizer.step()
+        optimizer.zero_grad()
+        with profile() as prof:
+            model(tokens, tokens).backward()
+            backward_records = len(prof.records)
+            optimizer.step()
+    collectives = [c for c in prof.collective_records if c.cost.name == "all_reduce"]  # DDP also broadcasts a little
+    assert len(collectives) > 3
+    report = prof.report()
+    assert 0 < report.exposed_ici_seconds < report.ici_seconds / 2  # most of it hides behind backward
+    step_kernels = prof.records[backward_records:]
+    assert min(k.start for k in step_kernels) >= max(c.end for c in collectives)  # the step waited for every bucket

@@ -25,15 +25,24 @@ def start_torchrun(script, nproc, *args, env=None, launcher_args=("--standalone"
                             start_new_session=True)
 
 
-def finish(process, timeout, what):
-    """(return code, stdout, stderr) of a started launch; on timeout kill all of it and fail the test."""
+def _collect(process, timeout):
+    """(return code, stdout, stderr); a process still running after ``timeout`` s is killed with its
+    children and gets return code None."""
     try:
         stdout, stderr = process.communicate(timeout=timeout)
+        return process.returncode, stdout, stderr
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
-        raise AssertionError(f"{what} did not finish in {timeout} s:\n{stdout}\n{stderr[-5000:]}") from None
-    return process.returncode, stdout, stderr
+        return None, stdout, stderr
+
+
+def finish(process, timeout, what):
+    """(return code, stdout, stderr) of a started launch; on timeout kill all of it and fail the test."""
+    code, stdout, stderr = _collect(process, timeout)
+    if code is None:
+        raise AssertionError(f"{what} did not finish in {timeout} s:\n{stdout}\n{stderr[-5000:]}")
+    return code, stdout, stderr
 
 
 def torchrun(script, nproc, *args, env=None, timeout=240, launcher_args=("--standalone",)):
@@ -71,11 +80,5 @@ def spawn_ranks(script, world, *args, env=None, timeout=120, until=None):
     waited = [processes[r] for r in (range(world) if until is None else until)]
     results = {}
     for process in [*waited, *(p for p in processes if p not in waited)]:
-        try:
-            stdout, stderr = process.communicate(timeout=timeout if process in waited else 0.1)
-            results[process] = (process.returncode, stdout, stderr)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
-            results[process] = (None, stdout, stderr)
+        results[process] = _collect(process, timeout if process in waited else 0.1)
     return [results[p] for p in processes]

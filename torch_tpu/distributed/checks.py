@@ -15,8 +15,7 @@ import torch
 KINDS = (
     "barrier", "all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter",
     "reduce_scatter_tensor", "all_to_all_single", "all_to_all", "scatter", "gather", "reduce",
-    "all_reduce_coalesced", "all_gather_into_tensor_coalesced", "reduce_scatter_tensor_coalesced",
-    "all_gather_coalesced",
+    "all_reduce_coalesced",
 )
 DTYPES = (None, *sorted({d for d in vars(torch).values() if isinstance(d, torch.dtype)}, key=str))
 MAX_DIMS = 8

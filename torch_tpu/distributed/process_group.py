@@ -28,12 +28,11 @@ from torch._C._distributed_c10d import AllgatherOptions
 from .. import _C
 from .._C import ici
 from .._C.clock import CollectiveCost
-from . import checks
+from . import BACKEND_NAME, checks
 from ._host import HostTensor, has_bytes
 from .transport import SimulatedTransport, gloo_transport
 from .work import Work
 
-BACKEND_NAME = "ici"
 DEFAULT_TIMEOUT = datetime.timedelta(seconds=60)
 TIMEOUT_VARIABLE = "TORCH_TPU_DIST_TIMEOUT"
 RedOpType = dist.ReduceOp.RedOpType
@@ -41,11 +40,9 @@ RedOpType = dist.ReduceOp.RedOpType
 # the c10d collective -> the ICI formula it is charged with, and how its bytes (V) are counted
 COST_KIND = {
     "all_reduce": "all_reduce", "all_reduce_coalesced": "all_reduce", "broadcast": "broadcast",
-    "all_gather": "all_gather", "all_gather_into_tensor": "all_gather", "all_gather_coalesced": "all_gather",
-    "all_gather_into_tensor_coalesced": "all_gather", "reduce_scatter": "reduce_scatter",
-    "reduce_scatter_tensor": "reduce_scatter", "reduce_scatter_tensor_coalesced": "reduce_scatter",
-    "all_to_all_single": "all_to_all", "all_to_all": "all_to_all", "scatter": "scatter", "gather": "gather",
-    "reduce": "reduce",
+    "all_gather": "all_gather", "all_gather_into_tensor": "all_gather", "reduce_scatter": "reduce_scatter",
+    "reduce_scatter_tensor": "reduce_scatter", "all_to_all_single": "all_to_all", "all_to_all": "all_to_all",
+    "scatter": "scatter", "gather": "gather", "reduce": "reduce",
 }
 
 
@@ -192,7 +189,7 @@ class ProcessGroupICI(dist.ProcessGroup):
             seconds = ici.COLLECTIVE_SECONDS[kind](nbytes, self._axes.values(), torus.link_bandwidth, torus.hop_latency)
         cost = CollectiveCost(
             kind, ici_bytes=nbytes, seconds=seconds, axes=tuple(self.torus_axes),
-            algorithm=ici.ALGORITHMS.get(kind, kind), group=self._label(),
+            algorithm=ici.ALGORITHMS[kind], group=self._label(),
             shapes=tuple(tuple(t.shape) for t in tensors), dtypes=tuple(str(t.dtype).removeprefix("torch.") for t in tensors),
         )
         clock = _C.current_chip().clock

@@ -4,6 +4,10 @@ Waiting does two things. On the host it waits for the transport to finish moving
 brings computed copies back to HBM (``_host.HostTensor.finish``). On the simulated chip it makes
 the current stream wait until the collective's end on its ICI stream, as ``ncclWork.wait()`` makes
 the current CUDA stream wait for NCCL's: until then, compute kernels overlap the collective.
+
+``get_future()`` is how DDP's reducer takes a gradient bucket's all-reduce, in C++, where the clock
+cannot follow its wait; DDP waits for every bucket when backward ends, so a future taken during
+backward makes the compute stream wait then (an autograd end-of-backward callback, as DDP's own).
 """
 
 import torch
@@ -42,8 +46,7 @@ class Work(dist.Work):
     def wait(self, timeout=None):
         self._finish()
         if self._ends_at is not None:
-            clock = _C.current_chip().clock
-            clock.wait(clock.current_stream, self._ends_at)
+            self._wait_on_the_clock()
         return True
 
     def is_completed(self):
@@ -72,7 +75,16 @@ class Work(dist.Work):
 
     def get_future(self):
         """A completed future holding the output tensors (DDP's communication hooks read it)."""
-        self.wait()
+        self._finish()
         future = torch.futures.Future()
         future.set_result(self._result)
+        if self._ends_at is not None:
+            try:
+                torch.autograd.Variable._execution_engine.queue_callback(self._wait_on_the_clock)
+            except RuntimeError:  # not inside a backward pass: the caller is about to use the result
+                self._wait_on_the_clock()
         return future
+
+    def _wait_on_the_clock(self):
+        clock = _C.current_chip().clock
+        clock.wait(clock.current_stream, self._ends_at)
