@@ -29,6 +29,19 @@ class Chip:
         self.hbm_capacity_limit = hbm_capacity  # the physical (or overridden) size
         self.lost_in_fork = False  # set in a forked child: this chip belongs to the parent
 
+    def become(self, spec, hbm_capacity=None):
+        """Turn into another chip of the table, e.g. to plan for several generations in one process.
+
+        The clock goes on; only allocations made afterwards see the new capacity, so HBM must be
+        empty."""
+        if self.hbm.allocated_bytes.current:
+            raise RuntimeError(f"cannot become {spec.name}: {self.hbm.allocated_bytes.current} bytes of "
+                               f"{self.spec.name}'s HBM are still allocated")
+        capacity = spec.hbm_bytes if hbm_capacity is None else hbm_capacity
+        self.spec = self.clock.spec = spec
+        self.hbm.chip_name = spec.name
+        self.hbm.capacity = self.hbm_capacity_limit = capacity
+
     def set_memory_fraction(self, fraction):
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"memory fraction must be within [0, 1], got {fraction}")

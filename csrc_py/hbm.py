@@ -11,6 +11,10 @@ An allocation's address is the address of its host block (what
 ``storage.data_ptr()`` returns). ``live`` lists every allocation for memory
 snapshots; while ``history`` is set (``torch.tpu.memory._record_memory_history``)
 every allocation, free and OOM is also reported to it with its Python stack.
+
+In bufferless mode (abstract execution, ``torch_tpu.abstract()``) allocations are counted
+exactly as always but get no host memory: their buffer's ``array`` is None, and ``live`` holds a
+``Bufferless`` record of their size and a unique address, so a model far larger than the host fits.
 """
 
 import collections
@@ -60,8 +64,36 @@ def format_bytes(n):
         n /= 1024
 
 
+BUFFERLESS_ADDRESS_BASE = 1 << 47  # far above any host mapping, so the two kinds of address never meet
+
+
 def host_address(block):
-    return block.ctypes.data
+    return block.address if block.__class__ is Bufferless else block.ctypes.data
+
+
+class Bufferless:
+    """What ``live`` holds for an allocation with no bytes: its size and an address no other has.
+
+    ``retired`` keeps the host block of an allocation whose bytes were dropped (written in abstract
+    mode) until the allocation dies, so that its address cannot be handed out again meanwhile.
+    """
+
+    __slots__ = ("nbytes", "address", "retired")
+
+    def __init__(self, nbytes, address, retired=None):
+        self.nbytes, self.address, self.retired = nbytes, address, retired
+
+
+class BufferlessBlocks:
+    """Where allocations take their record in bufferless mode: addresses bumped, never reused."""
+
+    def __init__(self):
+        self.next_address = BUFFERLESS_ADDRESS_BASE
+
+    def take(self, nbytes):
+        address = self.next_address
+        self.next_address += -(-nbytes // HOST_ALIGNMENT) * HOST_ALIGNMENT
+        return Bufferless(nbytes, address)
 
 
 class Stat:
@@ -83,7 +115,9 @@ class Stat:
 
 
 class Buffer:
-    """Device bytes behind one storage. Freed when the last reference (the storage) drops it."""
+    """Device bytes behind one storage. Freed when the last reference (the storage) drops it.
+
+    ``array`` is None for an allocation without bytes (bufferless mode)."""
 
     __slots__ = ("array", "nbytes", "allocator", "id")
 
@@ -129,6 +163,8 @@ class HBM:
         self.events = events if events is not None else EventLog()
         self._log = self.events.append_raw
         self.pool = HostPool()
+        self.bufferless_blocks = BufferlessBlocks()
+        self.take_block = self.pool.take  # where new allocations get their host block
         self.allocated_bytes = Stat()
         self.allocations = Stat()
         self.num_ooms = 0
@@ -149,7 +185,7 @@ class HBM:
                 self.history.oom(nbytes, max(self.capacity - allocated.current, 0))
             raise HBMOutOfMemory(nbytes, allocated.current, self.capacity, self.chip_name)
         try:
-            block = self.pool.take(nbytes)
+            block = self.take_block(nbytes)
         except MemoryError:  # before any counter moves: the accounting stays exact
             raise HostOutOfMemory(nbytes, allocated.current, self.capacity, self.chip_name) from None
         self._next_id = buffer_id = self._next_id + 1
@@ -168,21 +204,42 @@ class HBM:
         self.live[buffer_id] = block
         if self.history is not None:
             self.history.alloc(host_address(block), nbytes)
-        return Buffer(block, nbytes, self, buffer_id)
+        return Buffer(block if block.__class__ is not Bufferless else None, nbytes, self, buffer_id)
 
     def release(self, buffer):
-        nbytes, block = buffer.nbytes, buffer.array
+        nbytes = buffer.nbytes
         allocated = self.allocated_bytes
         allocated.current -= nbytes
         allocated.freed += nbytes
         count = self.allocations
         count.current -= 1
         count.freed += 1
-        del self.live[buffer.id]
+        block = self.live.pop(buffer.id)
         if self.history is not None:
             self.history.free(host_address(block), nbytes)
-        self.pool.give_back(block)
+        if block.__class__ is not Bufferless:
+            self.pool.give_back(block)
         self._log(("free", _now_ns(), buffer.id, nbytes, allocated.current))
+
+    @property
+    def bufferless(self):
+        return self.take_block == self.bufferless_blocks.take
+
+    def set_bufferless(self, bufferless):
+        """From now on, allocate without host memory (True) or with it (False)."""
+        self.take_block = self.bufferless_blocks.take if bufferless else self.pool.take
+
+    def drop_bytes(self, buffer):
+        """Forget the values of a live allocation (written while bufferless): it stays allocated, unreadable."""
+        block = buffer.array
+        if block is None or not buffer.nbytes:
+            return
+        self.live[buffer.id] = Bufferless(buffer.nbytes, host_address(block), retired=block)
+        buffer.array = None
+
+    def address(self, buffer):
+        """The address of a live allocation, with or without bytes."""
+        return host_address(buffer.array if buffer.array is not None else self.live[buffer.id])
 
     @property
     def reserved_bytes(self):

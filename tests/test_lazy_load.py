@@ -13,7 +13,7 @@ import torch
 from conftest import finish_python, run_python, start_python
 
 # Loaded by the first tpu use, never by `import torch`: the kernels and what they import.
-HEAVY = ("ml_dtypes", "scipy", "torch_tpu.ops", "torch_tpu._tensor", "torch_tpu._C.dtypes")
+HEAVY = ("ml_dtypes", "scipy", "torch_tpu.ops", "torch_tpu._tensor", "torch_tpu._C.dtypes", "torch_tpu._abstract_launch")
 REPORT_HEAVY = f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
 
 

@@ -28,14 +28,19 @@ _accelerator.install()
 _lazy.install_fallbacks()
 
 from . import _pinned, _printing, _pytorch_profiler, _storage, autocast, distributed, profiler  # noqa: E402,F401
+from . import _abstract  # noqa: E402
+from ._abstract import abstract, has_values, is_abstract  # noqa: E402
+from ._errors import NoValuesError  # noqa: E402
 
 distributed.register_backend()  # cheap: "ici" is a name for c10d until a process group is made
 
 from .distributed import simulate  # noqa: E402
 from .report import report  # noqa: E402
 
+_abstract.enable_from_environment()
+
 __version__ = "0.1.0"
-__all__ = ["fallback_counts", "report", "simulate"]
+__all__ = ["NoValuesError", "abstract", "fallback_counts", "has_values", "is_abstract", "report", "simulate"]
 
 
 def fallback_counts():

@@ -18,7 +18,8 @@ import time
 
 import torch
 
-from . import _C
+from . import _C, _abstract, _abstract_launch
+from ._errors import NoValuesError
 from ._tensor import DTYPE_NAME
 
 Tensor = torch.Tensor
@@ -205,6 +206,8 @@ def charged(kernel, name):
 
     Outside a profile, an op without MXU work is charged by its traffic alone, with no
     KernelCost built: that is most launches, and the small ones are dominated by this overhead.
+    In abstract mode (``torch_tpu.abstract``) the op's shape function stands in for the kernel,
+    and the launch is charged alike.
     """
     if name in FREE_OPS:
         return kernel
@@ -232,9 +235,12 @@ def charged(kernel, name):
     def launch(*args, **kwargs):
         if chip.lost_in_fork:  # a child forked after the tpu was used: the chip is its parent's
             raise _C.chip.ChipLostInFork()
-        if clock.recorders:
-            return _recorded_launch(kernel, cost_of, clock, args, kwargs)
-        result = kernel(*args, **kwargs)
+        try:
+            if clock.recorders or abstract_mode.depth:
+                return _special_launch(kernel, name, charge, cost_of, clock, args, kwargs)
+            result = kernel(*args, **kwargs)
+        except NoValuesError as error:
+            raise error.naming(f"aten.{name}") from None
         charge(args, kwargs, result)
         return result
 
@@ -243,10 +249,18 @@ def charged(kernel, name):
     return launch
 
 
-def _recorded_launch(kernel, cost_of, clock, args, kwargs):
-    """A launch while a profiler records: also time the emulation on the host."""
+abstract_mode = _abstract.MODE
+
+
+def _special_launch(kernel, name, charge, cost_of, clock, args, kwargs):
+    """A launch in abstract mode, or while a profiler records (which also times the emulation on the host)."""
+    run = _abstract_launch.kernel(name, kernel) if abstract_mode.depth else kernel
+    if not clock.recorders:
+        result = run(*args, **kwargs)
+        charge(args, kwargs, result)
+        return result
     host_start = _perf_counter_ns()
-    result = kernel(*args, **kwargs)
+    result = run(*args, **kwargs)
     host_end = _perf_counter_ns()
     clock.charge(cost_of(args, kwargs, result, detailed=True), clock.current_stream, host_start, host_end,
                  _thread_id())

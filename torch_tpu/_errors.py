@@ -306,3 +306,22 @@ def broadcast_mismatch(shapes):
                                     f"at non-singleton dimension {dim}")
         result = tuple(y if x == 1 else x for x, y in zip(a, b))
     return RuntimeError(f"shapes {[list(s) for s in shapes]} cannot be broadcast together")
+
+
+class NoValuesError(RuntimeError):
+    """What needs a value from a tpu tensor that has none: one made or written in abstract mode.
+
+    ``what`` names the operation; the launch wrapper fills it in when a kernel found out first.
+    """
+
+    def __init__(self, what=None):
+        self.what = what
+        super().__init__(
+            f"{what or 'This tpu kernel'} needs tensor values, but this tpu tensor has none: it was created or "
+            "written in abstract mode (torch_tpu.abstract() or TORCH_TPU_ABSTRACT=1), which keeps shapes, dtypes "
+            "and HBM bytes only."
+        )
+
+    def naming(self, what):
+        """This error, naming ``what`` if no operation is named yet."""
+        return self if self.what is not None else NoValuesError(what)

@@ -4,6 +4,9 @@
 unless the device is in a hard-coded list. Formatting is not the backend's job,
 and it must work even for ops the backend lacks, so tpu values go to the CPU
 first; the ``device='tpu:0'`` suffix is added by PyTorch as for CUDA.
+
+A tensor without values (made in abstract mode, ``torch_tpu.abstract``) prints its metadata in
+their place, as a meta tensor does: ``tensor(..., size=(2, 3), device='tpu:0')``.
 """
 
 import functools
@@ -11,6 +14,7 @@ import functools
 import torch._tensor_str as tensor_str
 
 _format_values = tensor_str._tensor_str
+_format_tensor = tensor_str._str_intern
 
 
 @functools.wraps(_format_values)
@@ -21,3 +25,16 @@ def _format_values_on_cpu(self, indent):
 
 
 tensor_str._tensor_str = _format_values_on_cpu
+
+
+@functools.wraps(_format_tensor)
+def _format_tensor_without_values(inp, *, tensor_contents=None):
+    if tensor_contents is None and inp.device.type == "tpu" and inp.numel():
+        from ._abstract import has_values  # a tpu tensor exists: the kernels are loaded
+
+        if not has_values(inp):
+            tensor_contents = f"..., size={tuple(inp.shape)}"
+    return _format_tensor(inp, tensor_contents=tensor_contents)
+
+
+tensor_str._str_intern = _format_tensor_without_values

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from . import _C
-from ._errors import (device_mismatch, invalid_storage_offset, negative_dimension, negative_strides, numel_overflow,
-                      out_of_storage_bounds, storage_size_overflow, unsupported_dtype)
+from ._errors import (NoValuesError, device_mismatch, invalid_storage_offset, negative_dimension, negative_strides,
+                      numel_overflow, out_of_storage_bounds, storage_size_overflow, unsupported_dtype)
 
 BUFFER_ATTRIBUTE = "_tpu_hbm_buffer"
 
@@ -209,17 +209,44 @@ def hbm_buffer(storage):
 
 def buffer_address(buffer):
     """The host address of an HBM buffer's bytes (0 for an empty one, as for an empty CPU storage)."""
-    return buffer.array.ctypes.data if buffer.nbytes else 0
+    return buffer.allocator.address(buffer) if buffer.nbytes else 0
+
+
+def has_values(buffer):
+    """False for a buffer allocated or written in abstract mode: it has a size but no bytes."""
+    return buffer.array is not None
+
+
+def tensor_has_values(tensor):
+    """False for a tpu tensor made or written in abstract mode (and for one with no HBM buffer at all)."""
+    buffer = getattr(tensor.untyped_storage(), BUFFER_ATTRIBUTE, None)
+    return buffer is not None and has_values(buffer)
 
 
 def replace_buffer(storage, nbytes):
-    """Give ``storage`` a new buffer of ``nbytes``, keeping the bytes both have in common."""
+    """Give ``storage`` a new buffer of ``nbytes``, keeping the bytes both have in common.
+
+    A storage without values keeps none: its new buffer has no values either."""
     old = hbm_buffer(storage)
     new = allocate(nbytes)
-    kept = min(old.nbytes, nbytes)
-    new.array[:kept] = old.array[:kept]
+    if not has_values(old):
+        chip().hbm.drop_bytes(new)
+    elif has_values(new):
+        kept = min(old.nbytes, nbytes)
+        new.array[:kept] = old.array[:kept]
     setattr(storage, BUFFER_ATTRIBUTE, new)
     return new
+
+
+def ensure_capacity(storage, nbytes):
+    """Grow a storage's buffer to ``nbytes`` before Meta sets its nbytes: Meta grows nbytes silently."""
+    if nbytes > hbm_buffer(storage).nbytes:
+        replace_buffer(storage, nbytes)
+
+
+def tensor_on(storage, dtype, offset, shape, strides):
+    """A new tensor viewing ``storage`` (which must be large enough) with the given geometry."""
+    return set_metadata(_create_empty_tensor((0,), dtype), storage, offset, shape, strides)
 
 
 def as_numpy(tensor):
@@ -229,6 +256,10 @@ def as_numpy(tensor):
         buffer = getattr(tensor.untyped_storage(), BUFFER_ATTRIBUTE).array
     except AttributeError:
         raise _without_buffer(tensor.untyped_storage()) from None
+    if buffer is None:  # abstract mode made or wrote it (np.ndarray would allocate fresh memory)
+        if tensor.numel():
+            raise NoValuesError()
+        return np.empty(tensor.shape, dtype)
     offset = tensor.storage_offset() * dtype.itemsize
     try:
         if tensor.is_contiguous():

@@ -5,7 +5,8 @@ In order it tries:
    only computes sizes and strides over the same storage;
 2. a decomposition from ``torch._decomp`` into ops that do have kernels;
 3. the CPU, only if the user opted in with ``TORCH_TPU_CPU_FALLBACK=1``
-   (warned once per op, counted in ``torch_tpu.fallback_counts()``);
+   (warned once per op, counted in ``torch_tpu.fallback_counts()``); in abstract mode, where
+   there are no values to send, Meta gives the result's shape instead;
 4. otherwise a NotImplementedError naming the op.
 
 Ops of a feature torch_tpu does not have (strided nested tensors, which also get their own
@@ -24,7 +25,7 @@ import torch
 from torch._decomp import decomposition_table
 from torch.utils._pytree import tree_map
 
-from .. import _tensor
+from .. import _abstract, _abstract_launch, _tensor
 from .._errors import release_frames
 
 CPU_FALLBACK_VARIABLE = "TORCH_TPU_CPU_FALLBACK"
@@ -169,6 +170,8 @@ def _run(op, args, kwargs):
     if decomposition is not None:
         return _run_decomposition(op, decomposition, args, kwargs)
     if cpu_fallback_enabled() and unsupported_feature(op_name(op)) is None:
+        if _abstract.is_abstract():
+            return _abstract_launch.run(op, args, kwargs)
         return run_on_cpu(op, args, kwargs)
     raise not_implemented(op)
 

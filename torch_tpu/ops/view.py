@@ -50,12 +50,6 @@ for _overload in (torch.ops.aten.as_strided.default, torch.ops.aten.as_strided_.
     register_with_keyset(_overload)(_checked_as_strided(_overload))
 
 
-def _ensure_capacity(storage, nbytes):
-    """Grow a storage's buffer before Meta sets its nbytes: Meta grows nbytes silently."""
-    if nbytes > _tensor.hbm_buffer(storage).nbytes:
-        _tensor.replace_buffer(storage, nbytes)
-
-
 def _check_tpu_storage(storage):
     if storage.device.type != "tpu":
         raise RuntimeError(
@@ -76,7 +70,7 @@ def set_storage_offset(self, source, storage_offset, size, stride=()):
     if size == tuple(self.shape) and stride == self.stride():  # an unchanged layout is only bounds-checked
         _tensor.check_in_storage_bounds(size, stride, storage_offset, self.element_size(), source.nbytes())
     elif _tensor.checked_numel(size):
-        _ensure_capacity(source, _tensor.storage_nbytes(size, stride, self.element_size(), storage_offset))
+        _tensor.ensure_capacity(source, _tensor.storage_nbytes(size, stride, self.element_size(), storage_offset))
     else:
         _tensor.storage_nbytes(size, stride, self.element_size(), storage_offset)  # still refused if it overflows
     return _tensor.set_metadata(self, source, storage_offset, size, stride)
@@ -116,5 +110,5 @@ def resize_(self, size, memory_format=None):
         strides = torch.empty(size, memory_format=memory_format, device="meta").stride()
     storage = self.untyped_storage()
     if numel:
-        _ensure_capacity(storage, nbytes)
+        _tensor.ensure_capacity(storage, nbytes)
     return _tensor.set_metadata(self, storage, self.storage_offset(), size, strides)

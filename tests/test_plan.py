@@ -1,0 +1,232 @@
+"""python -m torch_tpu.plan: per-chip memory equal to closed forms, step FLOPs equal to 6·N·tokens plus
+attention, the roofline's verdicts on serving, the CLI's JSON, and the user's own models."""
+
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from torch_tpu.plan import models
+from torch_tpu.plan.serving import ServingJob, plan_serving
+from torch_tpu.plan.training import TrainingJob, candidate_meshes, parse_mesh, plan_training, sweep
+
+from conftest import finish_python, start_python
+
+TESTS = os.path.dirname(__file__)
+FP32 = 4
+
+
+@pytest.mark.parametrize("name, published", [
+    ("llama3-8b", 8.03e9), ("llama3-70b", 70.55e9), ("llama3-405b", 405.85e9), ("llama3-1b", 1.236e9),
+    ("llama3-3b", 3.21e9), ("llama2-7b", 6.74e9), ("llama2-70b", 68.98e9), ("gpt3-175b", 174.6e9),
+])
+def test_builtin_models_have_the_published_sizes(name, published):
+    config = models.CONFIGS[name]
+    with torch.device("meta"):
+        model = models.build(name)
+    counted = sum(p.numel() for p in model.parameters())
+    assert counted == config.parameter_count()
+    assert counted == pytest.approx(published, rel=2e-3)
+
+
+@pytest.mark.parametrize("name", ["llama3-8b", "gpt3-1.3b"])
+def test_cached_decoding_equals_the_whole_forward(name):
+    import dataclasses
+
+    config = dataclasses.replace(models.CONFIGS[name], dim=64, layers=2, heads=4, kv_heads=2 if "llama" in name else 4,
+                                 ffn_dim=96, vocab=50)
+    torch.manual_seed(0)
+    model = models.Decoder(config, 64).eval()
+    tokens = torch.randint(0, 50, (2, 10))
+    with torch.no_grad():
+        whole = model(tokens)
+        caches = models.kv_caches(config, 2, 16, torch.float32)
+        prefill = model(tokens[:, :6], caches=caches, position=0)
+        steps = [model(tokens[:, i:i + 1], caches=caches, position=i) for i in range(6, 10)]
+    torch.testing.assert_close(prefill[:, 0], whole[:, 5], rtol=1e-5, atol=1e-5)
+    for position, step in zip(range(6, 10), steps):
+        torch.testing.assert_close(step[:, 0], whole[:, position], rtol=1e-5, atol=1e-5)
+
+
+def test_70b_state_per_chip_is_its_size_over_the_shards():
+    """fp32 master weights, fp32 gradients and AdamW's two fp32 moments of a 70B model over 64 chips."""
+    result = plan_training(TrainingJob(model="llama3-70b", chips=64, batch=64, seq=128))
+    parameters = models.CONFIGS["llama3-70b"].parameter_count()
+    memory = result["hbm_per_chip"]
+    assert result["params"] == parameters
+    assert memory["params"] == memory["grads"] == parameters * FP32 // 64
+    assert memory["optimizer"] == 2 * parameters * FP32 // 64
+    assert memory["peak"] > memory["params"] + memory["grads"] + memory["optimizer"]
+    # one chip's step FLOPs: 6 per weight per token of its batch, plus attention
+    config, tokens = models.CONFIGS["llama3-70b"], 1 * 128
+    attention = 12 * 128 * config.heads * config.head_dim * config.layers * tokens
+    assert result["step"]["hardware_flops_per_chip"] == pytest.approx(6 * parameters * tokens + attention, rel=0.05)
+    # 3 x the forward's; a flash attention backward recomputes its scores, so the chip does a little more
+    assert result["step"]["model_flops_per_chip"] <= result["step"]["hardware_flops_per_chip"]
+    assert result["step"]["model_flops_per_chip"] == pytest.approx(6 * parameters * tokens + attention, rel=0.05)
+
+
+def _shard_bytes(shape, shards, itemsize=FP32):
+    """FSDP2 gives every rank ceil(rows / shards) rows (the last ones padded)."""
+    return -(-shape[0] // shards) * math.prod(shape[1:]) * itemsize
+
+
+def test_fsdp_times_tp_shards_as_the_closed_form():
+    from plan_user_model import TINY_LLAMA
+
+    result = plan_training(TrainingJob(model="plan_user_model:tiny_llama", chips=4, mesh=parse_mesh("fsdp=2,tp=2"),
+                                       batch=4, seq=64))
+    with torch.device("meta"):
+        model = models.Decoder(TINY_LLAMA, 64)
+    columns = ("attention.q", "attention.k", "attention.v", "mlp.gate", "mlp.up", "head")
+    rows = ("attention.o", "mlp.down")
+    expected = 0
+    for name, parameter in model.named_parameters():
+        shape = list(parameter.shape)
+        if any(f"{part}.weight" in name for part in columns):
+            shape[0] //= 2
+        elif any(f"{part}.weight" in name for part in rows):
+            shape[1] //= 2
+        expected += _shard_bytes(shape, 2)
+    memory = result["hbm_per_chip"]
+    assert memory["params"] == memory["grads"] == expected
+    assert memory["optimizer"] == 2 * expected
+    assert result["step"]["ici_s"] > 0  # FSDP's gathers and reductions and TP's all-reduces
+
+
+def test_activation_checkpointing_recomputes_the_layers_and_keeps_less():
+    from plan_user_model import TINY_LLAMA as config
+
+    job = TrainingJob(model="plan_user_model:tiny_llama", chips=2, batch=4, seq=256)
+    plain = plan_training(job)
+    checkpointed = plan_training(TrainingJob(**{**job.__dict__, "checkpoint": True}))
+    tokens = 2 * 256
+    layer_weights = config.matmul_weights() - config.vocab * config.dim
+    attention = 4 * 256 * config.heads * config.head_dim * config.layers * tokens  # QK^T and PV, forward
+    assert plain["step"]["model_flops_per_chip"] == 3 * (2 * config.matmul_weights() * tokens + attention)
+    recomputed = checkpointed["step"]["hardware_flops_per_chip"] - plain["step"]["hardware_flops_per_chip"]
+    # every layer's projections run again in the backward (the output head is outside the checkpoints);
+    # non-reentrant checkpointing stops recomputing once it has what the backward needs
+    assert 2 * layer_weights * tokens <= recomputed <= 2 * layer_weights * tokens + attention
+    assert checkpointed["hbm_per_chip"]["activations"] < plain["hbm_per_chip"]["activations"] / 2
+    assert checkpointed["step"]["model_flops_per_chip"] == plain["step"]["model_flops_per_chip"]
+
+
+def test_fp8_matmuls_take_half_the_mxu_time():
+    job = TrainingJob(model="plan_user_model:tiny_llama", chips=1, batch=64, seq=64)  # the projections dominate
+    bf16 = plan_training(job)
+    fp8 = plan_training(TrainingJob(**{**job.__dict__, "dtype": "fp8"}))
+    assert fp8["step"]["compute_s"] < 0.75 * bf16["step"]["compute_s"]
+    assert fp8["hbm_per_chip"]["params"] == bf16["hbm_per_chip"]["params"]
+
+
+def test_a_users_module_is_planned_from_module_function():
+    result = plan_training(TrainingJob(model="plan_user_model:mlp_language_model", chips=2, batch=8, seq=32))
+    with torch.device("meta"):
+        from plan_user_model import ResidualMLPLanguageModel
+
+        parameters = sum(p.numel() for p in ResidualMLPLanguageModel().parameters())
+    assert result["params"] == parameters
+    assert result["hbm_per_chip"]["optimizer"] == 2 * result["hbm_per_chip"]["params"]
+    assert result["hbm_per_chip"]["fits"] and result["step"]["time_s"] > 0
+
+
+def test_a_mesh_that_does_not_cover_the_chips_is_refused():
+    with pytest.raises(ValueError, match="has 8 chips, not --chips 16"):
+        plan_training(TrainingJob(model="llama3-8b", chips=16, mesh=parse_mesh("fsdp=4,tp=2")))
+    with pytest.raises(ValueError, match="--mesh"):
+        parse_mesh("fsdp=4,pp=2")
+    with pytest.raises(ValueError, match="does not split"):
+        plan_training(TrainingJob(model="llama3-8b", chips=4, batch=6))
+
+
+def test_sweep_tries_meshes_and_ranks_those_that_fit_first():
+    job = TrainingJob(model="plan_user_model:tiny_llama", chips=4, batch=8, seq=64)
+    meshes = candidate_meshes(job)
+    assert (("fsdp", 4),) in meshes and len(meshes) <= 8
+    ranked = sweep(job)
+    assert len(ranked) == len(meshes)
+    fitting = [r for r in ranked if r["hbm_per_chip"]["fits"]]
+    assert [r["step"]["time_s"] for r in fitting] == sorted(r["step"]["time_s"] for r in fitting)
+
+
+def test_decode_is_hbm_bound_and_prefill_compute_bound():
+    """A decode step reads every weight for a handful of tokens; a long prefill multiplies each weight by
+    thousands of tokens, far past the chip's ridge point (313 FLOP/byte for bf16 on Ironwood)."""
+    result = plan_serving(ServingJob(model="llama3-8b", prompt=512, generate=16, batch=32))
+    assert result["decode_bound"] == "hbm" and result["prefill_bound"] == "compute"
+    config = models.CONFIGS["llama3-8b"]
+    memory = result["hbm_per_chip"]
+    assert memory["weights"] == config.parameter_count() * 2
+    assert memory["kv_cache"] == 2 * config.layers * 32 * config.kv_heads * (512 + 16) * config.head_dim * 2
+    # a decode step cannot beat reading the weights once from HBM
+    assert result["decode_step_roofline_s"] >= memory["weights"] / 7380e9
+    assert result["tokens_per_s"] < result["decode_tokens_per_s"]
+
+
+def test_fp8_kv_cache_is_half_the_bytes_and_tensor_parallel_splits_the_weights():
+    bf16 = plan_serving(ServingJob(model="llama3-8b", chips=4, prompt=256, generate=8, batch=4))
+    fp8 = plan_serving(ServingJob(model="llama3-8b", chips=4, prompt=256, generate=8, batch=4, kv_dtype="fp8"))
+    assert fp8["hbm_per_chip"]["kv_cache"] * 2 == bf16["hbm_per_chip"]["kv_cache"]
+    config = models.CONFIGS["llama3-8b"]
+    unsplit = 2 * config.vocab * config.dim + (2 * config.layers + 1) * config.dim  # embedding, head, norms
+    assert bf16["hbm_per_chip"]["weights"] == 2 * (unsplit + (config.parameter_count() - unsplit) // 4)
+
+
+TRAINING_KEYS = {"params", "hbm_per_chip", "step", "mfu", "tokens_per_s_per_chip"}
+MEMORY_KEYS = {"params", "grads", "optimizer", "activations", "peak", "capacity", "fits"}
+STEP_KEYS = {"time_s", "roofline_s", "compute_s", "hbm_s", "ici_exposed_s", "model_flops_per_chip"}
+SERVING_KEYS = {"params", "hbm_per_chip", "prefill_s", "prefill_bound", "decode_step_s", "decode_bound", "tokens_per_s"}
+
+
+CLI_RUNS = {
+    "8b on v5e": ("--model", "llama3-8b", "--chip", "v5e", "--batch", "1", "--seq", "64", "--json"),
+    "serving": ("--model", "llama3-1b", "--serve", "--prompt", "128", "--generate", "4", "--batch", "2", "--json"),
+    "user table": ("--model", "plan_user_model:mlp_language_model", "--chips", "2", "--batch", "4", "--seq", "32"),
+    "unknown model": ("--model", "llama3-9b"),
+}
+
+
+@pytest.fixture(scope="module")
+def cli():
+    """Every command line these tests read, run at once in fresh interpreters (start-up dominates)."""
+    started = {name: start_python(f"""
+        import sys
+        from torch_tpu.plan.__main__ import main
+        sys.exit(main({list(arguments)!r}))
+    """, env={"PYTHONPATH": TESTS}) for name, arguments in CLI_RUNS.items()}
+    return {name: finish_python(process, check=False) for name, process in started.items()}
+
+
+def test_json_of_a_plan_that_does_not_fit_names_the_largest_consumer(cli):
+    """8B parameters with AdamW on one 16 GiB v5e: 128 GB of weights, gradients and moments."""
+    process = cli["8b on v5e"]
+    assert process.returncode == 0, process.stderr
+    result = json.loads(process.stdout)
+    assert TRAINING_KEYS <= result.keys()
+    assert MEMORY_KEYS <= result["hbm_per_chip"].keys() and STEP_KEYS <= result["step"].keys()
+    memory = result["hbm_per_chip"]
+    assert memory["capacity"] == 16 << 30 and not memory["fits"]
+    assert memory["largest_consumer"] == "optimizer"
+    assert memory["optimizer"] == 2 * models.CONFIGS["llama3-8b"].parameter_count() * FP32
+
+
+def test_serving_json_and_the_readable_table(cli):
+    process = cli["serving"]
+    assert process.returncode == 0, process.stderr
+    result = json.loads(process.stdout)
+    assert SERVING_KEYS <= result.keys()
+    assert {"weights", "kv_cache", "peak", "capacity", "fits"} <= result["hbm_per_chip"].keys()
+    assert result["prefill_bound"] in ("compute", "hbm") and result["decode_bound"] == "hbm"
+    table = cli["user table"]
+    assert table.returncode == 0, table.stderr
+    for line in ("HBM per chip", "optimizer state", "fits", "exposed ICI", "MFU", "tokens/s per chip"):
+        assert line in table.stdout
+
+
+def test_bad_arguments_are_one_clear_line(cli):
+    process = cli["unknown model"]
+    assert process.returncode == 2 and "unknown model 'llama3-9b'" in process.stderr
+    assert "Traceback" not in process.stderr
