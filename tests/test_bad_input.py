@@ -155,7 +155,7 @@ def test_host_memory_exhausted_is_out_of_memory_and_accounting_stays_exact(monke
 
     keep = torch.ones(3, device="tpu")
     before = allocation_counters()
-    monkeypatch.setattr(hbm.pool, "take", no_host_memory)
+    monkeypatch.setattr(hbm, "take_block", no_host_memory)  # where every allocation gets its host block
     with pytest.raises(torch.OutOfMemoryError) as error:
         torch.empty(1000, device="tpu")
     message = str(error.value)
