@@ -22,7 +22,8 @@ class SmallCNN(nn.Module):
 
     def __init__(self, channels=3, classes=4, image_size=8):
         super().__init__()
-        self.conv = nn.Conv2d(channels, 6, kernel_size=3, padding=1)
+        # no bias: batch norm subtracts it again, so its gradient is rounding noise that Adam would amplify
+        self.conv = nn.Conv2d(channels, 6, kernel_size=3, padding=1, bias=False)
         self.norm = nn.BatchNorm2d(6)
         self.pool = nn.MaxPool2d(2)
         self.head = nn.Linear(6 * (image_size // 2) ** 2, classes)

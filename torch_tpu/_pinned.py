@@ -3,9 +3,8 @@
 PyTorch pins CPU memory through the accelerator's hooks, and a Python backend cannot provide
 ``getPinnedMemoryAllocator``. Emulated HBM is host memory, so a copy gains nothing from pinning:
 ``Tensor.pin_memory()`` returns an ordinary (unpinned) copy instead of failing, as it would for a
-machine without an accelerator driver, and ``tensor.to("cpu", non_blocking=True)`` of a tpu tensor
-(which asks for a pinned destination; torch.distributed.checkpoint does it for every tensor it
-saves) makes an ordinary copy, complete when it returns, as a blocking one.
+machine without an accelerator driver. (``tensor.to("cpu", non_blocking=True)`` of a tpu tensor is
+the tpu ``_to_copy`` kernel's job, in ops/copy.py.)
 """
 
 import functools
@@ -25,19 +24,3 @@ def pin_memory(self, device=None):
 
 
 torch.Tensor.pin_memory = pin_memory
-
-_original_to = torch.Tensor.to
-
-
-@functools.wraps(_original_to)
-def to(self, *args, **kwargs):
-    # cheap test first: non_blocking is a keyword or a positional True after the device/dtype/tensor
-    if ((kwargs and kwargs.get("non_blocking")) or any(a is True for a in args[1:])) and self.device.type == "tpu":
-        options = {k: v for k, v in kwargs.items() if k != "copy"}  # to the host is always a copy
-        device, dtype, non_blocking, memory_format = torch._C._nn._parse_to(*args, **options)
-        if non_blocking and device is not None and device.type == "cpu":
-            return _original_to(self, device=device, dtype=dtype, memory_format=memory_format or torch.preserve_format)
-    return _original_to(self, *args, **kwargs)
-
-
-torch.Tensor.to = to

@@ -84,6 +84,18 @@ def copy_from_and_resize(self, dst):
     return copy_from(self, dst)
 
 
+@register("_to_copy")
+def to_copy(self, *, dtype=None, layout=None, device=None, pin_memory=None, non_blocking=False, memory_format=None):
+    """``Tensor.to``: ATen's own version pins the host destination of a non-blocking copy through the
+    accelerator's pinned allocator, which a Python backend cannot provide. Emulated HBM is host memory,
+    so the copy completes when it returns and an ordinary host tensor is as good."""
+    if layout not in (None, torch.strided):
+        raise RuntimeError(f"_to_copy: tpu tensors can only be copied to the strided layout, not {layout}")
+    result = torch.empty_like(self, dtype=dtype or self.dtype, device=device or self.device,
+                              memory_format=memory_format or torch.preserve_format)
+    return result.copy_(self)
+
+
 @register("record_stream")
 def record_stream(self, stream):
     """CUDA-style code marks a tensor used on a side stream (prefetch, FSDP) so that its memory is not
