@@ -122,6 +122,12 @@ RESULT_FLOPS = {
 }
 
 
+# Fused kernels whose traffic is not simply their arguments' and results' bytes (host-side results, scratch
+# that stays on chip): op packet -> function (args, kwargs, result) -> (MXU FLOPs by dtype, bytes read,
+# bytes written). The kernel's module fills it in before registering the kernel.
+FUSED_COSTS = {}
+
+
 def float32_passes():
     return PASSES_BY_PRECISION.get(torch.get_float32_matmul_precision(), 6)
 
@@ -167,19 +173,23 @@ def cost_model(name):
     packet = name.partition(".")[0]
     flops_of_arguments = MXU_FLOPS.get(packet)
     flops_of_result = RESULT_FLOPS.get(packet)
+    fused = FUSED_COSTS.get(packet)
     traffic = _traffic_model(packet)
     make_cost = _C.clock.KernelCost
 
     def cost(args, kwargs, result, detailed=False):
         """``detailed`` adds shapes, dtypes and VPU element counts (for profiles)."""
         outputs = (result,) if type(result) is Tensor and not kwargs else _outputs(args, kwargs, result)
-        read, written = traffic(args, kwargs, outputs)
-        if flops_of_arguments is not None:
-            flops = flops_of_arguments(*args, **kwargs)
-        elif flops_of_result is not None:
-            flops = flops_of_result(args, result)
+        if fused is not None:
+            flops, read, written = fused(args, kwargs, result)
         else:
-            flops = None
+            read, written = traffic(args, kwargs, outputs)
+            if flops_of_arguments is not None:
+                flops = flops_of_arguments(*args, **kwargs)
+            elif flops_of_result is not None:
+                flops = flops_of_result(args, result)
+            else:
+                flops = None
         kernel = make_cost(name, flops or {}, 0, read, written)
         if flops:
             kernel.float32_passes = float32_passes()
@@ -230,7 +240,7 @@ def charged(kernel, name):
             nbytes = read + written
         advance(name, nbytes, clock.current_stream)
 
-    charge = charge_cost if packet in MXU_FLOPS or packet in RESULT_FLOPS else charge_bytes
+    charge = charge_cost if packet in MXU_FLOPS or packet in RESULT_FLOPS or packet in FUSED_COSTS else charge_bytes
 
     def launch(*args, **kwargs):
         if chip.lost_in_fork:  # a child forked after the tpu was used: the chip is its parent's

@@ -5,6 +5,7 @@ Importing this package registers every kernel and the boxed fallback.
 
 from . import (  # noqa: F401
     amp,
+    attention,
     conv,
     copy,
     factory,
