@@ -502,6 +502,16 @@ def _convolution_backward(op, args, kwargs):
                kwargs)
 
 
+@rule(torch.ops.aten._scaled_dot_product_fused_attention_overrideable_backward.default)
+def _attention_backward(op, args, kwargs):
+    """Meta allocates a bias gradient whenever there is a bias; the kernel only when ``grad_input_mask`` asks."""
+    from .ops import attention
+
+    call = _bind(op, args, kwargs)
+    return attention.backward_results(call["query"], call["key"], call["value"], call["attn_bias"],
+                                      call["grad_input_mask"])
+
+
 @rule(torch.ops.aten._scaled_mm.default, torch.ops.aten._scaled_mm.out)
 def _scaled_matmul(op, args, kwargs):
     """Meta checks CUDA's rules (a column-major mat2, sizes divisible by 16); the tpu kernel accepts what

@@ -123,11 +123,11 @@ def attention_forward(q, k, v, bias=None, *, scale, is_causal=False, dropout=Non
 
 
 def attention_backward(grad_out, q, k, v, out, logsumexp, bias=None, *, scale, is_causal=False, dropout=None,
-                       precision_passes=mxu.EXACT):
+                       bias_grad=False, precision_passes=mxu.EXACT):
     """The gradients of ``attention_forward``'s output, recomputing the scores block by block from the
     logsumexp. Returns float32 (grad_q, grad_k, grad_v, grad_scores), shaped like q, k, v and
     (..., Hq, L, S) for the scores (the gradient of an additive bias before reduction to the bias's shape),
-    or None for that last one when ``bias`` is None."""
+    or None for that last one unless ``bias_grad``."""
     heads, length = k.shape[-3], k.shape[-2]
     qg, dog = _grouped(q, heads), _grouped(grad_out, heads)
     lse = _grouped(logsumexp[..., None], heads)
@@ -135,7 +135,7 @@ def attention_backward(grad_out, q, k, v, out, logsumexp, bias=None, *, scale, i
     row_dot = (dog.astype(_FLOAT32) * _grouped(out, heads).astype(_FLOAT32)).sum(-1, keepdims=True)
     grad_q = np.zeros(qg.shape, _FLOAT32)
     grad_k, grad_v = np.zeros(k.shape, _FLOAT32), np.zeros(v.shape, _FLOAT32)
-    grad_scores = None if bias is None else np.zeros(qg.shape[:-1] + (length,), _FLOAT32)
+    grad_scores = None if not bias_grad else np.zeros(qg.shape[:-1] + (length,), _FLOAT32)
     with np.errstate(all="ignore"):
         for number, start, end in _blocks(length, q.shape[-2], is_causal):
             scores = _scores(qg, k, bias, scale, is_causal, start, end, precision_passes)
@@ -287,9 +287,8 @@ def fused_attention_backward(grad_out, query, key, value, attn_bias, grad_input_
     grads = backward_results(query, key, value, attn_bias, grad_input_mask)
     arrays = attention_backward(as_numpy(grad_out), as_numpy(query), as_numpy(key), as_numpy(value), as_numpy(out),
                                 as_numpy(logsumexp).reshape(query.shape[:-1]),
-                                _bias(attn_bias) if grads[3] is not None else None,
-                                scale=_scale(query, scale), is_causal=is_causal, dropout=dropout,
-                                precision_passes=_passes())
+                                _bias(attn_bias), scale=_scale(query, scale), is_causal=is_causal, dropout=dropout,
+                                bias_grad=grads[3] is not None, precision_passes=_passes())
     for tensor, array in zip(grads[:3], arrays[:3]):
         write(tensor, array)
     if grads[3] is not None:
@@ -380,8 +379,7 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     if backend is SDPBackend.MATH:
         return _SDPA.decompose(*arguments, scale=scale, enable_gqa=enable_gqa)
     if backend is SDPBackend.ERROR:
-        _validate_on_meta(*arguments, scale, enable_gqa)
-        raise RuntimeError(NO_BACKEND)
+        raise _no_backend_error(*arguments, scale, enable_gqa)
     if query.dim() == 2:  # no head axis: one head
         return scaled_dot_product_attention(query[None], key[None], value[None], attn_mask, dropout_p, is_causal,
                                             scale=scale, enable_gqa=enable_gqa)[0]
@@ -389,14 +387,21 @@ def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.
     return _OVERRIDEABLE(query, key, value, bias, dropout_p, is_causal, scale=scale)[0]
 
 
-def _validate_on_meta(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
-    """PyTorch's own argument errors (``validate_sdpa_input``) for a call no backend takes, from meta stand-ins."""
+def _no_backend_error(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa):
+    """What PyTorch raises for a call no enabled backend takes: ``validate_sdpa_input``'s error for bad
+    arguments (found by running its composite on meta stand-ins; its messages all start "Expected"), else
+    "No viable backend"."""
     def meta(t):
         return None if t is None else torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
 
-    with torch.nn.attention.sdpa_kernel(SDPBackend.MATH):
-        _SDPA(meta(query), meta(key), meta(value), meta(attn_mask), dropout_p, is_causal, scale=scale,
-              enable_gqa=enable_gqa)
+    try:
+        with torch.nn.attention.sdpa_kernel(SDPBackend.MATH):
+            _SDPA(meta(query), meta(key), meta(value), meta(attn_mask), dropout_p, is_causal, scale=scale,
+                  enable_gqa=enable_gqa)
+    except RuntimeError as error:
+        if str(error).startswith("Expected "):
+            return error.with_traceback(None)
+    return RuntimeError(NO_BACKEND)
 
 
 _SDPA_LIBRARY = torch.library.Library("aten", "IMPL")  # kept alive: it owns the registrations

@@ -1,0 +1,368 @@
+"""Fused scaled-dot-product attention (torch_tpu/ops/attention.py).
+
+Oracles: torch CPU's ``F.scaled_dot_product_attention`` (outputs and gradients), CPU's math path fed the
+tpu kernel's own dropout mask, the closed forms of the kernel's HBM bytes and FLOPs, and PyTorch's
+errors. Every call is checked to have gone through the fused kernel (its launch count), not the math path.
+"""
+
+import contextlib
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import torch_tpu
+from torch_tpu import _C
+from torch_tpu.ops import attention
+
+from differential import check_same_error, to_tpu
+
+FORWARD = "_scaled_dot_product_fused_attention_overrideable"
+BACKWARD = "_scaled_dot_product_fused_attention_overrideable_backward"
+TOLERANCE = {torch.float32: dict(atol=2e-5, rtol=1e-4), torch.bfloat16: dict(atol=2e-2, rtol=2e-2),
+             torch.float16: dict(atol=2e-3, rtol=2e-3)}
+
+
+def _totals():
+    return _C.current_chip().clock.totals_snapshot()
+
+
+@contextlib.contextmanager
+def launches():
+    """Counts of the fused forward and backward launched inside the block: {name: OpTotals}."""
+    before, counted = _totals(), {}
+    yield counted
+    after = _totals()
+    for name in (FORWARD, BACKWARD):
+        if name in after:
+            counted[name] = after[name].minus(before[name]) if name in before else after[name]
+
+
+def _inputs(q_shape, k_shape, v_shape, dtype, mask=None):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(shape).to(dtype).requires_grad_() for shape in (q_shape, k_shape, v_shape))
+    return q, k, v, mask
+
+
+def _run(q, k, v, mask, grad_mask=False, **options):
+    """Output and the gradients of q, k, v (and a float mask) against a fixed random projection."""
+    if grad_mask:
+        mask = mask.detach().requires_grad_()
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, **options)
+    projection = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype).to(out.device)
+    leaves = [q, k, v] + ([mask] if grad_mask else [])
+    grads = torch.autograd.grad((out * projection).sum(), leaves)
+    return out, grads
+
+
+def check_against_cpu(q_shape, k_shape, v_shape, dtype=torch.float32, mask=None, grad_mask=False, **options):
+    q, k, v, mask = _inputs(q_shape, k_shape, v_shape, dtype, mask)
+    expected = _run(q, k, v, mask, grad_mask, **options)
+    with launches() as counted:
+        actual = _run(*to_tpu((q, k, v, mask)), grad_mask=grad_mask, **options)
+    assert counted[FORWARD].count == 1 and counted[BACKWARD].count == 1  # the fused kernel, not the math path
+    torch.testing.assert_close(actual[0].cpu(), expected[0], **TOLERANCE[dtype])
+    for got, want in zip(actual[1], expected[1]):
+        torch.testing.assert_close(got.cpu(), want, **TOLERANCE[dtype])
+
+
+SHAPES = [
+    pytest.param(((2, 3, 17, 8), (2, 3, 17, 8), (2, 3, 17, 8)), id="square"),
+    pytest.param(((1, 2, 37, 5), (1, 2, 53, 5), (1, 2, 53, 7)), id="odd-L!=S-Dv!=D"),
+    pytest.param(((2, 2, 1, 16), (2, 2, 9, 16), (2, 2, 9, 16)), id="one-query"),
+    pytest.param(((2, 2, 9, 16), (2, 2, 1, 16), (2, 2, 1, 16)), id="one-key"),
+    pytest.param(((2, 2, 40, 8), (2, 2, 1100, 8), (2, 2, 1100, 8)), id="several-key-blocks"),
+    pytest.param(((3, 11, 8), (3, 13, 8), (3, 13, 8)), id="3-d"),
+    pytest.param(((11, 8), (13, 8), (13, 8)), id="2-d"),
+]
+
+
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shapes", SHAPES)
+def test_forward_and_gradients_match_cpu(shapes, is_causal):
+    check_against_cpu(*shapes, is_causal=is_causal)
+
+
+@pytest.mark.parametrize("queries,keys", [(50, 20), (20, 50), (600, 700)])
+def test_causal_is_top_left_aligned_when_lengths_differ(queries, keys):
+    check_against_cpu((1, 2, queries, 8), (1, 2, keys, 8), (1, 2, keys, 8), is_causal=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_dtypes(dtype):
+    check_against_cpu((2, 4, 33, 16), (2, 4, 45, 16), (2, 4, 45, 16), dtype, is_causal=True)
+
+
+MASK_SHAPES = [(19, 23), (2, 1, 19, 23), (1, 3, 1, 23), (2, 3, 19, 23)]
+
+
+@pytest.mark.parametrize("mask_shape", MASK_SHAPES, ids=str)
+def test_boolean_masks_broadcast(mask_shape):
+    mask = torch.rand(mask_shape, generator=torch.Generator().manual_seed(2)) > 0.3
+    check_against_cpu((2, 3, 19, 8), (2, 3, 23, 8), (2, 3, 23, 8), mask=mask)
+
+
+@pytest.mark.parametrize("mask_shape", MASK_SHAPES, ids=str)
+def test_float_masks_broadcast_and_get_their_gradient(mask_shape):
+    mask = torch.randn(mask_shape, generator=torch.Generator().manual_seed(3))
+    check_against_cpu((2, 3, 19, 8), (2, 3, 23, 8), (2, 3, 23, 8), mask=mask, grad_mask=True)
+
+
+def test_bfloat16_float_mask():
+    mask = torch.randn(19, 23, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    check_against_cpu((2, 3, 19, 8), (2, 3, 23, 8), (2, 3, 23, 8), torch.bfloat16, mask=mask)
+
+
+def test_rows_with_every_key_masked_give_zeros_as_the_math_path_does():
+    mask = torch.ones(19, 23, dtype=torch.bool)
+    mask[4] = False
+    mask[:, 7] = False
+    check_against_cpu((2, 3, 19, 8), (2, 3, 23, 8), (2, 3, 23, 8), mask=mask)
+
+
+@pytest.mark.parametrize("scale", [0.05, 2.0, -0.5])
+def test_scale(scale):
+    # CPU's flash kernel takes the square root of the scale (NaN when negative); its math path does not
+    with sdpa_kernel(SDPBackend.MATH if scale < 0 else SDPBackend.FLASH_ATTENTION):
+        expected = _run(*_inputs((2, 3, 19, 8), (2, 3, 23, 8), (2, 3, 23, 8), torch.float32), is_causal=True,
+                        scale=scale)
+    q, k, v, _ = _inputs((2, 3, 19, 8), (2, 3, 23, 8), (2, 3, 23, 8), torch.float32)
+    with launches() as counted:
+        actual = _run(*to_tpu((q, k, v)), None, is_causal=True, scale=scale)
+    assert counted[FORWARD].count == 1
+    for got, want in zip((actual[0], *actual[1]), (expected[0], *expected[1])):
+        torch.testing.assert_close(got.cpu(), want, **TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_grouped_query_attention(kv_heads, dtype):
+    check_against_cpu((2, 8, 21, 16), (2, kv_heads, 21, 16), (2, kv_heads, 21, 16), dtype, is_causal=True,
+                      enable_gqa=True)
+
+
+def test_empty_inputs():
+    check_against_cpu((0, 2, 5, 8), (0, 2, 7, 8), (0, 2, 7, 8))
+    check_against_cpu((1, 2, 0, 8), (1, 2, 7, 8), (1, 2, 7, 8))
+
+
+# --- dropout ------------------------------------------------------------------------------------
+
+
+def _dropout_mask(seed, offset, p, shape):
+    """The kernel's keep mask, assembled from its key blocks."""
+    dropout = attention.Dropout(p, seed, offset)
+    blocks = [dropout.keep(number, (*shape[:-1], end - start))
+              for number, start, end in attention._blocks(shape[-1], shape[-2], False)]
+    return torch.from_numpy(__import__("numpy").concatenate(blocks, -1))
+
+
+@pytest.mark.parametrize("keys", [23, 700], ids=["one-block", "two-blocks"])
+def test_dropout_is_the_math_path_with_the_kernels_mask(keys):
+    p = 0.3
+    q, k, v, _ = _inputs((2, 3, 19, 8), (2, 3, keys, 8), (2, 3, keys, 8), torch.float32)
+    tq, tk, tv = to_tpu((q, k, v))
+    results = torch.ops.aten._scaled_dot_product_fused_attention_overrideable(tq, tk, tv, None, p)
+    out, seed, offset = results[0], int(results[6]), int(results[7])
+    keep = _dropout_mask(seed, offset, p, (2, 3, 19, keys))
+    assert abs(keep.float().mean().item() - (1 - p)) < 0.03
+    expected, _ = torch.ops.aten._scaled_dot_product_attention_math(q, k, v, None, p, False, dropout_mask=keep)
+    torch.testing.assert_close(out.cpu(), expected, **TOLERANCE[torch.float32])
+
+    grad = torch.randn(out.shape)
+    expected_grads = torch.autograd.grad(expected, (q, k, v), grad)
+    grads = torch.ops.aten._scaled_dot_product_fused_attention_overrideable_backward(
+        grad.to("tpu"), tq, tk, tv, None, [True, True, True, False], out, results[1], None, None, 19, keys, p, False,
+        results[6], results[7])
+    for got, want in zip(grads[:3], expected_grads):
+        torch.testing.assert_close(got.cpu(), want, **TOLERANCE[torch.float32])
+
+
+def test_dropout_is_reproducible_under_manual_seed():
+    q, k, v, _ = _inputs((2, 3, 19, 8), (2, 3, 23, 8), (2, 3, 23, 8), torch.float32)
+    tq, tk, tv = to_tpu((q, k, v))
+
+    def run(seed):
+        torch.manual_seed(seed)
+        return _run(tq, tk, tv, None, dropout_p=0.4)
+
+    first, again, other = run(5), run(5), run(6)
+    for a, b in zip((first[0], *first[1]), (again[0], *again[1])):
+        assert torch.equal(a.cpu(), b.cpu())
+    assert not torch.equal(first[0].cpu(), other[0].cpu())
+    with torch.no_grad():
+        torch.manual_seed(5)
+        drawn = F.scaled_dot_product_attention(tq, tk, tv, dropout_p=0.4)
+        assert not torch.equal(drawn.cpu(), F.scaled_dot_product_attention(tq, tk, tv, dropout_p=0.4).cpu())
+
+
+# --- backend selection ------------------------------------------------------------------------------
+
+
+def test_sdpa_kernel_math_takes_the_math_path():
+    q, k, v, _ = _inputs((2, 3, 19, 8), (2, 3, 23, 8), (2, 3, 23, 8), torch.float32)
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    with sdpa_kernel(SDPBackend.MATH), launches() as counted:
+        actual = F.scaled_dot_product_attention(*to_tpu((q, k, v)), is_causal=True)
+    assert FORWARD not in counted or counted[FORWARD].count == 0
+    torch.testing.assert_close(actual.cpu(), expected)
+    with sdpa_kernel([SDPBackend.OVERRIDEABLE]), launches() as counted:
+        F.scaled_dot_product_attention(*to_tpu((q, k, v)), is_causal=True)
+    assert counted[FORWARD].count == 1
+
+
+@pytest.mark.parametrize("backend", [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                                     SDPBackend.CUDNN_ATTENTION])
+def test_a_backend_tpu_lacks_raises_torchs_error(backend):
+    q = torch.randn(2, 3, 8, 8, device="tpu")
+    with sdpa_kernel(backend), pytest.raises(RuntimeError) as error:
+        F.scaled_dot_product_attention(q, q, q)
+    assert str(error.value) == attention.NO_BACKEND
+    if backend is not SDPBackend.FLASH_ATTENTION:  # CPU has a flash kernel, but not the others
+        with sdpa_kernel(backend):
+            check_same_error(lambda device: F.scaled_dot_product_attention(*(q.to(device),) * 3))
+
+
+def test_bad_input_raises_torchs_errors_whichever_backend():
+    q, k = torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    for backends in ([SDPBackend.MATH, SDPBackend.OVERRIDEABLE], [SDPBackend.OVERRIDEABLE]):
+        with sdpa_kernel(backends):
+            check_same_error(lambda device: F.scaled_dot_product_attention(q.to(device), k.to(device), k.to(device)))
+            check_same_error(lambda device: F.scaled_dot_product_attention(
+                q.to(device), q.to(device), q.to(device), attn_mask=torch.ones(8, 8, dtype=torch.bool, device=device),
+                is_causal=True))
+
+
+@pytest.mark.filterwarnings("ignore:tpu. float64 matmul")
+def test_calls_the_fused_kernel_cannot_take_go_to_the_math_path():
+    """float64 (no MXU type), and >4-D inputs: the math path, as CPU computes them."""
+    for shape, dtype in (((2, 3, 9, 8), torch.float64), ((2, 2, 3, 9, 8), torch.float32)):
+        q = torch.randn(shape, dtype=dtype)
+        with launches() as counted:
+            actual = F.scaled_dot_product_attention(*to_tpu((q, q, q)), is_causal=True)
+        assert FORWARD not in counted or counted[FORWARD].count == 0
+        torch.testing.assert_close(actual.cpu(), F.scaled_dot_product_attention(q, q, q, is_causal=True))
+
+
+def test_inference_mode_takes_the_fused_kernel():
+    q, k, v, _ = _inputs((2, 3, 19, 8), (2, 3, 23, 8), (2, 3, 23, 8), torch.float32)
+    expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    tq, tk, tv = to_tpu((q.detach(), k.detach(), v.detach()))
+    with torch.inference_mode(), launches() as counted:
+        actual = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+    assert counted[FORWARD].count == 1
+    torch.testing.assert_close(actual.cpu(), expected)
+
+
+# --- HBM and the clock ----------------------------------------------------------------------------
+
+
+def _nbytes(*shapes, itemsize):
+    return sum(math.prod(shape) for shape in shapes) * itemsize
+
+
+def test_long_sequence_holds_no_score_matrix_in_hbm(memory_baseline):
+    """Peak HBM of forward and backward is q, k, v, output, logsumexp and the gradients: nothing L x S."""
+    batch, heads, length, dim = 1, 2, 2048, 32
+    shape = (batch, heads, length, dim)
+    q, k, v = (torch.randn(shape, dtype=torch.bfloat16, device="tpu", requires_grad=True) for _ in range(3))
+    inputs = torch.tpu.memory_allocated() - memory_baseline.bytes
+    torch.tpu.reset_peak_memory_stats()
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    saved = _nbytes(shape, itemsize=2) + _nbytes((batch, heads, length), itemsize=4)  # output, logsumexp
+    assert torch.tpu.max_memory_allocated() - memory_baseline.bytes == inputs + saved
+    grad = torch.ones_like(out)
+    torch.tpu.reset_peak_memory_stats()
+    out.backward(grad)
+    peak = torch.tpu.max_memory_allocated() - memory_baseline.bytes
+    assert peak == inputs + saved + _nbytes(shape, itemsize=2) * 4  # grad_out, grad_q, grad_k, grad_v
+    assert peak < heads * length * length  # even one byte per score would not fit
+    del q, k, v, out, grad
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_clock_charges_the_flash_formulas(is_causal):
+    batch, heads, kv_heads, queries, keys, dim, value_dim = 2, 4, 2, 40, 56, 16, 8
+    q = torch.randn(batch, heads, queries, dim, dtype=torch.bfloat16, device="tpu", requires_grad=True)
+    k = torch.randn(batch, kv_heads, keys, dim, dtype=torch.bfloat16, device="tpu", requires_grad=True)
+    v = torch.randn(batch, kv_heads, keys, value_dim, dtype=torch.bfloat16, device="tpu", requires_grad=True)
+    mask = None if is_causal else torch.randn(queries, keys, dtype=torch.bfloat16, device="tpu")
+    with launches() as counted:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
+        out.backward(torch.ones_like(out))
+    pairs = sum(min(i + 1, keys) for i in range(queries)) if is_causal else queries * keys
+    flops = 2 * batch * heads * pairs * (dim + value_dim)
+    if not is_causal:
+        assert flops == 4 * batch * heads * queries * keys * (dim + value_dim) // 2
+    qkv = q.nbytes + k.nbytes + v.nbytes + (0 if mask is None else mask.nbytes)
+    lse = batch * heads * queries * 4
+    assert (counted[FORWARD].flops, counted[FORWARD].bytes) == (flops, qkv + out.nbytes + lse)
+    # backward reads grad_out, q, k, v, (mask), out, logsumexp and writes the three gradients
+    grads = q.nbytes + k.nbytes + v.nbytes
+    assert (counted[BACKWARD].flops, counted[BACKWARD].bytes) == (int(2.5 * flops), out.nbytes + qkv + out.nbytes + lse + grads)
+    spec = _C.current_chip().spec
+    expected_seconds = max(flops / spec.peak_flops["bfloat16"], (qkv + out.nbytes + lse) / spec.hbm_bandwidth)
+    assert counted[FORWARD].seconds == pytest.approx(expected_seconds + _C.clock.LAUNCH_OVERHEAD_SECONDS)
+
+
+# --- abstract mode and the modules -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mask_kind", ["bool", "float-with-grad", "dropout"])
+def test_abstract_mode_allocates_and_charges_as_eager(mask_kind):
+    q, k, v = (torch.randn(2, 4, 24, 8, device="tpu", requires_grad=True) for _ in range(3))
+    mask = {"bool": torch.rand(24, 24, device="tpu") > 0.5,
+            "float-with-grad": torch.randn(24, 24, device="tpu", requires_grad=True)}.get(mask_kind)
+    dropout = 0.2 if mask_kind == "dropout" else 0.0
+
+    def charges(run_abstractly):
+        before, allocated = _totals(), torch.tpu.memory_allocated()
+        with torch_tpu.abstract() if run_abstractly else contextlib.nullcontext():
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            held = torch.tpu.memory_allocated() - allocated
+            out.sum().backward()
+            grads = [t.grad.shape for t in (q, k, v, mask) if t is not None and t.grad is not None]
+        for t in (q, k, v, mask):
+            if t is not None:
+                t.grad = None
+        after = _totals()
+        launched = {name: t.minus(before[name]) if name in before else t for name, t in after.items()}
+        return held, grads, {name: (t.count, t.bytes, t.flops) for name, t in launched.items() if t.count}
+
+    eager = charges(False)
+    assert FORWARD in eager[2] and BACKWARD in eager[2]
+    assert charges(True) == eager
+
+
+def _train_step_launches(module, *inputs):
+    with launches() as counted:
+        module(*inputs).float().sum().backward()
+    return counted
+
+
+def test_transformer_and_multihead_attention_train_through_the_fused_kernel():
+    torch.manual_seed(0)
+    transformer = torch.nn.Transformer(16, 2, 1, 1, 32, dropout=0.0, batch_first=True).to("tpu")
+    src, tgt = torch.randn(2, 7, 16, device="tpu"), torch.randn(2, 5, 16, device="tpu")
+    mask = torch.nn.Transformer.generate_square_subsequent_mask(5, device="tpu")
+    counted = _train_step_launches(lambda s, t: transformer(s, t, tgt_mask=mask, tgt_is_causal=True), src, tgt)
+    assert counted[FORWARD].count == counted[BACKWARD].count == 3  # encoder self, decoder self and cross attention
+
+    attention_module = torch.nn.MultiheadAttention(16, 4, batch_first=True).to("tpu")
+    x = torch.randn(2, 7, 16, device="tpu")
+    counted = _train_step_launches(lambda x: attention_module(x, x, x, need_weights=False)[0], x)
+    assert counted[FORWARD].count == counted[BACKWARD].count == 1
+
+
+def test_gpt_trains_through_the_fused_kernel():
+    from models import GPT
+
+    torch.manual_seed(0)
+    model = GPT().to("tpu")
+    tokens = torch.randint(0, 32, (2, 8), device="tpu")
+    with launches() as counted:
+        model(tokens, tokens).backward()
+    layers = sum(1 for m in model.modules() if type(m).__name__ == "DecoderBlock")
+    assert counted[FORWARD].count == counted[BACKWARD].count == layers
