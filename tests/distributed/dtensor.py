@@ -88,11 +88,23 @@ def run():
     q, k, v = (torch.randn(2, world * 2, 8, 4, device="tpu") for _ in range(3))
     heads = [distribute_tensor(t, mesh, [Shard(1)]) for t in (q, k, v)]
     same(F.scaled_dot_product_attention(*heads), F.scaled_dot_product_attention(q, k, v), "SDPA sharded by head", atol=1e-6)
-    # tpu takes SDPA's math path, whose is_causal mask is a plain tensor DTensor will not mix with its own:
-    # a causal mask passed as a (replicated) DTensor works
+    same(F.scaled_dot_product_attention(*heads, is_causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True),
+         "causal SDPA sharded by head", atol=1e-6)
     causal = torch.ones(8, 8, dtype=torch.bool, device="tpu").tril()
     same(F.scaled_dot_product_attention(*heads, attn_mask=distribute_tensor(causal, mesh, [Replicate()])),
-         F.scaled_dot_product_attention(q, k, v, is_causal=True), "causal SDPA sharded by head", atol=1e-6)
+         F.scaled_dot_product_attention(q, k, v, is_causal=True), "SDPA with a replicated mask", atol=1e-6)
+    batches = [distribute_tensor(t, mesh, [Shard(0)]) for t in (q[:, :2], k[:, :1], v[:, :1])]
+    same(F.scaled_dot_product_attention(*batches, is_causal=True, enable_gqa=True),
+         F.scaled_dot_product_attention(q[:, :2], k[:, :1], v[:, :1], is_causal=True, enable_gqa=True),
+         "grouped-query SDPA sharded by batch", atol=1e-6)
+    # gradients through head-sharded causal attention, with a float bias sharded by head
+    bias = torch.randn(2, world * 2, 8, 8, device="tpu")
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, bias)]
+    dleaves = [distribute_tensor(t, mesh, [Shard(1)]).requires_grad_() for t in (q, k, v, bias)]
+    F.scaled_dot_product_attention(*leaves[:3], attn_mask=leaves[3]).square().sum().backward()
+    F.scaled_dot_product_attention(*dleaves[:3], attn_mask=dleaves[3]).square().sum().backward()
+    for name, dleaf, leaf in zip("qkvb", dleaves, leaves):
+        same(dleaf.grad, leaf.grad, f"SDPA gradient of {name} sharded by head", atol=1e-5)
 
     # gradients through a sharded matmul and softmax
     leaf = x.clone().requires_grad_()

@@ -445,7 +445,7 @@ def world_torus(world_size):
 
 def create(common_options, backend_options=None):
     """The creator registered with ``dist.Backend.register_backend("ici", ..., extended_api=True)``."""
-    from . import c10d_kernels, simulated_world
+    from . import attention_sharding, c10d_kernels, simulated_world  # noqa: F401 (attention_sharding registers)
 
     c10d_kernels.register()
     rank, size = common_options.group_rank, common_options.group_size

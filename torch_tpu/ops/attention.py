@@ -369,7 +369,7 @@ def _boolean_mask_as_bias(attn_mask, dtype):
     """PyTorch's conversion of a boolean mask (True = attend) into an additive one: 0 or -inf."""
     if attn_mask is None or attn_mask.dtype != torch.bool:
         return attn_mask
-    return torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device).masked_fill_(attn_mask.logical_not(), -math.inf)
+    return torch.zeros_like(attn_mask, dtype=dtype).masked_fill_(attn_mask.logical_not(), -math.inf)
 
 
 def scaled_dot_product_attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
