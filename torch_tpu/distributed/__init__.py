@@ -10,6 +10,7 @@ process group is made:
 - ``checks.py``: argument errors, and the check that every rank called the same collective;
 - ``work.py``: ``work.wait()``, on the host and on the simulated clock;
 - ``c10d_kernels.py``: the c10d ops Python process groups cannot override, for tpu tensors;
+- ``attention_sharding.py``: DTensor's sharding strategies for tpu's fused attention;
 - ``simulated_world.py``: ``torch_tpu.simulate(world_size, topology)``.
 
 The cost model itself is on the chip side: ``csrc_py/ici.py``. See docs/distributed.md.

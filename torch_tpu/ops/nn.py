@@ -1,8 +1,6 @@
 """Neural-network kernels: softmax, normalization, pooling, dropout, losses.
 
-Attention needs no kernel of its own: for tpu tensors ``scaled_dot_product_attention``
-takes PyTorch's math path, which is built from ``bmm`` (the MXU), ``_safe_softmax`` and
-``native_dropout``, all of which run here or in linalg.
+Attention has its own fused kernel (``attention.py``).
 
 Every kernel computes in PyTorch's opmath dtype (float32 for bf16/fp16) and rounds once on
 store; results differ from the CPU's only by summation order (and, for bf16 losses that the
