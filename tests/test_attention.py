@@ -356,6 +356,18 @@ def test_transformer_and_multihead_attention_train_through_the_fused_kernel():
     assert counted[FORWARD].count == counted[BACKWARD].count == 1
 
 
+def test_the_encoder_layers_inference_fast_path_uses_the_fused_kernel():
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True).eval()
+    x = torch.randn(2, 7, 16)
+    with torch.no_grad():
+        expected = layer(x)
+        with launches() as counted:
+            actual = layer.to("tpu")(x.to("tpu"))
+    assert counted[FORWARD].count == 1
+    torch.testing.assert_close(actual.cpu(), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_gpt_trains_through_the_fused_kernel():
     from models import GPT
 

@@ -3,9 +3,11 @@
 In eval mode without autograd, PyTorch sends tpu tensors (like CPU and CUDA ones) to
 ``_native_multi_head_attention`` and ``_transformer_encoder_layer_fwd``. These kernels
 follow the CPU's fused implementation (aten/src/ATen/native/transformers/) step by step,
-built from tpu ops. Where it differs from the unfused module path, the CPU's behaviour
-is kept: a query row whose keys are all masked gets NaN (CPU's and CUDA's masked softmax), where
-the unfused path with need_weights=False (scaled_dot_product_attention) gives zeros.
+built from tpu ops; without a mask and without weights, attention is the fused SDPA kernel of
+``attention.py``, as the CPU calls its SDPA kernel there. Where it differs from the unfused module
+path, the CPU's behaviour is kept: a query row whose keys are all masked gets NaN (CPU's and CUDA's
+masked softmax), where the unfused path with need_weights=False (scaled_dot_product_attention)
+gives zeros.
 """
 
 import math
@@ -38,18 +40,26 @@ def heads(x, num_heads):
     return x.view(batch, length, num_heads, dim // num_heads).transpose(1, 2)
 
 
+def merge_heads(x):
+    """(B, heads, L, head size) -> (B, L, D)."""
+    batch, count, length, size = x.shape
+    return x.transpose(1, 2).reshape(batch, length, count * size)
+
+
 @register("_native_multi_head_attention")
 def native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weight, qkv_bias, proj_weight, proj_bias,
                                 mask=None, need_weights=True, average_attn_weights=True, mask_type=None):
     weights = qkv_weight.chunk(3)
     biases = qkv_bias.chunk(3) if qkv_bias is not None else (None,) * 3
     q, k, v = (heads(F.linear(x, w, b), num_head) for x, w, b in zip((query, key, value), weights, biases))
+    if mask is None and not need_weights:  # the fused attention kernel, where the CPU takes its SDPA kernel too
+        output = F.linear(merge_heads(F.scaled_dot_product_attention(q, k, v)), proj_weight, proj_bias)
+        return output, None  # the CPU returns an undefined tensor, which Python sees as None
     q = q / math.sqrt(embed_dim // num_head)
     attention = masked_softmax(q @ k.transpose(-2, -1), mask, mask_type)
-    context = (attention @ v).transpose(1, 2).reshape(query.shape[0], query.shape[1], embed_dim)
-    output = F.linear(context, proj_weight, proj_bias)
+    output = F.linear(merge_heads(attention @ v), proj_weight, proj_bias)
     if not need_weights:
-        return output, None  # the CPU returns an undefined tensor, which Python sees as None
+        return output, None
     return output, attention.sum(1) / num_head if average_attn_weights else attention
 
 
