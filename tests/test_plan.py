@@ -117,6 +117,24 @@ def test_activation_checkpointing_recomputes_the_layers_and_keeps_less():
     assert checkpointed["step"]["model_flops_per_chip"] == plain["step"]["model_flops_per_chip"]
 
 
+def test_planned_activations_hold_no_score_matrix():
+    """With the fused attention kernel, activations grow linearly with the sequence; PyTorch's math path
+    keeps at least one bf16 L x L score matrix per layer and head for the backward."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from plan_user_model import TINY_LLAMA as config
+
+    def activations(seq, backend=SDPBackend.OVERRIDEABLE):
+        with sdpa_kernel(backend):
+            job = TrainingJob(model="plan_user_model:tiny_llama", chips=1, batch=2, seq=seq)
+            return plan_training(job)["hbm_per_chip"]["activations"]
+
+    fused = activations(256)
+    assert activations(512) == pytest.approx(2 * fused, rel=1e-5)
+    scores = config.layers * 2 * config.heads * 256 * 256
+    assert activations(256, SDPBackend.MATH) - fused >= 2 * scores
+
+
 def test_fp8_matmuls_take_half_the_mxu_time():
     job = TrainingJob(model="plan_user_model:tiny_llama", chips=1, batch=64, seq=64)  # the projections dominate
     bf16 = plan_training(job)
