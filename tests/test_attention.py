@@ -246,6 +246,11 @@ def test_calls_the_fused_kernel_cannot_take_go_to_the_math_path():
         torch.testing.assert_close(actual.cpu(), F.scaled_dot_product_attention(q, q, q, is_causal=True))
 
 
+def test_a_mask_that_would_broadcast_the_output_raises_torchs_error():
+    q, mask = torch.randn(9, 8), torch.rand(2, 3, 9, 9) > 0.5
+    check_same_error(lambda device: F.scaled_dot_product_attention(*(q.to(device),) * 3, attn_mask=mask.to(device)))
+
+
 def test_inference_mode_takes_the_fused_kernel():
     q, k, v, _ = _inputs((2, 3, 19, 8), (2, 3, 23, 8), (2, 3, 23, 8), torch.float32)
     expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)

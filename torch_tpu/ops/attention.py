@@ -347,8 +347,10 @@ def fits_fused(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
     if attn_mask is not None:
         if is_causal or attn_mask.dtype not in (torch.bool, query.dtype):
             return False
-        try:
-            torch.broadcast_shapes(attn_mask.shape, (*query.shape[:-1], key.shape[-2]))
+        scores = (*query.shape[:-1], key.shape[-2])
+        try:  # a mask with more (or larger) batch dimensions: the math path raises PyTorch's error
+            if torch.broadcast_shapes(attn_mask.shape, scores) != scores:
+                return False
         except RuntimeError:
             return False
     return 0 <= dropout_p < 1
