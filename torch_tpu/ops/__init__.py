@@ -15,6 +15,7 @@ from . import (  # noqa: F401
     indexing,
     linalg,
     losses,
+    nested,
     nn,
     optim,
     pointwise,
