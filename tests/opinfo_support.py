@@ -32,6 +32,7 @@ import dataclasses
 import re
 from collections.abc import Iterator
 
+import pytest
 import torch
 from torch.testing._internal.common_device_type import precisionOverride, toleranceOverride
 from torch.testing._internal.common_methods_invocations import op_db
@@ -454,6 +455,24 @@ def failure_summary(outcomes):
         if outcome.status == FAILED:
             counts[outcome.reason] = counts.get(outcome.reason, 0) + 1
     return sorted(counts.items(), key=lambda item: -item[1])
+
+
+def failure_report(failures, outcomes):
+    lines = [f"{len(failures)} distinct failures over {len(outcomes)} samples:"]
+    lines += [f"  {count} x {reason}" for reason, count in failures]
+    return "\n".join(lines)
+
+
+def judge(outcomes, expected, key, listed_in):
+    """Fail on unexpected failures, xfail on expected ones, fail an entry that passes although listed."""
+    failures = failure_summary(outcomes)
+    if expected is None:
+        if failures:
+            pytest.fail(failure_report(failures, outcomes), pytrace=False)
+    elif failures:
+        pytest.xfail(expected)
+    else:
+        pytest.fail(f"XPASS(strict): {key} passed all {len(outcomes)} samples but is listed in {listed_in} ({expected})")
 
 
 def expectation_key(op, dtype, kind):

@@ -233,25 +233,10 @@ def run(module_info, training):
 # ---------------------------------------------------------------- tests ----
 
 
-def _failure_report(failures, outcomes):
-    lines = [f"{len(failures)} distinct failures over {len(outcomes)} samples:"]
-    lines += [f"  {count} x {reason}" for reason, count in failures]
-    return "\n".join(lines)
-
-
 class TestModuleParity(TestCase):
     def check(self, module_info, training):
         key = (module_info.name, _mode(training))
-        expected = EXPECTED_FAILURES.get(key)
-        outcomes = list(run(module_info, training))
-        failures = support.failure_summary(outcomes)
-        if expected is None:
-            if failures:
-                self.fail(_failure_report(failures, outcomes))
-        elif failures:
-            pytest.xfail(expected)
-        else:
-            self.fail(f"XPASS(strict): {key} passed all {len(outcomes)} samples but is listed in EXPECTED_FAILURES")
+        support.judge(list(run(module_info, training)), EXPECTED_FAILURES.get(key), key, "EXPECTED_FAILURES")
 
     @modules([m for m in ALL_MODULES if m.name in FAST_MODULES], allowed_dtypes=(torch.float32,))
     def test_parity(self, device, dtype, module_info, training):

@@ -29,30 +29,14 @@ def full_sweep(test):
     return test
 
 
-def _failure_report(failures, outcomes):
-    lines = [f"{len(failures)} distinct failures over {len(outcomes)} samples:"]
-    lines += [f"  {count} x {reason}" for reason, count in failures]
-    return "\n".join(lines)
-
-
 class TestOpInfo(TestCase):
     def check(self, op, dtype, kind):
         key = support.expectation_key(op, dtype, kind)
         expected = EXPECTED_FAILURES.get(key)
         if expected and expected.startswith(support.CRASH_REASON):
             pytest.xfail(f"not run: {expected}")
-        outcomes = list(support.run(op, dtype, kind))
-        failures = support.failure_summary(outcomes)
-        if expected is None:
-            if failures:
-                self.fail(_failure_report(failures, outcomes))
-        elif failures:
-            pytest.xfail(expected)
-        else:
-            self.fail(
-                f"XPASS(strict): {key} passed all {len(outcomes)} samples but is listed in "
-                f"tests/opinfo_expected_failures.py ({expected}); rerun tools/op_coverage.py"
-            )
+        support.judge(list(support.run(op, dtype, kind)), expected, key,
+                      "tests/opinfo_expected_failures.py; rerun tools/op_coverage.py")
 
     @ops(FAST_OPS, allowed_dtypes=(torch.float32,))
     def test_forward(self, device, dtype, op):

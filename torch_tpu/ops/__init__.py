@@ -16,6 +16,7 @@ from . import (  # noqa: F401
     indexing,
     linalg,
     losses,
+    nested,
     nn,
     optim,
     pointwise,

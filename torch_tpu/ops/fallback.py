@@ -115,13 +115,13 @@ def run_on_cpu(op, args, kwargs):
 
 
 STRIDED_NESTED = (
-    "strided nested tensors (torch.nested with layout=torch.strided) are not supported on tpu; use "
-    "layout=torch.jagged. nn.TransformerEncoder builds one in eval mode when given a src_key_padding_mask: "
+    "strided nested tensors (torch.nested with layout=torch.strided) are not supported on tpu: their kernels are "
+    "C++ code that reads memory through data pointers, and tpu bytes live in emulated HBM; use layout=torch.jagged. nn.TransformerEncoder builds one in eval mode when given a src_key_padding_mask: "
     "construct it with enable_nested_tensor=False, which gives the same values at every unpadded position."
 )
 SPARSE_LAYOUTS = (
     "sparse layouts (torch.sparse_coo, sparse_csr, sparse_csc, sparse_bsr, sparse_bsc) are not supported on "
-    "tpu; keep sparse tensors on the CPU, or make them dense (to_dense()) before moving them to tpu."
+    "tpu (their kernels are C++ code per backend that reads indices through data pointers); keep sparse tensors on the CPU, or make them dense (to_dense()) before moving them to tpu."
 )
 # Whole features torch_tpu does not have, by their ops' name prefixes. The CPU fallback cannot help with
 # these (its results would have to come back to tpu), so the error says what to do instead.

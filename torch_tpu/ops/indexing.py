@@ -260,15 +260,20 @@ def _reduction_identity(reduce, dtype):
     return info.min if reduce == "amax" else info.max
 
 
-@register("scatter_reduce.two_out")
-def scatter_reduce_two_out(self, dim, index, src, reduce, *, include_self=True, out):
-    target, key, values = _prepared_scatter(self, dim, index, src, out, "scatter_reduce")
+def _reduce_into(out, target, key, values, reduce, include_self):
+    """scatter_reduce's and index_reduce's shared step: fold ``values`` into ``target[key]`` (a view of ``out``)."""
     if not include_self:
         target[key] = _reduction_identity(reduce, out.dtype)
     _SCATTER_UFUNCS[reduce].at(target, key, values)
     if reduce == "mean":
         _divide_by_counts(out, target, key, include_self)
     return out
+
+
+@register("scatter_reduce.two_out")
+def scatter_reduce_two_out(self, dim, index, src, reduce, *, include_self=True, out):
+    target, key, values = _prepared_scatter(self, dim, index, src, out, "scatter_reduce")
+    return _reduce_into(out, target, key, values, reduce, include_self)
 
 
 def _divide_by_counts(out, target, key, include_self):
@@ -398,12 +403,7 @@ def index_copy_out(self, dim, index, source, *, out):
 def index_reduce_out(self, dim, index, source, reduce, *, include_self=True, out):
     target, key = _prepared_index_op(self, dim, index, out, "index_reduce", _dim_error(), source)
     values = converted(_index_source(source, target, key, "index_reduce"), out.dtype)
-    if not include_self:
-        target[key] = _reduction_identity(reduce, out.dtype)
-    _SCATTER_UFUNCS[reduce].at(target, key, values)
-    if reduce == "mean":
-        _divide_by_counts(out, target, key, include_self)
-    return out
+    return _reduce_into(out, target, key, values, reduce, include_self)
 
 
 @register("index_fill_.int_Scalar")

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .._errors import cannot_cast, not_implemented_for, scalar_type_name, shape_mismatch
-from . import _libstdcxx
+from .cpu_replay import libstdcxx_order
 from ._common import (as_numpy, converted, empty, exact_dtype, operand, opmath_dtype, prepare_out, store, wrap_dim,
                       wrap_dims, write)
 from ._registry import register
@@ -572,7 +572,7 @@ def _mode_along_last(array):
     that run's last element, which is wherever std::sort leaves it among the equal keys.
     """
     rows = array.reshape(math.prod(array.shape[:-1]), array.shape[-1])
-    order = _libstdcxx.sort_order(_libstdcxx.ranks(rows)).reshape(array.shape)
+    order = libstdcxx_order.sort_order(libstdcxx_order.ranks(rows)).reshape(array.shape)
     ordered = np.take_along_axis(array, order, -1)
     positions = np.arange(array.shape[-1])
     run_starts = np.concatenate(

@@ -13,7 +13,7 @@ import torch
 
 from .. import _tensor
 from .._errors import cpp_type_name, not_implemented_for, scalar_type_name
-from . import _libstdcxx
+from .cpu_replay import libstdcxx_order
 from ._common import as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store, wrap_dim, wrap_dims, write
 from ._registry import register
 
@@ -227,7 +227,7 @@ def _stable_argsort(values, axis, descending):
 def _rows_of(values, axis, descending):
     """Keys ordered as CPU's comparators order ``values`` (NaN above everything), one row per lane along ``axis``."""
     lanes = np.moveaxis(values, axis, -1)
-    return _libstdcxx.ranks(lanes.reshape(math.prod(lanes.shape[:-1]), lanes.shape[-1]), descending), lanes.shape
+    return libstdcxx_order.ranks(lanes.reshape(math.prod(lanes.shape[:-1]), lanes.shape[-1]), descending), lanes.shape
 
 
 def _from_rows(order, lanes_shape, axis):
@@ -254,7 +254,7 @@ def _sort_order(self, dim, descending, stable):
     if _sorts_stably(self, descending, stable):
         return _stable_argsort(values, dim, descending)
     keys, lanes_shape = _rows_of(values, dim, descending)
-    return _from_rows(_libstdcxx.sort_order(keys), lanes_shape, dim)
+    return _from_rows(libstdcxx_order.sort_order(keys), lanes_shape, dim)
 
 
 def _top_order(self, dim, k, largest, sorted):
@@ -264,20 +264,20 @@ def _top_order(self, dim, k, largest, sorted):
     if k == 0:
         order = np.empty((len(keys), 0), np.int64)
     elif k * 64 <= keys.shape[1]:
-        order = _libstdcxx.partial_sort_prefix(keys, k)
+        order = libstdcxx_order.partial_sort_prefix(keys, k)
     elif sorted:
         order = _selected_then_sorted(keys, k)
     else:
-        order = _libstdcxx.select_order(keys, k - 1)[:, :k]
+        order = libstdcxx_order.select_order(keys, k - 1)[:, :k]
     return _from_rows(order, lanes_shape, dim)
 
 
 def _selected_then_sorted(keys, k):
     """std::nth_element at k - 1, then std::sort of the k - 1 keys before it."""
-    order, settled = _libstdcxx.smallest_first(keys, k)
+    order, settled = libstdcxx_order.smallest_first(keys, k)
     tied = keys[~settled]
-    chosen = _libstdcxx.select_order(tied, k - 1)
-    chosen = np.take_along_axis(chosen, _libstdcxx.sort_order(np.take_along_axis(tied, chosen, 1), k - 1), 1)
+    chosen = libstdcxx_order.select_order(tied, k - 1)
+    chosen = np.take_along_axis(chosen, libstdcxx_order.sort_order(np.take_along_axis(tied, chosen, 1), k - 1), 1)
     order[~settled] = chosen[:, :k]
     return order
 

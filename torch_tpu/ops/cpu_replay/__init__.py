@@ -1,0 +1,16 @@
+"""Where torch_tpu replays an implementation detail of PyTorch's CPU build, and why.
+
+The tpu device promises CPU's exact bits wherever CPU's result is defined by its own algorithm
+rather than by the op's mathematics: the order a non-stable sort leaves tied keys in, the order a
+sum rounds in, which elements a SIMD loop converts. Each replay lives in one named place:
+
+- ``libstdcxx_order``: libstdc++'s introsort, introselect and partial_sort orderings, behind
+  ``sort(stable=False)``, ``topk``, ``kthvalue``, ``median`` and ``mode`` indices where keys tie;
+- ``cascade_sum``: the multi-level accumulation of CPU's sum kernel, behind ``nll_loss``'s total
+  (bf16 rounds after every addition);
+- ``csrc_py/cpu_loops.py`` (on the chip side, since casts are the chip's): TensorIterator's loop
+  layout, ``at::parallel_for`` chunks and SIMD-vector versus scalar-tail elements, behind casts
+  (NaN payloads, out-of-range float-to-integer) and ``arange``'s vectorised fill (ops/factory.py).
+
+Everything else is computed from the mathematics, in the dtype CPU computes in.
+"""

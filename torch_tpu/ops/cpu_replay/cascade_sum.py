@@ -1,0 +1,40 @@
+"""CPU's cascade sum (aten/src/ATen/native/cpu/SumKernel.cpp's multi-level accumulation), replayed.
+
+CPU's nll_loss sums in its input's own dtype through ``CASCADE_LEVELS`` partial sums, each flushed into
+the next every ``2 ** level_power`` samples: in bf16 that rounds after every addition, so a plain NumPy
+sum (pairwise, in another order) gives different bits.
+"""
+
+import numpy as np
+
+CASCADE_LEVELS = 8
+
+
+def cascade_sum(values, counted, dtype):
+    """sum(values[counted]) as CPU's cascade forms it. Sample ``b`` (if counted) flushes level j into level
+    j + 1 when ``b`` is a multiple of ``2 ** (level_power * (j + 1))``; the levels are then added in order."""
+    level_power = max(4, (max(len(values), 3) - 1).bit_length() // CASCADE_LEVELS)  # utils::CeilLog2
+    samples = np.flatnonzero(counted)
+    inputs = values[samples]
+    residuals = []
+    for level in range(1, CASCADE_LEVELS):
+        flushes = samples % (1 << (level_power * level)) == 0
+        group = np.cumsum(flushes) - flushes  # a flushing sample closes its group
+        sums = sequential_sums(inputs, group, int(flushes.sum()) + 1, dtype)
+        residuals.append(sums[-1])
+        inputs, samples = sums[:-1], samples[flushes]
+    residuals.append(sequential_sums(inputs, np.zeros(len(inputs), np.int64), 1, dtype)[0])
+    return sequential_sums(np.array(residuals, dtype), np.zeros(len(residuals), np.int64), 1, dtype)[0]
+
+
+def sequential_sums(values, group, groups, dtype):
+    """Per group, ``((0 + v0) + v1) + ...`` over its values in order, rounding to ``dtype`` at each step."""
+    position = np.arange(len(values)) - np.searchsorted(group, group)
+    width = int(position.max()) + 1 if len(values) else 0
+    table = np.zeros((groups, width), dtype)
+    present = np.zeros((groups, width), bool)
+    table[group, position], present[group, position] = values, True
+    sums = np.zeros(groups, dtype)
+    for column, valid in zip(table.T, present.T):
+        sums = np.where(valid, (sums + column).astype(dtype), sums)
+    return sums
