@@ -122,9 +122,9 @@ def check_scalar_fits(value, dtype):
 
 def broadcast_shapes(*shapes):
     """The shape ``shapes`` broadcast to, or at::infer_size's error (torch.broadcast_shapes words its own)."""
-    try:
-        return tuple(torch.broadcast_shapes(*shapes))
-    except RuntimeError:
+    try:  # NumPy's rule is PyTorch's, and costs a few us where torch.broadcast_shapes costs tens
+        return np.broadcast_shapes(*shapes)
+    except ValueError:
         raise broadcast_mismatch(shapes) from None
 
 
