@@ -16,6 +16,7 @@ from . import (  # noqa: F401
     linalg,
     losses,
     nn,
+    pooling,
     optim,
     pointwise,
     random,
