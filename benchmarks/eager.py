@@ -9,6 +9,7 @@ absolute times depend on the (shared, noisy) host.
 
 import argparse
 import datetime
+import gc
 import os
 import platform
 import sys
@@ -30,6 +31,7 @@ def best_seconds(variants, number, repeat=9):
     alike, and the best round is the one least disturbed (as ``timeit`` recommends)."""
     for fn in variants.values():
         fn()  # warm up: first-call costs (imports, caches) are not steady state
+    gc.collect()  # the full collection the warm-up's new objects have made due would land in one variant's round
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(repeat):
         for name, fn in variants.items():
