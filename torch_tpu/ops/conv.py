@@ -134,9 +134,37 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
     return gradient.reshape(target_channels, -1, *kernel)
 
 
+def _flipped_transposed_weight(weight, groups):
+    """(C_out, C_in/G, *k) -> (C_in, C_out/G, *k) with every kernel reversed: the adjoint's correlation weights."""
+    out_channels, in_per_group, *kernel = weight.shape
+    swapped = weight.reshape(groups, out_channels // groups, in_per_group, *kernel).swapaxes(1, 2)
+    flipped = swapped.reshape(groups * in_per_group, out_channels // groups, *kernel)
+    return flipped[(Ellipsis, *(slice(None, None, -1),) * len(kernel))]
+
+
+def _input_gradient_as_correlation(grad, w, input_shape, stride, padding, dilation, groups):
+    """The input's gradient as one forward correlation (one im2col, one matmul, whatever the kernel size):
+    the output gradient, spread out by the stride and padded by the kernel's reach less the padding,
+    correlated with the flipped kernel. None when the padding exceeds the kernel's reach."""
+    kernel = w.shape[2:]
+    before = [d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding)]
+    if any(b < 0 for b in before):
+        return None
+    spread_shape = tuple((g - 1) * s + 1 for g, s in zip(grad.shape[2:], stride))
+    after = [size + d * (k - 1) - b - spread for size, d, k, b, spread
+             in zip(input_shape[2:], dilation, kernel, before, spread_shape)]
+    spread = np.zeros(grad.shape[:2] + tuple(s + b + a for s, b, a in zip(spread_shape, before, after)), grad.dtype)
+    spread[(Ellipsis, *(slice(b, b + size, s) for b, size, s in zip(before, spread_shape, stride)))] = grad
+    return _convolve(spread, _flipped_transposed_weight(w, groups), [1] * len(kernel), [0] * len(kernel), dilation,
+                     groups)
+
+
 def _input_gradient(grad, w, input_shape, stride, padding, dilation, transposed, groups):
     if transposed:
         return _convolve(grad, w, stride, padding, dilation, groups, input_shape[2:])
+    correlated = _input_gradient_as_correlation(grad, w, input_shape, stride, padding, dilation, groups)
+    if correlated is not None:
+        return correlated
     produced = (
         (g - 1) * s - 2 * p + d * (k - 1) + 1
         for g, s, p, d, k in zip(grad.shape[2:], stride, padding, dilation, w.shape[2:])
