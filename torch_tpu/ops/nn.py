@@ -491,14 +491,24 @@ def native_batch_norm_backward(
     else:
         mean = per_channel(opmath_operand(running_mean), x.ndim)
         invstd = inverse_std(per_channel(opmath_operand(running_var), x.ndim), eps)
-    xhat = (x - mean) * invstd
-    grad_xhat = scaled(dy, per_channel(optional_operand(weight), x.ndim))
-    grad_x = normalized_input_gradient(grad_xhat, xhat, invstd, axes) if train else grad_xhat * invstd
+    centered = x - mean
+    # two per-channel sums serve every gradient: sum(dy) and sum(dy * (x - mean)); the input's gradient is
+    # then one fused expression over the batch, not a chain of full-size temporaries
+    sum_dy = np.sum(dy, axis=axes, keepdims=True)
+    dot = np.sum(dy * centered, axis=axes, keepdims=True)
+    scale = scaled(invstd, per_channel(optional_operand(weight), x.ndim))
+    grad_x = None
+    if output_mask[0]:
+        grad_x = dy * scale
+        if train:  # scale * (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean)))
+            count = x.size // max(x.shape[1], 1)
+            grad_x -= centered * (scale * invstd * invstd * dot / count)
+            grad_x -= scale * sum_dy / count
     params_dtype = input.dtype if weight is None else weight.dtype
     return (
         output_if(output_mask[0], grad_x, input.dtype),
-        output_if(output_mask[1], np.sum(dy * xhat, axis=axes), params_dtype),
-        output_if(output_mask[2], np.sum(dy, axis=axes), params_dtype),
+        output_if(output_mask[1], (dot * invstd).reshape(-1), params_dtype),
+        output_if(output_mask[2], sum_dy.reshape(-1), params_dtype),
     )
 
 
