@@ -40,11 +40,16 @@ def sigmoid(x):
 
 
 def lstm_cell(gates, cx):
-    """The cell on its summed gate pre-activations (B, 4H): (hy, cy, workspace [i, f, g, o])."""
-    i, f, g, o = np.split(gates, 4, axis=1)
-    i, f, g, o = sigmoid(i), sigmoid(f), np.tanh(g), sigmoid(o)
+    """The cell on its summed gate pre-activations (B, 4H): (hy, cy, workspace [i, f, g, o]).
+
+    The sigmoid runs over all four gates at once and the cell gate is then overwritten with its tanh:
+    fewer, larger NumPy calls for the step a sequence repeats."""
+    workspace = sigmoid(gates)
+    hidden = gates.shape[1] // 4
+    np.tanh(gates[:, 2 * hidden:3 * hidden], out=workspace[:, 2 * hidden:3 * hidden])
+    i, f, g, o = np.split(workspace, 4, axis=1)
     cy = f * cx + i * g
-    return o * np.tanh(cy), cy, np.concatenate([i, f, g, o], axis=1)
+    return o * np.tanh(cy), cy, workspace
 
 
 def lstm_cell_backward(grad_h, grad_c, cx, cy, workspace):
