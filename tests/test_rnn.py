@@ -136,3 +136,28 @@ def test_each_layer_is_one_launch_charged_its_matmul_flops_and_bytes():
     read = x.nbytes + h0.nbytes + sum(p.nbytes for p in module.parameters())
     output, final, tape = steps * 16 * 4, 4 * 16 * 4, steps * (16 + 5 * 16) * 4  # tape: h, [r, z, n, hx, hn]
     assert charged.bytes == read + output + final + tape
+
+
+def test_tracing_sees_the_composite(layer_launches):
+    """Fake tensors (Dynamo, AOTAutograd) and dispatch modes get PyTorch's composite, whose ops they trace."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class SeenOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(func)
+            return func(*args, **(kwargs or {}))
+
+    module = nn.GRU(4, 6, 1).to("tpu")
+    x = torch.randn(5, 2, 4).to("tpu")
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        output, final = module(mode.from_tensor(x))
+    assert output.shape == (5, 2, 6) and final.shape == (1, 2, 6)
+    with SeenOps() as seen:
+        module(x)
+    assert torch.ops.aten._thnn_fused_gru_cell.default in seen.ops
+    assert not layer_launches

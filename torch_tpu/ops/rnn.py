@@ -358,6 +358,7 @@ class RecurrentLayer(torch.autograd.Function):
 
 FUSED_DTYPES = frozenset({torch.float32, torch.float64})
 COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
+PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (fake, functional tensors) are being traced
 
 
 def layer_parameters(params, index, has_biases, projected):
@@ -371,12 +372,13 @@ def layer_parameters(params, index, has_biases, projected):
 
 def fusable(input, states, params, num_layers, bidirectional, has_biases, projected):
     """Whether the whole-sequence kernels take this call (``input`` sequence-first); anything else (packed
-    or unbatched input, other dtypes, tensors elsewhere, shapes CPU would refuse, abstract mode) takes the
-    composite path, which has every check and every case."""
+    or unbatched input, other dtypes, tensors elsewhere, shapes CPU would refuse, abstract mode, tracing)
+    takes the composite path, which has every check and every case."""
     tensors = (input, *states, *params)
-    if (_abstract.MODE.depth or input.dim() != 3 or input.dtype not in FUSED_DTYPES
-            or any(t.dtype != input.dtype or t.device.type != "tpu" for t in tensors)):
-        return False
+    if (_abstract.MODE.depth or torch._C._len_torch_dispatch_stack() or input.dim() != 3
+            or input.dtype not in FUSED_DTYPES
+            or any(type(t) not in PLAIN_TENSORS or t.dtype != input.dtype or t.device.type != "tpu" for t in tensors)):
+        return False  # tracing (fake, functional or proxy tensors, dispatch modes) sees the composite's ops
     directions = 2 if bidirectional else 1
     if len(params) != num_layers * directions * (2 + 2 * has_biases + projected):
         return False
