@@ -161,3 +161,28 @@ def test_tracing_sees_the_composite(layer_launches):
         module(x)
     assert torch.ops.aten._thnn_fused_gru_cell.default in seen.ops
     assert not layer_launches
+
+
+def test_abstract_mode_allocates_and_charges_as_eager():
+    """Without values, the layers make the same tensors (shapes, HBM bytes) and the same launches."""
+    torch.manual_seed(0)
+    module = nn.LSTM(6, 8, 2, bidirectional=True, batch_first=True).to("tpu")
+    x = torch.randn(3, 5, 6).to("tpu")
+
+    def step():
+        clock = torch_tpu._C.current_chip().clock
+        names = ("lstm_layer", "lstm_layer_backward")
+        before = {n: clock.op_totals.get(n, torch_tpu._C.clock.OpTotals()).copy() for n in names}
+        torch.tpu.reset_peak_memory_stats()
+        start = torch.tpu.memory_allocated()
+        output, (h, c) = module(x)
+        (output.sum() + h.sum() + c.sum()).backward()
+        charged = {n: clock.op_totals[n].minus(before[n]) for n in names}
+        shapes = [output.shape, h.shape, c.shape] + [p.grad.shape for p in module.parameters()]
+        module.zero_grad(set_to_none=True)
+        return shapes, torch.tpu.max_memory_allocated() - start, {n: (t.count, t.flops, t.bytes) for n, t in charged.items()}
+
+    eager = step()
+    with torch_tpu.abstract():
+        abstract = step()
+    assert abstract == eager

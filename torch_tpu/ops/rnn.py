@@ -7,8 +7,8 @@ layer and direction is one launch and one autograd node, whose forward and backw
 the recurrence in NumPy. The input's projection onto the gates (and, in the backward, the weight
 gradients and the input's gradient) are one MXU matmul over the whole sequence; only the recurrent
 matmul and the gates' elementwise maths run per step. Between layers, dropout is the ordinary op, so
-it draws from the tpu generator exactly as the composite would. Packed sequences, other dtypes and
-abstract mode take the composite path.
+it draws from the tpu generator exactly as the composite would. In abstract mode the layers allocate and
+charge the same, without values. Packed sequences and other dtypes take the composite path.
 
 For a non-CPU device PyTorch's ``lstm_cell``/``gru_cell`` (``nn.LSTMCell``, ``nn.GRUCell``) do the two
 gate matmuls themselves and hand the elementwise rest to ``_thnn_fused_lstm_cell`` /
@@ -23,8 +23,8 @@ import torch
 
 from .. import _C, _abstract
 from .._cost import float32_passes
-from .._tensor import DTYPE_NAME
-from ._common import opmath_operand, store
+from .._tensor import DTYPE_NAME, numpy_dtype
+from ._common import empty, opmath_operand, store
 from ._registry import register_autograd
 from .linalg import mxu_matmul
 from .nn import register
@@ -157,7 +157,7 @@ class Weights:
 
     def input_gates(self, x, hidden_bias_too):
         """The input's projection onto the gates for every step at once (T, B, G*H), with its bias."""
-        gates = mxu_matmul(rows(x), self.w_ih.T).reshape(x.shape[0], x.shape[1], -1)
+        gates = mxu_matmul(rows(x), self.w_ih.T).reshape(x.shape[:2] + self.w_ih.shape[:1])
         if self.b_ih is not None:
             gates += self.b_ih + self.b_hh if hidden_bias_too else self.b_ih
         return gates
@@ -303,19 +303,53 @@ def layer_flops(cell, x_shape, hidden, output_size, projected, backward):
     return 2 * flops if backward else flops
 
 
+class Values:
+    """Tensors as the arrays the recurrence runs on, and its arrays back as tensors.
+
+    In abstract mode (shapes, no values) the recurrence runs on stand-ins whose batch is 0, which gives
+    every result's shape at no cost, and the results are allocated with the real batch, uncomputed: the
+    launch allocates and is charged exactly as in eager mode. ``batch_axis`` names an array's batch dim
+    (None for the weights and their gradients)."""
+
+    def __init__(self, batch):
+        self.batch = batch
+        self.abstract = _abstract.MODE.depth > 0
+
+    def array(self, tensor, batch_axis=None):
+        if tensor is None or not self.abstract:
+            return None if tensor is None else opmath_operand(tensor)
+        shape = list(tensor.shape)
+        if batch_axis is not None:
+            shape[batch_axis] = 0
+        return np.broadcast_to(np.zeros((), numpy_dtype(tensor.dtype)), shape)
+
+    def tensor(self, array, dtype, batch_axis=None):
+        if array is None or not self.abstract:
+            return None if array is None else store(array, dtype)
+        shape = list(array.shape)
+        if batch_axis is not None:
+            shape[batch_axis] = self.batch
+        return empty(tuple(shape), dtype)
+
+
+SEQUENCE, BATCH = 1, 0  # the batch axis of (T, B, F) arrays and of (B, F) states
+
+
 class RecurrentLayer(torch.autograd.Function):
     """One layer and direction over the whole sequence: (T, B, I) -> output (T, B, H_out), final states."""
 
     @staticmethod
     def forward(ctx, cell, reverse, x, *tensors):
         states, parameters = tensors[:-5], tensors[-5:]
-        weights = Weights(*(None if p is None else opmath_operand(p) for p in parameters))
+        values = Values(x.shape[1])
+        weights = Weights(*(values.array(p) for p in parameters))
         steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
-        array = opmath_operand(x)
-        output, final, tape = cell.forward(array, tuple(opmath_operand(s) for s in states), weights, steps)
-        results = (store(output, x.dtype), *(store(s, x.dtype) for s in final))
-        ctx.cell, ctx.steps, ctx.n_states, ctx.has_bias = cell, steps, len(states), parameters[2] is not None
-        ctx.tape = {key: store(value, x.dtype) for key, value in tape.items()}  # kept in HBM, as the chip would
+        output, final, tape = cell.forward(values.array(x, SEQUENCE), tuple(values.array(s, BATCH) for s in states),
+                                           weights, steps)
+        results = (values.tensor(output, x.dtype, SEQUENCE), *(values.tensor(s, x.dtype, BATCH) for s in final))
+        ctx.cell, ctx.steps, ctx.has_bias = cell, steps, parameters[2] is not None
+        # the tape stays in HBM between forward and backward, as it would on the chip
+        ctx.tape = {key: values.tensor(value, x.dtype, SEQUENCE) for key, value in tape.items()}
         ctx.save_for_backward(x, *(p for p in parameters if p is not None))
         charge_layer(f"{cell.name}_layer", layer_flops(cell, x.shape, weights.w_hh.shape[0] // cell.gates,
                                                        weights.w_hh.shape[1], weights.w_hr is not None, False),
@@ -329,22 +363,24 @@ class RecurrentLayer(torch.autograd.Function):
             parameters[2:2] = [None, None]
         if len(parameters) == 4:
             parameters.append(None)
-        weights = Weights(*(None if p is None else opmath_operand(p) for p in parameters))
-        tape = {key: opmath_operand(value) for key, value in ctx.tape.items()}
-        gradient = gradient_or_zero(grad_output, tape["h"])
-        states = [np.zeros(s.shape, gradient.dtype) if g is None else opmath_operand(g)
+        values = Values(x.shape[1])
+        weights = Weights(*(values.array(p) for p in parameters))
+        tape = {key: values.array(value, SEQUENCE) for key, value in ctx.tape.items()}
+        # autograd passes None for an output that got no gradient; the output is shaped like the tape's h
+        gradient = np.zeros_like(tape["h"]) if grad_output is None else values.array(grad_output, SEQUENCE)
+        states = [np.zeros_like(s) if g is None else values.array(g, BATCH)
                   for g, s in zip(grad_states, (tape["h"][0], tape.get("c", tape["h"])[0]))]
         grad_input_gates, grad_hidden_gates, grad_initial, grad_w_hr = ctx.cell.backward(
             gradient, states, tape, weights, ctx.steps)
-        array = opmath_operand(x)
-        grad_x = mxu_matmul(rows(grad_input_gates), weights.w_ih).reshape(array.shape[:2] + (-1,))
+        array = values.array(x, SEQUENCE)
+        grad_x = mxu_matmul(rows(grad_input_gates), weights.w_ih).reshape(array.shape)
         grad_w_ih = mxu_matmul(rows(grad_input_gates).T, rows(array))
         grad_w_hh = mxu_matmul(rows(grad_hidden_gates).T, rows(tape["h"]))
         grad_b_ih = rows(grad_input_gates).sum(axis=0) if ctx.has_bias else None
         grad_b_hh = rows(grad_hidden_gates).sum(axis=0) if ctx.has_bias else None
         dtype = x.dtype
-        grads = [grad_x, *grad_initial, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr]
-        results = [None if g is None else store(g, dtype) for g in grads]
+        results = [values.tensor(grad_x, dtype, SEQUENCE), *(values.tensor(g, dtype, BATCH) for g in grad_initial),
+                   *(values.tensor(g, dtype) for g in (grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr))]
         charge_layer(f"{ctx.cell.name}_layer_backward",
                      layer_flops(ctx.cell, x.shape, weights.w_hh.shape[0] // ctx.cell.gates,
                                  weights.w_hh.shape[1], weights.w_hr is not None, True),
@@ -372,10 +408,10 @@ def layer_parameters(params, index, has_biases, projected):
 
 def fusable(input, states, params, num_layers, bidirectional, has_biases, projected):
     """Whether the whole-sequence kernels take this call (``input`` sequence-first); anything else (packed
-    or unbatched input, other dtypes, tensors elsewhere, shapes CPU would refuse, abstract mode, tracing)
+    or unbatched input, other dtypes, tensors elsewhere, shapes CPU would refuse, tracing)
     takes the composite path, which has every check and every case."""
     tensors = (input, *states, *params)
-    if (_abstract.MODE.depth or torch._C._len_torch_dispatch_stack() or input.dim() != 3
+    if (torch._C._len_torch_dispatch_stack() or input.dim() != 3
             or input.dtype not in FUSED_DTYPES
             or any(type(t) not in PLAIN_TENSORS or t.dtype != input.dtype or t.device.type != "tpu" for t in tensors)):
         return False  # tracing (fake, functional or proxy tensors, dispatch modes) sees the composite's ops
