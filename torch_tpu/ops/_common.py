@@ -196,3 +196,10 @@ def store(array, dtype=None, *, out=None, inputs=(), distinct=(), dtype_rule=cas
     prepare_out(out, np.shape(array), dtype, inputs, distinct, dtype_rule, may_alias)
     return write(out, array)
 
+
+def padded(array, widths, fill=0):
+    """``array`` with (before, after) elements of ``fill`` around each dim: np.pad's constant mode, which
+    costs about 100 us of Python per call, written as one fill and one copy."""
+    result = np.full(tuple(n + lo + hi for n, (lo, hi) in zip(array.shape, widths)), fill, array.dtype)
+    result[tuple(slice(lo, lo + n) for n, (lo, _) in zip(array.shape, widths))] = array
+    return result

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from ._common import operand, opmath_dtype, store
+from ._common import operand, opmath_dtype, padded, store
 from ._registry import register
 from .._errors import raise_cpu_error
 from .linalg import mxu_matmul
@@ -31,7 +31,7 @@ def _windows(x, kernel, stride, padding, dilation, out_spatial=None):
     """
     batch, channels, *spatial = x.shape
     if any(padding):
-        x = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
+        x = padded(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
     out_spatial = out_spatial or tuple(
         (size + 2 * p - d * (k - 1) - 1) // s + 1
         for size, p, d, k, s in zip(spatial, padding, dilation, kernel, stride)

@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from ._common import exact_dtype, opmath_operand, operand, store
+from ._common import exact_dtype, opmath_operand, operand, padded, store
 from .nn import register
 from .pointwise import require, trunc_divide
 
@@ -85,7 +85,7 @@ class Window:
         widths = [(0, 0)] * (x.ndim - len(self.in_sizes)) + list(zip(self.padding, self.pad_after))
         if not any(lo or hi for lo, hi in widths):
             return x
-        return np.pad(x, widths, constant_values=fill)
+        return padded(x, widths, fill)
 
     def along(self, dim, offset):
         """The slice selecting, along spatial ``dim`` of the padded input, every window's element at ``offset``."""
