@@ -113,6 +113,12 @@ class Window:
             np.where(start < 0, start + (-start + d - 1) // d * d, start) for start, d in zip(starts, self.dilation)
         ]
 
+    def avg_divisor(self, count_include_pad):
+        """How many elements each window averages over: one number when every window lies inside the input."""
+        if not any(self.padding) and not any(self.pad_after):
+            return math.prod(self.kernel)
+        return outer_product(self.avg_divisors(count_include_pad))
+
     def avg_divisors(self, count_include_pad):
         """Per dim, the number of elements each window averages over."""
         divisors = []
@@ -257,7 +263,7 @@ def window_spread(share, in_shape, window):
 
 def avg_pool_arrays(x, window, count_include_pad, divisor_override):
     total = window_sum(x, window)
-    divisor = divisor_override or outer_product(window.avg_divisors(count_include_pad))
+    divisor = divisor_override or window.avg_divisor(count_include_pad)
     if total.dtype.kind in "iu":  # integer averages truncate toward zero, as C++ division does
         return trunc_divide(total, np.asarray(divisor, total.dtype))
     total /= divisor
@@ -265,7 +271,7 @@ def avg_pool_arrays(x, window, count_include_pad, divisor_override):
 
 
 def avg_pool_backward_array(grad, in_shape, window, count_include_pad, divisor_override):
-    divisor = divisor_override or outer_product(window.avg_divisors(count_include_pad))
+    divisor = divisor_override or window.avg_divisor(count_include_pad)
     return window_spread(grad / divisor, in_shape, window)
 
 
