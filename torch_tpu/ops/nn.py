@@ -337,8 +337,14 @@ def native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, g
     return grad_input, grad_weight, grad_bias
 
 
-def batch_norm_axes(ndim):
-    return (0,) + tuple(range(2, ndim))
+def channel_sums(x, dtype=None):
+    """Per channel (dim 1), the sum over every other dim, shaped (1, C, 1, ...) to broadcast against ``x``.
+
+    Summed as (N, C, rest): the contiguous inner run first, then the batch. NumPy's reduction over the
+    scattered axes (0, 2, 3) directly is about ten times slower, in float64 more still."""
+    rows = x.reshape(x.shape[0], x.shape[1], -1) if x.ndim != 3 else x
+    sums = np.add.reduce(np.add.reduce(rows, axis=2, dtype=dtype), axis=0)
+    return sums.reshape((1, -1) + (1,) * (x.ndim - 2))
 
 
 def update_running_stats(running_mean, running_var, mean, squares, count, momentum, vectorised):
@@ -373,7 +379,7 @@ def vectorised_layout(input):
     return input.is_contiguous() or (channels_last is not None and input.is_contiguous(memory_format=channels_last))
 
 
-def batch_statistics(x, axes, stats_dtype, vectorised):
+def batch_statistics(x, stats_dtype, vectorised):
     """Per channel, the saved mean (a tensor in ``stats_dtype``), the mean and the sum of squared
     deviations as CPU's later steps read them, the count, and the biased variance. Sums run in acc_type (double for float32).
 
@@ -383,10 +389,11 @@ def batch_statistics(x, axes, stats_dtype, vectorised):
     """
     accumulator = np.float64 if x.dtype == np.float32 else x.dtype
     count = x.size // max(x.shape[1], 1)
-    mean = (np.sum(x, axis=axes, dtype=accumulator, keepdims=True) / count).astype(x.dtype)
+    mean = (channel_sums(x, accumulator) / count).astype(x.dtype)
     save_mean = store(mean.ravel(), stats_dtype)
     deviation_from = mean if vectorised else per_channel(opmath_operand(save_mean), x.ndim)
-    squares = np.sum(np.square((x - deviation_from).astype(accumulator)), axis=axes, dtype=accumulator)
+    deviations = (x - deviation_from).astype(accumulator)
+    squares = channel_sums(np.square(deviations, out=deviations), accumulator).ravel()
     if vectorised:
         mean, squares = as_numpy(save_mean), as_numpy(store(squares, stats_dtype))
     else:
@@ -434,7 +441,7 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
     vectorised = vectorised_layout(input)
     compute = generic_arithmetic(input, stats_dtype)
     if training:
-        save_mean, mean, squares, count, var = batch_statistics(x, batch_norm_axes(x.ndim), stats_dtype, vectorised)
+        save_mean, mean, squares, count, var = batch_statistics(x, stats_dtype, vectorised)
         update_running_stats(running_mean, running_var, mean, squares, count, momentum, vectorised)
         save_invstd = store(inverse_std(var, eps), stats_dtype)
         mean, invstd = as_numpy(save_mean), as_numpy(save_invstd)
@@ -484,7 +491,6 @@ def native_batch_norm_backward(
     grad_out, input, weight, running_mean, running_var, save_mean, save_invstd, train, eps, output_mask
 ):
     x, dy = opmath_operand(input), opmath_operand(grad_out)
-    axes = batch_norm_axes(x.ndim)
     if train:
         mean = per_channel(opmath_operand(save_mean), x.ndim)
         invstd = per_channel(opmath_operand(save_invstd), x.ndim)
@@ -494,8 +500,8 @@ def native_batch_norm_backward(
     centered = x - mean
     # two per-channel sums serve every gradient: sum(dy) and sum(dy * (x - mean)); the input's gradient is
     # then one fused expression over the batch, not a chain of full-size temporaries
-    sum_dy = np.sum(dy, axis=axes, keepdims=True)
-    dot = np.sum(dy * centered, axis=axes, keepdims=True)
+    sum_dy = channel_sums(dy)
+    dot = channel_sums(dy * centered)
     scale = scaled(invstd, per_channel(optional_operand(weight), x.ndim))
     grad_x = None
     if output_mask[0]:
