@@ -116,7 +116,8 @@ def test_packed_and_unbatched_inputs_take_the_composite_path(layer_launches):
     packed = nn.utils.rnn.pack_sequence(sequences)
     expected = nn.utils.rnn.pad_packed_sequence(module(packed)[0])[0]
     tpu_module = copy.deepcopy(module).to("tpu")
-    actual = nn.utils.rnn.pad_packed_sequence(tpu_module(nn.utils.rnn.pack_sequence([s.to("tpu") for s in sequences]))[0])[0]
+    tpu_packed = nn.utils.rnn.pack_sequence([s.to("tpu") for s in sequences])
+    actual = nn.utils.rnn.pad_packed_sequence(tpu_module(tpu_packed)[0])[0]
     assert_close(actual.cpu(), expected, **TOLERANCE)
     assert_close(tpu_module(sequences[0].to("tpu"))[0].cpu(), module(sequences[0])[0], **TOLERANCE)  # unbatched: 3-d
     assert len(layer_launches) == 1  # only the unbatched call (nn.LSTM adds its batch dim) was fused
@@ -180,7 +181,8 @@ def test_abstract_mode_allocates_and_charges_as_eager():
         charged = {n: clock.op_totals[n].minus(before[n]) for n in names}
         shapes = [output.shape, h.shape, c.shape] + [p.grad.shape for p in module.parameters()]
         module.zero_grad(set_to_none=True)
-        return shapes, torch.tpu.max_memory_allocated() - start, {n: (t.count, t.flops, t.bytes) for n, t in charged.items()}
+        launches = {n: (t.count, t.flops, t.bytes) for n, t in charged.items()}
+        return shapes, torch.tpu.max_memory_allocated() - start, launches
 
     eager = step()
     with torch_tpu.abstract():

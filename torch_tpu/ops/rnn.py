@@ -181,7 +181,8 @@ class LSTM:
         x_gates = weights.input_gates(x, hidden_bias_too=True)
         (h, c), w_hh_t = state, weights.w_hh.T
         length, batch = x.shape[:2]
-        tape = {"h": np.empty((length, batch, h.shape[-1]), h.dtype), "c": np.empty((length, batch, c.shape[-1]), c.dtype),
+        tape = {"h": np.empty((length, batch, h.shape[-1]), h.dtype),
+                "c": np.empty((length, batch, c.shape[-1]), c.dtype),
                 "cy": np.empty((length, batch, c.shape[-1]), c.dtype),
                 "workspace": np.empty(x_gates.shape, x_gates.dtype)}
         if weights.w_hr is not None:
