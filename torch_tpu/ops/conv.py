@@ -153,8 +153,11 @@ def _input_gradient_as_correlation(grad, w, input_shape, stride, padding, dilati
     spread_shape = tuple((g - 1) * s + 1 for g, s in zip(grad.shape[2:], stride))
     after = [size + d * (k - 1) - b - spread for size, d, k, b, spread
              in zip(input_shape[2:], dilation, kernel, before, spread_shape)]
-    spread = np.zeros(grad.shape[:2] + tuple(s + b + a for s, b, a in zip(spread_shape, before, after)), grad.dtype)
-    spread[(Ellipsis, *(slice(b, b + size, s) for b, size, s in zip(before, spread_shape, stride)))] = grad
+    spread = grad
+    if any(s != 1 for s in stride) or any(before) or any(after):  # a 1x1 stride-1 convolution needs no copy
+        spread = np.zeros(grad.shape[:2] + tuple(s + b + a for s, b, a in zip(spread_shape, before, after)),
+                          grad.dtype)
+        spread[(Ellipsis, *(slice(b, b + size, s) for b, size, s in zip(before, spread_shape, stride)))] = grad
     return _convolve(spread, _flipped_transposed_weight(w, groups), [1] * len(kernel), [0] * len(kernel), dilation,
                      groups)
 
