@@ -59,15 +59,17 @@ def lstm_cell(gates, cx):
     return o * np.tanh(cy), cy, workspace
 
 
-def lstm_cell_backward(grad_h, grad_c, cx, cy, workspace):
-    """The gates' pre-activation gradient and the previous cell state's."""
+def lstm_cell_backward(grad_h, grad_c, cx, cy, workspace, out=None):
+    """The gates' pre-activation gradient (written into ``out`` if given) and the previous cell state's."""
     i, f, g, o = gates_of(workspace, 4)
     tanh_cy = np.tanh(cy)
     grad_c = grad_h * o * (1 - tanh_cy * tanh_cy) + grad_c
-    grad_gates = np.concatenate(
-        [grad_c * g * i * (1 - i), grad_c * cx * f * (1 - f), grad_c * i * (1 - g * g), grad_h * tanh_cy * o * (1 - o)],
-        axis=1,
-    )
+    grad_gates = np.empty(workspace.shape, grad_c.dtype) if out is None else out
+    grad_i, grad_f, grad_g, grad_o = gates_of(grad_gates, 4)
+    np.multiply(grad_c * g, i * (1 - i), out=grad_i)
+    np.multiply(grad_c * cx, f * (1 - f), out=grad_f)
+    np.multiply(grad_c * i, 1 - g * g, out=grad_g)
+    np.multiply(grad_h * tanh_cy, o * (1 - o), out=grad_o)
     return grad_gates, grad_c * f
 
 
@@ -210,8 +212,8 @@ class LSTM:
             if projected:
                 grad_outputs[t] = grad_h
                 grad_h = mxu_matmul(grad_h, weights.w_hr)
-            grad_gates[t], grad_c = lstm_cell_backward(grad_h, grad_c, tape["c"][t], tape["cy"][t],
-                                                       tape["workspace"][t])
+            _, grad_c = lstm_cell_backward(grad_h, grad_c, tape["c"][t], tape["cy"][t], tape["workspace"][t],
+                                           out=grad_gates[t])
             grad_h = mxu_matmul(grad_gates[t], weights.w_hh)
         grad_w_hr = mxu_matmul(rows(grad_outputs).T, rows(tape["full"])) if projected else None
         return grad_gates, grad_gates, (grad_h, grad_c), grad_w_hr
