@@ -11,6 +11,10 @@ No pool's Python work grows with the product of its window's sizes:
   scatter-add (``bincount``) of each gradient to the input element its max came from;
 - adaptive average pools contract each spatial dim with a small membership matrix; adaptive max
   pools take the separable max over windows gathered along each dim.
+
+The one exception is 3-d adaptive average pooling, which replays CPU's element-by-element sum in the
+input's own dtype (bf16 rounds every addition) to give CPU's bits, and so visits every offset of its
+largest window.
 """
 
 import functools
