@@ -203,3 +203,13 @@ def padded(array, widths, fill=0):
     result = np.full(tuple(n + lo + hi for n, (lo, hi) in zip(array.shape, widths)), fill, array.dtype)
     result[tuple(slice(lo, lo + n) for n, (lo, _) in zip(array.shape, widths))] = array
     return result
+
+
+def channel_sums(x, dtype=None):
+    """Per channel (dim 1), the sum over every other dim, shaped (1, C, 1, ...) to broadcast against ``x``.
+
+    Summed as (N, C, rest): the contiguous inner run first, then the batch. NumPy's reduction over the
+    scattered axes (0, 2, 3) directly is several times slower, in float64 ten times."""
+    rows = x.reshape(x.shape[0], x.shape[1], -1) if x.ndim != 3 else x
+    sums = np.add.reduce(np.add.reduce(rows, axis=2, dtype=dtype), axis=0)
+    return sums.reshape((1, -1) + (1,) * (x.ndim - 2))

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from ._common import operand, opmath_dtype, padded, store
+from ._common import channel_sums, operand, opmath_dtype, padded, store
 from ._registry import register
 from .._errors import raise_cpu_error
 from .linalg import mxu_matmul
@@ -191,6 +191,6 @@ def convolution_backward(grad_output, input, weight, stride, padding, dilation, 
             gradient = _weight_gradient(x, grad, w.shape[2:], stride, padding, dilation, groups)
         grad_weight = store(gradient, weight.dtype)
     if output_mask[2]:
-        summed = _opmath(grad_output).sum(axis=(0, *range(2, grad.ndim)))
+        summed = channel_sums(_opmath(grad_output)).reshape(-1)
         grad_bias = store(summed, grad_output.dtype)
     return grad_input, grad_weight, grad_bias

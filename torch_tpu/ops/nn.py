@@ -18,8 +18,8 @@ import torch
 from .. import _C
 from . import _registry
 from .._tensor import numpy_dtype
-from ._common import (as_numpy, empty, exact_dtype, opmath_dtype, opmath_operand, operand, prepare_out, store, wrap_dim,
-                      write)
+from ._common import (as_numpy, channel_sums, empty, exact_dtype, opmath_dtype, opmath_operand, operand, prepare_out,
+                      store, wrap_dim, write)
 
 # at::Reduction
 REDUCTION_NONE, REDUCTION_MEAN, REDUCTION_SUM = 0, 1, 2
@@ -335,16 +335,6 @@ def native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, g
     grad_weight = output_if(output_mask[1], np.sum(dy * xhat.reshape(x.shape), axis=reduce_axes), params_dtype)
     grad_bias = output_if(output_mask[2], np.sum(dy, axis=reduce_axes), params_dtype)
     return grad_input, grad_weight, grad_bias
-
-
-def channel_sums(x, dtype=None):
-    """Per channel (dim 1), the sum over every other dim, shaped (1, C, 1, ...) to broadcast against ``x``.
-
-    Summed as (N, C, rest): the contiguous inner run first, then the batch. NumPy's reduction over the
-    scattered axes (0, 2, 3) directly is about ten times slower, in float64 more still."""
-    rows = x.reshape(x.shape[0], x.shape[1], -1) if x.ndim != 3 else x
-    sums = np.add.reduce(np.add.reduce(rows, axis=2, dtype=dtype), axis=0)
-    return sums.reshape((1, -1) + (1,) * (x.ndim - 2))
 
 
 def update_running_stats(running_mean, running_var, mean, squares, count, momentum, vectorised):
