@@ -100,10 +100,11 @@ def zero_where(condition, values):
     """``np.where(condition, 0, values)`` bit for bit (+0.0 where dropped, NaN and inf kept elsewhere), as a
     bit mask: np.where branches per element and is several times slower on an irregular mask, which is
     what activation backwards (ReLU's above all) see."""
+    values = np.asarray(values)
     bits = np.dtype(f"i{values.dtype.itemsize}")
-    keep = np.logical_not(condition).astype(bits)
+    keep = np.asarray(np.logical_not(condition), dtype=bits)  # an array even for 0-d operands
     np.negative(keep, out=keep)
-    return np.bitwise_and(values.view(bits), keep, out=keep).view(values.dtype)
+    return np.asarray(np.bitwise_and(values.view(bits), keep)).view(values.dtype)
 
 
 def compute_into(out, function, operands, dtype, extras=(), options=None, opmath=True):
