@@ -9,6 +9,7 @@ absolute times depend on the (shared, noisy) host.
 
 import argparse
 import datetime
+import gc
 import os
 import platform
 import sys
@@ -23,20 +24,22 @@ from models import GPT  # noqa: E402
 DOC = os.path.join(os.path.dirname(__file__), "..", "docs", "performance.md")
 
 
-def best_seconds(variants, number, repeat=9):
+def best_seconds(variants, number, repeat=9, clock=time.perf_counter):
     """Seconds per call of each variant: the best of ``repeat`` rounds of ``number`` calls.
 
     The rounds interleave the variants, so a noisy neighbour on a shared host slows all of them
-    alike, and the best round is the one least disturbed (as ``timeit`` recommends)."""
+    alike, and the best round is the one least disturbed (as ``timeit`` recommends). ``clock`` may be
+    ``time.process_time`` for the process's CPU time, which other jobs on the host do not inflate."""
     for fn in variants.values():
         fn()  # warm up: first-call costs (imports, caches) are not steady state
+    gc.collect()  # the full collection the warm-up's new objects have made due would land in one variant's round
     best = dict.fromkeys(variants, float("inf"))
     for _ in range(repeat):
         for name, fn in variants.items():
-            start = time.perf_counter()
+            start = clock()
             for _ in range(number):
                 fn()
-            best[name] = min(best[name], (time.perf_counter() - start) / number)
+            best[name] = min(best[name], (clock() - start) / number)
     return best
 
 

@@ -273,6 +273,19 @@ def test_max_pool2d_ties_nan_and_all_negative_infinity():
     differential.check(lambda t: F.max_pool2d(t, 3, 2, padding=1, return_indices=True), x)
 
 
+def test_global_pools_take_cpu_winners_in_one_reduction():
+    """A window covering the whole input (EfficientNet's 7x7 AvgPool2d) is one reduction: ties go to the
+    first maximum, NaNs win and the last NaN wins, an all -inf window points at its first element."""
+    x = torch.randn(3, 4, 5, 5)
+    x[0, 0] = 1.0  # ties
+    x[0, 1, 1, 2] = x[0, 1, 3, 0] = float("nan")
+    x[0, 2] = float("-inf")
+    check_grads(lambda t: F.max_pool2d(t, 5, return_indices=True), x)
+    check_grads(lambda t: F.avg_pool2d(t, 5), x[1:])
+    check_grads(lambda t: F.max_pool3d(t, (2, 5, 5), return_indices=True), x[:, :2].unsqueeze(0))
+    differential.check(lambda t: F.avg_pool2d(t, 5), torch.randint(-50, 50, (2, 3, 5, 5)))
+
+
 def test_max_pool2d_channels_last_and_integer():
     check_grads(lambda x: F.max_pool2d(x, 3, 2, 1), torch.randn(2, 4, 7, 7).to(memory_format=torch.channels_last))
     differential.check(lambda x: F.max_pool2d(x, 2, return_indices=True), torch.randint(-50, 50, (1, 2, 6, 6)))

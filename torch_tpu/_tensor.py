@@ -126,6 +126,12 @@ def check_strided_view(shape, strides, offset, itemsize, available):
         raise RuntimeError("mismatch in length of strides and shape")
     if any(stride < 0 for stride in strides):
         raise negative_strides(strides)
+    if offset >= 0 and all(size > 0 for size in shape):
+        # the common view: nothing negative or empty, so exact integers agree with ATen's wrapping
+        # arithmetic wherever the result fits; only a layout that fails takes the exact path for its error
+        needed = (offset + 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))) * itemsize
+        if needed <= available and needed <= INT64_MAX:
+            return
     check_in_storage_bounds(shape, strides, offset, itemsize, available)
     if offset < 0:
         raise invalid_storage_offset(offset)

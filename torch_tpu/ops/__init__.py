@@ -18,6 +18,7 @@ from . import (  # noqa: F401
     losses,
     nested,
     nn,
+    pooling,
     optim,
     pointwise,
     random,

@@ -63,6 +63,19 @@ def guarded(launch, name):
     return kernel
 
 
+def register_autograd(*overloads):
+    """For kernels that take the place of a composite above autograd (AutogradPrivateUse1): they build
+    their own autograd graph, e.g. one node for a whole recurrent layer instead of one per time step."""
+
+    def decorate(kernel):
+        for overload in overloads:
+            _ATEN.impl(overload, kernel, "AutogradPrivateUse1")
+            KERNELS[_name(overload)] = kernel
+        return kernel
+
+    return decorate
+
+
 def register_with_keyset(*overloads):
     """For kernels that redispatch (views): they receive the dispatch key set first."""
 

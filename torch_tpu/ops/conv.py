@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from ._common import operand, opmath_dtype, store
+from ._common import channel_sums, operand, opmath_dtype, padded, store
 from ._registry import register
 from .._errors import raise_cpu_error
 from .linalg import mxu_matmul
@@ -31,7 +31,7 @@ def _windows(x, kernel, stride, padding, dilation, out_spatial=None):
     """
     batch, channels, *spatial = x.shape
     if any(padding):
-        x = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
+        x = padded(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
     out_spatial = out_spatial or tuple(
         (size + 2 * p - d * (k - 1) - 1) // s + 1
         for size, p, d, k, s in zip(spatial, padding, dilation, kernel, stride)
@@ -134,9 +134,40 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
     return gradient.reshape(target_channels, -1, *kernel)
 
 
+def _flipped_transposed_weight(weight, groups):
+    """(C_out, C_in/G, *k) -> (C_in, C_out/G, *k) with every kernel reversed: the adjoint's correlation weights."""
+    out_channels, in_per_group, *kernel = weight.shape
+    swapped = weight.reshape(groups, out_channels // groups, in_per_group, *kernel).swapaxes(1, 2)
+    flipped = swapped.reshape(groups * in_per_group, out_channels // groups, *kernel)
+    return flipped[(Ellipsis, *(slice(None, None, -1),) * len(kernel))]
+
+
+def _input_gradient_as_correlation(grad, w, input_shape, stride, padding, dilation, groups):
+    """The input's gradient as one forward correlation (one im2col, one matmul, whatever the kernel size):
+    the output gradient, spread out by the stride and padded by the kernel's reach less the padding,
+    correlated with the flipped kernel. None when the padding exceeds the kernel's reach."""
+    kernel = w.shape[2:]
+    before = [d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding)]
+    if any(b < 0 for b in before):
+        return None
+    spread_shape = tuple((g - 1) * s + 1 for g, s in zip(grad.shape[2:], stride))
+    after = [size + d * (k - 1) - b - spread for size, d, k, b, spread
+             in zip(input_shape[2:], dilation, kernel, before, spread_shape)]
+    spread = grad
+    if any(s != 1 for s in stride) or any(before) or any(after):  # a 1x1 stride-1 convolution needs no copy
+        spread = np.zeros(grad.shape[:2] + tuple(s + b + a for s, b, a in zip(spread_shape, before, after)),
+                          grad.dtype)
+        spread[(Ellipsis, *(slice(b, b + size, s) for b, size, s in zip(before, spread_shape, stride)))] = grad
+    return _convolve(spread, _flipped_transposed_weight(w, groups), [1] * len(kernel), [0] * len(kernel), dilation,
+                     groups)
+
+
 def _input_gradient(grad, w, input_shape, stride, padding, dilation, transposed, groups):
     if transposed:
         return _convolve(grad, w, stride, padding, dilation, groups, input_shape[2:])
+    correlated = _input_gradient_as_correlation(grad, w, input_shape, stride, padding, dilation, groups)
+    if correlated is not None:
+        return correlated
     produced = (
         (g - 1) * s - 2 * p + d * (k - 1) + 1
         for g, s, p, d, k in zip(grad.shape[2:], stride, padding, dilation, w.shape[2:])
@@ -160,6 +191,6 @@ def convolution_backward(grad_output, input, weight, stride, padding, dilation, 
             gradient = _weight_gradient(x, grad, w.shape[2:], stride, padding, dilation, groups)
         grad_weight = store(gradient, weight.dtype)
     if output_mask[2]:
-        summed = _opmath(grad_output).sum(axis=(0, *range(2, grad.ndim)))
+        summed = channel_sums(_opmath(grad_output)).reshape(-1)
         grad_bias = store(summed, grad_output.dtype)
     return grad_input, grad_weight, grad_bias

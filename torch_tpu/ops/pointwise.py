@@ -96,6 +96,17 @@ def scalar(value, like):
     return np.array(value).astype(like.dtype)
 
 
+def zero_where(condition, values):
+    """``np.where(condition, 0, values)`` bit for bit (+0.0 where dropped, NaN and inf kept elsewhere), as a
+    bit mask: np.where branches per element and is several times slower on an irregular mask, which is
+    what activation backwards (ReLU's above all) see."""
+    values = np.asarray(values)
+    bits = np.dtype(f"i{values.dtype.itemsize}")
+    keep = np.asarray(np.logical_not(condition), dtype=bits)  # an array even for 0-d operands
+    np.negative(keep, out=keep)
+    return np.asarray(np.bitwise_and(values.view(bits), keep)).view(values.dtype)
+
+
 def compute_into(out, function, operands, dtype, extras=(), options=None, opmath=True):
     """Run ``function`` on the operands converted to ``dtype``'s opmath type and store into ``out``.
 
@@ -587,7 +598,7 @@ def threshold(x, threshold_value, value):
 
 
 def threshold_backward(grad, x, threshold_value):
-    return np.where(x <= scalar(threshold_value, x), scalar(0, grad), grad)
+    return zero_where(x <= scalar(threshold_value, x), grad)
 
 
 def gelu(x, approximate="none"):
@@ -696,7 +707,7 @@ def hardtanh(x, min_value=-1, max_value=1):
 
 
 def hardtanh_backward(grad, x, min_value, max_value):
-    return np.where((x <= scalar(min_value, x)) | (x >= scalar(max_value, x)), scalar(0, grad), grad)
+    return zero_where((x <= scalar(min_value, x)) | (x >= scalar(max_value, x)), grad)
 
 
 def hardsigmoid(x):

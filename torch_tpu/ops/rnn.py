@@ -1,20 +1,102 @@
-"""Fused recurrent cells: the kernels nn.LSTM/GRU (and their Cell modules) reach on tpu.
+"""Recurrent networks: whole-sequence LSTM, GRU and Elman RNN layers, and the fused cells.
 
-For a non-CPU device PyTorch's ``lstm_cell``/``gru_cell`` do the two gate matmuls
-themselves and hand the elementwise rest to ``_thnn_fused_lstm_cell`` /
-``_thnn_fused_gru_cell``, as on CUDA. The workspace layouts are CUDA's, so that
-the backward kernels can take over from them: LSTM keeps its four activated gates
-[i, f, g, o]; GRU keeps [r, z, n, hx, hn] with hn the hidden new gate incl. its bias.
+``nn.LSTM``/``GRU``/``RNN`` call aten's ``lstm``/``gru``/``rnn_tanh``/``rnn_relu``. Those are composites
+that, on a device without cuDNN, run every time step as several dispatcher ops, each an autograd node:
+many times torch CPU's time at small widths. Here they get an AutogradPrivateUse1 kernel instead: each
+layer and direction is one launch and one autograd node, whose forward and backward (through time) run
+the recurrence in NumPy. The input's projection onto the gates (and, in the backward, the weight
+gradients and the input's gradient) are one MXU matmul over the whole sequence; only the recurrent
+matmul and the gates' elementwise maths run per step. Between layers, dropout is the ordinary op, so
+it draws from the tpu generator exactly as the composite would. In abstract mode the layers allocate and
+charge the same, without values. Packed sequences and other dtypes take the composite path.
+
+For a non-CPU device PyTorch's ``lstm_cell``/``gru_cell`` (``nn.LSTMCell``, ``nn.GRUCell``) do the two
+gate matmuls themselves and hand the elementwise rest to ``_thnn_fused_lstm_cell`` /
+``_thnn_fused_gru_cell``, as on CUDA. Those kernels and the sequence layers share one copy of each
+cell's maths. The workspace layouts are CUDA's, so that the backward kernels can take over from them:
+LSTM keeps its four activated gates [i, f, g, o]; GRU keeps [r, z, n, hx, hn] with hn the hidden new
+gate incl. its bias.
 """
 
 import numpy as np
+import torch
 
-from ._common import opmath_operand, store
+from .. import _C, _abstract
+from .._cost import float32_passes
+from .._tensor import DTYPE_NAME, numpy_dtype
+from ._common import empty, opmath_operand, store
+from ._registry import register_autograd
+from .linalg import mxu_matmul
 from .nn import register
 
 
 def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def gates_of(array, count):
+    """The ``count`` equal column blocks of (B, count * H) gates, as views (np.split costs several times more
+    than the slicing it does, in a loop over every time step)."""
+    width = array.shape[1] // count
+    return [array[:, k * width:(k + 1) * width] for k in range(count)]
+
+
+# ---------------------------------------------------------------------------------------
+# One time step of each cell, on NumPy arrays
+# ---------------------------------------------------------------------------------------
+
+
+def lstm_cell(gates, cx):
+    """The cell on its summed gate pre-activations (B, 4H): (hy, cy, workspace [i, f, g, o]).
+
+    The sigmoid runs over all four gates at once and the cell gate is then overwritten with its tanh:
+    fewer, larger NumPy calls for the step a sequence repeats."""
+    workspace = sigmoid(gates)
+    hidden = gates.shape[1] // 4
+    np.tanh(gates[:, 2 * hidden:3 * hidden], out=workspace[:, 2 * hidden:3 * hidden])
+    i, f, g, o = gates_of(workspace, 4)
+    cy = f * cx + i * g
+    return o * np.tanh(cy), cy, workspace
+
+
+def lstm_cell_backward(grad_h, grad_c, cx, cy, workspace, out=None):
+    """The gates' pre-activation gradient (written into ``out`` if given) and the previous cell state's."""
+    i, f, g, o = gates_of(workspace, 4)
+    tanh_cy = np.tanh(cy)
+    grad_c = grad_h * o * (1 - tanh_cy * tanh_cy) + grad_c
+    grad_gates = np.empty(workspace.shape, grad_c.dtype) if out is None else out
+    grad_i, grad_f, grad_g, grad_o = gates_of(grad_gates, 4)
+    np.multiply(grad_c * g, i * (1 - i), out=grad_i)
+    np.multiply(grad_c * cx, f * (1 - f), out=grad_f)
+    np.multiply(grad_c * i, 1 - g * g, out=grad_g)
+    np.multiply(grad_h * tanh_cy, o * (1 - o), out=grad_o)
+    return grad_gates, grad_c * f
+
+
+def gru_cell(input_gates, hidden_gates, hx):
+    """The cell on its input and hidden gate pre-activations, each with its bias: (hy, workspace)."""
+    x_r, x_z, x_n = gates_of(input_gates, 3)
+    h_r, h_z, h_n = gates_of(hidden_gates, 3)
+    r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
+    n = np.tanh(x_n + r * h_n)
+    hy = n + z * (hx - n)
+    return hy, np.concatenate([r, z, n, np.broadcast_to(hx, n.shape), h_n], axis=1)
+
+
+def gru_cell_backward(grad, workspace):
+    """The input gates', the hidden gates' and the previous hidden state's gradients."""
+    r, z, n, hx, h_n = gates_of(workspace, 5)
+    grad_n = grad * (1 - z) * (1 - n * n)
+    grad_r = grad_n * h_n * r * (1 - r)
+    grad_z = grad * (hx - n) * z * (1 - z)
+    grad_input_gates = np.concatenate([grad_r, grad_z, grad_n], axis=1)
+    grad_hidden_gates = np.concatenate([grad_r, grad_z, grad_n * r], axis=1)
+    return grad_input_gates, grad_hidden_gates, grad * z
+
+
+# ---------------------------------------------------------------------------------------
+# The fused cells nn.LSTMCell / nn.GRUCell reach
+# ---------------------------------------------------------------------------------------
 
 
 def gate_sum(input_gates, hidden_gates, input_bias, hidden_bias):
@@ -34,54 +116,362 @@ def gradient_or_zero(grad, like):
 @register("_thnn_fused_lstm_cell")
 def fused_lstm_cell(input_gates, hidden_gates, cx, input_bias=None, hidden_bias=None):
     x, h = gate_sum(input_gates, hidden_gates, input_bias, hidden_bias)
-    i, f, g, o = np.split(x + h, 4, axis=1)
-    i, f, g, o = sigmoid(i), sigmoid(f), np.tanh(g), sigmoid(o)
-    cy = f * opmath_operand(cx) + i * g
-    hy = o * np.tanh(cy)
-    workspace = np.concatenate([i, f, g, o], axis=1)
+    hy, cy, workspace = lstm_cell(x + h, opmath_operand(cx))
     return store(hy, cx.dtype), store(cy, cx.dtype), store(workspace, input_gates.dtype)
 
 
 @register("_thnn_fused_lstm_cell_backward_impl")
 def fused_lstm_cell_backward(grad_hy, grad_cy, cx, cy, workspace, has_bias):
-    i, f, g, o = np.split(opmath_operand(workspace), 4, axis=1)
-    tanh_cy = np.tanh(opmath_operand(cy))
-    grad_h = gradient_or_zero(grad_hy, tanh_cy)
-    grad_c = grad_h * o * (1 - tanh_cy * tanh_cy) + gradient_or_zero(grad_cy, tanh_cy)
-    grad_gates = np.concatenate(
-        [grad_c * g * i * (1 - i), grad_c * opmath_operand(cx) * f * (1 - f),
-         grad_c * i * (1 - g * g), grad_h * tanh_cy * o * (1 - o)],
-        axis=1,
-    )
+    cy_ = opmath_operand(cy)
+    grad_gates, grad_cx = lstm_cell_backward(gradient_or_zero(grad_hy, cy_), gradient_or_zero(grad_cy, cy_),
+                                             opmath_operand(cx), cy_, opmath_operand(workspace))
     grad_bias = store(grad_gates.sum(axis=0), workspace.dtype) if has_bias else None
-    return store(grad_gates, workspace.dtype), store(grad_c * f, cx.dtype), grad_bias
+    return store(grad_gates, workspace.dtype), store(grad_cx, cx.dtype), grad_bias
 
 
 @register("_thnn_fused_gru_cell")
 def fused_gru_cell(input_gates, hidden_gates, hx, input_bias=None, hidden_bias=None):
     x, h = gate_sum(input_gates, hidden_gates, input_bias, hidden_bias)
-    x_r, x_z, x_n = np.split(x, 3, axis=1)
-    h_r, h_z, h_n = np.split(h, 3, axis=1)
-    r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
-    n = np.tanh(x_n + r * h_n)
-    previous = opmath_operand(hx)
-    hy = n + z * (previous - n)
-    workspace = np.concatenate([r, z, n, np.broadcast_to(previous, n.shape), h_n], axis=1)
+    hy, workspace = gru_cell(x, h, opmath_operand(hx))
     return store(hy, hx.dtype), store(workspace, input_gates.dtype)
 
 
 @register("_thnn_fused_gru_cell_backward")
 def fused_gru_cell_backward(grad_hy, workspace, has_bias):
-    r, z, n, hx, h_n = np.split(opmath_operand(workspace), 5, axis=1)
-    grad = opmath_operand(grad_hy)
-    grad_n = grad * (1 - z) * (1 - n * n)
-    grad_r = grad_n * h_n * r * (1 - r)
-    grad_z = grad * (hx - n) * z * (1 - z)
-    grad_input_gates = np.concatenate([grad_r, grad_z, grad_n], axis=1)
-    grad_hidden_gates = np.concatenate([grad_r, grad_z, grad_n * r], axis=1)
+    grad_input_gates, grad_hidden_gates, grad_hx = gru_cell_backward(opmath_operand(grad_hy),
+                                                                     opmath_operand(workspace))
     biases = (
         (store(grad_input_gates.sum(axis=0), workspace.dtype), store(grad_hidden_gates.sum(axis=0), workspace.dtype))
         if has_bias else (None, None)
     )
     return (store(grad_input_gates, workspace.dtype), store(grad_hidden_gates, workspace.dtype),
-            store(grad * z, grad_hy.dtype), *biases)
+            store(grad_hx, grad_hy.dtype), *biases)
+
+
+# ---------------------------------------------------------------------------------------
+# Whole-sequence layers: the recurrence of one layer and direction, forward and backward
+# ---------------------------------------------------------------------------------------
+
+
+def rows(array):
+    """(T, B, F) -> (T*B, F): the whole sequence as one matmul operand."""
+    return array.reshape(-1, array.shape[-1])
+
+
+class Weights:
+    """One layer and direction's parameters as NumPy arrays (biases and projection may be None)."""
+
+    def __init__(self, w_ih, w_hh, b_ih, b_hh, w_hr):
+        self.w_ih, self.w_hh, self.b_ih, self.b_hh, self.w_hr = w_ih, w_hh, b_ih, b_hh, w_hr
+
+    def input_gates(self, x, hidden_bias_too):
+        """The input's projection onto the gates for every step at once (T, B, G*H), with its bias."""
+        gates = mxu_matmul(rows(x), self.w_ih.T).reshape(x.shape[:2] + self.w_ih.shape[:1])
+        if self.b_ih is not None:
+            gates += self.b_ih + self.b_hh if hidden_bias_too else self.b_ih
+        return gates
+
+
+class LSTM:
+    """State (h, c); with a projection (proj_size) h is ``w_hr`` times the cell's output."""
+
+    name = "lstm"
+    gates = 4
+
+    @staticmethod
+    def forward(x, state, weights, steps):
+        x_gates = weights.input_gates(x, hidden_bias_too=True)
+        (h, c), w_hh_t = state, weights.w_hh.T
+        length, batch = x.shape[:2]
+        tape = {"h": np.empty((length, batch, h.shape[-1]), h.dtype),
+                "c": np.empty((length, batch, c.shape[-1]), c.dtype),
+                "cy": np.empty((length, batch, c.shape[-1]), c.dtype),
+                "workspace": np.empty(x_gates.shape, x_gates.dtype)}
+        if weights.w_hr is not None:
+            tape["full"] = np.empty(tape["cy"].shape, c.dtype)
+        output = np.empty((length, batch, h.shape[-1]), h.dtype)
+        for t in steps:
+            tape["h"][t], tape["c"][t] = h, c
+            full, c, tape["workspace"][t] = lstm_cell(x_gates[t] + mxu_matmul(h, w_hh_t), c)
+            tape["cy"][t] = c
+            if weights.w_hr is not None:
+                tape["full"][t] = full
+                full = mxu_matmul(full, weights.w_hr.T)
+            output[t] = h = full
+        return output, (h, c), tape
+
+    @staticmethod
+    def backward(grad_output, grad_state, tape, weights, steps):
+        """The gates' gradient for every step, the initial state's, and the projection's weight gradient."""
+        grad_h, grad_c = grad_state
+        grad_gates = np.empty(tape["workspace"].shape, grad_output.dtype)
+        projected = weights.w_hr is not None
+        grad_outputs = np.empty(grad_output.shape, grad_output.dtype) if projected else None
+        for t in reversed(steps):
+            grad_h = grad_h + grad_output[t]
+            if projected:
+                grad_outputs[t] = grad_h
+                grad_h = mxu_matmul(grad_h, weights.w_hr)
+            _, grad_c = lstm_cell_backward(grad_h, grad_c, tape["c"][t], tape["cy"][t], tape["workspace"][t],
+                                           out=grad_gates[t])
+            grad_h = mxu_matmul(grad_gates[t], weights.w_hh)
+        grad_w_hr = mxu_matmul(rows(grad_outputs).T, rows(tape["full"])) if projected else None
+        return grad_gates, grad_gates, (grad_h, grad_c), grad_w_hr
+
+
+class GRU:
+    name = "gru"
+    gates = 3
+
+    @staticmethod
+    def forward(x, state, weights, steps):
+        x_gates = weights.input_gates(x, hidden_bias_too=False)
+        (h,), w_hh_t = state, weights.w_hh.T
+        tape = {"h": np.empty(x.shape[:2] + h.shape[-1:], h.dtype),
+                "workspace": np.empty(x.shape[:2] + (5 * h.shape[-1],), h.dtype)}
+        output = np.empty(tape["h"].shape, h.dtype)
+        for t in steps:
+            tape["h"][t] = h
+            hidden_gates = mxu_matmul(h, w_hh_t)
+            if weights.b_hh is not None:
+                hidden_gates += weights.b_hh
+            h, tape["workspace"][t] = gru_cell(x_gates[t], hidden_gates, h)
+            output[t] = h
+        return output, (h,), tape
+
+    @staticmethod
+    def backward(grad_output, grad_state, tape, weights, steps):
+        (grad_h,) = grad_state
+        grad_input_gates = np.empty(tape["h"].shape[:2] + (3 * grad_h.shape[-1],), grad_output.dtype)
+        grad_hidden_gates = np.empty(grad_input_gates.shape, grad_output.dtype)
+        for t in reversed(steps):
+            grad_input_gates[t], grad_hidden_gates[t], direct = gru_cell_backward(grad_h + grad_output[t],
+                                                                                 tape["workspace"][t])
+            grad_h = direct + mxu_matmul(grad_hidden_gates[t], weights.w_hh)
+        return grad_input_gates, grad_hidden_gates, (grad_h,), None
+
+
+class Elman:
+    """``h = activation(x w_ih^T + b_ih + h w_hh^T + b_hh)``, with tanh or ReLU."""
+
+    gates = 1
+
+    def __init__(self, name, activation, derivative):
+        self.name, self.activation, self.derivative = name, activation, derivative
+
+    def forward(self, x, state, weights, steps):
+        x_gates = weights.input_gates(x, hidden_bias_too=True)
+        (h,), w_hh_t = state, weights.w_hh.T
+        tape = {"h": np.empty(x.shape[:2] + h.shape[-1:], h.dtype)}
+        output = np.empty(tape["h"].shape, h.dtype)
+        for t in steps:
+            tape["h"][t] = h
+            output[t] = h = self.activation(x_gates[t] + mxu_matmul(h, w_hh_t))
+        tape["output"] = output
+        return output, (h,), tape
+
+    def backward(self, grad_output, grad_state, tape, weights, steps):
+        (grad_h,) = grad_state
+        grad_gates = np.empty(grad_output.shape, grad_output.dtype)
+        for t in reversed(steps):
+            grad_gates[t] = (grad_h + grad_output[t]) * self.derivative(tape["output"][t])
+            grad_h = mxu_matmul(grad_gates[t], weights.w_hh)
+        return grad_gates, grad_gates, (grad_h,), None
+
+
+CELLS = {
+    "lstm": LSTM(),
+    "gru": GRU(),
+    "rnn_tanh": Elman("rnn_tanh", np.tanh, lambda y: 1 - y * y),
+    "rnn_relu": Elman("rnn_relu", lambda x: np.maximum(x, 0), lambda y: (y > 0).astype(y.dtype)),
+}
+
+
+def matmul_flops(*shapes):
+    """2 M N K of each (M, K) x (K, N), given as (M, K, N)."""
+    return sum(2 * m * k * n for m, k, n in shapes)
+
+
+def charge_layer(name, flops, dtype, read, written):
+    """One launch for a layer's whole recurrence: its MXU FLOPs and the HBM bytes at its boundary."""
+    clock = _C.current_chip().clock
+    cost = _C.clock.KernelCost(name, {DTYPE_NAME[dtype]: flops}, 0,
+                               sum(t.nbytes for t in read if t is not None),
+                               sum(t.nbytes for t in written if t is not None))
+    cost.float32_passes = float32_passes()
+    clock.charge(cost, clock.current_stream)
+
+
+def layer_flops(cell, x_shape, hidden, output_size, projected, backward):
+    """The forward's matmuls (input projection, recurrent, projection); the backward has two of each."""
+    length, batch, features = x_shape
+    gates = cell.gates * hidden
+    steps = length * batch
+    flops = matmul_flops((steps, features, gates), (steps, output_size, gates))
+    if projected:
+        flops += matmul_flops((steps, hidden, output_size))
+    return 2 * flops if backward else flops
+
+
+class Values:
+    """Tensors as the arrays the recurrence runs on, and its arrays back as tensors.
+
+    In abstract mode (shapes, no values) the recurrence runs on stand-ins whose batch is 0, which gives
+    every result's shape at no cost, and the results are allocated with the real batch, uncomputed: the
+    launch allocates and is charged exactly as in eager mode. ``batch_axis`` names an array's batch dim
+    (None for the weights and their gradients)."""
+
+    def __init__(self, batch):
+        self.batch = batch
+        self.abstract = _abstract.MODE.depth > 0
+
+    def array(self, tensor, batch_axis=None):
+        if tensor is None or not self.abstract:
+            return None if tensor is None else opmath_operand(tensor)
+        shape = list(tensor.shape)
+        if batch_axis is not None:
+            shape[batch_axis] = 0
+        return np.broadcast_to(np.zeros((), numpy_dtype(tensor.dtype)), shape)
+
+    def tensor(self, array, dtype, batch_axis=None):
+        if array is None or not self.abstract:
+            return None if array is None else store(array, dtype)
+        shape = list(array.shape)
+        if batch_axis is not None:
+            shape[batch_axis] = self.batch
+        return empty(tuple(shape), dtype)
+
+
+SEQUENCE, BATCH = 1, 0  # the batch axis of (T, B, F) arrays and of (B, F) states
+
+
+class RecurrentLayer(torch.autograd.Function):
+    """One layer and direction over the whole sequence: (T, B, I) -> output (T, B, H_out), final states."""
+
+    @staticmethod
+    def forward(ctx, cell, reverse, x, *tensors):
+        states, parameters = tensors[:-5], tensors[-5:]
+        values = Values(x.shape[1])
+        weights = Weights(*(values.array(p) for p in parameters))
+        steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+        output, final, tape = cell.forward(values.array(x, SEQUENCE), tuple(values.array(s, BATCH) for s in states),
+                                           weights, steps)
+        results = (values.tensor(output, x.dtype, SEQUENCE), *(values.tensor(s, x.dtype, BATCH) for s in final))
+        ctx.cell, ctx.steps, ctx.has_bias = cell, steps, parameters[2] is not None
+        # the tape stays in HBM between forward and backward, as it would on the chip
+        ctx.tape = {key: values.tensor(value, x.dtype, SEQUENCE) for key, value in tape.items()}
+        ctx.save_for_backward(x, *(p for p in parameters if p is not None))
+        charge_layer(f"{cell.name}_layer", layer_flops(cell, x.shape, weights.w_hh.shape[0] // cell.gates,
+                                                       weights.w_hh.shape[1], weights.w_hr is not None, False),
+                     x.dtype, (x, *states, *parameters), (*results, *ctx.tape.values()))
+        return results
+
+    @staticmethod
+    def backward(ctx, grad_output, *grad_states):
+        x, *parameters = ctx.saved_tensors
+        if not ctx.has_bias:
+            parameters[2:2] = [None, None]
+        if len(parameters) == 4:
+            parameters.append(None)
+        values = Values(x.shape[1])
+        weights = Weights(*(values.array(p) for p in parameters))
+        tape = {key: values.array(value, SEQUENCE) for key, value in ctx.tape.items()}
+        # autograd passes None for an output that got no gradient; the output is shaped like the tape's h
+        gradient = np.zeros_like(tape["h"]) if grad_output is None else values.array(grad_output, SEQUENCE)
+        states = [np.zeros_like(s) if g is None else values.array(g, BATCH)
+                  for g, s in zip(grad_states, (tape["h"][0], tape.get("c", tape["h"])[0]))]
+        grad_input_gates, grad_hidden_gates, grad_initial, grad_w_hr = ctx.cell.backward(
+            gradient, states, tape, weights, ctx.steps)
+        array = values.array(x, SEQUENCE)
+        grad_x = mxu_matmul(rows(grad_input_gates), weights.w_ih).reshape(array.shape)
+        grad_w_ih = mxu_matmul(rows(grad_input_gates).T, rows(array))
+        grad_w_hh = mxu_matmul(rows(grad_hidden_gates).T, rows(tape["h"]))
+        grad_b_ih = rows(grad_input_gates).sum(axis=0) if ctx.has_bias else None
+        grad_b_hh = rows(grad_hidden_gates).sum(axis=0) if ctx.has_bias else None
+        dtype = x.dtype
+        results = [values.tensor(grad_x, dtype, SEQUENCE), *(values.tensor(g, dtype, BATCH) for g in grad_initial),
+                   *(values.tensor(g, dtype) for g in (grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr))]
+        charge_layer(f"{ctx.cell.name}_layer_backward",
+                     layer_flops(ctx.cell, x.shape, weights.w_hh.shape[0] // ctx.cell.gates,
+                                 weights.w_hh.shape[1], weights.w_hr is not None, True),
+                     dtype, (x, grad_output, *grad_states, *parameters, *ctx.tape.values()), results)
+        return (None, None, *results)
+
+
+# ---------------------------------------------------------------------------------------
+# The aten ops: layers stacked, directions concatenated, dropout between layers
+# ---------------------------------------------------------------------------------------
+
+FUSED_DTYPES = frozenset({torch.float32, torch.float64})
+COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
+PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (fake, functional tensors) are being traced
+
+
+def layer_parameters(params, index, has_biases, projected):
+    """The (w_ih, w_hh, b_ih, b_hh, w_hr) of layer-direction ``index``; absent ones are None."""
+    per = 2 + 2 * has_biases + projected
+    chunk = list(params[index * per:(index + 1) * per])
+    w_ih, w_hh = chunk[:2]
+    b_ih, b_hh = chunk[2:4] if has_biases else (None, None)
+    return w_ih, w_hh, b_ih, b_hh, chunk[-1] if projected else None
+
+
+def fusable(input, states, params, num_layers, bidirectional, has_biases, projected):
+    """Whether the whole-sequence kernels take this call (``input`` sequence-first); anything else (packed
+    or unbatched input, other dtypes, tensors elsewhere, shapes CPU would refuse, tracing)
+    takes the composite path, which has every check and every case."""
+    tensors = (input, *states, *params)
+    if (torch._C._len_torch_dispatch_stack() or input.dim() != 3
+            or input.dtype not in FUSED_DTYPES
+            or any(type(t) not in PLAIN_TENSORS or t.dtype != input.dtype or t.device.type != "tpu" for t in tensors)):
+        return False  # tracing (fake, functional or proxy tensors, dispatch modes) sees the composite's ops
+    directions = 2 if bidirectional else 1
+    if len(params) != num_layers * directions * (2 + 2 * has_biases + projected):
+        return False
+    batch = input.shape[1]
+    features = input.shape[2]
+    for layer in range(num_layers):
+        for direction in range(directions):
+            index = layer * directions + direction
+            w_ih, w_hh, *_ = layer_parameters(params, index, has_biases, projected)
+            if w_ih.dim() != 2 or w_ih.shape[1] != features or w_hh.dim() != 2:
+                return False
+        features = states[0].shape[-1] * directions
+    return all(s.dim() == 3 and s.shape[0] == num_layers * directions and s.shape[1] == batch for s in states)
+
+
+def recurrent_network(kind):
+    cell = CELLS[kind]
+    op = getattr(torch.ops.aten, kind).input
+
+    def network(input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first):
+        states = tuple(hx) if kind == "lstm" else (hx,)
+        projected = kind == "lstm" and states[0].shape[-1] != states[1].shape[-1]
+        x = input.transpose(0, 1) if batch_first and input.dim() == 3 else input
+        if not fusable(x, states, params, num_layers, bidirectional, has_biases, projected):
+            # PyTorch's C++ composite; op.decompose would prefer torch._decomp's Python one, which never
+            # applies dropout between layers
+            return op._op_dk(COMPOSITE, input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+                             batch_first)
+        directions = 2 if bidirectional else 1
+        finals = []
+        for layer in range(num_layers):
+            outputs = []
+            for direction in range(directions):
+                index = layer * directions + direction
+                output, *final = RecurrentLayer.apply(
+                    cell, direction == 1, x, *(s[index] for s in states),
+                    *layer_parameters(params, index, has_biases, projected))
+                outputs.append(output)
+                finals.append(final)
+            x = outputs[0] if directions == 1 else torch.cat(outputs, -1)
+            if dropout and train and layer < num_layers - 1:
+                x = torch.dropout(x, dropout, train)
+        output = x.transpose(0, 1) if batch_first else x
+        return (output, *(torch.stack([final[i] for final in finals]) for i in range(len(states))))
+
+    return network
+
+
+for _kind in CELLS:
+    register_autograd(f"{_kind}.input")(recurrent_network(_kind))

@@ -1,0 +1,190 @@
+"""nn.LSTM / nn.GRU / nn.RNN on tpu: the whole-sequence kernels (one autograd node per layer and direction)
+against the same modules on CPU, forward and every gradient; the cases they leave to the composite path."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+
+import torch_tpu
+import torch_tpu.ops.rnn as rnn
+
+TOLERANCE = dict(atol=2e-5, rtol=2e-5)
+
+
+@pytest.fixture
+def layer_launches(monkeypatch):
+    """How many whole-sequence layers ran forward (the composite path runs none)."""
+    launches = []
+    forward = rnn.RecurrentLayer.forward
+
+    def counted(ctx, cell, reverse, *args):
+        launches.append((cell.name, reverse))
+        return forward(ctx, cell, reverse, *args)
+
+    monkeypatch.setattr(rnn.RecurrentLayer, "forward", staticmethod(counted))
+    return launches
+
+
+def run(module, x, state, device):
+    """Output, final states, and the gradients of input, initial states and parameters of a random projection."""
+    module = module.to(device)
+    x = x.to(device).requires_grad_()
+    if state is not None:
+        state = tuple(s.to(device).requires_grad_() for s in state)
+        output, final = module(x, state if len(state) == 2 else state[0])
+    else:
+        output, final = module(x)
+    results = [output, *(final if isinstance(final, tuple) else (final,))]
+    generator = torch.Generator().manual_seed(3)
+    loss = sum((r * torch.randn(r.shape, generator=generator).to(device)).sum() for r in results)
+    leaves = [x, *(state or ()), *module.parameters()]
+    grads = torch.autograd.grad(loss, leaves)
+    return [r.detach().cpu() for r in results], [g.cpu() for g in grads]
+
+
+def check_against_cpu(module, x, state=None):
+    expected = run(copy.deepcopy(module), x, state, "cpu")
+    actual = run(copy.deepcopy(module), x, state, "tpu")
+    assert_close(actual, expected, **TOLERANCE)
+
+
+def lstm_state(layers, batch, hidden, cell=None):
+    return torch.randn(layers, batch, hidden), torch.randn(layers, batch, cell or hidden)
+
+
+CASES = {
+    "lstm": (lambda: nn.LSTM(5, 7, 2), (6, 3, 5), None),
+    "lstm_bidirectional_batch_first": (lambda: nn.LSTM(5, 7, 2, bidirectional=True, batch_first=True), (3, 6, 5),
+                                       None),
+    "lstm_projection": (lambda: nn.LSTM(5, 7, 2, proj_size=4, bidirectional=True), (6, 3, 5),
+                        lstm_state(4, 3, 4, 7)),
+    "lstm_no_bias_initial_state": (lambda: nn.LSTM(5, 7, 1, bias=False), (6, 3, 5), lstm_state(1, 3, 7)),
+    "gru_bidirectional": (lambda: nn.GRU(5, 7, 2, bidirectional=True), (6, 3, 5), None),
+    "gru_no_bias_batch_first": (lambda: nn.GRU(5, 7, 1, bias=False, batch_first=True), (3, 6, 5),
+                                (torch.randn(1, 3, 7),)),
+    "rnn_tanh": (lambda: nn.RNN(5, 7, 2), (6, 3, 5), (torch.randn(2, 3, 7),)),
+    "rnn_relu_bidirectional": (lambda: nn.RNN(5, 7, 2, nonlinearity="relu", bidirectional=True), (6, 3, 5), None),
+}
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+@pytest.mark.parametrize("case", CASES)
+def test_recurrent_networks_match_cpu_through_one_node_per_layer(case, layer_launches):
+    make, shape, state = CASES[case]
+    torch.manual_seed(0)
+    module = make()
+    check_against_cpu(module, torch.randn(*shape), state)
+    directions = 2 if module.bidirectional else 1
+    assert len(layer_launches) == module.num_layers * directions
+    assert sorted(reverse for _, reverse in layer_launches) == sorted([False, True][:directions] * module.num_layers)
+
+
+@pytest.mark.filterwarnings("ignore:tpu. float64 matmul")
+def test_float64_and_eval_mode_under_no_grad(layer_launches):
+    torch.manual_seed(0)
+    module = nn.GRU(4, 6, 2).double()
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    with torch.no_grad():
+        expected = module(x)
+        actual = copy.deepcopy(module).to("tpu")(x.to("tpu"))
+    assert_close([t.cpu() for t in (actual[0], actual[1])], list(expected), atol=1e-12, rtol=1e-12)
+    assert len(layer_launches) == 2
+
+
+def test_dropout_between_layers_keeps_the_generator_of_the_composite_path(layer_launches):
+    """Dropout between layers is the ordinary op: the fused path draws the same masks as the per-step one."""
+    torch.manual_seed(0)
+    module = nn.LSTM(4, 6, 3, dropout=0.5).to("tpu")
+    x = torch.randn(5, 2, 4).to("tpu")
+    torch.manual_seed(7)
+    fused = module(x)[0]
+    assert len(layer_launches) == 3
+    torch.manual_seed(7)
+    composite = torch.ops.aten.lstm.input._op_dk(rnn.COMPOSITE, x, [torch.zeros(3, 2, 6, device="tpu")] * 2,
+                                                 module._flat_weights, True, 3, 0.5, True, False, False)[0]
+    assert_close(fused.cpu(), composite.cpu(), **TOLERANCE)
+    assert not torch.equal(fused.cpu(), module.eval()(x)[0].cpu())  # the masks did drop something
+
+
+def test_packed_and_unbatched_inputs_take_the_composite_path(layer_launches):
+    torch.manual_seed(0)
+    module = nn.LSTM(3, 4, 1)
+    sequences = [torch.randn(5, 3), torch.randn(3, 3)]
+    packed = nn.utils.rnn.pack_sequence(sequences)
+    expected = nn.utils.rnn.pad_packed_sequence(module(packed)[0])[0]
+    tpu_module = copy.deepcopy(module).to("tpu")
+    tpu_packed = nn.utils.rnn.pack_sequence([s.to("tpu") for s in sequences])
+    actual = nn.utils.rnn.pad_packed_sequence(tpu_module(tpu_packed)[0])[0]
+    assert_close(actual.cpu(), expected, **TOLERANCE)
+    assert_close(tpu_module(sequences[0].to("tpu"))[0].cpu(), module(sequences[0])[0], **TOLERANCE)  # unbatched: 3-d
+    assert len(layer_launches) == 1  # only the unbatched call (nn.LSTM adds its batch dim) was fused
+
+
+def test_each_layer_is_one_launch_charged_its_matmul_flops_and_bytes():
+    torch.manual_seed(0)
+    module = nn.GRU(8, 16, 1).to("tpu")
+    x, h0 = torch.randn(10, 4, 8).to("tpu"), torch.zeros(1, 4, 16).to("tpu")
+    totals = torch_tpu._C.current_chip().clock.op_totals
+    before = totals.get("gru_layer", torch_tpu._C.clock.OpTotals()).copy()
+    module(x, h0)
+    charged = totals["gru_layer"].minus(before)
+    steps, gates = 10 * 4, 3 * 16
+    assert charged.count == 1
+    assert charged.flops == 2 * steps * 8 * gates + 2 * steps * 16 * gates  # input projection + recurrent matmul
+    read = x.nbytes + h0.nbytes + sum(p.nbytes for p in module.parameters())
+    output, final, tape = steps * 16 * 4, 4 * 16 * 4, steps * (16 + 5 * 16) * 4  # tape: h, [r, z, n, hx, hn]
+    assert charged.bytes == read + output + final + tape
+
+
+def test_tracing_sees_the_composite(layer_launches):
+    """Fake tensors (Dynamo, AOTAutograd) and dispatch modes get PyTorch's composite, whose ops they trace."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class SeenOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(func)
+            return func(*args, **(kwargs or {}))
+
+    module = nn.GRU(4, 6, 1).to("tpu")
+    x = torch.randn(5, 2, 4).to("tpu")
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        output, final = module(mode.from_tensor(x))
+    assert output.shape == (5, 2, 6) and final.shape == (1, 2, 6)
+    with SeenOps() as seen:
+        module(x)
+    assert torch.ops.aten._thnn_fused_gru_cell.default in seen.ops
+    assert not layer_launches
+
+
+def test_abstract_mode_allocates_and_charges_as_eager():
+    """Without values, the layers make the same tensors (shapes, HBM bytes) and the same launches."""
+    torch.manual_seed(0)
+    module = nn.LSTM(6, 8, 2, bidirectional=True, batch_first=True).to("tpu")
+    x = torch.randn(3, 5, 6).to("tpu")
+
+    def step():
+        clock = torch_tpu._C.current_chip().clock
+        names = ("lstm_layer", "lstm_layer_backward")
+        before = {n: clock.op_totals.get(n, torch_tpu._C.clock.OpTotals()).copy() for n in names}
+        torch.tpu.reset_peak_memory_stats()
+        start = torch.tpu.memory_allocated()
+        output, (h, c) = module(x)
+        (output.sum() + h.sum() + c.sum()).backward()
+        charged = {n: clock.op_totals[n].minus(before[n]) for n in names}
+        shapes = [output.shape, h.shape, c.shape] + [p.grad.shape for p in module.parameters()]
+        module.zero_grad(set_to_none=True)
+        launches = {n: (t.count, t.flops, t.bytes) for n, t in charged.items()}
+        return shapes, torch.tpu.max_memory_allocated() - start, launches
+
+    eager = step()
+    with torch_tpu.abstract():
+        abstract = step()
+    assert abstract == eager

@@ -1,0 +1,605 @@
+"""Pooling over the last ``n`` dims of any (batch..., *spatial) array: max, average, adaptive, fractional.
+
+No pool's Python work grows with the product of its window's sizes:
+- a window that covers the whole input (global pooling, EfficientNet's 7x7 ``AvgPool2d``) is one
+  reduction over the flattened spatial dims;
+- any other window is separable: max and sum over a window are a max and a sum along each spatial dim
+  in turn, so the kernel visits ``k1 + k2 + ...`` strided slices (not ``k1 * k2 * ...``), each one
+  vectorised over every output element. A max keeps PyTorch's winner through the passes: the first
+  maximum in row-major window order wins, and any NaN wins over it (the last NaN over earlier ones);
+- average pooling's backward is the adjoint, spread along each dim in turn; max pooling's is one
+  scatter-add (``bincount``) of each gradient to the input element its max came from;
+- adaptive average pools contract each spatial dim with a small membership matrix; adaptive max
+  pools take the separable max over windows gathered along each dim.
+
+The one exception is 3-d adaptive average pooling, which replays CPU's element-by-element sum in the
+input's own dtype (bf16 rounds every addition) to give CPU's bits, and so visits every offset of its
+largest window.
+"""
+
+import functools
+import itertools
+import math
+
+import numpy as np
+import torch
+
+from ._common import exact_dtype, opmath_operand, operand, padded, store
+from .nn import register
+from .pointwise import require, trunc_divide
+
+
+def expand_param(value, n, default=None):
+    value = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not value and default is not None:
+        return list(default)
+    return value * n if len(value) == 1 else value
+
+
+def pooling_output_size(size, kernel, stride, padding, dilation, ceil_mode):
+    """at::pooling_output_shape."""
+    numerator = size + 2 * padding - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = numerator // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+class Window:
+    """The geometry of a fixed-window pool over ``n`` spatial dims."""
+
+    def __init__(self, in_sizes, kernel, stride, padding, dilation, ceil_mode, planes=1):
+        n = len(in_sizes)
+        self.in_sizes = tuple(in_sizes)
+        self.planes = planes
+        self.kernel = expand_param(kernel, n)
+        self.stride = expand_param(stride, n, default=self.kernel)
+        self.padding = expand_param(padding, n)
+        self.dilation = expand_param(dilation, n)
+        self.out_sizes = tuple(
+            pooling_output_size(*args, ceil_mode)
+            for args in zip(in_sizes, self.kernel, self.stride, self.padding, self.dilation)
+        )
+        self.check_padding()
+        # padding after the input that the last (ceil_mode) window may reach into
+        self.pad_after = tuple(
+            max(0, (o - 1) * s + d * (k - 1) + 1 - i - p)
+            for i, o, k, s, p, d in zip(
+                in_sizes, self.out_sizes, self.kernel, self.stride, self.padding, self.dilation
+            )
+        )
+
+    def check_padding(self):
+        """The argument errors PyTorch's pooling shape checks raise (only 2-d pools get them from meta)."""
+        for k, p, d in zip(self.kernel, self.padding, self.dilation):
+            if p > (d * (k - 1) + 1) // 2:
+                raise RuntimeError(
+                    f"pad should be at most half of effective kernel size, but got pad={p}, kernel_size={k} and "
+                    f"dilation={d}"
+                )
+
+    def check_output(self):
+        if any(o < 1 for o in self.out_sizes):
+            raise RuntimeError(
+                f"Given input size: ({'x'.join(map(str, (self.planes, *self.in_sizes)))}). Calculated output size: "
+                f"({'x'.join(map(str, (self.planes, *self.out_sizes)))}). Output size is too small"
+            )
+
+    def pad(self, x, fill):
+        widths = [(0, 0)] * (x.ndim - len(self.in_sizes)) + list(zip(self.padding, self.pad_after))
+        if not any(lo or hi for lo, hi in widths):
+            return x
+        return padded(x, widths, fill)
+
+    def along(self, dim, offset):
+        """The slice selecting, along spatial ``dim`` of the padded input, every window's element at ``offset``."""
+        d, o, s = self.dilation[dim], self.out_sizes[dim], self.stride[dim]
+        return slice(offset * d, offset * d + (o - 1) * s + 1 if o else offset * d, s)
+
+    def coordinates(self, dim, offset):
+        """Along spatial ``dim``, the input coordinate each output reads at ``offset`` (may lie in padding)."""
+        return np.arange(self.out_sizes[dim]) * self.stride[dim] - self.padding[dim] + offset * self.dilation[dim]
+
+    def offsets(self, dim):
+        """Per kernel offset along ``dim``: the slice of the padded input, and which input coordinates it reads."""
+        return [(self.along(dim, j), self.coordinates(dim, j)) for j in range(self.kernel[dim])]
+
+    def is_global(self):
+        """One window covering the whole unpadded input: a plain reduction over the spatial dims."""
+        return (all(o == 1 for o in self.out_sizes) and not any(self.padding) and not any(self.pad_after)
+                and all(d * (k - 1) + 1 == i for i, k, d in zip(self.in_sizes, self.kernel, self.dilation))
+                and all(d == 1 or k == 1 for k, d in zip(self.kernel, self.dilation)))
+
+    def first_valid_coordinates(self):
+        """Per dim, each window's first coordinate inside the input (PyTorch's starting argmax)."""
+        starts = [np.arange(o) * s - p for o, s, p in zip(self.out_sizes, self.stride, self.padding)]
+        return [
+            np.where(start < 0, start + (-start + d - 1) // d * d, start) for start, d in zip(starts, self.dilation)
+        ]
+
+    def avg_divisor(self, count_include_pad):
+        """How many elements each window averages over: one number when every window lies inside the input."""
+        if not any(self.padding) and not any(self.pad_after):
+            return math.prod(self.kernel)
+        return outer_product(self.avg_divisors(count_include_pad))
+
+    def avg_divisors(self, count_include_pad):
+        """Per dim, the number of elements each window averages over."""
+        divisors = []
+        for i, o, k, s, p in zip(self.in_sizes, self.out_sizes, self.kernel, self.stride, self.padding):
+            start = np.arange(o) * s - p
+            end = np.minimum(start + k, i + p)
+            if not count_include_pad:
+                start, end = np.maximum(start, 0), np.minimum(end, i)
+            divisors.append(end - start)
+        return divisors
+
+
+def grids(per_dim):
+    """Per-dim 1-d arrays reshaped to broadcast against each other (np.ix_, but booleans stay values)."""
+    n = len(per_dim)
+    return [np.asarray(a).reshape((1,) * d + (-1,) + (1,) * (n - d - 1)) for d, a in enumerate(per_dim)]
+
+
+def flat_index(coordinates, in_sizes):
+    """Row-major flat indices of the outer product of per-dim coordinates."""
+    return sum(grid * math.prod(in_sizes[d + 1:]) for d, grid in enumerate(grids(coordinates)))
+
+
+def outer_product(per_dim):
+    return math.prod(grids(per_dim))
+
+
+def lowest(dtype):
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+def running_max(best, best_label, values, label, check_nan):
+    """PyTorch's update rule: take a strictly greater value, or any NaN (so the last NaN wins)."""
+    take = values > best
+    if check_nan:
+        take |= np.isnan(values)
+    np.maximum(best, values, out=best)  # same values as a masked copy (NaN included), several times faster
+    best_label += take * (label - best_label)
+
+
+def has_nan(x):
+    return x.dtype.kind == "f" and bool(np.isnan(x).any())
+
+
+def spatial_index(axis, index):
+    return (slice(None),) * axis + (index,)
+
+
+def separable_max(x, offsets_per_dim, in_sizes, check_nan):
+    """Max and flat input index of every window, one spatial dim at a time, innermost first.
+
+    ``offsets_per_dim[d]`` lists, per kernel offset along dim d, the index (a slice or coordinates) that
+    picks every window's element along that axis, the input coordinates it reads, and a mask of the
+    windows that reach that far (None: all). A pass along dim d reduces the windows' extent in that dim,
+    keeping each partial winner's flat index; an output whose window holds nothing above the dtype's
+    lowest value keeps index -1.
+    """
+    n = len(in_sizes)
+    values, labels = x, None
+    for dim in reversed(range(n)):
+        axis, inner = x.ndim - n + dim, math.prod(in_sizes[dim + 1:])
+        broadcast = (-1,) + (1,) * (n - 1 - dim)
+        best = best_label = None
+        for index, coordinate, reaches in offsets_per_dim[dim]:
+            selected = spatial_index(axis, index)
+            candidate = values[selected]
+            if reaches is not None:
+                candidate = np.where(reaches.reshape(broadcast), candidate, lowest(x.dtype))
+            label = coordinate.reshape(broadcast) * inner
+            if labels is not None:
+                label = label + labels[selected]
+            if best is None:
+                best = np.full(candidate.shape, lowest(x.dtype), x.dtype)
+                best_label = np.full(candidate.shape, -1, np.int64)
+            running_max(best, best_label, candidate, label, check_nan)
+        values, labels = best, best_label
+    return values, labels
+
+
+def global_max(x, n):
+    """Max and flat index over all of the last ``n`` dims: the first maximum, or the last NaN."""
+    flat = x.reshape(x.shape[:x.ndim - n] + (-1,))
+    index = flat.argmax(axis=-1)
+    if has_nan(x):
+        nan = np.isnan(flat)
+        index = np.where(nan.any(axis=-1), flat.shape[-1] - 1 - nan[..., ::-1].argmax(axis=-1), index)
+    shape = x.shape[:x.ndim - n] + (1,) * n
+    return np.take_along_axis(flat, index[..., None], -1).reshape(shape), index.reshape(shape)
+
+
+def max_pool_arrays(x, window):
+    """Max and flat argmax of every window."""
+    if window.is_global():
+        return global_max(x, len(window.in_sizes))
+    offsets = [[(index, coordinate, None) for index, coordinate in window.offsets(dim)]
+               for dim in range(len(window.in_sizes))]
+    best, index = separable_max(window.pad(x, lowest(x.dtype)), offsets, window.in_sizes, has_nan(x))
+    # a window with no value above -inf points at its first element inside the input, as on the CPU
+    np.copyto(index, flat_index(window.first_valid_coordinates(), window.in_sizes), where=index < 0)
+    return best, index
+
+
+def max_pool_backward_array(grad, indices, in_shape, n_spatial):
+    """Scatter-add each output gradient to the input element its max came from."""
+    lead = in_shape[: len(in_shape) - n_spatial]
+    rows, inner = math.prod(lead), math.prod(in_shape[len(lead):])
+    flat = indices.reshape(rows, -1) + (np.arange(rows) * inner)[:, None]
+    summed = np.bincount(flat.ravel(), weights=grad.reshape(rows, -1).ravel(), minlength=rows * inner)
+    return summed.reshape(in_shape)
+
+
+def window_sum(x, window):
+    """Each window's sum, summed along one spatial dim at a time (of the zero-padded input)."""
+    n = len(window.in_sizes)
+    if window.is_global():
+        return x.reshape(x.shape[:x.ndim - n] + (-1,)).sum(axis=-1).reshape(x.shape[:x.ndim - n] + (1,) * n)
+    total = window.pad(x, 0)
+    for dim in reversed(range(n)):
+        axis, partial = x.ndim - n + dim, total
+        slices = [partial[spatial_index(axis, index)] for index, _ in window.offsets(dim)]
+        total = slices[0].copy()
+        for values in slices[1:]:
+            total += values
+    return total
+
+
+def window_spread(share, in_shape, window):
+    """The adjoint of ``window_sum``: every input element gets the sum of the shares of the windows holding it."""
+    n = len(window.in_sizes)
+    if window.is_global():
+        return np.broadcast_to(share, in_shape)
+    lead = len(in_shape) - n
+    for dim in range(n):
+        axis = lead + dim
+        spread = np.zeros(share.shape[:axis] + (window.in_sizes[dim] + window.padding[dim] + window.pad_after[dim],)
+                          + share.shape[axis + 1:], share.dtype)
+        for index, _ in window.offsets(dim):
+            spread[spatial_index(axis, index)] += share
+        share = spread
+    return share[(Ellipsis,) + tuple(slice(p, p + i) for p, i in zip(window.padding, window.in_sizes))]
+
+
+def avg_pool_arrays(x, window, count_include_pad, divisor_override):
+    total = window_sum(x, window)
+    divisor = divisor_override or window.avg_divisor(count_include_pad)
+    if total.dtype.kind in "iu":  # integer averages truncate toward zero, as C++ division does
+        return trunc_divide(total, np.asarray(divisor, total.dtype))
+    total /= divisor
+    return total
+
+
+def avg_pool_backward_array(grad, in_shape, window, count_include_pad, divisor_override):
+    divisor = divisor_override or window.avg_divisor(count_include_pad)
+    return window_spread(grad / divisor, in_shape, window)
+
+
+# the name 3-d pools' shape checks give themselves in CPU's errors (Meta checks the 2-d pools)
+POOL_CHECK_NAMES = {"max": "max_pool3d_with_indices_out_cpu_template()", "avg": "avg_pool3d()"}
+
+
+def check_pool_input(self, n, kind, kernel_size):
+    """CPU's 3-d pool checks of the input, between those of the padding and of the output size: positive
+    non-batch sizes and, for average pooling, an input at least as large as the kernel."""
+    if n == 3:
+        for position, size in enumerate(self.shape):
+            if size <= 0 and not (self.dim() == 5 and position == 0):
+                raise RuntimeError(
+                    f"{POOL_CHECK_NAMES[kind]}: Expected input's non-batch dimensions to have positive length, but "
+                    f"input has a shape of {list(self.shape)} and non-batch dimension {size} has length zero!")
+        if kind == "avg":
+            kernel, sizes = expand_param(kernel_size, n), self.shape[-n:]
+            if any(size < k for size, k in zip(sizes, kernel)):
+                raise RuntimeError(f"input image (T: {sizes[0]} H: {sizes[1]} W: {sizes[2]}) smaller than kernel size "
+                                   f"(kT: {kernel[0]} kH: {kernel[1]} kW: {kernel[2]})")
+
+
+def pool_window(self, n, kernel_size, stride, padding, dilation, ceil_mode, kind="max"):
+    """The window, after CPU's checks of the arguments in CPU's order."""
+    for pad in expand_param(padding, n):
+        if pad < 0:
+            raise RuntimeError(f"pad must be non-negative, but got pad: {pad}")
+    planes = self.shape[-n - 1] if self.dim() > n else 1
+    window = Window(tuple(self.shape[-n:]), kernel_size, stride, padding, dilation, ceil_mode, planes)
+    check_pool_input(self, n, kind, kernel_size)
+    window.check_output()
+    return window
+
+
+def max_pool_kernel(n):
+    def kernel(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False, *, out=None, indices=None):
+        window = pool_window(self, n, kernel_size, stride, padding, dilation, ceil_mode)
+        values, index = max_pool_arrays(opmath_operand(self), window)
+        return (store(values, self.dtype, out=out, distinct=(self,), dtype_rule=exact_dtype),
+                store(index, torch.int64, out=indices, distinct=(self,), dtype_rule=exact_dtype))
+
+    return kernel
+
+
+def max_pool_backward_kernel(n):
+    def kernel(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode, indices, *, grad_input=None):
+        result = max_pool_backward_array(opmath_operand(grad_output), operand(indices), tuple(self.shape), n)
+        return store(result, self.dtype, out=grad_input, distinct=(grad_output, self), dtype_rule=exact_dtype)
+
+    return kernel
+
+
+register("max_pool2d_with_indices.out")(max_pool_kernel(2))
+register("max_pool3d_with_indices", "max_pool3d_with_indices.out")(max_pool_kernel(3))
+register("max_pool2d_with_indices_backward.grad_input")(max_pool_backward_kernel(2))
+register("max_pool3d_with_indices_backward", "max_pool3d_with_indices_backward.grad_input")(max_pool_backward_kernel(3))
+
+
+# What CPU's average pooling kernels have loops for, and the name their "not implemented" error gives
+AVG_POOL_DTYPES = {
+    2: (frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int64}), "avg_pool2d"),
+    3: (frozenset({torch.float32, torch.float64, torch.int64}), "avg_pool3d_out_frame"),
+}
+ADAPTIVE_AVG_POOL_NAMES = {2: "adaptive_avg_pool2d", 3: "adaptive_avg_pool3d_cpu"}
+
+
+def avg_pool_kernel(n):
+    supported, kernel_name = AVG_POOL_DTYPES[n]
+
+    def kernel(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, *, out):
+        require(self.dtype in supported, self.dtype, kernel_name)
+        window = pool_window(self, n, kernel_size, stride, padding, 1, ceil_mode, "avg")
+        return store(avg_pool_arrays(opmath_operand(self), window, count_include_pad, divisor_override), self.dtype,
+                     out=out, distinct=(self,), dtype_rule=exact_dtype)
+
+    return kernel
+
+
+def avg_pool_backward_kernel(n):
+    def kernel(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
+               *, grad_input):
+        window = pool_window(self, n, kernel_size, stride, padding, 1, ceil_mode)
+        result = avg_pool_backward_array(
+            opmath_operand(grad_output), tuple(self.shape), window, count_include_pad, divisor_override
+        )
+        return store(result, self.dtype, out=grad_input, distinct=(grad_output, self), dtype_rule=exact_dtype)
+
+    return kernel
+
+
+register("avg_pool2d.out")(avg_pool_kernel(2))
+register("avg_pool3d.out")(avg_pool_kernel(3))
+register("avg_pool2d_backward.grad_input")(avg_pool_backward_kernel(2))
+register("avg_pool3d_backward.grad_input")(avg_pool_backward_kernel(3))
+
+
+def adaptive_bounds(in_size, out_size):
+    """at::native::start_index / end_index for every output position."""
+    o = np.arange(out_size)
+    return (o * in_size) // out_size, ((o + 1) * in_size + out_size - 1) // out_size
+
+
+def adaptive_membership(in_size, out_size):
+    """(out, in) matrix: 1 where input element i lies in output o's window."""
+    start, end = adaptive_bounds(in_size, out_size)
+    i = np.arange(in_size)
+    return ((i >= start[:, None]) & (i < end[:, None])).astype(np.float32)
+
+
+def contract_spatial(x, matrices):
+    """Apply one small matrix along each trailing spatial dim."""
+    n = len(matrices)
+    for d, matrix in enumerate(matrices):
+        axis = x.ndim - n + d
+        x = np.moveaxis(np.tensordot(x, matrix.astype(x.dtype), axes=([axis], [1])), -1, axis)
+    return x
+
+
+def uniform_window(in_sizes, out_sizes):
+    """When every size divides evenly, adaptive windows are plain non-overlapping ones: pool them so."""
+    if all(o and i % o == 0 for i, o in zip(in_sizes, out_sizes)):
+        kernel = [i // o for i, o in zip(in_sizes, out_sizes)]
+        return Window(in_sizes, kernel, kernel, 0, 1, False)
+    return None
+
+
+def adaptive_avg_pool_array(x, out_sizes):
+    in_sizes = x.shape[-len(out_sizes):]
+    if window := uniform_window(in_sizes, out_sizes):
+        return avg_pool_arrays(x, window, True, None)
+    matrices = [adaptive_membership(i, o) for i, o in zip(in_sizes, out_sizes)]
+    counts = outer_product([m.sum(axis=1) for m in matrices])
+    return contract_spatial(x, matrices) / counts
+
+
+def adaptive_avg_pool_backward_array(grad, in_sizes):
+    out_sizes = grad.shape[-len(in_sizes):]
+    if window := uniform_window(in_sizes, out_sizes):
+        return avg_pool_backward_array(grad, grad.shape[: -len(in_sizes)] + tuple(in_sizes), window, True, None)
+    matrices = [adaptive_membership(i, o) for i, o in zip(in_sizes, out_sizes)]
+    counts = outer_product([m.sum(axis=1) for m in matrices])
+    return contract_spatial(grad / counts, [m.T for m in matrices])
+
+
+def sequential_adaptive_avg_pool_array(x, out_sizes):
+    """CPU's 3-d adaptive average: each window summed element by element in ``x``'s own dtype (bf16
+    rounds every addition), in (t, h, w) order, then divided by its extent along t, h and w in turn."""
+    in_sizes = x.shape[-len(out_sizes):]
+    starts, ends = zip(*(adaptive_bounds(i, o) for i, o in zip(in_sizes, out_sizes)))
+    extents = [end - start for start, end in zip(starts, ends)]
+    total = np.zeros(x.shape[:-len(out_sizes)] + tuple(out_sizes), x.dtype)
+    for offset in itertools.product(*(range(int(e.max(initial=0))) for e in extents)):
+        inside = functools.reduce(np.logical_and, grids([k < e for k, e in zip(offset, extents)]))
+        index = [np.minimum(start + k, size - 1) for start, k, size in zip(starts, offset, in_sizes)]
+        total = np.where(inside, total + x[(Ellipsis,) + np.ix_(*index)], total)
+    for extent in grids(extents):
+        total = total / extent.astype(x.dtype)
+    return total
+
+
+def adaptive_avg_pool_kernel(n):
+    """2-d pooling averages in opmath (float32 for bf16); 3-d runs CPU's older loop over the input's dtype."""
+
+    def kernel(self, output_size, *, out=None):
+        require(self.dtype.is_floating_point, self.dtype, ADAPTIVE_AVG_POOL_NAMES[n])
+        out_sizes = tuple(expand_param(output_size, n))
+        if n == 3:
+            result = sequential_adaptive_avg_pool_array(operand(self), out_sizes)
+        else:
+            result = adaptive_avg_pool_array(opmath_operand(self), out_sizes)
+        return store(result, self.dtype, out=out, dtype_rule=exact_dtype)
+
+    return kernel
+
+
+def adaptive_avg_pool_backward_kernel(n):
+    def kernel(grad_output, self, *, out=None):
+        result = adaptive_avg_pool_backward_array(opmath_operand(grad_output), tuple(self.shape[-n:]))
+        return store(result, self.dtype, out=out, dtype_rule=exact_dtype)
+
+    return kernel
+
+
+register("_adaptive_avg_pool2d", "_adaptive_avg_pool2d.out")(adaptive_avg_pool_kernel(2))
+register("_adaptive_avg_pool3d", "_adaptive_avg_pool3d.out")(adaptive_avg_pool_kernel(3))
+register("_adaptive_avg_pool2d_backward", "_adaptive_avg_pool2d_backward.out")(adaptive_avg_pool_backward_kernel(2))
+register("_adaptive_avg_pool3d_backward", "_adaptive_avg_pool3d_backward.out")(adaptive_avg_pool_backward_kernel(3))
+
+
+def adaptive_offsets(in_size, out_size):
+    """Per offset into the (varying) adaptive windows along one dim: the coordinates each window reads
+    (clamped to the input), and which windows are that long."""
+    start, end = adaptive_bounds(in_size, out_size)
+    coordinates = (np.minimum(start + j, in_size - 1) for j in range(int((end - start).max(initial=0))))
+    return [(c, c, j < end - start) for j, c in enumerate(coordinates)]
+
+
+def adaptive_max_pool_arrays(x, out_sizes):
+    n = len(out_sizes)
+    in_sizes = x.shape[-n:]
+    if window := uniform_window(in_sizes, out_sizes):
+        return max_pool_arrays(x, window)
+    offsets = [adaptive_offsets(i, o) for i, o in zip(in_sizes, out_sizes)]
+    best, index = separable_max(x, offsets, in_sizes, has_nan(x))
+    # a window with nothing above the lowest value points at its first element, as on the CPU
+    np.copyto(index, flat_index([adaptive_bounds(i, o)[0] for i, o in zip(in_sizes, out_sizes)], in_sizes),
+              where=index < 0)
+    return best, index
+
+
+def adaptive_max_pool_kernel(n):
+    def kernel(self, output_size, *, out, indices):
+        values, index = adaptive_max_pool_arrays(opmath_operand(self), tuple(expand_param(output_size, n)))
+        return (store(values, self.dtype, out=out, distinct=(self,), dtype_rule=exact_dtype),
+                store(index, torch.int64, out=indices, distinct=(self,), dtype_rule=exact_dtype))
+
+    return kernel
+
+
+def adaptive_max_pool_backward_kernel(n):
+    def kernel(grad_output, self, indices, *, grad_input):
+        result = max_pool_backward_array(opmath_operand(grad_output), operand(indices), tuple(self.shape), n)
+        return store(result, self.dtype, out=grad_input, distinct=(grad_output, self), dtype_rule=exact_dtype)
+
+    return kernel
+
+
+register("adaptive_max_pool2d.out")(adaptive_max_pool_kernel(2))
+register("adaptive_max_pool3d.out")(adaptive_max_pool_kernel(3))
+register("adaptive_max_pool2d_backward.grad_input")(adaptive_max_pool_backward_kernel(2))
+register("adaptive_max_pool3d_backward.grad_input")(adaptive_max_pool_backward_kernel(3))
+
+
+# Fractional max pooling
+
+# Which column of random_samples drives which spatial dim (CPU: 2d takes W first, 3d takes T first).
+FRACTIONAL_SAMPLE_COLUMN = {2: (1, 0), 3: (0, 1, 2)}
+
+
+def fractional_window_starts(samples, input_size, output_size, pool_size):
+    """CPU's generate_intervals for every plane at once, in the samples' dtype as CPU computes it.
+
+    ``samples`` is (planes,); the result is (planes, output_size) window starts.
+    """
+    dtype = samples.dtype.type
+    starts = np.full(samples.shape + (output_size,), input_size - pool_size, np.int64)
+    if output_size > 1:
+        alpha = dtype(dtype(input_size - pool_size) / dtype(output_size - 1))
+        steps = np.arange(output_size - 1).astype(samples.dtype)
+        scaled = ((steps[None, :] + samples[:, None]).astype(samples.dtype) * alpha).astype(samples.dtype)
+        offset = (samples * alpha).astype(samples.dtype)
+        starts[:, :-1] = scaled.astype(np.int64) - offset.astype(np.int64)[:, None]
+    return starts
+
+
+def check_fractional_pool(name, self, kernel_size, output_size, random_samples, n_spatial):
+    if self.dim() not in (n_spatial + 1, n_spatial + 2):
+        raise RuntimeError(f"{name}(): Expected {n_spatial + 1}D or {n_spatial + 2}D tensor, but got: "
+                           f"{list(self.shape)}")
+    for size, pool, out_size in zip(self.shape[-n_spatial:], kernel_size, output_size):
+        if out_size + pool - 1 > size:
+            raise RuntimeError(f"{name}(): pool size {pool} too large relative to input size {size} "
+                               f"for output size {out_size}")
+    if random_samples.dim() != 3:
+        raise RuntimeError(f"{name}(): Expected 3D random_samples, but got {list(random_samples.shape)}")
+
+
+def fractional_max_pool(name, n_spatial):
+    """Max over the pseudo-random windows: the first maximum wins, a NaN anywhere in the window wins
+    over it and the last NaN wins over earlier ones; indices are flat positions within the plane."""
+
+    def kernel(self, kernel_size, output_size, random_samples, *, output, indices):
+        check_fractional_pool(name, self, kernel_size, output_size, random_samples, n_spatial)
+        spatial = tuple(self.shape[-n_spatial:])
+        planes_shape = tuple(self.shape[:-n_spatial])
+        x = operand(self).reshape((math.prod(planes_shape),) + spatial)
+        samples = operand(random_samples).reshape(-1, n_spatial)[:x.shape[0]]
+        flat_positions = np.zeros((x.shape[0],) + tuple(output_size) + (1,) * n_spatial, np.int64)
+        for d, column in enumerate(FRACTIONAL_SAMPLE_COLUMN[n_spatial]):
+            starts = fractional_window_starts(samples[:, column], spatial[d], output_size[d], kernel_size[d])
+            grid_shape = [x.shape[0]] + [1] * (2 * n_spatial)
+            grid_shape[1 + d] = output_size[d]
+            offset_shape = [1] * (1 + 2 * n_spatial)
+            offset_shape[1 + n_spatial + d] = kernel_size[d]
+            coordinate = starts.reshape(grid_shape) + np.arange(kernel_size[d]).reshape(offset_shape)
+            flat_positions = flat_positions * spatial[d] + coordinate
+        flat_positions = flat_positions.reshape(flat_positions.shape[:1 + n_spatial] + (math.prod(kernel_size),))
+        values = np.take_along_axis(x.reshape(x.shape[0], math.prod(spatial))[(slice(None),) + (None,) * n_spatial],
+                                    flat_positions, -1)
+        nan = np.isnan(values)
+        window = values.shape[-1]
+        choice = np.where(nan.any(-1), window - 1 - np.argmax(nan[..., ::-1], -1), np.argmax(values, -1))
+        chosen = np.take_along_axis(flat_positions, choice[..., None], -1)[..., 0]
+        shape = planes_shape + tuple(output_size)
+        return (store(np.take_along_axis(values, choice[..., None], -1).reshape(shape), self.dtype, out=output,
+                      distinct=(self,), dtype_rule=exact_dtype),
+                store(chosen.reshape(shape), torch.int64, out=indices, distinct=(self,), dtype_rule=exact_dtype))
+
+    return kernel
+
+
+def fractional_max_pool_backward(n_spatial):
+    """Each output's gradient added to the input element its index names, in the tensor's own dtype
+    (CPU rounds bf16 after every addition)."""
+
+    def kernel(grad_output, self, kernel_size, output_size, indices, *, grad_input=None):
+        spatial_numel = math.prod(self.shape[-n_spatial:])
+        gradient = operand(grad_output)
+        grad = np.zeros((math.prod(self.shape[:-n_spatial]), spatial_numel), gradient.dtype)
+        planes = np.arange(grad.shape[0])[:, None]
+        outputs = math.prod(output_size)
+        np.add.at(grad, (planes, operand(indices).reshape(grad.shape[0], outputs)),
+                  gradient.reshape(grad.shape[0], outputs))
+        grad = grad.reshape(self.shape)
+        return store(grad, self.dtype, out=grad_input, dtype_rule=exact_dtype)
+
+    return kernel
+
+
+register("fractional_max_pool2d.output")(fractional_max_pool("fractional_max_pool2d", 2))
+register("fractional_max_pool3d.output")(fractional_max_pool("fractional_max_pool3d", 3))
+register("fractional_max_pool2d_backward", "fractional_max_pool2d_backward.grad_input")(
+    fractional_max_pool_backward(2))
+register("fractional_max_pool3d_backward", "fractional_max_pool3d_backward.grad_input")(
+    fractional_max_pool_backward(3))
