@@ -55,8 +55,8 @@ def mxu_matmul(a, b, out=None):
     return mxu.matmul(a, b, out, precision_passes=passes)
 
 
-def scaled_sum_into(out, product, bias, beta, alpha):
-    """``out = beta * bias + alpha * product`` in the accumulator's precision, rounded once.
+def scaled_sum(product, bias, beta, alpha):
+    """``beta * bias + alpha * product`` in the accumulator's precision, in ``product``'s memory.
 
     Like BLAS, ``beta == 0`` ignores ``bias`` (NaN included) and ``alpha == 0`` the product.
     Integer results truncate the scalars to integers first, as CPU does.
@@ -70,6 +70,12 @@ def scaled_sum_into(out, product, bias, beta, alpha):
     if beta != 0:
         bias = bias.astype(product.dtype, copy=False)
         product += bias if beta == 1 else beta * bias
+    return product
+
+
+def scaled_sum_into(out, product, bias, beta, alpha):
+    """``out = beta * bias + alpha * product`` (``scaled_sum``), rounded once into ``out``."""
+    product = scaled_sum(product, bias, beta, alpha)
     if product.base is not None and np.may_share_memory(product, as_numpy(out)):
         return out  # the product was computed in out's own memory
     return write(out, product)

@@ -1,0 +1,292 @@
+"""Code generation: one Python function per FX graph, calling the kernels' NumPy maths directly.
+
+Every value of the graph gets a home, decided here once:
+
+- graph inputs are the caller's tensors, read through NumPy views;
+- a value only its own kernel uses is a host scratch array: on the chip it never leaves the
+  kernel, so it costs no HBM allocation and no HBM traffic;
+- a value a later kernel reads lives in the program's **arena**, one HBM allocation per run whose
+  offsets are planned from liveness (a slot is reused once its value is dead);
+- a graph output is a new tpu tensor of its own, the kernel writing straight into it;
+- an eager node's results are the tensors its eager kernel returns.
+
+The source reads top to bottom as the graph does: each computation is one call
+``k_<node>(out, *inputs)``, each view one NumPy expression, each fused kernel ends with one
+``charge(...)`` of its precomputed cost on the chip's clock. ``program.source`` holds it.
+"""
+
+import dataclasses
+import math
+import operator
+
+import numpy as np
+import torch
+
+from .. import _C
+from .._tensor import numpy_dtype
+from .fusion import fuse
+from .lowering import EAGER, OPAQUE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
+
+ALIGNMENT = 64  # bytes: every arena slot starts on a cache line, as the HBM allocator's blocks do
+
+
+@dataclasses.dataclass
+class Generated:
+    source: str
+    namespace: dict
+    arena_bytes: int
+    kernels: list  # (name, node names, KernelCost)
+    eager_nodes: list  # (node name, op, reason)
+    refusals: list
+    homes: dict  # node name -> "input", "scratch", "arena", "output", "eager", "view"
+
+
+def plan_arena(intervals):
+    """Offsets for values alive over [first, last] steps: first fit, a slot free once its value is dead.
+
+    ``intervals`` maps a name to (first, last, nbytes); returns ({name: offset}, total bytes)."""
+    offsets, live, total = {}, [], 0
+    for name, (first, last, nbytes) in sorted(intervals.items(), key=lambda item: (item[1][0], -item[1][2])):
+        live = [slot for slot in live if slot[2] >= first]
+        size = -(-nbytes // ALIGNMENT) * ALIGNMENT
+        offset = 0
+        for start, end, _ in sorted(live):
+            if offset + size <= start:
+                break
+            offset = max(offset, end)
+        live.append((offset, offset + size, last))
+        offsets[name] = offset
+        total = max(total, offset + size)
+    return offsets, total
+
+
+class _Writer:
+    def __init__(self):
+        self.lines, self.namespace, self.counter = [], {}, 0
+
+    def constant(self, prefix, value):
+        self.counter += 1
+        name = f"{prefix}{self.counter}"
+        self.namespace[name] = value
+        return name
+
+    def line(self, text):
+        self.lines.append("    " + text)
+
+
+def generate(graph, name):
+    """The program of one FX graph (after AOTAutograd and foreach unrolling)."""
+    nodes = list(graph.nodes)
+    lowered = {n: lower(n) for n in nodes if n.op == "call_function"}
+    fusion = fuse(lowered)
+    output_node = next(n for n in nodes if n.op == "output")
+    outputs = output_node.args[0]
+    output_set = {o for o in outputs if isinstance(o, torch.fx.Node)}
+    position = {n: i for i, n in enumerate(nodes)}
+
+    def root(node):
+        """The value whose memory ``node`` views (an eager node's tuple of results has none)."""
+        while node in lowered and lowered[node].kind == VIEW:
+            source = lowered[node].inputs[0]
+            if node.target is operator.getitem and lowered.get(source, None) is not None and \
+                    lowered[source].kind == EAGER:
+                break
+            node = source
+        return node
+
+    # users, looking through views: a value is alive while any view of it is
+    last_use = {}
+    for node in nodes:
+        for arg in tensor_inputs((node.args, node.kwargs)):
+            base = root(arg)
+            last_use[base] = max(last_use.get(base, 0), position[node])
+            last_use[arg] = max(last_use.get(arg, 0), position[node])
+
+    homes = {}
+    for node in nodes:
+        if node.op == "placeholder":
+            homes[node] = "input"
+        elif node.op == "call_function":
+            low = lowered[node]
+            if low.kind == VIEW:
+                homes[node] = "view"
+            elif low.kind == EAGER:
+                homes[node] = "eager"
+            elif low.writes is not None:
+                homes[node] = "inplace"
+            elif node in output_set:
+                homes[node] = "output"
+            elif _internal(node, fusion, lowered, output_set, root):
+                homes[node] = "scratch"
+            else:
+                homes[node] = "arena"
+    intervals = {n.name: (position[n], last_use.get(n, position[n]), nbytes_of(value_of(n)))
+                 for n, home in homes.items() if home == "arena"}
+    offsets, arena_bytes = plan_arena(intervals)
+
+    w = _Writer()
+    helpers = _runtime_helpers()
+    w.namespace.update(helpers)
+    w.namespace["chip"] = _C.current_chip()
+    w.line("clock = chip.clock")
+    if arena_bytes:
+        w.line(f"arena = new_arena({arena_bytes}); A = as_numpy(arena)")
+    kernels, eager_nodes = [], []
+    last_of_group = {group.nodes[-1]: group for group in fusion.groups}
+    tensor_of = {}  # node -> expression of a tensor holding it, where one exists
+    deletions = {}  # position -> eager result tensors to drop after it
+    for node in nodes:
+        v = f"v_{node.name}"
+        if node.op == "placeholder":
+            index = len([n for n in nodes[:position[node]] if n.op == "placeholder"])
+            w.line(f"t_{node.name} = args[{index}]")
+            tensor_of[node] = f"t_{node.name}"
+            if is_tpu_node(node):
+                w.line(f"{v} = as_numpy(t_{node.name})")
+            else:
+                w.line(f"{v} = t_{node.name}")
+            continue
+        if node.op != "call_function":
+            continue
+        low, home = lowered[node], homes[node]
+        if home == "view":
+            function = w.constant("view_", low.run)
+            w.line(f"{v} = {function}(v_{low.inputs[0].name})")
+            if node.target is operator.getitem and low.inputs[0] in tensor_of:
+                w.line(f"t_{node.name} = t_{low.inputs[0].name}[{node.args[1]}]")
+                tensor_of[node] = f"t_{node.name}"
+            continue
+        if home == "eager":
+            call = w.constant("eager_", _eager_call(node))
+            tensors = ", ".join(_tensor_expression(arg, tensor_of, homes, root, w) for arg in low.inputs)
+            w.line(f"t_{node.name} = {call}({tensors})")
+            w.line(f"{v} = arrays_of(t_{node.name})")
+            tensor_of[node] = f"t_{node.name}"
+            eager_nodes.append((node.name, str(node.target), low.reason))
+            if node not in output_set:
+                deletions.setdefault(last_use.get(node, position[node]), []).append(node.name)
+            continue
+        if home == "inplace":
+            w.line(f"{v} = v_{low.writes.name}")
+            if low.writes in tensor_of:
+                tensor_of[node] = tensor_of[low.writes]
+        elif home == "output":
+            value = value_of(node)
+            shape, dtype = w.constant("shape_", tuple(value.shape)), w.constant("dtype_", value.dtype)
+            w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype})")
+            tensor_of[node] = f"t_{node.name}"
+        elif home == "scratch":
+            value = value_of(node)
+            w.line(f"{v} = {w.constant('scratch_', np.empty(tuple(value.shape), numpy_dtype(value.dtype)))}")
+        else:
+            value = value_of(node)
+            spec = w.constant("slot_", (tuple(value.shape), numpy_dtype(value.dtype)))
+            w.line(f"{v} = ndarray(*{spec}, A, {offsets[node.name]})")
+        kernel = w.constant(f"k_{node.name}_", low.run)
+        w.line(f"{kernel}({v}{''.join(', v_' + a.name for a in low.inputs)})")
+        group = last_of_group.get(node)
+        if group is not None:
+            cost = _group_cost(group, lowered, homes, root)
+            kernels.append((group.name, [n.name for n in group.nodes], cost))
+            w.line(f"clock.charge({w.constant('cost_', cost)}, clock.current_stream)")
+        for dead in deletions.pop(position[node], ()):
+            w.line(f"del t_{dead}, v_{dead}")
+    results = [_output_expression(o, tensor_of, homes, root, w) for o in outputs]
+    w.line(f"return [{', '.join(results)}]")
+    source = f"def {name}(args):\n" + "\n".join(w.lines) + "\n"
+    return Generated(source, w.namespace, arena_bytes, kernels, eager_nodes, fusion.refusals,
+                     {n.name: h for n, h in homes.items()})
+
+
+def _internal(node, fusion, lowered, output_set, root):
+    """Whether every consumer of ``node`` (through views) is in its own kernel."""
+    group = fusion.group_of.get(node)
+    if group is None or lowered[node].kind == OPAQUE:
+        return False
+    pending = list(node.users)
+    while pending:
+        user = pending.pop()
+        if user.op == "output" or user in output_set:
+            return False
+        if user in lowered and lowered[user].kind == VIEW:
+            pending.extend(user.users)
+            continue
+        if fusion.group_of.get(user) is not group:
+            return False
+    return True
+
+
+def _group_cost(group, lowered, homes, root):
+    """One launch: MXU FLOPs of its matmuls, HBM bytes of what crosses its boundary only."""
+    members = set(group.nodes)
+    read, flops, seen = 0, {}, set()
+    for node in group.nodes:
+        low = lowered[node]
+        for name, count in low.flops.items():
+            flops[name] = flops.get(name, 0) + count
+        for arg in low.inputs:
+            base = root(arg)
+            if base in members or base in seen or not is_tpu_node(arg):
+                continue
+            seen.add(base)
+            read += min(nbytes_of(value_of(arg)), nbytes_of(value_of(base)) or nbytes_of(value_of(arg)))
+    written = sum(nbytes_of(value_of(n)) for n in group.nodes if homes[n] != "scratch")
+    cost = _C.clock.KernelCost(group.name, flops, sum(math.prod(value_of(n).shape) for n in group.nodes), read, written)
+    cost.shapes = tuple(tuple(value_of(n).shape) for n in group.nodes)
+    if flops:
+        from .._cost import float32_passes
+
+        cost.float32_passes = float32_passes()
+    return cost
+
+
+def _eager_call(node):
+    """``node.target(*args)`` with the fx Nodes in its arguments replaced by the tensors passed in."""
+    target, args, kwargs = node.target, node.args, node.kwargs
+
+    def fill(template, tensors):
+        if isinstance(template, torch.fx.Node):
+            return next(tensors)
+        if isinstance(template, (list, tuple)):
+            return type(template)(fill(t, tensors) for t in template)
+        if isinstance(template, dict):
+            return {k: fill(v, tensors) for k, v in template.items()}
+        return template
+
+    def call(*tensors):
+        supply = iter(tensors)
+        return target(*fill(args, supply), **fill(kwargs, supply))
+
+    return call
+
+
+def _tensor_expression(node, tensor_of, homes, root, w):
+    """A tensor holding ``node``'s value: its own, or a view over the tensor its root lives in."""
+    if node in tensor_of:
+        return tensor_of[node]
+    base = root(node)
+    if base in tensor_of:
+        return f"tensor_view({tensor_of[base]}, v_{base.name}, v_{node.name})"
+    if homes.get(base) == "arena":
+        return f"tensor_view(arena, A, v_{node.name})"
+    raise AssertionError(f"{node.name} has no tensor to view")  # scratch values never leave their kernel
+
+
+def _output_expression(node, tensor_of, homes, root, w):
+    if not isinstance(node, torch.fx.Node):
+        return w.constant("const_", node)
+    if node in tensor_of:
+        return tensor_of[node]
+    base = root(node)
+    if base in tensor_of:
+        return f"tensor_view({tensor_of[base]}, v_{base.name}, v_{node.name})"
+    if not is_tpu_node(node):
+        return f"v_{node.name}"
+    value = value_of(node)
+    return f"materialize(v_{node.name}, {w.constant('dtype_', value.dtype)})"
+
+
+def _runtime_helpers():
+    from . import runtime
+
+    return runtime.HELPERS
