@@ -5,8 +5,10 @@ Every value of the graph gets a home, decided here once:
 - graph inputs are the caller's tensors, read through NumPy views;
 - a value only its own kernel uses is a host scratch array: on the chip it never leaves the
   kernel, so it costs no HBM allocation and no HBM traffic;
-- a value a later kernel reads lives in the program's **arena**, one HBM allocation per run whose
-  offsets are planned from liveness (a slot is reused once its value is dead);
+- a value a later kernel reads lives in an HBM **buffer** planned from liveness: allocated where
+  its first value is made, handed on to a later value of the same size once its value is dead,
+  released after its last value's last use. HBM then holds what eager mode would hold (no
+  program-long arena on top of the outputs), and ``memory_allocated`` stays exact;
 - a graph output is a new tpu tensor of its own, the kernel writing straight into it;
 - an eager node's results are the tensors its eager kernel returns.
 
@@ -27,37 +29,38 @@ from .._tensor import numpy_dtype
 from .fusion import fuse
 from .lowering import EAGER, OPAQUE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
-ALIGNMENT = 64  # bytes: every arena slot starts on a cache line, as the HBM allocator's blocks do
 
 
 @dataclasses.dataclass
 class Generated:
     source: str
     namespace: dict
-    arena_bytes: int
+    buffer_bytes: int  # HBM of the planned buffers, summed (each is live only over its values' lifetimes)
     kernels: list  # (name, node names, KernelCost)
     eager_nodes: list  # (node name, op, reason)
     refusals: list
-    homes: dict  # node name -> "input", "scratch", "arena", "output", "eager", "view"
+    homes: dict  # node name -> "input", "scratch", "buffer", "inplace", "output", "eager", "view"
 
 
-def plan_arena(intervals):
-    """Offsets for values alive over [first, last] steps: first fit, a slot free once its value is dead.
+REUSE_WINDOW = 3  # graph steps: a buffer waits at most this long for its next value, else it is released
 
-    ``intervals`` maps a name to (first, last, nbytes); returns ({name: offset}, total bytes)."""
-    offsets, live, total = {}, [], 0
-    for name, (first, last, nbytes) in sorted(intervals.items(), key=lambda item: (item[1][0], -item[1][2])):
-        live = [slot for slot in live if slot[2] >= first]
-        size = -(-nbytes // ALIGNMENT) * ALIGNMENT
-        offset = 0
-        for start, end, _ in sorted(live):
-            if offset + size <= start:
-                break
-            offset = max(offset, end)
-        live.append((offset, offset + size, last))
-        offsets[name] = offset
-        total = max(total, offset + size)
-    return offsets, total
+
+def plan_buffers(intervals):
+    """Buffers for values alive over [first, last] steps: a value takes the buffer of a value of the
+    same size that died just before it (within REUSE_WINDOW steps: a buffer kept waiting longer would
+    hold HBM eager mode frees), else a new one. ``intervals`` maps a name to (first, last, nbytes);
+    returns ({name: buffer index}, [(nbytes, first step, last step) of each buffer])."""
+    assignment, buffers = {}, []
+    for name, (first, last, nbytes) in sorted(intervals.items(), key=lambda item: item[1][0]):
+        free = next((i for i, (size, _, end) in enumerate(buffers)
+                     if size == nbytes and end < first <= end + REUSE_WINDOW), None)
+        if free is None:
+            buffers.append((nbytes, first, last))
+            free = len(buffers) - 1
+        else:
+            buffers[free] = (nbytes, buffers[free][1], last)
+        assignment[name] = free
+    return assignment, buffers
 
 
 class _Writer:
@@ -119,82 +122,93 @@ def generate(graph, name):
             elif _internal(node, fusion, lowered, output_set, root):
                 homes[node] = "scratch"
             else:
-                homes[node] = "arena"
+                homes[node] = "buffer"
     intervals = {n.name: (position[n], last_use.get(n, position[n]), nbytes_of(value_of(n)))
-                 for n, home in homes.items() if home == "arena"}
-    offsets, arena_bytes = plan_arena(intervals)
+                 for n, home in homes.items() if home == "buffer"}
+    assignment, buffers = plan_buffers(intervals)
+    born = {first: index for index, (_, first, _) in enumerate(buffers)}
+    released = {}
+    for index, (_, _, last) in enumerate(buffers):
+        released.setdefault(last, []).append(index)
 
     w = _Writer()
     helpers = _runtime_helpers()
     w.namespace.update(helpers)
     w.namespace["chip"] = _C.current_chip()
     w.line("clock = chip.clock")
-    if arena_bytes:
-        w.line(f"arena = new_arena({arena_bytes}); A = as_numpy(arena)")
     kernels, eager_nodes = [], []
     last_of_group = {group.nodes[-1]: group for group in fusion.groups}
+    first_call = next((n for n in nodes if n.op == "call_function"), None)
     tensor_of = {}  # node -> expression of a tensor holding it, where one exists
     deletions = {}  # position -> eager result tensors to drop after it
-    for node in nodes:
-        v = f"v_{node.name}"
-        if node.op == "placeholder":
-            index = len([n for n in nodes[:position[node]] if n.op == "placeholder"])
-            w.line(f"t_{node.name} = args[{index}]")
-            tensor_of[node] = f"t_{node.name}"
-            if is_tpu_node(node):
-                w.line(f"{v} = as_numpy(t_{node.name})")
-            else:
-                w.line(f"{v} = t_{node.name}")
-            continue
-        if node.op != "call_function":
-            continue
-        low, home = lowered[node], homes[node]
+    def drop_after_last_use(node):
+        dies = last_use.get(node, position[node])
+        if node not in output_set and dies != position[output_node]:  # outputs live on; the rest die early
+            deletions.setdefault(dies, []).append(node.name)
+
+    def emit(node, low, home, v):
+        """The lines computing one node's value (``v``)."""
         if home == "view":
-            function = w.constant("view_", low.run)
-            w.line(f"{v} = {function}(v_{low.inputs[0].name})")
+            w.line(f"{v} = {w.constant('view_', low.run)}(v_{low.inputs[0].name})")
             if node.target is operator.getitem and low.inputs[0] in tensor_of:
                 w.line(f"t_{node.name} = t_{low.inputs[0].name}[{node.args[1]}]")
                 tensor_of[node] = f"t_{node.name}"
-            continue
+            return
         if home == "eager":
-            call = w.constant("eager_", _eager_call(node))
-            tensors = ", ".join(_tensor_expression(arg, tensor_of, homes, root, w) for arg in low.inputs)
-            w.line(f"t_{node.name} = {call}({tensors})")
+            tensors = ", ".join(_tensor_expression(arg, tensor_of, homes, root, assignment) for arg in low.inputs)
+            w.line(f"t_{node.name} = {w.constant('eager_', _eager_call(node))}({tensors})")
             w.line(f"{v} = arrays_of(t_{node.name})")
             tensor_of[node] = f"t_{node.name}"
             eager_nodes.append((node.name, str(node.target), low.reason))
-            if node not in output_set:
-                deletions.setdefault(last_use.get(node, position[node]), []).append(node.name)
-            continue
+            drop_after_last_use(node)
+            return
+        value = value_of(node)
         if home == "inplace":
             w.line(f"{v} = v_{low.writes.name}")
             if low.writes in tensor_of:
                 tensor_of[node] = tensor_of[low.writes]
         elif home == "output":
-            value = value_of(node)
             shape, dtype = w.constant("shape_", tuple(value.shape)), w.constant("dtype_", value.dtype)
             w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype})")
             tensor_of[node] = f"t_{node.name}"
         elif home == "scratch":
-            value = value_of(node)
             w.line(f"{v} = {w.constant('scratch_', np.empty(tuple(value.shape), numpy_dtype(value.dtype)))}")
         else:
-            value = value_of(node)
-            spec = w.constant("slot_", (tuple(value.shape), numpy_dtype(value.dtype)))
-            w.line(f"{v} = ndarray(*{spec}, A, {offsets[node.name]})")
-        kernel = w.constant(f"k_{node.name}_", low.run)
-        w.line(f"{kernel}({v}{''.join(', v_' + a.name for a in low.inputs)})")
+            index = assignment[node.name]
+            if born.get(position[node]) == index:
+                w.line(f"b{index} = new_buffer({buffers[index][0]}); B{index} = as_numpy(b{index})")
+            w.line(f"{v} = ndarray(*{w.constant('slot_', (tuple(value.shape), numpy_dtype(value.dtype)))}, B{index})")
+        w.line(f"{w.constant(f'k_{node.name}_', low.run)}({v}{''.join(', v_' + a.name for a in low.inputs)})")
         group = last_of_group.get(node)
         if group is not None:
             cost = _group_cost(group, lowered, homes, root)
             kernels.append((group.name, [n.name for n in group.nodes], cost))
             w.line(f"clock.charge({w.constant('cost_', cost)}, clock.current_stream)")
+
+    for node in nodes:
+        v = f"v_{node.name}"
+        if node.op == "placeholder":
+            index = len([n for n in nodes[:position[node]] if n.op == "placeholder"])
+            w.line(f"t_{node.name} = args[{index}]")
+            w.line(f"{v} = as_numpy(t_{node.name})" if is_tpu_node(node) else f"{v} = t_{node.name}")
+            tensor_of[node] = f"t_{node.name}"
+            drop_after_last_use(node)
+            continue
+        if node.op != "call_function":
+            continue
+        if node is first_call:
+            w.line("args.clear()  # AOTAutograd hands its references over: inputs die at their last use")
+        emit(node, lowered[node], homes[node], v)
         for dead in deletions.pop(position[node], ()):
             w.line(f"del t_{dead}, v_{dead}")
-    results = [_output_expression(o, tensor_of, homes, root, w) for o in outputs]
+        for index in released.pop(position[node], ()):
+            w.line(f"del b{index}, B{index}")
+    for dead in (name for names in deletions.values() for name in names):
+        w.line(f"del t_{dead}, v_{dead}")  # unused inputs
+    results = [_output_expression(o, tensor_of, homes, root, w, assignment) for o in outputs]
     w.line(f"return [{', '.join(results)}]")
     source = f"def {name}(args):\n" + "\n".join(w.lines) + "\n"
-    return Generated(source, w.namespace, arena_bytes, kernels, eager_nodes, fusion.refusals,
+    return Generated(source, w.namespace, sum(size for size, _, _ in buffers), kernels, eager_nodes, fusion.refusals,
                      {n.name: h for n, h in homes.items()})
 
 
@@ -260,23 +274,26 @@ def _eager_call(node):
     return call
 
 
-def _tensor_expression(node, tensor_of, homes, root, w):
+def _tensor_expression(node, tensor_of, homes, root, assignment):
     """A tensor holding ``node``'s value: its own, or a view over the tensor its root lives in."""
     if node in tensor_of:
         return tensor_of[node]
     base = root(node)
     if base in tensor_of:
         return f"tensor_view({tensor_of[base]}, v_{base.name}, v_{node.name})"
-    if homes.get(base) == "arena":
-        return f"tensor_view(arena, A, v_{node.name})"
+    if homes.get(base) == "buffer":
+        index = assignment[base.name]
+        return f"tensor_view(b{index}, B{index}, v_{node.name})"
     raise AssertionError(f"{node.name} has no tensor to view")  # scratch values never leave their kernel
 
 
-def _output_expression(node, tensor_of, homes, root, w):
+def _output_expression(node, tensor_of, homes, root, w, assignment):
+    """An output: its tensor, or a view of the tensor or buffer it lives in (a planned buffer viewed by
+    an output is never handed on: its last use is the output)."""
     if not isinstance(node, torch.fx.Node):
         return w.constant("const_", node)
-    if node in tensor_of:
-        return tensor_of[node]
+    if node in tensor_of or homes.get(root(node)) == "buffer":
+        return _tensor_expression(node, tensor_of, homes, root, assignment)
     base = root(node)
     if base in tensor_of:
         return f"tensor_view({tensor_of[base]}, v_{base.name}, v_{node.name})"

@@ -53,7 +53,7 @@ class ProgramRecord:
     def dump(self, source=True):
         generated = self.program.generated
         lines = [f"== {self.name} ({self.kind}): {len(generated.kernels)} kernels, "
-                 f"{len(generated.eager_nodes)} eager nodes, arena {generated.arena_bytes} bytes"]
+                 f"{len(generated.eager_nodes)} eager nodes, buffers {generated.buffer_bytes} bytes"]
         for name, nodes, cost in generated.kernels:
             flops = sum(cost.mxu_flops.values())
             lines.append(f"kernel {name}: {', '.join(nodes)}; read {cost.bytes_read} B, written {cost.bytes_written} B"

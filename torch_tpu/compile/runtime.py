@@ -1,7 +1,7 @@
 """Running a generated program: its helpers, and the callable AOTAutograd receives.
 
 A program takes AOTAutograd's boxed argument list and returns its outputs as tpu tensors. Its
-buffers are HBM allocations (the arena and the outputs), so ``memory_allocated``, peaks and OOM
+buffers are HBM allocations (its planned buffers and its outputs), so ``memory_allocated``, peaks and OOM
 stay exact; its fused kernels are charged on the chip's clock by the generated code itself.
 """
 
@@ -15,8 +15,8 @@ from .. import _abstract, _tensor
 _address = lambda array: array.__array_interface__["data"][0]  # noqa: E731
 
 
-def new_arena(nbytes):
-    """The program's HBM arena for one run: one allocation holding every planned slot."""
+def new_buffer(nbytes):
+    """One planned HBM buffer of a program (a tpu byte tensor, so eager kernels can view it too)."""
     return _tensor.empty((nbytes,), torch.uint8)
 
 
@@ -55,7 +55,7 @@ def arrays_of(result):
 
 
 HELPERS = {
-    "as_numpy": _tensor.as_numpy, "ndarray": np.ndarray, "new_arena": new_arena, "new_output": new_output,
+    "as_numpy": _tensor.as_numpy, "ndarray": np.ndarray, "new_buffer": new_buffer, "new_output": new_output,
     "materialize": materialize, "tensor_view": tensor_view, "arrays_of": arrays_of,
 }
 
@@ -79,8 +79,7 @@ class Program:
 
     def __call__(self, *args):
         """Called with AOTAutograd's boxed list, or (where a wrapper hides ``_boxed_call``) unboxed."""
-        if len(args) == 1 and type(args[0]) is list:
-            args = args[0]
+        args = args[0] if len(args) == 1 and type(args[0]) is list else list(args)
         if _abstract.MODE.depth:
             raise RuntimeError(
                 f"torch_tpu.compile: compiled program {self.name} cannot run in abstract mode (torch_tpu.abstract()) "
