@@ -39,7 +39,7 @@ class Generated:
     kernels: list  # (name, node names, KernelCost)
     eager_nodes: list  # (node name, op, reason)
     refusals: list
-    homes: dict  # node name -> "input", "scratch", "buffer", "inplace", "output", "eager", "view"
+    homes: dict  # node name -> "input", "scratch", "buffer", "inplace", "host", "output", "eager", "view"
 
 
 REUSE_WINDOW = 3  # graph steps: a buffer waits at most this long for its next value, else it is released
@@ -91,8 +91,7 @@ def generate(graph, name):
         """The value whose memory ``node`` views (an eager node's tuple of results has none)."""
         while node in lowered and lowered[node].kind == VIEW:
             source = lowered[node].inputs[0]
-            if node.target is operator.getitem and lowered.get(source, None) is not None and \
-                    lowered[source].kind == EAGER:
+            if node.target is operator.getitem and source in lowered and _returns_tensors(lowered[source]):
                 break
             node = source
         return node
@@ -115,8 +114,12 @@ def generate(graph, name):
                 homes[node] = "view"
             elif low.kind == EAGER:
                 homes[node] = "eager"
+            elif low.multi:
+                homes[node] = "multi"
             elif low.writes is not None:
                 homes[node] = "inplace"
+            elif low.host:
+                homes[node] = "host"
             elif node in output_set:
                 homes[node] = "output"
             elif _internal(node, fusion, lowered, output_set, root):
@@ -162,6 +165,14 @@ def generate(graph, name):
             eager_nodes.append((node.name, str(node.target), low.reason))
             drop_after_last_use(node)
             return
+        if home == "multi":  # several new tensors, made by the kernel itself
+            arguments = ", ".join(f"v_{a.name}" for a in low.inputs)
+            w.line(f"t_{node.name} = {w.constant(f'k_{node.name}_', low.run)}({arguments})")
+            w.line(f"{v} = arrays_of(t_{node.name})")
+            tensor_of[node] = f"t_{node.name}"
+            drop_after_last_use(node)
+            charge(node)
+            return
         value = value_of(node)
         if home == "inplace":
             w.line(f"{v} = v_{low.writes.name}")
@@ -171,6 +182,8 @@ def generate(graph, name):
             shape, dtype = w.constant("shape_", tuple(value.shape)), w.constant("dtype_", value.dtype)
             w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype})")
             tensor_of[node] = f"t_{node.name}"
+        elif home == "host":
+            w.line(f"{v} = empty({w.constant('host_', (tuple(value.shape), numpy_dtype(value.dtype)))})")
         elif home == "scratch":
             w.line(f"{v} = {w.constant('scratch_', np.empty(tuple(value.shape), numpy_dtype(value.dtype)))}")
         else:
@@ -178,7 +191,16 @@ def generate(graph, name):
             if born.get(position[node]) == index:
                 w.line(f"b{index} = new_buffer({buffers[index][0]}); B{index} = as_numpy(b{index})")
             w.line(f"{v} = ndarray(*{w.constant('slot_', (tuple(value.shape), numpy_dtype(value.dtype)))}, B{index})")
-        w.line(f"{w.constant(f'k_{node.name}_', low.run)}({v}{''.join(', v_' + a.name for a in low.inputs)})")
+        if low.inline is not None:  # one ufunc: called from the source itself, into the planned buffer
+            ufunc, operands = low.inline
+            arguments = [f"v_{o.name}" if isinstance(o, torch.fx.Node) else w.constant("c_", o) for o in operands]
+            w.line(f"{w.constant(f'{ufunc.__name__}_', ufunc)}({', '.join(arguments)}, out={v})")
+        else:
+            w.line(f"{w.constant(f'k_{node.name}_', low.run)}({v}{''.join(', v_' + a.name for a in low.inputs)})")
+        charge(node)
+
+    def charge(node):
+        """After a kernel's last node: one charge of the whole kernel's cost."""
         group = last_of_group.get(node)
         if group is not None:
             cost = _group_cost(group, lowered, homes, root)
@@ -190,7 +212,10 @@ def generate(graph, name):
         if node.op == "placeholder":
             index = len([n for n in nodes[:position[node]] if n.op == "placeholder"])
             w.line(f"t_{node.name} = args[{index}]")
-            w.line(f"{v} = as_numpy(t_{node.name})" if is_tpu_node(node) else f"{v} = t_{node.name}")
+            if is_tpu_node(node):
+                w.line(f"{v} = as_numpy(t_{node.name})")
+            else:  # a host scalar read (and written) through its NumPy view; anything else as it is
+                w.line(f"{v} = host_view(t_{node.name})")
             tensor_of[node] = f"t_{node.name}"
             drop_after_last_use(node)
             continue
@@ -207,9 +232,16 @@ def generate(graph, name):
         w.line(f"del t_{dead}, v_{dead}")  # unused inputs
     results = [_output_expression(o, tensor_of, homes, root, w, assignment) for o in outputs]
     w.line(f"return [{', '.join(results)}]")
-    source = f"def {name}(args):\n" + "\n".join(w.lines) + "\n"
+    body = "\n".join("    " + line for line in w.lines)
+    # NumPy's floating-point warnings are off for the whole program, as the VPU's kernels turn them off
+    source = (f"def {name}(args):\n    token = ignore_fp_errors()\n    try:\n{body}\n"
+              "    finally:\n        restore_fp_errors(token)\n")
     return Generated(source, w.namespace, sum(size for size, _, _ in buffers), kernels, eager_nodes, fusion.refusals,
                      {n.name: h for n, h in homes.items()})
+
+
+def _returns_tensors(low):
+    return low.kind == EAGER or low.multi
 
 
 def _internal(node, fusion, lowered, output_set, root):
@@ -244,14 +276,23 @@ def _group_cost(group, lowered, homes, root):
                 continue
             seen.add(base)
             read += min(nbytes_of(value_of(arg)), nbytes_of(value_of(base)) or nbytes_of(value_of(arg)))
-    written = sum(nbytes_of(value_of(n)) for n in group.nodes if homes[n] != "scratch")
-    cost = _C.clock.KernelCost(group.name, flops, sum(math.prod(value_of(n).shape) for n in group.nodes), read, written)
-    cost.shapes = tuple(tuple(value_of(n).shape) for n in group.nodes)
+    results = [v for n in group.nodes if homes[n] != "scratch" for v in _tensors_of(value_of(n))]
+    written = sum(nbytes_of(v) for v in results)
+    elements = sum(math.prod(v.shape) for n in group.nodes for v in _tensors_of(value_of(n)))
+    cost = _C.clock.KernelCost(group.name, flops, elements, read, written)
+    cost.shapes = tuple(tuple(v.shape) for v in results)
     if flops:
         from .._cost import float32_passes
 
         cost.float32_passes = float32_passes()
     return cost
+
+
+def _tensors_of(value):
+    """The tensors of a node's value (one, or the several results of a multi-output op)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [v for v in value if isinstance(v, torch.Tensor)] if isinstance(value, (list, tuple)) else []
 
 
 def _eager_call(node):
@@ -298,7 +339,7 @@ def _output_expression(node, tensor_of, homes, root, w, assignment):
     if base in tensor_of:
         return f"tensor_view({tensor_of[base]}, v_{base.name}, v_{node.name})"
     if not is_tpu_node(node):
-        return f"v_{node.name}"
+        return f"host_tensor(v_{node.name})"
     value = value_of(node)
     return f"materialize(v_{node.name}, {w.constant('dtype_', value.dtype)})"
 

@@ -77,7 +77,7 @@ def fuse(lowered):
         return False
 
     for node, low in lowered.items():
-        if low.kind == VIEW:
+        if low.kind == VIEW or low.host:  # views are free; host scalars never reach the chip
             continue
         producers = [producer(arg) for arg in low.inputs]
         joined = None
@@ -130,9 +130,9 @@ def _refusal(group, node, low):
             return f"the reduction reads {_elements(low.inputs[0])} elements, the kernel iterates over {group.elements}"
         return None
     if group.kind == "output":
-        shape = tuple(value_of(node).shape)
-        if shape != group.matmul_shape:
-            return f"epilogue of shape {list(shape)} differs from the matmul output {list(group.matmul_shape)}"
+        if _elements(node) != math.prod(group.matmul_shape):  # a view of the output (a reshape) is the same epilogue
+            return (f"epilogue of shape {list(value_of(node).shape)} is not elementwise on the matmul output "
+                    f"{list(group.matmul_shape)}")
         return None
     if _elements(node) != group.elements:
         return f"{_elements(node)} elements against the kernel's {group.elements}"

@@ -18,13 +18,14 @@ only at the node's static facts (shapes and dtypes from ``node.meta["val"]``) an
 """
 
 import dataclasses
+import functools
 import math
 import operator
 
 import numpy as np
 import torch
 
-from .. import _C, _cost
+from .. import _C, _cost, _tensor
 from .._tensor import DTYPE_NAME, numpy_dtype
 from ..ops import linalg, nn, pointwise, reduction
 from ..ops._common import opmath_dtype, wrap_dim, wrap_dims
@@ -43,6 +44,10 @@ class Lowered:
     flops: dict = dataclasses.field(default_factory=dict)  # MXU FLOPs by input type
     reason: str = ""  # for EAGER: why there is no NumPy lowering
     writes: object = None  # the input node a mutation writes into (its result is that input)
+    host: bool = False  # a host scalar (an optimizer's step counter): NumPy on the host, never charged
+    multi: bool = False  # run(*arrays) returns the node's several results as new tpu tensors
+    inline: tuple = None  # (ufunc, operands): the whole kernel is ``ufunc(*operands, out=out)``, written
+    #                       into the source; an operand is an input node or a constant array
 
 
 def lowers(*overloads):
@@ -86,16 +91,25 @@ def lower(node):
     """The Lowered form of one call_function node."""
     if node.target is operator.getitem:
         return Lowered(VIEW, lambda values, index=node.args[1]: values[index], (node.args[0],))
-    if not is_tpu_node(node) and not _has_tpu_result(node):
+    host = not is_tpu_node(node) and not _has_tpu_result(node)
+    if host and not is_host_scalar(node):
         return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))), reason="its values live on the CPU")
     lowering = LOWERINGS.get(node.target)
     if lowering is None and isinstance(node.target, torch._ops.OpOverload):
         maths = pointwise_maths(node.target)
         if maths is not None:
-            return lower_pointwise(node, maths)
+            lowering = functools.partial(lower_pointwise, maths=maths)
     if lowering is None:
         return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))), reason="no NumPy lowering")
-    return lowering(node)
+    lowered = lowering(node)
+    lowered.host = host and lowered.kind != EAGER
+    return lowered
+
+
+def is_host_scalar(node):
+    """A node computing a one-element CPU tensor from others (the step counters of torch's optimizers)."""
+    values = [value_of(node)] + [value_of(a) for a in tensor_inputs((node.args, node.kwargs))]
+    return all(isinstance(v, torch.Tensor) and v.device.type == "cpu" and v.numel() == 1 for v in values)
 
 
 def _has_tpu_result(node):
@@ -216,6 +230,8 @@ def pointwise_maths(overload):
         return _OUT_OVERLOAD[overload]
     name = _overload_name(overload)
     maths = pointwise.MATHS.get(name)
+    if maths is None and overload._overloadname == "Scalar":  # mul.Scalar: mul's maths, the scalar promoted as such
+        maths = pointwise.MATHS.get(f"{name.partition('.')[0]}.out")
     if maths is None:
         arguments = [(a.name, str(a.type)) for a in overload._schema.arguments]
         packet = overload.overloadpacket
@@ -234,6 +250,10 @@ def _overload_name(overload):
     return base if overload._overloadname == "default" else f"{base}.{overload._overloadname}"
 
 
+# Maths whose body is one ufunc when called without its optional scalar: called as that ufunc, with out=.
+_UFUNC_BODIES = {pointwise.add: np.add, pointwise.sub: np.subtract}
+
+
 def lower_pointwise(node, maths):
     """``maths.function`` on the operands converted to the compute type, rounded once into ``out``."""
     args = list(node.args)
@@ -243,12 +263,13 @@ def lower_pointwise(node, maths):
     compute = opmath_dtype(dtype) if maths.opmath(*metas) else numpy_dtype(dtype)
     out_name = DTYPE_NAME[value_of(node).dtype]
     inputs = [a for a in promoted if isinstance(a, torch.fx.Node)]
+    on_host = not is_tpu_node(node)
     # each promoted operand: ("array", position in inputs, needs a cast) or ("constant", array)
     plan = []
     for argument in promoted:
         if isinstance(argument, torch.fx.Node):
             value = value_of(argument)
-            if value.device.type == "cpu":  # a 0-d CPU tensor (a step counter): read as a number
+            if value.device.type == "cpu" and not on_host:  # a 0-d CPU tensor (a step counter) read as a number
                 plan.append(("number", inputs.index(argument), numpy_dtype(value.dtype)))
             else:
                 plan.append(("array", inputs.index(argument), numpy_dtype(value.dtype) != compute))
@@ -257,6 +278,8 @@ def lower_pointwise(node, maths):
         else:
             plan.append(("constant", np.array(argument).astype(compute)))
     function, kwargs = maths.function, dict(node.kwargs)
+    if kwargs.get("alpha", 1) == 1 and not extras and function in _UFUNC_BODIES:
+        function, kwargs = _UFUNC_BODIES[function], {}
     ufunc = isinstance(function, np.ufunc) and not extras and not kwargs
 
     def operands(arrays):
@@ -280,7 +303,12 @@ def lower_pointwise(node, maths):
             result = function(*values, *extras, **kwargs)
         _C.dtypes.cast_into(out, result, out_name)
 
-    return Lowered(POINTWISE, run, tuple(inputs))
+    lowered = Lowered(POINTWISE, run, tuple(inputs))
+    out_dtype = numpy_dtype(value_of(node).dtype)
+    if ufunc and out_dtype == compute and math.prod(value_of(node).shape) < _C.vpu.PARALLEL_MIN_ELEMENTS and \
+            all(entry[0] == "constant" or (entry[0] == "array" and not entry[2]) for entry in plan):
+        lowered.inline = (function, [inputs[e[1]] if e[0] == "array" else e[1] for e in plan])
+    return lowered
 
 
 @lowers(aten.where.self)
@@ -305,7 +333,7 @@ def lower_where(node):
 def lower_copy_into_input(node):
     """A mutation of a graph input kept in the graph (``keep_inference_input_mutations``): written in place."""
     destination, source = node.args[:2]
-    if not (is_tpu_node(destination) and is_tpu_node(source)):
+    if is_tpu_node(destination) != is_tpu_node(source):
         return Lowered(EAGER, inputs=(destination, source), reason="a host transfer")
     name = DTYPE_NAME[value_of(destination).dtype]
 
@@ -445,3 +473,79 @@ lowers(aten._log_softmax_backward_data.default)(_softmax_lowering(nn.log_softmax
 
 def nbytes_of(value):
     return math.prod(value.shape) * value.element_size() if isinstance(value, torch.Tensor) else 0
+
+
+# --- layer norm: several results, each a new tensor ------------------------------------------------
+
+
+def _result_writer(value):
+    """A function storing an opmath array as a new tpu tensor shaped and typed like ``value``."""
+    if value is None:
+        return lambda array: None
+    shape, dtype, name = tuple(value.shape), value.dtype, DTYPE_NAME[value.dtype]
+
+    def store(array):
+        tensor, target = _tensor.empty_with_array(shape, dtype)
+        _C.dtypes.cast_into(target, array.reshape(shape), name)
+        return tensor
+
+    return store
+
+
+def _computed_into(value, compute, fill):
+    """A new tensor like ``value`` filled by ``fill(destination)`` in the ``compute`` dtype (eager's compute_into)."""
+    tensor, target = _tensor.empty_with_array(tuple(value.shape), value.dtype)
+    if target.dtype == compute:
+        fill(target)
+    else:
+        scratch = np.empty(target.shape, compute)
+        fill(scratch)
+        _C.dtypes.cast_into(target, scratch, DTYPE_NAME[value.dtype])
+    return tensor
+
+
+def _optional_rows(supply, present, compute):
+    return next(supply).astype(compute, copy=False).reshape(-1) if present else None
+
+
+@lowers(aten.native_layer_norm.default)
+def lower_layer_norm(node):
+    input, normalized_shape, weight, bias, eps = node.args
+    source, (result, mean_value, rstd_value) = value_of(input), value_of(node)
+    axis = source.dim() - len(normalized_shape)
+    rows, size = math.prod(source.shape[:axis]), math.prod(source.shape[axis:])
+    compute = opmath_dtype(source.dtype)
+    store_mean, store_rstd = _result_writer(mean_value), _result_writer(rstd_value)
+
+    def run(x, *params):
+        supply = iter(params)
+        weight_rows, bias_rows = _optional_rows(supply, weight is not None, compute), _optional_rows(supply, bias is not None, compute)
+        normalize, mean, rstd = nn.layer_norm_arrays(x.astype(compute, copy=False).reshape(rows, size),
+                                                     weight_rows, bias_rows, eps)
+        return _computed_into(result, compute, normalize), store_mean(mean), store_rstd(rstd)
+
+    inputs = tuple(a for a in (input, weight, bias) if isinstance(a, torch.fx.Node))
+    return Lowered(OPAQUE, run, inputs, multi=True)
+
+
+@lowers(aten.native_layer_norm_backward.default)
+def lower_layer_norm_backward(node):
+    grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask = node.args
+    source, results = value_of(input), value_of(node)
+    axis = source.dim() - len(normalized_shape)
+    rows, size = math.prod(source.shape[:axis]), math.prod(source.shape[axis:])
+    compute = opmath_dtype(source.dtype)
+    store_weight, store_bias = _result_writer(results[1]), _result_writer(results[2])
+    wanted = [bool(m) and r is not None for m, r in zip(output_mask, results)]
+
+    def run(dy, x, mean_array, rstd_array, *params):
+        weight_rows = _optional_rows(iter(params), weight is not None, compute)
+        input_gradient, weight_sums, bias_sums = nn.layer_norm_backward_arrays(
+            x.astype(compute, copy=False).reshape(rows, size), dy.astype(compute, copy=False).reshape(rows, size),
+            mean_array.astype(compute, copy=False).reshape(-1, 1), rstd_array.astype(compute, copy=False).reshape(-1, 1),
+            weight_rows)
+        return (_computed_into(results[0], compute, input_gradient) if wanted[0] else None,
+                store_weight(weight_sums()) if wanted[1] else None, store_bias(bias_sums()) if wanted[2] else None)
+
+    inputs = (grad_out, input, mean, rstd) + ((weight,) if isinstance(weight, torch.fx.Node) else ())
+    return Lowered(OPAQUE, run, inputs, multi=True)

@@ -10,7 +10,7 @@ import linecache
 import numpy as np
 import torch
 
-from .. import _abstract, _tensor
+from .. import _C, _abstract, _tensor
 
 _address = lambda array: array.__array_interface__["data"][0]  # noqa: E731
 
@@ -54,7 +54,23 @@ def arrays_of(result):
     return result
 
 
+def host_view(value):
+    """A CPU tensor input as a NumPy view (writes reach the tensor); anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.dtype in _tensor.NUMPY_DTYPE:
+        return value.detach().numpy() if value.dtype != torch.bfloat16 else value
+    return value
+
+
+def host_tensor(value):
+    """A host value computed by the program as the CPU tensor the graph returns."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    return value
+
+
 HELPERS = {
+    "ignore_fp_errors": _C.vpu.ignore_fp_errors, "restore_fp_errors": _C.vpu.restore_fp_errors,
+    "empty": lambda spec: np.empty(*spec), "host_view": host_view, "host_tensor": host_tensor,
     "as_numpy": _tensor.as_numpy, "ndarray": np.ndarray, "new_buffer": new_buffer, "new_output": new_output,
     "materialize": materialize, "tensor_view": tensor_view, "arrays_of": arrays_of,
 }
