@@ -40,12 +40,14 @@ def training_step(make_model, make_batch, device, backend=None):
     model = make_model().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
     inputs, targets = (t.to(device) for t in make_batch(torch.Generator().manual_seed(1)))
-    forward = model if backend is None else torch.compile(model, backend=backend)
-    update = optimizer.step if backend is None else torch.compile(optimizer.step, backend=backend)
 
     def loss_of(x, y):
-        out = forward(x, y) if isinstance(model, GPT) else cross_entropy(forward(x), y)
-        return out
+        return model(x, y) if isinstance(model, GPT) else cross_entropy(model(x), y)
+
+    if backend is not None:  # the loss and the optimizer step compiled, as PyTorch users write them
+        loss_of, update = torch.compile(loss_of, backend=backend), torch.compile(optimizer.step, backend=backend)
+    else:
+        update = optimizer.step
 
     def step():
         optimizer.zero_grad()

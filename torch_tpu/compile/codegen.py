@@ -137,7 +137,7 @@ def generate(graph, name):
     w = _Writer()
     helpers = _runtime_helpers()
     w.namespace.update(helpers)
-    w.namespace["chip"] = _C.current_chip()
+    w.namespace["chip"] = chip = _C.current_chip()
     w.line("clock = chip.clock")
     kernels, eager_nodes = [], []
     last_of_group = {group.nodes[-1]: group for group in fusion.groups}
@@ -184,6 +184,10 @@ def generate(graph, name):
             tensor_of[node] = f"t_{node.name}"
         elif home == "host":
             w.line(f"{v} = empty({w.constant('host_', (tuple(value.shape), numpy_dtype(value.dtype)))})")
+        elif home == "scratch" and low.value is not None and low.inline is None:  # the maths' own result array
+            w.line(f"{v} = {w.constant(f'k_{node.name}_', low.value)}({', '.join('v_' + a.name for a in low.inputs)})")
+            charge(node)
+            return
         elif home == "scratch":
             w.line(f"{v} = {w.constant('scratch_', np.empty(tuple(value.shape), numpy_dtype(value.dtype)))}")
         else:
@@ -205,7 +209,8 @@ def generate(graph, name):
         if group is not None:
             cost = _group_cost(group, lowered, homes, root)
             kernels.append((group.name, [n.name for n in group.nodes], cost))
-            w.line(f"clock.charge({w.constant('cost_', cost)}, clock.current_stream)")
+            compute = _C.clock.compute_seconds(cost, chip.spec) if cost.mxu_flops else 0.0
+            w.line(f"charge(clock, {w.constant('cost_', cost)}, {compute!r}, {cost.flops})")
 
     for node in nodes:
         v = f"v_{node.name}"

@@ -46,6 +46,7 @@ class Lowered:
     writes: object = None  # the input node a mutation writes into (its result is that input)
     host: bool = False  # a host scalar (an optimizer's step counter): NumPy on the host, never charged
     multi: bool = False  # run(*arrays) returns the node's several results as new tpu tensors
+    value: object = None  # value(*arrays) -> a fresh array of the result: for values that need no planned home
     inline: tuple = None  # (ufunc, operands): the whole kernel is ``ufunc(*operands, out=out)``, written
     #                       into the source; an operand is an input node or a constant array
 
@@ -299,12 +300,20 @@ def lower_pointwise(node, maths):
         if ufunc and out.dtype == compute:
             _C.vpu.apply(function, *values, out=out)
             return
-        with np.errstate(all="ignore"):
-            result = function(*values, *extras, **kwargs)
-        _C.dtypes.cast_into(out, result, out_name)
+        _C.dtypes.cast_into(out, function(*values, *extras, **kwargs), out_name)
 
-    lowered = Lowered(POINTWISE, run, tuple(inputs))
     out_dtype = numpy_dtype(value_of(node).dtype)
+    shape = tuple(value_of(node).shape)
+
+    def value(*arrays):
+        result = np.asarray(function(*operands(arrays), *extras, **kwargs))
+        if result.dtype == out_dtype and result.shape == shape:
+            return result
+        out = np.empty(shape, out_dtype)
+        _C.dtypes.cast_into(out, result, out_name)
+        return out
+
+    lowered = Lowered(POINTWISE, run, tuple(inputs), value=None if ufunc else value)
     if ufunc and out_dtype == compute and math.prod(value_of(node).shape) < _C.vpu.PARALLEL_MIN_ELEMENTS and \
             all(entry[0] == "constant" or (entry[0] == "array" and not entry[2]) for entry in plan):
         lowered.inline = (function, [inputs[e[1]] if e[0] == "array" else e[1] for e in plan])
@@ -363,10 +372,66 @@ def lower_fill(node):
     fill = fills.get(node.target, node.args[-1] if node.target is not aten.scalar_tensor.default else node.args[0])
     name = DTYPE_NAME[value_of(node).dtype]
 
+    native = name in ("float32", "float64", "int64", "int32", "bool")  # a fill NumPy converts as c10 does
+
     def run(out, *unused):
-        _C.dtypes.cast_into(out, fill, name, scalar_source=True)
+        if native:
+            out.fill(fill)
+        else:
+            _C.dtypes.cast_into(out, fill, name, scalar_source=True)
 
     return Lowered(POINTWISE, run, ())
+
+
+@lowers(aten.arange.start_step, aten.arange.start, aten.arange.default)
+def lower_arange(node):
+    """A range's values are known when the graph is compiled: the kernel writes them."""
+    value = value_of(node)
+    integral = value.dtype in (torch.int64, torch.int32) and all(isinstance(a, int) for a in node.args)
+    values = np.arange(*node.args, dtype=numpy_dtype(value.dtype)) if integral else None
+    if values is None or tuple(values.shape) != tuple(value.shape):
+        return Lowered(EAGER, inputs=(), reason="a floating-point range (torch's own rounding)")
+
+    def run(out):
+        np.copyto(out, values)
+
+    return Lowered(POINTWISE, run, ())
+
+
+
+@lowers(aten.embedding.default)
+def lower_embedding(node):
+    """Rows of the weight gathered by index: a copy, exact in any dtype."""
+    weight, indices = node.args[:2]
+
+    def run(out, table, positions):
+        np.take(table, positions, axis=0, out=out)
+
+    return Lowered(OPAQUE, run, (weight, indices))
+
+
+@lowers(aten.cat.default)
+def lower_cat(node):
+    tensors, dim = node.args[0], node.args[1] if len(node.args) > 1 else 0
+    value = value_of(node)
+    if any(value_of(t).dtype != value.dtype or value_of(t).dim() != value.dim() for t in tensors):
+        return Lowered(EAGER, inputs=tuple(tensors), reason="cat with type promotion or legacy empty tensors")
+    axis = wrap_dim(dim, value.dim())
+
+    def run(out, *arrays):
+        np.concatenate(arrays, axis=axis, out=out)
+
+    return Lowered(OPAQUE, run, tuple(tensors))
+
+
+@lowers(aten.any.dim, aten.any.dims)
+def lower_any(node):
+    axes, keepdim = _reduced_axes(node), node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+
+    def run(out, array):
+        np.any(array, axis=axes, keepdims=keepdim, out=out)
+
+    return Lowered(REDUCTION, run, (node.args[0],))
 
 
 # --- matmul ------------------------------------------------------------------------------------
