@@ -257,7 +257,7 @@ def _internal(node, fusion, lowered, output_set, root):
     pending = list(node.users)
     while pending:
         user = pending.pop()
-        if user.op == "output" or user in output_set:
+        if user.op == "output":
             return False
         if user in lowered and lowered[user].kind == VIEW:
             pending.extend(user.users)
