@@ -8,7 +8,6 @@ refused and why, and the Dynamo graph it came from (its graph-break and recompil
 
 import collections
 import dataclasses
-import logging
 import os
 import sys
 
@@ -87,35 +86,17 @@ def _graph_breaks():
     return [f"{reason} (x{count})" for reason, count in counters["graph_break"].items()]
 
 
-class _RecompileLog(logging.Handler):
-    """Collects Dynamo's recompile messages (its "recompiles" log artifact) for the next graph."""
+def _recompile_reasons():
+    """Why Dynamo is compiling this frame again: the guard failure it recorded for the compilation
+    under way (its metrics context; the same text ``TORCH_LOGS=recompiles`` prints)."""
+    from torch._dynamo.utils import get_metrics_context
 
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.pending = []
-
-    def emit(self, record):
-        self.pending.append(record.getMessage().strip())
-
-
-_recompiles = None
-
-
-def watch_recompiles():
-    """Route Dynamo's recompile reasons here (once per process)."""
-    global _recompiles
-    if _recompiles is None:
-        _recompiles = _RecompileLog()
-        logger = logging.getLogger("torch._dynamo.guards.__recompiles")
-        logger.addHandler(_recompiles)
-        logger.setLevel(logging.DEBUG)
-    return _recompiles
+    reason = getattr(get_metrics_context(), "_metrics", {}).get("recompile_reason")
+    return [line.strip() for line in reason.splitlines() if line.strip()] if reason else []
 
 
 def record_dynamo_graph(gm):
-    log = watch_recompiles()
-    reasons, log.pending = log.pending, []
-    graph = DynamoGraph(len(_dynamo_graphs), len(gm.graph.nodes), _graph_breaks(), reasons)
+    graph = DynamoGraph(len(_dynamo_graphs), len(gm.graph.nodes), _graph_breaks(), _recompile_reasons())
     _dynamo_graphs.append(graph)
 
 
