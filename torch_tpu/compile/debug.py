@@ -22,7 +22,7 @@ class DynamoGraph:
 
     index: int
     nodes: int
-    graph_breaks: list  # reasons Dynamo broke graphs so far (from torch._dynamo.utils.counters)
+    graph_breaks: list  # the graph breaks Dynamo made since the previous graph (torch._dynamo.utils.counters)
     recompile_reasons: list  # guard failures that led to this compilation
 
 
@@ -80,10 +80,18 @@ def clear():
     _programs.clear()
 
 
+_breaks_seen = {}
+
+
 def _graph_breaks():
+    """The graph breaks Dynamo made since the previous graph reached the backend."""
     from torch._dynamo.utils import counters
 
-    return [f"{reason} (x{count})" for reason, count in counters["graph_break"].items()]
+    new = [f"{reason} (x{count - _breaks_seen.get(reason, 0)})" for reason, count in counters["graph_break"].items()
+           if count > _breaks_seen.get(reason, 0)]
+    _breaks_seen.clear()
+    _breaks_seen.update(counters["graph_break"])
+    return new
 
 
 def _recompile_reasons():

@@ -24,7 +24,6 @@ from .._errors import raise_cpu_error
 from ._common import as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store, write
 from ._registry import register
 
-PASSES_FOR_PRECISION = {"highest": mxu.EXACT, "high": 3, "medium": 1}
 
 # What torch CPU multiplies; bool and the wide unsigned types have no CPU matmul either
 # (addr alone takes bool).
@@ -51,7 +50,7 @@ def mxu_matmul(a, b, out=None):
     """``np.matmul`` on the emulated MXU at the user's float32 matmul precision."""
     if a.dtype == np.float64 or b.dtype == np.float64:
         _warn_float64()
-    passes = PASSES_FOR_PRECISION[torch.get_float32_matmul_precision()]
+    _, passes = mxu.FLOAT32_PRECISION[torch.get_float32_matmul_precision()]
     return mxu.matmul(a, b, out, precision_passes=passes)
 
 
