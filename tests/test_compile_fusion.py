@@ -148,7 +148,7 @@ def PROGRAM(args):
         del t_arg1_1, v_arg1_1
         v_add = scratch_3
         add_5(v_mm, c_4, out=v_add)
-        b0 = new_buffer(32); B0 = as_numpy(b0)
+        b0 = new_buffer(32); B0 = b0.array
         v_relu = ndarray(*slot_6, B0)
         k_relu_7(v_relu, v_add)
         charge(clock, cost_8, 3.328998699609883e-13, 128)

@@ -66,6 +66,7 @@ def plan_buffers(intervals):
 class _Writer:
     def __init__(self):
         self.lines, self.namespace, self.counter = [], {}, 0
+        self.wrapped = set()  # planned buffers that have a tensor over them (bt<index>)
 
     def constant(self, prefix, value):
         self.counter += 1
@@ -158,7 +159,7 @@ def generate(graph, name):
                 tensor_of[node] = f"t_{node.name}"
             return
         if home == "eager":
-            tensors = ", ".join(_tensor_expression(arg, tensor_of, homes, root, assignment) for arg in low.inputs)
+            tensors = ", ".join(_tensor_expression(arg, tensor_of, homes, root, assignment, w) for arg in low.inputs)
             w.line(f"t_{node.name} = {w.constant('eager_', _eager_call(node))}({tensors})")
             w.line(f"{v} = arrays_of(t_{node.name})")
             tensor_of[node] = f"t_{node.name}"
@@ -193,7 +194,7 @@ def generate(graph, name):
         else:
             index = assignment[node.name]
             if born.get(position[node]) == index:
-                w.line(f"b{index} = new_buffer({buffers[index][0]}); B{index} = as_numpy(b{index})")
+                w.line(f"b{index} = new_buffer({buffers[index][0]}); B{index} = b{index}.array")
             w.line(f"{v} = ndarray(*{w.constant('slot_', (tuple(value.shape), numpy_dtype(value.dtype)))}, B{index})")
         if low.inline is not None:  # one ufunc: called from the source itself, into the planned buffer
             ufunc, operands = low.inline
@@ -232,7 +233,8 @@ def generate(graph, name):
         for dead in deletions.pop(position[node], ()):
             w.line(f"del t_{dead}, v_{dead}")
         for index in released.pop(position[node], ()):
-            w.line(f"del b{index}, B{index}")
+            w.line(f"del b{index}, B{index}" + (f", bt{index}" if index in w.wrapped else ""))
+            w.wrapped.discard(index)
     for dead in (name for names in deletions.values() for name in names):
         w.line(f"del t_{dead}, v_{dead}")  # unused inputs
     results = [_output_expression(o, tensor_of, homes, root, w, assignment) for o in outputs]
@@ -320,7 +322,7 @@ def _eager_call(node):
     return call
 
 
-def _tensor_expression(node, tensor_of, homes, root, assignment):
+def _tensor_expression(node, tensor_of, homes, root, assignment, w):
     """A tensor holding ``node``'s value: its own, or a view over the tensor its root lives in."""
     if node in tensor_of:
         return tensor_of[node]
@@ -329,7 +331,10 @@ def _tensor_expression(node, tensor_of, homes, root, assignment):
         return f"tensor_view({tensor_of[base]}, v_{base.name}, v_{node.name})"
     if homes.get(base) == "buffer":
         index = assignment[base.name]
-        return f"tensor_view(b{index}, B{index}, v_{node.name})"
+        if index not in w.wrapped:  # a tensor over the buffer, made where an eager kernel or an output first needs it
+            w.line(f"bt{index} = tensor_over(b{index})")
+            w.wrapped.add(index)
+        return f"tensor_view(bt{index}, B{index}, v_{node.name})"
     raise AssertionError(f"{node.name} has no tensor to view")  # scratch values never leave their kernel
 
 
@@ -339,7 +344,7 @@ def _output_expression(node, tensor_of, homes, root, w, assignment):
     if not isinstance(node, torch.fx.Node):
         return w.constant("const_", node)
     if node in tensor_of or homes.get(root(node)) == "buffer":
-        return _tensor_expression(node, tensor_of, homes, root, assignment)
+        return _tensor_expression(node, tensor_of, homes, root, assignment, w)
     base = root(node)
     if base in tensor_of:
         return f"tensor_view({tensor_of[base]}, v_{base.name}, v_{node.name})"

@@ -78,6 +78,8 @@ def tensor_inputs(args):
             found.append(arg)
         elif isinstance(arg, (list, tuple)):
             found.extend(tensor_inputs(arg))
+        elif isinstance(arg, dict):
+            found.extend(tensor_inputs(arg.values()))
     return found
 
 

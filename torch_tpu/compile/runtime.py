@@ -12,12 +12,22 @@ import torch
 
 from .. import _C, _abstract, _tensor
 
+_create_empty_tensor = torch._C._acc.create_empty_tensor
 _address = lambda array: array.__array_interface__["data"][0]  # noqa: E731
 
 
 def new_buffer(nbytes):
-    """One planned HBM buffer of a program (a tpu byte tensor, so eager kernels can view it too)."""
-    return _tensor.empty((nbytes,), torch.uint8)
+    """One planned HBM buffer of a program: an allocation, with no tensor around it until one is needed."""
+    return _tensor.allocate(nbytes)
+
+
+def tensor_over(buffer):
+    """A tpu byte tensor whose storage holds ``buffer`` (for eager kernels and outputs that view it)."""
+    tensor = _create_empty_tensor((0,), torch.uint8)
+    storage = tensor.untyped_storage()
+    _tensor.set_metadata(tensor, storage, 0, (buffer.nbytes,), (1,))
+    setattr(storage, _tensor.BUFFER_ATTRIBUTE, buffer)
+    return tensor
 
 
 def new_output(shape, dtype):
@@ -80,7 +90,7 @@ HELPERS = {
     "charge": charge,
     "ignore_fp_errors": _C.vpu.ignore_fp_errors, "restore_fp_errors": _C.vpu.restore_fp_errors,
     "empty": lambda spec: np.empty(*spec), "host_view": host_view, "host_tensor": host_tensor,
-    "as_numpy": _tensor.as_numpy, "ndarray": np.ndarray, "new_buffer": new_buffer, "new_output": new_output,
+    "as_numpy": _tensor.as_numpy, "ndarray": np.ndarray, "new_buffer": new_buffer, "tensor_over": tensor_over, "new_output": new_output,
     "materialize": materialize, "tensor_view": tensor_view, "arrays_of": arrays_of,
 }
 
