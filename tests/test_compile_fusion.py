@@ -136,7 +136,7 @@ not fused: sum_1 into fused_mm_add_relu: a reduction does not fuse into a matmul
 def PROGRAM(args):
     token = ignore_fp_errors()
     try:
-        clock = chip.clock
+        clock = chip.clock; recording = clock.recorders  # a profiler wants each kernel's record
         t_arg0_1 = args[0]
         v_arg0_1 = as_numpy(t_arg0_1)
         t_arg1_1 = args[1]
@@ -151,11 +151,12 @@ def PROGRAM(args):
         b0 = new_buffer(32); B0 = b0.array
         v_relu = ndarray(*slot_6, B0)
         k_relu_7(v_relu, v_add)
-        charge(clock, cost_8, 3.328998699609883e-13, 128)
+        if recording: clock.charge(cost_8, clock.current_stream)
         t_sum_1, v_sum_1 = new_output(shape_9, dtype_10)
         k_sum_1_11(v_sum_1, v_relu)
-        charge(clock, cost_12, 0.0, 0)
+        if recording: clock.charge(cost_12, clock.current_stream)
         del b0, B0
+        if not recording: clock.run_program(program_cost_13, clock.current_stream)
         return [t_sum_1]
     finally:
         restore_fp_errors(token)

@@ -13,8 +13,10 @@ Every value of the graph gets a home, decided here once:
 - an eager node's results are the tensors its eager kernel returns.
 
 The source reads top to bottom as the graph does: each computation is one call
-``k_<node>(out, *inputs)``, each view one NumPy expression, each fused kernel ends with one
-``charge(...)`` of its precomputed cost on the chip's clock. ``program.source`` holds it.
+``k_<node>(out, *inputs)`` (or the ufunc itself, ``out=`` its buffer), each view one NumPy expression.
+Each fused kernel's cost is computed here; the program hands the chip's clock their precomputed sum at
+its end (``Clock.run_program``), or, while a profiler records, each kernel's own record as it ends.
+``program.source`` holds it.
 """
 
 import dataclasses
@@ -139,7 +141,7 @@ def generate(graph, name):
     helpers = _runtime_helpers()
     w.namespace.update(helpers)
     w.namespace["chip"] = chip = _C.current_chip()
-    w.line("clock = chip.clock")
+    w.line("clock = chip.clock; recording = clock.recorders  # a profiler wants each kernel's record")
     kernels, eager_nodes = [], []
     last_of_group = {group.nodes[-1]: group for group in fusion.groups}
     first_call = next((n for n in nodes if n.op == "call_function"), None)
@@ -210,8 +212,7 @@ def generate(graph, name):
         if group is not None:
             cost = _group_cost(group, lowered, homes, root)
             kernels.append((group.name, [n.name for n in group.nodes], cost))
-            compute = _C.clock.compute_seconds(cost, chip.spec) if cost.mxu_flops else 0.0
-            w.line(f"charge(clock, {w.constant('cost_', cost)}, {compute!r}, {cost.flops})")
+            w.line(f"if recording: clock.charge({w.constant('cost_', cost)}, clock.current_stream)")
 
     for node in nodes:
         v = f"v_{node.name}"
@@ -238,6 +239,9 @@ def generate(graph, name):
     for dead in (name for names in deletions.values() for name in names):
         w.line(f"del t_{dead}, v_{dead}")  # unused inputs
     results = [_output_expression(o, tensor_of, homes, root, w, assignment) for o in outputs]
+    if kernels:  # else the program's kernels reach the clock at once, as launching them one by one would
+        summary = w.constant("program_cost_", chip.clock.program_cost([cost for _, _, cost in kernels]))
+        w.line(f"if not recording: clock.run_program({summary}, clock.current_stream)")
     w.line(f"return [{', '.join(results)}]")
     body = "\n".join("    " + line for line in w.lines)
     # NumPy's floating-point warnings are off for the whole program, as the VPU's kernels turn them off

@@ -14,6 +14,9 @@ The rules (docs/compile.md explains them; they follow XLA's instruction fusion):
 5. A node never joins a kernel that one of its other inputs depends on (the kernel could not
    start before that input exists). Opaque and eager nodes, and the consumers of a reduction,
    start kernels of their own.
+6. **Multi-output loop fusion.** When an elementwise node combines the values of two loop kernels
+   over the same elements, neither reading the other (an optimizer's two moment updates, a fill
+   and its use), the two become one kernel: each value then crosses HBM at most once.
 
 Each refusal is recorded with its reason, for the debug output.
 """
@@ -58,6 +61,7 @@ def fuse(lowered):
     """Group the computations of ``lowered`` (node -> Lowered, in graph order) into kernels."""
     groups, group_of, refusals = [], {}, []
     depends = {}  # group index -> indices of the groups it reads from (directly)
+    order = {node: i for i, node in enumerate(lowered)}
 
     def producer(node):
         """The computation behind a value, looking through views."""
@@ -108,7 +112,34 @@ def fuse(lowered):
         joined.nodes.append(node)
         group_of[node] = joined
         depends[joined.index] |= {group_of[p].index for p in producers if p in group_of and group_of[p] is not joined}
-    return Fusion(groups, group_of, refusals)
+        if joined.kind == "loop":
+            for sibling in {group_of[p].index: group_of[p] for p in producers if p in group_of}.values():
+                if sibling is not joined and _siblings(joined, sibling, depends, reaches):
+                    _merge(sibling, joined, group_of, depends, order)
+    return Fusion([g for g in groups if g.nodes], group_of, refusals)
+
+
+def _siblings(group, other, depends, reaches):
+    """Rule 6 (multi-output loop fusion): a loop kernel over the same elements that ``group`` reads only
+    directly (through no third kernel) and that does not read ``group`` runs as part of it."""
+    if other.kind != "loop" or other.elements != group.elements or reaches(other.index, group.index):
+        return False
+    direct = depends[group.index]
+    return not any(reaches(index, other.index) for index in direct if index != other.index)
+
+
+def _merge(source, target, group_of, depends, order):
+    """Move ``source``'s nodes into ``target`` (kept in graph order); kernels that read ``source`` now read ``target``."""
+    target.nodes = sorted(target.nodes + source.nodes, key=order.__getitem__)
+    for node in source.nodes:
+        group_of[node] = target
+    source.nodes = []
+    depends[target.index] |= depends.pop(source.index) - {target.index}
+    for reads in depends.values():
+        if source.index in reads:
+            reads.discard(source.index)
+            reads.add(target.index)
+    depends[target.index].discard(target.index)
 
 
 def _kind(low):

@@ -283,6 +283,8 @@ def lower_pointwise(node, maths):
     function, kwargs = maths.function, dict(node.kwargs)
     if kwargs.get("alpha", 1) == 1 and not extras and function in _UFUNC_BODIES:
         function, kwargs = _UFUNC_BODIES[function], {}
+    if function is pointwise.power and compute.kind == "f":  # power's body for floating operands
+        function = np.power
     ufunc = isinstance(function, np.ufunc) and not extras and not kwargs
 
     def operands(arrays):

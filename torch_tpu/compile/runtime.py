@@ -78,16 +78,7 @@ def host_tensor(value):
     return value
 
 
-def charge(clock, cost, compute_seconds, flops):
-    """One fused kernel on the chip's clock: a full record while a profiler records, else the totals only."""
-    if clock.recorders:
-        clock.charge(cost, clock.current_stream)
-    else:
-        clock.advance(cost.name, cost.bytes_read + cost.bytes_written, clock.current_stream, compute_seconds, flops)
-
-
 HELPERS = {
-    "charge": charge,
     "ignore_fp_errors": _C.vpu.ignore_fp_errors, "restore_fp_errors": _C.vpu.restore_fp_errors,
     "empty": lambda spec: np.empty(*spec), "host_view": host_view, "host_tensor": host_tensor,
     "as_numpy": _tensor.as_numpy, "ndarray": np.ndarray, "new_buffer": new_buffer, "tensor_over": tensor_over, "new_output": new_output,
