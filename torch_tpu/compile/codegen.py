@@ -107,6 +107,7 @@ def generate(graph, name):
             last_use[base] = max(last_use.get(base, 0), position[node])
             last_use[arg] = max(last_use.get(arg, 0), position[node])
 
+    viewed_by_outputs = {root(o) for o in output_set}
     homes = {}
     for node in nodes:
         if node.op == "placeholder":
@@ -123,7 +124,7 @@ def generate(graph, name):
                 homes[node] = "inplace"
             elif low.host:
                 homes[node] = "host"
-            elif node in output_set:
+            elif node in output_set or node in viewed_by_outputs:  # outputs, and what outputs view, are tensors
                 homes[node] = "output"
             elif _internal(node, fusion, lowered, output_set, root):
                 homes[node] = "scratch"

@@ -414,6 +414,24 @@ def lower_embedding(node):
     return Lowered(OPAQUE, run, (weight, indices))
 
 
+@lowers(aten.embedding_dense_backward.default)
+def lower_embedding_backward(node):
+    """Each gradient row added to its weight row in order, as eager's kernel adds them (its own helper)."""
+    from ..ops import indexing
+
+    grad_output, indices, num_weights, padding_idx, scale_grad_by_freq = node.args
+    if scale_grad_by_freq or 0 <= padding_idx < num_weights or value_of(grad_output).dtype != value_of(node).dtype:
+        return Lowered(EAGER, inputs=(grad_output, indices), reason="frequency scaling, padding or a cast")
+    width = value_of(grad_output).shape[-1]
+
+    def run(out, grad, positions):
+        out.fill(0)
+        flat = positions.reshape(-1)
+        indexing._add_rows_in_order(out, flat, grad.reshape(flat.size, width))
+
+    return Lowered(OPAQUE, run, (grad_output, indices))
+
+
 @lowers(aten.cat.default)
 def lower_cat(node):
     tensors, dim = node.args[0], node.args[1] if len(node.args) > 1 else 0
