@@ -17,8 +17,12 @@ import sys
 import time
 import warnings
 
-import numpy as np
-import torch
+# One BLAS thread for every variant, set before NumPy loads: on a shared host a multi-threaded BLAS
+# waiting for busy cores made small matmuls up to 100x slower (docs/performance.md).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 sys.path.insert(0, os.path.dirname(__file__))
@@ -123,11 +127,11 @@ def main():
     parser.add_argument("--number", type=int, default=10, help="steps per timing round")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(1)
     results = {name: measure(name, *factories, args.number) for name, factories in MODELS.items()}
     header = (f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"torch {torch.__version__}, NumPy {np.__version__}; one full training step (forward, backward, AdamW), "
-              "best of interleaved rounds.")
+              "every variant single-threaded, best of interleaved rounds.")
     markdown = f"{header}\n\n{tables(results)}"
     print(markdown)
     if not args.no_write:
