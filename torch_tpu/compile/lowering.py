@@ -28,7 +28,7 @@ import torch
 from .. import _C, _cost, _tensor
 from .._tensor import DTYPE_NAME, numpy_dtype
 from ..ops import linalg, nn, pointwise, reduction
-from ..ops._common import opmath_dtype, wrap_dim, wrap_dims
+from ..ops._common import converted, opmath_dtype, wrap_dim, wrap_dims
 
 aten = torch.ops.aten
 LOWERINGS = {}  # OpOverload -> lowering function(node) -> Lowered
@@ -179,23 +179,6 @@ def _selected(node):
     dim = wrap_dim(node.args[1], source.dim())
     index = (slice(None),) * dim + (node.args[2],)
     return lambda array: array[index]
-
-
-def _strided(node):
-    value = value_of(node)
-    itemsize = value.element_size()
-    shape, strides = tuple(value.shape), tuple(s * itemsize for s in value.stride())
-    offset = value.storage_offset() * itemsize
-
-    def as_strided(array):
-        base = array
-        while base.base is not None and isinstance(base.base, np.ndarray):
-            base = base.base
-        start = array.__array_interface__["data"][0] - base.__array_interface__["data"][0]
-        return np.lib.stride_tricks.as_strided(base.reshape(-1).view(array.dtype)[(offset - start) // itemsize:],
-                                               shape, strides)
-
-    return as_strided
 
 
 for _overloads, _function in (
@@ -498,8 +481,7 @@ def _reduced_axes(node):
 
 
 def _accumuland(array, dtype):
-    from ..ops._common import converted
-
+    """An array as a reduction into ``dtype`` reads it (eager's ``_accumuland``): converted, widened to opmath."""
     return converted(array, dtype).astype(opmath_dtype(dtype), copy=False)
 
 
