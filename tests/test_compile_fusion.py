@@ -161,3 +161,16 @@ def PROGRAM(args):
     finally:
         restore_fp_errors(token)
 """)
+
+
+def test_the_profiler_shows_each_fused_kernel_as_one_event_named_after_what_it_fuses():
+    x, w = torch.randn(8, 16).to("tpu"), torch.randn(16, 4).to("tpu")
+    compiled = torch.compile(lambda x, w: torch.relu(x @ w + 1), backend="tpu")
+    compiled(x, w)
+    with torch_tpu.profiler.profile() as prof:
+        compiled(x, w)
+    (record,) = prof.kernel_records
+    assert record.cost.name == "fused_mm_add_relu"
+    assert record.cost.flops == 2 * 8 * 16 * 4
+    assert (record.cost.bytes_read, record.cost.bytes_written) == (x.nbytes + w.nbytes, 8 * 4 * 4)  # the scalar 1 is no HBM read
+    assert record.end > record.start
