@@ -16,7 +16,7 @@ import torch
 from functorch.compile import make_boxed_func
 from torch.testing import assert_close
 
-from models import GPT, MLP, cross_entropy
+from models import GPT, MLP, SmallCNN, cross_entropy
 
 pytestmark = pytest.mark.filterwarnings("ignore:Profiler record function")
 
@@ -80,6 +80,27 @@ def test_mlp_training_step_gradients_are_bit_exact():
     assert_identical(loss, expected)
     for got, want in zip(compiled.parameters(), eager.parameters()):
         assert_identical(got.grad, want.grad)
+
+
+def test_cnn_training_steps_match_eager_with_eager_kernels_for_conv_batch_norm_and_pooling():
+    """Convolution, batch norm and max pooling run their eager kernels inside the program; AOTAutograd
+    decomposes batch norm's backward, so gradients agree to float32 rounding, the loss bit for bit."""
+    optimizer = functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9)
+    (eager, eager_opt), (compiled, compiled_opt) = twins(SmallCNN, optimizer)
+    step = torch.compile(lambda x, y: cross_entropy(compiled(x), y), backend="tpu")
+    x, y = torch.randn(4, 3, 8, 8).to("tpu"), torch.randint(0, 4, (4,)).to("tpu")
+    for _ in range(3):
+        eager_opt.zero_grad()
+        compiled_opt.zero_grad()
+        loss, expected = step(x, y), cross_entropy(eager(x), y)
+        loss.backward()
+        expected.backward()
+        assert_close(loss.cpu(), expected.cpu(), rtol=1e-6, atol=0)
+        for got, want in zip(compiled.parameters(), eager.parameters()):
+            assert_close(got.grad.cpu(), want.grad.cpu(), rtol=1e-6, atol=1e-6)
+        assert_identical(compiled.norm.running_var, eager.norm.running_var)
+        eager_opt.step()
+        compiled_opt.step()
 
 
 def test_gpt_loss_and_gradients_match_eager_every_step():
