@@ -163,6 +163,23 @@ def PROGRAM(args):
 """)
 
 
+    def test_forward_and_backward_kernel_summaries(self):
+        torch._dynamo.reset()
+        debug.clear()
+        x = torch.randn(4, 8).to("tpu")
+        w = torch.randn(8, 3).to("tpu").requires_grad_()
+        torch.compile(lambda x, w: torch.tanh(x @ w).sum(), backend="tpu")(x, w).backward()
+        summaries = "\n".join(p.dump(source=False).replace(p.name, p.kind.upper()) for p in torch_tpu.compile.last_programs())
+        self.assertExpectedInline(summaries, """\
+== FORWARD (forward): 2 kernels, 0 eager nodes, buffers 48 bytes
+kernel fused_mm_tanh: mm, tanh; read 224 B, written 96 B, 192 FLOPs
+kernel sum: sum_1; read 48 B, written 4 B
+not fused: sum_1 into fused_mm_tanh: a reduction does not fuse into a matmul kernel
+== BACKWARD (backward): 2 kernels, 0 eager nodes, buffers 48 bytes
+kernel fused_tanh_mul_sub: tanh, mul, sub, mul_1; read 52 B, written 48 B
+kernel mm: mm_1; read 176 B, written 96 B, 192 FLOPs""")
+
+
 def test_the_profiler_shows_each_fused_kernel_as_one_event_named_after_what_it_fuses():
     x, w = torch.randn(8, 16).to("tpu"), torch.randn(16, 4).to("tpu")
     compiled = torch.compile(lambda x, w: torch.relu(x @ w + 1), backend="tpu")
