@@ -197,6 +197,36 @@ class Clock:
             self._progress()
         return start, end
 
+    def program_cost(self, kernels):
+        """What a compiled program's ``kernels`` (KernelCosts, run back to back) add to the clock, summed
+        once when the program is built: (seconds, kernel count, {name: OpTotals})."""
+        totals, seconds = {}, 0.0
+        for cost in kernels:
+            compute = compute_seconds(cost, self.spec) if cost.mxu_flops else 0.0
+            kernel = kernel_seconds(cost, self.spec)
+            totals.setdefault(cost.name, OpTotals()).add(kernel, compute, cost.bytes, cost.flops)
+            seconds += kernel
+        return seconds, len(kernels), totals
+
+    def run_program(self, program_cost, stream=0):
+        """Run a compiled program's kernels on ``stream``: the clock ends where launching them one by one
+        (``advance``) would end it, in one step. Profilers need each kernel's record: they use ``charge``."""
+        seconds, count, totals = program_cost
+        start = self.stream_seconds.get(stream, self.host_seconds)
+        self.stream_seconds[stream] = start + seconds
+        for name, added in totals.items():
+            mine = self.op_totals.get(name)
+            if mine is None:
+                mine = self.op_totals[name] = OpTotals()
+            mine.count += added.count
+            mine.seconds += added.seconds
+            mine.compute_seconds += added.compute_seconds
+            mine.bytes += added.bytes
+            mine.flops += added.flops
+        self.kernels_run += count
+        if self.kernels_run >= self._next_progress:
+            self._progress()
+
     def collective_stream(self, label):
         """A new stream for the collectives of one process group, named ``label`` in traces."""
         stream = COLLECTIVE_STREAM_BASE + len(self.stream_names)

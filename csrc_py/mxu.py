@@ -41,6 +41,11 @@ from .vpu import ignore_fp_errors, restore_fp_errors
 
 EXACT = None  # precision_passes value: a float32 matmul, no bf16 splitting
 
+# torch.set_float32_matmul_precision -> (bf16 passes a float32 matmul is charged, passes its numerics run).
+# The one table for cost and numerics alike. "highest" is XLA's HIGHEST (6 passes) on the clock and one
+# float32 matmul in the numerics, which agrees with 6 passes to float32 rounding (docs/numerics.md).
+FLOAT32_PRECISION = {"highest": (6, EXACT), "high": (3, 3), "medium": (1, 1)}
+
 # passes -> the (lhs piece, rhs piece) products, in the order they are accumulated
 PASS_PRODUCTS = {
     1: ((0, 0),),

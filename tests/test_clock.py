@@ -202,3 +202,22 @@ class torch_tpu_profile:
 
     def __exit__(self, *exc):
         clock.recorders.remove(self.records)
+
+
+@pytest.mark.parametrize("precision", ["highest", "high", "medium"])
+def test_one_precision_table_sets_float32_matmul_cost_and_numerics(precision):
+    """The passes a float32 matmul is charged and the passes its numerics run come from one table."""
+    import numpy as np
+
+    from torch_tpu._C import mxu
+
+    charged, computed = mxu.FLOAT32_PRECISION[precision]
+    a, b = torch.randn(8, 32), torch.randn(32, 4)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        product = (a.to("tpu") @ b.to("tpu")).cpu().numpy()
+        assert _cost.kernel_cost("mm", (a, b), {}, torch.empty(8, 4)).float32_passes == charged
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    np.testing.assert_array_equal(product, mxu.matmul(a.numpy(), b.numpy(), precision_passes=computed))

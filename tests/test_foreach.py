@@ -196,3 +196,13 @@ def test_functional_results_are_new_tensors():
     results = torch._foreach_mul(tensors, 2.0)
     for t, r in zip(tensors, results):
         assert r is not t and r.shape == t.shape
+
+
+def test_foreach_unary_ops_use_the_pointwise_kernels_maths():
+    """One formula per op: lgamma(-inf) is inf in the pointwise kernel, so it is in the foreach one too."""
+    values = torch.tensor([-math.inf, -2.5, 0.0, 0.5, 3.0, math.inf, math.nan])
+    for name in _UNARY:
+        expected = getattr(torch, name)(values.to("tpu"))
+        (got,) = getattr(torch, f"_foreach_{name}")([values.to("tpu")])
+        assert_close(got.cpu(), expected.cpu(), rtol=0, atol=0, equal_nan=True, msg=name)
+    check(lambda t: torch._foreach_lgamma(t), [values])

@@ -97,3 +97,14 @@ def test_submodules_load_when_first_named():
         print(hasattr(torch_tpu, 'no_such_module'))
     """).stdout.splitlines()
     assert out == ["False torch.float8_e4m3fn True", "False"]
+
+
+def test_the_compile_backend_loads_only_when_torch_compile_calls_it():
+    out = run_python("""
+        import sys, torch
+        x = torch.ones(3, device="tpu") + 1
+        compile_modules = ("torch._dynamo", "torch._inductor", "torch_tpu.compile.pipeline")
+        print([m for m in compile_modules if m in sys.modules], "torch_tpu.compile.registration" in sys.modules)
+        print(torch.compile(lambda x: x * 2, backend="tpu")(x).tolist(), "torch_tpu.compile.pipeline" in sys.modules)
+    """).stdout.splitlines()
+    assert out == ["[] True", "[4.0, 4.0, 4.0] True"]

@@ -29,6 +29,9 @@ _lazy.install_fallbacks()
 
 from . import _pinned, _printing, _pytorch_profiler, _storage, autocast, distributed, profiler  # noqa: E402,F401
 from . import _abstract  # noqa: E402
+from .compile import registration as _compile_registration  # noqa: E402
+
+_compile_registration.install()  # light: hooks that run when Dynamo and Inductor are first imported
 from ._abstract import abstract, has_values, is_abstract  # noqa: E402
 from ._errors import NoValuesError  # noqa: E402
 

@@ -63,6 +63,16 @@ def _answered_on_tpu(original, answer):
     return entry_point
 
 
+def _never_traced(function):
+    """Dynamo must run these entry points, not trace them: it asks for the current stream while it
+    traces, and tracing the Python entry point would ask again, without end. torch._C's own frame
+    switch is used (importing torch._dynamo here would cost seconds at ``import torch``)."""
+    frames = torch._C._dynamo.eval_frame
+    frames.set_code_exec_strategy(function.__code__,
+                                  frames._FrameExecStrategy(frames._FrameAction.SKIP, frames._FrameAction.DEFAULT))
+    return function
+
+
 def install():
     for name, answer in _TPU_ANSWERS.items():
-        setattr(torch._C, name, _answered_on_tpu(getattr(torch._C, name), answer))
+        setattr(torch._C, name, _never_traced(_answered_on_tpu(getattr(torch._C, name), answer)))

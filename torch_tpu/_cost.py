@@ -34,7 +34,6 @@ WRITE_ONLY_SELF = frozenset({
     "geometric_", "bernoulli_", "random_",
 })
 HOST_TRANSFERS = frozenset({"_copy_from", "_copy_from_and_resize"})
-PASSES_BY_PRECISION = {"highest": 6, "high": 3, "medium": 1}
 
 _perf_counter_ns = time.perf_counter_ns
 _thread_id = threading.get_native_id
@@ -129,7 +128,9 @@ FUSED_COSTS = {}
 
 
 def float32_passes():
-    return PASSES_BY_PRECISION.get(torch.get_float32_matmul_precision(), 6)
+    """The bf16 passes a float32 matmul is charged at the user's precision (the numerics' own table)."""
+    passes, _ = _C.mxu.FLOAT32_PRECISION[torch.get_float32_matmul_precision()]
+    return passes
 
 
 def _outputs(args, kwargs, result):

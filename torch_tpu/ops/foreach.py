@@ -13,12 +13,11 @@ errors stay PyTorch's.
 import math
 
 import numpy as np
-import scipy.special
 import torch
 
 from .. import _tensor
-from .._C import special as vpu_special
 from ._common import as_numpy, empty, operand, opmath_dtype, opmath_operand, store, write
+from . import pointwise
 from ._overlap import check_no_internal_overlap
 from ._registry import register
 
@@ -158,34 +157,29 @@ def _scalar_column(kind, self, scalar):
 # --- unary -----------------------------------------------------------------------------------------------------
 
 
-def _sign(x, out=None):
-    return np.subtract(x > 0, x < 0, out=out, dtype=x.dtype)  # 0 for NaN, as torch.sign gives
+def _pointwise_maths(overload):
+    """The pointwise kernel's maths of ``overload`` (one formula for eager, foreach and compiled code),
+    callable with ``out=`` as the fast path calls it."""
+    function = pointwise.MATHS[overload].function
+    if isinstance(function, np.ufunc):
+        return function
+
+    def apply(first, *others, out=None, **keywords):
+        # numbers become arrays of the compute type, as the pointwise kernels' as_compute makes them
+        others = [o if isinstance(o, np.ndarray) else np.asarray(o).astype(first.dtype) for o in others]
+        result = function(first, *others, **keywords)
+        if out is None:
+            return result
+        out[...] = result
+        return out
+
+    return apply
 
 
-def _sigmoid(x, out=None):
-    return np.divide(1, 1 + np.exp(-x), out=out)
-
-
-def _rsqrt(x, out=None):
-    return np.divide(1, np.sqrt(x), out=out)
-
-
-def _reciprocal(x, out=None):
-    return np.divide(1, x, out=out)
-
-
-def _frac(x, out=None):
-    return np.subtract(x, np.trunc(x), out=out)
-
-
-_UNARY = {
-    "abs": np.abs, "neg": np.negative, "sqrt": np.sqrt, "rsqrt": _rsqrt, "reciprocal": _reciprocal,
-    "exp": np.exp, "expm1": np.expm1, "log": np.log, "log1p": np.log1p, "log2": np.log2, "log10": np.log10,
-    "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
-    "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh, "sigmoid": _sigmoid, "sign": _sign,
-    "ceil": np.ceil, "floor": np.floor, "trunc": np.trunc, "round": np.rint, "frac": _frac,
-    "erf": vpu_special.erf, "erfc": scipy.special.erfc, "lgamma": scipy.special.gammaln,
-}
+_UNARY = {name: _pointwise_maths(f"{name}.out") for name in (
+    "abs", "neg", "sqrt", "rsqrt", "reciprocal", "exp", "expm1", "log", "log1p", "log2", "log10", "sin", "cos", "tan",
+    "asin", "acos", "atan", "sinh", "cosh", "tanh", "sigmoid", "sign", "ceil", "floor", "trunc", "round", "frac", "erf",
+    "erfc", "lgamma")}
 
 
 def _unary_kernel(name, fn, inplace):
@@ -200,17 +194,11 @@ def _unary_kernel(name, fn, inplace):
 # --- binary: add, sub, mul, div, maximum, minimum, clamp_min, clamp_max, pow -----------------------------------
 
 
-def _with_alpha(ufunc):
-    def apply(x, y, out=None, alpha=1):
-        return ufunc(x, y if alpha == 1 else np.multiply(y, alpha), out=out)
-
-    return apply
-
-
 _BINARY = {
-    "add": _with_alpha(np.add), "sub": _with_alpha(np.subtract), "mul": np.multiply, "div": np.divide,
-    "maximum": np.maximum, "minimum": np.minimum, "clamp_min": np.maximum, "clamp_max": np.minimum,
-    "pow": np.power,
+    "add": _pointwise_maths("add.out"), "sub": _pointwise_maths("sub.out"), "mul": _pointwise_maths("mul.out"),
+    "div": _pointwise_maths("div.out"), "maximum": _pointwise_maths("maximum.out"),
+    "minimum": _pointwise_maths("minimum.out"), "clamp_min": np.maximum, "clamp_max": np.minimum,
+    "pow": _pointwise_maths("pow.Tensor_Tensor_out"),
 }
 # torch.maximum/minimum take tensors only; with scalars PyTorch's composite uses clamp_min/clamp_max.
 _SCALAR_METHOD = {"maximum": "clamp_min", "minimum": "clamp_max"}

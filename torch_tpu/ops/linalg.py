@@ -24,7 +24,6 @@ from .._errors import raise_cpu_error
 from ._common import as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store, write
 from ._registry import register
 
-PASSES_FOR_PRECISION = {"highest": mxu.EXACT, "high": 3, "medium": 1}
 
 # What torch CPU multiplies; bool and the wide unsigned types have no CPU matmul either
 # (addr alone takes bool).
@@ -51,12 +50,12 @@ def mxu_matmul(a, b, out=None):
     """``np.matmul`` on the emulated MXU at the user's float32 matmul precision."""
     if a.dtype == np.float64 or b.dtype == np.float64:
         _warn_float64()
-    passes = PASSES_FOR_PRECISION[torch.get_float32_matmul_precision()]
+    _, passes = mxu.FLOAT32_PRECISION[torch.get_float32_matmul_precision()]
     return mxu.matmul(a, b, out, precision_passes=passes)
 
 
-def scaled_sum_into(out, product, bias, beta, alpha):
-    """``out = beta * bias + alpha * product`` in the accumulator's precision, rounded once.
+def scaled_sum(product, bias, beta, alpha):
+    """``beta * bias + alpha * product`` in the accumulator's precision, in ``product``'s memory.
 
     Like BLAS, ``beta == 0`` ignores ``bias`` (NaN included) and ``alpha == 0`` the product.
     Integer results truncate the scalars to integers first, as CPU does.
@@ -70,6 +69,12 @@ def scaled_sum_into(out, product, bias, beta, alpha):
     if beta != 0:
         bias = bias.astype(product.dtype, copy=False)
         product += bias if beta == 1 else beta * bias
+    return product
+
+
+def scaled_sum_into(out, product, bias, beta, alpha):
+    """``out = beta * bias + alpha * product`` (``scaled_sum``), rounded once into ``out``."""
+    product = scaled_sum(product, bias, beta, alpha)
     if product.base is not None and np.may_share_memory(product, as_numpy(out)):
         return out  # the product was computed in out's own memory
     return write(out, product)

@@ -244,14 +244,12 @@ def flat_operand(param):
     return None if param is None else opmath_operand(param).reshape(-1)
 
 
-@register("native_layer_norm")
-def native_layer_norm(input, normalized_shape, weight, bias, eps):
-    check_layer_norm_inputs(input, normalized_shape, weight, bias)
-    x, stats_shape = layer_norm_rows(input, normalized_shape)
+def layer_norm_arrays(x, weight_rows, bias_rows, eps):
+    """Layer norm of the rows of ``x`` (opmath): ``normalize(destination)`` writes the result, with the
+    row means and inverse standard deviations."""
     mean = row_means(x)
     centered = x - mean[:, None]
     rstd = inverse_std(row_means(np.square(centered)), eps)
-    weight_rows, bias_rows = flat_operand(weight), flat_operand(bias)
 
     def normalize(destination):
         out = destination.reshape(x.shape)
@@ -261,20 +259,25 @@ def native_layer_norm(input, normalized_shape, weight, bias, eps):
         if bias_rows is not None:
             out += bias_rows
 
+    return normalize, mean, rstd
+
+
+@register("native_layer_norm")
+def native_layer_norm(input, normalized_shape, weight, bias, eps):
+    check_layer_norm_inputs(input, normalized_shape, weight, bias)
+    x, stats_shape = layer_norm_rows(input, normalized_shape)
+    normalize, mean, rstd = layer_norm_arrays(x, flat_operand(weight), flat_operand(bias), eps)
     out = compute_into(empty(input.shape, input.dtype), x.dtype, normalize)
     stats_dtype = statistics_dtype(input, weight, bias)
     return (out, store(mean.reshape(stats_shape), stats_dtype),
             store(rstd.reshape(stats_shape), stats_dtype))
 
 
-@register("native_layer_norm_backward")
-def native_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask):
-    x, _ = layer_norm_rows(input, normalized_shape)
-    dy = opmath_operand(grad_out).reshape(x.shape)
-    mean, rstd = opmath_operand(mean).reshape(-1, 1), opmath_operand(rstd).reshape(-1, 1)
+def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows):
+    """The backward of ``layer_norm_arrays`` (all operands opmath rows): ``input_gradient(destination)``
+    writes d loss / d x, with d loss / d xhat's weight and bias sums (None without a weight)."""
     xhat = x - mean
     xhat *= rstd
-    weight_rows = flat_operand(weight)
     grad_xhat = dy if weight_rows is None else dy * weight_rows
 
     def input_gradient(destination):  # rstd * (grad_xhat - mean(grad_xhat) - xhat * mean(grad_xhat * xhat))
@@ -284,12 +287,21 @@ def native_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, we
         out -= row_means(grad_xhat)[:, None]
         out *= rstd
 
+    return input_gradient, lambda: column_sums(dy * xhat), lambda: column_sums(dy)
+
+
+@register("native_layer_norm_backward")
+def native_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask):
+    x, _ = layer_norm_rows(input, normalized_shape)
+    dy = opmath_operand(grad_out).reshape(x.shape)
+    mean, rstd = opmath_operand(mean).reshape(-1, 1), opmath_operand(rstd).reshape(-1, 1)
+    input_gradient, weight_sums, bias_sums = layer_norm_backward_arrays(x, dy, mean, rstd, flat_operand(weight))
     grad_input = compute_into(empty(input.shape, input.dtype), x.dtype, input_gradient) if output_mask[0] else None
     grad_weight = grad_bias = None
     if output_mask[1] and weight is not None:
-        grad_weight = store(column_sums(dy * xhat).reshape(weight.shape), weight.dtype)
+        grad_weight = store(weight_sums().reshape(weight.shape), weight.dtype)
     if output_mask[2] and bias is not None:
-        grad_bias = store(column_sums(dy).reshape(bias.shape), bias.dtype)
+        grad_bias = store(bias_sums().reshape(bias.shape), bias.dtype)
     return grad_input, grad_weight, grad_bias
 
 

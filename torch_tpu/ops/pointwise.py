@@ -11,6 +11,7 @@ Semantics follow PyTorch, not NumPy, wherever the two differ: integer division b
 past the bit width saturate. Reduced-precision floats compute in float32 and round once on store.
 """
 
+import dataclasses
 import math
 
 import ml_dtypes
@@ -128,6 +129,21 @@ def compute_into(out, function, operands, dtype, extras=(), options=None, opmath
 # The kernel factory
 
 
+@dataclasses.dataclass(frozen=True)
+class Maths:
+    """What a pointwise overload computes, for callers that hold NumPy arrays (compiled programs): the
+    first ``operands`` arguments promote to ``rule(common dtype)``, computed in its opmath type when
+    ``opmath(*promoted)`` says so, by ``function(*arrays, *extras, **options)``."""
+
+    function: object
+    operands: int
+    rule: object
+    opmath: object
+
+
+MATHS = {}  # overload name -> Maths, filled by the two factories below
+
+
 def structured(overload, function, operands=1, rule=keep, check=None, opmath=True, result=None,
                shape=None, exact_out=False):
     """Register ``function`` as the kernel of a structured op's ``.out`` overload.
@@ -152,6 +168,7 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result(common), promoted)
         return compute_into(out, function, promoted, dtype, extras, kwargs, opmath)
 
+    MATHS[overload] = Maths(function, operands, rule, lambda *promoted: opmath)
     register(overload)(kernel)
     return kernel
 
@@ -191,6 +208,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         return run(out, args, kwargs)
 
     for overload in overloads:
+        MATHS[overload] = Maths(function, operands, rule, opmath)
         schema = resolve(overload)._schema
         if any(argument.is_out for argument in schema.arguments):
             register(overload)(out_variant)
@@ -1010,7 +1028,7 @@ def where_into(out, condition, self, other):
         raise RuntimeError(f"where expected condition to be a boolean tensor, but got a tensor with dtype "
                            f"{scalar_type_name(condition.dtype)}")
     compute = opmath_dtype(common_dtype(self, other))
-    return write(out, np.where(operand(condition), as_compute(self, compute), as_compute(other, compute)))
+    return write(out, where(operand(condition), as_compute(self, compute), as_compute(other, compute)))
 
 
 def check_complex_parts(result_dtype, real, imag, out=None):

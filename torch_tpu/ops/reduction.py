@@ -17,7 +17,9 @@ import warnings
 import numpy as np
 import torch
 
+from .. import _C
 from .._errors import cannot_cast, not_implemented_for, scalar_type_name, shape_mismatch
+from .._tensor import DTYPE_NAME
 from .cpu_replay import libstdcxx_order
 from ._common import (as_numpy, converted, empty, exact_dtype, operand, opmath_dtype, prepare_out, store, wrap_dim,
                       wrap_dims, write)
@@ -65,14 +67,27 @@ def _accumuland(self, dtype=None):
     return converted(operand(self), dtype).astype(opmath_dtype(dtype), copy=False)
 
 
-def _reduce_into(out, reduction, array, axes, keepdim):
-    """Run a NumPy reduction, straight into ``out``'s memory when no cast is needed."""
-    target = as_numpy(out)
+def reduce_into(target, reduction, array, axes, keepdim, dtype_name):
+    """Run a NumPy reduction into the array ``target`` (of torch dtype ``dtype_name``), straight into
+    its memory when no cast is needed, else rounded on store."""
     if target.dtype == array.dtype:
         reduction(array, axis=axes, keepdims=keepdim, out=target)
     else:
-        write(out, np.asarray(reduction(array, axis=axes, keepdims=keepdim)))
+        _C.dtypes.cast_into(target, np.asarray(reduction(array, axis=axes, keepdims=keepdim)), dtype_name)
+    return target
+
+
+def _reduce_into(out, reduction, array, axes, keepdim):
+    reduce_into(as_numpy(out), reduction, array, axes, keepdim, DTYPE_NAME[out.dtype])
     return out
+
+
+def mean_array(array, axes, keepdim):
+    """The mean of ``array`` (already in its accumulation type) over ``axes``."""
+    total = np.sum(array, axis=axes, keepdims=keepdim)
+    count = math.prod(array.shape[axis] for axis in axes)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(total / np.asarray(count, total.dtype))
 
 
 def _sum_dtype(self, dtype):
@@ -176,10 +191,7 @@ def mean_out(self, dim, keepdim=False, *, dtype=None, out):
     if not torch.can_cast(_mean_dtype(self, dtype), out.dtype):
         raise cannot_cast(_mean_dtype(self, dtype), out.dtype)
     _reduction_out(out, self, axes, keepdim)
-    total = np.sum(_accumuland(self, out.dtype), axis=axes, keepdims=keepdim)
-    count = math.prod(self.shape[axis] for axis in axes)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return write(out, np.asarray(total / np.asarray(count, total.dtype)))
+    return write(out, mean_array(_accumuland(self, out.dtype), axes, keepdim))
 
 
 @register("nansum.out")

@@ -1,0 +1,365 @@
+"""Code generation: one Python function per FX graph, calling the kernels' NumPy maths directly.
+
+Every value of the graph gets a home, decided here once:
+
+- graph inputs are the caller's tensors, read through NumPy views;
+- a value only its own kernel uses is a host scratch array: on the chip it never leaves the
+  kernel, so it costs no HBM allocation and no HBM traffic;
+- a value a later kernel reads lives in an HBM **buffer** planned from liveness: allocated where
+  its first value is made, handed on to a later value of the same size once its value is dead,
+  released after its last value's last use. HBM then holds what eager mode would hold (no
+  program-long arena on top of the outputs), and ``memory_allocated`` stays exact;
+- a graph output is a new tpu tensor of its own, the kernel writing straight into it;
+- an eager node's results are the tensors its eager kernel returns.
+
+The source reads top to bottom as the graph does: each computation is one call
+``k_<node>(out, *inputs)`` (or the ufunc itself, ``out=`` its buffer), each view one NumPy expression.
+Each fused kernel's cost is computed here; the program hands the chip's clock their precomputed sum at
+its end (``Clock.run_program``), or, while a profiler records, each kernel's own record as it ends.
+``program.source`` holds it.
+"""
+
+import dataclasses
+import math
+import operator
+
+import numpy as np
+import torch
+
+from .. import _C
+from .._tensor import numpy_dtype
+from .fusion import fuse
+from .lowering import EAGER, OPAQUE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
+
+
+
+@dataclasses.dataclass
+class Generated:
+    source: str
+    namespace: dict
+    buffer_bytes: int  # HBM of the planned buffers, summed (each is live only over its values' lifetimes)
+    kernels: list  # (name, node names, KernelCost)
+    eager_nodes: list  # (node name, op, reason)
+    refusals: list
+    homes: dict  # node name -> "input", "scratch", "buffer", "inplace", "host", "output", "eager", "view"
+
+
+REUSE_WINDOW = 3  # graph steps: a buffer waits at most this long for its next value, else it is released
+
+
+def plan_buffers(intervals):
+    """Buffers for values alive over [first, last] steps: a value takes the buffer of a value of the
+    same size that died just before it (within REUSE_WINDOW steps: a buffer kept waiting longer would
+    hold HBM eager mode frees), else a new one. ``intervals`` maps a name to (first, last, nbytes);
+    returns ({name: buffer index}, [(nbytes, first step, last step) of each buffer])."""
+    assignment, buffers = {}, []
+    for name, (first, last, nbytes) in sorted(intervals.items(), key=lambda item: item[1][0]):
+        free = next((i for i, (size, _, end) in enumerate(buffers)
+                     if size == nbytes and end < first <= end + REUSE_WINDOW), None)
+        if free is None:
+            buffers.append((nbytes, first, last))
+            free = len(buffers) - 1
+        else:
+            buffers[free] = (nbytes, buffers[free][1], last)
+        assignment[name] = free
+    return assignment, buffers
+
+
+class _Writer:
+    def __init__(self):
+        self.lines, self.namespace, self.counter = [], {}, 0
+        self.wrapped = set()  # planned buffers that have a tensor over them (bt<index>)
+
+    def constant(self, prefix, value):
+        self.counter += 1
+        name = f"{prefix}{self.counter}"
+        self.namespace[name] = value
+        return name
+
+    def line(self, text):
+        self.lines.append("    " + text)
+
+
+def generate(graph, name):
+    """The program of one FX graph (after AOTAutograd and foreach unrolling)."""
+    nodes = list(graph.nodes)
+    lowered = {n: lower(n) for n in nodes if n.op == "call_function"}
+    fusion = fuse(lowered)
+    output_node = next(n for n in nodes if n.op == "output")
+    outputs = output_node.args[0]
+    output_set = {o for o in outputs if isinstance(o, torch.fx.Node)}
+    position = {n: i for i, n in enumerate(nodes)}
+
+    def root(node):
+        """The value whose memory ``node`` views (an eager node's tuple of results has none)."""
+        while node in lowered and lowered[node].kind == VIEW:
+            source = lowered[node].inputs[0]
+            if node.target is operator.getitem and source in lowered and _returns_tensors(lowered[source]):
+                break
+            node = source
+        return node
+
+    # users, looking through views: a value is alive while any view of it is
+    last_use = {}
+    for node in nodes:
+        for arg in tensor_inputs((node.args, node.kwargs)):
+            base = root(arg)
+            last_use[base] = max(last_use.get(base, 0), position[node])
+            last_use[arg] = max(last_use.get(arg, 0), position[node])
+
+    viewed_by_outputs = {root(o) for o in output_set}
+    homes = {}
+    for node in nodes:
+        if node.op == "placeholder":
+            homes[node] = "input"
+        elif node.op == "call_function":
+            low = lowered[node]
+            if low.kind == VIEW:
+                homes[node] = "view"
+            elif low.kind == EAGER:
+                homes[node] = "eager"
+            elif low.multi:
+                homes[node] = "multi"
+            elif low.writes is not None:
+                homes[node] = "inplace"
+            elif low.host:
+                homes[node] = "host"
+            elif node in output_set or node in viewed_by_outputs:  # outputs, and what outputs view, are tensors
+                homes[node] = "output"
+            elif _internal(node, fusion, lowered, output_set, root):
+                homes[node] = "scratch"
+            else:
+                homes[node] = "buffer"
+    intervals = {n.name: (position[n], last_use.get(n, position[n]), nbytes_of(value_of(n)))
+                 for n, home in homes.items() if home == "buffer"}
+    assignment, buffers = plan_buffers(intervals)
+    born = {first: index for index, (_, first, _) in enumerate(buffers)}
+    released = {}
+    for index, (_, _, last) in enumerate(buffers):
+        released.setdefault(last, []).append(index)
+
+    w = _Writer()
+    helpers = _runtime_helpers()
+    w.namespace.update(helpers)
+    w.namespace["chip"] = chip = _C.current_chip()
+    w.line("clock = chip.clock; recording = clock.recorders  # a profiler wants each kernel's record")
+    kernels, eager_nodes = [], []
+    last_of_group = {group.nodes[-1]: group for group in fusion.groups}
+    first_call = next((n for n in nodes if n.op == "call_function"), None)
+    tensor_of = {}  # node -> expression of a tensor holding it, where one exists
+    deletions = {}  # position -> eager result tensors to drop after it
+    def drop_after_last_use(node):
+        dies = last_use.get(node, position[node])
+        if node not in output_set and dies != position[output_node]:  # outputs live on; the rest die early
+            deletions.setdefault(dies, []).append(node.name)
+
+    def emit(node, low, home, v):
+        """The lines computing one node's value (``v``)."""
+        if home == "view":
+            w.line(f"{v} = {w.constant('view_', low.run)}(v_{low.inputs[0].name})")
+            if node.target is operator.getitem and low.inputs[0] in tensor_of:
+                w.line(f"t_{node.name} = t_{low.inputs[0].name}[{node.args[1]}]")
+                tensor_of[node] = f"t_{node.name}"
+            return
+        if home == "eager":
+            tensors = ", ".join(_tensor_expression(arg, tensor_of, homes, root, assignment, w) for arg in low.inputs)
+            w.line(f"t_{node.name} = {w.constant('eager_', _eager_call(node))}({tensors})")
+            w.line(f"{v} = arrays_of(t_{node.name})")
+            tensor_of[node] = f"t_{node.name}"
+            eager_nodes.append((node.name, str(node.target), low.reason))
+            drop_after_last_use(node)
+            return
+        if home == "multi":  # several new tensors, made by the kernel itself
+            arguments = ", ".join(f"v_{a.name}" for a in low.inputs)
+            w.line(f"t_{node.name} = {w.constant(f'k_{node.name}_', low.run)}({arguments})")
+            w.line(f"{v} = arrays_of(t_{node.name})")
+            tensor_of[node] = f"t_{node.name}"
+            drop_after_last_use(node)
+            charge(node)
+            return
+        value = value_of(node)
+        if home == "inplace":
+            w.line(f"{v} = v_{low.writes.name}")
+            if low.writes in tensor_of:
+                tensor_of[node] = tensor_of[low.writes]
+        elif home == "output":
+            shape, dtype = w.constant("shape_", tuple(value.shape)), w.constant("dtype_", value.dtype)
+            w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype})")
+            tensor_of[node] = f"t_{node.name}"
+        elif home == "host":
+            w.line(f"{v} = empty({w.constant('host_', (tuple(value.shape), numpy_dtype(value.dtype)))})")
+        elif home == "scratch" and low.value is not None and low.inline is None:  # the maths' own result array
+            w.line(f"{v} = {w.constant(f'k_{node.name}_', low.value)}({', '.join('v_' + a.name for a in low.inputs)})")
+            charge(node)
+            return
+        elif home == "scratch":
+            w.line(f"{v} = {w.constant('scratch_', np.empty(tuple(value.shape), numpy_dtype(value.dtype)))}")
+        else:
+            index = assignment[node.name]
+            if born.get(position[node]) == index:
+                w.line(f"b{index} = new_buffer({buffers[index][0]}); B{index} = b{index}.array")
+            w.line(f"{v} = ndarray(*{w.constant('slot_', (tuple(value.shape), numpy_dtype(value.dtype)))}, B{index})")
+        if low.inline is not None:  # one ufunc: called from the source itself, into the planned buffer
+            ufunc, operands = low.inline
+            arguments = [f"v_{o.name}" if isinstance(o, torch.fx.Node) else w.constant("c_", o) for o in operands]
+            w.line(f"{w.constant(f'{ufunc.__name__}_', ufunc)}({', '.join(arguments)}, out={v})")
+        else:
+            w.line(f"{w.constant(f'k_{node.name}_', low.run)}({v}{''.join(', v_' + a.name for a in low.inputs)})")
+        charge(node)
+
+    def charge(node):
+        """After a kernel's last node: one charge of the whole kernel's cost."""
+        group = last_of_group.get(node)
+        if group is not None:
+            cost = _group_cost(group, lowered, homes, root)
+            kernels.append((group.name, [n.name for n in group.nodes], cost))
+            w.line(f"if recording: clock.charge({w.constant('cost_', cost)}, clock.current_stream)")
+
+    for node in nodes:
+        v = f"v_{node.name}"
+        if node.op == "placeholder":
+            index = len([n for n in nodes[:position[node]] if n.op == "placeholder"])
+            w.line(f"t_{node.name} = args[{index}]")
+            if is_tpu_node(node):
+                w.line(f"{v} = as_numpy(t_{node.name})")
+            else:  # a host scalar read (and written) through its NumPy view; anything else as it is
+                w.line(f"{v} = host_view(t_{node.name})")
+            tensor_of[node] = f"t_{node.name}"
+            drop_after_last_use(node)
+            continue
+        if node.op != "call_function":
+            continue
+        if node is first_call:
+            w.line("args.clear()  # AOTAutograd hands its references over: inputs die at their last use")
+        emit(node, lowered[node], homes[node], v)
+        for dead in deletions.pop(position[node], ()):
+            w.line(f"del t_{dead}, v_{dead}")
+        for index in released.pop(position[node], ()):
+            w.line(f"del b{index}, B{index}" + (f", bt{index}" if index in w.wrapped else ""))
+            w.wrapped.discard(index)
+    for dead in (name for names in deletions.values() for name in names):
+        w.line(f"del t_{dead}, v_{dead}")  # unused inputs
+    results = [_output_expression(o, tensor_of, homes, root, w, assignment) for o in outputs]
+    if kernels:  # else the program's kernels reach the clock at once, as launching them one by one would
+        summary = w.constant("program_cost_", chip.clock.program_cost([cost for _, _, cost in kernels]))
+        w.line(f"if not recording: clock.run_program({summary}, clock.current_stream)")
+    w.line(f"return [{', '.join(results)}]")
+    body = "\n".join("    " + line for line in w.lines)
+    # NumPy's floating-point warnings are off for the whole program, as the VPU's kernels turn them off
+    source = (f"def {name}(args):\n    token = ignore_fp_errors()\n    try:\n{body}\n"
+              "    finally:\n        restore_fp_errors(token)\n")
+    return Generated(source, w.namespace, sum(size for size, _, _ in buffers), kernels, eager_nodes, fusion.refusals,
+                     {n.name: h for n, h in homes.items()})
+
+
+def _returns_tensors(low):
+    return low.kind == EAGER or low.multi
+
+
+def _internal(node, fusion, lowered, output_set, root):
+    """Whether every consumer of ``node`` (through views) is in its own kernel."""
+    group = fusion.group_of.get(node)
+    if group is None or lowered[node].kind == OPAQUE:
+        return False
+    pending = list(node.users)
+    while pending:
+        user = pending.pop()
+        if user.op == "output":
+            return False
+        if user in lowered and lowered[user].kind == VIEW:
+            pending.extend(user.users)
+            continue
+        if fusion.group_of.get(user) is not group:
+            return False
+    return True
+
+
+def _group_cost(group, lowered, homes, root):
+    """One launch: MXU FLOPs of its matmuls, HBM bytes of what crosses its boundary only."""
+    members = set(group.nodes)
+    read, flops, seen = 0, {}, set()
+    for node in group.nodes:
+        low = lowered[node]
+        for name, count in low.flops.items():
+            flops[name] = flops.get(name, 0) + count
+        for arg in low.inputs:
+            base = root(arg)
+            if base in members or base in seen or not is_tpu_node(arg):
+                continue
+            seen.add(base)
+            read += min(nbytes_of(value_of(arg)), nbytes_of(value_of(base)) or nbytes_of(value_of(arg)))
+    results = [v for n in group.nodes if homes[n] != "scratch" for v in _tensors_of(value_of(n))]
+    written = sum(nbytes_of(v) for v in results)
+    elements = sum(math.prod(v.shape) for n in group.nodes for v in _tensors_of(value_of(n)))
+    cost = _C.clock.KernelCost(group.name, flops, elements, read, written)
+    cost.shapes = tuple(tuple(v.shape) for v in results)
+    if flops:
+        from .._cost import float32_passes
+
+        cost.float32_passes = float32_passes()
+    return cost
+
+
+def _tensors_of(value):
+    """The tensors of a node's value (one, or the several results of a multi-output op)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [v for v in value if isinstance(v, torch.Tensor)] if isinstance(value, (list, tuple)) else []
+
+
+def _eager_call(node):
+    """``node.target(*args)`` with the fx Nodes in its arguments replaced by the tensors passed in."""
+    target, args, kwargs = node.target, node.args, node.kwargs
+
+    def fill(template, tensors):
+        if isinstance(template, torch.fx.Node):
+            return next(tensors)
+        if isinstance(template, (list, tuple)):
+            return type(template)(fill(t, tensors) for t in template)
+        if isinstance(template, dict):
+            return {k: fill(v, tensors) for k, v in template.items()}
+        return template
+
+    def call(*tensors):
+        supply = iter(tensors)
+        return target(*fill(args, supply), **fill(kwargs, supply))
+
+    return call
+
+
+def _tensor_expression(node, tensor_of, homes, root, assignment, w):
+    """A tensor holding ``node``'s value: its own, or a view over the tensor its root lives in."""
+    if node in tensor_of:
+        return tensor_of[node]
+    base = root(node)
+    if base in tensor_of:
+        return f"tensor_view({tensor_of[base]}, v_{base.name}, v_{node.name})"
+    if homes.get(base) == "buffer":
+        index = assignment[base.name]
+        if index not in w.wrapped:  # a tensor over the buffer, made where an eager kernel or an output first needs it
+            w.line(f"bt{index} = tensor_over(b{index})")
+            w.wrapped.add(index)
+        return f"tensor_view(bt{index}, B{index}, v_{node.name})"
+    raise AssertionError(f"{node.name} has no tensor to view")  # scratch values never leave their kernel
+
+
+def _output_expression(node, tensor_of, homes, root, w, assignment):
+    """An output: its tensor, or a view of the tensor or buffer it lives in (a planned buffer viewed by
+    an output is never handed on: its last use is the output)."""
+    if not isinstance(node, torch.fx.Node):
+        return w.constant("const_", node)
+    if node in tensor_of or homes.get(root(node)) == "buffer":
+        return _tensor_expression(node, tensor_of, homes, root, assignment, w)
+    base = root(node)
+    if base in tensor_of:
+        return f"tensor_view({tensor_of[base]}, v_{base.name}, v_{node.name})"
+    if not is_tpu_node(node):
+        return f"host_tensor(v_{node.name})"
+    value = value_of(node)
+    return f"materialize(v_{node.name}, {w.constant('dtype_', value.dtype)})"
+
+
+def _runtime_helpers():
+    from . import runtime
+
+    return runtime.HELPERS

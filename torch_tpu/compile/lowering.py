@@ -1,0 +1,620 @@
+"""Lowering: what each FX node of an AOTAutograd graph becomes in a compiled program.
+
+A node becomes one of:
+
+- a **view** (``view``, ``permute``, ``expand``, ...): a NumPy view, free, in no kernel;
+- a **pointwise**, **reduction** or **matmul** computation: the eager kernel's own NumPy maths
+  (``ops.pointwise.MATHS``, ``mxu_matmul``, the reductions' ``reduce_into``), called on arrays
+  and writing into a buffer the program planned. These are what fusion groups;
+- an **opaque** computation: NumPy maths that never fuses (softmax and its backward: a row
+  reduction followed by an elementwise pass, which is already one kernel);
+- an **eager** node: everything else runs the registered eager kernel through the dispatcher
+  (counted and listed in the debug output), never the CPU. Nodes whose values live on the CPU
+  (optimizer step counters) run as torch CPU ops, as they do in eager mode.
+
+Each lowering is a small function registered for its aten overloads by ``@lowers``; it looks
+only at the node's static facts (shapes and dtypes from ``node.meta["val"]``) and returns a
+``Lowered``: its kind and a ``run(out, *arrays)`` closure with everything static bound.
+"""
+
+import dataclasses
+import functools
+import math
+import operator
+
+import numpy as np
+import torch
+
+from .. import _C, _cost, _tensor
+from .._tensor import DTYPE_NAME, numpy_dtype
+from ..ops import linalg, nn, pointwise, reduction
+from ..ops._common import converted, opmath_dtype, wrap_dim, wrap_dims
+
+aten = torch.ops.aten
+LOWERINGS = {}  # OpOverload -> lowering function(node) -> Lowered
+VIEW, POINTWISE, REDUCTION, MATMUL, OPAQUE, EAGER = "view", "pointwise", "reduction", "matmul", "opaque", "eager"
+FUSIBLE = frozenset({POINTWISE, REDUCTION, MATMUL})
+
+
+@dataclasses.dataclass
+class Lowered:
+    kind: str
+    run: object = None  # views: run(*arrays) -> array; computations: run(out, *arrays)
+    inputs: tuple = ()  # the fx Nodes whose arrays run takes, in order
+    flops: dict = dataclasses.field(default_factory=dict)  # MXU FLOPs by input type
+    reason: str = ""  # for EAGER: why there is no NumPy lowering
+    writes: object = None  # the input node a mutation writes into (its result is that input)
+    host: bool = False  # a host scalar (an optimizer's step counter): NumPy on the host, never charged
+    multi: bool = False  # run(*arrays) returns the node's several results as new tpu tensors
+    value: object = None  # value(*arrays) -> a fresh array of the result: for values that need no planned home
+    inline: tuple = None  # (ufunc, operands): the whole kernel is ``ufunc(*operands, out=out)``, written
+    #                       into the source; an operand is an input node or a constant array
+
+
+def lowers(*overloads):
+    def decorate(function):
+        for overload in overloads:
+            LOWERINGS[overload] = function
+        return function
+
+    return decorate
+
+
+def value_of(node):
+    """The FakeTensor (or number) AOTAutograd recorded for a node."""
+    return node.meta.get("val") if isinstance(node, torch.fx.Node) else node
+
+
+def is_tpu_node(node):
+    value = value_of(node)
+    return isinstance(value, torch.Tensor) and value.device.type == "tpu"
+
+
+def tensor_inputs(args):
+    """The fx Nodes among (possibly nested) arguments, in order."""
+    found = []
+    for arg in args:
+        if isinstance(arg, torch.fx.Node):
+            found.append(arg)
+        elif isinstance(arg, (list, tuple)):
+            found.extend(tensor_inputs(arg))
+        elif isinstance(arg, dict):
+            found.extend(tensor_inputs(arg.values()))
+    return found
+
+
+def meta_twin(value):
+    """A meta tensor standing for a recorded value, for dtype and shape rules evaluated at compile time."""
+    if isinstance(value, torch.Tensor):
+        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
+    return value
+
+
+def lower(node):
+    """The Lowered form of one call_function node."""
+    if node.target is operator.getitem:
+        return Lowered(VIEW, lambda values, index=node.args[1]: values[index], (node.args[0],))
+    host = not is_tpu_node(node) and not _has_tpu_result(node)
+    if host and not is_host_scalar(node):
+        return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))), reason="its values live on the CPU")
+    lowering = LOWERINGS.get(node.target)
+    if lowering is None and isinstance(node.target, torch._ops.OpOverload):
+        maths = pointwise_maths(node.target)
+        if maths is not None:
+            lowering = functools.partial(lower_pointwise, maths=maths)
+    if lowering is None:
+        return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))), reason="no NumPy lowering")
+    lowered = lowering(node)
+    lowered.host = host and lowered.kind != EAGER
+    return lowered
+
+
+def is_host_scalar(node):
+    """A node computing a one-element CPU tensor from others (the step counters of torch's optimizers)."""
+    values = [value_of(node)] + [value_of(a) for a in tensor_inputs((node.args, node.kwargs))]
+    return all(isinstance(v, torch.Tensor) and v.device.type == "cpu" and v.numel() == 1 for v in values)
+
+
+def _has_tpu_result(node):
+    value = value_of(node)
+    return isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) and v.device.type == "tpu" for v in value)
+
+
+# --- views -------------------------------------------------------------------------------------
+
+
+def _view(function):
+    """A lowering whose node is a NumPy view of its first argument, shaped by the node's own value."""
+
+    def lowering(node):
+        return Lowered(VIEW, function(node), (node.args[0],))
+
+    return lowering
+
+
+def _reshaped(node):
+    shape = tuple(value_of(node).shape)
+    return lambda array: array.reshape(shape)
+
+
+def _permuted(node):
+    dims = wrap_dims(node.args[1], len(value_of(node).shape))
+    return lambda array: array.transpose(dims)
+
+
+def _transposed(node):
+    ndim = value_of(node.args[0]).dim()
+    dims = list(range(ndim))
+    if ndim >= 2:
+        first, second = wrap_dim(node.args[1], ndim), wrap_dim(node.args[2], ndim)
+        dims[first], dims[second] = dims[second], dims[first]
+    return lambda array: array.transpose(dims)
+
+
+def _transposed_matrix(node):
+    return lambda array: array.T
+
+
+def _expanded(node):
+    shape = tuple(value_of(node).shape)
+    return lambda array: np.broadcast_to(array, shape)
+
+
+def _aliased(node):
+    return lambda array: array
+
+
+def _sliced(node):
+    source = value_of(node.args[0])
+    dim = wrap_dim(node.args[1] if len(node.args) > 1 else 0, source.dim())
+    start, end, step = (list(node.args[2:5]) + [None, None, 1][len(node.args[2:5]):])
+    index = [slice(None)] * source.dim()
+    index[dim] = slice(*slice(start, end, step).indices(source.shape[dim]))
+    index = tuple(index)
+    return lambda array: array[index]
+
+
+def _selected(node):
+    source = value_of(node.args[0])
+    dim = wrap_dim(node.args[1], source.dim())
+    index = (slice(None),) * dim + (node.args[2],)
+    return lambda array: array[index]
+
+
+for _overloads, _function in (
+    ((aten.view.default, aten._unsafe_view.default, aten.reshape.default, aten.squeeze.dim, aten.squeeze.dims,
+      aten.squeeze.default, aten.unsqueeze.default), _reshaped),
+    ((aten.permute.default,), _permuted),
+    ((aten.transpose.int,), _transposed),
+    ((aten.t.default,), _transposed_matrix),
+    ((aten.expand.default,), _expanded),
+    ((aten.alias.default, aten.detach.default), _aliased),
+    ((aten.slice.Tensor,), _sliced),
+    ((aten.select.int,), _selected),
+):
+    lowers(*_overloads)(_view(_function))
+
+
+@lowers(aten.split_with_sizes.default, aten.split.Tensor)
+def lower_split(node):
+    source = value_of(node.args[0])
+    dim = wrap_dim(node.args[2] if len(node.args) > 2 else 0, source.dim())
+    bounds = np.cumsum([0] + [v.shape[dim] for v in value_of(node)]).tolist()
+    index = [tuple([slice(None)] * dim + [slice(a, b)]) for a, b in zip(bounds[:-1], bounds[1:])]
+    return Lowered(VIEW, lambda array: [array[i] for i in index], (node.args[0],))
+
+
+# --- pointwise ---------------------------------------------------------------------------------
+
+
+_OUT_OVERLOAD = {}
+
+
+def pointwise_maths(overload):
+    """The Maths of ``overload`` (``add.Tensor``) as registered for it or for its ``out=`` twin (``add.out``)."""
+    if overload in _OUT_OVERLOAD:
+        return _OUT_OVERLOAD[overload]
+    name = _overload_name(overload)
+    maths = pointwise.MATHS.get(name)
+    if maths is None and overload._overloadname == "Scalar":  # mul.Scalar: mul's maths, the scalar promoted as such
+        maths = pointwise.MATHS.get(f"{name.partition('.')[0]}.out")
+    if maths is None:
+        arguments = [(a.name, str(a.type)) for a in overload._schema.arguments]
+        packet = overload.overloadpacket
+        for other in packet.overloads():
+            schema = getattr(packet, other)._schema
+            if [(a.name, str(a.type)) for a in schema.arguments if not a.is_out] == arguments and \
+                    any(a.is_out for a in schema.arguments):
+                maths = pointwise.MATHS.get(_overload_name(getattr(packet, other)))
+                break
+    _OUT_OVERLOAD[overload] = maths
+    return maths
+
+
+def _overload_name(overload):
+    base = overload._schema.name.removeprefix("aten::")
+    return base if overload._overloadname == "default" else f"{base}.{overload._overloadname}"
+
+
+# Maths whose body is one ufunc when called without its optional scalar: called as that ufunc, with out=.
+_UFUNC_BODIES = {pointwise.add: np.add, pointwise.sub: np.subtract}
+
+
+def lower_pointwise(node, maths):
+    """``maths.function`` on the operands converted to the compute type, rounded once into ``out``."""
+    args = list(node.args)
+    promoted, extras = args[:maths.operands], args[maths.operands:]
+    metas = [meta_twin(value_of(a)) for a in promoted]
+    dtype = maths.rule(pointwise.common_dtype(*metas))
+    compute = opmath_dtype(dtype) if maths.opmath(*metas) else numpy_dtype(dtype)
+    out_name = DTYPE_NAME[value_of(node).dtype]
+    inputs = [a for a in promoted if isinstance(a, torch.fx.Node)]
+    on_host = not is_tpu_node(node)
+    # each promoted operand: ("array", position in inputs, needs a cast) or ("constant", array)
+    plan = []
+    for argument in promoted:
+        if isinstance(argument, torch.fx.Node):
+            value = value_of(argument)
+            if value.device.type == "cpu" and not on_host:  # a 0-d CPU tensor (a step counter) read as a number
+                plan.append(("number", inputs.index(argument), numpy_dtype(value.dtype)))
+            else:
+                plan.append(("array", inputs.index(argument), numpy_dtype(value.dtype) != compute))
+        elif argument is None:
+            plan.append(("constant", None))
+        else:
+            plan.append(("constant", np.array(argument).astype(compute)))
+    function, kwargs = maths.function, dict(node.kwargs)
+    if kwargs.get("alpha", 1) == 1 and not extras and function in _UFUNC_BODIES:
+        function, kwargs = _UFUNC_BODIES[function], {}
+    if function is pointwise.power and compute.kind == "f":  # power's body for floating operands
+        function = np.power
+    ufunc = isinstance(function, np.ufunc) and not extras and not kwargs
+
+    def operands(arrays):
+        result = []
+        for entry in plan:
+            if entry[0] == "constant":
+                result.append(entry[1])
+            elif entry[0] == "number":
+                result.append(np.asarray(arrays[entry[1]].item(), entry[2]).astype(compute))
+            else:
+                array = arrays[entry[1]]
+                result.append(array.astype(compute) if entry[2] else array)
+        return result
+
+    def run(out, *arrays):
+        values = operands(arrays)
+        if ufunc and out.dtype == compute:
+            _C.vpu.apply(function, *values, out=out)
+            return
+        _C.dtypes.cast_into(out, function(*values, *extras, **kwargs), out_name)
+
+    out_dtype = numpy_dtype(value_of(node).dtype)
+    shape = tuple(value_of(node).shape)
+
+    def value(*arrays):
+        result = np.asarray(function(*operands(arrays), *extras, **kwargs))
+        if result.dtype == out_dtype and result.shape == shape:
+            return result
+        out = np.empty(shape, out_dtype)
+        _C.dtypes.cast_into(out, result, out_name)
+        return out
+
+    lowered = Lowered(POINTWISE, run, tuple(inputs), value=None if ufunc else value)
+    if ufunc and out_dtype == compute and math.prod(value_of(node).shape) < _C.vpu.PARALLEL_MIN_ELEMENTS and \
+            all(entry[0] == "constant" or (entry[0] == "array" and not entry[2]) for entry in plan):
+        lowered.inline = (function, [inputs[e[1]] if e[0] == "array" else e[1] for e in plan])
+    return lowered
+
+
+@lowers(aten.where.self)
+def lower_where(node):
+    """``where``'s maths; the condition takes no part in type promotion."""
+    condition, *values = node.args
+    compute = opmath_dtype(pointwise.common_dtype(*(meta_twin(value_of(v)) for v in values)))
+    name = DTYPE_NAME[value_of(node).dtype]
+    constants = [None if isinstance(v, torch.fx.Node) else np.array(v).astype(compute) for v in values]
+    inputs = tuple(a for a in node.args if isinstance(a, torch.fx.Node))
+
+    def run(out, *arrays):
+        supply = iter(arrays)
+        mask = next(supply) if isinstance(condition, torch.fx.Node) else condition
+        chosen = [next(supply).astype(compute, copy=False) if c is None else c for c in constants]
+        _C.dtypes.cast_into(out, pointwise.where(mask, *chosen), name)
+
+    return Lowered(POINTWISE, run, inputs)
+
+
+@lowers(aten.copy_.default)
+def lower_copy_into_input(node):
+    """A mutation of a graph input kept in the graph (``keep_inference_input_mutations``): written in place."""
+    destination, source = node.args[:2]
+    if is_tpu_node(destination) != is_tpu_node(source):
+        return Lowered(EAGER, inputs=(destination, source), reason="a host transfer")
+    name = DTYPE_NAME[value_of(destination).dtype]
+
+    def run(out, array):
+        _C.dtypes.cast_into(out, array, name)
+
+    return Lowered(POINTWISE, run, (source,), writes=destination)
+
+
+@lowers(aten.clone.default, aten._to_copy.default, aten.copy.default)
+def lower_copy(node):
+    source = node.args[-1] if node.target is aten.copy.default else node.args[0]
+    name = DTYPE_NAME[value_of(node).dtype]
+    if not is_tpu_node(source):
+        return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))), reason="a host transfer")
+
+    def run(out, array):
+        _C.dtypes.cast_into(out, array, name)
+
+    return Lowered(POINTWISE, run, (source,))
+
+
+@lowers(aten.full.default, aten.full_like.default, aten.scalar_tensor.default, aten.zeros_like.default,
+        aten.ones_like.default, aten.zeros.default, aten.ones.default)
+def lower_fill(node):
+    fills = {aten.zeros_like.default: 0, aten.ones_like.default: 1, aten.zeros.default: 0, aten.ones.default: 1}
+    fill = fills.get(node.target, node.args[-1] if node.target is not aten.scalar_tensor.default else node.args[0])
+    name = DTYPE_NAME[value_of(node).dtype]
+
+    native = name in ("float32", "float64", "int64", "int32", "bool")  # a fill NumPy converts as c10 does
+
+    def run(out, *unused):
+        if native:
+            out.fill(fill)
+        else:
+            _C.dtypes.cast_into(out, fill, name, scalar_source=True)
+
+    return Lowered(POINTWISE, run, ())
+
+
+@lowers(aten.arange.start_step, aten.arange.start, aten.arange.default)
+def lower_arange(node):
+    """A range's values are known when the graph is compiled: the kernel writes them."""
+    value = value_of(node)
+    integral = value.dtype in (torch.int64, torch.int32) and all(isinstance(a, int) for a in node.args)
+    values = np.arange(*node.args, dtype=numpy_dtype(value.dtype)) if integral else None
+    if values is None or tuple(values.shape) != tuple(value.shape):
+        return Lowered(EAGER, inputs=(), reason="a floating-point range (torch's own rounding)")
+
+    def run(out):
+        np.copyto(out, values)
+
+    return Lowered(POINTWISE, run, ())
+
+
+
+@lowers(aten.embedding.default)
+def lower_embedding(node):
+    """Rows of the weight gathered by index: a copy, exact in any dtype."""
+    weight, indices = node.args[:2]
+
+    def run(out, table, positions):
+        np.take(table, positions, axis=0, out=out)
+
+    return Lowered(OPAQUE, run, (weight, indices))
+
+
+@lowers(aten.embedding_dense_backward.default)
+def lower_embedding_backward(node):
+    """Each gradient row added to its weight row in order, as eager's kernel adds them (its own helper)."""
+    from ..ops import indexing
+
+    grad_output, indices, num_weights, padding_idx, scale_grad_by_freq = node.args
+    if scale_grad_by_freq or 0 <= padding_idx < num_weights or value_of(grad_output).dtype != value_of(node).dtype:
+        return Lowered(EAGER, inputs=(grad_output, indices), reason="frequency scaling, padding or a cast")
+    width = value_of(grad_output).shape[-1]
+
+    def run(out, grad, positions):
+        out.fill(0)
+        flat = positions.reshape(-1)
+        indexing._add_rows_in_order(out, flat, grad.reshape(flat.size, width))
+
+    return Lowered(OPAQUE, run, (grad_output, indices))
+
+
+@lowers(aten.cat.default)
+def lower_cat(node):
+    tensors, dim = node.args[0], node.args[1] if len(node.args) > 1 else 0
+    value = value_of(node)
+    if any(value_of(t).dtype != value.dtype or value_of(t).dim() != value.dim() for t in tensors):
+        return Lowered(EAGER, inputs=tuple(tensors), reason="cat with type promotion or legacy empty tensors")
+    axis = wrap_dim(dim, value.dim())
+
+    def run(out, *arrays):
+        np.concatenate(arrays, axis=axis, out=out)
+
+    return Lowered(OPAQUE, run, tuple(tensors))
+
+
+@lowers(aten.any.dim, aten.any.dims)
+def lower_any(node):
+    axes, keepdim = _reduced_axes(node), node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+
+    def run(out, array):
+        np.any(array, axis=axes, keepdims=keepdim, out=out)
+
+    return Lowered(REDUCTION, run, (node.args[0],))
+
+
+# --- matmul ------------------------------------------------------------------------------------
+
+
+def _flops(overload_name, node):
+    return _cost.MXU_FLOPS[overload_name](*(meta_twin(value_of(a)) for a in node.args))
+
+
+@lowers(aten.mm.default, aten.bmm.default)
+def lower_product(node):
+    def run(out, a, b):
+        linalg.mxu_matmul(a, b, out)
+
+    return Lowered(MATMUL, run, tuple(node.args[:2]), _flops("mm", node))
+
+
+@lowers(aten.addmm.default)
+def lower_addmm(node):
+    beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
+    name = DTYPE_NAME[value_of(node).dtype]
+
+    def run(out, bias, a, b):
+        direct = out.dtype == _C.mxu.accumulator_dtype(a.dtype, b.dtype)
+        product = linalg.scaled_sum(linalg.mxu_matmul(a, b, out if direct else None), bias, beta, alpha)
+        if not direct:
+            _C.dtypes.cast_into(out, product, name)
+
+    return Lowered(MATMUL, run, tuple(node.args[:3]), _flops("addmm", node))
+
+
+# --- reductions --------------------------------------------------------------------------------
+
+
+def _reduced_axes(node):
+    source = value_of(node.args[0])
+    dims = node.args[1] if len(node.args) > 1 else None
+    dims = () if dims is None else (dims,) if isinstance(dims, int) else tuple(dims)
+    if source.dim() == 0:
+        return ()
+    return wrap_dims(dims, source.dim()) or tuple(range(source.dim()))
+
+
+def _accumuland(array, dtype):
+    """An array as a reduction into ``dtype`` reads it (eager's ``_accumuland``): converted, widened to opmath."""
+    return converted(array, dtype).astype(opmath_dtype(dtype), copy=False)
+
+
+@lowers(aten.sum.dim_IntList)
+def lower_sum(node):
+    axes, keepdim = _reduced_axes(node), node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    dtype = value_of(node).dtype
+    name = DTYPE_NAME[dtype]
+
+    def run(out, array):
+        reduction.reduce_into(out, np.sum, _accumuland(array, dtype), axes, keepdim, name)
+
+    return Lowered(REDUCTION, run, (node.args[0],))
+
+
+@lowers(aten.mean.dim)
+def lower_mean(node):
+    axes, keepdim = _reduced_axes(node), node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    dtype = value_of(node).dtype
+    name = DTYPE_NAME[dtype]
+
+    def run(out, array):
+        _C.dtypes.cast_into(out, reduction.mean_array(_accumuland(array, dtype), axes, keepdim), name)
+
+    return Lowered(REDUCTION, run, (node.args[0],))
+
+
+# --- softmax: a row reduction and an elementwise pass, already one kernel ------------------------
+
+
+def _softmax_lowering(into, log=None):
+    def lowering(node):
+        dim = wrap_dim(node.args[-2] if log is None else node.args[1], value_of(node).dim())
+        name = DTYPE_NAME[value_of(node).dtype]
+        inputs = tuple(node.args[:2]) if log is None else (node.args[0],)
+
+        def run(out, *arrays):
+            arrays = [nn.at_least_1d(a.astype(opmath_dtype(value_of(node).dtype), copy=False)) for a in arrays]
+            compute = arrays[0].dtype
+            target = nn.at_least_1d(out) if out.dtype == compute else np.empty(arrays[0].shape, compute)
+            if log is None:
+                into(target, *arrays, dim)
+            else:
+                into(target, arrays[0], dim, log)
+            if target is not out and target.base is not out:
+                _C.dtypes.cast_into(out, target.reshape(out.shape), name)
+
+        return Lowered(OPAQUE, run, inputs)
+
+    return lowering
+
+
+lowers(aten._softmax.default)(_softmax_lowering(nn.softmax_into, log=False))
+lowers(aten._log_softmax.default)(_softmax_lowering(nn.softmax_into, log=True))
+lowers(aten._softmax_backward_data.default)(_softmax_lowering(nn.softmax_backward_into))
+lowers(aten._log_softmax_backward_data.default)(_softmax_lowering(nn.log_softmax_backward_into))
+
+
+def nbytes_of(value):
+    return math.prod(value.shape) * value.element_size() if isinstance(value, torch.Tensor) else 0
+
+
+# --- layer norm: several results, each a new tensor ------------------------------------------------
+
+
+def _result_writer(value):
+    """A function storing an opmath array as a new tpu tensor shaped and typed like ``value``."""
+    if value is None:
+        return lambda array: None
+    shape, dtype, name = tuple(value.shape), value.dtype, DTYPE_NAME[value.dtype]
+
+    def store(array):
+        tensor, target = _tensor.empty_with_array(shape, dtype)
+        _C.dtypes.cast_into(target, array.reshape(shape), name)
+        return tensor
+
+    return store
+
+
+def _computed_into(value, compute, fill):
+    """A new tensor like ``value`` filled by ``fill(destination)`` in the ``compute`` dtype (eager's compute_into)."""
+    tensor, target = _tensor.empty_with_array(tuple(value.shape), value.dtype)
+    if target.dtype == compute:
+        fill(target)
+    else:
+        scratch = np.empty(target.shape, compute)
+        fill(scratch)
+        _C.dtypes.cast_into(target, scratch, DTYPE_NAME[value.dtype])
+    return tensor
+
+
+def _optional_rows(supply, present, compute):
+    return next(supply).astype(compute, copy=False).reshape(-1) if present else None
+
+
+@lowers(aten.native_layer_norm.default)
+def lower_layer_norm(node):
+    input, normalized_shape, weight, bias, eps = node.args
+    source, (result, mean_value, rstd_value) = value_of(input), value_of(node)
+    axis = source.dim() - len(normalized_shape)
+    rows, size = math.prod(source.shape[:axis]), math.prod(source.shape[axis:])
+    compute = opmath_dtype(source.dtype)
+    store_mean, store_rstd = _result_writer(mean_value), _result_writer(rstd_value)
+
+    def run(x, *params):
+        supply = iter(params)
+        weight_rows, bias_rows = _optional_rows(supply, weight is not None, compute), _optional_rows(supply, bias is not None, compute)
+        normalize, mean, rstd = nn.layer_norm_arrays(x.astype(compute, copy=False).reshape(rows, size),
+                                                     weight_rows, bias_rows, eps)
+        return _computed_into(result, compute, normalize), store_mean(mean), store_rstd(rstd)
+
+    inputs = tuple(a for a in (input, weight, bias) if isinstance(a, torch.fx.Node))
+    return Lowered(OPAQUE, run, inputs, multi=True)
+
+
+@lowers(aten.native_layer_norm_backward.default)
+def lower_layer_norm_backward(node):
+    grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask = node.args
+    source, results = value_of(input), value_of(node)
+    axis = source.dim() - len(normalized_shape)
+    rows, size = math.prod(source.shape[:axis]), math.prod(source.shape[axis:])
+    compute = opmath_dtype(source.dtype)
+    store_weight, store_bias = _result_writer(results[1]), _result_writer(results[2])
+    wanted = [bool(m) and r is not None for m, r in zip(output_mask, results)]
+
+    def run(dy, x, mean_array, rstd_array, *params):
+        weight_rows = _optional_rows(iter(params), weight is not None, compute)
+        input_gradient, weight_sums, bias_sums = nn.layer_norm_backward_arrays(
+            x.astype(compute, copy=False).reshape(rows, size), dy.astype(compute, copy=False).reshape(rows, size),
+            mean_array.astype(compute, copy=False).reshape(-1, 1), rstd_array.astype(compute, copy=False).reshape(-1, 1),
+            weight_rows)
+        return (_computed_into(results[0], compute, input_gradient) if wanted[0] else None,
+                store_weight(weight_sums()) if wanted[1] else None, store_bias(bias_sums()) if wanted[2] else None)
+
+    inputs = (grad_out, input, mean, rstd) + ((weight,) if isinstance(weight, torch.fx.Node) else ())
+    return Lowered(OPAQUE, run, inputs, multi=True)

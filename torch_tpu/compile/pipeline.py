@@ -1,0 +1,192 @@
+"""The pipeline behind ``backend="tpu"``: Dynamo's graph -> AOTAutograd -> one program per FX graph.
+
+AOTAutograd traces forward and backward into core-ATen graphs with our decompositions (core
+ATen's, except for the ops whose eager kernels already do in one pass what a decomposition would
+split into many: layer norm, softmax, GELU, NLL loss, embedding backward), partitions them with
+the min-cut rematerialising partitioner, and keeps input mutations (the optimizer's in-place
+updates) in the graph. Each graph then has its ``_foreach_*`` ops unrolled into the per-tensor
+ops whose maths the pointwise kernels hold, and is lowered, fused and generated into a Program.
+Graphs with symbolic shapes (``dynamic=True``) get one program per concrete shape, made on first
+use.
+"""
+
+import functools
+import itertools
+import operator
+
+import torch
+
+from . import debug
+from .codegen import generate
+from .runtime import Program
+
+aten = torch.ops.aten
+
+# Ops whose eager kernels do in one pass what core ATen's decompositions would split into many.
+KEPT_WHOLE = (
+    aten.native_layer_norm.default, aten.native_layer_norm_backward.default, aten.gelu.default,
+    aten.gelu_backward.default, aten._softmax.default, aten._log_softmax.default,
+    aten._softmax_backward_data.default, aten._log_softmax_backward_data.default, aten.nll_loss_forward.default,
+    aten.nll_loss_backward.default, aten.embedding_dense_backward.default, aten.embedding.default,
+    aten.native_dropout.default, aten.native_dropout_backward.default,
+)
+_names = itertools.count()
+
+
+@functools.cache
+def decompositions():
+    from torch._decomp import core_aten_decompositions
+
+    table = dict(core_aten_decompositions())
+    for op in KEPT_WHOLE:
+        table.pop(op, None)
+    return table
+
+
+def backend(gm, example_inputs, mode=None, options=None, **unused):
+    """The ``torch.compile`` backend "tpu". ``mode`` ("default", "reduce-overhead", "max-autotune")
+    is accepted; every mode compiles the same way."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    debug.record_dynamo_graph(gm)
+    compile_as = functools.partial(compile_graph, dynamo_graph=debug.current_dynamo_graph())
+    return aot_autograd(
+        fw_compiler=functools.partial(compile_as, kind="forward"),
+        bw_compiler=functools.partial(compile_as, kind="backward"),
+        inference_compiler=functools.partial(compile_as, kind="inference"),
+        decompositions=decompositions(),
+        partition_fn=min_cut_rematerialization_partition,
+        keep_inference_input_mutations=True,
+    )(gm, example_inputs)
+
+
+def compile_graph(gm, example_inputs, kind, dynamo_graph=None):
+    """AOTAutograd's compiler: the FX graph ``gm`` as a Program (one per shape when shapes are symbolic)."""
+    unroll_foreach(gm.graph)
+    name = f"{kind}_{next(_names)}"
+    if _symbolic(gm.graph):
+        return _ShapeSpecialised(gm, name, kind, dynamo_graph)
+    program = Program(name, generate(gm.graph, name))
+    debug.record_program(program, kind, gm, dynamo_graph)
+    return program
+
+
+def _symbolic(graph):
+    for node in graph.nodes:
+        value = node.meta.get("val")
+        if isinstance(value, torch.SymInt) or (isinstance(value, torch.Tensor) and any(
+                isinstance(s, torch.SymInt) for s in value.shape)):
+            return True
+    return False
+
+
+class _ShapeSpecialised:
+    """A graph with symbolic shapes: a program per concrete set of input shapes, lowered on first use."""
+
+    def __init__(self, gm, name, kind, dynamo_graph):
+        self._boxed_call = True
+        self.gm, self.name, self.kind, self.dynamo_graph = gm, name, kind, dynamo_graph
+        self.programs = {}
+
+    def __call__(self, *args):
+        if len(args) == 1 and type(args[0]) is list:
+            args = args[0]
+        key = tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in args)
+        program = self.programs.get(key)
+        if program is None:
+            program = self.programs[key] = self._specialise(args, len(self.programs))
+        return program(args)
+
+    def _specialise(self, args, count):
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+        gm = torch.fx.GraphModule(self.gm, _copied(self.gm.graph))
+        mode = FakeTensorMode(allow_non_fake_inputs=True)
+        fakes = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
+        name = f"{self.name}_{count}"
+        program = Program(name, generate(gm.graph, name))
+        debug.record_program(program, self.kind, gm, self.dynamo_graph)
+        return program
+
+
+def _copied(graph):
+    new = torch.fx.Graph()
+    mapping = {}
+    output = new.graph_copy(graph, mapping)
+    new.output(output)
+    for old, copy in mapping.items():
+        copy.meta = dict(old.meta)
+    return new
+
+
+# --- _foreach_* ops as the per-tensor ops they apply ---------------------------------------------
+
+
+def unroll_foreach(graph):
+    """Replace each ``_foreach_<op>`` node by one ``<op>`` node per tensor of its lists, so that the
+    optimizer's updates lower to the pointwise kernels' maths and fuse like any elementwise chain."""
+    for node in list(graph.nodes):
+        if node.op == "call_function" and isinstance(node.target, torch._ops.OpOverload) and \
+                node.target.overloadpacket.__name__.startswith("_foreach_"):
+            _unroll(graph, node)
+
+
+def _per_tensor(node):
+    """(overload, args, kwargs) of each tensor's op, or None when the op has no per-tensor twin."""
+    name = node.target.overloadpacket.__name__.removeprefix("_foreach_").rstrip("_")
+    name = {"norm": "linalg_vector_norm"}.get(name, name)
+    packet = getattr(aten, name, None)
+    values = node.meta.get("val")
+    if packet is None or not isinstance(values, (list, tuple)):
+        return None
+    count = len(values)
+
+    def pick(argument, i):  # the i-th element of a list argument; scalars are shared
+        return argument[i] if isinstance(argument, (list, tuple)) and len(argument) == count else argument
+
+    calls = []
+    for i in range(count):
+        call = _resolve(packet, name, [pick(a, i) for a in node.args], {k: pick(v, i) for k, v in node.kwargs.items()})
+        if call is None:
+            return None
+        calls.append(call)
+    return calls, count
+
+
+def _resolve(packet, name, args, kwargs):
+    """The overload of ``packet`` that takes these arguments; a trailing scalar may be the keyword ``value``."""
+    def meta(a):
+        value = a.meta.get("val") if isinstance(a, torch.fx.Node) else a
+        return torch.empty(value.shape, dtype=value.dtype, device="meta") if isinstance(value, torch.Tensor) else value
+
+    attempts = [(args, kwargs)]
+    if len(args) == 4 and name in ("addcmul", "addcdiv"):
+        attempts.append((args[:3], {**kwargs, "value": args[3]}))
+    for positional, keywords in attempts:
+        try:
+            overload = torch._C._jit_resolve_packet(f"aten::{name}", *map(meta, positional),
+                                                    **{k: meta(v) for k, v in keywords.items()})
+        except RuntimeError:
+            continue
+        return getattr(packet, overload), positional, keywords
+    return None
+
+
+def _unroll(graph, node):
+    resolved = _per_tensor(node)
+    if resolved is None or any(user.target is not operator.getitem for user in node.users):
+        return  # left whole: it runs as its eager foreach kernel
+    calls, count = resolved
+    replacements = []
+    with graph.inserting_before(node):
+        for i, (overload, args, kwargs) in enumerate(calls):
+            replacement = graph.call_function(overload, tuple(args), kwargs)
+            replacement.meta["val"] = node.meta["val"][i]
+            replacements.append(replacement)
+    for user in list(node.users):
+        user.replace_all_uses_with(replacements[user.args[1]])
+        graph.erase_node(user)
+    graph.erase_node(node)

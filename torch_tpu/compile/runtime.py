@@ -1,0 +1,113 @@
+"""Running a generated program: its helpers, and the callable AOTAutograd receives.
+
+A program takes AOTAutograd's boxed argument list and returns its outputs as tpu tensors. Its
+buffers are HBM allocations (its planned buffers and its outputs), so ``memory_allocated``, peaks and OOM
+stay exact; its fused kernels are charged on the chip's clock by the generated code itself.
+"""
+
+import linecache
+
+import numpy as np
+import torch
+
+from .. import _C, _abstract, _tensor
+
+_create_empty_tensor = torch._C._acc.create_empty_tensor
+_address = lambda array: array.__array_interface__["data"][0]  # noqa: E731
+
+
+def new_buffer(nbytes):
+    """One planned HBM buffer of a program: an allocation, with no tensor around it until one is needed."""
+    return _tensor.allocate(nbytes)
+
+
+def tensor_over(buffer):
+    """A tpu byte tensor whose storage holds ``buffer`` (for eager kernels and outputs that view it)."""
+    tensor = _create_empty_tensor((0,), torch.uint8)
+    storage = tensor.untyped_storage()
+    _tensor.set_metadata(tensor, storage, 0, (buffer.nbytes,), (1,))
+    setattr(storage, _tensor.BUFFER_ATTRIBUTE, buffer)
+    return tensor
+
+
+def new_output(shape, dtype):
+    """A graph output: a new tpu tensor and the NumPy view its kernel writes into."""
+    return _tensor.empty_with_array(shape, dtype)
+
+
+def materialize(array, dtype):
+    """A new tpu tensor holding a copy of ``array`` (an output that views a dead buffer)."""
+    tensor, view = _tensor.empty_with_array(array.shape, dtype)
+    np.copyto(view, array)
+    return tensor
+
+
+def tensor_view(base, base_array, array):
+    """A tpu tensor viewing ``array``, which lies inside ``base``'s memory (``base_array``).
+
+    NumPy copies when a reshape cannot be a view; such an array is copied into a tensor of its own."""
+    start = _address(array) - _address(base_array)
+    if array.size and not 0 <= start < base_array.nbytes:
+        return materialize(array, _tensor.TORCH_DTYPE[array.dtype])
+    itemsize = array.dtype.itemsize
+    offset = (start + base.storage_offset() * base.element_size()) // itemsize
+    strides = tuple(s // itemsize for s in array.strides)
+    return _tensor.tensor_on(base.untyped_storage(), _tensor.TORCH_DTYPE[array.dtype], offset, array.shape, strides)
+
+
+def arrays_of(result):
+    """The NumPy views of an eager kernel's results (CPU tensors stay tensors: they are read as numbers)."""
+    if isinstance(result, torch.Tensor):
+        return _tensor.as_numpy(result) if result.device.type == "tpu" else result
+    if isinstance(result, (list, tuple)):
+        return tuple(arrays_of(r) for r in result)
+    return result
+
+
+def host_view(value):
+    """A CPU tensor input as a NumPy view (writes reach the tensor); anything else as it is."""
+    if isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.dtype in _tensor.NUMPY_DTYPE:
+        return value.detach().numpy() if value.dtype != torch.bfloat16 else value
+    return value
+
+
+def host_tensor(value):
+    """A host value computed by the program as the CPU tensor the graph returns."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    return value
+
+
+HELPERS = {
+    "ignore_fp_errors": _C.vpu.ignore_fp_errors, "restore_fp_errors": _C.vpu.restore_fp_errors,
+    "empty": lambda spec: np.empty(*spec), "host_view": host_view, "host_tensor": host_tensor,
+    "as_numpy": _tensor.as_numpy, "ndarray": np.ndarray, "new_buffer": new_buffer, "tensor_over": tensor_over, "new_output": new_output,
+    "materialize": materialize, "tensor_view": tensor_view, "arrays_of": arrays_of,
+}
+
+
+class Program:
+    """One compiled FX graph: generated source, executed on the caller's tensors."""
+
+    def __init__(self, name, generated):
+        self._boxed_call = True  # AOTAutograd hands over its argument list (an instance attribute: wrappers copy those)
+        self.name = name
+        self.generated = generated
+        filename = f"<torch_tpu.compile {name}>"
+        linecache.cache[filename] = (len(generated.source), None, generated.source.splitlines(True), filename)
+        namespace = dict(generated.namespace)
+        exec(compile(generated.source, filename, "exec"), namespace)  # noqa: S102 - our own generated source
+        self._run = namespace[name]
+
+    @property
+    def source(self):
+        return self.generated.source
+
+    def __call__(self, *args):
+        """Called with AOTAutograd's boxed list, or (where a wrapper hides ``_boxed_call``) unboxed."""
+        args = args[0] if len(args) == 1 and type(args[0]) is list else list(args)
+        if _abstract.MODE.depth:
+            raise RuntimeError(
+                f"torch_tpu.compile: compiled program {self.name} cannot run in abstract mode (torch_tpu.abstract()) "
+                "yet; run the model eagerly under torch_tpu.abstract() to plan it")
+        return self._run(args)
