@@ -27,7 +27,7 @@ from .._C import mxu
 from .._tensor import DTYPE_NAME
 from ._common import as_numpy, empty, write
 from ._registry import register
-from .linalg import PASSES_FOR_PRECISION
+from .linalg import float32_passes
 
 KEY_BLOCK = 512  # keys per step of the online softmax; also the unit of the dropout mask's random streams
 FUSED_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16})
@@ -221,10 +221,6 @@ def _scale(query, scale):
     return 1 / math.sqrt(query.shape[-1]) if scale is None else scale
 
 
-def _passes():
-    return PASSES_FOR_PRECISION[torch.get_float32_matmul_precision()]
-
-
 def like(tensor, shape, dtype=None):
     """A new tensor of ``shape`` laid out in ``tensor``'s dimension order (what Meta's attention kernels give)."""
     order = sorted(range(tensor.dim()), key=lambda d: tensor.stride(d), reverse=True)
@@ -274,7 +270,7 @@ def fused_attention(query, key, value, attn_bias=None, dropout_p=0.0, is_causal=
     output, logsumexp = forward_results(query, value)
     result, lse = attention_forward(as_numpy(query), as_numpy(key), as_numpy(value), _bias(attn_bias),
                                     scale=_scale(query, scale), is_causal=is_causal, dropout=dropout,
-                                    precision_passes=_passes())
+                                    precision_passes=float32_passes())
     write(output, result)
     write(logsumexp, lse.reshape(logsumexp.shape))
     return output, logsumexp, None, None, query.shape[-2], key.shape[-2], seed, offset, None
@@ -288,7 +284,7 @@ def fused_attention_backward(grad_out, query, key, value, attn_bias, grad_input_
     arrays = attention_backward(as_numpy(grad_out), as_numpy(query), as_numpy(key), as_numpy(value), as_numpy(out),
                                 as_numpy(logsumexp).reshape(query.shape[:-1]),
                                 _bias(attn_bias), scale=_scale(query, scale), is_causal=is_causal, dropout=dropout,
-                                bias_grad=grads[3] is not None, precision_passes=_passes())
+                                bias_grad=grads[3] is not None, precision_passes=float32_passes())
     for tensor, array in zip(grads[:3], arrays[:3]):
         write(tensor, array)
     if grads[3] is not None:

@@ -46,12 +46,16 @@ def _warn_float64():
     )
 
 
+def float32_passes():
+    """The bf16 passes the MXU computes a float32 matmul in, at the user's float32 matmul precision."""
+    return mxu.FLOAT32_PRECISION[torch.get_float32_matmul_precision()][1]
+
+
 def mxu_matmul(a, b, out=None):
     """``np.matmul`` on the emulated MXU at the user's float32 matmul precision."""
     if a.dtype == np.float64 or b.dtype == np.float64:
         _warn_float64()
-    _, passes = mxu.FLOAT32_PRECISION[torch.get_float32_matmul_precision()]
-    return mxu.matmul(a, b, out, precision_passes=passes)
+    return mxu.matmul(a, b, out, precision_passes=float32_passes())
 
 
 def scaled_sum(product, bias, beta, alpha):
