@@ -127,3 +127,31 @@ def test_dataloader_pin_memory_feeds_the_device():
     source = torch.arange(4.0)
     pinned = source.pin_memory()
     assert torch.equal(pinned, source) and pinned.data_ptr() != source.data_ptr()
+
+
+def test_pinned_memory_is_reported_as_cuda_reports_it():
+    """is_pinned answers from the pinned bytes, as CUDA's host allocator answers from the pointer."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    source = torch.arange(10.0)
+    pinned = source.pin_memory()
+    assert pinned.is_pinned() and not source.is_pinned()
+    assert pinned.pin_memory() is pinned  # already pinned: returned as it is
+    assert pinned[3:].is_pinned() and pinned.untyped_storage().is_pinned()
+    # OpenReg's test_rewrapped_storage: a tensor set on a slice of the pinned storage shares its bytes
+    rewrapped = torch.tensor((), dtype=torch.float32).set_(pinned.untyped_storage()[8:], 0, (5,), (1,))
+    assert rewrapped.is_pinned() and rewrapped.data_ptr() != pinned.data_ptr()
+    assert torch.randn(4).untyped_storage().pin_memory().is_pinned()
+    assert not torch.ones(2, device="tpu").is_pinned()
+    for x, y in DataLoader(TensorDataset(torch.randn(6, 3), torch.arange(6)), batch_size=4, pin_memory=True):
+        assert x.is_pinned() and y.is_pinned()
+
+
+def test_a_freed_pinned_buffer_is_forgotten():
+    from torch_tpu import _pinned
+
+    before = len(_pinned._ranges)
+    pinned = torch.randn(100).pin_memory()
+    assert len(_pinned._ranges) == before + 1
+    del pinned
+    assert len(_pinned._ranges) == before
