@@ -77,6 +77,32 @@ def test_device_module_basics():
     assert torch.bfloat16 in torch.tpu.get_amp_supported_dtype()
 
 
+def test_device_module_has_torch_cuda_names_that_apply_to_one_chip():
+    cuda_names = ["device_of", "StreamContext", "OutOfMemoryError", "memory_snapshot", "get_per_process_memory_fraction",
+                  "set_per_process_memory_fraction", "memory_stats_as_nested_dict", "reset_max_memory_allocated",
+                  "get_rng_state_all", "set_rng_state_all", "seed_all", "is_initialized", "init"]
+    assert [name for name in cuda_names if hasattr(torch.cuda, name) and not hasattr(torch.tpu, name)] == []
+    assert torch.tpu.OutOfMemoryError is torch.cuda.OutOfMemoryError
+
+
+def test_device_of_selects_the_tensors_chip_and_ignores_other_devices():
+    with torch.tpu.device_of(torch.ones(1, device="tpu")):
+        assert torch.ones(1, device="tpu").device == torch.device("tpu", 0)
+    with torch.tpu.device_of(torch.ones(1)):  # a CPU tensor selects nothing, as torch.cuda.device_of
+        pass
+
+
+def test_stream_context_is_a_class_as_on_cuda():
+    side = torch.tpu.Stream()
+    context = torch.tpu.stream(side)
+    assert isinstance(context, torch.tpu.StreamContext) and context.stream is side
+    with context as entered:
+        assert entered is side and torch.tpu.current_stream() == side
+        with torch.tpu.StreamContext(None):  # None keeps the current stream
+            assert torch.tpu.current_stream() == side
+    assert torch.tpu.current_stream() == torch.tpu.default_stream()
+
+
 def test_device_properties_follow_the_chip_table():
     from torch_tpu import _C
 
