@@ -27,7 +27,7 @@ from . import _accelerator, _lazy  # noqa: E402
 _accelerator.install()
 _lazy.install_fallbacks()
 
-from . import _dlpack, _pinned, _printing, _pytorch_profiler, _storage, autocast, distributed, profiler  # noqa: E402,F401
+from . import _dlpack, _multiprocessing, _pinned, _printing, _pytorch_profiler, _storage, autocast, distributed, profiler  # noqa: E402,F401
 from . import _abstract  # noqa: E402
 from ._abstract import abstract, has_values, is_abstract  # noqa: E402
 from ._errors import NoValuesError  # noqa: E402
