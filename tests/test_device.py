@@ -28,6 +28,20 @@ def test_autoload_can_be_turned_off():
     assert out == ["False", "privateuseone", "tpu:0"]
 
 
+def test_a_tpu_checkpoint_loads_on_cpu_without_torch_tpu(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    weights = torch.nn.Linear(3, 2).to("tpu").state_dict()
+    torch.save({"model": weights, "step": 7}, path)
+    out = run_python(f"""
+        import sys, torch
+        loaded = torch.load({str(path)!r}, map_location="cpu")
+        print('torch_tpu' in sys.modules, loaded["step"], loaded["model"]["weight"].device)
+        print(*loaded["model"]["weight"].flatten().tolist())
+    """, env={"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"}).stdout.split("\n")
+    assert out[0].split() == ["False", "7", "cpu"]
+    assert [float(v) for v in out[1].split()] == weights["weight"].flatten().tolist()
+
+
 def test_transposed_view_one_liner():
     code = "import torch; x = torch.arange(6.).to('tpu').view(2, 3).t(); print(x, x.stride(), x.storage_offset())"
     cpu = torch.arange(6.).view(2, 3).t()
