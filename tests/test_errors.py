@@ -15,6 +15,26 @@ def test_mixing_tpu_with_a_cpu_tensor():
         torch.ones(2, device="tpu") + torch.ones(2)
 
 
+@pytest.mark.parametrize("action", [
+    lambda host, index: host[index],
+    lambda host, index: host[index, index],
+    lambda host, index: host.__setitem__(index, 1.0),
+    lambda host, index: host.index_put_((index,), torch.tensor(1.0), accumulate=True),
+])
+def test_indexing_a_cpu_tensor_with_tpu_indices_raises_cudas_error(action):
+    host = torch.arange(9.0).reshape(3, 3)
+    with pytest.raises(RuntimeError, match=r"^indices should be either on cpu or on the same device as the indexed "
+                                           r"tensor \(cpu\)$"):
+        action(host, torch.tensor([0], device="tpu"))
+    assert torch.equal(host, torch.arange(9.0).reshape(3, 3))
+
+
+def test_a_tpu_tensor_takes_cpu_and_tpu_indices():
+    values = torch.arange(9.0).reshape(3, 3)
+    for index in (torch.tensor([2, 0]), torch.tensor([2, 0], device="tpu")):
+        assert torch.equal(values.to("tpu")[index].cpu(), values[torch.tensor([2, 0])])
+
+
 def test_a_cpu_scalar_tensor_is_allowed_where_cpu_allows_it():
     try:
         result = torch.ones(2, device="tpu") + torch.tensor(2.0)
