@@ -182,6 +182,8 @@ def test_pinned_memory_is_reported_as_cuda_reports_it():
     rewrapped = torch.tensor((), dtype=torch.float32).set_(pinned.untyped_storage()[8:], 0, (5,), (1,))
     assert rewrapped.is_pinned() and rewrapped.data_ptr() != pinned.data_ptr()
     assert torch.randn(4).untyped_storage().pin_memory().is_pinned()
+    untyped = torch.randn(4).untyped_storage()  # OpenReg's test_pin_memory: storages, naming the device
+    assert not untyped.is_pinned("tpu") and untyped.pin_memory("tpu").is_pinned("tpu")
     assert not torch.ones(2, device="tpu").is_pinned()
     for x, y in DataLoader(TensorDataset(torch.randn(6, 3), torch.arange(6)), batch_size=4, pin_memory=True):
         assert x.is_pinned() and y.is_pinned()
