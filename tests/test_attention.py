@@ -213,6 +213,20 @@ def test_sdpa_kernel_math_takes_the_math_path():
     assert counted[FORWARD].count == 1
 
 
+def test_fused_sdp_choice_answers_as_the_kernel_chooses():
+    """OpenReg's contract: a PrivateUse1 device answers ``torch._fused_sdp_choice``, OVERRIDEABLE for its fused kernel."""
+    q = torch.rand(2, 2, 16, 8, dtype=torch.float16).to("tpu")
+    assert torch._fused_sdp_choice(q, q, q) == SDPBackend.OVERRIDEABLE.value
+    assert torch._fused_sdp_choice(q.double(), q.double(), q.double()) == SDPBackend.MATH.value  # no MXU type
+    with sdpa_kernel(SDPBackend.MATH):
+        assert torch._fused_sdp_choice(q, q, q) == SDPBackend.MATH.value
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        assert torch._fused_sdp_choice(q, q, q) == SDPBackend.ERROR.value
+    before = _totals().get("_fused_sdp_choice")
+    torch._fused_sdp_choice(q, q, q)
+    assert _totals().get("_fused_sdp_choice") == before  # a host-side decision: no launch on the chip
+
+
 @pytest.mark.parametrize("backend", [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                                      SDPBackend.CUDNN_ATTENTION])
 def test_a_backend_tpu_lacks_raises_torchs_error(backend):

@@ -28,6 +28,20 @@ def test_autoload_can_be_turned_off():
     assert out == ["False", "privateuseone", "tpu:0"]
 
 
+def test_a_tpu_checkpoint_loads_on_cpu_without_torch_tpu(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    weights = torch.nn.Linear(3, 2).to("tpu").state_dict()
+    torch.save({"model": weights, "step": 7}, path)
+    out = run_python(f"""
+        import sys, torch
+        loaded = torch.load({str(path)!r}, map_location="cpu")
+        print('torch_tpu' in sys.modules, loaded["step"], loaded["model"]["weight"].device)
+        print(*loaded["model"]["weight"].flatten().tolist())
+    """, env={"TORCH_DEVICE_BACKEND_AUTOLOAD": "0"}).stdout.split("\n")
+    assert out[0].split() == ["False", "7", "cpu"]
+    assert [float(v) for v in out[1].split()] == weights["weight"].flatten().tolist()
+
+
 def test_transposed_view_one_liner():
     code = "import torch; x = torch.arange(6.).to('tpu').view(2, 3).t(); print(x, x.stride(), x.storage_offset())"
     cpu = torch.arange(6.).view(2, 3).t()
@@ -75,6 +89,32 @@ def test_device_module_basics():
         assert torch.ones(1, device="tpu").device == torch.device("tpu", 0)
     assert torch.tpu.is_bf16_supported()
     assert torch.bfloat16 in torch.tpu.get_amp_supported_dtype()
+
+
+def test_device_module_has_torch_cuda_names_that_apply_to_one_chip():
+    cuda_names = ["device_of", "StreamContext", "OutOfMemoryError", "memory_snapshot", "get_per_process_memory_fraction",
+                  "set_per_process_memory_fraction", "memory_stats_as_nested_dict", "reset_max_memory_allocated",
+                  "get_rng_state_all", "set_rng_state_all", "seed_all", "is_initialized", "init"]
+    assert [name for name in cuda_names if hasattr(torch.cuda, name) and not hasattr(torch.tpu, name)] == []
+    assert torch.tpu.OutOfMemoryError is torch.cuda.OutOfMemoryError
+
+
+def test_device_of_selects_the_tensors_chip_and_ignores_other_devices():
+    with torch.tpu.device_of(torch.ones(1, device="tpu")):
+        assert torch.ones(1, device="tpu").device == torch.device("tpu", 0)
+    with torch.tpu.device_of(torch.ones(1)):  # a CPU tensor selects nothing, as torch.cuda.device_of
+        pass
+
+
+def test_stream_context_is_a_class_as_on_cuda():
+    side = torch.tpu.Stream()
+    context = torch.tpu.stream(side)
+    assert isinstance(context, torch.tpu.StreamContext) and context.stream is side
+    with context as entered:
+        assert entered is side and torch.tpu.current_stream() == side
+        with torch.tpu.StreamContext(None):  # None keeps the current stream
+            assert torch.tpu.current_stream() == side
+    assert torch.tpu.current_stream() == torch.tpu.default_stream()
 
 
 def test_device_properties_follow_the_chip_table():
@@ -127,3 +167,33 @@ def test_dataloader_pin_memory_feeds_the_device():
     source = torch.arange(4.0)
     pinned = source.pin_memory()
     assert torch.equal(pinned, source) and pinned.data_ptr() != source.data_ptr()
+
+
+def test_pinned_memory_is_reported_as_cuda_reports_it():
+    """is_pinned answers from the pinned bytes, as CUDA's host allocator answers from the pointer."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    source = torch.arange(10.0)
+    pinned = source.pin_memory()
+    assert pinned.is_pinned() and not source.is_pinned()
+    assert pinned.pin_memory() is pinned  # already pinned: returned as it is
+    assert pinned[3:].is_pinned() and pinned.untyped_storage().is_pinned()
+    # OpenReg's test_rewrapped_storage: a tensor set on a slice of the pinned storage shares its bytes
+    rewrapped = torch.tensor((), dtype=torch.float32).set_(pinned.untyped_storage()[8:], 0, (5,), (1,))
+    assert rewrapped.is_pinned() and rewrapped.data_ptr() != pinned.data_ptr()
+    assert torch.randn(4).untyped_storage().pin_memory().is_pinned()
+    untyped = torch.randn(4).untyped_storage()  # OpenReg's test_pin_memory: storages, naming the device
+    assert not untyped.is_pinned("tpu") and untyped.pin_memory("tpu").is_pinned("tpu")
+    assert not torch.ones(2, device="tpu").is_pinned()
+    for x, y in DataLoader(TensorDataset(torch.randn(6, 3), torch.arange(6)), batch_size=4, pin_memory=True):
+        assert x.is_pinned() and y.is_pinned()
+
+
+def test_a_freed_pinned_buffer_is_forgotten():
+    from torch_tpu import _pinned
+
+    before = len(_pinned._ranges)
+    pinned = torch.randn(100).pin_memory()
+    assert len(_pinned._ranges) == before + 1
+    del pinned
+    assert len(_pinned._ranges) == before

@@ -468,3 +468,48 @@ def test_conversions_follow_cpus_simd_loops(source, destination, layout):
     if expected.dim() == 2:  # into a destination laid out the other way round
         out, expected_out = (torch.empty(expected.shape[::-1], dtype=destination, device=d).t() for d in ("tpu", "cpu"))
         assert_bits_equal(out.copy_(tpu).cpu(), expected_out.copy_(expected))
+
+
+@pytest.fixture
+def deterministic_algorithms():
+    torch.use_deterministic_algorithms(True)
+    yield
+    torch.use_deterministic_algorithms(False)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+
+
+def _bits(tensor):
+    """The bytes of a tensor, so that NaNs compare equal when their bit patterns do."""
+    return tensor.cpu().contiguous().view(-1).view(torch.uint8).tolist()
+
+
+EMPTY_FACTORIES = {
+    "empty": lambda dtype, device: torch.empty(2, 3, dtype=dtype, device=device),
+    "empty_strided": lambda dtype, device: torch.empty_strided((2, 3), (1, 2), dtype=dtype, device=device),
+    "empty_like": lambda dtype, device: torch.empty_like(torch.zeros(3, dtype=dtype, device=device)),
+    "new_empty": lambda dtype, device: torch.zeros(1, dtype=dtype, device=device).new_empty(4),
+    "channels_last": lambda dtype, device: torch.empty(1, 2, 2, 2, dtype=dtype, device=device,
+                                                       memory_format=torch.channels_last),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.uint64, torch.complex128])
+@pytest.mark.parametrize("factory", EMPTY_FACTORIES)
+def test_deterministic_mode_fills_empty_tensors_as_cpu_does(deterministic_algorithms, factory, dtype):
+    """use_deterministic_algorithms(True) fills new memory: NaN, or the largest value of the type."""
+    make = EMPTY_FACTORIES[factory]
+    assert _bits(make(dtype, "tpu")) == _bits(make(dtype, "cpu"))
+
+
+def test_deterministic_mode_fills_what_resize_adds(deterministic_algorithms):
+    on_cpu, on_tpu = torch.ones(2).resize_(5), torch.ones(2, device="tpu").resize_(5)
+    assert _bits(on_tpu) == _bits(on_cpu)  # [1, 1, nan, nan, nan]
+    shrunk = torch.ones(3, device="tpu").resize_(1).resize_(3)  # within the storage: nothing is new
+    assert shrunk.tolist() == [1, 1, 1]
+
+
+def test_fill_uninitialized_memory_off_leaves_memory_as_it_is(deterministic_algorithms):
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    reused = torch.full((256,), 7.0, device="tpu")
+    del reused
+    assert not torch.empty(256, device="tpu").isnan().any()

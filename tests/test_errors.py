@@ -15,6 +15,26 @@ def test_mixing_tpu_with_a_cpu_tensor():
         torch.ones(2, device="tpu") + torch.ones(2)
 
 
+@pytest.mark.parametrize("action", [
+    lambda host, index: host[index],
+    lambda host, index: host[index, index],
+    lambda host, index: host.__setitem__(index, 1.0),
+    lambda host, index: host.index_put_((index,), torch.tensor(1.0), accumulate=True),
+])
+def test_indexing_a_cpu_tensor_with_tpu_indices_raises_cudas_error(action):
+    host = torch.arange(9.0).reshape(3, 3)
+    with pytest.raises(RuntimeError, match=r"^indices should be either on cpu or on the same device as the indexed "
+                                           r"tensor \(cpu\)$"):
+        action(host, torch.tensor([0], device="tpu"))
+    assert torch.equal(host, torch.arange(9.0).reshape(3, 3))
+
+
+def test_a_tpu_tensor_takes_cpu_and_tpu_indices():
+    values = torch.arange(9.0).reshape(3, 3)
+    for index in (torch.tensor([2, 0]), torch.tensor([2, 0], device="tpu")):
+        assert torch.equal(values.to("tpu")[index].cpu(), values[torch.tensor([2, 0])])
+
+
 def test_a_cpu_scalar_tensor_is_allowed_where_cpu_allows_it():
     try:
         result = torch.ones(2, device="tpu") + torch.tensor(2.0)
@@ -202,3 +222,27 @@ def test_errors_from_kernels_carry_no_numpy_exception(call):
     error = caught.value
     assert type(error).__module__.partition(".")[0] in ("builtins", "torch")
     assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+
+
+@pytest.mark.parametrize("export", [
+    lambda t: t.__dlpack__(),
+    lambda t: t.__dlpack__(max_version=(1, 0)),
+    lambda t: torch.utils.dlpack.to_dlpack(t),
+    lambda t: __import__("numpy").from_dlpack(t),
+])
+def test_dlpack_export_of_a_tpu_tensor_is_refused_with_the_way_out(export):
+    with pytest.raises(BufferError, match=r"DLPack cannot export a tpu tensor.*tensor\.cpu\(\)"):
+        export(torch.arange(3.0, device="tpu"))
+
+
+def test_dlpack_of_cpu_tensors_is_untouched():
+    source = torch.arange(3.0)
+    assert torch.equal(torch.from_dlpack(source.__dlpack__()), source)
+    assert torch.equal(torch.utils.dlpack.from_dlpack(torch.utils.dlpack.to_dlpack(source)), source)
+    assert torch.equal(torch.from_dlpack(torch.arange(3.0, device="tpu").cpu()), source)
+
+
+def test_numpy_of_a_tpu_tensor_raises_cudas_type_error():
+    with pytest.raises(TypeError, match="can't convert tpu:0 device type tensor to numpy. Use Tensor.cpu()"):
+        torch.ones(2, device="tpu").numpy()
+    assert not hasattr(torch.ones(2, device="tpu"), "__cuda_array_interface__")

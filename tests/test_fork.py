@@ -123,3 +123,28 @@ def test_the_elementwise_thread_pool_restarts_in_a_child():
         return float(result.sum())
 
     assert run_in_forked_child(child) == ("ok", 3.0 * a.size)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.ones(3, device="tpu"),
+    lambda: torch.nn.Linear(2, 2).to("tpu").weight,
+    lambda: torch.ones(2, device="tpu").untyped_storage(),
+    lambda: torch.ones(2, device="tpu").storage(),
+])
+def test_sending_a_tpu_tensor_to_another_process_is_refused_with_the_way_out(make):
+    """CUDA shares device memory over IPC; another process here is another chip, so there is nothing to share."""
+    from multiprocessing.reduction import ForkingPickler
+
+    obj = make()
+    with pytest.raises(RuntimeError, match=r"cannot be shared with another process.*Send tensor\.cpu\(\)"):
+        ForkingPickler.dumps(obj)
+
+
+def test_cpu_tensors_still_go_through_shared_memory():
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    source = torch.arange(4.0)
+    received = pickle.loads(ForkingPickler.dumps(source))
+    received.add_(1)  # the receiver shares the bytes: CPU sharing is untouched
+    assert source.is_shared() and torch.equal(source, torch.arange(1.0, 5.0))

@@ -196,8 +196,9 @@ def test_out_of_memory_with_memory_fraction():
         torch.tpu.set_per_process_memory_fraction(fraction)
         limit = torch.tpu.mem_get_info()[1]
         assert limit == int(capacity * fraction)
+        assert torch.tpu.get_per_process_memory_fraction() == limit / capacity
         free = limit - allocated
-        with pytest.raises(torch.OutOfMemoryError) as caught:
+        with pytest.raises(torch.tpu.OutOfMemoryError) as caught:  # torch.OutOfMemoryError, as torch.cuda's
             torch.empty(free + 1, dtype=torch.uint8, device="tpu")
         message = str(caught.value)
         assert f"({free + 1} bytes)" in message and f"({allocated} bytes)" in message and f"({limit} bytes)" in message
@@ -208,7 +209,7 @@ def test_out_of_memory_with_memory_fraction():
         del exactly_full
     finally:
         torch.tpu.set_per_process_memory_fraction(1.0)
-    assert torch.tpu.mem_get_info()[1] == capacity
+    assert torch.tpu.mem_get_info()[1] == capacity and torch.tpu.get_per_process_memory_fraction() == 1.0
     with pytest.raises(ValueError):
         torch.tpu.set_per_process_memory_fraction(2.0)
 

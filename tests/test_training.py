@@ -145,3 +145,25 @@ def test_cpu_and_tpu_tensors_are_shallow_copy_compatible():
     parameter.data = tpu
     assert parameter.device.type == "tpu" and parameter.is_leaf and isinstance(parameter, nn.Parameter)
     assert torch.equal(parameter.detach().cpu(), torch.zeros(3))
+
+
+@pytest.mark.filterwarnings("ignore:Using -1 to represent CPU tensor is deprecated")
+def test_data_parallel_over_the_one_chip_trains_like_the_bare_model():
+    """CUDA scripts wrap models in nn.DataParallel; over device_ids=[0] it scatters the batch to the chip and
+    returns the module's output. The gradient of a host input comes back to the host, as on CUDA."""
+    torch.manual_seed(0)
+    reference = MLP()
+    wrapped = nn.DataParallel(copy.deepcopy(reference).to("tpu"))
+    assert wrapped.device_ids == [0]
+    inputs = torch.randn(6, 12)
+    host_input, reference_input = inputs.clone().requires_grad_(), inputs.clone().requires_grad_()
+    output = wrapped(host_input)
+    assert output.device == torch.device("tpu", 0)
+    output.square().sum().backward()
+    reference(reference_input).square().sum().backward()
+    assert host_input.grad.device.type == "cpu"
+    assert_close(host_input.grad, reference_input.grad, atol=1e-5, rtol=1e-4)
+    for tpu_parameter, cpu_parameter in zip(wrapped.module.parameters(), reference.parameters()):
+        assert_close(tpu_parameter.grad.cpu(), cpu_parameter.grad, atol=1e-5, rtol=1e-4)
+    on_chip = torch.randn(4, 12, device="tpu")
+    assert_close(wrapped(on_chip), wrapped.module(on_chip))

@@ -22,12 +22,13 @@ from . import _backend  # noqa: E402
 
 _backend.register_device()
 
-from . import _accelerator, _lazy  # noqa: E402
+from . import _accelerator, _lazy, _parallel_comm  # noqa: E402
 
 _accelerator.install()
+_parallel_comm.install()
 _lazy.install_fallbacks()
 
-from . import _pinned, _printing, _pytorch_profiler, _storage, autocast, distributed, profiler  # noqa: E402,F401
+from . import _dlpack, _multiprocessing, _pinned, _printing, _pytorch_profiler, _storage, autocast, distributed, profiler  # noqa: E402,F401
 from . import _abstract  # noqa: E402
 from .compile import registration as _compile_registration  # noqa: E402
 

@@ -25,7 +25,7 @@ from ._tensor import DTYPE_NAME
 Tensor = torch.Tensor
 _SEQUENCES = (list, tuple)
 FREE_OPS = frozenset({
-    "_has_compatible_shallow_copy_type", "_to_copy", "empty.memory_format", "empty_strided", "resize_", "set_", "set_.source_Storage",
+    "_fused_sdp_choice", "_has_compatible_shallow_copy_type", "_to_copy", "empty.memory_format", "empty_strided", "resize_", "set_", "set_.source_Storage",
     "set_.source_Storage_storage_offset", "set_.source_Tensor",
 })
 # Ops that overwrite their first argument without reading it.

@@ -14,6 +14,11 @@ def device_mismatch(first, second, op_name=None):
     )
 
 
+def indices_on_another_device(indexed_device):
+    """Indexing a host tensor with tpu indices: ATen's advanced-indexing device check, as CUDA users meet it."""
+    return RuntimeError(f"indices should be either on cpu or on the same device as the indexed tensor ({indexed_device})")
+
+
 def check_device_index(device, op_name="tensor creation"):
     """One process drives one chip: tpu:1 and above exist only in other processes."""
     if device is None:

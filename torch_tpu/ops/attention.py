@@ -363,6 +363,13 @@ def choose_backend(fits):
     return SDPBackend.ERROR
 
 
+@register("_fused_sdp_choice")
+def fused_sdp_choice(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, *, scale=None,
+                     enable_gqa=False):
+    """The backend ``scaled_dot_product_attention`` takes for these arguments, as PyTorch asks a device for it."""
+    return choose_backend(fits_fused(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa)).value
+
+
 def _boolean_mask_as_bias(attn_mask, dtype):
     """PyTorch's conversion of a boolean mask (True = attend) into an additive one: 0 or -inf."""
     if attn_mask is None or attn_mask.dtype != torch.bool:

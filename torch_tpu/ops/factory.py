@@ -19,18 +19,36 @@ def _strides_for(size, memory_format):
     return torch.empty(size, memory_format=memory_format, device="meta").stride()
 
 
+def filling_uninitialized_memory():
+    """Whether new memory must be filled: torch.use_deterministic_algorithms(True), with
+    torch.utils.deterministic.fill_uninitialized_memory (on by default)."""
+    return torch._C._get_deterministic_algorithms() and torch._C._get_deterministic_fill_uninitialized_memory()
+
+
+def fill_uninitialized(tensor):
+    """ATen's fill for uninitialised memory in deterministic mode: NaN for floating and complex types (a
+    complex NaN + 0j), the largest value for the others (True for bool)."""
+    if tensor.is_floating_point() or tensor.is_complex():
+        return tensor.fill_(math.nan)
+    return tensor.fill_(True if tensor.dtype is torch.bool else torch.iinfo(tensor.dtype).max)
+
+
+def _allocated(tensor):
+    return fill_uninitialized(tensor) if filling_uninitialized_memory() else tensor
+
+
 @register("empty.memory_format")
 def empty(size, *, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
     check_device_index(device, "torch.empty")
     _tensor.check_nonnegative_sizes(size)  # every factory reaches here: refused before anything is allocated
     dtype = dtype or torch.get_default_dtype()
-    return _tensor.empty(size, dtype, _strides_for(size, memory_format))
+    return _allocated(_tensor.empty(size, dtype, _strides_for(size, memory_format)))
 
 
 @register("empty_strided")
 def empty_strided(size, stride, *, dtype=None, layout=None, device=None, pin_memory=None):
     check_device_index(device, "torch.empty_strided")
-    return _tensor.empty(size, dtype or torch.get_default_dtype(), tuple(stride))
+    return _allocated(_tensor.empty(size, dtype or torch.get_default_dtype(), tuple(stride)))
 
 
 @register("_efficientzerotensor")

@@ -10,7 +10,7 @@ accumulate exactly as on CPU.
 import numpy as np
 import torch
 
-from .._errors import scalar_type_name
+from .._errors import indices_on_another_device, scalar_type_name
 from ._common import (as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, exact_dtype, operand,
                       opmath_operand, prepare_out, store, wrap_dim, write)
 from ._overlap import check_no_internal_overlap
@@ -77,6 +77,8 @@ def advanced_index_key(self, indices):
     """The NumPy key for aten's ``indices`` list: None is a full slice, bool tensors are masks."""
     if len(indices) > self.dim():
         raise IndexError(f"too many indices for tensor of dimension {self.dim()}")
+    if self.device.type != "tpu" and any(index is not None and index.device.type == "tpu" for index in indices):
+        raise indices_on_another_device(self.device)
     key, dim = [], 0
     for index in indices:
         if index is None:
@@ -109,7 +111,8 @@ def _check_mask_shape(self, mask, first_dim, position):
 
 @register("index.Tensor")
 def index(self, indices):
-    return store(operand(self, "index")[advanced_index_key(self, indices)], self.dtype)
+    key = advanced_index_key(self, indices)  # first: it checks where the indices are
+    return store(operand(self, "index")[key], self.dtype)
 
 
 def _same_dtype_as_self(self_dtype, out_dtype):
@@ -120,7 +123,8 @@ def _same_dtype_as_self(self_dtype, out_dtype):
 
 @register("index.Tensor_out")
 def index_out(self, indices, *, out):
-    return store(operand(self, "index")[advanced_index_key(self, indices)], self.dtype, out=out,
+    key = advanced_index_key(self, indices)
+    return store(operand(self, "index")[key], self.dtype, out=out,
                  distinct=(self, *(i for i in indices if i is not None)), dtype_rule=_same_dtype_as_self)
 
 
@@ -131,8 +135,8 @@ def index_put_impl_(self, indices, values, accumulate=False, unsafe=False):
             "Index put requires the source and destination dtypes match, got "
             f"{scalar_type_name(self.dtype)} for the destination and {scalar_type_name(values.dtype)} for the source."
         )
-    target = as_numpy(self)
     key = advanced_index_key(self, indices)
+    target = as_numpy(self)
     source = operand(values, "index_put_")
     try:
         if accumulate:

@@ -10,6 +10,7 @@ import torch
 
 from .. import _tensor
 from .._errors import invalid_storage_offset
+from . import factory
 from ._registry import register, register_with_keyset
 
 META = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
@@ -109,6 +110,17 @@ def resize_(self, size, memory_format=None):
     else:
         strides = torch.empty(size, memory_format=memory_format, device="meta").stride()
     storage = self.untyped_storage()
+    old_nbytes = storage.nbytes()
     if numel:
         _tensor.ensure_capacity(storage, nbytes)
+    if storage.nbytes() > old_nbytes and factory.filling_uninitialized_memory():
+        _fill_grown_elements(storage, old_nbytes, self.dtype)
     return _tensor.set_metadata(self, storage, self.storage_offset(), size, strides)
+
+
+def _fill_grown_elements(storage, old_nbytes, dtype):
+    """Deterministic mode: the elements resize_ added to the storage get the values empty memory gets."""
+    itemsize = dtype.itemsize
+    first, end = old_nbytes // itemsize, storage.nbytes() // itemsize
+    grown = _tensor.set_metadata(_tensor.empty((0,), dtype), storage, first, (end - first,), (1,))
+    factory.fill_uninitialized(grown)

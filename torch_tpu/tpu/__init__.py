@@ -18,12 +18,14 @@ from .._errors import check_device_index
 from . import memory, random, streams
 from .memory import (
     empty_cache,
+    get_per_process_memory_fraction,
     max_memory_allocated,
     max_memory_reserved,
     mem_get_info,
     memory_allocated,
     memory_reserved,
     memory_stats,
+    memory_snapshot,
     memory_stats_as_nested_dict,
     memory_summary,
     reset_accumulated_memory_stats,
@@ -42,7 +44,9 @@ from .random import (
     set_rng_state,
     set_rng_state_all,
 )
-from .streams import Event, Stream, current_stream, default_stream, set_stream, stream
+from .streams import Event, Stream, StreamContext, current_stream, default_stream, set_stream, stream
+
+OutOfMemoryError = torch.OutOfMemoryError  # what an allocation past the HBM capacity raises, as torch.cuda's
 
 
 def is_available():
@@ -117,6 +121,14 @@ class device(contextlib.ContextDecorator):
 
     def __exit__(self, *exc):
         return False
+
+
+class device_of(device):
+    """``with torch.tpu.device_of(t):`` selects the chip of ``t``; a tensor on another device selects nothing,
+    as torch.cuda.device_of does for a non-CUDA tensor."""
+
+    def __init__(self, obj):
+        super().__init__(obj.device if obj.device.type == "tpu" else None)
 
 
 def synchronize(device=None):

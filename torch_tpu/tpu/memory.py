@@ -63,6 +63,13 @@ def set_per_process_memory_fraction(fraction, device=None):
     _C.current_chip().set_memory_fraction(fraction)
 
 
+def get_per_process_memory_fraction(device=None):
+    """The fraction of HBM this process may allocate, as set by set_per_process_memory_fraction."""
+    check_device_index(device, "get_per_process_memory_fraction")
+    chip = _C.current_chip()
+    return chip.hbm.capacity / chip.hbm_capacity_limit
+
+
 def _family(prefix, stat):
     return {f"{prefix}.all.{field}": value for field, value in stat.as_dict().items()}
 

@@ -183,18 +183,29 @@ def set_stream(stream):
     _clock().current_stream = _current_stream.stream_id
 
 
-@contextlib.contextmanager
+class StreamContext:
+    """``with torch.tpu.StreamContext(s):`` launches kernels on ``s``, as torch.cuda.StreamContext; ``None`` leaves
+    the current stream."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self._previous = None
+
+    def __enter__(self):
+        if self.stream is not None:
+            self._previous = current_stream()
+            set_stream(self.stream)
+        return self.stream
+
+    def __exit__(self, *exc):
+        if self.stream is not None:
+            set_stream(self._previous)
+        return False
+
+
 def stream(s):
     """``with torch.tpu.stream(s):`` launches kernels on ``s``; ``None`` leaves the current stream."""
-    if s is None:
-        yield s
-        return
-    previous = current_stream()
-    set_stream(s)
-    try:
-        yield s
-    finally:
-        set_stream(previous)
+    return StreamContext(s)
 
 
 def synchronize():
