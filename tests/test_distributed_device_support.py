@@ -7,6 +7,8 @@ unchanged, and each rank's HBM holds exactly the closed form: parameters, gradie
 states split N ways.
 """
 
+import gc
+
 import pytest
 import torch
 
@@ -32,6 +34,7 @@ def _fsdp_state_bytes(world):
     from torch.distributed.fsdp import fully_shard
 
     with torch_tpu.simulate(world):
+        gc.collect()  # tensors of earlier tests held in reference cycles must not be freed mid-measurement
         torch.tpu.empty_cache()
         start = torch.tpu.memory_allocated()
         torch.manual_seed(0)
@@ -45,6 +48,7 @@ def _fsdp_state_bytes(world):
         model(tokens, tokens).backward()
         optimizer.step()
         del tokens
+        gc.collect()
         state = torch.tpu.memory_allocated() - start
         parameters = sum(p.numel() for p in model.parameters())
         del model, optimizer
