@@ -18,6 +18,8 @@ def cascade_sum(values, counted, dtype):
     inputs = values[samples]
     residuals = []
     for level in range(1, CASCADE_LEVELS):
+        if len(inputs) <= 1:  # what is left reaches the top as 0 + v, every later level's residual being +0.0,
+            break  # which leaves a sum begun at +0.0 unchanged wherever it is added
         flushes = samples % (1 << (level_power * level)) == 0
         group = np.cumsum(flushes) - flushes  # a flushing sample closes its group
         sums = sequential_sums(inputs, group, int(flushes.sum()) + 1, dtype)
