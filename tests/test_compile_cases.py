@@ -168,6 +168,33 @@ def test_bfloat16_mlp_equals_eager_bit_for_bit():
         assert_identical(got.grad, want.grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_nll_loss_lowering_equals_eager_bit_for_bit(dtype, reduction, weighted):
+    """NLL loss and its gradient run as NumPy nodes (not eager ones) and give eager's bits: the CPU-order
+    cascade sum in the input's dtype, class weights, an ignored index."""
+    generator = torch.Generator().manual_seed(0)
+    logits = (torch.randn(300, 7, generator=generator) * 4).to("tpu", dtype)
+    target = torch.randint(0, 7, (300,), generator=generator).to("tpu")
+    weight = (torch.rand(7, generator=generator) * 3).to("tpu", dtype) if weighted else None
+
+    def loss_of(x):
+        return F.nll_loss(F.log_softmax(x, 1), target, weight, ignore_index=2, reduction=reduction).sum()
+
+    compiled_input, eager_input = (logits.clone().requires_grad_() for _ in range(2))
+    loss = torch.compile(loss_of, backend="tpu")(compiled_input)
+    loss.backward()
+    expected = loss_of(eager_input)
+    expected.backward()
+    assert_identical(loss, expected)
+    assert_identical(compiled_input.grad, eager_input.grad)
+    programs = torch_tpu.compile.last_programs()
+    kernels = [node for program in programs for _, nodes, _ in program.kernels for node in nodes]
+    assert "nll_loss_forward" in kernels and "nll_loss_backward" in kernels
+    assert not [op for program in programs for _, op, _ in program.eager_nodes if "nll" in op]
+
+
 def test_a_node_without_lowering_runs_its_eager_kernel_and_is_listed():
     x = torch.randn(5, 4).to("tpu")
     assert_identical(torch.compile(lambda x: torch.cumsum(x, 1) + 1, backend="tpu")(x), torch.cumsum(x, 1) + 1)

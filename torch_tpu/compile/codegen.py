@@ -22,6 +22,7 @@ its end (``Clock.run_program``), or, while a profiler records, each kernel's own
 import dataclasses
 import math
 import operator
+import re
 
 import numpy as np
 import torch
@@ -244,12 +245,32 @@ def generate(graph, name):
         summary = w.constant("program_cost_", chip.clock.program_cost([cost for _, _, cost in kernels]))
         w.line(f"if not recording: clock.run_program({summary}, clock.current_stream)")
     w.line(f"return [{', '.join(results)}]")
-    body = "\n".join("    " + line for line in w.lines)
+    lines = _without_unread_input_views(w.lines, [n.name for n in nodes if n.op == "placeholder"])
+    body = "\n".join("    " + line for line in lines)
     # NumPy's floating-point warnings are off for the whole program, as the VPU's kernels turn them off
     source = (f"def {name}(args):\n    token = ignore_fp_errors()\n    try:\n{body}\n"
               "    finally:\n        restore_fp_errors(token)\n")
     return Generated(source, w.namespace, sum(size for size, _, _ in buffers), kernels, eager_nodes, fusion.refusals,
                      {n.name: h for n, h in homes.items()})
+
+
+def _without_unread_input_views(lines, inputs):
+    """The lines less the NumPy views of inputs nothing reads as arrays (only eager kernels take them,
+    as tensors): no view to build per call, and an input whose real device differs from its fake one
+    (fused attention's philox seed, a CPU scalar its meta gives the tpu device) is passed on untouched."""
+    text = "\n".join(line for line in lines if not line.lstrip().startswith("del "))
+    unread = {name for name in inputs if len(re.findall(rf"\bv_{name}\b", text)) == 1}
+    if not unread:
+        return lines
+    kept = []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.split(" = ", 1)[0][2:] in unread and stripped.startswith("v_"):
+            continue
+        if stripped.startswith("del "):
+            line = re.sub(r", v_(\w+)\b", lambda m: "" if m.group(1) in unread else m.group(0), line)
+        kept.append(line)
+    return kept
 
 
 def _returns_tensors(low):

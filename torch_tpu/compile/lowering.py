@@ -597,6 +597,40 @@ def lower_layer_norm(node):
     return Lowered(OPAQUE, run, inputs, multi=True)
 
 
+@lowers(aten.nll_loss_forward.default)
+def lower_nll_loss(node):
+    """NLL loss through eager's maths (``nn.nll_forward_maths``), its CPU-order cascade sum included."""
+    input, target, weight, reduction, ignore_index = node.args
+    source, (loss, total_weight) = value_of(input), value_of(node)
+    compute, dtype = opmath_dtype(source.dtype), numpy_dtype(source.dtype)
+    store_loss, store_weight = _result_writer(loss), _result_writer(total_weight)
+
+    def run(x, target_array, *weight_array):
+        loss_array, weight_sum = nn.nll_forward_maths(nn.class_last(x.astype(compute, copy=False), 0), target_array,
+                                                      *(weight_array or (None,)), reduction, ignore_index, dtype)
+        return store_loss(np.asarray(loss_array)), store_weight(np.asarray(weight_sum))
+
+    inputs = tuple(a for a in (input, target, weight) if isinstance(a, torch.fx.Node))
+    return Lowered(OPAQUE, run, inputs, multi=True)
+
+
+@lowers(aten.nll_loss_backward.default)
+def lower_nll_loss_backward(node):
+    """NLL loss's input gradient through eager's maths (``nn.nll_backward_maths``)."""
+    grad_output, input, target, weight, reduction, ignore_index, total_weight = node.args
+    compute = opmath_dtype(value_of(input).dtype)
+    name = DTYPE_NAME[value_of(node).dtype]
+
+    def run(out, grad, x, target_array, *rest):
+        weight_array, total = rest if weight is not None else (None, *rest)
+        gradient = nn.nll_backward_maths(grad.astype(compute, copy=False), x.astype(compute, copy=False), target_array,
+                                         weight_array, reduction, ignore_index, total.astype(compute, copy=False), 0)
+        _C.dtypes.cast_into(out, gradient, name)
+
+    inputs = tuple(a for a in (grad_output, input, target, weight, total_weight) if isinstance(a, torch.fx.Node))
+    return Lowered(OPAQUE, run, inputs)
+
+
 @lowers(aten.native_layer_norm_backward.default)
 def lower_layer_norm_backward(node):
     grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask = node.args

@@ -579,17 +579,18 @@ def class_last(x, n_spatial):
 
 
 def nll_forward_arrays(self, target, weight, reduction, ignore_index, n_spatial):
-    log_probs = class_last(opmath_operand(self), n_spatial)
-    target_array = operand(target)
-    terms, sample_weight, ignored = nll_terms(log_probs, target_array.reshape(-1), optional_operand(weight),
-                                              ignore_index)
+    return nll_forward_maths(class_last(opmath_operand(self), n_spatial), operand(target), optional_operand(weight),
+                             reduction, ignore_index, numpy_dtype(self.dtype))
+
+
+def nll_forward_maths(log_probs, target_array, weight_array, reduction, ignore_index, dtype):
+    """(loss, total weight) of (M, C) opmath ``log_probs``, summed in the input's ``dtype`` as CPU sums them."""
+    terms, sample_weight, ignored = nll_terms(log_probs, target_array.reshape(-1), weight_array, ignore_index)
     if reduction == REDUCTION_NONE:
         return terms.reshape(target_array.shape), np.zeros((), log_probs.dtype)
     if not terms.size:
         return np.asarray(np.nan if reduction == REDUCTION_MEAN else 0.0), np.zeros(())
-    return nll_reduction(terms, sample_weight, ignored, weight is not None, reduction, numpy_dtype(self.dtype))
-
-
+    return nll_reduction(terms, sample_weight, ignored, weight_array is not None, reduction, dtype)
 
 
 def nll_reduction(terms, sample_weight, ignored, weighted, reduction, dtype):
@@ -607,13 +608,18 @@ def nll_reduction(terms, sample_weight, ignored, weighted, reduction, dtype):
 
 
 def nll_backward_array(grad_output, self, target, weight, reduction, ignore_index, total_weight, n_spatial):
-    x = opmath_operand(self)
-    target_array = operand(target).reshape(-1)
+    return nll_backward_maths(opmath_operand(grad_output), opmath_operand(self), operand(target),
+                              optional_operand(weight), reduction, ignore_index, opmath_operand(total_weight), n_spatial)
+
+
+def nll_backward_maths(grad, x, target_array, weight_array, reduction, ignore_index, total_weight, n_spatial):
+    """The gradient of the NLL loss with respect to its (opmath) input ``x``."""
+    target_array = target_array.reshape(-1)
     log_probs = class_last(x, n_spatial)
-    _, sample_weight, ignored = nll_terms(log_probs, target_array, optional_operand(weight), ignore_index)
-    grad = opmath_operand(grad_output).reshape(-1) if reduction == REDUCTION_NONE else opmath_operand(grad_output)
+    _, sample_weight, ignored = nll_terms(log_probs, target_array, weight_array, ignore_index)
+    grad = grad.reshape(-1) if reduction == REDUCTION_NONE else grad
     if reduction == REDUCTION_MEAN:
-        grad = grad / opmath_operand(total_weight)
+        grad = grad / total_weight
     rows = np.zeros(log_probs.shape, x.dtype)
     values = np.where(ignored, 0, -sample_weight * grad)
     np.put_along_axis(rows, np.where(ignored, 0, target_array)[:, None], values[:, None], axis=1)

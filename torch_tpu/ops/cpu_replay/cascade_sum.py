@@ -18,6 +18,8 @@ def cascade_sum(values, counted, dtype):
     inputs = values[samples]
     residuals = []
     for level in range(1, CASCADE_LEVELS):
+        if len(inputs) <= 1:  # what is left reaches the top as 0 + v, every later level's residual being +0.0,
+            break  # which leaves a sum begun at +0.0 unchanged wherever it is added
         flushes = samples % (1 << (level_power * level)) == 0
         group = np.cumsum(flushes) - flushes  # a flushing sample closes its group
         sums = sequential_sums(inputs, group, int(flushes.sum()) + 1, dtype)
@@ -28,13 +30,13 @@ def cascade_sum(values, counted, dtype):
 
 
 def sequential_sums(values, group, groups, dtype):
-    """Per group, ``((0 + v0) + v1) + ...`` over its values in order, rounding to ``dtype`` at each step."""
+    """Per group, ``((0 + v0) + v1) + ...`` over its values in order, rounding to ``dtype`` at each step.
+
+    One ``np.add.accumulate`` along the rows of a (group, position) table: accumulate adds strictly in order
+    (a reduce may pair), each addition rounded to ``dtype``. Each row starts with +0.0, as the fold does, and
+    the padding after a row's last value adds +0.0, which leaves a sum that started at +0.0 unchanged."""
     position = np.arange(len(values)) - np.searchsorted(group, group)
     width = int(position.max()) + 1 if len(values) else 0
-    table = np.zeros((groups, width), dtype)
-    present = np.zeros((groups, width), bool)
-    table[group, position], present[group, position] = values, True
-    sums = np.zeros(groups, dtype)
-    for column, valid in zip(table.T, present.T):
-        sums = np.where(valid, (sums + column).astype(dtype), sums)
-    return sums
+    table = np.zeros((groups, width + 1), dtype)
+    table[group, position + 1] = values
+    return np.add.accumulate(table, axis=1, dtype=dtype)[:, -1]
