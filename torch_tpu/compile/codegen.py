@@ -222,7 +222,7 @@ def generate(graph, name):
             index = len([n for n in nodes[:position[node]] if n.op == "placeholder"])
             w.line(f"t_{node.name} = args[{index}]")
             if is_tpu_node(node):
-                w.line(f"{v} = input_array(t_{node.name})")
+                w.line(f"{v} = as_numpy(t_{node.name})")
             else:  # a host scalar read (and written) through its NumPy view; anything else as it is
                 w.line(f"{v} = host_view(t_{node.name})")
             tensor_of[node] = f"t_{node.name}"

@@ -71,12 +71,6 @@ def host_view(value):
     return value
 
 
-def input_array(tensor):
-    """A tpu tensor input as its NumPy view. An eager kernel may hand a traced graph a host scalar where
-    Meta (and so the trace) placed a tpu one: the fused attention's RNG seed and offset, as CUDA's do."""
-    return _tensor.as_numpy(tensor) if tensor.device.type == "tpu" else host_view(tensor)
-
-
 def host_tensor(value):
     """A host value computed by the program as the CPU tensor the graph returns."""
     if isinstance(value, np.ndarray):
@@ -87,7 +81,7 @@ def host_tensor(value):
 HELPERS = {
     "ignore_fp_errors": _C.vpu.ignore_fp_errors, "restore_fp_errors": _C.vpu.restore_fp_errors,
     "empty": lambda spec: np.empty(*spec), "host_view": host_view, "host_tensor": host_tensor,
-    "as_numpy": _tensor.as_numpy, "input_array": input_array, "ndarray": np.ndarray, "new_buffer": new_buffer, "tensor_over": tensor_over, "new_output": new_output,
+    "as_numpy": _tensor.as_numpy, "ndarray": np.ndarray, "new_buffer": new_buffer, "tensor_over": tensor_over, "new_output": new_output,
     "materialize": materialize, "tensor_view": tensor_view, "arrays_of": arrays_of,
 }
 
