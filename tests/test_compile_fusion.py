@@ -191,3 +191,26 @@ def test_the_profiler_shows_each_fused_kernel_as_one_event_named_after_what_it_f
     assert record.cost.flops == 2 * 8 * 16 * 4
     assert (record.cost.bytes_read, record.cost.bytes_written) == (x.nbytes + w.nbytes, 8 * 4 * 4)  # the scalar 1 is no HBM read
     assert record.end > record.start
+
+
+def test_the_per_tensor_kernels_of_foreach_ops_launch_as_one_kernel_as_eager_foreach_does():
+    """Rule 7: unrolling an optimizer-style foreach update into per-tensor kernels adds no launches."""
+    def update(a, b, c, d):
+        params = [a, b, c]
+        torch._foreach_mul_(params, 0.9)
+        torch._foreach_add_(params, [d[:4], d[:6].view(2, 3), d[:1]], alpha=0.1)
+        return params
+
+    shapes = [(4,), (2, 3), (1,)]
+    args = [torch.randn(shape, device="tpu") for shape in shapes] + [torch.randn(8, device="tpu")]
+    eager_launches, eager_bytes = clock_charges(update, *[a.clone() for a in args])
+    compiled = torch.compile(update, backend="tpu", fullgraph=True)
+    compiled(*[a.clone() for a in args])  # compile outside the measurement
+    compiled_launches, compiled_bytes = clock_charges(compiled, *[a.clone() for a in args])
+    (program,) = torch_tpu.compile.last_programs()
+    (name, nodes, cost) = program.kernels[0]
+    assert len(program.kernels) == 1 and name.endswith("_x3") and len(nodes) == 9  # mul, add, write-back each
+    assert compiled_launches < eager_launches  # eager: one launch per foreach op; compiled: one for both
+    assert compiled_bytes <= eager_bytes
+    assert_close([r.cpu() for r in compiled(*[a.clone() for a in args])],
+                 [r.cpu() for r in update(*[a.clone() for a in args])], rtol=0, atol=0)

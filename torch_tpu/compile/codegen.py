@@ -29,7 +29,7 @@ import torch
 
 from .. import _C
 from .._tensor import numpy_dtype
-from .fusion import fuse
+from .fusion import fuse, horizontal_launches
 from .lowering import EAGER, OPAQUE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
 
@@ -146,6 +146,8 @@ def generate(graph, name):
     w.line("clock = chip.clock; recording = clock.recorders  # a profiler wants each kernel's record")
     kernels, eager_nodes = [], []
     last_of_group = {group.nodes[-1]: group for group in fusion.groups}
+    launch_of = {group.index: siblings for siblings in horizontal_launches(fusion.groups) for group in siblings}
+    pending = {}  # id of a horizontal launch -> the costs of its kernels emitted so far
     first_call = next((n for n in nodes if n.op == "call_function"), None)
     tensor_of = {}  # node -> expression of a tensor holding it, where one exists
     deletions = {}  # position -> eager result tensors to drop after it
@@ -211,10 +213,18 @@ def generate(graph, name):
     def charge(node):
         """After a kernel's last node: one charge of the whole kernel's cost."""
         group = last_of_group.get(node)
-        if group is not None:
-            cost = _group_cost(group, lowered, homes, root)
-            kernels.append((group.name, [n.name for n in group.nodes], cost))
-            w.line(f"if recording: clock.charge({w.constant('cost_', cost)}, clock.current_stream)")
+        if group is None:
+            return
+        cost, names = _group_cost(group, lowered, homes, root), [n.name for n in group.nodes]
+        siblings = launch_of.get(group.index)
+        if siblings is not None:  # one launch for all: charged after the last of them
+            done = pending.setdefault(id(siblings), [])
+            done.append((cost, names))
+            if len(done) < len(siblings):
+                return
+            cost, names = _launch_cost([c for c, _ in done]), [n for _, group_names in done for n in group_names]
+        kernels.append((cost.name, names, cost))
+        w.line(f"if recording: clock.charge({w.constant('cost_', cost)}, clock.current_stream)")
 
     for node in nodes:
         v = f"v_{node.name}"
@@ -319,6 +329,19 @@ def _group_cost(group, lowered, homes, root):
 
         cost.float32_passes = float32_passes()
     return cost
+
+
+def _launch_cost(costs):
+    """Kernels that launch together (rule 7): their FLOPs and boundary bytes, one launch."""
+    flops = {}
+    for cost in costs:
+        for name, count in cost.mxu_flops.items():
+            flops[name] = flops.get(name, 0) + count
+    launch = _C.clock.KernelCost(f"{costs[0].name}_x{len(costs)}", flops, sum(c.vpu_ops for c in costs),
+                                 sum(c.bytes_read for c in costs), sum(c.bytes_written for c in costs))
+    launch.shapes = tuple(shape for cost in costs for shape in cost.shapes)
+    launch.float32_passes = costs[0].float32_passes
+    return launch
 
 
 def _tensors_of(value):

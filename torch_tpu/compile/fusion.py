@@ -17,6 +17,9 @@ The rules (docs/compile.md explains them; they follow XLA's instruction fusion):
 6. **Multi-output loop fusion.** When an elementwise node combines the values of two loop kernels
    over the same elements, neither reading the other (an optimizer's two moment updates, a fill
    and its use), the two become one kernel: each value then crosses HBM at most once.
+7. **Horizontal fusion.** The per-tensor loop kernels of the same ``_foreach_*`` ops (one per
+   parameter of an optimizer step) share no data: they launch as one kernel, as eager's foreach
+   kernel does, so unrolling a foreach op never adds launches.
 
 Each refusal is recorded with its reason, for the debug output.
 """
@@ -117,6 +120,16 @@ def fuse(lowered):
                 if sibling is not joined and _siblings(joined, sibling, depends, reaches):
                     _merge(sibling, joined, group_of, depends, order)
     return Fusion([g for g in groups if g.nodes], group_of, refusals)
+
+
+def horizontal_launches(groups):
+    """Rule 7: lists of loop kernels made of the same foreach ops' per-tensor nodes, each list one launch."""
+    by_origin = {}
+    for group in groups:
+        origins = frozenset(node.meta.get("foreach") for node in group.nodes) - {None}  # (and write-backs)
+        if group.kind == "loop" and origins:
+            by_origin.setdefault(origins, []).append(group)
+    return [siblings for siblings in by_origin.values() if len(siblings) > 1]
 
 
 def _siblings(group, other, depends, reaches):

@@ -185,6 +185,7 @@ def _unroll(graph, node):
         for i, (overload, args, kwargs) in enumerate(calls):
             replacement = graph.call_function(overload, tuple(args), kwargs)
             replacement.meta["val"] = node.meta["val"][i]
+            replacement.meta["foreach"] = node.name  # its siblings launch with it (fusion rule 7)
             replacements.append(replacement)
     for user in list(node.users):
         user.replace_all_uses_with(replacements[user.args[1]])
