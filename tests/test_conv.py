@@ -77,11 +77,8 @@ def test_transposed_bfloat16_rounds_where_cpu_kernel_rounds(name, kwargs, f, spa
     b = torch.randn(6, generator=generator).bfloat16()
     expected = f(x.transpose(-1, -2).contiguous().transpose(-1, -2), w, b, **kwargs)
     actual = f(x.to("tpu").transpose(-1, -2).contiguous().transpose(-1, -2), w.to("tpu"), b.to("tpu"), **kwargs)
-    # tpu follows a CPU with oneDNN bf16 (AVX-512); a host without it sends every case to im2col
-    host_has_onednn_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    same_route = name.startswith("im2col: output padding") or host_has_onednn_bf16
-    tolerance = dict(atol=0, rtol=0) if same_route else dict(atol=0.5, rtol=2e-2)
-    torch.testing.assert_close(actual.cpu(), expected, **tolerance)
+    # the tpu takes the route CPU takes on this host (a host without oneDNN bf16 sends every case to im2col)
+    torch.testing.assert_close(actual.cpu(), expected, atol=0, rtol=0)
 
 
 def test_float64_and_non_contiguous_input():

@@ -12,6 +12,7 @@ offsets, never over pixels). Layouts below: ``G`` groups, ``K`` kernel elements,
 output positions.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -101,6 +102,12 @@ def _opmath(tensor):
     return operand(tensor).astype(opmath_dtype(tensor.dtype), copy=False)
 
 
+@functools.cache
+def _host_onednn_bf16(dtype):
+    """Whether torch CPU on this host sends a bf16 transposed convolution to oneDNN (other dtypes: no matter)."""
+    return dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 @register("convolution_overrideable")
 def convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
     if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
@@ -110,8 +117,9 @@ def convolution(input, weight, bias, stride, padding, dilation, transposed, outp
     if transposed:
         # CPU leaves a transposed convolution whose output padding is not below its stride to its im2col
         # kernel, which stores the columns and adds them back in the tensor's own dtype (bf16 rounds each
-        # addition); the rest goes to oneDNN, which accumulates in float32 like the MXU
-        im2col = any(p >= s for p, s in zip(output_padding, stride))
+        # addition); the rest goes to oneDNN, which accumulates in float32 like the MXU, when oneDNN has
+        # bf16 kernels for this host (AVX-512): followed here, so bf16 results equal CPU's on every host
+        im2col = any(p >= s for p, s in zip(output_padding, stride)) or not _host_onednn_bf16(input.dtype)
         accumulator = _convolve_transposed(x, w, stride, padding, dilation, output_padding, groups,
                                            x.dtype if im2col else None)
     else:
