@@ -4,7 +4,9 @@ Most ops are tables: an aten overload, the NumPy (or scipy.special) function tha
 the rule that turns the operands' promoted dtype into the dtype it is computed in. One kernel factory
 turns each row into a kernel. Structured ops are registered as their ``.out`` overload, where
 PyTorch's meta function has already checked devices, resized ``out`` and picked its dtype, so the
-functional, in-place and ``out=`` forms all work. Non-structured ops get all three forms here.
+functional, in-place and ``out=`` forms all work; their functional form also gets a kernel of its own
+that skips PyTorch's structured wrapper in the common case (``functional_launch``). Non-structured
+ops get all three forms here.
 
 Semantics follow PyTorch, not NumPy, wherever the two differ: integer division by zero raises,
 ``remainder`` takes the divisor's sign, integers to negative powers give 0, NaN has no sign, shifts
