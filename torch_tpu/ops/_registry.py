@@ -17,15 +17,29 @@ _ATEN = torch.library.Library("aten", "IMPL")  # kept alive for the process: it 
 KERNELS = {}
 
 
-def register(*overloads):
+def register(*overloads, charge=True):
+    """``charge=False`` is for kernels that only launch other, charged kernels (a functional overload that
+    runs its ``.out`` kernel): the launch is charged once, under the name of the kernel that does the work."""
+
     def decorate(kernel):
         for overload in overloads:
             name = _name(overload)
-            _ATEN.impl(overload, guarded(charged(kernel, name), name), "PrivateUse1")
+            _ATEN.impl(overload, guarded(charged(kernel, name) if charge else kernel, name), "PrivateUse1")
             KERNELS[name] = kernel
         return kernel
 
     return decorate
+
+
+def default_kernel(name):
+    """The kernel PyTorch itself gives the PrivateUse1 key for aten ``name``, as a function of the operator's
+    arguments, or None when it has none. Read it before registering a kernel of our own for ``name``."""
+    qualified = "aten::" + name.removesuffix(".default")
+    if not torch._C._dispatch_has_computed_kernel_for_dispatch_key(qualified, "PrivateUse1"):
+        return None
+    kernel = torch._C._dispatch_get_computed_kernel_for_dispatch_key(qualified, torch._C.DispatchKey.PrivateUse1)
+    keys = torch._C.DispatchKeySet(torch._C.DispatchKey.PrivateUse1)
+    return lambda *args, **kwargs: kernel.call_boxed(keys, *args, **kwargs)
 
 
 def _name(overload):

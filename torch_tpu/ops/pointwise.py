@@ -4,7 +4,9 @@ Most ops are tables: an aten overload, the NumPy (or scipy.special) function tha
 the rule that turns the operands' promoted dtype into the dtype it is computed in. One kernel factory
 turns each row into a kernel. Structured ops are registered as their ``.out`` overload, where
 PyTorch's meta function has already checked devices, resized ``out`` and picked its dtype, so the
-functional, in-place and ``out=`` forms all work. Non-structured ops get all three forms here.
+functional, in-place and ``out=`` forms all work; their functional form also gets a kernel of its own
+that skips PyTorch's structured wrapper in the common case (``functional_launch``). Non-structured
+ops get all three forms here.
 
 Semantics follow PyTorch, not NumPy, wherever the two differ: integer division by zero raises,
 ``remainder`` takes the divisor's sign, integers to negative powers give 0, NaN has no sign, shifts
@@ -26,7 +28,8 @@ from .._errors import device_mismatch, found_dtype, not_implemented_for, scalar_
 from .._tensor import numpy_dtype
 from ._common import as_numpy, broadcast_shapes, castable, empty, empty_with_array, operand, opmath_dtype, prepare_out, store, write
 from ._overlap import check_no_internal_overlap, check_no_partial_overlap
-from ._registry import KERNELS, register
+from .._cost import charged
+from ._registry import KERNELS, default_kernel, register
 
 aten = torch.ops.aten
 vpu = _C.vpu
@@ -156,21 +159,105 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
     result = result or rule
     out_name = resolve(overload)._schema.arguments[-1].name
 
-    def kernel(*args, **kwargs):
-        out = kwargs.pop(out_name)
-        promoted, extras = args[:operands], args[operands:]
+    def checked_dtypes(promoted, extras, kwargs):
+        """(compute dtype, result dtype), once the op's dtype check has passed."""
         common = common_dtype(*promoted)
         dtype = rule(common)
         if check is not None:
             check(dtype, *promoted, *extras, **kwargs)
-        if exact_out and out.dtype != result(common):
-            raise found_dtype(out.dtype, result(common))
-        prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result(common), promoted)
+        return dtype, result(common)
+
+    def kernel(*args, **kwargs):
+        out = kwargs.pop(out_name)
+        promoted, extras = args[:operands], args[operands:]
+        dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
+        if exact_out and out.dtype != result_dtype:
+            raise found_dtype(out.dtype, result_dtype)
+        prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result_dtype, promoted)
         return compute_into(out, function, promoted, dtype, extras, kwargs, opmath)
+
+    def into_new(*args, **kwargs):
+        """A functional call whose tensor operands all have one shape: its result in a new contiguous tensor
+        of that shape, with no ``out`` to check."""
+        promoted, extras = args[:operands], args[operands:]
+        dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
+        output_shape = next(value.shape for value in promoted if isinstance(value, torch.Tensor))
+        return compute_into(empty(output_shape, result_dtype), function, promoted, dtype, extras, kwargs, opmath)
 
     MATHS[overload] = Maths(function, operands, rule, lambda *promoted: opmath)
     register(overload)(kernel)
+    twin = functional_twin(overload)
+    wrapper = default_kernel(twin) if twin is not None and shape is None else None
+    if wrapper is not None:
+        slow = general_functional(resolve(twin), wrapper)
+        register(twin, charge=False)(functional_launch(into_new, twin, operands, slow))
     return kernel
+
+
+# Hot ops whose functional overloads have kernels of their own (``hot_binary`` below).
+HOT_BINARY = {"add": (np.add, keep), "sub": (np.subtract, keep), "mul": (np.multiply, keep),
+              "div": (np.true_divide, to_float)}
+
+
+def functional_twin(out_overload):
+    """The functional overload PyTorch computes through the structured ``out_overload`` ('sigmoid' for
+    'sigmoid.out', 'pow.Tensor_Scalar' for 'pow.Tensor_Scalar_out'), when it takes the same arguments
+    less ``out``; None for the hot ops and wherever the names do not pair up."""
+    packet, _, name = out_overload.partition(".")
+    if packet in HOT_BINARY:
+        return None
+    twin_name = "default" if name in ("out", "grad_input") else name.removesuffix("_out")
+    if twin_name == name or not hasattr(getattr(aten, packet), twin_name):
+        return None
+    out_schema, twin_schema = resolve(out_overload)._schema, getattr(getattr(aten, packet), twin_name)._schema
+    if [a.name for a in twin_schema.arguments] != [a.name for a in out_schema.arguments if not a.is_out]:
+        return None
+    return packet if twin_name == "default" else f"{packet}.{twin_name}"
+
+
+def general_functional(functional_op, structured_wrapper):
+    """A functional call outside the fast path, through PyTorch's structured wrapper. The dispatcher hands
+    wrapped numbers to Python kernels as Python numbers, and the wrapper takes only tensors: such a number
+    goes back in as a 0-d CPU tensor, which promotes as the number does (by category, never by its dtype)."""
+    tensor_slots = [i for i, argument in enumerate(functional_op._schema.arguments)
+                    if isinstance(argument.type, torch.TensorType) and not argument.kwarg_only]
+
+    def call(*args, **kwargs):
+        if not all(isinstance(args[i], torch.Tensor) for i in tensor_slots if i < len(args)):
+            args = tuple(torch.tensor(value) if i in tensor_slots and not isinstance(value, torch.Tensor) else value
+                         for i, value in enumerate(args))
+        return structured_wrapper(*args, **kwargs)
+
+    return call
+
+
+_FAST_FLOATS = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
+
+
+def functional_launch(into_new, name, operands, structured_wrapper):
+    """The functional overload of a structured op without PyTorch's structured wrapper (its meta function,
+    then an ``empty`` and the ``.out`` kernel through the dispatcher: several microseconds a launch).
+
+    The commonest call (floating tpu tensors of one shape, contiguous) is one charged launch of ``name``
+    that computes into a new contiguous tensor (``into_new``); any other call (broadcasting, strided
+    layouts, integer or bool dtypes, CPU operands) keeps the structured wrapper, whose meta function picks
+    the output's strides and raises PyTorch's errors."""
+
+    launch = charged(into_new, name)
+
+    def functional(*args, **kwargs):
+        shape = None
+        for value in args[:operands]:
+            if isinstance(value, torch.Tensor):
+                if (value.dtype not in _FAST_FLOATS or value.is_cpu or not value.is_contiguous()
+                        or (shape is not None and value.shape != shape)):
+                    return structured_wrapper(*args, **kwargs)
+                shape = value.shape
+        if shape is None:
+            return structured_wrapper(*args, **kwargs)
+        return launch(*args, **kwargs)
+
+    return functional
 
 
 def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None, exact_out=False,
@@ -637,6 +724,15 @@ def gaussian_cdf(x):
     return result
 
 
+def check_softshrink(dtype, x, lambd=0.5):
+    """softshrink's meta function: a floating input, and a threshold the input's dtype can hold."""
+    require(dtype.is_floating_point, dtype, "softshrink_cpu")
+    limit = torch.finfo(dtype).max
+    if not 0 <= lambd <= limit:
+        raise RuntimeError(f"lambda must be in range [0, {limit:g}] for input dtype {scalar_type_name(dtype)}, "
+                           f"but found {lambd:g}")
+
+
 def check_gelu(dtype, *operands, approximate="none"):
     require(dtype.is_floating_point, dtype, "gelu_cpu")
     if approximate not in ("none", "tanh"):
@@ -885,7 +981,6 @@ ACTIVATIONS = {  # overload: (function, number of promoted operands); all floati
     "hardsigmoid.out": (hardsigmoid, 1),
     "hardsigmoid_backward.grad_input": (hardsigmoid_backward, 2),
     "mish.out": (mish, 1),
-    "softshrink.out": (softshrink, 1),
     "softshrink_backward.grad_input": (softshrink_backward, 2),
     "hardshrink.out": (hardshrink, 1),
     "hardshrink_backward.grad_input": (hardshrink_backward, 2),
@@ -919,6 +1014,7 @@ def register_tables():
         unstructured(logical(function), name, f"{name}_", f"{name}.out", operands=2, result=to_bool)
     for overload, (function, operands) in ACTIVATIONS.items():
         structured(overload, function, operands=operands, check=checked(floating, overload))
+    structured("softshrink.out", softshrink, check=check_softshrink)
     structured("gelu.out", gelu, check=check_gelu)
     structured("gelu_backward.grad_input", gelu_backward, operands=2, check=check_gelu)
     # threshold has loops for every real dtype but bool; its backward shares its dispatch name
@@ -1217,8 +1313,7 @@ def hot_binary(ufunc, out_kernel, rule=keep):
 
 
 def register_hot_path():
-    for name, ufunc, rule in (("add", np.add, keep), ("sub", np.subtract, keep), ("mul", np.multiply, keep),
-                              ("div", np.true_divide, to_float)):
+    for name, (ufunc, rule) in HOT_BINARY.items():
         functional, inplace = hot_binary(ufunc, KERNELS[f"{name}.out"], rule)
         register(f"{name}.Tensor")(functional)
         register(f"{name}_.Tensor")(inplace)
