@@ -65,3 +65,20 @@ def run_python(code, env=None, check=True):
 @pytest.fixture
 def python_subprocess():
     return run_python
+
+
+@pytest.fixture
+def seeded():
+    """torch's global RNG at seed 0, for tests that draw their inputs from it."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Dynamo's caches and torch_tpu's program records emptied around a compile test."""
+    from torch_tpu.compile import debug
+
+    torch._dynamo.reset()
+    debug.clear()
+    yield
+    torch._dynamo.reset()

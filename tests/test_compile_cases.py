@@ -12,20 +12,11 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 import torch_tpu
-from torch_tpu.compile import debug
 
 from conftest import run_python
 from models import MLP, cross_entropy
 
-pytestmark = pytest.mark.filterwarnings("ignore:Profiler record function")
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    debug.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = [pytest.mark.filterwarnings("ignore:Profiler record function"), pytest.mark.usefixtures("fresh_dynamo")]
 
 
 def assert_identical(actual, expected):

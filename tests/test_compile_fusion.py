@@ -13,15 +13,7 @@ from torch.testing import assert_close
 import torch_tpu
 from torch_tpu.compile import codegen, debug
 
-pytestmark = pytest.mark.filterwarnings("ignore:Profiler record function")
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    debug.clear()
-    yield
-    torch._dynamo.reset()
+pytestmark = [pytest.mark.filterwarnings("ignore:Profiler record function"), pytest.mark.usefixtures("fresh_dynamo")]
 
 
 def compiled_program(fn, *args):

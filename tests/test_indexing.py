@@ -6,12 +6,8 @@ import torch.nn.functional as F
 
 from differential import check, make, noncontiguous
 
+pytestmark = pytest.mark.usefixtures("seeded")
 DTYPES = [torch.float32, torch.bfloat16, torch.int64, torch.bool]
-
-
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
 
 
 # --- advanced indexing -------------------------------------------------------------------------
