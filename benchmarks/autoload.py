@@ -13,16 +13,12 @@ differ by more than what torch_tpu adds).
 """
 
 import argparse
-import datetime
 import os
-import platform
 import statistics
 import subprocess
 import sys
 
-import torch
-
-from eager import write_doc
+from eager import measured_on, write_doc
 
 ROUNDS = 9
 # Each child times its own `import torch`, so interpreter start-up is left out; the first tpu op
@@ -81,10 +77,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     args = parser.parse_args()
     results = measure(args.rounds)
-    header = (
-        f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}; {args.rounds} fresh interpreters each, interleaved."
-    )
+    header = measured_on(f"{args.rounds} fresh interpreters each, interleaved.")
     markdown = f"{header}\n\n{table(results)}"
     print(markdown)
     if not args.no_write:

@@ -10,9 +10,7 @@ moves and its peak HBM come from the emulated chip and do not depend on the host
 """
 
 import argparse
-import datetime
 import os
-import platform
 import sys
 import time
 import warnings
@@ -21,12 +19,11 @@ import warnings
 # waiting for busy cores made small matmuls up to 100x slower (docs/performance.md).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 sys.path.insert(0, os.path.dirname(__file__))
-from eager import best_seconds, format_time, write_doc  # noqa: E402
+from eager import best_seconds, format_time, measured_on, write_doc  # noqa: E402
 from models import GPT, MLP, cross_entropy  # noqa: E402
 
 MODELS = {
@@ -129,9 +126,8 @@ def main():
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     results = {name: measure(name, *factories, args.number) for name, factories in MODELS.items()}
-    header = (f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-              f"torch {torch.__version__}, NumPy {np.__version__}; one full training step (forward, backward, AdamW), "
-              "every variant single-threaded, best of interleaved rounds.")
+    header = measured_on("one full training step (forward, backward, AdamW), every variant single-threaded, "
+                         "best of interleaved rounds.")
     markdown = f"{header}\n\n{tables(results)}"
     print(markdown)
     if not args.no_write:

@@ -108,6 +108,12 @@ def table(results):
     return "\n".join(lines)
 
 
+def measured_on(details):
+    """The line above each table: when, on what host and software, and how (``details``)."""
+    return (f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, NumPy {np.__version__}; {details}")
+
+
 def write_doc(markdown, section="eager"):
     """Replace the text between ``<!-- section:begin -->`` and ``<!-- section:end -->`` in docs/performance.md."""
     with open(DOC) as f:
@@ -126,9 +132,7 @@ def main():
     torch.set_num_threads(os.cpu_count())
     results = {name: case() for name, case in CASES.items()}
     header = (
-        f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, torch {torch.__version__}, NumPy {np.__version__}; "
-        "best of interleaved rounds."
+        measured_on("best of interleaved rounds.")
     )
     markdown = f"{header}\n\n{table(results)}"
     print(markdown)

@@ -20,8 +20,6 @@ for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import cProfile  # noqa: E402
 import copy  # noqa: E402
-import datetime  # noqa: E402
-import platform  # noqa: E402
 import pstats  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -32,7 +30,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 from zoo import ZOO  # noqa: E402
 
-from eager import best_seconds, format_time, write_doc  # noqa: E402
+from eager import best_seconds, format_time, measured_on, write_doc  # noqa: E402
 
 TARGET = 3.0
 
@@ -121,9 +119,7 @@ def main():
     if args.profile:
         return profile(args.profile)
     results = {name: best_seconds(steps_of(name), number=3, repeat=7, clock=time.process_time) for name in args.models}
-    header = (f"Measured {datetime.date.today()} on {platform.processor() or platform.machine()}, one thread, "
-              f"torch {torch.__version__}; CPU time of a training step (forward, backward, SGD), best of "
-              "interleaved rounds.")
+    header = measured_on("one thread; CPU time of a training step (forward, backward, SGD), best of interleaved rounds.")
     markdown = f"{header}\n\n{table(results)}"
     print(markdown)
     if not args.no_write and args.models == list(ZOO):

@@ -431,7 +431,7 @@ def lower_cat(node):
 
 @lowers(aten.any.dim, aten.any.dims)
 def lower_any(node):
-    axes, keepdim = _reduced_axes(node), node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    axes, keepdim = _reduced_axes(node), _keepdim(node)
 
     def run(out, array):
         np.any(array, axis=axes, keepdims=keepdim, out=out)
@@ -471,6 +471,10 @@ def lower_addmm(node):
 # --- reductions --------------------------------------------------------------------------------
 
 
+def _keepdim(node):
+    return node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+
+
 def _reduced_axes(node):
     source = value_of(node.args[0])
     dims = node.args[1] if len(node.args) > 1 else None
@@ -487,7 +491,7 @@ def _accumuland(array, dtype):
 
 @lowers(aten.sum.dim_IntList)
 def lower_sum(node):
-    axes, keepdim = _reduced_axes(node), node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    axes, keepdim = _reduced_axes(node), _keepdim(node)
     dtype = value_of(node).dtype
     name = DTYPE_NAME[dtype]
 
@@ -499,7 +503,7 @@ def lower_sum(node):
 
 @lowers(aten.mean.dim)
 def lower_mean(node):
-    axes, keepdim = _reduced_axes(node), node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    axes, keepdim = _reduced_axes(node), _keepdim(node)
     dtype = value_of(node).dtype
     name = DTYPE_NAME[dtype]
 
