@@ -36,6 +36,11 @@ def compare(actual, expected, **tolerance):
     assert_close(to_cpu(actual), expected, equal_nan=True, **tolerance)
 
 
+def assert_identical(actual, expected):
+    """Bit for bit: same values (NaNs too), dtype and shape, wherever each tensor lives."""
+    assert_close(actual.cpu(), expected.cpu(), rtol=0, atol=0, equal_nan=True)
+
+
 def check(fn, *args, atol=None, rtol=None, **kwargs):
     """``fn`` on tpu copies of the arguments agrees with ``fn`` on CPU copies, or both raise the same class.
 

@@ -8,7 +8,6 @@ Two oracles:
   eager foreach path, so against the user's eager optimizer only the 1e-6 bound holds.
 """
 
-import copy
 import functools
 
 import pytest
@@ -16,6 +15,7 @@ import torch
 from functorch.compile import make_boxed_func
 from torch.testing import assert_close
 
+from differential import assert_identical
 from models import GPT, MLP, SmallCNN, cross_entropy
 
 pytestmark = pytest.mark.filterwarnings("ignore:Profiler record function")
@@ -58,10 +58,6 @@ def twins(make_model, optimizer=None):
     return result
 
 
-def assert_identical(actual, expected):
-    assert_close(actual.cpu(), expected.cpu(), rtol=0, atol=0)
-
-
 def test_mlp_inference_is_bit_exact():
     (eager, _), (compiled, _) = twins(MLP)
     x = torch.randn(8, 12).to("tpu")
@@ -69,9 +65,10 @@ def test_mlp_inference_is_bit_exact():
         assert_identical(torch.compile(compiled, backend="tpu")(x), eager(x))
 
 
-def test_mlp_training_step_gradients_are_bit_exact():
-    (eager, _), (compiled, _) = twins(MLP)
-    x, y = torch.randn(8, 12).to("tpu"), torch.randint(0, 5, (8,)).to("tpu")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mlp_training_step_gradients_are_bit_exact(dtype):
+    (eager, _), (compiled, _) = twins(lambda: MLP().to(dtype=dtype))
+    x, y = torch.randn(8, 12).to("tpu", dtype), torch.randint(0, 5, (8,)).to("tpu")
     step = torch.compile(lambda x, y: cross_entropy(compiled(x), y), backend="tpu")
     loss = step(x, y)
     loss.backward()
