@@ -49,6 +49,8 @@ class Lowered:
     value: object = None  # value(*arrays) -> a fresh array of the result: for values that need no planned home
     inline: tuple = None  # (ufunc, operands): the whole kernel is ``ufunc(*operands, out=out)``, written
     #                       into the source; an operand is an input node or a constant array
+    rowwise: bool = False  # an OPAQUE row reduction with its elementwise pass (softmax, layer norm): it may
+    #                        be the root of the kernel that produces its first input (fusion rule 9)
 
 
 def lowers(*overloads):
@@ -533,7 +535,7 @@ def _softmax_lowering(into, log=None):
             if target is not out and target.base is not out:
                 _C.dtypes.cast_into(out, target.reshape(out.shape), name)
 
-        return Lowered(OPAQUE, run, inputs)
+        return Lowered(OPAQUE, run, inputs, rowwise=True)
 
     return lowering
 
@@ -598,7 +600,7 @@ def lower_layer_norm(node):
         return _computed_into(result, compute, normalize), store_mean(mean), store_rstd(rstd)
 
     inputs = tuple(a for a in (input, weight, bias) if isinstance(a, torch.fx.Node))
-    return Lowered(OPAQUE, run, inputs, multi=True)
+    return Lowered(OPAQUE, run, inputs, multi=True, rowwise=True)
 
 
 @lowers(aten.nll_loss_forward.default)
