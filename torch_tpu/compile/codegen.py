@@ -195,6 +195,12 @@ def generate(graph, name):
             w.line(f"{v} = {w.constant(f'k_{node.name}_', low.value)}({', '.join('v_' + a.name for a in low.inputs)})")
             charge(node)
             return
+        elif home == "scratch" and low.constant:  # read-only inside its kernel: filled now, once
+            array = np.empty(tuple(value.shape), numpy_dtype(value.dtype))
+            low.run(array)
+            w.line(f"{v} = {w.constant('constant_', array)}")
+            charge(node)
+            return
         elif home == "scratch":
             w.line(f"{v} = {w.constant('scratch_', np.empty(tuple(value.shape), numpy_dtype(value.dtype)))}")
         else:

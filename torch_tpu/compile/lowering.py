@@ -49,6 +49,8 @@ class Lowered:
     value: object = None  # value(*arrays) -> a fresh array of the result: for values that need no planned home
     inline: tuple = None  # (ufunc, operands): the whole kernel is ``ufunc(*operands, out=out)``, written
     #                       into the source; an operand is an input node or a constant array
+    constant: bool = False  # its value depends on nothing (a fill, a range): a scratch home is filled once,
+    #                         when the program is generated
     rowwise: bool = False  # an OPAQUE row reduction with its elementwise pass (softmax, layer norm): it may
     #                        be the root of the kernel that produces its first input (fusion rule 9)
 
@@ -369,7 +371,7 @@ def lower_fill(node):
         else:
             _C.dtypes.cast_into(out, fill, name, scalar_source=True)
 
-    return Lowered(POINTWISE, run, ())
+    return Lowered(POINTWISE, run, (), constant=not isinstance(fill, torch.fx.Node))  # a *_like's input gives only its shape
 
 
 @lowers(aten.arange.start_step, aten.arange.start, aten.arange.default)
@@ -384,7 +386,7 @@ def lower_arange(node):
     def run(out):
         np.copyto(out, values)
 
-    return Lowered(POINTWISE, run, ())
+    return Lowered(POINTWISE, run, (), constant=True)
 
 
 
