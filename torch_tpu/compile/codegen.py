@@ -190,7 +190,7 @@ def generate(graph, name):
             w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype})")
             tensor_of[node] = f"t_{node.name}"
         elif home == "host":
-            w.line(f"{v} = empty({w.constant('host_', (tuple(value.shape), numpy_dtype(value.dtype)))})")
+            w.line(f"{v} = {w.constant('host_', np.empty(tuple(value.shape), numpy_dtype(value.dtype)))}")  # as scratch
         elif home == "scratch" and low.value is not None and low.inline is None:  # the maths' own result array
             w.line(f"{v} = {w.constant(f'k_{node.name}_', low.value)}({', '.join('v_' + a.name for a in low.inputs)})")
             charge(node)
