@@ -29,7 +29,7 @@ import torch
 from .. import _C
 from .._tensor import numpy_dtype
 from .fusion import fuse, horizontal_launches
-from .lowering import EAGER, OPAQUE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
+from .lowering import EAGER, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
 
 
@@ -288,7 +288,7 @@ def _returns_tensors(low):
 def _internal(node, fusion, lowered, output_set, root):
     """Whether every consumer of ``node`` (through views) is in its own kernel."""
     group = fusion.group_of.get(node)
-    if group is None or lowered[node].kind == OPAQUE:
+    if group is None:
         return False
     pending = list(node.users)
     while pending:
