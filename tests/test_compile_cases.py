@@ -83,6 +83,13 @@ def test_dynamic_shapes_compile_once_and_specialise_programs_per_shape():
     assert len(programs) == 3  # lowered once per concrete size
 
 
+def test_a_range_of_symbolic_length_runs_its_eager_kernel_with_the_concrete_length():
+    compiled = torch.compile(lambda x: x + torch.arange(x.shape[0], device="tpu"), backend="tpu", dynamic=True)
+    for rows in (5, 7):
+        x = torch.randn(rows).to("tpu")
+        assert_identical(compiled(x), x + torch.arange(rows, device="tpu"))
+
+
 def test_graph_breaks_run_correctly_and_are_listed():
     def f(x):
         y = x * 2

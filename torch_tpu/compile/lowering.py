@@ -381,7 +381,8 @@ def lower_arange(node):
     integral = value.dtype in (torch.int64, torch.int32) and all(isinstance(a, int) for a in node.args)
     values = np.arange(*node.args, dtype=numpy_dtype(value.dtype)) if integral else None
     if values is None or tuple(values.shape) != tuple(value.shape):
-        return Lowered(EAGER, inputs=(), reason="a floating-point range (torch's own rounding)")
+        reason = "a floating-point range (torch's own rounding)" if not tensor_inputs(node.args) else "a symbolic range"
+        return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))), reason=reason)
 
     def run(out):
         np.copyto(out, values)
