@@ -136,7 +136,7 @@ def test_dropout_follows_eager_rng_under_manual_seed():
 @pytest.mark.parametrize("dropout_p", [0.0, 0.3])
 def test_fused_attention_runs_its_numpy_maths_and_matches_eager_with_and_without_dropout(dropout_p):
     q, k, v = (torch.randn(2, 4, 8, 16, device="tpu", requires_grad=True) for _ in range(3))
-    bias = torch.randn(8, 8, device="tpu")
+    bias = torch.randn(8, 8, device="tpu", requires_grad=True)  # broadcast: its gradient is summed back
 
     def attend(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p).square().sum()
@@ -146,11 +146,11 @@ def test_fused_attention_runs_its_numpy_maths_and_matches_eager_with_and_without
     results = []
     for run in (compiled, attend):
         torch.manual_seed(3)
-        for t in (q, k, v):
+        for t in (q, k, v, bias):
             t.grad = None
         loss = run(q, k, v)
         loss.backward()
-        results.append([loss, q.grad, k.grad, v.grad, torch.rand(2, device="tpu")])
+        results.append([loss, q.grad, k.grad, v.grad, bias.grad, torch.rand(2, device="tpu")])
     for got, want in zip(*results):
         assert_identical(got, want)
     eager_nodes = [name for program in torch_tpu.compile.last_programs() for name, _, _ in program.eager_nodes]

@@ -23,7 +23,8 @@ The rules (docs/compile.md explains them; they follow XLA's instruction fusion):
 8. **Sibling fusion.** Kernels that read the same computed value and do not depend on one another
    (a backward's weight and input gradients and its bias-gradient sum, all reading one output
    gradient) run as one multi-output kernel that reads the value once (XLA's sibling multi-output
-   fusion). Graph inputs are not shared values: each parameter has its own readers.
+   fusion); each sibling keeps its own root, so such a kernel may hold several reductions. Graph
+   inputs are not shared values: each parameter has its own readers.
 9. **Row-wise roots.** Softmax, log-softmax, their backward and layer norm reduce each row and then
    pass over it again: like a reduction (rule 2) they may end the kernel that produces their input,
    when it iterates over the same elements (a loop kernel, a matmul's output and epilogue, or a
@@ -130,11 +131,11 @@ def fuse(lowered):
             for sibling in {group_of[p].index: group_of[p] for p in producers if p in group_of}.values():
                 if sibling is not joined and _siblings(joined, sibling, depends, reaches):
                     _merge(sibling, joined, group_of, depends, order)
-    _fuse_siblings(lowered, groups, group_of, depends, order, producer, reaches, refusals)
+    _fuse_siblings(lowered, group_of, depends, order, producer, reaches, refusals)
     return Fusion([g for g in groups if g.nodes], group_of, refusals)
 
 
-def _fuse_siblings(lowered, groups, group_of, depends, order, producer, reaches, refusals):
+def _fuse_siblings(lowered, group_of, depends, order, producer, reaches, refusals):
     """Rule 8: the kernels reading one computed value, pairwise independent, merged into the first of them."""
     readers = {}  # computed value -> the kernels reading it from HBM, in graph order
     for node, low in lowered.items():
@@ -198,7 +199,7 @@ def _kind(low):
 def _refusal(group, node, low):
     """Why ``node`` may not join ``group`` (None: it may)."""
     if low.rowwise:
-        return _rowwise_refusal(group, node, low)
+        return _rowwise_refusal(group, low)
     if group.kind in ("opaque", "eager"):
         return f"{group.kind} kernels do not fuse"
     if low.kind == MATMUL:
@@ -221,7 +222,7 @@ def _refusal(group, node, low):
     return None
 
 
-def _rowwise_refusal(group, node, low):
+def _rowwise_refusal(group, low):
     """Rule 9: why a row-wise op may not end ``group`` (None: it may)."""
     if group.kind == "input":
         return "a reduction ends its kernel: its consumers start a new one"

@@ -684,13 +684,13 @@ def lower_attention(node):
     bias, dropout_p = _argument(node, 3, "attn_bias", None), _argument(node, 4, "dropout_p", 0.0)
     is_causal = _argument(node, 5, "is_causal", False)
     q, k, v = value_of(query), value_of(key), value_of(value)
-    scale = attention._scale(q, node.kwargs.get("scale"))
+    scale = attention.softmax_scale(q, node.kwargs.get("scale"))
     results = value_of(node)
     store_output, store_lse = _strided_writer(results[0]), _strided_writer(results[1])
     lengths = (q.shape[-2], k.shape[-2])
 
     def run(q_array, k_array, v_array, *bias_array):
-        dropout, seed, offset = attention._dropout_state(dropout_p)
+        dropout, seed, offset = attention.dropout_state(dropout_p)
         output, lse = attention.attention_forward(q_array, k_array, v_array, *(bias_array or (None,)), scale=scale,
                                                   is_causal=is_causal, dropout=dropout,
                                                   precision_passes=linalg.float32_passes())
@@ -711,7 +711,7 @@ def lower_attention_backward(node):
         return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))),
                        reason="dropout's seed and offset are host values")
     q, k, v = value_of(query), value_of(key), value_of(value)
-    scale = attention._scale(q, node.kwargs.get("scale"))
+    scale = attention.softmax_scale(q, node.kwargs.get("scale"))
     results = value_of(node)
     stores = [_strided_writer(r) if isinstance(r, torch.Tensor) else (lambda array: None) for r in results]
     rows, bias_shape = tuple(q.shape[:-1]), tuple(value_of(bias).shape) if isinstance(bias, torch.fx.Node) else None
