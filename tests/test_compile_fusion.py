@@ -243,3 +243,21 @@ def test_the_per_tensor_kernels_of_foreach_ops_launch_as_one_kernel_as_eager_for
     assert compiled_bytes <= eager_bytes
     assert_close([r.cpu() for r in compiled(*[a.clone() for a in args])],
                  [r.cpu() for r in update(*[a.clone() for a in args])], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_the_benchmark_gpt_step_moves_at_most_0_6x_eager_hbm_bytes():
+    """Issue 9's HBM target on benchmarks/compile.py's GPT-style step (a figure of the emulated chip, not of the host)."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+    from compile import MODELS, chip_figures, training_step
+
+    make_model, make_batch = next(factories for name, factories in MODELS.items() if name.startswith("GPT"))
+    eager, compiled = training_step(make_model, make_batch, "tpu"), training_step(make_model, make_batch, "tpu", backend="tpu")
+    compiled()  # compile outside the measurement
+    (_, eager_bytes, eager_peak), (_, compiled_bytes, compiled_peak) = chip_figures(eager), chip_figures(compiled)
+    assert compiled_bytes <= 0.6 * eager_bytes
+    assert compiled_peak <= eager_peak
+    assert not [name for p in torch_tpu.compile.last_programs() for name, _, _ in p.eager_nodes]
