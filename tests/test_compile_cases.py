@@ -83,6 +83,13 @@ def test_dynamic_shapes_compile_once_and_specialise_programs_per_shape():
     assert len(programs) == 3  # lowered once per concrete size
 
 
+def test_a_range_of_symbolic_length_runs_its_eager_kernel_with_the_concrete_length():
+    compiled = torch.compile(lambda x: x + torch.arange(x.shape[0], device="tpu"), backend="tpu", dynamic=True)
+    for rows in (5, 7):
+        x = torch.randn(rows).to("tpu")
+        assert_identical(compiled(x), x + torch.arange(rows, device="tpu"))
+
+
 def test_graph_breaks_run_correctly_and_are_listed():
     def f(x):
         y = x * 2
@@ -124,6 +131,30 @@ def test_dropout_follows_eager_rng_under_manual_seed():
     want, want_next = F.dropout(x, p=0.5, training=True) * 2, torch.rand(3, device="tpu")
     assert_identical(got, want)
     assert_identical(got_next, want_next)  # the generator advanced as eager's did
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_fused_attention_runs_its_numpy_maths_and_matches_eager_with_and_without_dropout(dropout_p):
+    q, k, v = (torch.randn(2, 4, 8, 16, device="tpu", requires_grad=True) for _ in range(3))
+    bias = torch.randn(8, 8, device="tpu", requires_grad=True)  # broadcast: its gradient is summed back
+
+    def attend(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p).square().sum()
+
+    compiled = torch.compile(attend, backend="tpu", fullgraph=True)
+    compiled(q, k, v).backward()  # compile outside the seeded region
+    results = []
+    for run in (compiled, attend):
+        torch.manual_seed(3)
+        for t in (q, k, v, bias):
+            t.grad = None
+        loss = run(q, k, v)
+        loss.backward()
+        results.append([loss, q.grad, k.grad, v.grad, bias.grad, torch.rand(2, device="tpu")])
+    for got, want in zip(*results):
+        assert_identical(got, want)
+    eager_nodes = [name for program in torch_tpu.compile.last_programs() for name, _, _ in program.eager_nodes]
+    assert eager_nodes == ([] if dropout_p == 0 else ["_scaled_dot_product_fused_attention_overrideable_backward"])
 
 
 def test_input_mutation_views_and_in_place_ops_match_eager():

@@ -22,7 +22,6 @@ its end (``Clock.run_program``), or, while a profiler records, each kernel's own
 import dataclasses
 import math
 import operator
-import re
 
 import numpy as np
 import torch
@@ -30,7 +29,7 @@ import torch
 from .. import _C
 from .._tensor import numpy_dtype
 from .fusion import fuse, horizontal_launches
-from .lowering import EAGER, OPAQUE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
+from .lowering import EAGER, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
 
 
@@ -190,9 +189,15 @@ def generate(graph, name):
             w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype})")
             tensor_of[node] = f"t_{node.name}"
         elif home == "host":
-            w.line(f"{v} = empty({w.constant('host_', (tuple(value.shape), numpy_dtype(value.dtype)))})")
+            w.line(f"{v} = {w.constant('host_', np.empty(tuple(value.shape), numpy_dtype(value.dtype)))}")  # as scratch
         elif home == "scratch" and low.value is not None and low.inline is None:  # the maths' own result array
             w.line(f"{v} = {w.constant(f'k_{node.name}_', low.value)}({', '.join('v_' + a.name for a in low.inputs)})")
+            charge(node)
+            return
+        elif home == "scratch" and low.constant:  # read-only inside its kernel: filled now, once
+            array = np.empty(tuple(value.shape), numpy_dtype(value.dtype))
+            low.run(array)
+            w.line(f"{v} = {w.constant('constant_', array)}")
             charge(node)
             return
         elif home == "scratch":
@@ -226,12 +231,25 @@ def generate(graph, name):
         kernels.append((cost.name, names, cost))
         w.line(f"if recording: clock.charge({w.constant('cost_', cost)}, clock.current_stream)")
 
+    # a graph input gets a NumPy view if a lowered node reads or writes it as an array (a view of it is one)
+    read_as_arrays = {n for n in nodes if n.op == "placeholder" and any(
+        user in lowered and lowered[user].kind != EAGER and (n in lowered[user].inputs or n is lowered[user].writes)
+        for user in n.users)}
+
+    tensors_only = {n.name for n in nodes if n.op == "placeholder" and n not in read_as_arrays}
+
+    def dropped(name):
+        return f"del t_{name}" if name in tensors_only else f"del t_{name}, v_{name}"
+
     for node in nodes:
         v = f"v_{node.name}"
         if node.op == "placeholder":
             index = len([n for n in nodes[:position[node]] if n.op == "placeholder"])
             w.line(f"t_{node.name} = args[{index}]")
-            if is_tpu_node(node):
+            if node not in read_as_arrays:
+                pass  # only eager kernels take it, as a tensor: no view to build (nor to trust: fused attention's
+                #       philox seed is a CPU scalar whose fake value says tpu)
+            elif is_tpu_node(node):
                 w.line(f"{v} = as_numpy(t_{node.name})")
             else:  # a host scalar read (and written) through its NumPy view; anything else as it is
                 w.line(f"{v} = host_view(t_{node.name})")
@@ -244,43 +262,23 @@ def generate(graph, name):
             w.line("args.clear()  # AOTAutograd hands its references over: inputs die at their last use")
         emit(node, lowered[node], homes[node], v)
         for dead in deletions.pop(position[node], ()):
-            w.line(f"del t_{dead}, v_{dead}")
+            w.line(dropped(dead))
         for index in released.pop(position[node], ()):
             w.line(f"del b{index}, B{index}" + (f", bt{index}" if index in w.wrapped else ""))
             w.wrapped.discard(index)
     for dead in (name for names in deletions.values() for name in names):
-        w.line(f"del t_{dead}, v_{dead}")  # unused inputs
+        w.line(dropped(dead))  # unused inputs
     results = [_output_expression(o, tensor_of, homes, root, w, assignment) for o in outputs]
     if kernels:  # else the program's kernels reach the clock at once, as launching them one by one would
         summary = w.constant("program_cost_", chip.clock.program_cost([cost for _, _, cost in kernels]))
         w.line(f"if not recording: clock.run_program({summary}, clock.current_stream)")
     w.line(f"return [{', '.join(results)}]")
-    lines = _without_unread_input_views(w.lines, [n.name for n in nodes if n.op == "placeholder"])
-    body = "\n".join("    " + line for line in lines)
+    body = "\n".join("    " + line for line in w.lines)
     # NumPy's floating-point warnings are off for the whole program, as the VPU's kernels turn them off
     source = (f"def {name}(args):\n    token = ignore_fp_errors()\n    try:\n{body}\n"
               "    finally:\n        restore_fp_errors(token)\n")
     return Generated(source, w.namespace, sum(size for size, _, _ in buffers), kernels, eager_nodes, fusion.refusals,
                      {n.name: h for n, h in homes.items()})
-
-
-def _without_unread_input_views(lines, inputs):
-    """The lines less the NumPy views of inputs nothing reads as arrays (only eager kernels take them,
-    as tensors): no view to build per call, and an input whose real device differs from its fake one
-    (fused attention's philox seed, a CPU scalar its meta gives the tpu device) is passed on untouched."""
-    text = "\n".join(line for line in lines if not line.lstrip().startswith("del "))
-    unread = {name for name in inputs if len(re.findall(rf"\bv_{name}\b", text)) == 1}
-    if not unread:
-        return lines
-    kept = []
-    for line in lines:
-        stripped = line.strip()
-        if stripped.split(" = ", 1)[0][2:] in unread and stripped.startswith("v_"):
-            continue
-        if stripped.startswith("del "):
-            line = re.sub(r", v_(\w+)\b", lambda m: "" if m.group(1) in unread else m.group(0), line)
-        kept.append(line)
-    return kept
 
 
 def _returns_tensors(low):
@@ -290,7 +288,7 @@ def _returns_tensors(low):
 def _internal(node, fusion, lowered, output_set, root):
     """Whether every consumer of ``node`` (through views) is in its own kernel."""
     group = fusion.group_of.get(node)
-    if group is None or lowered[node].kind == OPAQUE:
+    if group is None:
         return False
     pending = list(node.users)
     while pending:

@@ -20,12 +20,24 @@ The rules (docs/compile.md explains them; they follow XLA's instruction fusion):
 7. **Horizontal fusion.** The per-tensor loop kernels of the same ``_foreach_*`` ops (one per
    parameter of an optimizer step) share no data: they launch as one kernel, as eager's foreach
    kernel does, so unrolling a foreach op never adds launches.
+8. **Sibling fusion.** Kernels that read the same computed value and do not depend on one another
+   (a backward's weight and input gradients and its bias-gradient sum, all reading one output
+   gradient) run as one multi-output kernel that reads the value once (XLA's sibling multi-output
+   fusion); each sibling keeps its own root, so such a kernel may hold several reductions. Graph
+   inputs are not shared values: each parameter has its own readers.
+9. **Row-wise roots.** Softmax, log-softmax, their backward and layer norm reduce each row and then
+   pass over it again: like a reduction (rule 2) they may end the kernel that produces their input,
+   when it iterates over the same elements (a loop kernel, a matmul's output and epilogue, or a
+   single-result opaque kernel such as NLL loss's backward), so that input never crosses HBM
+   on its way in.
 
 Each refusal is recorded with its reason, for the debug output.
 """
 
 import dataclasses
 import math
+
+import torch
 
 from .lowering import FUSIBLE, MATMUL, OPAQUE, POINTWISE, REDUCTION, VIEW, value_of
 
@@ -88,8 +100,8 @@ def fuse(lowered):
             continue
         producers = [producer(arg) for arg in low.inputs]
         joined = None
-        if low.kind in FUSIBLE and low.kind != MATMUL:  # a matmul always starts a kernel (rule 3)
-            for candidate in reversed(producers):
+        if (low.kind in FUSIBLE and low.kind != MATMUL) or low.rowwise:  # a matmul always starts a kernel (rule 3)
+            for candidate in reversed(producers[:1] if low.rowwise else producers):
                 group = group_of.get(candidate)
                 if group is None or group is joined:
                     continue
@@ -110,7 +122,7 @@ def fuse(lowered):
                 joined.elements = _elements(low.inputs[0])
             groups.append(joined)
             depends[joined.index] = set()
-        elif low.kind == REDUCTION:
+        elif low.kind == REDUCTION or low.rowwise:
             joined.kind = "input"
         joined.nodes.append(node)
         group_of[node] = joined
@@ -119,7 +131,32 @@ def fuse(lowered):
             for sibling in {group_of[p].index: group_of[p] for p in producers if p in group_of}.values():
                 if sibling is not joined and _siblings(joined, sibling, depends, reaches):
                     _merge(sibling, joined, group_of, depends, order)
+    _fuse_siblings(lowered, group_of, depends, order, producer, reaches, refusals)
     return Fusion([g for g in groups if g.nodes], group_of, refusals)
+
+
+def _fuse_siblings(lowered, group_of, depends, order, producer, reaches, refusals):
+    """Rule 8: the kernels reading one computed value, pairwise independent, merged into the first of them."""
+    readers = {}  # computed value -> the kernels reading it from HBM, in graph order
+    for node, low in lowered.items():
+        group = group_of.get(node)
+        for value in {producer(arg) for arg in low.inputs}:
+            if group is not None and value in group_of and group_of[value] is not group:
+                kernels = readers.setdefault(value, [])
+                if group not in kernels:
+                    kernels.append(group)
+    for value, kernels in readers.items():
+        kernels = [group_of[k.nodes[0]] for k in kernels if k.nodes]  # as merged so far
+        first = kernels[0]
+        for other in kernels[1:]:
+            if other is first or other.kind in ("opaque", "eager") or first.kind in ("opaque", "eager"):
+                continue
+            if reaches(other.index, first.index) or reaches(first.index, other.index):
+                refusals.append((other.nodes[0].name, first.name, f"both read {value.name}, but one depends on the other"))
+                continue
+            _merge(other, first, group_of, depends, order)
+            if other.kind != first.kind:
+                first.kind = "sibling"
 
 
 def horizontal_launches(groups):
@@ -161,6 +198,8 @@ def _kind(low):
 
 def _refusal(group, node, low):
     """Why ``node`` may not join ``group`` (None: it may)."""
+    if low.rowwise:
+        return _rowwise_refusal(group, low)
     if group.kind in ("opaque", "eager"):
         return f"{group.kind} kernels do not fuse"
     if low.kind == MATMUL:
@@ -180,4 +219,21 @@ def _refusal(group, node, low):
         return None
     if _elements(node) != group.elements:
         return f"{_elements(node)} elements against the kernel's {group.elements}"
+    return None
+
+
+def _rowwise_refusal(group, low):
+    """Rule 9: why a row-wise op may not end ``group`` (None: it may)."""
+    if group.kind == "input":
+        return "a reduction ends its kernel: its consumers start a new one"
+    if group.kind == "loop":
+        elements = group.elements
+    elif group.kind == "output":
+        elements = math.prod(group.matmul_shape)
+    elif group.kind == "opaque" and len(group.nodes) == 1 and isinstance(value_of(group.nodes[0]), torch.Tensor):
+        elements = _elements(group.nodes[0])
+    else:
+        return f"a row-wise op fuses only into a loop, matmul or one-result opaque kernel, not {group.kind}"
+    if _elements(low.inputs[0]) != elements:
+        return f"the row-wise op reads {_elements(low.inputs[0])} elements, the kernel makes {elements}"
     return None

@@ -27,8 +27,8 @@ import torch
 
 from .. import _C, _cost, _tensor
 from .._tensor import DTYPE_NAME, numpy_dtype
-from ..ops import linalg, nn, pointwise, reduction
-from ..ops._common import converted, opmath_dtype, wrap_dim, wrap_dims
+from ..ops import attention, linalg, nn, pointwise, reduction
+from ..ops._common import converted, opmath_dtype, wrap_dim, wrap_dims, write
 
 aten = torch.ops.aten
 LOWERINGS = {}  # OpOverload -> lowering function(node) -> Lowered
@@ -49,6 +49,10 @@ class Lowered:
     value: object = None  # value(*arrays) -> a fresh array of the result: for values that need no planned home
     inline: tuple = None  # (ufunc, operands): the whole kernel is ``ufunc(*operands, out=out)``, written
     #                       into the source; an operand is an input node or a constant array
+    constant: bool = False  # its value depends on nothing (a fill, a range): a scratch home is filled once,
+    #                         when the program is generated
+    rowwise: bool = False  # an OPAQUE row reduction with its elementwise pass (softmax, layer norm): it may
+    #                        be the root of the kernel that produces its first input (fusion rule 9)
 
 
 def lowers(*overloads):
@@ -367,7 +371,7 @@ def lower_fill(node):
         else:
             _C.dtypes.cast_into(out, fill, name, scalar_source=True)
 
-    return Lowered(POINTWISE, run, ())
+    return Lowered(POINTWISE, run, (), constant=not isinstance(fill, torch.fx.Node))  # a *_like's input gives only its shape
 
 
 @lowers(aten.arange.start_step, aten.arange.start, aten.arange.default)
@@ -377,12 +381,13 @@ def lower_arange(node):
     integral = value.dtype in (torch.int64, torch.int32) and all(isinstance(a, int) for a in node.args)
     values = np.arange(*node.args, dtype=numpy_dtype(value.dtype)) if integral else None
     if values is None or tuple(values.shape) != tuple(value.shape):
-        return Lowered(EAGER, inputs=(), reason="a floating-point range (torch's own rounding)")
+        reason = "a floating-point range (torch's own rounding)" if not tensor_inputs(node.args) else "a symbolic range"
+        return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))), reason=reason)
 
     def run(out):
         np.copyto(out, values)
 
-    return Lowered(POINTWISE, run, ())
+    return Lowered(POINTWISE, run, (), constant=True)
 
 
 
@@ -533,7 +538,7 @@ def _softmax_lowering(into, log=None):
             if target is not out and target.base is not out:
                 _C.dtypes.cast_into(out, target.reshape(out.shape), name)
 
-        return Lowered(OPAQUE, run, inputs)
+        return Lowered(OPAQUE, run, inputs, rowwise=True)
 
     return lowering
 
@@ -598,7 +603,7 @@ def lower_layer_norm(node):
         return _computed_into(result, compute, normalize), store_mean(mean), store_rstd(rstd)
 
     inputs = tuple(a for a in (input, weight, bias) if isinstance(a, torch.fx.Node))
-    return Lowered(OPAQUE, run, inputs, multi=True)
+    return Lowered(OPAQUE, run, inputs, multi=True, rowwise=True)
 
 
 @lowers(aten.nll_loss_forward.default)
@@ -656,3 +661,70 @@ def lower_layer_norm_backward(node):
 
     inputs = (grad_out, input, mean, rstd) + ((weight,) if isinstance(weight, torch.fx.Node) else ())
     return Lowered(OPAQUE, run, inputs, multi=True)
+
+
+# --- fused attention: eager's maths, its results laid out as Meta lays them out --------------------
+
+
+def _strided_writer(value):
+    """A function storing an array as a new tpu tensor with ``value``'s shape, dtype and strides."""
+    shape, dtype, strides = tuple(value.shape), value.dtype, tuple(value.stride())
+    return lambda array: write(_tensor.empty(shape, dtype, strides), array)
+
+
+def _argument(node, position, name, default):
+    return node.args[position] if len(node.args) > position else node.kwargs.get(name, default)
+
+
+@lowers(aten._scaled_dot_product_fused_attention_overrideable.default)
+def lower_attention(node):
+    """``attention.attention_forward`` on the arrays; dropout draws its stream from the chip's RNG at run time,
+    as the eager kernel does."""
+    query, key, value = node.args[:3]
+    bias, dropout_p = _argument(node, 3, "attn_bias", None), _argument(node, 4, "dropout_p", 0.0)
+    is_causal = _argument(node, 5, "is_causal", False)
+    q, k, v = value_of(query), value_of(key), value_of(value)
+    scale = attention.softmax_scale(q, node.kwargs.get("scale"))
+    results = value_of(node)
+    store_output, store_lse = _strided_writer(results[0]), _strided_writer(results[1])
+    lengths = (q.shape[-2], k.shape[-2])
+
+    def run(q_array, k_array, v_array, *bias_array):
+        dropout, seed, offset = attention.dropout_state(dropout_p)
+        output, lse = attention.attention_forward(q_array, k_array, v_array, *(bias_array or (None,)), scale=scale,
+                                                  is_causal=is_causal, dropout=dropout,
+                                                  precision_passes=linalg.float32_passes())
+        return store_output(output), store_lse(lse), None, None, *lengths, seed, offset, None
+
+    flops = {DTYPE_NAME[q.dtype]: attention.forward_flops(q.shape, k.shape, v.shape, is_causal)}
+    inputs = (query, key, value) + ((bias,) if isinstance(bias, torch.fx.Node) else ())
+    return Lowered(OPAQUE, run, inputs, flops, multi=True)
+
+
+@lowers(aten._scaled_dot_product_fused_attention_overrideable_backward.default)
+def lower_attention_backward(node):
+    """``attention.attention_backward`` on the arrays, dropout-free (with dropout the philox seed and offset are
+    host values the graph passes as device ones: that backward runs as an eager node)."""
+    grad_out, query, key, value, bias, grad_input_mask, out, logsumexp = node.args[:8]
+    dropout_p, is_causal = _argument(node, 12, "dropout_p", 0.0), _argument(node, 13, "is_causal", False)
+    if dropout_p:
+        return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))),
+                       reason="dropout's seed and offset are host values")
+    q, k, v = value_of(query), value_of(key), value_of(value)
+    scale = attention.softmax_scale(q, node.kwargs.get("scale"))
+    results = value_of(node)
+    stores = [_strided_writer(r) if isinstance(r, torch.Tensor) else (lambda array: None) for r in results]
+    rows, bias_shape = tuple(q.shape[:-1]), tuple(value_of(bias).shape) if isinstance(bias, torch.fx.Node) else None
+    wants_bias = bias_shape is not None and isinstance(results[3], torch.Tensor)
+
+    def run(dout, q_array, k_array, v_array, out_array, lse_array, *bias_array):
+        grads = attention.attention_backward(dout, q_array, k_array, v_array, out_array, lse_array.reshape(rows),
+                                             *(bias_array or (None,)), scale=scale, is_causal=is_causal,
+                                             bias_grad=wants_bias, precision_passes=linalg.float32_passes())
+        bias_grad = attention.reduce_to_shape(grads[3], bias_shape) if wants_bias else None
+        return tuple(store(array) for store, array in zip(stores, (*grads[:3], bias_grad)))
+
+    flops = {DTYPE_NAME[q.dtype]: int(attention.BACKWARD_FLOPS_RATIO * attention.forward_flops(
+        q.shape, k.shape, v.shape, is_causal))}
+    inputs = (grad_out, query, key, value, out, logsumexp) + ((bias,) if bias_shape is not None else ())
+    return Lowered(OPAQUE, run, inputs, flops, multi=True)

@@ -80,7 +80,7 @@ def host_tensor(value):
 
 HELPERS = {
     "ignore_fp_errors": _C.vpu.ignore_fp_errors, "restore_fp_errors": _C.vpu.restore_fp_errors,
-    "empty": lambda spec: np.empty(*spec), "host_view": host_view, "host_tensor": host_tensor,
+    "host_view": host_view, "host_tensor": host_tensor,
     "as_numpy": _tensor.as_numpy, "ndarray": np.ndarray, "new_buffer": new_buffer, "tensor_over": tensor_over, "new_output": new_output,
     "materialize": materialize, "tensor_view": tensor_view, "arrays_of": arrays_of,
 }
