@@ -253,7 +253,7 @@ def test_fill_with_a_tensor_value():
         torch.zeros(3, device="tpu").fill_(torch.ones(2, device="tpu"))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.complex32, torch.complex128, torch.uint16, torch.uint32, torch.uint64])
 def test_item_and_tolist(dtype):
     cpu = sample(dtype, n=4)
     tpu = cpu.to("tpu")
