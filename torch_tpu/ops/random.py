@@ -63,11 +63,10 @@ def _fill(self, generator, draw):
     if self.numel() == 0:
         return self
     shape, dtype = tuple(self.shape), _draw_dtype(self.dtype)
-    if self.is_complex():
-        array = as_numpy(self)
-        array.real[...] = draw(rng, shape, dtype)
-        array.imag[...] = draw(rng, shape, dtype)
-        return self
+    if self.is_complex():  # built apart, then written: complex32's storage has no .real/.imag to fill
+        values = np.empty(shape, np.result_type(dtype, np.complex64))
+        values.real, values.imag = draw(rng, shape, dtype), draw(rng, shape, dtype)
+        return write(self, values)
     return write(self, draw(rng, shape, dtype))
 
 

@@ -64,7 +64,10 @@ def _check_nonempty(op_name, self, axes):
 def _accumuland(self, dtype=None):
     """``self`` as a reduction into ``dtype`` reads it: converted to dtype, widened to its opmath."""
     dtype = dtype or self.dtype
-    return converted(operand(self), dtype).astype(opmath_dtype(dtype), copy=False)
+    array = converted(operand(self), dtype)
+    if dtype is torch.complex32:  # stored as float16 pairs; widened as operand() widens them
+        return _C.dtypes.complex32_as_complex64(array)
+    return array.astype(opmath_dtype(dtype), copy=False)
 
 
 def reduce_into(target, reduction, array, axes, keepdim, dtype_name):
