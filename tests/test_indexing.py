@@ -345,3 +345,10 @@ def test_index_put_refuses_to_read_its_own_memory(write):
         x = torch.arange(16.0, device=device).view(4, 4) % 3
         write(x, device)
     check_same_error(call)
+
+
+@pytest.mark.parametrize("dtype,alpha", [(torch.uint8, -1), (torch.int8, 3), (torch.float16, -0.5)])
+def test_index_add_alpha_is_cast_to_the_dtype_as_cpu_casts_it(dtype, alpha):
+    """-1 wraps to 255 for uint8 on CPU; NumPy refuses to multiply a uint8 array by -1."""
+    check(lambda x, i, s: x.index_add(0, i, s, alpha=alpha),
+          torch.zeros(3, dtype=dtype), torch.tensor([0, 0, 2]), torch.tensor([5, 7, 1]).to(dtype))

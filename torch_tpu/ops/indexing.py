@@ -17,6 +17,7 @@ from ._common import (as_numpy, broadcast_shapes, check_scalar_fits, converted, 
 from ._overlap import check_no_internal_overlap, check_no_overlap
 from ._registry import register
 from .copy import cpu_tensor_as_numpy
+from .pointwise import scalar
 
 _INDEX_DTYPES = (torch.int64, torch.int32)
 
@@ -403,7 +404,8 @@ def index_add_out(self, dim, index, source, *, alpha=1, out):
     target, key = _prepared_index_op(self, dim, index, out, "index_add", _dim_error(), source)
     values = _index_source(source, target, key, "index_add")
     if alpha != 1:
-        values = opmath_operand(source, "index_add").reshape(values.shape) * alpha
+        values = opmath_operand(source, "index_add").reshape(values.shape)
+        values = values * scalar(alpha, values)  # alpha cast as C++ casts it: -1 wraps for unsigned types
     _add_at(target, key, values, out.dtype)
     return out
 
