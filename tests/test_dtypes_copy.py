@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from differential import check_factory, check_same_error
+from differential import check, check_factory, check_same_error
 
 DTYPES = [
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
@@ -253,7 +253,7 @@ def test_fill_with_a_tensor_value():
         torch.zeros(3, device="tpu").fill_(torch.ones(2, device="tpu"))
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", DTYPES + [torch.complex32, torch.complex128, torch.uint16, torch.uint32, torch.uint64])
 def test_item_and_tolist(dtype):
     cpu = sample(dtype, n=4)
     tpu = cpu.to("tpu")
@@ -336,6 +336,42 @@ def test_complex32_is_stored_as_float16_pairs():
         assert_bits_equal(actual.cpu().view(torch.float16), x.chalf().view(torch.float16))
     back = torch.randn(4, 3).chalf().to("tpu")
     torch.testing.assert_close(back.to(torch.complex64).cpu(), back.cpu().to(torch.complex64), atol=0, rtol=0)
+
+
+def _on(x, *positions):
+    return torch.tensor(positions, device=x.device)
+
+
+# Kernels that move complex32 elements (float16 pairs in HBM, which NumPy cannot compute with) or read them
+# through a conj/neg bit: each once wrote the real part into both halves or failed where CPU works.
+COMPLEX32_CASES = {
+    "index_put": lambda x: x.index_put_((_on(x, 2, 0),), x[1].clone()),
+    "index_put_accumulate": lambda x: x.index_put_((_on(x, 0, 0, 2),), x[:3].clone(), accumulate=True),
+    "setitem_mask": lambda x: x.__setitem__(x.real > 0, x[0, 0].clone()),
+    "index_copy": lambda x: x.index_copy_(1, _on(x, 2, 0), x[:, :2].clone()),
+    "index_add": lambda x: x.index_add_(0, _on(x, 1, 1), x[:2].clone()),
+    "index_select": lambda x: x.index_select(1, _on(x, 3, 0, 3)),
+    "any_all": lambda x: (x.any(), x.all(1)),
+    "std_var_mean": lambda x: (x.std(), torch.var_mean(x, 0)),
+    "conj_to_cpu_and_back": lambda x: x.conj().cpu().to(x.device),
+    "conj_clone": lambda x: x.conj().clone(),
+    "neg_view_resolved": lambda x: torch._neg_view(x).resolve_neg(),
+    "copy_into_conj": lambda x: x[:2].conj().copy_(x[2:]),
+    "item": lambda x: x[1, 2].item(),
+}
+
+
+@pytest.mark.parametrize("name", list(COMPLEX32_CASES))
+def test_complex32_kernels_match_cpu(name):
+    x = torch.complex(torch.randn(4, 4), torch.randn(4, 4)).to(torch.complex32)
+    x[0, 1] = 0
+    check(COMPLEX32_CASES[name], x)
+
+
+def test_complex32_random_fills_both_halves():
+    values = torch.empty(2000, dtype=torch.complex32, device="tpu").normal_().cpu().to(torch.complex64)
+    assert not torch.equal(values.real, values.imag)
+    assert abs(values.real.std().item() - 0.5**0.5) < 0.05 and abs(values.imag.std().item() - 0.5**0.5) < 0.05
 
 
 # --- casts are CPU's bit for bit, for every bit pattern -----------------------------------------------------------

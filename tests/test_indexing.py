@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from differential import check, check_grads, make, noncontiguous
+from differential import check, check_grads, check_same_error, make, noncontiguous
 
 pytestmark = pytest.mark.usefixtures("seeded")
 DTYPES = [torch.float32, torch.bfloat16, torch.int64, torch.bool]
@@ -320,3 +320,24 @@ def test_gather_and_scatter_with_an_empty_index_of_any_rank(index_dtype):
     torch.gather(tpu_leaf, 0, index.to("tpu")).sum().backward()
     torch.gather(leaf, 0, index).sum().backward()
     torch.testing.assert_close(tpu_leaf.grad.cpu(), leaf.grad)
+
+
+@pytest.mark.parametrize("write", [
+    lambda x, d: x.index_put_((torch.tensor([2, 0], device=d),), x[1]),
+    lambda x, d: x.index_put_((torch.tensor([2, 0], device=d),), x[1], accumulate=True),
+    lambda x, d: x.__setitem__(torch.tensor([2, 0], device=d), x[3]),
+    lambda x, d: (lambda y: y.index_put_((y[:2],), torch.zeros(2, device=d, dtype=torch.long)))(x.long().view(-1)),
+], ids=["values", "values_accumulate", "setitem", "indices"])
+def test_index_put_refuses_to_read_its_own_memory(write):
+    """ATen's assert_no_overlap: the result would depend on the order elements are written."""
+    def call(device):
+        x = torch.arange(16.0, device=device).view(4, 4) % 3
+        write(x, device)
+    check_same_error(call)
+
+
+@pytest.mark.parametrize("dtype,alpha", [(torch.uint8, -1), (torch.int8, 3), (torch.float16, -0.5)])
+def test_index_add_alpha_is_cast_to_the_dtype_as_cpu_casts_it(dtype, alpha):
+    """-1 wraps to 255 for uint8 on CPU; NumPy refuses to multiply a uint8 array by -1."""
+    check(lambda x, i, s: x.index_add(0, i, s, alpha=alpha),
+          torch.zeros(3, dtype=dtype), torch.tensor([0, 0, 2]), torch.tensor([5, 7, 1]).to(dtype))

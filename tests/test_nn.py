@@ -382,6 +382,34 @@ def test_linear_interpolation_of_bf16_keeps_cpu_weights(mode, spatial, align_cor
     differential.check(lambda t: F.interpolate(t.flip(-1), scale_factor=0.6, mode=mode, align_corners=align_corners), x, **exact)
 
 
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("mode,antialias", [("bilinear", False), ("bilinear", True), ("bicubic", True),
+                                            ("bicubic", False)])
+def test_uint8_image_resize_is_cpus_fixed_point(mode, antialias, align_corners):
+    """CPU resizes uint8 images as Pillow does: int16 fixed-point weights, one pass per axis rounding to
+    uint8. The float kernel's weights once truncated to 0 or 1 here. Plain bicubic keeps CPU's taps with
+    weights computed another way: within 1 of CPU."""
+    image = torch.randint(0, 256, (2, 3, 10, 13), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    tolerance = dict(atol=1, rtol=0) if (mode, antialias) == ("bicubic", False) else dict(atol=0, rtol=0)
+    for size in ((4, 9), (23, 31), (10, 5)):
+        differential.check(lambda t: F.interpolate(t, size=size, mode=mode, antialias=antialias,
+                                                   align_corners=align_corners), image, **tolerance)
+
+
+@pytest.mark.parametrize("dtype,mode,spatial,antialias", [
+    (dtype, *case) for dtype in (torch.int32, torch.int64, torch.bool, torch.uint8)
+    for case in (("linear", 1, False), ("trilinear", 3, False), ("bilinear", 2, False), ("bicubic", 2, False),
+                 ("bilinear", 2, True))
+    if dtype != torch.uint8 or case[1] != 2  # uint8 images are resized in fixed point (above)
+])
+def test_interpolation_of_integers_is_refused_as_cpu_refuses_it(dtype, mode, spatial, antialias):
+    def call(device):
+        x = torch.ones(1, 2, *(5,) * spatial, dtype=dtype, device=device)
+        return F.interpolate(x, scale_factor=1.5, mode=mode, antialias=antialias)
+
+    differential.check_same_error(call)
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.uint8, torch.bool, torch.bfloat16, torch.complex64])
 def test_average_pools_refuse_the_dtypes_cpu_has_no_loop_for(dtype):
     x = torch.ones(2, 3, 4, 4, 4, dtype=dtype)

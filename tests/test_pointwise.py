@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from differential import check, compare, to_tpu
+from differential import check, check_grads, compare, to_tpu
 
 SPECIALS = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1.0, -1.0, 0.5]
 
@@ -574,3 +574,19 @@ def test_nan_to_num_of_complex_replaces_each_part():
         for dtype in (torch.complex64, torch.complex128):
             check(lambda t: torch.nan_to_num(t, **options), z.to(dtype))
             check(lambda t: torch.nan_to_num(t.conj(), **options), z.to(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("op", [
+    lambda x, g: torch.ops.aten.silu(x),
+    lambda x, g: torch.ops.aten.silu_backward(g, x),
+    lambda x, g: torch.ops.aten.sigmoid_backward(g, x),  # grad * conj((1 - y) * y)
+    lambda x, g: torch.ops.aten.tanh_backward(g, x),  # grad * conj(1 - y * y)
+], ids=["silu", "silu_backward", "sigmoid_backward", "tanh_backward"])
+def test_activations_with_complex_loops_on_cpu_take_complex_inputs(op, dtype):
+    x = torch.tensor([0.5 + 1j, -2 + 0.3j, 3 - 4j, 0j], dtype=dtype)
+    check(op, x, torch.tensor([1 + 1j, 2 - 1j, 0.5j, 1], dtype=dtype), atol=1e-6, rtol=1e-6)
+
+
+def test_complex_sigmoid_and_tanh_train_as_on_cpu():
+    check_grads(lambda x: (x.sigmoid() * x.tanh()).abs(), torch.randn(6, dtype=torch.complex64), atol=1e-5, rtol=1e-5)

@@ -318,6 +318,8 @@ def test_histc_bins_edge_values_like_cpu(dtype):
     check(torch.histc, x.t()[::2], 13, -2, 3)  # non-contiguous
     check(torch.histc, torch.tensor([], dtype=dtype), 5)
     check(torch.histc, torch.tensor([1.0, float("nan"), 3.0], dtype=dtype), 4)  # NaN extrema: not finite
+    # one value: edges x - 1 and x + 1, not rounded through float32 for float64 (x sat on bin 49 of 100)
+    check(torch.histc, torch.tensor(-2.7122528851, dtype=dtype), 100, atol=0, rtol=0)
 
 
 def test_histc_counts_saturate_per_thread_like_cpu():

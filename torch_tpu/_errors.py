@@ -259,6 +259,12 @@ def cpp_type_name(dtype):
     return DTYPE_SPELLINGS[dtype].cpp
 
 
+def failed_check(condition):
+    """A bare TORCH_CHECK(condition)'s error: the condition's source text and c10's plea."""
+    return RuntimeError(f"Expected {condition} to be true, but got false.  (Could this error message be improved?  "
+                        "If so, please report an enhancement request to PyTorch.)")
+
+
 def not_implemented_for(kernel_name, dtype):
     """AT_DISPATCH's error for a dtype a CPU kernel has no loop for."""
     return NotImplementedError(f'"{kernel_name}" not implemented for \'{scalar_type_name(dtype)}\'')

@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from .. import _tensor
+from ._common import operand
 from ._overlap import PARTIAL_OVERLAP, check_no_internal_overlap, partially_overlap
 from ._registry import register
 
@@ -36,12 +37,9 @@ def cpu_tensor_as_numpy(tensor):
 def _readable(tensor):
     if tensor.device.type == "cpu":
         return cpu_tensor_as_numpy(tensor)
-    array = _tensor.as_numpy(tensor)
-    if tensor.is_conj():
-        array = np.conj(array)
-    if tensor.is_neg():
-        array = np.negative(array)
-    return array
+    if tensor.is_conj() or tensor.is_neg():
+        return operand(tensor)  # the bits resolved; complex32 is read as complex64, which NumPy can conjugate
+    return _tensor.as_numpy(tensor)
 
 
 def _writable(tensor):
@@ -71,6 +69,8 @@ def copy_from(self, dst, non_blocking=False):
     _check_no_overlap(dst, self)
     source = _readable(self)
     if dst.device.type == "tpu" and (dst.is_conj() or dst.is_neg()):
+        if source.dtype == _tensor._C.dtypes.COMPLEX32:
+            source = _tensor._C.dtypes.complex32_as_complex64(source)
         source = np.conj(source) if dst.is_conj() else source
         source = np.negative(source) if dst.is_neg() else source
     _tensor._C.dtypes.cast_into(_writable(dst), source, _tensor.DTYPE_NAME[dst.dtype], threads=torch.get_num_threads())

@@ -10,12 +10,14 @@ accumulate exactly as on CPU.
 import numpy as np
 import torch
 
+from .. import _C
 from .._errors import indices_on_another_device, scalar_type_name
 from ._common import (as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, exact_dtype, operand,
                       opmath_operand, prepare_out, store, wrap_dim, write)
-from ._overlap import check_no_internal_overlap
+from ._overlap import check_no_internal_overlap, check_no_overlap
 from ._registry import register
 from .copy import cpu_tensor_as_numpy
+from .pointwise import scalar
 
 _INDEX_DTYPES = (torch.int64, torch.int32)
 
@@ -135,20 +137,32 @@ def index_put_impl_(self, indices, values, accumulate=False, unsafe=False):
             "Index put requires the source and destination dtypes match, got "
             f"{scalar_type_name(self.dtype)} for the destination and {scalar_type_name(values.dtype)} for the source."
         )
+    for read in (values, *indices):  # ATen's checks: what index_put_ reads must not share memory with self
+        check_no_overlap(self, read)
     key = advanced_index_key(self, indices)
     target = as_numpy(self)
     source = operand(values, "index_put_")
     try:
         if accumulate:
-            np.add.at(target, _without_masks(key), source)
+            _add_at(target, _without_masks(key), source, self.dtype)
         else:
-            target[key] = source
+            target[key] = converted(source, self.dtype)  # complex32: float16 pairs, as target holds them
     except ValueError:
         raise RuntimeError(
             f"shape mismatch: value tensor of shape {list(values.shape)} cannot be broadcast to indexing result "
             f"of shape {list(target[key].shape)}"
         ) from None
     return self
+
+
+def _add_at(target, key, values, dtype):
+    """``np.add.at`` into ``target``, the elements of a ``dtype`` tensor; complex32 adds as complex64."""
+    if dtype is torch.complex32:  # NumPy has no arithmetic on float16 pairs
+        widened = _C.dtypes.complex32_as_complex64(target)
+        np.add.at(widened, key, values)
+        target[...] = converted(widened, dtype)
+    else:
+        np.add.at(target, key, converted(values, dtype))
 
 
 def _without_masks(key):
@@ -360,7 +374,7 @@ def index_select_out(self, dim, index, *, out):
                                 error=_fixed_error(IndexError, "index out of range in self"))
     shape = out.shape
     taken_shape = source.shape[:dim] + (positions.size,) + source.shape[dim + 1:]
-    if out.is_contiguous():
+    if out.is_contiguous() and as_numpy(out).dtype == source.dtype:  # not complex32, read as complex64
         np.take(source, positions, axis=dim, out=as_numpy(out).reshape(taken_shape))
         return out
     return write(out, np.take(source, positions, axis=dim).reshape(shape))
@@ -390,8 +404,9 @@ def index_add_out(self, dim, index, source, *, alpha=1, out):
     target, key = _prepared_index_op(self, dim, index, out, "index_add", _dim_error(), source)
     values = _index_source(source, target, key, "index_add")
     if alpha != 1:
-        values = opmath_operand(source, "index_add").reshape(values.shape) * alpha
-    np.add.at(target, key, converted(values, out.dtype))
+        values = opmath_operand(source, "index_add").reshape(values.shape)
+        values = values * scalar(alpha, values)  # alpha cast as C++ casts it: -1 wraps for unsigned types
+    _add_at(target, key, values, out.dtype)
     return out
 
 
@@ -399,7 +414,7 @@ def index_add_out(self, dim, index, source, *, alpha=1, out):
 def index_copy_out(self, dim, index, source, *, out):
     target, key = _prepared_index_op(self, dim, index, out, "index_copy", _dim_error(IndexError, "index_copy_(): "),
                                      source)
-    target[key] = _index_source(source, target, key, "index_copy")
+    target[key] = converted(_index_source(source, target, key, "index_copy"), out.dtype)  # complex32 as stored
     return out
 
 

@@ -763,17 +763,22 @@ def silu(x):
     return x / (1 + np.exp(-x))
 
 
+def conj_if_complex(derivative):
+    """PyTorch's complex backward formulas multiply the gradient by the conjugate derivative."""
+    return np.conj(derivative) if np.iscomplexobj(derivative) else derivative
+
+
 def silu_backward(grad, x):
     sig = sigmoid(x)
-    return grad * sig * (1 + x * (1 - sig))
+    return grad * sig * (1 + x * (1 - sig))  # CPU's complex loop takes no conjugate here
 
 
 def sigmoid_backward(grad, y):
-    return grad * (1 - y) * y
+    return grad * conj_if_complex((1 - y) * y)
 
 
 def tanh_backward(grad, y):
-    return grad * (1 - y * y)
+    return grad * conj_if_complex(1 - y * y)
 
 
 def logit_backward(grad, x, eps=None):
@@ -967,7 +972,8 @@ COMPARISONS = {  # name: (function, supported dtypes); complex numbers have no o
 }
 LOGICAL = {"logical_and": np.logical_and, "logical_or": np.logical_or, "logical_xor": np.logical_xor}
 
-ACTIVATIONS = {  # overload: (function, number of promoted operands); all floating-point only
+# overload: (function, number of promoted operands); floating-point only, except the few with complex loops
+ACTIVATIONS = {
     "silu.out": (silu, 1),
     "silu_backward.grad_input": (silu_backward, 2),
     "sigmoid_backward.grad_input": (sigmoid_backward, 2),
@@ -985,6 +991,9 @@ ACTIVATIONS = {  # overload: (function, number of promoted operands); all floati
     "hardshrink.out": (hardshrink, 1),
     "hardshrink_backward.grad_input": (hardshrink_backward, 2),
 }
+
+COMPLEX_ACTIVATIONS = {"silu.out", "silu_backward.grad_input", "sigmoid_backward.grad_input",
+                       "tanh_backward.grad_input"}
 
 
 def checked(predicate, overload):
@@ -1013,7 +1022,8 @@ def register_tables():
     for name, function in LOGICAL.items():
         unstructured(logical(function), name, f"{name}_", f"{name}.out", operands=2, result=to_bool)
     for overload, (function, operands) in ACTIVATIONS.items():
-        structured(overload, function, operands=operands, check=checked(floating, overload))
+        predicate = floating_or_complex if overload in COMPLEX_ACTIVATIONS else floating
+        structured(overload, function, operands=operands, check=checked(predicate, overload))
     structured("softshrink.out", softshrink, check=check_softshrink)
     structured("gelu.out", gelu, check=check_gelu)
     structured("gelu_backward.grad_input", gelu_backward, operands=2, check=check_gelu)

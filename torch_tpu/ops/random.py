@@ -24,13 +24,18 @@ import scipy.special as special
 import torch
 
 from .. import _C, _tensor
-from .._errors import cpp_type_name, not_implemented_for, scalar_type_name
+from .._errors import cpp_type_name, failed_check, not_implemented_for, scalar_type_name
 from ._common import as_numpy, empty, opmath_operand, prepare_out, store, write
 from ._overlap import check_no_internal_overlap
 from ._registry import register
 
 _FLOAT_DIGITS = {torch.float16: 11, torch.bfloat16: 8, torch.float32: 24, torch.float64: 53}
 _RANDOM_INT_DTYPES = (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+# CPU's bounded kernel (random_(from, to), randint) also has loops for these; plain random_() has not.
+_BAREBONES_UNSIGNED = (torch.uint16, torch.uint32, torch.uint64)
+# random_(-2**63, None): CPU's kernel has loops for these, and draws only for int64/float64/float32/bfloat16.
+_FULL_64_BIT_RANGE_LOOPS = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float32,
+                            torch.float64, torch.bfloat16)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -58,11 +63,10 @@ def _fill(self, generator, draw):
     if self.numel() == 0:
         return self
     shape, dtype = tuple(self.shape), _draw_dtype(self.dtype)
-    if self.is_complex():
-        array = as_numpy(self)
-        array.real[...] = draw(rng, shape, dtype)
-        array.imag[...] = draw(rng, shape, dtype)
-        return self
+    if self.is_complex():  # built apart, then written: complex32's storage has no .real/.imag to fill
+        values = np.empty(shape, np.result_type(dtype, np.complex64))
+        values.real, values.imag = draw(rng, shape, dtype), draw(rng, shape, dtype)
+        return write(self, values)
     return write(self, draw(rng, shape, dtype))
 
 
@@ -313,10 +317,8 @@ def bernoulli_float_(self, p=0.5, *, generator=None):
 def bernoulli_tensor_(self, p, *, generator=None):
     _check_floating(p, "bernoulli_tensor_cpu_p_")
     probabilities = opmath_operand(p.expand(self.shape))  # expand gives CPU's size error
-    _check(
-        bool(np.all((probabilities >= 0) & (probabilities <= 1))),
-        "Expected p_in >= 0 && p_in <= 1 to be true, but got false.",
-    )
+    if not np.all((probabilities >= 0) & (probabilities <= 1)):
+        raise failed_check("p_in >= 0 && p_in <= 1")
     return _fill(self, generator, lambda rng, shape, dtype: rng.random(shape) < probabilities)
 
 
@@ -348,7 +350,10 @@ def _largest_exact_integer(dtype):
     """The top of random_'s default range: 2**digits for floats, the maximum for integers."""
     if dtype in _FLOAT_DIGITS:
         return min(2 ** _FLOAT_DIGITS[dtype], _INT64_MAX)
-    return 1 if dtype == torch.bool else torch.iinfo(dtype).max
+    if dtype == torch.bool:
+        return 1
+    maximum = torch.iinfo(dtype).max
+    return maximum if maximum <= _INT64_MAX else maximum - 2**64  # CPU's static_cast<int64_t>: uint64 gives -1
 
 
 def _round_trip(value, dtype):
@@ -398,7 +403,13 @@ def _fill_integers(self, low, high_inclusive, generator):
 
 @register("random_.from")
 def random_from_(self, low, high=None, *, generator=None):
-    _check_random_dtype(self)
+    full_64_bit_range = high is None and low == _INT64_MIN
+    if self.is_complex() and not full_64_bit_range:
+        checker = "check_random_bounds" if high is not None else "random_from_to_impl"
+        raise RuntimeError(f"{checker} handles only integral, floating-point and boolean types")
+    if self.dtype.is_floating_point and self.dtype not in _FLOAT_DIGITS and not full_64_bit_range:  # FP8
+        raise not_implemented_for("random_update_from_to" if high is not None else "random_from_to_range_calc",
+                                  self.dtype)
     floating = self.dtype in _FLOAT_DIGITS
     if high is not None:
         _check(low < high, f"random_ expects 'from' to be less than 'to', but got from={low} >= to={high}")
@@ -408,7 +419,9 @@ def random_from_(self, low, high=None, *, generator=None):
                                f"but got from={low} >= to={high}")
         _check_range_fits(low, high - 1, self.dtype)
         return _fill_integers(self, low, high - 1, generator)
-    if low == _INT64_MIN:
+    if full_64_bit_range:
+        if self.dtype not in _FULL_64_BIT_RANGE_LOOPS:
+            raise not_implemented_for("random_full_64_bits_range_kernel_cpu", self.dtype)
         _check(self.dtype in (torch.int64, torch.float64, torch.float32, torch.bfloat16),
                "random_full_64_bits_range_kernel_cpu handles only int64, double, float and bfloat16")
         return _fill_integers(self, _INT64_MIN, _INT64_MAX, generator)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import _C
-from .._errors import cannot_cast, not_implemented_for, scalar_type_name, shape_mismatch
+from .._errors import cannot_cast, failed_check, not_implemented_for, scalar_type_name, shape_mismatch
 from .._tensor import DTYPE_NAME
 from .cpu_replay import libstdcxx_order
 from ._common import (as_numpy, converted, empty, exact_dtype, operand, opmath_dtype, prepare_out, store, wrap_dim,
@@ -64,7 +64,10 @@ def _check_nonempty(op_name, self, axes):
 def _accumuland(self, dtype=None):
     """``self`` as a reduction into ``dtype`` reads it: converted to dtype, widened to its opmath."""
     dtype = dtype or self.dtype
-    return converted(operand(self), dtype).astype(opmath_dtype(dtype), copy=False)
+    array = converted(operand(self), dtype)
+    if dtype is torch.complex32:  # stored as float16 pairs; widened as operand() widens them
+        return _C.dtypes.complex32_as_complex64(array)
+    return array.astype(opmath_dtype(dtype), copy=False)
 
 
 def reduce_into(target, reduction, array, axes, keepdim, dtype_name):
@@ -264,9 +267,7 @@ def min_all(self):
 def _extreme_all_out(kind):
     def kernel(self, *, out):
         if not torch.can_cast(self.dtype, out.dtype):
-            raise RuntimeError("Expected canCast( typeMetaToScalarType(self.dtype()), typeMetaToScalarType(out.dtype())) "
-                               "to be true, but got false.  (Could this error message be improved?  If so, please "
-                               "report an enhancement request to PyTorch.)")
+            raise failed_check("canCast( typeMetaToScalarType(self.dtype()), typeMetaToScalarType(out.dtype()))")
         return _extreme_all(kind, self, _reduction_out(out, self, tuple(range(self.dim())), False))
 
     return kernel

@@ -16,7 +16,9 @@ import math
 
 import numpy as np
 import scipy.sparse
+import torch
 
+from .._errors import not_implemented_for
 from .._tensor import numpy_dtype
 from ._common import exact_dtype, opmath_dtype, opmath_operand, operand, store
 from .nn import register
@@ -108,19 +110,25 @@ def triangle_filter(distance):
     return np.maximum(1 - np.abs(distance), 0)
 
 
-def antialias_taps(filter_fn, support_size):
-    """_compute_indices_min_size_weights_aa: a filter stretched by the downscale factor, normalised."""
+def antialias_taps(filter_fn, support_size, antialias=True):
+    """_compute_indices_min_size_weights_aa: a filter stretched by the downscale factor, normalised.
+
+    With ``antialias=False`` the filter keeps its width (the uint8 kernel's plain bilinear),
+    and align_corners shifts the sample points by half a pixel.
+    """
 
     def taps(in_size, out_size, align_corners, scale, dtype):
         step = area_scale(in_size, out_size, align_corners, scale, dtype)
-        support = support_size * 0.5 * step if step >= 1 else support_size * 0.5
-        inverse = 1 / step if step >= 1 else 1.0
+        stretched = antialias and step >= 1
+        support = support_size * 0.5 * step if stretched else support_size * 0.5
+        inverse = 1 / step if stretched else 1.0
+        shift = 0.5 if align_corners and not antialias else 0.0
         width = math.ceil(support) * 2 + 1
-        center = step * (np.arange(out_size) + 0.5)
-        first = np.maximum((center - support + 0.5).astype(np.int64), 0)
-        count = np.clip(np.minimum((center + support + 0.5).astype(np.int64), in_size) - first, 0, width)
+        center = step * (np.arange(out_size) + 0.5 - shift)
+        first = np.maximum((center - support + 0.5 + shift).astype(np.int64), 0)
+        count = np.clip(np.minimum((center + support + 0.5 + shift).astype(np.int64), in_size) - first, 0, width)
         offsets = np.arange(width)
-        weight = filter_fn((first[:, None] + offsets - center[:, None] + 0.5) * inverse)
+        weight = filter_fn((first[:, None] + offsets - center[:, None] + 0.5 - shift) * inverse)
         weight = np.where(offsets < count[:, None], weight, 0)
         total = weight.sum(axis=1, keepdims=True)
         weight = np.divide(weight, total, out=weight, where=total != 0)
@@ -160,6 +168,59 @@ def gather(x, indices):
     n = len(indices)
     for offset, index in enumerate(indices):
         x = np.take(x, index, axis=x.ndim - n + offset)
+    return x
+
+
+# ---------------------------------------------------------------------------------------
+# uint8 images: CPU resizes them as Pillow does, in fixed point
+# ---------------------------------------------------------------------------------------
+
+# The taps and float weights each uint8 bilinear/bicubic op rounds to fixed point: Pillow's filter windows,
+# except plain bicubic, which keeps the float kernel's clamped taps and A = -0.75 (within 1 of CPU's values).
+UINT8_FILTERS = {
+    "upsample_bilinear2d": antialias_taps(triangle_filter, 2, antialias=False),
+    "upsample_bicubic2d": cubic_taps,
+    "_upsample_bilinear2d_aa": antialias_taps(triangle_filter, 2),
+    "_upsample_bicubic2d_aa": antialias_taps(lambda d: cubic_convolution(d, -0.5), 4),
+}
+
+
+# The CPU kernel whose dtype dispatch refuses other integer (and bool) tensors, per interpolating op.
+INTEGER_REFUSALS = {
+    "upsample_linear1d": "compute_indices_weights_linear",
+    "upsample_trilinear3d": "compute_indices_weights_linear",
+    "upsample_bilinear2d": "upsample_bilinear2d_channels_last",
+    "upsample_bicubic2d": "compute_indices_weights_cubic",
+    "_upsample_bilinear2d_aa": "compute_index_ranges_weights",
+    "_upsample_bicubic2d_aa": "compute_index_ranges_weights",
+}
+
+
+def fixed_point_weights(weight):
+    """compute_index_ranges_int16_weights: weights scaled by 2**precision and rounded half away from zero,
+    with the largest precision that keeps twice the largest weight inside int16."""
+    largest = weight.max(initial=0.0)
+    precision = 0
+    while precision < 22 and int(0.5 + largest * (1 << (precision + 1))) < (1 << 15):
+        precision += 1
+    scaled = weight * (1 << precision)
+    return np.trunc(scaled + np.where(scaled < 0, -0.5, 0.5)).astype(np.int64), precision
+
+
+def resample_uint8(name, x, in_sizes, out_sizes, align_corners, scales):
+    """One pass per resized axis, innermost first, each rounding back to uint8 as the CPU's passes do."""
+    scales = list(scales) + [None] * (len(in_sizes) - len(scales))
+    for offset in reversed(range(len(in_sizes))):
+        if in_sizes[offset] == out_sizes[offset]:
+            continue  # the CPU skips the pass: its weights would be the identity
+        index, weight = UINT8_FILTERS[name](in_sizes[offset], out_sizes[offset], align_corners, scales[offset],
+                                            np.float64)
+        integer_weight, precision = fixed_point_weights(weight)
+        axis = x.ndim - len(in_sizes) + offset
+        taps = np.take(x.astype(np.int64), index, axis=axis)  # (..., out, taps, ...)
+        weights = integer_weight.reshape(integer_weight.shape + (1,) * (x.ndim - 1 - axis))
+        total = (taps * weights).sum(axis=axis + 1) + (1 << precision >> 1)
+        x = np.clip(total >> precision, 0, 255).astype(np.uint8)
     return x
 
 
@@ -237,6 +298,10 @@ def upsample_forward(name, taps_fn, n, takes_align_corners, stored_weights):
         in_sizes, out_sizes = self.shape[2:], tuple(output_size)
         check_sizes(name, in_sizes, out_sizes)
         align_corners, scales = split_options(options, takes_align_corners)
+        if name in INTEGER_REFUSALS and not (self.is_floating_point() or self.is_complex()):
+            if self.dtype == torch.uint8 and name in UINT8_FILTERS:
+                return resample_uint8(name, operand(self), in_sizes, out_sizes, align_corners, scales)
+            raise not_implemented_for(INTEGER_REFUSALS[name], self.dtype)  # weights would truncate to integers
         taps = axis_taps(taps_fn, stored_weights, in_sizes, out_sizes, align_corners, scales, self.dtype)
         if taps_fn in NEAREST_TAPS:
             return gather(operand(self), [index[:, 0] for index, _ in taps])

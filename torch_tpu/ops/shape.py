@@ -520,10 +520,12 @@ def histc(self, bins=100, min=0, max=0):
         raise RuntimeError(f"torch.histogram(): bins must be > 0, but got {bins} for dimension 0")
     values = operand(self, "histc").reshape(-1)
     low, high = _histc_range(values, min, max)
-    # CPU's edges are linspace's in the input dtype (a double reaches bfloat16 through float),
-    # and each element's bin is computed in that dtype, every operation rounded there.
+    # CPU's edges are linspace's in the input dtype (a double reaches float16/bfloat16 through float,
+    # as c10's conversions do; float64 keeps it), and each element's bin is computed in that dtype,
+    # every operation rounded there.
     dtype = values.dtype.type
-    low, high = dtype(np.float32(low)), dtype(np.float32(high))
+    through = np.float64 if dtype is np.float64 else np.float32
+    low, high = dtype(through(low)), dtype(through(high))
     with np.errstate(invalid="ignore"):
         inside = (values >= low) & (values <= high)
         positions = ((values[inside] - low) * dtype(bins) / (high - low)).astype(np.int64)
