@@ -124,17 +124,29 @@ def check_strided_view(shape, strides, offset, itemsize, available):
     """at::native::setStrided's checks of an ``as_strided`` view of ``available`` storage bytes."""
     if len(shape) != len(strides):
         raise RuntimeError("mismatch in length of strides and shape")
-    if any(stride < 0 for stride in strides):
-        raise negative_strides(strides)
-    if offset >= 0 and all(size > 0 for size in shape):
-        # the common view: nothing negative or empty, so exact integers agree with ATen's wrapping
-        # arithmetic wherever the result fits; only a layout that fails takes the exact path for its error
-        needed = (offset + 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))) * itemsize
-        if needed <= available and needed <= INT64_MAX:
-            return
+    # one pass for the common view (nothing negative or empty), where exact integers agree with ATen's
+    # wrapping arithmetic wherever the result fits; only a layout that fails takes the exact path for its error
+    needed, common = offset + 1, offset >= 0
+    for size, stride in zip(shape, strides):
+        if stride < 0:
+            raise negative_strides(strides)
+        if size > 0:
+            needed += (size - 1) * stride
+        else:
+            common = False
+    if common and needed * itemsize <= available and needed * itemsize <= INT64_MAX:
+        return
     check_in_storage_bounds(shape, strides, offset, itemsize, available)
     if offset < 0:
         raise invalid_storage_offset(offset)
+
+
+def storage_bytes(tensor):
+    """The bytes of ``tensor``'s storage: its HBM buffer's (C++'s count never shrinks), else C++'s (a fake
+    or meta tensor on tpu has no buffer). What ``untyped_storage().nbytes()`` says, without its patch's cost."""
+    storage = tensor.untyped_storage()
+    buffer = getattr(storage, BUFFER_ATTRIBUTE, None)
+    return storage.nbytes() if buffer is None else buffer.nbytes
 
 
 def allocate(nbytes):
