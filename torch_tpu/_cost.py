@@ -212,13 +212,15 @@ def kernel_cost(name, args, kwargs, result, detailed=False):
     return cost_model(name)(args, kwargs, result, detailed)
 
 
-def charged(kernel, name):
+def charged(kernel, name, guard=None):
     """Wrap ``kernel`` so that every launch advances the chip's clock by its roofline time.
 
     Outside a profile, an op without MXU work is charged by its traffic alone, with no
     KernelCost built: that is most launches, and the small ones are dominated by this overhead.
     In abstract mode (``torch_tpu.abstract``) the op's shape function stands in for the kernel,
-    and the launch is charged alike.
+    and the launch is charged alike. ``guard(error, args, kwargs)``, when given, is the error the
+    user sees instead of one escaping the launch (the registry's, ``_registry.guard``): it runs in
+    the launch's own frame, so that a launch is one Python frame around the kernel.
     """
     if name in FREE_OPS:
         return kernel
@@ -228,32 +230,42 @@ def charged(kernel, name):
     packet = name.partition(".")[0]
     traffic = _traffic_model(packet)
     plain = packet not in HOST_TRANSFERS and packet not in WRITE_ONLY_SELF
+    by_traffic = not (packet in MXU_FLOPS or packet in RESULT_FLOPS or packet in FUSED_COSTS)
     advance = clock.advance
+    lost_in_fork = _C.chip.ChipLostInFork
 
-    def charge_cost(args, kwargs, result):
-        clock.charge(cost_of(args, kwargs, result), clock.current_stream)
-
-    def charge_bytes(args, kwargs, result):
-        if plain and not kwargs and type(result) is Tensor:  # the commonest launch: inputs read, one new output
-            nbytes = _tensor_bytes(args) + result.nbytes
+    def charge(args, kwargs, result):
+        if not by_traffic:
+            clock.charge(cost_of(args, kwargs, result), clock.current_stream)
+        elif plain and not kwargs and type(result) is Tensor:  # the commonest launch: inputs read, one new output
+            advance(name, _tensor_bytes(args) + result.nbytes, clock.current_stream)
         else:
             read, written = traffic(args, kwargs, _outputs(args, kwargs, result))
-            nbytes = read + written
-        advance(name, nbytes, clock.current_stream)
-
-    charge = charge_cost if packet in MXU_FLOPS or packet in RESULT_FLOPS or packet in FUSED_COSTS else charge_bytes
+            advance(name, read + written, clock.current_stream)
 
     def launch(*args, **kwargs):
-        if chip.lost_in_fork:  # a child forked after the tpu was used: the chip is its parent's
-            raise _C.chip.ChipLostInFork()
         try:
-            if clock.recorders or abstract_mode.depth:
-                return _special_launch(kernel, name, charge, cost_of, clock, args, kwargs)
-            result = kernel(*args, **kwargs)
-        except NoValuesError as error:
-            raise error.naming(f"aten.{name}") from None
-        charge(args, kwargs, result)
-        return result
+            if chip.lost_in_fork:  # a child forked after the tpu was used: the chip is its parent's
+                raise lost_in_fork()
+            try:
+                if clock.recorders or abstract_mode.depth:
+                    return _special_launch(kernel, name, charge, cost_of, clock, args, kwargs)
+                result = kernel(*args, **kwargs)
+            except NoValuesError as error:
+                raise error.naming(f"aten.{name}") from None
+            if by_traffic and plain and not kwargs and type(result) is Tensor:  # charge's commonest case, inline
+                advance(name, _tensor_bytes(args) + result.nbytes, clock.current_stream)
+            else:
+                charge(args, kwargs, result)
+            return result
+        except Exception as error:
+            if guard is None:
+                raise
+            replacement = guard(error, args, kwargs)
+            del args, kwargs  # this frame stays in the traceback: it must not keep the tensors alive
+            if replacement is error:
+                raise
+            raise replacement.with_traceback(None) from None
 
     launch.__name__ = kernel.__name__
     launch.__wrapped__ = kernel
