@@ -166,8 +166,8 @@ def _traffic_model(packet):
     return traffic
 
 
-def cost_model(name):
-    """The function giving the KernelCost of one launch of aten ``name``.
+def _work_model(name):
+    """The function giving (MXU FLOPs by dtype or None, bytes read, bytes written) of one launch of aten ``name``.
 
     Everything that depends only on the op is looked up once here, not on every launch.
     """
@@ -176,21 +176,33 @@ def cost_model(name):
     flops_of_result = RESULT_FLOPS.get(packet)
     fused = FUSED_COSTS.get(packet)
     traffic = _traffic_model(packet)
+
+    def work(args, kwargs, result, outputs):
+        if fused is not None:
+            return fused(args, kwargs, result)
+        read, written = traffic(args, kwargs, outputs)
+        if flops_of_arguments is not None:
+            return flops_of_arguments(*args, **kwargs), read, written
+        if flops_of_result is not None:
+            return flops_of_result(args, result), read, written
+        return None, read, written
+
+    return work
+
+
+def _outputs_of(args, kwargs, result):
+    return (result,) if type(result) is Tensor and not kwargs else _outputs(args, kwargs, result)
+
+
+def cost_model(name):
+    """The function giving the KernelCost of one launch of aten ``name``."""
+    work = _work_model(name)
     make_cost = _C.clock.KernelCost
 
     def cost(args, kwargs, result, detailed=False):
         """``detailed`` adds shapes, dtypes and VPU element counts (for profiles)."""
-        outputs = (result,) if type(result) is Tensor and not kwargs else _outputs(args, kwargs, result)
-        if fused is not None:
-            flops, read, written = fused(args, kwargs, result)
-        else:
-            read, written = traffic(args, kwargs, outputs)
-            if flops_of_arguments is not None:
-                flops = flops_of_arguments(*args, **kwargs)
-            elif flops_of_result is not None:
-                flops = flops_of_result(args, result)
-            else:
-                flops = None
+        outputs = _outputs_of(args, kwargs, result)
+        flops, read, written = work(args, kwargs, result, outputs)
         kernel = make_cost(name, flops or {}, 0, read, written)
         if flops:
             kernel.float32_passes = float32_passes()
@@ -234,9 +246,16 @@ def charged(kernel, name, guard=None):
     advance = clock.advance
     lost_in_fork = _C.chip.ChipLostInFork
 
+    work = _work_model(name)
+    advance_mxu = clock.advance_mxu
+
     def charge(args, kwargs, result):
-        if not by_traffic:
-            clock.charge(cost_of(args, kwargs, result), clock.current_stream)
+        if not by_traffic:  # what clock.charge(cost_of(...)) charges, with no KernelCost built
+            flops, read, written = work(args, kwargs, result, _outputs_of(args, kwargs, result))
+            if flops:
+                advance_mxu(name, read + written, flops, float32_passes(), clock.current_stream)
+            else:
+                advance(name, read + written, clock.current_stream)
         elif plain and not kwargs and type(result) is Tensor:  # the commonest launch: inputs read, one new output
             advance(name, _tensor_bytes(args) + result.nbytes, clock.current_stream)
         else:
