@@ -153,7 +153,7 @@ def allocate(nbytes):
     """An HBM buffer, raising torch.OutOfMemoryError (a clean, recoverable error) when HBM is full or
     when the host cannot provide the RAM that backs it."""
     try:
-        return chip().hbm.allocate(nbytes)
+        return _C.current_chip().hbm.allocate(nbytes)
     except (_C.HBMOutOfMemory, _C.HostOutOfMemory) as oom:
         raise torch.OutOfMemoryError(str(oom)) from None
 
@@ -279,10 +279,10 @@ def as_numpy(tensor):
             raise NoValuesError()
         return np.empty(tensor.shape, dtype)
     offset = tensor.storage_offset() * dtype.itemsize
-    try:
+    try:  # a tuple shape, not a torch.Size: NumPy reads a plain tuple in half the time
         if tensor.is_contiguous():
-            return np.ndarray(tensor.shape, dtype, buffer, offset)
-        return np.ndarray(tensor.shape, dtype, buffer, offset, [s * dtype.itemsize for s in tensor.stride()])
+            return np.ndarray(tuple(tensor.shape), dtype, buffer, offset)
+        return np.ndarray(tuple(tensor.shape), dtype, buffer, offset, tuple([s * dtype.itemsize for s in tensor.stride()]))
     except (TypeError, ValueError):  # NumPy's "buffer is too small" / "offset must be ... no greater than"
         if tensor.dim() > MAX_DIMS:  # NumPy's limit, and that of PyTorch's TensorIterator, whose words these are
             raise RuntimeError(f"only tensors with up to {MAX_DIMS} dims are supported") from None
@@ -292,4 +292,7 @@ def as_numpy(tensor):
 
 
 def is_tpu(value):
-    return isinstance(value, torch.Tensor) and value.device.type == "tpu"
+    """Whether ``value`` is a tpu tensor. A storage with an HBM buffer answers first: building ``value.device``
+    costs more than the rest of a small kernel's checks."""
+    return isinstance(value, torch.Tensor) and (
+        hasattr(value.untyped_storage(), BUFFER_ATTRIBUTE) or value.device.type == "tpu")
