@@ -8,6 +8,7 @@ read and write tensors through NumPy views over those bytes.
 """
 
 import math
+import operator
 
 import numpy as np
 import torch
@@ -124,18 +125,15 @@ def check_strided_view(shape, strides, offset, itemsize, available):
     """at::native::setStrided's checks of an ``as_strided`` view of ``available`` storage bytes."""
     if len(shape) != len(strides):
         raise RuntimeError("mismatch in length of strides and shape")
-    # one pass for the common view (nothing negative or empty), where exact integers agree with ATen's
-    # wrapping arithmetic wherever the result fits; only a layout that fails takes the exact path for its error
-    needed, common = offset + 1, offset >= 0
-    for size, stride in zip(shape, strides):
-        if stride < 0:
-            raise negative_strides(strides)
-        if size > 0:
-            needed += (size - 1) * stride
-        else:
-            common = False
-    if common and needed * itemsize <= available and needed * itemsize <= INT64_MAX:
-        return
+    if strides and min(strides) < 0:
+        raise negative_strides(strides)
+    if offset >= 0 and (not shape or min(shape) > 0):
+        # the common view: nothing negative or empty, so exact integers agree with ATen's wrapping arithmetic
+        # wherever the result fits; only a layout that fails takes the exact path for its error. The last
+        # element is at offset + sum((size - 1) * stride), summed by builtins: this runs for every view op.
+        needed = (offset + 1 + sum(map(operator.mul, shape, strides)) - sum(strides)) * itemsize
+        if needed <= available and needed <= INT64_MAX:
+            return
     check_in_storage_bounds(shape, strides, offset, itemsize, available)
     if offset < 0:
         raise invalid_storage_offset(offset)
@@ -208,7 +206,7 @@ def empty_with_array(shape, dtype):
     tensor, buffer = _new(shape, dtype, None)
     if not buffer.nbytes:
         return tensor, np.empty(shape, NUMPY_DTYPE[dtype])
-    return tensor, np.ndarray(shape, NUMPY_DTYPE[dtype], buffer.array, 0)
+    return tensor, np.ndarray(tuple(shape), NUMPY_DTYPE[dtype], buffer.array, 0)
 
 
 def _without_buffer(storage):
