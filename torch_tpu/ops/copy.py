@@ -34,7 +34,7 @@ def cpu_tensor_as_numpy(tensor):
 
 
 def _readable(tensor):
-    if tensor.device.type == "cpu":
+    if tensor.is_cpu:
         return cpu_tensor_as_numpy(tensor)
     array = _tensor.as_numpy(tensor)
     if tensor.is_conj():
@@ -45,7 +45,7 @@ def _readable(tensor):
 
 
 def _writable(tensor):
-    if tensor.device.type == "cpu":
+    if tensor.is_cpu:
         if tensor.is_conj() or tensor.is_neg():
             raise RuntimeError("copy_: cannot copy from tpu into a CPU tensor with its conj or neg bit set")
         return cpu_tensor_as_numpy(tensor)
@@ -61,7 +61,7 @@ def _check_broadcastable(dst, src):
 def _check_no_overlap(dst, src):
     """The memory-overlap errors CPU's copy_ raises, so results never depend on copy order."""
     check_no_internal_overlap(dst)
-    if dst.device.type == "tpu" and src.device.type == "tpu" and partially_overlap(dst, src):
+    if _tensor.is_tpu(dst) and _tensor.is_tpu(src) and partially_overlap(dst, src):
         raise RuntimeError(PARTIAL_OVERLAP)
 
 
@@ -70,7 +70,7 @@ def copy_from(self, dst, non_blocking=False):
     _check_broadcastable(dst, self)
     _check_no_overlap(dst, self)
     source = _readable(self)
-    if dst.device.type == "tpu" and (dst.is_conj() or dst.is_neg()):
+    if _tensor.is_tpu(dst) and (dst.is_conj() or dst.is_neg()):
         source = np.conj(source) if dst.is_conj() else source
         source = np.negative(source) if dst.is_neg() else source
     _tensor._C.dtypes.cast_into(_writable(dst), source, _tensor.DTYPE_NAME[dst.dtype], threads=torch.get_num_threads())
