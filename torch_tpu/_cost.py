@@ -44,9 +44,15 @@ def _tensor_bytes(values):
     for value in values:
         if isinstance(value, Tensor):
             total += value.nbytes
-        elif type(value) in _SEQUENCES:
+        elif type(value) in _SEQUENCES and not _is_int_list(value):
             total += _tensor_bytes(value)
     return total
+
+
+def _is_int_list(value):
+    """An int[] argument (sizes, strides, dims): schema lists hold one type, so its first element tells.
+    Skipping them unread matters: convolutions and reductions pass several on every launch."""
+    return type(value) is list and value and type(value[0]) is int
 
 
 def _tensors(values):
