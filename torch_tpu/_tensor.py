@@ -280,7 +280,7 @@ def as_numpy(tensor):
     try:  # a tuple shape, not a torch.Size: NumPy reads a plain tuple in half the time
         if tensor.is_contiguous():
             return np.ndarray(tuple(tensor.shape), dtype, buffer, offset)
-        return np.ndarray(tuple(tensor.shape), dtype, buffer, offset, tuple([s * dtype.itemsize for s in tensor.stride()]))
+        return np.ndarray(tuple(tensor.shape), dtype, buffer, offset, tuple(map(dtype.itemsize.__mul__, tensor.stride())))
     except (TypeError, ValueError):  # NumPy's "buffer is too small" / "offset must be ... no greater than"
         if tensor.dim() > MAX_DIMS:  # NumPy's limit, and that of PyTorch's TensorIterator, whose words these are
             raise RuntimeError(f"only tensors with up to {MAX_DIMS} dims are supported") from None
