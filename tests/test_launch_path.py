@@ -170,3 +170,26 @@ def test_ignoring_fp_errors_restores_numpys_error_state():
             raise ZeroDivisionError  # the state comes back on the way out of an error too
         with pytest.raises(FloatingPointError):
             np.float32(1) / np.float32(0)
+
+
+def test_views_under_a_torch_function_mode():
+    """The backward's view kernels run with the user's torch function mode active (autograd carries it to its
+    thread): the mode's Python runs inside them, and its own ops must still reach the tpu, not Meta."""
+    seen = []
+
+    class Recording(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            if isinstance(result, torch.Tensor) and result.device.type == "tpu":
+                seen.append(result.detach().sum().item())  # a real tpu op inside the mode
+            return result
+
+    weights = torch.arange(12.0)
+    x = torch.arange(12.0, device="tpu", requires_grad=True)
+    with Recording():
+        loss = (x.view(3, 4).t().as_strided((2, 2), (1, 3), 1) * weights.view(4, 3)[1:3, 1:3].to("tpu")).sum()
+        loss.backward()
+    expected = torch.arange(12.0, requires_grad=True)
+    (expected.view(3, 4).t().as_strided((2, 2), (1, 3), 1) * weights.view(4, 3)[1:3, 1:3]).sum().backward()
+    assert torch.equal(x.grad.cpu(), expected.grad)
+    assert seen and all(isinstance(value, float) for value in seen)
