@@ -235,9 +235,9 @@ def kernel_cost(name, args, kwargs, result, detailed=False):
 def charged(kernel, name, guard=None):
     """Wrap ``kernel`` so that every launch advances the chip's clock by its roofline time.
 
-    Outside a profile, an op without MXU work is charged by its traffic alone, with no
-    KernelCost built: that is most launches, and the small ones are dominated by this overhead.
-    In abstract mode (``torch_tpu.abstract``) the op's shape function stands in for the kernel,
+    Outside a profile no KernelCost is built: an op without MXU work is charged by its traffic alone
+    (most launches, and the small ones are dominated by this overhead), a matmul-like op by its FLOPs
+    and traffic (``Clock.advance_mxu``). In abstract mode (``torch_tpu.abstract``) the op's shape function stands in for the kernel,
     and the launch is charged alike. ``guard(error, args, kwargs)``, when given, is the error the
     user sees instead of one escaping the launch (the registry's, ``_registry.guard``): it runs in
     the launch's own frame, so that a launch is one Python frame around the kernel.
@@ -252,10 +252,9 @@ def charged(kernel, name, guard=None):
     plain = packet not in HOST_TRANSFERS and packet not in WRITE_ONLY_SELF
     by_traffic = not (packet in MXU_FLOPS or packet in RESULT_FLOPS or packet in FUSED_COSTS)
     advance = clock.advance
-    lost_in_fork = _C.chip.ChipLostInFork
-
-    work = _work_model(name)
     advance_mxu = clock.advance_mxu
+    work = _work_model(name)
+    lost_in_fork = _C.chip.ChipLostInFork
 
     def charge(args, kwargs, result):
         if not by_traffic:  # what clock.charge(cost_of(...)) charges, with no KernelCost built
