@@ -3,6 +3,7 @@
     python benchmarks/zoo.py                  # prints the table and rewrites docs/performance.md
     python benchmarks/zoo.py --no-write       # prints only
     python benchmarks/zoo.py --profile ViT    # cProfile of the tpu steps of one model, by own time
+    python benchmarks/zoo.py --bytecodes ViT  # Python bytecodes of one tpu step, by function (load-independent)
 
 A step is forward, cross-entropy, backward and an SGD update with momentum. Both devices run on one
 thread (torch's intra-op pool, BLAS and the tpu's elementwise pool), so that the ratio compares the
@@ -18,6 +19,7 @@ for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[variable] = "1"  # before NumPy loads its BLAS
 
 import argparse  # noqa: E402
+import collections  # noqa: E402
 import cProfile  # noqa: E402
 import copy  # noqa: E402
 import pstats  # noqa: E402
@@ -109,15 +111,61 @@ def profile(name, steps=5):
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
+def count_bytecodes(name, shown=30):
+    """Python bytecodes executed in one tpu step of a model, by function, the backward's included: unlike a
+    timing, the count does not move with the host's load, so it tells a change's effect on Python work apart
+    from noise (C++ and NumPy work is not counted)."""
+    step = steps_of(name)["tpu"]
+    step()
+    counts, calls = collections.Counter(), collections.Counter()
+
+    def trace(frame, event, arg):
+        if event == "call":
+            frame.f_trace_opcodes = True
+            calls[frame.f_code] += 1
+        elif event == "opcode":
+            counts[frame.f_code] += 1
+        return trace
+
+    engine = torch.autograd.Variable._execution_engine
+    original = torch.Tensor.backward
+
+    def backward(self, *args, **kwargs):  # the backward runs on autograd's device thread: trace it there
+        def start(grad):
+            sys.settrace(trace)
+            engine.queue_callback(lambda: sys.settrace(None))
+            return grad
+
+        self.register_hook(start)
+        return original(self, *args, **kwargs)
+
+    torch.Tensor.backward = backward
+    sys.settrace(trace)
+    try:
+        step()
+    finally:
+        sys.settrace(None)
+        torch.Tensor.backward = original
+    total = sum(counts.values())
+    print(f"{name}: {total} bytecodes, {sum(calls.values())} Python calls in one tpu step")
+    for code, count in counts.most_common(shown):
+        where = os.path.relpath(code.co_filename, os.path.join(os.path.dirname(__file__), ".."))
+        print(f"{count:8d} {count / total:6.1%} {calls[code]:6d} calls  {where}:{code.co_firstlineno} {code.co_name}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/performance.md alone")
     parser.add_argument("--profile", metavar="MODEL", choices=sorted(ZOO), help="profile one model's tpu steps")
+    parser.add_argument("--bytecodes", metavar="MODEL", choices=sorted(ZOO),
+                        help="count the Python bytecodes of one model's tpu step, by function")
     parser.add_argument("models", nargs="*", default=list(ZOO), help="models to time (default: all)")
     args = parser.parse_args()
     single_threaded()
     if args.profile:
         return profile(args.profile)
+    if args.bytecodes:
+        return count_bytecodes(args.bytecodes)
     results = {name: best_seconds(steps_of(name), number=3, repeat=7, clock=time.process_time) for name in args.models}
     header = measured_on("one thread; CPU time of a training step (forward, backward, SGD), best of interleaved rounds.")
     markdown = f"{header}\n\n{table(results)}"

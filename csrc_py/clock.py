@@ -121,8 +121,13 @@ def ridge_point(spec, type_name="bfloat16", float32_passes=FLOAT32_DEFAULT_PASSE
     return mxu_peak(spec, type_name, float32_passes) / spec.hbm_bandwidth
 
 
+def mxu_seconds(mxu_flops, float32_passes, spec):
+    """Seconds of MXU work: the FLOPs of each input type at the MXU's peak for that type."""
+    return sum(flops / mxu_peak(spec, name, float32_passes) for name, flops in mxu_flops.items())
+
+
 def compute_seconds(cost, spec):
-    return sum(flops / mxu_peak(spec, name, cost.float32_passes) for name, flops in cost.mxu_flops.items())
+    return mxu_seconds(cost.mxu_flops, cost.float32_passes, spec)
 
 
 def memory_seconds(cost, spec):
@@ -173,6 +178,11 @@ class Clock:
             for recorder in self.recorders:
                 recorder.append(record)
         return start, end
+
+    def advance_mxu(self, name, nbytes, mxu_flops, float32_passes, stream=0):
+        """``advance`` for a kernel with MXU work (FLOPs by input type), as ``charge`` charges its KernelCost."""
+        return self.advance(name, nbytes, stream, mxu_seconds(mxu_flops, float32_passes, self.spec),
+                            sum(mxu_flops.values()))
 
     def advance(self, name, nbytes, stream=0, compute=0.0, flops=0):
         """Run kernel ``name`` moving ``nbytes`` of HBM traffic (and ``compute`` seconds of MXU work).

@@ -79,3 +79,117 @@ def test_direct_path_allocates_exactly_its_result():
     assert torch.tpu.max_memory_allocated() == allocated + 4000
     del y
     assert torch.tpu.memory_allocated() == allocated
+
+
+# --- the shared launch path: views, MXU charges, the error guard --------------------------------------
+
+
+def _as_strided_outcome(device, size, stride, offset):
+    """What ``as_strided`` gives on a 24-element float storage of ``device``: the view's values, or its error."""
+    base = torch.arange(24.0).to(device)
+    try:
+        return base.as_strided(size, stride, offset).cpu().tolist()
+    except RuntimeError as error:
+        return str(error)
+
+
+def test_as_strided_checks_the_storage_as_cpu_does():
+    """The view kernels' one-pass bounds check (Meta's kernel does none) accepts and refuses what CPU does,
+    with CPU's words: in and out of bounds, empty, negative strides and offsets, the last element exactly."""
+    generator = torch.Generator().manual_seed(0)
+    cases = [((4, 6), (6, 1), 0), ((4, 6), (6, 1), 1), ((2, 3), (1, 2), 18), ((2, 3), (1, 2), 19), ((0, 5), (9, 9), 30),
+             ((3,), (-1,), 0), ((3,), (1,), -1), ((), (), 23), ((), (), 24), ((5, 0), (1, 1), 24)]
+    for _ in range(150):
+        dims = int(torch.randint(1, 4, (), generator=generator))
+        size = torch.randint(0, 5, (dims,), generator=generator).tolist()
+        stride = torch.randint(0, 9, (dims,), generator=generator).tolist()
+        cases.append((tuple(size), tuple(stride), int(torch.randint(0, 12, (), generator=generator))))
+    for size, stride, offset in cases:
+        assert _as_strided_outcome("tpu", size, stride, offset) == _as_strided_outcome("cpu", size, stride, offset), (
+            size, stride, offset)
+
+
+def test_views_launch_nothing_and_allocate_nothing():
+    x = torch.rand(4, 6, device="tpu")
+    kernels, allocated = clock.kernels_run, torch.tpu.memory_allocated()
+    views = [x.t(), x.transpose(0, 1), x.permute(1, 0), x[1], x[None].expand(3, 4, 6), x.view(24), x.unsqueeze(0)]
+    assert clock.kernels_run == kernels and torch.tpu.memory_allocated() == allocated
+    for view in views:
+        assert view.untyped_storage()._cdata == x.untyped_storage()._cdata
+    x.t()[2, 1] = 7.0  # a write through a view reaches the base
+    assert x[1, 2].item() == 7.0
+
+
+@pytest.mark.parametrize("call", [
+    lambda a, b, bias: torch.mm(a, b.t()),
+    lambda a, b, bias: torch.addmm(bias, a, b.t()),
+    lambda a, b, bias: torch.bmm(a[None], b.t()[None]),
+    lambda a, b, bias: F.conv2d(a[None, None], b[None, None, :3, :3]),
+], ids=["mm", "addmm", "bmm", "conv2d"])
+@pytest.mark.parametrize("precision", ["highest", "medium"])
+def test_mxu_launches_are_charged_as_their_kernel_cost(call, precision):
+    """Outside a profile an MXU launch is charged without a KernelCost; a profile charges the KernelCost
+    itself. Both must add the same seconds, MXU seconds, FLOPs and bytes to the clock's totals."""
+    a, b, bias = torch.rand(8, 16, device="tpu"), torch.rand(12, 16, device="tpu"), torch.rand(12, device="tpu")
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        call(a, b, bias)  # a first launch names the op in the totals
+
+        def added(profiled):
+            before = {name: totals.copy() for name, totals in clock.op_totals.items()}
+            if profiled:
+                with torch_tpu.profiler.profile():
+                    call(a, b, bias)
+            else:
+                call(a, b, bias)
+            return {name: totals.minus(before[name]) for name, totals in clock.op_totals.items()
+                    if totals.count != before[name].count}
+
+        quiet, profiled = added(False), added(True)
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    assert quiet.keys() == profiled.keys() and quiet
+    for name in quiet:  # the float fields are differences of running sums: equal to rounding
+        for field in ("count", "bytes", "flops"):
+            assert getattr(quiet[name], field) == getattr(profiled[name], field), (name, field)
+        for field in ("seconds", "compute_seconds"):
+            assert getattr(quiet[name], field) == pytest.approx(getattr(profiled[name], field), rel=1e-9), (name, field)
+    assert any(totals.flops for totals in quiet.values())
+
+
+def test_ignoring_fp_errors_restores_numpys_error_state():
+    import numpy as np
+
+    from torch_tpu._C import vpu
+
+    with np.errstate(divide="raise"):
+        with vpu.ignoring_fp_errors():
+            assert np.float32(1) / np.float32(0) == np.inf
+        with pytest.raises(ZeroDivisionError), vpu.ignoring_fp_errors():
+            raise ZeroDivisionError  # the state comes back on the way out of an error too
+        with pytest.raises(FloatingPointError):
+            np.float32(1) / np.float32(0)
+
+
+def test_views_under_a_torch_function_mode():
+    """The backward's view kernels run with the user's torch function mode active (autograd carries it to its
+    thread): the mode's Python runs inside them, and its own ops must still reach the tpu, not Meta."""
+    seen = []
+
+    class Recording(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            result = func(*args, **(kwargs or {}))
+            if isinstance(result, torch.Tensor) and result.device.type == "tpu":
+                seen.append(result.detach().sum().item())  # a real tpu op inside the mode
+            return result
+
+    weights = torch.arange(12.0)
+    x = torch.arange(12.0, device="tpu", requires_grad=True)
+    with Recording():
+        loss = (x.view(3, 4).t().as_strided((2, 2), (1, 3), 1) * weights.view(4, 3)[1:3, 1:3].to("tpu")).sum()
+        loss.backward()
+    expected = torch.arange(12.0, requires_grad=True)
+    (expected.view(3, 4).t().as_strided((2, 2), (1, 3), 1) * weights.view(4, 3)[1:3, 1:3]).sum().backward()
+    assert torch.equal(x.grad.cpu(), expected.grad)
+    assert seen and all(isinstance(value, float) for value in seen)

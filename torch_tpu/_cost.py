@@ -16,6 +16,7 @@ import math
 import threading
 import time
 
+import numpy as np
 import torch
 
 from . import _C, _abstract, _abstract_launch
@@ -44,9 +45,15 @@ def _tensor_bytes(values):
     for value in values:
         if isinstance(value, Tensor):
             total += value.nbytes
-        elif type(value) in _SEQUENCES:
+        elif type(value) in _SEQUENCES and not _is_int_list(value):
             total += _tensor_bytes(value)
     return total
+
+
+def _is_int_list(value):
+    """An int[] argument (sizes, strides, dims): schema lists hold one type, so its first element tells.
+    Skipping them unread matters: convolutions and reductions pass several on every launch."""
+    return type(value) is list and value and type(value[0]) is int
 
 
 def _tensors(values):
@@ -64,7 +71,8 @@ def _matmul_flops(lhs, rhs):
     a, b = lhs.shape, rhs.shape
     m = a[-2] if len(a) > 1 else 1
     n = b[-1] if len(b) > 1 else 1
-    batch = math.prod(torch.broadcast_shapes(a[:-2], b[:-2])) if len(a) > 2 or len(b) > 2 else 1
+    # NumPy's broadcasting rule is PyTorch's, at a tenth of torch.broadcast_shapes' cost (the kernel has checked the shapes)
+    batch = math.prod(np.broadcast_shapes(a[:-2], b[:-2])) if len(a) > 2 or len(b) > 2 else 1
     return {DTYPE_NAME[lhs.dtype]: 2 * batch * m * n * a[-1]}
 
 
@@ -166,8 +174,8 @@ def _traffic_model(packet):
     return traffic
 
 
-def cost_model(name):
-    """The function giving the KernelCost of one launch of aten ``name``.
+def _work_model(name):
+    """The function giving (MXU FLOPs by dtype or None, bytes read, bytes written) of one launch of aten ``name``.
 
     Everything that depends only on the op is looked up once here, not on every launch.
     """
@@ -176,21 +184,33 @@ def cost_model(name):
     flops_of_result = RESULT_FLOPS.get(packet)
     fused = FUSED_COSTS.get(packet)
     traffic = _traffic_model(packet)
+
+    def work(args, kwargs, result, outputs):
+        if fused is not None:
+            return fused(args, kwargs, result)
+        read, written = traffic(args, kwargs, outputs)
+        if flops_of_arguments is not None:
+            return flops_of_arguments(*args, **kwargs), read, written
+        if flops_of_result is not None:
+            return flops_of_result(args, result), read, written
+        return None, read, written
+
+    return work
+
+
+def _outputs_of(args, kwargs, result):
+    return (result,) if type(result) is Tensor and not kwargs else _outputs(args, kwargs, result)
+
+
+def cost_model(name):
+    """The function giving the KernelCost of one launch of aten ``name``."""
+    work = _work_model(name)
     make_cost = _C.clock.KernelCost
 
     def cost(args, kwargs, result, detailed=False):
         """``detailed`` adds shapes, dtypes and VPU element counts (for profiles)."""
-        outputs = (result,) if type(result) is Tensor and not kwargs else _outputs(args, kwargs, result)
-        if fused is not None:
-            flops, read, written = fused(args, kwargs, result)
-        else:
-            read, written = traffic(args, kwargs, outputs)
-            if flops_of_arguments is not None:
-                flops = flops_of_arguments(*args, **kwargs)
-            elif flops_of_result is not None:
-                flops = flops_of_result(args, result)
-            else:
-                flops = None
+        outputs = _outputs_of(args, kwargs, result)
+        flops, read, written = work(args, kwargs, result, outputs)
         kernel = make_cost(name, flops or {}, 0, read, written)
         if flops:
             kernel.float32_passes = float32_passes()
@@ -212,13 +232,15 @@ def kernel_cost(name, args, kwargs, result, detailed=False):
     return cost_model(name)(args, kwargs, result, detailed)
 
 
-def charged(kernel, name):
+def charged(kernel, name, guard=None):
     """Wrap ``kernel`` so that every launch advances the chip's clock by its roofline time.
 
-    Outside a profile, an op without MXU work is charged by its traffic alone, with no
-    KernelCost built: that is most launches, and the small ones are dominated by this overhead.
-    In abstract mode (``torch_tpu.abstract``) the op's shape function stands in for the kernel,
-    and the launch is charged alike.
+    Outside a profile no KernelCost is built: an op without MXU work is charged by its traffic alone
+    (most launches, and the small ones are dominated by this overhead), a matmul-like op by its FLOPs
+    and traffic (``Clock.advance_mxu``). In abstract mode (``torch_tpu.abstract``) the op's shape function stands in for the kernel,
+    and the launch is charged alike. ``guard(error, args, kwargs)``, when given, is the error the
+    user sees instead of one escaping the launch (the registry's, ``_registry.guard``): it runs in
+    the launch's own frame, so that a launch is one Python frame around the kernel.
     """
     if name in FREE_OPS:
         return kernel
@@ -228,32 +250,48 @@ def charged(kernel, name):
     packet = name.partition(".")[0]
     traffic = _traffic_model(packet)
     plain = packet not in HOST_TRANSFERS and packet not in WRITE_ONLY_SELF
+    by_traffic = not (packet in MXU_FLOPS or packet in RESULT_FLOPS or packet in FUSED_COSTS)
     advance = clock.advance
+    advance_mxu = clock.advance_mxu
+    work = _work_model(name)
+    lost_in_fork = _C.chip.ChipLostInFork
 
-    def charge_cost(args, kwargs, result):
-        clock.charge(cost_of(args, kwargs, result), clock.current_stream)
-
-    def charge_bytes(args, kwargs, result):
-        if plain and not kwargs and type(result) is Tensor:  # the commonest launch: inputs read, one new output
-            nbytes = _tensor_bytes(args) + result.nbytes
+    def charge(args, kwargs, result):
+        if not by_traffic:  # what clock.charge(cost_of(...)) charges, with no KernelCost built
+            flops, read, written = work(args, kwargs, result, _outputs_of(args, kwargs, result))
+            if flops:
+                advance_mxu(name, read + written, flops, float32_passes(), clock.current_stream)
+            else:
+                advance(name, read + written, clock.current_stream)
+        elif plain and not kwargs and type(result) is Tensor:  # the commonest launch: inputs read, one new output
+            advance(name, _tensor_bytes(args) + result.nbytes, clock.current_stream)
         else:
             read, written = traffic(args, kwargs, _outputs(args, kwargs, result))
-            nbytes = read + written
-        advance(name, nbytes, clock.current_stream)
-
-    charge = charge_cost if packet in MXU_FLOPS or packet in RESULT_FLOPS or packet in FUSED_COSTS else charge_bytes
+            advance(name, read + written, clock.current_stream)
 
     def launch(*args, **kwargs):
-        if chip.lost_in_fork:  # a child forked after the tpu was used: the chip is its parent's
-            raise _C.chip.ChipLostInFork()
         try:
-            if clock.recorders or abstract_mode.depth:
-                return _special_launch(kernel, name, charge, cost_of, clock, args, kwargs)
-            result = kernel(*args, **kwargs)
-        except NoValuesError as error:
-            raise error.naming(f"aten.{name}") from None
-        charge(args, kwargs, result)
-        return result
+            if chip.lost_in_fork:  # a child forked after the tpu was used: the chip is its parent's
+                raise lost_in_fork()
+            try:
+                if clock.recorders or abstract_mode.depth:
+                    return _special_launch(kernel, name, charge, cost_of, clock, args, kwargs)
+                result = kernel(*args, **kwargs)
+            except NoValuesError as error:
+                raise error.naming(f"aten.{name}") from None
+            if by_traffic and plain and not kwargs and type(result) is Tensor:  # charge's commonest case, inline
+                advance(name, _tensor_bytes(args) + result.nbytes, clock.current_stream)
+            else:
+                charge(args, kwargs, result)
+            return result
+        except Exception as error:
+            if guard is None:
+                raise
+            replacement = guard(error, args, kwargs)
+            del args, kwargs  # this frame stays in the traceback: it must not keep the tensors alive
+            if replacement is error:
+                raise
+            raise replacement.with_traceback(None) from None
 
     launch.__name__ = kernel.__name__
     launch.__wrapped__ = kernel

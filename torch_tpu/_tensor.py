@@ -8,6 +8,7 @@ read and write tensors through NumPy views over those bytes.
 """
 
 import math
+import operator
 
 import numpy as np
 import torch
@@ -124,12 +125,13 @@ def check_strided_view(shape, strides, offset, itemsize, available):
     """at::native::setStrided's checks of an ``as_strided`` view of ``available`` storage bytes."""
     if len(shape) != len(strides):
         raise RuntimeError("mismatch in length of strides and shape")
-    if any(stride < 0 for stride in strides):
+    if strides and min(strides) < 0:
         raise negative_strides(strides)
-    if offset >= 0 and all(size > 0 for size in shape):
-        # the common view: nothing negative or empty, so exact integers agree with ATen's wrapping
-        # arithmetic wherever the result fits; only a layout that fails takes the exact path for its error
-        needed = (offset + 1 + sum((size - 1) * stride for size, stride in zip(shape, strides))) * itemsize
+    if offset >= 0 and (not shape or min(shape) > 0):
+        # the common view: nothing negative or empty, so exact integers agree with ATen's wrapping arithmetic
+        # wherever the result fits; only a layout that fails takes the exact path for its error. The last
+        # element is at offset + sum((size - 1) * stride), summed by builtins: this runs for every view op.
+        needed = (offset + 1 + sum(map(operator.mul, shape, strides)) - sum(strides)) * itemsize
         if needed <= available and needed <= INT64_MAX:
             return
     check_in_storage_bounds(shape, strides, offset, itemsize, available)
@@ -137,11 +139,19 @@ def check_strided_view(shape, strides, offset, itemsize, available):
         raise invalid_storage_offset(offset)
 
 
+def storage_bytes(tensor):
+    """The bytes of ``tensor``'s storage: its HBM buffer's (C++'s count never shrinks), else C++'s (a fake
+    or meta tensor on tpu has no buffer). What ``untyped_storage().nbytes()`` says, without its patch's cost."""
+    storage = tensor.untyped_storage()
+    buffer = getattr(storage, BUFFER_ATTRIBUTE, None)
+    return storage.nbytes() if buffer is None else buffer.nbytes
+
+
 def allocate(nbytes):
     """An HBM buffer, raising torch.OutOfMemoryError (a clean, recoverable error) when HBM is full or
     when the host cannot provide the RAM that backs it."""
     try:
-        return chip().hbm.allocate(nbytes)
+        return _C.current_chip().hbm.allocate(nbytes)
     except (_C.HBMOutOfMemory, _C.HostOutOfMemory) as oom:
         raise torch.OutOfMemoryError(str(oom)) from None
 
@@ -196,7 +206,7 @@ def empty_with_array(shape, dtype):
     tensor, buffer = _new(shape, dtype, None)
     if not buffer.nbytes:
         return tensor, np.empty(shape, NUMPY_DTYPE[dtype])
-    return tensor, np.ndarray(shape, NUMPY_DTYPE[dtype], buffer.array, 0)
+    return tensor, np.ndarray(tuple(shape), NUMPY_DTYPE[dtype], buffer.array, 0)
 
 
 def _without_buffer(storage):
@@ -267,10 +277,10 @@ def as_numpy(tensor):
             raise NoValuesError()
         return np.empty(tensor.shape, dtype)
     offset = tensor.storage_offset() * dtype.itemsize
-    try:
+    try:  # a tuple shape, not a torch.Size: NumPy reads a plain tuple in half the time
         if tensor.is_contiguous():
-            return np.ndarray(tensor.shape, dtype, buffer, offset)
-        return np.ndarray(tensor.shape, dtype, buffer, offset, [s * dtype.itemsize for s in tensor.stride()])
+            return np.ndarray(tuple(tensor.shape), dtype, buffer, offset)
+        return np.ndarray(tuple(tensor.shape), dtype, buffer, offset, tuple(map(dtype.itemsize.__mul__, tensor.stride())))
     except (TypeError, ValueError):  # NumPy's "buffer is too small" / "offset must be ... no greater than"
         if tensor.dim() > MAX_DIMS:  # NumPy's limit, and that of PyTorch's TensorIterator, whose words these are
             raise RuntimeError(f"only tensors with up to {MAX_DIMS} dims are supported") from None
@@ -280,4 +290,7 @@ def as_numpy(tensor):
 
 
 def is_tpu(value):
-    return isinstance(value, torch.Tensor) and value.device.type == "tpu"
+    """Whether ``value`` is a tpu tensor. A storage with an HBM buffer answers first: building ``value.device``
+    costs more than the rest of a small kernel's checks."""
+    return isinstance(value, torch.Tensor) and (
+        hasattr(value.untyped_storage(), BUFFER_ATTRIBUTE) or value.device.type == "tpu")

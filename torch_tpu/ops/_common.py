@@ -41,7 +41,7 @@ def operand(value, op_name=None):
     A CPU tensor with dimensions is an error, worded as CUDA words it.
     """
     if isinstance(value, torch.Tensor):
-        if value.device.type == "tpu":
+        if _tensor.is_tpu(value):
             array = as_numpy(value)
             if value.dtype is torch.complex32:  # stored as float16 pairs, which NumPy cannot compute with
                 array = _C.dtypes.complex32_as_complex64(array)

@@ -11,7 +11,7 @@ coverage scripts read.
 import torch
 
 from .. import _errors
-from .._cost import charged
+from .._cost import FREE_OPS, charged
 
 _ATEN = torch.library.Library("aten", "IMPL")  # kept alive for the process: it owns the registrations
 KERNELS = {}
@@ -24,7 +24,8 @@ def register(*overloads, charge=True):
     def decorate(kernel):
         for overload in overloads:
             name = _name(overload)
-            _ATEN.impl(overload, guarded(charged(kernel, name) if charge else kernel, name), "PrivateUse1")
+            launch = charged(kernel, name, guard(name)) if charge and name not in FREE_OPS else guarded(kernel, name)
+            _ATEN.impl(overload, launch, "PrivateUse1")
             KERNELS[name] = kernel
         return kernel
 
@@ -56,17 +57,28 @@ def _overload(name):
     return getattr(getattr(torch.ops.aten, packet), overload or "default")
 
 
+def guard(name):
+    """What the user sees instead of an error escaping the kernel of aten ``name``: NumPy's and other internal
+    errors become PyTorch's (see ``_errors.kernel_error``), and no tensor made inside the kernel outlives the
+    call by hiding in the exception's frames."""
+
+    def replacement(error, args, kwargs):
+        _errors.release_frames(error)
+        return _errors.kernel_error(error, _overload(name), args, kwargs)
+
+    return replacement
+
+
 def guarded(launch, name):
-    """``launch`` with its errors as the user must see them: NumPy's and other internal errors become
-    PyTorch's (see ``_errors.kernel_error``), and no tensor made inside the kernel outlives the call
-    by hiding in the exception's frames."""
+    """``launch`` with ``guard(name)`` around it, for kernels that are not charged themselves (``charged``
+    guards the others in its own frame)."""
+    replace = guard(name)
 
     def kernel(*args, **kwargs):
         try:
             return launch(*args, **kwargs)
         except Exception as error:
-            _errors.release_frames(error)
-            replacement = _errors.kernel_error(error, _overload(name), args, kwargs)
+            replacement = replace(error, args, kwargs)
             del args, kwargs  # this frame stays in the traceback: it must not keep the tensors alive
             if replacement is error:
                 raise

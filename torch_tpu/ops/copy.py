@@ -35,7 +35,7 @@ def cpu_tensor_as_numpy(tensor):
 
 
 def _readable(tensor):
-    if tensor.device.type == "cpu":
+    if tensor.is_cpu:
         return cpu_tensor_as_numpy(tensor)
     if tensor.is_conj() or tensor.is_neg():
         return operand(tensor)  # the bits resolved; complex32 is read as complex64, which NumPy can conjugate
@@ -43,7 +43,7 @@ def _readable(tensor):
 
 
 def _writable(tensor):
-    if tensor.device.type == "cpu":
+    if tensor.is_cpu:
         if tensor.is_conj() or tensor.is_neg():
             raise RuntimeError("copy_: cannot copy from tpu into a CPU tensor with its conj or neg bit set")
         return cpu_tensor_as_numpy(tensor)
@@ -59,7 +59,7 @@ def _check_broadcastable(dst, src):
 def _check_no_overlap(dst, src):
     """The memory-overlap errors CPU's copy_ raises, so results never depend on copy order."""
     check_no_internal_overlap(dst)
-    if dst.device.type == "tpu" and src.device.type == "tpu" and partially_overlap(dst, src):
+    if _tensor.is_tpu(dst) and _tensor.is_tpu(src) and partially_overlap(dst, src):
         raise RuntimeError(PARTIAL_OVERLAP)
 
 
@@ -68,7 +68,7 @@ def copy_from(self, dst, non_blocking=False):
     _check_broadcastable(dst, self)
     _check_no_overlap(dst, self)
     source = _readable(self)
-    if dst.device.type == "tpu" and (dst.is_conj() or dst.is_neg()):
+    if _tensor.is_tpu(dst) and (dst.is_conj() or dst.is_neg()):
         if source.dtype == _tensor._C.dtypes.COMPLEX32:
             source = _tensor._C.dtypes.complex32_as_complex64(source)
         source = np.conj(source) if dst.is_conj() else source

@@ -15,7 +15,8 @@ import math
 import numpy as np
 import torch
 
-from .. import _tensor
+from .. import _C, _tensor
+from .._tensor import is_tpu
 from ._common import as_numpy, empty, operand, opmath_dtype, opmath_operand, store, write
 from . import pointwise
 from ._overlap import check_no_internal_overlap
@@ -83,11 +84,11 @@ def _fast_path(self, tensor_columns, scalar_columns):
     if dtype not in _FAST_DTYPES:
         return False
     for t in self:
-        if t.dtype != dtype or t.is_cpu or t.device.type != "tpu" or t.is_neg():
+        if t.dtype != dtype or not is_tpu(t) or t.is_neg():
             return False
     for column in tensor_columns:
         for t, other in zip(self, column):
-            if other.dtype != dtype or other.is_cpu or other.device.type != "tpu" or other.shape != t.shape or other.is_neg():
+            if other.dtype != dtype or not is_tpu(other) or other.shape != t.shape or other.is_neg():
                 return False
     return all(_keeps_dtype(t, value) for column in scalar_columns for t, value in zip(self, column))
 
@@ -111,7 +112,7 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
     arrays = [[view(t) for t in column] for column in (self, *tensor_columns)]
     numbers = [[_as_number(value) for value in column] for column in scalar_columns]
     outs = (arrays[0] if inplace else [as_numpy(t) for t in targets]) if direct else [None] * len(self)
-    with np.errstate(all="ignore"):
+    with _C.vpu.ignoring_fp_errors():
         for target, out, operands in zip(targets, outs, zip(*arrays, *numbers)):
             result = fn(*operands, out=out, **keywords)
             if not direct:

@@ -63,7 +63,10 @@ def common_dtype(*operands):
 
 
 def broadcast_shape(*operands, **options):
-    return broadcast_shapes(*(tuple(o.shape) for o in operands if isinstance(o, torch.Tensor)))
+    shapes = [tuple(o.shape) for o in operands if isinstance(o, torch.Tensor)]
+    if len(shapes) == 1 or (len(shapes) == 2 and shapes[0] == shapes[1]):  # nothing to broadcast
+        return shapes[0]
+    return broadcast_shapes(*shapes)
 
 
 def check_inplace(self, dtype, shape):
@@ -123,7 +126,7 @@ def compute_into(out, function, operands, dtype, extras=(), options=None, opmath
         if target.dtype == compute:
             vpu.apply(function, *arrays, out=target)  # overlapping inputs stay on one thread
             return out
-    with np.errstate(all="ignore"):
+    with vpu.ignoring_fp_errors():
         result = function(*arrays, *extras, **(options or {}))
     return write(out, result)
 

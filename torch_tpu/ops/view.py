@@ -14,6 +14,7 @@ from . import factory
 from ._registry import register, register_with_keyset
 
 META = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
+_set_meta_included = torch._C._set_meta_in_tls_dispatch_include
 
 
 def _redispatch_to_meta(overload):
@@ -25,7 +26,6 @@ def _redispatch_to_meta(overload):
 
 
 for _overload in (
-    torch.ops.aten.view.default,
     torch.ops.aten._reshape_alias.default,
     torch.ops.aten.unfold.default,
     torch.ops.aten.view_as_real.default,
@@ -34,21 +34,47 @@ for _overload in (
     register_with_keyset(_overload)(_redispatch_to_meta(_overload))
 
 
-def _checked_as_strided(overload):
+def _through_meta(method):
+    """Meta's kernel of a view on tpu tensors, through the Tensor ``method`` with Meta in the thread-local
+    include set, as set_metadata runs set_: the same kernel as a redispatch to Meta, at a third of its cost
+    (an OpOverload.redispatch boxes its arguments in Python). Every transpose, permute, select, expand and t
+    reaches as_strided. A torch function mode never sees the method: a mode pops itself before the call it
+    handles reaches a kernel (tests/test_launch_path.py)."""
+
+    def run(*args):
+        _set_meta_included(True)  # never already set here: Meta's views do not call back into Python
+        try:
+            return method(*args)
+        finally:
+            _set_meta_included(False)
+
+    return run
+
+
+_meta_view = _through_meta(torch.Tensor.view)
+
+
+@register_with_keyset(torch.ops.aten.view.default)
+def meta_view(keyset, self, size):
+    return _meta_view(self, size)
+
+
+def _checked_as_strided(method):
     """``as_strided`` checks its view against the storage first, as CPU does (Meta's own kernel
     does not: it would hand out views past the end of the HBM buffer)."""
+    meta_as_strided = _through_meta(method)
 
     def kernel(keyset, self, size, stride, storage_offset=None):
         offset = self.storage_offset() if storage_offset is None else storage_offset
-        _tensor.check_strided_view(size, stride, offset, self.element_size(), self.untyped_storage().nbytes())
-        return overload.redispatch(META, self, size, stride, storage_offset)
+        _tensor.check_strided_view(size, stride, offset, self.element_size(), _tensor.storage_bytes(self))
+        return meta_as_strided(self, size, stride, storage_offset)
 
-    kernel.__name__ = f"checked_{overload.__name__.replace('.', '_')}"
+    kernel.__name__ = f"checked_{method.__name__}"
     return kernel
 
 
-for _overload in (torch.ops.aten.as_strided.default, torch.ops.aten.as_strided_.default):
-    register_with_keyset(_overload)(_checked_as_strided(_overload))
+register_with_keyset(torch.ops.aten.as_strided.default)(_checked_as_strided(torch.Tensor.as_strided))
+register_with_keyset(torch.ops.aten.as_strided_.default)(_checked_as_strided(torch.Tensor.as_strided_))
 
 
 def _check_tpu_storage(storage):
