@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 from conftest import run_python
@@ -94,9 +95,22 @@ def test_device_module_basics():
 def test_device_module_has_torch_cuda_names_that_apply_to_one_chip():
     cuda_names = ["device_of", "StreamContext", "OutOfMemoryError", "memory_snapshot", "get_per_process_memory_fraction",
                   "set_per_process_memory_fraction", "memory_stats_as_nested_dict", "reset_max_memory_allocated",
-                  "get_rng_state_all", "set_rng_state_all", "seed_all", "is_initialized", "init"]
+                  "get_rng_state_all", "set_rng_state_all", "seed_all", "is_initialized", "init", "memory_cached",
+                  "max_memory_cached", "reset_max_memory_cached"]
     assert [name for name in cuda_names if hasattr(torch.cuda, name) and not hasattr(torch.tpu, name)] == []
     assert torch.tpu.OutOfMemoryError is torch.cuda.OutOfMemoryError
+
+
+def test_deprecated_cached_names_warn_and_answer_as_on_cuda():
+    x = torch.ones(1000, device="tpu")
+    with pytest.warns(FutureWarning, match="memory_reserved"):
+        assert torch.tpu.memory_cached() == torch.tpu.memory_reserved() >= x.nbytes
+    with pytest.warns(FutureWarning, match="max_memory_reserved"):
+        assert torch.tpu.max_memory_cached() == torch.tpu.max_memory_reserved()
+    del x
+    with pytest.warns(FutureWarning, match="reset_peak_memory_stats"):
+        torch.tpu.reset_max_memory_cached()
+    assert torch.tpu.max_memory_allocated() == torch.tpu.memory_allocated()
 
 
 def test_device_of_selects_the_tensors_chip_and_ignores_other_devices():

@@ -11,6 +11,8 @@ import collections
 import pickle
 import sys
 
+from typing_extensions import deprecated
+
 from .. import _C
 from .._errors import check_device_index
 
@@ -42,6 +44,22 @@ def reset_peak_memory_stats(device=None):
 
 
 reset_max_memory_allocated = reset_peak_memory_stats
+
+
+# The pre-1.4 names torch.cuda still answers to, with its FutureWarning: scripts ported from CUDA call them.
+@deprecated("`torch.tpu.memory_cached` has been renamed to `torch.tpu.memory_reserved`", category=FutureWarning)
+def memory_cached(device=None):
+    return memory_reserved(device)
+
+
+@deprecated("`torch.tpu.max_memory_cached` has been renamed to `torch.tpu.max_memory_reserved`", category=FutureWarning)
+def max_memory_cached(device=None):
+    return max_memory_reserved(device)
+
+
+@deprecated("`torch.tpu.reset_max_memory_cached` now calls `torch.tpu.reset_peak_memory_stats`", category=FutureWarning)
+def reset_max_memory_cached(device=None):
+    reset_peak_memory_stats(device)
 
 
 def reset_accumulated_memory_stats(device=None):
