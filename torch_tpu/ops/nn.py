@@ -16,7 +16,7 @@ import torch
 from .. import _C
 from . import _registry
 from .._tensor import numpy_dtype
-from ._common import (as_numpy, channel_sums, empty, exact_dtype, opmath_dtype, opmath_operand, operand, prepare_out,
+from ._common import (as_numpy, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand, prepare_out,
                       store, wrap_dim, write)
 from .cpu_replay.cascade_sum import cascade_sum
 
@@ -396,7 +396,7 @@ def batch_statistics(x, stats_dtype, vectorised):
     deviations = (x - deviation_from).astype(accumulator)
     squares = channel_sums(np.square(deviations, out=deviations), accumulator).ravel()
     if vectorised:
-        mean, squares = as_numpy(save_mean), as_numpy(store(squares, stats_dtype))
+        mean, squares = as_numpy(save_mean), converted(squares, stats_dtype)
     else:
         mean = opmath_operand(save_mean)
     biased_var = (squares / np.asarray(count, squares.dtype)).astype(accumulator)
@@ -409,19 +409,24 @@ def generic_arithmetic(input, stats_dtype):
     return numpy_dtype(stats_dtype) if stats_dtype == input.dtype else opmath_dtype(input.dtype)
 
 
-def transformed(input, weight, bias, mean, invstd, compute, vectorised):
-    """The normalized input. The vectorised kernels compute ``x * alpha + beta`` in opmath, with alpha =
-    invstd * weight and beta = bias - mean * alpha; the generic loop computes ``((x - mean) * invstd) *
-    weight + bias`` in ``compute``."""
+def transformed(input, x, weight, bias, mean, invstd, compute, vectorised):
+    """The normalized input (``x``: the input in opmath), a new tensor. The vectorised kernels compute
+    ``x * alpha + beta`` in opmath, with alpha = invstd * weight and beta = bias - mean * alpha, written
+    straight into the output; the generic loop computes ``((x - mean) * invstd) * weight + bias`` in ``compute``."""
     ndim = input.dim()
     if not vectorised:
         x = operand(input).astype(compute, copy=False)
         centered = (x - per_channel(mean.astype(compute), ndim)) * per_channel(invstd.astype(compute), ndim)
         weight, bias = (None if p is None else operand(p).astype(compute, copy=False) for p in (weight, bias))
-        return shifted(scaled(centered, per_channel(weight, ndim)), per_channel(bias, ndim))
+        return store(shifted(scaled(centered, per_channel(weight, ndim)), per_channel(bias, ndim)), input.dtype)
     alpha = scaled(per_channel(invstd.astype(np.float32), ndim), per_channel(optional_operand(weight), ndim))
     beta = shifted(-per_channel(mean.astype(alpha.dtype), ndim) * alpha, per_channel(optional_operand(bias), ndim))
-    return opmath_operand(input) * alpha + beta
+
+    def affine(destination):
+        np.multiply(x, alpha, out=destination)
+        destination += beta
+
+    return compute_into(empty(input.shape, input.dtype), x.dtype, affine)
 
 
 def evaluation_invstd(running_var, eps, compute, vectorised):
@@ -451,8 +456,7 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
             raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
         mean, invstd = operand(running_mean), evaluation_invstd(running_var, eps, compute, vectorised)
         save_mean = save_invstd = empty((0,), stats_dtype)
-    out = transformed(input, weight, bias, mean, invstd, compute, vectorised)
-    return store(out, input.dtype), save_mean, save_invstd
+    return transformed(input, x, weight, bias, mean, invstd, compute, vectorised), save_mean, save_invstd
 
 
 @register("_native_batch_norm_legit")
