@@ -24,6 +24,11 @@ from .._errors import raise_cpu_error
 from .linalg import mxu_matmul
 
 
+def _output_spatial(spatial, kernel, stride, padding, dilation):
+    return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
+                 for size, p, d, k, s in zip(spatial, padding, dilation, kernel, stride))
+
+
 def _windows(x, kernel, stride, padding, dilation, out_spatial=None):
     """A strided view (N, C, *k, *out_spatial) of the window each output position sees.
 
@@ -33,10 +38,7 @@ def _windows(x, kernel, stride, padding, dilation, out_spatial=None):
     batch, channels, *spatial = x.shape
     if any(padding):
         x = padded(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
-    out_spatial = out_spatial or tuple(
-        (size + 2 * p - d * (k - 1) - 1) // s + 1
-        for size, p, d, k, s in zip(spatial, padding, dilation, kernel, stride)
-    )
+    out_spatial = out_spatial or _output_spatial(spatial, kernel, stride, padding, dilation)
     spatial_strides = x.strides[2:]
     return np.lib.stride_tricks.as_strided(
         x,
@@ -53,13 +55,54 @@ def _grouped_weight(weight, groups):
     return weight.reshape(groups, weight.shape[0] // groups, -1)
 
 
+def _spare_rows(kernel):
+    """The rows a wide-grid source needs past its padding (see ``_wide_correlation``): one when the kernel
+    spans more than one position in a later spatial dim, whose last windows then run past the last row."""
+    return int(any(k > 1 for k in kernel[1:]))
+
+
+def _wide_source(x, widths, kernel):
+    """``x`` padded by (before, after) ``widths`` per spatial dim, contiguous, with the spare row."""
+    widths = [(0, 0), (0, 0), *widths]
+    widths[2] = (widths[2][0], widths[2][1] + _spare_rows(kernel))
+    return padded(x, widths) if any(lo or hi for lo, hi in widths) else np.ascontiguousarray(x)
+
+
+def _wide_correlation(source, weight, dilation, groups, out_spatial):
+    """Stride-1 cross-correlation of a ``_wide_source``, the accumulator array (N, C_out, *out_spatial).
+
+    The output is computed over a "wide" grid that spans the source's full extent in every spatial dim but
+    the first: the positions one kernel offset reads then form one run of the flattened source, so that
+    the im2col copy moves long runs instead of rows as short as the output's width (several times faster
+    at these image sizes). The extra positions past each output row are cropped; their windows run over
+    into the next row, and past the last row into the spare row."""
+    kernel = weight.shape[2:]
+    batch, channels, *plane = source.shape
+    grid = (out_spatial[0], *plane[1:])
+    run_strides = [math.prod(plane[d + 1:]) * source.itemsize for d in range(len(plane))]
+    windows = np.ndarray((batch, channels, *kernel, math.prod(grid)), source.dtype, buffer=source,
+                         strides=(*source.strides[:2], *(d * st for d, st in zip(dilation, run_strides)),
+                                  source.itemsize))
+    product = _correlated_windows(windows, grid, weight, groups)
+    return product[(Ellipsis, *(slice(size) for size in out_spatial[1:]))] if grid != tuple(out_spatial) else product
+
+
+def _correlated_windows(windows, grid, weight, groups):
+    """(N, C_in, *k, *grid) windows times the weights: one im2col copy, one matmul per group -> (N, C_out, *grid)."""
+    columns = windows.reshape(windows.shape[0], groups, -1, math.prod(grid))  # the im2col copy
+    product = mxu_matmul(_grouped_weight(weight, groups), columns)  # (N, G, C_out/G, P)
+    return product.reshape(windows.shape[0], weight.shape[0], *grid)
+
+
 def _convolve(x, weight, stride, padding, dilation, groups, out_spatial=None):
     """Cross-correlation, the accumulator array (N, C_out, *out_spatial)."""
-    windows = _windows(x, weight.shape[2:], stride, padding, dilation, out_spatial)
-    out_spatial = windows.shape[2 + len(weight.shape[2:]):]
-    columns = windows.reshape(x.shape[0], groups, -1, math.prod(out_spatial))  # the im2col copy
-    product = mxu_matmul(_grouped_weight(weight, groups), columns)  # (N, G, C_out/G, P)
-    return product.reshape(x.shape[0], weight.shape[0], *out_spatial)
+    kernel = weight.shape[2:]
+    out_spatial = tuple(out_spatial or _output_spatial(x.shape[2:], kernel, stride, padding, dilation))
+    if all(s == 1 for s in stride):
+        return _wide_correlation(_wide_source(x, [(p, p) for p in padding], kernel), weight, dilation, groups,
+                                 out_spatial)
+    return _correlated_windows(_windows(x, kernel, stride, padding, dilation, out_spatial), out_spatial, weight,
+                               groups)
 
 
 def _convolve_transposed(x, weight, stride, padding, dilation, output_padding, groups, held_in=None):
@@ -147,7 +190,8 @@ def _flipped_transposed_weight(weight, groups):
     out_channels, in_per_group, *kernel = weight.shape
     swapped = weight.reshape(groups, out_channels // groups, in_per_group, *kernel).swapaxes(1, 2)
     flipped = swapped.reshape(groups * in_per_group, out_channels // groups, *kernel)
-    return flipped[(Ellipsis, *(slice(None, None, -1),) * len(kernel))]
+    # contiguous: NumPy's matmul leaves BLAS for its slow loop on an operand with negative strides
+    return np.ascontiguousarray(flipped[(Ellipsis, *(slice(None, None, -1),) * len(kernel))])
 
 
 def _input_gradient_as_correlation(grad, w, input_shape, stride, padding, dilation, groups):
@@ -161,13 +205,14 @@ def _input_gradient_as_correlation(grad, w, input_shape, stride, padding, dilati
     spread_shape = tuple((g - 1) * s + 1 for g, s in zip(grad.shape[2:], stride))
     after = [size + d * (k - 1) - b - spread for size, d, k, b, spread
              in zip(input_shape[2:], dilation, kernel, before, spread_shape)]
-    spread = grad
-    if any(s != 1 for s in stride) or any(before) or any(after):  # a 1x1 stride-1 convolution needs no copy
-        spread = np.zeros(grad.shape[:2] + tuple(s + b + a for s, b, a in zip(spread_shape, before, after)),
-                          grad.dtype)
-        spread[(Ellipsis, *(slice(b, b + size, s) for b, size, s in zip(before, spread_shape, stride)))] = grad
-    return _convolve(spread, _flipped_transposed_weight(w, groups), [1] * len(kernel), [0] * len(kernel), dilation,
-                     groups)
+    if all(s == 1 for s in stride):
+        source = _wide_source(grad, list(zip(before, after)), kernel)
+    else:
+        shape = [s + b + a for s, b, a in zip(spread_shape, before, after)]
+        shape[0] += _spare_rows(kernel)
+        source = np.zeros(grad.shape[:2] + tuple(shape), grad.dtype)
+        source[(Ellipsis, *(slice(b, b + size, s) for b, size, s in zip(before, spread_shape, stride)))] = grad
+    return _wide_correlation(source, _flipped_transposed_weight(w, groups), dilation, groups, input_shape[2:])
 
 
 def _input_gradient(grad, w, input_shape, stride, padding, dilation, transposed, groups):
