@@ -68,21 +68,27 @@ def _wide_source(x, widths, kernel):
     return padded(x, widths) if any(lo or hi for lo, hi in widths) else np.ascontiguousarray(x)
 
 
-def _wide_correlation(source, weight, dilation, groups, out_spatial):
-    """Stride-1 cross-correlation of a ``_wide_source``, the accumulator array (N, C_out, *out_spatial).
+def _wide_windows(source, kernel, dilation, out_spatial):
+    """The windows of a stride-1 correlation of a ``_wide_source`` over its wide grid, (N, C, *k, Q), and that
+    grid's shape.
 
-    The output is computed over a "wide" grid that spans the source's full extent in every spatial dim but
-    the first: the positions one kernel offset reads then form one run of the flattened source, so that
-    the im2col copy moves long runs instead of rows as short as the output's width (several times faster
-    at these image sizes). The extra positions past each output row are cropped; their windows run over
-    into the next row, and past the last row into the spare row."""
-    kernel = weight.shape[2:]
+    The wide grid spans the source's full extent in every spatial dim but the first: the positions one
+    kernel offset reads then form one run of the flattened source, so that an im2col copy moves long runs
+    instead of rows as short as the output's width (several times faster at these image sizes). The
+    windows of the extra positions past each output row run over into the next row, and past the last
+    row into the spare row; their results are cropped (or, in a weight gradient, multiplied by zeros)."""
     batch, channels, *plane = source.shape
     grid = (out_spatial[0], *plane[1:])
     run_strides = [math.prod(plane[d + 1:]) * source.itemsize for d in range(len(plane))]
     windows = np.ndarray((batch, channels, *kernel, math.prod(grid)), source.dtype, buffer=source,
                          strides=(*source.strides[:2], *(d * st for d, st in zip(dilation, run_strides)),
                                   source.itemsize))
+    return windows, grid
+
+
+def _wide_correlation(source, weight, dilation, groups, out_spatial):
+    """Stride-1 cross-correlation of a ``_wide_source`` over the wide grid, cropped: (N, C_out, *out_spatial)."""
+    windows, grid = _wide_windows(source, weight.shape[2:], dilation, out_spatial)
     product = _correlated_windows(windows, grid, weight, groups)
     return product[(Ellipsis, *(slice(size) for size in out_spatial[1:]))] if grid != tuple(out_spatial) else product
 
@@ -175,9 +181,30 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
     """d(conv)/d(weight): correlates ``target`` channels with the windows of ``source``.
 
     (G, T/G, N*P) @ (G, S/G * K, N*P)^T -> (T, S/G, *k): one MXU accumulation over batch and
-    positions. Both operands are laid out with N*P innermost so the matmul reads them as is.
+    positions. Both operands are laid out with N*P innermost so the matmul reads them as is. A stride-1
+    gradient takes the windows of the wide grid (``_wide_windows``), the target given zeros at the
+    grid's extra positions, unless the source holds an inf or NaN, which those zeros would turn into NaN.
     """
-    windows = _windows(source, kernel, stride, padding, dilation, target.shape[2:])
+    out_spatial = target.shape[2:]
+    if all(s == 1 for s in stride) and _spare_rows(kernel):  # else the wide grid is the output's own
+        wide = _wide_source(source, [(p, p) for p in padding], kernel)
+        if np.isfinite(np.add.reduce(wide, axis=None)):  # a sum is finite only if every term is
+            windows, grid = _wide_windows(wide, kernel, dilation, out_spatial)
+            return _correlated_gradient(windows, _widened(target, grid), kernel, groups)
+    return _correlated_gradient(_windows(source, kernel, stride, padding, dilation, out_spatial), target, kernel,
+                                groups)
+
+
+def _widened(target, grid):
+    """``target`` (N, C, *spatial) with zeros at the positions of ``grid`` past its own."""
+    if tuple(target.shape[2:]) == tuple(grid):
+        return target
+    wide = np.zeros(target.shape[:2] + tuple(grid), target.dtype)
+    wide[(Ellipsis, *(slice(size) for size in target.shape[2:]))] = target
+    return wide
+
+
+def _correlated_gradient(windows, target, kernel, groups):
     columns = np.moveaxis(windows, 0, 1 + len(kernel)).reshape(groups, -1, target[0, 0].size * target.shape[0])
     target_channels = target.shape[1]
     rows = np.moveaxis(target.reshape(target.shape[0], groups, target_channels // groups, -1), 0, 2)
