@@ -393,8 +393,8 @@ def batch_statistics(x, stats_dtype, vectorised):
     mean = (channel_sums(x, accumulator) / count).astype(x.dtype)
     save_mean = store(mean.ravel(), stats_dtype)
     deviation_from = mean if vectorised else per_channel(opmath_operand(save_mean), x.ndim)
-    deviations = (x - deviation_from).astype(accumulator)
-    squares = channel_sums(np.square(deviations, out=deviations), accumulator).ravel()
+    # squared in acc_type straight from the opmath deviations (the cast is exact): one pass, not a copy and a pass
+    squares = channel_sums(np.square(x - deviation_from, dtype=accumulator), accumulator).ravel()
     if vectorised:
         mean, squares = as_numpy(save_mean), converted(squares, stats_dtype)
     else:
@@ -508,16 +508,18 @@ def native_batch_norm_backward(
     sum_dy = channel_sums(dy)
     dot = channel_sums(dy * centered)
     scale = scaled(invstd, per_channel(optional_operand(weight), x.ndim))
-    grad_x = None
-    if output_mask[0]:
-        grad_x = dy * scale
+
+    def input_gradient(grad_x):  # written in the output's memory when it has the compute dtype
+        np.multiply(dy, scale, out=grad_x)
         if train:  # scale * (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean)))
             count = x.size // max(x.shape[1], 1)
             grad_x -= centered * (scale * invstd * invstd * dot / count)
             grad_x -= scale * sum_dy / count
+
     params_dtype = input.dtype if weight is None else weight.dtype
     return (
-        output_if(output_mask[0], grad_x, input.dtype),
+        compute_into(empty(input.shape, input.dtype), np.result_type(dy, scale), input_gradient)
+        if output_mask[0] else None,
         output_if(output_mask[1], (dot * invstd).reshape(-1), params_dtype),
         output_if(output_mask[2], sum_dy.reshape(-1), params_dtype),
     )
