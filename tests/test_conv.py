@@ -105,6 +105,14 @@ def test_weight_gradient_of_an_input_holding_inf_and_nan_matches_cpu():
     torch.testing.assert_close(results["tpu"], results["cpu"], equal_nan=True, **FLOAT32)
 
 
+def test_results_outlive_the_im2col_workspace():
+    """The im2col columns live in a workspace the next convolution reuses: no result may alias it."""
+    x1, x2, w = torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3)
+    first = F.conv2d(x1.to("tpu"), w.to("tpu"), padding=1)
+    F.conv2d(x2.to("tpu"), w.to("tpu"), padding=1)
+    torch.testing.assert_close(first.cpu(), F.conv2d(x1, w, padding=1), **FLOAT32)
+
+
 def test_conv_module_training_step_matches_cpu():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 2, 3, stride=2))
     x = torch.randn(2, 3, 8, 8)

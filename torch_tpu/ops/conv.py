@@ -14,6 +14,7 @@ output positions.
 
 import functools
 import math
+import threading
 
 import numpy as np
 import torch
@@ -93,9 +94,34 @@ def _wide_correlation(source, weight, dilation, groups, out_spatial):
     return product[(Ellipsis, *(slice(size) for size in out_spatial[1:]))] if grid != tuple(out_spatial) else product
 
 
+_WORKSPACES = threading.local()
+WORKSPACE_BYTES = 64 << 20
+
+
+def _im2col(windows, shape):
+    """The im2col copy of ``windows`` as an array of ``shape``, in a workspace kept per thread and dtype.
+
+    The columns are the largest temporary of a convolution (hundreds of KB at the zoo's sizes). A fresh
+    NumPy array of that size is a fresh block from malloc, which glibc hands back to the OS when freed at
+    the top of its heap: every call then faulted its pages in again, and a convolution's backward (two
+    such blocks) ran 3x slower than its two halves did apart. The workspace is grown up to
+    ``WORKSPACE_BYTES`` and kept; larger columns, whose copy and matmul outweigh their page faults, are
+    allocated per call."""
+    size = windows.size
+    if size * windows.itemsize > WORKSPACE_BYTES:
+        return windows.reshape(shape)
+    spaces = _WORKSPACES.__dict__
+    space = spaces.get(windows.dtype)
+    if space is None or space.size < size:
+        space = spaces[windows.dtype] = np.empty(size, windows.dtype)
+    columns = space[:size].reshape(windows.shape)
+    np.copyto(columns, windows)
+    return columns.reshape(shape)
+
+
 def _correlated_windows(windows, grid, weight, groups):
     """(N, C_in, *k, *grid) windows times the weights: one im2col copy, one matmul per group -> (N, C_out, *grid)."""
-    columns = windows.reshape(windows.shape[0], groups, -1, math.prod(grid))  # the im2col copy
+    columns = _im2col(windows, (windows.shape[0], groups, -1, math.prod(grid)))
     product = mxu_matmul(_grouped_weight(weight, groups), columns)  # (N, G, C_out/G, P)
     return product.reshape(windows.shape[0], weight.shape[0], *grid)
 
@@ -205,7 +231,7 @@ def _widened(target, grid):
 
 
 def _correlated_gradient(windows, target, kernel, groups):
-    columns = np.moveaxis(windows, 0, 1 + len(kernel)).reshape(groups, -1, target[0, 0].size * target.shape[0])
+    columns = _im2col(np.moveaxis(windows, 0, 1 + len(kernel)), (groups, -1, target[0, 0].size * target.shape[0]))
     target_channels = target.shape[1]
     rows = np.moveaxis(target.reshape(target.shape[0], groups, target_channels // groups, -1), 0, 2)
     gradient = mxu_matmul(rows.reshape(groups, target_channels // groups, -1), columns.swapaxes(1, 2))
