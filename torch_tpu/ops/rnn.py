@@ -26,7 +26,7 @@ from .._cost import float32_passes
 from .._tensor import DTYPE_NAME, numpy_dtype
 from ._common import empty, opmath_operand, store
 from ._registry import register_autograd
-from .linalg import mxu_matmul
+from .linalg import mxu_matmul, mxu_multiplier
 from .nn import register
 
 
@@ -189,6 +189,14 @@ class Weights:
     def __init__(self, w_ih, w_hh, b_ih, b_hh, w_hr):
         self.w_ih, self.w_hh, self.b_ih, self.b_hh, self.w_hr = w_ih, w_hh, b_ih, b_hh, w_hr
 
+    def recurrent(self, dtype):
+        """``h -> h w_hh^T``, the matmul every forward step repeats, checked once for the sequence."""
+        return mxu_multiplier(dtype, self.w_hh.T)
+
+    def recurrent_adjoint(self, dtype):
+        """``grad_gates -> grad_gates w_hh``, the matmul every backward step repeats."""
+        return mxu_multiplier(dtype, self.w_hh)
+
     def input_gates(self, x, hidden_bias_too):
         """The input's projection onto the gates for every step at once (T, B, G*H), with its bias."""
         gates = mxu_matmul(rows(x), self.w_ih.T).reshape(x.shape[:2] + self.w_ih.shape[:1])
@@ -206,7 +214,7 @@ class LSTM:
     @staticmethod
     def forward(x, state, weights, steps):
         x_gates = weights.input_gates(x, hidden_bias_too=True)
-        (h, c), w_hh_t = state, weights.w_hh.T
+        (h, c), recurrent = state, weights.recurrent(x.dtype)
         length, batch = x.shape[:2]
         tape = {"cy": np.empty((length, batch, c.shape[-1]), c.dtype),
                 "workspace": np.empty(x_gates.shape, x_gates.dtype)}
@@ -214,7 +222,7 @@ class LSTM:
             tape["full"] = np.empty(tape["cy"].shape, c.dtype)
         output = np.empty((length, batch, h.shape[-1]), h.dtype)
         for t in steps:
-            gates = mxu_matmul(h, w_hh_t)
+            gates = recurrent(h)
             gates += x_gates[t]
             full, c, _ = lstm_cell(gates, c, tape["workspace"][t], tape["cy"][t])
             if weights.w_hr is not None:
@@ -232,6 +240,7 @@ class LSTM:
         grad_h, grad_c = grad_state
         grad_gates = np.empty(tape["workspace"].shape, grad_output.dtype)
         factors = LSTMBackwardFactors(tape["c"], tape["cy"], tape["workspace"])
+        recurrent_adjoint = weights.recurrent_adjoint(grad_output.dtype)
         projected = weights.w_hr is not None
         grad_outputs = np.empty(grad_output.shape, grad_output.dtype) if projected else None
         for t in reversed(steps):
@@ -240,7 +249,7 @@ class LSTM:
                 grad_outputs[t] = grad_h
                 grad_h = mxu_matmul(grad_h, weights.w_hr)
             grad_c = factors.step(t, grad_h, grad_c, grad_gates[t])
-            grad_h = mxu_matmul(grad_gates[t], weights.w_hh)
+            grad_h = recurrent_adjoint(grad_gates[t])
         grad_w_hr = mxu_matmul(rows(grad_outputs).T, rows(tape["full"])) if projected else None
         return grad_gates, grad_gates, (grad_h, grad_c), grad_w_hr
 
@@ -266,13 +275,13 @@ class GRU:
     @staticmethod
     def forward(x, state, weights, steps):
         x_gates = weights.input_gates(x, hidden_bias_too=False)
-        (h,), w_hh_t = state, weights.w_hh.T
+        (h,), recurrent = state, weights.recurrent(x.dtype)
         tape = {"h": np.empty(x.shape[:2] + h.shape[-1:], h.dtype),
                 "workspace": np.empty(x.shape[:2] + (5 * h.shape[-1],), h.dtype)}
         output = np.empty(tape["h"].shape, h.dtype)
         for t in steps:
             tape["h"][t] = h
-            hidden_gates = mxu_matmul(h, w_hh_t)
+            hidden_gates = recurrent(h)
             if weights.b_hh is not None:
                 hidden_gates += weights.b_hh
             h, tape["workspace"][t] = gru_cell(x_gates[t], hidden_gates, h)
@@ -284,10 +293,11 @@ class GRU:
         (grad_h,) = grad_state
         grad_input_gates = np.empty(tape["h"].shape[:2] + (3 * grad_h.shape[-1],), grad_output.dtype)
         grad_hidden_gates = np.empty(grad_input_gates.shape, grad_output.dtype)
+        recurrent_adjoint = weights.recurrent_adjoint(grad_output.dtype)
         for t in reversed(steps):
             grad_input_gates[t], grad_hidden_gates[t], direct = gru_cell_backward(grad_h + grad_output[t],
                                                                                  tape["workspace"][t])
-            grad_h = direct + mxu_matmul(grad_hidden_gates[t], weights.w_hh)
+            grad_h = direct + recurrent_adjoint(grad_hidden_gates[t])
         return grad_input_gates, grad_hidden_gates, (grad_h,), None
 
 
@@ -301,21 +311,22 @@ class Elman:
 
     def forward(self, x, state, weights, steps):
         x_gates = weights.input_gates(x, hidden_bias_too=True)
-        (h,), w_hh_t = state, weights.w_hh.T
+        (h,), recurrent = state, weights.recurrent(x.dtype)
         tape = {"h": np.empty(x.shape[:2] + h.shape[-1:], h.dtype)}
         output = np.empty(tape["h"].shape, h.dtype)
         for t in steps:
             tape["h"][t] = h
-            output[t] = h = self.activation(x_gates[t] + mxu_matmul(h, w_hh_t))
+            output[t] = h = self.activation(x_gates[t] + recurrent(h))
         tape["output"] = output
         return output, (h,), tape
 
     def backward(self, grad_output, grad_state, tape, weights, steps):
         (grad_h,) = grad_state
         grad_gates = np.empty(grad_output.shape, grad_output.dtype)
+        recurrent_adjoint = weights.recurrent_adjoint(grad_output.dtype)
         for t in reversed(steps):
             grad_gates[t] = (grad_h + grad_output[t]) * self.derivative(tape["output"][t])
-            grad_h = mxu_matmul(grad_gates[t], weights.w_hh)
+            grad_h = recurrent_adjoint(grad_gates[t])
         return grad_gates, grad_gates, (grad_h,), None
 
 
