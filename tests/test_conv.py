@@ -39,6 +39,7 @@ CASES = {
     "transposed 2d": (F.conv_transpose2d, (2, 4, 5, 6), (4, 3, 3, 2),
                       dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2, dilation=(1, 2))),
     "transposed 3d": (F.conv_transpose3d, (1, 2, 3, 4, 3), (2, 3, 2, 2, 3), dict(stride=2)),
+    "transposed 2d stride 1": (F.conv_transpose2d, (2, 4, 5, 6), (4, 3, 3, 2), dict(padding=(1, 0), dilation=(1, 2))),
     # output_padding not below the stride (allowed as it is below the dilation): rows no input reaches
     "transposed 2d output padding past the stride": (
         F.conv_transpose2d, (2, 2, 4, 4), (2, 2, 4, 5),
