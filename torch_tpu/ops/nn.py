@@ -365,11 +365,11 @@ def update_running_stats(running_mean, running_var, mean, squares, count, moment
         compute = np.float64
         momentum_, keep = momentum, 1 - momentum
         unbiased = momentum_ * (squares / np.asarray(count - 1, squares.dtype)).astype(compute)
-    with np.errstate(all="ignore"):
-        if running_mean is not None:
-            write(running_mean, momentum_ * mean.astype(compute) + keep * operand(running_mean).astype(compute))
-        if running_var is not None:
-            write(running_var, unbiased + keep * operand(running_var).astype(compute))
+    # (under the kernel's own errstate: see ``register``)
+    if running_mean is not None:
+        write(running_mean, momentum_ * mean.astype(compute) + keep * operand(running_mean).astype(compute))
+    if running_var is not None:
+        write(running_var, unbiased + keep * operand(running_var).astype(compute))
 
 
 def vectorised_layout(input):
