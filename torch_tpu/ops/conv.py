@@ -5,11 +5,12 @@ PyTorch's own ``convolution`` / ``_convolution`` run first (argument checks, unb
 here; autograd reaches ``convolution_backward_overrideable`` the same way.
 
 The lowering is im2col: a strided NumPy view (``_windows``) gathers, for every output position, the input
-window it sees ("columns", one copy), and one batched matmul per group multiplies them by
-the weights on the MXU. A transposed convolution is the adjoint: the matmul spreads each
-input position over its window, and col2im adds the windows back (a loop over kernel
-offsets, never over pixels). Layouts below: ``G`` groups, ``K`` kernel elements, ``P``
-output positions.
+window it sees ("columns", one copy, into a per-thread workspace), and one batched matmul per group
+multiplies them by the weights on the MXU. A stride-1 correlation takes its windows over a wider grid
+whose columns are long contiguous runs of the input (``_wide_windows``) and crops the extra
+positions. A transposed convolution is the adjoint: the matmul spreads each input position over its
+window, and col2im adds the windows back (a loop over kernel offsets, never over pixels). Layouts
+below: ``G`` groups, ``K`` kernel elements, ``P`` output positions.
 """
 
 import functools
@@ -57,7 +58,7 @@ def _grouped_weight(weight, groups):
 
 
 def _spare_rows(kernel):
-    """The rows a wide-grid source needs past its padding (see ``_wide_correlation``): one when the kernel
+    """The rows a wide-grid source needs past its padding (see ``_wide_windows``): one when the kernel
     spans more than one position in a later spatial dim, whose last windows then run past the last row."""
     return int(any(k > 1 for k in kernel[1:]))
 
