@@ -172,7 +172,8 @@ KERNELS = {
 
 def kernel_table():
     """Forward and backward of each of ``KERNELS`` on tpu and CPU, CPU time, best of interleaved rounds."""
-    lines = ["| kernel | forward: tpu | CPU | tpu / CPU | backward: tpu | CPU | tpu / CPU |", "|---|---|---|---|---|---|---|"]
+    lines = ["| kernel | forward: tpu | CPU | tpu / CPU | backward: tpu | CPU | tpu / CPU |",
+             "|---|---|---|---|---|---|---|"]
     for name, make in KERNELS.items():
         calls = {device: make(device) for device in ("tpu", "cpu")}
         cells = []

@@ -16,8 +16,8 @@ import torch
 from .. import _C
 from . import _registry
 from .._tensor import numpy_dtype
-from ._common import (as_numpy, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand, prepare_out,
-                      store, wrap_dim, write)
+from ._common import (as_numpy, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand,
+                      prepare_out, store, wrap_dim, write)
 from .cpu_replay.cascade_sum import cascade_sum
 
 # at::Reduction
