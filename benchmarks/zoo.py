@@ -4,6 +4,7 @@
     python benchmarks/zoo.py --no-write       # prints only
     python benchmarks/zoo.py --profile ViT    # cProfile of the tpu steps of one model, by own time
     python benchmarks/zoo.py --bytecodes ViT  # Python bytecodes of one tpu step, by function (load-independent)
+    python benchmarks/zoo.py --kernels        # the zoo's heaviest kernels at its shapes, tpu against CPU
 
 A step is forward, cross-entropy, backward and an SGD update with momentum. Both devices run on one
 thread (torch's intra-op pool, BLAS and the tpu's elementwise pool), so that the ratio compares the
@@ -153,12 +154,88 @@ def count_bytecodes(name, shown=30):
         print(f"{count:8d} {count / total:6.1%} {calls[code]:6d} calls  {where}:{code.co_firstlineno} {code.co_name}")
 
 
+def convolution_case(input_shape, weight_shape, stride, padding, groups):
+    """A convolution's forward and its backward (input and weight gradients) as aten calls on one device."""
+    generator = torch.Generator().manual_seed(0)
+    x, w = torch.randn(input_shape, generator=generator), torch.randn(weight_shape, generator=generator)
+    grad = torch.randn(F.conv2d(x, w, None, stride, padding, 1, groups).shape, generator=generator)
+
+    def make(device):
+        xd, wd, gd = x.to(device), w.to(device), grad.to(device)
+        return (lambda: F.conv2d(xd, wd, None, stride, padding, 1, groups),
+                lambda: torch.ops.aten.convolution_backward(gd, xd, wd, None, [stride] * 2, [padding] * 2, [1, 1],
+                                                            False, [0, 0], groups, [True, True, False]))
+
+    return make
+
+
+def batch_norm_case(shape):
+    generator = torch.Generator().manual_seed(0)
+    x, grad, weight = (torch.randn(s, generator=generator) for s in (shape, shape, shape[1]))
+
+    def make(device):
+        xd, gd, wd = x.to(device), grad.to(device), weight.to(device)
+        stats = [torch.zeros(shape[1], device=device), torch.ones(shape[1], device=device)]
+        _, mean, invstd = torch.ops.aten.native_batch_norm(xd, wd, None, None, None, True, 0.1, 1e-5)
+        return (lambda: torch.ops.aten.native_batch_norm(xd, wd, None, *stats, True, 0.1, 1e-5),
+                lambda: torch.ops.aten.native_batch_norm_backward(gd, xd, wd, None, None, mean, invstd, True, 1e-5,
+                                                                  [True, True, True]))
+
+    return make
+
+
+def recurrent_case(cell):
+    """A two-layer recurrent network's forward, and its forward and backward, at the zoo's sizes."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(BATCH_SIZE, SEQUENCE_LENGTH, 32, generator=generator)
+
+    def make(device):
+        torch.manual_seed(0)
+        network, xd = cell(32, 32, 2, batch_first=True).to(device), x.to(device)
+
+        def forward_backward():
+            network(xd)[0].sum().backward()
+
+        return (lambda: network(xd), forward_backward)
+
+    return make
+
+
+BATCH_SIZE, SEQUENCE_LENGTH = 4, 16
+KERNELS = {
+    "convolution 3x3, 4x8x28x28 -> 8 (ResNet)": convolution_case((4, 8, 28, 28), (8, 8, 3, 3), 1, 1, 1),
+    "convolution 1x1, 4x8x14x14 -> 32 (MobileNet expansion)": convolution_case((4, 8, 14, 14), (32, 8, 1, 1), 1, 0, 1),
+    "depthwise 3x3, 4x64x7x7 (MobileNet)": convolution_case((4, 64, 7, 7), (64, 1, 3, 3), 1, 1, 64),
+    "depthwise 3x3 stride 2, 4x32x14x14 (MobileNet)": convolution_case((4, 32, 14, 14), (32, 1, 3, 3), 2, 1, 32),
+    "depthwise 7x7, 4x16x7x7 (ConvNeXt)": convolution_case((4, 16, 7, 7), (16, 1, 7, 7), 1, 3, 16),
+    "batch norm, 4x32x14x14": batch_norm_case((4, 32, 14, 14)),
+    "nn.LSTM, 2 layers, width 32, 4x16 steps": recurrent_case(torch.nn.LSTM),
+    "nn.GRU, 2 layers, width 32, 4x16 steps": recurrent_case(torch.nn.GRU),
+}
+
+
+def kernel_table():
+    """Forward and backward of each of ``KERNELS`` on tpu and CPU, CPU time, best of interleaved rounds."""
+    lines = ["| kernel | forward: tpu | CPU | tpu / CPU | backward: tpu | CPU | tpu / CPU |",
+             "|---|---|---|---|---|---|---|"]
+    for name, make in KERNELS.items():
+        calls = {device: make(device) for device in ("tpu", "cpu")}
+        cells = []
+        for phase in range(2):
+            best = best_seconds({device: calls[device][phase] for device in calls}, number=20, repeat=7,
+                                clock=time.process_time)
+            cells += [format_time(best["tpu"]), format_time(best["cpu"]), f"{best['tpu'] / best['cpu']:.2f}x"]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/performance.md alone")
     parser.add_argument("--profile", metavar="MODEL", choices=sorted(ZOO), help="profile one model's tpu steps")
     parser.add_argument("--bytecodes", metavar="MODEL", choices=sorted(ZOO),
                         help="count the Python bytecodes of one model's tpu step, by function")
+    parser.add_argument("--kernels", action="store_true", help="time the zoo's heaviest kernels at its shapes")
     parser.add_argument("models", nargs="*", default=list(ZOO), help="models to time (default: all)")
     args = parser.parse_args()
     single_threaded()
@@ -166,6 +243,12 @@ def main():
         return profile(args.profile)
     if args.bytecodes:
         return count_bytecodes(args.bytecodes)
+    if args.kernels:
+        markdown = f"{measured_on('one thread; CPU time per call, best of interleaved rounds.')}\n\n{kernel_table()}"
+        print(markdown)
+        if not args.no_write:
+            write_doc(markdown, section="zoo-kernels")
+        return None
     results = {name: best_seconds(steps_of(name), number=3, repeat=7, clock=time.process_time) for name in args.models}
     header = measured_on("one thread; CPU time of a training step (forward, backward, SGD), best of interleaved rounds.")
     markdown = f"{header}\n\n{table(results)}"

@@ -8,6 +8,7 @@ import ml_dtypes
 import numpy as np
 
 from . import cpu_loops
+from .vpu import ignore_fp_errors, restore_fp_errors
 
 # complex32 (torch.chalf) has no NumPy type: the chip stores it as (real, imag) float16 pairs,
 # which NumPy can copy but not compute with; casts convert it through complex64.
@@ -204,6 +205,9 @@ def _float_to_integer_into(destination, source, destination_name, simd_lanes, wi
     np.copyto(destination, converted, casting="unsafe")
 
 
+_HARDWARE_FLOATS = frozenset({np.dtype(np.float32), np.dtype(np.float64)})
+
+
 def _no_simd_lanes(indices):
     return None
 
@@ -232,6 +236,15 @@ def cast_into(destination, source, destination_name, scalar_source=False, thread
     source = np.asarray(source)
     if source.dtype == destination.dtype:
         np.copyto(destination, source)
+        return
+    if source.dtype in _HARDWARE_FLOATS and destination.dtype in _HARDWARE_FLOATS:
+        # float64 <-> float32 is one hardware conversion on both sides (NaN payloads and all): a kernel's
+        # float64 accumulator reaches a float32 tensor without the generic path's Python (tens of us)
+        token = ignore_fp_errors()
+        try:
+            np.copyto(destination, source, casting="unsafe")
+        finally:
+            restore_fp_errors(token)
         return
     if source.dtype == COMPLEX32 and destination_name == "float16":  # c10 takes the real part's bits as they are
         np.copyto(destination, source["real"])

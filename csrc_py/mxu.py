@@ -78,10 +78,15 @@ def _pieces(x, count):
     return [x.astype(_FLOAT32)]
 
 
-def _passes_matmul(a, b, passes, out):
-    """One float32-accumulated matmul per (lhs piece, rhs piece) product, smallest first."""
-    count = max(max(pair) for pair in PASS_PRODUCTS[passes]) + 1
-    a_pieces, b_pieces = _pieces(a, count), _pieces(b, count)
+def _piece_count(passes):
+    return max(max(pair) for pair in PASS_PRODUCTS[passes]) + 1
+
+
+def _passes_matmul(a, b, passes, out, b_pieces=None):
+    """One float32-accumulated matmul per (lhs piece, rhs piece) product, smallest first (``b_pieces``: ``b``
+    already split)."""
+    count = _piece_count(passes)
+    a_pieces, b_pieces = _pieces(a, count), b_pieces or _pieces(b, count)
     products = [(i, j) for i, j in PASS_PRODUCTS[passes] if i < len(a_pieces) and j < len(b_pieces)]
     (i, j), *rest = products
     total = np.matmul(a_pieces[i], b_pieces[j], out=out)
@@ -118,14 +123,45 @@ def check_chip_supports(a_dtype, b_dtype):
             )
 
 
+def _check_passes(precision_passes):
+    if precision_passes is not EXACT and precision_passes not in PASS_PRODUCTS:
+        raise ValueError(f"precision_passes must be EXACT (None) or one of {sorted(PASS_PRODUCTS)}, got {precision_passes!r}")
+
+
+def multiplier(a_dtype, b, *, precision_passes=EXACT):
+    """``lambda a: matmul(a, b, precision_passes=precision_passes)`` for many ``a`` of ``a_dtype`` and one ``b``
+    (a recurrent network's weight, used once per time step): the checks, and ``b``'s bf16 pieces, done once."""
+    _check_passes(precision_passes)
+    check_chip_supports(a_dtype, b.dtype)
+    accumulate = accumulator_dtype(a_dtype, b.dtype)
+    if accumulate == _FLOAT32 and precision_passes is not EXACT and _FLOAT32 in (a_dtype, b.dtype):
+        b_pieces = _pieces(b, _piece_count(precision_passes))
+
+        def product(a):
+            return _passes_matmul(a, b, precision_passes, None, b_pieces)
+    else:
+        b = b.astype(accumulate, copy=False)
+
+        def product(a):
+            return np.matmul(a.astype(accumulate, copy=False), b)
+
+    def multiply(a):
+        token = ignore_fp_errors()
+        try:
+            return product(a)
+        finally:
+            restore_fp_errors(token)
+
+    return multiply
+
+
 def matmul(a, b, out=None, *, precision_passes=EXACT):
     """``np.matmul(a, b)`` (batched, broadcast) with the MXU's numerics (see the module rules).
 
     Returns the accumulator (float32 for MXU formats). With ``out`` (shaped like the result)
     the result is stored there, rounded once to ``out``'s dtype, and ``out`` is returned.
     """
-    if precision_passes is not EXACT and precision_passes not in PASS_PRODUCTS:
-        raise ValueError(f"precision_passes must be EXACT (None) or one of {sorted(PASS_PRODUCTS)}, got {precision_passes!r}")
+    _check_passes(precision_passes)
     check_chip_supports(a.dtype, b.dtype)
     accumulate = accumulator_dtype(a.dtype, b.dtype)
     direct = out if out is not None and out.dtype == accumulate else None

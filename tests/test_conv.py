@@ -32,10 +32,14 @@ CASES = {
     "2d same": (F.conv2d, (2, 3, 7, 6), (4, 3, 4, 3), dict(padding="same", dilation=2)),
     "2d unbatched": (F.conv2d, (3, 6, 6), (4, 3, 3, 3), dict(stride=2)),
     "3d": (F.conv3d, (1, 2, 5, 6, 4), (3, 2, 2, 3, 2), dict(stride=(1, 2, 1), padding=1)),
+    # stride 1 with a kernel wider than 1 after the first spatial dim: the wide-grid im2col (and its spare row)
+    "3d stride 1 dilated": (F.conv3d, (2, 2, 5, 6, 7), (3, 2, 2, 3, 2), dict(padding=(1, 0, 2), dilation=(1, 2, 1))),
+    "2d depthwise 7x7": (F.conv2d, (2, 6, 7, 9), (6, 1, 7, 7), dict(groups=6, padding=3)),
     "transposed 1d": (F.conv_transpose1d, (2, 4, 5), (4, 3, 3), dict(stride=2, padding=1, output_padding=1)),
     "transposed 2d": (F.conv_transpose2d, (2, 4, 5, 6), (4, 3, 3, 2),
                       dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2, dilation=(1, 2))),
     "transposed 3d": (F.conv_transpose3d, (1, 2, 3, 4, 3), (2, 3, 2, 2, 3), dict(stride=2)),
+    "transposed 2d stride 1": (F.conv_transpose2d, (2, 4, 5, 6), (4, 3, 3, 2), dict(padding=(1, 0), dilation=(1, 2))),
     # output_padding not below the stride (allowed as it is below the dilation): rows no input reaches
     "transposed 2d output padding past the stride": (
         F.conv_transpose2d, (2, 2, 4, 4), (2, 2, 4, 5),
@@ -85,6 +89,29 @@ def test_float64_and_non_contiguous_input():
     x = torch.randn(2, 6, 5, 3, dtype=torch.float64).permute(0, 3, 1, 2)  # channels-last-like view
     w = torch.randn(4, 3, 2, 2, dtype=torch.float64)[:, :, :, :]
     check(F.conv2d, (x, w), dict(padding=1), dtype=torch.float64, tolerance={})
+
+
+def test_weight_gradient_of_an_input_holding_inf_and_nan_matches_cpu():
+    """The wide-grid weight gradient multiplies windows past each output row by zeros: an inf or NaN in the
+    input would turn those into NaN where CPU has finite values, so such inputs take the exact windows."""
+    x, w = torch.randn(2, 3, 6, 5), torch.randn(4, 3, 3, 3)
+    x[0, 1, 0, 4], x[1, 2, 5, 0] = float("inf"), float("nan")
+    grad = torch.randn(2, 4, 6, 5)
+    results = {}
+    for device in ("cpu", "tpu"):
+        results[device] = torch.ops.aten.convolution_backward(
+            grad.to(device), x.to(device), w.to(device), None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+            [False, True, False])[1].cpu()
+    assert results["cpu"].isfinite().any() and not results["cpu"].isfinite().all()
+    torch.testing.assert_close(results["tpu"], results["cpu"], equal_nan=True, **FLOAT32)
+
+
+def test_results_outlive_the_im2col_workspace():
+    """The im2col columns live in a workspace the next convolution reuses: no result may alias it."""
+    x1, x2, w = torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3)
+    first = F.conv2d(x1.to("tpu"), w.to("tpu"), padding=1)
+    F.conv2d(x2.to("tpu"), w.to("tpu"), padding=1)
+    torch.testing.assert_close(first.cpu(), F.conv2d(x1, w, padding=1), **FLOAT32)
 
 
 def test_conv_module_training_step_matches_cpu():

@@ -155,6 +155,24 @@ def test_six_pass_decomposition_of_the_mxu():
     assert _relative_error(six, exact) < 2e-6
 
 
+@pytest.mark.parametrize("passes", [None, 1, 3, 6])
+@pytest.mark.parametrize("dtypes", [(np.float32, np.float32), (BF16, BF16), (np.float64, np.float64),
+                                    (BF16, np.float32)], ids=["float32", "bfloat16", "float64", "mixed"])
+def test_a_bound_multiplier_gives_the_bits_of_matmul(passes, dtypes):
+    """mxu.multiplier (a recurrent layer's weight, checked and split once for every step) is mxu.matmul."""
+    from torch_tpu._C import mxu
+
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal((16, 12)).astype(dtypes[1])
+    multiply = mxu.multiplier(np.dtype(dtypes[0]), b, precision_passes=passes)
+    for rows in (1, 5):
+        a = rng.standard_normal((rows, 16)).astype(dtypes[0])
+        expected = mxu.matmul(a, b, precision_passes=passes)
+        actual = multiply(a)
+        assert actual.dtype == expected.dtype
+        np.testing.assert_array_equal(actual, expected)
+
+
 # --- autocast("tpu") --------------------------------------------------------------------------
 
 

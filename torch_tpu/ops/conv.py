@@ -5,15 +5,17 @@ PyTorch's own ``convolution`` / ``_convolution`` run first (argument checks, unb
 here; autograd reaches ``convolution_backward_overrideable`` the same way.
 
 The lowering is im2col: a strided NumPy view (``_windows``) gathers, for every output position, the input
-window it sees ("columns", one copy), and one batched matmul per group multiplies them by
-the weights on the MXU. A transposed convolution is the adjoint: the matmul spreads each
-input position over its window, and col2im adds the windows back (a loop over kernel
-offsets, never over pixels). Layouts below: ``G`` groups, ``K`` kernel elements, ``P``
-output positions.
+window it sees ("columns", one copy, into a per-thread workspace), and one batched matmul per group
+multiplies them by the weights on the MXU. A stride-1 correlation takes its windows over a wider grid
+whose columns are long contiguous runs of the input (``_wide_windows``) and crops the extra
+positions. A transposed convolution is the adjoint: the matmul spreads each input position over its
+window, and col2im adds the windows back (a loop over kernel offsets, never over pixels). Layouts
+below: ``G`` groups, ``K`` kernel elements, ``P`` output positions.
 """
 
 import functools
 import math
+import threading
 
 import numpy as np
 import torch
@@ -22,6 +24,11 @@ from ._common import channel_sums, operand, opmath_dtype, padded, store
 from ._registry import register
 from .._errors import raise_cpu_error
 from .linalg import mxu_matmul
+
+
+def _output_spatial(spatial, kernel, stride, padding, dilation):
+    return tuple((size + 2 * p - d * (k - 1) - 1) // s + 1
+                 for size, p, d, k, s in zip(spatial, padding, dilation, kernel, stride))
 
 
 def _windows(x, kernel, stride, padding, dilation, out_spatial=None):
@@ -33,10 +40,7 @@ def _windows(x, kernel, stride, padding, dilation, out_spatial=None):
     batch, channels, *spatial = x.shape
     if any(padding):
         x = padded(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
-    out_spatial = out_spatial or tuple(
-        (size + 2 * p - d * (k - 1) - 1) // s + 1
-        for size, p, d, k, s in zip(spatial, padding, dilation, kernel, stride)
-    )
+    out_spatial = out_spatial or _output_spatial(spatial, kernel, stride, padding, dilation)
     spatial_strides = x.strides[2:]
     return np.lib.stride_tricks.as_strided(
         x,
@@ -53,13 +57,89 @@ def _grouped_weight(weight, groups):
     return weight.reshape(groups, weight.shape[0] // groups, -1)
 
 
+def _spare_rows(kernel):
+    """The rows a wide-grid source needs past its padding (see ``_wide_windows``): one when the kernel
+    spans more than one position in a later spatial dim, whose last windows then run past the last row."""
+    return int(any(k > 1 for k in kernel[1:]))
+
+
+def _wide_source(x, widths, kernel):
+    """``x`` padded by (before, after) ``widths`` per spatial dim, contiguous, with the spare row."""
+    widths = [(0, 0), (0, 0), *widths]
+    widths[2] = (widths[2][0], widths[2][1] + _spare_rows(kernel))
+    return padded(x, widths) if any(lo or hi for lo, hi in widths) else np.ascontiguousarray(x)
+
+
+def _wide_windows(source, kernel, dilation, out_spatial):
+    """The windows of a stride-1 correlation of a ``_wide_source`` over its wide grid, (N, C, *k, Q), and that
+    grid's shape.
+
+    The wide grid spans the source's full extent in every spatial dim but the first: the positions one
+    kernel offset reads then form one run of the flattened source, so that an im2col copy moves long runs
+    instead of rows as short as the output's width (several times faster at these image sizes). The
+    windows of the extra positions past each output row run over into the next row, and past the last
+    row into the spare row; their results are cropped (or, in a weight gradient, multiplied by zeros)."""
+    batch, channels, *plane = source.shape
+    grid = (out_spatial[0], *plane[1:])
+    run_strides = [math.prod(plane[d + 1:]) * source.itemsize for d in range(len(plane))]
+    windows = np.ndarray((batch, channels, *kernel, math.prod(grid)), source.dtype, buffer=source,
+                         strides=(*source.strides[:2], *(d * st for d, st in zip(dilation, run_strides)),
+                                  source.itemsize))
+    return windows, grid
+
+
+def _wide_correlation(source, weight, dilation, groups, out_spatial):
+    """Stride-1 cross-correlation of a ``_wide_source`` over the wide grid, cropped: (N, C_out, *out_spatial)."""
+    windows, grid = _wide_windows(source, weight.shape[2:], dilation, out_spatial)
+    product = _correlated_windows(windows, grid, weight, groups)
+    return product[(Ellipsis, *(slice(size) for size in out_spatial[1:]))] if grid != tuple(out_spatial) else product
+
+
+_WORKSPACES = threading.local()
+WORKSPACE_BYTES = 64 << 20
+
+
+def _im2col(windows, shape):
+    """The im2col copy of ``windows`` as an array of ``shape``, in a workspace kept per thread and dtype.
+
+    The columns are the largest temporary of a convolution (hundreds of KB at the zoo's sizes). A fresh
+    NumPy array of that size is a fresh block from malloc, which glibc hands back to the OS when freed at
+    the top of its heap: every call then faulted its pages in again, and a convolution's backward (two
+    such blocks) ran 3x slower than its two halves did apart. The workspace is grown up to
+    ``WORKSPACE_BYTES`` and kept; larger columns, whose copy and matmul outweigh their page faults, are
+    allocated per call."""
+    try:
+        return windows.reshape(shape, copy=False)  # already laid out as columns (a 1x1 kernel): no copy at all
+    except ValueError:
+        pass
+    size = windows.size
+    if size * windows.itemsize > WORKSPACE_BYTES:
+        return windows.reshape(shape)
+    spaces = _WORKSPACES.__dict__
+    space = spaces.get(windows.dtype)
+    if space is None or space.size < size:
+        space = spaces[windows.dtype] = np.empty(size, windows.dtype)
+    columns = space[:size].reshape(windows.shape)
+    np.copyto(columns, windows)
+    return columns.reshape(shape)
+
+
+def _correlated_windows(windows, grid, weight, groups):
+    """(N, C_in, *k, *grid) windows times the weights: one im2col copy, one matmul per group -> (N, C_out, *grid)."""
+    columns = _im2col(windows, (windows.shape[0], groups, -1, math.prod(grid)))
+    product = mxu_matmul(_grouped_weight(weight, groups), columns)  # (N, G, C_out/G, P)
+    return product.reshape(windows.shape[0], weight.shape[0], *grid)
+
+
 def _convolve(x, weight, stride, padding, dilation, groups, out_spatial=None):
     """Cross-correlation, the accumulator array (N, C_out, *out_spatial)."""
-    windows = _windows(x, weight.shape[2:], stride, padding, dilation, out_spatial)
-    out_spatial = windows.shape[2 + len(weight.shape[2:]):]
-    columns = windows.reshape(x.shape[0], groups, -1, math.prod(out_spatial))  # the im2col copy
-    product = mxu_matmul(_grouped_weight(weight, groups), columns)  # (N, G, C_out/G, P)
-    return product.reshape(x.shape[0], weight.shape[0], *out_spatial)
+    kernel = weight.shape[2:]
+    out_spatial = tuple(out_spatial or _output_spatial(x.shape[2:], kernel, stride, padding, dilation))
+    if all(s == 1 for s in stride):
+        return _wide_correlation(_wide_source(x, [(p, p) for p in padding], kernel), weight, dilation, groups,
+                                 out_spatial)
+    return _correlated_windows(_windows(x, kernel, stride, padding, dilation, out_spatial), out_spatial, weight,
+                               groups)
 
 
 def _convolve_transposed(x, weight, stride, padding, dilation, output_padding, groups, held_in=None):
@@ -132,10 +212,31 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
     """d(conv)/d(weight): correlates ``target`` channels with the windows of ``source``.
 
     (G, T/G, N*P) @ (G, S/G * K, N*P)^T -> (T, S/G, *k): one MXU accumulation over batch and
-    positions. Both operands are laid out with N*P innermost so the matmul reads them as is.
+    positions. Both operands are laid out with N*P innermost so the matmul reads them as is. A stride-1
+    gradient takes the windows of the wide grid (``_wide_windows``), the target given zeros at the
+    grid's extra positions, unless the source holds an inf or NaN, which those zeros would turn into NaN.
     """
-    windows = _windows(source, kernel, stride, padding, dilation, target.shape[2:])
-    columns = np.moveaxis(windows, 0, 1 + len(kernel)).reshape(groups, -1, target[0, 0].size * target.shape[0])
+    out_spatial = target.shape[2:]
+    if all(s == 1 for s in stride) and _spare_rows(kernel):  # else the wide grid is the output's own
+        wide = _wide_source(source, [(p, p) for p in padding], kernel)
+        if np.isfinite(np.add.reduce(wide, axis=None)):  # a sum is finite only if every term is
+            windows, grid = _wide_windows(wide, kernel, dilation, out_spatial)
+            return _correlated_gradient(windows, _widened(target, grid), kernel, groups)
+    return _correlated_gradient(_windows(source, kernel, stride, padding, dilation, out_spatial), target, kernel,
+                                groups)
+
+
+def _widened(target, grid):
+    """``target`` (N, C, *spatial) with zeros at the positions of ``grid`` past its own."""
+    if tuple(target.shape[2:]) == tuple(grid):
+        return target
+    wide = np.zeros(target.shape[:2] + tuple(grid), target.dtype)
+    wide[(Ellipsis, *(slice(size) for size in target.shape[2:]))] = target
+    return wide
+
+
+def _correlated_gradient(windows, target, kernel, groups):
+    columns = _im2col(np.moveaxis(windows, 0, 1 + len(kernel)), (groups, -1, target[0, 0].size * target.shape[0]))
     target_channels = target.shape[1]
     rows = np.moveaxis(target.reshape(target.shape[0], groups, target_channels // groups, -1), 0, 2)
     gradient = mxu_matmul(rows.reshape(groups, target_channels // groups, -1), columns.swapaxes(1, 2))
@@ -147,7 +248,8 @@ def _flipped_transposed_weight(weight, groups):
     out_channels, in_per_group, *kernel = weight.shape
     swapped = weight.reshape(groups, out_channels // groups, in_per_group, *kernel).swapaxes(1, 2)
     flipped = swapped.reshape(groups * in_per_group, out_channels // groups, *kernel)
-    return flipped[(Ellipsis, *(slice(None, None, -1),) * len(kernel))]
+    # contiguous: NumPy's matmul leaves BLAS for its slow loop on an operand with negative strides
+    return np.ascontiguousarray(flipped[(Ellipsis, *(slice(None, None, -1),) * len(kernel))])
 
 
 def _input_gradient_as_correlation(grad, w, input_shape, stride, padding, dilation, groups):
@@ -161,13 +263,14 @@ def _input_gradient_as_correlation(grad, w, input_shape, stride, padding, dilati
     spread_shape = tuple((g - 1) * s + 1 for g, s in zip(grad.shape[2:], stride))
     after = [size + d * (k - 1) - b - spread for size, d, k, b, spread
              in zip(input_shape[2:], dilation, kernel, before, spread_shape)]
-    spread = grad
-    if any(s != 1 for s in stride) or any(before) or any(after):  # a 1x1 stride-1 convolution needs no copy
-        spread = np.zeros(grad.shape[:2] + tuple(s + b + a for s, b, a in zip(spread_shape, before, after)),
-                          grad.dtype)
-        spread[(Ellipsis, *(slice(b, b + size, s) for b, size, s in zip(before, spread_shape, stride)))] = grad
-    return _convolve(spread, _flipped_transposed_weight(w, groups), [1] * len(kernel), [0] * len(kernel), dilation,
-                     groups)
+    if all(s == 1 for s in stride):
+        source = _wide_source(grad, list(zip(before, after)), kernel)
+    else:
+        shape = [s + b + a for s, b, a in zip(spread_shape, before, after)]
+        shape[0] += _spare_rows(kernel)
+        source = np.zeros(grad.shape[:2] + tuple(shape), grad.dtype)
+        source[(Ellipsis, *(slice(b, b + size, s) for b, size, s in zip(before, spread_shape, stride)))] = grad
+    return _wide_correlation(source, _flipped_transposed_weight(w, groups), dilation, groups, input_shape[2:])
 
 
 def _input_gradient(grad, w, input_shape, stride, padding, dilation, transposed, groups):

@@ -58,6 +58,13 @@ def mxu_matmul(a, b, out=None):
     return mxu.matmul(a, b, out, precision_passes=float32_passes())
 
 
+def mxu_multiplier(a_dtype, b):
+    """``lambda a: mxu_matmul(a, b)`` for many ``a`` of ``a_dtype`` against one ``b``, checked and split once."""
+    if a_dtype == np.float64 or b.dtype == np.float64:
+        _warn_float64()
+    return mxu.multiplier(a_dtype, b, precision_passes=float32_passes())
+
+
 def scaled_sum(product, bias, beta, alpha):
     """``beta * bias + alpha * product`` in the accumulator's precision, in ``product``'s memory.
 

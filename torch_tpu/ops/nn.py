@@ -16,8 +16,8 @@ import torch
 from .. import _C
 from . import _registry
 from .._tensor import numpy_dtype
-from ._common import (as_numpy, channel_sums, empty, exact_dtype, opmath_dtype, opmath_operand, operand, prepare_out,
-                      store, wrap_dim, write)
+from ._common import (as_numpy, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand,
+                      prepare_out, store, wrap_dim, write)
 from .cpu_replay.cascade_sum import cascade_sum
 
 # at::Reduction
@@ -365,11 +365,11 @@ def update_running_stats(running_mean, running_var, mean, squares, count, moment
         compute = np.float64
         momentum_, keep = momentum, 1 - momentum
         unbiased = momentum_ * (squares / np.asarray(count - 1, squares.dtype)).astype(compute)
-    with np.errstate(all="ignore"):
-        if running_mean is not None:
-            write(running_mean, momentum_ * mean.astype(compute) + keep * operand(running_mean).astype(compute))
-        if running_var is not None:
-            write(running_var, unbiased + keep * operand(running_var).astype(compute))
+    # (under the kernel's own errstate: see ``register``)
+    if running_mean is not None:
+        write(running_mean, momentum_ * mean.astype(compute) + keep * operand(running_mean).astype(compute))
+    if running_var is not None:
+        write(running_var, unbiased + keep * operand(running_var).astype(compute))
 
 
 def vectorised_layout(input):
@@ -393,10 +393,10 @@ def batch_statistics(x, stats_dtype, vectorised):
     mean = (channel_sums(x, accumulator) / count).astype(x.dtype)
     save_mean = store(mean.ravel(), stats_dtype)
     deviation_from = mean if vectorised else per_channel(opmath_operand(save_mean), x.ndim)
-    deviations = (x - deviation_from).astype(accumulator)
-    squares = channel_sums(np.square(deviations, out=deviations), accumulator).ravel()
+    # squared in acc_type straight from the opmath deviations (the cast is exact): one pass, not a copy and a pass
+    squares = channel_sums(np.square(x - deviation_from, dtype=accumulator), accumulator).ravel()
     if vectorised:
-        mean, squares = as_numpy(save_mean), as_numpy(store(squares, stats_dtype))
+        mean, squares = as_numpy(save_mean), converted(squares, stats_dtype)
     else:
         mean = opmath_operand(save_mean)
     biased_var = (squares / np.asarray(count, squares.dtype)).astype(accumulator)
@@ -409,19 +409,24 @@ def generic_arithmetic(input, stats_dtype):
     return numpy_dtype(stats_dtype) if stats_dtype == input.dtype else opmath_dtype(input.dtype)
 
 
-def transformed(input, weight, bias, mean, invstd, compute, vectorised):
-    """The normalized input. The vectorised kernels compute ``x * alpha + beta`` in opmath, with alpha =
-    invstd * weight and beta = bias - mean * alpha; the generic loop computes ``((x - mean) * invstd) *
-    weight + bias`` in ``compute``."""
+def transformed(input, x, weight, bias, mean, invstd, compute, vectorised):
+    """The normalized input (``x``: the input in opmath), a new tensor. The vectorised kernels compute
+    ``x * alpha + beta`` in opmath, with alpha = invstd * weight and beta = bias - mean * alpha, written
+    straight into the output; the generic loop computes ``((x - mean) * invstd) * weight + bias`` in ``compute``."""
     ndim = input.dim()
     if not vectorised:
         x = operand(input).astype(compute, copy=False)
         centered = (x - per_channel(mean.astype(compute), ndim)) * per_channel(invstd.astype(compute), ndim)
         weight, bias = (None if p is None else operand(p).astype(compute, copy=False) for p in (weight, bias))
-        return shifted(scaled(centered, per_channel(weight, ndim)), per_channel(bias, ndim))
+        return store(shifted(scaled(centered, per_channel(weight, ndim)), per_channel(bias, ndim)), input.dtype)
     alpha = scaled(per_channel(invstd.astype(np.float32), ndim), per_channel(optional_operand(weight), ndim))
     beta = shifted(-per_channel(mean.astype(alpha.dtype), ndim) * alpha, per_channel(optional_operand(bias), ndim))
-    return opmath_operand(input) * alpha + beta
+
+    def affine(destination):
+        np.multiply(x, alpha, out=destination)
+        destination += beta
+
+    return compute_into(empty(input.shape, input.dtype), x.dtype, affine)
 
 
 def evaluation_invstd(running_var, eps, compute, vectorised):
@@ -451,8 +456,7 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
             raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
         mean, invstd = operand(running_mean), evaluation_invstd(running_var, eps, compute, vectorised)
         save_mean = save_invstd = empty((0,), stats_dtype)
-    out = transformed(input, weight, bias, mean, invstd, compute, vectorised)
-    return store(out, input.dtype), save_mean, save_invstd
+    return transformed(input, x, weight, bias, mean, invstd, compute, vectorised), save_mean, save_invstd
 
 
 @register("_native_batch_norm_legit")
@@ -504,16 +508,18 @@ def native_batch_norm_backward(
     sum_dy = channel_sums(dy)
     dot = channel_sums(dy * centered)
     scale = scaled(invstd, per_channel(optional_operand(weight), x.ndim))
-    grad_x = None
-    if output_mask[0]:
-        grad_x = dy * scale
+
+    def input_gradient(grad_x):  # written in the output's memory when it has the compute dtype
+        np.multiply(dy, scale, out=grad_x)
         if train:  # scale * (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean)))
             count = x.size // max(x.shape[1], 1)
             grad_x -= centered * (scale * invstd * invstd * dot / count)
             grad_x -= scale * sum_dy / count
+
     params_dtype = input.dtype if weight is None else weight.dtype
     return (
-        output_if(output_mask[0], grad_x, input.dtype),
+        compute_into(empty(input.shape, input.dtype), np.result_type(dy, scale), input_gradient)
+        if output_mask[0] else None,
         output_if(output_mask[1], (dot * invstd).reshape(-1), params_dtype),
         output_if(output_mask[2], sum_dy.reshape(-1), params_dtype),
     )

@@ -26,12 +26,16 @@ from .._cost import float32_passes
 from .._tensor import DTYPE_NAME, numpy_dtype
 from ._common import empty, opmath_operand, store
 from ._registry import register_autograd
-from .linalg import mxu_matmul
+from .linalg import mxu_matmul, mxu_multiplier
 from .nn import register
 
 
-def sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+def sigmoid(x, out=None):
+    """1 / (1 + exp(-x)), each step in ``out``'s memory when given (the same roundings either way)."""
+    out = np.negative(x, out=out)
+    np.exp(out, out=out)
+    out += 1
+    return np.divide(1.0, out, out=out)
 
 
 def gates_of(array, count):
@@ -46,31 +50,52 @@ def gates_of(array, count):
 # ---------------------------------------------------------------------------------------
 
 
-def lstm_cell(gates, cx):
-    """The cell on its summed gate pre-activations (B, 4H): (hy, cy, workspace [i, f, g, o]).
+def lstm_cell(gates, cx, workspace=None, cy=None):
+    """The cell on its summed gate pre-activations (B, 4H): (hy, cy, workspace [i, f, g, o]), the last two
+    written into ``workspace`` and ``cy`` when given (a sequence's tape).
 
     The sigmoid runs over all four gates at once and the cell gate is then overwritten with its tanh:
     fewer, larger NumPy calls for the step a sequence repeats."""
-    workspace = sigmoid(gates)
+    workspace = sigmoid(gates, out=workspace)
     hidden = gates.shape[1] // 4
     np.tanh(gates[:, 2 * hidden:3 * hidden], out=workspace[:, 2 * hidden:3 * hidden])
     i, f, g, o = gates_of(workspace, 4)
-    cy = f * cx + i * g
+    cy = np.multiply(f, cx, out=cy)
+    cy += i * g
     return o * np.tanh(cy), cy, workspace
+
+
+class LSTMBackwardFactors:
+    """What the LSTM cell's backward multiplies the incoming gradients by, computed from the saved
+    ``cx``, ``cy`` and gates for every time step at once ((..., B, H) arrays, any leading dims): the
+    recurrence through time is then a few multiplications per step.
+
+    With t = tanh(cy): d cy = d hy * o (1 - t^2) + d cy_next; d[i, f, g] = d cy * [g i (1 - i), cx f (1 - f),
+    i (1 - g^2)]; d o = d hy * t o (1 - o); d cx = d cy * f."""
+
+    def __init__(self, cx, cy, workspace):
+        hidden = cx.shape[-1]
+        i, f, g, o = (workspace[..., k * hidden:(k + 1) * hidden] for k in range(4))
+        tanh_cy = np.tanh(cy)
+        self.cell = o * (1 - tanh_cy * tanh_cy)
+        self.output_gate = tanh_cy * (o * (1 - o))
+        self.forget = f
+        self.cell_gates = np.stack([g * (i * (1 - i)), cx * (f * (1 - f)), i * (1 - g * g)], axis=-2)  # (..., 3, H)
+
+    def step(self, t, grad_h, grad_c, out):
+        """Step ``t``'s (an index into the leading dims, () for none) gate gradient, written into ``out``
+        (B, 4H), from the hidden and cell states' gradients; returns the previous cell state's gradient."""
+        grad_c = grad_h * self.cell[t] + grad_c
+        blocks = out.reshape(out.shape[0], 4, out.shape[1] // 4)
+        np.multiply(grad_c[:, None, :], self.cell_gates[t], out=blocks[:, :3])
+        np.multiply(grad_h, self.output_gate[t], out=blocks[:, 3])
+        return grad_c * self.forget[t]
 
 
 def lstm_cell_backward(grad_h, grad_c, cx, cy, workspace, out=None):
     """The gates' pre-activation gradient (written into ``out`` if given) and the previous cell state's."""
-    i, f, g, o = gates_of(workspace, 4)
-    tanh_cy = np.tanh(cy)
-    grad_c = grad_h * o * (1 - tanh_cy * tanh_cy) + grad_c
     grad_gates = np.empty(workspace.shape, grad_c.dtype) if out is None else out
-    grad_i, grad_f, grad_g, grad_o = gates_of(grad_gates, 4)
-    np.multiply(grad_c * g, i * (1 - i), out=grad_i)
-    np.multiply(grad_c * cx, f * (1 - f), out=grad_f)
-    np.multiply(grad_c * i, 1 - g * g, out=grad_g)
-    np.multiply(grad_h * tanh_cy, o * (1 - o), out=grad_o)
-    return grad_gates, grad_c * f
+    return grad_gates, LSTMBackwardFactors(cx, cy, workspace).step((), grad_h, grad_c, grad_gates)
 
 
 def gru_cell(input_gates, hidden_gates, hx):
@@ -164,6 +189,14 @@ class Weights:
     def __init__(self, w_ih, w_hh, b_ih, b_hh, w_hr):
         self.w_ih, self.w_hh, self.b_ih, self.b_hh, self.w_hr = w_ih, w_hh, b_ih, b_hh, w_hr
 
+    def recurrent(self, dtype):
+        """``h -> h w_hh^T``, the matmul every forward step repeats, checked once for the sequence."""
+        return mxu_multiplier(dtype, self.w_hh.T)
+
+    def recurrent_adjoint(self, dtype):
+        """``grad_gates -> grad_gates w_hh``, the matmul every backward step repeats."""
+        return mxu_multiplier(dtype, self.w_hh)
+
     def input_gates(self, x, hidden_bias_too):
         """The input's projection onto the gates for every step at once (T, B, G*H), with its bias."""
         gates = mxu_matmul(rows(x), self.w_ih.T).reshape(x.shape[:2] + self.w_ih.shape[:1])
@@ -181,23 +214,24 @@ class LSTM:
     @staticmethod
     def forward(x, state, weights, steps):
         x_gates = weights.input_gates(x, hidden_bias_too=True)
-        (h, c), w_hh_t = state, weights.w_hh.T
+        (h, c), recurrent = state, weights.recurrent(x.dtype)
         length, batch = x.shape[:2]
-        tape = {"h": np.empty((length, batch, h.shape[-1]), h.dtype),
-                "c": np.empty((length, batch, c.shape[-1]), c.dtype),
-                "cy": np.empty((length, batch, c.shape[-1]), c.dtype),
+        tape = {"cy": np.empty((length, batch, c.shape[-1]), c.dtype),
                 "workspace": np.empty(x_gates.shape, x_gates.dtype)}
         if weights.w_hr is not None:
             tape["full"] = np.empty(tape["cy"].shape, c.dtype)
         output = np.empty((length, batch, h.shape[-1]), h.dtype)
         for t in steps:
-            tape["h"][t], tape["c"][t] = h, c
-            full, c, tape["workspace"][t] = lstm_cell(x_gates[t] + mxu_matmul(h, w_hh_t), c)
-            tape["cy"][t] = c
+            gates = recurrent(h)
+            gates += x_gates[t]
+            full, c, _ = lstm_cell(gates, c, tape["workspace"][t], tape["cy"][t])
             if weights.w_hr is not None:
                 tape["full"][t] = full
                 full = mxu_matmul(full, weights.w_hr.T)
             output[t] = h = full
+        # each step's incoming states are the previous step's outputs: gathered once, not copied every step
+        tape["h"], tape["c"] = (previous_states(initial, outputs, steps)
+                                for initial, outputs in ((state[0], output), (state[1], tape["cy"])))
         return output, (h, c), tape
 
     @staticmethod
@@ -205,6 +239,8 @@ class LSTM:
         """The gates' gradient for every step, the initial state's, and the projection's weight gradient."""
         grad_h, grad_c = grad_state
         grad_gates = np.empty(tape["workspace"].shape, grad_output.dtype)
+        factors = LSTMBackwardFactors(tape["c"], tape["cy"], tape["workspace"])
+        recurrent_adjoint = weights.recurrent_adjoint(grad_output.dtype)
         projected = weights.w_hr is not None
         grad_outputs = np.empty(grad_output.shape, grad_output.dtype) if projected else None
         for t in reversed(steps):
@@ -212,11 +248,24 @@ class LSTM:
             if projected:
                 grad_outputs[t] = grad_h
                 grad_h = mxu_matmul(grad_h, weights.w_hr)
-            _, grad_c = lstm_cell_backward(grad_h, grad_c, tape["c"][t], tape["cy"][t], tape["workspace"][t],
-                                           out=grad_gates[t])
-            grad_h = mxu_matmul(grad_gates[t], weights.w_hh)
+            grad_c = factors.step(t, grad_h, grad_c, grad_gates[t])
+            grad_h = recurrent_adjoint(grad_gates[t])
         grad_w_hr = mxu_matmul(rows(grad_outputs).T, rows(tape["full"])) if projected else None
         return grad_gates, grad_gates, (grad_h, grad_c), grad_w_hr
+
+
+def previous_states(initial, outputs, steps):
+    """(T, B, F): the state each step of ``steps`` started from: ``initial`` for the first, the step before's
+    output for the others."""
+    states = np.empty(outputs.shape, outputs.dtype)
+    if not steps:
+        return states
+    states[steps[0]] = initial
+    if steps.step > 0:
+        states[1:] = outputs[:-1]
+    else:
+        states[:-1] = outputs[1:]
+    return states
 
 
 class GRU:
@@ -226,13 +275,13 @@ class GRU:
     @staticmethod
     def forward(x, state, weights, steps):
         x_gates = weights.input_gates(x, hidden_bias_too=False)
-        (h,), w_hh_t = state, weights.w_hh.T
+        (h,), recurrent = state, weights.recurrent(x.dtype)
         tape = {"h": np.empty(x.shape[:2] + h.shape[-1:], h.dtype),
                 "workspace": np.empty(x.shape[:2] + (5 * h.shape[-1],), h.dtype)}
         output = np.empty(tape["h"].shape, h.dtype)
         for t in steps:
             tape["h"][t] = h
-            hidden_gates = mxu_matmul(h, w_hh_t)
+            hidden_gates = recurrent(h)
             if weights.b_hh is not None:
                 hidden_gates += weights.b_hh
             h, tape["workspace"][t] = gru_cell(x_gates[t], hidden_gates, h)
@@ -244,10 +293,11 @@ class GRU:
         (grad_h,) = grad_state
         grad_input_gates = np.empty(tape["h"].shape[:2] + (3 * grad_h.shape[-1],), grad_output.dtype)
         grad_hidden_gates = np.empty(grad_input_gates.shape, grad_output.dtype)
+        recurrent_adjoint = weights.recurrent_adjoint(grad_output.dtype)
         for t in reversed(steps):
             grad_input_gates[t], grad_hidden_gates[t], direct = gru_cell_backward(grad_h + grad_output[t],
                                                                                  tape["workspace"][t])
-            grad_h = direct + mxu_matmul(grad_hidden_gates[t], weights.w_hh)
+            grad_h = direct + recurrent_adjoint(grad_hidden_gates[t])
         return grad_input_gates, grad_hidden_gates, (grad_h,), None
 
 
@@ -261,21 +311,22 @@ class Elman:
 
     def forward(self, x, state, weights, steps):
         x_gates = weights.input_gates(x, hidden_bias_too=True)
-        (h,), w_hh_t = state, weights.w_hh.T
+        (h,), recurrent = state, weights.recurrent(x.dtype)
         tape = {"h": np.empty(x.shape[:2] + h.shape[-1:], h.dtype)}
         output = np.empty(tape["h"].shape, h.dtype)
         for t in steps:
             tape["h"][t] = h
-            output[t] = h = self.activation(x_gates[t] + mxu_matmul(h, w_hh_t))
+            output[t] = h = self.activation(x_gates[t] + recurrent(h))
         tape["output"] = output
         return output, (h,), tape
 
     def backward(self, grad_output, grad_state, tape, weights, steps):
         (grad_h,) = grad_state
         grad_gates = np.empty(grad_output.shape, grad_output.dtype)
+        recurrent_adjoint = weights.recurrent_adjoint(grad_output.dtype)
         for t in reversed(steps):
             grad_gates[t] = (grad_h + grad_output[t]) * self.derivative(tape["output"][t])
-            grad_h = mxu_matmul(grad_gates[t], weights.w_hh)
+            grad_h = recurrent_adjoint(grad_gates[t])
         return grad_gates, grad_gates, (grad_h,), None
 
 
