@@ -41,21 +41,22 @@ def _horner_tail(coefficients, x):
     return total
 
 
-def _erf_small(x):
-    """``erf(x)`` for ``|x| < 1`` (and any value elsewhere, to be overwritten), odd by construction.
+BLOCK = 65536  # elements evaluated together: their temporaries (float64: 512 KiB each) stay in the caches
+
+
+def _erf_small(x, square, result):
+    """``erf(x)`` for ``|x| < 1`` (and any value elsewhere, to be overwritten) into ``result``, odd by
+    construction; ``square`` is ``x * x`` in float32.
 
     The leading coefficient 2/sqrt(pi) is not a float32, so the result is formed as ``x + x*w``
     with the small correction ``w`` from float64; the polynomial's higher terms are small enough
     for float32.
     """
-    square = x * x
-    x64 = x.astype(np.float64)
     correction = np.add(_horner_tail(_SMALL_S32, square), _SMALL_S[0], dtype=np.float64)
-    correction *= x64 * x64  # float32 squares are exact in float64
+    correction *= np.square(x, dtype=np.float64)  # float32 squares are exact in float64
     correction += _TWO_OVER_SQRT_PI - 1
-    result = x * correction.astype(np.float32)
+    np.multiply(x, correction, out=result, dtype=np.float32, casting="same_kind")  # w rounded to float32 first
     result += x
-    return result
 
 
 def _erf_tail(x):
@@ -64,8 +65,7 @@ def _erf_tail(x):
     t = magnitude - _TAIL_CENTRE
     t *= _TAIL_INVERSE_HALF_WIDTH
     scaled_erfc = np.add(_horner_tail(_TAIL_R32, t), _TAIL_R[0], dtype=np.float64)
-    magnitude64 = magnitude.astype(np.float64)
-    gaussian = np.multiply(magnitude64, magnitude64)
+    gaussian = np.square(magnitude, dtype=np.float64)
     np.negative(gaussian, out=gaussian)
     np.exp(gaussian, out=gaussian)  # float64: exp(-x*x) of the exact square
     scaled_erfc *= gaussian
@@ -73,17 +73,26 @@ def _erf_tail(x):
     return np.copysign(scaled_erfc, x)
 
 
+def _erf_block(x, result):
+    """The float32 erf of a flat block ``x`` into ``result``: the small-argument formula everywhere, then
+    the tail's over the elements with ``|x| >= 1`` (exactly those whose float32 square is >= 1)."""
+    square = x * x
+    tail = np.flatnonzero(square >= _TAIL_START)
+    _erf_small(x, square, result)
+    if tail.size:
+        result[tail] = _erf_tail(x.take(tail))
+
+
 def erf(x, out=None):
     """``scipy.special.erf(x, out=out)``; float32 arrays take the fast vectorised path (within 1 ulp)."""
     if x.dtype != np.float32 or x.ndim == 0:
         return scipy.special.erf(x, out=out)
-    x = np.ascontiguousarray(x)  # results are scattered through flat views
+    flat = np.ascontiguousarray(x).reshape(-1)
+    result = np.empty(x.shape, np.float32)
+    flat_result = result.reshape(-1)
     with np.errstate(all="ignore"):  # squares of huge |x| overflow in values the tail overwrites
-        result = _erf_small(x)
-        flat = x.reshape(-1)
-        tail = np.flatnonzero(np.abs(flat) >= _TAIL_START)
-        if tail.size:
-            result.reshape(-1)[tail] = _erf_tail(flat.take(tail))
+        for start in range(0, flat.size, BLOCK):
+            _erf_block(flat[start:start + BLOCK], flat_result[start:start + BLOCK])
     if out is None:
         return result
     out[...] = result

@@ -173,6 +173,48 @@ def test_input_mutation_views_and_in_place_ops_match_eager():
         assert_identical(a, b)
 
 
+def _computed_into_inputs(source):
+    return [line.split("=")[0].strip() for line in source.splitlines() if "computed into the input" in line]
+
+
+def test_a_value_copied_into_an_input_is_computed_there():
+    def update(p, m, g):  # an optimizer-like update: the new moment and parameter written back
+        m.mul_(0.9).add_(g)
+        p.add_(m * -0.1)
+
+    arguments = [torch.randn(5, 3) for _ in range(3)]
+    eager_arguments, compiled_arguments = [a.to("tpu") for a in arguments], [a.to("tpu") for a in arguments]
+    update(*eager_arguments)
+    torch.compile(update, backend="tpu")(*compiled_arguments)
+    for a, b in zip(compiled_arguments, eager_arguments):
+        assert_identical(a, b)
+    assert len(_computed_into_inputs(torch_tpu.compile.last_programs()[-1].source)) == 2
+
+
+def test_a_value_is_not_computed_into_an_input_whose_old_value_is_read_later():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from torch_tpu.compile.codegen import generate
+    from torch_tpu.compile.runtime import Program
+
+    aten = torch.ops.aten
+
+    def graph(p, g):  # a schedule functionalisation never writes, but a graph may hold
+        new = aten.add.Tensor(p, g)
+        old = aten.mul.Tensor(p, 3)  # reads p after `new` exists
+        aten.copy_.default(p, new)
+        return (old,)
+
+    p, g = torch.randn(4, 6), torch.randn(4, 6)
+    program = Program("late_read", generate(make_fx(graph, tracing_mode="fake")(p.to("tpu"), g.to("tpu")).graph,
+                                            "late_read"))
+    mutated = p.to("tpu")
+    (old,) = program([mutated, g.to("tpu")])
+    assert_identical(old, p.to("tpu") * 3)
+    assert_identical(mutated, p.to("tpu") + g.to("tpu"))
+    assert _computed_into_inputs(program.source) == []
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("weighted", [False, True])

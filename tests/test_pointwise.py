@@ -503,6 +503,28 @@ def test_erf_float32_non_contiguous_and_empty():
     check(torch.erf, torch.tensor(0.3))
 
 
+def test_erf_float32_is_the_same_in_any_block():
+    """The float32 erf runs in blocks of elements: an element's result does not depend on its block or neighbours."""
+    from torch_tpu._C import special
+
+    x = sample((3 * special.BLOCK + 5,), low=-0.9, high=0.9, specials=False)
+    x[-40:] = torch.linspace(-6, 6, 40)  # the tail formula only in the last, short block
+    whole = torch.erf(x.to("tpu")).cpu()
+    piecewise = torch.cat([torch.erf(piece.to("tpu")).cpu() for piece in x.split(4099)])
+    assert torch.equal(whole.view(torch.int32), piecewise.view(torch.int32))
+    assert_close(whole, torch.erf(x), rtol=0, atol=1.2e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_gelu_and_its_backward_at_edge_values(dtype):
+    tiny = torch.finfo(dtype).tiny
+    edges = torch.tensor([0.0, -0.0, math.inf, -math.inf, math.nan, tiny / 4, -tiny / 4, tiny, 1.0, -1.0, 4.0, -7.5],
+                         dtype=dtype)
+    x = torch.cat([edges, sample((300,), low=-6, high=6, specials=False).to(dtype)])
+    check(F.gelu, x)  # (the sign of gelu(-0) on CPU depends on whether its SIMD or scalar loop ran)
+    check(torch.ops.aten.gelu_backward, torch.ones_like(x), x)
+
+
 def test_gelu_and_its_backward_use_the_float32_erf():
     x = erf_arguments()[::7] * 2
     grad = sample(x.shape, seed=3, specials=False)

@@ -29,7 +29,7 @@ import torch
 from .. import _C
 from .._tensor import numpy_dtype
 from .fusion import fuse, horizontal_launches
-from .lowering import EAGER, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
+from .lowering import EAGER, POINTWISE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
 
 
@@ -130,6 +130,7 @@ def generate(graph, name):
                 homes[node] = "scratch"
             else:
                 homes[node] = "buffer"
+    written_into = _written_in_place(nodes, lowered, homes, position, root)
     intervals = {n.name: (position[n], last_use.get(n, position[n]), nbytes_of(value_of(n)))
                  for n, home in homes.items() if home == "buffer"}
     assignment, buffers = plan_buffers(intervals)
@@ -184,6 +185,11 @@ def generate(graph, name):
             w.line(f"{v} = v_{low.writes.name}")
             if low.writes in tensor_of:
                 tensor_of[node] = tensor_of[low.writes]
+            if written_into.get(low.inputs[0]) is low.writes:  # its value was computed right there
+                charge(node)
+                return
+        elif node in written_into:
+            w.line(f"{v} = v_{written_into[node].name}  # computed into the input it is copied to")
         elif home == "output":
             shape, dtype = w.constant("shape_", tuple(value.shape)), w.constant("dtype_", value.dtype)
             w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype})")
@@ -279,6 +285,33 @@ def generate(graph, name):
               "    finally:\n        restore_fp_errors(token)\n")
     return Generated(source, w.namespace, sum(size for size, _, _ in buffers), kernels, eager_nodes, fusion.refusals,
                      {n.name: h for n, h in homes.items()})
+
+
+def _written_in_place(nodes, lowered, homes, position, root):
+    """Elementwise values computed only to be copied into a graph input (an optimizer's new parameter and
+    moments), mapped to that input: each is computed straight into it when nothing reads the input's old value
+    afterwards (the producer itself may, element by element), so the copy moves nothing. Homes and charges
+    stay as they are."""
+    readers = {}  # graph input -> (node, argument) of each read, through views
+    for node in nodes:
+        for arg in tensor_inputs((node.args, node.kwargs)):
+            readers.setdefault(root(arg), []).append((node, arg))
+    found = {}
+    for node in nodes:
+        low = lowered.get(node)
+        if low is None or homes[node] != "inplace" or not low.inputs or low.writes.op != "placeholder":
+            continue
+        source, destination = low.inputs[0], low.writes
+        if homes.get(source) != "scratch" or lowered[source].kind != POINTWISE or lowered[source].constant or \
+                source in found:
+            continue
+        made, held = value_of(source), value_of(destination)
+        if made.shape != held.shape or made.dtype != held.dtype:
+            continue
+        if all(reader is node or position[reader] < position[source] or (reader is source and arg is destination)
+               for reader, arg in readers.get(destination, ())):
+            found[source] = destination
+    return found
 
 
 def _returns_tensors(low):

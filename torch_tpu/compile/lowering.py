@@ -88,10 +88,19 @@ def tensor_inputs(args):
 
 
 def meta_twin(value):
-    """A meta tensor standing for a recorded value, for dtype and shape rules evaluated at compile time."""
-    if isinstance(value, torch.Tensor):
-        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="meta")
-    return value
+    """A meta tensor standing for a recorded value, for dtype and shape rules evaluated at compile time
+    (read only: one twin serves every value of the same layout, as making one costs a dispatch)."""
+    if not isinstance(value, torch.Tensor):
+        return value
+    shape, stride = tuple(value.shape), tuple(value.stride())
+    if all(type(n) is int for n in shape + stride):
+        return _meta_twin_of_layout(shape, stride, value.dtype)
+    return torch.empty_strided(shape, stride, dtype=value.dtype, device="meta")  # symbolic sizes: not cached
+
+
+@functools.lru_cache(maxsize=4096)
+def _meta_twin_of_layout(shape, stride, dtype):
+    return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
 
 
 def lower(node):

@@ -18,6 +18,7 @@ import torch
 
 from . import debug
 from .codegen import generate
+from .lowering import meta_twin, value_of
 from .runtime import Program
 
 aten = torch.ops.aten
@@ -159,8 +160,7 @@ def _per_tensor(node):
 def _resolve(packet, name, args, kwargs):
     """The overload of ``packet`` that takes these arguments; a trailing scalar may be the keyword ``value``."""
     def meta(a):
-        value = a.meta.get("val") if isinstance(a, torch.fx.Node) else a
-        return torch.empty(value.shape, dtype=value.dtype, device="meta") if isinstance(value, torch.Tensor) else value
+        return meta_twin(value_of(a))
 
     attempts = [(args, kwargs)]
     if len(args) == 4 and name in ("addcmul", "addcdiv"):
