@@ -249,7 +249,7 @@ def main():
         if not args.no_write:
             write_doc(markdown, section="zoo-kernels")
         return None
-    results = {name: best_seconds(steps_of(name), number=3, repeat=7, clock=time.process_time) for name in args.models}
+    results = {name: best_seconds(steps_of(name), number=3, repeat=15, clock=time.process_time) for name in args.models}
     header = measured_on("one thread; CPU time of a training step (forward, backward, SGD), best of interleaved rounds.")
     markdown = f"{header}\n\n{table(results)}"
     print(markdown)
