@@ -41,20 +41,27 @@ def _windows(x, kernel, stride, padding, dilation, out_spatial=None):
     ``out_spatial`` keeps only the leading output positions: a transposed convolution's
     ``output_padding`` adds input rows that no position of its adjoint reaches.
     """
-    batch, channels, *spatial = x.shape
     if any(padding):
         x = padded(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
-    out_spatial = out_spatial or _output_spatial(tuple(spatial), tuple(kernel), tuple(stride), tuple(padding),
-                                                  tuple(dilation))
-    spatial_strides = x.strides[2:]
-    return np.lib.stride_tricks.as_strided(
-        x,
-        shape=(batch, channels, *kernel, *out_spatial),
-        strides=(*x.strides[:2],
-                 *(st * d for st, d in zip(spatial_strides, dilation)),
-                 *(st * s for st, s in zip(spatial_strides, stride))),
-        writeable=False,
-    )
+    else:
+        x = np.ascontiguousarray(x)
+    shape, strides = _window_geometry(x.shape, x.itemsize, tuple(kernel), tuple(stride), tuple(padding),
+                                      tuple(dilation), out_spatial and tuple(out_spatial))
+    return np.ndarray(shape, x.dtype, buffer=x, strides=strides)
+
+
+@functools.lru_cache(maxsize=1024)
+def _window_geometry(source_shape, itemsize, kernel, stride, padding, dilation, out_spatial):
+    """The shape and byte strides of ``_windows`` over a contiguous (padded) source of ``source_shape``."""
+    batch, channels, *spatial = source_shape
+    if out_spatial is None:
+        unpadded = tuple(size - 2 * p for size, p in zip(spatial, padding))
+        out_spatial = _output_spatial(unpadded, kernel, stride, padding, dilation)
+    spatial_strides = [math.prod(spatial[d + 1:]) * itemsize for d in range(len(spatial))]
+    strides = (channels * math.prod(spatial) * itemsize, math.prod(spatial) * itemsize,
+               *(st * d for st, d in zip(spatial_strides, dilation)),
+               *(st * s for st, s in zip(spatial_strides, stride)))
+    return (batch, channels, *kernel, *out_spatial), strides
 
 
 def _grouped_weight(weight, groups):
@@ -278,9 +285,10 @@ def _widened(target, grid):
 
 
 def _correlated_gradient(windows, target, kernel, groups):
-    columns = _im2col(np.moveaxis(windows, 0, 1 + len(kernel)), (groups, -1, target[0, 0].size * target.shape[0]))
+    columns = _im2col(windows.transpose(_batch_inner(windows.ndim, len(kernel))),
+                      (groups, -1, target[0, 0].size * target.shape[0]))
     target_channels = target.shape[1]
-    rows = np.moveaxis(target.reshape(target.shape[0], groups, target_channels // groups, -1), 0, 2)
+    rows = target.reshape(target.shape[0], groups, target_channels // groups, -1).transpose(1, 2, 0, 3)
     gradient = mxu_matmul(rows.reshape(groups, target_channels // groups, -1), columns.swapaxes(1, 2))
     return gradient.reshape(target_channels, -1, *kernel)
 

@@ -367,9 +367,10 @@ def update_running_stats(running_mean, running_var, mean, squares, count, moment
         unbiased = momentum_ * (squares / np.asarray(count - 1, squares.dtype)).astype(compute)
     # (under the kernel's own errstate: see ``register``)
     if running_mean is not None:
-        write(running_mean, momentum_ * mean.astype(compute) + keep * operand(running_mean).astype(compute))
+        write(running_mean, momentum_ * mean.astype(compute, copy=False)
+              + keep * operand(running_mean).astype(compute, copy=False))
     if running_var is not None:
-        write(running_var, unbiased + keep * operand(running_var).astype(compute))
+        write(running_var, unbiased + keep * operand(running_var).astype(compute, copy=False))
 
 
 def vectorised_layout(input):
@@ -506,14 +507,15 @@ def native_batch_norm_backward(
     # two per-channel sums serve every gradient: sum(dy) and sum(dy * (x - mean)); the input's gradient is
     # then one fused expression over the batch, not a chain of full-size temporaries
     sum_dy = channel_sums(dy)
-    dot = channel_sums(dy * centered)
+    products = dy * centered
+    dot = channel_sums(products)
     scale = scaled(invstd, per_channel(optional_operand(weight), x.ndim))
 
     def input_gradient(grad_x):  # written in the output's memory when it has the compute dtype
         np.multiply(dy, scale, out=grad_x)
         if train:  # scale * (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean)))
             count = x.size // max(x.shape[1], 1)
-            grad_x -= centered * (scale * invstd * invstd * dot / count)
+            grad_x -= np.multiply(centered, scale * invstd * invstd * dot / count, out=products)  # dy * centered is summed
             grad_x -= scale * sum_dy / count
 
     params_dtype = input.dtype if weight is None else weight.dtype
