@@ -5,8 +5,10 @@ PyTorch's own ``convolution`` / ``_convolution`` run first (argument checks, unb
 here; autograd reaches ``convolution_backward_overrideable`` the same way.
 
 The lowering is im2col: a strided NumPy view (``_windows``) gathers, for every output position, the input
-window it sees ("columns", one copy, into a per-thread workspace), and one batched matmul per group
-multiplies them by the weights on the MXU. A stride-1 correlation takes its windows over a wider grid
+window it sees ("columns", one copy, into a per-thread workspace, laid out with the batch beside the
+positions), and one GEMM per group over the whole batch multiplies them by the weights on the MXU. The
+geometry (output sizes, window strides) is cached per shape, since a model repeats its shapes every
+step. A stride-1 correlation takes its windows over a wider grid
 whose columns are long contiguous runs of the input (``_wide_windows``) and crops the extra
 positions. A transposed convolution is the adjoint: the matmul spreads each input position over its
 window, and col2im adds the windows back (a loop over kernel offsets, never over pixels). Layouts
