@@ -106,12 +106,15 @@ def test_weight_gradient_of_an_input_holding_inf_and_nan_matches_cpu():
     torch.testing.assert_close(results["tpu"], results["cpu"], equal_nan=True, **FLOAT32)
 
 
-def test_results_outlive_the_im2col_workspace():
-    """The im2col columns live in a workspace the next convolution reuses: no result may alias it."""
-    x1, x2, w = torch.randn(2, 3, 6, 6), torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3)
+@pytest.mark.parametrize("second_shape", [(2, 3, 6, 6), (3, 3, 5, 7)])
+def test_results_outlive_the_workspaces(second_shape):
+    """The im2col columns and the matmul's product live in workspaces the next convolution reuses, and the
+    geometry is cached per shape: no result may alias a workspace, nor a shape take another's geometry."""
+    x1, x2, w = torch.randn(2, 3, 6, 6), torch.randn(second_shape), torch.randn(4, 3, 3, 3)
     first = F.conv2d(x1.to("tpu"), w.to("tpu"), padding=1)
-    F.conv2d(x2.to("tpu"), w.to("tpu"), padding=1)
+    second = F.conv2d(x2.to("tpu"), w.to("tpu"), padding=1)
     torch.testing.assert_close(first.cpu(), F.conv2d(x1, w, padding=1), **FLOAT32)
+    torch.testing.assert_close(second.cpu(), F.conv2d(x2, w, padding=1), **FLOAT32)
 
 
 def test_conv_module_training_step_matches_cpu():
