@@ -33,7 +33,7 @@ def train(make_optimizer, dtypes, batched, monkeypatch, steps=3, skew_step=False
     debug.clear()
     with monkeypatch.context() as patch:
         if not batched:
-            patch.setattr(codegen, "plan_batch", lambda *args: None)
+            patch.setattr(codegen, "plan_batches", lambda *args: [])
         generator = torch.Generator().manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype).to("tpu"))
                   for shape, dtype in zip(SHAPES, dtypes)]
@@ -98,6 +98,8 @@ def test_mixed_dtype_parameters_stay_correct(monkeypatch):
     dtypes = [torch.bfloat16, torch.float32, torch.bfloat16, torch.float32]
     batched = train(OPTIMIZERS["adamw"], dtypes, True, monkeypatch)
     unrolled = train(OPTIMIZERS["adamw"], dtypes, False, monkeypatch)
+    # one launch over both dtypes: each dtype's kernels batch on their own
+    assert sum(source.count(BATCHED) for source in batched[4]) == 2
     assert_same_step(batched, unrolled)
     assert {p.dtype for p in batched[0]} == {torch.bfloat16, torch.float32}
 

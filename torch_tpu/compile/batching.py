@@ -39,12 +39,21 @@ class BatchPlan:
     scalars: list  # per host-scalar operand, the nodes each kernel reads it from: checked equal at run time
 
 
-def plan_batch(siblings, lowered, homes, position, root, nodes):
-    """A BatchPlan for the kernels of one horizontal launch, or None when they cannot run batched."""
-    members = [list(group.nodes) for group in siblings]
-    signatures = [_signature(nodes_of, lowered, homes) for nodes_of in members]
-    if any(s is None or s != signatures[0] for s in signatures):
-        return None
+def plan_batches(siblings, lowered, homes, position, root, nodes):
+    """BatchPlans for the kernels of one horizontal launch: one per class of at least two isomorphic
+    kernels (a launch over bfloat16 and float32 parameters batches each dtype on its own)."""
+    classes = {}
+    for group in siblings:
+        signature = _signature(group.nodes, lowered, homes)
+        if signature is not None:
+            classes.setdefault(tuple(signature), []).append(list(group.nodes))
+    plans = (_plan(members, lowered, homes, position, root, nodes) for members in classes.values() if len(members) > 1)
+    return [plan for plan in plans if plan is not None]
+
+
+def _plan(members, lowered, homes, position, root, nodes):
+    """A BatchPlan for isomorphic kernels, or None when running them where the last one ends could
+    change what another node sees."""
     launch = {node for nodes_of in members for node in nodes_of}
     reads, writes, scalars = set(), {}, {}
     for nodes_of in members:

@@ -28,7 +28,7 @@ import torch
 
 from .. import _C
 from .._tensor import numpy_dtype
-from .batching import HELPERS as BATCH_HELPERS, batched_lines, plan_batch
+from .batching import HELPERS as BATCH_HELPERS, batched_lines, plan_batches
 from .fusion import fuse, horizontal_launches
 from .lowering import EAGER, POINTWISE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
@@ -155,8 +155,7 @@ def generate(graph, name):
     deletions = {}  # position -> eager result tensors to drop after it
     batch_of = {}  # node -> the BatchPlan of the launch it belongs to
     for siblings in horizontal_launches(fusion.groups):
-        plan = plan_batch(siblings, lowered, homes, position, root, nodes)
-        if plan is not None:
+        for plan in plan_batches(siblings, lowered, homes, position, root, nodes):
             batch_of.update((n, plan) for nodes_of in plan.members for n in nodes_of)
     kept_until = {}  # a graph input a batched launch reads stays alive until the launch has run
     for plan in {id(p): p for p in batch_of.values()}.values():
@@ -263,8 +262,8 @@ def generate(graph, name):
             for node in members:
                 charge(node)
         unrolled, w.lines[mark:] = w.lines[mark:], []
-        charge_line = unrolled.pop()  # the launch's one charge, after whichever code ran
-        assert "clock.charge(" in charge_line, charge_line
+        # the launch's one charge (if this batch ends it), after whichever code ran
+        charge_line = unrolled.pop() if unrolled and "clock.charge(" in unrolled[-1] else None
         if plan.scalars:
             groups = ", ".join("(" + "".join(f"v_{a.name}, " for a in args) + ")" for args in plan.scalars)
             w.line(f"if same_scalars({groups}):  # one call per op over the {len(plan.members)} kernels")
@@ -274,7 +273,8 @@ def generate(graph, name):
         else:
             w.line(f"# one call per op over the {len(plan.members)} kernels of this launch")
             w.lines.extend("    " + b for b in batched)
-        w.lines.append(charge_line)
+        if charge_line is not None:
+            w.lines.append(charge_line)
 
     # a graph input gets a NumPy view if a lowered node reads or writes it as an array (a view of it is one)
     read_as_arrays = {n for n in nodes if n.op == "placeholder" and any(
