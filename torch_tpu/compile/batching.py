@@ -36,6 +36,7 @@ class BatchPlan:
     start: int  # graph position of the launch's first node
     end: int  # graph position of its last node: the batched code is emitted there
     reads: set  # roots (graph inputs, host values) the launch reads from outside
+    writes: set  # the graph inputs it updates in place
     scalars: list  # per host-scalar operand, the nodes each kernel reads it from: checked equal at run time
 
 
@@ -60,7 +61,7 @@ def _plan(members, lowered, homes, position, root, nodes):
         for node in nodes_of:
             low = lowered[node]
             if homes[node] == "inplace":
-                if any(user not in launch and user.op != "output" for user in node.users):
+                if any(user not in launch for user in node.users):  # the written value is read only inside
                     return None
                 if low.writes in writes:
                     return None
@@ -91,7 +92,7 @@ def _plan(members, lowered, homes, position, root, nodes):
         written = lowered[node].writes
         if touched & set(writes) or (written is not None and root(written) in reads | set(writes)):
             return None
-    return BatchPlan(members, start, end, reads, [tuple(args) for args in scalars.values()])
+    return BatchPlan(members, start, end, reads, set(writes), [tuple(args) for args in scalars.values()])
 
 
 def _is_number(arg, node):

@@ -157,9 +157,9 @@ def generate(graph, name):
     for siblings in horizontal_launches(fusion.groups):
         for plan in plan_batches(siblings, lowered, homes, position, root, nodes):
             batch_of.update((n, plan) for nodes_of in plan.members for n in nodes_of)
-    kept_until = {}  # a graph input a batched launch reads stays alive until the launch has run
+    kept_until = {}  # a graph input a batched launch reads or writes stays alive until the launch has run
     for plan in {id(p): p for p in batch_of.values()}.values():
-        for base in plan.reads:
+        for base in plan.reads | plan.writes:
             if plan.start <= last_use.get(base, -1) < plan.end:
                 kept_until[base] = max(kept_until.get(base, 0), plan.end)
 
