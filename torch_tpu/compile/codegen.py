@@ -28,6 +28,7 @@ import torch
 
 from .. import _C
 from .._tensor import numpy_dtype
+from .batching import HELPERS as BATCH_HELPERS, batched_lines, plan_batches
 from .fusion import fuse, horizontal_launches
 from .lowering import EAGER, POINTWISE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
@@ -142,6 +143,7 @@ def generate(graph, name):
     w = _Writer()
     helpers = _runtime_helpers()
     w.namespace.update(helpers)
+    w.namespace.update(BATCH_HELPERS)
     w.namespace["chip"] = chip = _C.current_chip()
     w.line("clock = chip.clock; recording = clock.recorders  # a profiler wants each kernel's record")
     kernels, eager_nodes = [], []
@@ -151,8 +153,18 @@ def generate(graph, name):
     first_call = next((n for n in nodes if n.op == "call_function"), None)
     tensor_of = {}  # node -> expression of a tensor holding it, where one exists
     deletions = {}  # position -> eager result tensors to drop after it
+    batch_of = {}  # node -> the BatchPlan of the launch it belongs to
+    for siblings in horizontal_launches(fusion.groups):
+        for plan in plan_batches(siblings, lowered, homes, position, root, nodes):
+            batch_of.update((n, plan) for nodes_of in plan.members for n in nodes_of)
+    kept_until = {}  # a graph input a batched launch reads or writes stays alive until the launch has run
+    for plan in {id(p): p for p in batch_of.values()}.values():
+        for base in plan.reads | plan.writes:
+            if plan.start <= last_use.get(base, -1) < plan.end:
+                kept_until[base] = max(kept_until.get(base, 0), plan.end)
+
     def drop_after_last_use(node):
-        dies = last_use.get(node, position[node])
+        dies = max(last_use.get(node, position[node]), kept_until.get(node, -1))
         if node not in output_set and dies != position[output_node]:  # outputs live on; the rest die early
             deletions.setdefault(dies, []).append(node.name)
 
@@ -237,6 +249,33 @@ def generate(graph, name):
         kernels.append((cost.name, names, cost))
         w.line(f"if recording: clock.charge({w.constant('cost_', cost)}, clock.current_stream)")
 
+    def emit_batched(plan):
+        """A batched launch, where its last node stands: one call per op over all kernels' elements, and
+        the unrolled kernels as the fallback when their host scalars differ."""
+        members = sorted((n for nodes_of in plan.members for n in nodes_of), key=position.__getitem__)
+        batched = batched_lines(plan, lowered, w.constant, numpy_dtype)
+        mark = len(w.lines)
+        if plan.scalars:
+            for node in members:
+                emit(node, lowered[node], homes[node], f"v_{node.name}")
+        else:
+            for node in members:
+                charge(node)
+        unrolled, w.lines[mark:] = w.lines[mark:], []
+        # the launch's one charge (if this batch ends it), after whichever code ran
+        charge_line = unrolled.pop() if unrolled and "clock.charge(" in unrolled[-1] else None
+        if plan.scalars:
+            groups = ", ".join("(" + "".join(f"v_{a.name}, " for a in args) + ")" for args in plan.scalars)
+            w.line(f"if same_scalars({groups}):  # one call per op over the {len(plan.members)} kernels")
+            w.lines.extend("    " + line for line in ["    " + b for b in batched])
+            w.line("else:")
+            w.lines.extend("    " + line for line in unrolled)
+        else:
+            w.line(f"# one call per op over the {len(plan.members)} kernels of this launch")
+            w.lines.extend("    " + b for b in batched)
+        if charge_line is not None:
+            w.lines.append(charge_line)
+
     # a graph input gets a NumPy view if a lowered node reads or writes it as an array (a view of it is one)
     read_as_arrays = {n for n in nodes if n.op == "placeholder" and any(
         user in lowered and lowered[user].kind != EAGER and (n in lowered[user].inputs or n is lowered[user].writes)
@@ -266,7 +305,11 @@ def generate(graph, name):
             continue
         if node is first_call:
             w.line("args.clear()  # AOTAutograd hands its references over: inputs die at their last use")
-        emit(node, lowered[node], homes[node], v)
+        plan = batch_of.get(node)
+        if plan is None:
+            emit(node, lowered[node], homes[node], v)
+        elif position[node] == plan.end:
+            emit_batched(plan)
         for dead in deletions.pop(position[node], ()):
             w.line(dropped(dead))
         for index in released.pop(position[node], ()):

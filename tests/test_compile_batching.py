@@ -1,0 +1,124 @@
+"""Batched horizontal launches (torch_tpu/compile/batching.py): a compiled optimizer step that runs each
+op once over all parameters equals the unrolled one bit for bit, charges the chip the same and holds the
+same HBM; kernels that are not isomorphic stay unrolled and correct."""
+
+import functools
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import torch_tpu
+from differential import assert_identical
+from torch_tpu.compile import codegen, debug
+
+pytestmark = pytest.mark.filterwarnings("ignore:Profiler record function")
+
+BATCHED = "one call per op over"  # what the generated source says where a launch runs batched
+SHAPES = [(4, 3), (3,), (5, 4), (2, 2, 3)]
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    debug.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def train(make_optimizer, dtypes, batched, monkeypatch, steps=3, skew_step=False):
+    """Parameters, optimizer state, chip seconds, HBM (peak, kept) and the program sources after ``steps``
+    compiled optimizer steps on fixed gradients, batched or unrolled."""
+    torch._dynamo.reset()
+    debug.clear()
+    with monkeypatch.context() as patch:
+        if not batched:
+            patch.setattr(codegen, "plan_batches", lambda *args: [])
+        generator = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype).to("tpu"))
+                  for shape, dtype in zip(SHAPES, dtypes)]
+        optimizer = make_optimizer(params)
+        step = torch.compile(optimizer.step, backend="tpu")
+        chip = torch_tpu._C.current_chip()
+        torch.tpu.synchronize()
+        start_seconds, start_bytes = chip.clock.busy_seconds, torch.tpu.memory_allocated()
+        torch.tpu.reset_peak_memory_stats()
+        for index in range(steps):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator).to(p.dtype).to("tpu")
+            step()
+            if skew_step and index == 0:  # one parameter's step count differs from the others' from now on
+                optimizer.state[params[0]]["step"] += 3
+        torch.tpu.synchronize()
+        sources = [program.source for program in torch_tpu.compile.last_programs()]
+        costs = [[(name, cost.bytes_read, cost.bytes_written, cost.vpu_ops) for name, _, cost in program.kernels]
+                 for program in torch_tpu.compile.last_programs()]
+        memory = (torch.tpu.max_memory_allocated() - start_bytes, torch.tpu.memory_allocated() - start_bytes)
+        state = [value for p in params for value in optimizer.state[p].values() if isinstance(value, torch.Tensor)]
+        return params, state, chip.clock.busy_seconds - start_seconds, memory, sources, costs
+
+
+OPTIMIZERS = {
+    "adamw": functools.partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.1, foreach=True),
+    "sgd_momentum": functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=0.01, foreach=True),
+    "adam_amsgrad": functools.partial(torch.optim.Adam, lr=1e-2, amsgrad=True, weight_decay=0.01, foreach=True),
+}
+
+
+def assert_same_step(batched, unrolled):
+    params, state, seconds, memory, _, costs = batched
+    want_params, want_state, want_seconds, want_memory, _, want_costs = unrolled
+    for got, want in zip(params + state, want_params + want_state, strict=True):
+        assert_identical(got, want)
+    # the same charge reaches the chip's clock (each run subtracts a different running total: rounding only)
+    assert seconds == pytest.approx(want_seconds, rel=1e-9)
+    assert memory == want_memory  # and the same HBM is held, at the peak and after
+    assert costs == want_costs
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_batched_step_equals_unrolled_step_bit_for_bit(name, monkeypatch):
+    dtypes = [torch.float32] * len(SHAPES)
+    batched = train(OPTIMIZERS[name], dtypes, True, monkeypatch)
+    unrolled = train(OPTIMIZERS[name], dtypes, False, monkeypatch)
+    assert any(BATCHED in source for source in batched[4]), "the launch did not run batched"
+    assert not any(BATCHED in source for source in unrolled[4])
+    assert_same_step(batched, unrolled)
+
+
+def test_unequal_step_counts_fall_back_to_the_unrolled_kernels(monkeypatch):
+    dtypes = [torch.float32] * len(SHAPES)
+    batched = train(OPTIMIZERS["adamw"], dtypes, True, monkeypatch, skew_step=True)
+    unrolled = train(OPTIMIZERS["adamw"], dtypes, False, monkeypatch, skew_step=True)
+    assert any("same_scalars(" in source for source in batched[4])
+    assert_same_step(batched, unrolled)
+
+
+def test_mixed_dtype_parameters_stay_correct(monkeypatch):
+    dtypes = [torch.bfloat16, torch.float32, torch.bfloat16, torch.float32]
+    batched = train(OPTIMIZERS["adamw"], dtypes, True, monkeypatch)
+    unrolled = train(OPTIMIZERS["adamw"], dtypes, False, monkeypatch)
+    # one launch over both dtypes: each dtype's kernels batch on their own
+    assert sum(source.count(BATCHED) for source in batched[4]) == 2
+    assert_same_step(batched, unrolled)
+    assert {p.dtype for p in batched[0]} == {torch.bfloat16, torch.float32}
+
+
+def foreach_update(tensors):
+    torch._foreach_mul_(tensors, 0.5)
+    torch._foreach_add_(tensors, 1.25)
+
+
+@pytest.mark.parametrize("dtypes, batched", [((torch.float32, torch.float32), True),
+                                             ((torch.bfloat16, torch.float32), False)])
+def test_a_launch_batches_only_when_its_kernels_are_isomorphic(dtypes, batched):
+    generator = torch.Generator().manual_seed(0)
+    cpu = [torch.randn(shape, generator=generator).to(dtype) for shape, dtype in zip(SHAPES, dtypes)]
+    eager, compiled = [t.to("tpu") for t in cpu], [t.to("tpu") for t in cpu]
+    foreach_update(eager)
+    foreach_update(cpu)
+    torch.compile(foreach_update, backend="tpu")(compiled)
+    assert any(BATCHED in p.source for p in torch_tpu.compile.last_programs()) == batched
+    for got, want, reference in zip(compiled, eager, cpu):
+        assert_identical(got, want)
+        assert_close(got.cpu(), reference, rtol=0, atol=0)

@@ -1,0 +1,217 @@
+"""Batched horizontal launches: the per-parameter kernels of one foreach launch (fusion rule 7) run as
+one NumPy call per op over all parameters' elements, instead of one Python line per parameter and op.
+
+A launch is batched when its kernels are **isomorphic** (the same ops in the same order, the same
+constants, dtypes and internal wiring, every tensor of a kernel shaped like its elements) and running
+the whole launch where its last node stands changes nothing else in the program (see ``plan_batch``).
+The batched code then:
+
+1. gathers each input the kernels read from outside (a parameter, a gradient, a moment) into one flat
+   array (``np.concatenate``), once per distinct input;
+2. runs each op once, with the first kernel's own lowering, over flat scratch arrays made when the
+   program is generated: elementwise maths on the concatenated elements gives each element the value
+   the per-parameter call gives it, bit for bit;
+3. writes each in-place result back into its graph input through a view of the flat array.
+
+A per-parameter host scalar (an optimizer's step count, read as a number) must be the same for all
+kernels: a run-time check compares their bytes and falls back to the unrolled code when they differ.
+Charges and HBM are untouched: the launch is charged as before, and batching needs no HBM
+(its flat arrays are host scratch, as the values inside a fused kernel are).
+"""
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from .lowering import VIEW, is_tpu_node, tensor_inputs, value_of
+
+# homes of nodes that allocate or free HBM: none may run between a batched launch's first and last node
+_ALLOCATING = frozenset({"buffer", "output", "eager", "multi"})
+
+
+@dataclasses.dataclass
+class BatchPlan:
+    members: list  # per kernel, its nodes in graph order (the same op sequence in each)
+    start: int  # graph position of the launch's first node
+    end: int  # graph position of its last node: the batched code is emitted there
+    reads: set  # roots (graph inputs, host values) the launch reads from outside
+    writes: set  # the graph inputs it updates in place
+    scalars: list  # per host-scalar operand, the nodes each kernel reads it from: checked equal at run time
+
+
+def plan_batches(siblings, lowered, homes, position, root, nodes):
+    """BatchPlans for the kernels of one horizontal launch: one per class of at least two isomorphic
+    kernels (a launch over bfloat16 and float32 parameters batches each dtype on its own)."""
+    classes = {}
+    for group in siblings:
+        signature = _signature(group.nodes, lowered, homes)
+        if signature is not None:
+            classes.setdefault(tuple(signature), []).append(list(group.nodes))
+    plans = (_plan(members, lowered, homes, position, root, nodes) for members in classes.values() if len(members) > 1)
+    return [plan for plan in plans if plan is not None]
+
+
+def _plan(members, lowered, homes, position, root, nodes):
+    """A BatchPlan for isomorphic kernels, or None when running them where the last one ends could
+    change what another node sees."""
+    launch = {node for nodes_of in members for node in nodes_of}
+    reads, writes, scalars = set(), {}, {}
+    for nodes_of in members:
+        for node in nodes_of:
+            low = lowered[node]
+            if homes[node] == "inplace":
+                if any(user not in launch for user in node.users):  # the written value is read only inside
+                    return None
+                if low.writes in writes:
+                    return None
+                writes[low.writes] = position[node]
+            for index, arg in enumerate(low.inputs):
+                if arg in nodes_of:
+                    continue
+                base = root(arg)
+                if base in launch or not (base.op == "placeholder" or homes.get(base) == "host"):
+                    return None
+                reads.add(base)
+                if _is_number(arg, node):
+                    scalars.setdefault((nodes_of.index(node), index), []).append(arg)
+    # a kernel reads what it writes only before writing it: gathered inputs hold the old values
+    for nodes_of in members:
+        for node in nodes_of:
+            for arg in lowered[node].inputs:
+                if arg not in nodes_of and root(arg) in writes and position[node] > writes[root(arg)]:
+                    return None
+    start = min(position[n] for n in launch)
+    end = max(position[n] for n in launch)
+    for node in nodes[start + 1:end]:
+        if node in launch or node not in lowered:
+            continue
+        if homes[node] in _ALLOCATING:
+            return None
+        touched = {root(a) for a in tensor_inputs((node.args, node.kwargs))}
+        written = lowered[node].writes
+        if touched & set(writes) or (written is not None and root(written) in reads | set(writes)):
+            return None
+    return BatchPlan(members, start, end, reads, set(writes), [tuple(args) for args in scalars.values()])
+
+
+def _is_number(arg, node):
+    """A one-element CPU tensor a device op reads as a number (a step count)."""
+    value = value_of(arg)
+    return is_tpu_node(node) and isinstance(value, torch.Tensor) and value.device.type == "cpu"
+
+
+def _signature(nodes_of, lowered, homes):
+    """What must be equal between two kernels for one call per op to compute both, or None when a kernel
+    is not a plain elementwise loop over tensors of one shape."""
+    shape = tuple(value_of(nodes_of[0]).shape)
+    index = {node: i for i, node in enumerate(nodes_of)}
+    signature = []
+    for node in nodes_of:
+        low, value = lowered[node], value_of(node)
+        if homes[node] not in ("scratch", "inplace") or low.kind == VIEW or low.multi or low.host:
+            return None
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+            return None
+        if homes[node] == "inplace":
+            source = low.inputs[0] if low.inputs else None
+            if low.writes.op != "placeholder" or source not in index or value_of(source).dtype != value.dtype:
+                return None
+        inputs = []
+        for arg in low.inputs:
+            if arg in index:
+                inputs.append(("internal", index[arg]))
+                continue
+            held = value_of(arg)
+            if not isinstance(held, torch.Tensor):
+                return None
+            if _is_number(arg, node):
+                if held.numel() != 1:
+                    return None
+                inputs.append(("number", held.dtype))
+            elif tuple(held.shape) != shape:
+                return None
+            else:
+                inputs.append(("array", held.dtype, held.device.type))
+        signature.append((node.target, value.dtype, homes[node], low.kind, low.constant, low.inline is not None,
+                          _literals(node.args, index), _literals(node.kwargs, index), tuple(inputs)))
+    return signature
+
+
+def _literals(template, index):
+    """The non-node arguments of a call, with nodes replaced by where they come from (repr keeps -0.0 and 0.0 apart)."""
+    if isinstance(template, torch.fx.Node):
+        return ("node", index.get(template, "outside"))
+    if isinstance(template, (list, tuple)):
+        return tuple(_literals(t, index) for t in template)
+    if isinstance(template, dict):
+        return tuple((k, _literals(v, index)) for k, v in sorted(template.items()))
+    return repr(template)
+
+
+def same_scalars(*groups):
+    """Whether each group of one-element host arrays holds one value, byte for byte."""
+    for arrays in groups:
+        first = arrays[0].tobytes()
+        if any(a.tobytes() != first for a in arrays[1:]):
+            return False
+    return True
+
+
+def batched_lines(plan, lowered, constant, numpy_dtype):
+    """The source lines of a batched launch (the charge is not among them). ``constant(prefix, value)``
+    names a value in the program's namespace."""
+    first = plan.members[0]
+    sizes = [int(np.prod(value_of(nodes_of[0]).shape)) for nodes_of in plan.members]
+    bounds = np.concatenate(([0], np.cumsum(sizes)))
+    total = int(bounds[-1])
+    lines, flat, gathered, arrays = [], {}, {}, {}  # flat: node index -> name of its flat array
+    for i, node in enumerate(first):
+        low = lowered[node]
+        dtype = numpy_dtype(value_of(node).dtype)
+        if low.writes is not None:  # an in-place copy's value is its source's (same dtype)
+            flat[i] = flat[first.index(low.inputs[0])]
+            continue
+        array = np.empty(total, dtype)
+        if low.constant:  # filled once, now: each kernel's own fill, side by side
+            for nodes_of, start, stop in zip(plan.members, bounds[:-1], bounds[1:]):
+                member_node = nodes_of[i]
+                lowered[member_node].run(array[start:stop].reshape(tuple(value_of(member_node).shape)))
+            flat[i] = constant("batched_", array)
+            arrays[flat[i]] = array
+            continue
+        flat[i] = name = constant("batched_", array)
+        arrays[name] = array
+        operands = []
+        for k, arg in enumerate(low.inputs):
+            if arg in first:
+                operands.append(flat[first.index(arg)])
+            elif _is_number(arg, node):
+                operands.append(f"v_{arg.name}")  # equal in every kernel (checked)
+            else:
+                sources = tuple(nodes_of[i] for nodes_of in plan.members)
+                key = tuple(lowered[s].inputs[k] for s in sources)
+                if key not in gathered:
+                    gathered[key] = constant("gathered_", np.empty(total, numpy_dtype(value_of(arg).dtype)))
+                    parts = ", ".join(f"v_{a.name}.ravel()" for a in key)
+                    lines.append(f"concatenate(({parts},), out={gathered[key]})")
+                operands.append(gathered[key])
+        if low.inline is not None:
+            ufunc, inline_operands = low.inline
+            arguments = [operands[low.inputs.index(o)] if isinstance(o, torch.fx.Node) else constant("c_", o)
+                         for o in inline_operands]
+            lines.append(f"{constant(f'{ufunc.__name__}_', ufunc)}({', '.join(arguments)}, out={name})")
+        else:
+            lines.append(f"{constant(f'k_batched_{node.name}_', low.run)}({name}, {', '.join(operands)})"
+                         if operands else f"{constant(f'k_batched_{node.name}_', low.run)}({name})")
+    for i, node in enumerate(first):  # the results, back into the graph inputs they update
+        if lowered[node].writes is None:
+            continue
+        for nodes_of, start, stop in zip(plan.members, bounds[:-1], bounds[1:]):
+            member_node = nodes_of[i]
+            part = arrays[flat[i]][start:stop].reshape(tuple(value_of(member_node).shape))
+            lines.append(f"copyto(v_{lowered[member_node].writes.name}, {constant('part_', part)})")
+    return lines
+
+
+HELPERS = {"concatenate": np.concatenate, "copyto": np.copyto, "same_scalars": same_scalars}
