@@ -100,7 +100,7 @@ VALIDATION = (
 )
 
 # `python benchmarks/plan.py --calibrate`: planned roofline time / published step time, per chip
-CALIBRATED = {"v5p": 0.768, "v6e": 0.7138}
+CALIBRATED = {"v5p": 0.7517, "v6e": 0.6761}
 
 _MEAN = sum(filter(None, CALIBRATED.values())) / max(1, len(list(filter(None, CALIBRATED.values())))) or 1.0
 EFFICIENCY = {"ironwood": _MEAN, "v5e": _MEAN, **{chip: value or _MEAN for chip, value in CALIBRATED.items()}}
