@@ -376,7 +376,6 @@ def _moment_kernel(op_name, wants_std, wants_mean):
 
     def kernel(self, dim=None, *, correction=None, keepdim=False, out=None):
         axes = _reduced_axes(self, dim)
-        shape = _reduced_shape(self.shape, axes, keepdim)
         if out is not None and not torch.can_cast(self.dtype.to_real(), out.dtype):
             raise cannot_cast(self.dtype.to_real(), out.dtype)
         variance, mean = _moments(op_name, self, axes, correction, keepdim)
