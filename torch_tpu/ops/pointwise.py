@@ -1244,7 +1244,6 @@ def log_sigmoid_backward_out(grad_output, self, buffer, *, grad_input):
 
 @register("_prelu_kernel_backward")
 def prelu_backward(grad_output, self, weight):
-    shape = broadcast_shape(grad_output, self, weight)
     compute = opmath_dtype(common_dtype(self, weight))
     grad, x, w = (as_compute(t, compute) for t in (grad_output, self, weight))
     positive = x > 0
