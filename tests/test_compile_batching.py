@@ -3,6 +3,7 @@ op once over all parameters equals the unrolled one bit for bit, charges the chi
 same HBM; kernels that are not isomorphic stay unrolled and correct."""
 
 import functools
+import gc
 
 import pytest
 import torch
@@ -31,6 +32,16 @@ def train(make_optimizer, dtypes, batched, monkeypatch, steps=3, skew_step=False
     compiled optimizer steps on fixed gradients, batched or unrolled."""
     torch._dynamo.reset()
     debug.clear()
+    # garbage cycles left by earlier tests would otherwise free HBM at whatever moment the collector runs
+    gc.collect()
+    gc.disable()
+    try:
+        return _train(make_optimizer, dtypes, batched, monkeypatch, steps, skew_step)
+    finally:
+        gc.enable()
+
+
+def _train(make_optimizer, dtypes, batched, monkeypatch, steps, skew_step):
     with monkeypatch.context() as patch:
         if not batched:
             patch.setattr(codegen, "plan_batches", lambda *args: [])
