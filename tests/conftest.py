@@ -35,7 +35,18 @@ class MemoryBaseline:
 
 
 @pytest.fixture
-def memory_baseline():
+def paused_collector():
+    """Garbage cycles left by earlier tests (tracebacks, compiled frames) hold tpu tensors; the cyclic
+    collector would free them at whatever moment it runs, moving ``memory_allocated`` under a test
+    that measures it. Collect them first and keep the collector off for the test."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+@pytest.fixture
+def memory_baseline(paused_collector):
     baseline = MemoryBaseline()
     yield baseline
     assert baseline.delta() == 0, "the test leaked HBM: memory_allocated did not return to its baseline"

@@ -106,12 +106,14 @@ def _step_trace(run_abstractly, variant):
 
 
 @pytest.mark.parametrize("variant", ["plain", "fused", "checkpoint", "autocast", "fp8", "meta"])
+@pytest.mark.usefixtures("paused_collector")
 def test_a_training_step_allocates_and_computes_as_in_eager_mode(variant):
     eager = _step_trace(False, variant)  # attention through the fused kernel, which lays its output out as Meta does
     assert _step_trace(True, variant) == eager
     assert eager[1] > eager[0][0] > 0 and eager[2] > 0
 
 
+@pytest.mark.usefixtures("paused_collector")
 def test_attention_allocates_and_computes_as_in_eager_mode():
     q, k, v = (torch.randn(2, heads, 64, 32, device="tpu", dtype=torch.bfloat16, requires_grad=True)
                for heads in (8, 2, 2))

@@ -330,6 +330,7 @@ def test_clock_charges_the_flash_formulas(is_causal):
 
 
 @pytest.mark.parametrize("mask_kind", ["bool", "float-with-grad", "dropout"])
+@pytest.mark.usefixtures("paused_collector")
 def test_abstract_mode_allocates_and_charges_as_eager(mask_kind):
     q, k, v = (torch.randn(2, 4, 24, 8, device="tpu", requires_grad=True) for _ in range(3))
     mask = {"bool": torch.rand(24, 24, device="tpu") > 0.5,

@@ -3,7 +3,6 @@ op once over all parameters equals the unrolled one bit for bit, charges the chi
 same HBM; kernels that are not isomorphic stay unrolled and correct."""
 
 import functools
-import gc
 
 import pytest
 import torch
@@ -13,7 +12,8 @@ import torch_tpu
 from differential import assert_identical
 from torch_tpu.compile import codegen, debug
 
-pytestmark = pytest.mark.filterwarnings("ignore:Profiler record function")
+pytestmark = [pytest.mark.filterwarnings("ignore:Profiler record function"),
+              pytest.mark.usefixtures("paused_collector")]  # the steps' HBM is compared byte for byte
 
 BATCHED = "one call per op over"  # what the generated source says where a launch runs batched
 SHAPES = [(4, 3), (3,), (5, 4), (2, 2, 3)]
@@ -32,16 +32,6 @@ def train(make_optimizer, dtypes, batched, monkeypatch, steps=3, skew_step=False
     compiled optimizer steps on fixed gradients, batched or unrolled."""
     torch._dynamo.reset()
     debug.clear()
-    # garbage cycles left by earlier tests would otherwise free HBM at whatever moment the collector runs
-    gc.collect()
-    gc.disable()
-    try:
-        return _train(make_optimizer, dtypes, batched, monkeypatch, steps, skew_step)
-    finally:
-        gc.enable()
-
-
-def _train(make_optimizer, dtypes, batched, monkeypatch, steps, skew_step):
     with monkeypatch.context() as patch:
         if not batched:
             patch.setattr(codegen, "plan_batches", lambda *args: [])

@@ -153,6 +153,7 @@ def test_compiled_adamw_step_matches_eager_adamw():
             assert_close(got.cpu(), want.cpu(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.usefixtures("paused_collector")
 def test_compiled_step_frees_what_eager_frees_and_peaks_no_higher():
     (eager, _), (compiled, _) = twins(GPT)
     model = torch.compile(compiled, backend="tpu")

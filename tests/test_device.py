@@ -101,6 +101,7 @@ def test_device_module_has_torch_cuda_names_that_apply_to_one_chip():
     assert torch.tpu.OutOfMemoryError is torch.cuda.OutOfMemoryError
 
 
+@pytest.mark.usefixtures("paused_collector")
 def test_deprecated_cached_names_warn_and_answer_as_on_cuda():
     x = torch.ones(1000, device="tpu")
     with pytest.warns(FutureWarning, match="memory_reserved"):

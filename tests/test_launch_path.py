@@ -70,6 +70,7 @@ def test_direct_path_charges_what_the_out_form_charges():
     assert clock.op_totals["sigmoid.out"].bytes == out_before.bytes + 8000
 
 
+@pytest.mark.usefixtures("paused_collector")
 def test_direct_path_allocates_exactly_its_result():
     x = torch.rand(1000, device="tpu")
     torch.tpu.reset_peak_memory_stats()

@@ -164,6 +164,7 @@ def test_tracing_sees_the_composite(layer_launches):
     assert not layer_launches
 
 
+@pytest.mark.usefixtures("paused_collector")
 def test_abstract_mode_allocates_and_charges_as_eager():
     """Without values, the layers make the same tensors (shapes, HBM bytes) and the same launches."""
     torch.manual_seed(0)
