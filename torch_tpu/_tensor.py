@@ -206,6 +206,8 @@ def empty_with_array(shape, dtype):
     tensor, buffer = _new(shape, dtype, None)
     if not buffer.nbytes:
         return tensor, np.empty(shape, NUMPY_DTYPE[dtype])
+    if buffer.array is None:  # made in abstract mode: as ``as_numpy`` says (np.ndarray would allocate fresh memory)
+        raise NoValuesError()
     return tensor, np.ndarray(tuple(shape), NUMPY_DTYPE[dtype], buffer.array, 0)
 
 
