@@ -30,6 +30,7 @@ DTYPE_NAME = {dtype: str(dtype).removeprefix("torch.") for dtype in NUMPY_DTYPE}
 MAX_DIMS = 64
 _create_empty_tensor = torch._C._acc.create_empty_tensor
 _set_meta_included = torch._C._set_meta_in_tls_dispatch_include
+_ndarray = np.ndarray
 
 
 def chip():
@@ -192,7 +193,7 @@ def _new(shape, dtype, strides):
             tensor.set_(storage, 0, shape, strides)
         finally:
             _set_meta_included(False)
-    setattr(storage, BUFFER_ATTRIBUTE, buffer)
+    storage._tpu_hbm_buffer = buffer  # the BUFFER_ATTRIBUTE, set as an attribute (faster than setattr)
     return tensor, buffer
 
 
@@ -270,19 +271,20 @@ def tensor_on(storage, dtype, offset, shape, strides):
 def as_numpy(tensor):
     """A writable NumPy view of a tpu tensor's elements (no copy)."""
     dtype = NUMPY_DTYPE[tensor.dtype]
-    try:
-        buffer = getattr(tensor.untyped_storage(), BUFFER_ATTRIBUTE).array
+    storage = tensor.untyped_storage()
+    try:  # the BUFFER_ATTRIBUTE, read as an attribute: this runs for every operand of every kernel
+        buffer = storage._tpu_hbm_buffer.array
     except AttributeError:
-        raise _without_buffer(tensor.untyped_storage()) from None
+        raise _without_buffer(storage) from None
     if buffer is None:  # abstract mode made or wrote it (np.ndarray would allocate fresh memory)
         if tensor.numel():
             raise NoValuesError()
         return np.empty(tensor.shape, dtype)
-    offset = tensor.storage_offset() * dtype.itemsize
     try:  # a tuple shape, not a torch.Size: NumPy reads a plain tuple in half the time
         if tensor.is_contiguous():
-            return np.ndarray(tuple(tensor.shape), dtype, buffer, offset)
-        return np.ndarray(tuple(tensor.shape), dtype, buffer, offset, tuple(map(dtype.itemsize.__mul__, tensor.stride())))
+            return _ndarray(tuple(tensor.shape), dtype, buffer, tensor.storage_offset() * dtype.itemsize)
+        return _ndarray(tuple(tensor.shape), dtype, buffer, tensor.storage_offset() * dtype.itemsize,
+                        tuple(map(dtype.itemsize.__mul__, tensor.stride())))
     except (TypeError, ValueError):  # NumPy's "buffer is too small" / "offset must be ... no greater than"
         if tensor.dim() > MAX_DIMS:  # NumPy's limit, and that of PyTorch's TensorIterator, whose words these are
             raise RuntimeError(f"only tensors with up to {MAX_DIMS} dims are supported") from None
