@@ -109,6 +109,30 @@ def test_as_strided_checks_the_storage_as_cpu_does():
             size, stride, offset)
 
 
+def _empty_strided_outcome(device, size, stride):
+    """The storage bytes ``empty_strided`` gives on ``device`` (ATen's computeStorageNbytes), or its error."""
+    try:
+        return torch.empty_strided(size, stride, dtype=torch.float32, device=device).untyped_storage().nbytes()
+    except RuntimeError as error:
+        return str(error)
+
+
+def test_strided_allocations_take_cpus_storage_size():
+    """A new strided tensor's storage size: the common layout's one-pass sum and the exact unsigned arithmetic
+    it stands in for agree with CPU, the last element and empty, zero-stride, overflowing and negative layouts
+    included."""
+    generator = torch.Generator().manual_seed(1)
+    cases = [((), ()), ((0,), (5,)), ((3, 0), (1, 7)), ((4, 6), (6, 1)), ((4, 6), (0, 0)), ((2, 3), (1, 2)),
+             ((3,), (-1,)), ((2, 2), (2**61, 1)), ((2, 2), (2**62, 1)), ((3,), (2**62,)), ((-1, 2), (2, 1))]
+    for _ in range(150):
+        dims = int(torch.randint(1, 4, (), generator=generator))
+        size = torch.randint(0, 5, (dims,), generator=generator).tolist()
+        stride = torch.randint(0, 40, (dims,), generator=generator).tolist()
+        cases.append((tuple(size), tuple(stride)))
+    for size, stride in cases:
+        assert _empty_strided_outcome("tpu", size, stride) == _empty_strided_outcome("cpu", size, stride), (size, stride)
+
+
 def test_views_launch_nothing_and_allocate_nothing():
     x = torch.rand(4, 6, device="tpu")
     kernels, allocated = clock.kernels_run, torch.tpu.memory_allocated()

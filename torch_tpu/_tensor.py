@@ -100,6 +100,12 @@ def storage_nbytes(shape, strides, itemsize, offset=0):
     """at::detail::computeStorageNbytes: bytes a strided layout reaches after ``offset`` elements (0 if empty)."""
     if len(shape) != len(strides):
         raise RuntimeError(f"dimensionality of sizes ({len(shape)}) must match dimensionality of strides ({len(strides)})")
+    if offset >= 0 and (not shape or (min(shape) > 0 and min(strides) >= 0)):
+        # the common layout: nothing negative or empty, so exact integers agree with the wrapping arithmetic
+        # below wherever the result fits (every new strided tensor comes here); the rest takes the exact path
+        nbytes = (offset + 1 + sum(map(operator.mul, shape, strides)) - sum(strides)) * itemsize
+        if nbytes <= INT64_MAX:
+            return nbytes
     extent, overflowed = _unsigned(offset) + 1, False  # wraps like size_t: an offset of -1 reaches 0
     extent = _unsigned(extent)
     for size, stride in zip(shape, strides):
