@@ -186,7 +186,9 @@ def _new(shape, dtype, strides):
         if not 0 < nbytes <= INT64_MAX:  # empty, negative or huge: the full check (kernels' shapes never get here)
             check_nonnegative_sizes(shape)
             nbytes = contiguous_nbytes(shape, dtype.itemsize)
-        strides = ()  # set_ then lays the sizes out contiguously
+        # set_ then lays the sizes out contiguously; an empty tensor gets ATen's strides for its zero-size dims
+        # (create_empty_tensor and Meta's set_ multiply by the zero: (0, 20, 5, 1) where CPU has (20, 20, 5, 1))
+        strides = () if nbytes else contiguous_strides(shape)
     else:
         check_nonnegative_sizes(shape)
         nbytes = storage_nbytes(shape, strides, dtype.itemsize)
