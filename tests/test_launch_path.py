@@ -6,6 +6,8 @@ wrapper otherwise: both must give CPU's values, dtypes and strides, charge the s
 allocate exactly their result.
 """
 
+import gc
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -121,16 +123,21 @@ def test_clone_is_charged_and_allocated_as_one_copy():
     result; the profiler sees that launch."""
     x = torch.rand(64, 32, device="tpu")
     before = clock.op_totals.get("_copy_from", torch_tpu._C.clock.OpTotals()).copy()
-    allocated = torch.tpu.memory_allocated()
-    with torch_tpu.profiler.profile() as profile:
-        y = x.clone()
-        z = x.t().contiguous()
+    gc.collect()  # earlier tests' cycles must not free HBM while this one counts it
+    gc.disable()
+    try:
+        allocated = torch.tpu.memory_allocated()
+        with torch_tpu.profiler.profile() as profile:
+            y = x.clone()
+            z = x.t().contiguous()
+        assert torch.tpu.memory_allocated() == allocated + 2 * 64 * 32 * 4
+        del y, z
+        assert torch.tpu.memory_allocated() == allocated
+    finally:
+        gc.enable()
     after = clock.op_totals["_copy_from"]
     assert after.count == before.count + 2 and after.bytes == before.bytes + 2 * 2 * 64 * 32 * 4
-    assert torch.tpu.memory_allocated() == allocated + 2 * 64 * 32 * 4
     assert [(row.name, row.count) for row in profile.key_averages()] == [("_copy_from", 2)]
-    del y, z
-    assert torch.tpu.memory_allocated() == allocated
 
 
 # --- the shared launch path: views, MXU charges, the error guard --------------------------------------
