@@ -6,9 +6,12 @@ wrapper otherwise: both must give CPU's values, dtypes and strides, charge the s
 allocate exactly their result.
 """
 
+import gc
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.testing import assert_close
 
 import torch_tpu
 from differential import check, check_same_error, make, noncontiguous
@@ -82,6 +85,62 @@ def test_direct_path_allocates_exactly_its_result():
     assert torch.tpu.memory_allocated() == allocated
 
 
+LAYOUTS = {
+    "contiguous": lambda base: base,
+    "size-1 dim, odd stride": lambda base: base.reshape(30, 4)[:, :1],
+    "transposed": lambda base: base.transpose(1, 3),
+    "sliced": lambda base: base[:, 1:, ::2],
+    "expanded": lambda base: base[0, 0, 0].expand(4, 5),
+    "channels-last": lambda base: base.contiguous(memory_format=torch.channels_last),
+    "conjugated": lambda base: base[0].to(torch.complex64).conj(),
+    "bf16": lambda base: base.to(torch.bfloat16),
+    "0-d": lambda base: base[1, 2, 3, 4],
+    "empty": lambda base: base[:, :0],
+}
+
+
+@pytest.mark.parametrize("memory_format", [None, torch.preserve_format, torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_clone_gives_cpus_values_strides_and_version(layout, memory_format):
+    """clone (and contiguous(), which clones) takes one Python call for its common layouts and PyTorch's
+    composite for the rest: either way CPU's values, dtype, strides, conj bit and version counter, whether
+    the source is contiguous (size-1 dims with odd strides too), transposed, sliced, expanded, channels-last,
+    conjugated, 0-d or empty."""
+    base = torch.arange(2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 3, 4, 5)
+    source, on_tpu = LAYOUTS[layout](base), LAYOUTS[layout](base.to("tpu"))
+    assert on_tpu.stride() == source.stride()
+    if memory_format is torch.channels_last and source.dim() != 4:
+        pytest.skip("channels_last needs 4 dims")
+    options = {} if memory_format is None else {"memory_format": memory_format}
+    expected, actual = source.clone(**options), on_tpu.clone(**options)
+    assert actual.device.type == "tpu" and actual.stride() == expected.stride()
+    assert actual.is_conj() == expected.is_conj() and actual._version == expected._version
+    assert_close(actual.cpu(), expected, rtol=0, atol=0)
+    assert on_tpu.mT.contiguous().stride() == source.mT.contiguous().stride() if source.dim() > 1 else True
+
+
+def test_clone_is_charged_and_allocated_as_one_copy():
+    """The one-call clone charges the same ``_copy_from`` launch as PyTorch's composite and allocates exactly its
+    result; the profiler sees that launch."""
+    x = torch.rand(64, 32, device="tpu")
+    before = clock.op_totals.get("_copy_from", torch_tpu._C.clock.OpTotals()).copy()
+    gc.collect()  # earlier tests' cycles must not free HBM while this one counts it
+    gc.disable()
+    try:
+        allocated = torch.tpu.memory_allocated()
+        with torch_tpu.profiler.profile() as profile:
+            y = x.clone()
+            z = x.t().contiguous()
+        assert torch.tpu.memory_allocated() == allocated + 2 * 64 * 32 * 4
+        del y, z
+        assert torch.tpu.memory_allocated() == allocated
+    finally:
+        gc.enable()
+    after = clock.op_totals["_copy_from"]
+    assert after.count == before.count + 2 and after.bytes == before.bytes + 2 * 2 * 64 * 32 * 4
+    assert [(row.name, row.count) for row in profile.key_averages()] == [("_copy_from", 2)]
+
+
 # --- the shared launch path: views, MXU charges, the error guard --------------------------------------
 
 
@@ -108,6 +167,37 @@ def test_as_strided_checks_the_storage_as_cpu_does():
     for size, stride, offset in cases:
         assert _as_strided_outcome("tpu", size, stride, offset) == _as_strided_outcome("cpu", size, stride, offset), (
             size, stride, offset)
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 4, 5), (0,), (3, 0), (0, 0, 2), (1, 0, 1)])
+def test_empty_tensors_take_cpus_strides(shape):
+    """A new empty tensor's zero-size dims are strided as ATen's empty strides them (size 1 in the product)."""
+    for make in (torch.empty, torch.zeros, torch.ones):
+        assert make(*shape, device="tpu").stride() == make(*shape).stride()
+
+
+def _empty_strided_outcome(device, size, stride):
+    """The storage bytes ``empty_strided`` gives on ``device`` (ATen's computeStorageNbytes), or its error."""
+    try:
+        return torch.empty_strided(size, stride, dtype=torch.float32, device=device).untyped_storage().nbytes()
+    except RuntimeError as error:
+        return str(error)
+
+
+def test_strided_allocations_take_cpus_storage_size():
+    """A new strided tensor's storage size: the common layout's one-pass sum and the exact unsigned arithmetic
+    it stands in for agree with CPU, the last element and empty, zero-stride, overflowing and negative layouts
+    included."""
+    generator = torch.Generator().manual_seed(1)
+    cases = [((), ()), ((0,), (5,)), ((3, 0), (1, 7)), ((4, 6), (6, 1)), ((4, 6), (0, 0)), ((2, 3), (1, 2)),
+             ((3,), (-1,)), ((2, 2), (2**61, 1)), ((2, 2), (2**62, 1)), ((3,), (2**62,)), ((-1, 2), (2, 1))]
+    for _ in range(150):
+        dims = int(torch.randint(1, 4, (), generator=generator))
+        size = torch.randint(0, 5, (dims,), generator=generator).tolist()
+        stride = torch.randint(0, 40, (dims,), generator=generator).tolist()
+        cases.append((tuple(size), tuple(stride)))
+    for size, stride in cases:
+        assert _empty_strided_outcome("tpu", size, stride) == _empty_strided_outcome("cpu", size, stride), (size, stride)
 
 
 def test_views_launch_nothing_and_allocate_nothing():

@@ -12,6 +12,7 @@ This runs after every kernel, so the common path computes only what the clock ne
 profiler is recording.
 """
 
+import functools
 import math
 import threading
 import time
@@ -48,6 +49,28 @@ def _tensor_bytes(values):
         elif type(value) in _SEQUENCES and not _is_int_list(value):
             total += _tensor_bytes(value)
     return total
+
+
+def _flat_tensor_bytes(values):
+    """``_tensor_bytes`` of the arguments of an op whose schema has no list of tensors: one flat pass."""
+    return sum([value.nbytes for value in values if isinstance(value, Tensor)])
+
+
+@functools.cache
+def _takes_tensor_lists(name):
+    """Whether aten ``name`` has an argument that is a list of tensors (``cat``, ``index``, the foreach ops)."""
+    packet, _, overload = name.partition(".")
+    try:
+        schema = getattr(getattr(torch.ops.aten, packet), overload or "default")._schema
+    except AttributeError:  # not an aten overload: look into every list
+        return True
+    return any(isinstance(argument.type, torch.ListType) and "Tensor" in str(argument.type.getElementType())
+               for argument in schema.arguments)
+
+
+def _arguments_bytes(name):
+    """The function summing the bytes of the tensors among a launch's arguments, chosen once per op."""
+    return _tensor_bytes if _takes_tensor_lists(name) else _flat_tensor_bytes
 
 
 def _is_int_list(value):
@@ -156,15 +179,17 @@ def _transfer_traffic(args):
     return (0 if source.is_cpu else source.nbytes), (0 if destination.is_cpu else destination.nbytes)
 
 
-def _traffic_model(packet):
-    """The function giving (bytes read, bytes written) of one launch of an op."""
+def _traffic_model(name):
+    """The function giving (bytes read, bytes written) of one launch of aten ``name``."""
+    packet = name.partition(".")[0]
     host_transfer = packet in HOST_TRANSFERS
     write_only_self = packet in WRITE_ONLY_SELF
+    arguments_bytes = _arguments_bytes(name)
 
     def traffic(args, kwargs, outputs):
         if host_transfer:
             return _transfer_traffic(args)
-        read = _tensor_bytes(args)
+        read = arguments_bytes(args)
         if kwargs:
             read += _tensor_bytes(v for k, v in kwargs.items() if k != "out")
         if write_only_self:
@@ -183,7 +208,7 @@ def _work_model(name):
     flops_of_arguments = MXU_FLOPS.get(packet)
     flops_of_result = RESULT_FLOPS.get(packet)
     fused = FUSED_COSTS.get(packet)
-    traffic = _traffic_model(packet)
+    traffic = _traffic_model(name)
 
     def work(args, kwargs, result, outputs):
         if fused is not None:
@@ -248,7 +273,8 @@ def charged(kernel, name, guard=None):
     clock = chip.clock
     cost_of = cost_model(name)
     packet = name.partition(".")[0]
-    traffic = _traffic_model(packet)
+    traffic = _traffic_model(name)
+    arguments_bytes = _arguments_bytes(name)
     plain = packet not in HOST_TRANSFERS and packet not in WRITE_ONLY_SELF
     by_traffic = not (packet in MXU_FLOPS or packet in RESULT_FLOPS or packet in FUSED_COSTS)
     advance = clock.advance
@@ -264,7 +290,7 @@ def charged(kernel, name, guard=None):
             else:
                 advance(name, read + written, clock.current_stream)
         elif plain and not kwargs and type(result) is Tensor:  # the commonest launch: inputs read, one new output
-            advance(name, _tensor_bytes(args) + result.nbytes, clock.current_stream)
+            advance(name, arguments_bytes(args) + result.nbytes, clock.current_stream)
         else:
             read, written = traffic(args, kwargs, _outputs(args, kwargs, result))
             advance(name, read + written, clock.current_stream)
@@ -280,7 +306,7 @@ def charged(kernel, name, guard=None):
             except NoValuesError as error:
                 raise error.naming(f"aten.{name}") from None
             if by_traffic and plain and not kwargs and type(result) is Tensor:  # charge's commonest case, inline
-                advance(name, _tensor_bytes(args) + result.nbytes, clock.current_stream)
+                advance(name, arguments_bytes(args) + result.nbytes, clock.current_stream)
             else:
                 charge(args, kwargs, result)
             return result

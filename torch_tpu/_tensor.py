@@ -30,6 +30,7 @@ DTYPE_NAME = {dtype: str(dtype).removeprefix("torch.") for dtype in NUMPY_DTYPE}
 MAX_DIMS = 64
 _create_empty_tensor = torch._C._acc.create_empty_tensor
 _set_meta_included = torch._C._set_meta_in_tls_dispatch_include
+_ndarray = np.ndarray
 
 
 def chip():
@@ -99,6 +100,12 @@ def storage_nbytes(shape, strides, itemsize, offset=0):
     """at::detail::computeStorageNbytes: bytes a strided layout reaches after ``offset`` elements (0 if empty)."""
     if len(shape) != len(strides):
         raise RuntimeError(f"dimensionality of sizes ({len(shape)}) must match dimensionality of strides ({len(strides)})")
+    if offset >= 0 and (not shape or (min(shape) > 0 and min(strides) >= 0)):
+        # the common layout: nothing negative or empty, so exact integers agree with the wrapping arithmetic
+        # below wherever the result fits (every new strided tensor comes here); the rest takes the exact path
+        nbytes = (offset + 1 + sum(map(operator.mul, shape, strides)) - sum(strides)) * itemsize
+        if nbytes <= INT64_MAX:
+            return nbytes
     extent, overflowed = _unsigned(offset) + 1, False  # wraps like size_t: an offset of -1 reaches 0
     extent = _unsigned(extent)
     for size, stride in zip(shape, strides):
@@ -179,7 +186,9 @@ def _new(shape, dtype, strides):
         if not 0 < nbytes <= INT64_MAX:  # empty, negative or huge: the full check (kernels' shapes never get here)
             check_nonnegative_sizes(shape)
             nbytes = contiguous_nbytes(shape, dtype.itemsize)
-        strides = ()  # set_ then lays the sizes out contiguously
+        # set_ then lays the sizes out contiguously; an empty tensor gets ATen's strides for its zero-size dims
+        # (create_empty_tensor and Meta's set_ multiply by the zero: (0, 20, 5, 1) where CPU has (20, 20, 5, 1))
+        strides = () if nbytes else contiguous_strides(shape)
     else:
         check_nonnegative_sizes(shape)
         nbytes = storage_nbytes(shape, strides, dtype.itemsize)
@@ -192,7 +201,7 @@ def _new(shape, dtype, strides):
             tensor.set_(storage, 0, shape, strides)
         finally:
             _set_meta_included(False)
-    setattr(storage, BUFFER_ATTRIBUTE, buffer)
+    storage._tpu_hbm_buffer = buffer  # the BUFFER_ATTRIBUTE, set as an attribute (faster than setattr)
     return tensor, buffer
 
 
@@ -206,6 +215,8 @@ def empty_with_array(shape, dtype):
     tensor, buffer = _new(shape, dtype, None)
     if not buffer.nbytes:
         return tensor, np.empty(shape, NUMPY_DTYPE[dtype])
+    if buffer.array is None:  # made in abstract mode: as ``as_numpy`` says (np.ndarray would allocate fresh memory)
+        raise NoValuesError()
     return tensor, np.ndarray(tuple(shape), NUMPY_DTYPE[dtype], buffer.array, 0)
 
 
@@ -268,19 +279,20 @@ def tensor_on(storage, dtype, offset, shape, strides):
 def as_numpy(tensor):
     """A writable NumPy view of a tpu tensor's elements (no copy)."""
     dtype = NUMPY_DTYPE[tensor.dtype]
-    try:
-        buffer = getattr(tensor.untyped_storage(), BUFFER_ATTRIBUTE).array
+    storage = tensor.untyped_storage()
+    try:  # the BUFFER_ATTRIBUTE, read as an attribute: this runs for every operand of every kernel
+        buffer = storage._tpu_hbm_buffer.array
     except AttributeError:
-        raise _without_buffer(tensor.untyped_storage()) from None
+        raise _without_buffer(storage) from None
     if buffer is None:  # abstract mode made or wrote it (np.ndarray would allocate fresh memory)
         if tensor.numel():
             raise NoValuesError()
         return np.empty(tensor.shape, dtype)
-    offset = tensor.storage_offset() * dtype.itemsize
     try:  # a tuple shape, not a torch.Size: NumPy reads a plain tuple in half the time
         if tensor.is_contiguous():
-            return np.ndarray(tuple(tensor.shape), dtype, buffer, offset)
-        return np.ndarray(tuple(tensor.shape), dtype, buffer, offset, tuple(map(dtype.itemsize.__mul__, tensor.stride())))
+            return _ndarray(tuple(tensor.shape), dtype, buffer, tensor.storage_offset() * dtype.itemsize)
+        return _ndarray(tuple(tensor.shape), dtype, buffer, tensor.storage_offset() * dtype.itemsize,
+                        tuple(map(dtype.itemsize.__mul__, tensor.stride())))
     except (TypeError, ValueError):  # NumPy's "buffer is too small" / "offset must be ... no greater than"
         if tensor.dim() > MAX_DIMS:  # NumPy's limit, and that of PyTorch's TensorIterator, whose words these are
             raise RuntimeError(f"only tensors with up to {MAX_DIMS} dims are supported") from None

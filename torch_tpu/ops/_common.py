@@ -191,8 +191,10 @@ def store(array, dtype=None, *, out=None, inputs=(), distinct=(), dtype_rule=cas
     None), or, for an ``out=`` variant, ``out`` once ``prepare_out`` has checked it against a result
     of that dtype. The values are converted to the tensor's dtype as a CPU store converts them."""
     dtype = dtype or _tensor.TORCH_DTYPE[np.asarray(array).dtype]
-    if out is None:
-        return write(empty(np.shape(array), dtype), array)
+    if out is None:  # the new tensor's view comes with it: no second view of the same bytes
+        tensor, view = empty_with_array(np.shape(array), dtype)
+        _C.dtypes.cast_into(view, array, _tensor.DTYPE_NAME[dtype])
+        return tensor
     prepare_out(out, np.shape(array), dtype, inputs, distinct, dtype_rule, may_alias)
     return write(out, array)
 

@@ -15,6 +15,7 @@ from .._cost import FREE_OPS, charged
 
 _ATEN = torch.library.Library("aten", "IMPL")  # kept alive for the process: it owns the registrations
 KERNELS = {}
+LAUNCHES = {}  # aten name -> what the dispatcher calls (the kernel charged and guarded), for kernels that launch others
 
 
 def register(*overloads, charge=True):
@@ -26,7 +27,7 @@ def register(*overloads, charge=True):
             name = _name(overload)
             launch = charged(kernel, name, guard(name)) if charge and name not in FREE_OPS else guarded(kernel, name)
             _ATEN.impl(overload, launch, "PrivateUse1")
-            KERNELS[name] = kernel
+            KERNELS[name], LAUNCHES[name] = kernel, launch
         return kernel
 
     return decorate

@@ -6,7 +6,8 @@ import torch
 from .. import _tensor
 from ._common import operand
 from ._overlap import PARTIAL_OVERLAP, check_no_internal_overlap, partially_overlap
-from ._registry import register
+from ._registry import LAUNCHES, default_kernel, register
+from .factory import filling_uninitialized_memory
 
 class _HostBytes:
     """A CPU tensor's elements as NumPy sees them, through the array interface.
@@ -75,6 +76,24 @@ def copy_from(self, dst, non_blocking=False):
         source = np.negative(source) if dst.is_neg() else source
     _tensor._C.dtypes.cast_into(_writable(dst), source, _tensor.DTYPE_NAME[dst.dtype], threads=torch.get_num_threads())
     return dst
+
+
+_composite_clone = default_kernel("clone")
+
+
+@register("clone", charge=False)
+def clone(self, *, memory_format=None):
+    """PyTorch's ``clone`` (a new tensor by ``empty_strided`` or ``empty_like``, then ``copy_``, each a trip
+    through the dispatcher into Python) in one call for the common layouts: a contiguous result, or a
+    contiguous source whose strides the result keeps. The copy is the same charged ``_copy_from`` launch.
+    Any other call (other memory formats, strided sources kept as they are, conj/neg views, deterministic
+    fills) is PyTorch's own kernel."""
+    if (memory_format is torch.contiguous_format or (memory_format in (None, torch.preserve_format)
+                                                     and self.is_contiguous())) \
+            and _tensor.is_tpu(self) and not (self.is_conj() or self.is_neg() or filling_uninitialized_memory()):
+        strides = None if memory_format is torch.contiguous_format else tuple(self.stride())
+        return LAUNCHES["_copy_from"](self, _tensor.empty(self.shape, self.dtype, strides))
+    return _composite_clone(self, memory_format=memory_format)
 
 
 @register("_copy_from_and_resize")

@@ -24,6 +24,8 @@ from .cpu_replay.cascade_sum import cascade_sum
 REDUCTION_NONE, REDUCTION_MEAN, REDUCTION_SUM = 0, 1, 2
 
 
+ignore_fp_errors, restore_fp_errors = _C.vpu.ignore_fp_errors, _C.vpu.restore_fp_errors
+
 # ---------------------------------------------------------------------------------------
 # Shared helpers
 # ---------------------------------------------------------------------------------------
@@ -35,8 +37,11 @@ def register(*overloads):
     def decorate(function):
         @functools.wraps(function)
         def quiet(*args, **kwargs):
-            with _C.vpu.ignoring_fp_errors():
+            token = ignore_fp_errors()  # the state set and reset inline: a `with` costs two more Python calls
+            try:
                 return function(*args, **kwargs)
+            finally:
+                restore_fp_errors(token)
 
         _registry.register(*overloads)(quiet)
         return function
@@ -373,12 +378,16 @@ def update_running_stats(running_mean, running_var, mean, squares, count, moment
         write(running_var, unbiased + keep * operand(running_var).astype(compute, copy=False))
 
 
+_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
 def vectorised_layout(input):
     """Whether CPU's batch norm takes its vectorised kernels (contiguous or channels-last input) rather
     than its generic loops; the two round differently."""
-    formats = {4: torch.channels_last, 5: torch.channels_last_3d}
-    channels_last = formats.get(input.dim())
-    return input.is_contiguous() or (channels_last is not None and input.is_contiguous(memory_format=channels_last))
+    if input.is_contiguous():
+        return True
+    channels_last = _CHANNELS_LAST.get(input.dim())
+    return channels_last is not None and input.is_contiguous(memory_format=channels_last)
 
 
 def batch_statistics(x, stats_dtype, vectorised):
@@ -451,7 +460,9 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
         save_mean, mean, squares, count, var = batch_statistics(x, stats_dtype, vectorised)
         update_running_stats(running_mean, running_var, mean, squares, count, momentum, vectorised)
         save_invstd = store(inverse_std(var, eps), stats_dtype)
-        mean, invstd = as_numpy(save_mean), as_numpy(save_invstd)
+        # the stored mean as batch_statistics read it back (in opmath for the generic loop, whose own
+        # dtype holds it exactly), and the stored inverse std
+        invstd = as_numpy(save_invstd)
     else:
         if running_mean is None or running_var is None:
             raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
