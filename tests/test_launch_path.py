@@ -6,8 +6,6 @@ wrapper otherwise: both must give CPU's values, dtypes and strides, charge the s
 allocate exactly their result.
 """
 
-import gc
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -119,23 +117,19 @@ def test_clone_gives_cpus_values_strides_and_version(layout, memory_format):
     assert on_tpu.mT.contiguous().stride() == source.mT.contiguous().stride() if source.dim() > 1 else True
 
 
+@pytest.mark.usefixtures("paused_collector")
 def test_clone_is_charged_and_allocated_as_one_copy():
     """The one-call clone charges the same ``_copy_from`` launch as PyTorch's composite and allocates exactly its
     result; the profiler sees that launch."""
     x = torch.rand(64, 32, device="tpu")
     before = clock.op_totals.get("_copy_from", torch_tpu._C.clock.OpTotals()).copy()
-    gc.collect()  # earlier tests' cycles must not free HBM while this one counts it
-    gc.disable()
-    try:
-        allocated = torch.tpu.memory_allocated()
-        with torch_tpu.profiler.profile() as profile:
-            y = x.clone()
-            z = x.t().contiguous()
-        assert torch.tpu.memory_allocated() == allocated + 2 * 64 * 32 * 4
-        del y, z
-        assert torch.tpu.memory_allocated() == allocated
-    finally:
-        gc.enable()
+    allocated = torch.tpu.memory_allocated()
+    with torch_tpu.profiler.profile() as profile:
+        y = x.clone()
+        z = x.t().contiguous()
+    assert torch.tpu.memory_allocated() == allocated + 2 * 64 * 32 * 4
+    del y, z
+    assert torch.tpu.memory_allocated() == allocated
     after = clock.op_totals["_copy_from"]
     assert after.count == before.count + 2 and after.bytes == before.bytes + 2 * 2 * 64 * 32 * 4
     assert [(row.name, row.count) for row in profile.key_averages()] == [("_copy_from", 2)]
