@@ -567,7 +567,42 @@ def zeta(x, q):
     return np.where(np.isposinf(q) & (x > 1), scalar(np.nan, x), special.zeta(x, q))  # PyTorch: NaN at q=inf
 
 
+def log1p(x):
+    return complex_log1p(x) if x.dtype.kind == "c" else np.log1p(x)
+
+
+def complex_log1p(z):
+    """c10's CPU log1p for complex numbers: log(u) * z / (u - 1) with u = 1 + z restores the digits of ``z``
+    that rounding 1 + z drops (NumPy's log(1 + z) loses them all for small ``z``)."""
+    u = z + scalar(1, z)
+    u_minus_one = u - scalar(1, z)
+    log_u = np.log(u)
+    with np.errstate(divide="ignore", invalid="ignore"):  # the u == 1 elements, dropped below
+        corrected = log_u * (z / u_minus_one)
+    return np.where(u == 1, z, np.where(u_minus_one == z, log_u, corrected))
+
+
+def complex_isnan(z):
+    return np.isnan(z.real) | np.isnan(z.imag)
+
+
+def complex_logaddexp(x, y):
+    """CPU's complex log-add-exp step (``_log_add_exp_helper``, also logcumsumexp's): a NaN in either part
+    of either operand gives NaN + NaNj; operands are ordered by real part, ``y`` counting as the lower on a
+    tie; when both real parts are the same infinity, -inf keeps the lower operand and +inf sums plainly."""
+    x_lower = x.real < y.real
+    lower, upper = np.where(x_lower, x, y), np.where(x_lower, y, x)
+    with np.errstate(all="ignore"):
+        plain = np.log(np.exp(lower) + np.exp(upper))
+        shifted = log1p(np.exp(lower - upper)) + upper
+    same_infinity = ~np.isfinite(lower.real) & (lower.real == upper.real)
+    result = np.where(same_infinity, np.where(lower.real < 0, lower, plain), shifted)
+    return np.where(complex_isnan(x) | complex_isnan(y), scalar(complex(math.nan, math.nan), result), result)
+
+
 def logaddexp(a, b):
+    if a.dtype.kind == "c":
+        return complex_logaddexp(a, b)
     biggest = np.maximum(a, b)
     return np.where(np.isinf(a) & (a == b), a, biggest + np.log1p(np.exp(-np.abs(a - b))))
 
@@ -637,6 +672,11 @@ def real_not_bool(dtype):
 
 def floating_or_complex(dtype):
     return dtype.is_floating_point or dtype.is_complex
+
+
+def floating_or_wide_complex(dtype):
+    """CPU's complex loops of the log-sum-exp family have no complex32 (ComplexHalf) instance."""
+    return dtype.is_floating_point or dtype in (torch.complex64, torch.complex128)
 
 
 def shiftable(dtype):
@@ -919,7 +959,7 @@ def real_part_dtype(dtype):
 
 UNARY_FLOAT = {  # integer and bool inputs compute in the default float dtype
     "exp": np.exp, "exp2": np.exp2, "expm1": np.expm1,
-    "log": np.log, "log2": np.log2, "log10": np.log10, "log1p": np.log1p,
+    "log": np.log, "log2": np.log2, "log10": np.log10, "log1p": log1p,
     "sqrt": np.sqrt, "rsqrt": rsqrt, "reciprocal": np.reciprocal, "sigmoid": sigmoid,
     "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
     "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
@@ -953,7 +993,7 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "fmax.out": (np.fmax, keep, real),
     "fmin.out": (np.fmin, keep, real),
     "copysign.out": (np.copysign, to_float, None),
-    "logaddexp.out": (logaddexp, keep, floating),
+    "logaddexp.out": (logaddexp, keep, floating_or_wide_complex),
     "logaddexp2.out": (logaddexp2, keep, floating),
     "xlogy.OutTensor": (xlogy, to_float, real),
     "special_xlog1py.out": (special.xlog1py, to_float, None),
