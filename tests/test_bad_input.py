@@ -305,6 +305,12 @@ FUZZ = {
     "true_division_in_place_of_integers": lambda d: torch.arange(3, device=d).div_(2),
     "float_bounds_clamping_integers_in_place": lambda d: torch.arange(3, device=d).clamp_(0.5, 1.5),
     "foreach_float_added_to_integers": lambda d: torch._foreach_add_([torch.arange(3, device=d)], 1.5),
+    # softmax's loops are floating-point only; the error names the loop (last dim or not) as CPU's does
+    "softmax_of_integers": lambda d: torch.arange(6, device=d).reshape(2, 3).softmax(0),
+    "softmax_of_integers_last_dim": lambda d: torch.arange(6, device=d).reshape(2, 3).softmax(1),
+    "log_softmax_of_bools": lambda d: torch.ones(2, 3, dtype=torch.bool, device=d).log_softmax(0),
+    "log_softmax_of_a_0d_integer": lambda d: torch.tensor(3, device=d).log_softmax(0),
+    "softmax_of_complex": lambda d: torch.ones(2, 3, dtype=torch.complex64, device=d).softmax(-1),
 }
 
 

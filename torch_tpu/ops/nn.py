@@ -15,6 +15,7 @@ import torch
 
 from .. import _C
 from . import _registry
+from .._errors import not_implemented_for
 from .._tensor import numpy_dtype
 from ._common import (as_numpy, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand,
                       prepare_out, store, wrap_dim, write)
@@ -116,9 +117,17 @@ def softmax_into(destination, x, dim, log=False):
     return row_max
 
 
+def check_softmax_dtype(self, dim, log):
+    """CPU's softmax loops are floating-point only; its error names the loop the dim selects."""
+    if self.numel() and not self.dtype.is_floating_point:
+        loop = "lastdim_kernel_impl" if dim == max(self.dim() - 1, 0) else "kernel_impl"
+        raise not_implemented_for(f"{'log_' if log else ''}softmax_{loop}", self.dtype)
+
+
 def softmax_kernel(log):
     def kernel(self, dim, half_to_float, *, out):
         dim = wrap_dim(dim, self.dim())
+        check_softmax_dtype(self, dim, log)
         prepare_out(out, self.shape, torch.float32 if half_to_float else self.dtype, distinct=(self,),
                     dtype_rule=exact_dtype)
         x = at_least_1d(opmath_operand(self))

@@ -428,7 +428,7 @@ def _norm_into(self, ord, dim, keepdim, dtype, out):
     if (ord < 0 or ord == math.inf) and any(self.shape[axis] == 0 for axis in axes):
         raise RuntimeError(f"linalg.vector_norm cannot compute the {ord} norm on an empty tensor because the "
                            "operation does not have an identity")
-    exact_dtype(dtype or self.dtype.to_real(), out.dtype)
+    exact_dtype((dtype or self.dtype).to_real(), out.dtype)  # a complex dtype= still gives a real norm
     _reduction_out(out, self, axes, keepdim)
     magnitude = np.abs(_accumuland(self, dtype))
     return write(out, np.asarray(_vector_norm(magnitude, ord, axes, keepdim)))
