@@ -376,6 +376,35 @@ def test_an_escaped_numpy_error_becomes_the_meta_kernels_error():
     assert type(translated) is RuntimeError and str(translated) == str(meta_error.value)
 
 
+# Inputs CPU's kernels refuse (a dtype without a loop) where the tpu kernel's NumPy call failed and Meta, which
+# checks no dtypes, had nothing to say: CPU is asked for its error on host copies of the inputs.
+REFUSED_BY_CPU = {
+    "complex_atan2": lambda d: torch.atan2(*[torch.ones(2, dtype=torch.complex64, device=d)] * 2),
+    "complex_special_i1": lambda d: torch.special.i1(torch.ones(2, dtype=torch.complex64, device=d)),
+    "bool_max_pool2d": lambda d: torch.nn.functional.max_pool2d(torch.ones(1, 4, 4, dtype=torch.bool, device=d), 2),
+    "complex_linear_interpolation": lambda d: torch.nn.functional.interpolate(
+        torch.ones(1, 1, 4, dtype=torch.complex64, device=d), scale_factor=2, mode="linear"),
+}
+
+
+@pytest.mark.parametrize("name", REFUSED_BY_CPU)
+def test_inputs_cpu_refuses_get_cpus_error_from_host_copies(name):
+    check_same_error(REFUSED_BY_CPU[name])
+
+
+def test_asking_cpu_for_its_error_never_moves_its_generator_nor_copies_large_inputs(monkeypatch):
+    x = torch.ones(2, 3, device="tpu", dtype=torch.complex64)
+    np = pytest.importorskip("numpy")
+    numpy_error = _raised(np.flip, np.ones(3), 5)  # stands for any error escaping a NumPy call
+    state = torch.get_rng_state()
+    for op, args in [(torch.ops.aten.bernoulli.default, (x,)), (torch.ops.aten.atan2.default, (x, x))]:
+        if op is torch.ops.aten.atan2.default:
+            monkeypatch.setattr(torch_tpu._errors, "_CPU_REPLAY_BYTES", x.nbytes)  # two inputs: over the limit
+        translated = torch_tpu._errors.kernel_error(numpy_error, op, args, {})
+        assert isinstance(translated, RuntimeError) and "not supported by the tpu kernel" in str(translated)
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_an_error_nothing_explains_names_the_op():
     x = torch.ones(2, 3, device="tpu")
     error = _raised(torch_tpu._errors.scalar_type_name, None)  # a failed lookup in torch_tpu's code
