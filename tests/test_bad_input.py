@@ -196,6 +196,10 @@ def _matrix(device):
     return torch.arange(6.0, device=device).reshape(2, 3)
 
 
+def _complex(device):
+    return torch.tensor([1 + 2j, -1 - 1j, 2 + 0j, 0 - 3j], device=device)
+
+
 # Malformed calls of many ops: the tpu error must be CPU's class and message.
 FUZZ = {
     "flip_repeated_dim": lambda d: _matrix(d).flip(0, 0),
@@ -311,6 +315,22 @@ FUZZ = {
     "log_softmax_of_bools": lambda d: torch.ones(2, 3, dtype=torch.bool, device=d).log_softmax(0),
     "log_softmax_of_a_0d_integer": lambda d: torch.tensor(3, device=d).log_softmax(0),
     "softmax_of_complex": lambda d: torch.ones(2, 3, dtype=torch.complex64, device=d).softmax(-1),
+    # complex numbers have no order: ops that compare elements refuse them (NumPy compares lexicographically)
+    "relu_of_complex": lambda d: torch.relu(_complex(d)),
+    "hardtanh_of_complex_in_place": lambda d: torch.nn.functional.hardtanh_(_complex(d)),
+    "relu6_of_complex": lambda d: torch.nn.functional.relu6(_complex(d)),
+    "clamp_min_of_complex_by_a_tensor": lambda d: torch.clamp_min(_complex(d), _complex(d)),
+    "clamp_max_of_complex_by_a_tensor": lambda d: torch.clamp_max(_complex(d), _complex(d)),
+    "max_pool2d_of_complex": lambda d: torch.nn.functional.max_pool2d(_complex(d).reshape(1, 2, 2), 2),
+    "unique_of_complex": lambda d: torch.unique(_complex(d)),
+    "unique_consecutive_of_complex": lambda d: torch.unique_consecutive(_complex(d)),
+    "unique_dim_of_complex": lambda d: torch.unique(_complex(d).reshape(2, 2), dim=0),
+    "index_reduce_of_complex": lambda d: _complex(d).index_reduce(0, torch.tensor([0], device=d), _complex(d)[:1],
+                                                                  "amax"),
+    "index_reduce_of_bools": lambda d: torch.ones(2, dtype=torch.bool, device=d).index_reduce(
+        0, torch.tensor([0], device=d), torch.ones(1, dtype=torch.bool, device=d), "prod"),
+    "relu_of_bools": lambda d: torch.relu(torch.ones(2, dtype=torch.bool, device=d)),
+    "hardtanh_of_bools": lambda d: torch.nn.functional.hardtanh(torch.ones(2, dtype=torch.bool, device=d)),
 }
 
 

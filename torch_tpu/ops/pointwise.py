@@ -700,6 +700,18 @@ def clamp(x, low=None, high=None):
     return x
 
 
+def clamping_check(op_name, bool_message):
+    """relu and hardtanh clamp: CPU refuses complex numbers (which have no order) and bools, each in its words."""
+
+    def check(dtype, *args, **kwargs):
+        if dtype.is_complex:
+            raise NotImplementedError("clamp is not supported for complex types")
+        if dtype == torch.bool:
+            raise RuntimeError(f"{bool_message} {op_name}")
+
+    return check
+
+
 def check_clamp_bounds(dtype, x, low=None, high=None):
     if low is None and high is None:
         raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
@@ -1077,10 +1089,11 @@ def register_tables():
     structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)
     for overload in ("clamp.out", "clamp.Tensor_out"):
         structured(overload, clamp, operands=3, check=check_clamp_bounds, exact_out=overload == "clamp.out")
-    for overload in ("clamp_min.out", "clamp_min.Tensor_out"):
-        structured(overload, clamp, operands=2, exact_out=overload == "clamp_min.out")
-    for overload in ("clamp_max.out", "clamp_max.Tensor_out"):
-        structured(overload, clamp_max, operands=2, exact_out=overload == "clamp_max.out")
+    # tensor bounds go through CPU's maximum/minimum loops, which have none for complex numbers
+    structured("clamp_min.out", clamp, operands=2, exact_out=True)
+    structured("clamp_min.Tensor_out", clamp, operands=2, check=checked(real, "maximum"))
+    structured("clamp_max.out", clamp_max, operands=2, exact_out=True)
+    structured("clamp_max.Tensor_out", clamp_max, operands=2, check=checked(real, "minimum"))
     structured("addcmul.out", addcmul, operands=3)
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
     structured("lerp.Scalar_out", lerp, operands=2, check=supports(floating_or_complex, "lerp_kernel_scalar"))
@@ -1094,8 +1107,9 @@ def register_tables():
     unstructured(floor_divide, "floor_divide", "floor_divide_.Tensor", "floor_divide.out", operands=2,
                  check=supports(not_bool, "div_floor_cpu"), opmath=divides_in_opmath)
     unstructured(remainder, "remainder.Scalar_Tensor", operands=2, check=checked(not_bool, "remainder"))
-    unstructured(relu, "relu", "relu_", check=supports(not_bool, "clamp_min_scalar_cpu"))
-    unstructured(hardtanh, "hardtanh", "hardtanh_", "hardtanh.out", check=checked(not_bool, "hardtanh"))
+    unstructured(relu, "relu", "relu_", check=clamping_check("relu", "Boolean inputs not supported for"))
+    unstructured(hardtanh, "hardtanh", "hardtanh_", "hardtanh.out",
+                 check=clamping_check("hardtanh", "Bool inputs not supported for"))
     unstructured(hardtanh_backward, "hardtanh_backward", "hardtanh_backward.grad_input", operands=2)
     unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"))
     unstructured(hardswish_backward, "hardswish_backward", operands=2)
