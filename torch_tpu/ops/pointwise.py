@@ -26,7 +26,8 @@ from .. import _C
 from .._C import special as vpu_special
 from .._errors import device_mismatch, found_dtype, not_implemented_for, scalar_type_name, shape_mismatch
 from .._tensor import numpy_dtype
-from ._common import as_numpy, broadcast_shapes, castable, empty, empty_with_array, operand, opmath_dtype, prepare_out, store, write
+from ._common import (all_contiguous, as_numpy, broadcast_shapes, castable, empty, empty_with_array, iterator_strides,
+                      operand, opmath_dtype, prepare_out, store, write)
 from ._overlap import check_no_internal_overlap, check_no_partial_overlap
 from .._cost import charged
 from ._registry import KERNELS, default_kernel, register
@@ -67,6 +68,12 @@ def broadcast_shape(*operands, **options):
     if len(shapes) == 1 or (len(shapes) == 2 and shapes[0] == shapes[1]):  # nothing to broadcast
         return shapes[0]
     return broadcast_shapes(*shapes)
+
+
+def new_output(operands, dtype):
+    """A new tensor for the elementwise result of ``operands``, laid out as TensorIterator lays it out."""
+    shape = broadcast_shape(*operands)
+    return empty(shape, dtype, None if all_contiguous(operands) else iterator_strides(shape, operands))
 
 
 def check_inplace(self, dtype, shape):
@@ -282,7 +289,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
 
     def functional(*args, **kwargs):
         promoted = args[:operands]
-        return run(empty(broadcast_shape(*promoted), result(common_dtype(*promoted))), args, kwargs)
+        return run(new_output(promoted, result(common_dtype(*promoted))), args, kwargs)
 
     def inplace(self, *args, **kwargs):
         promoted = (self, *args[:operands - 1])
@@ -1173,7 +1180,7 @@ def nan_to_num_out(self, nan=None, posinf=None, neginf=None, *, out):
 
 @register("where.self")
 def where_self(condition, self, other):
-    out = empty(broadcast_shape(condition, self, other), common_dtype(self, other))
+    out = new_output((condition, self, other), common_dtype(self, other))
     return where_into(out, condition, self, other)
 
 
@@ -1346,21 +1353,22 @@ def hot_binary(ufunc, out_kernel, rule=keep):
                 and self.dtype in _NATIVE_SAME
                 and self.shape == other.shape and not options
                 # a real tensor never has the conjugate bit; a negative view (torch._neg_view) it may
-                and not (self.is_cpu or other.is_cpu or self.is_neg() or other.is_neg())):
+                and not (self.is_cpu or other.is_cpu or self.is_neg() or other.is_neg())
+                and self.is_contiguous() and other.is_contiguous()):
             # the commonest call, two tpu tensors alike: no promotion, no broadcasting, and
             # every rule keeps a float32/float64 result type
             out, array = empty_with_array(self.shape, self.dtype)
             vpu.apply(ufunc, as_numpy(self), as_numpy(other), out=array)
             return out
         dtype = rule(torch.result_type(self, other))
-        if not options and dtype in _NATIVE:
+        contiguous = all_contiguous((self, other))
+        if not options and dtype in _NATIVE and contiguous:
             a, b = native_operand(self, dtype), native_operand(other, dtype)
             if a is not None and b is not None:
                 out, array = empty_with_array(result_shape(self, other), dtype)
                 vpu.apply(ufunc, a, b, out=array)
                 return out
-        out = empty(broadcast_shape(self, other), rule(common_dtype(self, other)))
-        return out_kernel(self, other, **options, out=out)
+        return out_kernel(self, other, **options, out=new_output((self, other), rule(common_dtype(self, other))))
 
     def inplace(self, other, **options):
         dtype = rule(torch.result_type(self, other))
