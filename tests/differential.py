@@ -79,7 +79,7 @@ def _tensors_in(value):
 
 
 def check_grads(fn, *inputs, atol=None, rtol=None, seed=1):
-    """Outputs of ``fn`` and the gradients of a random projection of them, tpu against CPU.
+    """Outputs of ``fn`` and the gradients of a random projection of them (its real part), tpu against CPU.
 
     Floating tensor inputs become leaves that require grad; other arguments pass through. The
     random projection drives every backward kernel with a non-trivial incoming gradient. Returns
@@ -92,8 +92,9 @@ def check_grads(fn, *inputs, atol=None, rtol=None, seed=1):
         differentiable = [o for o in outputs if o.requires_grad]
         assert differentiable, "nothing to differentiate"
         generator = torch.Generator().manual_seed(seed)
-        loss = sum((o * torch.randn(o.shape, generator=generator, dtype=o.dtype).to(device)).sum()
-                   for o in differentiable)
+        projections = [(o * torch.randn(o.shape, generator=generator, dtype=o.dtype).to(device)).sum()
+                       for o in differentiable]
+        loss = sum(p.real if p.is_complex() else p for p in projections)  # complex outputs: a real loss
         wanted = [x for x in leaves if isinstance(x, torch.Tensor) and x.requires_grad]
         grads = torch.autograd.grad(loss, wanted, allow_unused=True)
         results[device] = ([o.detach() for o in outputs], list(grads))

@@ -196,6 +196,10 @@ def _matrix(device):
     return torch.arange(6.0, device=device).reshape(2, 3)
 
 
+def _complex(device):
+    return torch.tensor([1 + 2j, -1 - 1j, 2 + 0j, 0 - 3j], device=device)
+
+
 # Malformed calls of many ops: the tpu error must be CPU's class and message.
 FUZZ = {
     "flip_repeated_dim": lambda d: _matrix(d).flip(0, 0),
@@ -305,6 +309,28 @@ FUZZ = {
     "true_division_in_place_of_integers": lambda d: torch.arange(3, device=d).div_(2),
     "float_bounds_clamping_integers_in_place": lambda d: torch.arange(3, device=d).clamp_(0.5, 1.5),
     "foreach_float_added_to_integers": lambda d: torch._foreach_add_([torch.arange(3, device=d)], 1.5),
+    # softmax's loops are floating-point only; the error names the loop (last dim or not) as CPU's does
+    "softmax_of_integers": lambda d: torch.arange(6, device=d).reshape(2, 3).softmax(0),
+    "softmax_of_integers_last_dim": lambda d: torch.arange(6, device=d).reshape(2, 3).softmax(1),
+    "log_softmax_of_bools": lambda d: torch.ones(2, 3, dtype=torch.bool, device=d).log_softmax(0),
+    "log_softmax_of_a_0d_integer": lambda d: torch.tensor(3, device=d).log_softmax(0),
+    "softmax_of_complex": lambda d: torch.ones(2, 3, dtype=torch.complex64, device=d).softmax(-1),
+    # complex numbers have no order: ops that compare elements refuse them (NumPy compares lexicographically)
+    "relu_of_complex": lambda d: torch.relu(_complex(d)),
+    "hardtanh_of_complex_in_place": lambda d: torch.nn.functional.hardtanh_(_complex(d)),
+    "relu6_of_complex": lambda d: torch.nn.functional.relu6(_complex(d)),
+    "clamp_min_of_complex_by_a_tensor": lambda d: torch.clamp_min(_complex(d), _complex(d)),
+    "clamp_max_of_complex_by_a_tensor": lambda d: torch.clamp_max(_complex(d), _complex(d)),
+    "max_pool2d_of_complex": lambda d: torch.nn.functional.max_pool2d(_complex(d).reshape(1, 2, 2), 2),
+    "unique_of_complex": lambda d: torch.unique(_complex(d)),
+    "unique_consecutive_of_complex": lambda d: torch.unique_consecutive(_complex(d)),
+    "unique_dim_of_complex": lambda d: torch.unique(_complex(d).reshape(2, 2), dim=0),
+    "index_reduce_of_complex": lambda d: _complex(d).index_reduce(0, torch.tensor([0], device=d), _complex(d)[:1],
+                                                                  "amax"),
+    "index_reduce_of_bools": lambda d: torch.ones(2, dtype=torch.bool, device=d).index_reduce(
+        0, torch.tensor([0], device=d), torch.ones(1, dtype=torch.bool, device=d), "prod"),
+    "relu_of_bools": lambda d: torch.relu(torch.ones(2, dtype=torch.bool, device=d)),
+    "hardtanh_of_bools": lambda d: torch.nn.functional.hardtanh(torch.ones(2, dtype=torch.bool, device=d)),
 }
 
 
@@ -368,6 +394,35 @@ def test_an_escaped_numpy_error_becomes_the_meta_kernels_error():
     with pytest.raises(RuntimeError) as meta_error:
         torch.ops.aten.flip.default(torch.ones(2, 3, device="meta"), [0, 0])
     assert type(translated) is RuntimeError and str(translated) == str(meta_error.value)
+
+
+# Inputs CPU's kernels refuse (a dtype without a loop) where the tpu kernel's NumPy call failed and Meta, which
+# checks no dtypes, had nothing to say: CPU is asked for its error on host copies of the inputs.
+REFUSED_BY_CPU = {
+    "complex_atan2": lambda d: torch.atan2(*[torch.ones(2, dtype=torch.complex64, device=d)] * 2),
+    "complex_special_i1": lambda d: torch.special.i1(torch.ones(2, dtype=torch.complex64, device=d)),
+    "bool_max_pool2d": lambda d: torch.nn.functional.max_pool2d(torch.ones(1, 4, 4, dtype=torch.bool, device=d), 2),
+    "complex_linear_interpolation": lambda d: torch.nn.functional.interpolate(
+        torch.ones(1, 1, 4, dtype=torch.complex64, device=d), scale_factor=2, mode="linear"),
+}
+
+
+@pytest.mark.parametrize("name", REFUSED_BY_CPU)
+def test_inputs_cpu_refuses_get_cpus_error_from_host_copies(name):
+    check_same_error(REFUSED_BY_CPU[name])
+
+
+def test_asking_cpu_for_its_error_never_moves_its_generator_nor_copies_large_inputs(monkeypatch):
+    x = torch.ones(2, 3, device="tpu", dtype=torch.complex64)
+    np = pytest.importorskip("numpy")
+    numpy_error = _raised(np.flip, np.ones(3), 5)  # stands for any error escaping a NumPy call
+    state = torch.get_rng_state()
+    for op, args in [(torch.ops.aten.bernoulli.default, (x,)), (torch.ops.aten.atan2.default, (x, x))]:
+        if op is torch.ops.aten.atan2.default:
+            monkeypatch.setattr(torch_tpu._errors, "_CPU_REPLAY_BYTES", x.nbytes)  # two inputs: over the limit
+        translated = torch_tpu._errors.kernel_error(numpy_error, op, args, {})
+        assert isinstance(translated, RuntimeError) and "not supported by the tpu kernel" in str(translated)
+    assert torch.equal(torch.get_rng_state(), state)
 
 
 def test_an_error_nothing_explains_names_the_op():

@@ -148,6 +148,18 @@ def test_allowed_aliasing_copies():
         assert t.cpu().tolist() == [3, 4, 5, 3, 4, 5]
 
 
+@pytest.mark.parametrize("copy", [
+    lambda z: z.float(),
+    lambda z: torch.empty(2, device="tpu").copy_(z),
+    lambda z: torch.empty(2).copy_(z),
+    lambda z: torch.empty(2, dtype=torch.int32, device="tpu").copy_(z.cpu()),
+], ids=["to_float", "into_tpu", "into_cpu", "from_cpu_into_tpu"])
+def test_copying_complex_into_real_warns_like_cpu(copy):
+    z = torch.tensor([1 + 2j, 3 - 1j], device="tpu")
+    with pytest.warns(UserWarning, match="Casting complex values to real discards the imaginary part"):
+        assert copy(z).cpu().tolist() == [1, 3]
+
+
 def test_copy_to_cpu_keeps_the_cpu_tensor_resizable():
     cpu = torch.arange(4.0)
     cpu.to("tpu")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 import differential
-from differential import check_grads
+from differential import check, check_grads, check_same_error
 
 BF16_TOLERANCE = dict(atol=2e-2, rtol=2e-2)
 
@@ -706,3 +706,35 @@ def test_multihead_attention_module():
     expected.backward(gradient)
     got.backward(gradient.to("tpu"))
     assert_close(tpu_module.in_proj_weight.grad.cpu(), cpu_module.in_proj_weight.grad, atol=1e-4, rtol=1e-4)
+
+
+MIXED_LOSSES = {
+    "mse": torch.nn.functional.mse_loss, "smooth_l1": torch.nn.functional.smooth_l1_loss,
+    "l1": torch.nn.functional.l1_loss, "huber": torch.nn.functional.huber_loss,
+}
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64], ids=str)
+@pytest.mark.parametrize("loss", MIXED_LOSSES)
+def test_losses_of_a_low_precision_prediction_against_a_float32_target(loss, dtype, reduction):
+    """Mixed precision's commonest loss call: CPU promotes (mse, smooth L1, L1 give a float32 loss from a bf16
+    prediction) or keeps the input's dtype (huber); tpu refused the promoted result before."""
+    prediction = torch.tensor([0.5, 1.5, -2.0, 7.0]).to(dtype)
+    target = torch.tensor([1.0, 2.0, 3.0, 0.25])
+    check(lambda x, t: MIXED_LOSSES[loss](x, t, reduction=reduction), prediction, target)
+    if loss != "huber":  # CPU's huber backward refuses mixed dtypes
+        check_grads(lambda x: MIXED_LOSSES[loss](x, target.to(x.device), reduction=reduction), prediction)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.int64, torch.bool], ids=str)
+@pytest.mark.parametrize("call", [
+    lambda x: torch.nn.functional.mse_loss(x, x), lambda x: torch.nn.functional.smooth_l1_loss(x, x),
+    lambda x: torch.nn.functional.huber_loss(x, x),
+    lambda x: torch.nn.functional.huber_loss(x, torch.ones(x.shape, device=x.device)),
+    lambda x: torch.nn.functional.nll_loss(x.reshape(2, 2), torch.tensor([0, 1], device=x.device)),
+    lambda x: torch.nn.functional.nll_loss(x.reshape(1, 2, 2, 1), torch.zeros(1, 2, 1, dtype=torch.long,
+                                                                               device=x.device)),
+], ids=["mse", "smooth_l1", "huber", "huber_float_target", "nll", "nll2d"])
+def test_losses_refuse_what_cpu_refuses(call, dtype):
+    check_same_error(lambda device: call(torch.ones(4, device=device).to(dtype)))

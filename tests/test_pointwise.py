@@ -612,3 +612,29 @@ def test_activations_with_complex_loops_on_cpu_take_complex_inputs(op, dtype):
 
 def test_complex_sigmoid_and_tanh_train_as_on_cpu():
     check_grads(lambda x: (x.sigmoid() * x.tanh()).abs(), torch.randn(6, dtype=torch.complex64), atol=1e-5, rtol=1e-5)
+
+
+LAYOUTS = {
+    "transposed": lambda: torch.randn(4, 6).t(),
+    "channels_last": lambda: torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
+    "permuted_3d": lambda: torch.randn(3, 4, 5).permute(2, 0, 1),
+    "strided_transposed": lambda: torch.randn(6, 8).t()[::2],
+}
+LAYOUT_OPS = {
+    "add_scalar": lambda t: t + 1, "add_self": lambda t: t + t, "mul_by_contiguous_copy": lambda t: t * t.contiguous(),
+    "sub_broadcast": lambda t: t - t[..., :1], "div_int": lambda t: t.long() / 3, "mixed_dtypes": lambda t: t * t.double(),
+    "relu": torch.relu, "hardtanh": torch.nn.functional.hardtanh, "where": lambda t: torch.where(t > 0, t, 0.0),
+    "bf16_mul": lambda t: t.bfloat16() * t.bfloat16(), "with_a_cpu_scalar": lambda t: t + torch.tensor(2.0),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("op", LAYOUT_OPS)
+def test_elementwise_results_take_cpus_memory_layout(op, layout):
+    """TensorIterator lays a new output out in its inputs' memory order (a channels-last input gives a
+    channels-last result); code that checks is_contiguous(memory_format=...) or views the result relies on it."""
+    x = LAYOUTS[layout]()
+    expected = LAYOUT_OPS[op](x)
+    actual = LAYOUT_OPS[op](x.to("tpu"))
+    assert actual.stride() == expected.stride()
+    assert_close(actual.cpu(), expected, atol=0, rtol=0)

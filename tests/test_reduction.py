@@ -142,6 +142,17 @@ def test_complex_reductions():
         check(fn, x)
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128, torch.float32], ids=str)
+def test_vector_norm_with_a_complex_dtype_is_real(dtype):
+    """``dtype=`` sets the dtype the elements are read in; a complex one still gives the real norm (of its
+    real type), which torch.masked.normalize of complex inputs relies on; a real one is refused."""
+    x = torch.randn(3, 4, dtype=torch.complex64)
+    for ord in (2, 1, 0, math.inf, 3):
+        check(lambda t: torch.linalg.vector_norm(t, ord, dim=1, dtype=dtype), x)
+    check(lambda t, out: torch.linalg.vector_norm(t, 2, dim=1, dtype=dtype, out=out), x, torch.empty(0, dtype=torch.float64))
+    check(lambda t: torch.masked.normalize(t, 2, 1), x)
+
+
 # ---------------------------------------------------------------------------------------------
 # Reductions over one dim, with and without indices
 # ---------------------------------------------------------------------------------------------

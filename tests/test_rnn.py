@@ -189,3 +189,47 @@ def test_abstract_mode_allocates_and_charges_as_eager():
     with torch_tpu.abstract():
         abstract = step()
     assert abstract == eager
+
+
+AUTOCAST_CASES = {
+    "lstm": lambda: nn.LSTM(4, 6, 2, batch_first=True),
+    "gru_bidirectional": lambda: nn.GRU(4, 6, 1, bidirectional=True),
+    "rnn_relu": lambda: nn.RNN(4, 6, 2, nonlinearity="relu"),
+}
+
+
+@pytest.mark.parametrize("case", AUTOCAST_CASES)
+def test_autocast_runs_recurrent_layers_in_bfloat16_as_cuda_casts_cudnn_rnn(case):
+    """CUDA's autocast casts the cuDNN RNN's input, states and weights to the lower precision type: the
+    result is the bf16 network's on bf16 inputs, and the float32 parameters get those gradients."""
+    torch.manual_seed(0)
+    module = AUTOCAST_CASES[case]().to("tpu")
+    x = torch.randn(3, 5, 4, device="tpu")
+    with torch.autocast("tpu", dtype=torch.bfloat16):
+        output, final = module(x)
+    cast = copy.deepcopy(module).bfloat16()
+    expected_output, expected_final = cast(x.bfloat16())
+    assert output.dtype == torch.bfloat16
+    assert_close(output.cpu(), expected_output.cpu(), atol=0, rtol=0)
+    assert_close(torch.utils._pytree.tree_map(torch.Tensor.cpu, final),
+                 torch.utils._pytree.tree_map(torch.Tensor.cpu, expected_final), atol=0, rtol=0)
+    output.float().sum().backward()
+    expected_output.float().sum().backward()
+    for ours, bf16 in zip(module.parameters(), cast.parameters()):
+        assert ours.grad.dtype == torch.float32
+        assert_close(ours.grad.cpu(), bf16.grad.float().cpu(), atol=0, rtol=0)
+
+
+def test_autocast_casts_packed_sequences_and_leaves_float64_alone():
+    torch.manual_seed(0)
+    module = nn.LSTM(3, 4, 1).to("tpu")
+    packed = nn.utils.rnn.pack_sequence([torch.randn(5, 3, device="tpu"), torch.randn(3, 3, device="tpu")])
+    with torch.autocast("tpu", dtype=torch.bfloat16):
+        output = module(packed)[0].data
+    assert output.dtype == torch.bfloat16
+    expected = copy.deepcopy(module).bfloat16()(
+        nn.utils.rnn.PackedSequence(packed.data.bfloat16(), packed.batch_sizes))[0].data
+    assert_close(output.cpu(), expected.cpu(), atol=0, rtol=0)
+    double = module.double()
+    with torch.autocast("tpu", dtype=torch.bfloat16):
+        assert double(torch.randn(2, 1, 3, device="tpu", dtype=torch.float64))[0].dtype == torch.float64

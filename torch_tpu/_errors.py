@@ -176,6 +176,40 @@ def meta_error(op, args, kwargs):
     return None
 
 
+_CPU_REPLAY_BYTES = 1 << 28  # the most tpu input bytes copied to the host to ask CPU for its error
+
+
+def _on_cpu(value):
+    """A tpu tensor as a host copy (same values, so value checks agree); a tpu device as CPU."""
+    if isinstance(value, torch.Tensor) and value.device.type == "tpu":
+        return value.detach().to("cpu")
+    if isinstance(value, (torch.device, str)) and value in ("tpu", "tpu:0", torch.device("tpu", 0)):
+        return torch.device("cpu")
+    return value
+
+
+def cpu_error(op, args, kwargs):
+    """The error torch CPU raises for this call (an input its kernel refuses: a dtype it has no loop for,
+    say), from host copies of the tpu tensors; None if CPU takes the call, if the copies would be large, or
+    if the op draws random numbers (CPU's generator must not move). Only the error is used, never a result."""
+    from torch.utils._pytree import tree_map
+
+    tpu_bytes = sum(t.nbytes for t in _tensors_of(args, kwargs) if t.device.type == "tpu")
+    if (getattr(_replaying, "active", False) or tpu_bytes > _CPU_REPLAY_BYTES
+            or torch.Tag.nondeterministic_seeded in getattr(op, "tags", ())):
+        return None
+    _replaying.active = True
+    try:
+        op(*tree_map(_on_cpu, args), **tree_map(_on_cpu, kwargs))
+    except (*_PYTORCH_ERRORS, NotImplementedError) as error:
+        return type(error)(*error.args)
+    except Exception:  # noqa: BLE001 - anything else says nothing about the input
+        return None
+    finally:
+        _replaying.active = False
+    return None
+
+
 def _tensors_of(args, kwargs):
     from torch.utils._pytree import tree_leaves
 
@@ -197,7 +231,7 @@ def kernel_error(error, op, args, kwargs):
         return error
     if any(isinstance(t, torch.Tensor) and t.dim() > 64 for t in _tensors_of(args, kwargs)):
         return RuntimeError("only tensors with up to 64 dims are supported")  # NumPy's limit, and TensorIterator's
-    return meta_error(op, args, kwargs) or RuntimeError(
+    return meta_error(op, args, kwargs) or cpu_error(op, args, kwargs) or RuntimeError(
         f"{op}: this input is not supported by the tpu kernel ({type(error).__name__}: {error}). "
         "PyTorch's CPU kernel may accept it or refuse it with a clearer message; please report it."
     )

@@ -6,7 +6,7 @@ this module every op fails under ``torch.autocast("tpu")``. The op lists mirror
 native input type.
 
 Policies, as in PyTorch:
-- lower precision: cast floating tpu inputs to the autocast dtype (matmul-like ops);
+- lower precision: cast floating tpu inputs to the autocast dtype (matmul-like ops, recurrent layers);
 - float32: cast them to float32 (ops whose range or accuracy needs it);
 - float32, set dtype: run in float32 through the op's own ``dtype=`` argument, unless set;
 - float32, append dtype: redispatch ``norm`` to its overload that takes a dtype;
@@ -24,6 +24,12 @@ LOWER_PRECISION_OPS = (
     "baddbmm", "bmm", "chain_matmul", "linalg_multi_dot", "_thnn_fused_lstm_cell",
     "_thnn_fused_gru_cell", "lstm_cell", "gru_cell", "rnn_tanh_cell", "rnn_relu_cell",
     "_scaled_dot_product_flash_attention", "scaled_dot_product_attention",
+)
+# CUDA casts its cuDNN RNN (``_cudnn_rnn``: input, states and the flattened weights) to the lower precision
+# type; whole-sequence RNNs enter tpu through these composites (ops/rnn.py), so the same rule goes here.
+RNN_OPS = (
+    "lstm.input", "lstm.data", "gru.input", "gru.data", "rnn_tanh.input", "rnn_tanh.data", "rnn_relu.input",
+    "rnn_relu.data",
 )
 FLOAT32_OPS = (
     "acos", "asin", "cosh", "erfinv", "exp", "expm1", "log", "log10", "log2", "log1p", "reciprocal",
@@ -141,7 +147,7 @@ def _banned(message, *args, **kwargs):
 
 def _register_policies():
     _FALLTHROUGH_LIBRARY.fallback(torch.library.fallthrough_kernel, "AutocastPrivateUse1")
-    for name in LOWER_PRECISION_OPS:
+    for name in (*LOWER_PRECISION_OPS, *RNN_OPS):
         _register(name, lower_precision)
     for name in FLOAT32_OPS:
         _register(name, float32)

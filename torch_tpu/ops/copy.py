@@ -1,5 +1,7 @@
 """Copies between CPU and tpu and within tpu, with dtype conversion and broadcasting."""
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -64,10 +66,17 @@ def _check_no_overlap(dst, src):
         raise RuntimeError(PARTIAL_OVERLAP)
 
 
+def _warn_if_dropping_imaginary_parts(dst, src):
+    """CPU's and CUDA's copy_ warn here; ATen hands a PrivateUse1 copy to ``_copy_from`` before its warning."""
+    if src.is_complex() and not dst.is_complex():
+        warnings.warn("Casting complex values to real discards the imaginary part", UserWarning, stacklevel=2)
+
+
 @register("_copy_from")
 def copy_from(self, dst, non_blocking=False):
     _check_broadcastable(dst, self)
     _check_no_overlap(dst, self)
+    _warn_if_dropping_imaginary_parts(dst, self)
     source = _readable(self)
     if _tensor.is_tpu(dst) and (dst.is_conj() or dst.is_neg()):
         if source.dtype == _tensor._C.dtypes.COMPLEX32:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .. import _C
-from .._errors import indices_on_another_device, scalar_type_name
+from .._errors import indices_on_another_device, not_implemented_for, scalar_type_name
 from ._common import (as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, exact_dtype, operand,
                       opmath_operand, prepare_out, store, wrap_dim, write)
 from ._overlap import check_no_internal_overlap, check_no_overlap
@@ -420,6 +420,8 @@ def index_copy_out(self, dim, index, source, *, out):
 
 @register("index_reduce.out")
 def index_reduce_out(self, dim, index, source, reduce, *, include_self=True, out):
+    if self.dtype.is_complex or self.dtype == torch.bool:  # CPU's index_reduce has loops for the real numbers
+        raise not_implemented_for("index_func_", self.dtype)
     target, key = _prepared_index_op(self, dim, index, out, "index_reduce", _dim_error(), source)
     values = converted(_index_source(source, target, key, "index_reduce"), out.dtype)
     return _reduce_into(out, target, key, values, reduce, include_self)

@@ -15,8 +15,9 @@ import torch
 
 from .. import _C
 from . import _registry
+from .._errors import not_implemented_for
 from .._tensor import numpy_dtype
-from ._common import (as_numpy, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand,
+from ._common import (as_numpy, castable, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand,
                       prepare_out, store, wrap_dim, write)
 from .cpu_replay.cascade_sum import cascade_sum
 
@@ -121,9 +122,17 @@ def softmax_into(destination, x, dim, log=False):
     return row_max
 
 
+def check_softmax_dtype(self, dim, log):
+    """CPU's softmax loops are floating-point only; its error names the loop the dim selects."""
+    if self.numel() and not self.dtype.is_floating_point:
+        loop = "lastdim_kernel_impl" if dim == max(self.dim() - 1, 0) else "kernel_impl"
+        raise not_implemented_for(f"{'log_' if log else ''}softmax_{loop}", self.dtype)
+
+
 def softmax_kernel(log):
     def kernel(self, dim, half_to_float, *, out):
         dim = wrap_dim(dim, self.dim())
+        check_softmax_dtype(self, dim, log)
         prepare_out(out, self.shape, torch.float32 if half_to_float else self.dtype, distinct=(self,),
                     dtype_rule=exact_dtype)
         x = at_least_1d(opmath_operand(self))
@@ -649,6 +658,8 @@ def nll_backward_maths(grad, x, target_array, weight_array, reduction, ignore_in
 
 @register("nll_loss_forward.output")
 def nll_loss_forward(self, target, weight, reduction, ignore_index, *, output, total_weight):
+    if not self.dtype.is_floating_point:
+        raise not_implemented_for("nll_loss_out_frame", self.dtype)
     loss, weight_sum = nll_forward_arrays(self, target, weight, reduction, ignore_index, 0)
     return (store(loss, self.dtype, out=output, dtype_rule=exact_dtype),
             store(weight_sum, self.dtype, out=total_weight, dtype_rule=exact_dtype))
@@ -676,6 +687,8 @@ def check_nll2d_shapes(self, target):
 @register("nll_loss2d_forward", "nll_loss2d_forward.output")
 def nll_loss2d_forward(self, target, weight, reduction, ignore_index, *, output=None, total_weight=None):
     check_nll2d_shapes(self, target)
+    if not self.dtype.is_floating_point:
+        raise not_implemented_for("nll_loss2d_forward_out_frame", self.dtype)
     loss, weight_sum = nll_forward_arrays(self, target, weight, reduction, ignore_index, 2)
     return (store(loss, self.dtype, out=output, dtype_rule=exact_dtype),
             store(weight_sum, self.dtype, out=total_weight, dtype_rule=exact_dtype))
@@ -687,17 +700,25 @@ def nll_loss2d_backward(grad_output, self, target, weight, reduction, ignore_ind
     return store(result, self.dtype, out=grad_input, dtype_rule=exact_dtype)
 
 
-def pointwise_loss(loss_function):
-    """Kernel for a loss that is an elementwise function of (input, target), then reduced.
+def pointwise_loss(loss_function, kernel_name, keeps_input_dtype=False):
+    """Kernel for a loss that is an elementwise function of (input, target), then reduced. CPU's
+    ``kernel_name`` loop computes in the promoted dtype, which must be floating; the loss has that dtype (a
+    bf16 prediction against a float32 target gives a float32 loss) or, for ``keeps_input_dtype`` losses, the
+    input's, into which the promoted dtype must cast.
 
     The dispatcher drops trailing arguments equal to their schema default, so ``loss_function``
     carries the schema's defaults for its extra parameters (beta, delta).
     """
 
     def kernel(self, target, reduction=REDUCTION_MEAN, *args, out=None):
+        dtype = torch.result_type(self, target)
+        if keeps_input_dtype:
+            castable(dtype, self.dtype)
+        if not dtype.is_floating_point:
+            raise not_implemented_for(kernel_name, dtype)
         x, t = opmath_operand(self), opmath_operand(target)
         loss = reduce_loss(loss_function(x, t, *args), reduction)
-        return store(loss, self.dtype, out=out, dtype_rule=exact_dtype)
+        return store(loss, self.dtype if keeps_input_dtype else dtype, out=out, dtype_rule=exact_dtype)
 
     return kernel
 
@@ -748,11 +769,11 @@ def huber_gradient(x, t, delta):
 
 
 # mse_loss and smooth_l1_loss are structured: only their out= overloads, so PyTorch's meta function checks shapes
-register("mse_loss.out")(pointwise_loss(squared_error))
+register("mse_loss.out")(pointwise_loss(squared_error, "mse_cpu"))
 register("mse_loss_backward", "mse_loss_backward.grad_input")(pointwise_loss_backward(squared_error_gradient))
-register("smooth_l1_loss.out")(pointwise_loss(smooth_l1))
+register("smooth_l1_loss.out")(pointwise_loss(smooth_l1, "smooth_l1_cpu"))
 register("smooth_l1_loss_backward", "smooth_l1_loss_backward.grad_input")(pointwise_loss_backward(smooth_l1_gradient))
-register("huber_loss", "huber_loss.out")(pointwise_loss(huber))
+register("huber_loss", "huber_loss.out")(pointwise_loss(huber, "huber_cpu", keeps_input_dtype=True))
 register("huber_loss_backward", "huber_loss_backward.out")(pointwise_loss_backward(huber_gradient))
 
 

@@ -26,7 +26,8 @@ from .. import _C
 from .._C import special as vpu_special
 from .._errors import device_mismatch, found_dtype, not_implemented_for, scalar_type_name, shape_mismatch
 from .._tensor import numpy_dtype
-from ._common import as_numpy, broadcast_shapes, castable, empty, empty_with_array, operand, opmath_dtype, prepare_out, store, write
+from ._common import (all_contiguous, as_numpy, broadcast_shapes, castable, empty, empty_with_array, iterator_strides,
+                      operand, opmath_dtype, prepare_out, store, write)
 from ._overlap import check_no_internal_overlap, check_no_partial_overlap
 from .._cost import charged
 from ._registry import KERNELS, default_kernel, register
@@ -67,6 +68,12 @@ def broadcast_shape(*operands, **options):
     if len(shapes) == 1 or (len(shapes) == 2 and shapes[0] == shapes[1]):  # nothing to broadcast
         return shapes[0]
     return broadcast_shapes(*shapes)
+
+
+def new_output(operands, dtype):
+    """A new tensor for the elementwise result of ``operands``, laid out as TensorIterator lays it out."""
+    shape = broadcast_shape(*operands)
+    return empty(shape, dtype, None if all_contiguous(operands) else iterator_strides(shape, operands))
 
 
 def check_inplace(self, dtype, shape):
@@ -282,7 +289,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
 
     def functional(*args, **kwargs):
         promoted = args[:operands]
-        return run(empty(broadcast_shape(*promoted), result(common_dtype(*promoted))), args, kwargs)
+        return run(new_output(promoted, result(common_dtype(*promoted))), args, kwargs)
 
     def inplace(self, *args, **kwargs):
         promoted = (self, *args[:operands - 1])
@@ -567,7 +574,42 @@ def zeta(x, q):
     return np.where(np.isposinf(q) & (x > 1), scalar(np.nan, x), special.zeta(x, q))  # PyTorch: NaN at q=inf
 
 
+def log1p(x):
+    return complex_log1p(x) if x.dtype.kind == "c" else np.log1p(x)
+
+
+def complex_log1p(z):
+    """c10's CPU log1p for complex numbers: log(u) * z / (u - 1) with u = 1 + z restores the digits of ``z``
+    that rounding 1 + z drops (NumPy's log(1 + z) loses them all for small ``z``)."""
+    u = z + scalar(1, z)
+    u_minus_one = u - scalar(1, z)
+    log_u = np.log(u)
+    with np.errstate(divide="ignore", invalid="ignore"):  # the u == 1 elements, dropped below
+        corrected = log_u * (z / u_minus_one)
+    return np.where(u == 1, z, np.where(u_minus_one == z, log_u, corrected))
+
+
+def complex_isnan(z):
+    return np.isnan(z.real) | np.isnan(z.imag)
+
+
+def complex_logaddexp(x, y):
+    """CPU's complex log-add-exp step (``_log_add_exp_helper``, also logcumsumexp's): a NaN in either part
+    of either operand gives NaN + NaNj; operands are ordered by real part, ``y`` counting as the lower on a
+    tie; when both real parts are the same infinity, -inf keeps the lower operand and +inf sums plainly."""
+    x_lower = x.real < y.real
+    lower, upper = np.where(x_lower, x, y), np.where(x_lower, y, x)
+    with np.errstate(all="ignore"):
+        plain = np.log(np.exp(lower) + np.exp(upper))
+        shifted = log1p(np.exp(lower - upper)) + upper
+    same_infinity = ~np.isfinite(lower.real) & (lower.real == upper.real)
+    result = np.where(same_infinity, np.where(lower.real < 0, lower, plain), shifted)
+    return np.where(complex_isnan(x) | complex_isnan(y), scalar(complex(math.nan, math.nan), result), result)
+
+
 def logaddexp(a, b):
+    if a.dtype.kind == "c":
+        return complex_logaddexp(a, b)
     biggest = np.maximum(a, b)
     return np.where(np.isinf(a) & (a == b), a, biggest + np.log1p(np.exp(-np.abs(a - b))))
 
@@ -639,6 +681,11 @@ def floating_or_complex(dtype):
     return dtype.is_floating_point or dtype.is_complex
 
 
+def floating_or_wide_complex(dtype):
+    """CPU's complex loops of the log-sum-exp family have no complex32 (ComplexHalf) instance."""
+    return dtype.is_floating_point or dtype in (torch.complex64, torch.complex128)
+
+
 def shiftable(dtype):
     """CPU's shift kernels have loops for the integer types PyTorch had before uint16/32/64."""
     return dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -658,6 +705,18 @@ def clamp(x, low=None, high=None):
     if high is not None:
         x = np.minimum(x, high)
     return x
+
+
+def clamping_check(op_name, bool_message):
+    """relu and hardtanh clamp: CPU refuses complex numbers (which have no order) and bools, each in its words."""
+
+    def check(dtype, *args, **kwargs):
+        if dtype.is_complex:
+            raise NotImplementedError("clamp is not supported for complex types")
+        if dtype == torch.bool:
+            raise RuntimeError(f"{bool_message} {op_name}")
+
+    return check
 
 
 def check_clamp_bounds(dtype, x, low=None, high=None):
@@ -919,7 +978,7 @@ def real_part_dtype(dtype):
 
 UNARY_FLOAT = {  # integer and bool inputs compute in the default float dtype
     "exp": np.exp, "exp2": np.exp2, "expm1": np.expm1,
-    "log": np.log, "log2": np.log2, "log10": np.log10, "log1p": np.log1p,
+    "log": np.log, "log2": np.log2, "log10": np.log10, "log1p": log1p,
     "sqrt": np.sqrt, "rsqrt": rsqrt, "reciprocal": np.reciprocal, "sigmoid": sigmoid,
     "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
     "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
@@ -953,7 +1012,7 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "fmax.out": (np.fmax, keep, real),
     "fmin.out": (np.fmin, keep, real),
     "copysign.out": (np.copysign, to_float, None),
-    "logaddexp.out": (logaddexp, keep, floating),
+    "logaddexp.out": (logaddexp, keep, floating_or_wide_complex),
     "logaddexp2.out": (logaddexp2, keep, floating),
     "xlogy.OutTensor": (xlogy, to_float, real),
     "special_xlog1py.out": (special.xlog1py, to_float, None),
@@ -1037,10 +1096,11 @@ def register_tables():
     structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)
     for overload in ("clamp.out", "clamp.Tensor_out"):
         structured(overload, clamp, operands=3, check=check_clamp_bounds, exact_out=overload == "clamp.out")
-    for overload in ("clamp_min.out", "clamp_min.Tensor_out"):
-        structured(overload, clamp, operands=2, exact_out=overload == "clamp_min.out")
-    for overload in ("clamp_max.out", "clamp_max.Tensor_out"):
-        structured(overload, clamp_max, operands=2, exact_out=overload == "clamp_max.out")
+    # tensor bounds go through CPU's maximum/minimum loops, which have none for complex numbers
+    structured("clamp_min.out", clamp, operands=2, exact_out=True)
+    structured("clamp_min.Tensor_out", clamp, operands=2, check=checked(real, "maximum"))
+    structured("clamp_max.out", clamp_max, operands=2, exact_out=True)
+    structured("clamp_max.Tensor_out", clamp_max, operands=2, check=checked(real, "minimum"))
     structured("addcmul.out", addcmul, operands=3)
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
     structured("lerp.Scalar_out", lerp, operands=2, check=supports(floating_or_complex, "lerp_kernel_scalar"))
@@ -1054,8 +1114,9 @@ def register_tables():
     unstructured(floor_divide, "floor_divide", "floor_divide_.Tensor", "floor_divide.out", operands=2,
                  check=supports(not_bool, "div_floor_cpu"), opmath=divides_in_opmath)
     unstructured(remainder, "remainder.Scalar_Tensor", operands=2, check=checked(not_bool, "remainder"))
-    unstructured(relu, "relu", "relu_", check=supports(not_bool, "clamp_min_scalar_cpu"))
-    unstructured(hardtanh, "hardtanh", "hardtanh_", "hardtanh.out", check=checked(not_bool, "hardtanh"))
+    unstructured(relu, "relu", "relu_", check=clamping_check("relu", "Boolean inputs not supported for"))
+    unstructured(hardtanh, "hardtanh", "hardtanh_", "hardtanh.out",
+                 check=clamping_check("hardtanh", "Bool inputs not supported for"))
     unstructured(hardtanh_backward, "hardtanh_backward", "hardtanh_backward.grad_input", operands=2)
     unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"))
     unstructured(hardswish_backward, "hardswish_backward", operands=2)
@@ -1119,7 +1180,7 @@ def nan_to_num_out(self, nan=None, posinf=None, neginf=None, *, out):
 
 @register("where.self")
 def where_self(condition, self, other):
-    out = empty(broadcast_shape(condition, self, other), common_dtype(self, other))
+    out = new_output((condition, self, other), common_dtype(self, other))
     return where_into(out, condition, self, other)
 
 
@@ -1292,21 +1353,22 @@ def hot_binary(ufunc, out_kernel, rule=keep):
                 and self.dtype in _NATIVE_SAME
                 and self.shape == other.shape and not options
                 # a real tensor never has the conjugate bit; a negative view (torch._neg_view) it may
-                and not (self.is_cpu or other.is_cpu or self.is_neg() or other.is_neg())):
+                and not (self.is_cpu or other.is_cpu or self.is_neg() or other.is_neg())
+                and self.is_contiguous() and other.is_contiguous()):
             # the commonest call, two tpu tensors alike: no promotion, no broadcasting, and
             # every rule keeps a float32/float64 result type
             out, array = empty_with_array(self.shape, self.dtype)
             vpu.apply(ufunc, as_numpy(self), as_numpy(other), out=array)
             return out
         dtype = rule(torch.result_type(self, other))
-        if not options and dtype in _NATIVE:
+        contiguous = all_contiguous((self, other))
+        if not options and dtype in _NATIVE and contiguous:
             a, b = native_operand(self, dtype), native_operand(other, dtype)
             if a is not None and b is not None:
                 out, array = empty_with_array(result_shape(self, other), dtype)
                 vpu.apply(ufunc, a, b, out=array)
                 return out
-        out = empty(broadcast_shape(self, other), rule(common_dtype(self, other)))
-        return out_kernel(self, other, **options, out=out)
+        return out_kernel(self, other, **options, out=new_output((self, other), rule(common_dtype(self, other))))
 
     def inplace(self, other, **options):
         dtype = rule(torch.result_type(self, other))

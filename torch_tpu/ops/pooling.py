@@ -313,6 +313,7 @@ def pool_window(self, n, kernel_size, stride, padding, dilation, ceil_mode, kind
 
 def max_pool_kernel(n):
     def kernel(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False, *, out=None, indices=None):
+        require(not (self.dtype.is_complex or self.dtype == torch.bool), self.dtype, f"max_pool{n}d")  # no order
         window = pool_window(self, n, kernel_size, stride, padding, dilation, ceil_mode)
         values, index = max_pool_arrays(opmath_operand(self), window)
         return (store(values, self.dtype, out=out, distinct=(self,), dtype_rule=exact_dtype),

@@ -24,6 +24,7 @@ from .cpu_replay import libstdcxx_order
 from ._common import (as_numpy, converted, empty, exact_dtype, operand, opmath_dtype, prepare_out, store, wrap_dim,
                       wrap_dims, write)
 from ._registry import register
+from .pointwise import complex_logaddexp, floating_or_wide_complex
 
 # ---------------------------------------------------------------------------------------------
 # Mechanisms shared by every reduction
@@ -116,6 +117,10 @@ def _real_not_bool(dtype):
 
 def _floating(dtype):
     return dtype.is_floating_point or dtype.is_complex
+
+
+def _not_complex_half(dtype):
+    return dtype != torch.complex32
 
 
 def _along_last(array, axis):
@@ -423,7 +428,7 @@ def _norm_into(self, ord, dim, keepdim, dtype, out):
     if (ord < 0 or ord == math.inf) and any(self.shape[axis] == 0 for axis in axes):
         raise RuntimeError(f"linalg.vector_norm cannot compute the {ord} norm on an empty tensor because the "
                            "operation does not have an identity")
-    exact_dtype(dtype or self.dtype.to_real(), out.dtype)
+    exact_dtype((dtype or self.dtype).to_real(), out.dtype)  # a complex dtype= still gives a real norm
     _reduction_out(out, self, axes, keepdim)
     magnitude = np.abs(_accumuland(self, dtype))
     return write(out, np.asarray(_vector_norm(magnitude, ord, axes, keepdim)))
@@ -444,25 +449,31 @@ def norm_dtype_out(self, p, dim, keepdim, *, dtype, out):
     return _norm_into(self, 2 if p is None else p, dim, keepdim, dtype, out)
 
 
+def _summed_into(out, total):
+    """CPU sums into ``out`` itself, so a real ``out`` keeps only the real parts of a complex sum."""
+    return total if out.dtype.is_complex else total.real
+
+
 @register("logsumexp.out")
 def logsumexp_out(self, dim, keepdim=False, *, out):
-    if not out.dtype.is_floating_point:
+    if not _floating(out.dtype):
         raise RuntimeError(f"logsumexp(): Expected floating point type for result tensor, but got: "
                            f"{scalar_type_name(out.dtype)}")
-    _check_dtype(self, "logsumexp", _real)
+    _check_dtype(self, "exp_vml_cpu", _not_complex_half)
     axes = _reduced_axes(self, dim)
     if self.numel() and self.dim() and not keepdim and not dim:
         # CPU adds the keepdim maxes of dim=[] (shaped [1, ...]) into a 0-d result in place.
         raise shape_mismatch((), [1] * self.dim())
     _reduction_out(out, self, axes, keepdim)
-    array = _accumuland(self, self.dtype if self.dtype.is_floating_point else torch.get_default_dtype())
+    array = _accumuland(self, self.dtype if _floating(self.dtype) else torch.get_default_dtype())
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if array.size == 0:
-            return write(out, np.asarray(np.log(np.sum(np.exp(array), axis=axes, keepdims=keepdim))))
-        # Shift by the max for stability, except where the max is infinite (it would make NaNs).
-        shift = np.max(array, axis=axes, keepdims=True)
-        shift = np.where(np.isinf(shift), 0, shift).astype(array.dtype, copy=False)
-        total = np.sum(np.exp(array - shift), axis=axes, keepdims=keepdim)
+            return write(out, np.asarray(np.log(_summed_into(out, np.sum(np.exp(array), axis=axes, keepdims=keepdim)))))
+        # Shift by the max (of the real parts: CPU's complex rule) for stability, except where the max is
+        # infinite (it would make NaNs).
+        shift = np.max(array.real, axis=axes, keepdims=True)
+        shift = np.where(np.isinf(shift), 0, shift).astype(array.real.dtype, copy=False)
+        total = _summed_into(out, np.sum(np.exp(array - shift), axis=axes, keepdims=keepdim))
         result = np.log(total) + (shift if keepdim else shift.reshape(total.shape))
     return write(out, np.asarray(result))
 
@@ -653,16 +664,32 @@ register("_cummax_helper")(_running_extreme_kernel("cummax", np.maximum))
 register("_cummin_helper")(_running_extreme_kernel("cummin", np.minimum))
 
 
+_LOGCUMSUMEXP_ACCUMULATOR = {torch.float32: np.float64, torch.complex64: np.complex128}  # CPU's acc_type
+
+
 def _logcumsumexp_into(self, dim, out):
-    """CPU's running log-sum-exp is held in ``acc_type``: double for float32, so each output rounds once."""
-    _check_dtype(self, "logcumsumexp_out_cpu", lambda dtype: dtype.is_floating_point)
+    """CPU's running log-sum-exp is held in ``acc_type`` (double for float32, complex double for complex
+    float), so each output rounds once."""
+    _check_dtype(self, "logcumsumexp_out_cpu", floating_or_wide_complex)
     axis = wrap_dim(dim, self.dim())
     if prepare_out(out, self.shape, self.dtype, inputs=(self,)).numel() == 0:
         return out
-    accumulator = np.float64 if self.dtype == torch.float32 else opmath_dtype(self.dtype)
+    accumulator = _LOGCUMSUMEXP_ACCUMULATOR.get(self.dtype) or opmath_dtype(self.dtype)
     array = _accumuland(self).astype(accumulator, copy=False).reshape(self.shape or (1,))
     with np.errstate(all="ignore"):
+        if array.dtype.kind == "c":
+            return write(out, _complex_running_logaddexp(array, axis).reshape(out.shape))
         return write(out, np.logaddexp.accumulate(array, axis=axis).reshape(out.shape))
+
+
+def _complex_running_logaddexp(array, axis):
+    """CPU's complex scan: from -inf + 0j, each step is ``complex_logaddexp(element, running)``."""
+    along = np.moveaxis(array, axis, 0)
+    result = np.empty_like(along)
+    running = np.full(along.shape[1:], complex(-math.inf, 0), array.dtype)
+    for position, element in enumerate(along):
+        running = result[position] = complex_logaddexp(element, running)
+    return np.moveaxis(result, 0, axis)
 
 
 @register("_logcumsumexp")

@@ -351,7 +351,14 @@ def _unique_outputs(self, inverse, counts, inverse_shape, return_inverse, return
     return unique, inverse_tensor, counts_tensor
 
 
+def _check_orderable(self, kernel_name):
+    """CPU's unique sorts: no loop for complex numbers, which have no order."""
+    if self.dtype.is_complex:
+        raise not_implemented_for(kernel_name, self.dtype)
+
+
 def _flat_unique(self, sort, return_inverse, return_counts):
+    _check_orderable(self, "unique")
     flat = _sortable(self, "unique").reshape(-1)
     order = np.argsort(flat, kind="stable") if sort else np.arange(flat.size)
     picked, inverse, counts = _unique_rows(flat, order)
@@ -380,6 +387,7 @@ def _check_unique_dim_of_empty(self, dim):
 
 
 def _dim_unique(self, dim, sort, return_inverse, return_counts):
+    _check_orderable(self, "unique_dim")
     dim = wrap_dim(dim, self.dim())
     _check_unique_dim_of_empty(self, dim)
     source = np.moveaxis(operand(self, "unique_dim"), dim, 0)
