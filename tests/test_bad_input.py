@@ -425,6 +425,15 @@ def test_asking_cpu_for_its_error_never_moves_its_generator_nor_copies_large_inp
     assert torch.equal(torch.get_rng_state(), state)
 
 
+def test_asking_cpu_for_its_error_never_writes_the_callers_tensors():
+    host, tpu = torch.zeros(3), torch.ones(3, device="tpu")
+    numpy_error = _raised(pytest.importorskip("numpy").flip, [1.0], 5)
+    # CPU takes the replayed in-place call: nothing to report, and the caller's host tensor is untouched
+    translated = torch_tpu._errors.kernel_error(numpy_error, torch.ops.aten.copy_.default, (host, tpu), {})
+    assert "not supported by the tpu kernel" in str(translated)
+    assert torch.equal(host, torch.zeros(3))
+
+
 def test_an_error_nothing_explains_names_the_op():
     x = torch.ones(2, 3, device="tpu")
     error = _raised(torch_tpu._errors.scalar_type_name, None)  # a failed lookup in torch_tpu's code

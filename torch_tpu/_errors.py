@@ -176,13 +176,14 @@ def meta_error(op, args, kwargs):
     return None
 
 
-_CPU_REPLAY_BYTES = 1 << 28  # the most tpu input bytes copied to the host to ask CPU for its error
+_CPU_REPLAY_BYTES = 1 << 28  # the most input bytes copied to ask CPU for its error
 
 
 def _on_cpu(value):
-    """A tpu tensor as a host copy (same values, so value checks agree); a tpu device as CPU."""
-    if isinstance(value, torch.Tensor) and value.device.type == "tpu":
-        return value.detach().to("cpu")
+    """A tensor as a host copy (same values, so value checks agree; a CPU argument is copied too, so that an
+    in-place op replayed for its error never writes the caller's tensor); a tpu device as CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
     if isinstance(value, (torch.device, str)) and value in ("tpu", "tpu:0", torch.device("tpu", 0)):
         return torch.device("cpu")
     return value
@@ -194,8 +195,8 @@ def cpu_error(op, args, kwargs):
     if the op draws random numbers (CPU's generator must not move). Only the error is used, never a result."""
     from torch.utils._pytree import tree_map
 
-    tpu_bytes = sum(t.nbytes for t in _tensors_of(args, kwargs) if t.device.type == "tpu")
-    if (getattr(_replaying, "active", False) or tpu_bytes > _CPU_REPLAY_BYTES
+    copied_bytes = sum(t.nbytes for t in _tensors_of(args, kwargs))
+    if (getattr(_replaying, "active", False) or copied_bytes > _CPU_REPLAY_BYTES
             or torch.Tag.nondeterministic_seeded in getattr(op, "tags", ())):
         return None
     _replaying.active = True
