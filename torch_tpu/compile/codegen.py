@@ -28,7 +28,7 @@ import torch
 
 from .. import _C
 from .._tensor import numpy_dtype
-from .batching import HELPERS as BATCH_HELPERS, batched_lines, plan_batches
+from .batching import HELPERS as BATCH_HELPERS, batched_lines, host_batch_lines, plan_batches, plan_host_batches
 from .fusion import fuse, horizontal_launches
 from .lowering import EAGER, POINTWISE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
@@ -157,6 +157,7 @@ def generate(graph, name):
     for siblings in horizontal_launches(fusion.groups):
         for plan in plan_batches(siblings, lowered, homes, position, root, nodes):
             batch_of.update((n, plan) for nodes_of in plan.members for n in nodes_of)
+    host_batch_of = plan_host_batches(nodes, lowered, homes, position)  # node -> its HostBatch
     kept_until = {}  # a graph input a batched launch reads or writes stays alive until the launch has run
     for plan in {id(p): p for p in batch_of.values()}.values():
         for base in plan.reads | plan.writes:
@@ -305,8 +306,12 @@ def generate(graph, name):
             continue
         if node is first_call:
             w.line("args.clear()  # AOTAutograd hands its references over: inputs die at their last use")
-        plan = batch_of.get(node)
-        if plan is None:
+        plan, host_batch = batch_of.get(node), host_batch_of.get(node)
+        if host_batch is not None:
+            if node is host_batch.members[0]:  # the whole batch, where its first member stands
+                for line in host_batch_lines(host_batch, host_batch_of, lowered, w.constant):
+                    w.line(line)
+        elif plan is None:
             emit(node, lowered[node], homes[node], v)
         elif position[node] == plan.end:
             emit_batched(plan)
