@@ -322,7 +322,9 @@ def generate(graph, name):
             w.wrapped.discard(index)
     for dead in (name for names in deletions.values() for name in names):
         w.line(dropped(dead))  # unused inputs
-    results = [_output_expression(o, tensor_of, homes, root, w, assignment) for o in outputs]
+    returned_roots = [root(o) for o in outputs if isinstance(o, torch.fx.Node)]
+    results = [tensor_of[root(o)] if _whole_view_of_new_output(o, root, homes, returned_roots)
+               else _output_expression(o, tensor_of, homes, root, w, assignment) for o in outputs]
     if kernels:  # else the program's kernels reach the clock at once, as launching them one by one would
         summary = w.constant("program_cost_", chip.clock.program_cost([cost for _, _, cost in kernels]))
         w.line(f"if not recording: clock.run_program({summary}, clock.current_stream)")
@@ -464,6 +466,18 @@ def _tensor_expression(node, tensor_of, homes, root, assignment, w):
             w.wrapped.add(index)
         return f"tensor_view(bt{index}, B{index}, v_{node.name})"
     raise AssertionError(f"{node.name} has no tensor to view")  # scratch values never leave their kernel
+
+
+def _whole_view_of_new_output(node, root, homes, returned_roots):
+    """Whether output ``node`` is a view laid out exactly as the new output tensor it views (a weight gradient
+    transposed twice, a bias gradient reshaped to its own shape), returned by nothing else: that tensor is then
+    returned as it is, instead of a new tensor over the same bytes with the same sizes, strides and offset."""
+    base = root(node)
+    if base is node or homes.get(base) != "output" or returned_roots.count(base) != 1:
+        return False
+    view, made = value_of(node), value_of(base)
+    return (view.dtype == made.dtype and tuple(view.shape) == tuple(made.shape) and view.stride() == made.stride()
+            and view.storage_offset() == made.storage_offset())
 
 
 def _output_expression(node, tensor_of, homes, root, w, assignment):
