@@ -458,13 +458,13 @@ def _tensor_expression(node, tensor_of, homes, root, assignment, w):
         return tensor_of[node]
     base = root(node)
     if base in tensor_of:
-        return f"tensor_view({tensor_of[base]}, v_{base.name}, v_{node.name})"
+        return _view_expression(node, base, tensor_of[base], f"v_{base.name}", homes, w)
     if homes.get(base) == "buffer":
         index = assignment[base.name]
         if index not in w.wrapped:  # a tensor over the buffer, made where an eager kernel or an output first needs it
             w.line(f"bt{index} = tensor_over(b{index})")
             w.wrapped.add(index)
-        return f"tensor_view(bt{index}, B{index}, v_{node.name})"
+        return _view_expression(node, base, f"bt{index}", f"B{index}", homes, w)
     raise AssertionError(f"{node.name} has no tensor to view")  # scratch values never leave their kernel
 
 
@@ -480,6 +480,22 @@ def _whole_view_of_new_output(node, root, homes, returned_roots):
             and view.storage_offset() == made.storage_offset())
 
 
+def _view_expression(node, base, base_tensor, base_array, homes, w):
+    """A tensor over ``base_tensor``'s storage holding view ``node`` of ``base``. When the program made the
+    base itself, laid out as its FakeTensor says (a new output or a lowered multi-output kernel's result:
+    contiguous from offset 0; a planned buffer: its value starts at its offset 0) and the layouts are
+    static, the view's sizes, strides and offset are the ones its FakeTensor gives, known now; else they are
+    read from the NumPy view at run time."""
+    view, made = value_of(node), value_of(base)
+    layout = (tuple(view.shape), tuple(view.stride()), view.storage_offset(), tuple(made.shape), made.storage_offset())
+    static = all(isinstance(n, int) for part in layout for n in (part if isinstance(part, tuple) else (part,)))
+    made_here = homes.get(base) in ("output", "buffer") or (
+        base.target is operator.getitem and homes.get(base.args[0]) == "multi")
+    if static and made_here and made.is_contiguous() and made.storage_offset() == 0:
+        return f"tensor_at({base_tensor}, *{w.constant('layout_', (view.dtype, layout[2], layout[0], layout[1]))})"
+    return f"tensor_view({base_tensor}, {base_array}, v_{node.name})"
+
+
 def _output_expression(node, tensor_of, homes, root, w, assignment):
     """An output: its tensor, or a view of the tensor or buffer it lives in (a planned buffer viewed by
     an output is never handed on: its last use is the output)."""
@@ -489,7 +505,7 @@ def _output_expression(node, tensor_of, homes, root, w, assignment):
         return _tensor_expression(node, tensor_of, homes, root, assignment, w)
     base = root(node)
     if base in tensor_of:
-        return f"tensor_view({tensor_of[base]}, v_{base.name}, v_{node.name})"
+        return _view_expression(node, base, tensor_of[base], f"v_{base.name}", homes, w)
     if not is_tpu_node(node):
         return f"host_tensor(v_{node.name})"
     value = value_of(node)
