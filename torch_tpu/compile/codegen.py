@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .. import _C
-from .._tensor import numpy_dtype
+from .._tensor import NUMPY_DTYPE, numpy_dtype
 from .batching import HELPERS as BATCH_HELPERS, batched_lines, host_batch_lines, plan_batches, plan_host_batches
 from .fusion import fuse, horizontal_launches
 from .lowering import EAGER, POINTWISE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
@@ -297,6 +297,8 @@ def generate(graph, name):
                 #       philox seed is a CPU scalar whose fake value says tpu)
             elif is_tpu_node(node):
                 w.line(f"{v} = as_numpy(t_{node.name})")
+            elif _numpy_host_tensor(node):  # a CPU tensor (guarded so): its NumPy view, without host_view's checks
+                w.line(f"{v} = t_{node.name}.detach().numpy()")
             else:  # a host scalar read (and written) through its NumPy view; anything else as it is
                 w.line(f"{v} = host_view(t_{node.name})")
             tensor_of[node] = f"t_{node.name}"
@@ -335,6 +337,13 @@ def generate(graph, name):
               "    finally:\n        restore_fp_errors(token)\n")
     return Generated(source, w.namespace, sum(size for size, _, _ in buffers), kernels, eager_nodes, fusion.refusals,
                      {n.name: h for n, h in homes.items()})
+
+
+def _numpy_host_tensor(node):
+    """Whether a graph input is a CPU tensor of a dtype NumPy holds (bfloat16 is not one): an optimizer's step count."""
+    value = value_of(node)
+    return isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.dtype != torch.bfloat16 and \
+        value.dtype in NUMPY_DTYPE
 
 
 def _written_in_place(nodes, lowered, homes, position, root):
