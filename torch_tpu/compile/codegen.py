@@ -479,14 +479,24 @@ def _tensor_expression(node, tensor_of, homes, root, assignment, w):
 
 def _whole_view_of_new_output(node, root, homes, returned_roots):
     """Whether output ``node`` is a view laid out exactly as the new output tensor it views (a weight gradient
-    transposed twice, a bias gradient reshaped to its own shape), returned by nothing else: that tensor is then
-    returned as it is, instead of a new tensor over the same bytes with the same sizes, strides and offset."""
+    transposed twice), returned by nothing else: that tensor is then returned as it is, instead of a new tensor
+    over the same bytes with the same sizes, strides and offset."""
+    if not isinstance(node, torch.fx.Node):
+        return False
     base = root(node)
     if base is node or homes.get(base) != "output" or returned_roots.count(base) != 1:
         return False
-    view, made = value_of(node), value_of(base)
-    return (view.dtype == made.dtype and tuple(view.shape) == tuple(made.shape) and view.stride() == made.stride()
-            and view.storage_offset() == made.storage_offset())
+    layout = _static_layout(value_of(node))
+    return layout is not None and layout == _static_layout(value_of(base))
+
+
+def _static_layout(value):
+    """(dtype, storage offset, sizes, strides) of a FakeTensor whose layout is plain numbers, else None."""
+    if not isinstance(value, torch.Tensor):
+        return None
+    layout = (value.dtype, value.storage_offset(), tuple(value.shape), tuple(value.stride()))
+    numbers = (layout[1], *layout[2], *layout[3])
+    return layout if all(isinstance(n, int) for n in numbers) else None
 
 
 def _view_expression(node, base, base_tensor, base_array, homes, w):
@@ -495,13 +505,11 @@ def _view_expression(node, base, base_tensor, base_array, homes, w):
     contiguous from offset 0; a planned buffer: its value starts at its offset 0) and the layouts are
     static, the view's sizes, strides and offset are the ones its FakeTensor gives, known now; else they are
     read from the NumPy view at run time."""
-    view, made = value_of(node), value_of(base)
-    layout = (tuple(view.shape), tuple(view.stride()), view.storage_offset(), tuple(made.shape), made.storage_offset())
-    static = all(isinstance(n, int) for part in layout for n in (part if isinstance(part, tuple) else (part,)))
+    layout, made = _static_layout(value_of(node)), _static_layout(value_of(base))
     made_here = homes.get(base) in ("output", "buffer") or (
         base.target is operator.getitem and homes.get(base.args[0]) == "multi")
-    if static and made_here and made.is_contiguous() and made.storage_offset() == 0:
-        return f"tensor_at({base_tensor}, *{w.constant('layout_', (view.dtype, layout[2], layout[0], layout[1]))})"
+    if layout is not None and made is not None and made_here and made[1] == 0 and value_of(base).is_contiguous():
+        return f"tensor_at({base_tensor}, *{w.constant('layout_', layout)})"
     return f"tensor_view({base_tensor}, {base_array}, v_{node.name})"
 
 
