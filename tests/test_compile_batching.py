@@ -16,6 +16,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Profiler record function"),
               pytest.mark.usefixtures("paused_collector")]  # the steps' HBM is compared byte for byte
 
 BATCHED = "one call per op over"  # what the generated source says where a launch runs batched
+HOST_BATCHED = "host scalars"  # ... and where one foreach op's host scalars (step counts, bias corrections) do
 SHAPES = [(4, 3), (3,), (5, 4), (2, 2, 3)]
 
 
@@ -35,6 +36,7 @@ def train(make_optimizer, dtypes, batched, monkeypatch, steps=3, skew_step=False
     with monkeypatch.context() as patch:
         if not batched:
             patch.setattr(codegen, "plan_batches", lambda *args: [])
+            patch.setattr(codegen, "plan_host_batches", lambda *args: {})
         generator = torch.Generator().manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype).to("tpu"))
                   for shape, dtype in zip(SHAPES, dtypes)]
@@ -83,7 +85,9 @@ def test_batched_step_equals_unrolled_step_bit_for_bit(name, monkeypatch):
     batched = train(OPTIMIZERS[name], dtypes, True, monkeypatch)
     unrolled = train(OPTIMIZERS[name], dtypes, False, monkeypatch)
     assert any(BATCHED in source for source in batched[4]), "the launch did not run batched"
-    assert not any(BATCHED in source for source in unrolled[4])
+    assert not any(BATCHED in source or HOST_BATCHED in source for source in unrolled[4])
+    # Adam's step counts and bias corrections run as one call per op as well (SGD has none)
+    assert any(HOST_BATCHED in source for source in batched[4]) == name.startswith("adam")
     assert_same_step(batched, unrolled)
 
 
@@ -92,6 +96,8 @@ def test_unequal_step_counts_fall_back_to_the_unrolled_kernels(monkeypatch):
     batched = train(OPTIMIZERS["adamw"], dtypes, True, monkeypatch, skew_step=True)
     unrolled = train(OPTIMIZERS["adamw"], dtypes, False, monkeypatch, skew_step=True)
     assert any("same_scalars(" in source for source in batched[4])
+    # the host scalars stay batched: unequal step counts are just different elements of one array
+    assert any(HOST_BATCHED in source for source in batched[4])
     assert_same_step(batched, unrolled)
 
 

@@ -173,6 +173,31 @@ def test_input_mutation_views_and_in_place_ops_match_eager():
         assert_identical(a, b)
 
 
+def test_outputs_viewing_what_the_program_made_have_eager_layouts():
+    """Views of new outputs and of a multi-output kernel's results are laid out from their FakeTensors when the
+    program is generated (or are the output itself when they view it whole): values, sizes, strides and
+    storage offsets as eager gives them, and a weight gradient transposed twice is a plain gradient."""
+    def f(x, w):
+        y = x @ w
+        normed = F.layer_norm(y, (5,))
+        return y.t(), (y * 2)[1:, ::2], (y + 1).view(-1), normed.transpose(0, 1), y.t().t(), normed[2]
+
+    x, w = torch.randn(4, 3), torch.randn(3, 5)
+    want = f(x.to("tpu"), w.to("tpu"))
+    got = torch.compile(f, backend="tpu")(x.to("tpu"), w.to("tpu"))
+    assert "tensor_at(" in torch_tpu.compile.last_programs()[-1].source
+    for a, b in zip(got, want, strict=True):
+        assert_identical(a, b)
+        assert (a.shape, a.stride(), a.storage_offset()) == (b.shape, b.stride(), b.storage_offset())
+    linear = torch.nn.Linear(3, 5).to("tpu")
+    eager_linear = copy.deepcopy(linear)
+    torch.compile(lambda x: linear(x).square().sum(), backend="tpu")(x.to("tpu")).backward()
+    eager_linear(x.to("tpu")).square().sum().backward()
+    for p, q in zip(linear.parameters(), eager_linear.parameters(), strict=True):
+        assert_identical(p.grad, q.grad)
+        assert p.grad.stride() == q.grad.stride()
+
+
 def _computed_into_inputs(source):
     return [line.split("=")[0].strip() for line in source.splitlines() if "computed into the input" in line]
 

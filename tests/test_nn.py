@@ -4,6 +4,8 @@ Gradients are driven with an explicit random ``gradient`` tensor (not ``.sum().b
 so each test exercises the backward kernel with a non-trivial incoming gradient.
 """
 
+import ml_dtypes
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -12,6 +14,7 @@ from torch.testing import assert_close
 
 import differential
 from differential import check, check_grads, check_same_error
+from torch_tpu.ops.cpu_replay import cascade_sum
 
 BF16_TOLERANCE = dict(atol=2e-2, rtol=2e-2)
 
@@ -510,7 +513,7 @@ def test_nll_loss_reduction_follows_cpu_cascade_sum_in_the_input_dtype(dtype, re
     rounds at every addition; the tpu must give the same bits."""
     exact = dict(atol=0, rtol=0)
     generator = torch.Generator().manual_seed(0)
-    for samples in (8, 300, 5000):
+    for samples in (8, 300, 700, 5000):  # below and above cascade_sum.FOLD_LIMIT
         x = (torch.randn(samples, 7, generator=generator) * 4).to(dtype)
         target = torch.randint(0, 7, (samples,), generator=generator)
         weight = (torch.rand(7, generator=generator) * 9 - 3).to(dtype)
@@ -521,6 +524,29 @@ def test_nll_loss_reduction_follows_cpu_cascade_sum_in_the_input_dtype(dtype, re
     spatial_target = torch.randint(0, 3, (2, 9, 5), generator=generator)
     differential.check(lambda t, w: F.nll_loss(t, spatial_target.to(t.device), w, ignore_index=1, reduction=reduction),
           spatial, weight[:3], **exact)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, ml_dtypes.bfloat16])
+def test_cascade_sum_fold_equals_the_vectorised_replay(dtype, monkeypatch):
+    """Small sums take a scalar fold of the cascade; it must give the replay's bits, specials and signed zeros included."""
+    rng = np.random.default_rng(0)
+    dtype = np.dtype(dtype)
+    for trial in range(150):
+        n = int(rng.integers(0, 600))
+        values = rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4)
+        if trial % 5 == 0 and n:
+            values[rng.integers(0, n)] = [np.inf, -np.inf, np.nan, -0.0, 0.0][trial // 5 % 5]
+        if trial % 7 == 0:
+            values = np.full(n, -0.0)
+        values = values.astype(dtype)
+        counted = rng.random(n) < [1.0, 0.5, 0.05][trial % 3]
+        with np.errstate(all="ignore"):
+            monkeypatch.setattr(cascade_sum, "FOLD_LIMIT", n)
+            folded = cascade_sum.cascade_sum(values, counted, dtype)
+            monkeypatch.setattr(cascade_sum, "FOLD_LIMIT", -1)
+            replayed = cascade_sum.cascade_sum(values, counted, dtype)
+        assert type(folded) is type(replayed)
+        assert np.asarray(folded).tobytes() == np.asarray(replayed).tobytes(), (n, trial)
 
 
 def test_nll_loss_all_ignored_mean_is_nan_like_cpu():

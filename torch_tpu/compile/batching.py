@@ -17,6 +17,12 @@ A per-parameter host scalar (an optimizer's step count, read as a number) must b
 kernels: a run-time check compares their bytes and falls back to the unrolled code when they differ.
 Charges and HBM are untouched: the launch is charged as before, and batching needs no HBM
 (its flat arrays are host scratch, as the values inside a fused kernel are).
+
+The host scalars themselves (an optimizer's step + 1, its bias corrections and their square roots: one
+per parameter and op) batch the same way, with no run-time check (``plan_host_batches``): the values of
+one foreach op's per-parameter host nodes lie side by side in one flat array, each member's host array
+being a view of its part, so one ufunc call computes all of them and every reader (the unrolled kernels,
+the check above) finds its own value where it always did.
 """
 
 import dataclasses
@@ -24,6 +30,7 @@ import dataclasses
 import numpy as np
 import torch
 
+from .._tensor import numpy_dtype
 from .lowering import VIEW, is_tpu_node, tensor_inputs, value_of
 
 # homes of nodes that allocate or free HBM: none may run between a batched launch's first and last node
@@ -211,6 +218,84 @@ def batched_lines(plan, lowered, constant, numpy_dtype):
             member_node = nodes_of[i]
             part = arrays[flat[i]][start:stop].reshape(tuple(value_of(member_node).shape))
             lines.append(f"copyto(v_{lowered[member_node].writes.name}, {constant('part_', part)})")
+    return lines
+
+
+@dataclasses.dataclass
+class HostBatch:
+    members: list  # the host nodes of one foreach op, one per parameter, in graph order (one block)
+    flat: np.ndarray  # their values side by side
+    parts: list  # per member, its view of ``flat``: the host array the member's readers read
+
+
+def plan_host_batches(nodes, lowered, homes, position):
+    """{host node: its HostBatch} for the foreach ops whose per-parameter host nodes are one ufunc each,
+    isomorphic, and consecutive in the graph (so computing all of them where the first stands moves no read
+    past a write: nothing else runs in between, and no member reads another)."""
+    by_origin = {}
+    for node in nodes:
+        low = lowered.get(node)
+        if low is not None and homes.get(node) == "host" and low.inline is not None and node.meta.get("foreach"):
+            by_origin.setdefault(node.meta["foreach"], []).append(node)
+    batches = {}
+    for members in by_origin.values():
+        if len(members) < 2 or position[members[-1]] - position[members[0]] != len(members) - 1 or \
+                not all(_same_host_op(member, members, lowered) for member in members):
+            continue
+        value = value_of(members[0])
+        shape, count = tuple(value.shape), value.numel()
+        flat = np.empty(len(members) * count, numpy_dtype(value.dtype))
+        parts = [flat[i * count:(i + 1) * count].reshape(shape) for i in range(len(members))]
+        batch = HostBatch(members, flat, parts)
+        batches.update((member, batch) for member in members)
+    return batches
+
+
+def _same_host_op(member, members, lowered):
+    """Whether ``member`` is the first member's ufunc on operands laid out like its own: equal constants,
+    and tensors of its value's shape and of the first member's dtypes, none of them another member."""
+    first = members[0]
+    ufunc, operands = lowered[first].inline
+    mine, theirs = lowered[member].inline, value_of(member)
+    if mine[0] is not ufunc or len(mine[1]) != len(operands) or theirs.dtype != value_of(first).dtype or \
+            theirs.shape != value_of(first).shape:
+        return False
+    for operand, reference in zip(mine[1], operands):
+        if isinstance(reference, torch.fx.Node):
+            if not isinstance(operand, torch.fx.Node) or operand in members or is_tpu_node(operand):
+                return False
+            held = value_of(operand)
+            if not isinstance(held, torch.Tensor) or held.shape != theirs.shape or \
+                    held.dtype != value_of(reference).dtype or held.dtype == torch.bfloat16:  # bfloat16: no NumPy view
+                return False
+        elif isinstance(operand, torch.fx.Node) or operand.dtype != reference.dtype or \
+                operand.tobytes() != reference.tobytes():
+            return False
+    return True
+
+
+def host_batch_lines(batch, batches, lowered, constant):
+    """The lines of a host batch: each member's name bound to its part of the flat array, then one ufunc call.
+    An operand is another batch's flat array when that batch's members line up with these, else the members'
+    operands gathered into one array."""
+    lines = [f"v_{member.name} = {constant('host_', part)}" for member, part in zip(batch.members, batch.parts)]
+    ufunc, operands = lowered[batch.members[0]].inline
+    arguments = []
+    for k, operand in enumerate(operands):
+        if not isinstance(operand, torch.fx.Node):
+            arguments.append(constant("c_", operand))
+            continue
+        sources = [lowered[member].inline[1][k] for member in batch.members]
+        source_batch = batches.get(sources[0])
+        if source_batch is not None and source_batch.members == sources:
+            arguments.append(constant("flat_", source_batch.flat))
+            continue
+        gathered = constant("gathered_", np.empty(batch.flat.size, numpy_dtype(value_of(operand).dtype)))
+        lines.append(f"concatenate(({''.join(f'v_{s.name}.ravel(), ' for s in sources)}), out={gathered})")
+        arguments.append(gathered)
+    result = constant("flat_", batch.flat)
+    lines.append(f"{constant(f'{ufunc.__name__}_', ufunc)}({', '.join(arguments)}, out={result})"
+                 f"  # one call over the {len(batch.members)} host scalars")
     return lines
 
 

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from .. import _C
-from .._tensor import numpy_dtype
-from .batching import HELPERS as BATCH_HELPERS, batched_lines, plan_batches
+from .._tensor import NUMPY_DTYPE, numpy_dtype
+from .batching import HELPERS as BATCH_HELPERS, batched_lines, host_batch_lines, plan_batches, plan_host_batches
 from .fusion import fuse, horizontal_launches
 from .lowering import EAGER, POINTWISE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
@@ -157,6 +157,7 @@ def generate(graph, name):
     for siblings in horizontal_launches(fusion.groups):
         for plan in plan_batches(siblings, lowered, homes, position, root, nodes):
             batch_of.update((n, plan) for nodes_of in plan.members for n in nodes_of)
+    host_batch_of = plan_host_batches(nodes, lowered, homes, position)  # node -> its HostBatch
     kept_until = {}  # a graph input a batched launch reads or writes stays alive until the launch has run
     for plan in {id(p): p for p in batch_of.values()}.values():
         for base in plan.reads | plan.writes:
@@ -296,6 +297,8 @@ def generate(graph, name):
                 #       philox seed is a CPU scalar whose fake value says tpu)
             elif is_tpu_node(node):
                 w.line(f"{v} = as_numpy(t_{node.name})")
+            elif _numpy_host_tensor(node):  # a CPU tensor (guarded so): its NumPy view, without host_view's checks
+                w.line(f"{v} = t_{node.name}.detach().numpy()")
             else:  # a host scalar read (and written) through its NumPy view; anything else as it is
                 w.line(f"{v} = host_view(t_{node.name})")
             tensor_of[node] = f"t_{node.name}"
@@ -305,8 +308,12 @@ def generate(graph, name):
             continue
         if node is first_call:
             w.line("args.clear()  # AOTAutograd hands its references over: inputs die at their last use")
-        plan = batch_of.get(node)
-        if plan is None:
+        plan, host_batch = batch_of.get(node), host_batch_of.get(node)
+        if host_batch is not None:
+            if node is host_batch.members[0]:  # the whole batch, where its first member stands
+                for line in host_batch_lines(host_batch, host_batch_of, lowered, w.constant):
+                    w.line(line)
+        elif plan is None:
             emit(node, lowered[node], homes[node], v)
         elif position[node] == plan.end:
             emit_batched(plan)
@@ -317,7 +324,9 @@ def generate(graph, name):
             w.wrapped.discard(index)
     for dead in (name for names in deletions.values() for name in names):
         w.line(dropped(dead))  # unused inputs
-    results = [_output_expression(o, tensor_of, homes, root, w, assignment) for o in outputs]
+    returned_roots = [root(o) for o in outputs if isinstance(o, torch.fx.Node)]
+    results = [tensor_of[root(o)] if _whole_view_of_new_output(o, root, homes, returned_roots)
+               else _output_expression(o, tensor_of, homes, root, w, assignment) for o in outputs]
     if kernels:  # else the program's kernels reach the clock at once, as launching them one by one would
         summary = w.constant("program_cost_", chip.clock.program_cost([cost for _, _, cost in kernels]))
         w.line(f"if not recording: clock.run_program({summary}, clock.current_stream)")
@@ -328,6 +337,13 @@ def generate(graph, name):
               "    finally:\n        restore_fp_errors(token)\n")
     return Generated(source, w.namespace, sum(size for size, _, _ in buffers), kernels, eager_nodes, fusion.refusals,
                      {n.name: h for n, h in homes.items()})
+
+
+def _numpy_host_tensor(node):
+    """Whether a graph input is a CPU tensor of a dtype NumPy holds (bfloat16 is not one): an optimizer's step count."""
+    value = value_of(node)
+    return isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.dtype != torch.bfloat16 and \
+        value.dtype in NUMPY_DTYPE
 
 
 def _written_in_place(nodes, lowered, homes, position, root):
@@ -451,14 +467,50 @@ def _tensor_expression(node, tensor_of, homes, root, assignment, w):
         return tensor_of[node]
     base = root(node)
     if base in tensor_of:
-        return f"tensor_view({tensor_of[base]}, v_{base.name}, v_{node.name})"
+        return _view_expression(node, base, tensor_of[base], f"v_{base.name}", homes, w)
     if homes.get(base) == "buffer":
         index = assignment[base.name]
         if index not in w.wrapped:  # a tensor over the buffer, made where an eager kernel or an output first needs it
             w.line(f"bt{index} = tensor_over(b{index})")
             w.wrapped.add(index)
-        return f"tensor_view(bt{index}, B{index}, v_{node.name})"
+        return _view_expression(node, base, f"bt{index}", f"B{index}", homes, w)
     raise AssertionError(f"{node.name} has no tensor to view")  # scratch values never leave their kernel
+
+
+def _whole_view_of_new_output(node, root, homes, returned_roots):
+    """Whether output ``node`` is a view laid out exactly as the new output tensor it views (a weight gradient
+    transposed twice), returned by nothing else: that tensor is then returned as it is, instead of a new tensor
+    over the same bytes with the same sizes, strides and offset."""
+    if not isinstance(node, torch.fx.Node):
+        return False
+    base = root(node)
+    if base is node or homes.get(base) != "output" or returned_roots.count(base) != 1:
+        return False
+    layout = _static_layout(value_of(node))
+    return layout is not None and layout == _static_layout(value_of(base))
+
+
+def _static_layout(value):
+    """(dtype, storage offset, sizes, strides) of a FakeTensor whose layout is plain numbers, else None."""
+    if not isinstance(value, torch.Tensor):
+        return None
+    layout = (value.dtype, value.storage_offset(), tuple(value.shape), tuple(value.stride()))
+    numbers = (layout[1], *layout[2], *layout[3])
+    return layout if all(isinstance(n, int) for n in numbers) else None
+
+
+def _view_expression(node, base, base_tensor, base_array, homes, w):
+    """A tensor over ``base_tensor``'s storage holding view ``node`` of ``base``. When the program made the
+    base itself, laid out as its FakeTensor says (a new output or a lowered multi-output kernel's result:
+    contiguous from offset 0; a planned buffer: its value starts at its offset 0) and the layouts are
+    static, the view's sizes, strides and offset are the ones its FakeTensor gives, known now; else they are
+    read from the NumPy view at run time."""
+    layout, made = _static_layout(value_of(node)), _static_layout(value_of(base))
+    made_here = homes.get(base) in ("output", "buffer") or (
+        base.target is operator.getitem and homes.get(base.args[0]) == "multi")
+    if layout is not None and made is not None and made_here and made[1] == 0 and value_of(base).is_contiguous():
+        return f"tensor_at({base_tensor}, *{w.constant('layout_', layout)})"
+    return f"tensor_view({base_tensor}, {base_array}, v_{node.name})"
 
 
 def _output_expression(node, tensor_of, homes, root, w, assignment):
@@ -470,7 +522,7 @@ def _output_expression(node, tensor_of, homes, root, w, assignment):
         return _tensor_expression(node, tensor_of, homes, root, assignment, w)
     base = root(node)
     if base in tensor_of:
-        return f"tensor_view({tensor_of[base]}, v_{base.name}, v_{node.name})"
+        return _view_expression(node, base, tensor_of[base], f"v_{base.name}", homes, w)
     if not is_tpu_node(node):
         return f"host_tensor(v_{node.name})"
     value = value_of(node)

@@ -55,6 +55,11 @@ def tensor_view(base, base_array, array):
     return _tensor.tensor_on(base.untyped_storage(), _tensor.TORCH_DTYPE[array.dtype], offset, array.shape, strides)
 
 
+def tensor_at(base, dtype, offset, shape, strides):
+    """A tpu tensor over ``base``'s storage with a layout known when the program was generated."""
+    return _tensor.tensor_on(base.untyped_storage(), dtype, offset, shape, strides)
+
+
 def arrays_of(result):
     """The NumPy views of an eager kernel's results (CPU tensors stay tensors: they are read as numbers)."""
     if isinstance(result, torch.Tensor):
@@ -82,7 +87,7 @@ HELPERS = {
     "ignore_fp_errors": _C.vpu.ignore_fp_errors, "restore_fp_errors": _C.vpu.restore_fp_errors,
     "host_view": host_view, "host_tensor": host_tensor,
     "as_numpy": _tensor.as_numpy, "ndarray": np.ndarray, "new_buffer": new_buffer, "tensor_over": tensor_over, "new_output": new_output,
-    "materialize": materialize, "tensor_view": tensor_view, "arrays_of": arrays_of,
+    "materialize": materialize, "tensor_view": tensor_view, "tensor_at": tensor_at, "arrays_of": arrays_of,
 }
 
 
