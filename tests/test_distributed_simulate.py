@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 import torch_tpu
-from torch_tpu._C import CHIPS, ici
+from torch_tpu._C import CHIPS
 from torch_tpu.profiler import profile
 
 W = CHIPS["ironwood"].ici_link_bandwidth_bidi

@@ -166,8 +166,8 @@ def test_as_strided_checks_the_storage_as_cpu_does():
 @pytest.mark.parametrize("shape", [(2, 0, 4, 5), (0,), (3, 0), (0, 0, 2), (1, 0, 1)])
 def test_empty_tensors_take_cpus_strides(shape):
     """A new empty tensor's zero-size dims are strided as ATen's empty strides them (size 1 in the product)."""
-    for make in (torch.empty, torch.zeros, torch.ones):
-        assert make(*shape, device="tpu").stride() == make(*shape).stride()
+    for factory in (torch.empty, torch.zeros, torch.ones):
+        assert factory(*shape, device="tpu").stride() == factory(*shape).stride()
 
 
 def _empty_strided_outcome(device, size, stride):

@@ -17,7 +17,6 @@ stream, and such an event carries no time (waiting on it is a no-op; ``elapsed_t
 ``torch.tpu.Event``).
 """
 
-import contextlib
 import itertools
 
 import torch
