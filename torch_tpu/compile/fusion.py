@@ -137,19 +137,19 @@ def fuse(lowered):
 
 def _fuse_siblings(lowered, group_of, depends, order, producer, reaches, refusals):
     """Rule 8: the kernels reading one computed value, pairwise independent, merged into the first of them."""
-    readers = {}  # computed value -> the kernels reading it from HBM, in graph order
+    readers = {}  # computed value -> the nodes reading it from HBM, in graph order
     for node, low in lowered.items():
         group = group_of.get(node)
         for value in {producer(arg) for arg in low.inputs}:
             if group is not None and value in group_of and group_of[value] is not group:
-                kernels = readers.setdefault(value, [])
-                if group not in kernels:
-                    kernels.append(group)
-    for value, kernels in readers.items():
-        kernels = [group_of[k.nodes[0]] for k in kernels if k.nodes]  # as merged so far
+                readers.setdefault(value, []).append(node)
+    for value, nodes in readers.items():
+        kernels = _current_kernels(nodes, group_of, besides=group_of[value])  # merges so far moved nodes
+        if len(kernels) < 2:
+            continue
         first = kernels[0]
         for other in kernels[1:]:
-            if other is first or other.kind in ("opaque", "eager") or first.kind in ("opaque", "eager"):
+            if other.kind in ("opaque", "eager") or first.kind in ("opaque", "eager"):
                 continue
             if reaches(other.index, first.index) or reaches(first.index, other.index):
                 refusals.append((other.nodes[0].name, first.name, f"both read {value.name}, but one depends on the other"))
@@ -157,6 +157,16 @@ def _fuse_siblings(lowered, group_of, depends, order, producer, reaches, refusal
             _merge(other, first, group_of, depends, order)
             if other.kind != first.kind:
                 first.kind = "sibling"
+
+
+def _current_kernels(nodes, group_of, besides):
+    """The distinct kernels ``nodes`` belong to now, in order, leaving out ``besides``."""
+    kernels = []
+    for node in nodes:
+        group = group_of[node]
+        if group is not besides and not any(group is k for k in kernels):
+            kernels.append(group)
+    return kernels
 
 
 def horizontal_launches(groups):

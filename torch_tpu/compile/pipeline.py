@@ -65,10 +65,11 @@ def backend(gm, example_inputs, mode=None, options=None, **unused):
 def compile_graph(gm, example_inputs, kind, dynamo_graph=None):
     """AOTAutograd's compiler: the FX graph ``gm`` as a Program (one per shape when shapes are symbolic)."""
     unroll_foreach(gm.graph)
+    constants = lift_constants(gm)
     name = f"{kind}_{next(_names)}"
     if _symbolic(gm.graph):
-        return _ShapeSpecialised(gm, name, kind, dynamo_graph)
-    program = Program(name, generate(gm.graph, name))
+        return _ShapeSpecialised(gm, name, kind, dynamo_graph, constants)
+    program = Program(name, generate(gm.graph, name), constants)
     debug.record_program(program, kind, gm, dynamo_graph)
     return program
 
@@ -85,15 +86,15 @@ def _symbolic(graph):
 class _ShapeSpecialised:
     """A graph with symbolic shapes: a program per concrete set of input shapes, lowered on first use."""
 
-    def __init__(self, gm, name, kind, dynamo_graph):
+    def __init__(self, gm, name, kind, dynamo_graph, constants):
         self._boxed_call = True
-        self.gm, self.name, self.kind, self.dynamo_graph = gm, name, kind, dynamo_graph
+        self.gm, self.name, self.kind, self.dynamo_graph, self.constants = gm, name, kind, dynamo_graph, constants
         self.programs = {}
 
     def __call__(self, *args):
         if len(args) == 1 and type(args[0]) is list:
             args = args[0]
-        key = tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in args)
+        key = tuple(tuple(a.shape) if isinstance(a, torch.Tensor) else a for a in args)  # constants' shapes are fixed
         program = self.programs.get(key)
         if program is None:
             program = self.programs[key] = self._specialise(args, len(self.programs))
@@ -105,10 +106,10 @@ class _ShapeSpecialised:
 
         gm = torch.fx.GraphModule(self.gm, _copied(self.gm.graph))
         mode = FakeTensorMode(allow_non_fake_inputs=True)
-        fakes = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        fakes = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in (*args, *self.constants)]
         FakeTensorProp(gm, mode).propagate_dont_convert_inputs(*fakes)
         name = f"{self.name}_{count}"
-        program = Program(name, generate(gm.graph, name))
+        program = Program(name, generate(gm.graph, name), self.constants)
         debug.record_program(program, self.kind, gm, self.dynamo_graph)
         return program
 
@@ -121,6 +122,28 @@ def _copied(graph):
     for old, copy in mapping.items():
         copy.meta = dict(old.meta)
     return new
+
+
+def lift_constants(gm):
+    """The graph's tensor constants (``get_attr`` nodes: a ``torch.tensor(...)`` made inside the model, a
+    mask buffer) become inputs after the caller's, so that the program reads them as it reads any input;
+    returns their values, which the program appends to its arguments."""
+    graph = gm.graph
+    anchor = next((n for n in reversed(graph.nodes) if n.op == "placeholder"), None)
+    constants = []
+    for node in list(graph.nodes):
+        if node.op != "get_attr":
+            continue
+        value = operator.attrgetter(node.target)(gm)
+        if not isinstance(value, torch.Tensor):
+            continue  # a submodule (a higher-order op's branch): not a value
+        with graph.inserting_after(anchor) if anchor is not None else graph.inserting_before(next(iter(graph.nodes))):
+            anchor = graph.placeholder(f"constant_{node.name}")
+        anchor.meta = dict(node.meta)
+        node.replace_all_uses_with(anchor)
+        graph.erase_node(node)
+        constants.append(value)
+    return tuple(constants)
 
 
 # --- _foreach_* ops as the per-tensor ops they apply ---------------------------------------------

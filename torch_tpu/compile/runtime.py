@@ -94,10 +94,11 @@ HELPERS = {
 class Program:
     """One compiled FX graph: generated source, executed on the caller's tensors."""
 
-    def __init__(self, name, generated):
+    def __init__(self, name, generated, constants=()):
         self._boxed_call = True  # AOTAutograd hands over its argument list (an instance attribute: wrappers copy those)
         self.name = name
         self.generated = generated
+        self.constants = constants  # the graph's tensor constants, read as its last inputs
         filename = f"<torch_tpu.compile {name}>"
         linecache.cache[filename] = (len(generated.source), None, generated.source.splitlines(True), filename)
         namespace = dict(generated.namespace)
@@ -111,6 +112,8 @@ class Program:
     def __call__(self, *args):
         """Called with AOTAutograd's boxed list, or (where a wrapper hides ``_boxed_call``) unboxed."""
         args = args[0] if len(args) == 1 and type(args[0]) is list else list(args)
+        if self.constants:
+            args.extend(self.constants)  # into the handed-over list: the program clears it as inputs die
         if _abstract.MODE.depth:
             raise RuntimeError(
                 f"torch_tpu.compile: compiled program {self.name} cannot run in abstract mode (torch_tpu.abstract()) "
