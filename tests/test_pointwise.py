@@ -612,3 +612,13 @@ def test_activations_with_complex_loops_on_cpu_take_complex_inputs(op, dtype):
 
 def test_complex_sigmoid_and_tanh_train_as_on_cpu():
     check_grads(lambda x: (x.sigmoid() * x.tanh()).abs(), torch.randn(6, dtype=torch.complex64), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("op", [torch.add, torch.mul, torch.true_divide, torch.atan2])
+def test_an_out_of_another_dtype_receives_the_result_rounded_to_the_computation_dtype(op, dtype):
+    # Reduced floats compute in float32; the result is rounded to the common dtype before it is cast into
+    # a wider ``out`` (half 33000 + 33000 overflows to inf even in a float64 out).
+    a = torch.tensor([33000.0, 1.5, -2.7, 0.3], dtype=dtype)
+    b = torch.tensor([33000.0, 0.666, 1.3, 7.1], dtype=dtype)
+    check(lambda x, y, out: op(x, y, out=out), a, b, torch.empty(0, dtype=torch.float64))

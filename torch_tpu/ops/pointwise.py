@@ -22,7 +22,7 @@ import scipy.special as special
 import torch
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
 
-from .. import _C
+from .. import _C, _tensor
 from .._C import special as vpu_special
 from .._errors import device_mismatch, found_dtype, not_implemented_for, scalar_type_name, shape_mismatch
 from .._tensor import numpy_dtype
@@ -128,7 +128,18 @@ def compute_into(out, function, operands, dtype, extras=(), options=None, opmath
             return out
     with vpu.ignoring_fp_errors():
         result = function(*arrays, *extras, **(options or {}))
+    if out.dtype != dtype and np.asarray(result).dtype == compute != numpy_dtype(dtype):
+        result = _rounded_to(result, dtype)
     return write(out, result)
+
+
+def _rounded_to(array, dtype):
+    """``array`` (computed in ``dtype``'s wider opmath type) rounded to ``dtype``: TensorIterator stores a
+    result in the common dtype before an ``out`` of another dtype receives it (half 33000 + 33000 is inf
+    in a float64 ``out`` too)."""
+    rounded = np.empty(np.shape(array), numpy_dtype(dtype))
+    _C.dtypes.cast_into(rounded, array, _tensor.DTYPE_NAME[dtype])
+    return rounded
 
 
 # --------------------------------------------------------------------------------------------------
