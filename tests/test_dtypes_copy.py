@@ -3,6 +3,7 @@
 import functools
 import itertools
 import math
+import tracemalloc
 
 import pytest
 import torch
@@ -244,6 +245,21 @@ def test_fill_converts_and_overflows_like_cpu(dtype):
             assert str(got.value) == str(error), value
             continue
         assert_bits_equal(torch.zeros(3, dtype=dtype, device="tpu").fill_(value).cpu(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int32, torch.uint32, torch.float16, torch.bool])
+def test_fill_converts_its_number_once_not_per_element(dtype):
+    # torch.ones fills with the float 1.0: a per-element float -> integer conversion took 13 bytes of
+    # temporaries per element, so a 2**31-element int8 tensor needed 28 GB of host memory to be created
+    tensor = torch.empty(1 << 22, dtype=dtype, device="tpu")
+    tracemalloc.start()
+    try:
+        tensor.fill_(1.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, peak
+    assert_bits_equal(tensor[-3:].cpu(), torch.ones(3, dtype=dtype))
 
 
 def test_fill_with_a_tensor_value():
