@@ -341,3 +341,36 @@ def test_index_add_alpha_is_cast_to_the_dtype_as_cpu_casts_it(dtype, alpha):
     """-1 wraps to 255 for uint8 on CPU; NumPy refuses to multiply a uint8 array by -1."""
     check(lambda x, i, s: x.index_add(0, i, s, alpha=alpha),
           torch.zeros(3, dtype=dtype), torch.tensor([0, 0, 2]), torch.tensor([5, 7, 1]).to(dtype))
+
+
+# --- what PyTorch's own test_indexing.py found: CPU's errors and warnings for advanced indexing ------------
+
+
+def _assign(x, key, value):
+    x[key] = value
+
+
+@pytest.mark.parametrize("case", [
+    lambda d: torch.zeros(5, 5, device=d)[[0, 1], [0, 1, 2]],                       # index tensors not broadcastable
+    lambda d: _assign(torch.zeros(5, 5, device=d), ([0, 1], [0, 1, 2]), 0),
+    lambda d: torch.ones(2, 3, 4, device=d)[False, [0, 1], ...],                     # a false scalar mask has 0 indices
+    lambda d: torch.empty(10, 0, device=d)[:, [0, 1]],                               # a dimension of size 0
+    lambda d: torch.ones(3, 4, device=d)[:, torch.tensor([7], device=d)],           # CPU counts indexed dims only
+    lambda d: _assign(torch.arange(4, device=d), torch.arange(4, device=d) > -1,     # shapes are checked before dtypes
+                      torch.tensor([1.0, 2.0, 3.0], device=d)),
+])
+def test_advanced_indexing_errors_are_cpus(case):
+    check_same_error(case)
+
+
+def test_uint8_masks_warn_that_they_are_deprecated_once_per_index():
+    def index_twice(device):
+        mask = torch.tensor([1, 0, 1, 1, 0], dtype=torch.uint8, device=device)
+        x = torch.arange(5.0, device=device)
+        with pytest.warns(UserWarning, match="indexing with dtype torch.uint8 is now deprecated") as caught:
+            x.index_put_((mask,), x[mask], accumulate=True)
+        return x, len(caught)
+
+    (cpu, cpu_warnings), (tpu, tpu_warnings) = index_twice("cpu"), index_twice("tpu")
+    assert tpu_warnings == cpu_warnings == 2
+    assert torch.equal(tpu.cpu(), cpu)

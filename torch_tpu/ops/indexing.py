@@ -7,6 +7,8 @@ dtype: like the CPU loops it rounds after every addition, so duplicate indices
 accumulate exactly as on CPU.
 """
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -88,6 +90,8 @@ def advanced_index_key(self, indices):
             dim += 1
             continue
         if index.dtype in (torch.bool, torch.uint8):
+            if index.dtype is torch.uint8:
+                warnings.warn(UINT8_INDEX_DEPRECATED, UserWarning, stacklevel=2)
             mask = _index_tensor_as_numpy(index).astype(bool, copy=False)
             _check_mask_shape(self, mask, dim, len(key))
             key.append(mask)
@@ -96,9 +100,48 @@ def advanced_index_key(self, indices):
         if index.dtype not in _INDEX_DTYPES:
             raise IndexError("tensors used as indices must be long, int, byte or bool tensors")
         size = self.shape[dim]
-        key.append(checked_indices(_index_tensor_as_numpy(index), size, wrap=True, error=_dim_error(IndexError), dim=dim))
+        indexed_before = sum(_index_arrays_in(part) for part in key)
+        key.append(checked_indices(_index_tensor_as_numpy(index), size, wrap=True, error=_advanced_index_error,
+                                   dim=indexed_before))
         dim += 1
+    _check_indices_broadcast(key)
     return tuple(key)
+
+
+UINT8_INDEX_DEPRECATED = "indexing with dtype torch.uint8 is now deprecated, please use a dtype torch.bool instead."
+
+
+def _advanced_index_error(index, dim, size):
+    """CPU's wording: ``dim`` counts the index tensors before this one (CPU moves indexed dims to the front),
+    and a dimension of size 0 is named without the index."""
+    if size == 0:
+        return IndexError("index is out of bounds for dimension with size 0")
+    return IndexError(f"index {index} is out of bounds for dimension {dim} with size {size}")
+
+
+def _index_arrays_in(part):
+    """How many index tensors a key part stands for once masks become their nonzero coordinates."""
+    if isinstance(part, slice):
+        return 0
+    return max(part.ndim, 1) if part.dtype == bool else 1
+
+
+def _check_indices_broadcast(key):
+    """The index tensors (masks as their nonzero coordinates) must broadcast together, as on CPU."""
+    if sum(isinstance(part, np.ndarray) for part in key) < 2 and not any(
+            isinstance(part, np.ndarray) and part.ndim > 1 and part.dtype == bool for part in key):
+        return  # one index tensor broadcasts with itself
+    shapes = []
+    for part in key:
+        if isinstance(part, np.ndarray) and part.dtype == bool:
+            shapes += [(int(np.count_nonzero(part)),)] * _index_arrays_in(part)
+        elif isinstance(part, np.ndarray):
+            shapes.append(part.shape)
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        listed = ", ".join(str(list(shape)) for shape in shapes)
+        raise IndexError(f"shape mismatch: indexing tensors could not be broadcast together with shapes {listed}") from None
 
 
 def _check_mask_shape(self, mask, first_dim, position):
@@ -132,15 +175,16 @@ def index_out(self, indices, *, out):
 
 @register("_index_put_impl_")
 def index_put_impl_(self, indices, values, accumulate=False, unsafe=False):
-    if values.dtype != self.dtype:
-        raise RuntimeError(
-            "Index put requires the source and destination dtypes match, got "
-            f"{scalar_type_name(self.dtype)} for the destination and {scalar_type_name(values.dtype)} for the source."
-        )
     for read in (values, *indices):  # ATen's checks: what index_put_ reads must not share memory with self
         check_no_overlap(self, read)
     key = advanced_index_key(self, indices)
     target = as_numpy(self)
+    if values.dtype != self.dtype:  # checked after the indices and the shapes, as on CPU
+        _check_values_broadcast(values.shape, target[key].shape)
+        raise RuntimeError(
+            "Index put requires the source and destination dtypes match, got "
+            f"{scalar_type_name(self.dtype)} for the destination and {scalar_type_name(values.dtype)} for the source."
+        )
     source = operand(values, "index_put_")
     try:
         if accumulate:
@@ -148,11 +192,19 @@ def index_put_impl_(self, indices, values, accumulate=False, unsafe=False):
         else:
             target[key] = converted(source, self.dtype)  # complex32: float16 pairs, as target holds them
     except ValueError:
-        raise RuntimeError(
-            f"shape mismatch: value tensor of shape {list(values.shape)} cannot be broadcast to indexing result "
-            f"of shape {list(target[key].shape)}"
-        ) from None
+        _check_values_broadcast(values.shape, target[key].shape)
+        raise
     return self
+
+
+def _check_values_broadcast(values_shape, indexed_shape):
+    try:
+        np.broadcast_shapes(tuple(values_shape), indexed_shape)
+    except ValueError:
+        raise RuntimeError(
+            f"shape mismatch: value tensor of shape {list(values_shape)} cannot be broadcast to indexing result "
+            f"of shape {list(indexed_shape)}"
+        ) from None
 
 
 def _add_at(target, key, values, dtype):
