@@ -135,6 +135,14 @@ def test_sort_stable_with_nans(dtype, descending):
     check(lambda x: torch.sort(x, stable=True, descending=descending), make(dtype=dtype))
 
 
+def test_sort_into_its_own_input():
+    # CPU sorts in place when ``values`` is the input; indices, or values that are only part of it, may not overlap
+    check(lambda x, i: torch.sort(x, stable=True, out=(x, i)), make(4, 9), torch.empty(0, dtype=torch.int64))
+    check(lambda x, i: torch.sort(x, dim=0, descending=True, stable=True, out=(x, i)), make(6, 3),
+          torch.empty(0, dtype=torch.int64))
+    check(lambda x, i: torch.sort(x[1:], stable=True, out=(x[:-1], i)), make(5), torch.empty(0, dtype=torch.int64))
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.int8])
 def test_sort_integers(dtype):
     x = make(5, 7, dtype=dtype).t()

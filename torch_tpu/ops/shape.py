@@ -282,9 +282,11 @@ def _selected_then_sorted(keys, k):
     return order
 
 
-def _prepare_ordered(self, values, indices, shape):
-    """sort's and topk's outputs: the values in the input's dtype, the indices as int64."""
-    prepare_out(values, shape, self.dtype, distinct=(self,), dtype_rule=exact_dtype)
+def _prepare_ordered(self, values, indices, shape, values_may_be_self=False):
+    """sort's and topk's outputs: the values in the input's dtype, the indices as int64. Sort's values may be
+    the input itself (CPU sorts in place then), not part of it."""
+    overlap = {"inputs": (self,)} if values_may_be_self else {"distinct": (self,)}
+    prepare_out(values, shape, self.dtype, dtype_rule=exact_dtype, **overlap)
     prepare_out(indices, shape, torch.int64, distinct=(self,), dtype_rule=exact_dtype)
 
 
@@ -297,7 +299,7 @@ def _ordered_into(values, indices, source, order, dim):
 @register("sort.values_stable")
 def sort_values_stable(self, *, stable=None, dim=-1, descending=False, values, indices):
     dim = wrap_dim(dim, self.dim())
-    _prepare_ordered(self, values, indices, self.shape)
+    _prepare_ordered(self, values, indices, self.shape, values_may_be_self=True)
     source = operand(self, "sort")
     if self.dim() == 0:
         write(values, source)
