@@ -217,6 +217,13 @@ def test_arange_float64_last_ulp_matches_cpu():
     assert_bits_equal(torch.arange(-1, 1, 0.3, device="tpu", dtype=torch.float64).cpu(), expected)
 
 
+@pytest.mark.parametrize("end, step", [(100 * 1449629115440469, 1449629115440469), (2**62 + 7, 2**60 + 1),
+                                       (-(2**62), -(2**59) - 3)])
+def test_int64_arange_counts_in_integers_beyond_doubles_precision(end, step):
+    # CPU counts an int64 range's length from the int64 bounds; through doubles it came out one too long
+    assert_bits_equal(torch.arange(0, end, step, device="tpu").cpu(), torch.arange(0, end, step))
+
+
 @pytest.mark.parametrize("start, end, step", [(0, 10, 0), (0, 10, -1), (5, 0, 1), (0, float("inf"), 1)])
 def test_arange_errors(start, end, step):
     with pytest.raises(RuntimeError):

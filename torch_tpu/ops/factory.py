@@ -132,7 +132,8 @@ def _number(value):
 def _arange_length(start, end, step, dtype):
     """at::arange_out's size: bounds checked in double, the length counted in double, except for
     int64, which counts in integers (a double cannot hold every int64)."""
-    start, end, step = (float(_python_scalar(v)) for v in (start, end, step))
+    scalars = start, end, step
+    start, end, step = (float(_python_scalar(v)) for v in scalars)
     if not (step > 0 or step < 0):
         raise RuntimeError("step must be nonzero")
     if not (math.isfinite(start) and math.isfinite(end)):
@@ -140,7 +141,7 @@ def _arange_length(start, end, step, dtype):
     if not ((step > 0 and end >= start) or (step < 0 and end <= start)):
         raise RuntimeError("upper bound and lower bound inconsistent with step sign")
     if dtype == torch.int64:
-        xstart, xend, xstep = (int(_scalar_to(v, torch.int64)) for v in (start, end, step))
+        xstart, xend, xstep = (int(_scalar_to(v, torch.int64)) for v in scalars)  # not through double
         if xstep == 0:
             raise ValueError("step must be nonzero")
         numerator = xend - xstart + xstep - (1 if xstep > 0 else -1)
