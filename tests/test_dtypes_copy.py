@@ -217,6 +217,19 @@ def test_arange_float64_last_ulp_matches_cpu():
     assert_bits_equal(torch.arange(-1, 1, 0.3, device="tpu", dtype=torch.float64).cpu(), expected)
 
 
+@pytest.mark.parametrize("start, end, step, dtype", [(0, 1, 0.1, None), (0, 1, 0.1, torch.float64), (-3, 7, 2, torch.int8),
+                                                     (1.5, -2, -0.25, torch.bfloat16), (0, 10, 3, torch.int64),
+                                                     (0, 3, 0, None), (3, 0, 1, None), (0, float("inf"), 1, None)])
+@pytest.mark.filterwarnings("ignore:torch.range is deprecated")
+def test_deprecated_inclusive_range(start, end, step, dtype):
+    check_factory(torch.range, start, end, step, dtype=dtype)
+
+
+def test_linspace_and_logspace_refuse_an_out_that_aliases_itself():
+    for space in (torch.linspace, torch.logspace):
+        check_same_error(lambda d: space(1, 10, 10, out=torch.zeros(1, device=d).expand(10)))
+
+
 @pytest.mark.parametrize("end, step", [(100 * 1449629115440469, 1449629115440469), (2**62 + 7, 2**60 + 1),
                                        (-(2**62), -(2**59) - 3)])
 def test_int64_arange_counts_in_integers_beyond_doubles_precision(end, step):

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from differential import check, check_grads, make, noncontiguous
+from differential import check, check_grads, check_same_error, make, noncontiguous
 
 pytestmark = pytest.mark.usefixtures("seeded")
 DTYPES = [torch.float32, torch.bfloat16, torch.int64, torch.bool]
@@ -133,6 +133,10 @@ def test_sort_stable_with_nans(dtype, descending):
     check(lambda x: x.sort(dim=0, stable=True, descending=descending), x)
     check(lambda x: x.argsort(stable=True, descending=descending), x)
     check(lambda x: torch.sort(x, stable=True, descending=descending), make(dtype=dtype))
+
+
+def test_roll_requires_shifts():
+    check_same_error(lambda d: torch.roll(torch.ones(3, device=d), shifts=(), dims=0))
 
 
 def test_sort_into_its_own_input():

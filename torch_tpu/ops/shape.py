@@ -100,6 +100,8 @@ def flip_out(self, dims, *, out):
 
 @register("roll")
 def roll(self, shifts, dims=()):
+    if not shifts:
+        raise RuntimeError("`shifts` required")
     array = operand(self, "roll")
     if not dims:
         if len(shifts) != 1:
