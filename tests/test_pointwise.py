@@ -630,3 +630,11 @@ def test_large_in_place_ops_on_permuted_views():
     x = torch.randn(4, 15, 128, 128).contiguous(memory_format=torch.channels_last)
     check(lambda x: x.permute(0, 2, 3, 1).mul_(2), x)
     check(lambda x, y: torch.isclose(x, y), x, x.clone())
+
+
+@pytest.mark.parametrize("out_dtype", [torch.complex128, torch.complex64, torch.float64, torch.float32, torch.int64])
+def test_abs_of_complex_takes_cpus_out_dtypes(out_dtype):
+    # a complex out of the input's dtype receives |z| with a zero imaginary part; a real out any dtype |z| casts to
+    z = torch.randn(7, dtype=torch.complex128)
+    check(lambda z, out: torch.abs(z, out=out), z, torch.empty(0, dtype=out_dtype))
+    check(lambda z, out: torch.angle(z, out=out), z, torch.empty(0, dtype=out_dtype))

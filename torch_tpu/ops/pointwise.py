@@ -274,6 +274,19 @@ def functional_launch(into_new, name, operands, structured_wrapper):
     return functional
 
 
+def _check_unary_out(input_dtype, result_dtype, out_dtype):
+    """A plain unary op's ``out`` has the result's dtype, except where a complex input gives a real result
+    (abs): then CPU takes any real ``out`` that result casts to, or a complex one of the input's own dtype."""
+    if input_dtype.is_complex and not result_dtype.is_complex:
+        if out_dtype.is_complex:
+            if out_dtype == input_dtype:
+                return
+        else:
+            castable(result_dtype, out_dtype)
+            return
+    raise found_dtype(out_dtype, result_dtype)
+
+
 def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None, exact_out=False,
                  opmath=lambda *promoted: True):
     """Register the given functional, in-place and ``out=`` overloads of a non-structured op.
@@ -302,9 +315,10 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         return run(self, (self, *args), kwargs)
 
     def out_variant(*args, out, **kwargs):
-        expected = result(common_dtype(*args[:operands]))
+        common = common_dtype(*args[:operands])
+        expected = result(common)
         if exact_out and out.dtype != expected:
-            raise found_dtype(out.dtype, expected)
+            _check_unary_out(common, expected, out.dtype)
         prepare_out(out, broadcast_shape(*args[:operands]), expected, args[:operands])
         return run(out, args, kwargs)
 
