@@ -338,3 +338,17 @@ def test_histc_counts_saturate_per_thread_like_cpu():
     """CPU counts each thread's share in the input dtype: a bfloat16 count stops at 256."""
     check(torch.histc, torch.ones(7000, dtype=torch.bfloat16), 3, 0, 2)
     check(torch.histc, torch.randn(100_000, dtype=torch.float16), 5)
+
+
+def test_searchsorted_warns_once_per_kind_of_non_contiguous_argument(monkeypatch):
+    from torch_tpu.ops import shape
+
+    monkeypatch.setattr(shape, "_NON_CONTIGUOUS_WARNED", set())
+    boundaries = torch.arange(12.0, device="tpu").view(4, 3).t()
+    values = torch.arange(6, device="tpu").view(2, 3).t()
+    with pytest.warns(UserWarning) as caught:
+        result = torch.searchsorted(boundaries, values)
+        torch.searchsorted(boundaries, values)
+    kinds = [str(w.message).split(" tensor is non-contiguous")[0] for w in caught]
+    assert kinds == ["torch.searchsorted(): input value", "torch.searchsorted(): boundary"]
+    assert torch.equal(result.cpu(), torch.searchsorted(boundaries.cpu(), values.cpu()))

@@ -7,6 +7,7 @@ need nothing here: their composite kernels or decompositions run on tpu as they 
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -434,7 +435,22 @@ def repeat_interleave(repeats, *, output_size=None):
 # searchsorted / bucketize
 
 
+_NON_CONTIGUOUS_WARNED = set()
+
+
+def _warn_once_if_non_contiguous(**tensors):
+    """CPU's once-per-program performance warning for each kind of non-contiguous searchsorted argument."""
+    for kind, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and not tensor.is_contiguous() and kind not in _NON_CONTIGUOUS_WARNED:
+            _NON_CONTIGUOUS_WARNED.add(kind)
+            warnings.warn(f"torch.searchsorted(): {kind} tensor is non-contiguous, this will lower the performance due "
+                          "to extra data copy when converting non-contiguous tensor to contiguous, please use "
+                          f"contiguous {kind} tensor if possible. This message will only appear once per program.",
+                          UserWarning, stacklevel=4)
+
+
 def _searchsorted(boundaries, values, right, side, sorter, out_int32):
+    _warn_once_if_non_contiguous(**{"input value": values, "boundary": boundaries, "sorter": sorter})
     if side is not None:
         right = side == "right"
     sequence = opmath_operand(boundaries, "searchsorted")
