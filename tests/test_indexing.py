@@ -358,6 +358,8 @@ def _assign(x, key, value):
     lambda d: torch.ones(3, 4, device=d)[:, torch.tensor([7], device=d)],           # CPU counts indexed dims only
     lambda d: _assign(torch.arange(4, device=d), torch.arange(4, device=d) > -1,     # shapes are checked before dtypes
                       torch.tensor([1.0, 2.0, 3.0], device=d)),
+    lambda d: _assign(torch.arange(1, device=d), torch.arange(1, device=d) > -1,     # values expand one way only
+                      torch.tensor([1, 2, 3], device=d)),
 ])
 def test_advanced_indexing_errors_are_cpus(case):
     check_same_error(case)

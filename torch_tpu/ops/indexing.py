@@ -198,9 +198,10 @@ def index_put_impl_(self, indices, values, accumulate=False, unsafe=False):
 
 
 def _check_values_broadcast(values_shape, indexed_shape):
-    try:
-        np.broadcast_shapes(tuple(values_shape), indexed_shape)
-    except ValueError:
+    """The values must expand to the indexed shape (one-sided, unlike a broadcast of the two)."""
+    values_shape, indexed_shape = tuple(values_shape), tuple(indexed_shape)
+    trailing = indexed_shape[len(indexed_shape) - len(values_shape):] if values_shape else ()
+    if len(values_shape) > len(indexed_shape) or any(v not in (1, i) for v, i in zip(values_shape, trailing)):
         raise RuntimeError(
             f"shape mismatch: value tensor of shape {list(values_shape)} cannot be broadcast to indexing result "
             f"of shape {list(indexed_shape)}"
