@@ -376,3 +376,15 @@ def test_uint8_masks_warn_that_they_are_deprecated_once_per_index():
     (cpu, cpu_warnings), (tpu, tpu_warnings) = index_twice("cpu"), index_twice("tpu")
     assert tpu_warnings == cpu_warnings == 2
     assert torch.equal(tpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("case", [
+    lambda d: torch.rand(1, device=d).expand(6).put_(torch.tensor([2, 1, 0], device=d), torch.rand(3, device=d)),
+    lambda d: (lambda y: y.put_(torch.tensor(0, device=d), y[0]))(torch.rand(6, device=d)),
+    lambda d: (lambda i: i.put_(i, i.clone()))(torch.tensor([2, 1, 0], device=d)),
+    lambda d: torch.rand(1, device=d).expand(6).masked_scatter_(
+        torch.tensor([True, False, True, True, False, False], device=d), torch.rand(3, device=d)),
+])
+def test_put_and_masked_scatter_refuse_to_write_what_they_read(case):
+    # found by PyTorch's test_torch.py: these in-place writes were silently accepted
+    check_same_error(case)

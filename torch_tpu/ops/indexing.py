@@ -550,6 +550,7 @@ def masked_select_out(self, mask, *, out):
 @register("masked_scatter_")
 def masked_scatter_(self, mask, source):
     _check_bool_mask(mask, "masked_scatter_")
+    check_no_internal_overlap(self)
     target = as_numpy(self)
     selector = np.broadcast_to(operand(mask, "masked_scatter_"), target.shape)
     count = int(np.count_nonzero(selector))
@@ -631,6 +632,9 @@ def take_out(self, index, *, out):
 
 @register("put_")
 def put_(self, index, source, accumulate=False):
+    check_no_internal_overlap(self)  # ATen's checks: put_ may not read what it writes
+    check_no_overlap(self, index)
+    check_no_overlap(self, source)
     positions = _flat_positions(self, index, "put_").reshape(-1)
     values = converted(operand(source, "put_").reshape(-1), self.dtype)
     if values.size != positions.size:
