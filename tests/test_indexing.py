@@ -388,3 +388,10 @@ def test_uint8_masks_warn_that_they_are_deprecated_once_per_index():
 def test_put_and_masked_scatter_refuse_to_write_what_they_read(case):
     # found by PyTorch's test_torch.py: these in-place writes were silently accepted
     check_same_error(case)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32, torch.int64])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_index_fill_refuses_a_complex_value_for_a_real_tensor(dtype, as_tensor):
+    value = torch.tensor(1 + 1j) if as_tensor else 1 + 1j
+    check_same_error(lambda d: torch.zeros(2, 3, dtype=dtype, device=d).index_fill_(1, torch.tensor([0], device=d), value))

@@ -480,6 +480,8 @@ def index_reduce_out(self, dim, index, source, reduce, *, include_self=True, out
 
 @register("index_fill_.int_Scalar")
 def index_fill_scalar_(self, dim, index, value):
+    if isinstance(value, complex) and not self.dtype.is_complex:
+        raise RuntimeError("index_fill_(): Converting complex Scalar to non-complex type is not supported")
     check_scalar_fits(value, self.dtype)
     target = _at_least_1d(as_numpy(self))
     dim = wrap_dim(dim, self.dim())
