@@ -237,7 +237,7 @@ def cast_into(destination, source, destination_name, scalar_source=False, thread
     if source.dtype == destination.dtype:
         np.copyto(destination, source)
         return
-    if scalar_source and destination.size > 1:
+    if scalar_source and source.size == 1 and destination.size > 1:
         # one number converts the same wherever it lands: convert it once, not once per element (a float
         # fill of a 2**31-element int8 tensor took 13 bytes of temporaries per element)
         single = np.empty((), destination.dtype)
