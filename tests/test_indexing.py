@@ -395,3 +395,13 @@ def test_put_and_masked_scatter_refuse_to_write_what_they_read(case):
 def test_index_fill_refuses_a_complex_value_for_a_real_tensor(dtype, as_tensor):
     value = torch.tensor(1 + 1j) if as_tensor else 1 + 1j
     check_same_error(lambda d: torch.zeros(2, 3, dtype=dtype, device=d).index_fill_(1, torch.tensor([0], device=d), value))
+
+
+@pytest.mark.parametrize("case", [
+    lambda d, m: torch.zeros(2, device=d).masked_fill_(m, 1.0),
+    lambda d, m: torch.zeros(2, device=d).masked_fill_(m.int(), torch.tensor(1.0)),
+    lambda d, m: torch.zeros(2, device=d).masked_scatter_(m, torch.ones(2, device=d)),
+    lambda d, m: torch.masked_select(torch.zeros(2, device=d), m),
+])
+def test_masked_ops_word_a_non_bool_mask_as_cpu(case):
+    check_same_error(lambda d: case(d, torch.tensor([1, 0], dtype=torch.uint8, device=d)))

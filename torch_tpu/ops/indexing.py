@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from .. import _C
-from .._errors import indices_on_another_device, scalar_type_name
+from .._errors import cpp_type_name, indices_on_another_device, scalar_type_name
 from ._common import (as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, exact_dtype, operand,
                       opmath_operand, prepare_out, store, wrap_dim, write)
 from ._overlap import check_no_internal_overlap, check_no_overlap
@@ -504,9 +504,12 @@ def index_fill_tensor_(self, dim, index, value):
 # masks
 
 
-def _check_bool_mask(mask, op_name):
+def _check_bool_mask(mask, op_name, name_dtype=cpp_type_name):
+    """Each masked op's own wording of CPU's check, the dtype named as that op names it."""
     if mask.dtype != torch.bool:
-        raise RuntimeError(f"{op_name} only supports boolean masks, but got mask with dtype {mask.dtype}")
+        if op_name == "masked_select":
+            raise RuntimeError("masked_select: expected BoolTensor for mask")
+        raise RuntimeError(f"{op_name} only supports boolean masks, but got mask with dtype {name_dtype(mask.dtype)}")
 
 
 @register("masked_fill_.Scalar")
@@ -528,7 +531,7 @@ def masked_fill_tensor_(self, mask, value):
 
 
 def _masked_selection(self, mask):
-    _check_bool_mask(mask, "masked_select:")
+    _check_bool_mask(mask, "masked_select")
     shape = broadcast_shapes(mask.shape, self.shape)
     return np.broadcast_to(operand(self, "masked_select"), shape)[np.broadcast_to(operand(mask, "masked_select"), shape)]
 
@@ -551,7 +554,7 @@ def masked_select_out(self, mask, *, out):
 
 @register("masked_scatter_")
 def masked_scatter_(self, mask, source):
-    _check_bool_mask(mask, "masked_scatter_")
+    _check_bool_mask(mask, "masked_scatter_", scalar_type_name)
     check_no_internal_overlap(self)
     target = as_numpy(self)
     selector = np.broadcast_to(operand(mask, "masked_scatter_"), target.shape)
