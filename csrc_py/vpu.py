@@ -75,8 +75,8 @@ def _splittable(inputs, out):
     if WORKERS == 1 or out.size < PARALLEL_MIN_ELEMENTS or out.ndim == 0 or out.shape[0] < WORKERS:
         return False
     for value in inputs:
-        if isinstance(value, np.ndarray) and value is not out and np.shares_memory(value, out, max_work=0):
-            return False  # may overlap: only the whole-array ufunc handles that correctly
+        if isinstance(value, np.ndarray) and value is not out and np.may_share_memory(value, out):
+            return False  # bounds overlap (shares_memory would raise TooHardError on odd strides): one thread
     return True
 
 

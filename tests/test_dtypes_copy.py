@@ -3,6 +3,7 @@
 import functools
 import itertools
 import math
+import tracemalloc
 
 import pytest
 import torch
@@ -228,6 +229,26 @@ def test_arange_float64_last_ulp_matches_cpu():
     assert_bits_equal(torch.arange(-1, 1, 0.3, device="tpu", dtype=torch.float64).cpu(), expected)
 
 
+@pytest.mark.parametrize("start, end, step, dtype", [(0, 1, 0.1, None), (0, 1, 0.1, torch.float64), (-3, 7, 2, torch.int8),
+                                                     (1.5, -2, -0.25, torch.bfloat16), (0, 10, 3, torch.int64),
+                                                     (0, 3, 0, None), (3, 0, 1, None), (0, float("inf"), 1, None)])
+@pytest.mark.filterwarnings("ignore:torch.range is deprecated")
+def test_deprecated_inclusive_range(start, end, step, dtype):
+    check_factory(torch.range, start, end, step, dtype=dtype)
+
+
+def test_linspace_and_logspace_refuse_an_out_that_aliases_itself():
+    for space in (torch.linspace, torch.logspace):
+        check_same_error(lambda d: space(1, 10, 10, out=torch.zeros(1, device=d).expand(10)))
+
+
+@pytest.mark.parametrize("end, step", [(100 * 1449629115440469, 1449629115440469), (2**62 + 7, 2**60 + 1),
+                                       (-(2**62), -(2**59) - 3)])
+def test_int64_arange_counts_in_integers_beyond_doubles_precision(end, step):
+    # CPU counts an int64 range's length from the int64 bounds; through doubles it came out one too long
+    assert_bits_equal(torch.arange(0, end, step, device="tpu").cpu(), torch.arange(0, end, step))
+
+
 @pytest.mark.parametrize("start, end, step", [(0, 10, 0), (0, 10, -1), (5, 0, 1), (0, float("inf"), 1)])
 def test_arange_errors(start, end, step):
     with pytest.raises(RuntimeError):
@@ -256,6 +277,21 @@ def test_fill_converts_and_overflows_like_cpu(dtype):
             assert str(got.value) == str(error), value
             continue
         assert_bits_equal(torch.zeros(3, dtype=dtype, device="tpu").fill_(value).cpu(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int32, torch.uint32, torch.float16, torch.bool])
+def test_fill_converts_its_number_once_not_per_element(dtype):
+    # torch.ones fills with the float 1.0: a per-element float -> integer conversion took 13 bytes of
+    # temporaries per element, so a 2**31-element int8 tensor needed 28 GB of host memory to be created
+    tensor = torch.empty(1 << 22, dtype=dtype, device="tpu")
+    tracemalloc.start()
+    try:
+        tensor.fill_(1.0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 * 1024, peak
+    assert_bits_equal(tensor[-3:].cpu(), torch.ones(3, dtype=dtype))
 
 
 def test_fill_with_a_tensor_value():

@@ -195,6 +195,16 @@ def test_sparse_layouts_are_a_clear_error_naming_the_op(call):
             call()
 
 
+@pytest.mark.parametrize("call", [
+    lambda: torch._empty_affine_quantized([2, 2], scale=0.5, zero_point=3, dtype=torch.quint8, device="tpu"),
+    lambda: torch.quantize_per_tensor(torch.ones(3, device="tpu"), 0.1, 0, torch.quint8),
+    lambda: torch.quantize_per_tensor(torch.ones(3), 0.1, 0, torch.qint8).to("tpu"),
+], ids=["empty_quantized", "quantize_per_tensor", "quantized_to_tpu"])
+def test_quantized_tensors_are_a_clear_error_naming_the_op(call):
+    with pytest.raises(NotImplementedError, match=r"The operator 'aten::\w+.*quantized tensors .* not supported on tpu"):
+        call()
+
+
 def test_release_frames_frees_what_a_failed_kernel_made():
     """A kernel's half-built output dies with the failure, not with the exception the user may keep."""
     def failing_kernel():

@@ -341,3 +341,67 @@ def test_index_add_alpha_is_cast_to_the_dtype_as_cpu_casts_it(dtype, alpha):
     """-1 wraps to 255 for uint8 on CPU; NumPy refuses to multiply a uint8 array by -1."""
     check(lambda x, i, s: x.index_add(0, i, s, alpha=alpha),
           torch.zeros(3, dtype=dtype), torch.tensor([0, 0, 2]), torch.tensor([5, 7, 1]).to(dtype))
+
+
+# --- what PyTorch's own test_indexing.py found: CPU's errors and warnings for advanced indexing ------------
+
+
+def _assign(x, key, value):
+    x[key] = value
+
+
+@pytest.mark.parametrize("case", [
+    lambda d: torch.zeros(5, 5, device=d)[[0, 1], [0, 1, 2]],                       # index tensors not broadcastable
+    lambda d: _assign(torch.zeros(5, 5, device=d), ([0, 1], [0, 1, 2]), 0),
+    lambda d: torch.ones(2, 3, 4, device=d)[False, [0, 1], ...],                     # a false scalar mask has 0 indices
+    lambda d: torch.empty(10, 0, device=d)[:, [0, 1]],                               # a dimension of size 0
+    lambda d: torch.ones(3, 4, device=d)[:, torch.tensor([7], device=d)],           # CPU counts indexed dims only
+    lambda d: _assign(torch.arange(4, device=d), torch.arange(4, device=d) > -1,     # shapes are checked before dtypes
+                      torch.tensor([1.0, 2.0, 3.0], device=d)),
+    lambda d: _assign(torch.arange(1, device=d), torch.arange(1, device=d) > -1,     # values expand one way only
+                      torch.tensor([1, 2, 3], device=d)),
+])
+def test_advanced_indexing_errors_are_cpus(case):
+    check_same_error(case)
+
+
+def test_uint8_masks_warn_that_they_are_deprecated_once_per_index():
+    def index_twice(device):
+        mask = torch.tensor([1, 0, 1, 1, 0], dtype=torch.uint8, device=device)
+        x = torch.arange(5.0, device=device)
+        with pytest.warns(UserWarning, match="indexing with dtype torch.uint8 is now deprecated") as caught:
+            x.index_put_((mask,), x[mask], accumulate=True)
+        return x, len(caught)
+
+    (cpu, cpu_warnings), (tpu, tpu_warnings) = index_twice("cpu"), index_twice("tpu")
+    assert tpu_warnings == cpu_warnings == 2
+    assert torch.equal(tpu.cpu(), cpu)
+
+
+@pytest.mark.parametrize("case", [
+    lambda d: torch.rand(1, device=d).expand(6).put_(torch.tensor([2, 1, 0], device=d), torch.rand(3, device=d)),
+    lambda d: (lambda y: y.put_(torch.tensor(0, device=d), y[0]))(torch.rand(6, device=d)),
+    lambda d: (lambda i: i.put_(i, i.clone()))(torch.tensor([2, 1, 0], device=d)),
+    lambda d: torch.rand(1, device=d).expand(6).masked_scatter_(
+        torch.tensor([True, False, True, True, False, False], device=d), torch.rand(3, device=d)),
+])
+def test_put_and_masked_scatter_refuse_to_write_what_they_read(case):
+    # found by PyTorch's test_torch.py: these in-place writes were silently accepted
+    check_same_error(case)
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32, torch.int64])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_index_fill_refuses_a_complex_value_for_a_real_tensor(dtype, as_tensor):
+    value = torch.tensor(1 + 1j) if as_tensor else 1 + 1j
+    check_same_error(lambda d: torch.zeros(2, 3, dtype=dtype, device=d).index_fill_(1, torch.tensor([0], device=d), value))
+
+
+@pytest.mark.parametrize("case", [
+    lambda d, m: torch.zeros(2, device=d).masked_fill_(m, 1.0),
+    lambda d, m: torch.zeros(2, device=d).masked_fill_(m.int(), torch.tensor(1.0)),
+    lambda d, m: torch.zeros(2, device=d).masked_scatter_(m, torch.ones(2, device=d)),
+    lambda d, m: torch.masked_select(torch.zeros(2, device=d), m),
+])
+def test_masked_ops_word_a_non_bool_mask_as_cpu(case):
+    check_same_error(lambda d: case(d, torch.tensor([1, 0], dtype=torch.uint8, device=d)))

@@ -638,3 +638,29 @@ def test_elementwise_results_take_cpus_memory_layout(op, layout):
     actual = LAYOUT_OPS[op](x.to("tpu"))
     assert actual.stride() == expected.stride()
     assert_close(actual.cpu(), expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("op", [torch.add, torch.mul, torch.true_divide, torch.atan2])
+def test_an_out_of_another_dtype_receives_the_result_rounded_to_the_computation_dtype(op, dtype):
+    # Reduced floats compute in float32; the result is rounded to the common dtype before it is cast into
+    # a wider ``out`` (half 33000 + 33000 overflows to inf even in a float64 out).
+    a = torch.tensor([33000.0, 1.5, -2.7, 0.3], dtype=dtype)
+    b = torch.tensor([33000.0, 0.666, 1.3, 7.1], dtype=dtype)
+    check(lambda x, y, out: op(x, y, out=out), a, b, torch.empty(0, dtype=torch.float64))
+
+
+def test_large_in_place_ops_on_permuted_views():
+    # Above the size where the VPU splits work across threads, an in-place op on a permuted view asked NumPy
+    # for an exact overlap answer it refused to compute (TooHardError); overlap now keeps it on one thread
+    x = torch.randn(4, 15, 128, 128).contiguous(memory_format=torch.channels_last)
+    check(lambda x: x.permute(0, 2, 3, 1).mul_(2), x)
+    check(lambda x, y: torch.isclose(x, y), x, x.clone())
+
+
+@pytest.mark.parametrize("out_dtype", [torch.complex128, torch.complex64, torch.float64, torch.float32, torch.int64])
+def test_abs_of_complex_takes_cpus_out_dtypes(out_dtype):
+    # a complex out of the input's dtype receives |z| with a zero imaginary part; a real out any dtype |z| casts to
+    z = torch.randn(7, dtype=torch.complex128)
+    check(lambda z, out: torch.abs(z, out=out), z, torch.empty(0, dtype=out_dtype))
+    check(lambda z, out: torch.angle(z, out=out), z, torch.empty(0, dtype=out_dtype))

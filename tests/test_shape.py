@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from differential import check, check_grads, make, noncontiguous
+from differential import check, check_grads, check_same_error, make, noncontiguous
 
 pytestmark = pytest.mark.usefixtures("seeded")
 DTYPES = [torch.float32, torch.bfloat16, torch.int64, torch.bool]
@@ -133,6 +133,18 @@ def test_sort_stable_with_nans(dtype, descending):
     check(lambda x: x.sort(dim=0, stable=True, descending=descending), x)
     check(lambda x: x.argsort(stable=True, descending=descending), x)
     check(lambda x: torch.sort(x, stable=True, descending=descending), make(dtype=dtype))
+
+
+def test_roll_requires_shifts():
+    check_same_error(lambda d: torch.roll(torch.ones(3, device=d), shifts=(), dims=0))
+
+
+def test_sort_into_its_own_input():
+    # CPU sorts in place when ``values`` is the input; indices, or values that are only part of it, may not overlap
+    check(lambda x, i: torch.sort(x, stable=True, out=(x, i)), make(4, 9), torch.empty(0, dtype=torch.int64))
+    check(lambda x, i: torch.sort(x, dim=0, descending=True, stable=True, out=(x, i)), make(6, 3),
+          torch.empty(0, dtype=torch.int64))
+    check(lambda x, i: torch.sort(x[1:], stable=True, out=(x[:-1], i)), make(5), torch.empty(0, dtype=torch.int64))
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.int8])
@@ -326,3 +338,17 @@ def test_histc_counts_saturate_per_thread_like_cpu():
     """CPU counts each thread's share in the input dtype: a bfloat16 count stops at 256."""
     check(torch.histc, torch.ones(7000, dtype=torch.bfloat16), 3, 0, 2)
     check(torch.histc, torch.randn(100_000, dtype=torch.float16), 5)
+
+
+def test_searchsorted_warns_once_per_kind_of_non_contiguous_argument(monkeypatch):
+    from torch_tpu.ops import shape
+
+    monkeypatch.setattr(shape, "_NON_CONTIGUOUS_WARNED", set())
+    boundaries = torch.arange(12.0, device="tpu").view(4, 3).t()
+    values = torch.arange(6, device="tpu").view(2, 3).t()
+    with pytest.warns(UserWarning) as caught:
+        result = torch.searchsorted(boundaries, values)
+        torch.searchsorted(boundaries, values)
+    kinds = [str(w.message).split(" tensor is non-contiguous")[0] for w in caught]
+    assert kinds == ["torch.searchsorted(): input value", "torch.searchsorted(): boundary"]
+    assert torch.equal(result.cpu(), torch.searchsorted(boundaries.cpu(), values.cpu()))

@@ -30,6 +30,7 @@ FALLBACKS = {
     "NestedTensorPrivateUse1": "nested_fallback",
     "SparsePrivateUse1": "sparse_fallback",
     "SparseCsrPrivateUse1": "sparse_fallback",
+    "QuantizedPrivateUse1": "quantized_fallback",
 }
 
 _LIBRARY = torch.library.Library("_", "IMPL")  # owns the boxed fallbacks for the life of the process

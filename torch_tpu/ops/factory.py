@@ -10,6 +10,7 @@ from .. import _tensor
 from .._C import cpu_loops, vpu
 from .._errors import check_device_index, not_implemented_for
 from ._common import check_scalar_fits, operand, prepare_out
+from ._overlap import check_no_internal_overlap
 from ._registry import register
 
 
@@ -129,18 +130,24 @@ def _number(value):
     return f"{value:g}"
 
 
-def _arange_length(start, end, step, dtype):
-    """at::arange_out's size: bounds checked in double, the length counted in double, except for
-    int64, which counts in integers (a double cannot hold every int64)."""
-    start, end, step = (float(_python_scalar(v)) for v in (start, end, step))
+def _check_range_bounds(start, end, step):
+    """arange's and range's checks of their bounds (as doubles)."""
     if not (step > 0 or step < 0):
         raise RuntimeError("step must be nonzero")
     if not (math.isfinite(start) and math.isfinite(end)):
         raise RuntimeError(f"unsupported range: {_number(start)} -> {_number(end)}")
     if not ((step > 0 and end >= start) or (step < 0 and end <= start)):
         raise RuntimeError("upper bound and lower bound inconsistent with step sign")
+
+
+def _arange_length(start, end, step, dtype):
+    """at::arange_out's size: bounds checked in double, the length counted in double, except for
+    int64, which counts in integers (a double cannot hold every int64)."""
+    scalars = start, end, step
+    start, end, step = (float(_python_scalar(v)) for v in scalars)
+    _check_range_bounds(start, end, step)
     if dtype == torch.int64:
-        xstart, xend, xstep = (int(_scalar_to(v, torch.int64)) for v in (start, end, step))
+        xstart, xend, xstep = (int(_scalar_to(v, torch.int64)) for v in scalars)  # not through double
         if xstep == 0:
             raise ValueError("step must be nonzero")
         numerator = xend - xstart + xstep - (1 if xstep > 0 else -1)
@@ -188,6 +195,21 @@ def arange_out(start, end, step=1, *, out):
     return out
 
 
+@register("range.out")
+def range_out(start, end, step=1, *, out):
+    """The deprecated inclusive ``torch.range``: bounds and step in the accumulate type, ``start + i * step``."""
+    _check_kernel_dtype("range_cpu", out.dtype, _RANGE_DTYPES)
+    acc = _ACC_TYPE.get(out.dtype, out.dtype if out.dtype.is_floating_point else torch.int64)
+    first, last, stride = (_scalar_to(v, acc) for v in (start, end, step))
+    _check_range_bounds(float(first), float(last), float(stride))
+    length = int((last - first) // stride if acc == torch.int64 else (last - first) / stride) + 1
+    _resize_to_count(out, length)
+    with np.errstate(all="ignore"):
+        values = first + np.arange(length).astype(stride.dtype) * stride
+    _tensor.as_numpy(out)[...] = values.astype(_tensor.numpy_dtype(out.dtype)).reshape(out.shape)
+    return out
+
+
 def _resize_to_count(out, count):
     """CPU's range factories keep an ``out=`` of the right element count as it is (a (2, 3) out takes six
     values) and resize any other to 1-d, without resize_output's warning (arange gives its own)."""
@@ -199,6 +221,7 @@ def _prepare_space_out(out, steps):
     if steps < 0:
         raise RuntimeError("number of steps must be non-negative")
     _resize_to_count(out, steps)
+    check_no_internal_overlap(out)  # after the resize, as CPU's TensorIterator checks it
 
 
 def _two_sided(first, last, step, steps, counter_type, multiply_add):

@@ -123,6 +123,11 @@ SPARSE_LAYOUTS = (
     "sparse layouts (torch.sparse_coo, sparse_csr, sparse_csc, sparse_bsr, sparse_bsc) are not supported on "
     "tpu (their kernels are C++ code per backend that reads indices through data pointers); keep sparse tensors on the CPU, or make them dense (to_dense()) before moving them to tpu."
 )
+QUANTIZED = (
+    "quantized tensors (torch.quint8, qint8, qint32, quint4x2; quantize_per_tensor and friends) are not supported "
+    "on tpu (their kernels are C++ code per backend that reads the scales and zero points through a C++ quantizer); "
+    "quantize on the CPU, or use FP8 (torch_tpu.fp8) for low-precision compute on tpu."
+)
 # Whole features torch_tpu does not have, by their ops' name prefixes. The CPU fallback cannot help with
 # these (its results would have to come back to tpu), so the error says what to do instead.
 UNSUPPORTED_FEATURES = {
@@ -132,6 +137,9 @@ UNSUPPORTED_FEATURES = {
     "aten::_to_sparse": SPARSE_LAYOUTS,  # to_sparse() and its csr/csc/bsr/bsc forms, from a dense tensor
     "aten::sparse_": SPARSE_LAYOUTS,
     "aten::_sparse_": SPARSE_LAYOUTS,
+    "aten::quantize_per_": QUANTIZED,
+    "aten::_empty_affine_quantized": QUANTIZED,
+    "aten::_empty_per_channel_affine_quantized": QUANTIZED,
 }
 
 
@@ -179,6 +187,11 @@ def _run(op, args, kwargs):
 def nested_fallback(keyset, op, *args, **kwargs):
     """Every op on a strided nested tensor whose buffer would be on tpu, such as ``nested.to("tpu")``."""
     raise unsupported(op, STRIDED_NESTED)
+
+
+def quantized_fallback(keyset, op, *args, **kwargs):
+    """Every op on a quantized tensor that would be on tpu, such as ``torch._empty_affine_quantized(..., device="tpu")``."""
+    raise unsupported(op, QUANTIZED)
 
 
 def sparse_fallback(keyset, op, *args, **kwargs):

@@ -7,11 +7,13 @@ dtype: like the CPU loops it rounds after every addition, so duplicate indices
 accumulate exactly as on CPU.
 """
 
+import warnings
+
 import numpy as np
 import torch
 
 from .. import _C
-from .._errors import indices_on_another_device, not_implemented_for, scalar_type_name
+from .._errors import cpp_type_name, indices_on_another_device, not_implemented_for, scalar_type_name
 from ._common import (as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, exact_dtype, operand,
                       opmath_operand, prepare_out, store, wrap_dim, write)
 from ._overlap import check_no_internal_overlap, check_no_overlap
@@ -88,6 +90,8 @@ def advanced_index_key(self, indices):
             dim += 1
             continue
         if index.dtype in (torch.bool, torch.uint8):
+            if index.dtype is torch.uint8:
+                warnings.warn(UINT8_INDEX_DEPRECATED, UserWarning, stacklevel=2)
             mask = _index_tensor_as_numpy(index).astype(bool, copy=False)
             _check_mask_shape(self, mask, dim, len(key))
             key.append(mask)
@@ -96,9 +100,48 @@ def advanced_index_key(self, indices):
         if index.dtype not in _INDEX_DTYPES:
             raise IndexError("tensors used as indices must be long, int, byte or bool tensors")
         size = self.shape[dim]
-        key.append(checked_indices(_index_tensor_as_numpy(index), size, wrap=True, error=_dim_error(IndexError), dim=dim))
+        indexed_before = sum(_index_arrays_in(part) for part in key)
+        key.append(checked_indices(_index_tensor_as_numpy(index), size, wrap=True, error=_advanced_index_error,
+                                   dim=indexed_before))
         dim += 1
+    _check_indices_broadcast(key)
     return tuple(key)
+
+
+UINT8_INDEX_DEPRECATED = "indexing with dtype torch.uint8 is now deprecated, please use a dtype torch.bool instead."
+
+
+def _advanced_index_error(index, dim, size):
+    """CPU's wording: ``dim`` counts the index tensors before this one (CPU moves indexed dims to the front),
+    and a dimension of size 0 is named without the index."""
+    if size == 0:
+        return IndexError("index is out of bounds for dimension with size 0")
+    return IndexError(f"index {index} is out of bounds for dimension {dim} with size {size}")
+
+
+def _index_arrays_in(part):
+    """How many index tensors a key part stands for once masks become their nonzero coordinates."""
+    if isinstance(part, slice):
+        return 0
+    return max(part.ndim, 1) if part.dtype == bool else 1
+
+
+def _check_indices_broadcast(key):
+    """The index tensors (masks as their nonzero coordinates) must broadcast together, as on CPU."""
+    if sum(isinstance(part, np.ndarray) for part in key) < 2 and not any(
+            isinstance(part, np.ndarray) and part.ndim > 1 and part.dtype == bool for part in key):
+        return  # one index tensor broadcasts with itself
+    shapes = []
+    for part in key:
+        if isinstance(part, np.ndarray) and part.dtype == bool:
+            shapes += [(int(np.count_nonzero(part)),)] * _index_arrays_in(part)
+        elif isinstance(part, np.ndarray):
+            shapes.append(part.shape)
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        listed = ", ".join(str(list(shape)) for shape in shapes)
+        raise IndexError(f"shape mismatch: indexing tensors could not be broadcast together with shapes {listed}") from None
 
 
 def _check_mask_shape(self, mask, first_dim, position):
@@ -132,15 +175,16 @@ def index_out(self, indices, *, out):
 
 @register("_index_put_impl_")
 def index_put_impl_(self, indices, values, accumulate=False, unsafe=False):
-    if values.dtype != self.dtype:
-        raise RuntimeError(
-            "Index put requires the source and destination dtypes match, got "
-            f"{scalar_type_name(self.dtype)} for the destination and {scalar_type_name(values.dtype)} for the source."
-        )
     for read in (values, *indices):  # ATen's checks: what index_put_ reads must not share memory with self
         check_no_overlap(self, read)
     key = advanced_index_key(self, indices)
     target = as_numpy(self)
+    if values.dtype != self.dtype:  # checked after the indices and the shapes, as on CPU
+        _check_values_broadcast(values.shape, target[key].shape)
+        raise RuntimeError(
+            "Index put requires the source and destination dtypes match, got "
+            f"{scalar_type_name(self.dtype)} for the destination and {scalar_type_name(values.dtype)} for the source."
+        )
     source = operand(values, "index_put_")
     try:
         if accumulate:
@@ -148,11 +192,20 @@ def index_put_impl_(self, indices, values, accumulate=False, unsafe=False):
         else:
             target[key] = converted(source, self.dtype)  # complex32: float16 pairs, as target holds them
     except ValueError:
-        raise RuntimeError(
-            f"shape mismatch: value tensor of shape {list(values.shape)} cannot be broadcast to indexing result "
-            f"of shape {list(target[key].shape)}"
-        ) from None
+        _check_values_broadcast(values.shape, target[key].shape)
+        raise
     return self
+
+
+def _check_values_broadcast(values_shape, indexed_shape):
+    """The values must expand to the indexed shape (one-sided, unlike a broadcast of the two)."""
+    values_shape, indexed_shape = tuple(values_shape), tuple(indexed_shape)
+    trailing = indexed_shape[len(indexed_shape) - len(values_shape):] if values_shape else ()
+    if len(values_shape) > len(indexed_shape) or any(v not in (1, i) for v, i in zip(values_shape, trailing)):
+        raise RuntimeError(
+            f"shape mismatch: value tensor of shape {list(values_shape)} cannot be broadcast to indexing result "
+            f"of shape {list(indexed_shape)}"
+        ) from None
 
 
 def _add_at(target, key, values, dtype):
@@ -429,6 +482,8 @@ def index_reduce_out(self, dim, index, source, reduce, *, include_self=True, out
 
 @register("index_fill_.int_Scalar")
 def index_fill_scalar_(self, dim, index, value):
+    if isinstance(value, complex) and not self.dtype.is_complex:
+        raise RuntimeError("index_fill_(): Converting complex Scalar to non-complex type is not supported")
     check_scalar_fits(value, self.dtype)
     target = _at_least_1d(as_numpy(self))
     dim = wrap_dim(dim, self.dim())
@@ -451,9 +506,12 @@ def index_fill_tensor_(self, dim, index, value):
 # masks
 
 
-def _check_bool_mask(mask, op_name):
+def _check_bool_mask(mask, op_name, name_dtype=cpp_type_name):
+    """Each masked op's own wording of CPU's check, the dtype named as that op names it."""
     if mask.dtype != torch.bool:
-        raise RuntimeError(f"{op_name} only supports boolean masks, but got mask with dtype {mask.dtype}")
+        if op_name == "masked_select":
+            raise RuntimeError("masked_select: expected BoolTensor for mask")
+        raise RuntimeError(f"{op_name} only supports boolean masks, but got mask with dtype {name_dtype(mask.dtype)}")
 
 
 @register("masked_fill_.Scalar")
@@ -475,7 +533,7 @@ def masked_fill_tensor_(self, mask, value):
 
 
 def _masked_selection(self, mask):
-    _check_bool_mask(mask, "masked_select:")
+    _check_bool_mask(mask, "masked_select")
     shape = broadcast_shapes(mask.shape, self.shape)
     return np.broadcast_to(operand(self, "masked_select"), shape)[np.broadcast_to(operand(mask, "masked_select"), shape)]
 
@@ -498,7 +556,8 @@ def masked_select_out(self, mask, *, out):
 
 @register("masked_scatter_")
 def masked_scatter_(self, mask, source):
-    _check_bool_mask(mask, "masked_scatter_")
+    _check_bool_mask(mask, "masked_scatter_", scalar_type_name)
+    check_no_internal_overlap(self)
     target = as_numpy(self)
     selector = np.broadcast_to(operand(mask, "masked_scatter_"), target.shape)
     count = int(np.count_nonzero(selector))
@@ -580,6 +639,9 @@ def take_out(self, index, *, out):
 
 @register("put_")
 def put_(self, index, source, accumulate=False):
+    check_no_internal_overlap(self)  # ATen's checks: put_ may not read what it writes
+    check_no_overlap(self, index)
+    check_no_overlap(self, source)
     positions = _flat_positions(self, index, "put_").reshape(-1)
     values = converted(operand(source, "put_").reshape(-1), self.dtype)
     if values.size != positions.size:

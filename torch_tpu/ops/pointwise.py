@@ -22,7 +22,7 @@ import scipy.special as special
 import torch
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
 
-from .. import _C
+from .. import _C, _tensor
 from .._C import special as vpu_special
 from .._errors import device_mismatch, found_dtype, not_implemented_for, scalar_type_name, shape_mismatch
 from .._tensor import numpy_dtype
@@ -135,7 +135,18 @@ def compute_into(out, function, operands, dtype, extras=(), options=None, opmath
             return out
     with vpu.ignoring_fp_errors():
         result = function(*arrays, *extras, **(options or {}))
+    if out.dtype != dtype and np.asarray(result).dtype == compute != numpy_dtype(dtype):
+        result = _rounded_to(result, dtype)
     return write(out, result)
+
+
+def _rounded_to(array, dtype):
+    """``array`` (computed in ``dtype``'s wider opmath type) rounded to ``dtype``: TensorIterator stores a
+    result in the common dtype before an ``out`` of another dtype receives it (half 33000 + 33000 is inf
+    in a float64 ``out`` too)."""
+    rounded = np.empty(np.shape(array), numpy_dtype(dtype))
+    _C.dtypes.cast_into(rounded, array, _tensor.DTYPE_NAME[dtype])
+    return rounded
 
 
 # --------------------------------------------------------------------------------------------------
@@ -270,6 +281,19 @@ def functional_launch(into_new, name, operands, structured_wrapper):
     return functional
 
 
+def _check_unary_out(input_dtype, result_dtype, out_dtype):
+    """A plain unary op's ``out`` has the result's dtype, except where a complex input gives a real result
+    (abs): then CPU takes any real ``out`` that result casts to, or a complex one of the input's own dtype."""
+    if input_dtype.is_complex and not result_dtype.is_complex:
+        if out_dtype.is_complex:
+            if out_dtype == input_dtype:
+                return
+        else:
+            castable(result_dtype, out_dtype)
+            return
+    raise found_dtype(out_dtype, result_dtype)
+
+
 def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None, exact_out=False,
                  opmath=lambda *promoted: True):
     """Register the given functional, in-place and ``out=`` overloads of a non-structured op.
@@ -298,9 +322,10 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         return run(self, (self, *args), kwargs)
 
     def out_variant(*args, out, **kwargs):
-        expected = result(common_dtype(*args[:operands]))
+        common = common_dtype(*args[:operands])
+        expected = result(common)
         if exact_out and out.dtype != expected:
-            raise found_dtype(out.dtype, expected)
+            _check_unary_out(common, expected, out.dtype)
         prepare_out(out, broadcast_shape(*args[:operands]), expected, args[:operands])
         return run(out, args, kwargs)
 

@@ -7,6 +7,7 @@ need nothing here: their composite kernels or decompositions run on tpu as they 
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -100,6 +101,8 @@ def flip_out(self, dims, *, out):
 
 @register("roll")
 def roll(self, shifts, dims=()):
+    if not shifts:
+        raise RuntimeError("`shifts` required")
     array = operand(self, "roll")
     if not dims:
         if len(shifts) != 1:
@@ -282,9 +285,11 @@ def _selected_then_sorted(keys, k):
     return order
 
 
-def _prepare_ordered(self, values, indices, shape):
-    """sort's and topk's outputs: the values in the input's dtype, the indices as int64."""
-    prepare_out(values, shape, self.dtype, distinct=(self,), dtype_rule=exact_dtype)
+def _prepare_ordered(self, values, indices, shape, values_may_be_self=False):
+    """sort's and topk's outputs: the values in the input's dtype, the indices as int64. Sort's values may be
+    the input itself (CPU sorts in place then), not part of it."""
+    overlap = {"inputs": (self,)} if values_may_be_self else {"distinct": (self,)}
+    prepare_out(values, shape, self.dtype, dtype_rule=exact_dtype, **overlap)
     prepare_out(indices, shape, torch.int64, distinct=(self,), dtype_rule=exact_dtype)
 
 
@@ -297,7 +302,7 @@ def _ordered_into(values, indices, source, order, dim):
 @register("sort.values_stable")
 def sort_values_stable(self, *, stable=None, dim=-1, descending=False, values, indices):
     dim = wrap_dim(dim, self.dim())
-    _prepare_ordered(self, values, indices, self.shape)
+    _prepare_ordered(self, values, indices, self.shape, values_may_be_self=True)
     source = operand(self, "sort")
     if self.dim() == 0:
         write(values, source)
@@ -438,7 +443,22 @@ def repeat_interleave(repeats, *, output_size=None):
 # searchsorted / bucketize
 
 
+_NON_CONTIGUOUS_WARNED = set()
+
+
+def _warn_once_if_non_contiguous(**tensors):
+    """CPU's once-per-program performance warning for each kind of non-contiguous searchsorted argument."""
+    for kind, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and not tensor.is_contiguous() and kind not in _NON_CONTIGUOUS_WARNED:
+            _NON_CONTIGUOUS_WARNED.add(kind)
+            warnings.warn(f"torch.searchsorted(): {kind} tensor is non-contiguous, this will lower the performance due "
+                          "to extra data copy when converting non-contiguous tensor to contiguous, please use "
+                          f"contiguous {kind} tensor if possible. This message will only appear once per program.",
+                          UserWarning, stacklevel=4)
+
+
 def _searchsorted(boundaries, values, right, side, sorter, out_int32):
+    _warn_once_if_non_contiguous(**{"input value": values, "boundary": boundaries, "sorter": sorter})
     if side is not None:
         right = side == "right"
     sequence = opmath_operand(boundaries, "searchsorted")
