@@ -5,7 +5,7 @@ PyTorch's device-generic test files (not shipped in the wheel) are run twice wit
 tpu that also fails on cpu says the copy of the test file does not fit the installed torch, not that
 tpu is wrong. See docs/testing.md.
 
-    python tools/compare_suites.py junit_tpu.xml junit_cpu.xml
+    python tests/compare_pytorch_suites.py junit_tpu.xml junit_cpu.xml
 """
 
 import argparse
