@@ -314,6 +314,16 @@ def test_addcmul_addcdiv_lerp():
     check(torch.lerp, x.bfloat16(), a.bfloat16(), 0.25)
 
 
+@pytest.mark.parametrize("end_shape", [(4, 5), (5,)], ids=["same_shape", "broadcast"])
+def test_lerp_takes_no_type_promotion(end_shape):
+    x, a = sample((4, 5)), sample(end_shape, seed=1)
+    check(torch.lerp, x, a.double(), 0.5)  # raises: `end` of another dtype
+    check(torch.lerp, x, a, a.double())  # raises: `weight` of another dtype
+    check(torch.lerp, x.half(), a.half(), torch.tensor(0.25, dtype=torch.float64))  # a 0-dim weight is a number
+    check(torch.lerp, x, a, torch.tensor(1, dtype=torch.int64))
+    check(torch.lerp, x.int(), a.int(), 0.5)  # raises: no integer kernel
+
+
 # --------------------------------------------------------------------------------------------------
 # Activations, forward and backward through autograd
 

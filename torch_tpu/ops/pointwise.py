@@ -24,7 +24,7 @@ from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dty
 
 from .. import _C, _tensor
 from .._C import special as vpu_special
-from .._errors import device_mismatch, found_dtype, not_implemented_for, scalar_type_name, shape_mismatch
+from .._errors import cpp_type_name, device_mismatch, found_dtype, not_implemented_for, scalar_type_name, shape_mismatch
 from .._tensor import numpy_dtype
 from ._common import (all_contiguous, as_numpy, broadcast_shapes, castable, empty, empty_with_array, iterator_strides,
                       operand, opmath_dtype, prepare_out, store, write)
@@ -678,6 +678,21 @@ def supports(predicate, kernel_name):
     return check
 
 
+def lerp_check(kernel_name):
+    """lerp's meta function: ``end``, and a ``weight`` tensor with dims, must have ``start``'s dtype (no
+    promotion; a 0-dim weight of any dtype is taken as a number), then the kernel's dtype check."""
+    has_kernel = supports(floating_or_complex, kernel_name)
+
+    def check(dtype, start, end, weight, *args, **kwargs):
+        for name, operand in (("end", end), ("weight", weight)):
+            if isinstance(operand, torch.Tensor) and operand.dtype != start.dtype and (name == "end" or operand.dim()):
+                raise RuntimeError(f"expected dtype {cpp_type_name(start.dtype)} for `{name}` but got dtype "
+                                   f"{cpp_type_name(operand.dtype)}")
+        has_kernel(dtype)
+
+    return check
+
+
 def floating(dtype):
     return dtype.is_floating_point
 
@@ -1128,8 +1143,8 @@ def register_tables():
     structured("clamp_max.Tensor_out", clamp_max, operands=2, check=checked(real, "minimum"))
     structured("addcmul.out", addcmul, operands=3)
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
-    structured("lerp.Scalar_out", lerp, operands=2, check=supports(floating_or_complex, "lerp_kernel_scalar"))
-    structured("lerp.Tensor_out", lerp, operands=3, check=supports(floating_or_complex, "lerp_kernel_tensor"))
+    structured("lerp.Scalar_out", lerp, operands=2, check=lerp_check("lerp_kernel_scalar"))
+    structured("lerp.Tensor_out", lerp, operands=3, check=lerp_check("lerp_kernel_tensor"))
     unstructured(logit, "logit", "logit_", "logit.out", rule=to_float)
     unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)))
     unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
