@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import torch
+from torch._prims_common import compute_elementwise_output_strides
 
 from .. import _C, _tensor
 from .._errors import (broadcast_mismatch, cannot_cast, device_mismatch, dim_out_of_range, resized_output_warning,
@@ -18,6 +19,7 @@ from ._overlap import check_no_internal_overlap, check_no_overlap, check_no_part
 
 as_numpy = _tensor.as_numpy
 empty = _tensor.empty
+empty_with_array = _tensor.empty_with_array
 
 
 def all_contiguous(operands):
@@ -25,47 +27,15 @@ def all_contiguous(operands):
 
 
 def iterator_strides(shape, operands):
-    """The strides TensorIterator gives a new output of ``shape`` computed from ``operands``: their memory
-    order (channels-last, transposed) where they have one, tried operand by operand, else contiguous (None).
-
-    TensorIterator sorts the dims, innermost first, by each operand's strides in turn (a broadcast dim, stride
-    0, says nothing; equal strides put the smaller dim inside), then lays the output out densely in that order.
-    """
-    ndim = len(shape)
-    strides = []
-    for operand in operands:
-        if isinstance(operand, torch.Tensor) and operand.dim():
-            lead = ndim - operand.dim()
-            strides.append([0] * lead + [0 if size == 1 and shape[lead + i] != 1 else stride
-                                         for i, (size, stride) in enumerate(zip(operand.shape, operand.stride()))])
-
-    def order(dim0, dim1):
-        for stride in strides:
-            if stride[dim0] and stride[dim1]:
-                if stride[dim0] != stride[dim1]:
-                    return 1 if stride[dim0] > stride[dim1] else -1
-                if shape[dim0] > shape[dim1]:
-                    return 1
-        return 0
-
-    permutation = list(range(ndim - 1, -1, -1))  # innermost first
-    for i in range(1, ndim):
-        inner = i
-        for outer in range(i - 1, -1, -1):
-            comparison = order(permutation[outer], permutation[inner])
-            if comparison > 0:
-                permutation[outer], permutation[inner] = permutation[inner], permutation[outer]
-                inner = outer
-            elif comparison < 0:
-                break
-    if permutation == list(range(ndim - 1, -1, -1)):
+    """The strides TensorIterator gives a new output of ``shape`` computed from ``operands`` (their memory
+    order: channels-last, transposed), or None where that is contiguous. PyTorch's own Python statement
+    of TensorIterator's rule decides, on the operands broadcast to ``shape``."""
+    broadcast = [o.expand(shape) for o in operands if isinstance(o, torch.Tensor) and o.dim()]
+    if not broadcast:
         return None
-    result, step = [0] * ndim, 1
-    for dim in permutation:
-        result[dim] = step
-        step *= shape[dim]
-    return tuple(result)
-empty_with_array = _tensor.empty_with_array
+    strides = tuple(compute_elementwise_output_strides(*broadcast))
+    return None if strides == _tensor.contiguous_strides(shape) else strides
+
 
 # PyTorch computes reduced-precision floats in float32 ("opmath") and rounds once on store.
 _OPMATH = {
