@@ -165,7 +165,7 @@ def same_scalars(*groups):
     return True
 
 
-def batched_lines(plan, lowered, constant, numpy_dtype):
+def batched_lines(plan, lowered, constant):
     """The source lines of a batched launch (the charge is not among them). ``constant(prefix, value)``
     names a value in the program's namespace."""
     first = plan.members[0]

@@ -254,7 +254,7 @@ def generate(graph, name):
         """A batched launch, where its last node stands: one call per op over all kernels' elements, and
         the unrolled kernels as the fallback when their host scalars differ."""
         members = sorted((n for nodes_of in plan.members for n in nodes_of), key=position.__getitem__)
-        batched = batched_lines(plan, lowered, w.constant, numpy_dtype)
+        batched = batched_lines(plan, lowered, w.constant)
         mark = len(w.lines)
         if plan.scalars:
             for node in members:
