@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .. import _C, _cost, _tensor
+from . import remembered
 from .._tensor import DTYPE_NAME, numpy_dtype
 from ..ops import attention, linalg, nn, pointwise, reduction
 from ..ops._common import converted, opmath_dtype, wrap_dim, wrap_dims, write
@@ -318,6 +319,17 @@ def lower_pointwise(node, maths):
             all(entry[0] == "constant" or (entry[0] == "array" and not entry[2]) for entry in plan):
         lowered.inline = (function, [inputs[e[1]] if e[0] == "array" else e[1] for e in plan])
     return lowered
+
+
+@lowers(aten.gelu.default, aten.gelu_backward.default)
+def lower_gelu(node):
+    """GELU's pointwise maths; a node marked by ``remembered.mark`` shares its Gaussian CDF between forward and backward."""
+    maths = pointwise_maths(node.target)
+    if remembered.SLOT in node.meta:
+        memo, slot = node.meta[remembered.SLOT]
+        share = memo.gelu if node.target is aten.gelu.default else memo.gelu_backward
+        maths = dataclasses.replace(maths, function=share(slot))
+    return lower_pointwise(node, maths)
 
 
 @lowers(aten.where.self)

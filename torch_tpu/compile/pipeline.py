@@ -16,7 +16,7 @@ import operator
 
 import torch
 
-from . import debug
+from . import debug, remembered
 from .codegen import generate
 from .lowering import meta_twin, value_of
 from .runtime import Program
@@ -51,7 +51,8 @@ def backend(gm, example_inputs, mode=None, options=None, **unused):
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
     debug.record_dynamo_graph(gm)
-    compile_as = functools.partial(compile_graph, dynamo_graph=debug.current_dynamo_graph())
+    compile_as = functools.partial(compile_graph, dynamo_graph=debug.current_dynamo_graph(),
+                                   shared=remembered.Remembered())
     return aot_autograd(
         fw_compiler=functools.partial(compile_as, kind="forward"),
         bw_compiler=functools.partial(compile_as, kind="backward"),
@@ -62,9 +63,12 @@ def backend(gm, example_inputs, mode=None, options=None, **unused):
     )(gm, example_inputs)
 
 
-def compile_graph(gm, example_inputs, kind, dynamo_graph=None):
-    """AOTAutograd's compiler: the FX graph ``gm`` as a Program (one per shape when shapes are symbolic)."""
+def compile_graph(gm, example_inputs, kind, dynamo_graph=None, shared=None):
+    """AOTAutograd's compiler: the FX graph ``gm`` as a Program (one per shape when shapes are symbolic).
+    ``shared`` holds the host values its forward and backward programs share (``remembered.py``)."""
     unroll_foreach(gm.graph)
+    if shared is not None:
+        remembered.mark(gm.graph, kind, shared)
     constants = lift_constants(gm)
     name = f"{kind}_{next(_names)}"
     if _symbolic(gm.graph):

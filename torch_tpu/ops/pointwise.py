@@ -812,10 +812,15 @@ def gelu(x, approximate="none"):
     if approximate == "tanh":
         inner = scalar(math.sqrt(2 / math.pi), x) * (x + scalar(0.044715, x) * x * x * x)
         return scalar(0.5, x) * x * (1 + np.tanh(inner))
-    result = gaussian_cdf(x)
-    result *= x  # x * 0.5 * (1 + erf): the 0.5 is exact in either place; gelu(+inf) is +inf (CPU's
-    # AVX-512 float32 kernel gives NaN there, its AVX2 and float64 kernels +inf)
-    return result
+    return gelu_of_cdf(x, gaussian_cdf(x), out=None)
+
+
+def gelu_of_cdf(x, cdf, out):
+    """GELU (approximate="none") from ``cdf``, the ``gaussian_cdf`` of ``x``: into ``out``, or into ``cdf``
+    when ``out`` is None. Compiled programs keep the forward's ``cdf`` for the backward (one erf fewer)."""
+    # x * 0.5 * (1 + erf): the 0.5 is exact in either place; gelu(+inf) is +inf (CPU's AVX-512 float32
+    # kernel gives NaN there, its AVX2 and float64 kernels +inf)
+    return np.multiply(cdf, x, out=cdf if out is None else out)
 
 
 def gaussian_cdf(x):
@@ -850,15 +855,19 @@ def gelu_backward(grad, x, approximate="none"):
         tanh_derivative = 1 - tanh_inner * tanh_inner
         inner_derivative = beta * (1 + 3 * kappa * x * x)
         return grad * (left_derivative + scalar(0.5, x) * x * tanh_derivative * inner_derivative)
+    return gelu_backward_of_cdf(grad, x, gaussian_cdf(x))
+
+
+def gelu_backward_of_cdf(grad, x, cdf):
+    """GELU's backward (approximate="none") from ``cdf``, the ``gaussian_cdf`` of ``x``, computed into ``cdf``."""
     x_pdf = x * x
     x_pdf *= scalar(-0.5, x)
     np.exp(x_pdf, out=x_pdf)
     x_pdf *= scalar(1 / math.sqrt(2 * math.pi), x)
     x_pdf *= x
-    result = gaussian_cdf(x)
-    result += x_pdf
-    result *= grad
-    return result
+    cdf += x_pdf
+    cdf *= grad
+    return cdf
 
 
 def silu(x):
