@@ -323,7 +323,7 @@ def lower_pointwise(node, maths):
 
 @lowers(aten.gelu.default, aten.gelu_backward.default)
 def lower_gelu(node):
-    """GELU's pointwise maths; a node marked by ``remembered.mark`` shares its Gaussian CDF between forward and backward."""
+    """GELU's pointwise maths; a node ``remembered.mark`` marked shares its Gaussian CDF between forward and backward."""
     maths = pointwise_maths(node.target)
     if remembered.SLOT in node.meta:
         memo, slot = node.meta[remembered.SLOT]

@@ -57,7 +57,7 @@ class Remembered:
         return gelu
 
     def gelu_backward(self, slot):
-        """GELU's backward maths that takes the forward's CDF when its operand is the forward's (the backward program's)."""
+        """GELU's backward maths, with the forward's CDF when its operand is the forward's (the backward program's)."""
         def gelu_backward(grad, x, approximate="none"):
             cdf = self.take(slot, x)
             return pointwise.gelu_backward_of_cdf(grad, x, pointwise.gaussian_cdf(x) if cdf is None else cdf)
