@@ -105,6 +105,58 @@ def as_compute(value, dtype):
     return np.array(array).astype(dtype)  # wraps out-of-range integers as C++ static_cast does
 
 
+# CPU's TensorIterator converts every input operand to the common dtype before the kernel runs, so a number
+# (a Python scalar, a 0-dim tensor) or a tensor of another dtype that meets a bf16/fp16 tensor is rounded to
+# 16 bits before the float32 (opmath) arithmetic: x_fp16 + 0.3 adds fp16(0.3) = 0.2998... Only the kernels
+# that read a lone operand back from before that conversion (iter.original_scalar_value: mul and the
+# divisions, on reduced floats) keep it in opmath. Operator -> the position of that operand (CPU's input 2).
+READS_ORIGINAL_SCALAR = {"mul": 1, "div": 1, "floor_divide": 1}
+
+# Scalar arguments (not operands) CPU's kernel converts to the tensors' dtype (``alpha.to<scalar_t>()`` in the
+# generated add kernel) rather than to opmath: rounded like the operands above.
+SCALARS_IN_DTYPE = {"add": "alpha", "sub": "alpha"}
+
+_ROUNDED_FIRST = frozenset({torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2})
+
+
+def is_lone_value(value):
+    """A number, or a tensor whose one value is broadcast everywhere (TensorIterator's ``is_scalar``)."""
+    return not isinstance(value, torch.Tensor) or all(
+        stride == 0 for size, stride in zip(value.shape, value.stride()) if size != 1)
+
+
+def read_as_given(name, promoted):
+    """The position of the operand of ``name`` (an operator) that CPU's kernel reads as given, before the
+    conversion to the common dtype, or None: the slot READS_ORIGINAL_SCALAR names, holding a lone value."""
+    position = READS_ORIGINAL_SCALAR.get(name)
+    if position is None or position >= len(promoted) or not is_lone_value(promoted[position]):
+        return None
+    return position
+
+
+def as_converted(array, dtype, compute, as_given=False):
+    """An operand (array or number) converted to ``dtype`` as CPU converts its inputs, then widened to the
+    ``compute`` dtype: a reduced float rounds a value of another dtype first (c10's casts, double through
+    float), and widening it back is exact. An operand the kernel reads ``as_given`` is only widened."""
+    if dtype in _ROUNDED_FIRST and not as_given:
+        array = np.asarray(array)
+        narrow = numpy_dtype(dtype)
+        if array.dtype != narrow:
+            rounded = np.empty(array.shape, narrow)
+            _C.dtypes.cast_into(rounded, array, _tensor.DTYPE_NAME[dtype])
+            array = rounded
+    if isinstance(array, np.ndarray):
+        return array if array.dtype == compute else array.astype(compute)
+    return np.array(array).astype(compute)  # wraps out-of-range integers as C++ static_cast does
+
+
+def scalar_in_dtype(value, dtype):
+    """A Scalar argument CPU converts to ``dtype`` (SCALARS_IN_DTYPE), as a Python number."""
+    if dtype not in _ROUNDED_FIRST or isinstance(value, (bool, complex)):
+        return value
+    return as_converted(value, dtype, np.dtype(np.float64)).item()
+
+
 def scalar(value, like):
     """A Scalar argument (alpha, beta, threshold, ...) in the compute dtype of ``like``."""
     return np.array(value).astype(like.dtype)
@@ -121,13 +173,20 @@ def zero_where(condition, values):
     return np.asarray(np.bitwise_and(values.view(bits), keep)).view(values.dtype)
 
 
-def compute_into(out, function, operands, dtype, extras=(), options=None, opmath=True):
+def compute_into(out, function, operands, dtype, extras=(), options=None, opmath=True, name=None):
     """Run ``function`` on the operands converted to ``dtype``'s opmath type and store into ``out``.
 
-    Absent optional operands (None) stay None.
+    ``name`` is the operator (``add``) whose CPU rules for numbers apply: each operand is converted to ``dtype``
+    first (rounded, for a reduced float) but the one READS_ORIGINAL_SCALAR keeps, and a Scalar argument
+    SCALARS_IN_DTYPE names is rounded likewise. Absent optional operands (None) stay None.
     """
     compute = opmath_dtype(dtype) if opmath else numpy_dtype(dtype)
-    arrays = [None if value is None else as_compute(value, compute) for value in operands]
+    given = read_as_given(name, operands)
+    arrays = [None if value is None else as_converted(operand(value), dtype, compute, i == given)
+              for i, value in enumerate(operands)]
+    scalar_name = SCALARS_IN_DTYPE.get(name)
+    if scalar_name in (options or {}):
+        options = {**options, scalar_name: scalar_in_dtype(options[scalar_name], dtype)}
     if isinstance(function, np.ufunc) and not extras and not options and out.dtype == dtype:
         target = as_numpy(out)
         if target.dtype == compute:
@@ -157,12 +216,14 @@ def _rounded_to(array, dtype):
 class Maths:
     """What a pointwise overload computes, for callers that hold NumPy arrays (compiled programs): the
     first ``operands`` arguments promote to ``rule(common dtype)``, computed in its opmath type when
-    ``opmath(*promoted)`` says so, by ``function(*arrays, *extras, **options)``."""
+    ``opmath(*promoted)`` says so, by ``function(*arrays, *extras, **options)``; ``name`` is the operator
+    whose CPU rules for numbers apply (``compute_into``)."""
 
     function: object
     operands: int
     rule: object
     opmath: object
+    name: str
 
 
 MATHS = {}  # overload name -> Maths, filled by the two factories below
@@ -195,7 +256,7 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         if exact_out and out.dtype != result_dtype:
             raise found_dtype(out.dtype, result_dtype)
         prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result_dtype, promoted)
-        return compute_into(out, function, promoted, dtype, extras, kwargs, opmath)
+        return compute_into(out, function, promoted, dtype, extras, kwargs, opmath, name)
 
     def into_new(*args, **kwargs):
         """A functional call whose tensor operands all have one shape: its result in a new contiguous tensor
@@ -203,9 +264,11 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         promoted, extras = args[:operands], args[operands:]
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
         output_shape = next(value.shape for value in promoted if isinstance(value, torch.Tensor))
-        return compute_into(empty(output_shape, result_dtype), function, promoted, dtype, extras, kwargs, opmath)
+        return compute_into(empty(output_shape, result_dtype), function, promoted, dtype, extras, kwargs, opmath,
+                            name)
 
-    MATHS[overload] = Maths(function, operands, rule, lambda *promoted: opmath)
+    name = overload.partition(".")[0]
+    MATHS[overload] = Maths(function, operands, rule, lambda *promoted: opmath, name)
     register(overload)(kernel)
     twin = functional_twin(overload)
     wrapper = default_kernel(twin) if twin is not None and shape is None else None
@@ -303,13 +366,14 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
     in opmath unless ``opmath(*promoted operands)`` says otherwise.
     """
     result = result or rule
+    name = overloads[0].partition(".")[0]
 
     def run(out, args, kwargs):
         promoted, extras = args[:operands], args[operands:]
         dtype = rule(common_dtype(*promoted))
         if check is not None:
             check(dtype, *promoted, *extras, **kwargs)
-        return compute_into(out, function, promoted, dtype, extras, kwargs, opmath(*promoted))
+        return compute_into(out, function, promoted, dtype, extras, kwargs, opmath(*promoted), name)
 
     def functional(*args, **kwargs):
         promoted = args[:operands]
@@ -330,7 +394,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         return run(out, args, kwargs)
 
     for overload in overloads:
-        MATHS[overload] = Maths(function, operands, rule, opmath)
+        MATHS[overload] = Maths(function, operands, rule, opmath, name)
         schema = resolve(overload)._schema
         if any(argument.is_out for argument in schema.arguments):
             register(overload)(out_variant)
@@ -502,10 +566,9 @@ def trunc_divide(a, b):
 
 def divides_in_opmath(dividend, divisor):
     """CPU's rounding divisions compute reduced floats in opmath (rounding once) only when the divisor is
-    a lone value: a number, or a tensor whose one value is broadcast everywhere (TensorIterator's
-    ``is_scalar``). Otherwise their loops run in the tensors' own format, rounding every step."""
-    return not isinstance(divisor, torch.Tensor) or all(
-        stride == 0 for size, stride in zip(divisor.shape, divisor.stride()) if size != 1)
+    a lone value (``is_lone_value``). Otherwise their loops run in the tensors' own format, rounding every
+    step."""
+    return is_lone_value(divisor)
 
 
 def floor_divide(a, b):
@@ -537,7 +600,7 @@ def remainder(a, b):
         check_nonzero_divisor(a, b)
         return np.remainder(a, b)
     mod = np.fmod(a, b)
-    return mod + np.where((mod != 0) & ((b < 0) != (mod < 0)), b, 0).astype(mod.dtype)
+    return np.where((mod != 0) & ((b < 0) != (mod < 0)), mod + b, mod)  # a -0.0 remainder stays -0.0, as on CPU
 
 
 def fmod(a, b):
@@ -1199,7 +1262,7 @@ def div_out_mode(self, other, *, rounding_mode=None, out):
         require(dtype != torch.bool, dtype, f"div_{rounding_mode}_cpu")
     prepare_out(out, broadcast_shape(self, other), dtype, (self, other))
     return compute_into(out, divide, (self, other), dtype, options={"rounding_mode": rounding_mode},
-                        opmath=divides_in_opmath(self, other))
+                        opmath=divides_in_opmath(self, other), name="div")
 
 
 @register("polygamma.out")
@@ -1276,7 +1339,8 @@ def complex_out(real, imag, *, out):
 def rsub(self, other, alpha=1):
     dtype = common_dtype(self, other)
     check_sub(dtype, other, self, alpha)
-    return compute_into(empty(broadcast_shape(self, other), dtype), sub, (other, self), dtype, (alpha,))
+    return compute_into(empty(broadcast_shape(self, other), dtype), sub, (other, self), dtype,
+                        options={"alpha": alpha}, name="sub")
 
 
 @register("glu_backward")
