@@ -134,6 +134,11 @@ def read_as_given(name, promoted):
     return position
 
 
+def keeps_number(name, position):
+    """Whether CPU's kernel of ``name`` reads a number in operand slot ``position`` as given (not rounded)."""
+    return READS_ORIGINAL_SCALAR.get(name) == position
+
+
 def as_converted(array, dtype, compute, as_given=False):
     """An operand (array or number) converted to ``dtype`` as CPU converts its inputs, then widened to the
     ``compute`` dtype: a reduced float rounds a value of another dtype first (c10's casts, double through
@@ -832,7 +837,7 @@ def addcmul(x, a, b, value=1):
 
 
 def addcdiv(x, a, b, value=1):
-    return x + scalar(value, x) * (a / b)
+    return x + scalar(value, x) * a / b  # CPU's order: the value scales the dividend
 
 
 def check_addcdiv(dtype, x, a, b, value=1):
