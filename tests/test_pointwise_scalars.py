@@ -75,6 +75,8 @@ BINARY = {
     "fmax": (torch.fmax, "none", False),
     "fmin": (torch.fmin, "none", False),
     "nextafter": (torch.nextafter, "none", False),
+    "xlogy": (torch.xlogy, "both", True),
+    "xlog1py": (torch.special.xlog1py, "both", True),
     "logaddexp": (torch.logaddexp, "none", False),
     "logaddexp2": (torch.logaddexp2, "none", False),
     "eq": (torch.eq, "right", False),

@@ -649,6 +649,10 @@ def xlogy(x, y):
     return np.where(np.isnan(y), y, np.where(x == 0, scalar(0, x), x * np.log(y)))
 
 
+def xlog1py(x, y):
+    return np.where(np.isnan(y), y, np.where(x == 0, scalar(0, x), x * np.log1p(y)))
+
+
 def nextafter(a, b):
     if a.dtype.kind == "f" and a.dtype.itemsize >= 2 and a.dtype in (np.float16, np.float32, np.float64):
         return np.nextafter(a, b)
@@ -1123,7 +1127,7 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "logaddexp.out": (logaddexp, keep, floating_or_wide_complex),
     "logaddexp2.out": (logaddexp2, keep, floating),
     "xlogy.OutTensor": (xlogy, to_float, real),
-    "special_xlog1py.out": (special.xlog1py, to_float, None),
+    "special_xlog1py.out": (xlog1py, to_float, None),
     "special_zeta.out": (zeta, to_float, single_or_double),
     "igamma.out": (special.gammainc, keep, floating),
     "igammac.out": (special.gammaincc, keep, floating),
@@ -1136,6 +1140,9 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "bitwise_left_shift.Tensor_out": (left_shift, keep, shiftable),
     "bitwise_right_shift.Tensor_out": (right_shift, keep, shiftable),
 }
+# CPU's scalar loops of these compute bf16/fp16 in the tensors' own format: c10's 16-bit log rounds, then
+# the product rounds (x * log(y) twice rounded), so they do not widen to float32.
+IN_OWN_DTYPE = frozenset({"xlogy.OutTensor", "special_xlog1py.out"})
 COMPARISONS = {  # name: (function, supported dtypes); complex numbers have no order
     "eq": (np.equal, None), "ne": (np.not_equal, None), "lt": (np.less, real), "le": (np.less_equal, real),
     "gt": (np.greater, real), "ge": (np.greater_equal, real),
@@ -1180,7 +1187,8 @@ def register_tables():
                    result=to_bool if name in ("signbit", "isposinf", "isneginf") else keep)
     structured("round.decimals_out", round_decimals, check=checked(floating, "round"), exact_out=True)
     for overload, (function, rule, predicate) in BINARY.items():
-        structured(overload, function, operands=2, rule=rule, check=checked(predicate, overload))
+        structured(overload, function, operands=2, rule=rule, check=checked(predicate, overload),
+                   opmath=overload not in IN_OWN_DTYPE)
     structured("add.out", add, operands=2, check=check_alpha)
     structured("sub.out", sub, operands=2, check=check_sub)
     structured("pow.Tensor_Scalar_out", power_scalar, operands=2, check=check_integer_power)
