@@ -55,8 +55,7 @@ def numbers(value, dtype):
 # op name: (function of (tensor-or-number, tensor-or-number), sides a Python number may take, positive inputs)
 BINARY = {
     "add": (torch.add, "both", False),
-    "add alpha": (lambda a, b: torch.add(a, b, alpha=0.3) if isinstance(a, torch.Tensor) and a.dim() else
-                  torch.add(a, b), "both", False),
+    "add alpha": (lambda a, b: torch.add(a, b, alpha=0.3), "right", False),
     "sub": (torch.sub, "both", False),
     "rsub": (torch.rsub, "right", False),
     "mul": (torch.mul, "both", False),
@@ -85,13 +84,15 @@ BINARY = {
     "le": (torch.le, "right", False),
     "gt": (torch.gt, "right", False),
     "ge": (torch.ge, "right", False),
-    "where": (lambda a, b: torch.where(torch.arange(64) % 3 == 0 if isinstance(b, torch.Tensor) and b.dim() and
-                                       b.is_cpu else torch.arange(64, device="tpu") % 3 == 0
-                                       if isinstance(b, torch.Tensor) and b.dim() else
-                                       torch.arange(64, device=a.device) % 3 == 0, a, b), "both", False),
+    "where": (lambda a, b: _where(a, b), "both", False),
     "clamp_min": (lambda a, b: torch.clamp_min(a, b), "right", False),
     "clamp_max": (lambda a, b: torch.clamp_max(a, b), "right", False),
 }
+
+
+def _where(a, b):
+    tensor = a if isinstance(a, torch.Tensor) and a.dim() else b
+    return torch.where(torch.arange(64, device=tensor.device) % 3 == 0, a, b)
 
 
 def _call(function, x, number, side):
@@ -99,25 +100,24 @@ def _call(function, x, number, side):
 
 
 def _mismatches(function, dtype, sides, positive, values):
-    """Every (number kind, side, value) where tpu's result is not CPU's, described."""
+    """Every (number kind, side, value) where tpu's result is not CPU's, described, and how many were compared."""
     x = operand_tensor(dtype, positive=positive)
     x_tpu = x.to("tpu")
-    failures = []
+    failures, compared = [], 0
     for value in values:
         for kind, make in numbers(value, dtype):
             for side in ("right", "left"):
-                if kind == "python" and side not in (sides, "both" if sides == "both" else None):
-                    continue
-                if kind == "0-dim float32 on CPU" and side == "left" and function is torch.where:
+                if kind == "python" and sides not in ("both", side):
                     continue
                 try:
                     expected = _call(function, x, make("cpu"), side)
                 except (RuntimeError, TypeError):
                     continue  # an operand kind CPU refuses (the error tests cover those)
                 actual = _call(function, x_tpu, make("tpu"), side)
+                compared += 1
                 if not bits_equal(actual, expected):
                     failures.append(f"{kind} on the {side}, {value}")
-    return failures
+    return failures, compared
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -125,11 +125,9 @@ def _mismatches(function, dtype, sides, positive, values):
 def test_numbers_as_cpu_rounds_them(name, dtype):
     function, sides, positive = BINARY[name]
     values = VALUES + [FP16_INEXACT[dtype]]
-    assert not _mismatches(function, dtype, sides, positive, values)
-
-
-def _where(a, b):
-    return torch.where(torch.arange(64, device=a.device) % 3 == 0, a, b)
+    failures, compared = _mismatches(function, dtype, sides, positive, values)
+    assert not failures
+    assert compared >= 4 * len(values)  # 0-dim tensors of three dtypes (tpu, CPU) on the right at least
 
 
 # Ternary ops and Scalar arguments, as functions of (x, y, number). CPU's build contracts a product followed by
@@ -144,7 +142,7 @@ TERNARY = {
     "sub alpha": lambda x, y, a: torch.sub(x, y, alpha=a),
     "add_ alpha": lambda x, y, a: x.clone().add_(y, alpha=a),
     "clamp": lambda x, y, v: torch.clamp(x, v, v + 1),
-    "clamp 0-dim": lambda x, y, v: torch.clamp(x, torch.tensor(v, device=x.device), torch.tensor(v + 1, device=x.device)),
+    "clamp 0-dim": lambda x, y, v: torch.clamp(x, *torch.tensor([v, v + 1], device=x.device)),
     "mul_.Scalar": lambda x, y, v: torch.ops.aten.mul_.Scalar(x.clone(), v),  # the number in mul's first slot
     "div_.Scalar": lambda x, y, v: torch.ops.aten.div_.Scalar(x.clone(), v),
     "add_ number": lambda x, y, v: x.clone().add_(v),

@@ -276,7 +276,8 @@ def lower_pointwise(node, maths):
                 plan.append(("number", inputs.index(argument), numpy_dtype(value.dtype), as_given))
             else:
                 source = numpy_dtype(value.dtype)
-                plan.append(("array", inputs.index(argument), source != compute or source != numpy_dtype(dtype), as_given))
+                converts = source != compute or source != numpy_dtype(dtype)
+                plan.append(("array", inputs.index(argument), converts, as_given))
         elif argument is None:
             plan.append(("constant", None))
         else:

@@ -99,7 +99,11 @@ def is_integral(dtype):
 
 def as_compute(value, dtype):
     """A tensor or scalar operand as a NumPy array of the compute dtype (no copy when it already is)."""
-    array = operand(value)
+    return widened(operand(value), dtype)
+
+
+def widened(array, dtype):
+    """An array or number as an array of ``dtype`` (no copy when it already is)."""
     if isinstance(array, np.ndarray):
         return array if array.dtype == dtype else array.astype(dtype)
     return np.array(array).astype(dtype)  # wraps out-of-range integers as C++ static_cast does
@@ -158,9 +162,7 @@ def as_converted(array, dtype, compute, as_given=False):
                 rounded = np.empty(array.shape, narrow)
                 _C.dtypes.cast_into(rounded, array, _tensor.DTYPE_NAME[dtype])
                 array = rounded
-    if isinstance(array, np.ndarray):
-        return array if array.dtype == compute else array.astype(compute)
-    return np.array(array).astype(compute)  # wraps out-of-range integers as C++ static_cast does
+    return widened(array, compute)
 
 
 def scalar_in_dtype(value, dtype):
