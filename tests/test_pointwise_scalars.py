@@ -9,6 +9,7 @@ in torch_tpu/ops/pointwise.py is CPU's rule.
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from torch_tpu.ops import pointwise
 
@@ -168,6 +169,43 @@ def test_scalar_arguments_as_cpu_reads_them(name, dtype):
     assert not failures
 
 
+# Thresholds compared with the tensor's own values: whether CPU rounds them shows where x holds the rounded number.
+THRESHOLDS = {
+    "hardshrink": lambda x, g, v: F.hardshrink(x, v),  # lambd rounded
+    "hardshrink_backward": lambda x, g, v: torch.ops.aten.hardshrink_backward(g, x, v),  # rounded
+    "softshrink": lambda x, g, v: F.softshrink(x, v),  # kept in float32
+    "softshrink_backward": lambda x, g, v: torch.ops.aten.softshrink_backward(g, x, v),  # rounded
+    "threshold": lambda x, g, v: F.threshold(x, v, 2 * v),
+    "threshold_backward": lambda x, g, v: torch.ops.aten.threshold_backward(g, x, v),
+    "hardtanh": lambda x, g, v: F.hardtanh(x, -v, v),
+    "leaky_relu": lambda x, g, v: F.leaky_relu(x, v),
+    "logit eps": lambda x, g, v: torch.logit(x.abs() / 4, v / 4),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("name", THRESHOLDS)
+def test_thresholds_as_cpu_reads_them(name, dtype):
+    function = THRESHOLDS[name]
+    failures = []
+    for value in VALUES[:2]:
+        near = torch.tensor(value, dtype=torch.float64).to(dtype)
+        x = torch.cat([torch.stack([near, -near, near * 4, -near * 4]), operand_tensor(dtype)])
+        grad = torch.cat([torch.ones(4, dtype=dtype), operand_tensor(dtype, seed=5)])
+        if not bits_equal(function(x.to("tpu"), grad.to("tpu"), value), function(x, grad, value)):
+            failures.append(value)
+    assert not failures
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("eps", [None, 0.01, 0.3, float("nan")])
+def test_logit_in_16_bits_as_cpu(eps, dtype):
+    # CPU's logit computes bf16/fp16 in their own format, each step rounded; a NaN eps clamps nothing
+    x = torch.rand(256, generator=torch.Generator().manual_seed(0)).to(dtype)
+    x[:3] = torch.tensor([0.0, 1.0, 0.5])
+    assert bits_equal(torch.logit(x.to("tpu"), eps), torch.logit(x, eps))
+
+
 # CPU's rule itself: with a number on the right, an op rounds it first unless READS_ORIGINAL_SCALAR keeps it.
 RULE_OPS = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "div": torch.div, "pow": torch.pow,
             "fmod": torch.fmod, "remainder": torch.remainder, "atan2": torch.atan2, "hypot": torch.hypot,
@@ -194,18 +232,21 @@ def test_table_is_cpus_rule(name, dtype):
 
 # torch.compile: the compiled program converts numbers as eager does (one copy of the rule). The number is a
 # Python constant of the graph, a 0-dim float32 tensor input (read on every call), or both where the op takes it.
-COMPILED = {
-    "add": (lambda x, s: x + s, "both"),
-    "number left": (lambda x, s: (s - x) * 2, "both"),
-    "alpha": (lambda x, s: torch.add(x, x * 0.5, alpha=s), "constant"),
-    "mul right": (lambda x, s: x * s, "both"),
-    "mul left": (lambda x, s: torch.mul(s, x), "both"),
-    "div": (lambda x, s: x / s, "both"),
-    "pow": (lambda x, s: x.abs() ** s, "both"),
-    "fmod": (lambda x, s: torch.fmod(x, s), "both"),
-    "atan2": (lambda x, s: torch.atan2(x, s), "tensor"),
-    "compare": (lambda x, s: (x >= s).to(x.dtype) + x, "both"),
-    "lerp": (lambda x, s: torch.lerp(x, x + 1, s), "both"),
+JUST_UNDER_EIGHTH = 0.125 - 2 ** -15  # rounds to 0.125 in bf16 and fp16: hardshrink then zeroes x = 0.125
+COMPILED = {  # name: (function of (x, number), kinds of number, the constant)
+    "add": (lambda x, s: x + s, "both", 0.3),
+    "number left": (lambda x, s: (s - x) * 2, "both", 0.3),
+    "alpha": (lambda x, s: torch.add(x, x * 0.5, alpha=s), "constant", 0.3),
+    "mul right": (lambda x, s: x * s, "both", 0.3),
+    "mul left": (lambda x, s: torch.mul(s, x), "both", 0.3),
+    "div": (lambda x, s: x / s, "both", 0.3),
+    "pow": (lambda x, s: x.abs() ** s, "both", 0.3),
+    "fmod": (lambda x, s: torch.fmod(x, s), "both", 0.3),
+    "atan2": (lambda x, s: torch.atan2(x, s), "tensor", 0.3),
+    "compare": (lambda x, s: (x >= s).to(x.dtype) + x, "both", 0.3),
+    "lerp": (lambda x, s: torch.lerp(x, x + 1, s), "both", 0.3),
+    "hardshrink": (lambda x, s: F.hardshrink(x, s) * 2, "constant", JUST_UNDER_EIGHTH),
+    "logit": (lambda x, s: torch.logit(x.abs() / 4, s) + 1, "constant", 0.01),
 }
 
 
@@ -213,7 +254,7 @@ COMPILED = {
 @pytest.mark.parametrize("name", COMPILED)
 def test_compiled_numbers_as_cpu_rounds_them(name, dtype):
     torch._dynamo.reset()
-    function, kinds = COMPILED[name]
+    function, kinds, constant = COMPILED[name]
     x = ((operand_tensor(torch.float64) * 8).round() / 8).to(dtype)  # few bits: lerp's product is exact
     if kinds in ("both", "tensor"):
         compiled = torch.compile(function, backend="tpu", dynamic=False)
@@ -221,8 +262,8 @@ def test_compiled_numbers_as_cpu_rounds_them(name, dtype):
             number = torch.tensor(value)
             assert bits_equal(compiled(x.to("tpu"), number.to("tpu")), function(x, number))
     if kinds in ("both", "constant"):
-        constant = torch.compile(lambda x: function(x, 0.3), backend="tpu", dynamic=False)
-        assert bits_equal(constant(x.to("tpu")), function(x, 0.3))
+        compiled = torch.compile(lambda x: function(x, constant), backend="tpu", dynamic=False)
+        assert bits_equal(compiled(x.to("tpu")), function(x, constant))
     torch._dynamo.reset()
 
 

@@ -282,10 +282,9 @@ def lower_pointwise(node, maths):
             plan.append(("constant", None))
         else:
             plan.append(("constant", pointwise.as_converted(argument, dtype, compute, as_given)))
-    function, kwargs = maths.function, dict(node.kwargs)
-    scalar_name = pointwise.SCALARS_IN_DTYPE.get(maths.name)
-    if scalar_name in kwargs:
-        kwargs[scalar_name] = pointwise.scalar_in_dtype(kwargs[scalar_name], dtype)
+    # Scalar arguments as CPU's kernel reads them (alpha rounded to a 16-bit dtype, as eager rounds it)
+    args, kwargs = pointwise.with_scalars_in_dtype(node.target._schema, tuple(node.args), dict(node.kwargs), dtype)
+    extras, function = list(args[maths.operands:]), maths.function
     if kwargs.get("alpha", 1) == 1 and not extras and function in _UFUNC_BODIES:
         function, kwargs = _UFUNC_BODIES[function], {}
     if function is pointwise.power and compute.kind == "f":  # power's body for floating operands

@@ -117,8 +117,10 @@ def widened(array, dtype):
 READS_ORIGINAL_SCALAR = {"mul": 1, "div": 1, "floor_divide": 1}
 
 # Scalar arguments (not operands) CPU's kernel converts to the tensors' dtype (``alpha.to<scalar_t>()`` in the
-# generated add kernel) rather than to opmath: rounded like the operands above.
-SCALARS_IN_DTYPE = {"add": "alpha", "sub": "alpha"}
+# generated add kernel, ``lambd.to<scalar_t>()`` in the shrink kernels) rather than to opmath: rounded like the
+# operands above. Operator -> the argument's name. (softshrink's own forward keeps its lambd in opmath.)
+SCALARS_IN_DTYPE = {"add": "alpha", "sub": "alpha", "hardshrink": "lambd", "hardshrink_backward": "lambd",
+                    "softshrink_backward": "lambd", "logit": "eps"}
 
 _ROUNDED_FIRST = frozenset({torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2})
 # formats a single non-NaN number reaches as c10 converts it, through float32 to the nearest even value, which
@@ -167,9 +169,23 @@ def as_converted(array, dtype, compute, as_given=False):
 
 def scalar_in_dtype(value, dtype):
     """A Scalar argument CPU converts to ``dtype`` (SCALARS_IN_DTYPE), as a Python number."""
-    if dtype not in _ROUNDED_FIRST or isinstance(value, (bool, complex)):
-        return value
+    if dtype not in _ROUNDED_FIRST or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value  # bools and complex numbers keep their own rules; a symbolic value is not known yet
     return as_converted(value, dtype, np.dtype(np.float64)).item()
+
+
+def with_scalars_in_dtype(schema, args, kwargs, dtype):
+    """``args`` and ``kwargs`` of a call to ``schema``'s op with the Scalar argument SCALARS_IN_DTYPE names for it
+    converted to ``dtype`` as CPU's kernel converts it (rounded, for a reduced float)."""
+    name = SCALARS_IN_DTYPE.get(schema.name.removeprefix("aten::"))
+    if name is None or dtype not in _ROUNDED_FIRST:
+        return args, kwargs
+    if name in kwargs:
+        return args, {**kwargs, name: scalar_in_dtype(kwargs[name], dtype)}
+    position = [argument.name for argument in schema.arguments].index(name)
+    if position < len(args):
+        args = (*args[:position], scalar_in_dtype(args[position], dtype), *args[position + 1:])
+    return args, kwargs
 
 
 def scalar(value, like):
@@ -192,16 +208,13 @@ def compute_into(out, function, operands, dtype, extras=(), options=None, opmath
     """Run ``function`` on the operands converted to ``dtype``'s opmath type and store into ``out``.
 
     ``name`` is the operator (``add``) whose CPU rules for numbers apply: each operand is converted to ``dtype``
-    first (rounded, for a reduced float) but the one READS_ORIGINAL_SCALAR keeps, and a Scalar argument
-    SCALARS_IN_DTYPE names is rounded likewise. Absent optional operands (None) stay None.
+    first (rounded, for a reduced float) but the one READS_ORIGINAL_SCALAR keeps. Absent optional operands
+    (None) stay None.
     """
     compute = opmath_dtype(dtype) if opmath else numpy_dtype(dtype)
     given = read_as_given(name, operands)
     arrays = [None if value is None else as_converted(operand(value), dtype, compute, i == given)
               for i, value in enumerate(operands)]
-    scalar_name = SCALARS_IN_DTYPE.get(name)
-    if scalar_name in (options or {}):
-        options = {**options, scalar_name: scalar_in_dtype(options[scalar_name], dtype)}
     if isinstance(function, np.ufunc) and not extras and not options and out.dtype == dtype:
         target = as_numpy(out)
         if target.dtype == compute:
@@ -254,7 +267,8 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
     ops (PyTorch's plain unary ops) accept only an ``out`` of the result dtype.
     """
     result = result or rule
-    out_name = resolve(overload)._schema.arguments[-1].name
+    schema = resolve(overload)._schema
+    out_name = schema.arguments[-1].name
 
     def checked_dtypes(promoted, extras, kwargs):
         """(compute dtype, result dtype), once the op's dtype check has passed."""
@@ -271,7 +285,8 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         if exact_out and out.dtype != result_dtype:
             raise found_dtype(out.dtype, result_dtype)
         prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result_dtype, promoted)
-        return compute_into(out, function, promoted, dtype, extras, kwargs, opmath, name)
+        args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
+        return compute_into(out, function, promoted, dtype, args[operands:], kwargs, opmath, name)
 
     def into_new(*args, **kwargs):
         """A functional call whose tensor operands all have one shape: its result in a new contiguous tensor
@@ -279,8 +294,9 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         promoted, extras = args[:operands], args[operands:]
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
         output_shape = next(value.shape for value in promoted if isinstance(value, torch.Tensor))
-        return compute_into(empty(output_shape, result_dtype), function, promoted, dtype, extras, kwargs, opmath,
-                            name)
+        args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
+        return compute_into(empty(output_shape, result_dtype), function, promoted, dtype, args[operands:], kwargs,
+                            opmath, name)
 
     name = overload.partition(".")[0]
     MATHS[overload] = Maths(function, operands, rule, lambda *promoted: opmath, name)
@@ -382,13 +398,15 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
     """
     result = result or rule
     name = overloads[0].partition(".")[0]
+    schema = resolve(overloads[0])._schema  # the overloads' arguments before ``out`` are alike
 
     def run(out, args, kwargs):
         promoted, extras = args[:operands], args[operands:]
         dtype = rule(common_dtype(*promoted))
         if check is not None:
             check(dtype, *promoted, *extras, **kwargs)
-        return compute_into(out, function, promoted, dtype, extras, kwargs, opmath(*promoted), name)
+        args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
+        return compute_into(out, function, promoted, dtype, args[operands:], kwargs, opmath(*promoted), name)
 
     def functional(*args, **kwargs):
         promoted = args[:operands]
@@ -500,8 +518,9 @@ def sinc(x):
 
 
 def logit(x, eps=None):
-    if eps is not None:
-        x = np.clip(x, scalar(eps, x), scalar(1 - eps, x))
+    if eps is not None and not math.isnan(eps):  # a NaN eps clamps nothing, as on CPU
+        low = scalar(eps, x)  # CPU's bounds: eps and 1 - eps in x's dtype (np.clip would widen bf16)
+        x = np.minimum(np.maximum(x, low), np.ones((), x.dtype) - low)
     return np.log(x / (1 - x))
 
 
@@ -1231,7 +1250,8 @@ def register_tables():
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
     structured("lerp.Scalar_out", lerp, operands=2, check=lerp_check("lerp_kernel_scalar"))
     structured("lerp.Tensor_out", lerp, operands=3, check=lerp_check("lerp_kernel_tensor"))
-    unstructured(logit, "logit", "logit_", "logit.out", rule=to_float)
+    # CPU's logit computes bf16/fp16 step by step in their own format (each vector op rounds)
+    unstructured(logit, "logit", "logit_", "logit.out", rule=to_float, opmath=lambda *promoted: False)
     unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)))
     unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
     unstructured(np.conj, "conj_physical.out")
@@ -1363,7 +1383,7 @@ def rsub(self, other, alpha=1):
     dtype = common_dtype(self, other)
     check_sub(dtype, other, self, alpha)
     return compute_into(empty(broadcast_shape(self, other), dtype), sub, (other, self), dtype,
-                        options={"alpha": alpha}, name="sub")
+                        (scalar_in_dtype(alpha, dtype),), name="sub")  # alpha as sub's kernel reads it
 
 
 @register("glu_backward")
