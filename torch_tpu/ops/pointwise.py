@@ -269,6 +269,7 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
     result = result or rule
     schema = resolve(overload)._schema
     out_name = schema.arguments[-1].name
+    scalars_in_dtype = schema.name.removeprefix("aten::") in SCALARS_IN_DTYPE
 
     def checked_dtypes(promoted, extras, kwargs):
         """(compute dtype, result dtype), once the op's dtype check has passed."""
@@ -285,7 +286,8 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         if exact_out and out.dtype != result_dtype:
             raise found_dtype(out.dtype, result_dtype)
         prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result_dtype, promoted)
-        args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
+        if scalars_in_dtype:
+            args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
         return compute_into(out, function, promoted, dtype, args[operands:], kwargs, opmath, name)
 
     def into_new(*args, **kwargs):
@@ -294,7 +296,8 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         promoted, extras = args[:operands], args[operands:]
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
         output_shape = next(value.shape for value in promoted if isinstance(value, torch.Tensor))
-        args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
+        if scalars_in_dtype:
+            args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
         return compute_into(empty(output_shape, result_dtype), function, promoted, dtype, args[operands:], kwargs,
                             opmath, name)
 
@@ -399,13 +402,15 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
     result = result or rule
     name = overloads[0].partition(".")[0]
     schema = resolve(overloads[0])._schema  # the overloads' arguments before ``out`` are alike
+    scalars_in_dtype = schema.name.removeprefix("aten::") in SCALARS_IN_DTYPE
 
     def run(out, args, kwargs):
         promoted, extras = args[:operands], args[operands:]
         dtype = rule(common_dtype(*promoted))
         if check is not None:
             check(dtype, *promoted, *extras, **kwargs)
-        args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
+        if scalars_in_dtype:
+            args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
         return compute_into(out, function, promoted, dtype, args[operands:], kwargs, opmath(*promoted), name)
 
     def functional(*args, **kwargs):
