@@ -10,7 +10,10 @@ ops get all three forms here.
 
 Semantics follow PyTorch, not NumPy, wherever the two differ: integer division by zero raises,
 ``remainder`` takes the divisor's sign, integers to negative powers give 0, NaN has no sign, shifts
-past the bit width saturate. Reduced-precision floats compute in float32 and round once on store.
+past the bit width saturate. Reduced-precision floats compute in float32 and round once on store (a few ops
+round every step, as CPU's loops do); a number or an operand of another dtype reaches them as CPU's
+TensorIterator hands it over, rounded to the 16-bit format first unless CPU's kernel reads it as given
+(``READS_ORIGINAL_SCALAR``, ``SCALARS_IN_DTYPE``).
 """
 
 import dataclasses
