@@ -264,20 +264,28 @@ def lower_pointwise(node, maths):
     out_name = DTYPE_NAME[value_of(node).dtype]
     inputs = [a for a in promoted if isinstance(a, torch.fx.Node)]
     on_host = not is_tpu_node(node)
-    # each promoted operand: ("array", position in inputs, needs a cast) or ("constant", array)
+    # each promoted operand, converted as eager converts it (pointwise.as_converted: rounded to a 16-bit dtype
+    # first unless the kernel reads it as given): ("array", position in inputs, needs a conversion, as given),
+    # ("number", position in inputs, its dtype, as given) or ("constant", array)
+    given = pointwise.read_as_given(maths.name, metas)
     plan = []
-    for argument in promoted:
+    for position, argument in enumerate(promoted):
+        as_given = position == given
         if isinstance(argument, torch.fx.Node):
             value = value_of(argument)
             if value.device.type == "cpu" and not on_host:  # a 0-d CPU tensor (a step counter) read as a number
-                plan.append(("number", inputs.index(argument), numpy_dtype(value.dtype)))
+                plan.append(("number", inputs.index(argument), numpy_dtype(value.dtype), as_given))
             else:
-                plan.append(("array", inputs.index(argument), numpy_dtype(value.dtype) != compute))
+                source = numpy_dtype(value.dtype)
+                converts = source != compute or source != numpy_dtype(dtype)
+                plan.append(("array", inputs.index(argument), converts, as_given))
         elif argument is None:
             plan.append(("constant", None))
         else:
-            plan.append(("constant", np.array(argument).astype(compute)))
-    function, kwargs = maths.function, dict(node.kwargs)
+            plan.append(("constant", pointwise.as_converted(argument, dtype, compute, as_given)))
+    # Scalar arguments as CPU's kernel reads them (alpha rounded to a 16-bit dtype, as eager rounds it)
+    args, kwargs = pointwise.with_scalars_in_dtype(node.target._schema, tuple(node.args), dict(node.kwargs), dtype)
+    extras, function = list(args[maths.operands:]), maths.function
     if kwargs.get("alpha", 1) == 1 and not extras and function in _UFUNC_BODIES:
         function, kwargs = _UFUNC_BODIES[function], {}
     if function is pointwise.power and compute.kind == "f":  # power's body for floating operands
@@ -290,10 +298,11 @@ def lower_pointwise(node, maths):
             if entry[0] == "constant":
                 result.append(entry[1])
             elif entry[0] == "number":
-                result.append(np.asarray(arrays[entry[1]].item(), entry[2]).astype(compute))
+                number = np.asarray(arrays[entry[1]].item(), entry[2])
+                result.append(pointwise.as_converted(number, dtype, compute, entry[3]))
             else:
                 array = arrays[entry[1]]
-                result.append(array.astype(compute) if entry[2] else array)
+                result.append(pointwise.as_converted(array, dtype, compute, entry[3]) if entry[2] else array)
         return result
 
     def run(out, *arrays):

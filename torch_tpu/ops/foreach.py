@@ -126,14 +126,19 @@ def _opmath_view(t):
     return as_numpy(t).astype(np.float32)
 
 
-def _foreach(fn, method, self, tensor_columns, scalar_columns, inplace, keywords=None):
-    """The fast NumPy loop when the lists allow it, else PyTorch's composite route: one aten op per tensor."""
+def _foreach(fn, method, self, tensor_columns, scalar_columns, inplace, keywords=None, as_cpu_reads=None):
+    """The fast NumPy loop when the lists allow it, else PyTorch's composite route: one aten op per tensor.
+
+    ``as_cpu_reads(dtype, scalar_columns, keywords)`` gives the numbers as CPU's per-tensor op reads them for
+    tensors of ``dtype`` (the route taken per tensor applies the pointwise kernels' own rules)."""
     keywords = keywords or {}
     _check_lists(self, *tensor_columns, *scalar_columns)
     if inplace:
         for t in self:
             check_no_internal_overlap(t)
     if _fast_path(self, tensor_columns, scalar_columns):
+        if as_cpu_reads is not None:
+            scalar_columns, keywords = as_cpu_reads(self[0].dtype, scalar_columns, keywords)
         return _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords)
     columns = (*tensor_columns, *scalar_columns)
     results = [method(t, *(column[i] for column in columns), **keywords) for i, t in enumerate(self)]
@@ -203,15 +208,12 @@ _BINARY = {
 }
 # torch.maximum/minimum take tensors only; with scalars PyTorch's composite uses clamp_min/clamp_max.
 _SCALAR_METHOD = {"maximum": "clamp_min", "minimum": "clamp_max"}
-# CPU's add and sub read a scalar operand as a tensor of the list's dtype, so a bf16/fp16 list sees the scalar
-# rounded to bf16/fp16; mul and div keep it in opmath.
-_SCALAR_ROUNDED_TO_DTYPE = frozenset({"add", "sub"})
-_REDUCED_FLOATS = frozenset({torch.bfloat16, torch.float16})
-
-
-def _rounded_to(dtype, column):
-    scalar_type = _tensor.numpy_dtype(dtype).type
-    return [float(scalar_type(_as_number(value))) if _is_real_scalar(value) else value for value in column]
+# CPU's foreach kernels run the pointwise op per tensor, so a number meets each tensor under the pointwise rules
+# (rounded to a bf16/fp16 list's dtype unless the op reads it as given: pointwise.READS_ORIGINAL_SCALAR). In
+# place, CPU runs ``t.mul_(number)`` as aten mul_.Scalar, whose composite calls mul_out(self, number, self):
+# the number takes the first slot, which mul's kernel rounds (``_foreach_mul_([bf16], 0.3)`` multiplies by
+# bf16(0.3), ``_foreach_mul`` by 0.3).
+_NUMBER_FIRST_IN_PLACE = {"mul": torch.ops.aten.mul_.Scalar}
 
 
 def _per_tensor_method(name, inplace):
@@ -222,16 +224,33 @@ def _per_tensor_method(name, inplace):
     return method or (lambda t, *args, **keywords: t.copy_(getattr(torch.Tensor, name)(t, *args, **keywords)))
 
 
+def _numbers_as_cpu_reads(name, number_first):
+    """``_foreach``'s ``as_cpu_reads`` for op ``name``, its number in the first operand slot or the second."""
+    rounded = not pointwise.keeps_number(name, 0 if number_first else 1)
+
+    def as_cpu_reads(dtype, scalar_columns, keywords):
+        if rounded:
+            scalar_columns = [[pointwise.scalar_in_dtype(_as_number(value), dtype) for value in column]
+                              for column in scalar_columns]
+        scalar_name = pointwise.SCALARS_IN_DTYPE.get(name)
+        if scalar_name in keywords:
+            keywords = {**keywords, scalar_name: pointwise.scalar_in_dtype(keywords[scalar_name], dtype)}
+        return scalar_columns, keywords
+
+    return as_cpu_reads
+
+
 def _binary_kernel(name, fn, kind, inplace):
-    method = _per_tensor_method(name if kind in ("List", "Tensor") else _SCALAR_METHOD.get(name, name), inplace)
+    number_first = inplace and kind in ("Scalar", "ScalarList") and name in _NUMBER_FIRST_IN_PLACE
+    method = (_NUMBER_FIRST_IN_PLACE[name] if number_first else
+              _per_tensor_method(name if kind in ("List", "Tensor") else _SCALAR_METHOD.get(name, name), inplace))
+    as_cpu_reads = _numbers_as_cpu_reads(name, number_first)
 
     def kernel(self, other, **keywords):  # keywords: alpha, for add and sub
         if kind == "List":
-            return _foreach(fn, method, self, [other], [], inplace, keywords)
+            return _foreach(fn, method, self, [other], [], inplace, keywords, as_cpu_reads)
         scalars = _scalar_column(kind, self, other)
-        if name in _SCALAR_ROUNDED_TO_DTYPE and self and self[0].dtype in _REDUCED_FLOATS:
-            scalars = _rounded_to(self[0].dtype, scalars)
-        return _foreach(fn, method, self, [], [scalars], inplace, keywords)
+        return _foreach(fn, method, self, [], [scalars], inplace, keywords, as_cpu_reads)
 
     return kernel
 

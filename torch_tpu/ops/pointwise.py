@@ -10,7 +10,10 @@ ops get all three forms here.
 
 Semantics follow PyTorch, not NumPy, wherever the two differ: integer division by zero raises,
 ``remainder`` takes the divisor's sign, integers to negative powers give 0, NaN has no sign, shifts
-past the bit width saturate. Reduced-precision floats compute in float32 and round once on store.
+past the bit width saturate. Reduced-precision floats compute in float32 and round once on store (a few ops
+round every step, as CPU's loops do); a number or an operand of another dtype reaches them as CPU's
+TensorIterator hands it over, rounded to the 16-bit format first unless CPU's kernel reads it as given
+(``READS_ORIGINAL_SCALAR``, ``SCALARS_IN_DTYPE``).
 """
 
 import dataclasses
@@ -99,10 +102,93 @@ def is_integral(dtype):
 
 def as_compute(value, dtype):
     """A tensor or scalar operand as a NumPy array of the compute dtype (no copy when it already is)."""
-    array = operand(value)
+    return widened(operand(value), dtype)
+
+
+def widened(array, dtype):
+    """An array or number as an array of ``dtype`` (no copy when it already is)."""
     if isinstance(array, np.ndarray):
         return array if array.dtype == dtype else array.astype(dtype)
     return np.array(array).astype(dtype)  # wraps out-of-range integers as C++ static_cast does
+
+
+# CPU's TensorIterator converts every input operand to the common dtype before the kernel runs, so a number
+# (a Python scalar, a 0-dim tensor) or a tensor of another dtype that meets a bf16/fp16 tensor is rounded to
+# 16 bits before the float32 (opmath) arithmetic: x_fp16 + 0.3 adds fp16(0.3) = 0.2998... Only the kernels
+# that read a lone operand back from before that conversion (iter.original_scalar_value: mul and the
+# divisions, on reduced floats) keep it in opmath. Operator -> the position of that operand (CPU's input 2).
+READS_ORIGINAL_SCALAR = {"mul": 1, "div": 1, "floor_divide": 1}
+
+# Scalar arguments (not operands) CPU's kernel converts to the tensors' dtype (``alpha.to<scalar_t>()`` in the
+# generated add kernel, ``lambd.to<scalar_t>()`` in the shrink kernels) rather than to opmath: rounded like the
+# operands above. Operator -> the argument's name. (softshrink's own forward keeps its lambd in opmath.)
+SCALARS_IN_DTYPE = {"add": "alpha", "sub": "alpha", "hardshrink": "lambd", "hardshrink_backward": "lambd",
+                    "softshrink_backward": "lambd", "logit": "eps"}
+
+_ROUNDED_FIRST = frozenset({torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2})
+# formats a single non-NaN number reaches as c10 converts it, through float32 to the nearest even value, which
+# NumPy's and ml_dtypes' own casts also do (fp8 saturates on CPU, and NaN payloads are c10's: cast_into)
+_PLAIN_NUMBER_ROUNDING = frozenset({torch.bfloat16, torch.float16})
+_FLOAT32_LIMIT = float(np.finfo(np.float32).max)
+
+
+def is_lone_value(value):
+    """A number, or a tensor whose one value is broadcast everywhere (TensorIterator's ``is_scalar``)."""
+    return not isinstance(value, torch.Tensor) or all(
+        stride == 0 for size, stride in zip(value.shape, value.stride()) if size != 1)
+
+
+def read_as_given(name, promoted):
+    """The position of the operand of ``name`` (an operator) that CPU's kernel reads as given, before the
+    conversion to the common dtype, or None: the slot READS_ORIGINAL_SCALAR names, holding a lone value."""
+    position = READS_ORIGINAL_SCALAR.get(name)
+    if position is None or position >= len(promoted) or not is_lone_value(promoted[position]):
+        return None
+    return position
+
+
+def keeps_number(name, position):
+    """Whether CPU's kernel of ``name`` reads a number in operand slot ``position`` as given (not rounded)."""
+    return READS_ORIGINAL_SCALAR.get(name) == position
+
+
+def as_converted(array, dtype, compute, as_given=False):
+    """An operand (array or number) converted to ``dtype`` as CPU converts its inputs, then widened to the
+    ``compute`` dtype: a reduced float rounds a value of another dtype first (c10's casts, double through
+    float), and widening it back is exact. An operand the kernel reads ``as_given`` is only widened."""
+    if dtype in _ROUNDED_FIRST and not as_given:
+        array = np.asarray(array)
+        narrow = numpy_dtype(dtype)
+        if array.dtype != narrow:
+            if array.ndim == 0 and dtype in _PLAIN_NUMBER_ROUNDING and array.dtype.kind in "biuf" and \
+                    abs(float(array)) < _FLOAT32_LIMIT:  # neither NaN nor past float32's range
+                array = np.asarray(np.float32(array)).astype(narrow)  # a number: 50 us less than cast_into
+            else:
+                rounded = np.empty(array.shape, narrow)
+                _C.dtypes.cast_into(rounded, array, _tensor.DTYPE_NAME[dtype])
+                array = rounded
+    return widened(array, compute)
+
+
+def scalar_in_dtype(value, dtype):
+    """A Scalar argument CPU converts to ``dtype`` (SCALARS_IN_DTYPE), as a Python number."""
+    if dtype not in _ROUNDED_FIRST or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value  # bools and complex numbers keep their own rules; a symbolic value is not known yet
+    return as_converted(value, dtype, np.dtype(np.float64)).item()
+
+
+def with_scalars_in_dtype(schema, args, kwargs, dtype):
+    """``args`` and ``kwargs`` of a call to ``schema``'s op with the Scalar argument SCALARS_IN_DTYPE names for it
+    converted to ``dtype`` as CPU's kernel converts it (rounded, for a reduced float)."""
+    name = SCALARS_IN_DTYPE.get(schema.name.removeprefix("aten::"))
+    if name is None or dtype not in _ROUNDED_FIRST:
+        return args, kwargs
+    if name in kwargs:
+        return args, {**kwargs, name: scalar_in_dtype(kwargs[name], dtype)}
+    position = [argument.name for argument in schema.arguments].index(name)
+    if position < len(args):
+        args = (*args[:position], scalar_in_dtype(args[position], dtype), *args[position + 1:])
+    return args, kwargs
 
 
 def scalar(value, like):
@@ -121,13 +207,17 @@ def zero_where(condition, values):
     return np.asarray(np.bitwise_and(values.view(bits), keep)).view(values.dtype)
 
 
-def compute_into(out, function, operands, dtype, extras=(), options=None, opmath=True):
+def compute_into(out, function, operands, dtype, extras=(), options=None, opmath=True, name=None):
     """Run ``function`` on the operands converted to ``dtype``'s opmath type and store into ``out``.
 
-    Absent optional operands (None) stay None.
+    ``name`` is the operator (``add``) whose CPU rules for numbers apply: each operand is converted to ``dtype``
+    first (rounded, for a reduced float) but the one READS_ORIGINAL_SCALAR keeps. Absent optional operands
+    (None) stay None.
     """
     compute = opmath_dtype(dtype) if opmath else numpy_dtype(dtype)
-    arrays = [None if value is None else as_compute(value, compute) for value in operands]
+    given = read_as_given(name, operands)
+    arrays = [None if value is None else as_converted(operand(value), dtype, compute, i == given)
+              for i, value in enumerate(operands)]
     if isinstance(function, np.ufunc) and not extras and not options and out.dtype == dtype:
         target = as_numpy(out)
         if target.dtype == compute:
@@ -157,12 +247,14 @@ def _rounded_to(array, dtype):
 class Maths:
     """What a pointwise overload computes, for callers that hold NumPy arrays (compiled programs): the
     first ``operands`` arguments promote to ``rule(common dtype)``, computed in its opmath type when
-    ``opmath(*promoted)`` says so, by ``function(*arrays, *extras, **options)``."""
+    ``opmath(*promoted)`` says so, by ``function(*arrays, *extras, **options)``; ``name`` is the operator
+    whose CPU rules for numbers apply (``compute_into``)."""
 
     function: object
     operands: int
     rule: object
     opmath: object
+    name: str
 
 
 MATHS = {}  # overload name -> Maths, filled by the two factories below
@@ -178,7 +270,9 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
     ops (PyTorch's plain unary ops) accept only an ``out`` of the result dtype.
     """
     result = result or rule
-    out_name = resolve(overload)._schema.arguments[-1].name
+    schema = resolve(overload)._schema
+    out_name = schema.arguments[-1].name
+    scalars_in_dtype = schema.name.removeprefix("aten::") in SCALARS_IN_DTYPE
 
     def checked_dtypes(promoted, extras, kwargs):
         """(compute dtype, result dtype), once the op's dtype check has passed."""
@@ -195,7 +289,9 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         if exact_out and out.dtype != result_dtype:
             raise found_dtype(out.dtype, result_dtype)
         prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result_dtype, promoted)
-        return compute_into(out, function, promoted, dtype, extras, kwargs, opmath)
+        if scalars_in_dtype:
+            args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
+        return compute_into(out, function, promoted, dtype, args[operands:], kwargs, opmath, name)
 
     def into_new(*args, **kwargs):
         """A functional call whose tensor operands all have one shape: its result in a new contiguous tensor
@@ -203,9 +299,13 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         promoted, extras = args[:operands], args[operands:]
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
         output_shape = next(value.shape for value in promoted if isinstance(value, torch.Tensor))
-        return compute_into(empty(output_shape, result_dtype), function, promoted, dtype, extras, kwargs, opmath)
+        if scalars_in_dtype:
+            args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
+        return compute_into(empty(output_shape, result_dtype), function, promoted, dtype, args[operands:], kwargs,
+                            opmath, name)
 
-    MATHS[overload] = Maths(function, operands, rule, lambda *promoted: opmath)
+    name = overload.partition(".")[0]
+    MATHS[overload] = Maths(function, operands, rule, lambda *promoted: opmath, name)
     register(overload)(kernel)
     twin = functional_twin(overload)
     wrapper = default_kernel(twin) if twin is not None and shape is None else None
@@ -303,13 +403,18 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
     in opmath unless ``opmath(*promoted operands)`` says otherwise.
     """
     result = result or rule
+    name = overloads[0].partition(".")[0]
+    schema = resolve(overloads[0])._schema  # the overloads' arguments before ``out`` are alike
+    scalars_in_dtype = schema.name.removeprefix("aten::") in SCALARS_IN_DTYPE
 
     def run(out, args, kwargs):
         promoted, extras = args[:operands], args[operands:]
         dtype = rule(common_dtype(*promoted))
         if check is not None:
             check(dtype, *promoted, *extras, **kwargs)
-        return compute_into(out, function, promoted, dtype, extras, kwargs, opmath(*promoted))
+        if scalars_in_dtype:
+            args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
+        return compute_into(out, function, promoted, dtype, args[operands:], kwargs, opmath(*promoted), name)
 
     def functional(*args, **kwargs):
         promoted = args[:operands]
@@ -330,7 +435,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         return run(out, args, kwargs)
 
     for overload in overloads:
-        MATHS[overload] = Maths(function, operands, rule, opmath)
+        MATHS[overload] = Maths(function, operands, rule, opmath, name)
         schema = resolve(overload)._schema
         if any(argument.is_out for argument in schema.arguments):
             register(overload)(out_variant)
@@ -421,8 +526,9 @@ def sinc(x):
 
 
 def logit(x, eps=None):
-    if eps is not None:
-        x = np.clip(x, scalar(eps, x), scalar(1 - eps, x))
+    if eps is not None and not math.isnan(eps):  # a NaN eps clamps nothing, as on CPU
+        low = scalar(eps, x)  # CPU's bounds: eps and 1 - eps in x's dtype (np.clip would widen bf16)
+        x = np.minimum(np.maximum(x, low), np.ones((), x.dtype) - low)
     return np.log(x / (1 - x))
 
 
@@ -502,10 +608,9 @@ def trunc_divide(a, b):
 
 def divides_in_opmath(dividend, divisor):
     """CPU's rounding divisions compute reduced floats in opmath (rounding once) only when the divisor is
-    a lone value: a number, or a tensor whose one value is broadcast everywhere (TensorIterator's
-    ``is_scalar``). Otherwise their loops run in the tensors' own format, rounding every step."""
-    return not isinstance(divisor, torch.Tensor) or all(
-        stride == 0 for size, stride in zip(divisor.shape, divisor.stride()) if size != 1)
+    a lone value (``is_lone_value``). Otherwise their loops run in the tensors' own format, rounding every
+    step."""
+    return is_lone_value(divisor)
 
 
 def floor_divide(a, b):
@@ -537,7 +642,7 @@ def remainder(a, b):
         check_nonzero_divisor(a, b)
         return np.remainder(a, b)
     mod = np.fmod(a, b)
-    return mod + np.where((mod != 0) & ((b < 0) != (mod < 0)), b, 0).astype(mod.dtype)
+    return np.where((mod != 0) & ((b < 0) != (mod < 0)), mod + b, mod)  # a -0.0 remainder stays -0.0, as on CPU
 
 
 def fmod(a, b):
@@ -579,6 +684,10 @@ def check_integer_power(dtype, base, exponent):
 
 def xlogy(x, y):
     return np.where(np.isnan(y), y, np.where(x == 0, scalar(0, x), x * np.log(y)))
+
+
+def xlog1py(x, y):
+    return np.where(np.isnan(y), y, np.where(x == 0, scalar(0, x), x * np.log1p(y)))
 
 
 def nextafter(a, b):
@@ -769,7 +878,7 @@ def addcmul(x, a, b, value=1):
 
 
 def addcdiv(x, a, b, value=1):
-    return x + scalar(value, x) * (a / b)
+    return x + scalar(value, x) * a / b  # CPU's order: the value scales the dividend
 
 
 def check_addcdiv(dtype, x, a, b, value=1):
@@ -1064,7 +1173,7 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "logaddexp.out": (logaddexp, keep, floating_or_wide_complex),
     "logaddexp2.out": (logaddexp2, keep, floating),
     "xlogy.OutTensor": (xlogy, to_float, real),
-    "special_xlog1py.out": (special.xlog1py, to_float, None),
+    "special_xlog1py.out": (xlog1py, to_float, None),
     "special_zeta.out": (zeta, to_float, single_or_double),
     "igamma.out": (special.gammainc, keep, floating),
     "igammac.out": (special.gammaincc, keep, floating),
@@ -1077,6 +1186,9 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "bitwise_left_shift.Tensor_out": (left_shift, keep, shiftable),
     "bitwise_right_shift.Tensor_out": (right_shift, keep, shiftable),
 }
+# CPU's scalar loops of these compute bf16/fp16 in the tensors' own format: c10's 16-bit log rounds, then
+# the product rounds (x * log(y) twice rounded), so they do not widen to float32.
+IN_OWN_DTYPE = frozenset({"xlogy.OutTensor", "special_xlog1py.out"})
 COMPARISONS = {  # name: (function, supported dtypes); complex numbers have no order
     "eq": (np.equal, None), "ne": (np.not_equal, None), "lt": (np.less, real), "le": (np.less_equal, real),
     "gt": (np.greater, real), "ge": (np.greater_equal, real),
@@ -1121,7 +1233,8 @@ def register_tables():
                    result=to_bool if name in ("signbit", "isposinf", "isneginf") else keep)
     structured("round.decimals_out", round_decimals, check=checked(floating, "round"), exact_out=True)
     for overload, (function, rule, predicate) in BINARY.items():
-        structured(overload, function, operands=2, rule=rule, check=checked(predicate, overload))
+        structured(overload, function, operands=2, rule=rule, check=checked(predicate, overload),
+                   opmath=overload not in IN_OWN_DTYPE)
     structured("add.out", add, operands=2, check=check_alpha)
     structured("sub.out", sub, operands=2, check=check_sub)
     structured("pow.Tensor_Scalar_out", power_scalar, operands=2, check=check_integer_power)
@@ -1154,7 +1267,8 @@ def register_tables():
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
     structured("lerp.Scalar_out", lerp, operands=2, check=lerp_check("lerp_kernel_scalar"))
     structured("lerp.Tensor_out", lerp, operands=3, check=lerp_check("lerp_kernel_tensor"))
-    unstructured(logit, "logit", "logit_", "logit.out", rule=to_float)
+    # CPU's logit computes bf16/fp16 step by step in their own format (each vector op rounds)
+    unstructured(logit, "logit", "logit_", "logit.out", rule=to_float, opmath=lambda *promoted: False)
     unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)))
     unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
     unstructured(np.conj, "conj_physical.out")
@@ -1208,7 +1322,7 @@ def div_out_mode(self, other, *, rounding_mode=None, out):
         require(dtype != torch.bool, dtype, f"div_{rounding_mode}_cpu")
     prepare_out(out, broadcast_shape(self, other), dtype, (self, other))
     return compute_into(out, divide, (self, other), dtype, options={"rounding_mode": rounding_mode},
-                        opmath=divides_in_opmath(self, other))
+                        opmath=divides_in_opmath(self, other), name="div")
 
 
 @register("polygamma.out")
@@ -1285,7 +1399,8 @@ def complex_out(real, imag, *, out):
 def rsub(self, other, alpha=1):
     dtype = common_dtype(self, other)
     check_sub(dtype, other, self, alpha)
-    return compute_into(empty(broadcast_shape(self, other), dtype), sub, (other, self), dtype, (alpha,))
+    return compute_into(empty(broadcast_shape(self, other), dtype), sub, (other, self), dtype,
+                        (scalar_in_dtype(alpha, dtype),), name="sub")  # alpha as sub's kernel reads it
 
 
 @register("glu_backward")
