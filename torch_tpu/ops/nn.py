@@ -94,7 +94,15 @@ def sum_along(array, dim):
     if dim != array.ndim - 1 or array.size == 0:
         return np.sum(array, axis=dim, keepdims=True)
     rows = array.reshape(-1, array.shape[-1])
-    return np.matmul(rows, np.ones(rows.shape[1], array.dtype)).reshape(array.shape[:-1] + (1,))
+    return np.matmul(rows, ones(rows.shape[1], array.dtype)).reshape(array.shape[:-1] + (1,))
+
+
+@functools.lru_cache(maxsize=256)
+def ones(length, dtype):
+    """A read-only vector of ``length`` ones, made once per length: the row and column sums multiply by it."""
+    vector = np.ones(length, dtype)
+    vector.flags.writeable = False
+    return vector
 
 
 def compute_into(out, dtype, compute):
@@ -228,7 +236,7 @@ def row_means(rows):
 
 
 def column_sums(rows):
-    return np.matmul(np.ones(rows.shape[0], rows.dtype), rows)
+    return np.matmul(ones(rows.shape[0], rows.dtype), rows)
 
 
 def check_layer_norm_inputs(input, normalized_shape, weight, bias):

@@ -458,12 +458,13 @@ def nan_to_num_defaults(dtype, nan, posinf, neginf):
 # Binary
 
 
-def add(a, b, alpha=1):
-    return a + b if alpha == 1 else a + scalar(alpha, b) * b
+def add(a, b, alpha=1, out=None):
+    """``a + alpha * b`` (``out``: where the foreach kernels want it written)."""
+    return np.add(a, b if alpha == 1 else np.multiply(scalar(alpha, b), b), out=out)
 
 
-def sub(a, b, alpha=1):
-    return a - b if alpha == 1 else a - scalar(alpha, b) * b
+def sub(a, b, alpha=1, out=None):
+    return np.subtract(a, b if alpha == 1 else np.multiply(scalar(alpha, b), b), out=out)
 
 
 def check_alpha(dtype, a, b, alpha=1):
