@@ -10,7 +10,6 @@ the per-tensor route PyTorch's composite kernel takes, so type promotion and
 errors stay PyTorch's.
 """
 
-import inspect
 import math
 
 import numpy as np
@@ -165,7 +164,7 @@ def _pointwise_maths(overload):
     function = pointwise.MATHS[overload].function
     if isinstance(function, np.ufunc):
         return function
-    writes_out = "out" in inspect.signature(function).parameters  # add, sub: no copy of the result into out
+    writes_out = getattr(function, "writes_out", False)  # add, sub: no copy of the result into out
 
     def apply(first, *others, out=None, **keywords):
         # numbers become arrays of the compute type, as the pointwise kernels' as_compute makes them
