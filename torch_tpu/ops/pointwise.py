@@ -1436,11 +1436,14 @@ def hot_binary(ufunc, out_kernel, rule=keep):
             vpu.apply(ufunc, as_numpy(self), as_numpy(other), out=array)
             return out
         dtype = rule(torch.result_type(self, other))
-        contiguous = all_contiguous((self, other))
-        if not options and dtype in _NATIVE and contiguous:
+        if not options and dtype in _NATIVE:
             a, b = native_operand(self, dtype), native_operand(other, dtype)
             if a is not None and b is not None:
-                out, array = empty_with_array(result_shape(self, other), dtype)
+                if all_contiguous((self, other)):
+                    out, array = empty_with_array(result_shape(self, other), dtype)
+                else:  # strided operands (a transposed or permuted view): the out kernel's layout, without its checks
+                    out = new_output((self, other), dtype)
+                    array = as_numpy(out)
                 vpu.apply(ufunc, a, b, out=array)
                 return out
         return out_kernel(self, other, **options, out=new_output((self, other), rule(common_dtype(self, other))))
