@@ -4,6 +4,7 @@
     python benchmarks/zoo.py --no-write       # prints only
     python benchmarks/zoo.py --profile ViT    # cProfile of the tpu steps of one model, by own time
     python benchmarks/zoo.py --bytecodes ViT  # Python bytecodes of one tpu step, by function (load-independent)
+    python benchmarks/zoo.py --launches ViT   # CPU time of each kernel inside the tpu steps, by op
     python benchmarks/zoo.py --kernels        # the zoo's heaviest kernels at its shapes, tpu against CPU
 
 A step is forward, cross-entropy, backward and an SGD update with momentum. Both devices run on one
@@ -110,6 +111,49 @@ def profile(name, steps=5):
     for title, profiler in (("forward and update", main), ("backward", backward)):
         print(f"--- {title} ---")
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+def time_launches(name, steps=10, shown=30):
+    """CPU time of each kernel inside one model's tpu steps, by op: its own time (a kernel's launches of other
+    kernels subtracted), which is what a kernel costs in a step, caches and all (a tight loop of one op shows
+    less). The rest of the step is the dispatcher, autograd, views and the launch wrappers."""
+    import torch_tpu._cost as cost
+
+    if "torch_tpu.ops._registry" in sys.modules:
+        raise RuntimeError("--launches must wrap the kernels before they load (before the first tpu op)")
+    own, calls, nested = collections.Counter(), collections.Counter(), [0.0]
+    charged = cost.charged
+
+    def timed_charged(kernel, op, guard=None):
+        def timed(*args, **kwargs):
+            nested.append(0.0)
+            start = time.process_time()
+            try:
+                return kernel(*args, **kwargs)
+            finally:
+                spent = time.process_time() - start
+                own[op] += spent - nested.pop()
+                calls[op] += 1
+                nested[-1] += spent
+
+        return charged(timed, op, guard)
+
+    cost.charged = timed_charged
+    try:
+        step = steps_of(name)["tpu"]  # the kernels load here, wrapped
+    finally:
+        cost.charged = charged
+    step()
+    own.clear(), calls.clear()
+    start = time.process_time()
+    for _ in range(steps):
+        step()
+    total = (time.process_time() - start) / steps
+    inside = sum(own.values()) / steps
+    print(f"{name}: {format_time(total)} a tpu step (CPU time), {format_time(inside)} of it inside "
+          f"{sum(calls.values()) // steps} kernels")
+    for op, seconds in own.most_common(shown):
+        print(f"{format_time(seconds / steps):>10} {calls[op] / steps:6.1f} calls  {format_time(seconds / calls[op]):>10} a call  {op}")
 
 
 def count_bytecodes(name, shown=30):
@@ -236,6 +280,8 @@ def main():
     parser.add_argument("--bytecodes", metavar="MODEL", choices=sorted(ZOO),
                         help="count the Python bytecodes of one model's tpu step, by function")
     parser.add_argument("--kernels", action="store_true", help="time the zoo's heaviest kernels at its shapes")
+    parser.add_argument("--launches", metavar="MODEL", choices=sorted(ZOO),
+                        help="CPU time of each kernel inside one model's tpu steps, by op")
     parser.add_argument("models", nargs="*", default=list(ZOO), help="models to time (default: all)")
     args = parser.parse_args()
     single_threaded()
@@ -243,6 +289,8 @@ def main():
         return profile(args.profile)
     if args.bytecodes:
         return count_bytecodes(args.bytecodes)
+    if args.launches:
+        return time_launches(args.launches)
     if args.kernels:
         markdown = f"{measured_on('one thread; CPU time per call, best of interleaved rounds.')}\n\n{kernel_table()}"
         print(markdown)

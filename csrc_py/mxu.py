@@ -161,6 +161,15 @@ def matmul(a, b, out=None, *, precision_passes=EXACT):
     Returns the accumulator (float32 for MXU formats). With ``out`` (shaped like the result)
     the result is stored there, rounded once to ``out``'s dtype, and ``out`` is returned.
     """
+    if (precision_passes is EXACT and a.dtype == _FLOAT32 and b.dtype == _FLOAT32
+            and (out is None or out.dtype == _FLOAT32)):
+        # the commonest product (a model's float32 layers at PyTorch's default precision), with nothing to
+        # check, split or convert: what the general path below computes for it, without its look-ups
+        token = ignore_fp_errors()
+        try:
+            return np.matmul(a, b, out=out)
+        finally:
+            restore_fp_errors(token)
     _check_passes(precision_passes)
     check_chip_supports(a.dtype, b.dtype)
     accumulate = accumulator_dtype(a.dtype, b.dtype)

@@ -3,7 +3,9 @@
 Functional overloads of structured pointwise ops (``sigmoid``, ``gelu``, ``pow.Tensor_Scalar``, ...)
 take a direct path for contiguous floating tpu operands of one shape and PyTorch's structured
 wrapper otherwise: both must give CPU's values, dtypes and strides, charge the same bytes and
-allocate exactly their result.
+allocate exactly their result. So must the other short paths: binary ops on strided operands, maths written
+straight into their output (``writes_out``), softmax launched without the structured wrapper, and the cached
+TensorIterator layout rule.
 """
 
 import pytest
@@ -278,3 +280,114 @@ def test_views_under_a_torch_function_mode():
     (expected.view(3, 4).t().as_strided((2, 2), (1, 3), 1) * weights.view(4, 3)[1:3, 1:3]).sum().backward()
     assert torch.equal(x.grad.cpu(), expected.grad)
     assert seen and all(isinstance(value, float) for value in seen)
+
+
+# --- round three: strided binary ops, maths written into out=, softmax without the structured wrapper ---------
+
+
+STRIDED_BINARY = {
+    "add_transposed": lambda x: x.t() + x.t().contiguous(),
+    "sub_alpha_transposed": lambda x: torch.sub(x.t(), x.t().contiguous(), alpha=2),
+    "mul_number": lambda x: x.t() * 0.35,
+    "div_expanded": lambda x: x.t() / x[:1].t().expand(5, 6),
+    "rsub_number": lambda x: 1.5 - x.t(),
+    "add_int": lambda x: (x * 10).to(torch.int32).t() + 3,
+}
+
+
+@pytest.mark.parametrize("name", STRIDED_BINARY)
+def test_strided_binary_ops_give_cpus_values_and_strides(name):
+    fn = STRIDED_BINARY[name]
+    x = make(6, 5)
+    result = check(fn, x)
+    assert result.stride() == fn(x).stride()
+
+
+def test_strided_binary_op_is_charged_and_allocated_as_one_launch():
+    x = torch.rand(40, 30, device="tpu").t()
+    before = clock.op_totals.get("mul.Tensor", torch_tpu._C.clock.OpTotals()).copy()
+    allocated = torch.tpu.memory_allocated()
+    y = x * 0.5
+    totals = clock.op_totals["mul.Tensor"]
+    assert totals.count == before.count + 1 and totals.bytes == before.bytes + 2 * 4800
+    assert torch.tpu.memory_allocated() == allocated + 4800
+    del y
+
+
+WRITES_OUT = {
+    "relu_": lambda x: torch.relu_(x),
+    "hardtanh_view": lambda x: F.hardtanh(x[:, 1:], -0.5, 0.5, inplace=True),
+    "silu_": lambda x: F.silu(x, inplace=True),
+    "sigmoid_": lambda x: x.sigmoid_(),
+    "add_self_alpha": lambda x: x.add_(x, alpha=-2),
+    "sub_out": lambda x: torch.sub(x, x.flip(0), alpha=3, out=torch.empty_like(x)),
+    "gelu_out": lambda x: torch.ops.aten.gelu.out(x, out=torch.empty_like(x)),
+    "threshold_backward": lambda x: torch.ops.aten.threshold_backward(x, x.flip(0), 0.1),
+    "hardswish_strided": lambda x: F.hardswish(x.t()),
+}
+
+
+@pytest.mark.parametrize("name", WRITES_OUT)
+def test_maths_written_into_out_match_cpu(name):
+    check(WRITES_OUT[name], make(6, 5))
+
+
+def test_writing_into_out_keeps_the_temporary_routes_bits():
+    """add with alpha, written into its output by each route (functional, out=, foreach), is alpha * b rounded,
+    then the sum rounded, bit for bit (CPU's vectorised loop may round differently, by an ulp)."""
+    a, b = torch.randn(64, 33, device="tpu"), torch.randn(64, 33, device="tpu")
+    direct = torch.add(a, b, alpha=-0.37)
+    via_out = torch.add(a, b, alpha=-0.37, out=torch.empty_like(a))
+    via_foreach = torch._foreach_add([a], [b], alpha=-0.37)[0]
+    expected = a.cpu() + torch.tensor(-0.37) * b.cpu()
+    for result in (direct, via_out, via_foreach):
+        assert_close(result.cpu(), expected, rtol=0, atol=0)
+
+
+SOFTMAX_CALLS = {
+    "softmax": lambda x: torch.softmax(x, -1),
+    "log_softmax": lambda x: torch.log_softmax(x, 0),
+    "log_softmax_backward": lambda x: torch.ops.aten._log_softmax_backward_data(x, torch.log_softmax(x, 1), 1,
+                                                                                x.dtype),
+    "softmax_strided": lambda x: torch.softmax(x.t(), 1),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", SOFTMAX_CALLS)
+def test_softmax_launched_directly_matches_cpu(name, dtype):
+    fn = SOFTMAX_CALLS[name]
+    x = make(6, 5, dtype=dtype)
+    result = check(fn, x, atol=1e-2 if dtype == torch.bfloat16 else None, rtol=1e-2 if dtype == torch.bfloat16 else None)
+    assert result.stride() == fn(x).stride()
+
+
+def test_softmax_errors_are_pytorchs():
+    check_same_error(lambda d: torch._softmax(torch.ones(3, 4, device=d), 2, False))
+    check_same_error(lambda d: torch.log_softmax(torch.ones(3, 4, device=d), -3))
+
+
+def test_softmax_launch_is_charged_what_its_out_form_charges():
+    x = torch.rand(50, 20, device="tpu")
+    before = clock.op_totals.get("_log_softmax", torch_tpu._C.clock.OpTotals()).copy()
+    torch.log_softmax(x, 1)
+    functional = clock.op_totals["_log_softmax"]
+    assert functional.count == before.count + 1 and functional.bytes == before.bytes + 8000
+    out_before = clock.op_totals.get("_log_softmax.out", torch_tpu._C.clock.OpTotals()).copy()
+    torch.ops.aten._log_softmax.out(x, 1, False, out=torch.empty(50, 20, device="tpu"))
+    assert clock.op_totals["_log_softmax.out"].bytes == out_before.bytes + 8000
+
+
+def test_iterator_strides_cache_answers_as_pytorchs_rule():
+    from torch._prims_common import compute_elementwise_output_strides
+    from torch_tpu.ops._common import iterator_strides
+
+    for make_operands in (lambda d: (torch.ones(2, 3, 4, device=d).permute(2, 0, 1), torch.ones(4, 2, 3, device=d)),
+                          lambda d: (torch.ones(3, 1, device=d).expand(3, 5), torch.ones(5, 3, device=d).t()),
+                          lambda d: (torch.ones(2, 3, 4, 5, device=d).contiguous(memory_format=torch.channels_last),)):
+        tpu_operands, cpu_operands = make_operands("tpu"), make_operands("cpu")
+        shape = tuple(tpu_operands[0].shape)
+        expected = tuple(compute_elementwise_output_strides(*cpu_operands))
+        for _ in range(2):  # computed, then cached
+            strides = iterator_strides(shape, tpu_operands)
+            assert (strides or torch_tpu._tensor.contiguous_strides(shape)) == expected

@@ -5,6 +5,7 @@ that ``prepare_out`` has checked and resized by TensorIterator's rules first. ``
 the conversion both end in, and what in-place kernels use on ``self``.
 """
 
+import functools
 import math
 import warnings
 
@@ -29,10 +30,15 @@ def all_contiguous(operands):
 def iterator_strides(shape, operands):
     """The strides TensorIterator gives a new output of ``shape`` computed from ``operands`` (their memory
     order: channels-last, transposed), or None where that is contiguous. PyTorch's own Python statement
-    of TensorIterator's rule decides, on the operands broadcast to ``shape``."""
-    broadcast = [o.expand(shape) for o in operands if isinstance(o, torch.Tensor) and o.dim()]
-    if not broadcast:
-        return None
+    of TensorIterator's rule decides, once per layout (a model repeats its layouts every step)."""
+    layouts = tuple((tuple(o.shape), o.stride()) for o in operands if isinstance(o, torch.Tensor) and o.dim())
+    return _iterator_strides(tuple(shape), layouts) if layouts else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _iterator_strides(shape, layouts):
+    """``iterator_strides`` for operands of these (sizes, strides), on meta stand-ins broadcast to ``shape``."""
+    broadcast = [torch.empty_strided(sizes, strides, device="meta").expand(shape) for sizes, strides in layouts]
     strides = tuple(compute_elementwise_output_strides(*broadcast))
     return None if strides == _tensor.contiguous_strides(shape) else strides
 

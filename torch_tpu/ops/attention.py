@@ -98,23 +98,35 @@ def attention_forward(q, k, v, bias=None, *, scale, is_causal=False, dropout=Non
     -inf (PyTorch's ``_safe_softmax``)."""
     heads, length = k.shape[-3], k.shape[-2]
     qg = _grouped(q, heads)
-    running_max = np.full(qg.shape[:-1] + (1,), -np.inf, _FLOAT32)
-    total = np.zeros_like(running_max)
-    accumulated = np.zeros(qg.shape[:-1] + (v.shape[-1],), _FLOAT32)
+    running_max = total = accumulated = None
     with np.errstate(all="ignore"):
         for number, start, end in _blocks(length, q.shape[-2], is_causal):
             scores = _scores(qg, k, bias, scale, is_causal, start, end, precision_passes)
-            new_max = np.maximum(running_max, scores.max(-1, keepdims=True))
+            new_max = scores.max(-1, keepdims=True)
+            if number:
+                new_max = np.maximum(running_max, new_max)
             shift = np.where(new_max == -np.inf, np.float32(0), new_max)  # rows that saw only masked keys so far
             probabilities = np.exp(scores - shift)
-            correction = np.exp(running_max - shift)
-            total = total * correction + probabilities.sum(-1, keepdims=True)
+            block_total = probabilities.sum(-1, keepdims=True)
             if dropout is not None:
                 probabilities, _ = dropout.apply(probabilities, number)
             vg = v[..., None, start:end, :]
-            accumulated *= correction
-            accumulated += mxu.matmul(_mxu_operand(probabilities, v), vg, precision_passes=precision_passes)
+            product = mxu.matmul(_mxu_operand(probabilities, v), vg, precision_passes=precision_passes)
+            if number:
+                correction = np.exp(running_max - shift)
+                total = total * correction + block_total
+                accumulated *= correction
+                accumulated += product
+            else:
+                # the first block rescales nothing: 0 * correction + x is x (x + 0 turns a -0.0 into +0.0 as
+                # that sum did; a NaN shift, whose correction was NaN, leaves its row unseen either way)
+                total, accumulated = block_total, product
+                accumulated += np.float32(0)
             running_max = new_max
+        if total is None:  # no key at all
+            running_max = np.full(qg.shape[:-1] + (1,), -np.inf, _FLOAT32)
+            total = np.zeros_like(running_max)
+            accumulated = np.zeros(qg.shape[:-1] + (v.shape[-1],), _FLOAT32)
         seen = total > 0
         output = np.where(seen, accumulated / np.where(seen, total, 1), np.float32(0))
         logsumexp = np.where(seen, running_max + np.log(np.where(seen, total, 1)), -np.inf)[..., 0]
@@ -245,7 +257,7 @@ def backward_results(query, key, value, attn_bias, grad_input_mask):
 
 
 def _host_scalar(value):
-    return torch.tensor(value, dtype=torch.int64)
+    return torch.scalar_tensor(value, dtype=torch.int64)
 
 
 def dropout_state(dropout_p):

@@ -169,10 +169,13 @@ def _pointwise_maths(overload):
     function = pointwise.MATHS[overload].function
     if isinstance(function, np.ufunc):
         return function
+    writes_out = getattr(function, "writes_out", False)  # add, sub: no copy of the result into out
 
     def apply(first, *others, out=None, **keywords):
         # numbers become arrays of the compute type, as the pointwise kernels' as_compute makes them
         others = [o if isinstance(o, np.ndarray) else np.asarray(o).astype(first.dtype) for o in others]
+        if writes_out:
+            return function(first, *others, out=out, **keywords)
         result = function(first, *others, **keywords)
         if out is None:
             return result

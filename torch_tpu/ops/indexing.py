@@ -693,17 +693,24 @@ def _add_rows_in_order(target, positions, rows):
     """
     order = np.argsort(positions, kind="stable")
     sorted_positions = positions[order]
-    group_starts = np.flatnonzero(np.diff(sorted_positions, prepend=-1))
-    group_sizes = np.diff(group_starts, append=positions.size)
+    # np.diff(sorted_positions, prepend=-1) != 0 and np.diff(group_starts, append=size), without np.diff's
+    # concatenations (tens of us at these sizes)
+    starts = np.empty(sorted_positions.size, np.bool_)
+    starts[:1] = sorted_positions[:1] != -1
+    np.not_equal(sorted_positions[1:], sorted_positions[:-1], out=starts[1:])
+    group_starts = np.flatnonzero(starts)
+    group_sizes = np.empty_like(group_starts)
+    np.subtract(group_starts[1:], group_starts[:-1], out=group_sizes[:-1])
+    group_sizes[-1:] = positions.size - group_starts[-1:]
     if group_sizes.size == 0 or group_sizes.max() > _MAX_ROUNDS:
         np.add.at(target, positions, rows)
         return
     occurrence = np.arange(positions.size) - np.repeat(group_starts, group_sizes)
     by_round = order[np.argsort(occurrence, kind="stable")]
-    bounds = np.cumsum(np.bincount(occurrence))
-    for start, stop in zip(np.r_[0, bounds[:-1]], bounds):
-        chosen = by_round[start:stop]
-        target[positions[chosen]] += rows[chosen]
+    positions, rows = positions[by_round], rows[by_round]  # gathered once; each round is then a slice of them
+    bounds = np.cumsum(np.bincount(occurrence)).tolist()
+    for start, stop in zip([0] + bounds[:-1], bounds):
+        target[positions[start:stop]] += rows[start:stop]
 
 
 # ---------------------------------------------------------------------------

@@ -83,10 +83,12 @@ def scaled_sum(product, bias, beta, alpha):
     return product
 
 
-def scaled_sum_into(out, product, bias, beta, alpha):
-    """``out = beta * bias + alpha * product`` (``scaled_sum``), rounded once into ``out``."""
+def scaled_sum_into(out, product, bias, beta, alpha, target=None):
+    """``out = beta * bias + alpha * product`` (``scaled_sum``), rounded once into ``out``; ``target``: out's
+    NumPy view, when the product was computed there."""
     product = scaled_sum(product, bias, beta, alpha)
-    if product.base is not None and np.may_share_memory(product, as_numpy(out)):
+    if product is target if target is not None else (
+            product.base is not None and np.may_share_memory(product, as_numpy(out))):
         return out  # the product was computed in out's own memory
     return write(out, product)
 
@@ -105,6 +107,8 @@ def _same_dtype_of(allowed, *tensors):
 
 
 def _broadcasts_to(tensor, shape):
+    if tuple(tensor.shape) in (shape, shape[1:]):  # a bias of the result's shape or one row of it
+        return True
     try:
         return np.broadcast_shapes(tuple(tensor.shape), shape) == shape
     except ValueError:
@@ -193,7 +197,9 @@ def _addmm_into(out, self, first, second, *, beta=1, alpha=1):
     # The product may go straight into out's memory unless out holds an operand (addmm_ reads its self as the bias).
     direct = target.dtype == mxu.accumulator_dtype(a.dtype, b.dtype) and not any(
         np.may_share_memory(target, array) for array in (a, b, bias))
-    return scaled_sum_into(out, mxu_matmul(a, b, target if direct else None), bias, beta, alpha)
+    if direct:
+        return scaled_sum_into(out, mxu_matmul(a, b, target), bias, beta, alpha, target)
+    return scaled_sum_into(out, mxu_matmul(a, b), bias, beta, alpha)
 
 
 def _addr_into(out, self, vec1, vec2, *, beta=1, alpha=1):

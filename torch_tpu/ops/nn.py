@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .. import _C
+from .._cost import charged
 from . import _registry
 from .._errors import not_implemented_for
 from .._tensor import numpy_dtype
@@ -94,7 +95,15 @@ def sum_along(array, dim):
     if dim != array.ndim - 1 or array.size == 0:
         return np.sum(array, axis=dim, keepdims=True)
     rows = array.reshape(-1, array.shape[-1])
-    return np.matmul(rows, np.ones(rows.shape[1], array.dtype)).reshape(array.shape[:-1] + (1,))
+    return np.matmul(rows, ones(rows.shape[1], array.dtype)).reshape(array.shape[:-1] + (1,))
+
+
+@functools.lru_cache(maxsize=256)
+def ones(length, dtype):
+    """A read-only vector of ``length`` ones, made once per length: the row and column sums multiply by it."""
+    vector = np.ones(length, dtype)
+    vector.flags.writeable = False
+    return vector
 
 
 def compute_into(out, dtype, compute):
@@ -170,6 +179,39 @@ register("_softmax_backward_data.out")(softmax_backward_kernel(softmax_backward_
 register("_log_softmax_backward_data.out")(softmax_backward_kernel(log_softmax_backward_into, "out"))
 
 
+def without_structured_wrapper(name, result, fits):
+    """The functional overload ``name`` of a structured op, computed by its ``.out`` kernel into a new contiguous
+    tensor of ``result(*args)`` (shape, dtype) in one launch charged under ``name``, when ``fits(*args)``: then the
+    meta function would accept the call and lay its result out contiguously, and PyTorch's structured wrapper
+    (that meta function, then ``empty`` and the ``.out`` kernel through the dispatcher) adds nothing but time.
+    Any other call keeps the wrapper, its checks and its errors. (Only for ``.out`` kernels whose output
+    argument is named ``out``, so that the launch is charged the bytes the ``.out`` launch was.)"""
+    structured_wrapper = _registry.default_kernel(name)  # read before our kernel replaces it
+    out_kernel = _registry.KERNELS[f"{name}.out"]
+
+    def into_new(*args):
+        return out_kernel(*args, out=empty(*result(*args)))
+
+    launch = charged(into_new, name)
+
+    def functional(*args):
+        return launch(*args) if fits(*args) else structured_wrapper(*args)
+
+    _registry.register(name, charge=False)(functional)
+
+
+# softmax and log-softmax (every classifier's cross-entropy, attention written out) and log-softmax's backward:
+# their meta functions give a contiguous result of the input's shape
+for _name in ("_softmax", "_log_softmax"):
+    without_structured_wrapper(_name, lambda self, dim, half_to_float: (tuple(self.shape), self.dtype),
+                               lambda self, dim, half_to_float: not half_to_float)
+without_structured_wrapper(
+    "_log_softmax_backward_data",
+    lambda grad_output, output, dim, input_dtype: (tuple(grad_output.shape), input_dtype),
+    lambda grad_output, output, dim, input_dtype: (grad_output.shape == output.shape
+                                                   and grad_output.dtype == output.dtype == input_dtype))
+
+
 @register("_safe_softmax")
 def safe_softmax(self, dim, dtype=None):
     """Softmax whose fully masked rows (all -inf) are 0 instead of NaN: attention's softmax."""
@@ -228,7 +270,7 @@ def row_means(rows):
 
 
 def column_sums(rows):
-    return np.matmul(np.ones(rows.shape[0], rows.dtype), rows)
+    return np.matmul(ones(rows.shape[0], rows.dtype), rows)
 
 
 def check_layer_norm_inputs(input, normalized_shape, weight, bias):

@@ -196,7 +196,7 @@ def scalar(value, like):
     return np.array(value).astype(like.dtype)
 
 
-def zero_where(condition, values):
+def zero_where(condition, values, out=None):
     """``np.where(condition, 0, values)`` bit for bit (+0.0 where dropped, NaN and inf kept elsewhere), as a
     bit mask: np.where branches per element and is several times slower on an irregular mask, which is
     what activation backwards (ReLU's above all) see."""
@@ -204,7 +204,30 @@ def zero_where(condition, values):
     bits = np.dtype(f"i{values.dtype.itemsize}")
     keep = np.asarray(np.logical_not(condition), dtype=bits)  # an array even for 0-d operands
     np.negative(keep, out=keep)
+    if out is not None:
+        np.bitwise_and(values.view(bits), keep, out=out.view(bits))
+        return out
     return np.asarray(np.bitwise_and(values.view(bits), keep)).view(values.dtype)
+
+
+def writes_out(function):
+    """Marks maths that take ``out=`` and write their result there in their last step, after every read of
+    their operands (so ``out`` may be one of them): kernels then skip a temporary and its copy."""
+    function.writes_out = True
+    return function
+
+
+def compute_into_target(out, function, arrays, extras, options, compute):
+    """``function`` written straight into ``out``'s memory (the common case of ``compute_into``), or False
+    where it must go through a temporary: maths that cannot, an out of another dtype."""
+    if not getattr(function, "writes_out", False):
+        return False
+    target = as_numpy(out)
+    if target.dtype != compute:
+        return False
+    with vpu.ignoring_fp_errors():
+        function(*arrays, *extras, **(options or {}), out=target)
+    return True
 
 
 def compute_into(out, function, operands, dtype, extras=(), options=None, opmath=True, name=None):
@@ -223,6 +246,8 @@ def compute_into(out, function, operands, dtype, extras=(), options=None, opmath
         if target.dtype == compute:
             vpu.apply(function, *arrays, out=target)  # overlapping inputs stay on one thread
             return out
+    if out.dtype == dtype and compute_into_target(out, function, arrays, extras, options, compute):
+        return out
     with vpu.ignoring_fp_errors():
         result = function(*arrays, *extras, **(options or {}))
     if out.dtype != dtype and np.asarray(result).dtype == compute != numpy_dtype(dtype):
@@ -471,8 +496,9 @@ def rsqrt(x):
     return np.reciprocal(np.sqrt(x))
 
 
-def sigmoid(x):
-    return np.reciprocal(1 + np.exp(-x))
+@writes_out
+def sigmoid(x, out=None):
+    return np.reciprocal(1 + np.exp(-x), out=out)
 
 
 def frac(x):
@@ -564,12 +590,15 @@ def nan_to_num_defaults(dtype, nan, posinf, neginf):
 # Binary
 
 
-def add(a, b, alpha=1):
-    return a + b if alpha == 1 else a + scalar(alpha, b) * b
+@writes_out
+def add(a, b, alpha=1, out=None):
+    """``a + alpha * b``."""
+    return np.add(a, b if alpha == 1 else np.multiply(scalar(alpha, b), b), out=out)
 
 
-def sub(a, b, alpha=1):
-    return a - b if alpha == 1 else a - scalar(alpha, b) * b
+@writes_out
+def sub(a, b, alpha=1, out=None):
+    return np.subtract(a, b if alpha == 1 else np.multiply(scalar(alpha, b), b), out=out)
 
 
 def check_alpha(dtype, a, b, alpha=1):
@@ -905,23 +934,26 @@ def where(condition, x, y):
 # Activations and the backward ops autograd calls
 
 
-def relu(x):
-    return np.maximum(x, scalar(0, x))  # keeps NaN
+@writes_out
+def relu(x, out=None):
+    return np.maximum(x, scalar(0, x), out=out)  # keeps NaN
 
 
 def threshold(x, threshold_value, value):
     return np.where(x <= scalar(threshold_value, x), scalar(value, x), x)
 
 
-def threshold_backward(grad, x, threshold_value):
-    return zero_where(x <= scalar(threshold_value, x), grad)
+@writes_out
+def threshold_backward(grad, x, threshold_value, out=None):
+    return zero_where(x <= scalar(threshold_value, x), grad, out)
 
 
-def gelu(x, approximate="none"):
+@writes_out
+def gelu(x, approximate="none", out=None):
     if approximate == "tanh":
         inner = scalar(math.sqrt(2 / math.pi), x) * (x + scalar(0.044715, x) * x * x * x)
-        return scalar(0.5, x) * x * (1 + np.tanh(inner))
-    return gelu_of_cdf(x, gaussian_cdf(x), out=None)
+        return np.multiply(scalar(0.5, x) * x, 1 + np.tanh(inner), out=out)
+    return gelu_of_cdf(x, gaussian_cdf(x), out=out)
 
 
 def gelu_of_cdf(x, cdf, out):
@@ -979,8 +1011,9 @@ def gelu_backward_of_cdf(grad, x, cdf):
     return cdf
 
 
-def silu(x):
-    return x / (1 + np.exp(-x))
+@writes_out
+def silu(x, out=None):
+    return np.divide(x, 1 + np.exp(-x), out=out)
 
 
 def conj_if_complex(derivative):
@@ -1041,12 +1074,14 @@ def leaky_relu_backward(grad, x, negative_slope, self_is_result):
     return np.where(x > 0, grad, grad * scalar(negative_slope, x))
 
 
-def hardtanh(x, min_value=-1, max_value=1):
-    return np.minimum(np.maximum(x, scalar(min_value, x)), scalar(max_value, x))
+@writes_out
+def hardtanh(x, min_value=-1, max_value=1, out=None):
+    return np.minimum(np.maximum(x, scalar(min_value, x)), scalar(max_value, x), out=out)
 
 
-def hardtanh_backward(grad, x, min_value, max_value):
-    return zero_where((x <= scalar(min_value, x)) | (x >= scalar(max_value, x)), grad)
+@writes_out
+def hardtanh_backward(grad, x, min_value, max_value, out=None):
+    return zero_where((x <= scalar(min_value, x)) | (x >= scalar(max_value, x)), grad, out)
 
 
 def hardsigmoid(x):
@@ -1057,8 +1092,9 @@ def hardsigmoid_backward(grad, x):
     return np.where((x > -3) & (x < 3), grad / scalar(6, x), scalar(0, x))
 
 
-def hardswish(x):
-    return x * np.minimum(np.maximum(x + 3, scalar(0, x)), scalar(6, x)) / scalar(6, x)
+@writes_out
+def hardswish(x, out=None):
+    return np.divide(x * np.minimum(np.maximum(x + 3, scalar(0, x)), scalar(6, x)), scalar(6, x), out=out)
 
 
 def hardswish_backward(grad, x):
@@ -1525,11 +1561,14 @@ def hot_binary(ufunc, out_kernel, rule=keep):
             vpu.apply(ufunc, as_numpy(self), as_numpy(other), out=array)
             return out
         dtype = rule(torch.result_type(self, other))
-        contiguous = all_contiguous((self, other))
-        if not options and dtype in _NATIVE and contiguous:
+        if not options and dtype in _NATIVE:
             a, b = native_operand(self, dtype), native_operand(other, dtype)
             if a is not None and b is not None:
-                out, array = empty_with_array(result_shape(self, other), dtype)
+                if all_contiguous((self, other)):
+                    out, array = empty_with_array(result_shape(self, other), dtype)
+                else:  # strided operands (a transposed or permuted view): the out kernel's layout, without its checks
+                    out = new_output((self, other), dtype)
+                    array = as_numpy(out)
                 vpu.apply(ufunc, a, b, out=array)
                 return out
         return out_kernel(self, other, **options, out=new_output((self, other), rule(common_dtype(self, other))))

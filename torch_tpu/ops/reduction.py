@@ -153,10 +153,12 @@ prod_int_out = register("prod.int_out")(_accumulating_kernel(np.prod))
 
 
 # sum and mean are hot (losses, normalisation): their functional forms skip the structured wrapper.
+# Their output is new and of the result's shape and dtype: ``out``'s checks and resizing have nothing to do.
 @register("sum.dim_IntList")
 def sum_dim(self, dim, keepdim=False, *, dtype=None):
-    shape = _reduced_shape(self.shape, _reduced_axes(self, dim), keepdim)
-    return sum_out(self, dim, keepdim, out=empty(shape, _sum_dtype(self, dtype)))
+    axes, result_dtype = _reduced_axes(self, dim), _sum_dtype(self, dtype)
+    out = empty(_reduced_shape(self.shape, axes, keepdim), result_dtype)
+    return _reduce_into(out, np.sum, _accumuland(self, result_dtype), axes, keepdim)
 
 
 def _mean_dtype(self, dtype):
@@ -170,8 +172,9 @@ def _mean_dtype(self, dtype):
 
 @register("mean.dim")
 def mean_dim(self, dim, keepdim=False, *, dtype=None):
-    shape = _reduced_shape(self.shape, _reduced_axes(self, dim), keepdim)
-    return mean_out(self, dim, keepdim, dtype=dtype, out=empty(shape, _mean_dtype(self, dtype)))
+    axes, result_dtype = _reduced_axes(self, dim), _mean_dtype(self, dtype)
+    out = empty(_reduced_shape(self.shape, axes, keepdim), result_dtype)
+    return write(out, mean_array(_accumuland(self, result_dtype), axes, keepdim))
 
 
 @register("prod")
