@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import torch_tpu
 from torch_tpu import _C, _cost
 from torch_tpu._C.clock import LAUNCH_OVERHEAD_SECONDS, kernel_seconds
 
@@ -87,6 +88,21 @@ def test_traffic_of_in_place_write_only_and_host_copies():
     assert (upload.bytes_read, upload.bytes_written) == (0, 4000)
     download = cost_of("_copy_from", x, torch.ones(1000), result=None)
     assert (download.bytes_read, download.bytes_written) == (4000, 0)
+
+
+def test_output_arguments_of_out_overloads_are_written_not_read():
+    # structured out= overloads name their outputs ``values``/``indices``, ``output``/``total_weight``:
+    # like ``out``, the launch writes them and never reads them
+    x = torch.randn(64, 1000, device="tpu")
+    target = torch.randint(0, 1000, (64,), device="tpu")
+    values, indices = torch.empty(64, 5, device="tpu"), torch.empty(64, 5, dtype=torch.long, device="tpu")
+    with torch_tpu.profiler.profile() as prof:
+        torch.topk(x, 5, dim=1, out=(values, indices))
+        torch.nn.functional.nll_loss(x, target)
+    costs = {record.cost.name: record.cost for record in prof.kernel_records}
+    topk, nll = costs["topk.values"], costs["nll_loss_forward.output"]
+    assert (topk.bytes_read, topk.bytes_written) == (x.nbytes, values.nbytes + indices.nbytes)
+    assert (nll.bytes_read, nll.bytes_written) == (x.nbytes + target.nbytes, 4 + 4)  # the loss and total weight
 
 
 def test_integer_matmul_without_mxu_path_is_charged_as_float32():

@@ -68,6 +68,18 @@ def _takes_tensor_lists(name):
                for argument in schema.arguments)
 
 
+@functools.cache
+def _written_arguments(name):
+    """The names of aten ``name``'s output arguments (``out``, or ``output``/``total_weight``, ``values``/
+    ``indices``, ``grad_input`` of structured out= overloads): written by the launch, never read."""
+    packet, _, overload = name.partition(".")
+    try:
+        schema = getattr(getattr(torch.ops.aten, packet), overload or "default")._schema
+    except AttributeError:  # not an aten overload: only ``out`` is known to be one
+        return frozenset({"out"})
+    return frozenset({"out"}) | {argument.name for argument in schema.arguments if argument.is_out}
+
+
 def _arguments_bytes(name):
     """The function summing the bytes of the tensors among a launch's arguments, chosen once per op."""
     return _tensor_bytes if _takes_tensor_lists(name) else _flat_tensor_bytes
@@ -185,13 +197,14 @@ def _traffic_model(name):
     host_transfer = packet in HOST_TRANSFERS
     write_only_self = packet in WRITE_ONLY_SELF
     arguments_bytes = _arguments_bytes(name)
+    written_arguments = _written_arguments(name)
 
     def traffic(args, kwargs, outputs):
         if host_transfer:
             return _transfer_traffic(args)
         read = arguments_bytes(args)
         if kwargs:
-            read += _tensor_bytes(v for k, v in kwargs.items() if k != "out")
+            read += _tensor_bytes(v for k, v in kwargs.items() if k not in written_arguments)
         if write_only_self:
             read -= args[0].nbytes
         return read, _tensor_bytes(outputs)
