@@ -635,6 +635,13 @@ LAYOUT_OPS = {
     "sub_broadcast": lambda t: t - t[..., :1], "div_int": lambda t: t.long() / 3, "mixed_dtypes": lambda t: t * t.double(),
     "relu": torch.relu, "hardtanh": torch.nn.functional.hardtanh, "where": lambda t: torch.where(t > 0, t, 0.0),
     "bf16_mul": lambda t: t.bfloat16() * t.bfloat16(), "with_a_cpu_scalar": lambda t: t + torch.tensor(2.0),
+    # ops whose functional form PyTorch computes into a resized empty ``out`` (abs and its composites)
+    "abs": torch.abs, "logical_not": torch.logical_not, "isinf": torch.isinf, "isfinite": torch.isfinite,
+    "abs_int": lambda t: torch.abs(t.long()),
+    "neg_into_empty_out": lambda t: torch.neg(t, out=t.new_empty(0)),
+    "maximum_into_empty_out": lambda t: torch.maximum(t, -t, out=t.new_empty(0)),
+    "div_floor_into_empty_out": lambda t: torch.div(t, 3, rounding_mode="floor", out=t.new_empty(0)),
+    "where_into_empty_out": lambda t: torch.where(t > 0, t, t, out=t.new_empty(0)),
 }
 
 

@@ -174,23 +174,29 @@ def exact_dtype(result_dtype, out_dtype):
         raise unexpected_out_dtype(result_dtype, out_dtype)
 
 
-def resize_output(out, shape):
+def resize_output(out, shape, layout_from=()):
     """at::native::resize_output: ``out`` takes the result's shape, with PyTorch's deprecation warning
-    when that throws away elements it had."""
+    when that throws away elements it had. An elementwise op's resized ``out`` then takes the memory
+    order TensorIterator gives a new output of the operands ``layout_from`` (a kept ``out`` keeps its own)."""
     shape = tuple(shape)
     if out.shape != shape:
         if out.numel():
             warnings.warn(resized_output_warning(out.shape, shape), UserWarning, stacklevel=2)
         out.resize_(shape)
+        strides = iterator_strides(shape, layout_from) if layout_from else None
+        if strides is not None:
+            out.as_strided_(shape, strides)
     return out
 
 
-def prepare_out(out, shape, dtype=None, inputs=(), distinct=(), dtype_rule=castable, may_alias=False):
+def prepare_out(out, shape, dtype=None, inputs=(), distinct=(), dtype_rule=castable, may_alias=False,
+                layout_from=()):
     """The checks CPU makes of an ``out=`` tensor before writing the result into it, in TensorIterator's
     order, then the resize. ``out`` may not alias itself (an expanded tensor; reductions, which CPU
     lets do that, pass ``may_alias``), nor partially overlap any of ``inputs``, nor overlap any of
     ``distinct`` at all (ops that read those while writing); it must accept a result of ``dtype``
-    under ``dtype_rule`` (None: any dtype, converted on store). Returns ``out``, resized to ``shape``.
+    under ``dtype_rule`` (None: any dtype, converted on store). Returns ``out``, resized to ``shape``
+    (laid out after ``layout_from`` when it had to be resized, as ``resize_output`` says).
     """
     if not may_alias:
         check_no_internal_overlap(out)
@@ -200,7 +206,7 @@ def prepare_out(out, shape, dtype=None, inputs=(), distinct=(), dtype_rule=casta
         check_no_overlap(out, value)
     if dtype is not None and dtype is not out.dtype and dtype_rule is not None:  # a dtype always suits itself
         dtype_rule(dtype, out.dtype)
-    return resize_output(out, shape)
+    return resize_output(out, shape, layout_from)
 
 
 def store(array, dtype=None, *, out=None, inputs=(), distinct=(), dtype_rule=castable, may_alias=False):

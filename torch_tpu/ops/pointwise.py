@@ -194,7 +194,8 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
         if exact_out and out.dtype != result_dtype:
             raise found_dtype(out.dtype, result_dtype)
-        prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result_dtype, promoted)
+        prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result_dtype, promoted,
+                    layout_from=promoted)
         return compute_into(out, function, promoted, dtype, extras, kwargs, opmath)
 
     def into_new(*args, **kwargs):
@@ -326,7 +327,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         expected = result(common)
         if exact_out and out.dtype != expected:
             _check_unary_out(common, expected, out.dtype)
-        prepare_out(out, broadcast_shape(*args[:operands]), expected, args[:operands])
+        prepare_out(out, broadcast_shape(*args[:operands]), expected, args[:operands], layout_from=args[:operands])
         return run(out, args, kwargs)
 
     for overload in overloads:
@@ -1197,14 +1198,14 @@ def div_out_mode(self, other, *, rounding_mode=None, out):
         dtype = to_float(dtype)
     else:
         require(dtype != torch.bool, dtype, f"div_{rounding_mode}_cpu")
-    prepare_out(out, broadcast_shape(self, other), dtype, (self, other))
+    prepare_out(out, broadcast_shape(self, other), dtype, (self, other), layout_from=(self, other))
     return compute_into(out, divide, (self, other), dtype, options={"rounding_mode": rounding_mode},
                         opmath=divides_in_opmath(self, other))
 
 
 @register("polygamma.out")
 def polygamma_out(n, self, *, out):
-    prepare_out(out, self.shape, to_float(self.dtype), (self,))
+    prepare_out(out, self.shape, to_float(self.dtype), (self,), layout_from=(self,))
     return compute_into(out, polygamma, (self,), to_float(self.dtype), (n,))
 
 
@@ -1213,7 +1214,7 @@ def nan_to_num_out(self, nan=None, posinf=None, neginf=None, *, out):
     if out.dtype != self.dtype:
         raise RuntimeError(f"nan_to_num: dtype of out: {scalar_type_name(out.dtype)} should be same as input: "
                            f"{scalar_type_name(self.dtype)}")
-    prepare_out(out, self.shape, inputs=(self,))
+    prepare_out(out, self.shape, inputs=(self,), layout_from=(self,))
     replacement = nan_to_num_defaults(self.dtype, nan, posinf, neginf)
     return compute_into(out, nan_to_num, (self,), self.dtype, replacement)
 
@@ -1229,7 +1230,8 @@ def where_self_out(condition, self, other, *, out):
     dtype = common_dtype(self, other)
     if out.dtype != dtype:
         raise RuntimeError(f"Expected out type to be {scalar_type_name(dtype)} but got {scalar_type_name(out.dtype)}")
-    prepare_out(out, broadcast_shape(condition, self, other), inputs=(condition, self, other))
+    prepare_out(out, broadcast_shape(condition, self, other), inputs=(condition, self, other),
+                layout_from=(condition, self, other))
     return where_into(out, condition, self, other)
 
 
