@@ -26,6 +26,7 @@ from torch._prims_common import make_channels_last_strides_for, suggest_memory_f
 from .. import _C
 from ._common import channel_sums, empty, operand, opmath_dtype, padded, store, write
 from ._registry import register
+from .cpu_kernel_dtypes import convolution_dtypes, cpu_dtypes
 from .._errors import raise_cpu_error
 from .linalg import mxu_matmul
 
@@ -272,6 +273,7 @@ def _store_laid_out(array, dtype, channels_last, like=None):
 
 
 @register("convolution_overrideable")
+@cpu_dtypes(torch.ops.aten.convolution.default, rule=convolution_dtypes)
 def convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
     if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
         raise_cpu_error(torch.ops.aten.convolution.default, input, weight, bias, stride, padding, dilation, transposed,

@@ -17,6 +17,7 @@ from .._errors import cpp_type_name, not_implemented_for, scalar_type_name
 from .cpu_replay import libstdcxx_order
 from ._common import as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store, wrap_dim, wrap_dims, write
 from ._registry import register
+from .cpu_kernel_dtypes import cpu_dtypes, not_bool
 
 
 def _sortable(tensor, op_name):
@@ -204,8 +205,8 @@ def _pad_kernels(mode, dims):
         return store(_pad_backward(mode, grad_output, self, padding), self.dtype, out=grad_input,
                      distinct=(grad_output, self), dtype_rule=exact_dtype)
 
-    register(name)(forward)
-    register(f"{name}.out")(forward_out)
+    register(name)(cpu_dtypes(getattr(torch.ops.aten, name).default, not_bool)(forward))
+    register(f"{name}.out")(cpu_dtypes(getattr(torch.ops.aten, name).out, not_bool)(forward_out))
     register(f"{name}_backward")(backward)
     register(f"{name}_backward.grad_input")(backward_out)
 
