@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from differential import check, check_grads, compare
+from differential import check, check_grads, check_same_error, compare
 
 SPECIALS = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1.0, -1.0, 0.5]
 
@@ -681,3 +681,10 @@ def test_abs_of_complex_takes_cpus_out_dtypes(out_dtype):
     z = torch.randn(7, dtype=torch.complex128)
     check(lambda z, out: torch.abs(z, out=out), z, torch.empty(0, dtype=out_dtype))
     check(lambda z, out: torch.angle(z, out=out), z, torch.empty(0, dtype=out_dtype))
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.int64])
+@pytest.mark.parametrize("op", [torch.signbit, torch.isposinf, torch.isneginf])
+def test_predicates_refuse_a_non_boolean_out_in_cpus_words(op, out_dtype):
+    check_same_error(lambda device: op(torch.tensor([1.0, -2.0], device=device),
+                                       out=torch.empty(2, dtype=out_dtype, device=device)))

@@ -193,6 +193,8 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         promoted, extras = args[:operands], args[operands:]
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
         if exact_out and out.dtype != result_dtype:
+            if result_dtype is torch.bool:  # the predicates' meta functions check this first, in their words
+                raise RuntimeError(f"{overload.partition('.')[0]} does not support non-boolean outputs.")
             raise found_dtype(out.dtype, result_dtype)
         prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result_dtype, promoted,
                     layout_from=promoted)
