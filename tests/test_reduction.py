@@ -1,5 +1,6 @@
 """Reductions on tpu against torch CPU on the same inputs: values, dtypes, indices and errors."""
 
+import contextlib
 import math
 
 import pytest
@@ -460,3 +461,26 @@ def test_backward(name):
         return t.grad
 
     check(gradient, make((3, 4), torch.float64))
+
+
+@contextlib.contextmanager
+def warn_always():
+    before = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        yield
+    finally:
+        torch.set_warn_always(before)
+
+
+@pytest.mark.parametrize("dim", [None, 1])
+def test_deprecated_aminmax_matches_cpu_and_warns_as_cpu_warns(dim):
+    """torch._aminmax: aminmax's values, with CPU's once-per-process deprecation warning (every time under
+    torch.set_warn_always(True), which PyTorch's own tests use to see it)."""
+    x = torch.randn(3, 4)
+    arguments = () if dim is None else (dim, True)
+    expected = torch._aminmax(x, *arguments)
+    with warn_always(), pytest.warns(UserWarning, match="^_aminmax is deprecated as of PyTorch 1.11"):
+        actual = torch._aminmax(x.to("tpu"), *arguments)
+    for got, want in zip(actual, expected):
+        assert torch.equal(got.cpu(), want)

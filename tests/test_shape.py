@@ -341,9 +341,9 @@ def test_histc_counts_saturate_per_thread_like_cpu():
 
 
 def test_searchsorted_warns_once_per_kind_of_non_contiguous_argument(monkeypatch):
-    from torch_tpu.ops import shape
+    from torch_tpu import _errors
 
-    monkeypatch.setattr(shape, "_NON_CONTIGUOUS_WARNED", set())
+    monkeypatch.setattr(_errors, "_WARNED_ONCE", set())
     boundaries = torch.arange(12.0, device="tpu").view(4, 3).t()
     values = torch.arange(6, device="tpu").view(2, 3).t()
     with pytest.warns(UserWarning) as caught:

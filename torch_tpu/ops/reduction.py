@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import _C
-from .._errors import cannot_cast, failed_check, not_implemented_for, scalar_type_name, shape_mismatch
+from .._errors import cannot_cast, failed_check, not_implemented_for, scalar_type_name, shape_mismatch, warn_once
 from .._tensor import DTYPE_NAME
 from .cpu_replay import libstdcxx_order
 from ._common import (as_numpy, converted, empty, exact_dtype, operand, opmath_dtype, prepare_out, store, wrap_dim,
@@ -318,6 +318,13 @@ def aminmax_out(self, *, dim=None, keepdim=False, min, max):
                            "identity.")
     dims = () if dim is None else [dim]
     return amin_out(self, dims, keepdim, out=min), amax_out(self, dims, keepdim, out=max)
+
+
+@register("_aminmax", "_aminmax.dim")
+def deprecated_aminmax(self, dim=None, keepdim=False):
+    warn_once("_aminmax is deprecated as of PyTorch 1.11 and will be removed in a future release. Use aminmax "
+              "instead. This warning will only appear once per process.", stacklevel=4)
+    return torch.aminmax(self, dim=dim, keepdim=keepdim)
 
 
 def _arg_extreme(kind, self, dim, keepdim, out):

@@ -7,13 +7,12 @@ need nothing here: their composite kernels or decompositions run on tpu as they 
 
 import functools
 import math
-import warnings
 
 import numpy as np
 import torch
 
 from .. import _tensor
-from .._errors import cpp_type_name, not_implemented_for, scalar_type_name
+from .._errors import cpp_type_name, not_implemented_for, scalar_type_name, warn_once
 from .cpu_replay import libstdcxx_order
 from ._common import as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store, wrap_dim, wrap_dims, write
 from ._registry import register
@@ -444,18 +443,14 @@ def repeat_interleave(repeats, *, output_size=None):
 # searchsorted / bucketize
 
 
-_NON_CONTIGUOUS_WARNED = set()
-
-
 def _warn_once_if_non_contiguous(**tensors):
     """CPU's once-per-program performance warning for each kind of non-contiguous searchsorted argument."""
     for kind, tensor in tensors.items():
-        if isinstance(tensor, torch.Tensor) and not tensor.is_contiguous() and kind not in _NON_CONTIGUOUS_WARNED:
-            _NON_CONTIGUOUS_WARNED.add(kind)
-            warnings.warn(f"torch.searchsorted(): {kind} tensor is non-contiguous, this will lower the performance due "
-                          "to extra data copy when converting non-contiguous tensor to contiguous, please use "
-                          f"contiguous {kind} tensor if possible. This message will only appear once per program.",
-                          UserWarning, stacklevel=4)
+        if isinstance(tensor, torch.Tensor) and not tensor.is_contiguous():
+            warn_once(f"torch.searchsorted(): {kind} tensor is non-contiguous, this will lower the performance due "
+                      "to extra data copy when converting non-contiguous tensor to contiguous, please use "
+                      f"contiguous {kind} tensor if possible. This message will only appear once per program.",
+                      stacklevel=5)
 
 
 def _searchsorted(boundaries, values, right, side, sorter, out_int32):
