@@ -484,3 +484,27 @@ def test_deprecated_aminmax_matches_cpu_and_warns_as_cpu_warns(dim):
         actual = torch._aminmax(x.to("tpu"), *arguments)
     for got, want in zip(actual, expected):
         assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64, torch.int64), (torch.float32, torch.float32, torch.int32),
+                                    (torch.uint8, torch.int8, torch.int64)], ids=["values", "indices", "values_int"])
+@pytest.mark.parametrize("op", [torch.median, torch.nanmedian, torch.mode, lambda x, *a, **k: torch.kthvalue(x, 2, *a, **k)],
+                         ids=["median", "nanmedian", "mode", "kthvalue"])
+def test_selections_refuse_out_dtypes_in_each_ops_cpu_words(op, dtypes):
+    """values must have self's dtype and indices int64 (an int32 indices out was filled on tpu); each op
+    words it as its CPU kernel does."""
+    self_dtype, values_dtype, indices_dtype = dtypes
+
+    def call(device):
+        out = (torch.empty(1, dtype=values_dtype, device=device), torch.empty(1, dtype=indices_dtype, device=device))
+        return op(torch.ones(10, dtype=self_dtype, device=device), -1, True, out=out)
+
+    differential.check_same_error(lambda device: _tpu_type_names_as_cpu(call, device))
+
+
+def _tpu_type_names_as_cpu(call, device):
+    """``call(device)``, its error with tpu's legacy type names (torch.tpu.FloatTensor) as CPU's."""
+    try:
+        return call(device)
+    except RuntimeError as error:
+        raise RuntimeError(str(error).replace("torch.tpu.", "torch.")) from None
