@@ -1,5 +1,7 @@
 """Indexing kernels, differential against torch CPU."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -405,3 +407,34 @@ def test_index_fill_refuses_a_complex_value_for_a_real_tensor(dtype, as_tensor):
 ])
 def test_masked_ops_word_a_non_bool_mask_as_cpu(case):
     check_same_error(lambda d: case(d, torch.tensor([1, 0], dtype=torch.uint8, device=d)))
+
+
+@pytest.mark.parametrize("warn_only", [False, True])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_put_alerts_under_deterministic_algorithms_as_cpu_does(accumulate, warn_only):
+    """Without accumulate, which of duplicate indices wins is unspecified: CPU raises (or warns) under
+    torch.use_deterministic_algorithms; accumulating is deterministic on CPU and on tpu."""
+    def put(device):
+        return torch.zeros(5, device=device).put_(torch.tensor([0, 0], device=device), torch.ones(2, device=device),
+                                                  accumulate=accumulate)
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    try:
+        with warnings.catch_warnings(record=True) as cpu_warnings:
+            warnings.simplefilter("always")
+            try:
+                expected = put("cpu")
+            except RuntimeError as error:
+                cpu_error = str(error)
+                with pytest.raises(RuntimeError) as tpu_error:
+                    put("tpu")
+                assert str(tpu_error.value) == cpu_error
+                return
+        with warnings.catch_warnings(record=True) as tpu_warnings:
+            warnings.simplefilter("always")
+            assert torch.equal(put("tpu").cpu(), expected)
+        assert [str(w.message).split(" (Triggered")[0] for w in tpu_warnings] == [
+            str(w.message).split(" (Triggered")[0] for w in cpu_warnings]
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])

@@ -11,6 +11,7 @@ import warnings
 
 import numpy as np
 import torch
+from torch._prims_common import alert_not_deterministic
 
 from .. import _C
 from .._errors import cpp_type_name, indices_on_another_device, not_implemented_for, scalar_type_name
@@ -639,6 +640,8 @@ def take_out(self, index, *, out):
 
 @register("put_")
 def put_(self, index, source, accumulate=False):
+    if not accumulate:  # which duplicate index wins is unspecified: CPU alerts under use_deterministic_algorithms
+        alert_not_deterministic("put_")
     check_no_internal_overlap(self)  # ATen's checks: put_ may not read what it writes
     check_no_overlap(self, index)
     check_no_overlap(self, source)
