@@ -438,3 +438,31 @@ def test_put_alerts_under_deterministic_algorithms_as_cpu_does(accumulate, warn_
             str(w.message).split(" (Triggered")[0] for w in cpu_warnings]
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+EXPANDED_WRITES = {
+    "index_put_": lambda x, d: x.index_put_((torch.tensor([2, 1, 0], device=d),), torch.ones(3, device=d)),
+    "index_put_accumulate": lambda x, d: x.index_put_((torch.tensor([2, 1], device=d),), torch.ones(2, device=d),
+                                                      accumulate=True),
+    "setitem": lambda x, d: x.__setitem__(torch.tensor([0, 3], device=d), 2.0),
+    "masked_fill_": lambda x, d: x.masked_fill_(torch.tensor([True, False] * 3, device=d), 0.5),
+    "masked_fill_tensor": lambda x, d: x.masked_fill_(torch.tensor([True, False] * 3, device=d),
+                                                      torch.tensor(0.5, device=d)),
+    "index_fill_": lambda x, d: x.index_fill_(0, torch.tensor([1, 4], device=d), -1.0),
+    "not_expanded": lambda x, d: x.clone().index_fill_(0, torch.tensor([1, 4], device=d), -1.0),
+}
+
+
+@pytest.mark.parametrize("write", EXPANDED_WRITES)
+def test_indexing_writes_into_expanded_tensors_warn_as_deprecated_as_on_cpu(write):
+    """CPU still lets index_put_/masked_fill_/index_fill_ write into an expanded tensor, with a deprecation warning."""
+    def run(device):
+        x = torch.tensor([0.25], device=device).expand(6)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            EXPANDED_WRITES[write](x, device)
+        return x.cpu(), [str(w.message).split(" (Triggered")[0] for w in caught]
+
+    (actual, tpu_warnings), (expected, cpu_warnings) = run("tpu"), run("cpu")
+    assert tpu_warnings == cpu_warnings
+    assert torch.equal(actual, expected)
