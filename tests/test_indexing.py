@@ -466,3 +466,11 @@ def test_indexing_writes_into_expanded_tensors_warn_as_deprecated_as_on_cpu(writ
     (actual, tpu_warnings), (expected, cpu_warnings) = run("tpu"), run("cpu")
     assert tpu_warnings == cpu_warnings
     assert torch.equal(actual, expected)
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: (lambda i: i.index_fill_(0, i, 0))(torch.tensor([2, 1, 0], device=d)),
+    lambda d: (lambda m: m[1:].masked_fill_(m[:-1], False))(torch.tensor([True, False, True, True], device=d)),
+], ids=["index_fill_ of its own index", "masked_fill_ of a partly shared mask"])
+def test_fills_refuse_reading_what_they_write_as_cpu_does(call):
+    check_same_error(call)

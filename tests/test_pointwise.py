@@ -629,6 +629,9 @@ LAYOUTS = {
     "channels_last": lambda: torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
     "permuted_3d": lambda: torch.randn(3, 4, 5).permute(2, 0, 1),
     "strided_transposed": lambda: torch.randn(6, 8).t()[::2],
+    # one pixel: contiguous and channels-last at once; TensorIterator keeps the channels-last strides of
+    # the size-1 dims whenever a number or a broadcast operand rules its fast setup out
+    "one_pixel_channels_last": lambda: torch.randn(10, 3, 1, 1).to(memory_format=torch.channels_last),
 }
 LAYOUT_OPS = {
     "add_scalar": lambda t: t + 1, "add_self": lambda t: t + t, "mul_by_contiguous_copy": lambda t: t * t.contiguous(),
@@ -642,6 +645,7 @@ LAYOUT_OPS = {
     "maximum_into_empty_out": lambda t: torch.maximum(t, -t, out=t.new_empty(0)),
     "div_floor_into_empty_out": lambda t: torch.div(t, 3, rounding_mode="floor", out=t.new_empty(0)),
     "where_into_empty_out": lambda t: torch.where(t > 0, t, t, out=t.new_empty(0)),
+    "eq_scalar": lambda t: t == 0.5, "pow_scalar": lambda t: t ** 2, "neg": torch.neg,
 }
 
 

@@ -23,7 +23,16 @@ empty_with_array = _tensor.empty_with_array
 
 
 def all_contiguous(operands):
-    return all(o.is_contiguous() for o in operands if isinstance(o, torch.Tensor))
+    """Whether TensorIterator lays a new output of ``operands`` out contiguously without weighing their
+    strides: all contiguous and of one shape (its fast setup), or all laid out with exactly contiguous
+    strides. A number takes part as the 0-dim tensor PyTorch wraps it in. A channels-last tensor with one
+    pixel counts as contiguous alone but keeps its strides against a number or a broadcast bias."""
+    tensors = [o for o in operands if isinstance(o, torch.Tensor)]
+    if not all(t.is_contiguous() for t in tensors):
+        return False
+    if len(tensors) == len(operands) and all(t.shape == tensors[0].shape for t in tensors):
+        return True
+    return all(t.stride() == _tensor.contiguous_strides(t.shape) for t in tensors if t.dim())
 
 
 def iterator_strides(shape, operands):
@@ -183,7 +192,7 @@ def resize_output(out, shape, layout_from=()):
         if out.numel():
             warnings.warn(resized_output_warning(out.shape, shape), UserWarning, stacklevel=2)
         out.resize_(shape)
-        strides = iterator_strides(shape, layout_from) if layout_from else None
+        strides = None if all_contiguous(layout_from) else iterator_strides(shape, layout_from)
         if strides is not None:
             out.as_strided_(shape, strides)
     return out

@@ -17,7 +17,7 @@ from .. import _C
 from .._errors import cpp_type_name, indices_on_another_device, not_implemented_for, scalar_type_name
 from ._common import (as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, exact_dtype, operand,
                       opmath_operand, prepare_out, store, wrap_dim, write)
-from ._overlap import check_no_internal_overlap, check_no_overlap, warn_if_expanded
+from ._overlap import check_no_internal_overlap, check_no_overlap, check_no_partial_overlap, warn_if_expanded
 from ._registry import register
 from .copy import cpu_tensor_as_numpy
 from .pointwise import scalar
@@ -485,6 +485,7 @@ def index_reduce_out(self, dim, index, source, reduce, *, include_self=True, out
 @register("index_fill_.int_Scalar")
 def index_fill_scalar_(self, dim, index, value):
     warn_if_expanded(self, "index_fill_", "tensor[mask] = scalar")
+    check_no_overlap(self, index)
     if isinstance(value, complex) and not self.dtype.is_complex:
         raise RuntimeError("index_fill_(): Converting complex Scalar to non-complex type is not supported")
     check_scalar_fits(value, self.dtype)
@@ -521,6 +522,7 @@ def _check_bool_mask(mask, op_name, name_dtype=cpp_type_name):
 def masked_fill_scalar_(self, mask, value):
     _check_bool_mask(mask, "masked_fill_")
     warn_if_expanded(self, "masked_fill_", "tensor[mask] = scalar")
+    check_no_partial_overlap(self, mask)
     check_scalar_fits(value, self.dtype)
     target = as_numpy(self)
     np.copyto(target, converted(value, self.dtype), where=np.broadcast_to(operand(mask, "masked_fill_"), target.shape))

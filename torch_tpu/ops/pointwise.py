@@ -76,6 +76,15 @@ def new_output(operands, dtype):
     return empty(shape, dtype, None if all_contiguous(operands) else iterator_strides(shape, operands))
 
 
+def output_like_self(operands, dtype):
+    """A new tensor laid out as ``empty_like(self)`` lays it out (ops whose CPU kernel allocates that way
+    before computing into it, as hardtanh does): ``self``'s own strides even where TensorIterator's fast
+    setup would have chosen contiguous ones (a one-pixel channels-last tensor)."""
+    self = operands[0]
+    return empty(self.shape, dtype, None if self.stride() == _tensor.contiguous_strides(self.shape)
+                 else iterator_strides(self.shape, (self,)))
+
+
 def check_inplace(self, dtype, shape):
     """What the structured meta function checks before an in-place op writes into ``self``."""
     castable(dtype, self.dtype)
@@ -270,14 +279,17 @@ def functional_launch(into_new, name, operands, structured_wrapper):
     launch = charged(into_new, name)
 
     def functional(*args, **kwargs):
-        shape = None
+        shape, numbers = None, False
         for value in args[:operands]:
             if isinstance(value, torch.Tensor):
                 if (value.dtype not in _FAST_FLOATS or value.is_cpu or not value.is_contiguous()
                         or (shape is not None and value.shape != shape)):
                     return structured_wrapper(*args, **kwargs)
                 shape = value.shape
-        if shape is None:
+            else:
+                numbers = True
+        # beside a number, a tensor contiguous only by its size-1 dims keeps its strides (all_contiguous)
+        if shape is None or (numbers and not all_contiguous(args[:operands])):
             return structured_wrapper(*args, **kwargs)
         return launch(*args, **kwargs)
 
@@ -298,12 +310,13 @@ def _check_unary_out(input_dtype, result_dtype, out_dtype):
 
 
 def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None, exact_out=False,
-                 opmath=lambda *promoted: True):
+                 opmath=lambda *promoted: True, allocate=new_output):
     """Register the given functional, in-place and ``out=`` overloads of a non-structured op.
 
     Their schemas tell them apart; each one does what the structured meta function would have done
     (dtype, broadcast shape, in-place castability) and then runs ``function`` like ``structured``,
-    in opmath unless ``opmath(*promoted operands)`` says otherwise.
+    in opmath unless ``opmath(*promoted operands)`` says otherwise. The functional overload's result
+    is ``allocate(promoted operands, dtype)``.
     """
     result = result or rule
 
@@ -316,7 +329,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
 
     def functional(*args, **kwargs):
         promoted = args[:operands]
-        return run(new_output(promoted, result(common_dtype(*promoted))), args, kwargs)
+        return run(allocate(promoted, result(common_dtype(*promoted))), args, kwargs)
 
     def inplace(self, *args, **kwargs):
         promoted = (self, *args[:operands - 1])
@@ -1159,7 +1172,7 @@ def register_tables():
     unstructured(remainder, "remainder.Scalar_Tensor", operands=2, check=checked(not_bool, "remainder"))
     unstructured(relu, "relu", "relu_", check=clamping_check("relu", "Boolean inputs not supported for"))
     unstructured(hardtanh, "hardtanh", "hardtanh_", "hardtanh.out",
-                 check=clamping_check("hardtanh", "Bool inputs not supported for"))
+                 check=clamping_check("hardtanh", "Bool inputs not supported for"), allocate=output_like_self)
     unstructured(hardtanh_backward, "hardtanh_backward", "hardtanh_backward.grad_input", operands=2)
     unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"))
     unstructured(hardswish_backward, "hardswish_backward", operands=2)
