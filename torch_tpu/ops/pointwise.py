@@ -178,12 +178,13 @@ MATHS = {}  # overload name -> Maths, filled by the two factories below
 
 
 def structured(overload, function, operands=1, rule=keep, check=None, opmath=True, result=None,
-               shape=None, exact_out=False):
+               shape=None, exact_out=False, check_out=None):
     """Register ``function`` as the kernel of a structured op's ``.out`` overload.
 
     The first ``operands`` arguments take part in type promotion; the remaining positional and keyword
     arguments (other than the output) are passed to ``function`` as they are. ``out=`` calls reach the
-    kernel directly, without the meta function, so it resizes and checks ``out`` itself; ``exact_out``
+    kernel directly, without the meta function, so it resizes and checks ``out`` itself (``check_out(out,
+    *operands)``: a meta function's own checks of its output); ``exact_out``
     ops (PyTorch's plain unary ops) accept only an ``out`` of the result dtype.
     """
     result = result or rule
@@ -201,6 +202,8 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         out = kwargs.pop(out_name)
         promoted, extras = args[:operands], args[operands:]
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
+        if check_out is not None:
+            check_out(out, *promoted)
         if exact_out and out.dtype != result_dtype:
             if result_dtype is torch.bool:  # the predicates' meta functions check this first, in their words
                 raise RuntimeError(f"{overload.partition('.')[0]} does not support non-boolean outputs.")
@@ -664,6 +667,14 @@ def heaviside(x, values):
     return np.where(x == 0, values, (x > 0).astype(x.dtype))
 
 
+def check_heaviside(out, x, values):
+    """heaviside's meta function, which checks the output with the operands."""
+    if x.is_complex() or values.is_complex() or out.is_complex():
+        raise RuntimeError("heaviside is not yet implemented for complex tensors.")
+    if not x.dtype == values.dtype == out.dtype:
+        raise RuntimeError("heaviside is not yet implemented for tensors with different dtypes.")
+
+
 def left_shift(a, b):
     out_of_range = (b < 0) | (b >= a.dtype.itemsize * 8)
     return np.where(out_of_range, 0, np.left_shift(a, np.where(out_of_range, 0, b))).astype(a.dtype)
@@ -1075,7 +1086,6 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "special_zeta.out": (zeta, to_float, single_or_double),
     "igamma.out": (special.gammainc, keep, floating),
     "igammac.out": (special.gammaincc, keep, floating),
-    "heaviside.out": (heaviside, keep, None),
     "gcd.out": (np.gcd, keep, integer),
     "lcm.out": (np.lcm, keep, integer),
     "bitwise_and.Tensor_out": (np.bitwise_and, keep, is_integral),
@@ -1129,6 +1139,7 @@ def register_tables():
     structured("round.decimals_out", round_decimals, check=checked(floating, "round"), exact_out=True)
     for overload, (function, rule, predicate) in BINARY.items():
         structured(overload, function, operands=2, rule=rule, check=checked(predicate, overload))
+    structured("heaviside.out", heaviside, operands=2, check_out=check_heaviside)
     structured("add.out", add, operands=2, check=check_alpha)
     structured("sub.out", sub, operands=2, check=check_sub)
     structured("pow.Tensor_Scalar_out", power_scalar, operands=2, check=check_integer_power)
