@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from differential import check_same_error
+
 MODES_2D = ("bilinear", "nearest", "bicubic")
 MODES_3D = ("bilinear", "nearest")
 PADDINGS = ("zeros", "border", "reflection")
@@ -151,3 +153,15 @@ def test_empty_backward(dims):
     actual = run(x, grid, "bilinear", "zeros", False, "tpu", grad_output)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("shapes", [
+    ((5, 5, 5, 5, 5), (1, 1, 1, 4, 4), 2), ((5, 5, 5, 5), (1, 1, 4, 4), 3), ((1, 5, 5, 5, 5), (1, 1, 1, 4, 2), 2),
+    ((1, 5, 5, 5), (1, 1, 1, 4, 2), 2), ((1, 5, 0, 5), (1, 1, 4, 2), 2), ((1, 5, 5), (1, 4, 1), 2),
+], ids=str)
+def test_grid_sampler_checks_its_arguments_in_cpus_order(shapes):
+    """The checks common to 2-d and 3-d sampling (batch, grid's last dim against the input's rank, empty
+    spatial dims) come before each one's rank check."""
+    input_shape, grid_shape, spatial = shapes
+    sampler = getattr(torch, f"grid_sampler_{spatial}d")
+    check_same_error(lambda d: sampler(torch.ones(input_shape, device=d), torch.zeros(grid_shape, device=d), 0, 0, True))

@@ -649,19 +649,20 @@ def check_grid_sampler(input, grid, interpolation_mode, n):
     if input.dtype != grid.dtype:
         raise RuntimeError(f"expected scalar type {str(input.dtype)[6:].capitalize()} but found "
                            f"{str(grid.dtype)[6:].capitalize()}")
-    if input.dim() != n + 2 or grid.dim() != n + 2:
-        raise RuntimeError(f"grid_sampler(): expected {n + 2}D input and grid with same number of dimensions, but got "
-                           f"input with sizes {list(input.shape)} and grid with sizes {list(grid.shape)}")
+    # the checks common to 2-d and 3-d sampling (on the input's own rank) come before the rank check
     if input.shape[0] != grid.shape[0]:
         raise RuntimeError(f"grid_sampler(): expected grid and input to have same batch size, but got input with sizes "
                            f"{list(input.shape)} and grid with sizes {list(grid.shape)}")
-    if grid.shape[-1] != n:
-        raise RuntimeError(f"grid_sampler(): expected grid to have size {n} in last dimension, but got grid with sizes "
-                           f"{list(grid.shape)}")
-    for dim in range(2, n + 2):
+    if grid.shape[-1] != input.dim() - 2:
+        raise RuntimeError(f"grid_sampler(): expected grid to have size {input.dim() - 2} in last dimension, but got "
+                           f"grid with sizes {list(grid.shape)}")
+    for dim in range(2, input.dim()):
         if input.shape[dim] <= 0:
             raise RuntimeError(f"grid_sampler(): expected input to have non-empty spatial dimensions, but input has "
                                f"sizes {list(input.shape)} with dimension {dim} being empty")
+    if input.dim() != n + 2 or grid.dim() != n + 2:
+        raise RuntimeError(f"grid_sampler(): expected {n + 2}D input and grid with same number of dimensions, but got "
+                           f"input with sizes {list(input.shape)} and grid with sizes {list(grid.shape)}")
     if n == 3 and interpolation_mode == BICUBIC:
         raise RuntimeError("grid_sampler(): bicubic interpolation only supports 4D input")
     if interpolation_mode not in (BILINEAR, NEAREST, BICUBIC) or interpolation_mode == BICUBIC and n != 2:
