@@ -703,3 +703,9 @@ def test_heaviside_out_refuses_what_its_meta_function_refuses(dtypes):
     check_same_error(lambda d: torch.heaviside(torch.tensor([-1.0, 0.0, 2.0], device=d).to(x_dtype),
                                                torch.ones(3, dtype=values_dtype, device=d),
                                                out=torch.empty(3, dtype=out_dtype, device=d)))
+
+
+@pytest.mark.parametrize("op", [torch.Tensor.__ilshift__, torch.Tensor.__irshift__, torch.Tensor.floor_divide_])
+def test_in_place_ops_refuse_a_partly_overlapping_operand_before_checking_dtypes(op):
+    # TensorIterator's build checks overlap before the kernel refuses floats for the shifts
+    check_same_error(lambda d: (lambda x: op(x[:-1], x[1:]))(torch.rand(3, device=d)))

@@ -338,6 +338,8 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         promoted = (self, *args[:operands - 1])
         check_inplace(self, result(common_dtype(*promoted)), broadcast_shape(*promoted))
         check_no_internal_overlap(self)
+        for value in promoted[1:]:  # TensorIterator's build, before the kernel looks at dtypes
+            check_no_partial_overlap(self, value)
         return run(self, (self, *args), kwargs)
 
     def out_variant(*args, out, **kwargs):
