@@ -178,13 +178,14 @@ MATHS = {}  # overload name -> Maths, filled by the two factories below
 
 
 def structured(overload, function, operands=1, rule=keep, check=None, opmath=True, result=None,
-               shape=None, exact_out=False, check_out=None):
+               shape=None, exact_out=False, check_out=None, may_alias=False):
     """Register ``function`` as the kernel of a structured op's ``.out`` overload.
 
     The first ``operands`` arguments take part in type promotion; the remaining positional and keyword
     arguments (other than the output) are passed to ``function`` as they are. ``out=`` calls reach the
     kernel directly, without the meta function, so it resizes and checks ``out`` itself (``check_out(out,
-    *operands)``: a meta function's own checks of its output); ``exact_out``
+    *operands)``: a meta function's own checks of its output; ``may_alias``: an expanded output is
+    accepted, for idempotent ops whose iterator skips the overlap check); ``exact_out``
     ops (PyTorch's plain unary ops) accept only an ``out`` of the result dtype.
     """
     result = result or rule
@@ -209,7 +210,7 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
                 raise RuntimeError(f"{overload.partition('.')[0]} does not support non-boolean outputs.")
             raise found_dtype(out.dtype, result_dtype)
         prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result_dtype, promoted,
-                    layout_from=promoted)
+                    may_alias=may_alias, layout_from=promoted)
         return compute_into(out, function, promoted, dtype, extras, kwargs, opmath)
 
     def into_new(*args, **kwargs):
@@ -949,6 +950,12 @@ def leaky_relu(x, negative_slope=0.01):
 
 
 def leaky_relu_backward(grad, x, negative_slope, self_is_result):
+    if self_is_result and negative_slope < 0:  # x is the output then: its sign no longer says which branch ran
+        raise RuntimeError(
+            "In-place leakyReLu backward calculation is triggered with a negative slope which is not supported. This "
+            "is caused by calling in-place forward function with a negative slope, please call out-of-place version "
+            "instead. File an issue at https://github.com/pytorch/pytorch if you do require supporting in-place "
+            "leakRelu backward calculation with negative slope")
     return np.where(x > 0, grad, grad * scalar(negative_slope, x))
 
 
@@ -1159,7 +1166,7 @@ def register_tables():
     structured("gelu.out", gelu, check=check_gelu)
     structured("gelu_backward.grad_input", gelu_backward, operands=2, check=check_gelu)
     # threshold has loops for every real dtype but bool; its backward shares its dispatch name
-    structured("threshold.out", threshold, check=supports(real_not_bool, "threshold_cpu"))
+    structured("threshold.out", threshold, check=supports(real_not_bool, "threshold_cpu"), may_alias=True)
     structured("threshold_backward.grad_input", threshold_backward, operands=2,
                check=supports(real_not_bool, "threshold_cpu"))
     structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)

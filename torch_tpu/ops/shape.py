@@ -172,7 +172,17 @@ def _check_padding(mode, dim, size, before, after, shape, padding):
         )
 
 
+def _check_pad_input(self, padded_dims):
+    """Reflection and replication padding take an optional batch dim (which may be empty) before
+    channels and the padded dims, none of them empty."""
+    batched = self.dim() == padded_dims + 2
+    if not (batched or self.dim() == padded_dims + 1) or 0 in self.shape[batched:]:
+        raise RuntimeError(f"Expected {padded_dims + 1}D or {padded_dims + 2}D (batch mode) tensor with possibly 0 "
+                           f"batch size and other non-zero dimensions for input, but got: {list(self.shape)}")
+
+
 def _pad_forward(mode, self, padding):
+    _check_pad_input(self, len(padding) // 2)
     array = operand(self, f"{mode}_pad")
     for dim, source in _pad_sources(mode, array.shape, padding).items():
         array = np.take(array, source, axis=dim)
