@@ -10,7 +10,7 @@ import warnings
 
 import numpy as np
 import torch
-from torch._prims_common import compute_elementwise_output_strides
+from torch._prims_common import compute_elementwise_output_strides, make_channels_last_strides_for
 
 from .. import _C, _tensor
 from .._errors import (broadcast_mismatch, cannot_cast, device_mismatch, dim_out_of_range, resized_output_warning,
@@ -229,6 +229,14 @@ def store(array, dtype=None, *, out=None, inputs=(), distinct=(), dtype_rule=cas
         return tensor
     prepare_out(out, np.shape(array), dtype, inputs, distinct, dtype_rule, may_alias)
     return write(out, array)
+
+
+def store_in_memory_format(array, dtype, memory_format):
+    """``store`` into a new tensor laid out in ``memory_format`` (channels-last for kernels that allocate
+    with ``at::empty(..., input.suggest_memory_format())``, as upsampling and convolution do)."""
+    if memory_format is torch.contiguous_format:
+        return store(array, dtype)
+    return write(empty(np.shape(array), dtype, make_channels_last_strides_for(np.shape(array))), array)
 
 
 def padded(array, widths, fill=0):

@@ -21,10 +21,10 @@ import threading
 
 import numpy as np
 import torch
-from torch._prims_common import make_channels_last_strides_for, suggest_memory_format
+from torch._prims_common import suggest_memory_format
 
 from .. import _C
-from ._common import channel_sums, empty, operand, opmath_dtype, padded, store, write
+from ._common import channel_sums, empty, operand, opmath_dtype, padded, store, store_in_memory_format, write
 from ._registry import register
 from .cpu_kernel_dtypes import convolution_dtypes, cpu_dtypes
 from .._errors import raise_cpu_error
@@ -266,10 +266,8 @@ def _store_laid_out(array, dtype, channels_last, like=None):
         return store(array, dtype)
     memory_format = torch.channels_last if array.ndim == 4 else torch.channels_last_3d
     if like is not None and not _host_onednn(dtype) and like.is_contiguous(memory_format=memory_format):
-        strides = like.stride()
-    else:
-        strides = make_channels_last_strides_for(array.shape)
-    return write(empty(array.shape, dtype, strides), array)
+        return write(empty(array.shape, dtype, like.stride()), array)
+    return store_in_memory_format(array, dtype, memory_format)
 
 
 @register("convolution_overrideable")

@@ -17,10 +17,11 @@ import math
 import numpy as np
 import scipy.sparse
 import torch
+from torch._prims_common import suggest_memory_format
 
 from .._errors import not_implemented_for
 from .._tensor import numpy_dtype
-from ._common import exact_dtype, opmath_dtype, opmath_operand, operand, store
+from ._common import exact_dtype, opmath_dtype, opmath_operand, operand, store, store_in_memory_format
 from .nn import register
 
 # ---------------------------------------------------------------------------------------
@@ -266,6 +267,10 @@ UPSAMPLE_OPS = {
 }
 
 
+# backward kernels that allocate grad_input contiguously; the others take grad_output's suggested memory format
+CONTIGUOUS_GRADIENTS = {"upsample_nearest3d", "_upsample_nearest_exact3d", "upsample_bicubic2d", "_upsample_bicubic2d_aa"}
+
+
 def check_sizes(name, in_sizes, out_sizes):
     if len(out_sizes) != len(in_sizes):
         raise RuntimeError(f"It is expected output_size equals to {len(in_sizes)}, but got size {len(out_sizes)}")
@@ -309,7 +314,7 @@ def upsample_forward(name, taps_fn, n, takes_align_corners, stored_weights):
 
     def functional(self, output_size, *options):
         result = compute(self, output_size, *options)
-        return store(result, self.dtype)
+        return store_in_memory_format(result, self.dtype, suggest_memory_format(self))
 
     def out_variant(self, output_size, *options, out):
         result = compute(self, output_size, *options)
@@ -331,7 +336,9 @@ def upsample_backward(name, taps_fn, n, takes_align_corners, stored_weights):
         return resample(opmath_operand(grad_output), [axis_matrix(t, size).T.tocsr() for t, size in zip(taps, in_sizes)])
 
     def functional(grad_output, output_size, input_size, *options):
-        return store(compute(grad_output, output_size, input_size, *options), grad_output.dtype)
+        memory_format = torch.contiguous_format if name in CONTIGUOUS_GRADIENTS else suggest_memory_format(grad_output)
+        return store_in_memory_format(compute(grad_output, output_size, input_size, *options), grad_output.dtype,
+                                      memory_format)
 
     def out_variant(grad_output, output_size, input_size, *options, grad_input):
         result = compute(grad_output, output_size, input_size, *options)
