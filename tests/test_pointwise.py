@@ -646,6 +646,7 @@ LAYOUT_OPS = {
     "div_floor_into_empty_out": lambda t: torch.div(t, 3, rounding_mode="floor", out=t.new_empty(0)),
     "where_into_empty_out": lambda t: torch.where(t > 0, t, t, out=t.new_empty(0)),
     "eq_scalar": lambda t: t == 0.5, "pow_scalar": lambda t: t ** 2, "neg": torch.neg,
+    "angle": torch.angle,
 }
 
 
@@ -709,3 +710,12 @@ def test_heaviside_out_refuses_what_its_meta_function_refuses(dtypes):
 def test_in_place_ops_refuse_a_partly_overlapping_operand_before_checking_dtypes(op):
     # TensorIterator's build checks overlap before the kernel refuses floats for the shifts
     check_same_error(lambda d: (lambda x: op(x[:-1], x[1:]))(torch.rand(3, device=d)))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_angle_of_complex_is_contiguous_as_on_cpu(layout):
+    """CPU computes complex-to-real angle into a complex temporary and copies it into a contiguous result."""
+    z = LAYOUTS[layout]() * (1 + 1j)
+    actual, expected = torch.angle(z.to("tpu")), torch.angle(z)
+    assert actual.stride() == expected.stride()
+    assert_close(actual.cpu(), expected, atol=1e-6, rtol=1e-6)

@@ -85,6 +85,14 @@ def output_like_self(operands, dtype):
                  else iterator_strides(self.shape, (self,)))
 
 
+def real_output_of_complex(operands, dtype):
+    """CPU computes a complex-to-real op (angle) into a complex temporary and copies the real parts into a
+    contiguous result; a real input's result is laid out as any elementwise one."""
+    if operands[0].is_complex():
+        return empty(operands[0].shape, dtype)
+    return new_output(operands, dtype)
+
+
 def check_inplace(self, dtype, shape):
     """What the structured meta function checks before an in-place op writes into ``self``."""
     castable(dtype, self.dtype)
@@ -1182,7 +1190,8 @@ def register_tables():
     structured("lerp.Scalar_out", lerp, operands=2, check=lerp_check("lerp_kernel_scalar"))
     structured("lerp.Tensor_out", lerp, operands=3, check=lerp_check("lerp_kernel_tensor"))
     unstructured(logit, "logit", "logit_", "logit.out", rule=to_float)
-    unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)))
+    unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)),
+                 allocate=real_output_of_complex)
     unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
     unstructured(np.conj, "conj_physical.out")
     unstructured(logical_not, "logical_not.out", result=to_bool)
