@@ -696,14 +696,18 @@ def test_predicates_refuse_a_non_boolean_out_in_cpus_words(op, out_dtype):
 
 
 @pytest.mark.parametrize("dtypes", [(torch.float16, torch.int8, torch.float16), (torch.complex64,) * 3,
+                                    (torch.float32, torch.float64, torch.float32),
                                     (torch.float32, torch.complex64, torch.float32), (torch.float32, torch.float32, torch.float64)],
-                         ids=["mixed_operands", "complex", "complex_values", "out_of_another_dtype"])
+                         ids=["mixed_operands", "complex", "float32_float64", "complex_values", "out_of_another_dtype"])
 def test_heaviside_out_refuses_what_its_meta_function_refuses(dtypes):
     # an out= call reaches the kernel without the meta function, which also checks the output's dtype
     x_dtype, values_dtype, out_dtype = dtypes
     check_same_error(lambda d: torch.heaviside(torch.tensor([-1.0, 0.0, 2.0], device=d).to(x_dtype),
                                                torch.ones(3, dtype=values_dtype, device=d),
                                                out=torch.empty(3, dtype=out_dtype, device=d)))
+    if x_dtype != values_dtype or x_dtype.is_complex:  # the functional call too, fast path included
+        check_same_error(lambda d: torch.heaviside(torch.tensor([-1.0, 0.0, 2.0], device=d).to(x_dtype),
+                                                   torch.ones(3, dtype=values_dtype, device=d)))
 
 
 @pytest.mark.parametrize("op", [torch.Tensor.__ilshift__, torch.Tensor.__irshift__, torch.Tensor.floor_divide_])

@@ -678,12 +678,16 @@ def heaviside(x, values):
     return np.where(x == 0, values, (x > 0).astype(x.dtype))
 
 
-def check_heaviside(out, x, values):
-    """heaviside's meta function, which checks the output with the operands."""
-    if x.is_complex() or values.is_complex() or out.is_complex():
+def check_heaviside(dtype, *operands):
+    """heaviside's meta function: no complex tensor and one dtype among the operands (and the output, for out=)."""
+    if any(t.is_complex() for t in operands):
         raise RuntimeError("heaviside is not yet implemented for complex tensors.")
-    if not x.dtype == values.dtype == out.dtype:
+    if len({t.dtype for t in operands}) > 1:
         raise RuntimeError("heaviside is not yet implemented for tensors with different dtypes.")
+
+
+def check_heaviside_out(out, x, values):
+    check_heaviside(None, x, values, out)
 
 
 def left_shift(a, b):
@@ -1156,7 +1160,7 @@ def register_tables():
     structured("round.decimals_out", round_decimals, check=checked(floating, "round"), exact_out=True)
     for overload, (function, rule, predicate) in BINARY.items():
         structured(overload, function, operands=2, rule=rule, check=checked(predicate, overload))
-    structured("heaviside.out", heaviside, operands=2, check_out=check_heaviside)
+    structured("heaviside.out", heaviside, operands=2, check=check_heaviside, check_out=check_heaviside_out)
     structured("add.out", add, operands=2, check=check_alpha)
     structured("sub.out", sub, operands=2, check=check_sub)
     structured("pow.Tensor_Scalar_out", power_scalar, operands=2, check=check_integer_power)
