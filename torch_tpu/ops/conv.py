@@ -236,16 +236,15 @@ def _opmath(tensor):
 
 
 @functools.cache
-def _host_onednn_bf16(dtype):
-    """Whether torch CPU on this host sends a bf16 transposed convolution to oneDNN (other dtypes: no matter)."""
-    return dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-@functools.cache
 def _host_onednn(dtype):
     """Whether torch CPU on this host gives a convolution of ``dtype`` to oneDNN (float64 never goes there)."""
     return dtype is torch.float32 or (dtype is torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()) or (
         dtype is torch.float16 and torch.ops.mkldnn._is_mkldnn_fp16_supported())
+
+
+def _host_onednn_bf16(dtype):
+    """Whether torch CPU on this host sends a bf16 transposed convolution to oneDNN (other dtypes: no matter)."""
+    return dtype is not torch.bfloat16 or _host_onednn(dtype)
 
 
 def _channels_last(input, weight):
