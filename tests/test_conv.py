@@ -151,3 +151,40 @@ def test_double_backward():
 ], ids=lambda _: "")
 def test_errors_match_cpu(call):
     check_same_error(call)
+
+
+def _convolution_and_gradient_strides(device, spatial, transposed, dilation, channels, groups, dtype, laid_out):
+    """The strides of a convolution's output, grad_input and grad_weight with the input and/or weight
+    channels-last (``laid_out``), and the results themselves."""
+    memory_format = torch.channels_last if spatial == 2 else torch.channels_last_3d
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn((2, channels) + (5,) * spatial, generator=generator, dtype=dtype)
+    w = torch.randn(((channels, 4 // groups) if transposed else (4, channels // groups)) + (3,) * spatial,
+                    generator=generator, dtype=dtype)
+    x, w = (t.to(memory_format=memory_format) if name in laid_out else t for name, t in (("input", x), ("weight", w)))
+    x, w = x.to(device), w.to(device)
+    settings = ([1] * spatial, [0] * spatial, [dilation] * spatial, transposed, [0] * spatial, groups)
+    out = torch.ops.aten.convolution(x, w, None, *settings)
+    grad = torch.randn(out.shape, generator=generator, dtype=dtype).to(device)
+    grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(grad, x, w, None, *settings, [True, True, False])
+    results = (out, grad_input, grad_weight)
+    return [t.stride() for t in results], [t.cpu() for t in results]
+
+
+@pytest.mark.parametrize("laid_out", [("input",), ("weight",)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels, groups", [(2, 1), (2, 2), (1, 1)], ids=["dense", "depthwise", "one_channel"])
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("spatial", [2, 3])
+def test_convolution_results_and_gradients_take_cpus_memory_format(spatial, transposed, dilation, channels, groups,
+                                                                  dtype, laid_out):
+    """A channels-last input or weight gives channels-last results on CPU (oneDNN's and CPU's own kernels
+    alike; CPU's slow 3-d kernel, which float64 takes, stays contiguous): code that checks
+    is_contiguous(memory_format=...) on a conv output relies on it. Strides of size-1 dims too."""
+    args = (spatial, transposed, dilation, channels, groups, dtype, laid_out)
+    expected_strides, expected = _convolution_and_gradient_strides("cpu", *args)
+    strides, actual = _convolution_and_gradient_strides("tpu", *args)
+    assert strides == expected_strides
+    for got, want in zip(actual, expected):
+        torch.testing.assert_close(got, want, **FLOAT32)

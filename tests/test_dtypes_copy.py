@@ -597,3 +597,19 @@ def test_fill_uninitialized_memory_off_leaves_memory_as_it_is(deterministic_algo
     reused = torch.full((256,), 7.0, device="tpu")
     del reused
     assert not torch.empty(256, device="tpu").isnan().any()
+
+
+@pytest.mark.parametrize("make", [lambda d: torch.empty(3, dtype=torch.chalf, device=d),
+                                  lambda d: torch.zeros(3, dtype=torch.chalf, device=d),
+                                  lambda d: torch.zeros(3, dtype=torch.chalf).to(d) + 1],
+                         ids=["empty", "zeros", "a_result"])
+def test_complex_half_tensors_warn_as_experimental_as_on_cpu(make):
+    """ATen warns (once per process; every time under set_warn_always) for each new ComplexHalf tensor."""
+    before = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        for device in ("cpu", "tpu"):
+            with pytest.warns(UserWarning, match="^ComplexHalf support is experimental"):
+                make(device)
+    finally:
+        torch.set_warn_always(before)

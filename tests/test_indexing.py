@@ -1,5 +1,7 @@
 """Indexing kernels, differential against torch CPU."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -405,3 +407,70 @@ def test_index_fill_refuses_a_complex_value_for_a_real_tensor(dtype, as_tensor):
 ])
 def test_masked_ops_word_a_non_bool_mask_as_cpu(case):
     check_same_error(lambda d: case(d, torch.tensor([1, 0], dtype=torch.uint8, device=d)))
+
+
+@pytest.mark.parametrize("warn_only", [False, True])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_put_alerts_under_deterministic_algorithms_as_cpu_does(accumulate, warn_only):
+    """Without accumulate, which of duplicate indices wins is unspecified: CPU raises (or warns) under
+    torch.use_deterministic_algorithms; accumulating is deterministic on CPU and on tpu."""
+    def put(device):
+        return torch.zeros(5, device=device).put_(torch.tensor([0, 0], device=device), torch.ones(2, device=device),
+                                                  accumulate=accumulate)
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    try:
+        with warnings.catch_warnings(record=True) as cpu_warnings:
+            warnings.simplefilter("always")
+            try:
+                expected = put("cpu")
+            except RuntimeError as error:
+                cpu_error = str(error)
+                with pytest.raises(RuntimeError) as tpu_error:
+                    put("tpu")
+                assert str(tpu_error.value) == cpu_error
+                return
+        with warnings.catch_warnings(record=True) as tpu_warnings:
+            warnings.simplefilter("always")
+            assert torch.equal(put("tpu").cpu(), expected)
+        assert [str(w.message).split(" (Triggered")[0] for w in tpu_warnings] == [
+            str(w.message).split(" (Triggered")[0] for w in cpu_warnings]
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+EXPANDED_WRITES = {
+    "index_put_": lambda x, d: x.index_put_((torch.tensor([2, 1, 0], device=d),), torch.ones(3, device=d)),
+    "index_put_accumulate": lambda x, d: x.index_put_((torch.tensor([2, 1], device=d),), torch.ones(2, device=d),
+                                                      accumulate=True),
+    "setitem": lambda x, d: x.__setitem__(torch.tensor([0, 3], device=d), 2.0),
+    "masked_fill_": lambda x, d: x.masked_fill_(torch.tensor([True, False] * 3, device=d), 0.5),
+    "masked_fill_tensor": lambda x, d: x.masked_fill_(torch.tensor([True, False] * 3, device=d),
+                                                      torch.tensor(0.5, device=d)),
+    "index_fill_": lambda x, d: x.index_fill_(0, torch.tensor([1, 4], device=d), -1.0),
+    "not_expanded": lambda x, d: x.clone().index_fill_(0, torch.tensor([1, 4], device=d), -1.0),
+}
+
+
+@pytest.mark.parametrize("write", EXPANDED_WRITES)
+def test_indexing_writes_into_expanded_tensors_warn_as_deprecated_as_on_cpu(write):
+    """CPU still lets index_put_/masked_fill_/index_fill_ write into an expanded tensor, with a deprecation warning."""
+    def run(device):
+        x = torch.tensor([0.25], device=device).expand(6)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            EXPANDED_WRITES[write](x, device)
+        return x.cpu(), [str(w.message).split(" (Triggered")[0] for w in caught]
+
+    (actual, tpu_warnings), (expected, cpu_warnings) = run("tpu"), run("cpu")
+    assert tpu_warnings == cpu_warnings
+    assert torch.equal(actual, expected)
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: (lambda i: i.index_fill_(0, i, 0))(torch.tensor([2, 1, 0], device=d)),
+    lambda d: (lambda m: m[1:].masked_fill_(m[:-1], False))(torch.tensor([True, False, True, True], device=d)),
+], ids=["index_fill_ of its own index", "masked_fill_ of a partly shared mask"])
+def test_fills_refuse_reading_what_they_write_as_cpu_does(call):
+    check_same_error(call)

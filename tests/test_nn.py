@@ -764,3 +764,13 @@ def test_losses_of_a_low_precision_prediction_against_a_float32_target(loss, dty
 ], ids=["mse", "smooth_l1", "huber", "huber_float_target", "nll", "nll2d"])
 def test_losses_refuse_what_cpu_refuses(call, dtype):
     check_same_error(lambda device: call(torch.ones(4, device=device).to(dtype)))
+
+
+def test_threshold_in_place_writes_an_expanded_tensor_as_cpu_does():
+    # idempotent, so CPU's iterator skips the overlap check that refuses other in-place ops here
+    check(lambda x: torch.nn.functional.threshold_(x.expand(6, 6), 0.5, -1.0), torch.randn(1, 6))
+
+
+def test_leaky_relu_in_place_with_a_negative_slope_refuses_its_backward_as_cpu_does():
+    check_same_error(lambda d: torch.nn.functional.leaky_relu_(
+        torch.tensor([-1.0, 1.0], device=d, requires_grad=True).clone(), -2).backward(torch.ones(2, device=d)))

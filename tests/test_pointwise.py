@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from differential import check, check_grads, compare
+from differential import check, check_grads, check_same_error, compare
 
 SPECIALS = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1.0, -1.0, 0.5]
 
@@ -629,12 +629,24 @@ LAYOUTS = {
     "channels_last": lambda: torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
     "permuted_3d": lambda: torch.randn(3, 4, 5).permute(2, 0, 1),
     "strided_transposed": lambda: torch.randn(6, 8).t()[::2],
+    # one pixel: contiguous and channels-last at once; TensorIterator keeps the channels-last strides of
+    # the size-1 dims whenever a number or a broadcast operand rules its fast setup out
+    "one_pixel_channels_last": lambda: torch.randn(10, 3, 1, 1).to(memory_format=torch.channels_last),
 }
 LAYOUT_OPS = {
     "add_scalar": lambda t: t + 1, "add_self": lambda t: t + t, "mul_by_contiguous_copy": lambda t: t * t.contiguous(),
     "sub_broadcast": lambda t: t - t[..., :1], "div_int": lambda t: t.long() / 3, "mixed_dtypes": lambda t: t * t.double(),
     "relu": torch.relu, "hardtanh": torch.nn.functional.hardtanh, "where": lambda t: torch.where(t > 0, t, 0.0),
     "bf16_mul": lambda t: t.bfloat16() * t.bfloat16(), "with_a_cpu_scalar": lambda t: t + torch.tensor(2.0),
+    # ops whose functional form PyTorch computes into a resized empty ``out`` (abs and its composites)
+    "abs": torch.abs, "logical_not": torch.logical_not, "isinf": torch.isinf, "isfinite": torch.isfinite,
+    "abs_int": lambda t: torch.abs(t.long()),
+    "neg_into_empty_out": lambda t: torch.neg(t, out=t.new_empty(0)),
+    "maximum_into_empty_out": lambda t: torch.maximum(t, -t, out=t.new_empty(0)),
+    "div_floor_into_empty_out": lambda t: torch.div(t, 3, rounding_mode="floor", out=t.new_empty(0)),
+    "where_into_empty_out": lambda t: torch.where(t > 0, t, t, out=t.new_empty(0)),
+    "eq_scalar": lambda t: t == 0.5, "pow_scalar": lambda t: t ** 2, "neg": torch.neg,
+    "angle": torch.angle,
 }
 
 
@@ -674,3 +686,40 @@ def test_abs_of_complex_takes_cpus_out_dtypes(out_dtype):
     z = torch.randn(7, dtype=torch.complex128)
     check(lambda z, out: torch.abs(z, out=out), z, torch.empty(0, dtype=out_dtype))
     check(lambda z, out: torch.angle(z, out=out), z, torch.empty(0, dtype=out_dtype))
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.int64])
+@pytest.mark.parametrize("op", [torch.signbit, torch.isposinf, torch.isneginf])
+def test_predicates_refuse_a_non_boolean_out_in_cpus_words(op, out_dtype):
+    check_same_error(lambda device: op(torch.tensor([1.0, -2.0], device=device),
+                                       out=torch.empty(2, dtype=out_dtype, device=device)))
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float16, torch.int8, torch.float16), (torch.complex64,) * 3,
+                                    (torch.float32, torch.float64, torch.float32),
+                                    (torch.float32, torch.complex64, torch.float32), (torch.float32, torch.float32, torch.float64)],
+                         ids=["mixed_operands", "complex", "float32_float64", "complex_values", "out_of_another_dtype"])
+def test_heaviside_out_refuses_what_its_meta_function_refuses(dtypes):
+    # an out= call reaches the kernel without the meta function, which also checks the output's dtype
+    x_dtype, values_dtype, out_dtype = dtypes
+    check_same_error(lambda d: torch.heaviside(torch.tensor([-1.0, 0.0, 2.0], device=d).to(x_dtype),
+                                               torch.ones(3, dtype=values_dtype, device=d),
+                                               out=torch.empty(3, dtype=out_dtype, device=d)))
+    if x_dtype != values_dtype or x_dtype.is_complex:  # the functional call too, fast path included
+        check_same_error(lambda d: torch.heaviside(torch.tensor([-1.0, 0.0, 2.0], device=d).to(x_dtype),
+                                                   torch.ones(3, dtype=values_dtype, device=d)))
+
+
+@pytest.mark.parametrize("op", [torch.Tensor.__ilshift__, torch.Tensor.__irshift__, torch.Tensor.floor_divide_])
+def test_in_place_ops_refuse_a_partly_overlapping_operand_before_checking_dtypes(op):
+    # TensorIterator's build checks overlap before the kernel refuses floats for the shifts
+    check_same_error(lambda d: (lambda x: op(x[:-1], x[1:]))(torch.rand(3, device=d)))
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_angle_of_complex_is_contiguous_as_on_cpu(layout):
+    """CPU computes complex-to-real angle into a complex temporary and copies it into a contiguous result."""
+    z = LAYOUTS[layout]() * (1 + 1j)
+    actual, expected = torch.angle(z.to("tpu")), torch.angle(z)
+    assert actual.stride() == expected.stride()
+    assert_close(actual.cpu(), expected, atol=1e-6, rtol=1e-6)

@@ -1,5 +1,6 @@
 """Reductions on tpu against torch CPU on the same inputs: values, dtypes, indices and errors."""
 
+import contextlib
 import math
 
 import pytest
@@ -460,3 +461,69 @@ def test_backward(name):
         return t.grad
 
     check(gradient, make((3, 4), torch.float64))
+
+
+@contextlib.contextmanager
+def warn_always():
+    before = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        yield
+    finally:
+        torch.set_warn_always(before)
+
+
+@pytest.mark.parametrize("dim", [None, 1])
+def test_deprecated_aminmax_matches_cpu_and_warns_as_cpu_warns(dim):
+    """torch._aminmax: aminmax's values, with CPU's once-per-process deprecation warning (every time under
+    torch.set_warn_always(True), which PyTorch's own tests use to see it)."""
+    x = torch.randn(3, 4)
+    arguments = () if dim is None else (dim, True)
+    expected = torch._aminmax(x, *arguments)
+    with warn_always(), pytest.warns(UserWarning, match="^_aminmax is deprecated as of PyTorch 1.11"):
+        actual = torch._aminmax(x.to("tpu"), *arguments)
+    for got, want in zip(actual, expected):
+        assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.parametrize("dtypes", [(torch.float32, torch.float64, torch.int64), (torch.float32, torch.float32, torch.int32),
+                                    (torch.uint8, torch.int8, torch.int64)], ids=["values", "indices", "values_int"])
+@pytest.mark.parametrize("op", [torch.median, torch.nanmedian, torch.mode, lambda x, *a, **k: torch.kthvalue(x, 2, *a, **k)],
+                         ids=["median", "nanmedian", "mode", "kthvalue"])
+def test_selections_refuse_out_dtypes_in_each_ops_cpu_words(op, dtypes):
+    """values must have self's dtype and indices int64 (an int32 indices out was filled on tpu); each op
+    words it as its CPU kernel does."""
+    self_dtype, values_dtype, indices_dtype = dtypes
+
+    def call(device):
+        out = (torch.empty(1, dtype=values_dtype, device=device), torch.empty(1, dtype=indices_dtype, device=device))
+        return op(torch.ones(10, dtype=self_dtype, device=device), -1, True, out=out)
+
+    differential.check_same_error(lambda device: _tpu_type_names_as_cpu(call, device))
+
+
+def _tpu_type_names_as_cpu(call, device):
+    """``call(device)``, its error with tpu's legacy type names (torch.tpu.FloatTensor) as CPU's."""
+    try:
+        return call(device)
+    except RuntimeError as error:
+        raise RuntimeError(str(error).replace("torch.tpu.", "torch.")) from None
+
+
+# The float16 input on which PyTorch's test_ref_duplicate_values fails on tpu (its make_tensor draws from
+# the tpu generator): tpu's sums equal CPU's bit for bit; it is CPU's result that differs from NumPy's
+# float16 reference in the last bit of column 3.
+DUPLICATE_VALUES_FP16 = [[0.76708984375, -0.6611328125, -0.666015625, 0.35888671875],
+                         [1.3544921875, 0.76708984375, -1.5712890625, -0.666015625],
+                         [1.5458984375, 0.3681640625, -1.45703125, 1.4521484375],
+                         [1.056640625, 1.5458984375, -0.61328125, -1.45703125]]
+
+
+@pytest.mark.parametrize("dim", [None, 0, 1])
+@pytest.mark.parametrize("op", [torch.nansum, torch.sum, torch.nanmean, torch.mean,
+                                lambda x, **k: torch.masked._ops.sum(x, mask=torch.ones_like(x, dtype=torch.bool), **k)],
+                         ids=["nansum", "sum", "nanmean", "mean", "masked_sum"])
+def test_float16_sums_of_pytorch_duplicate_values_input_equal_cpus(op, dim):
+    x = torch.tensor(DUPLICATE_VALUES_FP16, dtype=torch.float16)
+    kwargs = {} if dim is None else {"dim": dim}
+    differential.assert_identical(op(x.to("tpu"), **kwargs), op(x, **kwargs))

@@ -6,6 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from differential import check_same_error
+
 MODES_2D = ("bilinear", "nearest", "bicubic")
 MODES_3D = ("bilinear", "nearest")
 PADDINGS = ("zeros", "border", "reflection")
@@ -151,3 +153,38 @@ def test_empty_backward(dims):
     actual = run(x, grid, "bilinear", "zeros", False, "tpu", grad_output)
     for a, e in zip(actual, expected):
         torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize("shapes", [
+    ((5, 5, 5, 5, 5), (1, 1, 1, 4, 4), 2), ((5, 5, 5, 5), (1, 1, 4, 4), 3), ((1, 5, 5, 5, 5), (1, 1, 1, 4, 2), 2),
+    ((1, 5, 5, 5), (1, 1, 1, 4, 2), 2), ((1, 5, 0, 5), (1, 1, 4, 2), 2), ((1, 5, 5), (1, 4, 1), 2),
+], ids=str)
+def test_grid_sampler_checks_its_arguments_in_cpus_order(shapes):
+    """The checks common to 2-d and 3-d sampling (batch, grid's last dim against the input's rank, empty
+    spatial dims) come before each one's rank check."""
+    input_shape, grid_shape, spatial = shapes
+    sampler = getattr(torch, f"grid_sampler_{spatial}d")
+    check_same_error(lambda d: sampler(torch.ones(input_shape, device=d), torch.zeros(grid_shape, device=d), 0, 0, True))
+
+
+@pytest.mark.parametrize("mode", ["nearest", "nearest-exact", "bilinear", "bicubic", "trilinear", "antialias",
+                                  "nearest_3d"])
+def test_upsampling_keeps_a_channels_last_input_channels_last_forward_and_backward(mode):
+    """CPU allocates the output in the input's suggested memory format and grad_input in grad_output's, but
+    for the bicubic and 3-d nearest backward kernels, which allocate it contiguously."""
+    three_d = mode in ("trilinear", "nearest_3d")
+    mode = mode.removesuffix("_3d")
+    x = torch.randn(2, 3, 4, 5, 6) if three_d else torch.randn(2, 3, 4, 5)
+    x = x.to(memory_format=torch.channels_last_3d if three_d else torch.channels_last).requires_grad_()
+    options = dict(mode="bilinear", antialias=True) if mode == "antialias" else dict(mode=mode)
+
+    def run(tensor):
+        leaf = tensor.detach().requires_grad_()
+        out = F.interpolate(leaf, scale_factor=2, **options)
+        grad_input, = torch.autograd.grad(out, leaf, torch.ones_like(out))
+        return out, grad_input
+
+    expected, actual = run(x), run(x.to("tpu"))
+    for got, want in zip(actual, expected):
+        assert got.stride() == want.stride()
+        torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-5)

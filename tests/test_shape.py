@@ -341,9 +341,9 @@ def test_histc_counts_saturate_per_thread_like_cpu():
 
 
 def test_searchsorted_warns_once_per_kind_of_non_contiguous_argument(monkeypatch):
-    from torch_tpu.ops import shape
+    from torch_tpu import _errors
 
-    monkeypatch.setattr(shape, "_NON_CONTIGUOUS_WARNED", set())
+    monkeypatch.setattr(_errors, "_WARNED_ONCE", set())
     boundaries = torch.arange(12.0, device="tpu").view(4, 3).t()
     values = torch.arange(6, device="tpu").view(2, 3).t()
     with pytest.warns(UserWarning) as caught:
@@ -352,3 +352,11 @@ def test_searchsorted_warns_once_per_kind_of_non_contiguous_argument(monkeypatch
     kinds = [str(w.message).split(" tensor is non-contiguous")[0] for w in caught]
     assert kinds == ["torch.searchsorted(): input value", "torch.searchsorted(): boundary"]
     assert torch.equal(result.cpu(), torch.searchsorted(boundaries.cpu(), values.cpu()))
+
+
+@pytest.mark.parametrize("mode", ["reflection", "replication"])
+@pytest.mark.parametrize("shape", [(3, 4, 0), (0, 4), (3, 0, 4), (2, 3, 4, 5), (0, 3, 4)], ids=str)
+def test_pads_refuse_empty_channels_or_padded_dims_as_cpu_does(mode, shape):
+    """An empty batch is fine; an empty channel or padded dim (or a rank without its batch/no-batch meaning) is not."""
+    pad = getattr(torch.ops.aten, f"{mode}_pad1d")
+    check(lambda x: pad(x, [1, 1]), torch.randn(shape))

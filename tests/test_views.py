@@ -258,3 +258,24 @@ def test_writing_into_an_expanded_tensor_is_refused_like_cpu(name):
         assert results["tpu"] == results["cpu"]
     else:
         torch.testing.assert_close(results["tpu"], results["cpu"])
+
+
+IS_SET_TO_PAIRS = {
+    "itself": lambda t: (t, t),
+    "set_ to it": lambda t: (t, torch.tensor([], device=t.device).set_(t)),
+    "same-shape view": lambda t: (t, t.view(t.shape)),
+    "another shape": lambda t: (t, t.view(4, 6)),
+    "offset view": lambda t: (t[1:], t[1:]),
+    "other offset": lambda t: (t, t[1:]),
+    "transposed": lambda t: (t, t.transpose(0, 1)),
+    "a clone": lambda t: (t, t.clone()),
+    "another tensor": lambda t: (t, torch.empty_like(t)),
+}
+
+
+@pytest.mark.parametrize("pair", IS_SET_TO_PAIRS)
+def test_is_set_to_as_on_cpu(pair):
+    """is_set_to: one storage, offset, sizes and strides, in both directions."""
+    a, b = IS_SET_TO_PAIRS[pair](torch.zeros(2, 3, 4, device="tpu"))
+    cpu_a, cpu_b = IS_SET_TO_PAIRS[pair](torch.zeros(2, 3, 4))
+    assert (a.is_set_to(b), b.is_set_to(a)) == (cpu_a.is_set_to(cpu_b), cpu_b.is_set_to(cpu_a))

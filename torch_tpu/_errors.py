@@ -2,6 +2,7 @@
 
 import threading
 import typing
+import warnings
 
 import torch
 
@@ -101,6 +102,16 @@ def _cpu_standin(value):
     if isinstance(value, torch.Tensor) and value.device.type == "tpu":
         return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype)
     return value
+
+
+_WARNED_ONCE = set()
+
+
+def warn_once(message, stacklevel=3):
+    """TORCH_WARN_ONCE: a warning given once per process, or every time under ``torch.set_warn_always(True)``."""
+    if message not in _WARNED_ONCE or torch.is_warn_always_enabled():
+        _WARNED_ONCE.add(message)
+        warnings.warn(message, UserWarning, stacklevel=stacklevel)
 
 
 def raise_cpu_error(op, *args, **kwargs):

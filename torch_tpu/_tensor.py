@@ -15,7 +15,7 @@ import torch
 
 from . import _C
 from ._errors import (NoValuesError, device_mismatch, invalid_storage_offset, negative_dimension, negative_strides,
-                      numel_overflow, out_of_storage_bounds, storage_size_overflow, unsupported_dtype)
+                      numel_overflow, out_of_storage_bounds, storage_size_overflow, unsupported_dtype, warn_once)
 
 BUFFER_ATTRIBUTE = "_tpu_hbm_buffer"
 
@@ -181,6 +181,8 @@ def _new(shape, dtype, strides):
     """A new tpu tensor and its HBM buffer; sizes are checked as CPU checks them, before anything is allocated."""
     if dtype not in NUMPY_DTYPE:
         raise unsupported_dtype(dtype)
+    if dtype is torch.complex32:  # ATen's empty_generic warns (once) for every new ComplexHalf tensor
+        warn_once("ComplexHalf support is experimental and many operators don't support it yet.", stacklevel=5)
     if strides is None:
         nbytes = math.prod(shape) * dtype.itemsize
         if not 0 < nbytes <= INT64_MAX:  # empty, negative or huge: the full check (kernels' shapes never get here)

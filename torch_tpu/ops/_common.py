@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 import torch
-from torch._prims_common import compute_elementwise_output_strides
+from torch._prims_common import compute_elementwise_output_strides, make_channels_last_strides_for
 
 from .. import _C, _tensor
 from .._errors import (broadcast_mismatch, cannot_cast, device_mismatch, dim_out_of_range, resized_output_warning,
@@ -24,7 +24,16 @@ empty_with_array = _tensor.empty_with_array
 
 
 def all_contiguous(operands):
-    return all(o.is_contiguous() for o in operands if isinstance(o, torch.Tensor))
+    """Whether TensorIterator lays a new output of ``operands`` out contiguously without weighing their
+    strides: all contiguous and of one shape (its fast setup), or all laid out with exactly contiguous
+    strides. A number takes part as the 0-dim tensor PyTorch wraps it in. A channels-last tensor with one
+    pixel counts as contiguous alone but keeps its strides against a number or a broadcast bias."""
+    tensors = [o for o in operands if isinstance(o, torch.Tensor)]
+    if not all(t.is_contiguous() for t in tensors):
+        return False
+    if len(tensors) == len(operands) and all(t.shape == tensors[0].shape for t in tensors):
+        return True
+    return all(t.stride() == _tensor.contiguous_strides(t.shape) for t in tensors if t.dim())
 
 
 def iterator_strides(shape, operands):
@@ -180,23 +189,29 @@ def exact_dtype(result_dtype, out_dtype):
         raise unexpected_out_dtype(result_dtype, out_dtype)
 
 
-def resize_output(out, shape):
+def resize_output(out, shape, layout_from=()):
     """at::native::resize_output: ``out`` takes the result's shape, with PyTorch's deprecation warning
-    when that throws away elements it had."""
+    when that throws away elements it had. An elementwise op's resized ``out`` then takes the memory
+    order TensorIterator gives a new output of the operands ``layout_from`` (a kept ``out`` keeps its own)."""
     shape = tuple(shape)
     if out.shape != shape:
         if out.numel():
             warnings.warn(resized_output_warning(out.shape, shape), UserWarning, stacklevel=2)
         out.resize_(shape)
+        strides = None if all_contiguous(layout_from) else iterator_strides(shape, layout_from)
+        if strides is not None:
+            out.as_strided_(shape, strides)
     return out
 
 
-def prepare_out(out, shape, dtype=None, inputs=(), distinct=(), dtype_rule=castable, may_alias=False):
+def prepare_out(out, shape, dtype=None, inputs=(), distinct=(), dtype_rule=castable, may_alias=False,
+                layout_from=()):
     """The checks CPU makes of an ``out=`` tensor before writing the result into it, in TensorIterator's
     order, then the resize. ``out`` may not alias itself (an expanded tensor; reductions, which CPU
     lets do that, pass ``may_alias``), nor partially overlap any of ``inputs``, nor overlap any of
     ``distinct`` at all (ops that read those while writing); it must accept a result of ``dtype``
-    under ``dtype_rule`` (None: any dtype, converted on store). Returns ``out``, resized to ``shape``.
+    under ``dtype_rule`` (None: any dtype, converted on store). Returns ``out``, resized to ``shape``
+    (laid out after ``layout_from`` when it had to be resized, as ``resize_output`` says).
     """
     if not may_alias:
         check_no_internal_overlap(out)
@@ -206,7 +221,7 @@ def prepare_out(out, shape, dtype=None, inputs=(), distinct=(), dtype_rule=casta
         check_no_overlap(out, value)
     if dtype is not None and dtype is not out.dtype and dtype_rule is not None:  # a dtype always suits itself
         dtype_rule(dtype, out.dtype)
-    return resize_output(out, shape)
+    return resize_output(out, shape, layout_from)
 
 
 def store(array, dtype=None, *, out=None, inputs=(), distinct=(), dtype_rule=castable, may_alias=False):
@@ -220,6 +235,14 @@ def store(array, dtype=None, *, out=None, inputs=(), distinct=(), dtype_rule=cas
         return tensor
     prepare_out(out, np.shape(array), dtype, inputs, distinct, dtype_rule, may_alias)
     return write(out, array)
+
+
+def store_in_memory_format(array, dtype, memory_format):
+    """``store`` into a new tensor laid out in ``memory_format`` (channels-last for kernels that allocate
+    with ``at::empty(..., input.suggest_memory_format())``, as upsampling and convolution do)."""
+    if memory_format is torch.contiguous_format:
+        return store(array, dtype)
+    return write(empty(np.shape(array), dtype, make_channels_last_strides_for(np.shape(array))), array)
 
 
 def padded(array, widths, fill=0):

@@ -6,6 +6,8 @@ of the output's elements. Where ATen cannot tell cheaply ("too hard"), it lets t
 so do these.
 """
 
+import warnings
+
 import torch
 
 INTERNAL_OVERLAP = (
@@ -18,12 +20,24 @@ PARTIAL_OVERLAP = (
 )
 
 
+def has_internal_overlap(tensor):
+    """ATen's sure answer: a stride-0 dimension of size > 1 aliases elements (an empty tensor has none to alias)."""
+    strides = tensor.stride()
+    return 0 in strides and tensor.numel() and any(stride == 0 and size > 1 for size, stride in zip(tensor.shape, strides))
+
+
 def check_no_internal_overlap(out):
-    """TensorIterator's check on an output: a stride-0 dimension of size > 1 aliases elements
-    (an empty tensor has none to alias)."""
-    strides = out.stride()
-    if 0 in strides and out.numel() and any(stride == 0 and size > 1 for size, stride in zip(out.shape, strides)):
+    """TensorIterator's check on an output."""
+    if has_internal_overlap(out):
         raise RuntimeError(INTERNAL_OVERLAP)
+
+
+def warn_if_expanded(self, op_name, example):
+    """The deprecation warning of the indexing writes CPU still lets write into an expanded tensor."""
+    if has_internal_overlap(self):
+        warnings.warn(f"Use of {op_name} on expanded tensors is deprecated. Please clone() the tensor before "
+                      f"performing this operation. This also applies to advanced indexing e.g. {example}",
+                      UserWarning, stacklevel=4)
 
 
 def is_non_overlapping_and_dense(tensor):

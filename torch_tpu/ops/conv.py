@@ -21,10 +21,12 @@ import threading
 
 import numpy as np
 import torch
+from torch._prims_common import suggest_memory_format
 
 from .. import _C
-from ._common import channel_sums, operand, opmath_dtype, padded, store
+from ._common import channel_sums, empty, operand, opmath_dtype, padded, store, store_in_memory_format, write
 from ._registry import register
+from .cpu_kernel_dtypes import convolution_dtypes, cpu_dtypes
 from .._errors import raise_cpu_error
 from .linalg import mxu_matmul
 
@@ -234,12 +236,41 @@ def _opmath(tensor):
 
 
 @functools.cache
+def _host_onednn(dtype):
+    """Whether torch CPU on this host gives a convolution of ``dtype`` to oneDNN (float64 never goes there)."""
+    return dtype is torch.float32 or (dtype is torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported()) or (
+        dtype is torch.float16 and torch.ops.mkldnn._is_mkldnn_fp16_supported())
+
+
 def _host_onednn_bf16(dtype):
     """Whether torch CPU on this host sends a bf16 transposed convolution to oneDNN (other dtypes: no matter)."""
-    return dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return dtype is not torch.bfloat16 or _host_onednn(dtype)
+
+
+def _channels_last(input, weight):
+    """Whether CPU lays a convolution's output, grad_input and grad_weight out channels-last: when the
+    input or the weight suggests that memory format (mkldnn_conv_use_channels_last and its
+    thnn twin). 3-d convolutions keep it only on oneDNN; CPU's own slow_conv3d writes contiguously."""
+    if input.dim() not in (4, 5) or not any(
+            suggest_memory_format(t) is not torch.contiguous_format for t in (input, weight)):
+        return False
+    return input.dim() == 4 or _host_onednn(input.dtype)
+
+
+def _store_laid_out(array, dtype, channels_last, like=None):
+    """``store``, channels-last when ``channels_last`` says so. oneDNN writes channels-last strides out;
+    CPU's own kernels make a gradient with the strides of ``like.contiguous(channels_last)``, which is
+    ``like`` itself when its strides already count as channels-last (one channel, or one pixel)."""
+    if not channels_last:
+        return store(array, dtype)
+    memory_format = torch.channels_last if array.ndim == 4 else torch.channels_last_3d
+    if like is not None and not _host_onednn(dtype) and like.is_contiguous(memory_format=memory_format):
+        return write(empty(array.shape, dtype, like.stride()), array)
+    return store_in_memory_format(array, dtype, memory_format)
 
 
 @register("convolution_overrideable")
+@cpu_dtypes(torch.ops.aten.convolution.default, rule=convolution_dtypes)
 def convolution(input, weight, bias, stride, padding, dilation, transposed, output_padding, groups):
     if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
         raise_cpu_error(torch.ops.aten.convolution.default, input, weight, bias, stride, padding, dilation, transposed,
@@ -256,7 +287,7 @@ def convolution(input, weight, bias, stride, padding, dilation, transposed, outp
     else:
         accumulator = _convolve(x, w, stride, padding, dilation, groups)
     accumulator = _with_bias(accumulator, bias)
-    return store(accumulator, input.dtype)
+    return _store_laid_out(accumulator, input.dtype, _channels_last(input, weight))
 
 
 def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
@@ -344,15 +375,18 @@ def convolution_backward(grad_output, input, weight, stride, padding, dilation, 
                          groups, output_mask):
     grad, x, w = (operand(t, "convolution_backward") for t in (grad_output, input, weight))
     grad_input = grad_weight = grad_bias = None
+    channels_last = _channels_last(input, weight)
     if output_mask[0]:
         gradient = _input_gradient(grad, w, x.shape, stride, padding, dilation, transposed, groups)
-        grad_input = store(gradient, input.dtype)
+        grad_input = _store_laid_out(gradient, input.dtype, channels_last)
     if output_mask[1]:
         if transposed:
             gradient = _weight_gradient(grad, x, w.shape[2:], stride, padding, dilation, groups)
         else:
             gradient = _weight_gradient(x, grad, w.shape[2:], stride, padding, dilation, groups)
-        grad_weight = store(gradient, weight.dtype)
+        # CPU's slow_conv2d keeps a weight that already counts as channels-last; its dilated twin does not
+        grad_weight = _store_laid_out(gradient, weight.dtype, channels_last,
+                                      weight if transposed or all(d == 1 for d in dilation) else None)
     if output_mask[2]:
         summed = channel_sums(_opmath(grad_output)).reshape(-1)
         grad_bias = store(summed, grad_output.dtype)

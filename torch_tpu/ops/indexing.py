@@ -11,12 +11,13 @@ import warnings
 
 import numpy as np
 import torch
+from torch._prims_common import alert_not_deterministic
 
 from .. import _C
 from .._errors import cpp_type_name, indices_on_another_device, not_implemented_for, scalar_type_name
 from ._common import (as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, exact_dtype, operand,
                       opmath_operand, prepare_out, store, wrap_dim, write)
-from ._overlap import check_no_internal_overlap, check_no_overlap
+from ._overlap import check_no_internal_overlap, check_no_overlap, check_no_partial_overlap, warn_if_expanded
 from ._registry import register
 from .copy import cpu_tensor_as_numpy
 from .pointwise import scalar
@@ -175,6 +176,7 @@ def index_out(self, indices, *, out):
 
 @register("_index_put_impl_")
 def index_put_impl_(self, indices, values, accumulate=False, unsafe=False):
+    warn_if_expanded(self, "index_put_", "tensor[indices] = tensor")
     for read in (values, *indices):  # ATen's checks: what index_put_ reads must not share memory with self
         check_no_overlap(self, read)
     key = advanced_index_key(self, indices)
@@ -482,6 +484,8 @@ def index_reduce_out(self, dim, index, source, reduce, *, include_self=True, out
 
 @register("index_fill_.int_Scalar")
 def index_fill_scalar_(self, dim, index, value):
+    warn_if_expanded(self, "index_fill_", "tensor[mask] = scalar")
+    check_no_overlap(self, index)
     if isinstance(value, complex) and not self.dtype.is_complex:
         raise RuntimeError("index_fill_(): Converting complex Scalar to non-complex type is not supported")
     check_scalar_fits(value, self.dtype)
@@ -517,6 +521,8 @@ def _check_bool_mask(mask, op_name, name_dtype=cpp_type_name):
 @register("masked_fill_.Scalar")
 def masked_fill_scalar_(self, mask, value):
     _check_bool_mask(mask, "masked_fill_")
+    warn_if_expanded(self, "masked_fill_", "tensor[mask] = scalar")
+    check_no_partial_overlap(self, mask)
     check_scalar_fits(value, self.dtype)
     target = as_numpy(self)
     np.copyto(target, converted(value, self.dtype), where=np.broadcast_to(operand(mask, "masked_fill_"), target.shape))
@@ -639,6 +645,8 @@ def take_out(self, index, *, out):
 
 @register("put_")
 def put_(self, index, source, accumulate=False):
+    if not accumulate:  # which duplicate index wins is unspecified: CPU alerts under use_deterministic_algorithms
+        alert_not_deterministic("put_")
     check_no_internal_overlap(self)  # ATen's checks: put_ may not read what it writes
     check_no_overlap(self, index)
     check_no_overlap(self, source)

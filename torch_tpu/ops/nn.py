@@ -16,10 +16,11 @@ import torch
 from .. import _C
 from .._cost import charged
 from . import _registry
-from .._errors import not_implemented_for
+from .._errors import not_implemented_for, raise_cpu_error
 from .._tensor import numpy_dtype
 from ._common import (as_numpy, castable, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand,
                       prepare_out, store, wrap_dim, write)
+from .cpu_kernel_dtypes import cpu_dtypes, floating
 from .cpu_replay.cascade_sum import cascade_sum
 
 # at::Reduction
@@ -319,6 +320,7 @@ def layer_norm_arrays(x, weight_rows, bias_rows, eps):
 
 
 @register("native_layer_norm")
+@cpu_dtypes(torch.ops.aten.native_layer_norm.default, floating)
 def native_layer_norm(input, normalized_shape, weight, bias, eps):
     check_layer_norm_inputs(input, normalized_shape, weight, bias)
     x, stats_shape = layer_norm_rows(input, normalized_shape)
@@ -347,6 +349,7 @@ def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows):
 
 
 @register("native_layer_norm_backward")
+@cpu_dtypes(torch.ops.aten.native_layer_norm_backward.default, floating)
 def native_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask):
     x, _ = layer_norm_rows(input, normalized_shape)
     dy = opmath_operand(grad_out).reshape(x.shape)
@@ -377,6 +380,7 @@ def affine_per_channel(xhat, weight, bias):
 
 
 @register("native_group_norm")
+@cpu_dtypes(torch.ops.aten.native_group_norm.default, floating)
 def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
     x = opmath_operand(input)
     mean, var = moments(grouped(x, N, C, HxW, group), (2,))
@@ -389,6 +393,7 @@ def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
 
 
 @register("native_group_norm_backward")
+@cpu_dtypes(torch.ops.aten.native_group_norm_backward.default, floating)
 def native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, group, output_mask):
     x, dy = opmath_operand(input), opmath_operand(grad_out)
     mean, rstd = opmath_operand(mean)[..., None], opmath_operand(rstd)[..., None]
@@ -501,6 +506,7 @@ def evaluation_invstd(running_var, eps, compute, vectorised):
 
 
 @register("native_batch_norm")
+@cpu_dtypes(torch.ops.aten.native_batch_norm.default, floating)
 def native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps):
     """Normalized with the statistics as CPU stores and reads them back."""
     x = opmath_operand(input)
@@ -555,6 +561,7 @@ def batch_norm_no_update(input, weight, bias, running_mean, running_var, momentu
 
 
 @register("native_batch_norm_backward")
+@cpu_dtypes(torch.ops.aten.native_batch_norm_backward.default, floating)
 def native_batch_norm_backward(
     grad_out, input, weight, running_mean, running_var, save_mean, save_invstd, train, eps, output_mask
 ):
@@ -765,10 +772,16 @@ def pointwise_loss(loss_function, kernel_name, keeps_input_dtype=False):
     return kernel
 
 
-def pointwise_loss_backward(gradient_function):
-    """Kernel for d loss / d input = grad * gradient_function(input, target), shaped like input."""
+def pointwise_loss_backward(gradient_function, one_dtype_op=None):
+    """Kernel for d loss / d input = grad * gradient_function(input, target), shaped like input. Ops
+    whose CPU kernel takes only operands of one dtype (huber's TensorIterator checks it) name their
+    ``one_dtype_op`` packet, whose CPU error a mix of dtypes gets."""
 
     def kernel(grad_output, self, target, reduction, *args, grad_input=None):
+        if one_dtype_op is not None and not grad_output.dtype == self.dtype == target.dtype:
+            out = {} if grad_input is None else {"grad_input": grad_input}
+            raise_cpu_error(one_dtype_op.out if out else one_dtype_op.default, grad_output, self, target, reduction,
+                            *args, **out)
         x, t = opmath_operand(self), opmath_operand(target)
         grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
         result = np.broadcast_to(grad * gradient_function(x, t, *args), x.shape)
@@ -816,7 +829,8 @@ register("mse_loss_backward", "mse_loss_backward.grad_input")(pointwise_loss_bac
 register("smooth_l1_loss.out")(pointwise_loss(smooth_l1, "smooth_l1_cpu"))
 register("smooth_l1_loss_backward", "smooth_l1_loss_backward.grad_input")(pointwise_loss_backward(smooth_l1_gradient))
 register("huber_loss", "huber_loss.out")(pointwise_loss(huber, "huber_cpu", keeps_input_dtype=True))
-register("huber_loss_backward", "huber_loss_backward.out")(pointwise_loss_backward(huber_gradient))
+register("huber_loss_backward", "huber_loss_backward.out")(
+    pointwise_loss_backward(huber_gradient, torch.ops.aten.huber_loss_backward))
 
 
 # log terms are clamped at -100 so a probability of exactly 0 or 1 gives a finite loss

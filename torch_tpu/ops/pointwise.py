@@ -79,6 +79,23 @@ def new_output(operands, dtype):
     return empty(shape, dtype, None if all_contiguous(operands) else iterator_strides(shape, operands))
 
 
+def output_like_self(operands, dtype):
+    """A new tensor laid out as ``empty_like(self)`` lays it out (ops whose CPU kernel allocates that way
+    before computing into it, as hardtanh does): ``self``'s own strides even where TensorIterator's fast
+    setup would have chosen contiguous ones (a one-pixel channels-last tensor)."""
+    self = operands[0]
+    return empty(self.shape, dtype, None if self.stride() == _tensor.contiguous_strides(self.shape)
+                 else iterator_strides(self.shape, (self,)))
+
+
+def real_output_of_complex(operands, dtype):
+    """CPU computes a complex-to-real op (angle) into a complex temporary and copies the real parts into a
+    contiguous result; a real input's result is laid out as any elementwise one."""
+    if operands[0].is_complex():
+        return empty(operands[0].shape, dtype)
+    return new_output(operands, dtype)
+
+
 def check_inplace(self, dtype, shape):
     """What the structured meta function checks before an in-place op writes into ``self``."""
     castable(dtype, self.dtype)
@@ -286,12 +303,14 @@ MATHS = {}  # overload name -> Maths, filled by the two factories below
 
 
 def structured(overload, function, operands=1, rule=keep, check=None, opmath=True, result=None,
-               shape=None, exact_out=False):
+               shape=None, exact_out=False, check_out=None, may_alias=False):
     """Register ``function`` as the kernel of a structured op's ``.out`` overload.
 
     The first ``operands`` arguments take part in type promotion; the remaining positional and keyword
     arguments (other than the output) are passed to ``function`` as they are. ``out=`` calls reach the
-    kernel directly, without the meta function, so it resizes and checks ``out`` itself; ``exact_out``
+    kernel directly, without the meta function, so it resizes and checks ``out`` itself (``check_out(out,
+    *operands)``: a meta function's own checks of its output; ``may_alias``: an expanded output is
+    accepted, for idempotent ops whose iterator skips the overlap check); ``exact_out``
     ops (PyTorch's plain unary ops) accept only an ``out`` of the result dtype.
     """
     result = result or rule
@@ -311,9 +330,14 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         out = kwargs.pop(out_name)
         promoted, extras = args[:operands], args[operands:]
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
+        if check_out is not None:
+            check_out(out, *promoted)
         if exact_out and out.dtype != result_dtype:
+            if result_dtype is torch.bool:  # the predicates' meta functions check this first, in their words
+                raise RuntimeError(f"{overload.partition('.')[0]} does not support non-boolean outputs.")
             raise found_dtype(out.dtype, result_dtype)
-        prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result_dtype, promoted)
+        prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result_dtype, promoted,
+                    may_alias=may_alias, layout_from=promoted)
         if scalars_in_dtype:
             args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
         return compute_into(out, function, promoted, dtype, args[operands:], kwargs, opmath, name)
@@ -392,14 +416,17 @@ def functional_launch(into_new, name, operands, structured_wrapper):
     launch = charged(into_new, name)
 
     def functional(*args, **kwargs):
-        shape = None
+        shape, numbers = None, False
         for value in args[:operands]:
             if isinstance(value, torch.Tensor):
                 if (value.dtype not in _FAST_FLOATS or value.is_cpu or not value.is_contiguous()
                         or (shape is not None and value.shape != shape)):
                     return structured_wrapper(*args, **kwargs)
                 shape = value.shape
-        if shape is None:
+            else:
+                numbers = True
+        # beside a number, a tensor contiguous only by its size-1 dims keeps its strides (all_contiguous)
+        if shape is None or (numbers and not all_contiguous(args[:operands])):
             return structured_wrapper(*args, **kwargs)
         return launch(*args, **kwargs)
 
@@ -420,12 +447,13 @@ def _check_unary_out(input_dtype, result_dtype, out_dtype):
 
 
 def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None, exact_out=False,
-                 opmath=lambda *promoted: True):
+                 opmath=lambda *promoted: True, allocate=new_output):
     """Register the given functional, in-place and ``out=`` overloads of a non-structured op.
 
     Their schemas tell them apart; each one does what the structured meta function would have done
     (dtype, broadcast shape, in-place castability) and then runs ``function`` like ``structured``,
-    in opmath unless ``opmath(*promoted operands)`` says otherwise.
+    in opmath unless ``opmath(*promoted operands)`` says otherwise. The functional overload's result
+    is ``allocate(promoted operands, dtype)``.
     """
     result = result or rule
     name = overloads[0].partition(".")[0]
@@ -443,12 +471,14 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
 
     def functional(*args, **kwargs):
         promoted = args[:operands]
-        return run(new_output(promoted, result(common_dtype(*promoted))), args, kwargs)
+        return run(allocate(promoted, result(common_dtype(*promoted))), args, kwargs)
 
     def inplace(self, *args, **kwargs):
         promoted = (self, *args[:operands - 1])
         check_inplace(self, result(common_dtype(*promoted)), broadcast_shape(*promoted))
         check_no_internal_overlap(self)
+        for value in promoted[1:]:  # TensorIterator's build, before the kernel looks at dtypes
+            check_no_partial_overlap(self, value)
         return run(self, (self, *args), kwargs)
 
     def out_variant(*args, out, **kwargs):
@@ -456,7 +486,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         expected = result(common)
         if exact_out and out.dtype != expected:
             _check_unary_out(common, expected, out.dtype)
-        prepare_out(out, broadcast_shape(*args[:operands]), expected, args[:operands])
+        prepare_out(out, broadcast_shape(*args[:operands]), expected, args[:operands], layout_from=args[:operands])
         return run(out, args, kwargs)
 
     for overload in overloads:
@@ -786,6 +816,18 @@ def heaviside(x, values):
     return np.where(x == 0, values, (x > 0).astype(x.dtype))
 
 
+def check_heaviside(dtype, *operands):
+    """heaviside's meta function: no complex tensor and one dtype among the operands (and the output, for out=)."""
+    if any(t.is_complex() for t in operands):
+        raise RuntimeError("heaviside is not yet implemented for complex tensors.")
+    if len({t.dtype for t in operands}) > 1:
+        raise RuntimeError("heaviside is not yet implemented for tensors with different dtypes.")
+
+
+def check_heaviside_out(out, x, values):
+    check_heaviside(None, x, values, out)
+
+
 def left_shift(a, b):
     out_of_range = (b < 0) | (b >= a.dtype.itemsize * 8)
     return np.where(out_of_range, 0, np.left_shift(a, np.where(out_of_range, 0, b))).astype(a.dtype)
@@ -1071,6 +1113,12 @@ def leaky_relu(x, negative_slope=0.01):
 
 
 def leaky_relu_backward(grad, x, negative_slope, self_is_result):
+    if self_is_result and negative_slope < 0:  # x is the output then: its sign no longer says which branch ran
+        raise RuntimeError(
+            "In-place leakyReLu backward calculation is triggered with a negative slope which is not supported. This "
+            "is caused by calling in-place forward function with a negative slope, please call out-of-place version "
+            "instead. File an issue at https://github.com/pytorch/pytorch if you do require supporting in-place "
+            "leakRelu backward calculation with negative slope")
     return np.where(x > 0, grad, grad * scalar(negative_slope, x))
 
 
@@ -1213,7 +1261,6 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "special_zeta.out": (zeta, to_float, single_or_double),
     "igamma.out": (special.gammainc, keep, floating),
     "igammac.out": (special.gammaincc, keep, floating),
-    "heaviside.out": (heaviside, keep, None),
     "gcd.out": (np.gcd, keep, integer),
     "lcm.out": (np.lcm, keep, integer),
     "bitwise_and.Tensor_out": (np.bitwise_and, keep, is_integral),
@@ -1271,6 +1318,7 @@ def register_tables():
     for overload, (function, rule, predicate) in BINARY.items():
         structured(overload, function, operands=2, rule=rule, check=checked(predicate, overload),
                    opmath=overload not in IN_OWN_DTYPE)
+    structured("heaviside.out", heaviside, operands=2, check=check_heaviside, check_out=check_heaviside_out)
     structured("add.out", add, operands=2, check=check_alpha)
     structured("sub.out", sub, operands=2, check=check_sub)
     structured("pow.Tensor_Scalar_out", power_scalar, operands=2, check=check_integer_power)
@@ -1288,7 +1336,7 @@ def register_tables():
     structured("gelu.out", gelu, check=check_gelu)
     structured("gelu_backward.grad_input", gelu_backward, operands=2, check=check_gelu)
     # threshold has loops for every real dtype but bool; its backward shares its dispatch name
-    structured("threshold.out", threshold, check=supports(real_not_bool, "threshold_cpu"))
+    structured("threshold.out", threshold, check=supports(real_not_bool, "threshold_cpu"), may_alias=True)
     structured("threshold_backward.grad_input", threshold_backward, operands=2,
                check=supports(real_not_bool, "threshold_cpu"))
     structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)
@@ -1305,7 +1353,8 @@ def register_tables():
     structured("lerp.Tensor_out", lerp, operands=3, check=lerp_check("lerp_kernel_tensor"))
     # CPU's logit computes bf16/fp16 step by step in their own format (each vector op rounds)
     unstructured(logit, "logit", "logit_", "logit.out", rule=to_float, opmath=lambda *promoted: False)
-    unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)))
+    unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)),
+                 allocate=real_output_of_complex)
     unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
     unstructured(np.conj, "conj_physical.out")
     unstructured(logical_not, "logical_not.out", result=to_bool)
@@ -1315,7 +1364,7 @@ def register_tables():
     unstructured(remainder, "remainder.Scalar_Tensor", operands=2, check=checked(not_bool, "remainder"))
     unstructured(relu, "relu", "relu_", check=clamping_check("relu", "Boolean inputs not supported for"))
     unstructured(hardtanh, "hardtanh", "hardtanh_", "hardtanh.out",
-                 check=clamping_check("hardtanh", "Bool inputs not supported for"))
+                 check=clamping_check("hardtanh", "Bool inputs not supported for"), allocate=output_like_self)
     unstructured(hardtanh_backward, "hardtanh_backward", "hardtanh_backward.grad_input", operands=2)
     unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"))
     unstructured(hardswish_backward, "hardswish_backward", operands=2)
@@ -1356,14 +1405,14 @@ def div_out_mode(self, other, *, rounding_mode=None, out):
         dtype = to_float(dtype)
     else:
         require(dtype != torch.bool, dtype, f"div_{rounding_mode}_cpu")
-    prepare_out(out, broadcast_shape(self, other), dtype, (self, other))
+    prepare_out(out, broadcast_shape(self, other), dtype, (self, other), layout_from=(self, other))
     return compute_into(out, divide, (self, other), dtype, options={"rounding_mode": rounding_mode},
                         opmath=divides_in_opmath(self, other), name="div")
 
 
 @register("polygamma.out")
 def polygamma_out(n, self, *, out):
-    prepare_out(out, self.shape, to_float(self.dtype), (self,))
+    prepare_out(out, self.shape, to_float(self.dtype), (self,), layout_from=(self,))
     return compute_into(out, polygamma, (self,), to_float(self.dtype), (n,))
 
 
@@ -1372,7 +1421,7 @@ def nan_to_num_out(self, nan=None, posinf=None, neginf=None, *, out):
     if out.dtype != self.dtype:
         raise RuntimeError(f"nan_to_num: dtype of out: {scalar_type_name(out.dtype)} should be same as input: "
                            f"{scalar_type_name(self.dtype)}")
-    prepare_out(out, self.shape, inputs=(self,))
+    prepare_out(out, self.shape, inputs=(self,), layout_from=(self,))
     replacement = nan_to_num_defaults(self.dtype, nan, posinf, neginf)
     return compute_into(out, nan_to_num, (self,), self.dtype, replacement)
 
@@ -1388,7 +1437,8 @@ def where_self_out(condition, self, other, *, out):
     dtype = common_dtype(self, other)
     if out.dtype != dtype:
         raise RuntimeError(f"Expected out type to be {scalar_type_name(dtype)} but got {scalar_type_name(out.dtype)}")
-    prepare_out(out, broadcast_shape(condition, self, other), inputs=(condition, self, other))
+    prepare_out(out, broadcast_shape(condition, self, other), inputs=(condition, self, other),
+                layout_from=(condition, self, other))
     return where_into(out, condition, self, other)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import _C
-from .._errors import cannot_cast, failed_check, not_implemented_for, scalar_type_name, shape_mismatch
+from .._errors import cannot_cast, failed_check, not_implemented_for, scalar_type_name, shape_mismatch, warn_once
 from .._tensor import DTYPE_NAME
 from .cpu_replay import libstdcxx_order
 from ._common import (as_numpy, converted, empty, exact_dtype, operand, opmath_dtype, prepare_out, store, wrap_dim,
@@ -323,6 +323,13 @@ def aminmax_out(self, *, dim=None, keepdim=False, min, max):
     return amin_out(self, dims, keepdim, out=min), amax_out(self, dims, keepdim, out=max)
 
 
+@register("_aminmax", "_aminmax.dim")
+def deprecated_aminmax(self, dim=None, keepdim=False):
+    warn_once("_aminmax is deprecated as of PyTorch 1.11 and will be removed in a future release. Use aminmax "
+              "instead. This warning will only appear once per process.", stacklevel=4)
+    return torch.aminmax(self, dim=dim, keepdim=keepdim)
+
+
 def _arg_extreme(kind, self, dim, keepdim, out):
     if self.dtype.is_complex:
         raise RuntimeError(f"arg{kind}(): does not support complex input")
@@ -556,6 +563,29 @@ def nanmedian(self):
     return _median_all("nanmedian", self, ignore_nan=True)
 
 
+def _median_values_error(self, values):
+    return (f"Expected tensor for 'values' to have the same type as tensor for argument #2 'self'; but type "
+            f"{values.type()} does not equal {self.cpu().type()} (while checking arguments for median)")
+
+
+def _median_indices_error(indices):
+    return (f"Expected tensor for argument #1 'indices' to have scalar type Long; but got {indices.type()} instead "
+            "(while checking arguments for median)")
+
+
+# CPU's errors for a values out= not of self's dtype and an indices out= not int64, each op in its own
+# words (nanmedian checks under median's name)
+_SELECTION_OUT_ERRORS = {
+    "median": (_median_values_error, _median_indices_error),
+    "nanmedian": (_median_values_error, _median_indices_error),
+    "mode": (lambda self, values: f"expected scalar type '{scalar_type_name(self.dtype)}' but got "
+                                  f"'{scalar_type_name(values.dtype)}' for values output",
+             lambda indices: f"expected scalar type 'Long' but got '{scalar_type_name(indices.dtype)}' for indices output"),
+    "kthvalue": (lambda self, values: "output values must be of same type as input",
+                 lambda indices: "output indices must be of scalar type Long"),
+}
+
+
 def _selection_by_dim(op_name, along_last, supported):
     """median/nanmedian/mode along one dim into (values, indices), with CPU's checks."""
 
@@ -566,10 +596,11 @@ def _selection_by_dim(op_name, along_last, supported):
         shape = _reduced_shape(self.shape, axes, keepdim)
         if outs:
             values, indices = outs.values()
+            values_error, indices_error = _SELECTION_OUT_ERRORS[op_name]
             if values.dtype != self.dtype:
-                raise RuntimeError(f"Expected tensor for 'values' to have the same type as tensor for argument #2 "
-                                   f"'self'; but type {values.type()} does not equal {self.cpu().type()} "
-                                   f"(while checking arguments for {op_name})")
+                raise RuntimeError(values_error(self, values))
+            if indices.dtype != torch.int64:
+                raise RuntimeError(indices_error(indices))
             prepare_out(values, shape, distinct=(self,))
             prepare_out(indices, shape, distinct=(self,))
         else:

@@ -17,10 +17,11 @@ import math
 import numpy as np
 import scipy.sparse
 import torch
+from torch._prims_common import suggest_memory_format
 
 from .._errors import not_implemented_for
 from .._tensor import numpy_dtype
-from ._common import exact_dtype, opmath_dtype, opmath_operand, operand, store
+from ._common import exact_dtype, opmath_dtype, opmath_operand, operand, store, store_in_memory_format
 from .nn import register
 
 # ---------------------------------------------------------------------------------------
@@ -266,6 +267,10 @@ UPSAMPLE_OPS = {
 }
 
 
+# backward kernels that allocate grad_input contiguously; the others take grad_output's suggested memory format
+CONTIGUOUS_GRADIENTS = {"upsample_nearest3d", "_upsample_nearest_exact3d", "upsample_bicubic2d", "_upsample_bicubic2d_aa"}
+
+
 def check_sizes(name, in_sizes, out_sizes):
     if len(out_sizes) != len(in_sizes):
         raise RuntimeError(f"It is expected output_size equals to {len(in_sizes)}, but got size {len(out_sizes)}")
@@ -309,7 +314,7 @@ def upsample_forward(name, taps_fn, n, takes_align_corners, stored_weights):
 
     def functional(self, output_size, *options):
         result = compute(self, output_size, *options)
-        return store(result, self.dtype)
+        return store_in_memory_format(result, self.dtype, suggest_memory_format(self))
 
     def out_variant(self, output_size, *options, out):
         result = compute(self, output_size, *options)
@@ -331,7 +336,9 @@ def upsample_backward(name, taps_fn, n, takes_align_corners, stored_weights):
         return resample(opmath_operand(grad_output), [axis_matrix(t, size).T.tocsr() for t, size in zip(taps, in_sizes)])
 
     def functional(grad_output, output_size, input_size, *options):
-        return store(compute(grad_output, output_size, input_size, *options), grad_output.dtype)
+        memory_format = torch.contiguous_format if name in CONTIGUOUS_GRADIENTS else suggest_memory_format(grad_output)
+        return store_in_memory_format(compute(grad_output, output_size, input_size, *options), grad_output.dtype,
+                                      memory_format)
 
     def out_variant(grad_output, output_size, input_size, *options, grad_input):
         result = compute(grad_output, output_size, input_size, *options)
@@ -649,19 +656,20 @@ def check_grid_sampler(input, grid, interpolation_mode, n):
     if input.dtype != grid.dtype:
         raise RuntimeError(f"expected scalar type {str(input.dtype)[6:].capitalize()} but found "
                            f"{str(grid.dtype)[6:].capitalize()}")
-    if input.dim() != n + 2 or grid.dim() != n + 2:
-        raise RuntimeError(f"grid_sampler(): expected {n + 2}D input and grid with same number of dimensions, but got "
-                           f"input with sizes {list(input.shape)} and grid with sizes {list(grid.shape)}")
+    # the checks common to 2-d and 3-d sampling (on the input's own rank) come before the rank check
     if input.shape[0] != grid.shape[0]:
         raise RuntimeError(f"grid_sampler(): expected grid and input to have same batch size, but got input with sizes "
                            f"{list(input.shape)} and grid with sizes {list(grid.shape)}")
-    if grid.shape[-1] != n:
-        raise RuntimeError(f"grid_sampler(): expected grid to have size {n} in last dimension, but got grid with sizes "
-                           f"{list(grid.shape)}")
-    for dim in range(2, n + 2):
+    if grid.shape[-1] != input.dim() - 2:
+        raise RuntimeError(f"grid_sampler(): expected grid to have size {input.dim() - 2} in last dimension, but got "
+                           f"grid with sizes {list(grid.shape)}")
+    for dim in range(2, input.dim()):
         if input.shape[dim] <= 0:
             raise RuntimeError(f"grid_sampler(): expected input to have non-empty spatial dimensions, but input has "
                                f"sizes {list(input.shape)} with dimension {dim} being empty")
+    if input.dim() != n + 2 or grid.dim() != n + 2:
+        raise RuntimeError(f"grid_sampler(): expected {n + 2}D input and grid with same number of dimensions, but got "
+                           f"input with sizes {list(input.shape)} and grid with sizes {list(grid.shape)}")
     if n == 3 and interpolation_mode == BICUBIC:
         raise RuntimeError("grid_sampler(): bicubic interpolation only supports 4D input")
     if interpolation_mode not in (BILINEAR, NEAREST, BICUBIC) or interpolation_mode == BICUBIC and n != 2:

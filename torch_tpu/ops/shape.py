@@ -7,16 +7,16 @@ need nothing here: their composite kernels or decompositions run on tpu as they 
 
 import functools
 import math
-import warnings
 
 import numpy as np
 import torch
 
 from .. import _tensor
-from .._errors import cpp_type_name, not_implemented_for, scalar_type_name
+from .._errors import cpp_type_name, not_implemented_for, scalar_type_name, warn_once
 from .cpu_replay import libstdcxx_order
 from ._common import as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store, wrap_dim, wrap_dims, write
 from ._registry import register
+from .cpu_kernel_dtypes import cpu_dtypes, not_bool
 
 
 def _sortable(tensor, op_name):
@@ -172,7 +172,17 @@ def _check_padding(mode, dim, size, before, after, shape, padding):
         )
 
 
+def _check_pad_input(self, padded_dims):
+    """Reflection and replication padding take an optional batch dim (which may be empty) before
+    channels and the padded dims, none of them empty."""
+    batched = self.dim() == padded_dims + 2
+    if not (batched or self.dim() == padded_dims + 1) or 0 in self.shape[batched:]:
+        raise RuntimeError(f"Expected {padded_dims + 1}D or {padded_dims + 2}D (batch mode) tensor with possibly 0 "
+                           f"batch size and other non-zero dimensions for input, but got: {list(self.shape)}")
+
+
 def _pad_forward(mode, self, padding):
+    _check_pad_input(self, len(padding) // 2)
     array = operand(self, f"{mode}_pad")
     for dim, source in _pad_sources(mode, array.shape, padding).items():
         array = np.take(array, source, axis=dim)
@@ -204,8 +214,8 @@ def _pad_kernels(mode, dims):
         return store(_pad_backward(mode, grad_output, self, padding), self.dtype, out=grad_input,
                      distinct=(grad_output, self), dtype_rule=exact_dtype)
 
-    register(name)(forward)
-    register(f"{name}.out")(forward_out)
+    register(name)(cpu_dtypes(getattr(torch.ops.aten, name).default, not_bool)(forward))
+    register(f"{name}.out")(cpu_dtypes(getattr(torch.ops.aten, name).out, not_bool)(forward_out))
     register(f"{name}_backward")(backward)
     register(f"{name}_backward.grad_input")(backward_out)
 
@@ -443,18 +453,14 @@ def repeat_interleave(repeats, *, output_size=None):
 # searchsorted / bucketize
 
 
-_NON_CONTIGUOUS_WARNED = set()
-
-
 def _warn_once_if_non_contiguous(**tensors):
     """CPU's once-per-program performance warning for each kind of non-contiguous searchsorted argument."""
     for kind, tensor in tensors.items():
-        if isinstance(tensor, torch.Tensor) and not tensor.is_contiguous() and kind not in _NON_CONTIGUOUS_WARNED:
-            _NON_CONTIGUOUS_WARNED.add(kind)
-            warnings.warn(f"torch.searchsorted(): {kind} tensor is non-contiguous, this will lower the performance due "
-                          "to extra data copy when converting non-contiguous tensor to contiguous, please use "
-                          f"contiguous {kind} tensor if possible. This message will only appear once per program.",
-                          UserWarning, stacklevel=4)
+        if isinstance(tensor, torch.Tensor) and not tensor.is_contiguous():
+            warn_once(f"torch.searchsorted(): {kind} tensor is non-contiguous, this will lower the performance due "
+                      "to extra data copy when converting non-contiguous tensor to contiguous, please use "
+                      f"contiguous {kind} tensor if possible. This message will only appear once per program.",
+                      stacklevel=5)
 
 
 def _searchsorted(boundaries, values, right, side, sorter, out_int32):

@@ -116,6 +116,14 @@ def set_tensor(self, source):
     return set_storage_offset(self, source.untyped_storage(), source.storage_offset(), source.shape, source.stride())
 
 
+@register("is_set_to")
+def is_set_to(self, tensor):
+    """Whether ``self`` is the very view ``set_(tensor)`` would make: one storage, offset, sizes and strides."""
+    return (self.untyped_storage()._cdata == tensor.untyped_storage()._cdata
+            and self.storage_offset() == tensor.storage_offset()
+            and self.shape == tensor.shape and self.stride() == tensor.stride())
+
+
 @register("set_")
 def set_empty(self):
     return set_storage_offset(self, _tensor.empty((0,), self.dtype).untyped_storage(), 0, (0,))
