@@ -864,10 +864,10 @@ def lerp_check(kernel_name):
     has_kernel = supports(floating_or_complex, kernel_name)
 
     def check(dtype, start, end, weight, *args, **kwargs):
-        for name, operand in (("end", end), ("weight", weight)):
-            if isinstance(operand, torch.Tensor) and operand.dtype != start.dtype and (name == "end" or operand.dim()):
+        for name, value in (("end", end), ("weight", weight)):
+            if isinstance(value, torch.Tensor) and value.dtype != start.dtype and (name == "end" or value.dim()):
                 raise RuntimeError(f"expected dtype {cpp_type_name(start.dtype)} for `{name}` but got dtype "
-                                   f"{cpp_type_name(operand.dtype)}")
+                                   f"{cpp_type_name(value.dtype)}")
         has_kernel(dtype)
 
     return check
