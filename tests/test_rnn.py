@@ -94,6 +94,36 @@ def test_float64_and_eval_mode_under_no_grad(layer_launches):
     assert len(layer_launches) == 2
 
 
+def second_derivatives(module, x, state, device):
+    """The gradient of the input-and-state gradients' sum with respect to every parameter and the input
+    (create_graph=True through the layers' backward)."""
+    module = module.to(device)
+    x = x.to(device).requires_grad_()
+    state = tuple(s.to(device).requires_grad_() for s in state or ())
+    output, final = module(x, state if len(state) == 2 else state[0]) if state else module(x)
+    results = [output, *(final if isinstance(final, tuple) else (final,))]
+    loss = sum((r * r.sin()).sum() for r in results)
+    leaves = [x, *state, *module.parameters()]
+    grads = torch.autograd.grad(loss, leaves, create_graph=True)
+    return [g.cpu() for g in torch.autograd.grad(sum((g * g).sum() for g in grads), leaves, allow_unused=True)]
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+@pytest.mark.parametrize("case", ["lstm_projection", "lstm_no_bias_initial_state", "gru_bidirectional",
+                                  "rnn_relu_bidirectional"])
+def test_second_derivatives_through_fused_layers_match_cpu(case, layer_launches):
+    # the fused backward is NumPy: under create_graph it recomputes the layer through PyTorch's composite,
+    # whose per-step ops carry the graph a second derivative needs (it was silently zero)
+    make, shape, state = CASES[case]
+    torch.manual_seed(0)
+    module = make()
+    x = torch.randn(shape)
+    expected = second_derivatives(copy.deepcopy(module), x, state, "cpu")
+    actual = second_derivatives(copy.deepcopy(module), x, state, "tpu")
+    assert layer_launches, "the fused layers ran forward"
+    assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_dropout_between_layers_keeps_the_generator_of_the_composite_path(layer_launches):
     """Dropout between layers is the ordinary op: the fused path draws the same masks as the per-step one."""
     torch.manual_seed(0)

@@ -396,6 +396,30 @@ class Values:
 SEQUENCE, BATCH = 1, 0  # the batch axis of (T, B, F) arrays and of (B, F) states
 
 
+def composite_layer(kind, reverse, x, states, parameters):
+    """One layer and direction through PyTorch's composite, a differentiable op per time step: the layer a
+    second derivative differentiates (the fused kernels' backward is NumPy, a graph of nothing)."""
+    params = [p for p in parameters if p is not None]
+    hx = [s.unsqueeze(0) for s in states] if kind == "lstm" else states[0].unsqueeze(0)
+    sequence = x.flip(0) if reverse else x
+    output, *finals = getattr(torch.ops.aten, kind).input._op_dk(
+        COMPOSITE, sequence, hx, params, parameters[2] is not None, 1, 0.0, True, False, False)
+    return (output.flip(0) if reverse else output, *(final.squeeze(0) for final in finals))
+
+
+def composite_backward(kind, reverse, x, tensors, grad_output, grad_states):
+    """The gradients of a fused layer's inputs (``x``, then ``tensors``: initial states and parameters) as
+    differentiable tensors: the layer recomputed through the composite and differentiated with a graph."""
+    inputs = (x, *tensors)
+    wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
+    outputs = composite_layer(kind, reverse, x, tensors[:-5], tensors[-5:])
+    pairs = [(output, grad) for output, grad in zip(outputs, (grad_output, *grad_states)) if grad is not None]
+    gradients = torch.autograd.grad([output for output, _ in pairs], [inputs[i] for i in wanted],
+                                    [grad for _, grad in pairs], create_graph=True, allow_unused=True)
+    by_position = dict(zip(wanted, gradients))
+    return [by_position.get(i) for i in range(len(inputs))]
+
+
 class RecurrentLayer(torch.autograd.Function):
     """One layer and direction over the whole sequence: (T, B, I) -> output (T, B, H_out), final states."""
 
@@ -408,10 +432,10 @@ class RecurrentLayer(torch.autograd.Function):
         output, final, tape = cell.forward(values.array(x, SEQUENCE), tuple(values.array(s, BATCH) for s in states),
                                            weights, steps)
         results = (values.tensor(output, x.dtype, SEQUENCE), *(values.tensor(s, x.dtype, BATCH) for s in final))
-        ctx.cell, ctx.steps, ctx.has_bias = cell, steps, parameters[2] is not None
+        ctx.cell, ctx.reverse, ctx.steps, ctx.has_bias = cell, reverse, steps, parameters[2] is not None
         # the tape stays in HBM between forward and backward, as it would on the chip
         ctx.tape = {key: values.tensor(value, x.dtype, SEQUENCE) for key, value in tape.items()}
-        ctx.save_for_backward(x, *(p for p in parameters if p is not None))
+        ctx.save_for_backward(x, *tensors)  # the initial states too: a second derivative recomputes the layer
         charge_layer(f"{cell.name}_layer", layer_flops(cell, x.shape, weights.w_hh.shape[0] // cell.gates,
                                                        weights.w_hh.shape[1], weights.w_hr is not None, False),
                      x.dtype, (x, *states, *parameters), (*results, *ctx.tape.values()))
@@ -419,11 +443,10 @@ class RecurrentLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, *grad_states):
-        x, *parameters = ctx.saved_tensors
-        if not ctx.has_bias:
-            parameters[2:2] = [None, None]
-        if len(parameters) == 4:
-            parameters.append(None)
+        x, *tensors = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the gradients must carry a graph of their own
+            return (None, None, *composite_backward(ctx.cell.name, ctx.reverse, x, tensors, grad_output, grad_states))
+        parameters = tensors[-5:]
         values = Values(x.shape[1])
         weights = Weights(*(values.array(p) for p in parameters))
         tape = {key: values.array(value, SEQUENCE) for key, value in ctx.tape.items()}
