@@ -122,6 +122,27 @@ def test_graph_breaks_run_correctly_and_are_listed():
     assert sum("graph break: Call to `torch._dynamo.graph_break()`" in p.dump(source=False) for p in programs) == 1
 
 
+def test_an_rnn_left_to_eager_by_a_graph_break_runs_its_kernels_untraced():
+    """Dynamo leaves nn.LSTM/GRU to eager; the kernels the dispatcher then calls are the backend's own code,
+    which Dynamo must skip as it skips torch's (tracing them put fake tensors through the kernels' views)."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(6, 5, num_layers=2).to("tpu")
+    x = torch.randn(4, 3, 6).to("tpu")
+    state = (torch.zeros(2, 3, 5).to("tpu"), torch.zeros(2, 3, 5).to("tpu"))
+    compiled, eager = torch.compile(lambda x, s: lstm(x, s), backend="tpu")(x, state), lstm(x, state)
+    for got, expected in zip(torch.utils._pytree.tree_leaves(compiled), torch.utils._pytree.tree_leaves(eager)):
+        assert_identical(got, expected)
+
+
+def test_the_kernels_files_are_in_dynamos_skip_list():
+    from torch._dynamo import trace_rules
+    import torch_tpu.ops.view
+
+    assert trace_rules.check_file(torch_tpu.ops.view.__file__).skipped
+    assert trace_rules.check_file(torch_tpu._tensor.__file__).skipped
+    assert not trace_rules.check_file(torch_tpu.fp8.__file__).skipped  # user-facing code is still traced
+
+
 def test_fullgraph_refuses_a_graph_break():
     def f(x):
         torch._dynamo.graph_break()

@@ -73,7 +73,23 @@ def _patch_backend_registry(module):
     module._discover_entrypoint_backends()
 
 
+# The backend's own machinery, which the dispatcher calls from C++: aten kernels, the fallbacks and the chip.
+# Dynamo must never trace these frames. It sees them when a compiled function's graph break hands an op on tpu
+# tensors back to eager (an nn.LSTM, a data-dependent branch); tracing into a kernel puts fake tensors through
+# the kernel's own views and fails where the eager op would have run.
+KERNEL_MODULES = ("torch_tpu.ops", "torch_tpu._C", "torch_tpu._tensor", "torch_tpu._storage", "torch_tpu._cost",
+                  "torch_tpu._errors", "torch_tpu._lazy", "torch_tpu._abstract", "torch_tpu._abstract_launch",
+                  "torch_tpu.autocast")
+
+
+def _patch_trace_rules(module):
+    """Dynamo skips the kernels' files as it skips torch's own C++ kernels (each kernel frame runs eagerly)."""
+    for name in KERNEL_MODULES:
+        module.add(name)
+
+
 PATCHES = {
+    "torch._dynamo.trace_rules": _patch_trace_rules,
     "torch._dynamo.backends.registry": _patch_backend_registry,
     "torch._dynamo.device_interface": _patch_device_interface,
     "torch._inductor.compile_fx": _patch_compile_fx,
