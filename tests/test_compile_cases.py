@@ -90,6 +90,29 @@ def test_a_range_of_symbolic_length_runs_its_eager_kernel_with_the_concrete_leng
         assert_identical(compiled(x), x + torch.arange(rows, device="tpu"))
 
 
+def test_slices_and_selects_bounded_by_a_symbolic_length_use_the_programs_concrete_length():
+    """A language model's last, shorter chunk: the slice end is a size node, a number in each specialised program."""
+    def model(tokens, table):
+        length = tokens.shape[0]
+        return table[:length] * tokens + table[length - 1] + table.select(0, length // 2)
+
+    table = torch.randn(9, 3).to("tpu")
+    compiled = torch.compile(model, backend="tpu", dynamic=True)
+    for rows in (7, 4, 2):
+        tokens = torch.randn(rows, 3).to("tpu")
+        assert_identical(compiled(tokens, table), model(tokens, table))
+
+
+def test_a_mask_computed_on_the_cpu_inside_the_model_moves_to_tpu():
+    """A causal mask built on the host in forward (``log(tril(ones))``): its where() reads a host scalar."""
+    def model(x):
+        mask = torch.log(torch.tril(torch.ones(x.shape[0], x.shape[0]))).to(x.device)
+        return torch.softmax(x @ x.T + mask, dim=-1)
+
+    x = torch.randn(5, 4).to("tpu")
+    assert_identical(torch.compile(model, backend="tpu")(x), model(x))
+
+
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_tensor_constants_made_inside_the_model_are_read_as_inputs(dynamic):
     """``torch.tensor(...)`` inside a model becomes a graph constant (a ``get_attr`` node), on the host or tpu."""

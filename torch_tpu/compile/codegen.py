@@ -474,6 +474,8 @@ def _tensor_expression(node, tensor_of, homes, root, assignment, w):
             w.line(f"bt{index} = tensor_over(b{index})")
             w.wrapped.add(index)
         return _view_expression(node, base, f"bt{index}", f"B{index}", homes, w)
+    if homes.get(base) == "host":  # a host scalar an eager CPU node reads (the 0 of a mask's where on the CPU)
+        return f"host_tensor(v_{node.name})"
     raise AssertionError(f"{node.name} has no tensor to view")  # scratch values never leave their kernel
 
 
