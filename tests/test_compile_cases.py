@@ -166,6 +166,22 @@ def test_the_kernels_files_are_in_dynamos_skip_list():
     assert not trace_rules.check_file(torch_tpu.fp8.__file__).skipped  # user-facing code is still traced
 
 
+@pytest.mark.parametrize("predicate", [True, False])
+def test_torch_cond_runs_the_branch_its_predicate_picks_with_gradients(predicate):
+    """The branches are subgraphs (get_attr nodes) that the cond node, run by its eager kernel, is handed."""
+    def model(flag, x):
+        return torch.cond(flag, lambda a: (a * 2).sin(), lambda a: a.exp() - 1, (x,)).sum()
+
+    x = torch.randn(5).to("tpu").requires_grad_()
+    twin = x.detach().clone().requires_grad_()
+    flag = torch.tensor(predicate).to("tpu")
+    got, want = torch.compile(model, backend="tpu")(flag, x), model(flag, twin)
+    got.backward()
+    want.backward()
+    assert_identical(got, want)
+    assert_identical(x.grad, twin.grad)
+
+
 def test_fullgraph_refuses_a_graph_break():
     def f(x):
         torch._dynamo.graph_break()
