@@ -90,6 +90,29 @@ def test_a_range_of_symbolic_length_runs_its_eager_kernel_with_the_concrete_leng
         assert_identical(compiled(x), x + torch.arange(rows, device="tpu"))
 
 
+def test_slices_and_selects_bounded_by_a_symbolic_length_use_the_programs_concrete_length():
+    """A language model's last, shorter chunk: the slice end is a size node, a number in each specialised program."""
+    def model(tokens, table):
+        length = tokens.shape[0]
+        return table[:length] * tokens + table[length - 1] + table.select(0, length // 2)
+
+    table = torch.randn(9, 3).to("tpu")
+    compiled = torch.compile(model, backend="tpu", dynamic=True)
+    for rows in (7, 4, 2):
+        tokens = torch.randn(rows, 3).to("tpu")
+        assert_identical(compiled(tokens, table), model(tokens, table))
+
+
+def test_a_mask_computed_on_the_cpu_inside_the_model_moves_to_tpu():
+    """A causal mask built on the host in forward (``log(tril(ones))``): its where() reads a host scalar."""
+    def model(x):
+        mask = torch.log(torch.tril(torch.ones(x.shape[0], x.shape[0]))).to(x.device)
+        return torch.softmax(x @ x.T + mask, dim=-1)
+
+    x = torch.randn(5, 4).to("tpu")
+    assert_identical(torch.compile(model, backend="tpu")(x), model(x))
+
+
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_tensor_constants_made_inside_the_model_are_read_as_inputs(dynamic):
     """``torch.tensor(...)`` inside a model becomes a graph constant (a ``get_attr`` node), on the host or tpu."""
@@ -120,6 +143,43 @@ def test_graph_breaks_run_correctly_and_are_listed():
     programs = torch_tpu.compile.last_programs()
     assert len(programs) == 2
     assert sum("graph break: Call to `torch._dynamo.graph_break()`" in p.dump(source=False) for p in programs) == 1
+
+
+def test_an_rnn_left_to_eager_by_a_graph_break_runs_its_kernels_untraced():
+    """Dynamo leaves nn.LSTM/GRU to eager; the kernels the dispatcher then calls are the backend's own code,
+    which Dynamo must skip as it skips torch's (tracing them put fake tensors through the kernels' views)."""
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(6, 5, num_layers=2).to("tpu")
+    x = torch.randn(4, 3, 6).to("tpu")
+    state = (torch.zeros(2, 3, 5).to("tpu"), torch.zeros(2, 3, 5).to("tpu"))
+    compiled, eager = torch.compile(lambda x, s: lstm(x, s), backend="tpu")(x, state), lstm(x, state)
+    for got, expected in zip(torch.utils._pytree.tree_leaves(compiled), torch.utils._pytree.tree_leaves(eager)):
+        assert_identical(got, expected)
+
+
+def test_the_kernels_files_are_in_dynamos_skip_list():
+    from torch._dynamo import trace_rules
+    import torch_tpu.ops.view
+
+    assert trace_rules.check_file(torch_tpu.ops.view.__file__).skipped
+    assert trace_rules.check_file(torch_tpu._tensor.__file__).skipped
+    assert not trace_rules.check_file(torch_tpu.fp8.__file__).skipped  # user-facing code is still traced
+
+
+@pytest.mark.parametrize("predicate", [True, False])
+def test_torch_cond_runs_the_branch_its_predicate_picks_with_gradients(predicate):
+    """The branches are subgraphs (get_attr nodes) that the cond node, run by its eager kernel, is handed."""
+    def model(flag, x):
+        return torch.cond(flag, lambda a: (a * 2).sin(), lambda a: a.exp() - 1, (x,)).sum()
+
+    x = torch.randn(5).to("tpu").requires_grad_()
+    twin = x.detach().clone().requires_grad_()
+    flag = torch.tensor(predicate).to("tpu")
+    got, want = torch.compile(model, backend="tpu")(flag, x), model(flag, twin)
+    got.backward()
+    want.backward()
+    assert_identical(got, want)
+    assert_identical(x.grad, twin.grad)
 
 
 def test_fullgraph_refuses_a_graph_break():

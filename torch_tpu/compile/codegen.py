@@ -465,6 +465,8 @@ def _tensor_expression(node, tensor_of, homes, root, assignment, w):
     """A tensor holding ``node``'s value: its own, or a view over the tensor its root lives in."""
     if node in tensor_of:
         return tensor_of[node]
+    if node.op == "get_attr":  # a subgraph that a higher-order op (torch.cond) runs: the module itself
+        return w.constant("module_", torch.fx.graph_module._get_attr(node.graph.owning_module, node.target))
     base = root(node)
     if base in tensor_of:
         return _view_expression(node, base, tensor_of[base], f"v_{base.name}", homes, w)
@@ -474,6 +476,8 @@ def _tensor_expression(node, tensor_of, homes, root, assignment, w):
             w.line(f"bt{index} = tensor_over(b{index})")
             w.wrapped.add(index)
         return _view_expression(node, base, f"bt{index}", f"B{index}", homes, w)
+    if homes.get(base) == "host":  # a host scalar an eager CPU node reads (the 0 of a mask's where on the CPU)
+        return f"host_tensor(v_{node.name})"
     raise AssertionError(f"{node.name} has no tensor to view")  # scratch values never leave their kernel
 
 

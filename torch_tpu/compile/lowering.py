@@ -138,7 +138,9 @@ def _has_tpu_result(node):
 
 
 def _view(function):
-    """A lowering whose node is a NumPy view of its first argument, shaped by the node's own value."""
+    """A lowering whose node is a NumPy view of its first argument, shaped by the node's own value. An index
+    or bound computed from a symbolic size is read as the number it is in this program (each program is
+    specialised to its inputs' shapes: ``pipeline._ShapeSpecialised``)."""
 
     def lowering(node):
         return Lowered(VIEW, function(node), (node.args[0],))
@@ -181,7 +183,7 @@ def _aliased(node):
 def _sliced(node):
     source = value_of(node.args[0])
     dim = wrap_dim(node.args[1] if len(node.args) > 1 else 0, source.dim())
-    start, end, step = (list(node.args[2:5]) + [None, None, 1][len(node.args[2:5]):])
+    start, end, step = map(value_of, list(node.args[2:5]) + [None, None, 1][len(node.args[2:5]):])
     index = [slice(None)] * source.dim()
     index[dim] = slice(*slice(start, end, step).indices(source.shape[dim]))
     index = tuple(index)
@@ -191,7 +193,7 @@ def _sliced(node):
 def _selected(node):
     source = value_of(node.args[0])
     dim = wrap_dim(node.args[1], source.dim())
-    index = (slice(None),) * dim + (node.args[2],)
+    index = (slice(None),) * dim + (value_of(node.args[2]),)
     return lambda array: array[index]
 
 

@@ -73,7 +73,24 @@ def _patch_backend_registry(module):
     module._discover_entrypoint_backends()
 
 
+# The backend's own machinery, which PyTorch calls from C++ (aten kernels, the fallbacks, the accelerator and
+# device hooks), and everything those reach (the chip, the tensor bridge, errors). Dynamo must never trace these
+# frames, as it never traces torch's own C++ kernels. It meets them when a graph break hands an op on tpu tensors
+# back to eager (an nn.LSTM, a data-dependent branch): tracing a kernel put fake tensors through its views and
+# failed where the eager op runs, and tracing a helper it reaches compiled a stray graph of it.
+KERNEL_MODULES = ("torch_tpu.ops", "torch_tpu._C", "torch_tpu._tensor", "torch_tpu._storage", "torch_tpu._cost",
+                  "torch_tpu._errors", "torch_tpu._lazy", "torch_tpu._abstract", "torch_tpu._abstract_launch",
+                  "torch_tpu.autocast", "torch_tpu._accelerator", "torch_tpu.tpu")
+
+
+def _patch_trace_rules(module):
+    """Dynamo skips the kernels' files as it skips torch's own C++ kernels (each kernel frame runs eagerly)."""
+    for name in KERNEL_MODULES:
+        module.add(name)
+
+
 PATCHES = {
+    "torch._dynamo.trace_rules": _patch_trace_rules,
     "torch._dynamo.backends.registry": _patch_backend_registry,
     "torch._dynamo.device_interface": _patch_device_interface,
     "torch._inductor.compile_fx": _patch_compile_fx,

@@ -9,6 +9,7 @@ from . import (  # noqa: F401
     conv,
     copy,
     factory,
+    fake_quant,
     fallback,
     fft,
     foreach,
