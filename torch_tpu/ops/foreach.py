@@ -68,9 +68,19 @@ def _is_real_scalar(value):
     return not isinstance(value, complex)
 
 
+def _is_bool(value):
+    return isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool)
+
+
+def _plain_real_number(value):
+    """A number the fast path applies as it is; others (a bool or complex alpha) go per tensor, to the op's checks."""
+    return _is_real_scalar(value) and not _is_bool(value)
+
+
 def _keeps_dtype(t, scalar):
-    """A real scalar leaves a floating tensor's dtype alone, except a 0-dim tensor meeting another 0-dim tensor."""
-    if not _is_real_scalar(scalar):
+    """A real scalar leaves a floating tensor's dtype alone, except a 0-dim tensor meeting another 0-dim tensor.
+    A bool takes the per-tensor route, whose op may refuse it (sub does)."""
+    if not _plain_real_number(scalar):
         return False
     if isinstance(scalar, torch.Tensor) and t.dim() == 0 and scalar.is_floating_point():
         return scalar.dtype == t.dtype
@@ -136,7 +146,7 @@ def _foreach(fn, method, self, tensor_columns, scalar_columns, inplace, keywords
     if inplace:
         for t in self:
             check_no_internal_overlap(t)
-    if _fast_path(self, tensor_columns, scalar_columns):
+    if _fast_path(self, tensor_columns, scalar_columns) and all(map(_plain_real_number, keywords.values())):
         if as_cpu_reads is not None:
             scalar_columns, keywords = as_cpu_reads(self[0].dtype, scalar_columns, keywords)
         return _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords)

@@ -1232,10 +1232,11 @@ UNARY_FLOAT = {  # integer and bool inputs compute in the default float dtype
 UNARY_FLOAT_SINGLE_OR_DOUBLE = {  # CPU has no reduced-precision kernels for these
     "special_ndtri": special.ndtri, "special_log_ndtr": special.log_ndtr, "special_erfcx": special.erfcx,
 }
+UNARY_FLOAT_REAL = frozenset({"erf", "erfc"})  # CPU's loops of these have no complex instance
 UNARY_SAME = {  # computed in the input's own dtype: (function, supported dtypes)
     "neg": (np.negative, None), "sign": (sign, None), "sgn": (sgn, None), "frac": (frac, floating),
     "floor": (integer_identity(np.floor), not_bool), "ceil": (integer_identity(np.ceil), not_bool),
-    "trunc": (integer_identity(np.trunc), not_bool), "round": (integer_identity(np.rint), not_bool),
+    "trunc": (integer_identity(np.trunc), not_bool), "round": (integer_identity(np.rint), real_not_bool),
     "signbit": (signbit, real), "isposinf": (np.isposinf, real), "isneginf": (np.isneginf, real),
     "bitwise_not": (bitwise_not, is_integral),
 }
@@ -1302,19 +1303,46 @@ COMPLEX_ACTIVATIONS = {"silu.out", "silu_backward.grad_input", "sigmoid_backward
                        "tanh_backward.grad_input"}
 
 
+# CPU's dispatch names where they are not "<op>_cpu", as its "not implemented for" errors spell them
+CPU_KERNEL_NAMES = {
+    "erf": "erf_vml_cpu", "erfc": "erfc_vml_cpu", "floor": "floor_vml_cpu", "ceil": "ceil_vml_cpu",
+    "trunc": "trunc_vml_cpu", "round": "round_vml_cpu", "special_ndtri": "ndtri_cpu",
+    "special_log_ndtr": "log_ndtr_cpu", "special_erfcx": "erfcx_cpu", "pow": "pow", "addcmul": "addcmul_cpu_out",
+    "clamp": "clamp_scalar_cpu", "clamp_min": "clamp_min_scalar_cpu", "clamp_max": "clamp_max_scalar_cpu",
+}
+
+
 def checked(predicate, overload):
-    return None if predicate is None else supports(predicate, overload.split(".")[0] + "_cpu")
+    name = overload.split(".")[0]
+    return None if predicate is None else supports(predicate, CPU_KERNEL_NAMES.get(name, name + "_cpu"))
+
+
+def check_clamp_numbers(dtype, x, low=None, high=None):
+    """clamp with number bounds: CPU's clamp, clamp_min and clamp_max loops (one per bound given) have no
+    bool instance."""
+    check_clamp_bounds(dtype, x, low, high)
+    kernel = "clamp" if low is not None and high is not None else "clamp_min" if low is not None else "clamp_max"
+    require(not_bool(dtype), dtype, CPU_KERNEL_NAMES[kernel])
+
+
+def check_clamp_tensors(dtype, x, low=None, high=None):
+    """clamp with tensor bounds: both go through CPU's clamp loop, which has no bool instance; one alone
+    through maximum or minimum, which have."""
+    check_clamp_bounds(dtype, x, low, high)
+    if low is not None and high is not None:
+        require(not_bool(dtype), dtype, "clamp_cpu")
 
 
 def register_tables():
     for name, function in UNARY_FLOAT.items():
-        structured(f"{name}.out", function, rule=to_float)
+        structured(f"{name}.out", function, rule=to_float,
+                   check=checked(real, name) if name in UNARY_FLOAT_REAL else None)
     for name, function in UNARY_FLOAT_SINGLE_OR_DOUBLE.items():
         structured(f"{name}.out", function, rule=to_float, check=checked(single_or_double, name))
     for name, (function, predicate) in UNARY_SAME.items():
         structured(f"{name}.out", function, check=checked(predicate, name), exact_out=True,
                    result=to_bool if name in ("signbit", "isposinf", "isneginf") else keep)
-    structured("round.decimals_out", round_decimals, check=checked(floating, "round"), exact_out=True)
+    structured("round.decimals_out", round_decimals, check=supports(floating, "round_cpu"), exact_out=True)
     for overload, (function, rule, predicate) in BINARY.items():
         structured(overload, function, operands=2, rule=rule, check=checked(predicate, overload),
                    opmath=overload not in IN_OWN_DTYPE)
@@ -1340,23 +1368,24 @@ def register_tables():
     structured("threshold_backward.grad_input", threshold_backward, operands=2,
                check=supports(real_not_bool, "threshold_cpu"))
     structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)
-    for overload in ("clamp.out", "clamp.Tensor_out"):
-        structured(overload, clamp, operands=3, check=check_clamp_bounds, exact_out=overload == "clamp.out")
+    structured("clamp.out", clamp, operands=3, check=check_clamp_numbers, exact_out=True)
+    structured("clamp.Tensor_out", clamp, operands=3, check=check_clamp_tensors)
     # tensor bounds go through CPU's maximum/minimum loops, which have none for complex numbers
-    structured("clamp_min.out", clamp, operands=2, exact_out=True)
+    structured("clamp_min.out", clamp, operands=2, check=checked(not_bool, "clamp_min"), exact_out=True)
     structured("clamp_min.Tensor_out", clamp, operands=2, check=checked(real, "maximum"))
-    structured("clamp_max.out", clamp_max, operands=2, exact_out=True)
+    structured("clamp_max.out", clamp_max, operands=2, check=checked(not_bool, "clamp_max"), exact_out=True)
     structured("clamp_max.Tensor_out", clamp_max, operands=2, check=checked(real, "minimum"))
-    structured("addcmul.out", addcmul, operands=3)
+    structured("addcmul.out", addcmul, operands=3, check=checked(not_bool, "addcmul"))
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
     structured("lerp.Scalar_out", lerp, operands=2, check=lerp_check("lerp_kernel_scalar"))
     structured("lerp.Tensor_out", lerp, operands=3, check=lerp_check("lerp_kernel_tensor"))
     # CPU's logit computes bf16/fp16 step by step in their own format (each vector op rounds)
-    unstructured(logit, "logit", "logit_", "logit.out", rule=to_float, opmath=lambda *promoted: False)
+    unstructured(logit, "logit", "logit_", "logit.out", rule=to_float, check=checked(real, "logit"),
+                 opmath=lambda *promoted: False)
     unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)),
                  allocate=real_output_of_complex)
     unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
-    unstructured(np.conj, "conj_physical.out")
+    unstructured(np.conj, "conj_physical.out", "conj_physical_")
     unstructured(logical_not, "logical_not.out", result=to_bool)
     unstructured(isnan, "isnan", result=to_bool)
     unstructured(floor_divide, "floor_divide", "floor_divide_.Tensor", "floor_divide.out", operands=2,
