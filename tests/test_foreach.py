@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from differential import check, to_tpu
+from differential import check, check_same_error, to_tpu
 
 from torch_tpu.ops.foreach import _BINARY, _UNARY
 
@@ -206,3 +206,29 @@ def test_foreach_unary_ops_use_the_pointwise_kernels_maths():
         (got,) = getattr(torch, f"_foreach_{name}")([values.to("tpu")])
         assert_close(got.cpu(), expected.cpu(), rtol=0, atol=0, equal_nan=True, msg=name)
     check(lambda t: torch._foreach_lgamma(t), [values])
+
+
+# The fast path applies numbers itself; a bool number or alpha (or a complex alpha) must reach the per-tensor
+# op, whose checks refuse it as CPU's foreach kernels do.
+REFUSED_NUMBERS = {
+    "sub of a bool number": lambda d: torch._foreach_sub([torch.ones(2, device=d)], True),
+    "sub_ of a bool scalar list": lambda d: torch._foreach_sub_([torch.ones(2, device=d)], [True]),
+    "sub of a bool 0-dim tensor": lambda d: torch._foreach_sub([torch.ones(2, device=d)], torch.tensor(True)),
+    "add with a bool alpha": lambda d: torch._foreach_add([torch.ones(2, device=d)], [torch.ones(2, device=d)],
+                                                          alpha=True),
+    "add_ with a complex alpha": lambda d: torch._foreach_add_([torch.ones(2, device=d)], [torch.ones(2, device=d)],
+                                                               alpha=1j),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_NUMBERS))
+def test_numbers_the_per_tensor_op_refuses_are_refused(case):
+    check_same_error(REFUSED_NUMBERS[case])
+
+
+@pytest.mark.parametrize("number", [True, False])
+def test_a_bool_number_adds_and_multiplies_as_on_cpu(number):
+    tensors = make_list()
+    for name in ("add", "mul"):
+        fn = getattr(torch, f"_foreach_{name}")
+        assert_close([t.cpu() for t in fn(to_tpu(tensors), number)], fn(tensors, number))

@@ -723,3 +723,42 @@ def test_angle_of_complex_is_contiguous_as_on_cpu(layout):
     actual, expected = torch.angle(z.to("tpu")), torch.angle(z)
     assert actual.stride() == expected.stride()
     assert_close(actual.cpu(), expected, atol=1e-6, rtol=1e-6)
+
+
+# CPU's kernels lack loops for these dtypes; tpu's maths would compute them, so each must refuse as CPU does,
+# in CPU's words (its dispatch names: "erf_vml_cpu", "clamp_min_scalar_cpu", ...).
+REFUSED_AS_ON_CPU = {
+    "erf of complex": lambda d: torch.erf(torch.tensor([1 + 2j], device=d)),
+    "erfc_ of complex": lambda d: torch.tensor([1 + 2j], device=d).erfc_(),
+    "round of complex": lambda d: torch.round(torch.tensor([1.5 + 2j], device=d)),
+    "round with decimals of an integer": lambda d: torch.round(torch.tensor([1, 2], device=d), decimals=1),
+    "logit of complex": lambda d: torch.logit(torch.tensor([0.5 + 0j], device=d)),
+    "floor of bool": lambda d: torch.floor(torch.tensor([True], device=d)),
+    "special.ndtri of half": lambda d: torch.special.ndtri(torch.ones(2, dtype=torch.half, device=d)),
+    "pow of bools": lambda d: torch.pow(torch.tensor([True], device=d), torch.tensor([True], device=d)),
+    "clamp of bool, number bounds": lambda d: torch.clamp(torch.tensor([True, False], device=d), False, True),
+    "clamp of bool, tensor bounds": lambda d: torch.clamp(*[torch.tensor([True, False], device=d)] * 3),
+    "clamp_min of bool": lambda d: torch.clamp_min(torch.tensor([True, False], device=d), False),
+    "clamp_max of bool": lambda d: torch.clamp(torch.tensor([True, False], device=d), max=True),
+    "addcmul of bools": lambda d: torch.addcmul(*[torch.tensor([True, False], device=d)] * 3),
+    "sub_ of a bool by a number": lambda d: torch.tensor([True], device=d).sub_(1),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED_AS_ON_CPU))
+def test_dtypes_cpus_kernels_lack_are_refused_in_cpus_words(case):
+    check_same_error(REFUSED_AS_ON_CPU[case])
+
+
+def test_clamp_of_bool_by_one_tensor_bound_is_computed_as_on_cpu():
+    """One tensor bound goes through maximum (or minimum), which CPU has for bool."""
+    values, bound = torch.tensor([True, False]), torch.tensor([False, True])
+    assert_close(torch.clamp(values.to("tpu"), bound.to("tpu")).cpu(), torch.clamp(values, bound))
+    assert_close(torch.clamp(values.to("tpu"), max=bound.to("tpu")).cpu(), torch.clamp(values, max=bound))
+
+
+def test_conj_physical_in_place_conjugates_complex_tensors():
+    values = torch.tensor([1 + 2j, -3 - 0.5j])
+    on_tpu = values.to("tpu")
+    on_tpu.conj_physical_()
+    assert_close(on_tpu.cpu(), values.clone().conj_physical_())

@@ -1626,7 +1626,10 @@ def result_shape(self, other):
     return self.shape
 
 
-def hot_binary(ufunc, out_kernel, rule=keep):
+def hot_binary(ufunc, out_kernel, rule=keep, meta_check=None):
+    """``meta_check(dtype, self, other, **options)``: the op's meta function's checks, which CPU runs before
+    TensorIterator's in-place castability check."""
+
     def functional(self, other, **options):
         if (isinstance(self, torch.Tensor) and isinstance(other, torch.Tensor) and self.dtype is other.dtype
                 and self.dtype in _NATIVE_SAME
@@ -1662,15 +1665,20 @@ def hot_binary(ufunc, out_kernel, rule=keep):
                 target = as_numpy(self)
                 vpu.apply(ufunc, target, b, out=target)
                 return self
+        if meta_check is not None:
+            meta_check(dtype, self, other, **options)
         check_inplace(self, dtype, broadcast_shape(self, other))
         return out_kernel(self, other, **options, out=self)
 
     return functional, inplace
 
 
+HOT_META_CHECKS = {"sub": check_sub}  # sub refuses bool operands before the in-place cast check
+
+
 def register_hot_path():
     for name, (ufunc, rule) in HOT_BINARY.items():
-        functional, inplace = hot_binary(ufunc, KERNELS[f"{name}.out"], rule)
+        functional, inplace = hot_binary(ufunc, KERNELS[f"{name}.out"], rule, HOT_META_CHECKS.get(name))
         register(f"{name}.Tensor")(functional)
         register(f"{name}_.Tensor")(inplace)
 
