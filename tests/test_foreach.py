@@ -232,3 +232,10 @@ def test_a_bool_number_adds_and_multiplies_as_on_cpu(number):
     for name in ("add", "mul"):
         fn = getattr(torch, f"_foreach_{name}")
         assert_close([t.cpu() for t in fn(to_tpu(tensors), number)], fn(tensors, number))
+
+
+@pytest.mark.parametrize("name", ["maximum", "minimum", "maximum_", "minimum_"])
+def test_maximum_and_minimum_of_complex_lists_refuse_in_cpus_words(name):
+    """CPU's foreach maximum/minimum run clamp_min/clamp_max per tensor, whose kernel names the refusal."""
+    fn = getattr(torch, f"_foreach_{name}")
+    check_same_error(lambda d: fn([torch.tensor([1 + 2j], device=d)], [torch.tensor([2 + 1j], device=d)]))

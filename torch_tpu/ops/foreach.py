@@ -219,8 +219,9 @@ _BINARY = {
     "minimum": _pointwise_maths("minimum.out"), "clamp_min": np.maximum, "clamp_max": np.minimum,
     "pow": _pointwise_maths("pow.Tensor_Tensor_out"),
 }
-# torch.maximum/minimum take tensors only; with scalars PyTorch's composite uses clamp_min/clamp_max.
-_SCALAR_METHOD = {"maximum": "clamp_min", "minimum": "clamp_max"}
+# CPU's foreach maximum/minimum kernels run clamp_min/clamp_max per tensor, for numbers and tensor lists alike
+# (so a complex list meets clamp's kernel: '"maximum_cpu" not implemented', not maximum's meta check).
+_PER_TENSOR_OP = {"maximum": "clamp_min", "minimum": "clamp_max"}
 # CPU's foreach kernels run the pointwise op per tensor, so a number meets each tensor under the pointwise rules
 # (rounded to a bf16/fp16 list's dtype unless the op reads it as given: pointwise.READS_ORIGINAL_SCALAR). In
 # place, CPU runs ``t.mul_(number)`` as aten mul_.Scalar, whose composite calls mul_out(self, number, self):
@@ -230,11 +231,8 @@ _NUMBER_FIRST_IN_PLACE = {"mul": torch.ops.aten.mul_.Scalar}
 
 
 def _per_tensor_method(name, inplace):
-    """The aten op the composite kernel runs per tensor (maximum has no in-place form: copy its result)."""
-    if not inplace:
-        return getattr(torch.Tensor, name)
-    method = getattr(torch.Tensor, f"{name}_", None)
-    return method or (lambda t, *args, **keywords: t.copy_(getattr(torch.Tensor, name)(t, *args, **keywords)))
+    """The aten op the composite kernel runs per tensor."""
+    return getattr(torch.Tensor, f"{name}_" if inplace else name)
 
 
 def _numbers_as_cpu_reads(name, number_first):
@@ -256,7 +254,7 @@ def _numbers_as_cpu_reads(name, number_first):
 def _binary_kernel(name, fn, kind, inplace):
     number_first = inplace and kind in ("Scalar", "ScalarList") and name in _NUMBER_FIRST_IN_PLACE
     method = (_NUMBER_FIRST_IN_PLACE[name] if number_first else
-              _per_tensor_method(name if kind in ("List", "Tensor") else _SCALAR_METHOD.get(name, name), inplace))
+              _per_tensor_method(_PER_TENSOR_OP.get(name, name), inplace))
     as_cpu_reads = _numbers_as_cpu_reads(name, number_first)
 
     def kernel(self, other, **keywords):  # keywords: alpha, for add and sub
