@@ -60,6 +60,13 @@ def test_half_to_float(op):
     assert_close(out.cpu(), reference)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_half_to_float_refuses_other_dtypes_as_cuda(dtype):
+    # CPU refuses the conversion for every dtype; CUDA (and tpu) accept float16 input only
+    with pytest.raises(RuntimeError, match="conversion is supported for Half type only"):
+        torch._softmax(torch.randn(3, 9, dtype=dtype, device="tpu"), 1, True)
+
+
 def test_softmax_dim_out_of_range_raises_like_cpu():
     with pytest.raises(IndexError):
         F.softmax(torch.randn(2, 3).to("tpu"), 2)

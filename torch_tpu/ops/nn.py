@@ -143,6 +143,8 @@ def softmax_kernel(log):
     def kernel(self, dim, half_to_float, *, out):
         dim = wrap_dim(dim, self.dim())
         check_softmax_dtype(self, dim, log)
+        if half_to_float and self.dtype != torch.float16:  # CUDA's rule (CPU refuses the conversion outright)
+            raise RuntimeError("conversion is supported for Half type only")
         prepare_out(out, self.shape, torch.float32 if half_to_float else self.dtype, distinct=(self,),
                     dtype_rule=exact_dtype)
         x = at_least_1d(opmath_operand(self))
