@@ -367,6 +367,17 @@ def test_float8_linear_without_bias_and_frozen_input():
     torch.testing.assert_close(on_tpu.weight.grad.cpu(), on_cpu.weight.grad, atol=1e-4, rtol=1e-4)
 
 
+def test_float8_linear_refuses_a_second_derivative():
+    # a gradient penalty through an FP8 linear would differentiate the FP8 casts, which have no derivative:
+    # a clear error, never a silently zero second derivative
+    layer = Float8Linear(64, 32).to("tpu")
+    x = torch.randn(5, 64, device="tpu", requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x).sum(), x)  # first derivatives are fine
+    assert grad.shape == x.shape
+    with pytest.raises(NotImplementedError, match="Float8Linear: double backward"):
+        torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+
+
 def _load_example(name):
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

@@ -62,6 +62,11 @@ class _Float8LinearFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
+        if torch.is_grad_enabled():  # the FP8 casts have no derivative: a graph of this backward would be wrong
+            raise NotImplementedError(
+                "Float8Linear: double backward (torch.autograd.grad(..., create_graph=True) through an FP8 "
+                "linear) is not supported, since its FP8 casts are not differentiable; keep the layers a "
+                "second derivative flows through as nn.Linear (convert_to_float8's module_filter_fn)")
         rows, weight = ctx.saved_tensors
         grad = grad_output.reshape(-1, grad_output.shape[-1])
         grad_input = grad_weight = grad_bias = None
