@@ -10,18 +10,16 @@ import functools
 import torch
 
 from .._errors import raise_cpu_error
+from .pointwise import not_bool
 
 aten = torch.ops.aten
 
 FLOATING = frozenset({torch.float16, torch.bfloat16, torch.float32, torch.float64})
 
 
-def floating(dtype):
+def floating_not_fp8(dtype):
+    """AT_DISPATCH_FLOATING_TYPES_AND2(Half, BFloat16): unlike pointwise.floating, no FP8 formats."""
     return dtype in FLOATING
-
-
-def not_bool(dtype):
-    return dtype is not torch.bool
 
 
 def floating_or_long(dtype):

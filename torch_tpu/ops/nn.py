@@ -20,7 +20,7 @@ from .._errors import not_implemented_for, raise_cpu_error
 from .._tensor import numpy_dtype
 from ._common import (as_numpy, castable, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand,
                       prepare_out, store, wrap_dim, write)
-from .cpu_kernel_dtypes import cpu_dtypes, floating
+from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .cpu_replay.cascade_sum import cascade_sum
 
 # at::Reduction
@@ -322,7 +322,7 @@ def layer_norm_arrays(x, weight_rows, bias_rows, eps):
 
 
 @register("native_layer_norm")
-@cpu_dtypes(torch.ops.aten.native_layer_norm.default, floating)
+@cpu_dtypes(torch.ops.aten.native_layer_norm.default, floating_not_fp8)
 def native_layer_norm(input, normalized_shape, weight, bias, eps):
     check_layer_norm_inputs(input, normalized_shape, weight, bias)
     x, stats_shape = layer_norm_rows(input, normalized_shape)
@@ -351,7 +351,7 @@ def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows):
 
 
 @register("native_layer_norm_backward")
-@cpu_dtypes(torch.ops.aten.native_layer_norm_backward.default, floating)
+@cpu_dtypes(torch.ops.aten.native_layer_norm_backward.default, floating_not_fp8)
 def native_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask):
     x, _ = layer_norm_rows(input, normalized_shape)
     dy = opmath_operand(grad_out).reshape(x.shape)
@@ -382,7 +382,7 @@ def affine_per_channel(xhat, weight, bias):
 
 
 @register("native_group_norm")
-@cpu_dtypes(torch.ops.aten.native_group_norm.default, floating)
+@cpu_dtypes(torch.ops.aten.native_group_norm.default, floating_not_fp8)
 def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
     x = opmath_operand(input)
     mean, var = moments(grouped(x, N, C, HxW, group), (2,))
@@ -395,7 +395,7 @@ def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
 
 
 @register("native_group_norm_backward")
-@cpu_dtypes(torch.ops.aten.native_group_norm_backward.default, floating)
+@cpu_dtypes(torch.ops.aten.native_group_norm_backward.default, floating_not_fp8)
 def native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, group, output_mask):
     x, dy = opmath_operand(input), opmath_operand(grad_out)
     mean, rstd = opmath_operand(mean)[..., None], opmath_operand(rstd)[..., None]
@@ -508,7 +508,7 @@ def evaluation_invstd(running_var, eps, compute, vectorised):
 
 
 @register("native_batch_norm")
-@cpu_dtypes(torch.ops.aten.native_batch_norm.default, floating)
+@cpu_dtypes(torch.ops.aten.native_batch_norm.default, floating_not_fp8)
 def native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps):
     """Normalized with the statistics as CPU stores and reads them back."""
     x = opmath_operand(input)
@@ -563,7 +563,7 @@ def batch_norm_no_update(input, weight, bias, running_mean, running_var, momentu
 
 
 @register("native_batch_norm_backward")
-@cpu_dtypes(torch.ops.aten.native_batch_norm_backward.default, floating)
+@cpu_dtypes(torch.ops.aten.native_batch_norm_backward.default, floating_not_fp8)
 def native_batch_norm_backward(
     grad_out, input, weight, running_mean, running_var, save_mean, save_invstd, train, eps, output_mask
 ):
