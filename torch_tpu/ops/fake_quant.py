@@ -18,14 +18,14 @@ import torch
 from .._errors import not_implemented_for, scalar_type_name
 from ._common import opmath_dtype, operand, store, wrap_dim, write
 from ._registry import register
+from .cpu_kernel_dtypes import floating_not_fp8
 
-FLOATING = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 CHANNEL_ZERO_POINTS = (torch.int32, torch.float32, torch.float16)
 INT64_MIN = np.iinfo(np.int64).min
 
 
 def check_floating(self, kernel_name):
-    if self.dtype not in FLOATING:
+    if not floating_not_fp8(self.dtype):
         raise not_implemented_for(kernel_name, self.dtype)
 
 
