@@ -565,7 +565,8 @@ def nanmedian(self):
 
 def _median_values_error(self, values):
     return (f"Expected tensor for 'values' to have the same type as tensor for argument #2 'self'; but type "
-            f"{values.type()} does not equal {self.cpu().type()} (while checking arguments for median)")
+            f"{values.type()} does not equal {torch.empty(0, dtype=self.dtype).type()} (while checking arguments for "
+            "median)")  # CPU names self's CPU type; naming it needs no copy of self
 
 
 def _median_indices_error(indices):
