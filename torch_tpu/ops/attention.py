@@ -23,8 +23,8 @@ import torch
 from torch.nn.attention import SDPBackend
 
 from .. import _C, _cost
-from .._C import mxu
-from .._tensor import DTYPE_NAME
+from .._C import mxu, vpu
+from .._tensor import DTYPE_NAME, is_tpu
 from ._common import as_numpy, empty, write
 from ._registry import register
 from .linalg import float32_passes
@@ -99,7 +99,7 @@ def attention_forward(q, k, v, bias=None, *, scale, is_causal=False, dropout=Non
     heads, length = k.shape[-3], k.shape[-2]
     qg = _grouped(q, heads)
     running_max = total = accumulated = None
-    with np.errstate(all="ignore"):
+    with vpu.ignoring_fp_errors():
         for number, start, end in _blocks(length, q.shape[-2], is_causal):
             scores = _scores(qg, k, bias, scale, is_causal, start, end, precision_passes)
             new_max = scores.max(-1, keepdims=True)
@@ -147,7 +147,7 @@ def attention_backward(grad_out, q, k, v, out, logsumexp, bias=None, *, scale, i
     grad_q = np.zeros(qg.shape, _FLOAT32)
     grad_k, grad_v = np.zeros(k.shape, _FLOAT32), np.zeros(v.shape, _FLOAT32)
     grad_scores = None if not bias_grad else np.zeros(qg.shape[:-1] + (length,), _FLOAT32)
-    with np.errstate(all="ignore"):
+    with vpu.ignoring_fp_errors():
         for number, start, end in _blocks(length, q.shape[-2], is_causal):
             scores = _scores(qg, k, bias, scale, is_causal, start, end, precision_passes)
             probabilities = np.where(lse == -np.inf, np.float32(0), np.exp(scores - lse))
@@ -200,7 +200,7 @@ def forward_flops(q_shape, k_shape, v_shape, is_causal):
 
 
 def _device_bytes(values):
-    return sum(value.nbytes for value in values if isinstance(value, torch.Tensor) and value.device.type == "tpu")
+    return sum([value.nbytes for value in values if is_tpu(value)])
 
 
 def _forward_cost(args, kwargs, result):
@@ -320,7 +320,8 @@ def _check_fused_arguments(query, key, value, attn_bias, is_causal, return_debug
                            f"{tuple(value.shape)} need one batch, one head size for query and key, one key length, "
                            "and key/value heads that divide the query heads")
     if attn_bias is not None:
-        torch.broadcast_shapes(attn_bias.shape, (*query.shape[:-1], key.shape[-2]))
+        if not _broadcasts_to_scores(attn_bias, query, key):
+            torch.broadcast_shapes(attn_bias.shape, (*query.shape[:-1], key.shape[-2]))  # raises PyTorch's error
         if is_causal:
             raise RuntimeError(f"{name}: Explicit attn_mask should not be set when is_causal=True")
 
@@ -355,13 +356,19 @@ def fits_fused(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
     if attn_mask is not None:
         if is_causal or attn_mask.dtype not in (torch.bool, query.dtype):
             return False
-        scores = (*query.shape[:-1], key.shape[-2])
-        try:  # a mask with more (or larger) batch dimensions: the math path raises PyTorch's error
-            if torch.broadcast_shapes(attn_mask.shape, scores) != scores:
-                return False
-        except RuntimeError:
-            return False
+        if not _broadcasts_to_scores(attn_mask, query, key):
+            return False  # a mask with more (or larger) batch dimensions: the math path raises PyTorch's error
     return 0 <= dropout_p < 1
+
+
+def _broadcasts_to_scores(mask, query, key):
+    """Whether ``mask`` broadcasts to the (..., L, S) scores without growing them (NumPy's rule is PyTorch's,
+    at a tenth of ``torch.broadcast_shapes``' cost, which guards symbolic shapes)."""
+    scores = (*query.shape[:-1], key.shape[-2])
+    try:
+        return np.broadcast_shapes(tuple(mask.shape), scores) == scores
+    except ValueError:
+        return False
 
 
 def choose_backend(fits):
