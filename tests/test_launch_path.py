@@ -391,3 +391,47 @@ def test_iterator_strides_cache_answers_as_pytorchs_rule():
         for _ in range(2):  # computed, then cached
             strides = iterator_strides(shape, tpu_operands)
             assert (strides or torch_tpu._tensor.contiguous_strides(shape)) == expected
+
+
+# --- round four: cat without the structured wrapper ----------------------------------------------------
+
+CAT_CALLS = {
+    "rows": lambda a, b: torch.cat([a, b]),
+    "columns": lambda a, b: torch.cat([a, b], -1),
+    "stack": lambda a, b: torch.stack([a, b], 1),
+    "three parts": lambda a, b: torch.cat([a, b, a], 1),
+    "mixed dtypes": lambda a, b: torch.cat([a, b.double()]),
+    "transposed part": lambda a, b: torch.cat([a, b.t().contiguous().t()]),
+    "skipped empty part": lambda a, b: torch.cat([a, torch.empty(0, device=a.device), b]),
+    "4-d channels-last": lambda a, b: torch.cat([t.reshape(1, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+                                                 for t in (a, b)], 1),
+}
+
+
+@pytest.mark.parametrize("name", CAT_CALLS)
+def test_cat_launched_directly_matches_cpu(name):
+    fn = CAT_CALLS[name]
+    a, b = make(3, 4), make(3, 4)
+    result = check(fn, a, b, atol=0, rtol=0)
+    assert result.stride() == fn(a, b).stride() and result.dtype == fn(a, b).dtype
+
+
+@pytest.mark.parametrize("parts", [
+    lambda d: [torch.ones(3, 4, device=d), torch.ones(3, 5, device=d)],
+    lambda d: [torch.ones(3, 4, device=d), torch.ones(4, device=d)],
+    lambda d: [],
+])
+def test_cat_errors_are_pytorchs(parts):
+    check_same_error(lambda d: torch.cat(parts(d)))
+    check_same_error(lambda d: torch.cat([torch.ones(3, 4, device=d)] * 2, 2))
+
+
+def test_cat_launch_is_charged_and_allocated_as_one_launch():
+    a, b = torch.rand(50, 20, device="tpu"), torch.rand(30, 20, device="tpu")
+    before = clock.op_totals.get("cat", torch_tpu._C.clock.OpTotals()).copy()
+    allocated = torch.tpu.memory_allocated()
+    torch.tpu.reset_peak_memory_stats()
+    joined = torch.cat([a, b])
+    totals = clock.op_totals["cat"]
+    assert totals.count == before.count + 1 and totals.bytes == before.bytes + 2 * 80 * 20 * 4
+    assert torch.tpu.memory_allocated() == torch.tpu.max_memory_allocated() == allocated + joined.nbytes

@@ -17,6 +17,7 @@ from .cpu_replay import libstdcxx_order
 from ._common import as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store, wrap_dim, wrap_dims, write
 from ._registry import register
 from .cpu_kernel_dtypes import cpu_dtypes, not_bool
+from .nn import without_structured_wrapper
 
 
 def _sortable(tensor, op_name):
@@ -75,6 +76,29 @@ def cat_out(tensors, dim=0, *, out):
         _tensor._C.dtypes.cast_into(destination, operand(part, "cat"), name)
         start += length
     return out
+
+
+def _joins_plainly(tensors, dim=0):
+    """Whether cat's meta function takes ``tensors`` and lays the result out contiguously: non-empty contiguous
+    tpu tensors of one dtype and one rank from 1 to 3 (memory formats concern 4-d and 5-d ones only) that
+    join along ``dim``. Any other call keeps PyTorch's structured wrapper, its checks and its errors."""
+    if not tensors:
+        return False
+    ndim, dtype = tensors[0].dim(), tensors[0].dtype
+    if not 1 <= ndim <= 3 or not -ndim <= dim < ndim or not all(
+            _tensor.is_tpu(t) and t.dtype is dtype and t.dim() == ndim and t.numel() and t.is_contiguous()
+            for t in tensors):
+        return False
+    try:
+        _cat_shape(tensors, dim % ndim)
+    except RuntimeError:
+        return False
+    return True
+
+
+# every stack (the recurrent layers' final states, the SGD step's) and cat of small tensors: one launch
+without_structured_wrapper("cat", lambda tensors, dim=0: (_cat_shape(tensors, dim % tensors[0].dim()), tensors[0].dtype),
+                           _joins_plainly)
 
 
 # ---------------------------------------------------------------------------
