@@ -50,19 +50,21 @@ def gates_of(array, count):
 # ---------------------------------------------------------------------------------------
 
 
-def lstm_cell(gates, cx, workspace=None, cy=None):
-    """The cell on its summed gate pre-activations (B, 4H): (hy, cy, workspace [i, f, g, o]), the last two
-    written into ``workspace`` and ``cy`` when given (a sequence's tape).
+def lstm_cell(gates, cx, workspace=None, cy=None, hy=None):
+    """The cell on its summed gate pre-activations (B, 4H): (hy, cy, workspace [i, f, g, o]), each written
+    into the array given for it (a sequence's output and tape).
 
     The sigmoid runs over all four gates at once and the cell gate is then overwritten with its tanh:
-    fewer, larger NumPy calls for the step a sequence repeats."""
+    fewer, larger NumPy calls for the step a sequence repeats (the gates sliced inline, not by ``gates_of``,
+    for the same reason)."""
     workspace = sigmoid(gates, out=workspace)
     hidden = gates.shape[1] // 4
-    np.tanh(gates[:, 2 * hidden:3 * hidden], out=workspace[:, 2 * hidden:3 * hidden])
-    i, f, g, o = gates_of(workspace, 4)
+    i, f, g, o = (workspace[:, :hidden], workspace[:, hidden:2 * hidden], workspace[:, 2 * hidden:3 * hidden],
+                  workspace[:, 3 * hidden:])
+    np.tanh(gates[:, 2 * hidden:3 * hidden], out=g)
     cy = np.multiply(f, cx, out=cy)
     cy += i * g
-    return o * np.tanh(cy), cy, workspace
+    return np.multiply(o, np.tanh(cy), out=hy), cy, workspace
 
 
 class LSTMBackwardFactors:
@@ -221,14 +223,16 @@ class LSTM:
         if weights.w_hr is not None:
             tape["full"] = np.empty(tape["cy"].shape, c.dtype)
         output = np.empty((length, batch, h.shape[-1]), h.dtype)
+        # the cell writes its output straight into the sequence's output (or the projection's input), its
+        # state and gates into the tape
+        workspaces, cell_states = tape["workspace"], tape["cy"]
+        cell_outputs = tape.get("full", output)
         for t in steps:
             gates = recurrent(h)
             gates += x_gates[t]
-            full, c, _ = lstm_cell(gates, c, tape["workspace"][t], tape["cy"][t])
+            h, c, _ = lstm_cell(gates, c, workspaces[t], cell_states[t], cell_outputs[t])
             if weights.w_hr is not None:
-                tape["full"][t] = full
-                full = mxu_matmul(full, weights.w_hr.T)
-            output[t] = h = full
+                h = output[t] = mxu_matmul(h, weights.w_hr.T)
         # each step's incoming states are the previous step's outputs: gathered once, not copied every step
         tape["h"], tape["c"] = (previous_states(initial, outputs, steps)
                                 for initial, outputs in ((state[0], output), (state[1], tape["cy"])))
@@ -248,8 +252,9 @@ class LSTM:
             if projected:
                 grad_outputs[t] = grad_h
                 grad_h = mxu_matmul(grad_h, weights.w_hr)
-            grad_c = factors.step(t, grad_h, grad_c, grad_gates[t])
-            grad_h = recurrent_adjoint(grad_gates[t])
+            gate_gradient = grad_gates[t]
+            grad_c = factors.step(t, grad_h, grad_c, gate_gradient)
+            grad_h = recurrent_adjoint(gate_gradient)
         grad_w_hr = mxu_matmul(rows(grad_outputs).T, rows(tape["full"])) if projected else None
         return grad_gates, grad_gates, (grad_h, grad_c), grad_w_hr
 
