@@ -79,21 +79,15 @@ def cat_out(tensors, dim=0, *, out):
 
 
 def _joins_plainly(tensors, dim=0):
-    """Whether cat's meta function takes ``tensors`` and lays the result out contiguously: non-empty contiguous
-    tpu tensors of one dtype and one rank from 1 to 3 (memory formats concern 4-d and 5-d ones only) that
-    join along ``dim``. Any other call keeps PyTorch's structured wrapper, its checks and its errors."""
+    """Whether cat's meta function lays the result of ``tensors`` out contiguously: non-empty contiguous tpu
+    tensors of one dtype and one rank from 1 to 3 (memory formats concern 4-d and 5-d ones only), ``dim`` in
+    range. Sizes that do not join get ``_cat_shape``'s error, which is CPU's; any other call keeps PyTorch's
+    structured wrapper, its checks and its errors."""
     if not tensors:
         return False
     ndim, dtype = tensors[0].dim(), tensors[0].dtype
-    if not 1 <= ndim <= 3 or not -ndim <= dim < ndim or not all(
-            _tensor.is_tpu(t) and t.dtype is dtype and t.dim() == ndim and t.numel() and t.is_contiguous()
-            for t in tensors):
-        return False
-    try:
-        _cat_shape(tensors, dim % ndim)
-    except RuntimeError:
-        return False
-    return True
+    return 1 <= ndim <= 3 and -ndim <= dim < ndim and all(
+        _tensor.is_tpu(t) and t.dtype is dtype and t.dim() == ndim and t.numel() and t.is_contiguous() for t in tensors)
 
 
 # every stack (the recurrent layers' final states, the SGD step's) and cat of small tensors: one launch
