@@ -17,7 +17,6 @@ with compiled programs; the cost model (``forward_flops``) is shared with abstra
 """
 
 import math
-import operator
 
 import numpy as np
 import torch
@@ -201,7 +200,7 @@ def forward_flops(q_shape, k_shape, v_shape, is_causal):
 
 
 def _device_bytes(values):
-    return sum([value.nbytes for value in values if is_tpu(value)])
+    return sum([value.nbytes for value in values if isinstance(value, torch.Tensor) and is_tpu(value)])
 
 
 def _forward_cost(args, kwargs, result):
@@ -236,9 +235,6 @@ def softmax_scale(query, scale):
 
 def like(tensor, shape, dtype=None):
     """A new tensor of ``shape`` laid out in ``tensor``'s dimension order (what Meta's attention kernels give)."""
-    strides = tensor.stride()
-    if 0 not in shape and all(map(operator.ge, strides, strides[1:])):  # the dims in order: the contiguous layout
-        return empty(tuple(shape), dtype or tensor.dtype)
     order = sorted(range(tensor.dim()), key=lambda d: tensor.stride(d), reverse=True)
     strides, stride = [0] * tensor.dim(), 1
     for d in reversed(order):
