@@ -443,6 +443,29 @@ def test_nll_loss_launches_are_charged_what_their_out_forms_charge():
     assert backward == backward_out == (1, 4 + 320 + 64 + 4 + 320)
 
 
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int32, torch.int64, torch.bool])
+@pytest.mark.parametrize("name", ["add", "sub", "mul", "div", "add_", "sub_", "mul_"])
+def test_integer_scalars_on_the_hot_path_match_cpu(dtype, name):
+    """Integer numbers and CPU scalars with integer tensors (batch norm's ``num_batches_tracked += 1``) go
+    straight to one ufunc, converted as C++ casts them (wrapping); bool scalars, float numbers and numbers
+    past int64 keep the general path. Values, dtypes and errors are CPU's."""
+    x = torch.tensor([0, 5, 121, 100, 127, 1], dtype=torch.int64).to(dtype)
+    for scalar in (1, -1, 300, 2 ** 40, 2 ** 63 - 1, True, 2.5, torch.tensor(7, dtype=torch.uint8),
+                   torch.tensor(-3, dtype=torch.int32), torch.tensor(True)):
+        check_same_outcome(lambda d: getattr(x.clone().to(d), name)(scalar))
+
+
+def check_same_outcome(call):
+    """``call`` gives CPU's values and dtype on the tpu, or raises what it raises on CPU."""
+    try:
+        expected = call("cpu")
+    except Exception:
+        check_same_error(call)
+        return
+    actual = call("tpu").cpu()
+    assert actual.dtype == expected.dtype and torch.equal(actual, expected)
+
+
 def test_iterator_strides_cache_answers_as_pytorchs_rule():
     from torch._prims_common import compute_elementwise_output_strides
     from torch_tpu.ops._common import iterator_strides

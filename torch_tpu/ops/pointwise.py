@@ -1631,16 +1631,30 @@ _NATIVE = frozenset({torch.float32, torch.float64, torch.int8, torch.int16, torc
 
 
 def native_operand(value, dtype):
-    """A NumPy view or Python float usable as is for ``dtype``; None when conversion is needed."""
+    """A NumPy view, Python float or NumPy integer usable as is for ``dtype``; None when conversion is needed."""
     if not isinstance(value, torch.Tensor):
-        return value if isinstance(value, float) and dtype.is_floating_point else None
+        if isinstance(value, float):
+            return value if dtype.is_floating_point else None
+        return integer_scalar(value, dtype) if type(value) is int else None
     if value.is_cpu:
         if value.dim():
             raise device_mismatch("tpu:0", value.device)
-        return value.item() if dtype.is_floating_point and value.dtype.is_floating_point else None
+        if dtype.is_floating_point:
+            return value.item() if value.dtype.is_floating_point else None
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype is torch.bool:
+            return None  # (sub refuses bool operands: the general path's checks say so)
+        return integer_scalar(value.item(), dtype)
     if value.dtype != dtype or value.is_conj() or value.is_neg():
         return None
     return as_numpy(value)
+
+
+def integer_scalar(value, dtype):
+    """An int64 number (batch norm's ``num_batches_tracked += 1``) for an integer ``dtype``, converted as C++'s
+    cast converts it (wrapping); None for other dtypes and numbers past int64."""
+    if dtype.is_floating_point or dtype.is_complex or not -2 ** 63 <= value < 2 ** 63:
+        return None
+    return np.asarray(value, np.int64).astype(numpy_dtype(dtype))
 
 
 def result_shape(self, other):
