@@ -734,7 +734,8 @@ def nll_loss_fits(self, target, weight, reduction):
 # the loss of every classifier's cross-entropy, and its gradient
 without_structured_wrapper(
     "nll_loss_forward",
-    lambda self, target, weight, reduction, ignore_index: {"output": ((), self.dtype), "total_weight": ((), self.dtype)},
+    lambda self, target, weight, reduction, ignore_index: {"output": ((), self.dtype),
+                                                           "total_weight": ((), self.dtype)},
     lambda self, target, weight, reduction, ignore_index: nll_loss_fits(self, target, weight, reduction), "output")
 without_structured_wrapper(
     "nll_loss_backward",

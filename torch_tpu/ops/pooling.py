@@ -243,7 +243,8 @@ def gather_offsets(shape, axis):
     """For a gather along ``axis`` from a contiguous array of ``shape``, each element's flat offset but for its
     position along ``axis`` (broadcastable, 1 along ``axis``; read-only, cached)."""
     lead, inner = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
-    offsets = ((np.arange(lead, dtype=np.int64) * (shape[axis] * inner)).reshape(shape[:axis] + (1,) * (len(shape) - axis))
+    starts = np.arange(lead, dtype=np.int64) * (shape[axis] * inner)
+    offsets = (starts.reshape(shape[:axis] + (1,) * (len(shape) - axis))
                + np.arange(inner, dtype=np.int64).reshape((1,) * (axis + 1) + shape[axis + 1:]))
     offsets.flags.writeable = False
     return offsets
