@@ -437,7 +437,8 @@ def test_nll_loss_launches_are_charged_what_their_out_forms_charge():
     forward_out = charged("nll_loss_forward.output", lambda: torch.ops.aten.nll_loss_forward.output(
         x, target, None, 1, -100, output=loss, total_weight=total))
     assert forward == forward_out == (1, 320 + 64 + 8)
-    backward = charged("nll_loss_backward", lambda: torch.ops.aten.nll_loss_backward(grad, x, target, None, 1, -100, total))
+    backward = charged("nll_loss_backward",
+                       lambda: torch.ops.aten.nll_loss_backward(grad, x, target, None, 1, -100, total))
     backward_out = charged("nll_loss_backward.grad_input", lambda: torch.ops.aten.nll_loss_backward.grad_input(
         grad, x, target, None, 1, -100, total, grad_input=torch.empty(8, 10, device="tpu")))
     assert backward == backward_out == (1, 4 + 320 + 64 + 4 + 320)
