@@ -349,6 +349,7 @@ SOFTMAX_CALLS = {
     "log_softmax": lambda x: torch.log_softmax(x, 0),
     "log_softmax_backward": lambda x: torch.ops.aten._log_softmax_backward_data(x, torch.log_softmax(x, 1), 1,
                                                                                 x.dtype),
+    "softmax_backward": lambda x: torch.ops.aten._softmax_backward_data(x, torch.softmax(x, 1), 1, x.dtype),
     "softmax_strided": lambda x: torch.softmax(x.t(), 1),
 }
 
@@ -376,6 +377,94 @@ def test_softmax_launch_is_charged_what_its_out_form_charges():
     out_before = clock.op_totals.get("_log_softmax.out", torch_tpu._C.clock.OpTotals()).copy()
     torch.ops.aten._log_softmax.out(x, 1, False, out=torch.empty(50, 20, device="tpu"))
     assert clock.op_totals["_log_softmax.out"].bytes == out_before.bytes + 8000
+
+
+# --- round four: NLL loss without the structured wrapper -------------------------------------------------------
+
+TARGET = torch.tensor([4, 0, -100, 2, 4, 1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_nll_loss_launched_directly_matches_cpu(dtype, reduction, weighted):
+    """The loss and total weight (forward) and the input's gradient (backward), each one launch."""
+    weight = torch.rand(5, dtype=dtype) if weighted else None
+    tolerance = dict(atol=1e-2, rtol=1e-2) if dtype == torch.bfloat16 else {}
+    log_probs, results = make(6, 5, dtype=dtype).log_softmax(1), {}
+    for device in ("cpu", "tpu"):
+        x = log_probs.to(device)
+        w = None if weight is None else weight.to(device)
+        loss, total = torch.ops.aten.nll_loss_forward(x, TARGET.to(device), w, 1 if reduction == "mean" else 2, -100)
+        gradient = torch.ops.aten.nll_loss_backward(torch.tensor(0.7, dtype=dtype, device=device), x,
+                                                    TARGET.to(device), w, 1 if reduction == "mean" else 2, -100, total)
+        results[device] = [t.cpu() for t in (loss, total, gradient)]
+    for expected, actual in zip(results["cpu"], results["tpu"]):
+        assert_close(actual, expected, **tolerance)
+        assert actual.dtype == expected.dtype and actual.stride() == expected.stride()
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: F.nll_loss(torch.randn(3, 4, device=d), torch.tensor([0, 4, 1], device=d)),  # out of bounds
+    lambda d: F.nll_loss(torch.randn(3, 4, device=d), torch.tensor([0, 1], device=d)),  # batch sizes differ
+    lambda d: F.nll_loss(torch.randn(3, 4, device=d), torch.tensor([0, 1, 2], device=d).int()),  # target dtype
+    lambda d: F.nll_loss(torch.randn(3, 4, device=d), torch.tensor([0, 1, 2], device=d), torch.ones(3, device=d)),
+    lambda d: torch.ops.aten.nll_loss_backward(torch.ones(2, device=d), torch.randn(3, 4, device=d),
+                                               torch.tensor([0, 1, 2], device=d), None, 1, -100,
+                                               torch.tensor(3.0, device=d)),  # grad_output of two elements
+])
+def test_nll_loss_errors_are_pytorchs(call):
+    check_same_error(call)
+
+
+def test_nll_loss_with_a_cpu_target_keeps_the_wrappers_device_check():
+    with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+        F.nll_loss(torch.randn(3, 4, device="tpu"), torch.tensor([0, 1, 2]))
+
+
+def test_nll_loss_launches_are_charged_what_their_out_forms_charge():
+    x, target = torch.randn(8, 10, device="tpu"), torch.randint(0, 10, (8,), device="tpu")
+    grad = torch.tensor(1.0, device="tpu")
+
+    def charged(name, call):
+        before = clock.op_totals.get(name, torch_tpu._C.clock.OpTotals()).copy()
+        call()
+        after = clock.op_totals[name]
+        return after.count - before.count, after.bytes - before.bytes
+
+    loss, total = torch.empty((), device="tpu"), torch.empty((), device="tpu")
+    forward = charged("nll_loss_forward", lambda: torch.ops.aten.nll_loss_forward(x, target, None, 1, -100))
+    forward_out = charged("nll_loss_forward.output", lambda: torch.ops.aten.nll_loss_forward.output(
+        x, target, None, 1, -100, output=loss, total_weight=total))
+    assert forward == forward_out == (1, 320 + 64 + 8)
+    backward = charged("nll_loss_backward",
+                       lambda: torch.ops.aten.nll_loss_backward(grad, x, target, None, 1, -100, total))
+    backward_out = charged("nll_loss_backward.grad_input", lambda: torch.ops.aten.nll_loss_backward.grad_input(
+        grad, x, target, None, 1, -100, total, grad_input=torch.empty(8, 10, device="tpu")))
+    assert backward == backward_out == (1, 4 + 320 + 64 + 4 + 320)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int32, torch.int64, torch.bool])
+@pytest.mark.parametrize("name", ["add", "sub", "mul", "div", "add_", "sub_", "mul_"])
+def test_integer_scalars_on_the_hot_path_match_cpu(dtype, name):
+    """Integer numbers and CPU scalars with integer tensors (batch norm's ``num_batches_tracked += 1``) go
+    straight to one ufunc, converted as C++ casts them (wrapping); bool scalars, float numbers and numbers
+    past int64 keep the general path. Values, dtypes and errors are CPU's."""
+    x = torch.tensor([0, 5, 121, 100, 127, 1], dtype=torch.int64).to(dtype)
+    for scalar in (1, -1, 300, 2 ** 40, 2 ** 63 - 1, True, 2.5, torch.tensor(7, dtype=torch.uint8),
+                   torch.tensor(-3, dtype=torch.int32), torch.tensor(True)):
+        check_same_outcome(lambda d: getattr(x.clone().to(d), name)(scalar))
+
+
+def check_same_outcome(call):
+    """``call`` gives CPU's values and dtype on the tpu, or raises what it raises on CPU."""
+    try:
+        expected = call("cpu")
+    except Exception:
+        check_same_error(call)
+        return
+    actual = call("tpu").cpu()
+    assert actual.dtype == expected.dtype and torch.equal(actual, expected)
 
 
 def test_iterator_strides_cache_answers_as_pytorchs_rule():

@@ -283,6 +283,28 @@ def test_max_pool2d_ties_nan_and_all_negative_infinity():
     differential.check(lambda t: F.max_pool2d(t, 3, 2, padding=1, return_indices=True), x)
 
 
+@pytest.mark.parametrize("spatial", [1, 2, 3])
+def test_max_pools_winners_over_many_ties(spatial):
+    """Windows full of ties, NaNs and -inf, over strides, dilations, padding and ceil mode, fixed and
+    adaptive: each pass along a dim keeps the offset its winner was found at, and the indices built from
+    those are CPU's (the first maximum in row-major order, the last NaN, an all -inf window's first element)."""
+    generator = torch.Generator().manual_seed(spatial)
+    shape = (2, 3) + (7, 6, 5)[:spatial]
+    x = torch.randint(-2, 3, shape, generator=generator).float()
+    draw = torch.rand(shape, generator=generator)
+    x[draw < 0.05] = float("nan")
+    x[(draw > 0.1) & (draw < 0.45)] = float("-inf")
+    pool, adaptive = getattr(F, f"max_pool{spatial}d"), getattr(F, f"adaptive_max_pool{spatial}d")
+    for kernel, stride, padding, dilation, ceil_mode in [(3, 2, 1, 1, False), (2, 1, 1, 2, True), (3, 3, 0, 1, True),
+                                                         (1, 2, 0, 1, False), (3, 1, 1, 1, False)]:
+        differential.check(lambda t: pool(t, kernel, stride, padding, dilation, ceil_mode, return_indices=True), x)
+    differential.check(lambda t: adaptive(t, (3, 4, 2)[:spatial], return_indices=True), x)
+    integers = torch.randint(-3, 3, shape, generator=generator)
+    integers[draw < 0.3] = torch.iinfo(torch.int64).min
+    if spatial < 3:  # CPU's 3-d max pool has no integer loop
+        differential.check(lambda t: pool(t, 3, 2, 1, return_indices=True), integers)
+
+
 def test_global_pools_take_cpu_winners_in_one_reduction():
     """A window covering the whole input (EfficientNet's 7x7 AvgPool2d) is one reduction: ties go to the
     first maximum, NaNs win and the last NaN wins, an all -inf window points at its first element."""

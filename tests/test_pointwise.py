@@ -363,6 +363,23 @@ def test_activation_forward_and_backward(index, dtype):
     compare(actual, expected, atol=tolerance, rtol=tolerance)
 
 
+@pytest.mark.parametrize("backward", [torch.ops.aten.hardswish_backward, torch.ops.aten.hardsigmoid_backward])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_piecewise_activation_backwards_give_cpus_bits(backward, dtype):
+    """The piecewise backwards select their pieces as bit masks: CPU's bits at the boundaries (-3 and 3 fall
+    where CPU puts them), for NaN and inf gradients, and +0.0 where the gradient is cut off; hardsigmoid's
+    scales by CPU's float 1/6. (A NaN input takes CPU's SIMD or scalar piece by its position: not checked.)"""
+    edges = torch.tensor([-3.0, 3.0, -3.0000002, 3.0000002, -2.9999998, 2.9999998, 0.0, -0.0,
+                          float("inf"), float("-inf"), 1e-30], dtype=dtype)
+    x = torch.cat([edges, torch.randn(500, dtype=dtype) * 4])
+    grad = torch.randn(x.shape, dtype=dtype)
+    grad[-4:] = torch.tensor([float("nan"), float("inf"), float("-inf"), -0.0], dtype=dtype)
+    expected = backward(grad, x)
+    actual = backward(grad.to("tpu"), x.to("tpu")).cpu()
+    assert torch.equal(actual.view(torch.int64 if dtype == torch.float64 else torch.int32),
+                       expected.view(torch.int64 if dtype == torch.float64 else torch.int32))
+
+
 def test_activation_forward_nan_and_inf():
     x = sample((4, 6))
     for function in (F.relu, F.silu, F.elu, F.leaky_relu, F.hardtanh, F.softplus, torch.sigmoid):

@@ -17,7 +17,7 @@ from .. import _C
 from .._cost import charged
 from . import _registry
 from .._errors import not_implemented_for, raise_cpu_error
-from .._tensor import numpy_dtype
+from .._tensor import is_tpu, numpy_dtype
 from ._common import (as_numpy, castable, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand,
                       prepare_out, store, wrap_dim, write)
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
@@ -182,18 +182,19 @@ register("_softmax_backward_data.out")(softmax_backward_kernel(softmax_backward_
 register("_log_softmax_backward_data.out")(softmax_backward_kernel(log_softmax_backward_into, "out"))
 
 
-def without_structured_wrapper(name, result, fits):
-    """The functional overload ``name`` of a structured op, computed by its ``.out`` kernel into a new contiguous
-    tensor of ``result(*args)`` (shape, dtype) in one launch charged under ``name``, when ``fits(*args)``: then the
-    meta function would accept the call and lay its result out contiguously, and PyTorch's structured wrapper
-    (that meta function, then ``empty`` and the ``.out`` kernel through the dispatcher) adds nothing but time.
-    Any other call keeps the wrapper, its checks and its errors. (Only for ``.out`` kernels whose output
-    argument is named ``out``, so that the launch is charged the bytes the ``.out`` launch was.)"""
+def without_structured_wrapper(name, outputs, fits, out_overload="out"):
+    """The functional overload ``name`` of a structured op, computed by its ``.{out_overload}`` kernel into new
+    contiguous tensors (``outputs(*args)`` gives each output argument's (shape, dtype), by name) in one launch
+    charged under ``name``, when ``fits(*args)``: then the meta function would accept the call and lay its
+    results out contiguously, and PyTorch's structured wrapper (that meta function, then ``empty`` for each
+    output and the out= kernel through the dispatcher) adds nothing but time. Any other call keeps the
+    wrapper, its checks and its errors. The out= launch is charged its output arguments as written, not read
+    (``_cost``), so both launches are charged the same bytes."""
     structured_wrapper = _registry.default_kernel(name)  # read before our kernel replaces it
-    out_kernel = _registry.KERNELS[f"{name}.out"]
+    out_kernel = _registry.KERNELS[f"{name}.{out_overload}"]
 
     def into_new(*args):
-        return out_kernel(*args, out=empty(*result(*args)))
+        return out_kernel(*args, **{argument: empty(*result) for argument, result in outputs(*args).items()})
 
     launch = charged(into_new, name)
 
@@ -203,16 +204,16 @@ def without_structured_wrapper(name, result, fits):
     _registry.register(name, charge=False)(functional)
 
 
-# softmax and log-softmax (every classifier's cross-entropy, attention written out) and log-softmax's backward:
+# softmax and log-softmax (every classifier's cross-entropy, attention written out) and their backwards:
 # their meta functions give a contiguous result of the input's shape
 for _name in ("_softmax", "_log_softmax"):
-    without_structured_wrapper(_name, lambda self, dim, half_to_float: (tuple(self.shape), self.dtype),
+    without_structured_wrapper(_name, lambda self, dim, half_to_float: {"out": (tuple(self.shape), self.dtype)},
                                lambda self, dim, half_to_float: not half_to_float)
-without_structured_wrapper(
-    "_log_softmax_backward_data",
-    lambda grad_output, output, dim, input_dtype: (tuple(grad_output.shape), input_dtype),
-    lambda grad_output, output, dim, input_dtype: (grad_output.shape == output.shape
-                                                   and grad_output.dtype == output.dtype == input_dtype))
+for _name, _out in (("_softmax_backward_data", "grad_input"), ("_log_softmax_backward_data", "out")):
+    without_structured_wrapper(
+        _name, lambda grad_output, output, dim, input_dtype, _out=_out: {_out: (tuple(grad_output.shape), input_dtype)},
+        lambda grad_output, output, dim, input_dtype: (grad_output.shape == output.shape
+                                                       and grad_output.dtype == output.dtype == input_dtype))
 
 
 @register("_safe_softmax")
@@ -720,6 +721,29 @@ def nll_loss_forward(self, target, weight, reduction, ignore_index, *, output, t
 def nll_loss_backward(grad_output, self, target, weight, reduction, ignore_index, total_weight, *, grad_input):
     return store(nll_backward_array(grad_output, self, target, weight, reduction, ignore_index, total_weight, 0),
                  self.dtype, out=grad_input, dtype_rule=exact_dtype)
+
+
+def nll_loss_fits(self, target, weight, reduction):
+    """A reduced NLL loss over a batch of class scores that the meta functions accept (with the operands on the
+    tpu and a class-index target, so that the kernel raises what it raised behind the wrapper)."""
+    return (reduction != REDUCTION_NONE and self.dim() == 2 and target.dim() == 1 and target.shape[0] == self.shape[0]
+            and self.dtype.is_floating_point and target.dtype == torch.int64 and is_tpu(target)
+            and (weight is None or (is_tpu(weight) and weight.numel() == self.shape[1])))
+
+
+# the loss of every classifier's cross-entropy, and its gradient
+without_structured_wrapper(
+    "nll_loss_forward",
+    lambda self, target, weight, reduction, ignore_index: {"output": ((), self.dtype),
+                                                           "total_weight": ((), self.dtype)},
+    lambda self, target, weight, reduction, ignore_index: nll_loss_fits(self, target, weight, reduction), "output")
+without_structured_wrapper(
+    "nll_loss_backward",
+    lambda grad_output, self, target, weight, reduction, ignore_index, total_weight: {
+        "grad_input": (tuple(self.shape), self.dtype)},
+    lambda grad_output, self, target, weight, reduction, ignore_index, total_weight: (
+        nll_loss_fits(self, target, weight, reduction) and grad_output.dim() <= 1 and grad_output.numel() == 1
+        and is_tpu(grad_output) and total_weight.numel() == 1 and is_tpu(total_weight)), "grad_input")
 
 
 def check_nll2d_shapes(self, target):

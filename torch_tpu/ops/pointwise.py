@@ -227,6 +227,20 @@ def zero_where(condition, values, out=None):
     return np.asarray(np.bitwise_and(values.view(bits), keep)).view(values.dtype)
 
 
+def select_bits(condition, if_true, if_false):
+    """``np.where(condition, if_true, if_false)`` bit for bit, for arrays of one dtype whose broadcast shape is
+    ``if_true``'s, as bit masks (``if_false ^ ((if_true ^ if_false) & mask)``): np.where branches per element."""
+    if_true, if_false = np.asarray(if_true), np.asarray(if_false)
+    bits = np.dtype(f"i{if_true.dtype.itemsize}")
+    mask = np.asarray(condition, dtype=bits)
+    np.negative(mask, out=mask)  # all ones where the condition holds
+    false_bits = if_false.view(bits)
+    blended = np.asarray(np.bitwise_xor(if_true.view(bits), false_bits))
+    blended &= mask
+    blended ^= false_bits
+    return blended.view(if_true.dtype)
+
+
 def writes_out(function):
     """Marks maths that take ``out=`` and write their result there in their last step, after every read of
     their operands (so ``out`` may be one of them): kernels then skip a temporary and its copy."""
@@ -1064,8 +1078,14 @@ def conj_if_complex(derivative):
 
 
 def silu_backward(grad, x):
+    """grad * sig * (1 + x * (1 - sig)), each step as that expression rounds it, in two temporaries."""
     sig = sigmoid(x)
-    return grad * sig * (1 + x * (1 - sig))  # CPU's complex loop takes no conjugate here
+    slope = np.subtract(1, sig)
+    slope *= x
+    slope += 1
+    result = grad * sig
+    result *= slope  # CPU's complex loop takes no conjugate here
+    return result
 
 
 def sigmoid_backward(grad, y):
@@ -1136,8 +1156,12 @@ def hardsigmoid(x):
     return np.minimum(np.maximum(x + 3, scalar(0, x)), scalar(6, x)) / scalar(6, x)
 
 
+# CPU's hardsigmoid backward multiplies by a float 1/6 (``scalar_t one_sixth(1.0f / 6.0f)``), in double too
+ONE_SIXTH = np.float32(1) / np.float32(6)
+
+
 def hardsigmoid_backward(grad, x):
-    return np.where((x > -3) & (x < 3), grad / scalar(6, x), scalar(0, x))
+    return zero_where(~((x > -3) & (x < 3)), grad * scalar(ONE_SIXTH, x))
 
 
 @writes_out
@@ -1147,7 +1171,8 @@ def hardswish(x, out=None):
 
 def hardswish_backward(grad, x):
     middle = grad * (x / scalar(3, x) + scalar(0.5, x))
-    return np.where(x < -3, scalar(0, x), np.where(x <= 3, middle, grad))
+    # CPU's pieces: 0 up to -3, the gradient itself from 3 on (and for NaN, as its scalar loop gives)
+    return select_bits(x < 3, zero_where(x <= -3, middle), grad)
 
 
 def mish(x):
@@ -1606,16 +1631,30 @@ _NATIVE = frozenset({torch.float32, torch.float64, torch.int8, torch.int16, torc
 
 
 def native_operand(value, dtype):
-    """A NumPy view or Python float usable as is for ``dtype``; None when conversion is needed."""
+    """A NumPy view, Python float or NumPy integer usable as is for ``dtype``; None when conversion is needed."""
     if not isinstance(value, torch.Tensor):
-        return value if isinstance(value, float) and dtype.is_floating_point else None
+        if isinstance(value, float):
+            return value if dtype.is_floating_point else None
+        return integer_scalar(value, dtype) if type(value) is int else None
     if value.is_cpu:
         if value.dim():
             raise device_mismatch("tpu:0", value.device)
-        return value.item() if dtype.is_floating_point and value.dtype.is_floating_point else None
+        if dtype.is_floating_point:
+            return value.item() if value.dtype.is_floating_point else None
+        if value.dtype.is_floating_point or value.dtype.is_complex or value.dtype is torch.bool:
+            return None  # (sub refuses bool operands: the general path's checks say so)
+        return integer_scalar(value.item(), dtype)
     if value.dtype != dtype or value.is_conj() or value.is_neg():
         return None
     return as_numpy(value)
+
+
+def integer_scalar(value, dtype):
+    """An int64 number (batch norm's ``num_batches_tracked += 1``) for an integer ``dtype``, converted as C++'s
+    cast converts it (wrapping); None for other dtypes and numbers past int64."""
+    if dtype.is_floating_point or dtype.is_complex or not -2 ** 63 <= value < 2 ** 63:
+        return None
+    return np.asarray(value, np.int64).astype(numpy_dtype(dtype))
 
 
 def result_shape(self, other):

@@ -20,6 +20,7 @@ largest window.
 import functools
 import itertools
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -104,6 +105,12 @@ class Window:
         """Per kernel offset along ``dim``: the slice of the padded input, and which input coordinates it reads."""
         return [(self.along(dim, j), self.coordinates(dim, j)) for j in range(self.kernel[dim])]
 
+    def max_offsets(self, dim):
+        """Along spatial ``dim``, every kernel offset's slice of the padded input, for ``separable_max``."""
+        k = self.kernel[dim]
+        return Offsets([self.along(dim, j) for j in range(k)], [None] * k,
+                       np.arange(self.out_sizes[dim]) * self.stride[dim], self.dilation[dim], self.padding[dim])
+
     def is_global(self):
         """One window covering the whole unpadded input: a plain reduction over the spatial dims."""
         return (all(o == 1 for o in self.out_sizes) and not any(self.padding) and not any(self.pad_after)
@@ -154,13 +161,40 @@ def lowest(dtype):
     return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
 
 
-def running_max(best, best_label, values, label, check_nan):
-    """PyTorch's update rule: take a strictly greater value, or any NaN (so the last NaN wins)."""
-    take = values > best
-    if check_nan:
-        take |= np.isnan(values)
-    np.maximum(best, values, out=best)  # same values as a masked copy (NaN included), several times faster
-    best_label += take * (label - best_label)
+class Offsets(NamedTuple):
+    """A max pool's kernel offsets along one spatial dim of the (padded) array it reduces: per offset j, the
+    index (a slice or coordinates) picking every window's element at j and a mask of the windows that reach
+    that far (None: all). Window o's element at offset j sits at array position ``starts[o] + j * step``,
+    which is input coordinate ``starts[o] + j * step - padding``."""
+    indices: list
+    reaches: list
+    starts: np.ndarray
+    step: int
+    padding: int
+
+
+def offset_winners(values, axis, broadcast, offsets, check_nan):
+    """Every window's max along one axis, and the offset it was found at, by PyTorch's update rule: a strictly
+    greater value or any NaN takes over, so the first maximum wins, and the last NaN over earlier ones. A
+    window starts from its first offset's value (a window holding nothing above the dtype's lowest value
+    keeps offset 0 or another; ``lowest_windows`` finds those)."""
+    best = winner = None
+    for j, (index, reaches) in enumerate(zip(offsets.indices, offsets.reaches)):
+        candidate = values[spatial_index(axis, index)]
+        if reaches is not None:
+            candidate = np.where(reaches.reshape(broadcast), candidate, lowest(values.dtype))
+        if best is None:
+            best = np.array(candidate, copy=True)
+            winner = np.zeros(candidate.shape, np.min_scalar_type(len(offsets.indices) - 1))
+            continue
+        take = np.greater(candidate, best)
+        if check_nan:
+            take |= np.isnan(candidate)
+        np.maximum(best, candidate, out=best)  # same values as a masked copy (NaN included), several times faster
+        # offsets come in increasing order, so the winner is the last one to take over: a running maximum of
+        # small numbers, without the branches (and their mispredictions) of a masked copy
+        np.maximum(winner, take * winner.dtype.type(j), out=winner)
+    return best, winner
 
 
 def has_nan(x):
@@ -174,32 +208,52 @@ def spatial_index(axis, index):
 def separable_max(x, offsets_per_dim, in_sizes, check_nan):
     """Max and flat input index of every window, one spatial dim at a time, innermost first.
 
-    ``offsets_per_dim[d]`` lists, per kernel offset along dim d, the index (a slice or coordinates) that
-    picks every window's element along that axis, the input coordinates it reads, and a mask of the
-    windows that reach that far (None: all). A pass along dim d reduces the windows' extent in that dim,
-    keeping each partial winner's flat index; an output whose window holds nothing above the dtype's
-    lowest value keeps index -1.
+    ``offsets_per_dim[d]`` gives dim d's ``Offsets``. A pass along dim d reduces the windows' extent in that
+    dim, finding each partial winner's offset (small numbers), then turns those into flat input indices once,
+    gathering the inner dims' indices at the winning positions. A window holding nothing above the dtype's
+    lowest value gets an arbitrary index inside it (``lowest_windows`` finds those).
     """
     n = len(in_sizes)
     values, labels = x, None
     for dim in reversed(range(n)):
         axis, inner = x.ndim - n + dim, math.prod(in_sizes[dim + 1:])
         broadcast = (-1,) + (1,) * (n - 1 - dim)
-        best = best_label = None
-        for index, coordinate, reaches in offsets_per_dim[dim]:
-            selected = spatial_index(axis, index)
-            candidate = values[selected]
-            if reaches is not None:
-                candidate = np.where(reaches.reshape(broadcast), candidate, lowest(x.dtype))
-            label = coordinate.reshape(broadcast) * inner
-            if labels is not None:
-                label = label + labels[selected]
-            if best is None:
-                best = np.full(candidate.shape, lowest(x.dtype), x.dtype)
-                best_label = np.full(candidate.shape, -1, np.int64)
-            running_max(best, best_label, candidate, label, check_nan)
-        values, labels = best, best_label
+        offsets = offsets_per_dim[dim]
+        values, winner = offset_winners(values, axis, broadcast, offsets, check_nan)
+        label = winner * np.int64(offsets.step * inner)
+        label += ((offsets.starts - offsets.padding) * inner).reshape(broadcast)
+        if labels is not None:
+            position = winner * np.int64(offsets.step)
+            position += offsets.starts.reshape(broadcast)
+            label += gather_along(labels, position, axis)
+        labels = label
     return values, labels
+
+
+def gather_along(array, position, axis):
+    """``np.take_along_axis(array, position, axis)`` for a contiguous ``array`` and a ``position`` of its shape
+    but along ``axis``, as one flat gather (take_along_axis's fancy indexing costs twice as much)."""
+    flat = position * np.int64(math.prod(array.shape[axis + 1:]))
+    flat += gather_offsets(array.shape, axis)
+    return np.take(array, flat)
+
+
+@functools.lru_cache(maxsize=256)
+def gather_offsets(shape, axis):
+    """For a gather along ``axis`` from a contiguous array of ``shape``, each element's flat offset but for its
+    position along ``axis`` (broadcastable, 1 along ``axis``; read-only, cached)."""
+    lead, inner = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
+    starts = np.arange(lead, dtype=np.int64) * (shape[axis] * inner)
+    offsets = (starts.reshape(shape[:axis] + (1,) * (len(shape) - axis))
+               + np.arange(inner, dtype=np.int64).reshape((1,) * (axis + 1) + shape[axis + 1:]))
+    offsets.flags.writeable = False
+    return offsets
+
+
+def lowest_windows(best):
+    """The windows holding nothing above the dtype's lowest value: CPU points them at their first element
+    inside the input."""
+    return np.equal(best, lowest(best.dtype))
 
 
 def global_max(x, n):
@@ -217,11 +271,10 @@ def max_pool_arrays(x, window):
     """Max and flat argmax of every window."""
     if window.is_global():
         return global_max(x, len(window.in_sizes))
-    offsets = [[(index, coordinate, None) for index, coordinate in window.offsets(dim)]
-               for dim in range(len(window.in_sizes))]
+    offsets = [window.max_offsets(dim) for dim in range(len(window.in_sizes))]
     best, index = separable_max(window.pad(x, lowest(x.dtype)), offsets, window.in_sizes, has_nan(x))
-    # a window with no value above -inf points at its first element inside the input, as on the CPU
-    np.copyto(index, flat_index(window.first_valid_coordinates(), window.in_sizes), where=index < 0)
+    if (empty := lowest_windows(best)).any():
+        np.copyto(index, flat_index(window.first_valid_coordinates(), window.in_sizes), where=empty)
     return best, index
 
 
@@ -469,11 +522,12 @@ register("_adaptive_avg_pool3d_backward", "_adaptive_avg_pool3d_backward.out")(a
 
 
 def adaptive_offsets(in_size, out_size):
-    """Per offset into the (varying) adaptive windows along one dim: the coordinates each window reads
+    """The offsets into the (varying) adaptive windows along one dim: the coordinates each window reads
     (clamped to the input), and which windows are that long."""
     start, end = adaptive_bounds(in_size, out_size)
-    coordinates = (np.minimum(start + j, in_size - 1) for j in range(int((end - start).max(initial=0))))
-    return [(c, c, j < end - start) for j, c in enumerate(coordinates)]
+    lengths = range(int((end - start).max(initial=0)))
+    return Offsets([np.minimum(start + j, in_size - 1) for j in lengths], [j < end - start for j in lengths],
+                   start, 1, 0)
 
 
 def adaptive_max_pool_arrays(x, out_sizes):
@@ -483,9 +537,9 @@ def adaptive_max_pool_arrays(x, out_sizes):
         return max_pool_arrays(x, window)
     offsets = [adaptive_offsets(i, o) for i, o in zip(in_sizes, out_sizes)]
     best, index = separable_max(x, offsets, in_sizes, has_nan(x))
-    # a window with nothing above the lowest value points at its first element, as on the CPU
-    np.copyto(index, flat_index([adaptive_bounds(i, o)[0] for i, o in zip(in_sizes, out_sizes)], in_sizes),
-              where=index < 0)
+    if (empty := lowest_windows(best)).any():
+        np.copyto(index, flat_index([adaptive_bounds(i, o)[0] for i, o in zip(in_sizes, out_sizes)], in_sizes),
+                  where=empty)
     return best, index
 
 
