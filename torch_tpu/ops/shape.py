@@ -91,8 +91,9 @@ def _joins_plainly(tensors, dim=0):
 
 
 # every stack (the recurrent layers' final states, the SGD step's) and cat of small tensors: one launch
-without_structured_wrapper("cat", lambda tensors, dim=0: (_cat_shape(tensors, dim % tensors[0].dim()), tensors[0].dtype),
-                           _joins_plainly)
+without_structured_wrapper(
+    "cat", lambda tensors, dim=0: {"out": (_cat_shape(tensors, dim % tensors[0].dim()), tensors[0].dtype)},
+    _joins_plainly)
 
 
 # ---------------------------------------------------------------------------
