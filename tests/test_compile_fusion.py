@@ -116,6 +116,27 @@ def test_row_wise_ops_end_the_kernel_that_produces_their_input():
     assert kernel_nodes(program) == [["sum_1"], ["_softmax"]]
 
 
+def test_relu_backward_is_one_masked_pass_in_the_kernel_of_the_matmul_producing_its_gradient():
+    """ReLU's backward is kept whole (not le + fill + where, three kernels and a bool mask in HBM): it joins the
+    matmul that computes its incoming gradient as that matmul's epilogue, and equals eager's gradients bit for bit."""
+    x, w1, w2 = torch.randn(8, 16), torch.randn(16, 32), torch.randn(32, 4)
+    leaves = [t.to("tpu").requires_grad_() for t in (x, w1, w2)]
+
+    def loss(x, w1, w2):
+        return (torch.relu(x @ w1) @ w2).square().sum()
+
+    torch.compile(loss, backend="tpu", fullgraph=True)(*leaves).backward()
+    compiled = [t.grad.cpu() for t in leaves]
+    backward = next(p for p in torch_tpu.compile.last_programs() if p.kind == "backward")
+    assert any(nodes[0].startswith("mm") and nodes[-1] == "threshold_backward" for nodes in kernel_nodes(backward))
+    assert not any(name in ("le", "where", "scalar_tensor") for nodes in kernel_nodes(backward) for name in nodes)
+    for t in leaves:
+        t.grad = None
+    loss(*leaves).backward()
+    for got, expected in zip(compiled, (t.grad.cpu() for t in leaves)):
+        assert_close(got, expected, rtol=0, atol=0)
+
+
 def test_different_iteration_spaces_do_not_loop_fuse():
     program = compiled_program(lambda x, y: (x + 1, y * 2), torch.randn(8, 16), torch.randn(5))
     assert kernel_nodes(program) == [["add"], ["mul"]]

@@ -578,6 +578,34 @@ def test_cascade_sum_fold_equals_the_vectorised_replay(dtype, monkeypatch):
         assert np.asarray(folded).tobytes() == np.asarray(replayed).tobytes(), (n, trial)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16, ml_dtypes.bfloat16])
+def test_cascade_sum_with_every_sample_counted_equals_the_fold_and_the_general_replay(dtype, monkeypatch):
+    """With no ignored target the replay groups each level's inputs by reshaping (runs of 16); it must give
+    the fold's and the general replay's bits, across level boundaries (16, 256, 4096 samples), specials and
+    signed zeros included."""
+    rng = np.random.default_rng(1)
+    dtype = np.dtype(dtype)
+    sizes = [33, 34, 47, 48, 49, 255, 256, 257, 272, 273, 511, 4095, 4096, 4097, 4113, 70_000]
+    for trial, n in enumerate(sizes + [int(rng.integers(33, 3000)) for _ in range(40)]):
+        values = rng.standard_normal(n) * 10.0 ** rng.integers(-3, 4)
+        if trial % 4 == 0:
+            values[rng.integers(0, n)] = [np.inf, -np.inf, np.nan, -0.0][trial // 4 % 4]
+        if trial % 9 == 0:
+            values = np.full(n, -0.0)
+        values = values.astype(dtype)
+        counted = np.ones(n, bool)
+        level_power = max(4, (n - 1).bit_length() // cascade_sum.CASCADE_LEVELS)
+        with np.errstate(all="ignore"):
+            regular = cascade_sum.cascade_sum(values, counted, dtype)
+            folded = cascade_sum._fold(values, np.arange(n), level_power, dtype)
+            monkeypatch.setattr(cascade_sum, "ALL_COUNTED_MIN", n)
+            monkeypatch.setattr(cascade_sum, "FOLD_LIMIT", -1)
+            replayed = cascade_sum.cascade_sum(values, counted, dtype)
+            monkeypatch.undo()
+        assert type(regular) is type(folded) is type(replayed)
+        assert np.asarray(regular).tobytes() == np.asarray(folded).tobytes() == np.asarray(replayed).tobytes(), (n, trial)
+
+
 def test_nll_loss_all_ignored_mean_is_nan_like_cpu():
     check_grads(lambda x: F.nll_loss(x, torch.tensor([1, 1]).to(x.device), ignore_index=1), torch.randn(2, 3))
 

@@ -293,6 +293,7 @@ def lower_pointwise(node, maths):
     if function is pointwise.power and compute.kind == "f":  # power's body for floating operands
         function = np.power
     ufunc = isinstance(function, np.ufunc) and not extras and not kwargs
+    writes_out = getattr(function, "writes_out", False)  # maths that write their last step into out= (eager's too)
 
     def operands(arrays):
         result = []
@@ -311,6 +312,9 @@ def lower_pointwise(node, maths):
         values = operands(arrays)
         if ufunc and out.dtype == compute:
             _C.vpu.apply(function, *values, out=out)
+            return
+        if writes_out and out.dtype == compute:  # no temporary result and no copy of it
+            function(*values, *extras, **kwargs, out=out)
             return
         _C.dtypes.cast_into(out, function(*values, *extras, **kwargs), out_name)
 

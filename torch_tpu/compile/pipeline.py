@@ -23,7 +23,8 @@ from .runtime import Program
 
 aten = torch.ops.aten
 
-# Ops whose eager kernels do in one pass what core ATen's decompositions would split into many. lerp, addcmul,
+# Ops whose eager kernels do in one pass what core ATen's decompositions would split into many (ReLU's backward:
+# one masked pass, where the decomposition's comparison, fill and select are three kernels). lerp, addcmul,
 # addcdiv and logit also keep eager's (CPU's) arithmetic: the decompositions compute a 0-dim weight unrounded
 # in float32, divide before scaling, and compute a bf16 logit in float32 where CPU rounds every step.
 KEPT_WHOLE = (
@@ -31,7 +32,7 @@ KEPT_WHOLE = (
     aten.gelu_backward.default, aten._softmax.default, aten._log_softmax.default,
     aten._softmax_backward_data.default, aten._log_softmax_backward_data.default, aten.nll_loss_forward.default,
     aten.nll_loss_backward.default, aten.embedding_dense_backward.default, aten.embedding.default,
-    aten.native_dropout.default, aten.native_dropout_backward.default,
+    aten.native_dropout.default, aten.native_dropout_backward.default, aten.threshold_backward.default,
     aten.lerp.Scalar, aten.lerp.Tensor, aten.addcmul.default, aten.addcdiv.default, aten.logit.default,
 )
 _names = itertools.count()

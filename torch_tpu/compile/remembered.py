@@ -49,10 +49,11 @@ class Remembered:
 
     def gelu(self, slot):
         """GELU's maths that keeps the CDF it computes (the forward program's)."""
-        def gelu(x, approximate="none"):
+        @pointwise.writes_out
+        def gelu(x, approximate="none", out=None):
             cdf = pointwise.gaussian_cdf(x)
-            self.keep(slot, x, cdf)
-            return pointwise.gelu_of_cdf(x, cdf, out=np.empty_like(cdf))
+            self.keep(slot, x, cdf)  # a copy of x, taken before out (which may be x) is written
+            return pointwise.gelu_of_cdf(x, cdf, out=np.empty_like(cdf) if out is None else out)
 
         return gelu
 

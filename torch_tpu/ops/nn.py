@@ -639,18 +639,30 @@ def native_dropout_backward(grad_output, mask, scale, *, out=None):
 # ---------------------------------------------------------------------------------------
 
 
+def nll_targets(target, classes, ignore_index):
+    """(ignored, any ignored, the class each sample reads: its target, 0 where ignored) of 1-d ``target``,
+    refusing a target outside [0, classes) that is not ignored, as CPU does."""
+    ignored = target == ignore_index
+    any_ignored = bool(ignored.any())
+    if target.size and (any_ignored or target.min() < 0 or target.max() >= classes):
+        out_of_bounds = ~ignored & ((target < 0) | (target >= classes))
+        if out_of_bounds.any():
+            raise IndexError(f"Target {target[out_of_bounds][0]} is out of bounds.")
+    return ignored, any_ignored, np.where(ignored, 0, target) if any_ignored else target
+
+
+def nll_sample_weights(safe_target, ignored, any_ignored, weight, dtype):
+    """weight[t] per sample (1 without class weights), 0 where ignored, in ``dtype``."""
+    sample_weight = np.ones(safe_target.shape, dtype) if weight is None else weight[safe_target]
+    return (np.where(ignored, 0, sample_weight) if any_ignored else sample_weight).astype(dtype, copy=False)
+
+
 def nll_terms(log_probs, target, weight, ignore_index):
     """Per-sample -weight[t] * log_probs[t] and weight[t] (0 where ignored), for (M, C) log_probs."""
-    classes = log_probs.shape[-1]
-    ignored = target == ignore_index
-    out_of_bounds = ~ignored & ((target < 0) | (target >= classes))
-    if out_of_bounds.any():
-        raise IndexError(f"Target {target[out_of_bounds][0]} is out of bounds.")
-    safe_target = np.where(ignored, 0, target)
-    sample_weight = np.ones(target.shape, log_probs.dtype) if weight is None else weight[safe_target]
-    sample_weight = np.where(ignored, 0, sample_weight).astype(log_probs.dtype)
-    picked = np.take_along_axis(log_probs, safe_target[:, None], axis=1)[:, 0]
-    return np.where(ignored, 0, -sample_weight * picked), sample_weight, ignored
+    ignored, any_ignored, safe_target = nll_targets(target, log_probs.shape[-1], ignore_index)
+    sample_weight = nll_sample_weights(safe_target, ignored, any_ignored, weight, log_probs.dtype)
+    terms = -sample_weight * log_probs[np.arange(len(safe_target)), safe_target]
+    return (np.where(ignored, 0, terms) if any_ignored else terms), sample_weight, ignored
 
 
 def class_last(x, n_spatial):
@@ -676,10 +688,10 @@ def nll_forward_maths(log_probs, target_array, weight_array, reduction, ignore_i
 def nll_reduction(terms, sample_weight, ignored, weighted, reduction, dtype):
     """The sum (or weighted mean) of the per-sample losses and the total weight, exactly as CPU's
     cascade sum forms them in ``dtype``."""
-    terms, sample_weight = terms.astype(dtype), sample_weight.astype(dtype)
-    total = cascade_sum(terms, ~ignored, dtype)
-    counted = np.count_nonzero(~ignored)
-    total_weight = cascade_sum(sample_weight, ~ignored, dtype) if weighted else np.asarray(counted).astype(dtype)
+    terms, sample_weight, counted = terms.astype(dtype, copy=False), sample_weight.astype(dtype, copy=False), ~ignored
+    total = cascade_sum(terms, counted, dtype)
+    total_weight = cascade_sum(sample_weight, counted, dtype) if weighted else \
+        np.asarray(np.count_nonzero(counted)).astype(dtype)
     if reduction == REDUCTION_MEAN:
         total = (total / total_weight).astype(dtype)
     return total, total_weight
@@ -694,15 +706,15 @@ def nll_backward_array(grad_output, self, target, weight, reduction, ignore_inde
 
 def nll_backward_maths(grad, x, target_array, weight_array, reduction, ignore_index, total_weight, n_spatial):
     """The gradient of the NLL loss with respect to its (opmath) input ``x``."""
-    target_array = target_array.reshape(-1)
     log_probs = class_last(x, n_spatial)
-    _, sample_weight, ignored = nll_terms(log_probs, target_array, weight_array, ignore_index)
+    ignored, any_ignored, safe_target = nll_targets(target_array.reshape(-1), log_probs.shape[-1], ignore_index)
+    sample_weight = nll_sample_weights(safe_target, ignored, any_ignored, weight_array, log_probs.dtype)
     grad = grad.reshape(-1) if reduction == REDUCTION_NONE else grad
     if reduction == REDUCTION_MEAN:
         grad = grad / total_weight
     rows = np.zeros(log_probs.shape, x.dtype)
-    values = np.where(ignored, 0, -sample_weight * grad)
-    np.put_along_axis(rows, np.where(ignored, 0, target_array)[:, None], values[:, None], axis=1)
+    values = -sample_weight * grad
+    rows[np.arange(len(safe_target)), safe_target] = np.where(ignored, 0, values) if any_ignored else values
     if not n_spatial:
         return rows.reshape(x.shape)
     return np.moveaxis(rows.reshape((x.shape[0],) + x.shape[2:] + (x.shape[1],)), -1, 1)

@@ -958,12 +958,14 @@ def check_clamp_bounds(dtype, x, low=None, high=None):
         raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
 
 
-def addcmul(x, a, b, value=1):
-    return x + scalar(value, x) * a * b
+@writes_out
+def addcmul(x, a, b, value=1, out=None):
+    return np.add(x, scalar(value, x) * a * b, out=out)
 
 
-def addcdiv(x, a, b, value=1):
-    return x + scalar(value, x) * a / b  # CPU's order: the value scales the dividend
+@writes_out
+def addcdiv(x, a, b, value=1, out=None):
+    return np.add(x, scalar(value, x) * a / b, out=out)  # CPU's order: the value scales the dividend
 
 
 def check_addcdiv(dtype, x, a, b, value=1):
