@@ -414,7 +414,8 @@ def _run_meta(op, args, kwargs):
             raise
         failure = error
     if torch.Tag.dynamic_output_shape in op.tags:
-        raise NoValuesError(f"{_op_name(op)} (its output's shape depends on the values)") from None
+        raise NoValuesError(f"{_op_name(op)} (its output's shape depends on the values, which abstract mode does "
+                            "not have)") from None
     from torch._decomp import decomposition_table
 
     decomposition = decomposition_table.get(op)

@@ -14,6 +14,7 @@ import sys
 import time
 
 from .. import _C
+from .._errors import NoValuesError
 from . import models, report
 
 
@@ -83,8 +84,8 @@ def main(argv=None):
     start = time.perf_counter()
     try:
         result = run(args)
-    except (ValueError, NotImplementedError) as error:
-        print(f"python -m torch_tpu.plan: {error}", file=sys.stderr)
+    except (ValueError, NotImplementedError, NoValuesError) as error:
+        print("\n".join([f"python -m torch_tpu.plan: {error}", *getattr(error, "__notes__", ())]), file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
     if args.json:

@@ -13,8 +13,6 @@ first real step would, so that the measured step sees the steady-state memory.
 
 import dataclasses
 import gc
-import importlib
-import inspect
 
 import torch
 from torch import nn
@@ -22,7 +20,7 @@ from torch import nn
 
 from .. import fp8 as float8
 from .._abstract import abstract
-from . import efficiency, measure, models
+from . import efficiency, measure, models, user_code
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 MESH_DIMENSIONS = ("dp", "fsdp", "tp")  # replicated data parallel, sharded data parallel, tensor parallel
@@ -147,11 +145,7 @@ def _user_program(job, local_batch):
     ``loss`` (loss(model, *batch)), ``tp_plan`` (a parallelize_module plan for each block). It is called
     on the meta device, with ``batch=`` (sequences per data-parallel rank) and ``seq=`` when it takes them.
     """
-    module_name, _, function_name = job.model.partition(":")
-    function = getattr(importlib.import_module(module_name), function_name)
-    accepted = inspect.signature(function).parameters
-    offered = {"batch": local_batch, "seq": job.seq}
-    made = function(**{k: v for k, v in offered.items() if k in accepted})
+    made = user_code.call_model_function(job.model, batch=local_batch, seq=job.seq)
     if not isinstance(made, dict):
         model, batch = made
         made = {"model": model, "batch": batch}
@@ -277,7 +271,8 @@ def plan_training(job):
     spec = measure.use_chip(job.chip)
     from ..distributed import simulate
 
-    with measure.unlimited_hbm() as capacity, simulate(job.chips, job.topology) as world, abstract():
+    with measure.unlimited_hbm() as capacity, simulate(job.chips, job.topology) as world, abstract(), \
+            user_code.running(job.model, job.mesh_shape):
         mesh = _device_mesh(job)
         program = build_program(job)
         model = parallelize(program, job, mesh)
