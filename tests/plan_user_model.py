@@ -123,3 +123,28 @@ def compiled_block(batch, seq):
     model, tokens = mlp_language_model(batch, seq)
     model.blocks[0] = torch.compile(model.blocks[0], backend="tpu")
     return model, tokens
+
+
+class HeadCountAttention(nn.Module):
+    """Attention that reshapes by the whole model's head count: right on one chip, wrong under TP."""
+
+    def __init__(self, width=64, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.out = nn.Linear(width, width, bias=False)
+
+    def forward(self, x):
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.out(attended.transpose(1, 2).reshape(batch, length, width))
+
+
+def tiny_llama_reshaped_by_heads(batch, seq):
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    model = nn.Sequential(nn.Embedding(128, 64), nn.ModuleList([HeadCountAttention()]))
+    model.forward = lambda tokens: model[1][0](model[0](tokens))
+    return {"model": model, "batch": torch.randint(0, 128, (batch, seq)),
+            "tp_plan": {"qkv": ColwiseParallel(), "out": RowwiseParallel()}}

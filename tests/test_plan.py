@@ -1,6 +1,9 @@
 """python -m torch_tpu.plan: per-chip memory equal to closed forms, step FLOPs equal to 6·N·tokens plus
 attention, the roofline's verdicts on serving, the CLI's JSON, and the user's own models."""
 
+import contextlib
+import dataclasses
+import gc
 import json
 import math
 import os
@@ -8,7 +11,8 @@ import os
 import pytest
 import torch
 
-from torch_tpu.plan import models
+import torch_tpu
+from torch_tpu.plan import models, training
 from torch_tpu.plan.serving import ServingJob, plan_serving
 from torch_tpu.plan.training import TrainingJob, candidate_meshes, parse_mesh, plan_training, sweep
 
@@ -154,6 +158,72 @@ def test_a_users_module_is_planned_from_module_function():
     assert result["hbm_per_chip"]["fits"] and result["step"]["time_s"] > 0
 
 
+def _planned_with_values(monkeypatch, job):
+    """The planner's own step run for real: eager kernels on real bytes (zero tokens, uninitialised weights)."""
+    monkeypatch.setattr(training, "abstract", contextlib.nullcontext)
+    monkeypatch.setattr(training, "_on_tpu", lambda value: torch.zeros_like(value, device="tpu"))
+    return plan_training(job)
+
+
+@pytest.mark.parametrize("model, chips, checkpoint", [
+    ("plan_user_model:fixed_capacity_moe", 1, False), ("plan_user_model:tiny_llama", 2, True),
+])
+def test_the_planned_step_equals_the_same_step_run_with_values(monkeypatch, model, chips, checkpoint):
+    """Abstract mode is a faithful stand-in: the step run on real bytes allocates, peaks and takes the
+    simulated time the plan says (on 2 chips FSDP's fp32-to-bf16 all-gather inputs once cost more in eager)."""
+    job = TrainingJob(model=model, chips=chips, batch=4, seq=32, checkpoint=checkpoint)
+    planned = plan_training(job)
+    real = _planned_with_values(monkeypatch, job)
+    assert real["hbm_per_chip"] == planned["hbm_per_chip"]
+    for key in ("roofline_s", "compute_s", "hbm_s", "ici_s", "hardware_flops_per_chip"):
+        assert real["step"][key] == pytest.approx(planned["step"][key], rel=1e-12), key
+
+
+def test_a_plans_peak_does_not_depend_on_when_python_collected_garbage():
+    """An earlier plan's modules and FSDP state are garbage cycles holding HBM until Python's collector
+    runs: with the collector off they once added a whole model's parameters to the third plan's peak."""
+    job = TrainingJob(model="plan_user_model:tiny_llama", chips=2, batch=4, seq=32)
+    gc.disable()
+    try:
+        peaks = [plan_training(job)["hbm_per_chip"]["peak"] for _ in range(3)]
+    finally:
+        gc.enable()
+    assert peaks[0] == peaks[1] == peaks[2]
+
+
+def test_fixed_capacity_moe_plans_the_flops_of_uniform_routing():
+    """Top-2 routing over 4 experts with capacity tokens x 2 / 4: the experts multiply exactly 2 x tokens
+    rows, so the step's FLOPs are the router's, the experts' at uniform routing and the head's, x 3."""
+    result = plan_training(TrainingJob(model="plan_user_model:fixed_capacity_moe", chips=1, batch=4, seq=32))
+    tokens, width, hidden, experts, vocabulary, blocks = 4 * 32, 64, 128, 4, 256, 2
+    forward = blocks * (2 * tokens * width * experts + 2 * tokens * 3 * 2 * width * hidden) + 2 * tokens * width * vocabulary
+    assert result["step"]["model_flops_per_chip"] == 3 * forward == result["step"]["hardware_flops_per_chip"]
+    memory = result["hbm_per_chip"]
+    assert memory["params"] == memory["grads"] == result["params"] * FP32 and memory["optimizer"] == 2 * memory["params"]
+
+
+def test_value_dependent_routing_is_refused_naming_the_op_and_the_way_out():
+    with pytest.raises(torch_tpu.NoValuesError, match="aten.nonzero") as caught:
+        plan_training(TrainingJob(model="plan_user_model:where_routed_moe", chips=1, batch=4, seq=32))
+    notes = "\n".join(caught.value.__notes__)
+    assert "plan_user_model:where_routed_moe" in notes and "fixed capacity" in notes
+
+
+def test_a_compiled_block_is_planned_as_its_eager_program():
+    job = TrainingJob(model="plan_user_model:compiled_block", chips=2, batch=4, seq=32)
+    compiled = plan_training(job)
+    eager = plan_training(dataclasses.replace(job, model="plan_user_model:mlp_language_model"))
+    assert compiled["hbm_per_chip"] == eager["hbm_per_chip"]
+    assert compiled["step"]["roofline_s"] == pytest.approx(eager["step"]["roofline_s"], rel=1e-12)
+
+
+def test_tensor_parallelism_over_global_head_counts_gets_a_hint():
+    with pytest.raises(RuntimeError, match="invalid for input") as caught:
+        plan_training(TrainingJob(model="plan_user_model:tiny_llama_reshaped_by_heads", chips=2,
+                                  mesh=parse_mesh("tp=2"), batch=2, seq=16))
+    assert any("reshape by head size" in note for note in caught.value.__notes__)
+
+
 def test_a_mesh_that_does_not_cover_the_chips_is_refused():
     with pytest.raises(ValueError, match="has 8 chips, not --chips 16"):
         plan_training(TrainingJob(model="llama3-8b", chips=16, mesh=parse_mesh("fsdp=4,tp=2")))
@@ -207,6 +277,7 @@ CLI_RUNS = {
     "serving": ("--model", "llama3-1b", "--serve", "--prompt", "128", "--generate", "4", "--batch", "2", "--json"),
     "user table": ("--model", "plan_user_model:mlp_language_model", "--chips", "2", "--batch", "4", "--seq", "32"),
     "unknown model": ("--model", "llama3-9b"),
+    "value-dependent shapes": ("--model", "plan_user_model:where_routed_moe", "--batch", "1", "--seq", "8"),
 }
 
 
@@ -251,3 +322,6 @@ def test_bad_arguments_are_one_clear_line(cli):
     process = cli["unknown model"]
     assert process.returncode == 2 and "unknown model 'llama3-9b'" in process.stderr
     assert "Traceback" not in process.stderr
+    refused = cli["value-dependent shapes"]
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "aten.nonzero" in refused.stderr and "fixed capacity" in refused.stderr

@@ -12,6 +12,7 @@ A phase is compute-bound when its MXU time exceeds the rest of its kernel time, 
 
 import contextlib
 import dataclasses
+import gc
 
 from .. import _C
 
@@ -90,6 +91,9 @@ def peak():
 
 
 def reset_peak():
+    """Start measuring a peak from what is live now: garbage cycles (an earlier plan's modules, FSDP's
+    state) are collected first, or whether they still held HBM would depend on when Python's collector ran."""
+    gc.collect()
     _C.current_chip().hbm.reset_peak_stats()
 
 

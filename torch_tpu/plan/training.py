@@ -46,7 +46,10 @@ class TrainingJob:
 
     @property
     def mesh_shape(self):
-        return dict(self.mesh) if self.mesh else {"fsdp": self.chips}
+        shape = dict(self.mesh) if self.mesh else {"fsdp": self.chips}
+        if "dp" not in shape and "fsdp" not in shape:  # tensor parallelism alone: FSDP2's recipe on one rank
+            shape = {"fsdp": 1, **shape}
+        return shape
 
     @property
     def data_parallel(self):
