@@ -148,3 +148,13 @@ def tiny_llama_reshaped_by_heads(batch, seq):
     model.forward = lambda tokens: model[1][0](model[0](tokens))
     return {"model": model, "batch": torch.randint(0, 128, (batch, seq)),
             "tp_plan": {"qkv": ColwiseParallel(), "out": RowwiseParallel()}}
+
+
+def served_tiny_llama(batch, seq):
+    """A cached decoder served from user code: the built-in Llama code at a tiny size, its KV cache with
+    each chip's share of the key/value heads."""
+    return {"model": models.Decoder(TINY_LLAMA, seq),
+            "forward": lambda model, tokens, cache, position: model(tokens, caches=cache, position=position),
+            "cache": lambda batch, length, dtype, tp: models.kv_caches(TINY_LLAMA, batch, length, dtype,
+                                                                       kv_heads=TINY_LLAMA.kv_heads // tp),
+            "tp_plan": training.tensor_parallel_plan(TINY_LLAMA)}

@@ -103,12 +103,15 @@ class Program:
 
     @property
     def layers(self):
-        """The repeated blocks, FSDP's and activation checkpointing's units: the elements of the outermost
-        ModuleLists, as (list, index) pairs."""
-        lists = [name for name, module in self.model.named_modules() if isinstance(module, nn.ModuleList)]
-        outermost = [name for name in lists if not any(name.startswith(f"{other}.") for other in lists)]
-        return [(self.model.get_submodule(name), index) for name in outermost
-                for index in range(len(self.model.get_submodule(name)))]
+        return outermost_blocks(self.model)
+
+
+def outermost_blocks(model):
+    """The repeated blocks, FSDP's, activation checkpointing's and tensor parallelism's units: the elements
+    of the outermost ModuleLists, as (list, index) pairs."""
+    lists = [name for name, module in model.named_modules() if isinstance(module, nn.ModuleList)]
+    outermost = [name for name in lists if not any(name.startswith(f"{other}.") for other in lists)]
+    return [(model.get_submodule(name), index) for name in outermost for index in range(len(model.get_submodule(name)))]
 
 
 def _decoder_loss(model, tokens, targets):
@@ -277,6 +280,7 @@ def plan_training(job):
     with measure.unlimited_hbm() as capacity, simulate(job.chips, job.topology) as world, abstract(), \
             user_code.running(job.model, job.mesh_shape):
         mesh = _device_mesh(job)
+        baseline = measure.allocated_before_plan()
         program = build_program(job)
         model = parallelize(program, job, mesh)
         model.to_empty(device="tpu")
@@ -301,7 +305,7 @@ def plan_training(job):
             gradient_bytes = measure.tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
             optimizer.step()
             optimizer.zero_grad()
-        peak = measure.peak()
+        peak = measure.peak() - baseline
         topology = "x".join(map(str, world.torus.shape)) if hasattr(world.torus, "shape") else str(world.torus)
         parameter_count = sum(p.numel() for p in parameters)  # DTensors report their global size
         del model, optimizer, loss, batch, parameters, program

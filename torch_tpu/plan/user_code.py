@@ -30,6 +30,11 @@ def call_model_function(spec, **offered):
     except (ImportError, AttributeError) as error:
         raise ValueError(f"--model {spec}: cannot load {function_name!r} from {module_name!r} ({error}); "
                          "is its directory on PYTHONPATH?") from None
+    return call_accepting(function, **offered)
+
+
+def call_accepting(function, **offered):
+    """``function`` called with those of ``offered`` that it takes by name (all of them if it takes ``**``)."""
     accepted = inspect.signature(function).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     return function(**{k: v for k, v in offered.items() if takes_any or k in accepted})
