@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import torch_tpu
-from torch_tpu.plan import models, training
+from torch_tpu.plan import models, serving, training
 from torch_tpu.plan.serving import ServingJob, plan_serving
 from torch_tpu.plan.training import TrainingJob, candidate_meshes, parse_mesh, plan_training, sweep
 
@@ -266,6 +266,56 @@ def test_fp8_kv_cache_is_half_the_bytes_and_tensor_parallel_splits_the_weights()
     assert bf16["hbm_per_chip"]["weights"] == 2 * (unsplit + (config.parameter_count() - unsplit) // 4)
 
 
+@pytest.mark.parametrize("chips", [1, 2])
+def test_a_users_cached_decoder_is_served_from_module_function(chips):
+    from plan_user_model import TINY_LLAMA as config
+
+    batch, prompt, generate = 2, 32, 4
+    result = plan_serving(ServingJob(model="plan_user_model:served_tiny_llama", chips=chips, prompt=prompt,
+                                     generate=generate, batch=batch))
+    memory = result["hbm_per_chip"]
+    assert result["params"] == config.parameter_count()
+    unsplit = 2 * config.vocab * config.dim + (2 * config.layers + 1) * config.dim  # embedding, head, norms
+    assert memory["weights"] == 2 * (unsplit + (config.parameter_count() - unsplit) // chips)
+    assert memory["kv_cache"] == 2 * config.layers * batch * (config.kv_heads // chips) * (prompt + generate) \
+        * config.head_dim * 2
+    assert result["decode_step_roofline_s"] >= memory["weights"] / 7380e9
+
+
+def test_a_model_without_a_cache_reads_its_whole_sequence_at_every_step():
+    """plan_user_model's MLP language model returns (model, tokens): each decode step runs it on the
+    sequence so far, so its matmul FLOPs are 2 x weights x the tokens of that sequence."""
+    batch, prompt, generate = 2, 16, 4
+    result = plan_serving(ServingJob(model="plan_user_model:mlp_language_model", prompt=prompt, generate=generate,
+                                     batch=batch))
+    width, vocabulary, blocks = 128, 512, 3
+    weights = blocks * 2 * width * 4 * width + width * vocabulary
+    assert result["hbm_per_chip"]["kv_cache"] == 0
+    assert result["prefill"]["flops"] == 2 * weights * batch * prompt
+    first, last = prompt + 1, prompt + generate
+    assert result["decode_step"]["flops"] == 2 * weights * batch * (first + last) / 2
+
+
+@pytest.mark.parametrize("model, chips", [("plan_user_model:served_tiny_llama", 2),
+                                          ("plan_user_model:mlp_language_model", 1)])
+def test_planned_serving_equals_the_same_requests_run_with_values(monkeypatch, model, chips):
+    job = ServingJob(model=model, chips=chips, prompt=16, generate=4, batch=2)
+    planned = plan_serving(job)
+    monkeypatch.setattr(serving, "abstract", contextlib.nullcontext)
+    real = plan_serving(job)
+    assert real["hbm_per_chip"] == planned["hbm_per_chip"]
+    for phase in ("prefill", "decode_step"):
+        for key in ("seconds", "compute_s", "hbm_s", "flops"):
+            assert real[phase][key] == pytest.approx(planned[phase][key], rel=1e-12), (phase, key)
+
+
+def test_serving_a_users_model_asks_for_what_it_lacks():
+    with pytest.raises(ValueError, match="no tensor-parallel plan"):
+        plan_serving(ServingJob(model="plan_user_model:mlp_language_model", chips=2, prompt=8, generate=2))
+    with pytest.raises(ValueError, match="unknown model"):
+        plan_serving(ServingJob(model="llama3-9b"))
+
+
 TRAINING_KEYS = {"params", "hbm_per_chip", "step", "mfu", "tokens_per_s_per_chip"}
 MEMORY_KEYS = {"params", "grads", "optimizer", "activations", "peak", "capacity", "fits"}
 STEP_KEYS = {"time_s", "roofline_s", "compute_s", "hbm_s", "ici_exposed_s", "model_flops_per_chip"}
@@ -277,6 +327,8 @@ CLI_RUNS = {
     "serving": ("--model", "llama3-1b", "--serve", "--prompt", "128", "--generate", "4", "--batch", "2", "--json"),
     "user table": ("--model", "plan_user_model:mlp_language_model", "--chips", "2", "--batch", "4", "--seq", "32"),
     "unknown model": ("--model", "llama3-9b"),
+    "user serving": ("--model", "plan_user_model:served_tiny_llama", "--serve", "--chips", "2", "--prompt", "16",
+                     "--generate", "2", "--json"),
     "value-dependent shapes": ("--model", "plan_user_model:where_routed_moe", "--batch", "1", "--seq", "8"),
 }
 
@@ -312,6 +364,9 @@ def test_serving_json_and_the_readable_table(cli):
     assert SERVING_KEYS <= result.keys()
     assert {"weights", "kv_cache", "peak", "capacity", "fits"} <= result["hbm_per_chip"].keys()
     assert result["prefill_bound"] in ("compute", "hbm") and result["decode_bound"] == "hbm"
+    user = cli["user serving"]
+    assert user.returncode == 0, user.stderr
+    assert json.loads(user.stdout)["hbm_per_chip"]["kv_cache"] > 0
     table = cli["user table"]
     assert table.returncode == 0, table.stderr
     for line in ("HBM per chip", "optimizer state", "fits", "exposed ICI", "MFU", "tokens/s per chip"):
