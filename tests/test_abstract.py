@@ -201,6 +201,17 @@ def test_norm_statistics_have_the_kernels_dtype_and_cost(norm, parameter_dtype):
     assert run(True) == run(False)
 
 
+@pytest.mark.parametrize("softmax", [torch.ops.aten._softmax, torch.ops.aten._log_softmax])
+def test_half_to_float_softmax_is_refused_as_in_eager_mode(softmax):
+    """Meta takes (or refuses in its own words) what the tpu kernel refuses with CUDA's error."""
+    x, half = torch.randn(3, 4, dtype=torch.bfloat16, device="tpu"), torch.randn(3, 4, dtype=torch.float16, device="tpu")
+    for run_abstractly in (False, True):
+        with abstract() if run_abstractly else contextlib.nullcontext():
+            with pytest.raises(RuntimeError, match="conversion is supported for Half type only"):
+                softmax(x, 1, True)
+            assert softmax(half, 1, True).dtype == torch.float32
+
+
 def test_views_in_place_and_out_keep_their_aliasing(memory_baseline):
     with abstract():
         x = torch.empty(4, 6, device="tpu")

@@ -103,6 +103,8 @@ class _Launch:
         feed = iter(twins)
         meta_args = tuple(_replace_tensors(v, feed) for v in self.args)
         meta_kwargs = {k: _replace_tensors(v, feed) for k, v in self.kwargs.items()}
+        if self.op in TPU_CHECKS:
+            TPU_CHECKS[self.op](_bind(self.op, meta_args, meta_kwargs))
         meta_result = _run_meta(self.op, *_numbers_as_tensors(self.op, meta_args, meta_kwargs))
         if self.op in AS_TPU_KERNEL:
             meta_result = AS_TPU_KERNEL[self.op](_bind(self.op, meta_args, meta_kwargs), meta_result)
@@ -458,6 +460,16 @@ def _statistics_as_cpu(*parameters):
 
     return correct
 
+
+def _half_to_float(call):
+    from .ops import nn
+
+    nn.check_half_to_float(call["self"], call["half_to_float"])
+
+
+# The tpu kernel's checks where Meta's differ (Meta takes what the kernel refuses, or refuses in other words)
+TPU_CHECKS = {op: _half_to_float for op in (torch.ops.aten._softmax.out, torch.ops.aten._log_softmax.out,
+                                             torch.ops.aten._softmax.default, torch.ops.aten._log_softmax.default)}
 
 # Results Meta gives differently from the tpu kernel: corrected before the recipe is cached
 AS_TPU_KERNEL = {
