@@ -166,7 +166,7 @@ def _planned_with_values(monkeypatch, job):
 
 
 @pytest.mark.parametrize("model, chips, checkpoint", [
-    ("plan_user_model:fixed_capacity_moe", 1, False), ("plan_user_model:tiny_llama", 2, True),
+    ("plan_user_model:fixed_capacity_moe", 1, False), ("plan_user_model:mlp_language_model", 2, True),
 ])
 def test_the_planned_step_equals_the_same_step_run_with_values(monkeypatch, model, chips, checkpoint):
     """Abstract mode is a faithful stand-in: the step run on real bytes allocates, peaks and takes the
@@ -182,7 +182,7 @@ def test_the_planned_step_equals_the_same_step_run_with_values(monkeypatch, mode
 def test_a_plans_peak_does_not_depend_on_when_python_collected_garbage():
     """An earlier plan's modules and FSDP state are garbage cycles holding HBM until Python's collector
     runs: with the collector off they once added a whole model's parameters to the third plan's peak."""
-    job = TrainingJob(model="plan_user_model:tiny_llama", chips=2, batch=4, seq=32)
+    job = TrainingJob(model="plan_user_model:mlp_language_model", chips=2, batch=4, seq=32)
     gc.disable()
     try:
         peaks = [plan_training(job)["hbm_per_chip"]["peak"] for _ in range(3)]
@@ -296,10 +296,8 @@ def test_a_model_without_a_cache_reads_its_whole_sequence_at_every_step():
     assert result["decode_step"]["flops"] == 2 * weights * batch * (first + last) / 2
 
 
-@pytest.mark.parametrize("model, chips", [("plan_user_model:served_tiny_llama", 2),
-                                          ("plan_user_model:mlp_language_model", 1)])
-def test_planned_serving_equals_the_same_requests_run_with_values(monkeypatch, model, chips):
-    job = ServingJob(model=model, chips=chips, prompt=16, generate=4, batch=2)
+def test_planned_serving_equals_the_same_requests_run_with_values(monkeypatch):
+    job = ServingJob(model="plan_user_model:served_tiny_llama", chips=2, prompt=16, generate=4, batch=2)
     planned = plan_serving(job)
     monkeypatch.setattr(serving, "abstract", contextlib.nullcontext)
     real = plan_serving(job)
