@@ -158,3 +158,25 @@ def served_tiny_llama(batch, seq):
             "cache": lambda batch, length, dtype, tp: models.kv_caches(TINY_LLAMA, batch, length, dtype,
                                                                        kv_heads=TINY_LLAMA.kv_heads // tp),
             "tp_plan": training.tensor_parallel_plan(TINY_LLAMA)}
+
+
+class PatchClassifier(nn.Module):
+    """A ViT-style image classifier: convolutional patches, encoder blocks, a class head and its loss."""
+
+    def __init__(self, width=64, blocks=2, classes=10):
+        super().__init__()
+        self.patches = nn.Conv2d(3, width, 8, 8)
+        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True)
+                                    for _ in range(blocks))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, images, labels):
+        x = self.patches(images).flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            x = block(x)
+        return torch.nn.functional.cross_entropy(self.head(x.mean(1)), labels)
+
+
+def patch_classifier(batch):
+    """Takes no ``seq``: its throughput is in images."""
+    return PatchClassifier(), (torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,)))

@@ -224,6 +224,16 @@ def test_tensor_parallelism_over_global_head_counts_gets_a_hint():
     assert any("reshape by head size" in note for note in caught.value.__notes__)
 
 
+def test_a_model_without_sequences_reports_samples_per_second():
+    from torch_tpu.plan import report
+
+    result = plan_training(TrainingJob(model="plan_user_model:patch_classifier", chips=2, batch=8))
+    assert result["seq"] is None and result["tokens_per_s_per_chip"] is None
+    assert result["samples_per_s_per_chip"] == pytest.approx(8 / 2 / result["step"]["time_s"])
+    table = report.table(result)
+    assert "batch 8 samples" in table and "samples/s per chip" in table and "tokens" not in table
+
+
 def test_a_mesh_that_does_not_cover_the_chips_is_refused():
     with pytest.raises(ValueError, match="has 8 chips, not --chips 16"):
         plan_training(TrainingJob(model="llama3-8b", chips=16, mesh=parse_mesh("fsdp=4,tp=2")))

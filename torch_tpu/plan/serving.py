@@ -96,7 +96,7 @@ def _user_program(job, length):
     """``module:function`` called with ``batch=`` and ``seq=`` (prompt + generated tokens) returns a dict
     with ``model`` and optionally ``forward``, ``cache`` and ``tp_plan`` (see ServingProgram), or just
     the model (then each decode step runs ``model(tokens)`` on the whole sequence so far)."""
-    made = user_code.call_model_function(job.model, batch=job.batch, seq=length)
+    made, _ = user_code.call_model_function(job.model, batch=job.batch, seq=length)
     made = made if isinstance(made, dict) else {"model": made[0] if isinstance(made, tuple) else made}
     if "cache" in made and "forward" not in made:
         raise ValueError(f"{job.model} returns a 'cache' but no 'forward(model, tokens, cache, position)' that uses it")

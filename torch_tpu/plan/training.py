@@ -100,6 +100,7 @@ class Program:
     tp_plan: dict = None  # parallelize_module plan of each layer (relative names), None if the model has none
     head_plan: dict = None  # plan of the layers outside the blocks
     description: str = ""
+    seq: int = None  # the batch's sequence length; None for a model function that takes no ``seq`` (a ViT's)
 
     @property
     def layers(self):
@@ -143,7 +144,7 @@ def _builtin_program(job, local_batch):
     model = models.build(job.model, job.seq)
     tokens = torch.empty(local_batch, job.seq, dtype=torch.long)
     return Program(model, (tokens, tokens), _decoder_loss, tensor_parallel_plan(config), head_parallel_plan(config),
-                   models.describe(config))
+                   models.describe(config), job.seq)
 
 
 def _user_program(job, local_batch):
@@ -151,14 +152,15 @@ def _user_program(job, local_batch):
     ``loss`` (loss(model, *batch)), ``tp_plan`` (a parallelize_module plan for each block). It is called
     on the meta device, with ``batch=`` (sequences per data-parallel rank) and ``seq=`` when it takes them.
     """
-    made = user_code.call_model_function(job.model, batch=local_batch, seq=job.seq)
+    made, passed = user_code.call_model_function(job.model, batch=local_batch, seq=job.seq)
     if not isinstance(made, dict):
         model, batch = made
         made = {"model": model, "batch": batch}
     batch = made["batch"]
     batch = batch if isinstance(batch, tuple) else (batch,)
     return Program(made["model"], batch, made.get("loss", _output_as_loss), made.get("tp_plan"),
-                   made.get("head_plan"), f"{job.model}: {type(made['model']).__name__}")
+                   made.get("head_plan"), f"{job.model}: {type(made['model']).__name__}",
+                   job.seq if "seq" in passed else None)
 
 
 def _output_as_loss(model, *batch):
@@ -308,21 +310,21 @@ def plan_training(job):
         peak = measure.peak() - baseline
         topology = "x".join(map(str, world.torus.shape)) if hasattr(world.torus, "shape") else str(world.torus)
         parameter_count = sum(p.numel() for p in parameters)  # DTensors report their global size
+        sequence = program.seq
         del model, optimizer, loss, batch, parameters, program
         gc.collect()  # modules and autograd graphs hold cycles: free their HBM before the next plan
     memory = {"params": parameter_bytes, "grads": gradient_bytes, "optimizer": optimizer_bytes,
               "activations": activation_bytes, "peak": peak, "capacity": capacity, "fits": peak <= capacity}
     memory["largest_consumer"] = max(("params", "grads", "optimizer", "activations"), key=memory.get)
-    return _training_result(job, spec, topology, parameter_count, memory, step, 3 * forward_flops)
+    return _training_result(job, spec, topology, parameter_count, memory, step, 3 * forward_flops, sequence)
 
 
-def _training_result(job, spec, topology, parameter_count, memory, step, model_flops):
+def _training_result(job, spec, topology, parameter_count, memory, step, model_flops, sequence):
     predicted = efficiency.predicted_seconds(spec.name, step.seconds)
     peak_flops = spec.peak_flops["bfloat16"]
-    tokens = job.batch * job.seq
     return {
         "mode": "training", "model": job.model, "chip": spec.name, "chips": job.chips,
-        "mesh": job.mesh_shape, "topology": topology, "batch": job.batch, "seq": job.seq, "dtype": job.dtype,
+        "mesh": job.mesh_shape, "topology": topology, "batch": job.batch, "seq": sequence, "dtype": job.dtype,
         "checkpoint": job.checkpoint, "optimizer": job.optimizer,
         "precision": {"master": job.master_dtype, "compute": job.param_dtype, "reduce": job.reduce_dtype},
         "params": parameter_count,
@@ -335,7 +337,8 @@ def _training_result(job, spec, topology, parameter_count, memory, step, model_f
         },
         "mfu": model_flops / (predicted * peak_flops),
         "roofline_mfu": model_flops / (step.seconds * peak_flops),
-        "tokens_per_s_per_chip": tokens / job.chips / predicted,
+        "samples_per_s_per_chip": job.batch / job.chips / predicted,
+        "tokens_per_s_per_chip": job.batch * sequence / job.chips / predicted if sequence else None,
     }
 
 

@@ -23,21 +23,28 @@ NO_VALUES_HINT = (
 
 
 def call_model_function(spec, **offered):
-    """Import ``module:function`` and call it with those of ``offered`` that it accepts."""
+    """Import ``module:function`` and call it with those of ``offered`` that it accepts: (its result, the
+    names passed)."""
     module_name, _, function_name = spec.partition(":")
     try:
         function = getattr(importlib.import_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
         raise ValueError(f"--model {spec}: cannot load {function_name!r} from {module_name!r} ({error}); "
                          "is its directory on PYTHONPATH?") from None
-    return call_accepting(function, **offered)
+    passed = accepted_names(function, offered)
+    return function(**{name: offered[name] for name in passed}), passed
+
+
+def accepted_names(function, offered):
+    """Those of the names in ``offered`` that ``function`` takes (all of them if it takes ``**``)."""
+    accepted = inspect.signature(function).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    return {name for name in offered if takes_any or name in accepted}
 
 
 def call_accepting(function, **offered):
     """``function`` called with those of ``offered`` that it takes by name (all of them if it takes ``**``)."""
-    accepted = inspect.signature(function).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    return function(**{k: v for k, v in offered.items() if takes_any or k in accepted})
+    return function(**{name: offered[name] for name in accepted_names(function, offered)})
 
 
 def _tensor_parallel_hint(error, mesh_shape):
