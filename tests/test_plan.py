@@ -241,6 +241,8 @@ def test_a_mesh_that_does_not_cover_the_chips_is_refused():
         parse_mesh("fsdp=4,pp=2")
     with pytest.raises(ValueError, match="does not split"):
         plan_training(TrainingJob(model="llama3-8b", chips=4, batch=6))
+    with pytest.raises(ValueError, match="fp8 with tensor parallelism"):
+        plan_training(TrainingJob(model="llama3-8b", chips=4, mesh=parse_mesh("fsdp=2,tp=2"), dtype="fp8"))
 
 
 def test_sweep_tries_meshes_and_ranks_those_that_fit_first():

@@ -80,9 +80,11 @@ def check_job(job):
         raise ValueError(f"the mesh {format_mesh(shape)} has {product} chips, not --chips {job.chips}")
     if job.batch % job.data_parallel:
         raise ValueError(f"--batch {job.batch} does not split over {job.data_parallel} data-parallel ranks")
-    for name, value in (("--dtype", job.dtype),):
-        if value not in ("bf16", "fp8"):
-            raise ValueError(f"{name} {value!r}: choose bf16 or fp8")
+    if job.dtype not in ("bf16", "fp8"):
+        raise ValueError(f"--dtype {job.dtype!r}: choose bf16 or fp8")
+    if job.dtype == "fp8" and shape.get("tp", 1) > 1:
+        raise ValueError("--dtype fp8 with tensor parallelism is not supported: torch_tpu.fp8's Float8Linear takes "
+                         "plain weights, not tensor parallelism's DTensors; plan fp8 with dp/fsdp meshes, or tp in bf16")
 
 
 def format_mesh(shape):
