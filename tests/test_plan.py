@@ -225,12 +225,12 @@ def test_tensor_parallelism_over_global_head_counts_gets_a_hint():
 
 
 def test_a_model_without_sequences_reports_samples_per_second():
-    from torch_tpu.plan import report
+    import torch_tpu.plan as plan  # the Python API as docs/planning.md shows it
 
-    result = plan_training(TrainingJob(model="plan_user_model:patch_classifier", chips=2, batch=8))
+    result = plan.plan_training(plan.TrainingJob(model="plan_user_model:patch_classifier", chips=2, batch=8))
     assert result["seq"] is None and result["tokens_per_s_per_chip"] is None
     assert result["samples_per_s_per_chip"] == pytest.approx(8 / 2 / result["step"]["time_s"])
-    table = report.table(result)
+    table = plan.table(result)
     assert "batch 8 samples" in table and "samples/s per chip" in table and "tokens" not in table
 
 
