@@ -180,3 +180,18 @@ class PatchClassifier(nn.Module):
 def patch_classifier(batch):
     """Takes no ``seq``: its throughput is in images."""
     return PatchClassifier(), (torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,)))
+
+
+class OneLinear(nn.Module):
+    """One bias-free linear layer as the only block: every byte of its plan has a closed form."""
+
+    def __init__(self, features=64, outputs=32):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Linear(features, outputs, bias=False)])
+
+    def forward(self, x):
+        return self.blocks[0](x)
+
+
+def one_linear(batch, seq):
+    return OneLinear(), torch.randn(batch, seq, 64)

@@ -224,6 +224,17 @@ def test_tensor_parallelism_over_global_head_counts_gets_a_hint():
     assert any("reshape by head size" in note for note in caught.value.__notes__)
 
 
+def test_every_byte_of_a_one_layer_plan_has_a_closed_form():
+    """fp32 master weights, their gradients and AdamW's two moments; between forward and backward only the
+    bf16 copy of the input FSDP's mixed precision makes (the linear saves it; its unsharded weight is
+    FSDP's, not an activation) and the 4-byte loss."""
+    batch, seq, features, outputs = 8, 4, 64, 32
+    memory = plan_training(TrainingJob(model="plan_user_model:one_linear", chips=1, batch=batch, seq=seq))["hbm_per_chip"]
+    weights = features * outputs
+    assert (memory["params"], memory["grads"], memory["optimizer"]) == (weights * FP32, weights * FP32, 2 * weights * FP32)
+    assert memory["activations"] == batch * seq * features * 2 + FP32
+
+
 def test_a_model_without_sequences_reports_samples_per_second():
     import torch_tpu.plan as plan  # the Python API as docs/planning.md shows it
 
