@@ -24,7 +24,8 @@ def parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="built-in models: " + ", ".join(models.CONFIGS))
     p.add_argument("--model", default="llama3-8b",
-                   help="a built-in model, or module:function returning (nn.Module, example batch)")
+                   help="a built-in model, or module:function returning (nn.Module, example batch) or a dict "
+                        "(model, batch, loss, tp_plan; for --serve forward and cache): docs/planning.md")
     p.add_argument("--chip", default="ironwood", help=f"one of {chips}")
     p.add_argument("--chips", type=int, default=1, help="chips in the slice")
     p.add_argument("--topology", default=None, help="torus shape, e.g. 4x8x8 (default: the chip's slice shape)")
