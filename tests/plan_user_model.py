@@ -39,3 +39,159 @@ def tiny_llama(batch, seq):
     tokens = torch.randint(0, TINY_LLAMA.vocab, (batch, seq))
     return {"model": model, "batch": (tokens, tokens), "loss": lambda m, t, y: m(t, y),
             "tp_plan": training.tensor_parallel_plan(TINY_LLAMA), "head_plan": training.head_parallel_plan(TINY_LLAMA)}
+
+
+class SwiGLUExpert(nn.Module):
+    def __init__(self, width, hidden):
+        super().__init__()
+        self.gate = nn.Linear(width, hidden, bias=False)
+        self.up = nn.Linear(width, hidden, bias=False)
+        self.down = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x):
+        return self.down(torch.nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+class TopTwoMoE(nn.Module):
+    """Mixtral-style top-2 routing with a fixed capacity per expert (GShard's dispatch): every shape is
+    known before the values, so the planner can run it. Capacity factor 1: each expert takes at most
+    tokens x 2 / experts tokens; the planned compute is that of perfectly uniform routing."""
+
+    def __init__(self, width, hidden, experts=4, top=2):
+        super().__init__()
+        self.router = nn.Linear(width, experts, bias=False)
+        self.experts = nn.ModuleList(SwiGLUExpert(width, hidden) for _ in range(experts))
+        self.top = top
+
+    def forward(self, x):
+        shape, x = x.shape, x.flatten(0, -2)
+        tokens, experts = x.shape[0], len(self.experts)
+        capacity = tokens * self.top // experts
+        weights, chosen = self.router(x).softmax(-1).topk(self.top, dim=-1)  # (tokens, top)
+        weights = weights / weights.sum(-1, keepdim=True)
+        routed = torch.zeros(tokens, experts, dtype=torch.long, device=x.device).scatter_(1, chosen, 1)
+        position = (routed.cumsum(0) - 1).gather(1, chosen)  # each choice's slot in its expert's buffer
+        kept = position < capacity
+        slot = torch.where(kept, chosen * capacity + position, experts * capacity)  # the last slot drops
+        buffer = x.new_zeros(experts * capacity + 1, x.shape[1])
+        buffer.index_add_(0, slot.flatten(), x.repeat_interleave(self.top, dim=0))
+        outputs = [expert(buffer[e * capacity:(e + 1) * capacity]) for e, expert in enumerate(self.experts)]
+        outputs = torch.cat([*outputs, x.new_zeros(1, x.shape[1])])
+        combined = (outputs[slot] * (weights * kept).unsqueeze(-1).to(x.dtype)).sum(1)
+        return combined.view(shape)
+
+
+class WhereRoutedMoE(TopTwoMoE):
+    """The same routing written with torch.where(mask): how many tokens each expert gets depends on values."""
+
+    def forward(self, x):
+        shape, x = x.shape, x.flatten(0, -2)
+        weights, chosen = self.router(x).softmax(-1).topk(self.top, dim=-1)
+        out = torch.zeros_like(x)
+        for e, expert in enumerate(self.experts):
+            token, rank = torch.where(chosen == e)
+            out.index_add_(0, token, expert(x[token]) * weights[token, rank, None].to(x.dtype))
+        return out.view(shape)
+
+
+class MoELanguageModel(nn.Module):
+    """Embedding, residual MoE blocks, head: every matmul is a router, an expert or the head."""
+
+    def __init__(self, moe=TopTwoMoE, vocabulary=256, width=64, hidden=128, blocks=2, experts=4):
+        super().__init__()
+        self.embedding = nn.Embedding(vocabulary, width)
+        self.blocks = nn.ModuleList(moe(width, hidden, experts) for _ in range(blocks))
+        self.head = nn.Linear(width, vocabulary, bias=False)
+
+    def forward(self, tokens):
+        x = self.embedding(tokens)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(x)
+
+
+def fixed_capacity_moe(batch, seq):
+    return MoELanguageModel(), torch.randint(0, 256, (batch, seq))
+
+
+def where_routed_moe(batch, seq):
+    return MoELanguageModel(WhereRoutedMoE), torch.randint(0, 256, (batch, seq))
+
+
+def compiled_block(batch, seq):
+    """A model whose first block the user compiled: planned as its eager program."""
+    model, tokens = mlp_language_model(batch, seq)
+    model.blocks[0] = torch.compile(model.blocks[0], backend="tpu")
+    return model, tokens
+
+
+class HeadCountAttention(nn.Module):
+    """Attention that reshapes by the whole model's head count: right on one chip, wrong under TP."""
+
+    def __init__(self, width=64, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.out = nn.Linear(width, width, bias=False)
+
+    def forward(self, x):
+        batch, length, width = x.shape
+        q, k, v = self.qkv(x).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return x + self.out(attended.transpose(1, 2).reshape(batch, length, width))
+
+
+def tiny_llama_reshaped_by_heads(batch, seq):
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
+
+    model = nn.Sequential(nn.Embedding(128, 64), nn.ModuleList([HeadCountAttention()]))
+    model.forward = lambda tokens: model[1][0](model[0](tokens))
+    return {"model": model, "batch": torch.randint(0, 128, (batch, seq)),
+            "tp_plan": {"qkv": ColwiseParallel(), "out": RowwiseParallel()}}
+
+
+def served_tiny_llama(batch, seq):
+    """A cached decoder served from user code: the built-in Llama code at a tiny size, its KV cache with
+    each chip's share of the key/value heads."""
+    return {"model": models.Decoder(TINY_LLAMA, seq),
+            "forward": lambda model, tokens, cache, position: model(tokens, caches=cache, position=position),
+            "cache": lambda batch, length, dtype, tp: models.kv_caches(TINY_LLAMA, batch, length, dtype,
+                                                                       kv_heads=TINY_LLAMA.kv_heads // tp),
+            "tp_plan": training.tensor_parallel_plan(TINY_LLAMA)}
+
+
+class PatchClassifier(nn.Module):
+    """A ViT-style image classifier: convolutional patches, encoder blocks, a class head and its loss."""
+
+    def __init__(self, width=64, blocks=2, classes=10):
+        super().__init__()
+        self.patches = nn.Conv2d(3, width, 8, 8)
+        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True)
+                                    for _ in range(blocks))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, images, labels):
+        x = self.patches(images).flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            x = block(x)
+        return torch.nn.functional.cross_entropy(self.head(x.mean(1)), labels)
+
+
+def patch_classifier(batch):
+    """Takes no ``seq``: its throughput is in images."""
+    return PatchClassifier(), (torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,)))
+
+
+class OneLinear(nn.Module):
+    """One bias-free linear layer as the only block: every byte of its plan has a closed form."""
+
+    def __init__(self, features=64, outputs=32):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Linear(features, outputs, bias=False)])
+
+    def forward(self, x):
+        return self.blocks[0](x)
+
+
+def one_linear(batch, seq):
+    return OneLinear(), torch.randn(batch, seq, 64)

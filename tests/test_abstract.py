@@ -176,6 +176,42 @@ def test_output_metadata_matches_cpu(case):
         assert (g.shape, g.dtype, g.stride(), g.device.type) == (e.shape, e.dtype, e.stride(), "tpu")
 
 
+@pytest.mark.parametrize("parameter_dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("norm", [
+    lambda x, p: torch.ops.aten.native_layer_norm(x, [5], p(5), p(5), 1e-5),
+    lambda x, p: torch.ops.aten.native_layer_norm(x, [5], None, None, 1e-5),
+    lambda x, p: torch.ops.aten.native_batch_norm(x, p(6), p(6), p(6), p(6), True, 0.1, 1e-5),
+    lambda x, p: torch.ops.aten._native_batch_norm_legit(x, p(6), p(6), p(6), p(6), True, 0.1, 1e-5),
+    lambda x, p: torch.ops.aten._native_batch_norm_legit(x, p(6), p(6), True, 0.1, 1e-5),
+], ids=["layer", "layer-no-affine", "batch", "batch-legit", "batch-no-stats"])
+def test_norm_statistics_have_the_kernels_dtype_and_cost(norm, parameter_dtype):
+    """Meta saves mean and rstd in float32 (CUDA's choice); CPU's kernels, and tpu's, in a bf16 input's dtype
+    unless float32 parameters make the norm mixed. Abstract mode must allocate and charge what the kernel does."""
+    x = torch.randn(4, 6, 5, dtype=torch.bfloat16, device="tpu")
+
+    def run(run_abstractly):
+        before = _clock().totals_snapshot()
+        with abstract() if run_abstractly else contextlib.nullcontext():
+            results = norm(x, lambda n: torch.ones(n, dtype=parameter_dtype, device="tpu"))
+        after = _clock().totals_snapshot()
+        launched = {name: totals.minus(before[name]) if name in before else totals for name, totals in after.items()}
+        charged = {name: (t.count, t.bytes) for name, t in launched.items() if t.count}
+        return [(r.dtype, r.shape, r.stride()) for r in results], charged
+
+    assert run(True) == run(False)
+
+
+@pytest.mark.parametrize("softmax", [torch.ops.aten._softmax, torch.ops.aten._log_softmax])
+def test_half_to_float_softmax_is_refused_as_in_eager_mode(softmax):
+    """Meta takes (or refuses in its own words) what the tpu kernel refuses with CUDA's error."""
+    x, half = torch.randn(3, 4, dtype=torch.bfloat16, device="tpu"), torch.randn(3, 4, dtype=torch.float16, device="tpu")
+    for run_abstractly in (False, True):
+        with abstract() if run_abstractly else contextlib.nullcontext():
+            with pytest.raises(RuntimeError, match="conversion is supported for Half type only"):
+                softmax(x, 1, True)
+            assert softmax(half, 1, True).dtype == torch.float32
+
+
 def test_views_in_place_and_out_keep_their_aliasing(memory_baseline):
     with abstract():
         x = torch.empty(4, 6, device="tpu")

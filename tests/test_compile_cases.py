@@ -361,6 +361,21 @@ def test_debug_environment_variable_prints_each_program(monkeypatch, capsys):
     assert "kernel fused_exp_add: exp, add" in err and "def inference_" in err
 
 
+@pytest.mark.parametrize("softmax", [torch.ops.aten._softmax, torch.ops.aten._log_softmax])
+def test_half_to_float_softmax_follows_eager_mode(softmax):
+    """Eager follows CUDA: only float16 converts; Meta (hence FakeTensor) also takes bfloat16 for _softmax."""
+    def program(x):
+        return softmax(x, 1, True) * 2
+
+    compiled = torch.compile(program, backend="tpu")
+    with pytest.raises(RuntimeError, match="conversion is supported for Half type only"):
+        program(torch.randn(3, 4, dtype=torch.bfloat16, device="tpu"))
+    with pytest.raises(RuntimeError, match="conversion is supported for Half type only|half_to_float"):
+        compiled(torch.randn(3, 4, dtype=torch.bfloat16, device="tpu"))
+    x = torch.randn(3, 4, dtype=torch.float16, device="tpu")
+    assert_identical(compiled(x), program(x))
+
+
 def test_abstract_mode_refuses_a_compiled_program_clearly():
     compiled = torch.compile(lambda x: x + 1, backend="tpu")
     x = torch.randn(3).to("tpu")

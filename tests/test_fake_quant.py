@@ -100,6 +100,24 @@ def test_fused_observer_and_fake_quant_follow_the_cpu_step_by_step(per_row, symm
             assert_identical(got, expected)
 
 
+@pytest.mark.parametrize("symmetric", [False, True], ids=["affine", "symmetric"])
+def test_per_row_parameters_of_many_kinds_of_channel_equal_the_cpus(symmetric):
+    """One channel of each kind the CPU's parameter choice branches on, chosen for all channels at once:
+    zero, tiny (scale raised), one-signed either way, straddling zero, huge, and ordinary ones."""
+    generator = torch.Generator().manual_seed(7)
+    rows = [torch.zeros(6), torch.full((6,), 1e-7), -torch.rand(6, generator=generator) * 1e-6,
+            torch.rand(6, generator=generator) * 1e-6, -torch.rand(6, generator=generator) - 1,
+            torch.rand(6, generator=generator) + 1, torch.randn(6, generator=generator) * 1e-5,
+            torch.randn(6, generator=generator) * 1e20]
+    x = torch.cat([torch.stack(rows), torch.randn(56, 6, generator=generator) * 10 ** torch.randint(-6, 4, (56, 1), generator=generator)])
+    states = {device: fused_state(device, True) for device in ("cpu", "tpu")}
+    results = {device: torch.ops.aten._fused_moving_avg_obs_fq_helper(
+        x.to(device), torch.tensor([1], device=device), torch.tensor([1], device=device), *states[device], 0.01,
+        -128 if symmetric else 0, 127 if symmetric else 255, 0, True, symmetric) for device in states}
+    for got, expected in zip([*results["tpu"], *states["tpu"]], [*results["cpu"], *states["cpu"]]):
+        assert_identical(got, expected)
+
+
 def qat_model():
     from torch.ao import quantization
 

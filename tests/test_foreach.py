@@ -176,6 +176,27 @@ def test_copy_from_cpu_sources():
         assert_close(d.cpu(), s)
 
 
+def test_a_casting_copy_is_one_launch_as_in_abstract_mode():
+    """FSDP2 copies fp32 shards into bf16 all-gather inputs this way: the foreach launch is charged once,
+    not once more per tensor through a dispatched copy_ (abstract mode charged it once all along)."""
+    import torch_tpu
+
+    destination = [torch.empty(3, 4, dtype=torch.bfloat16, device="tpu") for _ in range(3)]
+    source = [torch.randn(3, 4, device="tpu") for _ in range(3)]
+    clock = torch_tpu._C.current_chip().clock
+
+    def launches():
+        return {name: totals.count for name, totals in clock.op_totals.items()}
+
+    before = launches()
+    torch._foreach_copy_(destination, source)
+    after = launches()
+    assert {name: count - before.get(name, 0) for name, count in after.items() if count != before.get(name, 0)} == \
+        {"_foreach_copy_": 1}
+    for d, s in zip(destination, source):
+        assert torch.equal(d.cpu(), s.cpu().bfloat16())
+
+
 @pytest.mark.parametrize("case", [
     lambda: (torch._foreach_add, make_list(), make_list()[:2]),
     lambda: (torch._foreach_add, make_list(), [1.0, 2.0]),

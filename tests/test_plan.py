@@ -1,6 +1,9 @@
 """python -m torch_tpu.plan: per-chip memory equal to closed forms, step FLOPs equal to 6·N·tokens plus
 attention, the roofline's verdicts on serving, the CLI's JSON, and the user's own models."""
 
+import contextlib
+import dataclasses
+import gc
 import json
 import math
 import os
@@ -8,7 +11,8 @@ import os
 import pytest
 import torch
 
-from torch_tpu.plan import models
+import torch_tpu
+from torch_tpu.plan import models, serving, training
 from torch_tpu.plan.serving import ServingJob, plan_serving
 from torch_tpu.plan.training import TrainingJob, candidate_meshes, parse_mesh, plan_training, sweep
 
@@ -154,6 +158,93 @@ def test_a_users_module_is_planned_from_module_function():
     assert result["hbm_per_chip"]["fits"] and result["step"]["time_s"] > 0
 
 
+def _planned_with_values(monkeypatch, job):
+    """The planner's own step run for real: eager kernels on real bytes (zero tokens, uninitialised weights)."""
+    monkeypatch.setattr(training, "abstract", contextlib.nullcontext)
+    monkeypatch.setattr(training, "_on_tpu", lambda value: torch.zeros_like(value, device="tpu"))
+    return plan_training(job)
+
+
+@pytest.mark.parametrize("model, chips, checkpoint", [
+    ("plan_user_model:fixed_capacity_moe", 1, False), ("plan_user_model:mlp_language_model", 2, True),
+])
+def test_the_planned_step_equals_the_same_step_run_with_values(monkeypatch, model, chips, checkpoint):
+    """Abstract mode is a faithful stand-in: the step run on real bytes allocates, peaks and takes the
+    simulated time the plan says (on 2 chips FSDP's fp32-to-bf16 all-gather inputs once cost more in eager)."""
+    job = TrainingJob(model=model, chips=chips, batch=4, seq=32, checkpoint=checkpoint)
+    planned = plan_training(job)
+    real = _planned_with_values(monkeypatch, job)
+    assert real["hbm_per_chip"] == planned["hbm_per_chip"]
+    for key in ("roofline_s", "compute_s", "hbm_s", "ici_s", "hardware_flops_per_chip"):
+        assert real["step"][key] == pytest.approx(planned["step"][key], rel=1e-12), key
+
+
+def test_a_plans_peak_does_not_depend_on_when_python_collected_garbage():
+    """An earlier plan's modules and FSDP state are garbage cycles holding HBM until Python's collector
+    runs: with the collector off they once added a whole model's parameters to the third plan's peak."""
+    job = TrainingJob(model="plan_user_model:mlp_language_model", chips=2, batch=4, seq=32)
+    gc.disable()
+    try:
+        peaks = [plan_training(job)["hbm_per_chip"]["peak"] for _ in range(3)]
+    finally:
+        gc.enable()
+    assert peaks[0] == peaks[1] == peaks[2]
+
+
+def test_fixed_capacity_moe_plans_the_flops_of_uniform_routing():
+    """Top-2 routing over 4 experts with capacity tokens x 2 / 4: the experts multiply exactly 2 x tokens
+    rows, so the step's FLOPs are the router's, the experts' at uniform routing and the head's, x 3."""
+    result = plan_training(TrainingJob(model="plan_user_model:fixed_capacity_moe", chips=1, batch=4, seq=32))
+    tokens, width, hidden, experts, vocabulary, blocks = 4 * 32, 64, 128, 4, 256, 2
+    forward = blocks * (2 * tokens * width * experts + 2 * tokens * 3 * 2 * width * hidden) + 2 * tokens * width * vocabulary
+    assert result["step"]["model_flops_per_chip"] == 3 * forward == result["step"]["hardware_flops_per_chip"]
+    memory = result["hbm_per_chip"]
+    assert memory["params"] == memory["grads"] == result["params"] * FP32 and memory["optimizer"] == 2 * memory["params"]
+
+
+def test_value_dependent_routing_is_refused_naming_the_op_and_the_way_out():
+    with pytest.raises(torch_tpu.NoValuesError, match="aten.nonzero") as caught:
+        plan_training(TrainingJob(model="plan_user_model:where_routed_moe", chips=1, batch=4, seq=32))
+    notes = "\n".join(caught.value.__notes__)
+    assert "plan_user_model:where_routed_moe" in notes and "fixed capacity" in notes
+
+
+def test_a_compiled_block_is_planned_as_its_eager_program():
+    job = TrainingJob(model="plan_user_model:compiled_block", chips=2, batch=4, seq=32)
+    compiled = plan_training(job)
+    eager = plan_training(dataclasses.replace(job, model="plan_user_model:mlp_language_model"))
+    assert compiled["hbm_per_chip"] == eager["hbm_per_chip"]
+    assert compiled["step"]["roofline_s"] == pytest.approx(eager["step"]["roofline_s"], rel=1e-12)
+
+
+def test_tensor_parallelism_over_global_head_counts_gets_a_hint():
+    with pytest.raises(RuntimeError, match="invalid for input") as caught:
+        plan_training(TrainingJob(model="plan_user_model:tiny_llama_reshaped_by_heads", chips=2,
+                                  mesh=parse_mesh("tp=2"), batch=2, seq=16))
+    assert any("reshape by head size" in note for note in caught.value.__notes__)
+
+
+def test_every_byte_of_a_one_layer_plan_has_a_closed_form():
+    """fp32 master weights, their gradients and AdamW's two moments; between forward and backward only the
+    bf16 copy of the input FSDP's mixed precision makes (the linear saves it; its unsharded weight is
+    FSDP's, not an activation) and the 4-byte loss."""
+    batch, seq, features, outputs = 8, 4, 64, 32
+    memory = plan_training(TrainingJob(model="plan_user_model:one_linear", chips=1, batch=batch, seq=seq))["hbm_per_chip"]
+    weights = features * outputs
+    assert (memory["params"], memory["grads"], memory["optimizer"]) == (weights * FP32, weights * FP32, 2 * weights * FP32)
+    assert memory["activations"] == batch * seq * features * 2 + FP32
+
+
+def test_a_model_without_sequences_reports_samples_per_second():
+    import torch_tpu.plan as plan  # the Python API as docs/planning.md shows it
+
+    result = plan.plan_training(plan.TrainingJob(model="plan_user_model:patch_classifier", chips=2, batch=8))
+    assert result["seq"] is None and result["tokens_per_s_per_chip"] is None
+    assert result["samples_per_s_per_chip"] == pytest.approx(8 / 2 / result["step"]["time_s"])
+    table = plan.table(result)
+    assert "batch 8 samples" in table and "samples/s per chip" in table and "tokens" not in table
+
+
 def test_a_mesh_that_does_not_cover_the_chips_is_refused():
     with pytest.raises(ValueError, match="has 8 chips, not --chips 16"):
         plan_training(TrainingJob(model="llama3-8b", chips=16, mesh=parse_mesh("fsdp=4,tp=2")))
@@ -161,6 +252,8 @@ def test_a_mesh_that_does_not_cover_the_chips_is_refused():
         parse_mesh("fsdp=4,pp=2")
     with pytest.raises(ValueError, match="does not split"):
         plan_training(TrainingJob(model="llama3-8b", chips=4, batch=6))
+    with pytest.raises(ValueError, match="fp8 with tensor parallelism"):
+        plan_training(TrainingJob(model="llama3-8b", chips=4, mesh=parse_mesh("fsdp=2,tp=2"), dtype="fp8"))
 
 
 def test_sweep_tries_meshes_and_ranks_those_that_fit_first():
@@ -194,6 +287,54 @@ def test_fp8_kv_cache_is_half_the_bytes_and_tensor_parallel_splits_the_weights()
     config = models.CONFIGS["llama3-8b"]
     unsplit = 2 * config.vocab * config.dim + (2 * config.layers + 1) * config.dim  # embedding, head, norms
     assert bf16["hbm_per_chip"]["weights"] == 2 * (unsplit + (config.parameter_count() - unsplit) // 4)
+
+
+@pytest.mark.parametrize("chips", [1, 2])
+def test_a_users_cached_decoder_is_served_from_module_function(chips):
+    from plan_user_model import TINY_LLAMA as config
+
+    batch, prompt, generate = 2, 32, 4
+    result = plan_serving(ServingJob(model="plan_user_model:served_tiny_llama", chips=chips, prompt=prompt,
+                                     generate=generate, batch=batch))
+    memory = result["hbm_per_chip"]
+    assert result["params"] == config.parameter_count()
+    unsplit = 2 * config.vocab * config.dim + (2 * config.layers + 1) * config.dim  # embedding, head, norms
+    assert memory["weights"] == 2 * (unsplit + (config.parameter_count() - unsplit) // chips)
+    assert memory["kv_cache"] == 2 * config.layers * batch * (config.kv_heads // chips) * (prompt + generate) \
+        * config.head_dim * 2
+    assert result["decode_step_roofline_s"] >= memory["weights"] / 7380e9
+
+
+def test_a_model_without_a_cache_reads_its_whole_sequence_at_every_step():
+    """plan_user_model's MLP language model returns (model, tokens): each decode step runs it on the
+    sequence so far, so its matmul FLOPs are 2 x weights x the tokens of that sequence."""
+    batch, prompt, generate = 2, 16, 4
+    result = plan_serving(ServingJob(model="plan_user_model:mlp_language_model", prompt=prompt, generate=generate,
+                                     batch=batch))
+    width, vocabulary, blocks = 128, 512, 3
+    weights = blocks * 2 * width * 4 * width + width * vocabulary
+    assert result["hbm_per_chip"]["kv_cache"] == 0
+    assert result["prefill"]["flops"] == 2 * weights * batch * prompt
+    first, last = prompt + 1, prompt + generate
+    assert result["decode_step"]["flops"] == 2 * weights * batch * (first + last) / 2
+
+
+def test_planned_serving_equals_the_same_requests_run_with_values(monkeypatch):
+    job = ServingJob(model="plan_user_model:served_tiny_llama", chips=2, prompt=16, generate=4, batch=2)
+    planned = plan_serving(job)
+    monkeypatch.setattr(serving, "abstract", contextlib.nullcontext)
+    real = plan_serving(job)
+    assert real["hbm_per_chip"] == planned["hbm_per_chip"]
+    for phase in ("prefill", "decode_step"):
+        for key in ("seconds", "compute_s", "hbm_s", "flops"):
+            assert real[phase][key] == pytest.approx(planned[phase][key], rel=1e-12), (phase, key)
+
+
+def test_serving_a_users_model_asks_for_what_it_lacks():
+    with pytest.raises(ValueError, match="no tensor-parallel plan"):
+        plan_serving(ServingJob(model="plan_user_model:mlp_language_model", chips=2, prompt=8, generate=2))
+    with pytest.raises(ValueError, match="unknown model"):
+        plan_serving(ServingJob(model="llama3-9b"))
 
 
 TRAINING_KEYS = {"params", "hbm_per_chip", "step", "mfu", "tokens_per_s_per_chip"}
@@ -251,3 +392,15 @@ def test_bad_arguments_are_one_clear_line(cli):
     process = cli["unknown model"]
     assert process.returncode == 2 and "unknown model 'llama3-9b'" in process.stderr
     assert "Traceback" not in process.stderr
+
+
+def test_the_cli_serves_a_users_model_and_refuses_value_dependent_shapes_in_one_message(capsys):
+    """In this process (the interpreters above already show start-up and exit codes)."""
+    from torch_tpu.plan.__main__ import main
+
+    assert main(["--model", "plan_user_model:served_tiny_llama", "--serve", "--chips", "2", "--prompt", "16",
+                 "--generate", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hbm_per_chip"]["kv_cache"] > 0
+    assert main(["--model", "plan_user_model:where_routed_moe", "--batch", "1", "--seq", "8"]) == 2
+    refused = capsys.readouterr().err
+    assert "Traceback" not in refused and "aten.nonzero" in refused and "fixed capacity" in refused

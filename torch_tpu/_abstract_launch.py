@@ -103,7 +103,11 @@ class _Launch:
         feed = iter(twins)
         meta_args = tuple(_replace_tensors(v, feed) for v in self.args)
         meta_kwargs = {k: _replace_tensors(v, feed) for k, v in self.kwargs.items()}
+        if self.op in TPU_CHECKS:
+            TPU_CHECKS[self.op](_bind(self.op, meta_args, meta_kwargs))
         meta_result = _run_meta(self.op, *_numbers_as_tensors(self.op, meta_args, meta_kwargs))
+        if self.op in AS_TPU_KERNEL:
+            meta_result = AS_TPU_KERNEL[self.op](_bind(self.op, meta_args, meta_kwargs), meta_result)
         resized = tuple((i, _geometry(twins[i])) for i in self.written_tensors()
                         if _geometry(twins[i]) != _geometry(self.tensors[i]))
         deriver = _RecipeDeriver({id(t): i for i, t in enumerate(twins)},
@@ -414,7 +418,8 @@ def _run_meta(op, args, kwargs):
             raise
         failure = error
     if torch.Tag.dynamic_output_shape in op.tags:
-        raise NoValuesError(f"{_op_name(op)} (its output's shape depends on the values)") from None
+        raise NoValuesError(f"{_op_name(op)} (its output's shape depends on the values, which abstract mode does "
+                            "not have)") from None
     from torch._decomp import decomposition_table
 
     decomposition = decomposition_table.get(op)
@@ -439,6 +444,39 @@ LIKE_ARGUMENT = {
     torch.ops.aten._ctc_loss_backward.default: "log_probs",
     torch.ops.aten._ctc_loss_backward.Tensor: "log_probs",
     torch.ops.aten._logcumsumexp.default: "self",
+}
+
+
+def _statistics_as_cpu(*parameters):
+    """Meta saves a norm's mean and rstd in float32 (CUDA's choice); CPU's kernels, which tpu's follow, in
+    the input's dtype, unless a bf16/fp16 input meets float32 ``parameters`` (autocast's mixed norms)."""
+
+    def correct(call, result):
+        output, *statistics = result
+        mixed = call["input"].dtype in (torch.bfloat16, torch.float16) and any(
+            call.get(name) is not None and call[name].dtype == torch.float32 for name in parameters)
+        dtype = torch.float32 if mixed else call["input"].dtype
+        return (output, *(s.to(dtype) for s in statistics))
+
+    return correct
+
+
+def _half_to_float(call):
+    from .ops import nn
+
+    nn.check_half_to_float(call["self"], call["half_to_float"])
+
+
+# The tpu kernel's checks where Meta's differ (Meta takes what the kernel refuses, or refuses in other words)
+TPU_CHECKS = {op: _half_to_float for op in (torch.ops.aten._softmax.out, torch.ops.aten._log_softmax.out,
+                                             torch.ops.aten._softmax.default, torch.ops.aten._log_softmax.default)}
+
+# Results Meta gives differently from the tpu kernel: corrected before the recipe is cached
+AS_TPU_KERNEL = {
+    torch.ops.aten.native_layer_norm.default: _statistics_as_cpu("weight", "bias"),
+    torch.ops.aten.native_batch_norm.default: _statistics_as_cpu("weight", "bias", "running_mean", "running_var"),
+    torch.ops.aten._native_batch_norm_legit.default: _statistics_as_cpu("weight", "bias", "running_mean", "running_var"),
+    torch.ops.aten._native_batch_norm_legit.no_stats: _statistics_as_cpu("weight", "bias"),
 }
 
 

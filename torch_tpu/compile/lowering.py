@@ -559,6 +559,9 @@ def lower_mean(node):
 
 def _softmax_lowering(into, log=None):
     def lowering(node):
+        if log is not None and node.args[2] and value_of(node.args[0]).dtype != torch.float16:
+            # the eager kernel raises CUDA's error when the program runs, as eager mode does
+            return Lowered(EAGER, inputs=(node.args[0],), reason="half_to_float on a non-half input")
         dim = wrap_dim(node.args[-2] if log is None else node.args[1], value_of(node).dim())
         name = DTYPE_NAME[value_of(node).dtype]
         inputs = tuple(node.args[:2]) if log is None else (node.args[0],)

@@ -140,40 +140,54 @@ def fake_quantize_per_channel_affine_cachemask(self, scale, zero_point, axis, qu
 SMALL_SCALE = float(np.float32(6.1e-5))  # the smallest scale the CPU's quantization parameters take
 
 
+def _larger(a, b):
+    """Python's ``max(a, b)`` elementwise (``a`` unless ``b > a``: a NaN ``a`` stays), not NumPy's."""
+    return np.where(b > a, b, a)
+
+
 def symmetric_range(low, high, quant_min, quant_max):
-    """The range widened to a grid centred on zero, as preserve_sparsity asks."""
+    """The range widened to a grid centred on zero, as preserve_sparsity asks (float64 step, float32 ends)."""
     half_below, half_above = -((quant_max - quant_min) // 2 + 1), (quant_max - quant_min) // 2
-    step = max(abs(float(low) / half_below), abs(float(high) / half_above))
-    return np.float32(step * half_below), np.float32(step * half_above)
+    step = _larger(np.abs(low.astype(np.float64) / half_below), np.abs(high.astype(np.float64) / half_above))
+    return (step * half_below).astype(np.float32), (step * half_above).astype(np.float32)
 
 
-def choose_qparams(low, high, quant_min, quant_max, symmetric):
-    """(scale, zero_point) of the CPU's ChooseQuantizationParams for the range [low, high] (float32 ends):
-    the range widened to hold 0, the scale in float64 then kept as float32, small scales raised to SMALL_SCALE,
-    the zero point from whichever end has the smaller rounding error, nudged onto the grid."""
-    low, high = np.float32(low), np.float32(high)
-    if low < 0 < high and symmetric:
-        low, high = symmetric_range(low, high, quant_min, quant_max)
-    low, high = min(low, np.float32(0)), max(high, np.float32(0))
-    scale = (float(high) - float(low)) / (quant_max - quant_min)
-    if np.float32(scale) == 0 or np.isinf(np.float32(1) / np.float32(scale)):
-        scale = 0.1
-    if scale < SMALL_SCALE:
-        original, scale = np.float32(scale), SMALL_SCALE
-        if low == 0:
-            high = np.float32(SMALL_SCALE * (quant_max - quant_min))
-        elif high == 0:
-            low = np.float32(-SMALL_SCALE * (quant_max - quant_min))
-        else:
-            amplifier = np.float32(SMALL_SCALE) / original
-            low, high = low * amplifier, high * amplifier
-    from_low, from_high = quant_min - float(low) / scale, quant_max - float(high) / scale
-    low_error, high_error = abs(quant_min) - abs(float(low) / scale), abs(quant_max) - abs(float(high) / scale)
-    zero_point = from_low if low_error < high_error else from_high
-    if low < 0 < high and symmetric:
-        zero_point = (quant_min + quant_max) / 2
-    nudged = quant_min if zero_point < quant_min else quant_max if zero_point > quant_max else int(np.rint(zero_point))
-    return np.float32(scale), nudged
+def raise_small_scales(scale, low, high, quant_min, quant_max):
+    """Scales below SMALL_SCALE become it, the range rescaled to match (float32, as the CPU does)."""
+    small = scale < SMALL_SCALE
+    levels = quant_max - quant_min
+    amplifier = np.float32(SMALL_SCALE) / scale.astype(np.float32)
+    low_is_zero, high_is_zero = small & (low == 0), small & (low != 0) & (high == 0)
+    rescaled = small & (low != 0) & (high != 0)
+    high = np.where(low_is_zero, np.float32(SMALL_SCALE * levels), np.where(rescaled, high * amplifier, high))
+    low = np.where(high_is_zero, np.float32(-SMALL_SCALE * levels), np.where(rescaled, low * amplifier, low))
+    return np.where(small, SMALL_SCALE, scale), low, high
+
+
+def choose_qparams(lows, highs, quant_min, quant_max, symmetric):
+    """(scales, zero_points) of the CPU's ChooseQuantizationParams for each range [low, high] (float32 ends),
+    all channels at once: the range widened to hold 0, the scale in float64 then kept as float32, small scales
+    raised to SMALL_SCALE, the zero point from whichever end has the smaller rounding error, nudged onto the grid."""
+    low, high = np.atleast_1d(np.asarray(lows, np.float32)), np.atleast_1d(np.asarray(highs, np.float32))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if symmetric:
+            centred = (low < 0) & (0 < high)
+            wide_low, wide_high = symmetric_range(low, high, quant_min, quant_max)
+            low, high = np.where(centred, wide_low, low), np.where(centred, wide_high, high)
+        low, high = np.where(0 < low, np.float32(0), low), np.where(0 > high, np.float32(0), high)
+        scale = (high.astype(np.float64) - low.astype(np.float64)) / (quant_max - quant_min)
+        single = scale.astype(np.float32)
+        scale = np.where((single == 0) | np.isinf(np.float32(1) / single), 0.1, scale)
+        scale, low, high = raise_small_scales(scale, low, high, quant_min, quant_max)
+        from_low, from_high = quant_min - low.astype(np.float64) / scale, quant_max - high.astype(np.float64) / scale
+        low_error = abs(quant_min) - np.abs(low.astype(np.float64) / scale)
+        high_error = abs(quant_max) - np.abs(high.astype(np.float64) / scale)
+        zero_point = np.where(low_error < high_error, from_low, from_high)
+        if symmetric:
+            zero_point = np.where((low < 0) & (0 < high), (quant_min + quant_max) / 2, zero_point)
+        nudged = np.where(zero_point < quant_min, quant_min,
+                          np.where(zero_point > quant_max, quant_max, np.rint(zero_point))).astype(np.int64)
+    return scale.astype(np.float32), nudged
 
 
 def moving_average(running, current, averaging_const):
@@ -219,14 +233,13 @@ def fused_moving_avg_obs_fq_helper(self, observer_on, fake_quant_on, running_min
     x = operand(self)
     if not int(fake_quant_on.item()):
         return store(x, self.dtype), store(np.ones(np.shape(x), np.bool_), torch.bool)
-    lows, highs = np.atleast_1d(operand(running_min)), np.atleast_1d(operand(running_max))
-    chosen = [choose_qparams(low, high, quant_min, quant_max, symmetric_quant) for low, high in zip(lows, highs)]
-    write(scale, np.reshape([s for s, _ in chosen], scale.shape))
-    write(zero_point, np.reshape([z for _, z in chosen], zero_point.shape))
+    scales, zero_points = choose_qparams(operand(running_min), operand(running_max), quant_min, quant_max,
+                                         symmetric_quant)
+    write(scale, scales.reshape(scale.shape))
+    write(zero_point, zero_points.reshape(zero_point.shape))
     if per_row_fake_quant:
-        scales, zero_points = np.array([s for s, _ in chosen], np.float32), np.array([z for _, z in chosen])
         values, mask = per_channel(np.asarray(x), along(scales, ch_axis, self.dim()),
                                    along(zero_points.astype(np.int32), ch_axis, self.dim()), quant_min, quant_max)
     else:
-        values, mask = per_tensor(x, chosen[0][0], chosen[0][1], quant_min, quant_max)
+        values, mask = per_tensor(x, scales[0], int(zero_points[0]), quant_min, quant_max)
     return store(values, self.dtype), store(mask, torch.bool)

@@ -19,6 +19,7 @@ from .. import _C, _tensor
 from .._tensor import is_tpu
 from ._common import as_numpy, empty, operand, opmath_dtype, opmath_operand, store, write
 from . import pointwise
+from .copy import copy_from
 from ._overlap import check_no_internal_overlap
 from ._registry import register
 
@@ -340,11 +341,12 @@ def foreach_zero_(self):
 
 @register("_foreach_copy_")
 def foreach_copy_(self, src, non_blocking=False):
+    """Every pair through ``_copy_from``'s maths, undispatched: this launch is the one charged, and a
+    dispatched ``copy_`` would charge each pair again (FSDP's fp32-to-bf16 all-gather inputs did)."""
     _check_lists(self, src)
     for destination, source in zip(self, src):
-        if (destination.device.type == source.device.type == "tpu" and destination.dtype == source.dtype
-                and destination.shape == source.shape):
-            np.copyto(as_numpy(destination), as_numpy(source))
+        if is_tpu(destination) or is_tpu(source):
+            copy_from(source, destination, non_blocking)
         else:
             destination.copy_(source, non_blocking)
 

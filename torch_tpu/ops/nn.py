@@ -139,12 +139,18 @@ def check_softmax_dtype(self, dim, log):
         raise not_implemented_for(f"{'log_' if log else ''}softmax_{loop}", self.dtype)
 
 
+def check_half_to_float(self, half_to_float):
+    """CUDA's rule (CPU refuses the conversion outright; Meta also takes bfloat16): eager, compiled and
+    abstract execution all ask here."""
+    if half_to_float and self.dtype != torch.float16:
+        raise RuntimeError("conversion is supported for Half type only")
+
+
 def softmax_kernel(log):
     def kernel(self, dim, half_to_float, *, out):
         dim = wrap_dim(dim, self.dim())
         check_softmax_dtype(self, dim, log)
-        if half_to_float and self.dtype != torch.float16:  # CUDA's rule (CPU refuses the conversion outright)
-            raise RuntimeError("conversion is supported for Half type only")
+        check_half_to_float(self, half_to_float)
         prepare_out(out, self.shape, torch.float32 if half_to_float else self.dtype, distinct=(self,),
                     dtype_rule=exact_dtype)
         x = at_least_1d(opmath_operand(self))

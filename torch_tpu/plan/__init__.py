@@ -11,5 +11,15 @@ PyTorch's own FSDP2 and tensor parallelism, and reads the chip's HBM accounting 
 - ``serving.py``: ``plan_serving(ServingJob(...))``;
 - ``models.py``: the built-in Llama- and GPT-style models;
 - ``efficiency.py``: roofline time to predicted time, calibrated on published runs;
+- ``user_code.py``: the user's ``module:function`` and how their program runs while planned;
 - ``measure.py``: the chip readings around a phase; ``report.py``: the printed tables.
+
+From Python: ``plan_training(TrainingJob(model="pkg.mod:build", chips=8, mesh=parse_mesh("fsdp=4,tp=2")))``
+and ``plan_serving(ServingJob(...))`` return the dicts ``--json`` prints; ``table(result)`` formats one.
 """
+
+from .report import table
+from .serving import ServingJob, plan_serving
+from .training import TrainingJob, parse_mesh, plan_training, sweep
+
+__all__ = ["ServingJob", "TrainingJob", "parse_mesh", "plan_serving", "plan_training", "sweep", "table"]

@@ -14,6 +14,7 @@ import sys
 import time
 
 from .. import _C
+from .._errors import NoValuesError
 from . import models, report
 
 
@@ -23,7 +24,8 @@ def parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="built-in models: " + ", ".join(models.CONFIGS))
     p.add_argument("--model", default="llama3-8b",
-                   help="a built-in model, or module:function returning (nn.Module, example batch)")
+                   help="a built-in model, or module:function returning (nn.Module, example batch) or a dict "
+                        "(model, batch, loss, tp_plan; for --serve forward and cache): docs/planning.md")
     p.add_argument("--chip", default="ironwood", help=f"one of {chips}")
     p.add_argument("--chips", type=int, default=1, help="chips in the slice")
     p.add_argument("--topology", default=None, help="torus shape, e.g. 4x8x8 (default: the chip's slice shape)")
@@ -83,8 +85,8 @@ def main(argv=None):
     start = time.perf_counter()
     try:
         result = run(args)
-    except (ValueError, NotImplementedError) as error:
-        print(f"python -m torch_tpu.plan: {error}", file=sys.stderr)
+    except (ValueError, NotImplementedError, NoValuesError) as error:
+        print("\n".join([f"python -m torch_tpu.plan: {error}", *getattr(error, "__notes__", ())]), file=sys.stderr)
         return 2
     elapsed = time.perf_counter() - start
     if args.json:

@@ -12,6 +12,7 @@ A phase is compute-bound when its MXU time exceeds the rest of its kernel time, 
 
 import contextlib
 import dataclasses
+import gc
 
 from .. import _C
 
@@ -81,6 +82,21 @@ def unlimited_hbm():
         hbm.capacity = capacity
 
 
+def allocated_before_plan():
+    """HBM that is not the plan's: the caller's tensors, or an earlier plan's still referenced (by the
+    traceback of the error it raised, say). Plans report their peak above it."""
+    collect_garbage()
+    return allocated()
+
+
+def collect_garbage():
+    """Free every garbage cycle that holds HBM. One pass is not always enough: a cycle's finalizers can
+    leave more garbage (tensors of a traceback's frames) for the next pass."""
+    for _ in range(4):
+        if not gc.collect():
+            return
+
+
 def allocated():
     return _C.current_chip().hbm.allocated_bytes.current
 
@@ -90,6 +106,9 @@ def peak():
 
 
 def reset_peak():
+    """Start measuring a peak from what is live now: garbage cycles (an earlier plan's modules, FSDP's
+    state) are collected first, or whether they still held HBM would depend on when Python's collector ran."""
+    collect_garbage()
     _C.current_chip().hbm.reset_peak_stats()
 
 

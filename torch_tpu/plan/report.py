@@ -32,12 +32,25 @@ def _fit_line(memory):
     return line + f"\n  OUT OF MEMORY: the peak exceeds HBM by {over}{culprit}"
 
 
+def _batch(result):
+    return f"{result['batch']} x {result['seq']} tokens" if result["seq"] else f"{result['batch']} samples"
+
+
+def _throughput_label(result):
+    """Tokens for a model of sequences, samples for one whose function takes no ``seq`` (a ViT)."""
+    return "tokens/s" if result["seq"] else "samples/s"
+
+
+def _throughput(result):
+    return result["tokens_per_s_per_chip"] if result["seq"] else result["samples_per_s_per_chip"]
+
+
 def training_table(result):
     memory, step = result["hbm_per_chip"], result["step"]
     precision = result["precision"]
     lines = [
         _title(result) + f" (torus {result['topology']})",
-        f"batch {result['batch']} x {result['seq']} tokens, {result['dtype']} matmuls, activation checkpointing "
+        f"batch {_batch(result)}, {result['dtype']} matmuls, activation checkpointing "
         f"{'on' if result['checkpoint'] else 'off'}, {result['optimizer']} ({precision['master']} master, "
         f"{precision['compute']} compute, {precision['reduce']} gradient reduction)",
         "",
@@ -52,7 +65,7 @@ def training_table(result):
         f"  {'HBM':<22}{format_time(step['hbm_s']):>12}",
         f"  {'exposed ICI':<22}{format_time(step['ici_exposed_s']):>12}  (ICI busy {format_time(step['ici_s'])})",
         f"  {'MFU':<22}{result['mfu']:>12.1%}  (roofline {result['roofline_mfu']:.1%})",
-        f"  {'tokens/s per chip':<22}{result['tokens_per_s_per_chip']:>12,.0f}",
+        f"  {_throughput_label(result) + ' per chip':<22}{_throughput(result):>12,.0f}",
     ]
     return "\n".join(lines)
 
@@ -80,14 +93,14 @@ def serving_table(result):
 
 
 def sweep_table(results):
-    header = f"{'mesh':<22}{'fits':>6}{'peak HBM':>14}{'step':>12}{'MFU':>8}{'tokens/s/chip':>15}"
+    header = f"{'mesh':<22}{'fits':>6}{'peak HBM':>14}{'step':>12}{'MFU':>8}{_throughput_label(results[0]) + '/chip':>15}"
     rows = [header, "-" * len(header)]
     for result in results:
         memory = result["hbm_per_chip"]
         rows.append(f"{format_mesh(result['mesh']):<22}{'yes' if memory['fits'] else 'NO':>6}"
                     f"{format_bytes(memory['peak']):>14}{format_time(result['step']['time_s']):>12}"
-                    f"{result['mfu']:>8.1%}{result['tokens_per_s_per_chip']:>15,.0f}")
+                    f"{result['mfu']:>8.1%}{_throughput(result):>15,.0f}")
     first = results[0]
-    title = (f"{first['model']} on {first['chips']} x {first['chip']}: batch {first['batch']} x {first['seq']}, "
+    title = (f"{first['model']} on {first['chips']} x {first['chip']}: batch {_batch(first)}, "
              f"{first['dtype']}, checkpointing {'on' if first['checkpoint'] else 'off'}; fastest first")
     return "\n".join([title, "", *rows])

@@ -13,8 +13,6 @@ first real step would, so that the measured step sees the steady-state memory.
 
 import dataclasses
 import gc
-import importlib
-import inspect
 
 import torch
 from torch import nn
@@ -22,7 +20,7 @@ from torch import nn
 
 from .. import fp8 as float8
 from .._abstract import abstract
-from . import efficiency, measure, models
+from . import efficiency, measure, models, user_code
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
 MESH_DIMENSIONS = ("dp", "fsdp", "tp")  # replicated data parallel, sharded data parallel, tensor parallel
@@ -48,7 +46,10 @@ class TrainingJob:
 
     @property
     def mesh_shape(self):
-        return dict(self.mesh) if self.mesh else {"fsdp": self.chips}
+        shape = dict(self.mesh) if self.mesh else {"fsdp": self.chips}
+        if "dp" not in shape and "fsdp" not in shape:  # tensor parallelism alone: FSDP2's recipe on one rank
+            shape = {"fsdp": 1, **shape}
+        return shape
 
     @property
     def data_parallel(self):
@@ -79,9 +80,11 @@ def check_job(job):
         raise ValueError(f"the mesh {format_mesh(shape)} has {product} chips, not --chips {job.chips}")
     if job.batch % job.data_parallel:
         raise ValueError(f"--batch {job.batch} does not split over {job.data_parallel} data-parallel ranks")
-    for name, value in (("--dtype", job.dtype),):
-        if value not in ("bf16", "fp8"):
-            raise ValueError(f"{name} {value!r}: choose bf16 or fp8")
+    if job.dtype not in ("bf16", "fp8"):
+        raise ValueError(f"--dtype {job.dtype!r}: choose bf16 or fp8")
+    if job.dtype == "fp8" and shape.get("tp", 1) > 1:
+        raise ValueError("--dtype fp8 with tensor parallelism is not supported: torch_tpu.fp8's Float8Linear takes "
+                         "plain weights, not tensor parallelism's DTensors; plan fp8 with dp/fsdp meshes, or tp in bf16")
 
 
 def format_mesh(shape):
@@ -99,15 +102,19 @@ class Program:
     tp_plan: dict = None  # parallelize_module plan of each layer (relative names), None if the model has none
     head_plan: dict = None  # plan of the layers outside the blocks
     description: str = ""
+    seq: int = None  # the batch's sequence length; None for a model function that takes no ``seq`` (a ViT's)
 
     @property
     def layers(self):
-        """The repeated blocks, FSDP's and activation checkpointing's units: the elements of the outermost
-        ModuleLists, as (list, index) pairs."""
-        lists = [name for name, module in self.model.named_modules() if isinstance(module, nn.ModuleList)]
-        outermost = [name for name in lists if not any(name.startswith(f"{other}.") for other in lists)]
-        return [(self.model.get_submodule(name), index) for name in outermost
-                for index in range(len(self.model.get_submodule(name)))]
+        return outermost_blocks(self.model)
+
+
+def outermost_blocks(model):
+    """The repeated blocks, FSDP's, activation checkpointing's and tensor parallelism's units: the elements
+    of the outermost ModuleLists, as (list, index) pairs."""
+    lists = [name for name, module in model.named_modules() if isinstance(module, nn.ModuleList)]
+    outermost = [name for name in lists if not any(name.startswith(f"{other}.") for other in lists)]
+    return [(model.get_submodule(name), index) for name in outermost for index in range(len(model.get_submodule(name)))]
 
 
 def _decoder_loss(model, tokens, targets):
@@ -139,7 +146,7 @@ def _builtin_program(job, local_batch):
     model = models.build(job.model, job.seq)
     tokens = torch.empty(local_batch, job.seq, dtype=torch.long)
     return Program(model, (tokens, tokens), _decoder_loss, tensor_parallel_plan(config), head_parallel_plan(config),
-                   models.describe(config))
+                   models.describe(config), job.seq)
 
 
 def _user_program(job, local_batch):
@@ -147,18 +154,15 @@ def _user_program(job, local_batch):
     ``loss`` (loss(model, *batch)), ``tp_plan`` (a parallelize_module plan for each block). It is called
     on the meta device, with ``batch=`` (sequences per data-parallel rank) and ``seq=`` when it takes them.
     """
-    module_name, _, function_name = job.model.partition(":")
-    function = getattr(importlib.import_module(module_name), function_name)
-    accepted = inspect.signature(function).parameters
-    offered = {"batch": local_batch, "seq": job.seq}
-    made = function(**{k: v for k, v in offered.items() if k in accepted})
+    made, passed = user_code.call_model_function(job.model, batch=local_batch, seq=job.seq)
     if not isinstance(made, dict):
         model, batch = made
         made = {"model": model, "batch": batch}
     batch = made["batch"]
     batch = batch if isinstance(batch, tuple) else (batch,)
     return Program(made["model"], batch, made.get("loss", _output_as_loss), made.get("tp_plan"),
-                   made.get("head_plan"), f"{job.model}: {type(made['model']).__name__}")
+                   made.get("head_plan"), f"{job.model}: {type(made['model']).__name__}",
+                   job.seq if "seq" in passed else None)
 
 
 def _output_as_loss(model, *batch):
@@ -277,8 +281,10 @@ def plan_training(job):
     spec = measure.use_chip(job.chip)
     from ..distributed import simulate
 
-    with measure.unlimited_hbm() as capacity, simulate(job.chips, job.topology) as world, abstract():
+    with measure.unlimited_hbm() as capacity, simulate(job.chips, job.topology) as world, abstract(), \
+            user_code.running(job.model, job.mesh_shape):
         mesh = _device_mesh(job)
+        baseline = measure.allocated_before_plan()
         program = build_program(job)
         model = parallelize(program, job, mesh)
         model.to_empty(device="tpu")
@@ -303,24 +309,24 @@ def plan_training(job):
             gradient_bytes = measure.tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
             optimizer.step()
             optimizer.zero_grad()
-        peak = measure.peak()
+        peak = measure.peak() - baseline
         topology = "x".join(map(str, world.torus.shape)) if hasattr(world.torus, "shape") else str(world.torus)
         parameter_count = sum(p.numel() for p in parameters)  # DTensors report their global size
+        sequence = program.seq
         del model, optimizer, loss, batch, parameters, program
         gc.collect()  # modules and autograd graphs hold cycles: free their HBM before the next plan
     memory = {"params": parameter_bytes, "grads": gradient_bytes, "optimizer": optimizer_bytes,
               "activations": activation_bytes, "peak": peak, "capacity": capacity, "fits": peak <= capacity}
     memory["largest_consumer"] = max(("params", "grads", "optimizer", "activations"), key=memory.get)
-    return _training_result(job, spec, topology, parameter_count, memory, step, 3 * forward_flops)
+    return _training_result(job, spec, topology, parameter_count, memory, step, 3 * forward_flops, sequence)
 
 
-def _training_result(job, spec, topology, parameter_count, memory, step, model_flops):
+def _training_result(job, spec, topology, parameter_count, memory, step, model_flops, sequence):
     predicted = efficiency.predicted_seconds(spec.name, step.seconds)
     peak_flops = spec.peak_flops["bfloat16"]
-    tokens = job.batch * job.seq
     return {
         "mode": "training", "model": job.model, "chip": spec.name, "chips": job.chips,
-        "mesh": job.mesh_shape, "topology": topology, "batch": job.batch, "seq": job.seq, "dtype": job.dtype,
+        "mesh": job.mesh_shape, "topology": topology, "batch": job.batch, "seq": sequence, "dtype": job.dtype,
         "checkpoint": job.checkpoint, "optimizer": job.optimizer,
         "precision": {"master": job.master_dtype, "compute": job.param_dtype, "reduce": job.reduce_dtype},
         "params": parameter_count,
@@ -333,7 +339,8 @@ def _training_result(job, spec, topology, parameter_count, memory, step, model_f
         },
         "mfu": model_flops / (predicted * peak_flops),
         "roofline_mfu": model_flops / (step.seconds * peak_flops),
-        "tokens_per_s_per_chip": tokens / job.chips / predicted,
+        "samples_per_s_per_chip": job.batch / job.chips / predicted,
+        "tokens_per_s_per_chip": job.batch * sequence / job.chips / predicted if sequence else None,
     }
 
 
