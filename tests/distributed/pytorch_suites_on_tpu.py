@@ -2,7 +2,7 @@
 
 torch 2.13's test helpers already take a PrivateUse1 accelerator: ``common_dtensor`` reads
 ``torch.accelerator.current_accelerator()`` ("tpu") and ``dist.get_default_backend_for_device`` ("ici").
-Two of their assumptions fit CUDA's model, where every process sees every GPU of the host, and not
+Four of their assumptions fit CUDA's model, where every process sees every GPU of the host, and not
 one chip per process (``torch.tpu.device_count()`` is 1 in each process):
 
 - ``DTensorTestMixin.device_type`` falls back to "cpu" when ``torch.accelerator.device_count()`` is
@@ -16,12 +16,13 @@ one chip per process (``torch.tpu.device_count()`` is 1 in each process):
 
 Importing this module (first line of a scratch copy of a PyTorch test file: the ranks are spawned
 processes that import the test file, not pytest's conftest) makes the test processes the chips of one
-host (each on its own chip, index 0) and asks for ``"cpu:gloo,tpu:ici"`` (one "ici" group that serves CPU tensors over gloo too).
+host (each on its own chip, index 0) and asks for ``"cpu:gloo,tpu:ici"`` (one "ici" group that also
+carries CPU tensors, over gloo).
 Without torch_tpu loaded (``TORCH_DEVICE_BACKEND_AUTOLOAD=0``, the cpu/gloo oracle run) it changes
 nothing but the world size: ``TORCH_TPU_SUITE_WORLD_SIZE`` sets the default world size of
 DTensorTestBase (PyTorch's is 4) and DTensorContinuousTestBase (PyTorch's is the device count) in both
 runs, so that they compare like with like.
-See docs/testing.md, "PyTorch's distributed suites".
+See docs/testing.md, "PyTorch's distributed suites on tpu with "ici"".
 """
 
 import os
