@@ -246,6 +246,28 @@ def check_functional_collectives():
     assert torch.ops._c10d_functional.all_reduce.default._schema.name == "_c10d_functional::all_reduce"
 
 
+def check_dispatcher_modes_see_data_movement():
+    """CommDebugMode counts the c10d ops of broadcast, all-gathers, all-to-alls, scatter and gather on tpu
+    as it counts them for gloo on CPU tensors (a Python group's methods dispatch them; see c10d_kernels)."""
+    from torch.distributed.tensor.debug import CommDebugMode
+
+    def counts(device, group):
+        x = torch.arange(world * 2.0, device=device)
+        root_list = list(x.chunk(world)) if rank == 0 else None
+        with CommDebugMode() as mode:
+            dist.broadcast(x.clone(), src=0, group=group)
+            dist.all_gather([torch.empty_like(x) for _ in range(world)], x, group=group)
+            dist.all_gather_into_tensor(torch.empty(world * x.numel(), device=device), x, group=group)
+            dist.all_to_all_single(torch.empty_like(x), x, group=group)
+            dist.all_to_all(list(torch.empty_like(x).chunk(world)), list(x.chunk(world)), group=group)
+            dist.scatter(torch.empty(2, device=device), root_list, src=0, group=group)
+            dist.gather(x, [torch.empty_like(x) for _ in range(world)] if rank == 0 else None, dst=0, group=group)
+        return {str(op): n for op, n in mode.get_comm_counts().items()}
+
+    on_tpu, on_gloo = counts("tpu", None), counts("cpu", gloo)
+    assert on_tpu == on_gloo and sum(on_tpu.values()) == 7, (on_tpu, on_gloo)
+
+
 def check_cpu_tensors_use_gloo():
     cpu = values(torch.float32)
     reference = cpu.clone()
@@ -283,7 +305,8 @@ def run():
     assert dist.group.WORLD.name() == "ici", dist.group.WORLD.name()
     gloo = dist.new_group(backend="gloo")
     for check in (check_all_reduce, check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
-                  check_functional_collectives, check_cpu_tensors_use_gloo, check_costs_are_charged):
+                  check_functional_collectives, check_dispatcher_modes_see_data_movement, check_cpu_tensors_use_gloo,
+                  check_costs_are_charged):
         check()
         dist.barrier()
     gloo = None  # the reference group goes with the others at destroy_process_group()

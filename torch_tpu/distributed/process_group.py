@@ -68,6 +68,11 @@ def _reduce_op(options):
     return options.reduceOp.op
 
 
+def _milliseconds(options):
+    """An option object's timeout as a c10d op takes it: milliseconds, -1 for the group's own."""
+    return int(options.timeout.total_seconds() * 1000)
+
+
 class ProcessGroupICI(dist.ProcessGroup):
     """A group of ranks (one chip each) on the torus ``torus``; ``global_ranks`` are its members."""
 
@@ -82,6 +87,7 @@ class ProcessGroupICI(dist.ProcessGroup):
         self._stream = None
         self._sequence = itertools.count()
         self._coalesced = None  # the works issued between _start_coalescing and _end_coalescing
+        self._op_works = None  # the works c10d_kernels hands back to _dispatch
 
     # --- what c10d asks of every process group ---------------------------------------------------
 
@@ -248,14 +254,14 @@ class ProcessGroupICI(dist.ProcessGroup):
         return self._launch(name, error, on_tpu, lambda: transport_call([h.host for h in hosts], options),
                             hosts, tensors, _nbytes(tensors))
 
-    def broadcast(self, tensors, opts):
+    def _broadcast(self, tensors, opts):
         error, on_tpu = self._start("broadcast", tensors, tensors[0] if tensors else None, root=opts.rootRank)
         checks.rank_in_group(error, opts.rootRank, self.size(), "the root")
         hosts = self._hosts(tensors)
         return self._launch("broadcast", error, on_tpu, lambda: self._transport.broadcast([h.host for h in hosts], opts),
                             hosts, tensors, _nbytes(tensors))
 
-    def allgather(self, output_lists, inputs, opts):
+    def _allgather(self, output_lists, inputs, opts):
         outputs = [t for group in output_lists for t in group]
         error, on_tpu = self._start("all_gather", [*inputs, *outputs], inputs[0] if inputs else None)
         checks.one_per_rank(error, inputs, output_lists, self.size(), "output")
@@ -266,7 +272,7 @@ class ProcessGroupICI(dist.ProcessGroup):
             lambda: self._transport.allgather([[h.host for h in group] for group in hosts], [h.host for h in sources], opts),
             [*sources, *(h for group in hosts for h in group)], outputs, _nbytes(outputs))
 
-    def all_gather_single(self, output, tensor, opts):
+    def _all_gather_single(self, output, tensor, opts):
         error, on_tpu = self._start("all_gather_into_tensor", [output, tensor], tensor)
         checks.same_dtype(error, tensor, [output])
         checks.sized(error, output, tensor, self.size(), "output", "input")
@@ -275,15 +281,13 @@ class ProcessGroupICI(dist.ProcessGroup):
                             lambda: self._transport._allgather_base(target.host, source.host, opts),
                             [target, source], [output], output.nbytes)
 
-    _allgather_base = all_gather_single
-
     def all_gather_single_coalesced(self, outputs, inputs, opts):
-        return self._coalesce([self.all_gather_single(o, i, opts) for o, i in zip(outputs, inputs)], outputs)
+        return self._coalesce([self._all_gather_single(o, i, opts) for o, i in zip(outputs, inputs)], outputs)
 
     allgather_into_tensor_coalesced = all_gather_single_coalesced
 
     def allgather_coalesced(self, output_lists, inputs, opts):
-        return self._coalesce([self.allgather([group], [t], opts) for group, t in zip(output_lists, inputs)],
+        return self._coalesce([self._allgather([group], [t], opts) for group, t in zip(output_lists, inputs)],
                               [t for group in output_lists for t in group])
 
     def reduce_scatter(self, outputs, input_lists, opts):
@@ -315,7 +319,7 @@ class ProcessGroupICI(dist.ProcessGroup):
 
     reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced
 
-    def all_to_all_single(self, output, tensor, output_splits, input_splits, opts):
+    def _all_to_all_single(self, output, tensor, output_splits, input_splits, opts):
         error, on_tpu = self._start("all_to_all_single", [output, tensor], tensor, shape=tuple(tensor.shape[1:]))
         checks.same_dtype(error, tensor, [output])
         checks.splits(error, tensor, input_splits, self.size(), "input")
@@ -327,9 +331,7 @@ class ProcessGroupICI(dist.ProcessGroup):
             lambda: self._transport.alltoall_base(target.host, source.host, list(output_splits), list(input_splits), opts),
             [target, source], [output], tensor.nbytes * self.size())
 
-    alltoall_base = all_to_all_single
-
-    def alltoall(self, outputs, inputs, opts):
+    def _alltoall(self, outputs, inputs, opts):
         error, on_tpu = self._start("all_to_all", [*outputs, *inputs], inputs[0] if inputs else None,
                                     shape=(), count=len(inputs))
         checks.list_length(error, inputs, self.size(), "input")
@@ -340,7 +342,7 @@ class ProcessGroupICI(dist.ProcessGroup):
                             lambda: self._transport.alltoall([h.host for h in targets], [h.host for h in sources], opts),
                             [*targets, *sources], outputs, _nbytes(inputs) * self.size())
 
-    def scatter(self, outputs, input_lists, opts):
+    def _scatter(self, outputs, input_lists, opts):
         inputs = [t for group in input_lists for t in group]
         error, on_tpu = self._start("scatter", [*outputs, *inputs], outputs[0] if outputs else None, root=opts.rootRank)
         checks.root_list(error, opts.rootRank, self.rank(), self.size(), outputs, input_lists, "scatter")
@@ -351,7 +353,7 @@ class ProcessGroupICI(dist.ProcessGroup):
             lambda: self._transport.scatter([h.host for h in targets], [[h.host for h in g] for g in sources], opts),
             [*targets, *(h for g in sources for h in g)], outputs, _nbytes(outputs) * self.size())
 
-    def gather(self, output_lists, inputs, opts):
+    def _gather(self, output_lists, inputs, opts):
         outputs = [t for group in output_lists for t in group]
         error, on_tpu = self._start("gather", [*inputs, *outputs], inputs[0] if inputs else None, root=opts.rootRank)
         checks.root_list(error, opts.rootRank, self.rank(), self.size(), inputs, output_lists, "gather")
@@ -361,6 +363,74 @@ class ProcessGroupICI(dist.ProcessGroup):
             "gather", error, on_tpu,
             lambda: self._transport.gather([[h.host for h in g] for g in targets], [h.host for h in sources], opts),
             [*sources, *(h for g in targets for h in g)], inputs, _nbytes(inputs) * self.size())
+
+    # --- the same, as Python callers reach them: through their c10d op -------------------------------
+    # A C++ group's methods dispatch c10d ops (c10d::scatter_, c10d::broadcast_, ...), which dispatcher
+    # modes see: CommDebugMode counts them, the profiler records them. A Python group's methods are
+    # called directly, so on tpu tensors these dispatch the op themselves and its PrivateUse1 kernel
+    # (c10d_kernels) runs the collective above. Reductions cannot: their ops take a ReduceOp script
+    # object that Python cannot build, so CommDebugMode does not see c10d (non-functional) reductions.
+
+    def broadcast(self, tensors, opts):
+        if not self._through_c10d_op(tensors):
+            return self._broadcast(tensors, opts)
+        return self._dispatch("broadcast_", tensors, self.boxed(), opts.rootRank, opts.rootTensor, True, _milliseconds(opts))
+
+    def allgather(self, output_lists, inputs, opts):
+        if not self._through_c10d_op([*inputs, *(t for group in output_lists for t in group)]):
+            return self._allgather(output_lists, inputs, opts)
+        return self._dispatch("allgather_", output_lists, inputs, self.boxed(), True, _milliseconds(opts))
+
+    def all_gather_single(self, output, tensor, opts):
+        if not self._through_c10d_op([output, tensor]):
+            return self._all_gather_single(output, tensor, opts)
+        return self._dispatch("_allgather_base_", output, tensor, self.boxed(), True, _milliseconds(opts))
+
+    _allgather_base = all_gather_single  # the name C++ callers (functional collectives) use
+
+    def all_to_all_single(self, output, tensor, output_splits, input_splits, opts):
+        if not self._through_c10d_op([output, tensor]):
+            return self._all_to_all_single(output, tensor, output_splits, input_splits, opts)
+        return self._dispatch("alltoall_base_", output, tensor, self.boxed(), list(output_splits), list(input_splits),
+                              True, _milliseconds(opts))
+
+    alltoall_base = all_to_all_single
+
+    def alltoall(self, outputs, inputs, opts):
+        if not self._through_c10d_op([*outputs, *inputs]):
+            return self._alltoall(outputs, inputs, opts)
+        return self._dispatch("alltoall_", outputs, inputs, self.boxed(), True, _milliseconds(opts))
+
+    def scatter(self, outputs, input_lists, opts):
+        if not self._through_c10d_op([*outputs, *(t for group in input_lists for t in group)]):
+            return self._scatter(outputs, input_lists, opts)
+        return self._dispatch("scatter_", outputs, input_lists, self.boxed(), opts.rootRank, True, _milliseconds(opts))
+
+    def gather(self, output_lists, inputs, opts):
+        if not self._through_c10d_op([*inputs, *(t for group in output_lists for t in group)]):
+            return self._gather(output_lists, inputs, opts)
+        return self._dispatch("gather_", output_lists, inputs, self.boxed(), opts.rootRank, True, _milliseconds(opts))
+
+    def _through_c10d_op(self, tensors):
+        """Tpu tensors with bytes (abstract tensors have none) go through the c10d op."""
+        return bool(tensors) and tensors[0].device.type == "tpu" and all(has_bytes(t) for t in tensors)
+
+    def _dispatch(self, name, *arguments):
+        """Call ``torch.ops.c10d.<name>``; its kernel hands the Python Work back through ``hand_out``
+        (unboxing the op's result gives a bare C++ Work without its Python side: its wait() never returns)."""
+        self._op_works = []
+        try:
+            getattr(torch.ops.c10d, name).default(*arguments)
+            (work,) = self._op_works
+        finally:
+            self._op_works = None
+        return work
+
+    def hand_out(self, work):
+        """``work`` boxed for a c10d op's result, kept for ``_dispatch`` when it called the op."""
+        if self._op_works is not None:
+            self._op_works.append(work)
+        return work.boxed()
 
     def reduce(self, tensors, opts):
         error, on_tpu = self._start("reduce", tensors, tensors[0] if tensors else None, op=_reduce_op(opts),

@@ -1,0 +1,72 @@
+"""Run PyTorch's own distributed test files (DTensorTestBase and its kin) on tpu with the "ici" backend.
+
+torch 2.13's test helpers already take a PrivateUse1 accelerator: ``common_dtensor`` reads
+``torch.accelerator.current_accelerator()`` ("tpu") and ``dist.get_default_backend_for_device`` ("ici").
+Four of their assumptions fit CUDA's model, where every process sees every GPU of the host, and not
+one chip per process (``torch.tpu.device_count()`` is 1 in each process):
+
+- ``DTensorTestMixin.device_type`` falls back to "cpu" when ``torch.accelerator.device_count()`` is
+  smaller than the world size, so the tests would silently run on CPU tensors and gloo;
+- ``DTensorContinuousTestBase._init_pg`` (processes kept across a class's tests) skips the class when
+  the world is larger than ``device_count()``, then calls ``set_device_index(rank)``;
+- ``DTensorTestBase.init_pg`` accepts only a fixed list of backend names (nccl, gloo, hccl, xccl, ...)
+  and ``"cpu:gloo,<device>:<its default backend>"``; plain "ici" is refused ("Backend ici not supported!");
+- ``DistributedTestBase.backend(device)`` names nccl, hccl or xccl for their devices and gloo for any
+  other, which cannot move tpu tensors.
+
+Importing this module (first line of a scratch copy of a PyTorch test file: the ranks are spawned
+processes that import the test file, not pytest's conftest) makes the test processes the chips of one
+host (each on its own chip, index 0) and asks for ``"cpu:gloo,tpu:ici"`` (one "ici" group that also
+carries CPU tensors, over gloo).
+Without torch_tpu loaded (``TORCH_DEVICE_BACKEND_AUTOLOAD=0``, the cpu/gloo oracle run) it changes
+nothing but the world size: ``TORCH_TPU_SUITE_WORLD_SIZE`` sets the default world size of
+DTensorTestBase (PyTorch's is 4) and DTensorContinuousTestBase (PyTorch's is the device count) in both
+runs, so that they compare like with like.
+See docs/testing.md, "PyTorch's distributed suites on tpu with "ici"".
+"""
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch.testing._internal.common_distributed import DistributedTestBase, MultiProcContinuousTest
+from torch.testing._internal.distributed._tensor import common_dtensor
+
+WORLD_SIZE_VARIABLE = "TORCH_TPU_SUITE_WORLD_SIZE"
+CHIPS_PER_HOST = 8  # enough for the largest world PyTorch's DTensor tests ask for
+
+
+def _on_tpu():
+    accelerator = torch.accelerator.current_accelerator()
+    return accelerator is not None and accelerator.type == "tpu"
+
+
+def _backend_for_both_devices(self):
+    return _backend_for(self.device_type)
+
+
+def _backend_for(device):
+    """The backend a test process group over ``device`` (e.g. "tpu", "tpu:0") gets on tpu."""
+    device_type = torch.device(device).type
+    return f"cpu:gloo,{device_type}:{dist.get_default_backend_for_device(device_type)}"
+
+
+_distributed_test_base_backend = DistributedTestBase.backend
+
+
+def _distributed_test_backend(self, device):
+    return _backend_for(device) if torch.device(device).type == "tpu" else _distributed_test_base_backend(self, device)
+
+
+def _init_pg_on_this_process_chip(cls, rank, world_size, rdvz_file):
+    MultiProcContinuousTest._init_pg.__func__(cls, rank, world_size, rdvz_file)
+
+
+if _on_tpu():
+    common_dtensor.DEVICE_COUNT = CHIPS_PER_HOST
+    common_dtensor.DTensorTestBase.backend = property(_backend_for_both_devices)
+    common_dtensor.DTensorContinuousTestBase._init_pg = classmethod(_init_pg_on_this_process_chip)
+    DistributedTestBase.backend = _distributed_test_backend
+if os.environ.get(WORLD_SIZE_VARIABLE):
+    common_dtensor.NUM_DEVICES = int(os.environ[WORLD_SIZE_VARIABLE])
+    common_dtensor.DTensorContinuousTestBase.world_size = common_dtensor.NUM_DEVICES
