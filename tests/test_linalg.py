@@ -442,6 +442,37 @@ def test_out_overloads_and_addr_alpha_zero():
     check(torch.cross, make(3, 4), make(3, 4), dim=0)
 
 
+ADDR_SCALARS_CPU_REFUSES = [  # (dtype, beta, alpha): bool scalars for a non-bool result, floats for an integral one
+    (torch.int32, 2.0, 1), (torch.int64, 2, 1.5), (torch.uint8, True, 1), (torch.int16, 2, True),
+    (torch.float32, True, 1), (torch.float64, 2, True), (torch.complex64, True, 1.0), (torch.float32, 0.5j, 1),
+]
+
+
+@pytest.mark.parametrize("dtype, beta, alpha", ADDR_SCALARS_CPU_REFUSES, ids=str)
+def test_addr_refuses_the_scalars_cpu_refuses_in_cpus_words(dtype, beta, alpha):
+    vec = make(3).to(dtype)
+    check_same_error(lambda device: torch.addr(
+        vec.to(device)[:, None].expand(3, 3), vec.to(device), vec.to(device), beta=beta, alpha=alpha))
+
+
+ADDR_PROMOTIONS = [  # (self, vec1, vec2) dtypes: CPU's addr is elementwise, so its operands promote
+    (torch.float32, torch.int64, torch.float64), (torch.int32, torch.bool, torch.uint8),
+    (torch.bool, torch.float16, torch.bool), (torch.complex64, torch.float64, torch.int8),
+    (torch.bfloat16, torch.float16, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("dtypes", ADDR_PROMOTIONS, ids=str)
+def test_addr_promotes_mixed_operands_as_cpu_does(dtypes):
+    self, vec1, vec2 = ((make(4, 3) * 3).to(dtypes[0]), (make(4) * 3).to(dtypes[1]), (make(3) * 3).to(dtypes[2]))
+    result = check(torch.addr, self, vec1, vec2, beta=2, alpha=3, atol=1e-2, rtol=1e-2)
+    assert result.dtype == torch.promote_types(torch.promote_types(*dtypes[:2]), dtypes[2])
+    # out= takes any dtype the result casts to (TensorIterator's rule, not the matmuls' exact dtype)
+    wide = torch.empty(0, dtype=torch.complex128)
+    check(lambda *args: torch.addr(*args, beta=2, alpha=3, out=wide.to(args[0].device)), self, vec1, vec2,
+          atol=1e-2, rtol=1e-2)
+
+
 def test_empty_solves():
     check(L.solve, torch.empty(0, 0), torch.empty(0, 2))
     check(L.solve_triangular, torch.empty(3, 3), torch.empty(3, 0), upper=True)
