@@ -473,6 +473,27 @@ def test_addr_promotes_mixed_operands_as_cpu_does(dtypes):
           atol=1e-2, rtol=1e-2)
 
 
+EX_FACTORIZATIONS = {  # op: the dtypes of its outputs before info, its last one
+    L.cholesky_ex: (torch.float32,),
+    L.inv_ex: (torch.float32,),
+    L.lu_factor_ex: (torch.float32, torch.int32),
+    L.ldl_factor_ex: (torch.float32, torch.int32),
+}
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (2, 0, 0), (0, 3, 3)], ids=str)
+@pytest.mark.parametrize("factorization", list(EX_FACTORIZATIONS), ids=lambda op: op.__name__)
+def test_ex_factorizations_of_empty_batches_report_success_in_info(factorization, shape):
+    """An empty batch factors without error: info is zeroed, whatever its out= tensor held before."""
+    def info_after(device):
+        outputs = [torch.empty(0, dtype=dtype, device=device) for dtype in EX_FACTORIZATIONS[factorization]]
+        info = torch.full(shape[:-2], 7, dtype=torch.int32, device=device)
+        return factorization(torch.empty(shape, device=device), out=(*outputs, info))[-1]
+
+    torch.testing.assert_close(info_after("tpu").cpu(), info_after("cpu"))
+    assert torch.linalg.cholesky(torch.empty(shape, device="tpu")).shape == shape
+
+
 def test_empty_solves():
     check(L.solve, torch.empty(0, 0), torch.empty(0, 2))
     check(L.solve_triangular, torch.empty(3, 3), torch.empty(3, 0), upper=True)

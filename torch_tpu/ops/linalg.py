@@ -356,6 +356,8 @@ def linalg_cholesky_ex(self, *, upper=False, check_errors=False, L, info):
         factor, codes = _each_matrix(lambda m: _potrf(m, upper), a)
         store(factor, out=L, dtype_rule=exact_dtype)
         store(codes, out=info, dtype_rule=exact_dtype)
+    else:  # a batch of 0x0 matrices factors without error: info must not keep the allocation's bytes
+        store(np.zeros(a.shape[:-2], np.int32), out=info, dtype_rule=exact_dtype)
     if check_errors:
         linalg_check_errors(info, "linalg.cholesky_ex", is_matrix=self.dim() == 2)
     return L, info
