@@ -538,6 +538,14 @@ def test_ormqr_both_sides(left, transpose):
           atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(4, 3), (3, 5), (2, 5, 3), (0, 4, 2), (4, 0)], ids=str)
+def test_geqrf_returns_column_major_reflectors_as_cpu_does(shape):
+    a = make(*shape)
+    reflectors, tau = check(torch.geqrf, a, atol=1e-5, rtol=1e-5)
+    cpu_reflectors, cpu_tau = torch.geqrf(a)
+    assert (reflectors.stride(), tau.stride()) == (cpu_reflectors.stride(), cpu_tau.stride())
+
+
 @pytest.mark.parametrize("shapes", [
     ((5, 3), (2,), (5, 2)),  # tau must have min(rows of other, columns) entries
     ((5, 3), (3,), (4, 2)),  # other's rows must match

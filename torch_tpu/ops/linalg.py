@@ -760,7 +760,8 @@ def geqrf(self, *, a=None, tau=None):
         factors, scalars = _each_matrix(_geqrf, matrices)
     else:
         factors, scalars = matrices.copy(), np.empty(matrices.shape[:-2] + (min(matrices.shape[-2:]),), matrices.dtype)
-    a = empty(factors.shape, self.dtype) if a is None else a
+    if a is None:  # LAPACK's reflectors, column-major per matrix as CPU returns them (ormqr reads them so)
+        a = empty(factors.shape[:-2] + factors.shape[:-3:-1], self.dtype).mT
     tau = empty(scalars.shape, self.dtype) if tau is None else tau
     store(factors, out=a, dtype_rule=exact_dtype)
     store(scalars, out=tau, dtype_rule=exact_dtype)
