@@ -494,6 +494,16 @@ def test_ex_factorizations_of_empty_batches_report_success_in_info(factorization
     assert torch.linalg.cholesky(torch.empty(shape, device="tpu")).shape == shape
 
 
+@pytest.mark.parametrize("out_dtype", [torch.float64, torch.float16, torch.complex64, torch.int32], ids=str)
+def test_cholesky_inverse_takes_any_out_the_result_safely_casts_to(out_dtype):
+    factor = torch.linalg.cholesky(torch.tensor([[2.0, 1.0], [1.0, 3.0]]))
+    check(lambda f: torch.cholesky_inverse(f, out=torch.empty(0, dtype=out_dtype, device=f.device)), factor,
+          atol=1e-3, rtol=1e-3)
+    if out_dtype == torch.int32:
+        check_same_error(lambda device: torch.cholesky_inverse(
+            factor.to(device), out=torch.empty(0, dtype=out_dtype, device=device)))
+
+
 def test_empty_solves():
     check(L.solve, torch.empty(0, 0), torch.empty(0, 2))
     check(L.solve_triangular, torch.empty(3, 3), torch.empty(3, 0), upper=True)

@@ -845,13 +845,16 @@ def _potri(upper):
 @register("cholesky_inverse", "cholesky_inverse.out")
 def cholesky_inverse(self, upper=False, *, out=None):
     factors = _square_lapack_operand(torch.ops.aten.cholesky_inverse.default, self, self, upper)
+    if out is not None:  # CPU's checkLinalgCompatibleDtype: any out= the result safely casts to
+        _check(torch.can_cast(self.dtype, out.dtype), torch.ops.aten.cholesky_inverse.out, self, upper,
+               out=torch.empty(0, dtype=out.dtype))
     if factors.size:
         inverse, codes = _each_matrix(_potri(upper), factors)
         linalg_check_errors(store(codes, torch.int32), "cholesky_inverse", is_matrix=self.dim() == 2)
         inverse = _mirror_triangle(inverse, upper)
     else:
         inverse = factors.copy()
-    return store(inverse, self.dtype, out=out, dtype_rule=exact_dtype)
+    return store(inverse, self.dtype, out=out)
 
 
 def _potrs(upper):
