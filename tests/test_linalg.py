@@ -442,6 +442,68 @@ def test_out_overloads_and_addr_alpha_zero():
     check(torch.cross, make(3, 4), make(3, 4), dim=0)
 
 
+ADDR_SCALARS_CPU_REFUSES = [  # (dtype, beta, alpha): bool scalars for a non-bool result, floats for an integral one
+    (torch.int32, 2.0, 1), (torch.int64, 2, 1.5), (torch.uint8, True, 1), (torch.int16, 2, True),
+    (torch.float32, True, 1), (torch.float64, 2, True), (torch.complex64, True, 1.0), (torch.float32, 0.5j, 1),
+]
+
+
+@pytest.mark.parametrize("dtype, beta, alpha", ADDR_SCALARS_CPU_REFUSES, ids=str)
+def test_addr_refuses_the_scalars_cpu_refuses_in_cpus_words(dtype, beta, alpha):
+    vec = make(3).to(dtype)
+    check_same_error(lambda device: torch.addr(
+        vec.to(device)[:, None].expand(3, 3), vec.to(device), vec.to(device), beta=beta, alpha=alpha))
+
+
+ADDR_PROMOTIONS = [  # (self, vec1, vec2) dtypes: CPU's addr is elementwise, so its operands promote
+    (torch.float32, torch.int64, torch.float64), (torch.int32, torch.bool, torch.uint8),
+    (torch.bool, torch.float16, torch.bool), (torch.complex64, torch.float64, torch.int8),
+    (torch.bfloat16, torch.float16, torch.bfloat16),
+]
+
+
+@pytest.mark.parametrize("dtypes", ADDR_PROMOTIONS, ids=str)
+def test_addr_promotes_mixed_operands_as_cpu_does(dtypes):
+    self, vec1, vec2 = ((make(4, 3) * 3).to(dtypes[0]), (make(4) * 3).to(dtypes[1]), (make(3) * 3).to(dtypes[2]))
+    result = check(torch.addr, self, vec1, vec2, beta=2, alpha=3, atol=1e-2, rtol=1e-2)
+    assert result.dtype == torch.promote_types(torch.promote_types(*dtypes[:2]), dtypes[2])
+    # out= takes any dtype the result casts to (TensorIterator's rule, not the matmuls' exact dtype)
+    wide = torch.empty(0, dtype=torch.complex128)
+    check(lambda *args: torch.addr(*args, beta=2, alpha=3, out=wide.to(args[0].device)), self, vec1, vec2,
+          atol=1e-2, rtol=1e-2)
+
+
+EX_FACTORIZATIONS = {  # op: the dtypes of its outputs before info, its last one
+    L.cholesky_ex: (torch.float32,),
+    L.inv_ex: (torch.float32,),
+    L.lu_factor_ex: (torch.float32, torch.int32),
+    L.ldl_factor_ex: (torch.float32, torch.int32),
+}
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (2, 0, 0), (0, 3, 3)], ids=str)
+@pytest.mark.parametrize("factorization", list(EX_FACTORIZATIONS), ids=lambda op: op.__name__)
+def test_ex_factorizations_of_empty_batches_report_success_in_info(factorization, shape):
+    """An empty batch factors without error: info is zeroed, whatever its out= tensor held before."""
+    def info_after(device):
+        outputs = [torch.empty(0, dtype=dtype, device=device) for dtype in EX_FACTORIZATIONS[factorization]]
+        info = torch.full(shape[:-2], 7, dtype=torch.int32, device=device)
+        return factorization(torch.empty(shape, device=device), out=(*outputs, info))[-1]
+
+    torch.testing.assert_close(info_after("tpu").cpu(), info_after("cpu"))
+    assert torch.linalg.cholesky(torch.empty(shape, device="tpu")).shape == shape
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float64, torch.float16, torch.complex64, torch.int32], ids=str)
+def test_cholesky_inverse_takes_any_out_the_result_safely_casts_to(out_dtype):
+    factor = torch.linalg.cholesky(torch.tensor([[2.0, 1.0], [1.0, 3.0]]))
+    check(lambda f: torch.cholesky_inverse(f, out=torch.empty(0, dtype=out_dtype, device=f.device)), factor,
+          atol=1e-3, rtol=1e-3)
+    if out_dtype == torch.int32:
+        check_same_error(lambda device: torch.cholesky_inverse(
+            factor.to(device), out=torch.empty(0, dtype=out_dtype, device=device)))
+
+
 def test_empty_solves():
     check(L.solve, torch.empty(0, 0), torch.empty(0, 2))
     check(L.solve_triangular, torch.empty(3, 3), torch.empty(3, 0), upper=True)
@@ -484,6 +546,14 @@ def test_ormqr_both_sides(left, transpose):
     wide, wide_tau = torch.geqrf(make(3, 5))  # fewer rows than columns: 3 reflectors
     check(torch.ormqr, wide, wide_tau, make(3, 4) if left else make(4, 3), left, transpose,
           atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (3, 5), (2, 5, 3), (0, 4, 2), (4, 0)], ids=str)
+def test_geqrf_returns_column_major_reflectors_as_cpu_does(shape):
+    a = make(*shape)
+    reflectors, tau = check(torch.geqrf, a, atol=1e-5, rtol=1e-5)
+    cpu_reflectors, cpu_tau = torch.geqrf(a)
+    assert (reflectors.stride(), tau.stride()) == (cpu_reflectors.stride(), cpu_tau.stride())
 
 
 @pytest.mark.parametrize("shapes", [

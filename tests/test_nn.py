@@ -831,3 +831,26 @@ def test_threshold_in_place_writes_an_expanded_tensor_as_cpu_does():
 def test_leaky_relu_in_place_with_a_negative_slope_refuses_its_backward_as_cpu_does():
     check_same_error(lambda d: torch.nn.functional.leaky_relu_(
         torch.tensor([-1.0, 1.0], device=d, requires_grad=True).clone(), -2).backward(torch.ones(2, device=d)))
+
+
+# ------------------------------------------------------------------ lazy modules
+
+
+LAZY_MODULES = [  # (constructor, an input that materializes it)
+    (lambda: nn.LazyLinear(4), (2, 5)),
+    (lambda: nn.LazyConv1d(4, 3), (2, 3, 8)),
+    (lambda: nn.LazyConvTranspose2d(4, 3), (1, 2, 4, 4)),
+    (lambda: nn.LazyBatchNorm1d(), (4, 3)),
+]
+
+
+@pytest.mark.parametrize("make, input_shape", LAZY_MODULES, ids=lambda v: "" if callable(v) else str(v))
+def test_lazy_modules_move_to_tpu_before_their_first_forward(make, input_shape):
+    """``module.to("tpu")`` copies a lazy module's UninitializedParameters, whose ``shape`` refuses to answer;
+    the module then materializes on tpu at its first forward, with CPU's shapes and, given CPU's weights, values."""
+    lazy, reference = make().to("tpu"), make()
+    x = torch.randn(input_shape)
+    lazy(x.to("tpu")), reference(x)  # materialize both
+    assert all(p.device.type == "tpu" for p in lazy.parameters())
+    lazy.load_state_dict(reference.state_dict())
+    assert_close(lazy(x.to("tpu")).cpu(), reference(x), atol=1e-5, rtol=1e-5)

@@ -107,6 +107,19 @@ def test_padding_forward_backward(mode, dims):
     torch.testing.assert_close(grads("tpu"), grads("cpu"))
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
+@pytest.mark.parametrize("shape, memory_format", [
+    ((2, 3, 5, 6), torch.channels_last), ((2, 1, 4, 5), torch.channels_last),
+    ((2, 3, 4, 5, 6), torch.channels_last_3d), ((3, 4, 5), torch.contiguous_format),
+], ids=str)
+def test_pads_keep_a_channels_last_input_channels_last(mode, shape, memory_format):
+    """CPU allocates reflection/replication pads in the input's suggested memory format."""
+    x = make(*shape).to(memory_format=memory_format)
+    padding = (1, 2, 2, 1, 1, 1)[:2 * (len(shape) - 2)]  # every dim after batch and channels
+    result = check(lambda x: F.pad(x, padding, mode=mode), x)
+    assert result.stride() == F.pad(x, padding, mode=mode).stride()
+
+
 def test_padding_negative_and_errors():
     x = make(2, 3, 6)
     check(lambda x: F.pad(x, (-1, 2), mode="reflect"), x)

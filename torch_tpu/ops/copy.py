@@ -54,9 +54,11 @@ def _writable(tensor):
 
 
 def _check_broadcastable(dst, src):
-    """The source must broadcast to the destination; Meta raises PyTorch's own message if not."""
-    if dst.shape != src.shape:
-        torch.empty(dst.shape, device="meta").copy_(torch.empty(src.shape, device="meta"))
+    """The source must broadcast to the destination; Meta raises PyTorch's own message if not.
+    ``size()``, not ``.shape``: a lazy module's UninitializedParameter refuses its ``shape`` property,
+    and ``module.to("tpu")`` copies it before its first forward."""
+    if dst.size() != src.size():
+        torch.empty(dst.size(), device="meta").copy_(torch.empty(src.size(), device="meta"))
 
 
 def _check_no_overlap(dst, src):

@@ -21,12 +21,12 @@ import scipy.linalg
 import torch
 from .._C import mxu, vpu
 from .._errors import raise_cpu_error
-from ._common import as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store, write
+from ._common import as_numpy, converted, empty, exact_dtype, operand, opmath_operand, prepare_out, store, write
 from ._registry import register
 
 
 # What torch CPU multiplies; bool and the wide unsigned types have no CPU matmul either
-# (addr alone takes bool).
+# (addr, elementwise on CPU, alone takes bool).
 MATMUL_DTYPES = frozenset({
     torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
     torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
@@ -122,6 +122,11 @@ def checked_out(out, shape, dtype, out_overload, *args, **kwargs):
     return prepare_out(out, shape)
 
 
+def _castable_out(out, shape, dtype, out_overload, *args, **kwargs):
+    """TensorIterator's ``out=`` (addr's): any dtype the result casts to."""
+    return prepare_out(out, shape, dtype, inputs=args)
+
+
 # --- the matmul family ----------------------------------------------------------------------
 # Each op is a validating ``shape_of(op, *args) -> (shape, dtype)`` and a ``compute(out, *args)``;
 # a product shape function returns None for operands that cannot be multiplied.
@@ -169,16 +174,41 @@ def _product(product_shape):
     return shape_of
 
 
-def _biased_product(product_shape, dtypes=MATMUL_DTYPES):
+def _biased_product(product_shape):
     """The checks of ``beta * self + alpha * (first @ second)``."""
 
     def shape_of(op, self, first, second, *, beta=1, alpha=1):
         shape = product_shape(first, second)
-        valid = shape is not None and _same_dtype_of(dtypes, self, first, second) and _broadcasts_to(self, shape)
+        valid = shape is not None and _same_dtype_of(MATMUL_DTYPES, self, first, second) and _broadcasts_to(self, shape)
         _check(valid, op, self, first, second, beta=beta, alpha=alpha)
         return shape, self.dtype
 
     return shape_of
+
+
+def _addr_scalar_fits(scalar, dtype):
+    """CPU's addr takes a bool beta/alpha only for a bool result, and a whole number only for an integral one."""
+    if isinstance(scalar, bool):
+        return dtype == torch.bool
+    if dtype.is_complex:
+        return True
+    if dtype.is_floating_point:
+        return not isinstance(scalar, complex)
+    return isinstance(scalar, int)
+
+
+def _addr_dtype(self, vec1, vec2):
+    """Unlike the matmuls, addr is elementwise on CPU (TensorIterator): its operands promote to one dtype."""
+    return functools.reduce(torch.promote_types, (vec1.dtype, vec2.dtype), self.dtype)
+
+
+def _addr_shape_of(op, self, vec1, vec2, *, beta=1, alpha=1):
+    shape = _outer_shape(vec1, vec2)
+    dtype = _addr_dtype(self, vec1, vec2)
+    valid = (shape is not None and dtype in MATMUL_DTYPES | {torch.bool} and _broadcasts_to(self, shape)
+             and _addr_scalar_fits(beta, dtype) and _addr_scalar_fits(alpha, dtype))
+    _check(valid, op, self, vec1, vec2, beta=beta, alpha=alpha)
+    return shape, dtype
 
 
 def _product_into(out, self, other):
@@ -203,8 +233,10 @@ def _addmm_into(out, self, first, second, *, beta=1, alpha=1):
 
 
 def _addr_into(out, self, vec1, vec2, *, beta=1, alpha=1):
-    """The outer product is a depth-1 matmul."""
-    product = mxu_matmul(operand(vec1)[:, None], operand(vec2)[None, :])
+    """The outer product is a depth-1 matmul, of the vectors converted to the promoted dtype."""
+    dtype = _addr_dtype(self, vec1, vec2)
+    first, second = (converted(operand(vec), dtype) for vec in (vec1, vec2))
+    product = mxu_matmul(first[:, None], second[None, :])
     if alpha == 0 and product.dtype.kind in "fc":  # unlike addmm, CPU's addr scales by a zero alpha: NaN stays NaN
         product *= alpha
         alpha = 1
@@ -240,8 +272,10 @@ PRODUCTS = {
     "baddbmm": (_biased_product(_bmm_shape), _addmm_into),
     "addmv": (_biased_product(_mv_shape), _addmm_into),
     "addbmm": (_biased_product(_bmm_summed_shape), _addbmm_into),
-    "addr": (_biased_product(_outer_shape, MATMUL_DTYPES | {torch.bool}), _addr_into),
+    "addr": (_addr_shape_of, _addr_into),
 }
+
+OUT_CHECKS = {"addr": _castable_out}  # the rest are structured kernels: out= of the result's very dtype
 
 
 def _register_product(name, shape_of, compute):
@@ -255,7 +289,8 @@ def _register_product(name, shape_of, compute):
     @register(packet.out)
     def out_variant(*args, out, **kwargs):
         shape, dtype = shape_of(packet.default, *args, **kwargs)
-        return compute(checked_out(out, shape, dtype, packet.out, *args, **kwargs), *args, **kwargs)
+        out = OUT_CHECKS.get(name, checked_out)(out, shape, dtype, packet.out, *args, **kwargs)
+        return compute(out, *args, **kwargs)
 
 
 for _name, (_shape_of, _compute) in PRODUCTS.items():
@@ -321,6 +356,8 @@ def linalg_cholesky_ex(self, *, upper=False, check_errors=False, L, info):
         factor, codes = _each_matrix(lambda m: _potrf(m, upper), a)
         store(factor, out=L, dtype_rule=exact_dtype)
         store(codes, out=info, dtype_rule=exact_dtype)
+    else:  # a batch of 0x0 matrices factors without error: info must not keep the allocation's bytes
+        store(np.zeros(a.shape[:-2], np.int32), out=info, dtype_rule=exact_dtype)
     if check_errors:
         linalg_check_errors(info, "linalg.cholesky_ex", is_matrix=self.dim() == 2)
     return L, info
@@ -723,7 +760,8 @@ def geqrf(self, *, a=None, tau=None):
         factors, scalars = _each_matrix(_geqrf, matrices)
     else:
         factors, scalars = matrices.copy(), np.empty(matrices.shape[:-2] + (min(matrices.shape[-2:]),), matrices.dtype)
-    a = empty(factors.shape, self.dtype) if a is None else a
+    if a is None:  # LAPACK's reflectors, column-major per matrix as CPU returns them (ormqr reads them so)
+        a = empty(factors.shape[:-2] + factors.shape[:-3:-1], self.dtype).mT
     tau = empty(scalars.shape, self.dtype) if tau is None else tau
     store(factors, out=a, dtype_rule=exact_dtype)
     store(scalars, out=tau, dtype_rule=exact_dtype)
@@ -807,13 +845,16 @@ def _potri(upper):
 @register("cholesky_inverse", "cholesky_inverse.out")
 def cholesky_inverse(self, upper=False, *, out=None):
     factors = _square_lapack_operand(torch.ops.aten.cholesky_inverse.default, self, self, upper)
+    if out is not None:  # CPU's checkLinalgCompatibleDtype: any out= the result safely casts to
+        _check(torch.can_cast(self.dtype, out.dtype), torch.ops.aten.cholesky_inverse.out, self, upper,
+               out=torch.empty(0, dtype=out.dtype))
     if factors.size:
         inverse, codes = _each_matrix(_potri(upper), factors)
         linalg_check_errors(store(codes, torch.int32), "cholesky_inverse", is_matrix=self.dim() == 2)
         inverse = _mirror_triangle(inverse, upper)
     else:
         inverse = factors.copy()
-    return store(inverse, self.dtype, out=out, dtype_rule=exact_dtype)
+    return store(inverse, self.dtype, out=out)
 
 
 def _potrs(upper):

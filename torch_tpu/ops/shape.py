@@ -10,11 +10,13 @@ import math
 
 import numpy as np
 import torch
+from torch._prims_common import suggest_memory_format
 
 from .. import _tensor
 from .._errors import cpp_type_name, not_implemented_for, scalar_type_name, warn_once
 from .cpu_replay import libstdcxx_order
-from ._common import as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store, wrap_dim, wrap_dims, write
+from ._common import (as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store,
+                      store_in_memory_format, wrap_dim, wrap_dims, write)
 from ._registry import register
 from .cpu_kernel_dtypes import cpu_dtypes, not_bool
 from .nn import without_structured_wrapper
@@ -220,8 +222,8 @@ def _pad_backward(mode, grad_output, self, padding):
 def _pad_kernels(mode, dims):
     name = f"{mode}_pad{dims}d"
 
-    def forward(self, padding):
-        return store(_pad_forward(mode, self, padding), self.dtype)
+    def forward(self, padding):  # CPU allocates the result in the input's suggested memory format
+        return store_in_memory_format(_pad_forward(mode, self, padding), self.dtype, suggest_memory_format(self))
 
     def forward_out(self, padding, *, out):
         return store(_pad_forward(mode, self, padding), self.dtype, out=out, distinct=(self,), dtype_rule=exact_dtype)
