@@ -473,6 +473,20 @@ def test_addr_promotes_mixed_operands_as_cpu_does(dtypes):
           atol=1e-2, rtol=1e-2)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.int64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("out_dtype", [torch.float32, torch.float64, torch.complex64], ids=str)
+def test_addr_into_an_out_of_another_dtype_computes_in_the_promoted_dtype(dtype, out_dtype):
+    """TensorIterator computes in the operands' dtype and casts into out (bool: logically, so True + True is
+    True, not 2), exactly what the functional result cast to out's dtype gives."""
+    self, vec1, vec2 = ((make(4, 3) * 3).to(dtype), (make(4) * 3).to(dtype), (make(3) * 3).to(dtype))
+    scalars = {} if dtype is torch.bool else {"beta": 2, "alpha": 3}
+    on_tpu = [t.to("tpu") for t in (self, vec1, vec2)]
+    into_out = torch.addr(*on_tpu, **scalars, out=torch.empty(0, dtype=out_dtype, device="tpu"))
+    assert torch.equal(into_out.cpu(), torch.addr(*on_tpu, **scalars).cpu().to(out_dtype))
+    if dtype in (torch.bool, torch.int64):  # exact on CPU too
+        assert torch.equal(into_out.cpu(), torch.addr(self, vec1, vec2, **scalars, out=torch.empty(0, dtype=out_dtype)))
+
 EX_FACTORIZATIONS = {  # op: the dtypes of its outputs before info, its last one
     L.cholesky_ex: (torch.float32,),
     L.inv_ex: (torch.float32,),

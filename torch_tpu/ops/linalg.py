@@ -235,6 +235,9 @@ def _addmm_into(out, self, first, second, *, beta=1, alpha=1):
 def _addr_into(out, self, vec1, vec2, *, beta=1, alpha=1):
     """The outer product is a depth-1 matmul, of the vectors converted to the promoted dtype."""
     dtype = _addr_dtype(self, vec1, vec2)
+    if out.dtype != dtype:  # TensorIterator computes in the promoted dtype (bool: logically), then casts into out
+        result = _addr_into(empty(tuple(out.shape), dtype), self, vec1, vec2, beta=beta, alpha=alpha)
+        return write(out, as_numpy(result))
     first, second = (converted(operand(vec), dtype) for vec in (vec1, vec2))
     product = mxu_matmul(first[:, None], second[None, :])
     if alpha == 0 and product.dtype.kind in "fc":  # unlike addmm, CPU's addr scales by a zero alpha: NaN stays NaN
