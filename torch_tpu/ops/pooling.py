@@ -97,13 +97,9 @@ class Window:
         d, o, s = self.dilation[dim], self.out_sizes[dim], self.stride[dim]
         return slice(offset * d, offset * d + (o - 1) * s + 1 if o else offset * d, s)
 
-    def coordinates(self, dim, offset):
-        """Along spatial ``dim``, the input coordinate each output reads at ``offset`` (may lie in padding)."""
-        return np.arange(self.out_sizes[dim]) * self.stride[dim] - self.padding[dim] + offset * self.dilation[dim]
-
     def offsets(self, dim):
-        """Per kernel offset along ``dim``: the slice of the padded input, and which input coordinates it reads."""
-        return [(self.along(dim, j), self.coordinates(dim, j)) for j in range(self.kernel[dim])]
+        """Per kernel offset along ``dim``: the slice of the padded input it reads."""
+        return [self.along(dim, j) for j in range(self.kernel[dim])]
 
     def max_offsets(self, dim):
         """Along spatial ``dim``, every kernel offset's slice of the padded input, for ``separable_max``."""
@@ -295,7 +291,7 @@ def window_sum(x, window):
     total = window.pad(x, 0)
     for dim in reversed(range(n)):
         axis, partial = x.ndim - n + dim, total
-        slices = [partial[spatial_index(axis, index)] for index, _ in window.offsets(dim)]
+        slices = [partial[spatial_index(axis, index)] for index in window.offsets(dim)]
         total = slices[0].copy()
         for values in slices[1:]:
             total += values
@@ -312,7 +308,7 @@ def window_spread(share, in_shape, window):
         axis = lead + dim
         spread = np.zeros(share.shape[:axis] + (window.in_sizes[dim] + window.padding[dim] + window.pad_after[dim],)
                           + share.shape[axis + 1:], share.dtype)
-        for index, _ in window.offsets(dim):
+        for index in window.offsets(dim):
             spread[spatial_index(axis, index)] += share
         share = spread
     return share[(Ellipsis,) + tuple(slice(p, p + i) for p, i in zip(window.padding, window.in_sizes))]
