@@ -380,6 +380,17 @@ def test_piecewise_activation_backwards_give_cpus_bits(backward, dtype):
                        expected.view(torch.int64 if dtype == torch.float64 else torch.int32))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_hardswish_backward_of_nan_is_nan_as_in_cpus_vector_loop(dtype):
+    """A NaN input must not hide behind a finite gradient: CPU's vector loop gives NaN (its scalar tail, the
+    last elements of a row past whole vectors, gives the gradient; compared here where CPU vectorises)."""
+    x = torch.full((256,), float("nan"), dtype=dtype)
+    grad = torch.ones(256, dtype=dtype)
+    expected = torch.ops.aten.hardswish_backward(grad, x)
+    actual = torch.ops.aten.hardswish_backward(grad.to("tpu"), x.to("tpu")).cpu()
+    assert actual.isnan().all() and expected.isnan().all()
+
+
 def test_activation_forward_nan_and_inf():
     x = sample((4, 6))
     for function in (F.relu, F.silu, F.elu, F.leaky_relu, F.hardtanh, F.softplus, torch.sigmoid):

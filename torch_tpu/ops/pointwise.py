@@ -1173,8 +1173,9 @@ def hardswish(x, out=None):
 
 def hardswish_backward(grad, x):
     middle = grad * (x / scalar(3, x) + scalar(0.5, x))
-    # CPU's pieces: 0 up to -3, the gradient itself from 3 on (and for NaN, as its scalar loop gives)
-    return select_bits(x < 3, zero_where(x <= -3, middle), grad)
+    # CPU's pieces: 0 up to -3, the gradient itself from 3 on; a NaN input gives NaN, as CPU's vector loop
+    # does (its scalar tail, the last few elements of a row, gives the gradient)
+    return select_bits(x >= 3, grad, zero_where(x <= -3, middle))
 
 
 def mish(x):
