@@ -197,6 +197,47 @@ def test_a_casting_copy_is_one_launch_as_in_abstract_mode():
         assert torch.equal(d.cpu(), s.cpu().bfloat16())
 
 
+@pytest.mark.parametrize("source_device", ["tpu", "cpu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_foreach_copy_is_charged_the_bytes_of_its_copies(source_device, dtype):
+    """Each pair as ``copy_`` charges it: the source read and the destination written, host memory not counted
+    (its destinations were charged as read too, and CPU sources as HBM traffic)."""
+    import torch_tpu
+
+    destination = [torch.empty(n, dtype=dtype, device="tpu") for n in (1000, 24)]
+    source = [torch.randn(n, device=source_device) for n in (1000, 24)]
+    totals = torch_tpu._C.current_chip().clock.op_totals
+
+    def charged(name, run):
+        before = totals[name].bytes if name in totals else 0
+        run()
+        return totals[name].bytes - before
+
+    foreach = charged("_foreach_copy_", lambda: torch._foreach_copy_(destination, source))
+    one_by_one = charged("_copy_from", lambda: [d.copy_(s) for d, s in zip(destination, source)])
+    assert foreach == one_by_one == sum(d.nbytes + (s.nbytes if source_device == "tpu" else 0)
+                                        for d, s in zip(destination, source))
+
+
+@pytest.mark.parametrize("op", [
+    lambda tensors: torch._foreach_add_(tensors, 1.0),
+    lambda tensors: torch._foreach_mul_(tensors, [2.0, 3.0]),
+    lambda tensors: torch._foreach_zero_(tensors),
+    lambda tensors: torch._foreach_copy_(tensors, [torch.ones(3, device=tensors[0].device)] * 2),
+    lambda tensors: torch._foreach_lerp_(tensors, [torch.ones(3, device=tensors[0].device)] * 2, 0.5),
+])
+def test_foreach_in_place_ops_bump_versions_so_autograd_sees_the_write(op):
+    """As on CPU: a tensor saved for backward, then overwritten by a foreach op, makes backward raise instead of
+    differentiating through the new values (tpu's fast path wrote them unseen: a silently wrong gradient)."""
+    for device in ("cpu", "tpu"):
+        leaf = torch.zeros(3, device=device, requires_grad=True)
+        saved = [leaf * 1, leaf * 2]
+        loss = (saved[0].sin() + saved[1].sin()).sum()
+        op(saved)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
+
 @pytest.mark.parametrize("case", [
     lambda: (torch._foreach_add, make_list(), make_list()[:2]),
     lambda: (torch._foreach_add, make_list(), [1.0, 2.0]),

@@ -35,7 +35,12 @@ WRITE_ONLY_SELF = frozenset({
     "fill_", "zero_", "copy_", "normal_", "uniform_", "exponential_", "log_normal_", "cauchy_",
     "geometric_", "bernoulli_", "random_",
 })
-HOST_TRANSFERS = frozenset({"_copy_from", "_copy_from_and_resize"})
+# Copies whose one side may be host memory, which the chip's HBM traffic leaves out: op -> (sources, destinations)
+COPIES = {
+    "_copy_from": lambda args: ((args[0],), (args[1],)),
+    "_copy_from_and_resize": lambda args: ((args[0],), (args[1],)),
+    "_foreach_copy_": lambda args: (args[1], args[0]),
+}
 
 _perf_counter_ns = time.perf_counter_ns
 _thread_id = threading.get_native_id
@@ -185,23 +190,22 @@ def _outputs(args, kwargs, result):
     return (result,)
 
 
-def _transfer_traffic(args):
-    """A host copy (source, destination): only the chip's side touches HBM."""
-    source, destination = args[0], args[1]
-    return (0 if source.is_cpu else source.nbytes), (0 if destination.is_cpu else destination.nbytes)
+def _transfer_traffic(sources, destinations):
+    """Copies, each of a source into a destination: only the chip's side of each touches HBM."""
+    return (sum(t.nbytes for t in sources if not t.is_cpu), sum(t.nbytes for t in destinations if not t.is_cpu))
 
 
 def _traffic_model(name):
     """The function giving (bytes read, bytes written) of one launch of aten ``name``."""
     packet = name.partition(".")[0]
-    host_transfer = packet in HOST_TRANSFERS
+    copied = COPIES.get(packet)
     write_only_self = packet in WRITE_ONLY_SELF
     arguments_bytes = _arguments_bytes(name)
     written_arguments = _written_arguments(name)
 
     def traffic(args, kwargs, outputs):
-        if host_transfer:
-            return _transfer_traffic(args)
+        if copied is not None:
+            return _transfer_traffic(*copied(args))
         read = arguments_bytes(args)
         if kwargs:
             read += _tensor_bytes(v for k, v in kwargs.items() if k not in written_arguments)
@@ -288,7 +292,7 @@ def charged(kernel, name, guard=None):
     packet = name.partition(".")[0]
     traffic = _traffic_model(name)
     arguments_bytes = _arguments_bytes(name)
-    plain = packet not in HOST_TRANSFERS and packet not in WRITE_ONLY_SELF
+    plain = packet not in COPIES and packet not in WRITE_ONLY_SELF
     by_traffic = not (packet in MXU_FLOPS or packet in RESULT_FLOPS or packet in FUSED_COSTS)
     advance = clock.advance
     advance_mxu = clock.advance_mxu

@@ -26,6 +26,7 @@ def register(*overloads, charge=True):
         for overload in overloads:
             name = _name(overload)
             launch = charged(kernel, name, guard(name)) if charge and name not in FREE_OPS else guarded(kernel, name)
+            launch = bumping_versions(launch, _written_lists(name))
             _ATEN.impl(overload, launch, "PrivateUse1")
             KERNELS[name], LAUNCHES[name] = kernel, launch
         return kernel
@@ -42,6 +43,35 @@ def default_kernel(name):
     kernel = torch._C._dispatch_get_computed_kernel_for_dispatch_key(qualified, torch._C.DispatchKey.PrivateUse1)
     keys = torch._C.DispatchKeySet(torch._C.DispatchKey.PrivateUse1)
     return lambda *args, **kwargs: kernel.call_boxed(keys, *args, **kwargs)
+
+
+def _written_lists(name):
+    """The positions of aten ``name``'s ``Tensor(a!)[]`` arguments (the foreach ops' ``self``)."""
+    return tuple(i for i, argument in enumerate(_overload(name)._schema.arguments)
+                 if argument.alias_info is not None and argument.alias_info.is_write
+                 and isinstance(argument.type, torch.ListType))
+
+
+def bumping_versions(launch, positions):
+    """``launch`` that bumps the autograd version of every tensor in the lists at ``positions``.
+
+    ADInplaceOrView bumps a mutated Tensor argument's version, but not a mutated list's: CPU's foreach
+    kernels bump theirs by running each tensor's in-place op (CUDA's fast path bumps them itself). Without
+    it, a tensor saved for backward and then overwritten by ``_foreach_add_`` gave a silently wrong
+    gradient where CPU raises "modified by an inplace operation"."""
+    if not positions:
+        return launch
+    increment_version = torch._C._increment_version
+
+    def kernel(*args, **kwargs):
+        result = launch(*args, **kwargs)
+        for position in positions:
+            increment_version(args[position])
+        return result
+
+    kernel.__name__ = launch.__name__
+    kernel.__wrapped__ = getattr(launch, "__wrapped__", launch)
+    return kernel
 
 
 def _name(overload):
