@@ -524,3 +524,71 @@ def test_cat_launch_is_charged_and_allocated_as_one_launch():
     totals = clock.op_totals["cat"]
     assert totals.count == before.count + 1 and totals.bytes == before.bytes + 2 * 80 * 20 * 4
     assert torch.tpu.memory_allocated() == torch.tpu.max_memory_allocated() == allocated + joined.nbytes
+
+
+# --- round five: index_select's functional overload without the out= checks ----------------------------
+
+INDEX_SELECT_CASES = {
+    "rows (embedding)": lambda d: (torch.arange(40.0, device=d).reshape(10, 4), 0, torch.tensor([3, 0, 9, 3], device=d)),
+    "last dim, int32 index": lambda d: (torch.arange(24, device=d).reshape(2, 3, 4), -1,
+                                        torch.tensor([3, 1], dtype=torch.int32, device=d)),
+    "transposed self": lambda d: (torch.arange(12.0, device=d).reshape(3, 4).t(), 1, torch.tensor([2, 2], device=d)),
+    "bf16": lambda d: (torch.randn(5, 3, generator=torch.Generator().manual_seed(0)).to(d, torch.bfloat16), 0,
+                       torch.tensor([4, 1], device=d)),
+    "bool": lambda d: (torch.tensor([[True, False], [False, True]], device=d), 1, torch.tensor([1, 0, 1], device=d)),
+    "conjugated complex": lambda d: (torch.tensor([1 + 2j, 3 - 1j], device=d).conj(), 0, torch.tensor([1, 0], device=d)),
+    "complex32": lambda d: (torch.tensor([1 + 2j, 3 - 1j], dtype=torch.complex32, device=d), 0,
+                            torch.tensor([1], device=d)),
+    "0-d self": lambda d: (torch.tensor(2.5, device=d), 0, torch.tensor([0], device=d)),
+    "0-d index": lambda d: (torch.arange(6.0, device=d).reshape(2, 3), 1, torch.tensor(2, device=d)),
+    "empty index": lambda d: (torch.arange(6.0, device=d).reshape(2, 3), 0, torch.tensor([], dtype=torch.long, device=d)),
+}
+
+
+@pytest.mark.parametrize("name", INDEX_SELECT_CASES)
+def test_index_select_launched_directly_matches_cpu(name):
+    expected = torch.index_select(*INDEX_SELECT_CASES[name]("cpu"))
+    actual = torch.index_select(*INDEX_SELECT_CASES[name]("tpu"))
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape and actual.stride() == expected.stride()
+    widened = torch.complex64 if expected.dtype == torch.complex32 else expected.dtype  # CPU cannot compare complex32
+    assert torch.equal(actual.cpu().to(widened), expected.to(widened))
+
+
+def test_index_select_out_form_keeps_its_checks():
+    source, index = torch.arange(12.0).reshape(3, 4), torch.tensor([2, 0])
+    for out in (lambda d: torch.empty(4, 2, device=d).t(), lambda d: torch.empty(0, device=d)):
+        expected = torch.index_select(source, 0, index, out=out("cpu"))
+        actual = torch.index_select(source.to("tpu"), 0, index.to("tpu"), out=out("tpu"))
+        assert actual.stride() == expected.stride() and torch.equal(actual.cpu(), expected)
+    check_same_error(lambda d: torch.index_select(source.to(d), 0, index.to(d), out=torch.empty(2, 4, device=d,
+                                                                                                dtype=torch.int64)))
+    check_same_error(lambda d: (lambda s: torch.index_select(s, 0, index.to(d), out=s))(source.to(d)))
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: torch.index_select(torch.ones(3, 2, device=d), 0, torch.tensor([0, 3], device=d)),
+    lambda d: torch.index_select(torch.ones(3, 2, device=d), 0, torch.tensor([-1, 0], device=d)),
+    lambda d: torch.index_select(torch.ones(3, 2, device=d), 2, torch.tensor([0], device=d)),
+    lambda d: torch.index_select(torch.ones(3, 2, device=d), 0, torch.tensor([[0]], device=d)),
+    lambda d: torch.index_select(torch.ones(3, 2, device=d), 0, torch.tensor([0.0], device=d)),
+    lambda d: torch.index_select(torch.ones(3, 2, device=d), 0, torch.tensor([0], dtype=torch.int16, device=d)),
+    lambda d: torch.nn.functional.embedding(torch.tensor([[0, 5]], device=d), torch.ones(5, 2, device=d)),
+], ids=["past the end", "negative", "dim", "2-d index", "float index", "int16 index", "embedding"])
+def test_index_select_errors_are_pytorchs(call):
+    check_same_error(call)
+
+
+@pytest.mark.usefixtures("paused_collector")
+def test_index_select_is_charged_what_its_out_form_charges_and_allocates_its_result():
+    table, index = torch.rand(50, 8, device="tpu"), torch.tensor([3, 7, 3, 49, 0], device="tpu")
+    before = clock.op_totals.get("index_select", torch_tpu._C.clock.OpTotals()).copy()
+    allocated = torch.tpu.memory_allocated()
+    torch.tpu.reset_peak_memory_stats()
+    rows = torch.index_select(table, 0, index)
+    assert torch.tpu.memory_allocated() == torch.tpu.max_memory_allocated() == allocated + rows.nbytes
+    functional = clock.op_totals["index_select"]
+    out_before = clock.op_totals.get("index_select.out", torch_tpu._C.clock.OpTotals()).copy()
+    torch.index_select(table, 0, index, out=torch.empty(5, 8, device="tpu"))
+    out_form = clock.op_totals["index_select.out"]
+    assert functional.count == before.count + 1 and out_form.count == out_before.count + 1
+    assert functional.bytes - before.bytes == out_form.bytes - out_before.bytes > 0
