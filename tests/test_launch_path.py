@@ -592,3 +592,53 @@ def test_index_select_is_charged_what_its_out_form_charges_and_allocates_its_res
     out_form = clock.op_totals["index_select.out"]
     assert functional.count == before.count + 1 and out_form.count == out_before.count + 1
     assert functional.bytes - before.bytes == out_form.bytes - out_before.bytes > 0
+
+
+# --- round five: batch norm reads back the statistics it stored through the views that came with them, and lays
+# its output and input gradient out as CPU does (``empty_like(input, input.suggest_memory_format())``) ------------
+
+BATCH_NORM_INPUTS = {
+    "contiguous": lambda: make(3, 6, 5, 4),
+    "channels-last": lambda: make(3, 6, 5, 4).contiguous(memory_format=torch.channels_last),
+    "channels-last 3-d": lambda: make(2, 3, 2, 4, 5).contiguous(memory_format=torch.channels_last_3d),
+    "bf16": lambda: make(8, 6, 3, dtype=torch.bfloat16),
+    "generic loop": lambda: make(3, 4, 5, 6).permute(0, 3, 2, 1),
+    "channels-last, sliced": lambda: make(3, 6, 8, 4).contiguous(memory_format=torch.channels_last)[:, :, ::2],
+    "bf16, generic loop": lambda: make(8, 3, 6, dtype=torch.bfloat16).transpose(1, 2),
+}
+
+
+@pytest.mark.parametrize("name", BATCH_NORM_INPUTS)
+def test_batch_norm_matches_cpus_statistics_and_layout(name):
+    """The output, saved statistics, running statistics and input gradient have CPU's strides and dtypes, the values
+    CPU's within rounding (its sums run in orders of their own: docs/numerics.md)."""
+    x = BATCH_NORM_INPUTS[name]()
+    channels = x.shape[1]
+    weight, bias = make(channels, dtype=x.dtype), make(channels, dtype=x.dtype)
+    outcomes = []
+    for device in ("cpu", "tpu"):
+        running = torch.zeros(channels, dtype=x.dtype, device=device), torch.ones(channels, dtype=x.dtype, device=device)
+        operands = [t.to(device) for t in (x, weight, bias)]
+        output, save_mean, save_invstd = torch.ops.aten.native_batch_norm(*operands, *running, True, 0.1, 1e-5)
+        grad_input = torch.ops.aten.native_batch_norm_backward(output, operands[0], operands[1], *running, save_mean,
+                                                               save_invstd, True, 1e-5, [True, True, True])[0]
+        outcomes.append(([t.stride() for t in (output, save_mean, save_invstd, grad_input)],
+                         [t.cpu() for t in (save_mean, save_invstd, *running)], output.cpu()))
+    (cpu_strides, cpu_statistics, cpu_output), (tpu_strides, tpu_statistics, tpu_output) = outcomes
+    assert tpu_strides == cpu_strides
+    assert_close(tpu_statistics, cpu_statistics)  # dtypes too
+    assert_close(tpu_output, cpu_output)
+
+
+@pytest.mark.usefixtures("paused_collector")
+def test_batch_norm_allocates_exactly_its_results_and_is_charged_one_launch():
+    x = torch.rand(4, 8, 5, 5, device="tpu").contiguous(memory_format=torch.channels_last)
+    running_mean, running_var = torch.zeros(8, device="tpu"), torch.ones(8, device="tpu")
+    before = clock.op_totals.get("native_batch_norm", torch_tpu._C.clock.OpTotals()).copy()
+    allocated = torch.tpu.memory_allocated()
+    torch.tpu.reset_peak_memory_stats()
+    results = torch.ops.aten.native_batch_norm(x, None, None, running_mean, running_var, True, 0.1, 1e-5)
+    assert torch.tpu.memory_allocated() == torch.tpu.max_memory_allocated() == allocated + (x.numel() + 2 * 8) * 4
+    totals = clock.op_totals["native_batch_norm"]
+    assert totals.count == before.count + 1
+    assert totals.bytes - before.bytes == sum(t.nbytes for t in (x, running_mean, running_var, *results))
