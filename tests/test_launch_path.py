@@ -524,3 +524,121 @@ def test_cat_launch_is_charged_and_allocated_as_one_launch():
     totals = clock.op_totals["cat"]
     assert totals.count == before.count + 1 and totals.bytes == before.bytes + 2 * 80 * 20 * 4
     assert torch.tpu.memory_allocated() == torch.tpu.max_memory_allocated() == allocated + joined.nbytes
+
+
+# --- round five: index_select's functional overload without the out= checks ----------------------------
+
+INDEX_SELECT_CASES = {
+    "rows (embedding)": lambda d: (torch.arange(40.0, device=d).reshape(10, 4), 0, torch.tensor([3, 0, 9, 3], device=d)),
+    "last dim, int32 index": lambda d: (torch.arange(24, device=d).reshape(2, 3, 4), -1,
+                                        torch.tensor([3, 1], dtype=torch.int32, device=d)),
+    "transposed self": lambda d: (torch.arange(12.0, device=d).reshape(3, 4).t(), 1, torch.tensor([2, 2], device=d)),
+    "bf16": lambda d: (torch.randn(5, 3, generator=torch.Generator().manual_seed(0)).to(d, torch.bfloat16), 0,
+                       torch.tensor([4, 1], device=d)),
+    "bool": lambda d: (torch.tensor([[True, False], [False, True]], device=d), 1, torch.tensor([1, 0, 1], device=d)),
+    "conjugated complex": lambda d: (torch.tensor([1 + 2j, 3 - 1j], device=d).conj(), 0, torch.tensor([1, 0], device=d)),
+    "complex32": lambda d: (torch.tensor([1 + 2j, 3 - 1j], dtype=torch.complex32, device=d), 0,
+                            torch.tensor([1], device=d)),
+    "0-d self": lambda d: (torch.tensor(2.5, device=d), 0, torch.tensor([0], device=d)),
+    "0-d index": lambda d: (torch.arange(6.0, device=d).reshape(2, 3), 1, torch.tensor(2, device=d)),
+    "empty index": lambda d: (torch.arange(6.0, device=d).reshape(2, 3), 0, torch.tensor([], dtype=torch.long, device=d)),
+}
+
+
+@pytest.mark.parametrize("name", INDEX_SELECT_CASES)
+def test_index_select_launched_directly_matches_cpu(name):
+    expected = torch.index_select(*INDEX_SELECT_CASES[name]("cpu"))
+    actual = torch.index_select(*INDEX_SELECT_CASES[name]("tpu"))
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape and actual.stride() == expected.stride()
+    widened = torch.complex64 if expected.dtype == torch.complex32 else expected.dtype  # CPU cannot compare complex32
+    assert torch.equal(actual.cpu().to(widened), expected.to(widened))
+
+
+def test_index_select_out_form_keeps_its_checks():
+    source, index = torch.arange(12.0).reshape(3, 4), torch.tensor([2, 0])
+    for out in (lambda d: torch.empty(4, 2, device=d).t(), lambda d: torch.empty(0, device=d)):
+        expected = torch.index_select(source, 0, index, out=out("cpu"))
+        actual = torch.index_select(source.to("tpu"), 0, index.to("tpu"), out=out("tpu"))
+        assert actual.stride() == expected.stride() and torch.equal(actual.cpu(), expected)
+    check_same_error(lambda d: torch.index_select(source.to(d), 0, index.to(d), out=torch.empty(2, 4, device=d,
+                                                                                                dtype=torch.int64)))
+    check_same_error(lambda d: (lambda s: torch.index_select(s, 0, index.to(d), out=s))(source.to(d)))
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: torch.index_select(torch.ones(3, 2, device=d), 0, torch.tensor([0, 3], device=d)),
+    lambda d: torch.index_select(torch.ones(3, 2, device=d), 0, torch.tensor([-1, 0], device=d)),
+    lambda d: torch.index_select(torch.ones(3, 2, device=d), 2, torch.tensor([0], device=d)),
+    lambda d: torch.index_select(torch.ones(3, 2, device=d), 0, torch.tensor([[0]], device=d)),
+    lambda d: torch.index_select(torch.ones(3, 2, device=d), 0, torch.tensor([0.0], device=d)),
+    lambda d: torch.index_select(torch.ones(3, 2, device=d), 0, torch.tensor([0], dtype=torch.int16, device=d)),
+    lambda d: torch.nn.functional.embedding(torch.tensor([[0, 5]], device=d), torch.ones(5, 2, device=d)),
+], ids=["past the end", "negative", "dim", "2-d index", "float index", "int16 index", "embedding"])
+def test_index_select_errors_are_pytorchs(call):
+    check_same_error(call)
+
+
+@pytest.mark.usefixtures("paused_collector")
+def test_index_select_is_charged_what_its_out_form_charges_and_allocates_its_result():
+    table, index = torch.rand(50, 8, device="tpu"), torch.tensor([3, 7, 3, 49, 0], device="tpu")
+    before = clock.op_totals.get("index_select", torch_tpu._C.clock.OpTotals()).copy()
+    allocated = torch.tpu.memory_allocated()
+    torch.tpu.reset_peak_memory_stats()
+    rows = torch.index_select(table, 0, index)
+    assert torch.tpu.memory_allocated() == torch.tpu.max_memory_allocated() == allocated + rows.nbytes
+    functional = clock.op_totals["index_select"]
+    out_before = clock.op_totals.get("index_select.out", torch_tpu._C.clock.OpTotals()).copy()
+    torch.index_select(table, 0, index, out=torch.empty(5, 8, device="tpu"))
+    out_form = clock.op_totals["index_select.out"]
+    assert functional.count == before.count + 1 and out_form.count == out_before.count + 1
+    assert functional.bytes - before.bytes == out_form.bytes - out_before.bytes > 0
+
+
+# --- round five: batch norm reads back the statistics it stored through the views that came with them, and lays
+# its output and input gradient out as CPU does (``empty_like(input, input.suggest_memory_format())``) ------------
+
+BATCH_NORM_INPUTS = {
+    "contiguous": lambda: make(3, 6, 5, 4),
+    "channels-last": lambda: make(3, 6, 5, 4).contiguous(memory_format=torch.channels_last),
+    "channels-last 3-d": lambda: make(2, 3, 2, 4, 5).contiguous(memory_format=torch.channels_last_3d),
+    "bf16": lambda: make(8, 6, 3, dtype=torch.bfloat16),
+    "generic loop": lambda: make(3, 4, 5, 6).permute(0, 3, 2, 1),
+    "channels-last, sliced": lambda: make(3, 6, 8, 4).contiguous(memory_format=torch.channels_last)[:, :, ::2],
+    "bf16, generic loop": lambda: make(8, 3, 6, dtype=torch.bfloat16).transpose(1, 2),
+}
+
+
+@pytest.mark.parametrize("name", BATCH_NORM_INPUTS)
+def test_batch_norm_matches_cpus_statistics_and_layout(name):
+    """The output, saved statistics, running statistics and input gradient have CPU's strides and dtypes, the values
+    CPU's within rounding (its sums run in orders of their own: docs/numerics.md)."""
+    x = BATCH_NORM_INPUTS[name]()
+    channels = x.shape[1]
+    weight, bias = make(channels, dtype=x.dtype), make(channels, dtype=x.dtype)
+    outcomes = []
+    for device in ("cpu", "tpu"):
+        running = torch.zeros(channels, dtype=x.dtype, device=device), torch.ones(channels, dtype=x.dtype, device=device)
+        operands = [t.to(device) for t in (x, weight, bias)]
+        output, save_mean, save_invstd = torch.ops.aten.native_batch_norm(*operands, *running, True, 0.1, 1e-5)
+        grad_input = torch.ops.aten.native_batch_norm_backward(output, operands[0], operands[1], *running, save_mean,
+                                                               save_invstd, True, 1e-5, [True, True, True])[0]
+        outcomes.append(([t.stride() for t in (output, save_mean, save_invstd, grad_input)],
+                         [t.cpu() for t in (save_mean, save_invstd, *running)], output.cpu()))
+    (cpu_strides, cpu_statistics, cpu_output), (tpu_strides, tpu_statistics, tpu_output) = outcomes
+    assert tpu_strides == cpu_strides
+    assert_close(tpu_statistics, cpu_statistics)  # dtypes too
+    assert_close(tpu_output, cpu_output)
+
+
+@pytest.mark.usefixtures("paused_collector")
+def test_batch_norm_allocates_exactly_its_results_and_is_charged_one_launch():
+    x = torch.rand(4, 8, 5, 5, device="tpu").contiguous(memory_format=torch.channels_last)
+    running_mean, running_var = torch.zeros(8, device="tpu"), torch.ones(8, device="tpu")
+    before = clock.op_totals.get("native_batch_norm", torch_tpu._C.clock.OpTotals()).copy()
+    allocated = torch.tpu.memory_allocated()
+    torch.tpu.reset_peak_memory_stats()
+    results = torch.ops.aten.native_batch_norm(x, None, None, running_mean, running_var, True, 0.1, 1e-5)
+    assert torch.tpu.memory_allocated() == torch.tpu.max_memory_allocated() == allocated + (x.numel() + 2 * 8) * 4
+    totals = clock.op_totals["native_batch_norm"]
+    assert totals.count == before.count + 1
+    assert totals.bytes - before.bytes == sum(t.nbytes for t in (x, running_mean, running_var, *results))

@@ -3,6 +3,7 @@ against the same modules on CPU, forward and every gradient; the cases they leav
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -263,3 +264,25 @@ def test_autocast_casts_packed_sequences_and_leaves_float64_alone():
     double = module.double()
     with torch.autocast("tpu", dtype=torch.bfloat16):
         assert double(torch.randn(2, 1, 3, device="tpu", dtype=torch.float64))[0].dtype == torch.float64
+
+
+@pytest.mark.usefixtures("paused_collector")
+@pytest.mark.parametrize("module, tape_floats_per_step", [
+    (lambda: nn.LSTM(8, 16, 1), 7 * 16),  # cy, gates [i, f, g, o], and the h and c each step started from
+    (lambda: nn.LSTM(8, 16, 1, proj_size=6), 3 * 16 + 4 * 16 + 6),  # + the projection's input; h is 6 wide
+    (lambda: nn.GRU(8, 16, 1), 6 * 16),  # h, [r, z, n, hx, hn]
+    (lambda: nn.RNN(8, 16, 1), 2 * 16),  # h and the output the derivative reads
+])
+def test_the_tape_is_bare_hbm_held_by_the_graph(module, tape_floats_per_step):
+    """The tape is HBM buffers without tensors around them, in the bytes its arrays take, released with the graph."""
+    torch.manual_seed(0)
+    module = module().to("tpu")
+    x = torch.randn(10, 4, 8).to("tpu")
+    start = torch.tpu.memory_allocated()
+    output, final = module(x)
+    layer = output.grad_fn  # one layer, sequence-first: the output is the layer's own
+    assert all(type(array) is np.ndarray for array in layer.tape.values())
+    assert sorted(a.nbytes for a in layer.tape.values()) == sorted(b.nbytes for b in layer.tape_buffers)
+    assert sum(b.nbytes for b in layer.tape_buffers) == 10 * 4 * tape_floats_per_step * 4
+    del layer, output, final
+    assert torch.tpu.memory_allocated() == start

@@ -11,7 +11,8 @@ import warnings
 
 import numpy as np
 import torch
-from torch._prims_common import compute_elementwise_output_strides, make_channels_last_strides_for
+from torch._prims_common import (are_strides_like_channels_last_or_false, compute_elementwise_output_strides,
+                                 make_channels_last_strides_for)
 
 from .. import _C, _tensor
 from .._errors import (broadcast_mismatch, cannot_cast, device_mismatch, dim_out_of_range, resized_output_warning,
@@ -229,12 +230,27 @@ def store(array, dtype=None, *, out=None, inputs=(), distinct=(), dtype_rule=cas
     None), or, for an ``out=`` variant, ``out`` once ``prepare_out`` has checked it against a result
     of that dtype. The values are converted to the tensor's dtype as a CPU store converts them."""
     dtype = dtype or _tensor.TORCH_DTYPE[np.asarray(array).dtype]
-    if out is None:  # the new tensor's view comes with it: no second view of the same bytes
+    if out is None:  # stored_with_view, inlined: this runs for most kernels' results
         tensor, view = empty_with_array(np.shape(array), dtype)
         _C.dtypes.cast_into(view, array, _tensor.DTYPE_NAME[dtype])
         return tensor
     prepare_out(out, np.shape(array), dtype, inputs, distinct, dtype_rule, may_alias)
     return write(out, array)
+
+
+def stored_with_view(array, dtype):
+    """``array`` converted into a new contiguous tpu tensor of ``dtype``, and that tensor's NumPy view, which
+    comes with it: for kernels that read back what they stored, without a second view of the same bytes."""
+    tensor, view = empty_with_array(np.shape(array), dtype)
+    _C.dtypes.cast_into(view, array, _tensor.DTYPE_NAME[dtype])
+    return tensor, view
+
+
+@functools.lru_cache(maxsize=1024)
+def suggests_channels_last(shape, strides):
+    """Whether PyTorch's ``suggest_memory_format`` of a strided tensor, which reads its sizes and strides only,
+    is channels-last: asked once per layout (its Python rule costs more than a small kernel's geometry)."""
+    return are_strides_like_channels_last_or_false(shape, strides)
 
 
 def store_in_memory_format(array, dtype, memory_format):

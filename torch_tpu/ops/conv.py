@@ -21,10 +21,10 @@ import threading
 
 import numpy as np
 import torch
-from torch._prims_common import are_strides_like_channels_last_or_false
 
 from .. import _C
-from ._common import channel_sums, empty, operand, opmath_dtype, padded, store, store_in_memory_format, write
+from ._common import (channel_sums, empty, operand, opmath_dtype, padded, store, store_in_memory_format,
+                      suggests_channels_last, write)
 from ._registry import register
 from .cpu_kernel_dtypes import convolution_dtypes, cpu_dtypes
 from .._errors import raise_cpu_error
@@ -251,17 +251,10 @@ def _channels_last(input, weight):
     """Whether CPU lays a convolution's output, grad_input and grad_weight out channels-last: when the
     input or the weight suggests that memory format (mkldnn_conv_use_channels_last and its
     thnn twin). 3-d convolutions keep it only on oneDNN; CPU's own slow_conv3d writes contiguously."""
-    if input.dim() not in (4, 5) or not (_suggests_channels_last(input.shape, input.stride())
-                                         or _suggests_channels_last(weight.shape, weight.stride())):
+    if input.dim() not in (4, 5) or not (suggests_channels_last(input.shape, input.stride())
+                                         or suggests_channels_last(weight.shape, weight.stride())):
         return False
     return input.dim() == 4 or _host_onednn(input.dtype)
-
-
-@functools.lru_cache(maxsize=1024)
-def _suggests_channels_last(shape, strides):
-    """Whether PyTorch's ``suggest_memory_format`` of a strided tensor, which reads its sizes and strides only,
-    is channels-last: asked once per layout (its Python rule costs more than a small convolution's geometry)."""
-    return are_strides_like_channels_last_or_false(shape, strides)
 
 
 def _store_laid_out(array, dtype, channels_last, like=None):

@@ -15,8 +15,8 @@ from torch._prims_common import alert_not_deterministic
 
 from .. import _C
 from .._errors import cpp_type_name, indices_on_another_device, not_implemented_for, scalar_type_name
-from ._common import (as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, exact_dtype, operand,
-                      opmath_operand, prepare_out, store, wrap_dim, write)
+from ._common import (as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, empty_with_array,
+                      exact_dtype, operand, opmath_operand, prepare_out, store, wrap_dim, write)
 from ._overlap import check_no_internal_overlap, check_no_overlap, check_no_partial_overlap, warn_if_expanded
 from ._registry import register
 from .copy import cpu_tensor_as_numpy
@@ -50,10 +50,11 @@ def checked_indices(indices, size, *, wrap, error, dim=0):
     if indices.size == 0:
         return indices.astype(np.int64, copy=False)
     low = -size if wrap else 0
-    out_of_range = (indices < low) | (indices >= size)
-    if out_of_range.any():
+    smallest = indices.min()  # in range when its extremes are: two reductions, not two comparisons and a third pass
+    if smallest < low or indices.max() >= size:
+        out_of_range = (indices < low) | (indices >= size)  # only to name the first one, as CPU does
         raise error(int(indices[out_of_range].flat[0]), dim, size)
-    if wrap and (indices < 0).any():
+    if wrap and smallest < 0:
         return np.where(indices < 0, indices + size, indices)
     return indices.astype(np.int64, copy=False)
 
@@ -402,8 +403,13 @@ def _index_vector(index, op_name):
 
 @register("index_select")
 def index_select(self, dim, index):
-    out = empty(_index_select_shape(self, dim, index), self.dtype)
-    return index_select_out(self, dim, index, out=out)
+    """Into a new contiguous tensor: the out= kernel's checks of ``out`` are the ones a new tensor always passes
+    (embedding's forward, once a step)."""
+    dim = wrap_dim(dim, self.dim())
+    positions = _index_vector(index, "index_select")
+    source, positions = _index_select_operands(self, dim, positions)
+    out, view = empty_with_array(_index_select_shape(self, dim, index), self.dtype)
+    return _take_into(out, view, source, positions, dim)
 
 
 def _index_select_shape(self, dim, index):
@@ -424,15 +430,28 @@ def index_select_out(self, dim, index, *, out):
     positions = _index_vector(index, "index_select")
     prepare_out(out, _index_select_shape(self, dim, index), self.dtype, distinct=(self, index),
                 dtype_rule=_index_select_dtype)
+    source, positions = _index_select_operands(self, dim, positions)
+    return _take_into(out, as_numpy(out) if out.is_contiguous() else None, source, positions, dim)
+
+
+_INDEX_SELECT_RANGE_ERROR = _fixed_error(IndexError, "index out of range in self")
+
+
+def _index_select_operands(self, dim, positions):
+    """``self`` as NumPy (at least 1-d) and ``positions`` checked against its size along ``dim``."""
     source = _at_least_1d(operand(self, "index_select"))
-    positions = checked_indices(positions, source.shape[dim], wrap=False,
-                                error=_fixed_error(IndexError, "index out of range in self"))
-    shape = out.shape
-    taken_shape = source.shape[:dim] + (positions.size,) + source.shape[dim + 1:]
-    if out.is_contiguous() and as_numpy(out).dtype == source.dtype:  # not complex32, read as complex64
-        np.take(source, positions, axis=dim, out=as_numpy(out).reshape(taken_shape))
+    return source, checked_indices(positions, source.shape[dim], wrap=False, error=_INDEX_SELECT_RANGE_ERROR)
+
+
+def _take_into(out, view, source, positions, dim):
+    """index_select's maths: ``source``'s ``positions`` along ``dim`` into ``out``, straight into ``view`` (its
+    NumPy view, None when it is not contiguous) when that holds ``source``'s dtype (not complex32's, read as
+    complex64)."""
+    if view is not None and view.dtype == source.dtype:
+        taken_shape = source.shape[:dim] + (positions.size,) + source.shape[dim + 1:]
+        np.take(source, positions, axis=dim, out=view.reshape(taken_shape))
         return out
-    return write(out, np.take(source, positions, axis=dim).reshape(shape))
+    return write(out, np.take(source, positions, axis=dim).reshape(out.shape))
 
 
 def _prepared_index_op(self, dim, index, out, op_name, error, source=None):

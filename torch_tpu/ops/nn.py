@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import torch
+from torch._prims_common import make_channels_last_strides_for
 
 from .. import _C
 from .._cost import charged
@@ -19,7 +20,7 @@ from . import _registry
 from .._errors import not_implemented_for, raise_cpu_error
 from .._tensor import is_tpu, numpy_dtype
 from ._common import (as_numpy, castable, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand,
-                      prepare_out, store, wrap_dim, write)
+                      prepare_out, store, stored_with_view, suggests_channels_last, wrap_dim, write)
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .cpu_replay.cascade_sum import cascade_sum
 
@@ -455,6 +456,14 @@ def vectorised_layout(input):
     return channels_last is not None and input.is_contiguous(memory_format=channels_last)
 
 
+def batch_norm_strides(input):
+    """The strides of batch norm's output and input gradient, which CPU makes ``empty_like(input,
+    input.suggest_memory_format())``: channels-last for an input laid out so, else contiguous (None)."""
+    if input.dim() in (4, 5) and not input.is_contiguous() and suggests_channels_last(input.shape, input.stride()):
+        return make_channels_last_strides_for(input.shape)
+    return None
+
+
 def batch_statistics(x, stats_dtype, vectorised):
     """Per channel, the saved mean (a tensor in ``stats_dtype``), the mean and the sum of squared
     deviations as CPU's later steps read them, the count, and the biased variance. Sums run in acc_type (double for float32).
@@ -466,16 +475,16 @@ def batch_statistics(x, stats_dtype, vectorised):
     accumulator = np.float64 if x.dtype == np.float32 else x.dtype
     count = x.size // max(x.shape[1], 1)
     mean = (channel_sums(x, accumulator) / count).astype(x.dtype)
-    save_mean = store(mean.ravel(), stats_dtype)
-    deviation_from = mean if vectorised else per_channel(opmath_operand(save_mean), x.ndim)
+    save_mean, stored_mean = stored_with_view(mean.ravel(), stats_dtype)
+    if not vectorised:  # the stored mean read back in opmath, as opmath_operand(save_mean) would give it
+        stored_mean = stored_mean.astype(opmath_dtype(stats_dtype), copy=False)
+    deviation_from = mean if vectorised else per_channel(stored_mean, x.ndim)
     # squared in acc_type straight from the opmath deviations (the cast is exact): one pass, not a copy and a pass
     squares = channel_sums(np.square(x - deviation_from, dtype=accumulator), accumulator).ravel()
     if vectorised:
-        mean, squares = as_numpy(save_mean), converted(squares, stats_dtype)
-    else:
-        mean = opmath_operand(save_mean)
+        squares = converted(squares, stats_dtype)
     biased_var = (squares / np.asarray(count, squares.dtype)).astype(accumulator)
-    return save_mean, mean, squares, count, biased_var
+    return save_mean, stored_mean, squares, count, biased_var
 
 
 def generic_arithmetic(input, stats_dtype):
@@ -489,11 +498,12 @@ def transformed(input, x, weight, bias, mean, invstd, compute, vectorised):
     ``x * alpha + beta`` in opmath, with alpha = invstd * weight and beta = bias - mean * alpha, written
     straight into the output; the generic loop computes ``((x - mean) * invstd) * weight + bias`` in ``compute``."""
     ndim = input.dim()
+    out = empty(input.shape, input.dtype, batch_norm_strides(input))
     if not vectorised:
         x = operand(input).astype(compute, copy=False)
         centered = (x - per_channel(mean.astype(compute), ndim)) * per_channel(invstd.astype(compute), ndim)
         weight, bias = (None if p is None else operand(p).astype(compute, copy=False) for p in (weight, bias))
-        return store(shifted(scaled(centered, per_channel(weight, ndim)), per_channel(bias, ndim)), input.dtype)
+        return write(out, shifted(scaled(centered, per_channel(weight, ndim)), per_channel(bias, ndim)))
     alpha = scaled(per_channel(invstd.astype(np.float32), ndim), per_channel(optional_operand(weight), ndim))
     beta = shifted(-per_channel(mean.astype(alpha.dtype), ndim) * alpha, per_channel(optional_operand(bias), ndim))
 
@@ -501,7 +511,7 @@ def transformed(input, x, weight, bias, mean, invstd, compute, vectorised):
         np.multiply(x, alpha, out=destination)
         destination += beta
 
-    return compute_into(empty(input.shape, input.dtype), x.dtype, affine)
+    return compute_into(out, x.dtype, affine)
 
 
 def evaluation_invstd(running_var, eps, compute, vectorised):
@@ -525,10 +535,9 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
     if training:
         save_mean, mean, squares, count, var = batch_statistics(x, stats_dtype, vectorised)
         update_running_stats(running_mean, running_var, mean, squares, count, momentum, vectorised)
-        save_invstd = store(inverse_std(var, eps), stats_dtype)
         # the stored mean as batch_statistics read it back (in opmath for the generic loop, whose own
         # dtype holds it exactly), and the stored inverse std
-        invstd = as_numpy(save_invstd)
+        save_invstd, invstd = stored_with_view(inverse_std(var, eps), stats_dtype)
     else:
         if running_mean is None or running_var is None:
             raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
@@ -598,7 +607,8 @@ def native_batch_norm_backward(
 
     params_dtype = input.dtype if weight is None else weight.dtype
     return (
-        compute_into(empty(input.shape, input.dtype), np.result_type(dy, scale), input_gradient)
+        compute_into(empty(input.shape, input.dtype, batch_norm_strides(input)), np.result_type(dy, scale),
+                     input_gradient)
         if output_mask[0] else None,
         output_if(output_mask[1], (dot * invstd).reshape(-1), params_dtype),
         output_if(output_mask[2], sum_dy.reshape(-1), params_dtype),

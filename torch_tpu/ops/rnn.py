@@ -18,12 +18,14 @@ LSTM keeps its four activated gates [i, f, g, o]; GRU keeps [r, z, n, hx, hn] wi
 gate incl. its bias.
 """
 
+import math
+
 import numpy as np
 import torch
 
 from .. import _C, _abstract
 from .._cost import float32_passes
-from .._tensor import DTYPE_NAME, numpy_dtype
+from .._tensor import DTYPE_NAME, allocate, numpy_dtype
 from ._common import empty, opmath_operand, store
 from ._registry import register_autograd
 from .linalg import mxu_matmul, mxu_multiplier
@@ -214,14 +216,14 @@ class LSTM:
     gates = 4
 
     @staticmethod
-    def forward(x, state, weights, steps):
+    def forward(x, state, weights, steps, tape_array):
         x_gates = weights.input_gates(x, hidden_bias_too=True)
         (h, c), recurrent = state, weights.recurrent(x.dtype)
         length, batch = x.shape[:2]
-        tape = {"cy": np.empty((length, batch, c.shape[-1]), c.dtype),
-                "workspace": np.empty(x_gates.shape, x_gates.dtype)}
+        tape = {"cy": tape_array((length, batch, c.shape[-1]), c.dtype),
+                "workspace": tape_array(x_gates.shape, x_gates.dtype)}
         if weights.w_hr is not None:
-            tape["full"] = np.empty(tape["cy"].shape, c.dtype)
+            tape["full"] = tape_array(tape["cy"].shape, c.dtype)
         output = np.empty((length, batch, h.shape[-1]), h.dtype)
         # the cell writes its output straight into the sequence's output (or the projection's input), its
         # state and gates into the tape
@@ -234,7 +236,7 @@ class LSTM:
             if weights.w_hr is not None:
                 h = output[t] = mxu_matmul(h, weights.w_hr.T)
         # each step's incoming states are the previous step's outputs: gathered once, not copied every step
-        tape["h"], tape["c"] = (previous_states(initial, outputs, steps)
+        tape["h"], tape["c"] = (previous_states(initial, outputs, steps, tape_array)
                                 for initial, outputs in ((state[0], output), (state[1], tape["cy"])))
         return output, (h, c), tape
 
@@ -259,10 +261,10 @@ class LSTM:
         return grad_gates, grad_gates, (grad_h, grad_c), grad_w_hr
 
 
-def previous_states(initial, outputs, steps):
-    """(T, B, F): the state each step of ``steps`` started from: ``initial`` for the first, the step before's
-    output for the others."""
-    states = np.empty(outputs.shape, outputs.dtype)
+def previous_states(initial, outputs, steps, tape_array):
+    """(T, B, F), in a new ``tape_array``: the state each step of ``steps`` started from: ``initial`` for the
+    first, the step before's output for the others."""
+    states = tape_array(outputs.shape, outputs.dtype)
     if not steps:
         return states
     states[steps[0]] = initial
@@ -278,11 +280,11 @@ class GRU:
     gates = 3
 
     @staticmethod
-    def forward(x, state, weights, steps):
+    def forward(x, state, weights, steps, tape_array):
         x_gates = weights.input_gates(x, hidden_bias_too=False)
         (h,), recurrent = state, weights.recurrent(x.dtype)
-        tape = {"h": np.empty(x.shape[:2] + h.shape[-1:], h.dtype),
-                "workspace": np.empty(x.shape[:2] + (5 * h.shape[-1],), h.dtype)}
+        tape = {"h": tape_array(x.shape[:2] + h.shape[-1:], h.dtype),
+                "workspace": tape_array(x.shape[:2] + (5 * h.shape[-1],), h.dtype)}
         output = np.empty(tape["h"].shape, h.dtype)
         for t in steps:
             tape["h"][t] = h
@@ -314,15 +316,14 @@ class Elman:
     def __init__(self, name, activation, derivative):
         self.name, self.activation, self.derivative = name, activation, derivative
 
-    def forward(self, x, state, weights, steps):
+    def forward(self, x, state, weights, steps, tape_array):
         x_gates = weights.input_gates(x, hidden_bias_too=True)
         (h,), recurrent = state, weights.recurrent(x.dtype)
-        tape = {"h": np.empty(x.shape[:2] + h.shape[-1:], h.dtype)}
-        output = np.empty(tape["h"].shape, h.dtype)
+        tape = {"h": tape_array(x.shape[:2] + h.shape[-1:], h.dtype)}
+        tape["output"] = output = tape_array(tape["h"].shape, h.dtype)  # the derivative's operand, and the result's
         for t in steps:
             tape["h"][t] = h
             output[t] = h = self.activation(x_gates[t] + recurrent(h))
-        tape["output"] = output
         return output, (h,), tape
 
     def backward(self, grad_output, grad_state, tape, weights, steps):
@@ -380,6 +381,20 @@ class Values:
     def __init__(self, batch):
         self.batch = batch
         self.abstract = _abstract.MODE.depth > 0
+        self.tape_buffers = []
+
+    def tape_array(self, shape, dtype):
+        """A (T, B, F) array in an HBM buffer of its own, kept in ``tape_buffers``: the tape stays in HBM between
+        forward and backward, as it would on the chip, in the bytes a tensor would take, but with no tensor (nor
+        its copy and view) around it. In abstract mode a stand-in, with the real batch's bytes allocated."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        if self.abstract:
+            nbytes = math.prod((*shape[:SEQUENCE], self.batch, *shape[SEQUENCE + 1:])) * dtype.itemsize
+        buffer = allocate(nbytes)
+        self.tape_buffers.append(buffer)
+        if self.abstract or not buffer.nbytes:
+            return np.empty(shape, dtype)
+        return np.ndarray(shape, dtype, buffer.array, 0)
 
     def array(self, tensor, batch_axis=None):
         if tensor is None or not self.abstract:
@@ -435,15 +450,14 @@ class RecurrentLayer(torch.autograd.Function):
         weights = Weights(*(values.array(p) for p in parameters))
         steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
         output, final, tape = cell.forward(values.array(x, SEQUENCE), tuple(values.array(s, BATCH) for s in states),
-                                           weights, steps)
+                                           weights, steps, values.tape_array)
         results = (values.tensor(output, x.dtype, SEQUENCE), *(values.tensor(s, x.dtype, BATCH) for s in final))
         ctx.cell, ctx.reverse, ctx.steps, ctx.has_bias = cell, reverse, steps, parameters[2] is not None
-        # the tape stays in HBM between forward and backward, as it would on the chip
-        ctx.tape = {key: values.tensor(value, x.dtype, SEQUENCE) for key, value in tape.items()}
+        ctx.tape, ctx.tape_buffers = tape, values.tape_buffers  # the buffers live as long as the arrays are read
         ctx.save_for_backward(x, *tensors)  # the initial states too: a second derivative recomputes the layer
         charge_layer(f"{cell.name}_layer", layer_flops(cell, x.shape, weights.w_hh.shape[0] // cell.gates,
                                                        weights.w_hh.shape[1], weights.w_hr is not None, False),
-                     x.dtype, (x, *states, *parameters), (*results, *ctx.tape.values()))
+                     x.dtype, (x, *states, *parameters), (*results, *ctx.tape_buffers))
         return results
 
     @staticmethod
@@ -454,7 +468,7 @@ class RecurrentLayer(torch.autograd.Function):
         parameters = tensors[-5:]
         values = Values(x.shape[1])
         weights = Weights(*(values.array(p) for p in parameters))
-        tape = {key: values.array(value, SEQUENCE) for key, value in ctx.tape.items()}
+        tape = ctx.tape
         # autograd passes None for an output that got no gradient; the output is shaped like the tape's h
         gradient = np.zeros_like(tape["h"]) if grad_output is None else values.array(grad_output, SEQUENCE)
         states = [np.zeros_like(s) if g is None else values.array(g, BATCH)
@@ -473,7 +487,7 @@ class RecurrentLayer(torch.autograd.Function):
         charge_layer(f"{ctx.cell.name}_layer_backward",
                      layer_flops(ctx.cell, x.shape, weights.w_hh.shape[0] // ctx.cell.gates,
                                  weights.w_hh.shape[1], weights.w_hr is not None, True),
-                     dtype, (x, grad_output, *grad_states, *parameters, *ctx.tape.values()), results)
+                     dtype, (x, grad_output, *grad_states, *parameters, *ctx.tape_buffers), results)
         return (None, None, *results)
 
 
