@@ -499,12 +499,14 @@ EX_FACTORIZATIONS = {  # op: the dtypes of its outputs before info, its last one
 @pytest.mark.parametrize("factorization", list(EX_FACTORIZATIONS), ids=lambda op: op.__name__)
 def test_ex_factorizations_of_empty_batches_report_success_in_info(factorization, shape):
     """An empty batch factors without error: info is zeroed, whatever its out= tensor held before."""
-    def info_after(device):
+    def outputs_after(device):
         outputs = [torch.empty(0, dtype=dtype, device=device) for dtype in EX_FACTORIZATIONS[factorization]]
         info = torch.full(shape[:-2], 7, dtype=torch.int32, device=device)
-        return factorization(torch.empty(shape, device=device), out=(*outputs, info))[-1]
+        return factorization(torch.empty(shape, device=device), out=(*outputs, info))
 
-    torch.testing.assert_close(info_after("tpu").cpu(), info_after("cpu"))
+    on_tpu, on_cpu = outputs_after("tpu"), outputs_after("cpu")
+    torch.testing.assert_close(on_tpu[-1].cpu(), on_cpu[-1])
+    assert [t.shape for t in on_tpu] == [t.shape for t in on_cpu]  # out= factors take the batch's shape
     assert torch.linalg.cholesky(torch.empty(shape, device="tpu")).shape == shape
 
 

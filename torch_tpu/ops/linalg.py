@@ -352,6 +352,13 @@ def _potrf(matrix, upper):
     return factor, np.int32(info)
 
 
+def _store_empty_batch(a, result, info):
+    """An empty batch (or 0x0 matrices) factors or inverts without error: ``result`` takes the batch's shape
+    (an out= tensor is resized) and ``info`` is zeroed, not left with its allocation's bytes."""
+    store(a, out=result, dtype_rule=exact_dtype)
+    store(np.zeros(a.shape[:-2], np.int32), out=info, dtype_rule=exact_dtype)
+
+
 @register("linalg_cholesky_ex.L")
 def linalg_cholesky_ex(self, *, upper=False, check_errors=False, L, info):
     a = _lapack_operand(torch.ops.aten.linalg_cholesky_ex.default, self, self, upper=upper)
@@ -359,8 +366,8 @@ def linalg_cholesky_ex(self, *, upper=False, check_errors=False, L, info):
         factor, codes = _each_matrix(lambda m: _potrf(m, upper), a)
         store(factor, out=L, dtype_rule=exact_dtype)
         store(codes, out=info, dtype_rule=exact_dtype)
-    else:  # a batch of 0x0 matrices factors without error: info must not keep the allocation's bytes
-        store(np.zeros(a.shape[:-2], np.int32), out=info, dtype_rule=exact_dtype)
+    else:
+        _store_empty_batch(a, L, info)
     if check_errors:
         linalg_check_errors(info, "linalg.cholesky_ex", is_matrix=self.dim() == 2)
     return L, info
@@ -455,7 +462,7 @@ def linalg_inv_ex(A, *, check_errors=False, inverse, info):
         store(inverted, out=inverse, dtype_rule=exact_dtype)
         store(codes, out=info, dtype_rule=exact_dtype)
     else:
-        store(np.zeros(a.shape[:-2], np.int32), out=info, dtype_rule=exact_dtype)
+        _store_empty_batch(a, inverse, info)
     if check_errors:
         linalg_check_errors(info, "linalg.inv_ex", is_matrix=A.dim() == 2)
     return inverse, info
