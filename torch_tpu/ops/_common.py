@@ -237,9 +237,14 @@ def store(array, dtype=None, *, out=None, inputs=(), distinct=(), dtype_rule=cas
     return write(out, array)
 
 
-def store_in_memory_format(array, dtype, memory_format):
+def store_in_memory_format(array, dtype, memory_format, *, out=None, **out_checks):
     """``store`` into a new tensor laid out in ``memory_format`` (channels-last for kernels that allocate
-    with ``at::empty(..., input.suggest_memory_format())``, as upsampling and convolution do)."""
+    with ``at::empty(..., input.suggest_memory_format())``, as upsampling and convolution do). An ``out=``
+    tensor, checked as ``store`` checks it, is restrided to ``memory_format`` whatever its own strides: CPU's
+    unstructured kernels (3-d max pooling) take it with ``out.resize_(sizes, memory_format)``."""
+    if out is not None:
+        prepare_out(out, np.shape(array), dtype, **out_checks)
+        return write(out.resize_(np.shape(array), memory_format=memory_format), array)
     if memory_format is torch.contiguous_format:
         return store(array, dtype)
     return write(empty(np.shape(array), dtype, make_channels_last_strides_for(np.shape(array))), array)
