@@ -11,7 +11,8 @@ import warnings
 
 import numpy as np
 import torch
-from torch._prims_common import compute_elementwise_output_strides, make_channels_last_strides_for
+from torch._prims_common import (are_strides_like_channels_last_or_false, compute_elementwise_output_strides,
+                                 make_channels_last_strides_for)
 
 from .. import _C, _tensor
 from .._errors import (broadcast_mismatch, cannot_cast, device_mismatch, dim_out_of_range, resized_output_warning,
@@ -235,6 +236,19 @@ def store(array, dtype=None, *, out=None, inputs=(), distinct=(), dtype_rule=cas
         return tensor
     prepare_out(out, np.shape(array), dtype, inputs, distinct, dtype_rule, may_alias)
     return write(out, array)
+
+
+def suggested_memory_format(tensor):
+    """PyTorch's ``suggest_memory_format`` of a strided tensor (channels-last for 4-d and 5-d tensors with such
+    strides), asked once per (sizes, strides): its Python rule costs more than a small pooling kernel."""
+    return _suggested_memory_format(tuple(tensor.shape), tensor.stride())
+
+
+@functools.lru_cache(maxsize=1024)
+def _suggested_memory_format(shape, strides):
+    if not are_strides_like_channels_last_or_false(shape, strides):
+        return torch.contiguous_format
+    return torch.channels_last if len(shape) == 4 else torch.channels_last_3d
 
 
 def store_in_memory_format(array, dtype, memory_format, *, out=None, **out_checks):

@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import torch
-from torch._prims_common import suggest_memory_format
 
 from .. import _C
 from .._cost import charged
@@ -20,7 +19,8 @@ from . import _registry
 from .._errors import not_implemented_for, raise_cpu_error
 from .._tensor import is_tpu, numpy_dtype
 from ._common import (as_numpy, castable, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand,
-                      prepare_out, store, store_in_memory_format, wrap_dim, write)
+                      prepare_out, store, store_in_memory_format, suggested_memory_format, wrap_dim,
+                      write)
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .cpu_replay.cascade_sum import cascade_sum
 
@@ -398,7 +398,7 @@ def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
     xhat = ((grouped(x, N, C, HxW, group) - mean) * rstd).reshape(x.shape)
     out = affine_per_channel(xhat, weight, bias)
     stats_dtype = statistics_dtype(input, weight, bias)
-    return (store_in_memory_format(out, input.dtype, suggest_memory_format(input)),  # as CPU allocates Y
+    return (store_in_memory_format(out, input.dtype, suggested_memory_format(input)),  # as CPU allocates Y
             store(mean.reshape(N, group), stats_dtype), store(rstd.reshape(N, group), stats_dtype))
 
 
@@ -412,7 +412,7 @@ def native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, g
     reduce_axes = (0,) + tuple(range(2, x.ndim))
     params_dtype = input.dtype if weight is None else weight.dtype
     grad_input = output_if(output_mask[0], normalized_input_gradient(grad_xhat, xhat, rstd, (2,)).reshape(x.shape),
-                           input.dtype, suggest_memory_format(input))  # the input's layout, whatever the gradient's
+                           input.dtype, suggested_memory_format(input))  # the input's layout, whatever the gradient's
     grad_weight = output_if(output_mask[1], np.sum(dy * xhat.reshape(x.shape), axis=reduce_axes), params_dtype)
     grad_bias = output_if(output_mask[2], np.sum(dy, axis=reduce_axes), params_dtype)
     return grad_input, grad_weight, grad_bias

@@ -24,9 +24,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch._prims_common import suggest_memory_format
 
-from ._common import exact_dtype, opmath_operand, operand, padded, store, store_in_memory_format
+from ._common import (exact_dtype, opmath_operand, operand, padded, store, store_in_memory_format,
+                      suggested_memory_format)
 from .nn import register
 from .pointwise import require, trunc_divide
 
@@ -391,7 +391,7 @@ def store_max_pooled(array, dtype, self, n, out, distinct):
     batched (5-d) input."""
     if n == 2:
         return store(array, dtype, out=out, distinct=distinct, dtype_rule=exact_dtype)
-    memory_format = suggest_memory_format(self)
+    memory_format = suggested_memory_format(self)
     if self.dim() == 4 and memory_format is torch.channels_last:
         raise RuntimeError("Unsupported memory format. Supports only ChannelsLast3d, Contiguous")
     return store_in_memory_format(array, dtype, memory_format, out=out, distinct=distinct, dtype_rule=exact_dtype)
@@ -534,7 +534,7 @@ def store_adaptive_avg_pooled(result, self, n, out):
     input's suggested memory format, its 3-d ones contiguous; an ``out=`` keeps its own strides in both."""
     if out is not None or n == 3:
         return store(result, self.dtype, out=out, dtype_rule=exact_dtype)
-    return store_in_memory_format(result, self.dtype, suggest_memory_format(self))
+    return store_in_memory_format(result, self.dtype, suggested_memory_format(self))
 
 
 register("_adaptive_avg_pool2d", "_adaptive_avg_pool2d.out")(adaptive_avg_pool_kernel(2))
