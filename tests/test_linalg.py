@@ -634,3 +634,55 @@ def test_matrix_exp_of_reduced_floats_is_the_float32_exponential_rounded_once(dt
     for view in (lambda t: t, lambda t: t.transpose(-2, -1)):
         expected = L.matrix_exp(view(a.float())).to(dtype)
         torch.testing.assert_close(L.matrix_exp(view(to_tpu(a))).cpu(), expected, **one_rounding)
+
+
+# --- _compute_linear_combination (CPU's helper of matrix_exp) ---------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64, torch.float16, torch.int32],
+                         ids=str)
+def test_linear_combination_adds_as_cpus_loop_adds(dtype):
+    """out[i] = sum_j coefficients[i, j] * input[j] with real coefficients, added one j at a time in the input's
+    dtype: bit for bit with CPU, contiguous for a transposed input, over the first coefficients.size(1) inputs."""
+    inputs = (make(5, 4, 3, dtype=dtype) * 3).transpose(1, 2)
+    coefficients = make(6, 5, dtype=dtype.to_real()) * 3
+    result = check(torch._compute_linear_combination, inputs, coefficients, atol=0, rtol=0)
+    assert result.is_contiguous()
+    check(torch._compute_linear_combination, inputs, coefficients[:, :3], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64], ids=str)
+def test_linear_combination_into_out_adds_to_outs_values(dtype):
+    """CPU's out= form accumulates into ``out`` (the functional form starts from zeros) and keeps its strides."""
+    inputs, coefficients = make(4, 2, 3, dtype=dtype), make(5, 4, dtype=dtype.to_real())
+    out = make(5, 3, 2, dtype=dtype).transpose(1, 2)
+    result = check(lambda x, c, out: torch._compute_linear_combination(x, c, out=out), inputs, coefficients, out,
+                   atol=0, rtol=0)
+    assert result.stride() == out.stride()
+
+
+def test_linear_combination_of_an_infinite_complex_input_multiplies_part_by_part():
+    check(torch._compute_linear_combination, torch.tensor([[complex(float("inf"), 1.0)]]), torch.ones(1, 1),
+          atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("inputs, coefficients, message", [
+    (torch.randn(3, 2), torch.randn(2, 3, dtype=torch.float64), "coefficients of dtype torch.float64"),
+    (torch.randn(3, 2, dtype=torch.complex64), torch.randn(2, 3, dtype=torch.complex64),
+     "CPU reads coefficients as torch.float32"),
+    (torch.randn(3, 2), torch.randn(2, 4), "combine 4 inputs, but input has 3"),
+    (torch.randn(3, 2), torch.randn(3), "must be a matrix"),
+], ids=["coefficient dtype", "complex coefficients", "too many inputs", "1-d coefficients"])
+def test_linear_combination_refuses_what_cpu_would_read_as_other_bytes(inputs, coefficients, message):
+    with pytest.raises(RuntimeError, match=message):
+        torch._compute_linear_combination(inputs.to("tpu"), coefficients.to("tpu"))
+
+
+def test_linear_combination_errors_match_cpu():
+    check_same_error(lambda device: torch._compute_linear_combination(
+        torch.empty(0, 2, device=device), torch.empty(3, 0, device=device)))
+    with pytest.raises(RuntimeError):  # CPU never resizes out= either (its words depend on the shapes)
+        torch._compute_linear_combination(torch.ones(3, 2), torch.ones(2, 3), out=torch.ones(3, 2))
+    with pytest.raises(RuntimeError, match=r"out has shape \[3, 2\], the result's is \[2, 2\]"):
+        torch._compute_linear_combination(torch.ones(3, 2, device="tpu"), torch.ones(2, 3, device="tpu"),
+                                          out=torch.ones(3, 2, device="tpu"))

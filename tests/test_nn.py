@@ -462,6 +462,111 @@ def test_adaptive_max_pool_nan():
     differential.check(lambda t: F.adaptive_max_pool2d(t, 2, return_indices=True), x)
 
 
+# ------------------------------------------------------------------ result layouts of channels-last input
+
+CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+IMAGE, VOLUME = (2, 6, 5, 7), (2, 6, 4, 5, 6)
+
+# Modules whose results and input gradients CPU lays out after a channels-last input: some channels-last
+# (3-d max pooling, 2-d adaptive average pooling, group norm), some contiguous (3-d adaptive average pooling).
+LAYOUT_MODULES = {
+    "max_pool3d": (lambda: nn.MaxPool3d(2), VOLUME),
+    "max_pool3d_indices_padded_ceil": (lambda: nn.MaxPool3d(3, 2, 1, ceil_mode=True, return_indices=True), VOLUME),
+    "max_pool2d_indices": (lambda: nn.MaxPool2d(2, return_indices=True), IMAGE),
+    "avg_pool3d": (lambda: nn.AvgPool3d(3, 2, 1, count_include_pad=False), VOLUME),
+    "adaptive_avg_pool2d": (lambda: nn.AdaptiveAvgPool2d((3, 4)), IMAGE),
+    "adaptive_avg_pool3d": (lambda: nn.AdaptiveAvgPool3d((2, 3, 4)), VOLUME),
+    "adaptive_max_pool3d_indices": (lambda: nn.AdaptiveMaxPool3d((2, 3, 4), return_indices=True), VOLUME),
+    "lp_pool3d": (lambda: nn.LPPool3d(2, 2), VOLUME),
+    "instance_norm2d": (lambda: nn.InstanceNorm2d(6, affine=True), IMAGE),
+    "layer_norm": (lambda: nn.LayerNorm([5, 7]), IMAGE),
+    "local_response_norm3d": (lambda: nn.LocalResponseNorm(3), VOLUME),
+    "upsample_trilinear": (lambda: nn.Upsample(scale_factor=2, mode="trilinear"), VOLUME),
+}
+
+
+def results_and_input_gradient(module, x, gradient_format, device):
+    """The module's results and the input's gradient, driven by a random gradient laid out in ``gradient_format``."""
+    leaf = x.detach().to(device).requires_grad_()
+    outputs = module.to(device)(leaf)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    gradient = torch.randn(outputs[0].shape, generator=torch.Generator().manual_seed(1))
+    gradient = gradient.contiguous(memory_format=gradient_format).to(device)
+    return [o.detach() for o in outputs], torch.autograd.grad(outputs[0], leaf, gradient)[0]
+
+
+def assert_same_layouts_and_values(actual, expected):
+    for tpu_tensor, cpu_tensor in zip(actual, expected):
+        assert tpu_tensor.stride() == cpu_tensor.stride()
+        assert_close(tpu_tensor.cpu(), cpu_tensor)
+
+
+@pytest.mark.parametrize("name", LAYOUT_MODULES)
+@pytest.mark.parametrize("gradient_layout", ["channels_last", "contiguous"])
+def test_norm_and_pool_results_are_laid_out_as_cpu_lays_them_for_channels_last_input(name, gradient_layout):
+    make_module, shape = LAYOUT_MODULES[name]
+    memory_format = CHANNELS_LAST[len(shape)]
+    gradient_format = memory_format if gradient_layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=memory_format)
+    module = make_module().double()
+    cpu_outputs, cpu_gradient = results_and_input_gradient(module, x, gradient_format, "cpu")
+    tpu_outputs, tpu_gradient = results_and_input_gradient(module, x, gradient_format, "tpu")
+    assert_same_layouts_and_values([*tpu_outputs, tpu_gradient], [*cpu_outputs, cpu_gradient])
+
+
+@pytest.mark.parametrize("shape", [IMAGE, VOLUME, (2, 6, 5)], ids=str)
+def test_group_norm_lays_out_its_result_and_input_gradient_as_the_input(shape):
+    """CPU allocates both in the input's suggested memory format. Through autograd the gradient cannot follow on
+    tpu: PyTorch's derivative formula makes the input contiguous before the backward kernel on any device but CPU."""
+    memory_format = CHANNELS_LAST.get(len(shape), torch.contiguous_format)
+    x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=memory_format)
+    module = nn.GroupNorm(3, 6).double()
+    assert_same_layouts_and_values([module.to("tpu")(x.to("tpu"))], [module.cpu()(x)])
+    # laid out as the input, as the derivative formula gives it on CPU (CPU's kernel reads it in X's layout)
+    gradient = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=memory_format)
+    statistics = torch.ops.aten.native_group_norm(x, module.weight, module.bias, shape[0], 6, x[0, 0].numel(), 3, 1e-5)
+
+    def backward(*tensors):
+        gradient, x, mean, rstd, weight = tensors
+        return torch.ops.aten.native_group_norm_backward(gradient, x, mean, rstd, weight, shape[0], 6, x[0, 0].numel(),
+                                                         3, [True, True, True])
+
+    tensors = (gradient, x, statistics[1], statistics[2], module.weight.detach())
+    assert_same_layouts_and_values(backward(*(t.to("tpu") for t in tensors)), backward(*tensors))
+
+
+def test_max_pool3d_restrides_its_outs_to_the_input_layout_as_cpu_does():
+    """CPU's 3-d max pooling resizes its ``out=`` tensors (and ``grad_input=``) to the input's memory format,
+    whatever their own strides; 2-d adaptive average pooling keeps an ``out=``'s own strides."""
+    window = ([2, 2, 2], [2, 2, 2], [0, 0, 0], [1, 1, 1], False)
+
+    def pool_and_gradient(x, out, indices, gradient, grad_input):
+        torch.ops.aten.max_pool3d_with_indices.out(x, *window, out=out, indices=indices)
+        torch.ops.aten.max_pool3d_with_indices_backward.grad_input(gradient, x, *window, indices, grad_input=grad_input)
+        return out, indices, grad_input
+
+    pooled = (2, 6, 2, 2, 3)
+    x, gradient = torch.randn(VOLUME).contiguous(memory_format=torch.channels_last_3d), torch.randn(pooled)
+
+    def on(device):  # fresh contiguous outs on each device: CPU's run restrides its own
+        return pool_and_gradient(x.to(device), torch.empty(pooled, device=device),
+                                 torch.empty(pooled, dtype=torch.int64, device=device), gradient.to(device),
+                                 torch.empty(VOLUME, device=device))
+
+    expected = on("cpu")
+    assert expected[0].is_contiguous(memory_format=torch.channels_last_3d)
+    assert_same_layouts_and_values(on("tpu"), expected)
+    image = torch.randn(IMAGE).contiguous(memory_format=torch.channels_last)
+    adaptive = check(lambda x, out: torch.ops.aten._adaptive_avg_pool2d.out(x, [3, 4], out=out), image,
+                     torch.empty(2, 6, 3, 4))
+    assert adaptive.is_contiguous()
+
+
+def test_max_pool3d_refuses_an_unbatched_channels_last_input_as_cpu_does():
+    check_same_error(lambda device: F.max_pool3d(
+        torch.ones(6, 4, 5, 6, device=device).contiguous(memory_format=torch.channels_last), 2))
+
+
 # ------------------------------------------------------------------ dropout
 
 

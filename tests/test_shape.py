@@ -373,3 +373,49 @@ def test_pads_refuse_empty_channels_or_padded_dims_as_cpu_does(mode, shape):
     """An empty batch is fine; an empty channel or padded dim (or a rank without its batch/no-batch meaning) is not."""
     pad = getattr(torch.ops.aten, f"{mode}_pad1d")
     check(lambda x: pad(x, [1, 1]), torch.randn(shape))
+
+
+SHUFFLES = {
+    "pixel_shuffle": lambda x: F.pixel_shuffle(x, 2),
+    "pixel_unshuffle": lambda x: F.pixel_unshuffle(x, 2),
+    "channel_shuffle": lambda x: F.channel_shuffle(x, 2),
+    "native_channel_shuffle": lambda x: torch.native_channel_shuffle(x, 4),
+}
+
+
+@pytest.mark.parametrize("name", SHUFFLES)
+@pytest.mark.parametrize("shape, memory_format", [
+    ((2, 8, 4, 6), torch.channels_last), ((2, 8, 4, 6), torch.contiguous_format), ((8, 4, 6), torch.contiguous_format),
+    ((2, 8, 4, 6, 2), torch.channels_last_3d), ((3, 2, 8, 4, 6), torch.contiguous_format),
+    ((0, 8, 4, 6), torch.channels_last), ((2, 8, 4, 0), torch.contiguous_format),
+], ids=str)
+def test_shuffles_lay_out_their_result_as_cpu_does(name, shape, memory_format):
+    """CPU's kernels write in the input's suggested memory format (PyTorch's composites reshape contiguously) and
+    refuse a channels-last 3-d input to a pixel shuffle; an empty input gives a view of its copy."""
+    x = make(*shape, dtype=torch.int32).contiguous(memory_format=memory_format)
+    if name == "pixel_unshuffle" and 0 in shape:  # CPU returns a copy in the input's shape there; tpu the result's
+        *batch, channels, height, width = shape
+        assert SHUFFLES[name](x.to("tpu")).shape == (*batch, channels * 4, height // 2, width // 2)
+        return
+    result = check(SHUFFLES[name], x, atol=0, rtol=0)
+    if result is not None:
+        assert result.stride() == SHUFFLES[name](x).stride()
+
+
+@pytest.mark.parametrize("call", [lambda x: F.pixel_shuffle(x, 3), lambda x: F.pixel_unshuffle(x, 0),
+                                  lambda x: F.channel_shuffle(x, 3), lambda x: F.pixel_shuffle(x[0, 0], 2)],
+                         ids=["channels not divisible", "factor 0", "groups not dividing", "2-d input"])
+def test_shuffle_refusals_are_cpus(call):
+    check_same_error(lambda device: call(torch.ones(2, 8, 4, 6, device=device)))
+
+
+def test_shuffle_gradients_are_laid_out_as_cpus():
+    x = torch.randn(2, 8, 4, 6).contiguous(memory_format=torch.channels_last)
+    for shuffle in (lambda x: F.pixel_shuffle(x, 2), lambda x: F.channel_shuffle(x, 2)):
+        gradients = []
+        for device in ("cpu", "tpu"):
+            leaf = x.to(device).requires_grad_()
+            result = shuffle(leaf)
+            gradients.append(torch.autograd.grad(result, leaf, torch.ones_like(result))[0])
+        assert gradients[1].stride() == gradients[0].stride()
+        torch.testing.assert_close(gradients[1].cpu(), gradients[0])

@@ -246,16 +246,27 @@ def stored_with_view(array, dtype):
     return tensor, view
 
 
+def suggested_memory_format(tensor):
+    """PyTorch's ``suggest_memory_format`` of a strided tensor (channels-last for 4-d and 5-d tensors with such
+    strides), asked once per (sizes, strides): its Python rule costs more than a small pooling kernel."""
+    return _suggested_memory_format(tuple(tensor.shape), tensor.stride())
+
+
 @functools.lru_cache(maxsize=1024)
-def suggests_channels_last(shape, strides):
-    """Whether PyTorch's ``suggest_memory_format`` of a strided tensor, which reads its sizes and strides only,
-    is channels-last: asked once per layout (its Python rule costs more than a small kernel's geometry)."""
-    return are_strides_like_channels_last_or_false(shape, strides)
+def _suggested_memory_format(shape, strides):
+    if not are_strides_like_channels_last_or_false(shape, strides):
+        return torch.contiguous_format
+    return torch.channels_last if len(shape) == 4 else torch.channels_last_3d
 
 
-def store_in_memory_format(array, dtype, memory_format):
+def store_in_memory_format(array, dtype, memory_format, *, out=None, **out_checks):
     """``store`` into a new tensor laid out in ``memory_format`` (channels-last for kernels that allocate
-    with ``at::empty(..., input.suggest_memory_format())``, as upsampling and convolution do)."""
+    with ``at::empty(..., input.suggest_memory_format())``, as upsampling and convolution do). An ``out=``
+    tensor, checked as ``store`` checks it, is restrided to ``memory_format`` whatever its own strides: CPU's
+    unstructured kernels (3-d max pooling) take it with ``out.resize_(sizes, memory_format)``."""
+    if out is not None:
+        prepare_out(out, np.shape(array), dtype, **out_checks)
+        return write(out.resize_(np.shape(array), memory_format=memory_format), array)
     if memory_format is torch.contiguous_format:
         return store(array, dtype)
     return write(empty(np.shape(array), dtype, make_channels_last_strides_for(np.shape(array))), array)

@@ -24,7 +24,7 @@ import torch
 
 from .. import _C
 from ._common import (channel_sums, empty, operand, opmath_dtype, padded, store, store_in_memory_format,
-                      suggests_channels_last, write)
+                      suggested_memory_format, write)
 from ._registry import register
 from .cpu_kernel_dtypes import convolution_dtypes, cpu_dtypes
 from .._errors import raise_cpu_error
@@ -251,8 +251,8 @@ def _channels_last(input, weight):
     """Whether CPU lays a convolution's output, grad_input and grad_weight out channels-last: when the
     input or the weight suggests that memory format (mkldnn_conv_use_channels_last and its
     thnn twin). 3-d convolutions keep it only on oneDNN; CPU's own slow_conv3d writes contiguously."""
-    if input.dim() not in (4, 5) or not (suggests_channels_last(input.shape, input.stride())
-                                         or suggests_channels_last(weight.shape, weight.stride())):
+    if input.dim() not in (4, 5) or (suggested_memory_format(input) is torch.contiguous_format
+                                     and suggested_memory_format(weight) is torch.contiguous_format):
         return False
     return input.dim() == 4 or _host_onednn(input.dtype)
 

@@ -682,6 +682,52 @@ def linalg_matrix_exp_out(self, *, out):
     return out
 
 
+@register("_compute_linear_combination", "_compute_linear_combination.out")
+def compute_linear_combination(input, coefficients, *, out=None):
+    """CPU's helper of matrix_exp: ``out[i] += sum_j coefficients[i, j] * input[j]`` over the first
+    ``coefficients.size(1)`` inputs, with real coefficients (float32 ones for complex64 input). The functional
+    form adds to zeros and returns a contiguous tensor; the ``out=`` form adds to ``out``'s own values and never
+    resizes it. CPU's loop adds one ``j`` at a time in the input's dtype (a float16 product and sum each round),
+    and so does this."""
+    op = torch.ops.aten._compute_linear_combination.default
+    _check(input.dim() > 0 and input.numel() > 0, op, input, coefficients)  # "Empty tensor not supported"
+    _check_linear_combination(input, coefficients, out)
+    x, weights = operand(input), operand(coefficients)
+    total = np.zeros((coefficients.shape[0], *input.shape[1:]), x.dtype) if out is None else operand(out).copy()
+    for j in range(coefficients.shape[1]):
+        total = total + _scaled_by_real(x[j], weights[:, j].reshape((-1,) + (1,) * (input.dim() - 1)))
+    return store(total, input.dtype) if out is None else write(out, total)
+
+
+def _scaled_by_real(x, weight):
+    """``x * weight`` for a real ``weight``: a complex ``x`` part by part, as C++'s complex-by-real product
+    (NumPy's complex product would add a 0 * imag term, NaN for an infinite part)."""
+    if not np.iscomplexobj(x):
+        return x * weight
+    result = np.empty(np.broadcast_shapes(x.shape, weight.shape), x.dtype)
+    result.real, result.imag = x.real * weight, x.imag * weight
+    return result
+
+
+def _check_linear_combination(input, coefficients, out):
+    """What CPU does not check and reads as other bytes: coefficients not of the input's real dtype, an ``out``
+    not of its dtype, coefficients naming inputs past the last."""
+    name = "_compute_linear_combination"
+    if coefficients.dim() != 2:
+        raise RuntimeError(f"{name}: coefficients must be a matrix (outputs x inputs), got shape "
+                           f"{list(coefficients.shape)}")
+    if coefficients.shape[1] > input.shape[0]:
+        raise RuntimeError(f"{name}: coefficients of shape {list(coefficients.shape)} combine "
+                           f"{coefficients.shape[1]} inputs, but input has {input.shape[0]}")
+    for role, tensor, dtype in (("coefficients", coefficients, input.dtype.to_real()), ("out", out, input.dtype)):
+        if tensor is not None and tensor.dtype != dtype:
+            raise RuntimeError(f"{name}: {role} of dtype {tensor.dtype} for input of dtype {input.dtype}; "
+                               f"CPU reads {role} as {dtype}")
+    shape = [coefficients.shape[0], *input.shape[1:]]
+    if out is not None and list(out.shape) != shape:
+        raise RuntimeError(f"{name}: out has shape {list(out.shape)}, the result's is {shape} (out= is not resized)")
+
+
 @register("linalg_eigvals.out")
 def linalg_eigvals_out(self, *, out):
     _check(out.dtype.is_complex and torch.can_cast(_complex_dtype(self.dtype), out.dtype),

@@ -20,7 +20,8 @@ from . import _registry
 from .._errors import not_implemented_for, raise_cpu_error
 from .._tensor import is_tpu, numpy_dtype
 from ._common import (as_numpy, castable, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand,
-                      prepare_out, store, stored_with_view, suggests_channels_last, wrap_dim, write)
+                      prepare_out, store, store_in_memory_format, stored_with_view, suggested_memory_format,
+                      wrap_dim, write)
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .cpu_replay.cascade_sum import cascade_sum
 
@@ -271,8 +272,8 @@ def shifted(x, bias):
     return x if bias is None else x + bias
 
 
-def output_if(mask, array, dtype):
-    return store(array, dtype) if mask else None
+def output_if(mask, array, dtype, memory_format=torch.contiguous_format):
+    return store_in_memory_format(array, dtype, memory_format) if mask else None
 
 
 def row_means(rows):
@@ -398,8 +399,8 @@ def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
     xhat = ((grouped(x, N, C, HxW, group) - mean) * rstd).reshape(x.shape)
     out = affine_per_channel(xhat, weight, bias)
     stats_dtype = statistics_dtype(input, weight, bias)
-    return (store(out, input.dtype), store(mean.reshape(N, group), stats_dtype),
-            store(rstd.reshape(N, group), stats_dtype))
+    return (store_in_memory_format(out, input.dtype, suggested_memory_format(input)),  # as CPU allocates Y
+            store(mean.reshape(N, group), stats_dtype), store(rstd.reshape(N, group), stats_dtype))
 
 
 @register("native_group_norm_backward")
@@ -411,9 +412,8 @@ def native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, g
     grad_xhat = grouped(scaled(dy, per_channel(optional_operand(weight), x.ndim)), N, C, HxW, group)
     reduce_axes = (0,) + tuple(range(2, x.ndim))
     params_dtype = input.dtype if weight is None else weight.dtype
-    grad_input = output_if(
-        output_mask[0], normalized_input_gradient(grad_xhat, xhat, rstd, (2,)).reshape(x.shape), input.dtype
-    )
+    grad_input = output_if(output_mask[0], normalized_input_gradient(grad_xhat, xhat, rstd, (2,)).reshape(x.shape),
+                           input.dtype, suggested_memory_format(input))  # the input's layout, whatever the gradient's
     grad_weight = output_if(output_mask[1], np.sum(dy * xhat.reshape(x.shape), axis=reduce_axes), params_dtype)
     grad_bias = output_if(output_mask[2], np.sum(dy, axis=reduce_axes), params_dtype)
     return grad_input, grad_weight, grad_bias
@@ -459,7 +459,7 @@ def vectorised_layout(input):
 def batch_norm_strides(input):
     """The strides of batch norm's output and input gradient, which CPU makes ``empty_like(input,
     input.suggest_memory_format())``: channels-last for an input laid out so, else contiguous (None)."""
-    if input.dim() in (4, 5) and not input.is_contiguous() and suggests_channels_last(input.shape, input.stride()):
+    if not input.is_contiguous() and suggested_memory_format(input) is not torch.contiguous_format:
         return make_channels_last_strides_for(input.shape)
     return None
 

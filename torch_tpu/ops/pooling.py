@@ -25,7 +25,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._common import exact_dtype, opmath_operand, operand, padded, store
+from ._common import (exact_dtype, opmath_operand, operand, padded, store, store_in_memory_format,
+                      suggested_memory_format)
 from .nn import register
 from .pointwise import require, trunc_divide
 
@@ -365,8 +366,8 @@ def max_pool_kernel(n):
         require(not (self.dtype.is_complex or self.dtype == torch.bool), self.dtype, f"max_pool{n}d")  # no order
         window = pool_window(self, n, kernel_size, stride, padding, dilation, ceil_mode)
         values, index = max_pool_arrays(opmath_operand(self), window)
-        return (store(values, self.dtype, out=out, distinct=(self,), dtype_rule=exact_dtype),
-                store(index, torch.int64, out=indices, distinct=(self,), dtype_rule=exact_dtype))
+        return (store_max_pooled(values, self.dtype, self, n, out, (self,)),
+                store_max_pooled(index, torch.int64, self, n, indices, (self,)))
 
     return kernel
 
@@ -374,9 +375,22 @@ def max_pool_kernel(n):
 def max_pool_backward_kernel(n):
     def kernel(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode, indices, *, grad_input=None):
         result = max_pool_backward_array(opmath_operand(grad_output), operand(indices), tuple(self.shape), n)
-        return store(result, self.dtype, out=grad_input, distinct=(grad_output, self), dtype_rule=exact_dtype)
+        return store_max_pooled(result, self.dtype, self, n, grad_input, (grad_output, self))
 
     return kernel
+
+
+def store_max_pooled(array, dtype, self, n, out, distinct):
+    """A max pooling result laid out as CPU lays it. 2-d pooling is structured: its meta function has laid out
+    every result as the input before the kernel runs, and keeps an ``out=``'s strides. CPU's 3-d kernels lay out
+    new results, and restride any ``out=``, in the input's suggested memory format, which they support only for a
+    batched (5-d) input."""
+    if n == 2:
+        return store(array, dtype, out=out, distinct=distinct, dtype_rule=exact_dtype)
+    memory_format = suggested_memory_format(self)
+    if self.dim() == 4 and memory_format is torch.channels_last:
+        raise RuntimeError("Unsupported memory format. Supports only ChannelsLast3d, Contiguous")
+    return store_in_memory_format(array, dtype, memory_format, out=out, distinct=distinct, dtype_rule=exact_dtype)
 
 
 register("max_pool2d_with_indices.out")(max_pool_kernel(2))
@@ -498,7 +512,7 @@ def adaptive_avg_pool_kernel(n):
             result = sequential_adaptive_avg_pool_array(operand(self), out_sizes)
         else:
             result = adaptive_avg_pool_array(opmath_operand(self), out_sizes)
-        return store(result, self.dtype, out=out, dtype_rule=exact_dtype)
+        return store_adaptive_avg_pooled(result, self, n, out)
 
     return kernel
 
@@ -506,9 +520,17 @@ def adaptive_avg_pool_kernel(n):
 def adaptive_avg_pool_backward_kernel(n):
     def kernel(grad_output, self, *, out=None):
         result = adaptive_avg_pool_backward_array(opmath_operand(grad_output), tuple(self.shape[-n:]))
-        return store(result, self.dtype, out=out, dtype_rule=exact_dtype)
+        return store_adaptive_avg_pooled(result, self, n, out)
 
     return kernel
+
+
+def store_adaptive_avg_pooled(result, self, n, out):
+    """An adaptive average pooling result (or gradient) laid out as CPU lays it: its 2-d kernels allocate in the
+    input's suggested memory format, its 3-d ones contiguous; an ``out=`` keeps its own strides in both."""
+    if out is not None or n == 3:
+        return store(result, self.dtype, out=out, dtype_rule=exact_dtype)
+    return store_in_memory_format(result, self.dtype, suggested_memory_format(self))
 
 
 register("_adaptive_avg_pool2d", "_adaptive_avg_pool2d.out")(adaptive_avg_pool_kernel(2))

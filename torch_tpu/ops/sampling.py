@@ -7,8 +7,8 @@ weight formulas (aten/src/ATen/native/UpSample.h); the backward applies its tran
 Nearest modes gather instead, so that they copy values of any dtype exactly.
 
 Grid sampling (grid_sampler_2d/3d and their backwards) gathers every output point at once and
-scatters gradients with np.add.at. unfold/fold (im2col/col2im), pixel_shuffle and
-affine_grid_generator run as PyTorch's decompositions.
+scatters gradients with np.add.at. unfold/fold (im2col/col2im) and affine_grid_generator run as
+PyTorch's decompositions; pixel and channel shuffles are shape kernels (ops/shape.py).
 """
 
 import itertools
@@ -17,11 +17,11 @@ import math
 import numpy as np
 import scipy.sparse
 import torch
-from torch._prims_common import suggest_memory_format
 
 from .._errors import not_implemented_for
 from .._tensor import numpy_dtype
-from ._common import exact_dtype, opmath_dtype, opmath_operand, operand, store, store_in_memory_format
+from ._common import (exact_dtype, opmath_dtype, opmath_operand, operand, store, store_in_memory_format,
+                      suggested_memory_format)
 from .nn import register
 
 # ---------------------------------------------------------------------------------------
@@ -314,7 +314,7 @@ def upsample_forward(name, taps_fn, n, takes_align_corners, stored_weights):
 
     def functional(self, output_size, *options):
         result = compute(self, output_size, *options)
-        return store_in_memory_format(result, self.dtype, suggest_memory_format(self))
+        return store_in_memory_format(result, self.dtype, suggested_memory_format(self))
 
     def out_variant(self, output_size, *options, out):
         result = compute(self, output_size, *options)
@@ -336,7 +336,7 @@ def upsample_backward(name, taps_fn, n, takes_align_corners, stored_weights):
         return resample(opmath_operand(grad_output), [axis_matrix(t, size).T.tocsr() for t, size in zip(taps, in_sizes)])
 
     def functional(grad_output, output_size, input_size, *options):
-        memory_format = torch.contiguous_format if name in CONTIGUOUS_GRADIENTS else suggest_memory_format(grad_output)
+        memory_format = torch.contiguous_format if name in CONTIGUOUS_GRADIENTS else suggested_memory_format(grad_output)
         return store_in_memory_format(compute(grad_output, output_size, input_size, *options), grad_output.dtype,
                                       memory_format)
 

@@ -10,13 +10,12 @@ import math
 
 import numpy as np
 import torch
-from torch._prims_common import suggest_memory_format
 
 from .. import _tensor
-from .._errors import cpp_type_name, not_implemented_for, scalar_type_name, warn_once
+from .._errors import cpp_type_name, not_implemented_for, raise_cpu_error, scalar_type_name, warn_once
 from .cpu_replay import libstdcxx_order
 from ._common import (as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store,
-                      store_in_memory_format, wrap_dim, wrap_dims, write)
+                      store_in_memory_format, suggested_memory_format, wrap_dim, wrap_dims, write)
 from ._registry import register
 from .cpu_kernel_dtypes import cpu_dtypes, not_bool
 from .nn import without_structured_wrapper
@@ -223,7 +222,7 @@ def _pad_kernels(mode, dims):
     name = f"{mode}_pad{dims}d"
 
     def forward(self, padding):  # CPU allocates the result in the input's suggested memory format
-        return store_in_memory_format(_pad_forward(mode, self, padding), self.dtype, suggest_memory_format(self))
+        return store_in_memory_format(_pad_forward(mode, self, padding), self.dtype, suggested_memory_format(self))
 
     def forward_out(self, padding, *, out):
         return store(_pad_forward(mode, self, padding), self.dtype, out=out, distinct=(self,), dtype_rule=exact_dtype)
@@ -244,6 +243,65 @@ def _pad_kernels(mode, dims):
 for _mode in _PAD_SOURCES:
     for _dims in (1, 2, 3):
         _pad_kernels(_mode, _dims)
+
+
+# ---------------------------------------------------------------------------
+# pixel and channel shuffles: one view, permutation and copy each, laid out as CPU's kernels lay their result
+# (in the input's suggested memory format; PyTorch's composite versions, which tpu would run otherwise, reshape
+# into a contiguous copy)
+
+
+def _pixel_shuffle_geometry(shape, factor):
+    """(split shape, order of its dims, result shape), or None where CPU refuses the call."""
+    if len(shape) < 3 or factor <= 0 or shape[-3] % (factor * factor):
+        return None
+    *batch, channels, height, width = shape
+    n = len(batch)
+    return ((*batch, channels // factor ** 2, factor, factor, height, width),
+            (*range(n), n, n + 3, n + 1, n + 4, n + 2), (*batch, channels // factor ** 2, height * factor, width * factor))
+
+
+def _pixel_unshuffle_geometry(shape, factor):
+    if len(shape) < 3 or factor <= 0 or shape[-2] % factor or shape[-1] % factor:
+        return None
+    *batch, channels, height, width = shape
+    n = len(batch)
+    return ((*batch, channels, height // factor, factor, width // factor, factor),
+            (*range(n), n, n + 2, n + 4, n + 1, n + 3), (*batch, channels * factor ** 2, height // factor, width // factor))
+
+
+def _channel_shuffle_geometry(shape, groups):
+    if len(shape) < 3 or groups <= 0 or shape[1] % groups:
+        return None
+    batch, channels, *rest = shape
+    return (batch, groups, channels // groups, *rest), (0, 2, 1, *range(3, len(shape) + 1)), tuple(shape)
+
+
+def _shuffle_kernel(name, geometry, layouts):
+    """A shuffle CPU writes in the input's suggested memory format, which must be one of ``layouts``
+    (CPU's pixel shuffles refuse a channels-last 3-d input); any call CPU refuses gets CPU's own error. An empty
+    input gives a view of its copy, as on CPU, in the result's shape (CPU's pixel_unshuffle keeps the input's)."""
+    op = getattr(torch.ops.aten, name).default
+
+    def kernel(self, factor):
+        split = geometry(tuple(self.shape), factor)
+        memory_format = suggested_memory_format(self)
+        if split is None or memory_format not in layouts:
+            raise_cpu_error(op, self, factor)
+        split_shape, order, result_shape = split
+        if self.numel() == 0:  # CPU returns a view of a copy of the empty input, with the input's strides
+            return self.clone().view(result_shape)
+        shuffled = operand(self).reshape(split_shape).transpose(order).reshape(result_shape)
+        return store_in_memory_format(shuffled, self.dtype, memory_format)
+
+    register(name)(kernel)
+
+
+_PLANAR = (torch.contiguous_format, torch.channels_last)
+_shuffle_kernel("pixel_shuffle", _pixel_shuffle_geometry, _PLANAR)
+_shuffle_kernel("pixel_unshuffle", _pixel_unshuffle_geometry, _PLANAR)
+for _name in ("channel_shuffle", "native_channel_shuffle"):
+    _shuffle_kernel(_name, _channel_shuffle_geometry, (*_PLANAR, torch.channels_last_3d))
 
 
 # ---------------------------------------------------------------------------
