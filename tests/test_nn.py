@@ -4,6 +4,8 @@ Gradients are driven with an explicit random ``gradient`` tensor (not ``.sum().b
 so each test exercises the backward kernel with a non-trivial incoming gradient.
 """
 
+import math
+
 import ml_dtypes
 import numpy as np
 import pytest
@@ -959,3 +961,12 @@ def test_lazy_modules_move_to_tpu_before_their_first_forward(make, input_shape):
     assert all(p.device.type == "tpu" for p in lazy.parameters())
     lazy.load_state_dict(reference.state_dict())
     assert_close(lazy(x.to("tpu")).cpu(), reference(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pool, shape", [(F.adaptive_max_pool2d, (1, 2, 4, 4)), (F.adaptive_max_pool3d, (1, 2, 3, 4, 4))])
+def test_adaptive_max_pools_refuse_integers_and_take_empty_outputs_as_cpu_does(pool, shape):
+    """CPU's adaptive max pools are compiled for floating types only (fixed-window max pools take integers), and
+    an output size of 0 gives empty values and indices (tpu's kernel crashed on it)."""
+    check_same_error(lambda device: pool(torch.arange(math.prod(shape), device=device).reshape(shape), 2))
+    empty_size = (0,) + (2,) * (len(shape) - 3)
+    check(lambda x: pool(x, empty_size, return_indices=True), torch.randn(shape))

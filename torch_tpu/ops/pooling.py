@@ -28,6 +28,7 @@ import torch
 from ._common import (exact_dtype, opmath_operand, operand, padded, store, store_in_memory_format,
                       suggested_memory_format)
 from .nn import register
+from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .pointwise import require, trunc_divide
 
 
@@ -551,6 +552,9 @@ def adaptive_offsets(in_size, out_size):
 def adaptive_max_pool_arrays(x, out_sizes):
     n = len(out_sizes)
     in_sizes = x.shape[-n:]
+    if 0 in out_sizes:  # no windows: nothing to pick
+        shape = x.shape[:-n] + tuple(out_sizes)
+        return np.empty(shape, x.dtype), np.empty(shape, np.int64)
     if window := uniform_window(in_sizes, out_sizes):
         return max_pool_arrays(x, window)
     offsets = [adaptive_offsets(i, o) for i, o in zip(in_sizes, out_sizes)]
@@ -578,8 +582,11 @@ def adaptive_max_pool_backward_kernel(n):
     return kernel
 
 
-register("adaptive_max_pool2d.out")(adaptive_max_pool_kernel(2))
-register("adaptive_max_pool3d.out")(adaptive_max_pool_kernel(3))
+# CPU's adaptive max pools take floating types only (its fixed-window max pools take integers too)
+register("adaptive_max_pool2d.out")(
+    cpu_dtypes(torch.ops.aten.adaptive_max_pool2d.out, floating_not_fp8)(adaptive_max_pool_kernel(2)))
+register("adaptive_max_pool3d.out")(
+    cpu_dtypes(torch.ops.aten.adaptive_max_pool3d.out, floating_not_fp8)(adaptive_max_pool_kernel(3)))
 register("adaptive_max_pool2d_backward.grad_input")(adaptive_max_pool_backward_kernel(2))
 register("adaptive_max_pool3d_backward.grad_input")(adaptive_max_pool_backward_kernel(3))
 
