@@ -8,14 +8,13 @@ from torch import nn
 from torch_tpu.plan import models, training
 
 
-class ResidualMLPLanguageModel(nn.Module):
-    """A user's own module: embedding, residual MLP blocks, output head; returns logits."""
+class ResidualLanguageModel(nn.Module):
+    """A user's own module: embedding, residual ``blocks``, output head; returns logits."""
 
-    def __init__(self, vocabulary=512, width=128, blocks=3):
+    def __init__(self, vocabulary, width, blocks):
         super().__init__()
         self.embedding = nn.Embedding(vocabulary, width)
-        self.blocks = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.GELU(),
-                                                  nn.Linear(4 * width, width)) for _ in range(blocks))
+        self.blocks = nn.ModuleList(blocks)
         self.head = nn.Linear(width, vocabulary, bias=False)
 
     def forward(self, tokens):
@@ -23,6 +22,12 @@ class ResidualMLPLanguageModel(nn.Module):
         for block in self.blocks:
             x = x + block(x)
         return self.head(x)
+
+
+class ResidualMLPLanguageModel(ResidualLanguageModel):
+    def __init__(self, vocabulary=512, width=128, blocks=3):
+        super().__init__(vocabulary, width, (nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.GELU(),
+                                                           nn.Linear(4 * width, width)) for _ in range(blocks)))
 
 
 def mlp_language_model(batch, seq):
@@ -94,20 +99,11 @@ class WhereRoutedMoE(TopTwoMoE):
         return out.view(shape)
 
 
-class MoELanguageModel(nn.Module):
-    """Embedding, residual MoE blocks, head: every matmul is a router, an expert or the head."""
+class MoELanguageModel(ResidualLanguageModel):
+    """Residual MoE blocks: every matmul is a router, an expert or the head."""
 
     def __init__(self, moe=TopTwoMoE, vocabulary=256, width=64, hidden=128, blocks=2, experts=4):
-        super().__init__()
-        self.embedding = nn.Embedding(vocabulary, width)
-        self.blocks = nn.ModuleList(moe(width, hidden, experts) for _ in range(blocks))
-        self.head = nn.Linear(width, vocabulary, bias=False)
-
-    def forward(self, tokens):
-        x = self.embedding(tokens)
-        for block in self.blocks:
-            x = x + block(x)
-        return self.head(x)
+        super().__init__(vocabulary, width, (moe(width, hidden, experts) for _ in range(blocks)))
 
 
 def fixed_capacity_moe(batch, seq):
