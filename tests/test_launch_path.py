@@ -642,3 +642,110 @@ def test_batch_norm_allocates_exactly_its_results_and_is_charged_one_launch():
     totals = clock.op_totals["native_batch_norm"]
     assert totals.count == before.count + 1
     assert totals.bytes - before.bytes == sum(t.nbytes for t in (x, running_mean, running_var, *results))
+
+
+# --- round six: views that rearrange their input's elements skip as_strided's bounds check -------------------
+
+
+DERIVED_VIEWS = {
+    "t": lambda x: x[0].t(),
+    "transpose": lambda x: x.transpose(0, 2),
+    "transpose_negative_dims": lambda x: x.transpose(-1, -3),
+    "permute": lambda x: x.permute(2, 0, 1),
+    "select": lambda x: x[1],
+    "select_negative": lambda x: x.select(2, -1),
+    "expand": lambda x: x[:, :1].expand(3, 4, 5),
+    "expand_new_dims": lambda x: x.expand(2, 3, 4, 5),
+    "unsqueeze": lambda x: x.unsqueeze(1),
+    "squeeze": lambda x: x[:1, :, :1].squeeze(),
+    "squeeze_dim": lambda x: x[:1].squeeze(0),
+    "squeeze_dims": lambda x: x[:1, :, :1].squeeze((0, 2)),
+    "unbind": lambda x: x.unbind(2)[3],
+    "of_a_slice": lambda x: x[1:, ::2].transpose(0, 1)[1],
+    "of_a_transposed_view": lambda x: x.transpose(0, 1).unsqueeze(0).permute(3, 1, 0, 2),
+    "t_of_a_conj": lambda x: torch.complex(x, -x)[0].conj().t(),
+    "of_an_empty_tensor": lambda x: x[:, :0].transpose(0, 2).unsqueeze(0),
+}
+
+
+@pytest.mark.parametrize("name", DERIVED_VIEWS)
+def test_derived_views_match_cpu_and_alias_their_base(name):
+    """The views registered directly (Meta's kernel through the Tensor method) give CPU's sizes, strides, offsets,
+    values and conj bit, share their base's storage, and a write through them reaches the base."""
+    view_of = DERIVED_VIEWS[name]
+    base = torch.arange(60.0).reshape(3, 4, 5)
+    on_tpu = base.to("tpu")
+    expected, view = view_of(base), view_of(on_tpu)
+    assert (view.shape, view.stride(), view.storage_offset()) == (expected.shape, expected.stride(),
+                                                                  expected.storage_offset())
+    assert view.is_conj() == expected.is_conj()
+    assert torch.equal(view.cpu(), expected)
+    if view.is_conj():  # a view of a new complex tensor, not of the base
+        return
+    assert view.untyped_storage()._cdata == on_tpu.untyped_storage()._cdata
+    if view.numel():
+        view.view(-1)[0].fill_(-1.0) if view.is_contiguous() else view.fill_(-1.0)
+        expected.view(-1)[0].fill_(-1.0) if expected.is_contiguous() else expected.fill_(-1.0)
+        assert torch.equal(on_tpu.cpu(), base)
+
+
+def test_derived_views_carry_gradients_as_on_cpu():
+    weights = torch.linspace(-1, 1, 60).reshape(3, 4, 5)
+
+    def loss(x):
+        w = weights.to(x.device)
+        return ((x.transpose(0, 2) * w.transpose(0, 2)).sum() + (x.permute(1, 2, 0)[1].t() ** 2).sum()
+                + x[:, :1].expand(3, 4, 5).unsqueeze(0).squeeze(0).mul(w).sum() + x.select(1, -1).sum())
+
+    x = torch.arange(60.0, requires_grad=True)
+    loss(x.view(3, 4, 5)).backward()
+    on_tpu = torch.arange(60.0, device="tpu", requires_grad=True)
+    loss(on_tpu.view(3, 4, 5)).backward()
+    assert_close(on_tpu.grad.cpu(), x.grad)
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: torch.ones(3, 4, device=d).transpose(0, 2),
+    lambda d: torch.ones(3, 4, device=d).permute(0, 0),
+    lambda d: torch.ones(3, 4, device=d).select(1, 4),
+    lambda d: torch.ones(3, 4, device=d).expand(2, 3),
+    lambda d: torch.ones(3, 4, device=d).unsqueeze(3),
+    lambda d: torch.ones(3, 4, 5, device=d).t(),
+    lambda d: torch.ones(3, 4, device=d).squeeze(2),
+])
+def test_derived_view_errors_are_cpus(call):
+    check_same_error(call)
+
+
+SHRUNK_STORAGE_VIEWS = [lambda x: x.t(), lambda x: x.transpose(0, 1), lambda x: x.permute(1, 0), lambda x: x[1],
+                        lambda x: x[2, :1], lambda x: x[:, 3], lambda x: x.unsqueeze(0), lambda x: x.expand(2, 3, 4),
+                        lambda x: x.squeeze(0), lambda x: x[:, :0].t(), lambda x: x.view(12)]
+
+
+@pytest.mark.parametrize("kept", [0, 8, 20, 44, 48])
+def test_views_of_a_shrunk_storage_are_checked_as_cpu_checks_them(kept):
+    """A storage resized below its tensors' reach holds tensors past its end: views of them get CPU's bounds
+    check and error (or its view, where the view itself fits)."""
+    outcomes = {}
+    for device in ("cpu", "tpu"):
+        x = torch.arange(12.0, device=device).view(3, 4)
+        x.untyped_storage().resize_(kept)
+        outcomes[device] = []
+        for view_of in SHRUNK_STORAGE_VIEWS:
+            try:
+                view = view_of(x)
+                outcomes[device].append((tuple(view.shape), view.stride(), view.storage_offset()))
+            except RuntimeError as error:
+                outcomes[device].append(str(error))
+    assert outcomes["tpu"] == outcomes["cpu"]
+
+
+def test_views_of_a_reshape_alias_past_the_storage_are_checked_as_cpu_checks_them():
+    """``_reshape_alias`` (reshape's internal view) takes any layout unchecked, as on CPU; views of a tensor it
+    put past its storage's end then fail as CPU's do, and views of in-bounds layouts stay unchecked."""
+    for device in ("cpu", "tpu"):
+        inside = torch.ops.aten._reshape_alias(torch.arange(6.0, device=device), [2, 3], [3, 1])
+        assert inside.t().stride() == (1, 3)
+        assert not hasattr(inside.untyped_storage(), torch_tpu._tensor.OVERRUN_ATTRIBUTE)
+    check_same_error(lambda d: torch.ops.aten._reshape_alias(torch.arange(3.0, device=d), [10], [1]).unsqueeze(0))
+    check_same_error(lambda d: torch.ops.aten._reshape_alias(torch.arange(3.0, device=d), [2, 2], [2, 1]).t())

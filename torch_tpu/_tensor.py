@@ -18,6 +18,11 @@ from ._errors import (NoValuesError, device_mismatch, invalid_storage_offset, ne
                       numel_overflow, out_of_storage_bounds, storage_size_overflow, unsupported_dtype, warn_once)
 
 BUFFER_ATTRIBUTE = "_tpu_hbm_buffer"
+# Set on a storage that may hold a tensor reaching past its end: one that shrank (storage.resize_), or that an
+# internal op was handed a layout past its end (``_reshape_alias``, which CPU does not check either). Every other
+# tensor is in bounds when made, so a view that only rearranges its input's elements is in bounds too: only views
+# of such storages pay CPU's bounds check (ops/view.py, ``derived_view``).
+OVERRUN_ATTRIBUTE = "_tpu_may_overrun"
 
 NUMPY_DTYPE = {
     dtype: _C.dtypes.numpy_dtype(name)
@@ -126,6 +131,16 @@ def check_in_storage_bounds(shape, strides, offset, itemsize, available):
     nbytes, needed = storage_nbytes(shape, strides, itemsize), storage_nbytes(shape, strides, itemsize, offset)
     if nbytes and needed > available:
         raise out_of_storage_bounds(shape, strides, offset, itemsize, needed, available)
+
+
+def reaches_past(tensor, available):
+    """Whether a tensor's layout reaches past ``available`` storage bytes (ATen's storage arithmetic)."""
+    shape, strides, offset = tuple(tensor.shape), tensor.stride(), tensor.storage_offset()
+    try:
+        return (storage_nbytes(shape, strides, tensor.element_size()) != 0
+                and storage_nbytes(shape, strides, tensor.element_size(), offset) > available)
+    except RuntimeError:  # too large for ATen's arithmetic: past any storage
+        return True
 
 
 def check_strided_view(shape, strides, offset, itemsize, available):
@@ -258,6 +273,8 @@ def replace_buffer(storage, nbytes):
     A storage without values keeps none: its new buffer has no values either."""
     old = hbm_buffer(storage)
     new = allocate(nbytes)
+    if nbytes < old.nbytes:
+        setattr(storage, OVERRUN_ATTRIBUTE, True)
     if not has_values(old):
         chip().hbm.drop_bytes(new)
     elif has_values(new):

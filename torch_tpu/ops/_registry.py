@@ -133,6 +133,19 @@ def register_autograd(*overloads):
     return decorate
 
 
+def register_view(*overloads):
+    """For view kernels that run Meta's kernel themselves: registered as they are (no charge, no error guard:
+    their errors are ATen's own), called without the dispatch key set."""
+
+    def decorate(kernel):
+        for overload in overloads:
+            _ATEN.impl(overload, kernel, "PrivateUse1")
+            KERNELS[_name(overload)] = kernel
+        return kernel
+
+    return decorate
+
+
 def register_with_keyset(*overloads):
     """For kernels that redispatch (views): they receive the dispatch key set first."""
 

@@ -11,7 +11,7 @@ import torch
 from .. import _tensor
 from .._errors import invalid_storage_offset
 from . import factory
-from ._registry import register, register_with_keyset
+from ._registry import register, register_view, register_with_keyset
 
 META = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
 _set_meta_included = torch._C._set_meta_in_tls_dispatch_include
@@ -26,7 +26,6 @@ def _redispatch_to_meta(overload):
 
 
 for _overload in (
-    torch.ops.aten._reshape_alias.default,
     torch.ops.aten.unfold.default,
     torch.ops.aten.view_as_real.default,
     torch.ops.aten.view_as_complex.default,
@@ -51,12 +50,56 @@ def _through_meta(method):
     return run
 
 
-_meta_view = _through_meta(torch.Tensor.view)
+_meta_reshape_alias = _redispatch_to_meta(torch.ops.aten._reshape_alias.default)
 
 
-@register_with_keyset(torch.ops.aten.view.default)
-def meta_view(keyset, self, size):
-    return _meta_view(self, size)
+@register_with_keyset(torch.ops.aten._reshape_alias.default)
+def reshape_alias(keyset, self, size, stride):
+    """``reshape``'s view with the strides it computed (in bounds); called directly with any layout, which CPU
+    does not check, it marks its storage as one that may hold a tensor past its end (``derived_view``)."""
+    view = _meta_reshape_alias(keyset, self, size, stride)
+    storage = self.untyped_storage()
+    if _tensor.reaches_past(view, _tensor.storage_bytes(view)):
+        setattr(storage, _tensor.OVERRUN_ATTRIBUTE, True)
+    return view
+
+
+def derived_view(method):
+    """Meta's kernel of a view whose layout rearranges its input's elements (transpose, permute, select, slice,
+    expand, ...), through the Tensor ``method`` as ``_through_meta`` runs it. ATen's composite for these reaches
+    ``as_strided``, whose CPU kernel checks the view against the storage (``_checked_as_strided``); a view of a
+    tensor in bounds is in bounds, so only a storage that may hold a tensor past its end (``OVERRUN_ATTRIBUTE``)
+    pays that check, after the view is made and with CPU's error. Every transpose, t, permute, select, slice,
+    squeeze, unsqueeze and expand of a step comes here, not to as_strided's Python check."""
+
+    def kernel(self, *args, **kwargs):
+        _set_meta_included(True)  # never already set here: Meta's views do not call back into Python
+        try:
+            view = method(self, *args, **kwargs)
+        finally:
+            _set_meta_included(False)
+        if hasattr(self.untyped_storage(), _tensor.OVERRUN_ATTRIBUTE):
+            _tensor.check_strided_view(view.shape, view.stride(), view.storage_offset(), view.element_size(),
+                                       _tensor.storage_bytes(self))
+        return view
+
+    kernel.__name__ = f"derived_{method.__name__}"
+    return kernel
+
+
+for _overload, _method in (
+    (torch.ops.aten.t.default, torch.Tensor.t),
+    (torch.ops.aten.transpose.int, torch.Tensor.transpose),
+    (torch.ops.aten.permute.default, torch.Tensor.permute),
+    (torch.ops.aten.select.int, torch.Tensor.select),
+    (torch.ops.aten.expand.default, torch.Tensor.expand),
+    (torch.ops.aten.unsqueeze.default, torch.Tensor.unsqueeze),
+    (torch.ops.aten.squeeze.default, torch.Tensor.squeeze),
+    (torch.ops.aten.squeeze.dim, torch.Tensor.squeeze),
+    (torch.ops.aten.squeeze.dims, torch.Tensor.squeeze),
+):
+    register_view(_overload)(derived_view(_method))
+register_view(torch.ops.aten.view.default)(_through_meta(torch.Tensor.view))
 
 
 def _checked_as_strided(method):
