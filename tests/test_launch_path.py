@@ -665,6 +665,9 @@ DERIVED_VIEWS = {
     "of_a_transposed_view": lambda x: x.transpose(0, 1).unsqueeze(0).permute(3, 1, 0, 2),
     "t_of_a_conj": lambda x: torch.complex(x, -x)[0].conj().t(),
     "of_an_empty_tensor": lambda x: x[:, :0].transpose(0, 2).unsqueeze(0),
+    "diagonal": lambda x: x.diagonal(),
+    "diagonal_offset_dims": lambda x: torch.diagonal(x, 1, 2, 0),
+    "diagonal_past_the_edge": lambda x: x.diagonal(7, -1, -2),
 }
 
 
@@ -712,6 +715,7 @@ def test_derived_views_carry_gradients_as_on_cpu():
     lambda d: torch.ones(3, 4, device=d).unsqueeze(3),
     lambda d: torch.ones(3, 4, 5, device=d).t(),
     lambda d: torch.ones(3, 4, device=d).squeeze(2),
+    lambda d: torch.ones(3, 4, device=d).diagonal(0, 1, 1),
 ])
 def test_derived_view_errors_are_cpus(call):
     check_same_error(call)
@@ -719,7 +723,8 @@ def test_derived_view_errors_are_cpus(call):
 
 SHRUNK_STORAGE_VIEWS = [lambda x: x.t(), lambda x: x.transpose(0, 1), lambda x: x.permute(1, 0), lambda x: x[1],
                         lambda x: x[2, :1], lambda x: x[:, 3], lambda x: x.unsqueeze(0), lambda x: x.expand(2, 3, 4),
-                        lambda x: x.squeeze(0), lambda x: x[:, :0].t(), lambda x: x.view(12)]
+                        lambda x: x.squeeze(0), lambda x: x[:, :0].t(), lambda x: x.view(12), lambda x: x.diagonal(),
+                        lambda x: x.diagonal(3)]
 
 
 @pytest.mark.parametrize("kept", [0, 8, 20, 44, 48])

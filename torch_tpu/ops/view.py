@@ -69,8 +69,9 @@ def derived_view(method):
     expand, ...), through the Tensor ``method`` as ``_through_meta`` runs it. ATen's composite for these reaches
     ``as_strided``, whose CPU kernel checks the view against the storage (``_checked_as_strided``); a view of a
     tensor in bounds is in bounds, so only a storage that may hold a tensor past its end (``OVERRUN_ATTRIBUTE``)
-    pays that check, after the view is made and with CPU's error. Every transpose, t, permute, select, slice,
-    squeeze, unsqueeze and expand of a step comes here, not to as_strided's Python check."""
+    pays that check, after the view is made and with CPU's error. Every transpose, t, permute, select,
+    squeeze, unsqueeze, expand and diagonal comes here, not to as_strided's Python check (``slice`` has no Tensor
+    method, and through its operator it would cost more than the check saves)."""
 
     def kernel(self, *args, **kwargs):
         _set_meta_included(True)  # never already set here: Meta's views do not call back into Python
@@ -97,6 +98,7 @@ for _overload, _method in (
     (torch.ops.aten.squeeze.default, torch.Tensor.squeeze),
     (torch.ops.aten.squeeze.dim, torch.Tensor.squeeze),
     (torch.ops.aten.squeeze.dims, torch.Tensor.squeeze),
+    (torch.ops.aten.diagonal.default, torch.Tensor.diagonal),
 ):
     register_view(_overload)(derived_view(_method))
 register_view(torch.ops.aten.view.default)(_through_meta(torch.Tensor.view))
