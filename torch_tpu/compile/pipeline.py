@@ -71,6 +71,7 @@ def compile_graph(gm, example_inputs, kind, dynamo_graph=None, shared=None):
     """AOTAutograd's compiler: the FX graph ``gm`` as a Program (one per shape when shapes are symbolic).
     ``shared`` holds the host values its forward and backward programs share (``remembered.py``)."""
     unroll_foreach(gm.graph)
+    copies_into_fresh_tensors_as_casts(gm.graph)
     if shared is not None:
         remembered.mark(gm.graph, kind, shared)
     constants = lift_constants(gm)
@@ -152,6 +153,36 @@ def lift_constants(gm):
         graph.erase_node(node)
         constants.append(value)
     return tuple(constants)
+
+
+# --- a gradient copied into a fresh tensor -----------------------------------------------------------
+
+# The allocations whose values nothing reads before a copy overwrites them whole.
+_FRESH = (aten.empty_permuted.default, aten.empty_like.default, aten.empty.memory_format, aten.empty_strided.default)
+
+
+def copies_into_fresh_tensors_as_casts(graph):
+    """``copy(empty_like(p), g)`` -> ``_to_copy(g, dtype=...)`` when the empty tensor has no other use and
+    ``g`` fills it whole in its contiguous layout. A ``loss.backward()`` traced into the graph
+    (``torch._dynamo.config.trace_autograd_ops``) accumulates each new gradient this way (Dynamo's
+    ``accumulate_grad`` polyfill, after PyTorch's gradient layout contract): as written, the allocation
+    would be an HBM buffer of its own that the copy's kernel never reads."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.copy.default:
+            continue
+        destination, source = node.args[:2]
+        value, copied = value_of(node), value_of(source)
+        if not (isinstance(destination, torch.fx.Node) and destination.target in _FRESH
+                and len(destination.users) == 1 and isinstance(copied, torch.Tensor)
+                and tuple(copied.shape) == tuple(value.shape) and copied.device == value.device
+                and value.is_contiguous()):
+            continue
+        with graph.inserting_before(node):
+            cast = graph.call_function(aten._to_copy.default, (source,), {"dtype": value.dtype})
+        cast.meta = dict(node.meta)
+        node.replace_all_uses_with(cast)
+        graph.erase_node(node)
+        graph.erase_node(destination)
 
 
 # --- _foreach_* ops as the per-tensor ops they apply ---------------------------------------------
