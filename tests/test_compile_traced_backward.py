@@ -10,7 +10,7 @@ import torch_tpu
 from torch._dynamo.utils import counters
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from torch_tpu.compile.pipeline import copies_into_fresh_tensors_as_casts
+from torch_tpu.compile.pipeline import copies_into_fresh_tensors_as_casts, skip_copies_of_values_read_once
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 from models import GPT, MLP, cross_entropy  # noqa: E402
@@ -116,3 +116,36 @@ def test_a_fresh_copy_with_the_parameters_transposed_layout_stays_a_copy():
     graph = _functional_graph(torch.randn(4, 3).t(), torch.randn(3, 4))
     copies_into_fresh_tensors_as_casts(graph)
     assert aten.copy.default in [n.target for n in graph.nodes]
+
+
+def _gradient_of_product(parameter, a, b):
+    product = torch.mm(a, b).t().t()  # a weight gradient: transposed twice
+    fresh = torch.empty_like(parameter)
+    fresh.copy_(product)
+    return fresh
+
+
+def _gradient_of_product_read_twice(parameter, a, b):
+    product = torch.mm(a, b)
+    fresh = torch.empty_like(parameter)
+    fresh.copy_(product)
+    return fresh, product.sum()
+
+
+def _passes_applied(function, *inputs):
+    function = torch.func.functionalize(function, remove="mutations_and_views")
+    graph = make_fx(function, tracing_mode="fake")(*inputs).graph
+    copies_into_fresh_tensors_as_casts(graph)
+    skip_copies_of_values_read_once(graph)
+    return [n.target for n in graph.nodes if n.op == "call_function"]
+
+
+def test_a_copy_of_a_new_value_read_by_it_alone_is_that_value():
+    targets = _passes_applied(_gradient_of_product, torch.randn(3, 4), torch.randn(3, 5), torch.randn(5, 4))
+    assert aten._to_copy.default not in targets and aten.mm.default in targets
+
+
+def test_copies_of_inputs_and_of_values_read_twice_stay():
+    assert _passes_applied(_copied_into_empty_like, torch.randn(3, 4), torch.randn(3, 4)) == [aten._to_copy.default]
+    targets = _passes_applied(_gradient_of_product_read_twice, torch.randn(3, 4), torch.randn(3, 5), torch.randn(5, 4))
+    assert aten._to_copy.default in targets
