@@ -19,12 +19,9 @@ aten = torch.ops.aten
 
 
 @pytest.fixture
-def traced_backward(monkeypatch):
+def traced_backward(monkeypatch, fresh_dynamo):
     monkeypatch.setattr(torch._dynamo.config, "trace_autograd_ops", True)
-    torch._dynamo.reset()
     counters.clear()
-    yield
-    torch._dynamo.reset()
 
 
 def _mlp():
