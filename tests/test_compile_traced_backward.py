@@ -106,7 +106,8 @@ def test_a_contiguous_fresh_copy_becomes_one_cast_and_its_allocation_goes():
     targets = [n.target for n in graph.nodes if n.op == "call_function"]
     assert targets == [aten._to_copy.default]
     cast = next(n for n in graph.nodes if n.op == "call_function")
-    assert cast.kwargs == {"dtype": torch.float32} and cast.meta["val"].dtype == torch.float32
+    assert cast.kwargs == {"dtype": torch.float32, "memory_format": torch.contiguous_format}
+    assert cast.meta["val"].dtype == torch.float32 and cast.meta["val"].is_contiguous()
 
 
 def test_a_fresh_copy_with_the_parameters_transposed_layout_stays_a_copy():

@@ -163,8 +163,8 @@ _FRESH = (aten.empty_permuted.default, aten.empty_like.default, aten.empty.memor
 
 
 def copies_into_fresh_tensors_as_casts(graph):
-    """``copy(empty_like(p), g)`` -> ``_to_copy(g, dtype=...)`` when the empty tensor has no other use and
-    ``g`` fills it whole in its contiguous layout. A ``loss.backward()`` traced into the graph
+    """``copy(empty_like(p), g)`` -> ``_to_copy(g, dtype=..., memory_format=contiguous)`` when the empty tensor
+    has no other use and ``g`` fills it whole in its contiguous layout. A ``loss.backward()`` traced into the graph
     (``torch._dynamo.config.trace_autograd_ops``) accumulates each new gradient this way (Dynamo's
     ``accumulate_grad`` polyfill, after PyTorch's gradient layout contract): as written, the allocation
     would be an HBM buffer of its own that the copy's kernel never reads."""
@@ -179,7 +179,8 @@ def copies_into_fresh_tensors_as_casts(graph):
                 and value.is_contiguous()):
             continue
         with graph.inserting_before(node):
-            cast = graph.call_function(aten._to_copy.default, (source,), {"dtype": value.dtype})
+            cast = graph.call_function(aten._to_copy.default, (source,),
+                                       {"dtype": value.dtype, "memory_format": torch.contiguous_format})
         cast.meta = dict(node.meta)
         node.replace_all_uses_with(cast)
         graph.erase_node(node)
@@ -192,7 +193,8 @@ def skip_copies_of_values_read_once(graph):
     the new gradient a traced ``loss.backward()`` copies into a fresh tensor, which eager's gradient
     accumulation takes as it is when its layout is the parameter's (PyTorch's gradient layout contract)."""
     for node in list(graph.nodes):
-        if node.op != "call_function" or node.target is not aten._to_copy.default or set(node.kwargs) - {"dtype"}:
+        if (node.op != "call_function" or node.target is not aten._to_copy.default
+                or set(node.kwargs) - {"dtype", "memory_format"}):
             continue
         source, value = node.args[0], value_of(node)
         if not isinstance(source, torch.fx.Node) or not _same_layout(value_of(source), value):
