@@ -4,9 +4,12 @@
     python benchmarks/compile.py --no-write # prints only
 
 One full training step (forward, backward, AdamW step; the optimizer step compiled too, as
-PyTorch users write it) of the MLP and of the GPT-style model of examples/models.py. Host wall
-times are best-of interleaved rounds; the simulated Ironwood step time, the HBM bytes the step
-moves and its peak HBM come from the emulated chip and do not depend on the host.
+PyTorch users write it) of the MLP and of the GPT-style model of examples/models.py. "tpu compiled"
+calls ``loss.backward()`` outside the compiled function; "backward in the graph" calls it inside
+(``torch._dynamo.config.trace_autograd_ops``: forward, backward and the gradients' accumulation are
+one program; docs/compile.md). Host times are best-of interleaved rounds (wall time, or process CPU
+time with ``--cpu-time``); the simulated Ironwood step time, the HBM bytes the step moves and its HBM
+peak come from the emulated chip and do not depend on the host.
 """
 
 import argparse
@@ -35,8 +38,9 @@ MODELS = {
 }
 
 
-def training_step(make_model, make_batch, device, backend=None):
-    """A closure running one full step; with ``backend`` the model and the optimizer step are compiled."""
+def training_step(make_model, make_batch, device, backend=None, backward_in_graph=False):
+    """A closure running one full step; with ``backend`` the model and the optimizer step are compiled, and
+    with ``backward_in_graph`` ``loss.backward()`` too."""
     torch.manual_seed(0)
     model = make_model().to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
@@ -45,14 +49,23 @@ def training_step(make_model, make_batch, device, backend=None):
     def loss_of(x, y):
         return model(x, y) if isinstance(model, GPT) else cross_entropy(model(x), y)
 
-    if backend is not None:  # the loss and the optimizer step compiled, as PyTorch users write them
-        loss_of, update = torch.compile(loss_of, backend=backend), torch.compile(optimizer.step, backend=backend)
-    else:
-        update = optimizer.step
+    def gradients(x, y):
+        loss_of(x, y).backward()
+
+    def loss_and_gradients(x, y):  # the whole of it compiled as one graph
+        loss = loss_of(x, y)
+        loss.backward()
+        return loss.detach()
+
+    if backward_in_graph:  # needs torch._dynamo.config.trace_autograd_ops (set in main)
+        gradients = torch.compile(loss_and_gradients, backend=backend)
+    elif backend is not None:  # the loss and the optimizer step compiled, as PyTorch users write them
+        loss_of = torch.compile(loss_of, backend=backend)
+    update = optimizer.step if backend is None else torch.compile(optimizer.step, backend=backend)
 
     def step():
         optimizer.zero_grad()
-        loss_of(inputs, targets).backward()
+        gradients(inputs, targets)
         update()
 
     return step
@@ -85,36 +98,45 @@ def chip_figures(step):
     return chip.clock.busy_seconds - before_time, moved, torch.tpu.max_memory_allocated() - start
 
 
-def measure(name, make_model, make_batch, number):
+def measure(name, make_model, make_batch, number, clock):
     torch._dynamo.reset()
     steps = {
         "tpu eager": training_step(make_model, make_batch, "tpu"),
         "tpu compiled": training_step(make_model, make_batch, "tpu", backend="tpu"),
+        "backward in the graph": training_step(make_model, make_batch, "tpu", backend="tpu", backward_in_graph=True),
         "CPU eager": training_step(make_model, make_batch, "cpu"),
         "Inductor CPU": training_step(make_model, make_batch, "cpu", backend="inductor"),
     }
     cold, recompile_free = compile_seconds(steps["tpu compiled"])
+    traced_cold, traced_recompile_free = compile_seconds(steps["backward in the graph"])
     steps["Inductor CPU"]()  # its compile is not what is measured
     steps["tpu eager"]()
-    wall = best_seconds(steps, number, repeat=5)
-    eager_chip, compiled_chip = chip_figures(steps["tpu eager"]), chip_figures(steps["tpu compiled"])
-    return {"wall": wall, "eager_chip": eager_chip, "compiled_chip": compiled_chip, "cold": cold,
-            "recompile_free": recompile_free}
+    wall = best_seconds(steps, number, repeat=5, clock=clock)
+    chip = {name: chip_figures(steps[name]) for name in ("tpu eager", "tpu compiled", "backward in the graph")}
+    return {"wall": wall, "chip": chip, "cold": cold, "recompile_free": recompile_free, "traced_cold": traced_cold,
+            "traced_recompile_free": traced_recompile_free}
 
 
 def tables(results):
-    speed = ["| model | tpu eager | tpu compiled | CPU eager | Inductor CPU | compiled speed-up | compiled / CPU eager |",
-             "|---|---|---|---|---|---|---|"]
-    chip = ["| model | Ironwood step, eager | compiled | HBM moved, eager | compiled | ratio | peak HBM, eager | compiled "
-            "| cold compile | second run recompiles |", "|---|---|---|---|---|---|---|---|---|---|"]
+    speed = ["| model | tpu eager | tpu compiled | backward in the graph | CPU eager | Inductor CPU | compiled speed-up "
+             "| backward in the graph: speed-up | compiled / CPU eager | backward in the graph / CPU eager |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    chip = ["| model | Ironwood step, eager | compiled | backward in the graph | HBM moved, eager | compiled "
+            "| backward in the graph | peak HBM, eager | compiled | backward in the graph | cold compile "
+            "| backward in the graph | second run recompiles |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         w = r["wall"]
-        speed.append(f"| {name} | {format_time(w['tpu eager'])} | {format_time(w['tpu compiled'])} "
+        eager, compiled, traced = w["tpu eager"], w["tpu compiled"], w["backward in the graph"]
+        speed.append(f"| {name} | {format_time(eager)} | {format_time(compiled)} | {format_time(traced)} "
                      f"| {format_time(w['CPU eager'])} | {format_time(w['Inductor CPU'])} "
-                     f"| {w['tpu eager'] / w['tpu compiled']:.2f}x | {w['tpu compiled'] / w['CPU eager']:.2f}x |")
-        (t_e, b_e, p_e), (t_c, b_c, p_c) = r["eager_chip"], r["compiled_chip"]
-        chip.append(f"| {name} | {t_e * 1e6:.1f} us | {t_c * 1e6:.1f} us | {b_e:,} B | {b_c:,} B | {b_c / b_e:.2f}x "
-                    f"| {p_e:,} B | {p_c:,} B | {r['cold']:.1f} s | {'no' if r['recompile_free'] else 'yes'} |")
+                     f"| {eager / compiled:.2f}x | {eager / traced:.2f}x | {compiled / w['CPU eager']:.2f}x "
+                     f"| {traced / w['CPU eager']:.2f}x |")
+        (t_e, b_e, p_e), (t_c, b_c, p_c), (t_t, b_t, p_t) = (
+            r["chip"][k] for k in ("tpu eager", "tpu compiled", "backward in the graph"))
+        recompiles = "no" if r["recompile_free"] and r["traced_recompile_free"] else "yes"
+        chip.append(f"| {name} | {t_e * 1e6:.1f} us | {t_c * 1e6:.1f} us | {t_t * 1e6:.1f} us | {b_e:,} B "
+                    f"| {b_c:,} B ({b_c / b_e:.2f}x) | {b_t:,} B ({b_t / b_e:.2f}x) | {p_e:,} B | {p_c:,} B | {p_t:,} B "
+                    f"| {r['cold']:.1f} s | {r['traced_cold']:.1f} s | {recompiles} |")
     return "\n".join(speed) + "\n\n" + "\n".join(chip)
 
 
@@ -122,12 +144,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/performance.md alone")
     parser.add_argument("--number", type=int, default=10, help="steps per timing round")
+    parser.add_argument("--cpu-time", action="store_true", help="time the process's CPU time, not wall time")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
-    results = {name: measure(name, *factories, args.number) for name, factories in MODELS.items()}
+    torch._dynamo.config.trace_autograd_ops = True  # lets "backward in the graph" trace loss.backward()
+    clock = time.process_time if args.cpu_time else time.perf_counter
+    results = {name: measure(name, *factories, args.number, clock) for name, factories in MODELS.items()}
     header = measured_on("one full training step (forward, backward, AdamW), every variant single-threaded, "
-                         "best of interleaved rounds.")
+                         f"best of interleaved rounds, {'process CPU' if args.cpu_time else 'wall'} time.")
     markdown = f"{header}\n\n{tables(results)}"
     print(markdown)
     if not args.no_write:

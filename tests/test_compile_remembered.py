@@ -99,3 +99,34 @@ def test_two_forwards_before_one_backward_recompute_the_cdf_they_lost(taken):
     for a, e in zip(actual, expected):
         assert_identical(a, e)
     assert sorted(taken) == [False, True]  # the second forward's CDF replaced the first's
+
+
+def test_a_traced_backward_takes_the_cdf_its_own_program_computed(taken, monkeypatch):
+    monkeypatch.setattr(torch._dynamo.config, "trace_autograd_ops", True)
+    torch.manual_seed(2)
+    model = _GeluBlock(8).to("tpu")
+    x = torch.randn(4, 8).to("tpu")
+
+    def loss_of(x):
+        return model(x).sum()
+
+    def loss_and_gradients(x):
+        loss = loss_of(x)
+        loss.backward()
+        return loss.detach()
+
+    expected = _gradients(model, loss_of, x)
+    model.zero_grad(set_to_none=True)
+    torch.compile(loss_and_gradients, backend="tpu")(x)
+    for p, e in zip(model.parameters(), expected):
+        assert_identical(p.grad, e)
+    assert taken == [True]
+
+
+def test_an_inference_graph_without_gelus_backward_keeps_no_cdf(monkeypatch):
+    kept = []
+    monkeypatch.setattr(remembered.Remembered, "keep", lambda self, *args: kept.append(args))
+    model = _GeluBlock(8).to("tpu")
+    with torch.no_grad():
+        torch.compile(model, backend="tpu")(torch.randn(4, 8).to("tpu"))
+    assert kept == []

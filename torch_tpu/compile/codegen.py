@@ -107,6 +107,9 @@ def generate(graph, name):
             base = root(arg)
             last_use[base] = max(last_use.get(base, 0), position[node])
             last_use[arg] = max(last_use.get(arg, 0), position[node])
+            if base in lowered and lowered[base].writes is not None:  # an in-place result is its input's memory
+                written = root(lowered[base].writes)  # (a gradient accumulated in place and returned)
+                last_use[written] = max(last_use.get(written, 0), position[node])
 
     viewed_by_outputs = {root(o) for o in output_set}
     homes = {}

@@ -71,6 +71,8 @@ def compile_graph(gm, example_inputs, kind, dynamo_graph=None, shared=None):
     """AOTAutograd's compiler: the FX graph ``gm`` as a Program (one per shape when shapes are symbolic).
     ``shared`` holds the host values its forward and backward programs share (``remembered.py``)."""
     unroll_foreach(gm.graph)
+    copies_into_fresh_tensors_as_casts(gm.graph)
+    skip_copies_of_values_read_once(gm.graph)
     if shared is not None:
         remembered.mark(gm.graph, kind, shared)
     constants = lift_constants(gm)
@@ -152,6 +154,85 @@ def lift_constants(gm):
         graph.erase_node(node)
         constants.append(value)
     return tuple(constants)
+
+
+# --- a gradient copied into a fresh tensor -----------------------------------------------------------
+
+# The allocations whose values nothing reads before a copy overwrites them whole.
+_FRESH = (aten.empty_permuted.default, aten.empty_like.default, aten.empty.memory_format, aten.empty_strided.default)
+
+
+def copies_into_fresh_tensors_as_casts(graph):
+    """``copy(empty_like(p), g)`` -> ``_to_copy(g, dtype=..., memory_format=contiguous)`` when the empty tensor
+    has no other use and ``g`` fills it whole in its contiguous layout. A ``loss.backward()`` traced into the graph
+    (``torch._dynamo.config.trace_autograd_ops``) accumulates each new gradient this way (Dynamo's
+    ``accumulate_grad`` polyfill, after PyTorch's gradient layout contract): as written, the allocation
+    would be an HBM buffer of its own that the copy's kernel never reads."""
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not aten.copy.default:
+            continue
+        destination, source = node.args[:2]
+        value, copied = value_of(node), value_of(source)
+        if not (isinstance(destination, torch.fx.Node) and destination.target in _FRESH
+                and len(destination.users) == 1 and isinstance(copied, torch.Tensor)
+                and tuple(copied.shape) == tuple(value.shape) and copied.device == value.device
+                and value.is_contiguous()):
+            continue
+        with graph.inserting_before(node):
+            cast = graph.call_function(aten._to_copy.default, (source,),
+                                       {"dtype": value.dtype, "memory_format": torch.contiguous_format})
+        cast.meta = dict(node.meta)
+        node.replace_all_uses_with(cast)
+        graph.erase_node(node)
+        graph.erase_node(destination)
+
+
+def skip_copies_of_values_read_once(graph):
+    """A same-dtype ``_to_copy`` laid out exactly as the value it copies, which it alone reads (through
+    views that change no layout: a weight gradient transposed twice), is that value: the copy goes. This is
+    the new gradient a traced ``loss.backward()`` copies into a fresh tensor, which eager's gradient
+    accumulation takes as it is when its layout is the parameter's (PyTorch's gradient layout contract)."""
+    for node in list(graph.nodes):
+        if (node.op != "call_function" or node.target is not aten._to_copy.default
+                or set(node.kwargs) - {"dtype", "memory_format"}):
+            continue
+        source, value = node.args[0], value_of(node)
+        if not isinstance(source, torch.fx.Node) or not _same_layout(value_of(source), value):
+            continue
+        computed = _computed_value_read_only_through(source)
+        if computed is not None and _same_layout(value_of(computed), value, shape=False):
+            node.replace_all_uses_with(source)
+            graph.erase_node(node)
+
+
+def _same_layout(a, b, shape=True):
+    """Contiguous tensors of one dtype and device at offset 0, of one shape (or one number of elements)."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        return False
+    same_size = tuple(a.shape) == tuple(b.shape) if shape else a.numel() == b.numel()
+    return (same_size and a.dtype == b.dtype and a.device == b.device and a.is_contiguous() and b.is_contiguous()
+            and a.storage_offset() == 0 == b.storage_offset())
+
+
+_LAYOUT_VIEWS = (aten.view.default, aten._unsafe_view.default, aten.permute.default, aten.t.default,
+                 aten.alias.default, aten.reshape.default)
+
+
+def _computed_value_read_only_through(node):
+    """The new value ``node`` views, when every value on the way has one reader, the next one; else None."""
+    while node.op == "call_function" and node.target in _LAYOUT_VIEWS and len(node.users) == 1:
+        node = node.args[0]
+    return node if _new_value(node) and len(node.users) == 1 else None
+
+
+def _new_value(node):
+    """A result that aliases nothing (not a view, not an input written in place)."""
+    if node.op == "call_function" and node.target is operator.getitem:
+        node = node.args[0]
+    if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
+        return False
+    schema = node.target._schema
+    return not schema.is_mutable and not any(r.alias_info is not None for r in schema.returns)
 
 
 # --- _foreach_* ops as the per-tensor ops they apply ---------------------------------------------

@@ -9,8 +9,9 @@ program takes the slot and uses the CDF only when its own operand has the same b
 about 30 times cheaper than the erf), so a value written in between, a second forward before the
 backward, or a backward run twice compute the CDF again and never get a stale one.
 
-One ``Remembered`` serves the forward and backward programs of one AOTAutograd graph; it holds at
-most one entry per GELU node (its host memory: twice that node's input, until the backward takes it).
+One ``Remembered`` serves the forward and backward programs of one AOTAutograd graph, or the one program
+of a graph that holds both (``loss.backward()`` traced into it); it holds at most one entry per GELU node
+(its host memory: twice that node's input, until the backward takes it).
 """
 
 import numpy as np
@@ -73,16 +74,24 @@ def saved_root(node):
     return node
 
 
+_KEEPS, _TAKES = aten.gelu.default, aten.gelu_backward.default
+
+
 def mark(graph, kind, remembered):
-    """Mark the exact-GELU nodes of a forward (they keep their CDF) or backward graph (their backward takes it)."""
-    target = {"forward": aten.gelu.default, "backward": aten.gelu_backward.default}.get(kind)
-    operands = 1 if target is aten.gelu.default else 2
+    """Mark the exact-GELU nodes of a forward (they keep their CDF) or backward graph (their backward takes it);
+    in a graph holding both (a ``loss.backward()`` traced into it), the GELUs whose backward it also holds."""
+    slots = {}
     for node in graph.nodes:
-        if node.op != "call_function" or node.target is not target:
+        operands = {_KEEPS: 1, _TAKES: 2}.get(node.target) if node.op == "call_function" else None
+        if operands is None:
             continue
         approximate = node.args[operands] if len(node.args) > operands else node.kwargs.get("approximate", "none")
         if approximate != "none":
             continue
         operand = node.args[operands - 1]
-        root = saved_root(operand)
-        node.meta[SLOT] = (remembered, f"{root.name}:{tuple(operand.meta['val'].shape)}")
+        slots[node] = f"{saved_root(operand).name}:{tuple(operand.meta['val'].shape)}"
+    marked = {"forward": (_KEEPS,), "backward": (_TAKES,), "inference": (_KEEPS, _TAKES)}.get(kind, ())
+    taken = {slot for node, slot in slots.items() if node.target is _TAKES}
+    for node, slot in slots.items():
+        if node.target in marked and (kind != "inference" or slot in taken):
+            node.meta[SLOT] = (remembered, slot)
