@@ -724,7 +724,8 @@ def test_derived_view_errors_are_cpus(call):
 SHRUNK_STORAGE_VIEWS = [lambda x: x.t(), lambda x: x.transpose(0, 1), lambda x: x.permute(1, 0), lambda x: x[1],
                         lambda x: x[2, :1], lambda x: x[:, 3], lambda x: x.unsqueeze(0), lambda x: x.expand(2, 3, 4),
                         lambda x: x.squeeze(0), lambda x: x[:, :0].t(), lambda x: x.view(12), lambda x: x.diagonal(),
-                        lambda x: x.diagonal(3)]
+                        lambda x: x.diagonal(3), lambda x: x.transpose(0, 0), lambda x: x.transpose(1, -1),
+                        lambda x: x.swapdims(1, 1), lambda x: x.view(12).t(), lambda x: x[0, 0].t()]
 
 
 @pytest.mark.parametrize("kept", [0, 8, 20, 44, 48])

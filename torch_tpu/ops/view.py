@@ -62,14 +62,28 @@ def reshape_alias(keyset, self, size, stride):
     return view
 
 
-def derived_view(method):
+def _never_aliases(self, *args, **kwargs):
+    return False
+
+
+def _transpose_aliases(self, dim0, dim1):
+    return dim0 % max(self.dim(), 1) == dim1 % max(self.dim(), 1)
+
+
+def _t_aliases(self):
+    return self.dim() < 2
+
+
+def derived_view(method, aliases=_never_aliases):
     """Meta's kernel of a view whose layout rearranges its input's elements (transpose, permute, select,
     expand, ...), through the Tensor ``method`` as ``_through_meta`` runs it. ATen's composite for these reaches
     ``as_strided``, whose CPU kernel checks the view against the storage (``_checked_as_strided``); a view of a
     tensor in bounds is in bounds, so only a storage that may hold a tensor past its end (``OVERRUN_ATTRIBUTE``)
-    pays that check, after the view is made and with CPU's error. Every transpose, t, permute, select,
-    squeeze, unsqueeze, expand and diagonal comes here, not to as_strided's Python check (``slice`` has no Tensor
-    method, and through its operator it would cost more than the check saves)."""
+    pays that check, after the view is made and with CPU's error. Calls for which ATen returns ``alias()``
+    instead (``aliases``: a transpose of a dim with itself, ``t`` of fewer than 2 dims) are never checked, as on
+    CPU. Every transpose, t, permute, select, squeeze, unsqueeze, expand and diagonal comes here, not to
+    as_strided's Python check (``slice`` has no Tensor method, and through its operator it would cost more
+    than the check saves)."""
 
     def kernel(self, *args, **kwargs):
         _set_meta_included(True)  # ``_through_meta``, inlined: a frame fewer on every view of a step
@@ -77,7 +91,7 @@ def derived_view(method):
             view = method(self, *args, **kwargs)
         finally:
             _set_meta_included(False)
-        if hasattr(self.untyped_storage(), _tensor.OVERRUN_ATTRIBUTE):
+        if hasattr(self.untyped_storage(), _tensor.OVERRUN_ATTRIBUTE) and not aliases(self, *args, **kwargs):
             _tensor.check_strided_view(view.shape, view.stride(), view.storage_offset(), view.element_size(),
                                        _tensor.storage_bytes(self))
         return view
@@ -86,9 +100,9 @@ def derived_view(method):
     return kernel
 
 
+register_view(torch.ops.aten.t.default)(derived_view(torch.Tensor.t, aliases=_t_aliases))
+register_view(torch.ops.aten.transpose.int)(derived_view(torch.Tensor.transpose, aliases=_transpose_aliases))
 for _overload, _method in (
-    (torch.ops.aten.t.default, torch.Tensor.t),
-    (torch.ops.aten.transpose.int, torch.Tensor.transpose),
     (torch.ops.aten.permute.default, torch.Tensor.permute),
     (torch.ops.aten.select.int, torch.Tensor.select),
     (torch.ops.aten.expand.default, torch.Tensor.expand),
