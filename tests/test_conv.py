@@ -18,8 +18,9 @@ def seeded():
 
 
 def check(f, tensors, kwargs, dtype=torch.float32, tolerance=FLOAT32):
-    """Convolution ``f`` and its input, weight and bias gradients, in ``dtype``, tpu against CPU."""
-    check_grads(lambda *ts: f(*ts, **kwargs), *(None if t is None else t.to(dtype) for t in tensors), **tolerance)
+    """Convolution ``f`` and its input, weight and bias gradients, in ``dtype``, tpu against CPU; the tpu outputs."""
+    return check_grads(lambda *ts: f(*ts, **kwargs), *(None if t is None else t.to(dtype) for t in tensors),
+                       **tolerance)
 
 
 CASES = {
@@ -188,3 +189,77 @@ def test_convolution_results_and_gradients_take_cpus_memory_format(spatial, tran
     assert strides == expected_strides
     for got, want in zip(actual, expected):
         torch.testing.assert_close(got, want, **FLOAT32)
+
+
+POINTWISE = {  # 1x1 kernels at stride 1, unpadded: one GEMM per image straight from the input and into the result
+    "2d": (F.conv2d, (3, 8, 5, 4), (12, 8, 1, 1), {}),
+    "2d grouped": (F.conv2d, (2, 6, 4, 5), (9, 2, 1, 1), dict(groups=3)),
+    "2d depthwise": (F.conv2d, (2, 4, 3, 3), (8, 1, 1, 1), dict(groups=4)),
+    "2d one pixel (squeeze-and-excitation)": (F.conv2d, (4, 16, 1, 1), (4, 16, 1, 1), {}),
+    "2d dilated": (F.conv2d, (2, 3, 4, 4), (5, 3, 1, 1), dict(dilation=2)),
+    "1d": (F.conv1d, (2, 5, 7), (3, 5, 1), {}),
+    "3d": (F.conv3d, (2, 3, 2, 3, 4), (4, 3, 1, 1, 1), {}),
+    "unbatched": (F.conv2d, (3, 4, 4), (6, 3, 1, 1), {}),
+    "empty batch": (F.conv2d, (0, 3, 4, 4), (6, 3, 1, 1), {}),
+}
+
+
+@pytest.mark.parametrize("name", list(POINTWISE))
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_pointwise_convolution_matches_cpu(name, with_bias):
+    f, input_shape, weight_shape, kwargs = POINTWISE[name]
+    bias = torch.randn(weight_shape[0]) if with_bias else None
+    outputs = check(f, (torch.randn(input_shape), torch.randn(weight_shape), bias), kwargs)
+    assert outputs[0].stride() == f(torch.randn(input_shape), torch.randn(weight_shape), bias, **kwargs).stride()
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, BF16), (torch.float64, {})], ids=["bf16", "float64"])
+def test_pointwise_convolution_in_other_dtypes(dtype, tolerance):
+    """bf16 adds the bias in the float32 accumulator and rounds once, as the im2col path stores it."""
+    check(F.conv2d, (torch.randn(2, 8, 3, 4) * 4, torch.randn(6, 8, 1, 1), torch.randn(6) * 4), {}, dtype=dtype,
+          tolerance=tolerance)
+
+
+@pytest.mark.parametrize("layout", ["channel slice", "transposed", "channels-last"])
+def test_pointwise_convolution_of_strided_inputs(layout):
+    """Any input layout: a view the GEMM reads in place, one it copies first, channels-last (which keeps CPU's
+    channels-last results through the im2col path)."""
+    base = torch.randn(2, 10, 5, 4)
+    x = {"channel slice": base[:, ::2], "transposed": base.transpose(2, 3),
+         "channels-last": base.contiguous(memory_format=torch.channels_last)}[layout]
+    w = torch.randn(3, x.shape[1], 1, 1)
+    outputs = check(F.conv2d, (x, w, torch.randn(3)), {})
+    assert outputs[0].stride() == F.conv2d(x, w).stride()
+
+
+@pytest.mark.usefixtures("paused_collector")
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_pointwise_convolution_allocates_its_results_and_is_charged_as_a_convolution(with_bias):
+    import torch_tpu
+
+    clock = torch_tpu._C.current_chip().clock
+    x, w = torch.randn(3, 8, 5, 4, device="tpu"), torch.randn(12, 8, 1, 1, device="tpu")
+    bias = torch.randn(12, device="tpu") if with_bias else None
+    grad = torch.randn(3, 12, 5, 4, device="tpu")
+    settings = ([1, 1], [0, 0], [1, 1], False, [0, 0], 1)
+    for name, call, operands in [
+        ("convolution_overrideable", lambda: torch.ops.aten.convolution_overrideable(x, w, bias, *settings),
+         (x, w) + ((bias,) if with_bias else ())),
+        ("convolution_backward_overrideable",
+         lambda: torch.ops.aten.convolution_backward_overrideable(grad, x, w, *settings, [True, True, with_bias]),
+         (grad, x, w)),
+    ]:
+        before = clock.op_totals.get(name, torch_tpu._C.clock.OpTotals()).copy()
+        allocated = torch.tpu.memory_allocated()
+        torch.tpu.reset_peak_memory_stats()
+        results = call()
+        results = [r for r in (results if isinstance(results, tuple) else (results,)) if r is not None]
+        made = sum(r.nbytes for r in results)
+        assert torch.tpu.memory_allocated() == torch.tpu.max_memory_allocated() == allocated + made, name
+        totals = clock.op_totals[name]
+        assert totals.count == before.count + 1
+        assert totals.bytes - before.bytes == sum(t.nbytes for t in operands) + made
+        # each output element (and each input- and weight-gradient element's share) a dot product over 8 channels
+        convolutions = 1 if name == "convolution_overrideable" else 2
+        assert totals.flops - before.flops == convolutions * 2 * (3 * 12 * 5 * 4) * 8
+        del results

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .. import _C
-from ._common import (channel_sums, empty, operand, opmath_dtype, padded, store, store_in_memory_format,
-                      suggested_memory_format, write)
+from ._common import (channel_sums, empty, empty_with_array, operand, opmath_dtype, padded, store,
+                      store_in_memory_format, suggested_memory_format, write)
 from ._registry import register
 from .cpu_kernel_dtypes import convolution_dtypes, cpu_dtypes
 from .._errors import raise_cpu_error
@@ -225,6 +225,35 @@ def _convolve_transposed(x, weight, stride, padding, dilation, output_padding, g
     return result[(..., *crop)]
 
 
+def _pointwise(kernel, stride, padding):
+    """Whether a convolution mixes channels at each position alone: a 1x1 kernel at stride 1, unpadded (the
+    expansions and projections of MobileNet and EfficientNet, their squeeze-and-excitation layers)."""
+    return all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(padding)
+
+
+def _per_position(weights, x, out=None):
+    """(G, M, K) weights times each image's (G, K, P) channels, (N, G, M, P): for a pointwise convolution's
+    forward and input gradient, one GEMM per image and group straight from the input's memory (no im2col)
+    and, with ``out`` (N, G * M, *spatial), straight into the result's (no product to copy)."""
+    batch, positions = x.shape[0], math.prod(x.shape[2:])
+    groups, rows, depth = weights.shape
+    return mxu_matmul(weights, x.reshape(batch, groups, depth, positions),
+                      None if out is None else out.reshape(batch, groups, rows, positions))
+
+
+def _stored_per_position(weights, x, bias, dtype):
+    """``_per_position`` as a new contiguous tensor of ``dtype`` (N, G * M, *spatial), with ``bias`` per
+    channel added in the accumulator before the one rounding, as the im2col path stores it."""
+    shape = (x.shape[0], weights.shape[0] * weights.shape[1], *x.shape[2:])
+    result, target = empty_with_array(shape, dtype)
+    if target.dtype == _C.mxu.accumulator_dtype(weights.dtype, x.dtype):
+        _per_position(weights, x, target)
+        _with_bias(target, bias)
+    else:
+        write(result, _with_bias(_per_position(weights, x).reshape(shape), bias))
+    return result
+
+
 def _with_bias(accumulator, bias):
     if bias is not None:
         accumulator += operand(bias).astype(accumulator.dtype).reshape(-1, *(1,) * (accumulator.ndim - 2))
@@ -276,6 +305,7 @@ def convolution(input, weight, bias, stride, padding, dilation, transposed, outp
         raise_cpu_error(torch.ops.aten.convolution.default, input, weight, bias, stride, padding, dilation, transposed,
                       output_padding, groups)
     x, w = operand(input, "convolution"), operand(weight, "convolution")
+    channels_last = _channels_last(input, weight)
     if transposed:
         # CPU leaves a transposed convolution whose output padding is not below its stride to its im2col
         # kernel, which stores the columns and adds them back in the tensor's own dtype (bf16 rounds each
@@ -285,9 +315,11 @@ def convolution(input, weight, bias, stride, padding, dilation, transposed, outp
         accumulator = _convolve_transposed(x, w, stride, padding, dilation, output_padding, groups,
                                            x.dtype if im2col else None)
     else:
+        if _pointwise(w.shape[2:], stride, padding) and not channels_last:
+            return _stored_per_position(_grouped_weight(w, groups), x, bias, input.dtype)
         accumulator = _convolve(x, w, stride, padding, dilation, groups)
     accumulator = _with_bias(accumulator, bias)
-    return _store_laid_out(accumulator, input.dtype, _channels_last(input, weight))
+    return _store_laid_out(accumulator, input.dtype, channels_last)
 
 
 def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
@@ -376,7 +408,9 @@ def convolution_backward(grad_output, input, weight, stride, padding, dilation, 
     grad, x, w = (operand(t, "convolution_backward") for t in (grad_output, input, weight))
     grad_input = grad_weight = grad_bias = None
     channels_last = _channels_last(input, weight)
-    if output_mask[0]:
+    if output_mask[0] and not transposed and not channels_last and _pointwise(w.shape[2:], stride, padding):
+        grad_input = _stored_per_position(_grouped_weight(w, groups).swapaxes(1, 2), grad, None, input.dtype)
+    elif output_mask[0]:
         gradient = _input_gradient(grad, w, x.shape, stride, padding, dilation, transposed, groups)
         grad_input = _store_laid_out(gradient, input.dtype, channels_last)
     if output_mask[1]:
