@@ -1,6 +1,7 @@
 """Convolution on tpu (im2col on the MXU), forward and backward, differential against torch CPU."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -201,6 +202,10 @@ POINTWISE = {  # 1x1 kernels at stride 1, unpadded: one GEMM per image straight 
     "3d": (F.conv3d, (2, 3, 2, 3, 4), (4, 3, 1, 1, 1), {}),
     "unbatched": (F.conv2d, (3, 4, 4), (6, 3, 1, 1), {}),
     "empty batch": (F.conv2d, (0, 3, 4, 4), (6, 3, 1, 1), {}),
+    # the weight gradient's per-image path serves the adjoint too, unless output padding adds positions
+    "transposed": (F.conv_transpose2d, (2, 6, 4, 5), (6, 2, 1, 1), dict(groups=2)),
+    "transposed with output padding": (F.conv_transpose2d, (2, 3, 4, 5), (3, 4, 1, 1),
+                                       dict(dilation=2, output_padding=1)),
 }
 
 
@@ -208,7 +213,8 @@ POINTWISE = {  # 1x1 kernels at stride 1, unpadded: one GEMM per image straight 
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
 def test_pointwise_convolution_matches_cpu(name, with_bias):
     f, input_shape, weight_shape, kwargs = POINTWISE[name]
-    bias = torch.randn(weight_shape[0]) if with_bias else None
+    bias = torch.randn(weight_shape[1] * kwargs.get("groups", 1) if f is F.conv_transpose2d else weight_shape[0]
+                       ) if with_bias else None
     outputs = check(f, (torch.randn(input_shape), torch.randn(weight_shape), bias), kwargs)
     assert outputs[0].stride() == f(torch.randn(input_shape), torch.randn(weight_shape), bias, **kwargs).stride()
 
@@ -263,3 +269,15 @@ def test_pointwise_convolution_allocates_its_results_and_is_charged_as_a_convolu
         convolutions = 1 if name == "convolution_overrideable" else 2
         assert totals.flops - before.flops == convolutions * 2 * (3 * 12 * 5 * 4) * 8
         del results
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_overflow_gives_inf_without_a_warning(kernel):
+    """As on CPU: a bias that takes a finite product past float32's range gives inf, and NumPy's overflow
+    warning stays silent."""
+    x, w = torch.full((1, 2, 3, 3), 1e19), torch.full((3, 2, kernel, kernel), 1e19 / (2 * kernel * kernel))
+    b = torch.full((3,), 3e38)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        actual = F.conv2d(x.to("tpu"), w.to("tpu"), b.to("tpu"), padding=kernel // 2).cpu()
+    torch.testing.assert_close(actual, F.conv2d(x, w, b, padding=kernel // 2))

@@ -25,7 +25,7 @@ import torch
 from .. import _C
 from ._common import (channel_sums, empty, empty_with_array, operand, opmath_dtype, padded, store,
                       store_in_memory_format, suggested_memory_format, write)
-from ._registry import register
+from .nn import register
 from .cpu_kernel_dtypes import convolution_dtypes, cpu_dtypes
 from .._errors import raise_cpu_error
 from .linalg import mxu_matmul
@@ -331,6 +331,8 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
     grid's extra positions, unless the source holds an inf or NaN, which those zeros would turn into NaN.
     """
     out_spatial = target.shape[2:]
+    if _pointwise(kernel, stride, padding) and source.shape[2:] == out_spatial:
+        return _pointwise_weight_gradient(source, target, groups).reshape(target.shape[1], -1, *kernel)
     if all(s == 1 for s in stride) and _spare_rows(kernel):  # else the wide grid is the output's own
         wide = _wide_source(source, [(p, p) for p in padding], kernel)
         if np.isfinite(np.add.reduce(wide, axis=None)):  # a sum is finite only if every term is
@@ -338,6 +340,16 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
             return _correlated_gradient(windows, _widened(target, grid), kernel, groups)
     return _correlated_gradient(_windows(source, kernel, stride, padding, dilation, out_spatial), target, kernel,
                                 groups)
+
+
+def _pointwise_weight_gradient(source, target, groups):
+    """A pointwise convolution's weight gradient, (G, T/G, S/G): per image, ``target``'s (G, T/G, P) positions
+    times ``source``'s (G, S/G, P) transposed, straight from the operands' memory, then summed over the batch
+    (float32 partial sums per image: no im2col copy of the source, no transposed copy of the target)."""
+    batch, positions = source.shape[0], math.prod(source.shape[2:])
+    rows = target.reshape(batch, groups, target.shape[1] // groups, positions)
+    columns = source.reshape(batch, groups, source.shape[1] // groups, positions).swapaxes(2, 3)
+    return np.add.reduce(mxu_matmul(rows, columns), axis=0)
 
 
 def _widened(target, grid):
