@@ -281,3 +281,34 @@ def test_overflow_gives_inf_without_a_warning(kernel):
         warnings.simplefilter("error")
         actual = F.conv2d(x.to("tpu"), w.to("tpu"), b.to("tpu"), padding=kernel // 2).cpu()
     torch.testing.assert_close(actual, F.conv2d(x, w, b, padding=kernel // 2))
+
+
+@pytest.mark.parametrize("kernel, groups", [(3, 1), (3, 4), (1, 1)], ids=["3x3", "depthwise", "1x1"])
+def test_weight_gradient_that_overflows_matches_cpu(kernel, groups):
+    """Finite inputs whose weight-gradient sums overflow: inf where CPU's are, finite elsewhere (a wide-grid
+    gradient that is not all finite is computed again over the exact windows). Positive terms, so that every
+    summation order overflows alike."""
+    x, grad = torch.rand(2, 4, 6, 5) + 0.5, torch.rand(2, 4, 6, 5) + 0.5
+    x[:, 1] *= 1e38
+    w = torch.randn(4, 4 // groups, kernel, kernel)
+    settings = ([1, 1], [kernel // 2] * 2, [1, 1], False, [0, 0], groups, [False, True, False])
+    results = {device: torch.ops.aten.convolution_backward(grad.to(device), x.to(device), w.to(device), None,
+                                                           *settings)[1].cpu() for device in ("cpu", "tpu")}
+    assert not results["cpu"].isfinite().all() and results["cpu"].isfinite().any()
+    torch.testing.assert_close(results["tpu"], results["cpu"], equal_nan=True, **FLOAT32)
+
+
+def test_gradients_outlive_the_workspaces():
+    """The weight gradient's rows, like the columns and the product, live in per-thread workspaces: a second
+    backward of another shape must not change the first one's results."""
+    cases = [(torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3)), (torch.randn(3, 3, 5, 7), torch.randn(4, 3, 3, 3))]
+    outputs = {}
+    for device in ("cpu", "tpu"):
+        results = []
+        for x, w in cases:
+            grad = torch.ones(x.shape[0], 4, *x.shape[2:])
+            results.append(torch.ops.aten.convolution_backward(
+                grad.to(device), x.to(device), w.to(device), None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                [True, True, False]))
+        outputs[device] = [[t.cpu() for t in r if t is not None] for r in results]
+    torch.testing.assert_close(outputs["tpu"], outputs["cpu"], **FLOAT32)

@@ -125,9 +125,10 @@ WORKSPACE_BYTES = 64 << 20
 def _workspace(role, dtype, size):
     """``size`` elements of a buffer kept per thread, role and dtype, or None past ``WORKSPACE_BYTES``.
 
-    The columns and the matmul's product are the largest temporaries of a convolution (hundreds of KB at
-    the zoo's sizes). A fresh NumPy array of that size is a fresh block from malloc, which glibc hands back
-    to the OS when freed at the top of its heap: every call then faulted its pages in again, and a
+    The columns, the matmul's product and the weight gradient's rows are the largest temporaries of a
+    convolution (hundreds of KB at the zoo's sizes). A fresh NumPy array of that size is a fresh block from
+    malloc, which glibc hands back to the OS when freed at the top of its heap: every call then faulted its
+    pages in again, and a
     convolution's backward (two such blocks) ran 3x slower than its two halves did apart. A workspace is
     grown up to ``WORKSPACE_BYTES`` and kept; larger temporaries, whose copy and matmul outweigh their page
     faults, are allocated per call."""
@@ -328,18 +329,22 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
     (G, T/G, N*P) @ (G, S/G * K, N*P)^T -> (T, S/G, *k): one MXU accumulation over batch and
     positions. Both operands are laid out with N*P innermost so the matmul reads them as is. A stride-1
     gradient takes the windows of the wide grid (``_wide_windows``), the target given zeros at the
-    grid's extra positions, unless the source holds an inf or NaN, which those zeros would turn into NaN.
+    grid's extra positions.
     """
     out_spatial = target.shape[2:]
     if _pointwise(kernel, stride, padding) and source.shape[2:] == out_spatial:
         return _pointwise_weight_gradient(source, target, groups).reshape(target.shape[1], -1, *kernel)
     if all(s == 1 for s in stride) and _spare_rows(kernel):  # else the wide grid is the output's own
-        wide = _wide_source(source, [(p, p) for p in padding], kernel)
-        if np.isfinite(np.add.reduce(wide, axis=None)):  # a sum is finite only if every term is
-            windows, grid = _wide_windows(wide, kernel, dilation, out_spatial)
-            return _correlated_gradient(windows, _widened(target, grid), kernel, groups)
-    return _correlated_gradient(_windows(source, kernel, stride, padding, dilation, out_spatial), target, kernel,
-                                groups)
+        windows, grid = _wide_windows(_wide_source(source, [(p, p) for p in padding], kernel), kernel, dilation,
+                                      out_spatial)
+        gradient = _correlated_gradient(windows, target, grid, kernel, groups)
+        if np.isfinite(gradient).all():
+            return gradient
+        # An inf or NaN that a window reads makes its sums inf or NaN, here as on CPU, but the zeros at the
+        # grid's extra positions turn it into NaN in sums where CPU's can be finite: the exact windows decide
+        # (a sum that overflowed comes here too, and comes out the same).
+    return _correlated_gradient(_windows(source, kernel, stride, padding, dilation, out_spatial), target,
+                                out_spatial, kernel, groups)
 
 
 def _pointwise_weight_gradient(source, target, groups):
@@ -352,22 +357,31 @@ def _pointwise_weight_gradient(source, target, groups):
     return np.add.reduce(mxu_matmul(rows, columns), axis=0)
 
 
-def _widened(target, grid):
-    """``target`` (N, C, *spatial) with zeros at the positions of ``grid`` past its own."""
-    if tuple(target.shape[2:]) == tuple(grid):
-        return target
-    wide = np.zeros(target.shape[:2] + tuple(grid), target.dtype)
-    wide[(Ellipsis, *(slice(size) for size in target.shape[2:]))] = target
-    return wide
+def _correlated_gradient(windows, target, grid, kernel, groups):
+    rows = _gradient_rows(target, grid, groups)
+    columns = _im2col(windows.transpose(_batch_inner(windows.ndim, len(kernel))), (groups, -1, rows.shape[2]))
+    gradient = mxu_matmul(rows, columns.swapaxes(1, 2))
+    return gradient.reshape(target.shape[1], -1, *kernel)
 
 
-def _correlated_gradient(windows, target, kernel, groups):
-    columns = _im2col(windows.transpose(_batch_inner(windows.ndim, len(kernel))),
-                      (groups, -1, target[0, 0].size * target.shape[0]))
-    target_channels = target.shape[1]
-    rows = target.reshape(target.shape[0], groups, target_channels // groups, -1).transpose(1, 2, 0, 3)
-    gradient = mxu_matmul(rows.reshape(groups, target_channels // groups, -1), columns.swapaxes(1, 2))
-    return gradient.reshape(target_channels, -1, *kernel)
+def _gradient_rows(target, grid, groups):
+    """``target`` (N, T, *spatial) as the weight gradient's rows (G, T/G, N * prod(grid)), with zeros at the
+    positions of ``grid`` past its own: one copy, into a workspace."""
+    batch, channels, *spatial = target.shape
+    shape = (groups, channels // groups, batch, *grid)
+    space = _workspace("rows", target.dtype, math.prod(shape))
+    rows = np.empty(shape, target.dtype) if space is None else space.reshape(shape)
+    if tuple(spatial) != tuple(grid):
+        rows.fill(0)
+    per_group = target.reshape(batch, groups, channels // groups, *spatial)
+    rows[(Ellipsis, *(slice(size) for size in spatial))] = per_group.transpose(_group_major(per_group.ndim))
+    return rows.reshape(groups, channels // groups, -1)
+
+
+@functools.cache
+def _group_major(ndim):
+    """The axes of (N, G, T/G, *positions) reordered as (G, T/G, N, *positions)."""
+    return (1, 2, 0, *range(3, ndim))
 
 
 def _flipped_transposed_weight(weight, groups):
