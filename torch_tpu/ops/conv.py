@@ -229,7 +229,7 @@ def _convolve_transposed(x, weight, stride, padding, dilation, output_padding, g
 def _pointwise(kernel, stride, padding):
     """Whether a convolution mixes channels at each position alone: a 1x1 kernel at stride 1, unpadded (the
     expansions and projections of MobileNet and EfficientNet, their squeeze-and-excitation layers)."""
-    return all(k == 1 for k in kernel) and all(s == 1 for s in stride) and not any(padding)
+    return kernel.count(1) == len(kernel) == stride.count(1) and not any(padding)  # builtins: asked every launch
 
 
 def _per_position(weights, x, out=None):
