@@ -312,3 +312,25 @@ def test_gradients_outlive_the_workspaces():
                 [True, True, False]))
         outputs[device] = [[t.cpu() for t in r if t is not None] for r in results]
     torch.testing.assert_close(outputs["tpu"], outputs["cpu"], **FLOAT32)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_reduced_matmul_precision_rounds_the_inputs_to_bf16(kernel):
+    """At float32 matmul precision "medium" the MXU takes one bf16 pass: the pointwise path and im2col alike
+    give CPU's float32 convolution of the inputs rounded to bf16 (products exact, float32 sums)."""
+    x, w = torch.randn(2, 3, 4, 4), torch.randn(5, 3, kernel, kernel)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        actual = F.conv2d(x.to("tpu"), w.to("tpu"), padding=kernel // 2).cpu()
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    expected = F.conv2d(x.bfloat16().float(), w.bfloat16().float(), padding=kernel // 2)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(actual, F.conv2d(x, w, padding=kernel // 2), atol=1e-5, rtol=1e-5)
+
+
+def test_integer_pointwise_convolution_matches_cpu():
+    x, w = torch.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4), torch.arange(5 * 3).reshape(5, 3, 1, 1) - 7
+    assert torch.equal(F.conv2d(x.to("tpu"), w.to("tpu"), torch.arange(5).to("tpu")).cpu(),
+                       F.conv2d(x, w, torch.arange(5)))

@@ -8,11 +8,12 @@ The lowering is im2col: a strided NumPy view (``_windows``) gathers, for every o
 window it sees ("columns", one copy, into a per-thread workspace, laid out with the batch beside the
 positions), and one GEMM per group over the whole batch multiplies them by the weights on the MXU. The
 geometry (output sizes, window strides) is cached per shape, since a model repeats its shapes every
-step. A stride-1 correlation takes its windows over a wider grid
-whose columns are long contiguous runs of the input (``_wide_windows``) and crops the extra
-positions. A transposed convolution is the adjoint: the matmul spreads each input position over its
-window, and col2im adds the windows back (a loop over kernel offsets, never over pixels). Layouts
-below: ``G`` groups, ``K`` kernel elements, ``P`` output positions.
+step. A stride-1 correlation takes its windows over a wider grid whose columns are long contiguous
+runs of the input (``_wide_windows``) and crops the extra positions. A pointwise convolution (1x1
+kernel, stride 1, unpadded) needs no im2col: one GEMM per image from the input's memory into the
+result's (``_per_position``). A transposed convolution is the adjoint: the matmul spreads each input
+position over its window, and col2im adds the windows back (a loop over kernel offsets, never over
+pixels). Layouts below: ``G`` groups, ``K`` kernel elements, ``P`` output positions.
 """
 
 import functools
