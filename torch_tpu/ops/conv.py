@@ -129,10 +129,9 @@ def _workspace(role, dtype, size):
     The columns, the matmul's product and the weight gradient's rows are the largest temporaries of a
     convolution (hundreds of KB at the zoo's sizes). A fresh NumPy array of that size is a fresh block from
     malloc, which glibc hands back to the OS when freed at the top of its heap: every call then faulted its
-    pages in again, and a
-    convolution's backward (two such blocks) ran 3x slower than its two halves did apart. A workspace is
-    grown up to ``WORKSPACE_BYTES`` and kept; larger temporaries, whose copy and matmul outweigh their page
-    faults, are allocated per call."""
+    pages in again, and a convolution's backward (two such blocks) ran 3x slower than its two halves did
+    apart. A workspace is grown up to ``WORKSPACE_BYTES`` and kept; larger temporaries, whose copy and
+    matmul outweigh their page faults, are allocated per call."""
     if size * dtype.itemsize > WORKSPACE_BYTES:
         return None
     spaces = _WORKSPACES.__dict__
