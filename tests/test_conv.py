@@ -1,6 +1,7 @@
 """Convolution on tpu (im2col on the MXU), forward and backward, differential against torch CPU."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -18,8 +19,9 @@ def seeded():
 
 
 def check(f, tensors, kwargs, dtype=torch.float32, tolerance=FLOAT32):
-    """Convolution ``f`` and its input, weight and bias gradients, in ``dtype``, tpu against CPU."""
-    check_grads(lambda *ts: f(*ts, **kwargs), *(None if t is None else t.to(dtype) for t in tensors), **tolerance)
+    """Convolution ``f`` and its input, weight and bias gradients, in ``dtype``, tpu against CPU; the tpu outputs."""
+    return check_grads(lambda *ts: f(*ts, **kwargs), *(None if t is None else t.to(dtype) for t in tensors),
+                       **tolerance)
 
 
 CASES = {
@@ -188,3 +190,147 @@ def test_convolution_results_and_gradients_take_cpus_memory_format(spatial, tran
     assert strides == expected_strides
     for got, want in zip(actual, expected):
         torch.testing.assert_close(got, want, **FLOAT32)
+
+
+POINTWISE = {  # 1x1 kernels at stride 1, unpadded: one GEMM per image straight from the input and into the result
+    "2d": (F.conv2d, (3, 8, 5, 4), (12, 8, 1, 1), {}),
+    "2d grouped": (F.conv2d, (2, 6, 4, 5), (9, 2, 1, 1), dict(groups=3)),
+    "2d depthwise": (F.conv2d, (2, 4, 3, 3), (8, 1, 1, 1), dict(groups=4)),
+    "2d one pixel (squeeze-and-excitation)": (F.conv2d, (4, 16, 1, 1), (4, 16, 1, 1), {}),
+    "2d dilated": (F.conv2d, (2, 3, 4, 4), (5, 3, 1, 1), dict(dilation=2)),
+    "1d": (F.conv1d, (2, 5, 7), (3, 5, 1), {}),
+    "3d": (F.conv3d, (2, 3, 2, 3, 4), (4, 3, 1, 1, 1), {}),
+    "unbatched": (F.conv2d, (3, 4, 4), (6, 3, 1, 1), {}),
+    "empty batch": (F.conv2d, (0, 3, 4, 4), (6, 3, 1, 1), {}),
+    # the weight gradient's per-image path serves the adjoint too, unless output padding adds positions
+    "transposed": (F.conv_transpose2d, (2, 6, 4, 5), (6, 2, 1, 1), dict(groups=2)),
+    "transposed with output padding": (F.conv_transpose2d, (2, 3, 4, 5), (3, 4, 1, 1),
+                                       dict(dilation=2, output_padding=1)),
+}
+
+
+@pytest.mark.parametrize("name", list(POINTWISE))
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_pointwise_convolution_matches_cpu(name, with_bias):
+    f, input_shape, weight_shape, kwargs = POINTWISE[name]
+    bias = torch.randn(weight_shape[1] * kwargs.get("groups", 1) if f is F.conv_transpose2d else weight_shape[0]
+                       ) if with_bias else None
+    outputs = check(f, (torch.randn(input_shape), torch.randn(weight_shape), bias), kwargs)
+    assert outputs[0].stride() == f(torch.randn(input_shape), torch.randn(weight_shape), bias, **kwargs).stride()
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.bfloat16, BF16), (torch.float64, {})], ids=["bf16", "float64"])
+def test_pointwise_convolution_in_other_dtypes(dtype, tolerance):
+    """bf16 adds the bias in the float32 accumulator and rounds once, as the im2col path stores it."""
+    check(F.conv2d, (torch.randn(2, 8, 3, 4) * 4, torch.randn(6, 8, 1, 1), torch.randn(6) * 4), {}, dtype=dtype,
+          tolerance=tolerance)
+
+
+@pytest.mark.parametrize("layout", ["channel slice", "transposed", "channels-last"])
+def test_pointwise_convolution_of_strided_inputs(layout):
+    """Any input layout: a view the GEMM reads in place, one it copies first, channels-last (which keeps CPU's
+    channels-last results through the im2col path)."""
+    base = torch.randn(2, 10, 5, 4)
+    x = {"channel slice": base[:, ::2], "transposed": base.transpose(2, 3),
+         "channels-last": base.contiguous(memory_format=torch.channels_last)}[layout]
+    w = torch.randn(3, x.shape[1], 1, 1)
+    outputs = check(F.conv2d, (x, w, torch.randn(3)), {})
+    assert outputs[0].stride() == F.conv2d(x, w).stride()
+
+
+@pytest.mark.usefixtures("paused_collector")
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
+def test_pointwise_convolution_allocates_its_results_and_is_charged_as_a_convolution(with_bias):
+    import torch_tpu
+
+    clock = torch_tpu._C.current_chip().clock
+    x, w = torch.randn(3, 8, 5, 4, device="tpu"), torch.randn(12, 8, 1, 1, device="tpu")
+    bias = torch.randn(12, device="tpu") if with_bias else None
+    grad = torch.randn(3, 12, 5, 4, device="tpu")
+    settings = ([1, 1], [0, 0], [1, 1], False, [0, 0], 1)
+    for name, call, operands in [
+        ("convolution_overrideable", lambda: torch.ops.aten.convolution_overrideable(x, w, bias, *settings),
+         (x, w) + ((bias,) if with_bias else ())),
+        ("convolution_backward_overrideable",
+         lambda: torch.ops.aten.convolution_backward_overrideable(grad, x, w, *settings, [True, True, with_bias]),
+         (grad, x, w)),
+    ]:
+        before = clock.op_totals.get(name, torch_tpu._C.clock.OpTotals()).copy()
+        allocated = torch.tpu.memory_allocated()
+        torch.tpu.reset_peak_memory_stats()
+        results = call()
+        results = [r for r in (results if isinstance(results, tuple) else (results,)) if r is not None]
+        made = sum(r.nbytes for r in results)
+        assert torch.tpu.memory_allocated() == torch.tpu.max_memory_allocated() == allocated + made, name
+        totals = clock.op_totals[name]
+        assert totals.count == before.count + 1
+        assert totals.bytes - before.bytes == sum(t.nbytes for t in operands) + made
+        # each output element (and each input- and weight-gradient element's share) a dot product over 8 channels
+        convolutions = 1 if name == "convolution_overrideable" else 2
+        assert totals.flops - before.flops == convolutions * 2 * (3 * 12 * 5 * 4) * 8
+        del results
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_overflow_gives_inf_without_a_warning(kernel):
+    """As on CPU: a bias that takes a finite product past float32's range gives inf, and NumPy's overflow
+    warning stays silent."""
+    x, w = torch.full((1, 2, 3, 3), 1e19), torch.full((3, 2, kernel, kernel), 1e19 / (2 * kernel * kernel))
+    b = torch.full((3,), 3e38)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        actual = F.conv2d(x.to("tpu"), w.to("tpu"), b.to("tpu"), padding=kernel // 2).cpu()
+    torch.testing.assert_close(actual, F.conv2d(x, w, b, padding=kernel // 2))
+
+
+@pytest.mark.parametrize("kernel, groups", [(3, 1), (3, 4), (1, 1)], ids=["3x3", "depthwise", "1x1"])
+def test_weight_gradient_that_overflows_matches_cpu(kernel, groups):
+    """Finite inputs whose weight-gradient sums overflow: inf where CPU's are, finite elsewhere (a wide-grid
+    gradient that is not all finite is computed again over the exact windows). Positive terms, so that every
+    summation order overflows alike."""
+    x, grad = torch.rand(2, 4, 6, 5) + 0.5, torch.rand(2, 4, 6, 5) + 0.5
+    x[:, 1] *= 1e38
+    w = torch.randn(4, 4 // groups, kernel, kernel)
+    settings = ([1, 1], [kernel // 2] * 2, [1, 1], False, [0, 0], groups, [False, True, False])
+    results = {device: torch.ops.aten.convolution_backward(grad.to(device), x.to(device), w.to(device), None,
+                                                           *settings)[1].cpu() for device in ("cpu", "tpu")}
+    assert not results["cpu"].isfinite().all() and results["cpu"].isfinite().any()
+    torch.testing.assert_close(results["tpu"], results["cpu"], equal_nan=True, **FLOAT32)
+
+
+def test_gradients_outlive_the_workspaces():
+    """The weight gradient's rows, like the columns and the product, live in per-thread workspaces: a second
+    backward of another shape must not change the first one's results."""
+    cases = [(torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3)), (torch.randn(3, 3, 5, 7), torch.randn(4, 3, 3, 3))]
+    outputs = {}
+    for device in ("cpu", "tpu"):
+        results = []
+        for x, w in cases:
+            grad = torch.ones(x.shape[0], 4, *x.shape[2:])
+            results.append(torch.ops.aten.convolution_backward(
+                grad.to(device), x.to(device), w.to(device), None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
+                [True, True, False]))
+        outputs[device] = [[t.cpu() for t in r if t is not None] for r in results]
+    torch.testing.assert_close(outputs["tpu"], outputs["cpu"], **FLOAT32)
+
+
+@pytest.mark.parametrize("kernel", [1, 3])
+def test_reduced_matmul_precision_rounds_the_inputs_to_bf16(kernel):
+    """At float32 matmul precision "medium" the MXU takes one bf16 pass: the pointwise path and im2col alike
+    give CPU's float32 convolution of the inputs rounded to bf16 (products exact, float32 sums)."""
+    x, w = torch.randn(2, 3, 4, 4), torch.randn(5, 3, kernel, kernel)
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        actual = F.conv2d(x.to("tpu"), w.to("tpu"), padding=kernel // 2).cpu()
+    finally:
+        torch.set_float32_matmul_precision(previous)
+    expected = F.conv2d(x.bfloat16().float(), w.bfloat16().float(), padding=kernel // 2)
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(actual, F.conv2d(x, w, padding=kernel // 2), atol=1e-5, rtol=1e-5)
+
+
+def test_integer_pointwise_convolution_matches_cpu():
+    x, w = torch.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4), torch.arange(5 * 3).reshape(5, 3, 1, 1) - 7
+    assert torch.equal(F.conv2d(x.to("tpu"), w.to("tpu"), torch.arange(5).to("tpu")).cpu(),
+                       F.conv2d(x, w, torch.arange(5)))

@@ -790,3 +790,19 @@ def test_conj_physical_in_place_conjugates_complex_tensors():
     on_tpu = values.to("tpu")
     on_tpu.conj_physical_()
     assert_close(on_tpu.cpu(), values.clone().conj_physical_())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("bounds", [(0.0, 6.0), (-0.0, 6.0), (-1.0, 1.0), (0.0, 0.0), (0.0, -0.0), (-0.0, 0.0)])
+def test_hardtanh_matches_cpus_clamp_bit_for_bit(dtype, bounds):
+    """hardtanh (ReLU6 with bounds 0 and 6) is CPU's clamp: signed zeros, NaNs and infinities give CPU's bits,
+    in its vector loop and its scalar tail alike (67 elements). (bf16 without NaNs: the sign of a NaN that
+    CPU's bf16 kernel rounds in its scalar tail is not followed.)"""
+    special = [-0.0, 0.0, float("nan"), -float("nan"), float("inf"), -float("inf"), 1e-40, -1e-40, 0.5, -0.5, 6.0,
+               -1.0, 1.0, 7.0, -7.0, 3e38]
+    if dtype == torch.bfloat16:
+        special = [value for value in special if value == value]
+    x = torch.tensor((special * 5)[:67], dtype=dtype)
+    bits = torch.int64 if dtype == torch.float64 else torch.int32 if dtype == torch.float32 else torch.int16
+    for call in (lambda t: torch.ops.aten.hardtanh(t, *bounds), lambda t: torch.ops.aten.hardtanh_(t.clone(), *bounds)):
+        assert torch.equal(call(x.to("tpu")).cpu().view(bits), call(x).view(bits))

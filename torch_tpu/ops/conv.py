@@ -8,11 +8,12 @@ The lowering is im2col: a strided NumPy view (``_windows``) gathers, for every o
 window it sees ("columns", one copy, into a per-thread workspace, laid out with the batch beside the
 positions), and one GEMM per group over the whole batch multiplies them by the weights on the MXU. The
 geometry (output sizes, window strides) is cached per shape, since a model repeats its shapes every
-step. A stride-1 correlation takes its windows over a wider grid
-whose columns are long contiguous runs of the input (``_wide_windows``) and crops the extra
-positions. A transposed convolution is the adjoint: the matmul spreads each input position over its
-window, and col2im adds the windows back (a loop over kernel offsets, never over pixels). Layouts
-below: ``G`` groups, ``K`` kernel elements, ``P`` output positions.
+step. A stride-1 correlation takes its windows over a wider grid whose columns are long contiguous
+runs of the input (``_wide_windows``) and crops the extra positions. A pointwise convolution (1x1
+kernel, stride 1, unpadded) needs no im2col: one GEMM per image from the input's memory into the
+result's (``_per_position``). A transposed convolution is the adjoint: the matmul spreads each input
+position over its window, and col2im adds the windows back (a loop over kernel offsets, never over
+pixels). Layouts below: ``G`` groups, ``K`` kernel elements, ``P`` output positions.
 """
 
 import functools
@@ -23,9 +24,9 @@ import numpy as np
 import torch
 
 from .. import _C
-from ._common import (channel_sums, empty, operand, opmath_dtype, padded, store, store_in_memory_format,
-                      suggested_memory_format, write)
-from ._registry import register
+from ._common import (channel_sums, empty, empty_with_array, operand, opmath_dtype, padded, store,
+                      store_in_memory_format, suggested_memory_format, write)
+from .nn import register
 from .cpu_kernel_dtypes import convolution_dtypes, cpu_dtypes
 from .._errors import raise_cpu_error
 from .linalg import mxu_matmul
@@ -125,12 +126,12 @@ WORKSPACE_BYTES = 64 << 20
 def _workspace(role, dtype, size):
     """``size`` elements of a buffer kept per thread, role and dtype, or None past ``WORKSPACE_BYTES``.
 
-    The columns and the matmul's product are the largest temporaries of a convolution (hundreds of KB at
-    the zoo's sizes). A fresh NumPy array of that size is a fresh block from malloc, which glibc hands back
-    to the OS when freed at the top of its heap: every call then faulted its pages in again, and a
-    convolution's backward (two such blocks) ran 3x slower than its two halves did apart. A workspace is
-    grown up to ``WORKSPACE_BYTES`` and kept; larger temporaries, whose copy and matmul outweigh their page
-    faults, are allocated per call."""
+    The columns, the matmul's product and the weight gradient's rows are the largest temporaries of a
+    convolution (hundreds of KB at the zoo's sizes). A fresh NumPy array of that size is a fresh block from
+    malloc, which glibc hands back to the OS when freed at the top of its heap: every call then faulted its
+    pages in again, and a convolution's backward (two such blocks) ran 3x slower than its two halves did
+    apart. A workspace is grown up to ``WORKSPACE_BYTES`` and kept; larger temporaries, whose copy and
+    matmul outweigh their page faults, are allocated per call."""
     if size * dtype.itemsize > WORKSPACE_BYTES:
         return None
     spaces = _WORKSPACES.__dict__
@@ -225,6 +226,35 @@ def _convolve_transposed(x, weight, stride, padding, dilation, output_padding, g
     return result[(..., *crop)]
 
 
+def _pointwise(kernel, stride, padding):
+    """Whether a convolution mixes channels at each position alone: a 1x1 kernel at stride 1, unpadded (the
+    expansions and projections of MobileNet and EfficientNet, their squeeze-and-excitation layers)."""
+    return kernel.count(1) == len(kernel) == stride.count(1) and not any(padding)  # builtins: asked every launch
+
+
+def _per_position(weights, x, out=None):
+    """(G, M, K) weights times each image's (G, K, P) channels, (N, G, M, P): for a pointwise convolution's
+    forward and input gradient, one GEMM per image and group straight from the input's memory (no im2col)
+    and, with ``out`` (N, G * M, *spatial), straight into the result's (no product to copy)."""
+    batch, positions = x.shape[0], math.prod(x.shape[2:])
+    groups, rows, depth = weights.shape
+    return mxu_matmul(weights, x.reshape(batch, groups, depth, positions),
+                      None if out is None else out.reshape(batch, groups, rows, positions))
+
+
+def _stored_per_position(weights, x, bias, dtype):
+    """``_per_position`` as a new contiguous tensor of ``dtype`` (N, G * M, *spatial), with ``bias`` per
+    channel added in the accumulator before the one rounding, as the im2col path stores it."""
+    shape = (x.shape[0], weights.shape[0] * weights.shape[1], *x.shape[2:])
+    result, target = empty_with_array(shape, dtype)
+    if target.dtype == _C.mxu.accumulator_dtype(weights.dtype, x.dtype):
+        _per_position(weights, x, target)
+        _with_bias(target, bias)
+    else:
+        write(result, _with_bias(_per_position(weights, x).reshape(shape), bias))
+    return result
+
+
 def _with_bias(accumulator, bias):
     if bias is not None:
         accumulator += operand(bias).astype(accumulator.dtype).reshape(-1, *(1,) * (accumulator.ndim - 2))
@@ -276,6 +306,7 @@ def convolution(input, weight, bias, stride, padding, dilation, transposed, outp
         raise_cpu_error(torch.ops.aten.convolution.default, input, weight, bias, stride, padding, dilation, transposed,
                       output_padding, groups)
     x, w = operand(input, "convolution"), operand(weight, "convolution")
+    channels_last = _channels_last(input, weight)
     if transposed:
         # CPU leaves a transposed convolution whose output padding is not below its stride to its im2col
         # kernel, which stores the columns and adds them back in the tensor's own dtype (bf16 rounds each
@@ -285,9 +316,11 @@ def convolution(input, weight, bias, stride, padding, dilation, transposed, outp
         accumulator = _convolve_transposed(x, w, stride, padding, dilation, output_padding, groups,
                                            x.dtype if im2col else None)
     else:
+        if _pointwise(w.shape[2:], stride, padding) and not channels_last:
+            return _stored_per_position(_grouped_weight(w, groups), x, bias, input.dtype)
         accumulator = _convolve(x, w, stride, padding, dilation, groups)
     accumulator = _with_bias(accumulator, bias)
-    return _store_laid_out(accumulator, input.dtype, _channels_last(input, weight))
+    return _store_laid_out(accumulator, input.dtype, channels_last)
 
 
 def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
@@ -296,34 +329,59 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
     (G, T/G, N*P) @ (G, S/G * K, N*P)^T -> (T, S/G, *k): one MXU accumulation over batch and
     positions. Both operands are laid out with N*P innermost so the matmul reads them as is. A stride-1
     gradient takes the windows of the wide grid (``_wide_windows``), the target given zeros at the
-    grid's extra positions, unless the source holds an inf or NaN, which those zeros would turn into NaN.
+    grid's extra positions.
     """
     out_spatial = target.shape[2:]
+    if _pointwise(kernel, stride, padding) and source.shape[2:] == out_spatial:
+        return _pointwise_weight_gradient(source, target, groups).reshape(target.shape[1], -1, *kernel)
     if all(s == 1 for s in stride) and _spare_rows(kernel):  # else the wide grid is the output's own
-        wide = _wide_source(source, [(p, p) for p in padding], kernel)
-        if np.isfinite(np.add.reduce(wide, axis=None)):  # a sum is finite only if every term is
-            windows, grid = _wide_windows(wide, kernel, dilation, out_spatial)
-            return _correlated_gradient(windows, _widened(target, grid), kernel, groups)
-    return _correlated_gradient(_windows(source, kernel, stride, padding, dilation, out_spatial), target, kernel,
-                                groups)
+        windows, grid = _wide_windows(_wide_source(source, [(p, p) for p in padding], kernel), kernel, dilation,
+                                      out_spatial)
+        gradient = _correlated_gradient(windows, target, grid, kernel, groups)
+        if np.isfinite(gradient).all():
+            return gradient
+        # An inf or NaN that a window reads makes its sums inf or NaN, here as on CPU, but the zeros at the
+        # grid's extra positions turn it into NaN in sums where CPU's can be finite: the exact windows decide
+        # (a sum that overflowed comes here too, and comes out the same).
+    return _correlated_gradient(_windows(source, kernel, stride, padding, dilation, out_spatial), target,
+                                out_spatial, kernel, groups)
 
 
-def _widened(target, grid):
-    """``target`` (N, C, *spatial) with zeros at the positions of ``grid`` past its own."""
-    if tuple(target.shape[2:]) == tuple(grid):
-        return target
-    wide = np.zeros(target.shape[:2] + tuple(grid), target.dtype)
-    wide[(Ellipsis, *(slice(size) for size in target.shape[2:]))] = target
-    return wide
+def _pointwise_weight_gradient(source, target, groups):
+    """A pointwise convolution's weight gradient, (G, T/G, S/G): per image, ``target``'s (G, T/G, P) positions
+    times ``source``'s (G, S/G, P) transposed, straight from the operands' memory, then summed over the batch
+    (float32 partial sums per image: no im2col copy of the source, no transposed copy of the target)."""
+    batch, positions = source.shape[0], math.prod(source.shape[2:])
+    rows = target.reshape(batch, groups, target.shape[1] // groups, positions)
+    columns = source.reshape(batch, groups, source.shape[1] // groups, positions).swapaxes(2, 3)
+    return np.add.reduce(mxu_matmul(rows, columns), axis=0)
 
 
-def _correlated_gradient(windows, target, kernel, groups):
-    columns = _im2col(windows.transpose(_batch_inner(windows.ndim, len(kernel))),
-                      (groups, -1, target[0, 0].size * target.shape[0]))
-    target_channels = target.shape[1]
-    rows = target.reshape(target.shape[0], groups, target_channels // groups, -1).transpose(1, 2, 0, 3)
-    gradient = mxu_matmul(rows.reshape(groups, target_channels // groups, -1), columns.swapaxes(1, 2))
-    return gradient.reshape(target_channels, -1, *kernel)
+def _correlated_gradient(windows, target, grid, kernel, groups):
+    rows = _gradient_rows(target, grid, groups)
+    columns = _im2col(windows.transpose(_batch_inner(windows.ndim, len(kernel))), (groups, -1, rows.shape[2]))
+    gradient = mxu_matmul(rows, columns.swapaxes(1, 2))
+    return gradient.reshape(target.shape[1], -1, *kernel)
+
+
+def _gradient_rows(target, grid, groups):
+    """``target`` (N, T, *spatial) as the weight gradient's rows (G, T/G, N * prod(grid)), with zeros at the
+    positions of ``grid`` past its own: one copy, into a workspace."""
+    batch, channels, *spatial = target.shape
+    shape = (groups, channels // groups, batch, *grid)
+    space = _workspace("rows", target.dtype, math.prod(shape))
+    rows = np.empty(shape, target.dtype) if space is None else space.reshape(shape)
+    if tuple(spatial) != tuple(grid):
+        rows.fill(0)
+    per_group = target.reshape(batch, groups, channels // groups, *spatial)
+    rows[(Ellipsis, *(slice(size) for size in spatial))] = per_group.transpose(_group_major(per_group.ndim))
+    return rows.reshape(groups, channels // groups, -1)
+
+
+@functools.cache
+def _group_major(ndim):
+    """The axes of (N, G, T/G, *positions) reordered as (G, T/G, N, *positions)."""
+    return (1, 2, 0, *range(3, ndim))
 
 
 def _flipped_transposed_weight(weight, groups):
@@ -376,7 +434,9 @@ def convolution_backward(grad_output, input, weight, stride, padding, dilation, 
     grad, x, w = (operand(t, "convolution_backward") for t in (grad_output, input, weight))
     grad_input = grad_weight = grad_bias = None
     channels_last = _channels_last(input, weight)
-    if output_mask[0]:
+    if output_mask[0] and not transposed and not channels_last and _pointwise(w.shape[2:], stride, padding):
+        grad_input = _stored_per_position(_grouped_weight(w, groups).swapaxes(1, 2), grad, None, input.dtype)
+    elif output_mask[0]:
         gradient = _input_gradient(grad, w, x.shape, stride, padding, dilation, transposed, groups)
         grad_input = _store_laid_out(gradient, input.dtype, channels_last)
     if output_mask[1]:

@@ -1146,7 +1146,9 @@ def leaky_relu_backward(grad, x, negative_slope, self_is_result):
 
 @writes_out
 def hardtanh(x, min_value=-1, max_value=1, out=None):
-    return np.minimum(np.maximum(x, scalar(min_value, x)), scalar(max_value, x), out=out)
+    # NumPy's clip is CPU's clamp bit for bit (a -0.0 kept against a bound of +0.0, NaN's sign kept, the upper
+    # bound winning when the bounds cross), in one pass where np.maximum and np.minimum made two and gave +0.0
+    return np.clip(x, scalar(min_value, x), scalar(max_value, x), out=out)
 
 
 @writes_out
