@@ -572,6 +572,11 @@ OUT_ERRORS = {
     "nonzero_into_int": lambda d: torch.nonzero(_matrix(d), out=torch.empty(0, dtype=torch.int32, device=d)),
     "nonzero_static_into_int": lambda d: torch.nonzero_static(_matrix(d), size=3,
                                                               out=torch.empty(0, dtype=torch.int32, device=d)),
+    "searchsorted_into_int": lambda d: torch.searchsorted(torch.arange(3.0, device=d), _matrix(d),
+                                                          out=torch.empty(0, dtype=torch.int32, device=d)),
+    "searchsorted_int32_into_long": lambda d: torch.searchsorted(torch.arange(3.0, device=d), 1.5, out_int32=True,
+                                                                 out=torch.empty(0, dtype=torch.long, device=d)),
+    "cholesky_into_long": lambda d: torch.cholesky(torch.eye(2, device=d), out=torch.empty(0, dtype=torch.long, device=d)),
     "nansum_float_into_long": lambda d: torch.nansum(_matrix(d), out=torch.empty((), dtype=torch.long, device=d)),
     "nansum_float_into_bool": lambda d: torch.nansum(_matrix(d), 0, out=torch.empty(0, dtype=torch.bool, device=d)),
     "nansum_float_into_complex": lambda d: torch.nansum(_matrix(d), out=torch.empty((), dtype=torch.complex64,
@@ -626,6 +631,10 @@ OUT_ACCEPTED = {
                                                                           out=torch.ones(5, dtype=torch.long, device=d)),
     "nonzero_static_keeps_a_transposed_out": lambda d: torch.nonzero_static(
         _matrix(d) > 2, size=3, out=torch.zeros(2, 3, dtype=torch.long, device=d).t()),
+    "searchsorted_keeps_a_transposed_out": lambda d: torch.searchsorted(
+        torch.arange(3.0, device=d), _matrix(d).t(), out=torch.zeros(2, 3, dtype=torch.long, device=d).t()),
+    "searchsorted_int32_resizes_with_warning": lambda d: torch.searchsorted(
+        torch.arange(3.0, device=d), 1.5, out_int32=True, right=True, out=torch.ones(2, dtype=torch.int32, device=d)),
     "nansum_int_into_complex": lambda d: torch.nansum(torch.arange(4, device=d), out=torch.empty((), dtype=torch.complex64,
                                                                                                 device=d)),
 }

@@ -271,15 +271,16 @@ BATCH_NORM_OUTS = {
 @pytest.mark.parametrize("outs", BATCH_NORM_OUTS)
 @pytest.mark.parametrize("training,running_stats", [(True, True), (False, True), (True, False)])
 def test_batch_norm_out_variants_write_their_outs_as_cpu_does(outs, training, running_stats):
-    """``_native_batch_norm_legit.out`` and ``.no_stats_out`` (torch.export's batch norms) resize empty outs,
+    """``native_batch_norm.out``, ``_native_batch_norm_legit.out`` and ``.no_stats_out`` resize empty outs,
     write shaped ones through their strides, and in evaluation leave the saved statistics' outs untouched.
     (Evaluation without running statistics crashes CPU's kernel; tpu refuses it as native_batch_norm does.)"""
     x, weight, bias = torch.randn(4, 3, 5, 6), torch.randn(3), torch.randn(3)
     out, save_mean, save_invstd = BATCH_NORM_OUTS[outs]()
     if running_stats:
-        differential.check(lambda *a, **o: torch.ops.aten._native_batch_norm_legit.out(*a, training, 0.1, 1e-5, **o),
-                           x, weight, bias, torch.randn(3), torch.rand(3) + 0.5,
-                           out=out, save_mean=save_mean, save_invstd=save_invstd)
+        for op in (torch.ops.aten._native_batch_norm_legit.out, torch.ops.aten.native_batch_norm.out):
+            differential.check(lambda *a, **o: op(*a, training, 0.1, 1e-5, **o),
+                               x, weight, bias, torch.randn(3), torch.rand(3) + 0.5,
+                               out=out, save_mean=save_mean, save_invstd=save_invstd)
     else:
         differential.check(lambda *a, **o: torch.ops.aten._native_batch_norm_legit.no_stats_out(*a, training, 0.1, 1e-5, **o),
                            x, weight, bias, out=out, save_mean=save_mean, save_invstd=save_invstd)

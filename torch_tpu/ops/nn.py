@@ -562,7 +562,7 @@ def native_batch_norm_legit_no_training(input, weight, bias, running_mean, runni
 
 
 def batch_norm_into(results, outs, training):
-    """CPU's ``_native_batch_norm_legit`` out= kernels: each out must have its result's very dtype (CPU's
+    """CPU's batch norm out= kernels (``native_batch_norm.out``, ``_native_batch_norm_legit``'s): each out must have its result's very dtype (CPU's
     tensor-argument check words it), is resized as ``resize_output`` does, and keeps its own strides. In
     evaluation there are no batch statistics, and CPU leaves ``save_mean`` and ``save_invstd`` as they are."""
     for result, out in zip(results, outs):
@@ -573,8 +573,8 @@ def batch_norm_into(results, outs, training):
     return outs
 
 
-@register("_native_batch_norm_legit.out")
-def native_batch_norm_legit_out(input, weight, bias, running_mean, running_var, training, momentum, eps, *,
+@register("native_batch_norm.out", "_native_batch_norm_legit.out")
+def native_batch_norm_out(input, weight, bias, running_mean, running_var, training, momentum, eps, *,
                                 out, save_mean, save_invstd):
     results = native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps)
     return batch_norm_into(results, (out, save_mean, save_invstd), training)
