@@ -1199,8 +1199,9 @@ def mish(x):
 
 
 def softshrink(x, lambd=0.5):
+    """A NaN stays NaN, as CPU's kernel keeps it (both comparisons are false for it, which would give 0)."""
     lambd = scalar(lambd, x)
-    return np.where(x > lambd, x - lambd, np.where(x < -lambd, x + lambd, scalar(0, x)))
+    return np.where(x > lambd, x - lambd, np.where(x < -lambd, x + lambd, np.where(np.isnan(x), x, scalar(0, x))))
 
 
 def softshrink_backward(grad, x, lambd):
