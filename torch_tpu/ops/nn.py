@@ -562,12 +562,14 @@ def native_batch_norm_legit_no_training(input, weight, bias, running_mean, runni
 
 
 def batch_norm_into(results, outs, training):
-    """CPU's batch norm out= kernels (``native_batch_norm.out``, ``_native_batch_norm_legit``'s): each out must have its result's very dtype (CPU's
-    tensor-argument check words it), is resized as ``resize_output`` does, and keeps its own strides. In
-    evaluation there are no batch statistics, and CPU leaves ``save_mean`` and ``save_invstd`` as they are."""
+    """CPU's batch norm out= kernels (``native_batch_norm.out``, ``_native_batch_norm_legit``'s): each out must
+    have its result's very dtype (CPU's tensor-argument check words it), is resized as ``resize_output`` does,
+    and keeps its own strides. In evaluation there are no batch statistics, and CPU leaves ``save_mean`` and
+    ``save_invstd`` as they are."""
     for result, out in zip(results, outs):
         if out.dtype != result.dtype:
-            raise RuntimeError(f"expected scalar type {scalar_type_name(result.dtype)} but found {scalar_type_name(out.dtype)}")
+            raise RuntimeError(f"expected scalar type {scalar_type_name(result.dtype)} but found "
+                               f"{scalar_type_name(out.dtype)}")
     for result, out in zip(results if training else results[:1], outs):
         prepare_out(out, result.shape, result.dtype, dtype_rule=exact_dtype).copy_(result)
     return outs
@@ -575,7 +577,7 @@ def batch_norm_into(results, outs, training):
 
 @register("native_batch_norm.out", "_native_batch_norm_legit.out")
 def native_batch_norm_out(input, weight, bias, running_mean, running_var, training, momentum, eps, *,
-                                out, save_mean, save_invstd):
+                          out, save_mean, save_invstd):
     results = native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps)
     return batch_norm_into(results, (out, save_mean, save_invstd), training)
 
