@@ -570,6 +570,17 @@ OUT_ERRORS = {
     "where_float_into_long": lambda d: torch.where(_matrix(d) > 1, _matrix(d), _matrix(d),
                                                    out=torch.empty(0, dtype=torch.long, device=d)),
     "nonzero_into_int": lambda d: torch.nonzero(_matrix(d), out=torch.empty(0, dtype=torch.int32, device=d)),
+    "nonzero_static_into_int": lambda d: torch.nonzero_static(_matrix(d), size=3,
+                                                              out=torch.empty(0, dtype=torch.int32, device=d)),
+    "searchsorted_into_int": lambda d: torch.searchsorted(torch.arange(3.0, device=d), _matrix(d),
+                                                          out=torch.empty(0, dtype=torch.int32, device=d)),
+    "searchsorted_int32_into_long": lambda d: torch.searchsorted(torch.arange(3.0, device=d), 1.5, out_int32=True,
+                                                                 out=torch.empty(0, dtype=torch.long, device=d)),
+    "cholesky_into_long": lambda d: torch.cholesky(torch.eye(2, device=d), out=torch.empty(0, dtype=torch.long, device=d)),
+    "nansum_float_into_long": lambda d: torch.nansum(_matrix(d), out=torch.empty((), dtype=torch.long, device=d)),
+    "nansum_float_into_bool": lambda d: torch.nansum(_matrix(d), 0, out=torch.empty(0, dtype=torch.bool, device=d)),
+    "nansum_float_into_complex": lambda d: torch.nansum(_matrix(d), out=torch.empty((), dtype=torch.complex64,
+                                                                                    device=d)),
     "histc_into_double": lambda d: torch.histc(_matrix(d), out=torch.empty(0, dtype=torch.float64, device=d)),
     "inv_into_long": lambda d: torch.linalg.inv(torch.eye(2, device=d), out=torch.empty(0, dtype=torch.long, device=d)),
     "mul_partial_overlap": lambda d: (lambda y: torch.mul(y[:-1], 2, out=y[1:]))(torch.arange(6.0, device=d)),
@@ -616,7 +627,38 @@ OUT_ACCEPTED = {
     "logspace_keeps_a_matrix_of_the_count": lambda d: torch.logspace(0, 1, 6, out=torch.ones(3, 2, device=d)),
     "sort_resizes_with_warning": lambda d: torch.sort(_matrix(d), out=(torch.ones(2, device=d),
                                                                       torch.ones(2, dtype=torch.long, device=d))),
+    "nonzero_static_resizes_with_warning": lambda d: torch.nonzero_static(_matrix(d), size=4, fill_value=-3,
+                                                                          out=torch.ones(5, dtype=torch.long, device=d)),
+    "nonzero_static_keeps_a_transposed_out": lambda d: torch.nonzero_static(
+        _matrix(d) > 2, size=3, out=torch.zeros(2, 3, dtype=torch.long, device=d).t()),
+    "searchsorted_keeps_a_transposed_out": lambda d: torch.searchsorted(
+        torch.arange(3.0, device=d), _matrix(d).t(), out=torch.zeros(2, 3, dtype=torch.long, device=d).t()),
+    "searchsorted_int32_resizes_with_warning": lambda d: torch.searchsorted(
+        torch.arange(3.0, device=d), 1.5, out_int32=True, right=True, out=torch.ones(2, dtype=torch.int32, device=d)),
+    "nansum_int_into_complex": lambda d: torch.nansum(torch.arange(4, device=d), out=torch.empty((), dtype=torch.complex64,
+                                                                                                device=d)),
 }
+
+
+# An out= on the host is refused as CUDA refuses it, whatever the result: an empty one is never written, but
+# the device check comes first
+CPU_OUTS = {
+    "cat_of_empty_tensors": lambda out: torch.cat([torch.empty(0, device="tpu")] * 2, out=out),
+    "gather_of_an_empty_index": lambda out: torch.gather(torch.ones(5, device="tpu"), 0,
+                                                         torch.empty(0, dtype=torch.long, device="tpu"), out=out),
+    "add_of_empty_tensors": lambda out: torch.add(torch.empty(0, device="tpu"), 1, out=out),
+    "nonzero_static_of_size_0": lambda out: torch.nonzero_static(torch.ones(3, device="tpu"), size=0,
+                                                                 out=out.long()),
+    "mm": lambda out: torch.mm(torch.ones(2, 2, device="tpu"), torch.ones(2, 2, device="tpu"), out=out),
+}
+
+
+@pytest.mark.parametrize("name", CPU_OUTS)
+def test_an_out_on_the_host_is_refused_even_for_an_empty_result(name):
+    out = torch.full((3,), 7.0)
+    with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+        CPU_OUTS[name](out)
+    assert out.shape == (3,) and (out == 7).all()
 
 
 def _warnings_of(call):

@@ -520,6 +520,19 @@ def test_cholesky_inverse_takes_any_out_the_result_safely_casts_to(out_dtype):
             factor.to(device), out=torch.empty(0, dtype=out_dtype, device=device)))
 
 
+@pytest.mark.parametrize("upper", [False, True])
+@pytest.mark.parametrize("out", {
+    "empty": lambda: torch.empty(0),
+    "transposed": lambda: torch.zeros(2, 2).t(),
+    "of a wider dtype": lambda: torch.empty(0, dtype=torch.float64),
+    "complex": lambda: torch.empty(0, dtype=torch.complex64),
+    "to resize": lambda: torch.ones(3),
+}.items(), ids=lambda item: item[0])
+def test_cholesky_out_takes_any_out_the_result_safely_casts_to(out, upper):
+    """cholesky.out (deprecated torch.cholesky with out=): CPU's linalg out rule, values into out's own strides."""
+    check(lambda a, o: torch.cholesky(a, upper=upper, out=o), torch.tensor([[4.0, 2.0], [2.0, 3.0]]), out[1]())
+
+
 def test_empty_solves():
     check(L.solve, torch.empty(0, 0), torch.empty(0, 2))
     check(L.solve_triangular, torch.empty(3, 3), torch.empty(3, 0), upper=True)

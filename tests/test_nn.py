@@ -261,6 +261,44 @@ def test_batch_norm_update_variants_keep_the_input_dtype_and_update_running_stat
         assert_close(g.cpu(), e, **tolerance)
 
 
+BATCH_NORM_OUTS = {
+    "empty": lambda: (torch.empty(0), torch.empty(0), torch.empty(0)),
+    "shaped, strided, filled": lambda: (torch.full((4, 6, 5, 3), 7.0).transpose(1, 3), torch.full((3,), 7.0),
+                                        torch.full((3,), 7.0)),
+}
+
+
+@pytest.mark.parametrize("outs", BATCH_NORM_OUTS)
+@pytest.mark.parametrize("training,running_stats", [(True, True), (False, True), (True, False)])
+def test_batch_norm_out_variants_write_their_outs_as_cpu_does(outs, training, running_stats):
+    """``native_batch_norm.out``, ``_native_batch_norm_legit.out`` and ``.no_stats_out`` resize empty outs,
+    write shaped ones through their strides, and in evaluation leave the saved statistics' outs untouched.
+    (Evaluation without running statistics crashes CPU's kernel; tpu refuses it as native_batch_norm does.)"""
+    x, weight, bias = torch.randn(4, 3, 5, 6), torch.randn(3), torch.randn(3)
+    out, save_mean, save_invstd = BATCH_NORM_OUTS[outs]()
+    if running_stats:
+        for op in (torch.ops.aten._native_batch_norm_legit.out, torch.ops.aten.native_batch_norm.out):
+            differential.check(lambda *a, **o: op(*a, training, 0.1, 1e-5, **o),
+                               x, weight, bias, torch.randn(3), torch.rand(3) + 0.5,
+                               out=out, save_mean=save_mean, save_invstd=save_invstd)
+    else:
+        differential.check(lambda *a, **o: torch.ops.aten._native_batch_norm_legit.no_stats_out(*a, training, 0.1, 1e-5, **o),
+                           x, weight, bias, out=out, save_mean=save_mean, save_invstd=save_invstd)
+
+
+@pytest.mark.parametrize("wrong", [0, 1, 2])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_out_variants_refuse_outs_of_another_dtype_in_cpus_words(wrong, training):
+    def call(device):
+        x, weight, bias = (t.to(device) for t in (torch.randn(4, 3, 5), torch.randn(3), torch.randn(3)))
+        outs = [torch.empty(0, device=device, dtype=torch.float64 if i == wrong else torch.float32) for i in range(3)]
+        stats = torch.zeros(3, device=device), torch.ones(3, device=device)
+        torch.ops.aten._native_batch_norm_legit.out(x, weight, bias, *stats, training, 0.1, 1e-5, out=outs[0],
+                                                    save_mean=outs[1], save_invstd=outs[2])
+
+    check_same_error(call)
+
+
 # ------------------------------------------------------------------ pooling
 
 

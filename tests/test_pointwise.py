@@ -130,6 +130,25 @@ def test_binary_broadcasting(name, dtype):
     check(function, a[:0], b, atol=tolerance, rtol=tolerance)  # empty
 
 
+@pytest.mark.parametrize("lambd", [0.5, 0.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_shrinks_keep_nan_as_cpu_does(dtype, lambd):
+    x = torch.tensor([math.nan, -0.3, 0.3, 0.0, 1.0, -math.inf, math.inf, math.nan] * 3, dtype=dtype)
+    for shrink in (F.softshrink, F.hardshrink):
+        check(lambda t: shrink(t, lambd), x)
+    check_grads(lambda t: F.softshrink(t, lambd), x[1:5].double())
+
+
+@pytest.mark.parametrize("function", [torch.igamma, torch.igammac], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_regularized_gammas_take_cpus_special_cases_in_its_order(function, dtype):
+    """Every pair of zero, infinite, NaN and negative arguments: a NaN beside a zero or infinite argument gives
+    0 or 1 on CPU (its checks of x == 0 and of infinities come before any arithmetic), not NaN."""
+    values = torch.tensor([0.0, 0.5, 1.0, 3.0, math.inf, -math.inf, math.nan, -1.0], dtype=dtype)
+    a, x = torch.meshgrid(values, values, indexing="ij")
+    check(function, a, x, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("name", INTEGER_BINARY + ["bitwise_left_shift", "bitwise_right_shift"])
 @pytest.mark.parametrize("dtype", [torch.int8, torch.uint8, torch.int64, torch.bool, torch.float32])
 def test_integer_binary(name, dtype):

@@ -214,6 +214,8 @@ def prepare_out(out, shape, dtype=None, inputs=(), distinct=(), dtype_rule=casta
     under ``dtype_rule`` (None: any dtype, converted on store). Returns ``out``, resized to ``shape``
     (laid out after ``layout_from`` when it had to be resized, as ``resize_output`` says).
     """
+    if not _tensor.is_tpu(out):  # checked first: an empty result would never read or write it
+        raise device_mismatch("tpu:0", out.device)
     if not may_alias:
         check_no_internal_overlap(out)
     for value in inputs:

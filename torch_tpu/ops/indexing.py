@@ -610,25 +610,29 @@ def nonzero(self):
     return _nonzero_tensor(np.argwhere(operand(self, "nonzero")))
 
 
-def _nonzero_dtype(result_dtype, out_dtype):
-    if out_dtype != torch.int64:
-        raise RuntimeError(f"nonzero: Expected out tensor to have scalar type Long but got scalar type"
-                           f"{scalar_type_name(out_dtype)}")
+def _long_indices_only(op_name):
+    """nonzero's and nonzero_static's rule for an ``out=``: int64 and nothing else, in their CPU words."""
+    def dtype_rule(result_dtype, out_dtype):
+        if out_dtype != torch.int64:
+            raise RuntimeError(f"{op_name}: Expected out tensor to have scalar type Long but got scalar type"
+                               f"{scalar_type_name(out_dtype)}")
+    return dtype_rule
 
 
 @register("nonzero.out")
 def nonzero_out(self, *, out):
-    return store(np.argwhere(operand(self, "nonzero")), torch.int64, out=out, distinct=(self,), dtype_rule=_nonzero_dtype)
+    return store(np.argwhere(operand(self, "nonzero")), torch.int64, out=out, distinct=(self,),
+                 dtype_rule=_long_indices_only("nonzero"))
 
 
-@register("nonzero_static")
-def nonzero_static(self, *, size, fill_value=-1):
+@register("nonzero_static", "nonzero_static.out")
+def nonzero_static(self, *, size, fill_value=-1, out=None):
     if size < 0:
         raise RuntimeError(f"nonzero_static: 'size' must be an non-negative integer, but got: {size}")
     found = np.argwhere(operand(self, "nonzero_static"))[:size]
     result = np.full((size, self.dim()), fill_value, np.int64)
     result[: len(found)] = found
-    return store(result, torch.int64)
+    return store(result, torch.int64, out=out, distinct=(self,), dtype_rule=_long_indices_only("nonzero_static"))
 
 
 # ---------------------------------------------------------------------------

@@ -373,11 +373,14 @@ def linalg_cholesky_ex(self, *, upper=False, check_errors=False, L, info):
     return L, info
 
 
-@register("cholesky")
-def cholesky(self, upper=False):
+@register("cholesky", "cholesky.out")
+def cholesky(self, upper=False, *, out=None):
+    if out is not None:  # CPU's checkLinalgCompatibleDtype: any out= the result safely casts to
+        _check(torch.can_cast(self.dtype, out.dtype), torch.ops.aten.cholesky.out, self, upper,
+               out=torch.empty(0, dtype=out.dtype))
     L, info = torch.ops.aten.linalg_cholesky_ex.default(self, upper=upper)
     linalg_check_errors(info, "cholesky", is_matrix=self.dim() == 2)
-    return L
+    return L if out is None else prepare_out(out, L.shape, L.dtype, dtype_rule=None).copy_(L)
 
 
 def _getrf(matrix):

@@ -17,7 +17,7 @@ from torch._prims_common import make_channels_last_strides_for
 from .. import _C
 from .._cost import charged
 from . import _registry
-from .._errors import not_implemented_for, raise_cpu_error
+from .._errors import not_implemented_for, raise_cpu_error, scalar_type_name
 from .._tensor import is_tpu, numpy_dtype
 from ._common import (as_numpy, castable, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand,
                       prepare_out, store, store_in_memory_format, stored_with_view, suggested_memory_format,
@@ -559,6 +559,33 @@ def native_batch_norm_legit_no_stats(input, weight, bias, training, momentum, ep
 @register("_native_batch_norm_legit_no_training")
 def native_batch_norm_legit_no_training(input, weight, bias, running_mean, running_var, momentum, eps):
     return native_batch_norm(input, weight, bias, running_mean, running_var, False, momentum, eps)
+
+
+def batch_norm_into(results, outs, training):
+    """CPU's batch norm out= kernels (``native_batch_norm.out``, ``_native_batch_norm_legit``'s): each out must
+    have its result's very dtype (CPU's tensor-argument check words it), is resized as ``resize_output`` does,
+    and keeps its own strides. In evaluation there are no batch statistics, and CPU leaves ``save_mean`` and
+    ``save_invstd`` as they are."""
+    for result, out in zip(results, outs):
+        if out.dtype != result.dtype:
+            raise RuntimeError(f"expected scalar type {scalar_type_name(result.dtype)} but found "
+                               f"{scalar_type_name(out.dtype)}")
+    for result, out in zip(results if training else results[:1], outs):
+        prepare_out(out, result.shape, result.dtype, dtype_rule=exact_dtype).copy_(result)
+    return outs
+
+
+@register("native_batch_norm.out", "_native_batch_norm_legit.out")
+def native_batch_norm_out(input, weight, bias, running_mean, running_var, training, momentum, eps, *,
+                          out, save_mean, save_invstd):
+    results = native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps)
+    return batch_norm_into(results, (out, save_mean, save_invstd), training)
+
+
+@register("_native_batch_norm_legit.no_stats_out")
+def native_batch_norm_legit_no_stats_out(input, weight, bias, training, momentum, eps, *, out, save_mean, save_invstd):
+    results = native_batch_norm(input, weight, bias, None, None, training, momentum, eps)
+    return batch_norm_into(results, (out, save_mean, save_invstd), training)
 
 
 def cudnn_reserve():

@@ -777,6 +777,22 @@ def nextafter(a, b):
     return np.where(np.isnan(a) | np.isnan(b), a + b, np.where(a == b, b, np.where(a == 0, from_zero, stepped)))
 
 
+def regularized_gamma(lower):
+    """CPU's calc_igamma (``lower``) and calc_igammac: their special cases first, in their order, so that a NaN
+    beside a zero or infinite argument gives 0 or 1 as on CPU (SciPy gives NaN); SciPy's function elsewhere."""
+    function = special.gammainc if lower else special.gammaincc
+
+    def incomplete_gamma(a, x):
+        zero, one, nan = scalar(0, a), scalar(1, a), scalar(np.nan, a)
+        at_zero_x, at_infinite_x = (zero, one) if lower else (one, zero)
+        return np.select(
+            [(x < 0) | (a < 0), a == 0, x == 0, np.isinf(a), np.isinf(x)],
+            [nan, np.where(x > 0, at_infinite_x, nan), at_zero_x, np.where(np.isinf(x), nan, at_zero_x), at_infinite_x],
+            function(a, x))
+
+    return incomplete_gamma
+
+
 def zeta(x, q):
     return np.where(np.isposinf(q) & (x > 1), scalar(np.nan, x), special.zeta(x, q))  # PyTorch: NaN at q=inf
 
@@ -1185,8 +1201,9 @@ def mish(x):
 
 
 def softshrink(x, lambd=0.5):
+    """A NaN stays NaN, as CPU's kernel keeps it (both comparisons are false for it, which would give 0)."""
     lambd = scalar(lambd, x)
-    return np.where(x > lambd, x - lambd, np.where(x < -lambd, x + lambd, scalar(0, x)))
+    return np.where(x > lambd, x - lambd, np.where(x < -lambd, x + lambd, np.where(np.isnan(x), x, scalar(0, x))))
 
 
 def softshrink_backward(grad, x, lambd):
@@ -1290,8 +1307,8 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "xlogy.OutTensor": (xlogy, to_float, real),
     "special_xlog1py.out": (xlog1py, to_float, None),
     "special_zeta.out": (zeta, to_float, single_or_double),
-    "igamma.out": (special.gammainc, keep, floating),
-    "igammac.out": (special.gammaincc, keep, floating),
+    "igamma.out": (regularized_gamma(lower=True), keep, floating),
+    "igammac.out": (regularized_gamma(lower=False), keep, floating),
     "gcd.out": (np.gcd, keep, integer),
     "lcm.out": (np.lcm, keep, integer),
     "bitwise_and.Tensor_out": (np.bitwise_and, keep, is_integral),

@@ -205,12 +205,19 @@ def mean_out(self, dim, keepdim=False, *, dtype=None, out):
     return write(out, mean_array(_accumuland(self, out.dtype), axes, keepdim))
 
 
+_NANSUM_LOOPS = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
+
+
 @register("nansum.out")
 def nansum_out(self, dim=None, keepdim=False, *, dtype=None, out):
     if self.dtype.is_complex:
         raise RuntimeError("nansum does not support complex inputs")
     axes = _reduced_axes(self, dim)
-    array = _accumuland(self, _reduction_out(out, self, axes, keepdim).dtype)
+    accumulation_dtype = _reduction_out(out, self, axes, keepdim).dtype
+    if self.is_floating_point() and accumulation_dtype not in _NANSUM_LOOPS:
+        # CPU sums a floating input in the out's dtype; its loop has no integer, bool or complex form
+        raise not_implemented_for("nansum_cpu", accumulation_dtype)
+    array = _accumuland(self, accumulation_dtype)
     return _reduce_into(out, np.nansum if array.dtype.kind == "f" else np.sum, array, axes, keepdim)
 
 

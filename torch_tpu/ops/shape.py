@@ -542,7 +542,7 @@ def _warn_once_if_non_contiguous(**tensors):
                       stacklevel=5)
 
 
-def _searchsorted(boundaries, values, right, side, sorter, out_int32):
+def _searchsorted(boundaries, values, right, side, sorter, out_int32, out=None):
     _warn_once_if_non_contiguous(**{"input value": values, "boundary": boundaries, "sorter": sorter})
     if side is not None:
         right = side == "right"
@@ -561,7 +561,16 @@ def _searchsorted(boundaries, values, right, side, sorter, out_int32):
         for row, row_queries, row_result in zip(rows, batched, result):
             row_result[...] = np.searchsorted(row, row_queries, side=numpy_side)
         result = result.reshape(queries.shape)
-    return store(result, torch.int32 if out_int32 else torch.int64)
+    return store(result, torch.int32 if out_int32 else torch.int64, out=out, dtype_rule=_searchsorted_out_dtype(out_int32))
+
+
+def _searchsorted_out_dtype(out_int32):
+    """searchsorted's rule for an ``out=``: exactly the dtype ``out_int32`` names, in CPU's words."""
+    def dtype_rule(result_dtype, out_dtype):
+        raise RuntimeError("torch.searchsorted(): output tensor's dtype is wrong, it can only be Int(int32) or Long(int64) "
+                           f"depending on whether out_int32 flag is True, but we got output tensor's dtype "
+                           f"{scalar_type_name(out_dtype)} and out_int32 flag is {out_int32}")
+    return dtype_rule
 
 
 def _check_searchsorted(boundaries, values, side, right):
@@ -578,21 +587,21 @@ def _check_searchsorted(boundaries, values, side, right):
         )
 
 
-@register("searchsorted.Tensor")
-def searchsorted(sorted_sequence, self, *, out_int32=False, right=False, side=None, sorter=None):
+@register("searchsorted.Tensor", "searchsorted.Tensor_out")
+def searchsorted(sorted_sequence, self, *, out_int32=False, right=False, side=None, sorter=None, out=None):
     _check_searchsorted(sorted_sequence, self, side, right)
-    return _searchsorted(sorted_sequence, self, right, side, sorter, out_int32)
+    return _searchsorted(sorted_sequence, self, right, side, sorter, out_int32, out)
 
 
-@register("searchsorted.Scalar")
-def searchsorted_scalar(sorted_sequence, self, *, out_int32=False, right=False, side=None, sorter=None):
+@register("searchsorted.Scalar", "searchsorted.Scalar_out")
+def searchsorted_scalar(sorted_sequence, self, *, out_int32=False, right=False, side=None, sorter=None, out=None):
     _check_searchsorted(sorted_sequence, self, side, right)
     if sorted_sequence.dim() != 1:
         raise RuntimeError(
             "torch.searchsorted(): input value can be a scalar only when boundaries tensor dimension is 1, "
             f"but we got boundaries tensor dim({sorted_sequence.dim()}) and input value's dim(0) numel(1)"
         )
-    return _searchsorted(sorted_sequence, np.asarray(self), right, side, sorter, out_int32)
+    return _searchsorted(sorted_sequence, np.asarray(self), right, side, sorter, out_int32, out)
 
 
 @register("bucketize.Tensor")
