@@ -16,34 +16,34 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-PROBE = """
-import pytorch_suites_on_tpu
-from torch.testing._internal import common_distributed, common_fsdp
-from torch.testing._internal.common_distributed import DistributedTestBase
-from torch.testing._internal.distributed._tensor import common_dtensor
-
-base = common_dtensor.DTensorTestBase.__new__(common_dtensor.DTensorTestBase)
-print(base.device_type, base.backend, base.world_size, common_dtensor.DTensorContinuousTestBase.world_size)
-print(DistributedTestBase.backend(None, "tpu"), DistributedTestBase.backend(None, "cpu"))
-print(common_fsdp.DEVICE_TYPE, common_fsdp.DISTRIBUTED_BACKEND, common_fsdp.DEVICE_COUNT)
-ran = []
-common_distributed.skip_if_lt_x_gpu(2)(lambda: ran.append(2))()
-print(ran)
-"""
-
-# A test module in PyTorch's style, written here: its ranks shard a small MLP with FSDP2 and must see the
-# shards and the trained weights a single tpu process computes for the whole model.
+# A test module in PyTorch's style, written here (one subprocess, so torch and its test helpers are imported
+# once): the helpers must name tpu and "ici", and ranks on PyTorch's FSDP bases shard a small MLP with FSDP2 and
+# must see the shards and the trained weights a single tpu process computes for the whole model.
 SLICE = '''
 import pytorch_suites_on_tpu
 import copy
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
-from torch.testing._internal.common_distributed import skip_if_lt_x_gpu
+from torch.testing._internal import common_distributed, common_fsdp
+from torch.testing._internal.common_distributed import DistributedTestBase, skip_if_lt_x_gpu
 from torch.testing._internal.common_fsdp import FSDPTest, FSDPTestMultiThread, MLP, get_devtype
 from torch.testing._internal.common_utils import run_tests
+from torch.testing._internal.distributed._tensor import common_dtensor
+
+
+def test_helpers_name_tpu_and_ici():
+    base = common_dtensor.DTensorTestBase.__new__(common_dtensor.DTensorTestBase)
+    assert (base.device_type, base.backend, base.world_size) == ("tpu", "cpu:gloo,tpu:ici", 2)
+    assert common_dtensor.DTensorContinuousTestBase.world_size == 2
+    assert DistributedTestBase.backend(None, "tpu") == "cpu:gloo,tpu:ici"
+    assert DistributedTestBase.backend(None, "cpu") == "gloo"
+    assert (common_fsdp.DEVICE_TYPE, common_fsdp.DISTRIBUTED_BACKEND, common_fsdp.DEVICE_COUNT) == (
+        "tpu", "cpu:gloo,tpu:ici", 2)
+    ran = []
+    common_distributed.skip_if_lt_x_gpu(2)(lambda: ran.append(2))()
+    assert ran == [2]
 
 
 def _train_and_compare(case, steps=3):
@@ -98,28 +98,17 @@ def _environment():
     return {**os.environ, "PYTHONPATH": os.path.join(HERE, "distributed"), "TORCH_TPU_SUITE_WORLD_SIZE": "2"}
 
 
-def test_pytorch_test_helpers_pick_tpu_and_ici_after_the_shim():
-    result = subprocess.run([sys.executable, "-c", PROBE], env=_environment(), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split("\n")[:4] == [
-        "tpu cpu:gloo,tpu:ici 2 2",
-        "cpu:gloo,tpu:ici gloo",
-        "tpu cpu:gloo,tpu:ici 2",
-        "[2]",
-    ], result.stdout
-
-
-def _run_slice(tmp_path, selection):
+def _run_slice(tmp_path, selection, expected):
     (tmp_path / "test_fsdp_slice.py").write_text(textwrap.dedent(SLICE))
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_fsdp_slice.py", "-k", selection]
     result = subprocess.run(command, cwd=tmp_path, env=_environment(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0 and "1 passed" in result.stdout, result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.returncode == 0 and expected in result.stdout, result.stdout[-4000:] + result.stderr[-2000:]
 
 
-def test_fsdp_test_threads_shard_and_train_on_tpu(tmp_path):
-    _run_slice(tmp_path, "ThreadRanks")
+def test_helpers_name_tpu_and_ici_and_fsdp_test_threads_train_on_tpu(tmp_path):
+    _run_slice(tmp_path, "helpers or ThreadRanks", "2 passed")
 
 
 @pytest.mark.distributed_full
 def test_fsdp_test_processes_shard_and_train_on_tpu(tmp_path):
-    _run_slice(tmp_path, "ProcessRanks")
+    _run_slice(tmp_path, "ProcessRanks", "1 passed")
