@@ -31,9 +31,9 @@ keeps PyTorch's answer (it runs only the tests marked ``allow_cpu``).
 PyTorch's threaded test group (``FSDPTestMultiThread``: one process, a thread per rank) carries tpu
 tensors as it is: it is a Python group that works on any tensor.
 Without torch_tpu loaded (``TORCH_DEVICE_BACKEND_AUTOLOAD=0``, the cpu/gloo oracle run) it changes
-nothing but the world size: ``TORCH_TPU_SUITE_WORLD_SIZE`` sets the default world size of
-DTensorTestBase (PyTorch's is 4) and DTensorContinuousTestBase (PyTorch's is the device count) in both
-runs, so that they compare like with like.
+nothing but the host's device count (above) and the world size: ``TORCH_TPU_SUITE_WORLD_SIZE`` sets the
+default world size of DTensorTestBase (PyTorch's is 4), DTensorContinuousTestBase (PyTorch's is the device
+count) and FSDP's test bases in both runs, so that they compare like with like.
 See docs/testing.md, "PyTorch's distributed suites on tpu with "ici"".
 """
 
