@@ -100,13 +100,20 @@ def generate(graph, name):
             node = source
         return node
 
-    # users, looking through views: a value is alive while any view of it is
+    def holder(node):
+        """The value whose tensor holds ``node``'s: through views and in-place writes (an input ``copy_``
+        wrote, which the graph may return as the mutated input)."""
+        node = root(node)
+        while node in lowered and lowered[node].writes is not None:
+            node = root(lowered[node].writes)
+        return node
+
+    # users, looking through views and in-place writes: a value is alive while any view of it is
     last_use = {}
     for node in nodes:
         for arg in tensor_inputs((node.args, node.kwargs)):
-            base = root(arg)
-            last_use[base] = max(last_use.get(base, 0), position[node])
-            last_use[arg] = max(last_use.get(arg, 0), position[node])
+            for alive in {arg, root(arg), holder(arg)}:
+                last_use[alive] = max(last_use.get(alive, 0), position[node])
 
     viewed_by_outputs = {root(o) for o in output_set}
     homes = {}

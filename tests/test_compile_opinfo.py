@@ -1,0 +1,82 @@
+"""OpInfo through ``torch.compile(backend="tpu")``: every sample compiled equals tpu eager (issue 9 §4).
+
+The default run covers a representative slice: the eager sweep's FAST_OPS in float32 (the first
+``FAST_SAMPLES`` samples of each), their gradients through the compiled backward, and the in-place and
+``out=`` variants of a few. ``-m compile_opinfo_full`` runs every op in op_db with float32, bfloat16, int64
+and bool (functional, in-place and ``out=`` variants) plus float32 gradients, every sample.
+tests/compile_opinfo_support.py says how a sample is judged.
+
+Known differences live in tests/compile_opinfo_expected_failures.py. They are strict: a listed check that
+passes every sample fails, so that a fixed op gets its entry removed.
+"""
+
+import pytest
+import torch
+from torch.testing._internal.common_device_type import OpDTypes, instantiate_device_type_tests, ops
+from torch.testing._internal.common_methods_invocations import op_db
+from torch.testing._internal.common_utils import TestCase
+
+import compile_opinfo_support as compiled
+import opinfo_support as support
+from compile_opinfo_expected_failures import EXPECTED_FAILURES
+
+FAST_SAMPLES = 3
+FAST_OPS = support.fast_ops()
+FAST_GRAD_OPS = [support.OPS_BY_FULL_NAME[name] for name in (
+    "add", "mul", "div.no_rounding_mode", "exp", "tanh", "sigmoid", "pow", "where", "clamp", "sum", "mean", "amax",
+    "softmax", "log_softmax", "mm", "addmm", "cat", "gather", "masked_fill", "__getitem__", "permute",
+    "nn.functional.gelu", "nn.functional.layer_norm", "nn.functional.cross_entropy", "nn.functional.linear")]
+FAST_VARIANT_OPS = [support.OPS_BY_FULL_NAME[name] for name in (
+    "add", "mul", "div.no_rounding_mode", "clamp", "exp", "sum", "mm", "cat", "index_select", "masked_fill")]
+LISTED_IN = "tests/compile_opinfo_expected_failures.py"
+
+
+def full_sweep(test):
+    return pytest.mark.slow(pytest.mark.compile_opinfo_full(test))
+
+
+class TestCompileOpInfo(TestCase):
+    def check(self, op, dtype, kind, limit=None):
+        key = compiled.expectation_key(op, dtype, kind)
+        if compiled.variant(op, kind) is None:
+            pytest.skip(f"{op.name} has no {kind} variant")
+        support.judge(list(compiled.run(op, dtype, kind, limit)), EXPECTED_FAILURES.get(key), key, LISTED_IN)
+
+    @ops(FAST_OPS, allowed_dtypes=(torch.float32,))
+    def test_forward(self, device, dtype, op):
+        self.check(op, dtype, compiled.FORWARD, FAST_SAMPLES)
+
+    @ops(FAST_GRAD_OPS, dtypes=OpDTypes.supported_backward, allowed_dtypes=compiled.GRAD_DTYPES)
+    def test_grad(self, device, dtype, op):
+        self.check(op, dtype, compiled.GRAD, FAST_SAMPLES)
+
+    @ops(FAST_VARIANT_OPS, allowed_dtypes=(torch.float32,))
+    def test_inplace(self, device, dtype, op):
+        self.check(op, dtype, compiled.INPLACE, FAST_SAMPLES)
+
+    @ops(FAST_VARIANT_OPS, allowed_dtypes=(torch.float32,))
+    def test_out(self, device, dtype, op):
+        self.check(op, dtype, compiled.OUT, FAST_SAMPLES)
+
+    @full_sweep
+    @ops(op_db, allowed_dtypes=compiled.FORWARD_DTYPES)
+    def test_forward_full(self, device, dtype, op):
+        self.check(op, dtype, compiled.FORWARD)
+
+    @full_sweep
+    @ops(op_db, allowed_dtypes=compiled.FORWARD_DTYPES)
+    def test_inplace_full(self, device, dtype, op):
+        self.check(op, dtype, compiled.INPLACE)
+
+    @full_sweep
+    @ops(op_db, allowed_dtypes=compiled.FORWARD_DTYPES)
+    def test_out_full(self, device, dtype, op):
+        self.check(op, dtype, compiled.OUT)
+
+    @full_sweep
+    @ops(op_db, dtypes=OpDTypes.supported_backward, allowed_dtypes=compiled.GRAD_DTYPES)
+    def test_grad_full(self, device, dtype, op):
+        self.check(op, dtype, compiled.GRAD)
+
+
+instantiate_device_type_tests(TestCompileOpInfo, globals(), only_for="privateuse1")
