@@ -20,14 +20,13 @@ import compile_opinfo_support as compiled
 import opinfo_support as support
 from compile_opinfo_expected_failures import EXPECTED_FAILURES
 
-FAST_SAMPLES = 3
-FAST_OPS = support.fast_ops()
+FAST_SAMPLES = 2
+# the eager sweep's fast ops, less those whose sample generation alone takes seconds
+FAST_OPS = [op for op in support.fast_ops() if op.name not in ("__getitem__", "nn.functional.embedding", "reshape")]
 FAST_GRAD_OPS = [support.OPS_BY_FULL_NAME[name] for name in (
-    "add", "mul", "div.no_rounding_mode", "exp", "tanh", "sigmoid", "pow", "where", "clamp", "sum", "mean", "amax",
-    "softmax", "log_softmax", "mm", "addmm", "cat", "gather", "masked_fill", "__getitem__", "permute",
-    "nn.functional.gelu", "nn.functional.layer_norm", "nn.functional.cross_entropy", "nn.functional.linear")]
-FAST_VARIANT_OPS = [support.OPS_BY_FULL_NAME[name] for name in (
-    "add", "mul", "div.no_rounding_mode", "clamp", "exp", "sum", "mm", "cat", "index_select", "masked_fill")]
+    "mul", "div.no_rounding_mode", "tanh", "where", "sum", "amax", "log_softmax", "addmm", "gather",
+    "nn.functional.layer_norm", "nn.functional.cross_entropy")]
+FAST_VARIANT_OPS = [support.OPS_BY_FULL_NAME[name] for name in ("add", "mul", "clamp", "exp", "mm", "index_select")]
 LISTED_IN = "tests/compile_opinfo_expected_failures.py"
 
 
