@@ -171,19 +171,15 @@ class _Watch:
     def __enter__(self):
         from torch._dynamo.utils import counters
 
-        from torch_tpu.compile import debug
-
         self.breaks = collections.Counter(counters["graph_break"])
-        self.programs = list(debug._programs)
+        self.programs = torch_tpu.compile.last_programs()
         self.fallbacks = dict(torch_tpu.fallback_counts())
         return self
 
     def __exit__(self, *exc):
         from torch._dynamo.utils import counters
 
-        from torch_tpu.compile import debug
-
-        for record in debug._programs:
+        for record in torch_tpu.compile.last_programs():
             if not any(record is old for old in self.programs):
                 TALLY.eager_nodes.update(op for _, op, _ in record.eager_nodes)
         TALLY.graph_breaks.update(collections.Counter(counters["graph_break"]) - self.breaks)

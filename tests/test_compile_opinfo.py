@@ -79,3 +79,68 @@ class TestCompileOpInfo(TestCase):
 
 
 instantiate_device_type_tests(TestCompileOpInfo, globals(), only_for="privateuse1")
+
+
+# The harness judging itself: stand-in ops that behave otherwise while Dynamo traces them, so that these
+# checks hold whatever the compiler does.
+
+def _stand_in(function, inplace=None, supports_out=False):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(op=function, inplace_variant=inplace, supports_out=supports_out,
+                           has_nondeterministic_output=False)
+
+
+def _judged(function, kind=compiled.FORWARD, **variants):
+    from torch.testing._internal.opinfo.core import SampleInput
+
+    sample = SampleInput(torch.randn(3, 4), args=(torch.randn(3, 4),))
+    return compiled.Runner(_stand_in(function, **variants), torch.float32, kind).run(sample, frozenset())
+
+
+def _tracing():
+    return torch.compiler.is_compiling()
+
+
+def test_same_results_pass():
+    assert _judged(torch.add).status == support.PASSED
+
+
+@pytest.mark.parametrize("function, reason", [
+    (lambda x, y: x + y * (1 + 1e-3 * _tracing()), "not close"),
+    (lambda x, y: (x + y).t().contiguous().t() if _tracing() else x + y, "strides"),
+    (lambda x, y: (x + y).double() if _tracing() else x + y, "torch.float64"),
+], ids=["values", "strides", "dtype"])
+def test_compiled_results_unlike_eager_fail(function, reason):
+    outcome = _judged(function)
+    assert outcome.status == support.FAILED and reason in outcome.reason
+
+
+def test_inputs_mutated_unlike_eager_fail():
+    def add_(x, y):
+        x.add_(y)
+        if _tracing():
+            y.mul_(2)
+        return x
+
+    outcome = _judged(None, compiled.INPLACE, inplace=add_)
+    assert outcome.status == support.FAILED and "argument 1" in outcome.reason
+
+
+@pytest.mark.parametrize("compiled_error, status", [(ValueError, support.PASSED), (TypeError, support.FAILED)])
+def test_errors_compared_by_class(compiled_error, status):
+    def refuse(x, y):
+        if _tracing():
+            raise compiled_error("refused")
+        raise ValueError("refused")
+
+    assert _judged(refuse).status == status
+
+
+def test_gradients_through_the_compiled_backward_are_compared():
+    from torch.testing._internal.opinfo.core import SampleInput
+
+    scaled = lambda x: x * (3.0 if _tracing() else 2.0)  # noqa: E731
+    sample = SampleInput(torch.randn(3, requires_grad=True))
+    outcome = compiled.Runner(_stand_in(scaled), torch.float32, compiled.GRAD).run(sample, frozenset())
+    assert outcome.status == support.FAILED and "not close" in outcome.reason
