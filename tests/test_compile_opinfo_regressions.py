@@ -45,3 +45,10 @@ def test_matrix_vector_products_run_on_the_mxu_as_eager_does():
     _identical(_compiled(torch.mv)(matrix, vector), torch.mv(matrix, vector))
     _identical(_compiled(torch.dot)(vector, vector), torch.dot(vector, vector))
     assert [name for name, _, _ in torch_tpu.compile.last_programs()[-1].kernels] == ["dot"]
+
+
+def test_new_outputs_take_the_layout_eager_gives_them():
+    """A channels_last copy as a graph output: eager's strides, not contiguous ones."""
+    x = _tpu(2, 3, 4, 5)
+    to_channels_last = lambda t: t.to(torch.float64, memory_format=torch.channels_last)  # noqa: E731
+    _identical(_compiled(to_channels_last)(x), to_channels_last(x))

@@ -212,7 +212,11 @@ def generate(graph, name):
             w.line(f"{v} = v_{written_into[node].name}  # computed into the input it is copied to")
         elif home == "output":
             shape, dtype = w.constant("shape_", tuple(value.shape)), w.constant("dtype_", value.dtype)
-            w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype})")
+            strides = _eager_strides(value)
+            if strides is None:
+                w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype})")
+            else:  # laid out as eager lays it out (channels_last, a permuted input's order)
+                w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype}, {w.constant('strides_', strides)})")
             tensor_of[node] = f"t_{node.name}"
         elif home == "host":
             w.line(f"{v} = {w.constant('host_', np.empty(tuple(value.shape), numpy_dtype(value.dtype)))}")  # as scratch
@@ -499,6 +503,17 @@ def _whole_view_of_new_output(node, root, homes, returned_roots):
         return False
     layout = _static_layout(value_of(node))
     return layout is not None and layout == _static_layout(value_of(base))
+
+
+def _eager_strides(value):
+    """The strides of a new output whose value is laid out otherwise than contiguously, or None (contiguous, or
+    strides that are not plain numbers or not dense: the kernel then writes a contiguous tensor)."""
+    from torch._prims_common import is_non_overlapping_and_dense_or_false
+
+    strides = tuple(value.stride())
+    if value.is_contiguous() or not all(type(n) is int for n in (*value.shape, *strides)):
+        return None
+    return strides if is_non_overlapping_and_dense_or_false(value) else None
 
 
 def _static_layout(value):

@@ -30,9 +30,13 @@ def tensor_over(buffer):
     return tensor
 
 
-def new_output(shape, dtype):
-    """A graph output: a new tpu tensor and the NumPy view its kernel writes into."""
-    return _tensor.empty_with_array(shape, dtype)
+def new_output(shape, dtype, strides=None):
+    """A graph output: a new tpu tensor and the NumPy view its kernel writes into (with ``strides``: laid out
+    as eager lays out that value)."""
+    if strides is None:
+        return _tensor.empty_with_array(shape, dtype)
+    tensor = _tensor.empty(shape, dtype, strides)
+    return tensor, _tensor.as_numpy(tensor)
 
 
 def materialize(array, dtype):
