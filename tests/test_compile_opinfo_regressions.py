@@ -52,3 +52,10 @@ def test_new_outputs_take_the_layout_eager_gives_them():
     x = _tpu(2, 3, 4, 5)
     to_channels_last = lambda t: t.to(torch.float64, memory_format=torch.channels_last)  # noqa: E731
     _identical(_compiled(to_channels_last)(x), to_channels_last(x))
+
+
+def test_lazy_conjugate_of_an_eager_node_is_read_conjugated():
+    """hfft2's graph conjugates (``_conj``, a conj-bit view) the result of an eager FFT node and clones it; the
+    clone's NumPy view read the storage without the bit, so the program lost the conjugation."""
+    x = (_tpu(5, 6) + 1j * _tpu(5, 6, seed=1)).to(torch.complex64)
+    _identical(_compiled(torch.fft.hfft2)(x), torch.fft.hfft2(x))
