@@ -39,7 +39,10 @@ class TestCompileOpInfo(TestCase):
         key = compiled.expectation_key(op, dtype, kind)
         if compiled.variant(op, kind) is None:
             pytest.skip(f"{op.name} has no {kind} variant")
-        support.judge(list(compiled.run(op, dtype, kind, limit)), EXPECTED_FAILURES.get(key), key, LISTED_IN)
+        outcomes, expected = list(compiled.run(op, dtype, kind, limit)), EXPECTED_FAILURES.get(key)
+        if limit is not None and expected and not support.failure_summary(outcomes):
+            return  # the samples the entry is about lie beyond the slice
+        support.judge(outcomes, expected, key, LISTED_IN)
 
     @ops(FAST_OPS, allowed_dtypes=(torch.float32,))
     def test_forward(self, device, dtype, op):
