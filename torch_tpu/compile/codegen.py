@@ -100,16 +100,20 @@ def generate(graph, name):
             node = source
         return node
 
-    # users, looking through views: a value is alive while any view of it is
+    def holder(node):
+        """The value whose tensor holds ``node``'s: through views and in-place writes (an input ``copy_``
+        wrote, which the graph may return as the mutated input)."""
+        node = root(node)
+        while node in lowered and lowered[node].writes is not None:
+            node = root(lowered[node].writes)
+        return node
+
+    # users, looking through views and in-place writes: a value is alive while any view of it is
     last_use = {}
     for node in nodes:
         for arg in tensor_inputs((node.args, node.kwargs)):
-            base = root(arg)
-            last_use[base] = max(last_use.get(base, 0), position[node])
-            last_use[arg] = max(last_use.get(arg, 0), position[node])
-            if base in lowered and lowered[base].writes is not None:  # an in-place result is its input's memory
-                written = root(lowered[base].writes)  # (a gradient accumulated in place and returned)
-                last_use[written] = max(last_use.get(written, 0), position[node])
+            for alive in {arg, root(arg), holder(arg)}:
+                last_use[alive] = max(last_use.get(alive, 0), position[node])
 
     viewed_by_outputs = {root(o) for o in output_set}
     homes = {}
@@ -208,7 +212,11 @@ def generate(graph, name):
             w.line(f"{v} = v_{written_into[node].name}  # computed into the input it is copied to")
         elif home == "output":
             shape, dtype = w.constant("shape_", tuple(value.shape)), w.constant("dtype_", value.dtype)
-            w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype})")
+            strides = _eager_strides(value)
+            if strides is None:
+                w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype})")
+            else:  # laid out as eager lays it out (channels_last, a permuted input's order)
+                w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype}, {w.constant('strides_', strides)})")
             tensor_of[node] = f"t_{node.name}"
         elif home == "host":
             w.line(f"{v} = {w.constant('host_', np.empty(tuple(value.shape), numpy_dtype(value.dtype)))}")  # as scratch
@@ -495,6 +503,17 @@ def _whole_view_of_new_output(node, root, homes, returned_roots):
         return False
     layout = _static_layout(value_of(node))
     return layout is not None and layout == _static_layout(value_of(base))
+
+
+def _eager_strides(value):
+    """The strides of a new output whose value is laid out otherwise than contiguously, or None (contiguous, or
+    strides that are not plain numbers or not dense: the kernel then writes a contiguous tensor)."""
+    from torch._prims_common import is_non_overlapping_and_dense_or_false
+
+    strides = tuple(value.stride())
+    if value.is_contiguous() or not all(type(n) is int for n in (*value.shape, *strides)):
+        return None
+    return strides if is_non_overlapping_and_dense_or_false(value) else None
 
 
 def _static_layout(value):

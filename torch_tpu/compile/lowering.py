@@ -487,12 +487,15 @@ def _flops(overload_name, node):
     return _cost.MXU_FLOPS[overload_name](*(meta_twin(value_of(a)) for a in node.args))
 
 
-@lowers(aten.mm.default, aten.bmm.default)
+@lowers(aten.mm.default, aten.bmm.default, aten.mv.default, aten.dot.default)
 def lower_product(node):
     def run(out, a, b):
         linalg.mxu_matmul(a, b, out)
 
-    return Lowered(MATMUL, run, tuple(node.args[:2]), _flops("mm", node))
+    # mv's FLOPs by mm's formula, which reads a vector as one column (the cost table's mv entry unsqueezes, a
+    # dispatch that fake tensors refuse here)
+    flops_of = "dot" if node.target is aten.dot.default else "mm"
+    return Lowered(MATMUL, run, tuple(node.args[:2]), _flops(flops_of, node))
 
 
 @lowers(aten.addmm.default)

@@ -26,8 +26,10 @@ aten = torch.ops.aten
 # Ops whose eager kernels do in one pass what core ATen's decompositions would split into many (ReLU's backward:
 # one masked pass, where the decomposition's comparison, fill and select are three kernels). lerp, addcmul,
 # addcdiv and logit also keep eager's (CPU's) arithmetic: the decompositions compute a 0-dim weight unrounded
-# in float32, divide before scaling, and compute a bf16 logit in float32 where CPU rounds every step.
+# in float32, divide before scaling, and compute a bf16 logit in float32 where CPU rounds every step. mv and dot
+# stay products on the MXU, as eager runs them (the decompositions multiply and sum on the VPU, in another order).
 KEPT_WHOLE = (
+    aten.mv.default, aten.dot.default,
     aten.native_layer_norm.default, aten.native_layer_norm_backward.default, aten.gelu.default,
     aten.gelu_backward.default, aten._softmax.default, aten._log_softmax.default,
     aten._softmax_backward_data.default, aten._log_softmax_backward_data.default, aten.nll_loss_forward.default,

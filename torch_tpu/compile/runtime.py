@@ -30,9 +30,13 @@ def tensor_over(buffer):
     return tensor
 
 
-def new_output(shape, dtype):
-    """A graph output: a new tpu tensor and the NumPy view its kernel writes into."""
-    return _tensor.empty_with_array(shape, dtype)
+def new_output(shape, dtype, strides=None):
+    """A graph output: a new tpu tensor and the NumPy view its kernel writes into (with ``strides``: laid out
+    as eager lays out that value)."""
+    if strides is None:
+        return _tensor.empty_with_array(shape, dtype)
+    tensor = _tensor.empty(shape, dtype, strides)
+    return tensor, _tensor.as_numpy(tensor)
 
 
 def materialize(array, dtype):
@@ -63,7 +67,11 @@ def tensor_at(base, dtype, offset, shape, strides):
 def arrays_of(result):
     """The NumPy views of an eager kernel's results (CPU tensors stay tensors: they are read as numbers)."""
     if isinstance(result, torch.Tensor):
-        return _tensor.as_numpy(result) if result.device.type == "tpu" else result
+        if result.device.type != "tpu":
+            return result
+        if result.is_conj() or result.is_neg():  # a lazy conjugate (``_conj``) or negation: NumPy reads its values
+            result = result.resolve_conj().resolve_neg()
+        return _tensor.as_numpy(result)
     if isinstance(result, (list, tuple)):
         return tuple(arrays_of(r) for r in result)
     return result

@@ -1,0 +1,61 @@
+"""Compiled equals eager where the OpInfo sweep (tests/test_compile_opinfo.py) found they differed.
+
+Each case is a small graph compiled with ``backend="tpu"`` and compared with the same call on the tpu
+eager kernels, bit for bit.
+"""
+
+import torch
+
+import torch_tpu
+
+
+def _compiled(function):
+    return torch.compile(function, backend="tpu", fullgraph=True, dynamic=False)
+
+
+def _tpu(*shape, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator).to("tpu")
+
+
+def _identical(actual, expected):
+    assert (actual.dtype, actual.shape, actual.stride()) == (expected.dtype, expected.shape, expected.stride())
+    assert torch.equal(actual.cpu(), expected.cpu())
+
+
+def test_in_place_op_returns_its_mutated_input():
+    """A graph returning the input its ``copy_`` wrote: the program deleted that input before returning it."""
+    eager, compiled = _tpu(3, 4), _tpu(3, 4)
+    result = _compiled(lambda x: x.exp_())(compiled)
+    _identical(compiled, eager.exp_())
+    assert result is compiled
+
+
+def test_out_variant_writes_and_returns_out():
+    x, y = _tpu(5), _tpu(5, seed=1)
+    eager_out, compiled_out = torch.empty(5, device="tpu"), torch.empty(5, device="tpu")
+    result = _compiled(lambda a, b, out: torch.add(a, b, alpha=2, out=out))(x, y, compiled_out)
+    _identical(compiled_out, torch.add(x, y, alpha=2, out=eager_out))
+    assert result is compiled_out
+
+
+def test_matrix_vector_products_run_on_the_mxu_as_eager_does():
+    """mv and dot stay MXU products (core ATen decomposes them into a multiply and a sum, another order)."""
+    matrix, vector = _tpu(64, 300), _tpu(300, seed=1)
+    _identical(_compiled(torch.mv)(matrix, vector), torch.mv(matrix, vector))
+    _identical(_compiled(torch.dot)(vector, vector), torch.dot(vector, vector))
+    assert [name for name, _, _ in torch_tpu.compile.last_programs()[-1].kernels] == ["dot"]
+
+
+def test_new_outputs_take_the_layout_eager_gives_them():
+    """A channels_last copy as a graph output: eager's strides, not contiguous ones."""
+    x = _tpu(2, 3, 4, 5)
+    to_channels_last = lambda t: t.to(torch.float64, memory_format=torch.channels_last)  # noqa: E731
+    _identical(_compiled(to_channels_last)(x), to_channels_last(x))
+
+
+def test_lazy_conjugate_of_an_eager_node_is_read_conjugated():
+    """hfft2's graph conjugates (``_conj``, a conj-bit view) the result of an eager FFT node and clones it; the
+    clone's NumPy view read the storage without the bit, so the program lost the conjugation."""
+    x = (_tpu(5, 6) + 1j * _tpu(5, 6, seed=1)).to(torch.complex64)
+    _identical(_compiled(torch.fft.hfft2)(x), torch.fft.hfft2(x))
