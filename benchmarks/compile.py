@@ -57,15 +57,16 @@ def training_step(make_model, make_batch, device, backend=None, backward_in_grap
         loss.backward()
         return loss.detach()
 
+    backward = gradients
     if backward_in_graph:  # needs torch._dynamo.config.trace_autograd_ops (set in main)
-        gradients = torch.compile(loss_and_gradients, backend=backend)
+        backward = torch.compile(loss_and_gradients, backend=backend)
     elif backend is not None:  # the loss and the optimizer step compiled, as PyTorch users write them
         loss_of = torch.compile(loss_of, backend=backend)
     update = optimizer.step if backend is None else torch.compile(optimizer.step, backend=backend)
 
     def step():
         optimizer.zero_grad()
-        gradients(inputs, targets)
+        backward(inputs, targets)
         update()
 
     return step
