@@ -131,8 +131,9 @@ def _gradient_of_product_read_twice(parameter, a, b):
 
 
 def _passes_applied(function, *inputs):
-    function = torch.func.functionalize(function, remove="mutations_and_views")
-    graph = make_fx(function, tracing_mode="fake")(*inputs).graph
+    """The graph's ops after the passes, on tpu values (a host value is not the program's to lay out)."""
+    function = torch.func.functionalize(function, remove="mutations")  # views stay views, as AOTAutograd leaves them
+    graph = make_fx(function, tracing_mode="fake")(*(i.to("tpu") for i in inputs)).graph
     copies_into_fresh_tensors_as_casts(graph)
     skip_copies_of_values_read_once(graph)
     return [n.target for n in graph.nodes if n.op == "call_function"]
@@ -147,3 +148,24 @@ def test_copies_of_inputs_and_of_values_read_twice_stay():
     assert _passes_applied(_copied_into_empty_like, torch.randn(3, 4), torch.randn(3, 4)) == [aten._to_copy.default]
     targets = _passes_applied(_gradient_of_product_read_twice, torch.randn(3, 4), torch.randn(3, 5), torch.randn(5, 4))
     assert aten._to_copy.default in targets
+
+
+def test_a_gradient_an_eager_kernel_lays_out_keeps_its_copy_into_the_parameters_layout(traced_backward):
+    """A convolution's weight gradient is channels-last for a channels-last input (the kernel's layout, as on
+    CPU) where its meta function says contiguous: the program must still copy it into the parameter's layout,
+    as eager's gradient accumulation does."""
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(4, 3, 3, 3, device="tpu"))
+    x = torch.randn(2, 3, 5, 5, device="tpu").contiguous(memory_format=torch.channels_last)
+
+    def loss_and_gradients(x):
+        loss = torch.nn.functional.conv2d(x, weight).sum()
+        loss.backward()
+        return loss.detach()
+
+    torch.compile(loss_and_gradients, backend="tpu")(x)
+    compiled = weight.grad
+    weight.grad = None
+    loss_and_gradients(x)
+    assert compiled.stride() == weight.grad.stride() == weight.stride()
+    assert torch.equal(compiled.cpu(), weight.grad.cpu())

@@ -527,3 +527,19 @@ def test_float16_sums_of_pytorch_duplicate_values_input_equal_cpus(op, dim):
     x = torch.tensor(DUPLICATE_VALUES_FP16, dtype=torch.float16)
     kwargs = {} if dim is None else {"dim": dim}
     differential.assert_identical(op(x.to("tpu"), **kwargs), op(x, **kwargs))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.uint8, torch.bool])
+@pytest.mark.parametrize("source", [torch.float32, torch.bfloat16])
+def test_nansum_into_an_explicit_integer_dtype_converts_the_elements_nans_as_zeros_as_cpu_does(dtype, source):
+    values = torch.tensor([[1.7, -1.7, math.nan, 2.9], [0.4, math.nan, -0.6, 5.5]], dtype=source)
+    for dim in (None, 1):
+        expected = torch.nansum(values, dim, dtype=dtype)
+        result = torch.nansum(values.to("tpu"), dim, dtype=dtype)
+        assert result.dtype == expected.dtype and torch.equal(result.cpu(), expected)
+
+
+def test_nansum_of_floats_into_an_integer_or_complex_result_without_that_dtype_is_refused_as_on_cpu():
+    differential.check_same_error(lambda d: torch.nansum(torch.ones(3, device=d), out=torch.empty((), dtype=torch.long,
+                                                                                                   device=d)))
+    differential.check_same_error(lambda d: torch.nansum(torch.ones(3, device=d), dtype=torch.complex64))

@@ -18,7 +18,7 @@ import torch
 
 from . import debug, remembered
 from .codegen import generate
-from .lowering import meta_twin, value_of
+from .lowering import EAGER, lower, meta_twin, value_of
 from .runtime import Program
 
 aten = torch.ops.aten
@@ -228,13 +228,17 @@ def _computed_value_read_only_through(node):
 
 
 def _new_value(node):
-    """A result that aliases nothing (not a view, not an input written in place)."""
+    """A result that aliases nothing (not a view, not an input written in place), laid out by the program as
+    its graph value says: an eager kernel's result is laid out by the kernel, which may differ from the graph's
+    (a convolution's weight gradient is channels-last for a channels-last input; its meta function says
+    contiguous)."""
     if node.op == "call_function" and node.target is operator.getitem:
         node = node.args[0]
     if node.op != "call_function" or not isinstance(node.target, torch._ops.OpOverload):
         return False
     schema = node.target._schema
-    return not schema.is_mutable and not any(r.alias_info is not None for r in schema.returns)
+    return (not schema.is_mutable and not any(r.alias_info is not None for r in schema.returns)
+            and lower(node).kind != EAGER)
 
 
 # --- _foreach_* ops as the per-tensor ops they apply ---------------------------------------------

@@ -215,15 +215,20 @@ def nansum_out(self, dim=None, keepdim=False, *, dtype=None, out):
     axes = _reduced_axes(self, dim)
     accumulation_dtype = _reduction_out(out, self, axes, keepdim).dtype
     if self.is_floating_point() and accumulation_dtype not in _NANSUM_LOOPS:
-        # CPU sums a floating input in the out's dtype; its loop has no integer, bool or complex form
-        raise not_implemented_for("nansum_cpu", accumulation_dtype)
+        # CPU sums a floating input in the out's dtype, and its loop has no integer, bool or complex form; but
+        # given an integer or bool dtype, it converts the elements, NaNs as zeros, and sums them as sum does
+        if dtype is None or accumulation_dtype.is_complex or accumulation_dtype.is_floating_point:
+            raise not_implemented_for("nansum_cpu", accumulation_dtype)
+        values = operand(self)
+        array = converted(np.where(np.isnan(values), values.dtype.type(0), values), accumulation_dtype)
+        return _reduce_into(out, np.sum, array.astype(opmath_dtype(accumulation_dtype), copy=False), axes, keepdim)
     array = _accumuland(self, accumulation_dtype)
     return _reduce_into(out, np.nansum if array.dtype.kind == "f" else np.sum, array, axes, keepdim)
 
 
 @register("nansum")
 def nansum(self, dim=None, keepdim=False, *, dtype=None):
-    return nansum_out(self, dim, keepdim, out=empty((0,), _sum_dtype(self, dtype)))
+    return nansum_out(self, dim, keepdim, dtype=dtype, out=empty((0,), _sum_dtype(self, dtype)))
 
 
 # ---------------------------------------------------------------------------------------------
