@@ -101,8 +101,8 @@ def test_two_forwards_before_one_backward_recompute_the_cdf_they_lost(taken):
     assert sorted(taken) == [False, True]  # the second forward's CDF replaced the first's
 
 
-def test_a_traced_backward_takes_the_cdf_its_own_program_computed(taken, monkeypatch):
-    monkeypatch.setattr(torch._dynamo.config, "trace_autograd_ops", True)
+@torch._dynamo.config.patch(trace_autograd_ops=True)
+def test_a_traced_backward_takes_the_cdf_its_own_program_computed(taken):
     torch.manual_seed(2)
     model = _GeluBlock(8).to("tpu")
     x = torch.randn(4, 8).to("tpu")

@@ -19,9 +19,12 @@ aten = torch.ops.aten
 
 
 @pytest.fixture
-def traced_backward(monkeypatch, fresh_dynamo):
-    monkeypatch.setattr(torch._dynamo.config, "trace_autograd_ops", True)
-    counters.clear()
+def traced_backward(fresh_dynamo):
+    # Dynamo's own patcher: its config attributes are not plain module attributes, which newer pytest's
+    # monkeypatch refuses
+    with torch._dynamo.config.patch(trace_autograd_ops=True):
+        counters.clear()
+        yield
 
 
 def _mlp():
