@@ -136,3 +136,40 @@ def test_checkpoint_recomputes_the_same_dropout_mask(use_reentrant):
         gradients.append(x.grad.cpu())
         x.grad = None
     assert torch.equal(*gradients)
+
+
+def _raising_hook(*args):
+    raise ValueError("a hook refused its gradient")
+
+
+def _backward_through(kind, device):
+    weight = torch.nn.Parameter(torch.ones(2, 3, device=device))
+    product = weight * 2
+    if kind == "leaf tensor":
+        weight.register_hook(_raising_hook)
+    elif kind == "post-accumulate":
+        weight.register_post_accumulate_grad_hook(_raising_hook)
+    elif kind == "non-leaf tensor":
+        product.register_hook(_raising_hook)
+    elif kind == "node":
+        product.grad_fn.register_hook(_raising_hook)
+    elif kind == "node pre":
+        product.grad_fn.register_prehook(_raising_hook)
+    else:
+        linear = torch.nn.Linear(3, 2).to(device)
+        linear.register_full_backward_hook(_raising_hook)
+        product = linear(weight)
+    product.sum().backward()
+
+
+@pytest.mark.parametrize("kind", ["leaf tensor", "post-accumulate", "non-leaf tensor", "node", "node pre", "module"])
+def test_an_exception_in_a_backward_hook_reaches_the_caller_as_on_cpu(kind):
+    """torch's autograd leaves a hook's Python error pending while C++ unwinds through a stream guard whose
+    destructor calls the Python device guard: the process ended (std::terminate); now the hook's exception is
+    raised, and the device works on."""
+    for device in ("cpu", "tpu"):
+        with pytest.raises(ValueError, match="a hook refused its gradient"):
+            _backward_through(kind, device)
+    weight = torch.nn.Parameter(torch.ones(3, device="tpu"))
+    (weight * 3).sum().backward()
+    assert torch.equal(weight.grad.cpu(), torch.full((3,), 3.0))

@@ -14,6 +14,9 @@ from torch.utils.backend_registration import (
     generate_methods_for_privateuse1_backend,
 )
 
+from . import _hook_errors
+from ._hook_errors import take_pending_error
+
 DEVICE_NAME = "tpu"
 _DEVICE_TYPE = torch._C._autograd.DeviceType.PrivateUse1
 
@@ -30,8 +33,10 @@ class TPUHooks(torch._C._acc.PrivateUse1Hooks):
 
 
 class TPUDeviceGuard(torch._C._acc.DeviceGuard):
-    # C++ calls this several times per kernel and per autograd node, each time taking the GIL
+    # C++ calls this several times per kernel and per autograd node, each time taking the GIL; also from a
+    # stream guard's destructor while a backward hook's error is pending (_hook_errors)
     def type_(self):
+        take_pending_error()
         return _DEVICE_TYPE
 
 
@@ -43,6 +48,7 @@ def register_device():
     _setup_privateuseone_for_python_backend(
         DEVICE_NAME, backend_module=device_module, hook=TPUHooks(), device_guard=TPUDeviceGuard()
     )
+    _hook_errors.install()
     # the setup generated Tensor.tpu(), Module.tpu() and PackedSequence.tpu(); storages too, as CUDA has them
     generate_methods_for_privateuse1_backend(
         for_tensor=False, for_module=False, for_packed_sequence=False, for_storage=True
