@@ -13,26 +13,18 @@ import ctypes
 
 from torch.autograd.variable import Variable
 
-_fetch = ctypes.pythonapi.PyErr_Fetch
-_restore = ctypes.pythonapi.PyErr_Restore
-# prebuilt pointers: ctypes' conversion of other arguments looks for a pending error and would raise it
-_kind, _value, _traceback = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
-_slots = (ctypes.byref(_kind), ctypes.byref(_value), ctypes.byref(_traceback))
-_taken = []  # (kind, value, traceback) references PyErr_Fetch handed over, newest last
+# PyDLL: after the call, ctypes raises any error pending on the thread, which is how it is taken here
+_error_pending = ctypes.pythonapi.PyErr_Occurred
+_error_pending.restype = ctypes.c_void_p
+_taken = []  # exceptions taken off the autograd device thread, newest last
 
 
 def take_pending_error():
     """Move an error pending on this thread into ``_taken`` (one C call when there is none)."""
-    _fetch(_slots[0], _slots[1], _slots[2])
-    if _kind.value:
-        _taken.append((_kind.value, _value.value, _traceback.value))
-
-
-def _raise_taken():
-    """Raise the newest taken error: PyErr_Restore takes its references, and ctypes raises what is pending."""
-    kind, value, traceback = _taken.pop()
-    _taken.clear()
-    _restore(ctypes.c_void_p(kind), ctypes.c_void_p(value), ctypes.c_void_p(traceback))
+    try:
+        _error_pending()
+    except BaseException as error:  # the hook's own exception, with its traceback
+        _taken.append(error)
 
 
 class _EngineRaisingHookErrors:
@@ -51,7 +43,9 @@ class _EngineRaisingHookErrors:
         except SystemError:  # "returned NULL without setting an exception": the error was taken
             if not _taken:
                 raise
-        _raise_taken()
+        error = _taken.pop()
+        _taken.clear()
+        raise error
 
 
 def install():
