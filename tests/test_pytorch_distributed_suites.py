@@ -47,8 +47,11 @@ def test_helpers_name_tpu_and_ici():
 
 
 def _train_and_compare(case, steps=3):
-    torch.manual_seed(0)
     model = MLP(6, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)  # each rank's own: thread ranks share the default generator
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator))
     reference = copy.deepcopy(model).to(get_devtype())
     fully_shard(model)
     for param, original in zip(model.parameters(), reference.parameters()):
