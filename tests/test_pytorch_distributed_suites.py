@@ -72,7 +72,7 @@ def _train_and_compare(case, steps=3):
         case.assertEqual(param.full_tensor(), trained)
 
 
-class ThreadRanks(FSDPTestMultiThread):
+class _TrainsLikeOneChip:
     @property
     def world_size(self):
         return 2
@@ -82,14 +82,12 @@ class ThreadRanks(FSDPTestMultiThread):
         _train_and_compare(self)
 
 
-class ProcessRanks(FSDPTest):
-    @property
-    def world_size(self):
-        return 2
+class ThreadRanks(_TrainsLikeOneChip, FSDPTestMultiThread):
+    pass
 
-    @skip_if_lt_x_gpu(2)
-    def test_fully_shard_trains_like_one_chip(self):
-        _train_and_compare(self)
+
+class ProcessRanks(_TrainsLikeOneChip, FSDPTest):
+    pass
 
 
 if __name__ == "__main__":

@@ -120,30 +120,28 @@ def guarded(launch, name):
     return kernel
 
 
-def register_autograd(*overloads):
-    """For kernels that take the place of a composite above autograd (AutogradPrivateUse1): they build
-    their own autograd graph, e.g. one node for a whole recurrent layer instead of one per time step."""
+def _registered_as_is(dispatch_key, overloads):
+    """A decorator registering a kernel at ``dispatch_key`` without a launch wrapper."""
 
     def decorate(kernel):
         for overload in overloads:
-            _ATEN.impl(overload, kernel, "AutogradPrivateUse1")
+            _ATEN.impl(overload, kernel, dispatch_key)
             KERNELS[_name(overload)] = kernel
         return kernel
 
     return decorate
+
+
+def register_autograd(*overloads):
+    """For kernels that take the place of a composite above autograd (AutogradPrivateUse1): they build
+    their own autograd graph, e.g. one node for a whole recurrent layer instead of one per time step."""
+    return _registered_as_is("AutogradPrivateUse1", overloads)
 
 
 def register_view(*overloads):
     """For view kernels that run Meta's kernel themselves: registered as they are (no charge, no error guard:
     their errors are ATen's own), called without the dispatch key set."""
-
-    def decorate(kernel):
-        for overload in overloads:
-            _ATEN.impl(overload, kernel, "PrivateUse1")
-            KERNELS[_name(overload)] = kernel
-        return kernel
-
-    return decorate
+    return _registered_as_is("PrivateUse1", overloads)
 
 
 def register_with_keyset(*overloads):
