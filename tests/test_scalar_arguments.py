@@ -41,6 +41,13 @@ SCALAR_CALLS = {
     "lerp": lambda x, v: torch.lerp(x, x, v),
     "pow": lambda x, v: torch.pow(x, v),
     "where": lambda x, v: torch.where(x > 0, x, v),
+    "addmm_beta": lambda x, v: torch.addmm(x[:1].reshape(1, 1), x[:1].reshape(1, 1), x[1:2].reshape(1, 1), beta=v),
+    "addmm_alpha": lambda x, v: torch.addmm(x[:1].reshape(1, 1), x[:1].reshape(1, 1), x[1:2].reshape(1, 1), alpha=v),
+    "baddbmm_beta": lambda x, v: torch.baddbmm(x.reshape(1, 3, 1), x.reshape(1, 3, 1), x[:1].reshape(1, 1, 1), beta=v),
+    "addbmm_alpha": lambda x, v: torch.addbmm(x.reshape(3, 1), x.reshape(1, 3, 1), x[:1].reshape(1, 1, 1), alpha=v),
+    "addmv_beta": lambda x, v: torch.addmv(x, torch.diag(x), x, beta=v),
+    "addr_alpha": lambda x, v: torch.addr(torch.diag(x), x, x, alpha=v),
+    "addr_beta": lambda x, v: torch.addr(torch.diag(x), x, x, beta=v),
 }
 # (dtype, a number beyond its range, or beyond float32's only): where CPU refuses, tpu refuses in its words
 NUMBERS = [(torch.float16, 1e6), (torch.bfloat16, 1e40), (torch.float32, 1e40), (torch.uint8, 300),
