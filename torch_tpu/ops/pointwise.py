@@ -26,6 +26,7 @@ import torch
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
 
 from .. import _C, _tensor
+from .._C import cpu_loops
 from .._C import special as vpu_special
 from .._errors import cpp_type_name, device_mismatch, found_dtype, not_implemented_for, scalar_type_name, shape_mismatch
 from .._tensor import numpy_dtype
@@ -1233,7 +1234,14 @@ def hardtanh(x, min_value=-1, max_value=1, out=None):
 
 @writes_out
 def hardtanh_backward(grad, x, min_value, max_value, out=None):
-    return zero_where((x <= scalar(min_value, x)) | (x >= scalar(max_value, x)), grad, out)
+    """Computed in the operands' own dtype (registered without opmath) so that the SIMD lanes follow it; bf16/fp16
+    compare in float32 as CPU's loops do."""
+    wide = in_float(x)
+    outside = (wide <= scalar(min_value, wide)) | (wide >= scalar(max_value, wide))
+    nans = np.isnan(wide)
+    if nans.any():  # CPU's vector loop keeps (min < x < max), false for NaN: 0; its scalar tail passes the gradient
+        outside |= nans & in_vector_lanes(nans, (grad, x))
+    return zero_where(outside, grad, out)
 
 
 def hardsigmoid(x):
@@ -1265,9 +1273,58 @@ def mish(x):
 
 
 def softshrink(x, lambd=0.5):
-    """A NaN stays NaN, as CPU's kernel keeps it (both comparisons are false for it, which would give 0)."""
-    lambd = scalar(lambd, x)
-    return np.where(x > lambd, x - lambd, np.where(x < -lambd, x + lambd, np.where(np.isnan(x), x, scalar(0, x))))
+    """A NaN stays NaN, as CPU's kernel keeps it (both comparisons are false for it, which would give 0). In the
+    operand's own dtype (bf16/fp16 computed in float32 here) so that the SIMD lanes follow it: CPU's vector loop
+    gives +0.0 between the thresholds, its scalar tail ``x * 0``, -0.0 for a negative x."""
+    wide = in_float(x)
+    lambd = scalar(lambd, wide)
+    result = np.where(wide > lambd, wide - lambd,
+                      np.where(wide < -lambd, wide + lambd, np.where(np.isnan(wide), wide, scalar(0, wide))))
+    negative_zeros = (wide < 0) & (wide >= -lambd)
+    if negative_zeros.any():
+        result = np.asarray(result)
+        tail = negative_zeros & ~in_vector_lanes(negative_zeros, (x,))
+        result[tail] = -result.dtype.type(0)
+    return with_scalar_tail_nans(result, x)
+
+
+def with_scalar_tail_nans(result, x):
+    """A float32 ``result`` of a bf16 ``x`` rounded to bf16 as a CPU loop for reduced floats stores it: 0xFFFF for
+    a NaN its vector loop converts, c10's scalar 0x7FC0 for one its scalar tail converts. Other dtypes as they are."""
+    if x.dtype != ml_dtypes.bfloat16:
+        return result
+    rounded = np.empty(np.shape(result), x.dtype)
+    _C.dtypes.cast_into(rounded, result, "bfloat16")
+    nans = np.isnan(result)
+    if nans.any():
+        rounded.view(np.uint16)[nans] = np.where(in_vector_lanes(nans, (x,))[nans], BFLOAT16_VECTOR_NAN,
+                                                 _C.dtypes.BFLOAT16_SCALAR_NAN)
+    return rounded
+
+
+BFLOAT16_VECTOR_NAN = 0xFFFF  # ATen's vectorised float -> bf16 conversion (cvtfp32_bf16) writes every NaN as this
+
+
+def in_float(array):
+    """A bf16/fp16 array in float32, as CPU's loops for reduced floats compute; others as they are."""
+    return array.astype(np.float32) if array.dtype.itemsize < 4 and array.dtype.kind != "c" else array
+
+
+def in_vector_lanes(selected, operands):
+    """A mask of ``selected``'s shape: which of the selected elements CPU's cpu_kernel_vec computes in its
+    vectorised loop (the rest go through its scalar tail), for operands laid out as ``operands`` (the first one's
+    dtype sets the vector width). The replay: csrc_py/cpu_loops.py."""
+    mask = np.zeros(np.shape(selected), bool)
+    indices = np.nonzero(selected) if np.ndim(selected) else ()
+    width = cpu_loops.kernel_vec_width(operands[0].dtype.itemsize, torch.backends.cpu.get_cpu_capability())
+    shape = np.shape(selected)
+    laid_out = [np.broadcast_to(operand, shape) for operand in operands]
+    lanes = cpu_loops.simd_lanes((laid_out[0], *laid_out), indices, width, False, 0, torch.get_num_threads())
+    if indices:
+        mask[indices] = lanes
+    else:
+        mask[()] = lanes[0]
+    return mask
 
 
 def softshrink_backward(grad, x, lambd):
@@ -1472,7 +1529,7 @@ def register_tables():
     for overload, (function, operands) in ACTIVATIONS.items():
         predicate = floating_or_complex if overload in COMPLEX_ACTIVATIONS else floating
         structured(overload, function, operands=operands, check=checked(predicate, overload))
-    structured("softshrink.out", softshrink, check=check_softshrink)
+    structured("softshrink.out", softshrink, check=check_softshrink, opmath=False)
     structured("gelu.out", gelu, check=check_gelu)
     structured("gelu_backward.grad_input", gelu_backward, operands=2, check=check_gelu)
     # threshold has loops for every real dtype but bool; its backward shares its dispatch name
@@ -1508,7 +1565,7 @@ def register_tables():
     unstructured(hardtanh, "hardtanh", "hardtanh_", "hardtanh.out", check=check_hardtanh, exact_out=True,
                  allocate=output_like_self)
     unstructured(hardtanh_backward, "hardtanh_backward", "hardtanh_backward.grad_input", operands=2,
-                 check=supports(floating, "hardshrink_backward_cpu"))
+                 check=supports(floating, "hardshrink_backward_cpu"), opmath=lambda *promoted: False)
     unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"))
     unstructured(hardswish_backward, "hardswish_backward", operands=2)
     unstructured(prelu, "_prelu_kernel", operands=2)
