@@ -2,8 +2,8 @@
 
 PyTorch ships no AutocastPrivateUse1 kernels at all (not even a fallthrough), so without
 this module every op fails under ``torch.autocast("tpu")``. The op lists mirror
-``aten/src/ATen/autocast_mode.h``; the default lower-precision type is bfloat16, the MXU's
-native input type.
+``aten/src/ATen/autocast_mode.h`` (and ``cross_entropy_loss`` is float32, as in CPU's and torch_xla's
+lists); the default lower-precision type is bfloat16, the MXU's native input type.
 
 Policies, as in PyTorch:
 - lower precision: cast floating tpu inputs to the autocast dtype (matmul-like ops, recurrent layers);
