@@ -21,7 +21,8 @@ import scipy.linalg
 import torch
 from .._C import mxu, vpu
 from .._errors import raise_cpu_error
-from ._common import as_numpy, check_scalar_fits, converted, empty, exact_dtype, operand, opmath_operand, prepare_out, store, write
+from ._common import (as_numpy, check_scalar_fits, converted, empty, exact_dtype, operand, opmath_operand, prepare_out,
+                      store, write)
 from ._registry import register
 
 
