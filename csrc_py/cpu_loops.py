@@ -19,6 +19,15 @@ This module knows nothing of torch: callers pass NumPy arrays and the thread cou
 import numpy as np
 
 GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE
+# The bytes of one Vectorized<T> in each CPU capability PyTorch builds its kernels for (vec_base.h: 64 with
+# AVX-512, else 32). cpu_kernel_vec's loop takes two vectors a step, so its scalar tail is each row's last
+# ``length % (2 * VECTOR_BYTES / itemsize)`` elements.
+VECTOR_BYTES = {"AVX512": 64, "AVX2": 32, "DEFAULT": 32}
+
+
+def kernel_vec_width(itemsize, capability):
+    """Elements per step of cpu_kernel_vec's vectorised loop, for elements of ``itemsize`` bytes."""
+    return 2 * VECTOR_BYTES.get(capability, 32) // itemsize
 
 
 def parallel_chunk_length(n, threads):
@@ -83,18 +92,22 @@ def _element_strides(array, shape):
     return [stride // array.itemsize for stride in array.strides]
 
 
-def simd_lanes(destination, source, indices, width, whole_iteration, reserved, threads):
-    """Whether each element at ``indices`` (a tuple of index arrays into ``destination``) is
-    handled in a vector of ``width`` elements by a CPU kernel writing ``destination`` from
-    ``source``.
+def simd_lanes(operands, indices, width, whole_iteration, reserved, threads):
+    """Whether each element at ``indices`` (a tuple of index arrays into ``operands[0]``, the
+    destination) is handled in a vector of ``width`` elements by a CPU kernel writing the
+    destination from the other operands (broadcast to its shape).
 
     ``whole_iteration``: the kernel vectorises only when the whole iteration is one contiguous
     run (then the answer is None when it is not: every element goes through its scalar loop);
     otherwise each row with contiguous operands is vectorised on its own. ``reserved``: how many
     elements a row leaves to its scalar loop at least (some loops stop one short of a full vector).
+    A 0-d destination is one call of the scalar loop.
     """
+    destination = operands[0]
+    if destination.ndim == 0:
+        return np.zeros(len(indices[0]) if indices else 1, bool)
     shape = destination.shape
-    strides = [_element_strides(destination, shape), _element_strides(source, shape)]
+    strides = [_element_strides(operand, shape) for operand in operands]
     order = iteration_order(shape, strides)
     sizes, coalesced = _coalesce([shape[d] for d in order], [[s[d] for d in order] for s in strides])
     rows_contiguous = sizes[0] == 1 or all(s[0] == 1 for s in coalesced)  # a lone element's stride is moot

@@ -220,7 +220,7 @@ def _simd_lanes_of(destination, source, destination_name, threads):
         return _no_simd_lanes
     if destination.ndim == 0:  # a 0-d copy is one call of the scalar loop
         return lambda indices: np.zeros(len(indices[0]), bool)
-    return lambda indices: cpu_loops.simd_lanes(destination, source, indices, *layout, threads)
+    return lambda indices: cpu_loops.simd_lanes((destination, source), indices, *layout, threads)
 
 
 def cast_into(destination, source, destination_name, scalar_source=False, threads=1, static_cast=False):

@@ -725,7 +725,10 @@ SHRUNK_STORAGE_VIEWS = [lambda x: x.t(), lambda x: x.transpose(0, 1), lambda x: 
                         lambda x: x[2, :1], lambda x: x[:, 3], lambda x: x.unsqueeze(0), lambda x: x.expand(2, 3, 4),
                         lambda x: x.squeeze(0), lambda x: x[:, :0].t(), lambda x: x.view(12), lambda x: x.diagonal(),
                         lambda x: x.diagonal(3), lambda x: x.transpose(0, 0), lambda x: x.transpose(1, -1),
-                        lambda x: x.swapdims(1, 1), lambda x: x.view(12).t(), lambda x: x[0, 0].t()]
+                        lambda x: x.swapdims(1, 1), lambda x: x.view(12).t(), lambda x: x[0, 0].t(),
+                        # element counts past int64: CPU checks the storage first, then the count
+                        lambda x: x.expand(2 ** 62, 3, 4), lambda x: x.expand(2 ** 40, 2 ** 30, 3, 4),
+                        lambda x: x[:1].expand(2 ** 62, -1), lambda x: x[:1, :1].expand(2 ** 40, 2 ** 40)]
 
 
 @pytest.mark.parametrize("kept", [0, 8, 20, 44, 48])

@@ -473,6 +473,20 @@ def test_addr_promotes_mixed_operands_as_cpu_does(dtypes):
           atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("beta, alpha", [(1, 1), (0.3, 1.7), (0, 2.1), (1, 0), (2, 60000.0)])
+@pytest.mark.parametrize("self_shape", [(17, 33), (33,), ()])
+def test_16_bit_addr_rounds_every_step_as_cpus_elementwise_kernel_does(dtype, beta, alpha, self_shape):
+    """Bit for bit against CPU: ``beta * self + (alpha * vec1) * vec2``, each operation rounded to the 16-bit
+    format (a rounded-once outer product differed in about a quarter of the elements; an fp16 alpha * vec1 that
+    overflows makes NaN where vec2 is 0)."""
+    generator = torch.Generator().manual_seed(3)
+    self, vec1, vec2 = (torch.randn(shape, generator=generator).to(dtype) for shape in (self_shape, (17,), (33,)))
+    vec2[::5] = 0
+    expected = torch.addr(self, vec1, vec2, beta=beta, alpha=alpha)
+    actual = torch.addr(self.to("tpu"), vec1.to("tpu"), vec2.to("tpu"), beta=beta, alpha=alpha).cpu()
+    assert torch.equal(actual.view(torch.int16), expected.view(torch.int16))
+
 
 @pytest.mark.parametrize("dtype", [torch.bool, torch.int64, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float64, torch.complex64], ids=str)

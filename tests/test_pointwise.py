@@ -139,6 +139,44 @@ def test_shrinks_keep_nan_as_cpu_does(dtype, lambd):
     check_grads(lambda t: F.softshrink(t, lambd), x[1:5].double())
 
 
+SIMD_LAYOUTS = {"contiguous": lambda t: t, "transposed": lambda t: t.t(), "strided": lambda t: t[:, ::2],
+                "offset_rows": lambda t: t[:, 1:]}
+BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _shrink_inputs(dtype, columns):
+    """Values inside and outside softshrink's thresholds and both NaN signs, in rows long enough for CPU's
+    vector loop, its scalar tail, and (at 40,000 columns) its two threads' chunks."""
+    x = torch.full((3, columns), -0.1, dtype=dtype)
+    x[:, ::3], x[:, 1::7], x[:, 2::11] = 0.7, math.nan, -math.nan
+    return x
+
+
+@pytest.mark.parametrize("layout", SIMD_LAYOUTS.values(), ids=SIMD_LAYOUTS.keys())
+@pytest.mark.parametrize("columns", [1, 8, 17, 33, 70, 40000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+def test_softshrink_gives_cpus_signed_zeros_and_nan_bits_in_its_vector_loop_and_tail(dtype, columns, layout):
+    """Bit for bit: CPU's vector loop gives +0.0 between the thresholds and its scalar tail (the last elements of a
+    contiguous row past whole vector pairs, every element of a strided one) ``x * 0``, -0.0 for a negative x;
+    a bf16 NaN is 0xFFFF from its vectors and 0x7FC0 from the tail."""
+    x = _shrink_inputs(dtype, columns)
+    expected = F.softshrink(layout(x), 0.5)
+    actual = F.softshrink(layout(x.to("tpu")), 0.5).cpu()
+    bits = BITS[dtype.itemsize]
+    assert torch.equal(actual.view(bits), expected.view(bits))
+
+
+@pytest.mark.parametrize("layout", SIMD_LAYOUTS.values(), ids=SIMD_LAYOUTS.keys())
+@pytest.mark.parametrize("columns", [8, 33, 70, 40000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_hardtanh_backward_of_nan_is_zero_in_cpus_vector_loop_and_the_gradient_in_its_tail(dtype, columns, layout):
+    x = _shrink_inputs(dtype, columns)
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    expected = torch.ops.aten.hardtanh_backward(layout(grad), layout(x), -1, 1)
+    actual = torch.ops.aten.hardtanh_backward(layout(grad.to("tpu")), layout(x.to("tpu")), -1, 1).cpu()
+    assert torch.equal(actual, expected)
+
+
 @pytest.mark.parametrize("function", [torch.igamma, torch.igammac], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_regularized_gammas_take_cpus_special_cases_in_its_order(function, dtype):

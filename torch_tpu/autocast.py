@@ -2,8 +2,8 @@
 
 PyTorch ships no AutocastPrivateUse1 kernels at all (not even a fallthrough), so without
 this module every op fails under ``torch.autocast("tpu")``. The op lists mirror
-``aten/src/ATen/autocast_mode.h``; the default lower-precision type is bfloat16, the MXU's
-native input type.
+``aten/src/ATen/autocast_mode.h`` (and ``cross_entropy_loss`` is float32, as in CPU's and torch_xla's
+lists); the default lower-precision type is bfloat16, the MXU's native input type.
 
 Policies, as in PyTorch:
 - lower precision: cast floating tpu inputs to the autocast dtype (matmul-like ops, recurrent layers);
@@ -43,6 +43,9 @@ FLOAT32_OPS = (
     "upsample_nearest2d", "_upsample_nearest_exact2d", "upsample_nearest3d",
     "_upsample_nearest_exact3d", "upsample_linear1d", "upsample_bilinear2d",
     "_upsample_bilinear2d_aa", "upsample_trilinear3d", "upsample_bicubic2d", "_upsample_bicubic2d_aa",
+    # not in CUDA's list, whose cross_entropy reaches log_softmax with the input's own dtype given (a bf16
+    # log_softmax, the loss then 3e-4 off); torch_xla's TPU list and CPU's have it in float32
+    "cross_entropy_loss",
 )
 FLOAT32_SET_DTYPE_OPS = (
     "prod", "prod.dim_int", "softmax.int", "log_softmax.int", "cumprod", "cumsum",

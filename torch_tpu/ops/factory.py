@@ -62,9 +62,16 @@ def efficient_zero_tensor(size, *, dtype=None, layout=None, device=None, pin_mem
     return zero_(empty(size, dtype=dtype, device=device))
 
 
+# CPU fills a one-element tensor through at::detail::scalar_fill, which converts a number to a 16- or 8-bit float
+# unchecked (1e6 gives an fp16 inf, as torch.where(x, y, 1e6) and torch.scalar_tensor need); its fill kernel for
+# larger tensors, and scalar_fill for every other dtype, refuse a number out of the dtype's range
+_SCALAR_FILL_UNCHECKED = frozenset({torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2})
+
+
 @register("fill_.Scalar")
 def fill_scalar_(self, value):
-    check_scalar_fits(value, self.dtype)
+    if not (self.dtype in _SCALAR_FILL_UNCHECKED and self.numel() == 1):
+        check_scalar_fits(value, self.dtype)
     array = _tensor.as_numpy(self)
     _tensor._C.dtypes.cast_into(array, np.asarray(value), _tensor.DTYPE_NAME[self.dtype], scalar_source=True)
     return self

@@ -21,7 +21,8 @@ import scipy.linalg
 import torch
 from .._C import mxu, vpu
 from .._errors import raise_cpu_error
-from ._common import as_numpy, converted, empty, exact_dtype, operand, opmath_operand, prepare_out, store, write
+from ._common import (as_numpy, check_scalar_fits, converted, empty, exact_dtype, operand, opmath_operand, prepare_out,
+                      store, write)
 from ._registry import register
 
 
@@ -174,13 +175,19 @@ def _product(product_shape):
     return shape_of
 
 
-def _biased_product(product_shape):
-    """The checks of ``beta * self + alpha * (first @ second)``."""
+_GEMM_SCALAR_TYPE = {torch.bfloat16: torch.float32, torch.float16: torch.float32}  # the opmath type
+
+
+def _biased_product(product_shape, scalar_types=_GEMM_SCALAR_TYPE):
+    """The checks of ``beta * self + alpha * (first @ second)``; ``scalar_types``: the type CPU converts beta and
+    alpha to (checked) for a dtype other than its own (the gemm's opmath type; addmv's own dtype)."""
 
     def shape_of(op, self, first, second, *, beta=1, alpha=1):
         shape = product_shape(first, second)
         valid = shape is not None and _same_dtype_of(MATMUL_DTYPES, self, first, second) and _broadcasts_to(self, shape)
         _check(valid, op, self, first, second, beta=beta, alpha=alpha)
+        for scalar in (beta, alpha):  # the gemm's ``alpha.to<opmath_t>()``, checked
+            check_scalar_fits(scalar, scalar_types.get(self.dtype, self.dtype))
         return shape, self.dtype
 
     return shape_of
@@ -208,6 +215,8 @@ def _addr_shape_of(op, self, vec1, vec2, *, beta=1, alpha=1):
     valid = (shape is not None and dtype in MATMUL_DTYPES | {torch.bool} and _broadcasts_to(self, shape)
              and _addr_scalar_fits(beta, dtype) and _addr_scalar_fits(alpha, dtype))
     _check(valid, op, self, vec1, vec2, beta=beta, alpha=alpha)
+    for scalar in (beta, alpha):  # addr's elementwise kernel converts them to its dtype (``to<scalar_t>()``), checked
+        check_scalar_fits(scalar, dtype)
     return shape, dtype
 
 
@@ -239,11 +248,31 @@ def _addr_into(out, self, vec1, vec2, *, beta=1, alpha=1):
         result = _addr_into(empty(tuple(out.shape), dtype), self, vec1, vec2, beta=beta, alpha=alpha)
         return write(out, as_numpy(result))
     first, second = (converted(operand(vec), dtype) for vec in (vec1, vec2))
+    if dtype in _ADDR_ROUNDED_EACH_STEP:
+        return write(out, _addr_in_16_bits(operand(self), first, second, beta, alpha))
     product = mxu_matmul(first[:, None], second[None, :])
     if alpha == 0 and product.dtype.kind in "fc":  # unlike addmm, CPU's addr scales by a zero alpha: NaN stays NaN
         product *= alpha
         alpha = 1
     return scaled_sum_into(out, product, operand(self), beta, alpha)
+
+
+# CPU's addr is elementwise (TensorIterator), and c10's 16-bit arithmetic rounds after every operation, in its
+# vector loop as in its scalar one (each Vectorized op converts to float and back)
+_ADDR_ROUNDED_EACH_STEP = frozenset({torch.bfloat16, torch.float16})
+
+
+def _addr_in_16_bits(bias, first, second, beta, alpha):
+    """CPU's ``beta * self + alpha * vec1 * vec2`` for bf16/fp16, each product and the sum rounded to the
+    16-bit format, left to right (``(alpha * vec1) * vec2``: an fp16 ``alpha * vec1`` overflows before a zero
+    ``vec2`` makes it NaN); the numbers converted as ``Scalar::to<scalar_t>()`` does, through float."""
+    narrow = first.dtype
+    beta, alpha = (np.float32(value).astype(narrow) for value in (beta, alpha))
+    with np.errstate(all="ignore"):
+        product = (alpha * first)[:, None] * second[None, :]
+        if beta == 0:  # self is ignored, NaN and inf included
+            return product
+        return beta * bias.astype(narrow, copy=False) + product
 
 
 def _addbmm_into(out, self, batch1, batch2, *, beta=1, alpha=1):
@@ -273,7 +302,7 @@ PRODUCTS = {
     "vdot": (_product(_dot_shape), _conj_product_into),
     "addmm": (_biased_product(_mm_shape), _addmm_into),
     "baddbmm": (_biased_product(_bmm_shape), _addmm_into),
-    "addmv": (_biased_product(_mv_shape), _addmm_into),
+    "addmv": (_biased_product(_mv_shape, scalar_types={}), _addmm_into),
     "addbmm": (_biased_product(_bmm_summed_shape), _addbmm_into),
     "addr": (_addr_shape_of, _addr_into),
 }

@@ -26,11 +26,12 @@ import torch
 from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dtypes
 
 from .. import _C, _tensor
+from .._C import cpu_loops
 from .._C import special as vpu_special
 from .._errors import cpp_type_name, device_mismatch, found_dtype, not_implemented_for, scalar_type_name, shape_mismatch
 from .._tensor import numpy_dtype
-from ._common import (all_contiguous, as_numpy, broadcast_shapes, castable, empty, empty_with_array, iterator_strides,
-                      operand, opmath_dtype, prepare_out, store, write)
+from ._common import (all_contiguous, as_numpy, broadcast_shapes, castable, check_scalar_fits, empty, empty_with_array,
+                      iterator_strides, operand, opmath_dtype, prepare_out, store, write)
 from ._overlap import check_no_internal_overlap, check_no_partial_overlap
 from .._cost import charged
 from ._registry import KERNELS, default_kernel, register
@@ -142,6 +143,25 @@ READS_ORIGINAL_SCALAR = {"mul": 1, "div": 1, "floor_divide": 1}
 SCALARS_IN_DTYPE = {"add": "alpha", "sub": "alpha", "hardshrink": "lambd", "hardshrink_backward": "lambd",
                     "softshrink_backward": "lambd", "logit": "eps"}
 
+# Scalar arguments CPU's kernel converts with c10's checked ``Scalar::to<T>()``, which refuses a value out of T's
+# range ("value cannot be converted to type c10::Half without overflow"): T is the compute dtype itself (SCALAR_T:
+# ``alpha.to<scalar_t>()``) or its opmath type (OPMATH: float for bf16/fp16). Operator -> {argument: T}.
+SCALAR_T, OPMATH = "scalar_t", "opmath"
+CHECKED_SCALARS = {
+    "add": {"alpha": SCALAR_T}, "sub": {"alpha": SCALAR_T}, "rsub": {"alpha": SCALAR_T},
+    "clamp": {"min": SCALAR_T, "max": SCALAR_T}, "clamp_min": {"min": SCALAR_T}, "clamp_max": {"max": SCALAR_T},
+    "threshold": {"threshold": OPMATH, "value": SCALAR_T}, "threshold_backward": {"threshold": OPMATH},
+    "hardtanh_backward": {"min_val": OPMATH, "max_val": OPMATH},
+    "hardshrink": {"lambd": SCALAR_T}, "hardshrink_backward": {"lambd": SCALAR_T},
+    "softshrink_backward": {"lambd": SCALAR_T}, "logit": {"eps": SCALAR_T},
+    "elu": {"alpha": OPMATH, "scale": OPMATH, "input_scale": OPMATH},
+    "elu_backward": {"alpha": OPMATH, "scale": OPMATH, "input_scale": OPMATH},
+    "leaky_relu": {"negative_slope": OPMATH}, "leaky_relu_backward": {"negative_slope": OPMATH},
+    "softplus": {"beta": OPMATH, "threshold": OPMATH}, "softplus_backward": {"beta": OPMATH, "threshold": OPMATH},
+    "addcmul": {"value": OPMATH}, "addcdiv": {"value": OPMATH}, "lerp": {"weight": OPMATH},
+}
+_OPMATH_OF = {torch.bfloat16: torch.float32, torch.float16: torch.float32}
+
 _ROUNDED_FIRST = frozenset({torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2})
 # formats a single non-NaN number reaches as c10 converts it, through float32 to the nearest even value, which
 # NumPy's and ml_dtypes' own casts also do (fp8 saturates on CPU, and NaN payloads are c10's: cast_into)
@@ -206,6 +226,22 @@ def with_scalars_in_dtype(schema, args, kwargs, dtype):
     if position < len(args):
         args = (*args[:position], scalar_in_dtype(args[position], dtype), *args[position + 1:])
     return args, kwargs
+
+
+def checked_scalars(schema):
+    """(position, name, target) of the arguments of ``schema``'s op that CHECKED_SCALARS names."""
+    targets = CHECKED_SCALARS.get(schema.name.removeprefix("aten::"), {})
+    return tuple((position, argument.name, targets[argument.name])
+                 for position, argument in enumerate(schema.arguments) if argument.name in targets)
+
+
+def check_scalar_conversions(checked, args, kwargs, dtype):
+    """c10's overflow check on each Scalar argument ``checked`` (from ``checked_scalars``) names, converted to
+    ``dtype`` or to its opmath type; Tensor arguments in those places (lerp's weight) are not Scalars."""
+    for position, name, target in checked:
+        value = kwargs[name] if name in kwargs else args[position] if position < len(args) else None
+        if isinstance(value, (int, float, complex)):
+            check_scalar_fits(value, _OPMATH_OF.get(dtype, dtype) if target == OPMATH else dtype)
 
 
 def scalar(value, like):
@@ -331,13 +367,16 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
     schema = resolve(overload)._schema
     out_name = schema.arguments[-1].name
     scalars_in_dtype = schema.name.removeprefix("aten::") in SCALARS_IN_DTYPE
+    scalar_checks = checked_scalars(schema)
 
     def checked_dtypes(promoted, extras, kwargs):
-        """(compute dtype, result dtype), once the op's dtype check has passed."""
+        """(compute dtype, result dtype), once the op's dtype check and its Scalars' conversions have passed."""
         common = common_dtype(*promoted)
         dtype = rule(common)
         if check is not None:
             check(dtype, *promoted, *extras, **kwargs)
+        if scalar_checks:
+            check_scalar_conversions(scalar_checks, (*promoted, *extras), kwargs, dtype)
         return dtype, result(common)
 
     def kernel(*args, **kwargs):
@@ -473,12 +512,17 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
     name = overloads[0].partition(".")[0]
     schema = resolve(overloads[0])._schema  # the overloads' arguments before ``out`` are alike
     scalars_in_dtype = schema.name.removeprefix("aten::") in SCALARS_IN_DTYPE
+    scalar_checks = checked_scalars(schema)
+    out_name = next((argument.name for overload in overloads for argument in resolve(overload)._schema.arguments
+                     if argument.is_out), None)  # "out", or a backward's "grad_input"
 
     def run(out, args, kwargs):
         promoted, extras = args[:operands], args[operands:]
         dtype = rule(common_dtype(*promoted))
         if check is not None:
             check(dtype, *promoted, *extras, **kwargs)
+        if scalar_checks:
+            check_scalar_conversions(scalar_checks, args, kwargs, dtype)
         if scalars_in_dtype:
             args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
         return compute_into(out, function, promoted, dtype, args[operands:], kwargs, opmath(*promoted), name)
@@ -495,7 +539,8 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
             check_no_partial_overlap(self, value)
         return run(self, (self, *args), kwargs)
 
-    def out_variant(*args, out, **kwargs):
+    def out_variant(*args, **kwargs):
+        out = kwargs.pop(out_name)
         common = common_dtype(*args[:operands])
         expected = result(common)
         if exact_out and out.dtype != expected:
@@ -753,6 +798,12 @@ def power_scalar(base, exponent):
 def check_integer_power(dtype, base, exponent):
     if is_integral(dtype) and not isinstance(exponent, torch.Tensor) and exponent < 0:
         raise RuntimeError("Integers to negative integer powers are not allowed.")
+    if dtype not in _POW_EXPONENT_AS_DOUBLE and not isinstance(exponent, torch.Tensor):
+        check_scalar_fits(exponent, dtype)  # ``exp_scalar.to<scalar_t>()``, checked
+
+
+# CPU's pow with a number exponent reads it as a double for these (any other dtype converts it to its own, checked)
+_POW_EXPONENT_AS_DOUBLE = frozenset({torch.float32, torch.float64, torch.complex64, torch.complex128})
 
 
 def xlogy(x, y):
@@ -969,6 +1020,20 @@ def clamping_check(op_name, bool_message):
     return check
 
 
+def check_hardtanh(dtype, x, min_val=-1, max_val=1):
+    """CPU's hardtanh is clamp with a legacy rule first: an integral tensor's bounds are truncated to integers,
+    and an unsigned one refuses negative bounds; clamp then converts each bound to the tensor's dtype, checked."""
+    clamping_check("hardtanh", "Bool inputs not supported for")(dtype)
+    if is_integral(dtype):
+        check_scalar_fits(min_val, torch.int64)  # Scalar::toLong
+        check_scalar_fits(max_val, torch.int64)
+        min_val, max_val = int(min_val), int(max_val)
+        if dtype == torch.uint8 and (min_val < 0 or max_val < 0):
+            raise RuntimeError("cannot do hardtanh on an unsigned type with negative limits")
+    check_scalar_fits(min_val, dtype)
+    check_scalar_fits(max_val, dtype)
+
+
 def check_clamp_bounds(dtype, x, low=None, high=None):
     if low is None and high is None:
         raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
@@ -1169,7 +1234,14 @@ def hardtanh(x, min_value=-1, max_value=1, out=None):
 
 @writes_out
 def hardtanh_backward(grad, x, min_value, max_value, out=None):
-    return zero_where((x <= scalar(min_value, x)) | (x >= scalar(max_value, x)), grad, out)
+    """Computed in the operands' own dtype (registered without opmath) so that the SIMD lanes follow it; bf16/fp16
+    compare in float32 as CPU's loops do."""
+    wide = in_float(x)
+    outside = (wide <= scalar(min_value, wide)) | (wide >= scalar(max_value, wide))
+    nans = np.isnan(wide)
+    if nans.any():  # CPU's vector loop keeps (min < x < max), false for NaN: 0; its scalar tail passes the gradient
+        outside |= nans & in_vector_lanes(nans, (grad, x))
+    return zero_where(outside, grad, out)
 
 
 def hardsigmoid(x):
@@ -1201,9 +1273,58 @@ def mish(x):
 
 
 def softshrink(x, lambd=0.5):
-    """A NaN stays NaN, as CPU's kernel keeps it (both comparisons are false for it, which would give 0)."""
-    lambd = scalar(lambd, x)
-    return np.where(x > lambd, x - lambd, np.where(x < -lambd, x + lambd, np.where(np.isnan(x), x, scalar(0, x))))
+    """A NaN stays NaN, as CPU's kernel keeps it (both comparisons are false for it, which would give 0). In the
+    operand's own dtype (bf16/fp16 computed in float32 here) so that the SIMD lanes follow it: CPU's vector loop
+    gives +0.0 between the thresholds, its scalar tail ``x * 0``, -0.0 for a negative x."""
+    wide = in_float(x)
+    lambd = scalar(lambd, wide)
+    result = np.where(wide > lambd, wide - lambd,
+                      np.where(wide < -lambd, wide + lambd, np.where(np.isnan(wide), wide, scalar(0, wide))))
+    negative_zeros = (wide < 0) & (wide >= -lambd)
+    if negative_zeros.any():
+        result = np.asarray(result)
+        tail = negative_zeros & ~in_vector_lanes(negative_zeros, (x,))
+        result[tail] = -result.dtype.type(0)
+    return with_scalar_tail_nans(result, x)
+
+
+def with_scalar_tail_nans(result, x):
+    """A float32 ``result`` of a bf16 ``x`` rounded to bf16 as a CPU loop for reduced floats stores it: 0xFFFF for
+    a NaN its vector loop converts, c10's scalar 0x7FC0 for one its scalar tail converts. Other dtypes as they are."""
+    if x.dtype != ml_dtypes.bfloat16:
+        return result
+    rounded = np.empty(np.shape(result), x.dtype)
+    _C.dtypes.cast_into(rounded, result, "bfloat16")
+    nans = np.isnan(result)
+    if nans.any():
+        rounded.view(np.uint16)[nans] = np.where(in_vector_lanes(nans, (x,))[nans], BFLOAT16_VECTOR_NAN,
+                                                 _C.dtypes.BFLOAT16_SCALAR_NAN)
+    return rounded
+
+
+BFLOAT16_VECTOR_NAN = 0xFFFF  # ATen's vectorised float -> bf16 conversion (cvtfp32_bf16) writes every NaN as this
+
+
+def in_float(array):
+    """A bf16/fp16 array in float32, as CPU's loops for reduced floats compute; others as they are."""
+    return array.astype(np.float32) if array.dtype.itemsize < 4 and array.dtype.kind != "c" else array
+
+
+def in_vector_lanes(selected, operands):
+    """A mask of ``selected``'s shape: which of the selected elements CPU's cpu_kernel_vec computes in its
+    vectorised loop (the rest go through its scalar tail), for operands laid out as ``operands`` (the first one's
+    dtype sets the vector width). The replay: csrc_py/cpu_loops.py."""
+    mask = np.zeros(np.shape(selected), bool)
+    indices = np.nonzero(selected) if np.ndim(selected) else ()
+    width = cpu_loops.kernel_vec_width(operands[0].dtype.itemsize, torch.backends.cpu.get_cpu_capability())
+    shape = np.shape(selected)
+    laid_out = [np.broadcast_to(operand, shape) for operand in operands]
+    lanes = cpu_loops.simd_lanes((laid_out[0], *laid_out), indices, width, False, 0, torch.get_num_threads())
+    if indices:
+        mask[indices] = lanes
+    else:
+        mask[()] = lanes[0]
+    return mask
 
 
 def softshrink_backward(grad, x, lambd):
@@ -1355,6 +1476,7 @@ CPU_KERNEL_NAMES = {
     "erf": "erf_vml_cpu", "erfc": "erfc_vml_cpu", "floor": "floor_vml_cpu", "ceil": "ceil_vml_cpu",
     "trunc": "trunc_vml_cpu", "round": "round_vml_cpu", "special_ndtri": "ndtri_cpu",
     "special_log_ndtr": "log_ndtr_cpu", "special_erfcx": "erfcx_cpu", "pow": "pow", "addcmul": "addcmul_cpu_out",
+    "hardshrink_backward": "shrink_backward_cpu", "softshrink_backward": "shrink_backward_cpu",
     "clamp": "clamp_scalar_cpu", "clamp_min": "clamp_min_scalar_cpu", "clamp_max": "clamp_max_scalar_cpu",
 }
 
@@ -1407,7 +1529,7 @@ def register_tables():
     for overload, (function, operands) in ACTIVATIONS.items():
         predicate = floating_or_complex if overload in COMPLEX_ACTIVATIONS else floating
         structured(overload, function, operands=operands, check=checked(predicate, overload))
-    structured("softshrink.out", softshrink, check=check_softshrink)
+    structured("softshrink.out", softshrink, check=check_softshrink, opmath=False)
     structured("gelu.out", gelu, check=check_gelu)
     structured("gelu_backward.grad_input", gelu_backward, operands=2, check=check_gelu)
     # threshold has loops for every real dtype but bool; its backward shares its dispatch name
@@ -1439,9 +1561,11 @@ def register_tables():
                  check=supports(not_bool, "div_floor_cpu"), opmath=divides_in_opmath)
     unstructured(remainder, "remainder.Scalar_Tensor", operands=2, check=checked(not_bool, "remainder"))
     unstructured(relu, "relu", "relu_", check=clamping_check("relu", "Boolean inputs not supported for"))
-    unstructured(hardtanh, "hardtanh", "hardtanh_", "hardtanh.out",
-                 check=clamping_check("hardtanh", "Bool inputs not supported for"), allocate=output_like_self)
-    unstructured(hardtanh_backward, "hardtanh_backward", "hardtanh_backward.grad_input", operands=2)
+    # hardtanh.out is clamp.out on CPU, whose out has the input's own dtype
+    unstructured(hardtanh, "hardtanh", "hardtanh_", "hardtanh.out", check=check_hardtanh, exact_out=True,
+                 allocate=output_like_self)
+    unstructured(hardtanh_backward, "hardtanh_backward", "hardtanh_backward.grad_input", operands=2,
+                 check=supports(floating, "hardshrink_backward_cpu"), opmath=lambda *promoted: False)
     unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"))
     unstructured(hardswish_backward, "hardswish_backward", operands=2)
     unstructured(prelu, "_prelu_kernel", operands=2)
@@ -1459,10 +1583,14 @@ register_tables()
 # Ops whose arguments do not fit the tables
 
 
+ELU_BACKWARD_SCALARS = checked_scalars(aten.elu_backward.default._schema)
+
+
 @register("elu_backward.grad_input")
 def elu_backward_out(grad_output, alpha, scale, input_scale, is_result, self_or_result, *, grad_input):
     dtype = common_dtype(grad_output, self_or_result)
     require(dtype.is_floating_point, dtype, "elu_backward_cpu")
+    check_scalar_conversions(ELU_BACKWARD_SCALARS, (grad_output, alpha, scale, input_scale), {}, dtype)
     prepare_out(grad_input, broadcast_shape(grad_output, self_or_result), dtype, (grad_output, self_or_result))
     return compute_into(grad_input, elu_backward, (grad_output, self_or_result), dtype,
                         (alpha, scale, input_scale, is_result))
@@ -1561,6 +1689,7 @@ def complex_out(real, imag, *, out):
 def rsub(self, other, alpha=1):
     dtype = common_dtype(self, other)
     check_sub(dtype, other, self, alpha)
+    check_scalar_fits(alpha, dtype)
     return compute_into(empty(broadcast_shape(self, other), dtype), sub, (other, self), dtype,
                         (scalar_in_dtype(alpha, dtype),), name="sub")  # alpha as sub's kernel reads it
 

@@ -74,7 +74,20 @@ def _t_aliases(self):
     return self.dim() < 2
 
 
-def derived_view(method, aliases=_never_aliases):
+def _expand_geometry(self, size, implicit=False):
+    """(sizes, strides) of ``self.expand(size)`` as at::inferExpandGeometry lays them out, before any check of
+    their product: a new or broadcast dim gets stride 0."""
+    sizes, strides = [0] * len(size), [0] * len(size)
+    for i in range(len(size) - 1, -1, -1):
+        dim = self.dim() - len(size) + i
+        length = self.shape[dim] if dim >= 0 else 1
+        stride = self.stride()[dim] if dim >= 0 else (sizes[i + 1] * strides[i + 1] if i + 1 < len(size) else 1)
+        target = length if size[i] == -1 else size[i]
+        sizes[i], strides[i] = target, stride if target == length else 0
+    return sizes, strides
+
+
+def derived_view(method, aliases=_never_aliases, geometry=None):
     """Meta's kernel of a view whose layout rearranges its input's elements (transpose, permute, select,
     expand, ...), through the Tensor ``method`` as ``_through_meta`` runs it. ATen's composite for these reaches
     ``as_strided``, whose CPU kernel checks the view against the storage (``_checked_as_strided``); a view of a
@@ -89,6 +102,14 @@ def derived_view(method, aliases=_never_aliases):
         _set_meta_included(True)  # ``_through_meta``, inlined: a frame fewer on every view of a step
         try:
             view = method(self, *args, **kwargs)
+        except RuntimeError:
+            # CPU checks the view against the storage before anything else looks at its sizes (an expand whose
+            # element count overflows): ``geometry`` gives that view's layout, where the method could not make it
+            if geometry is not None and hasattr(self.untyped_storage(), _tensor.OVERRUN_ATTRIBUTE):
+                sizes, strides = geometry(self, *args, **kwargs)
+                _tensor.check_strided_view(sizes, strides, self.storage_offset(), self.element_size(),
+                                           _tensor.storage_bytes(self))
+            raise
         finally:
             _set_meta_included(False)
         if hasattr(self.untyped_storage(), _tensor.OVERRUN_ATTRIBUTE) and not aliases(self, *args, **kwargs):
@@ -105,7 +126,6 @@ register_view(torch.ops.aten.transpose.int)(derived_view(torch.Tensor.transpose,
 for _overload, _method in (
     (torch.ops.aten.permute.default, torch.Tensor.permute),
     (torch.ops.aten.select.int, torch.Tensor.select),
-    (torch.ops.aten.expand.default, torch.Tensor.expand),
     (torch.ops.aten.unsqueeze.default, torch.Tensor.unsqueeze),
     (torch.ops.aten.squeeze.default, torch.Tensor.squeeze),
     (torch.ops.aten.squeeze.dim, torch.Tensor.squeeze),
@@ -113,6 +133,7 @@ for _overload, _method in (
     (torch.ops.aten.diagonal.default, torch.Tensor.diagonal),
 ):
     register_view(_overload)(derived_view(_method))
+register_view(torch.ops.aten.expand.default)(derived_view(torch.Tensor.expand, geometry=_expand_geometry))
 register_view(torch.ops.aten.view.default)(_through_meta(torch.Tensor.view))
 
 

@@ -10,7 +10,9 @@ sum rounds in, which elements a SIMD loop converts. Each replay lives in one nam
   (bf16 rounds after every addition);
 - ``csrc_py/cpu_loops.py`` (on the chip side, since casts are the chip's): TensorIterator's loop
   layout, ``at::parallel_for`` chunks and SIMD-vector versus scalar-tail elements, behind casts
-  (NaN payloads, out-of-range float-to-integer) and ``arange``'s vectorised fill (ops/factory.py).
+  (NaN payloads, out-of-range float-to-integer), ``arange``'s vectorised fill (ops/factory.py), and the
+  elementwise kernels whose vector loop and scalar tail give different bits (``pointwise.in_vector_lanes``:
+  softshrink's -0.0 and bf16 NaNs, hardtanh_backward of a NaN).
 
 Everything else is computed from the mathematics, in the dtype CPU computes in.
 """
