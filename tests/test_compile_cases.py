@@ -3,6 +3,7 @@ dynamic shapes, graph breaks, modes, fullgraph, random ops, mutation and views, 
 debug output, abstract mode. Each compiled result is checked against tpu eager."""
 
 import copy
+import operator
 import importlib.util
 import warnings
 
@@ -415,3 +416,38 @@ def test_hugging_face_tiny_models_train_like_eager(family):
         for got, expected in zip(compiled_model.parameters(), eager.parameters(), strict=True):
             assert_close(got.grad.cpu(), expected.grad.cpu(), rtol=1e-5, atol=1e-6)
             got.grad = expected.grad = None
+
+
+def test_a_multi_result_kernel_writes_its_results_into_planned_homes():
+    """Layer norm's results: the normalised rows and the means read by later kernels only (planned buffers; the
+    means fetched by two getitem nodes, as a graph may hold them), the inverse std read by nothing (no home);
+    values equal eager's, and HBM holds only the program's output afterwards."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from torch_tpu.compile.codegen import generate
+    from torch_tpu.compile.runtime import Program
+
+    aten = torch.ops.aten
+
+    def graph(x, w, b):
+        normalized, mean, _ = aten.native_layer_norm.default(x, [8], w, b, 1e-5)
+        return (aten.mul.Tensor(aten.add.Tensor(normalized, mean), mean),)
+
+    inputs = [torch.randn(6, 8, device="tpu"), torch.randn(8, device="tpu"), torch.randn(8, device="tpu")]
+    gm = make_fx(graph, tracing_mode="fake")(*inputs)
+    mean_node = next(n for n in gm.graph.nodes if n.target is operator.getitem and n.args[1] == 1)
+    mul = next(n for n in gm.graph.nodes if n.target is aten.mul.Tensor)
+    with gm.graph.inserting_before(mul):
+        again = gm.graph.call_function(operator.getitem, (mean_node.args[0], 1))
+    again.meta["val"] = mean_node.meta["val"]
+    mul.replace_input_with(mean_node, again)
+    generated = generate(gm.graph, "norm_then_add")
+    program = Program("norm_then_add", generated)
+    homes = {n.name: generated.homes[n.name] for n in gm.graph.nodes if n.target is operator.getitem}
+    assert sorted(homes.values()) == ["buffer", "buffer", "view", "view"]  # the second fetch views the first
+    assert "new_output" in program.source and program.source.count("new_buffer") == 2
+    before = torch.tpu.memory_allocated()
+    (got,) = program(list(inputs))
+    assert torch.tpu.memory_allocated() - before == got.untyped_storage().nbytes()
+    normalized, mean, _ = aten.native_layer_norm.default(inputs[0], [8], *inputs[1:], 1e-5)
+    assert_identical(got, (normalized + mean) * mean)

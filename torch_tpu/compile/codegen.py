@@ -90,12 +90,12 @@ def generate(graph, name):
     outputs = output_node.args[0]
     output_set = {o for o in outputs if isinstance(o, torch.fx.Node)}
     position = {n: i for i, n in enumerate(nodes)}
-    # a multi-output kernel writes each tpu result into a home of its own, planned like any value's: the
-    # result's (first) getitem node stands for it
+    # a multi-output kernel writes each tpu result something reads into a home of its own, planned like any
+    # value's: the result's first getitem node that has users stands for it
     result_node = {}  # (multi-output node, result position) -> its getitem node
     for node in nodes:
         source = node.args[0] if node.target is operator.getitem else None
-        if source in lowered and lowered[source].multi and node.args[1] in lowered[source].results:
+        if source in lowered and lowered[source].multi and node.args[1] in lowered[source].results and node.users:
             result_node.setdefault((source, node.args[1]), node)
     made_by = {getitem: source for (source, _), getitem in result_node.items()}
 
