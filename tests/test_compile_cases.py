@@ -201,16 +201,27 @@ def test_modes_are_accepted_and_compile_alike(mode):
         assert_identical(torch.compile(model, backend="tpu", mode=mode, fullgraph=True)(x), model(x))
 
 
-def test_dropout_follows_eager_rng_under_manual_seed():
-    x = torch.randn(64, 32).to("tpu")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_dropout_follows_eager_rng_under_manual_seed(dtype, requires_grad):
+    x = torch.randn(64, 32, dtype=dtype).to("tpu").requires_grad_(requires_grad)
     compiled = torch.compile(lambda x: F.dropout(x, p=0.5, training=True) * 2, backend="tpu")
     compiled(x)  # compile outside the seeded region
-    torch.manual_seed(7)
-    got, got_next = compiled(x), torch.rand(3, device="tpu")
-    torch.manual_seed(7)
-    want, want_next = F.dropout(x, p=0.5, training=True) * 2, torch.rand(3, device="tpu")
+    results = []
+    for run in (compiled, lambda x: F.dropout(x, p=0.5, training=True) * 2):
+        torch.manual_seed(7)
+        x.grad = None
+        y = run(x)
+        if requires_grad:
+            y.sum().backward()
+        results.append((y.detach(), torch.rand(3, device="tpu"), x.grad))
+    (got, got_next, got_grad), (want, want_next, want_grad) = results
     assert_identical(got, want)
     assert_identical(got_next, want_next)  # the generator advanced as eager's did
+    if requires_grad:
+        assert_identical(got_grad, want_grad)
+    eager_nodes = [op for program in torch_tpu.compile.last_programs() for _, op, _ in program.eager_nodes]
+    assert "aten.native_dropout.default" not in eager_nodes  # its NumPy maths ran in the program
 
 
 @pytest.mark.parametrize("dropout_p", [0.0, 0.3])

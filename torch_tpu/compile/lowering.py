@@ -658,6 +658,23 @@ def lower_layer_norm(node):
     return Lowered(OPAQUE, run, inputs, multi=True, rowwise=True, results=_tensor_results(value_of(node)))
 
 
+@lowers(aten.native_dropout.default)
+def lower_dropout(node):
+    """Dropout through eager's maths (``nn.dropout_arrays``): its keep mask drawn from the chip's RNG when the
+    program runs, as the eager kernel draws it."""
+    input, p, train = node.args
+    compute, results = opmath_dtype(value_of(input).dtype), value_of(node)
+    store_result, store_mask = _storer(results[0]), _storer(results[1])
+
+    def run(outs, x):
+        result, keep = nn.dropout_arrays(x.astype(compute, copy=False), p, train)
+        store_result(outs[0], result)
+        store_mask(outs[1], keep)
+        return outs
+
+    return Lowered(OPAQUE, run, (input,), multi=True, results=_tensor_results(results))
+
+
 @lowers(aten.nll_loss_forward.default)
 def lower_nll_loss(node):
     """NLL loss through eager's maths (``nn.nll_forward_maths``), its CPU-order cascade sum included."""

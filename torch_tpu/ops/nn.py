@@ -654,16 +654,22 @@ def weight_norm_interface_backward(grad_w, saved_v, saved_g, saved_norms, dim):
 # ---------------------------------------------------------------------------------------
 
 
-@register("native_dropout")
-def native_dropout(input, p, train):
-    x = opmath_operand(input)
+def dropout_arrays(x, p, train):
+    """Dropout of the opmath array ``x``: (the kept elements scaled by 1 / (1 - p), the keep mask). Training
+    draws the chip's next random stream (eager and compiled programs alike, in program order)."""
     if train is not None and not train:
-        return store(x, input.dtype), store(np.ones(x.shape, np.bool_), torch.bool)
+        return x, np.ones(x.shape, np.bool_)
     keep_probability = 1 - p
     keep = _C.current_chip().rng.next_stream().random(x.shape, dtype=np.float32) < keep_probability
     scale = 0.0 if keep_probability == 0 else 1 / keep_probability
     # multiply rather than select, so NaN and inf inputs propagate exactly as on the CPU
-    return store(x * keep * np.asarray(scale, x.dtype), input.dtype), store(keep, torch.bool)
+    return x * keep * np.asarray(scale, x.dtype), keep
+
+
+@register("native_dropout")
+def native_dropout(input, p, train):
+    result, keep = dropout_arrays(opmath_operand(input), p, train)
+    return store(result, input.dtype), store(keep, torch.bool)
 
 
 @register("native_dropout_backward", "native_dropout_backward.out")
