@@ -675,6 +675,20 @@ def lower_dropout(node):
     return Lowered(OPAQUE, run, (input,), multi=True, results=_tensor_results(results))
 
 
+@lowers(aten.native_dropout_backward.default)
+def lower_dropout_backward(node):
+    """``grad * mask * scale`` through eager's maths (``nn.dropout_backward_arrays``)."""
+    grad_output, mask, scale = node.args
+    dtype = value_of(node).dtype
+    grad_compute, compute, name = opmath_dtype(value_of(grad_output).dtype), opmath_dtype(dtype), DTYPE_NAME[dtype]
+
+    def run(out, grad, keep):
+        _C.dtypes.cast_into(out, nn.dropout_backward_arrays(grad.astype(grad_compute, copy=False), keep, scale,
+                                                            compute), name)
+
+    return Lowered(POINTWISE, run, (grad_output, mask))
+
+
 @lowers(aten.nll_loss_forward.default)
 def lower_nll_loss(node):
     """NLL loss through eager's maths (``nn.nll_forward_maths``), its CPU-order cascade sum included."""

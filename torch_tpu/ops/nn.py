@@ -677,10 +677,14 @@ def native_dropout_backward(grad_output, mask, scale, *, out=None):
     """CPU's ``grad * mask * scale``: two promoting products, so integer and bool gradients give floats."""
     masked_dtype = torch.promote_types(grad_output.dtype, mask.dtype)
     dtype = torch.result_type(torch.empty((), dtype=masked_dtype), scale)
-    compute = opmath_dtype(dtype)
-    masked = (opmath_operand(grad_output) * operand(mask)).astype(compute, copy=False)  # exact: mask is 0 or 1
-    result = masked * np.asarray(scale, compute)
+    result = dropout_backward_arrays(opmath_operand(grad_output), operand(mask), scale, opmath_dtype(dtype))
     return store(result, dtype, out=out, dtype_rule=exact_dtype)
+
+
+def dropout_backward_arrays(grad, mask, scale, compute):
+    """``grad * mask * scale`` in the ``compute`` dtype (``grad`` in its opmath dtype)."""
+    masked = (grad * mask).astype(compute, copy=False)  # exact: mask is 0 or 1
+    return masked * np.asarray(scale, compute)
 
 
 # ---------------------------------------------------------------------------------------
