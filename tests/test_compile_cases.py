@@ -3,6 +3,7 @@ dynamic shapes, graph breaks, modes, fullgraph, random ops, mutation and views, 
 debug output, abstract mode. Each compiled result is checked against tpu eager."""
 
 import copy
+import operator
 import importlib.util
 import warnings
 
@@ -200,16 +201,27 @@ def test_modes_are_accepted_and_compile_alike(mode):
         assert_identical(torch.compile(model, backend="tpu", mode=mode, fullgraph=True)(x), model(x))
 
 
-def test_dropout_follows_eager_rng_under_manual_seed():
-    x = torch.randn(64, 32).to("tpu")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_dropout_follows_eager_rng_under_manual_seed(dtype, requires_grad):
+    x = torch.randn(64, 32, dtype=dtype).to("tpu").requires_grad_(requires_grad)
     compiled = torch.compile(lambda x: F.dropout(x, p=0.5, training=True) * 2, backend="tpu")
     compiled(x)  # compile outside the seeded region
-    torch.manual_seed(7)
-    got, got_next = compiled(x), torch.rand(3, device="tpu")
-    torch.manual_seed(7)
-    want, want_next = F.dropout(x, p=0.5, training=True) * 2, torch.rand(3, device="tpu")
+    results = []
+    for run in (compiled, lambda x: F.dropout(x, p=0.5, training=True) * 2):
+        torch.manual_seed(7)
+        x.grad = None
+        y = run(x)
+        if requires_grad:
+            y.sum().backward()
+        results.append((y.detach(), torch.rand(3, device="tpu"), x.grad))
+    (got, got_next, got_grad), (want, want_next, want_grad) = results
     assert_identical(got, want)
     assert_identical(got_next, want_next)  # the generator advanced as eager's did
+    if requires_grad:
+        assert_identical(got_grad, want_grad)
+    eager_nodes = [op for program in torch_tpu.compile.last_programs() for _, op, _ in program.eager_nodes]
+    assert not {"aten.native_dropout.default", "aten.native_dropout_backward.default"} & set(eager_nodes)
 
 
 @pytest.mark.parametrize("dropout_p", [0.0, 0.3])
@@ -415,3 +427,38 @@ def test_hugging_face_tiny_models_train_like_eager(family):
         for got, expected in zip(compiled_model.parameters(), eager.parameters(), strict=True):
             assert_close(got.grad.cpu(), expected.grad.cpu(), rtol=1e-5, atol=1e-6)
             got.grad = expected.grad = None
+
+
+def test_a_multi_result_kernel_writes_its_results_into_planned_homes():
+    """Layer norm's results: the normalised rows and the means read by later kernels only (planned buffers; the
+    means fetched by two getitem nodes, as a graph may hold them), the inverse std read by nothing (no home);
+    values equal eager's, and HBM holds only the program's output afterwards."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from torch_tpu.compile.codegen import generate
+    from torch_tpu.compile.runtime import Program
+
+    aten = torch.ops.aten
+
+    def graph(x, w, b):
+        normalized, mean, _ = aten.native_layer_norm.default(x, [8], w, b, 1e-5)
+        return (aten.mul.Tensor(aten.add.Tensor(normalized, mean), mean),)
+
+    inputs = [torch.randn(6, 8, device="tpu"), torch.randn(8, device="tpu"), torch.randn(8, device="tpu")]
+    gm = make_fx(graph, tracing_mode="fake")(*inputs)
+    mean_node = next(n for n in gm.graph.nodes if n.target is operator.getitem and n.args[1] == 1)
+    mul = next(n for n in gm.graph.nodes if n.target is aten.mul.Tensor)
+    with gm.graph.inserting_before(mul):
+        again = gm.graph.call_function(operator.getitem, (mean_node.args[0], 1))
+    again.meta["val"] = mean_node.meta["val"]
+    mul.replace_input_with(mean_node, again)
+    generated = generate(gm.graph, "norm_then_add")
+    program = Program("norm_then_add", generated)
+    homes = {n.name: generated.homes[n.name] for n in gm.graph.nodes if n.target is operator.getitem}
+    assert sorted(homes.values()) == ["buffer", "buffer", "view", "view"]  # the second fetch views the first
+    assert "new_output" in program.source and program.source.count("new_buffer") == 2
+    before = torch.tpu.memory_allocated()
+    (got,) = program(list(inputs))
+    assert torch.tpu.memory_allocated() - before == got.untyped_storage().nbytes()
+    normalized, mean, _ = aten.native_layer_norm.default(inputs[0], [8], *inputs[1:], 1e-5)
+    assert_identical(got, (normalized + mean) * mean)

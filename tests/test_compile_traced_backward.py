@@ -1,6 +1,7 @@
 """``loss.backward()`` inside the compiled function (``torch._dynamo.config.trace_autograd_ops``): forward,
 backward and the gradients' accumulation are one program, equal to tpu eager bit for bit."""
 
+import math
 import sys
 from pathlib import Path
 
@@ -172,3 +173,54 @@ def test_a_gradient_an_eager_kernel_lays_out_keeps_its_copy_into_the_parameters_
     loss_and_gradients(x)
     assert compiled.stride() == weight.grad.stride() == weight.stride()
     assert torch.equal(compiled.cpu(), weight.grad.cpu())
+
+
+class _NormAttendClassify(torch.nn.Module):
+    """Layer norm, fused attention and cross-entropy: every multi-result kernel a GPT-style step has."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm, self.head = torch.nn.LayerNorm(8), torch.nn.Linear(8, 5)
+
+    def forward(self, x, y):
+        h = self.norm(x).view(2, 6, 2, 4).transpose(1, 2)
+        h = torch.nn.functional.scaled_dot_product_attention(h, h, h, is_causal=True)
+        return cross_entropy(self.head(h.transpose(1, 2).reshape(12, 8)), y)
+
+
+def test_results_that_never_leave_the_program_are_no_tensors(traced_backward, monkeypatch):
+    """Layer norm's statistics, attention's output and log-sum-exp, the NLL loss's total weight and the backward
+    kernels' input gradients live in the program's planned HBM buffers: the only new tensors are its outputs
+    (the loss and one gradient per parameter), and results and HBM equal eager's."""
+    torch.manual_seed(0)
+    eager = _NormAttendClassify().to("tpu")
+    compiled = _NormAttendClassify().to("tpu")
+    compiled.load_state_dict(eager.state_dict())
+    x, y = torch.randn(2, 6, 8, device="tpu"), torch.randint(0, 5, (12,), device="tpu")
+
+    @torch.compile(backend="tpu", fullgraph=True)
+    def loss_and_gradients(x, y):
+        loss = compiled(x, y)
+        loss.backward()
+        return loss.detach()
+
+    loss_and_gradients(x, y)  # compiles
+    compiled.zero_grad()
+    made = []
+    real_new = torch_tpu._tensor._new
+    monkeypatch.setattr(torch_tpu._tensor, "_new", lambda *a: made.append(math.prod(a[0])) or real_new(*a))
+    before = torch.tpu.memory_allocated()
+    loss = loss_and_gradients(x, y)
+    monkeypatch.undo()
+    parameters = list(compiled.parameters())
+    assert sorted(made) == sorted([1] + [p.numel() for p in parameters])  # elements of each new tensor
+    assert torch.tpu.memory_allocated() - before == sum(p.grad.untyped_storage().nbytes() for p in parameters) + \
+        loss.untyped_storage().nbytes()
+    expected = eager(x, y)
+    expected.backward()
+    assert torch.equal(loss.cpu(), expected.detach().cpu())
+    for (name, p), q in zip(eager.named_parameters(), parameters):
+        assert torch.equal(p.grad.cpu(), q.grad.cpu()), name
+    (program,) = torch_tpu.compile.last_programs()
+    assert not program.eager_nodes
+    assert "arrays_of(" not in program.source

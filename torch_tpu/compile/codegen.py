@@ -90,13 +90,21 @@ def generate(graph, name):
     outputs = output_node.args[0]
     output_set = {o for o in outputs if isinstance(o, torch.fx.Node)}
     position = {n: i for i, n in enumerate(nodes)}
+    # a multi-output kernel writes each tpu result something reads into a home of its own, planned like any
+    # value's: the result's first getitem node that has users stands for it
+    result_node = {}  # (multi-output node, result position) -> its getitem node
+    for node in nodes:
+        source = node.args[0] if node.target is operator.getitem else None
+        if source in lowered and lowered[source].multi and node.args[1] in lowered[source].results and node.users:
+            result_node.setdefault((source, node.args[1]), node)
+    made_by = {getitem: source for (source, _), getitem in result_node.items()}
 
     def root(node):
         """The value whose memory ``node`` views (an eager node's tuple of results has none)."""
-        while node in lowered and lowered[node].kind == VIEW:
+        while node in lowered and lowered[node].kind == VIEW and node not in made_by:
             source = lowered[node].inputs[0]
             if node.target is operator.getitem and source in lowered and _returns_tensors(lowered[source]):
-                break
+                return result_node.get((source, node.args[1]), node)
             node = source
         return node
 
@@ -120,6 +128,8 @@ def generate(graph, name):
     for node in nodes:
         if node.op == "placeholder":
             homes[node] = "input"
+        elif node in made_by:
+            homes[node] = "output" if node in output_set or node in viewed_by_outputs else "buffer"
         elif node.op == "call_function":
             low = lowered[node]
             if low.kind == VIEW:
@@ -139,10 +149,10 @@ def generate(graph, name):
             else:
                 homes[node] = "buffer"
     written_into = _written_in_place(nodes, lowered, homes, position, root)
-    intervals = {n.name: (position[n], last_use.get(n, position[n]), nbytes_of(value_of(n)))
+    made_at = {n: position[made_by.get(n, n)] for n in nodes}  # a kernel's results are made where it runs
+    intervals = {n.name: (made_at[n], last_use.get(n, position[n]), nbytes_of(value_of(n)))
                  for n, home in homes.items() if home == "buffer"}
     assignment, buffers = plan_buffers(intervals)
-    born = {first: index for index, (_, first, _) in enumerate(buffers)}
     released = {}
     for index, (_, _, last) in enumerate(buffers):
         released.setdefault(last, []).append(index)
@@ -176,12 +186,41 @@ def generate(graph, name):
         if node not in output_set and dies != position[output_node]:  # outputs live on; the rest die early
             deletions.setdefault(dies, []).append(node.name)
 
+    def emit_home(node, home, v):
+        """The lines making a new output's tensor or a planned buffer's array, for ``node``'s value ``v``."""
+        value = value_of(node)
+        if home == "output":
+            shape, dtype = w.constant("shape_", tuple(value.shape)), w.constant("dtype_", value.dtype)
+            strides = _eager_strides(value)
+            if strides is None:
+                w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype})")
+            else:  # laid out as eager lays it out (channels_last, a permuted input's order)
+                w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype}, {w.constant('strides_', strides)})")
+            tensor_of[node] = f"t_{node.name}"
+            return
+        index = assignment[node.name]
+        if buffers[index][1] == made_at[node]:  # the buffer's first value: allocated here
+            w.line(f"b{index} = new_buffer({buffers[index][0]}); B{index} = b{index}.array")
+        slot = w.constant('slot_', (tuple(value.shape), numpy_dtype(value.dtype)))
+        strides = _eager_strides(value) if node in made_by else None
+        if strides is None:
+            w.line(f"{v} = ndarray(*{slot}, B{index})")
+        else:  # a kernel result laid out as eager lays it out (fused attention's): the views after it stay views
+            itemsize = value.element_size()
+            w.line(f"{v} = ndarray(*{slot}, B{index}, 0, {w.constant('strides_', tuple(s * itemsize for s in strides))})")
+
     def emit(node, low, home, v):
         """The lines computing one node's value (``v``)."""
+        if node in made_by:  # made by its kernel, into the home emitted there
+            return
         if home == "view":
             w.line(f"{v} = {w.constant('view_', low.run)}(v_{low.inputs[0].name})")
             if node.target is operator.getitem and low.inputs[0] in tensor_of:
                 w.line(f"t_{node.name} = t_{low.inputs[0].name}[{node.args[1]}]")
+                tensor_of[node] = f"t_{node.name}"
+            elif node.target is operator.getitem and homes[low.inputs[0]] == "multi" and \
+                    isinstance(value_of(node), torch.Tensor) and root(node) is node:  # a host result (a philox seed)
+                w.line(f"t_{node.name} = {v}")
                 tensor_of[node] = f"t_{node.name}"
             return
         if home == "eager":
@@ -192,11 +231,16 @@ def generate(graph, name):
             eager_nodes.append((node.name, str(node.target), low.reason))
             drop_after_last_use(node)
             return
-        if home == "multi":  # several new tensors, made by the kernel itself
-            arguments = ", ".join(f"v_{a.name}" for a in low.inputs)
-            w.line(f"t_{node.name} = {w.constant(f'k_{node.name}_', low.run)}({arguments})")
-            w.line(f"{v} = arrays_of(t_{node.name})")
-            tensor_of[node] = f"t_{node.name}"
+        if home == "multi":  # several results, each written into its own home (None: nothing reads it)
+            outs = []
+            for index in range(len(value_of(node))):
+                result = result_node.get((node, index))
+                if result is not None:
+                    emit_home(result, homes[result], f"v_{result.name}")
+                outs.append("None" if result is None else f"v_{result.name}")
+            arguments = "".join(f", v_{a.name}" for a in low.inputs)
+            w.line(f"{v} = {w.constant(f'k_{node.name}_', low.run)}(({', '.join(outs)},){arguments})")
+            arrays_only.add(node.name)
             drop_after_last_use(node)
             charge(node)
             return
@@ -210,14 +254,8 @@ def generate(graph, name):
                 return
         elif node in written_into:
             w.line(f"{v} = v_{written_into[node].name}  # computed into the input it is copied to")
-        elif home == "output":
-            shape, dtype = w.constant("shape_", tuple(value.shape)), w.constant("dtype_", value.dtype)
-            strides = _eager_strides(value)
-            if strides is None:
-                w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype})")
-            else:  # laid out as eager lays it out (channels_last, a permuted input's order)
-                w.line(f"t_{node.name}, {v} = new_output({shape}, {dtype}, {w.constant('strides_', strides)})")
-            tensor_of[node] = f"t_{node.name}"
+        elif home in ("output", "buffer"):
+            emit_home(node, home, v)
         elif home == "host":
             w.line(f"{v} = {w.constant('host_', np.empty(tuple(value.shape), numpy_dtype(value.dtype)))}")  # as scratch
         elif home == "scratch" and low.value is not None and low.inline is None:  # the maths' own result array
@@ -230,13 +268,8 @@ def generate(graph, name):
             w.line(f"{v} = {w.constant('constant_', array)}")
             charge(node)
             return
-        elif home == "scratch":
+        else:  # scratch
             w.line(f"{v} = {w.constant('scratch_', np.empty(tuple(value.shape), numpy_dtype(value.dtype)))}")
-        else:
-            index = assignment[node.name]
-            if born.get(position[node]) == index:
-                w.line(f"b{index} = new_buffer({buffers[index][0]}); B{index} = b{index}.array")
-            w.line(f"{v} = ndarray(*{w.constant('slot_', (tuple(value.shape), numpy_dtype(value.dtype)))}, B{index})")
         if low.inline is not None:  # one ufunc: called from the source itself, into the planned buffer
             ufunc, operands = low.inline
             arguments = [f"v_{o.name}" if isinstance(o, torch.fx.Node) else w.constant("c_", o) for o in operands]
@@ -294,8 +327,11 @@ def generate(graph, name):
         for user in n.users)}
 
     tensors_only = {n.name for n in nodes if n.op == "placeholder" and n not in read_as_arrays}
+    arrays_only = set()  # multi-output kernels' results: arrays and host values, no tensor
 
     def dropped(name):
+        if name in arrays_only:
+            return f"del v_{name}"
         return f"del t_{name}" if name in tensors_only else f"del t_{name}, v_{name}"
 
     for node in nodes:
@@ -532,8 +568,7 @@ def _view_expression(node, base, base_tensor, base_array, homes, w):
     static, the view's sizes, strides and offset are the ones its FakeTensor gives, known now; else they are
     read from the NumPy view at run time."""
     layout, made = _static_layout(value_of(node)), _static_layout(value_of(base))
-    made_here = homes.get(base) in ("output", "buffer") or (
-        base.target is operator.getitem and homes.get(base.args[0]) == "multi")
+    made_here = homes.get(base) in ("output", "buffer")
     if layout is not None and made is not None and made_here and made[1] == 0 and value_of(base).is_contiguous():
         return f"tensor_at({base_tensor}, *{w.constant('layout_', layout)})"
     return f"tensor_view({base_tensor}, {base_array}, v_{node.name})"

@@ -25,11 +25,11 @@ import operator
 import numpy as np
 import torch
 
-from .. import _C, _cost, _tensor
+from .. import _C, _cost
 from . import remembered
 from .._tensor import DTYPE_NAME, numpy_dtype
 from ..ops import attention, linalg, nn, pointwise, reduction
-from ..ops._common import converted, opmath_dtype, wrap_dim, wrap_dims, write
+from ..ops._common import converted, opmath_dtype, wrap_dim, wrap_dims
 
 aten = torch.ops.aten
 LOWERINGS = {}  # OpOverload -> lowering function(node) -> Lowered
@@ -46,7 +46,9 @@ class Lowered:
     reason: str = ""  # for EAGER: why there is no NumPy lowering
     writes: object = None  # the input node a mutation writes into (its result is that input)
     host: bool = False  # a host scalar (an optimizer's step counter): NumPy on the host, never charged
-    multi: bool = False  # run(*arrays) returns the node's several results as new tpu tensors
+    multi: bool = False  # several results: run(outs, *arrays) writes result i into outs[i], the home codegen planned
+    #                      for it (None: nothing reads it), and returns the results (outs, and any host values)
+    results: tuple = ()  # for ``multi``: the positions of the results written into ``outs`` (its tpu tensors)
     value: object = None  # value(*arrays) -> a fresh array of the result: for values that need no planned home
     inline: tuple = None  # (ufunc, operands): the whole kernel is ``ufunc(*operands, out=out)``, written
     #                       into the source; an operand is an input node or a constant array
@@ -595,33 +597,38 @@ def nbytes_of(value):
     return math.prod(value.shape) * value.element_size() if isinstance(value, torch.Tensor) else 0
 
 
-# --- layer norm: several results, each a new tensor ------------------------------------------------
+# --- kernels with several results, each written into the home codegen planned for it ----------------
 
 
-def _result_writer(value):
-    """A function storing an opmath array as a new tpu tensor shaped and typed like ``value``."""
+def _storer(value):
+    """``store(out, array)`` for one result like ``value``: ``array`` (opmath) converted into the result's home
+    ``out``, or, when nothing reads the result (``out`` is None), nothing stored."""
     if value is None:
-        return lambda array: None
-    shape, dtype, name = tuple(value.shape), value.dtype, DTYPE_NAME[value.dtype]
+        return lambda out, array: None
+    shape, name = tuple(value.shape), DTYPE_NAME[value.dtype]
 
-    def store(array):
-        tensor, target = _tensor.empty_with_array(shape, dtype)
-        _C.dtypes.cast_into(target, array.reshape(shape), name)
-        return tensor
+    def store(out, array):
+        if out is not None:
+            _C.dtypes.cast_into(out, array.reshape(shape), name)
 
     return store
 
 
-def _computed_into(value, compute, fill):
-    """A new tensor like ``value`` filled by ``fill(destination)`` in the ``compute`` dtype (eager's compute_into)."""
-    tensor, target = _tensor.empty_with_array(tuple(value.shape), value.dtype)
-    if target.dtype == compute:
-        fill(target)
-    else:
-        scratch = np.empty(target.shape, compute)
-        fill(scratch)
-        _C.dtypes.cast_into(target, scratch, DTYPE_NAME[value.dtype])
-    return tensor
+def _filled(out, value, compute, fill):
+    """A result like ``value`` filled by ``fill(destination)`` in the ``compute`` dtype (eager's compute_into): into
+    its home ``out`` directly when the dtypes agree, else through a scratch array converted into it."""
+    if out is not None and out.dtype == compute:
+        fill(out)
+        return
+    scratch = np.empty(tuple(value.shape), compute)
+    fill(scratch)
+    if out is not None:
+        _C.dtypes.cast_into(out, scratch, DTYPE_NAME[value.dtype])
+
+
+def _tensor_results(value):
+    """The positions of a multi-output node's tpu tensor results: those the kernel writes into planned homes."""
+    return tuple(i for i, v in enumerate(value) if isinstance(v, torch.Tensor) and v.device.type == "tpu")
 
 
 def _optional_rows(supply, present, compute):
@@ -635,17 +642,51 @@ def lower_layer_norm(node):
     axis = source.dim() - len(normalized_shape)
     rows, size = math.prod(source.shape[:axis]), math.prod(source.shape[axis:])
     compute = opmath_dtype(source.dtype)
-    store_mean, store_rstd = _result_writer(mean_value), _result_writer(rstd_value)
+    store_mean, store_rstd = _storer(mean_value), _storer(rstd_value)
 
-    def run(x, *params):
+    def run(outs, x, *params):
         supply = iter(params)
         weight_rows, bias_rows = _optional_rows(supply, weight is not None, compute), _optional_rows(supply, bias is not None, compute)
         normalize, mean, rstd = nn.layer_norm_arrays(x.astype(compute, copy=False).reshape(rows, size),
                                                      weight_rows, bias_rows, eps)
-        return _computed_into(result, compute, normalize), store_mean(mean), store_rstd(rstd)
+        _filled(outs[0], result, compute, normalize)
+        store_mean(outs[1], mean)
+        store_rstd(outs[2], rstd)
+        return outs
 
     inputs = tuple(a for a in (input, weight, bias) if isinstance(a, torch.fx.Node))
-    return Lowered(OPAQUE, run, inputs, multi=True, rowwise=True)
+    return Lowered(OPAQUE, run, inputs, multi=True, rowwise=True, results=_tensor_results(value_of(node)))
+
+
+@lowers(aten.native_dropout.default)
+def lower_dropout(node):
+    """Dropout through eager's maths (``nn.dropout_arrays``): its keep mask drawn from the chip's RNG when the
+    program runs, as the eager kernel draws it."""
+    input, p, train = node.args
+    compute, results = opmath_dtype(value_of(input).dtype), value_of(node)
+    store_result, store_mask = _storer(results[0]), _storer(results[1])
+
+    def run(outs, x):
+        result, keep = nn.dropout_arrays(x.astype(compute, copy=False), p, train)
+        store_result(outs[0], result)
+        store_mask(outs[1], keep)
+        return outs
+
+    return Lowered(OPAQUE, run, (input,), multi=True, results=_tensor_results(results))
+
+
+@lowers(aten.native_dropout_backward.default)
+def lower_dropout_backward(node):
+    """``grad * mask * scale`` through eager's maths (``nn.dropout_backward_arrays``)."""
+    grad_output, mask, scale = node.args
+    dtype = value_of(node).dtype
+    grad_compute, compute, name = opmath_dtype(value_of(grad_output).dtype), opmath_dtype(dtype), DTYPE_NAME[dtype]
+
+    def run(out, grad, keep):
+        _C.dtypes.cast_into(out, nn.dropout_backward_arrays(grad.astype(grad_compute, copy=False), keep, scale,
+                                                            compute), name)
+
+    return Lowered(POINTWISE, run, (grad_output, mask))
 
 
 @lowers(aten.nll_loss_forward.default)
@@ -654,15 +695,17 @@ def lower_nll_loss(node):
     input, target, weight, reduction, ignore_index = node.args
     source, (loss, total_weight) = value_of(input), value_of(node)
     compute, dtype = opmath_dtype(source.dtype), numpy_dtype(source.dtype)
-    store_loss, store_weight = _result_writer(loss), _result_writer(total_weight)
+    store_loss, store_weight = _storer(loss), _storer(total_weight)
 
-    def run(x, target_array, *weight_array):
+    def run(outs, x, target_array, *weight_array):
         loss_array, weight_sum = nn.nll_forward_maths(nn.class_last(x.astype(compute, copy=False), 0), target_array,
                                                       *(weight_array or (None,)), reduction, ignore_index, dtype)
-        return store_loss(np.asarray(loss_array)), store_weight(np.asarray(weight_sum))
+        store_loss(outs[0], np.asarray(loss_array))
+        store_weight(outs[1], np.asarray(weight_sum))
+        return outs
 
     inputs = tuple(a for a in (input, target, weight) if isinstance(a, torch.fx.Node))
-    return Lowered(OPAQUE, run, inputs, multi=True)
+    return Lowered(OPAQUE, run, inputs, multi=True, results=_tensor_results(value_of(node)))
 
 
 @lowers(aten.nll_loss_backward.default)
@@ -689,29 +732,28 @@ def lower_layer_norm_backward(node):
     axis = source.dim() - len(normalized_shape)
     rows, size = math.prod(source.shape[:axis]), math.prod(source.shape[axis:])
     compute = opmath_dtype(source.dtype)
-    store_weight, store_bias = _result_writer(results[1]), _result_writer(results[2])
+    store_weight, store_bias = _storer(results[1]), _storer(results[2])
     wanted = [bool(m) and r is not None for m, r in zip(output_mask, results)]
 
-    def run(dy, x, mean_array, rstd_array, *params):
+    def run(outs, dy, x, mean_array, rstd_array, *params):
         weight_rows = _optional_rows(iter(params), weight is not None, compute)
         input_gradient, weight_sums, bias_sums = nn.layer_norm_backward_arrays(
             x.astype(compute, copy=False).reshape(rows, size), dy.astype(compute, copy=False).reshape(rows, size),
             mean_array.astype(compute, copy=False).reshape(-1, 1), rstd_array.astype(compute, copy=False).reshape(-1, 1),
             weight_rows)
-        return (_computed_into(results[0], compute, input_gradient) if wanted[0] else None,
-                store_weight(weight_sums()) if wanted[1] else None, store_bias(bias_sums()) if wanted[2] else None)
+        if wanted[0]:
+            _filled(outs[0], results[0], compute, input_gradient)
+        if wanted[1]:
+            store_weight(outs[1], weight_sums())
+        if wanted[2]:
+            store_bias(outs[2], bias_sums())
+        return outs
 
     inputs = (grad_out, input, mean, rstd) + ((weight,) if isinstance(weight, torch.fx.Node) else ())
-    return Lowered(OPAQUE, run, inputs, multi=True)
+    return Lowered(OPAQUE, run, inputs, multi=True, results=_tensor_results(results))
 
 
 # --- fused attention: eager's maths, its results laid out as Meta lays them out --------------------
-
-
-def _strided_writer(value):
-    """A function storing an array as a new tpu tensor with ``value``'s shape, dtype and strides."""
-    shape, dtype, strides = tuple(value.shape), value.dtype, tuple(value.stride())
-    return lambda array: write(_tensor.empty(shape, dtype, strides), array)
 
 
 def _argument(node, position, name, default):
@@ -728,19 +770,21 @@ def lower_attention(node):
     q, k, v = value_of(query), value_of(key), value_of(value)
     scale = attention.softmax_scale(q, node.kwargs.get("scale"))
     results = value_of(node)
-    store_output, store_lse = _strided_writer(results[0]), _strided_writer(results[1])
+    store_output, store_lse = _storer(results[0]), _storer(results[1])
     lengths = (q.shape[-2], k.shape[-2])
 
-    def run(q_array, k_array, v_array, *bias_array):
+    def run(outs, q_array, k_array, v_array, *bias_array):
         dropout, seed, offset = attention.dropout_state(dropout_p)
         output, lse = attention.attention_forward(q_array, k_array, v_array, *(bias_array or (None,)), scale=scale,
                                                   is_causal=is_causal, dropout=dropout,
                                                   precision_passes=linalg.float32_passes())
-        return store_output(output), store_lse(lse), None, None, *lengths, seed, offset, None
+        store_output(outs[0], output)
+        store_lse(outs[1], lse)
+        return outs[0], outs[1], None, None, *lengths, seed, offset, None
 
     flops = {DTYPE_NAME[q.dtype]: attention.forward_flops(q.shape, k.shape, v.shape, is_causal)}
     inputs = (query, key, value) + ((bias,) if isinstance(bias, torch.fx.Node) else ())
-    return Lowered(OPAQUE, run, inputs, flops, multi=True)
+    return Lowered(OPAQUE, run, inputs, flops, multi=True, results=(0, 1))
 
 
 @lowers(aten._scaled_dot_product_fused_attention_overrideable_backward.default)
@@ -755,18 +799,20 @@ def lower_attention_backward(node):
     q, k, v = value_of(query), value_of(key), value_of(value)
     scale = attention.softmax_scale(q, node.kwargs.get("scale"))
     results = value_of(node)
-    stores = [_strided_writer(r) if isinstance(r, torch.Tensor) else (lambda array: None) for r in results]
+    stores = [_storer(r if isinstance(r, torch.Tensor) else None) for r in results]
     rows, bias_shape = tuple(q.shape[:-1]), tuple(value_of(bias).shape) if isinstance(bias, torch.fx.Node) else None
     wants_bias = bias_shape is not None and isinstance(results[3], torch.Tensor)
 
-    def run(dout, q_array, k_array, v_array, out_array, lse_array, *bias_array):
+    def run(outs, dout, q_array, k_array, v_array, out_array, lse_array, *bias_array):
         grads = attention.attention_backward(dout, q_array, k_array, v_array, out_array, lse_array.reshape(rows),
                                              *(bias_array or (None,)), scale=scale, is_causal=is_causal,
                                              bias_grad=wants_bias, precision_passes=linalg.float32_passes())
         bias_grad = attention.reduce_to_shape(grads[3], bias_shape) if wants_bias else None
-        return tuple(store(array) for store, array in zip(stores, (*grads[:3], bias_grad)))
+        for store, out, array in zip(stores, outs, (*grads[:3], bias_grad)):
+            store(out, array)
+        return outs
 
     flops = {DTYPE_NAME[q.dtype]: int(attention.BACKWARD_FLOPS_RATIO * attention.forward_flops(
         q.shape, k.shape, v.shape, is_causal))}
     inputs = (grad_out, query, key, value, out, logsumexp) + ((bias,) if bias_shape is not None else ())
-    return Lowered(OPAQUE, run, inputs, flops, multi=True)
+    return Lowered(OPAQUE, run, inputs, flops, multi=True, results=_tensor_results(results))

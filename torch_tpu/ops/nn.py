@@ -654,16 +654,22 @@ def weight_norm_interface_backward(grad_w, saved_v, saved_g, saved_norms, dim):
 # ---------------------------------------------------------------------------------------
 
 
-@register("native_dropout")
-def native_dropout(input, p, train):
-    x = opmath_operand(input)
+def dropout_arrays(x, p, train):
+    """Dropout of the opmath array ``x``: (the kept elements scaled by 1 / (1 - p), the keep mask). Training
+    draws the chip's next random stream (eager and compiled programs alike, in program order)."""
     if train is not None and not train:
-        return store(x, input.dtype), store(np.ones(x.shape, np.bool_), torch.bool)
+        return x, np.ones(x.shape, np.bool_)
     keep_probability = 1 - p
     keep = _C.current_chip().rng.next_stream().random(x.shape, dtype=np.float32) < keep_probability
     scale = 0.0 if keep_probability == 0 else 1 / keep_probability
     # multiply rather than select, so NaN and inf inputs propagate exactly as on the CPU
-    return store(x * keep * np.asarray(scale, x.dtype), input.dtype), store(keep, torch.bool)
+    return x * keep * np.asarray(scale, x.dtype), keep
+
+
+@register("native_dropout")
+def native_dropout(input, p, train):
+    result, keep = dropout_arrays(opmath_operand(input), p, train)
+    return store(result, input.dtype), store(keep, torch.bool)
 
 
 @register("native_dropout_backward", "native_dropout_backward.out")
@@ -671,10 +677,14 @@ def native_dropout_backward(grad_output, mask, scale, *, out=None):
     """CPU's ``grad * mask * scale``: two promoting products, so integer and bool gradients give floats."""
     masked_dtype = torch.promote_types(grad_output.dtype, mask.dtype)
     dtype = torch.result_type(torch.empty((), dtype=masked_dtype), scale)
-    compute = opmath_dtype(dtype)
-    masked = (opmath_operand(grad_output) * operand(mask)).astype(compute, copy=False)  # exact: mask is 0 or 1
-    result = masked * np.asarray(scale, compute)
+    result = dropout_backward_arrays(opmath_operand(grad_output), operand(mask), scale, opmath_dtype(dtype))
     return store(result, dtype, out=out, dtype_rule=exact_dtype)
+
+
+def dropout_backward_arrays(grad, mask, scale, compute):
+    """``grad * mask * scale`` in the ``compute`` dtype (``grad`` in its opmath dtype)."""
+    masked = (grad * mask).astype(compute, copy=False)  # exact: mask is 0 or 1
+    return masked * np.asarray(scale, compute)
 
 
 # ---------------------------------------------------------------------------------------
