@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 import torch_tpu
-from differential import check, check_same_error, make, noncontiguous
+from differential import check, check_grads, check_same_error, make, noncontiguous
 
 clock = torch_tpu._C.current_chip().clock
 
@@ -758,3 +758,87 @@ def test_views_of_a_reshape_alias_past_the_storage_are_checked_as_cpu_checks_the
         assert not hasattr(inside.untyped_storage(), torch_tpu._tensor.OVERRUN_ATTRIBUTE)
     check_same_error(lambda d: torch.ops.aten._reshape_alias(torch.arange(3.0, device=d), [10], [1]).unsqueeze(0))
     check_same_error(lambda d: torch.ops.aten._reshape_alias(torch.arange(3.0, device=d), [2, 2], [2, 1]).t())
+
+
+# --- round seven: select's and slice's gradients in one launch ------------------------------------------------
+
+INT64_MAX = 2 ** 63 - 1
+
+
+def seeded(*shape, dtype=torch.float32):
+    """The same random values on each device's call of a case."""
+    return make(*shape, dtype=dtype, generator=torch.Generator().manual_seed(0))
+
+
+VIEW_BACKWARD_CASES = {
+    "select, first dim": lambda d: torch.ops.aten.select_backward(seeded(4, 5).to(d), [3, 4, 5], 0, 1),
+    "select, negative dim and index": lambda d: torch.ops.aten.select_backward(seeded(3, 4).to(d), [3, 4, 2], -1, -2),
+    "select of a 1-d input": lambda d: torch.ops.aten.select_backward(torch.tensor(2.5, device=d), [3], 0, 2),
+    "select, transposed gradient": lambda d: torch.ops.aten.select_backward(seeded(6, 4).t().to(d), [4, 3, 6], 1, 0),
+    "select, bf16": lambda d: torch.ops.aten.select_backward(seeded(2, 3, dtype=torch.bfloat16).to(d), [2, 2, 3], 1, 1),
+    "select, bool": lambda d: torch.ops.aten.select_backward(torch.tensor([True, False], device=d), [2, 2], 0, 1),
+    "select, int64": lambda d: torch.ops.aten.select_backward(torch.arange(6, device=d).reshape(2, 3), [4, 2, 3], 0, 3),
+    "select, empty": lambda d: torch.ops.aten.select_backward(torch.ones(0, 3, device=d), [0, 2, 3], 1, 1),
+    "select, conjugated": lambda d: torch.ops.aten.select_backward(
+        torch.tensor([1 + 2j, 3 - 1j], device=d).conj(), [2, 2], 0, 0),
+    "select, complex32": lambda d: torch.ops.aten.select_backward(
+        torch.tensor([1 + 2j, 3 - 1j], dtype=torch.complex32, device=d), [3, 2], 0, 1),
+    "slice, middle": lambda d: torch.ops.aten.slice_backward(seeded(4, 3, 5).to(d), [4, 8, 5], 1, 2, 5, 1),
+    "slice, step": lambda d: torch.ops.aten.slice_backward(seeded(4, 3).to(d), [4, 8], 1, 1, 8, 3),
+    "slice, negative start and end": lambda d: torch.ops.aten.slice_backward(seeded(2, 3).to(d), [6, 3], 0, -4, -2, 1),
+    "slice, end past the dim": lambda d: torch.ops.aten.slice_backward(seeded(3, 2).to(d), [5, 2], 0, 2, INT64_MAX, 1),
+    "slice, start past the end": lambda d: torch.ops.aten.slice_backward(torch.ones(0, 2, device=d), [5, 2], 0, 7, 3, 1),
+    "slice, start before the dim": lambda d: torch.ops.aten.slice_backward(seeded(2, 2).to(d), [2, 2], 0, -9, 2, 1),
+    "slice, transposed gradient": lambda d: torch.ops.aten.slice_backward(seeded(4, 3).t().to(d), [3, 9], 1, 0, 8, 2),
+}
+
+
+@pytest.mark.parametrize("name", VIEW_BACKWARD_CASES)
+def test_view_backwards_match_cpu(name):
+    expected, actual = VIEW_BACKWARD_CASES[name]("cpu"), VIEW_BACKWARD_CASES[name]("tpu")
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape and actual.stride() == expected.stride()
+    widened = torch.complex64 if expected.dtype == torch.complex32 else expected.dtype  # CPU cannot compare complex32
+    assert torch.equal(actual.cpu().to(widened), expected.to(widened))
+    assert not actual.is_conj()
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: torch.ops.aten.select_backward(torch.ones(4, device=d), [3, 4], 0, 3),
+    lambda d: torch.ops.aten.select_backward(torch.ones(4, device=d), [3, 4], 0, -4),
+    lambda d: torch.ops.aten.select_backward(torch.ones(4, device=d), [3, 4], 2, 0),
+    lambda d: torch.ops.aten.select_backward(torch.ones(5, device=d), [3, 4], 0, 0),
+    lambda d: torch.ops.aten.select_backward(torch.ones((), device=d), [], 0, 0),
+    lambda d: torch.ops.aten.slice_backward(torch.ones(2, 4, device=d), [3, 4], 0, 0, 3, 1),
+    lambda d: torch.ops.aten.slice_backward(torch.ones(3, 4, device=d), [3, 4], 0, 0, 3, 0),
+    lambda d: torch.ops.aten.slice_backward(torch.ones(3, 4, device=d), [3, 4], 0, 3, 0, -1),
+    lambda d: torch.ops.aten.slice_backward(torch.ones(3, 4, device=d), [3, 4], -3, 0, 3, 1),
+    lambda d: torch.ops.aten.slice_backward(torch.ones((), device=d), [], 0, 0, 1, 1),
+], ids=["index past the end", "index before the start", "dim", "shape", "0-d", "slice shape", "zero step",
+        "negative step", "slice dim", "slice of 0-d"])
+def test_view_backward_errors_are_cpus(call):
+    check_same_error(call)
+
+
+def test_view_gradients_through_autograd_match_cpu():
+    check_grads(lambda x: x[1] * 2 + x[:, 1:4:2].sum() + x[..., -1].sum(), make(3, 5, 4))
+
+
+@pytest.mark.usefixtures("paused_collector")
+@pytest.mark.parametrize("name, call", [
+    ("select_backward", lambda grad: torch.ops.aten.select_backward(grad, [3, 40, 16], 0, 2)),
+    ("slice_backward", lambda grad: torch.ops.aten.slice_backward(grad, [50, 16], 0, 5, 45, 1)),
+])
+def test_view_backward_is_one_launch_charged_its_traffic_and_allocates_its_result(name, call):
+    """One launch reads the gradient and writes the new tensor: ATen's composite was two (``zero_`` writing the
+    tensor, ``_copy_from`` reading the gradient and writing it again)."""
+    grad = torch.rand(40, 16, device="tpu")
+    launches = {op: clock.op_totals.get(op, torch_tpu._C.clock.OpTotals()).copy()
+                for op in (name, "zero_", "_copy_from")}
+    allocated = torch.tpu.memory_allocated()
+    torch.tpu.reset_peak_memory_stats()
+    result = call(grad)
+    assert torch.tpu.memory_allocated() == torch.tpu.max_memory_allocated() == allocated + result.nbytes
+    totals = {op: clock.op_totals.get(op, torch_tpu._C.clock.OpTotals()) for op in launches}
+    assert totals[name].count == launches[name].count + 1
+    assert totals[name].bytes == launches[name].bytes + grad.nbytes + result.nbytes
+    assert all(totals[op].count == launches[op].count for op in ("zero_", "_copy_from"))

@@ -5,26 +5,20 @@ exception while the Python error is still pending on the autograd device thread.
 stream guard's destructor asks the device guard for its device type: for a Python backend that is a Python
 call, which fails on the pending error inside a destructor, and C++ ends the process (CPU has no stream
 guard; CUDA's guard is C++). So the device guard takes any pending error out of the way first
-(``take_pending_error``), the backward fails without one, and the engine's ``run_backward`` raises the
-hook's own exception in the caller's thread, as CPU's backward does.
+(``_backend.TPUDeviceGuard.type_`` calls ``error_pending``, which raises it, and keeps it in ``taken``), the
+backward fails without one, and the engine's ``run_backward`` raises the hook's own exception in the
+caller's thread, as CPU's backward does.
 """
 
 import ctypes
 
 from torch.autograd.variable import Variable
 
-# PyDLL: after the call, ctypes raises any error pending on the thread, which is how it is taken here
-_error_pending = ctypes.pythonapi.PyErr_Occurred
-_error_pending.restype = ctypes.c_void_p
-_taken = []  # exceptions taken off the autograd device thread, newest last
-
-
-def take_pending_error():
-    """Move an error pending on this thread into ``_taken`` (one C call when there is none)."""
-    try:
-        _error_pending()
-    except BaseException as error:  # the hook's own exception, with its traceback
-        _taken.append(error)
+# PyDLL: after the call, ctypes raises any error pending on the thread (the hook's own exception, with its
+# traceback), which is how the device guard takes it; one C call when there is none
+error_pending = ctypes.pythonapi.PyErr_Occurred
+error_pending.restype = ctypes.c_void_p
+taken = []  # exceptions taken off the autograd device thread, newest last
 
 
 class _EngineRaisingHookErrors:
@@ -37,14 +31,14 @@ class _EngineRaisingHookErrors:
         return getattr(self._engine, name)
 
     def run_backward(self, *args, **kwargs):
-        _taken.clear()
+        taken.clear()
         try:
             return self._engine.run_backward(*args, **kwargs)
         except SystemError:  # "returned NULL without setting an exception": the error was taken
-            if not _taken:
+            if not taken:
                 raise
-        error = _taken.pop()
-        _taken.clear()
+        error = taken.pop()
+        taken.clear()
         raise error
 
 

@@ -1,4 +1,5 @@
-"""Shape kernels: cat, flip, roll, pad, tril/triu, sort, topk, unique, searchsorted, histograms.
+"""Shape kernels: cat, the gradients of select and slice, flip, roll, pad, tril/triu, sort, topk, unique,
+searchsorted, histograms.
 
 Ops PyTorch already expresses through views and these kernels (stack, split,
 chunk, repeat, tile, meshgrid, diag, the *_scatter family, constant_pad_nd)
@@ -12,11 +13,12 @@ import numpy as np
 import torch
 
 from .. import _tensor
+from .._cost import charged
 from .._errors import cpp_type_name, not_implemented_for, raise_cpu_error, scalar_type_name, warn_once
 from .cpu_replay import libstdcxx_order
-from ._common import (as_numpy, empty, exact_dtype, operand, opmath_operand, prepare_out, store,
+from ._common import (as_numpy, empty, empty_with_array, exact_dtype, operand, opmath_operand, prepare_out, store,
                       store_in_memory_format, suggested_memory_format, wrap_dim, wrap_dims, write)
-from ._registry import register
+from ._registry import default_kernel, register
 from .cpu_kernel_dtypes import cpu_dtypes, not_bool
 from .nn import without_structured_wrapper
 
@@ -95,6 +97,68 @@ def _joins_plainly(tensors, dim=0):
 without_structured_wrapper(
     "cat", lambda tensors, dim=0: {"out": (_cat_shape(tensors, dim % tensors[0].dim()), tensors[0].dtype)},
     _joins_plainly)
+
+
+# ---------------------------------------------------------------------------
+# select_backward / slice_backward: a view's gradient laid into zeros
+
+
+def _selected_region(grad, input_sizes, dim, index):
+    """Where ``select(dim, index)`` of a tensor of ``input_sizes`` lies, as a NumPy index, when ``grad`` has
+    that view's shape; None for any call select or the copy would refuse."""
+    sizes = tuple(input_sizes)
+    if not -len(sizes) <= dim < len(sizes):  # a 0-d input too
+        return None
+    dim %= len(sizes)
+    if not -sizes[dim] <= index < sizes[dim] or grad.shape != sizes[:dim] + sizes[dim + 1:]:
+        return None
+    return (slice(None),) * dim + (index % sizes[dim],)
+
+
+def _sliced_region(grad, input_sizes, dim, start, end, step):
+    """Where ``slice(dim, start, end, step)`` of a tensor of ``input_sizes`` lies, as a NumPy index, when
+    ``grad`` has that view's shape; None for any call slice or the copy would refuse. ATen clamps start and
+    end into the dim as Python's ``slice.indices`` does for a positive step."""
+    sizes = tuple(input_sizes)
+    if step <= 0 or not -len(sizes) <= dim < len(sizes):
+        return None
+    dim %= len(sizes)
+    if sizes[dim] < 0:
+        return None
+    start, end, step = slice(start, end, step).indices(sizes[dim])
+    length = len(range(start, end, step))
+    if grad.shape != sizes[:dim] + (length,) + sizes[dim + 1:]:
+        return None
+    return (slice(None),) * dim + (slice(start, end, step),)
+
+
+def _view_backward(name, region):
+    """The gradient of a view op, ``name`` (``select_backward``, ``slice_backward``): zeros of the input's size
+    with ``grad`` copied into the view's ``region``, in one launch charged as what it does (``grad`` read, the
+    new tensor written). ATen's composite makes the same contiguous tensor in four Python kernels (``empty``,
+    ``zero_``, the view, ``copy_``: two launches, the copy's bytes charged twice); any call ``region`` does not
+    place, and a gradient with a lazy conjugate or negation, keeps that composite and its errors."""
+    composite = default_kernel(name)  # read before our kernel replaces it
+
+    def into_zeros(grad, input_sizes, *view):
+        result, array = empty_with_array(tuple(input_sizes), grad.dtype)
+        array[...] = 0
+        array[region(grad, input_sizes, *view)] = as_numpy(grad)  # same dtype: the elements' bytes, as copy_
+        return result
+
+    launch = charged(into_zeros, name)
+
+    def kernel(grad, input_sizes, *view):
+        if region(grad, input_sizes, *view) is None or grad.is_conj() or grad.is_neg():
+            return composite(grad, input_sizes, *view)
+        return launch(grad, input_sizes, *view)
+
+    kernel.__name__ = name
+    register(name, charge=False)(kernel)
+
+
+_view_backward("select_backward", _selected_region)
+_view_backward("slice_backward", _sliced_region)
 
 
 # ---------------------------------------------------------------------------
