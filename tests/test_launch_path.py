@@ -755,3 +755,81 @@ def test_views_of_a_reshape_alias_past_the_storage_are_checked_as_cpu_checks_the
         assert not hasattr(inside.untyped_storage(), torch_tpu._tensor.OVERRUN_ATTRIBUTE)
     check_same_error(lambda d: torch.ops.aten._reshape_alias(torch.arange(3.0, device=d), [10], [1]).unsqueeze(0))
     check_same_error(lambda d: torch.ops.aten._reshape_alias(torch.arange(3.0, device=d), [2, 2], [2, 1]).t())
+
+
+# --- zoo round seven: 2-d max pooling's backward without the structured wrapper ---------------------------------------------
+
+MAX_POOLS = [
+    dict(kernel_size=3, stride=2, padding=1),  # ResNet's stem
+    dict(kernel_size=2),
+    dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0), dilation=(1, 2)),
+    dict(kernel_size=3, stride=2, ceil_mode=True),
+]
+
+
+def max_pool_results(x, kwargs):
+    """Values, indices and the input's gradient of one 2-d max pool, with each result's stride."""
+    x = x.detach().requires_grad_()
+    values, indices = F.max_pool2d(x, return_indices=True, **kwargs)
+    values.backward(torch.arange(values.numel(), dtype=x.dtype, device=x.device).reshape(values.shape) / 7)
+    return [(t.detach().cpu(), t.stride()) for t in (values, indices, x.grad)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("kwargs", MAX_POOLS)
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "channels_last", "unbatched"])
+def test_max_pool2d_launched_directly_matches_cpu(kwargs, dtype, layout):
+    """The backward of a contiguous batched input takes one launch; so does a strided one's (the kernel reads any
+    strides); channels-last and unbatched inputs keep the structured wrapper: all give CPU's values, indices,
+    gradients and strides."""
+    wide = torch.randn(2, 3, 9, 20, generator=torch.Generator().manual_seed(7)).to(dtype)
+    x = wide[..., :10].contiguous()
+    x = {"contiguous": x, "strided": wide[..., ::2], "channels_last": x.to(memory_format=torch.channels_last),
+         "unbatched": x[0]}[layout]
+    expected, actual = max_pool_results(x, kwargs), max_pool_results(x.to("tpu"), kwargs)
+    for (want, want_stride), (got, got_stride) in zip(expected, actual):
+        assert_close(got, want, atol=0, rtol=0.01 if dtype is torch.bfloat16 else 1e-6)  # overlapping windows' sums
+        assert got.dtype == want.dtype and got_stride == want_stride
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: F.max_pool2d(torch.ones(1, 1, 2, 2, device=d), 3),  # output too small
+    lambda d: F.max_pool2d(torch.ones(1, 1, 6, 6, device=d), 2, padding=2),  # padding over half the kernel
+    lambda d: F.max_pool2d(torch.ones(1, 1, 6, 6, device=d), 3, stride=0),
+    lambda d: F.max_pool2d(torch.ones(1, 1, 6, 6, device=d), (3, 3, 3)),
+    lambda d: F.max_pool2d(torch.ones(1, 2, 6, 6, dtype=torch.bool, device=d), 2),
+    lambda d: F.max_pool2d(torch.ones(1, 0, 6, 6, device=d), 2),
+    lambda d: torch.ops.aten.max_pool2d_with_indices_backward(  # the gradient's size is not the output's
+        torch.ones(1, 1, 3, 2, device=d), torch.ones(1, 1, 6, 6, device=d), [2, 2], [2, 2], [0, 0], [1, 1], False,
+        torch.zeros(1, 1, 3, 3, dtype=torch.int64, device=d)),
+    lambda d: torch.ops.aten.max_pool2d_with_indices_backward(  # the gradient's dtype is not the input's
+        torch.ones(1, 1, 3, 3, dtype=torch.float64, device=d), torch.ones(1, 1, 6, 6, device=d), [2, 2], [2, 2],
+        [0, 0], [1, 1], False, torch.zeros(1, 1, 3, 3, dtype=torch.int64, device=d)),
+])
+def test_max_pool2d_errors_are_pytorchs(call):
+    check_same_error(call)
+
+
+def test_max_pool2d_backward_launch_is_charged_and_allocated_as_its_out_form():
+    """The direct backward launch is charged one launch with the bytes its out= form is charged, and allocates
+    exactly its result."""
+    x = torch.randn(4, 8, 28, 28, device="tpu")
+    args = ([3, 3], [2, 2], [1, 1], [1, 1], False)
+    values, indices = torch.ops.aten.max_pool2d_with_indices(x, *args)
+    grad, held = torch.randn(values.shape, device="tpu"), []
+
+    def charged(name, call):
+        before = clock.op_totals.get(name, torch_tpu._C.clock.OpTotals()).copy()
+        allocated = torch.tpu.memory_allocated()
+        held.append(call())  # alive while the allocation is read
+        after = clock.op_totals[name]
+        return after.count - before.count, after.bytes - before.bytes, torch.tpu.memory_allocated() - allocated
+
+    gradient = torch.empty_like(x)
+    backward = charged("max_pool2d_with_indices_backward",
+                       lambda: torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *args, indices))
+    backward_out = charged("max_pool2d_with_indices_backward.grad_input",
+                           lambda: torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+                               grad, x, *args, indices, grad_input=gradient))
+    charge = (1, grad.nbytes + x.nbytes + indices.nbytes + x.nbytes)
+    assert backward == (*charge, x.nbytes) and backward_out == (*charge, 0)
