@@ -219,8 +219,8 @@ def zero_where(condition, values, out=None):
     what activation backwards (ReLU's above all) see."""
     values = np.asarray(values)
     bits = np.dtype(f"i{values.dtype.itemsize}")
-    keep = np.asarray(np.logical_not(condition), dtype=bits)  # an array even for 0-d operands
-    np.negative(keep, out=keep)
+    keep = np.array(condition, dtype=bits)  # an array even for 0-d operands
+    keep -= 1  # all ones where the values are kept, zeros where dropped: one pass, no logical_not
     if out is not None:
         np.bitwise_and(values.view(bits), keep, out=out.view(bits))
         return out
