@@ -406,21 +406,31 @@ PLAIN_POOL_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16, tor
 
 def plain_pool2d_sizes(self, kernel_size, stride, padding, dilation, ceil_mode):
     """The output's spatial sizes of a 2-d max pool that the meta function accepts and lays out contiguously (a
-    non-empty batched floating tpu input that suggests the contiguous format; one or two positive kernel sizes,
-    strides and dilations; each padding at most half of the kernel, whichever of PyTorch's two rules for that
-    applies; no empty output), else None."""
+    non-empty batched floating tpu input that suggests the contiguous format, and ``pool2d_geometry``'s
+    arguments), else None."""
     if not (self.dim() == 4 and self.dtype in PLAIN_POOL_DTYPES and self.numel() and is_tpu(self)
             and suggested_memory_format(self) is torch.contiguous_format):
         return None
+    try:  # a model passes the same lists on every step: the geometry is worked out once
+        return pool2d_geometry(tuple(self.shape[2:]), tuple(kernel_size), tuple(stride), tuple(padding),
+                               tuple(dilation), ceil_mode)
+    except TypeError:  # an unhashable (symbolic) size
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def pool2d_geometry(in_sizes, kernel_size, stride, padding, dilation, ceil_mode):
+    """The output's sizes for one or two positive kernel sizes, strides (none: the kernel's) and dilations and
+    paddings each at most half of the kernel (whichever of PyTorch's two rules for that applies), when no output
+    size is empty; else None."""
     arguments = (kernel_size, stride or kernel_size, padding, dilation)
-    if not all(isinstance(value, (list, tuple)) and len(value) in (1, 2) and all(type(v) is int for v in value)
-               for value in arguments):
+    if not all(len(value) in (1, 2) and all(type(v) is int for v in value) for value in arguments):
         return None
     kernel, stride, padding, dilation = (value * 2 if len(value) == 1 else value for value in arguments)
     if not all(k > 0 and s > 0 and d > 0 and 0 <= p <= k // 2 and p <= (d * (k - 1) + 1) // 2
                for k, s, p, d in zip(kernel, stride, padding, dilation)):
         return None
-    sizes = tuple(pooling_output_size(*args, ceil_mode) for args in zip(self.shape[2:], kernel, stride, padding, dilation))
+    sizes = tuple(pooling_output_size(*args, ceil_mode) for args in zip(in_sizes, kernel, stride, padding, dilation))
     return sizes if min(sizes) >= 1 else None
 
 
