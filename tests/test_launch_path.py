@@ -833,3 +833,39 @@ def test_max_pool2d_backward_launch_is_charged_and_allocated_as_its_out_form():
                                grad, x, *args, indices, grad_input=gradient))
     charge = (1, grad.nbytes + x.nbytes + indices.nbytes + x.nbytes)
     assert backward == (*charge, x.nbytes) and backward_out == (*charge, 0)
+
+
+# --- zoo round seven: activations written straight into their new tensor ------------------------------------------
+
+ACTIVATIONS = {
+    "relu": torch.relu,
+    "relu6": lambda x: F.hardtanh(x, 0.0, 6.0),
+    "hardtanh": F.hardtanh,
+    "relu6_backward": lambda x: torch.ops.aten.hardtanh_backward(x * 3 - 1, x * 4, 0.0, 6.0),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "channels_last", "scalar"])
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activations_written_directly_match_cpu(name, layout, dtype):
+    """float32/float64 operands of one dtype and shape take the direct path, others the general one: both give
+    CPU's values (NaN and infinities included), dtype and strides."""
+    x = torch.tensor([-7.0, -0.0, 0.0, 0.5, 6.0, 7.5, float("nan"), float("inf"), -float("inf"), 1.0, -1.0, 2.0])
+    x = torch.cat([x, torch.randn(36, generator=torch.Generator().manual_seed(3)) * 5]).to(dtype).reshape(2, 3, 4, 2)
+    x = {"contiguous": x, "transposed": x.transpose(1, 3), "scalar": x[0, 1, 2, 1],
+         "channels_last": x.contiguous(memory_format=torch.channels_last)}[layout]
+    expected, actual = ACTIVATIONS[name](x), ACTIVATIONS[name](x.to("tpu"))
+    assert_close(actual.cpu(), expected, atol=0, rtol=0, equal_nan=True)
+    assert actual.dtype == expected.dtype and actual.stride() == expected.stride()
+
+
+def test_activation_launched_directly_is_charged_and_allocated_as_before():
+    """One launch charged its operands read and its result written, allocating exactly that result."""
+    x = torch.randn(4, 32, 14, 14, device="tpu")
+    before = clock.op_totals.get("hardtanh_backward", torch_tpu._C.clock.OpTotals()).copy()
+    allocated = torch.tpu.memory_allocated()
+    gradient = torch.ops.aten.hardtanh_backward(x, x, 0.0, 6.0)
+    after = clock.op_totals["hardtanh_backward"]
+    assert (after.count - before.count, after.bytes - before.bytes) == (1, 3 * x.nbytes)
+    assert torch.tpu.memory_allocated() - allocated == gradient.nbytes == x.nbytes
