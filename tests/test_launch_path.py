@@ -850,9 +850,11 @@ ACTIVATIONS = {
 @pytest.mark.parametrize("name", ACTIVATIONS)
 def test_activations_written_directly_match_cpu(name, layout, dtype):
     """float32/float64 operands of one dtype and shape take the direct path, others the general one: both give
-    CPU's values (NaN and infinities included), dtype and strides."""
+    CPU's values (NaN and infinities included, but for ReLU6's backward), dtype and strides."""
     x = torch.tensor([-7.0, -0.0, 0.0, 0.5, 6.0, 7.5, float("nan"), float("inf"), -float("inf"), 1.0, -1.0, 2.0])
     x = torch.cat([x, torch.randn(36, generator=torch.Generator().manual_seed(3)) * 5]).to(dtype).reshape(2, 3, 4, 2)
+    if name == "relu6_backward":  # CPU zeroes the gradient of a NaN in its SIMD lanes and keeps it in its scalar tail
+        x = x.nan_to_num(2.0)
     x = {"contiguous": x, "transposed": x.transpose(1, 3), "scalar": x[0, 1, 2, 1],
          "channels_last": x.contiguous(memory_format=torch.channels_last)}[layout]
     expected, actual = ACTIVATIONS[name](x), ACTIVATIONS[name](x.to("tpu"))

@@ -1191,8 +1191,7 @@ def hardtanh(x, min_value=-1, max_value=1, out=None):
 
 @writes_out
 def hardtanh_backward(grad, x, min_value, max_value, out=None):
-    # CPU keeps the gradient strictly inside the bounds only: a NaN input gets a zero, as at the bounds
-    return zero_where(~(np.greater(x, scalar(min_value, x)) & np.less(x, scalar(max_value, x))), grad, out)
+    return zero_where((x <= scalar(min_value, x)) | (x >= scalar(max_value, x)), grad, out)
 
 
 def hardsigmoid(x):
