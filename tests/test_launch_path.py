@@ -842,3 +842,118 @@ def test_view_backward_is_one_launch_charged_its_traffic_and_allocates_its_resul
     assert totals[name].count == launches[name].count + 1
     assert totals[name].bytes == launches[name].bytes + grad.nbytes + result.nbytes
     assert all(totals[op].count == launches[op].count for op in ("zero_", "_copy_from"))
+
+# --- zoo round seven: 2-d max pooling's backward without the structured wrapper ---------------------------------------------
+
+MAX_POOLS = [
+    dict(kernel_size=3, stride=2, padding=1),  # ResNet's stem
+    dict(kernel_size=2),
+    dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0), dilation=(1, 2)),
+    dict(kernel_size=3, stride=2, ceil_mode=True),
+]
+
+
+def max_pool_results(x, kwargs):
+    """Values, indices and the input's gradient of one 2-d max pool, with each result's stride."""
+    x = x.detach().requires_grad_()
+    values, indices = F.max_pool2d(x, return_indices=True, **kwargs)
+    values.backward(torch.arange(values.numel(), dtype=x.dtype, device=x.device).reshape(values.shape) / 7)
+    return [(t.detach().cpu(), t.stride()) for t in (values, indices, x.grad)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("kwargs", MAX_POOLS)
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "channels_last", "unbatched"])
+def test_max_pool2d_launched_directly_matches_cpu(kwargs, dtype, layout):
+    """The backward of a contiguous batched input takes one launch; so does a strided one's (the kernel reads any
+    strides); channels-last and unbatched inputs keep the structured wrapper: all give CPU's values, indices,
+    gradients and strides."""
+    wide = torch.randn(2, 3, 9, 20, generator=torch.Generator().manual_seed(7)).to(dtype)
+    x = wide[..., :10].contiguous()
+    x = {"contiguous": x, "strided": wide[..., ::2], "channels_last": x.to(memory_format=torch.channels_last),
+         "unbatched": x[0]}[layout]
+    expected, actual = max_pool_results(x, kwargs), max_pool_results(x.to("tpu"), kwargs)
+    for (want, want_stride), (got, got_stride) in zip(expected, actual):
+        assert_close(got, want, atol=0, rtol=0.01 if dtype is torch.bfloat16 else 1e-6)  # overlapping windows' sums
+        assert got.dtype == want.dtype and got_stride == want_stride
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: F.max_pool2d(torch.ones(1, 1, 2, 2, device=d), 3),  # output too small
+    lambda d: F.max_pool2d(torch.ones(1, 1, 6, 6, device=d), 2, padding=2),  # padding over half the kernel
+    lambda d: F.max_pool2d(torch.ones(1, 1, 6, 6, device=d), 3, stride=0),
+    lambda d: F.max_pool2d(torch.ones(1, 1, 6, 6, device=d), (3, 3, 3)),
+    lambda d: F.max_pool2d(torch.ones(1, 2, 6, 6, dtype=torch.bool, device=d), 2),
+    lambda d: F.max_pool2d(torch.ones(1, 0, 6, 6, device=d), 2),
+    lambda d: torch.ops.aten.max_pool2d_with_indices_backward(  # the gradient's size is not the output's
+        torch.ones(1, 1, 3, 2, device=d), torch.ones(1, 1, 6, 6, device=d), [2, 2], [2, 2], [0, 0], [1, 1], False,
+        torch.zeros(1, 1, 3, 3, dtype=torch.int64, device=d)),
+    lambda d: torch.ops.aten.max_pool2d_with_indices_backward(  # the gradient's dtype is not the input's
+        torch.ones(1, 1, 3, 3, dtype=torch.float64, device=d), torch.ones(1, 1, 6, 6, device=d), [2, 2], [2, 2],
+        [0, 0], [1, 1], False, torch.zeros(1, 1, 3, 3, dtype=torch.int64, device=d)),
+])
+def test_max_pool2d_errors_are_pytorchs(call):
+    check_same_error(call)
+
+
+def test_max_pool2d_backward_launch_is_charged_and_allocated_as_its_out_form():
+    """The direct backward launch is charged one launch with the bytes its out= form is charged, and allocates
+    exactly its result."""
+    x = torch.randn(4, 8, 28, 28, device="tpu")
+    args = ([3, 3], [2, 2], [1, 1], [1, 1], False)
+    values, indices = torch.ops.aten.max_pool2d_with_indices(x, *args)
+    grad, held = torch.randn(values.shape, device="tpu"), []
+
+    def charged(name, call):
+        before = clock.op_totals.get(name, torch_tpu._C.clock.OpTotals()).copy()
+        allocated = torch.tpu.memory_allocated()
+        held.append(call())  # alive while the allocation is read
+        after = clock.op_totals[name]
+        return after.count - before.count, after.bytes - before.bytes, torch.tpu.memory_allocated() - allocated
+
+    gradient = torch.empty_like(x)
+    backward = charged("max_pool2d_with_indices_backward",
+                       lambda: torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *args, indices))
+    backward_out = charged("max_pool2d_with_indices_backward.grad_input",
+                           lambda: torch.ops.aten.max_pool2d_with_indices_backward.grad_input(
+                               grad, x, *args, indices, grad_input=gradient))
+    charge = (1, grad.nbytes + x.nbytes + indices.nbytes + x.nbytes)
+    assert backward == (*charge, x.nbytes) and backward_out == (*charge, 0)
+
+
+# --- zoo round seven: activations written straight into their new tensor ------------------------------------------
+
+ACTIVATIONS = {
+    "relu": torch.relu,
+    "relu6": lambda x: F.hardtanh(x, 0.0, 6.0),
+    "hardtanh": F.hardtanh,
+    "relu6_backward": lambda x: torch.ops.aten.hardtanh_backward(x * 3 - 1, x * 4, 0.0, 6.0),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "channels_last", "scalar"])
+@pytest.mark.parametrize("name", ACTIVATIONS)
+def test_activations_written_directly_match_cpu(name, layout, dtype):
+    """float32/float64 operands of one dtype and shape take the direct path, others the general one: both give
+    CPU's values (NaN and infinities included, but for ReLU6's backward), dtype and strides."""
+    x = torch.tensor([-7.0, -0.0, 0.0, 0.5, 6.0, 7.5, float("nan"), float("inf"), -float("inf"), 1.0, -1.0, 2.0])
+    x = torch.cat([x, torch.randn(36, generator=torch.Generator().manual_seed(3)) * 5]).to(dtype).reshape(2, 3, 4, 2)
+    if name == "relu6_backward":  # CPU zeroes the gradient of a NaN in its SIMD lanes and keeps it in its scalar tail
+        x = x.nan_to_num(2.0)
+    x = {"contiguous": x, "transposed": x.transpose(1, 3), "scalar": x[0, 1, 2, 1],
+         "channels_last": x.contiguous(memory_format=torch.channels_last)}[layout]
+    expected, actual = ACTIVATIONS[name](x), ACTIVATIONS[name](x.to("tpu"))
+    assert_close(actual.cpu(), expected, atol=0, rtol=0, equal_nan=True)
+    assert actual.dtype == expected.dtype and actual.stride() == expected.stride()
+
+
+def test_activation_launched_directly_is_charged_and_allocated_as_before():
+    """One launch charged its operands read and its result written, allocating exactly that result."""
+    x = torch.randn(4, 32, 14, 14, device="tpu")
+    before = clock.op_totals.get("hardtanh_backward", torch_tpu._C.clock.OpTotals()).copy()
+    allocated = torch.tpu.memory_allocated()
+    gradient = torch.ops.aten.hardtanh_backward(x, x, 0.0, 6.0)
+    after = clock.op_totals["hardtanh_backward"]
+    assert (after.count - before.count, after.bytes - before.bytes) == (1, 3 * x.nbytes)
+    assert torch.tpu.memory_allocated() - allocated == gradient.nbytes == x.nbytes

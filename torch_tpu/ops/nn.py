@@ -192,7 +192,8 @@ register("_log_softmax_backward_data.out")(softmax_backward_kernel(log_softmax_b
 
 def without_structured_wrapper(name, outputs, fits, out_overload="out"):
     """The functional overload ``name`` of a structured op, computed by its ``.{out_overload}`` kernel into new
-    contiguous tensors (``outputs(*args)`` gives each output argument's (shape, dtype), by name) in one launch
+    contiguous tensors (``outputs(*args)`` gives each output argument's (shape, dtype), by name; None: the
+    kernel, given no output arguments, stores its results in new contiguous tensors itself) in one launch
     charged under ``name``, when ``fits(*args)``: then the meta function would accept the call and lay its
     results out contiguously, and PyTorch's structured wrapper (that meta function, then ``empty`` for each
     output and the out= kernel through the dispatcher) adds nothing but time. Any other call keeps the
@@ -202,6 +203,8 @@ def without_structured_wrapper(name, outputs, fits, out_overload="out"):
     out_kernel = _registry.KERNELS[f"{name}.{out_overload}"]
 
     def into_new(*args):
+        if outputs is None:
+            return out_kernel(*args)
         return out_kernel(*args, **{argument: empty(*result) for argument, result in outputs(*args).items()})
 
     launch = charged(into_new, name)

@@ -255,8 +255,8 @@ def zero_where(condition, values, out=None):
     what activation backwards (ReLU's above all) see."""
     values = np.asarray(values)
     bits = np.dtype(f"i{values.dtype.itemsize}")
-    keep = np.asarray(np.logical_not(condition), dtype=bits)  # an array even for 0-d operands
-    np.negative(keep, out=keep)
+    keep = np.array(condition, dtype=bits)  # an array even for 0-d operands
+    keep -= 1  # all ones where the values are kept, zeros where dropped: one pass, no logical_not
     if out is not None:
         np.bitwise_and(values.view(bits), keep, out=out.view(bits))
         return out
@@ -499,6 +499,15 @@ def _check_unary_out(input_dtype, result_dtype, out_dtype):
     raise found_dtype(out_dtype, result_dtype)
 
 
+def native_floats_alike(operands):
+    """Whether ``operands`` are tensors of one float32 or float64 dtype (each its own opmath type) and one shape,
+    none on the CPU nor a negative view: nothing to promote, broadcast or convert."""
+    first = operands[0]
+    return isinstance(first, torch.Tensor) and first.dtype in _NATIVE_SAME and all(
+        isinstance(t, torch.Tensor) and t.dtype is first.dtype and t.shape == first.shape and not t.is_cpu
+        and not t.is_neg() for t in operands)
+
+
 def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None, exact_out=False,
                  opmath=lambda *promoted: True, allocate=new_output):
     """Register the given functional, in-place and ``out=`` overloads of a non-structured op.
@@ -527,8 +536,21 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
             args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
         return compute_into(out, function, promoted, dtype, args[operands:], kwargs, opmath(*promoted), name)
 
+    # maths that keep their operands' dtype and write their result in place: operands of one float32/float64
+    # dtype and shape (ReLU, ReLU6 and their backwards in every step) need none of ``run``'s promotion,
+    # conversion or temporaries, so the functional overload writes them straight into its new tensor
+    direct = rule is keep and result is keep and getattr(function, "writes_out", False)
+
     def functional(*args, **kwargs):
         promoted = args[:operands]
+        if direct and native_floats_alike(promoted):
+            dtype = promoted[0].dtype
+            if check is not None:
+                check(dtype, *promoted, *args[operands:], **kwargs)
+            out = allocate(promoted, dtype)
+            with vpu.ignoring_fp_errors():
+                function(*map(as_numpy, promoted), *args[operands:], **kwargs, out=as_numpy(out))
+            return out
         return run(allocate(promoted, result(common_dtype(*promoted))), args, kwargs)
 
     def inplace(self, *args, **kwargs):

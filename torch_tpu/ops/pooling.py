@@ -27,7 +27,8 @@ import torch
 
 from ._common import (exact_dtype, opmath_operand, operand, padded, store, store_in_memory_format,
                       suggested_memory_format)
-from .nn import register
+from .nn import register, without_structured_wrapper
+from .._tensor import is_tpu
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .pointwise import require, trunc_divide
 
@@ -398,6 +399,54 @@ register("max_pool2d_with_indices.out")(max_pool_kernel(2))
 register("max_pool3d_with_indices", "max_pool3d_with_indices.out")(max_pool_kernel(3))
 register("max_pool2d_with_indices_backward.grad_input")(max_pool_backward_kernel(2))
 register("max_pool3d_with_indices_backward", "max_pool3d_with_indices_backward.grad_input")(max_pool_backward_kernel(3))
+
+# the floating dtypes whose 2-d max pools' backwards skip PyTorch's structured wrapper (below); others keep it
+PLAIN_POOL_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
+
+
+def plain_pool2d_sizes(self, kernel_size, stride, padding, dilation, ceil_mode):
+    """The output's spatial sizes of a 2-d max pool that the meta function accepts and lays out contiguously (a
+    non-empty batched floating tpu input that suggests the contiguous format, and ``pool2d_geometry``'s
+    arguments), else None."""
+    if not (self.dim() == 4 and self.dtype in PLAIN_POOL_DTYPES and self.numel() and is_tpu(self)
+            and suggested_memory_format(self) is torch.contiguous_format):
+        return None
+    try:  # a model passes the same lists on every step: the geometry is worked out once
+        return pool2d_geometry(tuple(self.shape[2:]), tuple(kernel_size), tuple(stride), tuple(padding),
+                               tuple(dilation), ceil_mode)
+    except TypeError:  # an unhashable (symbolic) size
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def pool2d_geometry(in_sizes, kernel_size, stride, padding, dilation, ceil_mode):
+    """The output's sizes for one or two positive kernel sizes, strides (none: the kernel's) and dilations and
+    paddings each at most half of the kernel (whichever of PyTorch's two rules for that applies), when no output
+    size is empty; else None."""
+    arguments = (kernel_size, stride or kernel_size, padding, dilation)
+    if not all(len(value) in (1, 2) and all(type(v) is int for v in value) for value in arguments):
+        return None
+    kernel, stride, padding, dilation = (value * 2 if len(value) == 1 else value for value in arguments)
+    if not all(k > 0 and s > 0 and d > 0 and 0 <= p <= k // 2 and p <= (d * (k - 1) + 1) // 2
+               for k, s, p, d in zip(kernel, stride, padding, dilation)):
+        return None
+    sizes = tuple(pooling_output_size(*args, ceil_mode) for args in zip(in_sizes, kernel, stride, padding, dilation))
+    return sizes if min(sizes) >= 1 else None
+
+
+def plain_pool2d_backward(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode, indices):
+    """Whether the backward's meta function accepts the call (``plain_pool2d_sizes``, and a gradient and indices of
+    the output's shape, dtype and device) and lays the input's gradient out contiguously."""
+    sizes = plain_pool2d_sizes(self, kernel_size, stride, padding, dilation, ceil_mode)
+    return (sizes is not None and grad_output.dtype is self.dtype and indices.dtype is torch.int64
+            and tuple(grad_output.shape) == tuple(indices.shape) == (*self.shape[:2], *sizes)
+            and is_tpu(grad_output) and is_tpu(indices))
+
+
+# ResNet's stem pool's backward, one launch into a new contiguous gradient, which the kernel stores itself. The forward
+# keeps the wrapper: its out= launch is charged its values as written but not its indices (``_cost._outputs`` counts
+# only ``out`` when an op has one), and a launch of the functional overload would be charged both
+without_structured_wrapper("max_pool2d_with_indices_backward", None, plain_pool2d_backward, "grad_input")
 
 
 # What CPU's average pooling kernels have loops for, and the name their "not implemented" error gives
