@@ -525,13 +525,16 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
     out_name = next((argument.name for overload in overloads for argument in resolve(overload)._schema.arguments
                      if argument.is_out), None)  # "out", or a backward's "grad_input"
 
-    def run(out, args, kwargs):
-        promoted, extras = args[:operands], args[operands:]
-        dtype = rule(common_dtype(*promoted))
+    def check_arguments(dtype, args, kwargs):
         if check is not None:
-            check(dtype, *promoted, *extras, **kwargs)
+            check(dtype, *args, **kwargs)
         if scalar_checks:
             check_scalar_conversions(scalar_checks, args, kwargs, dtype)
+
+    def run(out, args, kwargs):
+        promoted = args[:operands]
+        dtype = rule(common_dtype(*promoted))
+        check_arguments(dtype, args, kwargs)
         if scalars_in_dtype:
             args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
         return compute_into(out, function, promoted, dtype, args[operands:], kwargs, opmath(*promoted), name)
@@ -545,8 +548,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         promoted = args[:operands]
         if direct and native_floats_alike(promoted):
             dtype = promoted[0].dtype
-            if check is not None:
-                check(dtype, *promoted, *args[operands:], **kwargs)
+            check_arguments(dtype, args, kwargs)  # no scalar to round: float32 and float64 are not reduced floats
             out = allocate(promoted, dtype)
             with vpu.ignoring_fp_errors():
                 function(*map(as_numpy, promoted), *args[operands:], **kwargs, out=as_numpy(out))
