@@ -256,6 +256,7 @@ def check_dispatcher_modes_see_every_collective():
         root_list = list(x.chunk(world)) if rank == 0 else None
         results = {"max": x.clone(), "reduced": x.clone(), "scattered": torch.empty(2, device=device),
                    "listed": torch.empty(2, device=device)}
+        coalesced = [[torch.empty_like(x), torch.empty(3, device=device)] for _ in range(world)]  # [rank][input]
         with CommDebugMode() as mode:
             dist.broadcast(x.clone(), src=0, group=group)
             dist.all_gather([torch.empty_like(x) for _ in range(world)], x, group=group)
@@ -268,11 +269,13 @@ def check_dispatcher_modes_see_every_collective():
             dist.reduce(results["reduced"], dst=0, op=dist.ReduceOp.MIN, group=group)
             dist.reduce_scatter_tensor(results["scattered"], x * x, group=group)
             dist.reduce_scatter(results["listed"], list(x.chunk(world)), op=dist.ReduceOp.PRODUCT, group=group)
+            dist.all_gather_coalesced(coalesced, [x, torch.full((3,), rank * 1.0, device=device)], group=group)
+        results.update({f"coalesced {r} {i}": t for r, outputs in enumerate(coalesced) for i, t in enumerate(outputs)})
         counts = {str(op).removeprefix("c10d."): n for op, n in mode.get_comm_counts().items()}
         return counts, {name: t.cpu() for name, t in results.items()}
 
     (on_tpu, tpu_values), (on_gloo, gloo_values) = run("tpu", None), run("cpu", gloo)
-    assert on_tpu == on_gloo and sum(on_tpu.values()) == 11, (on_tpu, on_gloo)
+    assert on_tpu == on_gloo and sum(on_tpu.values()) == 12, (on_tpu, on_gloo)
     for name, reference in gloo_values.items():
         same(tpu_values[name], reference, f"{name} under CommDebugMode")
 

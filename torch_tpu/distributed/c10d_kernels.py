@@ -66,9 +66,9 @@ class _TakeReduceOp(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def _capture_script_reduce_op(red_op_type):
+def _capture_script_reduce_op(reduce_op):
     options = dist.AllreduceOptions()
-    options.reduceOp = dist.ReduceOp(red_op_type)
+    options.reduceOp = reduce_op
     try:
         with _TakeReduceOp():
             dist.ProcessGroup(0, 1).allreduce([torch.empty(0)], options)
@@ -194,7 +194,7 @@ def register():
     global _library
     if _library is not None:
         return
-    _script_reduce_ops.update({t: _capture_script_reduce_op(t) for t in RedOpType.__members__.values()
+    _script_reduce_ops.update({t: _capture_script_reduce_op(dist.ReduceOp(t)) for t in RedOpType.__members__.values()
                                if t != RedOpType.PREMUL_SUM})
     _library = torch.library.Library("c10d", "IMPL")
     with warnings.catch_warnings():  # replacing c10d's PrivateUse1 kernels is the point

@@ -285,8 +285,15 @@ class ProcessGroupICI(dist.ProcessGroup):
         return self._coalesce([self._all_gather_single(o, i, opts) for o, i in zip(outputs, inputs)], outputs)
 
     def _allgather_coalesced(self, output_lists, inputs, opts):
-        return self._coalesce([self._allgather([group], [t], opts) for group, t in zip(output_lists, inputs)],
-                              [t for group in output_lists for t in group])
+        """``output_lists[r][i]`` receives rank r's ``inputs[i]`` (one list per rank, as gloo takes them)."""
+        error = self._error("all_gather_coalesced")
+        checks.list_length(error, output_lists, self.size(), "output")
+        for outputs in output_lists:
+            if len(outputs) != len(inputs):
+                raise error(f"each rank's output list must hold one tensor per input ({len(inputs)}), got {len(outputs)}")
+        per_input = [list(outputs) for outputs in zip(*output_lists)]
+        return self._coalesce([self._allgather([outputs], [t], opts) for outputs, t in zip(per_input, inputs)],
+                              [t for outputs in output_lists for t in outputs])
 
     def _reduce_scatter(self, outputs, input_lists, opts):
         inputs = [t for group in input_lists for t in group]
