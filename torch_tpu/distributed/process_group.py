@@ -107,6 +107,13 @@ class ProcessGroupICI(dist.ProcessGroup):
         self._group_desc = description
 
     @property
+    def _device_types(self):
+        """The devices this group carries. c10d's own answer lists the C++ backends registered with a group, none
+        here; PyTorch's state-dict broadcast (``broadcast_from_rank0``), ``_get_pg_default_device`` and async
+        checkpoint saving read it."""
+        return [torch.device("cpu"), torch.device("tpu")]
+
+    @property
     def torus_axes(self):
         """The torus axes this group's collectives run on, e.g. ``["x:4 ring", "y:2 line"]``."""
         return self._torus.describe_axes(self._axes)
