@@ -54,3 +54,10 @@ def test_a_rank_that_never_arrives_times_out():
     seconds, message = re.search(r"rank 0 raised after ([0-9.]+) s: (.*)", stdout).groups()
     assert TIMEOUT - 0.5 <= float(seconds) < TIMEOUT + 5
     assert "all_reduce on rank 0" in message and f"Timed out waiting {TIMEOUT * 1000}ms" in message
+
+
+def test_comm_debug_mode_counts_a_tensor_parallel_step_as_with_gloo():
+    results = spawn_ranks("comm_counts.py", 2, timeout=300)
+    for rank, (code, stdout, stderr) in enumerate(results):
+        assert code == 0, f"rank {rank} failed ({code}):\n{stdout}\n{stderr[-6000:]}"
+        assert f"rank {rank}: comm counts ok" in stdout and "'c10d.allreduce_': 1" in stdout, stdout

@@ -3,7 +3,8 @@
 Two torchrun invocations (two "hosts", one rank each, init_process_group("ici")) find each other
 over a TCP rendezvous on loopback, as hosts of a TPU slice would. Sharded (FSDP2, DTensor) state
 dicts saved with torch.distributed.checkpoint on N ranks (init_process_group() with no backend)
-load onto a different number of ranks (init_process_group("cpu:gloo,tpu:ici")), every tensor equal.
+load onto a different number of ranks (init_process_group("cpu:gloo,tpu:ici")), every tensor equal. Full state
+dicts held by rank 0 load into FSDP2 with ``broadcast_from_rank0``, and ``dcp.async_save`` round-trips.
 """
 
 import os
@@ -36,3 +37,9 @@ def test_sharded_checkpoint_reloads_on_another_world_size(tmp_path, saved_on, lo
     assert saved.count("checkpoint saved") == saved_on
     loaded = run_ok("checkpoint.py", loaded_on, "load", str(tmp_path), env={"BACKEND": "cpu:gloo,tpu:ici"})
     assert loaded.count("checkpoint loaded") == loaded_on
+
+
+@pytest.mark.distributed_full
+def test_full_state_dicts_from_rank_0_and_an_async_checkpoint(tmp_path):
+    output = run_ok("full_state_dict.py", 2, str(tmp_path))
+    assert output.count("full state dict ok") == 2

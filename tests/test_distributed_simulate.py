@@ -137,3 +137,24 @@ def test_ddp_buckets_overlap_backward_and_the_step_waits_for_them():
     assert 0 < report.exposed_ici_seconds < report.ici_seconds / 2  # most of it hides behind backward
     step_kernels = prof.records[backward_records:]
     assert min(k.start for k in step_kernels) >= max(c.end for c in collectives)  # the step waited for every bucket
+
+
+def test_state_dict_helpers_find_the_devices_of_the_group():
+    """PyTorch's state-dict and checkpoint helpers ask a group which devices it carries (``_device_types``, empty for
+    a Python group unless it answers): a full state dict loaded from rank 0 into FSDP2 (``broadcast_from_rank0``)
+    indexed that empty list. Here rank 0's shards of the loaded model are those of the full tensors."""
+    import copy
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    with torch_tpu.simulate(2):
+        assert dist.distributed_c10d._device_capability() == ["cpu", "tpu"]
+        torch.manual_seed(0)
+        full = {name: t.detach().clone() for name, t in torch.nn.Linear(4, 6).to("tpu").state_dict().items()}
+        torch.manual_seed(1)
+        model = fully_shard(torch.nn.Linear(4, 6).to("tpu"))
+        set_model_state_dict(model, copy.deepcopy(full),
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+        for name, parameter in model.named_parameters():
+            assert torch.equal(parameter.to_local().cpu(), full[name].chunk(2)[0].cpu()), name

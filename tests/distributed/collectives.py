@@ -246,14 +246,17 @@ def check_functional_collectives():
     assert torch.ops._c10d_functional.all_reduce.default._schema.name == "_c10d_functional::all_reduce"
 
 
-def check_dispatcher_modes_see_data_movement():
-    """CommDebugMode counts the c10d ops of broadcast, all-gathers, all-to-alls, scatter and gather on tpu
-    as it counts them for gloo on CPU tensors (a Python group's methods dispatch them; see c10d_kernels)."""
+def check_dispatcher_modes_see_every_collective():
+    """CommDebugMode counts the c10d ops of every collective on tpu as it counts them for gloo on CPU tensors
+    (a Python group's methods dispatch them; see c10d_kernels), and the reductions keep their ReduceOp."""
     from torch.distributed.tensor.debug import CommDebugMode
 
-    def counts(device, group):
-        x = torch.arange(world * 2.0, device=device)
+    def run(device, group):
+        x = torch.arange(world * 2.0, device=device) + rank
         root_list = list(x.chunk(world)) if rank == 0 else None
+        results = {"max": x.clone(), "reduced": x.clone(), "scattered": torch.empty(2, device=device),
+                   "listed": torch.empty(2, device=device)}
+        coalesced = [[torch.empty_like(x), torch.empty(3, device=device)] for _ in range(world)]  # [rank][input]
         with CommDebugMode() as mode:
             dist.broadcast(x.clone(), src=0, group=group)
             dist.all_gather([torch.empty_like(x) for _ in range(world)], x, group=group)
@@ -262,10 +265,19 @@ def check_dispatcher_modes_see_data_movement():
             dist.all_to_all(list(torch.empty_like(x).chunk(world)), list(x.chunk(world)), group=group)
             dist.scatter(torch.empty(2, device=device), root_list, src=0, group=group)
             dist.gather(x, [torch.empty_like(x) for _ in range(world)] if rank == 0 else None, dst=0, group=group)
-        return {str(op): n for op, n in mode.get_comm_counts().items()}
+            dist.all_reduce(results["max"], op=dist.ReduceOp.MAX, group=group)
+            dist.reduce(results["reduced"], dst=0, op=dist.ReduceOp.MIN, group=group)
+            dist.reduce_scatter_tensor(results["scattered"], x * x, group=group)
+            dist.reduce_scatter(results["listed"], list(x.chunk(world)), op=dist.ReduceOp.PRODUCT, group=group)
+            dist.all_gather_coalesced(coalesced, [x, torch.full((3,), rank * 1.0, device=device)], group=group)
+        results.update({f"coalesced {r} {i}": t for r, outputs in enumerate(coalesced) for i, t in enumerate(outputs)})
+        counts = {str(op).removeprefix("c10d."): n for op, n in mode.get_comm_counts().items()}
+        return counts, {name: t.cpu() for name, t in results.items()}
 
-    on_tpu, on_gloo = counts("tpu", None), counts("cpu", gloo)
-    assert on_tpu == on_gloo and sum(on_tpu.values()) == 7, (on_tpu, on_gloo)
+    (on_tpu, tpu_values), (on_gloo, gloo_values) = run("tpu", None), run("cpu", gloo)
+    assert on_tpu == on_gloo and sum(on_tpu.values()) == 12, (on_tpu, on_gloo)
+    for name, reference in gloo_values.items():
+        same(tpu_values[name], reference, f"{name} under CommDebugMode")
 
 
 def check_cpu_tensors_use_gloo():
@@ -305,7 +317,7 @@ def run():
     assert dist.group.WORLD.name() == "ici", dist.group.WORLD.name()
     gloo = dist.new_group(backend="gloo")
     for check in (check_all_reduce, check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
-                  check_functional_collectives, check_dispatcher_modes_see_data_movement, check_cpu_tensors_use_gloo,
+                  check_functional_collectives, check_dispatcher_modes_see_every_collective, check_cpu_tensors_use_gloo,
                   check_costs_are_charged):
         check()
         dist.barrier()

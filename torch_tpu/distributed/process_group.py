@@ -28,7 +28,7 @@ from torch._C._distributed_c10d import AllgatherOptions
 from .. import _C
 from .._C import ici
 from .._C.clock import CollectiveCost
-from . import BACKEND_NAME, checks
+from . import BACKEND_NAME, c10d_kernels, checks
 from ._host import HostTensor, has_bytes
 from .transport import SimulatedTransport, gloo_transport
 from .work import Work
@@ -105,6 +105,13 @@ class ProcessGroupICI(dist.ProcessGroup):
 
     def setGroupDesc(self, description):
         self._group_desc = description
+
+    @property
+    def _device_types(self):
+        """The devices this group carries. c10d's own answer lists the C++ backends registered with a group, none
+        here; PyTorch's state-dict broadcast (``broadcast_from_rank0``), ``_get_pg_default_device`` and async
+        checkpoint saving read it."""
+        return [torch.device("cpu"), torch.device("tpu")]
 
     @property
     def torus_axes(self):
@@ -240,18 +247,18 @@ class ProcessGroupICI(dist.ProcessGroup):
 
     # --- collectives ----------------------------------------------------------------------------
 
-    def allreduce(self, tensors, opts):
-        return self._allreduce("all_reduce", tensors, opts, self._transport.allreduce)
+    def _all_reduce(self, tensors, opts):
+        return self._all_reduce_as("all_reduce", tensors, opts)
 
-    def allreduce_coalesced(self, tensors, opts):
-        return self._allreduce("all_reduce_coalesced", tensors, opts, self._transport.allreduce)
+    def _all_reduce_coalesced(self, tensors, opts):
+        return self._all_reduce_as("all_reduce_coalesced", tensors, opts)
 
-    def _allreduce(self, name, tensors, opts, transport_call):
+    def _all_reduce_as(self, name, tensors, opts):
         error, on_tpu = self._start(name, tensors, tensors[0] if tensors else None, op=_reduce_op(opts), count=len(tensors))
         hosts, opts = self._reducing_hosts(error, tensors, opts)
         options = dist.AllreduceOptions()
         options.reduceOp, options.timeout = opts.reduceOp, opts.timeout
-        return self._launch(name, error, on_tpu, lambda: transport_call([h.host for h in hosts], options),
+        return self._launch(name, error, on_tpu, lambda: self._transport.allreduce([h.host for h in hosts], options),
                             hosts, tensors, _nbytes(tensors))
 
     def _broadcast(self, tensors, opts):
@@ -281,16 +288,21 @@ class ProcessGroupICI(dist.ProcessGroup):
                             lambda: self._transport._allgather_base(target.host, source.host, opts),
                             [target, source], [output], output.nbytes)
 
-    def all_gather_single_coalesced(self, outputs, inputs, opts):
+    def _all_gather_single_coalesced(self, outputs, inputs, opts):
         return self._coalesce([self._all_gather_single(o, i, opts) for o, i in zip(outputs, inputs)], outputs)
 
-    allgather_into_tensor_coalesced = all_gather_single_coalesced
+    def _allgather_coalesced(self, output_lists, inputs, opts):
+        """``output_lists[r][i]`` receives rank r's ``inputs[i]`` (one list per rank, as gloo takes them)."""
+        error = self._error("all_gather_coalesced")
+        checks.list_length(error, output_lists, self.size(), "output")
+        for outputs in output_lists:
+            if len(outputs) != len(inputs):
+                raise error(f"each rank's output list must hold one tensor per input ({len(inputs)}), got {len(outputs)}")
+        per_input = [list(outputs) for outputs in zip(*output_lists)]
+        return self._coalesce([self._allgather([outputs], [t], opts) for outputs, t in zip(per_input, inputs)],
+                              [t for outputs in output_lists for t in outputs])
 
-    def allgather_coalesced(self, output_lists, inputs, opts):
-        return self._coalesce([self._allgather([group], [t], opts) for group, t in zip(output_lists, inputs)],
-                              [t for group in output_lists for t in group])
-
-    def reduce_scatter(self, outputs, input_lists, opts):
+    def _reduce_scatter(self, outputs, input_lists, opts):
         inputs = [t for group in input_lists for t in group]
         error, on_tpu = self._start("reduce_scatter", [*outputs, *inputs], outputs[0] if outputs else None,
                                     op=_reduce_op(opts))
@@ -302,7 +314,7 @@ class ProcessGroupICI(dist.ProcessGroup):
                             lambda: self._transport.reduce_scatter([h.host for h in targets], grouped, opts),
                             [*targets, *sources], outputs, _nbytes(inputs))
 
-    def reduce_scatter_single(self, output, tensor, opts):
+    def _reduce_scatter_single(self, output, tensor, opts):
         error, on_tpu = self._start("reduce_scatter_tensor", [output, tensor], output, op=_reduce_op(opts))
         checks.same_dtype(error, tensor, [output])
         checks.sized(error, tensor, output, self.size(), "input", "output")
@@ -312,12 +324,8 @@ class ProcessGroupICI(dist.ProcessGroup):
                             lambda: self._transport._reduce_scatter_base(target.host, source.host, opts),
                             [target, source], [output], tensor.nbytes)
 
-    _reduce_scatter_base = reduce_scatter_single
-
-    def reduce_scatter_single_coalesced(self, outputs, inputs, opts):
-        return self._coalesce([self.reduce_scatter_single(o, i, opts) for o, i in zip(outputs, inputs)], outputs)
-
-    reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced
+    def _reduce_scatter_single_coalesced(self, outputs, inputs, opts):
+        return self._coalesce([self._reduce_scatter_single(o, i, opts) for o, i in zip(outputs, inputs)], outputs)
 
     def _all_to_all_single(self, output, tensor, output_splits, input_splits, opts):
         error, on_tpu = self._start("all_to_all_single", [output, tensor], tensor, shape=tuple(tensor.shape[1:]))
@@ -368,8 +376,62 @@ class ProcessGroupICI(dist.ProcessGroup):
     # A C++ group's methods dispatch c10d ops (c10d::scatter_, c10d::broadcast_, ...), which dispatcher
     # modes see: CommDebugMode counts them, the profiler records them. A Python group's methods are
     # called directly, so on tpu tensors these dispatch the op themselves and its PrivateUse1 kernel
-    # (c10d_kernels) runs the collective above. Reductions cannot: their ops take a ReduceOp script
-    # object that Python cannot build, so CommDebugMode does not see c10d (non-functional) reductions.
+    # (c10d_kernels) runs the collective above. A reduction's op takes a ReduceOp script object
+    # (c10d_kernels.script_reduce_op); PREMUL_SUM has none and runs directly.
+
+    def allreduce(self, tensors, opts):
+        script_op = self._reducing_through_c10d_op(tensors, opts)
+        if script_op is None:
+            return self._all_reduce(tensors, opts)
+        return self._dispatch("allreduce_", tensors, self.boxed(), script_op, None, True, _milliseconds(opts))
+
+    def allreduce_coalesced(self, tensors, opts):
+        script_op = self._reducing_through_c10d_op(tensors, opts)
+        if script_op is None:
+            return self._all_reduce_coalesced(tensors, opts)
+        return self._dispatch("allreduce_coalesced_", tensors, self.boxed(), script_op, True, _milliseconds(opts))
+
+    def reduce(self, tensors, opts):
+        script_op = self._reducing_through_c10d_op(tensors, opts)
+        if script_op is None:
+            return self._reduce(tensors, opts)
+        return self._dispatch("reduce_", tensors, self.boxed(), script_op, opts.rootRank, opts.rootTensor, True,
+                              _milliseconds(opts))
+
+    def reduce_scatter(self, outputs, input_lists, opts):
+        script_op = self._reducing_through_c10d_op([*outputs, *(t for group in input_lists for t in group)], opts)
+        if script_op is None:
+            return self._reduce_scatter(outputs, input_lists, opts)
+        return self._dispatch("reduce_scatter_", outputs, input_lists, self.boxed(), script_op, True, _milliseconds(opts))
+
+    def reduce_scatter_single(self, output, tensor, opts):
+        script_op = self._reducing_through_c10d_op([output, tensor], opts)
+        if script_op is None:
+            return self._reduce_scatter_single(output, tensor, opts)
+        return self._dispatch("_reduce_scatter_base_", output, tensor, self.boxed(), script_op, True, _milliseconds(opts))
+
+    _reduce_scatter_base = reduce_scatter_single  # the name C++ callers (functional collectives) use
+
+    def reduce_scatter_tensor_coalesced(self, outputs, inputs, opts):
+        script_op = self._reducing_through_c10d_op([*outputs, *inputs], opts)
+        if script_op is None:
+            return self._reduce_scatter_single_coalesced(outputs, inputs, opts)
+        return self._dispatch("reduce_scatter_tensor_coalesced_", outputs, inputs, self.boxed(), script_op, True,
+                              _milliseconds(opts))
+
+    reduce_scatter_single_coalesced = reduce_scatter_tensor_coalesced
+
+    def allgather_into_tensor_coalesced(self, outputs, inputs, opts):
+        if not self._through_c10d_op([*outputs, *inputs]):
+            return self._all_gather_single_coalesced(outputs, inputs, opts)
+        return self._dispatch("allgather_into_tensor_coalesced_", outputs, inputs, self.boxed(), True)
+
+    all_gather_single_coalesced = allgather_into_tensor_coalesced
+
+    def allgather_coalesced(self, output_lists, inputs, opts):
+        if not self._through_c10d_op([*inputs, *(t for group in output_lists for t in group)]):
+            return self._allgather_coalesced(output_lists, inputs, opts)
+        return self._dispatch("allgather_coalesced_", output_lists, inputs, self.boxed(), True)
 
     def broadcast(self, tensors, opts):
         if not self._through_c10d_op(tensors):
@@ -415,6 +477,10 @@ class ProcessGroupICI(dist.ProcessGroup):
         """Tpu tensors with bytes (abstract tensors have none) go through the c10d op."""
         return bool(tensors) and tensors[0].device.type == "tpu" and all(has_bytes(t) for t in tensors)
 
+    def _reducing_through_c10d_op(self, tensors, opts):
+        """The ReduceOp script object of a reduction that goes through its c10d op, else None."""
+        return c10d_kernels.script_reduce_op(opts.reduceOp) if self._through_c10d_op(tensors) else None
+
     def _dispatch(self, name, *arguments):
         """Call ``torch.ops.c10d.<name>``; its kernel hands the Python Work back through ``hand_out``
         (unboxing the op's result gives a bare C++ Work without its Python side: its wait() never returns)."""
@@ -432,7 +498,7 @@ class ProcessGroupICI(dist.ProcessGroup):
             self._op_works.append(work)
         return work.boxed()
 
-    def reduce(self, tensors, opts):
+    def _reduce(self, tensors, opts):
         error, on_tpu = self._start("reduce", tensors, tensors[0] if tensors else None, op=_reduce_op(opts),
                                     root=opts.rootRank)
         checks.rank_in_group(error, opts.rootRank, self.size(), "the root")
