@@ -178,6 +178,21 @@ def write(tensor, array):
     return tensor
 
 
+def through_math_bits(out, compute):
+    """``compute(target)``, its result reaching ``out`` even when ``out`` is a lazy conjugate or negation.
+
+    PyTorch's conjugate and negative fallbacks resolve such an output before most kernels run, but let
+    through the ops whose CPU kernels take the bits themselves (``mm``, ``addmm_``, ``bmm``, ``baddbmm_``,
+    ``dot``, ``vdot``, ``conj_physical_``, ``linalg_solve_triangular``: ConjugateFallback.cpp). Writing
+    values into such an output's bytes would store their conjugate; they go through a plain tensor and
+    ``copy_``, which writes through the bits.
+    """
+    if not (out.is_conj() or out.is_neg()):
+        return compute(out)
+    out.copy_(compute(empty(tuple(out.shape), out.dtype)))
+    return out
+
+
 def castable(result_dtype, out_dtype):
     """TensorIterator's rule for an output's dtype: it must be able to hold the result type."""
     if not torch.can_cast(result_dtype, out_dtype):

@@ -30,7 +30,7 @@ from .._C import special as vpu_special
 from .._errors import cpp_type_name, device_mismatch, found_dtype, not_implemented_for, scalar_type_name, shape_mismatch
 from .._tensor import numpy_dtype
 from ._common import (all_contiguous, as_numpy, broadcast_shapes, castable, empty, empty_with_array, iterator_strides,
-                      operand, opmath_dtype, prepare_out, store, write)
+                      operand, opmath_dtype, prepare_out, store, through_math_bits, write)
 from ._overlap import check_no_internal_overlap, check_no_partial_overlap
 from .._cost import charged
 from ._registry import KERNELS, default_kernel, register
@@ -1432,7 +1432,7 @@ def register_tables():
     unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)),
                  allocate=real_output_of_complex)
     unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
-    unstructured(np.conj, "conj_physical.out", "conj_physical_")
+    unstructured(np.conj, "conj_physical.out")
     unstructured(logical_not, "logical_not.out", result=to_bool)
     unstructured(isnan, "isnan", result=to_bool)
     unstructured(floor_divide, "floor_divide", "floor_divide_.Tensor", "floor_divide.out", operands=2,
@@ -1457,6 +1457,17 @@ register_tables()
 
 # --------------------------------------------------------------------------------------------------
 # Ops whose arguments do not fit the tables
+
+
+@register("conj_physical_")
+def conj_physical_(self):
+    """A real tensor is its own conjugate, as on CPU. PyTorch's conjugate fallback lets conj_physical_
+    through on a lazy conjugate too: the kernel writes through the bit (the stored values are conjugated
+    either way)."""
+    if not self.dtype.is_complex:
+        return self
+    check_no_internal_overlap(self)
+    return through_math_bits(self, lambda target: compute_into(target, np.conj, (self,), self.dtype, name="conj_physical"))
 
 
 @register("elu_backward.grad_input")
