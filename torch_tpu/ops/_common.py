@@ -82,6 +82,11 @@ def operand(value, op_name=None):
                 array = np.conj(array)
             if value.is_neg():
                 array = np.negative(array)
+            if array.dtype == np.bool_:
+                # A bool tensor viewed from other bytes (``uint8_tensor.view(torch.bool)``) holds 2..255 for
+                # True. CPU reads any nonzero byte as True; NumPy's comparisons of a broadcast operand compare
+                # the bytes themselves.
+                array = np.not_equal(array.view(np.uint8), 0)
             return array
         if value.dim() == 0:
             # complex32 is read as the complex64 it computes in, as on the tpu side above
