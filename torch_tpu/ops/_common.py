@@ -82,7 +82,7 @@ def operand(value, op_name=None):
                 array = np.conj(array)
             if value.is_neg():
                 array = np.negative(array)
-            if array.dtype == np.bool_:
+            if value.dtype is torch.bool:
                 # A bool tensor viewed from other bytes (``uint8_tensor.view(torch.bool)``) holds 2..255 for
                 # True. CPU reads any nonzero byte as True; NumPy's comparisons of a broadcast operand compare
                 # the bytes themselves.
