@@ -847,3 +847,14 @@ def test_bools_stored_as_other_nonzero_bytes_read_as_true_as_on_cpu(name):
     bytes_a = torch.tensor([0, 2, 255, 1, 0, 77], dtype=torch.uint8)
     bytes_b = torch.tensor([146, 0, 3, 0, 1, 9], dtype=torch.uint8)
     check(lambda a, b: call(a.view(torch.bool), b.view(torch.bool)), bytes_a, bytes_b)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("call", ["add", "sub", "sub_", "add_real", "add_0d"])
+def test_complex_add_and_sub_multiply_by_alpha_one_as_cpu_does(call, dtype):
+    """CPU computes ``a + alpha * b`` with alpha = 1 too: an infinite part of a complex ``b`` gives NaN."""
+    calls = {"add": lambda a, b: torch.add(a, b), "sub": lambda a, b: a - b, "sub_": lambda a, b: a.sub_(b),
+             "add_real": lambda a, b: a + b.real, "add_0d": lambda a, b: a + b[1, 6]}
+    special = [complex(re, im) for re in (math.nan, math.inf, -math.inf, 0.0, 1.0) for im in (math.nan, math.inf, 0.0)]
+    values = torch.tensor(special, dtype=dtype)
+    check(calls[call], values[:, None].repeat(1, len(special)), values[None].repeat(len(special), 1))

@@ -634,15 +634,21 @@ def nan_to_num_defaults(dtype, nan, posinf, neginf):
 # Binary
 
 
+def _scaled(b, alpha):
+    """``alpha * b`` as CPU's add/sub kernel computes it: a complex ``b`` is multiplied even by 1, which
+    turns an infinite part into NaN as CPU does ((1+0j) * (nan-infj) is nan+nanj)."""
+    return b if alpha == 1 and not np.iscomplexobj(b) else np.multiply(scalar(alpha, b), b)
+
+
 @writes_out
 def add(a, b, alpha=1, out=None):
     """``a + alpha * b``."""
-    return np.add(a, b if alpha == 1 else np.multiply(scalar(alpha, b), b), out=out)
+    return np.add(a, _scaled(b, alpha), out=out)
 
 
 @writes_out
 def sub(a, b, alpha=1, out=None):
-    return np.subtract(a, b if alpha == 1 else np.multiply(scalar(alpha, b), b), out=out)
+    return np.subtract(a, _scaled(b, alpha), out=out)
 
 
 def check_alpha(dtype, a, b, alpha=1):
@@ -1659,8 +1665,8 @@ def prelu_backward(grad_output, self, weight):
 # dtypes NumPy computes exactly as PyTorch does (no opmath widening, no bool-specific rules)
 # dtypes whose binary ops NumPy computes exactly as PyTorch does, in the same dtype
 _NATIVE_SAME = frozenset({torch.float32, torch.float64})
-_NATIVE = frozenset({torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64,
-                     torch.uint8, torch.complex64, torch.complex128})
+_NATIVE_REAL = frozenset({torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8})
+_NATIVE = _NATIVE_REAL | {torch.complex64, torch.complex128}
 
 
 def native_operand(value, dtype):
@@ -1698,9 +1704,9 @@ def result_shape(self, other):
     return self.shape
 
 
-def hot_binary(ufunc, out_kernel, rule=keep, meta_check=None):
+def hot_binary(ufunc, out_kernel, rule=keep, meta_check=None, native=_NATIVE):
     """``meta_check(dtype, self, other, **options)``: the op's meta function's checks, which CPU runs before
-    TensorIterator's in-place castability check."""
+    TensorIterator's in-place castability check. ``native``: the dtypes ``ufunc`` alone computes as CPU does."""
 
     def functional(self, other, **options):
         if (isinstance(self, torch.Tensor) and isinstance(other, torch.Tensor) and self.dtype is other.dtype
@@ -1715,7 +1721,7 @@ def hot_binary(ufunc, out_kernel, rule=keep, meta_check=None):
             vpu.apply(ufunc, as_numpy(self), as_numpy(other), out=array)
             return out
         dtype = rule(torch.result_type(self, other))
-        if not options and dtype in _NATIVE:
+        if not options and dtype in native:
             a, b = native_operand(self, dtype), native_operand(other, dtype)
             if a is not None and b is not None:
                 if all_contiguous((self, other)):
@@ -1731,7 +1737,7 @@ def hot_binary(ufunc, out_kernel, rule=keep, meta_check=None):
         dtype = rule(torch.result_type(self, other))
         check_no_internal_overlap(self)
         check_no_partial_overlap(self, other)
-        if not options and dtype is self.dtype and dtype in _NATIVE:
+        if not options and dtype is self.dtype and dtype in native:
             b = native_operand(other, dtype)
             if b is not None and result_shape(self, other) == self.shape:
                 target = as_numpy(self)
@@ -1746,11 +1752,13 @@ def hot_binary(ufunc, out_kernel, rule=keep, meta_check=None):
 
 
 HOT_META_CHECKS = {"sub": check_sub}  # sub refuses bool operands before the in-place cast check
+HOT_NATIVE = {"add": _NATIVE_REAL, "sub": _NATIVE_REAL}  # complex add/sub multiply by alpha even when it is 1
 
 
 def register_hot_path():
     for name, (ufunc, rule) in HOT_BINARY.items():
-        functional, inplace = hot_binary(ufunc, KERNELS[f"{name}.out"], rule, HOT_META_CHECKS.get(name))
+        functional, inplace = hot_binary(ufunc, KERNELS[f"{name}.out"], rule, HOT_META_CHECKS.get(name),
+                                         HOT_NATIVE.get(name, _NATIVE))
         register(f"{name}.Tensor")(functional)
         register(f"{name}_.Tensor")(inplace)
 
