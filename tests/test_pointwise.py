@@ -863,3 +863,36 @@ def test_hardtanh_matches_cpus_clamp_bit_for_bit(dtype, bounds):
     bits = torch.int64 if dtype == torch.float64 else torch.int32 if dtype == torch.float32 else torch.int16
     for call in (lambda t: torch.ops.aten.hardtanh(t, *bounds), lambda t: torch.ops.aten.hardtanh_(t.clone(), *bounds)):
         assert torch.equal(call(x.to("tpu")).cpu().view(bits), call(x).view(bits))
+
+
+# A bool tensor viewed from uint8 bytes holds 2..255 for True; CPU reads any nonzero byte as True.
+NONSTANDARD_BOOL_CALLS = {
+    "eq_0d": lambda a, b: torch.eq(a, b[0]),
+    "ne_broadcast": lambda a, b: torch.ne(a, b[:1]),
+    "lt_0d": lambda a, b: torch.lt(a[0], b),
+    "ge_broadcast": lambda a, b: torch.ge(a.view(2, 3)[:, :1], b.view(2, 3)),
+    "xor_0d": lambda a, b: torch.bitwise_xor(a, b[1]),
+    "rxor": lambda a, b: b[2].__rxor__(a),
+    "argsort": lambda a, b: torch.argsort(a, stable=True),
+    "sort": lambda a, b: torch.sort(b, stable=True, descending=True)[1],
+    "where": lambda a, b: torch.where(a, b[0], b),
+}
+
+
+@pytest.mark.parametrize("name", NONSTANDARD_BOOL_CALLS)
+def test_bools_stored_as_other_nonzero_bytes_read_as_true_as_on_cpu(name):
+    call = NONSTANDARD_BOOL_CALLS[name]
+    bytes_a = torch.tensor([0, 2, 255, 1, 0, 77], dtype=torch.uint8)
+    bytes_b = torch.tensor([146, 0, 3, 0, 1, 9], dtype=torch.uint8)
+    check(lambda a, b: call(a.view(torch.bool), b.view(torch.bool)), bytes_a, bytes_b)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("call", ["add", "sub", "sub_", "add_real", "add_0d"])
+def test_complex_add_and_sub_multiply_by_alpha_one_as_cpu_does(call, dtype):
+    """CPU computes ``a + alpha * b`` with alpha = 1 too: an infinite part of a complex ``b`` gives NaN."""
+    calls = {"add": lambda a, b: torch.add(a, b), "sub": lambda a, b: a - b, "sub_": lambda a, b: a.sub_(b),
+             "add_real": lambda a, b: a + b.real, "add_0d": lambda a, b: a + b[1, 6]}
+    special = [complex(re, im) for re in (math.nan, math.inf, -math.inf, 0.0, 1.0) for im in (math.nan, math.inf, 0.0)]
+    values = torch.tensor(special, dtype=dtype)
+    check(calls[call], values[:, None].repeat(1, len(special)), values[None].repeat(len(special), 1))

@@ -82,6 +82,11 @@ def operand(value, op_name=None):
                 array = np.conj(array)
             if value.is_neg():
                 array = np.negative(array)
+            if value.dtype is torch.bool:
+                # A bool tensor viewed from other bytes (``uint8_tensor.view(torch.bool)``) holds 2..255 for
+                # True. CPU reads any nonzero byte as True; NumPy's comparisons of a broadcast operand compare
+                # the bytes themselves.
+                array = np.not_equal(array.view(np.uint8), 0)
             return array
         if value.dim() == 0:
             # complex32 is read as the complex64 it computes in, as on the tpu side above
@@ -176,6 +181,21 @@ def write(tensor, array):
     """Convert ``array`` into the existing tpu tensor ``tensor`` (shapes broadcast), rounding as PyTorch does."""
     _C.dtypes.cast_into(as_numpy(tensor), array, _tensor.DTYPE_NAME[tensor.dtype])
     return tensor
+
+
+def through_math_bits(out, compute):
+    """``compute(target)``, its result reaching ``out`` even when ``out`` is a lazy conjugate or negation.
+
+    PyTorch's conjugate and negative fallbacks resolve such an output before most kernels run, but let
+    through the ops whose CPU kernels take the bits themselves (``mm``, ``addmm_``, ``bmm``, ``baddbmm_``,
+    ``dot``, ``vdot``, ``conj_physical_``, ``linalg_solve_triangular``: ConjugateFallback.cpp). Writing
+    values into such an output's bytes would store their conjugate; they go through a plain tensor and
+    ``copy_``, which writes through the bits.
+    """
+    if not (out.is_conj() or out.is_neg()):
+        return compute(out)
+    out.copy_(compute(empty(tuple(out.shape), out.dtype)))
+    return out
 
 
 def castable(result_dtype, out_dtype):

@@ -22,7 +22,7 @@ import torch
 from .._C import mxu, vpu
 from .._errors import raise_cpu_error
 from ._common import (as_numpy, check_scalar_fits, converted, empty, exact_dtype, operand, opmath_operand, prepare_out,
-                      store, write)
+                      store, through_math_bits, write)
 from ._registry import register
 
 
@@ -322,7 +322,7 @@ def _register_product(name, shape_of, compute):
     def out_variant(*args, out, **kwargs):
         shape, dtype = shape_of(packet.default, *args, **kwargs)
         out = OUT_CHECKS.get(name, checked_out)(out, shape, dtype, packet.out, *args, **kwargs)
-        return compute(out, *args, **kwargs)
+        return through_math_bits(out, lambda target: compute(target, *args, **kwargs))
 
 
 for _name, (_shape_of, _compute) in PRODUCTS.items():
@@ -643,8 +643,8 @@ def linalg_solve_triangular(self, B, *, upper, left=True, unitriangular=False):
 @register("linalg_solve_triangular.out")
 def linalg_solve_triangular_out(self, B, *, upper, left=True, unitriangular=False, out):
     result = linalg_solve_triangular(self, B, upper=upper, left=left, unitriangular=unitriangular)
-    store(as_numpy(result), out=out, dtype_rule=exact_dtype)
-    return out
+    prepare_out(out, tuple(result.shape), result.dtype, dtype_rule=exact_dtype)
+    return through_math_bits(out, lambda target: write(target, as_numpy(result)))
 
 
 @register("triangular_solve.X")

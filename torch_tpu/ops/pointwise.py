@@ -31,7 +31,7 @@ from .._C import special as vpu_special
 from .._errors import cpp_type_name, device_mismatch, found_dtype, not_implemented_for, scalar_type_name, shape_mismatch
 from .._tensor import numpy_dtype
 from ._common import (all_contiguous, as_numpy, broadcast_shapes, castable, check_scalar_fits, empty, empty_with_array,
-                      iterator_strides, operand, opmath_dtype, prepare_out, store, write)
+                      iterator_strides, operand, opmath_dtype, prepare_out, store, through_math_bits, write)
 from ._overlap import check_no_internal_overlap, check_no_partial_overlap
 from .._cost import charged
 from ._registry import KERNELS, default_kernel, register
@@ -703,15 +703,21 @@ def nan_to_num_defaults(dtype, nan, posinf, neginf):
 # Binary
 
 
+def _scaled(b, alpha):
+    """``alpha * b`` as CPU's add/sub kernel computes it: a complex ``b`` is multiplied even by 1, which
+    turns an infinite part into NaN as CPU does ((1+0j) * (nan-infj) is nan+nanj)."""
+    return b if alpha == 1 and not np.iscomplexobj(b) else np.multiply(scalar(alpha, b), b)
+
+
 @writes_out
 def add(a, b, alpha=1, out=None):
     """``a + alpha * b``."""
-    return np.add(a, b if alpha == 1 else np.multiply(scalar(alpha, b), b), out=out)
+    return np.add(a, _scaled(b, alpha), out=out)
 
 
 @writes_out
 def sub(a, b, alpha=1, out=None):
-    return np.subtract(a, b if alpha == 1 else np.multiply(scalar(alpha, b), b), out=out)
+    return np.subtract(a, _scaled(b, alpha), out=out)
 
 
 def check_alpha(dtype, a, b, alpha=1):
@@ -1578,7 +1584,7 @@ def register_tables():
     unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)),
                  allocate=real_output_of_complex)
     unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
-    unstructured(np.conj, "conj_physical.out", "conj_physical_")
+    unstructured(np.conj, "conj_physical.out")
     unstructured(logical_not, "logical_not.out", result=to_bool)
     unstructured(isnan, "isnan", result=to_bool)
     unstructured(floor_divide, "floor_divide", "floor_divide_.Tensor", "floor_divide.out", operands=2,
@@ -1605,6 +1611,17 @@ register_tables()
 
 # --------------------------------------------------------------------------------------------------
 # Ops whose arguments do not fit the tables
+
+
+@register("conj_physical_")
+def conj_physical_(self):
+    """A real tensor is its own conjugate, as on CPU. PyTorch's conjugate fallback lets conj_physical_
+    through on a lazy conjugate too: the kernel writes through the bit (the stored values are conjugated
+    either way)."""
+    if not self.dtype.is_complex:
+        return self
+    check_no_internal_overlap(self)
+    return through_math_bits(self, lambda target: compute_into(target, np.conj, (self,), self.dtype, name="conj_physical"))
 
 
 ELU_BACKWARD_SCALARS = checked_scalars(aten.elu_backward.default._schema)
@@ -1801,8 +1818,8 @@ def prelu_backward(grad_output, self, weight):
 # dtypes NumPy computes exactly as PyTorch does (no opmath widening, no bool-specific rules)
 # dtypes whose binary ops NumPy computes exactly as PyTorch does, in the same dtype
 _NATIVE_SAME = frozenset({torch.float32, torch.float64})
-_NATIVE = frozenset({torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64,
-                     torch.uint8, torch.complex64, torch.complex128})
+_NATIVE_REAL = frozenset({torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8})
+_NATIVE = _NATIVE_REAL | {torch.complex64, torch.complex128}
 
 
 def native_operand(value, dtype):
@@ -1840,9 +1857,9 @@ def result_shape(self, other):
     return self.shape
 
 
-def hot_binary(ufunc, out_kernel, rule=keep, meta_check=None):
+def hot_binary(ufunc, out_kernel, rule=keep, meta_check=None, native=_NATIVE):
     """``meta_check(dtype, self, other, **options)``: the op's meta function's checks, which CPU runs before
-    TensorIterator's in-place castability check."""
+    TensorIterator's in-place castability check. ``native``: the dtypes ``ufunc`` alone computes as CPU does."""
 
     def functional(self, other, **options):
         if (isinstance(self, torch.Tensor) and isinstance(other, torch.Tensor) and self.dtype is other.dtype
@@ -1857,7 +1874,7 @@ def hot_binary(ufunc, out_kernel, rule=keep, meta_check=None):
             vpu.apply(ufunc, as_numpy(self), as_numpy(other), out=array)
             return out
         dtype = rule(torch.result_type(self, other))
-        if not options and dtype in _NATIVE:
+        if not options and dtype in native:
             a, b = native_operand(self, dtype), native_operand(other, dtype)
             if a is not None and b is not None:
                 if all_contiguous((self, other)):
@@ -1873,7 +1890,7 @@ def hot_binary(ufunc, out_kernel, rule=keep, meta_check=None):
         dtype = rule(torch.result_type(self, other))
         check_no_internal_overlap(self)
         check_no_partial_overlap(self, other)
-        if not options and dtype is self.dtype and dtype in _NATIVE:
+        if not options and dtype is self.dtype and dtype in native:
             b = native_operand(other, dtype)
             if b is not None and result_shape(self, other) == self.shape:
                 target = as_numpy(self)
@@ -1888,11 +1905,13 @@ def hot_binary(ufunc, out_kernel, rule=keep, meta_check=None):
 
 
 HOT_META_CHECKS = {"sub": check_sub}  # sub refuses bool operands before the in-place cast check
+HOT_NATIVE = {"add": _NATIVE_REAL, "sub": _NATIVE_REAL}  # complex add/sub multiply by alpha even when it is 1
 
 
 def register_hot_path():
     for name, (ufunc, rule) in HOT_BINARY.items():
-        functional, inplace = hot_binary(ufunc, KERNELS[f"{name}.out"], rule, HOT_META_CHECKS.get(name))
+        functional, inplace = hot_binary(ufunc, KERNELS[f"{name}.out"], rule, HOT_META_CHECKS.get(name),
+                                         HOT_NATIVE.get(name, _NATIVE))
         register(f"{name}.Tensor")(functional)
         register(f"{name}_.Tensor")(inplace)
 
