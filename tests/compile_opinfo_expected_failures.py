@@ -7,9 +7,6 @@ AOTAutograd runs whatever decomposition table the backend passes: the graph neve
 """
 
 EXPECTED_FAILURES = {
-    ("matmul", "", "float32", "forward"):
-        "vector @ batched matrix: torch's Python matmul folds it into an mv of the transposed batch where ATen's "
-        "C++ matmul runs a bmm (their should_fold differ); sums in another order, within 2e-6 relative",
     ("nn.functional.interpolate", "bicubic", "float32", "forward"):
         "upsample_bicubic2d's Python decomposition computes its taps otherwise than CPU's kernel (which eager "
         "replays): within 5e-6 absolute",

@@ -119,7 +119,8 @@ def _observable(tensor):
 
 
 def _bits(tensor):
-    flat = tensor.detach().cpu().reshape(-1)  # shapes and strides are compared apart
+    flat = tensor.detach().cpu().contiguous().view(-1)  # shapes and strides are compared apart; an expanded
+    # or transposed tensor's reshape(-1) may keep a stride other than 1, which view(torch.uint8) refuses
     return flat.view(torch.uint8) if flat.dtype.is_floating_point else flat
 
 

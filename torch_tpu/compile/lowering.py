@@ -598,11 +598,12 @@ def nbytes_of(value):
 # --- layer norm: several results, each a new tensor ------------------------------------------------
 
 
-def _result_writer(value):
-    """A function storing an opmath array as a new tpu tensor shaped and typed like ``value``."""
+def _result_writer(value, dtype=None):
+    """A function storing an opmath array as a new tpu tensor shaped like ``value``, typed like it or ``dtype``."""
     if value is None:
         return lambda array: None
-    shape, dtype, name = tuple(value.shape), value.dtype, DTYPE_NAME[value.dtype]
+    shape, dtype = tuple(value.shape), dtype or value.dtype
+    name = DTYPE_NAME[dtype]
 
     def store(array):
         tensor, target = _tensor.empty_with_array(shape, dtype)
@@ -635,7 +636,10 @@ def lower_layer_norm(node):
     axis = source.dim() - len(normalized_shape)
     rows, size = math.prod(source.shape[:axis]), math.prod(source.shape[axis:])
     compute = opmath_dtype(source.dtype)
-    store_mean, store_rstd = _result_writer(mean_value), _result_writer(rstd_value)
+    # eager's (CPU's) statistics dtype: a bf16 or fp16 input's own unless its parameters are float32, where
+    # the meta function (CUDA's rule) says float32; the backward then reads the statistics eager saves
+    stats = nn.statistics_dtype(source, *(value_of(p) for p in (weight, bias) if isinstance(p, torch.fx.Node)))
+    store_mean, store_rstd = _result_writer(mean_value, stats), _result_writer(rstd_value, stats)
 
     def run(x, *params):
         supply = iter(params)

@@ -37,6 +37,12 @@ KEPT_WHOLE = (
     aten.native_dropout.default, aten.native_dropout_backward.default, aten.threshold_backward.default,
     aten.lerp.Scalar, aten.lerp.Tensor, aten.addcmul.default, aten.addcdiv.default, aten.logit.default,
 )
+# Composite ops whose Python decomposition torch registers on the CompositeImplicitAutograd key (py_impl), which
+# the Python dispatcher runs while AOTAutograd traces whatever decomposition table the backend passes. Eager runs
+# ATen's C++ composite instead, and the two differ: for a vector times a batch of matrices, the Python matmul
+# folds the batch into one mv where the C++ one runs a bmm, summing in another order. Traced through ATen's C++
+# composite, the graph holds the ops eager runs.
+TRACED_AS_ATEN_COMPOSITES = (aten.matmul.default, aten.matmul.out)
 _names = itertools.count()
 
 
@@ -50,6 +56,16 @@ def decompositions():
     return table
 
 
+@functools.cache
+def trace_composites_as_aten_runs_them():
+    """Give each of TRACED_AS_ATEN_COMPOSITES, for tpu tensors under the Python dispatcher (tracing only: eager
+    never consults it), a Python kernel that calls ATen's C++ composite kernel."""
+    from torch._C import DispatchKey
+
+    for op in TRACED_AS_ATEN_COMPOSITES:
+        op.py_impl(DispatchKey.AutogradPrivateUse1)(functools.partial(op._op_dk, DispatchKey.CompositeImplicitAutograd))
+
+
 def backend(gm, example_inputs, mode=None, options=None, **unused):
     """The ``torch.compile`` backend "tpu". ``mode`` ("default", "reduce-overhead", "max-autotune")
     is accepted; every mode compiles the same way."""
@@ -57,6 +73,7 @@ def backend(gm, example_inputs, mode=None, options=None, **unused):
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
     debug.record_dynamo_graph(gm)
+    trace_composites_as_aten_runs_them()
     compile_as = functools.partial(compile_graph, dynamo_graph=debug.current_dynamo_graph(),
                                    shared=remembered.Remembered())
     return aot_autograd(
