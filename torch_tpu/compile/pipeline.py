@@ -28,8 +28,12 @@ aten = torch.ops.aten
 # addcdiv and logit also keep eager's (CPU's) arithmetic: the decompositions compute a 0-dim weight unrounded
 # in float32, divide before scaling, and compute a bf16 logit in float32 where CPU rounds every step. mv and dot
 # stay products on the MXU, as eager runs them (the decompositions multiply and sum on the VPU, in another order).
+# linalg_cross's decomposition computes a bf16/fp16 cross product in float32 and rounds once, where CPU's kernel
+# (eager's) rounds each product; it has no NumPy lowering and runs its eager kernel. special_log_ndtr's
+# decomposition is another formula than CPU's: for x < -10 its result (and so the gradient, which adds it to x^2/2
+# and cancels) moves by 1e-5 relative; it lowers to eager's pointwise maths.
 KEPT_WHOLE = (
-    aten.mv.default, aten.dot.default,
+    aten.mv.default, aten.dot.default, aten.linalg_cross.default, aten.special_log_ndtr.default,
     aten.native_layer_norm.default, aten.native_layer_norm_backward.default, aten.gelu.default,
     aten.gelu_backward.default, aten._softmax.default, aten._log_softmax.default,
     aten._softmax_backward_data.default, aten._log_softmax_backward_data.default, aten.nll_loss_forward.default,
