@@ -10,6 +10,8 @@ _UPSAMPLE = ("torch's Python decomposition of the upsample op is registered on t
              "AOTAutograd's trace runs whatever table the backend passes; eager runs CPU's kernel")
 _ADDCDIV = ("Dynamo itself rewrites torch.addcdiv(x, a, b, value=v) into div, mul and add (torch/_dynamo/variables/"
             "torch.py): each rounds to bf16/fp16 where eager's addcdiv rounds once")
+_MVLGAMMA = ("the traced graph sums the lgammas in float32 (a cast in its kernel) where eager's C++ composite "
+             "rounds each step to bf16; not fixed yet")
 
 EXPECTED_FAILURES = {
     ("nn.functional.interpolate", "bicubic", "float32", "forward"):
@@ -28,7 +30,7 @@ EXPECTED_FAILURES = {
     ("linalg.eig", "", "float32", "grad"):
         "one sample's gradient differs beyond 1e-6 (eigenvectors' phase through eig's backward). Not triaged further",
     ("nn.functional.soft_margin_loss", "", "float16", "forward"): "not triaged yet (second round's sweep)",
-    ("mvlgamma", "mvlgamma_p_1", "bfloat16", "forward"): "not triaged yet (second round's sweep)",
-    ("mvlgamma", "mvlgamma_p_3", "bfloat16", "forward"): "not triaged yet (second round's sweep)",
-    ("mvlgamma", "mvlgamma_p_5", "bfloat16", "forward"): "not triaged yet (second round's sweep)",
+    ("mvlgamma", "mvlgamma_p_1", "bfloat16", "forward"): _MVLGAMMA,
+    ("mvlgamma", "mvlgamma_p_3", "bfloat16", "forward"): _MVLGAMMA,
+    ("mvlgamma", "mvlgamma_p_5", "bfloat16", "forward"): _MVLGAMMA,
 }
