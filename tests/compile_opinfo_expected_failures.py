@@ -12,6 +12,9 @@ _ADDCDIV = ("Dynamo itself rewrites torch.addcdiv(x, a, b, value=v) into div, mu
             "torch.py): each rounds to bf16/fp16 where eager's addcdiv rounds once")
 _MVLGAMMA = ("the traced graph sums the lgammas in float32 (a cast in its kernel) where eager's C++ composite "
              "rounds each step to bf16; not fixed yet")
+_BROKEN_BACKWARD = ("a data-dependent output shape is a graph break before loss.backward(), and Dynamo's traced "
+                    "backward (trace_autograd_ops) then leaves .grad None: torch's behaviour, the same on CPU with "
+                    "backend='aot_eager'")
 
 EXPECTED_FAILURES = {
     ("nn.functional.interpolate", "bicubic", "float32", "forward"):
@@ -29,6 +32,10 @@ EXPECTED_FAILURES = {
         "values equal. Not triaged further",
     ("linalg.eig", "", "float32", "grad"):
         "one sample's gradient differs beyond 1e-6 (eigenvectors' phase through eig's backward). Not triaged further",
+    ("combinations", "", "float32", "traced_grad"): _BROKEN_BACKWARD,
+    ("corrcoef", "", "float32", "traced_grad"): _BROKEN_BACKWARD,
+    ("cov", "", "float32", "traced_grad"): _BROKEN_BACKWARD,
+    ("masked_select", "", "float32", "traced_grad"): _BROKEN_BACKWARD,
     ("nn.functional.soft_margin_loss", "", "float16", "forward"): "not triaged yet (second round's sweep)",
     ("mvlgamma", "mvlgamma_p_1", "bfloat16", "forward"): _MVLGAMMA,
     ("mvlgamma", "mvlgamma_p_3", "bfloat16", "forward"): _MVLGAMMA,
