@@ -16,7 +16,9 @@ A sample passes when the compiled call
   looked through, and a missing kernel is never parity);
 - never runs an op on the CPU (``torch_tpu.fallback_counts()`` unchanged).
 Gradients (kind ``grad``) are those of the compiled forward's outputs, through the compiled backward,
-against the same cotangents as eager's. Ops that draw random numbers are seeded by OpInfo before each
+against the same cotangents as eager's. Kind ``traced_grad`` calls ``loss.backward()`` inside the compiled
+function (``torch._dynamo.config.trace_autograd_ops``: forward, backward and the accumulation into ``.grad``
+in one graph) and compares the inputs' ``.grad`` with eager's. Ops that draw random numbers are seeded by OpInfo before each
 call (``wrapper_set_seed``); compiled code draws from the tpu generator as eager does, so their values
 are compared too. Values eager leaves undefined (``has_nondeterministic_output``: ``empty``) are
 compared on metadata only.
@@ -36,8 +38,10 @@ from torch.utils._pytree import tree_flatten, tree_map
 import opinfo_support as support
 
 FORWARD, INPLACE, OUT, GRAD = "forward", "inplace", "out", "grad"
-KINDS = (FORWARD, INPLACE, OUT, GRAD)
-FORWARD_DTYPES = support.FORWARD_DTYPES  # float32, bfloat16, int64, bool
+TRACED_GRAD = "traced_grad"  # loss.backward() inside the compiled function (trace_autograd_ops)
+KINDS = (FORWARD, INPLACE, OUT, GRAD, TRACED_GRAD)
+# every dtype of the issue: promotion inside fused kernels, integer division, overflow and shifts, bool arithmetic
+FORWARD_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int32, torch.uint8, torch.bool)
 GRAD_DTYPES = support.GRAD_DTYPES  # float32
 
 # Compiled against eager on the same device: float32 within 1e-6 (issue 9 §4), other floating dtypes
@@ -119,7 +123,8 @@ def _observable(tensor):
 
 
 def _bits(tensor):
-    flat = tensor.detach().cpu().reshape(-1)  # shapes and strides are compared apart
+    flat = tensor.detach().cpu().contiguous().view(-1)  # shapes and strides are compared apart; an expanded
+    # or transposed tensor's reshape(-1) may keep a stride other than 1, which view(torch.uint8) refuses
     return flat.view(torch.uint8) if flat.dtype.is_floating_point else flat
 
 
@@ -214,12 +219,22 @@ class Runner:
         def call(*args, **kwargs):  # a frame of its own: Dynamo compiles it, whatever the variant is
             return function(*args, **kwargs)
 
-        self.eager = call
-        self.compiled = compiled(call)
+        def loss_backward(input, args, kwargs, process):  # the loss's backward inside the frame Dynamo compiles
+            outputs = _differentiable(process(function(input, *args, **kwargs)))
+            if outputs:
+                sum((output * _cotangent(output)).sum() for output in outputs).backward()
+            return bool(outputs)
+
+        self.eager = loss_backward if kind == TRACED_GRAD else call
+        self.compiled = compiled(self.eager)
 
     def run(self, sample, cpu_side):
         eager_sample, compiled_sample = (support.sample_to_tpu(sample, cpu_side) for _ in range(2))
         TALLY.samples += 1
+        if self.kind == TRACED_GRAD:
+            return self._judged(lambda: _grads_after_backward(self.eager, eager_sample),
+                                lambda: _grads_after_backward(self.compiled, compiled_sample, traced=True),
+                                eager_sample, compiled_sample)
         if self.kind == GRAD:
             return self._judged(lambda: _input_grads(self.eager, eager_sample),
                                 lambda: _input_grads(self.compiled, compiled_sample), eager_sample, compiled_sample)
@@ -263,6 +278,28 @@ def _arguments(sample):
     return (sample.input, sample.args, sample.kwargs)
 
 
+def _differentiable(result):
+    return [t for t in _tensors(result) if t.requires_grad and t.dtype.is_floating_point]
+
+
+def _cotangent(output):
+    """A cotangent every element of which differs, made alike in eager and compiled code (no generator)."""
+    return torch.arange(output.numel(), dtype=output.dtype, device=output.device).reshape(output.shape).cos()
+
+
+def _grads_after_backward(loss_backward, sample, traced=False):
+    """The ``.grad`` of the sample's differentiable inputs after ``loss_backward`` ran, or SKIPPED."""
+    import torch._dynamo
+
+    inputs = [t for t in _tensors(_arguments(sample)) if t.requires_grad]
+    if not inputs:
+        return support.SKIPPED
+    with torch._dynamo.config.patch(trace_autograd_ops=traced):
+        if not loss_backward(sample.input, sample.args, sample.kwargs, sample.output_process_fn_grad):
+            return support.SKIPPED
+    return [t.grad for t in inputs]
+
+
 def _input_grads(function, sample):
     """Gradients of the sample's differentiable inputs for seeded cotangents, or SKIPPED."""
     outputs = [t for t in _tensors(_call(function, sample)) if t.requires_grad and t.dtype.is_floating_point]
@@ -288,7 +325,7 @@ def run(op, dtype, kind, limit=None):
     import torch._dynamo
 
     _lift_recompile_limits()
-    grad = kind == GRAD
+    grad = kind in (GRAD, TRACED_GRAD)
     sample_kind = support.GRAD if grad else support.FORWARD
     try:
         generated = support.samples(op, dtype, sample_kind)

@@ -1,9 +1,11 @@
 """OpInfo through ``torch.compile(backend="tpu")``: every sample compiled equals tpu eager (issue 9 §4).
 
 The default run covers a representative slice: the eager sweep's FAST_OPS in float32 (the first
-``FAST_SAMPLES`` samples of each), their gradients through the compiled backward, and the in-place and
-``out=`` variants of a few. ``-m compile_opinfo_full`` runs every op in op_db with float32, bfloat16, int64
-and bool (functional, in-place and ``out=`` variants) plus float32 gradients, every sample.
+``FAST_SAMPLES`` samples of each), their gradients through the compiled backward, a few ops in float16,
+int32, uint8 and bool, a few gradients with ``loss.backward()`` inside the compiled function, and the in-place
+and ``out=`` variants of a few. ``-m compile_opinfo_full`` runs every op in op_db with float32, bfloat16,
+float16, int64, int32, uint8 and bool (functional, in-place and ``out=`` variants) plus float32 gradients in
+both forms, every sample.
 tests/compile_opinfo_support.py says how a sample is judged.
 
 Known differences live in tests/compile_opinfo_expected_failures.py. They are strict: a listed check that
@@ -26,6 +28,12 @@ FAST_OPS = [op for op in support.fast_ops() if op.name not in ("__getitem__", "n
 FAST_GRAD_OPS = [support.OPS_BY_FULL_NAME[name] for name in (
     "mul", "div.no_rounding_mode", "tanh", "where", "sum", "amax", "log_softmax", "addmm", "gather",
     "nn.functional.layer_norm", "nn.functional.cross_entropy")]
+# every dtype of the issue on a few ops whose semantics differ most between dtypes (integer division and
+# remainder, promotion of a bool or uint8 operand, overflow of a sum)
+FAST_DTYPE_OPS = [support.OPS_BY_FULL_NAME[name] for name in ("add", "div.no_rounding_mode", "remainder", "sum")]
+FAST_DTYPES = (torch.float16, torch.int32, torch.uint8, torch.bool)
+# loss.backward() inside the compiled function
+FAST_TRACED_GRAD_OPS = [support.OPS_BY_FULL_NAME[name] for name in ("mul", "tanh", "log_softmax", "addmm")]
 FAST_VARIANT_OPS = [support.OPS_BY_FULL_NAME[name] for name in ("add", "mul", "clamp", "exp", "mm", "index_select")]
 LISTED_IN = "tests/compile_opinfo_expected_failures.py"
 
@@ -51,6 +59,14 @@ class TestCompileOpInfo(TestCase):
     @ops(FAST_GRAD_OPS, dtypes=OpDTypes.supported_backward, allowed_dtypes=compiled.GRAD_DTYPES)
     def test_grad(self, device, dtype, op):
         self.check(op, dtype, compiled.GRAD, FAST_SAMPLES)
+
+    @ops(FAST_DTYPE_OPS, allowed_dtypes=FAST_DTYPES)
+    def test_forward_dtypes(self, device, dtype, op):
+        self.check(op, dtype, compiled.FORWARD, FAST_SAMPLES)
+
+    @ops(FAST_TRACED_GRAD_OPS, dtypes=OpDTypes.supported_backward, allowed_dtypes=compiled.GRAD_DTYPES)
+    def test_traced_grad(self, device, dtype, op):
+        self.check(op, dtype, compiled.TRACED_GRAD, FAST_SAMPLES)
 
     @ops(FAST_VARIANT_OPS, allowed_dtypes=(torch.float32,))
     def test_inplace(self, device, dtype, op):
@@ -79,6 +95,11 @@ class TestCompileOpInfo(TestCase):
     @ops(op_db, dtypes=OpDTypes.supported_backward, allowed_dtypes=compiled.GRAD_DTYPES)
     def test_grad_full(self, device, dtype, op):
         self.check(op, dtype, compiled.GRAD)
+
+    @full_sweep
+    @ops(op_db, dtypes=OpDTypes.supported_backward, allowed_dtypes=compiled.GRAD_DTYPES)
+    def test_traced_grad_full(self, device, dtype, op):
+        self.check(op, dtype, compiled.TRACED_GRAD)
 
 
 instantiate_device_type_tests(TestCompileOpInfo, globals(), only_for="privateuse1")
@@ -138,6 +159,17 @@ def test_errors_compared_by_class(compiled_error, status):
         raise ValueError("refused")
 
     assert _judged(refuse).status == status
+
+
+def test_gradients_of_a_backward_inside_the_compiled_function_are_compared():
+    from torch.testing._internal.opinfo.core import SampleInput
+
+    scaled = lambda x: x * (3.0 if _tracing() else 2.0)  # noqa: E731
+    sample = SampleInput(torch.randn(3, requires_grad=True))
+    outcome = compiled.Runner(_stand_in(scaled), torch.float32, compiled.TRACED_GRAD).run(sample, frozenset())
+    assert outcome.status == support.FAILED and "not close" in outcome.reason
+    same = compiled.Runner(_stand_in(torch.tanh), torch.float32, compiled.TRACED_GRAD).run(sample, frozenset())
+    assert same.status == support.PASSED
 
 
 def test_gradients_through_the_compiled_backward_are_compared():

@@ -59,3 +59,35 @@ def test_lazy_conjugate_of_an_eager_node_is_read_conjugated():
     clone's NumPy view read the storage without the bit, so the program lost the conjugation."""
     x = (_tpu(5, 6) + 1j * _tpu(5, 6, seed=1)).to(torch.complex64)
     _identical(_compiled(torch.fft.hfft2)(x), torch.fft.hfft2(x))
+
+
+def test_vector_times_batch_runs_the_bmm_eager_runs():
+    """torch's Python matmul (run while tracing whatever the decomposition table) folds a vector @ batch into an
+    mv where ATen's C++ composite, which eager runs, makes a bmm: the sums differed in order."""
+    vector, batch = _tpu(37), _tpu(5, 37, 29, seed=1)
+    _identical(_compiled(torch.matmul)(vector, batch), torch.matmul(vector, batch))
+    assert [name for name, _, _ in torch_tpu.compile.last_programs()[-1].kernels] == ["bmm"]
+
+
+def test_layer_norm_statistics_take_eager_dtype():
+    """A bfloat16 layer norm's mean and rstd are bfloat16 in eager (CPU's rule); the meta function says float32."""
+    x, weight = _tpu(4, 8).bfloat16(), _tpu(8, seed=1).bfloat16()
+    layer_norm = lambda x, w: torch.native_layer_norm(x, [8], w, None, 1e-5)  # noqa: E731
+    for actual, expected in zip(_compiled(layer_norm)(x, weight), layer_norm(x, weight)):
+        _identical(actual, expected)
+
+
+def test_cross_product_rounds_as_eager_in_bfloat16():
+    """linalg_cross's decomposition computes a bf16 cross product in float32 and rounds once; eager (CPU's kernel)
+    rounds each product. Kept whole, it runs eager's kernel."""
+    a, b = _tpu(50, 3).bfloat16(), _tpu(50, 3, seed=1).bfloat16()
+    _identical(_compiled(torch.linalg.cross)(a, b), torch.linalg.cross(a, b))
+
+
+def test_log_ndtr_and_its_gradient_for_large_negative_inputs():
+    """special_log_ndtr's decomposition is another formula than eager's: 1e-5 relative in the gradient at x = -15."""
+    x = (_tpu(20) * 10).requires_grad_()
+    cotangent = _tpu(20, seed=1)
+    compiled, eager = _compiled(torch.special.log_ndtr)(x), torch.special.log_ndtr(x)
+    _identical(compiled.detach(), eager.detach())
+    _identical(torch.autograd.grad(compiled, x, cotangent)[0], torch.autograd.grad(eager, x, cotangent)[0])

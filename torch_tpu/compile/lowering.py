@@ -600,16 +600,24 @@ def nbytes_of(value):
 # --- kernels with several results, each written into the home codegen planned for it ----------------
 
 
-def _storer(value):
+def _storer(value, rounded_to=None):
     """``store(out, array)`` for one result like ``value``: ``array`` (opmath) converted into the result's home
-    ``out``, or, when nothing reads the result (``out`` is None), nothing stored."""
+    ``out``, or, when nothing reads the result (``out`` is None), nothing stored. With ``rounded_to``, the values are
+    first rounded to that dtype: eager's result dtype where the traced graph's (the meta function's) differs."""
     if value is None:
         return lambda out, array: None
     shape, name = tuple(value.shape), DTYPE_NAME[value.dtype]
+    rounding = rounded_to is not None and rounded_to != value.dtype
 
     def store(out, array):
-        if out is not None:
-            _C.dtypes.cast_into(out, array.reshape(shape), name)
+        if out is None:
+            return
+        array = array.reshape(shape)
+        if rounding:
+            rounded = np.empty(shape, numpy_dtype(rounded_to))
+            _C.dtypes.cast_into(rounded, array, DTYPE_NAME[rounded_to])
+            array = rounded
+        _C.dtypes.cast_into(out, array, name)
 
     return store
 
@@ -642,7 +650,10 @@ def lower_layer_norm(node):
     axis = source.dim() - len(normalized_shape)
     rows, size = math.prod(source.shape[:axis]), math.prod(source.shape[axis:])
     compute = opmath_dtype(source.dtype)
-    store_mean, store_rstd = _storer(mean_value), _storer(rstd_value)
+    # eager's (CPU's) statistics dtype: a bf16 or fp16 input's own unless its parameters are float32, where
+    # the meta function (CUDA's rule) says float32; the backward then reads the statistics eager saves
+    stats = nn.statistics_dtype(source, *(value_of(p) for p in (weight, bias) if isinstance(p, torch.fx.Node)))
+    store_mean, store_rstd = _storer(mean_value, stats), _storer(rstd_value, stats)
 
     def run(outs, x, *params):
         supply = iter(params)

@@ -28,8 +28,12 @@ aten = torch.ops.aten
 # addcdiv and logit also keep eager's (CPU's) arithmetic: the decompositions compute a 0-dim weight unrounded
 # in float32, divide before scaling, and compute a bf16 logit in float32 where CPU rounds every step. mv and dot
 # stay products on the MXU, as eager runs them (the decompositions multiply and sum on the VPU, in another order).
+# linalg_cross's decomposition computes a bf16/fp16 cross product in float32 and rounds once, where CPU's kernel
+# (eager's) rounds each product; it has no NumPy lowering and runs its eager kernel. special_log_ndtr's
+# decomposition is another formula than CPU's: for x < -10 its result (and so the gradient, which adds it to x^2/2
+# and cancels) moves by 1e-5 relative; it lowers to eager's pointwise maths.
 KEPT_WHOLE = (
-    aten.mv.default, aten.dot.default,
+    aten.mv.default, aten.dot.default, aten.linalg_cross.default, aten.special_log_ndtr.default,
     aten.native_layer_norm.default, aten.native_layer_norm_backward.default, aten.gelu.default,
     aten.gelu_backward.default, aten._softmax.default, aten._log_softmax.default,
     aten._softmax_backward_data.default, aten._log_softmax_backward_data.default, aten.nll_loss_forward.default,
@@ -37,6 +41,12 @@ KEPT_WHOLE = (
     aten.native_dropout.default, aten.native_dropout_backward.default, aten.threshold_backward.default,
     aten.lerp.Scalar, aten.lerp.Tensor, aten.addcmul.default, aten.addcdiv.default, aten.logit.default,
 )
+# Composite ops whose Python decomposition torch registers on the CompositeImplicitAutograd key (py_impl), which
+# the Python dispatcher runs while AOTAutograd traces whatever decomposition table the backend passes. Eager runs
+# ATen's C++ composite instead, and the two differ: for a vector times a batch of matrices, the Python matmul
+# folds the batch into one mv where the C++ one runs a bmm, summing in another order. Traced through ATen's C++
+# composite, the graph holds the ops eager runs.
+TRACED_AS_ATEN_COMPOSITES = (aten.matmul.default, aten.matmul.out)
 _names = itertools.count()
 
 
@@ -50,6 +60,16 @@ def decompositions():
     return table
 
 
+@functools.cache
+def trace_composites_as_aten_runs_them():
+    """Give each of TRACED_AS_ATEN_COMPOSITES, for tpu tensors under the Python dispatcher (tracing only: eager
+    never consults it), a Python kernel that calls ATen's C++ composite kernel."""
+    from torch._C import DispatchKey
+
+    for op in TRACED_AS_ATEN_COMPOSITES:
+        op.py_impl(DispatchKey.AutogradPrivateUse1)(functools.partial(op._op_dk, DispatchKey.CompositeImplicitAutograd))
+
+
 def backend(gm, example_inputs, mode=None, options=None, **unused):
     """The ``torch.compile`` backend "tpu". ``mode`` ("default", "reduce-overhead", "max-autotune")
     is accepted; every mode compiles the same way."""
@@ -57,6 +77,7 @@ def backend(gm, example_inputs, mode=None, options=None, **unused):
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
     debug.record_dynamo_graph(gm)
+    trace_composites_as_aten_runs_them()
     compile_as = functools.partial(compile_graph, dynamo_graph=debug.current_dynamo_graph(),
                                    shared=remembered.Remembered())
     return aot_autograd(
