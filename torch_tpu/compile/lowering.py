@@ -600,26 +600,32 @@ def nbytes_of(value):
 # --- kernels with several results, each written into the home codegen planned for it ----------------
 
 
-def _storer(value, rounded_to=None):
+def _storer(value):
     """``store(out, array)`` for one result like ``value``: ``array`` (opmath) converted into the result's home
-    ``out``, or, when nothing reads the result (``out`` is None), nothing stored. With ``rounded_to``, the values are
-    first rounded to that dtype: eager's result dtype where the traced graph's (the meta function's) differs."""
+    ``out``, or, when nothing reads the result (``out`` is None), nothing stored."""
     if value is None:
         return lambda out, array: None
     shape, name = tuple(value.shape), DTYPE_NAME[value.dtype]
-    rounding = rounded_to is not None and rounded_to != value.dtype
 
     def store(out, array):
-        if out is None:
-            return
-        array = array.reshape(shape)
-        if rounding:
-            rounded = np.empty(shape, numpy_dtype(rounded_to))
-            _C.dtypes.cast_into(rounded, array, DTYPE_NAME[rounded_to])
-            array = rounded
-        _C.dtypes.cast_into(out, array, name)
+        if out is not None:
+            _C.dtypes.cast_into(out, array.reshape(shape), name)
 
     return store
+
+
+def _retyped_results(node, dtypes):
+    """``node``'s results, each typed as ``dtypes`` says (None: as traced), with the nodes that fetch them retyped
+    alike, so that their homes take eager's dtype where the meta function AOTAutograd traced with says another."""
+    values = list(value_of(node))
+    for index, dtype in enumerate(dtypes):
+        if dtype is not None and values[index].dtype != dtype:
+            values[index] = torch.empty_like(values[index], dtype=dtype)  # a fake tensor: the traced one's mode
+    node.meta["val"] = tuple(values)
+    for user in node.users:
+        if user.target is operator.getitem:
+            user.meta["val"] = values[user.args[1]]
+    return values
 
 
 def _filled(out, value, compute, fill):
@@ -646,14 +652,15 @@ def _optional_rows(supply, present, compute):
 @lowers(aten.native_layer_norm.default)
 def lower_layer_norm(node):
     input, normalized_shape, weight, bias, eps = node.args
-    source, (result, mean_value, rstd_value) = value_of(input), value_of(node)
+    source = value_of(input)
     axis = source.dim() - len(normalized_shape)
     rows, size = math.prod(source.shape[:axis]), math.prod(source.shape[axis:])
     compute = opmath_dtype(source.dtype)
     # eager's (CPU's) statistics dtype: a bf16 or fp16 input's own unless its parameters are float32, where
     # the meta function (CUDA's rule) says float32; the backward then reads the statistics eager saves
     stats = nn.statistics_dtype(source, *(value_of(p) for p in (weight, bias) if isinstance(p, torch.fx.Node)))
-    store_mean, store_rstd = _storer(mean_value, stats), _storer(rstd_value, stats)
+    result, mean_value, rstd_value = _retyped_results(node, (None, stats, stats))
+    store_mean, store_rstd = _storer(mean_value), _storer(rstd_value)
 
     def run(outs, x, *params):
         supply = iter(params)
