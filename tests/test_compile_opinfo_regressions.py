@@ -91,3 +91,23 @@ def test_log_ndtr_and_its_gradient_for_large_negative_inputs():
     compiled, eager = _compiled(torch.special.log_ndtr)(x), torch.special.log_ndtr(x)
     _identical(compiled.detach(), eager.detach())
     _identical(torch.autograd.grad(compiled, x, cotangent)[0], torch.autograd.grad(eager, x, cotangent)[0])
+
+
+def test_views_of_layer_norm_statistics_keep_eager_dtype():
+    """The statistics' homes take eager's bf16 while the views after them were traced as float32: a view output
+    built from the traced layout read past its bf16 buffer."""
+    x = _tpu(4, 6, 8).bfloat16()
+    for view in (lambda mean: mean.view(-1), lambda mean: mean.squeeze(-1).t()):
+        function = lambda x: view(torch.ops.aten.native_layer_norm(x, [8], None, None, 1e-5)[1])  # noqa: E731
+        _identical(_compiled(function)(x), function(x))
+
+
+def test_dropout_cpu_refuses_raises_its_error_compiled():
+    """A keep probability outside [0, 1]: the lowering leaves the node to the eager kernel, which raises CPU's error."""
+    x = _tpu(3)
+    try:
+        _compiled(lambda x: torch.ops.aten.native_dropout(x, 1.5, True)[0])(x)
+    except RuntimeError as error:
+        assert "bernoulli_ expects p to be in [0, 1], but got p=-0.5" in str(error)
+    else:
+        raise AssertionError("compiled dropout with p=1.5 ran")

@@ -647,6 +647,24 @@ def test_native_dropout_edge_cases():
     assert_close(F.dropout(x, 1.0).cpu(), torch.zeros(10, 10))
 
 
+@pytest.mark.parametrize("dtype, p, train", [
+    (torch.float32, 1.5, True), (torch.float32, -0.2, True), (torch.int64, 0.5, True), (torch.bool, 0.5, True),
+    (torch.int64, 1.5, True)])
+def test_native_dropout_refuses_what_cpu_refuses(dtype, p, train):
+    """bernoulli_'s range check of the keep probability, then a float scale of an integral product, in CPU's words;
+    nothing left allocated."""
+    inputs = {"cpu": torch.tensor([1.0, 2.0, 3.0]).to(dtype)}
+    inputs["tpu"] = inputs["cpu"].to("tpu")
+    allocated = torch.tpu.memory_allocated()
+    check_same_error(lambda device: torch.ops.aten.native_dropout(inputs[device], p, train))
+    assert torch.tpu.memory_allocated() == allocated
+
+
+def test_native_dropout_takes_what_cpu_takes_without_training_or_elements():
+    check(lambda x: torch.ops.aten.native_dropout(x, 0.5, False), torch.tensor([1, 2, 3]))
+    check(lambda x: torch.ops.aten.native_dropout(x, 1.5, True)[0], torch.empty(0))
+
+
 def test_dropout_bf16_backward_rounds_scale_like_cpu():
     grad, mask = torch.randn(50).bfloat16(), torch.rand(50) > 0.3
     expected = torch.ops.aten.native_dropout_backward(grad, mask, 1 / 0.7)

@@ -148,7 +148,7 @@ def _shrink_inputs(dtype, columns):
     """Values inside and outside softshrink's thresholds and both NaN signs, in rows long enough for CPU's
     vector loop, its scalar tail, and (at 40,000 columns) its two threads' chunks."""
     x = torch.full((3, columns), -0.1, dtype=dtype)
-    x[:, ::3], x[:, 1::7], x[:, 2::11] = 0.7, math.nan, -math.nan
+    x[:, ::3], x[:, 1::7], x[:, 2::11], x[:, 3::5] = 0.7, math.nan, -math.nan, -0.0
     return x
 
 
@@ -175,6 +175,14 @@ def test_hardtanh_backward_of_nan_is_zero_in_cpus_vector_loop_and_the_gradient_i
     expected = torch.ops.aten.hardtanh_backward(layout(grad), layout(x), -1, 1)
     actual = torch.ops.aten.hardtanh_backward(layout(grad.to("tpu")), layout(x.to("tpu")), -1, 1).cpu()
     assert torch.equal(actual, expected)
+
+
+@pytest.mark.parametrize("grad_shape, x", [((3, 40), torch.tensor([[math.nan, 0.5] * 20])),
+                                           ((5,), torch.tensor(math.nan)), ((2, 3), torch.tensor([0.5, math.nan, 2.0]))])
+def test_hardtanh_backward_of_a_broadcast_nan_input_matches_cpu(grad_shape, x):
+    grad = torch.randn(grad_shape, generator=torch.Generator().manual_seed(0))
+    expected = torch.ops.aten.hardtanh_backward(grad, x, -1, 1)
+    assert torch.equal(torch.ops.aten.hardtanh_backward(grad.to("tpu"), x.to("tpu"), -1, 1).cpu(), expected)
 
 
 @pytest.mark.parametrize("function", [torch.igamma, torch.igammac], ids=lambda f: f.__name__)

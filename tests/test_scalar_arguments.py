@@ -85,6 +85,14 @@ def test_hardtanh_out_takes_only_its_inputs_dtype_as_clamp_does(out_dtype):
                                                            out=torch.empty(3, dtype=out_dtype, device=device)))
 
 
+@pytest.mark.parametrize("x, bounds", [(torch.tensor([0, 1, 5], dtype=torch.uint8), (-1.5, 1.5)),
+                                       (torch.tensor([True, False]), (-1, 1)), (torch.tensor([1j]), (-1, 1)),
+                                       (torch.tensor([1, 2]), (-1, 2 ** 70))])
+def test_hardtanh_out_checks_its_arguments_before_the_outs_dtype(x, bounds):
+    check_same_error(lambda device: aten.hardtanh.out(x.to(device), *bounds,
+                                                       out=torch.empty(x.shape, dtype=torch.float32, device=device)))
+
+
 @pytest.mark.parametrize("grad_dtype", [torch.float64, torch.bfloat16])
 def test_hardtanh_backward_writes_its_grad_input_out(grad_dtype):
     x = torch.tensor([-2.0, 0.5, 3.0])

@@ -569,7 +569,10 @@ def _view_expression(node, base, base_tensor, base_array, homes, w):
     read from the NumPy view at run time."""
     layout, made = _static_layout(value_of(node)), _static_layout(value_of(base))
     made_here = homes.get(base) in ("output", "buffer")
-    if layout is not None and made is not None and made_here and made[1] == 0 and value_of(base).is_contiguous():
+    # a view typed otherwise than its base (a result retyped to eager's dtype after tracing: layer norm's bf16
+    # statistics) takes its dtype from the array at run time
+    if layout is not None and made is not None and made_here and made[1] == 0 and value_of(base).is_contiguous() \
+            and layout[0] == made[0]:
         return f"tensor_at({base_tensor}, *{w.constant('layout_', layout)})"
     return f"tensor_view({base_tensor}, {base_array}, v_{node.name})"
 

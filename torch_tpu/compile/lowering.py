@@ -681,6 +681,8 @@ def lower_dropout(node):
     """Dropout through eager's maths (``nn.dropout_arrays``): its keep mask drawn from the chip's RNG when the
     program runs, as the eager kernel draws it."""
     input, p, train = node.args
+    if nn.dropout_refused(value_of(input), p, train):
+        return Lowered(EAGER, inputs=(input,), reason="CPU refuses the call: the eager kernel raises its error")
     compute, results = opmath_dtype(value_of(input).dtype), value_of(node)
     store_result, store_mask = _storer(results[0]), _storer(results[1])
 

@@ -669,8 +669,18 @@ def dropout_arrays(x, p, train):
     return x * keep * np.asarray(scale, x.dtype), keep
 
 
+def dropout_refused(input, p, train):
+    """Whether CPU's native_dropout refuses a training call: bernoulli_'s range check of the keep probability, then
+    the in-place scaling of an integral or bool product by a float (an empty input it returns as it is)."""
+    training = train is None or train
+    return training and input.numel() > 0 and (
+        not 0 <= 1 - p <= 1 or not (input.dtype.is_floating_point or input.dtype.is_complex))
+
+
 @register("native_dropout")
 def native_dropout(input, p, train):
+    if dropout_refused(input, p, train):
+        raise_cpu_error(torch.ops.aten.native_dropout.default, input, p, train)
     result, keep = dropout_arrays(opmath_operand(input), p, train)
     return store(result, input.dtype), store(keep, torch.bool)
 

@@ -568,6 +568,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         common = common_dtype(*args[:operands])
         expected = result(common)
         if exact_out and out.dtype != expected:
+            check_arguments(rule(common), args, kwargs)  # CPU checks the op's arguments before the out's dtype
             _check_unary_out(common, expected, out.dtype)
         prepare_out(out, broadcast_shape(*args[:operands]), expected, args[:operands], layout_from=args[:operands])
         return run(out, args, kwargs)
@@ -1270,7 +1271,8 @@ def hardtanh_backward(grad, x, min_value, max_value, out=None):
     outside = (wide <= scalar(min_value, wide)) | (wide >= scalar(max_value, wide))
     nans = np.isnan(wide)
     if nans.any():  # CPU's vector loop keeps (min < x < max), false for NaN: 0; its scalar tail passes the gradient
-        outside |= nans & in_vector_lanes(nans, (grad, x))
+        nans = np.broadcast_to(nans, np.broadcast_shapes(np.shape(grad), np.shape(x)))  # x may be the broadcast one
+        outside = outside | (nans & in_vector_lanes(nans, (grad, x)))
     return zero_where(outside, grad, out)
 
 
@@ -1310,7 +1312,7 @@ def softshrink(x, lambd=0.5):
     lambd = scalar(lambd, wide)
     result = np.where(wide > lambd, wide - lambd,
                       np.where(wide < -lambd, wide + lambd, np.where(np.isnan(wide), wide, scalar(0, wide))))
-    negative_zeros = (wide < 0) & (wide >= -lambd)
+    negative_zeros = np.signbit(wide) & (wide >= -lambd)  # -0.0 too: the tail's -0.0 * 0; a NaN compares false
     if negative_zeros.any():
         result = np.asarray(result)
         tail = negative_zeros & ~in_vector_lanes(negative_zeros, (x,))
