@@ -120,3 +120,36 @@ def test_a_one_element_fill_converts_16_and_8_bit_floats_unchecked_as_cpu_does(d
         return
     bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[expected.element_size()]
     assert torch.equal(fill("tpu").cpu().view(bits), expected.view(bits))
+
+
+FOREACH_SCALAR_CALLS = {
+    "add_alpha": lambda xs, v: torch._foreach_add(xs, xs, alpha=v),
+    "add__alpha": lambda xs, v: torch._foreach_add_([x.clone() for x in xs], xs, alpha=v),
+    "clamp_min": lambda xs, v: torch._foreach_clamp_min(xs, v),
+    "clamp_max_list": lambda xs, v: torch._foreach_clamp_max(xs, [v] * len(xs)),
+    "maximum": lambda xs, v: torch._foreach_maximum(xs, v),
+    "lerp": lambda xs, v: torch._foreach_lerp(xs, xs, v),
+    "addcmul": lambda xs, v: torch._foreach_addcmul(xs, xs, xs, value=v),
+    "addcdiv_list": lambda xs, v: torch._foreach_addcdiv(xs, xs, xs, [v] * len(xs)),
+}
+
+
+@pytest.mark.parametrize("call", FOREACH_SCALAR_CALLS.values(), ids=FOREACH_SCALAR_CALLS.keys())
+@pytest.mark.parametrize("dtype, number", [(torch.float16, 1e6), (torch.bfloat16, 1e40), (torch.float32, 1e40),
+                                           (torch.float16, 2.0)], ids=str)
+def test_foreach_fast_path_checks_scalars_as_the_per_tensor_op_does(call, dtype, number):
+    """The fast NumPy loop converts its numbers as CPU's per-tensor ops do: checked, refused past the type's range."""
+    tensors = [torch.tensor([1.0, 2.0]).to(dtype), torch.tensor([3.0]).to(dtype)]
+    try:
+        expected = call(tensors, number)
+    except RuntimeError:
+        check_same_error(lambda device: call([t.to(device) for t in tensors], number))
+        return
+    actual = call([t.to("tpu") for t in tensors], number)
+    assert all(torch.equal(a.cpu(), e) for a, e in zip(actual, expected))
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("dtype, number", [(torch.float16, 1e6), (torch.float16, -7e4), (torch.bfloat16, 3.3999e38)])
+def test_a_number_past_a_16_bit_range_becomes_inf_without_numpys_warning(dtype, number):
+    check(lambda x: torch.add(x, number), torch.ones(3, dtype=dtype))

@@ -137,23 +137,40 @@ def _opmath_view(t):
     return as_numpy(t).astype(np.float32)
 
 
-def _foreach(fn, method, self, tensor_columns, scalar_columns, inplace, keywords=None, as_cpu_reads=None):
+def _foreach(fn, method, self, tensor_columns, scalar_columns, inplace, keywords=None, as_cpu_reads=None,
+             checked_as=None):
     """The fast NumPy loop when the lists allow it, else PyTorch's composite route: one aten op per tensor.
 
     ``as_cpu_reads(dtype, scalar_columns, keywords)`` gives the numbers as CPU's per-tensor op reads them for
-    tensors of ``dtype`` (the route taken per tensor applies the pointwise kernels' own rules)."""
+    tensors of ``dtype`` (the route taken per tensor applies the pointwise kernels' own rules); ``checked_as``
+    names that op, whose Scalar arguments c10 converts checked (pointwise.CHECKED_SCALARS)."""
     keywords = keywords or {}
     _check_lists(self, *tensor_columns, *scalar_columns)
     if inplace:
         for t in self:
             check_no_internal_overlap(t)
     if _fast_path(self, tensor_columns, scalar_columns) and all(map(_plain_real_number, keywords.values())):
+        _check_numbers(checked_as, self[0].dtype, scalar_columns, keywords)
         if as_cpu_reads is not None:
             scalar_columns, keywords = as_cpu_reads(self[0].dtype, scalar_columns, keywords)
         return _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords)
     columns = (*tensor_columns, *scalar_columns)
     results = [method(t, *(column[i] for column in columns), **keywords) for i, t in enumerate(self)]
     return None if inplace else results
+
+
+def _check_numbers(op_name, dtype, scalar_columns, keywords):
+    """The overflow checks CPU's per-tensor op ``op_name`` makes of its Scalar arguments: the keywords (alpha) by
+    name, a column of numbers as the op's one other checked argument (clamp_min's min, lerp's weight, ...)."""
+    targets = pointwise.CHECKED_SCALARS.get(op_name, {})
+    for name, value in keywords.items():
+        if name in targets:
+            pointwise.check_scalar_value(value, targets[name], dtype)
+    positional = [target for name, target in targets.items() if name not in keywords and name != "alpha"]
+    if len(positional) == 1:
+        for column in scalar_columns:
+            for value in column:
+                pointwise.check_scalar_value(value, positional[0], dtype)
 
 
 def _overloads(name):
@@ -254,15 +271,15 @@ def _numbers_as_cpu_reads(name, number_first):
 
 def _binary_kernel(name, fn, kind, inplace):
     number_first = inplace and kind in ("Scalar", "ScalarList") and name in _NUMBER_FIRST_IN_PLACE
-    method = (_NUMBER_FIRST_IN_PLACE[name] if number_first else
-              _per_tensor_method(_PER_TENSOR_OP.get(name, name), inplace))
+    per_tensor_op = _PER_TENSOR_OP.get(name, name)
+    method = _NUMBER_FIRST_IN_PLACE[name] if number_first else _per_tensor_method(per_tensor_op, inplace)
     as_cpu_reads = _numbers_as_cpu_reads(name, number_first)
 
     def kernel(self, other, **keywords):  # keywords: alpha, for add and sub
         if kind == "List":
-            return _foreach(fn, method, self, [other], [], inplace, keywords, as_cpu_reads)
+            return _foreach(fn, method, self, [other], [], inplace, keywords, as_cpu_reads, per_tensor_op)
         scalars = _scalar_column(kind, self, other)
-        return _foreach(fn, method, self, [], [scalars], inplace, keywords, as_cpu_reads)
+        return _foreach(fn, method, self, [], [scalars], inplace, keywords, as_cpu_reads, per_tensor_op)
 
     return kernel
 
@@ -295,7 +312,7 @@ def _ternary_kernel(name, fn, kind, inplace):
         if kind == "Tensor":  # one scalar per tensor, packed in a 1-d tensor
             scalars = _scalars_from_tensor(scalars, len(self))
         values = [scalars] * len(self) if kind == "Scalar" else scalars
-        return _foreach(fn, per_tensor, self, [tensor1, tensor2], [values], inplace)
+        return _foreach(fn, per_tensor, self, [tensor1, tensor2], [values], inplace, checked_as=name)
 
     return kernel
 
@@ -321,7 +338,8 @@ def _lerp_kernel(kind, inplace):
     def kernel(self, tensors1, weight):
         if kind == "List":
             return _foreach(_lerp, method, self, [tensors1, weight], [], inplace)
-        return _foreach(_lerp, method, self, [tensors1], [_scalar_column(kind, self, weight)], inplace)
+        return _foreach(_lerp, method, self, [tensors1], [_scalar_column(kind, self, weight)], inplace,
+                        checked_as="lerp")
 
     return kernel
 

@@ -165,8 +165,9 @@ _OPMATH_OF = {torch.bfloat16: torch.float32, torch.float16: torch.float32}
 _ROUNDED_FIRST = frozenset({torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2})
 # formats a single non-NaN number reaches as c10 converts it, through float32 to the nearest even value, which
 # NumPy's and ml_dtypes' own casts also do (fp8 saturates on CPU, and NaN payloads are c10's: cast_into)
-_PLAIN_NUMBER_ROUNDING = frozenset({torch.bfloat16, torch.float16})
-_FLOAT32_LIMIT = float(np.finfo(np.float32).max)
+# (the largest finite value: past it c10 gives inf, which cast_into replays without NumPy's overflow warning)
+_PLAIN_NUMBER_LIMIT = {torch.bfloat16: float(ml_dtypes.finfo(ml_dtypes.bfloat16).max),
+                       torch.float16: float(np.finfo(np.float16).max)}
 
 
 def is_lone_value(value):
@@ -197,8 +198,8 @@ def as_converted(array, dtype, compute, as_given=False):
         array = np.asarray(array)
         narrow = numpy_dtype(dtype)
         if array.dtype != narrow:
-            if array.ndim == 0 and dtype in _PLAIN_NUMBER_ROUNDING and array.dtype.kind in "biuf" and \
-                    abs(float(array)) < _FLOAT32_LIMIT:  # neither NaN nor past float32's range
+            if array.ndim == 0 and dtype in _PLAIN_NUMBER_LIMIT and array.dtype.kind in "biuf" and \
+                    abs(float(array)) <= _PLAIN_NUMBER_LIMIT[dtype]:  # neither NaN nor past the format's range
                 array = np.asarray(np.float32(array)).astype(narrow)  # a number: 50 us less than cast_into
             else:
                 rounded = np.empty(array.shape, narrow)
@@ -239,9 +240,14 @@ def check_scalar_conversions(checked, args, kwargs, dtype):
     """c10's overflow check on each Scalar argument ``checked`` (from ``checked_scalars``) names, converted to
     ``dtype`` or to its opmath type; Tensor arguments in those places (lerp's weight) are not Scalars."""
     for position, name, target in checked:
-        value = kwargs[name] if name in kwargs else args[position] if position < len(args) else None
-        if isinstance(value, (int, float, complex)):
-            check_scalar_fits(value, _OPMATH_OF.get(dtype, dtype) if target == OPMATH else dtype)
+        check_scalar_value(kwargs[name] if name in kwargs else args[position] if position < len(args) else None,
+                           target, dtype)
+
+
+def check_scalar_value(value, target, dtype):
+    """c10's overflow check of one Scalar argument converted as CHECKED_SCALARS' ``target`` says for ``dtype``."""
+    if isinstance(value, (int, float, complex)):
+        check_scalar_fits(value, _OPMATH_OF.get(dtype, dtype) if target == OPMATH else dtype)
 
 
 def scalar(value, like):
