@@ -68,6 +68,12 @@ def opmath_dtype(dtype):
     return _OPMATH.get(dtype) or _tensor.numpy_dtype(dtype)
 
 
+def opmath_scalar_type(dtype):
+    """The torch dtype PyTorch computes ``dtype`` in (``opmath_type``), which checked Scalar conversions
+    (``alpha.to<opmath_t>()``) target."""
+    return _tensor.TORCH_DTYPE[_OPMATH[dtype]] if dtype in _OPMATH else dtype
+
+
 def operand(value, op_name=None):
     """A kernel argument as NumPy: tpu tensors as views, CPU scalars and numbers as NumPy scalars.
 

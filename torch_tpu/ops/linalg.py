@@ -21,8 +21,8 @@ import scipy.linalg
 import torch
 from .._C import mxu, vpu
 from .._errors import raise_cpu_error
-from ._common import (as_numpy, check_scalar_fits, converted, empty, exact_dtype, operand, opmath_operand, prepare_out,
-                      store, through_math_bits, write)
+from ._common import (as_numpy, check_scalar_fits, converted, empty, exact_dtype, operand, opmath_operand,
+                      opmath_scalar_type, prepare_out, store, through_math_bits, write)
 from ._registry import register
 
 
@@ -175,19 +175,16 @@ def _product(product_shape):
     return shape_of
 
 
-_GEMM_SCALAR_TYPE = {torch.bfloat16: torch.float32, torch.float16: torch.float32}  # the opmath type
-
-
-def _biased_product(product_shape, scalar_types=_GEMM_SCALAR_TYPE):
-    """The checks of ``beta * self + alpha * (first @ second)``; ``scalar_types``: the type CPU converts beta and
-    alpha to (checked) for a dtype other than its own (the gemm's opmath type; addmv's own dtype)."""
+def _biased_product(product_shape, scalar_type=opmath_scalar_type):
+    """The checks of ``beta * self + alpha * (first @ second)``; ``scalar_type(dtype)``: the type CPU converts beta
+    and alpha to, checked (the gemm's opmath type; addmv's own dtype)."""
 
     def shape_of(op, self, first, second, *, beta=1, alpha=1):
         shape = product_shape(first, second)
         valid = shape is not None and _same_dtype_of(MATMUL_DTYPES, self, first, second) and _broadcasts_to(self, shape)
         _check(valid, op, self, first, second, beta=beta, alpha=alpha)
         for scalar in (beta, alpha):  # the gemm's ``alpha.to<opmath_t>()``, checked
-            check_scalar_fits(scalar, scalar_types.get(self.dtype, self.dtype))
+            check_scalar_fits(scalar, scalar_type(self.dtype))
         return shape, self.dtype
 
     return shape_of
@@ -302,7 +299,7 @@ PRODUCTS = {
     "vdot": (_product(_dot_shape), _conj_product_into),
     "addmm": (_biased_product(_mm_shape), _addmm_into),
     "baddbmm": (_biased_product(_bmm_shape), _addmm_into),
-    "addmv": (_biased_product(_mv_shape, scalar_types={}), _addmm_into),
+    "addmv": (_biased_product(_mv_shape, scalar_type=lambda dtype: dtype), _addmm_into),
     "addbmm": (_biased_product(_bmm_summed_shape), _addbmm_into),
     "addr": (_addr_shape_of, _addr_into),
 }

@@ -31,7 +31,8 @@ from .._C import special as vpu_special
 from .._errors import cpp_type_name, device_mismatch, found_dtype, not_implemented_for, scalar_type_name, shape_mismatch
 from .._tensor import numpy_dtype
 from ._common import (all_contiguous, as_numpy, broadcast_shapes, castable, check_scalar_fits, empty, empty_with_array,
-                      iterator_strides, operand, opmath_dtype, prepare_out, store, through_math_bits, write)
+                      iterator_strides, operand, opmath_dtype, opmath_scalar_type, prepare_out, store, through_math_bits,
+                      write)
 from ._overlap import check_no_internal_overlap, check_no_partial_overlap
 from .._cost import charged
 from ._registry import KERNELS, default_kernel, register
@@ -160,7 +161,6 @@ CHECKED_SCALARS = {
     "softplus": {"beta": OPMATH, "threshold": OPMATH}, "softplus_backward": {"beta": OPMATH, "threshold": OPMATH},
     "addcmul": {"value": OPMATH}, "addcdiv": {"value": OPMATH}, "lerp": {"weight": OPMATH},
 }
-_OPMATH_OF = {torch.bfloat16: torch.float32, torch.float16: torch.float32}
 
 _ROUNDED_FIRST = frozenset({torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2})
 # formats a single non-NaN number reaches as c10 converts it, through float32 to the nearest even value, which
@@ -247,7 +247,7 @@ def check_scalar_conversions(checked, args, kwargs, dtype):
 def check_scalar_value(value, target, dtype):
     """c10's overflow check of one Scalar argument converted as CHECKED_SCALARS' ``target`` says for ``dtype``."""
     if isinstance(value, (int, float, complex)):
-        check_scalar_fits(value, _OPMATH_OF.get(dtype, dtype) if target == OPMATH else dtype)
+        check_scalar_fits(value, opmath_scalar_type(dtype) if target == OPMATH else dtype)
 
 
 def scalar(value, like):
@@ -1734,11 +1734,14 @@ def complex_out(real, imag, *, out):
     return store(complex_from_parts(operand(real), operand(imag)), out.dtype, out=out, inputs=(real, imag))
 
 
+RSUB_SCALARS = checked_scalars(aten.rsub.Tensor._schema)
+
+
 @register("rsub.Tensor")
 def rsub(self, other, alpha=1):
     dtype = common_dtype(self, other)
     check_sub(dtype, other, self, alpha)
-    check_scalar_fits(alpha, dtype)
+    check_scalar_conversions(RSUB_SCALARS, (self, other), {"alpha": alpha}, dtype)
     return compute_into(empty(broadcast_shape(self, other), dtype), sub, (other, self), dtype,
                         (scalar_in_dtype(alpha, dtype),), name="sub")  # alpha as sub's kernel reads it
 
