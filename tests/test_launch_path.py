@@ -644,6 +644,20 @@ def test_batch_norm_allocates_exactly_its_results_and_is_charged_one_launch():
     assert totals.bytes - before.bytes == sum(t.nbytes for t in (x, running_mean, running_var, *results))
 
 
+def test_batch_norm_out_form_is_charged_every_output_argument():
+    """An out= launch with several output arguments is charged each as written (not only ``out``), as the
+    functional launch is charged its results."""
+    x = torch.rand(4, 8, 5, 5, device="tpu")
+    running_mean, running_var = torch.zeros(8, device="tpu"), torch.ones(8, device="tpu")
+    outputs = {"out": torch.empty_like(x), "save_mean": torch.empty(8, device="tpu"),
+               "save_invstd": torch.empty(8, device="tpu")}
+    before = clock.op_totals.get("native_batch_norm.out", torch_tpu._C.clock.OpTotals()).copy()
+    torch.ops.aten.native_batch_norm.out(x, None, None, running_mean, running_var, True, 0.1, 1e-5, **outputs)
+    totals = clock.op_totals["native_batch_norm.out"]
+    assert totals.count == before.count + 1
+    assert totals.bytes - before.bytes == sum(t.nbytes for t in (x, running_mean, running_var, *outputs.values()))
+
+
 # --- round six: views that rearrange their input's elements skip as_strided's bounds check -------------------
 
 
@@ -896,13 +910,13 @@ def test_max_pool2d_errors_are_pytorchs(call):
     check_same_error(call)
 
 
-def test_max_pool2d_backward_launch_is_charged_and_allocated_as_its_out_form():
-    """The direct backward launch is charged one launch with the bytes its out= form is charged, and allocates
-    exactly its result."""
+def test_max_pool2d_launches_are_charged_and_allocated_as_their_out_forms():
+    """The direct forward and backward launches are each charged one launch with the bytes their out= forms are
+    charged (every output argument of the forward's out= form as written: values and indices), and allocate
+    exactly their results."""
     x = torch.randn(4, 8, 28, 28, device="tpu")
     args = ([3, 3], [2, 2], [1, 1], [1, 1], False)
-    values, indices = torch.ops.aten.max_pool2d_with_indices(x, *args)
-    grad, held = torch.randn(values.shape, device="tpu"), []
+    held = []
 
     def charged(name, call):
         before = clock.op_totals.get(name, torch_tpu._C.clock.OpTotals()).copy()
@@ -911,6 +925,14 @@ def test_max_pool2d_backward_launch_is_charged_and_allocated_as_its_out_form():
         after = clock.op_totals[name]
         return after.count - before.count, after.bytes - before.bytes, torch.tpu.memory_allocated() - allocated
 
+    forward = charged("max_pool2d_with_indices", lambda: torch.ops.aten.max_pool2d_with_indices(x, *args))
+    values, indices = held[0]
+    out, out_indices = torch.empty_like(values), torch.empty_like(indices)
+    forward_out = charged("max_pool2d_with_indices.out", lambda: torch.ops.aten.max_pool2d_with_indices.out(
+        x, *args, out=out, indices=out_indices))
+    charge = (1, x.nbytes + values.nbytes + indices.nbytes)
+    assert forward == (*charge, values.nbytes + indices.nbytes) and forward_out == (*charge, 0)
+    grad = torch.randn(values.shape, device="tpu")
     gradient = torch.empty_like(x)
     backward = charged("max_pool2d_with_indices_backward",
                        lambda: torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *args, indices))

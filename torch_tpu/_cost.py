@@ -181,13 +181,21 @@ def float32_passes():
     return passes
 
 
-def _outputs(args, kwargs, result):
-    out = kwargs.get("out")
-    if out is not None:
-        return (out,)
-    if result is None or (type(result) in _SEQUENCES and not result):
-        return args[:1]  # in-place list ops (foreach, amp) return nothing and write their first argument
-    return (result,)
+def _outputs_model(name):
+    """The function giving the tensors one launch of aten ``name`` writes: every output argument given (``out``
+    and, for ops with several, ``indices``, ``save_mean``, ...), else its result."""
+    written_arguments = _written_arguments(name)
+
+    def outputs(args, kwargs, result):
+        if kwargs:
+            written = [value for key, value in kwargs.items() if key in written_arguments and value is not None]
+            if written:
+                return written
+        if result is None or (type(result) in _SEQUENCES and not result):
+            return args[:1]  # in-place list ops (foreach, amp) return nothing and write their first argument
+        return (result,)
+
+    return outputs
 
 
 def _transfer_traffic(sources, destinations):
@@ -240,18 +248,25 @@ def _work_model(name):
     return work
 
 
-def _outputs_of(args, kwargs, result):
-    return (result,) if type(result) is Tensor and not kwargs else _outputs(args, kwargs, result)
+def _outputs_of_model(name):
+    """``_outputs_model`` with its commonest case first: one new tensor and no keyword arguments."""
+    outputs = _outputs_model(name)
+
+    def outputs_of(args, kwargs, result):
+        return (result,) if type(result) is Tensor and not kwargs else outputs(args, kwargs, result)
+
+    return outputs_of
 
 
 def cost_model(name):
     """The function giving the KernelCost of one launch of aten ``name``."""
     work = _work_model(name)
+    written_by = _outputs_of_model(name)
     make_cost = _C.clock.KernelCost
 
     def cost(args, kwargs, result, detailed=False):
         """``detailed`` adds shapes, dtypes and VPU element counts (for profiles)."""
-        outputs = _outputs_of(args, kwargs, result)
+        outputs = written_by(args, kwargs, result)
         flops, read, written = work(args, kwargs, result, outputs)
         kernel = make_cost(name, flops or {}, 0, read, written)
         if flops:
@@ -297,11 +312,13 @@ def charged(kernel, name, guard=None):
     advance = clock.advance
     advance_mxu = clock.advance_mxu
     work = _work_model(name)
+    outputs = _outputs_model(name)
+    written_by = _outputs_of_model(name)
     lost_in_fork = _C.chip.ChipLostInFork
 
     def charge(args, kwargs, result):
         if not by_traffic:  # what clock.charge(cost_of(...)) charges, with no KernelCost built
-            flops, read, written = work(args, kwargs, result, _outputs_of(args, kwargs, result))
+            flops, read, written = work(args, kwargs, result, written_by(args, kwargs, result))
             if flops:
                 advance_mxu(name, read + written, flops, float32_passes(), clock.current_stream)
             else:
@@ -309,7 +326,7 @@ def charged(kernel, name, guard=None):
         elif plain and not kwargs and type(result) is Tensor:  # the commonest launch: inputs read, one new output
             advance(name, arguments_bytes(args) + result.nbytes, clock.current_stream)
         else:
-            read, written = traffic(args, kwargs, _outputs(args, kwargs, result))
+            read, written = traffic(args, kwargs, outputs(args, kwargs, result))
             advance(name, read + written, clock.current_stream)
 
     def launch(*args, **kwargs):

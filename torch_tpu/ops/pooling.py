@@ -434,6 +434,12 @@ def pool2d_geometry(in_sizes, kernel_size, stride, padding, dilation, ceil_mode)
     return sizes if min(sizes) >= 1 else None
 
 
+def plain_pool2d(self, kernel_size, stride=(), padding=(0,), dilation=(1,), ceil_mode=False):
+    """Whether the forward's meta function accepts the call and lays both results out contiguously (the
+    dispatcher leaves the schema's defaults out of the arguments it passes)."""
+    return plain_pool2d_sizes(self, kernel_size, stride, padding, dilation, ceil_mode) is not None
+
+
 def plain_pool2d_backward(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode, indices):
     """Whether the backward's meta function accepts the call (``plain_pool2d_sizes``, and a gradient and indices of
     the output's shape, dtype and device) and lays the input's gradient out contiguously."""
@@ -443,9 +449,8 @@ def plain_pool2d_backward(grad_output, self, kernel_size, stride, padding, dilat
             and is_tpu(grad_output) and is_tpu(indices))
 
 
-# ResNet's stem pool's backward, one launch into a new contiguous gradient, which the kernel stores itself. The forward
-# keeps the wrapper: its out= launch is charged its values as written but not its indices (``_cost._outputs`` counts
-# only ``out`` when an op has one), and a launch of the functional overload would be charged both
+# ResNet's stem pool and its backward, each one launch into new contiguous results, which the kernels store themselves
+without_structured_wrapper("max_pool2d_with_indices", None, plain_pool2d)
 without_structured_wrapper("max_pool2d_with_indices_backward", None, plain_pool2d_backward, "grad_input")
 
 
