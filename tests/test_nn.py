@@ -246,6 +246,22 @@ def test_batch_norm_updates_running_statistics_with_cpus_arithmetic(dtype, momen
         assert_close(tpu_var, cpu_var)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batch_norm_updates_strided_running_statistics_in_their_own_memory(dtype):
+    """Running statistics that hold the compute dtype are updated in their own memory: as views (every other
+    element of a larger buffer) only the viewed elements change, to CPU's values; the rest stay as they were."""
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 8, 5, 5, generator=generator, dtype=dtype)
+    buffers = torch.randn(2, 16, generator=generator, dtype=dtype).abs() + 0.5
+    updated = {}
+    for device in ("cpu", "tpu"):
+        held = buffers.to(device, copy=True)
+        torch.ops.aten.native_batch_norm(x.to(device), None, None, held[0, ::2], held[1, 1::2], True, 0.3, 1e-5)
+        updated[device] = held.cpu()
+    assert_close(updated["tpu"], updated["cpu"])
+    assert torch.equal(updated["tpu"][0, 1::2], buffers[0, 1::2]) and torch.equal(updated["tpu"][1, ::2], buffers[1, ::2])
+
+
 @pytest.mark.parametrize("op", ["_batch_norm_with_update", "_batch_norm_no_update"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_batch_norm_update_variants_keep_the_input_dtype_and_update_running_stats(op, dtype):

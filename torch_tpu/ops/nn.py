@@ -441,10 +441,20 @@ def update_running_stats(running_mean, running_var, mean, squares, count, moment
         unbiased = momentum_ * (squares / np.asarray(count - 1, squares.dtype)).astype(compute)
     # (under the kernel's own errstate: see ``register``)
     if running_mean is not None:
-        write(running_mean, momentum_ * mean.astype(compute, copy=False)
-              + keep * operand(running_mean).astype(compute, copy=False))
+        blend_into(running_mean, momentum_ * mean.astype(compute, copy=False), keep, compute)
     if running_var is not None:
-        write(running_var, unbiased + keep * operand(running_var).astype(compute, copy=False))
+        blend_into(running_var, unbiased, keep, compute)
+
+
+def blend_into(running, update, keep, compute):
+    """``running = update + keep * running``, each step rounded in ``compute``, then stored. A running statistic that
+    holds ``compute`` values (a float32 model's buffers) is updated in its own memory: no temporary, no store."""
+    if numpy_dtype(running.dtype) != compute or running.is_neg() or not is_tpu(running):
+        write(running, update + keep * operand(running).astype(compute, copy=False))
+        return
+    current = as_numpy(running)
+    np.multiply(current, keep, out=current)
+    np.add(update, current, out=current)
 
 
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
