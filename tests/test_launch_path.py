@@ -879,9 +879,9 @@ def max_pool_results(x, kwargs):
 @pytest.mark.parametrize("kwargs", MAX_POOLS)
 @pytest.mark.parametrize("layout", ["contiguous", "strided", "channels_last", "unbatched"])
 def test_max_pool2d_launched_directly_matches_cpu(kwargs, dtype, layout):
-    """The backward of a contiguous batched input takes one launch; so does a strided one's (the kernel reads any
-    strides); channels-last and unbatched inputs keep the structured wrapper: all give CPU's values, indices,
-    gradients and strides."""
+    """The forward and the backward of a contiguous batched input each take one launch; so do a strided one's (the
+    kernels read any strides); channels-last and unbatched inputs keep the structured wrapper: all give CPU's values,
+    indices, gradients and strides."""
     wide = torch.randn(2, 3, 9, 20, generator=torch.Generator().manual_seed(7)).to(dtype)
     x = wide[..., :10].contiguous()
     x = {"contiguous": x, "strided": wide[..., ::2], "channels_last": x.to(memory_format=torch.channels_last),
