@@ -462,3 +462,36 @@ def test_a_multi_result_kernel_writes_its_results_into_planned_homes():
     assert torch.tpu.memory_allocated() - before == got.untyped_storage().nbytes()
     normalized, mean, _ = aten.native_layer_norm.default(inputs[0], [8], *inputs[1:], 1e-5)
     assert_identical(got, (normalized + mean) * mean)
+
+
+# --- compiled user programs (docs/compile.md, "Compiled user programs") ----------------------------------
+
+
+def _eager_and_compiled_gradients(function, *inputs):
+    """``function``'s result and its inputs' gradients, eagerly and compiled (the sum of the result times a fixed
+    cotangent is the loss)."""
+    leaves = [[x.detach().clone().requires_grad_() for x in inputs] for _ in range(2)]
+    runs = []
+    for run, xs in zip((function, torch.compile(function, backend="tpu")), leaves):
+        result = run(*xs)
+        (result * torch.linspace(-1, 1, result.numel(), device="tpu").view(result.shape)).sum().backward()
+        runs.append((result.detach(), [x.grad for x in xs]))
+    return runs
+
+
+def test_layer_norm_over_a_permuted_input_writes_its_input_gradient_into_a_strided_home():
+    """ConvNeXt's channels-last layer norm (`permute -> layer_norm -> permute`): the traced graph lays the input
+    gradient out as the permuted input, and the kernel wrote through a reshape of that home, a copy: the
+    gradient was lost (the stem's gradient wrong by its whole size) when a later node read it (the stem's
+    convolution backward)."""
+    def convnext_stem(x, stem, weight, pointwise):
+        normalized = F.layer_norm(F.conv2d(x, stem).permute(0, 2, 3, 1), (3,), weight).permute(0, 3, 1, 2)
+        return F.conv2d(normalized, pointwise)
+
+    x, stem, weight, pointwise = (torch.randn(*shape, device="tpu") for shape in ((2, 3, 4, 5), (3, 3, 1, 1), (3,),
+                                                                                   (3, 3, 1, 1)))
+    (eager, eager_grads), (compiled, compiled_grads) = _eager_and_compiled_gradients(convnext_stem, x, stem, weight,
+                                                                                     pointwise)
+    assert_identical(compiled, eager)
+    for got, want in zip(compiled_grads, eager_grads, strict=True):
+        assert_close(got.cpu(), want.cpu(), rtol=1e-6, atol=1e-6)

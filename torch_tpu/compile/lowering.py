@@ -630,8 +630,10 @@ def _retyped_results(node, dtypes):
 
 def _filled(out, value, compute, fill):
     """A result like ``value`` filled by ``fill(destination)`` in the ``compute`` dtype (eager's compute_into): into
-    its home ``out`` directly when the dtypes agree, else through a scratch array converted into it."""
-    if out is not None and out.dtype == compute:
+    its home ``out`` directly when the dtypes agree and it is contiguous, else through a scratch array converted
+    into it. ``fill`` writes through a reshape of its destination, which copies a home laid out otherwise (layer
+    norm's input gradient takes the input's permuted strides in the traced graph) and would lose the writes."""
+    if out is not None and out.dtype == compute and out.flags.c_contiguous:
         fill(out)
         return
     scratch = np.empty(tuple(value.shape), compute)
