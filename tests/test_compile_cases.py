@@ -495,3 +495,35 @@ def test_layer_norm_over_a_permuted_input_writes_its_input_gradient_into_a_strid
     assert_identical(compiled, eager)
     for got, want in zip(compiled_grads, eager_grads, strict=True):
         assert_close(got.cpu(), want.cpu(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_activation_checkpointing_replays_the_tpu_generator_in_the_recomputation(dropout_p):
+    """torch.utils.checkpoint in a compiled function: AOTAutograd wraps the random ops the backward recomputes
+    (fused attention, dropout) in run_and_save_rng_state / run_with_rng_state, which torch implements for
+    cpu/cuda/hpu/xpu only ("Backend not supported for tpu"). On tpu they save and replay the tpu generator's
+    state: the recomputed dropout masks are the forward's, results and gradients eager's, and the generator
+    is left where eager leaves it."""
+    from torch.utils.checkpoint import checkpoint
+
+    def attention_block(weight, x):
+        q = (x @ weight).view(2, 2, 3, 4)
+        return F.dropout(F.scaled_dot_product_attention(q, q, q, dropout_p=dropout_p, is_causal=True), dropout_p)
+
+    def loss(weight, x):
+        return checkpoint(attention_block, weight, x, use_reentrant=False).square().sum()
+
+    x = torch.randn(2, 3, 8, device="tpu")
+    weight = torch.randn(8, 8, device="tpu")
+    weights = [weight.clone().requires_grad_() for _ in range(2)]
+    results, states = [], []
+    for run, weight in zip((loss, torch.compile(loss, backend="tpu")), weights):
+        torch.manual_seed(1)
+        value = run(weight, x)
+        value.backward()
+        results.append((value.detach(), weight.grad))
+        states.append(torch.tpu.get_rng_state())
+    (eager, eager_grad), (compiled, compiled_grad) = results
+    assert_identical(compiled, eager)
+    assert_identical(compiled_grad, eager_grad)
+    assert torch.equal(states[0], states[1])
