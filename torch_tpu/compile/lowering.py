@@ -621,11 +621,23 @@ def _retyped_results(node, dtypes):
     for index, dtype in enumerate(dtypes):
         if dtype is not None and values[index].dtype != dtype:
             values[index] = torch.empty_like(values[index], dtype=dtype)  # a fake tensor: the traced one's mode
-    node.meta["val"] = tuple(values)
-    for user in node.users:
-        if user.target is operator.getitem:
-            user.meta["val"] = values[user.args[1]]
+    if any(new is not old for new, old in zip(values, value_of(node))):
+        node.meta["val"] = tuple(values)
+        _propagate_after(node, values[0].fake_mode)
     return values
+
+
+def _propagate_after(retyped, fake_mode):
+    """The values of the nodes after ``retyped`` that read its results, directly or not, traced again from their
+    inputs' values (an op on a bf16 statistic computes in bf16, as eager does, not in the traced float32)."""
+    changed = {retyped}
+    for node in retyped.graph.nodes:
+        if node.op != "call_function" or node is retyped or not any(a in changed for a in node.all_input_nodes):
+            continue
+        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), value_of)
+        with fake_mode:
+            node.meta["val"] = node.target(*args, **kwargs)
+        changed.add(node)
 
 
 def _filled(out, value, compute, fill):
