@@ -614,16 +614,21 @@ def _storer(value):
     return store
 
 
-def _retyped_results(node, dtypes):
-    """``node``'s results, each typed as ``dtypes`` says (None: as traced), with the nodes that fetch them retyped
-    alike, so that their homes take eager's dtype where the meta function AOTAutograd traced with says another."""
+def _retyped_results(node, dtypes, contiguous=()):
+    """``node``'s results, each typed as ``dtypes`` says (None: as traced) and the ``contiguous`` ones laid out
+    contiguously, with the nodes after them traced again, so that their homes take eager's dtype and layout
+    where the meta function AOTAutograd traced with says another."""
     values = list(value_of(node))
-    for index, dtype in enumerate(dtypes):
-        if dtype is not None and values[index].dtype != dtype:
-            values[index] = torch.empty_like(values[index], dtype=dtype)  # a fake tensor: the traced one's mode
+    for index, value in enumerate(values):
+        if value is None:
+            continue
+        dtype = dtypes[index] or value.dtype
+        if value.dtype != dtype or (index in contiguous and not value.is_contiguous()):
+            with value.fake_mode:
+                values[index] = torch.empty(value.shape, dtype=dtype, device=value.device)
     if any(new is not old for new, old in zip(values, value_of(node))):
         node.meta["val"] = tuple(values)
-        _propagate_after(node, values[0].fake_mode)
+        _propagate_after(node, next(v for v in values if v is not None).fake_mode)
     return values
 
 
@@ -762,7 +767,9 @@ def lower_nll_loss_backward(node):
 @lowers(aten.native_layer_norm_backward.default)
 def lower_layer_norm_backward(node):
     grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask = node.args
-    source, results = value_of(input), value_of(node)
+    source = value_of(input)
+    # eager's input gradient is contiguous; the meta function lays it out as the input (a permuted one: ConvNeXt)
+    results = _retyped_results(node, (None, None, None), contiguous=(0,))
     axis = source.dim() - len(normalized_shape)
     rows, size = math.prod(source.shape[:axis]), math.prod(source.shape[axis:])
     compute = opmath_dtype(source.dtype)
