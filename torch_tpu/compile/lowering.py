@@ -634,15 +634,24 @@ def _retyped_results(node, dtypes, contiguous=()):
 
 def _propagate_after(retyped, fake_mode):
     """The values of the nodes after ``retyped`` that read its results, directly or not, traced again from their
-    inputs' values (an op on a bf16 statistic computes in bf16, as eager does, not in the traced float32)."""
+    inputs' values (an op on a bf16 statistic computes in bf16, as eager does, not in the traced float32); the walk
+    goes no further than a value that comes out as it was traced (the fetch of a result left as it was)."""
     changed = {retyped}
     for node in retyped.graph.nodes:
         if node.op != "call_function" or node is retyped or not any(a in changed for a in node.all_input_nodes):
             continue
         args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), value_of)
         with fake_mode:
-            node.meta["val"] = node.target(*args, **kwargs)
-        changed.add(node)
+            value = node.target(*args, **kwargs)
+        if _layout(value) != _layout(value_of(node)):
+            node.meta["val"] = value
+            changed.add(node)
+
+
+def _layout(value):
+    """Dtypes, sizes and strides of a value or tuple of values (symbolic sizes by name: comparing adds no guard)."""
+    return tuple((v.dtype, str(v.shape), str(v.stride())) if isinstance(v, torch.Tensor) else repr(v)
+                 for v in (value if isinstance(value, (tuple, list)) else (value,)))
 
 
 def _filled(out, value, compute, fill):
