@@ -462,3 +462,92 @@ def test_a_multi_result_kernel_writes_its_results_into_planned_homes():
     assert torch.tpu.memory_allocated() - before == got.untyped_storage().nbytes()
     normalized, mean, _ = aten.native_layer_norm.default(inputs[0], [8], *inputs[1:], 1e-5)
     assert_identical(got, (normalized + mean) * mean)
+
+
+# --- compiled user programs (docs/compile.md, "Compiled user programs") ----------------------------------
+
+
+def _eager_and_compiled_gradients(function, *inputs):
+    """``function``'s result and its inputs' gradients, eagerly and compiled (the sum of the result times a fixed
+    cotangent is the loss)."""
+    leaves = [[x.detach().clone().requires_grad_() for x in inputs] for _ in range(2)]
+    runs = []
+    for run, xs in zip((function, torch.compile(function, backend="tpu")), leaves):
+        result = run(*xs)
+        (result * torch.linspace(-1, 1, result.numel(), device="tpu").view(result.shape)).sum().backward()
+        runs.append((result.detach(), [x.grad for x in xs]))
+    return runs
+
+
+def test_layer_norm_over_a_permuted_input_writes_its_input_gradient_into_a_strided_home():
+    """ConvNeXt's channels-last layer norm (`permute -> layer_norm -> permute`): the traced graph lays the input
+    gradient out as the permuted input, and the kernel wrote through a reshape of that home, a copy: the
+    gradient was lost (the stem's gradient wrong by its whole size) when a later node read it (the stem's
+    convolution backward). The home is now contiguous, as eager's input gradient is, so the convolution's
+    backward sums it in eager's order."""
+    def convnext_stem(x, stem, stem_bias, weight, pointwise):
+        normalized = F.layer_norm(F.conv2d(x, stem, stem_bias).permute(0, 2, 3, 1), (4,), weight).permute(0, 3, 1, 2)
+        return F.conv2d(normalized, pointwise)
+
+    torch.manual_seed(0)
+    inputs = (torch.randn(*shape, device="tpu") for shape in ((2, 3, 4, 4), (4, 3, 1, 1), (4,), (4,), (4, 4, 1, 1)))
+    (eager, eager_grads), (compiled, compiled_grads) = _eager_and_compiled_gradients(convnext_stem, *inputs)
+    assert_identical(compiled, eager)
+    for got, want in zip(compiled_grads, eager_grads, strict=True):  # the home contiguous as eager's: same sums
+        assert_identical(got, want)
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.3])
+def test_activation_checkpointing_replays_the_tpu_generator_in_the_recomputation(dropout_p):
+    """torch.utils.checkpoint in a compiled function: AOTAutograd wraps the random ops the backward recomputes
+    (fused attention, dropout) in run_and_save_rng_state / run_with_rng_state, which torch implements for
+    cpu/cuda/hpu/xpu only ("Backend not supported for tpu"). On tpu they save and replay the tpu generator's
+    state: the recomputed dropout masks are the forward's, results and gradients eager's, and the generator
+    is left where eager leaves it."""
+    from torch.utils.checkpoint import checkpoint
+
+    def attention_block(weight, x):
+        q = (x @ weight).view(2, 2, 3, 4)
+        return F.dropout(F.scaled_dot_product_attention(q, q, q, dropout_p=dropout_p, is_causal=True), dropout_p)
+
+    def loss(weight, x):
+        return checkpoint(attention_block, weight, x, use_reentrant=False).square().sum()
+
+    x = torch.randn(2, 3, 8, device="tpu")
+    weight = torch.randn(8, 8, device="tpu")
+    weights = [weight.clone().requires_grad_() for _ in range(2)]
+    results, states = [], []
+    for run, weight in zip((loss, torch.compile(loss, backend="tpu")), weights):
+        torch.manual_seed(1)
+        value = run(weight, x)
+        value.backward()
+        results.append((value.detach(), weight.grad))
+        states.append(torch.tpu.get_rng_state())
+    (eager, eager_grad), (compiled, compiled_grad) = results
+    assert_identical(compiled, eager)
+    assert_identical(compiled_grad, eager_grad)
+    assert torch.equal(states[0], states[1])
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_batch_norm_training_step_equals_eager_bit_for_bit(memory_format):
+    """A batch norm in training mode: output, running statistics (updated in place) and every gradient take
+    eager's bits. Its backward was decomposed into sums in another order than eager's kernel (input gradients
+    1e-7 apart, a MobileNet's norm weights' gradients 6e-6); it runs its eager kernel now."""
+    torch.manual_seed(0)
+    eager = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 1, bias=False), torch.nn.BatchNorm2d(8), torch.nn.Hardswish())
+    eager = eager.to("tpu").to(memory_format=memory_format)
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, backend="tpu")
+    for step in range(2):
+        x = torch.randn(4, 4, 6, 6, device="tpu").contiguous(memory_format=memory_format)
+        cotangent = torch.randn(4, 8, 6, 6, device="tpu")
+        inputs = [x.clone().requires_grad_() for _ in range(2)]
+        results = [model(x_) for model, x_ in zip((eager, compiled), inputs)]
+        for result in results:
+            (result * cotangent).sum().backward()
+        assert_identical(results[1].detach(), results[0].detach())
+        assert_identical(inputs[1].grad, inputs[0].grad)
+        for got, want in zip((*compiled_model.parameters(), *compiled_model.buffers()),
+                             (*eager.parameters(), *eager.buffers()), strict=True):
+            assert_identical(got.grad if got.grad is not None else got, want.grad if want.grad is not None else want)

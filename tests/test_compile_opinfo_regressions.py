@@ -4,6 +4,7 @@ Each case is a small graph compiled with ``backend="tpu"`` and compared with the
 eager kernels, bit for bit.
 """
 
+import pytest
 import torch
 
 import torch_tpu
@@ -100,6 +101,18 @@ def test_views_of_layer_norm_statistics_keep_eager_dtype():
     for view in (lambda mean: mean.view(-1), lambda mean: mean.squeeze(-1).t()):
         function = lambda x: view(torch.ops.aten.native_layer_norm(x, [8], None, None, 1e-5)[1])  # noqa: E731
         _identical(_compiled(function)(x), function(x))
+
+
+@pytest.mark.parametrize("consumer", ["scale", "add_input", "sum", "view_scale"])
+def test_ops_reading_layer_norm_statistics_compute_in_eager_dtype(consumer):
+    """Ops after a bf16 layer norm's retyped mean or rstd were traced (and lowered) in the meta function's
+    float32: `mean * 2` returned float32, `rstd + x` rounded once where eager rounds in bf16. The values after
+    the retyped results are traced again from them."""
+    consumers = {"scale": lambda stats, x: stats[1] * 2, "add_input": lambda stats, x: stats[2] + x,
+                 "sum": lambda stats, x: stats[1].sum(), "view_scale": lambda stats, x: stats[2].view(-1) * 3}
+    x = _tpu(4, 6, 8).bfloat16()
+    function = lambda x: consumers[consumer](torch.ops.aten.native_layer_norm(x, [8], None, None, 1e-5), x)  # noqa: E731
+    _identical(_compiled(function)(x), function(x))
 
 
 def test_dropout_cpu_refuses_raises_its_error_compiled():

@@ -614,24 +614,52 @@ def _storer(value):
     return store
 
 
-def _retyped_results(node, dtypes):
-    """``node``'s results, each typed as ``dtypes`` says (None: as traced), with the nodes that fetch them retyped
-    alike, so that their homes take eager's dtype where the meta function AOTAutograd traced with says another."""
+def _retyped_results(node, dtypes, contiguous=()):
+    """``node``'s results, each typed as ``dtypes`` says (None: as traced) and the ``contiguous`` ones laid out
+    contiguously, with the nodes after them traced again, so that their homes take eager's dtype and layout
+    where the meta function AOTAutograd traced with says another."""
     values = list(value_of(node))
-    for index, dtype in enumerate(dtypes):
-        if dtype is not None and values[index].dtype != dtype:
-            values[index] = torch.empty_like(values[index], dtype=dtype)  # a fake tensor: the traced one's mode
-    node.meta["val"] = tuple(values)
-    for user in node.users:
-        if user.target is operator.getitem:
-            user.meta["val"] = values[user.args[1]]
+    for index, value in enumerate(values):
+        if value is None:
+            continue
+        dtype = dtypes[index] or value.dtype
+        if value.dtype != dtype or (index in contiguous and not value.is_contiguous()):
+            with value.fake_mode:
+                values[index] = torch.empty(value.shape, dtype=dtype, device=value.device)
+    if any(new is not old for new, old in zip(values, value_of(node))):
+        node.meta["val"] = tuple(values)
+        _propagate_after(node, next(v for v in values if v is not None).fake_mode)
     return values
+
+
+def _propagate_after(retyped, fake_mode):
+    """The values of the nodes after ``retyped`` that read its results, directly or not, traced again from their
+    inputs' values (an op on a bf16 statistic computes in bf16, as eager does, not in the traced float32); the walk
+    goes no further than a value that comes out as it was traced (the fetch of a result left as it was)."""
+    changed = {retyped}
+    for node in retyped.graph.nodes:
+        if node.op != "call_function" or node is retyped or not any(a in changed for a in node.all_input_nodes):
+            continue
+        args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), value_of)
+        with fake_mode:
+            value = node.target(*args, **kwargs)
+        if _layout(value) != _layout(value_of(node)):
+            node.meta["val"] = value
+            changed.add(node)
+
+
+def _layout(value):
+    """Dtypes, sizes and strides of a value or tuple of values (symbolic sizes by name: comparing adds no guard)."""
+    return tuple((v.dtype, str(v.shape), str(v.stride())) if isinstance(v, torch.Tensor) else repr(v)
+                 for v in (value if isinstance(value, (tuple, list)) else (value,)))
 
 
 def _filled(out, value, compute, fill):
     """A result like ``value`` filled by ``fill(destination)`` in the ``compute`` dtype (eager's compute_into): into
-    its home ``out`` directly when the dtypes agree, else through a scratch array converted into it."""
-    if out is not None and out.dtype == compute:
+    its home ``out`` directly when the dtypes agree and it is contiguous, else through a scratch array converted
+    into it. ``fill`` writes through a reshape of its destination, which copies a home laid out otherwise (layer
+    norm's input gradient takes the input's permuted strides in the traced graph) and would lose the writes."""
+    if out is not None and out.dtype == compute and out.flags.c_contiguous:
         fill(out)
         return
     scratch = np.empty(tuple(value.shape), compute)
@@ -748,7 +776,9 @@ def lower_nll_loss_backward(node):
 @lowers(aten.native_layer_norm_backward.default)
 def lower_layer_norm_backward(node):
     grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask = node.args
-    source, results = value_of(input), value_of(node)
+    source = value_of(input)
+    # eager's input gradient is contiguous; the meta function lays it out as the input (a permuted one: ConvNeXt)
+    results = _retyped_results(node, (None, None, None), contiguous=(0,))
     axis = source.dim() - len(normalized_shape)
     rows, size = math.prod(source.shape[:axis]), math.prod(source.shape[axis:])
     compute = opmath_dtype(source.dtype)

@@ -89,8 +89,15 @@ def _patch_trace_rules(module):
         module.add(name)
 
 
+def _patch_rng_prims(module):
+    from . import rng_state
+
+    rng_state.install(module)
+
+
 PATCHES = {
     "torch._dynamo.trace_rules": _patch_trace_rules,
+    "torch._prims.rng_prims": _patch_rng_prims,
     "torch._dynamo.backends.registry": _patch_backend_registry,
     "torch._dynamo.device_interface": _patch_device_interface,
     "torch._inductor.compile_fx": _patch_compile_fx,
