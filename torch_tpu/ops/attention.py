@@ -16,6 +16,7 @@ The maths (``attention_forward``, ``attention_backward``) are plain functions of
 with compiled programs; the cost model (``forward_flops``) is shared with abstract execution.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -84,8 +85,17 @@ def _scores(qg, k, bias, scale, is_causal, start, end, passes):
         full = np.broadcast_to(block, qg.shape[:-4] + (qg.shape[-4] * qg.shape[-3],) + (qg.shape[-2], end - start))
         scores += _grouped(full, qg.shape[-4]).astype(_FLOAT32, copy=False)
     if is_causal:  # copyto with a broadcast mask: boolean indexing's result, about 3x faster
-        np.copyto(scores, np.float32(-np.inf), where=np.arange(start, end)[None, :] > np.arange(qg.shape[-2])[:, None])
+        np.copyto(scores, np.float32(-np.inf), where=_future_keys(qg.shape[-2], start, end))
     return scores
+
+
+@functools.lru_cache(maxsize=64)
+def _future_keys(queries, start, end):
+    """The (queries, end - start) mask of the keys in [start, end) each query must not see (top-left causal),
+    made once per block shape."""
+    mask = np.arange(start, end)[None, :] > np.arange(queries)[:, None]
+    mask.flags.writeable = False
+    return mask
 
 
 def row_sums(x):
