@@ -1087,11 +1087,11 @@ def addcdiv(x, a, b, value=1, out=None):
 
 
 def _scaled_product_added(combine, x, a, b, value, out):
-    """``x + combine(value * a, b)``, each step rounded in the operands' promoted dtype. With an ``out`` of that
-    dtype that none of the operands overlap, the steps run in ``out``'s memory (the same operations in the same
-    order: the same bits, without two temporaries of the full size and the page faults of fresh ones)."""
-    if (out is None or out.dtype != np.result_type(value, a, b) or np.may_share_memory(out, x)
-            or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
+    """``x + combine(value * a, b)``, each step rounded in the operands' dtype. With a floating ``out`` of the
+    dtype of ``value``, ``a`` and ``b`` that none of the operands overlap, the steps run in ``out``'s memory (the
+    same operations in the same order: the same bits, without two temporaries of the full size)."""
+    if (out is None or out.dtype.kind not in "fc" or not out.dtype == value.dtype == a.dtype == b.dtype
+            or np.may_share_memory(out, x) or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
         return np.add(x, combine(value * a, b), out=out)
     np.multiply(value, a, out=out)
     combine(out, b, out=out)
