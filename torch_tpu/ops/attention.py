@@ -16,6 +16,7 @@ The maths (``attention_forward``, ``attention_backward``) are plain functions of
 with compiled programs; the cost model (``forward_flops``) is shared with abstract execution.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -28,6 +29,7 @@ from .._tensor import DTYPE_NAME, is_tpu
 from ._common import as_numpy, empty, write
 from ._registry import register
 from .linalg import float32_passes
+from .nn import ones
 
 KEY_BLOCK = 512  # keys per step of the online softmax; also the unit of the dropout mask's random streams
 FUSED_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16})
@@ -83,8 +85,23 @@ def _scores(qg, k, bias, scale, is_causal, start, end, passes):
         full = np.broadcast_to(block, qg.shape[:-4] + (qg.shape[-4] * qg.shape[-3],) + (qg.shape[-2], end - start))
         scores += _grouped(full, qg.shape[-4]).astype(_FLOAT32, copy=False)
     if is_causal:  # copyto with a broadcast mask: boolean indexing's result, about 3x faster
-        np.copyto(scores, np.float32(-np.inf), where=np.arange(start, end)[None, :] > np.arange(qg.shape[-2])[:, None])
+        np.copyto(scores, np.float32(-np.inf), where=_future_keys(qg.shape[-2], start, end))
     return scores
+
+
+@functools.lru_cache(maxsize=64)
+def _future_keys(queries, start, end):
+    """The (queries, end - start) mask of the keys in [start, end) each query must not see (top-left causal),
+    made once per block shape."""
+    mask = np.arange(start, end)[None, :] > np.arange(queries)[:, None]
+    mask.flags.writeable = False
+    return mask
+
+
+def row_sums(x):
+    """``x.sum(-1, keepdims=True)`` of a float32 array as one matrix-vector product with ones (BLAS's order, not
+    NumPy's pairwise one), several times faster over the short rows of a score block."""
+    return np.matmul(x, ones(x.shape[-1], x.dtype))[..., None]
 
 
 def _mxu_operand(probabilities, like):
@@ -106,8 +123,8 @@ def attention_forward(q, k, v, bias=None, *, scale, is_causal=False, dropout=Non
             if number:
                 new_max = np.maximum(running_max, new_max)
             shift = np.where(new_max == -np.inf, np.float32(0), new_max)  # rows that saw only masked keys so far
-            probabilities = np.exp(scores - shift)
-            block_total = probabilities.sum(-1, keepdims=True)
+            probabilities = np.exp(np.subtract(scores, shift, out=scores), out=scores)
+            block_total = row_sums(probabilities)
             if dropout is not None:
                 probabilities, _ = dropout.apply(probabilities, number)
             vg = v[..., None, start:end, :]
@@ -128,8 +145,12 @@ def attention_forward(q, k, v, bias=None, *, scale, is_causal=False, dropout=Non
             total = np.zeros_like(running_max)
             accumulated = np.zeros(qg.shape[:-1] + (v.shape[-1],), _FLOAT32)
         seen = total > 0
-        output = np.where(seen, accumulated / np.where(seen, total, 1), np.float32(0))
-        logsumexp = np.where(seen, running_max + np.log(np.where(seen, total, 1)), -np.inf)[..., 0]
+        if seen.all():  # the where()s below would select every row: the same values in place, two passes fewer
+            output = np.divide(accumulated, total, out=accumulated)
+            logsumexp = np.add(running_max, np.log(total, out=total), out=total)[..., 0]
+        else:
+            output = np.where(seen, accumulated / np.where(seen, total, 1), np.float32(0))
+            logsumexp = np.where(seen, running_max + np.log(np.where(seen, total, 1)), -np.inf)[..., 0]
     return output.reshape(q.shape[:-1] + (v.shape[-1],)), logsumexp.reshape(q.shape[:-1]).astype(_FLOAT32)
 
 
@@ -143,14 +164,18 @@ def attention_backward(grad_out, q, k, v, out, logsumexp, bias=None, *, scale, i
     qg, dog = _grouped(q, heads), _grouped(grad_out, heads)
     lse = _grouped(logsumexp[..., None], heads)
     # D_i = sum_j P_ij dP_ij = dO_i . O_i, dropout or not
-    row_dot = (dog.astype(_FLOAT32) * _grouped(out, heads).astype(_FLOAT32)).sum(-1, keepdims=True)
+    row_dot = row_sums(dog.astype(_FLOAT32, copy=False) * _grouped(out, heads).astype(_FLOAT32, copy=False))
+    every_row_seen = not (lse == -np.inf).any()
     grad_q = np.zeros(qg.shape, _FLOAT32)
     grad_k, grad_v = np.zeros(k.shape, _FLOAT32), np.zeros(v.shape, _FLOAT32)
     grad_scores = None if not bias_grad else np.zeros(qg.shape[:-1] + (length,), _FLOAT32)
     with vpu.ignoring_fp_errors():
         for number, start, end in _blocks(length, q.shape[-2], is_causal):
             scores = _scores(qg, k, bias, scale, is_causal, start, end, precision_passes)
-            probabilities = np.where(lse == -np.inf, np.float32(0), np.exp(scores - lse))
+            if every_row_seen:  # the where() below would select every exp: the same values, in the scores' memory
+                probabilities = np.exp(np.subtract(scores, lse, out=scores), out=scores)
+            else:
+                probabilities = np.where(lse == -np.inf, np.float32(0), np.exp(scores - lse))
             kept = None
             dropped = probabilities
             if dropout is not None:
@@ -161,7 +186,8 @@ def attention_backward(grad_out, q, k, v, out, logsumexp, bias=None, *, scale, i
             grad_probabilities = mxu.matmul(dog, np.swapaxes(vg, -1, -2), precision_passes=precision_passes)
             if kept is not None:
                 grad_probabilities *= kept * np.float32(1 / (1 - dropout.p))
-            grad_block = probabilities * (grad_probabilities - row_dot)
+            grad_probabilities -= row_dot
+            grad_block = np.multiply(grad_probabilities, probabilities, out=grad_probabilities)
             if grad_scores is not None:
                 grad_scores[..., start:end] = grad_block
             operand = _mxu_operand(grad_block, q)

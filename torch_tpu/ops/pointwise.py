@@ -1078,12 +1078,24 @@ def check_clamp_bounds(dtype, x, low=None, high=None):
 
 @writes_out
 def addcmul(x, a, b, value=1, out=None):
-    return np.add(x, scalar(value, x) * a * b, out=out)
+    return _scaled_product_added(np.multiply, x, a, b, scalar(value, x), out)
 
 
 @writes_out
 def addcdiv(x, a, b, value=1, out=None):
-    return np.add(x, scalar(value, x) * a / b, out=out)  # CPU's order: the value scales the dividend
+    return _scaled_product_added(np.divide, x, a, b, scalar(value, x), out)  # CPU's order: the value scales the dividend
+
+
+def _scaled_product_added(combine, x, a, b, value, out):
+    """``x + combine(value * a, b)``, each step rounded in the operands' dtype. With a floating ``out`` of the
+    dtype of ``value``, ``a`` and ``b`` that none of the operands overlap, the steps run in ``out``'s memory (the
+    same operations in the same order: the same bits, without two temporaries of the full size)."""
+    if (out is None or out.dtype.kind not in "fc" or not out.dtype == value.dtype == a.dtype == b.dtype
+            or np.may_share_memory(out, x) or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
+        return np.add(x, combine(value * a, b), out=out)
+    np.multiply(value, a, out=out)
+    combine(out, b, out=out)
+    return np.add(x, out, out=out)
 
 
 def check_addcdiv(dtype, x, a, b, value=1):
