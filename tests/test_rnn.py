@@ -1,5 +1,6 @@
-"""nn.LSTM / nn.GRU / nn.RNN on tpu: the whole-sequence kernels (one autograd node per layer and direction)
-against the same modules on CPU, forward and every gradient; the cases they leave to the composite path."""
+"""nn.LSTM / nn.GRU / nn.RNN on tpu: the whole-sequence kernels (one launch per layer and direction, one autograd
+node for the layers no dropout separates) against the same modules on CPU, forward and every gradient; the
+cases they leave to the composite path."""
 
 import copy
 
@@ -73,7 +74,7 @@ CASES = {
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections")
 @pytest.mark.parametrize("case", CASES)
-def test_recurrent_networks_match_cpu_through_one_node_per_layer(case, layer_launches):
+def test_recurrent_networks_match_cpu_through_one_launch_per_layer(case, layer_launches):
     make, shape, state = CASES[case]
     torch.manual_seed(0)
     module = make()

@@ -3,10 +3,12 @@
 ``nn.LSTM``/``GRU``/``RNN`` call aten's ``lstm``/``gru``/``rnn_tanh``/``rnn_relu``. Those are composites
 that, on a device without cuDNN, run every time step as several dispatcher ops, each an autograd node:
 many times torch CPU's time at small widths. Here they get an AutogradPrivateUse1 kernel instead: each
-layer and direction is one launch and one autograd node, whose forward and backward (through time) run
-the recurrence in NumPy. The input's projection onto the gates (and, in the backward, the weight
-gradients and the input's gradient) are one MXU matmul over the whole sequence; only the recurrent
-matmul and the gates' elementwise maths run per step. Between layers, dropout is the ordinary op, so
+layer and direction is one launch whose forward and backward (through time) run the recurrence in NumPy,
+and the layers that no dropout separates are one autograd node (the final states written straight into
+the stacked tensors the op returns, the activations and gradients between layers NumPy arrays in HBM).
+The input's projection onto the gates (and, in the backward, the weight gradients and the input's
+gradient) are one MXU matmul over the whole sequence; only the recurrent matmul and the gates'
+elementwise maths run per step. Between layers, dropout is the ordinary op, so
 it draws from the tpu generator exactly as the composite would. In abstract mode the layers allocate and
 charge the same, without values. Packed sequences and other dtypes take the composite path.
 
