@@ -457,6 +457,17 @@ def composite_backward(kind, directions, x, tensors, grad_output, grad_states):
     return [by_position.get(i) for i in range(len(inputs))]
 
 
+def parameter_bytes(parameters):
+    return sum(p.nbytes for p in parameters if p is not None)
+
+
+def charge_layer_of(cell, suffix, values, source, weights, dtype, backward, read, written):
+    """``charge_layer`` for one layer and direction whose input is the array ``source``: its FLOPs at the real batch."""
+    flops = layer_flops(cell, values.shape(source, SEQUENCE), weights.w_hh.shape[0] // cell.gates,
+                        weights.w_hh.shape[1], weights.w_hr is not None, backward)
+    charge_layer(f"{cell.name}_{suffix}", flops, dtype, read, written)
+
+
 def layer_forward(cell, reverse, x, states, weights, tape_array):
     """One layer and direction over the whole sequence, on arrays: (output, final states, tape)."""
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
@@ -484,7 +495,8 @@ class RecurrentLayers(torch.autograd.Function):
             for direction in range(directions):
                 index = layer * directions + direction
                 first_buffer = len(values.tape_buffers)
-                weights = Weights(*(values.array(p) for p in parameters[5 * index:5 * index + 5]))
+                own_parameters = parameters[5 * index:5 * index + 5]
+                weights = Weights(*(values.array(p) for p in own_parameters))
                 (output, final, tape), steps = layer_forward(cell, direction == 1, inputs[-1],
                                                              tuple(s[index] for s in initial), weights,
                                                              values.tape_array)
@@ -492,13 +504,11 @@ class RecurrentLayers(torch.autograd.Function):
                     stacked[index] = state
                 layer_tapes.append((steps, tape, values.tape_buffers[first_buffer:]))
                 outputs.append(output)
-                charge_layer(f"{cell.name}_layer", layer_flops(cell, values.shape(inputs[-1], SEQUENCE), weights.w_hh.shape[0] // cell.gates,
-                                                               weights.w_hh.shape[1], weights.w_hr is not None, False),
-                             dtype,
-                             values.nbytes(inputs[-1], SEQUENCE) + sum(values.nbytes(s[index], BATCH) for s in initial)
-                             + sum(p.nbytes for p in parameters[5 * index:5 * index + 5] if p is not None),
-                             values.nbytes(output, SEQUENCE) + sum(values.nbytes(s, BATCH) for s in final)
-                             + sum(b.nbytes for b in values.tape_buffers[first_buffer:]))
+                charge_layer_of(cell, "layer", values, inputs[-1], weights, dtype, False,
+                                values.nbytes(inputs[-1], SEQUENCE) + parameter_bytes(own_parameters)
+                                + sum(values.nbytes(s[index], BATCH) for s in initial),
+                                values.nbytes(output, SEQUENCE) + sum(values.nbytes(s, BATCH) for s in final)
+                                + sum(b.nbytes for b in values.tape_buffers[first_buffer:]))
             joined = outputs[0] if directions == 1 else np.concatenate(outputs, axis=-1)
             if layer < layers - 1:  # the next layer's input, which its backward reads again
                 kept = values.tape_array(joined.shape, joined.dtype)
@@ -551,17 +561,13 @@ class RecurrentLayers(torch.autograd.Function):
                          rows(grad_input_gates).sum(axis=0) if ctx.has_bias else None,
                          rows(grad_hidden_gates).sum(axis=0) if ctx.has_bias else None, grad_w_hr)
                 grad_parameters[5 * index:5 * index + 5] = [values.tensor(g, dtype) for g in grads]
-                charge_layer(f"{cell.name}_layer_backward",
-                             layer_flops(cell, values.shape(source, SEQUENCE), weights.w_hh.shape[0] // cell.gates,
-                                         weights.w_hh.shape[1], weights.w_hr is not None, True),
-                             dtype,
-                             values.nbytes(source, SEQUENCE)
-                             + (values.nbytes(gradient, SEQUENCE) if grad_above_given else 0)
-                             + sum(values.nbytes(g[index], BATCH) for g in grad_finals if g is not None)
-                             + sum(p.nbytes for p in own_parameters if p is not None)
-                             + sum(b.nbytes for b in buffers),
-                             values.nbytes(grad_x, SEQUENCE) + sum(values.nbytes(s, BATCH) for s in grad_states)
-                             + sum(g.nbytes for g in grad_parameters[5 * index:5 * index + 5] if g is not None))
+                charge_layer_of(cell, "layer_backward", values, source, weights, dtype, True,
+                                values.nbytes(source, SEQUENCE)
+                                + (values.nbytes(gradient, SEQUENCE) if grad_above_given else 0)
+                                + sum(values.nbytes(g[index], BATCH) for g in grad_finals if g is not None)
+                                + parameter_bytes(own_parameters) + sum(b.nbytes for b in buffers),
+                                values.nbytes(grad_x, SEQUENCE) + sum(values.nbytes(s, BATCH) for s in grad_states)
+                                + parameter_bytes(grad_parameters[5 * index:5 * index + 5]))
             if layer:  # the gradient of the layer below's output, in HBM as that output is
                 grad_above = values.tape_array(grad_below.shape, grad_below.dtype)
                 grad_above[...] = grad_below
