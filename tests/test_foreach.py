@@ -64,10 +64,26 @@ def test_binary(name, kind, dtype):
     check(getattr(torch, f"_foreach_{name}_"), self, binary_other(kind, dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 @pytest.mark.parametrize("name,kind", [("add", "List"), ("add", "Tensor"), ("sub", "List")])
-def test_binary_alpha(name, kind):
-    check(getattr(torch, f"_foreach_{name}"), make_list(), binary_other(kind, torch.float32), alpha=-0.3)
-    check(getattr(torch, f"_foreach_{name}_"), make_list(), binary_other(kind, torch.float32), alpha=2)
+def test_binary_alpha(name, kind, dtype):
+    # the fast loop converts alpha once for the list: each tensor gets the bits of the per-tensor op
+    for alpha in (-0.3, 2, 1.0000001, -0.01):
+        if dtype != torch.float16:  # CPU's float16 add with alpha rounds some sums one ulp apart (its own loop)
+            check(getattr(torch, f"_foreach_{name}"), make_list(dtype), binary_other(kind, dtype), alpha=alpha)
+            check(getattr(torch, f"_foreach_{name}_"), make_list(dtype), binary_other(kind, dtype), alpha=alpha)
+        self, other = to_tpu((make_list(dtype), binary_other(kind, dtype)))
+        others = other if kind == "List" else [other] * len(self)
+        expected = [getattr(torch, name)(t, o, alpha=alpha) for t, o in zip(self, others)]
+        for actual, wanted in zip(getattr(torch, f"_foreach_{name}")(self, other, alpha=alpha), expected):
+            assert torch.equal(actual.cpu(), wanted.cpu()) and actual.dtype == wanted.dtype
+
+
+def test_scalar_list_numbers_each_reach_their_tensor():
+    numbers = [0.1, -2.5, 3.0, 1e-3, -0.7]
+    for dtype in (torch.float32, torch.bfloat16):
+        check(torch._foreach_add_, make_list(dtype), numbers, atol=0, rtol=0)
+        check(torch._foreach_sub, make_list(dtype), numbers, atol=0, rtol=0)
 
 
 def test_binary_tensor_scalar_on_tpu():

@@ -366,6 +366,37 @@ def test_softmax_launched_directly_matches_cpu(name, dtype):
 def test_softmax_errors_are_pytorchs():
     check_same_error(lambda d: torch._softmax(torch.ones(3, 4, device=d), 2, False))
     check_same_error(lambda d: torch.log_softmax(torch.ones(3, 4, device=d), -3))
+    # the out= forms still check their output (the functional launches store into new tensors themselves)
+    check_same_error(lambda d: torch.ops.aten._log_softmax.out(torch.ones(3, 4, device=d), 1, False,
+                                                               out=torch.empty(3, 4, dtype=torch.float64, device=d)))
+    check_same_error(lambda d: torch.ops.aten._log_softmax_backward_data.out(
+        torch.ones(3, 4, device=d), torch.ones(3, 4, device=d), 1, torch.float32,
+        out=torch.empty(3, 4, dtype=torch.int64, device=d)))
+
+
+@pytest.mark.usefixtures("paused_collector")
+def test_the_loss_launches_allocate_exactly_their_results():
+    """log_softmax, nll_loss and their backwards, launched without the wrapper: each allocates its results and
+    nothing else (no peak above them)."""
+    x, target = torch.randn(4, 10, device="tpu"), torch.randint(0, 10, (4,), device="tpu")
+    log_probs = torch.log_softmax(x, 1)
+    loss, total = torch.ops.aten.nll_loss_forward(log_probs, target, None, 1, -100)
+    one = torch.tensor(1.0, device="tpu")
+    calls = {
+        "_log_softmax": (lambda: [torch.ops.aten._log_softmax(x, 1, False)], 160),
+        "_log_softmax_backward_data": (lambda: [torch.ops.aten._log_softmax_backward_data(
+            log_probs, log_probs, 1, torch.float32)], 160),
+        "nll_loss_forward": (lambda: list(torch.ops.aten.nll_loss_forward(log_probs, target, None, 1, -100)), 8),
+        "nll_loss_backward": (lambda: [torch.ops.aten.nll_loss_backward(one, log_probs, target, None, 1, -100,
+                                                                        total)], 160),
+    }
+    for name, (call, result_bytes) in calls.items():
+        torch.tpu.reset_peak_memory_stats()
+        start = torch.tpu.memory_allocated()
+        results = call()
+        assert torch.tpu.memory_allocated() - start == result_bytes, name
+        assert torch.tpu.max_memory_allocated() - start == result_bytes, name
+        del results
 
 
 def test_softmax_launch_is_charged_what_its_out_form_charges():

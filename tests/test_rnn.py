@@ -1,5 +1,6 @@
-"""nn.LSTM / nn.GRU / nn.RNN on tpu: the whole-sequence kernels (one autograd node per layer and direction)
-against the same modules on CPU, forward and every gradient; the cases they leave to the composite path."""
+"""nn.LSTM / nn.GRU / nn.RNN on tpu: the whole-sequence kernels (one launch per layer and direction, one autograd
+node for the layers no dropout separates) against the same modules on CPU, forward and every gradient; the
+cases they leave to the composite path."""
 
 import copy
 
@@ -19,13 +20,13 @@ TOLERANCE = dict(atol=2e-5, rtol=2e-5)
 def layer_launches(monkeypatch):
     """How many whole-sequence layers ran forward (the composite path runs none)."""
     launches = []
-    forward = rnn.RecurrentLayer.forward
+    forward = rnn.layer_forward
 
-    def counted(ctx, cell, reverse, *args):
+    def counted(cell, reverse, *args):
         launches.append((cell.name, reverse))
-        return forward(ctx, cell, reverse, *args)
+        return forward(cell, reverse, *args)
 
-    monkeypatch.setattr(rnn.RecurrentLayer, "forward", staticmethod(counted))
+    monkeypatch.setattr(rnn, "layer_forward", counted)
     return launches
 
 
@@ -73,7 +74,7 @@ CASES = {
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections")
 @pytest.mark.parametrize("case", CASES)
-def test_recurrent_networks_match_cpu_through_one_node_per_layer(case, layer_launches):
+def test_recurrent_networks_match_cpu_through_one_launch_per_layer(case, layer_launches):
     make, shape, state = CASES[case]
     torch.manual_seed(0)
     module = make()
@@ -281,8 +282,41 @@ def test_the_tape_is_bare_hbm_held_by_the_graph(module, tape_floats_per_step):
     start = torch.tpu.memory_allocated()
     output, final = module(x)
     layer = output.grad_fn  # one layer, sequence-first: the output is the layer's own
-    assert all(type(array) is np.ndarray for array in layer.tape.values())
-    assert sorted(a.nbytes for a in layer.tape.values()) == sorted(b.nbytes for b in layer.tape_buffers)
+    (_, tape, buffers), = layer.tapes
+    assert all(type(array) is np.ndarray for array in tape.values())
+    assert sorted(a.nbytes for a in tape.values()) == sorted(b.nbytes for b in buffers)
+    assert buffers == layer.tape_buffers
     assert sum(b.nbytes for b in layer.tape_buffers) == 10 * 4 * tape_floats_per_step * 4
-    del layer, output, final
+    del layer, output, final, tape, buffers
+    assert torch.tpu.memory_allocated() == start
+
+
+@pytest.mark.usefixtures("paused_collector")
+def test_stacked_layers_are_one_node_writing_the_final_states_in_place():
+    """Layers with no dropout between them are one autograd node: the final states are written into the stacked
+    tensors the op returns (no stack or cat launch), the layer between is bare HBM tape, and each layer is still
+    one launch charged its own FLOPs and boundary bytes."""
+    torch.manual_seed(0)
+    module = nn.LSTM(8, 16, 2).to("tpu")
+    x, h0, c0 = torch.randn(10, 4, 8).to("tpu"), torch.randn(2, 4, 16).to("tpu"), torch.randn(2, 4, 16).to("tpu")
+    clock = torch_tpu._C.current_chip().clock
+    before = {name: totals.copy() for name, totals in clock.op_totals.items()}
+    start = torch.tpu.memory_allocated()
+    output, (h, c) = module(x, (h0, c0))
+    launched = {name: totals.minus(before[name]) if name in before else totals
+                for name, totals in clock.op_totals.items()}
+    launched = {name: totals for name, totals in launched.items() if totals.count}
+    assert output.grad_fn is h.grad_fn is c.grad_fn
+    assert list(launched) == ["lstm_layer"] and launched["lstm_layer"].count == 2
+    floats = 4
+    steps, gates = 10 * 4, 4 * 16
+    state, layer_output, tape = 4 * 16 * floats, steps * 16 * floats, steps * 7 * 16 * floats
+    parameters = sum(p.nbytes for p in module.parameters())
+    assert launched["lstm_layer"].flops == 2 * steps * gates * (8 + 16) + 2 * steps * gates * (16 + 16)
+    assert launched["lstm_layer"].bytes == (x.nbytes + layer_output + 4 * state + parameters
+                                            + 2 * (layer_output + 2 * state + tape))
+    # the output, the two stacked final states, each layer's tape and the first layer's output kept for the backward
+    assert torch.tpu.memory_allocated() - start == layer_output + 2 * 2 * state + 2 * tape + layer_output
+    assert len(output.grad_fn.tape_buffers) == 2 * 4 + 1
+    del output, h, c
     assert torch.tpu.memory_allocated() == start

@@ -121,7 +121,12 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
     direct = opmath_dtype(self[0].dtype) == _tensor.numpy_dtype(self[0].dtype)
     view = as_numpy if direct else _opmath_view
     arrays = [[view(t) for t in column] for column in (self, *tensor_columns)]
-    numbers = [[_as_number(value) for value in column] for column in scalar_columns]
+    if getattr(fn, "numbers_in_compute_dtype", False):  # converted here once, not by fn for every tensor
+        compute = arrays[0][0].dtype
+        numbers = [_in_compute_dtype(column, compute) for column in scalar_columns]
+        keywords = {name: np.asarray(value).astype(compute) for name, value in keywords.items()}
+    else:
+        numbers = [[_as_number(value) for value in column] for column in scalar_columns]
     outs = (arrays[0] if inplace else [as_numpy(t) for t in targets]) if direct else [None] * len(self)
     with _C.vpu.ignoring_fp_errors():
         for target, out, operands in zip(targets, outs, zip(*arrays, *numbers)):
@@ -131,6 +136,15 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
             elif result is not out:
                 out[...] = result
     return None if inplace else targets
+
+
+def _in_compute_dtype(column, dtype):
+    """A column of numbers as the 0-d arrays of the compute dtype that the pointwise maths make of them; one
+    Scalar repeated down the column (a Scalar overload's) is converted once."""
+    first = column[0]
+    if all(value is first for value in column):
+        return [np.asarray(_as_number(first)).astype(dtype)] * len(column)
+    return [np.asarray(_as_number(value)).astype(dtype) for value in column]
 
 
 def _opmath_view(t):
@@ -210,6 +224,7 @@ def _pointwise_maths(overload):
         out[...] = result
         return out
 
+    apply.numbers_in_compute_dtype = True  # as apply makes them: _map_numpy converts a list's numbers once
     return apply
 
 

@@ -149,12 +149,15 @@ def check_half_to_float(self, half_to_float):
 
 
 def softmax_kernel(log):
-    def kernel(self, dim, half_to_float, *, out):
+    def kernel(self, dim, half_to_float, *, out=None):  # None: into a new tensor (launched without the wrapper)
         dim = wrap_dim(dim, self.dim())
         check_softmax_dtype(self, dim, log)
         check_half_to_float(self, half_to_float)
-        prepare_out(out, self.shape, torch.float32 if half_to_float else self.dtype, distinct=(self,),
-                    dtype_rule=exact_dtype)
+        dtype = torch.float32 if half_to_float else self.dtype
+        if out is None:
+            out = empty(self.shape, dtype)
+        else:
+            prepare_out(out, self.shape, dtype, distinct=(self,), dtype_rule=exact_dtype)
         x = at_least_1d(opmath_operand(self))
         return compute_into(out, x.dtype, lambda destination: softmax_into(at_least_1d(destination), x, dim, log))
 
@@ -177,9 +180,13 @@ def log_softmax_backward_into(destination, grad, y, dim):
 
 
 def softmax_backward_kernel(backward_into, out_name):
-    def kernel(grad_output, output, dim, input_dtype, **out):
+    def kernel(grad_output, output, dim, input_dtype, **out):  # none: into a new tensor (without the wrapper)
         dim = wrap_dim(dim, output.dim())
-        out = prepare_out(out[out_name], output.shape, input_dtype, distinct=(grad_output, output), dtype_rule=exact_dtype)
+        if out:
+            out = prepare_out(out[out_name], output.shape, input_dtype, distinct=(grad_output, output),
+                              dtype_rule=exact_dtype)
+        else:
+            out = empty(output.shape, input_dtype)
         grad, y = at_least_1d(opmath_operand(grad_output)), at_least_1d(opmath_operand(output))
         return compute_into(out, y.dtype, lambda destination: backward_into(at_least_1d(destination), grad, y, dim))
 
@@ -217,12 +224,12 @@ def without_structured_wrapper(name, outputs, fits, out_overload="out"):
 
 # softmax and log-softmax (every classifier's cross-entropy, attention written out) and their backwards:
 # their meta functions give a contiguous result of the input's shape
+# (the kernels, given no output argument, compute into a new tensor themselves)
 for _name in ("_softmax", "_log_softmax"):
-    without_structured_wrapper(_name, lambda self, dim, half_to_float: {"out": (tuple(self.shape), self.dtype)},
-                               lambda self, dim, half_to_float: not half_to_float)
-for _name, _out in (("_softmax_backward_data", "grad_input"), ("_log_softmax_backward_data", "out")):
+    without_structured_wrapper(_name, None, lambda self, dim, half_to_float: not half_to_float)
+for _name in ("_softmax_backward_data", "_log_softmax_backward_data"):
     without_structured_wrapper(
-        _name, lambda grad_output, output, dim, input_dtype, _out=_out: {_out: (tuple(grad_output.shape), input_dtype)},
+        _name, None,
         lambda grad_output, output, dim, input_dtype: (grad_output.shape == output.shape
                                                        and grad_output.dtype == output.dtype == input_dtype))
 
@@ -797,7 +804,7 @@ def nll_backward_maths(grad, x, target_array, weight_array, reduction, ignore_in
 
 
 @register("nll_loss_forward.output")
-def nll_loss_forward(self, target, weight, reduction, ignore_index, *, output, total_weight):
+def nll_loss_forward(self, target, weight, reduction, ignore_index, *, output=None, total_weight=None):
     if not self.dtype.is_floating_point:
         raise not_implemented_for("nll_loss_out_frame", self.dtype)
     loss, weight_sum = nll_forward_arrays(self, target, weight, reduction, ignore_index, 0)
@@ -806,7 +813,7 @@ def nll_loss_forward(self, target, weight, reduction, ignore_index, *, output, t
 
 
 @register("nll_loss_backward.grad_input")
-def nll_loss_backward(grad_output, self, target, weight, reduction, ignore_index, total_weight, *, grad_input):
+def nll_loss_backward(grad_output, self, target, weight, reduction, ignore_index, total_weight, *, grad_input=None):
     return store(nll_backward_array(grad_output, self, target, weight, reduction, ignore_index, total_weight, 0),
                  self.dtype, out=grad_input, dtype_rule=exact_dtype)
 
@@ -819,16 +826,13 @@ def nll_loss_fits(self, target, weight, reduction):
             and (weight is None or (is_tpu(weight) and weight.numel() == self.shape[1])))
 
 
-# the loss of every classifier's cross-entropy, and its gradient
+# the loss of every classifier's cross-entropy, and its gradient: the kernels, given no output arguments, store
+# their results in new tensors themselves (no output made only to be checked and written through)
 without_structured_wrapper(
-    "nll_loss_forward",
-    lambda self, target, weight, reduction, ignore_index: {"output": ((), self.dtype),
-                                                           "total_weight": ((), self.dtype)},
+    "nll_loss_forward", None,
     lambda self, target, weight, reduction, ignore_index: nll_loss_fits(self, target, weight, reduction), "output")
 without_structured_wrapper(
-    "nll_loss_backward",
-    lambda grad_output, self, target, weight, reduction, ignore_index, total_weight: {
-        "grad_input": (tuple(self.shape), self.dtype)},
+    "nll_loss_backward", None,
     lambda grad_output, self, target, weight, reduction, ignore_index, total_weight: (
         nll_loss_fits(self, target, weight, reduction) and grad_output.dim() <= 1 and grad_output.numel() == 1
         and is_tpu(grad_output) and total_weight.numel() == 1 and is_tpu(total_weight)), "grad_input")

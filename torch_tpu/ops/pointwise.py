@@ -251,7 +251,10 @@ def check_scalar_value(value, target, dtype):
 
 
 def scalar(value, like):
-    """A Scalar argument (alpha, beta, threshold, ...) in the compute dtype of ``like``."""
+    """A Scalar argument (alpha, beta, threshold, ...) in the compute dtype of ``like``; one already converted
+    (foreach converts a list's alpha once) as it is."""
+    if value.__class__ is np.ndarray and value.dtype == like.dtype:
+        return value
     return np.array(value).astype(like.dtype)
 
 

@@ -3,10 +3,12 @@
 ``nn.LSTM``/``GRU``/``RNN`` call aten's ``lstm``/``gru``/``rnn_tanh``/``rnn_relu``. Those are composites
 that, on a device without cuDNN, run every time step as several dispatcher ops, each an autograd node:
 many times torch CPU's time at small widths. Here they get an AutogradPrivateUse1 kernel instead: each
-layer and direction is one launch and one autograd node, whose forward and backward (through time) run
-the recurrence in NumPy. The input's projection onto the gates (and, in the backward, the weight
-gradients and the input's gradient) are one MXU matmul over the whole sequence; only the recurrent
-matmul and the gates' elementwise maths run per step. Between layers, dropout is the ordinary op, so
+layer and direction is one launch whose forward and backward (through time) run the recurrence in NumPy,
+and the layers that no dropout separates are one autograd node (the final states written straight into
+the stacked tensors the op returns, the activations and gradients between layers NumPy arrays in HBM).
+The input's projection onto the gates (and, in the backward, the weight gradients and the input's
+gradient) are one MXU matmul over the whole sequence; only the recurrent matmul and the gates'
+elementwise maths run per step. Between layers, dropout is the ordinary op, so
 it draws from the tpu generator exactly as the composite would. In abstract mode the layers allocate and
 charge the same, without values. Packed sequences and other dtypes take the composite path.
 
@@ -214,6 +216,7 @@ class LSTM:
 
     name = "lstm"
     gates = 4
+    states = 2
 
     @staticmethod
     def forward(x, state, weights, steps, tape_array):
@@ -278,6 +281,7 @@ def previous_states(initial, outputs, steps, tape_array):
 class GRU:
     name = "gru"
     gates = 3
+    states = 1
 
     @staticmethod
     def forward(x, state, weights, steps, tape_array):
@@ -312,6 +316,7 @@ class Elman:
     """``h = activation(x w_ih^T + b_ih + h w_hh^T + b_hh)``, with tanh or ReLU."""
 
     gates = 1
+    states = 1
 
     def __init__(self, name, activation, derivative):
         self.name, self.activation, self.derivative = name, activation, derivative
@@ -350,11 +355,13 @@ def matmul_flops(*shapes):
 
 
 def charge_layer(name, flops, dtype, read, written):
-    """One launch for a layer's whole recurrence: its MXU FLOPs and the HBM bytes at its boundary."""
+    """One launch for a layer's whole recurrence: its MXU FLOPs and the HBM bytes at its boundary (read and
+    written given in bytes). Outside a profile no KernelCost is built: ``advance_mxu`` charges the same."""
     clock = _C.current_chip().clock
-    cost = _C.clock.KernelCost(name, {DTYPE_NAME[dtype]: flops}, 0,
-                               sum(t.nbytes for t in read if t is not None),
-                               sum(t.nbytes for t in written if t is not None))
+    if not clock.recorders:
+        clock.advance_mxu(name, read + written, {DTYPE_NAME[dtype]: flops}, float32_passes(), clock.current_stream)
+        return
+    cost = _C.clock.KernelCost(name, {DTYPE_NAME[dtype]: flops}, 0, read, written)
     cost.float32_passes = float32_passes()
     clock.charge(cost, clock.current_stream)
 
@@ -396,6 +403,15 @@ class Values:
             return np.empty(shape, dtype)
         return np.ndarray(shape, dtype, buffer.array, 0)
 
+    def shape(self, array, batch_axis):
+        """The shape of ``array`` at the real batch (a stand-in's batch is 0)."""
+        if not self.abstract:
+            return array.shape
+        return (*array.shape[:batch_axis], self.batch, *array.shape[batch_axis + 1:])
+
+    def nbytes(self, array, batch_axis):
+        return array.nbytes if not self.abstract else math.prod(self.shape(array, batch_axis)) * array.itemsize
+
     def array(self, tensor, batch_axis=None):
         if tensor is None or not self.abstract:
             return None if tensor is None else opmath_operand(tensor)
@@ -416,23 +432,24 @@ class Values:
 SEQUENCE, BATCH = 1, 0  # the batch axis of (T, B, F) arrays and of (B, F) states
 
 
-def composite_layer(kind, reverse, x, states, parameters):
-    """One layer and direction through PyTorch's composite, a differentiable op per time step: the layer a
-    second derivative differentiates (the fused kernels' backward is NumPy, a graph of nothing)."""
+def composite_run(kind, directions, x, states, parameters):
+    """Layers through PyTorch's composite, a differentiable op per time step: what a second derivative
+    differentiates (the fused kernels' backward is NumPy, a graph of nothing). The same results as
+    ``RecurrentLayers``: the output and the final states stacked."""
     params = [p for p in parameters if p is not None]
-    hx = [s.unsqueeze(0) for s in states] if kind == "lstm" else states[0].unsqueeze(0)
-    sequence = x.flip(0) if reverse else x
-    output, *finals = getattr(torch.ops.aten, kind).input._op_dk(
-        COMPOSITE, sequence, hx, params, parameters[2] is not None, 1, 0.0, True, False, False)
-    return (output.flip(0) if reverse else output, *(final.squeeze(0) for final in finals))
+    hx = list(states) if kind == "lstm" else states[0]
+    layers = len(parameters) // 5 // directions
+    return getattr(torch.ops.aten, kind).input._op_dk(COMPOSITE, x, hx, params, parameters[2] is not None, layers,
+                                                      0.0, True, directions == 2, False)
 
 
-def composite_backward(kind, reverse, x, tensors, grad_output, grad_states):
-    """The gradients of a fused layer's inputs (``x``, then ``tensors``: initial states and parameters) as
-    differentiable tensors: the layer recomputed through the composite and differentiated with a graph."""
+def composite_backward(kind, directions, x, tensors, grad_output, grad_states):
+    """The gradients of fused layers' inputs (``x``, then ``tensors``: initial states and parameters) as
+    differentiable tensors: the layers recomputed through the composite and differentiated with a graph."""
     inputs = (x, *tensors)
     wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
-    outputs = composite_layer(kind, reverse, x, tensors[:-5], tensors[-5:])
+    count = CELLS[kind].states
+    outputs = composite_run(kind, directions, x, tensors[:count], tensors[count:])
     pairs = [(output, grad) for output, grad in zip(outputs, (grad_output, *grad_states)) if grad is not None]
     gradients = torch.autograd.grad([output for output, _ in pairs], [inputs[i] for i in wanted],
                                     [grad for _, grad in pairs], create_graph=True, allow_unused=True)
@@ -440,55 +457,123 @@ def composite_backward(kind, reverse, x, tensors, grad_output, grad_states):
     return [by_position.get(i) for i in range(len(inputs))]
 
 
-class RecurrentLayer(torch.autograd.Function):
-    """One layer and direction over the whole sequence: (T, B, I) -> output (T, B, H_out), final states."""
+def parameter_bytes(parameters):
+    return sum(p.nbytes for p in parameters if p is not None)
+
+
+def charge_layer_of(cell, suffix, values, source, weights, dtype, backward, read, written):
+    """``charge_layer`` for one layer and direction whose input is the array ``source``: its FLOPs at the real batch."""
+    flops = layer_flops(cell, values.shape(source, SEQUENCE), weights.w_hh.shape[0] // cell.gates,
+                        weights.w_hh.shape[1], weights.w_hr is not None, backward)
+    charge_layer(f"{cell.name}_{suffix}", flops, dtype, read, written)
+
+
+def layer_forward(cell, reverse, x, states, weights, tape_array):
+    """One layer and direction over the whole sequence, on arrays: (output, final states, tape)."""
+    steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
+    return cell.forward(x, states, weights, steps, tape_array), steps
+
+
+class RecurrentLayers(torch.autograd.Function):
+    """Consecutive layers, every direction of each, with nothing between them (no dropout): one launch per layer
+    and direction, and one autograd node for them all. (T, B, I) -> the output (T, B, D * H_out) and each final
+    state stacked as the aten op returns it, (layers * D, B, H), written straight into one tensor. The output of a
+    layer below the top one is bare HBM (tape: the layer above reads it again in the backward), and the gradient
+    that flows down between layers NumPy arrays in HBM buffers, never tensors."""
 
     @staticmethod
-    def forward(ctx, cell, reverse, x, *tensors):
-        states, parameters = tensors[:-5], tensors[-5:]
+    def forward(ctx, cell, directions, x, *tensors):
+        states, parameters = tensors[:cell.states], tensors[cell.states:]
         values = Values(x.shape[1])
-        weights = Weights(*(values.array(p) for p in parameters))
-        steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
-        output, final, tape = cell.forward(values.array(x, SEQUENCE), tuple(values.array(s, BATCH) for s in states),
-                                           weights, steps, values.tape_array)
-        results = (values.tensor(output, x.dtype, SEQUENCE), *(values.tensor(s, x.dtype, BATCH) for s in final))
-        ctx.cell, ctx.reverse, ctx.steps, ctx.has_bias = cell, reverse, steps, parameters[2] is not None
-        ctx.tape, ctx.tape_buffers = tape, values.tape_buffers  # the buffers live as long as the arrays are read
-        ctx.save_for_backward(x, *tensors)  # the initial states too: a second derivative recomputes the layer
-        charge_layer(f"{cell.name}_layer", layer_flops(cell, x.shape, weights.w_hh.shape[0] // cell.gates,
-                                                       weights.w_hh.shape[1], weights.w_hr is not None, False),
-                     x.dtype, (x, *states, *parameters), (*results, *ctx.tape_buffers))
-        return results
-
-    @staticmethod
-    def backward(ctx, grad_output, *grad_states):
-        x, *tensors = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: the gradients must carry a graph of their own
-            return (None, None, *composite_backward(ctx.cell.name, ctx.reverse, x, tensors, grad_output, grad_states))
-        parameters = tensors[-5:]
-        values = Values(x.shape[1])
-        weights = Weights(*(values.array(p) for p in parameters))
-        tape = ctx.tape
-        # autograd passes None for an output that got no gradient; the output is shaped like the tape's h
-        gradient = np.zeros_like(tape["h"]) if grad_output is None else values.array(grad_output, SEQUENCE)
-        states = [np.zeros_like(s) if g is None else values.array(g, BATCH)
-                  for g, s in zip(grad_states, (tape["h"][0], tape.get("c", tape["h"])[0]))]
-        grad_input_gates, grad_hidden_gates, grad_initial, grad_w_hr = ctx.cell.backward(
-            gradient, states, tape, weights, ctx.steps)
-        array = values.array(x, SEQUENCE)
-        grad_x = mxu_matmul(rows(grad_input_gates), weights.w_ih).reshape(array.shape)
-        grad_w_ih = mxu_matmul(rows(grad_input_gates).T, rows(array))
-        grad_w_hh = mxu_matmul(rows(grad_hidden_gates).T, rows(tape["h"]))
-        grad_b_ih = rows(grad_input_gates).sum(axis=0) if ctx.has_bias else None
-        grad_b_hh = rows(grad_hidden_gates).sum(axis=0) if ctx.has_bias else None
         dtype = x.dtype
-        results = [values.tensor(grad_x, dtype, SEQUENCE), *(values.tensor(g, dtype, BATCH) for g in grad_initial),
-                   *(values.tensor(g, dtype) for g in (grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_w_hr))]
-        charge_layer(f"{ctx.cell.name}_layer_backward",
-                     layer_flops(ctx.cell, x.shape, weights.w_hh.shape[0] // ctx.cell.gates,
-                                 weights.w_hh.shape[1], weights.w_hr is not None, True),
-                     dtype, (x, grad_output, *grad_states, *parameters, *ctx.tape_buffers), results)
-        return (None, None, *results)
+        initial = [values.array(s, SEQUENCE) for s in states]
+        finals = [np.empty(s.shape, s.dtype) for s in initial]
+        layers = len(parameters) // 5 // directions
+        inputs, layer_tapes = [values.array(x, SEQUENCE)], []
+        for layer in range(layers):
+            outputs = []
+            for direction in range(directions):
+                index = layer * directions + direction
+                first_buffer = len(values.tape_buffers)
+                own_parameters = parameters[5 * index:5 * index + 5]
+                weights = Weights(*(values.array(p) for p in own_parameters))
+                (output, final, tape), steps = layer_forward(cell, direction == 1, inputs[-1],
+                                                             tuple(s[index] for s in initial), weights,
+                                                             values.tape_array)
+                for stacked, state in zip(finals, final):
+                    stacked[index] = state
+                layer_tapes.append((steps, tape, values.tape_buffers[first_buffer:]))
+                outputs.append(output)
+                charge_layer_of(cell, "layer", values, inputs[-1], weights, dtype, False,
+                                values.nbytes(inputs[-1], SEQUENCE) + parameter_bytes(own_parameters)
+                                + sum(values.nbytes(s[index], BATCH) for s in initial),
+                                values.nbytes(output, SEQUENCE) + sum(values.nbytes(s, BATCH) for s in final)
+                                + sum(b.nbytes for b in values.tape_buffers[first_buffer:]))
+            joined = outputs[0] if directions == 1 else np.concatenate(outputs, axis=-1)
+            if layer < layers - 1:  # the next layer's input, which its backward reads again
+                kept = values.tape_array(joined.shape, joined.dtype)
+                kept[...] = joined
+                joined = kept
+            inputs.append(joined)
+        ctx.cell, ctx.directions, ctx.has_bias = cell, directions, parameters[2] is not None
+        ctx.inputs, ctx.tapes = inputs[:-1], layer_tapes
+        ctx.tape_buffers = values.tape_buffers  # the buffers live as long as the arrays are read
+        ctx.save_for_backward(x, *tensors)  # the initial states too: a second derivative recomputes the layers
+        ctx.set_materialize_grads(False)  # an unread final state's gradient stays None, not a zeros launch
+        return (values.tensor(inputs[-1], dtype, SEQUENCE), *(values.tensor(s, dtype, SEQUENCE) for s in finals))
+
+    @staticmethod
+    def backward(ctx, grad_output, *grad_finals):
+        x, *tensors = ctx.saved_tensors
+        cell, directions = ctx.cell, ctx.directions
+        if torch.is_grad_enabled():  # create_graph=True: the gradients must carry a graph of their own
+            return (None, None, *composite_backward(cell.name, directions, x, tensors, grad_output, grad_finals))
+        states, parameters = tensors[:cell.states], tensors[cell.states:]
+        values = Values(x.shape[1])
+        dtype = x.dtype
+        top_tape = ctx.tapes[-1][1]
+        # autograd passes None for an output that got no gradient; the output is (T, B, D * H_out) like h's tape
+        grad_above = (np.zeros(top_tape["h"].shape[:2] + (top_tape["h"].shape[2] * directions,), top_tape["h"].dtype)
+                      if grad_output is None else values.array(grad_output, SEQUENCE))
+        grad_above_given = grad_output is not None
+        grad_finals = [None if g is None else values.array(g, SEQUENCE) for g in grad_finals]
+        grad_initial = [np.empty(s.shape, s.dtype) for s in (values.array(s, SEQUENCE) for s in states)]
+        grad_parameters = [None] * len(parameters)
+        for layer in reversed(range(len(ctx.inputs))):
+            source, grad_below = ctx.inputs[layer], None
+            width = grad_above.shape[-1] // directions
+            for direction in range(directions):
+                index = layer * directions + direction
+                steps, tape, buffers = ctx.tapes[index]
+                own_parameters = parameters[5 * index:5 * index + 5]
+                weights = Weights(*(values.array(p) for p in own_parameters))
+                gradient = grad_above[..., direction * width:(direction + 1) * width] if directions > 1 else grad_above
+                incoming = [np.zeros_like(s[0]) if g is None else g[index]
+                            for g, s in zip(grad_finals, (tape["h"], tape.get("c", tape["h"])))]
+                grad_input_gates, grad_hidden_gates, grad_states, grad_w_hr = cell.backward(
+                    gradient, incoming, tape, weights, steps)
+                grad_x = mxu_matmul(rows(grad_input_gates), weights.w_ih).reshape(source.shape)
+                grad_below = grad_x if grad_below is None else grad_below + grad_x
+                for stacked, state in zip(grad_initial, grad_states):
+                    stacked[index] = state
+                grads = (mxu_matmul(rows(grad_input_gates).T, rows(source)),
+                         mxu_matmul(rows(grad_hidden_gates).T, rows(tape["h"])),
+                         rows(grad_input_gates).sum(axis=0) if ctx.has_bias else None,
+                         rows(grad_hidden_gates).sum(axis=0) if ctx.has_bias else None, grad_w_hr)
+                grad_parameters[5 * index:5 * index + 5] = [values.tensor(g, dtype) for g in grads]
+                charge_layer_of(cell, "layer_backward", values, source, weights, dtype, True,
+                                values.nbytes(source, SEQUENCE)
+                                + (values.nbytes(gradient, SEQUENCE) if grad_above_given else 0)
+                                + sum(values.nbytes(g[index], BATCH) for g in grad_finals if g is not None)
+                                + parameter_bytes(own_parameters) + sum(b.nbytes for b in buffers),
+                                values.nbytes(grad_x, SEQUENCE) + sum(values.nbytes(s, BATCH) for s in grad_states)
+                                + parameter_bytes(grad_parameters[5 * index:5 * index + 5]))
+            if layer:  # the gradient of the layer below's output, in HBM as that output is
+                grad_above = values.tape_array(grad_below.shape, grad_below.dtype)
+                grad_above[...] = grad_below
+                grad_above_given = True
+        return (None, None, values.tensor(grad_below, dtype, SEQUENCE),
+                *(values.tensor(g, dtype, SEQUENCE) for g in grad_initial), *grad_parameters)
 
 
 # ---------------------------------------------------------------------------------------
@@ -547,21 +632,22 @@ def recurrent_network(kind):
             return op._op_dk(COMPOSITE, input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
                              batch_first)
         directions = 2 if bidirectional else 1
+        # dropout between layers is the ordinary op, between runs of one layer; without it the layers are one run
+        runs = ([range(layer, layer + 1) for layer in range(num_layers)] if dropout and train and num_layers > 1
+                else [range(num_layers)])
         finals = []
-        for layer in range(num_layers):
-            outputs = []
-            for direction in range(directions):
-                index = layer * directions + direction
-                output, *final = RecurrentLayer.apply(
-                    cell, direction == 1, x, *(s[index] for s in states),
-                    *layer_parameters(params, index, has_biases, projected))
-                outputs.append(output)
-                finals.append(final)
-            x = outputs[0] if directions == 1 else torch.cat(outputs, -1)
-            if dropout and train and layer < num_layers - 1:
+        for run in runs:
+            if run.start:
                 x = torch.dropout(x, dropout, train)
+            initial = states if len(runs) == 1 else (s[run.start * directions:run.stop * directions] for s in states)
+            x, *final = RecurrentLayers.apply(
+                cell, directions, x, *initial, *(p for index in range(run.start * directions, run.stop * directions)
+                                                 for p in layer_parameters(params, index, has_biases, projected)))
+            finals.append(final)
         output = x.transpose(0, 1) if batch_first else x
-        return (output, *(torch.stack([final[i] for final in finals]) for i in range(len(states))))
+        if len(finals) == 1:
+            return (output, *finals[0])
+        return (output, *(torch.cat([final[i] for final in finals]) for i in range(len(states))))
 
     return network
 
