@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -183,6 +184,62 @@ def test_hardtanh_backward_of_a_broadcast_nan_input_matches_cpu(grad_shape, x):
     grad = torch.randn(grad_shape, generator=torch.Generator().manual_seed(0))
     expected = torch.ops.aten.hardtanh_backward(grad, x, -1, 1)
     assert torch.equal(torch.ops.aten.hardtanh_backward(grad.to("tpu"), x.to("tpu"), -1, 1).cpu(), expected)
+
+
+def _lane_operand(rng, values, rows, columns):
+    """A random input for CPU's SIMD lanes, as (its values, the view that lays them out): contiguous, transposed,
+    strided, or broadcast along the row (stride 0) from a column or from one value."""
+    def draw(*shape):
+        return values[torch.from_numpy(rng.integers(0, len(values), shape))]
+
+    kind = rng.choice(["contiguous", "transposed", "strided", "column", "scalar"])
+    if kind == "transposed":
+        return draw(columns, rows), lambda t: t.t()
+    if kind == "strided":
+        return draw(rows, 2 * columns), lambda t: t[:, ::2]
+    if kind == "column":
+        return draw(rows, 1), lambda t: t.expand(rows, columns)
+    if kind == "scalar":
+        return draw(), lambda t: t.expand(rows, columns)
+    return draw(rows, columns), lambda t: t
+
+
+OUT_LAYOUTS = {"contiguous": lambda r, c, **k: torch.empty(r, c, **k),
+               "transposed": lambda r, c, **k: torch.empty(c, r, **k).t(),
+               "strided": lambda r, c, **k: torch.empty(r, 2 * c, **k)[:, ::2]}
+
+
+def _lane_call(name, operands, out):
+    if name == "softshrink":
+        return torch.ops.aten.softshrink(*operands, 0.5) if out is None else torch.ops.aten.softshrink.out(
+            *operands, 0.5, out=out)
+    if out is None:
+        return torch.ops.aten.hardtanh_backward(*operands, -1, 1)
+    return torch.ops.aten.hardtanh_backward.grad_input(*operands, -1, 1, grad_input=out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+def test_simd_lanes_follow_broadcast_inputs_and_the_outs_layout_as_on_cpu(dtype):
+    """CPU's cpu_kernel_vec vectorises a row whose output and inputs are contiguous, or whose one input is
+    broadcast along it (stride 0; two broadcast inputs take the scalar loop), and writes a strided ``out=`` in its
+    scalar loop: softshrink's signed zeros and bf16 NaN bits and hardtanh_backward of NaN follow, bit for bit, for
+    random row lengths (vector pairs and tails of every length) and layouts."""
+    rng = np.random.default_rng(torch.finfo(dtype).bits)
+    values = torch.tensor([-0.1, 0.7, math.nan, -math.nan, -0.0, 0.0, 2.0], dtype=dtype)
+    bits = BITS[dtype.itemsize]
+    for _ in range(80):
+        rows, columns = int(rng.integers(1, 4)), int(rng.integers(1, 80))
+        name = rng.choice(["softshrink", "hardtanh_backward"])
+        operands = [_lane_operand(rng, values, rows, columns) for _ in range(1 if name == "softshrink" else 2)]
+        out_layout = rng.choice([None, *OUT_LAYOUTS])
+        results = []
+        for device in ("cpu", "tpu"):
+            out = None if out_layout is None else OUT_LAYOUTS[out_layout](rows, columns, dtype=dtype, device=device)
+            results.append(_lane_call(name, [view(base.to(device)) for base, view in operands], out))
+        expected, actual = results
+        case = (name, out_layout, [view(base).stride() for base, view in operands], columns)
+        assert actual.stride() == expected.stride(), case
+        assert torch.equal(actual.cpu().view(bits), expected.view(bits)), case
 
 
 @pytest.mark.parametrize("function", [torch.igamma, torch.igammac], ids=lambda f: f.__name__)

@@ -1278,8 +1278,13 @@ def hardtanh_backward(grad, x, min_value, max_value, out=None):
     nans = np.isnan(wide)
     if nans.any():  # CPU's vector loop keeps (min < x < max), false for NaN: 0; its scalar tail passes the gradient
         nans = np.broadcast_to(nans, np.broadcast_shapes(np.shape(grad), np.shape(x)))  # x may be the broadcast one
-        outside = outside | (nans & in_vector_lanes(nans, (grad, x)))
-    return zero_where(outside, grad, out)
+        outside = outside | (nans & in_vector_lanes(nans, (grad, x), out))
+    result = zero_where(outside, grad, out)
+    if grad.dtype == ml_dtypes.bfloat16:  # CPU's vector loop passes the gradient through float32 and back
+        nans = np.isnan(result)
+        if nans.any():
+            result.view(np.uint16)[nans & in_vector_lanes(nans, (grad, x), out)] = BFLOAT16_VECTOR_NAN
+    return result
 
 
 def hardsigmoid(x):
@@ -1310,10 +1315,12 @@ def mish(x):
     return x * np.tanh(np.log1p(np.exp(x)))
 
 
-def softshrink(x, lambd=0.5):
+@writes_out
+def softshrink(x, lambd=0.5, out=None):
     """A NaN stays NaN, as CPU's kernel keeps it (both comparisons are false for it, which would give 0). In the
-    operand's own dtype (bf16/fp16 computed in float32 here) so that the SIMD lanes follow it: CPU's vector loop
-    gives +0.0 between the thresholds, its scalar tail ``x * 0``, -0.0 for a negative x."""
+    operand's own dtype (bf16/fp16 computed in float32 here) so that the SIMD lanes follow it (and ``out``'s
+    layout, which decides them): CPU's vector loop gives +0.0 between the thresholds, its scalar tail ``x * 0``,
+    -0.0 for a negative x."""
     wide = in_float(x)
     lambd = scalar(lambd, wide)
     result = np.where(wide > lambd, wide - lambd,
@@ -1321,21 +1328,26 @@ def softshrink(x, lambd=0.5):
     negative_zeros = np.signbit(wide) & (wide >= -lambd)  # -0.0 too: the tail's -0.0 * 0; a NaN compares false
     if negative_zeros.any():
         result = np.asarray(result)
-        tail = negative_zeros & ~in_vector_lanes(negative_zeros, (x,))
+        tail = negative_zeros & ~in_vector_lanes(negative_zeros, (x,), out)
         result[tail] = -result.dtype.type(0)
-    return with_scalar_tail_nans(result, x)
+    result = with_scalar_tail_nans(result, x, out)
+    if out is None:
+        return result
+    _C.dtypes.cast_into(out, result, out.dtype.name)  # an fp16 result from float32, rounded as CPU stores it
+    return out
 
 
-def with_scalar_tail_nans(result, x):
-    """A float32 ``result`` of a bf16 ``x`` rounded to bf16 as a CPU loop for reduced floats stores it: 0xFFFF for
-    a NaN its vector loop converts, c10's scalar 0x7FC0 for one its scalar tail converts. Other dtypes as they are."""
+def with_scalar_tail_nans(result, x, out=None):
+    """A float32 ``result`` of a bf16 ``x`` rounded to bf16 as a CPU loop for reduced floats (writing into ``out``,
+    or a new output) stores it: 0xFFFF for a NaN its vector loop converts, c10's scalar 0x7FC0 for one its scalar
+    tail converts. Other dtypes as they are."""
     if x.dtype != ml_dtypes.bfloat16:
         return result
     rounded = np.empty(np.shape(result), x.dtype)
     _C.dtypes.cast_into(rounded, result, "bfloat16")
     nans = np.isnan(result)
     if nans.any():
-        rounded.view(np.uint16)[nans] = np.where(in_vector_lanes(nans, (x,))[nans], BFLOAT16_VECTOR_NAN,
+        rounded.view(np.uint16)[nans] = np.where(in_vector_lanes(nans, (x,), out)[nans], BFLOAT16_VECTOR_NAN,
                                                  _C.dtypes.BFLOAT16_SCALAR_NAN)
     return rounded
 
@@ -1348,16 +1360,15 @@ def in_float(array):
     return array.astype(np.float32) if array.dtype.itemsize < 4 and array.dtype.kind != "c" else array
 
 
-def in_vector_lanes(selected, operands):
+def in_vector_lanes(selected, operands, destination=None):
     """A mask of ``selected``'s shape: which of the selected elements CPU's cpu_kernel_vec computes in its
-    vectorised loop (the rest go through its scalar tail), for operands laid out as ``operands`` (the first one's
-    dtype sets the vector width). The replay: csrc_py/cpu_loops.py."""
+    vectorised loop (the rest go through its scalar tail), for input operands laid out as ``operands`` (the first
+    one's dtype sets the vector width) written into ``destination`` (an ``out=`` array; None: a new output laid
+    out as CPU's TensorIterator allocates it). The replay: csrc_py/cpu_loops.py."""
     mask = np.zeros(np.shape(selected), bool)
     indices = np.nonzero(selected) if np.ndim(selected) else ()
     width = cpu_loops.kernel_vec_width(operands[0].dtype.itemsize, torch.backends.cpu.get_cpu_capability())
-    shape = np.shape(selected)
-    laid_out = [np.broadcast_to(operand, shape) for operand in operands]
-    lanes = cpu_loops.simd_lanes((laid_out[0], *laid_out), indices, width, False, 0, torch.get_num_threads())
+    lanes = cpu_loops.kernel_vec_lanes(destination, operands, indices, width, torch.get_num_threads())
     if indices:
         mask[indices] = lanes
     else:
