@@ -665,6 +665,36 @@ def test_native_dropout_takes_what_cpu_takes_without_training_or_elements():
     check(lambda x: torch.ops.aten.native_dropout(x, 1.5, True)[0], torch.empty(0))
 
 
+DROPOUT_LAYOUTS = {
+    "transposed": lambda device: torch.randn(4, 6, device=device).t(),
+    "channels_last": lambda device: torch.randn(2, 3, 4, 5, device=device).to(memory_format=torch.channels_last),
+    "channels_last_strided": lambda device: torch.randn(2, 3, 4, 10, device=device).to(
+        memory_format=torch.channels_last)[..., ::2],
+    "expanded": lambda device: torch.randn(4, 1, device=device).expand(4, 6),
+    "strided": lambda device: torch.randn(4, 12, device=device)[:, ::2],
+}
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("layout", DROPOUT_LAYOUTS.values(), ids=DROPOUT_LAYOUTS.keys())
+def test_dropout_keeps_the_inputs_layout_as_cpu_does(layout, train):
+    """CPU's native_dropout makes its result and mask ``empty_like(input)`` (a dense input's own strides, else its
+    suggested memory format's); its backward is laid out as the product ``grad * mask``. The values follow the
+    rule (kept elements scaled by 1 / (1 - p), dropped ones 0) whatever the layout; the draws differ by device."""
+    strides = {}
+    for device in ("cpu", "tpu"):
+        x = layout(device)
+        result, mask = torch.ops.aten.native_dropout(x, 0.3, train)
+        gradient = torch.ops.aten.native_dropout_backward(x, mask, 1 / 0.7)
+        module = nn.Dropout(0.3).train(train)(x)
+        strides[device] = result.stride(), mask.stride(), gradient.stride(), F.dropout(x, 0.3, train).stride(), \
+            module.stride()
+        expected = torch.where(mask, x * (1 / 0.7 if train else 1), 0).cpu()
+        assert_close(result.cpu(), expected, atol=1e-6, rtol=1e-6)
+        assert_close(gradient.cpu(), torch.where(mask, x * (1 / 0.7), 0).cpu(), atol=1e-6, rtol=1e-6)
+    assert strides["tpu"] == strides["cpu"]
+
+
 def test_dropout_bf16_backward_rounds_scale_like_cpu():
     grad, mask = torch.randn(50).bfloat16(), torch.rand(50) > 0.3
     expected = torch.ops.aten.native_dropout_backward(grad, mask, 1 / 0.7)

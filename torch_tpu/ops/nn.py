@@ -19,9 +19,9 @@ from .._cost import charged
 from . import _registry
 from .._errors import not_implemented_for, raise_cpu_error, scalar_type_name
 from .._tensor import is_tpu, numpy_dtype
-from ._common import (as_numpy, castable, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand,
-                      prepare_out, store, store_in_memory_format, stored_with_view, suggested_memory_format,
-                      wrap_dim, write)
+from ._common import (all_contiguous, as_numpy, castable, channel_sums, converted, empty, empty_like_strides,
+                      exact_dtype, iterator_strides, opmath_dtype, opmath_operand, operand, prepare_out, store,
+                      store_in_memory_format, stored_with_view, suggested_memory_format, wrap_dim, write)
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .cpu_replay.cascade_sum import cascade_sum
 
@@ -682,7 +682,8 @@ def native_dropout(input, p, train):
     if dropout_refused(input, p, train):
         raise_cpu_error(torch.ops.aten.native_dropout.default, input, p, train)
     result, keep = dropout_arrays(opmath_operand(input), p, train)
-    return store(result, input.dtype), store(keep, torch.bool)
+    strides = empty_like_strides(input)  # CPU's result and mask are empty_like(input)
+    return write(empty(input.shape, input.dtype, strides), result), write(empty(input.shape, torch.bool, strides), keep)
 
 
 @register("native_dropout_backward", "native_dropout_backward.out")
@@ -691,6 +692,10 @@ def native_dropout_backward(grad_output, mask, scale, *, out=None):
     masked_dtype = torch.promote_types(grad_output.dtype, mask.dtype)
     dtype = torch.result_type(torch.empty((), dtype=masked_dtype), scale)
     result = dropout_backward_arrays(opmath_operand(grad_output), operand(mask), scale, opmath_dtype(dtype))
+    if out is None:  # laid out as CPU's TensorIterator lays out the product of the two
+        operands = (grad_output, mask)
+        return write(empty(result.shape, dtype, None if all_contiguous(operands) else iterator_strides(
+            result.shape, operands)), result)
     return store(result, dtype, out=out, dtype_rule=exact_dtype)
 
 
