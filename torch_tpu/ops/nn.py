@@ -83,6 +83,35 @@ def statistics_dtype(input, *params):
     return torch.float32 if mixed_precision(input, *params) else input.dtype
 
 
+def check_kernel_dtype(expected, *tensors):
+    """A CPU kernel's ``data_ptr<T>()``: the first given tensor not of ``expected``'s dtype is refused."""
+    for tensor in tensors:
+        if tensor is not None and tensor.dtype != expected:
+            raise RuntimeError(f"expected scalar type {scalar_type_name(expected)} but found "
+                               f"{scalar_type_name(tensor.dtype)}")
+
+
+def check_mixed_type(input, *params):
+    """CPU's mixed_data_type.h: whether the parameters' dtype (the first given one's) differs from the input's, in
+    which case all of them must be float32 and the input bf16/fp16, the one mixed precision CPU's normalization
+    kernels have; they refuse any other mix."""
+    first = next((param for param in params if param is not None), None)
+    if first is None or first.dtype == input.dtype:
+        return False
+    if any(param is not None and param.dtype != torch.float32 for param in params):
+        raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+    if input.dtype not in (torch.bfloat16, torch.float16):
+        raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+    return True
+
+
+def check_parameter_gradients(output_mask, weight, bias):
+    """CPU's normalization backwards allocate a requested weight or bias gradient like the parameter: without it,
+    that allocation fails."""
+    if (output_mask[1] and weight is None) or (output_mask[2] and bias is None):
+        raise RuntimeError("tensor does not have a device")
+
+
 def optional_operand(value):
     return None if value is None else opmath_operand(value)
 
@@ -336,6 +365,8 @@ def layer_norm_arrays(x, weight_rows, bias_rows, eps):
 @register("native_layer_norm")
 @cpu_dtypes(torch.ops.aten.native_layer_norm.default, floating_not_fp8)
 def native_layer_norm(input, normalized_shape, weight, bias, eps):
+    if not check_mixed_type(input, weight, bias) and layer_norm_rows_count(input, normalized_shape):
+        check_kernel_dtype(input.dtype, weight, bias)
     check_layer_norm_inputs(input, normalized_shape, weight, bias)
     x, stats_shape = layer_norm_rows(input, normalized_shape)
     normalize, mean, rstd = layer_norm_arrays(x, flat_operand(weight), flat_operand(bias), eps)
@@ -362,9 +393,27 @@ def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows):
     return input_gradient, lambda: column_sums(dy * xhat), lambda: column_sums(dy)
 
 
+def layer_norm_rows_count(input, normalized_shape):
+    """CPU's M: how many rows layer norm normalizes (its kernel runs, and checks dtypes, only for some)."""
+    return math.prod(input.shape[:max(input.dim() - len(normalized_shape), 0)])
+
+
+def check_layer_norm_backward_dtypes(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask):
+    """CPU's layer norm backward checks no mix itself: its kernel reads the gradient in the input's dtype, and the
+    statistics, the weight and the bias's gradient in float32 beside a bf16/fp16 input with a float32 weight, else
+    in the input's dtype."""
+    check_parameter_gradients(output_mask, weight, bias)
+    if not layer_norm_rows_count(input, normalized_shape):
+        return
+    check_kernel_dtype(input.dtype, grad_out)
+    mixed = weight is not None and weight.dtype == torch.float32 and input.dtype in (torch.bfloat16, torch.float16)
+    check_kernel_dtype(torch.float32 if mixed else input.dtype, mean, rstd, weight, bias if output_mask[2] else None)
+
+
 @register("native_layer_norm_backward")
 @cpu_dtypes(torch.ops.aten.native_layer_norm_backward.default, floating_not_fp8)
 def native_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask):
+    check_layer_norm_backward_dtypes(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask)
     x, _ = layer_norm_rows(input, normalized_shape)
     dy = opmath_operand(grad_out).reshape(x.shape)
     mean, rstd = opmath_operand(mean).reshape(-1, 1), opmath_operand(rstd).reshape(-1, 1)
@@ -396,6 +445,8 @@ def affine_per_channel(xhat, weight, bias):
 @register("native_group_norm")
 @cpu_dtypes(torch.ops.aten.native_group_norm.default, floating_not_fp8)
 def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
+    if not check_mixed_type(input, weight, bias) and input.numel():
+        check_kernel_dtype(input.dtype, weight, bias)
     x = opmath_operand(input)
     mean, var = moments(grouped(x, N, C, HxW, group), (2,))
     rstd = inverse_std(var, eps)
@@ -406,9 +457,22 @@ def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
             store(mean.reshape(N, group), stats_dtype), store(rstd.reshape(N, group), stats_dtype))
 
 
+def check_group_norm_backward_dtypes(grad_out, input, mean, rstd, weight, output_mask):
+    """CPU's group norm backward: the gradient of the input's dtype, the statistics mixed with the input as the
+    forward's parameters may be, and the weight read in the statistics' type (its bias gradient is allocated like
+    the weight)."""
+    if grad_out.dtype != input.dtype:
+        raise RuntimeError("Expected scalar types of X and dY are same.")
+    mixed = check_mixed_type(input, mean, rstd)
+    check_parameter_gradients(output_mask, weight, weight)
+    if input.numel():
+        check_kernel_dtype(torch.float32 if mixed else input.dtype, weight)
+
+
 @register("native_group_norm_backward")
 @cpu_dtypes(torch.ops.aten.native_group_norm_backward.default, floating_not_fp8)
 def native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, group, output_mask):
+    check_group_norm_backward_dtypes(grad_out, input, mean, rstd, weight, output_mask)
     x, dy = opmath_operand(input), opmath_operand(grad_out)
     mean, rstd = opmath_operand(mean)[..., None], opmath_operand(rstd)[..., None]
     xhat = (grouped(x, N, C, HxW, group) - mean) * rstd
