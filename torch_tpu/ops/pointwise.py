@@ -34,6 +34,7 @@ from ._common import (all_contiguous, as_numpy, broadcast_shapes, castable, chec
                       iterator_strides, operand, opmath_dtype, opmath_scalar_type, prepare_out, store, through_math_bits,
                       write)
 from ._overlap import check_no_internal_overlap, check_no_partial_overlap
+from .cpu_replay.fused_multiply_add import fused_multiply_add
 from .._cost import charged
 from ._registry import KERNELS, default_kernel, register
 
@@ -716,14 +717,29 @@ def _scaled(b, alpha):
     return b if alpha == 1 and not np.iscomplexobj(b) else np.multiply(scalar(alpha, b), b)
 
 
+def _fused(b, alpha):
+    """Whether CPU's fused ``alpha * b + a`` (vec::fmadd) can differ from a rounded product and sum: float32 and
+    float64 (16-bit operands' products are exact in float32) by a finite ``alpha`` that is not a power of two."""
+    return (np.asarray(b).dtype in _FUSED_DTYPES and isinstance(alpha, (int, float)) and math.isfinite(alpha)
+            and abs(math.frexp(alpha)[0]) != 0.5 and alpha != 0)
+
+
+_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 @writes_out
 def add(a, b, alpha=1, out=None):
-    """``a + alpha * b``."""
+    """``a + alpha * b``, with one rounding as CPU's kernel fuses it."""
+    if _fused(b, alpha):
+        return fused_multiply_add(scalar(alpha, np.asarray(b)), np.asarray(b), np.asarray(a), out)
     return np.add(a, _scaled(b, alpha), out=out)
 
 
 @writes_out
 def sub(a, b, alpha=1, out=None):
+    """CPU's sub is add with ``-alpha``."""
+    if _fused(b, alpha):
+        return fused_multiply_add(scalar(-alpha, np.asarray(b)), np.asarray(b), np.asarray(a), out)
     return np.subtract(a, _scaled(b, alpha), out=out)
 
 
