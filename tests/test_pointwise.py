@@ -258,6 +258,33 @@ def test_add_and_sub_with_alpha_round_once_as_cpus_fused_multiply_add(dtype, alp
     check(lambda x, y: torch._foreach_add([x, y], [y, x], alpha=alpha), a, b, atol=0, rtol=0)
 
 
+SIGNED_ZERO_TIES = {  # with number bounds CPU keeps x where it equals the bound; with tensors its vector loop the bound
+    "relu": lambda x, y: torch.relu(x), "relu_": lambda x, y: x.clone().relu_(),
+    "clamp_min": lambda x, y: torch.clamp_min(x, 0.0), "clamp_max": lambda x, y: torch.clamp_max(x, -0.0),
+    "clamp": lambda x, y: torch.clamp(x, 0.0, 1.0), "clamp_tensors": lambda x, y: torch.clamp(x, y, y),
+    "maximum": torch.maximum, "minimum": torch.minimum,
+    "foreach_clamp_min": lambda x, y: torch._foreach_clamp_min([x], 0.0)[0],
+    "foreach_maximum_number": lambda x, y: torch._foreach_maximum([x], -0.0)[0],
+    "foreach_minimum_numbers": lambda x, y: torch._foreach_minimum([x], [0.0])[0],
+    "foreach_maximum": lambda x, y: torch._foreach_maximum([x], [y])[0],
+    "logit_eps": lambda x, y: torch.logit(x.abs() * 0.25, 0.0)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", SIGNED_ZERO_TIES)
+def test_signed_zero_ties_as_cpu_gives_them(name, dtype):
+    """relu(-0.0) is -0.0 on CPU, and so is clamp(-0.0, 0.0, 1.0): its loops for number bounds keep x where it equals
+    the bound (NumPy's maximum gave the bound); maximum, minimum and tensor bounds give the bound in its vector loop
+    (rows of whole vectors here)."""
+    x = torch.tensor([-0.0, 0.0, math.nan, 2.0] * 8, dtype=dtype)
+    y = torch.tensor([0.0, -0.0, 1.0, math.nan] * 8, dtype=dtype)
+    expected = SIGNED_ZERO_TIES[name](x, y)
+    actual = SIGNED_ZERO_TIES[name](x.to("tpu"), y.to("tpu")).cpu()
+    numbers = ~expected.isnan()  # (a NaN's sign is the vector loop's own)
+    assert torch.equal(torch.signbit(actual[numbers]), torch.signbit(expected[numbers]))
+    assert_close(actual, expected, equal_nan=True, atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("function", [torch.igamma, torch.igammac], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_regularized_gammas_take_cpus_special_cases_in_its_order(function, dtype):

@@ -675,7 +675,7 @@ def sinc(x):
 def logit(x, eps=None):
     if eps is not None and not math.isnan(eps):  # a NaN eps clamps nothing, as on CPU
         low = scalar(eps, x)  # CPU's bounds: eps and 1 - eps in x's dtype (np.clip would widen bf16)
-        x = np.minimum(np.maximum(x, low), np.ones((), x.dtype) - low)
+        x = clamp(x, low, np.ones((), x.dtype) - low)
     return np.log(x / (1 - x))
 
 
@@ -1048,12 +1048,31 @@ def shiftable(dtype):
 # Ternary
 
 
-def clamp_max(x, high):
-    return clamp(x, high=high)
+@writes_out
+def clamp_max(x, high, out=None):
+    return clamp(x, high=high, out=out)
 
 
-def clamp(x, low=None, high=None):
-    # NaN in x or in a bound propagates; when low > high every element becomes high
+@writes_out
+def clamp(x, low=None, high=None, out=None):
+    """Number bounds. NaN in x or in a bound propagates; when low > high every element becomes high; where x equals
+    a bound (-0.0 against 0.0) CPU's loops keep x (NumPy's maximum and minimum give their second operand)."""
+    if low is not None and high is not None:
+        return np.minimum(high, np.maximum(low, x), out=out)
+    if low is not None:
+        return np.maximum(low, x, out=out)
+    if high is not None:
+        return np.minimum(high, x, out=out)
+    return x if out is None else np.copyto(out, x) or out
+
+
+def clamp_max_by_tensors(x, high):
+    return clamp_by_tensors(x, high=high)
+
+
+def clamp_by_tensors(x, low=None, high=None):
+    """Tensor bounds: where x equals a bound, CPU's vector loop gives the bound, as maximum and minimum do (its scalar
+    tail keeps x: a signed zero's sign, not replayed)."""
     if low is not None:
         x = np.maximum(x, low)
     if high is not None:
@@ -1128,7 +1147,7 @@ def where(condition, x, y):
 
 @writes_out
 def relu(x, out=None):
-    return np.maximum(x, scalar(0, x), out=out)  # keeps NaN
+    return np.maximum(scalar(0, x), x, out=out)  # keeps NaN, and -0.0 as CPU's clamp_min does
 
 
 def threshold(x, threshold_value, value):
@@ -1603,12 +1622,12 @@ def register_tables():
                check=supports(real_not_bool, "threshold_cpu"))
     structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)
     structured("clamp.out", clamp, operands=3, check=check_clamp_numbers, exact_out=True)
-    structured("clamp.Tensor_out", clamp, operands=3, check=check_clamp_tensors)
+    structured("clamp.Tensor_out", clamp_by_tensors, operands=3, check=check_clamp_tensors)
     # tensor bounds go through CPU's maximum/minimum loops, which have none for complex numbers
     structured("clamp_min.out", clamp, operands=2, check=checked(not_bool, "clamp_min"), exact_out=True)
-    structured("clamp_min.Tensor_out", clamp, operands=2, check=checked(real, "maximum"))
+    structured("clamp_min.Tensor_out", clamp_by_tensors, operands=2, check=checked(real, "maximum"))
     structured("clamp_max.out", clamp_max, operands=2, check=checked(not_bool, "clamp_max"), exact_out=True)
-    structured("clamp_max.Tensor_out", clamp_max, operands=2, check=checked(real, "minimum"))
+    structured("clamp_max.Tensor_out", clamp_max_by_tensors, operands=2, check=checked(real, "minimum"))
     structured("addcmul.out", addcmul, operands=3, check=checked(not_bool, "addcmul"))
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
     structured("lerp.Scalar_out", lerp, operands=2, check=lerp_check("lerp_kernel_scalar"))
