@@ -285,6 +285,46 @@ def test_signed_zero_ties_as_cpu_gives_them(name, dtype):
     assert_close(actual, expected, equal_nan=True, atol=0, rtol=0)
 
 
+SWEEP_REFUSALS = {  # each computed a result on tpu (or crashed, or worded the error otherwise) where CPU refuses
+    "elu_out_of_another_dtype": lambda d: torch.ops.aten.elu.out(torch.ones(3, device=d),
+                                                                out=torch.empty(3, dtype=torch.float64, device=d)),
+    "softplus_out_complex": lambda d: torch.ops.aten.softplus.out(torch.ones(3, device=d),
+                                                                  out=torch.empty(3, dtype=torch.complex64, device=d)),
+    "gelu_out_bool": lambda d: torch.ops.aten.gelu.out(torch.ones(3, device=d),
+                                                       out=torch.empty(3, dtype=torch.bool, device=d)),
+    "hardswish_out": lambda d: torch.ops.aten.hardswish.out(torch.ones(3, device=d),
+                                                            out=torch.empty(3, dtype=torch.float64, device=d)),
+    "conj_physical_out": lambda d: torch.conj_physical(torch.ones(3, device=d),
+                                                       out=torch.empty(3, dtype=torch.float64, device=d)),
+    "prelu_weight_dtype": lambda d: torch.ops.aten._prelu_kernel(torch.ones(3, dtype=torch.int64, device=d),
+                                                                 torch.ones(3, dtype=torch.uint8, device=d)),
+    "prelu_bf16_with_float32_weight": lambda d: torch.ops.aten._prelu_kernel(
+        torch.ones(3, dtype=torch.bfloat16, device=d), torch.ones(3, device=d)),
+    "prelu_integers": lambda d: torch.ops.aten._prelu_kernel(torch.ones(3, dtype=torch.int32, device=d),
+                                                             torch.ones(3, dtype=torch.int32, device=d)),
+    "hardswish_backward_integers": lambda d: torch.ops.aten.hardswish_backward(
+        torch.ones(3, dtype=torch.int64, device=d), torch.ones(3, dtype=torch.int64, device=d)),
+    "hardswish_backward_complex": lambda d: torch.ops.aten.hardswish_backward(
+        torch.ones(3, dtype=torch.complex64, device=d), torch.ones(3, dtype=torch.complex64, device=d)),
+    "gelu_integers": lambda d: torch.ops.aten.gelu(torch.ones(3, dtype=torch.int64, device=d), approximate="tanh"),
+    "gelu_backward_integers": lambda d: torch.ops.aten.gelu_backward(torch.ones(3, dtype=torch.int64, device=d),
+                                                                     torch.ones(3, dtype=torch.int64, device=d)),
+    "softshrink_integers": lambda d: torch.ops.aten.softshrink(torch.ones(3, dtype=torch.int64, device=d)),
+}
+
+
+@pytest.mark.parametrize("name", SWEEP_REFUSALS)
+def test_sweep_found_refusals_match_cpu(name):
+    """CPU's unary activations take an out of the input's dtype only; prelu a weight of the input's dtype and a
+    floating input; hardswish_backward floating operands (found by a random sweep)."""
+    check_same_error(SWEEP_REFUSALS[name])
+
+
+def test_conj_physical_of_bools_into_a_bool_out():
+    check(lambda x: torch.conj_physical(x, out=torch.empty(x.shape, dtype=torch.bool, device=x.device)),
+          torch.tensor([True, False, True]))
+
+
 @pytest.mark.parametrize("function", [torch.igamma, torch.igammac], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
 def test_regularized_gammas_take_cpus_special_cases_in_its_order(function, dtype):

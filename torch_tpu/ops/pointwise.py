@@ -1185,17 +1185,21 @@ def gaussian_cdf(x):
 
 def check_softshrink(dtype, x, lambd=0.5):
     """softshrink's meta function: a floating input, and a threshold the input's dtype can hold."""
-    require(dtype.is_floating_point, dtype, "softshrink_cpu")
+    require(dtype.is_floating_point, dtype, "softshrink_check")
     limit = torch.finfo(dtype).max
     if not 0 <= lambd <= limit:
         raise RuntimeError(f"lambda must be in range [0, {limit:g}] for input dtype {scalar_type_name(dtype)}, "
                            f"but found {lambd:g}")
 
 
-def check_gelu(dtype, *operands, approximate="none"):
-    require(dtype.is_floating_point, dtype, "gelu_cpu")
-    if approximate not in ("none", "tanh"):
-        raise RuntimeError("approximate argument must be either none or tanh.")
+def gelu_check(kernel_name):
+    """gelu's meta function checks ``approximate``, then its kernel's dispatch the dtype."""
+    def check(dtype, *operands, approximate="none"):
+        if approximate not in ("none", "tanh"):
+            raise RuntimeError("approximate argument must be either none or tanh.")
+        require(dtype.is_floating_point, dtype, kernel_name)
+
+    return check
 
 
 def gelu_backward(grad, x, approximate="none"):
@@ -1423,6 +1427,18 @@ def hardshrink_backward(grad, x, lambd):
     return np.where((x >= -scalar(lambd, x)) & (x <= scalar(lambd, x)), scalar(0, x), grad)
 
 
+def conj_physical(x):
+    """The conjugate; a real tensor's copy (NumPy's conjugate of bools is int8)."""
+    return np.conj(x) if x.dtype.kind == "c" else x.copy()
+
+
+def check_prelu(dtype, x, weight):
+    """CPU's prelu kernel: a weight of the input's dtype (its iterator promotes nothing), then a floating input."""
+    if weight.dtype != x.dtype:
+        raise found_dtype(weight.dtype, x.dtype)
+    require(floating(x.dtype), x.dtype, "prelu_cpu")
+
+
 def prelu(x, weight):
     return np.where(x > 0, x, weight * x)
 
@@ -1612,10 +1628,11 @@ def register_tables():
         unstructured(logical(function), name, f"{name}_", f"{name}.out", operands=2, result=to_bool)
     for overload, (function, operands) in ACTIVATIONS.items():
         predicate = floating_or_complex if overload in COMPLEX_ACTIVATIONS else floating
-        structured(overload, function, operands=operands, check=checked(predicate, overload))
-    structured("softshrink.out", softshrink, check=check_softshrink, opmath=False)
-    structured("gelu.out", gelu, check=check_gelu)
-    structured("gelu_backward.grad_input", gelu_backward, operands=2, check=check_gelu)
+        # the forward ones are built as CPU's unary ops, which take an out of the input's dtype only
+        structured(overload, function, operands=operands, check=checked(predicate, overload), exact_out=operands == 1)
+    structured("softshrink.out", softshrink, check=check_softshrink, opmath=False, exact_out=True)
+    structured("gelu.out", gelu, check=gelu_check("GeluKernelImpl"), exact_out=True)
+    structured("gelu_backward.grad_input", gelu_backward, operands=2, check=gelu_check("GeluBackwardKernelImpl"))
     # threshold has loops for every real dtype but bool; its backward shares its dispatch name
     structured("threshold.out", threshold, check=supports(real_not_bool, "threshold_cpu"), may_alias=True)
     structured("threshold_backward.grad_input", threshold_backward, operands=2,
@@ -1638,7 +1655,7 @@ def register_tables():
     unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)),
                  allocate=real_output_of_complex)
     unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
-    unstructured(np.conj, "conj_physical.out")
+    unstructured(conj_physical, "conj_physical.out", exact_out=True)
     unstructured(logical_not, "logical_not.out", result=to_bool)
     unstructured(isnan, "isnan", result=to_bool)
     unstructured(floor_divide, "floor_divide", "floor_divide_.Tensor", "floor_divide.out", operands=2,
@@ -1650,9 +1667,10 @@ def register_tables():
                  allocate=output_like_self)
     unstructured(hardtanh_backward, "hardtanh_backward", "hardtanh_backward.grad_input", operands=2,
                  check=supports(floating, "hardshrink_backward_cpu"), opmath=lambda *promoted: False)
-    unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"))
-    unstructured(hardswish_backward, "hardswish_backward", operands=2)
-    unstructured(prelu, "_prelu_kernel", operands=2)
+    unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"),
+                 exact_out=True)
+    unstructured(hardswish_backward, "hardswish_backward", operands=2, check=checked(floating, "hardswish_backward"))
+    unstructured(prelu, "_prelu_kernel", operands=2, check=check_prelu)
     # the Python operators <<, >>, <<= and >>= (bitwise_*_shift with a Scalar goes through these too)
     for function, kernel_name, names in ((left_shift, "lshift_cpu", ("__lshift__", "__ilshift__")),
                                          (right_shift, "rshift_cpu", ("__rshift__", "__irshift__"))):
