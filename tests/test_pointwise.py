@@ -310,6 +310,9 @@ SWEEP_REFUSALS = {  # each computed a result on tpu (or crashed, or worded the e
     "gelu_backward_integers": lambda d: torch.ops.aten.gelu_backward(torch.ones(3, dtype=torch.int64, device=d),
                                                                      torch.ones(3, dtype=torch.int64, device=d)),
     "softshrink_integers": lambda d: torch.ops.aten.softshrink(torch.ones(3, dtype=torch.int64, device=d)),
+    "floor_divide_complex": lambda d: torch.floor_divide(torch.ones(3, dtype=torch.complex64, device=d), 2),
+    "div_trunc_complex": lambda d: torch.div(torch.ones(3, dtype=torch.complex64, device=d),
+                                             torch.ones(3, device=d), rounding_mode="trunc"),
 }
 
 

@@ -804,6 +804,11 @@ def floor_divide_floating(a, b):
     return np.where(b == 0, a / b, floored)
 
 
+def rounds_divisions(dtype):
+    """CPU's div_floor and div_trunc loops: every real dtype but bool."""
+    return dtype != torch.bool and not dtype.is_complex
+
+
 def divide(a, b, rounding_mode=None):
     return {None: np.true_divide, "trunc": trunc_divide, "floor": floor_divide}[rounding_mode](a, b)
 
@@ -1659,7 +1664,7 @@ def register_tables():
     unstructured(logical_not, "logical_not.out", result=to_bool)
     unstructured(isnan, "isnan", result=to_bool)
     unstructured(floor_divide, "floor_divide", "floor_divide_.Tensor", "floor_divide.out", operands=2,
-                 check=supports(not_bool, "div_floor_cpu"), opmath=divides_in_opmath)
+                 check=supports(rounds_divisions, "div_floor_cpu"), opmath=divides_in_opmath)
     unstructured(remainder, "remainder.Scalar_Tensor", operands=2, check=checked(not_bool, "remainder"))
     unstructured(relu, "relu", "relu_", check=clamping_check("relu", "Boolean inputs not supported for"))
     # hardtanh.out is clamp.out on CPU, whose out has the input's own dtype
@@ -1721,7 +1726,7 @@ def div_out_mode(self, other, *, rounding_mode=None, out):
     if rounding_mode is None:
         dtype = to_float(dtype)
     else:
-        require(dtype != torch.bool, dtype, f"div_{rounding_mode}_cpu")
+        require(rounds_divisions(dtype), dtype, f"div_{rounding_mode}_cpu")
     prepare_out(out, broadcast_shape(self, other), dtype, (self, other), layout_from=(self, other))
     return compute_into(out, divide, (self, other), dtype, options={"rounding_mode": rounding_mode},
                         opmath=divides_in_opmath(self, other), name="div")
