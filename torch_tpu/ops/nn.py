@@ -365,8 +365,7 @@ def layer_norm_arrays(x, weight_rows, bias_rows, eps):
 @register("native_layer_norm")
 @cpu_dtypes(torch.ops.aten.native_layer_norm.default, floating_not_fp8)
 def native_layer_norm(input, normalized_shape, weight, bias, eps):
-    if not check_mixed_type(input, weight, bias) and layer_norm_rows_count(input, normalized_shape):
-        check_kernel_dtype(input.dtype, weight, bias)
+    check_layer_norm_dtypes(input, normalized_shape, weight, bias)
     check_layer_norm_inputs(input, normalized_shape, weight, bias)
     x, stats_shape = layer_norm_rows(input, normalized_shape)
     normalize, mean, rstd = layer_norm_arrays(x, flat_operand(weight), flat_operand(bias), eps)
@@ -391,6 +390,23 @@ def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows):
         out *= rstd
 
     return input_gradient, lambda: column_sums(dy * xhat), lambda: column_sums(dy)
+
+
+def check_layer_norm_dtypes(input, normalized_shape, weight, bias):
+    """CPU's layer norm on its parameters' dtypes: a mix only as mixed_data_type.h allows, else the input's dtype
+    (its kernel's check, made when it has rows to normalize)."""
+    if not check_mixed_type(input, weight, bias) and layer_norm_rows_count(input, normalized_shape):
+        check_kernel_dtype(input.dtype, weight, bias)
+
+
+def layer_norm_dtypes_refused(input, normalized_shape, weight, bias):
+    """Whether CPU refuses layer norm's parameter dtypes (compiled programs leave such a call to the eager kernel,
+    which raises CPU's error)."""
+    try:
+        check_layer_norm_dtypes(input, normalized_shape, weight, bias)
+    except RuntimeError:
+        return True
+    return False
 
 
 def layer_norm_rows_count(input, normalized_shape):
