@@ -94,7 +94,7 @@ def _element_strides(array, shape):
 
 def simd_lanes(operands, indices, width, whole_iteration, reserved, threads):
     """Whether each element at ``indices`` (a tuple of index arrays into ``operands[0]``, the
-    destination) is handled in a vector of ``width`` elements by a CPU kernel writing the
+    destination) is handled in a vector of ``width`` elements by a CPU copy writing the
     destination from the other operands (broadcast to its shape).
 
     ``whole_iteration``: the kernel vectorises only when the whole iteration is one contiguous
@@ -108,9 +108,47 @@ def simd_lanes(operands, indices, width, whole_iteration, reserved, threads):
         return np.zeros(len(indices[0]) if indices else 1, bool)
     shape = destination.shape
     strides = [_element_strides(operand, shape) for operand in operands]
+    return _lanes(shape, strides, indices, width, whole_iteration, reserved, threads, _all_contiguous)
+
+
+def kernel_vec_lanes(destination, inputs, indices, width, threads):
+    """``simd_lanes`` for cpu_kernel_vec (an elementwise kernel with a vector and a scalar loop), whose rows
+    also vectorise when one input is a single value broadcast along them (stride 0; two such inputs take the
+    scalar loop). ``destination``: the output array, or None for one TensorIterator allocates (dense, its
+    dimensions ordered as the inputs' are)."""
+    shape = np.broadcast_shapes(*(np.shape(i) for i in inputs))
+    if len(shape) == 0:
+        return np.zeros(len(indices[0]) if indices else 1, bool)
+    strides = [_element_strides(operand, shape) for operand in inputs]
+    destination_strides = (_element_strides(destination, shape) if destination is not None
+                           else _allocated_strides(shape, strides))
+    return _lanes(shape, [destination_strides, *strides], indices, width, False, 0, threads, _contiguous_or_one_scalar)
+
+
+def _allocated_strides(shape, input_strides):
+    """The element strides TensorIterator gives an output it allocates: dense, in the inputs' dimension order."""
+    strides, step = [0] * len(shape), 1
+    for dim in iteration_order(shape, input_strides):
+        strides[dim] = step
+        step *= shape[dim]
+    return strides
+
+
+def _all_contiguous(row_strides):
+    return all(s == 1 for s in row_strides)
+
+
+def _contiguous_or_one_scalar(row_strides):
+    """cpu_kernel_vec's test of a row (VectorizedLoop2d): every operand contiguous, or the output and all inputs
+    but one contiguous and that one broadcast (unroll_contiguous_scalar_checks)."""
+    output, inputs = row_strides[0], row_strides[1:]
+    return output == 1 and sum(s != 1 for s in inputs) <= 1 and all(s in (0, 1) for s in inputs)
+
+
+def _lanes(shape, strides, indices, width, whole_iteration, reserved, threads, row_vectorises):
     order = iteration_order(shape, strides)
     sizes, coalesced = _coalesce([shape[d] for d in order], [[s[d] for d in order] for s in strides])
-    rows_contiguous = sizes[0] == 1 or all(s[0] == 1 for s in coalesced)  # a lone element's stride is moot
+    rows_contiguous = sizes[0] == 1 or row_vectorises([s[0] for s in coalesced])  # a lone element's stride is moot
     if whole_iteration and not (rows_contiguous and len(sizes) == 1):
         return None
     count = len(indices[0])
@@ -121,7 +159,7 @@ def simd_lanes(operands, indices, width, whole_iteration, reserved, threads):
     for dim in order:
         position += indices[dim].astype(np.int64) * weight
         weight *= shape[dim]
-    row_length, total = max(sizes[0], 1), destination.size
+    row_length, total = max(sizes[0], 1), int(np.prod(shape))
     chunk = parallel_chunk_length(total, threads)
     chunk_start = position // chunk * chunk
     row_start = position // row_length * row_length

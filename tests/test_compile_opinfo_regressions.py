@@ -4,6 +4,8 @@ Each case is a small graph compiled with ``backend="tpu"`` and compared with the
 eager kernels, bit for bit.
 """
 
+import gc
+
 import pytest
 import torch
 
@@ -124,3 +126,19 @@ def test_dropout_cpu_refuses_raises_its_error_compiled():
         assert "bernoulli_ expects p to be in [0, 1], but got p=-0.5" in str(error)
     else:
         raise AssertionError("compiled dropout with p=1.5 ran")
+
+
+def test_layer_norm_with_parameter_dtypes_cpu_refuses_raises_its_error_compiled():
+    """A float32 input with a bf16 weight: the lowering leaves the node to the eager kernel, which raises CPU's
+    error (the traced meta function accepts the mix)."""
+    x = _tpu(3, 4)
+    weight, bias = torch.ones(4, dtype=torch.bfloat16, device="tpu"), torch.zeros(4, device="tpu")
+    try:
+        _compiled(lambda x, w, b: torch.nn.functional.layer_norm(x, [4], w, b))(x, weight, bias)
+    except RuntimeError as error:
+        assert "mixed dtype (CPU): expect parameter to have scalar type of Float" in str(error)
+    else:
+        raise AssertionError("compiled layer norm of a float32 input with a bf16 weight ran")
+    finally:  # the error's traceback holds the program's tensors in a cycle: free them before later tests count bytes
+        del x, weight, bias
+        gc.collect()

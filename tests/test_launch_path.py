@@ -333,13 +333,13 @@ def test_maths_written_into_out_match_cpu(name):
 
 
 def test_writing_into_out_keeps_the_temporary_routes_bits():
-    """add with alpha, written into its output by each route (functional, out=, foreach), is alpha * b rounded,
-    then the sum rounded, bit for bit (CPU's vectorised loop may round differently, by an ulp)."""
+    """add with alpha, written into its output by each route (functional, out=, foreach), is CPU's fused
+    ``a + alpha * b`` (one rounding), bit for bit."""
     a, b = torch.randn(64, 33, device="tpu"), torch.randn(64, 33, device="tpu")
     direct = torch.add(a, b, alpha=-0.37)
     via_out = torch.add(a, b, alpha=-0.37, out=torch.empty_like(a))
     via_foreach = torch._foreach_add([a], [b], alpha=-0.37)[0]
-    expected = a.cpu() + torch.tensor(-0.37) * b.cpu()
+    expected = torch.add(a.cpu(), b.cpu(), alpha=-0.37)
     for result in (direct, via_out, via_foreach):
         assert_close(result.cpu(), expected, rtol=0, atol=0)
 

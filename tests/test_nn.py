@@ -681,6 +681,121 @@ def test_native_dropout_takes_what_cpu_takes_without_training_or_elements():
     check(lambda x: torch.ops.aten.native_dropout(x, 1.5, True)[0], torch.empty(0))
 
 
+F32, BF16, F16, F64 = torch.float32, torch.bfloat16, torch.float16, torch.float64
+NORM_FORWARD_DTYPES = [  # (input, weight, bias): CPU takes float32 parameters beside a bf16/fp16 input, no other mix
+    (F32, BF16, None), (F32, BF16, F32), (F32, F32, BF16), (F32, None, BF16), (F32, F64, None), (F32, F32, F64),
+    (BF16, F32, None), (BF16, None, F32), (BF16, F32, F32), (F16, F32, F32), (BF16, F32, BF16), (BF16, BF16, F32),
+    (BF16, F32, F16), (F64, F32, F32), (BF16, F16, F16)]
+
+
+def _norm_tensor(shape, dtype, device, seed):
+    return None if dtype is None else torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(
+        device=device, dtype=dtype)
+
+
+def _same_outcome_as_cpu(call):
+    """``call(device)`` raises on tpu as on CPU, or returns results of CPU's dtypes and values."""
+    try:
+        expected = call("cpu")
+    except RuntimeError:
+        check_same_error(call)
+        return
+    actual = call("tpu")
+    for got, want in zip(actual, expected):
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert got.dtype == want.dtype
+            assert_close(got.cpu(), want, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("dtypes", NORM_FORWARD_DTYPES, ids=str)
+def test_layer_and_group_norm_take_the_parameter_dtypes_cpu_takes(dtypes):
+    """Mixed dtypes CPU refuses are refused in its words ("mixed dtype (CPU): ..." where the first parameter differs
+    from the input, its kernel's "expected scalar type ..." where a later one does), not computed."""
+    x_dtype, w_dtype, b_dtype = dtypes
+
+    def layer_norm(device):
+        x = _norm_tensor((3, 4), x_dtype, device, 0)
+        return torch.ops.aten.native_layer_norm(x, [4], _norm_tensor(4, w_dtype, device, 1),
+                                                _norm_tensor(4, b_dtype, device, 2), 1e-5)
+
+    def group_norm(device):
+        x = _norm_tensor((2, 4, 3), x_dtype, device, 0)
+        return torch.ops.aten.native_group_norm(x, _norm_tensor(4, w_dtype, device, 1),
+                                                _norm_tensor(4, b_dtype, device, 2), 2, 4, 3, 2, 1e-5)
+
+    _same_outcome_as_cpu(layer_norm)
+    _same_outcome_as_cpu(group_norm)
+    _same_outcome_as_cpu(lambda device: (F.layer_norm(_norm_tensor((3, 4), x_dtype, device, 0), [4],
+                                                      _norm_tensor(4, w_dtype, device, 1),
+                                                      _norm_tensor(4, b_dtype, device, 2)),))
+
+
+NORM_BACKWARD_DTYPES = [  # (grad, input, statistics, weight, bias, output mask)
+    (F32, F32, F32, BF16, F32, [True] * 3), (F32, F32, F32, F32, BF16, [True] * 3),
+    (F32, F32, F32, F32, BF16, [True, True, False]), (BF16, F32, F32, F32, F32, [True] * 3),
+    (F32, F32, BF16, F32, F32, [True] * 3), (F32, F32, BF16, F32, F32, [False] * 3),
+    (F32, F32, F64, F32, F32, [True] * 3), (BF16, BF16, F32, F32, F32, [True] * 3),
+    (BF16, BF16, F32, F32, BF16, [True] * 3), (BF16, BF16, F32, BF16, F32, [True] * 3),
+    (BF16, BF16, F32, None, None, [True, False, False]), (BF16, BF16, BF16, None, None, [True, False, False]),
+    (BF16, BF16, BF16, F32, F32, [True] * 3), (F32, BF16, F32, F32, F32, [True] * 3),
+    (F32, F32, F32, None, F32, [True] * 3), (F32, F32, F32, F32, None, [True] * 3),
+    (F32, F32, F32, None, None, [True, False, True]), (F64, F64, F64, F32, F64, [True] * 3),
+    (F32, F32, F32, F32, F32, [True] * 3)]
+
+
+@pytest.mark.parametrize("dtypes", NORM_BACKWARD_DTYPES, ids=str)
+def test_layer_and_group_norm_backwards_take_the_dtypes_cpu_takes(dtypes):
+    grad_dtype, x_dtype, stats_dtype, w_dtype, b_dtype, mask = dtypes
+
+    def layer_norm(device):
+        x = _norm_tensor((3, 4), x_dtype, device, 0)
+        mean, rstd = _norm_tensor((3, 1), stats_dtype, device, 3), _norm_tensor((3, 1), stats_dtype, device, 4).abs()
+        return torch.ops.aten.native_layer_norm_backward(
+            _norm_tensor((3, 4), grad_dtype, device, 5), x, [4], mean, rstd, _norm_tensor(4, w_dtype, device, 1),
+            _norm_tensor(4, b_dtype, device, 2), mask)
+
+    def group_norm(device):
+        x = _norm_tensor((2, 4, 3), x_dtype, device, 0)
+        mean, rstd = _norm_tensor((2, 2), stats_dtype, device, 3), _norm_tensor((2, 2), stats_dtype, device, 4).abs()
+        return torch.ops.aten.native_group_norm_backward(
+            _norm_tensor((2, 4, 3), grad_dtype, device, 5), x, mean, rstd, _norm_tensor(4, w_dtype, device, 1),
+            2, 4, 3, 2, mask)
+
+    _same_outcome_as_cpu(layer_norm)
+    _same_outcome_as_cpu(group_norm)
+
+
+DROPOUT_LAYOUTS = {
+    "transposed": lambda device: torch.randn(4, 6, device=device).t(),
+    "channels_last": lambda device: torch.randn(2, 3, 4, 5, device=device).to(memory_format=torch.channels_last),
+    "channels_last_strided": lambda device: torch.randn(2, 3, 4, 10, device=device).to(
+        memory_format=torch.channels_last)[..., ::2],
+    "expanded": lambda device: torch.randn(4, 1, device=device).expand(4, 6),
+    "strided": lambda device: torch.randn(4, 12, device=device)[:, ::2],
+}
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("layout", DROPOUT_LAYOUTS.values(), ids=DROPOUT_LAYOUTS.keys())
+def test_dropout_keeps_the_inputs_layout_as_cpu_does(layout, train):
+    """CPU's native_dropout makes its result and mask ``empty_like(input)`` (a dense input's own strides, else its
+    suggested memory format's); its backward is laid out as the product ``grad * mask``. The values follow the
+    rule (kept elements scaled by 1 / (1 - p), dropped ones 0) whatever the layout; the draws differ by device."""
+    strides = {}
+    for device in ("cpu", "tpu"):
+        x = layout(device)
+        result, mask = torch.ops.aten.native_dropout(x, 0.3, train)
+        gradient = torch.ops.aten.native_dropout_backward(x, mask, 1 / 0.7)
+        module = nn.Dropout(0.3).train(train)(x)
+        strides[device] = result.stride(), mask.stride(), gradient.stride(), F.dropout(x, 0.3, train).stride(), \
+            module.stride()
+        expected = torch.where(mask, x * (1 / 0.7 if train else 1), 0).cpu()
+        assert_close(result.cpu(), expected, atol=1e-6, rtol=1e-6)
+        assert_close(gradient.cpu(), torch.where(mask, x * (1 / 0.7), 0).cpu(), atol=1e-6, rtol=1e-6)
+    assert strides["tpu"] == strides["cpu"]
+
+
 def test_dropout_bf16_backward_rounds_scale_like_cpu():
     grad, mask = torch.randn(50).bfloat16(), torch.rand(50) > 0.3
     expected = torch.ops.aten.native_dropout_backward(grad, mask, 1 / 0.7)

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -183,6 +184,148 @@ def test_hardtanh_backward_of_a_broadcast_nan_input_matches_cpu(grad_shape, x):
     grad = torch.randn(grad_shape, generator=torch.Generator().manual_seed(0))
     expected = torch.ops.aten.hardtanh_backward(grad, x, -1, 1)
     assert torch.equal(torch.ops.aten.hardtanh_backward(grad.to("tpu"), x.to("tpu"), -1, 1).cpu(), expected)
+
+
+def _lane_operand(rng, values, rows, columns):
+    """A random input for CPU's SIMD lanes, as (its values, the view that lays them out): contiguous, transposed,
+    strided, or broadcast along the row (stride 0) from a column or from one value."""
+    def draw(*shape):
+        return values[torch.from_numpy(rng.integers(0, len(values), shape))]
+
+    kind = rng.choice(["contiguous", "transposed", "strided", "column", "scalar"])
+    if kind == "transposed":
+        return draw(columns, rows), lambda t: t.t()
+    if kind == "strided":
+        return draw(rows, 2 * columns), lambda t: t[:, ::2]
+    if kind == "column":
+        return draw(rows, 1), lambda t: t.expand(rows, columns)
+    if kind == "scalar":
+        return draw(), lambda t: t.expand(rows, columns)
+    return draw(rows, columns), lambda t: t
+
+
+OUT_LAYOUTS = {"contiguous": lambda r, c, **k: torch.empty(r, c, **k),
+               "transposed": lambda r, c, **k: torch.empty(c, r, **k).t(),
+               "strided": lambda r, c, **k: torch.empty(r, 2 * c, **k)[:, ::2]}
+
+
+def _lane_call(name, operands, out):
+    if name == "softshrink":
+        return torch.ops.aten.softshrink(*operands, 0.5) if out is None else torch.ops.aten.softshrink.out(
+            *operands, 0.5, out=out)
+    if out is None:
+        return torch.ops.aten.hardtanh_backward(*operands, -1, 1)
+    return torch.ops.aten.hardtanh_backward.grad_input(*operands, -1, 1, grad_input=out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+def test_simd_lanes_follow_broadcast_inputs_and_the_outs_layout_as_on_cpu(dtype):
+    """CPU's cpu_kernel_vec vectorises a row whose output and inputs are contiguous, or whose one input is
+    broadcast along it (stride 0; two broadcast inputs take the scalar loop), and writes a strided ``out=`` in its
+    scalar loop: softshrink's signed zeros and bf16 NaN bits and hardtanh_backward of NaN follow, bit for bit, for
+    random row lengths (vector pairs and tails of every length) and layouts."""
+    rng = np.random.default_rng(torch.finfo(dtype).bits)
+    values = torch.tensor([-0.1, 0.7, math.nan, -math.nan, -0.0, 0.0, 2.0], dtype=dtype)
+    bits = BITS[dtype.itemsize]
+    for _ in range(80):
+        rows, columns = int(rng.integers(1, 4)), int(rng.integers(1, 80))
+        name = rng.choice(["softshrink", "hardtanh_backward"])
+        operands = [_lane_operand(rng, values, rows, columns) for _ in range(1 if name == "softshrink" else 2)]
+        out_layout = rng.choice([None, *OUT_LAYOUTS])
+        results = []
+        for device in ("cpu", "tpu"):
+            out = None if out_layout is None else OUT_LAYOUTS[out_layout](rows, columns, dtype=dtype, device=device)
+            results.append(_lane_call(name, [view(base.to(device)) for base, view in operands], out))
+        expected, actual = results
+        case = (name, out_layout, [view(base).stride() for base, view in operands], columns)
+        assert actual.stride() == expected.stride(), case
+        assert torch.equal(actual.cpu().view(bits), expected.view(bits)), case
+
+
+@pytest.mark.parametrize("alpha", [-1.397, 0.3, 1e-3, 3, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_add_and_sub_with_alpha_round_once_as_cpus_fused_multiply_add(dtype, alpha):
+    """CPU computes ``a + alpha * b`` as one fused multiply-add (vec::fmadd; its scalar tail is contracted too): a
+    product rounded before the sum differed in about a quarter of the elements. Magnitudes over 40 decades, rows
+    with tails, broadcasting, foreach and out= alike, bit for bit."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(3, 1003, generator=generator, dtype=dtype)
+    b = torch.randn(3, 1003, generator=generator, dtype=dtype) * torch.logspace(-20, 20, 1003, dtype=dtype)
+    for function in (torch.add, torch.sub):
+        check(lambda x, y: function(x, y, alpha=alpha), a, b, atol=0, rtol=0)
+        check(lambda x, y: function(x, y, alpha=alpha), a, b[0], atol=0, rtol=0)
+        check(lambda x, y: function(x, y, alpha=alpha, out=torch.empty_like(x)), a, b, atol=0, rtol=0)
+    check(lambda x, y: torch._foreach_add([x, y], [y, x], alpha=alpha), a, b, atol=0, rtol=0)
+
+
+SIGNED_ZERO_TIES = {  # with number bounds CPU keeps x where it equals the bound; with tensors its vector loop the bound
+    "relu": lambda x, y: torch.relu(x), "relu_": lambda x, y: x.clone().relu_(),
+    "clamp_min": lambda x, y: torch.clamp_min(x, 0.0), "clamp_max": lambda x, y: torch.clamp_max(x, -0.0),
+    "clamp": lambda x, y: torch.clamp(x, 0.0, 1.0), "clamp_tensors": lambda x, y: torch.clamp(x, y, y),
+    "maximum": torch.maximum, "minimum": torch.minimum,
+    "foreach_clamp_min": lambda x, y: torch._foreach_clamp_min([x], 0.0)[0],
+    "foreach_maximum_number": lambda x, y: torch._foreach_maximum([x], -0.0)[0],
+    "foreach_minimum_numbers": lambda x, y: torch._foreach_minimum([x], [0.0])[0],
+    "foreach_maximum": lambda x, y: torch._foreach_maximum([x], [y])[0],
+    "logit_eps": lambda x, y: torch.logit(x.abs() * 0.25, 0.0)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("name", SIGNED_ZERO_TIES)
+def test_signed_zero_ties_as_cpu_gives_them(name, dtype):
+    """relu(-0.0) is -0.0 on CPU, and so is clamp(-0.0, 0.0, 1.0): its loops for number bounds keep x where it equals
+    the bound (NumPy's maximum gave the bound); maximum, minimum and tensor bounds give the bound in its vector loop
+    (rows of whole vectors here)."""
+    x = torch.tensor([-0.0, 0.0, math.nan, 2.0] * 8, dtype=dtype)
+    y = torch.tensor([0.0, -0.0, 1.0, math.nan] * 8, dtype=dtype)
+    expected = SIGNED_ZERO_TIES[name](x, y)
+    actual = SIGNED_ZERO_TIES[name](x.to("tpu"), y.to("tpu")).cpu()
+    numbers = ~expected.isnan()  # (a NaN's sign is the vector loop's own)
+    assert torch.equal(torch.signbit(actual[numbers]), torch.signbit(expected[numbers]))
+    assert_close(actual, expected, equal_nan=True, atol=0, rtol=0)
+
+
+SWEEP_REFUSALS = {  # each computed a result on tpu (or crashed, or worded the error otherwise) where CPU refuses
+    "elu_out_of_another_dtype": lambda d: torch.ops.aten.elu.out(torch.ones(3, device=d),
+                                                                out=torch.empty(3, dtype=torch.float64, device=d)),
+    "softplus_out_complex": lambda d: torch.ops.aten.softplus.out(torch.ones(3, device=d),
+                                                                  out=torch.empty(3, dtype=torch.complex64, device=d)),
+    "gelu_out_bool": lambda d: torch.ops.aten.gelu.out(torch.ones(3, device=d),
+                                                       out=torch.empty(3, dtype=torch.bool, device=d)),
+    "hardswish_out": lambda d: torch.ops.aten.hardswish.out(torch.ones(3, device=d),
+                                                            out=torch.empty(3, dtype=torch.float64, device=d)),
+    "conj_physical_out": lambda d: torch.conj_physical(torch.ones(3, device=d),
+                                                       out=torch.empty(3, dtype=torch.float64, device=d)),
+    "prelu_weight_dtype": lambda d: torch.ops.aten._prelu_kernel(torch.ones(3, dtype=torch.int64, device=d),
+                                                                 torch.ones(3, dtype=torch.uint8, device=d)),
+    "prelu_bf16_with_float32_weight": lambda d: torch.ops.aten._prelu_kernel(
+        torch.ones(3, dtype=torch.bfloat16, device=d), torch.ones(3, device=d)),
+    "prelu_integers": lambda d: torch.ops.aten._prelu_kernel(torch.ones(3, dtype=torch.int32, device=d),
+                                                             torch.ones(3, dtype=torch.int32, device=d)),
+    "hardswish_backward_integers": lambda d: torch.ops.aten.hardswish_backward(
+        torch.ones(3, dtype=torch.int64, device=d), torch.ones(3, dtype=torch.int64, device=d)),
+    "hardswish_backward_complex": lambda d: torch.ops.aten.hardswish_backward(
+        torch.ones(3, dtype=torch.complex64, device=d), torch.ones(3, dtype=torch.complex64, device=d)),
+    "gelu_integers": lambda d: torch.ops.aten.gelu(torch.ones(3, dtype=torch.int64, device=d), approximate="tanh"),
+    "gelu_backward_integers": lambda d: torch.ops.aten.gelu_backward(torch.ones(3, dtype=torch.int64, device=d),
+                                                                     torch.ones(3, dtype=torch.int64, device=d)),
+    "softshrink_integers": lambda d: torch.ops.aten.softshrink(torch.ones(3, dtype=torch.int64, device=d)),
+    "floor_divide_complex": lambda d: torch.floor_divide(torch.ones(3, dtype=torch.complex64, device=d), 2),
+    "div_trunc_complex": lambda d: torch.div(torch.ones(3, dtype=torch.complex64, device=d),
+                                             torch.ones(3, device=d), rounding_mode="trunc"),
+}
+
+
+@pytest.mark.parametrize("name", SWEEP_REFUSALS)
+def test_sweep_found_refusals_match_cpu(name):
+    """CPU's unary activations take an out of the input's dtype only; prelu a weight of the input's dtype and a
+    floating input; hardswish_backward floating operands (found by a random sweep)."""
+    check_same_error(SWEEP_REFUSALS[name])
+
+
+def test_conj_physical_of_bools_into_a_bool_out():
+    check(lambda x: torch.conj_physical(x, out=torch.empty(x.shape, dtype=torch.bool, device=x.device)),
+          torch.tensor([True, False, True]))
 
 
 @pytest.mark.parametrize("function", [torch.igamma, torch.igammac], ids=lambda f: f.__name__)

@@ -681,6 +681,10 @@ def _optional_rows(supply, present, compute):
 def lower_layer_norm(node):
     input, normalized_shape, weight, bias, eps = node.args
     source = value_of(input)
+    inputs = tuple(a for a in (input, weight, bias) if isinstance(a, torch.fx.Node))
+    parameters = [value_of(p) if isinstance(p, torch.fx.Node) else None for p in (weight, bias)]
+    if nn.layer_norm_dtypes_refused(source, normalized_shape, *parameters):
+        return Lowered(EAGER, inputs=inputs, reason="CPU refuses the call: the eager kernel raises its error")
     axis = source.dim() - len(normalized_shape)
     rows, size = math.prod(source.shape[:axis]), math.prod(source.shape[axis:])
     compute = opmath_dtype(source.dtype)
@@ -700,7 +704,6 @@ def lower_layer_norm(node):
         store_rstd(outs[2], rstd)
         return outs
 
-    inputs = tuple(a for a in (input, weight, bias) if isinstance(a, torch.fx.Node))
     return Lowered(OPAQUE, run, inputs, multi=True, rowwise=True, results=_tensor_results(value_of(node)))
 
 

@@ -17,7 +17,7 @@ from torch._prims_common import (are_strides_like_channels_last_or_false, comput
 from .. import _C, _tensor
 from .._errors import (broadcast_mismatch, cannot_cast, device_mismatch, dim_out_of_range, resized_output_warning,
                        unexpected_out_dtype, value_overflow)
-from ._overlap import check_no_internal_overlap, check_no_overlap, check_no_partial_overlap
+from ._overlap import check_no_internal_overlap, check_no_overlap, check_no_partial_overlap, is_non_overlapping_and_dense
 
 as_numpy = _tensor.as_numpy
 empty = _tensor.empty
@@ -285,6 +285,18 @@ def _suggested_memory_format(shape, strides):
     if not are_strides_like_channels_last_or_false(shape, strides):
         return torch.contiguous_format
     return torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+
+
+def empty_like_strides(tensor):
+    """The strides ``empty_like(tensor)`` (preserve_format) gives: the tensor's own when it is dense and without
+    overlap (transposed, channels-last), else its suggested memory format's; None for contiguous ones."""
+    if tensor.is_contiguous():
+        return None
+    if is_non_overlapping_and_dense(tensor):
+        return tensor.stride()
+    if suggested_memory_format(tensor) is torch.contiguous_format:
+        return None
+    return make_channels_last_strides_for(tensor.shape)
 
 
 def store_in_memory_format(array, dtype, memory_format, *, out=None, **out_checks):

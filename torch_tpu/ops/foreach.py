@@ -252,6 +252,10 @@ _BINARY = {
     "minimum": _pointwise_maths("minimum.out"), "clamp_min": np.maximum, "clamp_max": np.minimum,
     "pow": _pointwise_maths("pow.Tensor_Tensor_out"),
 }
+# With numbers, CPU's per-tensor clamp_min/clamp_max keep x where it equals the bound (-0.0 against 0.0); with tensors
+# its vector loop gives the bound, as np.maximum/np.minimum do
+_NUMBER_BOUNDS = {"maximum": pointwise.clamp, "clamp_min": pointwise.clamp, "minimum": pointwise.clamp_max,
+                  "clamp_max": pointwise.clamp_max}
 # CPU's foreach maximum/minimum kernels run clamp_min/clamp_max per tensor, for numbers and tensor lists alike
 # (so a complex list meets clamp's kernel: '"maximum_cpu" not implemented', not maximum's meta check).
 _PER_TENSOR_OP = {"maximum": "clamp_min", "minimum": "clamp_max"}
@@ -420,7 +424,8 @@ def register_tables():
         _register_both(name, lambda inplace, name=name, fn=fn: _unary_kernel(name, fn, inplace), "default")
     for name, fn in _BINARY.items():
         for kind in _overloads(f"{name}_"):
-            _register_both(name, lambda inplace, n=name, f=fn, k=kind: _binary_kernel(n, f, k, inplace), kind)
+            maths = _NUMBER_BOUNDS.get(name, fn) if kind in ("Scalar", "ScalarList") else fn
+            _register_both(name, lambda inplace, n=name, f=maths, k=kind: _binary_kernel(n, f, k, inplace), kind)
     for name, fn in _TERNARY.items():
         for kind in _overloads(f"{name}_"):
             _register_both(name, lambda inplace, n=name, f=fn, k=kind: _ternary_kernel(n, f, k, inplace), kind)

@@ -19,9 +19,9 @@ from .._cost import charged
 from . import _registry
 from .._errors import not_implemented_for, raise_cpu_error, scalar_type_name
 from .._tensor import is_tpu, numpy_dtype
-from ._common import (as_numpy, castable, channel_sums, converted, empty, exact_dtype, opmath_dtype, opmath_operand, operand,
-                      prepare_out, store, store_in_memory_format, stored_with_view, suggested_memory_format,
-                      wrap_dim, write)
+from ._common import (all_contiguous, as_numpy, castable, channel_sums, converted, empty, empty_like_strides,
+                      exact_dtype, iterator_strides, opmath_dtype, opmath_operand, operand, prepare_out, store,
+                      store_in_memory_format, stored_with_view, suggested_memory_format, wrap_dim, write)
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .cpu_replay.cascade_sum import cascade_sum
 
@@ -81,6 +81,35 @@ def mixed_precision(input, *params):
 def statistics_dtype(input, *params):
     """The dtype of saved means and inverse stds (``param_scalar_type`` in PyTorch)."""
     return torch.float32 if mixed_precision(input, *params) else input.dtype
+
+
+def check_kernel_dtype(expected, *tensors):
+    """A CPU kernel's ``data_ptr<T>()``: the first given tensor not of ``expected``'s dtype is refused."""
+    for tensor in tensors:
+        if tensor is not None and tensor.dtype != expected:
+            raise RuntimeError(f"expected scalar type {scalar_type_name(expected)} but found "
+                               f"{scalar_type_name(tensor.dtype)}")
+
+
+def check_mixed_type(input, *params):
+    """CPU's mixed_data_type.h: whether the parameters' dtype (the first given one's) differs from the input's, in
+    which case all of them must be float32 and the input bf16/fp16, the one mixed precision CPU's normalization
+    kernels have; they refuse any other mix."""
+    first = next((param for param in params if param is not None), None)
+    if first is None or first.dtype == input.dtype:
+        return False
+    if any(param is not None and param.dtype != torch.float32 for param in params):
+        raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+    if input.dtype not in (torch.bfloat16, torch.float16):
+        raise RuntimeError("mixed dtype (CPU): all inputs must share same datatype.")
+    return True
+
+
+def check_parameter_gradients(output_mask, weight, bias):
+    """CPU's normalization backwards allocate a requested weight or bias gradient like the parameter: without it,
+    that allocation fails."""
+    if (output_mask[1] and weight is None) or (output_mask[2] and bias is None):
+        raise RuntimeError("tensor does not have a device")
 
 
 def optional_operand(value):
@@ -343,6 +372,7 @@ def layer_norm_arrays(x, weight_rows, bias_rows, eps):
 @register("native_layer_norm")
 @cpu_dtypes(torch.ops.aten.native_layer_norm.default, floating_not_fp8)
 def native_layer_norm(input, normalized_shape, weight, bias, eps):
+    check_layer_norm_dtypes(input, normalized_shape, weight, bias)
     check_layer_norm_inputs(input, normalized_shape, weight, bias)
     x, stats_shape = layer_norm_rows(input, normalized_shape)
     normalize, mean, rstd = layer_norm_arrays(x, flat_operand(weight), flat_operand(bias), eps)
@@ -369,9 +399,44 @@ def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows):
     return input_gradient, lambda: column_sums(dy * xhat), lambda: column_sums(dy)
 
 
+def check_layer_norm_dtypes(input, normalized_shape, weight, bias):
+    """CPU's layer norm on its parameters' dtypes: a mix only as mixed_data_type.h allows, else the input's dtype
+    (its kernel's check, made when it has rows to normalize)."""
+    if not check_mixed_type(input, weight, bias) and layer_norm_rows_count(input, normalized_shape):
+        check_kernel_dtype(input.dtype, weight, bias)
+
+
+def layer_norm_dtypes_refused(input, normalized_shape, weight, bias):
+    """Whether CPU refuses layer norm's parameter dtypes (compiled programs leave such a call to the eager kernel,
+    which raises CPU's error)."""
+    try:
+        check_layer_norm_dtypes(input, normalized_shape, weight, bias)
+    except RuntimeError:
+        return True
+    return False
+
+
+def layer_norm_rows_count(input, normalized_shape):
+    """CPU's M: how many rows layer norm normalizes (its kernel runs, and checks dtypes, only for some)."""
+    return math.prod(input.shape[:max(input.dim() - len(normalized_shape), 0)])
+
+
+def check_layer_norm_backward_dtypes(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask):
+    """CPU's layer norm backward checks no mix itself: its kernel reads the gradient in the input's dtype, and the
+    statistics, the weight and the bias's gradient in float32 beside a bf16/fp16 input with a float32 weight, else
+    in the input's dtype."""
+    check_parameter_gradients(output_mask, weight, bias)
+    if not layer_norm_rows_count(input, normalized_shape):
+        return
+    check_kernel_dtype(input.dtype, grad_out)
+    mixed = weight is not None and weight.dtype == torch.float32 and input.dtype in (torch.bfloat16, torch.float16)
+    check_kernel_dtype(torch.float32 if mixed else input.dtype, mean, rstd, weight, bias if output_mask[2] else None)
+
+
 @register("native_layer_norm_backward")
 @cpu_dtypes(torch.ops.aten.native_layer_norm_backward.default, floating_not_fp8)
 def native_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask):
+    check_layer_norm_backward_dtypes(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask)
     x, _ = layer_norm_rows(input, normalized_shape)
     dy = opmath_operand(grad_out).reshape(x.shape)
     mean, rstd = opmath_operand(mean).reshape(-1, 1), opmath_operand(rstd).reshape(-1, 1)
@@ -403,6 +468,8 @@ def affine_per_channel(xhat, weight, bias):
 @register("native_group_norm")
 @cpu_dtypes(torch.ops.aten.native_group_norm.default, floating_not_fp8)
 def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
+    if not check_mixed_type(input, weight, bias) and input.numel():
+        check_kernel_dtype(input.dtype, weight, bias)
     x = opmath_operand(input)
     mean, var = moments(grouped(x, N, C, HxW, group), (2,))
     rstd = inverse_std(var, eps)
@@ -413,9 +480,22 @@ def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
             store(mean.reshape(N, group), stats_dtype), store(rstd.reshape(N, group), stats_dtype))
 
 
+def check_group_norm_backward_dtypes(grad_out, input, mean, rstd, weight, output_mask):
+    """CPU's group norm backward: the gradient of the input's dtype, the statistics mixed with the input as the
+    forward's parameters may be, and the weight read in the statistics' type (its bias gradient is allocated like
+    the weight)."""
+    if grad_out.dtype != input.dtype:
+        raise RuntimeError("Expected scalar types of X and dY are same.")
+    mixed = check_mixed_type(input, mean, rstd)
+    check_parameter_gradients(output_mask, weight, weight)
+    if input.numel():
+        check_kernel_dtype(torch.float32 if mixed else input.dtype, weight)
+
+
 @register("native_group_norm_backward")
 @cpu_dtypes(torch.ops.aten.native_group_norm_backward.default, floating_not_fp8)
 def native_group_norm_backward(grad_out, input, mean, rstd, weight, N, C, HxW, group, output_mask):
+    check_group_norm_backward_dtypes(grad_out, input, mean, rstd, weight, output_mask)
     x, dy = opmath_operand(input), opmath_operand(grad_out)
     mean, rstd = opmath_operand(mean)[..., None], opmath_operand(rstd)[..., None]
     xhat = (grouped(x, N, C, HxW, group) - mean) * rstd
@@ -699,7 +779,8 @@ def native_dropout(input, p, train):
     if dropout_refused(input, p, train):
         raise_cpu_error(torch.ops.aten.native_dropout.default, input, p, train)
     result, keep = dropout_arrays(opmath_operand(input), p, train)
-    return store(result, input.dtype), store(keep, torch.bool)
+    strides = empty_like_strides(input)  # CPU's result and mask are empty_like(input)
+    return write(empty(input.shape, input.dtype, strides), result), write(empty(input.shape, torch.bool, strides), keep)
 
 
 @register("native_dropout_backward", "native_dropout_backward.out")
@@ -708,6 +789,10 @@ def native_dropout_backward(grad_output, mask, scale, *, out=None):
     masked_dtype = torch.promote_types(grad_output.dtype, mask.dtype)
     dtype = torch.result_type(torch.empty((), dtype=masked_dtype), scale)
     result = dropout_backward_arrays(opmath_operand(grad_output), operand(mask), scale, opmath_dtype(dtype))
+    if out is None:  # laid out as CPU's TensorIterator lays out the product of the two
+        operands = (grad_output, mask)
+        return write(empty(result.shape, dtype, None if all_contiguous(operands) else iterator_strides(
+            result.shape, operands)), result)
     return store(result, dtype, out=out, dtype_rule=exact_dtype)
 
 

@@ -34,6 +34,7 @@ from ._common import (all_contiguous, as_numpy, broadcast_shapes, castable, chec
                       iterator_strides, operand, opmath_dtype, opmath_scalar_type, prepare_out, store, through_math_bits,
                       write)
 from ._overlap import check_no_internal_overlap, check_no_partial_overlap
+from .cpu_replay.fused_multiply_add import fused_multiply_add
 from .._cost import charged
 from ._registry import KERNELS, default_kernel, register
 
@@ -677,7 +678,7 @@ def sinc(x):
 def logit(x, eps=None):
     if eps is not None and not math.isnan(eps):  # a NaN eps clamps nothing, as on CPU
         low = scalar(eps, x)  # CPU's bounds: eps and 1 - eps in x's dtype (np.clip would widen bf16)
-        x = np.minimum(np.maximum(x, low), np.ones((), x.dtype) - low)
+        x = clamp(x, low, np.ones((), x.dtype) - low)
     return np.log(x / (1 - x))
 
 
@@ -719,14 +720,29 @@ def _scaled(b, alpha):
     return b if alpha == 1 and not np.iscomplexobj(b) else np.multiply(scalar(alpha, b), b)
 
 
+def _fused(b, alpha):
+    """Whether CPU's fused ``alpha * b + a`` (vec::fmadd) can differ from a rounded product and sum: float32 and
+    float64 (16-bit operands' products are exact in float32) by a finite ``alpha`` that is not a power of two."""
+    return (np.asarray(b).dtype in _FUSED_DTYPES and isinstance(alpha, (int, float)) and math.isfinite(alpha)
+            and abs(math.frexp(alpha)[0]) != 0.5 and alpha != 0)
+
+
+_FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 @writes_out
 def add(a, b, alpha=1, out=None):
-    """``a + alpha * b``."""
+    """``a + alpha * b``, with one rounding as CPU's kernel fuses it."""
+    if _fused(b, alpha):
+        return fused_multiply_add(scalar(alpha, np.asarray(b)), np.asarray(b), np.asarray(a), out)
     return np.add(a, _scaled(b, alpha), out=out)
 
 
 @writes_out
 def sub(a, b, alpha=1, out=None):
+    """CPU's sub is add with ``-alpha``."""
+    if _fused(b, alpha):
+        return fused_multiply_add(scalar(-alpha, np.asarray(b)), np.asarray(b), np.asarray(a), out)
     return np.subtract(a, _scaled(b, alpha), out=out)
 
 
@@ -789,6 +805,11 @@ def floor_divide_floating(a, b):
     floored = np.where(quotient - floored > np.asarray(0.5, a.dtype), floored + np.ones((), a.dtype), floored)
     floored = np.where(quotient == 0, np.copysign(np.zeros((), a.dtype), a / b), floored)
     return np.where(b == 0, a / b, floored)
+
+
+def rounds_divisions(dtype):
+    """CPU's div_floor and div_trunc loops: every real dtype but bool."""
+    return dtype != torch.bool and not dtype.is_complex
 
 
 def divide(a, b, rounding_mode=None):
@@ -1035,12 +1056,31 @@ def shiftable(dtype):
 # Ternary
 
 
-def clamp_max(x, high):
-    return clamp(x, high=high)
+@writes_out
+def clamp_max(x, high, out=None):
+    return clamp(x, high=high, out=out)
 
 
-def clamp(x, low=None, high=None):
-    # NaN in x or in a bound propagates; when low > high every element becomes high
+@writes_out
+def clamp(x, low=None, high=None, out=None):
+    """Number bounds. NaN in x or in a bound propagates; when low > high every element becomes high; where x equals
+    a bound (-0.0 against 0.0) CPU's loops keep x (NumPy's maximum and minimum give their second operand)."""
+    if low is not None and high is not None:
+        return np.minimum(high, np.maximum(low, x), out=out)
+    if low is not None:
+        return np.maximum(low, x, out=out)
+    if high is not None:
+        return np.minimum(high, x, out=out)
+    return x if out is None else np.copyto(out, x) or out
+
+
+def clamp_max_by_tensors(x, high):
+    return clamp_by_tensors(x, high=high)
+
+
+def clamp_by_tensors(x, low=None, high=None):
+    """Tensor bounds: where x equals a bound, CPU's vector loop gives the bound, as maximum and minimum do (its scalar
+    tail keeps x: a signed zero's sign, not replayed)."""
     if low is not None:
         x = np.maximum(x, low)
     if high is not None:
@@ -1127,7 +1167,7 @@ def where(condition, x, y):
 
 @writes_out
 def relu(x, out=None):
-    return np.maximum(x, scalar(0, x), out=out)  # keeps NaN
+    return np.maximum(scalar(0, x), x, out=out)  # keeps NaN, and -0.0 as CPU's clamp_min does
 
 
 def threshold(x, threshold_value, value):
@@ -1165,17 +1205,21 @@ def gaussian_cdf(x):
 
 def check_softshrink(dtype, x, lambd=0.5):
     """softshrink's meta function: a floating input, and a threshold the input's dtype can hold."""
-    require(dtype.is_floating_point, dtype, "softshrink_cpu")
+    require(dtype.is_floating_point, dtype, "softshrink_check")
     limit = torch.finfo(dtype).max
     if not 0 <= lambd <= limit:
         raise RuntimeError(f"lambda must be in range [0, {limit:g}] for input dtype {scalar_type_name(dtype)}, "
                            f"but found {lambd:g}")
 
 
-def check_gelu(dtype, *operands, approximate="none"):
-    require(dtype.is_floating_point, dtype, "gelu_cpu")
-    if approximate not in ("none", "tanh"):
-        raise RuntimeError("approximate argument must be either none or tanh.")
+def gelu_check(kernel_name):
+    """gelu's meta function checks ``approximate``, then its kernel's dispatch the dtype."""
+    def check(dtype, *operands, approximate="none"):
+        if approximate not in ("none", "tanh"):
+            raise RuntimeError("approximate argument must be either none or tanh.")
+        require(dtype.is_floating_point, dtype, kernel_name)
+
+    return check
 
 
 def gelu_backward(grad, x, approximate="none"):
@@ -1293,8 +1337,13 @@ def hardtanh_backward(grad, x, min_value, max_value, out=None):
     nans = np.isnan(wide)
     if nans.any():  # CPU's vector loop keeps (min < x < max), false for NaN: 0; its scalar tail passes the gradient
         nans = np.broadcast_to(nans, np.broadcast_shapes(np.shape(grad), np.shape(x)))  # x may be the broadcast one
-        outside = outside | (nans & in_vector_lanes(nans, (grad, x)))
-    return zero_where(outside, grad, out)
+        outside = outside | (nans & in_vector_lanes(nans, (grad, x), out))
+    result = zero_where(outside, grad, out)
+    if grad.dtype == ml_dtypes.bfloat16:  # CPU's vector loop passes the gradient through float32 and back
+        nans = np.isnan(result)
+        if nans.any():
+            result.view(np.uint16)[nans & in_vector_lanes(nans, (grad, x), out)] = BFLOAT16_VECTOR_NAN
+    return result
 
 
 def hardsigmoid(x):
@@ -1325,10 +1374,12 @@ def mish(x):
     return x * np.tanh(np.log1p(np.exp(x)))
 
 
-def softshrink(x, lambd=0.5):
+@writes_out
+def softshrink(x, lambd=0.5, out=None):
     """A NaN stays NaN, as CPU's kernel keeps it (both comparisons are false for it, which would give 0). In the
-    operand's own dtype (bf16/fp16 computed in float32 here) so that the SIMD lanes follow it: CPU's vector loop
-    gives +0.0 between the thresholds, its scalar tail ``x * 0``, -0.0 for a negative x."""
+    operand's own dtype (bf16/fp16 computed in float32 here) so that the SIMD lanes follow it (and ``out``'s
+    layout, which decides them): CPU's vector loop gives +0.0 between the thresholds, its scalar tail ``x * 0``,
+    -0.0 for a negative x."""
     wide = in_float(x)
     lambd = scalar(lambd, wide)
     result = np.where(wide > lambd, wide - lambd,
@@ -1336,21 +1387,26 @@ def softshrink(x, lambd=0.5):
     negative_zeros = np.signbit(wide) & (wide >= -lambd)  # -0.0 too: the tail's -0.0 * 0; a NaN compares false
     if negative_zeros.any():
         result = np.asarray(result)
-        tail = negative_zeros & ~in_vector_lanes(negative_zeros, (x,))
+        tail = negative_zeros & ~in_vector_lanes(negative_zeros, (x,), out)
         result[tail] = -result.dtype.type(0)
-    return with_scalar_tail_nans(result, x)
+    result = with_scalar_tail_nans(result, x, out)
+    if out is None:
+        return result
+    _C.dtypes.cast_into(out, result, out.dtype.name)  # an fp16 result from float32, rounded as CPU stores it
+    return out
 
 
-def with_scalar_tail_nans(result, x):
-    """A float32 ``result`` of a bf16 ``x`` rounded to bf16 as a CPU loop for reduced floats stores it: 0xFFFF for
-    a NaN its vector loop converts, c10's scalar 0x7FC0 for one its scalar tail converts. Other dtypes as they are."""
+def with_scalar_tail_nans(result, x, out=None):
+    """A float32 ``result`` of a bf16 ``x`` rounded to bf16 as a CPU loop for reduced floats (writing into ``out``,
+    or a new output) stores it: 0xFFFF for a NaN its vector loop converts, c10's scalar 0x7FC0 for one its scalar
+    tail converts. Other dtypes as they are."""
     if x.dtype != ml_dtypes.bfloat16:
         return result
     rounded = np.empty(np.shape(result), x.dtype)
     _C.dtypes.cast_into(rounded, result, "bfloat16")
     nans = np.isnan(result)
     if nans.any():
-        rounded.view(np.uint16)[nans] = np.where(in_vector_lanes(nans, (x,))[nans], BFLOAT16_VECTOR_NAN,
+        rounded.view(np.uint16)[nans] = np.where(in_vector_lanes(nans, (x,), out)[nans], BFLOAT16_VECTOR_NAN,
                                                  _C.dtypes.BFLOAT16_SCALAR_NAN)
     return rounded
 
@@ -1363,16 +1419,15 @@ def in_float(array):
     return array.astype(np.float32) if array.dtype.itemsize < 4 and array.dtype.kind != "c" else array
 
 
-def in_vector_lanes(selected, operands):
+def in_vector_lanes(selected, operands, destination=None):
     """A mask of ``selected``'s shape: which of the selected elements CPU's cpu_kernel_vec computes in its
-    vectorised loop (the rest go through its scalar tail), for operands laid out as ``operands`` (the first one's
-    dtype sets the vector width). The replay: csrc_py/cpu_loops.py."""
+    vectorised loop (the rest go through its scalar tail), for input operands laid out as ``operands`` (the first
+    one's dtype sets the vector width) written into ``destination`` (an ``out=`` array; None: a new output laid
+    out as CPU's TensorIterator allocates it). The replay: csrc_py/cpu_loops.py."""
     mask = np.zeros(np.shape(selected), bool)
     indices = np.nonzero(selected) if np.ndim(selected) else ()
     width = cpu_loops.kernel_vec_width(operands[0].dtype.itemsize, torch.backends.cpu.get_cpu_capability())
-    shape = np.shape(selected)
-    laid_out = [np.broadcast_to(operand, shape) for operand in operands]
-    lanes = cpu_loops.simd_lanes((laid_out[0], *laid_out), indices, width, False, 0, torch.get_num_threads())
+    lanes = cpu_loops.kernel_vec_lanes(destination, operands, indices, width, torch.get_num_threads())
     if indices:
         mask[indices] = lanes
     else:
@@ -1390,6 +1445,18 @@ def hardshrink(x, lambd=0.5):
 
 def hardshrink_backward(grad, x, lambd):
     return np.where((x >= -scalar(lambd, x)) & (x <= scalar(lambd, x)), scalar(0, x), grad)
+
+
+def conj_physical(x):
+    """The conjugate; a real tensor's copy (NumPy's conjugate of bools is int8)."""
+    return np.conj(x) if x.dtype.kind == "c" else x.copy()
+
+
+def check_prelu(dtype, x, weight):
+    """CPU's prelu kernel: a weight of the input's dtype (its iterator promotes nothing), then a floating input."""
+    if weight.dtype != x.dtype:
+        raise found_dtype(weight.dtype, x.dtype)
+    require(floating(x.dtype), x.dtype, "prelu_cpu")
 
 
 def prelu(x, weight):
@@ -1581,22 +1648,23 @@ def register_tables():
         unstructured(logical(function), name, f"{name}_", f"{name}.out", operands=2, result=to_bool)
     for overload, (function, operands) in ACTIVATIONS.items():
         predicate = floating_or_complex if overload in COMPLEX_ACTIVATIONS else floating
-        structured(overload, function, operands=operands, check=checked(predicate, overload))
-    structured("softshrink.out", softshrink, check=check_softshrink, opmath=False)
-    structured("gelu.out", gelu, check=check_gelu)
-    structured("gelu_backward.grad_input", gelu_backward, operands=2, check=check_gelu)
+        # the forward ones are built as CPU's unary ops, which take an out of the input's dtype only
+        structured(overload, function, operands=operands, check=checked(predicate, overload), exact_out=operands == 1)
+    structured("softshrink.out", softshrink, check=check_softshrink, opmath=False, exact_out=True)
+    structured("gelu.out", gelu, check=gelu_check("GeluKernelImpl"), exact_out=True)
+    structured("gelu_backward.grad_input", gelu_backward, operands=2, check=gelu_check("GeluBackwardKernelImpl"))
     # threshold has loops for every real dtype but bool; its backward shares its dispatch name
     structured("threshold.out", threshold, check=supports(real_not_bool, "threshold_cpu"), may_alias=True)
     structured("threshold_backward.grad_input", threshold_backward, operands=2,
                check=supports(real_not_bool, "threshold_cpu"))
     structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)
     structured("clamp.out", clamp, operands=3, check=check_clamp_numbers, exact_out=True)
-    structured("clamp.Tensor_out", clamp, operands=3, check=check_clamp_tensors)
+    structured("clamp.Tensor_out", clamp_by_tensors, operands=3, check=check_clamp_tensors)
     # tensor bounds go through CPU's maximum/minimum loops, which have none for complex numbers
     structured("clamp_min.out", clamp, operands=2, check=checked(not_bool, "clamp_min"), exact_out=True)
-    structured("clamp_min.Tensor_out", clamp, operands=2, check=checked(real, "maximum"))
+    structured("clamp_min.Tensor_out", clamp_by_tensors, operands=2, check=checked(real, "maximum"))
     structured("clamp_max.out", clamp_max, operands=2, check=checked(not_bool, "clamp_max"), exact_out=True)
-    structured("clamp_max.Tensor_out", clamp_max, operands=2, check=checked(real, "minimum"))
+    structured("clamp_max.Tensor_out", clamp_max_by_tensors, operands=2, check=checked(real, "minimum"))
     structured("addcmul.out", addcmul, operands=3, check=checked(not_bool, "addcmul"))
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
     structured("lerp.Scalar_out", lerp, operands=2, check=lerp_check("lerp_kernel_scalar"))
@@ -1607,11 +1675,11 @@ def register_tables():
     unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)),
                  allocate=real_output_of_complex)
     unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
-    unstructured(np.conj, "conj_physical.out")
+    unstructured(conj_physical, "conj_physical.out", exact_out=True)
     unstructured(logical_not, "logical_not.out", result=to_bool)
     unstructured(isnan, "isnan", result=to_bool)
     unstructured(floor_divide, "floor_divide", "floor_divide_.Tensor", "floor_divide.out", operands=2,
-                 check=supports(not_bool, "div_floor_cpu"), opmath=divides_in_opmath)
+                 check=supports(rounds_divisions, "div_floor_cpu"), opmath=divides_in_opmath)
     unstructured(remainder, "remainder.Scalar_Tensor", operands=2, check=checked(not_bool, "remainder"))
     unstructured(relu, "relu", "relu_", check=clamping_check("relu", "Boolean inputs not supported for"))
     # hardtanh.out is clamp.out on CPU, whose out has the input's own dtype
@@ -1619,9 +1687,10 @@ def register_tables():
                  allocate=output_like_self)
     unstructured(hardtanh_backward, "hardtanh_backward", "hardtanh_backward.grad_input", operands=2,
                  check=supports(floating, "hardshrink_backward_cpu"), opmath=lambda *promoted: False)
-    unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"))
-    unstructured(hardswish_backward, "hardswish_backward", operands=2)
-    unstructured(prelu, "_prelu_kernel", operands=2)
+    unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"),
+                 exact_out=True)
+    unstructured(hardswish_backward, "hardswish_backward", operands=2, check=checked(floating, "hardswish_backward"))
+    unstructured(prelu, "_prelu_kernel", operands=2, check=check_prelu)
     # the Python operators <<, >>, <<= and >>= (bitwise_*_shift with a Scalar goes through these too)
     for function, kernel_name, names in ((left_shift, "lshift_cpu", ("__lshift__", "__ilshift__")),
                                          (right_shift, "rshift_cpu", ("__rshift__", "__irshift__"))):
@@ -1672,7 +1741,7 @@ def div_out_mode(self, other, *, rounding_mode=None, out):
     if rounding_mode is None:
         dtype = to_float(dtype)
     else:
-        require(dtype != torch.bool, dtype, f"div_{rounding_mode}_cpu")
+        require(rounds_divisions(dtype), dtype, f"div_{rounding_mode}_cpu")
     prepare_out(out, broadcast_shape(self, other), dtype, (self, other), layout_from=(self, other))
     return compute_into(out, divide, (self, other), dtype, options={"rounding_mode": rounding_mode},
                         opmath=divides_in_opmath(self, other), name="div")

@@ -8,11 +8,14 @@ sum rounds in, which elements a SIMD loop converts. Each replay lives in one nam
   ``sort(stable=False)``, ``topk``, ``kthvalue``, ``median`` and ``mode`` indices where keys tie;
 - ``cascade_sum``: the multi-level accumulation of CPU's sum kernel, behind ``nll_loss``'s total
   (bf16 rounds after every addition);
+- ``fused_multiply_add``: ``x * y + z`` rounded once, as CPU's ``vec::fmadd`` computes ``add``/``sub``
+  with an ``alpha`` in float32 and float64;
 - ``csrc_py/cpu_loops.py`` (on the chip side, since casts are the chip's): TensorIterator's loop
   layout, ``at::parallel_for`` chunks and SIMD-vector versus scalar-tail elements, behind casts
   (NaN payloads, out-of-range float-to-integer), ``arange``'s vectorised fill (ops/factory.py), and the
-  elementwise kernels whose vector loop and scalar tail give different bits (``pointwise.in_vector_lanes``:
-  softshrink's -0.0 and bf16 NaNs, hardtanh_backward of a NaN).
+  elementwise kernels whose vector loop and scalar tail give different bits (``pointwise.in_vector_lanes``
+  over ``cpu_loops.kernel_vec_lanes``, which also vectorises a row with one broadcast input and reads an
+  ``out=`` tensor's layout: softshrink's -0.0 and bf16 NaNs, hardtanh_backward of a NaN).
 
 Everything else is computed from the mathematics, in the dtype CPU computes in.
 """
