@@ -9,15 +9,16 @@ deep in autograd with PyTorch's message about registering C++ hooks; here the co
 """
 
 import functools
+import inspect
 
 from torch.nn.parallel import DistributedDataParallel
 
 _UNSERVED_OPTIONS = ("find_unused_parameters", "static_graph")
 
 
-def _refuse_unserved_options(module, options):
+def _refuse_unserved_options(options):
     chosen = [name for name in _UNSERVED_OPTIONS if options.get(name)]
-    if chosen and any(p.device.type == "tpu" for p in module.parameters()):
+    if chosen and any(p.device.type == "tpu" for p in options["module"].parameters()):
         raise NotImplementedError(
             f"DistributedDataParallel({chosen[0]}=True) on tpu parameters is not supported: DDP's C++ reducer "
             "stages its map of used parameters through pinned host memory, which only a C++ backend's hooks can "
@@ -30,11 +31,12 @@ def install():
     original = DistributedDataParallel.__init__
     if getattr(original, "_tpu_refuses_unserved_options", False):
         return
+    signature = inspect.signature(original)
 
     @functools.wraps(original)
-    def __init__(self, module, *args, **kwargs):
-        _refuse_unserved_options(module, kwargs)
-        original(self, module, *args, **kwargs)
+    def __init__(self, *args, **kwargs):
+        _refuse_unserved_options(signature.bind(self, *args, **kwargs).arguments)
+        original(self, *args, **kwargs)
 
     __init__._tpu_refuses_unserved_options = True
     DistributedDataParallel.__init__ = __init__
