@@ -11,6 +11,7 @@ process group is made:
 - ``work.py``: ``work.wait()``, on the host and on the simulated clock;
 - ``c10d_kernels.py``: the c10d ops Python process groups cannot override, for tpu tensors;
 - ``attention_sharding.py``: DTensor's sharding strategies for tpu's fused attention;
+- ``data_parallel.py``: DistributedDataParallel's options a Python backend cannot serve, refused up front;
 - ``simulated_world.py``: ``torch_tpu.simulate(world_size, topology)``.
 
 The cost model itself is on the chip side: ``csrc_py/ici.py``. See docs/distributed.md.
@@ -20,11 +21,14 @@ BACKEND_NAME = "ici"
 
 
 def register_backend():
-    """Make "ici" a c10d backend, and the default one for tpu tensors."""
+    """Make "ici" a c10d backend, and the default one for tpu tensors; DDP refuses what it cannot do on tpu."""
     import torch.distributed as dist
 
     if not dist.is_available() or BACKEND_NAME in dist.Backend.backend_list:
         return
+    from . import data_parallel
+
+    data_parallel.install()
     dist.Backend.register_backend(BACKEND_NAME, _create_process_group, extended_api=True, devices=["tpu"])
 
 

@@ -71,6 +71,25 @@ def same_device(error, tensors):
         raise error(f"tensors on {device} are not supported: the ici backend takes tpu tensors (and CPU ones, over gloo)")
 
 
+_BITWISE_OPS = ("BAND", "BOR", "BXOR")
+# c10's names of the integral types, which gloo's refusal of an integral average names
+_C10_INTEGRAL_NAMES = {
+    torch.bool: "Bool", torch.uint8: "Byte", torch.int8: "Char", torch.int16: "Short", torch.int32: "Int",
+    torch.int64: "Long", torch.uint16: "UInt16", torch.uint32: "UInt32", torch.uint64: "UInt64",
+}
+
+
+def reduce_op_takes(error, op, tensors):
+    """The reduce op must be defined on the tensors' dtype, as gloo requires (in gloo's words): bitwise ops on
+    integral and bool tensors only, an average on floating ones only (its float result cannot be stored)."""
+    name = str(torch.distributed.ReduceOp.RedOpType(op)).rpartition(".")[2]
+    for tensor in tensors:
+        if name in _BITWISE_OPS and (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
+            raise error(f"Cannot use ReduceOp.{name} with non-integral dtype")
+        if name == "AVG" and tensor.dtype in _C10_INTEGRAL_NAMES:
+            raise error(f"result type Float can't be cast to the desired output type {_C10_INTEGRAL_NAMES[tensor.dtype]}")
+
+
 def same_dtype(error, reference, tensors, what="output"):
     for tensor in tensors:
         if tensor.dtype != reference.dtype:

@@ -226,6 +226,7 @@ class ProcessGroupICI(dist.ProcessGroup):
         """Host views of tensors a reduction reads and writes ("in place"), reads ("input") or writes
         ("output"), and the options for the transport: PREMUL_SUM scales what is read, then sums."""
         op = _reduce_op(options)
+        checks.reduce_op_takes(error, op, tensors)
         if op == RedOpType.PREMUL_SUM and tensors and tensors[0].device.type == "cpu":
             raise error("ReduceOp.PREMUL_SUM is not supported for CPU tensors (gloo)")
         unsigned_order = op in (RedOpType.MAX, RedOpType.MIN)
