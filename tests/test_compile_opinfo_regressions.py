@@ -4,6 +4,8 @@ Each case is a small graph compiled with ``backend="tpu"`` and compared with the
 eager kernels, bit for bit.
 """
 
+import math
+
 import torch
 
 import torch_tpu
@@ -111,3 +113,16 @@ def test_dropout_cpu_refuses_raises_its_error_compiled():
         assert "bernoulli_ expects p to be in [0, 1], but got p=-0.5" in str(error)
     else:
         raise AssertionError("compiled dropout with p=1.5 ran")
+
+
+def test_complex_add_and_sub_multiply_by_alpha_one_as_cpu_does():
+    """CPU computes ``a + alpha * b`` with the complex multiplication even for alpha 1, so an infinite part of
+    ``b`` gives NaN; the compiled program had shortened alpha-1 add/sub to NumPy's plain add (inf+infj where CPU
+    gives nan+nanj)."""
+    special = [complex(re, im) for re in (math.nan, math.inf, -math.inf, 1.0) for im in (math.nan, math.inf, 0.0)]
+    for dtype in (torch.complex64, torch.complex128):
+        values = torch.tensor(special, dtype=dtype)
+        a, b = values[:, None].repeat(1, len(special)), values[None].repeat(len(special), 1)
+        graph = lambda x, y: (x + y, x - y, torch.sub(x, y, alpha=2), (x + y) * 2)  # noqa: E731
+        for actual, expected in zip(_compiled(graph)(a.to("tpu"), b.to("tpu")), graph(a, b)):
+            torch.testing.assert_close(actual.cpu(), expected, rtol=0, atol=0, equal_nan=True)
