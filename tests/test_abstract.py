@@ -183,10 +183,13 @@ def test_output_metadata_matches_cpu(case):
     lambda x, p: torch.ops.aten.native_batch_norm(x, p(6), p(6), p(6), p(6), True, 0.1, 1e-5),
     lambda x, p: torch.ops.aten._native_batch_norm_legit(x, p(6), p(6), p(6), p(6), True, 0.1, 1e-5),
     lambda x, p: torch.ops.aten._native_batch_norm_legit(x, p(6), p(6), True, 0.1, 1e-5),
-], ids=["layer", "layer-no-affine", "batch", "batch-legit", "batch-no-stats"])
+    lambda x, p: torch.ops.aten.native_batch_norm(x, p(6), p(6), p(6), p(6), False, 0.1, 1e-5),
+    lambda x, p: torch.ops.aten._native_batch_norm_legit(x, p(6), p(6), p(6), p(6), False, 0.1, 1e-5),
+], ids=["layer", "layer-no-affine", "batch", "batch-legit", "batch-no-stats", "batch-eval", "batch-legit-eval"])
 def test_norm_statistics_have_the_kernels_dtype_and_cost(norm, parameter_dtype):
-    """Meta saves mean and rstd in float32 (CUDA's choice); CPU's kernels, and tpu's, in a bf16 input's dtype
-    unless float32 parameters make the norm mixed. Abstract mode must allocate and charge what the kernel does."""
+    """Meta saves mean and rstd in float32 (CUDA's choice), and in evaluation CUDA's running statistics; CPU's
+    kernels, and tpu's, in a bf16 input's dtype unless float32 parameters make the norm mixed, and none (empty)
+    in evaluation. Abstract mode must allocate and charge what the kernel does."""
     x = torch.randn(4, 6, 5, dtype=torch.bfloat16, device="tpu")
 
     def run(run_abstractly):

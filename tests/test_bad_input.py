@@ -592,6 +592,9 @@ OUT_ERRORS = {
     "cumsum_partial_overlap": lambda d: (lambda y: torch.cumsum(y[:4], 0, out=y[1:5]))(torch.arange(6.0, device=d)),
     "index_select_into_self": lambda d: (lambda y: torch.index_select(y, 0, torch.tensor([0, 1], device=d), out=y[:2]))(
         torch.arange(6.0, device=d)),
+    # CPU checks gather's overlaps after resizing its out: the out's view, grown, now shares an index element
+    "gather_into_a_view_grown_over_the_index": lambda d: (lambda y: torch.gather(y.clone(), 0, y[1:], out=y[:1]))(
+        torch.tensor([2, 1, 0], device=d)),
     "take_into_expanded": lambda d: torch.take(_matrix(d), torch.tensor([0, 1], device=d),
                                                out=torch.zeros(1, device=d).expand(2)),
     "masked_select_into_self": lambda d: (lambda y: torch.masked_select(y, y > 2, out=y))(torch.arange(6.0, device=d)),

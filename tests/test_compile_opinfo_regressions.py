@@ -5,6 +5,7 @@ eager kernels, bit for bit.
 """
 
 import gc
+import math
 
 import pytest
 import torch
@@ -142,3 +143,16 @@ def test_layer_norm_with_parameter_dtypes_cpu_refuses_raises_its_error_compiled(
     finally:  # the error's traceback holds the program's tensors in a cycle: free them before later tests count bytes
         del x, weight, bias
         gc.collect()
+
+
+def test_complex_add_and_sub_multiply_by_alpha_one_as_cpu_does():
+    """CPU computes ``a + alpha * b`` with the complex multiplication even for alpha 1, so an infinite part of
+    ``b`` gives NaN; the compiled program had shortened alpha-1 add/sub to NumPy's plain add (inf+infj where CPU
+    gives nan+nanj)."""
+    special = [complex(re, im) for re in (math.nan, math.inf, -math.inf, 1.0) for im in (math.nan, math.inf, 0.0)]
+    for dtype in (torch.complex64, torch.complex128):
+        values = torch.tensor(special, dtype=dtype)
+        a, b = values[:, None].repeat(1, len(special)), values[None].repeat(len(special), 1)
+        graph = lambda x, y: (x + y, x - y, torch.sub(x, y, alpha=2), (x + y) * 2)  # noqa: E731
+        for actual, expected in zip(_compiled(graph)(a.to("tpu"), b.to("tpu")), graph(a, b)):
+            torch.testing.assert_close(actual.cpu(), expected, rtol=0, atol=0, equal_nan=True)

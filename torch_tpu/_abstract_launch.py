@@ -449,13 +449,16 @@ LIKE_ARGUMENT = {
 
 def _statistics_as_cpu(*parameters):
     """Meta saves a norm's mean and rstd in float32 (CUDA's choice); CPU's kernels, which tpu's follow, in
-    the input's dtype, unless a bf16/fp16 input meets float32 ``parameters`` (autocast's mixed norms)."""
+    the input's dtype, unless a bf16/fp16 input meets float32 ``parameters`` (autocast's mixed norms). A batch
+    norm in evaluation saves CPU's empty statistics, where Meta gives CUDA's running ones."""
 
     def correct(call, result):
         output, *statistics = result
         mixed = call["input"].dtype in (torch.bfloat16, torch.float16) and any(
             call.get(name) is not None and call[name].dtype == torch.float32 for name in parameters)
         dtype = torch.float32 if mixed else call["input"].dtype
+        if call.get("training") is False:
+            return (output, *(s.new_empty((0,), dtype=dtype) for s in statistics))
         return (output, *(s.to(dtype) for s in statistics))
 
     return correct

@@ -254,7 +254,9 @@ def _overload_name(overload):
     return base if overload._overloadname == "default" else f"{base}.{overload._overloadname}"
 
 
-# Maths whose body is one ufunc when called without its optional scalar: called as that ufunc, with out=.
+# Real maths whose body is one ufunc when called without its optional scalar: called as that ufunc, with out=.
+# Complex add/sub keep their maths: CPU multiplies a complex operand by alpha even when it is 1 (an infinite
+# part then gives NaN), as pointwise._scaled does.
 _UFUNC_BODIES = {pointwise.add: np.add, pointwise.sub: np.subtract}
 
 
@@ -290,7 +292,7 @@ def lower_pointwise(node, maths):
     # Scalar arguments as CPU's kernel reads them (alpha rounded to a 16-bit dtype, as eager rounds it)
     args, kwargs = pointwise.with_scalars_in_dtype(node.target._schema, tuple(node.args), dict(node.kwargs), dtype)
     extras, function = list(args[maths.operands:]), maths.function
-    if kwargs.get("alpha", 1) == 1 and not extras and function in _UFUNC_BODIES:
+    if kwargs.get("alpha", 1) == 1 and not extras and function in _UFUNC_BODIES and compute.kind != "c":
         function, kwargs = _UFUNC_BODIES[function], {}
     if function is pointwise.power and compute.kind == "f":  # power's body for floating operands
         function = np.power

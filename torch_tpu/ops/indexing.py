@@ -241,7 +241,10 @@ def _gather_source(source, index, dim):
 @register("gather.out")
 def gather_out(self, dim, index, sparse_grad=False, *, out):
     dim = wrap_dim(dim, self.dim())
-    prepare_out(out, index.shape, self.dtype, inputs=(index,), distinct=(self,), dtype_rule=exact_dtype)
+    prepare_out(out, index.shape, self.dtype, dtype_rule=exact_dtype)
+    # CPU's structured gather checks overlap once out is resized: a view grown over the index refuses it too
+    check_no_overlap(out, self)
+    check_no_partial_overlap(out, index)
     if index.numel() == 0:  # nothing gathered: CPU accepts an empty index of any rank and dtype
         return out
     if index.dtype not in _INDEX_DTYPES:
