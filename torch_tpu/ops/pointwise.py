@@ -722,9 +722,14 @@ def _scaled(b, alpha):
 
 def _fused(b, alpha):
     """Whether CPU's fused ``alpha * b + a`` (vec::fmadd) can differ from a rounded product and sum: float32 and
-    float64 (16-bit operands' products are exact in float32) by a finite ``alpha`` that is not a power of two."""
-    return (np.asarray(b).dtype in _FUSED_DTYPES and isinstance(alpha, (int, float)) and math.isfinite(alpha)
-            and abs(math.frexp(alpha)[0]) != 0.5 and alpha != 0)
+    float64 (16-bit operands' products are exact in float32) by a finite ``alpha`` that is not a power of two.
+    ``alpha`` is a Python number, or a 0-d array foreach converted once for its list."""
+    if np.asarray(b).dtype not in _FUSED_DTYPES:
+        return False
+    if alpha.__class__ is np.ndarray:
+        alpha = alpha.item()
+    return (isinstance(alpha, (int, float)) and math.isfinite(alpha) and abs(math.frexp(alpha)[0]) != 0.5
+            and alpha != 0)
 
 
 _FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
