@@ -145,18 +145,49 @@ def _add_rounded_to_odd(a, b):
     return np.where((error != 0) & even, np.nextafter(s, towards), s)
 
 
-def fused_multiply_add(a, b, c):
-    """``a * b + c`` with a single rounding, in float32 or float64, as an FMA instruction gives it.
+def _error_free_fused_multiply_add(a, b, c):
+    """Boldo and Melquiond's emulation in the operands' own format. Where the error-free steps overflow
+    (products near the format's largest value), the plain two-rounding ``a * b + c``, infinite or NaN anyway."""
+    product_high, product_low = _two_product(a, b, _SPLITTER[a.dtype])
+    sum_high, sum_low = _two_sum(c, product_high)
+    fused = sum_high + _add_rounded_to_odd(sum_low, product_low)
+    return np.where(np.isfinite(fused), fused, a * b + c)
 
-    Where the error-free steps overflow (products near the format's largest value), the
-    result is the plain two-rounding ``a * b + c``, which is then infinite or NaN anyway."""
+
+# float64 sums whose rounding to float32 may differ from the exact sum's: a float32 midpoint (the 29 bits float32
+# drops are 1000...0), or a magnitude below float32's smallest normal, where its midpoints sit at other bits
+_FLOAT32_DROPPED_BITS = np.uint64(2**29 - 1)
+_FLOAT32_MIDPOINT_BITS = np.uint64(2**28)
+_FLOAT32_SMALLEST_NORMAL = np.float64(2.0 ** -126)
+
+
+def _float32_fused_multiply_add(a, b, c):
+    """float32's ``a * b`` is exact in float64 (24 + 24 bits), so the float64 sum is the exact value rounded once;
+    rounding it again to float32 gives the fused result except where it lies on a float32 midpoint or in the
+    subnormal range: only those few elements take the error-free steps."""
+    product = np.multiply(a, b, dtype=np.float64)
+    total = np.add(product, c, dtype=np.float64)
+    result = np.array(total, dtype=np.float32)  # an array even for 0-d operands, to patch in place
+    magnitude = np.abs(total)
+    doubtful = (total.view(np.uint64) & _FLOAT32_DROPPED_BITS) == _FLOAT32_MIDPOINT_BITS
+    doubtful |= (magnitude < _FLOAT32_SMALLEST_NORMAL) & (magnitude > 0)
+    if doubtful.any():
+        a, b, c = np.broadcast_arrays(a, b, c)
+        result[doubtful] = _error_free_fused_multiply_add(a[doubtful], b[doubtful], c[doubtful])
+    return result
+
+
+def fused_multiply_add(a, b, c, out=None):
+    """``a * b + c`` with a single rounding, in float32 or float64, as an FMA instruction gives it (written into
+    ``out`` when given)."""
     dtype = np.result_type(a, b, c)
     a, b, c = (np.asarray(v, dtype) for v in (a, b, c))
     token = ignore_fp_errors()
     try:
-        product_high, product_low = _two_product(a, b, _SPLITTER[dtype])
-        sum_high, sum_low = _two_sum(c, product_high)
-        fused = sum_high + _add_rounded_to_odd(sum_low, product_low)
-        return np.where(np.isfinite(fused), fused, a * b + c)
+        fused = (_float32_fused_multiply_add if dtype == np.float32 else _error_free_fused_multiply_add)(a, b, c)
     finally:
         restore_fp_errors(token)
+    if out is None:
+        return fused
+    np.copyto(out, fused)
+    return out

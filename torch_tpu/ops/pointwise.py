@@ -34,7 +34,6 @@ from ._common import (all_contiguous, as_numpy, broadcast_shapes, castable, chec
                       iterator_strides, operand, opmath_dtype, opmath_scalar_type, prepare_out, store, through_math_bits,
                       write)
 from ._overlap import check_no_internal_overlap, check_no_partial_overlap
-from .cpu_replay.fused_multiply_add import fused_multiply_add
 from .._cost import charged
 from ._registry import KERNELS, default_kernel, register
 
@@ -739,7 +738,7 @@ _FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def add(a, b, alpha=1, out=None):
     """``a + alpha * b``, with one rounding as CPU's kernel fuses it."""
     if _fused(b, alpha):
-        return fused_multiply_add(scalar(alpha, np.asarray(b)), np.asarray(b), np.asarray(a), out)
+        return vpu.fused_multiply_add(scalar(alpha, np.asarray(b)), np.asarray(b), np.asarray(a), out)
     return np.add(a, _scaled(b, alpha), out=out)
 
 
@@ -747,7 +746,7 @@ def add(a, b, alpha=1, out=None):
 def sub(a, b, alpha=1, out=None):
     """CPU's sub is add with ``-alpha``."""
     if _fused(b, alpha):
-        return fused_multiply_add(scalar(-alpha, np.asarray(b)), np.asarray(b), np.asarray(a), out)
+        return vpu.fused_multiply_add(scalar(-alpha, np.asarray(b)), np.asarray(b), np.asarray(a), out)
     return np.subtract(a, _scaled(b, alpha), out=out)
 
 

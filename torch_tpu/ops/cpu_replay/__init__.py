@@ -8,8 +8,9 @@ sum rounds in, which elements a SIMD loop converts. Each replay lives in one nam
   ``sort(stable=False)``, ``topk``, ``kthvalue``, ``median`` and ``mode`` indices where keys tie;
 - ``cascade_sum``: the multi-level accumulation of CPU's sum kernel, behind ``nll_loss``'s total
   (bf16 rounds after every addition);
-- ``fused_multiply_add``: ``x * y + z`` rounded once, as CPU's ``vec::fmadd`` computes ``add``/``sub``
-  with an ``alpha`` in float32 and float64;
+- ``add``/``sub`` with an ``alpha`` round ``a + alpha * b`` once, as CPU's ``vec::fmadd`` does in float32 and
+  float64: through the chip's ``vpu.fused_multiply_add`` (csrc_py/vpu.py), which ``linspace``'s
+  float64 steps and linalg share;
 - ``csrc_py/cpu_loops.py`` (on the chip side, since casts are the chip's): TensorIterator's loop
   layout, ``at::parallel_for`` chunks and SIMD-vector versus scalar-tail elements, behind casts
   (NaN payloads, out-of-range float-to-integer), ``arange``'s vectorised fill (ops/factory.py), and the
