@@ -454,6 +454,10 @@ FAILING_AFTER_ALLOCATING = {
                                   lambda x, i: x.index_select(0, i)),
     "layer_norm_shape": (lambda: (_matrix("tpu"),), lambda x: torch.nn.functional.layer_norm(x, (2,))),
     "mm_shapes": (lambda: (_matrix("tpu"),), lambda x: x @ x),
+    # a replaced error (CPU's wording for a kernel's refusal) must not keep the refused call's temporaries in a cycle
+    "layer_norm_refused_parameter_dtype_of_a_temporary": (
+        lambda: (_matrix("tpu"), torch.ones(3, dtype=torch.bfloat16, device="tpu"), torch.zeros(3, device="tpu")),
+        lambda x, w, b: torch.nn.functional.layer_norm(x * 2, [3], w, b)),
     "cat_sizes_differ": (lambda: (_matrix("tpu"), torch.ones(3, 3, device="tpu")), lambda x, y: torch.cat([x, y], 1)),
     "scatter_out_of_range_after_copying_self": (lambda: (_matrix("tpu"), torch.tensor([[5]], device="tpu")),
                                                 lambda x, i: x.scatter(0, i, 1.0)),

@@ -350,8 +350,14 @@ def charged(kernel, name, guard=None):
             replacement = guard(error, args, kwargs)
             del args, kwargs  # this frame stays in the traceback: it must not keep the tensors alive
             if replacement is error:
+                del replacement  # else the frame in error's traceback would hold error: a cycle only gc frees
                 raise
-            raise replacement.with_traceback(None) from None
+        # A replaced error is raised outside the handler, so it carries no context (the failed kernel's traceback and
+        # its tensors), and the local is dropped so that its traceback's frame does not hold it in a cycle.
+        try:
+            raise replacement.with_traceback(None)
+        finally:
+            del replacement
 
     launch.__name__ = kernel.__name__
     launch.__wrapped__ = kernel
