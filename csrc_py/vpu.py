@@ -145,12 +145,26 @@ def _add_rounded_to_odd(a, b):
     return np.where((error != 0) & even, np.nextafter(s, towards), s)
 
 
-def _error_free_fused_multiply_add(a, b, c):
-    """Boldo and Melquiond's emulation in the operands' own format. Where the error-free steps overflow
-    (products near the format's largest value), the plain two-rounding ``a * b + c``, infinite or NaN anyway."""
+def _error_free_steps(a, b, c):
+    """Boldo and Melquiond's emulation in the operands' own format (exact unless a step overflows or underflows)."""
     product_high, product_low = _two_product(a, b, _SPLITTER[a.dtype])
     sum_high, sum_low = _two_sum(c, product_high)
-    fused = sum_high + _add_rounded_to_odd(sum_low, product_low)
+    return sum_high + _add_rounded_to_odd(sum_low, product_low)
+
+
+_DOWN_SCALE = 2.0 ** -64  # a power of two: scaling by it and back is exact away from the format's ends
+
+
+def _error_free_fused_multiply_add(a, b, c):
+    """float64's fused multiply-add. Where a step overflows for finite operands (a product or a split near the
+    format's largest value), the steps again at 2**-64 of the scale, scaled back: infinite only if the result is;
+    anything else not finite is the plain ``a * b + c``, infinite or NaN anyway."""
+    fused = np.array(_error_free_steps(a, b, c))
+    overflowed = ~np.isfinite(fused) & np.isfinite(a * 0) & np.isfinite(b * 0) & np.isfinite(c * 0)
+    if overflowed.any():
+        a, b, c = np.broadcast_arrays(a, b, c)
+        scaled = _error_free_steps(a[overflowed], b[overflowed] * _DOWN_SCALE, c[overflowed] * _DOWN_SCALE)
+        fused[overflowed] = scaled / _DOWN_SCALE
     return np.where(np.isfinite(fused), fused, a * b + c)
 
 
@@ -164,16 +178,16 @@ _FLOAT32_SMALLEST_NORMAL = np.float64(2.0 ** -126)
 def _float32_fused_multiply_add(a, b, c):
     """float32's ``a * b`` is exact in float64 (24 + 24 bits), so the float64 sum is the exact value rounded once;
     rounding it again to float32 gives the fused result except where it lies on a float32 midpoint or in the
-    subnormal range: only those few elements take the error-free steps."""
+    subnormal range: only those few elements are summed again, rounded to odd."""
     product = np.multiply(a, b, dtype=np.float64)
     total = np.add(product, c, dtype=np.float64)
     result = np.array(total, dtype=np.float32)  # an array even for 0-d operands, to patch in place
     magnitude = np.abs(total)
     doubtful = (total.view(np.uint64) & _FLOAT32_DROPPED_BITS) == _FLOAT32_MIDPOINT_BITS
     doubtful |= (magnitude < _FLOAT32_SMALLEST_NORMAL) & (magnitude > 0)
-    if doubtful.any():
-        a, b, c = np.broadcast_arrays(a, b, c)
-        result[doubtful] = _error_free_fused_multiply_add(a[doubtful], b[doubtful], c[doubtful])
+    if doubtful.any():  # the float64 sum rounded to odd instead: rounding that to float32 is the fused result
+        product, c = np.broadcast_arrays(product, np.asarray(c, np.float64))
+        result[doubtful] = _add_rounded_to_odd(c[doubtful], product[doubtful]).astype(np.float32)
     return result
 
 

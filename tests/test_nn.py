@@ -1157,3 +1157,23 @@ def test_adaptive_max_pools_refuse_integers_and_take_empty_outputs_as_cpu_does(p
     check_same_error(lambda device: pool(torch.arange(math.prod(shape), device=device).reshape(shape), 2))
     empty_size = (0,) + (2,) * (len(shape) - 3)
     check(lambda x: pool(x, empty_size, return_indices=True), torch.randn(shape))
+
+
+def test_norms_check_parameter_dtypes_of_empty_inputs_as_cpu_does():
+    """CPU's layer and group norm refuse a parameter dtype mix even with nothing to normalize."""
+    for shape in ((0, 5), (2, 0, 5)):
+        check_same_error(lambda d: torch.native_layer_norm(
+            torch.randn(shape, dtype=torch.bfloat16).to(d), [5], torch.ones(5, dtype=torch.bfloat16, device=d),
+            torch.zeros(5, device=d), 1e-5))
+    check_same_error(lambda d: torch.native_group_norm(
+        torch.randn(0, 4, 3, dtype=torch.bfloat16).to(d), torch.ones(4, dtype=torch.bfloat16, device=d),
+        torch.zeros(4, device=d), 0, 4, 3, 2, 1e-5))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_float64_batch_norm_computes_in_double(training):
+    x = torch.randn(4, 6, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    mean, var = torch.randn(6, dtype=torch.float64), torch.rand(6, dtype=torch.float64) + 0.5
+    expected = torch.native_batch_norm(x, None, None, mean.clone(), var.clone(), training, 0.1, 1e-5)[0]
+    actual = torch.native_batch_norm(x.to("tpu"), None, None, mean.to("tpu"), var.to("tpu"), training, 0.1, 1e-5)[0]
+    torch.testing.assert_close(actual.cpu(), expected, rtol=1e-13, atol=1e-13)

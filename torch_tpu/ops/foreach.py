@@ -140,11 +140,13 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
 
 def _in_compute_dtype(column, dtype):
     """A column of numbers as the 0-d arrays of the compute dtype that the pointwise maths make of them; one
-    Scalar repeated down the column (a Scalar overload's) is converted once."""
+    Scalar repeated down the column (a Scalar overload's) is converted once. A number past a 16-bit or float32
+    range becomes inf silently, as CPU's conversion makes it (no NumPy overflow warning)."""
     first = column[0]
-    if all(value is first for value in column):
-        return [np.asarray(_as_number(first)).astype(dtype)] * len(column)
-    return [np.asarray(_as_number(value)).astype(dtype) for value in column]
+    with _C.vpu.ignoring_fp_errors():
+        if all(value is first for value in column):
+            return [np.asarray(_as_number(first)).astype(dtype)] * len(column)
+        return [np.asarray(_as_number(value)).astype(dtype) for value in column]
 
 
 def _opmath_view(t):
@@ -303,22 +305,10 @@ def _binary_kernel(name, fn, kind, inplace):
     return kernel
 
 
-# --- addcmul, addcdiv: self + value * (t1 op t2) ---------------------------------------------------------------
+# --- addcmul, addcdiv: pointwise's maths (self + value * (t1 op t2), addcmul's last step fused as CPU fuses it) -----
 
 
-def _addcmul(x, t1, t2, value, out=None):
-    product = np.multiply(t1, value)
-    product *= t2
-    return np.add(x, product, out=out)
-
-
-def _addcdiv(x, t1, t2, value, out=None):
-    quotient = np.multiply(t1, value)
-    quotient /= t2
-    return np.add(x, quotient, out=out)
-
-
-_TERNARY = {"addcmul": _addcmul, "addcdiv": _addcdiv}
+_TERNARY = {"addcmul": pointwise.addcmul, "addcdiv": pointwise.addcdiv}
 
 
 def _ternary_kernel(name, fn, kind, inplace):
@@ -336,19 +326,7 @@ def _ternary_kernel(name, fn, kind, inplace):
     return kernel
 
 
-# --- lerp: PyTorch's two-sided formula, exact at both ends -----------------------------------------------------
-
-
-def _lerp(start, end, weight, out=None):
-    difference = np.subtract(end, start)
-    if np.ndim(weight) == 0:
-        if abs(weight) < 0.5:
-            difference *= weight
-            return np.add(start, difference, out=out)
-        difference *= 1 - weight
-        return np.subtract(end, difference, out=out)
-    small = np.abs(weight) < 0.5
-    return np.where(small, start + weight * difference, end - difference * (1 - weight))
+# --- lerp: pointwise.lerp's maths (CPU's two-sided formula, fused as CPU fuses it) ---------------------------------
 
 
 def _lerp_kernel(kind, inplace):
@@ -356,8 +334,8 @@ def _lerp_kernel(kind, inplace):
 
     def kernel(self, tensors1, weight):
         if kind == "List":
-            return _foreach(_lerp, method, self, [tensors1, weight], [], inplace)
-        return _foreach(_lerp, method, self, [tensors1], [_scalar_column(kind, self, weight)], inplace,
+            return _foreach(pointwise.lerp, method, self, [tensors1, weight], [], inplace)
+        return _foreach(pointwise.lerp, method, self, [tensors1], [_scalar_column(kind, self, weight)], inplace,
                         checked_as="lerp")
 
     return kernel

@@ -401,8 +401,8 @@ def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows):
 
 def check_layer_norm_dtypes(input, normalized_shape, weight, bias):
     """CPU's layer norm on its parameters' dtypes: a mix only as mixed_data_type.h allows, else the input's dtype
-    (its kernel's check, made when it has rows to normalize)."""
-    if not check_mixed_type(input, weight, bias) and layer_norm_rows_count(input, normalized_shape):
+    (its kernel's check, made for an empty input too)."""
+    if not check_mixed_type(input, weight, bias):
         check_kernel_dtype(input.dtype, weight, bias)
 
 
@@ -468,7 +468,7 @@ def affine_per_channel(xhat, weight, bias):
 @register("native_group_norm")
 @cpu_dtypes(torch.ops.aten.native_group_norm.default, floating_not_fp8)
 def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
-    if not check_mixed_type(input, weight, bias) and input.numel():
+    if not check_mixed_type(input, weight, bias):
         check_kernel_dtype(input.dtype, weight, bias)
     x = opmath_operand(input)
     mean, var = moments(grouped(x, N, C, HxW, group), (2,))
@@ -488,8 +488,7 @@ def check_group_norm_backward_dtypes(grad_out, input, mean, rstd, weight, output
         raise RuntimeError("Expected scalar types of X and dY are same.")
     mixed = check_mixed_type(input, mean, rstd)
     check_parameter_gradients(output_mask, weight, weight)
-    if input.numel():
-        check_kernel_dtype(torch.float32 if mixed else input.dtype, weight)
+    check_kernel_dtype(torch.float32 if mixed else input.dtype, weight)
 
 
 @register("native_group_norm_backward")
@@ -604,7 +603,9 @@ def transformed(input, x, weight, bias, mean, invstd, compute, vectorised):
         centered = (x - per_channel(mean.astype(compute), ndim)) * per_channel(invstd.astype(compute), ndim)
         weight, bias = (None if p is None else operand(p).astype(compute, copy=False) for p in (weight, bias))
         return write(out, shifted(scaled(centered, per_channel(weight, ndim)), per_channel(bias, ndim)))
-    alpha = scaled(per_channel(invstd.astype(np.float32), ndim), per_channel(optional_operand(weight), ndim))
+    # in the opmath type: float32 for 16-bit inputs, float64 for float64 (CPU's kernel computes in double there)
+    alpha = scaled(per_channel(invstd.astype(np.promote_types(x.dtype, np.float32)), ndim),
+                   per_channel(optional_operand(weight), ndim))
     beta = shifted(-per_channel(mean.astype(alpha.dtype), ndim) * alpha, per_channel(optional_operand(bias), ndim))
 
     def affine(destination):

@@ -17,6 +17,7 @@ TensorIterator hands it over, rounded to the 16-bit format first unless CPU's ke
 """
 
 import dataclasses
+import functools
 import math
 
 import ml_dtypes
@@ -719,19 +720,34 @@ def _scaled(b, alpha):
     return b if alpha == 1 and not np.iscomplexobj(b) else np.multiply(scalar(alpha, b), b)
 
 
+@functools.cache
+def cpu_fuses_multiply_add():
+    """Whether CPU's build contracts a product and a sum into one FMA: its AVX2/AVX512 kernels do (``vec::fmadd``,
+    and the compiler in their loops); under ATEN_CPU_CAPABILITY=default they round twice."""
+    return torch.backends.cpu.get_cpu_capability() != "DEFAULT"
+
+
 def _fused(b, alpha):
     """Whether CPU's fused ``alpha * b + a`` (vec::fmadd) can differ from a rounded product and sum: float32 and
-    float64 (16-bit operands' products are exact in float32) by a finite ``alpha`` that is not a power of two.
-    ``alpha`` is a Python number, or a 0-d array foreach converted once for its list."""
-    if np.asarray(b).dtype not in _FUSED_DTYPES:
+    float64 (16-bit operands' products are exact in float32) by a finite ``alpha`` other than 0 and +-1 (a power
+    of two's product is exact too, until it overflows or underflows). ``alpha`` is a Python number, or a 0-d
+    array foreach converted once for its list."""
+    if np.asarray(b).dtype not in _FUSED_DTYPES or not cpu_fuses_multiply_add():
         return False
     if alpha.__class__ is np.ndarray:
         alpha = alpha.item()
-    return (isinstance(alpha, (int, float)) and math.isfinite(alpha) and abs(math.frexp(alpha)[0]) != 0.5
-            and alpha != 0)
+    return isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha not in (0, 1, -1)
 
 
 _FUSED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _negated(alpha):
+    """c10's ``-alpha`` of sub: the number is negated, then converted, so a complex alpha made from a real number
+    keeps a +0 imaginary part (foreach's alpha arrives converted: 0 - alpha gives that +0, -alpha would not)."""
+    if alpha.__class__ is np.ndarray and alpha.dtype.kind == "c":
+        return 0 - alpha
+    return -alpha
 
 
 @writes_out
@@ -744,9 +760,12 @@ def add(a, b, alpha=1, out=None):
 
 @writes_out
 def sub(a, b, alpha=1, out=None):
-    """CPU's sub is add with ``-alpha``."""
+    """CPU's sub is add with ``-alpha``: for complex numbers that is not ``a - alpha * b`` where a part is zero
+    (-0 + 0 is +0, -0 - 0 is -0)."""
     if _fused(b, alpha):
         return vpu.fused_multiply_add(scalar(-alpha, np.asarray(b)), np.asarray(b), np.asarray(a), out)
+    if np.iscomplexobj(b):
+        return np.add(a, np.multiply(scalar(_negated(alpha), b), b), out=out)
     return np.subtract(a, _scaled(b, alpha), out=out)
 
 
@@ -1137,6 +1156,9 @@ def _scaled_product_added(combine, x, a, b, value, out):
     """``x + combine(value * a, b)``, each step rounded in the operands' dtype. With a floating ``out`` of the
     dtype of ``value``, ``a`` and ``b`` that none of the operands overlap, the steps run in ``out``'s memory (the
     same operations in the same order: the same bits, without two temporaries of the full size)."""
+    if combine is np.multiply and x.dtype in _FUSED_DTYPES and cpu_fuses_multiply_add():
+        # CPU's compiler contracts addcmul's last product and sum (self + value * t1 * t2) into one FMA
+        return vpu.fused_multiply_add(value * a, b, x, out)
     if (out is None or out.dtype.kind not in "fc" or not out.dtype == value.dtype == a.dtype == b.dtype
             or np.may_share_memory(out, x) or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
         return np.add(x, combine(value * a, b), out=out)
@@ -1155,10 +1177,22 @@ def check_addcdiv(dtype, x, a, b, value=1):
             "latter implementation: (input + value * tensor1 / tensor2), for all dtypes.")
 
 
-def lerp(start, end, weight):
+@writes_out
+def lerp(start, end, weight, out=None):
+    """CPU's two-sided formula, exact at both ends: ``start + weight * (end - start)`` for a weight under 0.5 in
+    magnitude, else ``end - (end - start) * (1 - weight)``. Its AVX2 build rounds each side's product and sum once
+    (``vec::fmadd(coefficient, end - start, base)``, with ``weight - 1`` as the large side's coefficient)."""
     weight = weight if isinstance(weight, np.ndarray) else scalar(weight, start)
-    difference = end - start
-    return np.where(np.abs(weight) < 0.5, start + weight * difference, end - difference * (1 - weight))
+    difference = np.subtract(end, start)
+    small = np.abs(weight) < 0.5
+    if difference.dtype in _FUSED_DTYPES and cpu_fuses_multiply_add():
+        coefficient, base = np.where(small, weight, weight - 1), np.where(small, start, end)
+        return vpu.fused_multiply_add(coefficient, difference, base, out)
+    result = np.where(small, start + weight * difference, end - difference * (1 - weight))
+    if out is None:
+        return result
+    np.copyto(out, result)
+    return out
 
 
 def where(condition, x, y):

@@ -1,0 +1,91 @@
+"""CPU's AVX2/AVX512 kernels round a product and a sum once (an FMA) in add/sub with an alpha, addcmul's last
+step and lerp; the tpu replays it (csrc_py/vpu.py ``fused_multiply_add``), per-tensor and foreach alike, so
+optimizers that use them (SGD's ``add_(alpha=-lr)``, Adam's ``lerp_``/``addcmul_``) train bit for bit as on CPU."""
+
+import math
+
+import pytest
+import torch
+
+import torch_tpu
+from torch_tpu.ops import pointwise
+
+pytestmark = pytest.mark.skipif(not pointwise.cpu_fuses_multiply_add(), reason="this CPU build rounds twice")
+
+FLOATS = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+def _bits(t):
+    t = torch.view_as_real(t) if t.is_complex() else t
+    return t.contiguous().view({8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()])
+
+
+def assert_same_bits(actual, expected):
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    assert torch.equal(_bits(actual.cpu()), _bits(expected))
+
+
+def _randn(*shape, dtype, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_addcmul_and_lerp_round_as_cpu_does(dtype):
+    x, a, b = (_randn(4099, dtype=dtype, seed=s) for s in range(3))
+    weights = _randn(4099, dtype=dtype, seed=3) * 1.5
+    tpu = [t.to("tpu") for t in (x, a, b, weights)]
+    assert_same_bits(torch.addcmul(tpu[0], tpu[1], tpu[2], value=0.3), torch.addcmul(x, a, b, value=0.3))
+    assert_same_bits(torch.addcmul(tpu[0], tpu[1], tpu[2]), torch.addcmul(x, a, b))
+    for weight in (0.1, 0.7, -0.3, 1.2):
+        assert_same_bits(torch.lerp(tpu[0], tpu[1], weight), torch.lerp(x, a, weight))
+        assert_same_bits(torch._foreach_lerp([tpu[0]], [tpu[1]], weight)[0], torch.lerp(x, a, weight))
+    assert_same_bits(torch.lerp(tpu[0], tpu[1], tpu[3]), torch.lerp(x, a, weights))
+    assert_same_bits(torch._foreach_addcmul([tpu[0]], [tpu[1]], [tpu[2]], 0.3)[0], torch.addcmul(x, a, b, value=0.3))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_power_of_two_alpha_is_fused_where_its_product_overflows_or_underflows(dtype):
+    info = torch.finfo(dtype)
+    a = torch.tensor([-info.max, -info.tiny * 2 ** -23, 1.0], dtype=dtype)
+    b = torch.tensor([info.max, 3 * info.tiny * 2 ** -23, 3.0], dtype=dtype)
+    for alpha in (2, 0.5):
+        assert_same_bits(torch.add(a.to("tpu"), b.to("tpu"), alpha=alpha), torch.add(a, b, alpha=alpha))
+
+
+@pytest.mark.parametrize("name", ["Adam", "AdamW", "SGD"])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_optimizer_states_stay_bit_identical_to_cpu(name, foreach):
+    cpu_param = _randn(4096, dtype=torch.float32, seed=0).requires_grad_()
+    tpu_param = cpu_param.detach().to("tpu").requires_grad_()
+    make = getattr(torch.optim, name)
+    optimizers = [make([p], lr=1e-2, foreach=foreach) for p in (cpu_param, tpu_param)]
+    for step in range(3):
+        grad = _randn(4096, dtype=torch.float32, seed=10 + step)
+        cpu_param.grad, tpu_param.grad = grad, grad.to("tpu")
+        for optimizer in optimizers:
+            optimizer.step()
+    cpu_state, tpu_state = (o.state[p] for o, p in zip(optimizers, (cpu_param, tpu_param)))
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in cpu_state:
+            assert_same_bits(tpu_state[key], cpu_state[key])
+    if name == "SGD":  # Adam's parameters also go through sqrt, which CPU computes with another rounding
+        assert_same_bits(tpu_param.detach(), cpu_param.detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_sub_is_add_of_the_negated_alpha_as_on_cpu(dtype):
+    """-0 + 0 is +0 where -0 - 0 is -0: CPU's sub adds ``-alpha * b``, so a zero part's sign follows that."""
+    parts = (0.0, -0.0, 1.0, math.inf)
+    values = torch.tensor([complex(re, im) for re in parts for im in parts], dtype=dtype)
+    a, b = values[:, None].repeat(1, len(values)), values[None].repeat(len(values), 1)
+    ta, tb = a.to("tpu"), b.to("tpu")
+    assert_same_bits(ta - tb, a - b)
+    assert_same_bits(torch.sub(ta, tb, alpha=2), torch.sub(a, b, alpha=2))
+    assert_same_bits(torch.rsub(ta, tb), torch.rsub(a, b))
+    assert_same_bits(torch._foreach_sub([ta], [tb], alpha=3)[0], torch.sub(a, b, alpha=3))
+
+
+def test_foreach_numbers_past_the_range_become_inf_silently(recwarn):
+    result = torch._foreach_add([torch.ones(3, device="tpu")], 1e300)[0]
+    assert torch.equal(result.cpu(), torch._foreach_add([torch.ones(3)], 1e300)[0])
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
