@@ -185,7 +185,9 @@ def test_output_metadata_matches_cpu(case):
     lambda x, p: torch.ops.aten._native_batch_norm_legit(x, p(6), p(6), True, 0.1, 1e-5),
     lambda x, p: torch.ops.aten.native_batch_norm(x, p(6), p(6), p(6), p(6), False, 0.1, 1e-5),
     lambda x, p: torch.ops.aten._native_batch_norm_legit(x, p(6), p(6), p(6), p(6), False, 0.1, 1e-5),
-], ids=["layer", "layer-no-affine", "batch", "batch-legit", "batch-no-stats", "batch-eval", "batch-legit-eval"])
+    lambda x, p: torch.ops.aten._native_batch_norm_legit_no_training(x, p(6), p(6), p(6), p(6), 0.1, 1e-5),
+], ids=["layer", "layer-no-affine", "batch", "batch-legit", "batch-no-stats", "batch-eval", "batch-legit-eval",
+        "batch-legit-no-training"])
 def test_norm_statistics_have_the_kernels_dtype_and_cost(norm, parameter_dtype):
     """Meta saves mean and rstd in float32 (CUDA's choice), and in evaluation CUDA's running statistics; CPU's
     kernels, and tpu's, in a bf16 input's dtype unless float32 parameters make the norm mixed, and none (empty)
@@ -202,6 +204,20 @@ def test_norm_statistics_have_the_kernels_dtype_and_cost(norm, parameter_dtype):
         return [(r.dtype, r.shape, r.stride()) for r in results], charged
 
     assert run(True) == run(False)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "channels_last"])
+def test_dropout_backward_is_laid_out_as_in_eager_mode(layout):
+    """Eager lays the gradient out as TensorIterator lays out ``grad * mask``; Meta's is contiguous."""
+    def gradient_layout(run_abstractly):
+        with abstract() if run_abstractly else contextlib.nullcontext():
+            grad = torch.ones(4, 8, 6, 6, device="tpu")
+            grad = {"contiguous": grad, "transposed": grad.transpose(1, 3),
+                    "channels_last": grad.contiguous(memory_format=torch.channels_last)}[layout]
+            result = torch.ops.aten.native_dropout_backward(grad, torch.ones_like(grad, dtype=torch.bool), 2.0)
+            return result.dtype, result.shape, result.stride()
+
+    assert gradient_layout(True) == gradient_layout(False)
 
 
 @pytest.mark.parametrize("softmax", [torch.ops.aten._softmax, torch.ops.aten._log_softmax])

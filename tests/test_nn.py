@@ -1177,3 +1177,26 @@ def test_float64_batch_norm_computes_in_double(training):
     expected = torch.native_batch_norm(x, None, None, mean.clone(), var.clone(), training, 0.1, 1e-5)[0]
     actual = torch.native_batch_norm(x.to("tpu"), None, None, mean.to("tpu"), var.to("tpu"), training, 0.1, 1e-5)[0]
     torch.testing.assert_close(actual.cpu(), expected, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("backward", [torch.ops.aten._softmax_backward_data, torch.ops.aten._log_softmax_backward_data])
+@pytest.mark.parametrize("dim", [0, 1])
+def test_softmax_backwards_refuse_integers_as_cpu_does(backward, dim):
+    check_same_error(lambda d: backward(torch.ones(2, 3, dtype=torch.int64, device=d),
+                                        torch.ones(2, 3, dtype=torch.int64, device=d), dim, torch.int64))
+
+
+@pytest.mark.parametrize("double", ["grad_output", "total_weight", "weight"])
+def test_nll_loss_refuses_operands_of_another_dtype_as_cpu_does(double):
+    def call(d):
+        dtype_of = lambda name: torch.float64 if name == double else torch.float32  # noqa: E731
+        scores, target = torch.randn(4, 3, device=d), torch.tensor([0, 1, 2, 0], device=d)
+        weight = torch.ones(3, dtype=dtype_of("weight"), device=d)
+        return torch.ops.aten.nll_loss_backward(torch.tensor(1.0, dtype=dtype_of("grad_output"), device=d), scores,
+                                                target, weight, 1, -100,
+                                                torch.tensor(4.0, dtype=dtype_of("total_weight"), device=d))
+    check_same_error(call)
+    if double == "weight":
+        check_same_error(lambda d: torch.ops.aten.nll_loss_forward(
+            torch.randn(4, 3, device=d), torch.tensor([0, 1, 2, 0], device=d),
+            torch.ones(3, dtype=torch.float64, device=d), 1, -100))

@@ -447,21 +447,30 @@ LIKE_ARGUMENT = {
 }
 
 
-def _statistics_as_cpu(*parameters):
+def _statistics_as_cpu(*parameters, evaluation=False):
     """Meta saves a norm's mean and rstd in float32 (CUDA's choice); CPU's kernels, which tpu's follow, in
     the input's dtype, unless a bf16/fp16 input meets float32 ``parameters`` (autocast's mixed norms). A batch
-    norm in evaluation saves CPU's empty statistics, where Meta gives CUDA's running ones."""
+    norm in evaluation (``training=False``, or an ``evaluation`` overload) saves CPU's empty statistics, where
+    Meta gives CUDA's running ones."""
 
     def correct(call, result):
         output, *statistics = result
         mixed = call["input"].dtype in (torch.bfloat16, torch.float16) and any(
             call.get(name) is not None and call[name].dtype == torch.float32 for name in parameters)
         dtype = torch.float32 if mixed else call["input"].dtype
-        if call.get("training") is False:
+        if evaluation or call.get("training") is False:
             return (output, *(s.new_empty((0,), dtype=dtype) for s in statistics))
         return (output, *(s.to(dtype) for s in statistics))
 
     return correct
+
+
+def _dropout_backward_as_cpu(call, result):
+    """Eager lays the gradient out as TensorIterator lays out ``grad * mask``; Meta, contiguously."""
+    from .ops import nn
+
+    strides = nn.dropout_backward_strides(call["grad_output"], call["mask"], result.shape)
+    return result if strides is None else result.new_empty_strided(result.shape, strides)
 
 
 def _half_to_float(call):
@@ -480,6 +489,9 @@ AS_TPU_KERNEL = {
     torch.ops.aten.native_batch_norm.default: _statistics_as_cpu("weight", "bias", "running_mean", "running_var"),
     torch.ops.aten._native_batch_norm_legit.default: _statistics_as_cpu("weight", "bias", "running_mean", "running_var"),
     torch.ops.aten._native_batch_norm_legit.no_stats: _statistics_as_cpu("weight", "bias"),
+    torch.ops.aten._native_batch_norm_legit_no_training.default: _statistics_as_cpu(
+        "weight", "bias", "running_mean", "running_var", evaluation=True),
+    torch.ops.aten.native_dropout_backward.default: _dropout_backward_as_cpu,
 }
 
 

@@ -163,11 +163,12 @@ def softmax_into(destination, x, dim, log=False):
     return row_max
 
 
-def check_softmax_dtype(self, dim, log):
-    """CPU's softmax loops are floating-point only; its error names the loop the dim selects."""
+def check_softmax_dtype(self, dim, kernel):
+    """CPU's softmax loops (``kernel``: "softmax", "log_softmax_backward", ...) are floating-point only; its error
+    names the loop the dim selects."""
     if self.numel() and not self.dtype.is_floating_point:
         loop = "lastdim_kernel_impl" if dim == max(self.dim() - 1, 0) else "kernel_impl"
-        raise not_implemented_for(f"{'log_' if log else ''}softmax_{loop}", self.dtype)
+        raise not_implemented_for(f"{kernel}_{loop}", self.dtype)
 
 
 def check_half_to_float(self, half_to_float):
@@ -180,7 +181,7 @@ def check_half_to_float(self, half_to_float):
 def softmax_kernel(log):
     def kernel(self, dim, half_to_float, *, out=None):  # None: into a new tensor (launched without the wrapper)
         dim = wrap_dim(dim, self.dim())
-        check_softmax_dtype(self, dim, log)
+        check_softmax_dtype(self, dim, "log_softmax" if log else "softmax")
         check_half_to_float(self, half_to_float)
         dtype = torch.float32 if half_to_float else self.dtype
         if out is None:
@@ -208,9 +209,10 @@ def log_softmax_backward_into(destination, grad, y, dim):
     destination += grad
 
 
-def softmax_backward_kernel(backward_into, out_name):
+def softmax_backward_kernel(backward_into, out_name, cpu_kernel):
     def kernel(grad_output, output, dim, input_dtype, **out):  # none: into a new tensor (without the wrapper)
         dim = wrap_dim(dim, output.dim())
+        check_softmax_dtype(output, dim, cpu_kernel)
         if out:
             out = prepare_out(out[out_name], output.shape, input_dtype, distinct=(grad_output, output),
                               dtype_rule=exact_dtype)
@@ -222,8 +224,10 @@ def softmax_backward_kernel(backward_into, out_name):
     return kernel
 
 
-register("_softmax_backward_data.out")(softmax_backward_kernel(softmax_backward_into, "grad_input"))
-register("_log_softmax_backward_data.out")(softmax_backward_kernel(log_softmax_backward_into, "out"))
+register("_softmax_backward_data.out")(
+    softmax_backward_kernel(softmax_backward_into, "grad_input", "softmax_backward"))
+register("_log_softmax_backward_data.out")(
+    softmax_backward_kernel(log_softmax_backward_into, "out", "log_softmax_backward"))
 
 
 def without_structured_wrapper(name, outputs, fits, out_overload="out"):
@@ -790,11 +794,15 @@ def native_dropout_backward(grad_output, mask, scale, *, out=None):
     masked_dtype = torch.promote_types(grad_output.dtype, mask.dtype)
     dtype = torch.result_type(torch.empty((), dtype=masked_dtype), scale)
     result = dropout_backward_arrays(opmath_operand(grad_output), operand(mask), scale, opmath_dtype(dtype))
-    if out is None:  # laid out as CPU's TensorIterator lays out the product of the two
-        operands = (grad_output, mask)
-        return write(empty(result.shape, dtype, None if all_contiguous(operands) else iterator_strides(
-            result.shape, operands)), result)
+    if out is None:
+        return write(empty(result.shape, dtype, dropout_backward_strides(grad_output, mask, result.shape)), result)
     return store(result, dtype, out=out, dtype_rule=exact_dtype)
+
+
+def dropout_backward_strides(grad_output, mask, shape):
+    """The layout CPU's TensorIterator gives the product of the two (None: contiguous); abstract mode asks too."""
+    operands = (grad_output, mask)
+    return None if all_contiguous(operands) else iterator_strides(shape, operands)
 
 
 def dropout_backward_arrays(grad, mask, scale, compute):
@@ -893,6 +901,7 @@ def nll_backward_maths(grad, x, target_array, weight_array, reduction, ignore_in
 def nll_loss_forward(self, target, weight, reduction, ignore_index, *, output=None, total_weight=None):
     if not self.dtype.is_floating_point:
         raise not_implemented_for("nll_loss_out_frame", self.dtype)
+    check_kernel_dtype(self.dtype, weight)
     loss, weight_sum = nll_forward_arrays(self, target, weight, reduction, ignore_index, 0)
     return (store(loss, self.dtype, out=output, dtype_rule=exact_dtype),
             store(weight_sum, self.dtype, out=total_weight, dtype_rule=exact_dtype))
@@ -900,6 +909,7 @@ def nll_loss_forward(self, target, weight, reduction, ignore_index, *, output=No
 
 @register("nll_loss_backward.grad_input")
 def nll_loss_backward(grad_output, self, target, weight, reduction, ignore_index, total_weight, *, grad_input=None):
+    check_kernel_dtype(self.dtype, grad_output, weight, total_weight)
     return store(nll_backward_array(grad_output, self, target, weight, reduction, ignore_index, total_weight, 0),
                  self.dtype, out=grad_input, dtype_rule=exact_dtype)
 
