@@ -88,7 +88,6 @@ def _failures(op, dtype, kind, samples=None):
 NO_TPU_KERNEL = "no tpu kernel in eager mode either (sparse layouts)"
 NO_META = "PyTorch has no Meta kernel for it and abstract mode no rule: NotImplementedError naming the op"
 META_LAYOUT = "Meta lays the result out differently from the CPU (same shape, dtype and bytes)"
-META_EVAL_STATISTICS = "Meta returns batch norm's saved statistics in eval mode, the CPU empty tensors"
 # (op, kind) -> why the full sweep fails it; strict, so a fix shows up as an unexpected pass
 EXPECTED_FAILURES = {
     **{(name, kind): NO_TPU_KERNEL for name in ("sparse.sampled_addmm", "sparse.mm.reduce", "to_sparse")
@@ -99,7 +98,6 @@ EXPECTED_FAILURES = {
         "fft.rfftn", "nn.functional.max_unpool2d", "nn.functional.max_unpool2d.grad")},
     **{(name, support.GRAD): META_LAYOUT for name in (
         "fft.irfft2", "fft.irfftn", "nn.functional.scaled_dot_product_attention")},
-    **{(name, support.FORWARD): META_EVAL_STATISTICS for name in ("native_batch_norm", "_native_batch_norm_legit")},
 }
 
 

@@ -773,7 +773,15 @@ DROPOUT_LAYOUTS = {
         memory_format=torch.channels_last)[..., ::2],
     "expanded": lambda device: torch.randn(4, 1, device=device).expand(4, 6),
     "strided": lambda device: torch.randn(4, 12, device=device)[:, ::2],
+    "size_one_dims_transposed": lambda device: torch.randn(1, 5, 1, device=device).transpose(0, 2),
 }
+
+
+def test_dropout_of_an_empty_input_returns_it_with_a_mask_of_its_dtype_as_cpu_does():
+    for device in ("cpu", "tpu"):
+        x = torch.randn(0, 3, device=device).t()
+        result, mask = torch.ops.aten.native_dropout(x, 0.5, True)
+        assert result is x and (mask.dtype, mask.shape, mask.stride()) == (x.dtype, x.shape, (1, 3))
 
 
 @pytest.mark.parametrize("train", [True, False])

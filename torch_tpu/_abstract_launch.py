@@ -469,7 +469,7 @@ def _dropout_backward_as_cpu(call, result):
     """Eager lays the gradient out as TensorIterator lays out ``grad * mask``; Meta, contiguously."""
     from .ops import nn
 
-    strides = nn.dropout_backward_strides(call["grad_output"], call["mask"], result.shape)
+    strides = nn.product_strides(call["grad_output"], call["mask"], result.shape)
     return result if strides is None else result.new_empty_strided(result.shape, strides)
 
 

@@ -289,11 +289,11 @@ def _suggested_memory_format(shape, strides):
 
 def empty_like_strides(tensor):
     """The strides ``empty_like(tensor)`` (preserve_format) gives: the tensor's own when it is dense and without
-    overlap (transposed, channels-last), else its suggested memory format's; None for contiguous ones."""
-    if tensor.is_contiguous():
-        return None
+    overlap (transposed, channels-last, and a size-1 dim's stride as it is), else its suggested memory format's;
+    None for the contiguous strides."""
     if is_non_overlapping_and_dense(tensor):
-        return tensor.stride()
+        strides = tensor.stride()
+        return None if strides == _tensor.contiguous_strides(tensor.shape) else strides
     if suggested_memory_format(tensor) is torch.contiguous_format:
         return None
     return make_channels_last_strides_for(tensor.shape)

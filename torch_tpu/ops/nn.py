@@ -783,9 +783,14 @@ def dropout_refused(input, p, train):
 def native_dropout(input, p, train):
     if dropout_refused(input, p, train):
         raise_cpu_error(torch.ops.aten.native_dropout.default, input, p, train)
+    if not input.numel():  # CPU returns the input itself, and a mask empty_like it (of its dtype, not bool)
+        return input, empty(input.shape, input.dtype, empty_like_strides(input))
     result, keep = dropout_arrays(opmath_operand(input), p, train)
-    strides = empty_like_strides(input)  # CPU's result and mask are empty_like(input)
-    return write(empty(input.shape, input.dtype, strides), result), write(empty(input.shape, torch.bool, strides), keep)
+    strides = empty_like_strides(input)  # CPU's mask is empty_like(input), and so is its result in evaluation
+    mask = write(empty(input.shape, torch.bool, strides), keep)
+    if train and input.numel():  # input * mask * scale, laid out by TensorIterator over the two
+        strides = product_strides(input, mask, input.shape)
+    return write(empty(input.shape, input.dtype, strides), result), mask
 
 
 @register("native_dropout_backward", "native_dropout_backward.out")
@@ -795,13 +800,14 @@ def native_dropout_backward(grad_output, mask, scale, *, out=None):
     dtype = torch.result_type(torch.empty((), dtype=masked_dtype), scale)
     result = dropout_backward_arrays(opmath_operand(grad_output), operand(mask), scale, opmath_dtype(dtype))
     if out is None:
-        return write(empty(result.shape, dtype, dropout_backward_strides(grad_output, mask, result.shape)), result)
+        return write(empty(result.shape, dtype, product_strides(grad_output, mask, result.shape)), result)
     return store(result, dtype, out=out, dtype_rule=exact_dtype)
 
 
-def dropout_backward_strides(grad_output, mask, shape):
-    """The layout CPU's TensorIterator gives the product of the two (None: contiguous); abstract mode asks too."""
-    operands = (grad_output, mask)
+def product_strides(a, b, shape):
+    """The layout CPU's TensorIterator gives the product of two tensors (None: contiguous): dropout's result and
+    gradient; abstract mode asks too."""
+    operands = (a, b)
     return None if all_contiguous(operands) else iterator_strides(shape, operands)
 
 
