@@ -152,3 +152,19 @@ def test_complex_add_and_sub_multiply_by_alpha_one_as_cpu_does():
         graph = lambda x, y: (x + y, x - y, torch.sub(x, y, alpha=2), (x + y) * 2)  # noqa: E731
         for actual, expected in zip(_compiled(graph)(a.to("tpu"), b.to("tpu")), graph(a, b)):
             torch.testing.assert_close(actual.cpu(), expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("call", [
+    lambda a, b: torch.sub(a, b, alpha=1.0),  # integers with a floating alpha
+    lambda a, b: torch.add(a.float(), b.float(), alpha=True),  # a bool alpha for floats
+    lambda a, b: a - (b > 2),  # a bool subtracted
+], ids=["int_float_alpha", "float_bool_alpha", "bool_subtraction"])
+def test_compiled_pointwise_raises_the_errors_cpu_and_eager_raise(call):
+    """Dynamo's fake tensors take what CPU refuses: the lowering asks the eager kernel's checks, and a refused node
+    runs that kernel, which raises CPU's error (the program had computed numbers)."""
+    a, b = torch.tensor([1, 2, 3, 4]), torch.tensor([4, 3, 2, 1])
+    with pytest.raises(RuntimeError) as expected:
+        call(a, b)
+    with pytest.raises(RuntimeError) as actual:
+        _compiled(call)(a.to("tpu"), b.to("tpu"))
+    assert str(actual.value) == str(expected.value)

@@ -260,11 +260,24 @@ def _overload_name(overload):
 _UFUNC_BODIES = {pointwise.add: np.add, pointwise.sub: np.subtract}
 
 
+def _refusal(maths, promoted, extras, kwargs):
+    """The error CPU gives for these arguments, or None (Dynamo's fake tensors do not apply CPU's checks)."""
+    try:
+        maths.check(promoted, extras, kwargs)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as error:
+        return error
+    return None
+
+
 def lower_pointwise(node, maths):
     """``maths.function`` on the operands converted to the compute type, rounded once into ``out``."""
     args = list(node.args)
     promoted, extras = args[:maths.operands], args[maths.operands:]
     metas = [meta_twin(value_of(a)) for a in promoted]
+    refusal = _refusal(maths, metas, [meta_twin(value_of(a)) if isinstance(a, torch.fx.Node) else a for a in extras],
+                       dict(node.kwargs))
+    if refusal:  # the eager kernel raises CPU's error when the program reaches the node
+        return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))), reason=f"CPU refuses it: {refusal}")
     dtype = maths.rule(pointwise.common_dtype(*metas))
     compute = opmath_dtype(dtype) if maths.opmath(*metas) else numpy_dtype(dtype)
     out_name = DTYPE_NAME[value_of(node).dtype]

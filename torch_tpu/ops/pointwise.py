@@ -350,13 +350,15 @@ class Maths:
     """What a pointwise overload computes, for callers that hold NumPy arrays (compiled programs): the
     first ``operands`` arguments promote to ``rule(common dtype)``, computed in its opmath type when
     ``opmath(*promoted)`` says so, by ``function(*arrays, *extras, **options)``; ``name`` is the operator
-    whose CPU rules for numbers apply (``compute_into``)."""
+    whose CPU rules for numbers apply (``compute_into``); ``check(promoted, extras, kwargs)`` raises the error
+    CPU gives for these arguments (alpha's type, a bool subtraction, a Scalar out of range)."""
 
     function: object
     operands: int
     rule: object
     opmath: object
     name: str
+    check: object
 
 
 MATHS = {}  # overload name -> Maths, filled by the two factories below
@@ -417,7 +419,7 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
                             opmath, name)
 
     name = overload.partition(".")[0]
-    MATHS[overload] = Maths(function, operands, rule, lambda *promoted: opmath, name)
+    MATHS[overload] = Maths(function, operands, rule, lambda *promoted: opmath, name, checked_dtypes)
     register(overload)(kernel)
     twin = functional_twin(overload)
     wrapper = default_kernel(twin) if twin is not None and shape is None else None
@@ -584,7 +586,8 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         return run(out, args, kwargs)
 
     for overload in overloads:
-        MATHS[overload] = Maths(function, operands, rule, opmath, name)
+        MATHS[overload] = Maths(function, operands, rule, opmath, name, lambda promoted, extras, kwargs: check_arguments(
+            rule(common_dtype(*promoted)), (*promoted, *extras), kwargs))
         schema = resolve(overload)._schema
         if any(argument.is_out for argument in schema.arguments):
             register(overload)(out_variant)
