@@ -1208,3 +1208,15 @@ def test_nll_loss_refuses_operands_of_another_dtype_as_cpu_does(double):
         check_same_error(lambda d: torch.ops.aten.nll_loss_forward(
             torch.randn(4, 3, device=d), torch.tensor([0, 1, 2, 0], device=d),
             torch.ones(3, dtype=torch.float64, device=d), 1, -100))
+
+
+@pytest.mark.parametrize("input_dtype,parameter_dtype,statistics_dtype", [
+    (torch.float32, torch.bfloat16, torch.float32), (torch.float32, torch.float64, torch.float32),
+    (torch.float32, torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32, torch.bfloat16),
+    (torch.bfloat16, torch.float64, torch.float64)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_refuses_the_parameter_dtypes_cpu_refuses(input_dtype, parameter_dtype, statistics_dtype, training):
+    check_same_error(lambda d: F.batch_norm(
+        torch.randn(4, 3, 5, dtype=input_dtype).to(d), torch.zeros(3, dtype=statistics_dtype, device=d),
+        torch.ones(3, dtype=statistics_dtype, device=d), torch.ones(3, dtype=parameter_dtype, device=d),
+        torch.zeros(3, dtype=parameter_dtype, device=d), training))

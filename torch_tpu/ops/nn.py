@@ -105,6 +105,13 @@ def check_mixed_type(input, *params):
     return True
 
 
+def check_parameter_dtypes(input, *params):
+    """CPU's normalization kernels on their parameters' dtypes: a mix only as mixed_data_type.h allows, else the
+    input's dtype (their ``data_ptr<T>()``), checked for an empty input too."""
+    if not check_mixed_type(input, *params):
+        check_kernel_dtype(input.dtype, *params)
+
+
 def check_parameter_gradients(output_mask, weight, bias):
     """CPU's normalization backwards allocate a requested weight or bias gradient like the parameter: without it,
     that allocation fails."""
@@ -406,8 +413,7 @@ def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows):
 def check_layer_norm_dtypes(input, normalized_shape, weight, bias):
     """CPU's layer norm on its parameters' dtypes: a mix only as mixed_data_type.h allows, else the input's dtype
     (its kernel's check, made for an empty input too)."""
-    if not check_mixed_type(input, weight, bias):
-        check_kernel_dtype(input.dtype, weight, bias)
+    check_parameter_dtypes(input, weight, bias)
 
 
 def layer_norm_dtypes_refused(input, normalized_shape, weight, bias):
@@ -472,8 +478,7 @@ def affine_per_channel(xhat, weight, bias):
 @register("native_group_norm")
 @cpu_dtypes(torch.ops.aten.native_group_norm.default, floating_not_fp8)
 def native_group_norm(input, weight, bias, N, C, HxW, group, eps):
-    if not check_mixed_type(input, weight, bias):
-        check_kernel_dtype(input.dtype, weight, bias)
+    check_parameter_dtypes(input, weight, bias)
     x = opmath_operand(input)
     mean, var = moments(grouped(x, N, C, HxW, group), (2,))
     rstd = inverse_std(var, eps)
@@ -633,6 +638,7 @@ def evaluation_invstd(running_var, eps, compute, vectorised):
 @cpu_dtypes(torch.ops.aten.native_batch_norm.default, floating_not_fp8)
 def native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps):
     """Normalized with the statistics as CPU stores and reads them back."""
+    check_parameter_dtypes(input, weight, bias, running_mean, running_var)
     x = opmath_operand(input)
     stats_dtype = statistics_dtype(input, weight, bias, running_mean, running_var)
     vectorised = vectorised_layout(input)
