@@ -160,7 +160,7 @@ def _error_free_fused_multiply_add(a, b, c):
     format's largest value), the steps again at 2**-64 of the scale, scaled back: infinite only if the result is;
     anything else not finite is the plain ``a * b + c``, infinite or NaN anyway."""
     fused = np.array(_error_free_steps(a, b, c))
-    overflowed = ~np.isfinite(fused) & np.isfinite(a * 0) & np.isfinite(b * 0) & np.isfinite(c * 0)
+    overflowed = ~np.isfinite(fused) & np.isfinite(a) & np.isfinite(b) & np.isfinite(c)
     if overflowed.any():
         a, b, c = np.broadcast_arrays(a, b, c)
         scaled = _error_free_steps(a[overflowed], b[overflowed] * _DOWN_SCALE, c[overflowed] * _DOWN_SCALE)

@@ -698,7 +698,7 @@ def lower_layer_norm(node):
     source = value_of(input)
     inputs = tuple(a for a in (input, weight, bias) if isinstance(a, torch.fx.Node))
     parameters = [value_of(p) if isinstance(p, torch.fx.Node) else None for p in (weight, bias)]
-    if nn.layer_norm_dtypes_refused(source, normalized_shape, *parameters):
+    if nn.layer_norm_dtypes_refused(source, *parameters):
         return Lowered(EAGER, inputs=inputs, reason="CPU refuses the call: the eager kernel raises its error")
     axis = source.dim() - len(normalized_shape)
     rows, size = math.prod(source.shape[:axis]), math.prod(source.shape[axis:])

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from .._errors import cannot_cast
+
 KINDS = (
     "barrier", "all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter",
     "reduce_scatter_tensor", "all_to_all_single", "all_to_all", "scatter", "gather", "reduce",
@@ -72,11 +74,6 @@ def same_device(error, tensors):
 
 
 _BITWISE_OPS = ("BAND", "BOR", "BXOR")
-# c10's names of the integral types, which gloo's refusal of an integral average names
-_C10_INTEGRAL_NAMES = {
-    torch.bool: "Bool", torch.uint8: "Byte", torch.int8: "Char", torch.int16: "Short", torch.int32: "Int",
-    torch.int64: "Long", torch.uint16: "UInt16", torch.uint32: "UInt32", torch.uint64: "UInt64",
-}
 
 
 def reduce_op_takes(error, op, tensors):
@@ -84,10 +81,11 @@ def reduce_op_takes(error, op, tensors):
     integral and bool tensors only, an average on floating ones only (its float result cannot be stored)."""
     name = str(torch.distributed.ReduceOp.RedOpType(op)).rpartition(".")[2]
     for tensor in tensors:
-        if name in _BITWISE_OPS and (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
+        integral = not (tensor.dtype.is_floating_point or tensor.dtype.is_complex)
+        if name in _BITWISE_OPS and not integral:
             raise error(f"Cannot use ReduceOp.{name} with non-integral dtype")
-        if name == "AVG" and tensor.dtype in _C10_INTEGRAL_NAMES:
-            raise error(f"result type Float can't be cast to the desired output type {_C10_INTEGRAL_NAMES[tensor.dtype]}")
+        if name == "AVG" and integral:
+            raise error(str(cannot_cast(torch.float32, tensor.dtype)))
 
 
 def same_dtype(error, reference, tensors, what="output"):

@@ -124,7 +124,7 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
     if getattr(fn, "numbers_in_compute_dtype", False):  # converted here once, not by fn for every tensor
         compute = arrays[0][0].dtype
         numbers = [_in_compute_dtype(column, compute) for column in scalar_columns]
-        keywords = {name: np.asarray(value).astype(compute) for name, value in keywords.items()}
+        keywords = {name: _in_compute_dtype([value], compute)[0] for name, value in keywords.items()}
     else:
         numbers = [[_as_number(value) for value in column] for column in scalar_columns]
     outs = (arrays[0] if inplace else [as_numpy(t) for t in targets]) if direct else [None] * len(self)

@@ -383,7 +383,7 @@ def layer_norm_arrays(x, weight_rows, bias_rows, eps):
 @register("native_layer_norm")
 @cpu_dtypes(torch.ops.aten.native_layer_norm.default, floating_not_fp8)
 def native_layer_norm(input, normalized_shape, weight, bias, eps):
-    check_layer_norm_dtypes(input, normalized_shape, weight, bias)
+    check_parameter_dtypes(input, weight, bias)
     check_layer_norm_inputs(input, normalized_shape, weight, bias)
     x, stats_shape = layer_norm_rows(input, normalized_shape)
     normalize, mean, rstd = layer_norm_arrays(x, flat_operand(weight), flat_operand(bias), eps)
@@ -410,17 +410,11 @@ def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows):
     return input_gradient, lambda: column_sums(dy * xhat), lambda: column_sums(dy)
 
 
-def check_layer_norm_dtypes(input, normalized_shape, weight, bias):
-    """CPU's layer norm on its parameters' dtypes: a mix only as mixed_data_type.h allows, else the input's dtype
-    (its kernel's check, made for an empty input too)."""
-    check_parameter_dtypes(input, weight, bias)
-
-
-def layer_norm_dtypes_refused(input, normalized_shape, weight, bias):
+def layer_norm_dtypes_refused(input, weight, bias):
     """Whether CPU refuses layer norm's parameter dtypes (compiled programs leave such a call to the eager kernel,
     which raises CPU's error)."""
     try:
-        check_layer_norm_dtypes(input, normalized_shape, weight, bias)
+        check_parameter_dtypes(input, weight, bias)
     except RuntimeError:
         return True
     return False
@@ -794,7 +788,7 @@ def native_dropout(input, p, train):
     result, keep = dropout_arrays(opmath_operand(input), p, train)
     strides = empty_like_strides(input)  # CPU's mask is empty_like(input), and so is its result in evaluation
     mask = write(empty(input.shape, torch.bool, strides), keep)
-    if train and input.numel():  # input * mask * scale, laid out by TensorIterator over the two
+    if train:  # input * mask * scale, laid out by TensorIterator over the two
         strides = product_strides(input, mask, input.shape)
     return write(empty(input.shape, input.dtype, strides), result), mask
 

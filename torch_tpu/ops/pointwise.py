@@ -1189,7 +1189,10 @@ def lerp(start, end, weight, out=None):
     difference = np.subtract(end, start)
     small = np.abs(weight) < 0.5
     if difference.dtype in _FUSED_DTYPES and cpu_fuses_multiply_add():
-        coefficient, base = np.where(small, weight, weight - 1), np.where(small, start, end)
+        if np.ndim(weight) == 0:  # one side for every element: no full-size selection of start or end
+            coefficient, base = (weight, start) if small else (weight - 1, end)
+        else:
+            coefficient, base = np.where(small, weight, weight - 1), np.where(small, start, end)
         return vpu.fused_multiply_add(coefficient, difference, base, out)
     result = np.where(small, start + weight * difference, end - difference * (1 - weight))
     if out is None:
