@@ -1010,3 +1010,29 @@ def test_activation_launched_directly_is_charged_and_allocated_as_before():
     after = clock.op_totals["hardtanh_backward"]
     assert (after.count - before.count, after.bytes - before.bytes) == (1, 3 * x.nbytes)
     assert torch.tpu.memory_allocated() - allocated == gradient.nbytes == x.nbytes
+
+
+def _fill_or_error(value, dtype, device):
+    try:
+        return torch.empty(2, dtype=dtype, device=device).fill_(value).cpu()
+    except RuntimeError as error:
+        return str(error)
+
+
+# Equal numbers of different types that c10 tells apart: the int overflows int64 and its float does not
+# (C++ compares a double with the limit converted to double); -1 wraps into uint8 and -1.0 does not fit it.
+@pytest.mark.parametrize("first, second, dtype", [
+    (2**63, 2.0**63, torch.int64), (2.0**63, 2**63, torch.int64),
+    (-1, -1.0, torch.uint8), (-1.0, -1, torch.uint8),
+    (6.0, 6, torch.uint8), (1e39, 1e39, torch.float64),
+], ids=["int_then_float", "float_then_int", "wraps_then_refused", "refused_then_wraps", "six", "float64"])
+def test_cached_scalar_overflow_checks_keep_each_values_type(first, second, dtype):
+    """The Scalar overflow check is cached (a model passes the same Scalars every launch): a value checked
+    once must not answer for an equal one of another type or for another dtype."""
+    for value, in_dtype in [(first, dtype), (second, dtype), (1e39, torch.float32), (first, dtype)]:
+        expected = _fill_or_error(value, in_dtype, "cpu")
+        got = _fill_or_error(value, in_dtype, "tpu")
+        if isinstance(expected, str):
+            assert got == expected
+        else:
+            assert torch.equal(got, expected)

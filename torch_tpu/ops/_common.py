@@ -134,8 +134,13 @@ def wrap_dims(dims, ndim):
     return tuple(wrapped)
 
 
+@functools.lru_cache(maxsize=1024, typed=True)
 def _overflows(value, dtype):
-    """c10::overflows: whether a Scalar does not fit ``dtype`` (unsigned types take negatives that wrap)."""
+    """c10::overflows: whether a Scalar does not fit ``dtype`` (unsigned types take negatives that wrap).
+
+    Cached: a model passes the same few Scalars on every launch (ReLU6's 0.0 and 6.0, an optimizer's alpha),
+    and ``torch.finfo`` alone costs more than the rest of a small kernel's checks. ``typed`` keeps the value's
+    type in the key: 2**63 overflows int64 where the equal float 2.0**63 does not (C++ compares doubles)."""
     if dtype == torch.bool or isinstance(value, bool):
         return False
     if isinstance(value, complex):
