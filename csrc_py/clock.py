@@ -199,9 +199,10 @@ class Clock:
             totals = self.op_totals[name] = OpTotals()
         totals.count += 1
         totals.seconds += seconds
-        totals.compute_seconds += compute
         totals.bytes += nbytes
-        totals.flops += flops
+        if compute:  # most launches move bytes alone: their zeros are not added
+            totals.compute_seconds += compute
+            totals.flops += flops
         self.kernels_run += 1
         if self.kernels_run >= self._next_progress:
             self._progress()
