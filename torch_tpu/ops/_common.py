@@ -319,9 +319,12 @@ def store_in_memory_format(array, dtype, memory_format, *, out=None, **out_check
 
 def padded(array, widths, fill=0):
     """``array`` with (before, after) elements of ``fill`` around each dim: np.pad's constant mode, which
-    costs about 100 us of Python per call, written as one fill and one copy."""
-    result = np.full(tuple(n + lo + hi for n, (lo, hi) in zip(array.shape, widths)), fill, array.dtype)
-    result[tuple(slice(lo, lo + n) for n, (lo, _) in zip(array.shape, widths))] = array
+    costs about 100 us of Python per call, written as one fill and one copy (``np.full`` and generator
+    expressions would add about a microsecond of Python to every padded convolution)."""
+    shape = array.shape
+    result = np.empty(tuple([n + lo + hi for n, (lo, hi) in zip(shape, widths)]), array.dtype)
+    result.fill(fill)
+    result[tuple([slice(lo, lo + n) for n, (lo, _) in zip(shape, widths)])] = array
     return result
 
 
