@@ -134,13 +134,8 @@ def wrap_dims(dims, ndim):
     return tuple(wrapped)
 
 
-@functools.lru_cache(maxsize=1024, typed=True)
 def _overflows(value, dtype):
-    """c10::overflows: whether a Scalar does not fit ``dtype`` (unsigned types take negatives that wrap).
-
-    Cached: a model passes the same few Scalars on every launch (ReLU6's 0.0 and 6.0, an optimizer's alpha),
-    and ``torch.finfo`` alone costs more than the rest of a small kernel's checks. ``typed`` keeps the value's
-    type in the key: 2**63 overflows int64 where the equal float 2.0**63 does not (C++ compares doubles)."""
+    """c10::overflows: whether a Scalar does not fit ``dtype`` (unsigned types take negatives that wrap)."""
     if dtype == torch.bool or isinstance(value, bool):
         return False
     if isinstance(value, complex):
@@ -163,9 +158,17 @@ def _overflows(value, dtype):
     return value < limits.min or value > limits.max
 
 
+# A model passes the same few Scalars on every launch (ReLU6's 0.0 and 6.0, an optimizer's alpha), and ``torch.finfo``
+# alone costs more than the rest of a small kernel's checks: plain Python numbers are answered from a cache. ``typed``
+# keeps the value's type in the key: 2**63 overflows int64 where the equal float 2.0**63 does not (C++ compares doubles).
+# Other Scalars (a symbolic SymInt cannot be hashed; hashing a SymFloat would guard on it) are checked every time.
+_cached_overflows = functools.lru_cache(maxsize=1024, typed=True)(_overflows)
+_PLAIN_NUMBERS = frozenset({bool, int, float, complex})
+
+
 def check_scalar_fits(value, dtype):
     """The check c10 makes before storing a Scalar into a ``dtype`` tensor (fill_, masked_fill_, full, ...)."""
-    if _overflows(value, dtype):
+    if (_cached_overflows if value.__class__ in _PLAIN_NUMBERS else _overflows)(value, dtype):
         raise value_overflow(dtype)
 
 
