@@ -4,7 +4,6 @@ same HBM; kernels that are not isomorphic stay unrolled and correct."""
 
 import functools
 
-import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
@@ -110,21 +109,6 @@ def test_mixed_dtype_parameters_stay_correct(monkeypatch):
     assert sum(source.count(BATCHED) for source in batched[4]) == 2
     assert_same_step(batched, unrolled)
     assert {p.dtype for p in batched[0]} == {torch.bfloat16, torch.float32}
-
-
-@pytest.mark.parametrize("batched", [True, False])
-def test_a_fill_of_one_value_is_read_as_one_element(batched, monkeypatch):
-    """AdamW's first-moment lerp reaches the program as a ``full_like`` weight per parameter (Dynamo's polyfill of
-    ``_foreach_lerp_``) that ``addcmul`` reads. Filled when the program is generated, such a constant is one
-    element broadcast (strides 0), batched or not, so the fused multiply-add does not read a full array of one
-    number; the steps equal the unrolled ones bit for bit (the other tests here)."""
-    train(OPTIMIZERS["adamw"], [torch.float32] * len(SHAPES), batched, monkeypatch, steps=1)
-    prefix = "batched_" if batched else "constant_"
-    constants = [value for record in torch_tpu.compile.last_programs()
-                 for name, value in record.program.generated.namespace.items() if name.startswith(prefix)
-                 and isinstance(value, np.ndarray) and value.size > 1 and not value.flags.writeable]
-    assert constants and all(set(constant.strides) == {0} for constant in constants)
-    assert all(constant.flat[0] == np.float32(1 - 0.9) for constant in constants)  # AdamW's 1 - beta1
 
 
 def foreach_update(tensors):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .._tensor import numpy_dtype
-from .lowering import VIEW, is_tpu_node, one_value_view, tensor_inputs, value_of
+from .lowering import VIEW, is_tpu_node, tensor_inputs, value_of
 
 # homes of nodes that allocate or free HBM: none may run between a batched launch's first and last node
 _ALLOCATING = frozenset({"buffer", "output", "eager", "multi"})
@@ -184,7 +184,8 @@ def batched_lines(plan, lowered, constant):
             for nodes_of, start, stop in zip(plan.members, bounds[:-1], bounds[1:]):
                 member_node = nodes_of[i]
                 lowered[member_node].run(array[start:stop].reshape(tuple(value_of(member_node).shape)))
-            flat[i] = constant("batched_", one_value_view(array))
+            flat[i] = constant("batched_", array)
+            arrays[flat[i]] = array
             continue
         flat[i] = name = constant("batched_", array)
         arrays[name] = array

@@ -30,8 +30,7 @@ from .. import _C
 from .._tensor import NUMPY_DTYPE, numpy_dtype
 from .batching import HELPERS as BATCH_HELPERS, batched_lines, host_batch_lines, plan_batches, plan_host_batches
 from .fusion import fuse, horizontal_launches
-from .lowering import (EAGER, POINTWISE, VIEW, is_tpu_node, lower, nbytes_of, one_value_view, tensor_inputs,
-                       value_of)
+from .lowering import EAGER, POINTWISE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
 
 
@@ -266,7 +265,7 @@ def generate(graph, name):
         elif home == "scratch" and low.constant:  # read-only inside its kernel: filled now, once
             array = np.empty(tuple(value.shape), numpy_dtype(value.dtype))
             low.run(array)
-            w.line(f"{v} = {w.constant('constant_', one_value_view(array))}")
+            w.line(f"{v} = {w.constant('constant_', array)}")
             charge(node)
             return
         else:  # scratch

@@ -427,17 +427,6 @@ def lower_fill(node):
     return Lowered(POINTWISE, run, (), constant=not isinstance(fill, torch.fx.Node))  # a *_like's input gives only its shape
 
 
-def one_value_view(array):
-    """``array``, a constant node's value filled when the program is generated; when all its elements have one bit
-    pattern, a read-only view of one element broadcast to its shape (strides 0), so that its readers read one
-    element instead of a full array. AdamW's ``_foreach_lerp_`` reaches the graph (Dynamo's polyfill) as a
-    ``full_like`` weight per parameter that ``addcmul`` multiplies into the difference."""
-    elements = array.reshape(-1, 1).view(np.uint8) if array.size > 1 else None
-    if elements is None or not (elements == elements[0]).all():
-        return array
-    return np.broadcast_to(array.reshape(-1)[:1].reshape((1,) * array.ndim), array.shape)
-
-
 @lowers(aten.arange.start_step, aten.arange.start, aten.arange.default)
 def lower_arange(node):
     """A range's values are known when the graph is compiled: the kernel writes them."""
