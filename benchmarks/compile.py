@@ -2,6 +2,7 @@
 
     python benchmarks/compile.py            # prints the tables and rewrites docs/performance.md
     python benchmarks/compile.py --no-write # prints only
+    python benchmarks/compile.py --lines GPT-style  # CPU time of each line of the compiled step's programs, by kind
 
 One full training step (forward, backward, AdamW step; the optimizer step compiled too, as
 PyTorch users write it) of the MLP and of the GPT-style model of examples/models.py. "tpu compiled"
@@ -13,7 +14,10 @@ peak come from the emulated chip and do not depend on the host.
 """
 
 import argparse
+import collections
+import dataclasses
 import os
+import re
 import sys
 import time
 import warnings
@@ -118,6 +122,69 @@ def measure(name, make_model, make_batch, number, clock):
             "traced_recompile_free": traced_recompile_free}
 
 
+# kinds of program lines (docs/compile.md, "Reading a program dump"), first match wins
+LINE_KINDS = (("new output tensor", r"new_output\("), ("planned buffer", r"new_buffer\("), ("buffer released", r"^del b\d"),
+              ("other release", r"^del "), ("input as NumPy", r"as_numpy\(|\.numpy\(\)"), ("input taken", r"= args\["),
+              ("buffer's NumPy view", r"ndarray\(\*slot"), ("view", r"= view_\d+\("), ("gather", r"concatenate\("),
+              ("copy back", r"^copyto\(v_"), ("alias", r"^[vt]_\w+ = (v_\w+|host_\d+|scratch_\d+|constant_\d+)$"),
+              ("matmul", r"k_\w*(addmm|mm|bmm)_"), ("GELU", r"gelu"), ("layer norm", r"layer_norm"),
+              ("attention", r"attention"), ("fused multiply-add (addcmul, lerp)", r"addcmul|lerp"))
+
+
+def _timed_source(name, source, totals, texts):
+    """``source`` with each simple statement timed (process CPU time) into ``totals[(name, line)]``, and an empty
+    timed statement after each, into ``totals["empty"]``: the timer's own cost, subtracted afterwards."""
+    lines = []
+    for number, line in enumerate(source.splitlines()):
+        statement, indent = line.strip().split("  # ")[0], line[:len(line) - len(line.lstrip())]
+        if len(indent) < 8 or not statement or statement.endswith(":") or statement.startswith(
+                ("return", "if ", "for ", "#")):
+            lines.append(line)
+            continue
+        texts[(name, number)] = statement
+        lines.append(f"{indent}_s = _clock(); {statement}; _totals[{(name, number)!r}] += _clock() - _s")
+        lines.append(f"{indent}_s = _clock(); _totals['empty'] += _clock() - _s")
+    return "\n".join(lines) + "\n"
+
+
+def time_program_lines(model_name, rounds=8, steps=10, shown=15):
+    """CPU time of each line of the programs of one model's step with the backward in the graph (best of
+    ``rounds`` rounds of ``steps`` steps, the timer's own cost subtracted), by kind and the costliest lines."""
+    from torch_tpu.compile import runtime
+
+    totals, texts = collections.defaultdict(float), {}
+    make_program = runtime.Program.__init__
+
+    def timed_program(program, name, generated, constants=()):
+        namespace = dict(generated.namespace, _clock=time.process_time, _totals=totals)
+        timed = dataclasses.replace(generated, source=_timed_source(name, generated.source, totals, texts),
+                                    namespace=namespace)
+        make_program(program, name, timed, constants)
+
+    runtime.Program.__init__ = timed_program
+    factories = next(f for name, f in MODELS.items() if name.startswith(model_name))
+    step = training_step(*factories, "tpu", backend="tpu", backward_in_graph=True)
+    step()
+    best = {}
+    for _ in range(rounds):
+        totals.clear()
+        for _ in range(steps):
+            step()
+        executed = sum(1 for key in totals if key != "empty")  # each timed line runs once per step
+        timer = totals.pop("empty") / executed
+        for key, seconds in totals.items():
+            best[key] = min(best.get(key, float("inf")), max(seconds - timer, 0) / steps)
+    kinds = collections.defaultdict(float)
+    for (program, number), seconds in best.items():
+        kind = next((k for k, pattern in LINE_KINDS if re.search(pattern, texts[program, number])), "other kernels")
+        kinds[program, kind] += seconds
+    print(f"per step, {model_name} with the backward in the graph: {sum(best.values()) * 1e3:.2f} ms in program lines")
+    for (program, kind), seconds in sorted(kinds.items(), key=lambda item: -item[1]):
+        print(f"{seconds * 1e6:9.1f} us  {program:14s} {kind}")
+    for (program, number), seconds in sorted(best.items(), key=lambda item: -item[1])[:shown]:
+        print(f"{seconds * 1e6:9.1f} us  {program}:{number}  {texts[program, number][:100]}")
+
+
 def tables(results):
     speed = ["| model | tpu eager | tpu compiled | backward in the graph | CPU eager | Inductor CPU | compiled speed-up "
              "| backward in the graph: speed-up | compiled / CPU eager | backward in the graph / CPU eager |",
@@ -146,10 +213,14 @@ def main():
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/performance.md alone")
     parser.add_argument("--number", type=int, default=10, help="steps per timing round")
     parser.add_argument("--cpu-time", action="store_true", help="time the process's CPU time, not wall time")
+    parser.add_argument("--lines", metavar="MODEL", choices=[name.split()[0] for name in MODELS],
+                        help="time each line of the model's compiled programs (backward in the graph), by kind")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     torch._dynamo.config.trace_autograd_ops = True  # lets "backward in the graph" trace loss.backward()
+    if args.lines:
+        return time_program_lines(args.lines)
     clock = time.process_time if args.cpu_time else time.perf_counter
     results = {name: measure(name, *factories, args.number, clock) for name, factories in MODELS.items()}
     header = measured_on("one full training step (forward, backward, AdamW), every variant single-threaded, "
