@@ -317,3 +317,19 @@ def test_maximum_and_minimum_of_complex_lists_refuse_in_cpus_words(name):
     """CPU's foreach maximum/minimum run clamp_min/clamp_max per tensor, whose kernel names the refusal."""
     fn = getattr(torch, f"_foreach_{name}")
     check_same_error(lambda d: fn([torch.tensor([1 + 2j], device=d)], [torch.tensor([2 + 1j], device=d)]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("exponent", [3, -2, -1, 2, [3, -1, 2, -2, 3]])
+def test_pow_with_numbers_takes_pow_scalars_shortcuts_as_cpu_does(exponent, dtype):
+    """CPU runs pow.Tensor_Scalar per tensor, whose shortcuts (x * x * x for 3, 1 / (x * x) for -2) round otherwise
+    than pow's formula; bit for bit, -0.0 and -inf included."""
+    tensors = make_list(dtype, seed=3, low=-7.0, high=7.0, shapes=[(300,), (3, 4), (), (2, 0)])
+    tensors[1][0, :3] = torch.tensor([-0.0, -math.inf, math.inf])
+    expected = torch._foreach_pow(tensors, exponent)
+    results = torch._foreach_pow(to_tpu(tensors), exponent)
+    in_place = to_tpu(tensors)
+    torch._foreach_pow_(in_place, exponent)
+    for want, got, mutated in zip(expected, results, in_place):
+        assert torch.equal(got.cpu().reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))
+        assert torch.equal(mutated.cpu().reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))

@@ -254,10 +254,11 @@ _BINARY = {
     "minimum": _pointwise_maths("minimum.out"), "clamp_min": np.maximum, "clamp_max": np.minimum,
     "pow": _pointwise_maths("pow.Tensor_Tensor_out"),
 }
-# With numbers, CPU's per-tensor clamp_min/clamp_max keep x where it equals the bound (-0.0 against 0.0); with tensors
-# its vector loop gives the bound, as np.maximum/np.minimum do
-_NUMBER_BOUNDS = {"maximum": pointwise.clamp, "clamp_min": pointwise.clamp, "minimum": pointwise.clamp_max,
-                  "clamp_max": pointwise.clamp_max}
+# The maths CPU's per-tensor op takes with a number (its Scalar overload), where it is not the tensors' one: clamp_min/
+# clamp_max keep x where it equals the bound (-0.0 against 0.0; with tensors its vector loop gives the bound, as
+# np.maximum/np.minimum do); pow.Tensor_Scalar takes its shortcuts (x * x * x for 3, sqrt for 0.5, ...)
+_NUMBER_MATHS = {"maximum": pointwise.clamp, "clamp_min": pointwise.clamp, "minimum": pointwise.clamp_max,
+                 "clamp_max": pointwise.clamp_max, "pow": _pointwise_maths("pow.Tensor_Scalar_out")}
 # CPU's foreach maximum/minimum kernels run clamp_min/clamp_max per tensor, for numbers and tensor lists alike
 # (so a complex list meets clamp's kernel: '"maximum_cpu" not implemented', not maximum's meta check).
 _PER_TENSOR_OP = {"maximum": "clamp_min", "minimum": "clamp_max"}
@@ -402,7 +403,7 @@ def register_tables():
         _register_both(name, lambda inplace, name=name, fn=fn: _unary_kernel(name, fn, inplace), "default")
     for name, fn in _BINARY.items():
         for kind in _overloads(f"{name}_"):
-            maths = _NUMBER_BOUNDS.get(name, fn) if kind in ("Scalar", "ScalarList") else fn
+            maths = _NUMBER_MATHS.get(name, fn) if kind in ("Scalar", "ScalarList") else fn
             _register_both(name, lambda inplace, n=name, f=maths, k=kind: _binary_kernel(n, f, k, inplace), kind)
     for name, fn in _TERNARY.items():
         for kind in _overloads(f"{name}_"):
