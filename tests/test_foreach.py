@@ -333,3 +333,23 @@ def test_pow_with_numbers_takes_pow_scalars_shortcuts_as_cpu_does(exponent, dtyp
     for want, got, mutated in zip(expected, results, in_place):
         assert torch.equal(got.cpu().reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))
         assert torch.equal(mutated.cpu().reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_results_are_laid_out_as_cpus_per_tensor_ops_lay_them_out(dtype):
+    """CPU's foreach kernels run the op per tensor, so a transposed, channels-last, expanded or strided input gives
+    a result laid out as TensorIterator lays it out (the input's memory order), not a contiguous one."""
+    tensors = [torch.rand(4, 3).t(), torch.rand(2, 3, 4, 5).to(memory_format=torch.channels_last),
+               torch.rand(3, 1).expand(3, 4), torch.rand(6)[::2], torch.rand(3, 4)]
+    tensors = [t.to(dtype) for t in tensors]
+    contiguous = [t.contiguous() for t in tensors]
+    calls = [lambda ts, others: torch._foreach_add(ts, 1.0), lambda ts, others: torch._foreach_neg(ts),
+             lambda ts, others: torch._foreach_mul(ts, others), lambda ts, others: torch._foreach_add(ts, ts, alpha=2),
+             lambda ts, others: torch._foreach_addcmul(ts, others, ts, 0.5),
+             lambda ts, others: torch._foreach_lerp(ts, others, 0.3)]
+    for call in calls:
+        expected = call(tensors, contiguous)
+        got = call(to_tpu(tensors), to_tpu(contiguous))
+        assert [r.stride() for r in got] == [r.stride() for r in expected]
+        for want, result in zip(expected, got):
+            assert torch.equal(result.cpu(), want)

@@ -17,7 +17,7 @@ import torch
 
 from .. import _C, _tensor
 from .._tensor import is_tpu
-from ._common import as_numpy, empty, operand, opmath_dtype, opmath_operand, store, write
+from ._common import as_numpy, operand, opmath_dtype, opmath_operand, store, write
 from . import pointwise
 from .copy import copy_from
 from ._overlap import check_no_internal_overlap
@@ -117,7 +117,8 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
     the dtype is its own opmath type (float32, float64) each result is written straight into its
     target, else it is rounded on store.
     """
-    targets = self if inplace else [empty(t.shape, t.dtype) for t in self]
+    targets = self if inplace else [pointwise.new_output((t, *(column[i] for column in tensor_columns)), t.dtype)
+                                    for i, t in enumerate(self)]  # laid out as CPU's per-tensor op lays it out
     direct = opmath_dtype(self[0].dtype) == _tensor.numpy_dtype(self[0].dtype)
     view = as_numpy if direct else _opmath_view
     arrays = [[view(t) for t in column] for column in (self, *tensor_columns)]
