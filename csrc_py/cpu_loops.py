@@ -19,15 +19,17 @@ This module knows nothing of torch: callers pass NumPy arrays and the thread cou
 import numpy as np
 
 GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE
-# The bytes of one Vectorized<T> in each CPU capability PyTorch builds its kernels for (vec_base.h: 64 with
-# AVX-512, else 32). cpu_kernel_vec's loop takes two vectors a step, so its scalar tail is each row's last
-# ``length % (2 * VECTOR_BYTES / itemsize)`` elements.
-VECTOR_BYTES = {"AVX512": 64, "AVX2": 32, "DEFAULT": 32}
+# The bytes of one Vectorized<T> in the kernels replayed here, whatever the CPU's capability: 32 in the AVX2 and
+# default builds (vec_base.h), and on an AVX-512 CPU too, since a kernel registered with REGISTER_DISPATCH
+# (softshrink's, hardtanh_backward's, ...) has no AVX-512 build (DispatchStub.h registers nullptr for it, only
+# ALSO_REGISTER_AVX512_DISPATCH kernels get one) and the AVX2 kernel runs. cpu_kernel_vec's loop takes two vectors
+# a step, so its scalar tail is each row's last ``length % (2 * VECTOR_BYTES / itemsize)`` elements.
+VECTOR_BYTES = 32
 
 
-def kernel_vec_width(itemsize, capability):
+def kernel_vec_width(itemsize):
     """Elements per step of cpu_kernel_vec's vectorised loop, for elements of ``itemsize`` bytes."""
-    return 2 * VECTOR_BYTES.get(capability, 32) // itemsize
+    return 2 * VECTOR_BYTES // itemsize
 
 
 def parallel_chunk_length(n, threads):

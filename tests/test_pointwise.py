@@ -323,6 +323,37 @@ def test_sweep_found_refusals_match_cpu(name):
     check_same_error(SWEEP_REFUSALS[name])
 
 
+OUT_CALLS = {  # op name -> op(x, out=...) with the op's other arguments
+    **{name: getattr(torch, name) for name in ("floor", "ceil", "trunc", "round", "sign", "sgn", "neg", "frac",
+                                                  "bitwise_not", "signbit", "isposinf", "isneginf")},
+    **{name: getattr(torch._C._nn, name) for name in ("elu", "softplus", "hardsigmoid", "silu", "gelu", "leaky_relu",
+                                                        "hardswish", "mish", "softshrink")},
+    "hardshrink": torch.hardshrink, "abs": torch.abs, "conj_physical": torch.conj_physical,
+    "hardtanh": lambda x, out: torch._C._nn.hardtanh(x, 0, 1, out=out), "clamp": lambda x, out: torch.clamp(x, 0, 1, out=out),
+    "clamp_min": lambda x, out: torch.clamp_min(x, 0, out=out), "clamp_max": lambda x, out: torch.clamp_max(x, 1, out=out),
+}
+
+
+@pytest.mark.parametrize("out_dtype", [torch.float64, torch.int64, torch.bool], ids=str)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex64, torch.bool, torch.float32], ids=str)
+@pytest.mark.parametrize("name", sorted(OUT_CALLS))
+def test_out_calls_check_in_cpus_order(name, dtype, out_dtype):
+    """An out= call wrong twice raises CPU's first error: the meta function's refusal of the input (complex floor,
+    sign or clamp, bool neg) before the out's dtype, the out's dtype before the kernel's dtype dispatch ("not
+    implemented for"); a complex sign or clamp into a complex out computed numbers before."""
+    def call(device):
+        x = torch.ones(4, dtype=dtype, device=device)
+        return OUT_CALLS[name](x, out=torch.empty(4, dtype=out_dtype if out_dtype != torch.bool else dtype,
+                                                  device=device))
+
+    try:
+        expected = call("cpu")
+    except Exception:
+        check_same_error(call)
+        return
+    torch.testing.assert_close(call("tpu").cpu(), expected)  # values: the activations' own tests
+
+
 def test_conj_physical_of_bools_into_a_bool_out():
     check(lambda x: torch.conj_physical(x, out=torch.empty(x.shape, dtype=torch.bool, device=x.device)),
           torch.tensor([True, False, True]))
