@@ -1078,3 +1078,30 @@ def test_complex_add_and_sub_multiply_by_alpha_one_as_cpu_does(call, dtype):
     special = [complex(re, im) for re in (math.nan, math.inf, -math.inf, 0.0, 1.0) for im in (math.nan, math.inf, 0.0)]
     values = torch.tensor(special, dtype=dtype)
     check(calls[call], values[:, None].repeat(1, len(special)), values[None].repeat(len(special), 1))
+
+
+BF16_NAN_LAYOUTS = {"contiguous": lambda t: t, "strided": lambda t: torch.stack([t, t], 1)[:, 0],
+                    "transposed": lambda t: torch.stack([t, t], 1).t(), "0-dim": lambda t: t[1],
+                    "expanded": lambda t: t[1:2].expand(5)}
+BF16_NAN_CALLS = {
+    "clamp NaN min": lambda x: torch.clamp(x, min=math.nan), "clamp NaN max": lambda x: torch.clamp(x, 0, math.nan),
+    "clamp_min NaN": lambda x: torch.clamp_min(x, math.nan), "clamp_max NaN": lambda x: torch.clamp_max(x, math.nan),
+    "clamp of NaNs": lambda x: torch.clamp(x, -1, 0.5), "clamp_ of NaNs": lambda x: x.clone().clamp_(-1, 0.5),
+    "clamp out=": lambda x: torch.clamp(x, -1, 0.5, out=torch.empty_like(x)),
+    "logit": torch.logit, "logit eps": lambda x: torch.logit(x, 1e-3), "logit_": lambda x: x.clone().logit_(),
+    "logit out=": lambda x: torch.logit(x, out=torch.empty_like(x)),
+}
+
+
+@pytest.mark.parametrize("layout", BF16_NAN_LAYOUTS.values(), ids=BF16_NAN_LAYOUTS.keys())
+@pytest.mark.parametrize("columns", [4, 37, 40000])
+@pytest.mark.parametrize("name", BF16_NAN_CALLS)
+def test_bf16_nan_bits_of_clamp_and_logit_are_cpus(name, columns, layout):
+    """Bit for bit: a NaN number bound fills clamp's result with c10's NaN (0x7FC0); NaN inputs come out 0xFFFF from
+    CPU's vector lanes and 0x7FC0 from its scalar tail; bf16 logit's NaNs (invalid inputs too) are 0xFFFF where its
+    contiguous path runs (one contiguous row, to the last element), 0x7FC0 otherwise."""
+    x = (torch.randn(columns, generator=torch.Generator().manual_seed(0)) * 2).to(torch.bfloat16)
+    x[::5], x[1::7] = math.nan, -math.nan
+    expected = BF16_NAN_CALLS[name](layout(x))
+    actual = BF16_NAN_CALLS[name](layout(x.to("tpu"))).cpu()
+    assert torch.equal(actual.view(torch.int16), expected.view(torch.int16))

@@ -725,10 +725,19 @@ def sinc(x):
 
 
 def logit(x, eps=None):
+    """bf16 NaNs as CPU stores them: 0xFFFF where its kernel runs the contiguous path (one contiguous row), c10's
+    0x7FC0 from its element-by-element loop."""
+    given = x
     if eps is not None and not math.isnan(eps):  # a NaN eps clamps nothing, as on CPU
         low = scalar(eps, x)  # CPU's bounds: eps and 1 - eps in x's dtype (np.clip would widen bf16)
         x = clamp(x, low, np.ones((), x.dtype) - low)
-    return np.log(x / (1 - x))
+    result = np.asarray(np.log(x / (1 - x)))
+    if x.dtype == ml_dtypes.bfloat16:
+        nans = np.isnan(result)
+        if nans.any():
+            result.view(np.uint16)[nans] = (BFLOAT16_VECTOR_NAN if cpu_loops.is_one_contiguous_row(None, (given,))
+                                            else _C.dtypes.BFLOAT16_SCALAR_NAN)
+    return result
 
 
 def digamma(x):
@@ -1137,6 +1146,8 @@ def clamp_max(x, high, out=None):
 def clamp(x, low=None, high=None, out=None):
     """Number bounds. NaN in x or in a bound propagates; when low > high every element becomes high; where x equals
     a bound (-0.0 against 0.0) CPU's loops keep x (NumPy's maximum and minimum give their second operand)."""
+    if x.dtype in (ml_dtypes.bfloat16, np.float16):  # the kernels pass 16-bit floats as they are (opmath=False)
+        return _clamp_16_bit(x, low, high, out)
     if low is not None and high is not None:
         return np.minimum(high, np.maximum(low, x), out=out)
     if low is not None:
@@ -1144,6 +1155,22 @@ def clamp(x, low=None, high=None, out=None):
     if high is not None:
         return np.minimum(high, x, out=out)
     return x if out is None else np.copyto(out, x) or out
+
+
+def _clamp_16_bit(x, low, high, out):
+    """bf16/fp16 ``clamp`` as CPU's loops store it: computed in float32, a bf16 NaN stored as its vector lanes (0xFFFF)
+    or its scalar tail (0x7FC0) store it; a NaN bound gives c10's NaN everywhere (clamp_out fills the result)."""
+    bounds = [None if bound is None else np.float32(bound) for bound in (low, high)]
+    if any(bound is not None and np.isnan(bound) for bound in bounds):
+        result = np.full(np.shape(x), np.nan, x.dtype)  # c10's quiet NaN: 0x7FC0 (bf16), 0x7E00 (fp16)
+    else:
+        result = with_scalar_tail_nans(clamp(in_float(x), *bounds), x, out)
+        if result.dtype != x.dtype:  # fp16: rounded as CPU stores float32
+            result = _rounded_to(result, torch.float16)
+    if out is None:
+        return result
+    out[...] = result
+    return out
 
 
 def clamp_max_by_tensors(x, high):
@@ -1748,12 +1775,13 @@ def register_tables():
     structured("threshold_backward.grad_input", threshold_backward, operands=2,
                check=supports(real_not_bool, "threshold_cpu"))
     structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)
-    structured("clamp.out", clamp, operands=3, check=check_clamp_numbers, exact_out=True)
+    structured("clamp.out", clamp, operands=3, check=check_clamp_numbers, exact_out=True, opmath=False)
     structured("clamp.Tensor_out", clamp_by_tensors, operands=3, check=check_clamp_tensors)
     # tensor bounds go through CPU's maximum/minimum loops, which have none for complex numbers
-    structured("clamp_min.out", clamp, operands=2, check=checked(not_bool, "clamp_min"), exact_out=True)
+    structured("clamp_min.out", clamp, operands=2, check=checked(not_bool, "clamp_min"), exact_out=True, opmath=False)
     structured("clamp_min.Tensor_out", clamp_by_tensors, operands=2, check=checked(real, "maximum"))
-    structured("clamp_max.out", clamp_max, operands=2, check=checked(not_bool, "clamp_max"), exact_out=True)
+    structured("clamp_max.out", clamp_max, operands=2, check=checked(not_bool, "clamp_max"), exact_out=True,
+               opmath=False)
     structured("clamp_max.Tensor_out", clamp_max_by_tensors, operands=2, check=checked(real, "minimum"))
     structured("addcmul.out", addcmul, operands=3, check=checked(not_bool, "addcmul"))
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
