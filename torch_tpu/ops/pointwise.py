@@ -427,10 +427,13 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         return dtype, result(common)
 
     def check_exact_out(out, promoted):
+        """The meta function's checks of ``out``: a predicate's bool dtype, the iterator's overlap check, the dtype."""
         result_dtype = result(common_dtype(*promoted))
+        if result is to_bool and out.dtype != torch.bool:  # the predicates' meta functions say so in their words
+            raise RuntimeError(f"{overload.partition('.')[0]} does not support non-boolean outputs.")
+        if not may_alias:
+            check_no_internal_overlap(out)
         if out.dtype != result_dtype:
-            if result is to_bool:  # the predicates' meta functions check this first, in their words
-                raise RuntimeError(f"{overload.partition('.')[0]} does not support non-boolean outputs.")
             raise found_dtype(out.dtype, result_dtype)
 
     def kernel(*args, **kwargs):
@@ -541,17 +544,19 @@ def functional_launch(into_new, name, operands, structured_wrapper):
     return functional
 
 
-def _check_unary_out(input_dtype, result_dtype, out_dtype):
+def _check_unary_out(input_dtype, result_dtype, out):
     """A plain unary op's ``out`` has the result's dtype, except where a complex input gives a real result
-    (abs): then CPU takes any real ``out`` that result casts to, or a complex one of the input's own dtype."""
+    (abs): then CPU takes any real ``out`` that result casts to, or a complex one of the input's own dtype.
+    The iterator's overlap check of ``out`` comes before its dtype check (after abs's cast check)."""
     if input_dtype.is_complex and not result_dtype.is_complex:
-        if out_dtype.is_complex:
-            if out_dtype == input_dtype:
+        if out.dtype.is_complex:
+            if out.dtype == input_dtype:
                 return
         else:
-            castable(result_dtype, out_dtype)
+            castable(result_dtype, out.dtype)
             return
-    raise found_dtype(out_dtype, result_dtype)
+    check_no_internal_overlap(out)
+    raise found_dtype(out.dtype, result_dtype)
 
 
 def native_floats_alike(operands):
@@ -627,7 +632,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         if exact_out and out.dtype != expected:
             if check_before_out:
                 check_arguments(rule(common), args, kwargs)
-            _check_unary_out(common, expected, out.dtype)
+            _check_unary_out(common, expected, out)
         prepare_out(out, broadcast_shape(*args[:operands]), expected, args[:operands], layout_from=args[:operands])
         return run(out, args, kwargs)
 
