@@ -19,15 +19,17 @@ This module knows nothing of torch: callers pass NumPy arrays and the thread cou
 import numpy as np
 
 GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE
-# The bytes of one Vectorized<T> in each CPU capability PyTorch builds its kernels for (vec_base.h: 64 with
-# AVX-512, else 32). cpu_kernel_vec's loop takes two vectors a step, so its scalar tail is each row's last
-# ``length % (2 * VECTOR_BYTES / itemsize)`` elements.
-VECTOR_BYTES = {"AVX512": 64, "AVX2": 32, "DEFAULT": 32}
+# The bytes of one Vectorized<T> in the kernels replayed here, whatever the CPU's capability: 32 in the AVX2 and
+# default builds (vec_base.h), and on an AVX-512 CPU too, since a kernel registered with REGISTER_DISPATCH
+# (softshrink's, hardtanh_backward's, ...) has no AVX-512 build (DispatchStub.h registers nullptr for it, only
+# ALSO_REGISTER_AVX512_DISPATCH kernels get one) and the AVX2 kernel runs. cpu_kernel_vec's loop takes two vectors
+# a step, so its scalar tail is each row's last ``length % (2 * VECTOR_BYTES / itemsize)`` elements.
+VECTOR_BYTES = 32
 
 
-def kernel_vec_width(itemsize, capability):
+def kernel_vec_width(itemsize):
     """Elements per step of cpu_kernel_vec's vectorised loop, for elements of ``itemsize`` bytes."""
-    return 2 * VECTOR_BYTES.get(capability, 32) // itemsize
+    return 2 * VECTOR_BYTES // itemsize
 
 
 def parallel_chunk_length(n, threads):
@@ -123,6 +125,20 @@ def kernel_vec_lanes(destination, inputs, indices, width, threads):
     destination_strides = (_element_strides(destination, shape) if destination is not None
                            else _allocated_strides(shape, strides))
     return _lanes(shape, [destination_strides, *strides], indices, width, False, 0, threads, _contiguous_or_one_scalar)
+
+
+def is_one_contiguous_row(destination, inputs):
+    """Whether TensorIterator coalesces the operands (``destination``: an ``out=`` array; None: a new output) into one
+    row in which every operand is contiguous: the layout in which a kernel's contiguous path (``iter.is_contiguous()``,
+    vectorised to the last element) runs rather than its element-by-element loop."""
+    shape = np.broadcast_shapes(*(np.shape(operand) for operand in inputs))
+    strides = [_element_strides(operand, shape) for operand in inputs]
+    destination_strides = (_element_strides(destination, shape) if destination is not None
+                           else _allocated_strides(shape, strides))
+    operands = [destination_strides, *strides]
+    order = iteration_order(shape, operands)
+    sizes, coalesced = _coalesce([shape[d] for d in order], [[s[d] for d in order] for s in operands])
+    return len(sizes) <= 1 and all(s[0] == 1 for s in coalesced) if sizes and sizes[0] > 1 else True
 
 
 def _allocated_strides(shape, input_strides):

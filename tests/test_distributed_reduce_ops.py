@@ -133,6 +133,19 @@ def test_ddp_refuses_the_options_that_need_pinned_memory_on_tpu(option):
         DistributedDataParallel(torch.nn.Linear(4, 4), **{option: True})  # CPU parameters: gloo's business
 
 
+def test_ddp_refuses_turning_static_graph_on_later_on_tpu():
+    from torch.nn.parallel import DistributedDataParallel
+
+    with torch_tpu.simulate(2):
+        model = DistributedDataParallel(torch.nn.Linear(4, 4).to("tpu"))
+        with pytest.raises(NotImplementedError, match=r"DistributedDataParallel\(static_graph=True\) on tpu"):
+            model._set_static_graph()
+        assert not model.static_graph
+        on_cpu = DistributedDataParallel(torch.nn.Linear(4, 4))
+        on_cpu._set_static_graph()  # CPU parameters: gloo's business
+        assert on_cpu.static_graph
+
+
 def test_ddp_without_them_trains_on_tpu_as_one_device():
     from torch.nn.parallel import DistributedDataParallel
 

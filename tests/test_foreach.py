@@ -317,3 +317,39 @@ def test_maximum_and_minimum_of_complex_lists_refuse_in_cpus_words(name):
     """CPU's foreach maximum/minimum run clamp_min/clamp_max per tensor, whose kernel names the refusal."""
     fn = getattr(torch, f"_foreach_{name}")
     check_same_error(lambda d: fn([torch.tensor([1 + 2j], device=d)], [torch.tensor([2 + 1j], device=d)]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("exponent", [3, -2, -1, 2, [3, -1, 2, -2, 3]])
+def test_pow_with_numbers_takes_pow_scalars_shortcuts_as_cpu_does(exponent, dtype):
+    """CPU runs pow.Tensor_Scalar per tensor, whose shortcuts (x * x * x for 3, 1 / (x * x) for -2) round otherwise
+    than pow's formula; bit for bit, -0.0 and -inf included."""
+    tensors = make_list(dtype, seed=3, low=-7.0, high=7.0, shapes=[(300,), (3, 4), (), (2, 0)])
+    tensors[1][0, :3] = torch.tensor([-0.0, -math.inf, math.inf])
+    expected = torch._foreach_pow(tensors, exponent)
+    results = torch._foreach_pow(to_tpu(tensors), exponent)
+    in_place = to_tpu(tensors)
+    torch._foreach_pow_(in_place, exponent)
+    for want, got, mutated in zip(expected, results, in_place):
+        assert torch.equal(got.cpu().reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))
+        assert torch.equal(mutated.cpu().reshape(-1).view(torch.uint8), want.reshape(-1).view(torch.uint8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_results_are_laid_out_as_cpus_per_tensor_ops_lay_them_out(dtype):
+    """CPU's foreach kernels run the op per tensor, so a transposed, channels-last, expanded or strided input gives
+    a result laid out as TensorIterator lays it out (the input's memory order), not a contiguous one."""
+    tensors = [torch.rand(4, 3).t(), torch.rand(2, 3, 4, 5).to(memory_format=torch.channels_last),
+               torch.rand(3, 1).expand(3, 4), torch.rand(6)[::2], torch.rand(3, 4)]
+    tensors = [t.to(dtype) for t in tensors]
+    contiguous = [t.contiguous() for t in tensors]
+    calls = [lambda ts, others: torch._foreach_add(ts, 1.0), lambda ts, others: torch._foreach_neg(ts),
+             lambda ts, others: torch._foreach_mul(ts, others), lambda ts, others: torch._foreach_add(ts, ts, alpha=2),
+             lambda ts, others: torch._foreach_addcmul(ts, others, ts, 0.5),
+             lambda ts, others: torch._foreach_lerp(ts, others, 0.3)]
+    for call in calls:
+        expected = call(tensors, contiguous)
+        got = call(to_tpu(tensors), to_tpu(contiguous))
+        assert [r.stride() for r in got] == [r.stride() for r in expected]
+        for want, result in zip(expected, got):
+            assert torch.equal(result.cpu(), want)

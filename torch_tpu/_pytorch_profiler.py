@@ -16,8 +16,12 @@ activities include ``ProfilerActivity.PrivateUse1``, the default), this module m
 - add the chip's time line (a track per stream) to the Chrome trace it exports, each kernel
   carrying the "External id" of its op.
 
-A kernel belongs to the innermost host op whose interval encloses the kernel's host interval,
-preferably one named after it (``aten::mm`` for ``mm``); both are on the epoch clock Kineto uses.
+A kernel belongs to the innermost host op that encloses its marker, preferably one named after it
+(``aten::mm`` for ``mm``). The marker is a zero-length host event that each recorded kernel leaves
+(``_RecordFunctionFast``) while its op runs, so Kineto times it on the op's own clock: attribution
+compares Kineto's times only. (Comparing our host clock with Kineto's failed on a loaded host:
+Kineto converts its cycle counter to wall time from one calibration pair, which can be off by
+more than any slack.) The markers are removed from the events and the Chrome trace.
 """
 
 import bisect
@@ -28,27 +32,40 @@ import time
 
 import torch
 from torch._C._autograd import DeviceType
-from torch._C._profiler import ProfilerState
+from torch._C._profiler import ProfilerState, _RecordFunctionFast
 from torch.autograd.profiler_util import FunctionEvent
 
 from . import _C
 from ._backend import DEVICE_NAME
 
-MATCH_SLACK_US = 5.0  # the host clocks read by Kineto and by us may differ by a few microseconds
-MATCH_LOOKBACK = 256  # ops that started before a kernel and may still enclose it
+MATCH_LOOKBACK = 256  # ops that started before a kernel's marker and may still enclose it
+MARKER_PREFIX = "tpu kernel #"  # the host event a recorded kernel leaves inside its op: this and the kernel's index
 
 _profile = torch.autograd.profiler.profile
 _waiting = []  # recordings started before the chip existed
 
 
+class MarkedRecords(list):
+    """The kernel records the chip's clock appends; each leaves its marker in the host op running it."""
+
+    def append(self, record):
+        with _RecordFunctionFast(MARKER_PREFIX + str(len(self))):
+            pass
+        super().append(record)
+
+
+def marked_kernel(name):
+    """The index of the kernel whose marker is the host event ``name``, or None."""
+    return int(name[len(MARKER_PREFIX):]) if name.startswith(MARKER_PREFIX) else None
+
+
 class Recording:
-    """The kernels one PyTorch profile sees, with their host interval and simulated time."""
+    """The kernels one PyTorch profile sees, with their simulated time."""
 
     def __init__(self):
-        self.records = []
+        self.records = MarkedRecords()
         self.chip = None
         self.device_start = 0.0
-        self.epoch_minus_perf_ns = time.time_ns() - time.perf_counter_ns()
         self.start_epoch_us = time.time_ns() / 1e3
         if _C.chip.created():
             self.attach(_C.current_chip())
@@ -67,11 +84,6 @@ class Recording:
             recorders = self.chip.clock.recorders
             recorders[:] = [r for r in recorders if r is not self.records]
 
-    def host_interval_us(self, record):
-        """A kernel's host interval in epoch microseconds."""
-        offset = self.epoch_minus_perf_ns
-        return (record.host_start_ns + offset) / 1e3, (record.host_end_ns + offset) / 1e3
-
 
 def _attach_waiting(chip):
     while _waiting:
@@ -81,21 +93,30 @@ def _attach_waiting(chip):
 _C.chip.when_created(_attach_waiting)
 
 
-def launching_ops(recording, ops):
+def launching_ops(recording, host_events):
     """For each recorded kernel, the op that launched it (or None).
 
-    ``ops`` are (start_us, end_us, name, op) host events on the epoch clock, in any order.
+    ``host_events`` are (thread, start, end, name, event) on Kineto's clock, in any order.
     """
-    ops = sorted(ops, key=lambda o: o[0])
-    starts = [o[0] for o in ops]
+    markers, ops = {}, {}
+    for thread, start, end, name, event in host_events:
+        index = marked_kernel(name)
+        if index is None:
+            ops.setdefault(thread, []).append((start, end, name, event))
+        else:
+            markers[index] = (thread, start)
+    for thread_ops in ops.values():
+        thread_ops.sort(key=lambda o: o[0])
+    starts = {thread: [o[0] for o in thread_ops] for thread, thread_ops in ops.items()}
     found = []
-    for record in recording.records:
-        start, end = recording.host_interval_us(record)
+    for index, record in enumerate(recording.records):
+        thread, moment = markers.get(index, (None, None))
+        thread_ops = ops.get(thread, [])
+        position = bisect.bisect_right(starts.get(thread, []), moment) if thread_ops else 0
         name = "aten::" + record.cost.name.partition(".")[0]
-        position = bisect.bisect_right(starts, start + MATCH_SLACK_US)
         enclosing = None
-        for op_start, op_end, op_name, op in reversed(ops[max(0, position - MATCH_LOOKBACK):position]):
-            if op_end + MATCH_SLACK_US < end:
+        for op_start, op_end, op_name, op in reversed(thread_ops[max(0, position - MATCH_LOOKBACK):position]):
+            if op_end < moment:
                 continue
             if op_name == name:
                 enclosing = op
@@ -112,12 +133,14 @@ def kernel_events(events, recording, trace_start_ns):
     the profile's start) with the op's correlation id, and the kernel appended to the op's event.
     """
     origin_us = trace_start_ns / 1e3
-    ops = [(e.time_range.start + origin_us, e.time_range.end + origin_us, e.name, e) for e in events
-           if e.device_type == DeviceType.CPU and not e.is_async and not e.is_user_annotation
-           and not e.is_python_function]
+    host_events = [(e.thread, e.time_range.start, e.time_range.end, e.name, e) for e in events
+                   if e.device_type == DeviceType.CPU and not e.is_async and not e.is_python_function
+                   and (not e.is_user_annotation or marked_kernel(e.name) is not None)]
+    launchers = launching_ops(recording, host_events)
+    remove_markers(events)
     device_origin_us = recording.start_epoch_us - origin_us
     kernels = []
-    for record, op in zip(recording.records, launching_ops(recording, ops)):
+    for record, op in zip(recording.records, launchers):
         start = device_origin_us + (record.start - recording.device_start) * 1e6
         duration = record.seconds * 1e6
         correlation = 0 if op is None else op.id
@@ -132,6 +155,15 @@ def kernel_events(events, recording, trace_start_ns):
     return kernels
 
 
+def remove_markers(events):
+    """Drop the kernels' markers from a profile's events (their time stays their op's own)."""
+    markers = [e for e in events if marked_kernel(e.name) is not None]
+    for marker in markers:
+        if marker.cpu_parent is not None:
+            marker.cpu_parent.cpu_children.remove(marker)
+    events[:] = [e for e in events if marked_kernel(e.name) is None]
+
+
 def add_device_lanes(path, recording):
     """Append the simulated chip's tracks to the Chrome trace Kineto wrote at ``path``."""
     from .profiler import device_lanes
@@ -141,10 +173,11 @@ def add_device_lanes(path, recording):
         trace = json.load(f)
     base_us = trace.get("baseTimeNanoseconds", 0) / 1e3  # Kineto writes times relative to this epoch
     events = trace["traceEvents"]
-    ops = [(e["ts"] + base_us, e["ts"] + e.get("dur", 0) + base_us, e["name"], e) for e in events
-           if e.get("ph") == "X" and e.get("cat") == "cpu_op"]
+    host_events = [(e.get("tid"), e["ts"], e["ts"] + e.get("dur", 0), e["name"], e) for e in events
+                   if e.get("ph") == "X" and (e.get("cat") == "cpu_op" or marked_kernel(e["name"]) is not None)]
     external_ids = [None if op is None else op.get("args", {}).get("External id")
-                    for op in launching_ops(recording, ops)]
+                    for op in launching_ops(recording, host_events)]
+    events[:] = [e for e in events if marked_kernel(e.get("name", "")) is None]
     events += device_lanes(recording.records, recording.device_start, recording.chip.spec,
                            origin_us=recording.start_epoch_us - base_us,
                            extra_args=lambda index, record: {"External id": external_ids[index]})

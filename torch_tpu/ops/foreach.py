@@ -17,7 +17,7 @@ import torch
 
 from .. import _C, _tensor
 from .._tensor import is_tpu
-from ._common import as_numpy, empty, operand, opmath_dtype, opmath_operand, store, write
+from ._common import as_numpy, operand, opmath_dtype, opmath_operand, store, write
 from . import pointwise
 from .copy import copy_from
 from ._overlap import check_no_internal_overlap
@@ -117,7 +117,8 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
     the dtype is its own opmath type (float32, float64) each result is written straight into its
     target, else it is rounded on store.
     """
-    targets = self if inplace else [empty(t.shape, t.dtype) for t in self]
+    targets = self if inplace else [pointwise.new_output((t, *(column[i] for column in tensor_columns)), t.dtype)
+                                    for i, t in enumerate(self)]  # laid out as CPU's per-tensor op lays it out
     direct = opmath_dtype(self[0].dtype) == _tensor.numpy_dtype(self[0].dtype)
     view = as_numpy if direct else _opmath_view
     arrays = [[view(t) for t in column] for column in (self, *tensor_columns)]
@@ -254,10 +255,11 @@ _BINARY = {
     "minimum": _pointwise_maths("minimum.out"), "clamp_min": np.maximum, "clamp_max": np.minimum,
     "pow": _pointwise_maths("pow.Tensor_Tensor_out"),
 }
-# With numbers, CPU's per-tensor clamp_min/clamp_max keep x where it equals the bound (-0.0 against 0.0); with tensors
-# its vector loop gives the bound, as np.maximum/np.minimum do
-_NUMBER_BOUNDS = {"maximum": pointwise.clamp, "clamp_min": pointwise.clamp, "minimum": pointwise.clamp_max,
-                  "clamp_max": pointwise.clamp_max}
+# The maths CPU's per-tensor op takes with a number (its Scalar overload), where it is not the tensors' one: clamp_min/
+# clamp_max keep x where it equals the bound (-0.0 against 0.0; with tensors its vector loop gives the bound, as
+# np.maximum/np.minimum do); pow.Tensor_Scalar takes its shortcuts (x * x * x for 3, sqrt for 0.5, ...)
+_NUMBER_MATHS = {"maximum": pointwise.clamp, "clamp_min": pointwise.clamp, "minimum": pointwise.clamp_max,
+                 "clamp_max": pointwise.clamp_max, "pow": _pointwise_maths("pow.Tensor_Scalar_out")}
 # CPU's foreach maximum/minimum kernels run clamp_min/clamp_max per tensor, for numbers and tensor lists alike
 # (so a complex list meets clamp's kernel: '"maximum_cpu" not implemented', not maximum's meta check).
 _PER_TENSOR_OP = {"maximum": "clamp_min", "minimum": "clamp_max"}
@@ -402,7 +404,7 @@ def register_tables():
         _register_both(name, lambda inplace, name=name, fn=fn: _unary_kernel(name, fn, inplace), "default")
     for name, fn in _BINARY.items():
         for kind in _overloads(f"{name}_"):
-            maths = _NUMBER_BOUNDS.get(name, fn) if kind in ("Scalar", "ScalarList") else fn
+            maths = _NUMBER_MATHS.get(name, fn) if kind in ("Scalar", "ScalarList") else fn
             _register_both(name, lambda inplace, n=name, f=maths, k=kind: _binary_kernel(n, f, k, inplace), kind)
     for name, fn in _TERNARY.items():
         for kind in _overloads(f"{name}_"):

@@ -364,8 +364,40 @@ class Maths:
 MATHS = {}  # overload name -> Maths, filled by the two factories below
 
 
+def _is_complex(dtype):
+    return dtype.is_complex
+
+
+def _is_bool(dtype):
+    return dtype == torch.bool
+
+
+# Inputs that structured ops' meta functions refuse, in their words, before the out's dtype or the kernel's dtype
+# dispatch is looked at: overload -> (refused input dtypes, error class, message).
+META_REFUSALS = {
+    **{f"{name}.out": (_is_complex, NotImplementedError, f"{name} is not supported for complex inputs")
+       for name in ("floor", "ceil", "trunc")},
+    "sign.out": (_is_complex, NotImplementedError, "Unlike NumPy, torch.sign is not intended to support complex "
+                 "numbers. Please use torch.sgn instead."),
+    "signbit.out": (_is_complex, NotImplementedError, "signbit is not implemented for complex tensors."),
+    **{f"{name}.out": (_is_complex, RuntimeError, f"{name} does not support complex inputs.")
+       for name in ("isposinf", "isneginf")},
+    **{f"{name}.out": (_is_complex, NotImplementedError, "clamp is not supported for complex types")
+       for name in ("clamp", "clamp_min", "clamp_max")},  # with number bounds; tensor bounds meet maximum's dispatch
+    "neg.out": (_is_bool, RuntimeError, "Negation, the `-` operator, on a bool tensor is not supported. If you are "
+                "trying to invert a mask, use the `~` or `logical_not()` operator instead."),
+}
+
+
+def refuse_in_meta(overload, self):
+    """Raise the meta function's refusal of ``self`` (the op's first operand), if ``overload``'s meta refuses it."""
+    refusal = META_REFUSALS.get(overload)
+    if refusal is not None and isinstance(self, torch.Tensor) and refusal[0](self.dtype):
+        raise refusal[1](refusal[2])
+
+
 def structured(overload, function, operands=1, rule=keep, check=None, opmath=True, result=None,
-               shape=None, exact_out=False, check_out=None, may_alias=False):
+               shape=None, exact_out=False, check_out=None, may_alias=False, check_in_meta=False):
     """Register ``function`` as the kernel of a structured op's ``.out`` overload.
 
     The first ``operands`` arguments take part in type promotion; the remaining positional and keyword
@@ -373,7 +405,10 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
     kernel directly, without the meta function, so it resizes and checks ``out`` itself (``check_out(out,
     *operands)``: a meta function's own checks of its output; ``may_alias``: an expanded output is
     accepted, for idempotent ops whose iterator skips the overlap check); ``exact_out``
-    ops (PyTorch's plain unary ops) accept only an ``out`` of the result dtype.
+    ops (PyTorch's plain unary ops) accept only an ``out`` of the result dtype, which CPU's meta function
+    checks before its kernel's dispatch checks the input's (``check``), unless ``check_in_meta`` (the meta
+    function itself makes ``check``: softshrink's); before both, the meta function's refusals of the input
+    (``META_REFUSALS``), which ``out=`` calls reaching the kernel directly would otherwise skip.
     """
     result = result or rule
     schema = resolve(overload)._schema
@@ -391,16 +426,27 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
             check_scalar_conversions(scalar_checks, (*promoted, *extras), kwargs, dtype)
         return dtype, result(common)
 
+    def check_exact_out(out, promoted):
+        """The meta function's checks of ``out``: a predicate's bool dtype, the iterator's overlap check, the dtype."""
+        result_dtype = result(common_dtype(*promoted))
+        if result is to_bool and out.dtype != torch.bool:  # the predicates' meta functions say so in their words
+            raise RuntimeError(f"{overload.partition('.')[0]} does not support non-boolean outputs.")
+        if not may_alias:
+            check_no_internal_overlap(out)
+        if out.dtype != result_dtype:
+            raise found_dtype(out.dtype, result_dtype)
+
     def kernel(*args, **kwargs):
         out = kwargs.pop(out_name)
         promoted, extras = args[:operands], args[operands:]
+        refuse_in_meta(overload, promoted[0])
+        if exact_out and not check_in_meta:
+            check_exact_out(out, promoted)
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
         if check_out is not None:
             check_out(out, *promoted)
-        if exact_out and out.dtype != result_dtype:
-            if result_dtype is torch.bool:  # the predicates' meta functions check this first, in their words
-                raise RuntimeError(f"{overload.partition('.')[0]} does not support non-boolean outputs.")
-            raise found_dtype(out.dtype, result_dtype)
+        if exact_out and check_in_meta:
+            check_exact_out(out, promoted)
         prepare_out(out, (shape or broadcast_shape)(*promoted, *extras, **kwargs), result_dtype, promoted,
                     may_alias=may_alias, layout_from=promoted)
         if scalars_in_dtype:
@@ -498,17 +544,19 @@ def functional_launch(into_new, name, operands, structured_wrapper):
     return functional
 
 
-def _check_unary_out(input_dtype, result_dtype, out_dtype):
+def _check_unary_out(input_dtype, result_dtype, out):
     """A plain unary op's ``out`` has the result's dtype, except where a complex input gives a real result
-    (abs): then CPU takes any real ``out`` that result casts to, or a complex one of the input's own dtype."""
+    (abs): then CPU takes any real ``out`` that result casts to, or a complex one of the input's own dtype.
+    The iterator's overlap check of ``out`` comes before its dtype check (after abs's cast check)."""
     if input_dtype.is_complex and not result_dtype.is_complex:
-        if out_dtype.is_complex:
-            if out_dtype == input_dtype:
+        if out.dtype.is_complex:
+            if out.dtype == input_dtype:
                 return
         else:
-            castable(result_dtype, out_dtype)
+            castable(result_dtype, out.dtype)
             return
-    raise found_dtype(out_dtype, result_dtype)
+    check_no_internal_overlap(out)
+    raise found_dtype(out.dtype, result_dtype)
 
 
 def native_floats_alike(operands):
@@ -521,13 +569,15 @@ def native_floats_alike(operands):
 
 
 def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None, exact_out=False,
-                 opmath=lambda *promoted: True, allocate=new_output):
+                 opmath=lambda *promoted: True, allocate=new_output, check_before_out=False):
     """Register the given functional, in-place and ``out=`` overloads of a non-structured op.
 
     Their schemas tell them apart; each one does what the structured meta function would have done
     (dtype, broadcast shape, in-place castability) and then runs ``function`` like ``structured``,
     in opmath unless ``opmath(*promoted operands)`` says otherwise. The functional overload's result
-    is ``allocate(promoted operands, dtype)``.
+    is ``allocate(promoted operands, dtype)``. An ``exact_out`` op's ``out=`` overload checks the out's dtype
+    before ``check`` (TensorIterator's unary_op, then the kernel's dispatch), unless ``check_before_out`` (the
+    op's own checks come before it builds its iterator: hardtanh's legacy rules).
     """
     result = result or rule
     name = overloads[0].partition(".")[0]
@@ -580,8 +630,9 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         common = common_dtype(*args[:operands])
         expected = result(common)
         if exact_out and out.dtype != expected:
-            check_arguments(rule(common), args, kwargs)  # CPU checks the op's arguments before the out's dtype
-            _check_unary_out(common, expected, out.dtype)
+            if check_before_out:
+                check_arguments(rule(common), args, kwargs)
+            _check_unary_out(common, expected, out)
         prepare_out(out, broadcast_shape(*args[:operands]), expected, args[:operands], layout_from=args[:operands])
         return run(out, args, kwargs)
 
@@ -679,10 +730,19 @@ def sinc(x):
 
 
 def logit(x, eps=None):
+    """bf16 NaNs as CPU stores them: 0xFFFF where its kernel runs the contiguous path (one contiguous row), c10's
+    0x7FC0 from its element-by-element loop."""
+    given = x
     if eps is not None and not math.isnan(eps):  # a NaN eps clamps nothing, as on CPU
         low = scalar(eps, x)  # CPU's bounds: eps and 1 - eps in x's dtype (np.clip would widen bf16)
         x = clamp(x, low, np.ones((), x.dtype) - low)
-    return np.log(x / (1 - x))
+    result = np.asarray(np.log(x / (1 - x)))
+    if x.dtype == ml_dtypes.bfloat16:
+        nans = np.isnan(result)
+        if nans.any():
+            result.view(np.uint16)[nans] = (BFLOAT16_VECTOR_NAN if cpu_loops.is_one_contiguous_row(None, (given,))
+                                            else _C.dtypes.BFLOAT16_SCALAR_NAN)
+    return result
 
 
 def digamma(x):
@@ -1091,6 +1151,8 @@ def clamp_max(x, high, out=None):
 def clamp(x, low=None, high=None, out=None):
     """Number bounds. NaN in x or in a bound propagates; when low > high every element becomes high; where x equals
     a bound (-0.0 against 0.0) CPU's loops keep x (NumPy's maximum and minimum give their second operand)."""
+    if x.dtype in (ml_dtypes.bfloat16, np.float16):  # the kernels pass 16-bit floats as they are (opmath=False)
+        return _clamp_16_bit(x, low, high, out)
     if low is not None and high is not None:
         return np.minimum(high, np.maximum(low, x), out=out)
     if low is not None:
@@ -1098,6 +1160,22 @@ def clamp(x, low=None, high=None, out=None):
     if high is not None:
         return np.minimum(high, x, out=out)
     return x if out is None else np.copyto(out, x) or out
+
+
+def _clamp_16_bit(x, low, high, out):
+    """bf16/fp16 ``clamp`` as CPU's loops store it: computed in float32, a bf16 NaN stored as its vector lanes (0xFFFF)
+    or its scalar tail (0x7FC0) store it; a NaN bound gives c10's NaN everywhere (clamp_out fills the result)."""
+    bounds = [None if bound is None else np.float32(bound) for bound in (low, high)]
+    if any(bound is not None and np.isnan(bound) for bound in bounds):
+        result = np.full(np.shape(x), np.nan, x.dtype)  # c10's quiet NaN: 0x7FC0 (bf16), 0x7E00 (fp16)
+    else:
+        result = with_scalar_tail_nans(clamp(in_float(x), *bounds), x, out)
+        if result.dtype != x.dtype:  # fp16: rounded as CPU stores float32
+            result = _rounded_to(result, torch.float16)
+    if out is None:
+        return result
+    out[...] = result
+    return out
 
 
 def clamp_max_by_tensors(x, high):
@@ -1470,7 +1548,7 @@ def in_vector_lanes(selected, operands, destination=None):
     out as CPU's TensorIterator allocates it). The replay: csrc_py/cpu_loops.py."""
     mask = np.zeros(np.shape(selected), bool)
     indices = np.nonzero(selected) if np.ndim(selected) else ()
-    width = cpu_loops.kernel_vec_width(operands[0].dtype.itemsize, torch.backends.cpu.get_cpu_capability())
+    width = cpu_loops.kernel_vec_width(operands[0].dtype.itemsize)
     lanes = cpu_loops.kernel_vec_lanes(destination, operands, indices, width, torch.get_num_threads())
     if indices:
         mask[indices] = lanes
@@ -1694,7 +1772,7 @@ def register_tables():
         predicate = floating_or_complex if overload in COMPLEX_ACTIVATIONS else floating
         # the forward ones are built as CPU's unary ops, which take an out of the input's dtype only
         structured(overload, function, operands=operands, check=checked(predicate, overload), exact_out=operands == 1)
-    structured("softshrink.out", softshrink, check=check_softshrink, opmath=False, exact_out=True)
+    structured("softshrink.out", softshrink, check=check_softshrink, opmath=False, exact_out=True, check_in_meta=True)
     structured("gelu.out", gelu, check=gelu_check("GeluKernelImpl"), exact_out=True)
     structured("gelu_backward.grad_input", gelu_backward, operands=2, check=gelu_check("GeluBackwardKernelImpl"))
     # threshold has loops for every real dtype but bool; its backward shares its dispatch name
@@ -1702,12 +1780,13 @@ def register_tables():
     structured("threshold_backward.grad_input", threshold_backward, operands=2,
                check=supports(real_not_bool, "threshold_cpu"))
     structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)
-    structured("clamp.out", clamp, operands=3, check=check_clamp_numbers, exact_out=True)
+    structured("clamp.out", clamp, operands=3, check=check_clamp_numbers, exact_out=True, opmath=False)
     structured("clamp.Tensor_out", clamp_by_tensors, operands=3, check=check_clamp_tensors)
     # tensor bounds go through CPU's maximum/minimum loops, which have none for complex numbers
-    structured("clamp_min.out", clamp, operands=2, check=checked(not_bool, "clamp_min"), exact_out=True)
+    structured("clamp_min.out", clamp, operands=2, check=checked(not_bool, "clamp_min"), exact_out=True, opmath=False)
     structured("clamp_min.Tensor_out", clamp_by_tensors, operands=2, check=checked(real, "maximum"))
-    structured("clamp_max.out", clamp_max, operands=2, check=checked(not_bool, "clamp_max"), exact_out=True)
+    structured("clamp_max.out", clamp_max, operands=2, check=checked(not_bool, "clamp_max"), exact_out=True,
+               opmath=False)
     structured("clamp_max.Tensor_out", clamp_max_by_tensors, operands=2, check=checked(real, "minimum"))
     structured("addcmul.out", addcmul, operands=3, check=checked(not_bool, "addcmul"))
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
@@ -1728,7 +1807,7 @@ def register_tables():
     unstructured(relu, "relu", "relu_", check=clamping_check("relu", "Boolean inputs not supported for"))
     # hardtanh.out is clamp.out on CPU, whose out has the input's own dtype
     unstructured(hardtanh, "hardtanh", "hardtanh_", "hardtanh.out", check=check_hardtanh, exact_out=True,
-                 allocate=output_like_self)
+                 allocate=output_like_self, check_before_out=True)
     unstructured(hardtanh_backward, "hardtanh_backward", "hardtanh_backward.grad_input", operands=2,
                  check=supports(floating, "hardshrink_backward_cpu"), opmath=lambda *promoted: False)
     unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"),
