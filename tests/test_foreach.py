@@ -317,3 +317,26 @@ def test_maximum_and_minimum_of_complex_lists_refuse_in_cpus_words(name):
     """CPU's foreach maximum/minimum run clamp_min/clamp_max per tensor, whose kernel names the refusal."""
     fn = getattr(torch, f"_foreach_{name}")
     check_same_error(lambda d: fn([torch.tensor([1 + 2j], device=d)], [torch.tensor([2 + 1j], device=d)]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("meet", ["listed twice", "swapped", "views of one tensor"])
+def test_in_place_lists_whose_tensors_meet_update_in_cpus_order(meet, dtype):
+    """CPU runs one in-place op per tensor, in order: a tensor listed twice is updated twice, and a target read at
+    another index is read after its own update. tpu computes a list's small tensors as one flat array, which
+    must not change that."""
+    def run(device):
+        a, b, c = (t.to(device) for t in make_list(dtype, seed=3, shapes=[(5,), (5,), (2, 5)])[:3])
+        if meet == "listed twice":
+            targets, others = [a, b, a], [b, c[0], c[1]]
+        elif meet == "swapped":
+            targets, others = [a, b], [b, a]
+        else:
+            targets, others = [c[0], c[1], a], [c[1], c[0], b]
+        torch._foreach_add_(targets, others, alpha=2)
+        torch._foreach_lerp_(targets, others, 0.25)
+        torch._foreach_mul_(targets, 1.5)
+        return a, b, c
+
+    for actual, expected in zip(run("tpu"), run("cpu")):
+        assert torch.equal(actual.cpu(), expected)

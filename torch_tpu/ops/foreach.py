@@ -115,27 +115,91 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
 
     Every operand is viewed once up front (the fast path has checked what ``operand`` would); when
     the dtype is its own opmath type (float32, float64) each result is written straight into its
-    target, else it is rounded on store.
+    target, else it is rounded on store. Small tensors share calls of fn (_flat_groups).
     """
     targets = self if inplace else [empty(t.shape, t.dtype) for t in self]
     direct = opmath_dtype(self[0].dtype) == _tensor.numpy_dtype(self[0].dtype)
-    view = as_numpy if direct else _opmath_view
-    arrays = [[view(t) for t in column] for column in (self, *tensor_columns)]
+    arrays = [[as_numpy(t) for t in column] for column in (self, *tensor_columns)]
     if getattr(fn, "numbers_in_compute_dtype", False):  # converted here once, not by fn for every tensor
-        compute = arrays[0][0].dtype
+        compute = opmath_dtype(self[0].dtype)
         numbers = [_in_compute_dtype(column, compute) for column in scalar_columns]
         keywords = {name: _in_compute_dtype([value], compute)[0] for name, value in keywords.items()}
     else:
         numbers = [[_as_number(value) for value in column] for column in scalar_columns]
     outs = (arrays[0] if inplace else [as_numpy(t) for t in targets]) if direct else [None] * len(self)
+    rows = list(zip(targets, outs, zip(*arrays)))
+    groups = _flat_groups(rows, numbers, inplace)
     with _C.vpu.ignoring_fp_errors():
-        for target, out, operands in zip(targets, outs, zip(*arrays, *numbers)):
-            result = fn(*operands, out=out, **keywords)
+        for group in groups:
+            _apply_flat(fn, [rows[index] for index in group], [column[0] for column in numbers], keywords, direct)
+        for index in sorted(set(range(len(rows))).difference(*groups)):
+            target, out, operands = rows[index]
+            if not direct:
+                operands = [array.astype(np.float32) for array in operands]
+            result = fn(*operands, *(column[index] for column in numbers), out=out, **keywords)
             if not direct:
                 write(target, result)
             elif result is not out:
                 out[...] = result
     return None if inplace else targets
+
+
+# Tensors up to this many elements are computed together, concatenated into flat arrays of at most as many: one
+# NumPy call per step of fn for them all instead of one per tensor (an optimizer's list of biases and small weights
+# costs its calls' overhead, not its elements). Their float64 temporaries (64 KiB) stay under glibc's mmap
+# threshold (128 KiB): larger ones were mapped and unmapped, page-faulting on every call (3x the time).
+_FLAT_ELEMENTS = 1 << 13
+
+
+def _flat_groups(rows, numbers, inplace):
+    """Lists of row indices whose tensors fn may compute as one flat array: the elementwise maths give each element
+    the same bits either way, so only what the loop's order means has to hold. Every number column is one number
+    repeated (a flat array has one per step), and, in place, no target's memory is read or written at another
+    index, where the loop would let one tensor's update reach another's operands."""
+    if any(any(value is not column[0] for value in column) for column in numbers):
+        return []
+    if inplace and not _targets_apart(rows):
+        return []
+    groups, group, size = [], [], 0
+    for index, (_, _, (array, *_)) in enumerate(rows):
+        elements = array.size
+        if elements > _FLAT_ELEMENTS:
+            continue
+        if size + elements > _FLAT_ELEMENTS and group:
+            groups.append(group)
+            group, size = [], 0
+        group.append(index)
+        size += elements
+    groups.append(group)
+    return [group for group in groups if len(group) > 1]
+
+
+def _targets_apart(rows):
+    """Whether each in-place target's storage appears at its own index only (an empty view, which holds no
+    elements, may have no buffer to compare and cannot meet another)."""
+    owner = {}
+    for index, (_, _, operands) in enumerate(rows):
+        base = operands[0].base
+        if base is not None and owner.setdefault(id(base), index) != index:
+            return False
+    return all(array.base is None or owner.get(id(array.base), index) == index
+               for index, (_, _, operands) in enumerate(rows) for array in operands[1:])
+
+
+def _apply_flat(fn, rows, numbers, keywords, direct):
+    """fn once over the rows' tensors concatenated, each piece of the result written back to its target."""
+    flat = [np.concatenate(column, axis=None) for column in zip(*(operands for _, _, operands in rows))]
+    if not direct:
+        flat = [array.astype(np.float32) for array in flat]
+    result = fn(*flat, *numbers, out=None, **keywords)
+    start = 0
+    for target, out, (array, *_) in rows:
+        piece = result[start:start + array.size].reshape(array.shape)
+        start += array.size
+        if direct:
+            out[...] = piece
+        else:
+            write(target, piece)
 
 
 def _in_compute_dtype(column, dtype):
@@ -147,10 +211,6 @@ def _in_compute_dtype(column, dtype):
         if all(value is first for value in column):
             return [np.asarray(_as_number(first)).astype(dtype)] * len(column)
         return [np.asarray(_as_number(value)).astype(dtype) for value in column]
-
-
-def _opmath_view(t):
-    return as_numpy(t).astype(np.float32)
 
 
 def _foreach(fn, method, self, tensor_columns, scalar_columns, inplace, keywords=None, as_cpu_reads=None,
