@@ -101,7 +101,26 @@ def _fast_path(self, tensor_columns, scalar_columns):
         for t, other in zip(self, column):
             if other.dtype != dtype or not is_tpu(other) or other.shape != t.shape or other.is_neg():
                 return False
-    return all(_keeps_dtype(t, value) for column in scalar_columns for t, value in zip(self, column))
+    for column in scalar_columns:
+        if _repeated(column) and not isinstance(column[0], torch.Tensor):  # a number keeps any tensor's dtype or none
+            if not _plain_real_number(column[0]):
+                return False
+        elif not all(_keeps_dtype(t, value) for t, value in zip(self, column)):
+            return False
+    return True
+
+
+def _repeated(column):
+    """Whether a column of numbers is one number repeated (a Scalar overload's), to be looked at once."""
+    first = column[0]
+    return all(value is first for value in column)
+
+
+def _each_number(function, column):
+    """``function`` of each number of a column, called once for one number repeated."""
+    if _repeated(column):
+        return [function(column[0])] * len(column)
+    return [function(value) for value in column]
 
 
 def _as_number(value):
@@ -125,7 +144,7 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
         numbers = [_in_compute_dtype(column, compute) for column in scalar_columns]
         keywords = {name: _in_compute_dtype([value], compute)[0] for name, value in keywords.items()}
     else:
-        numbers = [[_as_number(value) for value in column] for column in scalar_columns]
+        numbers = [_each_number(_as_number, column) for column in scalar_columns]
     outs = (arrays[0] if inplace else [as_numpy(t) for t in targets]) if direct else [None] * len(self)
     rows = list(zip(targets, outs, zip(*arrays)))
     groups = _flat_groups(rows, numbers, inplace)
@@ -156,7 +175,7 @@ def _flat_groups(rows, numbers, inplace):
     the same bits either way, so only what the loop's order means has to hold. Every number column is one number
     repeated (a flat array has one per step), and, in place, no target's memory is read or written at another
     index, where the loop would let one tensor's update reach another's operands."""
-    if any(any(value is not column[0] for value in column) for column in numbers):
+    if not all(map(_repeated, numbers)):
         return []
     if inplace and not _targets_apart(rows):
         return []
@@ -206,11 +225,8 @@ def _in_compute_dtype(column, dtype):
     """A column of numbers as the 0-d arrays of the compute dtype that the pointwise maths make of them; one
     Scalar repeated down the column (a Scalar overload's) is converted once. A number past a 16-bit or float32
     range becomes inf silently, as CPU's conversion makes it (no NumPy overflow warning)."""
-    first = column[0]
     with _C.vpu.ignoring_fp_errors():
-        if all(value is first for value in column):
-            return [np.asarray(_as_number(first)).astype(dtype)] * len(column)
-        return [np.asarray(_as_number(value)).astype(dtype) for value in column]
+        return _each_number(lambda value: np.asarray(_as_number(value)).astype(dtype), column)
 
 
 def _foreach(fn, method, self, tensor_columns, scalar_columns, inplace, keywords=None, as_cpu_reads=None,
@@ -245,8 +261,7 @@ def _check_numbers(op_name, dtype, scalar_columns, keywords):
     positional = [target for name, target in targets.items() if name not in keywords and name != "alpha"]
     if len(positional) == 1:
         for column in scalar_columns:
-            for value in column:
-                pointwise.check_scalar_value(value, positional[0], dtype)
+            _each_number(lambda value: pointwise.check_scalar_value(value, positional[0], dtype), column)
 
 
 def _overloads(name):
@@ -340,7 +355,7 @@ def _numbers_as_cpu_reads(name, number_first):
 
     def as_cpu_reads(dtype, scalar_columns, keywords):
         if rounded:
-            scalar_columns = [[pointwise.scalar_in_dtype(_as_number(value), dtype) for value in column]
+            scalar_columns = [_each_number(lambda value: pointwise.scalar_in_dtype(_as_number(value), dtype), column)
                               for column in scalar_columns]
         scalar_name = pointwise.SCALARS_IN_DTYPE.get(name)
         if scalar_name in keywords:
