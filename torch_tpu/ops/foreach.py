@@ -134,28 +134,32 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
 
     Every operand is viewed once up front (the fast path has checked what ``operand`` would); when
     the dtype is its own opmath type (float32, float64) each result is written straight into its
-    target, else it is rounded on store. Small tensors share calls of fn (_flat_groups).
+    target, else it is rounded on store. Small tensors share calls of a fused multiply-add (_flat_groups).
     """
     targets = self if inplace else [empty(t.shape, t.dtype) for t in self]
-    direct = opmath_dtype(self[0].dtype) == _tensor.numpy_dtype(self[0].dtype)
+    compute = opmath_dtype(self[0].dtype)
+    direct = compute == _tensor.numpy_dtype(self[0].dtype)
     arrays = [[as_numpy(t) for t in column] for column in (self, *tensor_columns)]
     if getattr(fn, "numbers_in_compute_dtype", False):  # converted here once, not by fn for every tensor
-        compute = opmath_dtype(self[0].dtype)
         numbers = [_in_compute_dtype(column, compute) for column in scalar_columns]
         keywords = {name: _in_compute_dtype([value], compute)[0] for name, value in keywords.items()}
     else:
         numbers = [_each_number(_as_number, column) for column in scalar_columns]
     outs = (arrays[0] if inplace else [as_numpy(t) for t in targets]) if direct else [None] * len(self)
-    rows = list(zip(targets, outs, zip(*arrays)))
-    groups = _flat_groups(rows, numbers, inplace)
+    fuses = getattr(fn, "fuses_multiply_add", None)
+    computed = set()
     with _C.vpu.ignoring_fp_errors():
-        for group in groups:
-            _apply_flat(fn, [rows[index] for index in group], [column[0] for column in numbers], keywords, direct)
-        for index in sorted(set(range(len(rows))).difference(*groups)):
-            target, out, operands = rows[index]
-            if not direct:
-                operands = [array.astype(np.float32) for array in operands]
-            result = fn(*operands, *(column[index] for column in numbers), out=out, **keywords)
+        if fuses is not None and fuses(compute, **keywords):
+            rows = list(zip(targets, outs, zip(*arrays)))
+            for group in _flat_groups(rows, numbers, inplace):
+                _apply_flat(fn, [rows[index] for index in group], [column[0] for column in numbers], keywords, direct)
+                computed.update(group)
+        for index, (target, out, operands) in enumerate(zip(targets, outs, zip(*arrays, *numbers))):
+            if index in computed:
+                continue
+            if not direct:  # converted when its turn comes: an earlier tensor's update may have written it
+                operands = [*(array.astype(np.float32) for array in operands[:len(arrays)]), *operands[len(arrays):]]
+            result = fn(*operands, out=out, **keywords)
             if not direct:
                 write(target, result)
             elif result is not out:
@@ -163,10 +167,12 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
     return None if inplace else targets
 
 
-# Tensors up to this many elements are computed together, concatenated into flat arrays of at most as many: one
-# NumPy call per step of fn for them all instead of one per tensor (an optimizer's list of biases and small weights
-# costs its calls' overhead, not its elements). Their float64 temporaries (64 KiB) stay under glibc's mmap
-# threshold (128 KiB): larger ones were mapped and unmapped, page-faulting on every call (3x the time).
+# Where fn computes a fused multiply-add (a dozen NumPy passes a call), tensors up to this many elements are computed
+# together, concatenated into flat arrays of at most as many: one NumPy call per step for them all instead of one per
+# tensor (an optimizer's list of biases and small weights costs its calls' overhead, not its elements). A plain
+# ufunc's call costs less than concatenating and writing back (measured: _foreach_mul_ 20% slower flat). The float64
+# temporaries (64 KiB) stay under glibc's mmap threshold (128 KiB): larger ones were mapped and unmapped,
+# page-faulting on every call (3x the time).
 _FLAT_ELEMENTS = 1 << 13
 
 
@@ -302,6 +308,8 @@ def _pointwise_maths(overload):
         return out
 
     apply.numbers_in_compute_dtype = True  # as apply makes them: _map_numpy converts a list's numbers once
+    if hasattr(function, "fuses_multiply_add"):
+        apply.fuses_multiply_add = function.fuses_multiply_add
     return apply
 
 
