@@ -5,6 +5,9 @@ and dispatch one aten op per tensor. Here a list whose tensors are all tpu,
 of one floating dtype and one shape per position runs as a single Python loop
 of NumPy ufuncs: computed in opmath (float32 for bf16/fp16), rounded once on
 store, written straight into the tensor's memory when it is stored in opmath.
+Where the maths is CPU's fused multiply-add (add/sub with an alpha, addcmul,
+lerp: a dozen NumPy passes a call), the list's small tensors are computed
+together as one flat array and written back.
 Any other list (integer or mixed dtypes, complex values, broadcasting) takes
 the per-tensor route PyTorch's composite kernel takes, so type promotion and
 errors stay PyTorch's.
