@@ -175,19 +175,36 @@ _FLOAT32_MIDPOINT_BITS = np.uint64(2**28)
 _FLOAT32_SMALLEST_NORMAL = np.float64(2.0 ** -126)
 
 
-def _float32_fused_multiply_add(a, b, c):
+def _float32_doubtful(total):
+    """Where rounding the float64 ``total`` to float32 may not round the exact value: a float32 midpoint, or a
+    nonzero magnitude below float32's smallest normal. The magnitudes' minimum screens for the latter, so
+    ordinary sums cost three passes and one reduction."""
+    magnitude = np.abs(total)
+    doubtful = np.bitwise_and(total.view(np.uint64), _FLOAT32_DROPPED_BITS) == _FLOAT32_MIDPOINT_BITS
+    if magnitude.size and magnitude.min() < _FLOAT32_SMALLEST_NORMAL:
+        doubtful |= (magnitude < _FLOAT32_SMALLEST_NORMAL) & (magnitude > 0)
+    return doubtful
+
+
+def _float32_fused_multiply_add(a, b, c, out):
     """float32's ``a * b`` is exact in float64 (24 + 24 bits), so the float64 sum is the exact value rounded once;
     rounding it again to float32 gives the fused result except where it lies on a float32 midpoint or in the
-    subnormal range: only those few elements are summed again, rounded to odd."""
+    subnormal range: only those few elements are summed again, rounded to odd. The sum is rounded straight into
+    a float32 ``out`` of its shape, once the doubtful elements' operands are read (``out`` may be ``c``)."""
     product = np.multiply(a, b, dtype=np.float64)
     total = np.add(product, c, dtype=np.float64)
-    result = np.array(total, dtype=np.float32)  # an array even for 0-d operands, to patch in place
-    magnitude = np.abs(total)
-    doubtful = (total.view(np.uint64) & _FLOAT32_DROPPED_BITS) == _FLOAT32_MIDPOINT_BITS
-    doubtful |= (magnitude < _FLOAT32_SMALLEST_NORMAL) & (magnitude > 0)
-    if doubtful.any():  # the float64 sum rounded to odd instead: rounding that to float32 is the fused result
+    doubtful = _float32_doubtful(total)
+    patched = doubtful.any()
+    if patched:  # the float64 sum rounded to odd instead: rounding that to float32 is the fused result
         product, c = np.broadcast_arrays(product, np.asarray(c, np.float64))
-        result[doubtful] = _add_rounded_to_odd(c[doubtful], product[doubtful]).astype(np.float32)
+        patch = _add_rounded_to_odd(c[doubtful], product[doubtful]).astype(np.float32)
+    if out is not None and out.dtype == np.float32 and out.shape == total.shape:
+        result = out
+        np.copyto(out, total, casting="same_kind")
+    else:
+        result = np.array(total, dtype=np.float32)  # an array even for 0-d operands, to patch in place
+    if patched:
+        result[doubtful] = patch
     return result
 
 
@@ -198,10 +215,13 @@ def fused_multiply_add(a, b, c, out=None):
     a, b, c = (np.asarray(v, dtype) for v in (a, b, c))
     token = ignore_fp_errors()
     try:
-        fused = (_float32_fused_multiply_add if dtype == np.float32 else _error_free_fused_multiply_add)(a, b, c)
+        if dtype == np.float32:
+            fused = _float32_fused_multiply_add(a, b, c, out)
+        else:
+            fused = _error_free_fused_multiply_add(a, b, c)
     finally:
         restore_fp_errors(token)
-    if out is None:
+    if out is None or fused is out:
         return fused
     np.copyto(out, fused)
     return out

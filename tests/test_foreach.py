@@ -353,3 +353,26 @@ def test_results_are_laid_out_as_cpus_per_tensor_ops_lay_them_out(dtype):
         assert [r.stride() for r in got] == [r.stride() for r in expected]
         for want, result in zip(expected, got):
             assert torch.equal(result.cpu(), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("meet", ["listed twice", "swapped", "views of one tensor"])
+def test_in_place_lists_whose_tensors_meet_update_in_cpus_order(meet, dtype):
+    """CPU runs one in-place op per tensor, in order: a tensor listed twice is updated twice, and a target read at
+    another index is read after its own update. tpu computes a list's small tensors as one flat array, which
+    must not change that."""
+    def run(device):
+        a, b, c = (t.to(device) for t in make_list(dtype, seed=3, shapes=[(5,), (5,), (2, 5)])[:3])
+        if meet == "listed twice":
+            targets, others = [a, b, a], [b, c[0], c[1]]
+        elif meet == "swapped":
+            targets, others = [a, b], [b, a]
+        else:
+            targets, others = [c[0], c[1], a], [c[1], c[0], b]
+        torch._foreach_add_(targets, others, alpha=2)
+        torch._foreach_lerp_(targets, others, 0.25)
+        torch._foreach_mul_(targets, 1.5)
+        return a, b, c
+
+    for actual, expected in zip(run("tpu"), run("cpu")):
+        assert torch.equal(actual.cpu(), expected)

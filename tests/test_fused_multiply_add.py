@@ -89,3 +89,49 @@ def test_foreach_numbers_past_the_range_become_inf_silently(recwarn):
     result = torch._foreach_add([torch.ones(3, device="tpu")], 1e300)[0]
     assert torch.equal(result.cpu(), torch._foreach_add([torch.ones(3)], 1e300)[0])
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+def _double_rounding_hazards():
+    """float32 ``c``, ``alpha`` and ``b`` whose exact ``c + alpha * b`` lies a hair off a float32 midpoint, so close
+    that its float64 sum is the midpoint itself: ``alpha * b = h (1 - 2**-46)`` with ``h`` half of ``c``'s float32
+    step. Normal sums of both signs, and sums in float32's subnormal range and at its bottom (``c`` = 0); ``alpha``
+    carries 2**-40, so that ``b`` stays a normal float32 where ``h`` is below float32's range."""
+    odd = 2**-23  # c's last bit set: ties to even then round away from the nearer side
+    normal = torch.tensor([1 + odd, 1.0, -3 - 2 * odd, (1.5 + odd) * 2**100, (1.25 + odd) * 2**-120],
+                          dtype=torch.float64)
+    # float64 sums a subnormal's product exactly unless c spans enough bits: near float32's smallest normal
+    subnormal = torch.tensor([2**-127 + 2**-149, 2**-126 - 2**-149, 2**-127, 3 * 2**-149, 0.0], dtype=torch.float64)
+    c = torch.cat([normal, -normal, subnormal, -subnormal]).to(torch.float32)
+    magnitude = c.double().abs()
+    step = torch.where(magnitude < 2**-126, torch.full_like(magnitude, 2**-149),
+                       2.0 ** (torch.frexp(magnitude).exponent - 24).double())
+    alpha = 2**-40 * (1 + 2**-23)
+    b = (step / 2 * (1 - 2**-23) * 2**40).to(torch.float32)
+    assert torch.equal(b.double() * 2**-39 / step, torch.full_like(step, 1 - 2**-23))  # b is exact
+    return c, alpha, torch.cat([b[: len(b) // 2], -b[len(b) // 2:]])
+
+
+def test_sums_a_hair_off_a_float32_midpoint_round_as_cpus_fma():
+    c, alpha, b = _double_rounding_hazards()
+    expected = torch.add(c, b, alpha=alpha)
+    assert not torch.equal(expected, (c.double() + alpha * b.double()).float())  # two roundings would differ
+    assert_same_bits(torch.add(c.to("tpu"), b.to("tpu"), alpha=alpha), expected)
+    in_place = c.to("tpu")
+    in_place.add_(b.to("tpu"), alpha=alpha)  # the sum's operand is the output: read before it is written
+    assert_same_bits(in_place, expected)
+    a = torch.full_like(b, alpha)
+    assert_same_bits(torch.addcmul(c.to("tpu"), a.to("tpu"), b.to("tpu")), torch.addcmul(c, a, b))
+
+
+def test_a_foreach_list_of_small_tensors_rounds_each_element_as_cpu():
+    """Small tensors computed as one flat array, larger ones on their own, each element as CPU's fma gives it."""
+    c, alpha, b = _double_rounding_hazards()
+    sizes = [1, 7, 0, 9000, 3]
+    cs = [c.repeat(n)[:n] if n else c[:0] for n in sizes] + [c.reshape(4, 5).t()]  # a strided one
+    bs = [b.repeat(n)[:n] if n else b[:0] for n in sizes] + [b.reshape(4, 5).t()]
+    cs[2] = c[:0]
+    expected = [torch.add(x, y, alpha=alpha) for x, y in zip(cs, bs)]
+    tpu = [x.to("tpu") for x in cs]
+    torch._foreach_add_(tpu, [y.to("tpu") for y in bs], alpha=alpha)
+    for actual, wanted in zip(tpu, expected):
+        assert_same_bits(actual, wanted)

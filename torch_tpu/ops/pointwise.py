@@ -790,12 +790,12 @@ def cpu_fuses_multiply_add():
     return torch.backends.cpu.get_cpu_capability() != "DEFAULT"
 
 
-def _fused(b, alpha):
-    """Whether CPU's fused ``alpha * b + a`` (vec::fmadd) can differ from a rounded product and sum: float32 and
-    float64 (16-bit operands' products are exact in float32) by a finite ``alpha`` other than 0 and +-1 (a power
-    of two's product is exact too, until it overflows or underflows). ``alpha`` is a Python number, or a 0-d
-    array foreach converted once for its list."""
-    if np.asarray(b).dtype not in _FUSED_DTYPES or not cpu_fuses_multiply_add():
+def _fused(dtype, alpha=1):
+    """Whether CPU's fused ``alpha * b + a`` (vec::fmadd) can differ from a rounded product and sum, for ``b`` of
+    the NumPy ``dtype``: float32 and float64 (16-bit operands' products are exact in float32) by a finite
+    ``alpha`` other than 0 and +-1 (a power of two's product is exact too, until it overflows or underflows).
+    ``alpha`` is a Python number, or a 0-d array foreach converted once for its list."""
+    if not _fuses_by_dtype(dtype):
         return False
     if alpha.__class__ is np.ndarray:
         alpha = alpha.item()
@@ -816,7 +816,7 @@ def _negated(alpha):
 @writes_out
 def add(a, b, alpha=1, out=None):
     """``a + alpha * b``, with one rounding as CPU's kernel fuses it."""
-    if _fused(b, alpha):
+    if _fused(np.asarray(b).dtype, alpha):
         return vpu.fused_multiply_add(scalar(alpha, np.asarray(b)), np.asarray(b), np.asarray(a), out)
     return np.add(a, _scaled(b, alpha), out=out)
 
@@ -825,11 +825,20 @@ def add(a, b, alpha=1, out=None):
 def sub(a, b, alpha=1, out=None):
     """CPU's sub is add with ``-alpha``: for complex numbers that is not ``a - alpha * b`` where a part is zero
     (-0 + 0 is +0, -0 - 0 is -0)."""
-    if _fused(b, alpha):
+    if _fused(np.asarray(b).dtype, alpha):
         return vpu.fused_multiply_add(scalar(-alpha, np.asarray(b)), np.asarray(b), np.asarray(a), out)
     if np.iscomplexobj(b):
         return np.add(a, np.multiply(scalar(_negated(alpha), b), b), out=out)
     return np.subtract(a, _scaled(b, alpha), out=out)
+
+
+def _fuses_by_dtype(dtype):
+    return dtype in _FUSED_DTYPES and cpu_fuses_multiply_add()
+
+
+# Whether the maths computes through vpu.fused_multiply_add for operands of a NumPy dtype (and add/sub's alpha):
+# about a dozen NumPy passes a call, where foreach computes a list's small tensors together
+add.fuses_multiply_add = sub.fuses_multiply_add = _fused
 
 
 def check_alpha(dtype, a, b, alpha=1):
@@ -1237,7 +1246,7 @@ def _scaled_product_added(combine, x, a, b, value, out):
     """``x + combine(value * a, b)``, each step rounded in the operands' dtype. With a floating ``out`` of the
     dtype of ``value``, ``a`` and ``b`` that none of the operands overlap, the steps run in ``out``'s memory (the
     same operations in the same order: the same bits, without two temporaries of the full size)."""
-    if combine is np.multiply and x.dtype in _FUSED_DTYPES and cpu_fuses_multiply_add():
+    if combine is np.multiply and _fuses_by_dtype(x.dtype):
         # CPU's compiler contracts addcmul's last product and sum (self + value * t1 * t2) into one FMA
         return vpu.fused_multiply_add(value * a, b, x, out)
     if (out is None or out.dtype.kind not in "fc" or not out.dtype == value.dtype == a.dtype == b.dtype
@@ -1246,6 +1255,9 @@ def _scaled_product_added(combine, x, a, b, value, out):
     np.multiply(value, a, out=out)
     combine(out, b, out=out)
     return np.add(x, out, out=out)
+
+
+addcmul.fuses_multiply_add = _fuses_by_dtype
 
 
 def check_addcdiv(dtype, x, a, b, value=1):
@@ -1266,7 +1278,7 @@ def lerp(start, end, weight, out=None):
     weight = weight if isinstance(weight, np.ndarray) else scalar(weight, start)
     difference = np.subtract(end, start)
     small = np.abs(weight) < 0.5
-    if difference.dtype in _FUSED_DTYPES and cpu_fuses_multiply_add():
+    if _fuses_by_dtype(difference.dtype):
         if np.ndim(weight) == 0:  # one side for every element: no full-size selection of start or end
             coefficient, base = (weight, start) if small else (weight - 1, end)
         else:
@@ -1277,6 +1289,9 @@ def lerp(start, end, weight, out=None):
         return result
     np.copyto(out, result)
     return out
+
+
+lerp.fuses_multiply_add = _fuses_by_dtype
 
 
 def where(condition, x, y):
