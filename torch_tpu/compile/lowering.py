@@ -759,7 +759,10 @@ def lower_dropout_backward(node):
 def lower_nll_loss(node):
     """NLL loss through eager's maths (``nn.nll_forward_maths``), its CPU-order cascade sum included."""
     input, target, weight, reduction, ignore_index = node.args
+    inputs = tuple(a for a in (input, target, weight) if isinstance(a, torch.fx.Node))
     source, (loss, total_weight) = value_of(input), value_of(node)
+    if nn.nll_loss_dtypes_refused(source, value_of(target), value_of(weight)):
+        return Lowered(EAGER, inputs=inputs, reason="CPU refuses the call: the eager kernel raises its error")
     compute, dtype = opmath_dtype(source.dtype), numpy_dtype(source.dtype)
     store_loss, store_weight = _storer(loss), _storer(total_weight)
 
@@ -770,7 +773,6 @@ def lower_nll_loss(node):
         store_weight(outs[1], np.asarray(weight_sum))
         return outs
 
-    inputs = tuple(a for a in (input, target, weight) if isinstance(a, torch.fx.Node))
     return Lowered(OPAQUE, run, inputs, multi=True, results=_tensor_results(value_of(node)))
 
 
@@ -778,6 +780,9 @@ def lower_nll_loss(node):
 def lower_nll_loss_backward(node):
     """NLL loss's input gradient through eager's maths (``nn.nll_backward_maths``)."""
     grad_output, input, target, weight, reduction, ignore_index, total_weight = node.args
+    inputs = tuple(a for a in (grad_output, input, target, weight, total_weight) if isinstance(a, torch.fx.Node))
+    if nn.nll_loss_dtypes_refused(*map(value_of, (input, target, grad_output, weight, total_weight))):
+        return Lowered(EAGER, inputs=inputs, reason="CPU refuses the call: the eager kernel raises its error")
     compute = opmath_dtype(value_of(input).dtype)
     name = DTYPE_NAME[value_of(node).dtype]
 
@@ -787,7 +792,6 @@ def lower_nll_loss_backward(node):
                                          weight_array, reduction, ignore_index, total.astype(compute, copy=False), 0)
         _C.dtypes.cast_into(out, gradient, name)
 
-    inputs = tuple(a for a in (grad_output, input, target, weight, total_weight) if isinstance(a, torch.fx.Node))
     return Lowered(OPAQUE, run, inputs)
 
 
