@@ -2,9 +2,15 @@
 (docs/compile.md, "Compiled user programs"). Each compiled run is compared with tpu eager from the same state;
 a call eager refuses is refused compiled, with the same error."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.testing import assert_close
+
+from differential import assert_identical
+from zoo import ZOO
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Profiler record function"), pytest.mark.usefixtures("fresh_dynamo")]
 
@@ -46,3 +52,83 @@ def test_nll_loss_refuses_the_weight_dtypes_eager_refuses(loss, input_dtype, wei
                                            (torch.randn(4, 5), torch.tensor([0, 1, 2, 3], dtype=torch.int32))])
 def test_nll_loss_refuses_the_input_and_target_dtypes_eager_refuses(scores, target):
     _refused_alike(F.nll_loss, scores.to("tpu"), target.to("tpu"))
+
+
+def _retyped_statistic(x):
+    """The mean of a bf16 layer norm without parameters: bf16 in eager, float32 in the traced graph."""
+    return torch.ops.aten.native_layer_norm(x, [6], None, None, 1e-5)[1]
+
+
+_FLOAT_COLUMN, _FLOAT_ROW = torch.randn(4, 1), torch.randn(1, 3)
+
+
+@pytest.mark.parametrize("use", [
+    lambda mean: mean.mm(_FLOAT_ROW.to("tpu")),
+    lambda mean: torch.addmm(_FLOAT_COLUMN.to("tpu"), mean, _FLOAT_ROW.to("tpu")),
+    lambda mean: mean.view(1, 4, 1).bmm(_FLOAT_ROW.to("tpu").view(1, 1, 3)),
+    lambda mean: torch.lerp(mean, _FLOAT_COLUMN.to("tpu"), 0.5),
+    lambda mean: _FLOAT_COLUMN.to("tpu").scatter(0, torch.zeros(4, 1, dtype=torch.long).to("tpu"), mean),
+], ids=["mm", "addmm", "bmm", "lerp", "scatter"])
+def test_ops_after_a_retyped_bf16_statistic_refuse_the_dtype_mix_eager_refuses(use):
+    x = torch.randn(4, 6).bfloat16().to("tpu")
+    _refused_alike(lambda x: use(_retyped_statistic(x)), x)
+
+
+def _training(name, compiled, steps=2, memory_format=torch.contiguous_format, make_optimizer=None, clip=None,
+              accumulate=1):
+    """Each step's loss, gradients, parameters and buffers of a zoo model trained on tpu from one initial state:
+    forward, cross-entropy, backward (with ``accumulate`` micro-batches), optionally ``clip_grad_norm_``, and the
+    optimizer's step, the step and the optimizer's step compiled as users compile them when ``compiled``."""
+    make_model, make_batch = ZOO[name]
+    torch.manual_seed(0)
+    model = make_model().to("tpu").to(memory_format=memory_format)
+    inputs, targets = (t.to("tpu") for t in make_batch(torch.Generator().manual_seed(1)))
+    if inputs.dim() == 4:
+        inputs = inputs.to(memory_format=memory_format)
+    optimizer = (make_optimizer or (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)))(model.parameters())
+
+    def step(inputs, targets):
+        loss = F.cross_entropy(model(inputs), targets) / accumulate
+        loss.backward()
+        return loss
+
+    optimizer_step = optimizer.step
+    if compiled:
+        step, optimizer_step = torch.compile(step, backend="tpu"), torch.compile(optimizer.step, backend="tpu")
+    records = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        losses = [step(part, target) for part, target in zip(inputs.chunk(accumulate), targets.chunk(accumulate))]
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        grads = [p.grad.clone() for p in model.parameters()]
+        optimizer_step()
+        records.append((losses, grads, [p.detach().clone() for p in model.parameters()],
+                        [b.clone() for b in model.buffers()]))
+    return records
+
+
+def _assert_steps_identical(compiled, eager):
+    for compiled_step, eager_step in zip(compiled, eager):
+        for got, expected in zip(compiled_step, eager_step):
+            for a, b in zip(got, expected):
+                assert_identical(a, b)
+
+
+TRAINING_FAST = ["ResNet", "EfficientNet", "GRU"]
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+@pytest.mark.parametrize("name", [n if n in TRAINING_FAST else pytest.param(n, marks=pytest.mark.slow) for n in ZOO])
+def test_zoo_training_step_with_the_optimizer_step_compiled_equals_eager_bit_for_bit(name):
+    _assert_steps_identical(_training(name, compiled=True), _training(name, compiled=False))
+
+
+@pytest.mark.parametrize("name", ["ResNet", "MobileNetV2", pytest.param("MobileNetV3", marks=pytest.mark.slow),
+                                  pytest.param("EfficientNet", marks=pytest.mark.slow)])
+def test_zoo_channels_last_training_equals_eager_bit_for_bit(name):
+    """A convolution's result is channels-last in eager and contiguous in the traced graph; a fused kernel's values,
+    the backward's saved values and a hardtanh backward now follow eager's layouts, so the reductions reading them
+    sum in eager's order."""
+    _assert_steps_identical(_training(name, compiled=True, memory_format=torch.channels_last),
+                            _training(name, compiled=False, memory_format=torch.channels_last))
