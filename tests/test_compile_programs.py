@@ -132,3 +132,30 @@ def test_zoo_channels_last_training_equals_eager_bit_for_bit(name):
     sum in eager's order."""
     _assert_steps_identical(_training(name, compiled=True, memory_format=torch.channels_last),
                             _training(name, compiled=False, memory_format=torch.channels_last))
+
+
+def _eager_nodes():
+    import torch_tpu
+
+    return [line for program in torch_tpu.compile.last_programs() for line in program.dump().splitlines()
+            if line.startswith("eager ")]
+
+
+def test_slices_gradient_and_index_select_lower_to_numpy_and_equal_eager():
+    """Swin's and the transformers' slice gradients (slice_scatter) and relative-position selections
+    (index_select) ran as eager nodes."""
+    table, positions = torch.randn(9, 3).to("tpu").requires_grad_(), torch.tensor([4, 0, 8, 4]).to("tpu")
+    tokens = torch.randn(2, 5, 4).to("tpu").requires_grad_()
+
+    def step(table, tokens):
+        bias = table.index_select(0, positions)
+        loss = (tokens[:, 1:, :3] * bias).sum() + tokens[:, 0].square().sum()
+        return torch.autograd.grad(loss, (table, tokens))
+
+    for got, expected in zip(torch.compile(step, backend="tpu")(table, tokens), step(table, tokens)):
+        assert_identical(got, expected)
+    assert not [line for line in _eager_nodes() if "index_select" in line or "slice_scatter" in line]
+
+
+def test_index_select_out_of_range_raises_eagers_error():
+    _refused_alike(lambda x, i: x.index_select(0, i) * 2, torch.randn(3, 2).to("tpu"), torch.tensor([0, 3]).to("tpu"))

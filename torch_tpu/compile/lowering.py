@@ -28,7 +28,7 @@ import torch
 from .. import _C, _cost, _tensor
 from . import remembered
 from .._tensor import DTYPE_NAME, numpy_dtype
-from ..ops import attention, conv, linalg, nn, pointwise, reduction
+from ..ops import attention, conv, indexing, linalg, nn, pointwise, reduction
 from ..ops._common import converted, opmath_dtype, wrap_dim, wrap_dims
 
 aten = torch.ops.aten
@@ -187,13 +187,16 @@ def _aliased(node):
 
 
 def _sliced(node):
-    source = value_of(node.args[0])
-    dim = wrap_dim(node.args[1] if len(node.args) > 1 else 0, source.dim())
-    start, end, step = map(value_of, list(node.args[2:5]) + [None, None, 1][len(node.args[2:5]):])
-    index = [slice(None)] * source.dim()
-    index[dim] = slice(*slice(start, end, step).indices(source.shape[dim]))
-    index = tuple(index)
+    index = _slice_index(value_of(node.args[0]), *(list(node.args[1:5]) + [0, None, None, 1][len(node.args[1:5]):]))
     return lambda array: array[index]
+
+
+def _slice_index(source, dim, start, end, step):
+    """The NumPy index of ``source[start:end:step]`` along ``dim`` (bounds read as the numbers they are here)."""
+    dim = wrap_dim(dim, source.dim())
+    index = [slice(None)] * source.dim()
+    index[dim] = slice(*slice(*map(value_of, (start, end, step))).indices(source.shape[dim]))
+    return tuple(index)
 
 
 def _selected(node):
@@ -490,6 +493,38 @@ def lower_cat(node):
         np.concatenate(arrays, axis=axis, out=out)
 
     return Lowered(OPAQUE, run, tuple(tensors))
+
+
+@lowers(aten.index_select.default)
+def lower_index_select(node):
+    """index_select through eager's maths (``indexing.index_select_arrays``: CPU's range check, then a take)
+    (a relative position bias, an embedding written as a selection)."""
+    source, dim, index = node.args
+    if value_of(index).dim() > 1 or value_of(index).dtype not in (torch.int32, torch.int64):
+        return Lowered(EAGER, inputs=(source, index), reason="CPU refuses the call: the eager kernel raises its error")
+    axis = wrap_dim(dim, max(value_of(source).dim(), 1))
+    store = _storer(value_of(node))
+
+    def run(out, array, positions):
+        taken_from, checked = indexing.index_select_arrays(array, axis, positions)
+        store(out, np.take(taken_from, checked, axis=axis))
+
+    return Lowered(OPAQUE, run, (source, index))
+
+
+@lowers(aten.slice_scatter.default)
+def lower_slice_scatter(node):
+    """``input`` with a slice replaced by ``src`` (the gradient of a slice): a copy, then the slice written."""
+    input, src = node.args[:2]
+    if value_of(input).dtype != value_of(src).dtype:
+        return Lowered(EAGER, inputs=(input, src), reason="a slice of another dtype: the eager kernel casts it")
+    index = _slice_index(value_of(input), *(list(node.args[2:6]) + [0, None, None, 1][len(node.args[2:6]):]))
+
+    def run(out, base, part):
+        np.copyto(out, base)
+        out[index] = part
+
+    return Lowered(OPAQUE, run, (input, src))
 
 
 @lowers(aten.any.dim, aten.any.dims)
