@@ -2,12 +2,9 @@
 (docs/compile.md, "Compiled user programs"). Each compiled run is compared with tpu eager from the same state;
 a call eager refuses is refused compiled, with the same error."""
 
-import copy
-
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.testing import assert_close
 
 from differential import assert_identical
 from zoo import ZOO
@@ -159,3 +156,72 @@ def test_slices_gradient_and_index_select_lower_to_numpy_and_equal_eager():
 
 def test_index_select_out_of_range_raises_eagers_error():
     _refused_alike(lambda x, i: x.index_select(0, i) * 2, torch.randn(3, 2).to("tpu"), torch.tensor([0, 3]).to("tpu"))
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+@pytest.mark.parametrize("name", ["ViT", pytest.param("ResNet", marks=pytest.mark.slow)])
+def test_zoo_training_with_clipping_and_gradient_accumulation_equals_eager_bit_for_bit(name):
+    _assert_steps_identical(_training(name, compiled=True, clip=0.5, accumulate=2),
+                            _training(name, compiled=False, clip=0.5, accumulate=2))
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor")
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_inference_in_eval_mode_under_no_grad_equals_eager_bit_for_bit(name):
+    make_model, make_batch = ZOO[name]
+    torch.manual_seed(0)
+    model = make_model().to("tpu").eval()
+    inputs = make_batch(torch.Generator().manual_seed(1))[0].to("tpu")
+    with torch.no_grad():
+        assert_identical(torch.compile(model, backend="tpu")(inputs), model(inputs))
+
+
+@pytest.mark.parametrize("name", ["EfficientNet", pytest.param("Swin", marks=pytest.mark.slow)])
+def test_zoo_autocast_training_step_equals_eager_bit_for_bit(name):
+    def gradients(compiled):
+        make_model, make_batch = ZOO[name]
+        torch.manual_seed(0)
+        model = make_model().to("tpu")
+        inputs, targets = (t.to("tpu") for t in make_batch(torch.Generator().manual_seed(1)))
+
+        def step(inputs, targets):
+            with torch.autocast("tpu", dtype=torch.bfloat16):
+                logits = model(inputs)
+            loss = F.cross_entropy(logits.float(), targets)
+            loss.backward()
+            return loss
+
+        loss = (torch.compile(step, backend="tpu") if compiled else step)(inputs, targets)
+        return [loss] + [p.grad for p in model.parameters()]
+
+    for got, expected in zip(gradients(True), gradients(False)):
+        assert_identical(got, expected)
+
+
+def test_dynamic_batch_sizes_compile_once_and_equal_eager():
+    make_model, make_batch = ZOO["ViT"]
+    torch.manual_seed(0)
+    model = make_model().to("tpu").eval()
+    inputs = make_batch(torch.Generator().manual_seed(1))[0].to("tpu")
+    compiled = torch.compile(model, backend="tpu", dynamic=True)
+    with torch.no_grad():
+        for batch in (4, 3, 2):
+            assert_identical(compiled(inputs[:batch]), model(inputs[:batch]))
+
+
+def test_graph_breaks_on_print_and_item_and_torch_func_under_compile_equal_eager(capsys):
+    weight, x = torch.randn(5, 5).to("tpu"), torch.randn(3, 5).to("tpu")
+
+    def with_breaks(x):
+        y = (x @ weight).relu()
+        print("positive:", y.norm().item() > 0)
+        return y * y.sum().item()
+
+    def loss(weight, x):
+        return (x @ weight).tanh().sum()
+
+    per_sample_gradients = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0))
+    for function, args in ((with_breaks, (x,)), (torch.func.grad(loss), (weight, x)),
+                           (per_sample_gradients, (weight, x.view(3, 1, 5)))):
+        assert_identical(torch.compile(function, backend="tpu")(*args), function(*args))
+    assert capsys.readouterr().out.count("positive: True") == 2
