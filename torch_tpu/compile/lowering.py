@@ -908,12 +908,12 @@ def lower_nll_loss_backward(node):
 @lowers(aten.convolution.default, aten.convolution_backward.default)
 def lower_convolution(node):
     """A convolution runs its eager kernel, whose result (and input gradient) is channels-last where CPU's is
-    (``conv._channels_last``); the meta function lays a tpu tensor's out contiguously. Traced again in eager's
+    (``conv.channels_last_result``); the meta function lays a tpu tensor's out contiguously. Traced again in eager's
     layout, the nodes after it are too, so that a fused kernel's values, and the reductions and convolution
     backwards reading them, go in eager's order (a channels_last ResNet's gradients were 5e-6 off)."""
     backward = node.target is aten.convolution_backward.default
     input, weight = map(value_of, node.args[1:3] if backward else node.args[:2])
-    if conv._channels_last(input, weight):
+    if conv.channels_last_result(input, weight):
         memory_format = torch.channels_last if input.dim() == 4 else torch.channels_last_3d
         _retyped_results(node, (None, None, None) if backward else (None,), {0: memory_format})
     return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))), reason="no NumPy lowering")
