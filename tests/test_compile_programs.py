@@ -225,3 +225,47 @@ def test_graph_breaks_on_print_and_item_and_torch_func_under_compile_equal_eager
                            (per_sample_gradients, (weight, x.view(3, 1, 5)))):
         assert_identical(torch.compile(function, backend="tpu")(*args), function(*args))
     assert capsys.readouterr().out.count("positive: True") == 2
+
+
+class _CachedDecoder(torch.nn.Module):
+    """One pre-norm attention block (fused attention, SiLU MLP) that decodes with a key/value cache."""
+
+    def __init__(self, vocabulary=32, width=16, heads=2):
+        super().__init__()
+        self.embed, self.heads = torch.nn.Embedding(vocabulary, width), heads
+        self.qkv, self.out = torch.nn.Linear(width, 3 * width), torch.nn.Linear(width, width)
+        self.norm, self.head = torch.nn.LayerNorm(width), torch.nn.Linear(width, vocabulary)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, 4 * width), torch.nn.SiLU(),
+                                       torch.nn.Linear(4 * width, width))
+
+    def forward(self, tokens, cache=None):
+        x = self.embed(tokens)
+        b, t, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(b, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=cache is None)
+        x = x + self.out(attended.transpose(1, 2).reshape(b, t, w))
+        return self.head(x + self.mlp(x)), (k, v)
+
+
+def _generated(model, prompt, steps):
+    logits, cache = model(prompt)
+    tokens, last_logits = [logits[:, -1].argmax(-1, keepdim=True)], [logits[:, -1]]
+    for _ in range(steps):
+        logits, cache = model(tokens[-1], cache)
+        tokens.append(logits[:, -1].argmax(-1, keepdim=True))
+        last_logits.append(logits[:, -1])
+    return torch.cat(tokens, 1), torch.stack(last_logits)
+
+
+@pytest.mark.parametrize("dynamic", [None, True])
+def test_generation_with_a_key_value_cache_equals_eager(dynamic):
+    torch.manual_seed(0)
+    model = _CachedDecoder().to("tpu").eval()
+    prompt = torch.randint(0, 32, (2, 5)).to("tpu")
+    with torch.no_grad():
+        expected = _generated(model, prompt, 5)
+        got = _generated(torch.compile(model, backend="tpu", dynamic=dynamic), prompt, 5)
+    for a, b in zip(got, expected):
+        assert_identical(a, b)
