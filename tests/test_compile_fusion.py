@@ -226,7 +226,7 @@ kernel fused_mm_tanh: mm, tanh; read 224 B, written 96 B, 192 FLOPs
 kernel sum: sum_1; read 48 B, written 4 B
 not fused: sum_1 into fused_mm_tanh: a reduction does not fuse into a matmul kernel
 == BACKWARD (backward): 2 kernels, 0 eager nodes, buffers 48 bytes
-kernel fused_tanh_mul_sub: tanh, mul, sub, mul_1; read 52 B, written 48 B
+kernel fused_tanh_tanh_backward: tanh, tanh_backward; read 52 B, written 48 B
 kernel mm: mm_1; read 176 B, written 96 B, 192 FLOPs""")
 
 

@@ -202,10 +202,11 @@ def generate(graph, name):
         if buffers[index][1] == made_at[node]:  # the buffer's first value: allocated here
             w.line(f"b{index} = new_buffer({buffers[index][0]}); B{index} = b{index}.array")
         slot = w.constant('slot_', (tuple(value.shape), numpy_dtype(value.dtype)))
-        strides = _eager_strides(value) if node in made_by else None
+        strides = _eager_strides(value)
         if strides is None:
             w.line(f"{v} = ndarray(*{slot}, B{index})")
-        else:  # a kernel result laid out as eager lays it out (fused attention's): the views after it stay views
+        else:  # laid out as eager lays it out (channels_last, fused attention's results): a reduction or convolution
+            #    reading it sums in eager's order, and the views after it stay views
             itemsize = value.element_size()
             w.line(f"{v} = ndarray(*{slot}, B{index}, 0, {w.constant('strides_', tuple(s * itemsize for s in strides))})")
 
@@ -257,7 +258,7 @@ def generate(graph, name):
         elif home in ("output", "buffer"):
             emit_home(node, home, v)
         elif home == "host":
-            w.line(f"{v} = {w.constant('host_', np.empty(tuple(value.shape), numpy_dtype(value.dtype)))}")  # as scratch
+            w.line(f"{v} = {w.constant('host_', _host_array(value))}")  # as scratch
         elif home == "scratch" and low.value is not None and low.inline is None:  # the maths' own result array
             w.line(f"{v} = {w.constant(f'k_{node.name}_', low.value)}({', '.join('v_' + a.name for a in low.inputs)})")
             charge(node)
@@ -269,7 +270,7 @@ def generate(graph, name):
             charge(node)
             return
         else:  # scratch
-            w.line(f"{v} = {w.constant('scratch_', np.empty(tuple(value.shape), numpy_dtype(value.dtype)))}")
+            w.line(f"{v} = {w.constant('scratch_', _host_array(value))}")
         if low.inline is not None:  # one ufunc: called from the source itself, into the planned buffer
             ufunc, operands = low.inline
             arguments = [f"v_{o.name}" if isinstance(o, torch.fx.Node) else w.constant("c_", o) for o in operands]
@@ -550,6 +551,17 @@ def _eager_strides(value):
     if value.is_contiguous() or not all(type(n) is int for n in (*value.shape, *strides)):
         return None
     return strides if is_non_overlapping_and_dense_or_false(value) else None
+
+
+def _host_array(value):
+    """A host array for ``value``, laid out as eager lays it out (a channels_last intermediate stays channels_last,
+    so that a reduction or convolution reading it inside its kernel sums in eager's order)."""
+    shape, dtype, strides = tuple(value.shape), numpy_dtype(value.dtype), _eager_strides(value)
+    if strides is None:
+        return np.empty(shape, dtype)
+    itemsize = np.dtype(dtype).itemsize
+    return np.ndarray(shape, dtype, np.empty(value.numel() * itemsize, np.uint8), 0,
+                      tuple(s * itemsize for s in strides))
 
 
 def _static_layout(value):

@@ -25,16 +25,17 @@ import operator
 import numpy as np
 import torch
 
-from .. import _C, _cost
+from .. import _C, _cost, _tensor
 from . import remembered
 from .._tensor import DTYPE_NAME, numpy_dtype
-from ..ops import attention, linalg, nn, pointwise, reduction
+from ..ops import attention, conv, indexing, linalg, nn, pointwise, reduction
 from ..ops._common import converted, opmath_dtype, wrap_dim, wrap_dims
 
 aten = torch.ops.aten
 LOWERINGS = {}  # OpOverload -> lowering function(node) -> Lowered
 VIEW, POINTWISE, REDUCTION, MATMUL, OPAQUE, EAGER = "view", "pointwise", "reduction", "matmul", "opaque", "eager"
 FUSIBLE = frozenset({POINTWISE, REDUCTION, MATMUL})
+REFUSED = "tpu_refused"  # node.meta key: why the meta function refuses the node's operands in eager's dtypes
 
 
 @dataclasses.dataclass
@@ -113,6 +114,9 @@ def lower(node):
     host = not is_tpu_node(node) and not _has_tpu_result(node)
     if host and not is_host_scalar(node):
         return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))), reason="its values live on the CPU")
+    if REFUSED in node.meta:  # the meta function refused the call once retyped to eager's dtypes
+        return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))),
+                       reason=f"CPU refuses it: {node.meta[REFUSED]}")
     lowering = LOWERINGS.get(node.target)
     if lowering is None and isinstance(node.target, torch._ops.OpOverload):
         maths = pointwise_maths(node.target)
@@ -183,13 +187,16 @@ def _aliased(node):
 
 
 def _sliced(node):
-    source = value_of(node.args[0])
-    dim = wrap_dim(node.args[1] if len(node.args) > 1 else 0, source.dim())
-    start, end, step = map(value_of, list(node.args[2:5]) + [None, None, 1][len(node.args[2:5]):])
-    index = [slice(None)] * source.dim()
-    index[dim] = slice(*slice(start, end, step).indices(source.shape[dim]))
-    index = tuple(index)
+    index = _slice_index(value_of(node.args[0]), *(list(node.args[1:5]) + [0, None, None, 1][len(node.args[1:5]):]))
     return lambda array: array[index]
+
+
+def _slice_index(source, dim, start, end, step):
+    """The NumPy index of ``source[start:end:step]`` along ``dim`` (bounds read as the numbers they are here)."""
+    dim = wrap_dim(dim, source.dim())
+    index = [slice(None)] * source.dim()
+    index[dim] = slice(*slice(*map(value_of, (start, end, step))).indices(source.shape[dim]))
+    return tuple(index)
 
 
 def _selected(node):
@@ -278,6 +285,7 @@ def lower_pointwise(node, maths):
                        dict(node.kwargs))
     if refusal:  # the eager kernel raises CPU's error when the program reaches the node
         return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))), reason=f"CPU refuses it: {refusal}")
+    _follow_eager_layout(node, maths, metas)
     dtype = maths.rule(pointwise.common_dtype(*metas))
     compute = opmath_dtype(dtype) if maths.opmath(*metas) else numpy_dtype(dtype)
     out_name = DTYPE_NAME[value_of(node).dtype]
@@ -487,6 +495,38 @@ def lower_cat(node):
     return Lowered(OPAQUE, run, tuple(tensors))
 
 
+@lowers(aten.index_select.default)
+def lower_index_select(node):
+    """index_select through eager's maths (``indexing.index_select_arrays``: CPU's range check, then a take)
+    (a relative position bias, an embedding written as a selection)."""
+    source, dim, index = node.args
+    if value_of(index).dim() > 1 or value_of(index).dtype not in (torch.int32, torch.int64):
+        return Lowered(EAGER, inputs=(source, index), reason="CPU refuses the call: the eager kernel raises its error")
+    axis = wrap_dim(dim, max(value_of(source).dim(), 1))
+    store = _storer(value_of(node))
+
+    def run(out, array, positions):
+        taken_from, checked = indexing.index_select_arrays(array, axis, positions)
+        store(out, np.take(taken_from, checked, axis=axis))
+
+    return Lowered(OPAQUE, run, (source, index))
+
+
+@lowers(aten.slice_scatter.default)
+def lower_slice_scatter(node):
+    """``input`` with a slice replaced by ``src`` (the gradient of a slice): a copy, then the slice written."""
+    input, src = node.args[:2]
+    if value_of(input).dtype != value_of(src).dtype:
+        return Lowered(EAGER, inputs=(input, src), reason="a slice of another dtype: the eager kernel casts it")
+    index = _slice_index(value_of(input), *(list(node.args[2:6]) + [0, None, None, 1][len(node.args[2:6]):]))
+
+    def run(out, base, part):
+        np.copyto(out, base)
+        out[index] = part
+
+    return Lowered(OPAQUE, run, (input, src))
+
+
 @lowers(aten.any.dim, aten.any.dims)
 def lower_any(node):
     axes, keepdim = _reduced_axes(node), _keepdim(node)
@@ -504,8 +544,20 @@ def _flops(overload_name, node):
     return _cost.MXU_FLOPS[overload_name](*(meta_twin(value_of(a)) for a in node.args))
 
 
+def _mixed_operands(node, count):
+    """A product whose operands differ in dtype, which CPU refuses (a bf16 statistic eager keeps in bf16 times a
+    float32 matrix): the eager kernel raises its error."""
+    if len({value_of(a).dtype for a in node.args[:count]}) > 1:
+        return Lowered(EAGER, inputs=tuple(node.args[:count]), reason="CPU refuses it: operands of different dtypes")
+    return None
+
+
 @lowers(aten.mm.default, aten.bmm.default, aten.mv.default, aten.dot.default)
 def lower_product(node):
+    refused = _mixed_operands(node, 2)
+    if refused:
+        return refused
+
     def run(out, a, b):
         linalg.mxu_matmul(a, b, out)
 
@@ -517,6 +569,9 @@ def lower_product(node):
 
 @lowers(aten.addmm.default)
 def lower_addmm(node):
+    refused = _mixed_operands(node, 3)
+    if refused:
+        return refused
     beta, alpha = node.kwargs.get("beta", 1), node.kwargs.get("alpha", 1)
     name = DTYPE_NAME[value_of(node).dtype]
 
@@ -629,35 +684,90 @@ def _storer(value):
     return store
 
 
-def _retyped_results(node, dtypes, contiguous=()):
-    """``node``'s results, each typed as ``dtypes`` says (None: as traced) and the ``contiguous`` ones laid out
-    contiguously, with the nodes after them traced again, so that their homes take eager's dtype and layout
-    where the meta function AOTAutograd traced with says another."""
-    values = list(value_of(node))
+def _retyped_results(node, dtypes, formats=None):
+    """``node``'s results, each typed as ``dtypes`` says (None: as traced) and laid out in the memory format
+    ``formats`` gives it by position (none: as traced), with the nodes after them traced again, so that their homes
+    take eager's dtype and layout where the meta function AOTAutograd traced with says another."""
+    traced, formats = value_of(node), formats or {}
+    several = isinstance(traced, (tuple, list))
+    originals = tuple(traced) if several else (traced,)
+    values = list(originals)
     for index, value in enumerate(values):
         if value is None:
             continue
-        dtype = dtypes[index] or value.dtype
-        if value.dtype != dtype or (index in contiguous and not value.is_contiguous()):
+        dtype, memory_format = dtypes[index] or value.dtype, formats.get(index)
+        if value.dtype != dtype or (memory_format and not value.is_contiguous(memory_format=memory_format)):
             with value.fake_mode:
-                values[index] = torch.empty(value.shape, dtype=dtype, device=value.device)
-    if any(new is not old for new, old in zip(values, value_of(node))):
-        node.meta["val"] = tuple(values)
-        _propagate_after(node, next(v for v in values if v is not None).fake_mode)
+                values[index] = torch.empty(value.shape, dtype=dtype, device=value.device,
+                                            memory_format=memory_format or torch.contiguous_format)
+    if any(new is not old for new, old in zip(values, originals)):
+        node.meta["val"] = tuple(values) if several else values[0]
+        _propagate_after((node,), next(v for v in values if v is not None).fake_mode)
     return values
 
 
+def saved_layouts(graph):
+    """The strides of a forward program's results by node name, as its lowering laid them out."""
+    results = graph.find_nodes(op="output")[0].args[0]
+    return {n.name: tuple(value_of(n).stride()) for n in results
+            if isinstance(n, torch.fx.Node) and isinstance(value_of(n), torch.Tensor)}
+
+
+def relay_saved_values(graph, layouts):
+    """The backward graph's saved values (placeholders named as the forward's nodes) laid out as the forward
+    program made them (a convolution's channels-last result) where AOTAutograd traced another layout, with the
+    nodes after them traced again: the backward's fused values then follow eager's layouts too."""
+    _relaid([(node, layouts[node.name]) for node in graph.find_nodes(op="placeholder")
+             if node.name in layouts and _relayable(value_of(node), layouts[node.name])])
+
+
+def _relayable(value, strides):
+    """Whether a traced tensor of plain sizes has other strides than ``strides`` (plain numbers too)."""
+    return (isinstance(value, torch.Tensor) and all(type(n) is int for n in (*value.shape, *value.stride(), *strides))
+            and tuple(value.stride()) != tuple(strides))
+
+
+def _relaid(nodes_and_strides):
+    """Each node's value given the strides paired with it, and the nodes after them traced again."""
+    for node, strides in nodes_and_strides:
+        value = value_of(node)
+        with value.fake_mode:
+            node.meta["val"] = torch.empty_strided(value.shape, strides, dtype=value.dtype, device=value.device)
+    if nodes_and_strides:
+        _propagate_after([node for node, _ in nodes_and_strides], value.fake_mode)
+
+
+def _follow_eager_layout(node, maths, metas):
+    """A pointwise node's result laid out as its eager kernel lays it out (``Maths.layout``: TensorIterator's rule,
+    or ``empty_like(self)``'s), where the meta function says another layout (hardtanh's backward takes ``self``'s
+    channels-last strides where CPU's TensorIterator follows a contiguous gradient): a reduction or convolution
+    backward reading it then sums in eager's order."""
+    value = value_of(node)
+    if maths.layout is None or not is_tpu_node(node) or not all(
+            isinstance(m, torch.Tensor) and all(type(n) is int for n in (*m.shape, *m.stride()))
+            for m in metas if isinstance(m, torch.Tensor)):
+        return
+    strides = maths.layout(metas) or _tensor.contiguous_strides(tuple(value.shape))
+    if _relayable(value, strides):
+        _relaid([(node, tuple(strides))])
+
+
 def _propagate_after(retyped, fake_mode):
-    """The values of the nodes after ``retyped`` that read its results, directly or not, traced again from their
-    inputs' values (an op on a bf16 statistic computes in bf16, as eager does, not in the traced float32); the walk
-    goes no further than a value that comes out as it was traced (the fetch of a result left as it was)."""
-    changed = {retyped}
-    for node in retyped.graph.nodes:
-        if node.op != "call_function" or node is retyped or not any(a in changed for a in node.all_input_nodes):
+    """The values of the nodes after the ``retyped`` ones that read their results, directly or not, traced again
+    from their inputs' values (an op on a bf16 statistic computes in bf16, as eager does, not in the traced
+    float32); the walk goes no further than a value that comes out as it was traced (the fetch of a result left as
+    it was)."""
+    changed = set(retyped)
+    for node in retyped[0].graph.nodes:
+        if node.op != "call_function" or node in retyped or not any(a in changed for a in node.all_input_nodes):
             continue
         args, kwargs = torch.fx.node.map_arg((node.args, node.kwargs), value_of)
-        with fake_mode:
-            value = node.target(*args, **kwargs)
+        try:
+            with fake_mode:
+                value = node.target(*args, **kwargs)
+        except RuntimeError as error:  # a dtype mix eager refuses (a bf16 mean into a float32 bmm): the eager
+            node.meta[REFUSED] = str(error).splitlines()[0]  # kernel raises CPU's error when the program runs
+            continue
         if _layout(value) != _layout(value_of(node)):
             node.meta["val"] = value
             changed.add(node)
@@ -759,7 +869,10 @@ def lower_dropout_backward(node):
 def lower_nll_loss(node):
     """NLL loss through eager's maths (``nn.nll_forward_maths``), its CPU-order cascade sum included."""
     input, target, weight, reduction, ignore_index = node.args
+    inputs = tuple(a for a in (input, target, weight) if isinstance(a, torch.fx.Node))
     source, (loss, total_weight) = value_of(input), value_of(node)
+    if nn.nll_loss_dtypes_refused(source, value_of(target), value_of(weight)):
+        return Lowered(EAGER, inputs=inputs, reason="CPU refuses the call: the eager kernel raises its error")
     compute, dtype = opmath_dtype(source.dtype), numpy_dtype(source.dtype)
     store_loss, store_weight = _storer(loss), _storer(total_weight)
 
@@ -770,7 +883,6 @@ def lower_nll_loss(node):
         store_weight(outs[1], np.asarray(weight_sum))
         return outs
 
-    inputs = tuple(a for a in (input, target, weight) if isinstance(a, torch.fx.Node))
     return Lowered(OPAQUE, run, inputs, multi=True, results=_tensor_results(value_of(node)))
 
 
@@ -778,6 +890,9 @@ def lower_nll_loss(node):
 def lower_nll_loss_backward(node):
     """NLL loss's input gradient through eager's maths (``nn.nll_backward_maths``)."""
     grad_output, input, target, weight, reduction, ignore_index, total_weight = node.args
+    inputs = tuple(a for a in (grad_output, input, target, weight, total_weight) if isinstance(a, torch.fx.Node))
+    if nn.nll_loss_dtypes_refused(*map(value_of, (input, target, grad_output, weight, total_weight))):
+        return Lowered(EAGER, inputs=inputs, reason="CPU refuses the call: the eager kernel raises its error")
     compute = opmath_dtype(value_of(input).dtype)
     name = DTYPE_NAME[value_of(node).dtype]
 
@@ -787,8 +902,21 @@ def lower_nll_loss_backward(node):
                                          weight_array, reduction, ignore_index, total.astype(compute, copy=False), 0)
         _C.dtypes.cast_into(out, gradient, name)
 
-    inputs = tuple(a for a in (grad_output, input, target, weight, total_weight) if isinstance(a, torch.fx.Node))
     return Lowered(OPAQUE, run, inputs)
+
+
+@lowers(aten.convolution.default, aten.convolution_backward.default)
+def lower_convolution(node):
+    """A convolution runs its eager kernel, whose result (and input gradient) is channels-last where CPU's is
+    (``conv.channels_last_result``); the meta function lays a tpu tensor's out contiguously. Traced again in eager's
+    layout, the nodes after it are too, so that a fused kernel's values, and the reductions and convolution
+    backwards reading them, go in eager's order (a channels_last ResNet's gradients were 5e-6 off)."""
+    backward = node.target is aten.convolution_backward.default
+    input, weight = map(value_of, node.args[1:3] if backward else node.args[:2])
+    if conv.channels_last_result(input, weight):
+        memory_format = torch.channels_last if input.dim() == 4 else torch.channels_last_3d
+        _retyped_results(node, (None, None, None) if backward else (None,), {0: memory_format})
+    return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))), reason="no NumPy lowering")
 
 
 @lowers(aten.native_layer_norm_backward.default)
@@ -796,7 +924,7 @@ def lower_layer_norm_backward(node):
     grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask = node.args
     source = value_of(input)
     # eager's input gradient is contiguous; the meta function lays it out as the input (a permuted one: ConvNeXt)
-    results = _retyped_results(node, (None, None, None), contiguous=(0,))
+    results = _retyped_results(node, (None, None, None), {0: torch.contiguous_format})
     axis = source.dim() - len(normalized_shape)
     rows, size = math.prod(source.shape[:axis]), math.prod(source.shape[axis:])
     compute = opmath_dtype(source.dtype)

@@ -18,7 +18,7 @@ import torch
 
 from . import debug, remembered
 from .codegen import generate
-from .lowering import EAGER, lower, meta_twin, value_of
+from .lowering import EAGER, lower, meta_twin, pointwise_maths, relay_saved_values, saved_layouts, value_of
 from .runtime import Program
 
 aten = torch.ops.aten
@@ -58,9 +58,17 @@ def decompositions():
     from torch._decomp import core_aten_decompositions
 
     table = dict(core_aten_decompositions())
-    for op in KEPT_WHOLE:
+    for op in KEPT_WHOLE + tuple(filter(has_eager_pointwise_maths, table)):
         table.pop(op, None)
     return table
+
+
+def has_eager_pointwise_maths(op):
+    """A functional pointwise op with eager's own maths (SiLU and its backward, softplus, mish, hardswish): kept
+    whole, the program computes it as eager does, where core ATen's decomposition rounds other steps (SiLU's
+    backward as ``grad * sig * (1 + x * (1 - sig))`` in several kernels: an EfficientNet's gradients 2e-6 off)."""
+    return (isinstance(op, torch._ops.OpOverload) and not op._schema.is_mutable
+            and pointwise_maths(op) is not None)
 
 
 @functools.cache
@@ -82,7 +90,7 @@ def backend(gm, example_inputs, mode=None, options=None, **unused):
     debug.record_dynamo_graph(gm)
     trace_composites_as_aten_runs_them()
     compile_as = functools.partial(compile_graph, dynamo_graph=debug.current_dynamo_graph(),
-                                   shared=remembered.Remembered())
+                                   shared=remembered.Remembered(), layouts={})
     return aot_autograd(
         fw_compiler=functools.partial(compile_as, kind="forward"),
         bw_compiler=functools.partial(compile_as, kind="backward"),
@@ -93,9 +101,10 @@ def backend(gm, example_inputs, mode=None, options=None, **unused):
     )(gm, example_inputs)
 
 
-def compile_graph(gm, example_inputs, kind, dynamo_graph=None, shared=None):
+def compile_graph(gm, example_inputs, kind, dynamo_graph=None, shared=None, layouts=None):
     """AOTAutograd's compiler: the FX graph ``gm`` as a Program (one per shape when shapes are symbolic).
-    ``shared`` holds the host values its forward and backward programs share (``remembered.py``)."""
+    ``shared`` holds the host values its forward and backward programs share (``remembered.py``); ``layouts`` the
+    strides the forward program gives the values the backward reads (``lowering.saved_layouts``)."""
     unroll_foreach(gm.graph)
     copies_into_fresh_tensors_as_casts(gm.graph)
     skip_copies_of_values_read_once(gm.graph)
@@ -105,7 +114,11 @@ def compile_graph(gm, example_inputs, kind, dynamo_graph=None, shared=None):
     name = f"{kind}_{next(_names)}"
     if _symbolic(gm.graph):
         return _ShapeSpecialised(gm, name, kind, dynamo_graph, constants)
+    if kind == "backward" and layouts:
+        relay_saved_values(gm.graph, layouts)
     program = Program(name, generate(gm.graph, name), constants)
+    if kind == "forward" and layouts is not None:
+        layouts.update(saved_layouts(gm.graph))
     debug.record_program(program, kind, gm, dynamo_graph)
     return program
 

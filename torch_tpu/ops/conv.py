@@ -277,7 +277,7 @@ def _host_onednn_bf16(dtype):
     return dtype is not torch.bfloat16 or _host_onednn(dtype)
 
 
-def _channels_last(input, weight):
+def channels_last_result(input, weight):
     """Whether CPU lays a convolution's output, grad_input and grad_weight out channels-last: when the
     input or the weight suggests that memory format (mkldnn_conv_use_channels_last and its
     thnn twin). 3-d convolutions keep it only on oneDNN; CPU's own slow_conv3d writes contiguously."""
@@ -306,7 +306,7 @@ def convolution(input, weight, bias, stride, padding, dilation, transposed, outp
         raise_cpu_error(torch.ops.aten.convolution.default, input, weight, bias, stride, padding, dilation, transposed,
                       output_padding, groups)
     x, w = operand(input, "convolution"), operand(weight, "convolution")
-    channels_last = _channels_last(input, weight)
+    channels_last = channels_last_result(input, weight)
     if transposed:
         # CPU leaves a transposed convolution whose output padding is not below its stride to its im2col
         # kernel, which stores the columns and adds them back in the tensor's own dtype (bf16 rounds each
@@ -433,7 +433,7 @@ def convolution_backward(grad_output, input, weight, stride, padding, dilation, 
                          groups, output_mask):
     grad, x, w = (operand(t, "convolution_backward") for t in (grad_output, input, weight))
     grad_input = grad_weight = grad_bias = None
-    channels_last = _channels_last(input, weight)
+    channels_last = channels_last_result(input, weight)
     if output_mask[0] and not transposed and not channels_last and _pointwise(w.shape[2:], stride, padding):
         grad_input = _stored_per_position(_grouped_weight(w, groups).swapaxes(1, 2), grad, None, input.dtype)
     elif output_mask[0]:

@@ -442,8 +442,15 @@ _INDEX_SELECT_RANGE_ERROR = _fixed_error(IndexError, "index out of range in self
 
 def _index_select_operands(self, dim, positions):
     """``self`` as NumPy (at least 1-d) and ``positions`` checked against its size along ``dim``."""
-    source = _at_least_1d(operand(self, "index_select"))
-    return source, checked_indices(positions, source.shape[dim], wrap=False, error=_INDEX_SELECT_RANGE_ERROR)
+    return index_select_arrays(operand(self, "index_select"), dim, positions)
+
+
+def index_select_arrays(source, dim, positions):
+    """``source`` (at least 1-d) and ``positions`` (a vector) checked against its size along ``dim``, as CPU
+    checks them (compiled programs call it on their arrays)."""
+    source = _at_least_1d(source)
+    return source, checked_indices(_at_least_1d(positions), source.shape[dim], wrap=False,
+                                   error=_INDEX_SELECT_RANGE_ERROR)
 
 
 def _take_into(out, view, source, positions, dim):

@@ -920,6 +920,14 @@ def nll_loss_backward(grad_output, self, target, weight, reduction, ignore_index
                  self.dtype, out=grad_input, dtype_rule=exact_dtype)
 
 
+def nll_loss_dtypes_refused(self, target, *same_dtype):
+    """Whether CPU refuses an NLL loss call's dtypes: an input that is not floating, a target neither int64 nor
+    uint8 (the meta function's check), or a weight, gradient or total weight of another dtype than the input
+    (compiled programs leave such a call to the eager kernel, which raises CPU's error)."""
+    return (not self.dtype.is_floating_point or target.dtype not in (torch.int64, torch.uint8)
+            or any(tensor is not None and tensor.dtype != self.dtype for tensor in same_dtype))
+
+
 def nll_loss_fits(self, target, weight, reduction):
     """A reduced NLL loss over a batch of class scores that the meta functions accept (with the operands on the
     tpu and a class-index target, so that the kernel raises what it raised behind the wrapper)."""

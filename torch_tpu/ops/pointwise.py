@@ -76,27 +76,28 @@ def broadcast_shape(*operands, **options):
     return broadcast_shapes(*shapes)
 
 
+def iterator_layout(operands):
+    """The strides TensorIterator gives the elementwise result of ``operands`` (None: contiguous)."""
+    return None if all_contiguous(operands) else iterator_strides(broadcast_shape(*operands), operands)
+
+
 def new_output(operands, dtype):
     """A new tensor for the elementwise result of ``operands``, laid out as TensorIterator lays it out."""
-    shape = broadcast_shape(*operands)
-    return empty(shape, dtype, None if all_contiguous(operands) else iterator_strides(shape, operands))
+    return empty(broadcast_shape(*operands), dtype, iterator_layout(operands))
 
 
-def output_like_self(operands, dtype):
-    """A new tensor laid out as ``empty_like(self)`` lays it out (ops whose CPU kernel allocates that way
-    before computing into it, as hardtanh does): ``self``'s own strides even where TensorIterator's fast
-    setup would have chosen contiguous ones (a one-pixel channels-last tensor)."""
+def like_self_layout(operands):
+    """The strides of ``empty_like(self)`` (ops whose CPU kernel allocates that way before computing into it, as
+    hardtanh does): ``self``'s own strides even where TensorIterator's fast setup would have chosen contiguous
+    ones (a one-pixel channels-last tensor)."""
     self = operands[0]
-    return empty(self.shape, dtype, None if self.stride() == _tensor.contiguous_strides(self.shape)
-                 else iterator_strides(self.shape, (self,)))
+    return None if self.stride() == _tensor.contiguous_strides(self.shape) else iterator_strides(self.shape, (self,))
 
 
-def real_output_of_complex(operands, dtype):
+def complex_to_real_layout(operands):
     """CPU computes a complex-to-real op (angle) into a complex temporary and copies the real parts into a
     contiguous result; a real input's result is laid out as any elementwise one."""
-    if operands[0].is_complex():
-        return empty(operands[0].shape, dtype)
-    return new_output(operands, dtype)
+    return None if operands[0].is_complex() else iterator_layout(operands)
 
 
 def check_inplace(self, dtype, shape):
@@ -351,7 +352,9 @@ class Maths:
     first ``operands`` arguments promote to ``rule(common dtype)``, computed in its opmath type when
     ``opmath(*promoted)`` says so, by ``function(*arrays, *extras, **options)``; ``name`` is the operator
     whose CPU rules for numbers apply (``compute_into``); ``check(promoted, extras, kwargs)`` raises the error
-    CPU gives for these arguments (alpha's type, a bool subtraction, a Scalar out of range)."""
+    CPU gives for these arguments (alpha's type, a bool subtraction, a Scalar out of range); ``layout(promoted)``
+    the strides of the new result the eager kernel makes (None: contiguous) where no meta function decides them
+    (the ops registered by ``unstructured``)."""
 
     function: object
     operands: int
@@ -359,6 +362,7 @@ class Maths:
     opmath: object
     name: str
     check: object
+    layout: object = None
 
 
 MATHS = {}  # overload name -> Maths, filled by the two factories below
@@ -465,6 +469,7 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
                             opmath, name)
 
     name = overload.partition(".")[0]
+    # the layout of a structured op's result is its meta function's, which AOTAutograd traced
     MATHS[overload] = Maths(function, operands, rule, lambda *promoted: opmath, name, checked_dtypes)
     register(overload)(kernel)
     twin = functional_twin(overload)
@@ -569,15 +574,15 @@ def native_floats_alike(operands):
 
 
 def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None, exact_out=False,
-                 opmath=lambda *promoted: True, allocate=new_output, check_before_out=False):
+                 opmath=lambda *promoted: True, layout=iterator_layout, check_before_out=False):
     """Register the given functional, in-place and ``out=`` overloads of a non-structured op.
 
     Their schemas tell them apart; each one does what the structured meta function would have done
     (dtype, broadcast shape, in-place castability) and then runs ``function`` like ``structured``,
     in opmath unless ``opmath(*promoted operands)`` says otherwise. The functional overload's result
-    is ``allocate(promoted operands, dtype)``. An ``exact_out`` op's ``out=`` overload checks the out's dtype
-    before ``check`` (TensorIterator's unary_op, then the kernel's dispatch), unless ``check_before_out`` (the
-    op's own checks come before it builds its iterator: hardtanh's legacy rules).
+    is laid out with the strides ``layout(promoted operands)`` gives. An ``exact_out`` op's ``out=`` overload checks
+    the out's dtype before ``check`` (TensorIterator's unary_op, then the kernel's dispatch), unless
+    ``check_before_out`` (the op's own checks come before it builds its iterator: hardtanh's legacy rules).
     """
     result = result or rule
     name = overloads[0].partition(".")[0]
@@ -611,11 +616,11 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         if direct and native_floats_alike(promoted):
             dtype = promoted[0].dtype
             check_arguments(dtype, args, kwargs)  # no scalar to round: float32 and float64 are not reduced floats
-            out = allocate(promoted, dtype)
+            out = empty(broadcast_shape(*promoted), dtype, layout(promoted))
             with vpu.ignoring_fp_errors():
                 function(*map(as_numpy, promoted), *args[operands:], **kwargs, out=as_numpy(out))
             return out
-        return run(allocate(promoted, result(common_dtype(*promoted))), args, kwargs)
+        return run(empty(broadcast_shape(*promoted), result(common_dtype(*promoted)), layout(promoted)), args, kwargs)
 
     def inplace(self, *args, **kwargs):
         promoted = (self, *args[:operands - 1])
@@ -638,7 +643,7 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
 
     for overload in overloads:
         MATHS[overload] = Maths(function, operands, rule, opmath, name, lambda promoted, extras, kwargs: check_arguments(
-            rule(common_dtype(*promoted)), (*promoted, *extras), kwargs))
+            rule(common_dtype(*promoted)), (*promoted, *extras), kwargs), layout)
         schema = resolve(overload)._schema
         if any(argument.is_out for argument in schema.arguments):
             register(overload)(out_variant)
@@ -1811,7 +1816,7 @@ def register_tables():
     unstructured(logit, "logit", "logit_", "logit.out", rule=to_float, check=checked(real, "logit"),
                  opmath=lambda *promoted: False)
     unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)),
-                 allocate=real_output_of_complex)
+                 layout=complex_to_real_layout)
     unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
     unstructured(conj_physical, "conj_physical.out", exact_out=True)
     unstructured(logical_not, "logical_not.out", result=to_bool)
@@ -1822,7 +1827,7 @@ def register_tables():
     unstructured(relu, "relu", "relu_", check=clamping_check("relu", "Boolean inputs not supported for"))
     # hardtanh.out is clamp.out on CPU, whose out has the input's own dtype
     unstructured(hardtanh, "hardtanh", "hardtanh_", "hardtanh.out", check=check_hardtanh, exact_out=True,
-                 allocate=output_like_self, check_before_out=True)
+                 layout=like_self_layout, check_before_out=True)
     unstructured(hardtanh_backward, "hardtanh_backward", "hardtanh_backward.grad_input", operands=2,
                  check=supports(floating, "hardshrink_backward_cpu"), opmath=lambda *promoted: False)
     unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"),
