@@ -648,6 +648,27 @@ def test_dropout_is_reproducible_under_manual_seed():
     assert not torch.equal(first, second)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.5, 0.3])
+def test_in_place_dropout_keeps_what_dropout_keeps_under_one_seed_as_on_cpu(dtype, p):
+    """tpu's dropout runs native_dropout and its in-place form runs empty_like(x).bernoulli_(1 - p): the two must
+    draw one mask from one seed, as CPU's two paths do."""
+    def both_paths(device):
+        x = torch.randn(9, 13, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+        torch.manual_seed(42)
+        functional = F.dropout(x, p, training=True)
+        torch.manual_seed(42)
+        in_place = F.dropout(x.clone(), p, training=True, inplace=True)
+        return functional.cpu(), in_place.cpu()
+
+    cpu_functional, cpu_in_place = both_paths("cpu")
+    assert torch.equal(cpu_functional, cpu_in_place)  # the oracle: CPU's paths agree
+    tpu_functional, tpu_in_place = both_paths("tpu")
+    assert torch.equal(tpu_functional != 0, tpu_in_place != 0)
+    # the kept values differ only by rounding: x * bf16(1 / (1 - p)) in place, x * (1 / (1 - p)) rounded once
+    assert_close(tpu_in_place, tpu_functional)
+
+
 def test_native_dropout_edge_cases():
     x = torch.randn(10, 10).to("tpu")
     out, mask = torch.native_dropout(x, 0.0, True)

@@ -16,7 +16,7 @@ from torch._prims_common import make_channels_last_strides_for
 
 from .. import _C
 from .._cost import charged
-from . import _registry
+from . import _registry, random
 from .._errors import not_implemented_for, raise_cpu_error, scalar_type_name
 from .._tensor import is_tpu, numpy_dtype
 from ._common import (all_contiguous, as_numpy, castable, channel_sums, converted, empty, empty_like_strides,
@@ -765,7 +765,7 @@ def dropout_arrays(x, p, train):
     if train is not None and not train:
         return x, np.ones(x.shape, np.bool_)
     keep_probability = 1 - p
-    keep = _C.current_chip().rng.next_stream().random(x.shape, dtype=np.float32) < keep_probability
+    keep = random.bernoulli_draw(_C.current_chip().rng.next_stream(), x.shape, keep_probability)
     scale = 0.0 if keep_probability == 0 else 1 / keep_probability
     # multiply rather than select, so NaN and inf inputs propagate exactly as on the CPU
     return x * keep * np.asarray(scale, x.dtype), keep

@@ -307,10 +307,17 @@ def geometric_(self, p, *, generator=None):
     return _fill(self, generator, lambda rng, shape, dtype: rng.geometric(p, shape))
 
 
+def bernoulli_draw(rng, shape, p):
+    """A Bernoulli(p) bool array from the stream ``rng``. Dropout draws its keep mask here too, so that CPU's two
+    dropout paths (native_dropout, and the in-place ``empty_like(x).bernoulli_(1 - p)``) keep the same elements
+    under one seed on tpu as on the CPU."""
+    return rng.random(shape) < p
+
+
 @register("bernoulli_.float")
 def bernoulli_float_(self, p=0.5, *, generator=None):
     _check(0 <= p <= 1, f"bernoulli_ expects p to be in [0, 1], but got p={p:g}")
-    return _fill(self, generator, lambda rng, shape, dtype: rng.random(shape) < p)
+    return _fill(self, generator, lambda rng, shape, dtype: bernoulli_draw(rng, shape, p))
 
 
 @register("bernoulli_.Tensor")
