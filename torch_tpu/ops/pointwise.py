@@ -1054,6 +1054,20 @@ def logaddexp2(a, b):
     return np.where(np.isinf(a) & (a == b), a, biggest + np.log1p(np.exp2(-np.abs(a - b))) / np.log(2).astype(a.dtype))
 
 
+def arctan2(a, b, out=None):
+    """``np.arctan2``; float32 through float64, rounded once. NumPy's float32 arctan2 depends on the host: on an
+    AVX-512 CPU it runs SVML's (a few tenths of an ulp off, not correctly rounded), while CPU's kernel runs
+    Sleef's on every host; the correctly rounded value is host-independent and is Sleef's wherever Sleef's
+    is correctly rounded (a float16 result at a midpoint then rounds as CPU's does)."""
+    if np.result_type(a, b) != np.float32:
+        return np.arctan2(a, b, out=out)
+    wide = np.arctan2(a, b, dtype=np.float64)
+    if out is None:
+        return wide.astype(np.float32)
+    np.copyto(out, wide, casting="same_kind")
+    return out
+
+
 def heaviside(x, values):
     return np.where(x == 0, values, (x > 0).astype(x.dtype))
 
@@ -1678,7 +1692,7 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "fmod.Tensor_out": (fmod, keep, not_bool),
     "pow.Tensor_Tensor_out": (power, keep, not_bool),
     "pow.Scalar_out": (power, keep, not_bool),
-    "atan2.out": (np.arctan2, to_float, None),
+    "atan2.out": (arctan2, to_float, None),
     "hypot.out": (np.hypot, keep, floating),
     "maximum.out": (np.maximum, keep, real),
     "minimum.out": (np.minimum, keep, real),
