@@ -55,3 +55,11 @@ def test_fsdp_matches_single_process_and_shards_hbm_by_the_closed_form(script, n
 def test_example_matches_single_process(script, nproc, args):
     _, difference = _run_example(script, nproc, *args)
     assert difference <= (2e-2 if "--mixed-precision" in args else 1e-5)
+
+
+@FULL
+@pytest.mark.parametrize("layout", ["tp", "fsdp"])
+def test_compiled_parallel_model_matches_single_process(layout):
+    """torch.compile(backend="tpu") of the GPT after parallelize_module or fully_shard trains as eager on one chip."""
+    output = run_ok(os.path.join(REPOSITORY, "tests", "distributed", "compiled_parallel.py"), 2, layout, timeout=500)
+    assert output.count(f"compiled {layout} ok") == 2, output

@@ -45,6 +45,14 @@ def test_helpers_name_tpu_and_ici():
     common_distributed.skip_if_lt_x_gpu(2)(lambda: ran.append(2))()
     assert ran == [2]
 
+    class WorldSizeAsProperty(common_dtensor.DTensorContinuousTestBase):
+        @property
+        def world_size(self):
+            return 2
+
+    # what MultiProcContinuousTest._ensure_processes_spawned asks before it spawns the ranks
+    assert WorldSizeAsProperty.device_type.fget(WorldSizeAsProperty) == "tpu"
+
 
 def _train_and_compare(case, steps=3):
     model = MLP(6, torch.device("cpu"))

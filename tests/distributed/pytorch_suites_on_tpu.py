@@ -71,6 +71,20 @@ def _distributed_test_backend(self, device):
     return _backend_for(device) if torch.device(device).type == "tpu" else _distributed_test_base_backend(self, device)
 
 
+_mixin_device_type = common_dtensor.DTensorTestMixin.device_type.fget
+
+
+def _device_type_also_for_the_class(self):
+    """``DTensorTestMixin.device_type``, also when asked of the test class itself.
+
+    ``MultiProcContinuousTest._ensure_processes_spawned`` passes the class to the property, and a class that defines
+    ``world_size`` as a property (test_experimental_ops' DistOtherOpsTest) then makes PyTorch compare the device
+    count with the property object: a TypeError on any accelerator (on cpu the comparison is never reached). As
+    PyTorch's ``_get_world_size`` does, the class is read through an instance made without ``__init__``.
+    """
+    return _mixin_device_type(object.__new__(self) if isinstance(self, type) else self)
+
+
 def _init_pg_on_this_process_chip(cls, rank, world_size, rdvz_file):
     MultiProcContinuousTest._init_pg.__func__(cls, rank, world_size, rdvz_file)
 
@@ -96,6 +110,7 @@ if _on_tpu():
     common_fsdp.DISTRIBUTED_BACKEND = _backend_for("tpu")
     common_dtensor.DEVICE_COUNT = CHIPS_PER_HOST
     common_dtensor.DTensorTestBase.backend = property(_backend_for_both_devices)
+    common_dtensor.DTensorTestMixin.device_type = property(_device_type_also_for_the_class)
     common_dtensor.DTensorContinuousTestBase._init_pg = classmethod(_init_pg_on_this_process_chip)
     DistributedTestBase.backend = _distributed_test_backend
 if os.environ.get(WORLD_SIZE_VARIABLE):
