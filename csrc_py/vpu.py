@@ -178,10 +178,11 @@ _FLOAT32_SMALLEST_NORMAL = np.float64(2.0 ** -126)
 def _float32_doubtful(total):
     """Where rounding the float64 ``total`` to float32 may not round the exact value: a float32 midpoint, or a
     nonzero magnitude below float32's smallest normal. The magnitudes' minimum screens for the latter, so
-    ordinary sums cost three passes and one reduction."""
+    ordinary sums cost three passes and one reduction (``fmin``, which passes over NaNs: a NaN element must
+    not hide another element's subnormal sum)."""
     magnitude = np.abs(total)
     doubtful = np.bitwise_and(total.view(np.uint64), _FLOAT32_DROPPED_BITS) == _FLOAT32_MIDPOINT_BITS
-    if magnitude.size and magnitude.min() < _FLOAT32_SMALLEST_NORMAL:
+    if magnitude.size and np.fmin.reduce(magnitude, axis=None) < _FLOAT32_SMALLEST_NORMAL:
         doubtful |= (magnitude < _FLOAT32_SMALLEST_NORMAL) & (magnitude > 0)
     return doubtful
 

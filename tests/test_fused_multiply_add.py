@@ -9,6 +9,7 @@ import torch
 
 import torch_tpu
 from torch_tpu.ops import pointwise
+from differential import to_tpu
 
 pytestmark = pytest.mark.skipif(not pointwise.cpu_fuses_multiply_add(), reason="this CPU build rounds twice")
 
@@ -121,6 +122,18 @@ def test_sums_a_hair_off_a_float32_midpoint_round_as_cpus_fma():
     assert_same_bits(in_place, expected)
     a = torch.full_like(b, alpha)
     assert_same_bits(torch.addcmul(c.to("tpu"), a.to("tpu"), b.to("tpu")), torch.addcmul(c, a, b))
+
+
+def test_a_nan_sum_does_not_hide_another_elements_subnormal_sum():
+    """The doubt test screens for subnormal sums with the magnitudes' minimum, which a NaN element must not turn
+    into NaN: in one tensor, and across the tensors a foreach list computes as one flat array."""
+    c, alpha, b = _double_rounding_hazards()
+    c, b = torch.cat([c, torch.tensor([math.nan])]), torch.cat([b, torch.tensor([1.0])])
+    assert_same_bits(torch.add(c.to("tpu"), b.to("tpu"), alpha=alpha), torch.add(c, b, alpha=alpha))
+    cs, bs = [c[:-1], c[-1:]], [b[:-1], b[-1:]]
+    for actual, expected in zip(torch._foreach_add(to_tpu(cs), to_tpu(bs), alpha=alpha),
+                                torch._foreach_add(cs, bs, alpha=alpha)):
+        assert_same_bits(actual, expected)
 
 
 def test_a_foreach_list_of_small_tensors_rounds_each_element_as_cpu():

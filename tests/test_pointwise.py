@@ -1098,7 +1098,34 @@ BF16_NAN_CALLS = {
     "clamp out=": lambda x: torch.clamp(x, -1, 0.5, out=torch.empty_like(x)),
     "logit": torch.logit, "logit eps": lambda x: torch.logit(x, 1e-3), "logit_": lambda x: x.clone().logit_(),
     "logit out=": lambda x: torch.logit(x, out=torch.empty_like(x)),
+    "logit strided out=": lambda x: torch.logit(x, out=torch.empty((2,) + x.shape, dtype=x.dtype, device=x.device)[0]
+                                                if x.dim() == 0 else
+                                                torch.empty(x.shape[0] * 2, *x.shape[1:], dtype=x.dtype,
+                                                            device=x.device)[::2]),
 }
+
+
+NAN_BOUND_CALLS = {
+    "clamp_min": lambda x, nan: torch.clamp_min(x, nan), "clamp_max": lambda x, nan: torch.clamp_max(x, nan),
+    "clamp_min_": lambda x, nan: x.clone().clamp_min_(nan),
+    "clamp_min out=": lambda x, nan: torch.clamp_min(x, nan, out=torch.empty_like(x)),
+    "clamp min=": lambda x, nan: torch.clamp(x, min=nan), "clamp max=": lambda x, nan: torch.clamp(x, max=nan),
+    "clamp both": lambda x, nan: torch.clamp(x, nan, 2.0),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("sign", [1, -1])
+@pytest.mark.parametrize("name", NAN_BOUND_CALLS)
+def test_a_nan_bound_fills_the_nan_cpu_fills(name, sign, dtype):
+    """clamp_min/clamp_max fill their result with the bound itself (fp16 keeps a -NaN's sign; c10 makes every bf16
+    NaN 0x7FC0); clamp fills c10's quiet NaN whichever bounds are given."""
+    x = torch.tensor([1.0, -2.0, math.nan, 0.0], dtype=dtype)
+    nan = math.copysign(math.nan, sign)
+    bits = {torch.float32: torch.int32}.get(dtype, torch.int16)
+    expected = NAN_BOUND_CALLS[name](x, nan)
+    actual = NAN_BOUND_CALLS[name](x.to("tpu"), nan).cpu()
+    assert torch.equal(actual.view(bits), expected.view(bits))
 
 
 @pytest.mark.parametrize("layout", BF16_NAN_LAYOUTS.values(), ids=BF16_NAN_LAYOUTS.keys())

@@ -344,7 +344,7 @@ _BINARY = {
 # The maths CPU's per-tensor op takes with a number (its Scalar overload), where it is not the tensors' one: clamp_min/
 # clamp_max keep x where it equals the bound (-0.0 against 0.0; with tensors its vector loop gives the bound, as
 # np.maximum/np.minimum do); pow.Tensor_Scalar takes its shortcuts (x * x * x for 3, sqrt for 0.5, ...)
-_NUMBER_MATHS = {"maximum": pointwise.clamp, "clamp_min": pointwise.clamp, "minimum": pointwise.clamp_max,
+_NUMBER_MATHS = {"maximum": pointwise.clamp_min, "clamp_min": pointwise.clamp_min, "minimum": pointwise.clamp_max,
                  "clamp_max": pointwise.clamp_max, "pow": _pointwise_maths("pow.Tensor_Scalar_out")}
 # CPU's foreach maximum/minimum kernels run clamp_min/clamp_max per tensor, for numbers and tensor lists alike
 # (so a complex list meets clamp's kernel: '"maximum_cpu" not implemented', not maximum's meta check).

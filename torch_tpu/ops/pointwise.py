@@ -734,9 +734,10 @@ def sinc(x):
     return np.where(x == 0, scalar(1, x), np.sin(product) / np.where(x == 0, 1, product))
 
 
-def logit(x, eps=None):
-    """bf16 NaNs as CPU stores them: 0xFFFF where its kernel runs the contiguous path (one contiguous row), c10's
-    0x7FC0 from its element-by-element loop."""
+@writes_out
+def logit(x, eps=None, out=None):
+    """bf16 NaNs as CPU stores them: 0xFFFF where its kernel runs the contiguous path (one contiguous row, ``out``
+    as laid out when given), c10's 0x7FC0 from its element-by-element loop."""
     given = x
     if eps is not None and not math.isnan(eps):  # a NaN eps clamps nothing, as on CPU
         low = scalar(eps, x)  # CPU's bounds: eps and 1 - eps in x's dtype (np.clip would widen bf16)
@@ -745,9 +746,12 @@ def logit(x, eps=None):
     if x.dtype == ml_dtypes.bfloat16:
         nans = np.isnan(result)
         if nans.any():
-            result.view(np.uint16)[nans] = (BFLOAT16_VECTOR_NAN if cpu_loops.is_one_contiguous_row(None, (given,))
+            result.view(np.uint16)[nans] = (BFLOAT16_VECTOR_NAN if cpu_loops.is_one_contiguous_row(out, (given,))
                                             else _C.dtypes.BFLOAT16_SCALAR_NAN)
-    return result
+    if out is None:
+        return result
+    out[...] = result
+    return out
 
 
 def digamma(x):
@@ -1171,14 +1175,26 @@ def shiftable(dtype):
 
 
 @writes_out
-def clamp_max(x, high, out=None):
-    return clamp(x, high=high, out=out)
+def clamp_min(x, low, out=None):
+    return clamp(x, low, out=out, one_bound=True)
 
 
 @writes_out
-def clamp(x, low=None, high=None, out=None):
-    """Number bounds. NaN in x or in a bound propagates; when low > high every element becomes high; where x equals
-    a bound (-0.0 against 0.0) CPU's loops keep x (NumPy's maximum and minimum give their second operand)."""
+def clamp_max(x, high, out=None):
+    return clamp(x, high=high, out=out, one_bound=True)
+
+
+@writes_out
+def clamp(x, low=None, high=None, out=None, one_bound=False):
+    """Number bounds. NaN in x propagates; when low > high every element becomes high; where x equals a bound (-0.0
+    against 0.0) CPU's loops keep x (NumPy's maximum and minimum give their second operand). A NaN bound fills the
+    result: clamp_out fills c10's quiet NaN whichever bounds are given, clamp_min_out/clamp_max_out (``one_bound``)
+    fill the bound itself, whose sign every format but bf16 keeps (c10 makes every bf16 NaN 0x7FC0)."""
+    nan_bound = next((bound for bound in (low, high) if bound is not None and bound != bound), None)
+    if nan_bound is not None and (x.dtype.kind == "f" or x.dtype == ml_dtypes.bfloat16):
+        fill = nan_bound if one_bound and x.dtype != ml_dtypes.bfloat16 else np.nan
+        result = np.full(np.shape(x), fill, x.dtype)
+        return result if out is None else np.copyto(out, result) or out
     if x.dtype in (ml_dtypes.bfloat16, np.float16):  # the kernels pass 16-bit floats as they are (opmath=False)
         return _clamp_16_bit(x, low, high, out)
     if low is not None and high is not None:
@@ -1192,14 +1208,11 @@ def clamp(x, low=None, high=None, out=None):
 
 def _clamp_16_bit(x, low, high, out):
     """bf16/fp16 ``clamp`` as CPU's loops store it: computed in float32, a bf16 NaN stored as its vector lanes (0xFFFF)
-    or its scalar tail (0x7FC0) store it; a NaN bound gives c10's NaN everywhere (clamp_out fills the result)."""
+    or its scalar tail (0x7FC0) store it."""
     bounds = [None if bound is None else np.float32(bound) for bound in (low, high)]
-    if any(bound is not None and np.isnan(bound) for bound in bounds):
-        result = np.full(np.shape(x), np.nan, x.dtype)  # c10's quiet NaN: 0x7FC0 (bf16), 0x7E00 (fp16)
-    else:
-        result = with_scalar_tail_nans(clamp(in_float(x), *bounds), x, out)
-        if result.dtype != x.dtype:  # fp16: rounded as CPU stores float32
-            result = _rounded_to(result, torch.float16)
+    result = with_scalar_tail_nans(clamp(in_float(x), *bounds), x, out)
+    if result.dtype != x.dtype:  # fp16: rounded as CPU stores float32
+        result = _rounded_to(result, torch.float16)
     if out is None:
         return result
     out[...] = result
@@ -1817,7 +1830,7 @@ def register_tables():
     structured("clamp.out", clamp, operands=3, check=check_clamp_numbers, exact_out=True, opmath=False)
     structured("clamp.Tensor_out", clamp_by_tensors, operands=3, check=check_clamp_tensors)
     # tensor bounds go through CPU's maximum/minimum loops, which have none for complex numbers
-    structured("clamp_min.out", clamp, operands=2, check=checked(not_bool, "clamp_min"), exact_out=True, opmath=False)
+    structured("clamp_min.out", clamp_min, operands=2, check=checked(not_bool, "clamp_min"), exact_out=True, opmath=False)
     structured("clamp_min.Tensor_out", clamp_by_tensors, operands=2, check=checked(real, "maximum"))
     structured("clamp_max.out", clamp_max, operands=2, check=checked(not_bool, "clamp_max"), exact_out=True,
                opmath=False)
