@@ -376,3 +376,19 @@ def test_in_place_lists_whose_tensors_meet_update_in_cpus_order(meet, dtype):
 
     for actual, expected in zip(run("tpu"), run("cpu")):
         assert torch.equal(actual.cpu(), expected)
+
+
+PARTIALLY_OVERLAPPING_ROWS = {
+    "add_ alpha": lambda a: torch._foreach_add_([a[0:5]], [a[1:6]], alpha=2),
+    "mul_": lambda a: torch._foreach_mul_([a[4:6], a[0:5]], [a[0:2], a[1:6]]),
+    "lerp_": lambda a: torch._foreach_lerp_([a[0:5]], [a[2:7]], 0.5),
+    "addcmul_": lambda a: torch._foreach_addcmul_([a[0:5]], [a[1:6]], [a[0:5].clone()], 0.5),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", PARTIALLY_OVERLAPPING_ROWS)
+def test_in_place_targets_partially_overlapping_their_rows_operands_are_refused(case, dtype):
+    """CPU runs one in-place op per tensor, whose TensorIterator refuses an operand that partially overlaps the
+    tensor it writes."""
+    check_same_error(lambda d: PARTIALLY_OVERLAPPING_ROWS[case](torch.arange(8.0, dtype=dtype, device=d)))

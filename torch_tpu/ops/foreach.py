@@ -23,7 +23,7 @@ from .._tensor import is_tpu
 from ._common import as_numpy, operand, opmath_dtype, opmath_operand, store, write
 from . import pointwise
 from .copy import copy_from
-from ._overlap import check_no_internal_overlap
+from ._overlap import check_no_internal_overlap, check_no_partial_overlap
 from ._registry import register
 
 _FAST_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
@@ -248,9 +248,11 @@ def _foreach(fn, method, self, tensor_columns, scalar_columns, inplace, keywords
     names that op, whose Scalar arguments c10 converts checked (pointwise.CHECKED_SCALARS)."""
     keywords = keywords or {}
     _check_lists(self, *tensor_columns, *scalar_columns)
-    if inplace:
-        for t in self:
+    if inplace:  # CPU's per-tensor ops check each target against its own row's operands (TensorIterator's build)
+        for i, t in enumerate(self):
             check_no_internal_overlap(t)
+            for column in tensor_columns:
+                check_no_partial_overlap(t, column[i])
     if _fast_path(self, tensor_columns, scalar_columns) and all(map(_plain_real_number, keywords.values())):
         _check_numbers(checked_as, self[0].dtype, scalar_columns, keywords)
         if as_cpu_reads is not None:
