@@ -158,6 +158,38 @@ def test_index_select_out_of_range_raises_eagers_error():
     _refused_alike(lambda x, i: x.index_select(0, i) * 2, torch.randn(3, 2).to("tpu"), torch.tensor([0, 3]).to("tpu"))
 
 
+REFUSED_SELECTIONS = {
+    "slice_scatter src of one row": lambda x, s: torch.slice_scatter(x, s, 0, 1, 4) * 1,
+    "slice_scatter src of one dimension": lambda x, s: torch.slice_scatter(x, s[0], 0, 1, 4) * 1,
+    "index_select of a scalar, two positions": lambda x, s: x[0, 0].index_select(-1, torch.tensor([0, 0]).to("tpu")),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_SELECTIONS)
+def test_selections_eager_refuses_are_refused_compiled(case):
+    """A src the slice's size differs from would be broadcast into it by NumPy, and a scalar's several positions
+    reshaped: CPU raises for both."""
+    _refused_alike(REFUSED_SELECTIONS[case], torch.randn(6, 5).to("tpu"), torch.randn(1, 5).to("tpu"))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_a_channels_last_convolution_flattened_into_a_linear_head_equals_eager(training):
+    """The program lays a convolution's result out channels-last as eager does, unless a node after it cannot take
+    that layout: the graph's ``view`` of it (a classifier's flatten), which eager's ``reshape`` makes a copy."""
+    torch.manual_seed(0)
+    convolution, head = torch.nn.Conv2d(3, 4, 3).to("tpu"), torch.nn.Linear(144, 2).to("tpu")
+    x = torch.randn(2, 3, 8, 8).to(memory_format=torch.channels_last).to("tpu").requires_grad_(training)
+
+    def step(x):
+        result = head(convolution(x).flatten(1)).square().sum()
+        return torch.autograd.grad(result, (x, convolution.weight)) if training else result
+
+    expected = step(x)
+    for got, want in zip(torch.compile(step, backend="tpu")(x), expected) if training else [(
+            torch.compile(step, backend="tpu")(x), expected)]:
+        assert_identical(got, want)
+
+
 @pytest.mark.filterwarnings("ignore:enable_nested_tensor")
 @pytest.mark.parametrize("name", ["ViT", pytest.param("ResNet", marks=pytest.mark.slow)])
 def test_zoo_training_with_clipping_and_gradient_accumulation_equals_eager_bit_for_bit(name):

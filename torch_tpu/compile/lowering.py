@@ -187,12 +187,14 @@ def _aliased(node):
 
 
 def _sliced(node):
-    index = _slice_index(value_of(node.args[0]), *(list(node.args[1:5]) + [0, None, None, 1][len(node.args[1:5]):]))
+    index = _slice_index(value_of(node.args[0]), node.args[1:5])
     return lambda array: array[index]
 
 
-def _slice_index(source, dim, start, end, step):
-    """The NumPy index of ``source[start:end:step]`` along ``dim`` (bounds read as the numbers they are here)."""
+def _slice_index(source, arguments):
+    """The NumPy index of ``source[start:end:step]`` along ``dim``, from aten.slice's ``(dim, start, end, step)``
+    with its defaults (bounds read as the numbers they are here)."""
+    dim, start, end, step = list(arguments) + [0, None, None, 1][len(arguments):]
     dim = wrap_dim(dim, source.dim())
     index = [slice(None)] * source.dim()
     index[dim] = slice(*slice(*map(value_of, (start, end, step))).indices(source.shape[dim]))
@@ -500,7 +502,8 @@ def lower_index_select(node):
     """index_select through eager's maths (``indexing.index_select_arrays``: CPU's range check, then a take)
     (a relative position bias, an embedding written as a selection)."""
     source, dim, index = node.args
-    if value_of(index).dim() > 1 or value_of(index).dtype not in (torch.int32, torch.int64):
+    if (value_of(index).dim() > 1 or value_of(index).dtype not in (torch.int32, torch.int64)
+            or (value_of(source).dim() == 0 and value_of(index).numel() != 1)):
         return Lowered(EAGER, inputs=(source, index), reason="CPU refuses the call: the eager kernel raises its error")
     axis = wrap_dim(dim, max(value_of(source).dim(), 1))
     store = _storer(value_of(node))
@@ -518,7 +521,9 @@ def lower_slice_scatter(node):
     input, src = node.args[:2]
     if value_of(input).dtype != value_of(src).dtype:
         return Lowered(EAGER, inputs=(input, src), reason="a slice of another dtype: the eager kernel casts it")
-    index = _slice_index(value_of(input), *(list(node.args[2:6]) + [0, None, None, 1][len(node.args[2:6]):]))
+    index = _slice_index(value_of(input), node.args[2:6])
+    if np.broadcast_to(np.empty((), bool), tuple(value_of(input).shape))[index].shape != tuple(value_of(src).shape):
+        return Lowered(EAGER, inputs=(input, src), reason="a src of another size than the slice: CPU refuses it")
 
     def run(out, base, part):
         np.copyto(out, base)
@@ -701,9 +706,34 @@ def _retyped_results(node, dtypes, formats=None):
                 values[index] = torch.empty(value.shape, dtype=dtype, device=value.device,
                                             memory_format=memory_format or torch.contiguous_format)
     if any(new is not old for new, old in zip(values, originals)):
-        node.meta["val"] = tuple(values) if several else values[0]
-        _propagate_after((node,), next(v for v in values if v is not None).fake_mode)
+        layout_only = all(new.dtype == old.dtype for new, old in zip(values, originals) if new is not None)
+        if not _replaced({node: tuple(values) if several else values[0]}, layout_only):
+            return list(originals)
     return values
+
+
+def _replaced(values, layout_only):
+    """Each node given its value in ``values``, and the nodes after them traced again; whether the values hold.
+    After a layout change (``layout_only``) a node that cannot take the new layout (the graph's ``view`` of a
+    convolution's result, which eager's ``reshape`` copies once the result is channels-last) leaves every value as
+    traced: the program then runs as AOTAutograd traced it."""
+    previous = {node: node.meta["val"] for node in values}
+    for node, value in values.items():
+        node.meta["val"] = value
+    fake_mode = next(v for v in _tensors_of(next(iter(values.values())))).fake_mode
+    try:
+        _propagate_after(list(values), fake_mode, previous if layout_only else None)
+    except (RuntimeError, ValueError):
+        if not layout_only:
+            raise
+        for node, value in previous.items():
+            node.meta["val"] = value
+        return False
+    return True
+
+
+def _tensors_of(value):
+    return [v for v in (value if isinstance(value, (tuple, list)) else (value,)) if isinstance(v, torch.Tensor)]
 
 
 def saved_layouts(graph):
@@ -728,13 +758,15 @@ def _relayable(value, strides):
 
 
 def _relaid(nodes_and_strides):
-    """Each node's value given the strides paired with it, and the nodes after them traced again."""
+    """Each node's value given the strides paired with it, and the nodes after them traced again (or, where a node
+    after them cannot take the layout, none: ``_replaced``)."""
+    values = {}
     for node, strides in nodes_and_strides:
         value = value_of(node)
         with value.fake_mode:
-            node.meta["val"] = torch.empty_strided(value.shape, strides, dtype=value.dtype, device=value.device)
-    if nodes_and_strides:
-        _propagate_after([node for node, _ in nodes_and_strides], value.fake_mode)
+            values[node] = torch.empty_strided(value.shape, strides, dtype=value.dtype, device=value.device)
+    if values:
+        _replaced(values, layout_only=True)
 
 
 def _follow_eager_layout(node, maths, metas):
@@ -752,11 +784,13 @@ def _follow_eager_layout(node, maths, metas):
         _relaid([(node, tuple(strides))])
 
 
-def _propagate_after(retyped, fake_mode):
+def _propagate_after(retyped, fake_mode, previous=None):
     """The values of the nodes after the ``retyped`` ones that read their results, directly or not, traced again
     from their inputs' values (an op on a bf16 statistic computes in bf16, as eager does, not in the traced
     float32); the walk goes no further than a value that comes out as it was traced (the fetch of a result left as
-    it was)."""
+    it was). ``previous``: a layout change's record of the values it replaced, which each value traced again joins;
+    there a node that cannot be traced again raises (a refusal is never what eager does with a layout), where after
+    a dtype change it is marked REFUSED."""
     changed = set(retyped)
     for node in retyped[0].graph.nodes:
         if node.op != "call_function" or node in retyped or not any(a in changed for a in node.all_input_nodes):
@@ -766,9 +800,13 @@ def _propagate_after(retyped, fake_mode):
             with fake_mode:
                 value = node.target(*args, **kwargs)
         except RuntimeError as error:  # a dtype mix eager refuses (a bf16 mean into a float32 bmm): the eager
-            node.meta[REFUSED] = str(error).splitlines()[0]  # kernel raises CPU's error when the program runs
+            if previous is not None:  # kernel raises CPU's error when the program runs
+                raise
+            node.meta[REFUSED] = str(error).splitlines()[0]
             continue
         if _layout(value) != _layout(value_of(node)):
+            if previous is not None:
+                previous.setdefault(node, node.meta["val"])
             node.meta["val"] = value
             changed.add(node)
 
