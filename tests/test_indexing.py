@@ -474,3 +474,20 @@ def test_indexing_writes_into_expanded_tensors_warn_as_deprecated_as_on_cpu(writ
 ], ids=["index_fill_ of its own index", "masked_fill_ of a partly shared mask"])
 def test_fills_refuse_reading_what_they_write_as_cpu_does(call):
     check_same_error(call)
+
+
+INDEX_SELECT_OUT_OF_RANGE = {
+    "second dim": ((4, 3), 1), "last dim of three": ((2, 3, 4), 2), "negative second dim": ((4, 3), -1),
+    "first dim": ((4, 3), 0), "empty first dim": ((0, 3), 0), "empty second dim": ((4, 0), 1), "empty 1-d": ((0,), 0),
+    "empty source, full dim": ((3, 0), 0), "empty source, last dim": ((2, 0, 4), 2),
+}
+
+
+@pytest.mark.parametrize("index", [[1, 7, -2], [5], [-1]], ids=str)
+@pytest.mark.parametrize("case", INDEX_SELECT_OUT_OF_RANGE)
+def test_index_select_out_of_range_raises_the_error_of_cpus_loop(case, index):
+    """CPU's index_select checks ranges in three loops with their own errors: the second dimension of a tensor of
+    two or more, and any dimension of an empty one, name the index (RuntimeError); an empty indexed dimension is
+    refused first; every other case is an IndexError. Compiled programs share the check."""
+    shape, dim = INDEX_SELECT_OUT_OF_RANGE[case]
+    check_same_error(lambda d: torch.zeros(shape, device=d).index_select(dim, torch.tensor(index, device=d)))

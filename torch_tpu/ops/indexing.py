@@ -440,6 +440,12 @@ def index_select_out(self, dim, index, *, out):
 _INDEX_SELECT_RANGE_ERROR = _fixed_error(IndexError, "index out of range in self")
 
 
+def _indices_range_error(index, dim, size):
+    """CPU's index_select of a tensor of two or more dimensions along its second one, or of an empty one (loops of
+    their own), names the index."""
+    return RuntimeError(f"INDICES element is out of DATA bounds, id={index} axis_dim={size}")
+
+
 def _index_select_operands(self, dim, positions):
     """``self`` as NumPy (at least 1-d) and ``positions`` checked against its size along ``dim``."""
     return index_select_arrays(operand(self, "index_select"), dim, positions)
@@ -448,9 +454,12 @@ def _index_select_operands(self, dim, positions):
 def index_select_arrays(source, dim, positions):
     """``source`` (at least 1-d) and ``positions`` (a vector) checked against its size along ``dim``, as CPU
     checks them (compiled programs call it on their arrays)."""
-    source = _at_least_1d(source)
-    return source, checked_indices(_at_least_1d(positions), source.shape[dim], wrap=False,
-                                   error=_INDEX_SELECT_RANGE_ERROR)
+    source, positions = _at_least_1d(source), _at_least_1d(positions)
+    several_dims = source.ndim > 1
+    if several_dims and positions.size and source.shape[dim] == 0:
+        raise RuntimeError("index_select(): self indexing axis dim should be positive")
+    error = _indices_range_error if several_dims and (dim == 1 or source.size == 0) else _INDEX_SELECT_RANGE_ERROR
+    return source, checked_indices(positions, source.shape[dim], wrap=False, error=error)
 
 
 def _take_into(out, view, source, positions, dim):
