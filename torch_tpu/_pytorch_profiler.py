@@ -28,6 +28,7 @@ import bisect
 import functools
 import gzip
 import json
+import threading
 import time
 
 import torch
@@ -48,10 +49,16 @@ _waiting = []  # recordings started before the chip existed
 class MarkedRecords(list):
     """The kernel records the chip's clock appends; each leaves its marker in the host op running it."""
 
+    def __init__(self):
+        super().__init__()
+        self._indexing = threading.Lock()  # two threads' kernels (forward and autograd's) must not share an index
+
     def append(self, record):
-        with _RecordFunctionFast(MARKER_PREFIX + str(len(self))):
+        with self._indexing:
+            index = len(self)
+            super().append(record)
+        with _RecordFunctionFast(MARKER_PREFIX + str(index)):
             pass
-        super().append(record)
 
 
 def marked_kernel(name):
