@@ -392,3 +392,12 @@ def test_in_place_targets_partially_overlapping_their_rows_operands_are_refused(
     """CPU runs one in-place op per tensor, whose TensorIterator refuses an operand that partially overlaps the
     tensor it writes."""
     check_same_error(lambda d: PARTIALLY_OVERLAPPING_ROWS[case](torch.arange(8.0, dtype=dtype, device=d)))
+
+
+@pytest.mark.parametrize("dtype,exponent", [(torch.float16, 1e10), (torch.float16, 70000), (torch.float16, [3, 1e10]),
+                                            (torch.int64, -2)], ids=str)
+def test_pow_refuses_the_numbers_the_per_tensor_pow_refuses(dtype, exponent):
+    """pow converts a number exponent to a 16-bit dtype checked, and refuses integers to negative powers: the foreach
+    lists refuse what CPU's per-tensor route refuses, with its words."""
+    check_same_error(lambda d: torch._foreach_pow([torch.ones(2, dtype=dtype, device=d),
+                                                   torch.ones(3, dtype=dtype, device=d)], exponent))

@@ -274,6 +274,15 @@ def _check_numbers(op_name, dtype, scalar_columns, keywords):
     if len(positional) == 1:
         for column in scalar_columns:
             _each_number(lambda value: pointwise.check_scalar_value(value, positional[0], dtype), column)
+    number_check = _NUMBER_CHECKS.get(op_name)
+    if number_check is not None:
+        for column in scalar_columns:
+            _each_number(lambda value: number_check(dtype, None, _as_number(value)), column)
+
+
+# Per-tensor ops whose kernels check a number operand themselves (pow converts its exponent to a 16-bit dtype,
+# checked: "value cannot be converted to type c10::Half without overflow")
+_NUMBER_CHECKS = {"pow": pointwise.check_integer_power}
 
 
 def _overloads(name):
