@@ -401,3 +401,21 @@ def test_pow_refuses_the_numbers_the_per_tensor_pow_refuses(dtype, exponent):
     lists refuse what CPU's per-tensor route refuses, with its words."""
     check_same_error(lambda d: torch._foreach_pow([torch.ones(2, dtype=dtype, device=d),
                                                    torch.ones(3, dtype=dtype, device=d)], exponent))
+
+
+@pytest.mark.parametrize("bound", [0.0, 0.5, math.nan, -math.nan, [0.5, math.nan]], ids=str)
+@pytest.mark.parametrize("name", ["clamp_min", "clamp_max", "maximum", "minimum"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_clamps_with_numbers_store_cpus_nan_bits(dtype, name, bound):
+    """CPU runs clamp_min/clamp_max per tensor on the 16-bit values: a NaN input keeps 0xFFFF in its vector lanes and
+    becomes 0x7FC0 in its scalar tail; a NaN bound fills the bound (bf16: 0x7FC0). Bit for bit, in place too."""
+    x = torch.tensor([1.0, -2.0, math.nan, 0.0] * 20, dtype=dtype)
+    tensors = [x, x[:5], x[1:].reshape(1, 79)]
+    bound = bound if not isinstance(bound, list) else bound + [0.25]
+    function, in_place = getattr(torch, f"_foreach_{name}"), getattr(torch, f"_foreach_{name}_")
+    expected, actual = function(tensors, bound), function(to_tpu(tensors), bound)
+    mutated, mutated_tpu = [t.clone() for t in tensors], to_tpu(tensors)
+    in_place(mutated, bound)
+    in_place(mutated_tpu, bound)
+    for want, got in zip([*expected, *mutated], [*actual, *mutated_tpu]):
+        assert torch.equal(got.cpu().view(torch.int16), want.view(torch.int16))

@@ -141,8 +141,9 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
     """
     targets = self if inplace else [pointwise.new_output((t, *(column[i] for column in tensor_columns)), t.dtype)
                                     for i, t in enumerate(self)]  # laid out as CPU's per-tensor op lays it out
-    compute = opmath_dtype(self[0].dtype)
-    direct = compute == _tensor.numpy_dtype(self[0].dtype)
+    own_dtype = _tensor.numpy_dtype(self[0].dtype)
+    compute = own_dtype if getattr(fn, "own_16_bit_maths", False) else opmath_dtype(self[0].dtype)
+    direct = compute == own_dtype
     arrays = [[as_numpy(t) for t in column] for column in (self, *tensor_columns)]
     if getattr(fn, "numbers_in_compute_dtype", False):  # converted here once, not by fn for every tensor
         numbers = [_in_compute_dtype(column, compute) for column in scalar_columns]

@@ -288,6 +288,13 @@ def select_bits(condition, if_true, if_false):
     return blended.view(if_true.dtype)
 
 
+def own_16_bit_maths(function):
+    """Marks maths that take bf16/fp16 arrays as they are, widening and rounding as CPU's loops store them (clamp's
+    NaNs, lane by lane): callers that widen 16-bit operands to float32 first (foreach) pass them as they are."""
+    function.own_16_bit_maths = True
+    return function
+
+
 def writes_out(function):
     """Marks maths that take ``out=`` and write their result there in their last step, after every read of
     their operands (so ``out`` may be one of them): kernels then skip a temporary and its copy."""
@@ -1174,16 +1181,19 @@ def shiftable(dtype):
 # Ternary
 
 
+@own_16_bit_maths
 @writes_out
 def clamp_min(x, low, out=None):
     return clamp(x, low, out=out, one_bound=True)
 
 
+@own_16_bit_maths
 @writes_out
 def clamp_max(x, high, out=None):
     return clamp(x, high=high, out=out, one_bound=True)
 
 
+@own_16_bit_maths
 @writes_out
 def clamp(x, low=None, high=None, out=None, one_bound=False):
     """Number bounds. NaN in x propagates; when low > high every element becomes high; where x equals a bound (-0.0
