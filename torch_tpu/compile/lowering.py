@@ -707,12 +707,13 @@ def _retyped_results(node, dtypes, formats=None):
                                             memory_format=memory_format or torch.contiguous_format)
     if any(new is not old for new, old in zip(values, originals)):
         layout_only = all(new.dtype == old.dtype for new, old in zip(values, originals) if new is not None)
-        if not _replaced({node: tuple(values) if several else values[0]}, layout_only):
+        fake_mode = next(v for v in values if v is not None).fake_mode
+        if not _replaced({node: tuple(values) if several else values[0]}, fake_mode, layout_only):
             return list(originals)
     return values
 
 
-def _replaced(values, layout_only):
+def _replaced(values, fake_mode, layout_only):
     """Each node given its value in ``values``, and the nodes after them traced again; whether the values hold.
     After a layout change (``layout_only``) a node that cannot take the new layout (the graph's ``view`` of a
     convolution's result, which eager's ``reshape`` copies once the result is channels-last) leaves every value as
@@ -720,7 +721,6 @@ def _replaced(values, layout_only):
     previous = {node: node.meta["val"] for node in values}
     for node, value in values.items():
         node.meta["val"] = value
-    fake_mode = next(v for v in _tensors_of(next(iter(values.values())))).fake_mode
     try:
         _propagate_after(list(values), fake_mode, previous if layout_only else None)
     except (RuntimeError, ValueError):
@@ -730,10 +730,6 @@ def _replaced(values, layout_only):
             node.meta["val"] = value
         return False
     return True
-
-
-def _tensors_of(value):
-    return [v for v in (value if isinstance(value, (tuple, list)) else (value,)) if isinstance(v, torch.Tensor)]
 
 
 def saved_layouts(graph):
@@ -766,7 +762,7 @@ def _relaid(nodes_and_strides):
         with value.fake_mode:
             values[node] = torch.empty_strided(value.shape, strides, dtype=value.dtype, device=value.device)
     if values:
-        _replaced(values, layout_only=True)
+        _replaced(values, value.fake_mode, layout_only=True)
 
 
 def _follow_eager_layout(node, maths, metas):

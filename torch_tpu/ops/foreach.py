@@ -157,13 +157,14 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
         if fuses is not None and fuses(compute, **keywords):
             rows = list(zip(targets, outs, zip(*arrays)))
             for group in _flat_groups(rows, numbers, inplace):
-                _apply_flat(fn, [rows[index] for index in group], [column[0] for column in numbers], keywords, direct)
+                _apply_flat(fn, [rows[index] for index in group], [column[0] for column in numbers], keywords, compute,
+                            direct)
                 computed.update(group)
         for index, (target, out, operands) in enumerate(zip(targets, outs, zip(*arrays, *numbers))):
             if index in computed:
                 continue
             if not direct:  # converted when its turn comes: an earlier tensor's update may have written it
-                operands = [*(array.astype(np.float32) for array in operands[:len(arrays)]), *operands[len(arrays):]]
+                operands = [*(array.astype(compute) for array in operands[:len(arrays)]), *operands[len(arrays):]]
             result = fn(*operands, out=out, **keywords)
             if not direct:
                 write(target, result)
@@ -216,11 +217,11 @@ def _targets_apart(rows):
                for index, (_, _, operands) in enumerate(rows) for array in operands[1:])
 
 
-def _apply_flat(fn, rows, numbers, keywords, direct):
+def _apply_flat(fn, rows, numbers, keywords, compute, direct):
     """fn once over the rows' tensors concatenated, each piece of the result written back to its target."""
     flat = [np.concatenate(column, axis=None) for column in zip(*(operands for _, _, operands in rows))]
     if not direct:
-        flat = [array.astype(np.float32) for array in flat]
+        flat = [array.astype(compute) for array in flat]
     result = fn(*flat, *numbers, out=None, **keywords)
     start = 0
     for target, out, (array, *_) in rows:

@@ -290,7 +290,7 @@ def select_bits(condition, if_true, if_false):
 
 def own_16_bit_maths(function):
     """Marks maths that take bf16/fp16 arrays as they are, widening and rounding as CPU's loops store them (clamp's
-    NaNs, lane by lane): callers that widen 16-bit operands to float32 first (foreach) pass them as they are."""
+    NaNs, lane by lane): their kernels and foreach pass 16-bit operands as they are, not widened to float32."""
     function.own_16_bit_maths = True
     return function
 
@@ -422,6 +422,7 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
     (``META_REFUSALS``), which ``out=`` calls reaching the kernel directly would otherwise skip.
     """
     result = result or rule
+    opmath = opmath and not getattr(function, "own_16_bit_maths", False)  # the maths widen 16-bit values themselves
     schema = resolve(overload)._schema
     out_name = schema.arguments[-1].name
     scalars_in_dtype = schema.name.removeprefix("aten::") in SCALARS_IN_DTYPE
@@ -1837,13 +1838,12 @@ def register_tables():
     structured("threshold_backward.grad_input", threshold_backward, operands=2,
                check=supports(real_not_bool, "threshold_cpu"))
     structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)
-    structured("clamp.out", clamp, operands=3, check=check_clamp_numbers, exact_out=True, opmath=False)
+    structured("clamp.out", clamp, operands=3, check=check_clamp_numbers, exact_out=True)
     structured("clamp.Tensor_out", clamp_by_tensors, operands=3, check=check_clamp_tensors)
     # tensor bounds go through CPU's maximum/minimum loops, which have none for complex numbers
-    structured("clamp_min.out", clamp_min, operands=2, check=checked(not_bool, "clamp_min"), exact_out=True, opmath=False)
+    structured("clamp_min.out", clamp_min, operands=2, check=checked(not_bool, "clamp_min"), exact_out=True)
     structured("clamp_min.Tensor_out", clamp_by_tensors, operands=2, check=checked(real, "maximum"))
-    structured("clamp_max.out", clamp_max, operands=2, check=checked(not_bool, "clamp_max"), exact_out=True,
-               opmath=False)
+    structured("clamp_max.out", clamp_max, operands=2, check=checked(not_bool, "clamp_max"), exact_out=True)
     structured("clamp_max.Tensor_out", clamp_max_by_tensors, operands=2, check=checked(real, "minimum"))
     structured("addcmul.out", addcmul, operands=3, check=checked(not_bool, "addcmul"))
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
