@@ -151,6 +151,9 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
     else:
         numbers = [_each_number(_as_number, column) for column in scalar_columns]
     outs = (arrays[0] if inplace else [as_numpy(t) for t in targets]) if direct else [None] * len(self)
+    plain = getattr(fn, "plain_ufunc", None)
+    if plain is not None and plain(compute, **keywords) is not None:
+        fn, keywords = plain(compute, **keywords), {}
     fuses = getattr(fn, "fuses_multiply_add", None)
     computed = set()
     with _C.vpu.ignoring_fp_errors():
@@ -325,8 +328,9 @@ def _pointwise_maths(overload):
         return out
 
     apply.numbers_in_compute_dtype = True  # as apply makes them: _map_numpy converts a list's numbers once
-    if hasattr(function, "fuses_multiply_add"):
-        apply.fuses_multiply_add = function.fuses_multiply_add
+    for question in ("fuses_multiply_add", "plain_ufunc"):
+        if hasattr(function, question):
+            setattr(apply, question, getattr(function, question))
     return apply
 
 

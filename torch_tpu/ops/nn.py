@@ -19,7 +19,7 @@ from .._cost import charged
 from . import _registry, random
 from .._errors import not_implemented_for, raise_cpu_error, scalar_type_name
 from .._tensor import is_tpu, numpy_dtype
-from ._common import (all_contiguous, as_numpy, castable, channel_sums, converted, empty, empty_like_strides,
+from ._common import (all_contiguous, as_numpy, castable, channel_sums, converted, empty, empty_like_strides, ones,
                       exact_dtype, iterator_strides, opmath_dtype, opmath_operand, operand, prepare_out, store,
                       store_in_memory_format, stored_with_view, suggested_memory_format, wrap_dim, write)
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
@@ -135,14 +135,6 @@ def sum_along(array, dim):
         return np.sum(array, axis=dim, keepdims=True)
     rows = array.reshape(-1, array.shape[-1])
     return np.matmul(rows, ones(rows.shape[1], array.dtype)).reshape(array.shape[:-1] + (1,))
-
-
-@functools.lru_cache(maxsize=256)
-def ones(length, dtype):
-    """A read-only vector of ``length`` ones, made once per length: the row and column sums multiply by it."""
-    vector = np.ones(length, dtype)
-    vector.flags.writeable = False
-    return vector
 
 
 def compute_into(out, dtype, compute):

@@ -858,6 +858,19 @@ def _fuses_by_dtype(dtype):
 add.fuses_multiply_add = sub.fuses_multiply_add = _fused
 
 
+def _plain_ufunc(ufunc):
+    """``plain_ufunc(dtype, alpha=1)``: the ufunc add/sub come down to for real floats of the NumPy ``dtype`` with an
+    alpha of 1 (nothing scaled, nothing fused), else None. Foreach applies it to each tensor of a list without the
+    maths' per-call questions (an SGD momentum's ``add_`` asks them for every parameter)."""
+    def plain(dtype, alpha=1):
+        return ufunc if dtype.kind == "f" and alpha == 1 else None
+
+    return plain
+
+
+add.plain_ufunc, sub.plain_ufunc = _plain_ufunc(np.add), _plain_ufunc(np.subtract)
+
+
 def check_alpha(dtype, a, b, alpha=1):
     if isinstance(alpha, bool) and dtype != torch.bool:
         raise RuntimeError("Boolean alpha only supported for Boolean results.")
