@@ -321,14 +321,21 @@ def store_in_memory_format(array, dtype, memory_format, *, out=None, **out_check
 
 
 def padded(array, widths, fill=0):
-    """``array`` with (before, after) elements of ``fill`` around each dim: np.pad's constant mode, which
-    costs about 100 us of Python per call, written as one fill and one copy (``np.full`` and generator
-    expressions would add about a microsecond of Python to every padded convolution)."""
-    shape = array.shape
-    result = np.empty(tuple([n + lo + hi for n, (lo, hi) in zip(shape, widths)]), array.dtype)
+    """``array`` with (before, after) elements of ``fill`` around each dim (``widths``: a tuple of pairs): np.pad's
+    constant mode, which costs about 100 us of Python per call, written as one fill and one copy, its geometry
+    computed once per shape and widths (a model pads the same shapes every step)."""
+    shape, interior = _padded_geometry(array.shape, widths)
+    result = np.empty(shape, array.dtype)
     result.fill(fill)
-    result[tuple([slice(lo, lo + n) for n, (lo, _) in zip(shape, widths)])] = array
+    result[interior] = array
     return result
+
+
+@functools.lru_cache(maxsize=1024)
+def _padded_geometry(shape, widths):
+    """The padded array's shape, and the index of the original's place in it."""
+    return (tuple([n + lo + hi for n, (lo, hi) in zip(shape, widths)]),
+            tuple([slice(lo, lo + n) for n, (lo, _) in zip(shape, widths)]))
 
 
 @functools.lru_cache(maxsize=256)

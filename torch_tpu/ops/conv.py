@@ -47,12 +47,18 @@ def _windows(x, kernel, stride, padding, dilation, out_spatial=None):
     ``output_padding`` adds input rows that no position of its adjoint reaches.
     """
     if any(padding):
-        x = padded(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
+        x = padded(x, _symmetric_widths(tuple(padding)))
     else:
         x = np.ascontiguousarray(x)
     shape, strides = _window_geometry(x.shape, x.itemsize, tuple(kernel), tuple(stride), tuple(padding),
                                       tuple(dilation), out_spatial and tuple(out_spatial))
     return np.ndarray(shape, x.dtype, buffer=x, strides=strides)
+
+
+@functools.lru_cache(maxsize=1024)
+def _symmetric_widths(padding):
+    """``padded``'s widths for an (N, C, *spatial) source padded by ``padding`` on both sides of each spatial dim."""
+    return ((0, 0), (0, 0), *((p, p) for p in padding))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -74,6 +80,7 @@ def _grouped_weight(weight, groups):
     return weight.reshape(groups, weight.shape[0] // groups, -1)
 
 
+@functools.lru_cache(maxsize=1024)
 def _spare_rows(kernel):
     """The rows a wide-grid source needs past its padding (see ``_wide_windows``): one when the kernel
     spans more than one position in a later spatial dim, whose last windows then run past the last row."""
@@ -81,10 +88,17 @@ def _spare_rows(kernel):
 
 
 def _wide_source(x, widths, kernel):
-    """``x`` padded by (before, after) ``widths`` per spatial dim, contiguous, with the spare row."""
-    widths = [(0, 0), (0, 0), *widths]
-    widths[2] = (widths[2][0], widths[2][1] + _spare_rows(kernel))
-    return padded(x, widths) if any(lo or hi for lo, hi in widths) else np.ascontiguousarray(x)
+    """``x`` padded by (before, after) ``widths`` (a tuple of pairs) per spatial dim, contiguous, with the spare row."""
+    all_widths = _wide_widths(widths, tuple(kernel))
+    return np.ascontiguousarray(x) if all_widths is None else padded(x, all_widths)
+
+
+@functools.lru_cache(maxsize=1024)
+def _wide_widths(widths, kernel):
+    """``padded``'s widths of a ``_wide_source``, the spare row included; None where nothing is padded."""
+    all_widths = [(0, 0), (0, 0), *widths]
+    all_widths[2] = (all_widths[2][0], all_widths[2][1] + _spare_rows(kernel))
+    return tuple(all_widths) if any(lo or hi for lo, hi in all_widths) else None
 
 
 def _wide_windows(source, kernel, dilation, out_spatial):
@@ -189,9 +203,9 @@ def _convolve(x, weight, stride, padding, dilation, groups, out_spatial=None):
     kernel = weight.shape[2:]
     out_spatial = tuple(out_spatial or _output_spatial(x.shape[2:], kernel, tuple(stride), tuple(padding),
                                                        tuple(dilation)))
-    if all(s == 1 for s in stride):
-        return _wide_correlation(_wide_source(x, [(p, p) for p in padding], kernel), weight, dilation, groups,
-                                 out_spatial)
+    if stride.count(1) == len(stride):
+        return _wide_correlation(_wide_source(x, _symmetric_widths(tuple(padding))[2:], kernel), weight, dilation,
+                                 groups, out_spatial)
     return _correlated_windows(_windows(x, kernel, stride, padding, dilation, out_spatial), out_spatial, weight,
                                groups)
 
@@ -334,9 +348,9 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
     out_spatial = target.shape[2:]
     if _pointwise(kernel, stride, padding) and source.shape[2:] == out_spatial:
         return _pointwise_weight_gradient(source, target, groups).reshape(target.shape[1], -1, *kernel)
-    if all(s == 1 for s in stride) and _spare_rows(kernel):  # else the wide grid is the output's own
-        windows, grid = _wide_windows(_wide_source(source, [(p, p) for p in padding], kernel), kernel, dilation,
-                                      out_spatial)
+    if stride.count(1) == len(stride) and _spare_rows(kernel):  # else the wide grid is the output's own
+        windows, grid = _wide_windows(_wide_source(source, _symmetric_widths(tuple(padding))[2:], kernel), kernel,
+                                      dilation, out_spatial)
         gradient = _correlated_gradient(windows, target, grid, kernel, groups)
         if np.isfinite(gradient).all():
             return gradient
@@ -398,20 +412,38 @@ def _input_gradient_as_correlation(grad, w, input_shape, stride, padding, dilati
     the output gradient, spread out by the stride and padded by the kernel's reach less the padding,
     correlated with the flipped kernel. None when the padding exceeds the kernel's reach."""
     kernel = w.shape[2:]
+    geometry = _adjoint_geometry(grad.shape[2:], input_shape[2:], kernel, tuple(stride), tuple(padding),
+                                 tuple(dilation))
+    if geometry is None:
+        return None
+    widths, spread = geometry
+    if spread is None:
+        source = _wide_source(grad, widths, kernel)
+    else:
+        shape, spread_slots = spread
+        source = np.zeros(grad.shape[:2] + shape, grad.dtype)
+        source[spread_slots] = grad
+    return _wide_correlation(source, _flipped_transposed_weight(w, groups), dilation, groups, input_shape[2:])
+
+
+@functools.lru_cache(maxsize=1024)
+def _adjoint_geometry(grad_spatial, input_spatial, kernel, stride, padding, dilation):
+    """For ``_input_gradient_as_correlation``: the (before, after) widths of the output gradient's padding, and for
+    a stride above one the spread source's spatial shape (the spare row included) and the gradient's slots in it
+    (None at stride one, where ``_wide_source`` pads); None when the padding exceeds the kernel's reach."""
     before = [d * (k - 1) - p for d, k, p in zip(dilation, kernel, padding)]
     if any(b < 0 for b in before):
         return None
-    spread_shape = tuple((g - 1) * s + 1 for g, s in zip(grad.shape[2:], stride))
+    spread_shape = tuple((g - 1) * s + 1 for g, s in zip(grad_spatial, stride))
     after = [size + d * (k - 1) - b - spread for size, d, k, b, spread
-             in zip(input_shape[2:], dilation, kernel, before, spread_shape)]
-    if all(s == 1 for s in stride):
-        source = _wide_source(grad, list(zip(before, after)), kernel)
-    else:
-        shape = [s + b + a for s, b, a in zip(spread_shape, before, after)]
-        shape[0] += _spare_rows(kernel)
-        source = np.zeros(grad.shape[:2] + tuple(shape), grad.dtype)
-        source[(Ellipsis, *(slice(b, b + size, s) for b, size, s in zip(before, spread_shape, stride)))] = grad
-    return _wide_correlation(source, _flipped_transposed_weight(w, groups), dilation, groups, input_shape[2:])
+             in zip(input_spatial, dilation, kernel, before, spread_shape)]
+    widths = tuple(zip(before, after))
+    if stride.count(1) == len(stride):
+        return widths, None
+    shape = [s + b + a for s, b, a in zip(spread_shape, before, after)]
+    shape[0] += _spare_rows(kernel)
+    slots = (Ellipsis, *(slice(b, b + size, s) for b, size, s in zip(before, spread_shape, stride)))
+    return widths, (tuple(shape), slots)
 
 
 def _input_gradient(grad, w, input_shape, stride, padding, dilation, transposed, groups):
@@ -431,7 +463,8 @@ def _input_gradient(grad, w, input_shape, stride, padding, dilation, transposed,
 @register("convolution_backward_overrideable")
 def convolution_backward(grad_output, input, weight, stride, padding, dilation, transposed, output_padding,
                          groups, output_mask):
-    grad, x, w = (operand(t, "convolution_backward") for t in (grad_output, input, weight))
+    grad, x, w = (operand(grad_output, "convolution_backward"), operand(input, "convolution_backward"),
+                  operand(weight, "convolution_backward"))
     grad_input = grad_weight = grad_bias = None
     channels_last = channels_last_result(input, weight)
     if output_mask[0] and not transposed and not channels_last and _pointwise(w.shape[2:], stride, padding):

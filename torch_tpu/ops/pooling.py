@@ -90,7 +90,7 @@ class Window:
             )
 
     def pad(self, x, fill):
-        widths = [(0, 0)] * (x.ndim - len(self.in_sizes)) + list(zip(self.padding, self.pad_after))
+        widths = ((0, 0),) * (x.ndim - len(self.in_sizes)) + tuple(zip(self.padding, self.pad_after))
         if not any(lo or hi for lo, hi in widths):
             return x
         return padded(x, widths, fill)
