@@ -334,3 +334,13 @@ def test_integer_pointwise_convolution_matches_cpu():
     x, w = torch.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4), torch.arange(5 * 3).reshape(5, 3, 1, 1) - 7
     assert torch.equal(F.conv2d(x.to("tpu"), w.to("tpu"), torch.arange(5).to("tpu")).cpu(),
                        F.conv2d(x, w, torch.arange(5)))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_backward_geometry_is_told_apart_by_every_size(stride):
+    """Convolution's backward caches its padding geometry per shape: two inputs whose outputs have one size (7x7
+    and 8x8 at stride 2) and two paddings of one input alternate, each gradient CPU's."""
+    cases = [((2, 3, 7, 7), 1), ((2, 3, 8, 8), 1), ((2, 3, 7, 7), 2), ((2, 3, 8, 8), 1), ((2, 3, 7, 7), 1)]
+    w, b = torch.randn(4, 3, 3, 3), torch.randn(4)
+    for shape, padding in cases:
+        check(F.conv2d, (torch.randn(shape), w, b), dict(stride=stride, padding=padding))

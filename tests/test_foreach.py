@@ -419,3 +419,27 @@ def test_16_bit_clamps_with_numbers_store_cpus_nan_bits(dtype, name, bound):
     in_place(mutated_tpu, bound)
     for want, got in zip([*expected, *mutated], [*actual, *mutated_tpu]):
         assert torch.equal(got.cpu().view(torch.int16), want.view(torch.int16))
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("name", ["add", "sub"])
+def test_alpha_one_lists_are_cpus_bit_for_bit(name, dtype):
+    """add/sub with alpha 1 (given, or left out: SGD's momentum ``add_``) apply the plain ufunc to each tensor:
+    CPU's bits, infinities, NaN and signed zeros included, in place and into new tensors. (A bf16 NaN made in a
+    scalar tail has other bits on CPU, 0x7FC0, than in its vector lanes, with or without foreach: left out.)"""
+    self, other = make_list(dtype, seed=1), make_list(dtype, seed=2)
+    nans = dtype is not torch.bfloat16
+    self[0][0, :3] = torch.tensor([math.inf, -0.0, math.nan if nans else -math.inf], dtype=dtype)
+    other[0][0, :3] = torch.tensor([-math.inf if nans else 1.0, -0.0, 1.0], dtype=dtype)
+    for keywords in ({}, {"alpha": 1}):
+        expected = getattr(torch, f"_foreach_{name}")(self, other, **keywords)
+        actual = getattr(torch, f"_foreach_{name}")(to_tpu(self), to_tpu(other), **keywords)
+        in_place = to_tpu(self)
+        getattr(torch, f"_foreach_{name}_")(in_place, to_tpu(other), **keywords)
+        for got in (actual, in_place):
+            for t, want in zip(got, expected):
+                assert t.dtype == want.dtype and t.stride() == want.stride()
+                assert torch.equal(t.cpu().view(_BITS[dtype]), want.view(_BITS[dtype]))
+
+
+_BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}

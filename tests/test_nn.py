@@ -144,6 +144,28 @@ def test_batch_norm_functional(shape, training):
     assert_close(tpu_stats[1].cpu(), cpu_stats[1])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(4, 3, 7, 7), (2, 3, 5), (6, 3), (2, 3, 1, 1)])
+def test_batch_norm_backward_sums_each_channel_apart_as_cpu(shape, dtype):
+    """The weight's and bias's gradients are per-channel sums (one BLAS matrix-vector product over the images' rows
+    for float32 and float64): an inf or a NaN in one channel's gradient reaches that channel's sums only."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=generator, dtype=dtype)
+    grad = torch.randn(shape, generator=generator, dtype=dtype)
+    grad[0, 0].view(-1)[-1] = math.inf
+    grad[-1, 1].view(-1)[0] = math.nan
+    weight = torch.randn(3, generator=generator, dtype=dtype)
+    results = {}
+    for device in ("cpu", "tpu"):
+        on = [t.to(device) for t in (x, grad, weight)]
+        _, mean, invstd = torch.ops.aten.native_batch_norm(on[0], on[2], None, None, None, True, 0.1, 1e-5)
+        results[device] = [t.cpu() for t in torch.ops.aten.native_batch_norm_backward(
+            on[1], on[0], on[2], None, None, mean, invstd, True, 1e-5, [False, True, True])[1:]]
+    assert_close(results["tpu"], results["cpu"], equal_nan=True)
+    assert math.isinf(results["tpu"][1][0]) and math.isnan(results["tpu"][1][1])
+    assert math.isfinite(results["tpu"][1][2]) and math.isfinite(results["tpu"][0][2])
+
+
 def test_batch_norm_without_running_stats():
     check_grads(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), torch.randn(4, 3, 2), torch.randn(3),
           torch.randn(3))

@@ -354,11 +354,12 @@ def channel_sums(x, dtype=None):
 
     Summed as (N, C, rest): the contiguous inner run first, then the batch. NumPy's reduction over the
     scattered axes (0, 2, 3) directly is several times slower, in float64 ten times. The inner runs of a
-    float32 or float64 array summed in its own dtype are one BLAS matrix-vector product with ones: NumPy's
-    reduction over runs this short (a 7x7 or 14x14 image) takes two to three times as long. A sum in a wider
-    dtype (batch norm's float64 statistics of a float32 input) keeps NumPy's reduction, which converts as it goes."""
+    float32 or float64 array summed in its own dtype (``dtype`` None) are one BLAS matrix-vector product with ones:
+    NumPy's reduction over runs this short (a 7x7 or 14x14 image) takes two to three times as long. A sum in
+    another ``dtype`` (batch norm's float64 statistics of a float32 input) keeps NumPy's reduction, which converts
+    as it goes."""
     rows = x.reshape(x.shape[0], x.shape[1], -1) if x.ndim != 3 else x
-    if (dtype is None or dtype == x.dtype) and x.dtype in _BLAS_SUMMED and rows.shape[2] > 1 and rows.size:
+    if dtype is None and rows.shape[2] > 1 and x.dtype in _BLAS_SUMMED:
         per_image = np.matmul(rows, ones(rows.shape[2], x.dtype))
     else:
         per_image = np.add.reduce(rows, axis=2, dtype=dtype)

@@ -574,7 +574,7 @@ def batch_statistics(x, stats_dtype, vectorised):
         stored_mean = stored_mean.astype(opmath_dtype(stats_dtype), copy=False)
     deviation_from = mean if vectorised else per_channel(stored_mean, x.ndim)
     # squared in acc_type straight from the opmath deviations (the cast is exact): one pass, not a copy and a pass
-    squares = channel_sums(np.square(x - deviation_from, dtype=accumulator), accumulator).ravel()
+    squares = channel_sums(np.square(x - deviation_from, dtype=accumulator)).ravel()
     if vectorised:
         squares = converted(squares, stats_dtype)
     biased_var = (squares / np.asarray(count, squares.dtype)).astype(accumulator)
