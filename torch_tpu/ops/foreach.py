@@ -114,9 +114,9 @@ def _fast_path(self, tensor_columns, scalar_columns):
 
 
 def _repeated(column):
-    """Whether a column of numbers is one number repeated (a Scalar overload's), to be looked at once."""
-    first = column[0]
-    return all(value is first for value in column)
+    """Whether a column of numbers is one number repeated (a Scalar overload's), to be looked at once: one object
+    (``is``, not ``==``: 1 and 1.0 are two numbers), told by their ids in C, not by a Python loop per tensor."""
+    return len(set(map(id, column))) == 1
 
 
 def _each_number(function, column):
@@ -195,8 +195,8 @@ def _flat_groups(rows, numbers, inplace):
     if inplace and not _targets_apart(rows):
         return []
     groups, group, size = [], [], 0
-    for index, (_, _, (array, *_)) in enumerate(rows):
-        elements = array.size
+    for index, row in enumerate(rows):
+        elements = row[2][0].size
         if elements > _FLAT_ELEMENTS:
             continue
         if size + elements > _FLAT_ELEMENTS and group:
