@@ -1012,6 +1012,49 @@ def test_activation_launched_directly_is_charged_and_allocated_as_before():
     assert torch.tpu.memory_allocated() - allocated == gradient.nbytes == x.nbytes
 
 
+# --- zoo round ten: activations' maths written into their result -----------------------------------------------
+
+WRITTEN_INTO_RESULT = {
+    "hardsigmoid": lambda g, x: F.hardsigmoid(x),
+    "hardsigmoid_backward": torch.ops.aten.hardsigmoid_backward,
+    "hardswish_backward": torch.ops.aten.hardswish_backward,
+    "silu_backward": torch.ops.aten.silu_backward,
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "scalar"])
+@pytest.mark.parametrize("name", WRITTEN_INTO_RESULT)
+def test_activation_maths_written_into_their_result_match_cpu(name, layout, dtype):
+    """The MobileNetV3/EfficientNet activations whose maths write their last step into the result (no temporary,
+    no copy): CPU's values, NaN and infinities included, in every layout; bit for bit but for SiLU's backward,
+    whose sigmoid is NumPy's exp, not CPU's (as before this round). CPU's bf16 hardswish backward passes a NaN
+    input's gradient through (its scalar conversion), where the tpu gives NaN: no NaN there."""
+    x = torch.tensor([-7.0, -3.0, -0.0, 0.0, 0.5, 3.0, 7.5, float("nan"), float("inf"), -float("inf"), 1.0, -1.0])
+    x = torch.cat([x, torch.randn(36, generator=torch.Generator().manual_seed(4)) * 5]).to(dtype).reshape(2, 3, 4, 2)
+    if name == "hardswish_backward" and dtype is torch.bfloat16:
+        x = x.nan_to_num(2.0)
+    grad = (torch.randn(48, generator=torch.Generator().manual_seed(5)) * 2).to(dtype).reshape(2, 3, 4, 2)
+    pick = {"contiguous": lambda t: t, "transposed": lambda t: t.transpose(1, 3), "scalar": lambda t: t[0, 1, 2, 1]}
+    x, grad = pick[layout](x), pick[layout](grad)
+    expected, actual = WRITTEN_INTO_RESULT[name](grad, x), WRITTEN_INTO_RESULT[name](grad.to("tpu"), x.to("tpu"))
+    exact = {} if name == "silu_backward" else dict(atol=0, rtol=0)
+    assert_close(actual.cpu(), expected, equal_nan=True, **exact)
+    assert actual.dtype == expected.dtype and actual.stride() == expected.stride()
+
+
+@pytest.mark.parametrize("name", ["silu_backward", "hardsigmoid_backward"])
+def test_activation_backward_into_its_own_gradient_matches_cpu(name):
+    """``grad_input=`` the incoming gradient itself: the maths read each element before writing it."""
+    x = torch.randn(4, 8, 5, 5, generator=torch.Generator().manual_seed(6)) * 4
+    results = []
+    for device in ("cpu", "tpu"):
+        grad = torch.randn(4, 8, 5, 5, generator=torch.Generator().manual_seed(7)).to(device)
+        getattr(torch.ops.aten, name).grad_input(grad, x.to(device), grad_input=grad)
+        results.append(grad.cpu())
+    assert_close(results[1], results[0], **({} if name == "silu_backward" else dict(atol=0, rtol=0)))
+
+
 def _fill_or_error(value, dtype, device):
     try:
         return torch.empty(2, dtype=dtype, device=device).fill_(value).cpu()

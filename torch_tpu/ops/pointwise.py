@@ -274,15 +274,16 @@ def zero_where(condition, values, out=None):
     return np.asarray(np.bitwise_and(values.view(bits), keep)).view(values.dtype)
 
 
-def select_bits(condition, if_true, if_false):
+def select_bits(condition, if_true, if_false, out=None):
     """``np.where(condition, if_true, if_false)`` bit for bit, for arrays of one dtype whose broadcast shape is
-    ``if_true``'s, as bit masks (``if_false ^ ((if_true ^ if_false) & mask)``): np.where branches per element."""
+    ``if_true``'s, as bit masks (``if_false ^ ((if_true ^ if_false) & mask)``): np.where branches per element.
+    Written into ``out`` when given (which may be ``if_true``: each element is read before it is written)."""
     if_true, if_false = np.asarray(if_true), np.asarray(if_false)
     bits = np.dtype(f"i{if_true.dtype.itemsize}")
     mask = np.asarray(condition, dtype=bits)
     np.negative(mask, out=mask)  # all ones where the condition holds
     false_bits = if_false.view(bits)
-    blended = np.asarray(np.bitwise_xor(if_true.view(bits), false_bits))
+    blended = np.asarray(np.bitwise_xor(if_true.view(bits), false_bits, out=None if out is None else out.view(bits)))
     blended &= mask
     blended ^= false_bits
     return blended.view(if_true.dtype)
@@ -1449,13 +1450,14 @@ def conj_if_complex(derivative):
     return np.conj(derivative) if np.iscomplexobj(derivative) else derivative
 
 
-def silu_backward(grad, x):
+@writes_out
+def silu_backward(grad, x, out=None):
     """grad * sig * (1 + x * (1 - sig)), each step as that expression rounds it, in two temporaries."""
     sig = sigmoid(x)
     slope = np.subtract(1, sig)
     slope *= x
     slope += 1
-    result = grad * sig
+    result = np.multiply(grad, sig, out=out)
     result *= slope  # CPU's complex loop takes no conjugate here
     return result
 
@@ -1539,16 +1541,18 @@ def hardtanh_backward(grad, x, min_value, max_value, out=None):
     return result
 
 
-def hardsigmoid(x):
-    return np.minimum(np.maximum(x + 3, scalar(0, x)), scalar(6, x)) / scalar(6, x)
+@writes_out
+def hardsigmoid(x, out=None):
+    return np.divide(np.minimum(np.maximum(x + 3, scalar(0, x)), scalar(6, x)), scalar(6, x), out=out)
 
 
 # CPU's hardsigmoid backward multiplies by a float 1/6 (``scalar_t one_sixth(1.0f / 6.0f)``), in double too
 ONE_SIXTH = np.float32(1) / np.float32(6)
 
 
-def hardsigmoid_backward(grad, x):
-    return zero_where(~((x > -3) & (x < 3)), grad * scalar(ONE_SIXTH, x))
+@writes_out
+def hardsigmoid_backward(grad, x, out=None):
+    return zero_where(~((x > -3) & (x < 3)), grad * scalar(ONE_SIXTH, x), out)
 
 
 @writes_out
@@ -1556,11 +1560,12 @@ def hardswish(x, out=None):
     return np.divide(x * np.minimum(np.maximum(x + 3, scalar(0, x)), scalar(6, x)), scalar(6, x), out=out)
 
 
-def hardswish_backward(grad, x):
+@writes_out
+def hardswish_backward(grad, x, out=None):
     middle = grad * (x / scalar(3, x) + scalar(0.5, x))
     # CPU's pieces: 0 up to -3, the gradient itself from 3 on; a NaN input gives NaN, as CPU's vector loop
     # does (its scalar tail, the last few elements of a row, gives the gradient)
-    return select_bits(x >= 3, grad, zero_where(x <= -3, middle))
+    return select_bits(x >= 3, grad, zero_where(x <= -3, middle), out)
 
 
 def mish(x):
