@@ -484,9 +484,11 @@ def charge_layer_of(cell, suffix, values, source, weights, dtype, backward, read
 
 
 def layer_forward(cell, reverse, x, states, weights, tape_array):
-    """One layer and direction over the whole sequence, on arrays: (output, final states, tape)."""
+    """One layer and direction over the whole sequence, on arrays: (output, final states, tape). Like the VPU and
+    the MXU, the recurrence overflows to inf and NaN without a word (one error state for all its steps)."""
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
-    return cell.forward(x, states, weights, steps, tape_array), steps
+    with _C.vpu.ignoring_fp_errors():
+        return cell.forward(x, states, weights, steps, tape_array), steps
 
 
 class RecurrentLayers(torch.autograd.Function):
@@ -562,11 +564,14 @@ class RecurrentLayers(torch.autograd.Function):
                 steps, tape, buffers = ctx.tapes[index]
                 own_parameters = parameters[5 * index:5 * index + 5]
                 weights = Weights(*(values.array(p) for p in own_parameters))
-                gradient = grad_above[..., direction * width:(direction + 1) * width] if directions > 1 else grad_above
+                # contiguous, so that each step's (B, H) slice is a contiguous block for the ufuncs (the output's
+                # gradient usually arrives batch-first, and a direction's is a slice of both)
+                gradient = np.ascontiguousarray(grad_above[..., direction * width:(direction + 1) * width])
                 incoming = [np.zeros_like(s[0]) if g is None else g[index]
                             for g, s in zip(grad_finals, (tape["h"], tape.get("c", tape["h"])))]
-                grad_input_gates, grad_hidden_gates, grad_states, grad_w_hr = cell.backward(
-                    gradient, incoming, tape, weights, steps)
+                with _C.vpu.ignoring_fp_errors():
+                    grad_input_gates, grad_hidden_gates, grad_states, grad_w_hr = cell.backward(
+                        gradient, incoming, tape, weights, steps)
                 grad_x = mxu_matmul(rows(grad_input_gates), weights.w_ih).reshape(source.shape)
                 grad_below = grad_x if grad_below is None else grad_below + grad_x
                 for stacked, state in zip(grad_initial, grad_states):
