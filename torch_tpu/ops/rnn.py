@@ -15,9 +15,10 @@ charge the same, without values. Packed sequences and other dtypes take the comp
 For a non-CPU device PyTorch's ``lstm_cell``/``gru_cell`` (``nn.LSTMCell``, ``nn.GRUCell``) do the two
 gate matmuls themselves and hand the elementwise rest to ``_thnn_fused_lstm_cell`` /
 ``_thnn_fused_gru_cell``, as on CUDA. Those kernels and the sequence layers share one copy of each
-cell's maths. The workspace layouts are CUDA's, so that the backward kernels can take over from them:
-LSTM keeps its four activated gates [i, f, g, o]; GRU keeps [r, z, n, hx, hn] with hn the hidden new
-gate incl. its bias.
+cell's maths. The workspace tensors' layouts are CUDA's, so that the backward kernels can take over from
+them: LSTM keeps its four activated gates [i, f, g, o]; GRU keeps [r, z, n, hx, hn] with hn the hidden new
+gate incl. its bias. The LSTM cell's maths works on the gates gate-major, (4, B, H), each gate one
+contiguous block (a sequence's tape keeps them so; the fused cell views its (B, 4H) tensor that way).
 """
 
 import math
@@ -79,9 +80,14 @@ def lstm_cell(gates, cx, workspace=None, cy=None, hy=None):
     return np.multiply(o, np.tanh(cy), out=hy), cy, workspace
 
 
+def by_gate_blocks(array):
+    """(..., B, 4H) gates as their (..., B, 4, H) view."""
+    return array.reshape(*array.shape[:-1], 4, array.shape[-1] // 4)
+
+
 def gate_major(workspace):
     """A (B, 4H) workspace (CUDA's layout, the fused cells' tensors) as the (4, B, H) view ``lstm_cell`` takes."""
-    return workspace.reshape(workspace.shape[0], 4, -1).transpose(1, 0, 2)
+    return by_gate_blocks(workspace).transpose(1, 0, 2)
 
 
 class LSTMBackwardFactors:
@@ -100,11 +106,11 @@ class LSTMBackwardFactors:
         self.forget = f
         self.cell_gates = np.stack([g * (i * (1 - i)), cx * (f * (1 - f)), i * (1 - g * g)], axis=-2)  # (..., 3, H)
 
-    def step(self, t, grad_h, grad_c, out):
-        """Step ``t``'s (an index into the leading dims, () for none) gate gradient, written into ``out``
-        (B, 4H), from the hidden and cell states' gradients; returns the previous cell state's gradient."""
+    def step(self, t, grad_h, grad_c, blocks):
+        """Step ``t``'s (an index into the leading dims, () for none) gate gradient, written into ``blocks``
+        (the (B, 4, H) view of a (B, 4H) gradient), from the hidden and cell states' gradients; returns the
+        previous cell state's gradient."""
         grad_c = grad_h * self.cell[t] + grad_c
-        blocks = out.reshape(out.shape[0], 4, out.shape[1] // 4)
         np.multiply(grad_c[:, None, :], self.cell_gates[t], out=blocks[:, :3])
         np.multiply(grad_h, self.output_gate[t], out=blocks[:, 3])
         return grad_c * self.forget[t]
@@ -114,7 +120,8 @@ def lstm_cell_backward(grad_h, grad_c, cx, cy, workspace, out=None):
     """From a (B, 4H) workspace, the gates' pre-activation gradient (written into ``out`` if given) and the
     previous cell state's."""
     grad_gates = np.empty(workspace.shape, grad_c.dtype) if out is None else out
-    return grad_gates, LSTMBackwardFactors(cx, cy, gate_major(workspace)).step((), grad_h, grad_c, grad_gates)
+    return grad_gates, LSTMBackwardFactors(cx, cy, gate_major(workspace)).step((), grad_h, grad_c,
+                                                                              by_gate_blocks(grad_gates))
 
 
 def gru_cell(input_gates, hidden_gates, hx):
@@ -267,14 +274,14 @@ class LSTM:
         recurrent_adjoint = weights.recurrent_adjoint(grad_output.dtype)
         projected = weights.w_hr is not None
         grad_outputs = np.empty(grad_output.shape, grad_output.dtype) if projected else None
+        blocks = by_gate_blocks(grad_gates)  # viewed once, not once a step
         for t in reversed(steps):
             grad_h = grad_h + grad_output[t]
             if projected:
                 grad_outputs[t] = grad_h
                 grad_h = mxu_matmul(grad_h, weights.w_hr)
-            gate_gradient = grad_gates[t]
-            grad_c = factors.step(t, grad_h, grad_c, gate_gradient)
-            grad_h = recurrent_adjoint(gate_gradient)
+            grad_c = factors.step(t, grad_h, grad_c, blocks[t])
+            grad_h = recurrent_adjoint(grad_gates[t])
         grad_w_hr = mxu_matmul(rows(grad_outputs).T, rows(tape["full"])) if projected else None
         return grad_gates, grad_gates, (grad_h, grad_c), grad_w_hr
 
