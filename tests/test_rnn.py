@@ -103,7 +103,8 @@ def test_saturating_gates_overflow_silently_as_on_cpu(kind, layer_launches, recw
     torch.manual_seed(0)
     check_against_cpu(kind(3, 4, 2), torch.randn(5, 2, 3) * 1e4)
     assert len(layer_launches) == 2
-    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+    numpy_fp_warnings = [str(w.message) for w in recwarn if "encountered in" in str(w.message)]
+    assert not numpy_fp_warnings
 
 
 def second_derivatives(module, x, state, device):
