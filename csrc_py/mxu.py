@@ -130,29 +130,18 @@ def _check_passes(precision_passes):
 
 def multiplier(a_dtype, b, *, precision_passes=EXACT):
     """``lambda a: matmul(a, b, precision_passes=precision_passes)`` for many ``a`` of ``a_dtype`` and one ``b``
-    (a recurrent network's weight, used once per time step): the checks, and ``b``'s bf16 pieces, done once."""
+    (a recurrent network's weight, used once per time step): the checks, and ``b``'s bf16 pieces, done once.
+    The caller runs the steps under ``vpu.ignoring_fp_errors()``: once for a sequence, not once per product."""
     _check_passes(precision_passes)
     check_chip_supports(a_dtype, b.dtype)
     accumulate = accumulator_dtype(a_dtype, b.dtype)
     if accumulate == _FLOAT32 and precision_passes is not EXACT and _FLOAT32 in (a_dtype, b.dtype):
         b_pieces = _pieces(b, _piece_count(precision_passes))
-
-        def product(a):
-            return _passes_matmul(a, b, precision_passes, None, b_pieces)
-    else:
-        b = b.astype(accumulate, copy=False)
-
-        def product(a):
-            return np.matmul(a.astype(accumulate, copy=False), b)
-
-    def multiply(a):
-        token = ignore_fp_errors()
-        try:
-            return product(a)
-        finally:
-            restore_fp_errors(token)
-
-    return multiply
+        return lambda a: _passes_matmul(a, b, precision_passes, None, b_pieces)
+    b = b.astype(accumulate, copy=False)
+    if a_dtype == accumulate:
+        return lambda a: np.matmul(a, b)
+    return lambda a: np.matmul(a.astype(accumulate), b)
 
 
 def matmul(a, b, out=None, *, precision_passes=EXACT):

@@ -96,6 +96,17 @@ def test_float64_and_eval_mode_under_no_grad(layer_launches):
     assert len(layer_launches) == 2
 
 
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU])
+def test_saturating_gates_overflow_silently_as_on_cpu(kind, layer_launches, recwarn):
+    """Inputs large enough that the gates' exp overflows to inf (the sigmoid is then exactly 0 or 1): CPU says
+    nothing and neither does the recurrence (it used to warn "overflow encountered in exp" at every step)."""
+    torch.manual_seed(0)
+    check_against_cpu(kind(3, 4, 2), torch.randn(5, 2, 3) * 1e4)
+    assert len(layer_launches) == 2
+    numpy_fp_warnings = [str(w.message) for w in recwarn if "encountered in" in str(w.message)]
+    assert not numpy_fp_warnings
+
+
 def second_derivatives(module, x, state, device):
     """The gradient of the input-and-state gradients' sum with respect to every parameter and the input
     (create_graph=True through the layers' backward)."""

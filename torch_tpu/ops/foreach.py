@@ -180,9 +180,11 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
 # together, concatenated into flat arrays of at most as many: one NumPy call per step for them all instead of one per
 # tensor (an optimizer's list of biases and small weights costs its calls' overhead, not its elements). A plain
 # ufunc's call costs less than concatenating and writing back (measured: _foreach_mul_ 20% slower flat). The float64
-# temporaries (64 KiB) stay under glibc's mmap threshold (128 KiB): larger ones were mapped and unmapped,
-# page-faulting on every call (3x the time).
-_FLAT_ELEMENTS = 1 << 13
+# temporaries stay under glibc's mmap threshold (128 KiB, less a page for malloc's and NumPy's headers): larger ones
+# were mapped and unmapped, page-faulting on every call (3x the time). Half that (8192) cut the zoo LSTM's SGD list
+# into four groups where this makes two (its update 17% slower).
+_MMAP_THRESHOLD_BYTES = 128 * 1024
+_FLAT_ELEMENTS = (_MMAP_THRESHOLD_BYTES - 4096) // np.dtype(np.float64).itemsize
 
 
 def _flat_groups(rows, numbers, inplace):

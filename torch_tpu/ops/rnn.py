@@ -15,9 +15,10 @@ charge the same, without values. Packed sequences and other dtypes take the comp
 For a non-CPU device PyTorch's ``lstm_cell``/``gru_cell`` (``nn.LSTMCell``, ``nn.GRUCell``) do the two
 gate matmuls themselves and hand the elementwise rest to ``_thnn_fused_lstm_cell`` /
 ``_thnn_fused_gru_cell``, as on CUDA. Those kernels and the sequence layers share one copy of each
-cell's maths. The workspace layouts are CUDA's, so that the backward kernels can take over from them:
-LSTM keeps its four activated gates [i, f, g, o]; GRU keeps [r, z, n, hx, hn] with hn the hidden new
-gate incl. its bias.
+cell's maths. The workspace tensors' layouts are CUDA's, so that the backward kernels can take over from
+them: LSTM keeps its four activated gates [i, f, g, o]; GRU keeps [r, z, n, hx, hn] with hn the hidden new
+gate incl. its bias. The LSTM cell's maths works on the gates gate-major, (4, B, H), each gate one
+contiguous block (a sequence's tape keeps them so; the fused cell views its (B, 4H) tensor that way).
 """
 
 import math
@@ -36,10 +37,15 @@ from .nn import register
 
 def sigmoid(x, out=None):
     """1 / (1 + exp(-x)), each step in ``out``'s memory when given (the same roundings either way)."""
-    out = np.negative(x, out=out)
-    np.exp(out, out=out)
-    out += 1
-    return np.divide(1.0, out, out=out)
+    return sigmoid_of_negated(np.negative(x, out=out))
+
+
+def sigmoid_of_negated(negated):
+    """``sigmoid``'s steps after the negation, in ``negated``'s memory. ``reciprocal`` is the same IEEE division
+    as ``np.divide(1.0, ...)`` without converting the Python number at every call."""
+    np.exp(negated, out=negated)
+    negated += 1
+    return np.reciprocal(negated, out=negated)
 
 
 def gates_of(array, count):
@@ -55,53 +61,67 @@ def gates_of(array, count):
 
 
 def lstm_cell(gates, cx, workspace=None, cy=None, hy=None):
-    """The cell on its summed gate pre-activations (B, 4H): (hy, cy, workspace [i, f, g, o]), each written
-    into the array given for it (a sequence's output and tape).
+    """The cell on its summed gate pre-activations (B, 4H): (hy, cy, workspace), each written into the array
+    given for it (a sequence's output and tape). The workspace is gate-major, (4, B, H) for [i, f, g, o]: every
+    gate is then one contiguous block, and NumPy runs a ufunc on contiguous blocks in a fraction of the time it
+    takes over the column slices of (B, 4H) (its strided iterator's set-up costs more than a small gate's maths).
 
-    The sigmoid runs over all four gates at once and the cell gate is then overwritten with its tanh:
-    fewer, larger NumPy calls for the step a sequence repeats (the gates sliced inline, not by ``gates_of``,
-    for the same reason)."""
-    workspace = sigmoid(gates, out=workspace)
-    hidden = gates.shape[1] // 4
-    i, f, g, o = (workspace[:, :hidden], workspace[:, hidden:2 * hidden], workspace[:, 2 * hidden:3 * hidden],
-                  workspace[:, 3 * hidden:])
-    np.tanh(gates[:, 2 * hidden:3 * hidden], out=g)
+    The negation of the sigmoid is the copy into that layout; the sigmoid runs over all four gates at once and
+    the cell gate is then overwritten with its tanh: fewer, larger NumPy calls for the step a sequence repeats."""
+    batch, hidden = cx.shape[-2], gates.shape[-1] // 4
+    if workspace is None:
+        workspace = np.empty((4, batch, hidden), gates.dtype)
+    by_gate = gates.reshape(batch, 4, hidden).transpose(1, 0, 2)
+    sigmoid_of_negated(np.negative(by_gate, out=workspace))
+    i, f, g, o = workspace
+    np.tanh(by_gate[2], out=g)
     cy = np.multiply(f, cx, out=cy)
     cy += i * g
     return np.multiply(o, np.tanh(cy), out=hy), cy, workspace
 
 
+def by_gate_blocks(array):
+    """(..., B, 4H) gates as their (..., B, 4, H) view."""
+    return array.reshape(*array.shape[:-1], 4, array.shape[-1] // 4)
+
+
+def gate_major(workspace):
+    """A (B, 4H) workspace (CUDA's layout, the fused cells' tensors) as the (4, B, H) view ``lstm_cell`` takes."""
+    return by_gate_blocks(workspace).transpose(1, 0, 2)
+
+
 class LSTMBackwardFactors:
     """What the LSTM cell's backward multiplies the incoming gradients by, computed from the saved
-    ``cx``, ``cy`` and gates for every time step at once ((..., B, H) arrays, any leading dims): the
-    recurrence through time is then a few multiplications per step.
+    ``cx``, ``cy`` (..., B, H) and gate-major gates (..., 4, B, H) for every time step at once (any leading
+    dims): the recurrence through time is then a few multiplications per step.
 
     With t = tanh(cy): d cy = d hy * o (1 - t^2) + d cy_next; d[i, f, g] = d cy * [g i (1 - i), cx f (1 - f),
     i (1 - g^2)]; d o = d hy * t o (1 - o); d cx = d cy * f."""
 
     def __init__(self, cx, cy, workspace):
-        hidden = cx.shape[-1]
-        i, f, g, o = (workspace[..., k * hidden:(k + 1) * hidden] for k in range(4))
+        i, f, g, o = (workspace[..., k, :, :] for k in range(4))
         tanh_cy = np.tanh(cy)
         self.cell = o * (1 - tanh_cy * tanh_cy)
         self.output_gate = tanh_cy * (o * (1 - o))
         self.forget = f
         self.cell_gates = np.stack([g * (i * (1 - i)), cx * (f * (1 - f)), i * (1 - g * g)], axis=-2)  # (..., 3, H)
 
-    def step(self, t, grad_h, grad_c, out):
-        """Step ``t``'s (an index into the leading dims, () for none) gate gradient, written into ``out``
-        (B, 4H), from the hidden and cell states' gradients; returns the previous cell state's gradient."""
+    def step(self, t, grad_h, grad_c, blocks):
+        """Step ``t``'s (an index into the leading dims, () for none) gate gradient, written into ``blocks``
+        (the (B, 4, H) view of a (B, 4H) gradient), from the hidden and cell states' gradients; returns the
+        previous cell state's gradient."""
         grad_c = grad_h * self.cell[t] + grad_c
-        blocks = out.reshape(out.shape[0], 4, out.shape[1] // 4)
         np.multiply(grad_c[:, None, :], self.cell_gates[t], out=blocks[:, :3])
         np.multiply(grad_h, self.output_gate[t], out=blocks[:, 3])
         return grad_c * self.forget[t]
 
 
 def lstm_cell_backward(grad_h, grad_c, cx, cy, workspace, out=None):
-    """The gates' pre-activation gradient (written into ``out`` if given) and the previous cell state's."""
+    """From a (B, 4H) workspace, the gates' pre-activation gradient (written into ``out`` if given) and the
+    previous cell state's."""
     grad_gates = np.empty(workspace.shape, grad_c.dtype) if out is None else out
-    return grad_gates, LSTMBackwardFactors(cx, cy, workspace).step((), grad_h, grad_c, grad_gates)
+    return grad_gates, LSTMBackwardFactors(cx, cy, gate_major(workspace)).step((), grad_h, grad_c,
+                                                                              by_gate_blocks(grad_gates))
 
 
 def gru_cell(input_gates, hidden_gates, hx):
@@ -147,7 +167,9 @@ def gradient_or_zero(grad, like):
 @register("_thnn_fused_lstm_cell")
 def fused_lstm_cell(input_gates, hidden_gates, cx, input_bias=None, hidden_bias=None):
     x, h = gate_sum(input_gates, hidden_gates, input_bias, hidden_bias)
-    hy, cy, workspace = lstm_cell(x + h, opmath_operand(cx))
+    gates = x + h
+    workspace = np.empty(gates.shape, gates.dtype)
+    hy, cy, _ = lstm_cell(gates, opmath_operand(cx), gate_major(workspace))
     return store(hy, cx.dtype), store(cy, cx.dtype), store(workspace, input_gates.dtype)
 
 
@@ -224,7 +246,7 @@ class LSTM:
         (h, c), recurrent = state, weights.recurrent(x.dtype)
         length, batch = x.shape[:2]
         tape = {"cy": tape_array((length, batch, c.shape[-1]), c.dtype),
-                "workspace": tape_array(x_gates.shape, x_gates.dtype)}
+                "workspace": tape_array((length, 4, batch, c.shape[-1]), x_gates.dtype, 2)}  # gate-major steps
         if weights.w_hr is not None:
             tape["full"] = tape_array(tape["cy"].shape, c.dtype)
         output = np.empty((length, batch, h.shape[-1]), h.dtype)
@@ -247,19 +269,19 @@ class LSTM:
     def backward(grad_output, grad_state, tape, weights, steps):
         """The gates' gradient for every step, the initial state's, and the projection's weight gradient."""
         grad_h, grad_c = grad_state
-        grad_gates = np.empty(tape["workspace"].shape, grad_output.dtype)
+        grad_gates = np.empty(tape["cy"].shape[:2] + (4 * tape["cy"].shape[2],), grad_output.dtype)
         factors = LSTMBackwardFactors(tape["c"], tape["cy"], tape["workspace"])
         recurrent_adjoint = weights.recurrent_adjoint(grad_output.dtype)
         projected = weights.w_hr is not None
         grad_outputs = np.empty(grad_output.shape, grad_output.dtype) if projected else None
+        blocks = by_gate_blocks(grad_gates)  # viewed once, not once a step
         for t in reversed(steps):
             grad_h = grad_h + grad_output[t]
             if projected:
                 grad_outputs[t] = grad_h
                 grad_h = mxu_matmul(grad_h, weights.w_hr)
-            gate_gradient = grad_gates[t]
-            grad_c = factors.step(t, grad_h, grad_c, gate_gradient)
-            grad_h = recurrent_adjoint(gate_gradient)
+            grad_c = factors.step(t, grad_h, grad_c, blocks[t])
+            grad_h = recurrent_adjoint(grad_gates[t])
         grad_w_hr = mxu_matmul(rows(grad_outputs).T, rows(tape["full"])) if projected else None
         return grad_gates, grad_gates, (grad_h, grad_c), grad_w_hr
 
@@ -377,6 +399,9 @@ def layer_flops(cell, x_shape, hidden, output_size, projected, backward):
     return 2 * flops if backward else flops
 
 
+SEQUENCE, BATCH = 1, 0  # the batch axis of (T, B, F) arrays and of (B, F) states
+
+
 class Values:
     """Tensors as the arrays the recurrence runs on, and its arrays back as tensors.
 
@@ -390,24 +415,24 @@ class Values:
         self.abstract = _abstract.MODE.depth > 0
         self.tape_buffers = []
 
-    def tape_array(self, shape, dtype):
-        """A (T, B, F) array in an HBM buffer of its own, kept in ``tape_buffers``: the tape stays in HBM between
-        forward and backward, as it would on the chip, in the bytes a tensor would take, but with no tensor (nor
-        its copy and view) around it. In abstract mode a stand-in, with the real batch's bytes allocated."""
-        nbytes = math.prod(shape) * dtype.itemsize
-        if self.abstract:
-            nbytes = math.prod((*shape[:SEQUENCE], self.batch, *shape[SEQUENCE + 1:])) * dtype.itemsize
+    def tape_array(self, shape, dtype, batch_axis=SEQUENCE):
+        """A (T, B, F) array (or another layout whose batch dim is ``batch_axis``) in an HBM buffer of its own,
+        kept in ``tape_buffers``: the tape stays in HBM between forward and backward, as it would on the chip, in
+        the bytes a tensor would take, but with no tensor (nor its copy and view) around it. In abstract mode a
+        stand-in, with the real batch's bytes allocated."""
+        nbytes = math.prod(self.at_real_batch(shape, batch_axis) if self.abstract else shape) * dtype.itemsize
         buffer = allocate(nbytes)
         self.tape_buffers.append(buffer)
         if self.abstract or not buffer.nbytes:
             return np.empty(shape, dtype)
         return np.ndarray(shape, dtype, buffer.array, 0)
 
+    def at_real_batch(self, shape, batch_axis):
+        return (*shape[:batch_axis], self.batch, *shape[batch_axis + 1:])
+
     def shape(self, array, batch_axis):
         """The shape of ``array`` at the real batch (a stand-in's batch is 0)."""
-        if not self.abstract:
-            return array.shape
-        return (*array.shape[:batch_axis], self.batch, *array.shape[batch_axis + 1:])
+        return self.at_real_batch(array.shape, batch_axis) if self.abstract else array.shape
 
     def nbytes(self, array, batch_axis):
         return array.nbytes if not self.abstract else math.prod(self.shape(array, batch_axis)) * array.itemsize
@@ -427,9 +452,6 @@ class Values:
         if batch_axis is not None:
             shape[batch_axis] = self.batch
         return empty(tuple(shape), dtype)
-
-
-SEQUENCE, BATCH = 1, 0  # the batch axis of (T, B, F) arrays and of (B, F) states
 
 
 def composite_run(kind, directions, x, states, parameters):
@@ -469,9 +491,11 @@ def charge_layer_of(cell, suffix, values, source, weights, dtype, backward, read
 
 
 def layer_forward(cell, reverse, x, states, weights, tape_array):
-    """One layer and direction over the whole sequence, on arrays: (output, final states, tape)."""
+    """One layer and direction over the whole sequence, on arrays: (output, final states, tape). Like the VPU and
+    the MXU, the recurrence overflows to inf and NaN without a word (one error state for all its steps)."""
     steps = range(x.shape[0] - 1, -1, -1) if reverse else range(x.shape[0])
-    return cell.forward(x, states, weights, steps, tape_array), steps
+    with _C.vpu.ignoring_fp_errors():
+        return cell.forward(x, states, weights, steps, tape_array), steps
 
 
 class RecurrentLayers(torch.autograd.Function):
@@ -547,11 +571,14 @@ class RecurrentLayers(torch.autograd.Function):
                 steps, tape, buffers = ctx.tapes[index]
                 own_parameters = parameters[5 * index:5 * index + 5]
                 weights = Weights(*(values.array(p) for p in own_parameters))
-                gradient = grad_above[..., direction * width:(direction + 1) * width] if directions > 1 else grad_above
+                # contiguous, so that each step's (B, H) slice is a contiguous block for the ufuncs (the output's
+                # gradient usually arrives batch-first, and a direction's is a slice of both)
+                gradient = np.ascontiguousarray(grad_above[..., direction * width:(direction + 1) * width])
                 incoming = [np.zeros_like(s[0]) if g is None else g[index]
                             for g, s in zip(grad_finals, (tape["h"], tape.get("c", tape["h"])))]
-                grad_input_gates, grad_hidden_gates, grad_states, grad_w_hr = cell.backward(
-                    gradient, incoming, tape, weights, steps)
+                with _C.vpu.ignoring_fp_errors():
+                    grad_input_gates, grad_hidden_gates, grad_states, grad_w_hr = cell.backward(
+                        gradient, incoming, tape, weights, steps)
                 grad_x = mxu_matmul(rows(grad_input_gates), weights.w_ih).reshape(source.shape)
                 grad_below = grad_x if grad_below is None else grad_below + grad_x
                 for stacked, state in zip(grad_initial, grad_states):
