@@ -1,5 +1,6 @@
 """Context parallelism on tpu chips: ``context_parallel``'s ring attention keeps each chip's part of the sequence
-and equals one chip's attention, forward and backward, causal or not (tests/distributed/context_parallel.py)."""
+and equals one chip's attention, forward and backward, causal or not; dropout is refused
+(tests/distributed/context_parallel.py)."""
 
 import os
 import sys

@@ -4,7 +4,7 @@ Each rank computes attention of the whole sequence on its own chip (the referenc
 inside ``context_parallel``, where every chip keeps its part of the sequence: the result must be this chip's
 part (not the whole sequence), and the gathered output and the gradients of query, key and value must equal
 the reference's. Causal attention runs with PyTorch's load balancing (head-tail chunks), the other without
-(PyTorch's ring refuses load balancing there). Prints "context parallel ok" per rank.
+(PyTorch's ring refuses load balancing there); dropout is refused. Prints "context parallel ok" per rank.
 """
 
 import torch
@@ -39,6 +39,19 @@ def ring(mesh, query, key, value, is_causal):
     return everything[0], everything[1:]
 
 
+def refuses_dropout(mesh, query, key, value):
+    """Each ring step would draw its own dropout mask, which the backward cannot replay: refused, not wrong."""
+    _cp_options.enable_load_balance = True
+    parts = [t.detach().clone() for t in (query, key, value)]
+    with context_parallel(mesh, buffers=parts, buffer_seq_dims=[SEQUENCE] * 3, no_restore_buffers=set(parts)):
+        try:
+            F.scaled_dot_product_attention(*parts, dropout_p=0.5, is_causal=True)
+        except NotImplementedError as error:
+            assert "dropout" in str(error), error
+        else:
+            raise AssertionError("dropout in context parallel attention was not refused")
+
+
 def main():
     dist.init_process_group()
     world = dist.get_world_size()
@@ -51,6 +64,7 @@ def main():
         torch.testing.assert_close(got_output, want_output, rtol=1e-5, atol=1e-6)
         for name, got, want in zip("qkv", got_grads, want_grads):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=f"d{name}, causal {is_causal}")
+    refuses_dropout(mesh, query, key, value)
     dist.destroy_process_group()
     print("context parallel ok", flush=True)
 

@@ -23,14 +23,18 @@ FORWARD = aten._scaled_dot_product_fused_attention_overrideable
 BACKWARD = aten._scaled_dot_product_fused_attention_overrideable_backward
 
 
-def _refuse_bias(attn_bias):
+def _refuse_unsupported(attn_bias, dropout_p):
     if attn_bias is not None:
         raise NotImplementedError("attn_bias is not supported yet")  # as PyTorch's ring for its own kernels
+    if dropout_p > 0:
+        # every ring step draws its own dropout mask, and the backward gets only the last step's seed and offset
+        raise NotImplementedError("context parallel attention on tpu does not support dropout_p > 0: each ring step "
+                                  "draws its own dropout mask, which the backward cannot replay")
 
 
 def _ring_forward(mesh, query, key, value, attn_bias=None, dropout_p=0.0, is_causal=False, return_debug_mask=False,
                   *, scale=None):
-    _refuse_bias(attn_bias)
+    _refuse_unsupported(attn_bias, dropout_p)
     return ring._templated_ring_attention(mesh.get_group(), SEQUENCE, FORWARD, query=query, key=key, value=value,
                                           is_causal=is_causal, attn_bias=None, dropout_p=dropout_p,
                                           return_debug_mask=return_debug_mask, scale=scale)
@@ -38,7 +42,7 @@ def _ring_forward(mesh, query, key, value, attn_bias=None, dropout_p=0.0, is_cau
 
 def _ring_backward(mesh, grad_out, query, key, value, attn_bias, grad_input_mask, out, logsumexp, cum_seq_q,
                    cum_seq_k, max_q, max_k, dropout_p, is_causal, philox_seed, philox_offset, *, scale=None):
-    _refuse_bias(attn_bias)
+    _refuse_unsupported(attn_bias, dropout_p)
     return ring._templated_ring_attention_backward(
         mesh.get_group(), SEQUENCE, BACKWARD.default, grad_out=grad_out, grad_out_name="grad_out", query=query,
         key=key, value=value, out=out, logsumexp=logsumexp, is_causal=is_causal, attn_bias=None,
