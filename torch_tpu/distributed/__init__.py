@@ -11,6 +11,7 @@ process group is made:
 - ``work.py``: ``work.wait()``, on the host and on the simulated clock;
 - ``c10d_kernels.py``: the c10d ops Python process groups cannot override, for tpu tensors;
 - ``attention_sharding.py``: DTensor's sharding strategies for tpu's fused attention;
+- ``context_parallel.py``: ``context_parallel``'s ring attention over tpu's fused attention;
 - ``data_parallel.py``: DistributedDataParallel's options a Python backend cannot serve, refused up front;
 - ``simulated_world.py``: ``torch_tpu.simulate(world_size, topology)``.
 

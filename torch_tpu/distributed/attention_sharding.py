@@ -6,7 +6,9 @@ The fused kernel is independent per batch row and per head (a key/value head ser
 query heads, so sharding both by head keeps each group on one chip), which gives three strategies for each
 mesh dimension: everything replicated, everything sharded by head (dim 1), or by batch (dim 0). An attention
 bias follows the dimension being sharded where it has it, and is replicated where it is broadcast. The RNG
-seed and offset are replicated: every shard draws its dropout from the same stream.
+seed and offset are replicated: every shard draws its dropout from the same stream. Inside
+``context_parallel`` a fourth strategy shards everything by sequence (dim 2), which only the ring attention of
+``context_parallel.py`` computes correctly; so it is offered only while that context is on.
 
 Loaded when a tpu process group is made (DTensor needs one); registering imports DTensor's internals.
 """
@@ -15,6 +17,8 @@ import torch
 from torch.distributed.tensor._op_schema import OpStrategy, RuntimeSchemaInfo
 from torch.distributed.tensor._ops.utils import expand_to_full_mesh_op_strategy, register_op_strategy
 from torch.distributed.tensor.placement_types import Replicate, Shard
+
+from . import context_parallel
 
 aten = torch.ops.aten
 BATCH, HEADS = 0, 1
@@ -32,7 +36,8 @@ def _follow(placement_dim, tensor_strategy):
 def _strategies(bias, outputs, inputs_before_bias, inputs_after_bias):
     """One placement list per strategy: ``outputs(placement)``, the inputs before the bias, the bias, the rest."""
     lists = []
-    for dim in (None, HEADS, BATCH):
+    sequence = (context_parallel.SEQUENCE,) if context_parallel.is_active() else ()
+    for dim in (None, HEADS, BATCH, *sequence):
         placement = Replicate() if dim is None else Shard(dim)
         bias_placement = [_follow(dim, bias)] if bias is not None else []
         lists.append([*outputs(placement, dim, bias), *[placement] * inputs_before_bias, *bias_placement,
@@ -70,3 +75,6 @@ def fused_attention_backward_strategy(op_schema):
     strategies = _strategies(bias, outputs, 4, after_bias)  # grad_out, query, key, value
     return expand_to_full_mesh_op_strategy(op_schema.get_mesh_from_args(validate=False), op_schema, strategies,
                                            input_index=4)
+
+
+context_parallel.register()
