@@ -1377,7 +1377,8 @@ def gelu_of_cdf(x, cdf, out):
 
 def gaussian_cdf(x):
     """0.5 * (1 + erf(x / sqrt(2))), in a fresh array."""
-    result = vpu_special.erf(x * scalar(math.sqrt(0.5), x))
+    result = np.multiply(x, scalar(math.sqrt(0.5), x))
+    vpu_special.erf(result, out=result)
     result += 1
     result *= scalar(0.5, x)
     return result
