@@ -116,12 +116,12 @@ def _erf_block(x, result, scratch):
         result[tail] = _erf_tail(x.take(tail))
 
 
-def _writable_directly(out, flat):
-    """Whether erf can write its blocks straight into ``out``: a contiguous float32 array of ``flat``'s size that
-    is either ``flat``'s own memory (erf in place, block by block) or apart from it."""
-    if out.dtype != np.float32 or not out.flags.c_contiguous or out.size != flat.size:
+def _writable_directly(out, x):
+    """Whether erf can write its blocks straight into ``out``: a contiguous float32 array of ``x``'s shape that
+    is either ``x`` itself (erf in place, block by block) or apart from it."""
+    if out.dtype != np.float32 or not out.flags.c_contiguous or out.shape != x.shape:
         return False
-    return out.ctypes.data == flat.ctypes.data or not np.may_share_memory(out, flat)
+    return out is x or not np.may_share_memory(out, x)
 
 
 def erf(x, out=None):
@@ -130,7 +130,7 @@ def erf(x, out=None):
     if x.dtype != np.float32 or x.ndim == 0:
         return scipy.special.erf(x, out=out)
     flat = np.ascontiguousarray(x).reshape(-1)
-    in_place = out is not None and _writable_directly(out, flat)
+    in_place = out is not None and _writable_directly(out, x)
     result = out if in_place else np.empty(x.shape, np.float32)
     flat_result = result.reshape(-1)
     scratch = _SCRATCH
