@@ -345,8 +345,10 @@ def generate(graph, name):
                 #       philox seed is a CPU scalar whose fake value says tpu)
             elif is_tpu_node(node):
                 w.line(f"{v} = as_numpy(t_{node.name})")
-            elif _numpy_host_tensor(node):  # a CPU tensor (guarded so): its NumPy view, without host_view's checks
-                w.line(f"{v} = t_{node.name}.detach().numpy()")
+            elif _numpy_host_tensor(node):  # a CPU tensor (guarded so): its NumPy view, without host_view's checks;
+                #                               detached only if it requires grad (guarded too; detach costs a tensor)
+                detach = ".detach()" if value_of(node).requires_grad else ""
+                w.line(f"{v} = t_{node.name}{detach}.numpy()")
             else:  # a host scalar read (and written) through its NumPy view; anything else as it is
                 w.line(f"{v} = host_view(t_{node.name})")
             tensor_of[node] = f"t_{node.name}"
