@@ -334,3 +334,20 @@ def test_a_programs_input_views_are_reused_only_while_the_input_lies_where_it_di
     assert views_built(torch.randn(3, 8).to("tpu")) == [(3, 8)]
     x.set_(x.untyped_storage(), 0, (3, 8), (1, 3))  # the same bytes, other strides (a recompile, or a
     assert (3, 8) in views_built(x)                 # shape-specialised program's call)
+
+
+def test_a_program_keeps_no_view_of_a_large_input_after_its_call(monkeypatch):
+    """A kept view keeps its host block; inputs larger than runtime.CACHED_VIEW_BLOCK_LIMIT get a new view each
+    call instead."""
+    from torch_tpu import _tensor
+    from torch_tpu.compile import runtime
+
+    rows = runtime.CACHED_VIEW_BLOCK_LIMIT // (4 * 64) + 1
+    large, small = torch.randn(rows, 64).to("tpu"), torch.randn(64).to("tpu")
+    compiled = torch.compile(lambda a, b: (a * b).sum(), backend="tpu")
+    assert_identical(compiled(large, small), (large * small).sum())
+    built = []
+    as_numpy = _tensor.as_numpy
+    monkeypatch.setattr(_tensor, "as_numpy", lambda tensor: built.append(tuple(tensor.shape)) or as_numpy(tensor))
+    compiled(large, small)
+    assert built == [(rows, 64)]
