@@ -124,7 +124,7 @@ def measure(name, make_model, make_batch, number, clock):
 
 # kinds of program lines (docs/compile.md, "Reading a program dump"), first match wins
 LINE_KINDS = (("new output tensor", r"new_output\("), ("planned buffer", r"new_buffer\("), ("buffer released", r"^del b\d"),
-              ("other release", r"^del "), ("input as NumPy", r"as_numpy\(|\.numpy\(\)"), ("input taken", r"= args\["),
+              ("other release", r"^del "), ("input as NumPy", r"as_numpy\(|input_view\(|\.numpy\(\)"), ("input taken", r"= args\["),
               ("buffer's NumPy view", r"ndarray\(\*slot"), ("view", r"= view_\d+\("), ("gather", r"concatenate\("),
               ("copy back", r"^copyto\(v_"), ("alias", r"^[vt]_\w+ = (v_\w+|host_\d+|scratch_\d+|constant_\d+)$"),
               ("matmul", r"k_\w*(addmm|mm|bmm)_"), ("GELU", r"gelu"), ("layer norm", r"layer_norm"),

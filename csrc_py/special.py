@@ -15,7 +15,12 @@ of erf's relative error, computed once offline against ``scipy.special`` in floa
 - ``1 <= |x| < 4``: ``erf(x) = 1 - exp(-x*x) * R(t)``, ``R`` of degree 9 approximating
   ``erfcx`` in ``t = (|x| - 2.5) / 1.5`` (error 5e-10 relative to erf). Beyond 4, erf rounds to
   +-1 in float32.
+
+Every float32 input's bits are fixed: tests/sweep_erf.py checks all 2**32 against the first version
+(tests/erf_round_ten.py), so a faster evaluation may reorder buffers and casts but not the arithmetic.
 """
+
+import threading
 
 import numpy as np
 import scipy.special
@@ -32,9 +37,10 @@ _TAIL_START, _TAIL_END = np.float32(1), np.float32(4)
 _TAIL_CENTRE, _TAIL_INVERSE_HALF_WIDTH = np.float32(2.5), np.float32(1 / 1.5)
 
 
-def _horner_tail(coefficients, x):
-    """``x * (c[1] + x * (c[2] + ...))``: the polynomial without its constant term, in x's dtype."""
-    total = x * coefficients[-1]
+def _horner_tail(coefficients, x, out=None):
+    """``x * (c[1] + x * (c[2] + ...))``: the polynomial without its constant term, in x's dtype (into ``out``,
+    which must not overlap ``x``)."""
+    total = np.multiply(x, coefficients[-1], out=out)
     for coefficient in coefficients[-2:0:-1]:
         total += coefficient
         total *= x
@@ -44,18 +50,40 @@ def _horner_tail(coefficients, x):
 BLOCK = 65536  # elements evaluated together: their temporaries (float64: 512 KiB each) stay in the caches
 
 
-def _erf_small(x, square, result):
+class _Scratch(threading.local):
+    """One block's temporaries, made once per thread (kernels run on the autograd thread and in worker threads):
+    fresh float64 temporaries above glibc's mmap threshold page-fault on every call."""
+
+    def __init__(self):
+        self.square = np.empty(BLOCK, np.float32)
+        self.polynomial = np.empty(BLOCK, np.float32)
+        self.correction = np.empty(BLOCK, np.float64)
+        self.exact_square = np.empty(BLOCK, np.float64)
+        self.argument = np.empty(BLOCK, np.float32)
+
+
+_SCRATCH = _Scratch()
+
+
+def _erf_small(x, square, result, scratch):
     """``erf(x)`` for ``|x| < 1`` (and any value elsewhere, to be overwritten) into ``result``, odd by
-    construction; ``square`` is ``x * x`` in float32.
+    construction; ``square`` is ``x * x`` in float32. ``result`` must not overlap ``x``.
 
     The leading coefficient 2/sqrt(pi) is not a float32, so the result is formed as ``x + x*w``
     with the small correction ``w`` from float64; the polynomial's higher terms are small enough
     for float32.
     """
-    correction = np.add(_horner_tail(_SMALL_S32, square), _SMALL_S[0], dtype=np.float64)
-    correction *= np.square(x, dtype=np.float64)  # float32 squares are exact in float64
+    size = x.size
+    polynomial = _horner_tail(_SMALL_S32, square, scratch.polynomial[:size])
+    correction, exact_square = scratch.correction[:size], scratch.exact_square[:size]
+    np.copyto(correction, polynomial)  # explicit casts: a ufunc casting its operands in buffers takes twice as long
+    correction += _SMALL_S[0]
+    np.copyto(exact_square, x)
+    exact_square *= exact_square  # float32 squares are exact in float64
+    correction *= exact_square
     correction += _TWO_OVER_SQRT_PI - 1
-    np.multiply(x, correction, out=result, dtype=np.float32, casting="same_kind")  # w rounded to float32 first
+    np.copyto(result, correction, casting="same_kind")  # w rounded to float32, then x * w in float32
+    result *= x
     result += x
 
 
@@ -73,27 +101,43 @@ def _erf_tail(x):
     return np.copysign(scaled_erfc, x)
 
 
-def _erf_block(x, result):
-    """The float32 erf of a flat block ``x`` into ``result``: the small-argument formula everywhere, then
-    the tail's over the elements with ``|x| >= 1`` (exactly those whose float32 square is >= 1)."""
-    square = x * x
+def _erf_block(x, result, scratch):
+    """The float32 erf of a flat contiguous block ``x`` into ``result`` (which may be ``x`` itself): the
+    small-argument formula everywhere, then the tail's over the elements with ``|x| >= 1`` (exactly those whose
+    float32 square is >= 1)."""
+    if np.may_share_memory(x, result):  # in place: the small-argument formula reads x after writing result
+        argument = scratch.argument[:x.size]
+        np.copyto(argument, x)
+        x = argument
+    square = np.multiply(x, x, out=scratch.square[:x.size])
     tail = np.flatnonzero(square >= _TAIL_START)
-    _erf_small(x, square, result)
+    _erf_small(x, square, result, scratch)
     if tail.size:
         result[tail] = _erf_tail(x.take(tail))
 
 
+def _writable_directly(out, x):
+    """Whether erf can write its blocks straight into ``out``: a contiguous float32 array of ``x``'s shape that
+    is either ``x`` itself (erf in place, block by block) or apart from it."""
+    if out.dtype != np.float32 or not out.flags.c_contiguous or out.shape != x.shape:
+        return False
+    return out is x or not np.may_share_memory(out, x)
+
+
 def erf(x, out=None):
-    """``scipy.special.erf(x, out=out)``; float32 arrays take the fast vectorised path (within 1 ulp)."""
+    """``scipy.special.erf(x, out=out)``; float32 arrays take the fast vectorised path (within 1 ulp). ``out``
+    may be ``x`` itself."""
     if x.dtype != np.float32 or x.ndim == 0:
         return scipy.special.erf(x, out=out)
     flat = np.ascontiguousarray(x).reshape(-1)
-    result = np.empty(x.shape, np.float32)
+    in_place = out is not None and _writable_directly(out, x)
+    result = out if in_place else np.empty(x.shape, np.float32)
     flat_result = result.reshape(-1)
+    scratch = _SCRATCH
     with np.errstate(all="ignore"):  # squares of huge |x| overflow in values the tail overwrites
         for start in range(0, flat.size, BLOCK):
-            _erf_block(flat[start:start + BLOCK], flat_result[start:start + BLOCK])
-    if out is None:
+            _erf_block(flat[start:start + BLOCK], flat_result[start:start + BLOCK], scratch)
+    if out is None or in_place:
         return result
     out[...] = result
     return out

@@ -188,9 +188,9 @@ def PROGRAM(args):
     try:
         clock = chip.clock; recording = clock.recorders  # a profiler wants each kernel's record
         t_arg0_1 = args[0]
-        v_arg0_1 = as_numpy(t_arg0_1)
+        v_arg0_1 = input_view(t_arg0_1, input_views, 0)
         t_arg1_1 = args[1]
-        v_arg1_1 = as_numpy(t_arg1_1)
+        v_arg1_1 = input_view(t_arg1_1, input_views, 1)
         args.clear()  # AOTAutograd hands its references over: inputs die at their last use
         v_mm = scratch_1
         k_mm_2(v_mm, v_arg0_1, v_arg1_1)

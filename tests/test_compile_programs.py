@@ -301,3 +301,53 @@ def test_generation_with_a_key_value_cache_equals_eager(dynamic):
         got = _generated(torch.compile(model, backend="tpu", dynamic=dynamic), prompt, 5)
     for a, b in zip(got, expected):
         assert_identical(a, b)
+
+
+def test_a_programs_input_views_are_reused_only_while_the_input_lies_where_it_did(monkeypatch):
+    """A program keeps the NumPy views of its inputs between calls (runtime.input_view) and builds one again when
+    an input's storage moved (``.data =``, ``set_``) or is another tensor's; results follow the inputs' values."""
+    from torch_tpu import _tensor
+
+    built = []
+    as_numpy = _tensor.as_numpy
+    monkeypatch.setattr(_tensor, "as_numpy", lambda tensor: built.append(tuple(tensor.shape)) or as_numpy(tensor))
+    weight, x = torch.randn(8, 4).to("tpu"), torch.randn(3, 8).to("tpu")
+    compiled = torch.compile(lambda x, w: torch.tanh(x @ w) * 2, backend="tpu")
+
+    def views_built(x):
+        """The compiled call's inputs that got a new view; its result checked against eager."""
+        expected = torch.tanh(x @ weight) * 2
+        built.clear()
+        actual = compiled(x, weight)
+        views = list(built)
+        assert_identical(actual, expected)
+        return views
+
+    assert sorted(views_built(x)) == [(3, 8), (8, 4)]
+    assert views_built(x) == []
+    x.mul_(3)  # written in place: the same bytes, the same view
+    assert views_built(x) == []
+    x.data = torch.randn(3, 8).to("tpu")  # another storage of the guarded shape
+    assert views_built(x) == [(3, 8)]
+    weight.set_(torch.randn(40).to("tpu").untyped_storage(), 4, (8, 4), (4, 1))  # another storage, an offset
+    assert views_built(x) == [(8, 4)]
+    assert views_built(torch.randn(3, 8).to("tpu")) == [(3, 8)]
+    x.set_(x.untyped_storage(), 0, (3, 8), (1, 3))  # the same bytes, other strides (a recompile, or a
+    assert (3, 8) in views_built(x)                 # shape-specialised program's call)
+
+
+def test_a_program_keeps_no_view_of_a_large_input_after_its_call(monkeypatch):
+    """A kept view keeps its host block; inputs larger than runtime.CACHED_VIEW_BLOCK_LIMIT get a new view each
+    call instead."""
+    from torch_tpu import _tensor
+    from torch_tpu.compile import runtime
+
+    rows = runtime.CACHED_VIEW_BLOCK_LIMIT // (4 * 64) + 1
+    large, small = torch.randn(rows, 64).to("tpu"), torch.randn(64).to("tpu")
+    compiled = torch.compile(lambda a, b: (a * b).sum(), backend="tpu")
+    assert_identical(compiled(large, small), (large * small).sum())
+    built = []
+    as_numpy = _tensor.as_numpy
+    monkeypatch.setattr(_tensor, "as_numpy", lambda tensor: built.append(tuple(tensor.shape)) or as_numpy(tensor))
+    compiled(large, small)
+    assert built == [(rows, 64)]

@@ -130,3 +130,34 @@ def test_an_inference_graph_without_gelus_backward_keeps_no_cdf(monkeypatch):
     with torch.no_grad():
         torch.compile(model, backend="tpu")(torch.randn(4, 8).to("tpu"))
     assert kept == []
+
+
+@torch._dynamo.config.patch(trace_autograd_ops=True)
+def test_a_traced_backward_copies_only_an_operand_its_program_did_not_compute(monkeypatch, taken):
+    """A GELU of a value the program computed keeps no copy of it (nothing in the program writes it); a GELU of
+    one of the program's inputs keeps its copy and checks it."""
+    copied = []
+    keep = remembered.Remembered.keep
+
+    def spying_keep(self, slot, operand, value):
+        copied.append(operand is not None)
+        keep(self, slot, operand, value)
+
+    monkeypatch.setattr(remembered.Remembered, "keep", spying_keep)
+    torch.manual_seed(3)
+    model = _GeluBlock(8).to("tpu")
+    x = torch.randn(4, 8).to("tpu")
+    leaf = torch.randn(4, 8).to("tpu").requires_grad_()
+
+    def loss_and_gradients(x):
+        loss = model(x).sum() + F.gelu(leaf).square().sum()
+        loss.backward()
+        return loss.detach()
+
+    expected = _gradients(model, lambda x: model(x).sum() + F.gelu(leaf).square().sum(), x) + [leaf.grad.clone()]
+    model.zero_grad(set_to_none=True)
+    leaf.grad = None
+    torch.compile(loss_and_gradients, backend="tpu")(x)
+    for actual, e in zip([p.grad for p in model.parameters()] + [leaf.grad], expected):
+        assert_identical(actual, e)
+    assert sorted(copied) == [False, True] and taken == [True, True]

@@ -45,6 +45,20 @@ def test_addcmul_and_lerp_round_as_cpu_does(dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_addcmul_with_value_one_keeps_cpus_nan_bits(dtype):
+    """addcmul with value 1 (a compiled lerp's) skips scaling by 1; signalling and quiet NaNs with payloads, in
+    either factor or the addend, come out with CPU's bits all the same."""
+    integer = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
+    quiet = {torch.float32: 0x7FC00001, torch.float64: 0x7FF8000000000001}[dtype]
+    signalling = {torch.float32: 0x7F800001, torch.float64: 0x7FF0000000000001}[dtype]
+    nans = torch.tensor([quiet, signalling, signalling + 0x12345], dtype=integer).view(dtype)
+    values = torch.cat([nans, -nans, torch.tensor([1.0, 0.0, -0.0, 2.5], dtype=dtype)])
+    ones = torch.ones_like(values)
+    for x, t1, t2 in [(ones, values, ones * 2), (values, ones, values.flip(0)), (ones * 0, values, values)]:
+        assert_same_bits(torch.addcmul(*to_tpu((x, t1, t2)), value=1), torch.addcmul(x, t1, t2, value=1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_power_of_two_alpha_is_fused_where_its_product_overflows_or_underflows(dtype):
     info = torch.finfo(dtype)
     a = torch.tensor([-info.max, -info.tiny * 2 ** -23, 1.0], dtype=dtype)

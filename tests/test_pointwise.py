@@ -796,6 +796,27 @@ def test_erf_float32_is_the_same_in_any_block():
     assert_close(whole, torch.erf(x), rtol=0, atol=1.2e-7)
 
 
+def test_erf_float32_keeps_round_tens_bits_in_place_and_in_gelu():
+    """Round eleven made the float32 erf faster with the same bits for every input (all 2**32 of them:
+    tests/sweep_erf.py); here a sample of bit patterns, and erf_arguments, through torch.erf, erf in place and GELU."""
+    from erf_round_ten import erf as round_ten_erf
+    from torch_tpu._C import special
+
+    patterns = np.random.default_rng(11).integers(0, 2**32, 1 << 20, dtype=np.uint64).astype(np.uint32)
+    x = np.concatenate([patterns.view(np.float32), erf_arguments().numpy()])
+    expected = round_ten_erf(x)
+    in_place = x.copy()
+    for actual in (torch.erf(torch.from_numpy(x).to("tpu")).cpu().numpy(), special.erf(in_place, out=in_place)):
+        np.testing.assert_array_equal(actual.view(np.uint32)[~np.isnan(x)], expected.view(np.uint32)[~np.isnan(x)])
+        assert np.isnan(actual[np.isnan(x)]).all()
+    finite = x[np.isfinite(x)]
+    with np.errstate(over="ignore"):
+        cdf = round_ten_erf(finite * np.float32(math.sqrt(0.5))) + np.float32(1)
+    cdf *= np.float32(0.5)
+    gelu = F.gelu(torch.from_numpy(finite).to("tpu")).cpu().numpy()
+    np.testing.assert_array_equal(gelu.view(np.uint32), (cdf * finite).view(np.uint32))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_gelu_and_its_backward_at_edge_values(dtype):
     tiny = torch.finfo(dtype).tiny

@@ -162,6 +162,7 @@ def generate(graph, name):
     w.namespace.update(helpers)
     w.namespace.update(BATCH_HELPERS)
     w.namespace["chip"] = chip = _C.current_chip()
+    w.namespace["input_views"] = [None] * sum(n.op == "placeholder" for n in nodes)  # runtime.input_view's
     w.line("clock = chip.clock; recording = clock.recorders  # a profiler wants each kernel's record")
     kernels, eager_nodes = [], []
     last_of_group = {group.nodes[-1]: group for group in fusion.groups}
@@ -343,10 +344,12 @@ def generate(graph, name):
             if node not in read_as_arrays:
                 pass  # only eager kernels take it, as a tensor: no view to build (nor to trust: fused attention's
                 #       philox seed is a CPU scalar whose fake value says tpu)
-            elif is_tpu_node(node):
-                w.line(f"{v} = as_numpy(t_{node.name})")
-            elif _numpy_host_tensor(node):  # a CPU tensor (guarded so): its NumPy view, without host_view's checks
-                w.line(f"{v} = t_{node.name}.detach().numpy()")
+            elif is_tpu_node(node):  # its view of the last call, if the input lies where that one did
+                w.line(f"{v} = input_view(t_{node.name}, input_views, {index})")
+            elif _numpy_host_tensor(node):  # a CPU tensor (guarded so): its NumPy view, without host_view's checks;
+                #                               detached only if it requires grad (guarded too; detach costs a tensor)
+                detach = ".detach()" if value_of(node).requires_grad else ""
+                w.line(f"{v} = t_{node.name}{detach}.numpy()")
             else:  # a host scalar read (and written) through its NumPy view; anything else as it is
                 w.line(f"{v} = host_view(t_{node.name})")
             tensor_of[node] = f"t_{node.name}"

@@ -368,9 +368,9 @@ def lower_gelu(node):
     """GELU's pointwise maths; a node ``remembered.mark`` marked shares its Gaussian CDF between forward and backward."""
     maths = pointwise_maths(node.target)
     if remembered.SLOT in node.meta:
-        memo, slot = node.meta[remembered.SLOT]
-        share = memo.gelu if node.target is aten.gelu.default else memo.gelu_backward
-        maths = dataclasses.replace(maths, function=share(slot))
+        memo, slot, vouched = node.meta[remembered.SLOT]
+        share = memo.gelu(slot, vouched) if node.target is aten.gelu.default else memo.gelu_backward(slot)
+        maths = dataclasses.replace(maths, function=share)
     return lower_pointwise(node, maths)
 
 

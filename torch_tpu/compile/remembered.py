@@ -7,7 +7,9 @@ Only the emulator's host work is shared. A forward program keeps each CDF it com
 the operand it came from, in a slot named after the saved value the operand views; the backward
 program takes the slot and uses the CDF only when its own operand has the same bits (a content check,
 about 30 times cheaper than the erf), so a value written in between, a second forward before the
-backward, or a backward run twice compute the CDF again and never get a stale one.
+backward, or a backward run twice compute the CDF again and never get a stale one. A program that holds both
+(``loss.backward()`` traced into it) skips the copy and the check where the operand is a value it computed
+itself: a functional graph writes no such value, and its forward GELU runs before its backward in every call.
 
 One ``Remembered`` serves the forward and backward programs of one AOTAutograd graph, or the one program
 of a graph that holds both (``loss.backward()`` traced into it); it holds at most one entry per GELU node
@@ -39,21 +41,24 @@ class Remembered:
         self._slots = {}
 
     def keep(self, slot, operand, value):
-        self._slots[slot] = (np.array(operand, copy=True), value)
+        """Keep ``value`` with a copy of ``operand``, or with None when the program vouches for its operand."""
+        self._slots[slot] = (None if operand is None else np.array(operand, copy=True), value)
 
     def take(self, slot, operand):
-        """The value kept for ``slot`` if it was computed from an operand with the same bits, else None."""
+        """The value kept for ``slot`` if it was computed from an operand with the same bits (or one the program
+        vouched for), else None."""
         entry = self._slots.pop(slot, None)
-        if entry is None or not same_bits(entry[0], operand):
+        if entry is None or (entry[0] is not None and not same_bits(entry[0], operand)):
             return None
         return entry[1]
 
-    def gelu(self, slot):
-        """GELU's maths that keeps the CDF it computes (the forward program's)."""
+    def gelu(self, slot, vouched=False):
+        """GELU's maths that keeps the CDF it computes (the forward program's); ``vouched``: without a copy of its
+        operand, which its own program's backward reads unwritten."""
         @pointwise.writes_out
         def gelu(x, approximate="none", out=None):
             cdf = pointwise.gaussian_cdf(x)
-            self.keep(slot, x, cdf)  # a copy of x, taken before out (which may be x) is written
+            self.keep(slot, None if vouched else x, cdf)  # a copy of x, taken before out (which may be x) is written
             return pointwise.gelu_of_cdf(x, cdf, out=np.empty_like(cdf) if out is None else out)
 
         return gelu
@@ -80,7 +85,7 @@ _KEEPS, _TAKES = aten.gelu.default, aten.gelu_backward.default
 def mark(graph, kind, remembered):
     """Mark the exact-GELU nodes of a forward (they keep their CDF) or backward graph (their backward takes it);
     in a graph holding both (a ``loss.backward()`` traced into it), the GELUs whose backward it also holds."""
-    slots = {}
+    slots, vouched = {}, set()
     for node in graph.nodes:
         operands = {_KEEPS: 1, _TAKES: 2}.get(node.target) if node.op == "call_function" else None
         if operands is None:
@@ -89,9 +94,12 @@ def mark(graph, kind, remembered):
         if approximate != "none":
             continue
         operand = node.args[operands - 1]
-        slots[node] = f"{saved_root(operand).name}:{tuple(operand.meta['val'].shape)}"
+        root = saved_root(operand)
+        slots[node] = f"{root.name}:{tuple(operand.meta['val'].shape)}"
+        if kind == "inference" and root.op == "call_function":  # computed here; only inputs are written (copy_)
+            vouched.add(node)
     marked = {"forward": (_KEEPS,), "backward": (_TAKES,), "inference": (_KEEPS, _TAKES)}.get(kind, ())
     taken = {slot for node, slot in slots.items() if node.target is _TAKES}
     for node, slot in slots.items():
         if node.target in marked and (kind != "inference" or slot in taken):
-            node.meta[SLOT] = (remembered, slot)
+            node.meta[SLOT] = (remembered, slot, node in vouched)

@@ -64,6 +64,32 @@ def tensor_at(base, dtype, offset, shape, strides):
     return _tensor.tensor_on(base.untyped_storage(), dtype, offset, shape, strides)
 
 
+CACHED_VIEW_BLOCK_LIMIT = 1 << 20  # bytes: a kept view keeps its host block alive after the tensor dies
+
+
+def input_view(tensor, views, index):
+    """``as_numpy(tensor)`` for the program's input ``index``, reused from an earlier call when the input lies in
+    the same host block at the same offset with the same strides. Its dtype and sizes are those the program was
+    generated for (guarded by Dynamo, or the key of a shape-specialised program), so these fix the view;
+    ``views`` holds one (block, offset, strides, view) per input. A kept view keeps its block's host memory
+    (not its HBM, which the tensor's storage accounts) until the next call, so only blocks of up to
+    CACHED_VIEW_BLOCK_LIMIT are kept: building a view costs about a microsecond, which only small inputs feel.
+    A set_, .data = or resize_ gives the storage another buffer, and abstract mode a block of None: both build
+    the view again (or raise as ``as_numpy`` does)."""
+    try:
+        block = tensor.untyped_storage()._tpu_hbm_buffer.array
+    except AttributeError:
+        return _tensor.as_numpy(tensor)  # raises as a tpu kernel does
+    offset, strides = tensor.storage_offset(), tensor.stride()
+    entry = views[index]
+    if entry is not None and entry[0] is block and entry[1] == offset and entry[2] == strides:
+        return entry[3]
+    view = _tensor.as_numpy(tensor)
+    if block is not None and block.nbytes <= CACHED_VIEW_BLOCK_LIMIT:
+        views[index] = (block, offset, strides, view)
+    return view
+
+
 def arrays_of(result):
     """The NumPy views of an eager kernel's results (CPU tensors stay tensors: they are read as numbers)."""
     if isinstance(result, torch.Tensor):
@@ -94,7 +120,7 @@ def host_tensor(value):
 HELPERS = {
     "ignore_fp_errors": _C.vpu.ignore_fp_errors, "restore_fp_errors": _C.vpu.restore_fp_errors,
     "host_view": host_view, "host_tensor": host_tensor,
-    "as_numpy": _tensor.as_numpy, "ndarray": np.ndarray, "new_buffer": new_buffer, "tensor_over": tensor_over, "new_output": new_output,
+    "as_numpy": _tensor.as_numpy, "input_view": input_view, "ndarray": np.ndarray, "new_buffer": new_buffer, "tensor_over": tensor_over, "new_output": new_output,
     "materialize": materialize, "tensor_view": tensor_view, "tensor_at": tensor_at, "arrays_of": arrays_of,
 }
 

@@ -1304,8 +1304,11 @@ def _scaled_product_added(combine, x, a, b, value, out):
     dtype of ``value``, ``a`` and ``b`` that none of the operands overlap, the steps run in ``out``'s memory (the
     same operations in the same order: the same bits, without two temporaries of the full size)."""
     if combine is np.multiply and _fuses_by_dtype(x.dtype):
-        # CPU's compiler contracts addcmul's last product and sum (self + value * t1 * t2) into one FMA
-        return vpu.fused_multiply_add(value * a, b, x, out)
+        # CPU's compiler contracts addcmul's last product and sum (self + value * t1 * t2) into one FMA; a value
+        # of 1 (a compiled lerp's) scales nothing: 1 * a is a, but for a signalling NaN, which the FMA's float64
+        # product quiets all the same
+        scaled = a if value == 1 and a.dtype == value.dtype else value * a
+        return vpu.fused_multiply_add(scaled, b, x, out)
     if (out is None or out.dtype.kind not in "fc" or not out.dtype == value.dtype == a.dtype == b.dtype
             or np.may_share_memory(out, x) or np.may_share_memory(out, a) or np.may_share_memory(out, b)):
         return np.add(x, combine(value * a, b), out=out)
@@ -1391,7 +1394,8 @@ def gelu_of_cdf(x, cdf, out):
 
 def gaussian_cdf(x):
     """0.5 * (1 + erf(x / sqrt(2))), in a fresh array."""
-    result = vpu_special.erf(x * scalar(math.sqrt(0.5), x))
+    result = np.multiply(x, scalar(math.sqrt(0.5), x))
+    vpu_special.erf(result, out=result)
     result += 1
     result *= scalar(0.5, x)
     return result
