@@ -50,6 +50,11 @@ KEPT_WHOLE = (
 # folds the batch into one mv where the C++ one runs a bmm, summing in another order. Traced through ATen's C++
 # composite, the graph holds the ops eager runs.
 TRACED_AS_ATEN_COMPOSITES = (aten.matmul.default, aten.matmul.out)
+# Ops that torch._refs decomposes on the Autograd key (py_impl), so that AOTAutograd traces the reference, not the
+# op: a hardshrink of integers computed where eager refuses it, and softshrink's zeros took the reference's signs,
+# not CPU's (its scalar tail's -0.0). Traced through ATen's own autograd kernel, the graph holds the op itself and
+# its backward, which lower to eager's maths and argument checks.
+TRACED_AS_ATEN_AUTOGRAD = (aten.hardshrink.default, aten.softshrink.default)
 _names = itertools.count()
 
 
@@ -73,12 +78,14 @@ def has_eager_pointwise_maths(op):
 
 @functools.cache
 def trace_composites_as_aten_runs_them():
-    """Give each of TRACED_AS_ATEN_COMPOSITES, for tpu tensors under the Python dispatcher (tracing only: eager
-    never consults it), a Python kernel that calls ATen's C++ composite kernel."""
+    """Give each of TRACED_AS_ATEN_COMPOSITES (TRACED_AS_ATEN_AUTOGRAD), for tpu tensors under the Python dispatcher
+    (tracing only: eager never consults it), a Python kernel that calls ATen's C++ composite (autograd) kernel."""
     from torch._C import DispatchKey
 
-    for op in TRACED_AS_ATEN_COMPOSITES:
-        op.py_impl(DispatchKey.AutogradPrivateUse1)(functools.partial(op._op_dk, DispatchKey.CompositeImplicitAutograd))
+    for ops, key in ((TRACED_AS_ATEN_COMPOSITES, DispatchKey.CompositeImplicitAutograd),
+                     (TRACED_AS_ATEN_AUTOGRAD, DispatchKey.Autograd)):
+        for op in ops:
+            op.py_impl(DispatchKey.AutogradPrivateUse1)(functools.partial(op._op_dk, key))
 
 
 def backend(gm, example_inputs, mode=None, options=None, **unused):
