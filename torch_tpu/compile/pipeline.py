@@ -34,6 +34,8 @@ aten = torch.ops.aten
 # and cancels) moves by 1e-5 relative; it lowers to eager's pointwise maths. Batch norm's backward decomposition
 # sums its two channel reductions in another order and form than eager's kernel (input gradients 1e-7 apart, a
 # MobileNet's norm weights' gradients 6e-6); kept whole, it runs its eager kernel, as batch norm's forward does.
+# bernoulli's decomposition compares float32 uniforms with the probabilities, where eager draws through
+# random.bernoulli_draw: kept whole, a program draws eager's mask under the same seed.
 KEPT_WHOLE = (
     aten.native_batch_norm_backward.default,
     aten.mv.default, aten.dot.default, aten.linalg_cross.default, aten.special_log_ndtr.default,
@@ -43,6 +45,7 @@ KEPT_WHOLE = (
     aten.nll_loss_backward.default, aten.embedding_dense_backward.default, aten.embedding.default,
     aten.native_dropout.default, aten.native_dropout_backward.default, aten.threshold_backward.default,
     aten.lerp.Scalar, aten.lerp.Tensor, aten.addcmul.default, aten.addcdiv.default, aten.logit.default,
+    aten.bernoulli.default,
 )
 # Composite ops whose Python decomposition torch registers on the CompositeImplicitAutograd key (py_impl), which
 # the Python dispatcher runs while AOTAutograd traces whatever decomposition table the backend passes. Eager runs
