@@ -1140,3 +1140,42 @@ def test_bf16_nan_bits_of_clamp_and_logit_are_cpus(name, columns, layout):
     expected = BF16_NAN_CALLS[name](layout(x))
     actual = BF16_NAN_CALLS[name](layout(x.to("tpu"))).cpu()
     assert torch.equal(actual.view(torch.int16), expected.view(torch.int16))
+
+
+def _bits(tensor):
+    return tensor.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[tensor.element_size()])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("exponent", [2, 3, -2, -1, 0.5, -0.5, 1.7, 4])
+def test_pow_with_a_number_rounds_as_cpu(dtype, exponent):
+    """bf16 pow(x, 3) and pow(x, -2) multiply in bf16 on CPU (``base * base * base``, ``1 / (base * base)``, each
+    product rounded), where tpu rounded once; fp16 takes no shortcut (its loop calls pow: pow(-0.0, 0.5) is +0.0,
+    pow(-inf, 0.5) +inf, unlike sqrt)."""
+    generator = torch.Generator().manual_seed(5)
+    x = torch.cat([torch.randn(1000, generator=generator) * 3, torch.tensor([0.0, -0.0, math.inf, -math.inf])]).to(dtype)
+    expected, actual = torch.pow(x, exponent), torch.pow(x.to("tpu"), exponent).cpu()
+    assert torch.equal(expected.isnan(), actual.isnan())
+    if dtype == torch.bfloat16 and exponent == -0.5:  # CPU's scalar tail rounds the root first: numerics.md
+        assert_close(actual, expected, rtol=8e-3, atol=0, equal_nan=True)
+        return
+    if dtype in (torch.float32, torch.float64) and exponent not in (2, 3, -2, -1, -0.5):
+        # CPU's float pow and sqrt are Sleef's, glibc's and MKL's, not correctly rounded: numerics.md
+        assert_close(actual, expected, rtol=3e-7 if dtype == torch.float32 else 1e-15, atol=0, equal_nan=True)
+        return
+    assert torch.equal(_bits(actual)[~expected.isnan()], _bits(expected)[~expected.isnan()])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("exponent", [torch.tensor(0.5), torch.tensor(-0.5), torch.tensor([0.5]), 0.5, -0.5],
+                         ids=["0d", "0d-negative", "broadcast", "number", "negative-number"])
+def test_pow_of_negative_zero_and_infinity_by_a_half_is_cs_pow(dtype, exponent):
+    """NumPy's power loop computes an exponent of +-0.5 read with stride 0 as a square root: pow(-0.0, 0.5) gave -0.0
+    and pow(-inf, 0.5) NaN, where CPU's pow gives +0.0 and +inf (CPU's pow(tensor, number) takes sqrt itself for
+    float32 and float64, and agrees with tpu there)."""
+    x = torch.tensor([-0.0, -math.inf, 0.0, math.inf, 4.0, -2.0], dtype=dtype)
+    on_tpu = exponent.to(dtype).to("tpu") if isinstance(exponent, torch.Tensor) else exponent
+    on_cpu = exponent.to(dtype) if isinstance(exponent, torch.Tensor) else exponent
+    expected, actual = torch.pow(x, on_cpu), torch.pow(x.to("tpu"), on_tpu).cpu()
+    assert torch.equal(expected.isnan(), actual.isnan())
+    assert torch.equal(_bits(actual)[~expected.isnan()], _bits(expected)[~expected.isnan()])
