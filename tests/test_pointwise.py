@@ -1179,3 +1179,24 @@ def test_pow_of_negative_zero_and_infinity_by_a_half_is_cs_pow(dtype, exponent):
     expected, actual = torch.pow(x, on_cpu), torch.pow(x.to("tpu"), on_tpu).cpu()
     assert torch.equal(expected.isnan(), actual.isnan())
     assert torch.equal(_bits(actual)[~expected.isnan()], _bits(expected)[~expected.isnan()])
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool])
+@pytest.mark.parametrize("call", [
+    lambda x: torch.clamp_min(x, 1.37, out=x), lambda x: torch.clamp(x, 1.37, 3, out=x),
+    lambda x: torch.clamp(x, None, 2.5, out=x), lambda x: torch.clamp(x, 1, 2.5, out=x),
+    lambda x: torch.clamp_max(x, 2, out=x), lambda x: torch.clamp_min(x, True, out=x), lambda x: x.clamp_min_(1.37),
+], ids=["min-float", "both-float", "max-float", "max-float-min-int", "max-int", "min-bool", "in-place"])
+def test_clamp_into_its_own_integer_input_refuses_a_floating_bound_in_cpus_words(dtype, call):
+    """clamp's meta function refuses to write an integer input promoted by a floating bound back into itself ("result
+    type Float can't be cast to the desired output type int"), before the out's dtype check tpu reported; bounds that
+    keep its dtype clamp it."""
+    outcomes = []
+    for device in ("cpu", "tpu"):
+        x = torch.arange(5, device=device).to(dtype)
+        try:
+            call(x)
+            outcomes.append(x.cpu().tolist())
+        except (RuntimeError, NotImplementedError) as error:
+            outcomes.append((type(error), str(error)))
+    assert outcomes[1] == outcomes[0]

@@ -408,11 +408,25 @@ META_REFUSALS = {
 }
 
 
-def refuse_in_meta(overload, self):
-    """Raise the meta function's refusal of ``self`` (the op's first operand), if ``overload``'s meta refuses it."""
+# clamp's meta functions with number bounds promote an integer input by a floating bound, and refuse to write that
+# back into the input itself (``clamp_min(x_int32, 1.37, out=x_int32)``) before the out's dtype check
+PROMOTED_NOT_INTO_SELF = frozenset({"clamp.out", "clamp_min.out", "clamp_max.out"})
+
+
+def refuse_in_meta(overload, promoted, out=None):
+    """Raise the meta function's refusal of ``promoted`` (the op's operands; its first is ``self``) written into
+    ``out``, if ``overload``'s meta refuses them."""
+    self = promoted[0]
     refusal = META_REFUSALS.get(overload)
     if refusal is not None and isinstance(self, torch.Tensor) and refusal[0](self.dtype):
         raise refusal[1](refusal[2])
+    if out is self and overload in PROMOTED_NOT_INTO_SELF and not self.dtype.is_floating_point:
+        promoted_dtype = torch.result_type(self, next(bound for bound in promoted[1:] if bound is not None))
+        if len(promoted) > 2 and promoted[2] is not None:
+            promoted_dtype = torch.promote_types(promoted_dtype, torch.result_type(self, promoted[2]))
+        if promoted_dtype != self.dtype:
+            raise RuntimeError(f"result type {scalar_type_name(promoted_dtype)} can't be cast to the desired output "
+                               f"type {cpp_type_name(self.dtype)}")
 
 
 def structured(overload, function, operands=1, rule=keep, check=None, opmath=True, result=None,
@@ -459,7 +473,7 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
     def kernel(*args, **kwargs):
         out = kwargs.pop(out_name)
         promoted, extras = args[:operands], args[operands:]
-        refuse_in_meta(overload, promoted[0])
+        refuse_in_meta(overload, promoted, out)
         if exact_out and not check_in_meta:
             check_exact_out(out, promoted)
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
