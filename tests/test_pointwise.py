@@ -1200,3 +1200,16 @@ def test_clamp_into_its_own_integer_input_refuses_a_floating_bound_in_cpus_words
         except (RuntimeError, NotImplementedError) as error:
             outcomes.append((type(error), str(error)))
     assert outcomes[1] == outcomes[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.bool, torch.float32, torch.uint8])
+@pytest.mark.parametrize("out_dtype", ["same", torch.float64])
+def test_hardtanh_checks_its_input_before_an_expanded_out(dtype, out_dtype):
+    """hardtanh's own checks (complex, bool, an unsigned input's negative bound) come before its iterator's, whose
+    overlap check refuses an expanded out: tpu reported the overlap first."""
+    def call(device):
+        x = torch.ones(4, 3, device=device).to(dtype)
+        out = torch.empty(1, 3, device=device, dtype=dtype if out_dtype == "same" else out_dtype).expand(4, 3)
+        torch._C._nn.hardtanh(x, out=out)
+
+    check_same_error(call)

@@ -612,7 +612,8 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
     in opmath unless ``opmath(*promoted operands)`` says otherwise. The functional overload's result
     is laid out with the strides ``layout(promoted operands)`` gives. An ``exact_out`` op's ``out=`` overload checks
     the out's dtype before ``check`` (TensorIterator's unary_op, then the kernel's dispatch), unless
-    ``check_before_out`` (the op's own checks come before it builds its iterator: hardtanh's legacy rules).
+    ``check_before_out`` (the op's own checks come before it builds its iterator, so before the out's dtype and
+    overlap checks: hardtanh's legacy rules).
     """
     result = result or rule
     name = overloads[0].partition(".")[0]
@@ -664,9 +665,9 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         out = kwargs.pop(out_name)
         common = common_dtype(*args[:operands])
         expected = result(common)
+        if check_before_out:  # before the out's dtype and its overlap (an expanded out), both the iterator's
+            check_arguments(rule(common), args, kwargs)
         if exact_out and out.dtype != expected:
-            if check_before_out:
-                check_arguments(rule(common), args, kwargs)
             _check_unary_out(common, expected, out)
         prepare_out(out, broadcast_shape(*args[:operands]), expected, args[:operands], layout_from=args[:operands])
         return run(out, args, kwargs)
