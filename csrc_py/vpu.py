@@ -12,6 +12,7 @@ otherwise its first big op would queue work for threads that do not exist and wa
 """
 
 import concurrent.futures
+import functools
 import os
 
 import numpy as np
@@ -107,6 +108,30 @@ def apply(ufunc, *inputs, out):
     for block in blocks:
         block.result()
     return out
+
+
+# --- float32 transcendentals, rounded once ----------------------------------------------------------------------
+# NumPy's float32 exp, log, sin, tanh, ... are chosen by the host: its own AVX2/AVX512F polynomials or Intel's SVML on
+# an AVX-512 CPU, none of them correctly rounded, so one program gave other bits on another machine. Evaluated in
+# float64 and rounded once, a float32 result is the correctly rounded value on every host (float64's own error, a
+# few ulps of 2^-52, moves a float32 rounding only within that distance of a float32 midpoint).
+
+
+def rounded_once(ufunc):
+    """``ufunc`` that, for float32 operands, computes in float64 and rounds the result once to float32 (other
+    dtypes as ``ufunc`` computes them). Takes ``out=`` as the ufunc does; large calls split over the cores."""
+    wide = functools.partial(ufunc, dtype=np.float64, casting="same_kind")
+
+    def evaluate(*operands, out=None):
+        if np.result_type(*operands) != np.float32:
+            return ufunc(*operands, out=out)
+        if out is None:
+            out = np.empty(np.broadcast_shapes(*map(np.shape, operands)), np.float32)
+        return apply(wide, *operands, out=out)
+
+    evaluate.__name__ = evaluate.__qualname__ = ufunc.__name__
+    evaluate.writes_out = True  # (pointwise's marker) it writes ``out`` once, after reading its operands
+    return evaluate
 
 
 # --- fused multiply-add -------------------------------------------------------------------------------------------

@@ -168,3 +168,31 @@ def test_compiled_pointwise_raises_the_errors_cpu_and_eager_raise(call):
     with pytest.raises(RuntimeError) as actual:
         _compiled(call)(a.to("tpu"), b.to("tpu"))
     assert str(actual.value) == str(expected.value)
+
+
+def test_compiled_hardshrink_of_integers_raises_cpus_error():
+    """torch._refs decomposes hardshrink on the Autograd key, so the traced graph held the reference's where/abs,
+    which took integers that CPU (and eager) refuse."""
+    x = torch.tensor([-1, 0, 1, 3])
+    with pytest.raises(NotImplementedError) as expected:
+        torch.nn.functional.hardshrink(x, 0.5)
+    with pytest.raises(NotImplementedError) as actual:
+        _compiled(lambda t: torch.nn.functional.hardshrink(t, 0.5))(x.to("tpu"))
+    assert str(actual.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["inference", "training"])
+def test_compiled_softshrink_gives_cpus_signed_zeros(dtype, requires_grad):
+    """softshrink's zeros are -0.0 for negative inputs in CPU's scalar tail (the last elements of a row); the traced
+    reference gave +0.0 everywhere. Compiled now equals eager and CPU bit for bit, and so does its gradient."""
+    values = torch.tensor([-0.3, 0.2, -0.0, 0.0, 0.7, -0.9, float("nan")] * 5, dtype=dtype)
+    x = values.to("tpu").requires_grad_(requires_grad)
+    compiled = _compiled(lambda t: torch.nn.functional.softshrink(t, 0.5))(x)
+    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    expected = torch.nn.functional.softshrink(values, 0.5).view(bits)
+    assert torch.equal(compiled.detach().cpu().view(bits), expected)
+    assert torch.equal(torch.nn.functional.softshrink(x, 0.5).detach().cpu().view(bits), expected)
+    if requires_grad:
+        compiled.sum().backward()
+        assert torch.equal(x.grad.cpu(), (values.abs() > 0.5).to(dtype))

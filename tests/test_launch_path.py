@@ -1079,3 +1079,49 @@ def test_cached_scalar_overflow_checks_keep_each_values_type(first, second, dtyp
             assert got == expected
         else:
             assert torch.equal(got, expected)
+
+
+class _Spy(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+aten = torch.ops.aten
+
+
+@pytest.mark.parametrize("call", [
+    lambda a, b: aten.t(a), lambda a, b: aten.select(a, 0, 1), lambda a, b: aten.complex(a, b),
+    lambda a, b: aten.add(a, b), lambda a, b: aten.sort(a, 0)[0], lambda a, b: aten.polar(a.abs(), b),
+    lambda a, b: aten.linalg_vector_norm(a),
+], ids=["t", "select", "complex", "add", "sort", "polar", "norm"])
+def test_kernels_are_invisible_to_torch_function_modes(call):
+    """A torch function mode sees the calls the user makes, on tpu as on CPU, whose kernels are C++: the dispatcher
+    ran tpu's Python kernels with the mode on its stack, so the mode also saw (and could refuse) the torch calls
+    those kernels make themselves."""
+    a, b = torch.randn(3, 3), torch.randn(3, 3)
+    on_tpu = a.to("tpu"), b.to("tpu")
+    with _Spy() as on_cpu:
+        expected = call(a, b)
+    with _Spy() as spy:
+        actual = call(*on_tpu)
+    assert spy.seen == on_cpu.seen
+    assert_close(actual.cpu(), expected)
+
+
+@pytest.mark.parametrize("call", [lambda a, b: torch.complex(a, b), lambda a, b: torch.polar(a.abs(), b)],
+                         ids=["complex", "polar"])
+def test_torch_refs_mode_runs_the_references_on_tpu(call):
+    """test_ops.py's test_python_ref runs a reference under TorchRefsMode(strict=True), which refuses any torch call
+    without a reference: tpu's view kernels' own calls were refused ("no _refs support for torch.Tensor.select")."""
+    from torch._prims.context import TorchRefsMode
+
+    a, b = torch.randn(4), torch.randn(4)
+    on_tpu = a.to("tpu"), b.to("tpu")
+    with TorchRefsMode(strict=True):
+        actual = call(*on_tpu)
+    assert_close(actual.cpu(), call(a, b))

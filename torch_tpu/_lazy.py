@@ -69,7 +69,8 @@ def _loading_fallback(key, name):
         nonlocal real
         if real is None:
             load()
-            real = getattr(importlib.import_module("torch_tpu.ops.fallback"), name)
+            unseen = importlib.import_module("torch_tpu.ops._registry").unseen_by_function_modes
+            real = unseen(getattr(importlib.import_module("torch_tpu.ops.fallback"), name))
             if torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), key):
                 return op.redispatch(own_key, *args, **kwargs)  # the first op: its kernel exists now
         return real(keyset, op, *args, **kwargs)

@@ -34,6 +34,8 @@ aten = torch.ops.aten
 # and cancels) moves by 1e-5 relative; it lowers to eager's pointwise maths. Batch norm's backward decomposition
 # sums its two channel reductions in another order and form than eager's kernel (input gradients 1e-7 apart, a
 # MobileNet's norm weights' gradients 6e-6); kept whole, it runs its eager kernel, as batch norm's forward does.
+# bernoulli's decomposition compares float32 uniforms with the probabilities, where eager draws through
+# random.bernoulli_draw: kept whole, a program draws eager's mask under the same seed.
 KEPT_WHOLE = (
     aten.native_batch_norm_backward.default,
     aten.mv.default, aten.dot.default, aten.linalg_cross.default, aten.special_log_ndtr.default,
@@ -43,6 +45,7 @@ KEPT_WHOLE = (
     aten.nll_loss_backward.default, aten.embedding_dense_backward.default, aten.embedding.default,
     aten.native_dropout.default, aten.native_dropout_backward.default, aten.threshold_backward.default,
     aten.lerp.Scalar, aten.lerp.Tensor, aten.addcmul.default, aten.addcdiv.default, aten.logit.default,
+    aten.bernoulli.default,
 )
 # Composite ops whose Python decomposition torch registers on the CompositeImplicitAutograd key (py_impl), which
 # the Python dispatcher runs while AOTAutograd traces whatever decomposition table the backend passes. Eager runs
@@ -50,6 +53,11 @@ KEPT_WHOLE = (
 # folds the batch into one mv where the C++ one runs a bmm, summing in another order. Traced through ATen's C++
 # composite, the graph holds the ops eager runs.
 TRACED_AS_ATEN_COMPOSITES = (aten.matmul.default, aten.matmul.out)
+# Ops that torch._refs decomposes on the Autograd key (py_impl), so that AOTAutograd traces the reference, not the
+# op: a hardshrink of integers computed where eager refuses it, and softshrink's zeros took the reference's signs,
+# not CPU's (its scalar tail's -0.0). Traced through ATen's own autograd kernel, the graph holds the op itself and
+# its backward, which lower to eager's maths and argument checks.
+TRACED_AS_ATEN_AUTOGRAD = (aten.hardshrink.default, aten.softshrink.default)
 _names = itertools.count()
 
 
@@ -73,12 +81,14 @@ def has_eager_pointwise_maths(op):
 
 @functools.cache
 def trace_composites_as_aten_runs_them():
-    """Give each of TRACED_AS_ATEN_COMPOSITES, for tpu tensors under the Python dispatcher (tracing only: eager
-    never consults it), a Python kernel that calls ATen's C++ composite kernel."""
+    """Give each of TRACED_AS_ATEN_COMPOSITES (TRACED_AS_ATEN_AUTOGRAD), for tpu tensors under the Python dispatcher
+    (tracing only: eager never consults it), a Python kernel that calls ATen's C++ composite (autograd) kernel."""
     from torch._C import DispatchKey
 
-    for op in TRACED_AS_ATEN_COMPOSITES:
-        op.py_impl(DispatchKey.AutogradPrivateUse1)(functools.partial(op._op_dk, DispatchKey.CompositeImplicitAutograd))
+    for ops, key in ((TRACED_AS_ATEN_COMPOSITES, DispatchKey.CompositeImplicitAutograd),
+                     (TRACED_AS_ATEN_AUTOGRAD, DispatchKey.Autograd)):
+        for op in ops:
+            op.py_impl(DispatchKey.AutogradPrivateUse1)(functools.partial(op._op_dk, key))
 
 
 def backend(gm, example_inputs, mode=None, options=None, **unused):

@@ -41,6 +41,14 @@ from ._registry import KERNELS, default_kernel, register
 aten = torch.ops.aten
 vpu = _C.vpu
 
+# The transcendental ufuncs, float32 computed in float64 and rounded once (``vpu.rounded_once``): NumPy's own float32
+# loops are chosen by the host (SVML on AVX-512), so their bits were the host's. docs/numerics.md says how close the
+# correctly rounded value is to CPU's MKL and Sleef results.
+(exp, exp2, expm1, log, log2, log10, real_log1p, sin, cos, tan, arcsin, arccos, arctan, arctan2, sinh, cosh, tanh,
+ arcsinh, arccosh, arctanh, float_power) = map(vpu.rounded_once, (
+    np.exp, np.exp2, np.expm1, np.log, np.log2, np.log10, np.log1p, np.sin, np.cos, np.tan, np.arcsin, np.arccos,
+    np.arctan, np.arctan2, np.sinh, np.cosh, np.tanh, np.arcsinh, np.arccosh, np.arctanh, np.power))
+
 # --------------------------------------------------------------------------------------------------
 # Dtype rules
 
@@ -401,11 +409,25 @@ META_REFUSALS = {
 }
 
 
-def refuse_in_meta(overload, self):
-    """Raise the meta function's refusal of ``self`` (the op's first operand), if ``overload``'s meta refuses it."""
+# clamp's meta functions with number bounds promote an integer input by a floating bound, and refuse to write that
+# back into the input itself (``clamp_min(x_int32, 1.37, out=x_int32)``) before the out's dtype check
+PROMOTED_NOT_INTO_SELF = frozenset({"clamp.out", "clamp_min.out", "clamp_max.out"})
+
+
+def refuse_in_meta(overload, promoted, out=None):
+    """Raise the meta function's refusal of ``promoted`` (the op's operands; its first is ``self``) written into
+    ``out``, if ``overload``'s meta refuses them."""
+    self = promoted[0]
     refusal = META_REFUSALS.get(overload)
     if refusal is not None and isinstance(self, torch.Tensor) and refusal[0](self.dtype):
         raise refusal[1](refusal[2])
+    if out is self and overload in PROMOTED_NOT_INTO_SELF and not self.dtype.is_floating_point:
+        promoted_dtype = torch.result_type(self, next(bound for bound in promoted[1:] if bound is not None))
+        if len(promoted) > 2 and promoted[2] is not None:
+            promoted_dtype = torch.promote_types(promoted_dtype, torch.result_type(self, promoted[2]))
+        if promoted_dtype != self.dtype:
+            raise RuntimeError(f"result type {scalar_type_name(promoted_dtype)} can't be cast to the desired output "
+                               f"type {cpp_type_name(self.dtype)}")
 
 
 def structured(overload, function, operands=1, rule=keep, check=None, opmath=True, result=None,
@@ -452,7 +474,7 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
     def kernel(*args, **kwargs):
         out = kwargs.pop(out_name)
         promoted, extras = args[:operands], args[operands:]
-        refuse_in_meta(overload, promoted[0])
+        refuse_in_meta(overload, promoted, out)
         if exact_out and not check_in_meta:
             check_exact_out(out, promoted)
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
@@ -591,7 +613,8 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
     in opmath unless ``opmath(*promoted operands)`` says otherwise. The functional overload's result
     is laid out with the strides ``layout(promoted operands)`` gives. An ``exact_out`` op's ``out=`` overload checks
     the out's dtype before ``check`` (TensorIterator's unary_op, then the kernel's dispatch), unless
-    ``check_before_out`` (the op's own checks come before it builds its iterator: hardtanh's legacy rules).
+    ``check_before_out`` (the op's own checks come before it builds its iterator, so before the out's dtype and
+    overlap checks: hardtanh's legacy rules).
     """
     result = result or rule
     name = overloads[0].partition(".")[0]
@@ -643,9 +666,9 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         out = kwargs.pop(out_name)
         common = common_dtype(*args[:operands])
         expected = result(common)
+        if check_before_out:  # before the out's dtype and its overlap (an expanded out), both the iterator's
+            check_arguments(rule(common), args, kwargs)
         if exact_out and out.dtype != expected:
-            if check_before_out:
-                check_arguments(rule(common), args, kwargs)
             _check_unary_out(common, expected, out)
         prepare_out(out, broadcast_shape(*args[:operands]), expected, args[:operands], layout_from=args[:operands])
         return run(out, args, kwargs)
@@ -690,7 +713,7 @@ def rsqrt(x):
 
 @writes_out
 def sigmoid(x, out=None):
-    return np.reciprocal(1 + np.exp(-x), out=out)
+    return np.reciprocal(1 + exp(-x), out=out)
 
 
 def frac(x):
@@ -740,7 +763,7 @@ def angle(x):
 
 def sinc(x):
     product = x * scalar(math.pi, x)
-    return np.where(x == 0, scalar(1, x), np.sin(product) / np.where(x == 0, 1, product))
+    return np.where(x == 0, scalar(1, x), sin(product) / np.where(x == 0, 1, product))
 
 
 @writes_out
@@ -751,7 +774,7 @@ def logit(x, eps=None, out=None):
     if eps is not None and not math.isnan(eps):  # a NaN eps clamps nothing, as on CPU
         low = scalar(eps, x)  # CPU's bounds: eps and 1 - eps in x's dtype (np.clip would widen bf16)
         x = clamp(x, low, np.ones((), x.dtype) - low)
-    result = np.asarray(np.log(x / (1 - x)))
+    result = np.asarray(log(x / (1 - x)))
     if x.dtype == ml_dtypes.bfloat16:
         nans = np.isnan(result)
         if nans.any():
@@ -956,29 +979,56 @@ def fmod(a, b):
 
 
 def power(base, exponent):
+    if base.dtype.kind == "f":
+        return real_power(base, exponent)
     if base.dtype.kind not in "iu":
-        return np.power(base, exponent)
+        return float_power(base, exponent)
     negative = exponent < 0
     result = np.power(base, np.where(negative, -exponent, exponent))
     # PyTorch: integers to negative powers truncate 1/base**n toward zero
     return np.where(negative & (np.abs(base) != 1), 0, result).astype(base.dtype)
 
 
-# pow(tensor, scalar) takes these shortcuts on CPU; they differ from pow() at -0.0 and -inf
+def real_power(base, exponent):
+    """C's pow, which CPU's kernels compute (std::pow, Sleef's powf). NumPy's power loop takes an exponent of +-0.5
+    read with stride 0 (a number, a 0-dim or broadcast tensor) as a square root, which gives -0.0 and NaN for a base
+    of -0.0 and -inf where pow gives +0.0 and +inf (+inf and +0.0 for -0.5): those elements take |base|."""
+    result = float_power(base, exponent)
+    halves = np.abs(exponent) == 0.5
+    if np.any(halves):
+        signed = halves & (np.signbit(base) & ((base == 0) | np.isinf(base)))
+        if np.any(signed):
+            result = np.where(signed, float_power(np.abs(base), exponent), result)
+    return result
+
+
+# pow(tensor, scalar) takes these shortcuts on CPU for float32, float64 and bf16 (its fp16 loop calls pow); they
+# differ from pow() at -0.0 and -inf. bf16's 3 and -2 multiply in bf16, each product rounded (c10's BFloat16
+# arithmetic, which ml_dtypes' shares); the rest compute in float32 (bf16 -0.5 is lane-dependent on CPU: its scalar
+# loop rounds the square root to bf16 first, its vector loop does not; tpu computes as the vector loop).
 _POW_SHORTCUTS = {
     0.5: np.sqrt,
     2: np.square,
     3: lambda x: x * x * x,
     -0.5: rsqrt,
     -1: np.reciprocal,
-    -2: lambda x: np.reciprocal(x * x),
+    -2: lambda x: np.reciprocal(in_float(x * x)),
 }
+_POW_IN_BFLOAT16 = frozenset({3, -2})
+_SIXTEEN_BIT_FLOATS = frozenset({np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)})
 
 
+@own_16_bit_maths
 def power_scalar(base, exponent):
     value = exponent.item()
-    if base.dtype.kind == "f" and value in _POW_SHORTCUTS and not isinstance(value, complex):
-        return _POW_SHORTCUTS[value](base)
+    shortcut = None if isinstance(value, complex) else _POW_SHORTCUTS.get(value)
+    if base.dtype == ml_dtypes.bfloat16 and value in _POW_IN_BFLOAT16:
+        return shortcut(base)
+    if base.dtype in _SIXTEEN_BIT_FLOATS:
+        shortcut = shortcut if base.dtype == ml_dtypes.bfloat16 else None
+        base, exponent = base.astype(np.float32), exponent.astype(np.float32)
+    if base.dtype.kind == "f" and shortcut is not None:
+        return shortcut(base)
     return power(base, exponent)
 
 
@@ -994,11 +1044,11 @@ _POW_EXPONENT_AS_DOUBLE = frozenset({torch.float32, torch.float64, torch.complex
 
 
 def xlogy(x, y):
-    return np.where(np.isnan(y), y, np.where(x == 0, scalar(0, x), x * np.log(y)))
+    return np.where(np.isnan(y), y, np.where(x == 0, scalar(0, x), x * log(y)))
 
 
 def xlog1py(x, y):
-    return np.where(np.isnan(y), y, np.where(x == 0, scalar(0, x), x * np.log1p(y)))
+    return np.where(np.isnan(y), y, np.where(x == 0, scalar(0, x), x * real_log1p(y)))
 
 
 def nextafter(a, b):
@@ -1036,7 +1086,7 @@ def zeta(x, q):
 
 
 def log1p(x):
-    return complex_log1p(x) if x.dtype.kind == "c" else np.log1p(x)
+    return complex_log1p(x) if x.dtype.kind == "c" else real_log1p(x)
 
 
 def complex_log1p(z):
@@ -1044,7 +1094,7 @@ def complex_log1p(z):
     that rounding 1 + z drops (NumPy's log(1 + z) loses them all for small ``z``)."""
     u = z + scalar(1, z)
     u_minus_one = u - scalar(1, z)
-    log_u = np.log(u)
+    log_u = log(u)
     with np.errstate(divide="ignore", invalid="ignore"):  # the u == 1 elements, dropped below
         corrected = log_u * (z / u_minus_one)
     return np.where(u == 1, z, np.where(u_minus_one == z, log_u, corrected))
@@ -1061,8 +1111,8 @@ def complex_logaddexp(x, y):
     x_lower = x.real < y.real
     lower, upper = np.where(x_lower, x, y), np.where(x_lower, y, x)
     with np.errstate(all="ignore"):
-        plain = np.log(np.exp(lower) + np.exp(upper))
-        shifted = log1p(np.exp(lower - upper)) + upper
+        plain = log(exp(lower) + exp(upper))
+        shifted = log1p(exp(lower - upper)) + upper
     same_infinity = ~np.isfinite(lower.real) & (lower.real == upper.real)
     result = np.where(same_infinity, np.where(lower.real < 0, lower, plain), shifted)
     return np.where(complex_isnan(x) | complex_isnan(y), scalar(complex(math.nan, math.nan), result), result)
@@ -1072,26 +1122,12 @@ def logaddexp(a, b):
     if a.dtype.kind == "c":
         return complex_logaddexp(a, b)
     biggest = np.maximum(a, b)
-    return np.where(np.isinf(a) & (a == b), a, biggest + np.log1p(np.exp(-np.abs(a - b))))
+    return np.where(np.isinf(a) & (a == b), a, biggest + real_log1p(exp(-np.abs(a - b))))
 
 
 def logaddexp2(a, b):
     biggest = np.maximum(a, b)
-    return np.where(np.isinf(a) & (a == b), a, biggest + np.log1p(np.exp2(-np.abs(a - b))) / np.log(2).astype(a.dtype))
-
-
-def arctan2(a, b, out=None):
-    """``np.arctan2``; float32 through float64, rounded once. NumPy's float32 arctan2 depends on the host: on an
-    AVX-512 CPU it runs SVML's (a few tenths of an ulp off, not correctly rounded), while CPU's kernel runs
-    Sleef's on every host; the correctly rounded value is host-independent and is Sleef's wherever Sleef's
-    is correctly rounded (a float16 result at a midpoint then rounds as CPU's does)."""
-    if np.result_type(a, b) != np.float32:
-        return np.arctan2(a, b, out=out)
-    wide = np.arctan2(a, b, dtype=np.float64)
-    if out is None:
-        return wide.astype(np.float32)
-    np.copyto(out, wide, casting="same_kind")
-    return out
+    return np.where(np.isinf(a) & (a == b), a, biggest + real_log1p(exp2(-np.abs(a - b))) / np.log(2).astype(a.dtype))
 
 
 def heaviside(x, values):
@@ -1380,7 +1416,7 @@ def threshold_backward(grad, x, threshold_value, out=None):
 def gelu(x, approximate="none", out=None):
     if approximate == "tanh":
         inner = scalar(math.sqrt(2 / math.pi), x) * (x + scalar(0.044715, x) * x * x * x)
-        return np.multiply(scalar(0.5, x) * x, 1 + np.tanh(inner), out=out)
+        return np.multiply(scalar(0.5, x) * x, 1 + tanh(inner), out=out)
     return gelu_of_cdf(x, gaussian_cdf(x), out=out)
 
 
@@ -1424,7 +1460,7 @@ def gelu_backward(grad, x, approximate="none"):
     if approximate == "tanh":
         beta, kappa = scalar(math.sqrt(2 / math.pi), x), scalar(0.044715, x)
         inner = beta * (x + kappa * x * x * x)
-        tanh_inner = np.tanh(inner)
+        tanh_inner = tanh(inner)
         left_derivative = scalar(0.5, x) * (1 + tanh_inner)
         tanh_derivative = 1 - tanh_inner * tanh_inner
         inner_derivative = beta * (1 + 3 * kappa * x * x)
@@ -1436,7 +1472,7 @@ def gelu_backward_of_cdf(grad, x, cdf):
     """GELU's backward (approximate="none") from ``cdf``, the ``gaussian_cdf`` of ``x``, computed into ``cdf``."""
     x_pdf = x * x
     x_pdf *= scalar(-0.5, x)
-    np.exp(x_pdf, out=x_pdf)
+    exp(x_pdf, out=x_pdf)
     x_pdf *= scalar(1 / math.sqrt(2 * math.pi), x)
     x_pdf *= x
     cdf += x_pdf
@@ -1446,7 +1482,7 @@ def gelu_backward_of_cdf(grad, x, cdf):
 
 @writes_out
 def silu(x, out=None):
-    return np.divide(x, 1 + np.exp(-x), out=out)
+    return np.divide(x, 1 + exp(-x), out=out)
 
 
 def conj_if_complex(derivative):
@@ -1466,12 +1502,32 @@ def silu_backward(grad, x, out=None):
     return result
 
 
+@own_16_bit_maths
 def sigmoid_backward(grad, y):
-    return grad * conj_if_complex((1 - y) * y)
+    """CPU's real loops compute ``grad * (1 - y) * y`` left to right (a third of float32 elements differed when the
+    derivative was formed first), bf16 in float32 and fp16 in fp16, every step rounded (c10's Half arithmetic,
+    which NumPy's float16 shares); its complex loop multiplies by the conjugate derivative."""
+    if np.iscomplexobj(y):
+        return grad * np.conj((1 - y) * y)
+    grad, y = (array.astype(np.float32) if array.dtype == ml_dtypes.bfloat16 else array for array in (grad, y))
+    result = grad * (1 - y)
+    result *= y
+    return result
 
 
 def tanh_backward(grad, y):
-    return grad * conj_if_complex(1 - y * y)
+    """``grad * (1 - y * y)``, where CPU's float32/float64 loops contract ``1 - y * y`` into one FMA (a third of the
+    elements differed rounded twice), except the vector loop over a row along which ``y`` is broadcast, which
+    computes ``y * y`` once for the row and subtracts it rounded."""
+    if not _fuses_by_dtype(y.dtype):
+        return grad * conj_if_complex(1 - y * y)
+    one = scalar(1, y)
+    result = grad * vpu.fused_multiply_add(np.negative(y), y, one)
+    shape = np.shape(result)
+    if shape and shape[-1] > 1 and (np.ndim(y) == 0 or np.shape(y)[-1] == 1):
+        rounded = np.broadcast_to(grad * (one - y * y), shape)
+        result = np.where(in_vector_lanes(np.ones(shape, bool), (grad, y)), rounded, result)
+    return result
 
 
 def logit_backward(grad, x, eps=None):
@@ -1483,17 +1539,17 @@ def logit_backward(grad, x, eps=None):
 
 def softplus(x, beta=1, threshold_value=20):
     scaled = x * scalar(beta, x)
-    return np.where(scaled > scalar(threshold_value, x), x, np.log1p(np.exp(scaled)) / scalar(beta, x))
+    return np.where(scaled > scalar(threshold_value, x), x, real_log1p(exp(scaled)) / scalar(beta, x))
 
 
 def softplus_backward(grad, x, beta, threshold_value):
     scaled = x * scalar(beta, x)
-    z = np.exp(scaled)
+    z = exp(scaled)
     return np.where(scaled > scalar(threshold_value, x), grad, grad * z / (z + 1))
 
 
 def elu(x, alpha=1, scale=1, input_scale=1):
-    negative = np.expm1(x * scalar(input_scale, x)) * scalar(alpha * scale, x)
+    negative = expm1(x * scalar(input_scale, x)) * scalar(alpha * scale, x)
     return np.where(x <= 0, negative, x * scalar(scale, x))
 
 
@@ -1502,7 +1558,7 @@ def elu_backward(grad, x, alpha, scale, input_scale, is_result):
     if is_result:
         negative = grad * negiptcoef * (x + negcoef)
     else:
-        negative = grad * negiptcoef * negcoef * np.exp(x * negiptcoef)
+        negative = grad * negiptcoef * negcoef * exp(x * negiptcoef)
     return np.where(x <= 0, negative, grad * poscoef)
 
 
@@ -1573,7 +1629,7 @@ def hardswish_backward(grad, x, out=None):
 
 
 def mish(x):
-    return x * np.tanh(np.log1p(np.exp(x)))
+    return x * tanh(real_log1p(exp(x)))
 
 
 @writes_out
@@ -1709,12 +1765,12 @@ def real_part_dtype(dtype):
 # Tables
 
 UNARY_FLOAT = {  # integer and bool inputs compute in the default float dtype
-    "exp": np.exp, "exp2": np.exp2, "expm1": np.expm1,
-    "log": np.log, "log2": np.log2, "log10": np.log10, "log1p": log1p,
+    "exp": exp, "exp2": exp2, "expm1": expm1,
+    "log": log, "log2": log2, "log10": log10, "log1p": log1p,
     "sqrt": np.sqrt, "rsqrt": rsqrt, "reciprocal": np.reciprocal, "sigmoid": sigmoid,
-    "sin": np.sin, "cos": np.cos, "tan": np.tan, "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
-    "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
-    "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh,
+    "sin": sin, "cos": cos, "tan": tan, "asin": arcsin, "acos": arccos, "atan": arctan,
+    "sinh": sinh, "cosh": cosh, "tanh": tanh,
+    "asinh": arcsinh, "acosh": arccosh, "atanh": arctanh,
     "erf": vpu_special.erf, "erfc": special.erfc, "erfinv": special.erfinv,
     "lgamma": lgamma, "digamma": digamma, "i0": special.i0, "sinc": sinc,
     "special_i0e": special.i0e, "special_i1": special.i1, "special_i1e": special.i1e, "special_entr": special.entr,
@@ -2074,7 +2130,7 @@ def log_sigmoid_forward_out(self, *, output, buffer):
     prepare_out(output, self.shape, self.dtype, (self,))
     x = as_compute(self, opmath_dtype(self.dtype))
     with np.errstate(all="ignore"):
-        write(output, np.minimum(x, scalar(0, x)) - np.log1p(np.exp(-np.abs(x))))
+        write(output, np.minimum(x, scalar(0, x)) - real_log1p(exp(-np.abs(x))))
     return output, buffer
 
 
@@ -2090,7 +2146,7 @@ def log_sigmoid_backward_out(grad_output, self, buffer, *, grad_input):
     compute = opmath_dtype(common_dtype(grad_output, self))
     grad, x = as_compute(grad_output, compute), as_compute(self, compute)
     with np.errstate(all="ignore"):
-        z = np.exp(-np.abs(x))
+        z = exp(-np.abs(x))
         negative = x < 0
         derivative = np.where(negative, scalar(1, x), scalar(0, x)) - np.where(negative, 1, -1).astype(compute) * (z / (1 + z))
         return write(grad_input, grad * derivative)

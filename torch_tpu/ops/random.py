@@ -308,9 +308,10 @@ def geometric_(self, p, *, generator=None):
 
 
 def bernoulli_draw(rng, shape, p):
-    """A Bernoulli(p) bool array from the stream ``rng``. Dropout draws its keep mask here too, so that CPU's two
-    dropout paths (native_dropout, and the in-place ``empty_like(x).bernoulli_(1 - p)``) keep the same elements
-    under one seed on tpu as on the CPU."""
+    """A Bernoulli(p) bool array from the stream ``rng`` (``p`` a number or an array of probabilities). Dropout
+    draws its keep mask here too, so that CPU's two dropout paths (native_dropout, and the in-place
+    ``empty_like(x).bernoulli_(1 - p)``) keep the same elements under one seed on tpu as on the CPU, and compiled
+    programs run ``bernoulli`` whole (its decomposition draws float32 uniforms: another mask)."""
     return rng.random(shape) < p
 
 
@@ -326,7 +327,7 @@ def bernoulli_tensor_(self, p, *, generator=None):
     probabilities = opmath_operand(p.expand(self.shape))  # expand gives CPU's size error
     if not np.all((probabilities >= 0) & (probabilities <= 1)):
         raise failed_check("p_in >= 0 && p_in <= 1")
-    return _fill(self, generator, lambda rng, shape, dtype: rng.random(shape) < probabilities)
+    return _fill(self, generator, lambda rng, shape, dtype: bernoulli_draw(rng, shape, probabilities))
 
 
 @register("bernoulli.out")

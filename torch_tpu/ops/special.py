@@ -16,6 +16,7 @@ import numpy as np
 import scipy.special as scipy_special
 
 from .pointwise import single_or_double, structured, supports, to_float
+from .pointwise import arccos as _acos, cos as _cos, sin as _sin  # correctly rounded (vpu.rounded_once)
 
 _INT64_MIN = np.iinfo(np.int64).min
 
@@ -67,19 +68,6 @@ def _recurrence(y, n, first, step):
         active, y, n, p, q = active[keep], y[keep], n[keep], p[keep], q[keep]
         j += 1
     return result
-
-
-def _correctly_rounded(function):
-    """A libm function as glibc's float versions compute it: correctly rounded (NumPy's SIMD float32
-    loops can be an ulp off, which the closed forms multiply by the degree)."""
-
-    def evaluate(x):
-        return function(x.astype(np.float64)).astype(x.dtype)
-
-    return evaluate
-
-
-_acos, _cos, _sin = (_correctly_rounded(f) for f in (np.arccos, np.cos, np.sin))
 
 
 def _chebyshev_step(y, p, j):
