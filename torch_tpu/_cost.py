@@ -24,6 +24,10 @@ from . import _C, _abstract, _abstract_launch
 from ._errors import NoValuesError
 from ._tensor import DTYPE_NAME
 
+# Kernels run out of sight of torch function modes, as C++ kernels do (ops._registry.unseen_by_function_modes)
+function_modes_active = torch._C._is_torch_function_mode_enabled
+without_torch_function = torch._C.DisableTorchFunction
+
 Tensor = torch.Tensor
 _SEQUENCES = (list, tuple)
 FREE_OPS = frozenset({
@@ -330,6 +334,9 @@ def charged(kernel, name, guard=None):
             advance(name, read + written, clock.current_stream)
 
     def launch(*args, **kwargs):
+        if function_modes_active():  # out of sight of the user's torch function modes, as a C++ kernel is
+            with without_torch_function():
+                return launch(*args, **kwargs)
         try:
             if chip.lost_in_fork:  # a child forked after the tpu was used: the chip is its parent's
                 raise lost_in_fork()

@@ -11,11 +11,9 @@ coverage scripts read.
 import torch
 
 from .. import _errors
-from .._cost import FREE_OPS, charged
+from .._cost import FREE_OPS, charged, function_modes_active, without_torch_function
 
 _ATEN = torch.library.Library("aten", "IMPL")  # kept alive for the process: it owns the registrations
-_function_modes_active = torch._C._is_torch_function_mode_enabled
-_without_torch_function = torch._C.DisableTorchFunction
 KERNELS = {}
 LAUNCHES = {}  # aten name -> what the dispatcher calls (the kernel charged and guarded), for kernels that launch others
 
@@ -29,7 +27,7 @@ def register(*overloads, charge=True):
             name = _name(overload)
             launch = charged(kernel, name, guard(name)) if charge and name not in FREE_OPS else guarded(kernel, name)
             launch = bumping_versions(launch, _written_lists(name))
-            _ATEN.impl(overload, unseen_by_function_modes(launch), "PrivateUse1")
+            _ATEN.impl(overload, launch, "PrivateUse1")
             KERNELS[name], LAUNCHES[name] = kernel, launch
         return kernel
 
@@ -41,11 +39,12 @@ def unseen_by_function_modes(kernel):
     calls a Python kernel with the user's TorchFunctionMode still on the stack, so the mode saw (and could refuse)
     the torch calls the kernel makes: under ``torch._refs``' ``TorchRefsMode(strict=True)``, ``torch.complex`` of tpu
     tensors raised "no _refs support for torch.Tensor.select" from a view kernel. One check a launch while no mode
-    is active (about 0.1 us)."""
+    is active (about 0.1 us). The charged and guarded launches (``_cost.charged``, ``guarded``) make the same check
+    in their own frame, the commonest launches paying no extra frame for it."""
 
     def launch(*args, **kwargs):
-        if _function_modes_active():
-            with _without_torch_function():
+        if function_modes_active():
+            with without_torch_function():
                 return kernel(*args, **kwargs)
         return kernel(*args, **kwargs)
 
@@ -126,6 +125,9 @@ def guarded(launch, name):
     replace = guard(name)
 
     def kernel(*args, **kwargs):
+        if function_modes_active():
+            with without_torch_function():
+                return kernel(*args, **kwargs)
         try:
             return launch(*args, **kwargs)
         except Exception as error:
