@@ -144,11 +144,11 @@ def test_grouped_query_attention(kv_heads, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_gradients_in_multihead_attentions_layout_and_float32_ones_without_a_copy(
+def test_results_in_multihead_attentions_layout_and_float32_ones_without_a_copy(
         dtype, monkeypatch):
     """nn.MultiheadAttention hands the kernel (N, H, L, D) views of (L, N, H * D) projections: the gradients
-    come in the inputs' layout (as Meta's kernel gives them) with CPU's values; float32 ones are accumulated in
-    their tensors' own memory (the backward writes nothing afterwards), other dtypes rounded into them."""
+    and the output come in the inputs' layout (as Meta's kernels give them) with CPU's values; float32 ones are
+    computed in their tensors' own memory (nothing is copied into them afterwards), other dtypes rounded into them."""
     torch.manual_seed(0)
     q, k, v = (torch.randn(16, 4, 32).to(dtype).view(16, 16, 8).transpose(0, 1).view(4, 4, 16, 8)
                .detach().requires_grad_() for _ in range(3))
@@ -157,11 +157,11 @@ def test_gradients_in_multihead_attentions_layout_and_float32_ones_without_a_cop
     monkeypatch.setattr(attention, "write", lambda tensor, array: written.append(_buffer_of(tensor)) or write(tensor, array))
     leaves = [t.detach().to("tpu").requires_grad_() for t in (q, k, v)]
     actual = _run(*leaves, None, is_causal=True)
-    for got, want, leaf in zip(actual[1], expected[1], leaves):
+    for got, want, leaf in zip((actual[0], *actual[1]), (expected[0], *expected[1]), leaves[:1] + leaves):
         assert got.stride() == leaf.stride()
         torch.testing.assert_close(got.cpu(), want, **TOLERANCE[dtype])
-    copied = [any(buffer is _buffer_of(got) for buffer in written) for got in actual[1]]
-    assert copied == [dtype is not torch.float32] * 3
+    copied = [any(buffer is _buffer_of(got) for buffer in written) for got in (actual[0], *actual[1])]
+    assert copied == [dtype is not torch.float32] * 4
 
 
 def _buffer_of(tensor):

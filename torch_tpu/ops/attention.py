@@ -124,10 +124,12 @@ def _mxu_operand(probabilities, like):
     return probabilities if like.dtype == _FLOAT32 else probabilities.astype(like.dtype)
 
 
-def attention_forward(q, k, v, bias=None, *, scale, is_causal=False, dropout=None, precision_passes=mxu.EXACT):
+def attention_forward(q, k, v, bias=None, *, scale, is_causal=False, dropout=None, precision_passes=mxu.EXACT,
+                      into=None):
     """softmax(q k^T * scale + bias) v, blocked over the keys. Returns (output, logsumexp), both float32:
     output (..., Hq, L, Dv), logsumexp (..., Hq, L). A query row that sees no key gets output 0 and logsumexp
-    -inf (PyTorch's ``_safe_softmax``)."""
+    -inf (PyTorch's ``_safe_softmax``). ``into``: a float32 array shaped like the output (of any strides) that
+    receives it, as ``attention_backward``'s ``into`` receives the gradients."""
     heads, length = k.shape[-3], k.shape[-2]
     qg = _grouped(q, heads)
     running_max = total = accumulated = None
@@ -160,12 +162,16 @@ def attention_forward(q, k, v, bias=None, *, scale, is_causal=False, dropout=Non
             total = np.zeros_like(running_max)
             accumulated = np.zeros(qg.shape[:-1] + (v.shape[-1],), _FLOAT32)
         seen = total > 0
+        destination = accumulated if into is None else _grouped(into, heads)  # splits an axis: a view
         if seen.all():  # the where()s below would select every row: the same values in place, two passes fewer
-            output = np.divide(accumulated, total, out=accumulated)
+            output = np.divide(accumulated, total, out=destination)
             logsumexp = np.add(running_max, np.log(total, out=total), out=total)[..., 0]
         else:
             output = np.where(seen, accumulated / np.where(seen, total, 1), np.float32(0))
             logsumexp = np.where(seen, running_max + np.log(np.where(seen, total, 1)), -np.inf)[..., 0]
+            if into is not None:
+                np.copyto(destination, output)
+                output = destination
     return output.reshape(q.shape[:-1] + (v.shape[-1],)), logsumexp.reshape(q.shape[:-1]).astype(_FLOAT32, copy=False)
 
 
@@ -333,10 +339,12 @@ def fused_attention(query, key, value, attn_bias=None, dropout_p=0.0, is_causal=
     _check_fused_arguments(query, key, value, attn_bias, is_causal, return_debug_mask)
     dropout, seed, offset = dropout_state(dropout_p)
     output, logsumexp = forward_results(query, value)
+    into = as_numpy(output) if query.dtype is torch.float32 else None  # else rounded into it after
     result, lse = attention_forward(as_numpy(query), as_numpy(key), as_numpy(value), _bias(attn_bias),
                                     scale=softmax_scale(query, scale), is_causal=is_causal, dropout=dropout,
-                                    precision_passes=float32_passes())
-    write(output, result)
+                                    precision_passes=float32_passes(), into=into)
+    if into is None:
+        write(output, result)
     write(logsumexp, lse.reshape(logsumexp.shape))
     return output, logsumexp, None, None, query.shape[-2], key.shape[-2], seed, offset, None
 
