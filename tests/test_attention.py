@@ -154,18 +154,14 @@ def test_results_in_multihead_attentions_layout_and_float32_ones_without_a_copy(
                .detach().requires_grad_() for _ in range(3))
     expected = _run(q, k, v, None, is_causal=True)
     written, write = [], attention.write
-    monkeypatch.setattr(attention, "write", lambda tensor, array: written.append(_buffer_of(tensor)) or write(tensor, array))
+    monkeypatch.setattr(attention, "write", lambda tensor, array: written.append(tensor.shape) or write(tensor, array))
     leaves = [t.detach().to("tpu").requires_grad_() for t in (q, k, v)]
     actual = _run(*leaves, None, is_causal=True)
     for got, want, leaf in zip((actual[0], *actual[1]), (expected[0], *expected[1]), leaves[:1] + leaves):
         assert got.stride() == leaf.stride()
         torch.testing.assert_close(got.cpu(), want, **TOLERANCE[dtype])
-    copied = [any(buffer is _buffer_of(got) for buffer in written) for got in (actual[0], *actual[1])]
-    assert copied == [dtype is not torch.float32] * 4
-
-
-def _buffer_of(tensor):
-    return torch_tpu._tensor.hbm_buffer(tensor.untyped_storage())
+    # the output and the three gradients have q's shape; the only other result written is the forward's logsumexp
+    assert written.count(q.shape) == (0 if dtype is torch.float32 else 4)
 
 
 def test_empty_inputs():
