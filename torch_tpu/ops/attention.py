@@ -339,7 +339,7 @@ def fused_attention(query, key, value, attn_bias=None, dropout_p=0.0, is_causal=
     _check_fused_arguments(query, key, value, attn_bias, is_causal, return_debug_mask)
     dropout, seed, offset = dropout_state(dropout_p)
     output, logsumexp = forward_results(query, value)
-    into = as_numpy(output) if query.dtype is torch.float32 else None  # else rounded into it after
+    into = as_numpy(output) if query.dtype == torch.float32 else None  # else rounded into it after
     result, lse = attention_forward(as_numpy(query), as_numpy(key), as_numpy(value), _bias(attn_bias),
                                     scale=softmax_scale(query, scale), is_causal=is_causal, dropout=dropout,
                                     precision_passes=float32_passes(), into=into)
@@ -355,7 +355,7 @@ def fused_attention_backward(grad_out, query, key, value, attn_bias, grad_input_
     dropout = Dropout(dropout_p, int(philox_seed), int(philox_offset)) if dropout_p > 0 else None
     grads = backward_results(query, key, value, attn_bias, grad_input_mask)
     # float32 gradients are accumulated in their tensors' own memory; other dtypes are rounded into them after
-    into = [as_numpy(grad) for grad in grads[:3]] if query.dtype is torch.float32 else None
+    into = [as_numpy(grad) for grad in grads[:3]] if query.dtype == torch.float32 else None
     arrays = attention_backward(as_numpy(grad_out), as_numpy(query), as_numpy(key), as_numpy(value), as_numpy(out),
                                 as_numpy(logsumexp).reshape(query.shape[:-1]),
                                 _bias(attn_bias), scale=softmax_scale(query, scale), is_causal=is_causal, dropout=dropout,
