@@ -143,6 +143,27 @@ def test_grouped_query_attention(kv_heads, dtype):
                       enable_gqa=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_results_in_multihead_attentions_layout_and_float32_ones_without_a_copy(
+        dtype, monkeypatch):
+    """nn.MultiheadAttention hands the kernel (N, H, L, D) views of (L, N, H * D) projections: the gradients
+    and the output come in the inputs' layout (as Meta's kernels give them) with CPU's values; float32 ones are
+    computed in their tensors' own memory (nothing is copied into them afterwards), other dtypes rounded into them."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(16, 4, 32).to(dtype).view(16, 16, 8).transpose(0, 1).view(4, 4, 16, 8)
+               .detach().requires_grad_() for _ in range(3))
+    expected = _run(q, k, v, None, is_causal=True)
+    written, write = [], attention.write
+    monkeypatch.setattr(attention, "write", lambda tensor, array: written.append(tensor.shape) or write(tensor, array))
+    leaves = [t.detach().to("tpu").requires_grad_() for t in (q, k, v)]
+    actual = _run(*leaves, None, is_causal=True)
+    for got, want, leaf in zip((actual[0], *actual[1]), (expected[0], *expected[1]), leaves[:1] + leaves):
+        assert got.stride() == leaf.stride()
+        torch.testing.assert_close(got.cpu(), want, **TOLERANCE[dtype])
+    # the output and the three gradients have q's shape; the only other result written is the forward's logsumexp
+    assert written.count(q.shape) == (0 if dtype is torch.float32 else 4)
+
+
 def test_empty_inputs():
     check_against_cpu((0, 2, 5, 8), (0, 2, 7, 8), (0, 2, 7, 8))
     check_against_cpu((1, 2, 0, 8), (1, 2, 7, 8), (1, 2, 7, 8))

@@ -68,6 +68,21 @@ def _grouped(q, heads):
     return q.reshape(q.shape[:-3] + (heads, q.shape[-3] // heads) + q.shape[-2:])
 
 
+def _summed_over_group(x):
+    """(..., Hk, G, S, D) summed over the G query heads that share each key head: the key head's gradient. Without
+    grouped-query attention G is 1, and the sum (a copy of the same values) is skipped."""
+    return x[..., 0, :, :] if x.shape[-3] == 1 else x.sum(-3)
+
+
+def _zeroed(into, *like):
+    """float32 zeros shaped like each of ``like``: the arrays ``into`` (zero-filled), else new ones."""
+    if into is None:
+        return [np.zeros(array.shape, _FLOAT32) for array in like]
+    for array in into:
+        array.fill(0)
+    return into
+
+
 def _blocks(length, queries, is_causal):
     """(block number, first key, end key) of the key blocks any query sees (top-left causal: query i sees keys <= i)."""
     visible = min(length, queries) if is_causal else length
@@ -109,10 +124,12 @@ def _mxu_operand(probabilities, like):
     return probabilities if like.dtype == _FLOAT32 else probabilities.astype(like.dtype)
 
 
-def attention_forward(q, k, v, bias=None, *, scale, is_causal=False, dropout=None, precision_passes=mxu.EXACT):
+def attention_forward(q, k, v, bias=None, *, scale, is_causal=False, dropout=None, precision_passes=mxu.EXACT,
+                      into=None):
     """softmax(q k^T * scale + bias) v, blocked over the keys. Returns (output, logsumexp), both float32:
     output (..., Hq, L, Dv), logsumexp (..., Hq, L). A query row that sees no key gets output 0 and logsumexp
-    -inf (PyTorch's ``_safe_softmax``)."""
+    -inf (PyTorch's ``_safe_softmax``). ``into``: a float32 array shaped like the output (of any strides) that
+    receives it, as ``attention_backward``'s ``into`` receives the gradients."""
     heads, length = k.shape[-3], k.shape[-2]
     qg = _grouped(q, heads)
     running_max = total = accumulated = None
@@ -145,29 +162,35 @@ def attention_forward(q, k, v, bias=None, *, scale, is_causal=False, dropout=Non
             total = np.zeros_like(running_max)
             accumulated = np.zeros(qg.shape[:-1] + (v.shape[-1],), _FLOAT32)
         seen = total > 0
+        destination = accumulated if into is None else _grouped(into, heads)  # splits an axis: a view
         if seen.all():  # the where()s below would select every row: the same values in place, two passes fewer
-            output = np.divide(accumulated, total, out=accumulated)
+            output = np.divide(accumulated, total, out=destination)
             logsumexp = np.add(running_max, np.log(total, out=total), out=total)[..., 0]
         else:
             output = np.where(seen, accumulated / np.where(seen, total, 1), np.float32(0))
             logsumexp = np.where(seen, running_max + np.log(np.where(seen, total, 1)), -np.inf)[..., 0]
-    return output.reshape(q.shape[:-1] + (v.shape[-1],)), logsumexp.reshape(q.shape[:-1]).astype(_FLOAT32)
+            if into is not None:
+                np.copyto(destination, output)
+                output = destination
+    return output.reshape(q.shape[:-1] + (v.shape[-1],)), logsumexp.reshape(q.shape[:-1]).astype(_FLOAT32, copy=False)
 
 
 def attention_backward(grad_out, q, k, v, out, logsumexp, bias=None, *, scale, is_causal=False, dropout=None,
-                       bias_grad=False, precision_passes=mxu.EXACT):
+                       bias_grad=False, precision_passes=mxu.EXACT, into=None):
     """The gradients of ``attention_forward``'s output, recomputing the scores block by block from the
     logsumexp. Returns float32 (grad_q, grad_k, grad_v, grad_scores), shaped like q, k, v and
     (..., Hq, L, S) for the scores (the gradient of an additive bias before reduction to the bias's shape),
-    or None for that last one unless ``bias_grad``."""
+    or None for that last one unless ``bias_grad``. ``into``: float32 arrays shaped like q, k and v (of any
+    strides) in which grad_q, grad_k and grad_v are accumulated, instead of new ones: a float32 launch's
+    results, which then need no copy."""
     heads, length = k.shape[-3], k.shape[-2]
     qg, dog = _grouped(q, heads), _grouped(grad_out, heads)
     lse = _grouped(logsumexp[..., None], heads)
     # D_i = sum_j P_ij dP_ij = dO_i . O_i, dropout or not
     row_dot = row_sums(dog.astype(_FLOAT32, copy=False) * _grouped(out, heads).astype(_FLOAT32, copy=False))
     every_row_seen = not (lse == -np.inf).any()
-    grad_q = np.zeros(qg.shape, _FLOAT32)
-    grad_k, grad_v = np.zeros(k.shape, _FLOAT32), np.zeros(v.shape, _FLOAT32)
+    grad_q, grad_k, grad_v = _zeroed(into, q, k, v)
+    grad_q = _grouped(grad_q, heads)  # splits an axis: a view, also of a strided ``into``
     grad_scores = None if not bias_grad else np.zeros(qg.shape[:-1] + (length,), _FLOAT32)
     with vpu.ignoring_fp_errors():
         for number, start, end in _blocks(length, q.shape[-2], is_causal):
@@ -181,8 +204,8 @@ def attention_backward(grad_out, q, k, v, out, logsumexp, bias=None, *, scale, i
             if dropout is not None:
                 dropped, kept = dropout.apply(probabilities, number)
             vg, kg = v[..., None, start:end, :], k[..., None, start:end, :]
-            grad_v[..., start:end, :] += mxu.matmul(np.swapaxes(_mxu_operand(dropped, v), -1, -2), dog,
-                                                    precision_passes=precision_passes).sum(-3)
+            grad_v[..., start:end, :] += _summed_over_group(
+                mxu.matmul(np.swapaxes(_mxu_operand(dropped, v), -1, -2), dog, precision_passes=precision_passes))
             grad_probabilities = mxu.matmul(dog, np.swapaxes(vg, -1, -2), precision_passes=precision_passes)
             if kept is not None:
                 grad_probabilities *= kept * np.float32(1 / (1 - dropout.p))
@@ -192,8 +215,8 @@ def attention_backward(grad_out, q, k, v, out, logsumexp, bias=None, *, scale, i
                 grad_scores[..., start:end] = grad_block
             operand = _mxu_operand(grad_block, q)
             grad_q += mxu.matmul(operand, kg, precision_passes=precision_passes)
-            grad_k[..., start:end, :] += mxu.matmul(np.swapaxes(operand, -1, -2), qg,
-                                                    precision_passes=precision_passes).sum(-3)
+            grad_k[..., start:end, :] += _summed_over_group(
+                mxu.matmul(np.swapaxes(operand, -1, -2), qg, precision_passes=precision_passes))
     grad_q *= np.float32(scale)
     grad_k *= np.float32(scale)
     if grad_scores is not None:
@@ -261,12 +284,22 @@ def softmax_scale(query, scale):
 
 def like(tensor, shape, dtype=None):
     """A new tensor of ``shape`` laid out in ``tensor``'s dimension order (what Meta's attention kernels give)."""
-    order = sorted(range(tensor.dim()), key=lambda d: tensor.stride(d), reverse=True)
-    strides, stride = [0] * tensor.dim(), 1
+    shape = tuple(shape)
+    return empty(shape, dtype or tensor.dtype, strides_in_order(shape, tensor.stride()))
+
+
+@functools.lru_cache(maxsize=256)
+def strides_in_order(shape, strides_of_order):
+    """The dense strides of ``shape`` whose dimensions are ordered as ``strides_of_order`` orders its own (largest
+    stride outermost, ties in dimension order), or None when they are the contiguous ones (a new tensor's
+    quickest path), asked once per layout: every attention launch allocates three or four such results."""
+    order = sorted(range(len(shape)), key=strides_of_order.__getitem__, reverse=True)
+    strides, stride = [0] * len(shape), 1
     for d in reversed(order):
         strides[d] = stride
         stride *= shape[d]
-    return empty(tuple(shape), dtype or tensor.dtype, tuple(strides))
+    contiguous = stride > 0 and order == list(range(len(shape)))
+    return None if contiguous else tuple(strides)
 
 
 def forward_results(query, value):
@@ -306,10 +339,12 @@ def fused_attention(query, key, value, attn_bias=None, dropout_p=0.0, is_causal=
     _check_fused_arguments(query, key, value, attn_bias, is_causal, return_debug_mask)
     dropout, seed, offset = dropout_state(dropout_p)
     output, logsumexp = forward_results(query, value)
+    into = as_numpy(output) if query.dtype == torch.float32 else None  # else rounded into it after
     result, lse = attention_forward(as_numpy(query), as_numpy(key), as_numpy(value), _bias(attn_bias),
                                     scale=softmax_scale(query, scale), is_causal=is_causal, dropout=dropout,
-                                    precision_passes=float32_passes())
-    write(output, result)
+                                    precision_passes=float32_passes(), into=into)
+    if into is None:
+        write(output, result)
     write(logsumexp, lse.reshape(logsumexp.shape))
     return output, logsumexp, None, None, query.shape[-2], key.shape[-2], seed, offset, None
 
@@ -319,12 +354,15 @@ def fused_attention_backward(grad_out, query, key, value, attn_bias, grad_input_
                              cum_seq_k, max_q, max_k, dropout_p, is_causal, philox_seed, philox_offset, *, scale=None):
     dropout = Dropout(dropout_p, int(philox_seed), int(philox_offset)) if dropout_p > 0 else None
     grads = backward_results(query, key, value, attn_bias, grad_input_mask)
+    # float32 gradients are accumulated in their tensors' own memory; other dtypes are rounded into them after
+    into = [as_numpy(grad) for grad in grads[:3]] if query.dtype == torch.float32 else None
     arrays = attention_backward(as_numpy(grad_out), as_numpy(query), as_numpy(key), as_numpy(value), as_numpy(out),
                                 as_numpy(logsumexp).reshape(query.shape[:-1]),
                                 _bias(attn_bias), scale=softmax_scale(query, scale), is_causal=is_causal, dropout=dropout,
-                                bias_grad=grads[3] is not None, precision_passes=float32_passes())
-    for tensor, array in zip(grads[:3], arrays[:3]):
-        write(tensor, array)
+                                bias_grad=grads[3] is not None, precision_passes=float32_passes(), into=into)
+    if into is None:
+        for tensor, array in zip(grads[:3], arrays[:3]):
+            write(tensor, array)
     if grads[3] is not None:
         write(grads[3], reduce_to_shape(arrays[3], tuple(attn_bias.shape)))
     return grads
