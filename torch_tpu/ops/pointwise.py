@@ -1376,8 +1376,8 @@ def gelu_of_cdf(x, cdf, out):
 
 
 def gaussian_cdf(x):
-    """0.5 * (1 + erf(x / sqrt(2))), in a fresh array."""
-    result = vpu_special.erf(x * scalar(math.sqrt(0.5), x))
+    """0.5 * (1 + erf(x / sqrt(2))), in a fresh array (also for a 0-d ``x``, whose products NumPy makes scalars)."""
+    result = np.asarray(vpu_special.erf(x * scalar(math.sqrt(0.5), x)))
     result += 1
     result *= scalar(0.5, x)
     return result
@@ -1416,7 +1416,7 @@ def gelu_backward(grad, x, approximate="none"):
 
 def gelu_backward_of_cdf(grad, x, cdf):
     """GELU's backward (approximate="none") from ``cdf``, the ``gaussian_cdf`` of ``x``, computed into ``cdf``."""
-    x_pdf = x * x
+    x_pdf = np.multiply(x, x, out=np.empty_like(cdf))  # an array even for a 0-d x, for the in-place steps
     x_pdf *= scalar(-0.5, x)
     np.exp(x_pdf, out=x_pdf)
     x_pdf *= scalar(1 / math.sqrt(2 * math.pi), x)
