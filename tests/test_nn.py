@@ -1201,6 +1201,18 @@ def test_lazy_modules_move_to_tpu_before_their_first_forward(make, input_shape):
     assert_close(lazy(x.to("tpu")).cpu(), reference(x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("make, input_shape", LAZY_MODULES, ids=lambda v: "" if callable(v) else str(v))
+def test_lazy_modules_change_dtype_on_tpu_before_their_first_forward(make, input_shape):
+    """``lazy.to("tpu").double()`` copies the UninitializedParameters again, now from tpu to tpu; they are empty,
+    and CPU's copy returns before it reads an empty source (test_modules.py's test_grad of the lazy modules)."""
+    lazy, reference = make().to("tpu").double(), make().double()
+    x = torch.randn(input_shape, dtype=torch.float64)
+    lazy(x.to("tpu")), reference(x)
+    assert [(p.device.type, p.dtype) for p in lazy.parameters()] == [("tpu", torch.float64)] * len(list(reference.parameters()))
+    lazy.load_state_dict(reference.state_dict())
+    assert_close(lazy(x.to("tpu")).cpu(), reference(x))
+
+
 @pytest.mark.parametrize("pool, shape", [(F.adaptive_max_pool2d, (1, 2, 4, 4)), (F.adaptive_max_pool3d, (1, 2, 3, 4, 4))])
 def test_adaptive_max_pools_refuse_integers_and_take_empty_outputs_as_cpu_does(pool, shape):
     """CPU's adaptive max pools are compiled for floating types only (fixed-window max pools take integers), and

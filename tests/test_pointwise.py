@@ -831,6 +831,15 @@ def test_gelu_and_its_backward_at_edge_values(dtype):
         check(torch.ops.aten.gelu_backward, torch.ones_like(x), x)
 
 
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gelu_backward_of_a_0_d_tensor(dtype, approximate):
+    # NumPy makes the product of 0-d arrays a scalar, which an in-place step cannot write into (nn.GELU on a
+    # 0-d input failed its backward; found by test_modules.py's cpu/device parity)
+    for value in (0.7, -2.5):
+        check_grads(lambda x: F.gelu(x, approximate=approximate), torch.tensor(value, dtype=dtype))
+
+
 def test_gelu_and_its_backward_use_the_float32_erf():
     x = erf_arguments()[::7] * 2
     grad = sample(x.shape, seed=3, specials=False)

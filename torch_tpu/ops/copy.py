@@ -78,6 +78,10 @@ def _warn_if_dropping_imaginary_parts(dst, src):
 def copy_from(self, dst, non_blocking=False):
     _check_broadcastable(dst, self)
     _check_no_overlap(dst, self)
+    if dst.numel() == 0:
+        # CPU's copy_ returns here, before its warning and before reading the source: a lazy module's
+        # UninitializedParameter, which refuses its ``shape``, is empty (``lazy.to("tpu").double()``)
+        return dst
     _warn_if_dropping_imaginary_parts(dst, self)
     source = _readable(self)
     if _tensor.is_tpu(dst) and (dst.is_conj() or dst.is_neg()):

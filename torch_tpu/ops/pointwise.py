@@ -1429,8 +1429,8 @@ def gelu_of_cdf(x, cdf, out):
 
 
 def gaussian_cdf(x):
-    """0.5 * (1 + erf(x / sqrt(2))), in a fresh array."""
-    result = np.multiply(x, scalar(math.sqrt(0.5), x))
+    """0.5 * (1 + erf(x / sqrt(2))), in a fresh array (also for a 0-d ``x``, whose products NumPy makes scalars)."""
+    result = np.multiply(x, scalar(math.sqrt(0.5), x), out=np.empty_like(x))
     vpu_special.erf(result, out=result)
     result += 1
     result *= scalar(0.5, x)
@@ -1470,7 +1470,7 @@ def gelu_backward(grad, x, approximate="none"):
 
 def gelu_backward_of_cdf(grad, x, cdf):
     """GELU's backward (approximate="none") from ``cdf``, the ``gaussian_cdf`` of ``x``, computed into ``cdf``."""
-    x_pdf = x * x
+    x_pdf = np.multiply(x, x, out=np.empty_like(cdf))  # an array even for a 0-d x, for the in-place steps
     x_pdf *= scalar(-0.5, x)
     exp(x_pdf, out=x_pdf)
     x_pdf *= scalar(1 / math.sqrt(2 * math.pi), x)
