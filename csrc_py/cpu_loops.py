@@ -127,18 +127,31 @@ def kernel_vec_lanes(destination, inputs, indices, width, threads):
     return _lanes(shape, [destination_strides, *strides], indices, width, False, 0, threads, _contiguous_or_one_scalar)
 
 
-def is_one_contiguous_row(destination, inputs):
-    """Whether TensorIterator coalesces the operands (``destination``: an ``out=`` array; None: a new output) into one
-    row in which every operand is contiguous: the layout in which a kernel's contiguous path (``iter.is_contiguous()``,
-    vectorised to the last element) runs rather than its element-by-element loop."""
+def _coalesced_iteration(destination, inputs):
+    """The sizes (innermost first) and per-operand element strides (destination first) of TensorIterator's loop
+    over ``inputs`` written into ``destination`` (an ``out=`` array; None: a new output), reordered and coalesced."""
     shape = np.broadcast_shapes(*(np.shape(operand) for operand in inputs))
     strides = [_element_strides(operand, shape) for operand in inputs]
     destination_strides = (_element_strides(destination, shape) if destination is not None
                            else _allocated_strides(shape, strides))
     operands = [destination_strides, *strides]
     order = iteration_order(shape, operands)
-    sizes, coalesced = _coalesce([shape[d] for d in order], [[s[d] for d in order] for s in operands])
+    return _coalesce([shape[d] for d in order], [[s[d] for d in order] for s in operands])
+
+
+def is_one_contiguous_row(destination, inputs):
+    """Whether TensorIterator coalesces the operands (``destination``: an ``out=`` array; None: a new output) into one
+    row in which every operand is contiguous: the layout in which a kernel's contiguous path (``iter.is_contiguous()``,
+    vectorised to the last element) runs rather than its element-by-element loop."""
+    sizes, coalesced = _coalesced_iteration(destination, inputs)
     return len(sizes) <= 1 and all(s[0] == 1 for s in coalesced) if sizes and sizes[0] > 1 else True
+
+
+def broadcast_along_rows(destination, inputs, which):
+    """Whether ``inputs[which]`` is one value along each row of TensorIterator's innermost loop (stride 0 there, rows
+    longer than one element): the rows in which a kernel's vector loop may hoist that input's arithmetic."""
+    sizes, coalesced = _coalesced_iteration(destination, inputs)
+    return bool(sizes) and sizes[0] > 1 and coalesced[1 + which][0] == 0
 
 
 def _allocated_strides(shape, input_strides):

@@ -127,7 +127,7 @@ def _writable_directly(out, x):
 def erf(x, out=None):
     """``scipy.special.erf(x, out=out)``; float32 arrays take the fast vectorised path (within 1 ulp). ``out``
     may be ``x`` itself."""
-    if x.dtype != np.float32 or x.ndim == 0:
+    if x.dtype != np.float32:
         return scipy.special.erf(x, out=out)
     flat = np.ascontiguousarray(x).reshape(-1)
     in_place = out is not None and _writable_directly(out, x)

@@ -161,3 +161,20 @@ def test_a_traced_backward_copies_only_an_operand_its_program_did_not_compute(mo
     for actual, e in zip([p.grad for p in model.parameters()] + [leaf.grad], expected):
         assert_identical(actual, e)
     assert sorted(copied) == [False, True] and taken == [True, True]
+
+
+def test_a_gelu_backward_before_its_gelu_never_takes_the_previous_calls_cdf():
+    """In a program holding both, a gelu_backward that comes before the GELU of the same value in the graph would take
+    the CDF the previous call kept: such a slot keeps its copy and its bit check (gradients 0.9 off from the second
+    call on, silently, before)."""
+    def f(x):
+        y = x * 2
+        return torch.ops.aten.gelu_backward(torch.ones_like(y), y), F.gelu(y)
+
+    compiled = torch.compile(f, backend="tpu")
+    with torch.no_grad():
+        for seed in (1, 2, 3):
+            torch.manual_seed(seed)
+            x = torch.randn(16).to("tpu")
+            for actual, expected in zip(compiled(x), f(x)):
+                assert_identical(actual, expected)

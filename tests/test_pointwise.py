@@ -1216,7 +1216,8 @@ def test_pow_of_negative_zero_and_infinity_by_a_half_is_cs_pow(dtype, exponent):
     lambda x: torch.clamp_min(x, 1.37, out=x), lambda x: torch.clamp(x, 1.37, 3, out=x),
     lambda x: torch.clamp(x, None, 2.5, out=x), lambda x: torch.clamp(x, 1, 2.5, out=x),
     lambda x: torch.clamp_max(x, 2, out=x), lambda x: torch.clamp_min(x, True, out=x), lambda x: x.clamp_min_(1.37),
-], ids=["min-float", "both-float", "max-float", "max-float-min-int", "max-int", "min-bool", "in-place"])
+    lambda x: torch.ops.aten.clamp.out(x, None, None, out=x),
+], ids=["min-float", "both-float", "max-float", "max-float-min-int", "max-int", "min-bool", "in-place", "no-bounds"])
 def test_clamp_into_its_own_integer_input_refuses_a_floating_bound_in_cpus_words(dtype, call):
     """clamp's meta function refuses to write an integer input promoted by a floating bound back into itself ("result
     type Float can't be cast to the desired output type int"), before the out's dtype check tpu reported; bounds that
@@ -1256,9 +1257,12 @@ def test_sigmoid_and_tanh_backward_round_as_cpu(dtype, op):
     for n in (1, 7, 17, 33, 1003):
         y = torch.sigmoid(torch.randn(3, n, generator=generator, dtype=torch.float64)).to(dtype)
         grad = torch.randn(3, n, generator=generator).to(dtype)
-        cases = [(grad, y), (grad[:, ::2], y[:, ::2]), (grad[0], y[:1, :1]), (grad, y[:, :1]), (grad[:1], y)]
+        keep, along_rows = (lambda t: t), (lambda t: t.expand(3, n))  # expanded on each device: .to() copies densely
+        cases = [(grad, y, keep), (grad[:, ::2], y[:, ::2], keep), (grad[0], y[:1, :1], keep), (grad, y[:, :1], keep),
+                 (grad, y[:, :1], along_rows), (grad[:1], y, keep),
+                 (grad.t(), y[:1].t(), keep)]  # broadcast along dim 1, not along the rows CPU's loop runs (dim 0)
         if dtype == torch.float64 and n > 16:  # y broadcast along rows: the lane replay misplaces float64's last
-            del cases[2:4]  # vector step (left open, docs/testing.md)
-        for g, out in cases:
-            expected, actual = op(g, out), op(g.to("tpu"), out.to("tpu")).cpu()
+            del cases[2:5]  # vector step (left open, docs/testing.md)
+        for g, out, layout in cases:
+            expected, actual = op(g, layout(out)), op(g.to("tpu"), layout(out.to("tpu"))).cpu()
             assert torch.equal(actual, expected)

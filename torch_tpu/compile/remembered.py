@@ -9,7 +9,8 @@ program takes the slot and uses the CDF only when its own operand has the same b
 about 30 times cheaper than the erf), so a value written in between, a second forward before the
 backward, or a backward run twice compute the CDF again and never get a stale one. A program that holds both
 (``loss.backward()`` traced into it) skips the copy and the check where the operand is a value it computed
-itself: a functional graph writes no such value, and its forward GELU runs before its backward in every call.
+itself and whose GELU comes before its backward in the graph: a functional graph writes no such value, and each
+call keeps the CDF before taking it.
 
 One ``Remembered`` serves the forward and backward programs of one AOTAutograd graph, or the one program
 of a graph that holds both (``loss.backward()`` traced into it); it holds at most one entry per GELU node
@@ -85,7 +86,7 @@ _KEEPS, _TAKES = aten.gelu.default, aten.gelu_backward.default
 def mark(graph, kind, remembered):
     """Mark the exact-GELU nodes of a forward (they keep their CDF) or backward graph (their backward takes it);
     in a graph holding both (a ``loss.backward()`` traced into it), the GELUs whose backward it also holds."""
-    slots, vouched = {}, set()
+    slots, computed_here, first_use = {}, set(), {}
     for node in graph.nodes:
         operands = {_KEEPS: 1, _TAKES: 2}.get(node.target) if node.op == "call_function" else None
         if operands is None:
@@ -95,11 +96,15 @@ def mark(graph, kind, remembered):
             continue
         operand = node.args[operands - 1]
         root = saved_root(operand)
-        slots[node] = f"{root.name}:{tuple(operand.meta['val'].shape)}"
+        slots[node] = slot = f"{root.name}:{tuple(operand.meta['val'].shape)}"
+        first_use.setdefault(slot, node.target)
         if kind == "inference" and root.op == "call_function":  # computed here; only inputs are written (copy_)
-            vouched.add(node)
+            computed_here.add(node)
     marked = {"forward": (_KEEPS,), "backward": (_TAKES,), "inference": (_KEEPS, _TAKES)}.get(kind, ())
     taken = {slot for node, slot in slots.items() if node.target is _TAKES}
     for node, slot in slots.items():
         if node.target in marked and (kind != "inference" or slot in taken):
-            node.meta[SLOT] = (remembered, slot, node in vouched)
+            # vouched only where this call's GELU keeps the slot before its backward takes it: a backward first
+            # would take the previous call's CDF
+            vouched = node in computed_here and first_use[slot] is _KEEPS
+            node.meta[SLOT] = (remembered, slot, vouched)

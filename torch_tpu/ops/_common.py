@@ -346,22 +346,14 @@ def ones(length, dtype):
     return vector
 
 
-_BLAS_SUMMED = (np.dtype(np.float32), np.dtype(np.float64))
-
-
 def channel_sums(x, dtype=None):
     """Per channel (dim 1), the sum over every other dim, shaped (1, C, 1, ...) to broadcast against ``x``.
 
     Summed as (N, C, rest): the contiguous inner run first, then the batch. NumPy's reduction over the
-    scattered axes (0, 2, 3) directly is several times slower, in float64 ten times. The inner runs of a
-    float32 or float64 array summed in its own dtype (``dtype`` None) are one BLAS matrix-vector product with ones:
-    NumPy's reduction over runs this short (a 7x7 or 14x14 image) takes two to three times as long. A sum in
-    another ``dtype`` (batch norm's float64 statistics of a float32 input) keeps NumPy's reduction, which converts
-    as it goes."""
+    scattered axes (0, 2, 3) directly is several times slower, in float64 ten times. Not a BLAS matrix-vector
+    product with ones, though faster on short runs: its kernel adds some channels' runs element by element, so
+    channels of equal values got unequal sums."""
     rows = x.reshape(x.shape[0], x.shape[1], -1) if x.ndim != 3 else x
-    if dtype is None and rows.shape[2] > 1 and x.dtype in _BLAS_SUMMED:
-        per_image = np.matmul(rows, ones(rows.shape[2], x.dtype))
-    else:
-        per_image = np.add.reduce(rows, axis=2, dtype=dtype)
+    per_image = np.add.reduce(rows, axis=2, dtype=dtype)
     sums = np.add.reduce(per_image, axis=0)
     return sums.reshape((1, -1) + (1,) * (x.ndim - 2))

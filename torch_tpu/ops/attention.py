@@ -26,10 +26,9 @@ from torch.nn.attention import SDPBackend
 from .. import _C, _cost
 from .._C import mxu, vpu
 from .._tensor import DTYPE_NAME, is_tpu
-from ._common import as_numpy, empty, write
+from ._common import as_numpy, empty, ones, write
 from ._registry import register
 from .linalg import float32_passes
-from .nn import ones
 
 KEY_BLOCK = 512  # keys per step of the online softmax; also the unit of the dropout mask's random streams
 FUSED_DTYPES = frozenset({torch.float32, torch.bfloat16, torch.float16})

@@ -422,9 +422,10 @@ def refuse_in_meta(overload, promoted, out=None):
     if refusal is not None and isinstance(self, torch.Tensor) and refusal[0](self.dtype):
         raise refusal[1](refusal[2])
     if out is self and overload in PROMOTED_NOT_INTO_SELF and not self.dtype.is_floating_point:
-        promoted_dtype = torch.result_type(self, next(bound for bound in promoted[1:] if bound is not None))
-        if len(promoted) > 2 and promoted[2] is not None:
-            promoted_dtype = torch.promote_types(promoted_dtype, torch.result_type(self, promoted[2]))
+        bounds = [bound for bound in promoted[1:] if bound is not None]
+        if not bounds:  # clamp's own check names the missing bounds, as CPU's does
+            return
+        promoted_dtype = functools.reduce(torch.promote_types, (torch.result_type(self, bound) for bound in bounds))
         if promoted_dtype != self.dtype:
             raise RuntimeError(f"result type {scalar_type_name(promoted_dtype)} can't be cast to the desired output "
                                f"type {cpp_type_name(self.dtype)}")
@@ -1430,7 +1431,7 @@ def gelu_of_cdf(x, cdf, out):
 
 def gaussian_cdf(x):
     """0.5 * (1 + erf(x / sqrt(2))), in a fresh array (also for a 0-d ``x``, whose products NumPy makes scalars)."""
-    result = np.multiply(x, scalar(math.sqrt(0.5), x), out=np.empty_like(x))
+    result = np.multiply(x, scalar(math.sqrt(0.5), x), out=np.empty(np.shape(x), x.dtype))  # contiguous: erf's fast path
     vpu_special.erf(result, out=result)
     result += 1
     result *= scalar(0.5, x)
@@ -1524,7 +1525,7 @@ def tanh_backward(grad, y):
     one = scalar(1, y)
     result = grad * vpu.fused_multiply_add(np.negative(y), y, one)
     shape = np.shape(result)
-    if shape and shape[-1] > 1 and (np.ndim(y) == 0 or np.shape(y)[-1] == 1):
+    if shape and cpu_loops.broadcast_along_rows(None, (grad, y), 1):
         rounded = np.broadcast_to(grad * (one - y * y), shape)
         result = np.where(in_vector_lanes(np.ones(shape, bool), (grad, y)), rounded, result)
     return result
