@@ -116,10 +116,9 @@ class LSTMBackwardFactors:
         return grad_c * self.forget[t]
 
 
-def lstm_cell_backward(grad_h, grad_c, cx, cy, workspace, out=None):
-    """From a (B, 4H) workspace, the gates' pre-activation gradient (written into ``out`` if given) and the
-    previous cell state's."""
-    grad_gates = np.empty(workspace.shape, grad_c.dtype) if out is None else out
+def lstm_cell_backward(grad_h, grad_c, cx, cy, workspace):
+    """From a (B, 4H) workspace, the gates' pre-activation gradient and the previous cell state's."""
+    grad_gates = np.empty(workspace.shape, grad_c.dtype)
     return grad_gates, LSTMBackwardFactors(cx, cy, gate_major(workspace)).step((), grad_h, grad_c,
                                                                               by_gate_blocks(grad_gates))
 
