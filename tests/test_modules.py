@@ -99,8 +99,6 @@ FAST_MODULES = (
 EXPECTED_FAILURES = {
     ("nn.Transformer", "train"): "eval-mode nn.TransformerEncoder with a key padding mask converts its input to a "
     "nested tensor (aten::_nested_tensor_from_mask_left_aligned, _nested_tensor_from_mask): no nested tensors on tpu",
-    ("nn.GELU", "train"): "aten::gelu_backward.grad_input on a 0-d input: TypeError: return arrays must be of "
-    "ArrayType (pointwise.py gelu_backward writes np.exp(..., out=) into a NumPy scalar)",
 }
 
 
