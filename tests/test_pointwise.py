@@ -167,6 +167,44 @@ def test_softshrink_gives_cpus_signed_zeros_and_nan_bits_in_its_vector_loop_and_
     assert torch.equal(actual.view(bits), expected.view(bits))
 
 
+BF16_NAN_MAKERS = {  # each makes NaNs in float32 from the bf16 rows _nan_making_inputs gives
+    "add": lambda x, y: x + y, "mul": lambda x, y: x * y, "div": torch.div, "add_number": lambda x, y: x + 2.0,
+    "relu": lambda x, y: F.relu(x), "hardshrink": lambda x, y: F.hardshrink(x), "sigmoid": lambda x, y: torch.sigmoid(x),
+    "maximum": torch.maximum, "sqrt": lambda x, y: torch.sqrt(x), "log": lambda x, y: torch.log(x),
+    "silu": lambda x, y: F.silu(x), "asinh": lambda x, y: torch.asinh(x),
+}
+
+
+def _nan_making_inputs(columns):
+    """bf16 rows where ``x + y``, ``x * y`` and ``x / y`` are NaN (inf + -inf, inf * 0, 0 / 0) and NaN inputs
+    (c10's 0x7FC0)."""
+    x = torch.full((3, columns), 1.5, dtype=torch.bfloat16)
+    y = torch.full((3, columns), -2.0, dtype=torch.bfloat16)
+    x[:, ::3], y[:, ::3] = math.inf, -math.inf
+    x[:, 1::3], y[:, 1::3] = 0.0, 0.0
+    x[:, 2::5] = math.nan
+    return x, y
+
+
+@pytest.mark.parametrize("layout", SIMD_LAYOUTS.values(), ids=SIMD_LAYOUTS.keys())
+@pytest.mark.parametrize("columns", [1, 3, 40, 70])
+@pytest.mark.parametrize("op", BF16_NAN_MAKERS.keys())
+def test_bf16_nans_are_0xffff_from_cpus_vector_lanes_and_c10s_0x7fc0_from_its_scalar_tail(op, columns, layout):
+    """Bit for bit: a bf16 NaN result computed in float32 is 0xFFFF where cpu_kernel_vec converts it in vectors
+    and 0x7FC0 (c10's round_to_nearest_even) where its scalar tail does; the vml kernels (sqrt, log) convert every
+    element in vectors, silu's AVX-512 build in 64-byte vectors on an AVX-512 CPU, asinh's loop none; hardshrink
+    returns its input's own bits. Eager, compiled and (for add) foreach."""
+    x, y = _nan_making_inputs(columns)
+    function = BF16_NAN_MAKERS[op]
+    expected = function(layout(x), layout(y)).view(torch.int16)
+    operands = (layout(x.to("tpu")), layout(y.to("tpu")))
+    assert torch.equal(function(*operands).cpu().view(torch.int16), expected)
+    assert torch.equal(torch.compile(function, backend="tpu")(*operands).cpu().view(torch.int16), expected)
+    if op == "add":
+        summed = torch._foreach_add([operands[0]], [operands[1]])[0]
+        assert torch.equal(summed.cpu().view(torch.int16), expected)
+
+
 @pytest.mark.parametrize("layout", SIMD_LAYOUTS.values(), ids=SIMD_LAYOUTS.keys())
 @pytest.mark.parametrize("columns", [8, 33, 70, 40000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
