@@ -347,7 +347,8 @@ def compute_into(out, function, operands, dtype, extras=(), options=None, opmath
     if out.dtype != dtype and np.asarray(result).dtype == compute != numpy_dtype(dtype):
         result = _rounded_to(result, dtype)
     if out.dtype == torch.bfloat16:
-        return write_rounded(out, result, [operand(value) for value in operands if isinstance(value, torch.Tensor)], name)
+        inputs = [operand(value) for value in operands if isinstance(value, torch.Tensor)]
+        return write_rounded(out, result, inputs, name)
     return write(out, result)
 
 
@@ -1665,12 +1666,21 @@ def hardswish(x, out=None):
     return np.divide(x * np.minimum(np.maximum(x + 3, scalar(0, x)), scalar(6, x)), scalar(6, x), out=out)
 
 
-@writes_out
-def hardswish_backward(grad, x, out=None):
-    middle = grad * (x / scalar(3, x) + scalar(0.5, x))
-    # CPU's pieces: 0 up to -3, the gradient itself from 3 on; a NaN input gives NaN, as CPU's vector loop
-    # does (its scalar tail, the last few elements of a row, gives the gradient)
-    return select_bits(x >= 3, grad, zero_where(x <= -3, middle), out)
+def hardswish_backward(grad, x):
+    """CPU's pieces: 0 up to -3, the gradient itself from 3 on. A NaN input gives NaN in CPU's vector loop (its
+    blends fall through to the middle piece) and the gradient in its scalar tail (its if/else chain ends there);
+    registered without opmath so that the lanes, in the 64-byte vectors of its AVX-512 build, follow the operands'
+    own layout and dtype. bf16/fp16 compute in float32."""
+    lanes_of = (grad, x)
+    grad, x = in_float(grad), in_float(x)
+    result = select_bits(x >= 3, grad, zero_where(x <= -3, grad * (x / scalar(3, x) + scalar(0.5, x))))
+    nans = np.isnan(x)
+    if nans.any():
+        shape = np.shape(result)
+        nans = np.broadcast_to(nans, shape)
+        tail = nans & ~in_vector_lanes(nans, lanes_of, vector_bytes=avx512_vector_bytes())
+        result = select_bits(tail, np.broadcast_to(grad, shape), result)
+    return result
 
 
 def mish(x):
@@ -1767,8 +1777,18 @@ def hardshrink(x, lambd=0.5):
     return np.where((x >= -scalar(lambd, x)) & (x <= scalar(lambd, x)), scalar(0, x), x)
 
 
+@own_16_bit_maths
 def hardshrink_backward(grad, x, lambd):
-    return np.where((x >= -scalar(lambd, x)) & (x <= scalar(lambd, x)), scalar(0, x), grad)
+    """A NaN input gives 0 in CPU's vector loop (it keeps the gradient where ``x < -lambd | x > lambd``) and the
+    gradient in its scalar tail (it zeroes where ``-lambd <= x <= lambd``). In the operands' own dtype, so that the
+    lanes follow their layout; bf16/fp16 compare in float32 and pass the gradient's own bits."""
+    wide = in_float(x)
+    inside = (wide >= -scalar(lambd, wide)) & (wide <= scalar(lambd, wide))
+    nans = np.isnan(wide)
+    if nans.any():
+        nans = np.broadcast_to(nans, np.broadcast_shapes(np.shape(grad), np.shape(x)))
+        inside = inside | (nans & in_vector_lanes(nans, (grad, x)))
+    return np.where(inside, scalar(0, grad), grad)
 
 
 def conj_physical(x):
@@ -2013,7 +2033,8 @@ def register_tables():
                  check=supports(floating, "hardshrink_backward_cpu"), opmath=lambda *promoted: False)
     unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"),
                  exact_out=True)
-    unstructured(hardswish_backward, "hardswish_backward", operands=2, check=checked(floating, "hardswish_backward"))
+    unstructured(hardswish_backward, "hardswish_backward", operands=2, check=checked(floating, "hardswish_backward"),
+                 opmath=lambda *promoted: False)
     unstructured(prelu, "_prelu_kernel", operands=2, check=check_prelu)
     # the Python operators <<, >>, <<= and >>= (bitwise_*_shift with a Scalar goes through these too)
     for function, kernel_name, names in ((left_shift, "lshift_cpu", ("__lshift__", "__ilshift__")),
