@@ -27,9 +27,10 @@ GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE
 VECTOR_BYTES = 32
 
 
-def kernel_vec_width(itemsize):
-    """Elements per step of cpu_kernel_vec's vectorised loop, for elements of ``itemsize`` bytes."""
-    return 2 * VECTOR_BYTES // itemsize
+def kernel_vec_width(itemsize, vector_bytes=VECTOR_BYTES):
+    """Elements per step of cpu_kernel_vec's vectorised loop, for elements of ``itemsize`` bytes in vectors of
+    ``vector_bytes`` (64 for the few kernels with an AVX-512 build, on an AVX-512 CPU)."""
+    return 2 * vector_bytes // itemsize
 
 
 def parallel_chunk_length(n, threads):

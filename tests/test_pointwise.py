@@ -167,6 +167,47 @@ def test_softshrink_gives_cpus_signed_zeros_and_nan_bits_in_its_vector_loop_and_
     assert torch.equal(actual.view(bits), expected.view(bits))
 
 
+BF16_NAN_MAKERS = {  # each makes NaNs in float32 from the bf16 rows _nan_making_inputs gives
+    "add": lambda x, y: x + y, "mul": lambda x, y: x * y, "div": torch.div, "add_number": lambda x, y: x + 2.0,
+    "relu": lambda x, y: F.relu(x), "hardshrink": lambda x, y: F.hardshrink(x),
+    "sigmoid": lambda x, y: torch.sigmoid(x),
+    "maximum": torch.maximum, "sqrt": lambda x, y: torch.sqrt(x), "log": lambda x, y: torch.log(x),
+    "silu": lambda x, y: F.silu(x), "asinh": lambda x, y: torch.asinh(x),
+}
+
+
+def _nan_making_inputs(columns):
+    """bf16 rows where ``x + y``, ``x * y`` and ``x / y`` are NaN (inf + -inf, inf * 0, 0 / 0) and NaN inputs
+    (c10's 0x7FC0)."""
+    x = torch.full((3, columns), 1.5, dtype=torch.bfloat16)
+    y = torch.full((3, columns), -2.0, dtype=torch.bfloat16)
+    x[:, ::3], y[:, ::3] = math.inf, -math.inf
+    x[:, 1::3], y[:, 1::3] = 0.0, 0.0
+    x[:, 2::5] = math.nan
+    return x, y
+
+
+@pytest.mark.parametrize("layout", SIMD_LAYOUTS.values(), ids=SIMD_LAYOUTS.keys())
+@pytest.mark.parametrize("columns", [1, 3, 40, 70])
+@pytest.mark.parametrize("op", BF16_NAN_MAKERS.keys())
+def test_bf16_nans_are_0xffff_from_cpus_vector_lanes_and_c10s_0x7fc0_from_its_scalar_tail(op, columns, layout,
+                                                                                         fresh_dynamo):
+    """Bit for bit: a bf16 NaN result computed in float32 is 0xFFFF where cpu_kernel_vec converts it in vectors
+    and 0x7FC0 (c10's round_to_nearest_even) where its scalar tail does; the vml kernels (sqrt, log) convert every
+    element in vectors, silu's AVX-512 build in 64-byte vectors on an AVX-512 CPU, asinh's loop none; hardshrink
+    returns its input's own bits. Eager, compiled and (for add) foreach."""
+    x, y = _nan_making_inputs(columns)
+    function = BF16_NAN_MAKERS[op]
+    expected = function(layout(x), layout(y)).view(torch.int16)
+    operands = (layout(x.to("tpu")), layout(y.to("tpu")))
+    assert torch.equal(function(*operands).cpu().view(torch.int16), expected)
+    compiled = torch.compile(function, backend="tpu", fullgraph=True)(*operands)
+    assert torch.equal(compiled.cpu().view(torch.int16), expected)
+    if op == "add":
+        summed = torch._foreach_add([operands[0]], [operands[1]])[0]
+        assert torch.equal(summed.cpu().view(torch.int16), expected)
+
+
 @pytest.mark.parametrize("layout", SIMD_LAYOUTS.values(), ids=SIMD_LAYOUTS.keys())
 @pytest.mark.parametrize("columns", [8, 33, 70, 40000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
@@ -623,15 +664,33 @@ def test_piecewise_activation_backwards_give_cpus_bits(backward, dtype):
                        expected.view(torch.int64 if dtype == torch.float64 else torch.int32))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_hardswish_backward_of_nan_is_nan_as_in_cpus_vector_loop(dtype):
-    """A NaN input must not hide behind a finite gradient: CPU's vector loop gives NaN (its scalar tail, the
-    last elements of a row past whole vectors, gives the gradient; compared here where CPU vectorises)."""
-    x = torch.full((256,), float("nan"), dtype=dtype)
-    grad = torch.ones(256, dtype=dtype)
-    expected = torch.ops.aten.hardswish_backward(grad, x)
-    actual = torch.ops.aten.hardswish_backward(grad.to("tpu"), x.to("tpu")).cpu()
-    assert actual.isnan().all() and expected.isnan().all()
+NAN_GRADIENTS = {"hardswish_backward": lambda g, x: torch.ops.aten.hardswish_backward(g, x),
+                 "hardshrink_backward": lambda g, x: torch.ops.aten.hardshrink_backward(g, x, 0.5)}
+
+
+@pytest.mark.parametrize("grad_layout", ["same", "broadcast"])
+@pytest.mark.parametrize("layout", SIMD_LAYOUTS.values(), ids=SIMD_LAYOUTS.keys())
+@pytest.mark.parametrize("columns", [3, 40, 70])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("op", NAN_GRADIENTS.keys())
+def test_nan_input_gradients_follow_cpus_vector_loop_and_scalar_tail(op, dtype, columns, layout, grad_layout,
+                                                                      fresh_dynamo):
+    """Bit for bit, eager and (hardswish_backward) compiled: at a NaN input CPU's vector loop gives NaN
+    (hardswish_backward, in the 64-byte vectors of its AVX-512 build on an AVX-512 CPU) or 0 (hardshrink_backward),
+    its scalar tail the gradient, a broadcast gradient too."""
+    x = _shrink_inputs(dtype, columns)
+    x[:, 4::9] = 5.0
+    grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    if grad_layout == "broadcast":
+        grad = torch.tensor(0.75, dtype=dtype).expand(x.shape)
+    function = NAN_GRADIENTS[op]
+    bits = BITS[dtype.itemsize]
+    expected = function(layout(grad), layout(x)).contiguous().view(bits)
+    operands = (layout(grad.to("tpu")), layout(x.to("tpu")))
+    assert torch.equal(function(*operands).cpu().contiguous().view(bits), expected)
+    if op == "hardswish_backward":  # (Dynamo's fake pass refuses a lone hardshrink_backward: TensorIterator's op)
+        compiled = torch.compile(function, backend="tpu", fullgraph=True)(*operands)
+        assert torch.equal(compiled.cpu().contiguous().view(bits), expected)
 
 
 def test_activation_forward_nan_and_inf():

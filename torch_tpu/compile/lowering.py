@@ -335,6 +335,10 @@ def lower_pointwise(node, maths):
                 result.append(pointwise.as_converted(array, dtype, compute, entry[3]) if entry[2] else array)
         return result
 
+    def lane_inputs(arrays):
+        """The input arrays whose layout decides which bf16 NaNs CPU's kernel stores from its scalar tail."""
+        return [arrays[e[1]] for e in plan if e[0] == "array"]
+
     def run(out, *arrays):
         values = operands(arrays)
         if ufunc and out.dtype == compute:
@@ -343,7 +347,7 @@ def lower_pointwise(node, maths):
         if writes_out and out.dtype == compute:  # no temporary result and no copy of it
             function(*values, *extras, **kwargs, out=out)
             return
-        _C.dtypes.cast_into(out, function(*values, *extras, **kwargs), out_name)
+        pointwise.store_result(out, function(*values, *extras, **kwargs), out_name, lane_inputs(arrays), maths.name)
 
     out_dtype = numpy_dtype(value_of(node).dtype)
     shape = tuple(value_of(node).shape)
@@ -353,7 +357,7 @@ def lower_pointwise(node, maths):
         if result.dtype == out_dtype and result.shape == shape:
             return result
         out = np.empty(shape, out_dtype)
-        _C.dtypes.cast_into(out, result, out_name)
+        pointwise.store_result(out, result, out_name, lane_inputs(arrays), maths.name)
         return out
 
     lowered = Lowered(POINTWISE, run, tuple(inputs), value=None if ufunc else value)

@@ -132,12 +132,14 @@ def _as_number(value):
     return value
 
 
-def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
+def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords, kernel=None):
     """fn(self[i], *tensor_columns[i], *scalar_columns[i], out=) for each i, on NumPy arrays and numbers.
 
     Every operand is viewed once up front (the fast path has checked what ``operand`` would); when
     the dtype is its own opmath type (float32, float64) each result is written straight into its
-    target, else it is rounded on store. Small tensors share calls of a fused multiply-add (_flat_groups).
+    target, else it is rounded on store, a bf16 NaN as the per-tensor kernel's lanes store it
+    (pointwise.write_rounded, for the per-tensor op ``kernel``: None, cpu_kernel_vec's AVX2 loop). Small tensors share
+    calls of a fused multiply-add (_flat_groups).
     """
     targets = self if inplace else [pointwise.new_output((t, *(column[i] for column in tensor_columns)), t.dtype)
                                     for i, t in enumerate(self)]  # laid out as CPU's per-tensor op lays it out
@@ -170,7 +172,7 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords):
                 operands = [*(array.astype(compute) for array in operands[:len(arrays)]), *operands[len(arrays):]]
             result = fn(*operands, out=out, **keywords)
             if not direct:
-                write(target, result)
+                pointwise.write_rounded(target, result, [column[index] for column in arrays], kernel)
             elif result is not out:
                 out[...] = result
     return None if inplace else targets
@@ -247,7 +249,7 @@ def _in_compute_dtype(column, dtype):
 
 
 def _foreach(fn, method, self, tensor_columns, scalar_columns, inplace, keywords=None, as_cpu_reads=None,
-             checked_as=None):
+             checked_as=None, kernel=None):
     """The fast NumPy loop when the lists allow it, else PyTorch's composite route: one aten op per tensor.
 
     ``as_cpu_reads(dtype, scalar_columns, keywords)`` gives the numbers as CPU's per-tensor op reads them for
@@ -264,7 +266,7 @@ def _foreach(fn, method, self, tensor_columns, scalar_columns, inplace, keywords
         _check_numbers(checked_as, self[0].dtype, scalar_columns, keywords)
         if as_cpu_reads is not None:
             scalar_columns, keywords = as_cpu_reads(self[0].dtype, scalar_columns, keywords)
-        return _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords)
+        return _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords, kernel)
     columns = (*tensor_columns, *scalar_columns)
     results = [method(t, *(column[i] for column in columns), **keywords) for i, t in enumerate(self)]
     return None if inplace else results
@@ -346,7 +348,7 @@ def _unary_kernel(name, fn, inplace):
     method = _per_tensor_method(name, inplace)
 
     def kernel(self):
-        return _foreach(fn, method, self, [], [], inplace)
+        return _foreach(fn, method, self, [], [], inplace, kernel=name)
 
     return kernel
 

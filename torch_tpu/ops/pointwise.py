@@ -346,7 +346,52 @@ def compute_into(out, function, operands, dtype, extras=(), options=None, opmath
         result = function(*arrays, *extras, **(options or {}))
     if out.dtype != dtype and np.asarray(result).dtype == compute != numpy_dtype(dtype):
         result = _rounded_to(result, dtype)
+    if out.dtype == torch.bfloat16:
+        inputs = [operand(value) for value in operands if isinstance(value, torch.Tensor)]
+        return write_rounded(out, result, inputs, name)
     return write(out, result)
+
+
+# Which elements CPU's bf16 kernels convert in vectors, where it is not cpu_kernel_vec's AVX2 loop (VECTOR_BYTES),
+# measured against torch 2.13 from where a float32 NaN comes out 0xFFFF (vectors) or 0x7FC0 (c10's scalar rounding):
+# - the at::vml kernels (IMPLEMENT_FLOAT_KERNEL in UnaryOpsKernel.cpp): vec::map converts every element in vectors,
+#   its last partial vector too, a strided input through a contiguous buffer;
+VML_KERNELS = frozenset({
+    "exp", "expm1", "log", "log2", "log10", "log1p", "sqrt", "sin", "cos", "tan", "asin", "acos", "atan", "tanh",
+    "erf", "erfc", "erfinv", "lgamma", "i0", "ceil", "floor", "round", "trunc"})
+# - kernels with an AVX-512 build (ALSO_REGISTER_AVX512_DISPATCH), whose vectors are 64 bytes on an AVX-512 CPU;
+AVX512_KERNELS = frozenset({
+    "exp2", "reciprocal", "sigmoid", "sinh", "cosh", "atanh", "silu", "elu", "hardswish", "hardswish_backward",
+    "mish", "softplus"})
+# - kernels with no vector loop (cpu_kernel), every element rounded by c10.
+SCALAR_KERNELS = frozenset({"asinh", "acosh", "sinc", "special_i1", "special_i1e", "special_entr", "gelu"})
+
+
+def kernel_vector_bytes(name):
+    """The bytes of the vectors in which the CPU kernel of the op ``name`` converts its bf16 results: None where it
+    converts every element in vectors (VML_KERNELS), 0 where none."""
+    if name in VML_KERNELS:
+        return None
+    if name in SCALAR_KERNELS:
+        return 0
+    return avx512_vector_bytes() if name in AVX512_KERNELS else cpu_loops.VECTOR_BYTES
+
+
+def write_rounded(out, result, inputs, name=None):
+    """``write`` of the result of the op ``name``'s kernel, through ``store_result``."""
+    store_result(as_numpy(out), result, _tensor.DTYPE_NAME[out.dtype], inputs, name)
+    return out
+
+
+def store_result(target, result, target_name, inputs, name=None):
+    """A kernel's ``result`` converted into the array ``target`` (of dtype ``target_name``) as cast_into converts it;
+    a float32 result into bf16 with its NaNs as the CPU kernel of the op ``name`` stores them for the input arrays
+    ``inputs`` (``round_with_tail_nans``)."""
+    result = np.asarray(result)
+    if target_name != "bfloat16" or result.dtype != np.float32:
+        _C.dtypes.cast_into(target, result, target_name)
+    else:
+        round_with_tail_nans(target, result, inputs, target, kernel_vector_bytes(name))
 
 
 def _rounded_to(array, dtype):
@@ -1621,12 +1666,21 @@ def hardswish(x, out=None):
     return np.divide(x * np.minimum(np.maximum(x + 3, scalar(0, x)), scalar(6, x)), scalar(6, x), out=out)
 
 
-@writes_out
-def hardswish_backward(grad, x, out=None):
-    middle = grad * (x / scalar(3, x) + scalar(0.5, x))
-    # CPU's pieces: 0 up to -3, the gradient itself from 3 on; a NaN input gives NaN, as CPU's vector loop
-    # does (its scalar tail, the last few elements of a row, gives the gradient)
-    return select_bits(x >= 3, grad, zero_where(x <= -3, middle), out)
+def hardswish_backward(grad, x):
+    """CPU's pieces: 0 up to -3, the gradient itself from 3 on. A NaN input gives NaN in CPU's vector loop (its
+    blends fall through to the middle piece) and the gradient in its scalar tail (its if/else chain ends there);
+    registered without opmath so that the lanes, in the 64-byte vectors of its AVX-512 build, follow the operands'
+    own layout and dtype. bf16/fp16 compute in float32."""
+    lanes_of = (grad, x)
+    grad, x = in_float(grad), in_float(x)
+    result = select_bits(x >= 3, grad, zero_where(x <= -3, grad * (x / scalar(3, x) + scalar(0.5, x))))
+    nans = np.isnan(x)
+    if nans.any():
+        shape = np.shape(result)
+        nans = np.broadcast_to(nans, shape)
+        tail = nans & ~in_vector_lanes(nans, lanes_of, vector_bytes=avx512_vector_bytes())
+        result = select_bits(tail, np.broadcast_to(grad, shape), result)
+    return result
 
 
 def mish(x):
@@ -1657,20 +1711,37 @@ def softshrink(x, lambd=0.5, out=None):
 
 def with_scalar_tail_nans(result, x, out=None):
     """A float32 ``result`` of a bf16 ``x`` rounded to bf16 as a CPU loop for reduced floats (writing into ``out``,
-    or a new output) stores it: 0xFFFF for a NaN its vector loop converts, c10's scalar 0x7FC0 for one its scalar
-    tail converts. Other dtypes as they are."""
+    or a new output) stores it (``round_with_tail_nans``). Other dtypes as they are."""
     if x.dtype != ml_dtypes.bfloat16:
         return result
     rounded = np.empty(np.shape(result), x.dtype)
-    _C.dtypes.cast_into(rounded, result, "bfloat16")
-    nans = np.isnan(result)
-    if nans.any():
-        rounded.view(np.uint16)[nans] = np.where(in_vector_lanes(nans, (x,), out)[nans], BFLOAT16_VECTOR_NAN,
-                                                 _C.dtypes.BFLOAT16_SCALAR_NAN)
+    round_with_tail_nans(rounded, result, (x,), out)
     return rounded
 
 
+def round_with_tail_nans(destination, result, inputs, out=None, vector_bytes=cpu_loops.VECTOR_BYTES):
+    """A float32 ``result`` rounded into the bf16 array ``destination`` as cpu_kernel_vec, in vectors of
+    ``vector_bytes`` (``kernel_vector_bytes``), stores it for the bf16 ``inputs`` (written into ``out``; None: a new
+    output): 0xFFFF for a NaN its vector loop converts (cvtfp32_bf16), c10's 0x7FC0 for one its scalar tail rounds
+    (round_to_nearest_even's NaN, whatever the payload)."""
+    _C.dtypes.cast_into(destination, result, "bfloat16")
+    nans = np.isnan(result)
+    if nans.any():
+        nans = np.broadcast_to(nans, destination.shape)
+        if vector_bytes is None or vector_bytes == 0:
+            lanes = np.full(nans.shape, vector_bytes is None)
+        else:
+            lanes = in_vector_lanes(nans, inputs or (destination,), out, itemsize=2, vector_bytes=vector_bytes)
+        destination.view(np.uint16)[nans] = np.where(lanes[nans], BFLOAT16_VECTOR_NAN, _C.dtypes.BFLOAT16_SCALAR_NAN)
+
+
 BFLOAT16_VECTOR_NAN = 0xFFFF  # ATen's vectorised float -> bf16 conversion (cvtfp32_bf16) writes every NaN as this
+
+
+def avx512_vector_bytes():
+    """The vector of a kernel registered with ALSO_REGISTER_AVX512_DISPATCH (hardswish_backward's): 64 bytes on
+    an AVX-512 CPU, where that build runs, else AVX2's 32."""
+    return 64 if torch.backends.cpu.get_cpu_capability() == "AVX512" else cpu_loops.VECTOR_BYTES
 
 
 def in_float(array):
@@ -1678,14 +1749,15 @@ def in_float(array):
     return array.astype(np.float32) if array.dtype.itemsize < 4 and array.dtype.kind != "c" else array
 
 
-def in_vector_lanes(selected, operands, destination=None):
+def in_vector_lanes(selected, operands, destination=None, itemsize=None, vector_bytes=cpu_loops.VECTOR_BYTES):
     """A mask of ``selected``'s shape: which of the selected elements CPU's cpu_kernel_vec computes in its
     vectorised loop (the rest go through its scalar tail), for input operands laid out as ``operands`` (the first
-    one's dtype sets the vector width) written into ``destination`` (an ``out=`` array; None: a new output laid
-    out as CPU's TensorIterator allocates it). The replay: csrc_py/cpu_loops.py."""
+    one's dtype sets the vector width, unless ``itemsize`` does) written into ``destination`` (an ``out=`` array;
+    None: a new output laid out as CPU's TensorIterator allocates it); ``vector_bytes``: the kernel's vector
+    (``avx512_vector_bytes()`` for a kernel that has an AVX-512 build). The replay: csrc_py/cpu_loops.py."""
     mask = np.zeros(np.shape(selected), bool)
     indices = np.nonzero(selected) if np.ndim(selected) else ()
-    width = cpu_loops.kernel_vec_width(operands[0].dtype.itemsize)
+    width = cpu_loops.kernel_vec_width(itemsize or operands[0].dtype.itemsize, vector_bytes)
     lanes = cpu_loops.kernel_vec_lanes(destination, operands, indices, width, torch.get_num_threads())
     if indices:
         mask[indices] = lanes
@@ -1698,12 +1770,25 @@ def softshrink_backward(grad, x, lambd):
     return np.where(np.abs(x) > scalar(lambd, x), grad, scalar(0, x))
 
 
+@own_16_bit_maths
 def hardshrink(x, lambd=0.5):
+    """In the input's own dtype, bf16/fp16 too: CPU's loops compare with ``lambd`` in that dtype and return the
+    input's own bits (a bf16 NaN keeps its payload in its vector lanes and its scalar tail alike)."""
     return np.where((x >= -scalar(lambd, x)) & (x <= scalar(lambd, x)), scalar(0, x), x)
 
 
+@own_16_bit_maths
 def hardshrink_backward(grad, x, lambd):
-    return np.where((x >= -scalar(lambd, x)) & (x <= scalar(lambd, x)), scalar(0, x), grad)
+    """A NaN input gives 0 in CPU's vector loop (it keeps the gradient where ``x < -lambd | x > lambd``) and the
+    gradient in its scalar tail (it zeroes where ``-lambd <= x <= lambd``). In the operands' own dtype, so that the
+    lanes follow their layout; bf16/fp16 compare in float32 and pass the gradient's own bits."""
+    wide = in_float(x)
+    inside = (wide >= -scalar(lambd, wide)) & (wide <= scalar(lambd, wide))
+    nans = np.isnan(wide)
+    if nans.any():
+        nans = np.broadcast_to(nans, np.broadcast_shapes(np.shape(grad), np.shape(x)))
+        inside = inside | (nans & in_vector_lanes(nans, (grad, x)))
+    return np.where(inside, scalar(0, grad), grad)
 
 
 def conj_physical(x):
@@ -1948,7 +2033,8 @@ def register_tables():
                  check=supports(floating, "hardshrink_backward_cpu"), opmath=lambda *promoted: False)
     unstructured(hardswish, "hardswish", "hardswish_", "hardswish.out", check=checked(floating, "hardswish"),
                  exact_out=True)
-    unstructured(hardswish_backward, "hardswish_backward", operands=2, check=checked(floating, "hardswish_backward"))
+    unstructured(hardswish_backward, "hardswish_backward", operands=2, check=checked(floating, "hardswish_backward"),
+                 opmath=lambda *promoted: False)
     unstructured(prelu, "_prelu_kernel", operands=2, check=check_prelu)
     # the Python operators <<, >>, <<= and >>= (bitwise_*_shift with a Scalar goes through these too)
     for function, kernel_name, names in ((left_shift, "lshift_cpu", ("__lshift__", "__ilshift__")),
