@@ -374,7 +374,7 @@ def kernel_vector_bytes(name):
         return None
     if name in SCALAR_KERNELS:
         return 0
-    return avx512_vector_bytes() if name in AVX512_KERNELS else cpu_loops.VECTOR_BYTES
+    return AVX512_VECTOR_BYTES if name in AVX512_KERNELS else cpu_loops.VECTOR_BYTES
 
 
 def write_rounded(out, result, inputs, name=None):
@@ -1678,7 +1678,7 @@ def hardswish_backward(grad, x):
     if nans.any():
         shape = np.shape(result)
         nans = np.broadcast_to(nans, shape)
-        tail = nans & ~in_vector_lanes(nans, lanes_of, vector_bytes=avx512_vector_bytes())
+        tail = nans & ~in_vector_lanes(nans, lanes_of, vector_bytes=AVX512_VECTOR_BYTES)
         result = select_bits(tail, np.broadcast_to(grad, shape), result)
     return result
 
@@ -1738,10 +1738,9 @@ def round_with_tail_nans(destination, result, inputs, out=None, vector_bytes=cpu
 BFLOAT16_VECTOR_NAN = 0xFFFF  # ATen's vectorised float -> bf16 conversion (cvtfp32_bf16) writes every NaN as this
 
 
-def avx512_vector_bytes():
-    """The vector of a kernel registered with ALSO_REGISTER_AVX512_DISPATCH (hardswish_backward's): 64 bytes on
-    an AVX-512 CPU, where that build runs, else AVX2's 32."""
-    return 64 if torch.backends.cpu.get_cpu_capability() == "AVX512" else cpu_loops.VECTOR_BYTES
+# The vectors of a kernel registered with ALSO_REGISTER_AVX512_DISPATCH (hardswish_backward's): 64 bytes on an AVX-512
+# CPU, where that build runs, else AVX2's 32. ATen picks its capability once, at startup.
+AVX512_VECTOR_BYTES = 64 if torch.backends.cpu.get_cpu_capability() == "AVX512" else cpu_loops.VECTOR_BYTES
 
 
 def in_float(array):
@@ -1754,7 +1753,7 @@ def in_vector_lanes(selected, operands, destination=None, itemsize=None, vector_
     vectorised loop (the rest go through its scalar tail), for input operands laid out as ``operands`` (the first
     one's dtype sets the vector width, unless ``itemsize`` does) written into ``destination`` (an ``out=`` array;
     None: a new output laid out as CPU's TensorIterator allocates it); ``vector_bytes``: the kernel's vector
-    (``avx512_vector_bytes()`` for a kernel that has an AVX-512 build). The replay: csrc_py/cpu_loops.py."""
+    (``AVX512_VECTOR_BYTES`` for a kernel that has an AVX-512 build). The replay: csrc_py/cpu_loops.py."""
     mask = np.zeros(np.shape(selected), bool)
     indices = np.nonzero(selected) if np.ndim(selected) else ()
     width = cpu_loops.kernel_vec_width(itemsize or operands[0].dtype.itemsize, vector_bytes)
