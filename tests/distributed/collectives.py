@@ -94,6 +94,23 @@ def check_all_reduce():
                 cpu = mine.clone()
                 dist.all_reduce(cpu, op=op, group=gloo)
                 same(tpu, cpu, f"all_reduce {dtype} {op} equals gloo on 2 ranks")
+    # coalesced all-reduces reduce each tensor on its own (a plain transport all-reduce of the list
+    # would add the tensors into one another), by each of the three ways PyTorch coalesces them
+    for dtype in (torch.float32, torch.int64):
+        cpu = [values(dtype, (4,), seed=3), values(dtype, (2, 3), seed=4) * 10]
+        for i, coalesce in enumerate((dist.all_reduce_coalesced, _coalescing_manager_all_reduce)):
+            tpu = [t.to("tpu") for t in cpu]
+            expected = [t.clone() for t in cpu]
+            for t in expected:
+                dist.all_reduce(t, op=dist.ReduceOp.MAX, group=gloo)
+            coalesce(tpu, op=dist.ReduceOp.MAX)
+            for j, (t, reference) in enumerate(zip(tpu, expected)):
+                same(t, reference, f"coalesced all_reduce {i} of {dtype}, tensor {j}")
+        functional = funcol.all_reduce_coalesced([t.to("tpu") for t in cpu], "sum", dist.group.WORLD)
+        for j, (t, reference) in enumerate(zip(functional, cpu)):
+            reference = reference.clone()
+            dist.all_reduce(reference, group=gloo)
+            same(t.wait() if hasattr(t, "wait") else t, reference, f"funcol.all_reduce_coalesced of {dtype}, tensor {j}")
     # uint64 max keeps unsigned order
     big = torch.tensor([2**63 + rank, 5], dtype=torch.uint64)
     tpu = big.to("tpu")
@@ -107,6 +124,12 @@ def check_all_reduce():
     dist.reduce_scatter_tensor(chunk, source, op=dist._make_nccl_premul_sum(0.5))
     assert chunk.cpu().tolist() == [0.5 * sum(range(1, world + 1))] * 2
     assert source.cpu().tolist() == [float(rank + 1)] * (2 * world)  # the input is left as it was
+
+
+def _coalescing_manager_all_reduce(tensors, op):
+    with dist._coalescing_manager():
+        for tensor in tensors:
+            dist.all_reduce(tensor, op=op)
 
 
 def check_gathers_and_scatters():

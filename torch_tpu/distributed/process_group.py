@@ -249,17 +249,21 @@ class ProcessGroupICI(dist.ProcessGroup):
     # --- collectives ----------------------------------------------------------------------------
 
     def _all_reduce(self, tensors, opts):
-        return self._all_reduce_as("all_reduce", tensors, opts)
+        return self._all_reduce_as("all_reduce", tensors, opts, dist.AllreduceOptions, "allreduce")
 
     def _all_reduce_coalesced(self, tensors, opts):
-        return self._all_reduce_as("all_reduce_coalesced", tensors, opts)
+        # Each tensor is reduced on its own; a transport's plain allreduce of several tensors would
+        # reduce them into one another too (c10d's one-tensor-per-device lists).
+        return self._all_reduce_as("all_reduce_coalesced", tensors, opts, dist.AllreduceCoalescedOptions,
+                                   "allreduce_coalesced")
 
-    def _all_reduce_as(self, name, tensors, opts):
+    def _all_reduce_as(self, name, tensors, opts, options_type, transport_call):
         error, on_tpu = self._start(name, tensors, tensors[0] if tensors else None, op=_reduce_op(opts), count=len(tensors))
         hosts, opts = self._reducing_hosts(error, tensors, opts)
-        options = dist.AllreduceOptions()
+        options = options_type()
         options.reduceOp, options.timeout = opts.reduceOp, opts.timeout
-        return self._launch(name, error, on_tpu, lambda: self._transport.allreduce([h.host for h in hosts], options),
+        reduce = getattr(self._transport, transport_call)
+        return self._launch(name, error, on_tpu, lambda: reduce([h.host for h in hosts], options),
                             hosts, tensors, _nbytes(tensors))
 
     def _broadcast(self, tensors, opts):
