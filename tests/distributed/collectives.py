@@ -78,6 +78,22 @@ def check_all_reduce():
         dist.all_reduce(cpu, group=gloo)
         dist.all_reduce(tpu)
         same(tpu, cpu, f"all_reduce of shape {shape}")
+    # strided views reduce their own elements (gloo, reading numel elements from the data pointer, reduces
+    # the first rows of x[:, ::2] on CPU tensors without a word), gathered ones are gathered in logical order
+    tpu = torch.zeros(4, 6, device="tpu")
+    tpu[:, ::2].fill_(rank + 1.5)
+    dist.all_reduce(tpu[:, ::2])
+    expected = torch.zeros(4, 6)
+    expected[:, ::2] = sum(r + 1.5 for r in range(world))
+    same(tpu, expected, "all_reduce of a strided view")
+    source = values(torch.float32, (3, 2))
+    gathered_t = torch.empty(world * 2, 3, device="tpu")
+    dist.all_gather_into_tensor(gathered_t, source.to("tpu").t())
+    same(gathered_t, torch.cat([t.t() for t in gathered(source)]), "all_gather_into_tensor of a transposed input")
+    expanded = torch.full((1,), float(rank), device="tpu").expand(3)
+    pieces = [torch.empty(3, device="tpu") for _ in range(world)]
+    dist.all_gather(pieces, expanded)
+    same(torch.stack(pieces), torch.arange(world, dtype=torch.float32)[:, None].expand(world, 3), "all_gather of an expanded input")
     # low precision and unsigned types: reduced in a wider type, rounded once
     for dtype, wide in ((torch.bfloat16, torch.float32), (torch.float16, torch.float32),
                         (torch.float8_e4m3fn, torch.float32), (torch.float8_e5m2, torch.float32),
@@ -246,6 +262,19 @@ def check_point_to_point_and_async():
     assert work.is_completed() and tensor.cpu().tolist() == [float(world)] * 5
     future = dist.all_reduce(tensor, async_op=True).get_future()
     assert future.wait()[0].cpu().tolist() == [float(world * world)] * 5
+    # once is_completed() says so, the output holds the result without wait(), also when the collective
+    # computed in a copy: bf16 reduces in float32, a strided view through a contiguous host copy
+    for dtype in (torch.bfloat16, torch.float32):
+        base = torch.zeros(4, 6, dtype=dtype, device="tpu")
+        polled = base[:, ::2] if dtype == torch.float32 else base
+        polled.fill_(rank + 1.5)
+        work = dist.all_reduce(polled, async_op=True)
+        while not work.is_completed():
+            pass
+        expected = torch.zeros(4, 6, dtype=dtype)
+        (expected[:, ::2] if dtype == torch.float32 else expected).fill_(sum(r + 1.5 for r in range(world)))
+        same(base, expected, f"{dtype} all_reduce read after is_completed(), before wait()")
+        work.wait()
     dist.barrier()
 
 

@@ -2,7 +2,12 @@
 
 The chip's DMA engines read and write HBM directly, so a collective needs no staging copy: a
 tpu tensor is handed to the transport as a CPU tensor over the same bytes (same sizes, strides
-and offset). Two cases need a copy:
+and offset). Three cases need a copy:
+
+- a strided (non-contiguous) view goes through a contiguous copy: gloo reads and writes a tensor's
+  ``numel`` elements from its data pointer whatever its strides, so on CPU tensors it reduces the
+  wrong elements of ``x[:, ::2]`` and gathers a transposed input in memory order, without a word
+  (NCCL refuses such tensors); on tpu the collective sees the view's elements, as one device would;
 
 - a reduction in bfloat16, float16 or FP8 is done in float32 and rounded once at the end (as
   PyTorch's CPU ops compute in their opmath type), complex32 in complex64, and unsigned types
@@ -60,15 +65,20 @@ def host_alias(tensor):
 class HostTensor:
     """What the transport works on for one tensor argument, and how its result returns to the chip."""
 
-    __slots__ = ("tensor", "host", "_alias")
+    __slots__ = ("tensor", "host", "_alias", "_strided", "_contiguous")
 
     def __init__(self, tensor, reducing=False, unsigned_order=False):
         self.tensor = tensor
-        self._alias = None
+        self._alias = self._strided = self._contiguous = None
         if tensor.device.type != "tpu" or not has_bytes(tensor):
             self.host = tensor if tensor.device.type != "tpu" else None
             return
         alias = host_alias(tensor)
+        if not alias.is_contiguous():
+            contiguous = alias.contiguous()
+            if torch._debug_has_internal_overlap(alias) != 1:  # an expanded view can only be read
+                self._strided, self._contiguous = alias, contiguous
+            alias = contiguous
         if unsigned_order:  # max/min of uint64: flip the sign bit so that signed order is unsigned order
             self.host, self._alias = alias.view(torch.int64) ^ _SIGN_BIT, alias
         elif reducing and tensor.dtype in _REDUCED_AS:
@@ -80,12 +90,13 @@ class HostTensor:
 
     def finish(self):
         """Bring a computed copy back to HBM, rounding once to the tensor's dtype."""
-        if self._alias is None:
-            return
-        if self.host.dtype == torch.int64 and self._alias.dtype == torch.uint64:
-            self._alias.view(torch.int64).copy_(self.host ^ _SIGN_BIT)
-        else:
-            self._alias.copy_(self.host)
+        if self._alias is not None:
+            if self.host.dtype == torch.int64 and self._alias.dtype == torch.uint64:
+                self._alias.view(torch.int64).copy_(self.host ^ _SIGN_BIT)
+            else:
+                self._alias.copy_(self.host)
+        if self._strided is not None:
+            self._strided.copy_(self._contiguous)
 
 
 _SIGN_BIT = torch.iinfo(torch.int64).min

@@ -50,7 +50,17 @@ class Work(dist.Work):
         return True
 
     def is_completed(self):
-        return self._finished or self._exception is not None or all(p.is_completed() for p in self._pending)
+        """True once the output can be read without ``wait()`` (c10d's promise): a collective that
+        computed in a copy (low-precision, strided) brings it back to HBM before saying so."""
+        if self._finished or self._exception is not None:
+            return True
+        if not all(p.is_completed() for p in self._pending):
+            return False
+        try:
+            self._finish()
+        except RuntimeError:
+            pass  # kept in self._exception: wait() raises it
+        return True
 
     def is_success(self):
         return self._finished
