@@ -156,6 +156,10 @@ def check_gathers_and_scatters():
         out = torch.empty((3 * world, 4), dtype=dtype, device="tpu")
         dist.all_gather_into_tensor(out, cpu.to("tpu"))
         same(out, torch.cat(reference), f"all_gather_into_tensor {dtype}")
+        # c10d's stacked output form (world, *input.shape), which gloo refuses on CPU tensors
+        stacked = torch.empty((world, 3, 4), dtype=dtype, device="tpu")
+        dist.all_gather_into_tensor(stacked, cpu.to("tpu"))
+        same(stacked, torch.stack(reference), f"all_gather_into_tensor {dtype} into a stack")
         # all_gather (list)
         outs = [torch.empty((3, 4), dtype=dtype, device="tpu") for _ in range(world)]
         dist.all_gather(outs, cpu.to("tpu"))
@@ -177,6 +181,13 @@ def check_gathers_and_scatters():
             if rank == 0:
                 for i in range(world):
                     same(targets[i], reference[i], f"gather {dtype} [{i}]")
+    # reduce_scatter_tensor of a stacked input (world, *output.shape): each rank's chunk is its row
+    stack = values(torch.float32, (world, 2, 3), seed=8)
+    chunk = torch.empty((2, 3), device="tpu")
+    dist.reduce_scatter_tensor(chunk, stack.to("tpu"))
+    expected = torch.empty(2, 3)
+    dist.reduce_scatter_tensor(expected, stack.view(world * 2, 3), group=gloo)
+    same(chunk, expected, "reduce_scatter_tensor of a stacked input")
     # reduce_scatter_tensor and reduce_scatter against gloo
     for dtype in GLOO_DTYPES:
         for op in OPS:

@@ -60,6 +60,14 @@ def resolve_timeout(requested):
     return requested
 
 
+def _as_concatenation(whole, part, world):
+    """c10d's stacked form of an all-gather's output (a reduce-scatter's input), ``(world, *part.shape)``,
+    as the concatenation ``(world * part.shape[0], *part.shape[1:])`` gloo takes (it refuses the stack)."""
+    if whole is None or part is None or part.dim() == 0 or whole.dim() != part.dim() + 1:
+        return whole
+    return whole.view(world * part.shape[0], *part.shape[1:])
+
+
 def _nbytes(tensors):
     return sum(t.nbytes for t in tensors)
 
@@ -289,8 +297,9 @@ class ProcessGroupICI(dist.ProcessGroup):
         checks.same_dtype(error, tensor, [output])
         checks.sized(error, output, tensor, self.size(), "output", "input")
         target, source = HostTensor(output), HostTensor(tensor)
+        gathered = _as_concatenation(target.host, source.host, self.size()) if on_tpu else target.host
         return self._launch("all_gather_into_tensor", error, on_tpu,
-                            lambda: self._transport._allgather_base(target.host, source.host, opts),
+                            lambda: self._transport._allgather_base(gathered, source.host, opts),
                             [target, source], [output], output.nbytes)
 
     def _all_gather_single_coalesced(self, outputs, inputs, opts):
@@ -325,8 +334,9 @@ class ProcessGroupICI(dist.ProcessGroup):
         checks.sized(error, tensor, output, self.size(), "input", "output")
         (target,), _ = self._reducing_hosts(error, [output], opts, "output")
         (source,), opts = self._reducing_hosts(error, [tensor], opts, "input")
+        scattered = _as_concatenation(source.host, target.host, self.size()) if on_tpu else source.host
         return self._launch("reduce_scatter_tensor", error, on_tpu,
-                            lambda: self._transport._reduce_scatter_base(target.host, source.host, opts),
+                            lambda: self._transport._reduce_scatter_base(target.host, scattered, opts),
                             [target, source], [output], tensor.nbytes)
 
     def _reduce_scatter_single_coalesced(self, outputs, inputs, opts):
