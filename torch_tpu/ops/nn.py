@@ -148,13 +148,26 @@ def compute_into(out, dtype, compute):
     return write(out, scratch)
 
 
-def softmax_into(destination, x, dim, log=False):
-    """(Log-)softmax of ``x`` along ``dim`` into ``destination``; returns the row maxima."""
+def log_softmax_sum_dtype(dtype, dim, ndim):
+    """The NumPy dtype CPU's log-softmax keeps each row's sum of exponentials and its log in, or None for the
+    compute dtype: its last-dim loop for bfloat16 and float16 stores both in a buffer of the input's own dtype
+    (a replayed CPU detail: rounded anywhere else, about a third of bf16 results are one ulp off CPU's)."""
+    if dtype in (torch.bfloat16, torch.float16) and dim == max(ndim - 1, 0):
+        return numpy_dtype(dtype)
+    return None
+
+
+def softmax_into(destination, x, dim, log=False, sum_dtype=None):
+    """(Log-)softmax of ``x`` along ``dim`` into ``destination``; returns the row maxima. ``sum_dtype``: see
+    ``log_softmax_sum_dtype``."""
     if x.size == 0:
         return None
     row_max = np.max(x, axis=dim, keepdims=True)
     np.subtract(x, row_max, out=destination)
-    if log:
+    if log and sum_dtype is not None:
+        total = sum_along(np.exp(destination), dim).astype(sum_dtype).astype(x.dtype)
+        destination -= np.log(total).astype(sum_dtype).astype(x.dtype)
+    elif log:
         destination -= np.log(sum_along(np.exp(destination), dim))
     else:
         np.exp(destination, out=destination)
@@ -188,7 +201,9 @@ def softmax_kernel(log):
         else:
             prepare_out(out, self.shape, dtype, distinct=(self,), dtype_rule=exact_dtype)
         x = at_least_1d(opmath_operand(self))
-        return compute_into(out, x.dtype, lambda destination: softmax_into(at_least_1d(destination), x, dim, log))
+        sum_dtype = log_softmax_sum_dtype(dtype, dim, self.dim()) if log else None
+        return compute_into(out, x.dtype,
+                            lambda destination: softmax_into(at_least_1d(destination), x, dim, log, sum_dtype))
 
     return kernel
 
