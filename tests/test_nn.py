@@ -1046,6 +1046,21 @@ def test_regression_losses_non_contiguous_and_bf16():
     check_grads(lambda a, b: F.smooth_l1_loss(a, b), x.bfloat16(), y.bfloat16(), **BF16_TOLERANCE)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_mse_loss_gradient_of_16_bit_floats_has_cpus_bits(dtype, reduction):
+    """CPU's loop rounds ``alpha * (x - t) * grad`` after each operation; rounded once, a sixth of the bf16
+    gradients were one ulp off CPU's."""
+    x, y = torch.randn(4, 16).to(dtype), torch.randn(4, 16).to(dtype)
+    grads = []
+    for device in ("cpu", "tpu"):
+        a = x.clone().to(device).requires_grad_()
+        loss = F.mse_loss(a, y.to(device), reduction=reduction)
+        loss.backward(torch.linspace(-2, 3, loss.numel()).view(loss.shape).to(dtype).to(device))
+        grads.append(a.grad.cpu())
+    assert torch.equal(grads[1], grads[0])
+
+
 def test_smooth_l1_gradient_at_zero_with_beta_zero():
     x = torch.zeros(3)
     check_grads(lambda a, b: F.smooth_l1_loss(a, b, beta=0.0, reduction="none"), x, torch.tensor([0.0, 1.0, -1.0]))

@@ -1007,10 +1007,11 @@ def pointwise_loss(loss_function, kernel_name, keeps_input_dtype=False):
     return kernel
 
 
-def pointwise_loss_backward(gradient_function, one_dtype_op=None):
+def pointwise_loss_backward(gradient_function, one_dtype_op=None, rounded_steps=None):
     """Kernel for d loss / d input = grad * gradient_function(input, target), shaped like input. Ops
     whose CPU kernel takes only operands of one dtype (huber's TensorIterator checks it) name their
-    ``one_dtype_op`` packet, whose CPU error a mix of dtypes gets."""
+    ``one_dtype_op`` packet, whose CPU error a mix of dtypes gets. ``rounded_steps(x, t, grad, reduction,
+    dtype)``, where given, replays CPU's loop for bfloat16 and float16, which rounds after every operation."""
 
     def kernel(grad_output, self, target, reduction, *args, grad_input=None):
         if one_dtype_op is not None and not grad_output.dtype == self.dtype == target.dtype:
@@ -1018,9 +1019,12 @@ def pointwise_loss_backward(gradient_function, one_dtype_op=None):
             raise_cpu_error(one_dtype_op.out if out else one_dtype_op.default, grad_output, self, target, reduction,
                             *args, **out)
         x, t = opmath_operand(self), opmath_operand(target)
-        grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
-        result = np.broadcast_to(grad * gradient_function(x, t, *args), x.shape)
-        return store(result, self.dtype, out=grad_input, dtype_rule=exact_dtype)
+        if rounded_steps is not None and self.dtype in (torch.bfloat16, torch.float16):
+            result = rounded_steps(x, t, opmath_operand(grad_output), reduction, numpy_dtype(self.dtype))
+        else:
+            grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
+            result = grad * gradient_function(x, t, *args)
+        return store(np.broadcast_to(result, x.shape), self.dtype, out=grad_input, dtype_rule=exact_dtype)
 
     return kernel
 
@@ -1031,6 +1035,17 @@ def squared_error(x, t):
 
 def squared_error_gradient(x, t):
     return 2 * (x - t)
+
+
+def squared_error_gradient_rounded(x, t, grad, reduction, dtype):
+    """CPU's bf16/fp16 mse_loss_backward loop: ``alpha * (x - t) * grad`` with alpha = 2 (2 / numel for a mean)
+    held in the dtype, each operation rounded to it, as its ``Vectorized<BFloat16>`` operators round."""
+
+    def rounded(array):
+        return np.asarray(array).astype(dtype).astype(x.dtype)
+
+    alpha = rounded(2 / x.size if reduction == REDUCTION_MEAN else 2)
+    return rounded(rounded(alpha * rounded(x - t)) * grad)
 
 
 def smooth_l1(x, t, beta=1.0):
@@ -1060,7 +1075,8 @@ def huber_gradient(x, t, delta):
 
 # mse_loss and smooth_l1_loss are structured: only their out= overloads, so PyTorch's meta function checks shapes
 register("mse_loss.out")(pointwise_loss(squared_error, "mse_cpu"))
-register("mse_loss_backward", "mse_loss_backward.grad_input")(pointwise_loss_backward(squared_error_gradient))
+register("mse_loss_backward", "mse_loss_backward.grad_input")(
+    pointwise_loss_backward(squared_error_gradient, rounded_steps=squared_error_gradient_rounded))
 register("smooth_l1_loss.out")(pointwise_loss(smooth_l1, "smooth_l1_cpu"))
 register("smooth_l1_loss_backward", "smooth_l1_loss_backward.grad_input")(pointwise_loss_backward(smooth_l1_gradient))
 register("huber_loss", "huber_loss.out")(pointwise_loss(huber, "huber_cpu", keeps_input_dtype=True))
