@@ -1046,17 +1046,26 @@ def test_regression_losses_non_contiguous_and_bf16():
     check_grads(lambda a, b: F.smooth_l1_loss(a, b), x.bfloat16(), y.bfloat16(), **BF16_TOLERANCE)
 
 
+SIXTEEN_BIT_LOSSES = {
+    "mse": lambda a, b, reduction: F.mse_loss(a, b, reduction=reduction),
+    "bce": lambda a, b, reduction: F.binary_cross_entropy(a.sigmoid(), b.sigmoid(), reduction=reduction),
+    "bce_weight": lambda a, b, reduction: F.binary_cross_entropy(
+        a.sigmoid(), b.sigmoid(), weight=torch.linspace(0.5, 2, 16, dtype=a.dtype, device=a.device), reduction=reduction),
+}
+
+
+@pytest.mark.parametrize("loss", SIXTEEN_BIT_LOSSES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_mse_loss_gradient_of_16_bit_floats_has_cpus_bits(dtype, reduction):
-    """CPU's loop rounds ``alpha * (x - t) * grad`` after each operation; rounded once, a sixth of the bf16
-    gradients were one ulp off CPU's."""
+def test_loss_gradients_of_16_bit_floats_have_cpus_bits(loss, dtype, reduction):
+    """CPU's mse and binary cross-entropy backward loops round after each operation; rounded once, a sixth (mse)
+    to a half (bce) of the bf16 gradients were one ulp off CPU's."""
     x, y = torch.randn(4, 16).to(dtype), torch.randn(4, 16).to(dtype)
     grads = []
     for device in ("cpu", "tpu"):
         a = x.clone().to(device).requires_grad_()
-        loss = F.mse_loss(a, y.to(device), reduction=reduction)
-        loss.backward(torch.linspace(-2, 3, loss.numel()).view(loss.shape).to(dtype).to(device))
+        value = SIXTEEN_BIT_LOSSES[loss](a, y.to(device), reduction)
+        value.backward(torch.linspace(-2, 3, value.numel()).view(value.shape).to(dtype).to(device))
         grads.append(a.grad.cpu())
     assert torch.equal(grads[1], grads[0])
 

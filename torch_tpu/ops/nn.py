@@ -1037,13 +1037,20 @@ def squared_error_gradient(x, t):
     return 2 * (x - t)
 
 
+def rounding_through(dtype, compute_dtype):
+    """``array`` rounded to the 16-bit ``dtype`` and back: one arithmetic operation of CPU's loops over
+    ``c10::BFloat16``/``Half`` scalars and vectors, which round every result they store."""
+
+    def rounded(array):
+        return np.asarray(array).astype(dtype).astype(compute_dtype)
+
+    return rounded
+
+
 def squared_error_gradient_rounded(x, t, grad, reduction, dtype):
     """CPU's bf16/fp16 mse_loss_backward loop: ``alpha * (x - t) * grad`` with alpha = 2 (2 / numel for a mean)
     held in the dtype, each operation rounded to it, as its ``Vectorized<BFloat16>`` operators round."""
-
-    def rounded(array):
-        return np.asarray(array).astype(dtype).astype(x.dtype)
-
+    rounded = rounding_through(dtype, x.dtype)
     alpha = rounded(2 / x.size if reduction == REDUCTION_MEAN else 2)
     return rounded(rounded(alpha * rounded(x - t)) * grad)
 
@@ -1103,11 +1110,26 @@ def binary_cross_entropy(self, target, weight=None, reduction=REDUCTION_MEAN, *,
     return store(loss, self.dtype, out=out, dtype_rule=exact_dtype)
 
 
+def bce_gradient_rounded(x, t, grad, weight, reduction, dtype):
+    """CPU's bf16/fp16 binary_cross_entropy_backward: ``grad * (x - t) / max((1 - x) * x, eps)`` over 16-bit
+    scalars, then times the weight and divided by numel for a mean, each step rounded to the dtype."""
+    rounded = rounding_through(dtype, x.dtype)
+    denominator = np.maximum(rounded(rounded(1 - x) * x), rounded(BCE_GRAD_EPSILON))
+    result = rounded(rounded(grad * rounded(x - t)) / denominator)
+    if weight is not None:
+        result = rounded(result * weight)
+    return rounded(result / x.size) if reduction == REDUCTION_MEAN else result
+
+
 @register("binary_cross_entropy_backward", "binary_cross_entropy_backward.grad_input")
 def binary_cross_entropy_backward(grad_output, self, target, weight=None, reduction=REDUCTION_MEAN, *,
                                   grad_input=None):
     x, t = opmath_operand(self), opmath_operand(target)
-    grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
-    result = scaled(grad * (x - t) / np.maximum((1 - x) * x, BCE_GRAD_EPSILON), optional_operand(weight))
+    if self.dtype in (torch.bfloat16, torch.float16):
+        result = bce_gradient_rounded(x, t, opmath_operand(grad_output), optional_operand(weight), reduction,
+                                      numpy_dtype(self.dtype))
+    else:
+        grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
+        result = scaled(grad * (x - t) / np.maximum((1 - x) * x, BCE_GRAD_EPSILON), optional_operand(weight))
     result = np.broadcast_to(result, x.shape)
     return store(result, self.dtype, out=grad_input, dtype_rule=exact_dtype)
