@@ -10,9 +10,4 @@ EXPECTED_FAILURES = {
     ('sparse.mm', 'reduce', 'float32', 'grad'): "NotImplementedError: operator 'aten::_sparse_mm_reduce_impl.default' is not implemented for tpu",
     ('sparse.sampled_addmm', '', 'float32', 'forward'): "NotImplementedError: operator 'aten::sparse_sampled_addmm.default' is not implemented for tpu",
     ('sparse.sampled_addmm', '', 'float32', 'grad'): "NotImplementedError: operator 'aten::sparse_sampled_addmm.default' is not implemented for tpu",
-    ('to_sparse', '', 'bfloat16', 'forward'): "NotImplementedError: operator 'aten::_to_sparse.default' is not implemented for tpu",
-    ('to_sparse', '', 'bool', 'forward'): "NotImplementedError: operator 'aten::_to_sparse.default' is not implemented for tpu",
-    ('to_sparse', '', 'float32', 'forward'): "NotImplementedError: operator 'aten::_to_sparse.default' is not implemented for tpu",
-    ('to_sparse', '', 'float32', 'grad'): "NotImplementedError: operator 'aten::_to_sparse.default' is not implemented for tpu",
-    ('to_sparse', '', 'int64', 'forward'): "NotImplementedError: operator 'aten::_to_sparse.default' is not implemented for tpu",
 }

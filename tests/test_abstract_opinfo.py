@@ -90,7 +90,7 @@ NO_META = "PyTorch has no Meta kernel for it and abstract mode no rule: NotImple
 META_LAYOUT = "Meta lays the result out differently from the CPU (same shape, dtype and bytes)"
 # (op, kind) -> why the full sweep fails it; strict, so a fix shows up as an unexpected pass
 EXPECTED_FAILURES = {
-    **{(name, kind): NO_TPU_KERNEL for name in ("sparse.sampled_addmm", "sparse.mm.reduce", "to_sparse")
+    **{(name, kind): NO_TPU_KERNEL for name in ("sparse.sampled_addmm", "sparse.mm.reduce")
        for kind in (support.FORWARD, support.GRAD)},
     **{(name, support.FORWARD): NO_META for name in ("geqrf", "histogram", "histogramdd")},
     **{(name, support.FORWARD): META_LAYOUT for name in (

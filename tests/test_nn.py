@@ -53,6 +53,20 @@ def test_softmax_bf16_and_dtype_argument(function):
     assert out.dtype == torch.float32
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape,dim", [((64, 33), -1), ((64, 4), 1), ((33,), 0), ((5, 64), 0)])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_log_softmax_of_16_bit_floats_has_cpus_bits(dtype, shape, dim, compiled):
+    """CPU's last-dim loop keeps each row's sum and its log in bf16/fp16; computed in float32 throughout, a third
+    of the bf16 results were one ulp off (a bf16 classifier's loss drifted from CPU's by its second step)."""
+    x = torch.randn(shape).to(dtype)
+    function = (lambda t: F.log_softmax(t, dim))
+    if compiled:
+        torch._dynamo.reset()
+        function = torch.compile(function, backend="tpu")
+    assert torch.equal(function(x.to("tpu")).cpu(), F.log_softmax(x, dim))
+
+
 @pytest.mark.parametrize("op", [torch._softmax, torch._log_softmax])
 def test_half_to_float(op):
     x = torch.randn(3, 9).half()
@@ -1030,6 +1044,30 @@ def test_regression_losses_non_contiguous_and_bf16():
     x, y = torch.randn(5, 4).t(), torch.randn(4, 5)
     check_grads(lambda a, b: F.mse_loss(a, b), x, y)
     check_grads(lambda a, b: F.smooth_l1_loss(a, b), x.bfloat16(), y.bfloat16(), **BF16_TOLERANCE)
+
+
+SIXTEEN_BIT_LOSSES = {
+    "mse": lambda a, b, reduction: F.mse_loss(a, b, reduction=reduction),
+    "bce": lambda a, b, reduction: F.binary_cross_entropy(a.sigmoid(), b.sigmoid(), reduction=reduction),
+    "bce_weight": lambda a, b, reduction: F.binary_cross_entropy(
+        a.sigmoid(), b.sigmoid(), weight=torch.linspace(0.5, 2, 16, dtype=a.dtype, device=a.device), reduction=reduction),
+}
+
+
+@pytest.mark.parametrize("loss", SIXTEEN_BIT_LOSSES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_loss_gradients_of_16_bit_floats_have_cpus_bits(loss, dtype, reduction):
+    """CPU's mse and binary cross-entropy backward loops round after each operation; rounded once, a sixth (mse)
+    to a half (bce) of the bf16 gradients were one ulp off CPU's."""
+    x, y = torch.randn(4, 16).to(dtype), torch.randn(4, 16).to(dtype)
+    grads = []
+    for device in ("cpu", "tpu"):
+        a = x.clone().to(device).requires_grad_()
+        value = SIXTEEN_BIT_LOSSES[loss](a, y.to(device), reduction)
+        value.backward(torch.linspace(-2, 3, value.numel()).view(value.shape).to(dtype).to(device))
+        grads.append(a.grad.cpu())
+    assert torch.equal(grads[1], grads[0])
 
 
 def test_smooth_l1_gradient_at_zero_with_beta_zero():

@@ -29,7 +29,8 @@ tensor_str._tensor_str = _format_values_on_cpu
 
 @functools.wraps(_format_tensor)
 def _format_tensor_without_values(inp, *, tensor_contents=None):
-    if tensor_contents is None and inp.device.type == "tpu" and inp.numel():
+    # A sparse tensor has no storage of its own: PyTorch prints its indices and values, tensors of their own.
+    if tensor_contents is None and inp.device.type == "tpu" and inp.numel() and not inp.is_sparse:
         from ._abstract import has_values  # a tpu tensor exists: the kernels are loaded
 
         if not has_values(inp):

@@ -28,6 +28,7 @@ from . import (  # noqa: F401
     sampling,
     scaled_mm,
     shape,
+    sparse,
     special,
     transformer,
     view,

@@ -120,8 +120,10 @@ STRIDED_NESTED = (
     "construct it with enable_nested_tensor=False, which gives the same values at every unpadded position."
 )
 SPARSE_LAYOUTS = (
-    "sparse layouts (torch.sparse_coo, sparse_csr, sparse_csc, sparse_bsr, sparse_bsc) are not supported on "
-    "tpu (their kernels are C++ code per backend that reads indices through data pointers); keep sparse tensors on the CPU, or make them dense (to_dense()) before moving them to tpu."
+    "sparse layouts are not supported on tpu beyond sparse COO tensors' construction, .to(), to_sparse(), "
+    "to_dense(), coalesce() and mm/addmm with a dense matrix (torch_tpu/ops/sparse.py; the compressed layouts "
+    "sparse_csr, sparse_csc, sparse_bsr and sparse_bsc not at all: their kernels are C++ code per backend that reads "
+    "indices through data pointers); keep sparse tensors on the CPU, or make them dense (to_dense()) on tpu."
 )
 QUANTIZED = (
     "quantized tensors (torch.quint8, qint8, qint32, quint4x2; quantize_per_tensor and friends) are not supported "

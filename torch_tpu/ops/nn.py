@@ -148,13 +148,26 @@ def compute_into(out, dtype, compute):
     return write(out, scratch)
 
 
-def softmax_into(destination, x, dim, log=False):
-    """(Log-)softmax of ``x`` along ``dim`` into ``destination``; returns the row maxima."""
+def log_softmax_sum_dtype(dtype, dim, ndim):
+    """The NumPy dtype CPU's log-softmax keeps each row's sum of exponentials and its log in, or None for the
+    compute dtype: its last-dim loop for bfloat16 and float16 stores both in a buffer of the input's own dtype
+    (a replayed CPU detail: rounded anywhere else, about a third of bf16 results are one ulp off CPU's)."""
+    if dtype in (torch.bfloat16, torch.float16) and dim == max(ndim - 1, 0):
+        return numpy_dtype(dtype)
+    return None
+
+
+def softmax_into(destination, x, dim, log=False, sum_dtype=None):
+    """(Log-)softmax of ``x`` along ``dim`` into ``destination``; returns the row maxima. ``sum_dtype``: see
+    ``log_softmax_sum_dtype``."""
     if x.size == 0:
         return None
     row_max = np.max(x, axis=dim, keepdims=True)
     np.subtract(x, row_max, out=destination)
-    if log:
+    if log and sum_dtype is not None:
+        total = sum_along(np.exp(destination), dim).astype(sum_dtype).astype(x.dtype)
+        destination -= np.log(total).astype(sum_dtype).astype(x.dtype)
+    elif log:
         destination -= np.log(sum_along(np.exp(destination), dim))
     else:
         np.exp(destination, out=destination)
@@ -188,7 +201,9 @@ def softmax_kernel(log):
         else:
             prepare_out(out, self.shape, dtype, distinct=(self,), dtype_rule=exact_dtype)
         x = at_least_1d(opmath_operand(self))
-        return compute_into(out, x.dtype, lambda destination: softmax_into(at_least_1d(destination), x, dim, log))
+        sum_dtype = log_softmax_sum_dtype(dtype, dim, self.dim()) if log else None
+        return compute_into(out, x.dtype,
+                            lambda destination: softmax_into(at_least_1d(destination), x, dim, log, sum_dtype))
 
     return kernel
 
@@ -992,10 +1007,11 @@ def pointwise_loss(loss_function, kernel_name, keeps_input_dtype=False):
     return kernel
 
 
-def pointwise_loss_backward(gradient_function, one_dtype_op=None):
+def pointwise_loss_backward(gradient_function, one_dtype_op=None, rounded_steps=None):
     """Kernel for d loss / d input = grad * gradient_function(input, target), shaped like input. Ops
     whose CPU kernel takes only operands of one dtype (huber's TensorIterator checks it) name their
-    ``one_dtype_op`` packet, whose CPU error a mix of dtypes gets."""
+    ``one_dtype_op`` packet, whose CPU error a mix of dtypes gets. ``rounded_steps(x, t, grad, reduction,
+    dtype)``, where given, replays CPU's loop for bfloat16 and float16, which rounds after every operation."""
 
     def kernel(grad_output, self, target, reduction, *args, grad_input=None):
         if one_dtype_op is not None and not grad_output.dtype == self.dtype == target.dtype:
@@ -1003,9 +1019,12 @@ def pointwise_loss_backward(gradient_function, one_dtype_op=None):
             raise_cpu_error(one_dtype_op.out if out else one_dtype_op.default, grad_output, self, target, reduction,
                             *args, **out)
         x, t = opmath_operand(self), opmath_operand(target)
-        grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
-        result = np.broadcast_to(grad * gradient_function(x, t, *args), x.shape)
-        return store(result, self.dtype, out=grad_input, dtype_rule=exact_dtype)
+        if rounded_steps is not None and self.dtype in (torch.bfloat16, torch.float16):
+            result = rounded_steps(x, t, opmath_operand(grad_output), reduction, numpy_dtype(self.dtype))
+        else:
+            grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
+            result = grad * gradient_function(x, t, *args)
+        return store(np.broadcast_to(result, x.shape), self.dtype, out=grad_input, dtype_rule=exact_dtype)
 
     return kernel
 
@@ -1016,6 +1035,24 @@ def squared_error(x, t):
 
 def squared_error_gradient(x, t):
     return 2 * (x - t)
+
+
+def rounding_through(dtype, compute_dtype):
+    """``array`` rounded to the 16-bit ``dtype`` and back: one arithmetic operation of CPU's loops over
+    ``c10::BFloat16``/``Half`` scalars and vectors, which round every result they store."""
+
+    def rounded(array):
+        return np.asarray(array).astype(dtype).astype(compute_dtype)
+
+    return rounded
+
+
+def squared_error_gradient_rounded(x, t, grad, reduction, dtype):
+    """CPU's bf16/fp16 mse_loss_backward loop: ``alpha * (x - t) * grad`` with alpha = 2 (2 / numel for a mean)
+    held in the dtype, each operation rounded to it, as its ``Vectorized<BFloat16>`` operators round."""
+    rounded = rounding_through(dtype, x.dtype)
+    alpha = rounded(2 / x.size if reduction == REDUCTION_MEAN else 2)
+    return rounded(rounded(alpha * rounded(x - t)) * grad)
 
 
 def smooth_l1(x, t, beta=1.0):
@@ -1045,7 +1082,8 @@ def huber_gradient(x, t, delta):
 
 # mse_loss and smooth_l1_loss are structured: only their out= overloads, so PyTorch's meta function checks shapes
 register("mse_loss.out")(pointwise_loss(squared_error, "mse_cpu"))
-register("mse_loss_backward", "mse_loss_backward.grad_input")(pointwise_loss_backward(squared_error_gradient))
+register("mse_loss_backward", "mse_loss_backward.grad_input")(
+    pointwise_loss_backward(squared_error_gradient, rounded_steps=squared_error_gradient_rounded))
 register("smooth_l1_loss.out")(pointwise_loss(smooth_l1, "smooth_l1_cpu"))
 register("smooth_l1_loss_backward", "smooth_l1_loss_backward.grad_input")(pointwise_loss_backward(smooth_l1_gradient))
 register("huber_loss", "huber_loss.out")(pointwise_loss(huber, "huber_cpu", keeps_input_dtype=True))
@@ -1072,11 +1110,26 @@ def binary_cross_entropy(self, target, weight=None, reduction=REDUCTION_MEAN, *,
     return store(loss, self.dtype, out=out, dtype_rule=exact_dtype)
 
 
+def bce_gradient_rounded(x, t, grad, weight, reduction, dtype):
+    """CPU's bf16/fp16 binary_cross_entropy_backward: ``grad * (x - t) / max((1 - x) * x, eps)`` over 16-bit
+    scalars, then times the weight and divided by numel for a mean, each step rounded to the dtype."""
+    rounded = rounding_through(dtype, x.dtype)
+    denominator = np.maximum(rounded(rounded(1 - x) * x), rounded(BCE_GRAD_EPSILON))
+    result = rounded(rounded(grad * rounded(x - t)) / denominator)
+    if weight is not None:
+        result = rounded(result * weight)
+    return rounded(result / x.size) if reduction == REDUCTION_MEAN else result
+
+
 @register("binary_cross_entropy_backward", "binary_cross_entropy_backward.grad_input")
 def binary_cross_entropy_backward(grad_output, self, target, weight=None, reduction=REDUCTION_MEAN, *,
                                   grad_input=None):
     x, t = opmath_operand(self), opmath_operand(target)
-    grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
-    result = scaled(grad * (x - t) / np.maximum((1 - x) * x, BCE_GRAD_EPSILON), optional_operand(weight))
+    if self.dtype in (torch.bfloat16, torch.float16):
+        result = bce_gradient_rounded(x, t, opmath_operand(grad_output), optional_operand(weight), reduction,
+                                      numpy_dtype(self.dtype))
+    else:
+        grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
+        result = scaled(grad * (x - t) / np.maximum((1 - x) * x, BCE_GRAD_EPSILON), optional_operand(weight))
     result = np.broadcast_to(result, x.shape)
     return store(result, self.dtype, out=grad_input, dtype_rule=exact_dtype)

@@ -1,0 +1,101 @@
+"""Sparse COO tensors on tpu (torch_tpu/ops/sparse.py) against the same calls on torch CPU."""
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")
+
+# duplicates at (0, 1), unsorted columns: what a graph's edge list gives
+INDICES = torch.tensor([[2, 0, 1, 0, 2], [0, 1, 2, 1, 2]])
+VALUES = torch.tensor([3.0, 1.0, 2.0, 4.0, -1.5])
+
+
+def both(make):
+    """``make(device)`` on cpu and on tpu, the tpu result brought back to the CPU."""
+    return make("cpu"), make("tpu").cpu()
+
+
+def assert_same_sparse(cpu, tpu):
+    assert tpu.layout == torch.sparse_coo and tpu.is_coalesced() == cpu.is_coalesced()
+    assert tpu.shape == cpu.shape and tpu._nnz() == cpu._nnz()
+    torch.testing.assert_close(tpu._indices(), cpu._indices(), rtol=0, atol=0)
+    torch.testing.assert_close(tpu._values(), cpu._values(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("build", ["to", "constructor"])
+def test_sparse_tensor_lives_on_tpu_and_densifies_as_on_cpu(build):
+    cpu = torch.sparse_coo_tensor(INDICES, VALUES, (3, 3))
+    tpu = cpu.to("tpu") if build == "to" else torch.sparse_coo_tensor(INDICES.to("tpu"), VALUES.to("tpu"), (3, 3))
+    assert tpu.device.type == "tpu" and tpu._values().device.type == "tpu" and tpu._indices().device.type == "tpu"
+    assert_same_sparse(cpu, tpu.cpu())
+    torch.testing.assert_close(tpu.to_dense().cpu(), cpu.to_dense(), rtol=0, atol=0)
+    assert_same_sparse(cpu.coalesce(), tpu.coalesce().cpu())
+    assert "device='tpu:0'" in repr(tpu) and "nnz=5" in repr(tpu)
+
+
+def test_coalesce_sums_duplicates_of_a_hybrid_tensor_in_cpus_order():
+    values = torch.randn(5, 2)
+    cpu, tpu = both(lambda d: torch.sparse_coo_tensor(INDICES, values, (3, 3, 2)).to(d).coalesce())
+    assert_same_sparse(cpu, tpu)
+
+
+@pytest.mark.parametrize("sparse_dim", [None, 1])
+def test_dense_to_sparse_gives_cpus_indices_and_values(sparse_dim):
+    dense = torch.tensor([[0.0, 1.5, 0.0], [0.0, 0.0, 0.0], [-2.0, 0.0, 3.0]])
+    args = () if sparse_dim is None else (sparse_dim,)
+    cpu, tpu = both(lambda d: dense.to(d).to_sparse(*args))
+    assert_same_sparse(cpu, tpu)
+
+
+def test_sparse_matmuls_and_their_gradient_equal_cpus():
+    sparse = torch.sparse_coo_tensor(INDICES, VALUES, (3, 3))
+    dense = torch.randn(3, 4)
+    bias = torch.randn(4)
+    for call in (torch.mm, torch.spmm, torch.sparse.mm, lambda a, b: a @ b,
+                 lambda a, b: torch.addmm(bias.to(b.device), a, b, beta=0.5, alpha=2.0)):
+        cpu, tpu = both(lambda d: call(sparse.to(d), dense.to(d)))
+        torch.testing.assert_close(tpu, cpu)
+    grads = []
+    for device in ("cpu", "tpu"):
+        weight = dense.detach().to(device).requires_grad_()
+        torch.mm(sparse.to(device), weight).tanh().sum().backward()
+        grads.append(weight.grad.cpu())
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_graph_convolution_training_matches_cpu():
+    """A GCN layer as PyTorch's examples write it: normalised sparse adjacency times dense features."""
+    adjacency = (torch.eye(3) + torch.sparse_coo_tensor(INDICES, torch.ones(5), (3, 3))).to_sparse()
+    features = torch.rand(3, 5).to_sparse()
+    losses = {}
+    for device in ("cpu", "tpu"):
+        torch.manual_seed(0)
+        layer = torch.nn.Linear(5, 2, bias=False).to(device)
+        opt = torch.optim.Adam(layer.parameters(), lr=0.1)
+        adj, x = adjacency.to(device), features.to(device)
+        losses[device] = []
+        for _ in range(3):
+            opt.zero_grad()
+            out = torch.spmm(adj, torch.mm(x, layer.weight.t()))
+            loss = torch.nn.functional.cross_entropy(out, torch.tensor([0, 1, 1], device=device))
+            loss.backward()
+            opt.step()
+            losses[device].append(loss.item())
+    assert losses["tpu"] == pytest.approx(losses["cpu"], rel=1e-6)
+
+
+def test_a_sparse_tensor_frees_its_hbm():
+    before = torch.tpu.memory_allocated()
+    sparse = torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to("tpu")
+    assert torch.tpu.memory_allocated() - before == INDICES.numel() * 8 + VALUES.numel() * 4
+    del sparse
+    assert torch.tpu.memory_allocated() == before
+
+
+def test_to_dense_backward_masks_the_gradient_as_on_cpu():
+    grads = []
+    for device in ("cpu", "tpu"):
+        sparse = torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(device).requires_grad_()
+        (sparse.to_dense() * torch.arange(9.0, device=device).view(3, 3)).sum().backward()
+        grads.append(sparse.grad.cpu())
+    assert_same_sparse(grads[0], grads[1])

@@ -1,0 +1,140 @@
+"""Sparse COO tensors on tpu: ``sparse.to("tpu")``, ``dense.to_sparse()``, ``torch.sparse.mm``/``spmm``.
+
+A sparse COO tensor is PyTorch's C++ ``SparseTensorImpl`` holding two dense tensors, its indices and its
+values; on tpu both are ordinary tpu tensors. Two kinds of kernel serve it on the SparsePrivateUse1 key:
+
+- PyTorch's own kernels for the ops that only build or read that structure (``_indices``, ``_nnz``, the
+  constructor, ...). They are the ones PyTorch also runs for sparse meta tensors, so they never read
+  element memory; they run here by redispatching to the SparseMeta key.
+- the ops that compute (``_to_dense``, ``_coalesce``, ``mm``, ...), written below with tpu's dense ops on
+  the indices and values, in the order CPU's kernels combine them (coalesced first, duplicates summed).
+
+Every other op on a sparse tpu tensor still reaches ``fallback.sparse_fallback`` and its error, as do the
+compressed layouts (CSR, CSC, BSR, BSC).
+"""
+
+import torch
+
+from .fallback import SPARSE_LAYOUTS, unsupported
+from ._registry import register
+
+_SPARSE_KERNELS = torch.library.Library("aten", "IMPL")  # owns the registrations for the life of the process
+_SPARSE_META = torch._C.DispatchKeySet(torch._C.DispatchKey.SparseMeta)
+_aten = torch.ops.aten
+
+# Ops whose SparseMeta kernel is PyTorch's device-generic one: it builds or reads the indices and values as
+# tensors and never touches element memory.
+STRUCTURAL_OPS = (
+    "_sparse_coo_tensor_with_dims", "_sparse_coo_tensor_with_dims_and_tensors", "sparse_resize_",
+    "sparse_resize_and_clear_", "sparse_dim", "dense_dim", "_nnz", "is_coalesced", "_coalesced_",
+    "_indices", "_values", "indices", "values", "copy_sparse_to_sparse_", "zero_",
+)
+
+
+def _structural(op):
+    def kernel(*args, **kwargs):
+        return op.redispatch(_SPARSE_META, *args, **kwargs)
+
+    return kernel
+
+
+for _name in STRUCTURAL_OPS:
+    _op = getattr(_aten, _name).default
+    _SPARSE_KERNELS.impl(_op, _structural(_op), "SparsePrivateUse1")
+
+
+def sparse_kernel(*names):
+    def decorate(kernel):
+        for name in names:
+            _SPARSE_KERNELS.impl(name, kernel, "SparsePrivateUse1")
+        return kernel
+
+    return decorate
+
+
+def coo(indices, values, size, coalesced):
+    """A sparse tpu tensor over ``indices`` and ``values`` (taken as they are, not copied)."""
+    return _aten._sparse_coo_tensor_with_dims_and_tensors(
+        indices.shape[0], values.dim() - 1, list(size), indices, values, dtype=values.dtype,
+        layout=torch.sparse_coo, device=values.device, is_coalesced=coalesced)
+
+
+def _linear_index(indices, sizes):
+    """Each column of ``indices`` as one row-major number over ``sizes`` (the sparse dims)."""
+    linear = torch.zeros(indices.shape[1], dtype=torch.int64, device=indices.device)
+    for row, size in zip(indices, sizes):
+        linear = linear * size + row
+    return linear
+
+
+@sparse_kernel("_coalesce")
+def coalesce(self):
+    """Indices sorted row-major, each once, with its duplicates' values summed in their stored order (as CPU)."""
+    indices, values = self._indices(), self._values()
+    sizes = self.shape[:self.sparse_dim()]
+    unique, inverse = torch.unique(_linear_index(indices, sizes), sorted=True, return_inverse=True)
+    summed = torch.zeros((unique.shape[0],) + values.shape[1:], dtype=values.dtype, device=values.device)
+    summed.index_add_(0, inverse, values)
+    rows = []
+    for size in reversed(sizes):
+        rows.append(unique % size)
+        unique = unique.div(size, rounding_mode="floor")
+    new_indices = torch.stack(rows[::-1]) if rows else indices.new_zeros((0, summed.shape[0]))
+    return coo(new_indices, summed, self.shape, coalesced=True)
+
+
+@sparse_kernel("_to_dense")
+def to_dense(self, dtype=None, masked_grad=None):
+    dense = torch.zeros(self.shape, dtype=dtype or self.dtype, device=self.device)
+    return dense.index_put_(tuple(self._indices()), self._values().to(dense.dtype), accumulate=True)
+
+
+@sparse_kernel("clone")
+def clone(self, memory_format=None):
+    return coo(self._indices().clone(), self._values().clone(), self.shape, self.is_coalesced())
+
+
+@sparse_kernel("sparse_mask")
+def sparse_mask(self, mask):
+    """The dense ``self`` read at ``mask``'s indices, duplicates and order kept (``to_dense``'s backward)."""
+    indices = mask._indices()
+    return coo(indices.clone(), self[tuple(indices)].contiguous(), self.shape, mask.is_coalesced())
+
+
+@sparse_kernel("addmm")
+def addmm(self, mat1, mat2, *, beta=1, alpha=1):
+    """``beta * self + alpha * (sparse mat1 @ dense mat2)`` as CPU computes it: ``mat1`` coalesced, then each
+    nonzero's row of ``mat2``, scaled by ``alpha`` times its value, added into its output row in index order."""
+    if mat1.layout != torch.sparse_coo or mat2.layout != torch.strided or self.layout != torch.strided:
+        raise unsupported(_aten.addmm.default, SPARSE_LAYOUTS)
+    if mat1.dim() != 2 or mat2.dim() != 2:
+        raise RuntimeError(f"tensor should be 2-dimensional, got {mat1.dim()}-D and {mat2.dim()}-D")
+    if mat1.shape[1] != mat2.shape[0]:
+        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({mat1.shape[0]}x{mat1.shape[1]} and "
+                           f"{mat2.shape[0]}x{mat2.shape[1]})")
+    if mat1.dtype != mat2.dtype:
+        raise RuntimeError(f"expected mat1 and mat2 to have the same dtype, but got: {mat1.dtype} != {mat2.dtype}")
+    shape = (mat1.shape[0], mat2.shape[1])
+    out = torch.zeros(shape, dtype=mat2.dtype, device=mat2.device)
+    if beta != 0:
+        out.add_(self.expand(shape), alpha=beta)
+    matrix = mat1.coalesce()
+    rows, columns = matrix._indices()
+    return out.index_add_(0, rows, (matrix._values() * alpha).unsqueeze(1) * mat2[columns])
+
+
+@sparse_kernel("mm")
+def mm(self, mat2):
+    return addmm(torch.zeros((), dtype=mat2.dtype, device=mat2.device), self, mat2, beta=0)
+
+
+@register("_to_sparse", "_to_sparse.sparse_dim", charge=False)
+def dense_to_sparse(self, *args, layout=None, blocksize=None, dense_dim=None):
+    """``dense.to_sparse()`` of a tpu tensor: the nonzero positions, in row-major order (coalesced, as CPU's)."""
+    sparse_dim = args[0] if args else self.dim() - (dense_dim or 0)
+    if layout not in (None, torch.sparse_coo) or blocksize is not None:
+        raise unsupported(_aten._to_sparse.default, SPARSE_LAYOUTS)
+    flat = self.reshape(self.shape[:sparse_dim] + (-1,)) if sparse_dim < self.dim() else self.unsqueeze(-1)
+    indices = (flat != 0).any(-1).nonzero().t().contiguous()
+    values = self[tuple(indices)] if sparse_dim else self.unsqueeze(0)
+    return coo(indices, values.contiguous(), self.shape, coalesced=True)
