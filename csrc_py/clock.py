@@ -153,6 +153,7 @@ class Clock:
         self._next_progress = PROGRESS_EVERY_KERNELS
         self.stream_names = {}  # labels of the streams torch.tpu did not create (collective streams)
         self.collective_totals = {}  # collective name -> OpTotals (seconds on the ICI, bytes moved)
+        self._peaks, self._peaks_of = {}, None  # (input type, float32 passes) -> MXU peak, for the chip ``_peaks_of``
 
     @property
     def busy_seconds(self):
@@ -180,9 +181,19 @@ class Clock:
         return start, end
 
     def advance_mxu(self, name, nbytes, mxu_flops, float32_passes, stream=0):
-        """``advance`` for a kernel with MXU work (FLOPs by input type), as ``charge`` charges its KernelCost."""
-        return self.advance(name, nbytes, stream, mxu_seconds(mxu_flops, float32_passes, self.spec),
-                            sum(mxu_flops.values()))
+        """``advance`` for a kernel with MXU work (FLOPs by input type), as ``charge`` charges its KernelCost:
+        ``mxu_seconds``' sum, term by term in the same order, of peaks looked up once per chip, input type and
+        float32 passes (every ``mm``, ``addmm`` and ``bmm`` launch comes here)."""
+        if self._peaks_of is not self.spec:  # a new clock, or its chip became another (``Chip.become``)
+            self._peaks, self._peaks_of = {}, self.spec
+        compute = flops = 0
+        for type_name, type_flops in mxu_flops.items():
+            peak = self._peaks.get((type_name, float32_passes))
+            if peak is None:
+                peak = self._peaks[type_name, float32_passes] = mxu_peak(self.spec, type_name, float32_passes)
+            compute += type_flops / peak
+            flops += type_flops
+        return self.advance(name, nbytes, stream, compute, flops)
 
     def advance(self, name, nbytes, stream=0, compute=0.0, flops=0):
         """Run kernel ``name`` moving ``nbytes`` of HBM traffic (and ``compute`` seconds of MXU work).

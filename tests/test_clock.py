@@ -240,3 +240,20 @@ def test_one_precision_table_sets_float32_matmul_cost_and_numerics(precision):
     finally:
         torch.set_float32_matmul_precision(previous)
     np.testing.assert_array_equal(product, mxu.matmul(a.numpy(), b.numpy(), precision_passes=computed))
+
+
+def test_mxu_charges_follow_the_chip_the_clock_became():
+    """``advance_mxu`` looks each MXU peak up once per chip, input type and float32 passes: after ``Chip.become``
+    (the clock's spec replaced) a launch is charged at the new chip's peak, exactly as ``mxu_seconds`` gives it."""
+    from torch_tpu._C.clock import Clock, mxu_seconds
+
+    fresh = Clock(IRONWOOD)
+    flops = {"float32": 3 * 10**12, "bfloat16": 10**12}
+    for spec in (IRONWOOD, _C.CHIPS["v5e"], IRONWOOD):
+        fresh.spec = spec
+        for passes in (1, 6):
+            before = fresh.op_totals["mm"].compute_seconds if "mm" in fresh.op_totals else 0.0
+            start, end = fresh.advance_mxu("mm", 64, flops, passes)
+            compute = mxu_seconds(flops, passes, spec)
+            assert end - start == pytest.approx(compute + LAUNCH_OVERHEAD_SECONDS, rel=1e-12)
+            assert fresh.op_totals["mm"].compute_seconds - before == pytest.approx(compute, rel=1e-12)

@@ -207,6 +207,33 @@ def test_views_launch_nothing_and_allocate_nothing():
     assert x[1, 2].item() == 7.0
 
 
+def _quiet_and_profiled_charges(call):
+    """What one more ``call()`` adds to the clock's totals, by kernel name: outside a profile (no KernelCost
+    built) and inside one (each launch's KernelCost charged)."""
+    call()  # a first launch names the ops in the totals
+
+    def added(profiled):
+        before = {name: totals.copy() for name, totals in clock.op_totals.items()}
+        if profiled:
+            with torch_tpu.profiler.profile():
+                call()
+        else:
+            call()
+        return {name: totals.minus(before[name]) for name, totals in clock.op_totals.items()
+                if totals.count != before[name].count}
+
+    return added(False), added(True)
+
+
+def _assert_charged_alike(quiet, profiled):
+    assert quiet.keys() == profiled.keys() and quiet
+    for name in quiet:  # the float fields are differences of running sums: equal to rounding
+        for field in ("count", "bytes", "flops"):
+            assert getattr(quiet[name], field) == getattr(profiled[name], field), (name, field)
+        for field in ("seconds", "compute_seconds"):
+            assert getattr(quiet[name], field) == pytest.approx(getattr(profiled[name], field), rel=1e-9), (name, field)
+
+
 @pytest.mark.parametrize("call", [
     lambda a, b, bias: torch.mm(a, b.t()),
     lambda a, b, bias: torch.addmm(bias, a, b.t()),
@@ -221,28 +248,30 @@ def test_mxu_launches_are_charged_as_their_kernel_cost(call, precision):
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision(precision)
     try:
-        call(a, b, bias)  # a first launch names the op in the totals
-
-        def added(profiled):
-            before = {name: totals.copy() for name, totals in clock.op_totals.items()}
-            if profiled:
-                with torch_tpu.profiler.profile():
-                    call(a, b, bias)
-            else:
-                call(a, b, bias)
-            return {name: totals.minus(before[name]) for name, totals in clock.op_totals.items()
-                    if totals.count != before[name].count}
-
-        quiet, profiled = added(False), added(True)
+        quiet, profiled = _quiet_and_profiled_charges(lambda: call(a, b, bias))
     finally:
         torch.set_float32_matmul_precision(previous)
-    assert quiet.keys() == profiled.keys() and quiet
-    for name in quiet:  # the float fields are differences of running sums: equal to rounding
-        for field in ("count", "bytes", "flops"):
-            assert getattr(quiet[name], field) == getattr(profiled[name], field), (name, field)
-        for field in ("seconds", "compute_seconds"):
-            assert getattr(quiet[name], field) == pytest.approx(getattr(profiled[name], field), rel=1e-9), (name, field)
+    _assert_charged_alike(quiet, profiled)
     assert any(totals.flops for totals in quiet.values())
+
+
+def _layer_norm_forward_and_backward():
+    x = torch.rand(4, 6, 8, device="tpu", requires_grad=True)
+    weight, bias = torch.rand(8, device="tpu", requires_grad=True), torch.rand(8, device="tpu", requires_grad=True)
+    F.layer_norm(x, (8,), weight, bias).sum().backward()
+
+
+@pytest.mark.parametrize("call", [
+    _layer_norm_forward_and_backward,
+    lambda: F.nll_loss(torch.rand(6, 5, device="tpu").log_softmax(1), torch.tensor([4, 0, 1, 2, 4, 1], device="tpu")),
+], ids=["layer_norm", "nll_loss"])
+def test_launches_with_several_results_are_charged_as_their_kernel_cost(call):
+    """A launch returning several new tensors (layer norm's output, mean and rstd) is charged inline outside a
+    profile: its inputs read and every result written, what its KernelCost charges."""
+    quiet, profiled = _quiet_and_profiled_charges(call)
+    _assert_charged_alike(quiet, profiled)
+    several = {"native_layer_norm", "native_layer_norm_backward", "nll_loss_forward"} & quiet.keys()
+    assert several and all(quiet[name].bytes for name in several)
 
 
 def test_ignoring_fp_errors_restores_numpys_error_state():

@@ -313,6 +313,8 @@ def charged(kernel, name, guard=None):
     arguments_bytes = _arguments_bytes(name)
     plain = packet not in COPIES and packet not in WRITE_ONLY_SELF
     by_traffic = not (packet in MXU_FLOPS or packet in RESULT_FLOPS or packet in FUSED_COSTS)
+    # a matmul-like op whose FLOPs its arguments give (``work``'s rule: a fused cost comes first)
+    flops_of_arguments = None if packet in FUSED_COSTS else MXU_FLOPS.get(packet)
     advance = clock.advance
     advance_mxu = clock.advance_mxu
     work = _work_model(name)
@@ -346,8 +348,17 @@ def charged(kernel, name, guard=None):
                 result = kernel(*args, **kwargs)
             except NoValuesError as error:
                 raise error.naming(f"aten.{name}") from None
-            if by_traffic and plain and not kwargs and type(result) is Tensor:  # charge's commonest case, inline
-                advance(name, arguments_bytes(args) + result.nbytes, clock.current_stream)
+            # charge's commonest cases, inline: inputs read, one new output (or several: layer norm's three)
+            if plain and not kwargs and type(result) is Tensor:
+                if by_traffic:
+                    advance(name, arguments_bytes(args) + result.nbytes, clock.current_stream)
+                elif flops_of_arguments is not None:  # mm, addmm, bmm
+                    advance_mxu(name, arguments_bytes(args) + result.nbytes, flops_of_arguments(*args),
+                                float32_passes(), clock.current_stream)
+                else:
+                    charge(args, kwargs, result)
+            elif by_traffic and plain and not kwargs and type(result) is tuple and result:
+                advance(name, arguments_bytes(args) + _tensor_bytes(result), clock.current_stream)
             else:
                 charge(args, kwargs, result)
             return result
