@@ -136,6 +136,19 @@ def test_a_cpu_tensor_written_by_a_tpu_op_is_a_device_mismatch(action):
         action(torch.ones(2, device="tpu"))
 
 
+@pytest.mark.parametrize("module", [torch.nn.Conv1d(2, 3, 3), torch.nn.Conv2d(2, 3, 3), torch.nn.ConvTranspose2d(2, 3, 3)],
+                         ids=["conv1d", "conv2d", "conv_transpose2d"])
+@pytest.mark.parametrize("fallback", ["0", "1"])
+def test_a_cpu_input_to_a_tpu_convolution_is_a_device_mismatch_not_a_missing_kernel(module, fallback, monkeypatch):
+    # the convolution picks its CPU algorithm from the CPU input; that algorithm has no tpu kernel, and even the
+    # opt-in CPU fallback must not run a call CUDA refuses for its mixed devices
+    monkeypatch.setenv("TORCH_TPU_CPU_FALLBACK", fallback)
+    with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device, but found at least two "
+                                           "devices, tpu:0 and cpu!"):
+        module.to("tpu")(torch.randn(1, 2, 5, 5)[:, :, 0] if isinstance(module, torch.nn.Conv1d)
+                         else torch.randn(1, 2, 5, 5))
+
+
 def test_strided_nested_tensors_are_a_clear_error_with_the_transformer_workaround():
     layer = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
     encoder = torch.nn.TransformerEncoder(layer, 1).eval().to("tpu")

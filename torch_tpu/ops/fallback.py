@@ -23,10 +23,10 @@ import warnings
 
 import torch
 from torch._decomp import decomposition_table
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from .. import _abstract, _abstract_launch, _tensor
-from .._errors import release_frames
+from .._errors import device_mismatch, release_frames
 
 CPU_FALLBACK_VARIABLE = "TORCH_TPU_CPU_FALLBACK"
 META_KEYSET = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
@@ -173,12 +173,26 @@ def tpu_fallback(keyset, op, *args, **kwargs):
         raise
 
 
+def _host_device_beside_tpu(args, kwargs):
+    """The device of a non-scalar host tensor passed with tpu tensors, which a device kernel would refuse."""
+    tensors = [v for v in tree_flatten((args, kwargs))[0] if isinstance(v, torch.Tensor)]
+    if any(map(_tensor.is_tpu, tensors)):
+        return next((t.device for t in tensors if t.device.type == "cpu" and t.dim() > 0), None)
+    return None
+
+
 def _run(op, args, kwargs):
     if returns_view(op._schema):
         return op.redispatch(META_KEYSET, *args, **kwargs)
     decomposition = _usable_decomposition(op)
     if decomposition is not None:
         return _run_decomposition(op, decomposition, args, kwargs)
+    # A host tensor reached here because a composite op chose its CPU path from its first input (a tpu
+    # convolution given a CPU input runs _slow_conv2d_forward): the user's error is the mixed devices,
+    # as on CUDA, not a missing kernel, and the opt-in CPU fallback must not hide it either.
+    host_device = _host_device_beside_tpu(args, kwargs)
+    if host_device is not None:
+        raise device_mismatch("tpu:0", host_device, op_name(op))
     if cpu_fallback_enabled() and unsupported_feature(op_name(op)) is None:
         if _abstract.is_abstract():
             return _abstract_launch.run(op, args, kwargs)
