@@ -10,6 +10,7 @@ import random
 import torch
 
 from .. import _C
+from .._cost import without_torch_function
 
 _queued_seed = None
 
@@ -53,7 +54,11 @@ def get_rng_state(device="tpu"):
 
 
 def set_rng_state(new_state, device="tpu"):
-    _rng().set_state(new_state.detach().cpu().numpy())
+    # Out of sight of torch function modes, as CUDA's and CPU's generators take their state in C++:
+    # torch.testing's freeze_rng_state restores it inside a strict TorchRefsMode, which refuses detach.
+    with without_torch_function():
+        state = new_state.detach().cpu().numpy()
+    _rng().set_state(state)
 
 
 def get_rng_state_all():
