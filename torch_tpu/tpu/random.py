@@ -10,7 +10,6 @@ import random
 import torch
 
 from .. import _C
-from .._cost import without_torch_function
 
 _queued_seed = None
 
@@ -56,7 +55,8 @@ def get_rng_state(device="tpu"):
 def set_rng_state(new_state, device="tpu"):
     # Out of sight of torch function modes, as CUDA's and CPU's generators take their state in C++:
     # torch.testing's freeze_rng_state restores it inside a strict TorchRefsMode, which refuses detach.
-    with without_torch_function():
+    # (torch's own switch, not _cost's alias: `import torch` loads this module and must not load the kernels.)
+    with torch._C.DisableTorchFunction():
         state = new_state.detach().cpu().numpy()
     _rng().set_state(state)
 
