@@ -56,6 +56,18 @@ def test_get_set_rng_state_replays():
     assert torch.equal(torch.randint(0, 1000, (50,), device="tpu").cpu(), first)
 
 
+def test_rng_state_is_set_out_of_sight_of_torch_function_modes():
+    """As CPU's generator takes its state: torch.testing's freeze_rng_state restores the device's state
+    inside a strict TorchRefsMode, which refuses the Tensor.detach of a Python-level conversion."""
+    from torch._prims.context import TorchRefsMode
+    state = torch.tpu.get_rng_state()
+    first = torch.rand(10, device="tpu").cpu()
+    with TorchRefsMode(strict=True):
+        torch.set_rng_state(torch.get_rng_state())
+        torch.tpu.set_rng_state(state)
+    assert torch.equal(torch.rand(10, device="tpu").cpu(), first)
+
+
 def test_explicit_cpu_generator_is_refused():
     generator = torch.Generator().manual_seed(0)
     with pytest.raises(RuntimeError, match="tpu"):

@@ -332,6 +332,19 @@ def test_logcumsumexp_of_large_values_rounds_once_like_cpu():
     torch.testing.assert_close(tpu_grad.cpu(), cpu_grad, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64], ids=str)
+@pytest.mark.parametrize("name", ["cumsum", "cumprod"])
+def test_float_scans_accumulate_in_double_like_cpu(name, dtype):
+    """CPU's cumsum/cumprod of float32 and complex64 keep the running value in double: a float32 running
+    value drifts by ulps within a few dozen steps (prod's forward-mode tangent, which goes through
+    cumprod, was 2e-6 off)."""
+    x = torch.rand(3, 400, generator=torch.Generator().manual_seed(2), dtype=dtype) + 0.5
+    for dim, view in [(1, lambda t: t), (0, lambda t: t.t())]:
+        check(lambda t: SCANS[name](view(t), dim), x, rtol=0, atol=0)
+    if not dtype.is_complex:  # a bf16 input converted to a float32 result accumulates in double too
+        check(lambda t: getattr(t, name)(1, dtype=torch.float32), x.bfloat16(), rtol=0, atol=0)
+
+
 def test_cumulative_extremes_take_latest_tie():
     x = torch.tensor([[1, 3, 3, 0, 3, 4, 4], [2, 2, 2, 2, 2, 2, 2]])
     for dtype in [torch.int64, torch.float32, torch.bool]:

@@ -662,14 +662,26 @@ register("mode", "mode.values")(_selection_by_dim("mode", _mode_along_last, _rea
 # ---------------------------------------------------------------------------------------------
 
 
+# CPU's scans hold their running value in ``acc_type<T, /*is_cuda=*/false>``: double for float32 and complex
+# double for complex float (wider than the opmath of the other kernels), so each output rounds once.
+_CPU_SCAN_ACCUMULATOR = {torch.float32: np.float64, torch.complex64: np.complex128}
+
+
+def _scan_accumuland(self, dtype=None):
+    """``self`` as CPU's scans read it: converted to ``dtype``, widened to the scan's accumulator."""
+    array = _accumuland(self, dtype)
+    accumulator = _CPU_SCAN_ACCUMULATOR.get(dtype or self.dtype)
+    return array if accumulator is None else array.astype(accumulator)
+
+
 def _scan_kernel(accumulate):
-    """cumsum/cumprod: convert to the result dtype, accumulate in its opmath, round each output."""
+    """cumsum/cumprod: convert to the result dtype, accumulate in CPU's scan accumulator, round each output."""
 
     def kernel(self, dim, *, dtype=None, out):
         axis = wrap_dim(dim, self.dim())
         if prepare_out(out, self.shape, inputs=(self,)).numel() == 0:
             return out
-        array = _accumuland(self, out.dtype).reshape(self.shape or (1,))
+        array = _scan_accumuland(self, out.dtype).reshape(self.shape or (1,))
         target = as_numpy(out).reshape(array.shape)
         with np.errstate(all="ignore"):  # inf - inf and overflow give NaN/inf silently, as on CPU
             if target.dtype == array.dtype and out.is_contiguous():
@@ -711,18 +723,13 @@ register("_cummax_helper")(_running_extreme_kernel("cummax", np.maximum))
 register("_cummin_helper")(_running_extreme_kernel("cummin", np.minimum))
 
 
-_LOGCUMSUMEXP_ACCUMULATOR = {torch.float32: np.float64, torch.complex64: np.complex128}  # CPU's acc_type
-
-
 def _logcumsumexp_into(self, dim, out):
-    """CPU's running log-sum-exp is held in ``acc_type`` (double for float32, complex double for complex
-    float), so each output rounds once."""
+    """CPU's running log-sum-exp is held in its scan accumulator, so each output rounds once."""
     _check_dtype(self, "logcumsumexp_out_cpu", floating_or_wide_complex)
     axis = wrap_dim(dim, self.dim())
     if prepare_out(out, self.shape, self.dtype, inputs=(self,)).numel() == 0:
         return out
-    accumulator = _LOGCUMSUMEXP_ACCUMULATOR.get(self.dtype) or opmath_dtype(self.dtype)
-    array = _accumuland(self).astype(accumulator, copy=False).reshape(self.shape or (1,))
+    array = _scan_accumuland(self).reshape(self.shape or (1,))
     with np.errstate(all="ignore"):
         if array.dtype.kind == "c":
             return write(out, _complex_running_logaddexp(array, axis).reshape(out.shape))

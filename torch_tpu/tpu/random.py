@@ -53,7 +53,12 @@ def get_rng_state(device="tpu"):
 
 
 def set_rng_state(new_state, device="tpu"):
-    _rng().set_state(new_state.detach().cpu().numpy())
+    # Out of sight of torch function modes, as CUDA's and CPU's generators take their state in C++:
+    # torch.testing's freeze_rng_state restores it inside a strict TorchRefsMode, which refuses detach.
+    # (torch's own switch, not _cost's alias: `import torch` loads this module and must not load the kernels.)
+    with torch._C.DisableTorchFunction():
+        state = new_state.detach().cpu().numpy()
+    _rng().set_state(state)
 
 
 def get_rng_state_all():
