@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 import torch_tpu
+from torch_tpu.ops import pointwise
 from differential import check, check_grads, check_same_error, make, noncontiguous
 
 clock = torch_tpu._C.current_chip().clock
@@ -485,6 +486,28 @@ def test_integer_scalars_on_the_hot_path_match_cpu(dtype, name):
     for scalar in (1, -1, 300, 2 ** 40, 2 ** 63 - 1, True, 2.5, torch.tensor(7, dtype=torch.uint8),
                    torch.tensor(-3, dtype=torch.int32), torch.tensor(True)):
         check_same_outcome(lambda d: getattr(x.clone().to(d), name)(scalar))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_"])
+def test_integer_numbers_with_float_tensors_take_the_hot_path(monkeypatch, dtype, name):
+    """An integer number beside a float tensor (a mean's backward: ``grad.expand(...) / count``) goes straight to
+    one ufunc as the float C++'s int64 cast makes of it, on contiguous and expanded operands; numbers past 2**53,
+    which a double would round before float32 does, keep the general path. Values, dtypes and strides are CPU's."""
+    base = torch.randn(4, 8, 1, 1, generator=torch.Generator().manual_seed(0), dtype=dtype) * 1000
+    operands = [base] if name.endswith("_") else [base, base.expand(4, 8, 7, 7)]
+    numbers = (49, 196, 3, -7, 0, 2 ** 24 + 1, 2 ** 31 - 1, 2 ** 53)
+    general = []
+    monkeypatch.setattr(pointwise, "prepare_out", lambda *args, **kwargs: general.append(args))
+    for x in operands:
+        for number in numbers:
+            expected = getattr(x.clone(), name)(number)
+            actual = getattr(x.to("tpu"), name)(number).cpu()
+            assert actual.dtype == expected.dtype and actual.stride() == expected.stride()
+            assert torch.equal(actual.view(torch.uint8), expected.view(torch.uint8))  # bit for bit, NaN included
+    assert general == []  # no call took the structured .out kernel
+    monkeypatch.undo()
+    check_same_outcome(lambda d: getattr(base.clone().to(d), name)(2 ** 53 + 1))
 
 
 def check_same_outcome(call):
