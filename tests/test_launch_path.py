@@ -997,6 +997,79 @@ def test_max_pool2d_launches_are_charged_and_allocated_as_their_out_forms():
     assert backward == (*charge, x.nbytes) and backward_out == (*charge, 0)
 
 
+AVG_POOLS = [
+    dict(kernel_size=7),  # EfficientNet's global pool
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0), count_include_pad=False),
+    dict(kernel_size=3, stride=2, ceil_mode=True, divisor_override=5),
+]
+
+
+def avg_pool_results(x, kwargs):
+    """Values and the input's gradient of one 2-d average pool, with each result's stride."""
+    x = x.detach().requires_grad_()
+    values = F.avg_pool2d(x, **kwargs)
+    values.backward(torch.arange(values.numel(), dtype=x.dtype, device=x.device).reshape(values.shape) / 7)
+    return [(t.detach().cpu(), t.stride()) for t in (values, x.grad)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("kwargs", AVG_POOLS)
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "channels_last", "unbatched"])
+def test_avg_pool2d_launched_directly_matches_cpu(kwargs, dtype, layout):
+    """As the max pools: contiguous and strided batched inputs take one launch forward and one backward, channels-last
+    and unbatched ones the structured wrapper; all give CPU's values, gradients and strides."""
+    wide = torch.randn(2, 3, 9, 20, generator=torch.Generator().manual_seed(7)).to(dtype)
+    x = wide[..., :10].contiguous()
+    x = {"contiguous": x, "strided": wide[..., ::2], "channels_last": x.to(memory_format=torch.channels_last),
+         "unbatched": x[0]}[layout]
+    expected, actual = avg_pool_results(x, kwargs), avg_pool_results(x.to("tpu"), kwargs)
+    for (want, want_stride), (got, got_stride) in zip(expected, actual):
+        assert_close(got, want, **({"atol": 0.01, "rtol": 0.01} if dtype is torch.bfloat16 else {}))  # windows' sums
+        assert got.dtype == want.dtype and got_stride == want_stride
+    out_form = torch.ops.aten.avg_pool2d.out(x.to("tpu"), **kwargs, out=torch.empty(0, dtype=dtype, device="tpu"))
+    assert torch.equal(actual[0][0], out_form.cpu())  # the direct launch computes what the out= kernel does
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: F.avg_pool2d(torch.ones(1, 1, 2, 2, device=d), 3),  # output too small
+    lambda d: F.avg_pool2d(torch.ones(1, 1, 6, 6, device=d), 2, padding=2),  # padding over half the kernel
+    lambda d: F.avg_pool2d(torch.ones(1, 1, 6, 6, device=d), 2, divisor_override=0),
+    lambda d: F.avg_pool2d(torch.ones(1, 0, 6, 6, device=d), 2),
+    lambda d: torch.ops.aten.avg_pool2d_backward(  # the gradient's size is not the output's
+        torch.ones(1, 1, 3, 2, device=d), torch.ones(1, 1, 6, 6, device=d), [2, 2], [2, 2], [0, 0], False, True, None),
+    lambda d: torch.ops.aten.avg_pool2d_backward(  # a zero divisor
+        torch.ones(1, 1, 3, 3, device=d), torch.ones(1, 1, 6, 6, device=d), [2, 2], [2, 2], [0, 0], False, True, 0),
+])
+def test_avg_pool2d_errors_are_pytorchs(call):
+    check_same_error(call)
+
+
+def test_avg_pool2d_launches_are_charged_and_allocated_as_their_out_forms():
+    """EfficientNet's global pool and its backward: each one launch charged under the functional op's name with the
+    bytes its out= form is charged, allocating exactly its result (no empty through the dispatcher, no out= check)."""
+    x = torch.randn(4, 32, 7, 7, device="tpu")
+    held = []
+
+    def charged(name, call):
+        before = clock.op_totals.get(name, torch_tpu._C.clock.OpTotals()).copy()
+        allocated = torch.tpu.memory_allocated()
+        held.append(call())
+        after = clock.op_totals.get(name, torch_tpu._C.clock.OpTotals())
+        return after.count - before.count, after.bytes - before.bytes, torch.tpu.memory_allocated() - allocated
+
+    forward = charged("avg_pool2d", lambda: torch.ops.aten.avg_pool2d(x, [7, 7]))
+    values = held[0]
+    forward_out = charged("avg_pool2d.out", lambda: torch.ops.aten.avg_pool2d.out(x, [7, 7], out=torch.empty_like(values)))
+    assert forward == (1, x.nbytes + values.nbytes, values.nbytes) and forward_out[:2] == forward[:2]
+    grad = torch.randn(values.shape, device="tpu")
+    args = ([7, 7], [7, 7], [0, 0], False, True, None)
+    backward = charged("avg_pool2d_backward", lambda: torch.ops.aten.avg_pool2d_backward(grad, x, *args))
+    backward_out = charged("avg_pool2d_backward.grad_input", lambda: torch.ops.aten.avg_pool2d_backward.grad_input(
+        grad, x, *args, grad_input=torch.empty_like(x)))
+    assert backward == (1, grad.nbytes + x.nbytes + x.nbytes, x.nbytes) and backward_out[:2] == backward[:2]
+
+
 # --- zoo round seven: activations written straight into their new tensor ------------------------------------------
 
 ACTIVATIONS = {
