@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 import torch_tpu
+from torch_tpu.ops import pointwise
 from differential import check, check_grads, check_same_error, make, noncontiguous
 
 clock = torch_tpu._C.current_chip().clock
@@ -516,6 +517,28 @@ def test_integer_scalars_on_the_hot_path_match_cpu(dtype, name):
         check_same_outcome(lambda d: getattr(x.clone().to(d), name)(scalar))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", ["add", "sub", "mul", "div", "add_", "sub_", "mul_", "div_"])
+def test_integer_numbers_with_float_tensors_take_the_hot_path(monkeypatch, dtype, name):
+    """An integer number beside a float tensor (a mean's backward: ``grad.expand(...) / count``) goes straight to
+    one ufunc as the float C++'s int64 cast makes of it, on contiguous and expanded operands; numbers past 2**53,
+    which a double would round before float32 does, keep the general path. Values, dtypes and strides are CPU's."""
+    base = torch.randn(4, 8, 1, 1, generator=torch.Generator().manual_seed(0), dtype=dtype) * 1000
+    operands = [base] if name.endswith("_") else [base, base.expand(4, 8, 7, 7)]
+    numbers = (49, 196, 3, -7, 0, 2 ** 24 + 1, 2 ** 31 - 1, 2 ** 53)
+    general = []
+    monkeypatch.setattr(pointwise, "prepare_out", lambda *args, **kwargs: general.append(args))
+    for x in operands:
+        for number in numbers:
+            expected = getattr(x.clone(), name)(number)
+            actual = getattr(x.to("tpu"), name)(number).cpu()
+            assert actual.dtype == expected.dtype and actual.stride() == expected.stride()
+            assert torch.equal(actual.view(torch.uint8), expected.view(torch.uint8))  # bit for bit, NaN included
+    assert general == []  # no call took the structured .out kernel
+    monkeypatch.undo()
+    check_same_outcome(lambda d: getattr(base.clone().to(d), name)(2 ** 53 + 1))
+
+
 def check_same_outcome(call):
     """``call`` gives CPU's values and dtype on the tpu, or raises what it raises on CPU."""
     try:
@@ -1001,6 +1024,79 @@ def test_max_pool2d_launches_are_charged_and_allocated_as_their_out_forms():
                                grad, x, *args, indices, grad_input=gradient))
     charge = (1, grad.nbytes + x.nbytes + indices.nbytes + x.nbytes)
     assert backward == (*charge, x.nbytes) and backward_out == (*charge, 0)
+
+
+AVG_POOLS = [
+    dict(kernel_size=7),  # EfficientNet's global pool
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=(3, 2), stride=(1, 2), padding=(1, 0), count_include_pad=False),
+    dict(kernel_size=3, stride=2, ceil_mode=True, divisor_override=5),
+]
+
+
+def avg_pool_results(x, kwargs):
+    """Values and the input's gradient of one 2-d average pool, with each result's stride."""
+    x = x.detach().requires_grad_()
+    values = F.avg_pool2d(x, **kwargs)
+    values.backward(torch.arange(values.numel(), dtype=x.dtype, device=x.device).reshape(values.shape) / 7)
+    return [(t.detach().cpu(), t.stride()) for t in (values, x.grad)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("kwargs", AVG_POOLS)
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "channels_last", "unbatched"])
+def test_avg_pool2d_launched_directly_matches_cpu(kwargs, dtype, layout):
+    """As the max pools: contiguous and strided batched inputs take one launch forward and one backward, channels-last
+    and unbatched ones the structured wrapper; all give CPU's values, gradients and strides."""
+    wide = torch.randn(2, 3, 9, 20, generator=torch.Generator().manual_seed(7)).to(dtype)
+    x = wide[..., :10].contiguous()
+    x = {"contiguous": x, "strided": wide[..., ::2], "channels_last": x.to(memory_format=torch.channels_last),
+         "unbatched": x[0]}[layout]
+    expected, actual = avg_pool_results(x, kwargs), avg_pool_results(x.to("tpu"), kwargs)
+    for (want, want_stride), (got, got_stride) in zip(expected, actual):
+        assert_close(got, want, **({"atol": 0.01, "rtol": 0.01} if dtype is torch.bfloat16 else {}))  # windows' sums
+        assert got.dtype == want.dtype and got_stride == want_stride
+    out_form = torch.ops.aten.avg_pool2d.out(x.to("tpu"), **kwargs, out=torch.empty(0, dtype=dtype, device="tpu"))
+    assert torch.equal(actual[0][0], out_form.cpu())  # the direct launch computes what the out= kernel does
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: F.avg_pool2d(torch.ones(1, 1, 2, 2, device=d), 3),  # output too small
+    lambda d: F.avg_pool2d(torch.ones(1, 1, 6, 6, device=d), 2, padding=2),  # padding over half the kernel
+    lambda d: F.avg_pool2d(torch.ones(1, 1, 6, 6, device=d), 2, divisor_override=0),
+    lambda d: F.avg_pool2d(torch.ones(1, 0, 6, 6, device=d), 2),
+    lambda d: torch.ops.aten.avg_pool2d_backward(  # the gradient's size is not the output's
+        torch.ones(1, 1, 3, 2, device=d), torch.ones(1, 1, 6, 6, device=d), [2, 2], [2, 2], [0, 0], False, True, None),
+    lambda d: torch.ops.aten.avg_pool2d_backward(  # a zero divisor
+        torch.ones(1, 1, 3, 3, device=d), torch.ones(1, 1, 6, 6, device=d), [2, 2], [2, 2], [0, 0], False, True, 0),
+])
+def test_avg_pool2d_errors_are_pytorchs(call):
+    check_same_error(call)
+
+
+def test_avg_pool2d_launches_are_charged_and_allocated_as_their_out_forms():
+    """EfficientNet's global pool and its backward: each one launch charged under the functional op's name with the
+    bytes its out= form is charged, allocating exactly its result (no empty through the dispatcher, no out= check)."""
+    x = torch.randn(4, 32, 7, 7, device="tpu")
+    held = []
+
+    def charged(name, call):
+        before = clock.op_totals.get(name, torch_tpu._C.clock.OpTotals()).copy()
+        allocated = torch.tpu.memory_allocated()
+        held.append(call())
+        after = clock.op_totals.get(name, torch_tpu._C.clock.OpTotals())
+        return after.count - before.count, after.bytes - before.bytes, torch.tpu.memory_allocated() - allocated
+
+    forward = charged("avg_pool2d", lambda: torch.ops.aten.avg_pool2d(x, [7, 7]))
+    values = held[0]
+    forward_out = charged("avg_pool2d.out", lambda: torch.ops.aten.avg_pool2d.out(x, [7, 7], out=torch.empty_like(values)))
+    assert forward == (1, x.nbytes + values.nbytes, values.nbytes) and forward_out[:2] == forward[:2]
+    grad = torch.randn(values.shape, device="tpu")
+    args = ([7, 7], [7, 7], [0, 0], False, True, None)
+    backward = charged("avg_pool2d_backward", lambda: torch.ops.aten.avg_pool2d_backward(grad, x, *args))
+    backward_out = charged("avg_pool2d_backward.grad_input", lambda: torch.ops.aten.avg_pool2d_backward.grad_input(
+        grad, x, *args, grad_input=torch.empty_like(x)))
+    assert backward == (1, grad.nbytes + x.nbytes + x.nbytes, x.nbytes) and backward_out[:2] == backward[:2]
 
 
 # --- zoo round seven: activations written straight into their new tensor ------------------------------------------

@@ -2,6 +2,7 @@
 
 import contextlib
 import math
+import warnings
 
 import pytest
 import torch
@@ -556,3 +557,16 @@ def test_nansum_of_floats_into_an_integer_or_complex_result_without_that_dtype_i
     differential.check_same_error(lambda d: torch.nansum(torch.ones(3, device=d), out=torch.empty((), dtype=torch.long,
                                                                                                    device=d)))
     differential.check_same_error(lambda d: torch.nansum(torch.ones(3, device=d), dtype=torch.complex64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_mean_whose_sum_overflows_is_inf_without_a_warning(dtype):
+    """A global average pool (``mean`` over the spatial dims) whose sum passes the dtype's range gives CPU's inf and,
+    as on CPU, no RuntimeWarning (NumPy's reduction warned "overflow encountered in reduce")."""
+    big = torch.finfo(dtype).max / 2
+    x = torch.full((2, 3, 4, 4), big, dtype=dtype)
+    x[1] = -1.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        actual = x.to("tpu").mean((-2, -1), keepdim=True).cpu()
+    assert torch.equal(actual, x.mean((-2, -1), keepdim=True))

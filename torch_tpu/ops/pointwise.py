@@ -2266,7 +2266,9 @@ def native_operand(value, dtype):
     if not isinstance(value, torch.Tensor):
         if isinstance(value, float):
             return value if dtype.is_floating_point else None
-        return integer_scalar(value, dtype) if type(value) is int else None
+        if type(value) is not int:
+            return None
+        return floating_scalar(value) if dtype.is_floating_point else integer_scalar(value, dtype)
     if value.is_cpu:
         if value.dim():
             raise device_mismatch("tpu:0", value.device)
@@ -2278,6 +2280,13 @@ def native_operand(value, dtype):
     if value.dtype != dtype or value.is_conj() or value.is_neg():
         return None
     return as_numpy(value)
+
+
+def floating_scalar(value):
+    """An integer number (a mean's backward divides by its count, ``mean_backward``'s ``grad / n``) as the Python
+    float NumPy converts to a float tensor's dtype: exact in double up to 2**53, so that the one rounding to
+    float32 is C++'s int64 -> float cast; None past it (double rounding)."""
+    return float(value) if -2 ** 53 <= value <= 2 ** 53 else None
 
 
 def integer_scalar(value, dtype):

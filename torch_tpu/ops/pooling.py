@@ -466,7 +466,7 @@ def avg_pool_kernel(n):
     supported, kernel_name = AVG_POOL_DTYPES[n]
 
     def kernel(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None, *, out):
+               divisor_override=None, *, out=None):
         require(self.dtype in supported, self.dtype, kernel_name)
         window = pool_window(self, n, kernel_size, stride, padding, 1, ceil_mode, "avg")
         return store(avg_pool_arrays(opmath_operand(self), window, count_include_pad, divisor_override), self.dtype,
@@ -477,7 +477,7 @@ def avg_pool_kernel(n):
 
 def avg_pool_backward_kernel(n):
     def kernel(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
-               *, grad_input):
+               *, grad_input=None):
         window = pool_window(self, n, kernel_size, stride, padding, 1, ceil_mode)
         result = avg_pool_backward_array(
             opmath_operand(grad_output), tuple(self.shape), window, count_include_pad, divisor_override
@@ -491,6 +491,27 @@ register("avg_pool2d.out")(avg_pool_kernel(2))
 register("avg_pool3d.out")(avg_pool_kernel(3))
 register("avg_pool2d_backward.grad_input")(avg_pool_backward_kernel(2))
 register("avg_pool3d_backward.grad_input")(avg_pool_backward_kernel(3))
+
+
+def plain_avg_pool2d(self, kernel_size, stride=(), padding=(0,), ceil_mode=False, count_include_pad=True,
+                     divisor_override=None):
+    """Whether the forward's meta function accepts the call and lays its result out contiguously: a max pool's
+    rule at dilation one (``plain_pool2d_sizes``, which is stricter about the padding) and a divisor that is not 0."""
+    return divisor_override != 0 and plain_pool2d_sizes(self, kernel_size, stride, padding, (1,), ceil_mode) is not None
+
+
+def plain_avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                              divisor_override):
+    """Whether the backward's meta function accepts the call (``plain_avg_pool2d``'s rule and a gradient of the
+    output's shape and the input's dtype) and lays the input's gradient out contiguously."""
+    sizes = plain_pool2d_sizes(self, kernel_size, stride, padding, (1,), ceil_mode)
+    return (divisor_override != 0 and sizes is not None and grad_output.dtype is self.dtype
+            and tuple(grad_output.shape) == (*self.shape[:2], *sizes) and is_tpu(grad_output))
+
+
+# EfficientNet's global pool written as a fixed window, and its backward: one launch each into a new contiguous result
+without_structured_wrapper("avg_pool2d", None, plain_avg_pool2d)
+without_structured_wrapper("avg_pool2d_backward", None, plain_avg_pool2d_backward, "grad_input")
 
 
 def adaptive_bounds(in_size, out_size):

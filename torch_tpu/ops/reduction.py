@@ -87,10 +87,11 @@ def _reduce_into(out, reduction, array, axes, keepdim):
 
 
 def mean_array(array, axes, keepdim):
-    """The mean of ``array`` (already in its accumulation type) over ``axes``."""
-    total = np.sum(array, axis=axes, keepdims=keepdim)
+    """The mean of ``array`` (already in its accumulation type) over ``axes``. Like CPU's, silent when the sum
+    overflows or nothing is summed (the VPU's quiet state: cheaper than ``np.errstate``, once per global pool)."""
     count = math.prod(array.shape[axis] for axis in axes)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with _C.vpu.ignoring_fp_errors():
+        total = np.add.reduce(array, axis=axes, keepdims=keepdim)  # np.sum's reduction, without its wrapper
         return np.asarray(total / np.asarray(count, total.dtype))
 
 
