@@ -1,5 +1,7 @@
 """Errors a user meets: device mismatch, tpu:1, ops without kernels, and the opt-in CPU fallback."""
 
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -160,6 +162,24 @@ def test_strided_nested_tensors_are_a_clear_error_with_the_transformer_workaroun
     unnested = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False).eval().to("tpu")
     with torch.no_grad():
         assert unnested(torch.ones(1, 3, 8, device="tpu"), src_key_padding_mask=padding).shape == (1, 3, 8)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_a_strided_nested_tensor_of_tpu_tensors_is_refused_as_it_is_made(requires_grad):
+    # in a child process: autograd reads the new nested tensor's sizes through C++ that cannot pass an exception
+    # on, so making one of tpu tensors that require grad aborted the process
+    program = (
+        "import torch\n"
+        f"parts = [torch.ones(2, 3, device='tpu', requires_grad={requires_grad}), torch.ones(1, 3, device='tpu')]\n"
+        "try:\n"
+        "    torch.nested.as_nested_tensor(parts)\n"
+        "except NotImplementedError as error:\n"
+        "    print(error)\n"
+        "print(torch.nested.as_nested_tensor(parts, layout=torch.jagged).values().shape)\n")
+    child = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert "use layout=torch.jagged" in child.stdout
+    assert child.stdout.rstrip().endswith("torch.Size([3, 3])")
 
 
 @pytest.mark.parametrize("op", [torch.lt, torch.ge, torch.xlogy])

@@ -137,6 +137,34 @@ def test_second_derivatives_through_fused_layers_match_cpu(case, layer_launches)
     assert_close(actual, expected, atol=1e-4, rtol=1e-4)
 
 
+def batched_vector_jacobian_products(module, x, vmap, device):
+    """The input's and parameters' gradients for four output gradients at once, under ``vmap`` (gradcheck's
+    batched-gradient check and torch.func.jacrev work so)."""
+    module = module.to(device)
+    x = x.to(device).requires_grad_()
+    output, final = module(x)
+    leaves = [x, *module.parameters()]
+    vectors = torch.randn((4, *output.shape), generator=torch.Generator().manual_seed(5), dtype=x.dtype).to(device)
+    products = vmap(lambda v: torch.autograd.grad(output, leaves, v, retain_graph=True))(vectors)
+    return [p.cpu() for p in products]
+
+
+@pytest.mark.filterwarnings("ignore:LSTM with projections")
+@pytest.mark.parametrize("vmap", [torch.func.vmap, torch._vmap_internals._vmap], ids=["func", "legacy"])
+@pytest.mark.parametrize("case", ["lstm_projection", "gru_bidirectional", "rnn_relu_bidirectional"])
+def test_batched_gradients_through_fused_layers_match_cpu(case, vmap, layer_launches):
+    # the fused backward reads its gradients as arrays, which vmap's batched tensors are not ("Cannot access
+    # storage of BatchedTensorImpl"): a batched gradient takes the composite's per-step ops, which vmap batches
+    make, shape, _ = CASES[case]
+    torch.manual_seed(0)
+    module = make().double()
+    x = torch.randn(shape, dtype=torch.float64)
+    expected = batched_vector_jacobian_products(copy.deepcopy(module), x, vmap, "cpu")
+    actual = batched_vector_jacobian_products(copy.deepcopy(module), x, vmap, "tpu")
+    assert layer_launches, "the fused layers ran forward"
+    assert_close(actual, expected)
+
+
 def test_dropout_between_layers_keeps_the_generator_of_the_composite_path(layer_launches):
     """Dropout between layers is the ordinary op: the fused path draws the same masks as the per-step one."""
     torch.manual_seed(0)

@@ -188,3 +188,21 @@ def test_upsampling_keeps_a_channels_last_input_channels_last_forward_and_backwa
     for got, want in zip(actual, expected):
         assert got.stride() == want.stride()
         torch.testing.assert_close(got.cpu(), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int32, torch.int64, torch.bool, torch.complex64])
+@pytest.mark.parametrize("mode,spatial", [("nearest", 1), ("nearest", 2), ("nearest", 3), ("nearest-exact", 2),
+                                          ("nearest-exact", 3), ("linear", 1), ("bilinear", 2), ("bicubic", 2),
+                                          ("trilinear", 3)])
+def test_upsampling_takes_the_dtypes_cpu_takes(mode, spatial, dtype):
+    """CPU's nearest kernels dispatch floating types and uint8 only: an integer, bool or complex tensor is refused
+    with the name of its kernel, where tpu used to copy its values; uint8 is resized as on CPU (plain bicubic
+    within 1, see sampling.UINT8_FILTERS)."""
+    def call(device):
+        x = torch.arange(2 * 3 * 4 ** spatial, device=device).reshape(2, 3, *[4] * spatial) % 7
+        return F.interpolate(x.to(dtype), size=[3] * spatial, mode=mode)
+
+    if dtype == torch.uint8 and mode not in ("linear", "trilinear"):
+        torch.testing.assert_close(call("tpu").cpu(), call("cpu"), atol=1, rtol=0)
+    else:
+        check_same_error(call)

@@ -7,8 +7,10 @@ have: see ``fallback.STRIDED_NESTED``.)
 """
 
 import numpy as np
+import torch
 
 from ._common import operand, store
+from .fallback import STRIDED_NESTED, unsupported
 from ._registry import register
 
 
@@ -38,3 +40,11 @@ def padded_dense_to_jagged(dense, offsets, total_L=None):
     if total_L is not None and total_L != offsets[-1]:
         raise RuntimeError("_padded_dense_to_jagged_forward(): final offset should match total_L value")
     return store(operand(dense, "_padded_dense_to_jagged_forward")[sequence, position], dense.dtype)
+
+
+@register("_nested_tensor_from_tensor_list", charge=False)
+def strided_nested_from_tensor_list(tensors, dtype=None, layout=None, device=None, pin_memory=None):
+    """Refused before the strided nested tensor exists: autograd reads a new output's sizes through C++ that
+    cannot pass an exception on, so ``torch.nested.as_nested_tensor`` of tpu tensors that require grad aborted
+    the process where every later op on it would raise."""
+    raise unsupported(torch.ops.aten._nested_tensor_from_tensor_list.default, STRIDED_NESTED)

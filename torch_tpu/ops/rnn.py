@@ -25,6 +25,7 @@ import math
 
 import numpy as np
 import torch
+from torch._C._functorch import is_functorch_wrapped_tensor, is_legacy_batchedtensor
 
 from .. import _C, _abstract
 from .._cost import float32_passes
@@ -464,6 +465,11 @@ def composite_run(kind, directions, x, states, parameters):
                                                       0.0, True, directions == 2, False)
 
 
+def batched(gradient):
+    """Whether ``gradient`` is one of vmap's batched tensors (torch.func's or gradcheck's legacy ``_vmap``'s)."""
+    return gradient is not None and (is_functorch_wrapped_tensor(gradient) or is_legacy_batchedtensor(gradient))
+
+
 def composite_backward(kind, directions, x, tensors, grad_output, grad_states):
     """The gradients of fused layers' inputs (``x``, then ``tensors``: initial states and parameters) as
     differentiable tensors: the layers recomputed through the composite and differentiated with a graph."""
@@ -549,8 +555,12 @@ class RecurrentLayers(torch.autograd.Function):
     def backward(ctx, grad_output, *grad_finals):
         x, *tensors = ctx.saved_tensors
         cell, directions = ctx.cell, ctx.directions
-        if torch.is_grad_enabled():  # create_graph=True: the gradients must carry a graph of their own
-            return (None, None, *composite_backward(cell.name, directions, x, tensors, grad_output, grad_finals))
+        # create_graph=True: the gradients must carry a graph of their own. A batched gradient (vmap's, as
+        # gradcheck's batched check and torch.func.jacrev make) is no array to read: the composite's torch ops
+        # are batched one by one, as CPU's composite RNN is.
+        if torch.is_grad_enabled() or any(map(batched, (grad_output, *grad_finals))):
+            with torch.enable_grad():
+                return (None, None, *composite_backward(cell.name, directions, x, tensors, grad_output, grad_finals))
         states, parameters = tensors[:cell.states], tensors[cell.states:]
         values = Values(x.shape[1])
         dtype = x.dtype

@@ -186,8 +186,16 @@ UINT8_FILTERS = {
 }
 
 
-# The CPU kernel whose dtype dispatch refuses other integer (and bool) tensors, per interpolating op.
-INTEGER_REFUSALS = {
+# The CPU kernel whose dtype dispatch refuses a tensor that is not floating point, per op: all take uint8 but
+# linear and trilinear (nearest copies its values, bilinear and bicubic resample it in fixed point); none takes
+# complex, which the nearest ops would otherwise copy as easily as any other value.
+DTYPE_REFUSALS = {
+    "upsample_nearest1d": "compute_indices_weights_nearest",
+    "upsample_nearest2d": "upsample_nearest2d_channels_last",
+    "upsample_nearest3d": "compute_indices_weights_nearest",
+    "_upsample_nearest_exact1d": "compute_indices_weights_nearest",
+    "_upsample_nearest_exact2d": "upsample_nearest2d_channels_last",
+    "_upsample_nearest_exact3d": "compute_indices_weights_nearest",
     "upsample_linear1d": "compute_indices_weights_linear",
     "upsample_trilinear3d": "compute_indices_weights_linear",
     "upsample_bilinear2d": "upsample_bilinear2d_channels_last",
@@ -303,10 +311,11 @@ def upsample_forward(name, taps_fn, n, takes_align_corners, stored_weights):
         in_sizes, out_sizes = self.shape[2:], tuple(output_size)
         check_sizes(name, in_sizes, out_sizes)
         align_corners, scales = split_options(options, takes_align_corners)
-        if name in INTEGER_REFUSALS and not (self.is_floating_point() or self.is_complex()):
-            if self.dtype == torch.uint8 and name in UINT8_FILTERS:
+        if not self.is_floating_point():
+            if self.dtype != torch.uint8 or not (name in UINT8_FILTERS or taps_fn in NEAREST_TAPS):
+                raise not_implemented_for(DTYPE_REFUSALS[name], self.dtype)
+            if name in UINT8_FILTERS:
                 return resample_uint8(name, operand(self), in_sizes, out_sizes, align_corners, scales)
-            raise not_implemented_for(INTEGER_REFUSALS[name], self.dtype)  # weights would truncate to integers
         taps = axis_taps(taps_fn, stored_weights, in_sizes, out_sizes, align_corners, scales, self.dtype)
         if taps_fn in NEAREST_TAPS:
             return gather(operand(self), [index[:, 0] for index, _ in taps])
