@@ -203,9 +203,14 @@ def _float32_doubtful(total):
     ordinary sums cost three passes and one reduction (``fmin``, which passes over NaNs: a NaN element must
     not hide another element's subnormal sum)."""
     magnitude = np.abs(total)
-    doubtful = np.bitwise_and(total.view(np.uint64), _FLOAT32_DROPPED_BITS) == _FLOAT32_MIDPOINT_BITS
+    subnormal = None
     if magnitude.size and np.fmin.reduce(magnitude, axis=None) < _FLOAT32_SMALLEST_NORMAL:
-        doubtful |= (magnitude < _FLOAT32_SMALLEST_NORMAL) & (magnitude > 0)
+        subnormal = (magnitude < _FLOAT32_SMALLEST_NORMAL) & (magnitude > 0)
+    # the dropped bits go into the magnitudes' memory, read no more: one float64-sized temporary fewer
+    scratch = magnitude.view(np.uint64) if isinstance(magnitude, np.ndarray) else None
+    doubtful = np.bitwise_and(total.view(np.uint64), _FLOAT32_DROPPED_BITS, out=scratch) == _FLOAT32_MIDPOINT_BITS
+    if subnormal is not None:
+        doubtful |= subnormal
     return doubtful
 
 
@@ -215,12 +220,16 @@ def _float32_fused_multiply_add(a, b, c, out):
     subnormal range: only those few elements are summed again, rounded to odd. The sum is rounded straight into
     a float32 ``out`` of its shape, once the doubtful elements' operands are read (``out`` may be ``c``)."""
     product = np.multiply(a, b, dtype=np.float64)
-    total = np.add(product, c, dtype=np.float64)
+    # the sum in the product's memory when it has the result's shape (one float64 temporary fewer); the few
+    # doubtful elements' products are computed again (exactly, as before)
+    in_place = isinstance(product, np.ndarray) and product.shape == np.broadcast_shapes(product.shape, np.shape(c))
+    total = np.add(product, c, dtype=np.float64, out=product if in_place else None)
     doubtful = _float32_doubtful(total)
     patched = doubtful.any()
     if patched:  # the float64 sum rounded to odd instead: rounding that to float32 is the fused result
-        product, c = np.broadcast_arrays(product, np.asarray(c, np.float64))
-        patch = _add_rounded_to_odd(c[doubtful], product[doubtful]).astype(np.float32)
+        a, b, c = np.broadcast_arrays(a, b, np.asarray(c, np.float64))
+        product = np.multiply(a[doubtful], b[doubtful], dtype=np.float64)
+        patch = _add_rounded_to_odd(c[doubtful], product).astype(np.float32)
     if out is not None and out.dtype == np.float32 and out.shape == total.shape:
         result = out
         np.copyto(out, total, casting="same_kind")

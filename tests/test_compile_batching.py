@@ -3,6 +3,7 @@ op once over all parameters equals the unrolled one bit for bit, charges the chi
 same HBM; kernels that are not isomorphic stay unrolled and correct."""
 
 import functools
+import re
 
 import pytest
 import torch
@@ -129,3 +130,22 @@ def test_a_launch_batches_only_when_its_kernels_are_isomorphic(dtypes, batched):
     for got, want, reference in zip(compiled, eager, cpu):
         assert_identical(got, want)
         assert_close(got.cpu(), reference, rtol=0, atol=0)
+
+
+def test_a_launch_reuses_its_flat_arrays_once_their_last_reader_ran(monkeypatch):
+    """AdamW's batched launch writes a later op's result (or gathered input) into the flat array of a value no op
+    reads any more (fewer arrays, still in cache), never into one of the op's own operands; the step's bits are
+    unchanged (the test above)."""
+    train(OPTIMIZERS["adamw"], [torch.float32] * len(SHAPES), True, monkeypatch)
+    program = next(record.program for record in torch_tpu.compile.last_programs() if BATCHED in record.source)
+    namespace = program.generated.namespace
+    flat_names = {name for name in namespace if re.fullmatch(r"(batched|gathered)_\d+", name)}
+    assert len({id(namespace[name]) for name in flat_names}) < len(flat_names)
+    for line in program.source.splitlines():
+        names = re.findall(r"\b(?:batched|gathered)_\d+\b", line)
+        written = re.search(r"out=((?:batched|gathered)_\d+)|k_batched_\w+\((batched_\d+)", line)
+        if written is None:
+            continue
+        target = next(group for group in written.groups() if group)
+        operands = [name for name in names if name != target]
+        assert all(namespace[name] is not namespace[target] for name in operands), line

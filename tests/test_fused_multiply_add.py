@@ -162,3 +162,24 @@ def test_a_foreach_list_of_small_tensors_rounds_each_element_as_cpu():
     torch._foreach_add_(tpu, [y.to("tpu") for y in bs], alpha=alpha)
     for actual, wanted in zip(tpu, expected):
         assert_same_bits(actual, wanted)
+
+
+def test_a_float32_fused_multiply_add_holds_one_float64_array_at_a_time():
+    """The float64 sum lands in the product's memory and the dropped bits in the magnitudes': apart from the
+    float32 result and small masks, the FMA holds at most two float64 arrays of its size at once (four before:
+    product, sum, magnitudes, bits), so an optimizer step's passes stay in cache; the bits are the tests above."""
+    import tracemalloc
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.standard_normal(65_536).astype(np.float32) for _ in range(3))
+    c[:100] = -a[:100] * b[:100]  # exact zeros: the subnormal screen's branch runs too
+    out = np.empty_like(c)
+    tracemalloc.start()
+    try:
+        torch_tpu._C.vpu.fused_multiply_add(a, b, c, out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * a.size * 8

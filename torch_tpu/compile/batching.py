@@ -167,11 +167,15 @@ def same_scalars(*groups):
 
 def batched_lines(plan, lowered, constant):
     """The source lines of a batched launch (the charge is not among them). ``constant(prefix, value)``
-    names a value in the program's namespace."""
+    names a value in the program's namespace. The flat arrays of results and gathered inputs are reused
+    once their last reader has run (``FlatArrays``)."""
     first = plan.members[0]
     sizes = [int(np.prod(value_of(nodes_of[0]).shape)) for nodes_of in plan.members]
     bounds = np.concatenate(([0], np.cumsum(sizes)))
     total = int(bounds[-1])
+    operands_of = [_operands(i, node, plan.members, lowered) for i, node in enumerate(first)]
+    last_reads = _last_reads(first, lowered, operands_of)
+    scratch = FlatArrays(total)
     lines, flat, gathered, arrays = [], {}, {}, {}  # flat: node index -> name of its flat array
     for i, node in enumerate(first):
         low = lowered[node]
@@ -179,30 +183,30 @@ def batched_lines(plan, lowered, constant):
         if low.writes is not None:  # an in-place copy's value is its source's (same dtype)
             flat[i] = flat[first.index(low.inputs[0])]
             continue
-        array = np.empty(total, dtype)
-        if low.constant:  # filled once, now: each kernel's own fill, side by side
+        if low.constant:  # filled once, now: each kernel's own fill, side by side (never reused)
+            array = np.empty(total, dtype)
             for nodes_of, start, stop in zip(plan.members, bounds[:-1], bounds[1:]):
                 member_node = nodes_of[i]
                 lowered[member_node].run(array[start:stop].reshape(tuple(value_of(member_node).shape)))
             flat[i] = constant("batched_", array)
             arrays[flat[i]] = array
             continue
+        operands = []
+        for kind, source in operands_of[i]:
+            if kind == "internal":
+                operands.append(flat[source])
+            elif kind == "number":
+                operands.append(f"v_{source.name}")  # equal in every kernel (checked)
+            else:
+                if source not in gathered:
+                    array = scratch.take(numpy_dtype(value_of(source[0]).dtype), i, last_reads[source])
+                    gathered[source] = constant("gathered_", array)
+                    parts = ", ".join(f"v_{a.name}.ravel()" for a in source)
+                    lines.append(f"concatenate(({parts},), out={gathered[source]})")
+                operands.append(gathered[source])
+        array = scratch.take(dtype, i, last_reads.get(i, i))
         flat[i] = name = constant("batched_", array)
         arrays[name] = array
-        operands = []
-        for k, arg in enumerate(low.inputs):
-            if arg in first:
-                operands.append(flat[first.index(arg)])
-            elif _is_number(arg, node):
-                operands.append(f"v_{arg.name}")  # equal in every kernel (checked)
-            else:
-                sources = tuple(nodes_of[i] for nodes_of in plan.members)
-                key = tuple(lowered[s].inputs[k] for s in sources)
-                if key not in gathered:
-                    gathered[key] = constant("gathered_", np.empty(total, numpy_dtype(value_of(arg).dtype)))
-                    parts = ", ".join(f"v_{a.name}.ravel()" for a in key)
-                    lines.append(f"concatenate(({parts},), out={gathered[key]})")
-                operands.append(gathered[key])
         if low.inline is not None:
             ufunc, inline_operands = low.inline
             arguments = [operands[low.inputs.index(o)] if isinstance(o, torch.fx.Node) else constant("c_", o)
@@ -219,6 +223,56 @@ def batched_lines(plan, lowered, constant):
             part = arrays[flat[i]][start:stop].reshape(tuple(value_of(member_node).shape))
             lines.append(f"copyto(v_{lowered[member_node].writes.name}, {constant('part_', part)})")
     return lines
+
+
+def _operands(i, node, members, lowered):
+    """Where the batched op of the first kernel's ``node`` (its ``i``-th) reads each operand: ("internal", index
+    of the op computing it), ("number", the host scalar node) or ("gathered", the members' input nodes)."""
+    first = members[0]
+    operands = []
+    for k, arg in enumerate(lowered[node].inputs):
+        if arg in first:
+            operands.append(("internal", first.index(arg)))
+        elif _is_number(arg, node):
+            operands.append(("number", arg))
+        else:
+            operands.append(("gathered", tuple(lowered[nodes_of[i]].inputs[k] for nodes_of in members)))
+    return operands
+
+
+_TO_THE_END = float("inf")
+
+
+def _last_reads(first, lowered, operands_of):
+    """{op index or gathered key: index of the last op reading it}; a result an in-place copy writes back is
+    read by the copies after the launch, so it lives to the end."""
+    last = {}
+    for i, operands in enumerate(operands_of):
+        for kind, source in operands:
+            if kind != "number":
+                last[source] = max(last.get(source, i), i)
+        if lowered[first[i]].writes is not None:
+            last[first.index(lowered[first[i]].inputs[0])] = _TO_THE_END
+    return last
+
+
+class FlatArrays:
+    """The flat host arrays of one batched launch, each reused by a later op once its last reader has run:
+    fewer distinct arrays, so the launch's passes find their output in cache more often. An op never writes
+    into an array one of its own operands is in (its reader's index is its own, not below it)."""
+
+    def __init__(self, size):
+        self.size = size
+        self.arrays = []  # [array, index of its last reader]
+
+    def take(self, dtype, index, last_read):
+        for entry in self.arrays:
+            if entry[1] < index and entry[0].dtype == dtype:
+                entry[1] = last_read
+                return entry[0]
+        array = np.empty(self.size, dtype)
+        self.arrays.append([array, last_read])
+        return array
 
 
 @dataclasses.dataclass
