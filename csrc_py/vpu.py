@@ -221,8 +221,10 @@ def _float32_fused_multiply_add(a, b, c, out):
     a float32 ``out`` of its shape, once the doubtful elements' operands are read (``out`` may be ``c``)."""
     product = np.multiply(a, b, dtype=np.float64)
     # the sum in the product's memory when it has the result's shape (one float64 temporary fewer); the few
-    # doubtful elements' products are computed again (exactly, as before)
-    in_place = isinstance(product, np.ndarray) and product.shape == np.broadcast_shapes(product.shape, np.shape(c))
+    # doubtful elements' products are computed again (exactly, as before). Not for one element: NumPy's add
+    # into a one-element operand returns the addend's NaN where both are NaN, and CPU keeps the product's.
+    in_place = (isinstance(product, np.ndarray) and product.size > 1
+                and product.shape == np.broadcast_shapes(product.shape, np.shape(c)))
     total = np.add(product, c, dtype=np.float64, out=product if in_place else None)
     doubtful = _float32_doubtful(total)
     patched = doubtful.any()

@@ -44,6 +44,16 @@ def test_addcmul_and_lerp_round_as_cpu_does(dtype):
     assert_same_bits(torch._foreach_addcmul([tpu[0]], [tpu[1]], [tpu[2]], 0.3)[0], torch.addcmul(x, a, b, value=0.3))
 
 
+@pytest.mark.parametrize("size", [1, 2, 5])
+def test_a_sum_of_two_nans_keeps_the_products_nan_as_cpu(size):
+    """x86 makes inf - inf the negative NaN; CPU's FMA of two NaNs returns the product's, at every size."""
+    negative_nan = torch.full((size,), math.inf) - math.inf
+    positive_nan = torch.full((size,), math.nan)
+    for a, b in [(negative_nan, positive_nan), (positive_nan, negative_nan)]:
+        assert_same_bits(torch.add(*to_tpu((a, b)), alpha=2.0), torch.add(a, b, alpha=2.0))
+        assert_same_bits(torch.addcmul(*to_tpu((b, a, a)), value=0.5), torch.addcmul(b, a, a, value=0.5))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_addcmul_with_value_one_keeps_cpus_nan_bits(dtype):
     """addcmul with value 1 (a compiled lerp's) skips scaling by 1; signalling and quiet NaNs with payloads, in
