@@ -146,7 +146,8 @@ def batched_vector_jacobian_products(module, x, vmap, device):
     leaves = [x, *module.parameters()]
     vectors = torch.randn((4, *output.shape), generator=torch.Generator().manual_seed(5), dtype=x.dtype).to(device)
     products = vmap(lambda v: torch.autograd.grad(output, leaves, v, retain_graph=True))(vectors)
-    return [p.cpu() for p in products]
+    # without create_graph the gradients carry no graph (which would keep the recomputed layers in HBM)
+    return [p.cpu() for p in products], [p.requires_grad for p in products]
 
 
 @pytest.mark.filterwarnings("ignore:LSTM with projections")

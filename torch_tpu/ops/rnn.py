@@ -470,16 +470,16 @@ def batched(gradient):
     return gradient is not None and (is_functorch_wrapped_tensor(gradient) or is_legacy_batchedtensor(gradient))
 
 
-def composite_backward(kind, directions, x, tensors, grad_output, grad_states):
-    """The gradients of fused layers' inputs (``x``, then ``tensors``: initial states and parameters) as
-    differentiable tensors: the layers recomputed through the composite and differentiated with a graph."""
+def composite_backward(kind, directions, x, tensors, grad_output, grad_states, create_graph):
+    """The gradients of fused layers' inputs (``x``, then ``tensors``: initial states and parameters) from the
+    layers recomputed through the composite; differentiable tensors when ``create_graph``."""
     inputs = (x, *tensors)
     wanted = [i for i, t in enumerate(inputs) if t is not None and t.requires_grad]
     count = CELLS[kind].states
     outputs = composite_run(kind, directions, x, tensors[:count], tensors[count:])
     pairs = [(output, grad) for output, grad in zip(outputs, (grad_output, *grad_states)) if grad is not None]
     gradients = torch.autograd.grad([output for output, _ in pairs], [inputs[i] for i in wanted],
-                                    [grad for _, grad in pairs], create_graph=True, allow_unused=True)
+                                    [grad for _, grad in pairs], create_graph=create_graph, allow_unused=True)
     by_position = dict(zip(wanted, gradients))
     return [by_position.get(i) for i in range(len(inputs))]
 
@@ -558,9 +558,12 @@ class RecurrentLayers(torch.autograd.Function):
         # create_graph=True: the gradients must carry a graph of their own. A batched gradient (vmap's, as
         # gradcheck's batched check and torch.func.jacrev make) is no array to read: the composite's torch ops
         # are batched one by one, as CPU's composite RNN is.
-        if torch.is_grad_enabled() or any(map(batched, (grad_output, *grad_finals))):
+        # Without create_graph the batched gradients must not keep the recomputed layers alive.
+        create_graph = torch.is_grad_enabled()
+        if create_graph or any(map(batched, (grad_output, *grad_finals))):
             with torch.enable_grad():
-                return (None, None, *composite_backward(cell.name, directions, x, tensors, grad_output, grad_finals))
+                return (None, None, *composite_backward(cell.name, directions, x, tensors, grad_output, grad_finals,
+                                                        create_graph))
         states, parameters = tensors[:cell.states], tensors[cell.states:]
         values = Values(x.shape[1])
         dtype = x.dtype
