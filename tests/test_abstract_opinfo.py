@@ -5,7 +5,7 @@ as tests/opinfo_support.py does). Either both give outputs with the same metadat
 gradients), or both raise errors of the same class, or abstract mode raises NoValuesError for an op
 whose output depends on values it does not have. The default run takes the representative ops of
 tests/opinfo_support.py; ``-m opinfo_full`` takes every op (1217 (op, kind) cases, of which the
-27 in ``EXPECTED_FAILURES`` fail, each for the reason given there).
+21 in ``EXPECTED_FAILURES`` fail, each for the reason given there).
 """
 
 import pytest

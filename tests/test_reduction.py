@@ -346,6 +346,16 @@ def test_float_scans_accumulate_in_double_like_cpu(name, dtype):
         check(lambda t: getattr(t, name)(1, dtype=torch.float32), x.bfloat16(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("name", ["cumsum", "cumprod"])
+def test_scans_into_a_bool_result_are_refused_as_on_cpu(name):
+    for device in ("cpu", "tpu"):
+        ones = torch.ones(2, 3, dtype=torch.bool, device=device)
+        with pytest.raises(NotImplementedError, match=rf"^\"{name}_out_cpu\" not implemented for 'Bool'$"):
+            getattr(torch, name)(ones, 1, out=torch.empty(0, dtype=torch.bool, device=device))
+        with pytest.raises(NotImplementedError, match=rf"^\"{name}_out_cpu\" not implemented for 'Bool'$"):
+            getattr(torch, name)(ones, 1, dtype=torch.bool)
+
+
 def test_cumulative_extremes_take_latest_tie():
     x = torch.tensor([[1, 3, 3, 0, 3, 4, 4], [2, 2, 2, 2, 2, 2, 2]])
     for dtype in [torch.int64, torch.float32, torch.bool]:

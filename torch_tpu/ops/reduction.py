@@ -677,8 +677,11 @@ def _scan_accumuland(self, dtype=None):
 
 def _scan_kernel(accumulate):
     """cumsum/cumprod: convert to the result dtype, accumulate in CPU's scan accumulator, round each output."""
+    kernel_name = f"{accumulate.__name__}_out_cpu"
 
     def kernel(self, dim, *, dtype=None, out):
+        if out.dtype is torch.bool:  # CPU's scan loops have no bool result (a bool input sums into int64)
+            raise not_implemented_for(kernel_name, out.dtype)
         axis = wrap_dim(dim, self.dim())
         if prepare_out(out, self.shape, inputs=(self,)).numel() == 0:
             return out
