@@ -47,6 +47,24 @@ def test_dense_to_sparse_gives_cpus_indices_and_values(sparse_dim):
     assert_same_sparse(cpu, tpu)
 
 
+@pytest.mark.parametrize("value", [0.0, -0.0, 2.5])
+def test_dense_to_sparse_of_a_0d_tensor_stores_only_a_nonzero_as_cpu(value):
+    """A 0-d zero failed in tpu's constructor with one value for no index (CPU stores no value)."""
+    cpu, tpu = both(lambda d: torch.tensor(value, device=d).to_sparse())
+    assert_same_sparse(cpu, tpu)
+
+
+@pytest.mark.parametrize("shape,sparse_dim", [((2, 2), 3), ((2, 2), -1), ((2, 2), 0), ((), 1)])
+def test_dense_to_sparse_refuses_sparse_dims_cpu_refuses(shape, sparse_dim):
+    """tpu silently returned a tensor for sparse dims outside [1, dim] (or 0 for a 0-d tensor)."""
+    messages = []
+    for device in ("cpu", "tpu"):
+        with pytest.raises(RuntimeError) as error:
+            torch.zeros(shape, device=device).to_sparse(sparse_dim)
+        messages.append(str(error.value))
+    assert messages[1] == messages[0]
+
+
 def test_sparse_matmuls_and_their_gradient_equal_cpus():
     sparse = torch.sparse_coo_tensor(INDICES, VALUES, (3, 3))
     dense = torch.randn(3, 4)

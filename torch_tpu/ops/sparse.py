@@ -128,13 +128,23 @@ def mm(self, mat2):
     return addmm(torch.zeros((), dtype=mat2.dtype, device=mat2.device), self, mat2, beta=0)
 
 
+def check_sparse_dim(sparse_dim, dim):
+    """CPU's dense_to_sparse checks: 0 to dim sparse dims, and at least one unless the tensor is 0-d."""
+    if not 0 <= sparse_dim <= dim:
+        raise RuntimeError(f"dense_to_sparse: sparse_dim argument must be in [0,{dim}] range, but {sparse_dim} is given")
+    if sparse_dim == 0 and dim > 0:
+        raise RuntimeError("dense_to_sparse: sparse_dim argument must be in >0 when self.dim()>0")
+
+
 @register("_to_sparse", "_to_sparse.sparse_dim", charge=False)
 def dense_to_sparse(self, *args, layout=None, blocksize=None, dense_dim=None):
     """``dense.to_sparse()`` of a tpu tensor: the nonzero positions, in row-major order (coalesced, as CPU's)."""
     sparse_dim = args[0] if args else self.dim() - (dense_dim or 0)
     if layout not in (None, torch.sparse_coo) or blocksize is not None:
         raise unsupported(_aten._to_sparse.default, SPARSE_LAYOUTS)
+    check_sparse_dim(sparse_dim, self.dim())
     flat = self.reshape(self.shape[:sparse_dim] + (-1,)) if sparse_dim < self.dim() else self.unsqueeze(-1)
     indices = (flat != 0).any(-1).nonzero().t().contiguous()
-    values = self[tuple(indices)] if sparse_dim else self.unsqueeze(0)
+    # a 0-d tensor's one value is stored only if it is nonzero
+    values = self[tuple(indices)] if sparse_dim else self.unsqueeze(0)[:indices.shape[1]]
     return coo(indices, values.contiguous(), self.shape, coalesced=True)
