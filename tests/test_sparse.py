@@ -39,6 +39,27 @@ def test_coalesce_sums_duplicates_of_a_hybrid_tensor_in_cpus_order():
     assert_same_sparse(cpu, tpu)
 
 
+@pytest.mark.parametrize("nnz", [5, 40, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_coalesce_sums_duplicates_in_the_order_of_cpus_unstable_sort(nnz, dtype):
+    """Past 16 nonzeros CPU's unstable sort does not keep duplicates in stored order; tpu summed in stored order
+    (other bits for a float sum of three or more duplicates)."""
+    generator = torch.Generator().manual_seed(nnz)
+    indices = torch.randint(0, 4, (2, nnz), generator=generator)
+    values = (torch.randn(nnz, generator=generator) * 10 ** torch.randint(-3, 4, (nnz,), generator=generator)).to(dtype)
+    cpu, tpu = both(lambda d: torch.sparse_coo_tensor(indices, values, (4, 4)).to(d).coalesce())
+    assert_same_sparse(cpu, tpu)
+    assert torch.equal(tpu._values(), cpu._values())
+
+
+def test_coalesce_keeps_a_lone_negative_zero_as_cpu():
+    """tpu added each index's values into zeros: -0.0 + +0.0 gave +0.0, CPU copies the first value."""
+    values = torch.tensor([-0.0, -0.0, -0.0, 1.0])
+    cpu, tpu = both(lambda d: torch.sparse_coo_tensor(INDICES[:, :4], values, (3, 3)).to(d).coalesce())
+    assert_same_sparse(cpu, tpu)
+    assert torch.equal(tpu._values().signbit(), cpu._values().signbit())
+
+
 @pytest.mark.parametrize("sparse_dim", [None, 1])
 def test_dense_to_sparse_gives_cpus_indices_and_values(sparse_dim):
     dense = torch.tensor([[0.0, 1.5, 0.0], [0.0, 0.0, 0.0], [-2.0, 0.0, 3.0]])

@@ -69,12 +69,17 @@ def _linear_index(indices, sizes):
 
 @sparse_kernel("_coalesce")
 def coalesce(self):
-    """Indices sorted row-major, each once, with its duplicates' values summed in their stored order (as CPU)."""
+    """Indices sorted row-major, each once, with its duplicates' values summed as CPU sums them: in the order of
+    its unstable sort of the row-major indices (not the stored order past 16 nonzeros), each index's first value
+    copied (a -0.0 alone stays -0.0) and the others added to it one by one."""
     indices, values = self._indices(), self._values()
     sizes = self.shape[:self.sparse_dim()]
-    unique, inverse = torch.unique(_linear_index(indices, sizes), sorted=True, return_inverse=True)
-    summed = torch.zeros((unique.shape[0],) + values.shape[1:], dtype=values.dtype, device=values.device)
-    summed.index_add_(0, inverse, values)
+    linear, order = _linear_index(indices, sizes).sort()
+    unique, inverse, counts = torch.unique_consecutive(linear, return_inverse=True, return_counts=True)
+    values = values[order]
+    firsts = counts.cumsum(0) - counts
+    later = torch.ones_like(linear, dtype=torch.bool).index_fill_(0, firsts, False)
+    summed = values[firsts].index_add_(0, inverse[later], values[later])
     rows = []
     for size in reversed(sizes):
         rows.append(unique % size)
