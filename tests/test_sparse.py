@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from differential import check_same_error
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")
 
@@ -100,6 +101,59 @@ def test_sparse_matmuls_and_their_gradient_equal_cpus():
         torch.mm(sparse.to(device), weight).tanh().sum().backward()
         grads.append(weight.grad.cpu())
     torch.testing.assert_close(grads[1], grads[0])
+
+
+def random_sparse(nnz, shape, dtype, seed):
+    """Unsorted, uncoalesced nonzeros with many duplicates and values of mixed magnitudes (different sum orders
+    round differently)."""
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.stack([torch.randint(0, size, (nnz,), generator=generator) for size in shape])
+    values = torch.randn(nnz, generator=generator) * 10 ** torch.randint(-3, 4, (nnz,), generator=generator)
+    return torch.sparse_coo_tensor(indices, values.to(dtype), shape)
+
+
+SPARSE_ADDMM_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("nnz", [0, 5, 40, 200])
+@pytest.mark.parametrize("dtype", SPARSE_ADDMM_DTYPES, ids=str)
+@pytest.mark.parametrize("beta,alpha", [(0, 1), (1, 1), (0.7, 1.3), (0, -2.1)])
+def test_sparse_addmm_has_cpus_bits(nnz, dtype, beta, alpha):
+    """CPU adds each stored nonzero's scaled row of mat2 in stored order (uncoalesced, BLAS's fused axpy for
+    float32/float64), with alpha and beta rounded to the dtype; tpu coalesced first and rounded otherwise."""
+    sparse = random_sparse(nnz, (6, 8), dtype, seed=nnz)
+    dense = torch.randn(8, 5).to(dtype)
+    addend = torch.randn(6, 5).to(dtype)
+    addend[0, :3] = torch.tensor([-0.0, float("nan"), float("inf")])
+    cpu, tpu = both(lambda d: torch.addmm(addend.to(d), sparse.to(d), dense.to(d), beta=beta, alpha=alpha))
+    assert torch.equal(tpu.isnan(), cpu.isnan())
+    assert torch.equal(tpu.nan_to_num(), cpu.nan_to_num()) and torch.equal(tpu.signbit(), cpu.signbit())
+
+
+@pytest.mark.parametrize("dtype", SPARSE_ADDMM_DTYPES, ids=str)
+def test_sparse_mm_and_the_dense_operands_gradient_have_cpus_bits(dtype):
+    sparse = random_sparse(60, (7, 9), dtype, seed=1)
+    dense = torch.randn(9, 4).to(dtype)
+    results = []
+    for device in ("cpu", "tpu"):
+        weight = dense.detach().to(device).requires_grad_()
+        product = torch.sparse.mm(sparse.to(device), weight)
+        product.backward(torch.linspace(-2, 3, 28).view(7, 4).to(dtype).to(device))
+        results.append((product.detach().cpu(), torch.mm(sparse.to(device), dense.to(device)).cpu(),
+                        weight.grad.cpu()))
+    for cpu, tpu in zip(*results):
+        assert torch.equal(tpu, cpu)
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: torch.mm(torch.sparse_coo_tensor(INDICES, torch.ones(5, 2), (3, 3, 2)).to(d), torch.ones(3, 2, device=d)),
+    lambda d: torch.mm(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(4, 2, device=d)),
+    lambda d: torch.mm(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(3, 2, device=d).double()),
+    lambda d: torch.addmm(torch.ones(3, 2, dtype=torch.float64, device=d),
+                          torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(3, 2, device=d)),
+], ids=["hybrid", "sizes", "mat2_dtype", "self_dtype"])
+def test_sparse_mm_refuses_what_cpu_refuses(make):
+    check_same_error(make)
 
 
 def test_graph_convolution_training_matches_cpu():

@@ -7,7 +7,7 @@ values; on tpu both are ordinary tpu tensors. Two kinds of kernel serve it on th
   constructor, ...). They are the ones PyTorch also runs for sparse meta tensors, so they never read
   element memory; they run here by redispatching to the SparseMeta key.
 - the ops that compute (``_to_dense``, ``_coalesce``, ``mm``, ...), written below with tpu's dense ops on
-  the indices and values, in the order CPU's kernels combine them (coalesced first, duplicates summed).
+  the indices and values, in the order CPU's kernels combine them, so that they give CPU's bits.
 
 Every other op on a sparse tpu tensor still reaches ``fallback.sparse_fallback`` and its error, as do the
 compressed layouts (CSR, CSC, BSR, BSC).
@@ -17,6 +17,7 @@ import torch
 
 from .fallback import SPARSE_LAYOUTS, unsupported
 from ._registry import register
+from .._errors import scalar_type_name
 
 _SPARSE_KERNELS = torch.library.Library("aten", "IMPL")  # owns the registrations for the life of the process
 _SPARSE_META = torch._C.DispatchKeySet(torch._C.DispatchKey.SparseMeta)
@@ -108,24 +109,62 @@ def sparse_mask(self, mask):
 
 @sparse_kernel("addmm")
 def addmm(self, mat1, mat2, *, beta=1, alpha=1):
-    """``beta * self + alpha * (sparse mat1 @ dense mat2)`` as CPU computes it: ``mat1`` coalesced, then each
-    nonzero's row of ``mat2``, scaled by ``alpha`` times its value, added into its output row in index order."""
+    """``beta * self + alpha * (sparse mat1 @ dense mat2)`` with CPU's bits: ``mat1`` as stored (not coalesced),
+    each nonzero's row of ``mat2``, scaled by its value times ``alpha`` (rounded to the dtype), added into its
+    output row in stored order (CPU's axpy loop)."""
     if mat1.layout != torch.sparse_coo or mat2.layout != torch.strided or self.layout != torch.strided:
         raise unsupported(_aten.addmm.default, SPARSE_LAYOUTS)
-    if mat1.dim() != 2 or mat2.dim() != 2:
-        raise RuntimeError(f"tensor should be 2-dimensional, got {mat1.dim()}-D and {mat2.dim()}-D")
-    if mat1.shape[1] != mat2.shape[0]:
-        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({mat1.shape[0]}x{mat1.shape[1]} and "
-                           f"{mat2.shape[0]}x{mat2.shape[1]})")
-    if mat1.dtype != mat2.dtype:
-        raise RuntimeError(f"expected mat1 and mat2 to have the same dtype, but got: {mat1.dtype} != {mat2.dtype}")
+    check_addmm_operands(self, mat1, mat2)
     shape = (mat1.shape[0], mat2.shape[1])
-    out = torch.zeros(shape, dtype=mat2.dtype, device=mat2.device)
-    if beta != 0:
-        out.add_(self.expand(shape), alpha=beta)
-    matrix = mat1.coalesce()
-    rows, columns = matrix._indices()
-    return out.index_add_(0, rows, (matrix._values() * alpha).unsqueeze(1) * mat2[columns])
+    out = scaled_addend(self.expand(shape), beta, mat1._nnz())
+    rows, columns = mat1._indices()
+    products = mat1._values() * torch.tensor(alpha, dtype=mat2.dtype, device=mat2.device)
+    for step in distinct_row_steps(rows):
+        row = rows[step]
+        out.index_copy_(0, row, axpy(out[row], products[step].unsqueeze(1), mat2[columns[step]]))
+    return out
+
+
+def check_addmm_operands(self, mat1, mat2):
+    """CPU's argument checks of its sparse-dense addmm, in its order and words."""
+    if mat1.sparse_dim() != 2:
+        raise RuntimeError(f"addmm: matrices expected, got {mat1.sparse_dim()}D tensor")
+    if mat1.dense_dim() != 0:
+        raise RuntimeError(f"addmm: scalar values expected, got {mat1.dense_dim()}D values")
+    if mat2.dim() != 2:
+        raise RuntimeError(f"addmm: matrices expected, got {mat2.dim()}D tensor")
+    if mat1.shape[1] != mat2.shape[0]:
+        raise RuntimeError(f"addmm: Argument #3 (dense): Expected dim 0 size {mat1.shape[1]}, got {mat2.shape[0]}")
+    for other in (mat2, self):
+        if other.dtype != mat1.dtype:
+            raise RuntimeError(f"expected scalar type {scalar_type_name(mat1.dtype)} but found "
+                               f"{scalar_type_name(other.dtype)}")
+
+
+def scaled_addend(addend, beta, nnz):
+    """CPU's ``beta * self`` that addmm adds to: multiplied by beta, except that a beta of 0 zeroes (NaN and inf
+    too) when there are products to add. With none CPU multiplies by beta rounded to the dtype first."""
+    if nnz and beta == 0:
+        return torch.zeros(addend.shape, dtype=addend.dtype, device=addend.device)
+    return addend * (beta if nnz else torch.tensor(beta, dtype=addend.dtype, device=addend.device))
+
+
+def distinct_row_steps(rows):
+    """The nonzeros' positions as steps that each touch a row at most once, the k-th step holding each row's
+    k-th nonzero in stored order: run one after the other, they add into every row in CPU's order."""
+    sorted_rows, order = rows.sort(stable=True)
+    _, inverse, counts = torch.unique_consecutive(sorted_rows, return_inverse=True, return_counts=True)
+    occurrence = torch.empty_like(rows).index_copy_(
+        0, order, torch.arange(rows.shape[0], device=rows.device) - (counts.cumsum(0) - counts)[inverse])
+    return occurrence.sort(stable=True)[1].split(torch.bincount(occurrence).tolist())
+
+
+def axpy(accumulated, scale, row):
+    """``accumulated + scale * row`` as CPU's axpy: BLAS's fused multiply-add for float32 and float64, and for
+    bfloat16 and float16 c10's scalar loop, which rounds the product and the sum."""
+    if accumulated.dtype in (torch.float32, torch.float64):
+        return torch.addcmul(accumulated, scale, row)
+    return accumulated + scale * row
 
 
 @sparse_kernel("mm")
