@@ -192,3 +192,28 @@ def test_to_dense_backward_masks_the_gradient_as_on_cpu():
         (sparse.to_dense() * torch.arange(9.0, device=device).view(3, 3)).sum().backward()
         grads.append(sparse.grad.cpu())
     assert_same_sparse(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: torch.zeros(3, 4, device=d).sparse_mask(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d)),
+    lambda d: torch.ops.aten._to_dense(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), dtype=torch.float64),
+    lambda d: torch.ops.aten._to_dense(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), dtype=torch.float32),
+], ids=["sparse_mask_sizes", "to_dense_dtype", "to_dense_same_dtype"])
+def test_sparse_ops_refuse_what_cpu_refuses(make):
+    """tpu's sparse_mask read a mask of another size, _to_dense converted to a dtype CPU refuses."""
+    check_same_error(make)
+
+
+@pytest.mark.parametrize("source_device", ["cpu", "tpu"])
+@pytest.mark.parametrize("source_dtype", [torch.float32, torch.float64], ids=str)
+def test_sparse_copy_into_a_sparse_tpu_tensor_as_cpu(source_device, source_dtype):
+    """tpu_sparse.copy_(sparse) raised NotImplementedError from the dense copy's _copy_from."""
+    source = torch.sparse_coo_tensor(INDICES, torch.tensor([3.0, -0.0, 2.0, 4.0, -1.5]), (3, 3)).to(source_dtype)
+    results = []
+    for device in ("cpu", "tpu"):
+        target = torch.sparse_coo_tensor(INDICES[:, :1], VALUES[:1], (3, 3)).to(device)
+        target.copy_(source.to(source_device if device == "tpu" else "cpu"))
+        assert target.device.type == device
+        results.append(target.cpu())
+    assert_same_sparse(*results)
+    assert torch.equal(results[1]._values().signbit(), results[0]._values().signbit())

@@ -91,8 +91,10 @@ def coalesce(self):
 
 @sparse_kernel("_to_dense")
 def to_dense(self, dtype=None, masked_grad=None):
-    dense = torch.zeros(self.shape, dtype=dtype or self.dtype, device=self.device)
-    return dense.index_put_(tuple(self._indices()), self._values().to(dense.dtype), accumulate=True)
+    if dtype is not None:
+        raise RuntimeError("dtype argument is not supported by sparse_to_dense")
+    dense = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+    return dense.index_put_(tuple(self._indices()), self._values(), accumulate=True)
 
 
 @sparse_kernel("clone")
@@ -100,9 +102,21 @@ def clone(self, memory_format=None):
     return coo(self._indices().clone(), self._values().clone(), self.shape, self.is_coalesced())
 
 
+@sparse_kernel("copy_")
+def copy(self, src, non_blocking=False):
+    """CPU's copy_sparse_wrapper_: PyTorch's sparse-to-sparse copy (indices and values copied, dtype converted)."""
+    if not (self.is_sparse and src.is_sparse):
+        raise RuntimeError("copy_() between dense and sparse Tensors is not implemented! Found self type = "
+                           f"{self.type()} and src type = {src.type()}")
+    return _aten.copy_sparse_to_sparse_(self, src, non_blocking)
+
+
 @sparse_kernel("sparse_mask")
 def sparse_mask(self, mask):
     """The dense ``self`` read at ``mask``'s indices, duplicates and order kept (``to_dense``'s backward)."""
+    if self.shape != mask.shape:
+        raise RuntimeError(f"sparse_mask(): operands have incompatible sizes; self has size {list(self.shape)} but "
+                           f"mask has size {list(mask.shape)}")
     indices = mask._indices()
     return coo(indices.clone(), self[tuple(indices)].contiguous(), self.shape, mask.is_coalesced())
 
