@@ -189,7 +189,8 @@ def mm(self, mat2):
 def check_sparse_dim(sparse_dim, dim):
     """CPU's dense_to_sparse checks: 0 to dim sparse dims, and at least one unless the tensor is 0-d."""
     if not 0 <= sparse_dim <= dim:
-        raise RuntimeError(f"dense_to_sparse: sparse_dim argument must be in [0,{dim}] range, but {sparse_dim} is given")
+        raise RuntimeError(
+            f"dense_to_sparse: sparse_dim argument must be in [0,{dim}] range, but {sparse_dim} is given")
     if sparse_dim == 0 and dim > 0:
         raise RuntimeError("dense_to_sparse: sparse_dim argument must be in >0 when self.dim()>0")
 
