@@ -1070,6 +1070,30 @@ def test_loss_gradients_of_16_bit_floats_have_cpus_bits(loss, dtype, reduction):
     assert torch.equal(grads[1], grads[0])
 
 
+MSE_BACKWARD_MIXED_OPERANDS = {  # (grad_output, self, target): CPU rounds in their common dtype, 0-d tensors weak
+    "bf16_self_float32_target": (torch.tensor(1.5), torch.randn(8, 16).bfloat16(), torch.randn(8, 16)),
+    "float32_self_bf16_target": (torch.tensor(1.5), torch.randn(8, 16), torch.randn(8, 16).bfloat16()),
+    "bf16_operands_0d_float32_grad": (torch.tensor(1.3), torch.randn(8, 16).bfloat16(), torch.randn(8, 16).bfloat16()),
+    "fp16_operands_0d_float64_grad": (torch.tensor(1.3, dtype=torch.float64), torch.randn(8, 16).half(),
+                                      torch.randn(8, 16).half()),
+    "bf16_self_0d_float32_target": (torch.tensor(0.7).bfloat16(), torch.randn(8, 16).bfloat16(), torch.tensor(1.1)),
+    "empty_bf16": (torch.tensor(1.5).bfloat16(), torch.randn(0, 3).bfloat16(), torch.randn(0, 3).bfloat16()),
+    "empty_fp16": (torch.tensor(1.5).half(), torch.randn(0).half(), torch.randn(0).half()),
+}
+
+
+@pytest.mark.parametrize("reduction", [0, 1, 2], ids=["none", "mean", "sum"])
+@pytest.mark.parametrize("operands", MSE_BACKWARD_MIXED_OPERANDS)
+def test_mse_loss_backward_of_mixed_dtypes_rounds_in_the_common_dtype_as_cpu(operands, reduction):
+    """tpu replayed CPU's bf16/fp16 rounding only by self's dtype (wrong bits for a bf16 input against a float32
+    target, an unrounded float32 0-d grad), and a mean over an empty 16-bit input raised ZeroDivisionError."""
+    grad, x, target = MSE_BACKWARD_MIXED_OPERANDS[operands]
+    expected = torch.ops.aten.mse_loss_backward(grad, x, target, reduction)
+    got = torch.ops.aten.mse_loss_backward(grad.to("tpu"), x.to("tpu"), target.to("tpu"), reduction).cpu()
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    assert torch.equal(got, expected)
+
+
 def test_smooth_l1_gradient_at_zero_with_beta_zero():
     x = torch.zeros(3)
     check_grads(lambda a, b: F.smooth_l1_loss(a, b, beta=0.0, reduction="none"), x, torch.tensor([0.0, 1.0, -1.0]))

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from differential import check_same_error
 
 pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")
 
@@ -39,12 +40,51 @@ def test_coalesce_sums_duplicates_of_a_hybrid_tensor_in_cpus_order():
     assert_same_sparse(cpu, tpu)
 
 
+@pytest.mark.parametrize("nnz", [5, 40, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_coalesce_sums_duplicates_in_the_order_of_cpus_unstable_sort(nnz, dtype):
+    """Past 16 nonzeros CPU's unstable sort does not keep duplicates in stored order; tpu summed in stored order
+    (other bits for a float sum of three or more duplicates)."""
+    generator = torch.Generator().manual_seed(nnz)
+    indices = torch.randint(0, 4, (2, nnz), generator=generator)
+    values = (torch.randn(nnz, generator=generator) * 10 ** torch.randint(-3, 4, (nnz,), generator=generator)).to(dtype)
+    cpu, tpu = both(lambda d: torch.sparse_coo_tensor(indices, values, (4, 4)).to(d).coalesce())
+    assert_same_sparse(cpu, tpu)
+    assert torch.equal(tpu._values(), cpu._values())
+
+
+def test_coalesce_keeps_a_lone_negative_zero_as_cpu():
+    """tpu added each index's values into zeros: -0.0 + +0.0 gave +0.0, CPU copies the first value."""
+    values = torch.tensor([-0.0, -0.0, -0.0, 1.0])
+    cpu, tpu = both(lambda d: torch.sparse_coo_tensor(INDICES[:, :4], values, (3, 3)).to(d).coalesce())
+    assert_same_sparse(cpu, tpu)
+    assert torch.equal(tpu._values().signbit(), cpu._values().signbit())
+
+
 @pytest.mark.parametrize("sparse_dim", [None, 1])
 def test_dense_to_sparse_gives_cpus_indices_and_values(sparse_dim):
     dense = torch.tensor([[0.0, 1.5, 0.0], [0.0, 0.0, 0.0], [-2.0, 0.0, 3.0]])
     args = () if sparse_dim is None else (sparse_dim,)
     cpu, tpu = both(lambda d: dense.to(d).to_sparse(*args))
     assert_same_sparse(cpu, tpu)
+
+
+@pytest.mark.parametrize("value", [0.0, -0.0, 2.5])
+def test_dense_to_sparse_of_a_0d_tensor_stores_only_a_nonzero_as_cpu(value):
+    """A 0-d zero failed in tpu's constructor with one value for no index (CPU stores no value)."""
+    cpu, tpu = both(lambda d: torch.tensor(value, device=d).to_sparse())
+    assert_same_sparse(cpu, tpu)
+
+
+@pytest.mark.parametrize("shape,sparse_dim", [((2, 2), 3), ((2, 2), -1), ((2, 2), 0), ((), 1)])
+def test_dense_to_sparse_refuses_sparse_dims_cpu_refuses(shape, sparse_dim):
+    """tpu silently returned a tensor for sparse dims outside [1, dim] (or 0 for a 0-d tensor)."""
+    messages = []
+    for device in ("cpu", "tpu"):
+        with pytest.raises(RuntimeError) as error:
+            torch.zeros(shape, device=device).to_sparse(sparse_dim)
+        messages.append(str(error.value))
+    assert messages[1] == messages[0]
 
 
 def test_sparse_matmuls_and_their_gradient_equal_cpus():
@@ -61,6 +101,59 @@ def test_sparse_matmuls_and_their_gradient_equal_cpus():
         torch.mm(sparse.to(device), weight).tanh().sum().backward()
         grads.append(weight.grad.cpu())
     torch.testing.assert_close(grads[1], grads[0])
+
+
+def random_sparse(nnz, shape, dtype, seed):
+    """Unsorted, uncoalesced nonzeros with many duplicates and values of mixed magnitudes (different sum orders
+    round differently)."""
+    generator = torch.Generator().manual_seed(seed)
+    indices = torch.stack([torch.randint(0, size, (nnz,), generator=generator) for size in shape])
+    values = torch.randn(nnz, generator=generator) * 10 ** torch.randint(-3, 4, (nnz,), generator=generator)
+    return torch.sparse_coo_tensor(indices, values.to(dtype), shape)
+
+
+SPARSE_ADDMM_DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("nnz", [0, 5, 40, 200])
+@pytest.mark.parametrize("dtype", SPARSE_ADDMM_DTYPES, ids=str)
+@pytest.mark.parametrize("beta,alpha", [(0, 1), (1, 1), (0.7, 1.3), (0, -2.1)])
+def test_sparse_addmm_has_cpus_bits(nnz, dtype, beta, alpha):
+    """CPU adds each stored nonzero's scaled row of mat2 in stored order (uncoalesced, BLAS's fused axpy for
+    float32/float64), with alpha and beta rounded to the dtype; tpu coalesced first and rounded otherwise."""
+    sparse = random_sparse(nnz, (6, 8), dtype, seed=nnz)
+    dense = torch.randn(8, 5).to(dtype)
+    addend = torch.randn(6, 5).to(dtype)
+    addend[0, :3] = torch.tensor([-0.0, float("nan"), float("inf")])
+    cpu, tpu = both(lambda d: torch.addmm(addend.to(d), sparse.to(d), dense.to(d), beta=beta, alpha=alpha))
+    assert torch.equal(tpu.isnan(), cpu.isnan())
+    assert torch.equal(tpu.nan_to_num(), cpu.nan_to_num()) and torch.equal(tpu.signbit(), cpu.signbit())
+
+
+@pytest.mark.parametrize("dtype", SPARSE_ADDMM_DTYPES, ids=str)
+def test_sparse_mm_and_the_dense_operands_gradient_have_cpus_bits(dtype):
+    sparse = random_sparse(60, (7, 9), dtype, seed=1)
+    dense = torch.randn(9, 4).to(dtype)
+    results = []
+    for device in ("cpu", "tpu"):
+        weight = dense.detach().to(device).requires_grad_()
+        product = torch.sparse.mm(sparse.to(device), weight)
+        product.backward(torch.linspace(-2, 3, 28).view(7, 4).to(dtype).to(device))
+        results.append((product.detach().cpu(), torch.mm(sparse.to(device), dense.to(device)).cpu(),
+                        weight.grad.cpu()))
+    for cpu, tpu in zip(*results):
+        assert torch.equal(tpu, cpu)
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: torch.mm(torch.sparse_coo_tensor(INDICES, torch.ones(5, 2), (3, 3, 2)).to(d), torch.ones(3, 2, device=d)),
+    lambda d: torch.mm(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(4, 2, device=d)),
+    lambda d: torch.mm(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(3, 2, device=d).double()),
+    lambda d: torch.addmm(torch.ones(3, 2, dtype=torch.float64, device=d),
+                          torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(3, 2, device=d)),
+], ids=["hybrid", "sizes", "mat2_dtype", "self_dtype"])
+def test_sparse_mm_refuses_what_cpu_refuses(make):
+    check_same_error(make)
 
 
 def test_graph_convolution_training_matches_cpu():
@@ -99,3 +192,28 @@ def test_to_dense_backward_masks_the_gradient_as_on_cpu():
         (sparse.to_dense() * torch.arange(9.0, device=device).view(3, 3)).sum().backward()
         grads.append(sparse.grad.cpu())
     assert_same_sparse(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: torch.zeros(3, 4, device=d).sparse_mask(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d)),
+    lambda d: torch.ops.aten._to_dense(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), dtype=torch.float64),
+    lambda d: torch.ops.aten._to_dense(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), dtype=torch.float32),
+], ids=["sparse_mask_sizes", "to_dense_dtype", "to_dense_same_dtype"])
+def test_sparse_ops_refuse_what_cpu_refuses(make):
+    """tpu's sparse_mask read a mask of another size, _to_dense converted to a dtype CPU refuses."""
+    check_same_error(make)
+
+
+@pytest.mark.parametrize("source_device", ["cpu", "tpu"])
+@pytest.mark.parametrize("source_dtype", [torch.float32, torch.float64], ids=str)
+def test_sparse_copy_into_a_sparse_tpu_tensor_as_cpu(source_device, source_dtype):
+    """tpu_sparse.copy_(sparse) raised NotImplementedError from the dense copy's _copy_from."""
+    source = torch.sparse_coo_tensor(INDICES, torch.tensor([3.0, -0.0, 2.0, 4.0, -1.5]), (3, 3)).to(source_dtype)
+    results = []
+    for device in ("cpu", "tpu"):
+        target = torch.sparse_coo_tensor(INDICES[:, :1], VALUES[:1], (3, 3)).to(device)
+        target.copy_(source.to(source_device if device == "tpu" else "cpu"))
+        assert target.device.type == device
+        results.append(target.cpu())
+    assert_same_sparse(*results)
+    assert torch.equal(results[1]._values().signbit(), results[0]._values().signbit())

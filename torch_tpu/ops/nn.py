@@ -23,6 +23,7 @@ from ._common import (all_contiguous, as_numpy, castable, channel_sums, converte
                       exact_dtype, iterator_strides, opmath_dtype, opmath_operand, operand, prepare_out, store,
                       store_in_memory_format, stored_with_view, suggested_memory_format, wrap_dim, write)
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
+from .pointwise import common_dtype
 from .cpu_replay.cascade_sum import cascade_sum
 
 # at::Reduction
@@ -1019,8 +1020,10 @@ def pointwise_loss_backward(gradient_function, one_dtype_op=None, rounded_steps=
             raise_cpu_error(one_dtype_op.out if out else one_dtype_op.default, grad_output, self, target, reduction,
                             *args, **out)
         x, t = opmath_operand(self), opmath_operand(target)
-        if rounded_steps is not None and self.dtype in (torch.bfloat16, torch.float16):
-            result = rounded_steps(x, t, opmath_operand(grad_output), reduction, numpy_dtype(self.dtype))
+        # CPU's TensorIterator computes in the inputs' common dtype (a 0-d tensor is weak), then casts to self's
+        compute_dtype = common_dtype(self, target, grad_output)
+        if rounded_steps is not None and compute_dtype in (torch.bfloat16, torch.float16):
+            result = rounded_steps(x, t, opmath_operand(grad_output), reduction, numpy_dtype(compute_dtype))
         else:
             grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
             result = grad * gradient_function(x, t, *args)
@@ -1051,7 +1054,9 @@ def squared_error_gradient_rounded(x, t, grad, reduction, dtype):
     """CPU's bf16/fp16 mse_loss_backward loop: ``alpha * (x - t) * grad`` with alpha = 2 (2 / numel for a mean)
     held in the dtype, each operation rounded to it, as its ``Vectorized<BFloat16>`` operators round."""
     rounded = rounding_through(dtype, x.dtype)
-    alpha = rounded(2 / x.size if reduction == REDUCTION_MEAN else 2)
+    # the iterator casts every operand to the common dtype first; an empty input's 2 / 0 scales nothing
+    x, t, grad = rounded(x), rounded(t), rounded(grad)
+    alpha = rounded(2 / max(x.size, 1) if reduction == REDUCTION_MEAN else 2)
     return rounded(rounded(alpha * rounded(x - t)) * grad)
 
 

@@ -7,7 +7,7 @@ values; on tpu both are ordinary tpu tensors. Two kinds of kernel serve it on th
   constructor, ...). They are the ones PyTorch also runs for sparse meta tensors, so they never read
   element memory; they run here by redispatching to the SparseMeta key.
 - the ops that compute (``_to_dense``, ``_coalesce``, ``mm``, ...), written below with tpu's dense ops on
-  the indices and values, in the order CPU's kernels combine them (coalesced first, duplicates summed).
+  the indices and values, in the order CPU's kernels combine them, so that they give CPU's bits.
 
 Every other op on a sparse tpu tensor still reaches ``fallback.sparse_fallback`` and its error, as do the
 compressed layouts (CSR, CSC, BSR, BSC).
@@ -17,6 +17,7 @@ import torch
 
 from .fallback import SPARSE_LAYOUTS, unsupported
 from ._registry import register
+from .._errors import scalar_type_name
 
 _SPARSE_KERNELS = torch.library.Library("aten", "IMPL")  # owns the registrations for the life of the process
 _SPARSE_META = torch._C.DispatchKeySet(torch._C.DispatchKey.SparseMeta)
@@ -69,12 +70,17 @@ def _linear_index(indices, sizes):
 
 @sparse_kernel("_coalesce")
 def coalesce(self):
-    """Indices sorted row-major, each once, with its duplicates' values summed in their stored order (as CPU)."""
+    """Indices sorted row-major, each once, with its duplicates' values summed as CPU sums them: in the order of
+    its unstable sort of the row-major indices (not the stored order past 16 nonzeros), each index's first value
+    copied (a -0.0 alone stays -0.0) and the others added to it one by one."""
     indices, values = self._indices(), self._values()
     sizes = self.shape[:self.sparse_dim()]
-    unique, inverse = torch.unique(_linear_index(indices, sizes), sorted=True, return_inverse=True)
-    summed = torch.zeros((unique.shape[0],) + values.shape[1:], dtype=values.dtype, device=values.device)
-    summed.index_add_(0, inverse, values)
+    linear, order = _linear_index(indices, sizes).sort()
+    unique, inverse, counts = torch.unique_consecutive(linear, return_inverse=True, return_counts=True)
+    values = values[order]
+    firsts = counts.cumsum(0) - counts
+    later = torch.ones_like(linear, dtype=torch.bool).index_fill_(0, firsts, False)
+    summed = values[firsts].index_add_(0, inverse[later], values[later])
     rows = []
     for size in reversed(sizes):
         rows.append(unique % size)
@@ -85,8 +91,10 @@ def coalesce(self):
 
 @sparse_kernel("_to_dense")
 def to_dense(self, dtype=None, masked_grad=None):
-    dense = torch.zeros(self.shape, dtype=dtype or self.dtype, device=self.device)
-    return dense.index_put_(tuple(self._indices()), self._values().to(dense.dtype), accumulate=True)
+    if dtype is not None:
+        raise RuntimeError("dtype argument is not supported by sparse_to_dense")
+    dense = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+    return dense.index_put_(tuple(self._indices()), self._values(), accumulate=True)
 
 
 @sparse_kernel("clone")
@@ -94,38 +102,97 @@ def clone(self, memory_format=None):
     return coo(self._indices().clone(), self._values().clone(), self.shape, self.is_coalesced())
 
 
+@sparse_kernel("copy_")
+def copy(self, src, non_blocking=False):
+    """CPU's copy_sparse_wrapper_: PyTorch's sparse-to-sparse copy (indices and values copied, dtype converted)."""
+    if not (self.is_sparse and src.is_sparse):
+        raise RuntimeError("copy_() between dense and sparse Tensors is not implemented! Found self type = "
+                           f"{self.type()} and src type = {src.type()}")
+    return _aten.copy_sparse_to_sparse_(self, src, non_blocking)
+
+
 @sparse_kernel("sparse_mask")
 def sparse_mask(self, mask):
     """The dense ``self`` read at ``mask``'s indices, duplicates and order kept (``to_dense``'s backward)."""
+    if self.shape != mask.shape:
+        raise RuntimeError(f"sparse_mask(): operands have incompatible sizes; self has size {list(self.shape)} but "
+                           f"mask has size {list(mask.shape)}")
     indices = mask._indices()
     return coo(indices.clone(), self[tuple(indices)].contiguous(), self.shape, mask.is_coalesced())
 
 
 @sparse_kernel("addmm")
 def addmm(self, mat1, mat2, *, beta=1, alpha=1):
-    """``beta * self + alpha * (sparse mat1 @ dense mat2)`` as CPU computes it: ``mat1`` coalesced, then each
-    nonzero's row of ``mat2``, scaled by ``alpha`` times its value, added into its output row in index order."""
+    """``beta * self + alpha * (sparse mat1 @ dense mat2)`` with CPU's bits: ``mat1`` as stored (not coalesced),
+    each nonzero's row of ``mat2``, scaled by its value times ``alpha`` (rounded to the dtype), added into its
+    output row in stored order (CPU's axpy loop)."""
     if mat1.layout != torch.sparse_coo or mat2.layout != torch.strided or self.layout != torch.strided:
         raise unsupported(_aten.addmm.default, SPARSE_LAYOUTS)
-    if mat1.dim() != 2 or mat2.dim() != 2:
-        raise RuntimeError(f"tensor should be 2-dimensional, got {mat1.dim()}-D and {mat2.dim()}-D")
-    if mat1.shape[1] != mat2.shape[0]:
-        raise RuntimeError(f"mat1 and mat2 shapes cannot be multiplied ({mat1.shape[0]}x{mat1.shape[1]} and "
-                           f"{mat2.shape[0]}x{mat2.shape[1]})")
-    if mat1.dtype != mat2.dtype:
-        raise RuntimeError(f"expected mat1 and mat2 to have the same dtype, but got: {mat1.dtype} != {mat2.dtype}")
+    check_addmm_operands(self, mat1, mat2)
     shape = (mat1.shape[0], mat2.shape[1])
-    out = torch.zeros(shape, dtype=mat2.dtype, device=mat2.device)
-    if beta != 0:
-        out.add_(self.expand(shape), alpha=beta)
-    matrix = mat1.coalesce()
-    rows, columns = matrix._indices()
-    return out.index_add_(0, rows, (matrix._values() * alpha).unsqueeze(1) * mat2[columns])
+    out = scaled_addend(self.expand(shape), beta, mat1._nnz())
+    rows, columns = mat1._indices()
+    products = mat1._values() * torch.tensor(alpha, dtype=mat2.dtype, device=mat2.device)
+    for step in distinct_row_steps(rows):
+        row = rows[step]
+        out.index_copy_(0, row, axpy(out[row], products[step].unsqueeze(1), mat2[columns[step]]))
+    return out
+
+
+def check_addmm_operands(self, mat1, mat2):
+    """CPU's argument checks of its sparse-dense addmm, in its order and words."""
+    if mat1.sparse_dim() != 2:
+        raise RuntimeError(f"addmm: matrices expected, got {mat1.sparse_dim()}D tensor")
+    if mat1.dense_dim() != 0:
+        raise RuntimeError(f"addmm: scalar values expected, got {mat1.dense_dim()}D values")
+    if mat2.dim() != 2:
+        raise RuntimeError(f"addmm: matrices expected, got {mat2.dim()}D tensor")
+    if mat1.shape[1] != mat2.shape[0]:
+        raise RuntimeError(f"addmm: Argument #3 (dense): Expected dim 0 size {mat1.shape[1]}, got {mat2.shape[0]}")
+    for other in (mat2, self):
+        if other.dtype != mat1.dtype:
+            raise RuntimeError(f"expected scalar type {scalar_type_name(mat1.dtype)} but found "
+                               f"{scalar_type_name(other.dtype)}")
+
+
+def scaled_addend(addend, beta, nnz):
+    """CPU's ``beta * self`` that addmm adds to: multiplied by beta, except that a beta of 0 zeroes (NaN and inf
+    too) when there are products to add. With none CPU multiplies by beta rounded to the dtype first."""
+    if nnz and beta == 0:
+        return torch.zeros(addend.shape, dtype=addend.dtype, device=addend.device)
+    return addend * (beta if nnz else torch.tensor(beta, dtype=addend.dtype, device=addend.device))
+
+
+def distinct_row_steps(rows):
+    """The nonzeros' positions as steps that each touch a row at most once, the k-th step holding each row's
+    k-th nonzero in stored order: run one after the other, they add into every row in CPU's order."""
+    sorted_rows, order = rows.sort(stable=True)
+    _, inverse, counts = torch.unique_consecutive(sorted_rows, return_inverse=True, return_counts=True)
+    occurrence = torch.empty_like(rows).index_copy_(
+        0, order, torch.arange(rows.shape[0], device=rows.device) - (counts.cumsum(0) - counts)[inverse])
+    return occurrence.sort(stable=True)[1].split(torch.bincount(occurrence).tolist())
+
+
+def axpy(accumulated, scale, row):
+    """``accumulated + scale * row`` as CPU's axpy: BLAS's fused multiply-add for float32 and float64, and for
+    bfloat16 and float16 c10's scalar loop, which rounds the product and the sum."""
+    if accumulated.dtype in (torch.float32, torch.float64):
+        return torch.addcmul(accumulated, scale, row)
+    return accumulated + scale * row
 
 
 @sparse_kernel("mm")
 def mm(self, mat2):
     return addmm(torch.zeros((), dtype=mat2.dtype, device=mat2.device), self, mat2, beta=0)
+
+
+def check_sparse_dim(sparse_dim, dim):
+    """CPU's dense_to_sparse checks: 0 to dim sparse dims, and at least one unless the tensor is 0-d."""
+    if not 0 <= sparse_dim <= dim:
+        raise RuntimeError(
+            f"dense_to_sparse: sparse_dim argument must be in [0,{dim}] range, but {sparse_dim} is given")
+    if sparse_dim == 0 and dim > 0:
+        raise RuntimeError("dense_to_sparse: sparse_dim argument must be in >0 when self.dim()>0")
 
 
 @register("_to_sparse", "_to_sparse.sparse_dim", charge=False)
@@ -134,7 +201,9 @@ def dense_to_sparse(self, *args, layout=None, blocksize=None, dense_dim=None):
     sparse_dim = args[0] if args else self.dim() - (dense_dim or 0)
     if layout not in (None, torch.sparse_coo) or blocksize is not None:
         raise unsupported(_aten._to_sparse.default, SPARSE_LAYOUTS)
+    check_sparse_dim(sparse_dim, self.dim())
     flat = self.reshape(self.shape[:sparse_dim] + (-1,)) if sparse_dim < self.dim() else self.unsqueeze(-1)
     indices = (flat != 0).any(-1).nonzero().t().contiguous()
-    values = self[tuple(indices)] if sparse_dim else self.unsqueeze(0)
+    # a 0-d tensor's one value is stored only if it is nonzero
+    values = self[tuple(indices)] if sparse_dim else self.unsqueeze(0)[:indices.shape[1]]
     return coo(indices, values.contiguous(), self.shape, coalesced=True)
