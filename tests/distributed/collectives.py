@@ -142,6 +142,28 @@ def check_all_reduce():
     assert source.cpu().tolist() == [float(rank + 1)] * (2 * world)  # the input is left as it was
 
 
+def check_strided_inputs_are_only_read():
+    """A strided input is read through a contiguous copy that never goes back to HBM: where the input
+    is a view of the output, the output holds the result (as gloo and contiguous tpu tensors give)."""
+    ranks = torch.arange(1.0, world + 1)
+    base = torch.zeros(4 * world, 3, device="tpu")
+    out = base[::2]
+    out[0:2].fill_(rank + 1.0)
+    dist.all_gather_into_tensor(out, out[0:2])
+    same(out, ranks.repeat_interleave(2)[:, None].expand(2 * world, 3), "all_gather_into_tensor into a view of its strided input")
+    base = torch.zeros(4 * world, 3, device="tpu")
+    out = base[::2]
+    out.fill_(rank + 1.0)
+    dist.reduce_scatter_tensor(out[0:2], out)
+    same(out[0:2], torch.full((2, 3), ranks.sum().item()), "reduce_scatter_tensor into a view of its strided input")
+    base = torch.zeros(4 * world, 3, device="tpu")
+    out = base[::2]
+    out.fill_(rank + 1.0)
+    dist.all_to_all_single(out, out)
+    same(out, ranks.repeat_interleave(2)[:, None].expand(2 * world, 3), "all_to_all_single of a strided view in place")
+    same(base[1::2], torch.zeros(2 * world, 3), "the rows between a strided view's")
+
+
 def _coalescing_manager_all_reduce(tensors, op):
     with dist._coalescing_manager():
         for tensor in tensors:
@@ -379,7 +401,7 @@ def run():
     rank, world = dist.get_rank(), dist.get_world_size()
     assert dist.group.WORLD.name() == "ici", dist.group.WORLD.name()
     gloo = dist.new_group(backend="gloo")
-    for check in (check_all_reduce, check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
+    for check in (check_all_reduce, check_strided_inputs_are_only_read, check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
                   check_functional_collectives, check_dispatcher_modes_see_every_collective, check_cpu_tensors_use_gloo,
                   check_costs_are_charged):
         check()
