@@ -140,6 +140,11 @@ def check_all_reduce():
     dist.reduce_scatter_tensor(chunk, source, op=dist._make_nccl_premul_sum(0.5))
     assert chunk.cpu().tolist() == [0.5 * sum(range(1, world + 1))] * 2
     assert source.cpu().tolist() == [float(rank + 1)] * (2 * world)  # the input is left as it was
+    for dtype in (torch.bfloat16, torch.float16):  # scaled in a float32 copy, which stays a copy
+        source, chunk = torch.full((2 * world,), 2.0, dtype=dtype, device="tpu"), torch.empty(2, dtype=dtype, device="tpu")
+        dist.reduce_scatter_tensor(chunk, source, op=dist._make_nccl_premul_sum(0.5))
+        same(chunk, torch.full((2,), float(world), dtype=dtype), f"PREMUL_SUM reduce_scatter_tensor of {dtype}")
+        same(source, torch.full((2 * world,), 2.0, dtype=dtype), f"the {dtype} input of a PREMUL_SUM reduce_scatter_tensor")
 
 
 def check_strided_inputs_are_only_read():
