@@ -169,6 +169,29 @@ def check_strided_inputs_are_only_read():
     same(base[1::2], torch.zeros(2 * world, 3), "the rows between a strided view's")
 
 
+def check_expanded_outputs_are_refused():
+    """A collective writing an expanded tensor raises CPU's in-place error (its elements share memory,
+    so the result could not be kept); reading one is fine (check_all_reduce gathers one)."""
+    try:
+        torch.zeros(1).expand(3).add_(1)
+    except RuntimeError as error:
+        expected = str(error)
+    for what, collective in (
+        ("all_reduce", lambda x: dist.all_reduce(x)),
+        ("broadcast", lambda x: dist.broadcast(x, 0)),
+        ("all_gather_into_tensor", lambda x: dist.all_gather_into_tensor(x, torch.ones(1, device="tpu"))),
+    ):
+        mine = torch.full((1,), float(rank + 1), device="tpu")
+        written = mine.expand(world)
+        try:
+            collective(written)
+        except RuntimeError as error:
+            assert str(error) == expected, (what, str(error))
+        else:
+            raise AssertionError(f"{what} into an expanded tensor on rank {rank} kept {written.cpu().tolist()} without a word")
+        same(mine, torch.tensor([rank + 1.0]), f"the expanded output of {what}")
+
+
 def _coalescing_manager_all_reduce(tensors, op):
     with dist._coalescing_manager():
         for tensor in tensors:
@@ -406,7 +429,8 @@ def run():
     rank, world = dist.get_rank(), dist.get_world_size()
     assert dist.group.WORLD.name() == "ici", dist.group.WORLD.name()
     gloo = dist.new_group(backend="gloo")
-    for check in (check_all_reduce, check_strided_inputs_are_only_read, check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
+    for check in (check_all_reduce, check_strided_inputs_are_only_read, check_expanded_outputs_are_refused,
+                  check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
                   check_functional_collectives, check_dispatcher_modes_see_every_collective, check_cpu_tensors_use_gloo,
                   check_costs_are_charged):
         check()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .. import _tensor
+from ..ops._overlap import check_no_internal_overlap
 
 _REDUCED_AS = {
     torch.bfloat16: torch.float32, torch.float16: torch.float32, torch.float8_e4m3fn: torch.float32,
@@ -73,15 +74,15 @@ class HostTensor:
         """``written``: whether the collective writes ``tensor`` (an output, or reduced in place)."""
         self.tensor, self.written = tensor, written
         self._alias = self._strided = self._contiguous = None
+        if tensor.device.type == "tpu" and written:  # CPU's in-place error: one result per element, not per byte
+            check_no_internal_overlap(tensor)
         if tensor.device.type != "tpu" or not has_bytes(tensor):
             self.host = tensor if tensor.device.type != "tpu" else None
             return
         alias = host_alias(tensor)
-        if not alias.is_contiguous():
-            contiguous = alias.contiguous()
-            if torch._debug_has_internal_overlap(alias) != 1:  # an expanded view can only be read
-                self._strided, self._contiguous = alias, contiguous
-            alias = contiguous
+        if not alias.is_contiguous():  # an expanded input is read through its copy too
+            self._strided, self._contiguous = alias, alias.contiguous()
+            alias = self._contiguous
         if unsigned_order:  # max/min of uint64: flip the sign bit so that signed order is unsigned order
             self.host, self._alias = alias.view(torch.int64) ^ _SIGN_BIT, alias
         elif reducing and tensor.dtype in _REDUCED_AS:
