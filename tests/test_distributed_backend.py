@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from torch_tpu.distributed.work import Work
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "distributed"))
 from launch import spawn_ranks  # noqa: E402
 
@@ -61,3 +63,23 @@ def test_comm_debug_mode_counts_a_tensor_parallel_step_as_with_gloo():
     for rank, (code, stdout, stderr) in enumerate(results):
         assert code == 0, f"rank {rank} failed ({code}):\n{stdout}\n{stderr[-6000:]}"
         assert f"rank {rank}: comm counts ok" in stdout and "'c10d.allreduce_': 1" in stdout, stdout
+
+
+def test_polling_a_work_never_raises_and_wait_raises_what_went_wrong():
+    """c10d's contract: is_completed() only reports; the error of bringing results back surfaces at wait()."""
+    class Finished:  # a transport's handle whose bytes have arrived
+        def is_completed(self):
+            return True
+
+        def wait(self):
+            return True
+
+    class FailingCopy:
+        def finish(self):
+            raise ValueError("the copy back to HBM failed")
+
+    work = Work("all_reduce on rank 0", [Finished()], [FailingCopy()])
+    assert work.is_completed() and not work.is_success()
+    with pytest.raises(ValueError, match="the copy back to HBM failed"):
+        work.wait()
+    assert isinstance(work.exception(), ValueError)

@@ -140,6 +140,56 @@ def check_all_reduce():
     dist.reduce_scatter_tensor(chunk, source, op=dist._make_nccl_premul_sum(0.5))
     assert chunk.cpu().tolist() == [0.5 * sum(range(1, world + 1))] * 2
     assert source.cpu().tolist() == [float(rank + 1)] * (2 * world)  # the input is left as it was
+    for dtype in (torch.bfloat16, torch.float16):  # scaled in a float32 copy, which stays a copy
+        source, chunk = torch.full((2 * world,), 2.0, dtype=dtype, device="tpu"), torch.empty(2, dtype=dtype, device="tpu")
+        dist.reduce_scatter_tensor(chunk, source, op=dist._make_nccl_premul_sum(0.5))
+        same(chunk, torch.full((2,), float(world), dtype=dtype), f"PREMUL_SUM reduce_scatter_tensor of {dtype}")
+        same(source, torch.full((2 * world,), 2.0, dtype=dtype), f"the {dtype} input of a PREMUL_SUM reduce_scatter_tensor")
+
+
+def check_strided_inputs_are_only_read():
+    """A strided input is read through a contiguous copy that never goes back to HBM: where the input
+    is a view of the output, the output holds the result (as gloo and contiguous tpu tensors give)."""
+    ranks = torch.arange(1.0, world + 1)
+    base = torch.zeros(4 * world, 3, device="tpu")
+    out = base[::2]
+    out[0:2].fill_(rank + 1.0)
+    dist.all_gather_into_tensor(out, out[0:2])
+    same(out, ranks.repeat_interleave(2)[:, None].expand(2 * world, 3), "all_gather_into_tensor into a view of its strided input")
+    base = torch.zeros(4 * world, 3, device="tpu")
+    out = base[::2]
+    out.fill_(rank + 1.0)
+    dist.reduce_scatter_tensor(out[0:2], out)
+    same(out[0:2], torch.full((2, 3), ranks.sum().item()), "reduce_scatter_tensor into a view of its strided input")
+    base = torch.zeros(4 * world, 3, device="tpu")
+    out = base[::2]
+    out.fill_(rank + 1.0)
+    dist.all_to_all_single(out, out)
+    same(out, ranks.repeat_interleave(2)[:, None].expand(2 * world, 3), "all_to_all_single of a strided view in place")
+    same(base[1::2], torch.zeros(2 * world, 3), "the rows between a strided view's")
+
+
+def check_expanded_outputs_are_refused():
+    """A collective writing an expanded tensor raises CPU's in-place error (its elements share memory,
+    so the result could not be kept); reading one is fine (check_all_reduce gathers one)."""
+    try:
+        torch.zeros(1).expand(3).add_(1)
+    except RuntimeError as error:
+        expected = str(error)
+    for what, collective in (
+        ("all_reduce", lambda x: dist.all_reduce(x)),
+        ("broadcast", lambda x: dist.broadcast(x, 0)),
+        ("all_gather_into_tensor", lambda x: dist.all_gather_into_tensor(x, torch.ones(1, device="tpu"))),
+    ):
+        mine = torch.full((1,), float(rank + 1), device="tpu")
+        written = mine.expand(world)
+        try:
+            collective(written)
+        except RuntimeError as error:
+            assert str(error) == expected, (what, str(error))
+        else:
+            raise AssertionError(f"{what} into an expanded tensor on rank {rank} kept {written.cpu().tolist()} without a word")
+        same(mine, torch.tensor([rank + 1.0]), f"the expanded output of {what}")
 
 
 def _coalescing_manager_all_reduce(tensors, op):
@@ -379,7 +429,8 @@ def run():
     rank, world = dist.get_rank(), dist.get_world_size()
     assert dist.group.WORLD.name() == "ici", dist.group.WORLD.name()
     gloo = dist.new_group(backend="gloo")
-    for check in (check_all_reduce, check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
+    for check in (check_all_reduce, check_strided_inputs_are_only_read, check_expanded_outputs_are_refused,
+                  check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
                   check_functional_collectives, check_dispatcher_modes_see_every_collective, check_cpu_tensors_use_gloo,
                   check_costs_are_charged):
         check()

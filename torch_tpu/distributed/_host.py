@@ -7,7 +7,9 @@ and offset). Three cases need a copy:
 - a strided (non-contiguous) view goes through a contiguous copy: gloo reads and writes a tensor's
   ``numel`` elements from its data pointer whatever its strides, so on CPU tensors it reduces the
   wrong elements of ``x[:, ::2]`` and gathers a transposed input in memory order, without a word
-  (NCCL refuses such tensors); on tpu the collective sees the view's elements, as one device would;
+  (NCCL refuses such tensors); on tpu the collective sees the view's elements, as one device would.
+  Only a tensor the collective writes gets its copy back: an input's copy is stale (or scaled, for
+  PREMUL_SUM) where the input overlaps the output, and must not overwrite the result;
 
 - a reduction in bfloat16, float16 or FP8 is done in float32 and rounded once at the end (as
   PyTorch's CPU ops compute in their opmath type), complex32 in complex64, and unsigned types
@@ -22,6 +24,7 @@ import numpy as np
 import torch
 
 from .. import _tensor
+from ..ops._overlap import check_no_internal_overlap
 
 _REDUCED_AS = {
     torch.bfloat16: torch.float32, torch.float16: torch.float32, torch.float8_e4m3fn: torch.float32,
@@ -65,20 +68,21 @@ def host_alias(tensor):
 class HostTensor:
     """What the transport works on for one tensor argument, and how its result returns to the chip."""
 
-    __slots__ = ("tensor", "host", "_alias", "_strided", "_contiguous")
+    __slots__ = ("tensor", "written", "host", "_alias", "_strided", "_contiguous")
 
-    def __init__(self, tensor, reducing=False, unsigned_order=False):
-        self.tensor = tensor
+    def __init__(self, tensor, written, reducing=False, unsigned_order=False):
+        """``written``: whether the collective writes ``tensor`` (an output, or reduced in place)."""
+        self.tensor, self.written = tensor, written
         self._alias = self._strided = self._contiguous = None
+        if tensor.device.type == "tpu" and written:  # CPU's in-place error: one result per element, not per byte
+            check_no_internal_overlap(tensor)
         if tensor.device.type != "tpu" or not has_bytes(tensor):
             self.host = tensor if tensor.device.type != "tpu" else None
             return
         alias = host_alias(tensor)
-        if not alias.is_contiguous():
-            contiguous = alias.contiguous()
-            if torch._debug_has_internal_overlap(alias) != 1:  # an expanded view can only be read
-                self._strided, self._contiguous = alias, contiguous
-            alias = contiguous
+        if not alias.is_contiguous():  # an expanded input is read through its copy too
+            self._strided, self._contiguous = alias, alias.contiguous()
+            alias = self._contiguous
         if unsigned_order:  # max/min of uint64: flip the sign bit so that signed order is unsigned order
             self.host, self._alias = alias.view(torch.int64) ^ _SIGN_BIT, alias
         elif reducing and tensor.dtype in _REDUCED_AS:
@@ -89,7 +93,9 @@ class HostTensor:
             self.host = _MOVED_AS[tensor.dtype](alias) if tensor.dtype in _MOVED_AS else alias
 
     def finish(self):
-        """Bring a computed copy back to HBM, rounding once to the tensor's dtype."""
+        """Bring a computed copy of a written tensor back to HBM, rounding once to the tensor's dtype."""
+        if not self.written:
+            return
         if self._alias is not None:
             if self.host.dtype == torch.int64 and self._alias.dtype == torch.uint64:
                 self._alias.view(torch.int64).copy_(self.host ^ _SIGN_BIT)

@@ -238,7 +238,7 @@ class ProcessGroupICI(dist.ProcessGroup):
         if op == RedOpType.PREMUL_SUM and tensors and tensors[0].device.type == "cpu":
             raise error("ReduceOp.PREMUL_SUM is not supported for CPU tensors (gloo)")
         unsigned_order = op in (RedOpType.MAX, RedOpType.MIN)
-        hosts = [HostTensor(t, reducing=True, unsigned_order=unsigned_order and t.dtype == torch.uint64) for t in tensors]
+        hosts = [HostTensor(t, written=role != "input", reducing=True, unsigned_order=unsigned_order and t.dtype == torch.uint64) for t in tensors]
         if op != RedOpType.PREMUL_SUM or role == "output":
             return hosts, options
         factor = options.reduceOp.factor
@@ -251,8 +251,8 @@ class ProcessGroupICI(dist.ProcessGroup):
         return hosts, summing
 
     @staticmethod
-    def _hosts(tensors):
-        return [HostTensor(t) for t in tensors]
+    def _hosts(tensors, written):
+        return [HostTensor(t, written) for t in tensors]
 
     # --- collectives ----------------------------------------------------------------------------
 
@@ -277,7 +277,7 @@ class ProcessGroupICI(dist.ProcessGroup):
     def _broadcast(self, tensors, opts):
         error, on_tpu = self._start("broadcast", tensors, tensors[0] if tensors else None, root=opts.rootRank)
         checks.rank_in_group(error, opts.rootRank, self.size(), "the root")
-        hosts = self._hosts(tensors)
+        hosts = self._hosts(tensors, written=True)
         return self._launch("broadcast", error, on_tpu, lambda: self._transport.broadcast([h.host for h in hosts], opts),
                             hosts, tensors, _nbytes(tensors))
 
@@ -285,8 +285,8 @@ class ProcessGroupICI(dist.ProcessGroup):
         outputs = [t for group in output_lists for t in group]
         error, on_tpu = self._start("all_gather", [*inputs, *outputs], inputs[0] if inputs else None)
         checks.one_per_rank(error, inputs, output_lists, self.size(), "output")
-        hosts = [self._hosts(group) for group in output_lists]
-        sources = self._hosts(inputs)
+        hosts = [self._hosts(group, written=True) for group in output_lists]
+        sources = self._hosts(inputs, written=False)
         return self._launch(
             "all_gather", error, on_tpu,
             lambda: self._transport.allgather([[h.host for h in group] for group in hosts], [h.host for h in sources], opts),
@@ -296,7 +296,7 @@ class ProcessGroupICI(dist.ProcessGroup):
         error, on_tpu = self._start("all_gather_into_tensor", [output, tensor], tensor)
         checks.same_dtype(error, tensor, [output])
         checks.sized(error, output, tensor, self.size(), "output", "input")
-        target, source = HostTensor(output), HostTensor(tensor)
+        target, source = HostTensor(output, written=True), HostTensor(tensor, written=False)
         gathered = _as_concatenation(target.host, source.host, self.size()) if on_tpu else target.host
         return self._launch("all_gather_into_tensor", error, on_tpu,
                             lambda: self._transport._allgather_base(gathered, source.host, opts),
@@ -348,7 +348,7 @@ class ProcessGroupICI(dist.ProcessGroup):
         checks.splits(error, tensor, input_splits, self.size(), "input")
         checks.splits(error, output, output_splits, self.size(), "output")
         self._agree_on_splits(error, list(input_splits), list(output_splits))
-        target, source = HostTensor(output), HostTensor(tensor)
+        target, source = HostTensor(output, written=True), HostTensor(tensor, written=False)
         return self._launch(
             "all_to_all_single", error, on_tpu,
             lambda: self._transport.alltoall_base(target.host, source.host, list(output_splits), list(input_splits), opts),
@@ -360,7 +360,7 @@ class ProcessGroupICI(dist.ProcessGroup):
         checks.list_length(error, inputs, self.size(), "input")
         checks.list_length(error, outputs, self.size(), "output")
         checks.same_dtype(error, inputs[0], [*inputs, *outputs], "tensor")
-        targets, sources = self._hosts(outputs), self._hosts(inputs)
+        targets, sources = self._hosts(outputs, written=True), self._hosts(inputs, written=False)
         return self._launch("all_to_all", error, on_tpu,
                             lambda: self._transport.alltoall([h.host for h in targets], [h.host for h in sources], opts),
                             [*targets, *sources], outputs, _nbytes(inputs) * self.size())
@@ -369,8 +369,8 @@ class ProcessGroupICI(dist.ProcessGroup):
         inputs = [t for group in input_lists for t in group]
         error, on_tpu = self._start("scatter", [*outputs, *inputs], outputs[0] if outputs else None, root=opts.rootRank)
         checks.root_list(error, opts.rootRank, self.rank(), self.size(), outputs, input_lists, "scatter")
-        targets = self._hosts(outputs)
-        sources = [self._hosts(group) for group in input_lists]
+        targets = self._hosts(outputs, written=True)
+        sources = [self._hosts(group, written=False) for group in input_lists]
         return self._launch(
             "scatter", error, on_tpu,
             lambda: self._transport.scatter([h.host for h in targets], [[h.host for h in g] for g in sources], opts),
@@ -380,8 +380,8 @@ class ProcessGroupICI(dist.ProcessGroup):
         outputs = [t for group in output_lists for t in group]
         error, on_tpu = self._start("gather", [*inputs, *outputs], inputs[0] if inputs else None, root=opts.rootRank)
         checks.root_list(error, opts.rootRank, self.rank(), self.size(), inputs, output_lists, "gather")
-        targets = [self._hosts(group) for group in output_lists]
-        sources = self._hosts(inputs)
+        targets = [self._hosts(group, written=True) for group in output_lists]
+        sources = self._hosts(inputs, written=False)
         return self._launch(
             "gather", error, on_tpu,
             lambda: self._transport.gather([[h.host for h in g] for g in targets], [h.host for h in sources], opts),
@@ -535,6 +535,7 @@ class ProcessGroupICI(dist.ProcessGroup):
     # --- point to point -------------------------------------------------------------------------
 
     def _point_to_point(self, name, tensors, peer, launch, source_rank=-1):
+        """A send reads ``tensors``, a receive (any other ``name``) writes them."""
         error = self._error(name)
         checks.same_device(error, tensors)
         if peer is not None:
@@ -542,7 +543,7 @@ class ProcessGroupICI(dist.ProcessGroup):
             if peer == self.rank():
                 raise error("a rank cannot send to or receive from itself", ValueError)
         on_tpu = bool(tensors) and tensors[0].device.type == "tpu"
-        hosts = self._hosts(tensors)
+        hosts = self._hosts(tensors, written=name != "send")
         charged = None
         if on_tpu:
             torus, nbytes = self._torus, _nbytes(tensors)

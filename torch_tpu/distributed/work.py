@@ -36,11 +36,15 @@ class Work(dist.Work):
         try:
             for pending in self._pending:
                 pending.wait()
+            for host in self._host_tensors:
+                host.finish()
         except RuntimeError as error:
             self._exception = type(error)(f"{self._describe} failed: {error}")
             raise self._exception from error
-        for host in self._host_tensors:
-            host.finish()
+        except Exception as error:  # kept as it is: its class may take other arguments than a message
+            error.add_note(f"{self._describe} failed")
+            self._exception = error
+            raise
         self._finished = True
 
     def wait(self, timeout=None):
@@ -58,8 +62,8 @@ class Work(dist.Work):
             return False
         try:
             self._finish()
-        except RuntimeError:
-            pass  # kept in self._exception: wait() raises it
+        except Exception:
+            pass  # kept in self._exception: wait() raises it, as c10d's Work does; polling never raises
         return True
 
     def is_success(self):
