@@ -286,49 +286,57 @@ def max_pool_backward_array(grad, indices, in_shape, n_spatial):
     return summed.reshape(in_shape)
 
 
+def window_elements(window, reverse=False):
+    """Per element of the kernel, row-major, the slices of the padded input it reads in every window."""
+    per_dim = (window.offsets(dim) for dim in range(len(window.in_sizes)))
+    return itertools.product(*(reversed(offsets) if reverse else offsets for offsets in per_dim))
+
+
 def window_sum(x, window):
-    """Each window's sum, summed along one spatial dim at a time (of the zero-padded input)."""
+    """Each window's sum as CPU's average pools make it: from +0.0, adding the window's elements one by one,
+    row-major (a separable or pairwise sum rounds differently)."""
     n = len(window.in_sizes)
+    lead = x.shape[:x.ndim - n]
     if window.is_global():
-        return x.reshape(x.shape[:x.ndim - n] + (-1,)).sum(axis=-1).reshape(x.shape[:x.ndim - n] + (1,) * n)
-    total = window.pad(x, 0)
-    for dim in reversed(range(n)):
-        axis, partial = x.ndim - n + dim, total
-        slices = [partial[spatial_index(axis, index)] for index in window.offsets(dim)]
-        total = slices[0].copy()
-        for values in slices[1:]:
-            total += values
+        total = np.add.accumulate(x.reshape(lead + (-1,)), axis=-1)[..., -1:]
+        total += 0  # from +0.0: a window of -0.0 sums to +0.0
+        return total.reshape(lead + (1,) * n)
+    inside = window.pad(x, 0)
+    total = np.zeros(lead + tuple(window.out_sizes), x.dtype)
+    for element in window_elements(window):
+        total += inside[(Ellipsis,) + element]
     return total
 
 
 def window_spread(share, in_shape, window):
-    """The adjoint of ``window_sum``: every input element gets the sum of the shares of the windows holding it."""
+    """The adjoint of ``window_sum`` as CPU's backward makes it: every input element gets, from +0.0, the shares
+    of the windows holding it added one by one, windows in row-major order (so kernel elements in reverse)."""
     n = len(window.in_sizes)
     if window.is_global():
-        return np.broadcast_to(share, in_shape)
-    lead = len(in_shape) - n
-    for dim in range(n):
-        axis = lead + dim
-        spread = np.zeros(share.shape[:axis] + (window.in_sizes[dim] + window.padding[dim] + window.pad_after[dim],)
-                          + share.shape[axis + 1:], share.dtype)
-        for index in window.offsets(dim):
-            spread[spatial_index(axis, index)] += share
-        share = spread
-    return share[(Ellipsis,) + tuple(slice(p, p + i) for p, i in zip(window.padding, window.in_sizes))]
+        return np.broadcast_to(share + 0, in_shape)
+    lead = tuple(in_shape[:len(in_shape) - n])
+    spread = np.zeros(lead + tuple(i + p + a for i, p, a in zip(window.in_sizes, window.padding, window.pad_after)),
+                      share.dtype)
+    for element in window_elements(window, reverse=True):
+        spread[(Ellipsis,) + element] += share
+    return spread[(Ellipsis,) + tuple(slice(p, p + i) for p, i in zip(window.padding, window.in_sizes))]
+
+
+def divide_by_counts(values, divisor):
+    """Windows' values divided by their element counts in the values' own dtype, as CPU divides: integer
+    averages truncate toward zero, as C++ division does (an integer array of counts must not widen floats)."""
+    if values.dtype.kind in "iu":
+        return trunc_divide(values, np.asarray(divisor, values.dtype))
+    return np.divide(values, divisor, dtype=values.dtype)
 
 
 def avg_pool_arrays(x, window, count_include_pad, divisor_override):
-    total = window_sum(x, window)
-    divisor = divisor_override or window.avg_divisor(count_include_pad)
-    if total.dtype.kind in "iu":  # integer averages truncate toward zero, as C++ division does
-        return trunc_divide(total, np.asarray(divisor, total.dtype))
-    total /= divisor
-    return total
+    return divide_by_counts(window_sum(x, window), divisor_override or window.avg_divisor(count_include_pad))
 
 
 def avg_pool_backward_array(grad, in_shape, window, count_include_pad, divisor_override):
-    divisor = divisor_override or window.avg_divisor(count_include_pad)
-    return window_spread(grad / divisor, in_shape, window)
+    share = divide_by_counts(grad, divisor_override or window.avg_divisor(count_include_pad))
+    return window_spread(share, in_shape, window)
 
 
 # the name 3-d pools' shape checks give themselves in CPU's errors (Meta checks the 2-d pools)
