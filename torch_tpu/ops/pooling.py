@@ -298,7 +298,10 @@ def window_sum(x, window):
     n = len(window.in_sizes)
     lead = x.shape[:x.ndim - n]
     if window.is_global():
-        total = np.add.accumulate(x.reshape(lead + (-1,)), axis=-1)[..., -1:]
+        # the window's elements as rows: NumPy reduces an outer axis row after row, in order (pairwise sums are
+        # only along the innermost axis)
+        elements = np.ascontiguousarray(np.moveaxis(x.reshape(lead + (-1,)), -1, 0))
+        total = np.add.reduce(elements, axis=0)
         total += 0  # from +0.0: a window of -0.0 sums to +0.0
         return total.reshape(lead + (1,) * n)
     inside = window.pad(x, 0)
