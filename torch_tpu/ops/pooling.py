@@ -451,13 +451,19 @@ def plain_pool2d(self, kernel_size, stride=(), padding=(0,), dilation=(1,), ceil
     return plain_pool2d_sizes(self, kernel_size, stride, padding, dilation, ceil_mode) is not None
 
 
+def plain_gradient(grad_output, self, sizes):
+    """Whether a 2-d pool's output gradient suits its backward's direct launch: pooled ``sizes`` the meta function
+    accepts, and a tpu gradient of the output's shape and the input's dtype."""
+    return (sizes is not None and grad_output.dtype is self.dtype
+            and tuple(grad_output.shape) == (*self.shape[:2], *sizes) and is_tpu(grad_output))
+
+
 def plain_pool2d_backward(grad_output, self, kernel_size, stride, padding, dilation, ceil_mode, indices):
-    """Whether the backward's meta function accepts the call (``plain_pool2d_sizes``, and a gradient and indices of
-    the output's shape, dtype and device) and lays the input's gradient out contiguously."""
+    """Whether the backward's meta function accepts the call (``plain_gradient``, and tpu int64 indices of the
+    gradient's shape) and lays the input's gradient out contiguously."""
     sizes = plain_pool2d_sizes(self, kernel_size, stride, padding, dilation, ceil_mode)
-    return (sizes is not None and grad_output.dtype is self.dtype and indices.dtype is torch.int64
-            and tuple(grad_output.shape) == tuple(indices.shape) == (*self.shape[:2], *sizes)
-            and is_tpu(grad_output) and is_tpu(indices))
+    return (plain_gradient(grad_output, self, sizes) and indices.dtype is torch.int64
+            and indices.shape == grad_output.shape and is_tpu(indices))
 
 
 # ResNet's stem pool and its backward, each one launch into new contiguous results, which the kernels store themselves
@@ -513,11 +519,10 @@ def plain_avg_pool2d(self, kernel_size, stride=(), padding=(0,), ceil_mode=False
 
 def plain_avg_pool2d_backward(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad,
                               divisor_override):
-    """Whether the backward's meta function accepts the call (``plain_avg_pool2d``'s rule and a gradient of the
-    output's shape and the input's dtype) and lays the input's gradient out contiguously."""
+    """Whether the backward's meta function accepts the call (``plain_avg_pool2d``'s rule and ``plain_gradient``)
+    and lays the input's gradient out contiguously."""
     sizes = plain_pool2d_sizes(self, kernel_size, stride, padding, (1,), ceil_mode)
-    return (divisor_override != 0 and sizes is not None and grad_output.dtype is self.dtype
-            and tuple(grad_output.shape) == (*self.shape[:2], *sizes) and is_tpu(grad_output))
+    return divisor_override != 0 and plain_gradient(grad_output, self, sizes)
 
 
 # EfficientNet's global pool written as a fixed window, and its backward: one launch each into a new contiguous result

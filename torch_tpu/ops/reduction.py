@@ -672,7 +672,7 @@ def _scan_accumuland(self, dtype=None):
     """``self`` as CPU's scans read it: converted to ``dtype``, widened to the scan's accumulator."""
     array = _accumuland(self, dtype)
     accumulator = _CPU_SCAN_ACCUMULATOR.get(dtype or self.dtype)
-    return array if accumulator is None else array.astype(accumulator)
+    return array if accumulator is None else array.astype(accumulator, copy=False)
 
 
 def _scan_kernel(accumulate):
