@@ -145,13 +145,32 @@ def test_sparse_mm_and_the_dense_operands_gradient_have_cpus_bits(dtype):
         assert torch.equal(tpu, cpu)
 
 
+@pytest.mark.parametrize("dtype", SPARSE_ADDMM_DTYPES, ids=str)
+def test_dense_times_sparse_and_its_gradient_have_cpus_bits(dtype):
+    sparse = random_sparse(60, (9, 7), dtype, seed=2)
+    dense = torch.randn(4, 9).to(dtype)
+    results = []
+    for device in ("cpu", "tpu"):
+        features = dense.detach().to(device).requires_grad_()
+        product = torch.mm(features, sparse.to(device))
+        product.backward(torch.linspace(-2, 3, 28).view(4, 7).to(dtype).to(device))
+        results.append((product.detach().cpu(), features.grad.cpu()))
+    for cpu, tpu in zip(*results):
+        assert torch.equal(tpu, cpu) and tpu.stride() == cpu.stride()
+
+
 @pytest.mark.parametrize("make", [
     lambda d: torch.mm(torch.sparse_coo_tensor(INDICES, torch.ones(5, 2), (3, 3, 2)).to(d), torch.ones(3, 2, device=d)),
+    lambda d: torch.mm(torch.sparse_coo_tensor(torch.tensor([[0, 1], [2, 7]]), torch.ones(2), (3, 3),
+                                               check_invariants=False).to(d), torch.ones(3, 2, device=d)),
+    lambda d: torch.mm(torch.sparse_coo_tensor(torch.tensor([[0, -1], [2, 0]]), torch.ones(2), (3, 3),
+                                               check_invariants=False).to(d), torch.ones(3, 2, device=d)),
+    lambda d: torch.mm(torch.ones(3, device=d), torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d)),
     lambda d: torch.mm(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(4, 2, device=d)),
     lambda d: torch.mm(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(3, 2, device=d).double()),
     lambda d: torch.addmm(torch.ones(3, 2, dtype=torch.float64, device=d),
                           torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(3, 2, device=d)),
-], ids=["hybrid", "sizes", "mat2_dtype", "self_dtype"])
+], ids=["hybrid", "column_bound", "row_bound", "dense_1d_times_sparse", "sizes", "mat2_dtype", "self_dtype"])
 def test_sparse_mm_refuses_what_cpu_refuses(make):
     check_same_error(make)
 
