@@ -16,7 +16,7 @@ from torch._prims_common import make_channels_last_strides_for
 
 from .. import _C
 from .._cost import charged
-from . import _registry, random
+from . import _registry, pointwise, random
 from .._errors import not_implemented_for, raise_cpu_error, scalar_type_name
 from .._tensor import is_tpu, numpy_dtype
 from ._common import (all_contiguous, as_numpy, castable, channel_sums, converted, empty, empty_like_strides, ones,
@@ -1098,7 +1098,7 @@ register("huber_loss_backward", "huber_loss_backward.out")(
 
 # log terms are clamped at -100 so a probability of exactly 0 or 1 gives a finite loss
 BCE_LOG_FLOOR = -100
-BCE_GRAD_EPSILON = 1e-12
+BCE_GRAD_EPSILON = np.float32(1e-12)  # a float constant in CPU's kernel, for double inputs too
 
 
 def check_probabilities(x):
@@ -1106,35 +1106,44 @@ def check_probabilities(x):
         raise RuntimeError("all elements of input should be between 0 and 1")
 
 
+def loop_rounding(dtype, compute_dtype):
+    """What CPU's scalar loop does to each operation's result: over ``c10::BFloat16``/``Half`` values it rounds
+    to the 16-bit dtype; over float and double the arithmetic already happens in the dtype."""
+    return rounding_through(numpy_dtype(dtype), compute_dtype) if dtype in (torch.bfloat16, torch.float16) else np.asarray
+
+
+def bce_elementwise(x, t, rounded):
+    """CPU's binary_cross_entropy loop, ``(t - 1) * max(log1p(-x), -100) - t * max(log(x), -100)``."""
+    log_x = np.maximum(rounded(pointwise.log(x)), BCE_LOG_FLOOR)
+    log_1mx = np.maximum(rounded(pointwise.real_log1p(-x)), BCE_LOG_FLOOR)
+    return rounded(rounded(rounded(t - 1) * log_1mx) - rounded(t * log_x))
+
+
 @register("binary_cross_entropy", "binary_cross_entropy.out")
 def binary_cross_entropy(self, target, weight=None, reduction=REDUCTION_MEAN, *, out=None):
     x, t = opmath_operand(self), opmath_operand(target)
     check_probabilities(x)
-    loss = (t - 1) * np.maximum(np.log1p(-x), BCE_LOG_FLOOR) - t * np.maximum(np.log(x), BCE_LOG_FLOOR)
-    loss = reduce_loss(scaled(loss, optional_operand(weight)), reduction)
+    rounded = loop_rounding(self.dtype, x.dtype)
+    # CPU multiplies by the weight in a separate op (loss.mul_(weight)), which rounds once more
+    loss = reduce_loss(rounded(scaled(bce_elementwise(x, t, rounded), optional_operand(weight))), reduction)
     return store(loss, self.dtype, out=out, dtype_rule=exact_dtype)
 
 
-def bce_gradient_rounded(x, t, grad, weight, reduction, dtype):
-    """CPU's bf16/fp16 binary_cross_entropy_backward: ``grad * (x - t) / max((1 - x) * x, eps)`` over 16-bit
-    scalars, then times the weight and divided by numel for a mean, each step rounded to the dtype."""
-    rounded = rounding_through(dtype, x.dtype)
-    denominator = np.maximum(rounded(rounded(1 - x) * x), rounded(BCE_GRAD_EPSILON))
+def bce_gradient(x, t, grad, weight, reduction, rounded):
+    """CPU's binary_cross_entropy_backward: ``grad * (x - t) / max((1 - x) * x, eps)`` in its loop, then times the
+    weight and divided by numel for a mean, each a separate op."""
+    denominator = np.maximum(rounded(rounded(1 - x) * x), rounded(np.asarray(BCE_GRAD_EPSILON, x.dtype)))
     result = rounded(rounded(grad * rounded(x - t)) / denominator)
     if weight is not None:
         result = rounded(result * weight)
-    return rounded(result / x.size) if reduction == REDUCTION_MEAN else result
+    return rounded(result / np.asarray(x.size, x.dtype)) if reduction == REDUCTION_MEAN else result
 
 
 @register("binary_cross_entropy_backward", "binary_cross_entropy_backward.grad_input")
 def binary_cross_entropy_backward(grad_output, self, target, weight=None, reduction=REDUCTION_MEAN, *,
                                   grad_input=None):
     x, t = opmath_operand(self), opmath_operand(target)
-    if self.dtype in (torch.bfloat16, torch.float16):
-        result = bce_gradient_rounded(x, t, opmath_operand(grad_output), optional_operand(weight), reduction,
-                                      numpy_dtype(self.dtype))
-    else:
-        grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
-        result = scaled(grad * (x - t) / np.maximum((1 - x) * x, BCE_GRAD_EPSILON), optional_operand(weight))
+    result = bce_gradient(x, t, opmath_operand(grad_output), optional_operand(weight), reduction,
+                          loop_rounding(self.dtype, x.dtype))
     result = np.broadcast_to(result, x.shape)
     return store(result, self.dtype, out=grad_input, dtype_rule=exact_dtype)
