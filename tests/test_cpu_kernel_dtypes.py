@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from differential import check_same_error
 
-DTYPES = [torch.bool, torch.uint8, torch.int32, torch.int64, torch.float16, torch.float32, torch.float64,
-          torch.complex64]
+DTYPES = [torch.bool, torch.uint8, torch.int32, torch.int64, torch.float16, torch.bfloat16, torch.float32,
+          torch.float64, torch.complex64]
 
 
 def _ones(device, shape, dtype):
@@ -29,6 +29,10 @@ CALLS = {
     "replication_pad1d": lambda d, t: F.pad(_ones(d, (1, 2, 3), t), (1, 2), mode="replicate"),
     "replication_pad3d_out": lambda d, t: torch.ops.aten.replication_pad3d.out(
         _ones(d, (1, 1, 2, 2, 2), t), [1, 1, 1, 1, 1, 1], out=torch.empty(0, dtype=t, device=d)),
+    "multi_margin_loss": lambda d, t: F.multi_margin_loss(_ones(d, (2, 3), t), torch.tensor([1, 0], device=d)),
+    "multilabel_margin_loss": lambda d, t: F.multilabel_margin_loss(
+        _ones(d, (2, 3), t), torch.tensor([[1, -1, 0], [0, -1, 2]], device=d)),
+    "ctc_loss": lambda d, t: F.ctc_loss(_ones(d, (3, 1, 2), t), torch.tensor([[1]], device=d), [3], [1]),
 }
 
 

@@ -1048,6 +1048,8 @@ def test_regression_losses_non_contiguous_and_bf16():
 
 SIXTEEN_BIT_LOSSES = {
     "mse": lambda a, b, reduction: F.mse_loss(a, b, reduction=reduction),
+    "smooth_l1": lambda a, b, reduction: F.smooth_l1_loss(a, b, reduction=reduction, beta=0.7),
+    "huber": lambda a, b, reduction: F.huber_loss(a, b, reduction=reduction, delta=0.7),
     "bce": lambda a, b, reduction: F.binary_cross_entropy(a.sigmoid(), b.sigmoid(), reduction=reduction),
     "bce_weight": lambda a, b, reduction: F.binary_cross_entropy(
         a.sigmoid(), b.sigmoid(), weight=torch.linspace(0.5, 2, 16, dtype=a.dtype, device=a.device), reduction=reduction),
@@ -1057,17 +1059,52 @@ SIXTEEN_BIT_LOSSES = {
 @pytest.mark.parametrize("loss", SIXTEEN_BIT_LOSSES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_loss_gradients_of_16_bit_floats_have_cpus_bits(loss, dtype, reduction):
-    """CPU's mse and binary cross-entropy backward loops round after each operation; rounded once, a sixth (mse)
-    to a half (bce) of the bf16 gradients were one ulp off CPU's."""
-    x, y = torch.randn(4, 16).to(dtype), torch.randn(4, 16).to(dtype)
-    grads = []
+def test_losses_of_16_bit_floats_and_their_gradients_have_cpus_bits(loss, dtype, reduction):
+    """Most of CPU's 16-bit loss loops round after each operation (mse, bf16 huber, fp16 smooth_l1 forward; mse,
+    huber and bce backward) and some convert to float once: rounded once everywhere, a sixth to a half of the
+    bf16 losses or gradients were one ulp off CPU's."""
+    x, y = (torch.randn(4, 16) * 2).to(dtype), torch.randn(4, 16).to(dtype)
+    results = []
     for device in ("cpu", "tpu"):
         a = x.clone().to(device).requires_grad_()
         value = SIXTEEN_BIT_LOSSES[loss](a, y.to(device), reduction)
         value.backward(torch.linspace(-2, 3, value.numel()).view(value.shape).to(dtype).to(device))
-        grads.append(a.grad.cpu())
-    assert torch.equal(grads[1], grads[0])
+        results.append((value.detach().cpu(), a.grad.cpu()))
+    (cpu_value, cpu_grad), (tpu_value, tpu_grad) = results
+    assert torch.equal(tpu_value, cpu_value) and torch.equal(tpu_grad, cpu_grad)
+
+
+BCE_WEIGHTS = {
+    "none": lambda dtype: None,
+    "elementwise": lambda dtype: torch.linspace(0.5, 2, 300).to(dtype),
+    "0d_float32": lambda dtype: torch.tensor(0.3),
+}
+
+
+@pytest.mark.parametrize("weight", BCE_WEIGHTS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_binary_cross_entropy_has_cpus_bits(weight, dtype, reduction):
+    """CPU's loop over 16-bit scalars rounds every operation of the loss (a third of the bf16 losses were an ulp
+    off when rounded once), and its backward divides by the element count last, after the weight. The float32
+    and float64 losses differ only where glibc's scalar log/log1p does from the correctly rounded one (within an
+    ulp, docs/numerics.md)."""
+    probabilities = torch.rand(300, generator=torch.Generator().manual_seed(1)).clamp(0.01, 0.99).to(dtype)
+    probabilities[:2] = torch.tensor([0.0, 1.0])  # log clamp at -100
+    target = torch.rand(300, generator=torch.Generator().manual_seed(2)).to(dtype)
+    results = []
+    for device in ("cpu", "tpu"):
+        p = probabilities.clone().to(device).requires_grad_()
+        w = BCE_WEIGHTS[weight](dtype)
+        loss = F.binary_cross_entropy(p, target.to(device), None if w is None else w.to(device), reduction=reduction)
+        loss.backward(torch.linspace(-2, 3, loss.numel()).view(loss.shape).to(dtype).to(device))
+        results.append((loss.detach().cpu(), p.grad.cpu()))
+    (cpu_loss, cpu_grad), (tpu_loss, tpu_grad) = results
+    assert torch.equal(tpu_grad, cpu_grad)
+    if dtype in (torch.bfloat16, torch.float16):
+        assert torch.equal(tpu_loss, cpu_loss)
+    else:
+        torch.testing.assert_close(tpu_loss, cpu_loss, rtol=2 * torch.finfo(dtype).eps, atol=0)
 
 
 MSE_BACKWARD_MIXED_OPERANDS = {  # (grad_output, self, target): CPU rounds in their common dtype, 0-d tensors weak

@@ -130,28 +130,39 @@ def test_sparse_addmm_has_cpus_bits(nnz, dtype, beta, alpha):
     assert torch.equal(tpu.nan_to_num(), cpu.nan_to_num()) and torch.equal(tpu.signbit(), cpu.signbit())
 
 
+SPARSE_THEN_DENSE = (lambda sparse, dense: torch.sparse.mm(sparse, dense), (7, 9), (9, 4))
+DENSE_THEN_SPARSE = (lambda sparse, dense: torch.mm(dense, sparse), (9, 7), (4, 9))
+
+
 @pytest.mark.parametrize("dtype", SPARSE_ADDMM_DTYPES, ids=str)
-def test_sparse_mm_and_the_dense_operands_gradient_have_cpus_bits(dtype):
-    sparse = random_sparse(60, (7, 9), dtype, seed=1)
-    dense = torch.randn(9, 4).to(dtype)
+@pytest.mark.parametrize("multiply, sparse_shape, dense_shape", [SPARSE_THEN_DENSE, DENSE_THEN_SPARSE],
+                         ids=["sparse_then_dense", "dense_then_sparse"])
+def test_sparse_mm_and_the_dense_operands_gradient_have_cpus_bits(dtype, multiply, sparse_shape, dense_shape):
+    sparse = random_sparse(60, sparse_shape, dtype, seed=1)
+    dense = torch.randn(dense_shape).to(dtype)
     results = []
     for device in ("cpu", "tpu"):
         weight = dense.detach().to(device).requires_grad_()
-        product = torch.sparse.mm(sparse.to(device), weight)
-        product.backward(torch.linspace(-2, 3, 28).view(7, 4).to(dtype).to(device))
-        results.append((product.detach().cpu(), torch.mm(sparse.to(device), dense.to(device)).cpu(),
+        product = multiply(sparse.to(device), weight)
+        product.backward(torch.linspace(-2, 3, 28).view(product.shape).to(dtype).to(device))
+        results.append((product.detach().cpu(), multiply(sparse.to(device), dense.to(device)).cpu(),
                         weight.grad.cpu()))
     for cpu, tpu in zip(*results):
-        assert torch.equal(tpu, cpu)
+        assert torch.equal(tpu, cpu) and tpu.stride() == cpu.stride()
 
 
 @pytest.mark.parametrize("make", [
     lambda d: torch.mm(torch.sparse_coo_tensor(INDICES, torch.ones(5, 2), (3, 3, 2)).to(d), torch.ones(3, 2, device=d)),
+    lambda d: torch.mm(torch.sparse_coo_tensor(torch.tensor([[0, 1], [2, 7]]), torch.ones(2), (3, 3),
+                                               check_invariants=False).to(d), torch.ones(3, 2, device=d)),
+    lambda d: torch.mm(torch.sparse_coo_tensor(torch.tensor([[0, -1], [2, 0]]), torch.ones(2), (3, 3),
+                                               check_invariants=False).to(d), torch.ones(3, 2, device=d)),
+    lambda d: torch.mm(torch.ones(3, device=d), torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d)),
     lambda d: torch.mm(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(4, 2, device=d)),
     lambda d: torch.mm(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(3, 2, device=d).double()),
     lambda d: torch.addmm(torch.ones(3, 2, dtype=torch.float64, device=d),
                           torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(3, 2, device=d)),
-], ids=["hybrid", "sizes", "mat2_dtype", "self_dtype"])
+], ids=["hybrid", "column_bound", "row_bound", "dense_1d_times_sparse", "sizes", "mat2_dtype", "self_dtype"])
 def test_sparse_mm_refuses_what_cpu_refuses(make):
     check_same_error(make)
 

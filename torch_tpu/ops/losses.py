@@ -9,7 +9,7 @@ uninitialised; nothing reads them.
 import numpy as np
 import torch
 
-from .._errors import scalar_type_name
+from .._errors import not_implemented_for, scalar_type_name
 from ._common import opmath_operand, operand, store
 from .nn import REDUCTION_MEAN, REDUCTION_NONE, reduce_loss, register
 
@@ -77,8 +77,15 @@ def per_sample_shape(target, reduction):
     return (target.numel(),) if reduction == REDUCTION_NONE and target.dim() > 0 else ()
 
 
+def check_float_or_double(kernel_name, dtype):
+    """These CPU kernels have loops for float and double only (AT_DISPATCH_FLOATING_TYPES)."""
+    if dtype not in (torch.float32, torch.float64):
+        raise not_implemented_for(kernel_name, dtype)
+
+
 @register("multi_margin_loss")
 def multi_margin_loss(self, target, p=1, margin=1, weight=None, reduction=REDUCTION_MEAN):
+    check_float_or_double("multi_margin_loss_cpu_kernel", self.dtype)
     check_margin_p(p)
     check_multi_margin_shapes(self, target, weight)
     terms, _, _ = multi_margin_terms(self, target, p, margin, weight)
@@ -141,6 +148,7 @@ def multilabel_terms(self, target):
 
 @register("multilabel_margin_loss_forward")
 def multilabel_margin_loss_forward(self, target, reduction):
+    check_float_or_double("multilabel_margin_loss_forward_out_frame", self.dtype)
     terms, _, _, is_target = multilabel_terms(self, target)
     shape = (self.shape[0],) if reduction == REDUCTION_NONE and target.dim() > 1 else ()
     loss = np.reshape(reduce_loss(terms.sum(axis=(1, 2)), reduction), shape)
@@ -274,6 +282,7 @@ class CTCProblem:
 
 @register("_ctc_loss", "_ctc_loss.Tensor")
 def ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=0, zero_infinity=False):
+    check_float_or_double("ctc_loss_cpu", log_probs.dtype)
     problem = CTCProblem(log_probs, targets, input_lengths, target_lengths, blank)
     alpha = problem.log_alpha()
     nll = problem.neg_log_likelihood(alpha)

@@ -16,7 +16,7 @@ from torch._prims_common import make_channels_last_strides_for
 
 from .. import _C
 from .._cost import charged
-from . import _registry, random
+from . import _registry, pointwise, random
 from .._errors import not_implemented_for, raise_cpu_error, scalar_type_name
 from .._tensor import is_tpu, numpy_dtype
 from ._common import (all_contiguous, as_numpy, castable, channel_sums, converted, empty, empty_like_strides, ones,
@@ -985,11 +985,14 @@ def nll_loss2d_backward(grad_output, self, target, weight, reduction, ignore_ind
     return store(result, self.dtype, out=grad_input, dtype_rule=exact_dtype)
 
 
-def pointwise_loss(loss_function, kernel_name, keeps_input_dtype=False):
+def pointwise_loss(loss_function, kernel_name, keeps_input_dtype=False, rounds_each_operation=()):
     """Kernel for a loss that is an elementwise function of (input, target), then reduced. CPU's
     ``kernel_name`` loop computes in the promoted dtype, which must be floating; the loss has that dtype (a
     bf16 prediction against a float32 target gives a float32 loss) or, for ``keeps_input_dtype`` losses, the
-    input's, into which the promoted dtype must cast.
+    input's, into which the promoted dtype must cast. For the 16-bit dtypes in ``rounds_each_operation`` the
+    loop works on ``c10::BFloat16``/``Half`` values, rounding every operation's result (the others convert to
+    float once): the loss is evaluated on 16-bit NumPy arrays, whose arithmetic rounds the same way. A 16-bit
+    elementwise loss is rounded to its dtype before it is reduced.
 
     The dispatcher drops trailing arguments equal to their schema default, so ``loss_function``
     carries the schema's defaults for its extra parameters (beta, delta).
@@ -1002,7 +1005,14 @@ def pointwise_loss(loss_function, kernel_name, keeps_input_dtype=False):
         if not dtype.is_floating_point:
             raise not_implemented_for(kernel_name, dtype)
         x, t = opmath_operand(self), opmath_operand(target)
-        loss = reduce_loss(loss_function(x, t, *args), reduction)
+        if dtype in rounds_each_operation:
+            # the loop's parameters (beta, delta) are scalar_t values too
+            elementwise = loss_function(*in_dtype(dtype, x, t, *args))
+        else:
+            elementwise = loss_function(x, t, *args)
+        if dtype in SIXTEEN_BIT:  # the reduction reads CPU's elementwise loss tensor, of the dtype
+            elementwise = in_dtype(dtype, elementwise)[0].astype(x.dtype)
+        loss = reduce_loss(elementwise, reduction)
         return store(loss, self.dtype if keeps_input_dtype else dtype, out=out, dtype_rule=exact_dtype)
 
     return kernel
@@ -1012,7 +1022,8 @@ def pointwise_loss_backward(gradient_function, one_dtype_op=None, rounded_steps=
     """Kernel for d loss / d input = grad * gradient_function(input, target), shaped like input. Ops
     whose CPU kernel takes only operands of one dtype (huber's TensorIterator checks it) name their
     ``one_dtype_op`` packet, whose CPU error a mix of dtypes gets. ``rounded_steps(x, t, grad, reduction,
-    dtype)``, where given, replays CPU's loop for bfloat16 and float16, which rounds after every operation."""
+    dtype, *args)``, where given, replays CPU's loop for bfloat16 and float16, which rounds after every
+    operation."""
 
     def kernel(grad_output, self, target, reduction, *args, grad_input=None):
         if one_dtype_op is not None and not grad_output.dtype == self.dtype == target.dtype:
@@ -1022,8 +1033,8 @@ def pointwise_loss_backward(gradient_function, one_dtype_op=None, rounded_steps=
         x, t = opmath_operand(self), opmath_operand(target)
         # CPU's TensorIterator computes in the inputs' common dtype (a 0-d tensor is weak), then casts to self's
         compute_dtype = common_dtype(self, target, grad_output)
-        if rounded_steps is not None and compute_dtype in (torch.bfloat16, torch.float16):
-            result = rounded_steps(x, t, opmath_operand(grad_output), reduction, numpy_dtype(compute_dtype))
+        if rounded_steps is not None and compute_dtype in SIXTEEN_BIT:
+            result = rounded_steps(x, t, opmath_operand(grad_output), reduction, compute_dtype, *args)
         else:
             grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
             result = grad * gradient_function(x, t, *args)
@@ -1040,6 +1051,11 @@ def squared_error_gradient(x, t):
     return 2 * (x - t)
 
 
+def in_dtype(dtype, *operands):
+    """``operands`` as NumPy arrays of the 16-bit ``dtype``, whose every operation rounds to it."""
+    return [np.asarray(operand).astype(numpy_dtype(dtype)) for operand in operands]
+
+
 def rounding_through(dtype, compute_dtype):
     """``array`` rounded to the 16-bit ``dtype`` and back: one arithmetic operation of CPU's loops over
     ``c10::BFloat16``/``Half`` scalars and vectors, which round every result they store."""
@@ -1052,12 +1068,10 @@ def rounding_through(dtype, compute_dtype):
 
 def squared_error_gradient_rounded(x, t, grad, reduction, dtype):
     """CPU's bf16/fp16 mse_loss_backward loop: ``alpha * (x - t) * grad`` with alpha = 2 (2 / numel for a mean)
-    held in the dtype, each operation rounded to it, as its ``Vectorized<BFloat16>`` operators round."""
-    rounded = rounding_through(dtype, x.dtype)
-    # the iterator casts every operand to the common dtype first; an empty input's 2 / 0 scales nothing
-    x, t, grad = rounded(x), rounded(t), rounded(grad)
-    alpha = rounded(2 / max(x.size, 1) if reduction == REDUCTION_MEAN else 2)
-    return rounded(rounded(alpha * rounded(x - t)) * grad)
+    held in the dtype, the iterator having cast every operand to it; an empty input's 2 / 0 scales nothing."""
+    alpha = 2 / max(x.size, 1) if reduction == REDUCTION_MEAN else 2
+    x, t, grad, alpha = in_dtype(dtype, x, t, grad, alpha)
+    return (alpha * (x - t) * grad).astype(np.float32)
 
 
 def smooth_l1(x, t, beta=1.0):
@@ -1085,20 +1099,33 @@ def huber_gradient(x, t, delta):
     return np.where(d < -delta, -delta, np.where(d > delta, delta, d))
 
 
+def huber_gradient_rounded(x, t, grad, reduction, dtype, delta=1.0):
+    """CPU's bf16/fp16 huber_loss_backward loop: ``norm * grad * delta`` (negated below -delta) outside the
+    quadratic zone, ``norm * (x - t) * grad`` inside, norm being 1 / numel for a mean, all in the dtype."""
+    norm = 1 / max(x.size, 1) if reduction == REDUCTION_MEAN else 1
+    x, t, grad, norm, delta = in_dtype(dtype, x, t, grad, norm, delta)
+    d = x - t
+    outside = norm * grad * delta
+    return np.where(d <= -delta, -outside, np.where(d >= delta, outside, norm * d * grad)).astype(np.float32)
+
+
 # mse_loss and smooth_l1_loss are structured: only their out= overloads, so PyTorch's meta function checks shapes
-register("mse_loss.out")(pointwise_loss(squared_error, "mse_cpu"))
+SIXTEEN_BIT = frozenset({torch.bfloat16, torch.float16})
+# which 16-bit loops of CPU's loss kernels round every operation (the others compute in float and round once)
+register("mse_loss.out")(pointwise_loss(squared_error, "mse_cpu", rounds_each_operation=SIXTEEN_BIT))
 register("mse_loss_backward", "mse_loss_backward.grad_input")(
     pointwise_loss_backward(squared_error_gradient, rounded_steps=squared_error_gradient_rounded))
-register("smooth_l1_loss.out")(pointwise_loss(smooth_l1, "smooth_l1_cpu"))
+register("smooth_l1_loss.out")(pointwise_loss(smooth_l1, "smooth_l1_cpu", rounds_each_operation={torch.float16}))
 register("smooth_l1_loss_backward", "smooth_l1_loss_backward.grad_input")(pointwise_loss_backward(smooth_l1_gradient))
-register("huber_loss", "huber_loss.out")(pointwise_loss(huber, "huber_cpu", keeps_input_dtype=True))
+register("huber_loss", "huber_loss.out")(
+    pointwise_loss(huber, "huber_cpu", keeps_input_dtype=True, rounds_each_operation={torch.bfloat16}))
 register("huber_loss_backward", "huber_loss_backward.out")(
-    pointwise_loss_backward(huber_gradient, torch.ops.aten.huber_loss_backward))
+    pointwise_loss_backward(huber_gradient, torch.ops.aten.huber_loss_backward, rounded_steps=huber_gradient_rounded))
 
 
 # log terms are clamped at -100 so a probability of exactly 0 or 1 gives a finite loss
 BCE_LOG_FLOOR = -100
-BCE_GRAD_EPSILON = 1e-12
+BCE_GRAD_EPSILON = np.float32(1e-12)  # a float constant in CPU's kernel, for double inputs too
 
 
 def check_probabilities(x):
@@ -1106,35 +1133,44 @@ def check_probabilities(x):
         raise RuntimeError("all elements of input should be between 0 and 1")
 
 
+def loop_rounding(dtype, compute_dtype):
+    """What CPU's scalar loop does to each operation's result: over ``c10::BFloat16``/``Half`` values it rounds
+    to the 16-bit dtype; over float and double the arithmetic already happens in the dtype."""
+    return rounding_through(numpy_dtype(dtype), compute_dtype) if dtype in (torch.bfloat16, torch.float16) else np.asarray
+
+
+def bce_elementwise(x, t, rounded):
+    """CPU's binary_cross_entropy loop, ``(t - 1) * max(log1p(-x), -100) - t * max(log(x), -100)``."""
+    log_x = np.maximum(rounded(pointwise.log(x)), BCE_LOG_FLOOR)
+    log_1mx = np.maximum(rounded(pointwise.real_log1p(-x)), BCE_LOG_FLOOR)
+    return rounded(rounded(rounded(t - 1) * log_1mx) - rounded(t * log_x))
+
+
 @register("binary_cross_entropy", "binary_cross_entropy.out")
 def binary_cross_entropy(self, target, weight=None, reduction=REDUCTION_MEAN, *, out=None):
     x, t = opmath_operand(self), opmath_operand(target)
     check_probabilities(x)
-    loss = (t - 1) * np.maximum(np.log1p(-x), BCE_LOG_FLOOR) - t * np.maximum(np.log(x), BCE_LOG_FLOOR)
-    loss = reduce_loss(scaled(loss, optional_operand(weight)), reduction)
+    rounded = loop_rounding(self.dtype, x.dtype)
+    # CPU multiplies by the weight in a separate op (loss.mul_(weight)), which rounds once more
+    loss = reduce_loss(rounded(scaled(bce_elementwise(x, t, rounded), optional_operand(weight))), reduction)
     return store(loss, self.dtype, out=out, dtype_rule=exact_dtype)
 
 
-def bce_gradient_rounded(x, t, grad, weight, reduction, dtype):
-    """CPU's bf16/fp16 binary_cross_entropy_backward: ``grad * (x - t) / max((1 - x) * x, eps)`` over 16-bit
-    scalars, then times the weight and divided by numel for a mean, each step rounded to the dtype."""
-    rounded = rounding_through(dtype, x.dtype)
-    denominator = np.maximum(rounded(rounded(1 - x) * x), rounded(BCE_GRAD_EPSILON))
+def bce_gradient(x, t, grad, weight, reduction, rounded):
+    """CPU's binary_cross_entropy_backward: ``grad * (x - t) / max((1 - x) * x, eps)`` in its loop, then times the
+    weight and divided by numel for a mean, each a separate op."""
+    denominator = np.maximum(rounded(rounded(1 - x) * x), rounded(np.asarray(BCE_GRAD_EPSILON, x.dtype)))
     result = rounded(rounded(grad * rounded(x - t)) / denominator)
     if weight is not None:
         result = rounded(result * weight)
-    return rounded(result / x.size) if reduction == REDUCTION_MEAN else result
+    return rounded(result / np.asarray(x.size, x.dtype)) if reduction == REDUCTION_MEAN else result
 
 
 @register("binary_cross_entropy_backward", "binary_cross_entropy_backward.grad_input")
 def binary_cross_entropy_backward(grad_output, self, target, weight=None, reduction=REDUCTION_MEAN, *,
                                   grad_input=None):
     x, t = opmath_operand(self), opmath_operand(target)
-    if self.dtype in (torch.bfloat16, torch.float16):
-        result = bce_gradient_rounded(x, t, opmath_operand(grad_output), optional_operand(weight), reduction,
-                                      numpy_dtype(self.dtype))
-    else:
-        grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
-        result = scaled(grad * (x - t) / np.maximum((1 - x) * x, BCE_GRAD_EPSILON), optional_operand(weight))
+    result = bce_gradient(x, t, opmath_operand(grad_output), optional_operand(weight), reduction,
+                          loop_rounding(self.dtype, x.dtype))
     result = np.broadcast_to(result, x.shape)
     return store(result, self.dtype, out=grad_input, dtype_rule=exact_dtype)

@@ -1576,11 +1576,16 @@ def tanh_backward(grad, y):
     return result
 
 
+@own_16_bit_maths
 def logit_backward(grad, x, eps=None):
+    """CPU's loop in the tensors' own dtype (bf16/fp16 round every operation); its bounds are ``eps`` and
+    ``1 - eps`` formed in that dtype."""
+    one = scalar(1, x)
+    derivative = grad / (x * (one - x))
     if eps is None:
-        return np.where((x < 0) | (x > 1), scalar(np.nan, x), grad / (x * (1 - x)))
-    outside = (x < scalar(eps, x)) | (x > scalar(1 - eps, x))
-    return np.where(outside, scalar(0, x), grad / (x * (1 - x)))
+        return np.where((x < 0) | (x > one), scalar(np.nan, x), derivative)
+    lower = scalar(eps, x)
+    return np.where((x < lower) | (x > one - lower), scalar(0, x), derivative)
 
 
 def softplus(x, beta=1, threshold_value=20):
@@ -1685,6 +1690,14 @@ def hardswish_backward(grad, x):
 
 def mish(x):
     return x * tanh(real_log1p(exp(x)))
+
+
+def mish_backward(grad, x):
+    """CPU's one loop (in float for bf16/fp16); without a kernel, PyTorch's composite would run five ops, each
+    rounding a 16-bit result."""
+    sig = sigmoid(x)
+    tanh_softplus = tanh(real_log1p(exp(x)))
+    return grad * (tanh_softplus + x * sig * (1 - tanh_softplus * tanh_softplus))
 
 
 @writes_out
@@ -1817,10 +1830,12 @@ def glu_shape(x, dim=-1):
     return tuple(halved)
 
 
-def glu_backward(grad, x, dim):
+def glu_backward(grad, x, dim, dtype):
+    """CPU's order: sigmoid(b) is first stored in the input's ``dtype`` (in the gradient's first half), which
+    then becomes ``sig * grad``; the second half is ``(1 - sig) * sig * a * grad`` in float."""
     first, second = np.split(x, 2, axis=dim)
-    sig = sigmoid(second)
-    return np.concatenate([grad * sig, grad * first * sig * (1 - sig)], axis=dim)
+    sig = sigmoid(second).astype(dtype).astype(x.dtype)
+    return np.concatenate([sig * grad, (1 - sig) * sig * first * grad], axis=dim)
 
 
 def glu_jvp(result, x, dx, dim):
@@ -2035,6 +2050,7 @@ def register_tables():
     unstructured(hardswish_backward, "hardswish_backward", operands=2, check=checked(floating, "hardswish_backward"),
                  opmath=lambda *promoted: False)
     unstructured(prelu, "_prelu_kernel", operands=2, check=check_prelu)
+    unstructured(mish_backward, "mish_backward", operands=2, check=checked(floating, "mish_backward"))
     # the Python operators <<, >>, <<= and >>= (bitwise_*_shift with a Scalar goes through these too)
     for function, kernel_name, names in ((left_shift, "lshift_cpu", ("__lshift__", "__ilshift__")),
                                          (right_shift, "rshift_cpu", ("__rshift__", "__irshift__"))):
@@ -2186,7 +2202,7 @@ def glu_backward_out(grad_output, self, dim, *, grad_input):
     compute = opmath_dtype(self.dtype)
     grad, x = as_compute(grad_output, compute), as_compute(self, compute)
     with np.errstate(all="ignore"):
-        return write(grad_input, glu_backward(grad, x, dim))
+        return write(grad_input, glu_backward(grad, x, dim, numpy_dtype(self.dtype)))
 
 
 @register("glu_jvp")
@@ -2232,7 +2248,9 @@ def log_sigmoid_backward_out(grad_output, self, buffer, *, grad_input):
     compute = opmath_dtype(common_dtype(grad_output, self))
     grad, x = as_compute(grad_output, compute), as_compute(self, compute)
     with np.errstate(all="ignore"):
-        z = exp(-np.abs(x))
+        # CPU reads exp(-|x|) from the forward's buffer, stored in the input's dtype; tpu's buffer is empty, as
+        # CUDA's, and the backward recomputes it, rounded as that buffer would hold it
+        z = exp(-np.abs(x)).astype(numpy_dtype(self.dtype)).astype(compute)
         negative = x < 0
         derivative = np.where(negative, scalar(1, x), scalar(0, x)) - np.where(negative, 1, -1).astype(compute) * (z / (1 + z))
         return write(grad_input, grad * derivative)

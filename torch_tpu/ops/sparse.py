@@ -153,6 +153,17 @@ def check_addmm_operands(self, mat1, mat2):
         if other.dtype != mat1.dtype:
             raise RuntimeError(f"expected scalar type {scalar_type_name(mat1.dtype)} but found "
                                f"{scalar_type_name(other.dtype)}")
+    check_index_bounds(mat1)
+
+
+def check_index_bounds(mat1):
+    """CPU's bound check of each stored (row, column) in stored order: one host read of the indices, because an
+    index out of bounds would otherwise write into another row of the output or raise NumPy's words."""
+    for (row, column) in mat1._indices().t().tolist():
+        if not 0 <= row < mat1.shape[0]:
+            raise RuntimeError(f"addmm: index out of row bound: {row} not between 1 and {mat1.shape[0]}")
+        if not 0 <= column < mat1.shape[1]:
+            raise RuntimeError(f"addmm: index out of column bound: {column} not between 1 and {mat1.shape[1]}")
 
 
 def scaled_addend(addend, beta, nnz):
@@ -183,7 +194,14 @@ def axpy(accumulated, scale, row):
 
 @sparse_kernel("mm")
 def mm(self, mat2):
-    return addmm(torch.zeros((), dtype=mat2.dtype, device=mat2.device), self, mat2, beta=0)
+    """A sparse matrix times a dense one, or (as CPU computes it) a dense one times a sparse one as the transpose of
+    ``mat2.t() @ self.t()``."""
+    if self.layout == torch.sparse_coo:
+        return addmm(torch.zeros((), dtype=mat2.dtype, device=mat2.device), self, mat2, beta=0)
+    if self.layout != torch.strided:
+        raise unsupported(_aten.mm.default, SPARSE_LAYOUTS)
+    zeros = torch.zeros((), dtype=self.dtype, device=self.device).expand(self.size(-2), mat2.size(-1))
+    return addmm(zeros.t(), mat2.t(), self.t(), beta=0).t()
 
 
 def check_sparse_dim(sparse_dim, dim):
