@@ -16,6 +16,8 @@ elements land in vectors follows from how TensorIterator lays the work out:
 This module knows nothing of torch: callers pass NumPy arrays and the thread count.
 """
 
+import functools
+
 import numpy as np
 
 GRAIN_SIZE = 32768  # at::internal::GRAIN_SIZE
@@ -39,6 +41,28 @@ def parallel_chunk_length(n, threads):
         return max(n, 1)
     tasks = min(threads, -(-n // GRAIN_SIZE))
     return -(-n // tasks)
+
+
+@functools.lru_cache(maxsize=64)
+def vector_path_columns(outer, inner, width, threads):
+    """Which of the ``outer x inner`` columns a kernel over a middle dim (bf16/fp16 softmax's _vec_softmax) runs in
+    its vector path: at::parallel_for with grain size 0 gives each thread one chunk of the flattened columns,
+    whatever their number; within its chunk a thread takes ``width`` columns at once where they lie in one row of
+    ``inner`` and in the chunk, and the rest (to the row's or the chunk's end) one by one."""
+    columns = outer * inner
+    chunk = -(-columns // max(threads, 1)) or 1
+    vector = np.zeros(columns, bool)
+    for begin in range(0, columns, chunk):
+        end, index = min(begin + chunk, columns), begin
+        while index < end:
+            within_row = index % inner
+            if within_row + width <= inner and index + width <= end:
+                vector[index:index + width] = True
+                index += width
+            else:
+                index = end if index + width > end else index + inner - within_row
+    vector.flags.writeable = False  # shared through the cache
+    return vector.reshape(outer, inner)
 
 
 def _should_swap(shape, strides, outer, inner):

@@ -657,8 +657,8 @@ def _softmax_lowering(into, log=None):
             if log is None:
                 into(target, *arrays, dim)
             else:
-                into(target, arrays[0], dim, log,
-                     nn.log_softmax_sum_dtype(value_of(node).dtype, dim, value_of(node).dim()) if log else None)
+                stored_dtype = nn.softmax_stored_dtype(value_of(node).dtype, dim, value_of(node).dim(), log)
+                into(target, arrays[0], dim, log, stored_dtype)
             if target is not out and target.base is not out:
                 _C.dtypes.cast_into(out, target.reshape(out.shape), name)
 

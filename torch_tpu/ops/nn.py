@@ -149,31 +149,47 @@ def compute_into(out, dtype, compute):
     return write(out, scratch)
 
 
-def log_softmax_sum_dtype(dtype, dim, ndim):
-    """The NumPy dtype CPU's log-softmax keeps each row's sum of exponentials and its log in, or None for the
-    compute dtype: its last-dim loop for bfloat16 and float16 stores both in a buffer of the input's own dtype
-    (a replayed CPU detail: rounded anywhere else, about a third of bf16 results are one ulp off CPU's)."""
-    if dtype in (torch.bfloat16, torch.float16) and dim == max(ndim - 1, 0):
-        return numpy_dtype(dtype)
-    return None
+def softmax_stored_dtype(dtype, dim, ndim, log):
+    """The NumPy dtype CPU's bfloat16/float16 (log-)softmax loop stores an intermediate in, or None for the compute
+    dtype (a replayed CPU detail: rounded anywhere else, a quarter to a third of the results are one ulp off):
+    - log-softmax along the last dim: each row's sum of exponentials and its log, in a buffer of the input's dtype;
+    - softmax along another dim: the exponentials of the columns its scalar path takes (``exponentials_stored``),
+      written into the output first, then divided there by their (unrounded) float sum."""
+    if dtype not in (torch.bfloat16, torch.float16) or (dim == max(ndim - 1, 0)) != log:
+        return None
+    return numpy_dtype(dtype)
 
 
-def softmax_into(destination, x, dim, log=False, sum_dtype=None):
-    """(Log-)softmax of ``x`` along ``dim`` into ``destination``; returns the row maxima. ``sum_dtype``: see
-    ``log_softmax_sum_dtype``."""
+def softmax_into(destination, x, dim, log=False, stored_dtype=None):
+    """(Log-)softmax of ``x`` along ``dim`` into ``destination``; returns the row maxima. ``stored_dtype``: see
+    ``softmax_stored_dtype``."""
     if x.size == 0:
         return None
     row_max = np.max(x, axis=dim, keepdims=True)
     np.subtract(x, row_max, out=destination)
-    if log and sum_dtype is not None:
-        total = sum_along(np.exp(destination), dim).astype(sum_dtype).astype(x.dtype)
-        destination -= np.log(total).astype(sum_dtype).astype(x.dtype)
+    if log and stored_dtype is not None:
+        total = sum_along(np.exp(destination), dim).astype(stored_dtype).astype(x.dtype)
+        destination -= np.log(total).astype(stored_dtype).astype(x.dtype)
     elif log:
         destination -= np.log(sum_along(np.exp(destination), dim))
     else:
         np.exp(destination, out=destination)
-        destination /= sum_along(destination, dim)
+        total = sum_along(destination, dim)
+        if stored_dtype is not None:
+            stored = exponentials_stored(x.shape, dim, stored_dtype)
+            np.copyto(destination, destination.astype(stored_dtype), where=stored)
+        destination /= total
     return row_max
+
+
+def exponentials_stored(shape, dim, dtype):
+    """Where CPU's bf16/fp16 softmax over a dim other than the last stores each exponential in the output before
+    dividing it: the columns its scalar path takes (the others, in its 64-byte vectors, divide in float), as a
+    boolean array broadcastable to ``shape``."""
+    outer, inner = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
+    width = pointwise.AVX512_VECTOR_BYTES // np.dtype(dtype).itemsize
+    vector = _C.cpu_loops.vector_path_columns(outer, inner, width, torch.get_num_threads())
+    return ~vector.reshape(shape[:dim] + (1,) + shape[dim + 1:])
 
 
 def check_softmax_dtype(self, dim, kernel):
@@ -202,9 +218,9 @@ def softmax_kernel(log):
         else:
             prepare_out(out, self.shape, dtype, distinct=(self,), dtype_rule=exact_dtype)
         x = at_least_1d(opmath_operand(self))
-        sum_dtype = log_softmax_sum_dtype(dtype, dim, self.dim()) if log else None
+        stored_dtype = softmax_stored_dtype(dtype, dim, self.dim(), log)
         return compute_into(out, x.dtype,
-                            lambda destination: softmax_into(at_least_1d(destination), x, dim, log, sum_dtype))
+                            lambda destination: softmax_into(at_least_1d(destination), x, dim, log, stored_dtype))
 
     return kernel
 
@@ -291,7 +307,7 @@ def safe_softmax(self, dim, dtype=None):
 
     def compute(destination):
         destination = at_least_1d(destination)
-        row_max = softmax_into(destination, x, dim)
+        row_max = softmax_into(destination, x, dim, stored_dtype=softmax_stored_dtype(dtype, dim, self.dim(), False))
         masked = None if row_max is None else np.isneginf(row_max)  # fully masked exactly when its maximum is -inf
         if masked is not None and masked.any():
             np.copyto(destination, 0, where=masked)
