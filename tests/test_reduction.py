@@ -580,3 +580,19 @@ def test_a_mean_whose_sum_overflows_is_inf_without_a_warning(dtype):
         warnings.simplefilter("error")
         actual = x.to("tpu").mean((-2, -1), keepdim=True).cpu()
     assert torch.equal(actual, x.mean((-2, -1), keepdim=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("dim", [0, 1, [0, 1]])
+def test_logsumexp_of_16_bit_floats_and_its_gradient_have_cpus_bits(dtype, dim):
+    """CPU composes logsumexp of ops on tensors of the dtype, each rounding its result (the shifted input, the
+    exponentials, their sum, its log, the shift added back); rounded once, half the rows were an ulp off."""
+    x = (torch.randn(16, 40, generator=torch.Generator().manual_seed(5)) * 3).to(dtype)
+    results = []
+    for device in ("cpu", "tpu"):
+        leaf = x.clone().to(device).requires_grad_()
+        value = leaf.logsumexp(dim)
+        value.backward(torch.linspace(-2, 3, value.numel()).view(value.shape).to(dtype).to(device))
+        results.append((value.detach().cpu(), leaf.grad.cpu()))
+    for cpu, tpu in zip(*results):
+        assert torch.equal(tpu, cpu)

@@ -68,6 +68,16 @@ def opmath_dtype(dtype):
     return _OPMATH.get(dtype) or _tensor.numpy_dtype(dtype)
 
 
+def loop_rounding(dtype, compute_dtype):
+    """What CPU's loops do to each operation's result over ``dtype`` values, as a function of an array computed
+    in ``compute_dtype``: over ``c10::BFloat16``/``Half`` values they round every result to the 16-bit format;
+    over float and double the arithmetic already happens in the dtype."""
+    if dtype not in (torch.bfloat16, torch.float16):
+        return np.asarray
+    sixteen_bit = _tensor.numpy_dtype(dtype)
+    return lambda array: np.asarray(array).astype(sixteen_bit).astype(compute_dtype)
+
+
 def opmath_scalar_type(dtype):
     """The torch dtype PyTorch computes ``dtype`` in (``opmath_type``), which checked Scalar conversions
     (``alpha.to<opmath_t>()``) target."""

@@ -20,7 +20,7 @@ from . import _registry, pointwise, random
 from .._errors import not_implemented_for, raise_cpu_error, scalar_type_name
 from .._tensor import is_tpu, numpy_dtype
 from ._common import (all_contiguous, as_numpy, castable, channel_sums, converted, empty, empty_like_strides, ones,
-                      exact_dtype, iterator_strides, opmath_dtype, opmath_operand, operand, prepare_out, store,
+                      exact_dtype, iterator_strides, loop_rounding, opmath_dtype, opmath_operand, operand, prepare_out, store,
                       store_in_memory_format, stored_with_view, suggested_memory_format, wrap_dim, write)
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .pointwise import common_dtype
@@ -1072,16 +1072,6 @@ def in_dtype(dtype, *operands):
     return [np.asarray(operand).astype(numpy_dtype(dtype)) for operand in operands]
 
 
-def rounding_through(dtype, compute_dtype):
-    """``array`` rounded to the 16-bit ``dtype`` and back: one arithmetic operation of CPU's loops over
-    ``c10::BFloat16``/``Half`` scalars and vectors, which round every result they store."""
-
-    def rounded(array):
-        return np.asarray(array).astype(dtype).astype(compute_dtype)
-
-    return rounded
-
-
 def squared_error_gradient_rounded(x, t, grad, reduction, dtype):
     """CPU's bf16/fp16 mse_loss_backward loop: ``alpha * (x - t) * grad`` with alpha = 2 (2 / numel for a mean)
     held in the dtype, the iterator having cast every operand to it; an empty input's 2 / 0 scales nothing."""
@@ -1147,12 +1137,6 @@ BCE_GRAD_EPSILON = np.float32(1e-12)  # a float constant in CPU's kernel, for do
 def check_probabilities(x):
     if not np.all((x >= 0) & (x <= 1)):
         raise RuntimeError("all elements of input should be between 0 and 1")
-
-
-def loop_rounding(dtype, compute_dtype):
-    """What CPU's scalar loop does to each operation's result: over ``c10::BFloat16``/``Half`` values it rounds
-    to the 16-bit dtype; over float and double the arithmetic already happens in the dtype."""
-    return rounding_through(numpy_dtype(dtype), compute_dtype) if dtype in (torch.bfloat16, torch.float16) else np.asarray
 
 
 def bce_elementwise(x, t, rounded):

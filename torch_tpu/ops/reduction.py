@@ -21,8 +21,8 @@ from .. import _C
 from .._errors import cannot_cast, failed_check, not_implemented_for, scalar_type_name, shape_mismatch, warn_once
 from .._tensor import DTYPE_NAME
 from .cpu_replay import libstdcxx_order
-from ._common import (as_numpy, converted, empty, exact_dtype, operand, opmath_dtype, prepare_out, store, wrap_dim,
-                      wrap_dims, write)
+from ._common import (as_numpy, converted, empty, exact_dtype, loop_rounding, operand, opmath_dtype, prepare_out, store,
+                      wrap_dim, wrap_dims, write)
 from ._registry import register
 from .pointwise import complex_logaddexp, floating_or_wide_complex
 
@@ -496,8 +496,10 @@ def logsumexp_out(self, dim, keepdim=False, *, out):
         # infinite (it would make NaNs).
         shift = np.max(array.real, axis=axes, keepdims=True)
         shift = np.where(np.isinf(shift), 0, shift).astype(array.real.dtype, copy=False)
-        total = _summed_into(out, np.sum(np.exp(array - shift), axis=axes, keepdims=keepdim))
-        result = np.log(total) + (shift if keepdim else shift.reshape(total.shape))
+        # CPU composes it from ops on tensors of the dtype: bf16/fp16 round each one's result
+        rounded = loop_rounding(self.dtype, array.dtype)
+        total = rounded(_summed_into(out, np.sum(rounded(np.exp(rounded(array - shift))), axis=axes, keepdims=keepdim)))
+        result = rounded(rounded(np.log(total)) + (shift if keepdim else shift.reshape(total.shape)))
     return write(out, np.asarray(result))
 
 
