@@ -5,13 +5,14 @@ same HBM; kernels that are not isomorphic stay unrolled and correct."""
 import functools
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
 
 import torch_tpu
 from differential import assert_identical
-from torch_tpu.compile import codegen, debug
+from torch_tpu.compile import batching, codegen, debug
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Profiler record function"),
               pytest.mark.usefixtures("paused_collector")]  # the steps' HBM is compared byte for byte
@@ -100,6 +101,24 @@ def test_unequal_step_counts_fall_back_to_the_unrolled_kernels(monkeypatch):
     # the host scalars stay batched: unequal step counts are just different elements of one array
     assert any(HOST_BATCHED in source for source in batched[4])
     assert_same_step(batched, unrolled)
+
+
+def test_step_scalars_are_checked_over_their_host_batch_in_one_call(monkeypatch):
+    """AdamW's per-parameter bias corrections are one host batch: the batched launch checks its flat array, not
+    one array per parameter; unequal step counts still fall back (the test above)."""
+    batched = train(OPTIMIZERS["adamw"], [torch.float32] * len(SHAPES), True, monkeypatch)
+    checks = [line for source in batched[4] for line in source.splitlines() if "same_scalars(" in line]
+    assert checks and all(re.search(r"same_scalars\((flat_\d+, )*flat_\d+\)", line) for line in checks), checks
+
+
+@pytest.mark.parametrize("values, same", [([2.5, 2.5, 2.5], True), ([2.5, 2.5, 3.0], False),
+                                          ([0.0, -0.0, 0.0], False), ([float("nan")] * 3, True)])
+def test_same_scalars_compares_a_flat_array_byte_for_byte(values, same):
+    flat = np.array(values, np.float32)
+    members = tuple(flat[i:i + 1] for i in range(flat.size))
+    assert batching.same_scalars(flat) == batching.same_scalars(members) == same
+    quiet, payload = np.array([np.nan, np.nan], np.float32), np.array([0x7fc00000, 0x7fc00001], np.uint32)
+    assert batching.same_scalars(quiet) and not batching.same_scalars(payload.view(np.float32))
 
 
 def test_mixed_dtype_parameters_stay_correct(monkeypatch):

@@ -157,12 +157,27 @@ def _literals(template, index):
 
 
 def same_scalars(*groups):
-    """Whether each group of one-element host arrays holds one value, byte for byte."""
-    for arrays in groups:
-        first = arrays[0].tobytes()
-        if any(a.tobytes() != first for a in arrays[1:]):
+    """Whether each group holds one value, byte for byte: a tuple of one-element host arrays, or a host batch's
+    flat array (its members' values side by side, compared in one call instead of one ``tobytes`` per member)."""
+    for group in groups:
+        if isinstance(group, np.ndarray):
+            rows = group.view(np.uint8).reshape(group.size, group.itemsize)
+            if not (rows == rows[0]).all():
+                return False
+            continue
+        first = group[0].tobytes()
+        if any(a.tobytes() != first for a in group[1:]):
             return False
     return True
+
+
+def scalar_group(args, batches):
+    """The ``same_scalars`` argument for the host scalars ``args`` (one per kernel): the flat array of the host batch
+    whose members they are, in order, else the tuple of their names. Returns (flat array or None, names)."""
+    batch = batches.get(args[0])
+    if batch is not None and batch.members == list(args):
+        return batch.flat, None
+    return None, "(" + "".join(f"v_{a.name}, " for a in args) + ")"
 
 
 def batched_lines(plan, lowered, constant):

@@ -28,7 +28,8 @@ import torch
 
 from .. import _C
 from .._tensor import NUMPY_DTYPE, numpy_dtype
-from .batching import HELPERS as BATCH_HELPERS, batched_lines, host_batch_lines, plan_batches, plan_host_batches
+from .batching import (HELPERS as BATCH_HELPERS, batched_lines, host_batch_lines, plan_batches, plan_host_batches,
+                       scalar_group)
 from .fusion import fuse, horizontal_launches
 from .lowering import EAGER, POINTWISE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
@@ -312,7 +313,8 @@ def generate(graph, name):
         # the launch's one charge (if this batch ends it), after whichever code ran
         charge_line = unrolled.pop() if unrolled and "clock.charge(" in unrolled[-1] else None
         if plan.scalars:
-            groups = ", ".join("(" + "".join(f"v_{a.name}, " for a in args) + ")" for args in plan.scalars)
+            groups = ", ".join(names if flat is None else w.constant("flat_", flat)
+                               for flat, names in (scalar_group(args, host_batch_of) for args in plan.scalars))
             w.line(f"if same_scalars({groups}):  # one call per op over the {len(plan.members)} kernels")
             w.lines.extend("    " + line for line in ["    " + b for b in batched])
             w.line("else:")
