@@ -172,8 +172,8 @@ def same_scalars(*groups):
 
 
 def scalar_group(args, batches):
-    """The ``same_scalars`` argument for the host scalars ``args`` (one per kernel): the flat array of the host batch
-    whose members they are, in order, else the tuple of their names. Returns (flat array or None, names)."""
+    """How ``same_scalars`` reads the host scalars ``args`` (one per kernel): (the flat array of the host batch whose
+    members they are, in order, None), else (None, the source of the tuple of their arrays)."""
     batch = batches.get(args[0])
     if batch is not None and batch.members == list(args):
         return batch.flat, None
@@ -370,7 +370,7 @@ def host_batch_lines(batch, batches, lowered, constant):
 
 @dataclasses.dataclass
 class HostCopies:
-    copies: list  # the copy_ nodes, in graph order (consecutive)
+    copies: list  # the copy_ nodes, in graph order
     targets: list  # the host arrays' graph inputs they write, in the order of the batch's members
     batch: HostBatch  # whose members, one each, are the copies' sources
 

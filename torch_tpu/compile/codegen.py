@@ -177,7 +177,7 @@ def generate(graph, name):
         for plan in plan_batches(siblings, lowered, homes, position, root, nodes):
             batch_of.update((n, plan) for nodes_of in plan.members for n in nodes_of)
     host_batch_of = plan_host_batches(nodes, lowered, homes, position)  # node -> its HostBatch
-    host_copies_of = plan_host_copies(nodes, lowered, homes, position, root, host_batch_of)  # copy_ node -> its HostCopies
+    host_copies_of = plan_host_copies(nodes, lowered, homes, position, root, host_batch_of)  # copy_ -> its HostCopies
     kept_until = {}  # a graph input a batched launch reads or writes stays alive until the launch has run
     for plan in {id(p): p for p in batch_of.values()}.values():
         for base in plan.reads | plan.writes:
