@@ -5,13 +5,14 @@ same HBM; kernels that are not isomorphic stay unrolled and correct."""
 import functools
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
 
 import torch_tpu
 from differential import assert_identical
-from torch_tpu.compile import codegen, debug
+from torch_tpu.compile import batching, codegen, debug
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Profiler record function"),
               pytest.mark.usefixtures("paused_collector")]  # the steps' HBM is compared byte for byte
@@ -100,6 +101,43 @@ def test_unequal_step_counts_fall_back_to_the_unrolled_kernels(monkeypatch):
     # the host scalars stay batched: unequal step counts are just different elements of one array
     assert any(HOST_BATCHED in source for source in batched[4])
     assert_same_step(batched, unrolled)
+
+
+def test_step_scalars_are_checked_over_their_host_batch_in_one_call(monkeypatch):
+    """AdamW's per-parameter bias corrections are one host batch: the batched launch checks its flat array, not
+    one array per parameter; unequal step counts still fall back (the test above)."""
+    batched = train(OPTIMIZERS["adamw"], [torch.float32] * len(SHAPES), True, monkeypatch)
+    checks = [line for source in batched[4] for line in source.splitlines() if "same_scalars(" in line]
+    assert checks and all(re.search(r"same_scalars\((flat_\d+, )*flat_\d+\)", line) for line in checks), checks
+
+
+@pytest.mark.parametrize("skew_step", [False, True])
+def test_new_step_counts_are_stored_from_their_host_batch_in_one_line(skew_step, monkeypatch):
+    """AdamW's step counts (0-d CPU tensors) get their new values from the host batch's flat array in one
+    ``copy_each`` line, not one copy kernel per parameter; each count lands in its own tensor (the copies come in
+    another order than the batch's members, and unequal counts show a mix-up)."""
+    batched = train(OPTIMIZERS["adamw"], [torch.float32] * len(SHAPES), True, monkeypatch, skew_step=skew_step)
+    program = next(source for source in batched[4] if "copy_each(" in source)
+    assert program.count("copy_each(") == 1 and "k_copy_" not in program
+    steps = [state for state in batched[1] if state.device.type == "cpu"]
+    assert [float(s) for s in steps] == [6.0 if skew_step else 3.0] + [3.0] * (len(SHAPES) - 1)
+
+
+def test_copy_each_stores_the_bits_as_they_are():
+    targets = tuple(np.zeros((), np.float32) for _ in range(3))
+    flat = np.array([0x7fa00001, 0x80000000, 0x3f800000], np.uint32).view(np.float32)  # signalling NaN, -0.0, 1
+    batching.copy_each(targets, flat)
+    assert [int(t.view(np.uint32)) for t in targets] == [0x7fa00001, 0x80000000, 0x3f800000]
+
+
+@pytest.mark.parametrize("values, same", [([2.5, 2.5, 2.5], True), ([2.5, 2.5, 3.0], False),
+                                          ([0.0, -0.0, 0.0], False), ([float("nan")] * 3, True)])
+def test_same_scalars_compares_a_flat_array_byte_for_byte(values, same):
+    flat = np.array(values, np.float32)
+    members = tuple(flat[i:i + 1] for i in range(flat.size))
+    assert batching.same_scalars(flat) == batching.same_scalars(members) == same
+    quiet, payload = np.array([np.nan, np.nan], np.float32), np.array([0x7fc00000, 0x7fc00001], np.uint32)
+    assert batching.same_scalars(quiet) and not batching.same_scalars(payload.view(np.float32))
 
 
 def test_mixed_dtype_parameters_stay_correct(monkeypatch):

@@ -157,12 +157,27 @@ def _literals(template, index):
 
 
 def same_scalars(*groups):
-    """Whether each group of one-element host arrays holds one value, byte for byte."""
-    for arrays in groups:
-        first = arrays[0].tobytes()
-        if any(a.tobytes() != first for a in arrays[1:]):
+    """Whether each group holds one value, byte for byte: a tuple of one-element host arrays, or a host batch's
+    flat array (its members' values side by side, compared in one call instead of one ``tobytes`` per member)."""
+    for group in groups:
+        if isinstance(group, np.ndarray):
+            rows = group.view(np.uint8).reshape(group.size, group.itemsize)
+            if not (rows == rows[0]).all():
+                return False
+            continue
+        first = group[0].tobytes()
+        if any(a.tobytes() != first for a in group[1:]):
             return False
     return True
+
+
+def scalar_group(args, batches):
+    """How ``same_scalars`` reads the host scalars ``args`` (one per kernel): (the flat array of the host batch whose
+    members they are, in order, None), else (None, the source of the tuple of their arrays)."""
+    batch = batches.get(args[0])
+    if batch is not None and batch.members == list(args):
+        return batch.flat, None
+    return None, "(" + "".join(f"v_{a.name}, " for a in args) + ")"
 
 
 def batched_lines(plan, lowered, constant):
@@ -353,4 +368,56 @@ def host_batch_lines(batch, batches, lowered, constant):
     return lines
 
 
-HELPERS = {"concatenate": np.concatenate, "copyto": np.copyto, "same_scalars": same_scalars}
+@dataclasses.dataclass
+class HostCopies:
+    copies: list  # the copy_ nodes, in graph order
+    targets: list  # the host arrays' graph inputs they write, in the order of the batch's members
+    batch: HostBatch  # whose members, one each, are the copies' sources
+
+
+def plan_host_copies(nodes, lowered, homes, position, root, host_batches):
+    """{copy_ node: its HostCopies} for the ``copy_`` nodes that write each member of one host batch back into a
+    host graph input of its dtype and shape (an optimizer's new step counts into its 0-d CPU tensors): one store
+    per member from the batch's flat array, where the first copy stands, instead of one kernel call each. No
+    other node between the first copy and the last may touch those inputs (the stores would move past it)."""
+    by_batch = {}
+    for node in nodes:
+        low = lowered.get(node)
+        if node.target is torch.ops.aten.copy_.default and low is not None and low.writes is not None and \
+                homes.get(node) == "inplace" and not is_tpu_node(low.writes) and low.inputs[0] in host_batches:
+            by_batch.setdefault(id(host_batches[low.inputs[0]]), []).append(node)
+    plans = {}
+    for copies in by_batch.values():
+        batch = host_batches[lowered[copies[0]].inputs[0]]
+        source_of = {lowered[copy].inputs[0]: lowered[copy].writes for copy in copies}
+        targets = set(source_of.values())
+        between = (n for n in nodes[position[copies[0]] + 1:position[copies[-1]]] if n not in copies)
+        if len(copies) != len(batch.members) or set(source_of) != set(batch.members) or \
+                not all(_holds_like(source_of[member], member) for member in batch.members) or \
+                any({root(a) for a in tensor_inputs((n.args, n.kwargs))} & targets for n in between):
+            continue
+        plan = HostCopies(copies, [source_of[member] for member in batch.members], batch)
+        plans.update((copy, plan) for copy in copies)
+    return plans
+
+
+def _holds_like(target, member):
+    """Whether the host graph input ``target`` takes ``member``'s value by a plain store: same dtype and shape."""
+    held, value = value_of(target), value_of(member)
+    return isinstance(held, torch.Tensor) and held.dtype == value.dtype and held.shape == value.shape
+
+
+def host_copies_line(plan, constant):
+    """The line storing each member of the plan's host batch into its host array."""
+    targets = "".join(f"v_{target.name}, " for target in plan.targets)
+    return (f"copy_each(({targets}), {constant('flat_', plan.batch.flat)})"
+            f"  # the {len(plan.targets)} host scalars back into their inputs")
+
+
+def copy_each(targets, flat):
+    """Each one-element host array of ``targets`` set to its element of ``flat`` (same dtype: the bits as they are)."""
+    for target, value in zip(targets, flat):
+        target[...] = value
+
+
+HELPERS = {"concatenate": np.concatenate, "copyto": np.copyto, "same_scalars": same_scalars, "copy_each": copy_each}

@@ -28,7 +28,8 @@ import torch
 
 from .. import _C
 from .._tensor import NUMPY_DTYPE, numpy_dtype
-from .batching import HELPERS as BATCH_HELPERS, batched_lines, host_batch_lines, plan_batches, plan_host_batches
+from .batching import (HELPERS as BATCH_HELPERS, batched_lines, host_batch_lines, host_copies_line, plan_batches,
+                       plan_host_batches, plan_host_copies, scalar_group)
 from .fusion import fuse, horizontal_launches
 from .lowering import EAGER, POINTWISE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
@@ -176,6 +177,7 @@ def generate(graph, name):
         for plan in plan_batches(siblings, lowered, homes, position, root, nodes):
             batch_of.update((n, plan) for nodes_of in plan.members for n in nodes_of)
     host_batch_of = plan_host_batches(nodes, lowered, homes, position)  # node -> its HostBatch
+    host_copies_of = plan_host_copies(nodes, lowered, homes, position, root, host_batch_of)  # copy_ -> its HostCopies
     kept_until = {}  # a graph input a batched launch reads or writes stays alive until the launch has run
     for plan in {id(p): p for p in batch_of.values()}.values():
         for base in plan.reads | plan.writes:
@@ -312,7 +314,8 @@ def generate(graph, name):
         # the launch's one charge (if this batch ends it), after whichever code ran
         charge_line = unrolled.pop() if unrolled and "clock.charge(" in unrolled[-1] else None
         if plan.scalars:
-            groups = ", ".join("(" + "".join(f"v_{a.name}, " for a in args) + ")" for args in plan.scalars)
+            groups = ", ".join(names if flat is None else w.constant("flat_", flat)
+                               for flat, names in (scalar_group(args, host_batch_of) for args in plan.scalars))
             w.line(f"if same_scalars({groups}):  # one call per op over the {len(plan.members)} kernels")
             w.lines.extend("    " + line for line in ["    " + b for b in batched])
             w.line("else:")
@@ -359,11 +362,19 @@ def generate(graph, name):
             continue
         if node is first_call:
             w.line("args.clear()  # AOTAutograd hands its references over: inputs die at their last use")
-        plan, host_batch = batch_of.get(node), host_batch_of.get(node)
+        plan, host_batch, host_copies = batch_of.get(node), host_batch_of.get(node), host_copies_of.get(node)
         if host_batch is not None:
             if node is host_batch.members[0]:  # the whole batch, where its first member stands
                 for line in host_batch_lines(host_batch, host_batch_of, lowered, w.constant):
                     w.line(line)
+        elif host_copies is not None:
+            if node is host_copies.copies[0]:  # all of them, where the first stands
+                w.line(host_copies_line(host_copies, w.constant))
+            written = lowered[node].writes  # the copy's value is its input's, as an in-place node's is
+            w.line(f"{v} = v_{written.name}")
+            if written in tensor_of:
+                tensor_of[node] = tensor_of[written]
+            charge(node)
         elif plan is None:
             emit(node, lowered[node], homes[node], v)
         elif position[node] == plan.end:
