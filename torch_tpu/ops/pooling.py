@@ -27,8 +27,8 @@ import torch
 
 from ._common import (exact_dtype, opmath_operand, operand, padded, store, store_in_memory_format,
                       suggested_memory_format)
-from .nn import register, without_structured_wrapper
-from .._tensor import is_tpu
+from .nn import register, rounding_through, without_structured_wrapper
+from .._tensor import is_tpu, numpy_dtype
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .pointwise import require, trunc_divide
 
@@ -311,9 +311,10 @@ def window_sum(x, window):
     return total
 
 
-def window_spread(share, in_shape, window):
+def window_spread(share, in_shape, window, held_in=None):
     """The adjoint of ``window_sum`` as CPU's backward makes it: every input element gets, from +0.0, the shares
-    of the windows holding it added one by one, windows in row-major order (so kernel elements in reverse)."""
+    of the windows holding it added one by one, windows in row-major order (so kernel elements in reverse).
+    ``held_in``: the 16-bit dtype CPU's bf16/fp16 loop holds the gradient in, rounding every addition to it."""
     n = len(window.in_sizes)
     if window.is_global():
         return np.broadcast_to(share + 0, in_shape)
@@ -321,7 +322,10 @@ def window_spread(share, in_shape, window):
     spread = np.zeros(lead + tuple(i + p + a for i, p, a in zip(window.in_sizes, window.padding, window.pad_after)),
                       share.dtype)
     for element in window_elements(window, reverse=True):
-        spread[(Ellipsis,) + element] += share
+        added = spread[(Ellipsis,) + element]
+        added += share
+        if held_in is not None:
+            added[...] = added.astype(held_in)
     return spread[(Ellipsis,) + tuple(slice(p, p + i) for p, i in zip(window.padding, window.in_sizes))]
 
 
@@ -337,9 +341,21 @@ def avg_pool_arrays(x, window, count_include_pad, divisor_override):
     return divide_by_counts(window_sum(x, window), divisor_override or window.avg_divisor(count_include_pad))
 
 
-def avg_pool_backward_array(grad, in_shape, window, count_include_pad, divisor_override):
-    share = divide_by_counts(grad, divisor_override or window.avg_divisor(count_include_pad))
-    return window_spread(share, in_shape, window)
+def avg_pool_backward_array(grad, in_shape, window, count_include_pad, divisor_override, held_in=None):
+    """``held_in``: the 16-bit dtype of a bf16/fp16 gradient, which CPU's loop divides (by the count in that
+    dtype) and adds in, rounding each step to it; None for other dtypes."""
+    divisor = divisor_override or window.avg_divisor(count_include_pad)
+    if held_in is None:
+        return window_spread(divide_by_counts(grad, divisor), in_shape, window)
+    rounded = rounding_through(held_in, grad.dtype)
+    return window_spread(rounded(grad / rounded(divisor)), in_shape, window, held_in)
+
+
+def held_16_bit(grad_output):
+    """The 16-bit dtype CPU's average pooling backwards hold a bf16/fp16 gradient in (each step rounded to it),
+    or None: they compute float32 and float64 gradients in their own dtype."""
+    dtype = numpy_dtype(grad_output.dtype)
+    return dtype if dtype.itemsize == 2 and dtype.kind not in "iu" else None
 
 
 # the name 3-d pools' shape checks give themselves in CPU's errors (Meta checks the 2-d pools)
@@ -496,9 +512,8 @@ def avg_pool_backward_kernel(n):
     def kernel(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
                *, grad_input=None):
         window = pool_window(self, n, kernel_size, stride, padding, 1, ceil_mode)
-        result = avg_pool_backward_array(
-            opmath_operand(grad_output), tuple(self.shape), window, count_include_pad, divisor_override
-        )
+        result = avg_pool_backward_array(opmath_operand(grad_output), tuple(self.shape), window, count_include_pad,
+                                         divisor_override, held_16_bit(grad_output))
         return store(result, self.dtype, out=grad_input, distinct=(grad_output, self), dtype_rule=exact_dtype)
 
     return kernel
