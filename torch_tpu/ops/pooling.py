@@ -594,20 +594,32 @@ def adaptive_avg_pool_backward_array(grad, in_sizes, held_in=None):
     share = divided_by_extents(grad, adaptive_extents(in_sizes, out_sizes), rounded)
     if window := uniform_window(in_sizes, out_sizes):
         return window_spread(share, in_shape, window, held_in)
-    return overlapping_spread(share, tuple(in_sizes), held_in)
+    return overlapping_spread(share, tuple(in_sizes), held_in).astype(share.dtype, copy=False)
 
 
 def overlapping_spread(share, in_sizes, held_in):
-    """The adaptive windows' shares added to their elements one by one in CPU's order: neighbouring windows share
-    elements, and windows less than one input element apart (fewer inputs than outputs) share their first. One
-    ``np.add.at`` over every (window, element) pair, in the dtype CPU holds the gradient in (``held_in`` rounds
-    every addition)."""
-    lead = share.shape[:share.ndim - len(in_sizes)]
-    windows, elements = adaptive_pairs(in_sizes, share.shape[len(lead):])
-    rows = math.prod(lead)
-    spread = np.zeros((rows, math.prod(in_sizes)), share.dtype if held_in is None else held_in)
-    np.add.at(spread, (slice(None), elements), share.reshape(rows, -1)[:, windows].astype(spread.dtype))
-    return spread.astype(share.dtype, copy=False).reshape(lead + in_sizes)
+    """The adaptive windows' shares added to their elements one by one in CPU's order (windows row-major), in the
+    dtype CPU holds the gradient in (``held_in`` rounds every addition): neighbouring windows share elements. One
+    fancy-indexed addition per offset into the largest window, offsets in reverse row-major order (so that an
+    element shared by windows gets their shares in the windows' order), each over the windows at least that long:
+    within one offset their elements are distinct. Windows less than one input element apart (fewer inputs than
+    outputs) share their first element at one offset: those take ``np.add.at`` over every (window, element) pair."""
+    n = len(in_sizes)
+    lead, out_sizes = share.shape[:-n], share.shape[-n:]
+    spread = np.zeros(lead + tuple(in_sizes), share.dtype if held_in is None else held_in)
+    share = share.astype(spread.dtype, copy=False)
+    bounds = [adaptive_bounds(i, o) for i, o in zip(in_sizes, out_sizes)]
+    if any(i < o for i, o in zip(in_sizes, out_sizes)):
+        windows, elements = adaptive_pairs(tuple(in_sizes), tuple(out_sizes))
+        flat = spread.reshape(math.prod(lead), -1)
+        np.add.at(flat, (slice(None), elements), share.reshape(flat.shape[0], -1)[:, windows])
+        return flat.reshape(spread.shape)
+    extents = [end - start for start, end in bounds]
+    for offset in itertools.product(*(reversed(range(int(e.max(initial=0)))) for e in extents)):
+        reaching = [np.flatnonzero(e > j) for j, e in zip(offset, extents)]
+        elements = [start[w] + j for w, j, (start, _) in zip(reaching, offset, bounds)]
+        spread[(Ellipsis, *np.ix_(*elements))] += share[(Ellipsis, *np.ix_(*reaching))]
+    return spread
 
 
 @functools.lru_cache(maxsize=256)
