@@ -1044,20 +1044,20 @@ def avg_pool_results(x, kwargs):
     return [(t.detach().cpu(), t.stride()) for t in (values, x.grad)]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("kwargs", AVG_POOLS)
 @pytest.mark.parametrize("layout", ["contiguous", "strided", "channels_last", "unbatched"])
 def test_avg_pool2d_launched_directly_matches_cpu(kwargs, dtype, layout):
     """As the max pools: contiguous and strided batched inputs take one launch forward and one backward, channels-last
-    and unbatched ones the structured wrapper; all give CPU's values, gradients and strides."""
+    and unbatched ones the structured wrapper; all give CPU's values, gradients and strides, bit for bit (every
+    window summed in CPU's order; a bf16/fp16 gradient divided and added in its own dtype, each step rounded)."""
     wide = torch.randn(2, 3, 9, 20, generator=torch.Generator().manual_seed(7)).to(dtype)
     x = wide[..., :10].contiguous()
     x = {"contiguous": x, "strided": wide[..., ::2], "channels_last": x.to(memory_format=torch.channels_last),
          "unbatched": x[0]}[layout]
     expected, actual = avg_pool_results(x, kwargs), avg_pool_results(x.to("tpu"), kwargs)
-    # every window summed in CPU's order: CPU's bits, but for bf16 gradients (CPU's backward rounds each addition)
-    for (want, want_stride), (got, got_stride), exact in zip(expected, actual, (True, dtype is not torch.bfloat16)):
-        assert_close(got, want, **({"atol": 0, "rtol": 0} if exact else {"atol": 0.01, "rtol": 0.01}))
+    for (want, want_stride), (got, got_stride) in zip(expected, actual):
+        assert_close(got, want, atol=0, rtol=0)
         assert got.dtype == want.dtype and got_stride == want_stride
     out_form = torch.ops.aten.avg_pool2d.out(x.to("tpu"), **kwargs, out=torch.empty(0, dtype=dtype, device="tpu"))
     assert torch.equal(actual[0][0], out_form.cpu())  # the direct launch computes what the out= kernel does

@@ -517,6 +517,43 @@ def test_adaptive_pool1d_and_3d():
     check_grads(lambda t: F.adaptive_max_pool3d(t, (2, 3, 2), return_indices=True), torch.randn(2, 2, 5, 7, 4))
 
 
+def exact_values_and_input_gradient(function, x):
+    """``function``'s values and its input's gradient (for a fixed output gradient) on tpu equal CPU's bit for bit,
+    and the gradient's strides CPU's."""
+    results = []
+    for device in ("cpu", "tpu"):
+        t = x.detach().to(device).requires_grad_()
+        values = function(t)
+        gradient = torch.randn(values.shape, generator=torch.Generator().manual_seed(1)).to(x.dtype)
+        values.backward(gradient.to(device))
+        results.append((values.detach().cpu(), t.grad.cpu(), t.grad.stride()))
+    (values, grad, stride), (expected_values, expected_grad, expected_stride) = results[1], results[0]
+    assert_close(values, expected_values, atol=0, rtol=0)
+    assert_close(grad, expected_grad, atol=0, rtol=0)
+    assert stride == expected_stride
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("in_size,out_size", [((6, 6), (2, 3)), ((7, 10), (3, 4)), ((10, 11), (4, 3)), ((3, 5), (5, 7)),
+                                              ((9, 4), (4, 4))])
+def test_adaptive_avg_pool2d_is_cpus_bit_for_bit(dtype, in_size, out_size):
+    """CPU's 2-d adaptive average sums each window from +0.0 in row-major order and divides by its height, then its
+    width (two roundings, not one by the area); its backward adds each window's share (divided so, in the
+    gradient's own dtype for bf16/fp16) to the window's elements, windows in row-major order, rounding each
+    addition: equal windows, overlapping ones and windows sharing their first element (fewer inputs than outputs)."""
+    x = (torch.randn(2, 3, *in_size, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    for layout in (x, x.to(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3), x[0]):
+        exact_values_and_input_gradient(lambda t: F.adaptive_avg_pool2d(t, out_size), layout)
+    exact_values_and_input_gradient(lambda t: F.adaptive_avg_pool1d(t, out_size[1]), x[:, :, 0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_adaptive_avg_pool3d_backward_is_cpus_bit_for_bit(dtype):
+    x = (torch.randn(2, 2, 5, 7, 4, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
+    for out_size in ((2, 3, 2), (5, 7, 2), (3, 4, 6)):
+        exact_values_and_input_gradient(lambda t: F.adaptive_avg_pool3d(t, out_size), x)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_adaptive_avg_pool3d_sums_each_window_in_the_input_dtype_like_cpu(dtype):
     """CPU's 3-d adaptive average adds a window's elements one by one in the input's dtype (bf16 rounds

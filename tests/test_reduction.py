@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import differential
 from differential import check
@@ -596,3 +597,27 @@ def test_logsumexp_of_16_bit_floats_and_its_gradient_have_cpus_bits(dtype, dim):
         results.append((value.detach().cpu(), leaf.grad.cpu()))
     for cpu, tpu in zip(*results):
         assert torch.equal(tpu, cpu)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,dims", [
+    ((4, 32, 7, 7), (-2, -1)),  # the zoo's global pools: rows shorter than a cascade step
+    ((2, 3, 14, 14), (2, 3)),
+    ((2, 5, 33, 47), (-1, -2)),  # a row's last elements past whole vectors
+    ((3, 2, 5), (-1,)),  # rows shorter than a vector
+    ((3, 4100), (1,)),  # cascade levels flushed
+    ((2, 17000), (-1,)),
+    ((9000,), (0,)),  # one row: a full reduction (CPU splits only rows past 32768 elements, across threads)
+])
+def test_mean_over_a_contiguous_trailing_run_is_cpus_sum_bit_for_bit(dtype, shape, dims):
+    """CPU's mean is its sum kernel's total divided by the count; over the trailing dims of a contiguous input the
+    kernel adds each output's elements as a contiguous row (SumKernel.cpp: four 32-byte vectors abreast through
+    cascade levels, the lanes then added to the row's tail): ``cpu_replay.inner_sum``. NumPy's pairwise sum gave
+    other bits for a third to two thirds of the values; ``adaptive_avg_pool2d(x, 1)`` is this mean."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype) * 3
+    for keepdim in (False, True):
+        assert torch.equal(x.to("tpu").mean(dims, keepdim=keepdim).cpu(), x.mean(dims, keepdim=keepdim))
+    if x.dim() == 4:
+        assert torch.equal(F.adaptive_avg_pool2d(x.to("tpu"), 1).cpu(), F.adaptive_avg_pool2d(x, 1))
+    zeros = -torch.zeros(shape, dtype=dtype)  # CPU's accumulators start at +0.0
+    assert torch.equal(zeros.to("tpu").mean(dims).cpu().signbit(), zeros.mean(dims).signbit())

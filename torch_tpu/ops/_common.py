@@ -68,14 +68,18 @@ def opmath_dtype(dtype):
     return _OPMATH.get(dtype) or _tensor.numpy_dtype(dtype)
 
 
+def rounding_through(held_in, compute_dtype):
+    """An array computed in ``compute_dtype`` rounded to the NumPy dtype ``held_in`` and back: one operation of
+    CPU's loops over ``c10::BFloat16``/``Half`` values, which round every result they store."""
+    return lambda array: np.asarray(array).astype(held_in).astype(compute_dtype)
+
+
 def loop_rounding(dtype, compute_dtype):
-    """What CPU's loops do to each operation's result over ``dtype`` values, as a function of an array computed
-    in ``compute_dtype``: over ``c10::BFloat16``/``Half`` values they round every result to the 16-bit format;
-    over float and double the arithmetic already happens in the dtype."""
+    """What CPU's loops do to each operation's result over torch ``dtype`` values: over bf16/fp16 they round it
+    to the 16-bit format (``rounding_through``); over float and double the arithmetic already is in the dtype."""
     if dtype not in (torch.bfloat16, torch.float16):
         return np.asarray
-    sixteen_bit = _tensor.numpy_dtype(dtype)
-    return lambda array: np.asarray(array).astype(sixteen_bit).astype(compute_dtype)
+    return rounding_through(_tensor.numpy_dtype(dtype), compute_dtype)
 
 
 def opmath_scalar_type(dtype):

@@ -9,12 +9,12 @@ No pool's Python work grows with the product of its window's sizes:
   maximum in row-major window order wins, and any NaN wins over it (the last NaN over earlier ones);
 - average pooling's backward is the adjoint, spread along each dim in turn; max pooling's is one
   scatter-add (``bincount``) of each gradient to the input element its max came from;
-- adaptive average pools contract each spatial dim with a small membership matrix; adaptive max
-  pools take the separable max over windows gathered along each dim.
+- adaptive max pools take the separable max over windows gathered along each dim.
 
-The one exception is 3-d adaptive average pooling, which replays CPU's element-by-element sum in the
-input's own dtype (bf16 rounds every addition) to give CPU's bits, and so visits every offset of its
-largest window.
+The exception is adaptive average pooling, which replays CPU's element-by-element sums to give CPU's bits: its
+forward visits every offset of its largest window (3-d in the input's own dtype, bf16 rounding every addition;
+2-d in opmath), and where the windows are not equal its backward adds every (window, element) pair in CPU's
+order (``np.add.at``).
 """
 
 import functools
@@ -25,10 +25,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._common import (exact_dtype, opmath_operand, operand, padded, store, store_in_memory_format,
+from ._common import (exact_dtype, opmath_operand, operand, padded, rounding_through, store, store_in_memory_format,
                       suggested_memory_format)
 from .nn import register, without_structured_wrapper
-from .._tensor import is_tpu
+from .._tensor import is_tpu, numpy_dtype
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .pointwise import require, trunc_divide
 
@@ -311,9 +311,10 @@ def window_sum(x, window):
     return total
 
 
-def window_spread(share, in_shape, window):
+def window_spread(share, in_shape, window, held_in=None):
     """The adjoint of ``window_sum`` as CPU's backward makes it: every input element gets, from +0.0, the shares
-    of the windows holding it added one by one, windows in row-major order (so kernel elements in reverse)."""
+    of the windows holding it added one by one, windows in row-major order (so kernel elements in reverse).
+    ``held_in``: the 16-bit dtype CPU's bf16/fp16 loop holds the gradient in, rounding every addition to it."""
     n = len(window.in_sizes)
     if window.is_global():
         return np.broadcast_to(share + 0, in_shape)
@@ -321,7 +322,10 @@ def window_spread(share, in_shape, window):
     spread = np.zeros(lead + tuple(i + p + a for i, p, a in zip(window.in_sizes, window.padding, window.pad_after)),
                       share.dtype)
     for element in window_elements(window, reverse=True):
-        spread[(Ellipsis,) + element] += share
+        added = spread[(Ellipsis,) + element]
+        added += share
+        if held_in is not None:
+            added[...] = added.astype(held_in)
     return spread[(Ellipsis,) + tuple(slice(p, p + i) for p, i in zip(window.padding, window.in_sizes))]
 
 
@@ -337,9 +341,21 @@ def avg_pool_arrays(x, window, count_include_pad, divisor_override):
     return divide_by_counts(window_sum(x, window), divisor_override or window.avg_divisor(count_include_pad))
 
 
-def avg_pool_backward_array(grad, in_shape, window, count_include_pad, divisor_override):
-    share = divide_by_counts(grad, divisor_override or window.avg_divisor(count_include_pad))
-    return window_spread(share, in_shape, window)
+def avg_pool_backward_array(grad, in_shape, window, count_include_pad, divisor_override, held_in=None):
+    """``held_in``: the 16-bit dtype of a bf16/fp16 gradient, which CPU's loop divides (by the count in that
+    dtype) and adds in, rounding each step to it; None for other dtypes."""
+    divisor = divisor_override or window.avg_divisor(count_include_pad)
+    if held_in is None:
+        return window_spread(divide_by_counts(grad, divisor), in_shape, window)
+    rounded = rounding_through(held_in, grad.dtype)
+    return window_spread(rounded(grad / rounded(divisor)), in_shape, window, held_in)
+
+
+def held_16_bit(grad_output):
+    """The 16-bit dtype CPU's average pooling backwards hold a bf16/fp16 gradient in (each step rounded to it),
+    or None: they compute float32 and float64 gradients in their own dtype."""
+    dtype = numpy_dtype(grad_output.dtype)
+    return dtype if dtype.itemsize == 2 and dtype.kind not in "iu" else None
 
 
 # the name 3-d pools' shape checks give themselves in CPU's errors (Meta checks the 2-d pools)
@@ -496,9 +512,8 @@ def avg_pool_backward_kernel(n):
     def kernel(grad_output, self, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override,
                *, grad_input=None):
         window = pool_window(self, n, kernel_size, stride, padding, 1, ceil_mode)
-        result = avg_pool_backward_array(
-            opmath_operand(grad_output), tuple(self.shape), window, count_include_pad, divisor_override
-        )
+        result = avg_pool_backward_array(opmath_operand(grad_output), tuple(self.shape), window, count_include_pad,
+                                         divisor_override, held_16_bit(grad_output))
         return store(result, self.dtype, out=grad_input, distinct=(grad_output, self), dtype_rule=exact_dtype)
 
     return kernel
@@ -536,22 +551,6 @@ def adaptive_bounds(in_size, out_size):
     return (o * in_size) // out_size, ((o + 1) * in_size + out_size - 1) // out_size
 
 
-def adaptive_membership(in_size, out_size):
-    """(out, in) matrix: 1 where input element i lies in output o's window."""
-    start, end = adaptive_bounds(in_size, out_size)
-    i = np.arange(in_size)
-    return ((i >= start[:, None]) & (i < end[:, None])).astype(np.float32)
-
-
-def contract_spatial(x, matrices):
-    """Apply one small matrix along each trailing spatial dim."""
-    n = len(matrices)
-    for d, matrix in enumerate(matrices):
-        axis = x.ndim - n + d
-        x = np.moveaxis(np.tensordot(x, matrix.astype(x.dtype), axes=([axis], [1])), -1, axis)
-    return x
-
-
 def uniform_window(in_sizes, out_sizes):
     """When every size divides evenly, adaptive windows are plain non-overlapping ones: pool them so."""
     if all(o and i % o == 0 for i, o in zip(in_sizes, out_sizes)):
@@ -560,22 +559,81 @@ def uniform_window(in_sizes, out_sizes):
     return None
 
 
+def adaptive_extents(in_sizes, out_sizes):
+    """Per dim, each adaptive window's extent."""
+    return [end - start for start, end in (adaptive_bounds(i, o) for i, o in zip(in_sizes, out_sizes))]
+
+
+def divided_by_extents(values, extents, rounded=None):
+    """``values / kh / kw ...``: divided by each window's extent along each dim in turn, as CPU's adaptive average
+    pools divide (one rounding per division, not one by the product); ``rounded`` rounds each step to the 16-bit
+    dtype CPU's bf16/fp16 backward divides in (the extent converted to it first)."""
+    for extent in grids(extents):
+        extent = extent.astype(values.dtype)
+        values = values / extent if rounded is None else rounded(values / rounded(extent))
+    return values
+
+
 def adaptive_avg_pool_array(x, out_sizes):
+    """CPU's 2-d adaptive average: each window summed from +0.0, its elements added one by one in row-major order
+    (in opmath), then divided by its extent along each dim in turn."""
     in_sizes = x.shape[-len(out_sizes):]
     if window := uniform_window(in_sizes, out_sizes):
-        return avg_pool_arrays(x, window, True, None)
-    matrices = [adaptive_membership(i, o) for i, o in zip(in_sizes, out_sizes)]
-    counts = outer_product([m.sum(axis=1) for m in matrices])
-    return contract_spatial(x, matrices) / counts
+        return divided_by_extents(window_sum(x, window), adaptive_extents(in_sizes, out_sizes))
+    return sequential_adaptive_avg_pool_array(x, out_sizes)
 
 
-def adaptive_avg_pool_backward_array(grad, in_sizes):
-    out_sizes = grad.shape[-len(in_sizes):]
+def adaptive_avg_pool_backward_array(grad, in_sizes, held_in=None):
+    """CPU's 2-d adaptive average backward: each window's share (its gradient divided by its extent along each dim
+    in turn) added, from +0.0, to every element of the window, windows in row-major order; ``held_in`` as for
+    ``avg_pool_backward_array``."""
+    n = len(in_sizes)
+    out_sizes = grad.shape[-n:]
+    in_shape = grad.shape[:-n] + tuple(in_sizes)
+    rounded = None if held_in is None else rounding_through(held_in, grad.dtype)
+    share = divided_by_extents(grad, adaptive_extents(in_sizes, out_sizes), rounded)
     if window := uniform_window(in_sizes, out_sizes):
-        return avg_pool_backward_array(grad, grad.shape[: -len(in_sizes)] + tuple(in_sizes), window, True, None)
-    matrices = [adaptive_membership(i, o) for i, o in zip(in_sizes, out_sizes)]
-    counts = outer_product([m.sum(axis=1) for m in matrices])
-    return contract_spatial(grad / counts, [m.T for m in matrices])
+        return window_spread(share, in_shape, window, held_in)
+    return overlapping_spread(share, tuple(in_sizes), held_in).astype(share.dtype, copy=False)
+
+
+def overlapping_spread(share, in_sizes, held_in):
+    """The adaptive windows' shares added to their elements one by one in CPU's order (windows row-major), in the
+    dtype CPU holds the gradient in (``held_in`` rounds every addition): neighbouring windows share elements. One
+    fancy-indexed addition per offset into the largest window, offsets in reverse row-major order (so that an
+    element shared by windows gets their shares in the windows' order), each over the windows at least that long:
+    within one offset their elements are distinct. Windows less than one input element apart (fewer inputs than
+    outputs) share their first element at one offset: those take ``np.add.at`` over every (window, element) pair."""
+    n = len(in_sizes)
+    lead, out_sizes = share.shape[:-n], share.shape[-n:]
+    spread = np.zeros(lead + tuple(in_sizes), share.dtype if held_in is None else held_in)
+    share = share.astype(spread.dtype, copy=False)
+    bounds = [adaptive_bounds(i, o) for i, o in zip(in_sizes, out_sizes)]
+    if any(i < o for i, o in zip(in_sizes, out_sizes)):
+        windows, elements = adaptive_pairs(tuple(in_sizes), tuple(out_sizes))
+        flat = spread.reshape(math.prod(lead), -1)
+        np.add.at(flat, (slice(None), elements), share.reshape(flat.shape[0], -1)[:, windows])
+        return flat.reshape(spread.shape)
+    extents = [end - start for start, end in bounds]
+    for offset in itertools.product(*(reversed(range(int(e.max(initial=0)))) for e in extents)):
+        reaching = [np.flatnonzero(e > j) for j, e in zip(offset, extents)]
+        elements = [start[w] + j for w, j, (start, _) in zip(reaching, offset, bounds)]
+        spread[(Ellipsis, *np.ix_(*elements))] += share[(Ellipsis, *np.ix_(*reaching))]
+    return spread
+
+
+@functools.lru_cache(maxsize=256)
+def adaptive_pairs(in_sizes, out_sizes):
+    """Every (window, element) pair of adaptive windows as two arrays of flat indices, in CPU's order: windows
+    row-major, each window's elements row-major."""
+    bounds = [adaptive_bounds(i, o) for i, o in zip(in_sizes, out_sizes)]
+    windows, elements = [], []
+    for window in itertools.product(*(range(o) for o in out_sizes)):
+        ranges = [range(int(start[w]), int(end[w])) for w, (start, end) in zip(window, bounds)]
+        for element in itertools.product(*ranges):
+            windows.append(np.ravel_multi_index(window, out_sizes))
+            elements.append(np.ravel_multi_index(element, in_sizes))
+    return np.array(windows, np.intp), np.array(elements, np.intp)
 
 
 def sequential_adaptive_avg_pool_array(x, out_sizes):
@@ -589,9 +647,7 @@ def sequential_adaptive_avg_pool_array(x, out_sizes):
         inside = functools.reduce(np.logical_and, grids([k < e for k, e in zip(offset, extents)]))
         index = [np.minimum(start + k, size - 1) for start, k, size in zip(starts, offset, in_sizes)]
         total = np.where(inside, total + x[(Ellipsis,) + np.ix_(*index)], total)
-    for extent in grids(extents):
-        total = total / extent.astype(x.dtype)
-    return total
+    return divided_by_extents(total, extents)
 
 
 def adaptive_avg_pool_kernel(n):
@@ -611,7 +667,8 @@ def adaptive_avg_pool_kernel(n):
 
 def adaptive_avg_pool_backward_kernel(n):
     def kernel(grad_output, self, *, out=None):
-        result = adaptive_avg_pool_backward_array(opmath_operand(grad_output), tuple(self.shape[-n:]))
+        result = adaptive_avg_pool_backward_array(opmath_operand(grad_output), tuple(self.shape[-n:]),
+                                                  held_16_bit(grad_output))
         return store_adaptive_avg_pooled(result, self, n, out)
 
     return kernel

@@ -20,7 +20,7 @@ import torch
 from .. import _C
 from .._errors import cannot_cast, failed_check, not_implemented_for, scalar_type_name, shape_mismatch, warn_once
 from .._tensor import DTYPE_NAME
-from .cpu_replay import libstdcxx_order
+from .cpu_replay import inner_sum, libstdcxx_order
 from ._common import (as_numpy, converted, empty, exact_dtype, loop_rounding, operand, opmath_dtype, prepare_out, store,
                       wrap_dim, wrap_dims, write)
 from ._registry import register
@@ -87,12 +87,34 @@ def _reduce_into(out, reduction, array, axes, keepdim):
 
 
 def mean_array(array, axes, keepdim):
-    """The mean of ``array`` (already in its accumulation type) over ``axes``. Like CPU's, silent when the sum
-    overflows or nothing is summed (the VPU's quiet state: cheaper than ``np.errstate``, once per global pool)."""
+    """The mean of ``array`` (already in its accumulation type) over ``axes``: CPU's sum divided by the count. Like
+    CPU's, silent when the sum overflows or nothing is summed (the VPU's quiet state: cheaper than ``np.errstate``,
+    once per global pool)."""
     count = math.prod(array.shape[axis] for axis in axes)
     with _C.vpu.ignoring_fp_errors():
-        total = np.add.reduce(array, axis=axes, keepdims=keepdim)  # np.sum's reduction, without its wrapper
+        if count and _contiguous_trailing_run(array, axes):  # a global pool's mean over H and W: CPU's order
+            kept = array.shape[:array.ndim - len(axes)]
+            total = inner_sum.inner_sums(array.reshape(-1, count)).reshape(kept + (1,) * len(axes) * keepdim)
+        else:  # NumPy's pairwise order
+            total = np.add.reduce(array, axis=axes, keepdims=keepdim)  # np.sum's reduction, without its wrapper
         return np.asarray(total / np.asarray(count, total.dtype))
+
+
+def _contiguous_trailing_run(array, axes):
+    """Whether ``axes`` are a float32/float64 array's last dims, laid out as one contiguous run: CPU's sum kernel
+    then adds each output's elements as a contiguous row (``cpu_replay.inner_sum``)."""
+    trailing = range(array.ndim - len(axes), array.ndim)
+    if not axes or array.dtype not in _INNER_SUM_DTYPES or sorted(axes) != list(trailing):
+        return False
+    stride = array.itemsize
+    for axis in reversed(trailing):
+        if array.shape[axis] != 1 and array.strides[axis] != stride:
+            return False
+        stride *= array.shape[axis]
+    return True
+
+
+_INNER_SUM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _sum_dtype(self, dtype):

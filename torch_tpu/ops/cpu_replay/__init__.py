@@ -8,6 +8,9 @@ sum rounds in, which elements a SIMD loop converts. Each replay lives in one nam
   ``sort(stable=False)``, ``topk``, ``kthvalue``, ``median`` and ``mode`` indices where keys tie;
 - ``cascade_sum``: the multi-level accumulation of CPU's sum kernel, behind ``nll_loss``'s total
   (bf16 rounds after every addition);
+- ``inner_sum``: the same kernel's float32/float64 sum of a contiguous run (vectors four abreast through
+  cascade levels, then the lanes), behind ``mean`` over an input's contiguous trailing dims (global average
+  pools);
 - ``add``/``sub`` with an ``alpha`` round ``a + alpha * b`` once, as CPU's ``vec::fmadd`` does in float32 and
   float64: through the chip's ``vpu.fused_multiply_add`` (csrc_py/vpu.py), which ``linspace``'s
   float64 steps and linalg share;
