@@ -83,6 +83,46 @@ def check_bad_arguments_name_the_collective_and_rank(rank):
     assert recovered.cpu().tolist() == [float(world)] * 2
 
 
+def _raised(collective):
+    try:
+        collective()
+    except Exception as error:  # noqa: BLE001 (the class is what is checked)
+        return error
+    raise AssertionError("the collective did not raise")
+
+
+def check_arguments_refused_on_one_rank_fail_every_rank(rank):
+    """Arguments only one rank refuses (an expanded output, a tensor on another device, an output of the wrong
+    size, a root outside the group): that rank raises its own error and every other rank the same class and
+    words at once, naming it, where gloo leaves the peers waiting for the timeout; the group still works."""
+    world = dist.get_world_size()
+    refused = world - 1
+    in_place = _raised(lambda: torch.zeros(1).expand(3).add_(1))
+    cases = (
+        ("all_reduce", RuntimeError, str(in_place),
+         lambda mine: dist.all_reduce(mine.expand(world) if rank == refused else torch.ones(world, device="tpu"))),
+        ("broadcast", RuntimeError, "tensors on meta are not supported",
+         lambda mine: dist.broadcast(torch.ones(2, device="meta" if rank == refused else "tpu"), 0)),
+        ("all_gather_into_tensor", RuntimeError, f"the output has {world + 1} elements",
+         lambda mine: dist.all_gather_into_tensor(torch.empty(world + (rank == refused), device="tpu"), mine)),
+        ("reduce", ValueError, f"the root {world} is not a rank of this group",
+         lambda mine: dist.reduce(mine, dst=world if rank == refused else 0)),
+    )
+    for name, kind, words, collective in cases:
+        mine = torch.full((1,), float(rank + 1), device="tpu")
+        error = _raised(lambda: collective(mine))
+        assert type(error) is kind and words in str(error), (name, rank, error)
+        if rank != refused:
+            assert f"{name} on rank {rank} of process group 'default_pg': rank {refused}'s arguments were refused" \
+                in str(error), error
+    # dtypes that differ across ranks: every rank lists the calls
+    error = _raised(lambda: dist.all_reduce(torch.ones(2, dtype=torch.float32 if rank else torch.float64, device="tpu")))
+    assert "called different collectives" in str(error) and "float64[2]" in str(error), error
+    recovered = torch.ones(2, device="tpu")
+    dist.all_reduce(recovered)
+    assert recovered.cpu().tolist() == [float(world)] * 2
+
+
 scenario = sys.argv[1] if len(sys.argv) > 1 else "all"
 torch.ones(1, device="tpu")  # the chip's own threads start with its first use
 before = threads_and_sockets()
@@ -95,6 +135,7 @@ if scenario == "all":
     dtensor.run()
     check_mismatch_is_caught_and_recoverable(rank)
     check_bad_arguments_name_the_collective_and_rank(rank)
+    check_arguments_refused_on_one_rank_fail_every_rank(rank)
     dist.barrier()
     dist.destroy_process_group()
     del store
