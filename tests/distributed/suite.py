@@ -1,4 +1,4 @@
-"""Worker (one process per rank, env:// variables set): the collective and DTensor checks in one run.
+"""Worker (one process per rank, env:// variables set): the collective, DTensor and SyncBatchNorm checks in one run.
 
     suite.py            every check, then destroy_process_group() must leave no thread or socket
     suite.py dead       after the checks, rank 1 dies; rank 0's next collective must raise at once
@@ -15,6 +15,7 @@ import time
 
 import collectives
 import dtensor
+import sync_batch_norm
 import torch
 import torch.distributed as dist
 
@@ -125,6 +126,7 @@ def check_arguments_refused_on_one_rank_fail_every_rank(rank):
 
 scenario = sys.argv[1] if len(sys.argv) > 1 else "all"
 torch.ones(1, device="tpu")  # the chip's own threads start with its first use
+torch.nn.functional.conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 3, 3))  # CPU's thread pool (the references')
 before = threads_and_sockets()
 rank = int(os.environ["RANK"])
 store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
@@ -133,6 +135,7 @@ dist.init_process_group(store=store, rank=rank, world_size=int(os.environ["WORLD
 if scenario == "all":
     collectives.run()
     dtensor.run()
+    sync_batch_norm.run()
     check_mismatch_is_caught_and_recoverable(rank)
     check_bad_arguments_name_the_collective_and_rank(rank)
     check_arguments_refused_on_one_rank_fail_every_rank(rank)
