@@ -94,7 +94,7 @@ def _raised(collective):
 
 def check_arguments_refused_on_one_rank_fail_every_rank(rank):
     """Arguments only one rank refuses (an expanded output, a tensor on another device, an output of the wrong
-    size, a root outside the group): that rank raises its own error and every other rank the same class and
+    size, a root outside the group, all-to-all blocks of unequal sizes, which gloo refuses too): that rank raises its own error and every other rank the same class and
     words at once, naming it, where gloo leaves the peers waiting for the timeout; the group still works."""
     world = dist.get_world_size()
     refused = world - 1
@@ -108,6 +108,9 @@ def check_arguments_refused_on_one_rank_fail_every_rank(rank):
          lambda mine: dist.all_gather_into_tensor(torch.empty(world + (rank == refused), device="tpu"), mine)),
         ("reduce", ValueError, f"the root {world} is not a rank of this group",
          lambda mine: dist.reduce(mine, dst=world if rank == refused else 0)),
+        ("all_to_all", RuntimeError, f"tensor {world + 1} has shape [2], expected [1]",
+         lambda mine: dist.all_to_all([torch.empty(1 + (rank == refused and i == 1), device="tpu") for i in range(world)],
+                                      [mine.clone() for _ in range(world)])),
     )
     for name, kind, words, collective in cases:
         mine = torch.full((1,), float(rank + 1), device="tpu")

@@ -389,6 +389,7 @@ class ProcessGroupICI(dist.ProcessGroup):
             checks.list_length(error, inputs, self.size(), "input")
             checks.list_length(error, outputs, self.size(), "output")
             checks.same_dtype(error, inputs[0], [*inputs, *outputs], "tensor")
+            checks.same_shape(error, inputs[0], [*inputs, *outputs], "tensor")  # gloo's rule, found before any rank waits
             targets, sources = self._hosts(outputs, written=True), self._hosts(inputs, written=False)
         return self._launch("all_to_all", error, on_tpu,
                             lambda: self._transport.alltoall([h.host for h in targets], [h.host for h in sources], opts),
