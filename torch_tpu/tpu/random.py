@@ -53,10 +53,11 @@ def get_rng_state(device="tpu"):
 
 
 def set_rng_state(new_state, device="tpu"):
-    # Out of sight of torch function modes, as CUDA's and CPU's generators take their state in C++:
-    # torch.testing's freeze_rng_state restores it inside a strict TorchRefsMode, which refuses detach.
-    # (torch's own switch, not _cost's alias: `import torch` loads this module and must not load the kernels.)
-    with torch._C.DisableTorchFunction():
+    # Out of sight of torch function and dispatch modes, as CUDA's and CPU's generators take their state in C++:
+    # torch.testing's freeze_rng_state restores it inside a strict TorchRefsMode, and LocalTensorMode restores each
+    # simulated rank's state while DTensor propagates shardings under a FakeTensorMode; both refuse detach.
+    # (torch's own switches, not _cost's alias: `import torch` loads this module and must not load the kernels.)
+    with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
         state = new_state.detach().cpu().numpy()
     _rng().set_state(state)
 
