@@ -93,3 +93,28 @@ def test_backward_reduce_leaves_out_what_is_not_asked():
     assert grad_weight is None and grad_bias is None
     compare(sum_dy, x.cpu().double().sum(0), torch.float32)
     compare(sum_dy_xmu, (x.cpu().double() ** 2).sum(0), torch.float32)
+
+
+def test_kernels_run_in_abstract_mode_with_the_eager_kernels_shapes_and_dtypes():
+    """PyTorch has no Meta kernels for them: abstract mode gives what the tpu kernels give, without values."""
+    import torch_tpu
+
+    def calls(x, weight):
+        mean, invstd = torch.batch_norm_stats(x, EPS)
+        counts = torch.tensor([4, 4], dtype=torch.int32, device="tpu")
+        whole = torch.batch_norm_gather_stats_with_counts(x, torch.stack([mean, mean]), torch.stack([invstd, invstd]),
+                                                          None, None, MOMENTUM, EPS, counts.float())
+        out = torch.batch_norm_elemt(x, weight, None, mean, invstd, EPS)
+        sums = torch.batch_norm_backward_reduce(out, x, mean, invstd, weight, True, False, True)
+        grad = torch.batch_norm_backward_elemt(out, x, mean, invstd, weight, sums[0], sums[1], counts)
+        return [mean, invstd, *whole, out, *sums, grad]
+
+    x = torch.randn(4, 3, 2, 2).to(torch.bfloat16).to("tpu").contiguous(memory_format=torch.channels_last)
+    weight = torch.ones(3, device="tpu")
+    eager = calls(x, weight)
+    with torch_tpu.abstract():
+        abstract = calls(torch.empty_like(x), torch.empty_like(weight))
+    for e, a in zip(eager, abstract):
+        assert (e is None) == (a is None)
+        if e is not None:
+            assert (a.shape, a.dtype, a.stride()) == (e.shape, e.dtype, e.stride())
