@@ -1,10 +1,11 @@
 """The "ici" backend across processes: collectives, DTensor, bad input and faults.
 
-The suite worker (tests/distributed/suite.py, with collectives.py and dtensor.py) runs on every
-rank: each c10d and functional collective on tpu tensors against gloo on CPU tensors (bit for bit,
+The suite worker (tests/distributed/suite.py, with collectives.py, dtensor.py and sync_batch_norm.py) runs
+on every rank: each c10d and functional collective on tpu tensors against gloo on CPU tensors (bit for bit,
 or a float32 reduction rounded once), the ICI time charged against the cost model, DTensor against
-single-device results, mismatched collectives and bad arguments (clear errors, and the group still
-works), and finally that destroy_process_group() left no thread or socket behind. Faults run with
+single-device results, SyncBatchNorm against one CPU BatchNorm over the whole batch, mismatched collectives
+and bad arguments (clear errors on every rank, also when only one rank's arguments are refused, and the group
+still works), and finally that destroy_process_group() left no thread or socket behind. Faults run with
 a short timeout (TORCH_TPU_DIST_TIMEOUT) and must end well within it.
 """
 

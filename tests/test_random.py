@@ -68,6 +68,21 @@ def test_rng_state_is_set_out_of_sight_of_torch_function_modes():
     assert torch.equal(torch.rand(10, device="tpu").cpu(), first)
 
 
+def test_rng_state_is_got_and_set_out_of_sight_of_dispatch_modes():
+    """LocalTensorMode (PyTorch's one-process simulation of every rank) saves and sets each rank's device state while
+    DTensor propagates a sharding under a FakeTensorMode, which refuses a real tensor's detach and would make the
+    saved state fake; CPU's generator gives and takes a real one."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    state = torch.tpu.get_rng_state()
+    first = torch.rand(10, device="tpu").cpu()
+    with FakeTensorMode():
+        torch.set_rng_state(torch.get_rng_state())
+        torch.tpu.set_rng_state(state)
+        saved = torch.tpu.get_rng_state()
+    assert torch.equal(torch.rand(10, device="tpu").cpu(), first)
+    assert type(saved) is torch.Tensor and torch.equal(saved, state)
+
+
 def test_explicit_cpu_generator_is_refused():
     generator = torch.Generator().manual_seed(0)
     with pytest.raises(RuntimeError, match="tpu"):

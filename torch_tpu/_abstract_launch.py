@@ -587,6 +587,49 @@ def _scaled_matmul(op, args, kwargs):
     return out
 
 
+def _synced_statistics(call):
+    from .ops import nn
+
+    channels, dtype = call["input"].shape[1], nn.synced_statistics_dtype(call["input"])
+    return _tensor.empty((channels,), dtype), _tensor.empty((channels,), dtype)
+
+
+def _gathered_statistics(call):
+    channels, dtype = call["mean"].shape[-1], call["mean"].dtype
+    return _tensor.empty((channels,), dtype), _tensor.empty((channels,), dtype)
+
+
+def _like_input(call):
+    from .ops import nn
+
+    return _tensor.empty(call["input"].shape, call["input"].dtype, nn.batch_norm_strides(call["input"]))
+
+
+def _gradient_sums(call):
+    mean, weight = call["mean"], call["weight"]
+    params_dtype = mean.dtype if weight is None else weight.dtype
+    wanted = ((call["input_g"], mean.dtype), (call["input_g"], mean.dtype), (call["weight_g"], params_dtype),
+              (call["bias_g"], params_dtype))
+    return tuple(_tensor.empty(mean.shape, dtype) if asked else None for asked, dtype in wanted)
+
+
+_SYNCED_BATCH_NORM = {
+    torch.ops.aten.batch_norm_stats.default: _synced_statistics,
+    torch.ops.aten.batch_norm_gather_stats.default: _gathered_statistics,
+    torch.ops.aten.batch_norm_gather_stats_with_counts.default: _gathered_statistics,
+    torch.ops.aten.batch_norm_elemt.default: _like_input,
+    torch.ops.aten.batch_norm_backward_reduce.default: _gradient_sums,
+    torch.ops.aten.batch_norm_backward_elemt.default: _like_input,
+}
+
+
+@rule(*_SYNCED_BATCH_NORM)
+def _synced_batch_norm(op, args, kwargs):
+    """nn.SyncBatchNorm's kernels are CUDA's alone, with no Meta kernel: the tpu kernels' results (ops/nn.py), without
+    values; the running statistics a gather updates keep theirs."""
+    return _SYNCED_BATCH_NORM[op](_bind(op, args, kwargs))
+
+
 def _bind(op, args, kwargs):
     """Every argument of a call by its schema name, defaults filled in."""
     call = {}

@@ -1,4 +1,4 @@
-"""Worker (one process per rank, env:// variables set): the collective and DTensor checks in one run.
+"""Worker (one process per rank, env:// variables set): the collective, DTensor and SyncBatchNorm checks in one run.
 
     suite.py            every check, then destroy_process_group() must leave no thread or socket
     suite.py dead       after the checks, rank 1 dies; rank 0's next collective must raise at once
@@ -15,6 +15,7 @@ import time
 
 import collectives
 import dtensor
+import sync_batch_norm
 import torch
 import torch.distributed as dist
 
@@ -83,8 +84,52 @@ def check_bad_arguments_name_the_collective_and_rank(rank):
     assert recovered.cpu().tolist() == [float(world)] * 2
 
 
+def _raised(collective):
+    try:
+        collective()
+    except Exception as error:  # noqa: BLE001 (the class is what is checked)
+        return error
+    raise AssertionError("the collective did not raise")
+
+
+def check_arguments_refused_on_one_rank_fail_every_rank(rank):
+    """Arguments only one rank refuses (an expanded output, a tensor on another device, an output of the wrong
+    size, a root outside the group, all-to-all blocks of unequal sizes, which gloo refuses too): that rank raises its own error and every other rank the same class and
+    words at once, naming it, where gloo leaves the peers waiting for the timeout; the group still works."""
+    world = dist.get_world_size()
+    refused = world - 1
+    in_place = _raised(lambda: torch.zeros(1).expand(3).add_(1))
+    cases = (
+        ("all_reduce", RuntimeError, str(in_place),
+         lambda mine: dist.all_reduce(mine.expand(world) if rank == refused else torch.ones(world, device="tpu"))),
+        ("broadcast", RuntimeError, "tensors on meta are not supported",
+         lambda mine: dist.broadcast(torch.ones(2, device="meta" if rank == refused else "tpu"), 0)),
+        ("all_gather_into_tensor", RuntimeError, f"the output has {world + 1} elements",
+         lambda mine: dist.all_gather_into_tensor(torch.empty(world + (rank == refused), device="tpu"), mine)),
+        ("reduce", ValueError, f"the root {world} is not a rank of this group",
+         lambda mine: dist.reduce(mine, dst=world if rank == refused else 0)),
+        ("all_to_all", RuntimeError, f"tensor {world + 1} has shape [2], expected [1]",
+         lambda mine: dist.all_to_all([torch.empty(1 + (rank == refused and i == 1), device="tpu") for i in range(world)],
+                                      [mine.clone() for _ in range(world)])),
+    )
+    for name, kind, words, collective in cases:
+        mine = torch.full((1,), float(rank + 1), device="tpu")
+        error = _raised(lambda: collective(mine))
+        assert type(error) is kind and words in str(error), (name, rank, error)
+        if rank != refused:
+            assert f"{name} on rank {rank} of process group 'default_pg': rank {refused}'s arguments were refused" \
+                in str(error), error
+    # dtypes that differ across ranks: every rank lists the calls
+    error = _raised(lambda: dist.all_reduce(torch.ones(2, dtype=torch.float32 if rank else torch.float64, device="tpu")))
+    assert "called different collectives" in str(error) and "float64[2]" in str(error), error
+    recovered = torch.ones(2, device="tpu")
+    dist.all_reduce(recovered)
+    assert recovered.cpu().tolist() == [float(world)] * 2
+
+
 scenario = sys.argv[1] if len(sys.argv) > 1 else "all"
 torch.ones(1, device="tpu")  # the chip's own threads start with its first use
+torch.nn.functional.conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 3, 3))  # CPU's thread pool (the references')
 before = threads_and_sockets()
 rank = int(os.environ["RANK"])
 store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), int(os.environ["WORLD_SIZE"]),
@@ -93,8 +138,10 @@ dist.init_process_group(store=store, rank=rank, world_size=int(os.environ["WORLD
 if scenario == "all":
     collectives.run()
     dtensor.run()
+    sync_batch_norm.run()
     check_mismatch_is_caught_and_recoverable(rank)
     check_bad_arguments_name_the_collective_and_rank(rank)
+    check_arguments_refused_on_one_rank_fail_every_rank(rank)
     dist.barrier()
     dist.destroy_process_group()
     del store

@@ -1,11 +1,13 @@
 """Argument checks for collectives, and the check that every rank called the same collective.
 
-Bad arguments fail on the rank that passed them, before anything moves, with an error naming
+Bad arguments are found on the rank that passed them, before anything moves, with an error naming
 the collective and the rank. A collective's *signature* (what it is, its dtype, the shape every
-rank must agree on, its root and reduce op) is then exchanged with the other ranks of the group:
-if any rank called something else, every rank raises an error listing what each one called,
-instead of hanging or mixing up bytes. A rank that never arrives (dead, or stuck elsewhere) makes
-the exchange fail within the group's timeout. ``TORCH_TPU_DIST_CHECKS=0`` skips the exchange.
+rank must agree on, its root and reduce op) is then exchanged with the other ranks of the group,
+with whether this rank's checks passed: if any rank's failed, it raises its error and every other
+rank raises the same (its class and words, naming the rank), at once; if any rank called something
+else, every rank raises an error listing what each one called. Either way no rank waits for a
+collective its peers will not run. A rank that never arrives (dead, or stuck elsewhere) makes the
+exchange fail within the group's timeout. ``TORCH_TPU_DIST_CHECKS=0`` skips the exchange.
 """
 
 import os
@@ -17,11 +19,13 @@ from .._errors import cannot_cast
 KINDS = (
     "barrier", "all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter",
     "reduce_scatter_tensor", "all_to_all_single", "all_to_all", "scatter", "gather", "reduce",
-    "all_reduce_coalesced",
+    "all_reduce_coalesced", "all_gather_coalesced",
 )
 DTYPES = (None, *sorted({d for d in vars(torch).values() if isinstance(d, torch.dtype)}, key=str))
 MAX_DIMS = 8
-SIGNATURE_LENGTH = 7 + MAX_DIMS
+# the classes a rank's failed check can raise, so that its peers raise the same (any other: RuntimeError)
+FAILURE_KINDS = (RuntimeError, ValueError, TypeError, IndexError, NotImplementedError)
+LONGEST_FAILURE = 4000  # bytes of a failure's message sent to the peers
 
 
 def exchange_enabled():
@@ -49,6 +53,31 @@ def describe_signature(values):
     if count != 1:
         parts.append(f"{count} tensors")
     return f"{KINDS[kind]}({', '.join(p for p in parts if p)}) as collective #{sequence}"
+
+
+def failure_code(failure):
+    """What a rank tells its peers of its own checks: [0, 0] if they passed, else [kind, bytes of the message]."""
+    if failure is None:
+        return [0, 0]
+    kind = next((i for i, k in enumerate(FAILURE_KINDS) if type(failure) is k), 0)
+    return [kind + 1, len(_failure_text(failure))]
+
+
+def _failure_text(failure):
+    return str(failure).encode()[:LONGEST_FAILURE]
+
+
+def failure_text_codes(failure, length):
+    """A failure's message as ``length`` integers (its bytes, padded), for the exchange."""
+    text = _failure_text(failure) if failure is not None else b""
+    return list(text.ljust(length, b"\0"))
+
+
+def peer_failure(error, rank, code, text_codes):
+    """The error a rank raises when peer ``rank``'s checks failed: the peer's class, naming it, with its words."""
+    kind, length = code
+    text = bytes(text_codes[:length]).decode(errors="replace")
+    return error(f"rank {rank}'s arguments were refused, so no rank runs it: {text}", FAILURE_KINDS[kind - 1])
 
 
 class CollectiveError:

@@ -17,6 +17,7 @@ Reductions in bfloat16, float16 and FP8 are computed in float32 and rounded once
 reduces them, so results equal gloo's on CPU tensors bit for bit.
 """
 
+import contextlib
 import datetime
 import itertools
 import os
@@ -147,17 +148,27 @@ class ProcessGroupICI(dist.ProcessGroup):
     def _error(self, name):
         return checks.CollectiveError(name, self.rank(), self._label())
 
+    @contextlib.contextmanager
     def _start(self, name, tensors, signature_of=None, **signature):
-        """Checks every rank makes before a collective; returns (error builder, on tpu?)."""
+        """``with self._start(...) as (error builder, on tpu?):`` around a collective's checks on this rank
+        and the host views of its tensors; then every rank of the group agrees that the call can go ahead
+        (``_agree``). Whatever the body raises is told to the other ranks, which raise it too, instead of
+        waiting for a collective this rank will not run."""
         error = self._error(name)
-        checks.same_device(error, tensors)
         on_tpu = bool(tensors) and tensors[0].device.type == "tpu"
-        if on_tpu and not self.simulated and not all(has_bytes(t) for t in tensors):
-            raise error("these tensors have no bytes (abstract mode): run collectives on them under torch_tpu.simulate()")
-        sequence = next(self._sequence)
-        if self._has_peers():
-            self._agree(error, checks.signature(sequence, name, signature_of, **signature))
-        return error, on_tpu
+        call = checks.signature(next(self._sequence), name, signature_of, **signature)
+        try:
+            checks.same_device(error, tensors)
+            if on_tpu and not self.simulated and not all(has_bytes(t) for t in tensors):
+                raise error("these tensors have no bytes (abstract mode): run collectives on them under torch_tpu.simulate()")
+            yield error, on_tpu
+        except Exception as failure:
+            try:
+                self._agree(error, call, failure)
+            except RuntimeError:
+                pass  # a peer gone too: this rank's own error says more
+            raise
+        self._agree(error, call)
 
     def _has_peers(self):
         """Whether there are other ranks to agree with (none in a simulated world)."""
@@ -175,11 +186,21 @@ class ProcessGroupICI(dist.ProcessGroup):
             raise error(f"not every rank of the group reached this collective: {failure}", type(failure)) from failure
         return [other.tolist() for other in everyone]
 
-    def _agree(self, error, signature):
-        """Every rank of the group must be making the same call (see ``checks``)."""
-        everyone = self._exchange(error, signature)
-        if any(other != signature for other in everyone):
-            calls = "; ".join(f"rank {r}: {checks.describe_signature(v)}" for r, v in enumerate(everyone))
+    def _agree(self, error, call, failure=None):
+        """Every rank of the group must be making the same call (see ``checks``), and none may have failed its
+        checks (``failure``, this rank's): the ranks whose checks passed raise the first failed rank's error."""
+        if not self._has_peers():
+            return
+        everyone = self._exchange(error, [*call, *checks.failure_code(failure)])
+        codes = [values[len(call):] for values in everyone]
+        failed = [rank for rank, (kind, _) in enumerate(codes) if kind]
+        if failed:
+            texts = self._exchange(error, checks.failure_text_codes(failure, max(length for _, length in codes)))
+            if failure is None:
+                raise checks.peer_failure(error, failed[0], codes[failed[0]], texts[failed[0]])
+            return
+        if any(values[:len(call)] != call for values in everyone):
+            calls = "; ".join(f"rank {r}: {checks.describe_signature(v[:len(call)])}" for r, v in enumerate(everyone))
             raise error(f"the ranks of the group called different collectives: {calls}")
 
     def _agree_on_splits(self, error, input_splits, output_splits):
@@ -231,16 +252,21 @@ class ProcessGroupICI(dist.ProcessGroup):
         return work
 
     def _reducing_hosts(self, error, tensors, options, role="in place"):
-        """Host views of tensors a reduction reads and writes ("in place"), reads ("input") or writes
-        ("output"), and the options for the transport: PREMUL_SUM scales what is read, then sums."""
+        """Host views of tensors a reduction reads and writes ("in place"), reads ("input") or writes ("output")."""
         op = _reduce_op(options)
         checks.reduce_op_takes(error, op, tensors)
         if op == RedOpType.PREMUL_SUM and tensors and tensors[0].device.type == "cpu":
             raise error("ReduceOp.PREMUL_SUM is not supported for CPU tensors (gloo)")
         unsigned_order = op in (RedOpType.MAX, RedOpType.MIN)
-        hosts = [HostTensor(t, written=role != "input", reducing=True, unsigned_order=unsigned_order and t.dtype == torch.uint64) for t in tensors]
-        if op != RedOpType.PREMUL_SUM or role == "output":
-            return hosts, options
+        return [HostTensor(t, written=role != "input", reducing=True, unsigned_order=unsigned_order and t.dtype == torch.uint64)
+                for t in tensors]
+
+    @staticmethod
+    def _premultiplied(hosts, options, role="in place"):
+        """The options for the transport: PREMUL_SUM scales what is read (once every rank has agreed to go
+        ahead, since an in-place tensor is scaled where it is), then sums."""
+        if _reduce_op(options) != RedOpType.PREMUL_SUM or role == "output":
+            return options
         factor = options.reduceOp.factor
         factor = factor.cpu() if isinstance(factor, torch.Tensor) else factor
         for host in hosts:
@@ -248,7 +274,7 @@ class ProcessGroupICI(dist.ProcessGroup):
                 host.host = host.host.mul_(factor) if role == "in place" else host.host * factor
         summing = type(options)()
         summing.reduceOp, summing.timeout = dist.ReduceOp.SUM, options.timeout
-        return hosts, summing
+        return summing
 
     @staticmethod
     def _hosts(tensors, written):
@@ -266,8 +292,9 @@ class ProcessGroupICI(dist.ProcessGroup):
                                    "allreduce_coalesced")
 
     def _all_reduce_as(self, name, tensors, opts, options_type, transport_call):
-        error, on_tpu = self._start(name, tensors, tensors[0] if tensors else None, op=_reduce_op(opts), count=len(tensors))
-        hosts, opts = self._reducing_hosts(error, tensors, opts)
+        with self._start(name, tensors, tensors[0] if tensors else None, op=_reduce_op(opts), count=len(tensors)) as (error, on_tpu):
+            hosts = self._reducing_hosts(error, tensors, opts)
+        opts = self._premultiplied(hosts, opts)
         options = options_type()
         options.reduceOp, options.timeout = opts.reduceOp, opts.timeout
         reduce = getattr(self._transport, transport_call)
@@ -275,28 +302,28 @@ class ProcessGroupICI(dist.ProcessGroup):
                             hosts, tensors, _nbytes(tensors))
 
     def _broadcast(self, tensors, opts):
-        error, on_tpu = self._start("broadcast", tensors, tensors[0] if tensors else None, root=opts.rootRank)
-        checks.rank_in_group(error, opts.rootRank, self.size(), "the root")
-        hosts = self._hosts(tensors, written=True)
+        with self._start("broadcast", tensors, tensors[0] if tensors else None, root=opts.rootRank) as (error, on_tpu):
+            checks.rank_in_group(error, opts.rootRank, self.size(), "the root")
+            hosts = self._hosts(tensors, written=True)
         return self._launch("broadcast", error, on_tpu, lambda: self._transport.broadcast([h.host for h in hosts], opts),
                             hosts, tensors, _nbytes(tensors))
 
     def _allgather(self, output_lists, inputs, opts):
         outputs = [t for group in output_lists for t in group]
-        error, on_tpu = self._start("all_gather", [*inputs, *outputs], inputs[0] if inputs else None)
-        checks.one_per_rank(error, inputs, output_lists, self.size(), "output")
-        hosts = [self._hosts(group, written=True) for group in output_lists]
-        sources = self._hosts(inputs, written=False)
+        with self._start("all_gather", [*inputs, *outputs], inputs[0] if inputs else None) as (error, on_tpu):
+            checks.one_per_rank(error, inputs, output_lists, self.size(), "output")
+            hosts = [self._hosts(group, written=True) for group in output_lists]
+            sources = self._hosts(inputs, written=False)
         return self._launch(
             "all_gather", error, on_tpu,
             lambda: self._transport.allgather([[h.host for h in group] for group in hosts], [h.host for h in sources], opts),
             [*sources, *(h for group in hosts for h in group)], outputs, _nbytes(outputs))
 
     def _all_gather_single(self, output, tensor, opts):
-        error, on_tpu = self._start("all_gather_into_tensor", [output, tensor], tensor)
-        checks.same_dtype(error, tensor, [output])
-        checks.sized(error, output, tensor, self.size(), "output", "input")
-        target, source = HostTensor(output, written=True), HostTensor(tensor, written=False)
+        with self._start("all_gather_into_tensor", [output, tensor], tensor) as (error, on_tpu):
+            checks.same_dtype(error, tensor, [output])
+            checks.sized(error, output, tensor, self.size(), "output", "input")
+            target, source = HostTensor(output, written=True), HostTensor(tensor, written=False)
         gathered = _as_concatenation(target.host, source.host, self.size()) if on_tpu else target.host
         return self._launch("all_gather_into_tensor", error, on_tpu,
                             lambda: self._transport._allgather_base(gathered, source.host, opts),
@@ -307,33 +334,35 @@ class ProcessGroupICI(dist.ProcessGroup):
 
     def _allgather_coalesced(self, output_lists, inputs, opts):
         """``output_lists[r][i]`` receives rank r's ``inputs[i]`` (one list per rank, as gloo takes them)."""
-        error = self._error("all_gather_coalesced")
-        checks.list_length(error, output_lists, self.size(), "output")
-        for outputs in output_lists:
-            if len(outputs) != len(inputs):
-                raise error(f"each rank's output list must hold one tensor per input ({len(inputs)}), got {len(outputs)}")
+        with self._start("all_gather_coalesced", [], count=len(inputs)) as (error, _):
+            checks.list_length(error, output_lists, self.size(), "output")
+            for outputs in output_lists:
+                if len(outputs) != len(inputs):
+                    raise error(f"each rank's output list must hold one tensor per input ({len(inputs)}), got {len(outputs)}")
         per_input = [list(outputs) for outputs in zip(*output_lists)]
         return self._coalesce([self._allgather([outputs], [t], opts) for outputs, t in zip(per_input, inputs)],
                               [t for outputs in output_lists for t in outputs])
 
     def _reduce_scatter(self, outputs, input_lists, opts):
         inputs = [t for group in input_lists for t in group]
-        error, on_tpu = self._start("reduce_scatter", [*outputs, *inputs], outputs[0] if outputs else None,
-                                    op=_reduce_op(opts))
-        checks.one_per_rank(error, outputs, input_lists, self.size(), "input")
-        targets, _ = self._reducing_hosts(error, outputs, opts, "output")
-        sources, opts = self._reducing_hosts(error, inputs, opts, "input")
+        with self._start("reduce_scatter", [*outputs, *inputs], outputs[0] if outputs else None,
+                         op=_reduce_op(opts)) as (error, on_tpu):
+            checks.one_per_rank(error, outputs, input_lists, self.size(), "input")
+            targets = self._reducing_hosts(error, outputs, opts, "output")
+            sources = self._reducing_hosts(error, inputs, opts, "input")
+        opts = self._premultiplied(sources, opts, "input")
         grouped = [[h.host for h in sources[i * self.size():(i + 1) * self.size()]] for i in range(len(outputs))]
         return self._launch("reduce_scatter", error, on_tpu,
                             lambda: self._transport.reduce_scatter([h.host for h in targets], grouped, opts),
                             [*targets, *sources], outputs, _nbytes(inputs))
 
     def _reduce_scatter_single(self, output, tensor, opts):
-        error, on_tpu = self._start("reduce_scatter_tensor", [output, tensor], output, op=_reduce_op(opts))
-        checks.same_dtype(error, tensor, [output])
-        checks.sized(error, tensor, output, self.size(), "input", "output")
-        (target,), _ = self._reducing_hosts(error, [output], opts, "output")
-        (source,), opts = self._reducing_hosts(error, [tensor], opts, "input")
+        with self._start("reduce_scatter_tensor", [output, tensor], output, op=_reduce_op(opts)) as (error, on_tpu):
+            checks.same_dtype(error, tensor, [output])
+            checks.sized(error, tensor, output, self.size(), "input", "output")
+            (target,) = self._reducing_hosts(error, [output], opts, "output")
+            (source,) = self._reducing_hosts(error, [tensor], opts, "input")
+        opts = self._premultiplied([source], opts, "input")
         scattered = _as_concatenation(source.host, target.host, self.size()) if on_tpu else source.host
         return self._launch("reduce_scatter_tensor", error, on_tpu,
                             lambda: self._transport._reduce_scatter_base(target.host, scattered, opts),
@@ -343,34 +372,35 @@ class ProcessGroupICI(dist.ProcessGroup):
         return self._coalesce([self._reduce_scatter_single(o, i, opts) for o, i in zip(outputs, inputs)], outputs)
 
     def _all_to_all_single(self, output, tensor, output_splits, input_splits, opts):
-        error, on_tpu = self._start("all_to_all_single", [output, tensor], tensor, shape=tuple(tensor.shape[1:]))
-        checks.same_dtype(error, tensor, [output])
-        checks.splits(error, tensor, input_splits, self.size(), "input")
-        checks.splits(error, output, output_splits, self.size(), "output")
+        with self._start("all_to_all_single", [output, tensor], tensor, shape=tuple(tensor.shape[1:])) as (error, on_tpu):
+            checks.same_dtype(error, tensor, [output])
+            checks.splits(error, tensor, input_splits, self.size(), "input")
+            checks.splits(error, output, output_splits, self.size(), "output")
+            target, source = HostTensor(output, written=True), HostTensor(tensor, written=False)
         self._agree_on_splits(error, list(input_splits), list(output_splits))
-        target, source = HostTensor(output, written=True), HostTensor(tensor, written=False)
         return self._launch(
             "all_to_all_single", error, on_tpu,
             lambda: self._transport.alltoall_base(target.host, source.host, list(output_splits), list(input_splits), opts),
             [target, source], [output], tensor.nbytes * self.size())
 
     def _alltoall(self, outputs, inputs, opts):
-        error, on_tpu = self._start("all_to_all", [*outputs, *inputs], inputs[0] if inputs else None,
-                                    shape=(), count=len(inputs))
-        checks.list_length(error, inputs, self.size(), "input")
-        checks.list_length(error, outputs, self.size(), "output")
-        checks.same_dtype(error, inputs[0], [*inputs, *outputs], "tensor")
-        targets, sources = self._hosts(outputs, written=True), self._hosts(inputs, written=False)
+        with self._start("all_to_all", [*outputs, *inputs], inputs[0] if inputs else None,
+                         shape=(), count=len(inputs)) as (error, on_tpu):
+            checks.list_length(error, inputs, self.size(), "input")
+            checks.list_length(error, outputs, self.size(), "output")
+            checks.same_dtype(error, inputs[0], [*inputs, *outputs], "tensor")
+            checks.same_shape(error, inputs[0], [*inputs, *outputs], "tensor")  # gloo's rule, found before any rank waits
+            targets, sources = self._hosts(outputs, written=True), self._hosts(inputs, written=False)
         return self._launch("all_to_all", error, on_tpu,
                             lambda: self._transport.alltoall([h.host for h in targets], [h.host for h in sources], opts),
                             [*targets, *sources], outputs, _nbytes(inputs) * self.size())
 
     def _scatter(self, outputs, input_lists, opts):
         inputs = [t for group in input_lists for t in group]
-        error, on_tpu = self._start("scatter", [*outputs, *inputs], outputs[0] if outputs else None, root=opts.rootRank)
-        checks.root_list(error, opts.rootRank, self.rank(), self.size(), outputs, input_lists, "scatter")
-        targets = self._hosts(outputs, written=True)
-        sources = [self._hosts(group, written=False) for group in input_lists]
+        with self._start("scatter", [*outputs, *inputs], outputs[0] if outputs else None, root=opts.rootRank) as (error, on_tpu):
+            checks.root_list(error, opts.rootRank, self.rank(), self.size(), outputs, input_lists, "scatter")
+            targets = self._hosts(outputs, written=True)
+            sources = [self._hosts(group, written=False) for group in input_lists]
         return self._launch(
             "scatter", error, on_tpu,
             lambda: self._transport.scatter([h.host for h in targets], [[h.host for h in g] for g in sources], opts),
@@ -378,10 +408,10 @@ class ProcessGroupICI(dist.ProcessGroup):
 
     def _gather(self, output_lists, inputs, opts):
         outputs = [t for group in output_lists for t in group]
-        error, on_tpu = self._start("gather", [*inputs, *outputs], inputs[0] if inputs else None, root=opts.rootRank)
-        checks.root_list(error, opts.rootRank, self.rank(), self.size(), inputs, output_lists, "gather")
-        targets = [self._hosts(group, written=True) for group in output_lists]
-        sources = self._hosts(inputs, written=False)
+        with self._start("gather", [*inputs, *outputs], inputs[0] if inputs else None, root=opts.rootRank) as (error, on_tpu):
+            checks.root_list(error, opts.rootRank, self.rank(), self.size(), inputs, output_lists, "gather")
+            targets = [self._hosts(group, written=True) for group in output_lists]
+            sources = self._hosts(inputs, written=False)
         return self._launch(
             "gather", error, on_tpu,
             lambda: self._transport.gather([[h.host for h in g] for g in targets], [h.host for h in sources], opts),
@@ -514,10 +544,11 @@ class ProcessGroupICI(dist.ProcessGroup):
         return work.boxed()
 
     def _reduce(self, tensors, opts):
-        error, on_tpu = self._start("reduce", tensors, tensors[0] if tensors else None, op=_reduce_op(opts),
-                                    root=opts.rootRank)
-        checks.rank_in_group(error, opts.rootRank, self.size(), "the root")
-        hosts, reduce_options = self._reducing_hosts(error, tensors, opts)
+        with self._start("reduce", tensors, tensors[0] if tensors else None, op=_reduce_op(opts),
+                         root=opts.rootRank) as (error, on_tpu):
+            checks.rank_in_group(error, opts.rootRank, self.size(), "the root")
+            hosts = self._reducing_hosts(error, tensors, opts)
+        reduce_options = self._premultiplied(hosts, opts)
         options = dist.ReduceOptions()
         options.reduceOp, options.rootRank, options.rootTensor = reduce_options.reduceOp, opts.rootRank, opts.rootTensor
         options.timeout = opts.timeout
@@ -525,8 +556,8 @@ class ProcessGroupICI(dist.ProcessGroup):
                             hosts, tensors, _nbytes(tensors))
 
     def barrier(self, opts=None):
-        error, _ = self._start("barrier", [])
-        options = dist.BarrierOptions()
+        with self._start("barrier", []) as (error, _):
+            options = dist.BarrierOptions()
         pending = self._transport.barrier(options)
         torus = self._torus
         seconds = ici.barrier_seconds(self._axes.values(), torus.link_bandwidth, torus.hop_latency)

@@ -734,6 +734,14 @@ def batch_norm_no_update(input, weight, bias, running_mean, running_var, momentu
     return (*outputs, cudnn_reserve())
 
 
+def subtract_batch_means(grad_x, centered, scale, invstd, sum_dy, dot, count, scratch):
+    """A training batch norm's input gradient from ``grad_x`` = dy * scale: minus scale * (mean(dy) + (x - mean) *
+    invstd^2 * mean(dy * (x - mean))), the means over ``count`` elements per channel from their sums ``sum_dy`` and
+    ``dot``. ``scratch``, shaped like ``centered`` (x - mean), is overwritten."""
+    grad_x -= np.multiply(centered, scale * invstd * invstd * dot / count, out=scratch)
+    grad_x -= scale * sum_dy / count
+
+
 @register("native_batch_norm_backward")
 @cpu_dtypes(torch.ops.aten.native_batch_norm_backward.default, floating_not_fp8)
 def native_batch_norm_backward(
@@ -756,10 +764,8 @@ def native_batch_norm_backward(
 
     def input_gradient(grad_x):  # written in the output's memory when it has the compute dtype
         np.multiply(dy, scale, out=grad_x)
-        if train:  # scale * (dy - mean(dy) - (x - mean) * invstd^2 * mean(dy * (x - mean)))
-            count = x.size // max(x.shape[1], 1)
-            grad_x -= np.multiply(centered, scale * invstd * invstd * dot / count, out=products)  # dy * centered is summed
-            grad_x -= scale * sum_dy / count
+        if train:  # dy * centered is summed: its memory is free
+            subtract_batch_means(grad_x, centered, scale, invstd, sum_dy, dot, x.size // max(x.shape[1], 1), products)
 
     params_dtype = input.dtype if weight is None else weight.dtype
     return (
@@ -769,6 +775,93 @@ def native_batch_norm_backward(
         output_if(output_mask[1], (dot * invstd).reshape(-1), params_dtype),
         output_if(output_mask[2], sum_dy.reshape(-1), params_dtype),
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Batch norm over the ranks of a process group (nn.SyncBatchNorm): CUDA-only kernels in PyTorch. Each rank
+# computes its batch's statistics, SyncBatchNorm gathers them, they combine into the whole batch's, and the
+# normalization and its gradient are the batch norm's above (the gradient's sums all-reduced in between).
+# ---------------------------------------------------------------------------------------
+
+
+def synced_statistics_dtype(input):
+    """CUDA's statistics dtype for these kernels, its accumulate type: float64 for float64 input, else float32."""
+    return torch.float64 if input.dtype == torch.float64 else torch.float32
+
+
+@register("batch_norm_stats")
+def batch_norm_stats(input, eps):
+    """This rank's mean and inverse standard deviation per channel."""
+    dtype = synced_statistics_dtype(input)
+    mean, _, _, _, var = batch_statistics(opmath_operand(input), dtype, vectorised=True)
+    return mean, stored_with_view(inverse_std(var, eps), dtype)[0]
+
+
+def combined_statistics(means, invstds, counts, eps):
+    """The whole batch's mean and sum of squared deviations per channel from each part's mean, inverse std
+    (biased, with ``eps``) and count (rows of ``means`` and ``invstds``), in float64 (Chan et al.'s combination)."""
+    means, invstds = means.astype(np.float64), invstds.astype(np.float64)
+    counts = counts.astype(np.float64).reshape(-1, 1)
+    total = counts.sum()
+    mean = (counts * means).sum(axis=0) / total
+    squares = (counts * (1 / np.square(invstds) - eps)).sum(axis=0) + (counts * np.square(means - mean)).sum(axis=0)
+    return mean, squares, total
+
+
+def gathered_statistics(mean, invstd, running_mean, running_var, momentum, eps, counts):
+    """The whole batch's mean and inverse std (in ``mean``'s dtype), the running statistics updated as CUDA does:
+    ``(1 - momentum) * running + momentum * batch``, the variance unbiased over the whole batch's count."""
+    whole_mean, squares, total = combined_statistics(operand(mean), operand(invstd), counts, eps)
+    update_running_stats(running_mean, running_var, whole_mean, squares, total, momentum, vectorised=True)
+    return (stored_with_view(whole_mean, mean.dtype)[0],
+            stored_with_view(inverse_std(squares / total, eps), mean.dtype)[0])
+
+
+@register("batch_norm_gather_stats_with_counts")
+def batch_norm_gather_stats_with_counts(input, mean, invstd, running_mean, running_var, momentum, eps, counts):
+    return gathered_statistics(mean, invstd, running_mean, running_var, momentum, eps, operand(counts))
+
+
+@register("batch_norm_gather_stats")
+def batch_norm_gather_stats(input, mean, invstd, running_mean, running_var, momentum, eps, count):
+    """As with counts, every rank's batch of ``count`` elements per channel."""
+    return gathered_statistics(mean, invstd, running_mean, running_var, momentum, eps, np.full(mean.shape[0], count))
+
+
+@register("batch_norm_elemt")
+def batch_norm_elemt(input, weight, bias, mean, invstd, eps):
+    """The input normalized with given statistics, then scaled and shifted."""
+    return transformed(input, opmath_operand(input), weight, bias, operand(mean), operand(invstd),
+                       opmath_dtype(input.dtype), vectorised=True)
+
+
+@register("batch_norm_backward_reduce")
+def batch_norm_backward_reduce(grad_out, input, mean, invstd, weight, input_g, weight_g, bias_g):
+    """This rank's sums of dy and dy * (x - mean) per channel (in ``mean``'s dtype, for the input's gradient,
+    all-reduced by SyncBatchNorm), and its share of the weight's and bias's gradients (in the weight's dtype)."""
+    x, dy = opmath_operand(input), opmath_operand(grad_out)
+    sum_dy = channel_sums(dy).reshape(-1)
+    dot = channel_sums(dy * (x - per_channel(opmath_operand(mean), x.ndim))).reshape(-1)
+    params_dtype = mean.dtype if weight is None else weight.dtype
+    return (output_if(input_g, sum_dy, mean.dtype), output_if(input_g, dot, mean.dtype),
+            output_if(weight_g, dot * opmath_operand(invstd), params_dtype), output_if(bias_g, sum_dy, params_dtype))
+
+
+@register("batch_norm_backward_elemt")
+def batch_norm_backward_elemt(grad_out, input, mean, invstd, weight, sum_dy, sum_dy_xmu, count):
+    """The input's gradient from the whole batch's sums (``count``: each rank's elements per channel)."""
+    x, dy = opmath_operand(input), opmath_operand(grad_out)
+    centered = x - per_channel(opmath_operand(mean), x.ndim)
+    invstd = per_channel(opmath_operand(invstd), x.ndim)
+    scale = scaled(invstd, per_channel(optional_operand(weight), x.ndim))
+    sums = (per_channel(opmath_operand(t), x.ndim) for t in (sum_dy, sum_dy_xmu))
+
+    def input_gradient(grad_x):
+        np.multiply(dy, scale, out=grad_x)
+        subtract_batch_means(grad_x, centered, scale, invstd, *sums, operand(count).sum(), centered)
+
+    return compute_into(empty(input.shape, input.dtype, batch_norm_strides(input)), np.result_type(dy, scale),
+                        input_gradient)
 
 
 @register("_weight_norm_interface_backward")

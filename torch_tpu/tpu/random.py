@@ -48,15 +48,20 @@ def initial_seed():
     return _rng().initial_seed
 
 
+# The state goes in and out of sight of torch function and dispatch modes, as CUDA's and CPU's generators give and
+# take it in C++: torch.testing's freeze_rng_state restores it inside a strict TorchRefsMode, which refuses detach,
+# and LocalTensorMode saves and restores each simulated rank's state while DTensor propagates shardings under a
+# FakeTensorMode, which would make the saved state a fake tensor and refuses a real one's detach.
+# (torch's own switches, not _cost's alias: `import torch` loads this module and must not load the kernels.)
+
+
 def get_rng_state(device="tpu"):
-    return torch.from_numpy(_rng().get_state())
+    with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
+        return torch.from_numpy(_rng().get_state())
 
 
 def set_rng_state(new_state, device="tpu"):
-    # Out of sight of torch function modes, as CUDA's and CPU's generators take their state in C++:
-    # torch.testing's freeze_rng_state restores it inside a strict TorchRefsMode, which refuses detach.
-    # (torch's own switch, not _cost's alias: `import torch` loads this module and must not load the kernels.)
-    with torch._C.DisableTorchFunction():
+    with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
         state = new_state.detach().cpu().numpy()
     _rng().set_state(state)
 
