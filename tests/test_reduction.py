@@ -580,3 +580,24 @@ def test_a_mean_whose_sum_overflows_is_inf_without_a_warning(dtype):
         warnings.simplefilter("error")
         actual = x.to("tpu").mean((-2, -1), keepdim=True).cpu()
     assert torch.equal(actual, x.mean((-2, -1), keepdim=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduce", ["sum dim", "sum out", "prod out"])
+def test_sums_and_products_that_overflow_are_inf_without_a_warning(reduce, dtype):
+    """A sum or product past the dtype's range gives CPU's inf silently (NumPy's reduction warned "overflow encountered
+    in reduce", which ``-W error`` made an error): a bias gradient summed from large activations, or a loss scale."""
+    big = torch.finfo(dtype).max / 1.5
+    x = torch.full((2, 3), big, dtype=dtype)
+    x[:, 1] = -2.5
+
+    def run(x):
+        if reduce == "sum dim":
+            return x.sum(0, keepdim=True)
+        out = torch.empty(3, dtype=dtype, device=x.device)
+        return (torch.sum if reduce == "sum out" else torch.prod)(x, 0, out=out)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        actual = run(x.to("tpu")).cpu()
+    assert torch.equal(actual, run(x))
