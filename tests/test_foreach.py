@@ -1,6 +1,7 @@
 """_foreach_* kernels, differential against torch CPU on the same lists (tensor, scalar and scalar-list forms)."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from torch.testing import assert_close
 
 from differential import check, check_same_error, to_tpu
 
+from torch_tpu._tensor import as_numpy
 from torch_tpu.ops.foreach import _BINARY, _UNARY
 
 SHAPES = [(3, 4), (5,), (), (2, 0)]
@@ -443,3 +445,76 @@ def test_alpha_one_lists_are_cpus_bit_for_bit(name, dtype):
 
 
 _BITS = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}
+
+
+# An optimizer's lists: every tensor fills its own storage (a matrix, a bias, a 0-d scale, one past the flat groups'
+# size); the same shapes in another order for the other operands, so that a row's shapes still agree
+OPTIMIZER_SHAPES = [(16, 8), (8,), (), (130, 130), (3, 1, 5)]
+WHOLE_BUFFER_UPDATES = {
+    "add_ alpha": lambda p, g, m: torch._foreach_add_(p, g, alpha=-0.01),
+    "add_": lambda p, g, m: torch._foreach_add_(m, g),
+    "sub_ alpha": lambda p, g, m: torch._foreach_sub_(p, m, alpha=0.3),
+    "mul_ Scalar": lambda p, g, m: torch._foreach_mul_(m, 0.9),
+    "mul_ List": lambda p, g, m: torch._foreach_mul_(p, g),
+    "div_ ScalarList": lambda p, g, m: torch._foreach_div_(p, [0.5, 3.0, -1.5, 7.0, 0.1]),
+    "addcmul_": lambda p, g, m: torch._foreach_addcmul_(p, g, m, value=-0.2),
+    "addcdiv_": lambda p, g, m: torch._foreach_addcdiv_(p, g, m, value=0.7),
+    "lerp_": lambda p, g, m: torch._foreach_lerp_(m, g, 0.1),
+    "reciprocal_": lambda p, g, m: torch._foreach_reciprocal_(m),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("update", WHOLE_BUFFER_UPDATES)
+def test_lists_of_whole_buffers_update_in_place_without_shaped_views(monkeypatch, update, dtype):
+    """In place over tensors that each fill their own storage (an optimizer's), foreach reads flat views of the
+    buffers (``_tensor.whole_buffer_array``), not ``as_numpy``'s shaped ones: CPU's bits, NaN, infinities and
+    signed zeros included, in the flat groups and in the tensors computed alone."""
+    from torch_tpu.ops import foreach
+
+    def lists(seed):
+        return make_list(dtype, seed=seed, low=0.25, high=2.0, shapes=OPTIMIZER_SHAPES)[:-1]  # not the transposed one
+
+    cpu = [lists(1), lists(2), lists(3)]
+    cpu[0][0][0, :4] = torch.tensor([math.inf, -0.0, math.nan, 0.0], dtype=dtype)
+    tpu = to_tpu(cpu)
+    shaped = []
+    monkeypatch.setattr(foreach, "as_numpy", lambda t: shaped.append(t) or as_numpy(t))
+    WHOLE_BUFFER_UPDATES[update](*cpu)
+    WHOLE_BUFFER_UPDATES[update](*tpu)
+    assert shaped == []
+    for got, want in zip(tpu, cpu):
+        for t, expected in zip(got, want):
+            assert torch.equal(t.cpu().view(_BITS[dtype]), expected.view(_BITS[dtype]))
+
+
+WHOLE_BUFFERS_BESIDE_OTHERS = {
+    "a view": lambda a, b: ([a[1:], b], [b[:-1] * 2, a + 1]),
+    "a transposed matrix": lambda a, b: ([a.view(2, 3).t(), b], [b.view(2, 3).t() + 1, a]),
+    "a negated view": lambda a, b: ([a, torch._neg_view(b)], [b * 3, a + 1]),
+    "shapes that differ": lambda a, b: ([a.view(2, 3), b], [b.view(3, 2), a]),
+    "dtypes that differ": lambda a, b: ([a, b], [b.double(), a]),
+    "a tensor listed twice": lambda a, b: ([a, b, a], [b, a, b]),
+}
+
+
+@pytest.mark.parametrize("case", WHOLE_BUFFERS_BESIDE_OTHERS)
+def test_lists_mixing_whole_buffers_and_other_tensors_update_as_on_cpu(case):
+    """A list with one tensor that is not a whole buffer of the list's dtype and its row's shape takes the general
+    route for all (or raises CPU's error, for shapes that differ)."""
+    def run(device):
+        generator = torch.Generator().manual_seed(5)
+        a, b = (torch.rand(6, generator=generator).to(device) for _ in range(2))
+        targets, others = WHOLE_BUFFERS_BESIDE_OTHERS[case](a, b)
+        torch._foreach_add_(targets, others, alpha=0.5)
+        torch._foreach_mul_(targets, others)
+        return targets
+
+    try:
+        expected = run("cpu")
+    except RuntimeError as error:
+        with pytest.raises(RuntimeError, match=re.escape(str(error))):
+            run("tpu")
+        return
+    for got, want in zip(run("tpu"), expected):
+        assert torch.equal(got.cpu().resolve_neg(), want.resolve_neg())

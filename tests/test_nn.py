@@ -1449,3 +1449,24 @@ def test_batch_norm_refuses_the_parameter_dtypes_cpu_refuses(input_dtype, parame
         torch.randn(4, 3, 5, dtype=input_dtype).to(d), torch.zeros(3, dtype=statistics_dtype, device=d),
         torch.ones(3, dtype=statistics_dtype, device=d), torch.ones(3, dtype=parameter_dtype, device=d),
         torch.zeros(3, dtype=parameter_dtype, device=d), training))
+
+
+@pytest.mark.parametrize("shape,axis", [((64, 4, 16), 2), ((16, 4, 16, 16), 3), ((300, 32), 1), ((300, 33), 1),
+                                        ((8, 16), 1), ((64, 4, 16), 1), ((200, 1), 1), ((40,), 0)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_maxima_are_numpys_maxima(shape, axis, dtype):
+    """``_common.row_maxima`` (the shift of softmax and attention's scores) takes many short rows' maxima along the
+    first axis of a transposed copy: NumPy's maxima, NaN and -inf rows included, a transposed input too; where
+    +0.0 and -0.0 tie either may come back."""
+    from torch_tpu.ops._common import row_maxima
+
+    generator = np.random.default_rng(0)
+    x = generator.standard_normal(shape).astype(dtype)
+    flat = x.reshape(-1)
+    flat[::7], flat[5:6], flat[11:13] = -np.inf, np.nan, [0.0, -0.0]
+    if x.ndim > 1:
+        x[(0,) * (x.ndim - 1)] = -np.inf  # a row that sees no key
+    for array in (x, np.swapaxes(x, 0, -1).copy().swapaxes(0, -1)):  # contiguous and transposed
+        got, want = row_maxima(array, axis), np.max(array, axis=axis, keepdims=True)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)  # NaN where NaN; +0.0 == -0.0

@@ -621,3 +621,23 @@ def test_mean_over_a_contiguous_trailing_run_is_cpus_sum_bit_for_bit(dtype, shap
         assert torch.equal(F.adaptive_avg_pool2d(x.to("tpu"), 1).cpu(), F.adaptive_avg_pool2d(x, 1))
     zeros = -torch.zeros(shape, dtype=dtype)  # CPU's accumulators start at +0.0
     assert torch.equal(zeros.to("tpu").mean(dims).cpu().signbit(), zeros.mean(dims).signbit())
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reduce", ["sum dim", "sum out", "prod out"])
+def test_sums_and_products_that_overflow_are_inf_without_a_warning(reduce, dtype):
+    """A sum or product past the dtype's range gives CPU's inf silently (NumPy's reduction warned "overflow encountered
+    in reduce", which ``-W error`` made an error): a bias gradient summed from large activations, or a loss scale."""
+    big = torch.finfo(dtype).max / 1.5
+    x = torch.full((2, 3), big, dtype=dtype)
+    x[:, 1] = -2.5
+
+    def run(x):
+        if reduce == "sum dim":
+            return x.sum(0, keepdim=True)
+        out = torch.empty(3, dtype=dtype, device=x.device)
+        return (torch.sum if reduce == "sum out" else torch.prod)(x, 0, out=out)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        actual = run(x.to("tpu")).cpu()
+    assert torch.equal(actual, run(x))

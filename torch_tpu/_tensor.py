@@ -320,6 +320,20 @@ def as_numpy(tensor):
         return np.empty(tensor.shape, dtype)  # an empty tensor may sit past the end of its storage
 
 
+def whole_buffer_array(tensor):
+    """A 1-d NumPy view of a tpu tensor's elements when they fill its HBM buffer contiguously from its start (a
+    parameter, its gradient, an optimizer's state), else None: a kernel that only needs the elements in order skips
+    building the shape and strides ``as_numpy`` gives the view. Empty and bufferless (abstract) tensors get None."""
+    try:
+        buffer = tensor.untyped_storage()._tpu_hbm_buffer
+    except AttributeError:  # not a tpu tensor
+        return None
+    if (buffer.array is None or not buffer.nbytes or tensor.nbytes != buffer.nbytes or tensor.storage_offset()
+            or not tensor.is_contiguous()):
+        return None
+    return buffer.array.view(NUMPY_DTYPE[tensor.dtype])
+
+
 def is_tpu(value):
     """Whether ``value`` is a tpu tensor. A storage with an HBM buffer answers first: building ``value.device``
     costs more than the rest of a small kernel's checks."""

@@ -360,6 +360,26 @@ def ones(length, dtype):
     return vector
 
 
+# Rows at most this long, when there are at least this many, take their maxima as a reduction over the first axis of a
+# transposed copy: NumPy's maximum over each short contiguous row costs per row (1,024 rows of 16: 14 us, against
+# 2.7 us with the copy; 256 rows of 32: 15.6 against 4.8), by 64 elements a row the two are even, and a few rows cost
+# less than the copy
+_SHORT_ROW = 32
+_MANY_ROWS = 64
+
+
+def row_maxima(array, axis):
+    """``np.max(array, axis=axis, keepdims=True)``, the same values: a maximum is exact whatever the order in which
+    it is taken, a NaN propagates either way, and where +0.0 and -0.0 tie for it (either may be returned) a softmax
+    shifted by it gives the same results. Many short last-axis rows are reduced along the first axis of their
+    transposed copy (the score rows of attention and softmax over a few tokens or a window)."""
+    width = array.shape[axis] if array.ndim else 0
+    if axis != array.ndim - 1 or not 0 < width <= _SHORT_ROW or array.size < _MANY_ROWS * width:
+        return np.max(array, axis=axis, keepdims=True)
+    columns = np.ascontiguousarray(np.moveaxis(array, -1, 0))
+    return np.maximum.reduce(columns, axis=0)[..., None]
+
+
 def channel_sums(x, dtype=None):
     """Per channel (dim 1), the sum over every other dim, shaped (1, C, 1, ...) to broadcast against ``x``.
 

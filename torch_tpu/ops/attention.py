@@ -26,7 +26,7 @@ from torch.nn.attention import SDPBackend
 from .. import _C, _cost
 from .._C import mxu, vpu
 from .._tensor import DTYPE_NAME, is_tpu
-from ._common import as_numpy, empty, ones, write
+from ._common import as_numpy, empty, ones, row_maxima, write
 from ._registry import register
 from .linalg import float32_passes
 
@@ -135,7 +135,7 @@ def attention_forward(q, k, v, bias=None, *, scale, is_causal=False, dropout=Non
     with vpu.ignoring_fp_errors():
         for number, start, end in _blocks(length, q.shape[-2], is_causal):
             scores = _scores(qg, k, bias, scale, is_causal, start, end, precision_passes)
-            new_max = scores.max(-1, keepdims=True)
+            new_max = row_maxima(scores, scores.ndim - 1)
             if number:
                 new_max = np.maximum(running_max, new_max)
             shift = np.where(new_max == -np.inf, np.float32(0), new_max)  # rows that saw only masked keys so far

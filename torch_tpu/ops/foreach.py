@@ -104,6 +104,11 @@ def _fast_path(self, tensor_columns, scalar_columns):
         for t, other in zip(self, column):
             if other.dtype != dtype or not is_tpu(other) or other.shape != t.shape or other.is_neg():
                 return False
+    return _numbers_keep_dtype(self, scalar_columns)
+
+
+def _numbers_keep_dtype(self, scalar_columns):
+    """No number of the columns changes the dtype of the tensor it meets."""
     for column in scalar_columns:
         if _repeated(column) and not isinstance(column[0], torch.Tensor):  # a number keeps any tensor's dtype or none
             if not _plain_real_number(column[0]):
@@ -111,6 +116,31 @@ def _fast_path(self, tensor_columns, scalar_columns):
         elif not all(_keeps_dtype(t, value) for t, value in zip(self, column)):
             return False
     return True
+
+
+# In place, lists of these dtypes are computed in their own memory (their opmath type is their own)
+_WHOLE_BUFFER_DTYPES = frozenset({torch.float32, torch.float64})
+
+
+def _whole_buffers(self, tensor_columns):
+    """For an in-place update, each list's tensors as flat NumPy arrays when every one is a tpu tensor of self's
+    float32/float64 dtype filling its own HBM buffer (``_tensor.whole_buffer_array``: an optimizer's parameters,
+    gradients and states), of its row's shape and no negated view; else None. Such tensors cannot overlap
+    themselves or partly overlap another, so TensorIterator's overlap checks have nothing to refuse; the flat
+    views cost a third of ``as_numpy``'s shaped ones, and the elementwise maths need only the elements' order."""
+    dtype = self[0].dtype
+    if dtype not in _WHOLE_BUFFER_DTYPES:
+        return None
+    columns = []
+    for column in (self, *tensor_columns):
+        arrays = []
+        for t, row in zip(column, self):
+            array = _tensor.whole_buffer_array(t)
+            if array is None or t.dtype != dtype or t.is_neg() or (t is not row and t.shape != row.shape):
+                return None
+            arrays.append(array)
+        columns.append(arrays)
+    return columns
 
 
 def _repeated(column):
@@ -132,10 +162,11 @@ def _as_number(value):
     return value
 
 
-def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords, kernel=None):
+def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords, kernel=None, arrays=None):
     """fn(self[i], *tensor_columns[i], *scalar_columns[i], out=) for each i, on NumPy arrays and numbers.
 
-    Every operand is viewed once up front (the fast path has checked what ``operand`` would); when
+    Every operand is viewed once up front (the fast path has checked what ``operand`` would), unless ``arrays``
+    holds the columns' views already (``_whole_buffers``); when
     the dtype is its own opmath type (float32, float64) each result is written straight into its
     target, else it is rounded on store, a bf16 NaN as the per-tensor kernel's lanes store it
     (pointwise.write_rounded, for the per-tensor op ``kernel``: None, cpu_kernel_vec's AVX2 loop). Small tensors share
@@ -146,7 +177,8 @@ def _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords, kern
     own_dtype = _tensor.numpy_dtype(self[0].dtype)
     compute = own_dtype if getattr(fn, "own_16_bit_maths", False) else opmath_dtype(self[0].dtype)
     direct = compute == own_dtype
-    arrays = [[as_numpy(t) for t in column] for column in (self, *tensor_columns)]
+    if arrays is None:
+        arrays = [[as_numpy(t) for t in column] for column in (self, *tensor_columns)]
     if getattr(fn, "numbers_in_compute_dtype", False):  # converted here once, not by fn for every tensor
         numbers = [_in_compute_dtype(column, compute) for column in scalar_columns]
         keywords = {name: _in_compute_dtype([value], compute)[0] for name, value in keywords.items()}
@@ -257,16 +289,21 @@ def _foreach(fn, method, self, tensor_columns, scalar_columns, inplace, keywords
     names that op, whose Scalar arguments c10 converts checked (pointwise.CHECKED_SCALARS)."""
     keywords = keywords or {}
     _check_lists(self, *tensor_columns, *scalar_columns)
-    if inplace:  # CPU's per-tensor ops check each target against its own row's operands (TensorIterator's build)
-        for i, t in enumerate(self):
-            check_no_internal_overlap(t)
-            for column in tensor_columns:
-                check_no_partial_overlap(t, column[i])
-    if _fast_path(self, tensor_columns, scalar_columns) and all(map(_plain_real_number, keywords.values())):
+    arrays = _whole_buffers(self, tensor_columns) if inplace else None
+    if arrays is not None:
+        fast = _numbers_keep_dtype(self, scalar_columns)
+    else:
+        if inplace:  # CPU's per-tensor ops check each target against its own row's operands (TensorIterator's build)
+            for i, t in enumerate(self):
+                check_no_internal_overlap(t)
+                for column in tensor_columns:
+                    check_no_partial_overlap(t, column[i])
+        fast = _fast_path(self, tensor_columns, scalar_columns)
+    if fast and all(map(_plain_real_number, keywords.values())):
         _check_numbers(checked_as, self[0].dtype, scalar_columns, keywords)
         if as_cpu_reads is not None:
             scalar_columns, keywords = as_cpu_reads(self[0].dtype, scalar_columns, keywords)
-        return _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords, kernel)
+        return _map_numpy(fn, self, tensor_columns, scalar_columns, inplace, keywords, kernel, arrays)
     columns = (*tensor_columns, *scalar_columns)
     results = [method(t, *(column[i] for column in columns), **keywords) for i, t in enumerate(self)]
     return None if inplace else results

@@ -20,8 +20,9 @@ from . import _registry, pointwise, random
 from .._errors import not_implemented_for, raise_cpu_error, scalar_type_name
 from .._tensor import is_tpu, numpy_dtype
 from ._common import (all_contiguous, as_numpy, castable, channel_sums, converted, empty, empty_like_strides, ones,
-                      exact_dtype, iterator_strides, loop_rounding, opmath_dtype, opmath_operand, operand, prepare_out, store,
-                      store_in_memory_format, stored_with_view, suggested_memory_format, wrap_dim, write)
+                      exact_dtype, iterator_strides, loop_rounding, opmath_dtype, opmath_operand, operand, prepare_out,
+                      row_maxima, store, store_in_memory_format, stored_with_view, suggested_memory_format, wrap_dim,
+                      write)
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .pointwise import common_dtype
 from .cpu_replay.cascade_sum import cascade_sum
@@ -165,7 +166,7 @@ def softmax_into(destination, x, dim, log=False, stored_dtype=None):
     ``softmax_stored_dtype``."""
     if x.size == 0:
         return None
-    row_max = np.max(x, axis=dim, keepdims=True)
+    row_max = row_maxima(x, dim)
     np.subtract(x, row_max, out=destination)
     if log and stored_dtype is not None:
         total = sum_along(np.exp(destination), dim).astype(stored_dtype).astype(x.dtype)

@@ -21,8 +21,8 @@ from .. import _C
 from .._errors import cannot_cast, failed_check, not_implemented_for, scalar_type_name, shape_mismatch, warn_once
 from .._tensor import DTYPE_NAME
 from .cpu_replay import inner_sum, libstdcxx_order
-from ._common import (as_numpy, converted, empty, exact_dtype, loop_rounding, operand, opmath_dtype, prepare_out, store,
-                      wrap_dim, wrap_dims, write)
+from ._common import (as_numpy, converted, empty, empty_with_array, exact_dtype, loop_rounding, operand, opmath_dtype,
+                      prepare_out, store, wrap_dim, wrap_dims, write)
 from ._registry import register
 from .pointwise import complex_logaddexp, floating_or_wide_complex
 
@@ -160,28 +160,39 @@ def _from_last(array, axis, ndim):
 # ---------------------------------------------------------------------------------------------
 
 
+def _accumulate_into(target, reduction, self, axes, keepdim, dtype):
+    """``self`` converted to ``dtype``, accumulated in its opmath by the ufunc ``reduction`` (``np.add.reduce``: what
+    ``np.sum`` calls, without its Python wrapper) into the array ``target``. Silent, as CPU's, where it overflows."""
+    array = _accumuland(self, dtype)
+    with _C.vpu.ignoring_fp_errors():
+        reduce_into(target, reduction, array, axes, keepdim, DTYPE_NAME[dtype])
+
+
 def _accumulating_kernel(reduction):
     """sum/prod into ``out``: the input converted to out's dtype, accumulated in its opmath."""
 
     def kernel(self, dim, keepdim=False, *, dtype=None, out):
         axes = _reduced_axes(self, dim)
-        return _reduce_into(_reduction_out(out, self, axes, keepdim), reduction, _accumuland(self, out.dtype),
-                            axes, keepdim)
+        out = _reduction_out(out, self, axes, keepdim)
+        _accumulate_into(as_numpy(out), reduction, self, axes, keepdim, out.dtype)
+        return out
 
     return kernel
 
 
-sum_out = register("sum.IntList_out")(_accumulating_kernel(np.sum))
-prod_int_out = register("prod.int_out")(_accumulating_kernel(np.prod))
+sum_out = register("sum.IntList_out")(_accumulating_kernel(np.add.reduce))
+prod_int_out = register("prod.int_out")(_accumulating_kernel(np.multiply.reduce))
 
 
 # sum and mean are hot (losses, normalisation): their functional forms skip the structured wrapper.
 # Their output is new and of the result's shape and dtype: ``out``'s checks and resizing have nothing to do.
 @register("sum.dim_IntList")
 def sum_dim(self, dim, keepdim=False, *, dtype=None):
+    """Summed straight into the view that comes with the new result (a bias's gradient in every backward)."""
     axes, result_dtype = _reduced_axes(self, dim), _sum_dtype(self, dtype)
-    out = empty(_reduced_shape(self.shape, axes, keepdim), result_dtype)
-    return _reduce_into(out, np.sum, _accumuland(self, result_dtype), axes, keepdim)
+    out, target = empty_with_array(_reduced_shape(self.shape, axes, keepdim), result_dtype)
+    _accumulate_into(target, np.add.reduce, self, axes, keepdim, result_dtype)
+    return out
 
 
 def _mean_dtype(self, dtype):
