@@ -180,14 +180,15 @@ _DOWN_SCALE = 2.0 ** -64  # a power of two: scaling by it and back is exact away
 def _error_free_fused_multiply_add(a, b, c):
     """float64's fused multiply-add. Where a step overflows for finite operands (a product or a split near the
     format's largest value), the steps again at 2**-64 of the scale, scaled back: infinite only if the result is;
-    anything else not finite is the plain ``a * b + c``, infinite or NaN anyway."""
+    anything else not finite is the plain ``a * b + c``, infinite or NaN anyway. So is a zero, whose sign the steps'
+    error terms lose (-0.0 * 1 + -0.0 is -0.0) and which plain arithmetic gives exactly."""
     fused = np.array(_error_free_steps(a, b, c))
     overflowed = ~np.isfinite(fused) & np.isfinite(a) & np.isfinite(b) & np.isfinite(c)
     if overflowed.any():
         a, b, c = np.broadcast_arrays(a, b, c)
         scaled = _error_free_steps(a[overflowed], b[overflowed] * _DOWN_SCALE, c[overflowed] * _DOWN_SCALE)
         fused[overflowed] = scaled / _DOWN_SCALE
-    return np.where(np.isfinite(fused), fused, a * b + c)
+    return np.where(np.isfinite(fused) & (fused != 0), fused, a * b + c)
 
 
 # float64 sums whose rounding to float32 may differ from the exact sum's: a float32 midpoint (the 29 bits float32

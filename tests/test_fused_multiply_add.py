@@ -44,6 +44,18 @@ def test_addcmul_and_lerp_round_as_cpu_does(dtype):
     assert_same_bits(torch._foreach_addcmul([tpu[0]], [tpu[1]], [tpu[2]], 0.3)[0], torch.addcmul(x, a, b, value=0.3))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [1.0, -1.0, 0.5])
+def test_signed_zeros_sum_as_on_cpu(dtype, value):
+    """A zero result keeps the sign IEEE addition gives it (-0.0 * 1 + -0.0 is -0.0): float64's error-free steps
+    lost it."""
+    signs = torch.arange(4096)  # every sign combination, in vectors and in the scalar tail
+    x, a, b = (torch.where(signs & bit > 0, -0.0, 0.0).to(dtype) for bit in (1, 2, 4))
+    tpu = [t.to("tpu") for t in (x, a, b)]
+    assert_same_bits(torch.addcmul(tpu[0], tpu[1], tpu[2], value=value), torch.addcmul(x, a, b, value=value))
+    assert_same_bits(torch.add(tpu[0], tpu[1], alpha=value), torch.add(x, a, alpha=value))
+
+
 @pytest.mark.parametrize("size", [1, 2, 5])
 def test_a_sum_of_two_nans_keeps_the_products_nan_as_cpu(size):
     """x86 makes inf - inf the negative NaN; CPU's FMA of two NaNs returns the product's, at every size."""
