@@ -121,7 +121,8 @@ STRIDED_NESTED = (
 )
 SPARSE_LAYOUTS = (
     "sparse layouts are not supported on tpu beyond sparse COO tensors' construction, .to(), to_sparse(), "
-    "to_dense(), coalesce(), copy_() and mm/addmm with a dense matrix (torch_tpu/ops/sparse.py; the compressed layouts "
+    "to_dense(), coalesce(), copy_(), mm/addmm with a dense matrix, addition (sparse + sparse, dense + sparse), "
+    "multiplication by a scalar and neg (torch_tpu/ops/sparse.py; the compressed layouts "
     "sparse_csr, sparse_csc, sparse_bsr and sparse_bsc not at all: their kernels are C++ code per backend that reads "
     "indices through data pointers); keep sparse tensors on the CPU, or make them dense (to_dense()) on tpu."
 )
