@@ -1012,7 +1012,8 @@ def pointwise_loss_backward(gradient_function, one_dtype_op=None, rounded_steps=
     """Kernel for d loss / d input = grad * gradient_function(input, target), shaped like input. Ops
     whose CPU kernel takes only operands of one dtype (huber's TensorIterator checks it) name their
     ``one_dtype_op`` packet, whose CPU error a mix of dtypes gets. ``rounded_steps(x, t, grad, reduction,
-    dtype)``, where given, replays CPU's loop for bfloat16 and float16, which rounds after every operation."""
+    dtype)``, where given, replays CPU's loop: its order of operations, and for bfloat16 and float16 its rounding
+    after every one."""
 
     def kernel(grad_output, self, target, reduction, *args, grad_input=None):
         if one_dtype_op is not None and not grad_output.dtype == self.dtype == target.dtype:
@@ -1022,7 +1023,7 @@ def pointwise_loss_backward(gradient_function, one_dtype_op=None, rounded_steps=
         x, t = opmath_operand(self), opmath_operand(target)
         # CPU's TensorIterator computes in the inputs' common dtype (a 0-d tensor is weak), then casts to self's
         compute_dtype = common_dtype(self, target, grad_output)
-        if rounded_steps is not None and compute_dtype in (torch.bfloat16, torch.float16):
+        if rounded_steps is not None:
             result = rounded_steps(x, t, opmath_operand(grad_output), reduction, numpy_dtype(compute_dtype))
         else:
             grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
@@ -1045,14 +1046,15 @@ def rounding_through(dtype, compute_dtype):
     ``c10::BFloat16``/``Half`` scalars and vectors, which round every result they store."""
 
     def rounded(array):
-        return np.asarray(array).astype(dtype).astype(compute_dtype)
+        return np.asarray(array).astype(dtype, copy=False).astype(compute_dtype, copy=False)
 
     return rounded
 
 
 def squared_error_gradient_rounded(x, t, grad, reduction, dtype):
-    """CPU's bf16/fp16 mse_loss_backward loop: ``alpha * (x - t) * grad`` with alpha = 2 (2 / numel for a mean)
-    held in the dtype, each operation rounded to it, as its ``Vectorized<BFloat16>`` operators round."""
+    """CPU's mse_loss_backward loop: ``alpha * (x - t) * grad`` with alpha = 2 (2 / numel for a mean) held in the
+    dtype, in that order (scaling by 2 before 1 / numel overflowed float32 for differences past 1.7e38), each
+    operation rounded to a bf16/fp16 dtype, as its ``Vectorized<BFloat16>`` operators round."""
     rounded = rounding_through(dtype, x.dtype)
     # the iterator casts every operand to the common dtype first; an empty input's 2 / 0 scales nothing
     x, t, grad = rounded(x), rounded(t), rounded(grad)
