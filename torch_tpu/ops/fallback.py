@@ -117,7 +117,8 @@ def run_on_cpu(op, args, kwargs):
 STRIDED_NESTED = (
     "strided nested tensors (torch.nested with layout=torch.strided) are not supported on tpu: their kernels are "
     "C++ code that reads memory through data pointers, and tpu bytes live in emulated HBM; use layout=torch.jagged. nn.TransformerEncoder builds one in eval mode when given a src_key_padding_mask: "
-    "construct it with enable_nested_tensor=False, which gives the same values at every unpadded position."
+    "construct it with enable_nested_tensor=False (nn.Transformer's encoder: set model.encoder.use_nested_tensor = "
+    "False), which gives the same values at every unpadded position."
 )
 SPARSE_LAYOUTS = (
     "sparse layouts are not supported on tpu beyond sparse COO tensors' construction, .to(), to_sparse(), "
