@@ -231,12 +231,12 @@ def test_assert_async_checks_like_cpu(call):
 @pytest.mark.parametrize("call", [
     lambda: torch.ones(3, 3, device="tpu").t().to_sparse_csr(),
     lambda: torch.ones(3, 3, device="tpu").to_sparse(layout=torch.sparse_csr),
-    lambda: torch.eye(3).to_sparse().to("tpu") + torch.eye(3).to_sparse().to("tpu"),
+    lambda: torch.eye(3).to_sparse().to("tpu") * torch.eye(3).to_sparse().to("tpu"),
     lambda: torch.eye(3).to_sparse().to("tpu") @ torch.eye(3).to_sparse().to("tpu"),
     lambda: torch.sparse.mm(torch.eye(3).to_sparse_csr().to("tpu"), torch.ones(3, 2, device="tpu"), "sum"),
     lambda: torch.sparse.sampled_addmm(torch.eye(3).to_sparse_csr().to("tpu"), torch.ones(3, 3, device="tpu"),
                                        torch.ones(3, 3, device="tpu")),
-], ids=["to_sparse_csr", "to_sparse_layout_csr", "coo_add", "coo_mm_coo", "mm_reduce", "sampled_addmm"])
+], ids=["to_sparse_csr", "to_sparse_layout_csr", "coo_mul_coo", "coo_mm_coo", "mm_reduce", "sampled_addmm"])
 def test_sparse_layouts_are_a_clear_error_naming_the_op(call):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # CSR's "beta state" notice
