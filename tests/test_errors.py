@@ -164,6 +164,23 @@ def test_strided_nested_tensors_are_a_clear_error_with_the_transformer_workaroun
         assert unnested(torch.ones(1, 3, 8, device="tpu"), src_key_padding_mask=padding).shape == (1, 3, 8)
 
 
+def test_the_nested_tensor_error_names_the_workaround_for_nn_transformer_and_it_works():
+    """nn.Transformer builds its encoder with nested tensors on: a beam search in eval with a padding mask met the
+    error, whose workaround named only TransformerEncoder's constructor argument."""
+    torch.manual_seed(0)
+    model = torch.nn.Transformer(8, 2, 1, 1, 16, dropout=0.0, batch_first=True).eval()
+    source, target = torch.randn(2, 3, 8), torch.randn(2, 2, 8)
+    padding = torch.tensor([[False, False, True], [False, False, False]])
+    with torch.no_grad():
+        expected = model(source, target, src_key_padding_mask=padding, memory_key_padding_mask=padding)
+        model.to("tpu")
+        arguments = dict(src_key_padding_mask=padding.to("tpu"), memory_key_padding_mask=padding.to("tpu"))
+        with pytest.raises(NotImplementedError, match=r"model\.encoder\.use_nested_tensor = False"):
+            model(source.to("tpu"), target.to("tpu"), **arguments)
+        model.encoder.use_nested_tensor = False
+        torch.testing.assert_close(model(source.to("tpu"), target.to("tpu"), **arguments).cpu(), expected)
+
+
 @pytest.mark.parametrize("requires_grad", [False, True])
 def test_a_strided_nested_tensor_of_tpu_tensors_is_refused_as_it_is_made(requires_grad):
     # in a child process: autograd reads the new nested tensor's sizes through C++ that cannot pass an exception
@@ -214,12 +231,12 @@ def test_assert_async_checks_like_cpu(call):
 @pytest.mark.parametrize("call", [
     lambda: torch.ones(3, 3, device="tpu").t().to_sparse_csr(),
     lambda: torch.ones(3, 3, device="tpu").to_sparse(layout=torch.sparse_csr),
-    lambda: torch.eye(3).to_sparse().to("tpu") + torch.eye(3).to_sparse().to("tpu"),
+    lambda: torch.eye(3).to_sparse().to("tpu") * torch.eye(3).to_sparse().to("tpu"),
     lambda: torch.eye(3).to_sparse().to("tpu") @ torch.eye(3).to_sparse().to("tpu"),
     lambda: torch.sparse.mm(torch.eye(3).to_sparse_csr().to("tpu"), torch.ones(3, 2, device="tpu"), "sum"),
     lambda: torch.sparse.sampled_addmm(torch.eye(3).to_sparse_csr().to("tpu"), torch.ones(3, 3, device="tpu"),
                                        torch.ones(3, 3, device="tpu")),
-], ids=["to_sparse_csr", "to_sparse_layout_csr", "coo_add", "coo_mm_coo", "mm_reduce", "sampled_addmm"])
+], ids=["to_sparse_csr", "to_sparse_layout_csr", "coo_mul_coo", "coo_mm_coo", "mm_reduce", "sampled_addmm"])
 def test_sparse_layouts_are_a_clear_error_naming_the_op(call):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # CSR's "beta state" notice

@@ -1470,3 +1470,21 @@ def test_row_maxima_are_numpys_maxima(shape, axis, dtype):
         got, want = row_maxima(array, axis), np.max(array, axis=axis, keepdims=True)
         assert got.shape == want.shape and got.dtype == want.dtype
         np.testing.assert_array_equal(got, want)  # NaN where NaN; +0.0 == -0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_mse_loss_backward_scales_in_cpus_order(dtype):
+    """CPU computes ``(2 / numel) * (x - t) * grad``; tpu scaled grad by 1 / numel and (x - t) by 2, which gave other
+    bits in about half the elements under a non-unit upstream gradient, and inf where 2 * (x - t) overflows."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(500, dtype=dtype, generator=generator) * 10 ** torch.randint(-5, 5, (500,), generator=generator)
+    x[0] = torch.finfo(dtype).max * 0.9
+    target, upstream = torch.randn(500, dtype=dtype, generator=generator), torch.tensor(1.7, dtype=dtype)
+
+    def gradient(device):
+        leaf = x.to(device, copy=True).requires_grad_()
+        F.mse_loss(leaf, target.to(device)).backward(upstream.to(device))
+        return leaf.grad.cpu()
+
+    cpu, tpu = gradient("cpu"), gradient("tpu")
+    assert torch.isfinite(cpu[0]) and torch.equal(tpu, cpu)

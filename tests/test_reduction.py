@@ -641,3 +641,20 @@ def test_sums_and_products_that_overflow_are_inf_without_a_warning(reduce, dtype
         warnings.simplefilter("error")
         actual = run(x.to("tpu")).cpu()
     assert torch.equal(actual, run(x))
+
+
+@pytest.mark.parametrize("reduce", [
+    lambda x: x.sum(), lambda x: x.sum(1), lambda x: x.prod(1), lambda x: x.norm(), lambda x: x.norm(dim=1),
+    lambda x: torch.linalg.vector_norm(x, 3, dim=1), lambda x: torch.nn.functional.normalize(x, dim=1),
+    lambda x: torch.nn.functional.cosine_similarity(x, x.flip(1)), lambda x: torch.cdist(x.float(), x.flip(0).float()),
+], ids=["sum", "sum1", "prod1", "norm", "norm1", "norm3", "normalize", "cosine", "cdist"])
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_reductions_of_infinities_and_overflows_are_silent_as_on_cpu(reduce, dtype):
+    """inf - inf, or squares overflowing float32, give NaN or inf without a word on CPU; tpu let NumPy's
+    RuntimeWarning ("invalid value encountered in reduce") through, as a model whose loss blew up met it."""
+    x = torch.tensor([[math.inf, -math.inf, 3e38, 1.0], [-3e38, 2.0, 0.5, 1e30]], dtype=dtype)
+    expected = reduce(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        actual = reduce(x.to("tpu"))
+    torch.testing.assert_close(actual.cpu(), expected, equal_nan=True)

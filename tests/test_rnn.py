@@ -360,3 +360,34 @@ def test_stacked_layers_are_one_node_writing_the_final_states_in_place():
     assert len(output.grad_fn.tape_buffers) == 2 * 4 + 1
     del output, h, c
     assert torch.tpu.memory_allocated() == start
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
+@pytest.mark.parametrize("transform", ["grad", "jacrev", "jvp", "forward_ad"])
+def test_torch_func_transforms_and_forward_ad_through_recurrent_layers_match_cpu(kind, transform, recwarn):
+    """The one autograd node of the whole-sequence kernels has no setup_context or jvp: torch.func's grad, jacrev and
+    jvp and forward-mode AD raised; they run the plain-op layers (CPU's with oneDNN off: its oneDNN layer has no
+    forward-mode formula either), without warnings CPU does not give."""
+    import torch.autograd.forward_ad as forward_ad
+    import torch.func as func
+
+    torch.manual_seed(0)
+    module = kind(3, 4, num_layers=2, bidirectional=True, batch_first=True)
+    x = torch.randn(2, 5, 3)
+
+    def apply(device):
+        m, inputs = copy.deepcopy(module).to(device), x.to(device)
+        if transform == "grad":
+            return func.grad(lambda v: m(v)[0].square().sum())(inputs)
+        if transform == "jacrev":
+            return func.jacrev(lambda v: m(v)[0][:, -1].sum(0))(inputs)
+        if transform == "jvp":
+            return func.jvp(lambda v: m(v)[0], (inputs,), (torch.ones_like(inputs),))[1]
+        with forward_ad.dual_level():
+            return forward_ad.unpack_dual(m(forward_ad.make_dual(inputs, torch.ones_like(inputs)))[0]).tangent
+
+    with torch.backends.mkldnn.flags(enabled=False):
+        expected = apply("cpu")
+    cpu_warnings = len(recwarn)
+    assert_close(apply("tpu").cpu(), expected, **TOLERANCE)
+    assert len(recwarn) == cpu_warnings, [str(w.message) for w in recwarn]

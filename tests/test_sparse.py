@@ -228,3 +228,73 @@ def test_sparse_copy_into_a_sparse_tpu_tensor_as_cpu(source_device, source_dtype
         results.append(target.cpu())
     assert_same_sparse(*results)
     assert torch.equal(results[1]._values().signbit(), results[0]._values().signbit())
+
+
+@pytest.mark.parametrize("alpha", [1, -0.3])
+@pytest.mark.parametrize("hybrid", [False, True])
+def test_dense_plus_sparse_adds_each_nonzero_in_stored_order_as_cpu(alpha, hybrid):
+    """``dense.add_(sparse)`` is how optimizers apply a sparse gradient; it raised NotImplementedError on tpu."""
+    values = torch.randn(5, 2) if hybrid else VALUES
+    sparse = torch.sparse_coo_tensor(INDICES, values, (3, 3, 2) if hybrid else (3, 3))
+    dense = torch.randn(sparse.shape)
+    cpu, tpu = both(lambda d: dense.to(d).add(sparse.to(d), alpha=alpha))
+    assert torch.equal(tpu, cpu)
+    cpu, tpu = both(lambda d: dense.clone().to(d).t().add_(sparse.to(d).t().coalesce(), alpha=alpha) if not hybrid
+                    else dense.clone().to(d).add_(sparse.to(d), alpha=alpha))
+    assert torch.equal(tpu, cpu)
+
+
+@pytest.mark.parametrize("coalesce_self", [False, True])
+@pytest.mark.parametrize("coalesce_other", [False, True])
+def test_sparse_plus_sparse_is_cpus_merge_of_the_stored_nonzeros(coalesce_self, coalesce_other):
+    """CPU walks both lists of nonzeros as stored (unsorted ones too), so its indices, values and coalesced flag,
+    in-place or not, are what tpu must give (autograd adds two sparse gradients this way)."""
+    other_sparse = torch.sparse_coo_tensor(torch.tensor([[1, 2, 0], [2, 0, 0]]), torch.randn(3), (3, 3))
+
+    def add(device, inplace):
+        self = torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(device)
+        other = other_sparse.to(device)
+        self, other = (self.coalesce() if coalesce_self else self), (other.coalesce() if coalesce_other else other)
+        return self.add_(other, alpha=0.5) if inplace else self + other
+
+    for inplace in (False, True):
+        assert_same_sparse(*both(lambda d: add(d, inplace)))
+
+
+def test_sparse_times_a_scalar_and_negation_as_cpu():
+    sparse = torch.sparse_coo_tensor(INDICES, VALUES, (3, 3))
+    assert_same_sparse(*both(lambda d: sparse.to(d) * 2.5))
+    assert_same_sparse(*both(lambda d: -sparse.to(d).coalesce()))
+
+    def foreach(device):
+        tensors = [sparse.to(device).clone()]
+        torch._foreach_mul_(tensors, 0.9)  # SGD's momentum buffers of sparse gradients
+        return tensors[0]
+
+    assert_same_sparse(*both(foreach))
+
+
+@pytest.mark.parametrize("optimizer", [
+    lambda p: torch.optim.SparseAdam(p, lr=0.01), lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+    lambda p: torch.optim.Adagrad(p, lr=0.1)], ids=["SparseAdam", "SGD-momentum", "Adagrad"])
+@pytest.mark.parametrize("bag", [False, True], ids=["Embedding", "EmbeddingBag"])
+def test_training_with_sparse_embedding_gradients_matches_cpu(optimizer, bag):
+    def train(device):
+        torch.manual_seed(0)
+        table = (torch.nn.EmbeddingBag(20, 4, mode="mean", sparse=True) if bag
+                 else torch.nn.Embedding(20, 4, sparse=True)).to(device)
+        opt = optimizer(list(table.parameters()))
+        losses = []
+        for step in range(3):
+            indices = torch.randint(0, 20, (5, 3)).to(device)
+            opt.zero_grad()
+            rows = table(indices) if bag else table(indices).sum(1)
+            loss = (rows * rows.detach().flip(0)).sum() + table(indices[:, :2]).sum()  # two sparse gradients
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        return torch.stack(losses), table.weight.detach()
+
+    (cpu_losses, cpu_weight), (tpu_losses, tpu_weight) = train("cpu"), train("tpu")
+    torch.testing.assert_close(tpu_losses.cpu(), cpu_losses, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(tpu_weight.cpu(), cpu_weight, rtol=1e-6, atol=1e-6)

@@ -117,11 +117,13 @@ def run_on_cpu(op, args, kwargs):
 STRIDED_NESTED = (
     "strided nested tensors (torch.nested with layout=torch.strided) are not supported on tpu: their kernels are "
     "C++ code that reads memory through data pointers, and tpu bytes live in emulated HBM; use layout=torch.jagged. nn.TransformerEncoder builds one in eval mode when given a src_key_padding_mask: "
-    "construct it with enable_nested_tensor=False, which gives the same values at every unpadded position."
+    "construct it with enable_nested_tensor=False (nn.Transformer's encoder: set model.encoder.use_nested_tensor = "
+    "False), which gives the same values at every unpadded position."
 )
 SPARSE_LAYOUTS = (
     "sparse layouts are not supported on tpu beyond sparse COO tensors' construction, .to(), to_sparse(), "
-    "to_dense(), coalesce(), copy_() and mm/addmm with a dense matrix (torch_tpu/ops/sparse.py; the compressed layouts "
+    "to_dense(), coalesce(), copy_(), mm/addmm with a dense matrix, addition (sparse + sparse, dense + sparse), "
+    "multiplication by a scalar and neg (torch_tpu/ops/sparse.py; the compressed layouts "
     "sparse_csr, sparse_csc, sparse_bsr and sparse_bsc not at all: their kernels are C++ code per backend that reads "
     "indices through data pointers); keep sparse tensors on the CPU, or make them dense (to_dense()) on tpu."
 )

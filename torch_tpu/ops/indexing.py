@@ -821,11 +821,21 @@ def embedding_bag(weight, indices, offsets, scale_grad_by_freq=False, mode=0, sp
     return _embedding_bag(weight, indices, offsets, mode, per_sample_weights, include_last_offset, padding_idx)
 
 
-@register("_embedding_bag_backward")
+@register("_embedding_bag_backward", charge=False)
 def embedding_bag_backward(grad, indices, offsets, offset2bag, bag_size, maximum_indices, num_weights,
                            scale_grad_by_freq, mode, sparse, per_sample_weights, padding_idx=-1):
+    """CPU's choice of backward: PyTorch's composite sparse one (tpu ops) for ``sparse=True``, else the kernel below."""
     if sparse:
-        raise NotImplementedError("embedding_bag: sparse gradients are not supported on the tpu device")
+        return torch.ops.aten._embedding_bag_sparse_backward(grad, indices, offsets, offset2bag, bag_size, num_weights,
+                                                             scale_grad_by_freq, mode, per_sample_weights, padding_idx)
+    return torch.ops.aten._embedding_bag_dense_backward(grad, indices, offset2bag, bag_size, maximum_indices,
+                                                        num_weights, scale_grad_by_freq, mode, per_sample_weights,
+                                                        padding_idx)
+
+
+@register("_embedding_bag_dense_backward")
+def embedding_bag_dense_backward(grad, indices, offset2bag, bag_size, maximum_indices, num_weights, scale_grad_by_freq,
+                           mode, per_sample_weights, padding_idx=-1):
     gradient = opmath_operand(grad, "embedding_bag_backward")
     positions = operand(indices, "embedding_bag_backward").reshape(-1)
     bag_of = operand(offset2bag, "embedding_bag_backward")

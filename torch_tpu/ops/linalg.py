@@ -1226,10 +1226,11 @@ def cdist_forward(x1, x2, p, compute_mode):
     result = empty(batch + (r1, r2), x1.dtype)
     if not result.numel():
         return result
-    if _uses_matmul(p, compute_mode, r1, r2) and a.shape[-1]:
-        distances = _euclidean_distances(first, second)
-    else:
-        distances = np.stack([_pairwise_distances(u, v, p) for u, v in zip(first, second)])
+    with vpu.ignoring_fp_errors():  # squares overflowing to inf are silent on CPU
+        if _uses_matmul(p, compute_mode, r1, r2) and a.shape[-1]:
+            distances = _euclidean_distances(first, second)
+        else:
+            distances = np.stack([_pairwise_distances(u, v, p) for u, v in zip(first, second)])
     return write(result, distances.reshape(batch + (r1, r2)))
 
 

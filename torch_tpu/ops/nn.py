@@ -1132,8 +1132,8 @@ def pointwise_loss_backward(gradient_function, one_dtype_op=None, rounded_steps=
     """Kernel for d loss / d input = grad * gradient_function(input, target), shaped like input. Ops
     whose CPU kernel takes only operands of one dtype (huber's TensorIterator checks it) name their
     ``one_dtype_op`` packet, whose CPU error a mix of dtypes gets. ``rounded_steps(x, t, grad, reduction,
-    dtype, *args)``, where given, replays CPU's loop for bfloat16 and float16, which rounds after every
-    operation."""
+    dtype, *args)``, where given, replays CPU's loop: its order of operations, and for bfloat16 and float16 its rounding
+    after every one."""
 
     def kernel(grad_output, self, target, reduction, *args, grad_input=None):
         if one_dtype_op is not None and not grad_output.dtype == self.dtype == target.dtype:
@@ -1143,7 +1143,7 @@ def pointwise_loss_backward(gradient_function, one_dtype_op=None, rounded_steps=
         x, t = opmath_operand(self), opmath_operand(target)
         # CPU's TensorIterator computes in the inputs' common dtype (a 0-d tensor is weak), then casts to self's
         compute_dtype = common_dtype(self, target, grad_output)
-        if rounded_steps is not None and compute_dtype in SIXTEEN_BIT:
+        if rounded_steps is not None:
             result = rounded_steps(x, t, opmath_operand(grad_output), reduction, compute_dtype, *args)
         else:
             grad = loss_gradient_scale(opmath_operand(grad_output), x.size, reduction)
@@ -1162,16 +1162,19 @@ def squared_error_gradient(x, t):
 
 
 def in_dtype(dtype, *operands):
-    """``operands`` as NumPy arrays of the 16-bit ``dtype``, whose every operation rounds to it."""
+    """``operands`` as NumPy arrays of ``dtype``: a 16-bit one's every operation rounds to it."""
     return [np.asarray(operand).astype(numpy_dtype(dtype)) for operand in operands]
 
 
 def squared_error_gradient_rounded(x, t, grad, reduction, dtype):
-    """CPU's bf16/fp16 mse_loss_backward loop: ``alpha * (x - t) * grad`` with alpha = 2 (2 / numel for a mean)
-    held in the dtype, the iterator having cast every operand to it; an empty input's 2 / 0 scales nothing."""
+    """CPU's mse_loss_backward loop: ``alpha * (x - t) * grad`` with alpha = 2 (2 / numel for a mean) held in the
+    dtype, in that order (scaling by 2 before 1 / numel overflowed float32 for differences past 1.7e38), the
+    iterator having cast every operand to the dtype; bf16/fp16 round every operation. An empty input's 2 / 0
+    scales nothing."""
+    compute = x.dtype
     alpha = 2 / max(x.size, 1) if reduction == REDUCTION_MEAN else 2
     x, t, grad, alpha = in_dtype(dtype, x, t, grad, alpha)
-    return (alpha * (x - t) * grad).astype(np.float32)
+    return (alpha * (x - t) * grad).astype(compute)
 
 
 def smooth_l1(x, t, beta=1.0):
@@ -1200,13 +1203,15 @@ def huber_gradient(x, t, delta):
 
 
 def huber_gradient_rounded(x, t, grad, reduction, dtype, delta=1.0):
-    """CPU's bf16/fp16 huber_loss_backward loop: ``norm * grad * delta`` (negated below -delta) outside the
-    quadratic zone, ``norm * (x - t) * grad`` inside, norm being 1 / numel for a mean, all in the dtype."""
+    """CPU's huber_loss_backward loop: ``norm * grad * delta`` (negated below -delta) outside the quadratic zone,
+    ``norm * (x - t) * grad`` inside, norm being 1 / numel for a mean, all in the dtype (bf16/fp16 rounding every
+    operation)."""
     norm = 1 / max(x.size, 1) if reduction == REDUCTION_MEAN else 1
+    compute = x.dtype
     x, t, grad, norm, delta = in_dtype(dtype, x, t, grad, norm, delta)
     d = x - t
     outside = norm * grad * delta
-    return np.where(d <= -delta, -outside, np.where(d >= delta, outside, norm * d * grad)).astype(np.float32)
+    return np.where(d <= -delta, -outside, np.where(d >= delta, outside, norm * d * grad)).astype(compute)
 
 
 # mse_loss and smooth_l1_loss are structured: only their out= overloads, so PyTorch's meta function checks shapes

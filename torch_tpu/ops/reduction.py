@@ -73,11 +73,13 @@ def _accumuland(self, dtype=None):
 
 def reduce_into(target, reduction, array, axes, keepdim, dtype_name):
     """Run a NumPy reduction into the array ``target`` (of torch dtype ``dtype_name``), straight into
-    its memory when no cast is needed, else rounded on store."""
-    if target.dtype == array.dtype:
-        reduction(array, axis=axes, keepdims=keepdim, out=target)
-    else:
-        _C.dtypes.cast_into(target, np.asarray(reduction(array, axis=axes, keepdims=keepdim)), dtype_name)
+    its memory when no cast is needed, else rounded on store. Silent, as CPU's, when inf - inf gives NaN or a
+    sum or product overflows."""
+    with _C.vpu.ignoring_fp_errors():
+        if target.dtype == array.dtype:
+            reduction(array, axis=axes, keepdims=keepdim, out=target)
+        else:
+            _C.dtypes.cast_into(target, np.asarray(reduction(array, axis=axes, keepdims=keepdim)), dtype_name)
     return target
 
 
@@ -461,7 +463,13 @@ register("std_mean.correction")(_moment_kernel("std_mean", wants_std=True, wants
 
 
 def _vector_norm(magnitude, ord, axes, keepdim):
-    """The ``ord``-norm of non-negative ``magnitude`` over ``axes``, as linalg.vector_norm defines it."""
+    """The ``ord``-norm of non-negative ``magnitude`` over ``axes``, as linalg.vector_norm defines it: silent, as
+    CPU's, when squares or powers overflow to inf."""
+    with _C.vpu.ignoring_fp_errors():
+        return _vector_norm_values(magnitude, ord, axes, keepdim)
+
+
+def _vector_norm_values(magnitude, ord, axes, keepdim):
     if ord == 0:
         return np.sum(magnitude != 0, axis=axes, keepdims=keepdim, dtype=magnitude.dtype)
     if ord == math.inf:
@@ -472,8 +480,7 @@ def _vector_norm(magnitude, ord, axes, keepdim):
         return np.sum(magnitude, axis=axes, keepdims=keepdim)
     if ord == 2:
         return np.sqrt(np.sum(magnitude * magnitude, axis=axes, keepdims=keepdim))
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-        return np.sum(magnitude**ord, axis=axes, keepdims=keepdim) ** (1 / ord)
+    return np.sum(magnitude**ord, axis=axes, keepdims=keepdim) ** (1 / ord)
 
 
 def _norm_into(self, ord, dim, keepdim, dtype, out):

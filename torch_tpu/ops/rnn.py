@@ -26,6 +26,7 @@ import math
 import numpy as np
 import torch
 from torch._C._functorch import is_functorch_wrapped_tensor, is_legacy_batchedtensor
+from torch.autograd import forward_ad
 
 from .. import _C, _abstract
 from .._cost import float32_passes
@@ -633,12 +634,18 @@ def layer_parameters(params, index, has_biases, projected):
     return w_ih, w_hh, b_ih, b_hh, chunk[-1] if projected else None
 
 
+def transformed():
+    """Whether forward-mode AD or a torch.func transform (grad, vmap, jvp, jacrev, ...) is running."""
+    return forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active()
+
+
 def fusable(input, states, params, num_layers, bidirectional, has_biases, projected):
     """Whether the whole-sequence kernels take this call (``input`` sequence-first); anything else (packed
-    or unbatched input, other dtypes, tensors elsewhere, shapes CPU would refuse, tracing)
-    takes the composite path, which has every check and every case."""
+    or unbatched input, other dtypes, tensors elsewhere, shapes CPU would refuse, tracing, torch.func transforms
+    and forward-mode AD, which the one autograd node has no rules for) takes the composite path, which has every
+    check and every case."""
     tensors = (input, *states, *params)
-    if (torch._C._len_torch_dispatch_stack() or input.dim() != 3
+    if (torch._C._len_torch_dispatch_stack() or input.dim() != 3 or transformed()
             or input.dtype not in FUSED_DTYPES
             or any(type(t) not in PLAIN_TENSORS or t.dtype != input.dtype or t.device.type != "tpu" for t in tensors)):
         return False  # tracing (fake, functional or proxy tensors, dispatch modes) sees the composite's ops
@@ -666,8 +673,12 @@ def recurrent_network(kind):
         projected = kind == "lstm" and states[0].shape[-1] != states[1].shape[-1]
         x = input.transpose(0, 1) if batch_first and input.dim() == 3 else input
         if not fusable(x, states, params, num_layers, bidirectional, has_biases, projected):
-            # PyTorch's C++ composite; op.decompose would prefer torch._decomp's Python one, which never
-            # applies dropout between layers
+            if transformed() and not (dropout and train and num_layers > 1):
+                # the C++ composite's fused cells (as on CUDA) have no forward-mode formula and no batching
+                # rule for their backward (torch.func warns); torch._decomp's layers, made of plain ops, have
+                # both (but they never apply dropout between layers)
+                return op.decompose(input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
+                                    batch_first)
             return op._op_dk(COMPOSITE, input, hx, params, has_biases, num_layers, dropout, train, bidirectional,
                              batch_first)
         directions = 2 if bidirectional else 1

@@ -6,12 +6,15 @@ values; on tpu both are ordinary tpu tensors. Two kinds of kernel serve it on th
 - PyTorch's own kernels for the ops that only build or read that structure (``_indices``, ``_nnz``, the
   constructor, ...). They are the ones PyTorch also runs for sparse meta tensors, so they never read
   element memory; they run here by redispatching to the SparseMeta key.
-- the ops that compute (``_to_dense``, ``_coalesce``, ``mm``, ...), written below with tpu's dense ops on
+- the ops that compute (``_to_dense``, ``_coalesce``, ``mm``, ``add`` with a dense or sparse tensor, ``mul`` by a
+  scalar, ...: what sparse embedding gradients and their optimizers need), written below with tpu's dense ops on
   the indices and values, in the order CPU's kernels combine them, so that they give CPU's bits.
 
 Every other op on a sparse tpu tensor still reaches ``fallback.sparse_fallback`` and its error, as do the
 compressed layouts (CSR, CSC, BSR, BSC).
 """
+
+import math
 
 import torch
 
@@ -133,10 +136,15 @@ def addmm(self, mat1, mat2, *, beta=1, alpha=1):
     out = scaled_addend(self.expand(shape), beta, mat1._nnz())
     rows, columns = mat1._indices()
     products = mat1._values() * torch.tensor(alpha, dtype=mat2.dtype, device=mat2.device)
+    add_rows_in_stored_order(out, rows, products.unsqueeze(1), mat2[columns])
+    return out
+
+
+def add_rows_in_stored_order(out, rows, scales, addends):
+    """``out[rows[k]] += scales[k] * addends[k]`` for each k in stored order, as CPU's loops of axpy do."""
     for step in distinct_row_steps(rows):
         row = rows[step]
-        out.index_copy_(0, row, axpy(out[row], products[step].unsqueeze(1), mat2[columns[step]]))
-    return out
+        out.index_copy_(0, row, axpy(out[row], scales[step] if scales.dim() else scales, addends[step]))
 
 
 def check_addmm_operands(self, mat1, mat2):
@@ -225,3 +233,125 @@ def dense_to_sparse(self, *args, layout=None, blocksize=None, dense_dim=None):
     # a 0-d tensor's one value is stored only if it is nonzero
     values = self[tuple(indices)] if sparse_dim else self.unsqueeze(0)[:indices.shape[1]]
     return coo(indices, values.contiguous(), self.shape, coalesced=True)
+
+
+@sparse_kernel("add.Tensor")
+def add(self, other, *, alpha=1):
+    if self.is_sparse and other.is_sparse:
+        return add_sparse_to_sparse(self, other, alpha)
+    check_dense_plus_sparse(self, other)
+    out = self.to(torch.result_type(self, other), copy=True)
+    return add_sparse_into_dense(out, other, alpha)
+
+
+@sparse_kernel("add_.Tensor")
+def add_(self, other, *, alpha=1):
+    if self.is_sparse and other.is_sparse:
+        return self.copy_(add_sparse_to_sparse(self, other, alpha))
+    check_dense_plus_sparse(self, other)
+    return add_sparse_into_dense(self, other, alpha)
+
+
+def check_dense_plus_sparse(self, other):
+    if self.is_sparse:
+        raise RuntimeError("add(sparse, dense) is not supported. Use add(dense, sparse) instead.")
+    if self.shape != other.shape:
+        raise RuntimeError(f"add: expected 'self' and 'other' to have same size, but self has size {list(self.shape)} "
+                           f"while other has size {list(other.shape)} (FYI: dense-sparse addition does not currently "
+                           "support broadcasting)")
+
+
+def add_sparse_into_dense(out, sparse, alpha):
+    """CPU's add_out_dense_sparse: each nonzero (a value, or a row of values for a hybrid tensor) times ``alpha``
+    added into its place of the dense ``out``, in stored order (its axpy per nonzero)."""
+    if sparse._nnz() == 0:
+        return out
+    sparse_sizes = sparse.shape[:sparse.sparse_dim()]
+    flat = out if out.is_contiguous() else out.contiguous()
+    rows = flat.view(-1, math.prod(sparse.shape[sparse.sparse_dim():]))
+    values = sparse._values().to(out.dtype).reshape(sparse._nnz(), -1)
+    add_rows_in_stored_order(rows, _linear_index(sparse._indices(), sparse_sizes),
+                             torch.tensor(alpha, dtype=out.dtype, device=out.device), values)
+    if flat is not out:
+        out.copy_(flat)
+    return out
+
+
+def add_sparse_to_sparse(self, other, alpha):
+    """CPU's add_out_sparse_contiguous: one walk along both tensors' nonzeros as stored, taking the smaller index
+    (row-major) or both when equal, the sum ``self + alpha * other`` added into zeros by axpy; coalesced when both
+    were (unsorted inputs give CPU's merge of them, duplicates and all)."""
+    if self.shape != other.shape:
+        raise RuntimeError(f"add: expected sizes of 'self' and 'other' to match, but {list(self.shape)} != "
+                           f"{list(other.shape)}")
+    dtype = torch.result_type(self, other)
+    if other._nnz() == 0:
+        return coo(self._indices().clone(), self._values().to(dtype, copy=True), self.shape, self.is_coalesced())
+    if self._nnz() == 0:
+        return coo(other._indices().clone(), other._values().to(dtype) * alpha, self.shape, other.is_coalesced())
+    sizes = self.shape[:self.sparse_dim()]
+    self_slots, other_slots, count = merge_walk(_linear_index(self._indices(), sizes).tolist(),
+                                                _linear_index(other._indices(), sizes).tolist())
+    device = self.device
+    self_slots, other_slots = (torch.tensor(slots, dtype=torch.int64, device=device) for slots in (self_slots, other_slots))
+    indices = self._indices().new_empty((self.sparse_dim(), count))
+    indices.index_copy_(1, self_slots, self._indices()).index_copy_(1, other_slots, other._indices())
+    values = torch.zeros((count, *self.shape[self.sparse_dim():]), dtype=dtype, device=device)
+    values.index_copy_(0, self_slots, values[self_slots] + self._values().to(dtype))
+    values.index_copy_(0, other_slots, axpy(values[other_slots], torch.tensor(alpha, dtype=dtype, device=device),
+                                            other._values().to(dtype)))
+    return coo(indices, values, self.shape, self.is_coalesced() and other.is_coalesced())
+
+
+def merge_walk(self_keys, other_keys):
+    """The output position of each nonzero of either list in CPU's two-pointer walk, and the number of outputs."""
+    self_slots, other_slots = [], []
+    i = j = slot = 0
+    while i < len(self_keys) or j < len(other_keys):
+        take_self = j == len(other_keys) or (i < len(self_keys) and self_keys[i] <= other_keys[j])
+        take_other = i == len(self_keys) or (j < len(other_keys) and other_keys[j] <= self_keys[i])
+        if take_self:
+            self_slots.append(slot)
+            i += 1
+        if take_other:
+            other_slots.append(slot)
+            j += 1
+        slot += 1
+    return self_slots, other_slots, slot
+
+
+def check_scalar_factor(op, other):
+    """Only a sparse tensor times a scalar (CPU's mul_out_sparse_scalar) is a tpu kernel."""
+    if isinstance(other, torch.Tensor) and (other.is_sparse or other.dim() != 0):
+        raise unsupported(op, SPARSE_LAYOUTS)
+
+
+@sparse_kernel("mul.Tensor")
+def mul(self, other):
+    if not (isinstance(self, torch.Tensor) and self.is_sparse):
+        self, other = other, self  # a scalar times a sparse tensor (the foreach ops' order)
+    check_scalar_factor(_aten.mul.Tensor, other)
+    return coo(self._indices().clone(), self._values() * other, self.shape, self.is_coalesced())
+
+
+@sparse_kernel("mul_.Tensor")
+def mul_(self, other):
+    check_scalar_factor(_aten.mul_.Tensor, other)
+    self._values().mul_(other)
+    return self
+
+
+@sparse_kernel("mul.out")
+def mul_out(self, other, *, out):
+    """``mul_`` of a sparse tensor arrives here (its composite and the foreach loop write through ``out=``)."""
+    return out.copy_(mul(self, other))
+
+
+@sparse_kernel("add.out")
+def add_out(self, other, *, alpha=1, out):
+    return out.copy_(add(self, other, alpha=alpha))
+
+
+@sparse_kernel("neg")
+def neg(self):
+    return coo(self._indices().clone(), self._values().neg(), self.shape, self.is_coalesced())
