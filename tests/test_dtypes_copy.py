@@ -4,6 +4,7 @@ import functools
 import itertools
 import math
 import tracemalloc
+import warnings
 
 import pytest
 import torch
@@ -157,8 +158,38 @@ def test_allowed_aliasing_copies():
 ], ids=["to_float", "into_tpu", "into_cpu", "from_cpu_into_tpu"])
 def test_copying_complex_into_real_warns_like_cpu(copy):
     z = torch.tensor([1 + 2j, 3 - 1j], device="tpu")
-    with pytest.warns(UserWarning, match="Casting complex values to real discards the imaginary part"):
-        assert copy(z).cpu().tolist() == [1, 3]
+    before = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # the warning is TORCH_WARN_ONCE's: once per process otherwise
+    try:
+        with pytest.warns(UserWarning, match="Casting complex values to real discards the imaginary part"):
+            assert copy(z).cpu().tolist() == [1, 3]
+    finally:
+        torch.set_warn_always(before)
+
+
+@pytest.mark.parametrize("device", ["cpu", "tpu"])
+def test_copying_complex_into_real_warns_once_per_process_as_cpu_does(device):
+    def warnings_of_a_copy():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.zeros(2, device=device).copy_(torch.ones(2, dtype=torch.complex64, device=device))
+        return [str(w.message) for w in caught]
+
+    warnings_of_a_copy()
+    assert warnings_of_a_copy() == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int8,
+                                   torch.uint8, torch.bool, torch.complex64])
+@pytest.mark.parametrize("number", [float("inf"), float("nan"), -1.5, 1e300, 3, -7, True, 2 + 3j])
+def test_copy_of_a_python_number_fills_as_cpu_does(number, dtype):
+    """``grad.copy_(float("inf"))`` (GradScaler tests break gradients so): the binding wraps the number in a 0-d
+    tensor, which reaches a Python kernel as the number again."""
+    expected = torch.zeros(3, dtype=dtype).copy_(number)
+    result = torch.zeros(3, dtype=dtype, device="tpu").copy_(number).cpu()
+    assert result.tolist() == expected.tolist() or (result.isnan().all() and expected.isnan().all())
+    if dtype.is_floating_point:
+        assert torch.equal(result.view(torch.uint8), expected.view(torch.uint8))
 
 
 def test_copy_to_cpu_keeps_the_cpu_tensor_resizable():
