@@ -644,3 +644,33 @@ def test_complex_half_tensors_warn_as_experimental_as_on_cpu(make):
                 make(device)
     finally:
         torch.set_warn_always(before)
+
+
+def _lazy_clone_story(device):
+    """A lazy clone of a strided view, then writes on both sides: what each side holds, and the marks."""
+    base = torch.arange(12.0, device=device)
+    source = base[2:10:2]
+    clone = source._lazy_clone()
+    marks = (torch._C._is_cow_tensor(source), torch._C._is_cow_tensor(clone))
+    base.view(3, 4)[0] += 100  # writes the source through another view of its storage
+    clone[1] = -1
+    return marks, source.tolist(), clone.tolist(), clone.stride(), clone.storage_offset()
+
+
+def test_a_lazy_clone_is_a_working_copy_never_stale_with_cpus_marks():
+    assert _lazy_clone_story("tpu") == _lazy_clone_story("cpu")
+
+
+def test_a_lazy_clone_owns_exactly_its_storages_bytes_and_frees_them():
+    source = torch.arange(10.0, device="tpu")[2:8]
+    before = torch.tpu.memory_allocated()
+    same_storage = torch.empty(10, device="tpu")
+    storage_cost = torch.tpu.memory_allocated() - before
+    del same_storage
+    clone = source._lazy_clone()
+    assert torch.tpu.memory_allocated() - before == storage_cost  # the whole storage, as CPU's copy would be
+    del clone
+    assert torch.tpu.memory_allocated() == before
+    parameter = torch.ones(3, device="tpu", requires_grad=True)
+    (parameter._lazy_clone() * 2).sum().backward()
+    assert parameter.grad.tolist() == [2.0, 2.0, 2.0]

@@ -117,6 +117,23 @@ def clone(self, *, memory_format=None):
     return _composite_clone(self, memory_format=memory_format)
 
 
+_copy_on_write_clone = default_kernel("_lazy_clone")
+
+
+@register("_lazy_clone")
+def lazy_clone(self):
+    """ATen's copy-on-write clone: a tensor of a new storage sharing the source's data pointer, both marked
+    copy-on-write. C++ copies the bytes when a kernel first asks either side for a mutable data pointer, which
+    a Python kernel never does; the new storage also lacks the source's HBM buffer, a Python attribute of the
+    old one. So the clone is ATen's (its copy-on-write marks as on CPU) with its own copy of the bytes, made
+    now: eager, never stale."""
+    result = _copy_on_write_clone(self)
+    storage = result.untyped_storage()
+    setattr(storage, _tensor.BUFFER_ATTRIBUTE, _tensor.hbm_buffer(self.untyped_storage()))
+    _tensor.replace_buffer(storage, _tensor.hbm_buffer(storage).nbytes)  # keeps the bytes in a buffer of its own
+    return result
+
+
 @register("_copy_from_and_resize")
 def copy_from_and_resize(self, dst):
     if dst.shape != self.shape:
