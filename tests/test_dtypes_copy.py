@@ -4,6 +4,7 @@ import functools
 import itertools
 import math
 import tracemalloc
+import warnings
 
 import pytest
 import torch
@@ -157,8 +158,38 @@ def test_allowed_aliasing_copies():
 ], ids=["to_float", "into_tpu", "into_cpu", "from_cpu_into_tpu"])
 def test_copying_complex_into_real_warns_like_cpu(copy):
     z = torch.tensor([1 + 2j, 3 - 1j], device="tpu")
-    with pytest.warns(UserWarning, match="Casting complex values to real discards the imaginary part"):
-        assert copy(z).cpu().tolist() == [1, 3]
+    before = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)  # the warning is TORCH_WARN_ONCE's: once per process otherwise
+    try:
+        with pytest.warns(UserWarning, match="Casting complex values to real discards the imaginary part"):
+            assert copy(z).cpu().tolist() == [1, 3]
+    finally:
+        torch.set_warn_always(before)
+
+
+@pytest.mark.parametrize("device", ["cpu", "tpu"])
+def test_copying_complex_into_real_warns_once_per_process_as_cpu_does(device):
+    def warnings_of_a_copy():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.zeros(2, device=device).copy_(torch.ones(2, dtype=torch.complex64, device=device))
+        return [str(w.message) for w in caught]
+
+    warnings_of_a_copy()
+    assert warnings_of_a_copy() == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int8,
+                                   torch.uint8, torch.bool, torch.complex64])
+@pytest.mark.parametrize("number", [float("inf"), float("nan"), -1.5, 1e300, 3, -7, True, 2 + 3j])
+def test_copy_of_a_python_number_fills_as_cpu_does(number, dtype):
+    """``grad.copy_(float("inf"))`` (GradScaler tests break gradients so): the binding wraps the number in a 0-d
+    tensor, which reaches a Python kernel as the number again."""
+    expected = torch.zeros(3, dtype=dtype).copy_(number)
+    result = torch.zeros(3, dtype=dtype, device="tpu").copy_(number).cpu()
+    assert result.tolist() == expected.tolist() or (result.isnan().all() and expected.isnan().all())
+    if dtype.is_floating_point:
+        assert torch.equal(result.view(torch.uint8), expected.view(torch.uint8))
 
 
 def test_copy_to_cpu_keeps_the_cpu_tensor_resizable():
@@ -613,3 +644,33 @@ def test_complex_half_tensors_warn_as_experimental_as_on_cpu(make):
                 make(device)
     finally:
         torch.set_warn_always(before)
+
+
+def _lazy_clone_story(device):
+    """A lazy clone of a strided view, then writes on both sides: what each side holds, and the marks."""
+    base = torch.arange(12.0, device=device)
+    source = base[2:10:2]
+    clone = source._lazy_clone()
+    marks = (torch._C._is_cow_tensor(source), torch._C._is_cow_tensor(clone))
+    base.view(3, 4)[0] += 100  # writes the source through another view of its storage
+    clone[1] = -1
+    return marks, source.tolist(), clone.tolist(), clone.stride(), clone.storage_offset()
+
+
+def test_a_lazy_clone_is_a_working_copy_never_stale_with_cpus_marks():
+    assert _lazy_clone_story("tpu") == _lazy_clone_story("cpu")
+
+
+def test_a_lazy_clone_owns_exactly_its_storages_bytes_and_frees_them():
+    source = torch.arange(10.0, device="tpu")[2:8]
+    before = torch.tpu.memory_allocated()
+    same_storage = torch.empty(10, device="tpu")
+    storage_cost = torch.tpu.memory_allocated() - before
+    del same_storage
+    clone = source._lazy_clone()
+    assert torch.tpu.memory_allocated() - before == storage_cost  # the whole storage, as CPU's copy would be
+    del clone
+    assert torch.tpu.memory_allocated() == before
+    parameter = torch.ones(3, device="tpu", requires_grad=True)
+    (parameter._lazy_clone() * 2).sum().backward()
+    assert parameter.grad.tolist() == [2.0, 2.0, 2.0]

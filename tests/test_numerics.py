@@ -304,6 +304,34 @@ def test_grad_scaler_unscale_matches_cpu():
     torch.testing.assert_close(grads["tpu"], 2 * torch.arange(6.0))
 
 
+@pytest.mark.parametrize("initial_scale, found_inf, growth_factor, backoff_factor", [
+    (1e38, 0.0, 2.0 ** 4, 0.5),  # the grown scale would be inf: CPU keeps the old one
+    (3.0, 0.0, 1.1, 0.5),  # a factor float32 cannot hold: the product is taken in double and rounded once
+    (3.0, 1.0, 2.0, 0.3),
+    (1e-44, 1.0, 2.0, 0.3),  # a subnormal scale backed off
+])
+def test_grad_scaler_update_takes_cpus_rule_and_rounding(initial_scale, found_inf, growth_factor, backoff_factor):
+    states = {}
+    for device in ("cpu", "tpu"):
+        scale = torch.full((1,), initial_scale, device=device)
+        tracker = torch.zeros(1, dtype=torch.int32, device=device)
+        torch._amp_update_scale_(scale, tracker, torch.full((1,), found_inf, device=device),
+                                 growth_factor, backoff_factor, 1)
+        states[device] = (scale.cpu().view(torch.int32).item(), tracker.item())
+    assert states["tpu"] == states["cpu"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_grad_scaler_unscales_16_bit_gradients_in_float32_as_cpu_does(dtype):
+    gradients = torch.randn(4096, generator=torch.Generator().manual_seed(0)).mul(1000).to(dtype)
+    unscaled = {}
+    for device in ("cpu", "tpu"):
+        grad, found_inf = gradients.to(device, copy=True), torch.zeros(1, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_([grad], found_inf, torch.full((1,), 1 / 3, device=device))
+        unscaled[device] = grad.cpu()
+    assert torch.equal(unscaled["tpu"], unscaled["cpu"])
+
+
 # --- chip selection ---------------------------------------------------------------------------
 # A chip is chosen once per process, so other chips are checked in fresh interpreters. The same
 # interpreter checks that a float64 matmul runs (on the host, as on CPU) and warns exactly once.

@@ -203,8 +203,9 @@ def _outputs_model(name):
 
 
 def _transfer_traffic(sources, destinations):
-    """Copies, each of a source into a destination: only the chip's side of each touches HBM."""
-    return (sum(t.nbytes for t in sources if not t.is_cpu), sum(t.nbytes for t in destinations if not t.is_cpu))
+    """Copies, each of a source into a destination: only the chip's side of each touches HBM (a number copied in,
+    ``copy_(float("inf"))``, is the host's)."""
+    return (sum(t.nbytes for t in sources if isinstance(t, Tensor) and not t.is_cpu), sum(t.nbytes for t in destinations if not t.is_cpu))
 
 
 def _traffic_model(name):

@@ -1,31 +1,45 @@
-"""The two kernels torch.amp.GradScaler needs: unscale-and-check, and the scale update."""
+"""The two kernels torch.amp.GradScaler needs: unscale-and-check, and the scale update (CPU's AmpGradScalerKernels)."""
 
 import numpy as np
+import torch
 
-from ._common import as_numpy, operand
+from ._common import as_numpy, operand, write
 from ._registry import register
 
 
 @register("_amp_foreach_non_finite_check_and_unscale_")
 def non_finite_check_and_unscale_(grads, found_inf, inv_scale):
+    """A 16-bit gradient is unscaled in float32 and rounded once, as CPU's kernel computes in its opmath type."""
     inverse = operand(inv_scale)
     flag = as_numpy(found_inf)
     for grad in grads:
         values = as_numpy(grad)
         if not np.isfinite(values).all():
             flag[...] = 1.0
-        np.multiply(values, inverse.astype(values.dtype), out=values)
+        if grad.dtype in (torch.float16, torch.bfloat16):
+            write(grad, np.multiply(values, inverse, dtype=np.float32))
+        else:
+            np.multiply(values, inverse.astype(values.dtype), out=values)
+
+
+def _rounded_to_float32(value):
+    """A double rounded to float as C++'s ``static_cast<float>`` rounds it: out of range, infinite and silent."""
+    with np.errstate(over="ignore"):
+        return np.float32(value)
 
 
 @register("_amp_update_scale_")
 def update_scale_(scale, growth_tracker, found_inf, growth_factor, backoff_factor, growth_interval):
-    """Back off on overflow; grow after ``growth_interval`` clean steps (PyTorch's rule)."""
+    """Back off on overflow; grow after ``growth_interval`` clean steps, unless the grown scale would not be
+    finite (PyTorch's rule). The float32 scale times the double factor is rounded once, as in CPU's C++."""
     scale_value, tracker = as_numpy(scale), as_numpy(growth_tracker)
     if operand(found_inf).item():
-        scale_value *= backoff_factor
+        scale_value[...] = _rounded_to_float32(scale_value.item() * backoff_factor)
         tracker[...] = 0
     elif tracker.item() + 1 == growth_interval:
-        scale_value *= growth_factor
+        grown = _rounded_to_float32(scale_value.item() * growth_factor)
+        if np.isfinite(grown):
+            scale_value[...] = grown
         tracker[...] = 0
     else:
         tracker += 1

@@ -1,11 +1,9 @@
 """Copies between CPU and tpu and within tpu, with dtype conversion and broadcasting."""
 
-import warnings
-
 import numpy as np
 import torch
 
-from .. import _tensor
+from .. import _errors, _tensor
 from ._common import operand
 from ._overlap import PARTIAL_OVERLAP, check_no_internal_overlap, partially_overlap
 from ._registry import LAUNCHES, default_kernel, register
@@ -69,13 +67,21 @@ def _check_no_overlap(dst, src):
 
 
 def _warn_if_dropping_imaginary_parts(dst, src):
-    """CPU's and CUDA's copy_ warn here; ATen hands a PrivateUse1 copy to ``_copy_from`` before its warning."""
+    """CPU's and CUDA's copy_ warn here, once per process; ATen hands a PrivateUse1 copy to ``_copy_from`` before
+    its warning."""
     if src.is_complex() and not dst.is_complex():
-        warnings.warn("Casting complex values to real discards the imaginary part", UserWarning, stacklevel=2)
+        _errors.warn_once("Casting complex values to real discards the imaginary part")
+
+
+# ``grad.copy_(float("inf"))``: Python's binding wraps the number into a 0-d CPU tensor of these dtypes, and the
+# dispatcher hands a wrapped number back to a Python kernel as the number itself.
+_WRAPPED_NUMBER_DTYPES = {bool: torch.bool, int: torch.int64, float: torch.float64, complex: torch.complex128}
 
 
 @register("_copy_from")
 def copy_from(self, dst, non_blocking=False):
+    if not isinstance(self, torch.Tensor):
+        self = torch.tensor(self, dtype=_WRAPPED_NUMBER_DTYPES[type(self)])
     _check_broadcastable(dst, self)
     _check_no_overlap(dst, self)
     if dst.numel() == 0:
@@ -109,6 +115,23 @@ def clone(self, *, memory_format=None):
         strides = None if memory_format is torch.contiguous_format else tuple(self.stride())
         return LAUNCHES["_copy_from"](self, _tensor.empty(self.shape, self.dtype, strides))
     return _composite_clone(self, memory_format=memory_format)
+
+
+_copy_on_write_clone = default_kernel("_lazy_clone")
+
+
+@register("_lazy_clone")
+def lazy_clone(self):
+    """ATen's copy-on-write clone: a tensor of a new storage sharing the source's data pointer, both marked
+    copy-on-write. C++ copies the bytes when a kernel first asks either side for a mutable data pointer, which
+    a Python kernel never does; the new storage also lacks the source's HBM buffer, a Python attribute of the
+    old one. So the clone is ATen's (its copy-on-write marks as on CPU) with its own copy of the bytes, made
+    now: eager, never stale."""
+    result = _copy_on_write_clone(self)
+    storage = result.untyped_storage()
+    setattr(storage, _tensor.BUFFER_ATTRIBUTE, _tensor.hbm_buffer(self.untyped_storage()))
+    _tensor.replace_buffer(storage, _tensor.hbm_buffer(storage).nbytes)  # keeps the bytes in a buffer of its own
+    return result
 
 
 @register("_copy_from_and_resize")
