@@ -4,6 +4,7 @@ same HBM; kernels that are not isomorphic stay unrolled and correct."""
 
 import functools
 import re
+import types
 
 import numpy as np
 import pytest
@@ -121,6 +122,47 @@ def test_new_step_counts_are_stored_from_their_host_batch_in_one_line(skew_step,
     assert program.count("copy_each(") == 1 and "k_copy_" not in program
     steps = [state for state in batched[1] if state.device.type == "cpu"]
     assert [float(s) for s in steps] == [6.0 if skew_step else 3.0] + [3.0] * (len(SHAPES) - 1)
+
+
+def host_copies_graph():
+    """Two host scalars t1, t2 get new values m1, m2 (one host batch) by two copy_ nodes; a batched launch of kernels
+    ``a`` (before the first copy, reading t2) and ``b`` (between the copies) runs where ``b`` stands. As the arguments
+    of plan_host_copies, without the launches."""
+    graph = torch.fx.Graph()
+    aten = torch.ops.aten
+    t1, t2 = graph.placeholder("t1"), graph.placeholder("t2")
+    m1, m2 = (graph.call_function(aten.add.Tensor, (t, 1)) for t in (t1, t2))
+    a = graph.call_function(aten.neg.default, (t2,))
+    copy1 = graph.call_function(aten.copy_.default, (t1, m1))
+    b = graph.call_function(aten.neg.default, (m1,))
+    copy2 = graph.call_function(aten.copy_.default, (t2, m2))
+    nodes = list(graph.nodes)
+    for node in nodes:
+        node.meta["val"] = torch.zeros(())
+    lowered = {node: types.SimpleNamespace(writes=None, inputs=list(node.args)) for node in nodes}
+    lowered[copy1] = types.SimpleNamespace(writes=t1, inputs=[m1])
+    lowered[copy2] = types.SimpleNamespace(writes=t2, inputs=[m2])
+    batch = batching.HostBatch([m1, m2], np.zeros(2, np.float32), [np.zeros((), np.float32)] * 2)
+    position = {node: index for index, node in enumerate(nodes)}
+    arguments = (nodes, lowered, {copy1: "inplace", copy2: "inplace"}, position, lambda node: node, {m1: batch, m2: batch})
+    launch = batching.BatchPlan([[a], [b]], position[a], position[b], {t2}, set(), [])
+    return arguments, launch, (copy1, copy2)
+
+
+def test_host_copies_stay_apart_when_a_batched_launch_between_them_reads_a_later_copys_target():
+    """The stores all happen where the first copy stands; the launch, emitted at ``b`` after it, would read t2's new
+    value where ``a`` read its old one."""
+    arguments, launch, copies = host_copies_graph()
+    assert set(batching.plan_host_copies(*arguments, [])) == set(copies)  # without the launch: one store line
+    assert batching.plan_host_copies(*arguments, [launch]) == {}
+    written = batching.BatchPlan(launch.members, launch.start, launch.end, set(), launch.reads, [])
+    assert batching.plan_host_copies(*arguments, [written]) == {}  # the stores would come before its write
+
+
+def test_host_copies_batch_when_a_launch_reading_their_targets_runs_before_them():
+    arguments, launch, copies = host_copies_graph()
+    before = batching.BatchPlan(launch.members[:1], launch.start, launch.start, launch.reads, set(), [])  # at ``a``
+    assert set(batching.plan_host_copies(*arguments, [before])) == set(copies)
 
 
 def test_copy_each_stores_the_bits_as_they_are():

@@ -223,6 +223,21 @@ def test_batch_norm_without_running_stats():
           torch.randn(3))
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_of_a_constant_channel_without_eps_as_cpu(training):
+    """Training saves CPU's InvStd, 0 for a zero variance without eps (the output 0, not NaN); evaluation divides by
+    the running variance's square root as it is (NaN)."""
+    x = torch.ones(4, 2)
+    x[:, 1] = torch.arange(4.0)
+
+    def batch_norm(t):
+        running = (None, None) if training else (torch.zeros(2, device=t.device), torch.zeros(2, device=t.device))
+        return torch.native_batch_norm(t, None, None, *running, training, 0.1, 0.0)
+
+    for got, expected in zip(batch_norm(x.to("tpu")), batch_norm(x)):
+        assert_close(got.cpu(), expected, equal_nan=True)
+
+
 def test_batch_norm_eval_needs_running_stats():
     with pytest.raises(RuntimeError):
         torch.ops.aten.native_batch_norm(torch.randn(4, 3).to("tpu"), None, None, None, None, False, 0.1, 1e-5)

@@ -606,8 +606,10 @@ def _like_input(call):
 
 
 def _gradient_sums(call):
-    mean, weight = call["mean"], call["weight"]
-    params_dtype = mean.dtype if weight is None else weight.dtype
+    from .ops import nn
+
+    mean = call["mean"]
+    params_dtype = nn.synced_params_dtype(mean, call["weight"])
     wanted = ((call["input_g"], mean.dtype), (call["input_g"], mean.dtype), (call["weight_g"], params_dtype),
               (call["bias_g"], params_dtype))
     return tuple(_tensor.empty(mean.shape, dtype) if asked else None for asked, dtype in wanted)
@@ -626,8 +628,12 @@ _SYNCED_BATCH_NORM = {
 @rule(*_SYNCED_BATCH_NORM)
 def _synced_batch_norm(op, args, kwargs):
     """nn.SyncBatchNorm's kernels are CUDA's alone, with no Meta kernel: the tpu kernels' results (ops/nn.py), without
-    values; the running statistics a gather updates keep theirs."""
-    return _SYNCED_BATCH_NORM[op](_bind(op, args, kwargs))
+    values; the running statistics a gather updates keep theirs. The dtypes CUDA refuses are refused."""
+    from .ops import nn
+
+    call = _bind(op, args, kwargs)
+    nn.SYNCED_DTYPE_CHECKS[op._overloadpacket.__name__](call)
+    return _SYNCED_BATCH_NORM[op](call)
 
 
 def _bind(op, args, kwargs):

@@ -375,11 +375,12 @@ class HostCopies:
     batch: HostBatch  # whose members, one each, are the copies' sources
 
 
-def plan_host_copies(nodes, lowered, homes, position, root, host_batches):
+def plan_host_copies(nodes, lowered, homes, position, root, host_batches, launches):
     """{copy_ node: its HostCopies} for the ``copy_`` nodes that write each member of one host batch back into a
     host graph input of its dtype and shape (an optimizer's new step counts into its 0-d CPU tensors): one store
     per member from the batch's flat array, where the first copy stands, instead of one kernel call each. No
-    other node between the first copy and the last may touch those inputs (the stores would move past it)."""
+    other node between the first copy and the last may touch those inputs, nor may a batched launch (of the
+    BatchPlans ``launches``) that runs there, where its last member stands (the stores would move past it)."""
     by_batch = {}
     for node in nodes:
         low = lowered.get(node)
@@ -391,10 +392,12 @@ def plan_host_copies(nodes, lowered, homes, position, root, host_batches):
         batch = host_batches[lowered[copies[0]].inputs[0]]
         source_of = {lowered[copy].inputs[0]: lowered[copy].writes for copy in copies}
         targets = set(source_of.values())
-        between = (n for n in nodes[position[copies[0]] + 1:position[copies[-1]]] if n not in copies)
+        first, last = position[copies[0]], position[copies[-1]]
+        between = (n for n in nodes[first + 1:last] if n not in copies)
         if len(copies) != len(batch.members) or set(source_of) != set(batch.members) or \
                 not all(_holds_like(source_of[member], member) for member in batch.members) or \
-                any({root(a) for a in tensor_inputs((n.args, n.kwargs))} & targets for n in between):
+                any({root(a) for a in tensor_inputs((n.args, n.kwargs))} & targets for n in between) or \
+                any(first < launch.end < last and (launch.reads | launch.writes) & targets for launch in launches):
             continue
         plan = HostCopies(copies, [source_of[member] for member in batch.members], batch)
         plans.update((copy, plan) for copy in copies)

@@ -177,9 +177,11 @@ def generate(graph, name):
         for plan in plan_batches(siblings, lowered, homes, position, root, nodes):
             batch_of.update((n, plan) for nodes_of in plan.members for n in nodes_of)
     host_batch_of = plan_host_batches(nodes, lowered, homes, position)  # node -> its HostBatch
-    host_copies_of = plan_host_copies(nodes, lowered, homes, position, root, host_batch_of)  # copy_ -> its HostCopies
+    launches = list({id(p): p for p in batch_of.values()}.values())  # the BatchPlans, once each
+    # copy_ -> its HostCopies
+    host_copies_of = plan_host_copies(nodes, lowered, homes, position, root, host_batch_of, launches)
     kept_until = {}  # a graph input a batched launch reads or writes stays alive until the launch has run
-    for plan in {id(p): p for p in batch_of.values()}.values():
+    for plan in launches:
         for base in plan.reads | plan.writes:
             if plan.start <= last_use.get(base, -1) < plan.end:
                 kept_until[base] = max(kept_until.get(base, 0), plan.end)

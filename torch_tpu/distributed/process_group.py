@@ -265,7 +265,7 @@ class ProcessGroupICI(dist.ProcessGroup):
     def _premultiplied(hosts, options, role="in place"):
         """The options for the transport: PREMUL_SUM scales what is read (once every rank has agreed to go
         ahead, since an in-place tensor is scaled where it is), then sums."""
-        if _reduce_op(options) != RedOpType.PREMUL_SUM or role == "output":
+        if _reduce_op(options) != RedOpType.PREMUL_SUM:
             return options
         factor = options.reduceOp.factor
         factor = factor.cpu() if isinstance(factor, torch.Tensor) else factor

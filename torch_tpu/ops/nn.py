@@ -8,6 +8,7 @@ CPU builds from several bf16 ops, by the CPU's intermediate roundings).
 """
 
 import functools
+import inspect
 import math
 
 import numpy as np
@@ -330,6 +331,14 @@ def moments(x, axes):
 
 def inverse_std(var, eps):
     return 1 / np.sqrt(var + eps)
+
+
+def batch_inverse_std(var, eps):
+    """A training batch norm's saved inverse std, as CPU's and CUDA's InvStd: 0, not inf, for a constant channel
+    without eps, whose normalized values are then 0, not NaN (layer, group and evaluation norms take inf)."""
+    if eps:
+        return inverse_std(var, eps)
+    return np.divide(1, np.sqrt(var), out=np.zeros_like(var), where=var != 0)
 
 
 def normalized_input_gradient(grad_xhat, xhat, rstd, axes):
@@ -667,7 +676,7 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
         update_running_stats(running_mean, running_var, mean, squares, count, momentum, vectorised)
         # the stored mean as batch_statistics read it back (in opmath for the generic loop, whose own
         # dtype holds it exactly), and the stored inverse std
-        save_invstd, invstd = stored_with_view(inverse_std(var, eps), stats_dtype)
+        save_invstd, invstd = stored_with_view(batch_inverse_std(var, eps), stats_dtype)
     else:
         if running_mean is None or running_var is None:
             raise RuntimeError("running_mean and running_var must be defined in evaluation mode")
@@ -790,12 +799,48 @@ def synced_statistics_dtype(input):
     return torch.float64 if input.dtype == torch.float64 else torch.float32
 
 
+def synced_params_dtype(mean, weight):
+    """The dtype of the weight's and bias's gradients from ``batch_norm_backward_reduce``: the weight's, else mean's."""
+    return mean.dtype if weight is None else weight.dtype
+
+
+SYNCED_DTYPE_CHECKS = {}  # op name -> check(arguments by schema name), asked by eager and abstract execution
+
+
+def synced_dtypes(cuda_kernel, dispatched, same_statistics_dtypes=False):
+    """Decorator for a SyncBatchNorm kernel, named and with parameters named as its op's schema: refuse what CUDA's
+    kernel ``cuda_kernel`` refuses. It is compiled for floating types with half and bfloat16 only
+    (AT_DISPATCH_FLOATING_TYPES_AND2), dispatching on the first of the arguments named in ``dispatched`` that is
+    given; the gradient's kernels also want mean and invstd in one dtype."""
+
+    def check(call):
+        dtype = next(call[argument] for argument in dispatched if call[argument] is not None).dtype
+        if not floating_not_fp8(dtype):
+            raise not_implemented_for(cuda_kernel, dtype)
+        if same_statistics_dtypes and call["mean"].dtype != call["invstd"].dtype:
+            raise RuntimeError("mean and invstd need to have the same data types")
+
+    def decorate(kernel):
+        parameters = tuple(inspect.signature(kernel).parameters)
+
+        @functools.wraps(kernel)
+        def checked(*args, **kwargs):
+            check({**dict(zip(parameters, args)), **kwargs})
+            return kernel(*args, **kwargs)
+
+        SYNCED_DTYPE_CHECKS[kernel.__name__] = check
+        return checked
+
+    return decorate
+
+
 @register("batch_norm_stats")
+@synced_dtypes("batch_norm_stats_cuda", ("input",))
 def batch_norm_stats(input, eps):
     """This rank's mean and inverse standard deviation per channel."""
     dtype = synced_statistics_dtype(input)
     mean, _, _, _, var = batch_statistics(opmath_operand(input), dtype, vectorised=True)
-    return mean, stored_with_view(inverse_std(var, eps), dtype)[0]
+    return mean, stored_with_view(batch_inverse_std(var, eps), dtype)[0]
 
 
 def combined_statistics(means, invstds, counts, eps):
@@ -819,17 +864,20 @@ def gathered_statistics(mean, invstd, running_mean, running_var, momentum, eps, 
 
 
 @register("batch_norm_gather_stats_with_counts")
+@synced_dtypes("batch_norm_update_stats_cuda", ("running_mean", "input"))
 def batch_norm_gather_stats_with_counts(input, mean, invstd, running_mean, running_var, momentum, eps, counts):
     return gathered_statistics(mean, invstd, running_mean, running_var, momentum, eps, operand(counts))
 
 
 @register("batch_norm_gather_stats")
+@synced_dtypes("batch_norm_update_stats_cuda", ("running_mean", "input"))
 def batch_norm_gather_stats(input, mean, invstd, running_mean, running_var, momentum, eps, count):
     """As with counts, every rank's batch of ``count`` elements per channel."""
     return gathered_statistics(mean, invstd, running_mean, running_var, momentum, eps, np.full(mean.shape[0], count))
 
 
 @register("batch_norm_elemt")
+@synced_dtypes("batch_norm_elementwise_cuda", ("input",))
 def batch_norm_elemt(input, weight, bias, mean, invstd, eps):
     """The input normalized with given statistics, then scaled and shifted."""
     return transformed(input, opmath_operand(input), weight, bias, operand(mean), operand(invstd),
@@ -837,29 +885,31 @@ def batch_norm_elemt(input, weight, bias, mean, invstd, eps):
 
 
 @register("batch_norm_backward_reduce")
+@synced_dtypes("batch_norm_backward_reduce", ("grad_out",), same_statistics_dtypes=True)
 def batch_norm_backward_reduce(grad_out, input, mean, invstd, weight, input_g, weight_g, bias_g):
     """This rank's sums of dy and dy * (x - mean) per channel (in ``mean``'s dtype, for the input's gradient,
     all-reduced by SyncBatchNorm), and its share of the weight's and bias's gradients (in the weight's dtype)."""
     x, dy = opmath_operand(input), opmath_operand(grad_out)
     sum_dy = channel_sums(dy).reshape(-1)
     dot = channel_sums(dy * (x - per_channel(opmath_operand(mean), x.ndim))).reshape(-1)
-    params_dtype = mean.dtype if weight is None else weight.dtype
+    params_dtype = synced_params_dtype(mean, weight)
     return (output_if(input_g, sum_dy, mean.dtype), output_if(input_g, dot, mean.dtype),
             output_if(weight_g, dot * opmath_operand(invstd), params_dtype), output_if(bias_g, sum_dy, params_dtype))
 
 
 @register("batch_norm_backward_elemt")
+@synced_dtypes("batch_norm_backward_elemt", ("grad_out",), same_statistics_dtypes=True)
 def batch_norm_backward_elemt(grad_out, input, mean, invstd, weight, sum_dy, sum_dy_xmu, count):
     """The input's gradient from the whole batch's sums (``count``: each rank's elements per channel)."""
     x, dy = opmath_operand(input), opmath_operand(grad_out)
     centered = x - per_channel(opmath_operand(mean), x.ndim)
     invstd = per_channel(opmath_operand(invstd), x.ndim)
     scale = scaled(invstd, per_channel(optional_operand(weight), x.ndim))
-    sums = (per_channel(opmath_operand(t), x.ndim) for t in (sum_dy, sum_dy_xmu))
+    sums = tuple(per_channel(opmath_operand(t), x.ndim) for t in (sum_dy, sum_dy_xmu))
 
     def input_gradient(grad_x):
         np.multiply(dy, scale, out=grad_x)
-        subtract_batch_means(grad_x, centered, scale, invstd, *sums, operand(count).sum(), centered)
+        subtract_batch_means(grad_x, centered, scale, invstd, *sums, int(operand(count).sum()), centered)
 
     return compute_into(empty(input.shape, input.dtype, batch_norm_strides(input)), np.result_type(dy, scale),
                         input_gradient)
