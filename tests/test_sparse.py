@@ -162,7 +162,12 @@ def test_sparse_mm_and_the_dense_operands_gradient_have_cpus_bits(dtype, multipl
     lambda d: torch.mm(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(3, 2, device=d).double()),
     lambda d: torch.addmm(torch.ones(3, 2, dtype=torch.float64, device=d),
                           torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(3, 2, device=d)),
-], ids=["hybrid", "column_bound", "row_bound", "dense_1d_times_sparse", "sizes", "mat2_dtype", "self_dtype"])
+    lambda d: torch.mm(torch.sparse_coo_tensor(torch.tensor([[0, 1, 5], [0, 4, 0]]), torch.ones(3), (3, 3),
+                                               check_invariants=False).to(d), torch.ones(3, 2, device=d)),
+    lambda d: torch.mm(torch.sparse_coo_tensor(torch.tensor([[0, 5, 1], [0, 0, 4]]), torch.ones(3), (3, 3),
+                                               check_invariants=False).to(d), torch.ones(3, 2, device=d)),
+], ids=["hybrid", "column_bound", "row_bound", "dense_1d_times_sparse", "sizes", "mat2_dtype", "self_dtype",
+        "first_bad_is_a_column", "first_bad_is_a_row"])
 def test_sparse_mm_refuses_what_cpu_refuses(make):
     check_same_error(make)
 

@@ -166,13 +166,21 @@ def check_addmm_operands(self, mat1, mat2):
 
 
 def check_index_bounds(mat1):
-    """CPU's bound check of each stored (row, column) in stored order: one host read of the indices, because an
-    index out of bounds would otherwise write into another row of the output or raise NumPy's words."""
-    for (row, column) in mat1._indices().t().tolist():
-        if not 0 <= row < mat1.shape[0]:
-            raise RuntimeError(f"addmm: index out of row bound: {row} not between 1 and {mat1.shape[0]}")
-        if not 0 <= column < mat1.shape[1]:
-            raise RuntimeError(f"addmm: index out of column bound: {column} not between 1 and {mat1.shape[1]}")
+    """CPU's bound check of each stored (row, column) in stored order, because an index out of bounds would
+    otherwise write into another row of the output or raise NumPy's words. One min/max over the indices; only
+    when one is out of bounds are they read again to name the first, as CPU's loop does."""
+    indices, bounds = mat1._indices(), mat1.shape[:2]
+    if indices.shape[1] == 0:
+        return
+    low, high = (bound.tolist() for bound in indices.aminmax(dim=1))
+    if min(low) >= 0 and all(top < size for top, size in zip(high, bounds)):
+        return
+    rows, columns = indices
+    in_bounds = (rows >= 0) & (rows < bounds[0]) & (columns >= 0) & (columns < bounds[1])
+    row, column = indices[:, int(in_bounds.logical_not().nonzero()[0, 0])].tolist()
+    if not 0 <= row < bounds[0]:
+        raise RuntimeError(f"addmm: index out of row bound: {row} not between 1 and {bounds[0]}")
+    raise RuntimeError(f"addmm: index out of column bound: {column} not between 1 and {bounds[1]}")
 
 
 def scaled_addend(addend, beta, nnz):
