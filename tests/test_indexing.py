@@ -303,6 +303,33 @@ def test_embedding_bag_forward_backward(mode, padding_idx):
                                F.embedding_bag(bags, weight, mode=mode))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("mode, weighted", [("sum", True), ("sum", False), ("mean", False)])
+@pytest.mark.parametrize("scale_grad_by_freq", [False, True])
+@pytest.mark.parametrize("padding_idx", [None, 4])
+def test_embedding_bag_weights_and_gradient_have_cpus_bits(dtype, mode, weighted, scale_grad_by_freq, padding_idx):
+    """CPU's fbgemm forward takes each weighted row by a fused multiply-add (without padding); its backward adds
+    each row's scaled gradient by axpy in the order of its unstable sort, dividing by the count of the index at
+    the group's number (its quirk). tpu rounded the products (an ulp off) and added in index order."""
+    generator = torch.Generator().manual_seed(0)
+    weight, indices = torch.randn(20, 9, generator=generator).to(dtype), torch.randint(0, 20, (60,), generator=generator)
+    sample_weights = torch.randn(60, generator=generator).to(dtype) if weighted else None
+    offsets = torch.tensor([0, 3, 3, 10, 25])
+    grad = torch.randn(5, 9, generator=generator).to(dtype)
+    results = []
+    for device in ("cpu", "tpu"):
+        w = weight.to(device, copy=True).requires_grad_()
+        out = F.embedding_bag(indices.to(device), w, offsets.to(device), mode=mode, scale_grad_by_freq=scale_grad_by_freq,
+                              per_sample_weights=None if sample_weights is None else sample_weights.to(device),
+                              padding_idx=padding_idx)
+        out.backward(grad.to(device))
+        results.append((out.detach().cpu(), w.grad.cpu()))
+    (cpu_out, cpu_grad), (tpu_out, tpu_grad) = results
+    assert torch.equal(tpu_grad, cpu_grad)
+    if weighted or dtype.itemsize >= 4:  # the 16-bit unweighted forward still rounds as tpu's own sum
+        assert torch.equal(tpu_out, cpu_out)
+
+
 # --- regressions from the OpInfo sweep ----------------------------------------------------------------------------
 
 

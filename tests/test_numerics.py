@@ -2,6 +2,7 @@
 emulator: ml_dtypes rounding, explicit bf16 pass decompositions in float64, torch CPU."""
 
 import json
+import warnings
 
 import ml_dtypes
 import numpy as np
@@ -330,6 +331,38 @@ def test_grad_scaler_unscales_16_bit_gradients_in_float32_as_cpu_does(dtype):
         torch._amp_foreach_non_finite_check_and_unscale_([grad], found_inf, torch.full((1,), 1 / 3, device=device))
         unscaled[device] = grad.cpu()
     assert torch.equal(unscaled["tpu"], unscaled["cpu"])
+
+
+# bf16 NaNs (quiet and signalling, either sign) and their fp16 counterparts, at positions CPU's cpu_kernel_vec converts
+# in its vectors (0xFFFF) and in its scalar tail (0x7FC0)
+NAN_BITS = {torch.bfloat16: (0x7FC0, 0xFFC0, 0x7F81, 0xFF81, 0x7FC1), torch.float16: (0x7E00, 0xFE00, 0x7D00, 0xFD01)}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("n", [3, 40, 100, 1000])
+def test_grad_scaler_unscale_stores_nans_with_cpus_bits_and_no_warning(dtype, n):
+    raw = torch.full((n,), 1.0, dtype=dtype).view(torch.int16)
+    for i, pattern in enumerate(NAN_BITS[dtype]):
+        raw[i * 7 % n], raw[-1 - i * 13 % n] = pattern - 0x10000 * (pattern >= 0x8000), 0x7FC0
+    results = {}
+    for device in ("cpu", "tpu"):
+        grad, found_inf = raw.view(dtype).to(device, copy=True), torch.zeros(1, device=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            torch._amp_foreach_non_finite_check_and_unscale_([grad], found_inf, torch.full((1,), 0.5, device=device))
+        results[device] = (grad.cpu().view(torch.int16), found_inf.item())
+    assert torch.equal(results["tpu"][0], results["cpu"][0]) and results["tpu"][1] == results["cpu"][1] == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_grad_scaler_unscales_a_0d_gradient_as_cpu(dtype):
+    """A scalar parameter's gradient failed to broadcast against the one-element inv_scale."""
+    results = {}
+    for device in ("cpu", "tpu"):
+        grad, found_inf = torch.tensor(3.0, dtype=dtype, device=device), torch.zeros(1, device=device)
+        torch._amp_foreach_non_finite_check_and_unscale_([grad], found_inf, torch.full((1,), 0.5, device=device))
+        results[device] = (grad.cpu(), found_inf.item())
+    assert torch.equal(results["tpu"][0], results["cpu"][0]) and results["tpu"][0].shape == ()
 
 
 # --- chip selection ---------------------------------------------------------------------------

@@ -162,7 +162,12 @@ def test_sparse_mm_and_the_dense_operands_gradient_have_cpus_bits(dtype, multipl
     lambda d: torch.mm(torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(3, 2, device=d).double()),
     lambda d: torch.addmm(torch.ones(3, 2, dtype=torch.float64, device=d),
                           torch.sparse_coo_tensor(INDICES, VALUES, (3, 3)).to(d), torch.ones(3, 2, device=d)),
-], ids=["hybrid", "column_bound", "row_bound", "dense_1d_times_sparse", "sizes", "mat2_dtype", "self_dtype"])
+    lambda d: torch.mm(torch.sparse_coo_tensor(torch.tensor([[0, 1, 5], [0, 4, 0]]), torch.ones(3), (3, 3),
+                                               check_invariants=False).to(d), torch.ones(3, 2, device=d)),
+    lambda d: torch.mm(torch.sparse_coo_tensor(torch.tensor([[0, 5, 1], [0, 0, 4]]), torch.ones(3), (3, 3),
+                                               check_invariants=False).to(d), torch.ones(3, 2, device=d)),
+], ids=["hybrid", "column_bound", "row_bound", "dense_1d_times_sparse", "sizes", "mat2_dtype", "self_dtype",
+        "first_bad_is_a_column", "first_bad_is_a_row"])
 def test_sparse_mm_refuses_what_cpu_refuses(make):
     check_same_error(make)
 
@@ -298,3 +303,50 @@ def test_training_with_sparse_embedding_gradients_matches_cpu(optimizer, bag):
     (cpu_losses, cpu_weight), (tpu_losses, tpu_weight) = train("cpu"), train("tpu")
     torch.testing.assert_close(tpu_losses.cpu(), cpu_losses, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(tpu_weight.cpu(), cpu_weight, rtol=1e-6, atol=1e-6)
+
+
+def int_sparse(device):
+    return torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.tensor([1, 2]), (4,)).to(device)
+
+
+def float_sparse(device):
+    return torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.tensor([1.0, 2.0]), (4,)).to(device)
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: torch.zeros(4, dtype=torch.int64, device=d).add(int_sparse(d), alpha=0.5),
+    lambda d: int_sparse(d).add(int_sparse(d), alpha=0.5),
+    lambda d: float_sparse(d).add(float_sparse(d), alpha=1j),
+    lambda d: torch.zeros(4, device=d).add(float_sparse(d), alpha=True),
+    lambda d: torch.zeros(4, dtype=torch.int64, device=d).add_(float_sparse(d)),
+    lambda d: int_sparse(d).add_(float_sparse(d)),
+    lambda d: torch.add(torch.zeros(4, device=d), float_sparse(d), out=torch.zeros(4, dtype=torch.int64, device=d)),
+    lambda d: torch.add(float_sparse(d), float_sparse(d), out=int_sparse(d)),
+    lambda d: torch.zeros(4, device=d).add_(float_sparse(d), alpha=1e300),
+    lambda d: float_sparse(d).add_(float_sparse(d), alpha=1j),
+    lambda d: torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.zeros(2, 3), (4, 3)).to(d)
+    + torch.sparse_coo_tensor(torch.tensor([[0, 2], [1, 1]]), torch.zeros(2), (4, 3)).to(d),
+], ids=["int_alpha", "sparse_int_alpha", "complex_alpha", "bool_alpha", "inplace_cast", "sparse_inplace_cast",
+        "out_cast", "sparse_out_cast", "alpha_overflow", "inplace_complex_alpha", "density"])
+def test_sparse_add_refuses_what_cpu_refuses(make):
+    """tpu truncated a float alpha for integers, cast a float sum into an integer tensor and failed in index_copy_
+    for tensors of different sparse dims, where CPU refuses."""
+    check_same_error(make)
+
+
+@pytest.mark.parametrize("make", [
+    lambda d: torch.zeros(4, dtype=torch.int64, device=d).add_(int_sparse(d), alpha=1.7),
+    lambda d: torch.add(torch.zeros(4, dtype=torch.int64, device=d), int_sparse(d), alpha=0.5,
+                        out=torch.zeros(4, dtype=torch.int64, device=d)),
+    lambda d: torch.add(float_sparse(d), float_sparse(d), out=torch.zeros(4, dtype=torch.float64, device=d).to_sparse()),
+    lambda d: torch.zeros(4, 0, device=d)
+    + torch.sparse_coo_tensor(torch.tensor([[0, 2]]), torch.zeros(2, 0), (4, 0)).to(d),
+], ids=["inplace_truncates_alpha", "out_truncates_alpha", "wider_sparse_out", "empty_dense_part"])
+def test_sparse_add_in_place_and_out_as_cpu(make):
+    """CPU's in-place and out= adds convert alpha without add's check (1.7 adds once); an empty dense part adds
+    nothing (tpu raised)."""
+    cpu, tpu = both(make)
+    if cpu.is_sparse:
+        assert_same_sparse(cpu, tpu)
+    else:
+        assert torch.equal(tpu, cpu) and tpu.dtype == cpu.dtype

@@ -326,6 +326,12 @@ def cannot_cast(result_dtype, out_dtype):
                         f"{scalar_type_name(out_dtype)}")
 
 
+def sparse_add_cannot_cast(result_dtype, out_dtype):
+    """CPU's sparse add_out's own words for an output that cannot hold the result type."""
+    return RuntimeError(f"Can't convert result type {scalar_type_name(result_dtype)} to output "
+                        f"{scalar_type_name(out_dtype)} in add operation")
+
+
 def unexpected_out_dtype(expected, got):
     """Structured kernels' error for an ``out=`` tensor of another dtype than the result's."""
     return RuntimeError(f"Expected out tensor to have dtype {cpp_type_name(expected)}, but got {cpp_type_name(got)} instead")

@@ -3,23 +3,28 @@
 import numpy as np
 import torch
 
-from ._common import as_numpy, operand, write
+from .. import _C
+from ._common import as_numpy, operand
 from ._registry import register
+from .pointwise import write_rounded
 
 
 @register("_amp_foreach_non_finite_check_and_unscale_")
 def non_finite_check_and_unscale_(grads, found_inf, inv_scale):
-    """A 16-bit gradient is unscaled in float32 and rounded once, as CPU's kernel computes in its opmath type."""
-    inverse = operand(inv_scale)
+    """A 16-bit gradient is unscaled in float32 and rounded once, as CPU's kernel computes in its opmath type; a bf16
+    NaN stored with the bits of CPU's cpu_kernel_vec (0xFFFF in its vectors, 0x7FC0 in its scalar tail). A
+    signalling NaN is quiet, as on CPU. ``inv_scale`` is a one-element tensor: a 0-d gradient stays 0-d."""
+    inverse = operand(inv_scale).reshape(())
     flag = as_numpy(found_inf)
-    for grad in grads:
-        values = as_numpy(grad)
-        if not np.isfinite(values).all():
-            flag[...] = 1.0
-        if grad.dtype in (torch.float16, torch.bfloat16):
-            write(grad, np.multiply(values, inverse, dtype=np.float32))
-        else:
-            np.multiply(values, inverse.astype(values.dtype), out=values)
+    with _C.vpu.ignoring_fp_errors():
+        for grad in grads:
+            values = as_numpy(grad)
+            if not np.isfinite(values).all():
+                flag[...] = 1.0
+            if grad.dtype in (torch.float16, torch.bfloat16):
+                write_rounded(grad, np.multiply(values, inverse, dtype=np.float32), [values])
+            else:
+                np.multiply(values, inverse.astype(values.dtype), out=values)
 
 
 def _rounded_to_float32(value):

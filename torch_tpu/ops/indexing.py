@@ -785,19 +785,48 @@ def _embedding_bag(weight, indices, offsets, mode, per_sample_weights, include_l
     bag_of, bag_count = _bags(positions, offsets, include_last_offset)
     used = positions != padding_idx
     rows = table[positions]
-    if per_sample_weights is not None:
-        rows = rows * opmath_operand(per_sample_weights, "embedding_bag").reshape(-1, 1)
     bag_size = np.bincount(bag_of[used], minlength=bag_count).astype(np.int64)
     result = np.zeros((bag_count, table.shape[1]), table.dtype)
     max_indices = np.zeros((bag_count, table.shape[1]) if mode == _BAG_MAX else (0,), np.int64)
+    scales = None if per_sample_weights is None else opmath_operand(per_sample_weights, "embedding_bag").reshape(-1)
     if mode == _BAG_MAX:
         _bag_max(result, max_indices, rows[used], bag_of[used], positions[used])
+    elif scales is not None and _fused_scale_add(weight, per_sample_weights, padding_idx):
+        _fused_bag_sums(result, scales, rows, bag_of)
     else:
+        rows = rows if scales is None else rows * scales[:, None]
         np.add.at(result, bag_of[used], rows[used])
     if mode == _BAG_MEAN:
         result /= np.maximum(bag_size, 1)[:, None]
     return (store(result, weight.dtype), store(bag_of, torch.int64),
             store(bag_size, torch.int64), store(max_indices, torch.int64))
+
+
+def _fused_scale_add(weight, per_sample_weights, padding_idx):
+    """Whether CPU weighs a bag's rows by fbgemm's kernel (its fast path, is_fast_path_index_select_scale), whose
+    float32 accumulator takes each row by a fused multiply-add; its other loop rounds each product, then the sum."""
+    return (weight.dtype in (torch.float32, torch.float16, torch.bfloat16) and weight.stride(1) == 1
+            and per_sample_weights.stride(0) == 1 and padding_idx < 0)
+
+
+def _fused_bag_sums(result, scales, rows, bag_of):
+    """``result[bag] = fma(scale, row, result[bag])`` for each index in its bag's order, as fbgemm accumulates."""
+    for taken in _occurrence_rounds(bag_of):
+        bags = bag_of[taken]
+        result[bags] = _C.vpu.fused_multiply_add(scales[taken, None], rows[taken], result[bags])
+
+
+def _occurrence_rounds(keys):
+    """The positions of ``keys`` in rounds, round k holding each key's k-th occurrence (in order): within a round
+    the keys are distinct, so a fancy-indexed update per round replays a loop over the positions in order."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys, steps = keys[order], np.arange(keys.size)
+    group_starts = np.where(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]][:keys.size], steps, 0)
+    occurrence = np.empty(keys.size, np.int64)
+    occurrence[order] = steps - np.maximum.accumulate(group_starts)
+    by_round = np.argsort(occurrence, kind="stable")
+    bounds = np.cumsum(np.bincount(occurrence)).tolist()
+    return [by_round[start:stop] for start, stop in zip([0] + bounds[:-1], bounds)]
 
 
 def _bag_max(result, max_indices, rows, bag_of, positions):
@@ -836,26 +865,47 @@ def embedding_bag_backward(grad, indices, offsets, offset2bag, bag_size, maximum
 @register("_embedding_bag_dense_backward")
 def embedding_bag_dense_backward(grad, indices, offset2bag, bag_size, maximum_indices, num_weights, scale_grad_by_freq,
                            mode, per_sample_weights, padding_idx=-1):
+    if mode != _BAG_MAX:
+        return store(_bag_sum_mean_backward(grad, indices, offset2bag, bag_size, num_weights, scale_grad_by_freq,
+                                            mode, per_sample_weights, padding_idx), grad.dtype)
     gradient = opmath_operand(grad, "embedding_bag_backward")
-    positions = operand(indices, "embedding_bag_backward").reshape(-1)
-    bag_of = operand(offset2bag, "embedding_bag_backward")
     result = np.zeros((num_weights, gradient.shape[1]), gradient.dtype)
-    if mode == _BAG_MAX:
-        chosen = operand(maximum_indices, "embedding_bag_backward")
-        filled = operand(bag_size, "embedding_bag_backward") > 0
-        columns = np.broadcast_to(np.arange(gradient.shape[1]), chosen.shape)
-        np.add.at(result, (chosen[filled], columns[filled]), gradient[filled])
-        return store(result, grad.dtype)
-    used = positions != padding_idx
-    rows = gradient[bag_of]
-    if mode == _BAG_MEAN:
-        rows = rows / np.maximum(operand(bag_size, "embedding_bag_backward"), 1)[bag_of, None]
-    if per_sample_weights is not None:
-        rows = rows * opmath_operand(per_sample_weights, "embedding_bag_backward").reshape(-1, 1)
-    if scale_grad_by_freq:
-        rows = rows / np.bincount(positions, minlength=num_weights)[positions, None]
-    np.add.at(result, positions[used], rows[used])
+    chosen = operand(maximum_indices, "embedding_bag_backward")
+    filled = operand(bag_size, "embedding_bag_backward") > 0
+    columns = np.broadcast_to(np.arange(gradient.shape[1]), chosen.shape)
+    np.add.at(result, (chosen[filled], columns[filled]), gradient[filled])
     return store(result, grad.dtype)
+
+
+def _bag_sum_mean_backward(grad, indices, offset2bag, bag_size, num_weights, scale_grad_by_freq, mode,
+                           per_sample_weights, padding_idx):
+    """CPU's _embedding_bag_dense_backward_cpu_sum_mean: the indices in the order of its (unstable) sort, each
+    one's bag gradient scaled by a double (its sample weight, over its count, over its bag's size) rounded to the
+    dtype, added into its row by axpy: a fused multiply-add for float32/float64, c10's rounded product and sum for
+    16-bit floats. Its count is read at the sorted position of the index's group number, not the index's own."""
+    order = operand(indices.reshape(-1).sort()[1], "embedding_bag_backward")
+    positions = operand(indices, "embedding_bag_backward").reshape(-1)[order]
+    bag_of = operand(offset2bag, "embedding_bag_backward")[order]
+    scale = np.ones(positions.size)
+    if per_sample_weights is not None:
+        scale = operand(per_sample_weights, "embedding_bag_backward").reshape(-1)[order].astype(np.float64)
+    if scale_grad_by_freq:
+        group = np.cumsum(np.r_[positions[:1] == positions[:1], positions[1:] != positions[:-1]]) - 1
+        scale = scale / np.bincount(positions, minlength=num_weights)[positions[group]]
+    if mode == _BAG_MEAN:
+        sizes = operand(bag_size, "embedding_bag_backward")[bag_of]
+        scale = scale / np.where(sizes != 0, sizes, 1)
+    gradient = operand(grad, "embedding_bag_backward")
+    scale = converted(scale, grad.dtype)
+    result = np.zeros((num_weights, gradient.shape[1]), gradient.dtype)
+    used = np.flatnonzero(positions != padding_idx)
+    for taken in _occurrence_rounds(positions[used]):
+        rows, steps = positions[used[taken]], used[taken]
+        if gradient.dtype.itemsize >= 4:
+            result[rows] = _C.vpu.fused_multiply_add(scale[steps, None], gradient[bag_of[steps]], result[rows])
+        else:
+            result[rows] = result[rows] + scale[steps, None] * gradient[bag_of[steps]]
+    return result
 
 
 @register("_embedding_bag_per_sample_weights_backward")

@@ -19,8 +19,9 @@ import math
 import torch
 
 from .fallback import SPARSE_LAYOUTS, unsupported
+from .pointwise import check_alpha
 from ._registry import register
-from .._errors import scalar_type_name
+from .._errors import scalar_type_name, sparse_add_cannot_cast
 
 _SPARSE_KERNELS = torch.library.Library("aten", "IMPL")  # owns the registrations for the life of the process
 _SPARSE_META = torch._C.DispatchKeySet(torch._C.DispatchKey.SparseMeta)
@@ -165,13 +166,21 @@ def check_addmm_operands(self, mat1, mat2):
 
 
 def check_index_bounds(mat1):
-    """CPU's bound check of each stored (row, column) in stored order: one host read of the indices, because an
-    index out of bounds would otherwise write into another row of the output or raise NumPy's words."""
-    for (row, column) in mat1._indices().t().tolist():
-        if not 0 <= row < mat1.shape[0]:
-            raise RuntimeError(f"addmm: index out of row bound: {row} not between 1 and {mat1.shape[0]}")
-        if not 0 <= column < mat1.shape[1]:
-            raise RuntimeError(f"addmm: index out of column bound: {column} not between 1 and {mat1.shape[1]}")
+    """CPU's bound check of each stored (row, column) in stored order, because an index out of bounds would
+    otherwise write into another row of the output or raise NumPy's words. One min/max over the indices; only
+    when one is out of bounds are they read again to name the first, as CPU's loop does."""
+    indices, bounds = mat1._indices(), mat1.shape[:2]
+    if indices.shape[1] == 0:
+        return
+    low, high = (bound.tolist() for bound in indices.aminmax(dim=1))
+    if min(low) >= 0 and all(top < size for top, size in zip(high, bounds)):
+        return
+    rows, columns = indices
+    in_bounds = (rows >= 0) & (rows < bounds[0]) & (columns >= 0) & (columns < bounds[1])
+    row, column = indices[:, int(in_bounds.logical_not().nonzero()[0, 0])].tolist()
+    if not 0 <= row < bounds[0]:
+        raise RuntimeError(f"addmm: index out of row bound: {row} not between 1 and {bounds[0]}")
+    raise RuntimeError(f"addmm: index out of column bound: {column} not between 1 and {bounds[1]}")
 
 
 def scaled_addend(addend, beta, nnz):
@@ -237,6 +246,9 @@ def dense_to_sparse(self, *args, layout=None, blocksize=None, dense_dim=None):
 
 @sparse_kernel("add.Tensor")
 def add(self, other, *, alpha=1):
+    """CPU's add_sparse: alpha checked against the result type (only here: its in-place and ``out=`` forms convert
+    alpha as it comes, truncating 0.5 to 0 for integers), then the sum into a new tensor of that type."""
+    check_alpha(torch.result_type(self, other), self, other, alpha)
     if self.is_sparse and other.is_sparse:
         return add_sparse_to_sparse(self, other, alpha)
     check_dense_plus_sparse(self, other)
@@ -247,8 +259,9 @@ def add(self, other, *, alpha=1):
 @sparse_kernel("add_.Tensor")
 def add_(self, other, *, alpha=1):
     if self.is_sparse and other.is_sparse:
-        return self.copy_(add_sparse_to_sparse(self, other, alpha))
+        return self.copy_(add_sparse_to_sparse(self, other, alpha, self.dtype))
     check_dense_plus_sparse(self, other)
+    check_result_fits(self, other, self.dtype)
     return add_sparse_into_dense(self, other, alpha)
 
 
@@ -261,34 +274,52 @@ def check_dense_plus_sparse(self, other):
                            "support broadcasting)")
 
 
+def check_result_fits(self, other, out_dtype):
+    """CPU's sparse add_out refuses an output that cannot hold the result type (in its own words)."""
+    dtype = torch.result_type(self, other)
+    if not torch.can_cast(dtype, out_dtype):
+        raise sparse_add_cannot_cast(dtype, out_dtype)
+    return dtype
+
+
+def alpha_as(dtype, device, alpha):
+    """alpha as CPU's kernels convert the Scalar (c10's ``to<T>``: truncated for integers, refused on overflow)."""
+    return torch.full((), alpha, dtype=dtype, device=device)
+
+
 def add_sparse_into_dense(out, sparse, alpha):
     """CPU's add_out_dense_sparse: each nonzero (a value, or a row of values for a hybrid tensor) times ``alpha``
     added into its place of the dense ``out``, in stored order (its axpy per nonzero)."""
-    if sparse._nnz() == 0:
+    if sparse._nnz() == 0 or out.numel() == 0:
         return out
     sparse_sizes = sparse.shape[:sparse.sparse_dim()]
     flat = out if out.is_contiguous() else out.contiguous()
     rows = flat.view(-1, math.prod(sparse.shape[sparse.sparse_dim():]))
     values = sparse._values().to(out.dtype).reshape(sparse._nnz(), -1)
     add_rows_in_stored_order(rows, _linear_index(sparse._indices(), sparse_sizes),
-                             torch.tensor(alpha, dtype=out.dtype, device=out.device), values)
+                             alpha_as(out.dtype, out.device, alpha), values)
     if flat is not out:
         out.copy_(flat)
     return out
 
 
-def add_sparse_to_sparse(self, other, alpha):
+def add_sparse_to_sparse(self, other, alpha, out_dtype=None):
     """CPU's add_out_sparse_contiguous: one walk along both tensors' nonzeros as stored, taking the smaller index
     (row-major) or both when equal, the sum ``self + alpha * other`` added into zeros by axpy; coalesced when both
-    were (unsorted inputs give CPU's merge of them, duplicates and all)."""
+    were (unsorted inputs give CPU's merge of them, duplicates and all). ``out_dtype``: the dtype of the tensor
+    that receives the sum (None: the result type)."""
     if self.shape != other.shape:
         raise RuntimeError(f"add: expected sizes of 'self' and 'other' to match, but {list(self.shape)} != "
                            f"{list(other.shape)}")
-    dtype = torch.result_type(self, other)
+    dtype = check_result_fits(self, other, out_dtype or torch.result_type(self, other))
     if other._nnz() == 0:
         return coo(self._indices().clone(), self._values().to(dtype, copy=True), self.shape, self.is_coalesced())
     if self._nnz() == 0:
         return coo(other._indices().clone(), other._values().to(dtype) * alpha, self.shape, other.is_coalesced())
+    if self.sparse_dim() != other.sparse_dim():
+        raise RuntimeError(f"add: expected 'self' and 'other' to have same density, but 'self' has "
+                           f"{self.sparse_dim()} sparse dimensions while 'other' has {other.sparse_dim()} sparse "
+                           "dimensions")
     sizes = self.shape[:self.sparse_dim()]
     self_slots, other_slots, count = merge_walk(_linear_index(self._indices(), sizes).tolist(),
                                                 _linear_index(other._indices(), sizes).tolist())
@@ -298,7 +329,7 @@ def add_sparse_to_sparse(self, other, alpha):
     indices.index_copy_(1, self_slots, self._indices()).index_copy_(1, other_slots, other._indices())
     values = torch.zeros((count, *self.shape[self.sparse_dim():]), dtype=dtype, device=device)
     values.index_copy_(0, self_slots, values[self_slots] + self._values().to(dtype))
-    values.index_copy_(0, other_slots, axpy(values[other_slots], torch.tensor(alpha, dtype=dtype, device=device),
+    values.index_copy_(0, other_slots, axpy(values[other_slots], alpha_as(dtype, device, alpha),
                                             other._values().to(dtype)))
     return coo(indices, values, self.shape, self.is_coalesced() and other.is_coalesced())
 
@@ -349,7 +380,12 @@ def mul_out(self, other, *, out):
 
 @sparse_kernel("add.out")
 def add_out(self, other, *, alpha=1, out):
-    return out.copy_(add(self, other, alpha=alpha))
+    """CPU's add_out: no alpha check (``add`` makes it), but an ``out`` that must hold the result type."""
+    if self.is_sparse and other.is_sparse:
+        return out.copy_(add_sparse_to_sparse(self, other, alpha, out.dtype))
+    check_dense_plus_sparse(self, other)
+    check_result_fits(self, other, out.dtype)
+    return out.copy_(add_sparse_into_dense(self.to(torch.result_type(self, other), copy=True), other, alpha))
 
 
 @sparse_kernel("neg")
