@@ -877,6 +877,9 @@ def embedding_bag_dense_backward(grad, indices, offset2bag, bag_size, maximum_in
     return store(result, grad.dtype)
 
 
+ORDERED_REPLAY_REPEATS = 64  # repeats of one index up to which the backward replays CPU's fused adds round by round
+
+
 def _bag_sum_mean_backward(grad, indices, offset2bag, bag_size, num_weights, scale_grad_by_freq, mode,
                            per_sample_weights, padding_idx):
     """CPU's _embedding_bag_dense_backward_cpu_sum_mean: the indices in the order of its (unstable) sort, each
@@ -899,6 +902,15 @@ def _bag_sum_mean_backward(grad, indices, offset2bag, bag_size, num_weights, sca
     scale = converted(scale, grad.dtype)
     result = np.zeros((num_weights, gradient.shape[1]), gradient.dtype)
     used = np.flatnonzero(positions != padding_idx)
+    if np.all(scale == 1):
+        # a multiply-add by 1 is the rounded sum, and np.add.at adds in the order given: CPU's bits in one call
+        np.add.at(result, positions[used], gradient[bag_of[used]])
+        return result
+    if used.size and np.bincount(positions[used]).max() > ORDERED_REPLAY_REPEATS:
+        # one round per repeat of the most frequent index would grow with it (text's commonest words): the scaled
+        # rows are added in CPU's order, each product rounded apart from its sum (an ulp from CPU's fused one)
+        np.add.at(result, positions[used], scale[used, None] * gradient[bag_of[used]])
+        return result
     for taken in _occurrence_rounds(positions[used]):
         rows, steps = positions[used[taken]], used[taken]
         if gradient.dtype.itemsize >= 4:
