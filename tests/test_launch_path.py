@@ -8,8 +8,6 @@ straight into their output (``writes_out``), softmax launched without the struct
 TensorIterator layout rule.
 """
 
-import gc
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -1077,10 +1075,9 @@ def test_avg_pool2d_errors_are_pytorchs(call):
     check_same_error(call)
 
 
-def test_avg_pool2d_launches_are_charged_and_allocated_as_their_out_forms():
+def test_avg_pool2d_launches_are_charged_and_allocated_as_their_out_forms(paused_collector):
     """EfficientNet's global pool and its backward: each one launch charged under the functional op's name with the
     bytes its out= form is charged, allocating exactly its result (no empty through the dispatcher, no out= check)."""
-    gc.collect()  # earlier tests' reference cycles would otherwise free HBM in the middle of a measured call
     x = torch.randn(4, 32, 7, 7, device="tpu")
     held = []
 

@@ -813,7 +813,7 @@ def test_native_dropout_edge_cases():
 @pytest.mark.parametrize("dtype, p, train", [
     (torch.float32, 1.5, True), (torch.float32, -0.2, True), (torch.int64, 0.5, True), (torch.bool, 0.5, True),
     (torch.int64, 1.5, True)])
-def test_native_dropout_refuses_what_cpu_refuses(dtype, p, train):
+def test_native_dropout_refuses_what_cpu_refuses(dtype, p, train, paused_collector):
     """bernoulli_'s range check of the keep probability, then a float scale of an integral product, in CPU's words;
     nothing left allocated."""
     inputs = {"cpu": torch.tensor([1.0, 2.0, 3.0]).to(dtype)}
