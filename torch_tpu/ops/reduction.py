@@ -96,10 +96,25 @@ def mean_array(array, axes, keepdim):
     with _C.vpu.ignoring_fp_errors():
         if count and _contiguous_trailing_run(array, axes):  # a global pool's mean over H and W: CPU's order
             kept = array.shape[:array.ndim - len(axes)]
-            total = inner_sum.inner_sums(array.reshape(-1, count)).reshape(kept + (1,) * len(axes) * keepdim)
+            total = _row_sums(array.reshape(-1, count)).reshape(kept + (1,) * len(axes) * keepdim)
         else:  # NumPy's pairwise order
             total = np.add.reduce(array, axis=axes, keepdims=keepdim)  # np.sum's reduction, without its wrapper
         return np.asarray(total / np.asarray(count, total.dtype))
+
+
+def _row_sums(rows):
+    """CPU's sum of each row of a C-contiguous (R, L) float32/float64 array. One row of ``GRAIN_SIZE`` or more
+    elements CPU splits across its threads (Reduce.h's two_pass_reduction): each thread's chunk summed as a run, the
+    chunk totals then added in order from +0.0."""
+    length = rows.shape[1]
+    chunk = _C.cpu_loops.parallel_chunk_length(length, torch.get_num_threads())
+    if len(rows) != 1 or chunk >= length:
+        return inner_sum.inner_sums(rows)
+    whole = length // chunk
+    totals = [inner_sum.inner_sums(rows[:, :whole * chunk].reshape(whole, chunk))]
+    if length % chunk:
+        totals.append(inner_sum.inner_sums(rows[:, whole * chunk:]))
+    return np.add.accumulate(np.concatenate([np.zeros(1, rows.dtype), *totals]))[-1:]
 
 
 def _contiguous_trailing_run(array, axes):
@@ -165,9 +180,7 @@ def _from_last(array, axis, ndim):
 def _accumulate_into(target, reduction, self, axes, keepdim, dtype):
     """``self`` converted to ``dtype``, accumulated in its opmath by the ufunc ``reduction`` (``np.add.reduce``: what
     ``np.sum`` calls, without its Python wrapper) into the array ``target``. Silent, as CPU's, where it overflows."""
-    array = _accumuland(self, dtype)
-    with _C.vpu.ignoring_fp_errors():
-        reduce_into(target, reduction, array, axes, keepdim, DTYPE_NAME[dtype])
+    reduce_into(target, reduction, _accumuland(self, dtype), axes, keepdim, DTYPE_NAME[dtype])
 
 
 def _accumulating_kernel(reduction):
