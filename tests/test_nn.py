@@ -547,6 +547,17 @@ def test_adaptive_avg_pool2d_is_cpus_bit_for_bit(dtype, in_size, out_size):
     exact_values_and_input_gradient(lambda t: F.adaptive_avg_pool1d(t, out_size[1]), x[:, :, 0])
 
 
+@pytest.mark.parametrize("backward,dims", [(torch.ops.aten._adaptive_avg_pool2d_backward, 2),
+                                           (torch.ops.aten._adaptive_avg_pool3d_backward, 3)])
+@pytest.mark.parametrize("in_size", [3, 6])  # fewer inputs than outputs (windows sharing elements), and more
+def test_adaptive_avg_pool_backward_of_an_empty_batch_is_empty_as_on_cpu(backward, dims, in_size):
+    """An empty batch's gradient is an empty input-shaped tensor; upsampling crashed reshaping the empty batch."""
+    gradient, x = torch.randn(0, 2, *(5,) * dims), torch.randn(0, 2, *(in_size,) * dims)
+    expected = backward(gradient, x)
+    assert torch.equal(backward(gradient.to("tpu"), x.to("tpu")).cpu(), expected)
+    assert expected.shape == x.shape
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_adaptive_avg_pool3d_backward_is_cpus_bit_for_bit(dtype):
     x = (torch.randn(2, 2, 5, 7, 4, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
