@@ -85,6 +85,19 @@ def test_round_decimals_and_polygamma_and_logit_eps():
     check(torch.logit, sample((4, 5), low=-0.2, high=1.2), eps=0.1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("eps", [None, 0.0])
+def test_logit_backward_at_zero_and_one_is_the_gradient_times_inf_as_on_cpu(dtype, eps):
+    """CPU's loop gives ``grad * inf`` at 0 and 1; dividing by ``x * (1 - x)`` gave +inf for a negative gradient
+    at -0.0, where CPU gives -inf."""
+    grad = torch.tensor([-1.5, 1.5, -1.5, 1.5, -2.0, 2.0, 0.0, 0.75], dtype=dtype)
+    x = torch.tensor([-0.0, -0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.3], dtype=dtype)
+    expected = torch.ops.aten.logit_backward(grad, x, eps)
+    result = torch.ops.aten.logit_backward(grad.to("tpu"), x.to("tpu"), eps).cpu()
+    assert torch.equal(result.isnan(), expected.isnan())
+    assert torch.equal(result.nan_to_num(0), expected.nan_to_num(0))
+
+
 def test_nan_to_num_uses_the_dtype_own_limits():
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         x = sample((4, 5), dtype)

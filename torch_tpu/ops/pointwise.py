@@ -1579,9 +1579,9 @@ def tanh_backward(grad, y):
 @own_16_bit_maths
 def logit_backward(grad, x, eps=None):
     """CPU's loop in the tensors' own dtype (bf16/fp16 round every operation); its bounds are ``eps`` and
-    ``1 - eps`` formed in that dtype."""
+    ``1 - eps`` formed in that dtype. At 0 and 1 it gives ``grad * inf``: dividing by ``-0.0 * 1`` flipped the sign."""
     one = scalar(1, x)
-    derivative = grad / (x * (one - x))
+    derivative = np.where((x == 0) | (x == one), grad * scalar(np.inf, x), grad / (x * (one - x)))
     if eps is None:
         return np.where((x < 0) | (x > one), scalar(np.nan, x), derivative)
     lower = scalar(eps, x)
