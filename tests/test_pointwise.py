@@ -98,6 +98,19 @@ def test_logit_backward_at_zero_and_one_is_the_gradient_times_inf_as_on_cpu(dtyp
     assert torch.equal(result.nan_to_num(0), expected.nan_to_num(0))
 
 
+@pytest.mark.parametrize("grad_dtype,input_dtype", [(torch.float32, torch.float64), (torch.float64, torch.float32),
+                                                     (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
+def test_mish_backward_has_the_inputs_dtype_as_on_cpu(grad_dtype, input_dtype):
+    """CPU allocates the gradient with ``input.options()`` and casts the common dtype's result into it; the tpu
+    returned the common dtype."""
+    generator = torch.Generator().manual_seed(0)
+    grad, x = torch.randn(37, generator=generator).to(grad_dtype), torch.randn(37, generator=generator).to(input_dtype)
+    expected = torch.ops.aten.mish_backward(grad, x)
+    result = torch.ops.aten.mish_backward(grad.to("tpu"), x.to("tpu")).cpu()
+    assert result.dtype == expected.dtype == input_dtype
+    torch.testing.assert_close(result, expected)
+
+
 def test_nan_to_num_uses_the_dtype_own_limits():
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         x = sample((4, 5), dtype)

@@ -651,7 +651,7 @@ def native_floats_alike(operands):
 
 
 def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None, exact_out=False,
-                 opmath=lambda *promoted: True, layout=iterator_layout, check_before_out=False):
+                 opmath=lambda *promoted: True, layout=iterator_layout, check_before_out=False, result_like=None):
     """Register the given functional, in-place and ``out=`` overloads of a non-structured op.
 
     Their schemas tell them apart; each one does what the structured meta function would have done
@@ -660,7 +660,8 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
     is laid out with the strides ``layout(promoted operands)`` gives. An ``exact_out`` op's ``out=`` overload checks
     the out's dtype before ``check`` (TensorIterator's unary_op, then the kernel's dispatch), unless
     ``check_before_out`` (the op's own checks come before it builds its iterator, so before the out's dtype and
-    overlap checks: hardtanh's legacy rules).
+    overlap checks: hardtanh's legacy rules). With ``result_like`` (an operand's index) the functional result has
+    that operand's dtype, the common dtype's result cast to it: a backward CPU allocates with ``input.options()``.
     """
     result = result or rule
     name = overloads[0].partition(".")[0]
@@ -698,7 +699,8 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
             with vpu.ignoring_fp_errors():
                 function(*map(as_numpy, promoted), *args[operands:], **kwargs, out=as_numpy(out))
             return out
-        return run(empty(broadcast_shape(*promoted), result(common_dtype(*promoted)), layout(promoted)), args, kwargs)
+        result_dtype = result(common_dtype(*promoted)) if result_like is None else promoted[result_like].dtype
+        return run(empty(broadcast_shape(*promoted), result_dtype, layout(promoted)), args, kwargs)
 
     def inplace(self, *args, **kwargs):
         promoted = (self, *args[:operands - 1])
@@ -2050,7 +2052,7 @@ def register_tables():
     unstructured(hardswish_backward, "hardswish_backward", operands=2, check=checked(floating, "hardswish_backward"),
                  opmath=lambda *promoted: False)
     unstructured(prelu, "_prelu_kernel", operands=2, check=check_prelu)
-    unstructured(mish_backward, "mish_backward", operands=2, check=checked(floating, "mish_backward"))
+    unstructured(mish_backward, "mish_backward", operands=2, check=checked(floating, "mish_backward"), result_like=1)
     # the Python operators <<, >>, <<= and >>= (bitwise_*_shift with a Scalar goes through these too)
     for function, kernel_name, names in ((left_shift, "lshift_cpu", ("__lshift__", "__ilshift__")),
                                          (right_shift, "rshift_cpu", ("__rshift__", "__irshift__"))):
