@@ -1143,6 +1143,26 @@ def test_losses_of_16_bit_floats_and_their_gradients_have_cpus_bits(loss, dtype,
     assert torch.equal(tpu_value, cpu_value) and torch.equal(tpu_grad, cpu_grad)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("reduction", [0, 1, 2])  # none, mean, sum
+@pytest.mark.parametrize("transposed", [False, True])
+def test_huber_loss_backward_has_cpus_bits_in_its_vector_lanes_and_scalar_tail(dtype, reduction, transposed):
+    """CPU's vector loop scales by ``norm * (+-delta)`` then the gradient (delta in the dtype); its scalar tail (the
+    last ``148 % width`` elements of its contiguous result) multiplies ``norm * grad`` by the double delta and rounds
+    once, comparing with the double delta too. One order everywhere, a mean's outer elements and the tail were an ulp
+    off."""
+    generator = torch.Generator().manual_seed(0)
+    x, y, grad = (torch.randn(4, 37, generator=generator) * scale for scale in (2, 1, 3))
+    if transposed:
+        x, y, grad = (v.t().contiguous().t() for v in (x, y, grad))
+    grad = grad.to(dtype) if reduction == 0 else torch.tensor(1.3, dtype=dtype)
+    x, y = x.to(dtype), y.to(dtype)
+    for delta in (0.7, 0.1):
+        expected = torch.ops.aten.huber_loss_backward(grad, x, y, reduction, delta)
+        result = torch.ops.aten.huber_loss_backward(grad.to("tpu"), x.to("tpu"), y.to("tpu"), reduction, delta)
+        assert torch.equal(result.cpu(), expected)
+
+
 BCE_WEIGHTS = {
     "none": lambda dtype: None,
     "elementwise": lambda dtype: torch.linspace(0.5, 2, 300).to(dtype),

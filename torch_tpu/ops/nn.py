@@ -1203,15 +1203,35 @@ def huber_gradient(x, t, delta):
 
 
 def huber_gradient_rounded(x, t, grad, reduction, dtype, delta=1.0):
-    """CPU's huber_loss_backward loop: ``norm * grad * delta`` (negated below -delta) outside the quadratic zone,
-    ``norm * (x - t) * grad`` inside, norm being 1 / numel for a mean, all in the dtype (bf16/fp16 rounding every
-    operation)."""
+    """CPU's huber_loss_backward loop in the dtype (bf16/fp16 rounding every operation), norm being 1 / numel for a
+    mean. Its vector loop takes ``norm * (+-delta) * grad`` where ``|x - t| >= delta``, ``norm * (x - t) * grad``
+    elsewhere, delta held in the dtype; its scalar tail (each row's last elements) compares ``x - t`` with delta as a
+    double and multiplies ``+-norm * grad`` by it as a double, rounding once (``_huber_tail_gradient``)."""
     norm = 1 / max(x.size, 1) if reduction == REDUCTION_MEAN else 1
     compute = x.dtype
-    x, t, grad, norm, delta = in_dtype(dtype, x, t, grad, norm, delta)
+    shape = np.broadcast_shapes(x.shape, t.shape, grad.shape)
+    every = np.ones(shape, bool)  # also the layout of CPU's gradient: contiguous (zeros_like(input, Contiguous))
+    lanes = pointwise.in_vector_lanes(every, (x, t, grad), every, itemsize=numpy_dtype(dtype).itemsize)
+    x, t, grad, norm, delta_in_dtype = in_dtype(dtype, x, t, grad, norm, delta)
     d = x - t
-    outside = norm * grad * delta
-    return np.where(d <= -delta, -outside, np.where(d >= delta, outside, norm * d * grad)).astype(compute)
+    bounded = np.where(np.abs(d) >= delta_in_dtype, np.where(d > 0, delta_in_dtype, -delta_in_dtype), d)
+    result = np.array(np.broadcast_to(norm * bounded * grad, shape))
+    tail = ~lanes
+    if tail.any():
+        d, grad = (np.broadcast_to(v, shape)[tail] for v in (d, grad))
+        result[tail] = _huber_tail_gradient(d, grad, norm, delta, dtype)
+    return result.astype(compute)
+
+
+def _huber_tail_gradient(d, grad, norm, delta, dtype):
+    """huber_loss_backward's scalar loop over differences ``d`` held in the dtype: ``norm * grad`` (negated below
+    -delta) in the dtype times the double ``delta``, the double stored back in the dtype (through float, as c10's
+    16-bit types convert a double) outside the quadratic zone, bounded by the double delta; ``norm * d * grad``
+    inside."""
+    wide = d.astype(np.float64)
+    outside = (norm * grad).astype(np.float64) * delta
+    stored = outside.astype(np.float32 if d.itemsize < 8 else np.float64).astype(d.dtype)
+    return np.where(wide <= -delta, -stored, np.where(wide >= delta, stored, norm * d * grad))
 
 
 # mse_loss and smooth_l1_loss are structured: only their out= overloads, so PyTorch's meta function checks shapes
