@@ -20,9 +20,9 @@ from . import _registry, pointwise, random
 from .._errors import not_implemented_for, raise_cpu_error, scalar_type_name
 from .._tensor import is_tpu, numpy_dtype
 from ._common import (all_contiguous, as_numpy, castable, channel_sums, converted, empty, empty_like_strides, ones,
-                      exact_dtype, iterator_strides, loop_rounding, opmath_dtype, opmath_operand, operand, prepare_out,
-                      row_maxima, store, store_in_memory_format, stored_with_view, suggested_memory_format, wrap_dim,
-                      write)
+                      exact_dtype, in_dtype, iterator_strides, loop_rounding, opmath_dtype, opmath_operand, operand,
+                      prepare_out, row_maxima, store, store_in_memory_format, stored_with_view, suggested_memory_format,
+                      wrap_dim, write)
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .pointwise import common_dtype
 from .cpu_replay.cascade_sum import cascade_sum
@@ -1159,11 +1159,6 @@ def squared_error(x, t):
 
 def squared_error_gradient(x, t):
     return 2 * (x - t)
-
-
-def in_dtype(dtype, *operands):
-    """``operands`` as NumPy arrays of ``dtype``: a 16-bit one's every operation rounds to it."""
-    return [np.asarray(operand).astype(numpy_dtype(dtype)) for operand in operands]
 
 
 def squared_error_gradient_rounded(x, t, grad, reduction, dtype):
