@@ -86,12 +86,20 @@ def test_round_decimals_and_polygamma_and_logit_eps():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("eps", [None, 0.0])
-def test_logit_backward_at_zero_and_one_is_the_gradient_times_inf_as_on_cpu(dtype, eps):
-    """CPU's loop gives ``grad * inf`` at 0 and 1; dividing by ``x * (1 - x)`` gave +inf for a negative gradient
-    at -0.0, where CPU gives -inf."""
-    grad = torch.tensor([-1.5, 1.5, -1.5, 1.5, -2.0, 2.0, 0.0, 0.75], dtype=dtype)
-    x = torch.tensor([-0.0, -0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.3], dtype=dtype)
+@pytest.mark.parametrize("eps", [None, 0.0, 0.1])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_logit_backward_at_zero_and_nan_has_cpus_lanes_and_tail(dtype, eps, transposed):
+    """CPU's vector lanes divide by ``x * (1 - x)`` (-0.0 gives the gradient's opposite infinity; with ``eps`` a NaN
+    fails their bounds test: 0); its scalar tail (each row's last elements) gives ``grad * inf`` at 0 and 1, and
+    NaN for a NaN. Rows of 150 reach past the widest vectors (64 bf16 values a step)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 150, generator=generator, dtype=torch.float64) * 1.2 - 0.1
+    which = torch.randint(0, 5, x.shape, generator=generator)
+    for code, value in enumerate([-0.0, 0.0, 1.0, math.nan]):
+        x = torch.where(which == code, value, x)
+    grad, x = torch.randn(x.shape, generator=generator).to(dtype), x.to(dtype)
+    if transposed:
+        grad, x = grad.t(), x.t()
     expected = torch.ops.aten.logit_backward(grad, x, eps)
     result = torch.ops.aten.logit_backward(grad.to("tpu"), x.to("tpu"), eps).cpu()
     assert torch.equal(result.isnan(), expected.isnan())
