@@ -635,6 +635,21 @@ def test_mean_over_a_contiguous_trailing_run_is_cpus_sum_bit_for_bit(dtype, shap
         torch.set_num_threads(previous)
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["transposed", "channels_last", "reversed"])
+def test_mean_over_every_dim_of_a_permuted_dense_input_is_cpus_sum_in_memory_order(dtype, layout):
+    """CPU orders a reduction's dims by stride: over every dim of a dense input (``x.t().mean()``, a channels-last
+    activation's mean) its sum kernel adds the elements as one contiguous row in memory order. NumPy's pairwise
+    order gave other bits for a third of the means."""
+    for seed in range(6):
+        x = torch.randn(3, 5, 7, 9, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 3 + 1
+        x = {"transposed": x.reshape(15, 63).t(), "channels_last": x.to(memory_format=torch.channels_last),
+             "reversed": x.permute(3, 2, 1, 0)}[layout]
+        assert torch.equal(x.to("tpu").mean().cpu(), x.mean())
+        assert torch.equal(x.to("tpu").mean(tuple(range(x.dim())), keepdim=True).cpu(),
+                           x.mean(tuple(range(x.dim())), keepdim=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reduce", ["sum dim", "sum out", "prod out"])
 def test_sums_and_products_that_overflow_are_inf_without_a_warning(reduce, dtype):
     """A sum or product past the dtype's range gives CPU's inf silently (NumPy's reduction warned "overflow encountered

@@ -97,6 +97,8 @@ def mean_array(array, axes, keepdim):
         if count and _contiguous_trailing_run(array, axes):  # a global pool's mean over H and W: CPU's order
             kept = array.shape[:array.ndim - len(axes)]
             total = _row_sums(array.reshape(-1, count)).reshape(kept + (1,) * len(axes) * keepdim)
+        elif count and len(axes) == array.ndim and _one_dense_run(array):  # every dim: a run in memory order
+            total = _row_sums(array.ravel(order="K")[None]).reshape((1,) * array.ndim * keepdim)
         else:  # NumPy's pairwise order
             total = np.add.reduce(array, axis=axes, keepdims=keepdim)  # np.sum's reduction, without its wrapper
         return np.asarray(total / np.asarray(count, total.dtype))
@@ -128,6 +130,20 @@ def _contiguous_trailing_run(array, axes):
         if array.shape[axis] != 1 and array.strides[axis] != stride:
             return False
         stride *= array.shape[axis]
+    return True
+
+
+def _one_dense_run(array):
+    """Whether a float32/float64 array's elements fill one run of memory, its dims in some order (transposed,
+    channels-last): reduced over every dim, CPU's sum kernel, which orders dims by stride, adds them as one
+    contiguous row in memory order."""
+    if array.dtype not in _INNER_SUM_DTYPES:
+        return False
+    stride = array.itemsize
+    for step, size in sorted((step, size) for step, size in zip(array.strides, array.shape) if size != 1):
+        if step != stride:
+            return False
+        stride *= size
     return True
 
 
