@@ -181,14 +181,21 @@ def _error_free_fused_multiply_add(a, b, c):
     """float64's fused multiply-add. Where a step overflows for finite operands (a product or a split near the
     format's largest value), the steps again at 2**-64 of the scale, scaled back: infinite only if the result is;
     anything else not finite is the plain ``a * b + c``, infinite or NaN anyway. So is a zero, whose sign the steps'
-    error terms lose (-0.0 * 1 + -0.0 is -0.0) and which plain arithmetic gives exactly."""
+    error terms lose (-0.0 * 1 + -0.0 is -0.0) and which plain arithmetic gives exactly, but for a nonzero product
+    that underflows with nothing (a zero ``c``) to add: the fused result is the rounded product, of its sign, where
+    adding +0.0 to -0.0 gave +0.0. Only arrays with a zero result pay for that mask."""
     fused = np.array(_error_free_steps(a, b, c))
     overflowed = ~np.isfinite(fused) & np.isfinite(a) & np.isfinite(b) & np.isfinite(c)
+    a, b, c = np.broadcast_arrays(a, b, c)
     if overflowed.any():
-        a, b, c = np.broadcast_arrays(a, b, c)
         scaled = _error_free_steps(a[overflowed], b[overflowed] * _DOWN_SCALE, c[overflowed] * _DOWN_SCALE)
         fused[overflowed] = scaled / _DOWN_SCALE
-    return np.where(np.isfinite(fused) & (fused != 0), fused, a * b + c)
+    zero = fused == 0
+    result = np.where(np.isfinite(fused) & ~zero, fused, a * b + c)
+    if zero.any():
+        underflowed = zero & (c == 0) & (a != 0) & (b != 0)
+        result[underflowed] = a[underflowed] * b[underflowed]
+    return result
 
 
 # float64 sums whose rounding to float32 may differ from the exact sum's: a float32 midpoint (the 29 bits float32

@@ -2,6 +2,7 @@
 step and lerp; the tpu replays it (csrc_py/vpu.py ``fused_multiply_add``), per-tensor and foreach alike, so
 optimizers that use them (SGD's ``add_(alpha=-lr)``, Adam's ``lerp_``/``addcmul_``) train bit for bit as on CPU."""
 
+import itertools
 import math
 
 import pytest
@@ -54,6 +55,16 @@ def test_signed_zeros_sum_as_on_cpu(dtype, value):
     tpu = [t.to("tpu") for t in (x, a, b)]
     assert_same_bits(torch.addcmul(tpu[0], tpu[1], tpu[2], value=value), torch.addcmul(x, a, b, value=value))
     assert_same_bits(torch.add(tpu[0], tpu[1], alpha=value), torch.add(x, a, alpha=value))
+
+
+@pytest.mark.parametrize("value", [1.0, -1.0])
+def test_a_product_that_underflows_onto_a_zero_keeps_the_products_sign_as_on_cpu(value):
+    """float64: a nonzero product too small for the format, added to a zero, is the product's signed zero (the FMA
+    rounds the exact product); adding +0.0 to the rounded -0.0 gave +0.0. Zero factors keep IEEE addition's sign."""
+    tiny, zero = [1e-170, -1e-170, 5e-324, -5e-324], [0.0, -0.0]
+    x, a, b = (torch.tensor(column, dtype=torch.float64) for column in zip(*itertools.product(zero, tiny + zero, tiny)))
+    assert_same_bits(torch.addcmul(*to_tpu((x, a, b)), value=value), torch.addcmul(x, a, b, value=value))
+    assert_same_bits(torch.add(*to_tpu((x, a)), alpha=1e-170 * value), torch.add(x, a, alpha=1e-170 * value))
 
 
 @pytest.mark.parametrize("size", [1, 2, 5])

@@ -562,6 +562,17 @@ def test_adaptive_avg_pool2d_is_cpus_bit_for_bit(dtype, in_size, out_size):
     exact_values_and_input_gradient(lambda t: F.adaptive_avg_pool1d(t, out_size[1]), x[:, :, 0])
 
 
+@pytest.mark.parametrize("backward,dims", [(torch.ops.aten._adaptive_avg_pool2d_backward, 2),
+                                           (torch.ops.aten._adaptive_avg_pool3d_backward, 3)])
+@pytest.mark.parametrize("in_size", [3, 6])  # fewer inputs than outputs (windows sharing elements), and more
+def test_adaptive_avg_pool_backward_of_an_empty_batch_is_empty_as_on_cpu(backward, dims, in_size):
+    """An empty batch's gradient is an empty input-shaped tensor; upsampling crashed reshaping the empty batch."""
+    gradient, x = torch.randn(0, 2, *(5,) * dims), torch.randn(0, 2, *(in_size,) * dims)
+    expected = backward(gradient, x)
+    assert torch.equal(backward(gradient.to("tpu"), x.to("tpu")).cpu(), expected)
+    assert expected.shape == x.shape
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_adaptive_avg_pool3d_backward_is_cpus_bit_for_bit(dtype):
     x = (torch.randn(2, 2, 5, 7, 4, generator=torch.Generator().manual_seed(0)) * 3).to(dtype)
@@ -1145,6 +1156,38 @@ def test_losses_of_16_bit_floats_and_their_gradients_have_cpus_bits(loss, dtype,
         results.append((value.detach().cpu(), a.grad.cpu()))
     (cpu_value, cpu_grad), (tpu_value, tpu_grad) = results
     assert torch.equal(tpu_value, cpu_value) and torch.equal(tpu_grad, cpu_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("reduction", [0, 1, 2])  # none, mean, sum
+@pytest.mark.parametrize("transposed", [False, True])
+def test_huber_loss_backward_has_cpus_bits_in_its_vector_lanes_and_scalar_tail(dtype, reduction, transposed):
+    """CPU's vector loop scales by ``norm * (+-delta)`` then the gradient (delta in the dtype); its scalar tail (the
+    last ``148 % width`` elements of its contiguous result) multiplies ``norm * grad`` by the double delta and rounds
+    once, comparing with the double delta too. One order everywhere, a mean's outer elements and the tail were an ulp
+    off."""
+    generator = torch.Generator().manual_seed(0)
+    x, y, grad = (torch.randn(4, 37, generator=generator) * scale for scale in (2, 1, 3))
+    if transposed:
+        x, y, grad = (v.t().contiguous().t() for v in (x, y, grad))
+    grad = grad.to(dtype) if reduction == 0 else torch.tensor(1.3, dtype=dtype)
+    x, y = x.to(dtype), y.to(dtype)
+    for delta in (0.7, 0.1):
+        expected = torch.ops.aten.huber_loss_backward(grad, x, y, reduction, delta)
+        result = torch.ops.aten.huber_loss_backward(grad.to("tpu"), x.to("tpu"), y.to("tpu"), reduction, delta)
+        assert torch.equal(result.cpu(), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("loss", [F.mse_loss, F.smooth_l1_loss, F.huber_loss], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("shape", [(4, 37), (200, 500)])
+def test_the_mean_of_a_float_loss_is_cpus_sum_order_bit_for_bit(dtype, loss, shape):
+    """CPU's mean of the elementwise loss is its sum kernel's (``reduction.mean_array``); NumPy's pairwise mean gave
+    other bits for about half of the float32 mse losses."""
+    for seed in range(6):
+        generator = torch.Generator().manual_seed(seed)
+        x, y = (torch.randn(shape, generator=generator, dtype=dtype) for _ in range(2))
+        assert torch.equal(loss(x.to("tpu"), y.to("tpu")).cpu(), loss(x, y))
 
 
 BCE_WEIGHTS = {

@@ -85,6 +85,40 @@ def test_round_decimals_and_polygamma_and_logit_eps():
     check(torch.logit, sample((4, 5), low=-0.2, high=1.2), eps=0.1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("eps", [None, 0.0, 0.1])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_logit_backward_at_zero_and_nan_has_cpus_lanes_and_tail(dtype, eps, transposed):
+    """CPU's vector lanes divide by ``x * (1 - x)`` (-0.0 gives the gradient's opposite infinity; with ``eps`` a NaN
+    fails their bounds test: 0); its scalar tail (each row's last elements) gives ``grad * inf`` at 0 and 1, and
+    NaN for a NaN. Rows of 150 reach past the widest vectors (64 bf16 values a step)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 150, generator=generator, dtype=torch.float64) * 1.2 - 0.1
+    which = torch.randint(0, 5, x.shape, generator=generator)
+    for code, value in enumerate([-0.0, 0.0, 1.0, math.nan]):
+        x = torch.where(which == code, value, x)
+    grad, x = torch.randn(x.shape, generator=generator).to(dtype), x.to(dtype)
+    if transposed:
+        grad, x = grad.t(), x.t()
+    expected = torch.ops.aten.logit_backward(grad, x, eps)
+    result = torch.ops.aten.logit_backward(grad.to("tpu"), x.to("tpu"), eps).cpu()
+    assert torch.equal(result.isnan(), expected.isnan())
+    assert torch.equal(result.nan_to_num(0), expected.nan_to_num(0))
+
+
+@pytest.mark.parametrize("grad_dtype,input_dtype", [(torch.float32, torch.float64), (torch.float64, torch.float32),
+                                                     (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)])
+def test_mish_backward_has_the_inputs_dtype_as_on_cpu(grad_dtype, input_dtype):
+    """CPU allocates the gradient with ``input.options()`` and casts the common dtype's result into it; the tpu
+    returned the common dtype."""
+    generator = torch.Generator().manual_seed(0)
+    grad, x = torch.randn(37, generator=generator).to(grad_dtype), torch.randn(37, generator=generator).to(input_dtype)
+    expected = torch.ops.aten.mish_backward(grad, x)
+    result = torch.ops.aten.mish_backward(grad.to("tpu"), x.to("tpu")).cpu()
+    assert result.dtype == expected.dtype == input_dtype
+    torch.testing.assert_close(result, expected)
+
+
 def test_nan_to_num_uses_the_dtype_own_limits():
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         x = sample((4, 5), dtype)

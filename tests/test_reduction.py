@@ -608,19 +608,46 @@ def test_logsumexp_of_16_bit_floats_and_its_gradient_have_cpus_bits(dtype, dim):
     ((3, 4100), (1,)),  # cascade levels flushed
     ((2, 17000), (-1,)),
     ((9000,), (0,)),  # one row: a full reduction (CPU splits only rows past 32768 elements, across threads)
+    ((100_000,), (0,)),  # one row past GRAIN_SIZE: one chunk per thread, the chunk totals then added
+    ((1, 1, 256, 256), (-2, -1)),  # a global pool of one plane, split alike
+    ((1, 2, 256, 256), (-2, -1)),  # two rows past GRAIN_SIZE: each summed whole, whatever the threads
 ])
-def test_mean_over_a_contiguous_trailing_run_is_cpus_sum_bit_for_bit(dtype, shape, dims):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mean_over_a_contiguous_trailing_run_is_cpus_sum_bit_for_bit(dtype, shape, dims, threads):
     """CPU's mean is its sum kernel's total divided by the count; over the trailing dims of a contiguous input the
     kernel adds each output's elements as a contiguous row (SumKernel.cpp: four 32-byte vectors abreast through
     cascade levels, the lanes then added to the row's tail): ``cpu_replay.inner_sum``. NumPy's pairwise sum gave
-    other bits for a third to two thirds of the values; ``adaptive_avg_pool2d(x, 1)`` is this mean."""
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype) * 3
-    for keepdim in (False, True):
-        assert torch.equal(x.to("tpu").mean(dims, keepdim=keepdim).cpu(), x.mean(dims, keepdim=keepdim))
-    if x.dim() == 4:
-        assert torch.equal(F.adaptive_avg_pool2d(x.to("tpu"), 1).cpu(), F.adaptive_avg_pool2d(x, 1))
-    zeros = -torch.zeros(shape, dtype=dtype)  # CPU's accumulators start at +0.0
-    assert torch.equal(zeros.to("tpu").mean(dims).cpu().signbit(), zeros.mean(dims).signbit())
+    other bits for a third to two thirds of the values; ``adaptive_avg_pool2d(x, 1)`` is this mean. One output of
+    32768 or more elements CPU sums in one chunk per thread (two_pass_reduction): summed whole, a third of the
+    means on 2 threads were off."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for seed in range(4):
+            x = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 3 + 1
+            for keepdim in (False, True):
+                assert torch.equal(x.to("tpu").mean(dims, keepdim=keepdim).cpu(), x.mean(dims, keepdim=keepdim))
+            if x.dim() == 4:
+                assert torch.equal(F.adaptive_avg_pool2d(x.to("tpu"), 1).cpu(), F.adaptive_avg_pool2d(x, 1))
+        zeros = -torch.zeros(shape, dtype=dtype)  # CPU's accumulators start at +0.0
+        assert torch.equal(zeros.to("tpu").mean(dims).cpu().signbit(), zeros.mean(dims).signbit())
+    finally:
+        torch.set_num_threads(previous)
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("layout", ["transposed", "channels_last", "reversed"])
+def test_mean_over_every_dim_of_a_permuted_dense_input_is_cpus_sum_in_memory_order(dtype, layout):
+    """CPU orders a reduction's dims by stride: over every dim of a dense input (``x.t().mean()``, a channels-last
+    activation's mean) its sum kernel adds the elements as one contiguous row in memory order. NumPy's pairwise
+    order gave other bits for a third of the means."""
+    for seed in range(6):
+        x = torch.randn(3, 5, 7, 9, generator=torch.Generator().manual_seed(seed), dtype=dtype) * 3 + 1
+        x = {"transposed": x.reshape(15, 63).t(), "channels_last": x.to(memory_format=torch.channels_last),
+             "reversed": x.permute(3, 2, 1, 0)}[layout]
+        assert torch.equal(x.to("tpu").mean().cpu(), x.mean())
+        assert torch.equal(x.to("tpu").mean(tuple(range(x.dim())), keepdim=True).cpu(),
+                           x.mean(tuple(range(x.dim())), keepdim=True))
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reduce", ["sum dim", "sum out", "prod out"])

@@ -68,15 +68,28 @@ def opmath_dtype(dtype):
     return _OPMATH.get(dtype) or _tensor.numpy_dtype(dtype)
 
 
+# Two ways to replay CPU's 16-bit loops, which round every operation's result to bf16/fp16: ``in_dtype`` holds the
+# operands in the 16-bit NumPy dtype itself, so that NumPy's own arithmetic rounds each step (short formulas: the
+# loss loops); ``loop_rounding``/``rounding_through`` round float32 arrays after each step the caller marks (kernels
+# whose other steps, or other dtypes, stay in float32).
+
+
+def in_dtype(dtype, *operands):
+    """``operands`` as NumPy arrays of torch ``dtype``: a 16-bit one's every operation then rounds to it."""
+    return [np.asarray(operand).astype(_tensor.numpy_dtype(dtype)) for operand in operands]
+
+
 def rounding_through(held_in, compute_dtype):
     """An array computed in ``compute_dtype`` rounded to the NumPy dtype ``held_in`` and back: one operation of
-    CPU's loops over ``c10::BFloat16``/``Half`` values, which round every result they store."""
+    CPU's loops over ``c10::BFloat16``/``Half`` values, which round every result they store, replayed on float32
+    arrays."""
     return lambda array: np.asarray(array).astype(held_in).astype(compute_dtype)
 
 
 def loop_rounding(dtype, compute_dtype):
-    """What CPU's loops do to each operation's result over torch ``dtype`` values: over bf16/fp16 they round it
-    to the 16-bit format (``rounding_through``); over float and double the arithmetic already is in the dtype."""
+    """What CPU's loops do to each operation's result over torch ``dtype`` values, for maths on ``compute_dtype``
+    (float32) arrays: over bf16/fp16 they round it to the 16-bit format (``rounding_through``); over float and
+    double the arithmetic already is in the dtype."""
     if dtype not in (torch.bfloat16, torch.float16):
         return np.asarray
     return rounding_through(_tensor.numpy_dtype(dtype), compute_dtype)

@@ -18,12 +18,13 @@ from torch._prims_common import make_channels_last_strides_for
 from .. import _C
 from .._cost import charged
 from . import _registry, pointwise, random
+from . import reduction as reduction_ops
 from .._errors import not_implemented_for, raise_cpu_error, scalar_type_name
 from .._tensor import is_tpu, numpy_dtype
 from ._common import (all_contiguous, as_numpy, castable, channel_sums, converted, empty, empty_like_strides, ones,
-                      exact_dtype, iterator_strides, loop_rounding, opmath_dtype, opmath_operand, operand, prepare_out,
-                      row_maxima, store, store_in_memory_format, stored_with_view, suggested_memory_format, wrap_dim,
-                      write)
+                      exact_dtype, in_dtype, iterator_strides, loop_rounding, opmath_dtype, opmath_operand, operand,
+                      prepare_out, row_maxima, store, store_in_memory_format, stored_with_view, suggested_memory_format,
+                      wrap_dim, write)
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .pointwise import common_dtype
 from .cpu_replay.cascade_sum import cascade_sum
@@ -61,7 +62,12 @@ def at_least_1d(array):
     return array.reshape(1) if array.ndim == 0 else array
 
 
-def reduce_loss(loss, reduction):
+def reduce_loss(loss, reduction, dtype=None):
+    """``loss`` (an array) reduced as ``reduction`` says. Given the torch ``dtype`` of the loss tensor CPU reduces, a
+    float32/float64 mean takes CPU's sum order (``reduction.mean_array``), where NumPy's pairwise mean gave other
+    bits for about half of the mse losses."""
+    if reduction == REDUCTION_MEAN and dtype in (torch.float32, torch.float64):
+        return reduction_ops.mean_array(loss, tuple(range(loss.ndim)), False)
     if reduction == REDUCTION_MEAN:
         return np.mean(loss)
     if reduction == REDUCTION_SUM:
@@ -1172,7 +1178,7 @@ def pointwise_loss(loss_function, kernel_name, keeps_input_dtype=False, rounds_e
             elementwise = loss_function(x, t, *args)
         if dtype in SIXTEEN_BIT:  # the reduction reads CPU's elementwise loss tensor, of the dtype
             elementwise = in_dtype(dtype, elementwise)[0].astype(x.dtype)
-        loss = reduce_loss(elementwise, reduction)
+        loss = reduce_loss(elementwise, reduction, dtype)
         return store(loss, self.dtype if keeps_input_dtype else dtype, out=out, dtype_rule=exact_dtype)
 
     return kernel
@@ -1209,11 +1215,6 @@ def squared_error(x, t):
 
 def squared_error_gradient(x, t):
     return 2 * (x - t)
-
-
-def in_dtype(dtype, *operands):
-    """``operands`` as NumPy arrays of ``dtype``: a 16-bit one's every operation rounds to it."""
-    return [np.asarray(operand).astype(numpy_dtype(dtype)) for operand in operands]
 
 
 def squared_error_gradient_rounded(x, t, grad, reduction, dtype):
@@ -1253,15 +1254,35 @@ def huber_gradient(x, t, delta):
 
 
 def huber_gradient_rounded(x, t, grad, reduction, dtype, delta=1.0):
-    """CPU's huber_loss_backward loop: ``norm * grad * delta`` (negated below -delta) outside the quadratic zone,
-    ``norm * (x - t) * grad`` inside, norm being 1 / numel for a mean, all in the dtype (bf16/fp16 rounding every
-    operation)."""
+    """CPU's huber_loss_backward loop in the dtype (bf16/fp16 rounding every operation), norm being 1 / numel for a
+    mean. Its vector loop takes ``norm * (+-delta) * grad`` where ``|x - t| >= delta``, ``norm * (x - t) * grad``
+    elsewhere, delta held in the dtype; its scalar tail (each row's last elements) compares ``x - t`` with delta as a
+    double and multiplies ``+-norm * grad`` by it as a double, rounding once (``_huber_tail_gradient``)."""
     norm = 1 / max(x.size, 1) if reduction == REDUCTION_MEAN else 1
     compute = x.dtype
-    x, t, grad, norm, delta = in_dtype(dtype, x, t, grad, norm, delta)
+    shape = np.broadcast_shapes(x.shape, t.shape, grad.shape)
+    every = np.ones(shape, bool)  # also the layout of CPU's gradient: contiguous (zeros_like(input, Contiguous))
+    lanes = pointwise.in_vector_lanes(every, (x, t, grad), every, itemsize=numpy_dtype(dtype).itemsize)
+    x, t, grad, norm, delta_in_dtype = in_dtype(dtype, x, t, grad, norm, delta)
     d = x - t
-    outside = norm * grad * delta
-    return np.where(d <= -delta, -outside, np.where(d >= delta, outside, norm * d * grad)).astype(compute)
+    bounded = np.where(np.abs(d) >= delta_in_dtype, np.where(d > 0, delta_in_dtype, -delta_in_dtype), d)
+    result = np.array(np.broadcast_to(norm * bounded * grad, shape))
+    tail = ~lanes
+    if tail.any():
+        d, grad = (np.broadcast_to(v, shape)[tail] for v in (d, grad))
+        result[tail] = _huber_tail_gradient(d, grad, norm, delta, dtype)
+    return result.astype(compute)
+
+
+def _huber_tail_gradient(d, grad, norm, delta, dtype):
+    """huber_loss_backward's scalar loop over differences ``d`` held in the dtype: ``norm * grad`` (negated below
+    -delta) in the dtype times the double ``delta``, the double stored back in the dtype (through float, as c10's
+    16-bit types convert a double) outside the quadratic zone, bounded by the double delta; ``norm * d * grad``
+    inside."""
+    wide = d.astype(np.float64)
+    outside = (norm * grad).astype(np.float64) * delta
+    stored = outside.astype(np.float32 if d.itemsize < 8 else np.float64).astype(d.dtype)
+    return np.where(wide <= -delta, -stored, np.where(wide >= delta, stored, norm * d * grad))
 
 
 # mse_loss and smooth_l1_loss are structured: only their out= overloads, so PyTorch's meta function checks shapes

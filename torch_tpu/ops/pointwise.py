@@ -651,7 +651,7 @@ def native_floats_alike(operands):
 
 
 def unstructured(function, *overloads, operands=1, rule=keep, result=None, check=None, exact_out=False,
-                 opmath=lambda *promoted: True, layout=iterator_layout, check_before_out=False):
+                 opmath=lambda *promoted: True, layout=iterator_layout, check_before_out=False, result_like=None):
     """Register the given functional, in-place and ``out=`` overloads of a non-structured op.
 
     Their schemas tell them apart; each one does what the structured meta function would have done
@@ -660,7 +660,8 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
     is laid out with the strides ``layout(promoted operands)`` gives. An ``exact_out`` op's ``out=`` overload checks
     the out's dtype before ``check`` (TensorIterator's unary_op, then the kernel's dispatch), unless
     ``check_before_out`` (the op's own checks come before it builds its iterator, so before the out's dtype and
-    overlap checks: hardtanh's legacy rules).
+    overlap checks: hardtanh's legacy rules). With ``result_like`` (an operand's index) the functional result has
+    that operand's dtype, the common dtype's result cast to it: a backward CPU allocates with ``input.options()``.
     """
     result = result or rule
     name = overloads[0].partition(".")[0]
@@ -698,7 +699,8 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
             with vpu.ignoring_fp_errors():
                 function(*map(as_numpy, promoted), *args[operands:], **kwargs, out=as_numpy(out))
             return out
-        return run(empty(broadcast_shape(*promoted), result(common_dtype(*promoted)), layout(promoted)), args, kwargs)
+        result_dtype = result(common_dtype(*promoted)) if result_like is None else promoted[result_like].dtype
+        return run(empty(broadcast_shape(*promoted), result_dtype, layout(promoted)), args, kwargs)
 
     def inplace(self, *args, **kwargs):
         promoted = (self, *args[:operands - 1])
@@ -1578,14 +1580,23 @@ def tanh_backward(grad, y):
 
 @own_16_bit_maths
 def logit_backward(grad, x, eps=None):
-    """CPU's loop in the tensors' own dtype (bf16/fp16 round every operation); its bounds are ``eps`` and
-    ``1 - eps`` formed in that dtype."""
+    """CPU's loops in the tensors' own dtype (bf16/fp16 round every operation); the bounds are 0 and 1, or ``eps``
+    and ``1 - eps`` formed in that dtype. Its vector lanes (64-byte vectors of its AVX-512 build) divide wherever x
+    passes the bounds test, which a NaN fails; its scalar tail tests the bounds' outside instead, returning
+    ``grad * inf`` at 0 and 1 and a NaN x's NaN. They differ at -0.0 (dividing by ``-0.0 * 1`` flips the
+    infinity's sign) and, with ``eps``, at a NaN (0 in the lanes)."""
     one = scalar(1, x)
+    lower, upper = (scalar(0, x), one) if eps is None else (scalar(eps, x), one - scalar(eps, x))
     derivative = grad / (x * (one - x))
-    if eps is None:
-        return np.where((x < 0) | (x > one), scalar(np.nan, x), derivative)
-    lower = scalar(eps, x)
-    return np.where((x < lower) | (x > one - lower), scalar(0, x), derivative)
+    inside = (x >= lower) & (x <= upper)
+    result = np.where(inside, derivative, scalar(np.nan if eps is None else 0, x))
+    differs = (inside & (x == 0) & np.signbit(x)) | np.isnan(x)
+    if differs.any():
+        shape = np.shape(result)
+        differs = np.broadcast_to(differs, shape)
+        tail = differs & ~in_vector_lanes(differs, (grad, x), vector_bytes=AVX512_VECTOR_BYTES)
+        result = np.where(tail, np.where(inside, grad * scalar(np.inf, x), derivative), result)
+    return result
 
 
 def softplus(x, beta=1, threshold_value=20):
@@ -2050,7 +2061,7 @@ def register_tables():
     unstructured(hardswish_backward, "hardswish_backward", operands=2, check=checked(floating, "hardswish_backward"),
                  opmath=lambda *promoted: False)
     unstructured(prelu, "_prelu_kernel", operands=2, check=check_prelu)
-    unstructured(mish_backward, "mish_backward", operands=2, check=checked(floating, "mish_backward"))
+    unstructured(mish_backward, "mish_backward", operands=2, check=checked(floating, "mish_backward"), result_like=1)
     # the Python operators <<, >>, <<= and >>= (bitwise_*_shift with a Scalar goes through these too)
     for function, kernel_name, names in ((left_shift, "lshift_cpu", ("__lshift__", "__ilshift__")),
                                          (right_shift, "rshift_cpu", ("__rshift__", "__irshift__"))):

@@ -611,8 +611,8 @@ def overlapping_spread(share, in_sizes, held_in):
     bounds = [adaptive_bounds(i, o) for i, o in zip(in_sizes, out_sizes)]
     if any(i < o for i, o in zip(in_sizes, out_sizes)):
         windows, elements = adaptive_pairs(tuple(in_sizes), tuple(out_sizes))
-        flat = spread.reshape(math.prod(lead), -1)
-        np.add.at(flat, (slice(None), elements), share.reshape(flat.shape[0], -1)[:, windows])
+        flat = spread.reshape(math.prod(lead), math.prod(in_sizes))  # no -1: an empty batch has no length to infer
+        np.add.at(flat, (slice(None), elements), share.reshape(flat.shape[0], math.prod(out_sizes))[:, windows])
         return flat.reshape(spread.shape)
     extents = [end - start for start, end in bounds]
     for offset in itertools.product(*(reversed(range(int(e.max(initial=0)))) for e in extents)):

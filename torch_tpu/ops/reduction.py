@@ -96,10 +96,27 @@ def mean_array(array, axes, keepdim):
     with _C.vpu.ignoring_fp_errors():
         if count and _contiguous_trailing_run(array, axes):  # a global pool's mean over H and W: CPU's order
             kept = array.shape[:array.ndim - len(axes)]
-            total = inner_sum.inner_sums(array.reshape(-1, count)).reshape(kept + (1,) * len(axes) * keepdim)
+            total = _row_sums(array.reshape(-1, count)).reshape(kept + (1,) * len(axes) * keepdim)
+        elif count and len(axes) == array.ndim and _one_dense_run(array):  # every dim: a run in memory order
+            total = _row_sums(array.ravel(order="K")[None]).reshape((1,) * array.ndim * keepdim)
         else:  # NumPy's pairwise order
             total = np.add.reduce(array, axis=axes, keepdims=keepdim)  # np.sum's reduction, without its wrapper
         return np.asarray(total / np.asarray(count, total.dtype))
+
+
+def _row_sums(rows):
+    """CPU's sum of each row of a C-contiguous (R, L) float32/float64 array. One row of ``GRAIN_SIZE`` or more
+    elements CPU splits across its threads (Reduce.h's two_pass_reduction): each thread's chunk summed as a run, the
+    chunk totals then added in order from +0.0."""
+    length = rows.shape[1]
+    chunk = _C.cpu_loops.parallel_chunk_length(length, torch.get_num_threads())
+    if len(rows) != 1 or chunk >= length:
+        return inner_sum.inner_sums(rows)
+    whole = length // chunk
+    totals = [inner_sum.inner_sums(rows[:, :whole * chunk].reshape(whole, chunk))]
+    if length % chunk:
+        totals.append(inner_sum.inner_sums(rows[:, whole * chunk:]))
+    return np.add.accumulate(np.concatenate([np.zeros(1, rows.dtype), *totals]))[-1:]
 
 
 def _contiguous_trailing_run(array, axes):
@@ -113,6 +130,20 @@ def _contiguous_trailing_run(array, axes):
         if array.shape[axis] != 1 and array.strides[axis] != stride:
             return False
         stride *= array.shape[axis]
+    return True
+
+
+def _one_dense_run(array):
+    """Whether a float32/float64 array's elements fill one run of memory, its dims in some order (transposed,
+    channels-last): reduced over every dim, CPU's sum kernel, which orders dims by stride, adds them as one
+    contiguous row in memory order."""
+    if array.dtype not in _INNER_SUM_DTYPES:
+        return False
+    stride = array.itemsize
+    for step, size in sorted((step, size) for step, size in zip(array.strides, array.shape) if size != 1):
+        if step != stride:
+            return False
+        stride *= size
     return True
 
 
@@ -165,9 +196,7 @@ def _from_last(array, axis, ndim):
 def _accumulate_into(target, reduction, self, axes, keepdim, dtype):
     """``self`` converted to ``dtype``, accumulated in its opmath by the ufunc ``reduction`` (``np.add.reduce``: what
     ``np.sum`` calls, without its Python wrapper) into the array ``target``. Silent, as CPU's, where it overflows."""
-    array = _accumuland(self, dtype)
-    with _C.vpu.ignoring_fp_errors():
-        reduce_into(target, reduction, array, axes, keepdim, DTYPE_NAME[dtype])
+    reduce_into(target, reduction, _accumuland(self, dtype), axes, keepdim, DTYPE_NAME[dtype])
 
 
 def _accumulating_kernel(reduction):
