@@ -6,6 +6,7 @@ subprocess, so each test sees a clean chip.
 """
 
 import gc
+import inspect
 import os
 import subprocess
 import sys
@@ -43,6 +44,23 @@ def paused_collector():
     gc.disable()
     yield
     gc.enable()
+
+
+def pytest_collection_modifyitems(items):
+    """A test that reads ``memory_allocated`` compares it across calls: it gets ``paused_collector``, so that an
+    earlier test's garbage cycles are freed before it starts and not in the middle of a measured call."""
+    reads_memory = {}
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is None or "paused_collector" in item.fixturenames:
+            continue
+        if function not in reads_memory:
+            try:
+                reads_memory[function] = "memory_allocated" in inspect.getsource(function)
+            except (OSError, TypeError):
+                reads_memory[function] = False
+        if reads_memory[function]:
+            item.fixturenames.insert(0, "paused_collector")
 
 
 @pytest.fixture
