@@ -958,6 +958,14 @@ def max_pool_results(x, kwargs):
     return [(t.detach().cpu(), t.stride()) for t in (values, indices, x.grad)]
 
 
+def pool_input(dtype, layout):
+    """A (2, 3, 9, 10) input laid out as the pools' direct launch and structured wrapper each take it."""
+    wide = torch.randn(2, 3, 9, 20, generator=torch.Generator().manual_seed(7)).to(dtype)
+    x = wide[..., :10].contiguous()
+    return {"contiguous": x, "strided": wide[..., ::2], "channels_last": x.to(memory_format=torch.channels_last),
+            "unbatched": x[0]}[layout]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("kwargs", MAX_POOLS)
 @pytest.mark.parametrize("layout", ["contiguous", "strided", "channels_last", "unbatched"])
@@ -965,10 +973,7 @@ def test_max_pool2d_launched_directly_matches_cpu(kwargs, dtype, layout):
     """The forward and the backward of a contiguous batched input each take one launch; so do a strided one's (the
     kernels read any strides); channels-last and unbatched inputs keep the structured wrapper: all give CPU's values,
     indices, gradients and strides."""
-    wide = torch.randn(2, 3, 9, 20, generator=torch.Generator().manual_seed(7)).to(dtype)
-    x = wide[..., :10].contiguous()
-    x = {"contiguous": x, "strided": wide[..., ::2], "channels_last": x.to(memory_format=torch.channels_last),
-         "unbatched": x[0]}[layout]
+    x = pool_input(dtype, layout)
     expected, actual = max_pool_results(x, kwargs), max_pool_results(x.to("tpu"), kwargs)
     for (want, want_stride), (got, got_stride) in zip(expected, actual):
         assert_close(got, want, atol=0, rtol=0.01 if dtype is torch.bfloat16 else 1e-6)  # overlapping windows' sums
@@ -1049,10 +1054,7 @@ def test_avg_pool2d_launched_directly_matches_cpu(kwargs, dtype, layout):
     """As the max pools: contiguous and strided batched inputs take one launch forward and one backward, channels-last
     and unbatched ones the structured wrapper; all give CPU's values, gradients and strides, bit for bit (every
     window summed in CPU's order; a bf16/fp16 gradient divided and added in its own dtype, each step rounded)."""
-    wide = torch.randn(2, 3, 9, 20, generator=torch.Generator().manual_seed(7)).to(dtype)
-    x = wide[..., :10].contiguous()
-    x = {"contiguous": x, "strided": wide[..., ::2], "channels_last": x.to(memory_format=torch.channels_last),
-         "unbatched": x[0]}[layout]
+    x = pool_input(dtype, layout)
     expected, actual = avg_pool_results(x, kwargs), avg_pool_results(x.to("tpu"), kwargs)
     for (want, want_stride), (got, got_stride) in zip(expected, actual):
         assert_close(got, want, atol=0, rtol=0)

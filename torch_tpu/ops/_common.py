@@ -86,11 +86,14 @@ def rounding_through(held_in, compute_dtype):
     return lambda array: np.asarray(array).astype(held_in).astype(compute_dtype)
 
 
+SIXTEEN_BIT = frozenset({torch.bfloat16, torch.float16})  # the float formats CPU's loops round per operation
+
+
 def loop_rounding(dtype, compute_dtype):
     """What CPU's loops do to each operation's result over torch ``dtype`` values, for maths on ``compute_dtype``
     (float32) arrays: over bf16/fp16 they round it to the 16-bit format (``rounding_through``); over float and
     double the arithmetic already is in the dtype."""
-    if dtype not in (torch.bfloat16, torch.float16):
+    if dtype not in SIXTEEN_BIT:
         return np.asarray
     return rounding_through(_tensor.numpy_dtype(dtype), compute_dtype)
 

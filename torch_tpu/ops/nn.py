@@ -21,7 +21,7 @@ from . import _registry, pointwise, random
 from . import reduction as reduction_ops
 from .._errors import not_implemented_for, raise_cpu_error, scalar_type_name
 from .._tensor import is_tpu, numpy_dtype
-from ._common import (all_contiguous, as_numpy, castable, channel_sums, converted, empty, empty_like_strides, ones,
+from ._common import (SIXTEEN_BIT, all_contiguous, as_numpy, castable, channel_sums, converted, empty, empty_like_strides, ones,
                       exact_dtype, in_dtype, iterator_strides, loop_rounding, opmath_dtype, opmath_operand, operand,
                       prepare_out, row_maxima, store, store_in_memory_format, stored_with_view, suggested_memory_format,
                       wrap_dim, write)
@@ -163,7 +163,7 @@ def softmax_stored_dtype(dtype, dim, ndim, log):
     - log-softmax along the last dim: each row's sum of exponentials and its log, in a buffer of the input's dtype;
     - softmax along another dim: the exponentials of the columns its scalar path takes (``exponentials_stored``),
       written into the output first, then divided there by their (unrounded) float sum."""
-    if dtype not in (torch.bfloat16, torch.float16) or (dim == max(ndim - 1, 0)) != log:
+    if dtype not in SIXTEEN_BIT or (dim == max(ndim - 1, 0)) != log:
         return None
     return numpy_dtype(dtype)
 
@@ -1286,7 +1286,6 @@ def _huber_tail_gradient(d, grad, norm, delta, dtype):
 
 
 # mse_loss and smooth_l1_loss are structured: only their out= overloads, so PyTorch's meta function checks shapes
-SIXTEEN_BIT = frozenset({torch.bfloat16, torch.float16})
 # which 16-bit loops of CPU's loss kernels round every operation (the others compute in float and round once)
 register("mse_loss.out")(pointwise_loss(squared_error, "mse_cpu", rounds_each_operation=SIXTEEN_BIT))
 register("mse_loss_backward", "mse_loss_backward.grad_input")(
