@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from .. import _C
-from ._common import (channel_sums, empty, empty_with_array, operand, opmath_dtype, padded, store,
+from .._tensor import numpy_dtype
+from ._common import (as_numpy, channel_sums, empty, empty_with_array, operand, opmath_dtype, padded, store,
                       store_in_memory_format, suggested_memory_format, write)
 from .nn import register
 from .cpu_kernel_dtypes import convolution_dtypes, cpu_dtypes
@@ -333,8 +334,19 @@ def convolution(input, weight, bias, stride, padding, dilation, transposed, outp
         if _pointwise(w.shape[2:], stride, padding) and not channels_last:
             return _stored_per_position(_grouped_weight(w, groups), x, bias, input.dtype)
         accumulator = _convolve(x, w, stride, padding, dilation, groups)
-    accumulator = _with_bias(accumulator, bias)
-    return _store_laid_out(accumulator, input.dtype, channels_last)
+    return _stored_with_bias(accumulator, bias, input.dtype, channels_last)
+
+
+def _stored_with_bias(accumulator, bias, dtype, channels_last):
+    """The accumulator plus ``bias`` per channel, rounded once into a new tensor. When the accumulator holds the
+    result's own dtype (float32, float64) the store is exact, so the bias is added in the result's dense memory
+    after it: the same sums, without a pass over the accumulator, which is a strided view of the product (the
+    wide grid's cropped positions, the batch beside them) and costs several times a dense pass to update."""
+    if bias is None or accumulator.dtype != numpy_dtype(dtype):
+        return _store_laid_out(_with_bias(accumulator, bias), dtype, channels_last)
+    result = _store_laid_out(accumulator, dtype, channels_last)
+    _with_bias(as_numpy(result), bias)
+    return result
 
 
 def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):

@@ -13,7 +13,6 @@ import math
 
 import numpy as np
 import torch
-from torch._prims_common import make_channels_last_strides_for
 
 from .. import _C
 from .._cost import charged
@@ -21,8 +20,8 @@ from . import _registry, pointwise, random
 from . import reduction as reduction_ops
 from .._errors import not_implemented_for, raise_cpu_error, scalar_type_name
 from .._tensor import is_tpu, numpy_dtype
-from ._common import (SIXTEEN_BIT, all_contiguous, as_numpy, castable, channel_sums, converted, empty, empty_like_strides, ones,
-                      exact_dtype, in_dtype, iterator_strides, loop_rounding, opmath_dtype, opmath_operand, operand,
+from ._common import (SIXTEEN_BIT, all_contiguous, as_numpy, castable, channel_sums, channels_last_strides, converted,
+                      empty, empty_like_strides, ones, exact_dtype, in_dtype, iterator_strides, loop_rounding, opmath_dtype, opmath_operand, operand,
                       prepare_out, row_maxima, store, store_in_memory_format, stored_with_view, suggested_memory_format,
                       wrap_dim, write)
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
@@ -602,7 +601,7 @@ def batch_norm_strides(input):
     """The strides of batch norm's output and input gradient, which CPU makes ``empty_like(input,
     input.suggest_memory_format())``: channels-last for an input laid out so, else contiguous (None)."""
     if not input.is_contiguous() and suggested_memory_format(input) is not torch.contiguous_format:
-        return make_channels_last_strides_for(input.shape)
+        return channels_last_strides(input.shape)
     return None
 
 
