@@ -344,3 +344,26 @@ def test_backward_geometry_is_told_apart_by_every_size(stride):
     w, b = torch.randn(4, 3, 3, 3), torch.randn(4)
     for shape, padding in cases:
         check(F.conv2d, (torch.randn(shape), w, b), dict(stride=stride, padding=padding))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["contiguous", "channels-last"])
+@pytest.mark.parametrize("name", ["2d depthwise 7x7", "2d strided asymmetric", "3d", "transposed 2d"])
+def test_bias_is_added_once_to_the_accumulated_sums(name, layout, dtype):
+    """A float32/float64 convolution stores its sums first and adds the bias in the result's memory, which is exact
+    there: each element is then the unbiased result plus the bias, rounded once, bit for bit, in either layout. A
+    bf16 convolution adds the bias to its float32 sums before the one rounding, as CPU does (CPU's values)."""
+    f, input_shape, weight_shape, kwargs = CASES[name]
+    x, w = torch.randn(input_shape, dtype=dtype), torch.randn(weight_shape, dtype=dtype)
+    if layout == "channels-last":
+        x = x.contiguous(memory_format=torch.channels_last if x.dim() == 4 else torch.channels_last_3d)
+    transposed = f is F.conv_transpose2d
+    bias = torch.randn(weight_shape[1] * kwargs.get("groups", 1) if transposed else weight_shape[0], dtype=dtype)
+    x, w, bias = x.to("tpu"), w.to("tpu"), bias.to("tpu")
+    biased = f(x, w, bias, **kwargs)
+    if dtype is torch.bfloat16:
+        torch.testing.assert_close(biased.cpu(), f(x.cpu(), w.cpu(), bias.cpu(), **kwargs), **BF16)
+        return
+    unbiased = f(x, w, None, **kwargs)
+    expected = unbiased + bias.reshape(-1, *(1,) * (unbiased.dim() - 2))
+    assert torch.equal(biased.cpu(), expected.cpu())
