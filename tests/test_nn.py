@@ -335,6 +335,23 @@ def test_batch_norm_updates_running_statistics_with_cpus_arithmetic(dtype, momen
         assert_close(tpu_var, cpu_var)
 
 
+@pytest.mark.parametrize("shape", [(16, 40), (8, 40, 33), (4, 8, 5, 6)])
+def test_fp16_batch_norm_keeps_its_statistics_in_float32_until_it_stores_them(shape):
+    """CPU's vectorised batch norm keeps an fp16 batch's mean and sum of squares in float32: the saved inverse std
+    and the running averages come from the float sums (rounding them to fp16 first, as bf16 does, put a sixth of
+    2-d and 3-d outputs an ulp off). Saved statistics, running statistics and outputs are CPU's bits."""
+    generator = torch.Generator().manual_seed(2)
+    x = (torch.randn(shape, generator=generator) * 3 + 1).half()
+    stats = (torch.randn(shape[1], generator=generator).half(), (torch.rand(shape[1], generator=generator) + 1).half())
+    results = {}
+    for device in ("cpu", "tpu"):
+        running = [s.to(device, copy=True) for s in stats]
+        outputs = torch.ops.aten.native_batch_norm(x.to(device), None, None, *running, True, 0.1, 1e-5)
+        results[device] = [t.cpu() for t in (*outputs, *running)]
+    for got, expected in zip(results["tpu"], results["cpu"]):
+        assert torch.equal(got, expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_batch_norm_updates_strided_running_statistics_in_their_own_memory(dtype):
     """Running statistics that hold the compute dtype are updated in their own memory: as views (every other

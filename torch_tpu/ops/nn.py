@@ -606,25 +606,36 @@ def batch_norm_strides(input):
     return None
 
 
-def batch_statistics(x, stats_dtype, vectorised):
+def collected_dtype(stats_dtype, vectorised):
+    """The dtype CPU's batch norm keeps a batch's mean and sum of squares in until it stores them: the
+    statistics' own, except in the vectorised kernels for fp16, which keep float32 (the variance and the running
+    averages come from the float sums, as the generic loop's double arithmetic takes them; only the saved mean
+    and inverse std round to fp16), where bf16 rounds both sums first."""
+    return torch.float32 if vectorised and stats_dtype == torch.float16 else stats_dtype
+
+
+def batch_statistics(x, stats_dtype, vectorised, kept_dtype=None):
     """Per channel, the saved mean (a tensor in ``stats_dtype``), the mean and the sum of squared
     deviations as CPU's later steps read them, the count, and the biased variance. Sums run in acc_type (double for float32).
 
-    The vectorised kernels take deviations from the mean in opmath and store the mean and the sum of
-    squares in ``stats_dtype`` (bf16 parameters round both), then work from those stored values; the
-    generic loops take deviations from the stored mean and keep their sum in acc_type.
+    The vectorised kernels take deviations from the mean in opmath and keep the mean and the sum of
+    squares in ``kept_dtype`` (``stats_dtype`` unless given; bf16 parameters round both), then work from those
+    values; the generic loops take deviations from the stored mean and keep their sum in acc_type.
     """
     accumulator = np.float64 if x.dtype == np.float32 else x.dtype
     count = x.size // max(x.shape[1], 1)
     mean = (channel_sums(x, accumulator) / count).astype(x.dtype)
     save_mean, stored_mean = stored_with_view(mean.ravel(), stats_dtype)
+    kept_dtype = kept_dtype or stats_dtype
+    if kept_dtype != stats_dtype:  # what the kernel reads back is its unrounded mean
+        stored_mean = mean.ravel().astype(numpy_dtype(kept_dtype), copy=False)
     if not vectorised:  # the stored mean read back in opmath, as opmath_operand(save_mean) would give it
         stored_mean = stored_mean.astype(opmath_dtype(stats_dtype), copy=False)
     deviation_from = mean if vectorised else per_channel(stored_mean, x.ndim)
     # squared in acc_type straight from the opmath deviations (the cast is exact): one pass, not a copy and a pass
     squares = channel_sums(np.square(x - deviation_from, dtype=accumulator)).ravel()
     if vectorised:
-        squares = converted(squares, stats_dtype)
+        squares = converted(squares, kept_dtype)
     biased_var = (squares / np.asarray(count, squares.dtype)).astype(accumulator)
     return save_mean, stored_mean, squares, count, biased_var
 
@@ -678,8 +689,12 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
     vectorised = vectorised_layout(input)
     compute = generic_arithmetic(input, stats_dtype)
     if training:
-        save_mean, mean, squares, count, var = batch_statistics(x, stats_dtype, vectorised)
-        update_running_stats(running_mean, running_var, mean, squares, count, momentum, vectorised)
+        kept_dtype = collected_dtype(stats_dtype, vectorised)
+        save_mean, mean, squares, count, var = batch_statistics(x, stats_dtype, vectorised, kept_dtype)
+        update_running_stats(running_mean, running_var, mean, squares, count, momentum,
+                             vectorised and kept_dtype == stats_dtype)
+        if kept_dtype != stats_dtype:  # the normalization reads the saved (rounded) mean back
+            mean = operand(save_mean)
         # the stored mean as batch_statistics read it back (in opmath for the generic loop, whose own
         # dtype holds it exactly), and the stored inverse std
         save_invstd, invstd = stored_with_view(batch_inverse_std(var, eps), stats_dtype)
