@@ -35,11 +35,12 @@ def kernel_vec_width(itemsize, vector_bytes=VECTOR_BYTES):
     return 2 * vector_bytes // itemsize
 
 
-def parallel_chunk_length(n, threads):
-    """The length of each at::parallel_for chunk of ``range(n)`` (``n`` when it runs on one thread)."""
-    if n < GRAIN_SIZE or threads <= 1:
+def parallel_chunk_length(n, threads, grain=GRAIN_SIZE):
+    """The length of each at::parallel_for chunk of ``range(n)`` with ``grain`` (``n`` when it runs on one
+    thread)."""
+    if n < grain or threads <= 1:
         return max(n, 1)
-    tasks = min(threads, -(-n // GRAIN_SIZE))
+    tasks = min(threads, -(-n // grain))
     return -(-n // tasks)
 
 

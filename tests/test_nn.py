@@ -138,6 +138,25 @@ def test_layer_norm_bf16_with_float32_parameters_saves_float32_statistics():
     check_grads(lambda x: F.layer_norm(x, (16,)), x, **BF16_TOLERANCE)
 
 
+@pytest.mark.parametrize("weight_dtype", [None, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(16, 40), (4, 8, 40), (63, 24), (1, 50), (7, 1)])
+def test_16_bit_layer_norm_parameter_gradients_sum_in_cpus_per_thread_buffers(shape, dtype, weight_dtype):
+    """CPU adds each thread's run of rows into a buffer of the input's dtype (rounding every step, the weight's
+    products fused into the additions), then the threads' buffers in float: the weight's and bias's gradients
+    are CPU's bits (a matrix-vector sum was up to 3 ulps off). Fed CPU's saved statistics, as autograd feeds them."""
+    generator = torch.Generator().manual_seed(3)
+    x, grad = (torch.randn(shape, generator=generator).to(dtype) for _ in range(2))
+    weight, bias = (torch.randn(shape[-1:], generator=generator).to(weight_dtype or dtype) for _ in range(2))
+    _, mean, rstd = torch.ops.aten.native_layer_norm(x, shape[-1:], weight, bias, 1e-5)
+    arguments = (grad, x, shape[-1:], mean, rstd, weight, bias, [True, True, True])
+    expected = torch.ops.aten.native_layer_norm_backward(*arguments)
+    got = torch.ops.aten.native_layer_norm_backward(*(a.to("tpu") if isinstance(a, torch.Tensor) else a
+                                                       for a in arguments))
+    for result, oracle in zip(got[1:], expected[1:]):
+        assert torch.equal(result.cpu(), oracle)
+
+
 def test_layer_norm_module():
     module = nn.LayerNorm(8)
     with torch.no_grad():

@@ -28,6 +28,7 @@ from ._common import (SIXTEEN_BIT, all_contiguous, as_numpy, castable, channel_s
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .pointwise import common_dtype
 from .cpu_replay.cascade_sum import cascade_sum
+from .cpu_replay.thread_buffers import per_thread_column_sums
 
 # at::Reduction
 REDUCTION_NONE, REDUCTION_MEAN, REDUCTION_SUM = 0, 1, 2
@@ -433,12 +434,27 @@ def native_layer_norm(input, normalized_shape, weight, bias, eps):
             store(rstd.reshape(stats_shape), stats_dtype))
 
 
-def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows):
+def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows, buffer_dtype):
     """The backward of ``layer_norm_arrays`` (all operands opmath rows): ``input_gradient(destination)``
-    writes d loss / d x, with d loss / d xhat's weight and bias sums (None without a weight)."""
+    writes d loss / d x, with d loss / d xhat's weight and bias sums (None without a weight), summed as CPU sums
+    them through per-thread buffers of the NumPy ``buffer_dtype`` (the input's)."""
     xhat = x - mean
     xhat *= rstd
     grad_xhat = dy if weight_rows is None else dy * weight_rows
+
+    # CPU's float32/float64 sums are sequential chains with a fused multiply-add per row, too slow to replay for
+    # the float32 models (an ulp off in some values); its bf16/fp16 buffers round every step and are replayed
+    replayed = buffer_dtype != x.dtype
+
+    def weight_sums():
+        if not replayed:
+            return column_sums(dy * xhat)
+        # dy * (rstd * x - rstd * mean), both multiply-adds fused as CPU's compiled vector code fuses them
+        return per_thread_column_sums(_C.vpu.fused_multiply_add(x, rstd, -rstd * mean), buffer_dtype,
+                                      torch.get_num_threads(), dy)
+
+    def bias_sums():
+        return per_thread_column_sums(dy, buffer_dtype, torch.get_num_threads()) if replayed else column_sums(dy)
 
     def input_gradient(destination):  # rstd * (grad_xhat - mean(grad_xhat) - xhat * mean(grad_xhat * xhat))
         out = destination.reshape(x.shape)
@@ -447,7 +463,7 @@ def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows):
         out -= row_means(grad_xhat)[:, None]
         out *= rstd
 
-    return input_gradient, lambda: column_sums(dy * xhat), lambda: column_sums(dy)
+    return input_gradient, weight_sums, bias_sums
 
 
 def layer_norm_dtypes_refused(input, weight, bias):
@@ -484,7 +500,8 @@ def native_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, we
     x, _ = layer_norm_rows(input, normalized_shape)
     dy = opmath_operand(grad_out).reshape(x.shape)
     mean, rstd = opmath_operand(mean).reshape(-1, 1), opmath_operand(rstd).reshape(-1, 1)
-    input_gradient, weight_sums, bias_sums = layer_norm_backward_arrays(x, dy, mean, rstd, flat_operand(weight))
+    input_gradient, weight_sums, bias_sums = layer_norm_backward_arrays(x, dy, mean, rstd, flat_operand(weight),
+                                                                        numpy_dtype(input.dtype))
     grad_input = compute_into(empty(input.shape, input.dtype), x.dtype, input_gradient) if output_mask[0] else None
     grad_weight = grad_bias = None
     if output_mask[1] and weight is not None:
