@@ -358,14 +358,17 @@ def test_batch_norm_updates_running_statistics_with_cpus_arithmetic(dtype, momen
 def test_fp16_batch_norm_keeps_its_statistics_in_float32_until_it_stores_them(shape):
     """CPU's vectorised batch norm keeps an fp16 batch's mean and sum of squares in float32: the saved inverse std
     and the running averages come from the float sums (rounding them to fp16 first, as bf16 does, put a sixth of
-    2-d and 3-d outputs an ulp off). Saved statistics, running statistics and outputs are CPU's bits."""
+    2-d and 3-d outputs an ulp off), and its float lanes fuse ``x * alpha + beta``. Saved statistics, running
+    statistics and outputs are CPU's bits."""
     generator = torch.Generator().manual_seed(2)
     x = (torch.randn(shape, generator=generator) * 3 + 1).half()
     stats = (torch.randn(shape[1], generator=generator).half(), (torch.rand(shape[1], generator=generator) + 1).half())
+    weight, bias = (torch.randn(shape[1], generator=generator).half() for _ in range(2))
     results = {}
     for device in ("cpu", "tpu"):
         running = [s.to(device, copy=True) for s in stats]
-        outputs = torch.ops.aten.native_batch_norm(x.to(device), None, None, *running, True, 0.1, 1e-5)
+        outputs = torch.ops.aten.native_batch_norm(x.to(device), weight.to(device), bias.to(device), *running, True,
+                                                   0.1, 1e-5)
         results[device] = [t.cpu() for t in (*outputs, *running)]
     for got, expected in zip(results["tpu"], results["cpu"]):
         assert torch.equal(got, expected)
