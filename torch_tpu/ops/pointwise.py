@@ -1789,6 +1789,52 @@ def in_vector_lanes(selected, operands, destination=None, itemsize=None, vector_
     return mask
 
 
+@writes_out
+def multiply(a, b, out=None):
+    """``a * b``; complex products as CPU's mul kernel rounds them (``complex_product``)."""
+    if np.iscomplexobj(a) or np.iscomplexobj(b):
+        return complex_product(np.asarray(a), np.asarray(b), out)
+    return np.multiply(a, b, out=out)
+
+
+def complex_product(a, b, out=None):
+    """CPU's complex ``a * b``: its vector lanes (AVX2's Vectorized operator*) round the four products and then
+    add them; its scalar tail, compiled with fused multiply-adds, rounds ``fma(ar, br, -(ai * bi))`` and
+    ``fma(ar, bi, ai * br)`` once each (complex64's tail two elements at a time, an odd last one unfused).
+    NumPy's own loop fuses every element."""
+    dtype = np.result_type(a, b)
+    a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+    ar, ai, br, bi = a.real, a.imag, b.real, b.imag
+    result = np.empty(np.broadcast_shapes(a.shape, b.shape), dtype)  # out may be one of the operands
+    with vpu.ignoring_fp_errors():
+        result.real = ar * br - ai * bi
+        result.imag = ar * bi + ai * br
+        fused = in_fused_scalar_tail(result, (a, b), out)
+        if fused.any():
+            ar, ai, br, bi = (np.broadcast_to(part, result.shape)[fused] for part in (ar, ai, br, bi))
+            result[fused] = (vpu.fused_multiply_add(ar, br, -(ai * bi))
+                             + 1j * vpu.fused_multiply_add(ar, bi, ai * br))
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def in_fused_scalar_tail(result, operands, destination=None):
+    """Which of a complex cpu_kernel_vec result's elements (written into ``destination``, None: a new output) its
+    scalar loop computes with fused multiply-adds: all of complex128's; complex64's in pairs, not an odd last one
+    (the compiler pairs them where the row is contiguous or the destination is a new array: its loop over
+    strided elements written into an operand fuses none)."""
+    indices = np.nonzero(np.ones(result.shape, bool)) if result.ndim else ()
+    offset, length, contiguous = cpu_loops.kernel_vec_tail_places(destination, operands, indices,
+                                                      cpu_loops.kernel_vec_width(result.itemsize),
+                                                      torch.get_num_threads())
+    if result.dtype == np.complex128:
+        return (offset >= 0).reshape(result.shape)
+    paired = contiguous or destination is None or not any(np.may_share_memory(destination, o) for o in operands)
+    return ((offset >= 0) & (offset < length - length % 2) & paired).reshape(result.shape)
+
+
 def softshrink_backward(grad, x, lambd):
     return np.where(np.abs(x) > scalar(lambd, x), grad, scalar(0, x))
 
@@ -1899,7 +1945,7 @@ UNARY_SAME = {  # computed in the input's own dtype: (function, supported dtypes
 }
 
 BINARY = {  # overload: (function, dtype rule, supported dtypes)
-    "mul.out": (np.multiply, keep, None),
+    "mul.out": (multiply, keep, None),
     "div.out": (np.true_divide, to_float, None),
     "remainder.Tensor_out": (remainder, keep, not_bool),
     "fmod.Tensor_out": (fmod, keep, not_bool),
@@ -2382,7 +2428,8 @@ def hot_binary(ufunc, out_kernel, rule=keep, meta_check=None, native=_NATIVE):
 
 
 HOT_META_CHECKS = {"sub": check_sub}  # sub refuses bool operands before the in-place cast check
-HOT_NATIVE = {"add": _NATIVE_REAL, "sub": _NATIVE_REAL}  # complex add/sub multiply by alpha even when it is 1
+# complex add/sub multiply by alpha even when it is 1; complex mul rounds as CPU's lanes do (complex_product)
+HOT_NATIVE = {"add": _NATIVE_REAL, "sub": _NATIVE_REAL, "mul": _NATIVE_REAL}
 
 
 def register_hot_path():
