@@ -1408,3 +1408,31 @@ def test_complex_mul_rounds_as_cpus_vector_lanes_and_fused_scalar_tail(dtype, la
     expected.mul_(b)
     got.mul_(on_tpu(b))
     assert torch.equal(got.cpu(), expected)
+
+
+NAN_LANE_OPS = {
+    "maximum": torch.maximum,
+    "minimum": torch.minimum,
+    "clamp_min tensor": lambda a, b: a.clamp_min(b),
+    "clamp_max tensor": lambda a, b: a.clamp_max(b),
+    "foreach maximum": lambda a, b: torch._foreach_maximum([a, a[:7]], [b, b[:7]])[0],
+    "foreach minimum in place": None,
+}
+
+
+@pytest.mark.parametrize("op", NAN_LANE_OPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_maximum_and_minimum_nans_carry_cpus_vector_lane_bits(dtype, op):
+    """CPU's vector lanes give a NaN of every bit set (max_ps or'ed with an unordered compare's mask), its scalar
+    tail the NaN operand's own bits: 37 elements put NaNs in both. Bit for bit, foreach lists included."""
+    a, b = torch.randn(37, dtype=dtype), torch.randn(37, dtype=dtype)
+    a[[1, 5, 20, 33]] = b[[2, 21, 34]] = float("nan")
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    if NAN_LANE_OPS[op] is None:  # the lists updated in place
+        expected, got = [a.clone()], [a.clone().to("tpu")]
+        torch._foreach_minimum_(expected, [b])
+        torch._foreach_minimum_(got, [b.to("tpu")])
+        expected, got = expected[0], got[0]
+    else:
+        expected, got = NAN_LANE_OPS[op](a, b), NAN_LANE_OPS[op](a.to("tpu"), b.to("tpu"))
+    assert torch.equal(got.cpu().view(bits), expected.view(bits))

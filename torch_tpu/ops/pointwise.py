@@ -1328,10 +1328,6 @@ def _clamp_16_bit(x, low, high, out):
     return out
 
 
-def clamp_max_by_tensors(x, high):
-    return clamp_by_tensors(x, high=high)
-
-
 def clamp_by_tensors(x, low=None, high=None):
     """Tensor bounds: where x equals a bound, CPU's vector loop gives the bound, as maximum and minimum do (its scalar
     tail keeps x: a signed zero's sign, not replayed)."""
@@ -1835,6 +1831,29 @@ def in_fused_scalar_tail(result, operands, destination=None):
     return ((offset >= 0) & (offset < length - length % 2) & paired).reshape(result.shape)
 
 
+@writes_out
+def maximum(a, b, out=None):
+    return with_vector_lane_nans(np.maximum(a, b, out=out), (a, b), out)
+
+
+@writes_out
+def minimum(a, b, out=None):
+    return with_vector_lane_nans(np.minimum(a, b, out=out), (a, b), out)
+
+
+def with_vector_lane_nans(result, operands, destination=None):
+    """``result`` of CPU's float32/float64 maximum or minimum kernel, whose vector lanes (AVX2's Vectorized
+    maximum: max_ps or'ed with an unordered compare's mask) give a NaN of every bit set where its scalar tail
+    keeps the NaN operand's (foreach maximum/minimum of tensor lists run the same kernel)."""
+    if result.dtype not in (np.float32, np.float64):
+        return result
+    nans = np.isnan(result)
+    if nans.any():
+        lanes = nans & in_vector_lanes(nans, operands, destination)
+        result.view(f"u{result.itemsize}")[lanes] = np.iinfo(f"u{result.itemsize}").max
+    return result
+
+
 def softshrink_backward(grad, x, lambd):
     return np.where(np.abs(x) > scalar(lambd, x), grad, scalar(0, x))
 
@@ -1953,8 +1972,8 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "pow.Scalar_out": (power, keep, not_bool),
     "atan2.out": (arctan2, to_float, None),
     "hypot.out": (np.hypot, keep, floating),
-    "maximum.out": (np.maximum, keep, real),
-    "minimum.out": (np.minimum, keep, real),
+    "maximum.out": (maximum, keep, real),
+    "minimum.out": (minimum, keep, real),
     "fmax.out": (np.fmax, keep, real),
     "fmin.out": (np.fmin, keep, real),
     "copysign.out": (np.copysign, to_float, None),
@@ -2075,11 +2094,11 @@ def register_tables():
     structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)
     structured("clamp.out", clamp, operands=3, check=check_clamp_numbers, exact_out=True)
     structured("clamp.Tensor_out", clamp_by_tensors, operands=3, check=check_clamp_tensors)
-    # tensor bounds go through CPU's maximum/minimum loops, which have none for complex numbers
+    # tensor bounds go through CPU's maximum/minimum kernels (their NaN lanes too), which have none for complex numbers
     structured("clamp_min.out", clamp_min, operands=2, check=checked(not_bool, "clamp_min"), exact_out=True)
-    structured("clamp_min.Tensor_out", clamp_by_tensors, operands=2, check=checked(real, "maximum"))
+    structured("clamp_min.Tensor_out", maximum, operands=2, check=checked(real, "maximum"))
     structured("clamp_max.out", clamp_max, operands=2, check=checked(not_bool, "clamp_max"), exact_out=True)
-    structured("clamp_max.Tensor_out", clamp_max_by_tensors, operands=2, check=checked(real, "minimum"))
+    structured("clamp_max.Tensor_out", minimum, operands=2, check=checked(real, "minimum"))
     structured("addcmul.out", addcmul, operands=3, check=checked(not_bool, "addcmul"))
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
     structured("lerp.Scalar_out", lerp, operands=2, check=lerp_check("lerp_kernel_scalar"))
