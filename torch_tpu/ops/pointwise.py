@@ -1853,8 +1853,8 @@ def with_vector_lane_nans(result, operands, destination=None):
     """``result`` of CPU's float32/float64 maximum or minimum kernel, whose vector lanes (AVX2's Vectorized
     maximum: max_ps or'ed with an unordered compare's mask) give a NaN of every bit set where its scalar tail
     keeps the NaN operand's (foreach maximum/minimum of tensor lists run the same kernel)."""
-    if result.dtype not in (np.float32, np.float64):
-        return result
+    if result.dtype not in (np.float32, np.float64) or not result.size or not np.isnan(result.min()):
+        return result  # (one reduction to look for a NaN: far cheaper than isnan's mask)
     nans = np.isnan(result)
     if nans.any():
         lanes = nans & in_vector_lanes(nans, operands, destination)
