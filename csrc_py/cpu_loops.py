@@ -35,11 +35,12 @@ def kernel_vec_width(itemsize, vector_bytes=VECTOR_BYTES):
     return 2 * vector_bytes // itemsize
 
 
-def parallel_chunk_length(n, threads):
-    """The length of each at::parallel_for chunk of ``range(n)`` (``n`` when it runs on one thread)."""
-    if n < GRAIN_SIZE or threads <= 1:
+def parallel_chunk_length(n, threads, grain=GRAIN_SIZE):
+    """The length of each at::parallel_for chunk of ``range(n)`` with ``grain`` (``n`` when it runs on one
+    thread)."""
+    if n < grain or threads <= 1:
         return max(n, 1)
-    tasks = min(threads, -(-n // GRAIN_SIZE))
+    tasks = min(threads, -(-n // grain))
     return -(-n // tasks)
 
 
@@ -199,15 +200,45 @@ def _contiguous_or_one_scalar(row_strides):
     return output == 1 and sum(s != 1 for s in inputs) <= 1 and all(s in (0, 1) for s in inputs)
 
 
+def kernel_vec_tail_places(destination, inputs, indices, width, threads):
+    """For cpu_kernel_vec as ``kernel_vec_lanes`` lays it out, each element's place in the scalar loop of its
+    row segment: its offset from the loop's first element (negative in the vector loop) and the loop's length
+    (a compiler may pair a scalar loop's elements, leaving an odd last one alone); and whether the rows are
+    contiguous (the rows that vectorise: others run the loop over strided elements)."""
+    shape = np.broadcast_shapes(*(np.shape(i) for i in inputs))
+    if len(shape) == 0:  # one call of the scalar loop
+        return np.zeros(1, np.int64), np.ones(1, np.int64), False
+    strides = [_element_strides(operand, shape) for operand in inputs]
+    destination_strides = (_element_strides(destination, shape) if destination is not None
+                           else _allocated_strides(shape, strides))
+    operands = [destination_strides, *strides]
+    offset, vectorised_length, segment_length, _ = _segments(shape, operands, indices, width, 0, threads,
+                                                             _contiguous_or_one_scalar)
+    return offset - vectorised_length, segment_length - vectorised_length, _rows_vectorise(shape, operands)
+
+
 def _lanes(shape, strides, indices, width, whole_iteration, reserved, threads, row_vectorises):
+    offset, vectorised_length, _, one_vectorised_run = _segments(shape, strides, indices, width, reserved, threads,
+                                                                 row_vectorises)
+    if whole_iteration and not one_vectorised_run:
+        return None
+    return offset < vectorised_length
+
+
+def _rows_vectorise(shape, strides, row_vectorises=_contiguous_or_one_scalar):
     order = iteration_order(shape, strides)
     sizes, coalesced = _coalesce([shape[d] for d in order], [[s[d] for d in order] for s in strides])
-    rows_contiguous = sizes[0] == 1 or row_vectorises([s[0] for s in coalesced])  # a lone element's stride is moot
-    if whole_iteration and not (rows_contiguous and len(sizes) == 1):
-        return None
+    return sizes[0] == 1 or row_vectorises([s[0] for s in coalesced])  # a lone element's stride is moot
+
+
+def _segments(shape, strides, indices, width, reserved, threads, row_vectorises):
+    """Each element's offset in its row segment (a row, cut at the parallel chunks' bounds), the segment's
+    vectorised length (0 where rows do not vectorise) and its length; and whether the iteration is one
+    vectorised row."""
+    order = iteration_order(shape, strides)
+    sizes, _ = _coalesce([shape[d] for d in order], [[s[d] for d in order] for s in strides])
+    rows_contiguous = _rows_vectorise(shape, strides, row_vectorises)
     count = len(indices[0])
-    if not rows_contiguous:
-        return np.zeros(count, bool)
     # each element's place in the iteration: its index along the dimensions, innermost first
     position, weight = np.zeros(count, np.int64), 1
     for dim in order:
@@ -220,4 +251,7 @@ def _lanes(shape, strides, indices, width, whole_iteration, reserved, threads, r
     segment_start = np.maximum(row_start, chunk_start)
     segment_end = np.minimum(row_start + row_length, np.minimum(chunk_start + chunk, total))
     vectorised_length = np.maximum(segment_end - segment_start - reserved, 0) // width * width
-    return position - segment_start < vectorised_length
+    if not rows_contiguous:
+        vectorised_length = np.zeros(count, np.int64)
+    return (position - segment_start, vectorised_length, segment_end - segment_start,
+            rows_contiguous and len(sizes) == 1)

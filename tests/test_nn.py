@@ -138,6 +138,25 @@ def test_layer_norm_bf16_with_float32_parameters_saves_float32_statistics():
     check_grads(lambda x: F.layer_norm(x, (16,)), x, **BF16_TOLERANCE)
 
 
+@pytest.mark.parametrize("weight_dtype", [None, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(16, 40), (4, 8, 40), (63, 24), (1, 50), (7, 1)])
+def test_16_bit_layer_norm_parameter_gradients_sum_in_cpus_per_thread_buffers(shape, dtype, weight_dtype):
+    """CPU adds each thread's run of rows into a buffer of the input's dtype (rounding every step, the weight's
+    products fused into the additions), then the threads' buffers in float: the weight's and bias's gradients
+    are CPU's bits (a matrix-vector sum was up to 3 ulps off). Fed CPU's saved statistics, as autograd feeds them."""
+    generator = torch.Generator().manual_seed(3)
+    x, grad = (torch.randn(shape, generator=generator).to(dtype) for _ in range(2))
+    weight, bias = (torch.randn(shape[-1:], generator=generator).to(weight_dtype or dtype) for _ in range(2))
+    _, mean, rstd = torch.ops.aten.native_layer_norm(x, shape[-1:], weight, bias, 1e-5)
+    arguments = (grad, x, shape[-1:], mean, rstd, weight, bias, [True, True, True])
+    expected = torch.ops.aten.native_layer_norm_backward(*arguments)
+    got = torch.ops.aten.native_layer_norm_backward(*(a.to("tpu") if isinstance(a, torch.Tensor) else a
+                                                       for a in arguments))
+    for result, oracle in zip(got[1:], expected[1:]):
+        assert torch.equal(result.cpu(), oracle)
+
+
 def test_layer_norm_module():
     module = nn.LayerNorm(8)
     with torch.no_grad():
@@ -333,6 +352,26 @@ def test_batch_norm_updates_running_statistics_with_cpus_arithmetic(dtype, momen
     else:
         assert_close(tpu_mean, cpu_mean, atol=1e-5, rtol=1e-5)
         assert_close(tpu_var, cpu_var)
+
+
+@pytest.mark.parametrize("shape", [(16, 40), (8, 40, 33), (4, 8, 5, 6)])
+def test_fp16_batch_norm_keeps_its_statistics_in_float32_until_it_stores_them(shape):
+    """CPU's vectorised batch norm keeps an fp16 batch's mean and sum of squares in float32: the saved inverse std
+    and the running averages come from the float sums (rounding them to fp16 first, as bf16 does, put a sixth of
+    2-d and 3-d outputs an ulp off), and its float lanes fuse ``x * alpha + beta``. Saved statistics, running
+    statistics and outputs are CPU's bits."""
+    generator = torch.Generator().manual_seed(2)
+    x = (torch.randn(shape, generator=generator) * 3 + 1).half()
+    stats = (torch.randn(shape[1], generator=generator).half(), (torch.rand(shape[1], generator=generator) + 1).half())
+    weight, bias = (torch.randn(shape[1], generator=generator).half() for _ in range(2))
+    results = {}
+    for device in ("cpu", "tpu"):
+        running = [s.to(device, copy=True) for s in stats]
+        outputs = torch.ops.aten.native_batch_norm(x.to(device), weight.to(device), bias.to(device), *running, True,
+                                                   0.1, 1e-5)
+        results[device] = [t.cpu() for t in (*outputs, *running)]
+    for got, expected in zip(results["tpu"], results["cpu"]):
+        assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -1,5 +1,7 @@
 """Shape kernels, differential against torch CPU."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -345,6 +347,17 @@ def test_histc_bins_edge_values_like_cpu(dtype):
     check(torch.histc, torch.tensor([1.0, float("nan"), 3.0], dtype=dtype), 4)  # NaN extrema: not finite
     # one value: edges x - 1 and x + 1, not rounded through float32 for float64 (x sat on bin 49 of 100)
     check(torch.histc, torch.tensor(-2.7122528851, dtype=dtype), 100, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fractions", [(-1, 1), (0, 1), (-1, 0), (0, 0.5)])
+def test_histc_with_a_range_that_overflows_counts_as_cpu(dtype, fractions):
+    """Near the dtype's largest value CPU's linspace step or an element's scaled position overflows: edges of NaN
+    count nothing, and an overflowed position (C++'s int64 "indefinite") lands in bin 0. tpu raised."""
+    largest = torch.finfo(dtype).max
+    x = (torch.tensor([-0.9, -0.3, 0.0, 0.3, 0.9, 1.0, -1.0, 0.6, math.inf, math.nan]) * largest).to(dtype)
+    low, high = (f * largest for f in fractions)
+    assert torch.equal(torch.histc(x.to("tpu"), 5, low, high).cpu(), torch.histc(x, 5, low, high))
 
 
 def test_histc_counts_saturate_per_thread_like_cpu():

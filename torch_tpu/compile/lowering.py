@@ -975,7 +975,7 @@ def lower_layer_norm_backward(node):
         input_gradient, weight_sums, bias_sums = nn.layer_norm_backward_arrays(
             x.astype(compute, copy=False).reshape(rows, size), dy.astype(compute, copy=False).reshape(rows, size),
             mean_array.astype(compute, copy=False).reshape(-1, 1), rstd_array.astype(compute, copy=False).reshape(-1, 1),
-            weight_rows)
+            weight_rows, numpy_dtype(source.dtype))
         if wanted[0]:
             _filled(outs[0], results[0], compute, input_gradient)
         if wanted[1]:

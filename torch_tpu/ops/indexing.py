@@ -15,7 +15,7 @@ from torch._prims_common import alert_not_deterministic
 
 from .. import _C
 from .._errors import cpp_type_name, indices_on_another_device, not_implemented_for, scalar_type_name
-from ._common import (as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, empty_with_array,
+from ._common import (SIXTEEN_BIT, as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, empty_with_array,
                       exact_dtype, operand, opmath_operand, prepare_out, store, wrap_dim, write)
 from ._overlap import check_no_internal_overlap, check_no_overlap, check_no_partial_overlap, warn_if_expanded
 from ._registry import register
@@ -797,6 +797,8 @@ def _embedding_bag(weight, indices, offsets, mode, per_sample_weights, include_l
         rows = rows if scales is None else rows * scales[:, None]
         np.add.at(result, bag_of[used], rows[used])
     if mode == _BAG_MEAN:
+        if weight.dtype in SIXTEEN_BIT:  # CPU divides its sums as stored in the 16-bit output: two roundings
+            result = converted(result, weight.dtype).astype(result.dtype)
         result /= np.maximum(bag_size, 1)[:, None]
     return (store(result, weight.dtype), store(bag_of, torch.int64),
             store(bag_size, torch.int64), store(max_indices, torch.int64))

@@ -27,6 +27,7 @@ from ._common import (SIXTEEN_BIT, all_contiguous, as_numpy, castable, channel_s
 from .cpu_kernel_dtypes import cpu_dtypes, floating_not_fp8
 from .pointwise import common_dtype
 from .cpu_replay.cascade_sum import cascade_sum
+from .cpu_replay.thread_buffers import per_thread_column_sums
 
 # at::Reduction
 REDUCTION_NONE, REDUCTION_MEAN, REDUCTION_SUM = 0, 1, 2
@@ -432,12 +433,27 @@ def native_layer_norm(input, normalized_shape, weight, bias, eps):
             store(rstd.reshape(stats_shape), stats_dtype))
 
 
-def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows):
+def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows, buffer_dtype):
     """The backward of ``layer_norm_arrays`` (all operands opmath rows): ``input_gradient(destination)``
-    writes d loss / d x, with d loss / d xhat's weight and bias sums (None without a weight)."""
+    writes d loss / d x, with d loss / d xhat's weight and bias sums (None without a weight), summed as CPU sums
+    them through per-thread buffers of the NumPy ``buffer_dtype`` (the input's)."""
     xhat = x - mean
     xhat *= rstd
     grad_xhat = dy if weight_rows is None else dy * weight_rows
+
+    # CPU's float32/float64 sums are sequential chains with a fused multiply-add per row, too slow to replay for
+    # the float32 models (an ulp off in some values); its bf16/fp16 buffers round every step and are replayed
+    replayed = buffer_dtype != x.dtype
+
+    def weight_sums():
+        if not replayed:
+            return column_sums(dy * xhat)
+        # dy * (rstd * x - rstd * mean), both multiply-adds fused as CPU's compiled vector code fuses them
+        return per_thread_column_sums(_C.vpu.fused_multiply_add(x, rstd, -rstd * mean), buffer_dtype,
+                                      torch.get_num_threads(), dy)
+
+    def bias_sums():
+        return per_thread_column_sums(dy, buffer_dtype, torch.get_num_threads()) if replayed else column_sums(dy)
 
     def input_gradient(destination):  # rstd * (grad_xhat - mean(grad_xhat) - xhat * mean(grad_xhat * xhat))
         out = destination.reshape(x.shape)
@@ -446,7 +462,7 @@ def layer_norm_backward_arrays(x, dy, mean, rstd, weight_rows):
         out -= row_means(grad_xhat)[:, None]
         out *= rstd
 
-    return input_gradient, lambda: column_sums(dy * xhat), lambda: column_sums(dy)
+    return input_gradient, weight_sums, bias_sums
 
 
 def layer_norm_dtypes_refused(input, weight, bias):
@@ -483,7 +499,8 @@ def native_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, we
     x, _ = layer_norm_rows(input, normalized_shape)
     dy = opmath_operand(grad_out).reshape(x.shape)
     mean, rstd = opmath_operand(mean).reshape(-1, 1), opmath_operand(rstd).reshape(-1, 1)
-    input_gradient, weight_sums, bias_sums = layer_norm_backward_arrays(x, dy, mean, rstd, flat_operand(weight))
+    input_gradient, weight_sums, bias_sums = layer_norm_backward_arrays(x, dy, mean, rstd, flat_operand(weight),
+                                                                        numpy_dtype(input.dtype))
     grad_input = compute_into(empty(input.shape, input.dtype), x.dtype, input_gradient) if output_mask[0] else None
     grad_weight = grad_bias = None
     if output_mask[1] and weight is not None:
@@ -605,25 +622,36 @@ def batch_norm_strides(input):
     return None
 
 
-def batch_statistics(x, stats_dtype, vectorised):
+def collected_dtype(stats_dtype, vectorised):
+    """The dtype CPU's batch norm keeps a batch's mean and sum of squares in until it stores them: the
+    statistics' own, except in the vectorised kernels for fp16, which keep float32 (the variance and the running
+    averages come from the float sums, as the generic loop's double arithmetic takes them; only the saved mean
+    and inverse std round to fp16), where bf16 rounds both sums first."""
+    return torch.float32 if vectorised and stats_dtype == torch.float16 else stats_dtype
+
+
+def batch_statistics(x, stats_dtype, vectorised, kept_dtype=None):
     """Per channel, the saved mean (a tensor in ``stats_dtype``), the mean and the sum of squared
     deviations as CPU's later steps read them, the count, and the biased variance. Sums run in acc_type (double for float32).
 
-    The vectorised kernels take deviations from the mean in opmath and store the mean and the sum of
-    squares in ``stats_dtype`` (bf16 parameters round both), then work from those stored values; the
-    generic loops take deviations from the stored mean and keep their sum in acc_type.
+    The vectorised kernels take deviations from the mean in opmath and keep the mean and the sum of
+    squares in ``kept_dtype`` (``stats_dtype`` unless given; bf16 parameters round both), then work from those
+    values; the generic loops take deviations from the stored mean and keep their sum in acc_type.
     """
     accumulator = np.float64 if x.dtype == np.float32 else x.dtype
     count = x.size // max(x.shape[1], 1)
     mean = (channel_sums(x, accumulator) / count).astype(x.dtype)
     save_mean, stored_mean = stored_with_view(mean.ravel(), stats_dtype)
+    kept_dtype = kept_dtype or stats_dtype
+    if kept_dtype != stats_dtype:  # what the kernel reads back is its unrounded mean
+        stored_mean = mean.ravel().astype(numpy_dtype(kept_dtype), copy=False)
     if not vectorised:  # the stored mean read back in opmath, as opmath_operand(save_mean) would give it
         stored_mean = stored_mean.astype(opmath_dtype(stats_dtype), copy=False)
     deviation_from = mean if vectorised else per_channel(stored_mean, x.ndim)
     # squared in acc_type straight from the opmath deviations (the cast is exact): one pass, not a copy and a pass
     squares = channel_sums(np.square(x - deviation_from, dtype=accumulator)).ravel()
     if vectorised:
-        squares = converted(squares, stats_dtype)
+        squares = converted(squares, kept_dtype)
     biased_var = (squares / np.asarray(count, squares.dtype)).astype(accumulator)
     return save_mean, stored_mean, squares, count, biased_var
 
@@ -651,6 +679,10 @@ def transformed(input, x, weight, bias, mean, invstd, compute, vectorised):
     beta = shifted(-per_channel(mean.astype(alpha.dtype), ndim) * alpha, per_channel(optional_operand(bias), ndim))
 
     def affine(destination):
+        if input.dtype in SIXTEEN_BIT:  # CPU's compiled float lanes fuse x * alpha + beta (one rounding before the
+            # 16-bit store); float32's fuse too, but an emulated fused multiply-add would cost the models' speed
+            _C.vpu.fused_multiply_add(x, alpha, beta, out=destination)
+            return
         np.multiply(x, alpha, out=destination)
         destination += beta
 
@@ -677,8 +709,12 @@ def native_batch_norm(input, weight, bias, running_mean, running_var, training, 
     vectorised = vectorised_layout(input)
     compute = generic_arithmetic(input, stats_dtype)
     if training:
-        save_mean, mean, squares, count, var = batch_statistics(x, stats_dtype, vectorised)
-        update_running_stats(running_mean, running_var, mean, squares, count, momentum, vectorised)
+        kept_dtype = collected_dtype(stats_dtype, vectorised)
+        save_mean, mean, squares, count, var = batch_statistics(x, stats_dtype, vectorised, kept_dtype)
+        update_running_stats(running_mean, running_var, mean, squares, count, momentum,
+                             vectorised and kept_dtype == stats_dtype)
+        if kept_dtype != stats_dtype:  # the normalization reads the saved (rounded) mean back
+            mean = operand(save_mean)
         # the stored mean as batch_statistics read it back (in opmath for the generic loop, whose own
         # dtype holds it exactly), and the stored inverse std
         save_invstd, invstd = stored_with_view(batch_inverse_std(var, eps), stats_dtype)

@@ -748,10 +748,18 @@ def sign(x):
     return (x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)  # NaN -> 0, -0.0 -> 0
 
 
+@writes_out
+def absolute(x, out=None):
+    """|x|; a complex magnitude as CPU's std::abs gives it, hypot's (NumPy's complex absolute rounds otherwise)."""
+    if x.dtype.kind == "c":
+        return np.hypot(x.real, x.imag, out=out)
+    return np.absolute(x, out=out)
+
+
 def sgn(x):
     if x.dtype.kind != "c":
         return sign(x)
-    magnitude = np.abs(x)
+    magnitude = absolute(x)
     return np.where(magnitude == 0, 0, x / np.where(magnitude == 0, 1, magnitude))
 
 
@@ -1328,10 +1336,6 @@ def _clamp_16_bit(x, low, high, out):
     return out
 
 
-def clamp_max_by_tensors(x, high):
-    return clamp_by_tensors(x, high=high)
-
-
 def clamp_by_tensors(x, low=None, high=None):
     """Tensor bounds: where x equals a bound, CPU's vector loop gives the bound, as maximum and minimum do (its scalar
     tail keeps x: a signed zero's sign, not replayed)."""
@@ -1789,6 +1793,75 @@ def in_vector_lanes(selected, operands, destination=None, itemsize=None, vector_
     return mask
 
 
+@writes_out
+def multiply(a, b, out=None):
+    """``a * b``; complex products as CPU's mul kernel rounds them (``complex_product``)."""
+    if np.iscomplexobj(a) or np.iscomplexobj(b):
+        return complex_product(np.asarray(a), np.asarray(b), out)
+    return np.multiply(a, b, out=out)
+
+
+def complex_product(a, b, out=None):
+    """CPU's complex ``a * b``: its vector lanes (AVX2's Vectorized operator*) round the four products and then
+    add them; its scalar tail, compiled with fused multiply-adds, rounds ``fma(ar, br, -(ai * bi))`` and
+    ``fma(ar, bi, ai * br)`` once each (complex64's tail two elements at a time, an odd last one unfused).
+    NumPy's own loop fuses every element."""
+    dtype = np.result_type(a, b)
+    a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+    ar, ai, br, bi = a.real, a.imag, b.real, b.imag
+    result = np.empty(np.broadcast_shapes(a.shape, b.shape), dtype)  # out may be one of the operands
+    with vpu.ignoring_fp_errors():
+        result.real = ar * br - ai * bi
+        result.imag = ar * bi + ai * br
+        fused = in_fused_scalar_tail(result, (a, b), out)
+        if fused.any():
+            ar, ai, br, bi = (np.broadcast_to(part, result.shape)[fused] for part in (ar, ai, br, bi))
+            result[fused] = (vpu.fused_multiply_add(ar, br, -(ai * bi))
+                             + 1j * vpu.fused_multiply_add(ar, bi, ai * br))
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def in_fused_scalar_tail(result, operands, destination=None):
+    """Which of a complex cpu_kernel_vec result's elements (written into ``destination``, None: a new output) its
+    scalar loop computes with fused multiply-adds: all of complex128's; complex64's in pairs, not an odd last one
+    (the compiler pairs them where the row is contiguous or the destination is a new array: its loop over
+    strided elements written into an operand fuses none)."""
+    indices = np.nonzero(np.ones(result.shape, bool)) if result.ndim else ()
+    offset, length, contiguous = cpu_loops.kernel_vec_tail_places(destination, operands, indices,
+                                                      cpu_loops.kernel_vec_width(result.itemsize),
+                                                      torch.get_num_threads())
+    if result.dtype == np.complex128:
+        return (offset >= 0).reshape(result.shape)
+    paired = contiguous or destination is None or not any(np.may_share_memory(destination, o) for o in operands)
+    return ((offset >= 0) & (offset < length - length % 2) & paired).reshape(result.shape)
+
+
+@writes_out
+def maximum(a, b, out=None):
+    return with_vector_lane_nans(np.maximum(a, b, out=out), (a, b), out)
+
+
+@writes_out
+def minimum(a, b, out=None):
+    return with_vector_lane_nans(np.minimum(a, b, out=out), (a, b), out)
+
+
+def with_vector_lane_nans(result, operands, destination=None):
+    """``result`` of CPU's float32/float64 maximum or minimum kernel, whose vector lanes (AVX2's Vectorized
+    maximum: max_ps or'ed with an unordered compare's mask) give a NaN of every bit set where its scalar tail
+    keeps the NaN operand's (foreach maximum/minimum of tensor lists run the same kernel)."""
+    if result.dtype not in (np.float32, np.float64) or not result.size or not np.isnan(result.min()):
+        return result  # (one reduction to look for a NaN: far cheaper than isnan's mask)
+    nans = np.isnan(result)
+    if nans.any():
+        lanes = nans & in_vector_lanes(nans, operands, destination)
+        result.view(f"u{result.itemsize}")[lanes] = np.iinfo(f"u{result.itemsize}").max
+    return result
+
+
 def softshrink_backward(grad, x, lambd):
     return np.where(np.abs(x) > scalar(lambd, x), grad, scalar(0, x))
 
@@ -1899,7 +1972,7 @@ UNARY_SAME = {  # computed in the input's own dtype: (function, supported dtypes
 }
 
 BINARY = {  # overload: (function, dtype rule, supported dtypes)
-    "mul.out": (np.multiply, keep, None),
+    "mul.out": (multiply, keep, None),
     "div.out": (np.true_divide, to_float, None),
     "remainder.Tensor_out": (remainder, keep, not_bool),
     "fmod.Tensor_out": (fmod, keep, not_bool),
@@ -1907,8 +1980,8 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "pow.Scalar_out": (power, keep, not_bool),
     "atan2.out": (arctan2, to_float, None),
     "hypot.out": (np.hypot, keep, floating),
-    "maximum.out": (np.maximum, keep, real),
-    "minimum.out": (np.minimum, keep, real),
+    "maximum.out": (maximum, keep, real),
+    "minimum.out": (minimum, keep, real),
     "fmax.out": (np.fmax, keep, real),
     "fmin.out": (np.fmin, keep, real),
     "copysign.out": (np.copysign, to_float, None),
@@ -2029,11 +2102,11 @@ def register_tables():
     structured("glu.out", glu, check=checked(floating, "glu"), shape=glu_shape)
     structured("clamp.out", clamp, operands=3, check=check_clamp_numbers, exact_out=True)
     structured("clamp.Tensor_out", clamp_by_tensors, operands=3, check=check_clamp_tensors)
-    # tensor bounds go through CPU's maximum/minimum loops, which have none for complex numbers
+    # tensor bounds go through CPU's maximum/minimum kernels (their NaN lanes too), which have none for complex numbers
     structured("clamp_min.out", clamp_min, operands=2, check=checked(not_bool, "clamp_min"), exact_out=True)
-    structured("clamp_min.Tensor_out", clamp_by_tensors, operands=2, check=checked(real, "maximum"))
+    structured("clamp_min.Tensor_out", maximum, operands=2, check=checked(real, "maximum"))
     structured("clamp_max.out", clamp_max, operands=2, check=checked(not_bool, "clamp_max"), exact_out=True)
-    structured("clamp_max.Tensor_out", clamp_max_by_tensors, operands=2, check=checked(real, "minimum"))
+    structured("clamp_max.Tensor_out", minimum, operands=2, check=checked(real, "minimum"))
     structured("addcmul.out", addcmul, operands=3, check=checked(not_bool, "addcmul"))
     structured("addcdiv.out", addcdiv, operands=3, check=check_addcdiv)
     structured("lerp.Scalar_out", lerp, operands=2, check=lerp_check("lerp_kernel_scalar"))
@@ -2043,7 +2116,7 @@ def register_tables():
                  opmath=lambda *promoted: False)
     unstructured(angle, "angle", "angle.out", rule=to_float, result=lambda dtype: real_part_dtype(to_float(dtype)),
                  layout=complex_to_real_layout)
-    unstructured(np.absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
+    unstructured(absolute, "abs.out", result=real_part_dtype, check=checked(not_bool, "abs"), exact_out=True)
     unstructured(conj_physical, "conj_physical.out", exact_out=True)
     unstructured(logical_not, "logical_not.out", result=to_bool)
     unstructured(isnan, "isnan", result=to_bool)
@@ -2382,7 +2455,8 @@ def hot_binary(ufunc, out_kernel, rule=keep, meta_check=None, native=_NATIVE):
 
 
 HOT_META_CHECKS = {"sub": check_sub}  # sub refuses bool operands before the in-place cast check
-HOT_NATIVE = {"add": _NATIVE_REAL, "sub": _NATIVE_REAL}  # complex add/sub multiply by alpha even when it is 1
+# complex add/sub multiply by alpha even when it is 1; complex mul rounds as CPU's lanes do (complex_product)
+HOT_NATIVE = {"add": _NATIVE_REAL, "sub": _NATIVE_REAL, "mul": _NATIVE_REAL}
 
 
 def register_hot_path():

@@ -712,9 +712,16 @@ def histc(self, bins=100, min=0, max=0):
     dtype = values.dtype.type
     through = np.float64 if dtype is np.float64 else np.float32
     low, high = dtype(through(low)), dtype(through(high))
-    with np.errstate(invalid="ignore"):
+    with np.errstate(all="ignore"):
+        # the outer edges as linspace computes them, ``start + step * 0``: NaN where the step overflows (then
+        # nothing is inside)
+        step = (high - low) / dtype(bins)
+        low, high = low + step * dtype(0), high - step * dtype(0)
         inside = (values >= low) & (values <= high)
-        positions = ((values[inside] - low) * dtype(bins) / (high - low)).astype(np.int64)
+        scaled = (values[inside] - low) * dtype(bins) / (high - low)
+        # an overflowed position (inf, NaN) converts to C++'s int64 "indefinite", INT64_MIN, whose byte offset
+        # wraps to CPU's bin 0
+        positions = np.where(np.isfinite(scaled), scaled, 0).astype(np.int64)
     bin_of = np.full(values.shape, bins, np.int64)  # bin ``bins`` collects the skipped elements
     bin_of[inside] = np.minimum(positions, bins - 1)
     return store(_thread_histograms(bin_of, bins, self.dtype), self.dtype)

@@ -11,6 +11,8 @@ sum rounds in, which elements a SIMD loop converts. Each replay lives in one nam
 - ``inner_sum``: the same kernel's float32/float64 sum of a contiguous run (vectors four abreast through
   cascade levels, then the lanes), behind ``mean`` over an input's contiguous trailing dims (global average
   pools);
+- ``thread_buffers``: the two-pass column sums through per-thread buffers of layer norm's backward (bf16/fp16
+  buffers round every addition), behind its 16-bit weight and bias gradients;
 - ``add``/``sub`` with an ``alpha`` round ``a + alpha * b`` once, as CPU's ``vec::fmadd`` does in float32 and
   float64: through the chip's ``vpu.fused_multiply_add`` (csrc_py/vpu.py), which ``linspace``'s
   float64 steps and linalg share;
