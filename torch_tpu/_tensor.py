@@ -335,7 +335,8 @@ def whole_buffer_array(tensor):
 
 
 def is_tpu(value):
-    """Whether ``value`` is a tpu tensor. A storage with an HBM buffer answers first: building ``value.device``
-    costs more than the rest of a small kernel's checks."""
+    """Whether ``value`` is a tpu tensor. A storage with an HBM buffer answers first, a CPU tensor (the attention
+    kernels' RNG seed and offset) second: building ``value.device`` costs more than the rest of a small kernel's
+    checks."""
     return isinstance(value, torch.Tensor) and (
-        hasattr(value.untyped_storage(), BUFFER_ATTRIBUTE) or value.device.type == "tpu")
+        hasattr(value.untyped_storage(), BUFFER_ATTRIBUTE) or (not value.is_cpu and value.device.type == "tpu"))
