@@ -264,8 +264,11 @@ def _apply_flat(fn, rows, numbers, keywords, compute, direct):
     result = fn(*flat, *numbers, out=None, **keywords)
     start = 0
     for target, out, (array, *_) in rows:
-        piece = result[start:start + array.size].reshape(array.shape)
-        start += array.size
+        stop = start + array.size
+        piece = result[start:stop]
+        if array.ndim != 1:  # whole buffers' flat views (an optimizer's lists) need no reshape: 1 us a tensor
+            piece = piece.reshape(array.shape)
+        start = stop
         if direct:
             out[...] = piece
         else:
