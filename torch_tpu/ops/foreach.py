@@ -131,12 +131,15 @@ def _whole_buffers(self, tensor_columns):
     dtype = self[0].dtype
     if dtype not in _WHOLE_BUFFER_DTYPES:
         return None
+    elements = _tensor.numpy_dtype(dtype)
     columns = []
     for column in (self, *tensor_columns):
         arrays = []
         for t, row in zip(column, self):
-            array = _tensor.whole_buffer_array(t)
-            if array is None or t.dtype != dtype or t.is_neg() or (t is not row and t.shape != row.shape):
+            if t.dtype != dtype:
+                return None
+            array = _tensor.whole_buffer_array(t, elements)
+            if array is None or t.is_neg() or (t is not row and t.shape != row.shape):
                 return None
             arrays.append(array)
         columns.append(arrays)
