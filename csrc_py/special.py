@@ -17,7 +17,8 @@ of erf's relative error, computed once offline against ``scipy.special`` in floa
   +-1 in float32.
 
 Every float32 input's bits are fixed: tests/sweep_erf.py checks all 2**32 against the first version
-(tests/erf_round_ten.py), so a faster evaluation may reorder buffers and casts but not the arithmetic.
+(tests/erf_round_ten.py), so a faster evaluation may reorder buffers and casts (round thirteen rounds the tail
+to float32 before copying its sign) but not the arithmetic.
 """
 
 import threading
@@ -88,7 +89,9 @@ def _erf_small(x, square, result, scratch):
 
 
 def _erf_tail(x):
-    """``erf(x)`` for ``|x| >= 1`` (x of any magnitude, NaN-free): ``sign(x) * (1 - exp(-x*x) * R)``."""
+    """``erf(x)`` for ``|x| >= 1`` (x of any magnitude, NaN-free), in float32: ``sign(x) * (1 - exp(-x*x) * R)``.
+    The float64 magnitude is rounded to float32 before its sign is copied, which gives the same bits the other way
+    round (rounding to nearest is symmetric) in a float32 pass, and float32 values to scatter."""
     magnitude = np.minimum(np.abs(x), _TAIL_END)
     t = magnitude - _TAIL_CENTRE
     t *= _TAIL_INVERSE_HALF_WIDTH
@@ -97,8 +100,8 @@ def _erf_tail(x):
     np.negative(gaussian, out=gaussian)
     np.exp(gaussian, out=gaussian)  # float64: exp(-x*x) of the exact square
     scaled_erfc *= gaussian
-    np.subtract(1, scaled_erfc, out=scaled_erfc)
-    return np.copysign(scaled_erfc, x)
+    np.subtract(1, scaled_erfc, out=magnitude, dtype=np.float64, casting="same_kind")
+    return np.copysign(magnitude, x, out=magnitude)
 
 
 def _erf_block(x, result, scratch):

@@ -4,12 +4,14 @@ Round eleven rewrote the evaluation for speed (scratch buffers, explicit casts, 
 same bits for every float32 input: tests/sweep_erf.py checks all 2**32 of them against this copy, and
 tests/test_pointwise.py a sample. What round eleven changed is frozen here (the small-argument formula, the
 blocks); the coefficients, the polynomial and the tail formula, which it left alone, are the module's own. Not used
-by torch_tpu.
+by torch_tpu. Round thirteen rounded the tail to float32 before copying the sign (same bits, fewer float64 passes):
+its round-ten form is frozen here too.
 """
 
 import numpy as np
 
-from torch_tpu._C.special import BLOCK, _SMALL_S, _SMALL_S32, _TAIL_START, _TWO_OVER_SQRT_PI, _erf_tail, _horner_tail
+from torch_tpu._C.special import (BLOCK, _SMALL_S, _SMALL_S32, _TAIL_CENTRE, _TAIL_END, _TAIL_INVERSE_HALF_WIDTH,
+                                  _TAIL_R, _TAIL_R32, _TAIL_START, _TWO_OVER_SQRT_PI, _horner_tail)
 
 
 def _erf_small(x, square, result):
@@ -25,6 +27,20 @@ def _erf_small(x, square, result):
     correction += _TWO_OVER_SQRT_PI - 1
     np.multiply(x, correction, out=result, dtype=np.float32, casting="same_kind")  # w rounded to float32 first
     result += x
+
+
+def _erf_tail(x):
+    """``erf(x)`` for ``|x| >= 1`` (x of any magnitude, NaN-free): ``sign(x) * (1 - exp(-x*x) * R)``."""
+    magnitude = np.minimum(np.abs(x), _TAIL_END)
+    t = magnitude - _TAIL_CENTRE
+    t *= _TAIL_INVERSE_HALF_WIDTH
+    scaled_erfc = np.add(_horner_tail(_TAIL_R32, t), _TAIL_R[0], dtype=np.float64)
+    gaussian = np.square(magnitude, dtype=np.float64)
+    np.negative(gaussian, out=gaussian)
+    np.exp(gaussian, out=gaussian)  # float64: exp(-x*x) of the exact square
+    scaled_erfc *= gaussian
+    np.subtract(1, scaled_erfc, out=scaled_erfc)
+    return np.copysign(scaled_erfc, x)
 
 
 def _erf_block(x, result):

@@ -216,3 +216,15 @@ def test_a_float32_fused_multiply_add_holds_one_float64_array_at_a_time():
     finally:
         tracemalloc.stop()
     assert peak < 2.5 * a.size * 8
+
+
+def test_operands_that_broadcast_round_once_as_cpus_fma():
+    """The float32 sum is made in the product's memory only when the sum's operand broadcasts to the product's shape
+    (equal shapes, an optimizer's, are told apart without ``np.broadcast_shapes``): a row of hazards added to a
+    matrix, a matrix to a row, and an addend that broadcasts both ways."""
+    c, alpha, b = _double_rounding_hazards()
+    rows = torch.stack([b, -b, b * 0.5])
+    for x, y in ((c, rows), (c.expand(3, -1).contiguous(), b), (c[:, None].expand(-1, 2)[:4], b[None, :2])):
+        assert_same_bits(torch.add(x.to("tpu"), y.to("tpu"), alpha=alpha), torch.add(x, y, alpha=alpha))
+        assert_same_bits(torch.addcmul(x.to("tpu"), y.to("tpu"), torch.tensor(alpha).to("tpu")),
+                         torch.addcmul(x, y, torch.tensor(alpha, dtype=torch.float32)))

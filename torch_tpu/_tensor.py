@@ -320,8 +320,9 @@ def as_numpy(tensor):
         return np.empty(tensor.shape, dtype)  # an empty tensor may sit past the end of its storage
 
 
-def whole_buffer_array(tensor):
-    """A 1-d NumPy view of a tpu tensor's elements when they fill its HBM buffer contiguously from its start (a
+def whole_buffer_array(tensor, dtype):
+    """A 1-d NumPy view of a tpu tensor's elements, of the NumPy ``dtype`` of its own (which the caller has read: a
+    tensor's ``dtype`` costs a fifth of this call), when they fill its HBM buffer contiguously from its start (a
     parameter, its gradient, an optimizer's state), else None: a kernel that only needs the elements in order skips
     building the shape and strides ``as_numpy`` gives the view. Empty and bufferless (abstract) tensors get None."""
     try:
@@ -331,11 +332,12 @@ def whole_buffer_array(tensor):
     if (buffer.array is None or not buffer.nbytes or tensor.nbytes != buffer.nbytes or tensor.storage_offset()
             or not tensor.is_contiguous()):
         return None
-    return buffer.array.view(NUMPY_DTYPE[tensor.dtype])
+    return buffer.array.view(dtype)
 
 
 def is_tpu(value):
-    """Whether ``value`` is a tpu tensor. A storage with an HBM buffer answers first: building ``value.device``
-    costs more than the rest of a small kernel's checks."""
+    """Whether ``value`` is a tpu tensor. A storage with an HBM buffer answers first, a CPU tensor (the attention
+    kernels' RNG seed and offset) second: building ``value.device`` costs more than the rest of a small kernel's
+    checks."""
     return isinstance(value, torch.Tensor) and (
-        hasattr(value.untyped_storage(), BUFFER_ATTRIBUTE) or value.device.type == "tpu")
+        hasattr(value.untyped_storage(), BUFFER_ATTRIBUTE) or (not value.is_cpu and value.device.type == "tpu"))

@@ -390,10 +390,9 @@ def _check_fused_arguments(query, key, value, attn_bias, is_causal, return_debug
 
 
 def _fused_shapes(query, key, value):
-    heads, kv_heads = query.shape[-3], key.shape[-3]
-    return (query.shape[:-3] == key.shape[:-3] == value.shape[:-3] and query.shape[-1] == key.shape[-1]
-            and key.shape[-2] == value.shape[-2] and kv_heads == value.shape[-3] and kv_heads > 0
-            and heads % kv_heads == 0)
+    q, k, v = query.shape, key.shape, value.shape  # each ``.shape`` builds a new torch.Size
+    return (q[:-3] == k[:-3] == v[:-3] and q[-1] == k[-1] and k[-2] == v[-2] and k[-3] == v[-3] and k[-3] > 0
+            and q[-3] % k[-3] == 0)
 
 
 # --- the choice of backend ---------------------------------------------------------------------------

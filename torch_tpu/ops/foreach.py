@@ -131,12 +131,15 @@ def _whole_buffers(self, tensor_columns):
     dtype = self[0].dtype
     if dtype not in _WHOLE_BUFFER_DTYPES:
         return None
+    elements = _tensor.numpy_dtype(dtype)
     columns = []
     for column in (self, *tensor_columns):
         arrays = []
         for t, row in zip(column, self):
-            array = _tensor.whole_buffer_array(t)
-            if array is None or t.dtype != dtype or t.is_neg() or (t is not row and t.shape != row.shape):
+            if t.dtype != dtype:
+                return None
+            array = _tensor.whole_buffer_array(t, elements)
+            if array is None or t.is_neg() or (t is not row and t.shape != row.shape):
                 return None
             arrays.append(array)
         columns.append(arrays)
@@ -264,8 +267,11 @@ def _apply_flat(fn, rows, numbers, keywords, compute, direct):
     result = fn(*flat, *numbers, out=None, **keywords)
     start = 0
     for target, out, (array, *_) in rows:
-        piece = result[start:start + array.size].reshape(array.shape)
-        start += array.size
+        stop = start + array.size
+        piece = result[start:stop]
+        if array.ndim != 1:  # whole buffers' flat views (an optimizer's lists) need no reshape: 1 us a tensor
+            piece = piece.reshape(array.shape)
+        start = stop
         if direct:
             out[...] = piece
         else:
