@@ -221,6 +221,18 @@ class HBM:
             self.pool.give_back(block)
         self._log(("free", _now_ns(), buffer.id, nbytes, allocated.current))
 
+    def log_also_to(self, observer=None):
+        """Hand every event tuple to ``observer`` too (a profiler attributing bytes to ops), or, with None, to the
+        event log alone again: swapped in, so that the allocation path pays nothing while nobody observes."""
+        append = self.events.append_raw
+        if observer is None:
+            self._log = append
+        else:
+            def log(event):
+                append(event)
+                observer(event)
+            self._log = log
+
     @property
     def bufferless(self):
         return self.take_block == self.bufferless_blocks.take

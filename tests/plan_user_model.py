@@ -34,6 +34,32 @@ def mlp_language_model(batch, seq):
     return ResidualMLPLanguageModel(), torch.randint(0, 512, (batch, seq))
 
 
+class OutputsWithLoss(ResidualMLPLanguageModel):
+    """Hugging Face's convention: a dict of outputs, the loss under "loss"."""
+
+    def forward(self, tokens, labels):
+        logits = super().forward(tokens)
+        return {"logits": logits, "loss": nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())}
+
+
+def outputs_with_loss(batch, seq):
+    tokens = torch.randint(0, 512, (batch, seq))
+    return OutputsWithLoss(), (tokens, tokens)
+
+
+def outputs_with_loss_taken_by_a_function(batch, seq):
+    model, tokens = outputs_with_loss(batch, seq)
+    return {"model": model, "batch": tokens, "loss": lambda m, x, y: m(x, y)["loss"]}
+
+
+def outputs_without_a_tensor(batch, seq):
+    class Described(ResidualMLPLanguageModel):
+        def forward(self, tokens):
+            return {"summary": "no tensor here"}
+
+    return Described(), torch.randint(0, 512, (batch, seq))
+
+
 TINY_LLAMA = dataclasses.replace(models.CONFIGS["llama3-8b"], dim=256, layers=2, heads=8, kv_heads=4, ffn_dim=512,
                                  vocab=1024)
 

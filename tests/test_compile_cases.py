@@ -104,6 +104,18 @@ def test_slices_and_selects_bounded_by_a_symbolic_length_use_the_programs_concre
         assert_identical(compiled(tokens, table), model(tokens, table))
 
 
+@pytest.mark.parametrize("dynamic", [True, None])
+def test_an_integer_argument_made_symbolic_is_an_operand_of_pointwise_ops(dynamic):
+    """A Python int becomes a graph input after it changes (automatic dynamic), or at once with dynamic=True."""
+    def scaled(x, n):
+        return (x * n + n) / n - x.pow(n) + torch.clamp(x, max=n)
+
+    compiled = torch.compile(scaled, backend="tpu", dynamic=dynamic)
+    x = torch.randn(6, 2).to("tpu")
+    for n in (1, 2, 3, 5):
+        assert_identical(compiled(x, n), scaled(x, n))
+
+
 def test_a_mask_computed_on_the_cpu_inside_the_model_moves_to_tpu():
     """A causal mask built on the host in forward (``log(tril(ones))``): its where() reads a host scalar."""
     def model(x):

@@ -90,3 +90,27 @@ def test_stft_istft_roundtrip():
     assert_matches(lambda s, w: torch.stft(s, 32, 8, window=w, return_complex=True), signal, window)
     spectrum = torch.stft(signal, 32, 8, window=window, return_complex=True)
     assert_matches(lambda z, w: torch.istft(z, 32, 8, window=w, length=200), spectrum, window)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_kaiser_window_on_tpu_as_on_cpu(dtype):
+    """ATen computes the window in a kernel only CPU and CUDA have ("DispatchStub: missing kernel for tpu")."""
+    for length in (0, 1, 2, 7, 400):
+        for periodic in (True, False):
+            for beta in (0.0, 5.0, 12.0):
+                window = torch.kaiser_window(length, periodic, beta, dtype=dtype, device="tpu")
+                assert window.device.type == "tpu" and window.dtype == dtype
+                torch.testing.assert_close(window.cpu(), torch.kaiser_window(length, periodic, beta, dtype=dtype))
+    torch.testing.assert_close(torch.kaiser_window(9, device="tpu").cpu(), torch.kaiser_window(9))  # the short overloads
+    torch.testing.assert_close(torch.kaiser_window(9, False, device="tpu").cpu(), torch.kaiser_window(9, False))
+
+
+@pytest.mark.parametrize("arguments", [dict(window_length=-1), dict(window_length=5, dtype=torch.int64),
+                                       dict(window_length=5, layout=torch.sparse_coo),
+                                       dict(window_length=5, dtype=torch.complex64)])
+def test_kaiser_window_refuses_what_cpu_refuses(arguments):
+    with pytest.raises(Exception) as cpu:
+        torch.kaiser_window(**arguments)
+    with pytest.raises(type(cpu.value)) as tpu:
+        torch.kaiser_window(**arguments, device="tpu")
+    assert str(tpu.value) == str(cpu.value).replace("device=cpu", "device=tpu")

@@ -158,6 +158,16 @@ def test_a_users_module_is_planned_from_module_function():
     assert result["hbm_per_chip"]["fits"] and result["step"]["time_s"] > 0
 
 
+def test_a_dict_of_outputs_is_planned_with_its_loss_as_hugging_face_models_return_it():
+    job = TrainingJob(model="plan_user_model:outputs_with_loss", chips=1, batch=4, seq=16)
+    planned = plan_training(job)
+    explicit = plan_training(dataclasses.replace(job, model="plan_user_model:outputs_with_loss_taken_by_a_function"))
+    assert planned["hbm_per_chip"] == explicit["hbm_per_chip"]
+    assert planned["step"]["roofline_s"] == pytest.approx(explicit["step"]["roofline_s"], rel=1e-12)
+    with pytest.raises(TypeError, match="output is a str, not a tensor.*return 'loss'"):
+        plan_training(dataclasses.replace(job, model="plan_user_model:outputs_without_a_tensor"))
+
+
 def _planned_with_values(monkeypatch, job):
     """The planner's own step run for real: eager kernels on real bytes (zero tokens, uninitialised weights)."""
     monkeypatch.setattr(training, "abstract", contextlib.nullcontext)

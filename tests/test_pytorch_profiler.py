@@ -128,6 +128,33 @@ def test_chrome_trace_has_the_simulated_chip(make, tmp_path):
     assert any("simulated clock" in name for name in names) and f"stream {side.stream_id}" in names
 
 
+def test_profile_memory_counts_hbm_bytes_in_every_enclosing_op_as_cuda_does():
+    """PyTorch's tables gain "TPU Mem" columns, as "CUDA Mem" with a CUDA allocator reporting to the profiler."""
+    x = torch.ones(1000, device="tpu")
+    with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.PrivateUse1],
+                                profile_memory=True) as prof:
+        with record_function("my_block"):
+            y = x * 2  # allocates 4000 bytes
+            z = y.sum()  # 4 bytes, kept
+            del y  # freed inside the block
+    events = prof.events()
+    (mul,) = [e for e in events if e.name == "aten::mul"]
+    (total,) = [e for e in events if e.name == "aten::sum"]
+    (block,) = [e for e in events if e.name == "my_block"]
+    assert mul.device_memory_usage == mul.self_device_memory_usage == 4000
+    assert total.device_memory_usage == z.nbytes
+    assert block.device_memory_usage == z.nbytes and block.self_device_memory_usage == -4000
+    assert not any(e.name.startswith("tpu memory #") for e in events)  # the markers are gone
+    table = prof.key_averages().table(sort_by="self_device_memory_usage", row_limit=5)
+    assert "Self TPU Mem" in table and "3.91 KB" in table
+    with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.PrivateUse1]) as plain:
+        x * 2
+    assert all(e.device_memory_usage == 0 for e in plain.events())  # without profile_memory: nothing counted
+    kept = torch.tpu.memory_allocated()
+    y = x * 2  # the allocator logs alone again once the profile has ended
+    assert torch.tpu.memory_allocated() == kept + y.nbytes
+
+
 def test_cpu_only_activities_add_no_device_time():
     x = torch.ones(16, device="tpu")
     with torch.profiler.profile(activities=[ProfilerActivity.CPU]) as prof:

@@ -41,23 +41,26 @@ from ._backend import DEVICE_NAME
 
 MATCH_LOOKBACK = 256  # ops that started before a kernel's marker and may still enclose it
 MARKER_PREFIX = "tpu kernel #"  # the host event a recorded kernel leaves inside its op: this and the kernel's index
+MEMORY_MARKER_PREFIX = "tpu memory #"  # likewise for an HBM allocation or free, under profile_memory=True
 
 _profile = torch.autograd.profiler.profile
 _waiting = []  # recordings started before the chip existed
 
 
 class MarkedRecords(list):
-    """The kernel records the chip's clock appends; each leaves its marker in the host op running it."""
+    """The kernel records the chip's clock appends (or the HBM events its allocator logs); each leaves its marker
+    in the host op running it."""
 
-    def __init__(self):
+    def __init__(self, prefix=MARKER_PREFIX):
         super().__init__()
+        self._prefix = prefix
         self._indexing = threading.Lock()  # two threads' kernels (forward and autograd's) must not share an index
 
     def append(self, record):
         with self._indexing:
             index = len(self)
             super().append(record)
-        with _RecordFunctionFast(MARKER_PREFIX + str(index)):
+        with _RecordFunctionFast(self._prefix + str(index)):
             pass
 
 
@@ -66,11 +69,21 @@ def marked_kernel(name):
     return int(name[len(MARKER_PREFIX):]) if name.startswith(MARKER_PREFIX) else None
 
 
+def marked_memory_event(name):
+    """The index of the HBM event whose marker is the host event ``name``, or None."""
+    return int(name[len(MEMORY_MARKER_PREFIX):]) if name.startswith(MEMORY_MARKER_PREFIX) else None
+
+
+def is_marker(name):
+    return name.startswith(MARKER_PREFIX) or name.startswith(MEMORY_MARKER_PREFIX)
+
+
 class Recording:
     """The kernels one PyTorch profile sees, with their simulated time."""
 
-    def __init__(self):
+    def __init__(self, memory=False):
         self.records = MarkedRecords()
+        self.memory_events = MarkedRecords(MEMORY_MARKER_PREFIX) if memory else None  # the allocator's tuples
         self.chip = None
         self.device_start = 0.0
         self.start_epoch_us = time.time_ns() / 1e3
@@ -83,6 +96,8 @@ class Recording:
         self.chip = chip
         self.device_start = chip.clock.synchronize()  # the device starts idle, as in torch_tpu.profiler
         chip.clock.recorders.append(self.records)
+        if self.memory_events is not None:
+            chip.hbm.log_also_to(self.memory_events.append)
 
     def stop(self):
         if self in _waiting:
@@ -90,6 +105,8 @@ class Recording:
         if self.chip is not None:
             recorders = self.chip.clock.recorders
             recorders[:] = [r for r in recorders if r is not self.records]
+            if self.memory_events is not None:
+                self.chip.hbm.log_also_to(None)
 
 
 def _attach_waiting(chip):
@@ -141,9 +158,10 @@ def kernel_events(events, recording, trace_start_ns):
     """
     origin_us = trace_start_ns / 1e3
     host_events = [(e.thread, e.time_range.start, e.time_range.end, e.name, e) for e in events
-                   if e.device_type == DeviceType.CPU and not e.is_async and not e.is_python_function
-                   and (not e.is_user_annotation or marked_kernel(e.name) is not None)]
-    launchers = launching_ops(recording, host_events)
+                   if e.device_type == DeviceType.CPU and not e.is_async and not e.is_python_function]
+    launchers = launching_ops(recording, [e for e in host_events if not e[4].is_user_annotation or is_marker(e[3])])
+    if recording.memory_events:
+        add_device_memory(recording.memory_events, host_events)  # record_function blocks count bytes too
     remove_markers(events)
     device_origin_us = recording.start_epoch_us - origin_us
     kernels = []
@@ -162,13 +180,32 @@ def kernel_events(events, recording, trace_start_ns):
     return kernels
 
 
+def add_device_memory(memory_events, host_events):
+    """Each HBM allocation (+bytes) and free (-bytes) counted in the device memory of every op enclosing its marker,
+    as PyTorch counts a CUDA allocation in every op whose interval holds it (the "TPU Mem" columns)."""
+    ops, moments = {}, {}
+    for thread, start, end, name, event in host_events:
+        index = marked_memory_event(name)
+        if index is not None:
+            moments[index] = (thread, start)
+        elif marked_kernel(name) is None:
+            ops.setdefault(thread, []).append((start, end, event))
+    for index, (kind, _, _, nbytes, _) in enumerate(memory_events):
+        if index not in moments or kind not in ("alloc", "free"):
+            continue
+        thread, moment = moments[index]
+        for start, end, op in ops.get(thread, ()):
+            if start <= moment <= end:
+                op.device_memory_usage += nbytes if kind == "alloc" else -nbytes
+
+
 def remove_markers(events):
-    """Drop the kernels' markers from a profile's events (their time stays their op's own)."""
-    markers = [e for e in events if marked_kernel(e.name) is not None]
+    """Drop the kernels' and HBM events' markers from a profile's events (their time stays their op's own)."""
+    markers = [e for e in events if is_marker(e.name)]
     for marker in markers:
         if marker.cpu_parent is not None:
             marker.cpu_parent.cpu_children.remove(marker)
-    events[:] = [e for e in events if marked_kernel(e.name) is None]
+    events[:] = [e for e in events if not is_marker(e.name)]
 
 
 def add_device_lanes(path, recording):
@@ -184,7 +221,7 @@ def add_device_lanes(path, recording):
                    if e.get("ph") == "X" and (e.get("cat") == "cpu_op" or marked_kernel(e["name"]) is not None)]
     external_ids = [None if op is None else op.get("args", {}).get("External id")
                     for op in launching_ops(recording, host_events)]
-    events[:] = [e for e in events if marked_kernel(e.get("name", "")) is None]
+    events[:] = [e for e in events if not is_marker(e.get("name", ""))]
     events += device_lanes(recording.records, recording.device_start, recording.chip.spec,
                            origin_us=recording.start_epoch_us - base_us,
                            extra_args=lambda index, record: {"External id": external_ids[index]})
@@ -224,7 +261,7 @@ def _init(original, self, *args, **kwargs):
 def _start_trace(original, self):
     original(self)
     if self.use_device == DEVICE_NAME:
-        self._tpu_recording = Recording()
+        self._tpu_recording = Recording(memory=self.profile_memory)
 
 
 @_patch("__exit__")

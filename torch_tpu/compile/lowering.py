@@ -278,10 +278,17 @@ def _refusal(maths, promoted, extras, kwargs):
     return None
 
 
+def _as_number_if_symbolic(argument):
+    """A node holding a number (a SymInt input of a ``dynamic`` graph) as the number this program is lowered for
+    (the programs of a symbolic graph are specialised on those numbers): a constant like any other scalar."""
+    value = value_of(argument)
+    return value if isinstance(argument, torch.fx.Node) and not isinstance(value, torch.Tensor) else argument
+
+
 def lower_pointwise(node, maths):
     """``maths.function`` on the operands converted to the compute type, rounded once into ``out``."""
     args = list(node.args)
-    promoted, extras = args[:maths.operands], args[maths.operands:]
+    promoted, extras = [_as_number_if_symbolic(a) for a in args[:maths.operands]], args[maths.operands:]
     metas = [meta_twin(value_of(a)) for a in promoted]
     refusal = _refusal(maths, metas, [meta_twin(value_of(a)) if isinstance(a, torch.fx.Node) else a for a in extras],
                        dict(node.kwargs))

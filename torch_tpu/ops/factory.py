@@ -9,7 +9,7 @@ import torch
 from .. import _tensor
 from .._C import cpu_loops, vpu
 from .._errors import check_device_index, not_implemented_for
-from ._common import check_scalar_fits, operand, prepare_out
+from ._common import check_scalar_fits, opmath_dtype, operand, prepare_out
 from ._overlap import check_no_internal_overlap
 from ._registry import register
 
@@ -341,3 +341,31 @@ def assert_async(self):
 def assert_async_msg(self, assert_msg):
     if not torch.is_nonzero(self):
         raise RuntimeError(assert_msg)
+
+
+_COMPOSITE = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
+
+
+@register("kaiser_window", "kaiser_window.periodic", "kaiser_window.beta", charge=False)
+def kaiser_window(window_length, periodic=True, beta=12.0, *, dtype=None, layout=None, device=None, pin_memory=None):
+    """ATen's composite checks its arguments, then computes the window in a kernel of its own (kaiser_window_stub)
+    that only CPU and CUDA have ("DispatchStub: missing kernel for tpu"). Its formula here, on tpu's kernels in the
+    stub's opmath type: ``i0(beta * sqrt(|1 - ((n - alpha) / alpha) ** 2|)) / i0(beta)`` over an arange in ``dtype``.
+    Its shorter overloads call the native function directly, not through the dispatcher: all three are here."""
+    dtype = dtype or torch.get_default_dtype()
+    if window_length < 0 or layout not in (None, torch.strided) or not (dtype.is_floating_point or dtype.is_complex):
+        # ATen's own checks and their words (window_function_checks); the composite raises before its stub
+        torch.ops.aten.kaiser_window.beta.redispatch(_COMPOSITE, window_length, periodic, beta, dtype=dtype,
+                                                     layout=layout, device=device, pin_memory=pin_memory)
+    if window_length <= 1:
+        return torch.ones(window_length, dtype=dtype, device="tpu")
+    length = window_length + 1 if periodic else window_length
+    positions = torch.arange(length, dtype=dtype, device="tpu")  # complex: arange's own error, as on CPU
+    if dtype.is_complex:
+        raise not_implemented_for("kaiser_window_cpu", dtype)
+    opmath = _tensor.TORCH_DTYPE[opmath_dtype(dtype)]
+    alpha = torch.tensor((length - 1) / 2.0, dtype=opmath, device="tpu")
+    scaled_beta = torch.tensor(beta, dtype=opmath, device="tpu")
+    ratio = (positions.to(opmath) - alpha) / alpha
+    window = torch.i0(scaled_beta * (1 - ratio.pow(2.0)).abs().sqrt()) / torch.i0(scaled_beta)
+    return window[:window_length].to(dtype)

@@ -13,6 +13,7 @@ first real step would, so that the measured step sees the steady-state memory.
 
 import dataclasses
 import gc
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -166,9 +167,16 @@ def _user_program(job, local_batch):
 
 
 def _output_as_loss(model, *batch):
-    """The model's output is the loss when it is a scalar; otherwise its sum stands in for one."""
+    """The model's output is the loss when it is a scalar; otherwise its sum stands in for one. Of a dict of
+    outputs (Hugging Face's ModelOutput is one) the "loss" entry, else the first; of a tuple or list the first."""
     output = model(*batch)
-    output = output[0] if isinstance(output, (tuple, list)) else output
+    if isinstance(output, Mapping):
+        output = output["loss"] if "loss" in output else next(iter(output.values()))
+    elif isinstance(output, (tuple, list)):
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise TypeError(f"the model's output is a {type(output).__name__}, not a tensor to take as the loss: "
+                        "return 'loss' (loss(model, *batch) -> a tensor) from the model function")
     return output if output.dim() == 0 else output.float().sum()
 
 
