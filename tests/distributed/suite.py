@@ -160,6 +160,14 @@ def check_point_to_point_refusals_and_mismatches_reach_the_receiver(rank):
         assert exchanged.cpu().tolist() == [float(peer)] * 3, exchanged
 
 
+def check_monitored_barrier_runs_on_a_gloo_group(rank):
+    """c10d keeps monitored_barrier to gloo groups (refusing "ici" as it refuses NCCL); a gloo group made in an
+    "ici" world runs it, as users of NCCL do."""
+    error = _raised(lambda: dist.monitored_barrier(timeout=datetime.timedelta(seconds=30)))
+    assert type(error) is ValueError and "only implemented for GLOO backend" in str(error), error
+    dist.monitored_barrier(group=dist.new_group(backend="gloo"), timeout=datetime.timedelta(seconds=30))
+
+
 scenario = sys.argv[1] if len(sys.argv) > 1 else "all"
 torch.ones(1, device="tpu")  # the chip's own threads start with its first use
 torch.nn.functional.conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 3, 3))  # CPU's thread pool (the references')
@@ -176,6 +184,7 @@ if scenario == "all":
     check_bad_arguments_name_the_collective_and_rank(rank)
     check_arguments_refused_on_one_rank_fail_every_rank(rank)
     check_point_to_point_refusals_and_mismatches_reach_the_receiver(rank)
+    check_monitored_barrier_runs_on_a_gloo_group(rank)
     dist.barrier()
     dist.destroy_process_group()
     del store
