@@ -121,3 +121,30 @@ def test_helpers_name_tpu_and_ici_and_fsdp_test_threads_train_on_tpu(tmp_path):
 @pytest.mark.distributed_full
 def test_fsdp_test_processes_shard_and_train_on_tpu(tmp_path):
     _run_slice(tmp_path, "ProcessRanks", "1 passed")
+
+
+# PyTorch's LocalTensor test classes simulate every rank in one process over its "fake" group; DTensor calls c10d
+# on plain tensors there too (equal's all-reduce of its local verdicts), which the fake group must take on tpu as
+# it does on CPU (doing nothing). It lists its devices when it registers: tpu was missing.
+FAKE_GROUP = '''
+import torch, torch.distributed as dist
+import torch_tpu
+from torch.distributed._local_tensor import LocalTensorMode
+from torch.distributed.tensor import DTensor, Shard, init_device_mesh
+dist.init_process_group("fake", rank=0, world_size=4)
+plain = torch.full((3,), 2.0, device="tpu")
+dist.all_reduce(plain)
+assert plain.cpu().tolist() == [2.0] * 3, plain
+mesh = init_device_mesh("tpu", (4,))
+with LocalTensorMode(frozenset(range(4))):
+    ones = DTensor.from_local(torch.ones(4, 4, device="tpu"), mesh, [Shard(0)])
+    assert ones.equal(DTensor.from_local(torch.ones(4, 4, device="tpu"), mesh, [Shard(0)]))
+    assert not ones.equal(DTensor.from_local(torch.zeros(4, 4, device="tpu"), mesh, [Shard(0)]))
+dist.destroy_process_group()
+print("fake group ok")
+'''
+
+
+def test_pytorch_fake_group_takes_tpu_tensors_as_cpu_ones():
+    result = subprocess.run([sys.executable, "-c", FAKE_GROUP], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "fake group ok" in result.stdout, result.stdout[-2000:] + result.stderr[-4000:]

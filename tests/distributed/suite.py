@@ -127,6 +127,47 @@ def check_arguments_refused_on_one_rank_fail_every_rank(rank):
     assert recovered.cpu().tolist() == [float(world)] * 2
 
 
+def check_point_to_point_refusals_and_mismatches_reach_the_receiver(rank):
+    """A send refused on its rank makes its receiver raise the same error at once (gloo leaves the recv waiting
+    for the timeout); a recv in another dtype of as many bytes, or of more elements than were sent, raises where
+    gloo hands over the bytes as they are (float32 ones read as float64, or the rest left unwritten). The pair
+    still works after each."""
+    if rank > 1:
+        return
+    peer = 1 - rank
+    cases = (
+        (RuntimeError, "send on rank 0 of process group 'default_pg': tensors on meta are not supported",
+         lambda: dist.send(torch.ones(4, device="meta"), 1), torch.empty(4, device="tpu")),
+        (RuntimeError, "rank 0 sent float32 (4 elements), but this recv takes float64 (2 elements)",
+         lambda: dist.send(torch.ones(4, device="tpu"), 1), torch.empty(2, dtype=torch.float64, device="tpu")),
+        (RuntimeError, "rank 0 sent float32 (2 elements), but this recv takes float32 (4 elements)",
+         lambda: dist.send(torch.ones(2, device="tpu"), 1), torch.empty(4, device="tpu")),
+    )
+    for kind, words, send, received in cases:
+        if rank == 0:
+            try:
+                send()  # a mismatched send completes: only its receiver can tell
+            except kind as error:
+                assert words in str(error), error
+        else:
+            error = _raised(lambda: dist.recv(received, 0))
+            assert type(error) is kind and words in str(error) and str(error).startswith(
+                "recv on rank 1 of process group 'default_pg': "), (words, error)
+        exchanged = torch.empty(3, device="tpu")
+        request = dist.irecv(exchanged, peer)
+        dist.send(torch.full((3,), float(rank), device="tpu"), peer)
+        request.wait()
+        assert exchanged.cpu().tolist() == [float(peer)] * 3, exchanged
+
+
+def check_monitored_barrier_runs_on_a_gloo_group(rank):
+    """c10d keeps monitored_barrier to gloo groups (refusing "ici" as it refuses NCCL); a gloo group made in an
+    "ici" world runs it, as users of NCCL do."""
+    error = _raised(lambda: dist.monitored_barrier(timeout=datetime.timedelta(seconds=30)))
+    assert type(error) is ValueError and "only implemented for GLOO backend" in str(error), error
+    dist.monitored_barrier(group=dist.new_group(backend="gloo"), timeout=datetime.timedelta(seconds=30))
+
+
 scenario = sys.argv[1] if len(sys.argv) > 1 else "all"
 torch.ones(1, device="tpu")  # the chip's own threads start with its first use
 torch.nn.functional.conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 3, 3))  # CPU's thread pool (the references')
@@ -142,6 +183,8 @@ if scenario == "all":
     check_mismatch_is_caught_and_recoverable(rank)
     check_bad_arguments_name_the_collective_and_rank(rank)
     check_arguments_refused_on_one_rank_fail_every_rank(rank)
+    check_point_to_point_refusals_and_mismatches_reach_the_receiver(rank)
+    check_monitored_barrier_runs_on_a_gloo_group(rank)
     dist.barrier()
     dist.destroy_process_group()
     del store

@@ -29,7 +29,7 @@ from torch._C._distributed_c10d import AllgatherOptions
 from .. import _C
 from .._C import ici
 from .._C.clock import CollectiveCost
-from . import BACKEND_NAME, c10d_kernels, checks
+from . import BACKEND_NAME, c10d_kernels, checks, envelope
 from ._host import HostTensor, has_bytes
 from .transport import SimulatedTransport, gloo_transport
 from .work import Work
@@ -97,6 +97,7 @@ class ProcessGroupICI(dist.ProcessGroup):
         self._sequence = itertools.count()
         self._coalesced = None  # the works issued between _start_coalescing and _end_coalescing
         self._op_works = None  # the works c10d_kernels hands back to _dispatch
+        self._refusals = []  # refused sends' messages to their receivers, until gloo has sent them
 
     # --- what c10d asks of every process group ---------------------------------------------------
 
@@ -134,11 +135,21 @@ class ProcessGroupICI(dist.ProcessGroup):
     def shutdown(self):
         """Release the transport (gloo's threads and sockets) now: after destroy_process_group(),
         PyTorch may still hold this object (functions that took ``group.WORLD`` as a default, meshes)."""
+        self._deliver_refusals()
         transport, self._transport = self._transport, _Destroyed(self._label())
         transport.shutdown()
 
     def abort(self):
         self.shutdown()
+
+    def _deliver_refusals(self):
+        """A refused send's message reaches its receiver before the transport goes (within the timeout)."""
+        for work in self._refusals:
+            try:
+                work.wait()
+            except RuntimeError:
+                pass  # the receiver is gone or never came: nothing left to tell
+        self._refusals = []
 
     # --- the shared path of every collective ----------------------------------------------------
 
@@ -155,13 +166,9 @@ class ProcessGroupICI(dist.ProcessGroup):
         (``_agree``). Whatever the body raises is told to the other ranks, which raise it too, instead of
         waiting for a collective this rank will not run."""
         error = self._error(name)
-        on_tpu = bool(tensors) and tensors[0].device.type == "tpu"
         call = checks.signature(next(self._sequence), name, signature_of, **signature)
         try:
-            checks.same_device(error, tensors)
-            if on_tpu and not self.simulated and not all(has_bytes(t) for t in tensors):
-                raise error("these tensors have no bytes (abstract mode): run collectives on them under torch_tpu.simulate()")
-            yield error, on_tpu
+            yield error, self._on_tpu(error, tensors)
         except Exception as failure:
             try:
                 self._agree(error, call, failure)
@@ -169,6 +176,14 @@ class ProcessGroupICI(dist.ProcessGroup):
                 pass  # a peer gone too: this rank's own error says more
             raise
         self._agree(error, call)
+
+    def _on_tpu(self, error, tensors):
+        """Whether the call's tensors are tpu tensors (else CPU ones), after checking that they can move."""
+        checks.same_device(error, tensors)
+        on_tpu = bool(tensors) and tensors[0].device.type == "tpu"
+        if on_tpu and not self.simulated and not all(has_bytes(t) for t in tensors):
+            raise error("these tensors have no bytes (abstract mode): run collectives on them under torch_tpu.simulate()")
+        return on_tpu
 
     def _has_peers(self):
         """Whether there are other ranks to agree with (none in a simulated world)."""
@@ -243,10 +258,11 @@ class ProcessGroupICI(dist.ProcessGroup):
             pending = launch()
         except RuntimeError as failure:
             raise error(str(failure), type(failure)) from failure
+        pending = pending if isinstance(pending, list) else [pending]
         ends_at = None
         if on_tpu:
             ends_at = charged if charged is not None else self._charge(name, nbytes, result or [h.tensor for h in hosts])
-        work = Work(str(error), [pending], hosts, result, ends_at, source_rank)
+        work = Work(str(error), pending, hosts, result, ends_at, source_rank)
         if self._coalesced is not None:
             self._coalesced.append(work)
         return work
@@ -565,33 +581,71 @@ class ProcessGroupICI(dist.ProcessGroup):
 
     # --- point to point -------------------------------------------------------------------------
 
-    def _point_to_point(self, name, tensors, peer, launch, source_rank=-1):
-        """A send reads ``tensors``, a receive (any other ``name``) writes them."""
+    def _point_to_point(self, name, tensors, peer, launch, source_rank=-1, refused=None):
+        """A send reads ``tensors``, a receive (any other ``name``) writes them; ``launch(error, host tensors)``
+        starts the transport. ``refused(failure)`` tells the peer when this rank's checks fail."""
         error = self._error(name)
-        checks.same_device(error, tensors)
         if peer is not None:
             checks.rank_in_group(error, peer, self.size(), "the peer")
             if peer == self.rank():
                 raise error("a rank cannot send to or receive from itself", ValueError)
-        on_tpu = bool(tensors) and tensors[0].device.type == "tpu"
-        hosts = self._hosts(tensors, written=name != "send")
+        try:
+            on_tpu = self._on_tpu(error, tensors)
+            hosts = self._hosts(tensors, written=name != "send")
+        except Exception as failure:
+            if refused is not None:
+                refused(failure)
+            raise
         charged = None
         if on_tpu:
             torus, nbytes = self._torus, _nbytes(tensors)
             hops = torus.hops(self._global_ranks[self.rank()], self._global_ranks[peer]) if peer is not None else 1
             seconds = ici.point_to_point_seconds(nbytes, hops, torus.link_bandwidth, torus.hop_latency)
             charged = self._charge(name, nbytes, tensors, seconds)
-        return self._launch(name, error, on_tpu, lambda: launch([h.host for h in hosts]), hosts, tensors, 0,
+        return self._launch(name, error, on_tpu, lambda: launch(error, [h.host for h in hosts]), hosts, tensors, 0,
                             charged=charged, source_rank=source_rank)
 
     def send(self, tensors, dst, tag):
-        return self._point_to_point("send", tensors, dst, lambda hosts: self._transport.send(hosts, dst, tag))
+        return self._point_to_point("send", tensors, dst, lambda error, hosts: self._send(tensors, hosts, dst, tag),
+                                    refused=lambda failure: self._send_refusal(dst, tag, failure))
+
+    def _send(self, tensors, hosts, dst, tag):
+        """The data, after the envelope that says what it is (``envelope``)."""
+        if not self._has_peers():
+            return self._transport.send(hosts, dst, tag)
+        told = self._transport.send([envelope.envelope(tensors[0] if tensors else None)], dst, envelope.envelope_tag(tag))
+        return [told, self._transport.send(hosts, dst, tag)]
+
+    def _send_refusal(self, dst, tag, failure):
+        """A refused send's envelope carries its error to the receiver, followed by no data. This rank raises
+        at once; gloo's works are kept until they end (they own the buffers gloo is sending)."""
+        if not self._has_peers():
+            return
+        self._refusals = [work for work in self._refusals if not work.is_completed()]
+        self._refusals += [self._transport.send([envelope.envelope(None, failure)], dst, envelope.envelope_tag(tag)),
+                           self._transport.send([envelope.nothing()], dst, tag)]
 
     def recv(self, tensors, src, tag):
-        return self._point_to_point("recv", tensors, src, lambda hosts: self._transport.recv(hosts, src, tag), src)
+        return self._point_to_point("recv", tensors, src, lambda error, hosts: self._receive(error, tensors, hosts, src, tag),
+                                    src)
 
     def recv_anysource(self, tensors, tag):
-        return self._point_to_point("recv", tensors, None, lambda hosts: self._transport.recv_anysource(hosts, tag), None)
+        return self._point_to_point("recv", tensors, None,
+                                    lambda error, hosts: self._receive(error, tensors, hosts, None, tag), None)
+
+    def _receive(self, error, tensors, hosts, source, tag):
+        """Receives from ``source`` (None: any), reading the sender's envelope first (``envelope``)."""
+        if not self._has_peers():
+            if source is None:
+                return self._transport.recv_anysource(hosts, tag)
+            return self._transport.recv(hosts, source, tag)
+        received, told_tag = envelope.empty_envelope(), envelope.envelope_tag(tag)
+        if source is None:
+            told = self._transport.recv_anysource([received], told_tag)
+        else:
+            told = self._transport.recv([received], source, told_tag)
+        return envelope.EnvelopedReceive(error, tensors[0], told, received,
+                                         lambda sender: self._transport.recv(hosts, sender, tag), source)
 
     # --- coalescing -----------------------------------------------------------------------------
 

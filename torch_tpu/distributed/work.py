@@ -39,6 +39,9 @@ class Work(dist.Work):
             for host in self._host_tensors:
                 host.finish()
         except RuntimeError as error:
+            if str(error).startswith(self._describe):  # already names the call (a recv's envelope)
+                self._exception = error
+                raise
             self._exception = type(error)(f"{self._describe} failed: {error}")
             raise self._exception from error
         except Exception as error:  # kept as it is: its class may take other arguments than a message
