@@ -1,0 +1,98 @@
+"""Strided nested tensors (``torch.nested`` with ``layout=torch.strided``) on tpu, as far as nn.TransformerEncoder's
+inference fast path and the common entry points need them.
+
+A strided nested tensor is PyTorch's C++ ``NestedTensorImpl``: one flat buffer, here an ordinary tpu tensor (so
+HBM counts its bytes and frees them with it), and three CPU tensors of metadata (each component's sizes, strides
+and storage offset). Its ops dispatch on the NestedTensorPrivateUse1 key. Three kinds of kernel serve it:
+
+- PyTorch's own NestedTensorCPU kernels, for the ops in ``BUFFER_GENERIC_OPS``: each reads only the metadata and
+  computes with aten ops on the buffer (``get_buffer().copy_``, ``split_with_sizes``, ``constant_pad_nd``,
+  ``as_strided``...), which then dispatch to the tpu kernels. They are redispatched to NestedTensorCPU. Every one was
+  read in aten/src/ATen/native/nested/ (NestedTensorMath.cpp, NestedTensorFactories.cpp); the NestedTensorCPU kernels
+  that loop over the buffer's data pointer (``native_layer_norm``'s ``LayerNormKernel``,
+  ``_transform_bias_rescale_qkv``, and through them ``_native_multi_head_attention``) are not listed.
+- likewise PyTorch's CPU kernels that make a nested tensor from dense tpu tensors (``CONSTRUCTORS``), registered
+  on PrivateUse1 and redispatched to CPU: their maths (the lengths from a padding mask, the masked copy into one
+  buffer) runs as tpu ops, so the lengths and the buffer are CPU's by construction.
+- the fused encoder layer on a nested input: padded, run through the dense kernel of ``transformer.py`` with the
+  padding as a key padding mask, and unpadded. CPU's nested kernel masks the same keys (its softmax over each
+  sequence's own length), so every unpadded position gets the same values.
+
+Every other op on a strided nested tpu tensor reaches ``fallback.nested_fallback`` and its error, and autograd
+through them is refused where the nested tensor is made (see ``nested_tensor_from_tensor_list``).
+"""
+
+import torch
+
+from .fallback import STRIDED_NESTED, unsupported
+from ._registry import default_kernel, register, unseen_by_function_modes
+from .transformer import PADDING_MASK, transformer_encoder_layer_fwd
+
+_NESTED_KERNELS = torch.library.Library("aten", "IMPL")  # owns the registrations for the life of the process
+_NESTED_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.NestedTensorCPU)
+_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+_aten = torch.ops.aten
+
+BUFFER_GENERIC_OPS = (
+    "_nested_tensor_size", "_nested_tensor_strides", "_nested_tensor_storage_offsets", "values", "unbind.int",
+    "to_padded_tensor", "_to_copy", "empty_like", "copy_", "detach", "alias", "is_same_size",
+)
+CONSTRUCTORS = ("_nested_tensor_from_mask", "_nested_tensor_from_mask_left_aligned", "_nested_from_padded")
+
+
+def _overload(name):
+    packet, _, overload = name.partition(".")
+    return getattr(getattr(_aten, packet), overload or "default")
+
+
+def _redispatched(op, keyset):
+    def kernel(*args, **kwargs):
+        return op.redispatch(keyset, *args, **kwargs)
+
+    kernel.__name__ = op.__name__
+    return kernel
+
+
+def nested_kernel(*names):
+    def decorate(kernel):
+        for name in names:
+            _NESTED_KERNELS.impl(name, unseen_by_function_modes(kernel), "NestedTensorPrivateUse1")
+        return kernel
+
+    return decorate
+
+
+for _name in BUFFER_GENERIC_OPS:
+    nested_kernel(_name)(_redispatched(_overload(_name), _NESTED_CPU))
+for _name in CONSTRUCTORS:
+    register(_name, charge=False)(_redispatched(_overload(_name), _CPU))
+
+
+@nested_kernel("_transformer_encoder_layer_fwd")
+def nested_transformer_encoder_layer_fwd(src, embed_dim, num_heads, *weights, mask=None, mask_type=None):
+    if mask is not None:  # nn.TransformerEncoderLayer never passes one with a nested input
+        raise unsupported(_aten._transformer_encoder_layer_fwd.default,
+                          "a mask with a nested input is not supported on tpu; pass the padded tensor and the mask")
+    sizes = src._nested_tensor_size()
+    if sizes.shape[0] == 0:
+        return src.clone()
+    padded = src.to_padded_tensor(0.0)
+    padding = torch.arange(padded.shape[1]) >= sizes[:, :1]  # True past each sequence's length
+    output = transformer_encoder_layer_fwd(padded, embed_dim, num_heads, *weights,
+                                           mask=padding.to(padded.device), mask_type=PADDING_MASK)
+    return _aten._nested_from_padded(output, sizes)
+
+
+_composite_from_tensor_list = default_kernel("_nested_tensor_from_tensor_list")
+
+
+@register("_nested_tensor_from_tensor_list", charge=False)
+def nested_tensor_from_tensor_list(tensors, dtype=None, layout=None, device=None, pin_memory=None):
+    """PyTorch's own kernel (one ``cat`` of the flattened tensors), refused before the nested tensor exists when
+    autograd would record it: autograd reads a new output's sizes through C++ that cannot pass an exception on, so
+    ``torch.nested.as_nested_tensor`` of tpu tensors that require grad aborted the process where its first
+    unsupported op would raise."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise unsupported(_aten._nested_tensor_from_tensor_list.default,
+                          "autograd of " + STRIDED_NESTED)
+    return _composite_from_tensor_list(tensors, dtype, layout, device, pin_memory)
