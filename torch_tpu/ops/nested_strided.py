@@ -8,8 +8,8 @@ and storage offset). Its ops dispatch on the NestedTensorPrivateUse1 key. Three 
 - PyTorch's own NestedTensorCPU kernels, for the ops in ``BUFFER_GENERIC_OPS``: each reads only the metadata and
   computes with aten ops on the buffer (``get_buffer().copy_``, ``split_with_sizes``, ``constant_pad_nd``,
   ``as_strided``...), which then dispatch to the tpu kernels. They are redispatched to NestedTensorCPU. Every one was
-  read in aten/src/ATen/native/nested/ (NestedTensorMath.cpp, NestedTensorFactories.cpp); the NestedTensorCPU kernels
-  that loop over the buffer's data pointer (``native_layer_norm``'s ``LayerNormKernel``,
+  read in aten/src/ATen/native/nested/ (NestedTensorMath.cpp, NestedTensorFactories.cpp, NestedTensorUnaryOps.cpp);
+  the NestedTensorCPU kernels that loop over the buffer's data pointer (``native_layer_norm``'s ``LayerNormKernel``,
   ``_transform_bias_rescale_qkv``, and through them ``_native_multi_head_attention``) are not listed.
 - likewise PyTorch's CPU kernels that make a nested tensor from dense tpu tensors (``CONSTRUCTORS``), registered
   on PrivateUse1 and redispatched to CPU: their maths (the lengths from a padding mask, the masked copy into one
@@ -24,7 +24,7 @@ through them is refused where the nested tensor is made (see ``nested_tensor_fro
 
 import torch
 
-from .fallback import STRIDED_NESTED, unsupported
+from .fallback import unsupported
 from ._registry import default_kernel, register, unseen_by_function_modes
 from .transformer import PADDING_MASK, transformer_encoder_layer_fwd
 
@@ -35,7 +35,11 @@ _aten = torch.ops.aten
 
 BUFFER_GENERIC_OPS = (
     "_nested_tensor_size", "_nested_tensor_strides", "_nested_tensor_storage_offsets", "values", "unbind.int",
-    "to_padded_tensor", "_to_copy", "empty_like", "copy_", "detach", "alias", "is_same_size",
+    "to_padded_tensor", "_nested_from_padded_and_nested_example", "_to_copy", "empty_like", "copy_", "clone",
+    "detach", "alias", "is_same_size", "zero_", "fill_.Scalar", "fill_.Tensor",
+    # NestedTensorUnaryOps.cpp: the op on the whole buffer (map_nt)
+    "abs", "abs_", "sgn", "sgn_", "neg", "neg_", "logical_not", "logical_not_", "relu", "relu_", "gelu", "gelu_",
+    "tanh", "tanh_", "silu", "silu_", "sin", "cos",
 )
 CONSTRUCTORS = ("_nested_tensor_from_mask", "_nested_tensor_from_mask_left_aligned", "_nested_from_padded")
 
@@ -83,6 +87,9 @@ def nested_transformer_encoder_layer_fwd(src, embed_dim, num_heads, *weights, ma
     return _aten._nested_from_padded(output, sizes)
 
 
+NO_AUTOGRAD = (
+    "autograd through strided nested tensors is not supported on tpu: make them from tensors that do not require "
+    "grad (or under torch.no_grad()), or use layout=torch.jagged, whose nested tensors train on tpu")
 _composite_from_tensor_list = default_kernel("_nested_tensor_from_tensor_list")
 
 
@@ -93,6 +100,5 @@ def nested_tensor_from_tensor_list(tensors, dtype=None, layout=None, device=None
     ``torch.nested.as_nested_tensor`` of tpu tensors that require grad aborted the process where its first
     unsupported op would raise."""
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise unsupported(_aten._nested_tensor_from_tensor_list.default,
-                          "autograd of " + STRIDED_NESTED)
+        raise unsupported(_aten._nested_tensor_from_tensor_list.default, NO_AUTOGRAD)
     return _composite_from_tensor_list(tensors, dtype, layout, device, pin_memory)
