@@ -25,7 +25,7 @@ through them is refused where the nested tensor is made (see ``nested_tensor_fro
 import torch
 
 from .fallback import unsupported
-from ._registry import default_kernel, register, unseen_by_function_modes
+from ._registry import default_kernel, overload, redispatching, register, unseen_by_function_modes
 from .transformer import PADDING_MASK, transformer_encoder_layer_fwd
 
 _NESTED_KERNELS = torch.library.Library("aten", "IMPL")  # owns the registrations for the life of the process
@@ -44,19 +44,6 @@ BUFFER_GENERIC_OPS = (
 CONSTRUCTORS = ("_nested_tensor_from_mask", "_nested_tensor_from_mask_left_aligned", "_nested_from_padded")
 
 
-def _overload(name):
-    packet, _, overload = name.partition(".")
-    return getattr(getattr(_aten, packet), overload or "default")
-
-
-def _redispatched(op, keyset):
-    def kernel(*args, **kwargs):
-        return op.redispatch(keyset, *args, **kwargs)
-
-    kernel.__name__ = op.__name__
-    return kernel
-
-
 def nested_kernel(*names):
     def decorate(kernel):
         for name in names:
@@ -67,9 +54,9 @@ def nested_kernel(*names):
 
 
 for _name in BUFFER_GENERIC_OPS:
-    nested_kernel(_name)(_redispatched(_overload(_name), _NESTED_CPU))
+    nested_kernel(_name)(redispatching(overload(_name), _NESTED_CPU))
 for _name in CONSTRUCTORS:
-    register(_name, charge=False)(_redispatched(_overload(_name), _CPU))
+    register(_name, charge=False)(redispatching(overload(_name), _CPU))
 
 
 @nested_kernel("_transformer_encoder_layer_fwd")
