@@ -73,6 +73,16 @@ def test_nn_transformer_with_padding_masks_equals_cpu():
     compare(actual, expected, **TOLERANCE[torch.float32])
 
 
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_an_encoder_layer_given_a_nested_tensor_equals_cpu(activation):
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, activation=activation, batch_first=True).eval()
+    parts = sequences((3, 0, 5), width=16)  # an empty sequence too
+    actual, expected = run_on_both(layer, torch.nested.nested_tensor(parts))
+    assert actual.is_nested and torch.equal(actual._nested_tensor_size(), expected._nested_tensor_size())
+    compare(actual.to_padded_tensor(0.0), expected.to_padded_tensor(0.0), **TOLERANCE[torch.float32])
+
+
 def test_the_encoder_leaves_no_hbm_behind(memory_baseline):
     module = encoder(torch.float32).to("tpu")
     source, mask = torch.randn(3, 6, 16, device="tpu"), torch.tensor(LEFT_ALIGNED, device="tpu")

@@ -65,8 +65,6 @@ def nested_transformer_encoder_layer_fwd(src, embed_dim, num_heads, *weights, ma
         raise unsupported(_aten._transformer_encoder_layer_fwd.default,
                           "a mask with a nested input is not supported on tpu; pass the padded tensor and the mask")
     sizes = src._nested_tensor_size()
-    if sizes.shape[0] == 0:
-        return src.clone()
     padded = src.to_padded_tensor(0.0)
     padding = torch.arange(padded.shape[1]) >= sizes[:, :1]  # True past each sequence's length
     output = transformer_encoder_layer_fwd(padded, embed_dim, num_heads, *weights,
