@@ -14,9 +14,10 @@ and storage offset). Its ops dispatch on the NestedTensorPrivateUse1 key. Three 
 - likewise PyTorch's CPU kernels that make a nested tensor from dense tpu tensors (``CONSTRUCTORS``), registered
   on PrivateUse1 and redispatched to CPU: their maths (the lengths from a padding mask, the masked copy into one
   buffer) runs as tpu ops, so the lengths and the buffer are CPU's by construction.
-- the fused encoder layer on a nested input: padded, run through the dense kernel of ``transformer.py`` with the
-  padding as a key padding mask, and unpadded. CPU's nested kernel masks the same keys (its softmax over each
-  sequence's own length), so every unpadded position gets the same values.
+- the fused encoder layer on a nested input: the dense kernel of ``transformer.py`` on the sequences' packed rows
+  (the buffer), padded only around the attention, with the padding as a key padding mask. CPU's nested kernel
+  masks the same keys (its softmax over each sequence's own length), so every position gets the same values, and
+  the row-wise work (feed-forward, norms) is done for the real rows only, as on CPU.
 
 Every other op on a strided nested tpu tensor reaches ``fallback.nested_fallback`` and its error, and autograd
 through them is refused where the nested tensor is made (see ``nested_tensor_from_tensor_list``).
@@ -41,7 +42,10 @@ BUFFER_GENERIC_OPS = (
     "abs", "abs_", "sgn", "sgn_", "neg", "neg_", "logical_not", "logical_not_", "relu", "relu_", "gelu", "gelu_",
     "tanh", "tanh_", "silu", "silu_", "sin", "cos",
 )
-CONSTRUCTORS = ("_nested_tensor_from_mask", "_nested_tensor_from_mask_left_aligned", "_nested_from_padded")
+CONSTRUCTORS = (
+    "_nested_tensor_from_mask", "_nested_tensor_from_mask_left_aligned", "_nested_from_padded",
+    "_nested_view_from_buffer",
+)
 
 
 def nested_kernel(*names):
@@ -60,16 +64,33 @@ for _name in CONSTRUCTORS:
 
 
 @nested_kernel("_transformer_encoder_layer_fwd")
-def nested_transformer_encoder_layer_fwd(src, embed_dim, num_heads, *weights, mask=None, mask_type=None):
+def nested_transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
+                                         use_gelu, norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2,
+                                         norm_bias_2, ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask=None,
+                                         mask_type=None):
+    """The dense layer on the sequences' packed rows, each attention batch padded to the longest sequence with
+    the padding as a key padding mask (CPU's nested kernel masks the same keys)."""
     if mask is not None:  # nn.TransformerEncoderLayer never passes one with a nested input
         raise unsupported(_aten._transformer_encoder_layer_fwd.default,
                           "a mask with a nested input is not supported on tpu; pass the padded tensor and the mask")
+    src = src.contiguous()
     sizes = src._nested_tensor_size()
-    padded = src.to_padded_tensor(0.0)
-    padding = torch.arange(padded.shape[1]) >= sizes[:, :1]  # True past each sequence's length
-    output = transformer_encoder_layer_fwd(padded, embed_dim, num_heads, *weights,
-                                           mask=padding.to(padded.device), mask_type=PADDING_MASK)
-    return _aten._nested_from_padded(output, sizes)
+    lengths = sizes[:, 0]
+    in_sequence = torch.arange(int(lengths.max()) if len(lengths) else 0) < lengths[:, None]  # (batch, longest)
+    padded_row = in_sequence.flatten().nonzero().squeeze(1).to(src.device)  # of each packed row
+    padding = (~in_sequence).to(src.device)
+
+    def attend(rows, attention):
+        batch = rows.new_zeros(in_sequence.numel(), embed_dim).index_copy_(0, padded_row, rows)
+        attended = attention(batch.view(*in_sequence.shape, embed_dim), padding, PADDING_MASK)
+        return attended.view(-1, embed_dim).index_select(0, padded_row)
+
+    rows = transformer_encoder_layer_fwd(
+        src.values().view(-1, embed_dim), embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
+        use_gelu, norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2, norm_bias_2, ffn_weight_1, ffn_bias_1,
+        ffn_weight_2, ffn_bias_2, attend=attend)
+    return _aten._nested_view_from_buffer(rows.view(-1), sizes, src._nested_tensor_strides(),
+                                          src._nested_tensor_storage_offsets())
 
 
 NO_AUTOGRAD = (
