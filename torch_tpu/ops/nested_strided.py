@@ -8,7 +8,8 @@ and storage offset). Its ops dispatch on the NestedTensorPrivateUse1 key. Three 
 - PyTorch's own NestedTensorCPU kernels, for the ops in ``BUFFER_GENERIC_OPS``: each reads only the metadata and
   computes with aten ops on the buffer (``get_buffer().copy_``, ``split_with_sizes``, ``constant_pad_nd``,
   ``as_strided``...), which then dispatch to the tpu kernels. They are redispatched to NestedTensorCPU. Every one was
-  read in aten/src/ATen/native/nested/ (NestedTensorMath.cpp, NestedTensorFactories.cpp, NestedTensorUnaryOps.cpp);
+  read in aten/src/ATen/native/nested/ (NestedTensorMath.cpp, NestedTensorFactories.cpp, NestedTensorUnaryOps.cpp,
+  NestedTensorBinaryOps.cpp);
   the NestedTensorCPU kernels that loop over the buffer's data pointer (``native_layer_norm``'s ``LayerNormKernel``,
   ``_transform_bias_rescale_qkv``, and through them ``_native_multi_head_attention``) are not listed.
 - likewise PyTorch's CPU kernels that make a nested tensor from dense tpu tensors (``CONSTRUCTORS``), registered
@@ -41,7 +42,12 @@ BUFFER_GENERIC_OPS = (
     # NestedTensorUnaryOps.cpp: the op on the whole buffer (map_nt)
     "abs", "abs_", "sgn", "sgn_", "neg", "neg_", "logical_not", "logical_not_", "relu", "relu_", "gelu", "gelu_",
     "tanh", "tanh_", "silu", "silu_", "sin", "cos",
+    "mul.Scalar", "mul_.Scalar", "div.Scalar", "masked_fill.Scalar",
+    # NestedTensorMath.cpp: views of one component (as_strided of the buffer), softmax per component (_softmax_out)
+    "select.int", "_softmax",
 )
+# NestedTensorBinaryOps.cpp: the op on both buffers, or on one and a 0-d tensor (its nested-with-dense case is CUDA's)
+BINARY_OPS = ("add.Tensor", "add_.Tensor", "sub.Tensor", "mul.Tensor", "mul_.Tensor", "div.Tensor")
 CONSTRUCTORS = (
     "_nested_tensor_from_mask", "_nested_tensor_from_mask_left_aligned", "_nested_from_padded",
     "_nested_view_from_buffer",
@@ -59,6 +65,32 @@ def nested_kernel(*names):
 
 for _name in BUFFER_GENERIC_OPS:
     nested_kernel(_name)(redispatching(overload(_name), _NESTED_CPU))
+
+
+def with_buffer(nested, buffer):
+    """A nested tensor over ``buffer`` with ``nested``'s components: sizes, strides and offsets."""
+    return _aten._nested_view_from_buffer(buffer, nested._nested_tensor_size(), nested._nested_tensor_strides(),
+                                          nested._nested_tensor_storage_offsets())
+
+
+def _binary(op):
+    """PyTorch's kernel, except for a Python number: the dispatcher hands a Python kernel the number a wrapped 0-d
+    tensor stood for, and a Tensor overload cannot take it back, so the op runs on the buffer here with the number,
+    keeping its promotion as a wrapped number (CPU's kernel does the same on its buffer)."""
+    generic = redispatching(op, _NESTED_CPU)
+    in_place = op._schema.arguments[0].alias_info is not None
+
+    def kernel(self, other, *args, **kwargs):
+        if isinstance(other, torch.Tensor):
+            return generic(self, other, *args, **kwargs)
+        result = op(self.values(), other, *args, **kwargs)
+        return self if in_place else with_buffer(self, result)
+
+    return kernel
+
+
+for _name in BINARY_OPS:
+    nested_kernel(_name)(_binary(overload(_name)))
 for _name in CONSTRUCTORS:
     register(_name, charge=False)(redispatching(overload(_name), _CPU))
 
@@ -89,8 +121,7 @@ def nested_transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, 
         src.values().view(-1, embed_dim), embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
         use_gelu, norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2, norm_bias_2, ffn_weight_1, ffn_bias_1,
         ffn_weight_2, ffn_bias_2, attend=attend)
-    return _aten._nested_view_from_buffer(rows.view(-1), sizes, src._nested_tensor_strides(),
-                                          src._nested_tensor_storage_offsets())
+    return with_buffer(src, rows.view(-1))
 
 
 NO_AUTOGRAD = (
