@@ -165,6 +165,38 @@ def test_softmax_per_component_equals_cpu(program):
             **TOLERANCE[torch.float32])
 
 
+LAYER_PROGRAMS = {  # components of shape (n, 3, 4), or (n, 4) for linear (CPU's takes 3-d nested tensors only)
+    "layer_norm": (torch.nn.LayerNorm(4), lambda module, x: module(x), (3, 4)),
+    "layer_norm_2d": (torch.nn.LayerNorm((3, 4)), lambda module, x: module(x), (3, 4)),
+    "layer_norm_of_a_view": (torch.nn.LayerNorm(4), lambda module, x: module(x.transpose(1, 2).transpose(1, 2)),
+                             (3, 4)),
+    "transpose": (torch.nn.Identity(), lambda module, x: x.transpose(1, 2).contiguous(), (3, 4)),
+    "linear": (torch.nn.Linear(4, 5), lambda module, x: module(x), (4,)),
+}
+
+
+@pytest.mark.parametrize("module, program, shape", LAYER_PROGRAMS.values(), ids=LAYER_PROGRAMS.keys())
+def test_layer_norm_linear_and_transpose_equal_cpu(module, program, shape):
+    generator = torch.Generator().manual_seed(0)
+    expected = torch.nested.nested_tensor([torch.randn(n, *shape, generator=generator) for n in (2, 5)])
+    with torch.no_grad():
+        cpu_result = program(module, expected)
+        result = program(copy.deepcopy(module).to("tpu"), expected.to("tpu"))
+    compare(result.to_padded_tensor(0), cpu_result.to_padded_tensor(0), **TOLERANCE[torch.float32])
+
+
+def test_layer_norm_refuses_what_cpu_refuses():
+    for device in ("cpu", "tpu"):
+        nested = torch.nested.nested_tensor(sequences(), device=device)
+        with pytest.raises(ValueError, match="NestedTensor layer_norm requires weight and bias"):
+            torch.nn.functional.layer_norm(nested, (4,))
+        with pytest.raises(RuntimeError, match="The shape at dimension 0of normalized_shape doesn't match the input"):
+            torch.nn.functional.layer_norm(nested, (5,), torch.ones(5, device=device), torch.zeros(5, device=device))
+        ragged = torch.nested.nested_tensor([torch.ones(2, 3), torch.ones(2, 5)], device=device)
+        with pytest.raises(RuntimeError, match="normalized_shape extends into irregular dimensions"):
+            torch.nn.functional.layer_norm(ragged, (3,), torch.ones(3, device=device), torch.zeros(3, device=device))
+
+
 def test_select_gives_a_component():
     expected = torch.nested.nested_tensor(sequences())
     compare(expected.to("tpu")[1], expected[1], atol=0, rtol=0)
@@ -172,9 +204,9 @@ def test_select_gives_a_component():
 
 def test_an_unsupported_op_names_itself_and_the_workaround():
     nested = torch.nested.nested_tensor(sequences(), device="tpu")
-    with pytest.raises(NotImplementedError, match=r"aten::native_layer_norm.*not implemented for the tpu device.*"
+    with pytest.raises(NotImplementedError, match=r"aten::bmm.*not implemented for the tpu device.*"
                                                   r"to_padded_tensor\(\) and dense ops"):
-        torch.nn.functional.layer_norm(nested, (4,))
+        torch.bmm(nested, nested.transpose(1, 2))
 
 
 def test_a_nested_tensor_of_tensors_that_require_grad_is_refused_before_it_exists():

@@ -43,8 +43,9 @@ BUFFER_GENERIC_OPS = (
     "abs", "abs_", "sgn", "sgn_", "neg", "neg_", "logical_not", "logical_not_", "relu", "relu_", "gelu", "gelu_",
     "tanh", "tanh_", "silu", "silu_", "sin", "cos",
     "mul.Scalar", "mul_.Scalar", "div.Scalar", "masked_fill.Scalar",
-    # NestedTensorMath.cpp: views of one component (as_strided of the buffer), softmax per component (_softmax_out)
-    "select.int", "_softmax",
+    # NestedTensorMath.cpp: views of one component (as_strided of the buffer), softmax per component (_softmax_out),
+    # transpose (the metadata's columns swapped), linear (one linear of the buffer's rows)
+    "select.int", "_softmax", "transpose.int", "linear",
 )
 # NestedTensorBinaryOps.cpp: the op on both buffers, or on one and a 0-d tensor (its nested-with-dense case is CUDA's)
 BINARY_OPS = ("add.Tensor", "add_.Tensor", "sub.Tensor", "mul.Tensor", "mul_.Tensor", "div.Tensor")
@@ -127,6 +128,25 @@ def nested_transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, 
 NO_AUTOGRAD = (
     "autograd through strided nested tensors is not supported on tpu: make them from tensors that do not require "
     "grad (or under torch.no_grad()), or use layout=torch.jagged, whose nested tensors train on tpu")
+@nested_kernel("native_layer_norm")
+def nested_layer_norm(input, normalized_shape, weight, bias, eps):
+    """The dense layer norm of the buffer's rows (CPU's nested kernel loops over the data pointer), under CPU's
+    conditions: weight and bias given, the components contiguous and alike in the normalized dims."""
+    if weight is None or bias is None:
+        raise ValueError("NestedTensor layer_norm requires weight and bias")
+    input = input.contiguous()
+    sizes = input._nested_tensor_size()
+    for i, size in enumerate(normalized_shape):
+        column = sizes[:, sizes.shape[1] - len(normalized_shape) + i]
+        if not bool((column == column[0]).all()):
+            raise RuntimeError("normalized_shape extends into irregular dimensions for the nested tensor")
+        if column[0] != size:
+            raise RuntimeError(f"The shape at dimension {i}of normalized_shape doesn't match the input")
+    rows = input.values().view(-1, *normalized_shape)
+    output, mean, rstd = _aten.native_layer_norm(rows, normalized_shape, weight, bias, eps)
+    return with_buffer(input, output.view(-1)), mean.view(-1), rstd.view(-1)
+
+
 _composite_from_tensor_list = default_kernel("_nested_tensor_from_tensor_list")
 
 
