@@ -3,18 +3,20 @@ inference fast path and the common entry points need them.
 
 A strided nested tensor is PyTorch's C++ ``NestedTensorImpl``: one flat buffer, here an ordinary tpu tensor (so
 HBM counts its bytes and frees them with it), and three CPU tensors of metadata (each component's sizes, strides
-and storage offset). Its ops dispatch on the NestedTensorPrivateUse1 key. Three kinds of kernel serve it:
+and storage offset). Its ops dispatch on the NestedTensorPrivateUse1 key. Four kinds of kernel serve it:
 
-- PyTorch's own NestedTensorCPU kernels, for the ops in ``BUFFER_GENERIC_OPS``: each reads only the metadata and
-  computes with aten ops on the buffer (``get_buffer().copy_``, ``split_with_sizes``, ``constant_pad_nd``,
-  ``as_strided``...), which then dispatch to the tpu kernels. They are redispatched to NestedTensorCPU. Every one was
-  read in aten/src/ATen/native/nested/ (NestedTensorMath.cpp, NestedTensorFactories.cpp, NestedTensorUnaryOps.cpp,
-  NestedTensorBinaryOps.cpp);
-  the NestedTensorCPU kernels that loop over the buffer's data pointer (``native_layer_norm``'s ``LayerNormKernel``,
-  ``_transform_bias_rescale_qkv``, and through them ``_native_multi_head_attention``) are not listed.
+- PyTorch's own NestedTensorCPU kernels, for the ops in ``BUFFER_GENERIC_OPS`` and ``BINARY_OPS``: each reads only
+  the metadata and computes with aten ops on the buffer (``get_buffer().copy_``, ``split_with_sizes``,
+  ``constant_pad_nd``, ``as_strided``...), which then dispatch to the tpu kernels. They are redispatched to
+  NestedTensorCPU. Every one was read in aten/src/ATen/native/nested/ (NestedTensorMath.cpp,
+  NestedTensorFactories.cpp, NestedTensorUnaryOps.cpp, NestedTensorBinaryOps.cpp); the NestedTensorCPU kernels
+  that loop over the buffer's data pointer (``native_layer_norm``'s ``LayerNormKernel``,
+  ``_transform_bias_rescale_qkv``, and through it ``_native_multi_head_attention``) are not listed: on tpu that
+  pointer is 0.
 - likewise PyTorch's CPU kernels that make a nested tensor from dense tpu tensors (``CONSTRUCTORS``), registered
   on PrivateUse1 and redispatched to CPU: their maths (the lengths from a padding mask, the masked copy into one
   buffer) runs as tpu ops, so the lengths and the buffer are CPU's by construction.
+- layer norm: the dense kernel on the buffer's rows.
 - the fused encoder layer on a nested input: the dense kernel of ``transformer.py`` on the sequences' packed rows
   (the buffer), padded only around the attention, with the padding as a key padding mask. CPU's nested kernel
   masks the same keys (its softmax over each sequence's own length), so every position gets the same values, and
@@ -42,6 +44,7 @@ BUFFER_GENERIC_OPS = (
     # NestedTensorUnaryOps.cpp: the op on the whole buffer (map_nt)
     "abs", "abs_", "sgn", "sgn_", "neg", "neg_", "logical_not", "logical_not_", "relu", "relu_", "gelu", "gelu_",
     "tanh", "tanh_", "silu", "silu_", "sin", "cos",
+    # NestedTensorBinaryOps.cpp: the op on the buffer and a scalar, or on a mask's buffer
     "mul.Scalar", "mul_.Scalar", "div.Scalar", "masked_fill.Scalar",
     # NestedTensorMath.cpp: views of one component (as_strided of the buffer), softmax per component (_softmax_out),
     # transpose (the metadata's columns swapped), linear (one linear of the buffer's rows)
@@ -125,9 +128,6 @@ def nested_transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, 
     return with_buffer(src, rows.view(-1))
 
 
-NO_AUTOGRAD = (
-    "autograd through strided nested tensors is not supported on tpu: make them from tensors that do not require "
-    "grad (or under torch.no_grad()), or use layout=torch.jagged, whose nested tensors train on tpu")
 @nested_kernel("native_layer_norm")
 def nested_layer_norm(input, normalized_shape, weight, bias, eps):
     """The dense layer norm of the buffer's rows (CPU's nested kernel loops over the data pointer), under CPU's
@@ -146,6 +146,10 @@ def nested_layer_norm(input, normalized_shape, weight, bias, eps):
     output, mean, rstd = _aten.native_layer_norm(rows, normalized_shape, weight, bias, eps)
     return with_buffer(input, output.view(-1)), mean.view(-1), rstd.view(-1)
 
+
+NO_AUTOGRAD = (
+    "autograd through strided nested tensors is not supported on tpu: make them from tensors that do not require "
+    "grad (or under torch.no_grad()), or use layout=torch.jagged, whose nested tensors train on tpu")
 
 _composite_from_tensor_list = default_kernel("_nested_tensor_from_tensor_list")
 
