@@ -1,7 +1,5 @@
 """Errors a user meets: device mismatch, tpu:1, ops without kernels, and the opt-in CPU fallback."""
 
-import subprocess
-import sys
 import warnings
 
 import pytest
@@ -149,54 +147,6 @@ def test_a_cpu_input_to_a_tpu_convolution_is_a_device_mismatch_not_a_missing_ker
                                            "devices, tpu:0 and cpu!"):
         module.to("tpu")(torch.randn(1, 2, 5, 5)[:, :, 0] if isinstance(module, torch.nn.Conv1d)
                          else torch.randn(1, 2, 5, 5))
-
-
-def test_strided_nested_tensors_are_a_clear_error_with_the_transformer_workaround():
-    layer = torch.nn.TransformerEncoderLayer(8, 2, 16, batch_first=True)
-    encoder = torch.nn.TransformerEncoder(layer, 1).eval().to("tpu")
-    padding = torch.tensor([[False, False, True]], device="tpu")
-    with torch.no_grad(), pytest.raises(NotImplementedError, match="enable_nested_tensor=False"):
-        encoder(torch.ones(1, 3, 8, device="tpu"), src_key_padding_mask=padding)
-    with pytest.raises(NotImplementedError, match="layout=torch.jagged"):
-        torch.nested.nested_tensor([torch.ones(2, 3), torch.ones(1, 3)]).to("tpu")
-    unnested = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=False).eval().to("tpu")
-    with torch.no_grad():
-        assert unnested(torch.ones(1, 3, 8, device="tpu"), src_key_padding_mask=padding).shape == (1, 3, 8)
-
-
-def test_the_nested_tensor_error_names_the_workaround_for_nn_transformer_and_it_works():
-    """nn.Transformer builds its encoder with nested tensors on: a beam search in eval with a padding mask met the
-    error, whose workaround named only TransformerEncoder's constructor argument."""
-    torch.manual_seed(0)
-    model = torch.nn.Transformer(8, 2, 1, 1, 16, dropout=0.0, batch_first=True).eval()
-    source, target = torch.randn(2, 3, 8), torch.randn(2, 2, 8)
-    padding = torch.tensor([[False, False, True], [False, False, False]])
-    with torch.no_grad():
-        expected = model(source, target, src_key_padding_mask=padding, memory_key_padding_mask=padding)
-        model.to("tpu")
-        arguments = dict(src_key_padding_mask=padding.to("tpu"), memory_key_padding_mask=padding.to("tpu"))
-        with pytest.raises(NotImplementedError, match=r"model\.encoder\.use_nested_tensor = False"):
-            model(source.to("tpu"), target.to("tpu"), **arguments)
-        model.encoder.use_nested_tensor = False
-        torch.testing.assert_close(model(source.to("tpu"), target.to("tpu"), **arguments).cpu(), expected)
-
-
-@pytest.mark.parametrize("requires_grad", [False, True])
-def test_a_strided_nested_tensor_of_tpu_tensors_is_refused_as_it_is_made(requires_grad):
-    # in a child process: autograd reads the new nested tensor's sizes through C++ that cannot pass an exception
-    # on, so making one of tpu tensors that require grad aborted the process
-    program = (
-        "import torch\n"
-        f"parts = [torch.ones(2, 3, device='tpu', requires_grad={requires_grad}), torch.ones(1, 3, device='tpu')]\n"
-        "try:\n"
-        "    torch.nested.as_nested_tensor(parts)\n"
-        "except NotImplementedError as error:\n"
-        "    print(error)\n"
-        "print(torch.nested.as_nested_tensor(parts, layout=torch.jagged).values().shape)\n")
-    child = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
-    assert child.returncode == 0, child.stderr[-2000:]
-    assert "use layout=torch.jagged" in child.stdout
-    assert child.stdout.rstrip().endswith("torch.Size([3, 3])")
 
 
 @pytest.mark.parametrize("op", [torch.lt, torch.ge, torch.xlogy])

@@ -96,10 +96,7 @@ FAST_MODULES = (
 
 # (module name, mode) -> why it fails. Mode is "train", or "eval" for modules
 # whose ModuleInfo also asks for eval mode.
-EXPECTED_FAILURES = {
-    ("nn.Transformer", "train"): "eval-mode nn.TransformerEncoder with a key padding mask converts its input to a "
-    "nested tensor (aten::_nested_tensor_from_mask_left_aligned, _nested_tensor_from_mask): no nested tensors on tpu",
-}
+EXPECTED_FAILURES = {}
 
 
 def _mode(training):

@@ -18,6 +18,7 @@ from . import (  # noqa: F401
     linalg,
     losses,
     nested,
+    nested_strided,
     nn,
     pooling,
     optim,

@@ -64,9 +64,20 @@ def default_kernel(name):
     return lambda *args, **kwargs: kernel.call_boxed(keys, *args, **kwargs)
 
 
+def redispatching(op, keyset):
+    """A kernel for OpOverload ``op`` that runs PyTorch's own kernel at ``keyset``: one written with aten ops on its
+    tensors (never their data pointers), which then dispatch to the tpu kernels."""
+
+    def kernel(*args, **kwargs):
+        return op.redispatch(keyset, *args, **kwargs)
+
+    kernel.__name__ = op.__name__
+    return kernel
+
+
 def _written_lists(name):
     """The positions of aten ``name``'s ``Tensor(a!)[]`` arguments (the foreach ops' ``self``)."""
-    return tuple(i for i, argument in enumerate(_overload(name)._schema.arguments)
+    return tuple(i for i, argument in enumerate(overload(name)._schema.arguments)
                  if argument.alias_info is not None and argument.alias_info.is_write
                  and isinstance(argument.type, torch.ListType))
 
@@ -102,7 +113,7 @@ def _name(overload):
     )
 
 
-def _overload(name):
+def overload(name):
     packet, _, overload = name.partition(".")
     return getattr(getattr(torch.ops.aten, packet), overload or "default")
 
@@ -114,7 +125,7 @@ def guard(name):
 
     def replacement(error, args, kwargs):
         _errors.release_frames(error)
-        return _errors.kernel_error(error, _overload(name), args, kwargs)
+        return _errors.kernel_error(error, overload(name), args, kwargs)
 
     return replacement
 

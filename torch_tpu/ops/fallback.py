@@ -9,8 +9,8 @@ In order it tries:
    there are no values to send, Meta gives the result's shape instead;
 4. otherwise a NotImplementedError naming the op.
 
-Ops of a feature torch_tpu does not have (strided nested tensors, which also get their own
-fallback on the NestedTensorPrivateUse1 key) skip the CPU and say what to use instead.
+Ops of a feature torch_tpu does not have (strided nested tensors beyond ``nested_strided.py``, which also
+get their own fallback on the NestedTensorPrivateUse1 key) skip the CPU and say what to use instead.
 
 ``torch_tpu._lazy`` registers the boxed fallbacks at import and forwards to these functions once
 the kernels are loaded (a fallback cannot be replaced while the process runs).
@@ -115,10 +115,14 @@ def run_on_cpu(op, args, kwargs):
 
 
 STRIDED_NESTED = (
-    "strided nested tensors (torch.nested with layout=torch.strided) are not supported on tpu: their kernels are "
-    "C++ code that reads memory through data pointers, and tpu bytes live in emulated HBM; use layout=torch.jagged. nn.TransformerEncoder builds one in eval mode when given a src_key_padding_mask: "
-    "construct it with enable_nested_tensor=False (nn.Transformer's encoder: set model.encoder.use_nested_tensor = "
-    "False), which gives the same values at every unpadded position."
+    "strided nested tensors (torch.nested with layout=torch.strided) support on tpu only their construction "
+    "(nested_tensor, as_nested_tensor without autograd), .to()/.cpu(), to_padded_tensor, unbind, select, clone, "
+    "copy_, printing, unary pointwise ops, add/sub/mul/div of two alike or with a scalar, masked_fill, softmax, "
+    "layer_norm, linear, transpose and nn.TransformerEncoder's inference fast path (torch_tpu/ops/nested_strided.py); "
+    "PyTorch's other kernels for them are C++ code that reads memory through data pointers, and tpu bytes live in "
+    "emulated HBM. Use layout=torch.jagged, or to_padded_tensor() and dense ops. For nn.TransformerEncoder, "
+    "enable_nested_tensor=False (nn.Transformer's encoder: model.encoder.use_nested_tensor = False) gives the same "
+    "values at every unpadded position without nested tensors."
 )
 SPARSE_LAYOUTS = (
     "sparse layouts are not supported on tpu beyond sparse COO tensors' construction, .to(), to_sparse(), "
@@ -203,7 +207,7 @@ def _run(op, args, kwargs):
 
 
 def nested_fallback(keyset, op, *args, **kwargs):
-    """Every op on a strided nested tensor whose buffer would be on tpu, such as ``nested.to("tpu")``."""
+    """Every op on a strided nested tensor whose buffer would be on tpu, such as ``nested.softmax(-1)``."""
     raise unsupported(op, STRIDED_NESTED)
 
 

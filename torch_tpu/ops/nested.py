@@ -2,15 +2,12 @@
 
 A jagged nested tensor is a Python subclass over an ordinary ``values`` tensor and ``offsets``; its
 ops run as tpu ops on those, except padding and unpadding, which need these two kernels. (Strided
-nested tensors are C++ kernels that read memory through data pointers, which tpu storages do not
-have: see ``fallback.STRIDED_NESTED``.)
+nested tensors, ``layout=torch.strided``, are ``nested_strided.py``.)
 """
 
 import numpy as np
-import torch
 
 from ._common import operand, store
-from .fallback import STRIDED_NESTED, unsupported
 from ._registry import register
 
 
@@ -41,10 +38,3 @@ def padded_dense_to_jagged(dense, offsets, total_L=None):
         raise RuntimeError("_padded_dense_to_jagged_forward(): final offset should match total_L value")
     return store(operand(dense, "_padded_dense_to_jagged_forward")[sequence, position], dense.dtype)
 
-
-@register("_nested_tensor_from_tensor_list", charge=False)
-def strided_nested_from_tensor_list(tensors, dtype=None, layout=None, device=None, pin_memory=None):
-    """Refused before the strided nested tensor exists: autograd reads a new output's sizes through C++ that
-    cannot pass an exception on, so ``torch.nested.as_nested_tensor`` of tpu tensors that require grad aborted
-    the process where every later op on it would raise."""
-    raise unsupported(torch.ops.aten._nested_tensor_from_tensor_list.default, STRIDED_NESTED)

@@ -20,7 +20,7 @@ import torch
 
 from .fallback import SPARSE_LAYOUTS, unsupported
 from .pointwise import check_alpha
-from ._registry import register
+from ._registry import redispatching, register
 from .._errors import scalar_type_name, sparse_add_cannot_cast
 
 _SPARSE_KERNELS = torch.library.Library("aten", "IMPL")  # owns the registrations for the life of the process
@@ -36,16 +36,9 @@ STRUCTURAL_OPS = (
 )
 
 
-def _structural(op):
-    def kernel(*args, **kwargs):
-        return op.redispatch(_SPARSE_META, *args, **kwargs)
-
-    return kernel
-
-
 for _name in STRUCTURAL_OPS:
     _op = getattr(_aten, _name).default
-    _SPARSE_KERNELS.impl(_op, _structural(_op), "SparsePrivateUse1")
+    _SPARSE_KERNELS.impl(_op, redispatching(_op, _SPARSE_META), "SparsePrivateUse1")
 
 
 def sparse_kernel(*names):

@@ -66,17 +66,23 @@ def native_multi_head_attention(query, key, value, embed_dim, num_head, qkv_weig
 @register("_transformer_encoder_layer_fwd")
 def transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias, use_gelu,
                                   norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2, norm_bias_2,
-                                  ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask=None, mask_type=None):
+                                  ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask=None, mask_type=None,
+                                  attend=None):
+    """``attend(x, attention)``, when given, runs ``attention(batch, mask, mask_type)`` (the fused self-attention of a
+    (B, L, D) batch) for ``x``: every other step works row by row, so the nested kernel (nested_strided.py) runs them
+    on its sequences' packed rows and pads only around the attention, as CPU's nested kernel does."""
     if src.numel() == 0:
         return src.clone()
 
     def norm(x, weight, bias):
         return F.layer_norm(x, (embed_dim,), weight, bias, eps)
 
+    def attention(x, mask, mask_type):
+        return native_multi_head_attention(x, x, x, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight,
+                                           proj_bias, mask, False, True, mask_type)[0]
+
     x = norm(src, norm_weight_1, norm_bias_1) if norm_first else src
-    x, _ = native_multi_head_attention(x, x, x, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
-                                       mask, False, True, mask_type)
-    x = x + src
+    x = (attention(x, mask, mask_type) if attend is None else attend(x, attention)) + src
     if not norm_first:
         x = norm(x, norm_weight_1, norm_bias_1)
     residual = x

@@ -11,18 +11,10 @@ import torch
 from .. import _tensor
 from .._errors import invalid_storage_offset
 from . import factory
-from ._registry import register, register_view, register_with_keyset
+from ._registry import redispatching, register, register_view, register_with_keyset
 
 META = torch._C.DispatchKeySet(torch._C.DispatchKey.Meta)
 _set_meta_included = torch._C._set_meta_in_tls_dispatch_include
-
-
-def _redispatch_to_meta(overload):
-    def kernel(keyset, *args, **kwargs):
-        return overload.redispatch(META, *args, **kwargs)
-
-    kernel.__name__ = f"meta_{overload.__name__.replace('.', '_')}"
-    return kernel
 
 
 for _overload in (
@@ -30,7 +22,7 @@ for _overload in (
     torch.ops.aten.view_as_real.default,
     torch.ops.aten.view_as_complex.default,
 ):
-    register_with_keyset(_overload)(_redispatch_to_meta(_overload))
+    register_view(_overload)(redispatching(_overload, META))
 
 
 def _through_meta(method):
@@ -49,14 +41,14 @@ def _through_meta(method):
     return run
 
 
-_meta_reshape_alias = _redispatch_to_meta(torch.ops.aten._reshape_alias.default)
+_meta_reshape_alias = redispatching(torch.ops.aten._reshape_alias.default, META)
 
 
 @register_with_keyset(torch.ops.aten._reshape_alias.default)
 def reshape_alias(keyset, self, size, stride):
     """``reshape``'s view with the strides it computed (in bounds); called directly with any layout, which CPU
     does not check, it marks its storage as one that may hold a tensor past its end (``derived_view``)."""
-    view = _meta_reshape_alias(keyset, self, size, stride)
+    view = _meta_reshape_alias(self, size, stride)
     if _tensor.reaches_past(view, _tensor.storage_bytes(view)):
         setattr(view.untyped_storage(), _tensor.OVERRUN_ATTRIBUTE, True)
     return view

@@ -1,0 +1,165 @@
+"""Strided nested tensors (``torch.nested`` with ``layout=torch.strided``) on tpu, as far as nn.TransformerEncoder's
+inference fast path and the common entry points need them.
+
+A strided nested tensor is PyTorch's C++ ``NestedTensorImpl``: one flat buffer, here an ordinary tpu tensor (so
+HBM counts its bytes and frees them with it), and three CPU tensors of metadata (each component's sizes, strides
+and storage offset). Its ops dispatch on the NestedTensorPrivateUse1 key. Four kinds of kernel serve it:
+
+- PyTorch's own NestedTensorCPU kernels, for the ops in ``BUFFER_GENERIC_OPS`` and ``BINARY_OPS``: each reads only
+  the metadata and computes with aten ops on the buffer (``get_buffer().copy_``, ``split_with_sizes``,
+  ``constant_pad_nd``, ``as_strided``...), which then dispatch to the tpu kernels. They are redispatched to
+  NestedTensorCPU. Every one was read in aten/src/ATen/native/nested/ (NestedTensorMath.cpp,
+  NestedTensorFactories.cpp, NestedTensorUnaryOps.cpp, NestedTensorBinaryOps.cpp); the NestedTensorCPU kernels
+  that loop over the buffer's data pointer (``native_layer_norm``'s ``LayerNormKernel``,
+  ``_transform_bias_rescale_qkv``, and through it ``_native_multi_head_attention``) are not listed: on tpu that
+  pointer is 0.
+- likewise PyTorch's CPU kernels that make a nested tensor from dense tpu tensors (``CONSTRUCTORS``), registered
+  on PrivateUse1 and redispatched to CPU: their maths (the lengths from a padding mask, the masked copy into one
+  buffer) runs as tpu ops, so the lengths and the buffer are CPU's by construction.
+- layer norm: the dense kernel on the buffer's rows.
+- the fused encoder layer on a nested input: the dense kernel of ``transformer.py`` on the sequences' packed rows
+  (the buffer), padded only around the attention, with the padding as a key padding mask. CPU's nested kernel
+  masks the same keys (its softmax over each sequence's own length), so every position gets the same values, and
+  the row-wise work (feed-forward, norms) is done for the real rows only, as on CPU.
+
+Every other op on a strided nested tpu tensor reaches ``fallback.nested_fallback`` and its error, and autograd
+through them is refused where the nested tensor is made (see ``nested_tensor_from_tensor_list``).
+"""
+
+import torch
+
+from .fallback import unsupported
+from ._registry import default_kernel, overload, redispatching, register, unseen_by_function_modes
+from .transformer import PADDING_MASK, transformer_encoder_layer_fwd
+
+_NESTED_KERNELS = torch.library.Library("aten", "IMPL")  # owns the registrations for the life of the process
+_NESTED_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.NestedTensorCPU)
+_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+_aten = torch.ops.aten
+
+BUFFER_GENERIC_OPS = (
+    "_nested_tensor_size", "_nested_tensor_strides", "_nested_tensor_storage_offsets", "values", "unbind.int",
+    "to_padded_tensor", "_nested_from_padded_and_nested_example", "_to_copy", "empty_like", "copy_", "clone",
+    "detach", "alias", "is_same_size", "zero_", "fill_.Scalar", "fill_.Tensor",
+    # NestedTensorUnaryOps.cpp: the op on the whole buffer (map_nt)
+    "abs", "abs_", "sgn", "sgn_", "neg", "neg_", "logical_not", "logical_not_", "relu", "relu_", "gelu", "gelu_",
+    "tanh", "tanh_", "silu", "silu_", "sin", "cos",
+    # NestedTensorBinaryOps.cpp: the op on the buffer and a scalar, or on a mask's buffer
+    "mul.Scalar", "mul_.Scalar", "div.Scalar", "masked_fill.Scalar",
+    # NestedTensorMath.cpp: views of one component (as_strided of the buffer), softmax per component (_softmax_out),
+    # transpose (the metadata's columns swapped), linear (one linear of the buffer's rows)
+    "select.int", "_softmax", "transpose.int", "linear",
+)
+# NestedTensorBinaryOps.cpp: the op on both buffers, or on one and a 0-d tensor (its nested-with-dense case is CUDA's)
+BINARY_OPS = ("add.Tensor", "add_.Tensor", "sub.Tensor", "mul.Tensor", "mul_.Tensor", "div.Tensor")
+CONSTRUCTORS = (
+    "_nested_tensor_from_mask", "_nested_tensor_from_mask_left_aligned", "_nested_from_padded",
+    "_nested_view_from_buffer",
+)
+
+
+def nested_kernel(*names):
+    def decorate(kernel):
+        for name in names:
+            _NESTED_KERNELS.impl(name, unseen_by_function_modes(kernel), "NestedTensorPrivateUse1")
+        return kernel
+
+    return decorate
+
+
+for _name in BUFFER_GENERIC_OPS:
+    nested_kernel(_name)(redispatching(overload(_name), _NESTED_CPU))
+
+
+def with_buffer(nested, buffer):
+    """A nested tensor over ``buffer`` with ``nested``'s components: sizes, strides and offsets."""
+    return _aten._nested_view_from_buffer(buffer, nested._nested_tensor_size(), nested._nested_tensor_strides(),
+                                          nested._nested_tensor_storage_offsets())
+
+
+def _binary(op):
+    """PyTorch's kernel, except for a Python number: the dispatcher hands a Python kernel the number a wrapped 0-d
+    tensor stood for, and a Tensor overload cannot take it back, so the op runs on the buffer here with the number,
+    keeping its promotion as a wrapped number (CPU's kernel does the same on its buffer)."""
+    generic = redispatching(op, _NESTED_CPU)
+    in_place = op._schema.arguments[0].alias_info is not None
+
+    def kernel(self, other, *args, **kwargs):
+        if isinstance(other, torch.Tensor):
+            return generic(self, other, *args, **kwargs)
+        result = op(self.values(), other, *args, **kwargs)
+        return self if in_place else with_buffer(self, result)
+
+    return kernel
+
+
+for _name in BINARY_OPS:
+    nested_kernel(_name)(_binary(overload(_name)))
+for _name in CONSTRUCTORS:
+    register(_name, charge=False)(redispatching(overload(_name), _CPU))
+
+
+@nested_kernel("_transformer_encoder_layer_fwd")
+def nested_transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
+                                         use_gelu, norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2,
+                                         norm_bias_2, ffn_weight_1, ffn_bias_1, ffn_weight_2, ffn_bias_2, mask=None,
+                                         mask_type=None):
+    """The dense layer on the sequences' packed rows, each attention batch padded to the longest sequence with
+    the padding as a key padding mask (CPU's nested kernel masks the same keys)."""
+    if mask is not None:  # nn.TransformerEncoderLayer never passes one with a nested input
+        raise unsupported(_aten._transformer_encoder_layer_fwd.default,
+                          "a mask with a nested input is not supported on tpu; pass the padded tensor and the mask")
+    src = src.contiguous()
+    sizes = src._nested_tensor_size()
+    lengths = sizes[:, 0]
+    in_sequence = torch.arange(int(lengths.max()) if len(lengths) else 0) < lengths[:, None]  # (batch, longest)
+    padded_row = in_sequence.flatten().nonzero().squeeze(1).to(src.device)  # of each packed row
+    padding = (~in_sequence).to(src.device)
+
+    def attend(rows, attention):
+        batch = rows.new_zeros(in_sequence.numel(), embed_dim).index_copy_(0, padded_row, rows)
+        attended = attention(batch.view(*in_sequence.shape, embed_dim), padding, PADDING_MASK)
+        return attended.view(-1, embed_dim).index_select(0, padded_row)
+
+    rows = transformer_encoder_layer_fwd(
+        src.values().view(-1, embed_dim), embed_dim, num_heads, qkv_weight, qkv_bias, proj_weight, proj_bias,
+        use_gelu, norm_first, eps, norm_weight_1, norm_bias_1, norm_weight_2, norm_bias_2, ffn_weight_1, ffn_bias_1,
+        ffn_weight_2, ffn_bias_2, attend=attend)
+    return with_buffer(src, rows.view(-1))
+
+
+@nested_kernel("native_layer_norm")
+def nested_layer_norm(input, normalized_shape, weight, bias, eps):
+    """The dense layer norm of the buffer's rows (CPU's nested kernel loops over the data pointer), under CPU's
+    conditions: weight and bias given, the components contiguous and alike in the normalized dims."""
+    if weight is None or bias is None:
+        raise ValueError("NestedTensor layer_norm requires weight and bias")
+    input = input.contiguous()
+    sizes = input._nested_tensor_size()
+    for i, size in enumerate(normalized_shape):
+        column = sizes[:, sizes.shape[1] - len(normalized_shape) + i]
+        if not bool((column == column[0]).all()):
+            raise RuntimeError("normalized_shape extends into irregular dimensions for the nested tensor")
+        if column[0] != size:
+            raise RuntimeError(f"The shape at dimension {i}of normalized_shape doesn't match the input")
+    rows = input.values().view(-1, *normalized_shape)
+    output, mean, rstd = _aten.native_layer_norm(rows, normalized_shape, weight, bias, eps)
+    return with_buffer(input, output.view(-1)), mean.view(-1), rstd.view(-1)
+
+
+NO_AUTOGRAD = (
+    "autograd through strided nested tensors is not supported on tpu: make them from tensors that do not require "
+    "grad (or under torch.no_grad()), or use layout=torch.jagged, whose nested tensors train on tpu")
+
+_composite_from_tensor_list = default_kernel("_nested_tensor_from_tensor_list")
+
+
+@register("_nested_tensor_from_tensor_list", charge=False)
+def nested_tensor_from_tensor_list(tensors, dtype=None, layout=None, device=None, pin_memory=None):
+    """PyTorch's own kernel (one ``cat`` of the flattened tensors), refused before the nested tensor exists when
+    autograd would record it: autograd reads a new output's sizes through C++ that cannot pass an exception on, so
+    ``torch.nested.as_nested_tensor`` of tpu tensors that require grad aborted the process where its first
+    unsupported op would raise."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise unsupported(_aten._nested_tensor_from_tensor_list.default, NO_AUTOGRAD)
+    return _composite_from_tensor_list(tensors, dtype, layout, device, pin_memory)
