@@ -1042,7 +1042,9 @@ def power(base, exponent):
     if base.dtype.kind not in "iu":
         return float_power(base, exponent)
     negative = exponent < 0
-    result = np.power(base, np.where(negative, -exponent, exponent))
+    # a negative power leaves only a base of +-1 (its sign by the power's parity): the parity, not -exponent,
+    # which for the dtype's most negative value overflows back to itself
+    result = np.power(base, np.where(negative, exponent & 1, exponent))
     # PyTorch: integers to negative powers truncate 1/base**n toward zero
     return np.where(negative & (np.abs(base) != 1), 0, result).astype(base.dtype)
 
