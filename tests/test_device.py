@@ -227,6 +227,9 @@ def test_legacy_tensor_types_tell_tpu_tensors_as_cpus_tell_cpu_tensors(name):
     assert made.device.type == "tpu" and made.dtype == expected.dtype
     assert torch.equal(made.cpu(), expected)
     assert getattr(torch.tpu, name)(2, 3).shape == getattr(torch, name)(2, 3).shape
+    converted = torch.zeros(2, device="tpu").type(getattr(torch.tpu, name))  # Tensor.type reads the class's name
+    assert converted.device.type == "tpu" and converted.dtype == expected.dtype
+    assert converted.type() == getattr(torch.tpu, name).__name__
 
 
 def test_a_module_moved_to_tpu_holds_tensors_of_the_legacy_tpu_types():

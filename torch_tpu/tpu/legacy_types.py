@@ -18,14 +18,17 @@ class LegacyTensorType(type):
                 and value.layout == torch.strided)
 
     def __call__(cls, *args, **kwargs):
-        return getattr(torch, cls.__name__)(*args, **kwargs).to("tpu")
+        return cls.cpu_type(*args, **kwargs).to("tpu")
 
     def __repr__(cls):
-        return f"<class 'torch.tpu.{cls.__name__}'>"
+        return f"<class '{cls.__name__}'>"
 
 
 def legacy_type(name):
-    return LegacyTensorType(name, (), {"dtype": LEGACY_DTYPES[name], "is_sparse": False, "__module__": "torch.tpu"})
+    """The class named as ``Tensor.type()`` names its tensors ("torch.tpu.FloatTensor"), which is also the name
+    ``Tensor.type(cls)`` reads from a class."""
+    return LegacyTensorType(f"torch.tpu.{name}", (), {"dtype": LEGACY_DTYPES[name], "cpu_type": getattr(torch, name),
+                                                       "is_sparse": False, "__module__": "torch.tpu"})
 
 
 FloatTensor, DoubleTensor, HalfTensor, BFloat16Tensor, ByteTensor, CharTensor, ShortTensor, IntTensor, LongTensor, \
