@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import run_python
+from torch_tpu.tpu import legacy_types
 
 GiB = 1 << 30
 
@@ -212,3 +213,26 @@ def test_a_freed_pinned_buffer_is_forgotten():
     assert len(_pinned._ranges) == before + 1
     del pinned
     assert len(_pinned._ranges) == before
+
+
+@pytest.mark.parametrize("name", sorted(legacy_types.LEGACY_DTYPES))
+def test_legacy_tensor_types_tell_tpu_tensors_as_cpus_tell_cpu_tensors(name):
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.uint8, torch.int8, torch.int16,
+                  torch.int32, torch.int64, torch.bool, torch.complex64):
+        host = torch.zeros(3, dtype=dtype)
+        assert isinstance(host.to("tpu"), getattr(torch.tpu, name)) == isinstance(host, getattr(torch, name))
+        assert not isinstance(host, getattr(torch.tpu, name))
+    made = getattr(torch.tpu, name)([1, 0, 2])
+    expected = getattr(torch, name)([1, 0, 2])
+    assert made.device.type == "tpu" and made.dtype == expected.dtype
+    assert torch.equal(made.cpu(), expected)
+    assert getattr(torch.tpu, name)(2, 3).shape == getattr(torch, name)(2, 3).shape
+    converted = torch.zeros(2, device="tpu").type(getattr(torch.tpu, name))  # Tensor.type reads the class's name
+    assert converted.device.type == "tpu" and converted.dtype == expected.dtype
+    assert converted.type() == getattr(torch.tpu, name).__name__
+
+
+def test_a_module_moved_to_tpu_holds_tensors_of_the_legacy_tpu_types():
+    linear = torch.nn.Linear(4, 2).to("tpu", torch.float64)
+    assert isinstance(linear.weight.data, torch.tpu.DoubleTensor)
+    assert not isinstance(linear.weight.data, torch.DoubleTensor)

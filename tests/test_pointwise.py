@@ -533,6 +533,14 @@ def test_pow_overloads():
     check(torch.pow, sample((3,), torch.int64), 2.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64], ids=str)
+def test_integer_pow_to_the_dtypes_extremes_as_cpu(dtype):
+    """The most negative power of a dtype is its own negation: the bases +-1 still take CPU's values."""
+    info = torch.iinfo(dtype)
+    values = torch.tensor([info.min, info.min + 1, -2, -1, 0, 1, 2, info.max]).clamp(info.min, info.max).to(dtype)
+    check(torch.pow, values[:, None], values[None, :])
+
+
 @pytest.mark.parametrize("other", [
     2.5, 3, True, torch.tensor(2.5), torch.tensor(2, dtype=torch.int64), torch.tensor(1.5, dtype=torch.float64),
 ])

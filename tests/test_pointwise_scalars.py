@@ -312,3 +312,38 @@ def test_foreach_alpha_as_cpu_rounds_it(dtype):
     for value in VALUES:
         expected = torch._foreach_add(cpu, others, alpha=value)
         assert all(bits_equal(a, e) for a, e in zip(torch._foreach_add(tpu, tpu_others, alpha=value), expected))
+
+
+# A Python number beside 0-d tensors only: it promotes by its category, never by its dtype (a 0-d int8 tensor
+# ``& 1`` is int8), where a 0-d tensor of the number's own dtype would promote by that dtype (int64).
+ZERO_DIM_WITH_NUMBER = {
+    "bitwise_and": torch.bitwise_and, "bitwise_or": torch.bitwise_or, "bitwise_xor": torch.bitwise_xor,
+    "bitwise_left_shift": torch.bitwise_left_shift, "bitwise_right_shift": torch.bitwise_right_shift,
+    "remainder": torch.remainder, "fmod": torch.fmod, "copysign": torch.copysign,
+    "xlog1py": torch.special.xlog1py, "pow": torch.pow, "mul": torch.mul,
+}
+SMALL_DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.float16, torch.bfloat16,
+                torch.complex64]
+
+
+def cpu_outcome(function):
+    """``function``'s result on the host (the dtype in its own right), or its error's class and words."""
+    try:
+        return function().cpu()
+    except (RuntimeError, NotImplementedError, TypeError) as error:
+        return type(error), str(error)
+
+
+@pytest.mark.parametrize("name", sorted(ZERO_DIM_WITH_NUMBER))
+@pytest.mark.parametrize("dtype", SMALL_DTYPES, ids=str)
+@pytest.mark.parametrize("number", [3, 2.5, 1 + 2j], ids=["int", "float", "complex"])
+def test_a_number_beside_a_0_dim_tensor_promotes_by_its_category_as_on_cpu(name, dtype, number):
+    op = ZERO_DIM_WITH_NUMBER[name]
+    values = torch.tensor(5).to(dtype)
+    expected = cpu_outcome(lambda: op(values, number))
+    actual = cpu_outcome(lambda: op(values.to("tpu"), number))
+    if isinstance(expected, tuple):
+        assert actual == expected
+    else:
+        assert isinstance(actual, torch.Tensor) and actual.dtype == expected.dtype
+        torch.testing.assert_close(actual, expected, equal_nan=True)

@@ -165,10 +165,27 @@ def _on_meta(value, memo):
     return value
 
 
+def tensor_slots(op):
+    """The positions of ``op``'s positional Tensor arguments."""
+    return frozenset(i for i, argument in enumerate(op._schema.arguments)
+                     if isinstance(argument.type, torch.TensorType) and not argument.kwarg_only)
+
+
+def numbers_as_tensors(args, slots):
+    """``args`` with each Python number in a Tensor position (``slots``) as a 0-d CPU tensor: the dispatcher hands
+    wrapped numbers to Python kernels as the numbers themselves, and the overload called again takes only tensors
+    there."""
+    if all(isinstance(args[i], torch.Tensor) for i in slots if i < len(args)):
+        return args
+    return tuple(torch.tensor(value) if i in slots and not isinstance(value, torch.Tensor) else value
+                 for i, value in enumerate(args))
+
+
 def meta_error(op, args, kwargs):
     """The error PyTorch's Meta kernel of ``op`` raises for arguments shaped like these, or None."""
     from torch.utils._pytree import tree_map
 
+    args = numbers_as_tensors(args, tensor_slots(op))
     if getattr(_replaying, "active", False):
         return None  # a replay that reached a tpu kernel again: no help from here
     memo = {}
@@ -212,6 +229,7 @@ def cpu_error(op, args, kwargs):
         return None
     _replaying.active = True
     try:
+        args = numbers_as_tensors(args, tensor_slots(op))
         op(*tree_map(_on_cpu, args), **tree_map(_on_cpu, kwargs))
     except (*_PYTORCH_ERRORS, NotImplementedError) as error:
         return type(error)(*error.args)

@@ -29,7 +29,8 @@ from torch._prims_common import ELEMENTWISE_TYPE_PROMOTION_KIND, elementwise_dty
 from .. import _C, _tensor
 from .._C import cpu_loops
 from .._C import special as vpu_special
-from .._errors import cpp_type_name, device_mismatch, found_dtype, not_implemented_for, scalar_type_name, shape_mismatch
+from .._errors import (cpp_type_name, device_mismatch, found_dtype, not_implemented_for, numbers_as_tensors,
+                       scalar_type_name, shape_mismatch, tensor_slots)
 from .._tensor import numpy_dtype
 from ._common import (all_contiguous, as_numpy, broadcast_shapes, castable, check_scalar_fits, empty, empty_with_array,
                       iterator_strides, operand, opmath_dtype, opmath_scalar_type, prepare_out, store, through_math_bits,
@@ -538,6 +539,7 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         """A functional call whose tensor operands all have one shape: its result in a new contiguous tensor
         of that shape, with no ``out`` to check."""
         promoted, extras = args[:operands], args[operands:]
+        refuse_in_meta(overload, promoted)
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
         output_shape = next(value.shape for value in promoted if isinstance(value, torch.Tensor))
         if scalars_in_dtype:
@@ -581,20 +583,23 @@ def functional_twin(out_overload):
 def general_functional(functional_op, structured_wrapper):
     """A functional call outside the fast path, through PyTorch's structured wrapper. The dispatcher hands
     wrapped numbers to Python kernels as Python numbers, and the wrapper takes only tensors: such a number
-    goes back in as a 0-d CPU tensor, which promotes as the number does (by category, never by its dtype)."""
-    tensor_slots = [i for i, argument in enumerate(functional_op._schema.arguments)
-                    if isinstance(argument.type, torch.TensorType) and not argument.kwarg_only]
+    goes back in as a 0-d CPU tensor, which beside a tensor with dims promotes as the number does (by category,
+    never by its dtype); beside 0-d tensors only it would not, and ``functional_launch`` keeps those calls."""
+    slots = tensor_slots(functional_op)
 
     def call(*args, **kwargs):
-        if not all(isinstance(args[i], torch.Tensor) for i in tensor_slots if i < len(args)):
-            args = tuple(torch.tensor(value) if i in tensor_slots and not isinstance(value, torch.Tensor) else value
-                         for i, value in enumerate(args))
-        return structured_wrapper(*args, **kwargs)
+        return structured_wrapper(*numbers_as_tensors(args, slots), **kwargs)
 
     return call
 
 
 _FAST_FLOATS = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
+
+
+def numbers_beside_scalars(operands):
+    """Whether ``operands`` hold Python numbers and, beside them, only 0-d tensors (at least one)."""
+    tensors = [value for value in operands if isinstance(value, torch.Tensor)]
+    return 0 < len(tensors) < len(operands) and all(value.dim() == 0 for value in tensors)
 
 
 def functional_launch(into_new, name, operands, structured_wrapper):
@@ -604,11 +609,16 @@ def functional_launch(into_new, name, operands, structured_wrapper):
     The commonest call (floating tpu tensors of one shape, contiguous) is one charged launch of ``name``
     that computes into a new contiguous tensor (``into_new``); any other call (broadcasting, strided
     layouts, integer or bool dtypes, CPU operands) keeps the structured wrapper, whose meta function picks
-    the output's strides and raises PyTorch's errors."""
+    the output's strides and raises PyTorch's errors. Numbers beside 0-d tensors of any dtype take the launch too:
+    the wrapper would see each number as a 0-d tensor of its own dtype (``general_functional``), which among 0-d
+    tensors promotes by its dtype, where a number promotes by its category only (a 0-d int8 tensor ``& 1`` is
+    int8, not int64); with nothing to lay out or broadcast, ``into_new`` promotes them as CPU does."""
 
     launch = charged(into_new, name)
 
     def functional(*args, **kwargs):
+        if numbers_beside_scalars(args[:operands]):
+            return launch(*args, **kwargs)
         shape, numbers = None, False
         for value in args[:operands]:
             if isinstance(value, torch.Tensor):
@@ -1040,7 +1050,9 @@ def power(base, exponent):
     if base.dtype.kind not in "iu":
         return float_power(base, exponent)
     negative = exponent < 0
-    result = np.power(base, np.where(negative, -exponent, exponent))
+    # a negative power leaves only a base of +-1 (its sign by the power's parity): the parity, not -exponent,
+    # which for the dtype's most negative value overflows back to itself
+    result = np.power(base, np.where(negative, exponent & 1, exponent))
     # PyTorch: integers to negative powers truncate 1/base**n toward zero
     return np.where(negative & (np.abs(base) != 1), 0, result).astype(base.dtype)
 
@@ -1974,8 +1986,8 @@ UNARY_SAME = {  # computed in the input's own dtype: (function, supported dtypes
 BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "mul.out": (multiply, keep, None),
     "div.out": (np.true_divide, to_float, None),
-    "remainder.Tensor_out": (remainder, keep, not_bool),
-    "fmod.Tensor_out": (fmod, keep, not_bool),
+    "remainder.Tensor_out": (remainder, keep, real_not_bool),
+    "fmod.Tensor_out": (fmod, keep, real_not_bool),
     "pow.Tensor_Tensor_out": (power, keep, not_bool),
     "pow.Scalar_out": (power, keep, not_bool),
     "atan2.out": (arctan2, to_float, None),
@@ -1984,11 +1996,11 @@ BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "minimum.out": (minimum, keep, real),
     "fmax.out": (np.fmax, keep, real),
     "fmin.out": (np.fmin, keep, real),
-    "copysign.out": (np.copysign, to_float, None),
+    "copysign.out": (np.copysign, to_float, real),
     "logaddexp.out": (logaddexp, keep, floating_or_wide_complex),
     "logaddexp2.out": (logaddexp2, keep, floating),
     "xlogy.OutTensor": (xlogy, to_float, real),
-    "special_xlog1py.out": (xlog1py, to_float, None),
+    "special_xlog1py.out": (xlog1py, to_float, real),
     "special_zeta.out": (zeta, to_float, single_or_double),
     "igamma.out": (regularized_gamma(lower=True), keep, floating),
     "igammac.out": (regularized_gamma(lower=False), keep, floating),
@@ -2040,6 +2052,7 @@ CPU_KERNEL_NAMES = {
     "special_log_ndtr": "log_ndtr_cpu", "special_erfcx": "erfcx_cpu", "pow": "pow", "addcmul": "addcmul_cpu_out",
     "hardshrink_backward": "shrink_backward_cpu", "softshrink_backward": "shrink_backward_cpu",
     "clamp": "clamp_scalar_cpu", "clamp_min": "clamp_min_scalar_cpu", "clamp_max": "clamp_max_scalar_cpu",
+    "bitwise_left_shift": "lshift_cpu", "bitwise_right_shift": "rshift_cpu", "special_xlog1py": "xlog1py_cpu",
 }
 
 
@@ -2122,7 +2135,7 @@ def register_tables():
     unstructured(isnan, "isnan", result=to_bool)
     unstructured(floor_divide, "floor_divide", "floor_divide_.Tensor", "floor_divide.out", operands=2,
                  check=supports(rounds_divisions, "div_floor_cpu"), opmath=divides_in_opmath)
-    unstructured(remainder, "remainder.Scalar_Tensor", operands=2, check=checked(not_bool, "remainder"))
+    unstructured(remainder, "remainder.Scalar_Tensor", operands=2, check=checked(real_not_bool, "remainder"))
     unstructured(relu, "relu", "relu_", check=clamping_check("relu", "Boolean inputs not supported for"))
     # hardtanh.out is clamp.out on CPU, whose out has the input's own dtype
     unstructured(hardtanh, "hardtanh", "hardtanh_", "hardtanh.out", check=check_hardtanh, exact_out=True,

@@ -48,6 +48,8 @@ from .random import (
     set_rng_state_all,
 )
 from .streams import Event, Stream, StreamContext, current_stream, default_stream, set_stream, stream
+from .legacy_types import (BFloat16Tensor, BoolTensor, ByteTensor, CharTensor, DoubleTensor, FloatTensor, HalfTensor,
+                           IntTensor, LongTensor, ShortTensor)
 
 OutOfMemoryError = torch.OutOfMemoryError  # what an allocation past the HBM capacity raises, as torch.cuda's
 
