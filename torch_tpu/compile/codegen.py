@@ -29,7 +29,7 @@ import torch
 from .. import _C
 from .._tensor import NUMPY_DTYPE, numpy_dtype
 from .batching import (HELPERS as BATCH_HELPERS, batched_lines, host_batch_lines, host_copies_line, plan_batches,
-                       plan_host_batches, plan_host_copies, scalar_group)
+                       plan_colocation, plan_host_batches, plan_host_copies, scalar_group)
 from .fusion import fuse, horizontal_launches
 from .lowering import EAGER, POINTWISE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
@@ -305,6 +305,15 @@ def generate(graph, name):
         the unrolled kernels as the fallback when their host scalars differ."""
         members = sorted((n for nodes_of in plan.members for n in nodes_of), key=position.__getitem__)
         batched = batched_lines(plan, lowered, w.constant)
+        colocation = plan_colocation(plan, lowered, root)
+        if colocation is not None:  # the launch where its inputs live, else gathered and then laid out for next time
+            inputs = [member for group in colocation.groups for member in group]
+            name = w.constant("colocation_", colocation)
+            laid_out = (f"{name}.lay_out(({''.join(f't_{n.name}, ' for n in inputs)}), input_views, "
+                        f"{w.constant('indices_', [input_index[n] for n in inputs])})")
+            batched = ([f"if {name}.holds(({''.join(f'v_{n.name}, ' for n in inputs)})):  # where they live"]
+                       + ["    " + b for b in batched_lines(plan, lowered, w.constant, colocation)]
+                       + ["else:"] + ["    " + b for b in batched + [laid_out]])
         mark = len(w.lines)
         if plan.scalars:
             for node in members:
@@ -341,10 +350,11 @@ def generate(graph, name):
             return f"del v_{name}"
         return f"del t_{name}" if name in tensors_only else f"del t_{name}, v_{name}"
 
+    input_index = {node: index for index, node in enumerate(n for n in nodes if n.op == "placeholder")}
     for node in nodes:
         v = f"v_{node.name}"
         if node.op == "placeholder":
-            index = len([n for n in nodes[:position[node]] if n.op == "placeholder"])
+            index = input_index[node]
             w.line(f"t_{node.name} = args[{index}]")
             if node not in read_as_arrays:
                 pass  # only eager kernels take it, as a tensor: no view to build (nor to trust: fused attention's
