@@ -13,6 +13,9 @@ The batched code then:
    the per-parameter call gives it, bit for bit;
 3. writes each in-place result back into its graph input through a view of the flat array.
 
+From the second call on, the inputs a launch updates in place live in flat arrays of their own (``Colocation``):
+the launch reads and updates them there, with no gather and no write-back.
+
 A per-parameter host scalar (an optimizer's step count, read as a number) must be the same for all
 kernels: a run-time check compares their bytes and falls back to the unrolled code when they differ.
 Charges and HBM are untouched: the launch is charged as before, and batching needs no HBM
