@@ -333,9 +333,9 @@ class Colocation:
     on: the HBM buffers of each group side by side in one flat host array, each backed by its part
     (``HBM.rehome``: no allocation, no free, the HBM accounting as it was). The launch then reads and updates them
     where they are, with no gather and no copy back. Its first call gathers as before and then lays the inputs out
-    (``lay_out``, once); from then on each call checks that every input's NumPy view is the one made over its part
-    (``holds``: the program's cached input views are seeded with them), and gathers as before when one is not (a
-    ``.data =``, an input moved by another program, a buffer that could not move)."""
+    (``lay_out``, once); from then on each call checks that every input's HBM buffer is backed by its part
+    (``holds``), and gathers as before when one is not (a ``.data =``, an input moved by another program, a buffer
+    that could not move). The program builds those inputs' NumPy views only where it gathers."""
 
     def __init__(self, groups, bounds):
         self.groups = groups  # per group, the graph inputs (one per kernel) in the launch's order
@@ -346,27 +346,29 @@ class Colocation:
             self.flats.append(flat := np.empty(int(bounds[-1]), dtype))
             self.views.extend(flat[start:stop].reshape(tuple(value.shape))
                               for value, start, stop in zip(values, bounds[:-1], bounds[1:]))
+        self.parts = [view.reshape(-1).view(np.uint8) for view in self.views]  # the host blocks the buffers get
         self.laid_out = False
 
-    def holds(self, views):
-        """Whether each input's view is the one over its part (so its elements are where the flat arrays have them)."""
-        for view, expected in zip(views, self.views):
-            if view is not expected:
+    def holds(self, tensors):
+        """Whether each input's HBM buffer is backed by its part. Its sizes and strides are those the program was
+        generated for (guarded), so a buffer of exactly its bytes holds it from its start: its elements are where
+        the flat arrays have them."""
+        for tensor, part in zip(tensors, self.parts):
+            if tensor.untyped_storage()._tpu_hbm_buffer.array is not part:
                 return False
         return True
 
     def lay_out(self, tensors, input_views, indices):
         """Move each input's host memory into its part, at the first call only, when every input fills its own
         HBM buffer (``whole_buffer_array``); each moved input's cached view (``input_views[index]``, as
-        ``runtime.input_view`` keeps it) becomes the view over its part."""
+        ``runtime.input_view`` keeps it) becomes the view over its part, for the calls that gather."""
         if self.laid_out:
             return
         self.laid_out = True
         buffers = [_whole_buffer(tensor) for tensor in tensors]
         if any(buffer is None for buffer in buffers) or len({id(buffer) for buffer in buffers}) != len(buffers):
             return
-        for tensor, buffer, view, index in zip(tensors, buffers, self.views, indices):
-            part = view.reshape(-1).view(np.uint8)
+        for tensor, buffer, view, part, index in zip(tensors, buffers, self.views, self.parts, indices):
             if buffer.allocator.rehome(buffer, part):
                 input_views[index] = (part, 0, tensor.stride(), view)
 
