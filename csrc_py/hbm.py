@@ -249,6 +249,19 @@ class HBM:
         self.live[buffer.id] = Bufferless(buffer.nbytes, host_address(block), retired=block)
         buffer.array = None
 
+    def rehome(self, buffer, block):
+        """Back the live allocation ``buffer`` by the host memory ``block`` (of its size), its bytes copied there, and
+        say whether it moved. Nothing is allocated or freed: the counters and the event log stay as they are; only
+        its address changes. A compiled program lays the buffers it updates together side by side this way
+        (compile/batching.py, ``Colocation``). The old block is dropped, not pooled: views of it may still exist.
+        Not while history is recorded (its frees must name the addresses its allocations did)."""
+        if self.history is not None or buffer.array is None or block.nbytes != buffer.nbytes or \
+                self.live.get(buffer.id) is not buffer.array:
+            return False
+        block[...] = buffer.array
+        self.live[buffer.id] = buffer.array = block
+        return True
+
     def address(self, buffer):
         """The address of a live allocation, with or without bytes."""
         return host_address(buffer.array if buffer.array is not None else self.live[buffer.id])

@@ -31,9 +31,10 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def train(make_optimizer, dtypes, batched, monkeypatch, steps=3, skew_step=False):
+def train(make_optimizer, dtypes, batched, monkeypatch, steps=3, skew_step=False, moved=False):
     """Parameters, optimizer state, chip seconds, HBM (peak, kept) and the program sources after ``steps``
-    compiled optimizer steps on fixed gradients, batched or unrolled."""
+    compiled optimizer steps on fixed gradients, batched or unrolled (with ``moved``, the second parameter gets
+    new memory, ``.data =`` a copy, after the first step)."""
     torch._dynamo.reset()
     debug.clear()
     with monkeypatch.context() as patch:
@@ -55,6 +56,8 @@ def train(make_optimizer, dtypes, batched, monkeypatch, steps=3, skew_step=False
             step()
             if skew_step and index == 0:  # one parameter's step count differs from the others' from now on
                 optimizer.state[params[0]]["step"] += 3
+            if moved and index == 0:
+                params[1].data = params[1].data.clone()
         torch.tpu.synchronize()
         sources = [program.source for program in torch_tpu.compile.last_programs()]
         costs = [[(name, cost.bytes_read, cost.bytes_written, cost.vpu_ops) for name, _, cost in program.kernels]
@@ -229,3 +232,42 @@ def test_a_launch_reuses_its_flat_arrays_once_their_last_reader_ran(monkeypatch)
         target = next(group for group in written.groups() if group)
         operands = [name for name in names if name != target]
         assert all(namespace[name] is not namespace[target] for name in operands), line
+
+
+def test_an_optimizer_updates_its_parameters_and_moments_where_they_live(monkeypatch):
+    """From its second call on, the batched AdamW launch runs over its parameters' and moments' own memory: the
+    first call lays each group's HBM buffers side by side in one host array (``batching.Colocation``; nothing is
+    allocated or freed), so the launch neither gathers them nor copies its results back; the bits, charges and
+    HBM are the unrolled step's (``assert_same_step``)."""
+    dtypes = [torch.float32] * len(SHAPES)
+    batched = train(OPTIMIZERS["adamw"], dtypes, True, monkeypatch)
+    assert_same_step(batched, train(OPTIMIZERS["adamw"], dtypes, False, monkeypatch))
+    params, state = batched[0], batched[1]
+    moments = [[s for s in state if s.device.type == "tpu"][k::2] for k in (0, 1)]  # exp_avg, exp_avg_sq
+    for group in [params] + moments:
+        for before, after in zip(group, group[1:]):
+            assert after.data_ptr() == before.data_ptr() + before.nbytes
+    program = next(source for source in batched[4] if BATCHED in source)
+    assert ".holds((" in program and "copyto(colocated_" not in program.split(".holds((")[1].split("else:")[0]
+
+
+def test_a_parameter_given_new_memory_after_the_layout_is_gathered_again(monkeypatch):
+    dtypes = [torch.float32] * len(SHAPES)
+    batched = train(OPTIMIZERS["adamw"], dtypes, True, monkeypatch, moved=True)
+    assert_same_step(batched, train(OPTIMIZERS["adamw"], dtypes, False, monkeypatch, moved=True))
+    params = batched[0]
+    assert params[1].data_ptr() != params[0].data_ptr() + params[0].nbytes  # it stays where .data = put it
+    assert params[3].data_ptr() == params[2].data_ptr() + params[2].nbytes
+
+
+def test_rehoming_an_allocation_moves_its_bytes_and_nothing_else(memory_baseline):
+    hbm = torch_tpu._C.current_chip().hbm
+    tensor = torch.arange(6, dtype=torch.float32, device="tpu")
+    buffer = tensor.untyped_storage()._tpu_hbm_buffer
+    stats, events = torch.tpu.memory_stats(), len(hbm.events)
+    home = np.empty(buffer.nbytes, np.uint8)
+    assert not hbm.rehome(buffer, home[:-4])  # not its size
+    assert hbm.rehome(buffer, home)
+    assert tensor.data_ptr() == home.ctypes.data
+    assert torch.tpu.memory_stats() == stats and len(hbm.events) == events  # no allocation, no free
+    assert_identical(tensor, torch.arange(6, dtype=torch.float32, device="tpu"))

@@ -13,6 +13,9 @@ The batched code then:
    the per-parameter call gives it, bit for bit;
 3. writes each in-place result back into its graph input through a view of the flat array.
 
+From the second call on, the inputs a launch updates in place live in flat arrays of their own (``Colocation``):
+the launch reads and updates them there, with no gather and no write-back.
+
 A per-parameter host scalar (an optimizer's step count, read as a number) must be the same for all
 kernels: a run-time check compares their bytes and falls back to the unrolled code when they differ.
 Charges and HBM are untouched: the launch is charged as before, and batching needs no HBM
@@ -30,8 +33,9 @@ import dataclasses
 import numpy as np
 import torch
 
+from .. import _tensor
 from .._tensor import numpy_dtype
-from .lowering import VIEW, is_tpu_node, tensor_inputs, value_of
+from .lowering import POINTWISE, VIEW, is_tpu_node, tensor_inputs, value_of
 
 # homes of nodes that allocate or free HBM: none may run between a batched launch's first and last node
 _ALLOCATING = frozenset({"buffer", "output", "eager", "multi"})
@@ -180,17 +184,21 @@ def scalar_group(args, batches):
     return None, "(" + "".join(f"v_{a.name}, " for a in args) + ")"
 
 
-def batched_lines(plan, lowered, constant):
+def batched_lines(plan, lowered, constant, colocation=None):
     """The source lines of a batched launch (the charge is not among them). ``constant(prefix, value)``
     names a value in the program's namespace. The flat arrays of results and gathered inputs are reused
-    once their last reader has run (``FlatArrays``)."""
+    once their last reader has run (``FlatArrays``). With a ``Colocation`` the lines are those run while it
+    holds the inputs the launch updates: their flat arrays are read where they are, and each result is computed
+    into its input's flat array when no later op reads the old value, else copied there in one call."""
     first = plan.members[0]
-    sizes = [int(np.prod(value_of(nodes_of[0]).shape)) for nodes_of in plan.members]
-    bounds = np.concatenate(([0], np.cumsum(sizes)))
+    bounds = _bounds(plan)
     total = int(bounds[-1])
     operands_of = [_operands(i, node, plan.members, lowered) for i, node in enumerate(first)]
     last_reads = _last_reads(first, lowered, operands_of)
     scratch = FlatArrays(total)
+    homes = {} if colocation is None else {group: constant("colocated_", flat)
+                                           for group, flat in zip(colocation.groups, colocation.flats)}
+    into = _computed_into(first, lowered, plan.members, homes, last_reads)  # op index -> its input's flat array
     lines, flat, gathered, arrays = [], {}, {}, {}  # flat: node index -> name of its flat array
     for i, node in enumerate(first):
         low = lowered[node]
@@ -212,6 +220,8 @@ def batched_lines(plan, lowered, constant):
                 operands.append(flat[source])
             elif kind == "number":
                 operands.append(f"v_{source.name}")  # equal in every kernel (checked)
+            elif source in homes:
+                operands.append(homes[source])
             else:
                 if source not in gathered:
                     array = scratch.take(numpy_dtype(value_of(source[0]).dtype), i, last_reads[source])
@@ -219,9 +229,12 @@ def batched_lines(plan, lowered, constant):
                     parts = ", ".join(f"v_{a.name}.ravel()" for a in source)
                     lines.append(f"concatenate(({parts},), out={gathered[source]})")
                 operands.append(gathered[source])
-        array = scratch.take(dtype, i, last_reads.get(i, i))
-        flat[i] = name = constant("batched_", array)
-        arrays[name] = array
+        if i in into:
+            flat[i] = name = into[i]
+        else:
+            array = scratch.take(dtype, i, last_reads.get(i, i))
+            flat[i] = name = constant("batched_", array)
+            arrays[name] = array
         if low.inline is not None:
             ufunc, inline_operands = low.inline
             arguments = [operands[low.inputs.index(o)] if isinstance(o, torch.fx.Node) else constant("c_", o)
@@ -233,11 +246,40 @@ def batched_lines(plan, lowered, constant):
     for i, node in enumerate(first):  # the results, back into the graph inputs they update
         if lowered[node].writes is None:
             continue
+        group = _written(i, plan.members, lowered)
+        if group in homes:
+            if flat[i] != homes[group]:
+                lines.append(f"copyto({homes[group]}, {flat[i]})")
+            continue
         for nodes_of, start, stop in zip(plan.members, bounds[:-1], bounds[1:]):
             member_node = nodes_of[i]
             part = arrays[flat[i]][start:stop].reshape(tuple(value_of(member_node).shape))
             lines.append(f"copyto(v_{lowered[member_node].writes.name}, {constant('part_', part)})")
     return lines
+
+
+def _bounds(plan):
+    """Where each kernel's elements start in the launch's flat arrays, and the total at the end."""
+    return np.concatenate(([0], np.cumsum([value_of(nodes_of[0]).numel() for nodes_of in plan.members])))
+
+
+def _written(i, members, lowered):
+    """The graph inputs the ``i``-th node of each kernel (an in-place copy) writes, one per kernel."""
+    return tuple(lowered[nodes_of[i]].writes for nodes_of in members)
+
+
+def _computed_into(first, lowered, members, homes, last_reads):
+    """{op index: the flat array of the inputs its result is copied to}, for the results computed right there: the
+    inputs' old values are read by no later op (the op itself may, element by element, as a pointwise kernel
+    computed into the input it is copied to does in the unrolled code: ``codegen._written_in_place``), and the
+    result is copied to no other input."""
+    targets = {}
+    for i, node in enumerate(first):
+        if lowered[node].writes is not None:
+            targets.setdefault(first.index(lowered[node].inputs[0]), []).append(_written(i, members, lowered))
+    return {source: homes[groups[0]] for source, groups in targets.items()
+            if len(groups) == 1 and groups[0] in homes and (last_reads.get(groups[0], -1) < source or (
+                last_reads[groups[0]] == source and lowered[first[source]].kind == POINTWISE))}
 
 
 def _operands(i, node, members, lowered):
@@ -269,6 +311,74 @@ def _last_reads(first, lowered, operands_of):
         if lowered[first[i]].writes is not None:
             last[first.index(lowered[first[i]].inputs[0])] = _TO_THE_END
     return last
+
+
+def plan_colocation(plan, lowered, root):
+    """A Colocation for the graph inputs a batched launch updates in place (one group per in-place copy: the
+    inputs it writes, one per kernel), or None when it has none, or when a kernel reads one of them otherwise than
+    as its group (a view of it, say): computing a result into the inputs' memory would change what that read sees."""
+    first = plan.members[0]
+    groups = [_written(i, plan.members, lowered) for i, node in enumerate(first) if lowered[node].writes is not None]
+    if not groups or any(not is_tpu_node(member) for group in groups for member in group):
+        return None
+    for i, node in enumerate(first):
+        for kind, source in _operands(i, node, plan.members, lowered):
+            if kind == "gathered" and source not in groups and any(root(arg) in plan.writes for arg in source):
+                return None
+    return Colocation(groups, _bounds(plan))
+
+
+class Colocation:
+    """Where a batched launch's in-place inputs (an optimizer's parameters and moments) live from its first call
+    on: the HBM buffers of each group side by side in one flat host array, each backed by its part
+    (``HBM.rehome``: no allocation, no free, the HBM accounting as it was). The launch then reads and updates them
+    where they are, with no gather and no copy back. Its first call gathers as before and then lays the inputs out
+    (``lay_out``, once); from then on each call checks that every input's HBM buffer is backed by its part
+    (``holds``), and gathers as before when one is not (a ``.data =``, an input moved by another program, a buffer
+    that could not move). The program builds those inputs' NumPy views only where it gathers."""
+
+    def __init__(self, groups, bounds):
+        self.groups = groups  # per group, the graph inputs (one per kernel) in the launch's order
+        self.flats, self.views = [], []  # per group its flat array; per input, its view of its part
+        for group in groups:
+            values = [value_of(member) for member in group]
+            dtype = numpy_dtype(values[0].dtype)
+            self.flats.append(flat := np.empty(int(bounds[-1]), dtype))
+            self.views.extend(flat[start:stop].reshape(tuple(value.shape))
+                              for value, start, stop in zip(values, bounds[:-1], bounds[1:]))
+        self.parts = [view.reshape(-1).view(np.uint8) for view in self.views]  # the host blocks the buffers get
+        self.laid_out = False
+
+    def holds(self, tensors):
+        """Whether each input's HBM buffer is backed by its part. Its sizes and strides are those the program was
+        generated for (guarded), so a buffer of exactly its bytes holds it from its start: its elements are where
+        the flat arrays have them."""
+        for tensor, part in zip(tensors, self.parts):
+            if tensor.untyped_storage()._tpu_hbm_buffer.array is not part:
+                return False
+        return True
+
+    def lay_out(self, tensors, input_views, indices):
+        """Move each input's host memory into its part, at the first call only, when every input fills its own
+        HBM buffer (``whole_buffer_array``); each moved input's cached view (``input_views[index]``, as
+        ``runtime.input_view`` keeps it) becomes the view over its part, for the calls that gather."""
+        if self.laid_out:
+            return
+        self.laid_out = True
+        buffers = [_whole_buffer(tensor) for tensor in tensors]
+        if any(buffer is None for buffer in buffers) or len({id(buffer) for buffer in buffers}) != len(buffers):
+            return
+        for tensor, buffer, view, part, index in zip(tensors, buffers, self.views, self.parts, indices):
+            if buffer.allocator.rehome(buffer, part):
+                input_views[index] = (part, 0, tensor.stride(), view)
+
+
+def _whole_buffer(tensor):
+    """The HBM buffer of a tpu tensor whose elements fill it (``_tensor.whole_buffer_array``), else None."""
+    if _tensor.whole_buffer_array(tensor) is None:
+        return None
+    buffer = tensor.untyped_storage()._tpu_hbm_buffer
+    return buffer if buffer.allocator is not None else None
 
 
 class FlatArrays:

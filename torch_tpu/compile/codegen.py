@@ -29,7 +29,7 @@ import torch
 from .. import _C
 from .._tensor import NUMPY_DTYPE, numpy_dtype
 from .batching import (HELPERS as BATCH_HELPERS, batched_lines, host_batch_lines, host_copies_line, plan_batches,
-                       plan_host_batches, plan_host_copies, scalar_group)
+                       plan_colocation, plan_host_batches, plan_host_copies, scalar_group)
 from .fusion import fuse, horizontal_launches
 from .lowering import EAGER, POINTWISE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
@@ -180,6 +180,11 @@ def generate(graph, name):
     launches = list({id(p): p for p in batch_of.values()}.values())  # the BatchPlans, once each
     # copy_ -> its HostCopies
     host_copies_of = plan_host_copies(nodes, lowered, homes, position, root, host_batch_of, launches)
+    colocation_of = {id(plan): plan_colocation(plan, lowered, root) for plan in launches}
+    # the graph inputs a launch updates where they live, read by no node outside it: viewed only where it gathers
+    viewed_late = {member for plan in launches if colocation_of[id(plan)] is not None
+                   for group in colocation_of[id(plan)].groups for member in group
+                   if all(batch_of.get(user) is plan for user in member.users)}
     kept_until = {}  # a graph input a batched launch reads or writes stays alive until the launch has run
     for plan in launches:
         for base in plan.reads | plan.writes:
@@ -305,6 +310,17 @@ def generate(graph, name):
         the unrolled kernels as the fallback when their host scalars differ."""
         members = sorted((n for nodes_of in plan.members for n in nodes_of), key=position.__getitem__)
         batched = batched_lines(plan, lowered, w.constant)
+        colocation, views = colocation_of.get(id(plan)), []
+        if colocation is not None:  # the launch where its inputs live, else gathered and then laid out for next time
+            inputs = [member for group in colocation.groups for member in group]
+            tensors = "".join(f"t_{n.name}, " for n in inputs)
+            views = [f"v_{n.name} = input_view(t_{n.name}, input_views, {input_index[n]})"
+                     for n in inputs if n in viewed_late]  # only these branches read them
+            name = w.constant("colocation_", colocation)
+            laid_out = f"{name}.lay_out(({tensors}), input_views, {w.constant('indices_', [input_index[n] for n in inputs])})"
+            batched = ([f"if {name}.holds(({tensors})):  # where they live"]
+                       + ["    " + b for b in batched_lines(plan, lowered, w.constant, colocation)]
+                       + ["else:"] + ["    " + b for b in views + batched + [laid_out]])
         mark = len(w.lines)
         if plan.scalars:
             for node in members:
@@ -321,7 +337,7 @@ def generate(graph, name):
             w.line(f"if same_scalars({groups}):  # one call per op over the {len(plan.members)} kernels")
             w.lines.extend("    " + line for line in ["    " + b for b in batched])
             w.line("else:")
-            w.lines.extend("    " + line for line in unrolled)
+            w.lines.extend("    " + line for line in ["    " + view for view in views] + unrolled)
         else:
             w.line(f"# one call per op over the {len(plan.members)} kernels of this launch")
             w.lines.extend("    " + b for b in batched)
@@ -333,7 +349,7 @@ def generate(graph, name):
         user in lowered and lowered[user].kind != EAGER and (n in lowered[user].inputs or n is lowered[user].writes)
         for user in n.users)}
 
-    tensors_only = {n.name for n in nodes if n.op == "placeholder" and n not in read_as_arrays}
+    tensors_only = {n.name for n in nodes if n.op == "placeholder" and (n not in read_as_arrays or n in viewed_late)}
     arrays_only = set()  # multi-output kernels' results: arrays and host values, no tensor
 
     def dropped(name):
@@ -341,14 +357,17 @@ def generate(graph, name):
             return f"del v_{name}"
         return f"del t_{name}" if name in tensors_only else f"del t_{name}, v_{name}"
 
+    input_index = {node: index for index, node in enumerate(n for n in nodes if n.op == "placeholder")}
     for node in nodes:
         v = f"v_{node.name}"
         if node.op == "placeholder":
-            index = len([n for n in nodes[:position[node]] if n.op == "placeholder"])
+            index = input_index[node]
             w.line(f"t_{node.name} = args[{index}]")
             if node not in read_as_arrays:
                 pass  # only eager kernels take it, as a tensor: no view to build (nor to trust: fused attention's
                 #       philox seed is a CPU scalar whose fake value says tpu)
+            elif node in viewed_late:
+                pass
             elif is_tpu_node(node):  # its view of the last call, if the input lies where that one did
                 w.line(f"{v} = input_view(t_{node.name}, input_views, {index})")
             elif _numpy_host_tensor(node):  # a CPU tensor (guarded so): its NumPy view, without host_view's checks;
