@@ -375,7 +375,7 @@ class Colocation:
 
 def _whole_buffer(tensor):
     """The HBM buffer of a tpu tensor whose elements fill it (``_tensor.whole_buffer_array``), else None."""
-    if _tensor.whole_buffer_array(tensor) is None:
+    if _tensor.whole_buffer_array(tensor, numpy_dtype(tensor.dtype)) is None:
         return None
     buffer = tensor.untyped_storage()._tpu_hbm_buffer
     return buffer if buffer.allocator is not None else None
