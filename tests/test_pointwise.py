@@ -1410,6 +1410,24 @@ def test_complex_mul_rounds_as_cpus_vector_lanes_and_fused_scalar_tail(dtype, la
     assert torch.equal(got.cpu(), expected)
 
 
+@pytest.mark.parametrize("shape, threads", [((70001,), 2), ((70001,), 1), ((13, 37), 2), ((300, 5), 3), ((3,), 1)])
+@pytest.mark.parametrize("layout", ["dense", "broadcast row", "transposed out"])
+def test_kernel_vec_scalar_loop_finds_every_tail_element(shape, threads, layout):
+    """The scalar loop's elements, found from the row segments' ends only (complex mul built index arrays over every
+    element: 33x slower), are exactly the elements kernel_vec_lanes leaves out of its vectors."""
+    from torch_tpu._C import cpu_loops
+    a = np.zeros(shape, np.complex64)
+    b = a[..., :1] if layout == "broadcast row" else a
+    destination = np.zeros(shape[::-1], np.complex64).T if layout == "transposed out" else None
+    every = np.nonzero(np.ones(shape, bool))
+    in_tail = ~cpu_loops.kernel_vec_lanes(destination, (a, b), every, 8, threads)
+    indices, offset, length, _ = cpu_loops.kernel_vec_scalar_loop(destination, (a, b), 8, threads)
+    found = np.zeros(shape, bool)
+    found[indices] = True
+    assert np.array_equal(found[every], in_tail)
+    assert (0 <= offset).all() and (offset < length).all()
+
+
 NAN_LANE_OPS = {
     "maximum": torch.maximum,
     "minimum": torch.minimum,

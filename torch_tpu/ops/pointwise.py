@@ -1813,8 +1813,8 @@ def complex_product(a, b, out=None):
     with vpu.ignoring_fp_errors():
         result.real = ar * br - ai * bi
         result.imag = ar * bi + ai * br
-        fused = in_fused_scalar_tail(result, (a, b), out)
-        if fused.any():
+        fused = fused_scalar_tail(result, (a, b), out)
+        if fused is not None:
             ar, ai, br, bi = (np.broadcast_to(part, result.shape)[fused] for part in (ar, ai, br, bi))
             result[fused] = (vpu.fused_multiply_add(ar, br, -(ai * bi))
                              + 1j * vpu.fused_multiply_add(ar, bi, ai * br))
@@ -1824,19 +1824,20 @@ def complex_product(a, b, out=None):
     return out
 
 
-def in_fused_scalar_tail(result, operands, destination=None):
-    """Which of a complex cpu_kernel_vec result's elements (written into ``destination``, None: a new output) its
-    scalar loop computes with fused multiply-adds: all of complex128's; complex64's in pairs, not an odd last one
-    (the compiler pairs them where the row is contiguous or the destination is a new array: its loop over
-    strided elements written into an operand fuses none)."""
-    indices = np.nonzero(np.ones(result.shape, bool)) if result.ndim else ()
-    offset, length, contiguous = cpu_loops.kernel_vec_tail_places(destination, operands, indices,
-                                                      cpu_loops.kernel_vec_width(result.itemsize),
-                                                      torch.get_num_threads())
-    if result.dtype == np.complex128:
-        return (offset >= 0).reshape(result.shape)
-    paired = contiguous or destination is None or not any(np.may_share_memory(destination, o) for o in operands)
-    return ((offset >= 0) & (offset < length - length % 2) & paired).reshape(result.shape)
+def fused_scalar_tail(result, operands, destination=None):
+    """The index of a complex cpu_kernel_vec result's elements (written into ``destination``, None: a new
+    output) its scalar loop computes with fused multiply-adds (None: none): all of complex128's; complex64's in
+    pairs, not an odd last one (the compiler pairs them where the row is contiguous or the destination is a new
+    array: its loop over strided elements written into an operand fuses none)."""
+    indices, offset, length, contiguous = cpu_loops.kernel_vec_scalar_loop(
+        destination, operands, cpu_loops.kernel_vec_width(result.itemsize), torch.get_num_threads())
+    if result.dtype == np.complex64:
+        paired = contiguous or destination is None or not any(np.may_share_memory(destination, o) for o in operands)
+        keep = (offset < length - length % 2) & paired
+        if not indices:  # a 0-d result: one call of the scalar loop
+            return () if keep[0] else None
+        indices = tuple(index[keep] for index in indices)
+    return indices
 
 
 @own_16_bit_maths
