@@ -1410,6 +1410,22 @@ def test_complex_mul_rounds_as_cpus_vector_lanes_and_fused_scalar_tail(dtype, la
     assert torch.equal(got.cpu(), expected)
 
 
+@pytest.mark.parametrize("scalar", ["python", "0-d", "0-d first", "column"])
+def test_complex64_mul_by_a_broadcast_value_fuses_as_cpus_scalar_tail(scalar):
+    """With a value broadcast along the rows, CPU's compiled scalar loop peels one element, fuses a block of four
+    and leaves the rest unfused (pairs were fused: n = 7 got elements 0, 5, 6 wrong). Lengths 1..20 cover every
+    tail, out of place and in place, bit for bit."""
+    x = torch.randn(20, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    for n in range(1, 21):
+        operands = {"python": (x[:n], 0.3 - 0.7j), "0-d": (x[:n], torch.tensor(0.3 - 0.7j)),
+                    "0-d first": (torch.tensor(0.3 - 0.7j), x[:n]), "column": (torch.stack([x[:n], x[:n].flip(0)]), x[:2, None])}[scalar]
+        on_tpu = [o.to("tpu") if isinstance(o, torch.Tensor) else o for o in operands]
+        assert torch.equal((on_tpu[0] * on_tpu[1]).cpu(), operands[0] * operands[1]), n
+        if scalar != "0-d first":
+            expected, got = operands[0].clone(), on_tpu[0].clone()
+            assert torch.equal(got.mul_(on_tpu[1]).cpu(), expected.mul_(operands[1])), n
+
+
 @pytest.mark.parametrize("shape, threads", [((70001,), 2), ((70001,), 1), ((13, 37), 2), ((300, 5), 3), ((3,), 1)])
 @pytest.mark.parametrize("layout", ["dense", "broadcast row", "transposed out"])
 def test_kernel_vec_scalar_loop_finds_every_tail_element(shape, threads, layout):

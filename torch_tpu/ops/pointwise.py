@@ -1832,8 +1832,14 @@ def fused_scalar_tail(result, operands, destination=None):
     indices, offset, length, contiguous = cpu_loops.kernel_vec_scalar_loop(
         destination, operands, cpu_loops.kernel_vec_width(result.itemsize), torch.get_num_threads())
     if result.dtype == np.complex64:
-        paired = contiguous or destination is None or not any(np.may_share_memory(destination, o) for o in operands)
-        keep = (offset < length - length % 2) & paired
+        if contiguous and any(cpu_loops.broadcast_along_rows(destination, operands, i) for i in (0, 1)):
+            # a value broadcast along the rows: the compiled loop peels one element, fuses a block of four, and
+            # leaves the rest unfused (a tail is at most 7 long)
+            keep = (offset >= 1) & (offset <= 4) & (length >= 5)
+        else:
+            paired = contiguous or destination is None or not any(np.may_share_memory(destination, o)
+                                                                  for o in operands)
+            keep = (offset < length - length % 2) & paired
         if not indices:  # a 0-d result: one call of the scalar loop
             return () if keep[0] else None
         indices = tuple(index[keep] for index in indices)
