@@ -200,51 +200,73 @@ def _contiguous_or_one_scalar(row_strides):
     return output == 1 and sum(s != 1 for s in inputs) <= 1 and all(s in (0, 1) for s in inputs)
 
 
-def kernel_vec_tail_places(destination, inputs, indices, width, threads):
-    """For cpu_kernel_vec as ``kernel_vec_lanes`` lays it out, each element's place in the scalar loop of its
-    row segment: its offset from the loop's first element (negative in the vector loop) and the loop's length
-    (a compiler may pair a scalar loop's elements, leaving an odd last one alone); and whether the rows are
-    contiguous (the rows that vectorise: others run the loop over strided elements)."""
+def kernel_vec_scalar_loop(destination, inputs, width, threads):
+    """For cpu_kernel_vec as ``kernel_vec_lanes`` lays it out, the elements of its scalar loops: their indices (a
+    tuple of index arrays; ``()`` for a 0-d iteration, one call of the scalar loop), each one's offset from its
+    loop's first element and the loop's length (a compiler may pair a scalar loop's elements, leaving an odd last
+    one alone); and whether the rows are contiguous (the rows that vectorise: others run the loop over strided
+    elements). Where rows vectorise only the last ``width - 1`` elements of each row segment are looked at, so the
+    cost follows the tail, not the tensor."""
     shape = np.broadcast_shapes(*(np.shape(i) for i in inputs))
-    if len(shape) == 0:  # one call of the scalar loop
-        return np.zeros(1, np.int64), np.ones(1, np.int64), False
+    if len(shape) == 0:
+        return (), np.zeros(1, np.int64), np.ones(1, np.int64), False
     strides = [_element_strides(operand, shape) for operand in inputs]
     destination_strides = (_element_strides(destination, shape) if destination is not None
                            else _allocated_strides(shape, strides))
-    operands = [destination_strides, *strides]
-    offset, vectorised_length, segment_length, _ = _segments(shape, operands, indices, width, 0, threads,
-                                                             _contiguous_or_one_scalar)
-    return offset - vectorised_length, segment_length - vectorised_length, _rows_vectorise(shape, operands)
+    order, sizes, rows_contiguous = _row_layout(shape, [destination_strides, *strides], _contiguous_or_one_scalar)
+    total = int(np.prod(shape))
+    positions = _segment_tails(total, max(sizes[0], 1), width, threads) if rows_contiguous else np.arange(total)
+    # a position in the iteration back to its index along each dimension (``order`` is innermost first)
+    outermost_first = np.unravel_index(positions, [shape[d] for d in reversed(order)])
+    indices = [None] * len(shape)
+    for dim, index in zip(reversed(order), outermost_first):
+        indices[dim] = index
+    offset, vectorised_length, segment_length = _segment_places(positions, total, sizes[0], width, 0, threads,
+                                                                rows_contiguous)
+    tail = offset >= vectorised_length
+    return (tuple(index[tail] for index in indices), (offset - vectorised_length)[tail],
+            (segment_length - vectorised_length)[tail], rows_contiguous)
+
+
+def _segment_tails(total, row_length, width, threads):
+    """The iteration positions within ``width - 1`` of a row segment's end (rows cut at the parallel chunks'
+    bounds): the only ones a vectorised row can leave to its scalar loop."""
+    chunk = parallel_chunk_length(total, threads)
+    ends = np.union1d(np.arange(row_length, total + 1, row_length), np.minimum(np.arange(chunk, total + chunk, chunk),
+                                                                             total))
+    positions = (ends[:, None] - np.arange(1, width)[None, :]).ravel()
+    return np.unique(positions[positions >= 0])
 
 
 def _lanes(shape, strides, indices, width, whole_iteration, reserved, threads, row_vectorises):
-    offset, vectorised_length, _, one_vectorised_run = _segments(shape, strides, indices, width, reserved, threads,
-                                                                 row_vectorises)
-    if whole_iteration and not one_vectorised_run:
+    order, sizes, rows_contiguous = _row_layout(shape, strides, row_vectorises)
+    offset, vectorised_length, _ = _segment_places(_iteration_positions(shape, order, indices), int(np.prod(shape)),
+                                                   sizes[0], width, reserved, threads, rows_contiguous)
+    if whole_iteration and not (rows_contiguous and len(sizes) == 1):
         return None
     return offset < vectorised_length
 
 
-def _rows_vectorise(shape, strides, row_vectorises=_contiguous_or_one_scalar):
+def _row_layout(shape, strides, row_vectorises):
+    """TensorIterator's dimension order (innermost first), its coalesced sizes, and whether its rows vectorise."""
     order = iteration_order(shape, strides)
     sizes, coalesced = _coalesce([shape[d] for d in order], [[s[d] for d in order] for s in strides])
-    return sizes[0] == 1 or row_vectorises([s[0] for s in coalesced])  # a lone element's stride is moot
+    return order, sizes, sizes[0] == 1 or row_vectorises([s[0] for s in coalesced])  # a lone element's stride is moot
 
 
-def _segments(shape, strides, indices, width, reserved, threads, row_vectorises):
-    """Each element's offset in its row segment (a row, cut at the parallel chunks' bounds), the segment's
-    vectorised length (0 where rows do not vectorise) and its length; and whether the iteration is one
-    vectorised row."""
-    order = iteration_order(shape, strides)
-    sizes, _ = _coalesce([shape[d] for d in order], [[s[d] for d in order] for s in strides])
-    rows_contiguous = _rows_vectorise(shape, strides, row_vectorises)
-    count = len(indices[0])
-    # each element's place in the iteration: its index along the dimensions, innermost first
-    position, weight = np.zeros(count, np.int64), 1
+def _iteration_positions(shape, order, indices):
+    """Each element's place in the iteration: its index along the dimensions, innermost first."""
+    position, weight = np.zeros(len(indices[0]), np.int64), 1
     for dim in order:
         position += indices[dim].astype(np.int64) * weight
         weight *= shape[dim]
-    row_length, total = max(sizes[0], 1), int(np.prod(shape))
+    return position
+
+
+def _segment_places(position, total, row_length, width, reserved, threads, rows_contiguous):
+    """Each iteration position's offset in its row segment (a row, cut at the parallel chunks' bounds), the
+    segment's vectorised length (0 where rows do not vectorise) and its length."""
+    row_length = max(row_length, 1)
     chunk = parallel_chunk_length(total, threads)
     chunk_start = position // chunk * chunk
     row_start = position // row_length * row_length
@@ -252,6 +274,5 @@ def _segments(shape, strides, indices, width, reserved, threads, row_vectorises)
     segment_end = np.minimum(row_start + row_length, np.minimum(chunk_start + chunk, total))
     vectorised_length = np.maximum(segment_end - segment_start - reserved, 0) // width * width
     if not rows_contiguous:
-        vectorised_length = np.zeros(count, np.int64)
-    return (position - segment_start, vectorised_length, segment_end - segment_start,
-            rows_contiguous and len(sizes) == 1)
+        vectorised_length = np.zeros(len(position), np.int64)
+    return position - segment_start, vectorised_length, segment_end - segment_start

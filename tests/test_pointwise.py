@@ -1418,32 +1418,90 @@ def test_complex_mul_rounds_as_cpus_vector_lanes_and_fused_scalar_tail(dtype, la
     assert torch.equal(got.cpu(), expected)
 
 
+@pytest.mark.parametrize("scalar", ["python", "0-d", "0-d first", "column"])
+def test_complex64_mul_by_a_broadcast_value_fuses_as_cpus_scalar_tail(scalar):
+    """With a value broadcast along the rows, CPU's compiled scalar loop peels one element, fuses a block of four
+    and leaves the rest unfused (pairs were fused: n = 7 got elements 0, 5, 6 wrong). Lengths 1..20 cover every
+    tail, out of place and in place, bit for bit."""
+    x = torch.randn(20, dtype=torch.complex64, generator=torch.Generator().manual_seed(0))
+    for n in range(1, 21):
+        operands = {"python": (x[:n], 0.3 - 0.7j), "0-d": (x[:n], torch.tensor(0.3 - 0.7j)),
+                    "0-d first": (torch.tensor(0.3 - 0.7j), x[:n]), "column": (torch.stack([x[:n], x[:n].flip(0)]), x[:2, None])}[scalar]
+        on_tpu = [o.to("tpu") if isinstance(o, torch.Tensor) else o for o in operands]
+        assert torch.equal((on_tpu[0] * on_tpu[1]).cpu(), operands[0] * operands[1]), n
+        if scalar != "0-d first":
+            expected, got = operands[0].clone(), on_tpu[0].clone()
+            assert torch.equal(got.mul_(on_tpu[1]).cpu(), expected.mul_(operands[1])), n
+
+
+@pytest.mark.parametrize("shape, threads", [((70001,), 2), ((70001,), 1), ((13, 37), 2), ((300, 5), 3), ((3,), 1)])
+@pytest.mark.parametrize("layout", ["dense", "broadcast row", "transposed out"])
+def test_kernel_vec_scalar_loop_finds_every_tail_element(shape, threads, layout):
+    """The scalar loop's elements, found from the row segments' ends only (complex mul built index arrays over every
+    element: 33x slower), are exactly the elements kernel_vec_lanes leaves out of its vectors."""
+    from torch_tpu._C import cpu_loops
+    a = np.zeros(shape, np.complex64)
+    b = a[..., :1] if layout == "broadcast row" else a
+    destination = np.zeros(shape[::-1], np.complex64).T if layout == "transposed out" else None
+    every = np.nonzero(np.ones(shape, bool))
+    in_tail = ~cpu_loops.kernel_vec_lanes(destination, (a, b), every, 8, threads)
+    indices, offset, length, _ = cpu_loops.kernel_vec_scalar_loop(destination, (a, b), 8, threads)
+    found = np.zeros(shape, bool)
+    found[indices] = True
+    assert np.array_equal(found[every], in_tail)
+    assert (0 <= offset).all() and (offset < length).all()
+
+
 NAN_LANE_OPS = {
     "maximum": torch.maximum,
     "minimum": torch.minimum,
     "clamp_min tensor": lambda a, b: a.clamp_min(b),
     "clamp_max tensor": lambda a, b: a.clamp_max(b),
-    "foreach maximum": lambda a, b: torch._foreach_maximum([a, a[:7]], [b, b[:7]])[0],
+    "foreach maximum": lambda a, b: torch._foreach_maximum([a, a.reshape(-1)[:7]], [b, b.reshape(-1)[:7]])[0],
     "foreach minimum in place": None,
 }
 
 
+BITS_OF = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+           torch.float64: torch.int64}
+NAN_LANE_LAYOUTS = {  # (a, b, out) of a 37-element draw, each with NaNs in both
+    "new output": lambda a, b: (a, b, None),
+    "all in the scalar tail": lambda a, b: (a[:20], b[:20], None),  # 16-bit lanes take 32 elements a step
+    "out= a strided view": lambda a, b: (a, b, lambda device: torch.zeros(74, dtype=a.dtype, device=device)[::2]),
+    "0-d": lambda a, b: (a[1], b[1], None),
+}
+
+
+def with_payload_nans(x, where):
+    """``x`` with NaNs of a payload no kernel makes itself at ``where``."""
+    x[where] = float("nan")
+    x.view(BITS_OF[x.dtype])[where] |= 1
+    return x
+
+
+@pytest.mark.parametrize("layout", NAN_LANE_LAYOUTS)
 @pytest.mark.parametrize("op", NAN_LANE_OPS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_maximum_and_minimum_nans_carry_cpus_vector_lane_bits(dtype, op):
-    """CPU's vector lanes give a NaN of every bit set (max_ps or'ed with an unordered compare's mask), its scalar
-    tail the NaN operand's own bits: 37 elements put NaNs in both. Bit for bit, foreach lists included."""
-    a, b = torch.randn(37, dtype=dtype), torch.randn(37, dtype=dtype)
-    a[[1, 5, 20, 33]] = b[[2, 21, 34]] = float("nan")
-    bits = torch.int32 if dtype == torch.float32 else torch.int64
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_maximum_and_minimum_nans_carry_cpus_vector_lane_bits(dtype, op, layout):
+    """CPU's vector lanes give a NaN of every bit set (max_ps or'ed with an unordered compare's mask; 16-bit
+    values through float), its scalar loop the dtype's quiet NaN whatever the operands' payloads. Lanes of
+    the real output's layout and itemsize; bit for bit, foreach lists and 0-d tensors included (16-bit 0-d
+    raised, a strided 16-bit out= got 0xffff from float32's lanes)."""
+    generator = torch.Generator().manual_seed(6)
+    a, b = (torch.randn(37, generator=generator).to(dtype) for _ in range(2))
+    a, b, out = NAN_LANE_LAYOUTS[layout](with_payload_nans(a, [1, 5, 20, 33]), with_payload_nans(b, [2, 21, 34]))
     if NAN_LANE_OPS[op] is None:  # the lists updated in place
         expected, got = [a.clone()], [a.clone().to("tpu")]
         torch._foreach_minimum_(expected, [b])
         torch._foreach_minimum_(got, [b.to("tpu")])
         expected, got = expected[0], got[0]
+    elif out is not None:
+        if not op.startswith(("maximum", "minimum")):
+            pytest.skip("out= is maximum's and minimum's")
+        expected, got = NAN_LANE_OPS[op](a, b, out=out("cpu")), NAN_LANE_OPS[op](a.to("tpu"), b.to("tpu"), out=out("tpu"))
     else:
         expected, got = NAN_LANE_OPS[op](a, b), NAN_LANE_OPS[op](a.to("tpu"), b.to("tpu"))
-    assert torch.equal(got.cpu().view(bits), expected.view(bits))
+    assert torch.equal(got.cpu().view(BITS_OF[dtype]), expected.view(BITS_OF[dtype]))
 
 
 def test_complex64_abs_is_cpus_hypot():

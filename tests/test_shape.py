@@ -1,6 +1,7 @@
 """Shape kernels, differential against torch CPU."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -358,6 +359,19 @@ def test_histc_with_a_range_that_overflows_counts_as_cpu(dtype, fractions):
     x = (torch.tensor([-0.9, -0.3, 0.0, 0.3, 0.9, 1.0, -1.0, 0.6, math.inf, math.nan]) * largest).to(dtype)
     low, high = (f * largest for f in fractions)
     assert torch.equal(torch.histc(x.to("tpu"), 5, low, high).cpu(), torch.histc(x, 5, low, high))
+
+
+@pytest.mark.parametrize("dtype, low, high, fill", [
+    (torch.float32, -1e308, 1e308, 1.0), (torch.float32, -3.5e38, 0, 1.0), (torch.float16, -70000, 70000, 1.0),
+    (torch.float16, 0, 1e5, 1.0), (torch.float16, -65519, 0, 1.0), (torch.bfloat16, -1e39, 0, 1.0),
+    (torch.float16, 0, 0, 65504.0)])  # the last takes its range from the data: [65503, 65505]
+def test_histc_with_bounds_beyond_the_dtype_raises_as_cpu(dtype, low, high, fill):
+    """CPU's linspace converts the outer edges to the dtype with c10's checked Scalar conversion; tpu counted."""
+    x = torch.full((3,), fill, dtype=dtype)
+    with pytest.raises(RuntimeError) as cpu:
+        torch.histc(x, 4, low, high)
+    with pytest.raises(RuntimeError, match=re.escape(str(cpu.value))):
+        torch.histc(x.to("tpu"), 4, low, high)
 
 
 def test_histc_counts_saturate_per_thread_like_cpu():

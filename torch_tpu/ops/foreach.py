@@ -375,7 +375,7 @@ def _pointwise_maths(overload):
         return out
 
     apply.numbers_in_compute_dtype = True  # as apply makes them: _map_numpy converts a list's numbers once
-    for question in ("fuses_multiply_add", "plain_ufunc"):
+    for question in ("fuses_multiply_add", "plain_ufunc", "own_16_bit_maths"):
         if hasattr(function, question):
             setattr(apply, question, getattr(function, question))
     return apply

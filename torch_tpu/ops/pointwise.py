@@ -1825,8 +1825,8 @@ def complex_product(a, b, out=None):
     with vpu.ignoring_fp_errors():
         result.real = ar * br - ai * bi
         result.imag = ar * bi + ai * br
-        fused = in_fused_scalar_tail(result, (a, b), out)
-        if fused.any():
+        fused = fused_scalar_tail(result, (a, b), out)
+        if fused is not None:
             ar, ai, br, bi = (np.broadcast_to(part, result.shape)[fused] for part in (ar, ai, br, bi))
             result[fused] = (vpu.fused_multiply_add(ar, br, -(ai * bi))
                              + 1j * vpu.fused_multiply_add(ar, bi, ai * br))
@@ -1836,41 +1836,67 @@ def complex_product(a, b, out=None):
     return out
 
 
-def in_fused_scalar_tail(result, operands, destination=None):
-    """Which of a complex cpu_kernel_vec result's elements (written into ``destination``, None: a new output) its
-    scalar loop computes with fused multiply-adds: all of complex128's; complex64's in pairs, not an odd last one
-    (the compiler pairs them where the row is contiguous or the destination is a new array: its loop over
-    strided elements written into an operand fuses none)."""
-    indices = np.nonzero(np.ones(result.shape, bool)) if result.ndim else ()
-    offset, length, contiguous = cpu_loops.kernel_vec_tail_places(destination, operands, indices,
-                                                      cpu_loops.kernel_vec_width(result.itemsize),
-                                                      torch.get_num_threads())
-    if result.dtype == np.complex128:
-        return (offset >= 0).reshape(result.shape)
-    paired = contiguous or destination is None or not any(np.may_share_memory(destination, o) for o in operands)
-    return ((offset >= 0) & (offset < length - length % 2) & paired).reshape(result.shape)
+def fused_scalar_tail(result, operands, destination=None):
+    """The index of a complex cpu_kernel_vec result's elements (written into ``destination``, None: a new
+    output) its scalar loop computes with fused multiply-adds (None: none): all of complex128's; complex64's in
+    pairs, not an odd last one (the compiler pairs them where the row is contiguous or the destination is a new
+    array: its loop over strided elements written into an operand fuses none)."""
+    indices, offset, length, contiguous = cpu_loops.kernel_vec_scalar_loop(
+        destination, operands, cpu_loops.kernel_vec_width(result.itemsize), torch.get_num_threads())
+    if result.dtype == np.complex64:
+        if contiguous and any(cpu_loops.broadcast_along_rows(destination, operands, i) for i in (0, 1)):
+            # a value broadcast along the rows: the compiled loop peels one element, fuses a block of four, and
+            # leaves the rest unfused (a tail is at most 7 long)
+            keep = (offset >= 1) & (offset <= 4) & (length >= 5)
+        else:
+            paired = contiguous or destination is None or not any(np.may_share_memory(destination, o)
+                                                                  for o in operands)
+            keep = (offset < length - length % 2) & paired
+        if not indices:  # a 0-d result: one call of the scalar loop
+            return () if keep[0] else None
+        indices = tuple(index[keep] for index in indices)
+    return indices
 
 
+@own_16_bit_maths
 @writes_out
 def maximum(a, b, out=None):
-    return with_vector_lane_nans(np.maximum(a, b, out=out), (a, b), out)
+    return with_vector_lane_nans(np.maximum, a, b, out)
 
 
+@own_16_bit_maths
 @writes_out
 def minimum(a, b, out=None):
-    return with_vector_lane_nans(np.minimum(a, b, out=out), (a, b), out)
+    return with_vector_lane_nans(np.minimum, a, b, out)
 
 
-def with_vector_lane_nans(result, operands, destination=None):
-    """``result`` of CPU's float32/float64 maximum or minimum kernel, whose vector lanes (AVX2's Vectorized
-    maximum: max_ps or'ed with an unordered compare's mask) give a NaN of every bit set where its scalar tail
-    keeps the NaN operand's (foreach maximum/minimum of tensor lists run the same kernel)."""
-    if result.dtype not in (np.float32, np.float64) or not result.size or not np.isnan(result.min()):
+# The NaN of maximum/minimum's scalar loop (std::numeric_limits<T>::quiet_NaN()), whatever the operand's payload
+QUIET_NAN_BITS = {np.dtype(np.float16): 0x7E00, np.dtype(ml_dtypes.bfloat16): _C.dtypes.BFLOAT16_SCALAR_NAN,
+                  np.dtype(np.float32): 0x7FC00000, np.dtype(np.float64): 0x7FF8000000000000}
+
+
+def with_vector_lane_nans(compare, a, b, out=None):
+    """``compare(a, b)`` (np.maximum or np.minimum) as CPU's floating maximum/minimum kernel gives it (written into
+    ``out``; None: a new array): its vector lanes (AVX2's Vectorized maximum: max_ps or'ed with an unordered
+    compare's mask; bf16/fp16 through float) give a NaN of every bit set, its scalar tail the dtype's quiet NaN
+    whatever the operands' payloads. Lanes of the real output's layout and itemsize
+    (foreach maximum/minimum of tensor lists run the same kernel)."""
+    if a.dtype not in QUIET_NAN_BITS:
+        return compare(a, b, out=out)
+    if a.dtype.itemsize == 2:  # compared in float32: NumPy's own 16-bit loops are several times slower, as exact
+        wide = compare(a.astype(np.float32), b.astype(np.float32))
+        result = np.empty(wide.shape, a.dtype) if out is None else out
+        result[...] = wide
+    else:
+        wide = result = np.asarray(compare(a, b, out=out))
+    if not wide.size or not np.isnan(wide.min()):
         return result  # (one reduction to look for a NaN: far cheaper than isnan's mask)
-    nans = np.isnan(result)
-    if nans.any():
-        lanes = nans & in_vector_lanes(nans, operands, destination)
-        result.view(f"u{result.itemsize}")[lanes] = np.iinfo(f"u{result.itemsize}").max
+    # (flat: NumPy's nonzero over several dims costs about 1 ms a million elements, flatnonzero a few us)
+    nan_at = np.unravel_index(np.flatnonzero(np.isnan(wide)), wide.shape) if wide.ndim else ()
+    lanes = cpu_loops.kernel_vec_lanes(out, (a, b), nan_at, cpu_loops.kernel_vec_width(a.dtype.itemsize),
+                                       torch.get_num_threads())
+    bits = result.view(f"u{a.dtype.itemsize}")
+    bits[nan_at] = np.where(lanes.reshape(np.shape(bits[nan_at])), np.iinfo(bits.dtype).max, QUIET_NAN_BITS[a.dtype])
     return result
 
 

@@ -16,8 +16,8 @@ from .. import _tensor
 from .._cost import charged
 from .._errors import cpp_type_name, not_implemented_for, raise_cpu_error, scalar_type_name, warn_once
 from .cpu_replay import libstdcxx_order
-from ._common import (as_numpy, empty, empty_with_array, exact_dtype, operand, opmath_operand, prepare_out, store,
-                      store_in_memory_format, suggested_memory_format, wrap_dim, wrap_dims, write)
+from ._common import (as_numpy, check_scalar_fits, empty, empty_with_array, exact_dtype, operand, opmath_operand,
+                      prepare_out, store, store_in_memory_format, suggested_memory_format, wrap_dim, wrap_dims, write)
 from ._registry import default_kernel, register
 from .cpu_kernel_dtypes import cpu_dtypes, not_bool
 from .nn import without_structured_wrapper
@@ -706,6 +706,9 @@ def histc(self, bins=100, min=0, max=0):
         raise RuntimeError(f"torch.histogram(): bins must be > 0, but got {bins} for dimension 0")
     values = operand(self, "histc").reshape(-1)
     low, high = _histc_range(values, min, max)
+    # linspace builds CPU's edges from these doubles with c10's checked Scalar conversion
+    check_scalar_fits(low, self.dtype)
+    check_scalar_fits(high, self.dtype)
     # CPU's edges are linspace's in the input dtype (a double reaches float16/bfloat16 through float,
     # as c10's conversions do; float64 keeps it), and each element's bin is computed in that dtype,
     # every operation rounded there.
