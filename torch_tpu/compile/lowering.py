@@ -264,9 +264,10 @@ def _overload_name(overload):
 
 
 # Real maths whose body is one ufunc when called without its optional scalar: called as that ufunc, with out=.
-# Complex add/sub keep their maths: CPU multiplies a complex operand by alpha even when it is 1 (an infinite
-# part then gives NaN), as pointwise._scaled does.
-_UFUNC_BODIES = {pointwise.add: np.add, pointwise.sub: np.subtract}
+# Complex operands keep their maths: CPU multiplies a complex operand by alpha even when it is 1 (an infinite
+# part then gives NaN), as pointwise._scaled does, and rounds complex products by its own lanes
+# (pointwise.complex_product).
+_UFUNC_BODIES = {pointwise.add: np.add, pointwise.sub: np.subtract, pointwise.multiply: np.multiply}
 
 
 def _refusal(maths, promoted, extras, kwargs):
