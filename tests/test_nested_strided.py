@@ -177,6 +177,9 @@ BINARY_PROGRAMS = {
     "mul_": lambda x, mask: x.clone().mul_(x), "mul_number_": lambda x, mask: x.clone().mul_(2),
     "mul_0d": lambda x, mask: x * torch.tensor(0.1, device=x.device),
     "masked_fill": lambda x, mask: x.masked_fill(mask, -1),
+    "masked_fill_by_a_comparison": lambda x, mask: x.masked_fill(x > 0, -1),
+    "gt_number": lambda x, mask: x > 0, "ge_number": lambda x, mask: x >= 3, "eq_number": lambda x, mask: x == 0,
+    "eq_0d": lambda x, mask: x == torch.tensor(0, device=x.device),
 }
 SOFTMAX_PROGRAMS = {"softmax": lambda x: x.softmax(-1), "softmax_ragged": lambda x: x.softmax(1)}
 

@@ -45,14 +45,14 @@ BUFFER_GENERIC_OPS = (
     "abs", "abs_", "sgn", "sgn_", "neg", "neg_", "logical_not", "logical_not_", "relu", "relu_", "gelu", "gelu_",
     "tanh", "tanh_", "silu", "silu_", "sin", "cos",
     # NestedTensorBinaryOps.cpp: the op on the buffer and a scalar, or on a mask's buffer
-    "mul.Scalar", "mul_.Scalar", "div.Scalar", "masked_fill.Scalar",
+    "mul.Scalar", "mul_.Scalar", "div.Scalar", "masked_fill.Scalar", "eq.Scalar", "gt.Scalar", "ge.Scalar",
     # NestedTensorMath.cpp: views of one component (as_strided of the buffer), softmax per component (_softmax_out),
     # transpose (the metadata's columns swapped); NestedTensorTransformerFunctions.cpp: linear (one linear of the
     # buffer's rows)
     "select.int", "_softmax", "transpose.int", "linear",
 )
 # NestedTensorBinaryOps.cpp: the op on both buffers, or on one and a 0-d tensor (its nested-with-dense case is CUDA's)
-BINARY_OPS = ("add.Tensor", "add_.Tensor", "sub.Tensor", "mul.Tensor", "mul_.Tensor", "div.Tensor")
+BINARY_OPS = ("add.Tensor", "add_.Tensor", "sub.Tensor", "mul.Tensor", "mul_.Tensor", "div.Tensor", "eq.Tensor")
 CONSTRUCTORS = (
     "_nested_tensor_from_mask", "_nested_tensor_from_mask_left_aligned", "_nested_from_padded",
     "_nested_view_from_buffer",
