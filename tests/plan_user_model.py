@@ -52,12 +52,20 @@ def outputs_with_loss_taken_by_a_function(batch, seq):
     return {"model": model, "batch": tokens, "loss": lambda m, x, y: m(x, y)["loss"]}
 
 
-def outputs_without_a_tensor(batch, seq):
+def _returning(output, batch, seq):
     class Described(ResidualMLPLanguageModel):
         def forward(self, tokens):
-            return {"summary": "no tensor here"}
+            return output
 
     return Described(), torch.randint(0, 512, (batch, seq))
+
+
+def outputs_without_a_tensor(batch, seq):
+    return _returning({"summary": "no tensor here"}, batch, seq)
+
+
+def outputs_nothing(batch, seq):
+    return _returning({}, batch, seq)
 
 
 TINY_LLAMA = dataclasses.replace(models.CONFIGS["llama3-8b"], dim=256, layers=2, heads=8, kv_heads=4, ffn_dim=512,

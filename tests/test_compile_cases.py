@@ -116,6 +116,25 @@ def test_an_integer_argument_made_symbolic_is_an_operand_of_pointwise_ops(dynami
         assert_identical(compiled(x, n), scaled(x, n))
 
 
+SYMBOLIC_NUMBER_USES = {
+    "where": lambda x, n: torch.where(x > 0, x, n),
+    "full_like": lambda x, n: torch.full_like(x, n) + x,
+    "alpha": lambda x, n: torch.add(x, x, alpha=n),
+    "lerp_weight": lambda x, n: torch.lerp(x, x * 2, n / 10),
+}
+
+
+@pytest.mark.parametrize("use", SYMBOLIC_NUMBER_USES)
+def test_a_symbolic_integer_is_read_as_its_number_by_every_lowering(use):
+    """Not only pointwise operands: a number in a where, a fill, an alpha or a weight (these raised TypeError:
+    float() of an fx Node)."""
+    function = SYMBOLIC_NUMBER_USES[use]
+    compiled = torch.compile(function, backend="tpu", dynamic=True)
+    x = torch.randn(6, 2)
+    for n in (2, 3):
+        torch.testing.assert_close(compiled(x.to("tpu"), n).cpu(), function(x, n), rtol=0, atol=0)
+
+
 def test_a_mask_computed_on_the_cpu_inside_the_model_moves_to_tpu():
     """A causal mask built on the host in forward (``log(tril(ones))``): its where() reads a host scalar."""
     def model(x):

@@ -105,6 +105,14 @@ def test_kaiser_window_on_tpu_as_on_cpu(dtype):
     torch.testing.assert_close(torch.kaiser_window(9, False, device="tpu").cpu(), torch.kaiser_window(9, False))
 
 
+def test_a_kaiser_window_asked_for_as_jagged_is_strided_as_on_cpu():
+    """CPU's kernel allocates a jagged-layout window as a strided tensor (tpu's hit the missing stub's assert)."""
+    expected = torch.kaiser_window(9, layout=torch.jagged)
+    window = torch.kaiser_window(9, layout=torch.jagged, device="tpu")
+    assert window.layout == expected.layout == torch.strided
+    torch.testing.assert_close(window.cpu(), expected)
+
+
 @pytest.mark.parametrize("arguments", [dict(window_length=-1), dict(window_length=5, dtype=torch.int64),
                                        dict(window_length=5, layout=torch.sparse_coo),
                                        dict(window_length=5, dtype=torch.complex64)])

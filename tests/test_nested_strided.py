@@ -83,6 +83,41 @@ def test_an_encoder_layer_given_a_nested_tensor_equals_cpu(activation):
     compare(actual.to_padded_tensor(0.0), expected.to_padded_tensor(0.0), **TOLERANCE[torch.float32])
 
 
+def cpu_error(program, *inputs):
+    """The error class and message CPU raises for ``program`` of the inputs."""
+    try:
+        program(*inputs)
+    except Exception as error:  # noqa: BLE001 - whichever CPU raises is the oracle
+        return type(error), str(error)
+    raise AssertionError("CPU accepted it")
+
+
+def assert_refused_as_on_cpu(program, *inputs):
+    """tpu raises CPU's error class with CPU's words (on tpu copies of the input tensors and modules)."""
+    kind, message = cpu_error(program, *inputs)
+    with pytest.raises(kind) as refusal:
+        program(*(copy.deepcopy(value).to("tpu") if isinstance(value, torch.nn.Module) else value.to("tpu")
+                  for value in inputs))
+    assert str(refusal.value) == message
+
+
+ENCODER_WIDTHS = {"narrower": (8, 8), "wider": (32, 32), "unequal": (8, 16), "unequal_with_the_layers": (8, 32)}
+
+
+@pytest.mark.parametrize("widths", ENCODER_WIDTHS.values(), ids=ENCODER_WIDTHS.keys())
+def test_an_encoder_layer_refuses_components_of_another_width_as_cpu_does(widths):
+    """Once the buffer was cut into rows of the layer's width, whatever the components' widths."""
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True).eval()
+    parts = [torch.randn(2, widths[0]), torch.randn(1, widths[1])]
+
+    def program(module, nested):
+        with torch.no_grad():
+            return module(nested)
+
+    assert_refused_as_on_cpu(program, layer, torch.nested.nested_tensor(parts))
+
+
 def test_the_encoder_leaves_no_hbm_behind(memory_baseline):
     module = encoder(torch.float32).to("tpu")
     source, mask = torch.randn(3, 6, 16, device="tpu"), torch.tensor(LEFT_ALIGNED, device="tpu")
@@ -142,6 +177,9 @@ BINARY_PROGRAMS = {
     "mul_": lambda x, mask: x.clone().mul_(x), "mul_number_": lambda x, mask: x.clone().mul_(2),
     "mul_0d": lambda x, mask: x * torch.tensor(0.1, device=x.device),
     "masked_fill": lambda x, mask: x.masked_fill(mask, -1),
+    "masked_fill_by_a_comparison": lambda x, mask: x.masked_fill(x > 0, -1),
+    "gt_number": lambda x, mask: x > 0, "ge_number": lambda x, mask: x >= 3, "eq_number": lambda x, mask: x == 0,
+    "eq_0d": lambda x, mask: x == torch.tensor(0, device=x.device),
 }
 SOFTMAX_PROGRAMS = {"softmax": lambda x: x.softmax(-1), "softmax_ragged": lambda x: x.softmax(1)}
 
@@ -195,6 +233,28 @@ def test_layer_norm_refuses_what_cpu_refuses():
         ragged = torch.nested.nested_tensor([torch.ones(2, 3), torch.ones(2, 5)], device=device)
         with pytest.raises(RuntimeError, match="normalized_shape extends into irregular dimensions"):
             torch.nn.functional.layer_norm(ragged, (3,), torch.ones(3, device=device), torch.zeros(3, device=device))
+
+
+NOT_CONTIGUOUS_PROGRAMS = {
+    "mul_number_": lambda x: x.transpose(1, 2).mul_(2),
+    "add_number_": lambda x: x.transpose(1, 2).add_(1),
+    "layer_norm": lambda x: torch.nn.functional.layer_norm(x.transpose(1, 2), (2,), torch.ones(2, device=x.device),
+                                                           torch.zeros(2, device=x.device)),
+}
+
+
+@pytest.mark.parametrize("program", NOT_CONTIGUOUS_PROGRAMS.values(), ids=NOT_CONTIGUOUS_PROGRAMS.keys())
+def test_ops_on_a_transposed_nested_tensor_refuse_what_cpu_refuses(program):
+    assert_refused_as_on_cpu(program, torch.nested.nested_tensor(sequences((2, 3), width=2)))
+
+
+@pytest.mark.parametrize("normalized_shape", [(3,), (3, 4)], ids=["1d", "2d"])
+def test_layer_norm_of_no_components_refuses_what_cpu_refuses(normalized_shape):
+    def program(nested):
+        return torch.nn.functional.layer_norm(nested, normalized_shape, torch.ones(normalized_shape,
+                                              device=nested.device), torch.zeros(normalized_shape, device=nested.device))
+
+    assert_refused_as_on_cpu(program, torch.nested.nested_tensor([]))
 
 
 def test_select_gives_a_component():

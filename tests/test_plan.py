@@ -166,6 +166,8 @@ def test_a_dict_of_outputs_is_planned_with_its_loss_as_hugging_face_models_retur
     assert planned["step"]["roofline_s"] == pytest.approx(explicit["step"]["roofline_s"], rel=1e-12)
     with pytest.raises(TypeError, match="output is a str, not a tensor.*return 'loss'"):
         plan_training(dataclasses.replace(job, model="plan_user_model:outputs_without_a_tensor"))
+    with pytest.raises(TypeError, match="output is a dict, not a tensor.*return 'loss'"):  # was a bare StopIteration
+        plan_training(dataclasses.replace(job, model="plan_user_model:outputs_nothing"))
 
 
 def _planned_with_values(monkeypatch, job):

@@ -128,6 +128,21 @@ def test_chrome_trace_has_the_simulated_chip(make, tmp_path):
     assert any("simulated clock" in name for name in names) and f"stream {side.stream_id}" in names
 
 
+def test_profile_memory_counts_each_allocation_in_its_own_blocks_only():
+    """Sibling and nested blocks: each counts the bytes allocated within it, none those of a block before it."""
+    x = torch.ones(1000, device="tpu")
+    with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.PrivateUse1],
+                                profile_memory=True) as prof:
+        kept = []
+        for block in range(3):
+            with record_function(f"outer{block}"):
+                kept.append(x * 2)  # 4000 bytes
+                with record_function(f"inner{block}"):
+                    kept.append(torch.ones(block + 1, device="tpu"))  # 4 * (block + 1) bytes
+    usage = {e.name: e.device_memory_usage for e in prof.events() if e.name.startswith(("outer", "inner"))}
+    assert usage == {**{f"outer{b}": 4000 + 4 * (b + 1) for b in range(3)}, **{f"inner{b}": 4 * (b + 1) for b in range(3)}}
+
+
 def test_profile_memory_counts_hbm_bytes_in_every_enclosing_op_as_cuda_does():
     """PyTorch's tables gain "TPU Mem" columns, as "CUDA Mem" with a CUDA allocator reporting to the profiler."""
     x = torch.ones(1000, device="tpu")

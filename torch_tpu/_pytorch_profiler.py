@@ -187,16 +187,35 @@ def add_device_memory(memory_events, host_events):
     for thread, start, end, name, event in host_events:
         index = marked_memory_event(name)
         if index is not None:
-            moments[index] = (thread, start)
+            kind, _, _, nbytes, _ = memory_events[index]
+            if kind in ("alloc", "free"):
+                moments.setdefault(thread, []).append((start, nbytes if kind == "alloc" else -nbytes))
         elif marked_kernel(name) is None:
             ops.setdefault(thread, []).append((start, end, event))
-    for index, (kind, _, _, nbytes, _) in enumerate(memory_events):
-        if index not in moments or kind not in ("alloc", "free"):
-            continue
-        thread, moment = moments[index]
-        for start, end, op in ops.get(thread, ()):
-            if start <= moment <= end:
-                op.device_memory_usage += nbytes if kind == "alloc" else -nbytes
+    for thread, changes in moments.items():
+        _count_in_enclosing_ops(sorted(changes, key=lambda change: change[0]),
+                                sorted(ops.get(thread, ()), key=lambda op: (op[0], -op[1])))
+
+
+def _count_in_enclosing_ops(changes, ops):
+    """Add each (moment, bytes) to the ops whose [start, end] holds it, both sorted by time: one sweep with a
+    stack of the ops begun and not yet ended (ops nest, so the innermost ends first), not every op per change."""
+    open_ops, following = [], iter(ops)
+    upcoming = next(following, None)
+    for moment, nbytes in changes:
+        while upcoming is not None and upcoming[0] <= moment:
+            _close_ended(open_ops, upcoming[0])
+            open_ops.append(upcoming)
+            upcoming = next(following, None)
+        _close_ended(open_ops, moment)
+        for start, end, op in open_ops:
+            if start <= moment <= end:  # exact even where ops overlap without nesting
+                op.device_memory_usage += nbytes
+
+
+def _close_ended(open_ops, moment):
+    while open_ops and open_ops[-1][1] < moment:
+        open_ops.pop()
 
 
 def remove_markers(events):

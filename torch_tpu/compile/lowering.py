@@ -117,6 +117,7 @@ def lower(node):
     if REFUSED in node.meta:  # the meta function refused the call once retyped to eager's dtypes
         return Lowered(EAGER, inputs=tuple(tensor_inputs((node.args, node.kwargs))),
                        reason=f"CPU refuses it: {node.meta[REFUSED]}")
+    _read_numbers_as_lowered(node)
     lowering = LOWERINGS.get(node.target)
     if lowering is None and isinstance(node.target, torch._ops.OpOverload):
         maths = pointwise_maths(node.target)
@@ -127,6 +128,18 @@ def lower(node):
     lowered = lowering(node)
     lowered.host = host and lowered.kind != EAGER
     return lowered
+
+
+def _read_numbers_as_lowered(node):
+    """Replace each argument node holding a number (a SymInt or SymFloat input of a ``dynamic`` graph, or one
+    computed from them) by that number, so that every lowering reads it as a constant like any other scalar. The
+    graph is this program's own copy, specialised on those numbers (``pipeline._ShapeSpecialised``)."""
+    def as_number(argument):
+        value = value_of(argument)
+        return value if type(value) in (int, float, bool) else argument
+
+    node.args = torch.fx.node.map_arg(node.args, as_number)
+    node.kwargs = torch.fx.node.map_arg(node.kwargs, as_number)
 
 
 def is_host_scalar(node):
@@ -279,17 +292,10 @@ def _refusal(maths, promoted, extras, kwargs):
     return None
 
 
-def _as_number_if_symbolic(argument):
-    """A node holding a number (a SymInt input of a ``dynamic`` graph) as the number this program is lowered for
-    (the programs of a symbolic graph are specialised on those numbers): a constant like any other scalar."""
-    value = value_of(argument)
-    return value if isinstance(argument, torch.fx.Node) and not isinstance(value, torch.Tensor) else argument
-
-
 def lower_pointwise(node, maths):
     """``maths.function`` on the operands converted to the compute type, rounded once into ``out``."""
     args = list(node.args)
-    promoted, extras = [_as_number_if_symbolic(a) for a in args[:maths.operands]], args[maths.operands:]
+    promoted, extras = args[:maths.operands], args[maths.operands:]
     metas = [meta_twin(value_of(a)) for a in promoted]
     refusal = _refusal(maths, metas, [meta_twin(value_of(a)) if isinstance(a, torch.fx.Node) else a for a in extras],
                        dict(node.kwargs))

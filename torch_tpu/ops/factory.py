@@ -346,6 +346,10 @@ def assert_async_msg(self, assert_msg):
 _COMPOSITE = torch._C.DispatchKeySet(torch._C.DispatchKey.CompositeExplicitAutograd)
 
 
+# the layouts whose window CPU makes strided: its kernel allocates with them and jagged allocates a strided tensor
+_WINDOW_LAYOUTS = (None, torch.strided, torch.jagged)
+
+
 @register("kaiser_window", "kaiser_window.periodic", "kaiser_window.beta", charge=False)
 def kaiser_window(window_length, periodic=True, beta=12.0, *, dtype=None, layout=None, device=None, pin_memory=None):
     """ATen's composite checks its arguments, then computes the window in a kernel of its own (kaiser_window_stub)
@@ -353,8 +357,9 @@ def kaiser_window(window_length, periodic=True, beta=12.0, *, dtype=None, layout
     stub's opmath type: ``i0(beta * sqrt(|1 - ((n - alpha) / alpha) ** 2|)) / i0(beta)`` over an arange in ``dtype``.
     Its shorter overloads call the native function directly, not through the dispatcher: all three are here."""
     dtype = dtype or torch.get_default_dtype()
-    if window_length < 0 or layout not in (None, torch.strided) or not (dtype.is_floating_point or dtype.is_complex):
-        # ATen's own checks and their words (window_function_checks); the composite raises before its stub
+    if window_length < 0 or layout not in _WINDOW_LAYOUTS or not (dtype.is_floating_point or dtype.is_complex):
+        # ATen's own checks and their words (window_function_checks), or the layout's own refusal where the
+        # composite allocates (sparse compressed, mkldnn); the composite raises before its stub
         torch.ops.aten.kaiser_window.beta.redispatch(_COMPOSITE, window_length, periodic, beta, dtype=dtype,
                                                      layout=layout, device=device, pin_memory=pin_memory)
     if window_length <= 1:

@@ -45,13 +45,14 @@ BUFFER_GENERIC_OPS = (
     "abs", "abs_", "sgn", "sgn_", "neg", "neg_", "logical_not", "logical_not_", "relu", "relu_", "gelu", "gelu_",
     "tanh", "tanh_", "silu", "silu_", "sin", "cos",
     # NestedTensorBinaryOps.cpp: the op on the buffer and a scalar, or on a mask's buffer
-    "mul.Scalar", "mul_.Scalar", "div.Scalar", "masked_fill.Scalar",
+    "mul.Scalar", "mul_.Scalar", "div.Scalar", "masked_fill.Scalar", "eq.Scalar", "gt.Scalar", "ge.Scalar",
     # NestedTensorMath.cpp: views of one component (as_strided of the buffer), softmax per component (_softmax_out),
-    # transpose (the metadata's columns swapped), linear (one linear of the buffer's rows)
+    # transpose (the metadata's columns swapped); NestedTensorTransformerFunctions.cpp: linear (one linear of the
+    # buffer's rows)
     "select.int", "_softmax", "transpose.int", "linear",
 )
 # NestedTensorBinaryOps.cpp: the op on both buffers, or on one and a 0-d tensor (its nested-with-dense case is CUDA's)
-BINARY_OPS = ("add.Tensor", "add_.Tensor", "sub.Tensor", "mul.Tensor", "mul_.Tensor", "div.Tensor")
+BINARY_OPS = ("add.Tensor", "add_.Tensor", "sub.Tensor", "mul.Tensor", "mul_.Tensor", "div.Tensor", "eq.Tensor")
 CONSTRUCTORS = (
     "_nested_tensor_from_mask", "_nested_tensor_from_mask_left_aligned", "_nested_from_padded",
     "_nested_view_from_buffer",
@@ -87,6 +88,8 @@ def _binary(op):
     def kernel(self, other, *args, **kwargs):
         if isinstance(other, torch.Tensor):
             return generic(self, other, *args, **kwargs)
+        if in_place and not self.is_contiguous():  # CPU's kernel writes into get_buffer(), which refuses
+            raise RuntimeError("NestedTensor must be contiguous to get buffer.")
         result = op(self.values(), other, *args, **kwargs)
         return self if in_place else with_buffer(self, result)
 
@@ -97,6 +100,23 @@ for _name in BINARY_OPS:
     nested_kernel(_name)(_binary(overload(_name)))
 for _name in CONSTRUCTORS:
     register(_name, charge=False)(redispatching(overload(_name), _CPU))
+
+
+def _check_rows_of_width(sizes, width):
+    """CPU's checks of the layer's first nested linear (NestedTensorTransformerFunctions.cpp): components of two
+    dims, one trailing dim among them, equal to the weight's."""
+    if sizes.dim() != 2 or sizes.shape[1] != 2:
+        raise RuntimeError(f"Linear requires nested_tensor.dim == 3 and dense_matrix.dim == 2. Nested tensor dim: "
+                           f"{sizes.shape[1] + 1 if sizes.dim() == 2 else 1}. Dense tensor dim: 2")
+    widths = sizes[:, 1]
+    if not bool((widths == widths[0]).all()):
+        column = max(len(str(int(w))) for w in widths) + 1  # as C++ prints a LongTensor
+        listed = "\n".join(f"{int(w):>{column}}" for w in widths)
+        raise RuntimeError("Expected all tensors in nested tensor to have the same trailing dimension, instead last "
+                           f"dimension equals: {listed}\n[ torch.LongTensor{{{len(widths)}}} ]")
+    if int(widths[0]) != width:
+        raise RuntimeError("Shape mismatch for NestedTensor Matmul: Expected input's (a nested tensor) 'last_dim' to "
+                           f"equal 'weight.size(0), but got: last_dim = {int(widths[0])}, and weight.size(0) = {width}")
 
 
 @nested_kernel("_transformer_encoder_layer_fwd")
@@ -111,6 +131,7 @@ def nested_transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, 
                           "a mask with a nested input is not supported on tpu; pass the padded tensor and the mask")
     src = src.contiguous()
     sizes = src._nested_tensor_size()
+    _check_rows_of_width(sizes, embed_dim)
     lengths = sizes[:, 0]
     in_sequence = torch.arange(int(lengths.max()) if len(lengths) else 0) < lengths[:, None]  # (batch, longest)
     padded_row = in_sequence.flatten().nonzero().squeeze(1).to(src.device)  # of each packed row
@@ -128,20 +149,32 @@ def nested_transformer_encoder_layer_fwd(src, embed_dim, num_heads, qkv_weight, 
     return with_buffer(src, rows.view(-1))
 
 
+def _check_normalized_dims(input, normalized_shape):
+    """CPU's reading of the normalized dims as the nested tensor's last ones (its first is the components' count):
+    each regular and of the normalized size."""
+    sizes = input._nested_tensor_size()  # 0-d when there are no components
+    dims = input.dim()
+    for i, size in enumerate(normalized_shape):
+        dim = i - len(normalized_shape)
+        if dim < -dims:
+            raise IndexError(f"Dimension out of range (expected to be in range of [{-dims}, {dims - 1}], but got {dim})")
+        extents = sizes[:, dims + dim - 1] if dims + dim > 0 else torch.tensor([input.size(0)])
+        if not bool((extents == extents[0]).all()):
+            raise RuntimeError("normalized_shape extends into irregular dimensions for the nested tensor")
+        if extents[0] != size:
+            raise RuntimeError(f"The shape at dimension {i}of normalized_shape doesn't match the input")
+
+
 @nested_kernel("native_layer_norm")
 def nested_layer_norm(input, normalized_shape, weight, bias, eps):
     """The dense layer norm of the buffer's rows (CPU's nested kernel loops over the data pointer), under CPU's
     conditions: weight and bias given, the components contiguous and alike in the normalized dims."""
     if weight is None or bias is None:
         raise ValueError("NestedTensor layer_norm requires weight and bias")
-    input = input.contiguous()
-    sizes = input._nested_tensor_size()
-    for i, size in enumerate(normalized_shape):
-        column = sizes[:, sizes.shape[1] - len(normalized_shape) + i]
-        if not bool((column == column[0]).all()):
-            raise RuntimeError("normalized_shape extends into irregular dimensions for the nested tensor")
-        if column[0] != size:
-            raise RuntimeError(f"The shape at dimension {i}of normalized_shape doesn't match the input")
+    if not input.is_contiguous():
+        raise RuntimeError("Expected nested_tensor_impl_is_contiguous(nt_input) to be true, but got false.  (Could "
+                           "this error message be improved?  If so, please report an enhancement request to PyTorch.)")
+    _check_normalized_dims(input, normalized_shape)
     rows = input.values().view(-1, *normalized_shape)
     output, mean, rstd = _aten.native_layer_norm(rows, normalized_shape, weight, bias, eps)
     return with_buffer(input, output.view(-1)), mean.view(-1), rstd.view(-1)

@@ -168,11 +168,12 @@ def _user_program(job, local_batch):
 
 def _output_as_loss(model, *batch):
     """The model's output is the loss when it is a scalar; otherwise its sum stands in for one. Of a dict of
-    outputs (Hugging Face's ModelOutput is one) the "loss" entry, else the first; of a tuple or list the first."""
+    outputs (Hugging Face's ModelOutput is one) the "loss" entry, else the first; of a tuple or list the first. An
+    empty one is refused as it is."""
     output = model(*batch)
     if isinstance(output, Mapping):
-        output = output["loss"] if "loss" in output else next(iter(output.values()))
-    elif isinstance(output, (tuple, list)):
+        output = output["loss"] if "loss" in output else next(iter(output.values()), output)
+    elif isinstance(output, (tuple, list)) and output:
         output = output[0]
     if not isinstance(output, torch.Tensor):
         raise TypeError(f"the model's output is a {type(output).__name__}, not a tensor to take as the loss: "
