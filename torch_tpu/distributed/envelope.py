@@ -21,13 +21,17 @@ import torch
 
 from . import checks
 
-# the envelope's tag: the send's own tag with this bit set (tags that use it would mix with envelopes)
+# the envelope's tag: the send's own tag with this bit set; tags that use it would mix with envelopes, so they
+# are refused (gloo takes tags up to 2**32 - 1)
 ENVELOPE_TAG_BIT = 1 << 30
 LONGEST_TEXT = 512  # bytes of a refused send's message carried by the envelope
 _FIELDS = 4  # failure kind, message length, dtype, elements
 
 
 def envelope_tag(tag):
+    if tag >= ENVELOPE_TAG_BIT:
+        raise RuntimeError(f"tag {tag} is out of range: the \"ici\" backend takes tags below 2**30 (it sends "
+                           "each send's envelope on its tag + 2**30)")
     return tag | ENVELOPE_TAG_BIT
 
 
