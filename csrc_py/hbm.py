@@ -163,6 +163,7 @@ class HBM:
         self.events = events if events is not None else EventLog()
         self._log = self.events.append_raw
         self.pool = HostPool()
+        self.moved = set()  # ids of the live allocations ``rehome`` moved: their blocks are not pooled
         self.bufferless_blocks = BufferlessBlocks()
         self.take_block = self.pool.take  # where new allocations get their host block
         self.allocated_bytes = Stat()
@@ -217,7 +218,11 @@ class HBM:
         block = self.live.pop(buffer.id)
         if self.history is not None:
             self.history.free(host_address(block), nbytes)
-        if block.__class__ is not Bufferless:
+        if buffer.id in self.moved:
+            # a part of a compiled program's flat array (``rehome``): not aligned, and pooled it would keep that
+            # whole array alive
+            self.moved.discard(buffer.id)
+        elif block.__class__ is not Bufferless:
             self.pool.give_back(block)
         self._log(("free", _now_ns(), buffer.id, nbytes, allocated.current))
 
@@ -253,13 +258,14 @@ class HBM:
         """Back the live allocation ``buffer`` by the host memory ``block`` (of its size), its bytes copied there, and
         say whether it moved. Nothing is allocated or freed: the counters and the event log stay as they are; only
         its address changes. A compiled program lays the buffers it updates together side by side this way
-        (compile/batching.py, ``Colocation``). The old block is dropped, not pooled: views of it may still exist.
+        (compile/batching.py, ``Colocation``). The old block is dropped, not pooled: views of it may still exist; nor is the new one when freed.
         Not while history is recorded (its frees must name the addresses its allocations did)."""
         if self.history is not None or buffer.array is None or block.nbytes != buffer.nbytes or \
                 self.live.get(buffer.id) is not buffer.array:
             return False
         block[...] = buffer.array
         self.live[buffer.id] = buffer.array = block
+        self.moved.add(buffer.id)
         return True
 
     def address(self, buffer):

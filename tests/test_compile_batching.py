@@ -271,3 +271,16 @@ def test_rehoming_an_allocation_moves_its_bytes_and_nothing_else(memory_baseline
     assert tensor.data_ptr() == home.ctypes.data
     assert torch.tpu.memory_stats() == stats and len(hbm.events) == events  # no allocation, no free
     assert_identical(tensor, torch.arange(6, dtype=torch.float32, device="tpu"))
+
+
+def test_a_rehomed_block_is_not_pooled_when_its_tensor_dies(memory_baseline):
+    """A moved block is a part of a program's flat array: pooled, the next allocation of its size would get an
+    unaligned address and keep the whole array alive."""
+    hbm = torch_tpu._C.current_chip().hbm
+    tensor = torch.zeros(3, 4, device="tpu")
+    home = np.empty(tensor.nbytes + 16, np.uint8)[16:]  # as a part at an unaligned offset of a flat array
+    assert hbm.rehome(tensor.untyped_storage()._tpu_hbm_buffer, home)
+    cached = hbm.pool.cached_bytes
+    del tensor
+    assert hbm.pool.cached_bytes == cached
+    assert torch.empty(4, 3, device="tpu").data_ptr() % 64 == 0

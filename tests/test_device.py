@@ -232,6 +232,17 @@ def test_legacy_tensor_types_tell_tpu_tensors_as_cpus_tell_cpu_tensors(name):
     assert converted.type() == getattr(torch.tpu, name).__name__
 
 
+def test_legacy_tpu_types_take_a_tpu_device_and_refuse_others_as_cpus_refuse_cuda():
+    made = torch.tpu.FloatTensor(2, 3, device="tpu")
+    assert made.device.type == "tpu" and made.shape == (2, 3) and made.dtype == torch.float32
+    assert torch.equal(torch.tpu.LongTensor([1, 2], device=torch.device("tpu:0")).cpu(), torch.LongTensor([1, 2]))
+    with pytest.raises(RuntimeError) as cpu_error:
+        torch.FloatTensor(2, device="tpu")
+    with pytest.raises(RuntimeError) as tpu_error:
+        torch.tpu.FloatTensor(2, device="cpu")
+    assert str(tpu_error.value) == str(cpu_error.value).replace("cpu", "@").replace("tpu", "cpu").replace("@", "tpu")
+
+
 def test_a_module_moved_to_tpu_holds_tensors_of_the_legacy_tpu_types():
     linear = torch.nn.Linear(4, 2).to("tpu", torch.float64)
     assert isinstance(linear.weight.data, torch.tpu.DoubleTensor)

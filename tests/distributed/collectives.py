@@ -424,6 +424,32 @@ def check_costs_are_charged():
     assert prof.device_seconds >= expected
 
 
+def _receives_waited_out_of_order(device, group=None):
+    """Rank 0 sends 1s, 2s (blocking) and 3s to rank 1, which receives them from any source, from rank 0 and
+    from any source, and waits for them last first: what each receive got."""
+    if rank == 0:
+        first = dist.isend(torch.full((3,), 1.0, device=device), 1, group=group)
+        dist.send(torch.full((3,), 2.0, device=device), 1, group=group)
+        dist.isend(torch.full((3,), 3.0, device=device), 1, group=group).wait()
+        first.wait()
+    elif rank == 1:
+        received = [torch.zeros(3, device=device) for _ in range(3)]
+        works = [dist.irecv(received[0], group=group), dist.irecv(received[1], 0, group=group),
+                 dist.irecv(received[2], group=group)]
+        for work in reversed(works):
+            work.wait()
+        return [r.cpu().tolist() for r in received]
+
+
+def check_receives_waited_out_of_order_get_the_messages_gloo_gives_them():
+    """gloo hands one peer's messages on a tag to the receives in the order they were posted, whichever is
+    waited first; the "ici" group's envelopes must keep that order for receives from any source too."""
+    tpu = _receives_waited_out_of_order("tpu")
+    assert tpu == _receives_waited_out_of_order("cpu", gloo), tpu
+    if rank == 1:
+        assert tpu == [[1.0] * 3, [2.0] * 3, [3.0] * 3], tpu
+
+
 def run():
     global rank, world, gloo
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -431,6 +457,7 @@ def run():
     gloo = dist.new_group(backend="gloo")
     for check in (check_all_reduce, check_strided_inputs_are_only_read, check_expanded_outputs_are_refused,
                   check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
+                  check_receives_waited_out_of_order_get_the_messages_gloo_gives_them,
                   check_functional_collectives, check_dispatcher_modes_see_every_collective, check_cpu_tensors_use_gloo,
                   check_costs_are_charged):
         check()

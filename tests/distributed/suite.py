@@ -158,6 +158,10 @@ def check_point_to_point_refusals_and_mismatches_reach_the_receiver(rank):
         dist.send(torch.full((3,), float(rank), device="tpu"), peer)
         request.wait()
         assert exchanged.cpu().tolist() == [float(peer)] * 3, exchanged
+    # tags from 2**30 up would mix with the envelopes' tags: both sides refuse them before anything moves
+    tagged = torch.ones(3, device="tpu")
+    error = _raised(lambda: dist.send(tagged, 1, tag=2**30) if rank == 0 else dist.recv(tagged, 0, tag=2**30))
+    assert type(error) is RuntimeError and "takes tags below 2**30" in str(error), error
 
 
 def check_monitored_barrier_runs_on_a_gloo_group(rank):

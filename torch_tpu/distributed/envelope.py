@@ -8,7 +8,9 @@ of elements it carries, or its error's class and words. The data follows on the 
 was refused, a message of no bytes (gloo lets a recv take fewer bytes than it asked for, so this works
 whatever the receiver expects). Both go out at once, as gloo's sends do, and the recv posts both of its
 receives at once, so no send waits for its receiver to call ``wait()`` (exchanges such as "irecv, send,
-wait" on two ranks, and pipeline schedules, depend on that). The receiver reads the envelope in ``wait()``
+wait" on two ranks, and pipeline schedules, depend on that). A receive from any source learns its sender
+from the envelope, so its data's receive, and those of the receives on its tag after it, wait for that
+(``ReceiveLine``). The receiver reads the envelope in ``wait()``
 and raises the sender's error, or a mismatch, instead of handing over the wrong numbers.
 
 Not caught: a send of *more* bytes than its recv asks for aborts the receiving process inside gloo
@@ -19,13 +21,17 @@ import torch
 
 from . import checks
 
-# the envelope's tag: the send's own tag with this bit set (tags that use it would mix with envelopes)
+# the envelope's tag: the send's own tag with this bit set; tags that use it would mix with envelopes, so they
+# are refused (gloo takes tags up to 2**32 - 1)
 ENVELOPE_TAG_BIT = 1 << 30
 LONGEST_TEXT = 512  # bytes of a refused send's message carried by the envelope
 _FIELDS = 4  # failure kind, message length, dtype, elements
 
 
 def envelope_tag(tag):
+    if tag >= ENVELOPE_TAG_BIT:
+        raise RuntimeError(f"tag {tag} is out of range: the \"ici\" backend takes tags below 2**30 (it sends "
+                           "each send's envelope on its tag + 2**30)")
     return tag | ENVELOPE_TAG_BIT
 
 
@@ -52,32 +58,74 @@ def _describe(dtype_index, elements):
     return f"{str(checks.DTYPES[dtype_index]).removeprefix('torch.')} ({elements} elements)"
 
 
+class ReceiveLine:
+    """The receives of one group and tag whose data's receive is not yet posted, in the order they were posted.
+    gloo hands one peer's messages on a tag to its receives in the order they were posted, and the envelopes'
+    receives are posted at once, in that order; so the data's receives must be posted in that order too, or a
+    receive waited before an earlier one takes the earlier one's data. A receive from any source posts its
+    data's receive once its envelope names the sender, so the receives after it wait in line: the first waited
+    posts the data's receives of all before it first (waiting for their envelopes, which gloo would have matched
+    before its own message anyway)."""
+
+    def __init__(self):
+        self._waiting = []
+
+    def join(self, receive):
+        if receive.source is not None and not self._waiting:
+            receive.post_data()
+        else:
+            self._waiting.append(receive)
+
+    def post_through(self, receive, block=True):
+        """Post the data's receives up to ``receive``'s, in order. Not blocking, stop at the first whose sender
+        is not known yet, and say whether ``receive``'s is posted."""
+        while not receive.data_posted:
+            head = self._waiting[0]
+            if not (block or head.sender_known()):
+                return False
+            self._waiting.pop(0)
+            head.post_data()
+        return True
+
+
 class EnvelopedReceive:
     """A recv's transport work: the envelope's receive and the data's. ``wait()`` waits for both (so that
     gloo's buffers live until it is done with them), then raises if the send was refused or does not fit.
-    A receive from any source posts its data's receive once the envelope names the sender."""
+    The data's receive is posted in line (``ReceiveLine``)."""
 
-    def __init__(self, error, tensor, envelope_work, received_envelope, receive_data, source=None):
-        self._error, self._tensor, self._source = error, tensor, source
+    def __init__(self, error, tensor, envelope_work, received_envelope, receive_data, line, source=None):
+        self._error, self._tensor, self.source, self._line = error, tensor, source, line
         self._envelope_work, self._envelope, self._receive_data = envelope_work, received_envelope, receive_data
-        self._data_work = receive_data(source) if source is not None else None
+        self._envelope_in, self._data_work = False, None
+        line.join(self)
 
-    def _data(self):
-        if self._data_work is None:
-            self._data_work = self._receive_data(self._source_rank())
-        return self._data_work
+    @property
+    def data_posted(self):
+        return self._data_work is not None
 
-    def is_completed(self):
-        return self._envelope_work.is_completed() and self._data().is_completed()
+    def sender_known(self):
+        return self.source is not None or self._envelope_in or self._envelope_work.is_completed()
+
+    def post_data(self):
+        self._data_work = self._receive_data(self.source if self.source is not None else self._source_rank())
 
     def _source_rank(self):
-        return self._envelope_work._source_rank() if self._source is None else self._source
+        """The sending rank, once the envelope is in (waited for once: a gloo receive's second wait() waits
+        for one more message)."""
+        if not self._envelope_in:
+            self._envelope_work.wait()
+            self._envelope_in = True
+        return self._envelope_work._source_rank() if self.source is None else self.source
+
+    def is_completed(self):
+        return self._envelope_work.is_completed() and self._line.post_through(self, block=False) and \
+            self._data_work.is_completed()
 
     def wait(self):
-        self._envelope_work.wait()
-        self._data().wait()
-        kind, length, dtype, elements = self._envelope[:_FIELDS].tolist()
+        self._line.post_through(self)
         sender = self._source_rank()
+        self._data_work.wait()
+        kind, length, dtype, elements = self._envelope[:_FIELDS].tolist()
         if kind:
             raise checks.peer_failure(self._error, sender, [kind, length], self._envelope[_FIELDS:].tolist())
         tensor = self._tensor

@@ -17,6 +17,7 @@ Reductions in bfloat16, float16 and FP8 are computed in float32 and rounded once
 reduces them, so results equal gloo's on CPU tensors bit for bit.
 """
 
+import collections
 import contextlib
 import datetime
 import itertools
@@ -98,6 +99,7 @@ class ProcessGroupICI(dist.ProcessGroup):
         self._coalesced = None  # the works issued between _start_coalescing and _end_coalescing
         self._op_works = None  # the works c10d_kernels hands back to _dispatch
         self._refusals = []  # refused sends' messages to their receivers, until gloo has sent them
+        self._receive_lines = collections.defaultdict(envelope.ReceiveLine)  # by tag
 
     # --- what c10d asks of every process group ---------------------------------------------------
 
@@ -645,7 +647,8 @@ class ProcessGroupICI(dist.ProcessGroup):
         else:
             told = self._transport.recv([received], source, told_tag)
         return envelope.EnvelopedReceive(error, tensors[0], told, received,
-                                         lambda sender: self._transport.recv(hosts, sender, tag), source)
+                                         lambda sender: self._transport.recv(hosts, sender, tag),
+                                         self._receive_lines[tag], source)
 
     # --- coalescing -----------------------------------------------------------------------------
 

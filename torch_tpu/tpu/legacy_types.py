@@ -17,8 +17,13 @@ class LegacyTensorType(type):
         return (isinstance(value, torch.Tensor) and value.device.type == "tpu" and value.dtype == cls.dtype
                 and value.layout == torch.strided)
 
-    def __call__(cls, *args, **kwargs):
-        return cls.cpu_type(*args, **kwargs).to("tpu")
+    def __call__(cls, *args, device=None, **kwargs):
+        """Made on the host, then moved: the CPU type's constructor would refuse a ``device`` of this type,
+        so it is checked here, in its words."""
+        if device is not None and torch.device(device).type != "tpu":
+            raise RuntimeError(f"legacy constructor expects device type: tpu but device type: "
+                               f"{torch.device(device).type} was passed")
+        return cls.cpu_type(*args, **kwargs).to("tpu" if device is None else device)
 
     def __repr__(cls):
         return f"<class '{cls.__name__}'>"
