@@ -333,9 +333,10 @@ class Colocation:
     on: the HBM buffers of each group side by side in one flat host array, each backed by its part
     (``HBM.rehome``: no allocation, no free, the HBM accounting as it was). The launch then reads and updates them
     where they are, with no gather and no copy back. Its first call gathers as before and then lays the inputs out
-    (``lay_out``, once); from then on each call checks that every input's HBM buffer is backed by its part
-    (``holds``), and gathers as before when one is not (a ``.data =``, an input moved by another program, a buffer
-    that could not move). The program builds those inputs' NumPy views only where it gathers."""
+    (``lay_out``, once; while memory history is recorded, at the first call after it stops); from then on each
+    call checks that every input's HBM buffer is backed by its part (``holds``), and gathers as before when one is
+    not (a ``.data =``, an input moved by another program, a buffer that could not move). The program builds those
+    inputs' NumPy views only where it gathers."""
 
     def __init__(self, groups, bounds):
         self.groups = groups  # per group, the graph inputs (one per kernel) in the launch's order
@@ -364,8 +365,10 @@ class Colocation:
         ``runtime.input_view`` keeps it) becomes the view over its part, for the calls that gather."""
         if self.laid_out:
             return
-        self.laid_out = True
         buffers = [_whole_buffer(tensor) for tensor in tensors]
+        if any(buffer is not None and buffer.allocator.history is not None for buffer in buffers):
+            return  # recording memory history (say, over the first steps): tried again once it stops
+        self.laid_out = True
         if any(buffer is None for buffer in buffers) or len({id(buffer) for buffer in buffers}) != len(buffers):
             return
         for tensor, buffer, view, part, index in zip(tensors, buffers, self.views, self.parts, indices):
