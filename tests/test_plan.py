@@ -160,10 +160,7 @@ def test_a_users_module_is_planned_from_module_function():
 
 def test_a_dict_of_outputs_is_planned_with_its_loss_as_hugging_face_models_return_it():
     job = TrainingJob(model="plan_user_model:outputs_with_loss", chips=1, batch=4, seq=16)
-    planned = plan_training(job)
-    explicit = plan_training(dataclasses.replace(job, model="plan_user_model:outputs_with_loss_taken_by_a_function"))
-    assert planned["hbm_per_chip"] == explicit["hbm_per_chip"]
-    assert planned["step"]["roofline_s"] == pytest.approx(explicit["step"]["roofline_s"], rel=1e-12)
+    assert_planned_alike(job, "plan_user_model:outputs_with_loss_taken_by_a_function")
     with pytest.raises(TypeError, match="output is a str, not a tensor.*return 'loss'"):
         plan_training(dataclasses.replace(job, model="plan_user_model:outputs_without_a_tensor"))
     with pytest.raises(TypeError, match="output is a dict, not a tensor.*return 'loss'"):  # was a bare StopIteration
@@ -221,12 +218,16 @@ def test_value_dependent_routing_is_refused_naming_the_op_and_the_way_out():
     assert "plan_user_model:where_routed_moe" in notes and "fixed capacity" in notes
 
 
+def assert_planned_alike(job, model):
+    """``job`` and the same job with ``model`` plan the same HBM and step time."""
+    planned, other = plan_training(job), plan_training(dataclasses.replace(job, model=model))
+    assert planned["hbm_per_chip"] == other["hbm_per_chip"]
+    assert planned["step"]["roofline_s"] == pytest.approx(other["step"]["roofline_s"], rel=1e-12)
+
+
 def test_a_compiled_block_is_planned_as_its_eager_program():
-    job = TrainingJob(model="plan_user_model:compiled_block", chips=2, batch=4, seq=32)
-    compiled = plan_training(job)
-    eager = plan_training(dataclasses.replace(job, model="plan_user_model:mlp_language_model"))
-    assert compiled["hbm_per_chip"] == eager["hbm_per_chip"]
-    assert compiled["step"]["roofline_s"] == pytest.approx(eager["step"]["roofline_s"], rel=1e-12)
+    assert_planned_alike(TrainingJob(model="plan_user_model:compiled_block", chips=2, batch=4, seq=32),
+                         "plan_user_model:mlp_language_model")
 
 
 def test_tensor_parallelism_over_global_head_counts_gets_a_hint():
