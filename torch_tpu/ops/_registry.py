@@ -34,6 +34,22 @@ def register(*overloads, charge=True):
     return decorate
 
 
+def registering_at(dispatch_key, wrap=None):
+    """A decorator like ``register`` for another dispatch key (``"SparsePrivateUse1"``, ``"NestedTensorPrivateUse1"``):
+    the kernel goes to the dispatcher as it is (or as ``wrap`` makes it), uncharged: the kernels of those keys run
+    charged tpu kernels on their tensors' parts."""
+
+    def kernel_for(*overloads):
+        def decorate(kernel):
+            for overload in overloads:
+                _ATEN.impl(overload, kernel if wrap is None else wrap(kernel), dispatch_key)
+            return kernel
+
+        return decorate
+
+    return kernel_for
+
+
 def unseen_by_function_modes(kernel):
     """``kernel`` as the dispatcher runs a C++ kernel: out of sight of Python's torch function modes. The dispatcher
     calls a Python kernel with the user's TorchFunctionMode still on the stack, so the mode saw (and could refuse)

@@ -29,10 +29,9 @@ through them is refused where the nested tensor is made (see ``nested_tensor_fro
 import torch
 
 from .fallback import unsupported
-from ._registry import default_kernel, overload, redispatching, register, unseen_by_function_modes
+from ._registry import default_kernel, overload, redispatching, register, registering_at, unseen_by_function_modes
 from .transformer import PADDING_MASK, transformer_encoder_layer_fwd
 
-_NESTED_KERNELS = torch.library.Library("aten", "IMPL")  # owns the registrations for the life of the process
 _NESTED_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.NestedTensorCPU)
 _CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 _aten = torch.ops.aten
@@ -59,13 +58,7 @@ CONSTRUCTORS = (
 )
 
 
-def nested_kernel(*names):
-    def decorate(kernel):
-        for name in names:
-            _NESTED_KERNELS.impl(name, unseen_by_function_modes(kernel), "NestedTensorPrivateUse1")
-        return kernel
-
-    return decorate
+nested_kernel = registering_at("NestedTensorPrivateUse1", unseen_by_function_modes)
 
 
 for _name in BUFFER_GENERIC_OPS:
@@ -157,7 +150,8 @@ def _check_normalized_dims(input, normalized_shape):
     for i, size in enumerate(normalized_shape):
         dim = i - len(normalized_shape)
         if dim < -dims:
-            raise IndexError(f"Dimension out of range (expected to be in range of [{-dims}, {dims - 1}], but got {dim})")
+            raise IndexError(f"Dimension out of range (expected to be in range of [{-dims}, {dims - 1}], "
+                             f"but got {dim})")
         extents = sizes[:, dims + dim - 1] if dims + dim > 0 else torch.tensor([input.size(0)])
         if not bool((extents == extents[0]).all()):
             raise RuntimeError("normalized_shape extends into irregular dimensions for the nested tensor")

@@ -20,10 +20,10 @@ import torch
 
 from .fallback import SPARSE_LAYOUTS, unsupported
 from .pointwise import check_alpha
-from ._registry import redispatching, register
+from ._registry import redispatching, register, registering_at
 from .._errors import scalar_type_name, sparse_add_cannot_cast
 
-_SPARSE_KERNELS = torch.library.Library("aten", "IMPL")  # owns the registrations for the life of the process
+sparse_kernel = registering_at("SparsePrivateUse1")
 _SPARSE_META = torch._C.DispatchKeySet(torch._C.DispatchKey.SparseMeta)
 _aten = torch.ops.aten
 
@@ -38,16 +38,7 @@ STRUCTURAL_OPS = (
 
 for _name in STRUCTURAL_OPS:
     _op = getattr(_aten, _name).default
-    _SPARSE_KERNELS.impl(_op, redispatching(_op, _SPARSE_META), "SparsePrivateUse1")
-
-
-def sparse_kernel(*names):
-    def decorate(kernel):
-        for name in names:
-            _SPARSE_KERNELS.impl(name, kernel, "SparsePrivateUse1")
-        return kernel
-
-    return decorate
+    sparse_kernel(_op)(redispatching(_op, _SPARSE_META))
 
 
 def coo(indices, values, size, coalesced):
@@ -317,7 +308,8 @@ def add_sparse_to_sparse(self, other, alpha, out_dtype=None):
     self_slots, other_slots, count = merge_walk(_linear_index(self._indices(), sizes).tolist(),
                                                 _linear_index(other._indices(), sizes).tolist())
     device = self.device
-    self_slots, other_slots = (torch.tensor(slots, dtype=torch.int64, device=device) for slots in (self_slots, other_slots))
+    self_slots, other_slots = (torch.tensor(slots, dtype=torch.int64, device=device)
+                               for slots in (self_slots, other_slots))
     indices = self._indices().new_empty((self.sparse_dim(), count))
     indices.index_copy_(1, self_slots, self._indices()).index_copy_(1, other_slots, other._indices())
     values = torch.zeros((count, *self.shape[self.sparse_dim():]), dtype=dtype, device=device)
