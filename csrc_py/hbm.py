@@ -135,6 +135,7 @@ class HostPool:
     def __init__(self):
         self._free = collections.defaultdict(list)
         self.cached_bytes = 0
+        self.enabled = True  # False: freed blocks go straight back (torch.tpu.caching_allocator_enable(False))
 
     def take(self, nbytes):
         blocks = self._free.get(nbytes)
@@ -147,7 +148,7 @@ class HostPool:
 
     def give_back(self, block):
         nbytes = block.nbytes
-        if nbytes <= POOL_BLOCK_LIMIT and self.cached_bytes + nbytes <= POOL_TOTAL_LIMIT:
+        if self.enabled and nbytes <= POOL_BLOCK_LIMIT and self.cached_bytes + nbytes <= POOL_TOTAL_LIMIT:
             self._free[nbytes].append(block)
             self.cached_bytes += nbytes
 

@@ -57,5 +57,5 @@ def register_device():
     generate_methods_for_privateuse1_backend(
         for_tensor=False, for_module=False, for_packed_sequence=False, for_storage=True
     )
-    for name in ("memory", "random", "streams"):
+    for name in ("amp", "graphs", "jiterator", "memory", "nccl", "nvtx", "random", "streams", "tunable"):
         sys.modules[f"torch.{DEVICE_NAME}.{name}"] = getattr(device_module, name)

@@ -9,11 +9,18 @@ allocator answers from the pointer. So every tensor or storage that shares the p
 A range is forgotten when its storage is freed. (``torch.empty(..., pin_memory=True)`` is decided
 in C++ and still fails; ``tensor.to("cpu", non_blocking=True)`` of a tpu tensor is the tpu
 ``_to_copy`` kernel's job, in ops/copy.py.)
+
+``torch.tpu.host_memory_stats()`` counts these allocations with torch.cuda's keys. Each pinned tensor is its own
+block of exactly its bytes (nothing is rounded or cached), so the "active" families equal the "allocations" ones,
+and the times are the host time of making and of forgetting each pinned copy.
 """
 
 import functools
+import time
 
 import torch
+
+from ._C.hbm import Stat
 
 _original_pin_memory = torch.Tensor.pin_memory
 _original_is_pinned = torch.Tensor.is_pinned
@@ -24,15 +31,78 @@ _original_is_pinned = torch.Tensor.is_pinned
 _ranges = {}
 
 
+class _Durations:
+    """A host time counter in microseconds, with torch.cuda's host_*_time keys."""
+
+    def __init__(self):
+        self.total = self.count = 0
+        self.max = self.min = 0
+
+    def add(self, microseconds):
+        self.min = microseconds if not self.count else min(self.min, microseconds)
+        self.max = max(self.max, microseconds)
+        self.total += microseconds
+        self.count += 1
+
+    def as_dict(self):
+        return {"total": self.total, "max": self.max, "min": self.min, "count": self.count,
+                "avg": self.total // self.count if self.count else 0}
+
+
+class HostStats:
+    def __init__(self):
+        self.allocations, self.allocated_bytes = Stat(), Stat()
+        self.alloc_time, self.free_time = _Durations(), _Durations()
+
+    def grow(self, nbytes, microseconds):
+        for stat, amount in ((self.allocations, 1), (self.allocated_bytes, nbytes)):
+            stat.current += amount
+            stat.allocated += amount
+            stat.peak = max(stat.peak, stat.current)
+        self.alloc_time.add(microseconds)
+
+    def shrink(self, nbytes, microseconds):
+        for stat, amount in ((self.allocations, 1), (self.allocated_bytes, nbytes)):
+            stat.current -= amount
+            stat.freed += amount
+        self.free_time.add(microseconds)
+
+    def as_nested_dict(self):
+        allocations, allocated_bytes = self.allocations.as_dict(), self.allocated_bytes.as_dict()
+        return {"allocations": allocations, "allocated_bytes": allocated_bytes,
+                "active_requests": dict(allocations), "active_bytes": dict(allocated_bytes),
+                "num_host_alloc": self.allocations.allocated, "num_host_free": self.allocations.freed,
+                "host_alloc_time": self.alloc_time.as_dict(), "host_free_time": self.free_time.as_dict()}
+
+    def reset_peak(self):
+        self.allocations.reset_peak()
+        self.allocated_bytes.reset_peak()
+
+    def reset_accumulated(self):
+        self.allocations.reset_accumulated()
+        self.allocated_bytes.reset_accumulated()
+        self.alloc_time, self.free_time = _Durations(), _Durations()
+
+
+stats = HostStats()
+
+
+def _microseconds_since(start_ns):
+    return (time.perf_counter_ns() - start_ns) // 1000
+
+
 class _PinnedRange:
     """Held by the pinned storage (as an attribute), so the range lives exactly as long as the bytes."""
 
-    def __init__(self, storage):
-        self.start = storage.data_ptr()
-        _ranges[self.start] = self.start + storage.nbytes()
+    def __init__(self, storage, started_ns):
+        self.start, self.nbytes = storage.data_ptr(), storage.nbytes()
+        _ranges[self.start] = self.start + self.nbytes
+        stats.grow(self.nbytes, _microseconds_since(started_ns))
 
     def __del__(self):
+        started_ns = time.perf_counter_ns()
         _ranges.pop(self.start, None)
+        stats.shrink(self.nbytes, _microseconds_since(started_ns))
 
 
 def _address_is_pinned(address):
@@ -65,10 +135,11 @@ def pin_memory(self, device=None):
         raise RuntimeError(f"cannot pin '{self.type()}' only dense CPU tensors can be pinned")
     if is_pinned(self):
         return self
+    started_ns = time.perf_counter_ns()
     pinned = self.clone(memory_format=torch.contiguous_format)
     storage = pinned.untyped_storage()
     if storage.nbytes() > 0:
-        storage._tpu_pinned_range = _PinnedRange(storage)
+        storage._tpu_pinned_range = _PinnedRange(storage, started_ns)
     return pinned
 
 

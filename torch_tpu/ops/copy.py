@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from .. import _errors, _tensor
+from .. import _errors, _sync_debug, _tensor
 from ._common import operand
 from ._overlap import PARTIAL_OVERLAP, check_no_internal_overlap, partially_overlap
 from ._registry import LAUNCHES, default_kernel, register
@@ -89,6 +89,8 @@ def copy_from(self, dst, non_blocking=False):
         # UninitializedParameter, which refuses its ``shape``, is empty (``lazy.to("tpu").double()``)
         return dst
     _warn_if_dropping_imaginary_parts(dst, self)
+    if dst.is_cpu and not non_blocking:
+        _sync_debug.host_waits()
     source = _readable(self)
     if _tensor.is_tpu(dst) and (dst.is_conj() or dst.is_neg()):
         if source.dtype == _tensor._C.dtypes.COMPLEX32:
@@ -150,7 +152,7 @@ def to_copy(self, *, dtype=None, layout=None, device=None, pin_memory=None, non_
         raise RuntimeError(f"_to_copy: tpu tensors can only be copied to the strided layout, not {layout}")
     result = torch.empty_like(self, dtype=dtype or self.dtype, device=device or self.device,
                               memory_format=memory_format or torch.preserve_format)
-    return result.copy_(self)
+    return result.copy_(self, non_blocking=non_blocking)
 
 
 @register("record_stream")

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import torch
 
-from .. import _tensor
+from .. import _sync_debug, _tensor
 from .._C import cpu_loops, vpu
 from .._errors import check_device_index, not_implemented_for
 from ._common import check_scalar_fits, opmath_dtype, operand, prepare_out
@@ -327,6 +327,7 @@ def eye_out(n, *, out):
 
 @register("_local_scalar_dense")
 def local_scalar_dense(self):
+    _sync_debug.host_waits()
     return operand(self).reshape(()).item()  # operand: complex32's float16 pairs become one complex
 
 

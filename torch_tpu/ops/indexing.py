@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch._prims_common import alert_not_deterministic
 
-from .. import _C
+from .. import _C, _sync_debug
 from .._errors import cpp_type_name, indices_on_another_device, not_implemented_for, scalar_type_name
 from ._common import (SIXTEEN_BIT, as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, empty_with_array,
                       exact_dtype, operand, opmath_operand, prepare_out, store, wrap_dim, write)
@@ -626,6 +626,7 @@ def _nonzero_tensor(coordinates):
 
 @register("nonzero")
 def nonzero(self):
+    _sync_debug.host_waits()
     return _nonzero_tensor(np.argwhere(operand(self, "nonzero")))
 
 
@@ -640,6 +641,7 @@ def _long_indices_only(op_name):
 
 @register("nonzero.out")
 def nonzero_out(self, *, out):
+    _sync_debug.host_waits()
     return store(np.argwhere(operand(self, "nonzero")), torch.int64, out=out, distinct=(self,),
                  dtype_rule=_long_indices_only("nonzero"))
 

@@ -13,11 +13,28 @@ import dataclasses
 
 import torch
 
-from .. import _C, _lazy
+from .. import _C, _lazy, _sync_debug
 from .._errors import check_device_index
-from . import memory, random, streams
+from . import amp, graphs, jiterator, memory, nccl, nvtx, random, streams, tunable
+from ._unavailable import unavailable
+from .graphs import CUDAGraph, graph, graph_pool_handle, is_current_stream_capturing, make_graphed_callables
 from .memory import (
+    CUDAPluggableAllocator,
+    MemPool,
+    caching_allocator_alloc,
+    caching_allocator_delete,
+    caching_allocator_disabled,
+    caching_allocator_enable,
+    change_current_allocator,
+    device_memory_used,
     empty_cache,
+    get_allocator_backend,
+    host_memory_stats,
+    host_memory_stats_as_nested_dict,
+    list_gpu_processes,
+    reset_accumulated_host_memory_stats,
+    reset_peak_host_memory_stats,
+    use_mem_pool,
     get_per_process_memory_fraction,
     max_memory_allocated,
     max_memory_cached,
@@ -36,7 +53,9 @@ from .memory import (
     reset_peak_memory_stats,
     set_per_process_memory_fraction,
 )
+from .monitoring import clock_rate, memory_usage, power_draw, temperature, utilization
 from .random import (
+    default_generators,
     get_rng_state,
     get_rng_state_all,
     initial_seed,
@@ -48,10 +67,17 @@ from .random import (
     set_rng_state_all,
 )
 from .streams import Event, Stream, StreamContext, current_stream, default_stream, set_stream, stream
-from .legacy_types import (BFloat16Tensor, BoolTensor, ByteTensor, CharTensor, DoubleTensor, FloatTensor, HalfTensor,
-                           IntTensor, LongTensor, ShortTensor)
+from .legacy_types import (BFloat16Storage, BFloat16Tensor, BoolStorage, BoolTensor, ByteStorage, ByteTensor,
+                           CharStorage, CharTensor, ComplexDoubleStorage, ComplexFloatStorage, DoubleStorage,
+                           DoubleTensor, FloatStorage, FloatTensor, HalfStorage, HalfTensor, IntStorage, IntTensor,
+                           LongStorage, LongTensor, ShortStorage, ShortTensor)
 
 OutOfMemoryError = torch.OutOfMemoryError  # what an allocation past the HBM capacity raises, as torch.cuda's
+AcceleratorError = torch.AcceleratorError  # torch.cuda's base of device errors, PyTorch's own class
+has_half = True  # float16 tensors and kernels exist on tpu (the MXU takes them as float32)
+get_sync_debug_mode = _sync_debug.get_sync_debug_mode
+check_error = unavailable("check_error", "it checks a CUDA runtime status code, and the emulated chip has no CUDA "
+                                         "runtime; tpu failures raise Python exceptions where they happen")
 
 
 def is_available():
@@ -94,6 +120,38 @@ def _is_in_bad_fork():
 
 def is_bf16_supported(including_emulation=True):
     return True
+
+
+def is_tf32_supported():
+    """True: float32 matmuls have a faster reduced-precision mode, as TF32 is on CUDA. ``torch.backends.cuda.matmul.
+    allow_tf32 = True`` and ``torch.set_float32_matmul_precision("high")`` select it: 3 bf16 MXU passes (about
+    14 bits of mantissa, more than TF32's 10) instead of 6 (docs/numerics.md)."""
+    return True
+
+
+def set_sync_debug_mode(debug_mode):
+    """Warn about (``"warn"``, 1) or refuse (``"error"``, 2) the operations that make the host wait for the chip:
+    ``.item()``, blocking copies to the host and ``nonzero``; ``"default"`` (0) says nothing. See _sync_debug.py."""
+    init()
+    _sync_debug.set_sync_debug_mode(debug_mode)
+
+
+def get_arch_list():
+    """The chips this build can emulate (``TORCH_TPU_CHIP``), as torch.cuda lists the architectures it was built for."""
+    return list(_C.chips.CHIPS)
+
+
+def can_device_access_peer(device, peer_device):
+    """False: one process drives one chip, so no other chip's HBM is addressable from here (chips exchange data
+    over ICI through torch.distributed)."""
+    check_device_index(_as_device(device), "can_device_access_peer")
+    check_device_index(_as_device(peer_device), "can_device_access_peer")
+    return False
+
+
+def ipc_collect():
+    """Nothing to collect: tpu tensors are never shared with other processes over IPC (another process is another
+    chip), so no freed IPC memory waits here."""
 
 
 def device_count():
@@ -160,6 +218,14 @@ class TPUDeviceProperties:
     def multi_processor_count(self):
         return self.tensorcores
 
+    @property
+    def major(self):
+        return capability_of(self.peak_flops)[0]
+
+    @property
+    def minor(self):
+        return capability_of(self.peak_flops)[1]
+
     def __repr__(self):
         peaks = ", ".join(f"{k}={v / 1e12:g}T" for k, v in self.peak_flops.items())
         return (
@@ -188,8 +254,23 @@ def get_device_name(device=None):
     return f"TPU {props.name} ({props.generation}, emulated)"
 
 
+# The CUDA compute capability whose matmul types match the chip's MXU's: code written for CUDA gates bfloat16,
+# flash attention and FP8 on these numbers, and on a TPU they should say what it can do. bfloat16 MXU -> Ampere's
+# (8, 0) (bf16 tensor cores, flash attention); FP8 MXU too -> Hopper's (9, 0) (FP8 matmul, torch._scaled_mm).
+# Not the TPU generation: no CUDA feature test would read that correctly.
+CUDA_CAPABILITY_BY_MXU_TYPE = (("float8_e4m3fn", (9, 0)), ("bfloat16", (8, 0)))
+
+
+def capability_of(peak_flops):
+    return next(capability for type_name, capability in CUDA_CAPABILITY_BY_MXU_TYPE if type_name in peak_flops)
+
+
 def get_device_capability(device=None):
-    return (0, 0)
+    """(major, minor): the CUDA compute capability with the same matmul types as the chip's MXU, so that
+    CUDA-style feature tests answer for the chip: (9, 0) where the MXU takes FP8 (Ironwood, v6e, v5p), (8, 0)
+    where it takes bfloat16 but not FP8 (v5e)."""
+    check_device_index(_as_device(device), "torch.tpu.get_device_capability")
+    return capability_of(_C.current_chip().spec.peak_flops)
 
 
 def get_amp_supported_dtype():

@@ -8,13 +8,16 @@ its storage's ``data_ptr()``: the emulated HBM allocates exactly what is asked f
 """
 
 import collections
+import contextlib
+import os
 import pickle
 import sys
 
 from typing_extensions import deprecated
 
-from .. import _C
+from .. import _C, _pinned
 from .._errors import check_device_index
+from ._unavailable import unavailable, unavailable_class
 
 
 def _hbm(device=None):
@@ -86,6 +89,105 @@ def get_per_process_memory_fraction(device=None):
     check_device_index(device, "get_per_process_memory_fraction")
     chip = _C.current_chip()
     return chip.hbm.capacity / chip.hbm_capacity_limit
+
+
+# --- torch.cuda.memory's allocator controls ---
+
+_raw_allocations = {}  # address -> the HBM buffer of each caching_allocator_alloc allocation not yet deleted
+
+
+def caching_allocator_alloc(size, device=None, stream=None):
+    """Allocate ``size`` bytes of HBM outside any tensor and return their address (an int), counted in the memory
+    statistics as a tensor's bytes are, until ``caching_allocator_delete(address)``. ``stream`` is accepted as on
+    CUDA: kernels finish as they are launched, so no stream can still be using freed bytes."""
+    check_device_index(device, "caching_allocator_alloc")
+    hbm = _hbm()
+    buffer = hbm.allocate(int(size))
+    address = hbm.address(buffer) if buffer.nbytes else 0
+    _raw_allocations[address] = buffer
+    return address
+
+
+def caching_allocator_delete(mem_ptr):
+    """Free bytes allocated by ``caching_allocator_alloc``."""
+    if _raw_allocations.pop(mem_ptr, None) is None:
+        raise RuntimeError(f"invalid device pointer: {mem_ptr}")  # CUDA's allocator's words
+
+
+def caching_allocator_enable(value=True):
+    """Turn the cache of freed blocks on or off. Off, freed HBM goes straight back and ``memory_reserved()`` equals
+    ``memory_allocated()``; allocations are exact either way (the cache keeps host blocks, not extra HBM)."""
+    pool = _hbm().pool
+    pool.enabled = bool(value)
+    if not value:
+        pool.clear()
+
+
+def _caching_allocator_is_enabled():
+    return _hbm().pool.enabled
+
+
+@contextlib.contextmanager
+def caching_allocator_disabled():
+    """``with caching_allocator_disabled():`` frees blocks straight back inside the block, as torch.cuda's does."""
+    previous = _caching_allocator_is_enabled()
+    caching_allocator_enable(False)
+    try:
+        yield
+    finally:
+        caching_allocator_enable(previous)
+
+
+def get_allocator_backend():
+    """``"native"``: tpu memory comes from torch_tpu's own allocator, never from cudaMallocAsync."""
+    return "native"
+
+
+_ONE_ALLOCATOR = ("the emulated chip has one allocator, exact to the byte (csrc_py/hbm.py), with one pool; "
+                  "allocations cannot be routed elsewhere")
+change_current_allocator = unavailable("change_current_allocator", _ONE_ALLOCATOR)
+CUDAPluggableAllocator = unavailable_class("CUDAPluggableAllocator", _ONE_ALLOCATOR)
+MemPool = unavailable_class("MemPool", _ONE_ALLOCATOR)
+use_mem_pool = unavailable("use_mem_pool", _ONE_ALLOCATOR)
+
+
+def device_memory_used(device=None):
+    """The HBM bytes this process holds, as nvidia-smi would report them: allocated plus cached. (One process
+    drives a chip, so no other process's bytes are on it.)"""
+    return memory_reserved(device)
+
+
+def list_gpu_processes(device=None):
+    """The processes using the chip and their HBM, in torch.cuda.list_gpu_processes' format: this one."""
+    check_device_index(device, "list_gpu_processes")
+    megabytes = memory_reserved() / 2**20
+    return f"TPU:0\nprocess {os.getpid():>10d} uses {megabytes:12.3f} MB TPU memory"
+
+
+# --- pinned host memory (torch_tpu/_pinned.py) ---
+
+
+def host_memory_stats_as_nested_dict():
+    return _pinned.stats.as_nested_dict()
+
+
+def host_memory_stats():
+    """Pinned host memory statistics, with torch.cuda.host_memory_stats' keys (see _pinned.py)."""
+    flat = {}
+    for key, value in host_memory_stats_as_nested_dict().items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{field}": number for field, number in value.items()})
+        else:
+            flat[key] = value
+    return collections.OrderedDict(sorted(flat.items()))
+
+
+def reset_accumulated_host_memory_stats():
+    _pinned.stats.reset_accumulated()
+
+
+def reset_peak_host_memory_stats():
+    _pinned.stats.reset_peak()
 
 
 def _family(prefix, stat):

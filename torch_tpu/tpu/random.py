@@ -38,7 +38,7 @@ manual_seed_all = manual_seed
 
 
 def seed():
-    manual_seed(random.getrandbits(63))
+    default_generators[0].seed()
 
 
 seed_all = seed
@@ -72,3 +72,38 @@ def get_rng_state_all():
 
 def set_rng_state_all(new_states):
     set_rng_state(new_states[0])
+
+
+class TPUGenerator:
+    """The chip's generator as ``torch.tpu.default_generators[0]``, with torch.Generator's methods, for code that
+    seeds or saves the device's default generator through that tuple. (It is not a ``torch.Generator``, which
+    PyTorch builds in C++ only, so it cannot be passed as ``generator=``; see README's "Not supported".)"""
+
+    @property
+    def device(self):
+        return torch.device("tpu", 0)
+
+    def manual_seed(self, seed):
+        manual_seed(seed)
+        return self
+
+    def seed(self):
+        chosen = random.getrandbits(63)
+        manual_seed(chosen)
+        return chosen
+
+    def initial_seed(self):
+        return initial_seed()
+
+    def get_state(self):
+        return get_rng_state()
+
+    def set_state(self, new_state):
+        set_rng_state(new_state)
+        return self
+
+    def __repr__(self):
+        return "<torch.tpu default generator (the chip's counter-based RNG)>"
+
+
+default_generators = (TPUGenerator(),)

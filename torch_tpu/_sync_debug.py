@@ -1,0 +1,50 @@
+"""``torch.tpu.set_sync_debug_mode``: warn about, or refuse, the operations that make the host wait for the chip.
+
+As torch.cuda's does, it covers the operations whose result the host must read before it can go on: a tensor's value
+(``.item()``, ``_local_scalar_dense``), a blocking copy to the host (``.cpu()``, ``.tolist()``, printing) and
+``nonzero`` (its output's size is the data's). Emulated kernels finish as they are launched, so nothing waits here,
+but on a TPU each of these stalls the pipeline: the mode finds them before the program runs on one.
+"""
+
+import os
+import sys
+import warnings
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+MODE_NUMBERS = {"default": 0, "warn": 1, "error": 2}
+mode = 0
+MESSAGE = "called a synchronizing TPU operation"  # torch.cuda's words, with the device's name
+
+
+def set_sync_debug_mode(debug_mode):
+    """``"default"``/0 says nothing, ``"warn"``/1 warns (UserWarning), ``"error"``/2 raises RuntimeError."""
+    global mode
+    if isinstance(debug_mode, str):
+        if debug_mode not in MODE_NUMBERS:
+            raise RuntimeError("invalid value of debug_mode, expected one of `default`, `warn`, `error`")
+        debug_mode = MODE_NUMBERS[debug_mode]
+    mode = int(debug_mode)
+
+
+def get_sync_debug_mode():
+    return mode
+
+
+def host_waits():
+    """Called by each operation that makes the host wait for the chip."""
+    if not mode:
+        return
+    if mode >= 2:
+        raise RuntimeError(MESSAGE)
+    if mode == 1:
+        warnings.warn(MESSAGE, UserWarning, stacklevel=_levels_to_the_caller())
+
+
+def _levels_to_the_caller():
+    """The warning's stack level of the first frame outside torch_tpu: the user's line that waits (the kernel
+    sits under one or more of torch_tpu's launch frames)."""
+    frame, level = sys._getframe(2), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
