@@ -274,7 +274,7 @@ def test_storage_device_predicates_and_types():
         warnings.simplefilter("ignore", UserWarning)  # TypedStorage is deprecated
         typed = x.storage()
         assert typed.is_tpu and typed.device == torch.device("tpu:0") and typed.dtype == torch.float32
-        assert typed.type() == "torch.storage.TypedStorage"  # no torch.tpu.FloatStorage class, as for OpenReg
+        assert typed.type() == "torch.tpu.FloatStorage"  # the device module's legacy class, as CUDA's storages name it
         assert typed.element_size() == 4 and typed.size() == 4 == x.numel()
         assert torch.arange(4, dtype=torch.int16).storage().tpu().element_size() == 2
 

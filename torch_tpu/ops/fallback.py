@@ -116,10 +116,11 @@ def run_on_cpu(op, args, kwargs):
 
 STRIDED_NESTED = (
     "strided nested tensors (torch.nested with layout=torch.strided) support on tpu only their construction "
-    "(nested_tensor, as_nested_tensor without autograd), .to()/.cpu(), to_padded_tensor, unbind, select, clone, "
+    "(nested_tensor, as_nested_tensor), .to()/.cpu(), to_padded_tensor, unbind, select and indexing, clone, "
     "copy_, printing, unary pointwise ops, add/sub/mul/div of two alike or with a scalar, ==, > and >= "
-    "with a number (CPU has no <, <=, != for them), masked_fill, softmax, "
-    "layer_norm, linear, transpose and nn.TransformerEncoder's inference fast path (torch_tpu/ops/nested_strided.py); "
+    "with a number (CPU has no <, <=, != for them), masked_fill, softmax, layer_norm, linear, bmm, matmul, "
+    "sum over the last dim (keepdim=True), transpose, the backward of these where CPU has one, and "
+    "nn.TransformerEncoder's inference fast path (torch_tpu/ops/nested_strided.py); "
     "PyTorch's other kernels for them are C++ code that reads memory through data pointers, and tpu bytes live in "
     "emulated HBM. Use layout=torch.jagged, or to_padded_tensor() and dense ops. For nn.TransformerEncoder, "
     "enable_nested_tensor=False (nn.Transformer's encoder: model.encoder.use_nested_tensor = False) gives the same "

@@ -22,14 +22,21 @@ and storage offset). Its ops dispatch on the NestedTensorPrivateUse1 key. Four k
   masks the same keys (its softmax over each sequence's own length), so every position gets the same values, and
   the row-wise work (feed-forward, norms) is done for the real rows only, as on CPU.
 
-Every other op on a strided nested tpu tensor reaches ``fallback.nested_fallback`` and its error, and autograd
-through them is refused where the nested tensor is made (see ``nested_tensor_from_tensor_list``).
+- the sum over the last dim and its backward: CPU's loop (which reads the data pointer) run on the buffer's bytes.
+
+Every other op on a strided nested tpu tensor reaches ``fallback.nested_fallback`` and its error. Autograd works as
+on CPU: ``as_nested_tensor`` of tensors that require grad records the nested tensor's construction, and the ops
+above with a backward on CPU have it here (their backward kernels are listed with them).
 """
 
+import numpy as np
 import torch
 
+from .. import _C, _tensor
+from .._errors import not_implemented_for
+from ._common import wrap_dim
 from .fallback import unsupported
-from ._registry import default_kernel, overload, redispatching, register, registering_at, unseen_by_function_modes
+from ._registry import overload, redispatching, register, registering_at, unseen_by_function_modes
 from .transformer import PADDING_MASK, transformer_encoder_layer_fwd
 
 _NESTED_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.NestedTensorCPU)
@@ -48,7 +55,14 @@ BUFFER_GENERIC_OPS = (
     # NestedTensorMath.cpp: views of one component (as_strided of the buffer), softmax per component (_softmax_out),
     # transpose (the metadata's columns swapped); NestedTensorTransformerFunctions.cpp: linear (one linear of the
     # buffer's rows)
-    "select.int", "_softmax", "transpose.int", "linear",
+    "_softmax", "transpose.int", "linear",
+    # NestedTensorMatmul.cpp: one mm_out per component, into views of one output buffer; matmul of two nested
+    # tensors as bmm (or per component for more dims)
+    "bmm", "matmul",
+    # their backwards (each a map over the buffer, aten ops on its components' views, or matmuls of nested tensors)
+    "matmul_backward", "_softmax_backward_data", "threshold_backward",
+    "_nested_select_backward", "linear_backward", "gelu_backward", "silu_backward",
+    "_test_autograd_multiple_dispatch.fullcoverage",  # PyTorch's test of autograd's per-key formulas
 )
 # NestedTensorBinaryOps.cpp: the op on both buffers, or on one and a 0-d tensor (its nested-with-dense case is CUDA's)
 BINARY_OPS = ("add.Tensor", "add_.Tensor", "sub.Tensor", "mul.Tensor", "mul_.Tensor", "div.Tensor", "eq.Tensor")
@@ -93,6 +107,90 @@ for _name in BINARY_OPS:
     nested_kernel(_name)(_binary(overload(_name)))
 for _name in CONSTRUCTORS:
     register(_name, charge=False)(redispatching(overload(_name), _CPU))
+
+
+_composite_select = redispatching(overload("select.int"), _NESTED_CPU)
+
+
+@nested_kernel("select.int")
+def nested_select(self, dim, index):
+    """PyTorch's kernel (``nt[i]``: a view of one component; ``nt[..., i]``: a view of each component's slice) with
+    ``dim`` made non-negative first. For a negative dim other than 0's, CPU's own kernel (select_nested) never finds
+    the dim among the components' and leaves the view's offsets uninitialised: garbage values, or reads outside the
+    buffer, in torch 2.13. Wrapped, ``nt.select(-1, i)`` is ``nt.select(nt.dim() - 1, i)``, as for dense tensors."""
+    return _composite_select(self, wrap_dim(dim, self.dim()), index)
+
+
+# AT_DISPATCH_ALL_TYPES_AND2(Half, BFloat16): the types CPU's nested sum has a loop for
+SUMMABLE_DTYPES = frozenset({torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float32,
+                             torch.float64, torch.float16, torch.bfloat16})
+
+
+def _check_sum_dim(self, dims, keepdim, dtype):
+    """CPU's checks, in its order and words (NestedTensor_sum_dim_CPU, NestedTensorMath.cpp)."""
+    if dims is None or len(dims) != 1:
+        raise RuntimeError("NestedTensor only allows reduction of a single dimension for now.")
+    dim = wrap_dim(dims[0], self.dim())
+    if dim != self.dim() - 1:
+        raise RuntimeError(f"NestedTensor can only be reduced across the last dimension for now got dimension {dim} "
+                           "instead.")
+    if not keepdim:
+        raise RuntimeError("NestedTensor always requires keepdim=True for now.")
+    if dtype is not None:
+        raise RuntimeError("NestedTensor does not support dtype argument for now.")
+    if not self.is_contiguous():
+        raise RuntimeError("NestedTensor does not support reductions when the input is noncontiguous for now.")
+
+
+def sequential_row_sums(values, row_lengths, row_counts):
+    """Each row's sum, added left to right in the element type (CPU's nested loop, ``scalar_t res += x``: float16
+    rounded at every step), of the rows laid one after another in ``values``: ``row_counts[i]`` rows of
+    ``row_lengths[i]`` elements for component i."""
+    sums, start = [], 0
+    for length, count in zip(row_lengths, row_counts):
+        rows = values[start:start + length * count].reshape(count, length)
+        start += length * count
+        sums.append(np.cumsum(rows, axis=1, dtype=rows.dtype)[:, -1] if length else np.zeros(count, values.dtype))
+    return np.concatenate(sums)
+
+
+@nested_kernel("sum.dim_IntList")
+def nested_sum_dim(self, dim, keepdim=False, *, dtype=None):
+    """The sum over the last dim of each component (CPU's kernel loops over the buffer's data pointer, so the
+    loop runs here on its bytes), as one launch: the buffer read, one element per row written."""
+    _check_sum_dim(self, dim, keepdim, dtype)
+    if self.size(0) == 0:
+        return self
+    if self.dtype not in SUMMABLE_DTYPES:
+        raise not_implemented_for("nested_sum_dim_cpu", self.dtype)
+    sizes = self._nested_tensor_size()
+    out_sizes = sizes.clone()
+    out_sizes[:, -1] = 1
+    buffer = self.values()
+    sums = sequential_row_sums(_tensor.as_numpy(buffer), sizes[:, -1].tolist(), out_sizes.prod(-1).tolist())
+    result = _tensor.empty(sums.shape, self.dtype)
+    _tensor.as_numpy(result)[...] = sums
+    clock = _C.current_chip().clock
+    clock.charge(_C.clock.KernelCost("sum.dim_IntList", vpu_ops=buffer.numel(), bytes_read=buffer.nbytes,
+                                     bytes_written=result.nbytes), clock.current_stream)
+    return packed(result, out_sizes)
+
+
+@nested_kernel("_nested_sum_backward")
+def nested_sum_backward(grad, self, dim, keepdim=False):
+    """Each row's gradient repeated along the summed (last) dim: CPU's kernel writes it through the data pointer."""
+    sizes = self._nested_tensor_size()
+    row_lengths = sizes[:, -1].repeat_interleave(sizes[:, :-1].prod(1))
+    return with_buffer(self, grad.contiguous().values().repeat_interleave(row_lengths.to(grad.device)))
+
+
+def packed(buffer, sizes):
+    """A nested tensor of components of ``sizes`` (one row each) laid contiguously one after another in ``buffer``."""
+    reversed_sizes = sizes.flip(1)
+    strides = torch.cat([reversed_sizes[:, :-1].cumprod(1).flip(1), torch.ones_like(sizes[:, :1])], 1)
+    numels = sizes.prod(1)
+    offsets = torch.cat([numels.new_zeros(1), numels.cumsum(0)[:-1]])
+    return _aten._nested_view_from_buffer(buffer, sizes, strides, offsets)
 
 
 def _check_rows_of_width(sizes, width):
@@ -174,19 +272,12 @@ def nested_layer_norm(input, normalized_shape, weight, bias, eps):
     return with_buffer(input, output.view(-1)), mean.view(-1), rstd.view(-1)
 
 
-NO_AUTOGRAD = (
-    "autograd through strided nested tensors is not supported on tpu: make them from tensors that do not require "
-    "grad (or under torch.no_grad()), or use layout=torch.jagged, whose nested tensors train on tpu")
-
-_composite_from_tensor_list = default_kernel("_nested_tensor_from_tensor_list")
-
-
-@register("_nested_tensor_from_tensor_list", charge=False)
-def nested_tensor_from_tensor_list(tensors, dtype=None, layout=None, device=None, pin_memory=None):
-    """PyTorch's own kernel (one ``cat`` of the flattened tensors), refused before the nested tensor exists when
-    autograd would record it: autograd reads a new output's sizes through C++ that cannot pass an exception on, so
-    ``torch.nested.as_nested_tensor`` of tpu tensors that require grad aborted the process where its first
-    unsupported op would raise."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise unsupported(_aten._nested_tensor_from_tensor_list.default, NO_AUTOGRAD)
-    return _composite_from_tensor_list(tensors, dtype, layout, device, pin_memory)
+@nested_kernel("native_layer_norm_backward")
+def nested_layer_norm_backward(grad_out, input, normalized_shape, mean, rstd, weight, bias, output_mask):
+    """The dense backward of the buffer's rows, as the forward (CPU's nested kernel loops over the data pointer)."""
+    rows = input.values().view(-1, *normalized_shape)
+    statistics_shape = (rows.shape[0],) + (1,) * len(normalized_shape)
+    grad_input, grad_weight, grad_bias = _aten.native_layer_norm_backward(
+        grad_out.contiguous().values().view(rows.shape), rows, normalized_shape, mean.view(statistics_shape),
+        rstd.view(statistics_shape), weight, bias, output_mask)
+    return None if grad_input is None else with_buffer(input, grad_input.view(-1)), grad_weight, grad_bias
