@@ -262,9 +262,9 @@ def test_select_gives_a_component():
 
 def test_an_unsupported_op_names_itself_and_the_workaround():
     nested = torch.nested.nested_tensor(sequences(), device="tpu")
-    with pytest.raises(NotImplementedError, match=r"aten::cat.*not implemented for the tpu device.*"
-                                                  r"to_padded_tensor\(\) and dense ops"):
-        torch.cat([nested, nested])
+    with pytest.raises(NotImplementedError, match=r"aten::_transform_bias_rescale_qkv.*not implemented for the tpu "
+                                                  r"device.*to_padded_tensor\(\) and dense ops"):
+        torch._transform_bias_rescale_qkv(nested, torch.zeros(4, device="tpu"), 2)
 
 
 def components(nested):
@@ -351,6 +351,33 @@ def test_select_along_a_negative_dim_is_select_along_its_positive_dim():
         assert_identical(got, want)
 
 
+RESHAPED = {
+    "view": lambda n: n.view(3, -1, 2, 2), "reshape": lambda n: n.reshape(3, -1, 1, 4), "unsqueeze": lambda n: n.unsqueeze(1),
+    "squeeze": lambda n: n.unsqueeze(-1).squeeze(-1), "chunk": lambda n: n.chunk(2, -1)[1],
+    "split": lambda n: n.split([1, 3], -1)[1], "cat": lambda n: torch.cat([n, n * 2], 0),
+    "dropout_eval": lambda n: torch.nn.functional.dropout(n, 0.5, training=False),
+}
+
+
+@pytest.mark.parametrize("reshape", RESHAPED.values(), ids=RESHAPED.keys())
+def test_views_cat_and_dropout_are_cpus(reshape):
+    expected = reshape(torch.nested.nested_tensor(sequences()))
+    actual = reshape(torch.nested.nested_tensor(sequences(), device="tpu"))
+    assert actual.is_nested and actual.device.type == "tpu"
+    assert actual._nested_tensor_size().tolist() == expected._nested_tensor_size().tolist()
+    for got, want in zip(components(actual), components(expected)):
+        assert_identical(got, want)
+
+
+def test_dropout_in_training_zeroes_or_scales_each_element():
+    nested = torch.nested.nested_tensor(sequences(lengths=(40, 70)), device="tpu")
+    dropped = torch.nn.functional.dropout(nested, 0.5, training=True)
+    for got, source in zip(components(dropped), components(nested)):
+        kept = got != 0
+        assert_identical(got[kept], source[kept] * 2)
+        assert 0 < kept.float().mean() < 1
+
+
 F = torch.nn.functional
 TRAINED = {
     "sum": lambda nested, weights: nested.sum(-1, keepdim=True),
@@ -363,6 +390,9 @@ TRAINED = {
     "layer_norm": lambda nested, weights: F.layer_norm(nested, (4,), weights[0][:, 0], weights[1][:, 0]),
     "mul": lambda nested, weights: nested * nested / 3,
     "select": lambda nested, weights: nested[1],
+    "view": lambda nested, weights: nested.view(3, -1, 2, 2),
+    "split": lambda nested, weights: nested.split([1, 3], -1)[1].contiguous(),
+    "unsqueeze": lambda nested, weights: nested.unsqueeze(1),
 }
 
 

@@ -63,6 +63,9 @@ BUFFER_GENERIC_OPS = (
     "matmul_backward", "_softmax_backward_data", "threshold_backward",
     "_nested_select_backward", "linear_backward", "gelu_backward", "silu_backward",
     "_test_autograd_multiple_dispatch.fullcoverage",  # PyTorch's test of autograd's per-key formulas
+    # NestedTensorMath.cpp and NestedTensorUtils.cpp: views (new metadata over the same buffer: view, hence reshape,
+    # unsqueeze, squeeze, chunk and split of the last dim), cat along dim 0 (of the buffers), dropout of the buffer
+    "view", "unsqueeze", "squeeze.dim", "chunk", "split_with_sizes", "cat", "native_dropout",
 )
 # NestedTensorBinaryOps.cpp: the op on both buffers, or on one and a 0-d tensor (its nested-with-dense case is CUDA's)
 BINARY_OPS = ("add.Tensor", "add_.Tensor", "sub.Tensor", "mul.Tensor", "mul_.Tensor", "div.Tensor", "eq.Tensor")
