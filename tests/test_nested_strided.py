@@ -323,6 +323,17 @@ def test_sum_refuses_as_cpu_does(program):
     assert_refused_as_on_cpu(program, torch.nested.nested_tensor(sequences()))
 
 
+def test_sum_in_abstract_mode_gives_the_sizes_and_bytes(paused_collector):
+    import torch_tpu
+
+    with torch_tpu.abstract():
+        nested = torch.nested.nested_tensor(sequences(), device="tpu")
+        before = torch.tpu.memory_allocated()
+        summed = nested.sum(-1, keepdim=True)
+        assert summed._nested_tensor_size().tolist() == [[2, 1], [5, 1], [1, 1]]
+        assert torch.tpu.memory_allocated() - before == (2 + 5 + 1) * 4
+
+
 def test_sum_of_no_components_is_the_input():
     empty = torch.nested.nested_tensor([], device="tpu")
     assert empty.sum(-1, keepdim=True) is empty
