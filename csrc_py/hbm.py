@@ -129,6 +129,13 @@ class Buffer:
             self.allocator.release(self)
 
 
+def aligned_block(nbytes):
+    """``nbytes`` of fresh host memory starting at a multiple of ``HOST_ALIGNMENT`` (NumPy aligns to 16 bytes)."""
+    raw = np.empty(nbytes + HOST_ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % HOST_ALIGNMENT
+    return raw[start:start + nbytes]
+
+
 class HostPool:
     """Aligned host blocks, reused by exact size."""
 
@@ -141,9 +148,7 @@ class HostPool:
         if blocks:
             self.cached_bytes -= nbytes
             return blocks.pop()
-        raw = np.empty(nbytes + HOST_ALIGNMENT, dtype=np.uint8)
-        start = -raw.ctypes.data % HOST_ALIGNMENT
-        return raw[start:start + nbytes]
+        return aligned_block(nbytes)
 
     def give_back(self, block):
         nbytes = block.nbytes

@@ -28,8 +28,8 @@ import torch
 
 from .. import _C
 from .._tensor import NUMPY_DTYPE, numpy_dtype
-from .batching import (HELPERS as BATCH_HELPERS, batched_lines, host_batch_lines, host_copies_line, plan_batches,
-                       plan_colocation, plan_host_batches, plan_host_copies, scalar_group)
+from .batching import (HELPERS as BATCH_HELPERS, batched_lines, holds_like, host_batch_lines, host_copies_line,
+                       plan_batches, plan_colocation, plan_host_batches, plan_host_copies, scalar_group)
 from .fusion import fuse, horizontal_launches
 from .lowering import EAGER, POINTWISE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
 
@@ -447,8 +447,7 @@ def _written_in_place(nodes, lowered, homes, position, root):
         if homes.get(source) != "scratch" or lowered[source].kind != POINTWISE or lowered[source].constant or \
                 source in found:
             continue
-        made, held = value_of(source), value_of(destination)
-        if made.shape != held.shape or made.dtype != held.dtype:
+        if not holds_like(destination, source):
             continue
         if all(reader is node or position[reader] < position[source] or (reader is source and arg is destination)
                for reader, arg in readers.get(destination, ())):
