@@ -129,6 +129,13 @@ class Buffer:
             self.allocator.release(self)
 
 
+def aligned_block(nbytes):
+    """``nbytes`` of fresh host memory starting at a multiple of ``HOST_ALIGNMENT`` (NumPy aligns to 16 bytes)."""
+    raw = np.empty(nbytes + HOST_ALIGNMENT, dtype=np.uint8)
+    start = -raw.ctypes.data % HOST_ALIGNMENT
+    return raw[start:start + nbytes]
+
+
 class HostPool:
     """Aligned host blocks, reused by exact size."""
 
@@ -142,9 +149,7 @@ class HostPool:
         if blocks:
             self.cached_bytes -= nbytes
             return blocks.pop()
-        raw = np.empty(nbytes + HOST_ALIGNMENT, dtype=np.uint8)
-        start = -raw.ctypes.data % HOST_ALIGNMENT
-        return raw[start:start + nbytes]
+        return aligned_block(nbytes)
 
     def give_back(self, block):
         nbytes = block.nbytes
@@ -164,7 +169,9 @@ class HBM:
         self.events = events if events is not None else EventLog()
         self._log = self.events.append_raw
         self.pool = HostPool()
-        self.moved = set()  # ids of the live allocations ``rehome`` moved: their blocks are not pooled
+        # ids of the live allocations whose host blocks are not the pool's (``rehome`` moved them, or ``allocate``
+        # was given them): not pooled when freed
+        self.unpooled = set()
         self.bufferless_blocks = BufferlessBlocks()
         self.take_block = self.pool.take  # where new allocations get their host block
         self.allocated_bytes = Stat()
@@ -174,7 +181,10 @@ class HBM:
         self.history = None  # a trace.MemoryHistory while history recording is on
         self._next_id = 0
 
-    def allocate(self, nbytes):
+    def allocate(self, nbytes, home=None):
+        """A new allocation of ``nbytes``, backed by a pooled host block or, with ``home``, by that block of
+        ``nbytes`` its caller owns and reuses (a compiled program's planned buffer, whose NumPy views it makes
+        once): counted as every allocation, never pooled. Not in bufferless mode, where no program runs."""
         if nbytes <= 0:
             if nbytes < 0:
                 raise ValueError(f"cannot allocate a negative number of bytes: {nbytes}")
@@ -187,10 +197,12 @@ class HBM:
                 self.history.oom(nbytes, max(self.capacity - allocated.current, 0))
             raise HBMOutOfMemory(nbytes, allocated.current, self.capacity, self.chip_name)
         try:
-            block = self.take_block(nbytes)
+            block = self.take_block(nbytes) if home is None else home
         except MemoryError:  # before any counter moves: the accounting stays exact
             raise HostOutOfMemory(nbytes, allocated.current, self.capacity, self.chip_name) from None
         self._next_id = buffer_id = self._next_id + 1
+        if home is not None:
+            self.unpooled.add(buffer_id)
         # both counters and the event log updated inline, not through methods: this runs for every
         # kernel's output, and each Python call would cost as much as the work it does
         allocated.current += nbytes
@@ -219,10 +231,10 @@ class HBM:
         block = self.live.pop(buffer.id)
         if self.history is not None:
             self.history.free(host_address(block), nbytes)
-        if buffer.id in self.moved:
-            # a part of a compiled program's flat array (``rehome``): not aligned, and pooled it would keep that
-            # whole array alive
-            self.moved.discard(buffer.id)
+        if buffer.id in self.unpooled:
+            # a part of a compiled program's flat array (``rehome``), or a program's own block: pooled, the next
+            # allocation of its size would share it with that program, or keep its whole array alive
+            self.unpooled.discard(buffer.id)
         elif block.__class__ is not Bufferless:
             self.pool.give_back(block)
         self._log(("free", _now_ns(), buffer.id, nbytes, allocated.current))
@@ -266,7 +278,7 @@ class HBM:
             return False
         block[...] = buffer.array
         self.live[buffer.id] = buffer.array = block
-        self.moved.add(buffer.id)
+        self.unpooled.add(buffer.id)
         return True
 
     def address(self, buffer):

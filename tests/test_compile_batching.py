@@ -13,7 +13,7 @@ from torch.testing import assert_close
 
 import torch_tpu
 from differential import assert_identical
-from torch_tpu.compile import batching, codegen, debug
+from torch_tpu.compile import batching, codegen, debug, lowering
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Profiler record function"),
               pytest.mark.usefixtures("paused_collector")]  # the steps' HBM is compared byte for byte
@@ -31,11 +31,12 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def train(make_optimizer, dtypes, batched, monkeypatch, steps=3, skew_step=False, moved=False, history_steps=0):
+def train(make_optimizer, dtypes, batched, monkeypatch, steps=3, skew_step=False, moved=False, history_steps=0,
+          shapes=SHAPES, after_first_step=None):
     """Parameters, optimizer state, chip seconds, HBM (peak, kept) and the program sources after ``steps``
     compiled optimizer steps on fixed gradients, batched or unrolled (with ``moved``, the second parameter gets
     new memory, ``.data =`` a copy, after the first step; memory history recorded over the first
-    ``history_steps``)."""
+    ``history_steps``; ``after_first_step(optimizer)`` called after the first step)."""
     torch._dynamo.reset()
     debug.clear()
     with monkeypatch.context() as patch:
@@ -44,7 +45,7 @@ def train(make_optimizer, dtypes, batched, monkeypatch, steps=3, skew_step=False
             patch.setattr(codegen, "plan_host_batches", lambda *args: {})
         generator = torch.Generator().manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype).to("tpu"))
-                  for shape, dtype in zip(SHAPES, dtypes)]
+                  for shape, dtype in zip(shapes, dtypes)]
         optimizer = make_optimizer(params)
         step = torch.compile(optimizer.step, backend="tpu")
         chip = torch_tpu._C.current_chip()
@@ -66,6 +67,8 @@ def train(make_optimizer, dtypes, batched, monkeypatch, steps=3, skew_step=False
                 optimizer.state[params[0]]["step"] += 3
             if moved and index == 0:
                 params[1].data = params[1].data.clone()
+            if after_first_step is not None and index == 0:
+                after_first_step(optimizer)
         torch.tpu.synchronize()
         sources = [program.source for program in torch_tpu.compile.last_programs()]
         costs = [[(name, cost.bytes_read, cost.bytes_written, cost.vpu_ops) for name, _, cost in program.kernels]
@@ -242,6 +245,13 @@ def test_a_launch_reuses_its_flat_arrays_once_their_last_reader_ran(monkeypatch)
         assert all(namespace[name] is not namespace[target] for name in operands), line
 
 
+def assert_side_by_side(tensors):
+    """Each tensor's memory right after the one before it, at the next 64-byte boundary (as every allocation's)."""
+    for before, after in zip(tensors, tensors[1:]):
+        assert after.data_ptr() % 64 == 0
+        assert after.data_ptr() == before.data_ptr() + -(-before.nbytes // 64) * 64
+
+
 def test_an_optimizer_updates_its_parameters_and_moments_where_they_live(monkeypatch):
     """From its second call on, the batched AdamW launch runs over its parameters' and moments' own memory: the
     first call lays each group's HBM buffers side by side in one host array (``batching.Colocation``; nothing is
@@ -253,19 +263,50 @@ def test_an_optimizer_updates_its_parameters_and_moments_where_they_live(monkeyp
     params, state = batched[0], batched[1]
     moments = [[s for s in state if s.device.type == "tpu"][k::2] for k in (0, 1)]  # exp_avg, exp_avg_sq
     for group in [params] + moments:
-        for before, after in zip(group, group[1:]):
-            assert after.data_ptr() == before.data_ptr() + before.nbytes
+        assert_side_by_side(group)  # (SHAPES' first parameter, 12 floats, leaves a gap of 16 bytes)
     program = next(source for source in batched[4] if BATCHED in source)
     assert ".holds((" in program and "copyto(colocated_" not in program.split(".holds((")[1].split("else:")[0]
 
 
-def test_a_parameter_given_new_memory_after_the_layout_is_gathered_again(monkeypatch):
+def test_a_parameter_given_new_memory_after_the_layout_is_gathered_and_laid_out_again(monkeypatch):
     dtypes = [torch.float32] * len(SHAPES)
     batched = train(OPTIMIZERS["adamw"], dtypes, True, monkeypatch, moved=True)
     assert_same_step(batched, train(OPTIMIZERS["adamw"], dtypes, False, monkeypatch, moved=True))
+    assert_side_by_side(batched[0])  # the call after the .data = gathered, then moved the new memory into its part
+
+
+def test_a_part_still_backing_a_live_tensor_is_not_given_to_another(monkeypatch):
+    """A parameter given new memory by ``.data =`` while its old tensor is still held keeps its new memory: the
+    layout does not move it into the part backing the old one (both would share one block), and the old tensor
+    keeps its values."""
+    kept = []  # per run, the old tensor and its values (each run's own: the HBM held is compared)
+
+    def replace_keeping_the_old(optimizer):
+        param = optimizer.param_groups[0]["params"][1]
+        kept.append((param.data, param.data.cpu()))
+        param.data = param.data.clone()
+
+    dtypes = [torch.float32] * len(SHAPES)
+    batched = train(OPTIMIZERS["adamw"], dtypes, True, monkeypatch, after_first_step=replace_keeping_the_old)
+    assert_same_step(batched, train(OPTIMIZERS["adamw"], dtypes, False, monkeypatch,
+                                    after_first_step=replace_keeping_the_old))
+    old, value = kept[0]
+    assert_identical(old, value.to("tpu"))
+    assert batched[0][1].data_ptr() != old.data_ptr()
+
+
+def test_an_empty_parameter_leaves_the_others_laid_out(monkeypatch):
+    """A parameter with no elements has no memory to move: the others are laid out and updated where they live
+    (an empty one refused the whole layout, and its part could never hold it, so every call gathered)."""
+    shapes = [(4, 3), (0,), (5, 4), (2, 2, 3)]
+    dtypes = [torch.float32] * len(shapes)
+    batched = train(OPTIMIZERS["adamw"], dtypes, True, monkeypatch, shapes=shapes)
+    program = next(record.program for record in torch_tpu.compile.last_programs() if BATCHED in record.source)
+    assert_same_step(batched, train(OPTIMIZERS["adamw"], dtypes, False, monkeypatch, shapes=shapes))
     params = batched[0]
-    assert params[1].data_ptr() != params[0].data_ptr() + params[0].nbytes  # it stays where .data = put it
-    assert params[3].data_ptr() == params[2].data_ptr() + params[2].nbytes
+    assert_side_by_side([params[0], params[2], params[3]])
+    colocation = next(value for name, value in program.generated.namespace.items() if name.startswith("colocation_"))
+    assert colocation.holds(tuple(params))
 
 
 def test_rehoming_an_allocation_moves_its_bytes_and_nothing_else(memory_baseline):
@@ -301,6 +342,25 @@ def test_a_layout_refused_while_memory_history_is_recorded_is_made_once_it_stops
     dtypes = [torch.float32] * len(SHAPES)
     batched = train(OPTIMIZERS["adamw"], dtypes, True, monkeypatch, history_steps=1)
     assert_same_step(batched, train(OPTIMIZERS["adamw"], dtypes, False, monkeypatch, history_steps=1))
-    params = batched[0]
-    for before, after in zip(params, params[1:]):
-        assert after.data_ptr() == before.data_ptr() + before.nbytes
+    assert_side_by_side(batched[0])
+
+
+@pytest.mark.parametrize("dtype, computed_into", [(torch.float32, True), (torch.float64, False)])
+def test_a_result_is_computed_into_its_input_only_with_its_dtype(dtype, computed_into):
+    """``copy_`` casts: a result of another dtype computed straight into the float32 input's flat array would be
+    rounded at each step of its kernel, not once by the copy (``codegen._written_in_place`` has the same guard).
+    Two kernels, each a pointwise op over its input and the ``copy_`` of its result into it."""
+    graph = torch.fx.Graph()
+    lowered, members = {}, []
+    for k in range(2):
+        held, made = graph.placeholder(f"held{k}"), graph.placeholder(f"made{k}")
+        held.meta["val"], made.meta["val"] = torch.empty(3), torch.empty(3, dtype=dtype)
+        copy_ = graph.placeholder(f"copy{k}")
+        lowered[made] = types.SimpleNamespace(writes=None, inputs=[held], kind=lowering.POINTWISE)
+        lowered[copy_] = types.SimpleNamespace(writes=held, inputs=[made], kind=lowering.POINTWISE)
+        members.append([made, copy_])
+    first = members[0]
+    operands_of = [batching._operands(i, node, members, lowered) for i, node in enumerate(first)]
+    homes = {tuple(lowered[copy_].writes for _, copy_ in members): "colocated_1"}
+    into = batching._computed_into(first, lowered, members, homes, batching._last_reads(first, lowered, operands_of))
+    assert into == ({0: "colocated_1"} if computed_into else {})

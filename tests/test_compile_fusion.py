@@ -198,15 +198,15 @@ def PROGRAM(args):
         del t_arg1_1, v_arg1_1
         v_add = scratch_3
         add_5(v_mm, c_4, out=v_add)
-        b0 = new_buffer(32); B0 = b0.array
-        v_relu = ndarray(*slot_6, B0)
-        k_relu_7(v_relu, v_add)
-        if recording: clock.charge(cost_8, clock.current_stream)
-        t_sum_1, v_sum_1 = new_output(shape_9, dtype_10)
-        k_sum_1_11(v_sum_1, v_relu)
-        if recording: clock.charge(cost_12, clock.current_stream)
+        b0 = new_buffer(32, home_7); B0 = b0.array
+        v_relu = at_home_8 if B0 is block_6 else ndarray(*slot_9, B0)
+        k_relu_10(v_relu, v_add)
+        if recording: clock.charge(cost_11, clock.current_stream)
+        t_sum_1, v_sum_1 = new_output(shape_12, dtype_13)
+        k_sum_1_14(v_sum_1, v_relu)
+        if recording: clock.charge(cost_15, clock.current_stream)
         del b0, B0
-        if not recording: clock.run_program(program_cost_13, clock.current_stream)
+        if not recording: clock.run_program(program_cost_16, clock.current_stream)
         return [t_sum_1]
     finally:
         restore_fp_errors(token)

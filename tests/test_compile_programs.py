@@ -2,9 +2,12 @@
 (docs/compile.md, "Compiled user programs"). Each compiled run is compared with tpu eager from the same state;
 a call eager refuses is refused compiled, with the same error."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+import torch_tpu
 
 from differential import assert_identical
 from zoo import ZOO
@@ -351,3 +354,34 @@ def test_a_program_keeps_no_view_of_a_large_input_after_its_call(monkeypatch):
     monkeypatch.setattr(_tensor, "as_numpy", lambda tensor: built.append(tuple(tensor.shape)) or as_numpy(tensor))
     compiled(large, small)
     assert built == [(rows, 64)]
+
+
+def test_a_planned_buffer_takes_its_home_block_while_no_earlier_buffer_holds_it(memory_baseline):
+    """A program's planned buffer is backed by the same host block at every call (its NumPy views made once), counted
+    as any allocation and never pooled; while an earlier call's buffer still holds the block (a tensor over it
+    outlived its call), the call takes a pooled block instead."""
+    from torch_tpu.compile import runtime
+
+    hbm = torch_tpu._C.current_chip().hbm
+    home, start = runtime.BufferHome(256, hbm), torch.tpu.memory_allocated()
+    first = runtime.new_buffer(256, home)
+    assert first.array is home.block and home.block.ctypes.data % 64 == 0
+    second = runtime.new_buffer(256, home)
+    assert second.array is not home.block and not np.shares_memory(second.array, home.block)
+    assert torch.tpu.memory_allocated() == start + 512
+    del first, second
+    cached = hbm.pool.cached_bytes
+    third = runtime.new_buffer(256, home)
+    assert third.array is home.block and torch.tpu.memory_allocated() == start + 256
+    del third
+    assert hbm.pool.cached_bytes == cached and torch.tpu.memory_allocated() == start
+
+
+def test_a_programs_planned_buffers_live_in_their_home_blocks():
+    compiled = torch.compile(lambda x, w: torch.softmax(x @ w, dim=-1) @ w.t(), backend="tpu")
+    x, w = torch.randn(16, 32).to("tpu"), torch.randn(32, 32).to("tpu")
+    for _ in range(3):
+        assert_identical(compiled(x, w), torch.softmax(x @ w, dim=-1) @ w.t())
+    namespace = torch_tpu.compile.last_programs()[-1].program.generated.namespace
+    homes = [value for name, value in namespace.items() if name.startswith("home_")]
+    assert homes and all(home.hbm.live.get(home.buffer_id) is None and home.buffer_id is not None for home in homes)

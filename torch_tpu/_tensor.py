@@ -169,11 +169,12 @@ def storage_bytes(tensor):
     return storage.nbytes() if buffer is None else buffer.nbytes
 
 
-def allocate(nbytes):
-    """An HBM buffer, raising torch.OutOfMemoryError (a clean, recoverable error) when HBM is full or
-    when the host cannot provide the RAM that backs it."""
+def allocate(nbytes, home=None):
+    """An HBM buffer (backed by the host block ``home`` when given: ``HBM.allocate``), raising
+    torch.OutOfMemoryError (a clean, recoverable error) when HBM is full or when the host cannot provide the RAM
+    that backs it."""
     try:
-        return _C.current_chip().hbm.allocate(nbytes)
+        return _C.current_chip().hbm.allocate(nbytes, home)
     except (_C.HBMOutOfMemory, _C.HostOutOfMemory) as oom:
         raise torch.OutOfMemoryError(str(oom)) from None
 

@@ -33,12 +33,13 @@ import dataclasses
 import numpy as np
 import torch
 
-from .. import _tensor
+from .. import _C, _tensor
 from .._tensor import numpy_dtype
 from .lowering import POINTWISE, VIEW, is_tpu_node, tensor_inputs, value_of
 
 # homes of nodes that allocate or free HBM: none may run between a batched launch's first and last node
 _ALLOCATING = frozenset({"buffer", "output", "eager", "multi"})
+HOST_ALIGNMENT = _C.hbm.HOST_ALIGNMENT  # where every HBM allocation's host memory starts, a moved one's too
 
 
 @dataclasses.dataclass
@@ -191,8 +192,7 @@ def batched_lines(plan, lowered, constant, colocation=None):
     holds the inputs the launch updates: their flat arrays are read where they are, and each result is computed
     into its input's flat array when no later op reads the old value, else copied there in one call."""
     first = plan.members[0]
-    bounds = _bounds(plan)
-    total = int(bounds[-1])
+    spans, total = _spans(plan) if colocation is None else (colocation.spans, colocation.total)
     operands_of = [_operands(i, node, plan.members, lowered) for i, node in enumerate(first)]
     last_reads = _last_reads(first, lowered, operands_of)
     scratch = FlatArrays(total)
@@ -207,8 +207,8 @@ def batched_lines(plan, lowered, constant, colocation=None):
             flat[i] = flat[first.index(low.inputs[0])]
             continue
         if low.constant:  # filled once, now: each kernel's own fill, side by side (never reused)
-            array = np.empty(total, dtype)
-            for nodes_of, start, stop in zip(plan.members, bounds[:-1], bounds[1:]):
+            array = np.ones(total, dtype)  # (ones in the gaps between the kernels' spans, if any)
+            for nodes_of, (start, stop) in zip(plan.members, spans):
                 member_node = nodes_of[i]
                 lowered[member_node].run(array[start:stop].reshape(tuple(value_of(member_node).shape)))
             flat[i] = constant("batched_", array)
@@ -226,8 +226,8 @@ def batched_lines(plan, lowered, constant, colocation=None):
                 if source not in gathered:
                     array = scratch.take(numpy_dtype(value_of(source[0]).dtype), i, last_reads[source])
                     gathered[source] = constant("gathered_", array)
-                    parts = ", ".join(f"v_{a.name}.ravel()" for a in source)
-                    lines.append(f"concatenate(({parts},), out={gathered[source]})")
+                    lines.append(f"concatenate(({_gathered_parts(source, spans, array.dtype, constant)}), "
+                                 f"out={gathered[source]})")
                 operands.append(gathered[source])
         if i in into:
             flat[i] = name = into[i]
@@ -251,16 +251,35 @@ def batched_lines(plan, lowered, constant, colocation=None):
             if flat[i] != homes[group]:
                 lines.append(f"copyto({homes[group]}, {flat[i]})")
             continue
-        for nodes_of, start, stop in zip(plan.members, bounds[:-1], bounds[1:]):
+        for nodes_of, (start, stop) in zip(plan.members, spans):
             member_node = nodes_of[i]
             part = arrays[flat[i]][start:stop].reshape(tuple(value_of(member_node).shape))
             lines.append(f"copyto(v_{lowered[member_node].writes.name}, {constant('part_', part)})")
     return lines
 
 
-def _bounds(plan):
-    """Where each kernel's elements start in the launch's flat arrays, and the total at the end."""
-    return np.concatenate(([0], np.cumsum([value_of(nodes_of[0]).numel() for nodes_of in plan.members])))
+def _spans(plan, alignment=1):
+    """Where each kernel's elements lie in the launch's flat arrays, (start, stop) per kernel in order, and the
+    arrays' size: side by side, each start at a multiple of ``alignment`` elements (no kernel reads the gaps)."""
+    spans, stop = [], 0
+    for nodes_of in plan.members:
+        start = -(-stop // alignment) * alignment
+        stop = start + value_of(nodes_of[0]).numel()
+        spans.append((start, stop))
+    return spans, stop
+
+
+def _gathered_parts(source, spans, dtype, constant):
+    """The arrays ``concatenate`` lays side by side to gather the inputs ``source`` (one per kernel) at their spans:
+    each input's elements, and ones in the gaps (values no kernel reads; ones keep the fused multiply-add off its
+    path for subnormal sums)."""
+    parts, end = [], 0
+    for node, (start, stop) in zip(source, spans):
+        if start > end:
+            parts.append(constant("gap_", np.ones(start - end, dtype)))
+        parts.append(f"v_{node.name}.ravel()")
+        end = stop
+    return "".join(f"{part}, " for part in parts)
 
 
 def _written(i, members, lowered):
@@ -272,14 +291,15 @@ def _computed_into(first, lowered, members, homes, last_reads):
     """{op index: the flat array of the inputs its result is copied to}, for the results computed right there: the
     inputs' old values are read by no later op (the op itself may, element by element, as a pointwise kernel
     computed into the input it is copied to does in the unrolled code: ``codegen._written_in_place``), and the
-    result is copied to no other input."""
+    result is copied to no other input, and each kernel's result has its input's dtype and shape (``holds_like``)."""
     targets = {}
     for i, node in enumerate(first):
         if lowered[node].writes is not None:
             targets.setdefault(first.index(lowered[node].inputs[0]), []).append(_written(i, members, lowered))
     return {source: homes[groups[0]] for source, groups in targets.items()
             if len(groups) == 1 and groups[0] in homes and (last_reads.get(groups[0], -1) < source or (
-                last_reads[groups[0]] == source and lowered[first[source]].kind == POINTWISE))}
+                last_reads[groups[0]] == source and lowered[first[source]].kind == POINTWISE))
+            and all(holds_like(written, nodes_of[source]) for written, nodes_of in zip(groups[0], members))}
 
 
 def _operands(i, node, members, lowered):
@@ -325,55 +345,64 @@ def plan_colocation(plan, lowered, root):
         for kind, source in _operands(i, node, plan.members, lowered):
             if kind == "gathered" and source not in groups and any(root(arg) in plan.writes for arg in source):
                 return None
-    return Colocation(groups, _bounds(plan))
+    itemsize = min(numpy_dtype(value_of(group[0]).dtype).itemsize for group in groups)
+    return Colocation(groups, *_spans(plan, HOST_ALIGNMENT // itemsize))
 
 
 class Colocation:
     """Where a batched launch's in-place inputs (an optimizer's parameters and moments) live from its first call
-    on: the HBM buffers of each group side by side in one flat host array, each backed by its part
-    (``HBM.rehome``: no allocation, no free, the HBM accounting as it was). The launch then reads and updates them
-    where they are, with no gather and no copy back. Its first call gathers as before and then lays the inputs out
-    (``lay_out``, once; while memory history is recorded, at the first call after it stops); from then on each
-    call checks that every input's HBM buffer is backed by its part (``holds``), and gathers as before when one is
-    not (a ``.data =``, an input moved by another program, a buffer that could not move). The program builds those
-    inputs' NumPy views only where it gathers."""
+    on: the HBM buffers of each group side by side in one flat host array, each backed by its part, which starts
+    64 bytes-aligned as every allocation's host memory does (``HBM.rehome``: no allocation, no free, the HBM
+    accounting as it was). The launch then reads and updates them where they are, with no gather and no copy
+    back. Each call checks that every input's HBM buffer is backed by its part (``holds``); a call where one is
+    not (the first, a ``.data =``, an input moved by another program, one that could not move yet) gathers as before and then moves what it can into its part (``lay_out``). The program builds those inputs'
+    NumPy views only where it gathers."""
 
-    def __init__(self, groups, bounds):
+    def __init__(self, groups, spans, total):
         self.groups = groups  # per group, the graph inputs (one per kernel) in the launch's order
+        self.spans, self.total = spans, total  # per kernel, (start, stop) in the flat arrays; their size
         self.flats, self.views = [], []  # per group its flat array; per input, its view of its part
         for group in groups:
             values = [value_of(member) for member in group]
             dtype = numpy_dtype(values[0].dtype)
-            self.flats.append(flat := np.empty(int(bounds[-1]), dtype))
-            self.views.extend(flat[start:stop].reshape(tuple(value.shape))
-                              for value, start, stop in zip(values, bounds[:-1], bounds[1:]))
-        self.parts = [view.reshape(-1).view(np.uint8) for view in self.views]  # the host blocks the buffers get
-        self.laid_out = False
+            self.flats.append(flat := _C.hbm.aligned_block(total * dtype.itemsize).view(dtype))
+            flat.fill(1)  # the gaps between the parts: values no kernel reads (as ``_gathered_parts``)
+            self.views.extend(flat[start:stop].reshape(tuple(value.shape)) for value, (start, stop) in zip(values, spans))
+        # the host blocks the buffers get; None for an empty input, which has no bytes to hold
+        self.parts = [view.reshape(-1).view(np.uint8) if view.size else None for view in self.views]
+        self.holders = [None] * len(self.parts)  # per part, the id of the HBM buffer last moved into it
 
     def holds(self, tensors):
         """Whether each input's HBM buffer is backed by its part. Its sizes and strides are those the program was
         generated for (guarded), so a buffer of exactly its bytes holds it from its start: its elements are where
         the flat arrays have them."""
         for tensor, part in zip(tensors, self.parts):
-            if tensor.untyped_storage()._tpu_hbm_buffer.array is not part:
+            if part is not None and tensor.untyped_storage()._tpu_hbm_buffer.array is not part:
                 return False
         return True
 
     def lay_out(self, tensors, input_views, indices):
-        """Move each input's host memory into its part, at the first call only, when every input fills its own
-        HBM buffer (``whole_buffer_array``); each moved input's cached view (``input_views[index]``, as
-        ``runtime.input_view`` keeps it) becomes the view over its part, for the calls that gather."""
-        if self.laid_out:
-            return
+        """Move each input's host memory into its part where it is not there yet, when the input fills its own HBM
+        buffer (``whole_buffer_array``) and the part backs no other live buffer (the old tensor of a ``.data =``
+        that the caller still holds); no input when two share a buffer. Every call that gathers tries again, so
+        a refusal that passes (memory history recorded, a storage resized to nothing) is made good later. Each
+        moved input's cached view (``input_views[index]``, as ``runtime.input_view`` keeps it) becomes the view
+        over its part, for the calls that gather."""
         buffers = [_whole_buffer(tensor) for tensor in tensors]
-        if any(buffer is not None and buffer.allocator.history is not None for buffer in buffers):
-            return  # recording memory history (say, over the first steps): tried again once it stops
-        self.laid_out = True
-        if any(buffer is None for buffer in buffers) or len({id(buffer) for buffer in buffers}) != len(buffers):
+        known = [id(buffer) for buffer in buffers if buffer is not None]
+        if len(set(known)) != len(known):
             return
-        for tensor, buffer, view, part, index in zip(tensors, buffers, self.views, self.parts, indices):
+        for k, (tensor, buffer, part, index) in enumerate(zip(tensors, buffers, self.parts, indices)):
+            if part is None or buffer is None or buffer.array is part or self._taken(k, buffer.allocator):
+                continue
             if buffer.allocator.rehome(buffer, part):
-                input_views[index] = (part, 0, tensor.stride(), view)
+                self.holders[k] = buffer.id
+                input_views[index] = (part, 0, tensor.stride(), self.views[k])
+
+    def _taken(self, k, allocator):
+        """Whether the ``k``-th part still backs the live buffer last moved into it."""
+        holder = self.holders[k]
+        return holder is not None and allocator.live.get(holder) is self.parts[k]
 
 
 def _whole_buffer(tensor):
@@ -508,7 +537,7 @@ def plan_host_copies(nodes, lowered, homes, position, root, host_batches, launch
         first, last = position[copies[0]], position[copies[-1]]
         between = (n for n in nodes[first + 1:last] if n not in copies)
         if len(copies) != len(batch.members) or set(source_of) != set(batch.members) or \
-                not all(_holds_like(source_of[member], member) for member in batch.members) or \
+                not all(holds_like(source_of[member], member) for member in batch.members) or \
                 any({root(a) for a in tensor_inputs((n.args, n.kwargs))} & targets for n in between) or \
                 any(first < launch.end < last and (launch.reads | launch.writes) & targets for launch in launches):
             continue
@@ -517,8 +546,8 @@ def plan_host_copies(nodes, lowered, homes, position, root, host_batches, launch
     return plans
 
 
-def _holds_like(target, member):
-    """Whether the host graph input ``target`` takes ``member``'s value by a plain store: same dtype and shape."""
+def holds_like(target, member):
+    """Whether the graph input ``target`` takes ``member``'s value by a plain store: same dtype and shape."""
     held, value = value_of(target), value_of(member)
     return isinstance(held, torch.Tensor) and held.dtype == value.dtype and held.shape == value.shape
 

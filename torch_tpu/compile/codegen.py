@@ -28,10 +28,11 @@ import torch
 
 from .. import _C
 from .._tensor import NUMPY_DTYPE, numpy_dtype
-from .batching import (HELPERS as BATCH_HELPERS, batched_lines, host_batch_lines, host_copies_line, plan_batches,
-                       plan_colocation, plan_host_batches, plan_host_copies, scalar_group)
+from .batching import (HELPERS as BATCH_HELPERS, batched_lines, holds_like, host_batch_lines, host_copies_line,
+                       plan_batches, plan_colocation, plan_host_batches, plan_host_copies, scalar_group)
 from .fusion import fuse, horizontal_launches
 from .lowering import EAGER, POINTWISE, VIEW, is_tpu_node, lower, nbytes_of, tensor_inputs, value_of
+from .runtime import BufferHome
 
 
 
@@ -164,6 +165,7 @@ def generate(graph, name):
     w.namespace.update(BATCH_HELPERS)
     w.namespace["chip"] = chip = _C.current_chip()
     w.namespace["input_views"] = [None] * sum(n.op == "placeholder" for n in nodes)  # runtime.input_view's
+    buffer_homes = {}  # planned buffer index -> its BufferHome's block, and the block's name in the program
     w.line("clock = chip.clock; recording = clock.recorders  # a profiler wants each kernel's record")
     kernels, eager_nodes = [], []
     last_of_group = {group.nodes[-1]: group for group in fusion.groups}
@@ -209,16 +211,21 @@ def generate(graph, name):
             tensor_of[node] = f"t_{node.name}"
             return
         index = assignment[node.name]
-        if buffers[index][1] == made_at[node]:  # the buffer's first value: allocated here
-            w.line(f"b{index} = new_buffer({buffers[index][0]}); B{index} = b{index}.array")
-        slot = w.constant('slot_', (tuple(value.shape), numpy_dtype(value.dtype)))
+        if buffers[index][1] == made_at[node]:  # the buffer's first value: allocated here, in its home when free
+            home = BufferHome(buffers[index][0], chip.hbm)
+            buffer_homes[index] = (home.block, w.constant("block_", home.block))
+            w.line(f"b{index} = new_buffer({buffers[index][0]}, {w.constant('home_', home)}); B{index} = b{index}.array")
+        shape, dtype = tuple(value.shape), numpy_dtype(value.dtype)
         strides = _eager_strides(value)
-        if strides is None:
-            w.line(f"{v} = ndarray(*{slot}, B{index})")
-        else:  # laid out as eager lays it out (channels_last, fused attention's results): a reduction or convolution
-            #    reading it sums in eager's order, and the views after it stay views
-            itemsize = value.element_size()
-            w.line(f"{v} = ndarray(*{slot}, B{index}, 0, {w.constant('strides_', tuple(s * itemsize for s in strides))})")
+        # laid out as eager lays it out (channels_last, fused attention's results): a reduction or convolution reading
+        # it sums in eager's order, and the views after it stay views
+        byte_strides = None if strides is None else tuple(s * value.element_size() for s in strides)
+        block, block_name = buffer_homes[index]
+        at_home = w.constant("at_home_", np.ndarray(shape, dtype, block, 0, byte_strides))
+        slot = w.constant("slot_", (shape, dtype))
+        built = f"ndarray(*{slot}, B{index})" if strides is None else \
+            f"ndarray(*{slot}, B{index}, 0, {w.constant('strides_', byte_strides)})"
+        w.line(f"{v} = {at_home} if B{index} is {block_name} else {built}")
 
     def emit(node, low, home, v):
         """The lines computing one node's value (``v``)."""
@@ -447,8 +454,7 @@ def _written_in_place(nodes, lowered, homes, position, root):
         if homes.get(source) != "scratch" or lowered[source].kind != POINTWISE or lowered[source].constant or \
                 source in found:
             continue
-        made, held = value_of(source), value_of(destination)
-        if made.shape != held.shape or made.dtype != held.dtype:
+        if not holds_like(destination, source):
             continue
         if all(reader is node or position[reader] < position[source] or (reader is source and arg is destination)
                for reader, arg in readers.get(destination, ())):

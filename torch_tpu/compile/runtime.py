@@ -16,9 +16,26 @@ _create_empty_tensor = torch._C._acc.create_empty_tensor
 _address = lambda array: array.__array_interface__["data"][0]  # noqa: E731
 
 
-def new_buffer(nbytes):
-    """One planned HBM buffer of a program: an allocation, with no tensor around it until one is needed."""
-    return _tensor.allocate(nbytes)
+class BufferHome:
+    """The host block a program's planned buffer takes at every call (``HBM.allocate``'s ``home``), so that the
+    NumPy views of the buffer's values over it are made once, when the program is generated."""
+
+    __slots__ = ("block", "hbm", "buffer_id")
+
+    def __init__(self, nbytes, hbm):
+        self.block, self.hbm = _C.hbm.aligned_block(nbytes), hbm
+        self.buffer_id = None  # the allocation of the last call that took the block
+
+
+def new_buffer(nbytes, home=None):
+    """One planned HBM buffer of a program: an allocation, with no tensor around it until one is needed; backed by
+    ``home``'s block unless that still backs an earlier call's buffer (a tensor over it outlived its call: an
+    output viewing it), which leaves this call a pooled block and its views to build."""
+    if home is None or home.hbm.live.get(home.buffer_id) is home.block:
+        return _tensor.allocate(nbytes)
+    buffer = _tensor.allocate(nbytes, home.block)
+    home.buffer_id = buffer.id
+    return buffer
 
 
 def tensor_over(buffer):
