@@ -450,6 +450,37 @@ def check_receives_waited_out_of_order_get_the_messages_gloo_gives_them():
         assert tpu == [[1.0] * 3, [2.0] * 3, [3.0] * 3], tpu
 
 
+def _receives_from_several_peers_on_one_tag(device, group=None):
+    """Rank 0 receives on one tag from any source, from rank 1, from any source and from rank 2, and waits for
+    them last first; rank 2 sends 20s, 21s and 22s, then lets rank 1 send its 10s (a CPU message over gloo):
+    what each receive got."""
+    if rank == 0:
+        received = [torch.zeros(2, device=device) for _ in range(4)]
+        works = [dist.irecv(received[0], group=group, tag=5), dist.irecv(received[1], 1, group=group, tag=5),
+                 dist.irecv(received[2], group=group, tag=5), dist.irecv(received[3], 2, group=group, tag=5)]
+        for work in reversed(works):
+            work.wait()
+        return [r.cpu().tolist() for r in received]
+    if rank == 2:
+        for work in [dist.isend(torch.full((2,), 20.0 + i, device=device), 0, group=group, tag=5) for i in range(3)]:
+            work.wait()
+        dist.send(torch.ones(1), 1, group=gloo)
+    elif rank == 1:
+        dist.recv(torch.ones(1), 2, group=gloo)
+        dist.send(torch.full((2,), 10.0, device=device), 0, group=group, tag=5)
+
+
+def check_receives_from_several_peers_on_one_tag_get_what_gloo_gives_them():
+    """gloo hands a message to the first receive posted on its tag that takes its sender, any source included;
+    the envelopes' receive line keeps that with several peers sending on one tag (3 ranks or more)."""
+    if world < 3:
+        return
+    tpu = _receives_from_several_peers_on_one_tag("tpu")
+    assert tpu == _receives_from_several_peers_on_one_tag("cpu", gloo), tpu
+    if rank == 0:
+        assert tpu == [[20.0] * 2, [10.0] * 2, [21.0] * 2, [22.0] * 2], tpu
+
+
 def run():
     global rank, world, gloo
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -458,6 +489,7 @@ def run():
     for check in (check_all_reduce, check_strided_inputs_are_only_read, check_expanded_outputs_are_refused,
                   check_gathers_and_scatters, check_all_to_all, check_point_to_point_and_async,
                   check_receives_waited_out_of_order_get_the_messages_gloo_gives_them,
+                  check_receives_from_several_peers_on_one_tag_get_what_gloo_gives_them,
                   check_functional_collectives, check_dispatcher_modes_see_every_collective, check_cpu_tensors_use_gloo,
                   check_costs_are_charged):
         check()

@@ -127,6 +127,20 @@ def check_arguments_refused_on_one_rank_fail_every_rank(rank):
     assert recovered.cpu().tolist() == [float(world)] * 2
 
 
+class _CountingSends:
+    """A transport that counts the bytes of each message it sends."""
+
+    def __init__(self, transport):
+        self.transport, self.sent = transport, []
+
+    def send(self, tensors, destination, tag):
+        self.sent.append(sum(t.nbytes for t in tensors))
+        return self.transport.send(tensors, destination, tag)
+
+    def __getattr__(self, name):
+        return getattr(self.transport, name)
+
+
 def check_point_to_point_refusals_and_mismatches_reach_the_receiver(rank):
     """A send refused on its rank makes its receiver raise the same error at once (gloo leaves the recv waiting
     for the timeout); a recv in another dtype of as many bytes, or of more elements than were sent, raises where
@@ -158,6 +172,18 @@ def check_point_to_point_refusals_and_mismatches_reach_the_receiver(rank):
         dist.send(torch.full((3,), float(rank), device="tpu"), peer)
         request.wait()
         assert exchanged.cpu().tolist() == [float(peer)] * 3, exchanged
+    # an accepted send's envelope is its 4 int64 fields: 32 bytes before the data (a refused send's carries its words)
+    group = dist.group.WORLD
+    transport, group._transport = group._transport, _CountingSends(group._transport)
+    try:
+        if rank == 0:
+            dist.send(torch.ones(3, device="tpu"), 1)
+        else:
+            dist.recv(torch.empty(3, device="tpu"), 0)
+        sent = group._transport.sent
+    finally:
+        group._transport = transport
+    assert sent == ([32, 12] if rank == 0 else []), sent
     # tags from 2**30 up would mix with the envelopes' tags: both sides refuse them before anything moves
     tagged = torch.ones(3, device="tpu")
     error = _raised(lambda: dist.send(tagged, 1, tag=2**30) if rank == 0 else dist.recv(tagged, 0, tag=2**30))

@@ -12,7 +12,8 @@ process group is made:
 - ``c10d_kernels.py``: the c10d ops Python process groups cannot override, for tpu tensors;
 - ``attention_sharding.py``: DTensor's sharding strategies for tpu's fused attention;
 - ``context_parallel.py``: ``context_parallel``'s ring attention over tpu's fused attention;
-- ``data_parallel.py``: DistributedDataParallel's options a Python backend cannot serve, refused up front;
+- ``data_parallel.py``: DistributedDataParallel's options a Python backend cannot serve, refused up front, and
+  the bf16 communication hooks its check keeps for NCCL, let through;
 - ``simulated_world.py``: ``torch_tpu.simulate(world_size, topology)``.
 
 The cost model itself is on the chip side: ``csrc_py/ici.py``. See docs/distributed.md.

@@ -36,16 +36,19 @@ def envelope_tag(tag):
 
 
 def envelope(tensor, failure=None):
-    """The envelope of a send of ``tensor``: [failure kind, message length, dtype, elements, message bytes]."""
+    """The envelope of a send of ``tensor``: [failure kind, message length, dtype, elements, message bytes].
+    Only a refused send carries a message, so an accepted send's envelope is its 4 fields (32 bytes): the
+    receive posted for the longest envelope (``empty_envelope``) takes a shorter one, as gloo's receives do."""
     kind, length = checks.failure_code(failure)
     length = min(length, LONGEST_TEXT)
     dtype = checks.DTYPES.index(tensor.dtype) if tensor is not None else 0
     elements = tensor.numel() if tensor is not None else 0
-    text = checks.failure_text_codes(failure, LONGEST_TEXT)[:LONGEST_TEXT]
+    text = checks.failure_text_codes(failure, length)[:length]
     return torch.tensor([kind, length, dtype, elements, *text], dtype=torch.int64)
 
 
 def empty_envelope():
+    """Room for the longest envelope: a refused send's, with ``LONGEST_TEXT`` bytes of its message."""
     return torch.empty(_FIELDS + LONGEST_TEXT, dtype=torch.int64)
 
 
