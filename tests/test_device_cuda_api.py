@@ -147,6 +147,52 @@ def test_sync_debug_mode_warns_and_refuses_where_the_host_waits():
     assert torch.tpu.get_sync_debug_mode() == 0 and x.sum().item() == 15.0
 
 
+def test_sync_debug_mode_does_not_take_a_kernels_own_scalar_read_for_a_wait():
+    # CUDA fills from a 0-d device tensor and reads fake quantization's parameters on the device: no host wait
+    x, value = torch.randn(4, device="tpu"), torch.tensor(2.0, device="tpu")
+    scale, zero_point = torch.tensor(0.1, device="tpu"), torch.tensor(0, dtype=torch.int32, device="tpu")
+    try:
+        torch.tpu.set_sync_debug_mode("error")
+        filled = x.clone().fill_(value)
+        quantized = torch.fake_quantize_per_tensor_affine(x, scale, zero_point, 0, 255)
+    finally:
+        torch.tpu.set_sync_debug_mode("default")
+    assert filled.tolist() == [2.0] * 4
+    assert torch.equal(quantized.cpu(), torch.fake_quantize_per_tensor_affine(x.cpu(), 0.1, 0, 0, 255))
+
+
+@pytest.mark.parametrize("mode, message", [(5, "invalid value of debug_mode, expected one of 0,1,2"),
+                                           (-1, "invalid value of debug_mode, expected one of 0,1,2"),
+                                           (1.0, "invalid argument to set_sync_debug_mode"),
+                                           (None, "invalid argument to set_sync_debug_mode")])
+def test_sync_debug_mode_refuses_what_torch_cuda_refuses(mode, message):
+    with pytest.raises(RuntimeError, match=message):
+        torch.tpu.set_sync_debug_mode(mode)
+    assert torch.tpu.get_sync_debug_mode() == 0
+
+
+def test_caching_allocator_gives_no_bytes_a_null_address_and_refuses_non_integer_sizes(paused_collector):
+    before = torch.tpu.memory_allocated()
+    first, second = torch.tpu.caching_allocator_alloc(0), torch.tpu.caching_allocator_alloc(0)
+    assert first == second == 0 and torch.tpu.memory_allocated() == before
+    torch.tpu.caching_allocator_delete(first)
+    torch.tpu.caching_allocator_delete(second)
+    with pytest.raises(TypeError, match="size must be an int, not float"):
+        torch.tpu.caching_allocator_alloc(1.5)
+    assert torch.tpu.memory_allocated() == before
+
+
+def test_switching_off_what_the_chip_never_turns_on_is_harmless():
+    torch.tpu.tunable.enable(False)
+    torch.tpu.tunable.tuning_enable(False)
+    torch.tpu.tunable.record_untuned_enable(False)
+    with pytest.raises(NotImplementedError, match="tunable.enable"):
+        torch.tpu.tunable.enable(True)
+    torch.tpu.nvtx.range_end(10 ** 9)  # an unknown handle, ignored as NVTX ignores it
+    with pytest.raises(RuntimeError, match="GraphSafe RNG operations not supported for device 'tpu'"):
+        torch.tpu.default_generators[0].graphsafe_get_state()
+
+
 def test_utilization_and_memory_usage_follow_the_simulated_clock():
     """A fresh chip runs one 16 MiB float32 add: HBM-bound, so memory was busy for all of it but the launch."""
     result = run_python("""

@@ -24,7 +24,11 @@ def set_sync_debug_mode(debug_mode):
         if debug_mode not in MODE_NUMBERS:
             raise RuntimeError("invalid value of debug_mode, expected one of `default`, `warn`, `error`")
         debug_mode = MODE_NUMBERS[debug_mode]
-    mode = int(debug_mode)
+    elif not isinstance(debug_mode, int):
+        raise RuntimeError("invalid argument to set_sync_debug_mode")  # torch.cuda's words
+    elif debug_mode not in MODE_NUMBERS.values():
+        raise RuntimeError("invalid value of debug_mode, expected one of 0,1,2")
+    mode = debug_mode
 
 
 def get_sync_debug_mode():

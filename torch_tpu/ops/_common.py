@@ -132,6 +132,12 @@ def operand(value, op_name=None):
     return value
 
 
+def scalar_value(tensor):
+    """The Python number a 0-d tensor holds, read as a kernel on the chip reads it: not through ``.item()``, so
+    torch.tpu's sync debug mode does not take a kernel's own read for the host waiting."""
+    return operand(tensor).reshape(()).item()  # operand: complex32's float16 pairs become one complex
+
+
 def opmath_operand(value, op_name=None):
     """Like ``operand``, upcast to the dtype PyTorch would compute in."""
     array = operand(value, op_name)

@@ -9,7 +9,7 @@ import torch
 from .. import _sync_debug, _tensor
 from .._C import cpu_loops, vpu
 from .._errors import check_device_index, not_implemented_for
-from ._common import check_scalar_fits, opmath_dtype, operand, prepare_out
+from ._common import check_scalar_fits, opmath_dtype, prepare_out, scalar_value
 from ._overlap import check_no_internal_overlap
 from ._registry import register
 
@@ -83,7 +83,7 @@ def fill_tensor_(self, value):
         raise RuntimeError(
             f"fill_ only supports 0-dimension value tensor but got tensor with {value.dim()} dimensions."
         )
-    return fill_scalar_(self, value.item())
+    return fill_scalar_(self, scalar_value(value))
 
 
 @register("zero_")
@@ -328,7 +328,7 @@ def eye_out(n, *, out):
 @register("_local_scalar_dense")
 def local_scalar_dense(self):
     _sync_debug.host_waits()
-    return operand(self).reshape(()).item()  # operand: complex32's float16 pairs become one complex
+    return scalar_value(self)
 
 
 # torch._assert_async: a device-side assert on CUDA. The chip answers at once, as CPU does.

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .._errors import not_implemented_for, scalar_type_name
-from ._common import opmath_dtype, operand, store, wrap_dim, write
+from ._common import opmath_dtype, operand, scalar_value, store, wrap_dim, write
 from ._registry import register
 from .cpu_kernel_dtypes import floating_not_fp8
 
@@ -89,9 +89,9 @@ def fake_quantize_per_tensor_affine_cachemask_tensor_qparams(self, scale, zero_p
     check_floating(self, "fake_quantize_tensor_cachemask_kernel_type_handling")
     check_range(quant_min, quant_max)
     x = operand(self)
-    if not int(fake_quant_enabled.item()):
+    if not int(scalar_value(fake_quant_enabled)):
         return store(x, self.dtype), store(np.ones(np.shape(x), np.bool_), torch.bool)
-    values, mask = per_tensor(x, np.float32(scale.item()), int(zero_point.item()), quant_min, quant_max)
+    values, mask = per_tensor(x, np.float32(scalar_value(scale)), int(scalar_value(zero_point)), quant_min, quant_max)
     return store(values, self.dtype), store(mask, torch.bool)
 
 
@@ -228,10 +228,10 @@ def fused_moving_avg_obs_fq_helper(self, observer_on, fake_quant_on, running_min
             write(state, np.full(channels, start, np.float32))
         scale.resize_(channels)
         zero_point.resize_(channels)
-    if int(observer_on.item()):
+    if int(scalar_value(observer_on)):
         observe(self, running_min, running_max, averaging_const, per_row_fake_quant, ch_axis)
     x = operand(self)
-    if not int(fake_quant_on.item()):
+    if not int(scalar_value(fake_quant_on)):
         return store(x, self.dtype), store(np.ones(np.shape(x), np.bool_), torch.bool)
     scales, zero_points = choose_qparams(operand(running_min), operand(running_max), quant_min, quant_max,
                                          symmetric_quant)

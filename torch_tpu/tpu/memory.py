@@ -101,16 +101,20 @@ def caching_allocator_alloc(size, device=None, stream=None):
     statistics as a tensor's bytes are, until ``caching_allocator_delete(address)``. ``stream`` is accepted as on
     CUDA: kernels finish as they are launched, so no stream can still be using freed bytes."""
     check_device_index(device, "caching_allocator_alloc")
+    if not isinstance(size, int):
+        raise TypeError(f"caching_allocator_alloc(): size must be an int, not {type(size).__name__}")
+    if size == 0:
+        return 0  # CUDA's allocator hands out a null pointer for no bytes, and deleting it does nothing
     hbm = _hbm()
-    buffer = hbm.allocate(int(size))
-    address = hbm.address(buffer) if buffer.nbytes else 0
+    buffer = hbm.allocate(size)
+    address = hbm.address(buffer)
     _raw_allocations[address] = buffer
     return address
 
 
 def caching_allocator_delete(mem_ptr):
     """Free bytes allocated by ``caching_allocator_alloc``."""
-    if _raw_allocations.pop(mem_ptr, None) is None:
+    if mem_ptr != 0 and _raw_allocations.pop(mem_ptr, None) is None:
         raise RuntimeError(f"invalid device pointer: {mem_ptr}")  # CUDA's allocator's words
 
 

@@ -54,7 +54,9 @@ def range_start(msg) -> int:
 
 
 def range_end(range_id) -> None:
-    _started.pop(range_id).__exit__(None, None, None)
+    started = _started.pop(range_id, None)
+    if started is not None:  # NVTX ignores a handle it never gave or already ended
+        started.__exit__(None, None, None)
 
 
 def mark(msg):

@@ -87,6 +87,13 @@ class TPUGenerator:
         manual_seed(seed)
         return self
 
+    def graphsafe_get_state(self, *args):
+        """Graph-safe RNG states belong to CUDA graphs' capture, which the chip does not have: PyTorch's graph-safe
+        RNG operators get the refusal they give a device without ``default_generators``."""
+        raise RuntimeError("GraphSafe RNG operations not supported for device 'tpu' (no CUDA graph capture)")
+
+    graphsafe_set_state = graphsafe_get_state
+
     def seed(self):
         chosen = random.getrandbits(63)
         manual_seed(chosen)
