@@ -145,8 +145,8 @@ class HostPool:
         start = -raw.ctypes.data % HOST_ALIGNMENT
         return raw[start:start + nbytes]
 
-    def give_back(self, block):
-        nbytes = block.nbytes
+    def give_back(self, block, nbytes):
+        """Keep ``block`` (of ``nbytes``, which the caller knows: a NumPy attribute read costs as much as this)."""
         if nbytes <= POOL_BLOCK_LIMIT and self.cached_bytes + nbytes <= POOL_TOTAL_LIMIT:
             self._free[nbytes].append(block)
             self.cached_bytes += nbytes
@@ -215,16 +215,17 @@ class HBM:
         count = self.allocations
         count.current -= 1
         count.freed += 1
-        block = self.live.pop(buffer.id)
+        buffer_id = buffer.id
+        block = self.live.pop(buffer_id)
         if self.history is not None:
             self.history.free(host_address(block), nbytes)
-        if buffer.id in self.moved:
+        if self.moved and buffer_id in self.moved:
             # a part of a compiled program's flat array (``rehome``): not aligned, and pooled it would keep that
             # whole array alive
-            self.moved.discard(buffer.id)
+            self.moved.discard(buffer_id)
         elif block.__class__ is not Bufferless:
-            self.pool.give_back(block)
-        self._log(("free", _now_ns(), buffer.id, nbytes, allocated.current))
+            self.pool.give_back(block, nbytes)
+        self._log(("free", _now_ns(), buffer_id, nbytes, allocated.current))
 
     def log_also_to(self, observer=None):
         """Hand every event tuple to ``observer`` too (a profiler attributing bytes to ops), or, with None, to the
