@@ -151,8 +151,8 @@ class HostPool:
             return blocks.pop()
         return aligned_block(nbytes)
 
-    def give_back(self, block):
-        nbytes = block.nbytes
+    def give_back(self, block, nbytes):
+        """Keep ``block`` (of ``nbytes``, which the caller knows: a NumPy attribute read costs as much as this)."""
         if self.enabled and nbytes <= POOL_BLOCK_LIMIT and self.cached_bytes + nbytes <= POOL_TOTAL_LIMIT:
             self._free[nbytes].append(block)
             self.cached_bytes += nbytes
@@ -228,16 +228,17 @@ class HBM:
         count = self.allocations
         count.current -= 1
         count.freed += 1
-        block = self.live.pop(buffer.id)
+        buffer_id = buffer.id
+        block = self.live.pop(buffer_id)
         if self.history is not None:
             self.history.free(host_address(block), nbytes)
-        if buffer.id in self.unpooled:
+        if self.unpooled and buffer_id in self.unpooled:
             # a part of a compiled program's flat array (``rehome``), or a program's own block: pooled, the next
             # allocation of its size would share it with that program, or keep its whole array alive
-            self.unpooled.discard(buffer.id)
+            self.unpooled.discard(buffer_id)
         elif block.__class__ is not Bufferless:
-            self.pool.give_back(block)
-        self._log(("free", _now_ns(), buffer.id, nbytes, allocated.current))
+            self.pool.give_back(block, nbytes)
+        self._log(("free", _now_ns(), buffer_id, nbytes, allocated.current))
 
     def log_also_to(self, observer=None):
         """Hand every event tuple to ``observer`` too (a profiler attributing bytes to ops), or, with None, to the

@@ -1253,3 +1253,98 @@ def test_torch_refs_mode_runs_the_references_on_tpu(call):
     with TorchRefsMode(strict=True):
         actual = call(*on_tpu)
     assert_close(actual.cpu(), call(a, b))
+
+
+# --- zoo round fourteen: the per-launch floor ---------------------------------------------------------------------
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("the general path was taken")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int64, torch.int32, torch.uint8])
+def test_operands_of_real_dtypes_are_read_with_one_test(monkeypatch, dtype):
+    """A tpu operand of a dtype NumPy reads as stored, with no negation bit, is its ``as_numpy`` view after one test
+    of its dtype and storage: ``is_tpu`` and the conjugate, bool and complex32 handling are not asked."""
+    from torch_tpu.ops import _common
+
+    x = (torch.arange(-6, 6) * 3).to(dtype).reshape(3, 4)
+    on_tpu = x.to("tpu")
+    monkeypatch.setattr(torch_tpu._tensor, "is_tpu", _refuse)
+    for operand in (on_tpu, on_tpu.t(), on_tpu[1:, ::2]):
+        array = _common.operand(operand)
+        assert array.dtype.itemsize == dtype.itemsize and array.shape == tuple(operand.shape)
+    assert (torch.from_numpy(_common.operand(on_tpu.t()).copy()) == x.t()).all()
+    assert (torch.from_numpy(_common.opmath_operand(on_tpu).copy()) == x).all()
+
+
+def test_operands_off_the_one_test_are_read_as_before():
+    """Negated views, bools viewed from other bytes, conjugates, complex32 and CPU tensors keep their handling."""
+    from torch_tpu.ops import _common
+
+    x = torch.tensor([[1.5, -2.0], [0.0, 3.0]])
+    assert (_common.operand(torch._neg_view(x.to("tpu"))) == -x.numpy()).all()
+    as_bool = torch.tensor([0, 2, 255, 1], dtype=torch.uint8).to("tpu").view(torch.bool)
+    assert _common.operand(as_bool).tolist() == [False, True, True, True]
+    z = torch.complex(x, x.flip(0))
+    assert (_common.operand(z.to("tpu").conj()) == z.conj().resolve_conj().numpy()).all()
+    assert _common.operand(z.to(torch.complex32).to("tpu")).dtype == "complex64"
+    assert _common.operand(torch.tensor(2.5)) == 2.5
+    with pytest.raises(RuntimeError, match="Expected all tensors to be on the same device"):
+        _common.operand(x)
+    assert _common.opmath_operand(x.to(torch.bfloat16).to("tpu")).dtype == "float32"
+
+
+DIRECT_STRUCTURED = {
+    "neg": torch.neg,
+    "exp": torch.exp,
+    "sigmoid": torch.sigmoid,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "threshold_backward": lambda x: torch.ops.aten.threshold_backward(x.flip(0), x, 0.25),
+    "silu_backward": lambda x: torch.ops.aten.silu_backward(x, x.flip(0)),
+    "sqrt": torch.sqrt,
+    "reciprocal": torch.reciprocal,
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name", DIRECT_STRUCTURED)
+def test_structured_functionals_of_native_floats_are_written_into_their_result(monkeypatch, name, dtype):
+    """Tensors of one float32/float64 dtype and shape: the maths write straight into the new tensor's array, with no
+    promotion or conversion (``compute_into`` is not called), and give CPU's values (to the transcendentals' usual
+    tolerance: the general path gave the same bits), dtype and strides. No infinities: CPU's float32 GELU of inf is NaN
+    in its vector loop and inf in its scalar tail, on either path."""
+    x = torch.tensor([-7.0, -0.0, 0.0, 0.25, 0.5, 6.0, float("nan"), 30.0, -30.0, 1.0, -1.0, 2.0])
+    x = torch.cat([x, torch.randn(36, generator=torch.Generator().manual_seed(5)) * 4]).to(dtype).reshape(12, 4)
+    on_tpu = x.to("tpu")
+    monkeypatch.setattr(pointwise, "compute_into", _refuse)
+    expected, actual = DIRECT_STRUCTURED[name](x), DIRECT_STRUCTURED[name](on_tpu)
+    assert_close(actual.cpu(), expected, equal_nan=True)
+    assert actual.dtype == expected.dtype and actual.stride() == expected.stride()
+
+
+def test_structured_functionals_written_directly_keep_their_checks_charges_and_allocation():
+    """The direct path refuses what CPU refuses (a Scalar past the dtype's range), is charged its operands read and
+    its result written, and allocates exactly its result."""
+    check_same_error(lambda d: torch.ops.aten.threshold_backward(torch.ones(3, device=d), torch.ones(3, device=d),
+                                                                 1e300))
+    x = torch.randn(64, 8, device="tpu")
+    before = clock.op_totals.get("threshold_backward", torch_tpu._C.clock.OpTotals()).copy()
+    allocated = torch.tpu.memory_allocated()
+    gradient = torch.ops.aten.threshold_backward(x, x, 0.0)
+    after = clock.op_totals["threshold_backward"]
+    assert (after.count - before.count, after.bytes - before.bytes) == (1, 3 * x.nbytes)
+    assert torch.tpu.memory_allocated() - allocated == gradient.nbytes == x.nbytes
+
+
+def test_functionals_of_tensors_alone_skip_the_numbers_test(monkeypatch):
+    """Only a call with numbers asks whether its tensors are all 0-d; numbers beside 0-d tensors still launch."""
+    x = torch.randn(5)
+    on_tpu = x.to("tpu")
+    original = pointwise.numbers_beside_scalars
+    monkeypatch.setattr(pointwise, "numbers_beside_scalars", _refuse)
+    assert_close(torch.sigmoid(on_tpu).cpu(), torch.sigmoid(x), atol=0, rtol=0)
+    assert_close(torch.maximum(on_tpu, on_tpu.flip(0)).cpu(), torch.maximum(x, x.flip(0)), atol=0, rtol=0)
+    monkeypatch.setattr(pointwise, "numbers_beside_scalars", original)
+    check(lambda t: torch.pow(t, 2), torch.tensor(3, dtype=torch.int8))
+    check(lambda t: torch.remainder(t, 2.5), torch.tensor(7.0))

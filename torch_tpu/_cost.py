@@ -51,11 +51,19 @@ _thread_id = threading.get_native_id
 
 
 def _tensor_bytes(values):
+    """The bytes of the tensors among ``values`` and in their lists and tuples. A schema's list holds one type, so its
+    first element tells: an int[] (sizes, strides, dims: convolutions and reductions pass several a launch) is skipped
+    unread, a list of tensors (a foreach list, ``cat``'s; a Tensor?[] may hold None) summed in one pass."""
     total = 0
     for value in values:
         if isinstance(value, Tensor):
             total += value.nbytes
-        elif type(value) in _SEQUENCES and not _is_int_list(value):
+        elif type(value) is list:
+            if value and isinstance(value[0], Tensor):
+                total += sum([tensor.nbytes for tensor in value if isinstance(tensor, Tensor)])
+            elif value and type(value[0]) is not int:
+                total += _tensor_bytes(value)
+        elif type(value) is tuple:
             total += _tensor_bytes(value)
     return total
 
@@ -92,12 +100,6 @@ def _written_arguments(name):
 def _arguments_bytes(name):
     """The function summing the bytes of the tensors among a launch's arguments, chosen once per op."""
     return _tensor_bytes if _takes_tensor_lists(name) else _flat_tensor_bytes
-
-
-def _is_int_list(value):
-    """An int[] argument (sizes, strides, dims): schema lists hold one type, so its first element tells.
-    Skipping them unread matters: convolutions and reductions pass several on every launch."""
-    return type(value) is list and value and type(value[0]) is int
 
 
 def _tensors(values):

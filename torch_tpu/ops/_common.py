@@ -104,12 +104,23 @@ def opmath_scalar_type(dtype):
     return _tensor.TORCH_DTYPE[_OPMATH[dtype]] if dtype in _OPMATH else dtype
 
 
+# The dtypes whose tpu tensors NumPy reads as they are stored: no conjugate bit (real), no bool bytes to normalise,
+# no complex32 pairs, no opmath upcast. With no negation bit such an operand is its ``as_numpy`` view, which ``operand``
+# and ``opmath_operand`` give after one test of the dtype and the storage (every operand of most kernels).
+_AS_STORED = frozenset(dtype for dtype in _tensor.NUMPY_DTYPE
+                       if not dtype.is_complex and dtype is not torch.bool and dtype not in _OPMATH)
+_BUFFER_ATTRIBUTE = _tensor.BUFFER_ATTRIBUTE
+
+
 def operand(value, op_name=None):
     """A kernel argument as NumPy: tpu tensors as views, CPU scalars and numbers as NumPy scalars.
 
     A CPU tensor with dimensions is an error, worded as CUDA words it.
     """
     if isinstance(value, torch.Tensor):
+        if (value.dtype in _AS_STORED and hasattr(value.untyped_storage(), _BUFFER_ATTRIBUTE)
+                and not value.is_neg()):
+            return as_numpy(value)
         if _tensor.is_tpu(value):
             array = as_numpy(value)
             if value.dtype is torch.complex32:  # stored as float16 pairs, which NumPy cannot compute with
@@ -303,17 +314,26 @@ def store(array, dtype=None, *, out=None, inputs=(), distinct=(), dtype_rule=cas
     of that dtype. The values are converted to the tensor's dtype as a CPU store converts them."""
     dtype = dtype or _tensor.TORCH_DTYPE[np.asarray(array).dtype]
     if out is None:  # stored_with_view, inlined: this runs for most kernels' results
-        tensor, view = empty_with_array(np.shape(array), dtype)
+        tensor, view = empty_with_array(shape_of(array), dtype)
         _C.dtypes.cast_into(view, array, _tensor.DTYPE_NAME[dtype])
         return tensor
-    prepare_out(out, np.shape(array), dtype, inputs, distinct, dtype_rule, may_alias)
+    prepare_out(out, shape_of(array), dtype, inputs, distinct, dtype_rule, may_alias)
     return write(out, array)
+
+
+def shape_of(array):
+    """``np.shape(array)``: an array's (or NumPy scalar's) own ``shape`` read first, without ``np.shape``'s two Python
+    calls (every stored result asks)."""
+    try:
+        return array.shape
+    except AttributeError:  # a Python number or a list
+        return np.shape(array)
 
 
 def stored_with_view(array, dtype):
     """``array`` converted into a new contiguous tpu tensor of ``dtype``, and that tensor's NumPy view, which
     comes with it: for kernels that read back what they stored, without a second view of the same bytes."""
-    tensor, view = empty_with_array(np.shape(array), dtype)
+    tensor, view = empty_with_array(shape_of(array), dtype)
     _C.dtypes.cast_into(view, array, _tensor.DTYPE_NAME[dtype])
     return tensor, view
 

@@ -33,25 +33,22 @@ def convolution_dtypes(input, weight, bias, stride, padding, dilation, transpose
 
 
 def _first_tensor(args):
+    """The first tensor argument, whose dtype CPU's kernel dispatches on: nearly always ``self``, tested first."""
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
     return next(value for value in args if isinstance(value, torch.Tensor))
-
-
-def refuse_as_cpu(cpu_op, accepts, args, kwargs):
-    """Raise ``cpu_op``'s CPU error unless ``accepts`` the dtype of the first tensor argument, which
-    CPU's kernel dispatches on."""
-    if not accepts(_first_tensor(args).dtype):
-        raise_cpu_error(cpu_op, *args, **kwargs)
 
 
 def cpu_dtypes(cpu_op, accepts=None, rule=None):
     """Decorator for a kernel that takes ``cpu_op``'s arguments: refuse the dtypes CPU refuses, either
     those ``accepts`` rejects or, when the list depends on the other arguments, those the predicate
-    ``rule(*args)`` returns rejects."""
+    ``rule(*args)`` returns rejects, with ``cpu_op``'s CPU error."""
 
     def decorate(kernel):
         @functools.wraps(kernel)
         def checked(*args, **kwargs):
-            refuse_as_cpu(cpu_op, accepts or rule(*args, **kwargs), args, kwargs)
+            if not (accepts or rule(*args, **kwargs))(_first_tensor(args).dtype):
+                raise_cpu_error(cpu_op, *args, **kwargs)
             return kernel(*args, **kwargs)
 
         return checked

@@ -312,14 +312,20 @@ def writes_out(function):
     return function
 
 
-def compute_into_target(out, function, arrays, extras, options, compute):
-    """``function`` written straight into ``out``'s memory (the common case of ``compute_into``), or False
-    where it must go through a temporary: maths that cannot, an out of another dtype."""
-    if not getattr(function, "writes_out", False):
-        return False
-    target = as_numpy(out)
-    if target.dtype != compute:
-        return False
+def writes_into(function):
+    """Whether ``function`` can write its result into a given array: a ufunc (called alone, with no other
+    arguments) or maths that take ``out=``."""
+    return isinstance(function, np.ufunc) or getattr(function, "writes_out", False)
+
+
+def write_into(target, function, arrays, extras, options):
+    """``function`` of ``arrays`` written straight into the NumPy ``target`` (of the compute dtype): the common case
+    of ``compute_into``. False where it must go through a temporary (a ufunc given other arguments)."""
+    if isinstance(function, np.ufunc):
+        if extras or options:
+            return False
+        vpu.apply(function, *arrays, out=target)  # overlapping inputs stay on one thread
+        return True
     with vpu.ignoring_fp_errors():
         function(*arrays, *extras, **(options or {}), out=target)
     return True
@@ -336,13 +342,10 @@ def compute_into(out, function, operands, dtype, extras=(), options=None, opmath
     given = read_as_given(name, operands)
     arrays = [None if value is None else as_converted(operand(value), dtype, compute, i == given)
               for i, value in enumerate(operands)]
-    if isinstance(function, np.ufunc) and not extras and not options and out.dtype == dtype:
+    if out.dtype == dtype and writes_into(function):
         target = as_numpy(out)
-        if target.dtype == compute:
-            vpu.apply(function, *arrays, out=target)  # overlapping inputs stay on one thread
+        if target.dtype == compute and write_into(target, function, arrays, extras, options):
             return out
-    if out.dtype == dtype and compute_into_target(out, function, arrays, extras, options, compute):
-        return out
     with vpu.ignoring_fp_errors():
         result = function(*arrays, *extras, **(options or {}))
     if out.dtype != dtype and np.asarray(result).dtype == compute != numpy_dtype(dtype):
@@ -498,14 +501,18 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
     scalars_in_dtype = schema.name.removeprefix("aten::") in SCALARS_IN_DTYPE
     scalar_checks = checked_scalars(schema)
 
-    def checked_dtypes(promoted, extras, kwargs):
-        """(compute dtype, result dtype), once the op's dtype check and its Scalars' conversions have passed."""
-        common = common_dtype(*promoted)
-        dtype = rule(common)
+    def check_arguments(dtype, promoted, extras, kwargs):
+        """The op's dtype check and its Scalars' conversions to the compute ``dtype``."""
         if check is not None:
             check(dtype, *promoted, *extras, **kwargs)
         if scalar_checks:
             check_scalar_conversions(scalar_checks, (*promoted, *extras), kwargs, dtype)
+
+    def checked_dtypes(promoted, extras, kwargs):
+        """(compute dtype, result dtype), once the op's dtype check and its Scalars' conversions have passed."""
+        common = common_dtype(*promoted)
+        dtype = rule(common)
+        check_arguments(dtype, promoted, extras, kwargs)
         return dtype, result(common)
 
     def check_exact_out(out, promoted):
@@ -535,10 +542,22 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
             args, kwargs = with_scalars_in_dtype(schema, args, kwargs, dtype)
         return compute_into(out, function, promoted, dtype, args[operands:], kwargs, opmath, name)
 
+    # tensors of one float32 or float64 dtype (each its own opmath type) computed in it, into a result of it: nothing
+    # to promote, refuse (the meta refusals are of complex and bool inputs), round or convert, so maths that can
+    # write their result into an array write it into the new tensor's (exp, neg, sigmoid, gelu and their backwards)
+    direct = result is rule and rule in (keep, to_float) and not scalars_in_dtype and writes_into(function)
+
     def into_new(*args, **kwargs):
         """A functional call whose tensor operands all have one shape: its result in a new contiguous tensor
         of that shape, with no ``out`` to check."""
         promoted, extras = args[:operands], args[operands:]
+        if direct and native_floats_alike(promoted):
+            dtype = promoted[0].dtype
+            check_arguments(dtype, promoted, extras, kwargs)
+            tensor, target = empty_with_array(promoted[0].shape, dtype)
+            if write_into(target, function, [as_numpy(value) for value in promoted], extras, kwargs):
+                return tensor
+            return compute_into(tensor, function, promoted, dtype, extras, kwargs, opmath, name)
         refuse_in_meta(overload, promoted)
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
         output_shape = next(value.shape for value in promoted if isinstance(value, torch.Tensor))
@@ -616,21 +635,27 @@ def functional_launch(into_new, name, operands, structured_wrapper):
 
     launch = charged(into_new, name)
 
-    def functional(*args, **kwargs):
+    def other(args, kwargs):
+        """A call the one-shape float tensors' test refused: numbers beside 0-d tensors launch, the rest is wrapped."""
         if numbers_beside_scalars(args[:operands]):
             return launch(*args, **kwargs)
+        return structured_wrapper(*args, **kwargs)
+
+    def functional(*args, **kwargs):
+        # tensors alone take the launch or the wrapper by this test; only a call with numbers asks whether its
+        # tensors are all 0-d (``numbers_beside_scalars``), which takes the launch whatever they are
         shape, numbers = None, False
         for value in args[:operands]:
             if isinstance(value, torch.Tensor):
                 if (value.dtype not in _FAST_FLOATS or value.is_cpu or not value.is_contiguous()
                         or (shape is not None and value.shape != shape)):
-                    return structured_wrapper(*args, **kwargs)
+                    return other(args, kwargs)
                 shape = value.shape
             else:
                 numbers = True
         # beside a number, a tensor contiguous only by its size-1 dims keeps its strides (all_contiguous)
         if shape is None or (numbers and not all_contiguous(args[:operands])):
-            return structured_wrapper(*args, **kwargs)
+            return other(args, kwargs)
         return launch(*args, **kwargs)
 
     return functional
