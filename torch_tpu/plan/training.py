@@ -12,7 +12,6 @@ first real step would, so that the measured step sees the steady-state memory.
 """
 
 import dataclasses
-import gc
 from collections.abc import Mapping
 
 import torch
@@ -290,10 +289,9 @@ def plan_training(job):
     spec = measure.use_chip(job.chip)
     from ..distributed import simulate
 
-    with measure.unlimited_hbm() as capacity, simulate(job.chips, job.topology) as world, abstract(), \
-            user_code.running(job.model, job.mesh_shape):
+    with measure.collecting_the_plans_garbage_only() as baseline, measure.unlimited_hbm() as capacity, \
+            simulate(job.chips, job.topology) as world, abstract(), user_code.running(job.model, job.mesh_shape):
         mesh = _device_mesh(job)
-        baseline = measure.allocated_before_plan()
         program = build_program(job)
         model = parallelize(program, job, mesh)
         model.to_empty(device="tpu")
@@ -323,7 +321,6 @@ def plan_training(job):
         parameter_count = sum(p.numel() for p in parameters)  # DTensors report their global size
         sequence = program.seq
         del model, optimizer, loss, batch, parameters, program
-        gc.collect()  # modules and autograd graphs hold cycles: free their HBM before the next plan
     memory = {"params": parameter_bytes, "grads": gradient_bytes, "optimizer": optimizer_bytes,
               "activations": activation_bytes, "peak": peak, "capacity": capacity, "fits": peak <= capacity}
     memory["largest_consumer"] = max(("params", "grads", "optimizer", "activations"), key=memory.get)
