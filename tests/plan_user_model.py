@@ -1,6 +1,7 @@
 """Models that tests plan through ``python -m torch_tpu.plan --model plan_user_model:<function>``."""
 
 import dataclasses
+import warnings
 
 import torch
 from torch import nn
@@ -40,6 +41,18 @@ class OutputsWithLoss(ResidualMLPLanguageModel):
     def forward(self, tokens, labels):
         logits = super().forward(tokens)
         return {"logits": logits, "loss": nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())}
+
+
+class WarningLanguageModel(ResidualMLPLanguageModel):
+    """Warns in its forward, as user code may: the warning is the user's and must reach them."""
+
+    def forward(self, tokens):
+        warnings.warn("the user's own warning", UserWarning)
+        return super().forward(tokens)
+
+
+def warning_language_model(batch, seq):
+    return WarningLanguageModel(), torch.randint(0, 512, (batch, seq))
 
 
 def outputs_with_loss(batch, seq):

@@ -7,6 +7,7 @@ import gc
 import json
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -234,6 +235,17 @@ def test_value_dependent_routing_is_refused_naming_the_op_and_the_way_out():
         plan_training(TrainingJob(model="plan_user_model:where_routed_moe", chips=1, batch=4, seq=32))
     notes = "\n".join(caught.value.__notes__)
     assert "plan_user_model:where_routed_moe" in notes and "fixed capacity" in notes
+    assert "(in the forward of blocks.0 (WhereRoutedMoE))" in notes  # the module, by name and class
+
+
+def test_the_planners_own_warnings_are_silenced_and_the_users_are_not():
+    """FSDP2 warns that the root module it wraps returns a view: the planner's wrapping, not the user's code."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan_training(TrainingJob(model="plan_user_model:warning_language_model", chips=2, batch=4, seq=8))
+    messages = [str(warning.message) for warning in caught]
+    assert "the user's own warning" in messages
+    assert not any("FSDP2-wrapped module" in message for message in messages), messages
 
 
 def assert_planned_alike(job, model):
