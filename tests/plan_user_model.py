@@ -60,6 +60,28 @@ def outputs_with_loss(batch, seq):
     return OutputsWithLoss(), (tokens, tokens)
 
 
+@dataclasses.dataclass
+class LanguageModelOutput:
+    """Hugging Face's ModelOutput as a plain dataclass: fields that may be None, the loss first."""
+
+    loss: torch.Tensor = None
+    logits: torch.Tensor = None
+
+
+class DataclassOutputs(ResidualMLPLanguageModel):
+    """Hugging Face's calling convention: ``model(input_ids=..., labels=...)`` returning a dataclass."""
+
+    def forward(self, input_ids, labels=None):
+        logits = super().forward(input_ids)
+        loss = None if labels is None else nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        return LanguageModelOutput(loss=loss, logits=logits)
+
+
+def keyword_batch_dataclass_outputs(batch, seq):
+    tokens = torch.randint(0, 512, (batch, seq))
+    return DataclassOutputs(), {"input_ids": tokens, "labels": tokens}
+
+
 def outputs_with_loss_taken_by_a_function(batch, seq):
     model, tokens = outputs_with_loss(batch, seq)
     return {"model": model, "batch": tokens, "loss": lambda m, x, y: m(x, y)["loss"]}
@@ -238,3 +260,33 @@ class OneLinear(nn.Module):
 
 def one_linear(batch, seq):
     return OneLinear(), torch.randn(batch, seq, 64)
+
+
+class ConvolutionBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.convolution = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return torch.relu(x + self.norm(self.convolution(x)))
+
+
+class SmallResNet(nn.Module):
+    """A ResNet-style classifier: convolutions, BatchNorm (float32 running statistics: buffers), residual blocks."""
+
+    def __init__(self, channels=8, blocks=2, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+        self.blocks = nn.ModuleList(ConvolutionBlock(channels) for _ in range(blocks))
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, images, labels):
+        x = torch.relu(self.stem(images))
+        for block in self.blocks:
+            x = block(x)
+        return nn.functional.cross_entropy(self.head(x.mean((2, 3))), labels)
+
+
+def small_resnet(batch):
+    return SmallResNet(), (torch.randn(batch, 3, 8, 8), torch.randint(0, 10, (batch,)))

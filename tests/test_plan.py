@@ -162,6 +162,7 @@ def test_a_users_module_is_planned_from_module_function():
 def test_a_dict_of_outputs_is_planned_with_its_loss_as_hugging_face_models_return_it():
     job = TrainingJob(model="plan_user_model:outputs_with_loss", chips=1, batch=4, seq=16)
     assert_planned_alike(job, "plan_user_model:outputs_with_loss_taken_by_a_function")
+    assert_planned_alike(job, "plan_user_model:keyword_batch_dataclass_outputs")  # model(**batch) -> a dataclass
     with pytest.raises(TypeError, match="output is a str, not a tensor.*return 'loss'"):
         plan_training(dataclasses.replace(job, model="plan_user_model:outputs_without_a_tensor"))
     with pytest.raises(TypeError, match="output is a dict, not a tensor.*return 'loss'"):  # was a bare StopIteration
@@ -177,6 +178,7 @@ def _planned_with_values(monkeypatch, job):
 
 @pytest.mark.parametrize("model, chips, checkpoint", [
     ("plan_user_model:fixed_capacity_moe", 1, False), ("plan_user_model:mlp_language_model", 2, True),
+    ("plan_user_model:small_resnet", 2, False),  # BatchNorm kept in float32, as FSDP1's mixed precision keeps it
 ])
 def test_the_planned_step_equals_the_same_step_run_with_values(monkeypatch, model, chips, checkpoint):
     """Abstract mode is a faithful stand-in: the step run on real bytes allocates, peaks and takes the
