@@ -290,3 +290,30 @@ class SmallResNet(nn.Module):
 
 def small_resnet(batch):
     return SmallResNet(), (torch.randn(batch, 3, 8, 8), torch.randint(0, 10, (batch,)))
+
+
+class EncoderDecoder(nn.Module):
+    """``nn.Transformer`` translating tokens: ``causal`` says whether it is told its target mask is causal."""
+
+    def __init__(self, causal=True, vocabulary=128, width=32):
+        super().__init__()
+        self.causal = causal
+        self.embedding = nn.Embedding(vocabulary, width)
+        self.transformer = nn.Transformer(width, 4, 1, 1, 64, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(width, vocabulary)
+
+    def forward(self, source, target):
+        mask = nn.Transformer.generate_square_subsequent_mask(target.shape[1], device=target.device)
+        decoded = self.transformer(self.embedding(source), self.embedding(target), tgt_mask=mask,
+                                   tgt_is_causal=True if self.causal else None)
+        return nn.functional.cross_entropy(self.head(decoded).flatten(0, 1), target.flatten())
+
+
+def encoder_decoder(batch, seq):
+    tokens = torch.randint(0, 128, (batch, seq))
+    return EncoderDecoder(), (tokens, tokens)
+
+
+def encoder_decoder_with_an_unlabelled_mask(batch, seq):
+    tokens = torch.randint(0, 128, (batch, seq))
+    return EncoderDecoder(causal=False), (tokens, tokens)

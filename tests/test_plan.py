@@ -179,6 +179,7 @@ def _planned_with_values(monkeypatch, job):
 @pytest.mark.parametrize("model, chips, checkpoint", [
     ("plan_user_model:fixed_capacity_moe", 1, False), ("plan_user_model:mlp_language_model", 2, True),
     ("plan_user_model:small_resnet", 2, False),  # BatchNorm kept in float32, as FSDP1's mixed precision keeps it
+    ("plan_user_model:encoder_decoder", 1, False),
 ])
 def test_the_planned_step_equals_the_same_step_run_with_values(monkeypatch, model, chips, checkpoint):
     """Abstract mode is a faithful stand-in: the step run on real bytes allocates, peaks and takes the
@@ -238,6 +239,14 @@ def test_value_dependent_routing_is_refused_naming_the_op_and_the_way_out():
     notes = "\n".join(caught.value.__notes__)
     assert "plan_user_model:where_routed_moe" in notes and "fixed capacity" in notes
     assert "(in the forward of blocks.0 (WhereRoutedMoE))" in notes  # the module, by name and class
+
+
+def test_a_transformer_reading_its_masks_values_is_refused_with_the_argument_that_avoids_it():
+    with pytest.raises(torch_tpu.NoValuesError, match="item") as caught:
+        plan_training(TrainingJob(model="plan_user_model:encoder_decoder_with_an_unlabelled_mask", chips=1, batch=2,
+                                  seq=8))
+    notes = "\n".join(caught.value.__notes__)
+    assert "(in the forward of transformer.decoder (TransformerDecoder))" in notes and "tgt_is_causal=True" in notes
 
 
 def test_the_planners_own_warnings_are_silenced_and_the_users_are_not():

@@ -50,6 +50,17 @@ def call_accepting(function, **offered):
     return function(**{name: offered[name] for name in accepted_names(function, offered)})
 
 
+# What reads values in PyTorch's own modules, and how to write the call so that it does not.
+_MASK_CHECK = ("{module} compares a mask's values with a causal mask when it is not told whether the mask is "
+               "causal: pass {argument}=True with a causal mask (or a mask of another kind with {argument}=False).")
+MODULES_READING_VALUES = {
+    "TransformerDecoder": _MASK_CHECK.format(module="nn.TransformerDecoder", argument="tgt_is_causal"),
+    "TransformerDecoderLayer": _MASK_CHECK.format(module="nn.TransformerDecoderLayer", argument="tgt_is_causal"),
+    "TransformerEncoder": _MASK_CHECK.format(module="nn.TransformerEncoder", argument="is_causal"),
+    "Transformer": _MASK_CHECK.format(module="nn.Transformer", argument="tgt_is_causal"),
+}
+
+
 def _tensor_parallel_hint(error, mesh_shape):
     tp = mesh_shape.get("tp", 1)
     if tp > 1 and isinstance(error, RuntimeError) and "shape" in str(error):
@@ -127,7 +138,11 @@ def running(job_name, mesh_shape):
         where = path.describe()
         if where:
             error.add_note(f"(in the forward of {where})")
-        hint = NO_VALUES_HINT if isinstance(error, NoValuesError) else _tensor_parallel_hint(error, mesh_shape)
+        if isinstance(error, NoValuesError):
+            hints = [MODULES_READING_VALUES.get(_own_class_name(module)) for module in reversed(path.stack)]
+            hint = next((hint for hint in hints if hint), NO_VALUES_HINT)
+        else:
+            hint = _tensor_parallel_hint(error, mesh_shape)
         if hint:
             error.add_note(hint)
         raise
