@@ -317,3 +317,24 @@ def encoder_decoder(batch, seq):
 def encoder_decoder_with_an_unlabelled_mask(batch, seq):
     tokens = torch.randint(0, 128, (batch, seq))
     return EncoderDecoder(causal=False), (tokens, tokens)
+
+
+class FrozenEmbeddingModel(ResidualMLPLanguageModel):
+    """A frozen embedding (a parameter that does not train) and buffers: a float32 scale, a non-persistent table."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding.weight.requires_grad_(False)
+        self.register_buffer("scale", torch.ones(128))
+        self.register_buffer("positions", torch.zeros(64, 128), persistent=False)
+
+    def forward(self, tokens):
+        x = self.embedding(tokens)
+        x = x * self.scale.to(x.dtype) + self.positions[:tokens.shape[1]].to(x.dtype)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(x)
+
+
+def frozen_embedding_model(batch, seq):
+    return FrozenEmbeddingModel(), torch.randint(0, 512, (batch, seq))

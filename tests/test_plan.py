@@ -179,7 +179,7 @@ def _planned_with_values(monkeypatch, job):
 @pytest.mark.parametrize("model, chips, checkpoint", [
     ("plan_user_model:fixed_capacity_moe", 1, False), ("plan_user_model:mlp_language_model", 2, True),
     ("plan_user_model:small_resnet", 2, False),  # BatchNorm kept in float32, as FSDP1's mixed precision keeps it
-    ("plan_user_model:encoder_decoder", 1, False),
+    ("plan_user_model:encoder_decoder", 1, False), ("plan_user_model:frozen_embedding_model", 1, False),
 ])
 def test_the_planned_step_equals_the_same_step_run_with_values(monkeypatch, model, chips, checkpoint):
     """Abstract mode is a faithful stand-in: the step run on real bytes allocates, peaks and takes the
@@ -220,6 +220,20 @@ def test_a_plan_leaves_no_hbm_behind_without_waiting_for_pythons_collector():
             assert torch.tpu.memory_allocated() == before, plan.__name__
     finally:
         gc.enable()
+
+
+def test_a_frozen_parameter_has_no_gradient_and_no_optimizer_state():
+    """AdamW(model.parameters()) keeps state only for parameters that get gradients: a frozen embedding has
+    neither (the planner once gave every parameter AdamW's two moments). Its buffers are the chip's too."""
+    memory = plan_training(TrainingJob(model="plan_user_model:frozen_embedding_model", chips=1, batch=4,
+                                       seq=32))["hbm_per_chip"]
+    with torch.device("meta"):
+        from plan_user_model import FrozenEmbeddingModel
+
+        model = FrozenEmbeddingModel()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert memory["params"] == sum(p.numel() for p in model.parameters()) * FP32
+    assert memory["grads"] == trainable * FP32 and memory["optimizer"] == 2 * trainable * FP32
 
 
 def test_fixed_capacity_moe_plans_the_flops_of_uniform_routing():

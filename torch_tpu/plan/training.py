@@ -287,9 +287,11 @@ class ShardOptimizer:
                 if isinstance(value, torch.Tensor)]
 
     def create_state(self):
-        """The state AdamW makes on its first step (both moments), made by one step on zero gradients."""
+        """The state AdamW makes on its first step (both moments), made by one step on zero gradients: of the
+        parameters that train (a frozen one never has a gradient, and AdamW keeps no state for it)."""
         for parameter in self.parameters:
-            parameter.grad = torch.zeros_like(parameter)
+            if parameter.requires_grad:
+                parameter.grad = torch.zeros_like(parameter)
         self.step()
         self.zero_grad()
 
