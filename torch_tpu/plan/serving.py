@@ -166,7 +166,7 @@ def plan_serving(job):
             del token
         peak = measure.peak() - baseline
         parameter_count = sum(p.numel() for p in model.parameters())
-        del model, cache, program, prompt
+        del model, cache, program, prompt, mesh
     return _serving_result(job, spec, parameter_count, weight_bytes, cache_bytes, peak, capacity, prefill,
                            decode_steps)
 

@@ -344,7 +344,7 @@ def plan_training(job):
         topology = "x".join(map(str, world.torus.shape)) if hasattr(world.torus, "shape") else str(world.torus)
         parameter_count = sum(p.numel() for p in parameters)  # DTensors report their global size
         sequence = program.seq
-        del model, optimizer, loss, batch, keywords, parameters, program
+        del model, optimizer, loss, batch, keywords, parameters, program, mesh, world
     memory = {"params": parameter_bytes, "grads": gradient_bytes, "optimizer": optimizer_bytes,
               "activations": activation_bytes, "peak": peak, "capacity": capacity, "fits": peak <= capacity}
     memory["largest_consumer"] = max(("params", "grads", "optimizer", "activations"), key=memory.get)
