@@ -1,6 +1,7 @@
 """Models that tests plan through ``python -m torch_tpu.plan --model plan_user_model:<function>``."""
 
 import dataclasses
+import warnings
 
 import torch
 from torch import nn
@@ -42,9 +43,43 @@ class OutputsWithLoss(ResidualMLPLanguageModel):
         return {"logits": logits, "loss": nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())}
 
 
+class WarningLanguageModel(ResidualMLPLanguageModel):
+    """Warns in its forward, as user code may: the warning is the user's and must reach them."""
+
+    def forward(self, tokens):
+        warnings.warn("the user's own warning", UserWarning)
+        return super().forward(tokens)
+
+
+def warning_language_model(batch, seq):
+    return WarningLanguageModel(), torch.randint(0, 512, (batch, seq))
+
+
 def outputs_with_loss(batch, seq):
     tokens = torch.randint(0, 512, (batch, seq))
     return OutputsWithLoss(), (tokens, tokens)
+
+
+@dataclasses.dataclass
+class LanguageModelOutput:
+    """Hugging Face's ModelOutput as a plain dataclass: fields that may be None, the loss first."""
+
+    loss: torch.Tensor = None
+    logits: torch.Tensor = None
+
+
+class DataclassOutputs(ResidualMLPLanguageModel):
+    """Hugging Face's calling convention: ``model(input_ids=..., labels=...)`` returning a dataclass."""
+
+    def forward(self, input_ids, labels=None):
+        logits = super().forward(input_ids)
+        loss = None if labels is None else nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten())
+        return LanguageModelOutput(loss=loss, logits=logits)
+
+
+def keyword_batch_dataclass_outputs(batch, seq):
+    tokens = torch.randint(0, 512, (batch, seq))
+    return DataclassOutputs(), {"input_ids": tokens, "labels": tokens}
 
 
 def outputs_with_loss_taken_by_a_function(batch, seq):
@@ -225,3 +260,81 @@ class OneLinear(nn.Module):
 
 def one_linear(batch, seq):
     return OneLinear(), torch.randn(batch, seq, 64)
+
+
+class ConvolutionBlock(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.convolution = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return torch.relu(x + self.norm(self.convolution(x)))
+
+
+class SmallResNet(nn.Module):
+    """A ResNet-style classifier: convolutions, BatchNorm (float32 running statistics: buffers), residual blocks."""
+
+    def __init__(self, channels=8, blocks=2, classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+        self.blocks = nn.ModuleList(ConvolutionBlock(channels) for _ in range(blocks))
+        self.head = nn.Linear(channels, classes)
+
+    def forward(self, images, labels):
+        x = torch.relu(self.stem(images))
+        for block in self.blocks:
+            x = block(x)
+        return nn.functional.cross_entropy(self.head(x.mean((2, 3))), labels)
+
+
+def small_resnet(batch):
+    return SmallResNet(), (torch.randn(batch, 3, 8, 8), torch.randint(0, 10, (batch,)))
+
+
+class EncoderDecoder(nn.Module):
+    """``nn.Transformer`` translating tokens: ``causal`` says whether it is told its target mask is causal."""
+
+    def __init__(self, causal=True, vocabulary=128, width=32):
+        super().__init__()
+        self.causal = causal
+        self.embedding = nn.Embedding(vocabulary, width)
+        self.transformer = nn.Transformer(width, 4, 1, 1, 64, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(width, vocabulary)
+
+    def forward(self, source, target):
+        mask = nn.Transformer.generate_square_subsequent_mask(target.shape[1], device=target.device)
+        decoded = self.transformer(self.embedding(source), self.embedding(target), tgt_mask=mask,
+                                   tgt_is_causal=True if self.causal else None)
+        return nn.functional.cross_entropy(self.head(decoded).flatten(0, 1), target.flatten())
+
+
+def encoder_decoder(batch, seq):
+    tokens = torch.randint(0, 128, (batch, seq))
+    return EncoderDecoder(), (tokens, tokens)
+
+
+def encoder_decoder_with_an_unlabelled_mask(batch, seq):
+    tokens = torch.randint(0, 128, (batch, seq))
+    return EncoderDecoder(causal=False), (tokens, tokens)
+
+
+class FrozenEmbeddingModel(ResidualMLPLanguageModel):
+    """A frozen embedding (a parameter that does not train) and buffers: a float32 scale, a non-persistent table."""
+
+    def __init__(self):
+        super().__init__()
+        self.embedding.weight.requires_grad_(False)
+        self.register_buffer("scale", torch.ones(128))
+        self.register_buffer("positions", torch.zeros(64, 128), persistent=False)
+
+    def forward(self, tokens):
+        x = self.embedding(tokens)
+        x = x * self.scale.to(x.dtype) + self.positions[:tokens.shape[1]].to(x.dtype)
+        for block in self.blocks:
+            x = x + block(x)
+        return self.head(x)
+
+
+def frozen_embedding_model(batch, seq):
+    return FrozenEmbeddingModel(), torch.randint(0, 512, (batch, seq))

@@ -375,3 +375,29 @@ def test_list_ops_run_element_by_element_with_the_results_of_the_whole_list(memo
         torch._foreach_mul_(tensors, 2.0)
         assert not any(has_values(t) for t in tensors)
         del tensors
+
+
+def _cpu_error(function, *args):
+    with pytest.raises(RuntimeError) as caught:
+        function(*args)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("function, dtypes", [
+    (F.linear, (torch.float32, torch.bfloat16, torch.bfloat16)),  # a float32 activation into bf16 weights
+    (F.linear, (torch.bfloat16, torch.bfloat16, torch.float32)),
+    (torch.bmm, (torch.float32, torch.bfloat16)),
+    (lambda x, w, b, mean, var: F.batch_norm(x, mean, var, w, b, training=True),  # bf16 weights, float32 statistics
+     (torch.bfloat16, torch.bfloat16, torch.bfloat16, torch.float32, torch.float32)),
+    (lambda x, w: F.layer_norm(x, x.shape[-1:], w), (torch.bfloat16, torch.float16)),
+])
+def test_operands_of_mixed_dtypes_are_refused_as_cpu_refuses_them(function, dtypes):
+    """Meta takes these mixes and answers a dtype; CPU's kernels (and tpu's) refuse them: abstract mode must not
+    plan a program that cannot run."""
+    shapes = {2: [(2, 4, 8), (2, 8, 3)], 3: [(3, 8), (5, 8), (5,)], 5: [(2, 4, 3, 3), (4,), (4,), (4,), (4,)]}
+    cpu = [torch.ones(shape, dtype=dtype) for shape, dtype in zip(shapes.get(len(dtypes), [(3, 8), (8,)]), dtypes)]
+    expected = _cpu_error(function, *cpu)
+    with abstract():
+        with pytest.raises(RuntimeError) as caught:
+            function(*(tensor.to("tpu") for tensor in cpu))
+    assert str(caught.value) == expected

@@ -7,6 +7,7 @@ import gc
 import json
 import math
 import os
+import warnings
 
 import pytest
 import torch
@@ -161,6 +162,7 @@ def test_a_users_module_is_planned_from_module_function():
 def test_a_dict_of_outputs_is_planned_with_its_loss_as_hugging_face_models_return_it():
     job = TrainingJob(model="plan_user_model:outputs_with_loss", chips=1, batch=4, seq=16)
     assert_planned_alike(job, "plan_user_model:outputs_with_loss_taken_by_a_function")
+    assert_planned_alike(job, "plan_user_model:keyword_batch_dataclass_outputs")  # model(**batch) -> a dataclass
     with pytest.raises(TypeError, match="output is a str, not a tensor.*return 'loss'"):
         plan_training(dataclasses.replace(job, model="plan_user_model:outputs_without_a_tensor"))
     with pytest.raises(TypeError, match="output is a dict, not a tensor.*return 'loss'"):  # was a bare StopIteration
@@ -176,6 +178,8 @@ def _planned_with_values(monkeypatch, job):
 
 @pytest.mark.parametrize("model, chips, checkpoint", [
     ("plan_user_model:fixed_capacity_moe", 1, False), ("plan_user_model:mlp_language_model", 2, True),
+    ("plan_user_model:small_resnet", 2, False),  # BatchNorm kept in float32, as FSDP1's mixed precision keeps it
+    ("plan_user_model:encoder_decoder", 1, False), ("plan_user_model:frozen_embedding_model", 1, False),
 ])
 def test_the_planned_step_equals_the_same_step_run_with_values(monkeypatch, model, chips, checkpoint):
     """Abstract mode is a faithful stand-in: the step run on real bytes allocates, peaks and takes the
@@ -200,6 +204,20 @@ def test_a_plans_peak_does_not_depend_on_when_python_collected_garbage():
     assert peaks[0] == peaks[1] == peaks[2]
 
 
+def test_a_frozen_parameter_has_no_gradient_and_no_optimizer_state():
+    """AdamW(model.parameters()) keeps state only for parameters that get gradients: a frozen embedding has
+    neither (the planner once gave every parameter AdamW's two moments). Its buffers are the chip's too."""
+    memory = plan_training(TrainingJob(model="plan_user_model:frozen_embedding_model", chips=1, batch=4,
+                                       seq=32))["hbm_per_chip"]
+    with torch.device("meta"):
+        from plan_user_model import FrozenEmbeddingModel
+
+        model = FrozenEmbeddingModel()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert memory["params"] == sum(p.numel() for p in model.parameters()) * FP32
+    assert memory["grads"] == trainable * FP32 and memory["optimizer"] == 2 * trainable * FP32
+
+
 def test_fixed_capacity_moe_plans_the_flops_of_uniform_routing():
     """Top-2 routing over 4 experts with capacity tokens x 2 / 4: the experts multiply exactly 2 x tokens
     rows, so the step's FLOPs are the router's, the experts' at uniform routing and the head's, x 3."""
@@ -216,6 +234,25 @@ def test_value_dependent_routing_is_refused_naming_the_op_and_the_way_out():
         plan_training(TrainingJob(model="plan_user_model:where_routed_moe", chips=1, batch=4, seq=32))
     notes = "\n".join(caught.value.__notes__)
     assert "plan_user_model:where_routed_moe" in notes and "fixed capacity" in notes
+    assert "(in the forward of blocks.0 (WhereRoutedMoE))" in notes  # the module, by name and class
+
+
+def test_a_transformer_reading_its_masks_values_is_refused_with_the_argument_that_avoids_it():
+    with pytest.raises(torch_tpu.NoValuesError, match="item") as caught:
+        plan_training(TrainingJob(model="plan_user_model:encoder_decoder_with_an_unlabelled_mask", chips=1, batch=2,
+                                  seq=8))
+    notes = "\n".join(caught.value.__notes__)
+    assert "(in the forward of transformer.decoder (TransformerDecoder))" in notes and "tgt_is_causal=True" in notes
+
+
+def test_the_planners_own_warnings_are_silenced_and_the_users_are_not():
+    """FSDP2 warns that the root module it wraps returns a view: the planner's wrapping, not the user's code."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plan_training(TrainingJob(model="plan_user_model:warning_language_model", chips=2, batch=4, seq=8))
+    messages = [str(warning.message) for warning in caught]
+    assert "the user's own warning" in messages
+    assert not any("FSDP2-wrapped module" in message for message in messages), messages
 
 
 def assert_planned_alike(job, model):

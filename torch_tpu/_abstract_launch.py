@@ -479,9 +479,50 @@ def _half_to_float(call):
     nn.check_half_to_float(call["self"], call["half_to_float"])
 
 
+def _parameter_dtypes(*parameters):
+    """A norm's parameters of another dtype than its input: Meta takes any mix, CPU's kernels (and tpu's) only
+    a bf16/fp16 input with float32 parameters (a bf16 BatchNorm whose running statistics stayed float32 fails)."""
+
+    def check(call):
+        from .ops import nn
+
+        nn.check_parameter_dtypes(call["input"], *(call[name] for name in parameters))
+
+    return check
+
+
+_NORM_PARAMETERS = {
+    torch.ops.aten.native_batch_norm.default: ("weight", "bias", "running_mean", "running_var"),
+    torch.ops.aten._native_batch_norm_legit.default: ("weight", "bias", "running_mean", "running_var"),
+    torch.ops.aten._native_batch_norm_legit_no_training.default: ("weight", "bias", "running_mean", "running_var"),
+    torch.ops.aten._native_batch_norm_legit.no_stats: ("weight", "bias"),
+    torch.ops.aten.native_layer_norm.default: ("weight", "bias"),
+    torch.ops.aten.native_group_norm.default: ("weight", "bias"),
+}
+
+def _operand_dtypes_as_cpu(op):
+    """Meta's matmuls take operands of mixed dtypes (a float32 activation into a bf16 weight, say: a buffer FSDP's
+    mixed precision left float32) and answer float32; CPU's and tpu's refuse them. A mixed call runs on CPU
+    stand-ins (empty, never read), so that the error is CPU's own."""
+
+    def check(call):
+        tensors = [value for value in call.values() if isinstance(value, Tensor)]
+        if len({tensor.dtype for tensor in tensors}) > 1:
+            op(**{name: torch.empty_strided(value.shape, value.stride(), dtype=value.dtype)
+                  if isinstance(value, Tensor) else value for name, value in call.items()})
+
+    return check
+
+
+_MATMULS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,
+            torch.ops.aten.baddbmm.default, torch.ops.aten.mv.default, torch.ops.aten.addmv.default,
+            torch.ops.aten.dot.default)
+
 # The tpu kernel's checks where Meta's differ (Meta takes what the kernel refuses, or refuses in other words)
 TPU_CHECKS = {op: _half_to_float for op in (torch.ops.aten._softmax.out, torch.ops.aten._log_softmax.out,
                                              torch.ops.aten._softmax.default, torch.ops.aten._log_softmax.default)}
+TPU_CHECKS.update({op: _parameter_dtypes(*parameters) for op, parameters in _NORM_PARAMETERS.items()})
+TPU_CHECKS.update({op: _operand_dtypes_as_cpu(op) for op in _MATMULS})
 
 # Results Meta gives differently from the tpu kernel: corrected before the recipe is cached
 AS_TPU_KERNEL = {

@@ -13,8 +13,9 @@ A phase is compute-bound when its MXU time exceeds the rest of its kernel time, 
 import contextlib
 import dataclasses
 import gc
+import importlib
 
-from .. import _C
+from .. import _C, _lazy
 
 UNLIMITED_BYTES = 1 << 62
 
@@ -82,11 +83,36 @@ def unlimited_hbm():
         hbm.capacity = capacity
 
 
-def allocated_before_plan():
-    """HBM that is not the plan's: the caller's tensors, or an earlier plan's still referenced (by the
-    traceback of the error it raised, say). Plans report their peak above it."""
-    collect_garbage()
-    return allocated()
+# What planning imports on its first use: DTensor and FSDP2, Dynamo (FSDP2's hooks call torch._dynamo.disable),
+# the simulated world's process group; and the kernels (_lazy.load). Imported before the heap is frozen, so that
+# the first plan's collections do not walk them either.
+MACHINERY = ("torch.distributed.tensor", "torch.distributed.fsdp", "torch._dynamo", "torch_tpu.distributed.process_group")
+
+
+@contextlib.contextmanager
+def collecting_the_plans_garbage_only():
+    """Garbage collection that sees only the objects a plan makes; yields the HBM that is not the plan's.
+
+    A plan collects garbage several times (its peak must not count cycles Python has not freed yet), and a
+    full collection walks every object of torch, DTensor and Dynamo: most of a small model's planning
+    time. The heap as it stands is frozen (``gc.freeze``) for the plan's duration instead, after a full
+    collection only if something may hold HBM: the caller's tensors, or an earlier plan's still referenced
+    (by the traceback of the error it raised, say). Plans report their peak above what is left, and leave no
+    garbage holding HBM behind them."""
+    for name in MACHINERY:
+        importlib.import_module(name)
+    _lazy.load()
+    if allocated():
+        collect_garbage()
+    baseline = allocated()
+    gc.freeze()
+    try:
+        yield baseline
+        collect_garbage()  # the plan's modules, FSDP state and simulated world hold cycles: free their HBM now
+    finally:
+        gc.unfreeze()
+    if allocated() > baseline:  # an object older than the plan, garbage now, held some of its cycles
+        collect_garbage()
 
 
 def collect_garbage():

@@ -9,7 +9,6 @@ first step and the last, and both are run.
 """
 
 import dataclasses
-import gc
 
 import torch
 from torch import nn
@@ -136,10 +135,9 @@ def plan_serving(job):
     from torch.distributed.device_mesh import init_device_mesh
 
     length = job.prompt + job.generate
-    with measure.unlimited_hbm() as capacity, simulate(job.chips, job.topology), abstract(), torch.no_grad(), \
-            user_code.running(job.model, {"tp": job.chips}):
+    with measure.collecting_the_plans_garbage_only() as baseline, measure.unlimited_hbm() as capacity, \
+            simulate(job.chips, job.topology), abstract(), torch.no_grad(), user_code.running(job.model, {"tp": job.chips}):
         mesh = init_device_mesh("tpu", (job.chips,), mesh_dim_names=("tp",))
-        baseline = measure.allocated_before_plan()
         program = build_program(job, length)
         model = program.model
         if job.chips > 1:
@@ -168,8 +166,7 @@ def plan_serving(job):
             del token
         peak = measure.peak() - baseline
         parameter_count = sum(p.numel() for p in model.parameters())
-        del model, cache, program, prompt
-        gc.collect()  # modules hold cycles: free their HBM before the next plan
+        del model, cache, program, prompt, mesh
     return _serving_result(job, spec, parameter_count, weight_bytes, cache_bytes, peak, capacity, prefill,
                            decode_steps)
 

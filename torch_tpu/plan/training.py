@@ -12,7 +12,6 @@ first real step would, so that the measured step sees the steady-state memory.
 """
 
 import dataclasses
-import gc
 from collections.abc import Mapping
 
 import torch
@@ -99,11 +98,12 @@ def format_mesh(shape):
 class Program:
     model: nn.Module
     batch: tuple  # positional arguments of ``loss``, on the meta device
-    loss: object  # loss(model, *batch) -> a scalar tensor
+    loss: object  # loss(model, *batch, **keywords) -> a scalar tensor
     tp_plan: dict = None  # parallelize_module plan of each layer (relative names), None if the model has none
     head_plan: dict = None  # plan of the layers outside the blocks
     description: str = ""
     seq: int = None  # the batch's sequence length; None for a model function that takes no ``seq`` (a ViT's)
+    keywords: dict = dataclasses.field(default_factory=dict)  # keyword arguments of ``loss``: a batch given as a dict
 
     @property
     def layers(self):
@@ -151,8 +151,9 @@ def _builtin_program(job, local_batch):
 
 
 def _user_program(job, local_batch):
-    """``module:function`` returns ``(model, batch)`` or a dict with ``model``, ``batch`` and optionally
-    ``loss`` (loss(model, *batch)), ``tp_plan`` (a parallelize_module plan for each block). It is called
+    """``module:function`` returns ``(model, batch)`` or a dict with ``model``, ``batch`` (a tuple of positional
+    arguments, or a dict of keyword arguments) and optionally ``loss`` (loss(model, *batch) or
+    loss(model, **batch)), ``tp_plan`` (a parallelize_module plan for each block). It is called
     on the meta device, with ``batch=`` (sequences per data-parallel rank) and ``seq=`` when it takes them.
     """
     made, passed = user_code.call_model_function(job.model, batch=local_batch, seq=job.seq)
@@ -160,19 +161,23 @@ def _user_program(job, local_batch):
         model, batch = made
         made = {"model": model, "batch": batch}
     batch = made["batch"]
-    batch = batch if isinstance(batch, tuple) else (batch,)
+    keywords = dict(batch) if isinstance(batch, Mapping) else {}  # Hugging Face's model(**batch)
+    batch = () if keywords else batch if isinstance(batch, tuple) else (batch,)
     return Program(made["model"], batch, made.get("loss", _output_as_loss), made.get("tp_plan"),
                    made.get("head_plan"), f"{job.model}: {type(made['model']).__name__}",
-                   job.seq if "seq" in passed else None)
+                   job.seq if "seq" in passed else None, keywords)
 
 
-def _output_as_loss(model, *batch):
+def _output_as_loss(model, *batch, **keywords):
     """The model's output is the loss when it is a scalar; otherwise its sum stands in for one. Of a dict of
-    outputs (Hugging Face's ModelOutput is one) the "loss" entry, else the first; of a tuple or list the first. An
-    empty one is refused as it is."""
-    output = model(*batch)
+    outputs (Hugging Face's ModelOutput is one) or a dataclass of them, the "loss" entry, else the first that is
+    not None; of a tuple or list the first. An empty one is refused as it is."""
+    output = model(*batch, **keywords)
+    if dataclasses.is_dataclass(output) and not isinstance(output, type):  # a ModelOutput-like dataclass
+        output = {field.name: getattr(output, field.name) for field in dataclasses.fields(output)
+                  if getattr(output, field.name) is not None}
     if isinstance(output, Mapping):
-        output = output["loss"] if "loss" in output else next(iter(output.values()), output)
+        output = output["loss"] if output.get("loss") is not None else next(iter(output.values()), output)
     elif isinstance(output, (tuple, list)) and output:
         output = output[0]
     if not isinstance(output, torch.Tensor):
@@ -227,10 +232,25 @@ def parallelize(program, job, mesh):
 
     data_mesh = mesh[tuple(name for name in ("dp", "fsdp") if name in shape)] if mesh is not None else None
     policy = MixedPrecisionPolicy(param_dtype=DTYPES[job.param_dtype], reduce_dtype=DTYPES[job.reduce_dtype])
+    if policy.param_dtype != torch.float32:
+        _keep_batch_norms_in_float32(model, data_mesh, policy)
     for container, index in program.layers:
         fully_shard(container[index], mesh=data_mesh, mp_policy=policy)
     fully_shard(model, mesh=data_mesh, mp_policy=policy)
     return model
+
+
+def _keep_batch_norms_in_float32(model, data_mesh, policy):
+    """FSDP's mixed precision casts parameters, not buffers: a BatchNorm's weight would be bf16 and its running
+    statistics float32, a mix its kernels refuse. FSDP1's MixedPrecision keeps batch norms in full precision by
+    default (``_module_classes_to_ignore``); so does the planner: each is its own FSDP unit with float32
+    parameters, taking its bf16 input as it comes (the kernels' one mixed precision)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    full = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=policy.reduce_dtype, cast_forward_inputs=False)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
+            fully_shard(module, mesh=data_mesh, mp_policy=full)
 
 
 # --- the planned step ----------------------------------------------------------------------------------
@@ -267,9 +287,11 @@ class ShardOptimizer:
                 if isinstance(value, torch.Tensor)]
 
     def create_state(self):
-        """The state AdamW makes on its first step (both moments), made by one step on zero gradients."""
+        """The state AdamW makes on its first step (both moments), made by one step on zero gradients: of the
+        parameters that train (a frozen one never has a gradient, and AdamW keeps no state for it)."""
         for parameter in self.parameters:
-            parameter.grad = torch.zeros_like(parameter)
+            if parameter.requires_grad:
+                parameter.grad = torch.zeros_like(parameter)
         self.step()
         self.zero_grad()
 
@@ -290,16 +312,16 @@ def plan_training(job):
     spec = measure.use_chip(job.chip)
     from ..distributed import simulate
 
-    with measure.unlimited_hbm() as capacity, simulate(job.chips, job.topology) as world, abstract(), \
-            user_code.running(job.model, job.mesh_shape):
+    with measure.collecting_the_plans_garbage_only() as baseline, measure.unlimited_hbm() as capacity, \
+            simulate(job.chips, job.topology) as world, abstract(), user_code.running(job.model, job.mesh_shape):
         mesh = _device_mesh(job)
-        baseline = measure.allocated_before_plan()
         program = build_program(job)
         model = parallelize(program, job, mesh)
         model.to_empty(device="tpu")
         if job.master_dtype != "fp32":
             model.to(DTYPES[job.master_dtype])
         batch = tuple(_on_tpu(value) for value in program.batch)
+        keywords = {name: _on_tpu(value) for name, value in program.keywords.items()}
         optimizer = ShardOptimizer(job, model.parameters())
         optimizer.create_state()
         parameters = list(model.parameters())
@@ -310,7 +332,7 @@ def plan_training(job):
         before_step = measure.allocated()
         with measure.Stopwatch() as step:
             flops_before = measure.flops_so_far()
-            loss = program.loss(model, *batch)
+            loss = program.loss(model, *batch, **keywords)
             forward_flops = measure.flops_so_far() - flops_before
             gathered = measure.tensor_bytes(model.parameters(), excluding=parameter_storages)
             activation_bytes = measure.allocated() - before_step - gathered
@@ -322,8 +344,7 @@ def plan_training(job):
         topology = "x".join(map(str, world.torus.shape)) if hasattr(world.torus, "shape") else str(world.torus)
         parameter_count = sum(p.numel() for p in parameters)  # DTensors report their global size
         sequence = program.seq
-        del model, optimizer, loss, batch, parameters, program
-        gc.collect()  # modules and autograd graphs hold cycles: free their HBM before the next plan
+        del model, optimizer, loss, batch, keywords, parameters, program, mesh, world
     memory = {"params": parameter_bytes, "grads": gradient_bytes, "optimizer": optimizer_bytes,
               "activations": activation_bytes, "peak": peak, "capacity": capacity, "fits": peak <= capacity}
     memory["largest_consumer"] = max(("params", "grads", "optimizer", "activations"), key=memory.get)

@@ -3,15 +3,18 @@
 ``call_model_function("pkg.mod:build", batch=8, seq=2048)`` imports the function and calls it with
 the keyword arguments it accepts. ``running(job_name, mesh)`` wraps the planned program: under it
 ``torch.compile`` directives are ignored (the planner charges the eager program, and compiled programs
-do not run in abstract mode), and an error the program raises carries a note saying what was being
-planned and, where the planner can tell, how to proceed.
+do not run in abstract mode), warnings about the planner's own wrapping of the model are silenced, and
+an error the program raises carries notes saying what was being planned, in which module's forward it
+was raised and, where the planner can tell, how to proceed.
 """
 
 import contextlib
 import importlib
 import inspect
+import warnings
 
 import torch
+from torch.nn.modules import module as nn_module
 
 from .._errors import NoValuesError
 
@@ -47,6 +50,17 @@ def call_accepting(function, **offered):
     return function(**{name: offered[name] for name in accepted_names(function, offered)})
 
 
+# What reads values in PyTorch's own modules, and how to write the call so that it does not.
+_MASK_CHECK = ("{module} compares a mask's values with a causal mask when it is not told whether the mask is "
+               "causal: pass {argument}=True with a causal mask (or a mask of another kind with {argument}=False).")
+MODULES_READING_VALUES = {
+    "TransformerDecoder": _MASK_CHECK.format(module="nn.TransformerDecoder", argument="tgt_is_causal"),
+    "TransformerDecoderLayer": _MASK_CHECK.format(module="nn.TransformerDecoderLayer", argument="tgt_is_causal"),
+    "TransformerEncoder": _MASK_CHECK.format(module="nn.TransformerEncoder", argument="is_causal"),
+    "Transformer": _MASK_CHECK.format(module="nn.Transformer", argument="tgt_is_causal"),
+}
+
+
 def _tensor_parallel_hint(error, mesh_shape):
     tp = mesh_shape.get("tp", 1)
     if tp > 1 and isinstance(error, RuntimeError) and "shape" in str(error):
@@ -56,16 +70,79 @@ def _tensor_parallel_hint(error, mesh_shape):
     return None
 
 
+# Warnings about what the planner itself does to the model, never about the user's code: FSDP2 warns that the
+# root module it wraps returns a view (an in-place op on it would skip FSDP's hooks; the planner's loss makes
+# none). Filtered by their exact wording, so the user's own warnings still reach them.
+PLANNERS_OWN_WARNINGS = (r"FSDP2-wrapped module \(.*\) returned a view tensor",)
+
+# Modules the planner's wrapping puts between a model's own: their names are left out of a module's path.
+WRAPPERS = frozenset({"_checkpoint_wrapped_module", "_orig_mod", "_fsdp_wrapped_module"})
+
+
+class ModulePath:
+    """The modules whose forward is running, outermost first: while it is installed, every module call pushes
+    its module and every return pops it, so after an error the stack ends at the module it was raised in."""
+
+    def __init__(self):
+        self.stack = []
+
+    @contextlib.contextmanager
+    def installed(self):
+        handles = (nn_module.register_module_forward_pre_hook(self._entered),
+                   nn_module.register_module_forward_hook(self._returned))
+        try:
+            yield self
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _entered(self, module, args):
+        self.stack.append(module)  # a hook returning something would replace the arguments
+
+    def _returned(self, module, args, output):
+        self.stack.pop()  # ... or the output
+
+    def describe(self):
+        """"blocks.1.attention (Attention)": the innermost running module's name in the outermost, or None."""
+        if not self.stack:
+            return None
+        names = []
+        for parent, child in zip(self.stack, self.stack[1:]):
+            name = next((name for name, module in parent.named_modules() if module is child), None)
+            if name is None:  # called by a module that does not own it: start again from it
+                names = [_own_class_name(child)]
+            else:
+                names += [part for part in name.split(".") if part not in WRAPPERS]
+        innermost = self.stack[-1]
+        return f"{'.'.join(names) or 'the model'} ({_own_class_name(innermost)})"
+
+
+def _own_class_name(module):
+    """The class the user wrote: FSDP2 makes ``FSDP<class>`` subclasses of the modules it wraps."""
+    classes = [cls for cls in type(module).__mro__ if cls.__module__ != "torch.distributed.fsdp._fully_shard._fully_shard"]
+    return next((cls.__name__ for cls in classes if not cls.__name__.startswith("FSDP")), type(module).__name__)
+
+
 @contextlib.contextmanager
 def running(job_name, mesh_shape):
     """The planned program of ``job_name`` on a mesh of ``mesh_shape`` ({dimension: size}) runs under this."""
+    path = ModulePath()
     try:
-        with torch.compiler.set_stance("force_eager"):
+        with torch.compiler.set_stance("force_eager"), warnings.catch_warnings(), path.installed():
+            for message in PLANNERS_OWN_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=UserWarning)
             yield
     except Exception as error:
         mesh = ",".join(f"{name}={size}" for name, size in mesh_shape.items())
         error.add_note(f"(raised while planning {job_name} on mesh {mesh} in abstract mode)")
-        hint = NO_VALUES_HINT if isinstance(error, NoValuesError) else _tensor_parallel_hint(error, mesh_shape)
+        where = path.describe()
+        if where:
+            error.add_note(f"(in the forward of {where})")
+        if isinstance(error, NoValuesError):
+            hints = [MODULES_READING_VALUES.get(_own_class_name(module)) for module in reversed(path.stack)]
+            hint = next((hint for hint in hints if hint), NO_VALUES_HINT)
+        else:
+            hint = _tensor_parallel_hint(error, mesh_shape)
         if hint:
             error.add_note(hint)
         raise
