@@ -18,6 +18,8 @@ output's dtype (a bf16 output rounds each one). NumPy's pairwise sum gives other
 eight elements.
 """
 
+import collections
+import functools
 import math
 
 import numpy as np
@@ -37,33 +39,47 @@ def cascade_sum(array, axes, strides, storage_itemsize, threads, output_dtype=No
     ``output_dtype``: the NumPy dtype of a bf16/fp16 output, which each addition into it rounds to (c10's
     ``BFloat16 += BFloat16(float)``: the column sum first, then the total), as ``nansum``'s do; ``widened``: the
     kernel writes a float32 output instead unless the input coalesces to one run (``sum``'s, measured)."""
-    order, sizes, output_strides, input_strides = _C.cpu_loops.reduction_iteration(array.shape, tuple(axes),
-                                                                                    tuple(strides))
-    sizes, output_strides, input_strides = list(sizes), list(output_strides), list(input_strides)
-    kept_axes = [axis for axis in reversed(order) if axis not in axes]  # outermost first
-    values = array.transpose(order[::-1]).reshape(sizes[::-1])
-    store_dtype = None if widened and len(sizes) > 1 else output_dtype
-    if output_strides[0] != 0:  # nothing reduced but single elements: each output is +0.0 plus its element
+    plan = _plan(array.shape, tuple(axes), tuple(strides), threads if array.size >= GRAIN_SIZE else 1)
+    values = array.transpose(plan.order).reshape(plan.sizes[::-1])
+    if plan.elementwise:  # nothing reduced but single elements: each output is +0.0 plus its element
         totals = values.reshape(-1) + array.dtype.type(0)
     else:
-        split = _split_dim(sizes, output_strides, threads) if array.size >= GRAIN_SIZE and threads > 1 else None
-        if len(sizes) == 1:  # one run: its single column
-            sizes, output_strides, input_strides = sizes + [1], output_strides + [0], input_strides + [0]
+        store_dtype = None if widened and not plan.one_run else output_dtype
+        sizes, loop_strides = plan.sizes, plan.loop_strides
         blocks = values.reshape(-1, sizes[1], sizes[0]).transpose(0, 2, 1)  # (block, element, column)
-        if split is None or split >= 2:  # a split of a later dim leaves each thread whole blocks
-            partials = _column_sums(blocks, input_strides[:2], storage_itemsize)
-        elif split == 1:
-            partials = np.concatenate([_column_sums(blocks[:, :, begin:end], input_strides[:2], storage_itemsize)
-                                       for begin, end in _thread_columns(sizes[1], input_strides[1] == 1,
+        if plan.split is None:
+            partials = _column_sums(blocks, loop_strides, storage_itemsize)
+        elif plan.split == 1:  # each thread's columns a loop of their own
+            partials = np.concatenate([_column_sums(blocks[:, :, begin:end], loop_strides, storage_itemsize)
+                                       for begin, end in _thread_columns(sizes[1], loop_strides[1] == 1,
                                                                          storage_itemsize, threads)], axis=1)
         else:
-            return _two_pass(blocks, sizes, input_strides[:2], storage_itemsize, threads, store_dtype)
-        totals = _added_into_outputs(partials.reshape(sizes[:0:-1]), [s == 0 for s in output_strides[:0:-1]],
-                                     store_dtype)
-    kept = totals.reshape([array.shape[axis] for axis in kept_axes])
-    if kept_axes == sorted(kept_axes):
-        return kept
-    return kept.transpose(sorted(range(len(kept_axes)), key=kept_axes.__getitem__))
+            return _two_pass(blocks, sizes, loop_strides, storage_itemsize, threads, store_dtype)
+        totals = _added_into_outputs(partials.reshape(sizes[:0:-1]), plan.reduced, store_dtype)
+    kept = totals.reshape(plan.kept_shape)
+    return kept if plan.kept_order is None else kept.transpose(plan.kept_order)
+
+
+_Plan = collections.namedtuple("_Plan", "order sizes loop_strides reduced elementwise one_run split kept_shape "
+                                        "kept_order")
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(shape, axes, strides, threads):
+    """What cascade_sum does for a layout, worked out once (a model sums the same layouts every step): the
+    transpose to the iteration's dims outermost first, the coalesced sizes (at least two), the element strides of
+    the loop's two dims, which later dims are reduced, the thread split (None: none, or one of a dim past the
+    loop's two; -1: two passes), and how the kept dims go back to the output's order."""
+    order, sizes, output_strides, input_strides = _C.cpu_loops.reduction_iteration(shape, axes, strides)
+    kept_axes = [axis for axis in reversed(order) if axis not in axes]  # outermost first
+    split = _split_dim(sizes, output_strides, threads) if threads > 1 and output_strides[0] == 0 else None
+    one_run = len(sizes) == 1
+    if one_run:  # its single column
+        sizes, output_strides, input_strides = sizes + (1,), output_strides + (0,), input_strides + (0,)
+    kept_order = sorted(range(len(kept_axes)), key=kept_axes.__getitem__)
+    return _Plan(order[::-1], sizes, input_strides[:2], [stride == 0 for stride in output_strides[:0:-1]],
+                 output_strides[0] != 0, one_run, None if split is not None and split >= 2 else split,
+                 [shape[axis] for axis in kept_axes], None if kept_order == sorted(kept_order) else kept_order)
 
 
 def _split_dim(sizes, output_strides, threads):
