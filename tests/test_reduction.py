@@ -705,6 +705,16 @@ def test_sums_past_grain_size_split_across_threads_as_cpus(dtype, reduce, shape,
         torch.set_num_threads(previous)
 
 
+def test_compiled_sum_and_mean_are_cpus_bit_for_bit():
+    """The compiled program's sum and mean call the same replay (``reduction.sum_into``, ``mean_array``)."""
+    torch._dynamo.reset()
+    summed = torch.compile(lambda x: (x.sum(0), x.sum((0, 2)), x.mean(1)), backend="tpu", fullgraph=True)
+    for seed in range(3):
+        x = torch.randn(6, 17, 5, generator=torch.Generator().manual_seed(seed)) * 3 + 1
+        for got, expected in zip(summed(x.to("tpu")), (x.sum(0), x.sum((0, 2)), x.mean(1))):
+            assert torch.equal(got.cpu(), expected)
+
+
 def test_sum_of_bf16_into_float32_and_mean_of_a_strided_bf16_read_the_converted_copy():
     """``sum(dtype=float32)`` of bf16 and a bf16 ``mean`` sum a float32 copy of the input: same strides when it is
     dense, contiguous when it is not (``Tensor.to``)."""
