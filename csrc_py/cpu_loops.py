@@ -66,10 +66,13 @@ def vector_path_columns(outer, inner, width, threads):
     return vector.reshape(outer, inner)
 
 
-def _should_swap(shape, strides, outer, inner):
-    """TensorIterator's comparison of two dimensions: 1 if ``outer`` belongs inside ``inner``."""
+def _should_swap(shape, strides, outer, inner, reduction):
+    """TensorIterator's comparison of two dimensions: 1 if ``outer`` belongs inside ``inner``. A reduction's output
+    (``strides[0]``, 0 along its reduced dims) puts its reduced dims innermost."""
     for operand in strides:
         a, b = operand[outer], operand[inner]
+        if reduction and operand is strides[0] and (a == 0) != (b == 0):
+            return 1 if b == 0 else -1
         if a == 0 or b == 0:  # broadcast in this operand: it cannot decide
             continue
         if a != b:
@@ -79,14 +82,15 @@ def _should_swap(shape, strides, outer, inner):
     return 0
 
 
-def iteration_order(shape, strides):
+def iteration_order(shape, strides, reduction=False):
     """Dimensions innermost first, as TensorIterator's reorder_dimensions sorts them (an
-    insertion sort that stops at the first decided comparison)."""
+    insertion sort that stops at the first decided comparison); ``reduction``: a reduction's iterator, whose
+    output (``strides[0]``) has stride 0 along the reduced dims."""
     order = list(range(len(shape) - 1, -1, -1))
     for i in range(1, len(order)):
         moving = i
         for j in range(i - 1, -1, -1):
-            decision = _should_swap(shape, strides, order[j], order[moving])
+            decision = _should_swap(shape, strides, order[j], order[moving], reduction)
             if decision > 0:
                 order[j], order[moving] = order[moving], order[j]
                 moving = j
@@ -276,3 +280,21 @@ def _segment_places(position, total, row_length, width, reserved, threads, rows_
     if not rows_contiguous:
         vectorised_length = np.zeros(len(position), np.int64)
     return position - segment_start, vectorised_length, segment_end - segment_start
+
+
+@functools.lru_cache(maxsize=256)
+def reduction_iteration(shape, axes, input_strides):
+    """TensorIterator's loop over a reduction of an input of ``shape`` and element ``input_strides`` (tuples) over
+    ``axes`` into a new (contiguous) output: the dimensions innermost first, and the coalesced sizes with the
+    output's and the input's element strides (the output's 0 along reduced dims). Cached: a model sums the same
+    layouts every step."""
+    output_strides, stride = [0] * len(shape), 1
+    for axis in reversed(range(len(shape))):
+        if axis not in axes:
+            output_strides[axis] = stride
+            stride *= shape[axis]
+    operands = [output_strides, list(input_strides)]
+    order = iteration_order(shape, operands, reduction=True)
+    sizes, (output_coalesced, input_coalesced) = _coalesce([shape[d] for d in order],
+                                                           [[s[d] for d in order] for s in operands])
+    return tuple(order), tuple(sizes), tuple(output_coalesced), tuple(input_coalesced)

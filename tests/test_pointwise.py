@@ -1509,3 +1509,48 @@ def test_complex64_abs_is_cpus_hypot():
     put a third of complex64 magnitudes an ulp off. (complex128's Sleef lanes differ from hypot in about 1 in 300.)"""
     z = torch.randn(16, 37, dtype=torch.complex64, generator=torch.Generator().manual_seed(5))
     assert torch.equal(z.to("tpu").abs().cpu(), z.abs())
+
+
+def _complex_half(device):
+    return torch.tensor([1 + 1j, 2 - 1j], dtype=torch.complex64, device=device).to(torch.complex32)
+
+
+def _half(device):
+    return torch.tensor([0.5, 2.0], dtype=torch.float16, device=device)
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: _half(d) / 1j,  # a float16 tensor and a Python complex: a ComplexHalf division
+    lambda d: torch.true_divide(_half(d), torch.tensor(1j, device=d)),
+    lambda d: _complex_half(d) / 2,
+    lambda d: _complex_half(d).div_(_complex_half(d)),
+    lambda d: 1j ** _half(d),
+    lambda d: _complex_half(d) ** _complex_half(d),
+    lambda d: torch.addcdiv(_complex_half(d), _complex_half(d), _complex_half(d)),
+    *[(lambda name: lambda d: getattr(torch, name)(_complex_half(d)))(name)
+      for name in ("exp", "exp2", "log1p", "sqrt", "rsqrt", "reciprocal", "sigmoid", "sin", "tanh", "asinh", "atanh",
+                   "erf", "digamma", "i0")],
+    lambda d: torch.special.i0e(_complex_half(d)),
+])
+def test_complex_half_results_cpu_has_no_loop_for_raise_cpus_error(call):
+    """CPU's division, power and floating unary kernels have complex loops but none for ComplexHalf: a complex32
+    result (a float16 tensor with a Python complex among others) raises its "not implemented for 'ComplexHalf'"; tpu
+    computed one."""
+    check_same_error(call)
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: torch.clamp(torch.ones(2, device=d), min=1j),  # a floating input keeps its dtype: 1j overflows double
+    lambda d: torch.clamp(torch.ones(2, device=d, dtype=torch.float64), min=0, max=2 + 1j),
+    lambda d: torch.clamp(torch.ones(2, device=d, dtype=torch.bfloat16), min=1j),
+    lambda d: torch.ones(2, device=d).clamp_(min=1j),
+    lambda d: torch.clamp_max(torch.ones(2, device=d), 1j),  # promoted by its bound: refused as complex
+    lambda d: torch.clamp_min(torch.ones(2, device=d), 1 + 0j),
+    lambda d: torch.clamp(torch.ones(2, device=d), max=torch.tensor(1j, device=d)),  # minimum's dispatch
+    lambda d: torch.clamp(torch.ones(2, device=d), min=torch.tensor(0j, device=d), max=torch.tensor(1j, device=d)),
+])
+def test_clamp_with_complex_bounds_raises_cpus_error(call):
+    """CPU's clamp meta keeps a floating input's dtype and converts number bounds to double (checked), clamp_min and
+    clamp_max promote and refuse complex, tensor bounds meet maximum/minimum/clamp's dispatch; tpu returned a complex
+    result."""
+    check_same_error(call)

@@ -1,6 +1,7 @@
 """Reductions on tpu against torch CPU on the same inputs: values, dtypes, indices and errors."""
 
 import contextlib
+import itertools
 import math
 import warnings
 
@@ -647,6 +648,82 @@ def test_mean_over_every_dim_of_a_permuted_dense_input_is_cpus_sum_in_memory_ord
         assert torch.equal(x.to("tpu").mean().cpu(), x.mean())
         assert torch.equal(x.to("tpu").mean(tuple(range(x.dim())), keepdim=True).cpu(),
                            x.mean(tuple(range(x.dim())), keepdim=True))
+
+
+def _layouts(shape, dtype, seed):
+    """(CPU tensor, the same on tpu) pairs of one shape: contiguous, transposed, and every other element of a twice
+    larger tensor (strided: no dims coalesce), each made on its own device so the tpu copy keeps the strides."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64).mul(3).add(1).to(dtype)
+    base = torch.randn([2 * size for size in shape], generator=generator, dtype=torch.float64).to(dtype)
+    every_other = tuple(slice(None, None, 2) for _ in shape)
+    pairs = [(x, x.to("tpu")), (base[every_other], base.to("tpu")[every_other])]
+    if x.dim() > 1:
+        pairs.append((x.transpose(0, -1), x.to("tpu").transpose(0, -1)))
+    return pairs
+
+
+SUM_REDUCTIONS = {"sum": torch.sum, "mean": torch.mean, "nansum": torch.nansum}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduce", sorted(SUM_REDUCTIONS))
+@pytest.mark.parametrize("shape", [(12,), (6, 2), (2, 6), (3, 5, 7), (70, 3), (17, 33), (9, 64), (5, 40, 3),
+                                   (33, 2, 9), (40, 1, 2)])
+def test_sums_over_any_dims_and_layout_are_cpus_bit_for_bit(dtype, reduce, shape):
+    """CPU's sum kernel orders its additions by the layout TensorIterator gives it (reduced dims innermost, dims
+    coalesced) and by which of its four loops the two innermost dims' strides choose: a contiguous run in vectors
+    four abreast, columns in runs of four accumulator vectors in order, or every fourth element into one of four
+    accumulators (``cpu_replay.sum_kernel``); column sums then add into their outputs in iteration order, which a
+    bf16/fp16 ``nansum`` rounds every time. A (6, 2) float32 ``sum(0)`` was an ulp off, and a third of all these."""
+    function = SUM_REDUCTIONS[reduce]
+    for seed in range(2):
+        for on_cpu, on_tpu in _layouts(shape, dtype, seed):
+            for dims in [d for r in range(1, on_cpu.dim() + 1) for d in itertools.combinations(range(on_cpu.dim()), r)]:
+                for keepdim in (False, True):
+                    expected = function(on_cpu, dims, keepdim=keepdim)
+                    assert torch.equal(function(on_tpu, dims, keepdim=keepdim).cpu(), expected), (dims, keepdim)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("reduce", sorted(SUM_REDUCTIONS))
+@pytest.mark.parametrize("shape", [(70, 70, 9), (200, 300), (1100, 33), (40000,)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_sums_past_grain_size_split_across_threads_as_cpus(dtype, reduce, shape, threads):
+    """At 32768 elements CPU splits a sum across its threads: one output in two passes (each thread's chunk of the
+    iteration, its partial rows included, into a slot of a buffer of the output's dtype, then the slots summed), more
+    outputs by columns of one kept dim (rounded to 128 bytes where adjacent). The bits follow the thread count."""
+    function = SUM_REDUCTIONS[reduce]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for on_cpu, on_tpu in _layouts(shape, dtype, seed=0):
+            dims_list = [tuple(range(on_cpu.dim()))] + [(axis,) for axis in range(on_cpu.dim() if on_cpu.dim() > 1 else 0)]
+            for dims in dims_list:
+                assert torch.equal(function(on_tpu, dims).cpu(), function(on_cpu, dims)), dims
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_compiled_sum_and_mean_are_cpus_bit_for_bit():
+    """The compiled program's sum and mean call the same replay (``reduction.sum_into``, ``mean_array``)."""
+    torch._dynamo.reset()
+    summed = torch.compile(lambda x: (x.sum(0), x.sum((0, 2)), x.mean(1)), backend="tpu", fullgraph=True)
+    for seed in range(3):
+        x = torch.randn(6, 17, 5, generator=torch.Generator().manual_seed(seed)) * 3 + 1
+        for got, expected in zip(summed(x.to("tpu")), (x.sum(0), x.sum((0, 2)), x.mean(1))):
+            assert torch.equal(got.cpu(), expected)
+
+
+def test_sum_of_bf16_into_float32_and_mean_of_a_strided_bf16_read_the_converted_copy():
+    """``sum(dtype=float32)`` of bf16 and a bf16 ``mean`` sum a float32 copy of the input: same strides when it is
+    dense, contiguous when it is not (``Tensor.to``)."""
+    base = torch.randn(34, 18, 10, generator=torch.Generator().manual_seed(3)).bfloat16()
+    for on_cpu, on_tpu in [(base, base.to("tpu")), (base[::2, :, ::3], base.to("tpu")[::2, :, ::3]),
+                           (base.transpose(0, 2), base.to("tpu").transpose(0, 2))]:
+        for dims in [(0,), (1,), (0, 2), (1, 2)]:
+            assert torch.equal(on_tpu.sum(dims, dtype=torch.float32).cpu(), on_cpu.sum(dims, dtype=torch.float32))
+            assert torch.equal(on_tpu.mean(dims).cpu(), on_cpu.mean(dims))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -635,7 +635,8 @@ def lower_sum(node):
     name = DTYPE_NAME[dtype]
 
     def run(out, array):
-        reduction.reduce_into(out, np.sum, _accumuland(array, dtype), axes, keepdim, name)
+        layout = reduction.iterated_layout(array, None if array.dtype == out.dtype else out.itemsize)
+        reduction.sum_into(out, _accumuland(array, dtype), axes, keepdim, name, layout)
 
     return Lowered(REDUCTION, run, (node.args[0],))
 

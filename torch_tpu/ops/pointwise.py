@@ -30,7 +30,7 @@ from .. import _C, _tensor
 from .._C import cpu_loops
 from .._C import special as vpu_special
 from .._errors import (cpp_type_name, device_mismatch, found_dtype, not_implemented_for, numbers_as_tensors,
-                       scalar_type_name, shape_mismatch, tensor_slots)
+                       scalar_type_name, shape_mismatch, tensor_slots, value_overflow)
 from .._tensor import numpy_dtype
 from ._common import (all_contiguous, as_numpy, broadcast_shapes, castable, check_scalar_fits, empty, empty_with_array,
                       iterator_strides, operand, opmath_dtype, opmath_scalar_type, prepare_out, store, through_math_bits,
@@ -463,6 +463,20 @@ META_REFUSALS = {
 PROMOTED_NOT_INTO_SELF = frozenset({"clamp.out", "clamp_min.out", "clamp_max.out"})
 
 
+def refuse_complex_bounds(overload, self, bounds):
+    """clamp's meta functions with number bounds and a complex number among them: ``clamp`` keeps a floating input's
+    dtype and converts each bound to double, checked (an imaginary part overflows); an integral input that a
+    complex bound promotes, and ``clamp_min``/``clamp_max`` (which promote by their bound), are refused as
+    complex."""
+    complex_bounds = [bound for bound in bounds if isinstance(bound, complex)]
+    if not complex_bounds:
+        return
+    if overload != "clamp.out" or not self.dtype.is_floating_point:
+        raise NotImplementedError("clamp is not supported for complex types")
+    if any(bound.imag for bound in complex_bounds):
+        raise value_overflow(torch.float64)
+
+
 def refuse_in_meta(overload, promoted, out=None):
     """Raise the meta function's refusal of ``promoted`` (the op's operands; its first is ``self``) written into
     ``out``, if ``overload``'s meta refuses them."""
@@ -470,6 +484,8 @@ def refuse_in_meta(overload, promoted, out=None):
     refusal = META_REFUSALS.get(overload)
     if refusal is not None and isinstance(self, torch.Tensor) and refusal[0](self.dtype):
         raise refusal[1](refusal[2])
+    if overload in PROMOTED_NOT_INTO_SELF:
+        refuse_complex_bounds(overload, self, promoted[1:])
     if out is self and overload in PROMOTED_NOT_INTO_SELF and not self.dtype.is_floating_point:
         bounds = [bound for bound in promoted[1:] if bound is not None]
         if not bounds:  # clamp's own check names the missing bounds, as CPU's does
@@ -1300,6 +1316,15 @@ def not_bool(dtype):
     return dtype != torch.bool
 
 
+def not_complex_half(dtype):
+    """CPU's floating kernels with complex loops have none for complex32 (ComplexHalf)."""
+    return dtype != torch.complex32
+
+
+def not_bool_or_complex_half(dtype):
+    return dtype not in (torch.bool, torch.complex32)
+
+
 def integer(dtype):
     return is_integral(dtype) and dtype != torch.bool
 
@@ -1453,6 +1478,7 @@ def check_addcdiv(dtype, x, a, b, value=1):
             "as (input + value * torch.trunc(tensor1 / tensor2)).to(input.dtype) for integer inputs and as "
             "(input + value * tensor1 / tensor2) for float inputs. The future addcdiv behavior is just the "
             "latter implementation: (input + value * tensor1 / tensor2), for all dtypes.")
+    require(not_complex_half(dtype), dtype, "addcdiv_cpu_out")
 
 
 @writes_out
@@ -2036,11 +2062,11 @@ UNARY_SAME = {  # computed in the input's own dtype: (function, supported dtypes
 
 BINARY = {  # overload: (function, dtype rule, supported dtypes)
     "mul.out": (multiply, keep, None),
-    "div.out": (np.true_divide, to_float, None),
+    "div.out": (np.true_divide, to_float, not_complex_half),
     "remainder.Tensor_out": (remainder, keep, real_not_bool),
     "fmod.Tensor_out": (fmod, keep, real_not_bool),
-    "pow.Tensor_Tensor_out": (power, keep, not_bool),
-    "pow.Scalar_out": (power, keep, not_bool),
+    "pow.Tensor_Tensor_out": (power, keep, not_bool_or_complex_half),
+    "pow.Scalar_out": (power, keep, not_bool_or_complex_half),
     "atan2.out": (arctan2, to_float, None),
     "hypot.out": (np.hypot, keep, floating),
     "maximum.out": (maximum, keep, real),
@@ -2104,7 +2130,14 @@ CPU_KERNEL_NAMES = {
     "hardshrink_backward": "shrink_backward_cpu", "softshrink_backward": "shrink_backward_cpu",
     "clamp": "clamp_scalar_cpu", "clamp_min": "clamp_min_scalar_cpu", "clamp_max": "clamp_max_scalar_cpu",
     "bitwise_left_shift": "lshift_cpu", "bitwise_right_shift": "rshift_cpu", "special_xlog1py": "xlog1py_cpu",
+    "exp2": "exp2", "digamma": "digamma", "special_i0e": "i0e_cpu", "special_i1": "i1_cpu", "special_i1e": "i1e_cpu",
+    "special_entr": "entr_cpu",
 }
+
+
+def unary_kernel_name(name):
+    """CPU's dispatch name of a unary kernel: its at::vml kernels are ``<op>_vml_cpu``."""
+    return CPU_KERNEL_NAMES.get(name) or (f"{name}_vml_cpu" if name in VML_KERNELS else f"{name}_cpu")
 
 
 def checked(predicate, overload):
@@ -2125,13 +2158,15 @@ def check_clamp_tensors(dtype, x, low=None, high=None):
     through maximum or minimum, which have."""
     check_clamp_bounds(dtype, x, low, high)
     if low is not None and high is not None:
-        require(not_bool(dtype), dtype, "clamp_cpu")
+        require(not_bool(dtype) and real(dtype), dtype, "clamp_cpu")
+    else:
+        require(real(dtype), dtype, "maximum_cpu" if low is not None else "minimum_cpu")
 
 
 def register_tables():
     for name, function in UNARY_FLOAT.items():
         structured(f"{name}.out", function, rule=to_float,
-                   check=checked(real, name) if name in UNARY_FLOAT_REAL else None)
+                   check=supports(real if name in UNARY_FLOAT_REAL else not_complex_half, unary_kernel_name(name)))
     for name, function in UNARY_FLOAT_SINGLE_OR_DOUBLE.items():
         structured(f"{name}.out", function, rule=to_float, check=checked(single_or_double, name))
     for name, (function, predicate) in UNARY_SAME.items():

@@ -20,7 +20,7 @@ import torch
 from .. import _C
 from .._errors import cannot_cast, failed_check, not_implemented_for, scalar_type_name, shape_mismatch, warn_once
 from .._tensor import DTYPE_NAME
-from .cpu_replay import inner_sum, libstdcxx_order
+from .cpu_replay import libstdcxx_order, sum_kernel
 from ._common import (as_numpy, converted, empty, empty_with_array, exact_dtype, loop_rounding, operand, opmath_dtype,
                       prepare_out, store, wrap_dim, wrap_dims, write)
 from ._registry import register
@@ -88,66 +88,52 @@ def _reduce_into(out, reduction, array, axes, keepdim):
     return out
 
 
-def mean_array(array, axes, keepdim):
-    """The mean of ``array`` (already in its accumulation type) over ``axes``: CPU's sum divided by the count. Like
-    CPU's, silent when the sum overflows or nothing is summed (the VPU's quiet state: cheaper than ``np.errstate``,
-    once per global pool)."""
+def mean_array(array, axes, keepdim, layout=None):
+    """The mean of ``array`` (already in its accumulation type) over ``axes``: CPU's sum (``sum_array``, of an input
+    laid out as ``layout`` says) divided by the count. Like CPU's, silent when the sum overflows or nothing is summed
+    (the VPU's quiet state: cheaper than ``np.errstate``, once per global pool)."""
     count = math.prod(array.shape[axis] for axis in axes)
     with _C.vpu.ignoring_fp_errors():
-        if count and _contiguous_trailing_run(array, axes):  # a global pool's mean over H and W: CPU's order
-            kept = array.shape[:array.ndim - len(axes)]
-            total = _row_sums(array.reshape(-1, count)).reshape(kept + (1,) * len(axes) * keepdim)
-        elif count and len(axes) == array.ndim and _one_dense_run(array):  # every dim: a run in memory order
-            total = _row_sums(array.ravel(order="K")[None]).reshape((1,) * array.ndim * keepdim)
-        else:  # NumPy's pairwise order
-            total = np.add.reduce(array, axis=axes, keepdims=keepdim)  # np.sum's reduction, without its wrapper
+        total = sum_array(array, axes, keepdim, layout)
         return np.asarray(total / np.asarray(count, total.dtype))
 
 
-def _row_sums(rows):
-    """CPU's sum of each row of a C-contiguous (R, L) float32/float64 array. One row of ``GRAIN_SIZE`` or more
-    elements CPU splits across its threads (Reduce.h's two_pass_reduction): each thread's chunk summed as a run, the
-    chunk totals then added in order from +0.0."""
-    length = rows.shape[1]
-    chunk = _C.cpu_loops.parallel_chunk_length(length, torch.get_num_threads())
-    if len(rows) != 1 or chunk >= length:
-        return inner_sum.inner_sums(rows)
-    whole = length // chunk
-    totals = [inner_sum.inner_sums(rows[:, :whole * chunk].reshape(whole, chunk))]
-    if length % chunk:
-        totals.append(inner_sum.inner_sums(rows[:, whole * chunk:]))
-    return np.add.accumulate(np.concatenate([np.zeros(1, rows.dtype), *totals]))[-1:]
+def sum_array(array, axes, keepdim, layout=None, narrow_output=None, widened=True):
+    """The sum of ``array`` (already in its accumulation type) over ``axes``. Floating and complex sums add in CPU's
+    sum kernel's order (``cpu_replay.sum_kernel``) for the input CPU iterates, ``layout`` (``iterated_layout``;
+    default: ``array`` as laid out); ``narrow_output``: the NumPy dtype of a bf16/fp16 result, which the kernel
+    accumulates in (``widened``: ``sum``'s float32 output unless the input is one run). Integer sums are exact in any
+    order: NumPy's."""
+    if not axes or array.dtype not in _CASCADE_DTYPES or not array.size:
+        return np.add.reduce(array, axis=axes, keepdims=keepdim)  # np.sum's reduction, without its wrapper
+    strides, itemsize = layout or iterated_layout(array, None)
+    total = sum_kernel.cascade_sum(array, axes, strides, itemsize, torch.get_num_threads(), narrow_output, widened)
+    return total.reshape(_reduced_shape(array.shape, axes, keepdim))
 
 
-def _contiguous_trailing_run(array, axes):
-    """Whether ``axes`` are a float32/float64 array's last dims, laid out as one contiguous run: CPU's sum kernel
-    then adds each output's elements as a contiguous row (``cpu_replay.inner_sum``)."""
-    trailing = range(array.ndim - len(axes), array.ndim)
-    if not axes or array.dtype not in _INNER_SUM_DTYPES or sorted(axes) != list(trailing):
-        return False
-    stride = array.itemsize
-    for axis in reversed(trailing):
-        if array.shape[axis] != 1 and array.strides[axis] != stride:
+def iterated_layout(source, converted_itemsize):
+    """(element strides, element bytes) of the input CPU's sum kernel reads for the NumPy view ``source`` of a
+    tensor: the view itself, or converted to a dtype of ``converted_itemsize`` bytes, its copy (``Tensor.to``: the
+    same strides where the view is dense, else contiguous)."""
+    strides = [step // source.itemsize for step in source.strides]
+    if converted_itemsize is None:
+        return strides, source.itemsize
+    if not _is_dense(source.shape, strides):
+        strides = [math.prod(source.shape[axis + 1:]) for axis in range(source.ndim)]
+    return strides, converted_itemsize
+
+
+def _is_dense(shape, strides):
+    """Whether elements of ``strides`` fill one run of memory, the dims in some order."""
+    run = 1
+    for step, size in sorted((step, size) for step, size in zip(strides, shape) if size != 1):
+        if step != run:
             return False
-        stride *= array.shape[axis]
+        run *= size
     return True
 
 
-def _one_dense_run(array):
-    """Whether a float32/float64 array's elements fill one run of memory, its dims in some order (transposed,
-    channels-last): reduced over every dim, CPU's sum kernel, which orders dims by stride, adds them as one
-    contiguous row in memory order."""
-    if array.dtype not in _INNER_SUM_DTYPES:
-        return False
-    stride = array.itemsize
-    for step, size in sorted((step, size) for step, size in zip(array.strides, array.shape) if size != 1):
-        if step != stride:
-            return False
-        stride *= size
-    return True
-
-
-_INNER_SUM_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_CASCADE_DTYPES = tuple(map(np.dtype, (np.float32, np.float64, np.complex64, np.complex128)))
 
 
 def _sum_dtype(self, dtype):
@@ -193,26 +179,54 @@ def _from_last(array, axis, ndim):
 # ---------------------------------------------------------------------------------------------
 
 
-def _accumulate_into(target, reduction, self, axes, keepdim, dtype):
-    """``self`` converted to ``dtype``, accumulated in its opmath by the ufunc ``reduction`` (``np.add.reduce``: what
-    ``np.sum`` calls, without its Python wrapper) into the array ``target``. Silent, as CPU's, where it overflows."""
-    reduce_into(target, reduction, _accumuland(self, dtype), axes, keepdim, DTYPE_NAME[dtype])
+def sum_into(target, array, axes, keepdim, dtype_name, layout=None, widened=True):
+    """CPU's sum (``sum_array``) of ``array``, already in its accumulation type, into the array ``target`` of torch
+    dtype ``dtype_name``, rounded on store. Silent, as CPU's, when inf - inf gives NaN or the sum overflows."""
+    narrow_output = target.dtype if dtype_name in _NARROW_FLOATS else None
+    with _C.vpu.ignoring_fp_errors():
+        total = np.asarray(sum_array(array, axes, keepdim, layout, narrow_output, widened))
+        if target.dtype == total.dtype:
+            target[...] = total
+        else:
+            _C.dtypes.cast_into(target, total, dtype_name)
+    return target
 
 
-def _accumulating_kernel(reduction):
+_NARROW_FLOATS = frozenset({"bfloat16", "float16"})
+
+
+def _sum_layout(self, dtype):
+    """The layout CPU's sum kernel iterates for the tensor ``self`` summed in ``dtype`` (``iterated_layout``)."""
+    if self.dtype is torch.complex32:  # stored as float16 pairs: summed as NumPy sums (not replayed)
+        return None
+    if dtype == self.dtype:
+        return self.stride(), self.element_size()
+    return iterated_layout(as_numpy(self), dtype.itemsize)
+
+
+def _sum_tensor_into(target, self, axes, keepdim, dtype):
+    """``self`` converted to ``dtype``, summed in its opmath in CPU's order into the array ``target``."""
+    sum_into(target, _accumuland(self, dtype), axes, keepdim, DTYPE_NAME[dtype], _sum_layout(self, dtype))
+
+
+def _product_into(target, self, axes, keepdim, dtype):
+    reduce_into(target, np.multiply.reduce, _accumuland(self, dtype), axes, keepdim, DTYPE_NAME[dtype])
+
+
+def _accumulating_kernel(accumulate_into):
     """sum/prod into ``out``: the input converted to out's dtype, accumulated in its opmath."""
 
     def kernel(self, dim, keepdim=False, *, dtype=None, out):
         axes = _reduced_axes(self, dim)
         out = _reduction_out(out, self, axes, keepdim)
-        _accumulate_into(as_numpy(out), reduction, self, axes, keepdim, out.dtype)
+        accumulate_into(as_numpy(out), self, axes, keepdim, out.dtype)
         return out
 
     return kernel
 
 
-sum_out = register("sum.IntList_out")(_accumulating_kernel(np.add.reduce))
-prod_int_out = register("prod.int_out")(_accumulating_kernel(np.multiply.reduce))
+sum_out = register("sum.IntList_out")(_accumulating_kernel(_sum_tensor_into))
+prod_int_out = register("prod.int_out")(_accumulating_kernel(_product_into))
 
 
 # sum and mean are hot (losses, normalisation): their functional forms skip the structured wrapper.
@@ -222,7 +236,7 @@ def sum_dim(self, dim, keepdim=False, *, dtype=None):
     """Summed straight into the view that comes with the new result (a bias's gradient in every backward)."""
     axes, result_dtype = _reduced_axes(self, dim), _sum_dtype(self, dtype)
     out, target = empty_with_array(_reduced_shape(self.shape, axes, keepdim), result_dtype)
-    _accumulate_into(target, np.add.reduce, self, axes, keepdim, result_dtype)
+    _sum_tensor_into(target, self, axes, keepdim, result_dtype)
     return out
 
 
@@ -239,7 +253,16 @@ def _mean_dtype(self, dtype):
 def mean_dim(self, dim, keepdim=False, *, dtype=None):
     axes, result_dtype = _reduced_axes(self, dim), _mean_dtype(self, dtype)
     out = empty(_reduced_shape(self.shape, axes, keepdim), result_dtype)
-    return write(out, mean_array(_accumuland(self, result_dtype), axes, keepdim))
+    return write(out, _mean_of(self, axes, keepdim, result_dtype))
+
+
+def _mean_of(self, axes, keepdim, dtype):
+    """CPU's mean into ``dtype``: ``self`` summed in ``dtype`` (bf16/fp16 in float32) and divided by the count."""
+    summed_in = _HALF_MEAN_SUM.get(dtype, dtype)
+    return mean_array(_accumuland(self, summed_in), axes, keepdim, _sum_layout(self, summed_in))
+
+
+_HALF_MEAN_SUM = {torch.bfloat16: torch.float32, torch.float16: torch.float32}
 
 
 @register("prod")
@@ -267,7 +290,7 @@ def mean_out(self, dim, keepdim=False, *, dtype=None, out):
     if not torch.can_cast(_mean_dtype(self, dtype), out.dtype):
         raise cannot_cast(_mean_dtype(self, dtype), out.dtype)
     _reduction_out(out, self, axes, keepdim)
-    return write(out, mean_array(_accumuland(self, out.dtype), axes, keepdim))
+    return write(out, _mean_of(self, axes, keepdim, out.dtype))
 
 
 _NANSUM_LOOPS = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})
@@ -288,7 +311,11 @@ def nansum_out(self, dim=None, keepdim=False, *, dtype=None, out):
         array = converted(np.where(np.isnan(values), values.dtype.type(0), values), accumulation_dtype)
         return _reduce_into(out, np.sum, array.astype(opmath_dtype(accumulation_dtype), copy=False), axes, keepdim)
     array = _accumuland(self, accumulation_dtype)
-    return _reduce_into(out, np.nansum if array.dtype.kind == "f" else np.sum, array, axes, keepdim)
+    if array.dtype.kind == "f":  # CPU's sum kernel, loading each NaN as +0.0
+        array = np.where(np.isnan(array), array.dtype.type(0), array)
+    sum_into(as_numpy(out), array, axes, keepdim, DTYPE_NAME[out.dtype], _sum_layout(self, accumulation_dtype),
+             widened=False)
+    return out
 
 
 @register("nansum")

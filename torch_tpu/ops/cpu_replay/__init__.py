@@ -8,9 +8,10 @@ sum rounds in, which elements a SIMD loop converts. Each replay lives in one nam
   ``sort(stable=False)``, ``topk``, ``kthvalue``, ``median`` and ``mode`` indices where keys tie;
 - ``cascade_sum``: the multi-level accumulation of CPU's sum kernel, behind ``nll_loss``'s total
   (bf16 rounds after every addition);
-- ``inner_sum``: the same kernel's float32/float64 sum of a contiguous run (vectors four abreast through
-  cascade levels, then the lanes), behind ``mean`` over an input's contiguous trailing dims (global average
-  pools);
+- ``sum_kernel``: the same kernel's ``cascade_sum`` over any layout (TensorIterator's reduction layout, the loop
+  its two innermost strides choose, the column sums' order into their outputs, the thread splits past
+  GRAIN_SIZE), behind ``sum``, ``mean`` and ``nansum``, eager and compiled; its accumulation steps (vectors four
+  abreast through cascade levels, every fourth element into one of four accumulators) are ``inner_sum``'s;
 - ``thread_buffers``: the two-pass column sums through per-thread buffers of layer norm's backward (bf16/fp16
   buffers round every addition), behind its 16-bit weight and bias gradients;
 - ``add``/``sub`` with an ``alpha`` round ``a + alpha * b`` once, as CPU's ``vec::fmadd`` does in float32 and

@@ -1,12 +1,17 @@
-"""CPU's float32/float64 sum along a contiguous run (aten/src/ATen/native/cpu/SumKernel.cpp's
-``vectorized_inner_sum``, ``row_sum`` and ``multi_row_sum``), replayed.
+"""The accumulation steps of CPU's sum kernel (aten/src/ATen/native/cpu/SumKernel.cpp's ``multi_row_sum``,
+``row_sum`` and ``vectorized_inner_sum``), replayed on many sums at once.
 
-A row at least one vector long is read as 32-byte vectors (AVX2's ``Vectorized``: the sum kernel has no AVX-512
-variant), four vectors abreast: each of the 4 x lanes accumulators adds its elements in order through up to four
-cascade levels (a level flushed into the next every ``2 ** level_power`` additions), the four are added together,
-the row's last elements past whole vectors are summed from +0.0, and the lanes added to that one by one. A row
-shorter than a vector is the same with scalars for vectors. NumPy's own sum is pairwise (other bits in about two
-thirds of the zoo's pooled values): a global average pool (``mean`` over H and W) sums so on CPU.
+Every function takes the elements being summed along axis 0 of a C-contiguous array, one independent sum per
+position of the other axes (lanes, columns, rows of the input), so that each step below adds whole contiguous slabs.
+
+- ``multi_row_sum``: elements added in order into cascade level 0, flushed into level 1 every ``2 ** level_power``
+  additions, level 1 into 2 and 2 into 3 alike; levels 1, 2 and 3 then added to level 0.
+- ``row_sum``: every fourth element into one of four accumulators (``multi_row_sum`` over the elements four
+  abreast), the last ``count % 4`` added to the first, then the other three added to it.
+- ``inner_sums``: a contiguous run read as 32-byte vectors (AVX2's ``Vectorized``: the sum kernel has no AVX-512
+  variant), ``row_sum`` over vectors; from +0.0, the run's elements past whole vectors, then the lanes one by one.
+  A run shorter than a vector is ``row_sum`` over its elements.
+NumPy's own sum is pairwise (other bits in most sums of more than eight elements).
 """
 
 import math
@@ -18,24 +23,27 @@ ABREAST = 4  # row_sum's ilp_factor
 LEVELS = 4  # multi_row_sum's num_levels
 
 
-def inner_sums(rows):
-    """Each row's sum of a C-contiguous (R, L) float32 or float64 array (L > 0), as CPU's sum kernel adds a
-    contiguous run."""
-    lanes = VECTOR_BYTES // rows.itemsize
-    length = rows.shape[1]
-    if length < lanes:  # scalar_inner_sum: row_sum over single elements
-        return _row_sum(rows[:, :, None])[:, 0] + 0  # CPU's accumulators start at +0.0: no -0.0 sum
-    vectors = length // lanes
-    lane_sums = _row_sum(rows[:, :vectors * lanes].reshape(len(rows), vectors, lanes))
+def inner_sums(columns, storage_itemsize=None):
+    """The sums of (L, ...) ``columns`` (L > 0; float32/float64 or complex), each read as CPU's sum kernel reads a
+    contiguous run. ``storage_itemsize``: the bytes of the tensor's own elements when they were narrower (bf16/fp16
+    summed in float32): a 32-byte load then holds two float vectors, added before they are accumulated."""
+    lanes = VECTOR_BYTES // columns.itemsize
+    per_load = VECTOR_BYTES // (storage_itemsize or columns.itemsize)
+    length = len(columns)
+    if length < per_load:  # scalar_inner_sum: row_sum over single elements
+        return row_sum(columns) + columns.dtype.type(0)  # CPU's accumulators start at +0.0: no -0.0 sum
+    vectors = length // per_load
+    loads = columns[:vectors * per_load].reshape(vectors, per_load // lanes, lanes, *columns.shape[1:])
+    units = loads[:, 0] + loads[:, 1] if per_load > lanes else loads[:, 0]
     # from +0.0, the elements past whole vectors in order, then the lanes in order
-    terms = np.ascontiguousarray(np.concatenate([rows[:, vectors * lanes:], lane_sums], axis=1).T)
-    return _in_order(terms, axis=0) + 0
+    terms = np.concatenate([columns[vectors * per_load:], row_sum(units)])
+    return in_order(terms) + columns.dtype.type(0)
 
 
-def _in_order(values, axis):
-    """The sum along ``axis`` of a C-contiguous layout, element after element. NumPy reduces an axis with
-    elements after it in order (its pairwise sum is along the innermost axis only); with none (length-1 axes
-    after it count as none) it sums pairwise, and ``accumulate`` (slow over an outer axis) keeps the order."""
+def in_order(values, axis=0):
+    """The sum along ``axis`` of a C-contiguous array, element after element: NumPy reduces an axis slab by slab
+    when elements follow it (its pairwise sum is along the innermost axis only); with none (length-1 axes count as
+    none), ``accumulate`` keeps the order."""
     if math.prod(values.shape[axis + 1:]) > 1:
         return np.add.reduce(values, axis=axis)
     if not values.shape[axis]:
@@ -43,33 +51,39 @@ def _in_order(values, axis):
     return np.add.accumulate(values, axis=axis).take(-1, axis=axis)
 
 
-def _row_sum(units):
-    """row_sum over (R, U, W) units (vectors of W lanes): the first U - U % 4 four abreast (``_multi_row_sum``),
-    the rest added to the first of the four, then the other three added to it: (R, W)."""
-    abreast = units.shape[1] // ABREAST
-    partial = _multi_row_sum(units[:, :abreast * ABREAST].reshape(len(units), abreast, ABREAST, units.shape[2]))
-    first = partial[:, 0]
-    for unit in range(abreast * ABREAST, units.shape[1]):
-        first += units[:, unit]
-    for other in range(1, ABREAST):
-        first += partial[:, other]
+def row_sum(units):
+    """row_sum over (U, ...) units (elements, or vectors of lanes): (...)."""
+    abreast = len(units) // ABREAST
+    partial = multi_row_sum(units[:abreast * ABREAST].reshape(abreast, ABREAST, *units.shape[1:]))
+    first = partial[0]
+    for unit in units[abreast * ABREAST:]:
+        first += unit
+    for other in partial[1:]:
+        first += other
     return first
 
 
-def _multi_row_sum(rows):
-    """multi_row_sum over (R, S, 4, W): the S rows added in order into cascade level 0, which is flushed into level 1
-    every ``step`` rows; level 1 into level 2 every ``step`` flushes, level 2 into level 3 alike; then levels 1, 2
-    and 3 added to level 0 in turn: (R, 4, W)."""
-    count = rows.shape[1]
+def multi_row_sum(rows):
+    """multi_row_sum over (S, ...) rows: (...)."""
+    count = len(rows)
     step = 1 << max(4, (max(count, 1) - 1).bit_length() // LEVELS)  # utils::CeilLog2
     groups = count // step
-    if not groups:  # never flushed (rows under 512 float32 elements): one sum in order
-        return _in_order(rows, axis=1)
-    level = _in_order(rows[:, groups * step:], axis=1)  # what level 0 holds at the end
-    flushed = _in_order(rows[:, :groups * step].reshape(len(rows), groups, step, *rows.shape[2:]), axis=2)
+    if not groups:  # never flushed: one sum in order
+        return in_order(rows)
+    flushed = _group_sums(rows[:groups * step].reshape(groups, step, *rows.shape[1:]))
+    level = in_order(rows[groups * step:]) if groups * step < count else None  # what level 0 holds at the end
     for _ in range(1, LEVELS - 1):
-        runs = flushed.shape[1] // step
-        level += _in_order(flushed[:, runs * step:], axis=1)
-        flushed = _in_order(flushed[:, :runs * step].reshape(len(rows), runs, step, *rows.shape[2:]), axis=2)
-    level += _in_order(flushed, axis=1)
-    return level
+        runs = len(flushed) // step
+        if runs * step < len(flushed):
+            rest = in_order(flushed[runs * step:])
+            level = rest if level is None else level + rest
+        if not runs:
+            return level
+        flushed = _group_sums(flushed[:runs * step].reshape(runs, step, *rows.shape[1:]))
+    rest = in_order(flushed)
+    return rest if level is None else level + rest
+
+
+def _group_sums(groups):
+    """Each group's sum in order, of (G, step, ...) groups: (G, ...)."""
+    return in_order(np.ascontiguousarray(groups), axis=1)

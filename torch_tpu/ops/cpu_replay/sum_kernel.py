@@ -1,0 +1,180 @@
+"""CPU's sum kernel over any layout (SumKernel.cpp's ``cascade_sum`` under TensorIterator), replayed.
+
+TensorIterator puts the reduced dims innermost and coalesces the dims (``cpu_loops.reduction_iteration``), then
+calls the kernel's 2-d loop once per index of the dims past the first two, in order. Dim 0 is reduced; dim 1 holds
+the loop's columns, kept or reduced. How each column's elements are added depends only on the strides of dims 0
+and 1:
+
+- contiguous along dim 0 and a vector long: ``vectorized_inner_sum`` (``inner_sum.inner_sums``);
+- contiguous along dim 1 with a vector of columns: ``vectorized_outer_sum``: the columns in runs of four
+  accumulator vectors each add their elements in order through the cascade levels (``multi_row_sum``), the
+  columns past them one ``row_sum`` each (every fourth element into one of four accumulators);
+- otherwise, dim 0 the smaller stride: ``row_sum`` for every column (``scalar_inner_sum``); dim 0 the larger:
+  runs of four columns in order through the cascade, the last ``columns % 4`` by ``row_sum`` (``scalar_outer_sum``).
+
+Each column's sum is then added into its output element (a new output starts at +0.0), in the order of the
+iteration: where dim 1 or a later dim is reduced, an output takes several such additions, each rounded to the
+output's dtype (a bf16 output rounds each one). NumPy's pairwise sum gives other bits in most sums of more than
+eight elements.
+"""
+
+import collections
+import functools
+import math
+
+import numpy as np
+
+from ... import _C
+from . import inner_sum
+
+VECTOR_BYTES = inner_sum.VECTOR_BYTES
+GRAIN_SIZE = _C.cpu_loops.GRAIN_SIZE
+
+
+def cascade_sum(array, axes, strides, storage_itemsize, threads, output_dtype=None, widened=False):
+    """The sum over ``axes`` (not empty, of nonzero sizes) of ``array``, the values in their accumulation type
+    (float32 for bf16/fp16, float64, complex), with the reduced dims dropped, as CPU's sum kernel forms it for an
+    input of element ``strides`` and elements of ``storage_itemsize`` bytes, on ``threads`` threads.
+
+    ``output_dtype``: the NumPy dtype of a bf16/fp16 output, which each addition into it rounds to (c10's
+    ``BFloat16 += BFloat16(float)``: the column sum first, then the total), as ``nansum``'s do; ``widened``: the
+    kernel writes a float32 output instead unless the input coalesces to one run (``sum``'s, measured)."""
+    plan = _plan(array.shape, tuple(axes), tuple(strides), threads if array.size >= GRAIN_SIZE else 1)
+    values = array.transpose(plan.order).reshape(plan.sizes[::-1])
+    if plan.elementwise:  # nothing reduced but single elements: each output is +0.0 plus its element
+        totals = values.reshape(-1) + array.dtype.type(0)
+    else:
+        store_dtype = None if widened and not plan.one_run else output_dtype
+        sizes, loop_strides = plan.sizes, plan.loop_strides
+        blocks = values.reshape(-1, sizes[1], sizes[0]).transpose(0, 2, 1)  # (block, element, column)
+        if plan.split is None:
+            partials = _column_sums(blocks, loop_strides, storage_itemsize)
+        elif plan.split == 1:  # each thread's columns a loop of their own
+            partials = np.concatenate([_column_sums(blocks[:, :, begin:end], loop_strides, storage_itemsize)
+                                       for begin, end in _thread_columns(sizes[1], loop_strides[1] == 1,
+                                                                         storage_itemsize, threads)], axis=1)
+        else:
+            return _two_pass(blocks, sizes, loop_strides, storage_itemsize, threads, store_dtype)
+        totals = _added_into_outputs(partials.reshape(sizes[:0:-1]), plan.reduced, store_dtype)
+    kept = totals.reshape(plan.kept_shape)
+    return kept if plan.kept_order is None else kept.transpose(plan.kept_order)
+
+
+_Plan = collections.namedtuple("_Plan", "order sizes loop_strides reduced elementwise one_run split kept_shape "
+                                        "kept_order")
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(shape, axes, strides, threads):
+    """What cascade_sum does for a layout, worked out once (a model sums the same layouts every step): the
+    transpose to the iteration's dims outermost first, the coalesced sizes (at least two), the element strides of
+    the loop's two dims, which later dims are reduced, the thread split (None: none, or one of a dim past the
+    loop's two; -1: two passes), and how the kept dims go back to the output's order."""
+    order, sizes, output_strides, input_strides = _C.cpu_loops.reduction_iteration(shape, axes, strides)
+    kept_axes = [axis for axis in reversed(order) if axis not in axes]  # outermost first
+    split = _split_dim(sizes, output_strides, threads) if threads > 1 and output_strides[0] == 0 else None
+    one_run = len(sizes) == 1
+    if one_run:  # its single column
+        sizes, output_strides, input_strides = sizes + (1,), output_strides + (0,), input_strides + (0,)
+    kept_order = sorted(range(len(kept_axes)), key=kept_axes.__getitem__)
+    return _Plan(order[::-1], sizes, input_strides[:2], [stride == 0 for stride in output_strides[:0:-1]],
+                 output_strides[0] != 0, one_run, None if split is not None and split >= 2 else split,
+                 [shape[axis] for axis in kept_axes], None if kept_order == sorted(kept_order) else kept_order)
+
+
+def _split_dim(sizes, output_strides, threads):
+    """The coalesced dim CPU's threads divide (TensorIteratorReduce.cpp's find_split_dim): the outermost kept dim
+    of at least ``threads`` elements, else the largest kept one; None (-1 here) when every dim is reduced: one
+    output, summed in two passes."""
+    if all(stride == 0 for stride in output_strides):
+        return -1
+    best = len(sizes) - 1
+    for dim in range(best, -1, -1):
+        if output_strides[dim] == 0:
+            break
+        if sizes[dim] >= threads:
+            return dim
+        if sizes[dim] > sizes[best]:
+            best = dim
+    return best
+
+
+def _thread_columns(columns, contiguous, storage_itemsize, threads):
+    """The runs of columns each thread sums when CPU splits the 2-d loop's columns (parallel_dim_reduction):
+    at::parallel_for's chunks, their bounds rounded down to 128 bytes where the columns are adjacent in memory."""
+    chunk = _C.cpu_loops.parallel_chunk_length(columns, threads, grain=1)
+    bounds = list(range(0, columns, chunk)) + [columns]
+    if contiguous:
+        multiple = 128 // storage_itemsize
+        bounds = [bound - bound % multiple if bound != columns else bound for bound in bounds]
+    return [(begin, end) for begin, end in zip(bounds, bounds[1:]) if begin < end]
+
+
+def _two_pass(blocks, sizes, strides, storage_itemsize, threads, store_dtype):
+    """One output of GRAIN_SIZE or more elements (two_pass_reduction): each thread sums its chunk of the flattened
+    iteration into its own slot of a buffer of the output's dtype, begun at +0.0, then the buffer is summed as a
+    contiguous run into the output."""
+    count = math.prod(sizes)
+    chunk = _C.cpu_loops.parallel_chunk_length(count, threads)
+    buffer = np.zeros(threads, store_dtype or blocks.dtype)
+    for thread, begin in enumerate(range(0, count, chunk)):
+        buffer[thread] = _range_sum(blocks, sizes, strides, storage_itemsize, begin, min(begin + chunk, count),
+                                    store_dtype)
+    widened = buffer.astype(blocks.dtype)[None, :, None]
+    return _added_into_outputs(_column_sums(widened, (1, 0), blocks.itemsize)[0], [False], store_dtype).reshape(())
+
+
+def _range_sum(blocks, sizes, strides, storage_itemsize, begin, end, store_dtype):
+    """The sum of the iteration's elements ``begin`` to ``end`` (dim 0 fastest) as serial_for_each's 2-d calls take
+    them (a partial row alone, then as many whole rows as the current column span holds), each call's column sums
+    added in order from +0.0 (rounded to ``store_dtype`` first, if given)."""
+    total = (store_dtype or blocks.dtype).type(0)
+    offset = begin
+    while offset < end:
+        position = np.unravel_index(offset, sizes[::-1])[::-1]  # dim 0 first
+        first, column = int(position[0]), int(position[1])
+        length = min(sizes[0] - first, end - offset)
+        width = min(sizes[1] - column, (end - offset) // sizes[0]) if length == sizes[0] else 1
+        block = int(np.ravel_multi_index(position[:1:-1], sizes[:1:-1])) if len(sizes) > 2 else 0
+        call = blocks[block:block + 1, first:first + length, column:column + width]
+        for partial in _column_sums(call, strides, storage_itemsize)[0].astype(total.dtype):
+            total = total + partial
+        offset += length * width
+    return total
+
+
+def _column_sums(blocks, strides, storage_itemsize):
+    """Each column's sum of (B, S, C) blocks, the 2-d loop's ``size0`` elements by ``size1`` columns with element
+    ``strides`` along them, by the branch cascade_sum takes for them: (B, C)."""
+    count, length, columns = blocks.shape
+    elements = np.ascontiguousarray(blocks.transpose(1, 0, 2))  # (S, B, C): each step adds whole slabs
+    per_load = VECTOR_BYTES // storage_itemsize  # elements of one Vectorized<scalar_t>
+    if strides[0] == 1 and length >= per_load:
+        return inner_sum.inner_sums(elements, storage_itemsize)
+    if strides[1] == 1 and columns >= per_load:
+        run = inner_sum.ABREAST * (VECTOR_BYTES // blocks.itemsize)  # four accumulator vectors of columns
+    elif strides[0] < strides[1]:
+        run = columns + 1  # none in runs
+    else:
+        run = inner_sum.ABREAST
+    in_runs = columns // run * run
+    if in_runs == columns:
+        return inner_sum.multi_row_sum(elements)
+    if not in_runs:
+        return inner_sum.row_sum(elements)
+    return np.concatenate([inner_sum.multi_row_sum(np.ascontiguousarray(elements[:, :, :in_runs])),
+                           inner_sum.row_sum(np.ascontiguousarray(elements[:, :, in_runs:]))], axis=1)
+
+
+def _added_into_outputs(partials, reduced, store_dtype):
+    """Column sums (an array over the iteration's dims past the first, outermost first) added into their outputs
+    from +0.0 in iteration order (the innermost fastest), in ``store_dtype`` if given: the outputs, their kept dims
+    outermost first, flattened, in the accumulation type."""
+    summed = [axis for axis, is_reduced in enumerate(reduced) if is_reduced]
+    if not summed and store_dtype is None:  # one column sum an output: +0.0 plus it
+        return partials.reshape(-1) + partials.dtype.type(0)
+    kept = [axis for axis, is_reduced in enumerate(reduced) if not is_reduced]
+    kept_count = math.prod(partials.shape[axis] for axis in kept)
+    terms = np.ascontiguousarray(partials.transpose(summed + kept)).reshape(-1, kept_count)
+    stored = terms if store_dtype is None else terms.astype(store_dtype)
+    return (inner_sum.in_order(stored, axis=0) + stored.dtype.type(0)).astype(terms.dtype, copy=False).reshape(-1)
