@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from .. import _tensor
 from .._errors import failed_check
+from ._common import opmath_scalar_type
 from .nn import register
 
 PADDING_MASK = 1  # mask_type: 0 is an attention mask (L, L), 1 a key padding mask (B, L), 2 a merged one
@@ -60,7 +61,7 @@ def transform_bias_rescale_qkv(qkv, qkv_bias, num_heads):
     if dim3 // 3 % num_heads:
         raise failed_check("D % num_head == 0")
     head_dim = dim3 // 3 // num_heads
-    opmath = torch.float32 if qkv.dtype in (torch.float16, torch.bfloat16) else qkv.dtype
+    opmath = opmath_scalar_type(qkv.dtype)
     projections = qkv.to(opmath) + qkv_bias.to(opmath)
     one = _tensor.numpy_dtype(opmath).type(1)
     scales = torch.tensor([float(one / np.sqrt(one * head_dim)), 1, 1], dtype=opmath, device=qkv.device)
