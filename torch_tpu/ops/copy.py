@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from .. import _errors, _tensor
+from .. import _errors, _pinned, _tensor
 from ._common import operand
 from ._overlap import PARTIAL_OVERLAP, check_no_internal_overlap, partially_overlap
 from ._registry import LAUNCHES, default_kernel, register
@@ -143,14 +143,16 @@ def copy_from_and_resize(self, dst):
 
 @register("_to_copy")
 def to_copy(self, *, dtype=None, layout=None, device=None, pin_memory=None, non_blocking=False, memory_format=None):
-    """``Tensor.to``: ATen's own version pins the host destination of a non-blocking copy through the
-    accelerator's pinned allocator, which a Python backend cannot provide. Emulated HBM is host memory,
-    so the copy completes when it returns and an ordinary host tensor is as good."""
+    """``Tensor.to``: ATen's own version pins the host destination of a non-blocking copy from an accelerator
+    through the accelerator's pinned allocator, which a Python backend cannot provide; the copy completes
+    when it returns (emulated HBM is host memory), and the destination is pinned as _pinned pins, so
+    ``is_pinned()`` answers as after ATen's copy."""
     if layout not in (None, torch.strided):
         raise RuntimeError(f"_to_copy: tpu tensors can only be copied to the strided layout, not {layout}")
     result = torch.empty_like(self, dtype=dtype or self.dtype, device=device or self.device,
                               memory_format=memory_format or torch.preserve_format)
-    return result.copy_(self)
+    result.copy_(self)
+    return _pinned.mark_pinned(result) if non_blocking and result.is_cpu and self.device.type == "tpu" else result
 
 
 @register("record_stream")
