@@ -419,3 +419,28 @@ def test_gpt_trains_through_the_fused_kernel():
         model(tokens, tokens).backward()
     layers = sum(1 for m in model.modules() if type(m).__name__ == "DecoderBlock")
     assert counted[FORWARD].count == counted[BACKWARD].count == layers
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("embed_dim, num_heads", [(24, 4), (40, 2), (2, 2)])  # head sizes 6, 20, 1
+def test_transform_bias_rescale_qkv_splits_and_scales_as_cpu_bit_for_bit(dtype, embed_dim, num_heads):
+    torch.manual_seed(0)
+    qkv = torch.randn(3, 5, 3 * embed_dim, dtype=dtype) * 10
+    qkv[0, -1] = -math.inf  # a padded row, as the native MHA path gets it
+    bias = torch.randn(3 * embed_dim, dtype=dtype)
+    with torch.inference_mode():
+        expected = torch._transform_bias_rescale_qkv(qkv, bias, num_heads)
+        actual = torch._transform_bias_rescale_qkv(qkv.to("tpu"), bias.to("tpu"), num_heads)
+    for got, want in zip(actual, expected):
+        assert (got.shape, got.stride(), got.storage_offset()) == (want.shape, want.stride(), want.storage_offset())
+        torch.testing.assert_close(got.cpu(), want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("last_dim, num_heads", [(12, 3), (10, 1)])
+def test_transform_bias_rescale_qkv_refuses_what_cpu_refuses(last_dim, num_heads):
+    def call(device):
+        with torch.inference_mode():
+            torch._transform_bias_rescale_qkv(torch.ones(2, 3, last_dim, device=device),
+                                              torch.ones(last_dim, device=device), num_heads)
+
+    check_same_error(call)

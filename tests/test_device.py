@@ -205,6 +205,16 @@ def test_pinned_memory_is_reported_as_cuda_reports_it():
         assert x.is_pinned() and y.is_pinned()
 
 
+def test_a_non_blocking_copy_to_the_host_lands_in_pinned_memory_as_atens_does():
+    """ATen's _to_copy pins the host side of a non-blocking copy from an accelerator (CUDA's and PrivateUse1's)."""
+    source = torch.arange(12.0).view(3, 4)
+    on_tpu = source.to("tpu")
+    landed = on_tpu.t().to("cpu", non_blocking=True)
+    assert landed.is_pinned() and torch.equal(landed, source.t()) and landed.stride() == source.t().stride()
+    assert not on_tpu.to("cpu").is_pinned()
+    assert not on_tpu.to(torch.float64, non_blocking=True).is_cpu
+
+
 def test_a_freed_pinned_buffer_is_forgotten():
     from torch_tpu import _pinned
 

@@ -8,7 +8,7 @@ allocator answers from the pointer. So every tensor or storage that shares the p
 ``set_`` on a slice of the storage) is pinned, and pinning a pinned tensor returns it unchanged.
 A range is forgotten when its storage is freed. (``torch.empty(..., pin_memory=True)`` is decided
 in C++ and still fails; ``tensor.to("cpu", non_blocking=True)`` of a tpu tensor is the tpu
-``_to_copy`` kernel's job, in ops/copy.py.)
+``_to_copy`` kernel's job, in ops/copy.py, which pins its destination with ``mark_pinned`` as ATen pins it.)
 
 ``torch.tpu.host_memory_stats()`` counts these allocations with torch.cuda's keys. Each pinned tensor is its own
 block of exactly its bytes (nothing is rounded or cached), so the "active" families equal the "allocations" ones,
@@ -136,11 +136,16 @@ def pin_memory(self, device=None):
     if is_pinned(self):
         return self
     started_ns = time.perf_counter_ns()
-    pinned = self.clone(memory_format=torch.contiguous_format)
-    storage = pinned.untyped_storage()
+    return mark_pinned(self.clone(memory_format=torch.contiguous_format), started_ns)
+
+
+def mark_pinned(host_tensor, started_ns):
+    """Records a fresh host tensor's bytes as pinned, for as long as its storage lives; ``started_ns`` is when
+    making it began (``time.perf_counter_ns()``), for ``host_memory_stats``' allocation times."""
+    storage = host_tensor.untyped_storage()
     if storage.nbytes() > 0:
         storage._tpu_pinned_range = _PinnedRange(storage, started_ns)
-    return pinned
+    return host_tensor
 
 
 torch.Tensor.pin_memory = pin_memory

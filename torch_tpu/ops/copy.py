@@ -1,9 +1,11 @@
 """Copies between CPU and tpu and within tpu, with dtype conversion and broadcasting."""
 
+import time
+
 import numpy as np
 import torch
 
-from .. import _errors, _sync_debug, _tensor
+from .. import _errors, _pinned, _sync_debug, _tensor
 from ._common import operand
 from ._overlap import PARTIAL_OVERLAP, check_no_internal_overlap, partially_overlap
 from ._registry import LAUNCHES, default_kernel, register
@@ -145,14 +147,19 @@ def copy_from_and_resize(self, dst):
 
 @register("_to_copy")
 def to_copy(self, *, dtype=None, layout=None, device=None, pin_memory=None, non_blocking=False, memory_format=None):
-    """``Tensor.to``: ATen's own version pins the host destination of a non-blocking copy through the
-    accelerator's pinned allocator, which a Python backend cannot provide. Emulated HBM is host memory,
-    so the copy completes when it returns and an ordinary host tensor is as good."""
+    """``Tensor.to``: ATen's own version pins the host destination of a non-blocking copy from an accelerator
+    through the accelerator's pinned allocator, which a Python backend cannot provide; the copy completes
+    when it returns (emulated HBM is host memory), and the destination is pinned as _pinned pins, so
+    ``is_pinned()`` answers as after ATen's copy."""
     if layout not in (None, torch.strided):
         raise RuntimeError(f"_to_copy: tpu tensors can only be copied to the strided layout, not {layout}")
+    started_ns = time.perf_counter_ns()
     result = torch.empty_like(self, dtype=dtype or self.dtype, device=device or self.device,
                               memory_format=memory_format or torch.preserve_format)
-    return result.copy_(self, non_blocking=non_blocking)
+    result.copy_(self, non_blocking=non_blocking)
+    if non_blocking and result.is_cpu and self.device.type == "tpu":
+        return _pinned.mark_pinned(result, started_ns)
+    return result
 
 
 @register("record_stream")

@@ -12,9 +12,13 @@ gives zeros.
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import _tensor
+from .._errors import failed_check
+from ._common import opmath_scalar_type
 from .nn import register
 
 PADDING_MASK = 1  # mask_type: 0 is an attention mask (L, L), 1 a key padding mask (B, L), 2 a merged one
@@ -44,6 +48,26 @@ def merge_heads(x):
     """(B, heads, L, head size) -> (B, L, D)."""
     batch, count, length, size = x.shape
     return x.transpose(1, 2).reshape(batch, length, count * size)
+
+
+@register("_transform_bias_rescale_qkv")
+def transform_bias_rescale_qkv(qkv, qkv_bias, num_heads):
+    """(B, T, 3D) projections plus their bias as q, k, v of (B, heads, T, D / heads), q divided by sqrt(D / heads):
+    three views of one (3, B, heads, T, D / heads) tensor, as CPU returns them. CPU computes each element in
+    opmath, multiplying by the reciprocal of the square root taken in opmath, and rounds it once."""
+    batch, length, dim3 = qkv.shape
+    if dim3 % 3:
+        raise failed_check("_3D % 3 == 0")
+    if dim3 // 3 % num_heads:
+        raise failed_check("D % num_head == 0")
+    head_dim = dim3 // 3 // num_heads
+    opmath = opmath_scalar_type(qkv.dtype)
+    projections = qkv.to(opmath) + qkv_bias.to(opmath)
+    one = _tensor.numpy_dtype(opmath).type(1)
+    scales = torch.tensor([float(one / np.sqrt(one * head_dim)), 1, 1], dtype=opmath, device=qkv.device)
+    split = projections.view(batch, length, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
+    q_k_v = (split * scales.view(3, 1, 1, 1, 1)).to(qkv.dtype).contiguous()
+    return q_k_v[0], q_k_v[1], q_k_v[2]
 
 
 @register("_native_multi_head_attention")
