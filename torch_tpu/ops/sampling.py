@@ -546,7 +546,9 @@ class PointSet:
 
     def gather(self, flat_input):
         """(N, C, P) input values at the points, zero where a point is outside."""
-        values = np.take_along_axis(flat_input, self.linear[:, None, :], axis=2)
+        values = np.empty(flat_input.shape[:2] + self.linear.shape[1:], flat_input.dtype)
+        for image, linear, taken in zip(flat_input, self.linear, values):  # one image at a time: 2x take_along_axis
+            np.take(image, linear, axis=1, out=taken, mode="clip")  # the positions are clipped already
         return np.where(self.mask[:, None, :], values, flat_input.dtype.type(0))
 
     def scatter_add(self, flat_grad, values):
