@@ -7,8 +7,9 @@ weight formulas (aten/src/ATen/native/UpSample.h); the backward applies its tran
 Nearest modes gather instead, so that they copy values of any dtype exactly.
 
 Grid sampling (grid_sampler_2d/3d and their backwards) gathers every output point at once and
-scatters gradients with np.add.at. unfold/fold (im2col/col2im) and affine_grid_generator run as
-PyTorch's decompositions; pixel and channel shuffles are shape kernels (ops/shape.py).
+scatters gradients with np.add.at. unfold (im2col) and affine_grid_generator run as PyTorch's
+decompositions, fold and unfold's gradient (col2im) as the convolutions' col2im (ops/conv.py); pixel and
+channel shuffles are shape kernels (ops/shape.py).
 """
 
 import itertools
