@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from .._errors import not_implemented_for
+from .._errors import not_implemented_for, raise_cpu_error
 from .._tensor import numpy_dtype
 from ._common import (exact_dtype, opmath_dtype, opmath_operand, operand, store, store_in_memory_format,
                       suggested_memory_format)
@@ -205,6 +205,15 @@ DTYPE_REFUSALS = {
     "_upsample_bicubic2d_aa": "compute_index_ranges_weights",
 }
 
+# CPU's antialiasing kernels (compute_index_ranges_weights, and their backward) dispatch float and double only.
+FLOAT_AND_DOUBLE_ONLY = frozenset({"_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa"})
+
+
+def check_cpu_takes_the_dtype(name, op, tensor, *args):
+    """CPU's own error for a 16-bit float tensor where its kernel for ``name`` has no loop for it."""
+    if name in FLOAT_AND_DOUBLE_ONLY and tensor.dtype in (torch.float16, torch.bfloat16):
+        raise_cpu_error(op, tensor, *args)
+
 
 def fixed_point_weights(weight):
     """compute_index_ranges_int16_weights: weights scaled by 2**precision and rounded half away from zero,
@@ -312,6 +321,7 @@ def upsample_forward(name, taps_fn, n, takes_align_corners, stored_weights):
         in_sizes, out_sizes = self.shape[2:], tuple(output_size)
         check_sizes(name, in_sizes, out_sizes)
         align_corners, scales = split_options(options, takes_align_corners)
+        check_cpu_takes_the_dtype(name, getattr(torch.ops.aten, name).default, self, output_size, *options)
         if not self.is_floating_point():
             if self.dtype != torch.uint8 or not (name in UINT8_FILTERS or taps_fn in NEAREST_TAPS):
                 raise not_implemented_for(DTYPE_REFUSALS[name], self.dtype)
@@ -342,6 +352,8 @@ def upsample_backward(name, taps_fn, n, takes_align_corners, stored_weights):
             raise RuntimeError(f"Expected grad_output to have the same shape as output; output.size() = {list(expected)}"
                                f" but got grad_output.size() = {list(grad_output.shape)}")
         align_corners, scales = split_options(options, takes_align_corners)
+        check_cpu_takes_the_dtype(name, getattr(torch.ops.aten, f"{name}_backward").default, grad_output, output_size,
+                                  input_size, *options)
         taps = axis_taps(taps_fn, stored_weights, in_sizes, out_sizes, align_corners, scales, grad_output.dtype)
         return resample(opmath_operand(grad_output), [axis_matrix(t, size).T.tocsr() for t, size in zip(taps, in_sizes)])
 
