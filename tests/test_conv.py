@@ -410,3 +410,8 @@ def test_fold_and_unfolds_gradient_are_cpus_col2im_bit_for_bit_in_one_launch(geo
 ], ids=["channels", "blocks", "negative padding"])
 def test_fold_refuses_what_cpu_refuses(call):
     check_same_error(call)
+
+
+def test_fold_of_an_empty_batch():
+    columns = torch.ones(0, 12, 12)
+    assert F.fold(columns.to("tpu"), (4, 5), 2).shape == F.fold(columns, (4, 5), 2).shape == (0, 3, 4, 5)

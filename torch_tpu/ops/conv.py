@@ -260,7 +260,8 @@ def _fold(self, output_size, kernel, dilation, padding, stride):
     if columns.ndim != 3 or min(kernel + dilation + stride + blocks) <= 0 or min(padding) < 0 \
             or columns.shape[1] % math.prod(kernel) or columns.shape[2] != math.prod(blocks):
         raise_cpu_error(torch.ops.aten.col2im.default, self, output_size, kernel, dilation, padding, stride)
-    folded = _col2im(columns.reshape(columns.shape[0], -1, *kernel, *blocks), full, stride, padding, dilation)
+    channels = columns.shape[1] // math.prod(kernel)
+    folded = _col2im(columns.reshape(columns.shape[0], channels, *kernel, *blocks), full, stride, padding, dilation)
     return folded if batched else folded[0]
 
 
