@@ -1,6 +1,7 @@
 """Convolution on tpu (im2col on the MXU), forward and backward, differential against torch CPU."""
 
 import copy
+import math
 import warnings
 
 import pytest
@@ -367,3 +368,50 @@ def test_bias_is_added_once_to_the_accumulated_sums(name, layout, dtype):
     unbiased = f(x, w, None, **kwargs)
     expected = unbiased + bias.reshape(-1, *(1,) * (unbiased.dim() - 2))
     assert torch.equal(biased.cpu(), expected.cpu())
+
+
+FOLDS = {"2x2": (2, 1, 0, 1), "3x3 padded": (3, 1, 1, 1), "dilated strided": (3, 2, 1, 2),
+         "uneven": ((2, 3), (1, 2), (0, 1), (2, 1))}
+
+
+@pytest.mark.parametrize("geometry", FOLDS.values(), ids=FOLDS.keys())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batched", [True, False])
+def test_fold_and_unfolds_gradient_are_cpus_col2im_bit_for_bit_in_one_launch(geometry, dtype, batched):
+    """col2im adds each pixel's blocks in kernel-offset order, as CPU's loop does: ``F.fold`` and the gradient of
+    ``F.unfold``, one col2im kernel each (the decomposition's accumulating index_put took 9-15x CPU's time)."""
+    from torch_tpu import _C
+
+    kernel, dilation, padding, stride = geometry
+    output_size = (7, 9)
+    blocks = F.unfold(torch.zeros(1, 1, *output_size), kernel, dilation, padding, stride).shape[-1]
+    kernel_elements = math.prod((kernel, kernel) if isinstance(kernel, int) else kernel)
+    columns = torch.randn(2, 3 * kernel_elements, blocks, dtype=dtype)[0 if not batched else slice(None)]
+    image = torch.randn((2, 3, *output_size) if batched else (3, *output_size), dtype=dtype)
+
+    def run(device):
+        blocks_leaf, image_leaf = columns.to(device).requires_grad_(), image.to(device).requires_grad_()
+        folded = F.fold(blocks_leaf, output_size, kernel, dilation, padding, stride)
+        unfolded = F.unfold(image_leaf, kernel, dilation, padding, stride)
+        (folded.square().sum() + unfolded.square().sum()).backward()
+        return [t.cpu() for t in (folded, unfolded, blocks_leaf.grad, image_leaf.grad)]
+
+    launches = _C.current_chip().clock.totals_snapshot().get("col2im")
+    before = launches.count if launches else 0
+    for actual, expected in zip(run("tpu"), run("cpu")):
+        assert torch.equal(actual.detach(), expected.detach())
+    assert _C.current_chip().clock.totals_snapshot()["col2im"].count == before + 2  # fold, unfold's gradient
+
+
+@pytest.mark.parametrize("call", [
+    lambda device: F.fold(torch.ones(2, 7, 12, device=device), (4, 5), 2),  # channels not a multiple of the kernel
+    lambda device: F.fold(torch.ones(2, 8, 11, device=device), (4, 5), 2),  # not as many blocks as the output has
+    lambda device: F.fold(torch.ones(2, 8, 12, device=device), (4, 5), 2, padding=-1),
+], ids=["channels", "blocks", "negative padding"])
+def test_fold_refuses_what_cpu_refuses(call):
+    check_same_error(call)
+
+
+def test_fold_of_an_empty_batch():
+    columns = torch.ones(0, 12, 12)
+    assert F.fold(columns.to("tpu"), (4, 5), 2).shape == F.fold(columns, (4, 5), 2).shape == (0, 3, 4, 5)

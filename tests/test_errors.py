@@ -205,6 +205,20 @@ def test_quantized_tensors_are_a_clear_error_naming_the_op(call):
         call()
 
 
+@pytest.mark.parametrize("dtype", [torch.qint8, torch.float16])
+def test_a_dynamically_quantized_model_on_tpu_is_the_quantized_tensors_error(dtype):
+    """quantize_dynamic's modules call the quantized:: ops (qint8 weights packed, or float16 ones), CPU-only kernels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        model = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(4, 2)), dtype=dtype)
+    with pytest.raises(NotImplementedError, match=r"The operator 'quantized::\w+.*quantized tensors .* not supported"):
+        model.to("tpu")(torch.ones(1, 4, device="tpu"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(NotImplementedError, match=r"The operator '\w+::\w+.*quantized tensors .* not supported"):
+            torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Linear(4, 2)).to("tpu"), dtype=dtype)
+
+
 def test_release_frames_frees_what_a_failed_kernel_made():
     """A kernel's half-built output dies with the failure, not with the exception the user may keep."""
     def failing_kernel():

@@ -206,3 +206,13 @@ def test_upsampling_takes_the_dtypes_cpu_takes(mode, spatial, dtype):
         torch.testing.assert_close(call("tpu").cpu(), call("cpu"), atol=1, rtol=0)
     else:
         check_same_error(call)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_antialiased_resizing_refuses_16_bit_floats_as_cpu_does(mode, dtype):
+    """CPU's antialiasing kernels, forward and backward, have loops for float and double only."""
+    check_same_error(lambda d: F.interpolate(torch.ones(1, 2, 5, 6, dtype=dtype, device=d), size=(3, 3), mode=mode,
+                                             antialias=True))
+    backward = getattr(torch.ops.aten, f"_upsample_{mode}2d_aa_backward")
+    check_same_error(lambda d: backward(torch.ones(1, 2, 3, 3, dtype=dtype, device=d), [3, 3], [1, 2, 5, 6], False))

@@ -111,6 +111,25 @@ def test_padding_forward_backward(mode, dims):
 
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate"])
+@pytest.mark.parametrize("dims", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("pad", [(2, 1, 0, 3, 1, 1), (-1, 2, 3, -1, 1, 0)], ids=["padded", "cropped"])
+def test_padding_backward_is_cpus_sum_bit_for_bit(mode, dims, dtype, pad):
+    """Every output gradient added into the input position it read, in the output's row-major order and in the
+    tensor's dtype, as CPU's loop adds them (corners get several additions per element)."""
+    x = torch.randn((2, 3, 5, 6, 4)[: dims + 2], dtype=dtype)
+    padding = pad[: 2 * dims]
+    gradient = torch.randn(F.pad(x, padding, mode=mode).shape, dtype=dtype)
+
+    def input_gradient(device):
+        leaf = x.to(device).requires_grad_()
+        F.pad(leaf, padding, mode=mode).backward(gradient.to(device))
+        return leaf.grad.cpu()
+
+    assert torch.equal(input_gradient("tpu"), input_gradient("cpu"))
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate"])
 @pytest.mark.parametrize("shape, memory_format", [
     ((2, 3, 5, 6), torch.channels_last), ((2, 1, 4, 5), torch.channels_last),
     ((2, 3, 4, 5, 6), torch.channels_last_3d), ((3, 4, 5), torch.contiguous_format),

@@ -89,6 +89,12 @@ def _patch_trace_rules(module):
         module.add(name)
 
 
+def _patch_flex_attention(module):
+    from .. import _flex_attention
+
+    _flex_attention.install(module)
+
+
 def _patch_rng_prims(module):
     from . import rng_state
 
@@ -101,6 +107,7 @@ PATCHES = {
     "torch._dynamo.backends.registry": _patch_backend_registry,
     "torch._dynamo.device_interface": _patch_device_interface,
     "torch._inductor.compile_fx": _patch_compile_fx,
+    "torch.nn.attention.flex_attention": _patch_flex_attention,
 }
 
 

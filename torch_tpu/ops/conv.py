@@ -230,15 +230,51 @@ def _convolve_transposed(x, weight, stride, padding, dilation, output_padding, g
         (size - 1) * s + d * (k - 1) + 1 + op
         for size, s, d, k, op in zip(spatial, stride, dilation, kernel, output_padding)
     )
-    result = np.zeros((batch, out_channels, *full), spread.dtype)
+    return _col2im(spread, full, stride, padding, dilation)
+
+
+def _col2im(columns, full, stride, padding, dilation):
+    """(N, C, *k, *positions) columns added back into (N, C, *full) at their windows, then the padding cropped:
+    per pixel in kernel-offset order, as CPU's col2im adds them (one slice add per offset, never per pixel)."""
+    batch, channels = columns.shape[:2]
+    rank = len(full)
+    kernel, positions = columns.shape[2:2 + rank], columns.shape[2 + rank:]
+    result = np.zeros((batch, channels, *full), columns.dtype)
     for offset in np.ndindex(*kernel):
         window = tuple(
             slice(o * d, o * d + (size - 1) * s + 1, s)
-            for o, d, size, s in zip(offset, dilation, spatial, stride)
+            for o, d, size, s in zip(offset, dilation, positions, stride)
         )
-        result[(..., *window)] += spread[(slice(None), slice(None), *offset)]
+        result[(..., *window)] += columns[(slice(None), slice(None), *offset)]
     crop = tuple(slice(p, f - p) for p, f in zip(padding, full))
     return result[(..., *crop)]
+
+
+def _fold(self, output_size, kernel, dilation, padding, stride):
+    """``F.fold``: (N, C * kh * kw, L) or (C * kh * kw, L) blocks summed into (N, C, *output_size)."""
+    columns = operand(self, "col2im")
+    batched = columns.ndim == 3
+    columns = columns if batched else columns[None]
+    full = tuple(size + 2 * p for size, p in zip(output_size, padding))
+    blocks = tuple((size - d * (k - 1) - 1) // s + 1 for size, d, k, s in zip(full, dilation, kernel, stride))
+    if columns.ndim != 3 or min(kernel + dilation + stride + blocks) <= 0 or min(padding) < 0 \
+            or columns.shape[1] % math.prod(kernel) or columns.shape[2] != math.prod(blocks):
+        raise_cpu_error(torch.ops.aten.col2im.default, self, output_size, kernel, dilation, padding, stride)
+    channels = columns.shape[1] // math.prod(kernel)
+    folded = _col2im(columns.reshape(columns.shape[0], channels, *kernel, *blocks), full, stride, padding, dilation)
+    return folded if batched else folded[0]
+
+
+@register("col2im")
+def col2im(self, output_size, kernel_size, dilation, padding, stride):
+    return store(_fold(self, tuple(output_size), tuple(kernel_size), tuple(dilation), tuple(padding), tuple(stride)),
+                 self.dtype)
+
+
+@register("col2im.out")
+def col2im_out(self, output_size, kernel_size, dilation, padding, stride, *, out):
+    return store(_fold(self, tuple(output_size), tuple(kernel_size), tuple(dilation), tuple(padding), tuple(stride)),
+                 self.dtype, out=out, distinct=(self,))
 
 
 def _pointwise(kernel, stride, padding):

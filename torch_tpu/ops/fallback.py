@@ -137,7 +137,8 @@ SPARSE_LAYOUTS = (
 QUANTIZED = (
     "quantized tensors (torch.quint8, qint8, qint32, quint4x2; quantize_per_tensor and friends) are not supported "
     "on tpu (their kernels are C++ code per backend that reads the scales and zero points through a C++ quantizer); "
-    "quantize on the CPU, or use FP8 (torch_tpu.fp8) for low-precision compute on tpu."
+    "quantize on the CPU and run quantized models there (torch.ao.quantization's quantize_dynamic and convert make "
+    "CPU modules), or use FP8 (torch_tpu.fp8) for low-precision compute on tpu."
 )
 # Whole features torch_tpu does not have, by their ops' name prefixes. The CPU fallback cannot help with
 # these (its results would have to come back to tpu), so the error says what to do instead.
@@ -151,6 +152,7 @@ UNSUPPORTED_FEATURES = {
     "aten::quantize_per_": QUANTIZED,
     "aten::_empty_affine_quantized": QUANTIZED,
     "aten::_empty_per_channel_affine_quantized": QUANTIZED,
+    "quantized::": QUANTIZED,  # the quantized modules' ops (linear_dynamic, linear_prepack_fp16, conv2d, ...)
 }
 
 

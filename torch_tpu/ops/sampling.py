@@ -7,8 +7,9 @@ weight formulas (aten/src/ATen/native/UpSample.h); the backward applies its tran
 Nearest modes gather instead, so that they copy values of any dtype exactly.
 
 Grid sampling (grid_sampler_2d/3d and their backwards) gathers every output point at once and
-scatters gradients with np.add.at. unfold/fold (im2col/col2im) and affine_grid_generator run as
-PyTorch's decompositions; pixel and channel shuffles are shape kernels (ops/shape.py).
+scatters gradients with np.add.at. unfold (im2col) and affine_grid_generator run as PyTorch's
+decompositions, fold and unfold's gradient (col2im) as the convolutions' col2im (ops/conv.py); pixel and
+channel shuffles are shape kernels (ops/shape.py).
 """
 
 import itertools
@@ -18,7 +19,7 @@ import numpy as np
 import scipy.sparse
 import torch
 
-from .._errors import not_implemented_for
+from .._errors import not_implemented_for, raise_cpu_error
 from .._tensor import numpy_dtype
 from ._common import (exact_dtype, opmath_dtype, opmath_operand, operand, store, store_in_memory_format,
                       suggested_memory_format)
@@ -204,6 +205,15 @@ DTYPE_REFUSALS = {
     "_upsample_bicubic2d_aa": "compute_index_ranges_weights",
 }
 
+# CPU's antialiasing kernels (compute_index_ranges_weights, and their backward) dispatch float and double only.
+FLOAT_AND_DOUBLE_ONLY = frozenset({"_upsample_bilinear2d_aa", "_upsample_bicubic2d_aa"})
+
+
+def check_cpu_takes_the_dtype(name, op, tensor, *args):
+    """CPU's own error for a 16-bit float tensor where its kernel for ``name`` has no loop for it."""
+    if name in FLOAT_AND_DOUBLE_ONLY and tensor.dtype in (torch.float16, torch.bfloat16):
+        raise_cpu_error(op, tensor, *args)
+
 
 def fixed_point_weights(weight):
     """compute_index_ranges_int16_weights: weights scaled by 2**precision and rounded half away from zero,
@@ -311,6 +321,7 @@ def upsample_forward(name, taps_fn, n, takes_align_corners, stored_weights):
         in_sizes, out_sizes = self.shape[2:], tuple(output_size)
         check_sizes(name, in_sizes, out_sizes)
         align_corners, scales = split_options(options, takes_align_corners)
+        check_cpu_takes_the_dtype(name, getattr(torch.ops.aten, name).default, self, output_size, *options)
         if not self.is_floating_point():
             if self.dtype != torch.uint8 or not (name in UINT8_FILTERS or taps_fn in NEAREST_TAPS):
                 raise not_implemented_for(DTYPE_REFUSALS[name], self.dtype)
@@ -341,6 +352,8 @@ def upsample_backward(name, taps_fn, n, takes_align_corners, stored_weights):
             raise RuntimeError(f"Expected grad_output to have the same shape as output; output.size() = {list(expected)}"
                                f" but got grad_output.size() = {list(grad_output.shape)}")
         align_corners, scales = split_options(options, takes_align_corners)
+        check_cpu_takes_the_dtype(name, getattr(torch.ops.aten, f"{name}_backward").default, grad_output, output_size,
+                                  input_size, *options)
         taps = axis_taps(taps_fn, stored_weights, in_sizes, out_sizes, align_corners, scales, grad_output.dtype)
         return resample(opmath_operand(grad_output), [axis_matrix(t, size).T.tocsr() for t, size in zip(taps, in_sizes)])
 
@@ -546,7 +559,9 @@ class PointSet:
 
     def gather(self, flat_input):
         """(N, C, P) input values at the points, zero where a point is outside."""
-        values = np.take_along_axis(flat_input, self.linear[:, None, :], axis=2)
+        values = np.empty(flat_input.shape[:2] + self.linear.shape[1:], flat_input.dtype)
+        for image, linear, taken in zip(flat_input, self.linear, values):  # one image at a time: 2x take_along_axis
+            np.take(image, linear, axis=1, out=taken, mode="clip")  # the positions are clipped already
         return np.where(self.mask[:, None, :], values, flat_input.dtype.type(0))
 
     def scatter_add(self, flat_grad, values):

@@ -7,6 +7,7 @@ need nothing here: their composite kernels or decompositions run on tpu as they 
 """
 
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -274,12 +275,32 @@ def _pad_forward(mode, self, padding):
 
 
 def _pad_backward(mode, grad_output, self, padding):
-    gradient = opmath_operand(grad_output, f"{mode}_pad_backward")
-    for dim, source in _pad_sources(mode, self.shape, padding).items():
-        summed = np.zeros(gradient.shape[:dim] + (self.shape[dim],) + gradient.shape[dim + 1:], gradient.dtype)
-        np.add.at(summed, (slice(None),) * dim + (source,), gradient)
-        gradient = summed
-    return gradient
+    """CPU's backward: each output position's gradient added to the input position it read, in the output's
+    row-major order, in the tensor's dtype. As slice adds: along each padded dim the output positions that read
+    the input's own positions (the unpadded run) are one slice, each padding position another, and the slices'
+    combinations taken in order add to each input element in CPU's order (``np.add.at`` went element by
+    element, 10-30x slower than CPU)."""
+    gradient = operand(grad_output, f"{mode}_pad_backward")
+    summed = np.zeros(tuple(self.shape), gradient.dtype)
+    sources = _pad_sources(mode, self.shape, padding)  # last dim first, as padding lists them
+    dims = list(sources)[::-1]
+    runs = [_pad_slices(sources[dim], before) for dim, before in zip(dims, padding[::2][::-1])]
+    for slices in itertools.product(*runs):
+        read, written = [slice(None)] * summed.ndim, [slice(None)] * summed.ndim
+        for dim, (output_slice, input_slice) in zip(dims, slices):
+            read[dim], written[dim] = output_slice, input_slice
+        summed[tuple(written)] += gradient[tuple(read)]
+    return summed
+
+
+def _pad_slices(source, before):
+    """(output slice, input slice) pairs along one dim, in output order: a padding position each, and the run
+    of output positions that read input positions in order."""
+    run = np.flatnonzero(source - np.arange(len(source)) == -before)
+    first, last = (int(run[0]), int(run[-1]) + 1) if len(run) else (len(source), len(source))
+    single = [(slice(i, i + 1), slice(int(source[i]), int(source[i]) + 1)) for i in range(len(source))]
+    middle = [(slice(first, last), slice(int(source[first]), int(source[last - 1]) + 1))] if last > first else []
+    return single[:first] + middle + single[last:]
 
 
 def _pad_kernels(mode, dims):
