@@ -158,7 +158,8 @@ def host_copies_graph():
     lowered[copy2] = types.SimpleNamespace(writes=t2, inputs=[m2])
     batch = batching.HostBatch([m1, m2], np.zeros(2, np.float32), [np.zeros((), np.float32)] * 2)
     position = {node: index for index, node in enumerate(nodes)}
-    arguments = (nodes, lowered, {copy1: "inplace", copy2: "inplace"}, position, lambda node: node, {m1: batch, m2: batch})
+    arguments = (nodes, lowered, {copy1: "inplace", copy2: "inplace"}, position, lambda node: node,
+                 {m1: batch, m2: batch})
     launch = batching.BatchPlan([[a], [b]], position[a], position[b], {t2}, set(), [])
     return arguments, launch, (copy1, copy2)
 
@@ -343,6 +344,42 @@ def test_a_layout_refused_while_memory_history_is_recorded_is_made_once_it_stops
     batched = train(OPTIMIZERS["adamw"], dtypes, True, monkeypatch, history_steps=1)
     assert_same_step(batched, train(OPTIMIZERS["adamw"], dtypes, False, monkeypatch, history_steps=1))
     assert_side_by_side(batched[0])
+
+
+def test_two_programs_over_the_same_parameters_do_not_take_them_from_each_other_every_call(monkeypatch):
+    """A second compiled optimizer over the same parameters (or a recompiled step) takes the memory the first laid
+    out once; called in turn, neither moves it again (each call moved every parameter back and forth), and both
+    steps keep the unrolled steps' bits."""
+    moves = []
+    rehome = torch_tpu._C.hbm.HBM.rehome
+    monkeypatch.setattr(torch_tpu._C.hbm.HBM, "rehome",
+                        lambda hbm, buffer, block: moves.append(1) or rehome(hbm, buffer, block))
+
+    def run(batched):
+        torch._dynamo.reset()
+        with monkeypatch.context() as patch:
+            if not batched:
+                patch.setattr(codegen, "plan_batches", lambda *args: [])
+                patch.setattr(codegen, "plan_host_batches", lambda *args: {})
+            generator = torch.Generator().manual_seed(0)
+            params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to("tpu")) for shape in SHAPES]
+            for param in params:
+                param.grad = torch.randn(param.shape, generator=generator).to("tpu")
+            steps = [torch.compile(optimizer.step, backend="tpu")
+                     for optimizer in (torch.optim.AdamW(params, lr=1e-2, foreach=True),
+                                       torch.optim.SGD(params, lr=0.1, momentum=0.9, foreach=True))]
+            moved = []
+            for _ in range(5):
+                moves.clear()
+                for step in steps:
+                    step()
+                moved.append(len(moves))
+            return [param.detach().cpu() for param in params], moved
+
+    batched, moved = run(True)
+    for got, want in zip(batched, run(False)[0]):
+        assert torch.equal(got, want)
+    assert moved[0] > 0 and moved[-2:] == [0, 0], moved
 
 
 @pytest.mark.parametrize("dtype, computed_into", [(torch.float32, True), (torch.float64, False)])

@@ -355,8 +355,9 @@ class Colocation:
     64 bytes-aligned as every allocation's host memory does (``HBM.rehome``: no allocation, no free, the HBM
     accounting as it was). The launch then reads and updates them where they are, with no gather and no copy
     back. Each call checks that every input's HBM buffer is backed by its part (``holds``); a call where one is
-    not (the first, a ``.data =``, an input moved by another program, one that could not move yet) gathers as before and then moves what it can into its part (``lay_out``). The program builds those inputs'
-    NumPy views only where it gathers."""
+    not (the first, a ``.data =``, an input moved by another program, one that could not move yet) gathers as
+    before and then moves what it can into its part (``lay_out``). The program builds those inputs' NumPy views
+    only where it gathers."""
 
     def __init__(self, groups, spans, total):
         self.groups = groups  # per group, the graph inputs (one per kernel) in the launch's order
@@ -367,10 +368,12 @@ class Colocation:
             dtype = numpy_dtype(values[0].dtype)
             self.flats.append(flat := _C.hbm.aligned_block(total * dtype.itemsize).view(dtype))
             flat.fill(1)  # the gaps between the parts: values no kernel reads (as ``_gathered_parts``)
-            self.views.extend(flat[start:stop].reshape(tuple(value.shape)) for value, (start, stop) in zip(values, spans))
+            self.views.extend(flat[start:stop].reshape(tuple(value.shape))
+                              for value, (start, stop) in zip(values, spans))
         # the host blocks the buffers get; None for an empty input, which has no bytes to hold
         self.parts = [view.reshape(-1).view(np.uint8) if view.size else None for view in self.views]
         self.holders = [None] * len(self.parts)  # per part, the id of the HBM buffer last moved into it
+        self.taken_back = set()  # ids of the buffers moved here out of another program's part
 
     def holds(self, tensors):
         """Whether each input's HBM buffer is backed by its part. Its sizes and strides are those the program was
@@ -395,6 +398,12 @@ class Colocation:
         for k, (tensor, buffer, part, index) in enumerate(zip(tensors, buffers, self.parts, indices)):
             if part is None or buffer is None or buffer.array is part or self._taken(k, buffer.allocator):
                 continue
+            if buffer.id in buffer.allocator.unpooled:
+                # another program's part holds it (a recompiled step, or a second optimizer over the same
+                # parameters): taken from there once, so two programs called in turn do not copy it every call
+                if buffer.id in self.taken_back:
+                    continue
+                self.taken_back.add(buffer.id)
             if buffer.allocator.rehome(buffer, part):
                 self.holders[k] = buffer.id
                 input_views[index] = (part, 0, tensor.stride(), self.views[k])
