@@ -436,11 +436,12 @@ def test_transform_bias_rescale_qkv_splits_and_scales_as_cpu_bit_for_bit(dtype, 
         torch.testing.assert_close(got.cpu(), want, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("last_dim, num_heads", [(12, 3), (10, 1)])
-def test_transform_bias_rescale_qkv_refuses_what_cpu_refuses(last_dim, num_heads):
+@pytest.mark.parametrize("last_dim, num_heads, dtype", [(12, 3, torch.float32), (10, 1, torch.float32),
+                                                       (11, 2, torch.float32), (12, 2, torch.int64)])
+def test_transform_bias_rescale_qkv_refuses_what_cpu_refuses(last_dim, num_heads, dtype):
     def call(device):
         with torch.inference_mode():
-            torch._transform_bias_rescale_qkv(torch.ones(2, 3, last_dim, device=device),
-                                              torch.ones(last_dim, device=device), num_heads)
+            torch._transform_bias_rescale_qkv(torch.ones(2, 3, last_dim, dtype=dtype, device=device),
+                                              torch.ones(last_dim, dtype=dtype, device=device), num_heads)
 
     check_same_error(call)

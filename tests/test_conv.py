@@ -407,7 +407,9 @@ def test_fold_and_unfolds_gradient_are_cpus_col2im_bit_for_bit_in_one_launch(geo
     lambda device: F.fold(torch.ones(2, 7, 12, device=device), (4, 5), 2),  # channels not a multiple of the kernel
     lambda device: F.fold(torch.ones(2, 8, 11, device=device), (4, 5), 2),  # not as many blocks as the output has
     lambda device: F.fold(torch.ones(2, 8, 12, device=device), (4, 5), 2, padding=-1),
-], ids=["channels", "blocks", "negative padding"])
+    lambda device: F.fold(torch.ones(2, 0, 12, device=device), (4, 5), 2),
+    lambda device: F.fold(torch.ones(2, 20, 12, dtype=torch.int64, device=device), (4, 5), 2),
+], ids=["channels", "blocks", "negative padding", "no channels", "integers"])
 def test_fold_refuses_what_cpu_refuses(call):
     check_same_error(call)
 

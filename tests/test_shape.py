@@ -113,11 +113,13 @@ def test_padding_forward_backward(mode, dims):
 @pytest.mark.parametrize("mode", ["reflect", "replicate"])
 @pytest.mark.parametrize("dims", [1, 2, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("pad", [(2, 1, 0, 3, 1, 1), (-1, 2, 3, -1, 1, 0)], ids=["padded", "cropped"])
-def test_padding_backward_is_cpus_sum_bit_for_bit(mode, dims, dtype, pad):
+@pytest.mark.parametrize("pad, shape", [((2, 1, 0, 3, 1, 1), (4, 8, 40, 6, 4)), ((-1, 2, 3, -1, 1, 0), (4, 8, 40, 6, 4)),
+                                        ((3, 3, 4, 4, 3, 2), (1, 2, 5, 6, 4))],
+                         ids=["padded", "cropped", "wide"])  # wide: more slices than elements (``np.add.at``)
+def test_padding_backward_is_cpus_sum_bit_for_bit(mode, dims, dtype, pad, shape):
     """Every output gradient added into the input position it read, in the output's row-major order and in the
     tensor's dtype, as CPU's loop adds them (corners get several additions per element)."""
-    x = torch.randn((2, 3, 5, 6, 4)[: dims + 2], dtype=dtype)
+    x = torch.randn(shape[: dims + 2], dtype=dtype)
     padding = pad[: 2 * dims]
     gradient = torch.randn(F.pad(x, padding, mode=mode).shape, dtype=dtype)
 

@@ -258,7 +258,8 @@ def _fold(self, output_size, kernel, dilation, padding, stride):
     full = tuple(size + 2 * p for size, p in zip(output_size, padding))
     blocks = tuple((size - d * (k - 1) - 1) // s + 1 for size, d, k, s in zip(full, dilation, kernel, stride))
     if columns.ndim != 3 or min(kernel + dilation + stride + blocks) <= 0 or min(padding) < 0 \
-            or columns.shape[1] % math.prod(kernel) or columns.shape[2] != math.prod(blocks):
+            or columns.shape[1] % math.prod(kernel) or columns.shape[2] != math.prod(blocks) \
+            or 0 in columns.shape[1:] or not (self.is_floating_point() or self.is_complex()):
         raise_cpu_error(torch.ops.aten.col2im.default, self, output_size, kernel, dilation, padding, stride)
     channels = columns.shape[1] // math.prod(kernel)
     folded = _col2im(columns.reshape(columns.shape[0], channels, *kernel, *blocks), full, stride, padding, dilation)

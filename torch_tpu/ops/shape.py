@@ -285,12 +285,28 @@ def _pad_backward(mode, grad_output, self, padding):
     sources = _pad_sources(mode, self.shape, padding)  # last dim first, as padding lists them
     dims = list(sources)[::-1]
     runs = [_pad_slices(sources[dim], before) for dim, before in zip(dims, padding[::2][::-1])]
+    if math.prod(map(len, runs)) * _SLICE_ADD_ELEMENTS > gradient.size:
+        # wide padding on several dims: the slices' combinations outnumber what one add per element costs
+        np.add.at(summed.reshape(-1), _pad_read_positions(summed.shape, sources).reshape(-1), gradient.reshape(-1))
+        return summed
     for slices in itertools.product(*runs):
         read, written = [slice(None)] * summed.ndim, [slice(None)] * summed.ndim
         for dim, (output_slice, input_slice) in zip(dims, slices):
             read[dim], written[dim] = output_slice, input_slice
         summed[tuple(written)] += gradient[tuple(read)]
     return summed
+
+
+# one slice add costs about as much Python as ``np.add.at`` spends on this many elements
+_SLICE_ADD_ELEMENTS = 200
+
+
+def _pad_read_positions(input_shape, sources):
+    """Per output element (row-major), the flat position of the input element it read: ``np.add.at`` applies
+    its additions in that order, CPU's."""
+    strides = np.cumprod((1,) + tuple(input_shape[:0:-1]))[::-1]
+    axes = [sources.get(dim, np.arange(size)) * stride for dim, (size, stride) in enumerate(zip(input_shape, strides))]
+    return functools.reduce(np.add.outer, axes)
 
 
 def _pad_slices(source, before):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import _tensor
-from .._errors import failed_check
+from .._errors import raise_cpu_error
 from ._common import opmath_scalar_type
 from .nn import register
 
@@ -56,10 +56,8 @@ def transform_bias_rescale_qkv(qkv, qkv_bias, num_heads):
     three views of one (3, B, heads, T, D / heads) tensor, as CPU returns them. CPU computes each element in
     opmath, multiplying by the reciprocal of the square root taken in opmath, and rounds it once."""
     batch, length, dim3 = qkv.shape
-    if dim3 % 3:
-        raise failed_check("_3D % 3 == 0")
-    if dim3 // 3 % num_heads:
-        raise failed_check("D % num_head == 0")
+    if dim3 % 3 or dim3 // 3 % num_heads or not qkv.is_floating_point():
+        raise_cpu_error(torch.ops.aten._transform_bias_rescale_qkv.default, qkv, qkv_bias, num_heads)
     head_dim = dim3 // 3 // num_heads
     opmath = opmath_scalar_type(qkv.dtype)
     projections = qkv.to(opmath) + qkv_bias.to(opmath)
