@@ -127,6 +127,98 @@ def test_resize_accounts_exactly(memory_baseline):
     del x
 
 
+CUDA_POOL_FAMILIES = ("allocation", "segment", "active", "inactive_split", "allocated_bytes", "reserved_bytes",
+                      "active_bytes", "inactive_split_bytes", "requested_bytes")
+FIGURES = ("current", "peak", "allocated", "freed")
+
+
+def test_memory_stats_has_every_key_torch_cuda_reports():
+    # torch.cuda.memory_stats' documented keys (its docstring; CUDACachingAllocator's DeviceStats)
+    cuda_keys = {f"{family}.{pool}.{figure}" for family in CUDA_POOL_FAMILIES
+                 for pool in ("all", "small_pool", "large_pool") for figure in FIGURES}
+    cuda_keys |= {f"{family}.{figure}" for family in ("oversize_allocations", "oversize_segments") for figure in FIGURES}
+    cuda_keys |= {"max_split_size", "num_alloc_retries", "num_ooms", "num_oom_rejections", "num_sync_all_streams",
+                  "num_device_alloc", "num_device_free"}
+    stats = torch.tpu.memory_stats()
+    assert set(stats) == cuda_keys | {"hbm_capacity_bytes"}
+    assert stats["max_split_size"] == -1  # CUDA's value when no split size is configured
+    assert all(stats[key] == 0 for key in stats if key.startswith(("inactive_split", "oversize_")))
+    assert dict(torch.accelerator.memory_stats()) == dict(stats)
+
+
+def _pools(family):
+    stats = torch.tpu.memory_stats()
+    return {pool: tuple(stats[f"{family}.{pool}.{figure}"] for figure in FIGURES)
+            for pool in ("small_pool", "large_pool", "all")}
+
+
+def _uint8(nbytes):
+    return torch.empty(nbytes, dtype=torch.uint8, device="tpu")
+
+
+def test_memory_stats_pools_hand_counted(memory_baseline):
+    """Allocations of at most 1 MiB are the small pool's, larger ones the large pool's, as in CUDA's allocator;
+    the small pool's peak falls between two large allocations' lifetimes."""
+    torch.tpu.reset_peak_memory_stats()
+    torch.tpu.reset_accumulated_memory_stats()
+    before, count_before = _pools("allocated_bytes"), _pools("allocation")
+    s0, l0 = before["small_pool"][0], before["large_pool"][0]
+    n0, m0 = count_before["small_pool"][0], count_before["large_pool"][0]
+    a = _uint8(1000)
+    b = _uint8(2 * MiB)
+    c = _uint8(3000)  # everything's peak: s0 + l0 + 2 MiB + 4000
+    del a
+    del b
+    d = _uint8(MiB)  # exactly kSmallSize: small. The small pool's peak: s0 + 3000 + 1 MiB
+    e = _uint8(MiB + 1)
+    del d, e, c
+    small_total, large_total = 1000 + 3000 + MiB, 2 * MiB + MiB + 1
+    assert _pools("allocated_bytes") == {
+        "small_pool": (s0, s0 + 3000 + MiB, small_total, small_total),
+        "large_pool": (l0, l0 + 2 * MiB, large_total, large_total),
+        "all": (s0 + l0, s0 + l0 + 2 * MiB + 4000, small_total + large_total, small_total + large_total),
+    }
+    assert _pools("allocation") == {
+        "small_pool": (n0, n0 + 2, 3, 3), "large_pool": (m0, m0 + 1, 2, 2), "all": (n0 + m0, n0 + m0 + 3, 5, 5),
+    }
+    for family in ("active_bytes", "requested_bytes"):
+        assert _pools(family) == _pools("allocated_bytes")
+    for family in ("active", "segment"):  # one segment per allocation: blocks are never split
+        assert _pools(family) == _pools("allocation")
+    stats = torch.tpu.memory_stats()
+    assert (stats["num_device_alloc"], stats["num_device_free"]) == (5, 5)
+
+    kept = _uint8(MiB + 7)
+    torch.tpu.reset_peak_memory_stats()
+    assert _pools("allocated_bytes")["large_pool"][:2] == (l0 + MiB + 7,) * 2
+    assert _pools("allocated_bytes")["small_pool"][:2] == (s0, s0)
+    torch.tpu.reset_accumulated_memory_stats()
+    assert _pools("allocation")["large_pool"] == (m0 + 1, m0 + 1, 0, 0)
+    assert _pools("allocated_bytes")["small_pool"] == (s0, s0, 0, 0)
+    del kept
+
+
+def test_reserved_bytes_count_each_pools_cached_blocks(memory_baseline):
+    torch.tpu.empty_cache()
+    a, b = _uint8(1000), _uint8(2 * MiB)
+    del a, b  # both host blocks stay cached: reserved, as CUDA's freed blocks stay in its segments
+    stats = torch.tpu.memory_stats()
+    for pool, cached in (("small_pool", 1000), ("large_pool", 2 * MiB), ("all", 2 * MiB + 1000)):
+        assert stats[f"reserved_bytes.{pool}.current"] == stats[f"allocated_bytes.{pool}.current"] + cached
+    assert stats["reserved_bytes.all.current"] == torch.tpu.memory_reserved()
+    torch.tpu.empty_cache()
+    stats = torch.tpu.memory_stats()
+    assert stats["reserved_bytes.large_pool.current"] == stats["allocated_bytes.large_pool.current"]
+
+
+def test_snapshot_segment_type_follows_the_pools(memory_baseline):
+    sizes = {MiB: "small", MiB + 1: "large"}
+    tensors = [_uint8(nbytes) for nbytes in sizes]
+    segments = {segment["total_size"]: segment["segment_type"] for segment in torch.tpu.memory_snapshot()}
+    assert {nbytes: segments[nbytes] for nbytes in sizes} == sizes
+    del tensors
+
+
 class TestMemorySummary(expecttest.TestCase):
     def test_golden_summary(self):
         out = run_python("""
@@ -150,8 +242,32 @@ class TestMemorySummary(expecttest.TestCase):
 Metric                      Current         Peak   Tot. Alloc   Tot. Freed
 ---------------------------------------------------------------------------
 Allocated memory              240 B     4.10 KiB     4.14 KiB     3.91 KiB
+  from large pool               0 B          0 B          0 B          0 B
+  from small pool             240 B     4.10 KiB     4.14 KiB     3.91 KiB
+Active memory                 240 B     4.10 KiB     4.14 KiB     3.91 KiB
+  from large pool               0 B          0 B          0 B          0 B
+  from small pool             240 B     4.10 KiB     4.14 KiB     3.91 KiB
+Requested memory              240 B     4.10 KiB     4.14 KiB     3.91 KiB
+  from large pool               0 B          0 B          0 B          0 B
+  from small pool             240 B     4.10 KiB     4.14 KiB     3.91 KiB
+Reserved memory            4.14 KiB     4.14 KiB     4.14 KiB     3.91 KiB
+  from large pool               0 B          0 B          0 B          0 B
+  from small pool          4.14 KiB     4.14 KiB     4.14 KiB     3.91 KiB
+Non-releasable memory           0 B          0 B          0 B          0 B
+  from large pool               0 B          0 B          0 B          0 B
+  from small pool               0 B          0 B          0 B          0 B
 Allocations                       2            2            3            1
-Reserved memory            4.14 KiB                                       
+  from large pool                 0            0            0            0
+  from small pool                 2            2            3            1
+Active allocs                     2            2            3            1
+  from large pool                 0            0            0            0
+  from small pool                 2            2            3            1
+Reserved segments                 2            2            3            1
+  from large pool                 0            0            0            0
+  from small pool                 2            2            3            1
+Non-releasable allocs             0            0            0            0
+  from large pool                 0            0            0            0
+  from small pool                 0            0            0            0
 ===========================================================================
 """)
 
