@@ -5,6 +5,10 @@ every allocation and free with its Python stack, ``_snapshot()`` returns the dic
 PyTorch's memory visualiser reads (https://pytorch.org/memory_viz, torch.cuda._memory_viz), and
 ``_dump_snapshot(path)`` pickles it. Each live allocation is one segment holding one block at
 its storage's ``data_ptr()``: the emulated HBM allocates exactly what is asked for.
+
+``memory_stats`` splits its figures as CUDA's caching allocator does, into a small pool (allocations of at most
+1 MiB) and a large pool. Reserved bytes are the allocated ones plus the host blocks the allocator keeps cached after
+a free (csrc_py/hbm.py ``HostPool``), counted as HBM as CUDA counts its cached segments, until ``empty_cache()``.
 """
 
 import collections
