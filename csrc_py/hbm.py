@@ -88,10 +88,12 @@ class Bufferless:
 class BufferlessBlocks:
     """Where allocations take their record in bufferless mode: addresses bumped, never reused."""
 
-    def __init__(self):
+    def __init__(self, reservations):
         self.next_address = BUFFERLESS_ADDRESS_BASE
+        self.reservations = reservations
 
     def take(self, nbytes):
+        self.reservations.change(nbytes, 1)
         address = self.next_address
         self.next_address += -(-nbytes // HOST_ALIGNMENT) * HOST_ALIGNMENT
         return Bufferless(nbytes, address)
@@ -120,6 +122,15 @@ class Stat:
         self.window_peak = self.current
         return window
 
+    def add(self, amount):
+        """Count ``amount`` more (negative: fewer), off the allocation path (which counts inline)."""
+        self.current += amount
+        if amount > 0:
+            self.allocated += amount
+            self.window_peak = max(self.window_peak, self.current)
+        else:
+            self.freed -= amount
+
     def reset_peak(self):
         self.window_peak = self.earlier_peak = self.current
 
@@ -144,14 +155,8 @@ class SizeClasses:
 
     def change(self, amount):
         """A large allocation of ``amount`` (negative: freed): before ``every`` counts an allocation, after a free."""
-        large = self.large
-        self.small_earlier_peak = max(self.small_earlier_peak, self.every.open_window() - large.current)
-        large.current += amount
-        if amount > 0:
-            large.allocated += amount
-            large.window_peak = max(large.window_peak, large.current)
-        else:
-            large.freed -= amount
+        self.small_earlier_peak = max(self.small_earlier_peak, self.every.open_window() - self.large.current)
+        self.large.add(amount)
 
     def small(self):
         every, large = self.every, self.large
@@ -171,6 +176,28 @@ class SizeClasses:
     def reset_accumulated(self):
         self.every.reset_accumulated()
         self.large.reset_accumulated()
+
+
+class Reservations:
+    """The host blocks held for HBM, live allocations' and the cache's (torch.cuda's segments and reserved bytes),
+    per pool. Counted when a block is made or dropped, never when the cache hands one out or takes one back: that is
+    off the allocation path, which reuses cached blocks."""
+
+    POOLS = ("all", "small_pool", "large_pool")
+
+    def __init__(self):
+        self.bytes = {pool: Stat() for pool in self.POOLS}
+        self.segments = {pool: Stat() for pool in self.POOLS}
+
+    def change(self, nbytes, blocks):
+        """``blocks`` blocks of ``nbytes`` each made (negative: dropped)."""
+        pool = "large_pool" if nbytes > SMALL_SIZE else "small_pool"
+        for stats, amount in ((self.bytes, nbytes * blocks), (self.segments, blocks)):
+            stats["all"].add(amount)
+            stats[pool].add(amount)
+
+    def stats(self):
+        return [*self.bytes.values(), *self.segments.values()]
 
 
 class Buffer:
@@ -198,9 +225,10 @@ def aligned_block(nbytes):
 class HostPool:
     """Aligned host blocks, reused by exact size."""
 
-    def __init__(self):
+    def __init__(self, reservations):
         self._free = collections.defaultdict(list)
         self.cached_bytes = 0
+        self.reservations = reservations  # counts the blocks made and dropped
         self.enabled = True  # False: freed blocks go straight back (torch.tpu.caching_allocator_enable(False))
 
     def take(self, nbytes):
@@ -208,21 +236,23 @@ class HostPool:
         if blocks:
             self.cached_bytes -= nbytes
             return blocks.pop()
-        return aligned_block(nbytes)
+        block = aligned_block(nbytes)
+        self.reservations.change(nbytes, 1)
+        return block
 
     def give_back(self, block, nbytes):
         """Keep ``block`` (of ``nbytes``, which the caller knows: a NumPy attribute read costs as much as this)."""
         if self.enabled and nbytes <= POOL_BLOCK_LIMIT and self.cached_bytes + nbytes <= POOL_TOTAL_LIMIT:
             self._free[nbytes].append(block)
             self.cached_bytes += nbytes
+        else:
+            self.reservations.change(nbytes, -1)
 
     def clear(self):
+        for nbytes, blocks in self._free.items():
+            self.reservations.change(nbytes, -len(blocks))
         self._free.clear()
         self.cached_bytes = 0
-
-    def small_cached_bytes(self):
-        """The cached bytes in blocks of at most ``SMALL_SIZE`` (torch.cuda's small pool)."""
-        return sum(nbytes * len(blocks) for nbytes, blocks in self._free.items() if nbytes <= SMALL_SIZE)
 
 
 class HBM:
@@ -231,11 +261,12 @@ class HBM:
         self.chip_name = chip_name
         self.events = events if events is not None else EventLog()
         self._log = self.events.append_raw
-        self.pool = HostPool()
+        self.reservations = Reservations()
+        self.pool = HostPool(self.reservations)
         # ids of the live allocations whose host blocks are not the pool's (``rehome`` moved them, or ``allocate``
         # was given them): not pooled when freed
         self.unpooled = set()
-        self.bufferless_blocks = BufferlessBlocks()
+        self.bufferless_blocks = BufferlessBlocks(self.reservations)
         self.take_block = self.pool.take  # where new allocations get their host block
         self.allocated_bytes = Stat()
         self.allocations = Stat()
@@ -267,6 +298,7 @@ class HBM:
         self._next_id = buffer_id = self._next_id + 1
         if home is not None:
             self.unpooled.add(buffer_id)
+            self.reservations.change(nbytes, 1)
         if nbytes > SMALL_SIZE:  # before the counters move: the small pool's peak is read off their window
             self.bytes_by_pool.change(nbytes)
             self.allocations_by_pool.change(1)
@@ -306,8 +338,11 @@ class HBM:
             # a part of a compiled program's flat array (``rehome``), or a program's own block: pooled, the next
             # allocation of its size would share it with that program, or keep its whole array alive
             self.unpooled.discard(buffer_id)
+            self.reservations.change(nbytes, -1)
         elif block.__class__ is not Bufferless:
             self.pool.give_back(block, nbytes)
+        else:
+            self.reservations.change(nbytes, -1)
         self._log(("free", _now_ns(), buffer_id, nbytes, allocated.current))
 
     def log_also_to(self, observer=None):
@@ -366,8 +401,12 @@ class HBM:
     def reset_peak_stats(self):
         self.bytes_by_pool.reset_peak()
         self.allocations_by_pool.reset_peak()
+        for stat in self.reservations.stats():
+            stat.reset_peak()
 
     def reset_accumulated_stats(self):
         self.bytes_by_pool.reset_accumulated()
         self.allocations_by_pool.reset_accumulated()
+        for stat in self.reservations.stats():
+            stat.reset_accumulated()
         self.num_ooms = 0

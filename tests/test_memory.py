@@ -183,10 +183,7 @@ def test_memory_stats_pools_hand_counted(memory_baseline):
     }
     for family in ("active_bytes", "requested_bytes"):
         assert _pools(family) == _pools("allocated_bytes")
-    for family in ("active", "segment"):  # one segment per allocation: blocks are never split
-        assert _pools(family) == _pools("allocation")
-    stats = torch.tpu.memory_stats()
-    assert (stats["num_device_alloc"], stats["num_device_free"]) == (5, 5)
+    assert _pools("active") == _pools("allocation")
 
     kept = _uint8(MiB + 7)
     torch.tpu.reset_peak_memory_stats()
@@ -198,17 +195,41 @@ def test_memory_stats_pools_hand_counted(memory_baseline):
     del kept
 
 
-def test_reserved_bytes_count_each_pools_cached_blocks(memory_baseline):
+def test_reserved_bytes_and_segments_count_host_blocks_made_and_dropped(memory_baseline):
+    """Each allocation gets a host block of its own (a segment); a freed block stays cached, reserved, until
+    empty_cache, or goes at once if larger than the cache keeps (64 MiB)."""
     torch.tpu.empty_cache()
-    a, b = _uint8(1000), _uint8(2 * MiB)
-    del a, b  # both host blocks stay cached: reserved, as CUDA's freed blocks stay in its segments
+    torch.tpu.reset_peak_memory_stats()
+    torch.tpu.reset_accumulated_memory_stats()
+    bytes0, segments0 = _pools("reserved_bytes"), _pools("segment")
+    rs, rl = bytes0["small_pool"][0], bytes0["large_pool"][0]
+    ns, nl = segments0["small_pool"][0], segments0["large_pool"][0]
+    a, b = _uint8(1000), _uint8(2 * MiB)  # two blocks made
+    del a, b  # both cached: still reserved
+    a = _uint8(1000)  # the cached block again
+    c = _uint8(3 * MiB)
+    del c
+    d = _uint8(65 * MiB)
+    del d  # too large to cache: dropped at once
+    assert torch.tpu.memory_stats()["reserved_bytes.large_pool.current"] == rl + 5 * MiB == \
+        torch.tpu.memory_reserved() - rs - 1000
+    torch.tpu.empty_cache()  # drops the 2 MiB and 3 MiB blocks
+    large_total = 70 * MiB
+    assert _pools("reserved_bytes") == {
+        "small_pool": (rs + 1000, rs + 1000, 1000, 0),
+        "large_pool": (rl, rl + 65 * MiB + 5 * MiB, large_total, large_total),
+        "all": (rs + rl + 1000, rs + rl + 1000 + 70 * MiB, 1000 + large_total, large_total),
+    }
+    assert _pools("segment") == {
+        "small_pool": (ns + 1, ns + 1, 1, 0), "large_pool": (nl, nl + 3, 3, 3), "all": (ns + nl + 1, ns + nl + 4, 4, 3),
+    }
     stats = torch.tpu.memory_stats()
-    for pool, cached in (("small_pool", 1000), ("large_pool", 2 * MiB), ("all", 2 * MiB + 1000)):
-        assert stats[f"reserved_bytes.{pool}.current"] == stats[f"allocated_bytes.{pool}.current"] + cached
+    assert (stats["num_device_alloc"], stats["num_device_free"]) == (4, 3)
     assert stats["reserved_bytes.all.current"] == torch.tpu.memory_reserved()
+    assert torch.tpu.max_memory_reserved() == rs + rl + 1000 + 70 * MiB
+    del a
     torch.tpu.empty_cache()
-    stats = torch.tpu.memory_stats()
-    assert stats["reserved_bytes.large_pool.current"] == stats["allocated_bytes.large_pool.current"]
+    assert torch.tpu.memory_reserved() == torch.tpu.memory_allocated()
 
 
 def test_snapshot_segment_type_follows_the_pools(memory_baseline):
@@ -250,9 +271,9 @@ Active memory                 240 B     4.10 KiB     4.14 KiB     3.91 KiB
 Requested memory              240 B     4.10 KiB     4.14 KiB     3.91 KiB
   from large pool               0 B          0 B          0 B          0 B
   from small pool             240 B     4.10 KiB     4.14 KiB     3.91 KiB
-Reserved memory            4.14 KiB     4.14 KiB     4.14 KiB     3.91 KiB
+Reserved memory            4.14 KiB     4.14 KiB     4.14 KiB          0 B
   from large pool               0 B          0 B          0 B          0 B
-  from small pool          4.14 KiB     4.14 KiB     4.14 KiB     3.91 KiB
+  from small pool          4.14 KiB     4.14 KiB     4.14 KiB          0 B
 Non-releasable memory           0 B          0 B          0 B          0 B
   from large pool               0 B          0 B          0 B          0 B
   from small pool               0 B          0 B          0 B          0 B
@@ -262,9 +283,9 @@ Allocations                       2            2            3            1
 Active allocs                     2            2            3            1
   from large pool                 0            0            0            0
   from small pool                 2            2            3            1
-Reserved segments                 2            2            3            1
+Reserved segments                 3            3            3            0
   from large pool                 0            0            0            0
-  from small pool                 2            2            3            1
+  from small pool                 3            3            3            0
 Non-releasable allocs             0            0            0            0
   from large pool                 0            0            0            0
   from small pool                 0            0            0            0

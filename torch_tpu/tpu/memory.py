@@ -42,8 +42,7 @@ def memory_reserved(device=None):
 
 
 def max_memory_reserved(device=None):
-    hbm = _hbm(device)
-    return max(hbm.allocated_bytes.peak, hbm.reserved_bytes)
+    return _hbm(device).reservations.bytes["all"].peak
 
 
 def reset_peak_memory_stats(device=None):
@@ -203,28 +202,18 @@ _FIGURES = ("current", "peak", "allocated", "freed")
 _NEVER = dict.fromkeys(_FIGURES, 0)
 
 
-def _reserved(pool, bytes_by_pool):
-    """Allocated bytes plus the host pool's cached blocks of each size class, counted as HBM (see the module's
-    docstring): its current and peak. The totals are the allocations' (filling and draining the cache is not
-    counted)."""
-    small_cached = pool.small_cached_bytes()
-    cached = {"all": pool.cached_bytes, "small_pool": small_cached, "large_pool": pool.cached_bytes - small_cached}
-    reserved = {}
-    for name, figures in bytes_by_pool.items():
-        current = figures["current"] + cached[name]
-        reserved[name] = {**figures, "current": current, "peak": max(current, figures["peak"])}
-    return reserved
-
-
 def _pool_families(hbm):
-    """torch.cuda's per-pool families, each ``{pool: {figure: value}}``. Every allocation is its own segment,
-    active while allocated, exactly the bytes requested; no block is ever split, so none is an inactive split."""
+    """torch.cuda's per-pool families, each ``{pool: {figure: value}}``. Every allocation has a host block (a
+    segment) of its own, active while allocated, exactly the bytes requested; after a free the block may stay cached,
+    reserved. No block is ever split, so none is an inactive split."""
     bytes_by_pool, allocations_by_pool = hbm.bytes_by_pool.as_dict(), hbm.allocations_by_pool.as_dict()
+    reservations = hbm.reservations
     no_splits = dict.fromkeys(_POOLS, _NEVER)
     return {
         "allocated_bytes": bytes_by_pool, "active_bytes": bytes_by_pool, "requested_bytes": bytes_by_pool,
-        "reserved_bytes": _reserved(hbm.pool, bytes_by_pool),
-        "allocation": allocations_by_pool, "active": allocations_by_pool, "segment": allocations_by_pool,
+        "reserved_bytes": {pool: stat.as_dict() for pool, stat in reservations.bytes.items()},
+        "allocation": allocations_by_pool, "active": allocations_by_pool,
+        "segment": {pool: stat.as_dict() for pool, stat in reservations.segments.items()},
         "inactive_split": no_splits, "inactive_split_bytes": no_splits,
     }
 
@@ -245,8 +234,8 @@ def memory_stats(device=None):
         "num_ooms": hbm.num_ooms,
         "num_oom_rejections": 0,
         "num_sync_all_streams": 0,
-        "num_device_alloc": hbm.allocations.allocated,
-        "num_device_free": hbm.allocations.freed,
+        "num_device_alloc": hbm.reservations.segments["all"].allocated,
+        "num_device_free": hbm.reservations.segments["all"].freed,
         "hbm_capacity_bytes": hbm.capacity,
     })
     return collections.OrderedDict(sorted(stats.items()))
