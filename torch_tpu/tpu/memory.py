@@ -197,7 +197,7 @@ def reset_peak_host_memory_stats():
     _pinned.stats.reset_peak()
 
 
-_POOLS = ("all", "small_pool", "large_pool")
+_POOLS = _C.hbm.Reservations.POOLS
 _FIGURES = ("current", "peak", "allocated", "freed")
 _NEVER = dict.fromkeys(_FIGURES, 0)
 
