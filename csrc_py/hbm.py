@@ -26,6 +26,7 @@ from .trace import EventLog, now_ns as _now_ns
 HOST_ALIGNMENT = 64
 POOL_BLOCK_LIMIT = 64 << 20  # larger blocks go straight back to the OS
 POOL_TOTAL_LIMIT = 256 << 20
+SMALL_SIZE = 1 << 20  # CUDA's kSmallSize: its small pool serves allocations of at most this many bytes
 _NO_BYTES = np.empty(0, np.uint8)
 
 
@@ -87,31 +88,116 @@ class Bufferless:
 class BufferlessBlocks:
     """Where allocations take their record in bufferless mode: addresses bumped, never reused."""
 
-    def __init__(self):
+    def __init__(self, reservations):
         self.next_address = BUFFERLESS_ADDRESS_BASE
+        self.reservations = reservations
 
     def take(self, nbytes):
+        self.reservations.change(nbytes, 1)
         address = self.next_address
         self.next_address += -(-nbytes // HOST_ALIGNMENT) * HOST_ALIGNMENT
         return Bufferless(nbytes, address)
 
 
 class Stat:
-    """One counter family, as torch.cuda.memory_stats reports it."""
+    """One counter family, as torch.cuda.memory_stats reports it.
 
-    __slots__ = ("current", "peak", "allocated", "freed")
+    Its peak is kept in two parts, so that a size class's share of it can be worked out afterwards
+    (``SizeClasses``): ``window_peak``, the highest ``current`` since ``open_window`` (what each allocation
+    updates), and ``earlier_peak``, the highest before."""
+
+    __slots__ = ("current", "window_peak", "earlier_peak", "allocated", "freed")
 
     def __init__(self):
-        self.current = self.peak = self.allocated = self.freed = 0
+        self.current = self.window_peak = self.earlier_peak = self.allocated = self.freed = 0
+
+    @property
+    def peak(self):
+        return max(self.window_peak, self.earlier_peak)
+
+    def open_window(self):
+        """Start a new window at ``current``; the old window's peak."""
+        window = self.window_peak
+        self.earlier_peak = max(self.earlier_peak, window)
+        self.window_peak = self.current
+        return window
+
+    def add(self, amount):
+        """Count ``amount`` more (negative: fewer), off the allocation path (which counts inline)."""
+        self.current += amount
+        if amount > 0:
+            self.allocated += amount
+            self.window_peak = max(self.window_peak, self.current)
+        else:
+            self.freed -= amount
 
     def reset_peak(self):
-        self.peak = self.current
+        self.window_peak = self.earlier_peak = self.current
 
     def reset_accumulated(self):
         self.allocated = self.freed = 0
 
     def as_dict(self):
         return {"current": self.current, "peak": self.peak, "allocated": self.allocated, "freed": self.freed}
+
+
+class SizeClasses:
+    """torch.cuda's small pool (allocations of at most ``SMALL_SIZE`` bytes) and large pool (the rest), for one
+    counter family ``every`` of all allocations.
+
+    Only the large pool is counted, when an allocation of its joins or leaves (``change``); the small pool is
+    every allocation less the large ones. Its peak follows without counting: between two large events the large
+    pool's ``current`` is constant, so the small pool's highest is ``every``'s highest in that window less it."""
+
+    def __init__(self, every):
+        self.every, self.large = every, Stat()
+        self.small_earlier_peak = 0  # the small pool's peak before ``every``'s window opened
+
+    def change(self, amount):
+        """A large allocation of ``amount`` (negative: freed): before ``every`` counts an allocation, after a free."""
+        self.small_earlier_peak = max(self.small_earlier_peak, self.every.open_window() - self.large.current)
+        self.large.add(amount)
+
+    def small(self):
+        every, large = self.every, self.large
+        current = every.current - large.current
+        return {"current": current, "peak": max(self.small_earlier_peak, every.window_peak - large.current),
+                "allocated": every.allocated - large.allocated, "freed": every.freed - large.freed}
+
+    def as_dict(self):
+        """``{"all": ..., "small_pool": ..., "large_pool": ...}``, each torch.cuda's four figures."""
+        return {"all": self.every.as_dict(), "small_pool": self.small(), "large_pool": self.large.as_dict()}
+
+    def reset_peak(self):
+        self.every.reset_peak()
+        self.large.reset_peak()
+        self.small_earlier_peak = self.every.current - self.large.current
+
+    def reset_accumulated(self):
+        self.every.reset_accumulated()
+        self.large.reset_accumulated()
+
+
+class Reservations:
+    """The host blocks held for HBM, live allocations' and the cache's (torch.cuda's segments and reserved bytes),
+    per pool. Counted when a block is made or dropped, never when the cache hands one out or takes one back: that is
+    off the allocation path, which reuses cached blocks."""
+
+    POOLS = ("all", "small_pool", "large_pool")
+
+    def __init__(self):
+        self.bytes = {pool: Stat() for pool in self.POOLS}
+        self.segments = {pool: Stat() for pool in self.POOLS}
+
+    def change(self, nbytes, blocks):
+        """``blocks`` blocks of ``nbytes`` each made (negative: dropped)."""
+        pool = "large_pool" if nbytes > SMALL_SIZE else "small_pool"
+        for stats, amount in ((self.bytes, nbytes * blocks), (self.segments, blocks)):
+            stats["all"].add(amount)
+            stats[pool].add(amount)
+
+    def stats(self):
+        return [*self.bytes.values(), *self.segments.values()]
 
 
 class Buffer:
@@ -139,9 +225,10 @@ def aligned_block(nbytes):
 class HostPool:
     """Aligned host blocks, reused by exact size."""
 
-    def __init__(self):
+    def __init__(self, reservations):
         self._free = collections.defaultdict(list)
         self.cached_bytes = 0
+        self.reservations = reservations  # counts the blocks made and dropped
         self.enabled = True  # False: freed blocks go straight back (torch.tpu.caching_allocator_enable(False))
 
     def take(self, nbytes):
@@ -149,15 +236,21 @@ class HostPool:
         if blocks:
             self.cached_bytes -= nbytes
             return blocks.pop()
-        return aligned_block(nbytes)
+        block = aligned_block(nbytes)
+        self.reservations.change(nbytes, 1)
+        return block
 
     def give_back(self, block, nbytes):
         """Keep ``block`` (of ``nbytes``, which the caller knows: a NumPy attribute read costs as much as this)."""
         if self.enabled and nbytes <= POOL_BLOCK_LIMIT and self.cached_bytes + nbytes <= POOL_TOTAL_LIMIT:
             self._free[nbytes].append(block)
             self.cached_bytes += nbytes
+        else:
+            self.reservations.change(nbytes, -1)
 
     def clear(self):
+        for nbytes, blocks in self._free.items():
+            self.reservations.change(nbytes, -len(blocks))
         self._free.clear()
         self.cached_bytes = 0
 
@@ -168,14 +261,16 @@ class HBM:
         self.chip_name = chip_name
         self.events = events if events is not None else EventLog()
         self._log = self.events.append_raw
-        self.pool = HostPool()
+        self.reservations = Reservations()
+        self.pool = HostPool(self.reservations)
         # ids of the live allocations whose host blocks are not the pool's (``rehome`` moved them, or ``allocate``
         # was given them): not pooled when freed
         self.unpooled = set()
-        self.bufferless_blocks = BufferlessBlocks()
+        self.bufferless_blocks = BufferlessBlocks(self.reservations)
         self.take_block = self.pool.take  # where new allocations get their host block
         self.allocated_bytes = Stat()
         self.allocations = Stat()
+        self.bytes_by_pool, self.allocations_by_pool = SizeClasses(self.allocated_bytes), SizeClasses(self.allocations)
         self.num_ooms = 0
         self.live = {}  # buffer id -> host block, for every live allocation
         self.history = None  # a trace.MemoryHistory while history recording is on
@@ -203,17 +298,21 @@ class HBM:
         self._next_id = buffer_id = self._next_id + 1
         if home is not None:
             self.unpooled.add(buffer_id)
+            self.reservations.change(nbytes, 1)
+        if nbytes > SMALL_SIZE:  # before the counters move: the small pool's peak is read off their window
+            self.bytes_by_pool.change(nbytes)
+            self.allocations_by_pool.change(1)
         # both counters and the event log updated inline, not through methods: this runs for every
         # kernel's output, and each Python call would cost as much as the work it does
         allocated.current += nbytes
         allocated.allocated += nbytes
-        if allocated.current > allocated.peak:
-            allocated.peak = allocated.current
+        if allocated.current > allocated.window_peak:
+            allocated.window_peak = allocated.current
         count = self.allocations
         count.current += 1
         count.allocated += 1
-        if count.current > count.peak:
-            count.peak = count.current
+        if count.current > count.window_peak:
+            count.window_peak = count.current
         self._log(("alloc", _now_ns(), buffer_id, nbytes, allocated.current))
         self.live[buffer_id] = block
         if self.history is not None:
@@ -228,6 +327,9 @@ class HBM:
         count = self.allocations
         count.current -= 1
         count.freed += 1
+        if nbytes > SMALL_SIZE:
+            self.bytes_by_pool.change(-nbytes)
+            self.allocations_by_pool.change(-1)
         buffer_id = buffer.id
         block = self.live.pop(buffer_id)
         if self.history is not None:
@@ -236,8 +338,11 @@ class HBM:
             # a part of a compiled program's flat array (``rehome``), or a program's own block: pooled, the next
             # allocation of its size would share it with that program, or keep its whole array alive
             self.unpooled.discard(buffer_id)
+            self.reservations.change(nbytes, -1)
         elif block.__class__ is not Bufferless:
             self.pool.give_back(block, nbytes)
+        else:
+            self.reservations.change(nbytes, -1)
         self._log(("free", _now_ns(), buffer_id, nbytes, allocated.current))
 
     def log_also_to(self, observer=None):
@@ -294,10 +399,14 @@ class HBM:
         self.pool.clear()
 
     def reset_peak_stats(self):
-        self.allocated_bytes.reset_peak()
-        self.allocations.reset_peak()
+        self.bytes_by_pool.reset_peak()
+        self.allocations_by_pool.reset_peak()
+        for stat in self.reservations.stats():
+            stat.reset_peak()
 
     def reset_accumulated_stats(self):
-        self.allocated_bytes.reset_accumulated()
-        self.allocations.reset_accumulated()
+        self.bytes_by_pool.reset_accumulated()
+        self.allocations_by_pool.reset_accumulated()
+        for stat in self.reservations.stats():
+            stat.reset_accumulated()
         self.num_ooms = 0

@@ -92,6 +92,55 @@ def test_memory_fraction_scales_the_physical_capacity():
         device.set_memory_fraction(1.5)
 
 
+def _replayed_pool_figures(events, small_size):
+    """Each pool's (current, peak, allocated, freed) bytes and counts, by replaying ``events`` one by one: the
+    oracle for the pools HBM derives without counting the small one."""
+    figures = {}
+    for pool in ("all", "small_pool", "large_pool"):
+        for unit in ("bytes", "count"):
+            figures[pool, unit] = [0, 0, 0, 0]
+    for kind, nbytes in events:
+        pool = "large_pool" if nbytes > small_size else "small_pool"
+        for name in ("all", pool):
+            for unit, amount in (("bytes", nbytes), ("count", 1)):
+                f = figures[name, unit]
+                if kind == "reset_peak":
+                    f[1] = f[0]
+                elif kind == "alloc":
+                    f[0] += amount
+                    f[2] += amount
+                    f[1] = max(f[1], f[0])
+                else:
+                    f[0] -= amount
+                    f[3] += amount
+    return {key: tuple(value) for key, value in figures.items()}
+
+
+def test_hbm_pools_match_a_replay_of_every_event():
+    rng = np.random.default_rng(0)
+    hbm = chip.hbm.HBM(1 << 40, "test")
+    hbm.set_bufferless(True)
+    small = chip.hbm.SMALL_SIZE
+    live, events = [], []
+    for step in range(600):
+        if step == 300:
+            hbm.reset_peak_stats()
+            events += [("reset_peak", 0), ("reset_peak", small + 1)]  # both pools' peaks
+        if live and rng.random() < 0.45:
+            buffer = live.pop(rng.integers(len(live)))
+            events.append(("free", buffer.nbytes))
+            del buffer
+        else:
+            nbytes = int(rng.choice([rng.integers(1, small + 1), rng.integers(small + 1, 4 * small), small]))
+            live.append(hbm.allocate(nbytes))
+            events.append(("alloc", nbytes))
+    expected = _replayed_pool_figures(events, small)
+    for unit, classes in (("bytes", hbm.bytes_by_pool), ("count", hbm.allocations_by_pool)):
+        got = classes.as_dict()
+        for pool in ("all", "small_pool", "large_pool"):
+            assert tuple(got[pool].values()) == expected[pool, unit], (pool, unit)
+
+
 def test_hbm_accounting_is_exact():
     hbm = chip.hbm.HBM(10_000, "test")
     a, b = hbm.allocate(7), hbm.allocate(1001)

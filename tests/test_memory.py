@@ -127,6 +127,119 @@ def test_resize_accounts_exactly(memory_baseline):
     del x
 
 
+CUDA_POOL_FAMILIES = ("allocation", "segment", "active", "inactive_split", "allocated_bytes", "reserved_bytes",
+                      "active_bytes", "inactive_split_bytes", "requested_bytes")
+FIGURES = ("current", "peak", "allocated", "freed")
+
+
+def test_memory_stats_has_every_key_torch_cuda_reports():
+    # torch.cuda.memory_stats' documented keys (its docstring; CUDACachingAllocator's DeviceStats)
+    cuda_keys = {f"{family}.{pool}.{figure}" for family in CUDA_POOL_FAMILIES
+                 for pool in ("all", "small_pool", "large_pool") for figure in FIGURES}
+    cuda_keys |= {f"{family}.{figure}" for family in ("oversize_allocations", "oversize_segments") for figure in FIGURES}
+    cuda_keys |= {"max_split_size", "num_alloc_retries", "num_ooms", "num_oom_rejections", "num_sync_all_streams",
+                  "num_device_alloc", "num_device_free"}
+    stats = torch.tpu.memory_stats()
+    assert set(stats) == cuda_keys | {"hbm_capacity_bytes"}
+    assert stats["max_split_size"] == -1  # CUDA's value when no split size is configured
+    assert all(stats[key] == 0 for key in stats if key.startswith(("inactive_split", "oversize_")))
+    assert dict(torch.accelerator.memory_stats()) == dict(stats)
+
+
+def _pools(family):
+    stats = torch.tpu.memory_stats()
+    return {pool: tuple(stats[f"{family}.{pool}.{figure}"] for figure in FIGURES)
+            for pool in ("small_pool", "large_pool", "all")}
+
+
+def _uint8(nbytes):
+    return torch.empty(nbytes, dtype=torch.uint8, device="tpu")
+
+
+def test_memory_stats_pools_hand_counted(memory_baseline):
+    """Allocations of at most 1 MiB are the small pool's, larger ones the large pool's, as in CUDA's allocator;
+    the small pool's peak falls between two large allocations' lifetimes."""
+    torch.tpu.reset_peak_memory_stats()
+    torch.tpu.reset_accumulated_memory_stats()
+    before, count_before = _pools("allocated_bytes"), _pools("allocation")
+    s0, l0 = before["small_pool"][0], before["large_pool"][0]
+    n0, m0 = count_before["small_pool"][0], count_before["large_pool"][0]
+    a = _uint8(1000)
+    b = _uint8(2 * MiB)
+    c = _uint8(3000)  # everything's peak: s0 + l0 + 2 MiB + 4000
+    del a
+    del b
+    d = _uint8(MiB)  # exactly kSmallSize: small. The small pool's peak: s0 + 3000 + 1 MiB
+    e = _uint8(MiB + 1)
+    del d, e, c
+    small_total, large_total = 1000 + 3000 + MiB, 2 * MiB + MiB + 1
+    assert _pools("allocated_bytes") == {
+        "small_pool": (s0, s0 + 3000 + MiB, small_total, small_total),
+        "large_pool": (l0, l0 + 2 * MiB, large_total, large_total),
+        "all": (s0 + l0, s0 + l0 + 2 * MiB + 4000, small_total + large_total, small_total + large_total),
+    }
+    assert _pools("allocation") == {
+        "small_pool": (n0, n0 + 2, 3, 3), "large_pool": (m0, m0 + 1, 2, 2), "all": (n0 + m0, n0 + m0 + 3, 5, 5),
+    }
+    for family in ("active_bytes", "requested_bytes"):
+        assert _pools(family) == _pools("allocated_bytes")
+    assert _pools("active") == _pools("allocation")
+
+    kept = _uint8(MiB + 7)
+    torch.tpu.reset_peak_memory_stats()
+    assert _pools("allocated_bytes")["large_pool"][:2] == (l0 + MiB + 7,) * 2
+    assert _pools("allocated_bytes")["small_pool"][:2] == (s0, s0)
+    torch.tpu.reset_accumulated_memory_stats()
+    assert _pools("allocation")["large_pool"] == (m0 + 1, m0 + 1, 0, 0)
+    assert _pools("allocated_bytes")["small_pool"] == (s0, s0, 0, 0)
+    del kept
+
+
+def test_reserved_bytes_and_segments_count_host_blocks_made_and_dropped(memory_baseline):
+    """Each allocation gets a host block of its own (a segment); a freed block stays cached, reserved, until
+    empty_cache, or goes at once if larger than the cache keeps (64 MiB)."""
+    torch.tpu.empty_cache()
+    torch.tpu.reset_peak_memory_stats()
+    torch.tpu.reset_accumulated_memory_stats()
+    bytes0, segments0 = _pools("reserved_bytes"), _pools("segment")
+    rs, rl = bytes0["small_pool"][0], bytes0["large_pool"][0]
+    ns, nl = segments0["small_pool"][0], segments0["large_pool"][0]
+    a, b = _uint8(1000), _uint8(2 * MiB)  # two blocks made
+    del a, b  # both cached: still reserved
+    a = _uint8(1000)  # the cached block again
+    c = _uint8(3 * MiB)
+    del c
+    d = _uint8(65 * MiB)
+    del d  # too large to cache: dropped at once
+    assert torch.tpu.memory_stats()["reserved_bytes.large_pool.current"] == rl + 5 * MiB == \
+        torch.tpu.memory_reserved() - rs - 1000
+    torch.tpu.empty_cache()  # drops the 2 MiB and 3 MiB blocks
+    large_total = 70 * MiB
+    assert _pools("reserved_bytes") == {
+        "small_pool": (rs + 1000, rs + 1000, 1000, 0),
+        "large_pool": (rl, rl + 65 * MiB + 5 * MiB, large_total, large_total),
+        "all": (rs + rl + 1000, rs + rl + 1000 + 70 * MiB, 1000 + large_total, large_total),
+    }
+    assert _pools("segment") == {
+        "small_pool": (ns + 1, ns + 1, 1, 0), "large_pool": (nl, nl + 3, 3, 3), "all": (ns + nl + 1, ns + nl + 4, 4, 3),
+    }
+    stats = torch.tpu.memory_stats()
+    assert (stats["num_device_alloc"], stats["num_device_free"]) == (4, 3)
+    assert stats["reserved_bytes.all.current"] == torch.tpu.memory_reserved()
+    assert torch.tpu.max_memory_reserved() == rs + rl + 1000 + 70 * MiB
+    del a
+    torch.tpu.empty_cache()
+    assert torch.tpu.memory_reserved() == torch.tpu.memory_allocated()
+
+
+def test_snapshot_segment_type_follows_the_pools(memory_baseline):
+    sizes = {MiB: "small", MiB + 1: "large"}
+    tensors = [_uint8(nbytes) for nbytes in sizes]
+    segments = {segment["total_size"]: segment["segment_type"] for segment in torch.tpu.memory_snapshot()}
+    assert {nbytes: segments[nbytes] for nbytes in sizes} == sizes
+    del tensors
+
+
 class TestMemorySummary(expecttest.TestCase):
     def test_golden_summary(self):
         out = run_python("""
@@ -150,8 +263,32 @@ class TestMemorySummary(expecttest.TestCase):
 Metric                      Current         Peak   Tot. Alloc   Tot. Freed
 ---------------------------------------------------------------------------
 Allocated memory              240 B     4.10 KiB     4.14 KiB     3.91 KiB
+  from large pool               0 B          0 B          0 B          0 B
+  from small pool             240 B     4.10 KiB     4.14 KiB     3.91 KiB
+Active memory                 240 B     4.10 KiB     4.14 KiB     3.91 KiB
+  from large pool               0 B          0 B          0 B          0 B
+  from small pool             240 B     4.10 KiB     4.14 KiB     3.91 KiB
+Requested memory              240 B     4.10 KiB     4.14 KiB     3.91 KiB
+  from large pool               0 B          0 B          0 B          0 B
+  from small pool             240 B     4.10 KiB     4.14 KiB     3.91 KiB
+Reserved memory            4.14 KiB     4.14 KiB     4.14 KiB          0 B
+  from large pool               0 B          0 B          0 B          0 B
+  from small pool          4.14 KiB     4.14 KiB     4.14 KiB          0 B
+Non-releasable memory           0 B          0 B          0 B          0 B
+  from large pool               0 B          0 B          0 B          0 B
+  from small pool               0 B          0 B          0 B          0 B
 Allocations                       2            2            3            1
-Reserved memory            4.14 KiB                                       
+  from large pool                 0            0            0            0
+  from small pool                 2            2            3            1
+Active allocs                     2            2            3            1
+  from large pool                 0            0            0            0
+  from small pool                 2            2            3            1
+Reserved segments                 3            3            3            0
+  from large pool                 0            0            0            0
+  from small pool                 3            3            3            0
+Non-releasable allocs             0            0            0            0
+  from large pool                 0            0            0            0
+  from small pool                 0            0            0            0
 ===========================================================================
 """)
 

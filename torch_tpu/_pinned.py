@@ -58,7 +58,7 @@ class HostStats:
         for stat, amount in ((self.allocations, 1), (self.allocated_bytes, nbytes)):
             stat.current += amount
             stat.allocated += amount
-            stat.peak = max(stat.peak, stat.current)
+            stat.window_peak = max(stat.window_peak, stat.current)
         self.alloc_time.add(microseconds)
 
     def shrink(self, nbytes, microseconds):

@@ -5,6 +5,10 @@ every allocation and free with its Python stack, ``_snapshot()`` returns the dic
 PyTorch's memory visualiser reads (https://pytorch.org/memory_viz, torch.cuda._memory_viz), and
 ``_dump_snapshot(path)`` pickles it. Each live allocation is one segment holding one block at
 its storage's ``data_ptr()``: the emulated HBM allocates exactly what is asked for.
+
+``memory_stats`` splits its figures as CUDA's caching allocator does, into a small pool (allocations of at most
+1 MiB) and a large pool. Reserved bytes are the allocated ones plus the host blocks the allocator keeps cached after
+a free (csrc_py/hbm.py ``HostPool``), counted as HBM as CUDA counts its cached segments, until ``empty_cache()``.
 """
 
 import collections
@@ -38,8 +42,7 @@ def memory_reserved(device=None):
 
 
 def max_memory_reserved(device=None):
-    hbm = _hbm(device)
-    return max(hbm.allocated_bytes.peak, hbm.reserved_bytes)
+    return _hbm(device).reservations.bytes["all"].peak
 
 
 def reset_peak_memory_stats(device=None):
@@ -194,28 +197,47 @@ def reset_peak_host_memory_stats():
     _pinned.stats.reset_peak()
 
 
-def _family(prefix, stat):
-    return {f"{prefix}.all.{field}": value for field, value in stat.as_dict().items()}
+_POOLS = _C.hbm.Reservations.POOLS
+_FIGURES = ("current", "peak", "allocated", "freed")
+_NEVER = dict.fromkeys(_FIGURES, 0)
+
+
+def _pool_families(hbm):
+    """torch.cuda's per-pool families, each ``{pool: {figure: value}}``. Every allocation has a host block (a
+    segment) of its own, active while allocated, exactly the bytes requested; after a free the block may stay cached,
+    reserved. No block is ever split, so none is an inactive split."""
+    bytes_by_pool, allocations_by_pool = hbm.bytes_by_pool.as_dict(), hbm.allocations_by_pool.as_dict()
+    reservations = hbm.reservations
+    no_splits = dict.fromkeys(_POOLS, _NEVER)
+    return {
+        "allocated_bytes": bytes_by_pool, "active_bytes": bytes_by_pool, "requested_bytes": bytes_by_pool,
+        "reserved_bytes": {pool: stat.as_dict() for pool, stat in reservations.bytes.items()},
+        "allocation": allocations_by_pool, "active": allocations_by_pool,
+        "segment": {pool: stat.as_dict() for pool, stat in reservations.segments.items()},
+        "inactive_split": no_splits, "inactive_split_bytes": no_splits,
+    }
 
 
 def memory_stats(device=None):
-    """An OrderedDict with torch.cuda.memory_stats' key names (one pool: 'all')."""
+    """An OrderedDict with every key of torch.cuda.memory_stats, each with its meaning on the emulated chip: the
+    small pool is allocations of at most 1 MiB (CUDA's kSmallSize), the large pool the rest. Nothing is oversize
+    (blocks are never split, so no split size limits them: ``max_split_size`` is -1, CUDA's "no limit")."""
     hbm = _hbm(device)
-    reserved = hbm.reserved_bytes
-    stats = {
-        **_family("allocated_bytes", hbm.allocated_bytes),
-        **_family("active_bytes", hbm.allocated_bytes),
-        **_family("requested_bytes", hbm.allocated_bytes),
-        **_family("allocation", hbm.allocations),
-        **_family("active", hbm.allocations),
-        "reserved_bytes.all.current": reserved,
-        "reserved_bytes.all.peak": max(reserved, hbm.allocated_bytes.peak),
+    stats = {f"{family}.{pool}.{figure}": value
+             for family, pools in _pool_families(hbm).items()
+             for pool, figures in pools.items() for figure, value in figures.items()}
+    stats.update({f"{family}.{figure}": 0 for family in ("oversize_allocations", "oversize_segments")
+                  for figure in _FIGURES})
+    stats.update({
+        "max_split_size": -1,
         "num_alloc_retries": 0,
         "num_ooms": hbm.num_ooms,
-        "num_device_alloc": hbm.allocations.allocated,
-        "num_device_free": hbm.allocations.freed,
+        "num_oom_rejections": 0,
+        "num_sync_all_streams": 0,
+        "num_device_alloc": hbm.reservations.segments["all"].allocated,
+        "num_device_free": hbm.reservations.segments["all"].freed,
         "hbm_capacity_bytes": hbm.capacity,
-    }
+    })
     return collections.OrderedDict(sorted(stats.items()))
 
 
@@ -230,26 +252,40 @@ def memory_stats_as_nested_dict(device=None):
     return nested
 
 
+_SUMMARY_ROWS = (  # torch.cuda.memory_summary's rows: (family, title, whether it counts bytes)
+    ("allocated_bytes", "Allocated memory", True),
+    ("active_bytes", "Active memory", True),
+    ("requested_bytes", "Requested memory", True),
+    ("reserved_bytes", "Reserved memory", True),
+    ("inactive_split_bytes", "Non-releasable memory", True),
+    ("allocation", "Allocations", False),
+    ("active", "Active allocs", False),
+    ("segment", "Reserved segments", False),
+    ("inactive_split", "Non-releasable allocs", False),
+)
+
+
 def memory_summary(device=None, abbreviated=False):
-    """A readable table of HBM use, in the spirit of torch.cuda.memory_summary."""
-    hbm = _hbm(device)
+    """A readable table of ``memory_stats()``, with torch.cuda.memory_summary's rows (each pool's too, unless
+    ``abbreviated``)."""
+    stats = memory_stats(device)
     chip = _C.current_chip()
     fmt = _C.hbm.format_bytes
-    rows = [
-        ("Allocated memory", fmt(hbm.allocated_bytes.current), fmt(hbm.allocated_bytes.peak),
-         fmt(hbm.allocated_bytes.allocated), fmt(hbm.allocated_bytes.freed)),
-        ("Allocations", str(hbm.allocations.current), str(hbm.allocations.peak),
-         str(hbm.allocations.allocated), str(hbm.allocations.freed)),
-        ("Reserved memory", fmt(hbm.reserved_bytes), "", "", ""),
-    ]
+    pools = (("all", ""),) if abbreviated else (("all", ""), ("large_pool", "  from large pool"),
+                                                 ("small_pool", "  from small pool"))
+    rows = []
+    for family, title, counts_bytes in _SUMMARY_ROWS:
+        show = fmt if counts_bytes else str
+        rows += [(title if pool == "all" else label, *(show(stats[f"{family}.{pool}.{figure}"]) for figure in _FIGURES))
+                 for pool, label in pools]
     width = 75
     header = f"{'Metric':<22}{'Current':>13}{'Peak':>13}{'Tot. Alloc':>13}{'Tot. Freed':>13}"
+    capacity, allocated = stats["hbm_capacity_bytes"], stats["allocated_bytes.all.current"]
     lines = [
         "=" * width,
         f" TPU HBM summary, {chip.spec.name} ({chip.spec.generation}), device tpu:0",
         "-" * width,
-        f" Capacity: {fmt(hbm.capacity)}   Free: {fmt(hbm.capacity - hbm.allocated_bytes.current)}"
-        f"   OOMs: {hbm.num_ooms}",
+        f" Capacity: {fmt(capacity)}   Free: {fmt(capacity - allocated)}   OOMs: {stats['num_ooms']}",
         "-" * width,
         header,
         "-" * width,
@@ -260,8 +296,6 @@ def memory_summary(device=None, abbreviated=False):
 
 
 # --- memory history and snapshots (torch.cuda.memory's private API, which memory_viz reads) ---
-
-SEGMENT_LARGE_BYTES = 1 << 20  # CUDA's boundary between its "small" and "large" pools
 
 
 def _record_memory_history(enabled="all", context="all", stacks="python", max_entries=sys.maxsize,
@@ -296,7 +330,7 @@ def _segment(address, nbytes, frames):
     return {
         "device": 0, "address": address, "total_size": nbytes, "allocated_size": nbytes,
         "active_size": nbytes, "requested_size": nbytes, "stream": 0,
-        "segment_type": "large" if nbytes >= SEGMENT_LARGE_BYTES else "small",
+        "segment_type": "large" if nbytes > _C.hbm.SMALL_SIZE else "small",
         "segment_pool_id": (0, 0), "is_expandable": False, "frames": [], "blocks": [block],
     }
 
