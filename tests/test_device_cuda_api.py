@@ -95,11 +95,11 @@ def test_device_memory_is_what_this_process_holds():
     assert pid_line[1] == f"process {os.getpid():>10d} uses {megabytes:12.3f} MB TPU memory"
 
 
-HOST_STAT_KEYS = {f"{family}.{field}" for family in ("allocations", "allocated_bytes", "active_requests", "active_bytes")
-                  for field in ("current", "peak", "allocated", "freed")} | \
-                 {f"host_{kind}_time.{field}" for kind in ("alloc", "free") for field in ("total", "max", "min", "count",
-                                                                                         "avg")} | \
-                 {"num_host_alloc", "num_host_free"}
+HOST_STAT_FAMILIES = ("allocations", "allocated_bytes", "active_requests", "active_bytes")
+HOST_STAT_FIELDS = ("current", "peak", "allocated", "freed")
+HOST_STAT_KEYS = {f"{family}.{field}" for family in HOST_STAT_FAMILIES for field in HOST_STAT_FIELDS} \
+    | {f"host_{kind}_time.{field}" for kind in ("alloc", "free") for field in ("total", "max", "min", "count", "avg")} \
+    | {"num_host_alloc", "num_host_free"}
 
 
 def test_host_memory_stats_count_pinned_bytes_with_cudas_keys():
@@ -117,7 +117,8 @@ def test_host_memory_stats_count_pinned_bytes_with_cudas_keys():
     assert stats["allocated_bytes.freed"] == 400 and stats["num_host_free"] == 1
     assert stats["allocated_bytes.peak"] - start["allocated_bytes.current"] == 520
     torch.tpu.reset_peak_host_memory_stats()
-    assert torch.tpu.host_memory_stats()["allocated_bytes.peak"] == torch.tpu.host_memory_stats()["allocated_bytes.current"]
+    stats = torch.tpu.host_memory_stats()
+    assert stats["allocated_bytes.peak"] == stats["allocated_bytes.current"]
     torch.tpu.reset_accumulated_host_memory_stats()
     nested = torch.tpu.host_memory_stats_as_nested_dict()
     assert nested["allocated_bytes"]["allocated"] == nested["allocated_bytes"]["freed"] == 0

@@ -166,7 +166,8 @@ def test_ddp_takes_the_bf16_compression_hooks_on_tpu(wrapped):
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.parallel import DistributedDataParallel
 
-    hook = default_hooks.bf16_compress_wrapper(default_hooks.allreduce_hook) if wrapped else default_hooks.bf16_compress_hook
+    hook = (default_hooks.bf16_compress_wrapper(default_hooks.allreduce_hook) if wrapped
+            else default_hooks.bf16_compress_hook)
     torch.manual_seed(0)
     reference = torch.nn.Linear(4, 3)
     inputs = torch.randn(5, 4)

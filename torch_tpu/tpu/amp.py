@@ -27,7 +27,8 @@ class autocast(torch.amp.autocast_mode.autocast):
 
 
 class GradScaler(torch.amp.GradScaler):
-    """See :class:`torch.amp.GradScaler`; ``torch.tpu.amp.GradScaler(args...)`` is ``torch.amp.GradScaler("tpu", ...)``."""
+    """See :class:`torch.amp.GradScaler`; ``torch.tpu.amp.GradScaler(args...)`` is
+    ``torch.amp.GradScaler("tpu", ...)``."""
 
     def __init__(self, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000, enabled=True):
         _warn_deprecated("GradScaler", "torch.amp.GradScaler('tpu', args...)")
