@@ -176,15 +176,16 @@ def _planned_with_values(monkeypatch, job):
     return plan_training(job)
 
 
-@pytest.mark.parametrize("model, chips, checkpoint", [
-    ("plan_user_model:fixed_capacity_moe", 1, False), ("plan_user_model:mlp_language_model", 2, True),
-    ("plan_user_model:small_resnet", 2, False),  # BatchNorm kept in float32, as FSDP1's mixed precision keeps it
-    ("plan_user_model:encoder_decoder", 1, False), ("plan_user_model:frozen_embedding_model", 1, False),
+@pytest.mark.parametrize("model, chips, checkpoint, master_dtype", [
+    ("plan_user_model:fixed_capacity_moe", 1, False, "fp32"), ("plan_user_model:mlp_language_model", 2, True, "fp32"),
+    ("plan_user_model:small_resnet", 2, False, "fp32"),  # BatchNorm kept float32, as FSDP1's mixed precision keeps it
+    ("plan_user_model:small_resnet", 1, False, "bf16"),  # ... even when the master copy is bf16 (running stats too)
+    ("plan_user_model:encoder_decoder", 1, False, "fp32"), ("plan_user_model:frozen_embedding_model", 1, False, "fp32"),
 ])
-def test_the_planned_step_equals_the_same_step_run_with_values(monkeypatch, model, chips, checkpoint):
+def test_the_planned_step_equals_the_same_step_run_with_values(monkeypatch, model, chips, checkpoint, master_dtype):
     """Abstract mode is a faithful stand-in: the step run on real bytes allocates, peaks and takes the
     simulated time the plan says (on 2 chips FSDP's fp32-to-bf16 all-gather inputs once cost more in eager)."""
-    job = TrainingJob(model=model, chips=chips, batch=4, seq=32, checkpoint=checkpoint)
+    job = TrainingJob(model=model, chips=chips, batch=4, seq=32, checkpoint=checkpoint, master_dtype=master_dtype)
     planned = plan_training(job)
     real = _planned_with_values(monkeypatch, job)
     assert real["hbm_per_chip"] == planned["hbm_per_chip"]

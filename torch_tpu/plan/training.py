@@ -232,7 +232,7 @@ def parallelize(program, job, mesh):
 
     data_mesh = mesh[tuple(name for name in ("dp", "fsdp") if name in shape)] if mesh is not None else None
     policy = MixedPrecisionPolicy(param_dtype=DTYPES[job.param_dtype], reduce_dtype=DTYPES[job.reduce_dtype])
-    if policy.param_dtype != torch.float32:
+    if policy.param_dtype != torch.float32 or job.master_dtype != "fp32":
         _keep_batch_norms_in_float32(model, data_mesh, policy)
     for container, index in program.layers:
         fully_shard(container[index], mesh=data_mesh, mp_policy=policy)
@@ -244,13 +244,25 @@ def _keep_batch_norms_in_float32(model, data_mesh, policy):
     """FSDP's mixed precision casts parameters, not buffers: a BatchNorm's weight would be bf16 and its running
     statistics float32, a mix its kernels refuse. FSDP1's MixedPrecision keeps batch norms in full precision by
     default (``_module_classes_to_ignore``); so does the planner: each is its own FSDP unit with float32
-    parameters, taking its bf16 input as it comes (the kernels' one mixed precision)."""
+    parameters, taking its bf16 input as it comes (the kernels' one mixed precision). A bf16 master copy
+    keeps them float32 too (``_batch_norms_back_to_float32``)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     full = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=policy.reduce_dtype, cast_forward_inputs=False)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
-            fully_shard(module, mesh=data_mesh, mp_policy=full)
+    for module in _affine_batch_norms(model):
+        fully_shard(module, mesh=data_mesh, mp_policy=full)
+
+
+def _affine_batch_norms(model):
+    return [module for module in model.modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None]
+
+
+def _batch_norms_back_to_float32(model):
+    """``model.to(bf16)`` casts the batch norms' parameters and running statistics alike: back to float32, the
+    whole module, as FSDP1 keeps it (a bf16 running mean beside float32 parameters is a mix the kernels refuse)."""
+    for module in _affine_batch_norms(model):
+        module.float()
 
 
 # --- the planned step ----------------------------------------------------------------------------------
@@ -320,6 +332,8 @@ def plan_training(job):
         model.to_empty(device="tpu")
         if job.master_dtype != "fp32":
             model.to(DTYPES[job.master_dtype])
+            _batch_norms_back_to_float32(model)
+            _batch_norms_back_to_float32(model)
         batch = tuple(_on_tpu(value) for value in program.batch)
         keywords = {name: _on_tpu(value) for name, value in program.keywords.items()}
         optimizer = ShardOptimizer(job, model.parameters())
