@@ -205,6 +205,20 @@ def test_a_plans_peak_does_not_depend_on_when_python_collected_garbage():
     assert peaks[0] == peaks[1] == peaks[2]
 
 
+def test_planning_keeps_the_callers_own_gc_freeze():
+    """A pre-forking server freezes its heap (gc.freeze) before it plans: the planner once unfroze it. Planning
+    under the caller's freeze makes full collections instead, and plans the same peak."""
+    job = TrainingJob(model="plan_user_model:mlp_language_model", chips=2, batch=4, seq=32)
+    unfrozen = plan_training(job)["hbm_per_chip"]
+    gc.freeze()
+    try:
+        frozen = plan_training(job)["hbm_per_chip"]
+        assert gc.get_freeze_count() > 0  # gc.unfreeze() leaves none frozen
+    finally:
+        gc.unfreeze()
+    assert frozen == unfrozen
+
+
 def test_a_frozen_parameter_has_no_gradient_and_no_optimizer_state():
     """AdamW(model.parameters()) keeps state only for parameters that get gradients: a frozen embedding has
     neither (the planner once gave every parameter AdamW's two moments). Its buffers are the chip's too."""
