@@ -55,6 +55,30 @@ def warning_language_model(batch, seq):
     return WarningLanguageModel(), torch.randint(0, 512, (batch, seq))
 
 
+class WithoutAFastPath(nn.Module):
+    def forward(self, tokens):
+        raise NotImplementedError("no fast path for these tokens")
+
+
+class FallingBackLanguageModel(ResidualMLPLanguageModel):
+    """Tries a fast path that raises and falls back, as user code may; then its head (too wide) raises."""
+
+    def __init__(self):
+        super().__init__()
+        self.fast_path = WithoutAFastPath()
+        self.head = nn.Linear(256, 512)
+
+    def forward(self, tokens):
+        try:
+            return self.fast_path(tokens)
+        except NotImplementedError:
+            return super().forward(tokens)
+
+
+def falling_back_language_model(batch, seq):
+    return FallingBackLanguageModel(), torch.randint(0, 512, (batch, seq))
+
+
 def outputs_with_loss(batch, seq):
     tokens = torch.randint(0, 512, (batch, seq))
     return OutputsWithLoss(), (tokens, tokens)

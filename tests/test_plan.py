@@ -260,6 +260,14 @@ def test_a_transformer_reading_its_masks_values_is_refused_with_the_argument_tha
     assert "(in the forward of transformer.decoder (TransformerDecoder))" in notes and "tgt_is_causal=True" in notes
 
 
+def test_an_error_a_parent_caught_leaves_the_module_path():
+    """A module whose forward raised is off the path once its parent catches the error: the next error names
+    its own module (it once named "Linear (Linear)", the caught module's stack entry still in the way)."""
+    with pytest.raises(RuntimeError, match="same reduction dim") as caught:  # the head's, in abstract mode
+        plan_training(TrainingJob(model="plan_user_model:falling_back_language_model", chips=1, batch=2, seq=8))
+    assert "(in the forward of head (Linear))" in caught.value.__notes__
+
+
 def test_the_planners_own_warnings_are_silenced_and_the_users_are_not():
     """FSDP2 warns that the root module it wraps returns a view: the planner's wrapping, not the user's code."""
     with warnings.catch_warnings(record=True) as caught:
