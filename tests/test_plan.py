@@ -269,13 +269,15 @@ def test_an_error_a_parent_caught_leaves_the_module_path():
 
 
 def test_the_planners_own_warnings_are_silenced_and_the_users_are_not():
-    """FSDP2 warns that the root module it wraps returns a view: the planner's wrapping, not the user's code."""
+    """FSDP2 warns that the root module it wraps returns a view, Dynamo that a compiled module meets the
+    planner's global module hooks: the planner's doing, not the user's code."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plan_training(TrainingJob(model="plan_user_model:warning_language_model", chips=2, batch=4, seq=8))
+        plan_training(TrainingJob(model="plan_user_model:compiled_block", chips=1, batch=4, seq=8))
     messages = [str(warning.message) for warning in caught]
     assert "the user's own warning" in messages
-    assert not any("FSDP2-wrapped module" in message for message in messages), messages
+    assert not any("FSDP2-wrapped module" in message or "global hooks" in message for message in messages), messages
 
 
 def assert_planned_alike(job, model):

@@ -73,8 +73,11 @@ def _tensor_parallel_hint(error, mesh_shape):
 
 # Warnings about what the planner itself does to the model, never about the user's code: FSDP2 warns that the
 # root module it wraps returns a view (an in-place op on it would skip FSDP's hooks; the planner's loss makes
-# none). Filtered by their exact wording, so the user's own warnings still reach them.
-PLANNERS_OWN_WARNINGS = (r"FSDP2-wrapped module \(.*\) returned a view tensor",)
+# none); Dynamo warns that a compiled module of the user's fires global module hooks twice (ModulePath's, which
+# pushes and pops as often). Filtered by their exact wording, so the user's own warnings still reach them.
+PLANNERS_OWN_WARNINGS = (r"FSDP2-wrapped module \(.*\) returned a view tensor",
+                         r"Using `torch\.compile\(module\)` when there are global hooks on modules \(e\.g\., from "
+                         r"`register_module_forward_hook`\)")
 
 # Modules the planner's wrapping puts between a model's own: their names are left out of a module's path.
 WRAPPERS = frozenset({"_checkpoint_wrapped_module", "_orig_mod", "_fsdp_wrapped_module"})
