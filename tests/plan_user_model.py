@@ -127,6 +127,25 @@ def outputs_nothing(batch, seq):
     return _returning({}, batch, seq)
 
 
+def outputs_only_nones(batch, seq):
+    return _returning({"loss": None, "logits": None}, batch, seq)
+
+
+class WeightDecayOnly(nn.Module):
+    """Takes no input: its loss is its own weights' squares (an empty batch dict is ``model()``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Linear(64, 32, bias=False)])
+
+    def forward(self):
+        return self.blocks[0].weight.square().sum()
+
+
+def weight_decay_only(batch, seq):
+    return WeightDecayOnly(), {}
+
+
 TINY_LLAMA = dataclasses.replace(models.CONFIGS["llama3-8b"], dim=256, layers=2, heads=8, kv_heads=4, ffn_dim=512,
                                  vocab=1024)
 

@@ -167,6 +167,15 @@ def test_a_dict_of_outputs_is_planned_with_its_loss_as_hugging_face_models_retur
         plan_training(dataclasses.replace(job, model="plan_user_model:outputs_without_a_tensor"))
     with pytest.raises(TypeError, match="output is a dict, not a tensor.*return 'loss'"):  # was a bare StopIteration
         plan_training(dataclasses.replace(job, model="plan_user_model:outputs_nothing"))
+    with pytest.raises(TypeError, match="output is a dict, not a tensor.*return 'loss'"):  # was "a NoneType"
+        plan_training(dataclasses.replace(job, model="plan_user_model:outputs_only_nones"))
+
+
+def test_an_empty_batch_dict_calls_the_model_with_no_arguments():
+    """A dict batch is always keywords: {} is model(), not model({})."""
+    result = plan_training(TrainingJob(model="plan_user_model:weight_decay_only", chips=1, batch=4, seq=8))
+    assert result["params"] == 64 * 32
+    assert result["hbm_per_chip"]["grads"] == 4 * 64 * 32
 
 
 def _planned_with_values(monkeypatch, job):

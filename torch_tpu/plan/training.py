@@ -161,8 +161,8 @@ def _user_program(job, local_batch):
         model, batch = made
         made = {"model": model, "batch": batch}
     batch = made["batch"]
-    keywords = dict(batch) if isinstance(batch, Mapping) else {}  # Hugging Face's model(**batch)
-    batch = () if keywords else batch if isinstance(batch, tuple) else (batch,)
+    keywords = dict(batch) if isinstance(batch, Mapping) else {}  # Hugging Face's model(**batch); {} is model()
+    batch = () if isinstance(batch, Mapping) else batch if isinstance(batch, tuple) else (batch,)
     return Program(made["model"], batch, made.get("loss", _output_as_loss), made.get("tp_plan"),
                    made.get("head_plan"), f"{job.model}: {type(made['model']).__name__}",
                    job.seq if "seq" in passed else None, keywords)
@@ -171,13 +171,13 @@ def _user_program(job, local_batch):
 def _output_as_loss(model, *batch, **keywords):
     """The model's output is the loss when it is a scalar; otherwise its sum stands in for one. Of a dict of
     outputs (Hugging Face's ModelOutput is one) or a dataclass of them, the "loss" entry, else the first that is
-    not None; of a tuple or list the first. An empty one is refused as it is."""
+    not None; of a tuple or list the first. An empty one (or one of Nones) is refused as it is."""
     output = model(*batch, **keywords)
     if dataclasses.is_dataclass(output) and not isinstance(output, type):  # a ModelOutput-like dataclass
-        output = {field.name: getattr(output, field.name) for field in dataclasses.fields(output)
-                  if getattr(output, field.name) is not None}
+        output = {field.name: getattr(output, field.name) for field in dataclasses.fields(output)}
     if isinstance(output, Mapping):
-        output = output["loss"] if output.get("loss") is not None else next(iter(output.values()), output)
+        present = {name: value for name, value in output.items() if value is not None}
+        output = present["loss"] if "loss" in present else next(iter(present.values()), output)
     elif isinstance(output, (tuple, list)) and output:
         output = output[0]
     if not isinstance(output, torch.Tensor):
