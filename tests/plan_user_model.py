@@ -55,6 +55,30 @@ def warning_language_model(batch, seq):
     return WarningLanguageModel(), torch.randint(0, 512, (batch, seq))
 
 
+class WithoutAFastPath(nn.Module):
+    def forward(self, tokens):
+        raise NotImplementedError("no fast path for these tokens")
+
+
+class FallingBackLanguageModel(ResidualMLPLanguageModel):
+    """Tries a fast path that raises and falls back, as user code may; then its head (too wide) raises."""
+
+    def __init__(self):
+        super().__init__()
+        self.fast_path = WithoutAFastPath()
+        self.head = nn.Linear(256, 512)
+
+    def forward(self, tokens):
+        try:
+            return self.fast_path(tokens)
+        except NotImplementedError:
+            return super().forward(tokens)
+
+
+def falling_back_language_model(batch, seq):
+    return FallingBackLanguageModel(), torch.randint(0, 512, (batch, seq))
+
+
 def outputs_with_loss(batch, seq):
     tokens = torch.randint(0, 512, (batch, seq))
     return OutputsWithLoss(), (tokens, tokens)
@@ -101,6 +125,25 @@ def outputs_without_a_tensor(batch, seq):
 
 def outputs_nothing(batch, seq):
     return _returning({}, batch, seq)
+
+
+def outputs_only_nones(batch, seq):
+    return _returning({"loss": None, "logits": None}, batch, seq)
+
+
+class WeightDecayOnly(nn.Module):
+    """Takes no input: its loss is its own weights' squares (an empty batch dict is ``model()``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Linear(64, 32, bias=False)])
+
+    def forward(self):
+        return self.blocks[0].weight.square().sum()
+
+
+def weight_decay_only(batch, seq):
+    return WeightDecayOnly(), {}
 
 
 TINY_LLAMA = dataclasses.replace(models.CONFIGS["llama3-8b"], dim=256, layers=2, heads=8, kv_heads=4, ffn_dim=512,

@@ -167,6 +167,15 @@ def test_a_dict_of_outputs_is_planned_with_its_loss_as_hugging_face_models_retur
         plan_training(dataclasses.replace(job, model="plan_user_model:outputs_without_a_tensor"))
     with pytest.raises(TypeError, match="output is a dict, not a tensor.*return 'loss'"):  # was a bare StopIteration
         plan_training(dataclasses.replace(job, model="plan_user_model:outputs_nothing"))
+    with pytest.raises(TypeError, match="output is a dict, not a tensor.*return 'loss'"):  # was "a NoneType"
+        plan_training(dataclasses.replace(job, model="plan_user_model:outputs_only_nones"))
+
+
+def test_an_empty_batch_dict_calls_the_model_with_no_arguments():
+    """A dict batch is always keywords: {} is model(), not model({})."""
+    result = plan_training(TrainingJob(model="plan_user_model:weight_decay_only", chips=1, batch=4, seq=8))
+    assert result["params"] == 64 * 32
+    assert result["hbm_per_chip"]["grads"] == 4 * 64 * 32
 
 
 def _planned_with_values(monkeypatch, job):
@@ -176,15 +185,16 @@ def _planned_with_values(monkeypatch, job):
     return plan_training(job)
 
 
-@pytest.mark.parametrize("model, chips, checkpoint", [
-    ("plan_user_model:fixed_capacity_moe", 1, False), ("plan_user_model:mlp_language_model", 2, True),
-    ("plan_user_model:small_resnet", 2, False),  # BatchNorm kept in float32, as FSDP1's mixed precision keeps it
-    ("plan_user_model:encoder_decoder", 1, False), ("plan_user_model:frozen_embedding_model", 1, False),
+@pytest.mark.parametrize("model, chips, checkpoint, master_dtype", [
+    ("plan_user_model:fixed_capacity_moe", 1, False, "fp32"), ("plan_user_model:mlp_language_model", 2, True, "fp32"),
+    ("plan_user_model:small_resnet", 2, False, "fp32"),  # BatchNorm kept float32, as FSDP1's mixed precision keeps it
+    ("plan_user_model:small_resnet", 1, False, "bf16"),  # ... even when the master copy is bf16 (running stats too)
+    ("plan_user_model:encoder_decoder", 1, False, "fp32"), ("plan_user_model:frozen_embedding_model", 1, False, "fp32"),
 ])
-def test_the_planned_step_equals_the_same_step_run_with_values(monkeypatch, model, chips, checkpoint):
+def test_the_planned_step_equals_the_same_step_run_with_values(monkeypatch, model, chips, checkpoint, master_dtype):
     """Abstract mode is a faithful stand-in: the step run on real bytes allocates, peaks and takes the
     simulated time the plan says (on 2 chips FSDP's fp32-to-bf16 all-gather inputs once cost more in eager)."""
-    job = TrainingJob(model=model, chips=chips, batch=4, seq=32, checkpoint=checkpoint)
+    job = TrainingJob(model=model, chips=chips, batch=4, seq=32, checkpoint=checkpoint, master_dtype=master_dtype)
     planned = plan_training(job)
     real = _planned_with_values(monkeypatch, job)
     assert real["hbm_per_chip"] == planned["hbm_per_chip"]
@@ -202,6 +212,20 @@ def test_a_plans_peak_does_not_depend_on_when_python_collected_garbage():
     finally:
         gc.enable()
     assert peaks[0] == peaks[1] == peaks[2]
+
+
+def test_planning_keeps_the_callers_own_gc_freeze():
+    """A pre-forking server freezes its heap (gc.freeze) before it plans: the planner once unfroze it. Planning
+    under the caller's freeze makes full collections instead, and plans the same peak."""
+    job = TrainingJob(model="plan_user_model:mlp_language_model", chips=2, batch=4, seq=32)
+    unfrozen = plan_training(job)["hbm_per_chip"]
+    gc.freeze()
+    try:
+        frozen = plan_training(job)["hbm_per_chip"]
+        assert gc.get_freeze_count() > 0  # gc.unfreeze() leaves none frozen
+    finally:
+        gc.unfreeze()
+    assert frozen == unfrozen
 
 
 def test_a_frozen_parameter_has_no_gradient_and_no_optimizer_state():
@@ -245,14 +269,24 @@ def test_a_transformer_reading_its_masks_values_is_refused_with_the_argument_tha
     assert "(in the forward of transformer.decoder (TransformerDecoder))" in notes and "tgt_is_causal=True" in notes
 
 
+def test_an_error_a_parent_caught_leaves_the_module_path():
+    """A module whose forward raised is off the path once its parent catches the error: the next error names
+    its own module (it once named "Linear (Linear)", the caught module's stack entry still in the way)."""
+    with pytest.raises(RuntimeError, match="same reduction dim") as caught:  # the head's, in abstract mode
+        plan_training(TrainingJob(model="plan_user_model:falling_back_language_model", chips=1, batch=2, seq=8))
+    assert "(in the forward of head (Linear))" in caught.value.__notes__
+
+
 def test_the_planners_own_warnings_are_silenced_and_the_users_are_not():
-    """FSDP2 warns that the root module it wraps returns a view: the planner's wrapping, not the user's code."""
+    """FSDP2 warns that the root module it wraps returns a view, Dynamo that a compiled module meets the
+    planner's global module hooks: the planner's doing, not the user's code."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         plan_training(TrainingJob(model="plan_user_model:warning_language_model", chips=2, batch=4, seq=8))
+        plan_training(TrainingJob(model="plan_user_model:compiled_block", chips=1, batch=4, seq=8))
     messages = [str(warning.message) for warning in caught]
     assert "the user's own warning" in messages
-    assert not any("FSDP2-wrapped module" in message for message in messages), messages
+    assert not any("FSDP2-wrapped module" in message or "global hooks" in message for message in messages), messages
 
 
 def assert_planned_alike(job, model):

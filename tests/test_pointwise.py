@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from differential import check, check_grads, check_same_error, compare
+from differential import assert_identical, check, check_grads, check_same_error, compare
 
 SPECIALS = [float("nan"), float("inf"), -float("inf"), 0.0, -0.0, 1.0, -1.0, 0.5]
 
@@ -1548,9 +1548,27 @@ def test_complex_half_results_cpu_has_no_loop_for_raise_cpus_error(call):
     lambda d: torch.clamp_min(torch.ones(2, device=d), 1 + 0j),
     lambda d: torch.clamp(torch.ones(2, device=d), max=torch.tensor(1j, device=d)),  # minimum's dispatch
     lambda d: torch.clamp(torch.ones(2, device=d), min=torch.tensor(0j, device=d), max=torch.tensor(1j, device=d)),
+    lambda d: torch.clamp(torch.ones(2, device=d), 0j, out=torch.empty(2, device=d, dtype=torch.complex64)),
+    lambda d: torch.clamp(torch.ones(2, device=d, dtype=torch.int64), 0j),  # an integral input promotes: complex
 ])
 def test_clamp_with_complex_bounds_raises_cpus_error(call):
     """CPU's clamp meta keeps a floating input's dtype and converts number bounds to double (checked), clamp_min and
     clamp_max promote and refuse complex, tensor bounds meet maximum/minimum/clamp's dispatch; tpu returned a complex
-    result."""
+    result (and wrote one into a complex out, whose dtype is not the input's)."""
     check_same_error(call)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("call", [
+    lambda x: torch.clamp(x, 0j),
+    lambda x: torch.clamp(x, min=-0.5 + 0j, max=2),
+    lambda x: torch.clamp(x, max=0.25 - 0j),
+    lambda x: x.clone().clamp_(0j, 1 + 0j),
+    lambda x: torch.clamp(x, 0j, out=torch.empty_like(x)),
+])
+def test_clamp_with_real_complex_bounds_keeps_a_floating_inputs_dtype(call, dtype):
+    """CPU's clamp meta makes a floating input's dtype the result's and takes a complex bound whose imaginary part is
+    zero as its real part; tpu promoted to complex (float16 raised NumPy's UFuncTypeError, clamp_ and a float out
+    were refused)."""
+    x = torch.tensor([-1.0, 0.5, 3.0, float("nan")], dtype=dtype)
+    assert_identical(call(x.to("tpu")), call(x))

@@ -762,3 +762,32 @@ def test_reductions_of_infinities_and_overflows_are_silent_as_on_cpu(reduce, dty
         warnings.simplefilter("error")
         actual = reduce(x.to("tpu"))
     torch.testing.assert_close(actual.cpu(), expected, equal_nan=True)
+
+
+def _complex_half(device, *shape):
+    with warnings.catch_warnings():  # "ComplexHalf support is experimental"
+        warnings.simplefilter("ignore")
+        return torch.full(shape, 1 + 2j, dtype=torch.complex32, device=device)
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: _complex_half(d, 2).sum(), lambda d: _complex_half(d, 2, 3).sum(1, keepdim=True),
+    lambda d: _complex_half(d, 2).mean(), lambda d: _complex_half(d, 2, 3).mean(0),
+    lambda d: torch.ones(2, dtype=torch.float16, device=d).sum(dtype=torch.complex32),
+    lambda d: torch.sum(_complex_half(d, 2), 0, out=_complex_half(d)),
+    lambda d: torch.mean(_complex_half(d, 2), 0, out=_complex_half(d)),
+    lambda d: _complex_half(d, 0).mean(),  # the empty sum is filled; its division has no ComplexHalf loop either
+    lambda d: _complex_half(d, 2).prod(),
+])
+def test_complex_half_sums_and_means_are_refused_as_on_cpu(call):
+    """CPU's sum, mean and prod loops have none for ComplexHalf; tpu summed them."""
+    differential.check_same_error(call)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: x.sum(dtype=torch.complex64), lambda x: x.mean(0, dtype=torch.complex64),
+    lambda x: x[:0].sum(), lambda x: x[:0].prod(),
+])
+def test_complex_half_reductions_in_another_dtype_or_of_nothing_match_cpu(call):
+    x = _complex_half("cpu", 3)
+    differential.compare(call(x.to("tpu")).to(torch.complex64), call(x).to(torch.complex64))

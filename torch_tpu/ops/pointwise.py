@@ -477,6 +477,14 @@ def refuse_complex_bounds(overload, self, bounds):
         raise value_overflow(torch.float64)
 
 
+def real_clamp_bounds(overload, promoted):
+    """The operands as clamp's meta function passes them on: a floating input's dtype is the result's, and a complex
+    bound (its imaginary part zero, ``refuse_complex_bounds`` refused the others) is its real part."""
+    if overload != "clamp.out":
+        return promoted
+    return tuple(bound.real if isinstance(bound, complex) else bound for bound in promoted)
+
+
 def refuse_in_meta(overload, promoted, out=None):
     """Raise the meta function's refusal of ``promoted`` (the op's operands; its first is ``self``) written into
     ``out``, if ``overload``'s meta refuses them."""
@@ -545,6 +553,7 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
         out = kwargs.pop(out_name)
         promoted, extras = args[:operands], args[operands:]
         refuse_in_meta(overload, promoted, out)
+        promoted = real_clamp_bounds(overload, promoted)
         if exact_out and not check_in_meta:
             check_exact_out(out, promoted)
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
@@ -575,6 +584,7 @@ def structured(overload, function, operands=1, rule=keep, check=None, opmath=Tru
                 return tensor
             return compute_into(tensor, function, promoted, dtype, extras, kwargs, opmath, name)
         refuse_in_meta(overload, promoted)
+        promoted = real_clamp_bounds(overload, promoted)
         dtype, result_dtype = checked_dtypes(promoted, extras, kwargs)
         output_shape = next(value.shape for value in promoted if isinstance(value, torch.Tensor))
         if scalars_in_dtype:

@@ -206,11 +206,20 @@ def _sum_layout(self, dtype):
 
 def _sum_tensor_into(target, self, axes, keepdim, dtype):
     """``self`` converted to ``dtype``, summed in its opmath in CPU's order into the array ``target``."""
+    _refuse_complex_half_loop(self, dtype, "sum_cpu")
     sum_into(target, _accumuland(self, dtype), axes, keepdim, DTYPE_NAME[dtype], _sum_layout(self, dtype))
 
 
 def _product_into(target, self, axes, keepdim, dtype):
+    _refuse_complex_half_loop(self, dtype, "prod_out_cpu")
     reduce_into(target, np.multiply.reduce, _accumuland(self, dtype), axes, keepdim, DTYPE_NAME[dtype])
+
+
+def _refuse_complex_half_loop(self, dtype, kernel_name):
+    """CPU's sum and prod loops have none for ComplexHalf (the dtype they accumulate in); an empty input never
+    reaches them, its result filled with the identity."""
+    if dtype == torch.complex32 and self.numel():
+        raise not_implemented_for(kernel_name, dtype)
 
 
 def _accumulating_kernel(accumulate_into):
@@ -259,6 +268,9 @@ def mean_dim(self, dim, keepdim=False, *, dtype=None):
 def _mean_of(self, axes, keepdim, dtype):
     """CPU's mean into ``dtype``: ``self`` summed in ``dtype`` (bf16/fp16 in float32) and divided by the count."""
     summed_in = _HALF_MEAN_SUM.get(dtype, dtype)
+    _refuse_complex_half_loop(self, summed_in, "sum_cpu")
+    if summed_in == torch.complex32:  # an empty one's filled sum meets CPU's division, which has no loop for it either
+        raise not_implemented_for("div_cpu", summed_in)
     return mean_array(_accumuland(self, summed_in), axes, keepdim, _sum_layout(self, summed_in))
 
 

@@ -98,19 +98,23 @@ def collecting_the_plans_garbage_only():
     time. The heap as it stands is frozen (``gc.freeze``) for the plan's duration instead, after a full
     collection only if something may hold HBM: the caller's tensors, or an earlier plan's still referenced
     (by the traceback of the error it raised, say). Plans report their peak above what is left, and leave no
-    garbage holding HBM behind them."""
+    garbage holding HBM behind them. A caller that froze its own heap (a pre-forking server) keeps its freeze:
+    the plan then makes full collections."""
     for name in MACHINERY:
         importlib.import_module(name)
     _lazy.load()
     if allocated():
         collect_garbage()
     baseline = allocated()
-    gc.freeze()
+    ours = gc.get_freeze_count() == 0  # unfreezing would thaw the caller's frozen objects with the plan's
+    if ours:
+        gc.freeze()
     try:
         yield baseline
         collect_garbage()  # the plan's modules, FSDP state and simulated world hold cycles: free their HBM now
     finally:
-        gc.unfreeze()
+        if ours:
+            gc.unfreeze()
     if allocated() > baseline:  # an object older than the plan, garbage now, held some of its cycles
         collect_garbage()
 

@@ -161,8 +161,8 @@ def _user_program(job, local_batch):
         model, batch = made
         made = {"model": model, "batch": batch}
     batch = made["batch"]
-    keywords = dict(batch) if isinstance(batch, Mapping) else {}  # Hugging Face's model(**batch)
-    batch = () if keywords else batch if isinstance(batch, tuple) else (batch,)
+    keywords = dict(batch) if isinstance(batch, Mapping) else {}  # Hugging Face's model(**batch); {} is model()
+    batch = () if isinstance(batch, Mapping) else batch if isinstance(batch, tuple) else (batch,)
     return Program(made["model"], batch, made.get("loss", _output_as_loss), made.get("tp_plan"),
                    made.get("head_plan"), f"{job.model}: {type(made['model']).__name__}",
                    job.seq if "seq" in passed else None, keywords)
@@ -171,13 +171,13 @@ def _user_program(job, local_batch):
 def _output_as_loss(model, *batch, **keywords):
     """The model's output is the loss when it is a scalar; otherwise its sum stands in for one. Of a dict of
     outputs (Hugging Face's ModelOutput is one) or a dataclass of them, the "loss" entry, else the first that is
-    not None; of a tuple or list the first. An empty one is refused as it is."""
+    not None; of a tuple or list the first. An empty one (or one of Nones) is refused as it is."""
     output = model(*batch, **keywords)
     if dataclasses.is_dataclass(output) and not isinstance(output, type):  # a ModelOutput-like dataclass
-        output = {field.name: getattr(output, field.name) for field in dataclasses.fields(output)
-                  if getattr(output, field.name) is not None}
+        output = {field.name: getattr(output, field.name) for field in dataclasses.fields(output)}
     if isinstance(output, Mapping):
-        output = output["loss"] if output.get("loss") is not None else next(iter(output.values()), output)
+        present = {name: value for name, value in output.items() if value is not None}
+        output = present["loss"] if "loss" in present else next(iter(present.values()), output)
     elif isinstance(output, (tuple, list)) and output:
         output = output[0]
     if not isinstance(output, torch.Tensor):
@@ -232,7 +232,7 @@ def parallelize(program, job, mesh):
 
     data_mesh = mesh[tuple(name for name in ("dp", "fsdp") if name in shape)] if mesh is not None else None
     policy = MixedPrecisionPolicy(param_dtype=DTYPES[job.param_dtype], reduce_dtype=DTYPES[job.reduce_dtype])
-    if policy.param_dtype != torch.float32:
+    if policy.param_dtype != torch.float32 or job.master_dtype != "fp32":
         _keep_batch_norms_in_float32(model, data_mesh, policy)
     for container, index in program.layers:
         fully_shard(container[index], mesh=data_mesh, mp_policy=policy)
@@ -244,13 +244,25 @@ def _keep_batch_norms_in_float32(model, data_mesh, policy):
     """FSDP's mixed precision casts parameters, not buffers: a BatchNorm's weight would be bf16 and its running
     statistics float32, a mix its kernels refuse. FSDP1's MixedPrecision keeps batch norms in full precision by
     default (``_module_classes_to_ignore``); so does the planner: each is its own FSDP unit with float32
-    parameters, taking its bf16 input as it comes (the kernels' one mixed precision)."""
+    parameters, taking its bf16 input as it comes (the kernels' one mixed precision). A bf16 master copy
+    keeps them float32 too (``_batch_norms_back_to_float32``)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     full = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=policy.reduce_dtype, cast_forward_inputs=False)
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None:
-            fully_shard(module, mesh=data_mesh, mp_policy=full)
+    for module in _affine_batch_norms(model):
+        fully_shard(module, mesh=data_mesh, mp_policy=full)
+
+
+def _affine_batch_norms(model):
+    return [module for module in model.modules()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.weight is not None]
+
+
+def _batch_norms_back_to_float32(model):
+    """``model.to(bf16)`` casts the batch norms' parameters and running statistics alike: back to float32, the
+    whole module, as FSDP1 keeps it (a bf16 running mean beside float32 parameters is a mix the kernels refuse)."""
+    for module in _affine_batch_norms(model):
+        module.float()
 
 
 # --- the planned step ----------------------------------------------------------------------------------
@@ -320,6 +332,8 @@ def plan_training(job):
         model.to_empty(device="tpu")
         if job.master_dtype != "fp32":
             model.to(DTYPES[job.master_dtype])
+            _batch_norms_back_to_float32(model)
+            _batch_norms_back_to_float32(model)
         batch = tuple(_on_tpu(value) for value in program.batch)
         keywords = {name: _on_tpu(value) for name, value in program.keywords.items()}
         optimizer = ShardOptimizer(job, model.parameters())

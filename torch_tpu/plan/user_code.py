@@ -11,6 +11,7 @@ was raised and, where the planner can tell, how to proceed.
 import contextlib
 import importlib
 import inspect
+import sys
 import warnings
 
 import torch
@@ -72,16 +73,23 @@ def _tensor_parallel_hint(error, mesh_shape):
 
 # Warnings about what the planner itself does to the model, never about the user's code: FSDP2 warns that the
 # root module it wraps returns a view (an in-place op on it would skip FSDP's hooks; the planner's loss makes
-# none). Filtered by their exact wording, so the user's own warnings still reach them.
-PLANNERS_OWN_WARNINGS = (r"FSDP2-wrapped module \(.*\) returned a view tensor",)
+# none); Dynamo warns that a compiled module of the user's fires global module hooks twice (ModulePath's, which
+# pushes and pops as often). Filtered by their exact wording, so the user's own warnings still reach them.
+PLANNERS_OWN_WARNINGS = (r"FSDP2-wrapped module \(.*\) returned a view tensor",
+                         r"Using `torch\.compile\(module\)` when there are global hooks on modules \(e\.g\., from "
+                         r"`register_module_forward_hook`\)")
 
 # Modules the planner's wrapping puts between a model's own: their names are left out of a module's path.
 WRAPPERS = frozenset({"_checkpoint_wrapped_module", "_orig_mod", "_fsdp_wrapped_module"})
 
 
+_RAISED_IN = "_torch_tpu_planner_modules_running"  # the attribute an error keeps ModulePath's stack in
+
+
 class ModulePath:
     """The modules whose forward is running, outermost first: while it is installed, every module call pushes
-    its module and every return pops it, so after an error the stack ends at the module it was raised in."""
+    its module and every return or raise pops it (a module whose error its parent caught is off the stack). An
+    error keeps the stack as it stood when it left the module it was raised in (``running_when``)."""
 
     def __init__(self):
         self.stack = []
@@ -89,7 +97,7 @@ class ModulePath:
     @contextlib.contextmanager
     def installed(self):
         handles = (nn_module.register_module_forward_pre_hook(self._entered),
-                   nn_module.register_module_forward_hook(self._returned))
+                   nn_module.register_module_forward_hook(self._left, always_call=True))
         try:
             yield self
         finally:
@@ -99,22 +107,30 @@ class ModulePath:
     def _entered(self, module, args):
         self.stack.append(module)  # a hook returning something would replace the arguments
 
-    def _returned(self, module, args, output):
+    def _left(self, module, args, output):
+        error = sys.exc_info()[1]  # the error this module is left by, if any
+        if error is not None and not hasattr(error, _RAISED_IN):  # the first module it leaves raised it
+            setattr(error, _RAISED_IN, tuple(self.stack))  # on the error: a caught one takes it along when freed
         self.stack.pop()  # ... or the output
 
-    def describe(self):
-        """"blocks.1.attention (Attention)": the innermost running module's name in the outermost, or None."""
-        if not self.stack:
-            return None
-        names = []
-        for parent, child in zip(self.stack, self.stack[1:]):
-            name = next((name for name, module in parent.named_modules() if module is child), None)
-            if name is None:  # called by a module that does not own it: start again from it
-                names = [_own_class_name(child)]
-            else:
-                names += [part for part in name.split(".") if part not in WRAPPERS]
-        innermost = self.stack[-1]
-        return f"{'.'.join(names) or 'the model'} ({_own_class_name(innermost)})"
+    def running_when(self, error):
+        """The modules running when ``error`` was raised, outermost first (taken off the error)."""
+        return error.__dict__.pop(_RAISED_IN, tuple(self.stack))
+
+
+def describe(stack):
+    """"blocks.1.attention (Attention)": the innermost module of ``stack`` named in the outermost, or None."""
+    if not stack:
+        return None
+    names = []
+    for parent, child in zip(stack, stack[1:]):
+        name = next((name for name, module in parent.named_modules() if module is child), None)
+        if name is None:  # called by a module that does not own it: start again from it
+            names = [_own_class_name(child)]
+        else:
+            names += [part for part in name.split(".") if part not in WRAPPERS]
+    innermost = stack[-1]
+    return f"{'.'.join(names) or 'the model'} ({_own_class_name(innermost)})"
 
 
 def _own_class_name(module):
@@ -135,11 +151,12 @@ def running(job_name, mesh_shape):
     except Exception as error:
         mesh = ",".join(f"{name}={size}" for name, size in mesh_shape.items())
         error.add_note(f"(raised while planning {job_name} on mesh {mesh} in abstract mode)")
-        where = path.describe()
+        modules = path.running_when(error)
+        where = describe(modules)
         if where:
             error.add_note(f"(in the forward of {where})")
         if isinstance(error, NoValuesError):
-            hints = [MODULES_READING_VALUES.get(_own_class_name(module)) for module in reversed(path.stack)]
+            hints = [MODULES_READING_VALUES.get(_own_class_name(module)) for module in reversed(modules)]
             hint = next((hint for hint in hints if hint), NO_VALUES_HINT)
         else:
             hint = _tensor_parallel_hint(error, mesh_shape)
