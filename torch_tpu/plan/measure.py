@@ -86,7 +86,8 @@ def unlimited_hbm():
 # What planning imports on its first use: DTensor and FSDP2, Dynamo (FSDP2's hooks call torch._dynamo.disable),
 # the simulated world's process group; and the kernels (_lazy.load). Imported before the heap is frozen, so that
 # the first plan's collections do not walk them either.
-MACHINERY = ("torch.distributed.tensor", "torch.distributed.fsdp", "torch._dynamo", "torch_tpu.distributed.process_group")
+MACHINERY = ("torch.distributed.tensor", "torch.distributed.fsdp", "torch._dynamo",
+             "torch_tpu.distributed.process_group")
 
 
 @contextlib.contextmanager

@@ -136,7 +136,8 @@ def plan_serving(job):
 
     length = job.prompt + job.generate
     with measure.collecting_the_plans_garbage_only() as baseline, measure.unlimited_hbm() as capacity, \
-            simulate(job.chips, job.topology), abstract(), torch.no_grad(), user_code.running(job.model, {"tp": job.chips}):
+            simulate(job.chips, job.topology), abstract(), torch.no_grad(), \
+            user_code.running(job.model, {"tp": job.chips}):
         mesh = init_device_mesh("tpu", (job.chips,), mesh_dim_names=("tp",))
         program = build_program(job, length)
         model = program.model

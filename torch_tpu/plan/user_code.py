@@ -135,7 +135,8 @@ def describe(stack):
 
 def _own_class_name(module):
     """The class the user wrote: FSDP2 makes ``FSDP<class>`` subclasses of the modules it wraps."""
-    classes = [cls for cls in type(module).__mro__ if cls.__module__ != "torch.distributed.fsdp._fully_shard._fully_shard"]
+    fsdp_module = "torch.distributed.fsdp._fully_shard._fully_shard"
+    classes = [cls for cls in type(module).__mro__ if cls.__module__ != fsdp_module]
     return next((cls.__name__ for cls in classes if not cls.__name__.startswith("FSDP")), type(module).__name__)
 
 
