@@ -705,6 +705,30 @@ def test_sums_past_grain_size_split_across_threads_as_cpus(dtype, reduce, shape,
         torch.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape,dims", [
+    ((68, 32), (0,)), ((3, 17, 64), (0, 1)), ((394, 768), (0,)), ((8, 197, 192), (0, 1)),  # bias gradients
+    ((1100, 38), (0,)), ((300, 130), (0,)),  # a thread's columns shorter than a vector at 8 threads: split kept
+    ((32, 68), (1,)), ((256, 64), (-1,)), ((9, 4000), (1,)), ((4, 6, 50), (1, 2)),  # contiguous rows
+])
+@pytest.mark.parametrize("threads", [1, 2, 8])
+def test_sums_over_leading_or_trailing_dims_of_contiguous_inputs_take_the_direct_path_with_cpus_bits(
+        dtype, shape, dims, threads):
+    """The commonest sums (a contiguous input over its leading dims, as every bias gradient; over its trailing
+    dims) skip the general replay's bookkeeping (``sum_kernel._direct_sum``), and past 32768 elements the threads'
+    split of the columns is dropped where it adds every column as one loop would (``_split_changes_sums``): still
+    CPU's bits, on any number of threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        x = (x * torch.logspace(-3, 3, shape[-1], dtype=torch.float64)).to(dtype)
+        for function in (torch.sum, torch.mean):
+            assert torch.equal(function(x.to("tpu"), dims).cpu(), function(x, dims))
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_compiled_sum_and_mean_are_cpus_bit_for_bit():
     """The compiled program's sum and mean call the same replay (``reduction.sum_into``, ``mean_array``)."""
     torch._dynamo.reset()
