@@ -482,12 +482,46 @@ def _moments(op_name, self, axes, correction, keepdim):
             stacklevel=3,
         )
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.sum(array, axis=axes, keepdims=True) / array.dtype.type(count)
-        deviation = array - mean
-        squares = deviation.real**2 + deviation.imag**2 if array.dtype.kind == "c" else deviation * deviation
-        m2 = np.sum(squares, axis=axes, keepdims=keepdim)
+        if array.dtype.kind == "c":  # not replayed: CPU's complex var is its real part's plus its imaginary part's
+            mean = np.sum(array, axis=axes, keepdims=True) / array.dtype.type(count)
+            deviation = array - mean
+            m2 = np.sum(deviation.real**2 + deviation.imag**2, axis=axes, keepdims=True)
+        elif array.dtype == np.float64 and op_name in ("var", "std") and len(axes) == self.dim():
+            mean, m2 = _all_deviations(self, array)
+        else:
+            mean, m2 = _welford(self, array.astype(np.float64, copy=False), axes)
         variance = m2 / m2.dtype.type(max(count - correction, 0))
-    return variance, mean if keepdim else mean.reshape(variance.shape)
+        if not keepdim:
+            shape = _reduced_shape(self.shape, axes, False)
+            variance, mean = variance.reshape(shape), mean.reshape(shape)
+    return variance, mean
+
+
+def _welford(self, array, axes):
+    """(mean, m2) as CPU's WelfordOps form them in double (a float32 or 16-bit input too): each output's elements in
+    TensorIterator's order (its reduced dims by falling stride), ``delta = x - mean; mean += delta / n;
+    m2 += delta * (x - mean)``, step by step (not fused: measured), every output at once. Keeps the reduced dims."""
+    order, _, _, _ = _C.cpu_loops.reduction_iteration(self.shape, axes, self.stride())
+    reduced = [axis for axis in reversed(order) if axis in axes]
+    kept_shape = _reduced_shape(self.shape, axes, True)
+    elements = np.moveaxis(array, reduced, range(len(reduced))).reshape(
+        math.prod(self.shape[axis] for axis in axes), *kept_shape)
+    mean, m2 = np.zeros(kept_shape) if len(elements) else np.full(kept_shape, np.nan), np.zeros(kept_shape)  # 0 / 0
+    for count, value in enumerate(elements, 1):
+        delta = value - mean
+        mean = mean + delta / count
+        m2 = m2 + delta * (value - mean)
+    return mean, m2
+
+
+def _all_deviations(self, array):
+    """(mean, m2) of a float64 ``var``/``std`` over every dim as CPU's std_var_all_cpu forms them: its mean (the sum
+    kernel's, ``mean_array``), then the squared deviations added in order from +0.0 (measured below GRAIN_SIZE; its
+    per-thread chunks past it are not replayed)."""
+    axes = tuple(range(array.ndim))
+    mean = mean_array(array, axes, True, _sum_layout(self, self.dtype))
+    deviation = (array - mean).transpose(np.argsort(self.stride())[::-1]).reshape(-1)
+    return mean, np.asarray(np.add.accumulate(np.concatenate([[0.0], deviation * deviation]))[-1]).reshape(mean.shape)
 
 
 def _moment_kernel(op_name, wants_std, wants_mean):
