@@ -486,10 +486,12 @@ def _moments(op_name, self, axes, correction, keepdim):
             mean = np.sum(array, axis=axes, keepdims=True) / array.dtype.type(count)
             deviation = array - mean
             m2 = np.sum(deviation.real**2 + deviation.imag**2, axis=axes, keepdims=True)
-        elif array.dtype == np.float64 and op_name in ("var", "std") and len(axes) == self.dim():
+        elif array.dtype != np.float64 or count >= _C.cpu_loops.GRAIN_SIZE:
+            mean, m2 = _two_pass_in_double(array.astype(np.float64, copy=False), axes)
+        elif op_name in ("var", "std") and len(axes) == self.dim():
             mean, m2 = _all_deviations(self, array)
         else:
-            mean, m2 = _welford(self, array.astype(np.float64, copy=False), axes)
+            mean, m2 = _welford(self, array, axes)
         variance = m2 / m2.dtype.type(max(count - correction, 0))
         if not keepdim:
             shape = _reduced_shape(self.shape, axes, False)
@@ -497,8 +499,17 @@ def _moments(op_name, self, axes, correction, keepdim):
     return variance, mean
 
 
+def _two_pass_in_double(array, axes):
+    """(mean, m2) in double, vectorised: CPU's Welford sums are double too, so a float32 or 16-bit result rounds
+    from either alike (every case measured; only a double rounding that lands on a float32 tie could differ); a
+    float64 one past GRAIN_SIZE, which CPU splits across threads (not replayed), is within a few double ulps."""
+    mean = np.add.reduce(array, axis=axes, keepdims=True) / math.prod(array.shape[axis] for axis in axes)
+    deviation = array - mean
+    return mean, np.add.reduce(deviation * deviation, axis=axes, keepdims=True)
+
+
 def _welford(self, array, axes):
-    """(mean, m2) as CPU's WelfordOps form them in double (a float32 or 16-bit input too): each output's elements in
+    """(mean, m2) of a float64 input as CPU's WelfordOps form them: each output's elements in
     TensorIterator's order (its reduced dims by falling stride), ``delta = x - mean; mean += delta / n;
     m2 += delta * (x - mean)``, step by step (not fused: measured), every output at once. Keeps the reduced dims."""
     order, _, _, _ = _C.cpu_loops.reduction_iteration(self.shape, axes, self.stride())
