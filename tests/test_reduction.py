@@ -752,6 +752,20 @@ def test_var_and_std_are_cpus_welford_in_double_bit_for_bit(dtype, shape, reduce
                     assert _same_or_both_nan(got_one.cpu(), expected_one), (dims, options)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(12,), (70, 3), (17, 33), (9, 64), (300,), (3, 100), (4, 1000), (3, 5, 7)])
+def test_prod_over_contiguous_trailing_runs_is_cpus_vector_loop_bit_for_bit(dtype, shape):
+    """CPU's prod reads a contiguous run in blocks of four 32-byte vectors (Reduce.h's vectorized_inner_reduction:
+    four accumulators, combined pairwise, their lanes in order, then the run's tail); NumPy's multiply.reduce took
+    another order (float64 (300,) and (3, 100) were an ulp off). Products over leading dims combine rows in order."""
+    for seed in range(3):
+        x = (1 + 0.01 * torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)).to(dtype)
+        assert torch.equal(torch.prod(x.to("tpu")).cpu(), torch.prod(x))
+        for dim in range(x.dim()):
+            for keepdim in (False, True):
+                assert torch.equal(torch.prod(x.to("tpu"), dim, keepdim=keepdim).cpu(), torch.prod(x, dim, keepdim))
+
+
 def test_compiled_sum_and_mean_are_cpus_bit_for_bit():
     """The compiled program's sum and mean call the same replay (``reduction.sum_into``, ``mean_array``)."""
     torch._dynamo.reset()

@@ -20,7 +20,7 @@ import torch
 from .. import _C
 from .._errors import cannot_cast, failed_check, not_implemented_for, scalar_type_name, shape_mismatch, warn_once
 from .._tensor import DTYPE_NAME
-from .cpu_replay import libstdcxx_order, sum_kernel
+from .cpu_replay import inner_reduction, libstdcxx_order, sum_kernel
 from ._common import (as_numpy, converted, empty, empty_with_array, exact_dtype, loop_rounding, operand, opmath_dtype,
                       prepare_out, store, wrap_dim, wrap_dims, write)
 from ._registry import register
@@ -210,7 +210,34 @@ def _sum_tensor_into(target, self, axes, keepdim, dtype):
 
 
 def _product_into(target, self, axes, keepdim, dtype):
-    reduce_into(target, np.multiply.reduce, _accumuland(self, dtype), axes, keepdim, DTYPE_NAME[dtype])
+    array = _accumuland(self, dtype)
+    product = _product_of_runs if _reduces_contiguous_runs(self, axes, dtype, array) else np.multiply.reduce
+    reduce_into(target, product, array, axes, keepdim, DTYPE_NAME[dtype])
+
+
+def _reduces_contiguous_runs(self, axes, dtype, array):
+    """Whether CPU's prod reads each output's elements as one contiguous run in its vector loop
+    (``cpu_replay.inner_reduction``): a contiguous float32/float64 input over its trailing dims, on one thread or
+    with several outputs (the threads then divide the outputs). Reductions over other dims combine whole rows in
+    order, as NumPy's ``multiply.reduce`` does."""
+    trailing = tuple(range(self.dim() - len(axes), self.dim()))
+    return (dtype in _RUN_PRODUCT_DTYPES and self.is_contiguous() and tuple(sorted(axes)) == trailing
+            and array.flags.c_contiguous and array.size > 0
+            and (self.numel() < _C.cpu_loops.GRAIN_SIZE or len(axes) < self.dim()))
+
+
+_RUN_PRODUCT_DTYPES = (torch.float32, torch.float64)  # bf16/fp16: CPU rounds every partial product (not replayed)
+
+
+def _product_of_runs(array, axis, keepdims, out=None):
+    """np.multiply.reduce's signature, CPU's order for contiguous trailing runs."""
+    length = math.prod(array.shape[dim] for dim in axis)
+    total = inner_reduction.inner_reduction(np.multiply, array.reshape(-1, length), 1).reshape(
+        _reduced_shape(array.shape, axis, keepdims))
+    if out is None:
+        return total
+    out[...] = total
+    return out
 
 
 def _accumulating_kernel(accumulate_into):
