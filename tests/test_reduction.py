@@ -766,6 +766,18 @@ def test_prod_over_contiguous_trailing_runs_is_cpus_vector_loop_bit_for_bit(dtyp
                 assert torch.equal(torch.prod(x.to("tpu"), dim, keepdim=keepdim).cpu(), torch.prod(x, dim, keepdim))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_var_std_and_prod_are_cpus_bit_for_bit(dtype):
+    """Compiled programs run the eager kernels' var/std/prod maths; std is kept whole (core ATen's decomposition
+    took the square root of a float32-rounded var: float32 ``std(1)`` was an ulp off CPU)."""
+    torch._dynamo.reset()
+    reductions = lambda x: (x.var(0), x.std(1), x.prod(-1), torch.var_mean(x, 1)[0], torch.std_mean(x, 0)[0], x.std())
+    compiled = torch.compile(reductions, backend="tpu", fullgraph=True)
+    x = (1 + 0.01 * torch.randn(17, 100, generator=torch.Generator().manual_seed(0), dtype=torch.float64)).to(dtype)
+    for got, expected in zip(compiled(x.to("tpu")), reductions(x)):
+        assert torch.equal(got.cpu(), expected)
+
+
 def test_compiled_sum_and_mean_are_cpus_bit_for_bit():
     """The compiled program's sum and mean call the same replay (``reduction.sum_into``, ``mean_array``)."""
     torch._dynamo.reset()
