@@ -705,6 +705,79 @@ def test_sums_past_grain_size_split_across_threads_as_cpus(dtype, reduce, shape,
         torch.set_num_threads(previous)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape,dims", [
+    ((68, 32), (0,)), ((3, 17, 64), (0, 1)), ((394, 768), (0,)), ((8, 197, 192), (0, 1)),  # bias gradients
+    ((1100, 38), (0,)), ((300, 130), (0,)),  # a thread's columns shorter than a vector at 8 threads: split kept
+    ((32, 68), (1,)), ((256, 64), (-1,)), ((9, 4000), (1,)), ((4, 6, 50), (1, 2)),  # contiguous rows
+])
+@pytest.mark.parametrize("threads", [1, 2, 8])
+def test_sums_over_leading_or_trailing_dims_of_contiguous_inputs_take_the_direct_path_with_cpus_bits(
+        dtype, shape, dims, threads):
+    """The commonest sums (a contiguous input over its leading dims, as every bias gradient; over its trailing
+    dims) skip the general replay's bookkeeping (``sum_kernel._direct_sum``), and past 32768 elements the threads'
+    split of the columns is dropped where it adds every column as one loop would (``_split_changes_sums``): still
+    CPU's bits, on any number of threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        x = (x * torch.logspace(-3, 3, shape[-1], dtype=torch.float64)).to(dtype)
+        for function in (torch.sum, torch.mean):
+            assert torch.equal(function(x.to("tpu"), dims).cpu(), function(x, dims))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _same_or_both_nan(got, expected):
+    return torch.equal(got.isnan(), expected.isnan()) and torch.equal(got.nan_to_num(), expected.nan_to_num())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(12,), (6, 2), (3, 5, 7), (70, 3), (17, 33), (5, 40, 3), (300,)])
+@pytest.mark.parametrize("reduce", [torch.var, torch.std, torch.var_mean, torch.std_mean])
+def test_var_and_std_are_cpus_welford_in_double_bit_for_bit(dtype, shape, reduce):
+    """CPU's var/std (and their _mean pairs) run WelfordOps in double for every floating dtype, each output's
+    elements in TensorIterator's order, rounded once; a float64 var/std over every dim is its sum kernel's mean,
+    then the squared deviations added in order. tpu's float32 two-pass in the input's opmath differed in 53 of 62
+    small cases (float64 in 41 of 48)."""
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 3 + 1).to(dtype)
+    for source in (x, x.transpose(0, -1)):
+        for dims in [None] + [d for r in range(1, x.dim() + 1) for d in itertools.combinations(range(x.dim()), r)]:
+            for options in ({}, {"correction": 0, "keepdim": True}):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # a size-1 reduction's NaN, on both devices
+                    expected, got = reduce(source, dims, **options), reduce(source.to("tpu"), dims, **options)
+                for got_one, expected_one in zip(*(r if isinstance(r, tuple) else (r,) for r in (got, expected))):
+                    assert _same_or_both_nan(got_one.cpu(), expected_one), (dims, options)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(12,), (70, 3), (17, 33), (9, 64), (300,), (3, 100), (4, 1000), (3, 5, 7)])
+def test_prod_over_contiguous_trailing_runs_is_cpus_vector_loop_bit_for_bit(dtype, shape):
+    """CPU's prod reads a contiguous run in blocks of four 32-byte vectors (Reduce.h's vectorized_inner_reduction:
+    four accumulators, combined pairwise, their lanes in order, then the run's tail); NumPy's multiply.reduce took
+    another order (float64 (300,) and (3, 100) were an ulp off). Products over leading dims combine rows in order."""
+    for seed in range(3):
+        x = (1 + 0.01 * torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)).to(dtype)
+        assert torch.equal(torch.prod(x.to("tpu")).cpu(), torch.prod(x))
+        for dim in range(x.dim()):
+            for keepdim in (False, True):
+                assert torch.equal(torch.prod(x.to("tpu"), dim, keepdim=keepdim).cpu(), torch.prod(x, dim, keepdim))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_var_std_and_prod_are_cpus_bit_for_bit(dtype):
+    """Compiled programs run the eager kernels' var/std/prod maths; std is kept whole (core ATen's decomposition
+    took the square root of a float32-rounded var: float32 ``std(1)`` was an ulp off CPU)."""
+    torch._dynamo.reset()
+    reductions = lambda x: (x.var(0), x.std(1), x.prod(-1), torch.var_mean(x, 1)[0], torch.std_mean(x, 0)[0], x.std())
+    compiled = torch.compile(reductions, backend="tpu", fullgraph=True)
+    x = (1 + 0.01 * torch.randn(17, 100, generator=torch.Generator().manual_seed(0), dtype=torch.float64)).to(dtype)
+    for got, expected in zip(compiled(x.to("tpu")), reductions(x)):
+        assert torch.equal(got.cpu(), expected)
+
+
 def test_compiled_sum_and_mean_are_cpus_bit_for_bit():
     """The compiled program's sum and mean call the same replay (``reduction.sum_into``, ``mean_array``)."""
     torch._dynamo.reset()

@@ -35,7 +35,8 @@ aten = torch.ops.aten
 # sums its two channel reductions in another order and form than eager's kernel (input gradients 1e-7 apart, a
 # MobileNet's norm weights' gradients 6e-6); kept whole, it runs its eager kernel, as batch norm's forward does.
 # bernoulli's decomposition compares float32 uniforms with the probabilities, where eager draws through
-# random.bernoulli_draw: kept whole, a program draws eager's mask under the same seed.
+# random.bernoulli_draw: kept whole, a program draws eager's mask under the same seed. std's decomposition takes
+# the square root of a var rounded to float32, where CPU's (eager's) takes it in double and rounds once.
 KEPT_WHOLE = (
     aten.native_batch_norm_backward.default,
     aten.mv.default, aten.dot.default, aten.linalg_cross.default, aten.special_log_ndtr.default,
@@ -45,7 +46,7 @@ KEPT_WHOLE = (
     aten.nll_loss_backward.default, aten.embedding_dense_backward.default, aten.embedding.default,
     aten.native_dropout.default, aten.native_dropout_backward.default, aten.threshold_backward.default,
     aten.lerp.Scalar, aten.lerp.Tensor, aten.addcmul.default, aten.addcdiv.default, aten.logit.default,
-    aten.bernoulli.default,
+    aten.bernoulli.default, aten.std.correction, aten.std_mean.correction,
 )
 # Composite ops whose Python decomposition torch registers on the CompositeImplicitAutograd key (py_impl), which
 # the Python dispatcher runs while AOTAutograd traces whatever decomposition table the backend passes. Eager runs

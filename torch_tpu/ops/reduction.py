@@ -20,7 +20,7 @@ import torch
 from .. import _C
 from .._errors import cannot_cast, failed_check, not_implemented_for, scalar_type_name, shape_mismatch, warn_once
 from .._tensor import DTYPE_NAME
-from .cpu_replay import libstdcxx_order, sum_kernel
+from .cpu_replay import inner_reduction, libstdcxx_order, sum_kernel
 from ._common import (as_numpy, converted, empty, empty_with_array, exact_dtype, loop_rounding, operand, opmath_dtype,
                       prepare_out, store, wrap_dim, wrap_dims, write)
 from ._registry import register
@@ -212,7 +212,34 @@ def _sum_tensor_into(target, self, axes, keepdim, dtype):
 
 def _product_into(target, self, axes, keepdim, dtype):
     _refuse_complex_half_loop(self, dtype, "prod_out_cpu")
-    reduce_into(target, np.multiply.reduce, _accumuland(self, dtype), axes, keepdim, DTYPE_NAME[dtype])
+    array = _accumuland(self, dtype)
+    product = _product_of_runs if _reduces_contiguous_runs(self, axes, dtype, array) else np.multiply.reduce
+    reduce_into(target, product, array, axes, keepdim, DTYPE_NAME[dtype])
+
+
+def _reduces_contiguous_runs(self, axes, dtype, array):
+    """Whether CPU's prod reads each output's elements as one contiguous run in its vector loop
+    (``cpu_replay.inner_reduction``): a contiguous float32/float64 input over its trailing dims, on one thread or
+    with several outputs (the threads then divide the outputs). Reductions over other dims combine whole rows in
+    order, as NumPy's ``multiply.reduce`` does."""
+    trailing = tuple(range(self.dim() - len(axes), self.dim()))
+    return (dtype in _RUN_PRODUCT_DTYPES and self.is_contiguous() and tuple(sorted(axes)) == trailing
+            and array.flags.c_contiguous and array.size > 0
+            and (self.numel() < _C.cpu_loops.GRAIN_SIZE or len(axes) < self.dim()))
+
+
+_RUN_PRODUCT_DTYPES = (torch.float32, torch.float64)  # bf16/fp16: CPU rounds every partial product (not replayed)
+
+
+def _product_of_runs(array, axis, keepdims, out=None):
+    """np.multiply.reduce's signature, CPU's order for contiguous trailing runs."""
+    length = math.prod(array.shape[dim] for dim in axis)
+    total = inner_reduction.inner_reduction(np.multiply, array.reshape(-1, length), 1).reshape(
+        _reduced_shape(array.shape, axis, keepdims))
+    if out is None:
+        return total
+    out[...] = total
+    return out
 
 
 def _refuse_complex_half_loop(self, dtype, kernel_name):
@@ -494,12 +521,57 @@ def _moments(op_name, self, axes, correction, keepdim):
             stacklevel=3,
         )
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.sum(array, axis=axes, keepdims=True) / array.dtype.type(count)
-        deviation = array - mean
-        squares = deviation.real**2 + deviation.imag**2 if array.dtype.kind == "c" else deviation * deviation
-        m2 = np.sum(squares, axis=axes, keepdims=keepdim)
+        if array.dtype.kind == "c":  # not replayed: CPU's complex var is its real part's plus its imaginary part's
+            mean = np.sum(array, axis=axes, keepdims=True) / array.dtype.type(count)
+            deviation = array - mean
+            m2 = np.sum(deviation.real**2 + deviation.imag**2, axis=axes, keepdims=True)
+        elif array.dtype != np.float64 or count >= _C.cpu_loops.GRAIN_SIZE:
+            mean, m2 = _two_pass_in_double(array.astype(np.float64, copy=False), axes)
+        elif op_name in ("var", "std") and len(axes) == self.dim():
+            mean, m2 = _all_deviations(self, array)
+        else:
+            mean, m2 = _welford(self, array, axes)
         variance = m2 / m2.dtype.type(max(count - correction, 0))
-    return variance, mean if keepdim else mean.reshape(variance.shape)
+        if not keepdim:
+            shape = _reduced_shape(self.shape, axes, False)
+            variance, mean = variance.reshape(shape), mean.reshape(shape)
+    return variance, mean
+
+
+def _two_pass_in_double(array, axes):
+    """(mean, m2) in double, vectorised: CPU's Welford sums are double too, so a float32 or 16-bit result rounds
+    from either alike (every case measured; only a double rounding that lands on a float32 tie could differ); a
+    float64 one past GRAIN_SIZE, which CPU splits across threads (not replayed), is within a few double ulps."""
+    mean = np.add.reduce(array, axis=axes, keepdims=True) / math.prod(array.shape[axis] for axis in axes)
+    deviation = array - mean
+    return mean, np.add.reduce(deviation * deviation, axis=axes, keepdims=True)
+
+
+def _welford(self, array, axes):
+    """(mean, m2) of a float64 input as CPU's WelfordOps form them: each output's elements in
+    TensorIterator's order (its reduced dims by falling stride), ``delta = x - mean; mean += delta / n;
+    m2 += delta * (x - mean)``, step by step (not fused: measured), every output at once. Keeps the reduced dims."""
+    order, _, _, _ = _C.cpu_loops.reduction_iteration(self.shape, axes, self.stride())
+    reduced = [axis for axis in reversed(order) if axis in axes]
+    kept_shape = _reduced_shape(self.shape, axes, True)
+    elements = np.moveaxis(array, reduced, range(len(reduced))).reshape(
+        math.prod(self.shape[axis] for axis in axes), *kept_shape)
+    mean, m2 = np.zeros(kept_shape) if len(elements) else np.full(kept_shape, np.nan), np.zeros(kept_shape)  # 0 / 0
+    for count, value in enumerate(elements, 1):
+        delta = value - mean
+        mean = mean + delta / count
+        m2 = m2 + delta * (value - mean)
+    return mean, m2
+
+
+def _all_deviations(self, array):
+    """(mean, m2) of a float64 ``var``/``std`` over every dim as CPU's std_var_all_cpu forms them: its mean (the sum
+    kernel's, ``mean_array``), then the squared deviations added in order from +0.0 (measured below GRAIN_SIZE; its
+    per-thread chunks past it are not replayed)."""
+    axes = tuple(range(array.ndim))
+    mean = mean_array(array, axes, True, _sum_layout(self, self.dtype))
+    deviation = (array - mean).transpose(np.argsort(self.stride())[::-1]).reshape(-1)
+    return mean, np.asarray(np.add.accumulate(np.concatenate([[0.0], deviation * deviation]))[-1]).reshape(mean.shape)
 
 
 def _moment_kernel(op_name, wants_std, wants_mean):

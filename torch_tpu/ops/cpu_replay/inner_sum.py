@@ -1,7 +1,7 @@
 """The accumulation steps of CPU's sum kernel (aten/src/ATen/native/cpu/SumKernel.cpp's ``multi_row_sum``,
 ``row_sum`` and ``vectorized_inner_sum``), replayed on many sums at once.
 
-Every function takes the elements being summed along axis 0 of a C-contiguous array, one independent sum per
+Every function takes the elements being summed along axis 0 of a C-contiguous array (or one ``in_slab_order``), one independent sum per
 position of the other axes (lanes, columns, rows of the input), so that each step below adds whole contiguous slabs.
 
 - ``multi_row_sum``: elements added in order into cascade level 0, flushed into level 1 every ``2 ** level_power``
@@ -55,12 +55,9 @@ def row_sum(units):
     """row_sum over (U, ...) units (elements, or vectors of lanes): (...)."""
     abreast = len(units) // ABREAST
     partial = multi_row_sum(units[:abreast * ABREAST].reshape(abreast, ABREAST, *units.shape[1:]))
-    first = partial[0]
-    for unit in units[abreast * ABREAST:]:
-        first += unit
-    for other in partial[1:]:
-        first += other
-    return first
+    if abreast * ABREAST == len(units):  # the four accumulators added in order: one reduction, not three additions
+        return in_order(partial)
+    return in_order(np.concatenate([partial[:1], units[abreast * ABREAST:], partial[1:]]))
 
 
 def multi_row_sum(rows):
@@ -86,4 +83,14 @@ def multi_row_sum(rows):
 
 def _group_sums(groups):
     """Each group's sum in order, of (G, step, ...) groups: (G, ...)."""
-    return in_order(np.ascontiguousarray(groups), axis=1)
+    return in_order(in_slab_order(groups), axis=1)
+
+
+def in_slab_order(array):
+    """``array``, or a C-contiguous copy where NumPy would not reduce its leading axes slab by slab in order as
+    ``in_order`` needs: a view whose strides fall from axis to axis (over the axes longer than one) down to one
+    element iterates as a C-contiguous array does (a bias gradient's per-thread columns need no copy)."""
+    steps = [step for step, size in zip(array.strides, array.shape) if size > 1]
+    if steps and steps[-1] == array.itemsize and all(outer > inner for outer, inner in zip(steps, steps[1:])):
+        return array
+    return np.ascontiguousarray(array)

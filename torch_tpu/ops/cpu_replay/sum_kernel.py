@@ -39,12 +39,15 @@ def cascade_sum(array, axes, strides, storage_itemsize, threads, output_dtype=No
     ``output_dtype``: the NumPy dtype of a bf16/fp16 output, which each addition into it rounds to (c10's
     ``BFloat16 += BFloat16(float)``: the column sum first, then the total), as ``nansum``'s do; ``widened``: the
     kernel writes a float32 output instead unless the input coalesces to one run (``sum``'s, measured)."""
-    plan = _plan(array.shape, tuple(axes), tuple(strides), threads if array.size >= GRAIN_SIZE else 1)
+    plan = _plan(array.shape, tuple(axes), tuple(strides), threads if array.size >= GRAIN_SIZE else 1,
+                 storage_itemsize, array.itemsize)
+    store_dtype = None if widened and not plan.one_run else output_dtype
+    if plan.direct is not None and store_dtype is None and array.flags.c_contiguous:
+        return _direct_sum(array, plan)
     values = array.transpose(plan.order).reshape(plan.sizes[::-1])
     if plan.elementwise:  # nothing reduced but single elements: each output is +0.0 plus its element
         totals = values.reshape(-1) + array.dtype.type(0)
     else:
-        store_dtype = None if widened and not plan.one_run else output_dtype
         sizes, loop_strides = plan.sizes, plan.loop_strides
         blocks = values.reshape(-1, sizes[1], sizes[0]).transpose(0, 2, 1)  # (block, element, column)
         if plan.split is None:
@@ -61,25 +64,57 @@ def cascade_sum(array, axes, strides, storage_itemsize, threads, output_dtype=No
 
 
 _Plan = collections.namedtuple("_Plan", "order sizes loop_strides reduced elementwise one_run split kept_shape "
-                                        "kept_order")
+                                        "kept_order direct")
+
+
+def _direct_sum(array, plan):
+    """The commonest layouts without the general path's bookkeeping, the same bits: a contiguous input summed on
+    one thread over its leading dims (a bias's gradient: ``multi_row_sum`` over whole runs of columns) or over its
+    trailing dims (each row a contiguous run: ``inner_sums``)."""
+    kind, shape = plan.direct
+    if kind == "leading":
+        return (inner_sum.multi_row_sum(array.reshape(shape)) + array.dtype.type(0)).reshape(plan.kept_shape)
+    return inner_sum.inner_sums(np.ascontiguousarray(array.reshape(shape).T)).reshape(plan.kept_shape)
+
+
+def _direct_kind(shape, axes, strides, sizes, loop_strides, storage_itemsize, itemsize):
+    """Which of ``_direct_sum``'s layouts a single-threaded plan is, with the 2-d shape its input is read as; None
+    for others. Leading dims qualify when the columns fill whole runs of four accumulator vectors (else
+    ``_column_sums`` mixes two branches)."""
+    contiguous = all(step == math.prod(shape[axis + 1:]) for axis, step in enumerate(strides) if shape[axis] != 1)
+    if len(sizes) != 2 or not contiguous:
+        return None
+    per_load = VECTOR_BYTES // storage_itemsize
+    run = inner_sum.ABREAST * (VECTOR_BYTES // itemsize)
+    if axes == tuple(range(len(axes))) and loop_strides[1] == 1 and sizes[1] % run == 0:
+        return "leading", (sizes[0], sizes[1])
+    if axes == tuple(range(len(shape) - len(axes), len(shape))) and loop_strides[0] == 1 and sizes[0] >= per_load:
+        return "trailing", (sizes[1], sizes[0])
+    return None
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(shape, axes, strides, threads):
+def _plan(shape, axes, strides, threads, storage_itemsize, itemsize):
     """What cascade_sum does for a layout, worked out once (a model sums the same layouts every step): the
     transpose to the iteration's dims outermost first, the coalesced sizes (at least two), the element strides of
     the loop's two dims, which later dims are reduced, the thread split (None: none, or one of a dim past the
-    loop's two; -1: two passes), and how the kept dims go back to the output's order."""
+    loop's two; -1: two passes), how the kept dims go back to the output's order, and whether ``_direct_sum`` can
+    take it (for elements of ``storage_itemsize`` bytes summed in ``itemsize``)."""
     order, sizes, output_strides, input_strides = _C.cpu_loops.reduction_iteration(shape, axes, strides)
     kept_axes = [axis for axis in reversed(order) if axis not in axes]  # outermost first
     split = _split_dim(sizes, output_strides, threads) if threads > 1 and output_strides[0] == 0 else None
+    if split == 1 and not _split_changes_sums(sizes[1], input_strides[:2], storage_itemsize, itemsize, threads):
+        split = None
+    direct = None if output_strides[0] != 0 or split is not None else \
+        _direct_kind(shape, axes, strides, sizes, input_strides, storage_itemsize, itemsize)
     one_run = len(sizes) == 1
     if one_run:  # its single column
         sizes, output_strides, input_strides = sizes + (1,), output_strides + (0,), input_strides + (0,)
     kept_order = sorted(range(len(kept_axes)), key=kept_axes.__getitem__)
     return _Plan(order[::-1], sizes, input_strides[:2], [stride == 0 for stride in output_strides[:0:-1]],
                  output_strides[0] != 0, one_run, None if split is not None and split >= 2 else split,
-                 [shape[axis] for axis in kept_axes], None if kept_order == sorted(kept_order) else kept_order)
+                 [shape[axis] for axis in kept_axes], None if kept_order == sorted(kept_order) else kept_order,
+                 direct)
 
 
 def _split_dim(sizes, output_strides, threads):
@@ -97,6 +132,19 @@ def _split_dim(sizes, output_strides, threads):
         if sizes[dim] > sizes[best]:
             best = dim
     return best
+
+
+def _split_changes_sums(columns, loop_strides, storage_itemsize, itemsize, threads):
+    """Whether the threads' runs of columns (``_thread_columns``) add any column otherwise than one loop over all
+    the columns would: never where each column is summed on its own (dim 0 the smaller stride); for adjacent
+    columns, whose runs begin at multiples of 128 bytes (whole runs of four accumulator vectors), only where a run
+    is too short for a vector; otherwise (runs of four columns from each thread's first) always."""
+    if loop_strides[0] < loop_strides[1]:
+        return False
+    if loop_strides[1] != 1:
+        return True
+    per_load = VECTOR_BYTES // storage_itemsize
+    return any(end - begin < per_load for begin, end in _thread_columns(columns, True, storage_itemsize, threads))
 
 
 def _thread_columns(columns, contiguous, storage_itemsize, threads):
@@ -147,7 +195,7 @@ def _column_sums(blocks, strides, storage_itemsize):
     """Each column's sum of (B, S, C) blocks, the 2-d loop's ``size0`` elements by ``size1`` columns with element
     ``strides`` along them, by the branch cascade_sum takes for them: (B, C)."""
     count, length, columns = blocks.shape
-    elements = np.ascontiguousarray(blocks.transpose(1, 0, 2))  # (S, B, C): each step adds whole slabs
+    elements = inner_sum.in_slab_order(blocks.transpose(1, 0, 2))  # (S, B, C): each step adds whole slabs
     per_load = VECTOR_BYTES // storage_itemsize  # elements of one Vectorized<scalar_t>
     if strides[0] == 1 and length >= per_load:
         return inner_sum.inner_sums(elements, storage_itemsize)
@@ -162,8 +210,8 @@ def _column_sums(blocks, strides, storage_itemsize):
         return inner_sum.multi_row_sum(elements)
     if not in_runs:
         return inner_sum.row_sum(elements)
-    return np.concatenate([inner_sum.multi_row_sum(np.ascontiguousarray(elements[:, :, :in_runs])),
-                           inner_sum.row_sum(np.ascontiguousarray(elements[:, :, in_runs:]))], axis=1)
+    return np.concatenate([inner_sum.multi_row_sum(inner_sum.in_slab_order(elements[:, :, :in_runs])),
+                           inner_sum.row_sum(inner_sum.in_slab_order(elements[:, :, in_runs:]))], axis=1)
 
 
 def _added_into_outputs(partials, reduced, store_dtype):
