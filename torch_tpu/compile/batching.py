@@ -52,7 +52,7 @@ class BatchPlan:
     scalars: list  # per host-scalar operand, the nodes each kernel reads it from: checked equal at run time
 
 
-def plan_batches(siblings, lowered, homes, position, root, nodes):
+def plan_batches(siblings, lowered, homes, position, root, nodes, last_use):
     """BatchPlans for the kernels of one horizontal launch: one per class of at least two isomorphic
     kernels (a launch over bfloat16 and float32 parameters batches each dtype on its own)."""
     classes = {}
@@ -60,11 +60,11 @@ def plan_batches(siblings, lowered, homes, position, root, nodes):
         signature = _signature(group.nodes, lowered, homes)
         if signature is not None:
             classes.setdefault(tuple(signature), []).append(list(group.nodes))
-    plans = (_plan(members, lowered, homes, position, root, nodes) for members in classes.values() if len(members) > 1)
+    plans = (_plan(members, lowered, homes, position, root, nodes, last_use) for members in classes.values() if len(members) > 1)
     return [plan for plan in plans if plan is not None]
 
 
-def _plan(members, lowered, homes, position, root, nodes):
+def _plan(members, lowered, homes, position, root, nodes, last_use):
     """A BatchPlan for isomorphic kernels, or None when running them where the last one ends could
     change what another node sees."""
     launch = {node for nodes_of in members for node in nodes_of}
@@ -82,7 +82,8 @@ def _plan(members, lowered, homes, position, root, nodes):
                 if arg in nodes_of:
                     continue
                 base = root(arg)
-                if base in launch or not (base.op == "placeholder" or homes.get(base) == "host"):
+                if base in launch or not (base.op == "placeholder" or homes.get(base) == "host" or
+                                          homes.get(base) == "buffer" and _is_number(arg, node)):
                     return None
                 reads.add(base)
                 if _is_number(arg, node):
@@ -95,10 +96,15 @@ def _plan(members, lowered, homes, position, root, nodes):
                     return None
     start = min(position[n] for n in launch)
     end = max(position[n] for n in launch)
+    # the launch's per-kernel scalars computed on the chip (an optimizer's bias corrections from step counts on the
+    # device) are planned buffers made inside it: they may be allocated there, but no buffer the launch reads may
+    # die before one is (it lives until the launch has run: a later death would raise the peak)
+    read_buffers = {base for base in reads if homes.get(base) == "buffer"}
     for node in nodes[start + 1:end]:
         if node in launch or node not in lowered:
             continue
-        if homes[node] in _ALLOCATING:
+        if homes[node] in _ALLOCATING and not (homes[node] == "buffer" and
+                                                all(last_use[b] >= position[node] for b in read_buffers)):
             return None
         touched = {root(a) for a in tensor_inputs((node.args, node.kwargs))}
         written = lowered[node].writes
@@ -108,9 +114,12 @@ def _plan(members, lowered, homes, position, root, nodes):
 
 
 def _is_number(arg, node):
-    """A one-element CPU tensor a device op reads as a number (a step count)."""
+    """A one-element CPU tensor a device op reads as a number (a step count), or a one-element device tensor it
+    broadcasts (a bias correction from a step count on the device: an optimizer traced with its state present)."""
     value = value_of(arg)
-    return is_tpu_node(node) and isinstance(value, torch.Tensor) and value.device.type == "cpu"
+    if not is_tpu_node(node) or not isinstance(value, torch.Tensor):
+        return False
+    return value.device.type == "cpu" or value.numel() == 1 and tuple(value.shape) != tuple(value_of(node).shape)
 
 
 def _signature(nodes_of, lowered, homes):
