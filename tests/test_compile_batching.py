@@ -433,3 +433,15 @@ def test_a_step_traced_with_its_state_present_is_batched_and_equals_eager(name, 
         for got, want in zip(compiled, eager, strict=True):
             assert_identical(got, want)
     assert memory == warm_started_steps(OPTIMIZERS[name], start, False, monkeypatch)[1]  # as unrolled holds it
+
+
+def test_a_launch_over_more_elements_than_the_host_cache_holds_batches_in_runs(monkeypatch):
+    """Kernels of more than ``BATCH_ELEMENTS`` elements together batch in consecutive runs of at most that many (the
+    float64 temporaries of a larger run leave the host's L2), each run bit for bit the unrolled kernels."""
+    shapes = [(4, 3), (3,), (4, 3), (3,), (20,)]
+    dtypes = [torch.float32] * len(shapes)
+    monkeypatch.setattr(batching, "BATCH_ELEMENTS", 15)  # (4, 3) and (3,) together; (20,) alone, unrolled
+    batched = train(OPTIMIZERS["adamw"], dtypes, True, monkeypatch, shapes=shapes)
+    launches = [line for source in batched[4] for line in source.splitlines() if BATCHED in line]
+    assert len(launches) == 2 and all("over the 2 kernels" in line for line in launches)
+    assert_same_step(batched, train(OPTIMIZERS["adamw"], dtypes, False, monkeypatch, shapes=shapes))

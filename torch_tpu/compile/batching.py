@@ -54,14 +54,35 @@ class BatchPlan:
 
 def plan_batches(siblings, lowered, homes, position, root, nodes, last_use):
     """BatchPlans for the kernels of one horizontal launch: one per class of at least two isomorphic
-    kernels (a launch over bfloat16 and float32 parameters batches each dtype on its own)."""
+    kernels (a launch over bfloat16 and float32 parameters batches each dtype on its own), or per run of a
+    class's kernels when they hold more than ``BATCH_ELEMENTS`` elements together."""
     classes = {}
     for group in siblings:
         signature = _signature(group.nodes, lowered, homes)
         if signature is not None:
             classes.setdefault(tuple(signature), []).append(list(group.nodes))
-    plans = (_plan(members, lowered, homes, position, root, nodes, last_use) for members in classes.values() if len(members) > 1)
+    chunks = (chunk for members in classes.values() for chunk in _chunks(members))
+    plans = (_plan(chunk, lowered, homes, position, root, nodes, last_use) for chunk in chunks if len(chunk) > 1)
     return [plan for plan in plans if plan is not None]
+
+
+# the elements of one batched launch at most: its float64 temporaries (the fused multiply-add's) then fit the host's
+# 2 MiB L2; a launch over more runs 2-4 times slower per element than over this many (docs/performance.md)
+BATCH_ELEMENTS = 2 ** 21 // 8
+
+
+def _chunks(members):
+    """Isomorphic kernels in graph order, split into consecutive runs of at most ``BATCH_ELEMENTS`` elements (a
+    kernel larger than that alone), each batched on its own."""
+    chunks, size = [[]], 0
+    for nodes_of in members:
+        count = value_of(nodes_of[0]).numel()
+        if chunks[-1] and size + count > BATCH_ELEMENTS:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(nodes_of)
+        size += count
+    return chunks
 
 
 def _plan(members, lowered, homes, position, root, nodes, last_use):
