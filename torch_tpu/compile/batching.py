@@ -16,8 +16,10 @@ The batched code then:
 From the second call on, the inputs a launch updates in place live in flat arrays of their own (``Colocation``):
 the launch reads and updates them there, with no gather and no write-back.
 
-A per-parameter host scalar (an optimizer's step count, read as a number) must be the same for all
+A per-parameter scalar read as a number (an optimizer's step count on the host, or its bias correction as a
+one-element device tensor when the step was traced with its state present) must be the same for all
 kernels: a run-time check compares their bytes and falls back to the unrolled code when they differ.
+A class of isomorphic kernels over more than ``BATCH_ELEMENTS`` elements batches in runs of at most that many.
 Charges and HBM are untouched: the launch is charged as before, and batching needs no HBM
 (its flat arrays are host scratch, as the values inside a fused kernel are).
 
