@@ -401,3 +401,84 @@ def test_a_result_is_computed_into_its_input_only_with_its_dtype(dtype, computed
     homes = {tuple(lowered[copy_].writes for _, copy_ in members): "colocated_1"}
     into = batching._computed_into(first, lowered, members, homes, batching._last_reads(first, lowered, operands_of))
     assert into == ({0: "colocated_1"} if computed_into else {})
+
+
+def warm_started_steps(make_optimizer, start, batched, monkeypatch, steps=3):
+    """(compiled parameters and state, eager twins' parameters and state) after each of ``steps`` optimizer steps,
+    the compiled step traced with the state already present: after one eager step (``start`` "eager_step") or
+    after ``load_state_dict`` of a checkpoint (Dynamo then moves the CPU step counts to the device), and the
+    compiled steps' HBM (peak and kept) and the program sources."""
+    torch._dynamo.reset()
+    debug.clear()
+    generator = torch.Generator().manual_seed(0)
+    values = [torch.randn(shape, generator=generator) for shape in SHAPES]
+    twins = [[torch.nn.Parameter(value.to("tpu")) for value in values] for _ in range(2)]
+    optimizers = [make_optimizer(params) for params in twins]
+
+    def set_grads():
+        grads = [torch.randn(value.shape, generator=generator) for value in values]
+        for params in twins:
+            for p, grad in zip(params, grads):
+                p.grad = grad.to("tpu")
+
+    if start == "eager_step":
+        set_grads()
+        for optimizer in optimizers:
+            optimizer.step()
+    else:  # a checkpoint of an optimizer that took one step on CPU
+        donors = [torch.nn.Parameter(value.clone()) for value in values]
+        donor = make_optimizer(donors)
+        for p in donors:
+            p.grad = torch.randn(p.shape, generator=generator)
+        donor.step()
+        for optimizer in optimizers:
+            optimizer.load_state_dict(donor.state_dict())
+    eager = optimizers[1]  # the oracle runs the maths Dynamo traces: capturable, its step counts on the device
+    for group in eager.param_groups:
+        group["capturable"] = True
+    for p, state in eager.state.items():
+        if "step" in state:
+            state["step"] = state["step"].to(p.device)
+    history, memory = [], []  # per compiled step: HBM at its peak and kept, over what was held before it
+    with monkeypatch.context() as patch:
+        if not batched:
+            patch.setattr(codegen, "plan_batches", lambda *args: [])
+        step = torch.compile(optimizers[0].step, backend="tpu")
+        for _ in range(steps):
+            set_grads()
+            torch.tpu.synchronize()
+            before = torch.tpu.memory_allocated()
+            torch.tpu.reset_peak_memory_stats()
+            step()
+            memory.append((torch.tpu.max_memory_allocated() - before, torch.tpu.memory_allocated() - before))
+            eager.step()
+            history.append([[t.clone() for p in params for t in [p] + [v for v in optimizer.state[p].values()
+                                                                      if isinstance(v, torch.Tensor)]]
+                            for params, optimizer in zip(twins, optimizers)])
+    return history, memory, [program.source for program in torch_tpu.compile.last_programs()]
+
+
+@pytest.mark.parametrize("start", ["eager_step", "load_state_dict"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_a_step_traced_with_its_state_present_is_batched_and_equals_eager(name, start, monkeypatch):
+    """Traced with its state present, an optimizer step reads its step counts as device tensors (Dynamo moves them
+    there) and its bias corrections as one-element device tensors: the launch batches all the same, and every step
+    equals eager's."""
+    history, memory, sources = warm_started_steps(OPTIMIZERS[name], start, True, monkeypatch)
+    assert any(BATCHED in source for source in sources), "the launch did not run batched"
+    for compiled, eager in history:
+        for got, want in zip(compiled, eager, strict=True):
+            assert_identical(got, want)
+    assert memory == warm_started_steps(OPTIMIZERS[name], start, False, monkeypatch)[1]  # as unrolled holds it
+
+
+def test_a_launch_over_more_elements_than_the_host_cache_holds_batches_in_runs(monkeypatch):
+    """Kernels of more than ``BATCH_ELEMENTS`` elements together batch in consecutive runs of at most that many (the
+    float64 temporaries of a larger run leave the host's L2), each run bit for bit the unrolled kernels."""
+    shapes = [(4, 3), (3,), (4, 3), (3,), (20,)]
+    dtypes = [torch.float32] * len(shapes)
+    monkeypatch.setattr(batching, "BATCH_ELEMENTS", 15)  # (4, 3) and (3,) together; (20,) alone, unrolled
+    batched = train(OPTIMIZERS["adamw"], dtypes, True, monkeypatch, shapes=shapes)
+    launches = [line for source in batched[4] for line in source.splitlines() if BATCHED in line]
+    assert len(launches) == 2 and all("over the 2 kernels" in line for line in launches)
+    assert_same_step(batched, train(OPTIMIZERS["adamw"], dtypes, False, monkeypatch, shapes=shapes))

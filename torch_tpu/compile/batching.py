@@ -16,8 +16,10 @@ The batched code then:
 From the second call on, the inputs a launch updates in place live in flat arrays of their own (``Colocation``):
 the launch reads and updates them there, with no gather and no write-back.
 
-A per-parameter host scalar (an optimizer's step count, read as a number) must be the same for all
+A per-parameter scalar read as a number (an optimizer's step count on the host, or its bias correction as a
+one-element device tensor when the step was traced with its state present) must be the same for all
 kernels: a run-time check compares their bytes and falls back to the unrolled code when they differ.
+A class of isomorphic kernels over more than ``BATCH_ELEMENTS`` elements batches in runs of at most that many.
 Charges and HBM are untouched: the launch is charged as before, and batching needs no HBM
 (its flat arrays are host scratch, as the values inside a fused kernel are).
 
@@ -52,19 +54,40 @@ class BatchPlan:
     scalars: list  # per host-scalar operand, the nodes each kernel reads it from: checked equal at run time
 
 
-def plan_batches(siblings, lowered, homes, position, root, nodes):
+def plan_batches(siblings, lowered, homes, position, root, nodes, last_use):
     """BatchPlans for the kernels of one horizontal launch: one per class of at least two isomorphic
-    kernels (a launch over bfloat16 and float32 parameters batches each dtype on its own)."""
+    kernels (a launch over bfloat16 and float32 parameters batches each dtype on its own), or per run of a
+    class's kernels when they hold more than ``BATCH_ELEMENTS`` elements together."""
     classes = {}
     for group in siblings:
         signature = _signature(group.nodes, lowered, homes)
         if signature is not None:
             classes.setdefault(tuple(signature), []).append(list(group.nodes))
-    plans = (_plan(members, lowered, homes, position, root, nodes) for members in classes.values() if len(members) > 1)
+    chunks = (chunk for members in classes.values() for chunk in _chunks(members))
+    plans = (_plan(chunk, lowered, homes, position, root, nodes, last_use) for chunk in chunks if len(chunk) > 1)
     return [plan for plan in plans if plan is not None]
 
 
-def _plan(members, lowered, homes, position, root, nodes):
+# the elements of one batched launch at most: its float64 temporaries (the fused multiply-add's) then fit the host's
+# 2 MiB L2; a launch over more runs 2-4 times slower per element than over this many (docs/performance.md)
+BATCH_ELEMENTS = 2 ** 21 // 8
+
+
+def _chunks(members):
+    """Isomorphic kernels in graph order, split into consecutive runs of at most ``BATCH_ELEMENTS`` elements (a
+    kernel larger than that alone), each batched on its own."""
+    chunks, size = [[]], 0
+    for nodes_of in members:
+        count = value_of(nodes_of[0]).numel()
+        if chunks[-1] and size + count > BATCH_ELEMENTS:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(nodes_of)
+        size += count
+    return chunks
+
+
+def _plan(members, lowered, homes, position, root, nodes, last_use):
     """A BatchPlan for isomorphic kernels, or None when running them where the last one ends could
     change what another node sees."""
     launch = {node for nodes_of in members for node in nodes_of}
@@ -82,7 +105,8 @@ def _plan(members, lowered, homes, position, root, nodes):
                 if arg in nodes_of:
                     continue
                 base = root(arg)
-                if base in launch or not (base.op == "placeholder" or homes.get(base) == "host"):
+                if base in launch or not (base.op == "placeholder" or homes.get(base) == "host" or
+                                          homes.get(base) == "buffer" and _is_number(arg, node)):
                     return None
                 reads.add(base)
                 if _is_number(arg, node):
@@ -95,10 +119,15 @@ def _plan(members, lowered, homes, position, root, nodes):
                     return None
     start = min(position[n] for n in launch)
     end = max(position[n] for n in launch)
+    # the launch's per-kernel scalars computed on the chip (an optimizer's bias corrections from step counts on the
+    # device) are planned buffers made inside it: they may be allocated there, but no buffer the launch reads may
+    # die before one is (it lives until the launch has run: a later death would raise the peak)
+    read_buffers = {base for base in reads if homes.get(base) == "buffer"}
     for node in nodes[start + 1:end]:
         if node in launch or node not in lowered:
             continue
-        if homes[node] in _ALLOCATING:
+        if homes[node] in _ALLOCATING and not (homes[node] == "buffer" and
+                                                all(last_use[b] >= position[node] for b in read_buffers)):
             return None
         touched = {root(a) for a in tensor_inputs((node.args, node.kwargs))}
         written = lowered[node].writes
@@ -108,9 +137,12 @@ def _plan(members, lowered, homes, position, root, nodes):
 
 
 def _is_number(arg, node):
-    """A one-element CPU tensor a device op reads as a number (a step count)."""
+    """A one-element CPU tensor a device op reads as a number (a step count), or a one-element device tensor it
+    broadcasts (a bias correction from a step count on the device: an optimizer traced with its state present)."""
     value = value_of(arg)
-    return is_tpu_node(node) and isinstance(value, torch.Tensor) and value.device.type == "cpu"
+    if not is_tpu_node(node) or not isinstance(value, torch.Tensor):
+        return False
+    return value.device.type == "cpu" or value.numel() == 1 and tuple(value.shape) != tuple(value_of(node).shape)
 
 
 def _signature(nodes_of, lowered, homes):

@@ -151,6 +151,13 @@ def generate(graph, name):
             else:
                 homes[node] = "buffer"
     written_into = _written_in_place(nodes, lowered, homes, position, root)
+    batch_of = {}  # node -> the BatchPlan of the launch it belongs to
+    for siblings in horizontal_launches(fusion.groups):
+        for plan in plan_batches(siblings, lowered, homes, position, root, nodes, last_use):
+            batch_of.update((n, plan) for nodes_of in plan.members for n in nodes_of)
+            for base in plan.reads | plan.writes:  # what a batched launch reads or writes lives until it has run
+                if plan.start <= last_use.get(base, -1) < plan.end:
+                    last_use[base] = plan.end
     made_at = {n: position[made_by.get(n, n)] for n in nodes}  # a kernel's results are made where it runs
     intervals = {n.name: (made_at[n], last_use.get(n, position[n]), nbytes_of(value_of(n)))
                  for n, home in homes.items() if home == "buffer"}
@@ -174,10 +181,6 @@ def generate(graph, name):
     first_call = next((n for n in nodes if n.op == "call_function"), None)
     tensor_of = {}  # node -> expression of a tensor holding it, where one exists
     deletions = {}  # position -> eager result tensors to drop after it
-    batch_of = {}  # node -> the BatchPlan of the launch it belongs to
-    for siblings in horizontal_launches(fusion.groups):
-        for plan in plan_batches(siblings, lowered, homes, position, root, nodes):
-            batch_of.update((n, plan) for nodes_of in plan.members for n in nodes_of)
     host_batch_of = plan_host_batches(nodes, lowered, homes, position)  # node -> its HostBatch
     launches = list({id(p): p for p in batch_of.values()}.values())  # the BatchPlans, once each
     # copy_ -> its HostCopies
@@ -187,14 +190,9 @@ def generate(graph, name):
     viewed_late = {member for plan in launches if colocation_of[id(plan)] is not None
                    for group in colocation_of[id(plan)].groups for member in group
                    if all(batch_of.get(user) is plan for user in member.users)}
-    kept_until = {}  # a graph input a batched launch reads or writes stays alive until the launch has run
-    for plan in launches:
-        for base in plan.reads | plan.writes:
-            if plan.start <= last_use.get(base, -1) < plan.end:
-                kept_until[base] = max(kept_until.get(base, 0), plan.end)
 
     def drop_after_last_use(node):
-        dies = max(last_use.get(node, position[node]), kept_until.get(node, -1))
+        dies = last_use.get(node, position[node])
         if node not in output_set and dies != position[output_node]:  # outputs live on; the rest die early
             deletions.setdefault(dies, []).append(node.name)
 

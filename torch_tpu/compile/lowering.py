@@ -331,9 +331,9 @@ def lower_pointwise(node, maths):
     extras, function = list(args[maths.operands:]), maths.function
     if kwargs.get("alpha", 1) == 1 and not extras and function in _UFUNC_BODIES and compute.kind != "c":
         function, kwargs = _UFUNC_BODIES[function], {}
-    if function is pointwise.power and compute.kind == "f":  # power's body for floating operands
-        function = np.power
-    ufunc = isinstance(function, np.ufunc) and not extras and not kwargs
+    if function is pointwise.power and compute.kind == "f":  # power's body for floating operands, called like a ufunc
+        function = pointwise.real_power
+    ufunc = (isinstance(function, np.ufunc) or function is pointwise.real_power) and not extras and not kwargs
     writes_out = getattr(function, "writes_out", False)  # maths that write their last step into out= (eager's too)
 
     def operands(arrays):

@@ -1108,16 +1108,19 @@ def power(base, exponent):
     return np.where(negative & (np.abs(base) != 1), 0, result).astype(base.dtype)
 
 
-def real_power(base, exponent):
+def real_power(base, exponent, out=None):
     """C's pow, which CPU's kernels compute (std::pow, Sleef's powf). NumPy's power loop takes an exponent of +-0.5
     read with stride 0 (a number, a 0-dim or broadcast tensor) as a square root, which gives -0.0 and NaN for a base
-    of -0.0 and -inf where pow gives +0.0 and +inf (+inf and +0.0 for -0.5): those elements take |base|."""
-    result = float_power(base, exponent)
+    of -0.0 and -inf where pow gives +0.0 and +inf (+inf and +0.0 for -0.5): those elements take |base|. Called
+    like a ufunc (``out=`` may be an operand: every operand is read before it is written)."""
     halves = np.abs(exponent) == 0.5
-    if np.any(halves):
-        signed = halves & (np.signbit(base) & ((base == 0) | np.isinf(base)))
-        if np.any(signed):
-            result = np.where(signed, float_power(np.abs(base), exponent), result)
+    signed = halves & (np.signbit(base) & ((base == 0) | np.isinf(base))) if np.any(halves) else None
+    fixed = float_power(np.abs(base), exponent) if signed is not None and np.any(signed) else None
+    result = float_power(base, exponent, out=out)
+    if fixed is not None and out is None:
+        return np.where(signed, fixed, result)
+    if fixed is not None:
+        np.copyto(out, fixed, where=signed)
     return result
 
 
