@@ -283,16 +283,18 @@ def _segment_places(position, total, row_length, width, reserved, threads, rows_
 
 
 @functools.lru_cache(maxsize=256)
-def reduction_iteration(shape, axes, input_strides):
+def reduction_iteration(shape, axes, input_strides, output_strides=None):
     """TensorIterator's loop over a reduction of an input of ``shape`` and element ``input_strides`` (tuples) over
-    ``axes`` into a new (contiguous) output: the dimensions innermost first, and the coalesced sizes with the
-    output's and the input's element strides (the output's 0 along reduced dims). Cached: a model sums the same
-    layouts every step."""
-    output_strides, stride = [0] * len(shape), 1
-    for axis in reversed(range(len(shape))):
-        if axis not in axes:
-            output_strides[axis] = stride
-            stride *= shape[axis]
+    ``axes`` into an output of element ``output_strides`` per input dim (0 along reduced dims; None: a new,
+    contiguous output): the dimensions innermost first, and the coalesced sizes with the output's and the input's
+    element strides. The output's strides come first when the iterator orders the dims, so an ``out=`` laid out
+    otherwise changes the loop. Cached: a model sums the same layouts every step."""
+    if output_strides is None:
+        output_strides, stride = [0] * len(shape), 1
+        for axis in reversed(range(len(shape))):
+            if axis not in axes:
+                output_strides[axis] = stride
+                stride *= shape[axis]
     operands = [output_strides, list(input_strides)]
     order = iteration_order(shape, operands, reduction=True)
     sizes, (output_coalesced, input_coalesced) = _coalesce([shape[d] for d in order],

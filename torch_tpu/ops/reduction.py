@@ -88,26 +88,28 @@ def _reduce_into(out, reduction, array, axes, keepdim):
     return out
 
 
-def mean_array(array, axes, keepdim, layout=None):
+def mean_array(array, axes, keepdim, layout=None, output_strides=None):
     """The mean of ``array`` (already in its accumulation type) over ``axes``: CPU's sum (``sum_array``, of an input
     laid out as ``layout`` says) divided by the count. Like CPU's, silent when the sum overflows or nothing is summed
     (the VPU's quiet state: cheaper than ``np.errstate``, once per global pool)."""
     count = math.prod(array.shape[axis] for axis in axes)
     with _C.vpu.ignoring_fp_errors():
-        total = sum_array(array, axes, keepdim, layout)
+        total = sum_array(array, axes, keepdim, layout, output_strides=output_strides)
         return np.asarray(total / np.asarray(count, total.dtype))
 
 
-def sum_array(array, axes, keepdim, layout=None, narrow_output=None, widened=True):
+def sum_array(array, axes, keepdim, layout=None, narrow_output=None, widened=True, output_strides=None):
     """The sum of ``array`` (already in its accumulation type) over ``axes``. Floating and complex sums add in CPU's
     sum kernel's order (``cpu_replay.sum_kernel``) for the input CPU iterates, ``layout`` (``iterated_layout``;
     default: ``array`` as laid out); ``narrow_output``: the NumPy dtype of a bf16/fp16 result, which the kernel
-    accumulates in (``widened``: ``sum``'s float32 output unless the input is one run). Integer sums are exact in any
+    accumulates in (``widened``: ``sum``'s float32 output unless the input is one run); ``output_strides``: those of
+    an ``out=`` laid out otherwise than a new output (``out_strides_per_input_dim``). Integer sums are exact in any
     order: NumPy's."""
     if not axes or array.dtype not in _CASCADE_DTYPES or not array.size:
         return np.add.reduce(array, axis=axes, keepdims=keepdim)  # np.sum's reduction, without its wrapper
     strides, itemsize = layout or iterated_layout(array, None)
-    total = sum_kernel.cascade_sum(array, axes, strides, itemsize, torch.get_num_threads(), narrow_output, widened)
+    total = sum_kernel.cascade_sum(array, axes, strides, itemsize, torch.get_num_threads(), narrow_output, widened,
+                                   output_strides)
     return total.reshape(_reduced_shape(array.shape, axes, keepdim))
 
 
@@ -183,8 +185,9 @@ def sum_into(target, array, axes, keepdim, dtype_name, layout=None, widened=True
     """CPU's sum (``sum_array``) of ``array``, already in its accumulation type, into the array ``target`` of torch
     dtype ``dtype_name``, rounded on store. Silent, as CPU's, when inf - inf gives NaN or the sum overflows."""
     narrow_output = target.dtype if dtype_name in _NARROW_FLOATS else None
+    output_strides = None if target.flags.c_contiguous else out_strides_per_input_dim(target, array.ndim, axes, keepdim)
     with _C.vpu.ignoring_fp_errors():
-        total = np.asarray(sum_array(array, axes, keepdim, layout, narrow_output, widened))
+        total = np.asarray(sum_array(array, axes, keepdim, layout, narrow_output, widened, output_strides))
         if target.dtype == total.dtype:
             target[...] = total
         else:
@@ -193,6 +196,14 @@ def sum_into(target, array, axes, keepdim, dtype_name, layout=None, widened=True
 
 
 _NARROW_FLOATS = frozenset({"bfloat16", "float16"})
+
+
+def out_strides_per_input_dim(target, ndim, axes, keepdim):
+    """The element strides of the array ``target`` (a reduction's ``out=``) per dim of its ``ndim``-dim input: 0
+    along the reduced ``axes``, as TensorIterator sees the output."""
+    kept = iter(step // target.itemsize for axis, step in enumerate(target.strides)
+                if not (keepdim and axis in axes))
+    return tuple(0 if axis in axes else next(kept) for axis in range(ndim))
 
 
 def _sum_layout(self, dtype):
@@ -292,13 +303,14 @@ def mean_dim(self, dim, keepdim=False, *, dtype=None):
     return write(out, _mean_of(self, axes, keepdim, result_dtype))
 
 
-def _mean_of(self, axes, keepdim, dtype):
-    """CPU's mean into ``dtype``: ``self`` summed in ``dtype`` (bf16/fp16 in float32) and divided by the count."""
+def _mean_of(self, axes, keepdim, dtype, output_strides=None):
+    """CPU's mean into ``dtype``: ``self`` summed in ``dtype`` (bf16/fp16 in float32) and divided by the count
+    (``output_strides``: an ``out=``'s, as ``sum_array``'s)."""
     summed_in = _HALF_MEAN_SUM.get(dtype, dtype)
     _refuse_complex_half_loop(self, summed_in, "sum_cpu")
     if summed_in == torch.complex32:  # an empty one's filled sum meets CPU's division, which has no loop for it either
         raise not_implemented_for("div_cpu", summed_in)
-    return mean_array(_accumuland(self, summed_in), axes, keepdim, _sum_layout(self, summed_in))
+    return mean_array(_accumuland(self, summed_in), axes, keepdim, _sum_layout(self, summed_in), output_strides)
 
 
 _HALF_MEAN_SUM = {torch.bfloat16: torch.float32, torch.float16: torch.float32}
@@ -328,8 +340,9 @@ def mean_out(self, dim, keepdim=False, *, dtype=None, out):
     axes = _reduced_axes(self, dim)
     if not torch.can_cast(_mean_dtype(self, dtype), out.dtype):
         raise cannot_cast(_mean_dtype(self, dtype), out.dtype)
-    _reduction_out(out, self, axes, keepdim)
-    return write(out, _mean_of(self, axes, keepdim, out.dtype))
+    target = as_numpy(_reduction_out(out, self, axes, keepdim))
+    output_strides = None if target.flags.c_contiguous else out_strides_per_input_dim(target, self.dim(), axes, keepdim)
+    return write(out, _mean_of(self, axes, keepdim, out.dtype, output_strides))
 
 
 _NANSUM_LOOPS = frozenset({torch.float32, torch.float64, torch.float16, torch.bfloat16})

@@ -1,8 +1,9 @@
 """The accumulation steps of CPU's sum kernel (aten/src/ATen/native/cpu/SumKernel.cpp's ``multi_row_sum``,
 ``row_sum`` and ``vectorized_inner_sum``), replayed on many sums at once.
 
-Every function takes the elements being summed along axis 0 of a C-contiguous array (or one ``in_slab_order``), one independent sum per
-position of the other axes (lanes, columns, rows of the input), so that each step below adds whole contiguous slabs.
+Every function takes the elements being summed along axis 0 of a C-contiguous array (or one ``in_slab_order``), one
+independent sum per position of the other axes (lanes, columns, rows of the input), so that each step below adds whole
+contiguous slabs.
 
 - ``multi_row_sum``: elements added in order into cascade level 0, flushed into level 1 every ``2 ** level_power``
   additions, level 1 into 2 and 2 into 3 alike; levels 1, 2 and 3 then added to level 0.

@@ -31,16 +31,19 @@ VECTOR_BYTES = inner_sum.VECTOR_BYTES
 GRAIN_SIZE = _C.cpu_loops.GRAIN_SIZE
 
 
-def cascade_sum(array, axes, strides, storage_itemsize, threads, output_dtype=None, widened=False):
+def cascade_sum(array, axes, strides, storage_itemsize, threads, output_dtype=None, widened=False,
+                output_strides=None):
     """The sum over ``axes`` (not empty, of nonzero sizes) of ``array``, the values in their accumulation type
     (float32 for bf16/fp16, float64, complex), with the reduced dims dropped, as CPU's sum kernel forms it for an
     input of element ``strides`` and elements of ``storage_itemsize`` bytes, on ``threads`` threads.
 
     ``output_dtype``: the NumPy dtype of a bf16/fp16 output, which each addition into it rounds to (c10's
     ``BFloat16 += BFloat16(float)``: the column sum first, then the total), as ``nansum``'s do; ``widened``: the
-    kernel writes a float32 output instead unless the input coalesces to one run (``sum``'s, measured)."""
+    kernel writes a float32 output instead unless the input coalesces to one run (``sum``'s, measured);
+    ``output_strides``: an ``out=`` not laid out as a new output's, its element strides per input dim
+    (``cpu_loops.reduction_iteration``)."""
     plan = _plan(array.shape, tuple(axes), tuple(strides), threads if array.size >= GRAIN_SIZE else 1,
-                 storage_itemsize, array.itemsize)
+                 storage_itemsize, array.itemsize, output_strides)
     store_dtype = None if widened and not plan.one_run else output_dtype
     if plan.direct is not None and store_dtype is None and array.flags.c_contiguous:
         return _direct_sum(array, plan)
@@ -94,13 +97,13 @@ def _direct_kind(shape, axes, strides, sizes, loop_strides, storage_itemsize, it
 
 
 @functools.lru_cache(maxsize=256)
-def _plan(shape, axes, strides, threads, storage_itemsize, itemsize):
+def _plan(shape, axes, strides, threads, storage_itemsize, itemsize, out_strides=None):
     """What cascade_sum does for a layout, worked out once (a model sums the same layouts every step): the
     transpose to the iteration's dims outermost first, the coalesced sizes (at least two), the element strides of
     the loop's two dims, which later dims are reduced, the thread split (None: none, or one of a dim past the
     loop's two; -1: two passes), how the kept dims go back to the output's order, and whether ``_direct_sum`` can
     take it (for elements of ``storage_itemsize`` bytes summed in ``itemsize``)."""
-    order, sizes, output_strides, input_strides = _C.cpu_loops.reduction_iteration(shape, axes, strides)
+    order, sizes, output_strides, input_strides = _C.cpu_loops.reduction_iteration(shape, axes, strides, out_strides)
     kept_axes = [axis for axis in reversed(order) if axis not in axes]  # outermost first
     split = _split_dim(sizes, output_strides, threads) if threads > 1 and output_strides[0] == 0 else None
     if split == 1 and not _split_changes_sums(sizes[1], input_strides[:2], storage_itemsize, itemsize, threads):
