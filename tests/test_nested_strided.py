@@ -168,6 +168,17 @@ def test_unary_ops_equal_cpu(op):
             **TOLERANCE[torch.float32])
 
 
+@pytest.mark.parametrize("op", ["sqrt", "isinf", "isposinf", "isneginf", "isnan"])
+def test_unary_ops_of_special_values_are_cpus_bits_and_refuse_a_transposed_input(op):
+    special = torch.tensor([[4.0, -1.0, float("inf")], [float("-inf"), float("nan"), 0.0]])
+    expected = torch.nested.nested_tensor([special, torch.tensor([[2.0, -0.0, 9.0]])])
+    result = getattr(torch, op)(expected.to("tpu"))
+    assert result.is_nested
+    assert_identical(result.to_padded_tensor(0), getattr(torch, op)(expected).to_padded_tensor(0))
+    with pytest.raises(RuntimeError, match="NestedTensor must be contiguous to get buffer."):
+        getattr(torch, op)(expected.to("tpu").transpose(1, 2))
+
+
 BINARY_PROGRAMS = {
     "add": lambda x, mask: x + x * 2, "sub": lambda x, mask: x - x * 0.1, "mul": lambda x, mask: x * x,
     "div": lambda x, mask: x / (x.abs() + 1), "div_scalar": lambda x, mask: x / 4,

@@ -49,7 +49,7 @@ BUFFER_GENERIC_OPS = (
     "detach", "alias", "is_same_size", "zero_", "fill_.Scalar", "fill_.Tensor",
     # NestedTensorUnaryOps.cpp: the op on the whole buffer (map_nt)
     "abs", "abs_", "sgn", "sgn_", "neg", "neg_", "logical_not", "logical_not_", "relu", "relu_", "gelu", "gelu_",
-    "tanh", "tanh_", "silu", "silu_", "sin", "cos",
+    "tanh", "tanh_", "silu", "silu_", "sin", "cos", "sqrt", "isinf", "isposinf", "isneginf", "isnan",
     # NestedTensorBinaryOps.cpp: the op on the buffer and a scalar, or on a mask's buffer
     "mul.Scalar", "mul_.Scalar", "div.Scalar", "masked_fill.Scalar", "eq.Scalar", "gt.Scalar", "ge.Scalar",
     # NestedTensorMath.cpp: views of one component (as_strided of the buffer), softmax per component (_softmax_out),
