@@ -57,3 +57,13 @@ def test_gradients_flow_through_padding_and_a_linear_layer():
         F.linear(nested, w).to_padded_tensor(0.0).square().sum().backward()
         grads.append((values.grad, w.grad))
     compare(grads[1], grads[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", [torch.max, torch.min], ids=["max", "min"])
+def test_a_backward_that_needs_zeros_of_the_ragged_size_refuses_as_cpu_does(reduction):
+    """max/min over the ragged dim back-propagate into zeros of the input's symbolic size, which CPU's eager
+    factories refuse (a RuntimeError naming the symbolic size), not a ValueError from comparing it."""
+    for device in ("cpu", "tpu"):
+        nested = jagged(sequences(), device, requires_grad=True)
+        with pytest.raises(RuntimeError, match="SymIntArrayRef expected to contain only concrete integers"):
+            torch.autograd.grad(reduction(nested, dim=1).values.sum(), nested)

@@ -168,6 +168,17 @@ def test_unary_ops_equal_cpu(op):
             **TOLERANCE[torch.float32])
 
 
+@pytest.mark.parametrize("op", ["sqrt", "isinf", "isposinf", "isneginf", "isnan"])
+def test_unary_ops_of_special_values_are_cpus_bits_and_refuse_a_transposed_input(op):
+    special = torch.tensor([[4.0, -1.0, float("inf")], [float("-inf"), float("nan"), 0.0]])
+    expected = torch.nested.nested_tensor([special, torch.tensor([[2.0, -0.0, 9.0]])])
+    result = getattr(torch, op)(expected.to("tpu"))
+    assert result.is_nested
+    assert_identical(result.to_padded_tensor(0), getattr(torch, op)(expected).to_padded_tensor(0))
+    with pytest.raises(RuntimeError, match="NestedTensor must be contiguous to get buffer."):
+        getattr(torch, op)(expected.to("tpu").transpose(1, 2))
+
+
 BINARY_PROGRAMS = {
     "add": lambda x, mask: x + x * 2, "sub": lambda x, mask: x - x * 0.1, "mul": lambda x, mask: x * x,
     "div": lambda x, mask: x / (x.abs() + 1), "div_scalar": lambda x, mask: x / 4,
@@ -367,6 +378,8 @@ RESHAPED = {
     "squeeze": lambda n: n.unsqueeze(-1).squeeze(-1), "chunk": lambda n: n.chunk(2, -1)[1],
     "split": lambda n: n.split([1, 3], -1)[1], "cat": lambda n: torch.cat([n, n * 2], 0),
     "dropout_eval": lambda n: torch.nn.functional.dropout(n, 0.5, training=False),
+    "squeeze_dims": lambda n: n.unsqueeze(-1).squeeze((-1,)), "narrow": lambda n: n.narrow(0, 1, 2),
+    "where": lambda n: torch.where(n > 0, torch.tensor(-1.0, device=n.device), n), "ones_like": torch.ones_like, "all": lambda n: (n > -1).all(-1),
 }
 
 
@@ -424,3 +437,46 @@ def test_autograd_through_as_nested_tensor_gives_cpus_gradients(forward):
     for got, want in zip(actual, expected):
         if want is not None:
             torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
+
+
+
+NESTED_REFUSALS = {
+    "squeeze_without_a_dim": lambda n: n.squeeze(), "narrow_a_ragged_dim": lambda n: n.narrow(1, 0, 1),
+    "narrow_transposed": lambda n: n.transpose(1, 2).narrow(0, 0, 1), "where_nested_self": lambda n: torch.where(n > 0, n, n * 2),
+    "attention_with_a_mask": lambda n: torch.nn.functional.scaled_dot_product_attention(n, n, n, attn_mask=n > 0),
+    "causal_attention": lambda n: torch.nn.functional.scaled_dot_product_attention(n, n, n, is_causal=True),
+}
+
+
+@pytest.mark.parametrize("program", NESTED_REFUSALS.values(), ids=NESTED_REFUSALS.keys())
+def test_squeeze_narrow_where_and_attention_refuse_what_cpu_refuses(program):
+    assert_refused_as_on_cpu(program, torch.nested.nested_tensor(sequences()))
+
+
+def test_narrow_of_the_components_is_a_view_of_the_input():
+    nested = torch.nested.nested_tensor(sequences(), device="tpu")
+    narrowed = nested.narrow(0, 1, 2)
+    assert narrowed._base is nested
+    narrowed.unbind()[0].fill_(7.0)
+    assert_identical(nested.unbind()[1], torch.full((5, 4), 7.0))
+
+
+@pytest.mark.parametrize("dims", [3, 4], ids=["3d", "4d"])
+def test_attention_of_nested_tensors_is_cpus(dims):
+    shapes = {3: [[(2, 8), (3, 8)], [(3, 8), (4, 8)]], 4: [[(2, 2, 8), (3, 3, 8)], [(2, 3, 8), (3, 4, 8)]]}[dims]
+    query, key, value = (torch.nested.nested_tensor(matrices(shapes[index > 0])) for index in range(3))
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key, value * 2)
+    actual = torch.nn.functional.scaled_dot_product_attention(query.to("tpu"), key.to("tpu"), value.to("tpu") * 2)
+    assert actual.is_nested and actual.device.type == "tpu"
+    for got, want in zip(components(actual), components(expected)):
+        torch.testing.assert_close(got, want, **TOLERANCE[torch.float32])
+
+
+def test_randn_like_draws_the_buffer_as_a_dense_tensor_of_its_size():
+    nested = torch.nested.nested_tensor(sequences(), device="tpu")
+    torch.manual_seed(3)
+    drawn = torch.randn_like(nested)
+    torch.manual_seed(3)
+    dense = torch.randn(32, device="tpu")
+    assert drawn._nested_tensor_size().tolist() == nested._nested_tensor_size().tolist()
+    assert_identical(drawn.values(), dense)

@@ -882,3 +882,19 @@ def test_complex_half_sums_and_means_are_refused_as_on_cpu(call):
 def test_complex_half_reductions_in_another_dtype_or_of_nothing_match_cpu(call):
     x = _complex_half("cpu", 3)
     differential.compare(call(x.to("tpu")).to(torch.complex64), call(x).to(torch.complex64))
+
+
+@pytest.mark.parametrize("ord", [math.inf, -math.inf], ids=["inf", "minus_inf"])
+def test_the_complex_inf_norm_is_a_maximum_of_abs_so_its_forward_gradient_is_cpus(ord):
+    """The inf-norm's JVP divides by the count of elements whose abs() equals the norm: an abs rounded otherwise
+    than abs() left none for some rows, and the tangent NaN (CPU: 0)."""
+    import torch.autograd.forward_ad as forward_ad
+    values = torch.randn(3, 2, 1, 2, dtype=torch.complex128, generator=torch.Generator().manual_seed(0))
+    tangent = torch.full_like(values, 1j)
+    tangents = []
+    for device in ("cpu", "tpu"):
+        with forward_ad.dual_level():
+            dual = forward_ad.make_dual(values.to(device), tangent.to(device))
+            norm = torch.linalg.vector_norm(dual, ord, dim=(1, 3))
+            tangents.append(forward_ad.unpack_dual(norm).tangent.cpu())
+    torch.testing.assert_close(tangents[1], tangents[0], rtol=0, atol=1e-15)

@@ -38,9 +38,17 @@ def _allocated(tensor):
     return fill_uninitialized(tensor) if filling_uninitialized_memory() else tensor
 
 
+def check_concrete_sizes(sizes):
+    """ATen's eager wrappers take sizes as integers (C10_AS_INTARRAYREF_SLOW): a symbolic size, such as a jagged
+    nested tensor's ragged dim that a backward asks zeros of, is refused as CPU refuses it."""
+    if any(isinstance(size, torch.SymInt) and size.node.maybe_as_int() is None for size in sizes):
+        raise RuntimeError("SymIntArrayRef expected to contain only concrete integers")
+
+
 @register("empty.memory_format")
 def empty(size, *, dtype=None, layout=None, device=None, pin_memory=None, memory_format=None):
     check_device_index(device, "torch.empty")
+    check_concrete_sizes(size)
     _tensor.check_nonnegative_sizes(size)  # every factory reaches here: refused before anything is allocated
     dtype = dtype or torch.get_default_dtype()
     return _allocated(_tensor.empty(size, dtype, _strides_for(size, memory_format)))
@@ -49,6 +57,7 @@ def empty(size, *, dtype=None, layout=None, device=None, pin_memory=None, memory
 @register("empty_strided")
 def empty_strided(size, stride, *, dtype=None, layout=None, device=None, pin_memory=None):
     check_device_index(device, "torch.empty_strided")
+    check_concrete_sizes(size)
     return _allocated(_tensor.empty(size, dtype or torch.get_default_dtype(), tuple(stride)))
 
 

@@ -49,7 +49,7 @@ BUFFER_GENERIC_OPS = (
     "detach", "alias", "is_same_size", "zero_", "fill_.Scalar", "fill_.Tensor",
     # NestedTensorUnaryOps.cpp: the op on the whole buffer (map_nt)
     "abs", "abs_", "sgn", "sgn_", "neg", "neg_", "logical_not", "logical_not_", "relu", "relu_", "gelu", "gelu_",
-    "tanh", "tanh_", "silu", "silu_", "sin", "cos",
+    "tanh", "tanh_", "silu", "silu_", "sin", "cos", "sqrt", "isinf", "isposinf", "isneginf", "isnan",
     # NestedTensorBinaryOps.cpp: the op on the buffer and a scalar, or on a mask's buffer
     "mul.Scalar", "mul_.Scalar", "div.Scalar", "masked_fill.Scalar", "eq.Scalar", "gt.Scalar", "ge.Scalar",
     # NestedTensorMath.cpp: views of one component (as_strided of the buffer), softmax per component (_softmax_out),
@@ -66,6 +66,10 @@ BUFFER_GENERIC_OPS = (
     # NestedTensorMath.cpp and NestedTensorUtils.cpp: views (new metadata over the same buffer: view, hence reshape,
     # unsqueeze, squeeze, chunk and split of the last dim), cat along dim 0 (of the buffers), dropout of the buffer
     "view", "unsqueeze", "squeeze.dim", "chunk", "split_with_sizes", "cat", "native_dropout",
+    "squeeze", "squeeze.dims", "narrow",
+    # what scaled_dot_product_attention's math path calls on nested tensors (its mask of fully masked rows: all,
+    # where), and the like-factories (ones_like; randn_like's normal_ of the buffer)
+    "_safe_softmax", "all.dim", "where.self", "where.self_out", "ones_like", "normal_",
 )
 # NestedTensorBinaryOps.cpp: the op on both buffers, or on one and a 0-d tensor (its nested-with-dense case is CUDA's)
 BINARY_OPS = ("add.Tensor", "add_.Tensor", "sub.Tensor", "mul.Tensor", "mul_.Tensor", "div.Tensor", "eq.Tensor")

@@ -24,7 +24,7 @@ from .cpu_replay import inner_reduction, libstdcxx_order, sum_kernel
 from ._common import (as_numpy, converted, empty, empty_with_array, exact_dtype, loop_rounding, operand, opmath_dtype,
                       prepare_out, store, wrap_dim, wrap_dims, write)
 from ._registry import register
-from .pointwise import complex_logaddexp, floating_or_wide_complex
+from .pointwise import absolute, complex_logaddexp, floating_or_wide_complex
 
 # ---------------------------------------------------------------------------------------------
 # Mechanisms shared by every reduction
@@ -646,7 +646,7 @@ def _norm_into(self, ord, dim, keepdim, dtype, out):
                            "operation does not have an identity")
     exact_dtype((dtype or self.dtype).to_real(), out.dtype)  # a complex dtype= still gives a real norm
     _reduction_out(out, self, axes, keepdim)
-    magnitude = np.abs(_accumuland(self, dtype))
+    magnitude = absolute(_accumuland(self, dtype))  # CPU's std::abs: what abs() gives, so abs(x) == inf-norm holds
     return write(out, np.asarray(_vector_norm(magnitude, ord, axes, keepdim)))
 
 
