@@ -146,7 +146,9 @@ def test_ddp_refuses_turning_static_graph_on_later_on_tpu():
         assert on_cpu.static_graph
 
 
-def test_ddp_without_them_trains_on_tpu_as_one_device():
+def _ddp_and_one_device_gradients(hook=None):
+    """A Linear's weight gradient under DDP on two simulated chips (with its comm ``hook``), and on one CPU device
+    from the same weights and inputs (equal ranks: the averaged gradient is one device's)."""
     from torch.nn.parallel import DistributedDataParallel
 
     torch.manual_seed(0)
@@ -155,29 +157,26 @@ def test_ddp_without_them_trains_on_tpu_as_one_device():
     with torch_tpu.simulate(2):
         model = DistributedDataParallel(torch.nn.Linear(4, 3).to("tpu"))
         model.module.load_state_dict(reference.state_dict())
+        if hook is not None:
+            model.register_comm_hook(None, hook)
+            with pytest.raises(TypeError, match="BF16 all reduce communication hook required"):
+                DistributedDataParallel(torch.nn.Linear(4, 3)).register_comm_hook(None, hook)  # CPU: PyTorch's refusal
         model(inputs.to("tpu")).square().sum().backward()
-    reference(inputs).square().sum().backward()  # equal ranks: the averaged gradient is one device's
-    torch.testing.assert_close(model.module.weight.grad.cpu(), reference.weight.grad)
+    reference(inputs).square().sum().backward()
+    return model.module.weight.grad.cpu(), reference.weight.grad
+
+
+def test_ddp_without_them_trains_on_tpu_as_one_device():
+    torch.testing.assert_close(*_ddp_and_one_device_gradients())
 
 
 @pytest.mark.parametrize("wrapped", [False, True])
 def test_ddp_takes_the_bf16_compression_hooks_on_tpu(wrapped):
     """DDP refuses them without NCCL 2.10+ or XCCL (on CPU too: gloo has no bf16 all-reduce); "ici" has one."""
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-    from torch.nn.parallel import DistributedDataParallel
 
     hook = (default_hooks.bf16_compress_wrapper(default_hooks.allreduce_hook) if wrapped
             else default_hooks.bf16_compress_hook)
-    torch.manual_seed(0)
-    reference = torch.nn.Linear(4, 3)
-    inputs = torch.randn(5, 4)
-    with torch_tpu.simulate(2):
-        model = DistributedDataParallel(torch.nn.Linear(4, 3).to("tpu"))
-        model.module.load_state_dict(reference.state_dict())
-        model.register_comm_hook(None, hook)
-        model(inputs.to("tpu")).square().sum().backward()
-        with pytest.raises(TypeError, match="BF16 all reduce communication hook required"):
-            DistributedDataParallel(torch.nn.Linear(4, 3)).register_comm_hook(None, hook)  # CPU: PyTorch's refusal
-    reference(inputs).square().sum().backward()
+    on_tpu, on_one_device = _ddp_and_one_device_gradients(hook)
     # each rank sends its gradient in bf16, halved; two equal halves add up to the bf16 gradient
-    torch.testing.assert_close(model.module.weight.grad.cpu(), reference.weight.grad.bfloat16().float(), rtol=0, atol=0)
+    torch.testing.assert_close(on_tpu, on_one_device.bfloat16().float(), rtol=0, atol=0)
