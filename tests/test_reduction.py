@@ -465,6 +465,21 @@ def test_sums_into_a_transposed_out_add_in_the_order_cpus_iterator_takes_for_it(
     assert torch.equal(run("tpu"), run("cpu"))
 
 
+@pytest.mark.parametrize("case", ["size-1 dim kept", "transposed", "expanded", "float32 strided", "float32 permuted"])
+def test_a_var_whose_output_is_one_element_is_cpus_all_dims_algorithm(case):
+    """CPU's iterator drops size-1 dims, so any var/std with a one-element output takes std_var_all_cpu: the
+    tensor's own mean (float32's from the float32 sum kernel), then squared deviations in double, in the order the
+    iterator walks the input (an expanded dim's stride 0 included)."""
+    generator = torch.Generator().manual_seed(3)
+    row = torch.randn(1, 600, dtype=torch.float64, generator=generator) * 1e3 + 1e5
+    table = torch.randn(10000, 3, generator=generator) * 1e3 + 1e5
+    x, reduce = {"size-1 dim kept": (row, lambda t: t.var(1)), "transposed": (row, lambda t: t.t().std(0)),
+                 "expanded": (row[:, :300], lambda t: t.expand(4, 300).var()),
+                 "float32 strided": (table, lambda t: t[::2].var()),
+                 "float32 permuted": (table, lambda t: t.t().std(correction=0))}[case]
+    assert torch.equal(reduce(x.to("tpu")).cpu(), reduce(x))
+
+
 def test_uint8_any_all_keep_uint8():
     x = torch.tensor([[0, 3], [0, 0]], dtype=torch.uint8)
     for fn in [lambda t: t.any(1), lambda t: t.all(0), lambda t: t.any(), lambda t: t.all()]:

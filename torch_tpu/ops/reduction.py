@@ -185,7 +185,7 @@ def sum_into(target, array, axes, keepdim, dtype_name, layout=None, widened=True
     """CPU's sum (``sum_array``) of ``array``, already in its accumulation type, into the array ``target`` of torch
     dtype ``dtype_name``, rounded on store. Silent, as CPU's, when inf - inf gives NaN or the sum overflows."""
     narrow_output = target.dtype if dtype_name in _NARROW_FLOATS else None
-    output_strides = None if target.flags.c_contiguous else out_strides_per_input_dim(target, array.ndim, axes, keepdim)
+    output_strides = out_strides_per_input_dim(target, array.ndim, axes, keepdim)
     with _C.vpu.ignoring_fp_errors():
         total = np.asarray(sum_array(array, axes, keepdim, layout, narrow_output, widened, output_strides))
         if target.dtype == total.dtype:
@@ -200,7 +200,9 @@ _NARROW_FLOATS = frozenset({"bfloat16", "float16"})
 
 def out_strides_per_input_dim(target, ndim, axes, keepdim):
     """The element strides of the array ``target`` (a reduction's ``out=``) per dim of its ``ndim``-dim input: 0
-    along the reduced ``axes``, as TensorIterator sees the output."""
+    along the reduced ``axes``, as TensorIterator sees the output; None for a C-contiguous one (a new output's)."""
+    if target.flags.c_contiguous:
+        return None
     kept = iter(step // target.itemsize for axis, step in enumerate(target.strides)
                 if not (keepdim and axis in axes))
     return tuple(0 if axis in axes else next(kept) for axis in range(ndim))
@@ -341,7 +343,7 @@ def mean_out(self, dim, keepdim=False, *, dtype=None, out):
     if not torch.can_cast(_mean_dtype(self, dtype), out.dtype):
         raise cannot_cast(_mean_dtype(self, dtype), out.dtype)
     target = as_numpy(_reduction_out(out, self, axes, keepdim))
-    output_strides = None if target.flags.c_contiguous else out_strides_per_input_dim(target, self.dim(), axes, keepdim)
+    output_strides = out_strides_per_input_dim(target, self.dim(), axes, keepdim)
     return write(out, _mean_of(self, axes, keepdim, out.dtype, output_strides))
 
 
@@ -538,10 +540,11 @@ def _moments(op_name, self, axes, correction, keepdim):
             mean = np.sum(array, axis=axes, keepdims=True) / array.dtype.type(count)
             deviation = array - mean
             m2 = np.sum(deviation.real**2 + deviation.imag**2, axis=axes, keepdims=True)
+        elif op_name in ("var", "std") and array.dtype in _ALL_DEVIATIONS_DTYPES and \
+                math.prod(size for axis, size in enumerate(self.shape) if axis not in axes) == 1:
+            mean, m2 = _all_deviations(self, array)
         elif array.dtype != np.float64 or count >= _C.cpu_loops.GRAIN_SIZE:
             mean, m2 = _two_pass_in_double(array.astype(np.float64, copy=False), axes)
-        elif op_name in ("var", "std") and len(axes) == self.dim():
-            mean, m2 = _all_deviations(self, array)
         else:
             mean, m2 = _welford(self, array, axes)
         variance = m2 / m2.dtype.type(max(count - correction, 0))
@@ -577,13 +580,19 @@ def _welford(self, array, axes):
     return mean, m2
 
 
+_ALL_DEVIATIONS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _all_deviations(self, array):
-    """(mean, m2) of a float64 ``var``/``std`` over every dim as CPU's std_var_all_cpu forms them: its mean (the sum
-    kernel's, ``mean_array``), then the squared deviations added in order from +0.0 (measured below GRAIN_SIZE; its
-    per-thread chunks past it are not replayed)."""
+    """(mean, m2) of a float32/float64 ``var``/``std`` whose output is one element (every dim longer than 1 reduced:
+    TensorIterator drops the others) as CPU's std_var_all_cpu forms them: the tensor's own ``mean()`` (the sum
+    kernel's, in its dtype) taken as a double, then the squared deviations in double added from +0.0 in the order
+    a one-input TensorIterator walks the tensor (measured below GRAIN_SIZE; its per-thread chunks past it are not
+    replayed)."""
     axes = tuple(range(array.ndim))
-    mean = mean_array(array, axes, True, _sum_layout(self, self.dtype))
-    deviation = (array - mean).transpose(np.argsort(self.stride())[::-1]).reshape(-1)
+    mean = mean_array(array, axes, True, _sum_layout(self, self.dtype)).astype(np.float64)
+    walk = _C.cpu_loops.iteration_order(tuple(self.shape), [tuple(self.stride())])[::-1]  # outermost first
+    deviation = (array.astype(np.float64, copy=False) - mean).transpose(walk).reshape(-1)
     return mean, np.asarray(np.add.accumulate(np.concatenate([[0.0], deviation * deviation]))[-1]).reshape(mean.shape)
 
 
