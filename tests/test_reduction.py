@@ -882,6 +882,7 @@ def _complex_half(device, *shape):
     lambda d: torch.ones(2, dtype=torch.float16, device=d).sum(dtype=torch.complex32),
     lambda d: torch.sum(_complex_half(d, 2), 0, out=_complex_half(d)),
     lambda d: torch.mean(_complex_half(d, 2), 0, out=_complex_half(d)),
+    lambda d: _complex_half(d, 3).cumsum(0), lambda d: _complex_half(d, 3).cumprod(0),
     lambda d: _complex_half(d, 0).mean(),  # the empty sum is filled; its division has no ComplexHalf loop either
     lambda d: _complex_half(d, 2).prod(),
 ])

@@ -889,6 +889,8 @@ def _scan_kernel(accumulate):
         axis = wrap_dim(dim, self.dim())
         if prepare_out(out, self.shape, inputs=(self,)).numel() == 0:
             return out
+        if out.dtype is torch.complex32:  # nor a ComplexHalf one (an empty result never reaches the loop)
+            raise not_implemented_for(kernel_name, out.dtype)
         array = _scan_accumuland(self, out.dtype).reshape(self.shape or (1,))
         target = as_numpy(out).reshape(array.shape)
         with np.errstate(all="ignore"):  # inf - inf and overflow give NaN/inf silently, as on CPU
