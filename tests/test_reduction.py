@@ -465,6 +465,21 @@ def test_sums_into_a_transposed_out_add_in_the_order_cpus_iterator_takes_for_it(
     assert torch.equal(run("tpu"), run("cpu"))
 
 
+@pytest.mark.parametrize("keepdim, out_shape, expanded_shape", [
+    (False, (1, 40), (33, 40)), (True, (1, 1, 40), (33, 1, 40)), (False, (33, 1), (33, 40))])
+def test_a_sum_into_an_out_expanded_over_a_kept_dim_sums_over_that_dim_too_as_cpu(keepdim, out_shape, expanded_shape):
+    """CPU's iterator reads an out= of stride 0 along a kept dim as one more reduced dim: each element holds the
+    sum over both (tpu wrote the last row's sum)."""
+    x = torch.randn(33, 50, 40, generator=torch.Generator().manual_seed(0))
+
+    def run(device):
+        out = torch.zeros(out_shape, device=device).expand(expanded_shape)
+        torch.sum(x.to(device), 1, keepdim=keepdim, out=out)
+        return out.cpu()
+
+    assert torch.equal(run("tpu"), run("cpu"))
+
+
 @pytest.mark.parametrize("case", ["size-1 dim kept", "transposed", "expanded", "float32 strided", "float32 permuted"])
 def test_a_var_whose_output_is_one_element_is_cpus_all_dims_algorithm(case):
     """CPU's iterator drops size-1 dims, so any var/std with a one-element output takes std_var_all_cpu: the

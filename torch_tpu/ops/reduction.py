@@ -186,8 +186,16 @@ def sum_into(target, array, axes, keepdim, dtype_name, layout=None, widened=True
     dtype ``dtype_name``, rounded on store. Silent, as CPU's, when inf - inf gives NaN or the sum overflows."""
     narrow_output = target.dtype if dtype_name in _NARROW_FLOATS else None
     output_strides = out_strides_per_input_dim(target, array.ndim, axes, keepdim)
+    expanded = () if output_strides is None else tuple(
+        axis for axis, step in enumerate(output_strides) if step == 0 and axis not in axes and array.shape[axis] > 1)
     with _C.vpu.ignoring_fp_errors():
-        total = np.asarray(sum_array(array, axes, keepdim, layout, narrow_output, widened, output_strides))
+        if expanded:  # an out= of stride 0 along a kept dim: CPU's iterator sums over that dim too, into each element
+            total = sum_array(array, tuple(sorted(axes + expanded)), True, layout, narrow_output, widened,
+                              output_strides)
+            total = np.asarray(total if keepdim else total.reshape(
+                [1 if axis in expanded else size for axis, size in enumerate(array.shape) if axis not in axes]))
+        else:
+            total = np.asarray(sum_array(array, axes, keepdim, layout, narrow_output, widened, output_strides))
         if target.dtype == total.dtype:
             target[...] = total
         else:
@@ -200,11 +208,11 @@ _NARROW_FLOATS = frozenset({"bfloat16", "float16"})
 
 def out_strides_per_input_dim(target, ndim, axes, keepdim):
     """The element strides of the array ``target`` (a reduction's ``out=``) per dim of its ``ndim``-dim input: 0
-    along the reduced ``axes``, as TensorIterator sees the output; None for a C-contiguous one (a new output's)."""
+    along the reduced ``axes`` (and along a kept dim the out= is expanded over), as TensorIterator sees the output;
+    None for a C-contiguous one (a new output's)."""
     if target.flags.c_contiguous:
         return None
-    kept = iter(step // target.itemsize for axis, step in enumerate(target.strides)
-                if not (keepdim and axis in axes))
+    kept = iter(step // target.itemsize for axis, step in enumerate(target.strides) if not (keepdim and axis in axes))
     return tuple(0 if axis in axes else next(kept) for axis in range(ndim))
 
 
