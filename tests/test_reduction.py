@@ -480,6 +480,11 @@ def test_a_sum_into_an_out_expanded_over_a_kept_dim_sums_over_that_dim_too_as_cp
     assert torch.equal(run("tpu"), run("cpu"))
 
 
+def test_a_mean_into_an_expanded_out_is_refused_as_cpus_in_place_division_refuses_it():
+    differential.check_same_error(
+        lambda d: torch.mean(torch.ones(3, 5, 4, device=d), 1, out=torch.zeros(1, 4, device=d).expand(3, 4)))
+
+
 @pytest.mark.parametrize("case", ["size-1 dim kept", "transposed", "expanded", "float32 strided", "float32 permuted"])
 def test_a_var_whose_output_is_one_element_is_cpus_all_dims_algorithm(case):
     """CPU's iterator drops size-1 dims, so any var/std with a one-element output takes std_var_all_cpu: the

@@ -55,16 +55,13 @@ class HostStats:
         self.alloc_time, self.free_time = _Durations(), _Durations()
 
     def grow(self, nbytes, microseconds):
-        for stat, amount in ((self.allocations, 1), (self.allocated_bytes, nbytes)):
-            stat.current += amount
-            stat.allocated += amount
-            stat.window_peak = max(stat.window_peak, stat.current)
+        self.allocations.add(1)
+        self.allocated_bytes.add(nbytes)
         self.alloc_time.add(microseconds)
 
     def shrink(self, nbytes, microseconds):
-        for stat, amount in ((self.allocations, 1), (self.allocated_bytes, nbytes)):
-            stat.current -= amount
-            stat.freed += amount
+        self.allocations.add(-1)
+        self.allocated_bytes.add(-nbytes)
         self.free_time.add(microseconds)
 
     def as_nested_dict(self):

@@ -23,6 +23,7 @@ from .._tensor import DTYPE_NAME
 from .cpu_replay import inner_reduction, libstdcxx_order, sum_kernel
 from ._common import (as_numpy, converted, empty, empty_with_array, exact_dtype, loop_rounding, operand, opmath_dtype,
                       prepare_out, store, wrap_dim, wrap_dims, write)
+from ._overlap import check_no_internal_overlap
 from ._registry import register
 from .pointwise import absolute, complex_logaddexp, floating_or_wide_complex
 
@@ -351,6 +352,7 @@ def mean_out(self, dim, keepdim=False, *, dtype=None, out):
     if not torch.can_cast(_mean_dtype(self, dtype), out.dtype):
         raise cannot_cast(_mean_dtype(self, dtype), out.dtype)
     target = as_numpy(_reduction_out(out, self, axes, keepdim))
+    check_no_internal_overlap(out)  # CPU divides the sum in place, and ``div_`` refuses an expanded result
     output_strides = out_strides_per_input_dim(target, self.dim(), axes, keepdim)
     return write(out, _mean_of(self, axes, keepdim, out.dtype, output_strides))
 
