@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from .. import _C
-from ._common import as_numpy, operand
+from ._common import as_numpy, operand, scalar_value
 from ._registry import register
 from .pointwise import write_rounded
 
@@ -38,7 +38,7 @@ def update_scale_(scale, growth_tracker, found_inf, growth_factor, backoff_facto
     """Back off on overflow; grow after ``growth_interval`` clean steps, unless the grown scale would not be
     finite (PyTorch's rule). The float32 scale times the double factor is rounded once, as in CPU's C++."""
     scale_value, tracker = as_numpy(scale), as_numpy(growth_tracker)
-    if operand(found_inf).item():
+    if scalar_value(found_inf):
         scale_value[...] = _rounded_to_float32(scale_value.item() * backoff_factor)
         tracker[...] = 0
     elif tracker.item() + 1 == growth_interval:

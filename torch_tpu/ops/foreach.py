@@ -20,7 +20,7 @@ import torch
 
 from .. import _C, _tensor
 from .._tensor import is_tpu
-from ._common import as_numpy, operand, opmath_dtype, opmath_operand, store, write
+from ._common import as_numpy, opmath_dtype, opmath_operand, scalar_value, store, write
 from . import pointwise
 from .copy import copy_from
 from ._overlap import check_no_internal_overlap, check_no_partial_overlap
@@ -161,7 +161,7 @@ def _each_number(function, column):
 
 def _as_number(value):
     if isinstance(value, torch.Tensor):
-        return operand(value).item()
+        return scalar_value(value)
     return value
 
 
