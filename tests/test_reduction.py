@@ -762,6 +762,8 @@ def test_sums_past_grain_size_split_across_threads_as_cpus(dtype, reduce, shape,
     ((68, 32), (0,)), ((3, 17, 64), (0, 1)), ((394, 768), (0,)), ((8, 197, 192), (0, 1)),  # bias gradients
     ((1100, 38), (0,)), ((300, 130), (0,)),  # a thread's columns shorter than a vector at 8 threads: split kept
     ((32, 68), (1,)), ((256, 64), (-1,)), ((9, 4000), (1,)), ((4, 6, 50), (1, 2)),  # contiguous rows
+    ((8, 32, 64), (0,)), ((256, 192), (0,)), ((1, 64), (0,)),  # GPT-style gradients; one row: nothing added
+    ((17, 32), (0,)), ((4101, 32), (0,)), ((65536 + 16 * 17 + 3, 32), (0,)),  # the cascade's levels, rows held
 ])
 @pytest.mark.parametrize("threads", [1, 2, 8])
 def test_sums_over_leading_or_trailing_dims_of_contiguous_inputs_take_the_direct_path_with_cpus_bits(
@@ -776,9 +778,20 @@ def test_sums_over_leading_or_trailing_dims_of_contiguous_inputs_take_the_direct
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         x = (x * torch.logspace(-3, 3, shape[-1], dtype=torch.float64)).to(dtype)
         for function in (torch.sum, torch.mean):
-            assert torch.equal(function(x.to("tpu"), dims).cpu(), function(x, dims))
+            for keepdim in (False, True):
+                assert torch.equal(function(x.to("tpu"), dims, keepdim).cpu(), function(x, dims, keepdim))
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("shape", [(1, 64), (17, 32), (256, 64), (3, 4), (1, 9)])
+def test_direct_sums_of_negative_zeros_are_cpus_positive_zero(shape):
+    """CPU's accumulators start at +0.0, so its sum of -0.0s is +0.0, however many rows the cascade holds (the
+    direct path takes a single row as it is and adds +0.0 last)."""
+    x = torch.full(shape, -0.0)
+    for dims in ((0,), (1,), (0, 1)):
+        got, expected = x.to("tpu").sum(dims).cpu(), x.sum(dims)
+        assert torch.equal(got, expected) and torch.equal(got.signbit(), expected.signbit()), dims
 
 
 def _same_or_both_nan(got, expected):

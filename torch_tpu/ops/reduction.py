@@ -185,6 +185,8 @@ def _from_last(array, axis, ndim):
 def sum_into(target, array, axes, keepdim, dtype_name, layout=None, widened=True):
     """CPU's sum (``sum_array``) of ``array``, already in its accumulation type, into the array ``target`` of torch
     dtype ``dtype_name``, rounded on store. Silent, as CPU's, when inf - inf gives NaN or the sum overflows."""
+    if _summed_directly(target, array, axes, layout):
+        return target
     narrow_output = target.dtype if dtype_name in _NARROW_FLOATS else None
     output_strides = out_strides_per_input_dim(target, array.ndim, axes, keepdim)
     expanded = () if output_strides is None else tuple(
@@ -202,6 +204,19 @@ def sum_into(target, array, axes, keepdim, dtype_name, layout=None, widened=True
         else:
             _C.dtypes.cast_into(target, total, dtype_name)
     return target
+
+
+def _summed_directly(target, array, axes, layout):
+    """The commonest sum (``sum_kernel.summed_directly``: a contiguous input over its leading or trailing dims, in
+    its own dtype) straight into a new output ``target``, with none of ``sum_into``'s other checks."""
+    if target.dtype != array.dtype or not target.flags.c_contiguous or not axes or not array.size \
+            or array.dtype not in _CASCADE_DTYPES:
+        return False
+    strides, itemsize = layout or iterated_layout(array, None)
+    if itemsize != array.itemsize:
+        return False
+    with _C.vpu.ignoring_fp_errors():
+        return sum_kernel.summed_directly(target, array, tuple(axes), tuple(strides), torch.get_num_threads())
 
 
 _NARROW_FLOATS = frozenset({"bfloat16", "float16"})

@@ -15,6 +15,7 @@ contiguous slabs.
 NumPy's own sum is pairwise (other bits in most sums of more than eight elements).
 """
 
+import functools
 import math
 
 import numpy as np
@@ -45,6 +46,8 @@ def in_order(values, axis=0):
     """The sum along ``axis`` of a C-contiguous array, element after element: NumPy reduces an axis slab by slab
     when elements follow it (its pairwise sum is along the innermost axis only); with none (length-1 axes count as
     none), ``accumulate`` keeps the order."""
+    if values.shape[axis] == 1:  # nothing added: a view of the one element (its -0.0 kept: each sum adds +0.0 last)
+        return values[(slice(None),) * axis + (0,)]
     if math.prod(values.shape[axis + 1:]) > 1:
         return np.add.reduce(values, axis=axis)
     if not values.shape[axis]:
@@ -63,23 +66,34 @@ def row_sum(units):
 
 def multi_row_sum(rows):
     """multi_row_sum over (S, ...) rows: (...)."""
-    count = len(rows)
-    step = 1 << max(4, (max(count, 1) - 1).bit_length() // LEVELS)  # utils::CeilLog2
-    groups = count // step
-    if not groups:  # never flushed: one sum in order
-        return in_order(rows)
-    flushed = _group_sums(rows[:groups * step].reshape(groups, step, *rows.shape[1:]))
-    level = in_order(rows[groups * step:]) if groups * step < count else None  # what level 0 holds at the end
-    for _ in range(1, LEVELS - 1):
-        runs = len(flushed) // step
-        if runs * step < len(flushed):
-            rest = in_order(flushed[runs * step:])
+    step, stages = _cascade(len(rows))
+    level = None  # the result so far: level 0's rows left at the end, then each higher level's added
+    for grouped, groups, held in stages:
+        if held:  # the rows this level holds at the end, summed in order
+            rest = in_order(rows[grouped:])
             level = rest if level is None else level + rest
-        if not runs:
+        if not groups:
             return level
-        flushed = _group_sums(flushed[:runs * step].reshape(runs, step, *rows.shape[1:]))
-    rest = in_order(flushed)
-    return rest if level is None else level + rest
+        rows = _group_sums(rows[:grouped].reshape(groups, step, *rows.shape[1:]))  # flushed into the next level
+
+
+@functools.lru_cache(maxsize=1024)
+def _cascade(count):
+    """multi_row_sum's work for ``count`` rows, worked out once (a model sums the same shapes every step): the
+    flush interval (utils::CeilLog2), then for each level from 0 the rows it flushes in whole groups, the groups
+    (the next level's rows) and whether it holds rows at the end (no rows at all: an empty sum); the top level
+    flushes none."""
+    step = 1 << max(4, (max(count, 1) - 1).bit_length() // LEVELS)
+    stages = []
+    for _ in range(LEVELS - 1):
+        groups = count // step
+        stages.append((groups * step, groups, groups * step < count or not count))
+        if not groups:
+            break
+        count = groups
+    else:
+        stages.append((0, 0, True))
+    return step, tuple(stages)
 
 
 def _group_sums(groups):
@@ -91,6 +105,8 @@ def in_slab_order(array):
     """``array``, or a C-contiguous copy where NumPy would not reduce its leading axes slab by slab in order as
     ``in_order`` needs: a view whose strides fall from axis to axis (over the axes longer than one) down to one
     element iterates as a C-contiguous array does (a bias gradient's per-thread columns need no copy)."""
+    if array.flags.c_contiguous:
+        return array
     steps = [step for step, size in zip(array.strides, array.shape) if size > 1]
     if steps and steps[-1] == array.itemsize and all(outer > inner for outer, inner in zip(steps, steps[1:])):
         return array

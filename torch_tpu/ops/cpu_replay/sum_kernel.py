@@ -70,14 +70,30 @@ _Plan = collections.namedtuple("_Plan", "order sizes loop_strides reduced elemen
                                         "kept_order direct")
 
 
-def _direct_sum(array, plan):
+def summed_directly(out, array, axes, strides, threads):
+    """Whether ``_direct_sum`` took ``cascade_sum`` of ``array`` (summed in its own dtype, ``strides`` its element
+    strides) and wrote it into ``out``, a C-contiguous array of its result's size and dtype (kept dims of size one
+    or not): the hot path of eager and compiled sums, with no bookkeeping past the plan's lookup."""
+    plan = _plan(array.shape, axes, strides, threads if array.size >= GRAIN_SIZE else 1, array.itemsize,
+                 array.itemsize)
+    if plan.direct is None or not array.flags.c_contiguous:
+        return False
+    _direct_sum(array, plan, out.reshape(-1))
+    return True
+
+
+def _direct_sum(array, plan, out=None):
     """The commonest layouts without the general path's bookkeeping, the same bits: a contiguous input summed on
     one thread over its leading dims (a bias's gradient: ``multi_row_sum`` over whole runs of columns) or over its
-    trailing dims (each row a contiguous run: ``inner_sums``)."""
+    trailing dims (each row a contiguous run: ``inner_sums``); into ``out`` (flat) if given."""
     kind, shape = plan.direct
     if kind == "leading":
-        return (inner_sum.multi_row_sum(array.reshape(shape)) + array.dtype.type(0)).reshape(plan.kept_shape)
-    return inner_sum.inner_sums(np.ascontiguousarray(array.reshape(shape).T)).reshape(plan.kept_shape)
+        total = np.add(inner_sum.multi_row_sum(array.reshape(shape)), array.dtype.type(0), out=out)
+    else:
+        total = inner_sum.inner_sums(np.ascontiguousarray(array.reshape(shape).T))
+        if out is not None:
+            out[...] = total
+    return total.reshape(plan.kept_shape)
 
 
 def _direct_kind(shape, axes, strides, sizes, loop_strides, storage_itemsize, itemsize):
