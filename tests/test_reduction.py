@@ -764,6 +764,7 @@ def test_sums_past_grain_size_split_across_threads_as_cpus(dtype, reduce, shape,
     ((32, 68), (1,)), ((256, 64), (-1,)), ((9, 4000), (1,)), ((4, 6, 50), (1, 2)),  # contiguous rows
     ((8, 32, 64), (0,)), ((256, 192), (0,)), ((1, 64), (0,)),  # GPT-style gradients; one row: nothing added
     ((17, 32), (0,)), ((4101, 32), (0,)), ((65536 + 16 * 17 + 3, 32), (0,)),  # the cascade's levels, rows held
+    ((64, 5), (0,)), ((64, 40), (0,)), ((100, 7), (0,)), ((3, 17, 37), (0, 1)),  # columns past whole runs
 ])
 @pytest.mark.parametrize("threads", [1, 2, 8])
 def test_sums_over_leading_or_trailing_dims_of_contiguous_inputs_take_the_direct_path_with_cpus_bits(

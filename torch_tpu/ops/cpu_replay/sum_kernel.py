@@ -84,11 +84,12 @@ def summed_directly(out, array, axes, strides, threads):
 
 def _direct_sum(array, plan, out=None):
     """The commonest layouts without the general path's bookkeeping, the same bits: a contiguous input summed on
-    one thread over its leading dims (a bias's gradient: ``multi_row_sum`` over whole runs of columns) or over its
-    trailing dims (each row a contiguous run: ``inner_sums``); into ``out`` (flat) if given."""
-    kind, shape = plan.direct
+    one thread over its leading dims (a bias's gradient: the columns in runs through the cascade, the rest one
+    ``row_sum`` each) or over its trailing dims (each row a contiguous run: ``inner_sums``); into ``out`` (flat)
+    if given."""
+    kind, shape, in_runs = plan.direct
     if kind == "leading":
-        total = np.add(inner_sum.multi_row_sum(array.reshape(shape)), array.dtype.type(0), out=out)
+        total = np.add(_outer_sums(array.reshape(shape), in_runs), array.dtype.type(0), out=out)
     else:
         total = inner_sum.inner_sums(np.ascontiguousarray(array.reshape(shape).T))
         if out is not None:
@@ -97,18 +98,16 @@ def _direct_sum(array, plan, out=None):
 
 
 def _direct_kind(shape, axes, strides, sizes, loop_strides, storage_itemsize, itemsize):
-    """Which of ``_direct_sum``'s layouts a single-threaded plan is, with the 2-d shape its input is read as; None
-    for others. Leading dims qualify when the columns fill whole runs of four accumulator vectors (else
-    ``_column_sums`` mixes two branches)."""
+    """Which of ``_direct_sum``'s layouts a single-threaded plan is, with the 2-d shape its input is read as and
+    the columns summed in runs (``_columns_in_runs``); None for others."""
     contiguous = all(step == math.prod(shape[axis + 1:]) for axis, step in enumerate(strides) if shape[axis] != 1)
     if len(sizes) != 2 or not contiguous:
         return None
-    per_load = VECTOR_BYTES // storage_itemsize
-    run = inner_sum.ABREAST * (VECTOR_BYTES // itemsize)
-    if axes == tuple(range(len(axes))) and loop_strides[1] == 1 and sizes[1] % run == 0:
-        return "leading", (sizes[0], sizes[1])
-    if axes == tuple(range(len(shape) - len(axes), len(shape))) and loop_strides[0] == 1 and sizes[0] >= per_load:
-        return "trailing", (sizes[1], sizes[0])
+    if axes == tuple(range(len(axes))) and loop_strides[1] == 1:
+        return "leading", (sizes[0], sizes[1]), _columns_in_runs(sizes, loop_strides, storage_itemsize, itemsize)
+    if axes == tuple(range(len(shape) - len(axes), len(shape))) and loop_strides[0] == 1 and \
+            sizes[0] >= VECTOR_BYTES // storage_itemsize:
+        return "trailing", (sizes[1], sizes[0]), None
     return None
 
 
@@ -213,24 +212,37 @@ def _range_sum(blocks, sizes, strides, storage_itemsize, begin, end, store_dtype
 def _column_sums(blocks, strides, storage_itemsize):
     """Each column's sum of (B, S, C) blocks, the 2-d loop's ``size0`` elements by ``size1`` columns with element
     ``strides`` along them, by the branch cascade_sum takes for them: (B, C)."""
-    count, length, columns = blocks.shape
     elements = inner_sum.in_slab_order(blocks.transpose(1, 0, 2))  # (S, B, C): each step adds whole slabs
-    per_load = VECTOR_BYTES // storage_itemsize  # elements of one Vectorized<scalar_t>
-    if strides[0] == 1 and length >= per_load:
+    sizes = blocks.shape[1:]
+    if strides[0] == 1 and sizes[0] >= VECTOR_BYTES // storage_itemsize:
         return inner_sum.inner_sums(elements, storage_itemsize)
-    if strides[1] == 1 and columns >= per_load:
-        run = inner_sum.ABREAST * (VECTOR_BYTES // blocks.itemsize)  # four accumulator vectors of columns
+    return _outer_sums(elements, _columns_in_runs(sizes, strides, storage_itemsize, blocks.itemsize))
+
+
+def _columns_in_runs(sizes, strides, storage_itemsize, itemsize):
+    """How many of the 2-d loop's columns (``sizes``: elements, columns; element ``strides``) the outer-sum
+    branches add in runs through the cascade (the rest one ``row_sum`` each): adjacent columns, a vector of them
+    or more, in runs of four accumulator vectors (``vectorized_outer_sum``); otherwise none where each column is
+    summed on its own (dim 0 the smaller stride), else runs of four columns (``scalar_outer_sum``)."""
+    columns = sizes[1]
+    if strides[1] == 1 and columns >= VECTOR_BYTES // storage_itemsize:
+        run = inner_sum.ABREAST * (VECTOR_BYTES // itemsize)  # four accumulator vectors of columns
     elif strides[0] < strides[1]:
-        run = columns + 1  # none in runs
+        return 0
     else:
         run = inner_sum.ABREAST
-    in_runs = columns // run * run
-    if in_runs == columns:
+    return columns // run * run
+
+
+def _outer_sums(elements, in_runs):
+    """The column sums of (S, ..., C) ``elements`` (in slab order), the first ``in_runs`` columns in runs
+    through the cascade (``multi_row_sum``), the rest one ``row_sum`` each: (..., C)."""
+    if in_runs == elements.shape[-1]:
         return inner_sum.multi_row_sum(elements)
     if not in_runs:
         return inner_sum.row_sum(elements)
-    return np.concatenate([inner_sum.multi_row_sum(inner_sum.in_slab_order(elements[:, :, :in_runs])),
-                           inner_sum.row_sum(inner_sum.in_slab_order(elements[:, :, in_runs:]))], axis=1)
+    return np.concatenate([inner_sum.multi_row_sum(inner_sum.in_slab_order(elements[..., :in_runs])),
+                           inner_sum.row_sum(inner_sum.in_slab_order(elements[..., in_runs:]))], axis=-1)
 
 
 def _added_into_outputs(partials, reduced, store_dtype):
