@@ -787,7 +787,7 @@ def batch_norm_no_update(input, weight, bias, running_mean, running_var, momentu
 
 _NATIVE_BATCH_NORM = torch.ops.aten.native_batch_norm.default
 _BATCH_NORM = torch.ops.aten.batch_norm.default
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (fake, functional, DTensor) are being traced
+PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (fake, functional tensors, DTensor) are being traced
 
 
 def plain_batch_norm(input, weight, bias, running_mean, running_var, training):
@@ -801,7 +801,7 @@ def plain_batch_norm(input, weight, bias, running_mean, running_var, training):
         return False
     channels = input.shape[1]
     given = [t for t in (weight, bias, running_mean, running_var) if t is not None]
-    return type(input) in _PLAIN_TENSORS and all(type(t) in _PLAIN_TENSORS and t.numel() == channels for t in given)
+    return type(input) in PLAIN_TENSORS and all(type(t) in PLAIN_TENSORS and t.numel() == channels for t in given)
 
 
 @_registry.register_autograd("batch_norm")
