@@ -1348,3 +1348,99 @@ def test_functionals_of_tensors_alone_skip_the_numbers_test(monkeypatch):
     monkeypatch.setattr(pointwise, "numbers_beside_scalars", original)
     check(lambda t: torch.pow(t, 2), torch.tensor(3, dtype=torch.int8))
     check(lambda t: torch.remainder(t, 2.5), torch.tensor(7.0))
+
+
+# --- zoo round fifteen b: F.batch_norm goes straight to native_batch_norm through autograd, without the composite's
+# _batch_norm_impl_index and its empty reserve launch ---------------------------------------------------------------
+
+COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
+
+
+def _batch_norm_calls(training):
+    """F.batch_norm and, beside it, the composite kernel CPU runs for it: each a function of (x, weight, bias,
+    running_mean, running_var)."""
+    return {
+        "direct": lambda *a: F.batch_norm(a[0], a[3], a[4], a[1], a[2], training, 0.1, 1e-5),
+        "composite": lambda *a: torch.ops.aten.batch_norm.default._op_dk(COMPOSITE, a[0], a[1], a[2], a[3], a[4],
+                                                                         training, 0.1, 1e-5, False),
+    }
+
+
+BATCH_NORM_CASES = {
+    "4-d, training": (lambda: make(4, 8, 5, 5), True, True, True),
+    "channels-last, training": (lambda: make(4, 8, 5, 5).contiguous(memory_format=torch.channels_last), True, True,
+                                True),
+    "2-d, no affine": (lambda: make(6, 3), False, True, True),
+    "3-d, no running statistics": (lambda: make(2, 4, 6), True, False, True),
+    "evaluation": (lambda: make(3, 4, 2, 2), True, True, False),
+    "float64, transposed": (lambda: make(5, 4, 3, dtype=torch.float64).transpose(0, 2).transpose(1, 2), True, True,
+                            True),
+}
+
+
+def _batch_norm_outcome(call, x, affine, tracked, device):
+    channels = x.shape[1]
+    leaves = [x.detach().to(device).requires_grad_()]
+    leaves += [make(channels, dtype=x.dtype).to(device).requires_grad_() if affine else None for _ in range(2)]
+    running = ([torch.linspace(-1, 1, channels, dtype=x.dtype, device=device),
+                torch.linspace(0.5, 2, channels, dtype=x.dtype, device=device)] if tracked else [None, None])
+    output = call(*leaves, *running)
+    output.backward(torch.linspace(-3, 3, output.numel(), dtype=x.dtype, device=device).reshape(output.shape))
+    tensors = [output, *(t.grad for t in leaves if t is not None), *(r for r in running if r is not None)]
+    return type(output.grad_fn).__name__, output.stride(), [t.detach().cpu() for t in tensors]
+
+
+@pytest.mark.parametrize("case", BATCH_NORM_CASES)
+def test_batch_norm_is_the_composites_bit_for_bit_and_cpus(case):
+    """The output, every gradient and the running statistics are the composite's on tpu bit for bit (the same
+    native_batch_norm and backward kernels), with CPU's node and strides, and CPU's values within rounding."""
+    make_input, affine, tracked, training = BATCH_NORM_CASES[case]
+    calls = _batch_norm_calls(training)
+    outcomes = []
+    for kind, device in (("direct", "tpu"), ("composite", "tpu"), ("direct", "cpu")):
+        torch.manual_seed(0)  # the same input and parameters each time
+        outcomes.append(_batch_norm_outcome(calls[kind], make_input(), affine, tracked, device))
+    direct, composite, cpu = outcomes
+    assert direct[:2] == composite[:2] == cpu[:2]
+    for ours, theirs in zip(direct[2], composite[2]):
+        assert torch.equal(ours, theirs)
+    assert_close(direct[2], cpu[2])
+
+
+def test_batch_norm_launches_native_batch_norm_alone():
+    """One aten launch below F.batch_norm where the composite makes three (the index op, an empty reserve and the
+    kernel); tracing (a dispatch mode) still sees CPU's ops."""
+    x = torch.rand(4, 8, 5, 5, device="tpu", requires_grad=True)
+    running = torch.zeros(8, device="tpu"), torch.ones(8, device="tpu")
+    with torch.profiler.profile() as profile:
+        F.batch_norm(x, *running, training=True)
+    names = [event.name for event in profile.events()]
+    assert "aten::native_batch_norm" in names
+    assert "aten::_batch_norm_impl_index" not in names and "aten::empty" not in names
+
+    seen = []
+
+    class Recorder(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
+        F.batch_norm(x, *running, training=True)
+    assert seen == ["aten.empty.memory_format", "aten.native_batch_norm.default"]
+
+
+@pytest.mark.parametrize("call", [
+    lambda d: F.batch_norm(torch.ones(2, 3, 4, device=d), torch.zeros(4, device=d), torch.ones(3, device=d)),
+    lambda d: F.batch_norm(torch.ones(2, 3, device=d), None, None, training=False),
+    lambda d: F.batch_norm(torch.ones(2, 3, device=d), None, None, torch.ones(2, device=d), training=True),
+    lambda d: F.batch_norm(torch.ones(2, 3, device=d, dtype=torch.float64), None, None, torch.ones(3, device=d),
+                           training=True),
+])
+def test_batch_norm_errors_are_cpus(call):
+    check_same_error(call)
+
+
+def test_batch_norm_of_an_empty_batch_is_cpus():
+    """The composite's own path for an empty input (a copy scaled by the weight's first element), on either device."""
+    check_grads(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), make(0, 3, 4), make(3), make(3))

@@ -785,6 +785,38 @@ def batch_norm_no_update(input, weight, bias, running_mean, running_var, momentu
     return (*outputs, cudnn_reserve())
 
 
+_NATIVE_BATCH_NORM = torch.ops.aten.native_batch_norm.default
+_BATCH_NORM = torch.ops.aten.batch_norm.default
+PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (fake, functional tensors, DTensor) are being traced
+
+
+def plain_batch_norm(input, weight, bias, running_mean, running_var, training):
+    """Whether ``batch_norm``'s composite would end in ``native_batch_norm`` with these arguments (a non-empty input,
+    parameters and statistics of its channel count, statistics given for evaluation) in plain eager mode: no
+    dispatch mode, subclass or torch.func transform, which all see the composite's own ops."""
+    if (input.dim() < 2 or not input.numel() or torch._C._len_torch_dispatch_stack()
+            or torch._C._are_functorch_transforms_active()):
+        return False
+    if not training and (running_mean is None or running_var is None):
+        return False
+    channels = input.shape[1]
+    given = [t for t in (weight, bias, running_mean, running_var) if t is not None]
+    return type(input) in PLAIN_TENSORS and all(type(t) in PLAIN_TENSORS and t.numel() == channels for t in given)
+
+
+@_registry.register_autograd("batch_norm")
+def batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn_enabled):
+    """``F.batch_norm`` (every ``nn.BatchNorm``) straight to ``native_batch_norm`` through autograd, which makes the
+    node CPU's composite makes (NativeBatchNormBackward0). The composite goes there through
+    ``_batch_norm_impl_index``, whose ``empty`` launch (cuDNN's reserve, unused off CUDA) and extra hops cost a tpu
+    batch norm about 8 us a call. Anything else (an empty input, wrong sizes, tracing) takes the composite, with its
+    checks and errors."""
+    if not plain_batch_norm(input, weight, bias, running_mean, running_var, training):
+        return _BATCH_NORM._op_dk(torch._C.DispatchKey.CompositeImplicitAutograd, input, weight, bias, running_mean,
+                                  running_var, training, momentum, eps, cudnn_enabled)
+    return _NATIVE_BATCH_NORM(input, weight, bias, running_mean, running_var, training, momentum, eps)[0]
+
+
 def subtract_batch_means(grad_x, centered, scale, invstd, sum_dy, dot, count, scratch):
     """A training batch norm's input gradient from ``grad_x`` = dy * scale: minus scale * (mean(dy) + (x - mean) *
     invstd^2 * mean(dy * (x - mean))), the means over ``count`` elements per channel from their sums ``sum_dy`` and

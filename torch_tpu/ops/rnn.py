@@ -34,7 +34,7 @@ from .._tensor import DTYPE_NAME, allocate, numpy_dtype
 from ._common import empty, opmath_operand, store
 from ._registry import register_autograd
 from .linalg import mxu_matmul, mxu_multiplier
-from .nn import register
+from .nn import PLAIN_TENSORS, register
 
 
 def sigmoid(x, out=None):
@@ -622,7 +622,6 @@ class RecurrentLayers(torch.autograd.Function):
 
 FUSED_DTYPES = frozenset({torch.float32, torch.float64})
 COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
-PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (fake, functional tensors) are being traced
 
 
 def layer_parameters(params, index, has_biases, projected):
