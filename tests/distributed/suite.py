@@ -198,6 +198,22 @@ def check_monitored_barrier_runs_on_a_gloo_group(rank):
     dist.monitored_barrier(group=dist.new_group(backend="gloo"), timeout=datetime.timedelta(seconds=30))
 
 
+def check_a_world_made_again_works(rank):
+    """destroy_process_group(), then init_process_group() as under torchrun, whose agent's store (here the suite's,
+    on MASTER_PORT) outlives the groups, three times: the groups of each new world have the names of the destroyed
+    ones, and gloo's rendezvous under them read the old addresses and timed out connecting (gloo's own groups on
+    CPU tensors do so too)."""
+    world = dist.get_world_size()
+    os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"  # env:// connects to the running store, as torchrun's ranks
+    for _ in range(3):
+        tensor = torch.full((3,), float(rank + 1), device="tpu")
+        dist.all_reduce(tensor)
+        dist.all_reduce(tensor, group=dist.new_group(list(range(world))))
+        assert tensor.cpu().tolist() == [world * world * (world + 1) / 2] * 3, tensor
+        dist.destroy_process_group()
+        dist.init_process_group(timeout=datetime.timedelta(seconds=20))
+
+
 scenario = sys.argv[1] if len(sys.argv) > 1 else "all"
 torch.ones(1, device="tpu")  # the chip's own threads start with its first use
 torch.nn.functional.conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 3, 3))  # CPU's thread pool (the references')
@@ -215,6 +231,7 @@ if scenario == "all":
     check_arguments_refused_on_one_rank_fail_every_rank(rank)
     check_point_to_point_refusals_and_mismatches_reach_the_receiver(rank)
     check_monitored_barrier_runs_on_a_gloo_group(rank)
+    check_a_world_made_again_works(rank)
     dist.barrier()
     dist.destroy_process_group()
     del store
