@@ -139,6 +139,28 @@ def test_ddp_buckets_overlap_backward_and_the_step_waits_for_them():
     assert min(k.start for k in step_kernels) >= max(c.end for c in collectives)  # the step waited for every bucket
 
 
+def test_compiled_ddp_trains_as_one_chip_once_its_buckets_are_rebuilt():
+    """A compiled DDP model's second forward rebuilds the buckets: DDP's C++ reducer broadcasts them through the
+    "ici" group's Python ``broadcast`` while Dynamo's frame hook is on, and Dynamo traced that method (the group is a
+    torchbind object to it) and failed on its first attribute. Each rank holding the same batch, the averaged
+    gradients are one chip's."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    with torch_tpu.simulate(2):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)).to("tpu")
+        inputs = torch.randn(3, 4).to("tpu")
+        compiled = torch.compile(DistributedDataParallel(model), backend="tpu")
+        for _ in range(2):
+            model.zero_grad()
+            compiled(inputs).sum().backward()
+        averaged = [p.grad.cpu() for p in model.parameters()]
+        model.zero_grad()
+        model(inputs).sum().backward()
+    for gradient, one_chip in zip(averaged, model.parameters()):
+        torch.testing.assert_close(gradient, one_chip.grad.cpu(), rtol=0, atol=0)
+
+
 def test_state_dict_helpers_find_the_devices_of_the_group():
     """PyTorch's state-dict and checkpoint helpers ask a group which devices it carries (``_device_types``, empty for
     a Python group unless it answers): a full state dict loaded from rank 0 into FSDP2 (``broadcast_from_rank0``)

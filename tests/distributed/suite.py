@@ -198,6 +198,59 @@ def check_monitored_barrier_runs_on_a_gloo_group(rank):
     dist.monitored_barrier(group=dist.new_group(backend="gloo"), timeout=datetime.timedelta(seconds=30))
 
 
+def check_power_sgd_hook_gives_its_maths(rank):
+    """DDP's PowerSGD hook waits for an all-reduce inside each callback of its chain of futures (gloo on CPU tensors
+    hangs there). Its first compressed step of a weight matrix, rank 1 and no error yet, is P Q^T / world with P the
+    normalised sum of the ranks' M_r Q0 (Q0 drawn from the state's seed, normalised) and Q the sum of M_r^T P; a 1-D
+    bias is averaged as it is. Each rank computes every rank's gradient in float64 on the CPU for that reference."""
+    import numpy
+    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    world = dist.get_world_size()
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(16, 16).double()
+    batches = [(torch.randn(5, 16, dtype=torch.float64), torch.randn(5, 16, dtype=torch.float64)) for _ in range(world)]
+    gradients = []
+    for inputs, targets in batches:
+        reference.zero_grad()
+        (reference(inputs) - targets).pow(2).mean().backward()
+        gradients.append((reference.weight.grad.clone(), reference.bias.grad.clone()))
+    model = DistributedDataParallel(torch.nn.Linear(16, 16).to("tpu"))
+    model.module.load_state_dict(reference.state_dict())
+    state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=1, start_powerSGD_iter=2)
+    model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+    inputs, targets = batches[rank]
+    for _ in range(3):  # two steps of plain all-reduce, then the first compressed one
+        model.zero_grad()
+        (model(inputs.float().to("tpu")) - targets.float().to("tpu")).pow(2).mean().backward()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(numpy.random.RandomState(0).randint(1_000_000_000))
+        q = torch.randn(16, 1).double()
+    p = sum(weight @ (q / q.norm()) for weight, _ in gradients)
+    p = p / p.norm()
+    weight = p @ sum(weight.T @ p for weight, _ in gradients).T / world
+    bias = sum(bias for _, bias in gradients) / world
+    torch.testing.assert_close(model.module.weight.grad.cpu().double(), weight, rtol=0, atol=1e-6)
+    torch.testing.assert_close(model.module.bias.grad.cpu().double(), bias, rtol=0, atol=1e-6)
+
+
+def check_a_world_made_again_works(rank):
+    """destroy_process_group(), then init_process_group() as under torchrun, whose agent's store (here the suite's,
+    on MASTER_PORT) outlives the groups, three times: the groups of each new world have the names of the destroyed
+    ones, and gloo's rendezvous under them read the old addresses and timed out connecting (gloo's own groups on
+    CPU tensors do so too)."""
+    world = dist.get_world_size()
+    os.environ["TORCHELASTIC_USE_AGENT_STORE"] = "True"  # env:// connects to the running store, as torchrun's ranks
+    for _ in range(3):
+        tensor = torch.full((3,), float(rank + 1), device="tpu")
+        dist.all_reduce(tensor)
+        dist.all_reduce(tensor, group=dist.new_group(list(range(world))))
+        assert tensor.cpu().tolist() == [world * world * (world + 1) / 2] * 3, tensor
+        dist.destroy_process_group()
+        dist.init_process_group(timeout=datetime.timedelta(seconds=20))
+
+
 scenario = sys.argv[1] if len(sys.argv) > 1 else "all"
 torch.ones(1, device="tpu")  # the chip's own threads start with its first use
 torch.nn.functional.conv2d(torch.ones(1, 1, 3, 3), torch.ones(1, 1, 3, 3))  # CPU's thread pool (the references')
@@ -215,6 +268,8 @@ if scenario == "all":
     check_arguments_refused_on_one_rank_fail_every_rank(rank)
     check_point_to_point_refusals_and_mismatches_reach_the_receiver(rank)
     check_monitored_barrier_runs_on_a_gloo_group(rank)
+    check_power_sgd_hook_gives_its_maths(rank)
+    check_a_world_made_again_works(rank)
     dist.barrier()
     dist.destroy_process_group()
     del store

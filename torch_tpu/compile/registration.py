@@ -74,13 +74,15 @@ def _patch_backend_registry(module):
 
 
 # The backend's own machinery, which PyTorch calls from C++ (aten kernels, the fallbacks, the accelerator and
-# device hooks), and everything those reach (the chip, the tensor bridge, errors). Dynamo must never trace these
-# frames, as it never traces torch's own C++ kernels. It meets them when a graph break hands an op on tpu tensors
-# back to eager (an nn.LSTM, a data-dependent branch): tracing a kernel put fake tensors through its views and
-# failed where the eager op runs, and tracing a helper it reaches compiled a stray graph of it.
+# device hooks, the "ici" process group's collectives), and everything those reach (the chip, the tensor bridge,
+# errors, the transport). Dynamo must never trace these frames, as it never traces torch's own C++ kernels or
+# gloo. It meets them when a graph break hands an op on tpu tensors back to eager (an nn.LSTM, a data-dependent
+# branch; a compiled DDP's reducer broadcasting its buckets): tracing a kernel put fake tensors through its views
+# and failed where the eager op runs, tracing a helper it reaches compiled a stray graph of it, and tracing a
+# collective of the process group (a torchbind object to Dynamo) failed on its first attribute.
 KERNEL_MODULES = ("torch_tpu.ops", "torch_tpu._C", "torch_tpu._tensor", "torch_tpu._storage", "torch_tpu._cost",
                   "torch_tpu._errors", "torch_tpu._lazy", "torch_tpu._abstract", "torch_tpu._abstract_launch",
-                  "torch_tpu.autocast", "torch_tpu._accelerator", "torch_tpu.tpu")
+                  "torch_tpu.autocast", "torch_tpu._accelerator", "torch_tpu.tpu", "torch_tpu.distributed")
 
 
 def _patch_trace_rules(module):

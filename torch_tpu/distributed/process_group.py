@@ -683,6 +683,22 @@ def world_torus(world_size):
     return ici.torus_for(world_size, _C.current_chip().spec)
 
 
+_worlds_joined = 0  # init_process_group calls in this process (see _store_of_this_world)
+
+
+def _store_of_this_world(common_options):
+    """The rendezvous store under a prefix that names the world (the init_process_group) a group belongs to.
+
+    torchrun's store outlives ``destroy_process_group()``, and c10d names groups by a count it restarts there, so the
+    groups of a world made again had the names of the destroyed ones: gloo's rendezvous read the addresses those had
+    published and timed out connecting to them (as gloo's own groups on CPU tensors do). ``init_process_group`` is
+    collective, so every rank counts the worlds alike."""
+    global _worlds_joined
+    if not common_options.global_ranks_in_group:  # the default group: a new world
+        _worlds_joined += 1
+    return dist.PrefixStore(f"ici-world-{_worlds_joined}/", common_options.store)
+
+
 def create(common_options, backend_options=None):
     """The creator registered with ``dist.Backend.register_backend("ici", ..., extended_api=True)``."""
     from . import attention_sharding, c10d_kernels, simulated_world  # noqa: F401 (attention_sharding registers)
@@ -694,5 +710,5 @@ def create(common_options, backend_options=None):
     if world is not None:
         return ProcessGroupICI(rank, size, SimulatedTransport(rank, size), world.torus, global_ranks)
     world_size = dist.get_world_size() if common_options.global_ranks_in_group else size
-    transport = gloo_transport(common_options.store, rank, size, resolve_timeout(common_options.timeout))
+    transport = gloo_transport(_store_of_this_world(common_options), rank, size, resolve_timeout(common_options.timeout))
     return ProcessGroupICI(rank, size, transport, world_torus(world_size), global_ranks)
