@@ -543,6 +543,14 @@ def test_embedding_bag_sums_add_each_bag_in_order_a_rank_at_a_time(bag_sizes):
                        F.embedding_bag(indices, weight, offsets))
 
 
+def test_index_add_into_an_empty_matrix_ignores_its_indices_as_cpu():
+    """CPU's index_add of a tensor of two or more dims returns before reading the indices when it is empty."""
+    for shape, source in (((0, 2), (1, 2)), ((3, 0), (1, 0))):
+        result = torch.zeros(shape, device="tpu").index_add(0, torch.tensor([9], device="tpu"),
+                                                            torch.ones(source, device="tpu"))
+        assert result.shape == shape and result.device.type == "tpu"
+
+
 def test_fp16_embedding_bag_mean_divides_the_stored_sums_as_cpu():
     """CPU's mean mode divides the bag sums as stored in the fp16 output (two roundings, not one): a fifth of the
     means were an ulp off. (bf16 sums themselves still differ in about 2% of the values.)"""
