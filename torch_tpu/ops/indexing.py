@@ -474,14 +474,15 @@ def _take_into(out, view, source, positions, dim):
 
 
 def _prepared_index_op(self, dim, index, out, op_name, error, source=None):
-    """out holding ``self`` and the NumPy key for ``index`` along ``dim``."""
+    """out holding ``self`` and the NumPy key for ``index`` along ``dim`` (checked unless ``error`` is None)."""
     dim = wrap_dim(dim, self.dim())
     positions = _index_vector(index, op_name)
     if out is not self:
         prepare_out(out, self.shape, self.dtype, inputs=(self,), distinct=(index, source), dtype_rule=exact_dtype)
         write(out, operand(self, op_name))
     target = _at_least_1d(as_numpy(out))
-    positions = checked_indices(positions, target.shape[dim], wrap=False, error=error, dim=dim)
+    if error is not None:
+        positions = checked_indices(positions, target.shape[dim], wrap=False, error=error, dim=dim)
     return target, _along(dim, positions)
 
 
@@ -493,8 +494,11 @@ def _index_source(source, target, key, op_name):
 
 
 def _index_add_range_error(self, dim, alpha):
-    """CPU's index_add of a tensor of two or more dims along its first or last dim with alpha 1 goes through
-    scatter_add, whose error names the index; every other call loops over slices: "index out of range in self"."""
+    """CPU's index_add of a tensor of two or more dims returns before reading the indices when it is empty (None:
+    no check), and along its first or last dim with alpha 1 goes through scatter_add, whose error names the index;
+    every other call loops over slices: "index out of range in self"."""
+    if self.dim() > 1 and self.numel() == 0:
+        return None
     if self.dim() > 1 and wrap_dim(dim, self.dim()) in (0, self.dim() - 1) and alpha == 1:
         return _dim_error()
     return _OUT_OF_RANGE_IN_SELF
@@ -502,11 +506,10 @@ def _index_add_range_error(self, dim, alpha):
 
 @register("index_add.out")
 def index_add_out(self, dim, index, source, *, alpha=1, out):
-    if self.dim() > 1 and self.numel() == 0:  # CPU returns before looking at the indices
-        _index_vector(index, "index_add")
-        return out if out is self else write(out, operand(self, "index_add"))
     target, key = _prepared_index_op(self, dim, index, out, "index_add", _index_add_range_error(self, dim, alpha),
                                      source)
+    if target.size == 0:
+        return out
     values = _index_source(source, target, key, "index_add")
     if alpha != 1:
         values = opmath_operand(source, "index_add").reshape(values.shape)

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .. import _C, _tensor
-from . import sample_gradients
 from .._errors import cpp_type_name, failed_check, not_implemented_for, scalar_type_name
+from . import sample_gradients
 from ._common import as_numpy, empty, opmath_operand, prepare_out, store, write
 from ._overlap import check_no_internal_overlap
 from ._registry import register

@@ -277,8 +277,9 @@ def _pad_forward(mode, self, padding):
 def _pad_backward(mode, grad_output, self, padding):
     """CPU's backward: each output position's gradient added to the input position it read, in the output's
     row-major order, in the tensor's dtype. As slice adds: along each padded dim the output positions that read
-    the input's own positions (the unpadded run) are one slice, each padding position another, and the slices'
-    combinations taken in order add to each input element in CPU's order. The combinations grow as the product of
+    the input's own positions (the unpadded run) are one slice, each group of padding positions reading distinct
+    positions another (``_pad_slices``), and the slices' combinations taken in order add to each input element in
+    CPU's order. The combinations grow as the product of
     the padded dims' widths: past ``_SLICE_ADD_ELEMENTS`` per element, ``np.add.at`` in output order costs less."""
     gradient = operand(grad_output, f"{mode}_pad_backward")
     summed = np.zeros(tuple(self.shape), gradient.dtype)
