@@ -226,6 +226,20 @@ FUZZ = {
     "scatter_float_index": lambda d: _matrix(d).scatter(0, torch.zeros(1, 1, device=d), 1.0),
     "take_out_of_range": lambda d: _matrix(d).take(torch.tensor([10], device=d)),
     "index_add_out_of_range": lambda d: _matrix(d).index_add(0, torch.tensor([4], device=d), torch.ones(1, 3, device=d)),
+    # CPU's index_add names the index only on its scatter_add path (first or last dim of 2+ dims, alpha 1), and
+    # index_reduce only when it fills first (include_self=False) and the index does not wrap
+    "index_add_out_of_range_1d": lambda d: torch.zeros(3, device=d).index_add(0, torch.tensor([5], device=d),
+                                                                              torch.ones(1, device=d)),
+    "index_add_out_of_range_inner_dim": lambda d: torch.zeros(3, 2, 2, device=d).index_add(
+        1, torch.tensor([-1], device=d), torch.ones(3, 1, 2, device=d)),
+    "index_add_out_of_range_with_alpha": lambda d: _matrix(d).index_add(0, torch.tensor([4], device=d),
+                                                                        torch.ones(1, 3, device=d), alpha=2),
+    "index_reduce_out_of_range": lambda d: _matrix(d).index_reduce(0, torch.tensor([4], device=d),
+                                                                   torch.ones(1, 3, device=d), "prod"),
+    "index_reduce_without_self_out_of_range": lambda d: _matrix(d).index_reduce(
+        1, torch.tensor([7], device=d), torch.ones(2, 1, device=d), "amax", include_self=False),
+    "index_reduce_without_self_negative": lambda d: _matrix(d).index_reduce(
+        1, torch.tensor([-1], device=d), torch.ones(2, 1, device=d), "mean", include_self=False),
     "masked_fill_complex_value": lambda d: torch.zeros(2, device=d).masked_fill(torch.tensor(True, device=d), 1j),
     "masked_fill_overflow": lambda d: torch.zeros(2, dtype=torch.uint8, device=d).masked_fill(
         torch.tensor(True, device=d), 300),

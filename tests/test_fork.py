@@ -140,6 +140,24 @@ def test_sending_a_tpu_tensor_to_another_process_is_refused_with_the_way_out(mak
         ForkingPickler.dumps(obj)
 
 
+def test_a_tpu_tensor_put_on_a_multiprocessing_queue_raises_where_it_is_received():
+    """multiprocessing.Queue pickles in a feeder thread that prints an error and drops the object: a DataLoader
+    whose spawn worker returned tpu tensors waited forever for the batch. The receiver gets the refusal."""
+    import multiprocessing
+    import queue
+
+    channel = multiprocessing.get_context("spawn").Queue()
+    channel.put((0, torch.ones(3, device="tpu")))
+    try:
+        with pytest.raises(RuntimeError, match=r"cannot be shared with another process.*Send tensor\.cpu\(\)"):
+            channel.get(timeout=20)
+    except queue.Empty:
+        pytest.fail("the tpu tensor was dropped: the receiver waits forever")
+    finally:
+        channel.close()
+        channel.join_thread()
+
+
 def test_cpu_tensors_still_go_through_shared_memory():
     import pickle
     from multiprocessing.reduction import ForkingPickler

@@ -2,6 +2,7 @@
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -518,6 +519,36 @@ def test_index_select_out_of_range_raises_the_error_of_cpus_loop(case, index):
     refused first; every other case is an IndexError. Compiled programs share the check."""
     shape, dim = INDEX_SELECT_OUT_OF_RANGE[case]
     check_same_error(lambda d: torch.zeros(shape, device=d).index_select(dim, torch.tensor(index, device=d)))
+
+
+@pytest.mark.parametrize("bag_sizes", [[16] * 8 + [0, 1], [3, 200, 1]], ids=["short", "one-over-64"])
+def test_embedding_bag_sums_add_each_bag_in_order_a_rank_at_a_time(bag_sizes):
+    """The forward's bag sums: one fancy-indexed add per rank within the bags (np.add.at went element by element, 25x
+    CPU's forward at 4,096 indices), np.add.at past 64 rows in a bag; both the order of np.add.at, bit for bit, and
+    CPU's float32 sums."""
+    from torch_tpu.ops import indexing
+
+    generator = torch.Generator().manual_seed(0)
+    bag_of = np.repeat(np.arange(len(bag_sizes)), bag_sizes)
+    rows = torch.randn(bag_of.size, 32, generator=generator).numpy()
+    ordered = np.zeros((len(bag_sizes), 32), np.float32)
+    np.add.at(ordered, bag_of, rows)
+    by_rank = np.zeros_like(ordered)
+    indexing._bag_sums(by_rank, rows, bag_of)
+    assert np.array_equal(by_rank, ordered)
+    weight = torch.randn(500, 32, generator=generator)
+    indices = torch.randint(0, 500, (bag_of.size,), generator=generator)
+    offsets = torch.tensor([0] + np.cumsum(bag_sizes)[:-1].tolist())
+    assert torch.equal(F.embedding_bag(indices.to("tpu"), weight.to("tpu"), offsets.to("tpu")).cpu(),
+                       F.embedding_bag(indices, weight, offsets))
+
+
+def test_index_add_into_an_empty_matrix_ignores_its_indices_as_cpu():
+    """CPU's index_add of a tensor of two or more dims returns before reading the indices when it is empty."""
+    for shape, source in (((0, 2), (1, 2)), ((3, 0), (1, 0))):
+        result = torch.zeros(shape, device="tpu").index_add(0, torch.tensor([9], device="tpu"),
+                                                            torch.ones(source, device="tpu"))
+        assert result.shape == shape and result.device.type == "tpu"
 
 
 def test_fp16_embedding_bag_mean_divides_the_stored_sums_as_cpu():

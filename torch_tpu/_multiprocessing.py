@@ -6,9 +6,14 @@ so there is no memory to share, and PyTorch's reducers would try POSIX shared me
 "_share_fd_: only available on CPU". A copy would silently break the sharing that the receiver
 relies on (in-place updates, Hogwild training), so the reducers for tensors and storages refuse tpu
 with the way out. (Plain ``pickle`` and ``torch.save`` copy through the host, as documented.)
+
+A ``multiprocessing.Queue`` pickles in a feeder thread, which only prints an error and drops the object:
+the receiver, such as a DataLoader's main process waiting for a batch its ``spawn`` worker made on tpu,
+would wait forever. There the refusal travels with the message and is raised where it arrives.
 """
 
 import functools
+import threading
 from multiprocessing.reduction import ForkingPickler
 
 import torch
@@ -16,15 +21,24 @@ import torch.multiprocessing.reductions as reductions
 from torch.nn.parameter import Parameter
 
 
+_REFUSAL = (
+    "a tpu tensor cannot be shared with another process: each process emulates its own chip, so there is no "
+    "device memory to share as CUDA IPC shares it. Send tensor.cpu() (shared memory) and move it to tpu in the "
+    "receiving process."
+)
+
+
+def _refused(message):
+    raise RuntimeError(message)
+
+
 def _refuse_tpu(reduce, device_of):
     @functools.wraps(reduce)
     def wrapper(obj):
         if device_of(obj).type == "tpu":
-            raise RuntimeError(
-                "a tpu tensor cannot be shared with another process: each process emulates its own chip, so "
-                "there is no device memory to share as CUDA IPC shares it. Send tensor.cpu() (shared memory) "
-                "and move it to tpu in the receiving process."
-            )
+            if threading.current_thread().name == "QueueFeederThread":  # multiprocessing.queues.Queue's
+                return _refused, (_REFUSAL,)
+            raise RuntimeError(_REFUSAL)
         return reduce(obj)
 
     return wrapper

@@ -437,7 +437,7 @@ def index_select_out(self, dim, index, *, out):
     return _take_into(out, as_numpy(out) if out.is_contiguous() else None, source, positions, dim)
 
 
-_INDEX_SELECT_RANGE_ERROR = _fixed_error(IndexError, "index out of range in self")
+_OUT_OF_RANGE_IN_SELF = _fixed_error(IndexError, "index out of range in self")
 
 
 def _indices_range_error(index, dim, size):
@@ -458,7 +458,7 @@ def index_select_arrays(source, dim, positions):
     several_dims = source.ndim > 1
     if several_dims and positions.size and source.shape[dim] == 0:
         raise RuntimeError("index_select(): self indexing axis dim should be positive")
-    error = _indices_range_error if several_dims and (dim == 1 or source.size == 0) else _INDEX_SELECT_RANGE_ERROR
+    error = _indices_range_error if several_dims and (dim == 1 or source.size == 0) else _OUT_OF_RANGE_IN_SELF
     return source, checked_indices(positions, source.shape[dim], wrap=False, error=error)
 
 
@@ -474,14 +474,15 @@ def _take_into(out, view, source, positions, dim):
 
 
 def _prepared_index_op(self, dim, index, out, op_name, error, source=None):
-    """out holding ``self`` and the NumPy key for ``index`` along ``dim``."""
+    """out holding ``self`` and the NumPy key for ``index`` along ``dim`` (checked unless ``error`` is None)."""
     dim = wrap_dim(dim, self.dim())
     positions = _index_vector(index, op_name)
     if out is not self:
         prepare_out(out, self.shape, self.dtype, inputs=(self,), distinct=(index, source), dtype_rule=exact_dtype)
         write(out, operand(self, op_name))
     target = _at_least_1d(as_numpy(out))
-    positions = checked_indices(positions, target.shape[dim], wrap=False, error=error, dim=dim)
+    if error is not None:
+        positions = checked_indices(positions, target.shape[dim], wrap=False, error=error, dim=dim)
     return target, _along(dim, positions)
 
 
@@ -492,9 +493,23 @@ def _index_source(source, target, key, op_name):
     return operand(source, op_name).reshape(shape)
 
 
+def _index_add_range_error(self, dim, alpha):
+    """CPU's index_add of a tensor of two or more dims returns before reading the indices when it is empty (None:
+    no check), and along its first or last dim with alpha 1 goes through scatter_add, whose error names the index;
+    every other call loops over slices: "index out of range in self"."""
+    if self.dim() > 1 and self.numel() == 0:
+        return None
+    if self.dim() > 1 and wrap_dim(dim, self.dim()) in (0, self.dim() - 1) and alpha == 1:
+        return _dim_error()
+    return _OUT_OF_RANGE_IN_SELF
+
+
 @register("index_add.out")
 def index_add_out(self, dim, index, source, *, alpha=1, out):
-    target, key = _prepared_index_op(self, dim, index, out, "index_add", _dim_error(), source)
+    target, key = _prepared_index_op(self, dim, index, out, "index_add", _index_add_range_error(self, dim, alpha),
+                                     source)
+    if target.size == 0:
+        return out
     values = _index_source(source, target, key, "index_add")
     if alpha != 1:
         values = opmath_operand(source, "index_add").reshape(values.shape)
@@ -511,11 +526,18 @@ def index_copy_out(self, dim, index, source, *, out):
     return out
 
 
+def _index_reduce_fill_error(index, dim, size):
+    """Without self, CPU first fills the indexed slices by index_fill_, which wraps a negative index and names any
+    other bad one (an IndexError); its own loop then refuses the wrapped ones as "index out of range in self"."""
+    return (_OUT_OF_RANGE_IN_SELF if -size <= index < 0 else _dim_error(IndexError))(index, dim, size)
+
+
 @register("index_reduce.out")
 def index_reduce_out(self, dim, index, source, reduce, *, include_self=True, out):
     if self.dtype.is_complex or self.dtype == torch.bool:  # CPU's index_reduce has loops for the real numbers
         raise not_implemented_for("index_func_", self.dtype)
-    target, key = _prepared_index_op(self, dim, index, out, "index_reduce", _dim_error(), source)
+    error = _OUT_OF_RANGE_IN_SELF if include_self else _index_reduce_fill_error
+    target, key = _prepared_index_op(self, dim, index, out, "index_reduce", error, source)
     values = converted(_index_source(source, target, key, "index_reduce"), out.dtype)
     return _reduce_into(out, target, key, values, reduce, include_self)
 
@@ -797,7 +819,7 @@ def _embedding_bag(weight, indices, offsets, mode, per_sample_weights, include_l
         _fused_bag_sums(result, scales, rows, bag_of)
     else:
         rows = rows if scales is None else rows * scales[:, None]
-        np.add.at(result, bag_of[used], rows[used])
+        _bag_sums(result, rows[used], bag_of[used])
     if mode == _BAG_MEAN:
         if weight.dtype in SIXTEEN_BIT:  # CPU divides its sums as stored in the 16-bit output: two roundings
             result = converted(result, weight.dtype).astype(result.dtype)
@@ -818,6 +840,17 @@ def _fused_bag_sums(result, scales, rows, bag_of):
     for taken in _occurrence_rounds(bag_of):
         bags = bag_of[taken]
         result[bags] = _C.vpu.fused_multiply_add(scales[taken, None], rows[taken], result[bags])
+
+
+def _bag_sums(result, rows, bag_of):
+    """Each bag's rows added from zero in their order, as ``np.add.at`` and CPU's loop add them: one fancy-indexed
+    add per rank within the bags while bags are short (``np.add.at`` goes element by element: a 4,096-index batch
+    took 25x CPU's forward), ``np.add.at`` itself past ``ORDERED_REPLAY_REPEATS`` rows in one bag."""
+    if bag_of.size and np.bincount(bag_of).max() > ORDERED_REPLAY_REPEATS:
+        np.add.at(result, bag_of, rows)
+        return
+    for taken in _occurrence_rounds(bag_of):
+        result[bag_of[taken]] += rows[taken]
 
 
 def _occurrence_rounds(keys):

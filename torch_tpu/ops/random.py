@@ -20,11 +20,11 @@ import math
 import warnings
 
 import numpy as np
-import scipy.special as special
 import torch
 
 from .. import _C, _tensor
 from .._errors import cpp_type_name, failed_check, not_implemented_for, scalar_type_name
+from . import sample_gradients
 from ._common import as_numpy, empty, opmath_operand, prepare_out, store, write
 from ._overlap import check_no_internal_overlap
 from ._registry import register
@@ -248,52 +248,21 @@ def binomial(count, prob, generator=None):
     return _draw_into_new(count, generator, _binomial_draws, trials, probability)
 
 
-# --- gradients of those samples (rsample), by implicit reparameterisation ------------------------------------------
-
-
-def _implicit_gradient(cdf, survival, log_density, a, x):
-    """dx/da for a sample x = F^-1(u; a) at a fixed quantile u: -(dF/da) / density.
-
-    dF/da is a float64 central difference taken on the smaller tail, F or 1 - F, which keeps its digits.
-    """
-    step = 1e-4 * a
-    lower = cdf(a, x) < 0.5
-
-    def tail(shape):
-        return np.where(lower, cdf(shape, x), -survival(shape, x))
-
-    with np.errstate(all="ignore"):
-        gradient = -(tail(a + step) - tail(a - step)) / (2 * step) / np.exp(log_density(a, x))
-    return np.where(x > 0, gradient, 0.0)
-
-
-def _gamma_sample_gradient(alpha, x):
-    return _implicit_gradient(
-        special.gammainc, special.gammaincc, lambda a, x: (a - 1) * np.log(x) - x - special.gammaln(a), alpha, x)
-
-
-def _beta_sample_gradient(a, b, x):
-    """dx/da for x ~ Beta(a, b) with b held fixed."""
-    return _implicit_gradient(
-        lambda a, x: special.betainc(a, b, x), lambda a, x: special.betainc(b, a, 1 - x),
-        lambda a, x: (a - 1) * np.log(x) + (b - 1) * np.log1p(-x) - special.betaln(a, b), a, x)
+# --- gradients of those samples (rsample): ATen's approximations (sample_gradients.py) ---------------------------
 
 
 @register("_standard_gamma_grad")
 def standard_gamma_grad(self, output):
     _check_single_or_double(self, "_standard_gamma_grad_cpu")
     alpha, x = np.broadcast_arrays(_float64(self), _float64(output))
-    return store(_gamma_sample_gradient(alpha, x), self.dtype)
+    return store(sample_gradients.standard_gamma_gradient(alpha, x), self.dtype)
 
 
 @register("_dirichlet_grad")
 def dirichlet_grad(x, alpha, total):
-    """Dirichlet's rsample gradient: a coordinate's marginal Beta(alpha, total - alpha) gradient, over 1 - x."""
     _check_single_or_double(x, "_dirichlet_grad_cpu")
-    sample, concentration, total = np.broadcast_arrays(_float64(x), _float64(alpha), _float64(total))
-    with np.errstate(all="ignore"):
-        gradient = _beta_sample_gradient(concentration, total - concentration, sample) / (1 - sample)
-    return store(gradient, x.dtype)
+    operands = np.broadcast_arrays(*(opmath_operand(t) for t in (x, alpha, total)))
+    return store(sample_gradients.dirichlet_gradient(*operands), x.dtype)
 
 
 # --- discrete distributions ------------------------------------------------------------------------------------

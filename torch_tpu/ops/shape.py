@@ -277,8 +277,9 @@ def _pad_forward(mode, self, padding):
 def _pad_backward(mode, grad_output, self, padding):
     """CPU's backward: each output position's gradient added to the input position it read, in the output's
     row-major order, in the tensor's dtype. As slice adds: along each padded dim the output positions that read
-    the input's own positions (the unpadded run) are one slice, each padding position another, and the slices'
-    combinations taken in order add to each input element in CPU's order. The combinations grow as the product of
+    the input's own positions (the unpadded run) are one slice, each group of padding positions reading distinct
+    positions another (``_pad_slices``), and the slices' combinations taken in order add to each input element in
+    CPU's order. The combinations grow as the product of
     the padded dims' widths: past ``_SLICE_ADD_ELEMENTS`` per element, ``np.add.at`` in output order costs less."""
     gradient = operand(grad_output, f"{mode}_pad_backward")
     summed = np.zeros(tuple(self.shape), gradient.dtype)
@@ -291,10 +292,19 @@ def _pad_backward(mode, grad_output, self, padding):
         return summed
     for slices in itertools.product(*runs):
         read, written = [slice(None)] * summed.ndim, [slice(None)] * summed.ndim
-        for dim, (output_slice, input_slice) in zip(dims, slices):
-            read[dim], written[dim] = output_slice, input_slice
-        summed[tuple(written)] += gradient[tuple(read)]
+        for dim, (output_slice, input_positions) in zip(dims, slices):
+            read[dim], written[dim] = output_slice, input_positions
+        summed[_orthogonal(written, summed.shape)] += gradient[tuple(read)]
     return summed
+
+
+def _orthogonal(selectors, shape):
+    """An index taking the product of per-dim selectors (slices, or arrays of distinct positions): NumPy pairs
+    several index arrays element by element, so with more than one every dim becomes an open-mesh array."""
+    if sum(isinstance(selector, np.ndarray) for selector in selectors) < 2:
+        return tuple(selectors)
+    return np.ix_(*(selector if isinstance(selector, np.ndarray) else np.arange(size)[selector]
+                    for selector, size in zip(selectors, shape)))
 
 
 # one slice add costs about as much Python as ``np.add.at`` spends on this many elements
@@ -310,13 +320,28 @@ def _pad_read_positions(input_shape, sources):
 
 
 def _pad_slices(source, before):
-    """(output slice, input slice) pairs along one dim, in output order: a padding position each, and the run
-    of output positions that read input positions in order."""
+    """(output slice, input positions) pairs along one dim, in output order: the run of output positions that
+    read input positions in order, and the padding positions in groups of consecutive ones that read distinct
+    input positions (a slice add per group adds once to each of its elements, so CPU's order holds; reflection's
+    padding on either side is one group, replication's a group per position)."""
     run = np.flatnonzero(source - np.arange(len(source)) == -before)
     first, last = (int(run[0]), int(run[-1]) + 1) if len(run) else (len(source), len(source))
-    single = [(slice(i, i + 1), slice(int(source[i]), int(source[i]) + 1)) for i in range(len(source))]
     middle = [(slice(first, last), slice(int(source[first]), int(source[last - 1]) + 1))] if last > first else []
-    return single[:first] + middle + single[last:]
+    return _distinct_groups(source, 0, first) + middle + _distinct_groups(source, last, len(source))
+
+
+def _distinct_groups(source, start, stop):
+    groups, begin, seen = [], start, set()
+    for position in range(start, stop + 1):
+        if position == stop or int(source[position]) in seen:
+            if position > begin:
+                reads = source[begin:position]
+                groups.append((slice(begin, position), slice(int(reads[0]), int(reads[0]) + 1) if len(reads) == 1
+                               else reads.copy()))
+            begin, seen = position, set()
+        if position < stop:
+            seen.add(int(source[position]))
+    return groups
 
 
 def _pad_kernels(mode, dims):
