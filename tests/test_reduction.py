@@ -934,3 +934,46 @@ def test_the_complex_inf_norm_is_a_maximum_of_abs_so_its_forward_gradient_is_cpu
             norm = torch.linalg.vector_norm(dual, ord, dim=(1, 3))
             tangents.append(forward_ad.unpack_dual(norm).tangent.cpu())
     torch.testing.assert_close(tangents[1], tangents[0], rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64,
+                                   torch.complex128])
+@pytest.mark.parametrize("ord", [2, 1, 0])
+def test_vector_norm_is_cpus_norm_kernel_bit_for_bit(dtype, ord):
+    """CPU's 2-norm over a contiguous innermost run of a float32/float64/bf16 input is binary_kernel_reduce_lastdim's
+    32-byte vector loop (``acc + x * x`` unfused, the lanes in order, the float32 tail's groups of four unfused,
+    the rest fused); every other norm adds its terms one by one in TensorIterator's order
+    (``cpu_replay.norm_kernel``). NumPy's pairwise sums gave other bits in about a third of the rows."""
+    x = torch.randn(5, 37, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64).mul(3).to(dtype)
+    views = [lambda t: t, lambda t: t.transpose(0, -1), lambda t: t[..., ::2], lambda t: t[:, :7, :1].squeeze(-1)]
+    for view in views:
+        source, on_tpu = view(x), view(x.to("tpu"))
+        for dims in [None, 0, 1, -1, (0, -1), (1, 2) if source.dim() == 3 else (0, 1)]:
+            for keepdim in (False, True):
+                expected = torch.linalg.vector_norm(source, ord, dims, keepdim)
+                assert torch.equal(torch.linalg.vector_norm(on_tpu, ord, dims, keepdim).cpu(), expected), dims
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_norm_past_grain_size_is_cpus_per_thread_sums(threads):
+    """One output of 32768 or more elements outside the vector loop: CPU sums each thread's chunk on its own and
+    adds the chunks in thread order; a row in the vector loop is one row whatever the threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.rand(300, 150, generator=torch.Generator().manual_seed(0)) * 4
+        sliced = x.double()[:, ::2]
+        for source, on_tpu in ((x, x.to("tpu")), (x.t(), x.to("tpu").t()), (sliced, x.double().to("tpu")[:, ::2])):
+            for ord in (2, 1):
+                assert torch.equal(torch.linalg.vector_norm(on_tpu, ord).cpu(), torch.linalg.vector_norm(source, ord))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_compiled_vector_norms_are_cpus_bit_for_bit():
+    """linalg_vector_norm is not decomposed: the compiled program runs the eager kernel's replay."""
+    torch._dynamo.reset()
+    norms = lambda x: (torch.linalg.vector_norm(x, 2, -1), torch.linalg.vector_norm(x, 1, 0), x.norm(dim=0))
+    x = torch.randn(17, 37, generator=torch.Generator().manual_seed(0)) * 3
+    for got, expected in zip(torch.compile(norms, backend="tpu", fullgraph=True)(x.to("tpu")), norms(x)):
+        assert torch.equal(got.cpu(), expected)

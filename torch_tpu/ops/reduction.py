@@ -20,7 +20,7 @@ import torch
 from .. import _C
 from .._errors import cannot_cast, failed_check, not_implemented_for, scalar_type_name, shape_mismatch, warn_once
 from .._tensor import DTYPE_NAME
-from .cpu_replay import inner_reduction, libstdcxx_order, sum_kernel
+from .cpu_replay import inner_reduction, libstdcxx_order, norm_kernel, sum_kernel
 from ._common import (as_numpy, converted, empty, empty_with_array, exact_dtype, loop_rounding, operand, opmath_dtype,
                       prepare_out, store, wrap_dim, wrap_dims, write)
 from ._overlap import check_no_internal_overlap
@@ -634,25 +634,56 @@ register("std_mean.correction")(_moment_kernel("std_mean", wants_std=True, wants
 # ---------------------------------------------------------------------------------------------
 
 
-def _vector_norm(magnitude, ord, axes, keepdim):
-    """The ``ord``-norm of non-negative ``magnitude`` over ``axes``, as linalg.vector_norm defines it: silent, as
-    CPU's, when squares or powers overflow to inf."""
-    with _C.vpu.ignoring_fp_errors():
-        return _vector_norm_values(magnitude, ord, axes, keepdim)
+def _vector_norm(self, array, ord, axes, keepdim, dtype):
+    """The ``ord``-norm over ``axes`` of the tensor ``self`` as ``array`` (converted to ``dtype``, which the kernel
+    iterates, in its accumulation type), as CPU forms it (``cpu_replay.norm_kernel``): silent, as CPU's, when squares or powers
+    overflow to inf."""
+    shape = _reduced_shape(self.shape, axes, keepdim)
+    if all(self.shape[axis] == 1 for axis in axes):  # linalg_vector_norm's shortcut: abs(x) (or x != 0) itself
+        return (array != 0 if ord == 0 else absolute(array)).reshape(shape)
+    magnitude = absolute(array)  # CPU's std::abs: what abs() gives, so abs(x) == inf-norm holds
+    if not magnitude.size:  # CPU fills an empty iteration with the identity (a negative ord refused it above)
+        return np.zeros(shape, magnitude.dtype)
+    if ord in (math.inf, -math.inf):  # order-free: a maximum or minimum, NaN first
+        return (np.max if ord > 0 else np.min)(magnitude, axis=axes, keepdims=keepdim)
+    strides, itemsize = _sum_layout(self, dtype) or iterated_layout(array, None)
+    order, sizes, output_strides, input_strides = _C.cpu_loops.reduction_iteration(tuple(self.shape), axes,
+                                                                                    tuple(strides))
+    reduced = [axis for axis in reversed(order) if axis in axes]  # outermost first: the order each output reads
+    rows = np.moveaxis(magnitude, reduced, range(self.dim() - len(reduced), self.dim())).reshape(
+        math.prod(size for axis, size in enumerate(self.shape) if axis not in axes), -1)
+    if ord == 2 and dtype in _LASTDIM_NORM_DTYPES and output_strides.count(0) == 1 and output_strides[0] == 0 and \
+            input_strides[0] == 1:
+        norms = norm_kernel.lastdim_norm_two(np.ascontiguousarray(rows), itemsize)
+    else:
+        norms = _projected_norm(norm_kernel.sequential_sums(_norm_terms(rows, ord), torch.get_num_threads()), ord)
+    return norms.reshape(shape)
 
 
-def _vector_norm_values(magnitude, ord, axes, keepdim):
+_LASTDIM_NORM_DTYPES = (torch.float32, torch.float64, torch.bfloat16)  # binary_kernel_reduce_lastdim's
+
+
+def _norm_terms(magnitude, ord):
+    """What CPU's NormZeroOps/NormOneOps/NormTwoOps/NormOps add per element, in the accumulation type (an ``ord``
+    of p rounded to it: ``acc_t(p)``)."""
     if ord == 0:
-        return np.sum(magnitude != 0, axis=axes, keepdims=keepdim, dtype=magnitude.dtype)
-    if ord == math.inf:
-        return np.max(magnitude, axis=axes, keepdims=keepdim)
-    if ord == -math.inf:
-        return np.min(magnitude, axis=axes, keepdims=keepdim)
+        return (magnitude != 0).astype(magnitude.dtype)
     if ord == 1:
-        return np.sum(magnitude, axis=axes, keepdims=keepdim)
+        return magnitude
     if ord == 2:
-        return np.sqrt(np.sum(magnitude * magnitude, axis=axes, keepdims=keepdim))
-    return np.sum(magnitude**ord, axis=axes, keepdims=keepdim) ** (1 / ord)
+        return magnitude * magnitude
+    return magnitude ** magnitude.dtype.type(ord)
+
+
+def _projected_norm(total, ord):
+    """A sum of ``_norm_terms`` made the norm, in the accumulation type (``1 / p`` too, as CPU's ``acc_t(1.0) /
+    norm_``)."""
+    if ord in (0, 1):
+        return total
+    if ord == 2:
+        return np.sqrt(total)
+    real = total.dtype.type
+    return total ** (real(1) / real(ord))
 
 
 def _norm_into(self, ord, dim, keepdim, dtype, out):
@@ -665,8 +696,9 @@ def _norm_into(self, ord, dim, keepdim, dtype, out):
                            "operation does not have an identity")
     exact_dtype((dtype or self.dtype).to_real(), out.dtype)  # a complex dtype= still gives a real norm
     _reduction_out(out, self, axes, keepdim)
-    magnitude = absolute(_accumuland(self, dtype))  # CPU's std::abs: what abs() gives, so abs(x) == inf-norm holds
-    return write(out, np.asarray(_vector_norm(magnitude, ord, axes, keepdim)))
+    with _C.vpu.ignoring_fp_errors():
+        norm = _vector_norm(self, _accumuland(self, dtype), ord, axes, keepdim, dtype or self.dtype)
+    return write(out, np.asarray(norm))
 
 
 @register("linalg_vector_norm.out")
