@@ -938,12 +938,13 @@ def test_the_complex_inf_norm_is_a_maximum_of_abs_so_its_forward_gradient_is_cpu
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64,
                                    torch.complex128])
-@pytest.mark.parametrize("ord", [2, 1, 0])
+@pytest.mark.parametrize("ord", [2, 1, 0, 3, 3.5, -1, 0.5])
 def test_vector_norm_is_cpus_norm_kernel_bit_for_bit(dtype, ord):
     """CPU's 2-norm over a contiguous innermost run of a float32/float64/bf16 input is binary_kernel_reduce_lastdim's
     32-byte vector loop (``acc + x * x`` unfused, the lanes in order, the float32 tail's groups of four unfused,
     the rest fused); every other norm adds its terms one by one in TensorIterator's order
-    (``cpu_replay.norm_kernel``). NumPy's pairwise sums gave other bits in about a third of the rows."""
+    (``cpu_replay.norm_kernel``), a p-norm's powers C's ``pow``/``powf`` (``_C.libm``). NumPy's pairwise sums gave
+    other bits in about a third of the rows, its SIMD power in most p-norms (complex ord 3 too)."""
     x = torch.randn(5, 37, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64).mul(3).to(dtype)
     views = [lambda t: t, lambda t: t.transpose(0, -1), lambda t: t[..., ::2], lambda t: t[:, :7, :1].squeeze(-1)]
     for view in views:

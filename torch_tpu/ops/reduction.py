@@ -672,7 +672,7 @@ def _norm_terms(magnitude, ord):
         return magnitude
     if ord == 2:
         return magnitude * magnitude
-    return magnitude ** magnitude.dtype.type(ord)
+    return _C.libm.power(magnitude, ord)  # std::pow, as the kernel calls it
 
 
 def _projected_norm(total, ord):
@@ -683,7 +683,7 @@ def _projected_norm(total, ord):
     if ord == 2:
         return np.sqrt(total)
     real = total.dtype.type
-    return total ** (real(1) / real(ord))
+    return _C.libm.power(total, real(1) / real(ord))
 
 
 def _norm_into(self, ord, dim, keepdim, dtype, out):
