@@ -25,7 +25,7 @@ from ._common import (as_numpy, converted, empty, empty_with_array, exact_dtype,
                       prepare_out, store, wrap_dim, wrap_dims, write)
 from ._overlap import check_no_internal_overlap
 from ._registry import register
-from .pointwise import absolute, complex_logaddexp, floating_or_wide_complex
+from .pointwise import absolute, c_abs, complex_logaddexp, floating_or_wide_complex
 
 # ---------------------------------------------------------------------------------------------
 # Mechanisms shared by every reduction
@@ -641,11 +641,11 @@ def _vector_norm(self, array, ord, axes, keepdim, dtype):
     shape = _reduced_shape(self.shape, axes, keepdim)
     if all(self.shape[axis] == 1 for axis in axes):  # linalg_vector_norm's shortcut: abs(x) (or x != 0) itself
         return (array != 0 if ord == 0 else absolute(array)).reshape(shape)
-    magnitude = absolute(array)  # CPU's std::abs: what abs() gives, so abs(x) == inf-norm holds
-    if not magnitude.size:  # CPU fills an empty iteration with the identity (a negative ord refused it above)
-        return np.zeros(shape, magnitude.dtype)
-    if ord in (math.inf, -math.inf):  # order-free: a maximum or minimum, NaN first
-        return (np.max if ord > 0 else np.min)(magnitude, axis=axes, keepdims=keepdim)
+    if not array.size:  # CPU fills an empty iteration with the identity (a negative ord refused it above)
+        return np.zeros(shape, array.real.dtype)
+    if ord in (math.inf, -math.inf):  # the maximum or minimum of abs(x) (measured: complex128's vector lanes), NaN first
+        return (np.max if ord > 0 else np.min)(absolute(array), axis=axes, keepdims=keepdim)
+    magnitude = c_abs(array)  # the norm ops' std::abs
     strides, itemsize = _sum_layout(self, dtype) or iterated_layout(array, None)
     order, sizes, output_strides, input_strides = _C.cpu_loops.reduction_iteration(tuple(self.shape), axes,
                                                                                     tuple(strides))
