@@ -17,6 +17,7 @@ This module knows nothing of torch: callers pass NumPy arrays and the thread cou
 """
 
 import functools
+import math
 
 import numpy as np
 
@@ -300,3 +301,13 @@ def reduction_iteration(shape, axes, input_strides, output_strides=None):
     sizes, (output_coalesced, input_coalesced) = _coalesce([shape[d] for d in order],
                                                            [[s[d] for d in order] for s in operands])
     return tuple(order), tuple(sizes), tuple(output_coalesced), tuple(input_coalesced)
+
+
+def reduced_rows(array, axes, order):
+    """``array`` as (outputs, elements): a row per output of a reduction over ``axes`` (the kept dims in order),
+    holding its elements in the order the reduction reads them (``order``: ``reduction_iteration``'s dims,
+    innermost first)."""
+    reduced = [axis for axis in reversed(order) if axis in axes]  # outermost first
+    kept = array.ndim - len(reduced)
+    return np.moveaxis(array, reduced, range(kept, array.ndim)).reshape(
+        math.prod(size for axis, size in enumerate(array.shape) if axis not in axes), -1)

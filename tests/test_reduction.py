@@ -804,19 +804,39 @@ def test_var_and_std_are_cpus_welford_in_double_bit_for_bit(dtype, shape, reduce
                     assert _same_or_both_nan(got_one.cpu(), expected_one), (dims, options)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(12,), (70, 3), (17, 33), (9, 64), (300,), (3, 100), (4, 1000), (3, 5, 7)])
-def test_prod_over_contiguous_trailing_runs_is_cpus_vector_loop_bit_for_bit(dtype, shape):
-    """CPU's prod reads a contiguous run in blocks of four 32-byte vectors (Reduce.h's vectorized_inner_reduction:
-    four accumulators, combined pairwise, their lanes in order, then the run's tail); NumPy's multiply.reduce took
-    another order (float64 (300,) and (3, 100) were an ulp off). Products over leading dims combine rows in order."""
+def test_prod_is_cpus_reduce_vec_bit_for_bit(dtype, shape):
+    """CPU's prod reads a contiguous reduced run in blocks of four 32-byte vectors (Reduce.h's
+    vectorized_inner_reduction: four accumulators, combined pairwise, their lanes in order, then the run's tail), a
+    full product run by run in TensorIterator's order, other layouts element by element; bf16/fp16 round every
+    product. NumPy's multiply.reduce took another order (float64 (300,) and (3, 100) were an ulp off, transposed
+    full products too) and bf16/fp16 rounded once."""
     for seed in range(3):
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         x = (1 + 0.01 * noise).to(dtype)
-        assert torch.equal(torch.prod(x.to("tpu")).cpu(), torch.prod(x))
-        for dim in range(x.dim()):
-            for keepdim in (False, True):
-                assert torch.equal(torch.prod(x.to("tpu"), dim, keepdim=keepdim).cpu(), torch.prod(x, dim, keepdim))
+        for view in (lambda t: t, lambda t: t.transpose(0, -1), lambda t: t[..., ::2]):
+            source, on_tpu = view(x), view(x.to("tpu"))
+            assert torch.equal(torch.prod(on_tpu).cpu(), torch.prod(source))
+            for dim in range(x.dim()):
+                for keepdim in (False, True):
+                    assert torch.equal(torch.prod(on_tpu, dim, keepdim=keepdim).cpu(), torch.prod(source, dim, keepdim))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_prod_past_grain_size_is_cpus_per_thread_products(threads):
+    """One output of 32768 or more elements: CPU multiplies each thread's chunk of the iteration into its own slot
+    (a row cut by a chunk's end is a row of its own in the vector loop), then the slots in order."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            x = (1 + 0.001 * torch.randn(200, 301, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+            x = x.to(dtype)
+            for view in (lambda t: t, lambda t: t.t(), lambda t: t[:, 1:]):
+                assert torch.equal(torch.prod(view(x.to("tpu"))).cpu(), torch.prod(view(x))), dtype
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

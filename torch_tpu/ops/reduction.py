@@ -19,8 +19,8 @@ import torch
 
 from .. import _C
 from .._errors import cannot_cast, failed_check, not_implemented_for, scalar_type_name, shape_mismatch, warn_once
-from .._tensor import DTYPE_NAME
-from .cpu_replay import inner_reduction, libstdcxx_order, norm_kernel, sum_kernel
+from .._tensor import DTYPE_NAME, numpy_dtype
+from .cpu_replay import libstdcxx_order, norm_kernel, reduce_vec, sum_kernel
 from ._common import (as_numpy, converted, empty, empty_with_array, exact_dtype, loop_rounding, operand, opmath_dtype,
                       prepare_out, store, wrap_dim, wrap_dims, write)
 from ._overlap import check_no_internal_overlap
@@ -235,33 +235,19 @@ def _sum_tensor_into(target, self, axes, keepdim, dtype):
 def _product_into(target, self, axes, keepdim, dtype):
     _refuse_complex_half_loop(self, dtype, "prod_out_cpu")
     array = _accumuland(self, dtype)
-    product = _product_of_runs if _reduces_contiguous_runs(self, axes, dtype, array) else np.multiply.reduce
-    reduce_into(target, product, array, axes, keepdim, DTYPE_NAME[dtype])
+    if dtype in _REPLAYED_PRODUCT_DTYPES and axes and array.size:
+        strides, _ = _sum_layout(self, dtype)
+        narrow = numpy_dtype(dtype)  # bf16/fp16 round every product: multiplied in their own dtype
+        with _C.vpu.ignoring_fp_errors():  # CPU's products overflow to inf silently
+            product = reduce_vec.reduce_vec(np.multiply, array.astype(narrow, copy=False), axes, tuple(strides),
+                                            torch.get_num_threads())
+        _C.dtypes.cast_into(target, product.reshape(_reduced_shape(self.shape, axes, keepdim)), DTYPE_NAME[dtype])
+        return
+    reduce_into(target, np.multiply.reduce, array, axes, keepdim, DTYPE_NAME[dtype])
 
 
-def _reduces_contiguous_runs(self, axes, dtype, array):
-    """Whether CPU's prod reads each output's elements as one contiguous run in its vector loop
-    (``cpu_replay.inner_reduction``): a contiguous float32/float64 input over its trailing dims, on one thread or
-    with several outputs (the threads then divide the outputs). Reductions over other dims combine whole rows in
-    order, as NumPy's ``multiply.reduce`` does."""
-    trailing = tuple(range(self.dim() - len(axes), self.dim()))
-    return (dtype in _RUN_PRODUCT_DTYPES and self.is_contiguous() and tuple(sorted(axes)) == trailing
-            and array.flags.c_contiguous and array.size > 0
-            and (self.numel() < _C.cpu_loops.GRAIN_SIZE or len(axes) < self.dim()))
-
-
-_RUN_PRODUCT_DTYPES = (torch.float32, torch.float64)  # bf16/fp16: CPU rounds every partial product (not replayed)
-
-
-def _product_of_runs(array, axis, keepdims, out=None):
-    """np.multiply.reduce's signature, CPU's order for contiguous trailing runs."""
-    length = math.prod(array.shape[dim] for dim in axis)
-    total = inner_reduction.inner_reduction(np.multiply, array.reshape(-1, length), 1).reshape(
-        _reduced_shape(array.shape, axis, keepdims))
-    if out is None:
-        return total
-    out[...] = total
-    return out
+# complex products are NumPy's (CPU's vector lanes and scalar tail round them otherwise: not replayed)
+_REPLAYED_PRODUCT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def _refuse_complex_half_loop(self, dtype, kernel_name):
@@ -649,9 +635,7 @@ def _vector_norm(self, array, ord, axes, keepdim, dtype):
     strides, itemsize = _sum_layout(self, dtype) or iterated_layout(array, None)
     order, sizes, output_strides, input_strides = _C.cpu_loops.reduction_iteration(tuple(self.shape), axes,
                                                                                     tuple(strides))
-    reduced = [axis for axis in reversed(order) if axis in axes]  # outermost first: the order each output reads
-    rows = np.moveaxis(magnitude, reduced, range(self.dim() - len(reduced), self.dim())).reshape(
-        math.prod(size for axis, size in enumerate(self.shape) if axis not in axes), -1)
+    rows = _C.cpu_loops.reduced_rows(magnitude, axes, order)
     if ord == 2 and dtype in _LASTDIM_NORM_DTYPES and output_strides.count(0) == 1 and output_strides[0] == 0 and \
             input_strides[0] == 1:
         norms = norm_kernel.lastdim_norm_two(np.ascontiguousarray(rows), itemsize)
