@@ -519,10 +519,10 @@ def argmin_out(self, dim=None, keepdim=False, *, out):
 
 
 def _moments(op_name, self, axes, correction, keepdim):
-    """(variance, mean) in opmath precision, with Bessel-style ``correction`` (default 1)."""
+    """(variance, mean) as CPU forms them, with Bessel-style ``correction`` (default 1): in double for a real input
+    (rounded on store), in the real dtype for a complex one."""
     if not _floating(self.dtype):
         raise RuntimeError("std and var only support floating point and complex dtypes")
-    array = _accumuland(self)
     count = math.prod(self.shape[axis] for axis in axes)
     correction = 1 if correction is None else correction
     if count - correction <= 0:
@@ -531,12 +531,27 @@ def _moments(op_name, self, axes, correction, keepdim):
             "reduction factor (input numel divided by output numel).",
             stacklevel=3,
         )
+    if self.dtype.is_complex:
+        return _complex_moments(op_name, self, axes, correction, keepdim)
+    return _real_moments(op_name, self, axes, correction, keepdim)
+
+
+def _complex_moments(op_name, self, axes, correction, keepdim):
+    """CPU's complex var: the real part's var plus the imaginary part's, each the real kernel's of that strided
+    part rounded to the real dtype (std: the sum's square root, in it); the mean: the parts' means."""
+    real = numpy_dtype(self.dtype.to_real())
+    (real_variance, real_mean), (imaginary_variance, imaginary_mean) = (
+        _real_moments(op_name, part, axes, correction, keepdim) for part in (torch.real(self), torch.imag(self)))
+    mean = np.empty(real_mean.shape, np.complex128)
+    mean.real, mean.imag = real_mean.astype(real), imaginary_mean.astype(real)
+    return real_variance.astype(real) + imaginary_variance.astype(real), mean
+
+
+def _real_moments(op_name, self, axes, correction, keepdim):
+    array = _accumuland(self)
+    count = math.prod(self.shape[axis] for axis in axes)
     with np.errstate(invalid="ignore", divide="ignore"):
-        if array.dtype.kind == "c":  # not replayed: CPU's complex var is its real part's plus its imaginary part's
-            mean = np.sum(array, axis=axes, keepdims=True) / array.dtype.type(count)
-            deviation = array - mean
-            m2 = np.sum(deviation.real**2 + deviation.imag**2, axis=axes, keepdims=True)
-        elif op_name in ("var", "std") and array.dtype in _ALL_DEVIATIONS_DTYPES and \
+        if op_name in ("var", "std") and array.dtype in _ALL_DEVIATIONS_DTYPES and \
                 math.prod(size for axis, size in enumerate(self.shape) if axis not in axes) == 1:
             mean, m2 = _all_deviations(self, array)
         elif array.dtype != np.float64 or count >= _C.cpu_loops.GRAIN_SIZE:
