@@ -311,3 +311,27 @@ def reduced_rows(array, axes, order):
     kept = array.ndim - len(reduced)
     return np.moveaxis(array, reduced, range(kept, array.ndim)).reshape(
         math.prod(size for axis, size in enumerate(array.shape) if axis not in axes), -1)
+
+
+def serial_calls(sizes, begin, end):
+    """The element counts of the 2-d loop calls ``serial_for_each`` makes over the iteration elements ``begin`` to
+    ``end`` of coalesced ``sizes`` (innermost first): a partial row alone, then as many whole rows as the current
+    span of dim 1 holds (DimCounter's max_2d_step); one call where the iteration has a single dim."""
+    if len(sizes) <= 1:
+        return [end - begin] if end > begin else []
+    calls, offset = [], begin
+    while offset < end:
+        first, column = offset % sizes[0], offset // sizes[0] % sizes[1]
+        length = min(sizes[0] - first, end - offset)
+        rows = min(sizes[1] - column, (end - offset) // sizes[0]) if length == sizes[0] else 1
+        calls.append(length * rows)
+        offset += length * rows
+    return calls
+
+
+def input_iteration(shape, strides):
+    """A one-input TensorIterator's loop over a tensor of ``shape`` and element ``strides``: its dims innermost
+    first, and their coalesced sizes."""
+    order = iteration_order(shape, [strides])
+    sizes, _ = _coalesce([shape[d] for d in order], [[strides[d] for d in order]])
+    return order, sizes

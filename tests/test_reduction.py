@@ -1015,3 +1015,25 @@ def test_compiled_vector_norms_are_cpus_bit_for_bit():
     x = torch.randn(17, 37, generator=torch.Generator().manual_seed(0)) * 3
     for got, expected in zip(torch.compile(norms, backend="tpu", fullgraph=True)(x.to("tpu")), norms(x)):
         assert torch.equal(got.cpu(), expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(200, 170), (20, 30, 70), (2, 33000)])
+def test_float64_var_and_std_past_grain_size_are_cpus_per_thread_bits(threads, shape):
+    """Past GRAIN_SIZE CPU splits a float64 var's single output across threads: var/std over every dim
+    (std_var_all_cpu) sums each thread's chunk of squared deviations call by call, then the chunks in order;
+    var_mean's Welford runs per chunk and combines the chunks' states in order. Several outputs each run Welford
+    whole. tpu's two-pass in double was a few ulps off on 2 and 3 threads (var/std over every dim) and for
+    Welford past GRAIN_SIZE on any thread count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 + 1
+        for view in (lambda t: t, lambda t: t.transpose(0, -1)[1:]):  # [1:]: a 2-d loop call per outer index
+            source, on_tpu = view(x), view(x.to("tpu"))
+            for reduce, dims in ((torch.var, None), (torch.std, None), (torch.var_mean, None), (torch.std_mean, -1)):
+                expected, got = reduce(source, dims), reduce(on_tpu, dims)
+                for got_one, expected_one in zip(*(r if isinstance(r, tuple) else (r,) for r in (got, expected))):
+                    assert torch.equal(got_one.cpu(), expected_one), (reduce, dims)
+    finally:
+        torch.set_num_threads(previous)

@@ -11,6 +11,7 @@ float32 for bfloat16/float16 (opmath), float64 for float64 and int64 for integer
 once on store. Max/min propagate NaN, and arg-reductions return the first extreme (or first NaN).
 """
 
+import functools
 import math
 import warnings
 
@@ -554,7 +555,7 @@ def _real_moments(op_name, self, axes, correction, keepdim):
         if op_name in ("var", "std") and array.dtype in _ALL_DEVIATIONS_DTYPES and \
                 math.prod(size for axis, size in enumerate(self.shape) if axis not in axes) == 1:
             mean, m2 = _all_deviations(self, array)
-        elif array.dtype != np.float64 or count >= _C.cpu_loops.GRAIN_SIZE:
+        elif array.dtype != np.float64:
             mean, m2 = _two_pass_in_double(array.astype(np.float64, copy=False), axes)
         else:
             mean, m2 = _welford(self, array, axes)
@@ -567,28 +568,48 @@ def _real_moments(op_name, self, axes, correction, keepdim):
 
 def _two_pass_in_double(array, axes):
     """(mean, m2) in double, vectorised: CPU's Welford sums are double too, so a float32 or 16-bit result rounds
-    from either alike (every case measured; only a double rounding that lands on a float32 tie could differ); a
-    float64 one past GRAIN_SIZE, which CPU splits across threads (not replayed), is within a few double ulps."""
+    from either alike (every case measured; only a double rounding that lands on a float32 tie could differ)."""
     mean = np.add.reduce(array, axis=axes, keepdims=True) / math.prod(array.shape[axis] for axis in axes)
     deviation = array - mean
     return mean, np.add.reduce(deviation * deviation, axis=axes, keepdims=True)
 
 
 def _welford(self, array, axes):
-    """(mean, m2) of a float64 input as CPU's WelfordOps form them: each output's elements in
-    TensorIterator's order (its reduced dims by falling stride), ``delta = x - mean; mean += delta / n;
-    m2 += delta * (x - mean)``, step by step (not fused: measured), every output at once. Keeps the reduced dims."""
+    """(mean, m2) of a float64 input as CPU's WelfordOps form them (binary_kernel_reduce): each output's elements in
+    TensorIterator's order, every output at once; one output of GRAIN_SIZE or more elements on several threads is
+    each thread's chunk on its own, the chunks' states then combined in thread order. Keeps the reduced dims."""
     order, _, _, _ = _C.cpu_loops.reduction_iteration(self.shape, axes, self.stride())
-    reduced = [axis for axis in reversed(order) if axis in axes]
+    rows = _C.cpu_loops.reduced_rows(array, axes, order)
     kept_shape = _reduced_shape(self.shape, axes, True)
-    elements = np.moveaxis(array, reduced, range(len(reduced))).reshape(
-        math.prod(self.shape[axis] for axis in axes), *kept_shape)
-    mean, m2 = np.zeros(kept_shape) if len(elements) else np.full(kept_shape, np.nan), np.zeros(kept_shape)  # 0 / 0
-    for count, value in enumerate(elements, 1):
+    threads, length = torch.get_num_threads(), rows.shape[1]
+    if len(rows) == 1 and length >= _C.cpu_loops.GRAIN_SIZE and threads > 1:
+        chunk = _C.cpu_loops.parallel_chunk_length(length, threads)
+        states = [_welford_steps(rows[:, begin:begin + chunk]) + (min(chunk, length - begin),)
+                  for begin in range(0, length, chunk)]
+        mean, m2, _ = functools.reduce(_welford_combine, states)
+    else:
+        mean, m2 = _welford_steps(rows)
+    return mean.reshape(kept_shape), m2.reshape(kept_shape)
+
+
+def _welford_steps(rows):
+    """(mean, m2) of each row of (outputs, n) ``rows``: ``delta = x - mean; mean += delta / n; m2 += delta * (x -
+    mean)``, step by step (not fused: measured); 0 / 0 for an empty row."""
+    mean = np.zeros(len(rows)) if rows.shape[1] else np.full(len(rows), np.nan)
+    m2 = np.zeros(len(rows))
+    for count, value in enumerate(rows.T, 1):
         delta = value - mean
         mean = mean + delta / count
         m2 = m2 + delta * (value - mean)
     return mean, m2
+
+
+def _welford_combine(first, second):
+    """WelfordOps::combine of two (mean, m2, count) states."""
+    (mean, m2, count), (other_mean, other_m2, other_count) = first, second
+    delta, total = other_mean - mean, float(count + other_count)
+    share = other_count / total
+    return mean + delta * share, m2 + other_m2 + delta * delta * count * share, total
 
 
 _ALL_DEVIATIONS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -597,14 +618,23 @@ _ALL_DEVIATIONS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def _all_deviations(self, array):
     """(mean, m2) of a float32/float64 ``var``/``std`` whose output is one element (every dim longer than 1 reduced:
     TensorIterator drops the others) as CPU's std_var_all_cpu forms them: the tensor's own ``mean()`` (the sum
-    kernel's, in its dtype) taken as a double, then the squared deviations in double added from +0.0 in the order
-    a one-input TensorIterator walks the tensor (measured below GRAIN_SIZE; its per-thread chunks past it are not
-    replayed)."""
+    kernel's, in its dtype) taken as a double, then the squared deviations in double in the order a one-input
+    TensorIterator walks the tensor: at::parallel_reduce's chunk per thread past GRAIN_SIZE, each 2-d loop call's
+    added from +0.0 into its chunk's sum, the chunks' sums added in thread order."""
     axes = tuple(range(array.ndim))
     mean = mean_array(array, axes, True, _sum_layout(self, self.dtype)).astype(np.float64)
-    walk = _C.cpu_loops.iteration_order(tuple(self.shape), [tuple(self.stride())])[::-1]  # outermost first
-    deviation = (array.astype(np.float64, copy=False) - mean).transpose(walk).reshape(-1)
-    return mean, np.asarray(np.add.accumulate(np.concatenate([[0.0], deviation * deviation]))[-1]).reshape(mean.shape)
+    walk, sizes = _C.cpu_loops.input_iteration(tuple(self.shape), tuple(self.stride()))  # innermost first
+    deviation = (array.astype(np.float64, copy=False) - mean).transpose(walk[::-1]).reshape(-1)
+    squares = deviation * deviation
+    chunk = _C.cpu_loops.parallel_chunk_length(len(squares), torch.get_num_threads())
+    total = 0.0
+    for begin in range(0, len(squares), chunk):
+        thread_sum, offset = 0.0, begin
+        for length in _C.cpu_loops.serial_calls(sizes, begin, min(begin + chunk, len(squares))):
+            thread_sum += float(np.add.accumulate(squares[offset:offset + length])[-1]) if length else 0.0
+            offset += length
+        total += thread_sum
+    return mean, np.full(mean.shape, total)
 
 
 def _moment_kernel(op_name, wants_std, wants_mean):
