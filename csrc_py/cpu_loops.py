@@ -303,14 +303,15 @@ def reduction_iteration(shape, axes, input_strides, output_strides=None):
     return tuple(order), tuple(sizes), tuple(output_coalesced), tuple(input_coalesced)
 
 
-def reduced_rows(array, axes, order):
+def reduced_rows(array, axes, order, elements_first=False):
     """``array`` as (outputs, elements): a row per output of a reduction over ``axes`` (the kept dims in order),
     holding its elements in the order the reduction reads them (``order``: ``reduction_iteration``'s dims,
-    innermost first)."""
+    innermost first); ``elements_first``: as (elements, outputs), C-ordered, for reductions down its columns."""
     reduced = [axis for axis in reversed(order) if axis in axes]  # outermost first
-    kept = array.ndim - len(reduced)
-    return np.moveaxis(array, reduced, range(kept, array.ndim)).reshape(
-        math.prod(size for axis, size in enumerate(array.shape) if axis not in axes), -1)
+    outputs = math.prod(size for axis, size in enumerate(array.shape) if axis not in axes)
+    if elements_first:
+        return np.ascontiguousarray(np.moveaxis(array, reduced, range(len(reduced))).reshape(-1, outputs))
+    return np.moveaxis(array, reduced, range(array.ndim - len(reduced), array.ndim)).reshape(outputs, -1)
 
 
 def serial_calls(sizes, begin, end):

@@ -676,16 +676,18 @@ def _vector_norm(self, array, ord, axes, keepdim, dtype):
         return np.zeros(shape, array.real.dtype)
     if ord in (math.inf, -math.inf):  # the maximum or minimum of abs(x) (measured: complex128's vector lanes), NaN first
         return (np.max if ord > 0 else np.min)(absolute(array), axis=axes, keepdims=keepdim)
-    magnitude = c_abs(array)  # the norm ops' std::abs
+    magnitude = array if ord == 2 and array.dtype.kind == "f" else c_abs(array)  # the norm ops' std::abs (a square
+    # needs no sign)
     strides, itemsize = _sum_layout(self, dtype) or iterated_layout(array, None)
     order, sizes, output_strides, input_strides = _C.cpu_loops.reduction_iteration(tuple(self.shape), axes,
                                                                                     tuple(strides))
-    rows = _C.cpu_loops.reduced_rows(magnitude, axes, order)
     if ord == 2 and dtype in _LASTDIM_NORM_DTYPES and output_strides.count(0) == 1 and output_strides[0] == 0 and \
             input_strides[0] == 1:
-        norms = norm_kernel.lastdim_norm_two(np.ascontiguousarray(rows), itemsize)
+        rows = np.ascontiguousarray(_C.cpu_loops.reduced_rows(magnitude, axes, order))
+        norms = norm_kernel.lastdim_norm_two(rows, itemsize)
     else:
-        norms = _projected_norm(norm_kernel.sequential_sums(_norm_terms(rows, ord), torch.get_num_threads()), ord)
+        columns = _C.cpu_loops.reduced_rows(magnitude, axes, order, elements_first=True)
+        norms = _projected_norm(norm_kernel.sequential_sums(_norm_terms(columns, ord), torch.get_num_threads()), ord)
     return norms.reshape(shape)
 
 

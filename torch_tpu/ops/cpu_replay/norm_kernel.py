@@ -19,6 +19,7 @@ in 301 and 333 of them.
 import numpy as np
 
 from ... import _C
+from . import inner_sum
 
 VECTOR_BYTES = 32
 _TAIL_GROUP = {np.dtype(np.float32): 4}  # float64 tails (under four elements) stay scalar
@@ -30,9 +31,9 @@ def lastdim_norm_two(rows, storage_itemsize):
     count, length = rows.shape
     lanes = VECTOR_BYTES // rows.itemsize
     vectorised = length - length % (VECTOR_BYTES // storage_itemsize)
-    squares = rows[:, :vectorised].reshape(count, -1, lanes)
-    squares = squares * squares
-    accumulator = np.add.accumulate(squares, axis=1)[:, -1] if vectorised else np.zeros((count, lanes), rows.dtype)
+    vectors = rows[:, :vectorised].reshape(count, -1, lanes).transpose(1, 0, 2)  # vector by vector, rows abreast
+    accumulator = inner_sum.in_order(np.multiply(vectors, vectors, order="C")) if vectorised else np.zeros(
+        (count, lanes), rows.dtype)
     buffer = accumulator[:, 0]
     for lane in range(1, lanes):
         buffer = buffer + accumulator[:, lane]
@@ -46,13 +47,11 @@ def lastdim_norm_two(rows, storage_itemsize):
 
 
 def sequential_sums(terms, threads):
-    """Each row of the (m, n) ``terms`` added one by one from +0.0: (m,). A single row past GRAIN_SIZE on several
-    threads is at::parallel_for's chunks, each summed on its own, then added in thread order."""
-    count, length = terms.shape
-    if not length:
-        return np.zeros(count, terms.dtype)
+    """Each column of the (n, m) ``terms`` added one by one from +0.0: (m,). A single column past GRAIN_SIZE on
+    several threads is at::parallel_for's chunks, each summed on its own, then added in thread order."""
+    length, count = terms.shape
     chunk = _C.cpu_loops.parallel_chunk_length(length, threads) if count == 1 else length
     if chunk < length:
-        partials = [sequential_sums(terms[:, begin:begin + chunk], 1) for begin in range(0, length, chunk)]
-        return sequential_sums(np.stack(partials, axis=1), 1)
-    return np.add.accumulate(terms, axis=1)[:, -1] + terms.dtype.type(0)
+        partials = [sequential_sums(terms[begin:begin + chunk], 1) for begin in range(0, length, chunk)]
+        return sequential_sums(np.stack(partials), 1)
+    return inner_sum.in_order(terms, axis=0) + terms.dtype.type(0)
