@@ -46,7 +46,11 @@ def reduce_vec(ufunc, array, axes, strides, threads):
 
 
 def _in_order(ufunc, terms):
-    """Each row of (outputs, K) ``terms`` combined one by one, from the first (the identity times it)."""
+    """Each row of (outputs, K) ``terms`` combined one by one, from the first (the identity times it): down the
+    columns of a C-ordered copy, which NumPy reduces slab by slab, where there are several rows (one row's own
+    reduction would be pairwise: ``accumulate`` keeps its order)."""
+    if len(terms) > 1:
+        return ufunc.reduce(np.ascontiguousarray(terms.T), axis=0)
     return ufunc.accumulate(terms, axis=1)[:, -1]
 
 
