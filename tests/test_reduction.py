@@ -1037,3 +1037,29 @@ def test_float64_var_and_std_past_grain_size_are_cpus_per_thread_bits(threads, s
                     assert torch.equal(got_one.cpu(), expected_one), (reduce, dims)
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("reduce", [
+    lambda t, o, d, k: torch.prod(t, d, k, out=o), lambda t, o, d, k: torch.linalg.vector_norm(t, 2, d, k, out=o),
+    lambda t, o, d, k: torch.linalg.vector_norm(t, 1, d, k, out=o), lambda t, o, d, k: torch.var(t, d, keepdim=k, out=o),
+    lambda t, o, d, k: torch.std(t, d, keepdim=k, out=o),
+], ids=["prod", "norm2", "norm1", "var", "std"])
+def test_a_reduction_into_an_expanded_out_reduces_over_its_expanded_dims_as_cpu(reduce):
+    """An out= expanded (stride 0) along a kept dim: CPU's iterator reduces over that dim too, each element taking
+    the whole reduction, as for sum; tpu wrote each row's own result."""
+    x = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(0))
+    for dim, keepdim in ((1, False), (1, True), (0, False), (2, False)):
+        shape = [1 if axis == dim else size for axis, size in enumerate(x.shape)] if keepdim else [
+            size for axis, size in enumerate(x.shape) if axis != dim]
+        expected, got = torch.zeros(shape[-1]).expand(shape), torch.zeros(shape[-1], device="tpu").expand(shape)
+        reduce(x, expected, dim, keepdim)
+        reduce(x.to("tpu"), got, dim, keepdim)
+        assert torch.equal(got.cpu(), expected), (dim, keepdim)
+
+
+def test_logsumexp_into_an_expanded_out_is_refused_as_on_cpu():
+    """CPU's logsumexp writes its steps into out in place, which refuses an out= with overlapping elements."""
+    x = torch.randn(4, 5)
+    for device in ("cpu", "tpu"):
+        with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
+            torch.logsumexp(x.to(device), 1, out=torch.zeros(1, device=device).expand(4))

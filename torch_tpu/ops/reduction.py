@@ -188,14 +188,12 @@ def sum_into(target, array, axes, keepdim, dtype_name, layout=None, widened=True
     dtype ``dtype_name``, rounded on store. Silent, as CPU's, when inf - inf gives NaN or the sum overflows."""
     narrow_output = target.dtype if dtype_name in _NARROW_FLOATS else None
     output_strides = out_strides_per_input_dim(target, array.ndim, axes, keepdim)
-    expanded = () if output_strides is None else tuple(
-        axis for axis, step in enumerate(output_strides) if step == 0 and axis not in axes and array.shape[axis] > 1)
+    expanded = expanded_kept_axes(target, array.shape, axes, keepdim)
     with _C.vpu.ignoring_fp_errors():
-        if expanded:  # an out= of stride 0 along a kept dim: CPU's iterator sums over that dim too, into each element
+        if expanded:
             total = sum_array(array, tuple(sorted(axes + expanded)), True, layout, narrow_output, widened,
                               output_strides)
-            total = np.asarray(total if keepdim else total.reshape(
-                [1 if axis in expanded else size for axis, size in enumerate(array.shape) if axis not in axes]))
+            total = np.asarray(_into_expanded(total, array.shape, axes, expanded, keepdim))
         else:
             total = np.asarray(sum_array(array, axes, keepdim, layout, narrow_output, widened, output_strides))
         if target.dtype == total.dtype:
@@ -206,6 +204,22 @@ def sum_into(target, array, axes, keepdim, dtype_name, layout=None, widened=True
 
 
 _NARROW_FLOATS = frozenset({"bfloat16", "float16"})
+
+
+def expanded_kept_axes(target, shape, axes, keepdim):
+    """The kept dims along which the array ``target``, the out= of a reduction of an input of ``shape`` over
+    ``axes``, is expanded (stride 0 over more than one element): CPU's iterator reduces over them too, so each of
+    its elements takes the reduction over those dims as well (sum, prod, norms, var and std alike)."""
+    output_strides = out_strides_per_input_dim(target, len(shape), axes, keepdim)
+    return () if output_strides is None else tuple(
+        axis for axis, step in enumerate(output_strides) if step == 0 and axis not in axes and shape[axis] > 1)
+
+
+def _into_expanded(total, shape, axes, expanded, keepdim):
+    """A reduction's result over ``axes`` and the ``expanded`` kept dims (kept as 1s) shaped to broadcast into
+    its out=."""
+    return total if keepdim else total.reshape(
+        [1 if axis in expanded else size for axis, size in enumerate(shape) if axis not in axes])
 
 
 def out_strides_per_input_dim(target, ndim, axes, keepdim):
@@ -236,15 +250,17 @@ def _sum_tensor_into(target, self, axes, keepdim, dtype):
 def _product_into(target, self, axes, keepdim, dtype):
     _refuse_complex_half_loop(self, dtype, "prod_out_cpu")
     array = _accumuland(self, dtype)
-    if dtype in _REPLAYED_PRODUCT_DTYPES and axes and array.size:
-        strides, _ = _sum_layout(self, dtype)
-        narrow = numpy_dtype(dtype)  # bf16/fp16 round every product: multiplied in their own dtype
-        with _C.vpu.ignoring_fp_errors():  # CPU's products overflow to inf silently
-            product = reduce_vec.reduce_vec(np.multiply, array.astype(narrow, copy=False), axes, tuple(strides),
-                                            torch.get_num_threads())
-        _C.dtypes.cast_into(target, product.reshape(_reduced_shape(self.shape, axes, keepdim)), DTYPE_NAME[dtype])
-        return
-    reduce_into(target, np.multiply.reduce, array, axes, keepdim, DTYPE_NAME[dtype])
+    expanded = expanded_kept_axes(target, self.shape, axes, keepdim)
+    reduced = tuple(sorted(axes + expanded))
+    with _C.vpu.ignoring_fp_errors():  # CPU's products overflow to inf silently
+        if dtype in _REPLAYED_PRODUCT_DTYPES and reduced and array.size:
+            strides, _ = _sum_layout(self, dtype)
+            narrow = numpy_dtype(dtype)  # bf16/fp16 round every product: multiplied in their own dtype
+            product = reduce_vec.reduce_vec(np.multiply, array.astype(narrow, copy=False), reduced, tuple(strides),
+                                            torch.get_num_threads()).reshape(_reduced_shape(self.shape, reduced, True))
+        else:
+            product = np.multiply.reduce(array, axis=reduced, keepdims=True)
+    _C.dtypes.cast_into(target, _into_expanded(product, self.shape, axes, expanded, keepdim), DTYPE_NAME[dtype])
 
 
 # complex products are NumPy's (CPU's vector lanes and scalar tail round them otherwise: not replayed)
@@ -644,11 +660,15 @@ def _moment_kernel(op_name, wants_std, wants_mean):
         axes = _reduced_axes(self, dim)
         if out is not None and not torch.can_cast(self.dtype.to_real(), out.dtype):
             raise cannot_cast(self.dtype.to_real(), out.dtype)
-        variance, mean = _moments(op_name, self, axes, correction, keepdim)
+        shape = _reduced_shape(self.shape, axes, keepdim)
+        expanded = expanded_kept_axes(as_numpy(out), self.shape, axes, keepdim) if out is not None and tuple(
+            out.shape) == shape else ()
+        variance, mean = _moments(op_name, self, tuple(sorted(axes + expanded)), correction, True)
+        variance = np.broadcast_to(_into_expanded(variance, self.shape, axes, expanded, keepdim), shape)
         spread = store(np.asarray(np.sqrt(variance) if wants_std else variance), self.dtype.to_real(), out=out,
                        may_alias=True)
         if wants_mean:
-            return spread, store(np.asarray(mean), self.dtype)
+            return spread, store(np.asarray(mean).reshape(shape), self.dtype)  # var_mean has no out=: none expanded
         return spread
 
     return kernel
@@ -727,9 +747,11 @@ def _norm_into(self, ord, dim, keepdim, dtype, out):
                            "operation does not have an identity")
     exact_dtype((dtype or self.dtype).to_real(), out.dtype)  # a complex dtype= still gives a real norm
     _reduction_out(out, self, axes, keepdim)
+    expanded = expanded_kept_axes(as_numpy(out), self.shape, axes, keepdim)
     with _C.vpu.ignoring_fp_errors():
-        norm = _vector_norm(self, _accumuland(self, dtype), ord, axes, keepdim, dtype or self.dtype)
-    return write(out, np.asarray(norm))
+        norm = _vector_norm(self, _accumuland(self, dtype), ord, tuple(sorted(axes + expanded)), True,
+                            dtype or self.dtype)
+    return write(out, np.asarray(_into_expanded(norm, self.shape, axes, expanded, keepdim)))
 
 
 @register("linalg_vector_norm.out")
@@ -763,6 +785,7 @@ def logsumexp_out(self, dim, keepdim=False, *, out):
         # CPU adds the keepdim maxes of dim=[] (shaped [1, ...]) into a 0-d result in place.
         raise shape_mismatch((), [1] * self.dim())
     _reduction_out(out, self, axes, keepdim)
+    check_no_internal_overlap(out)  # CPU's composite writes its steps into out in place, which refuses overlap
     array = _accumuland(self, self.dtype if _floating(self.dtype) else torch.get_default_dtype())
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if array.size == 0:
