@@ -1041,7 +1041,8 @@ def test_float64_var_and_std_past_grain_size_are_cpus_per_thread_bits(threads, s
 
 @pytest.mark.parametrize("reduce", [
     lambda t, o, d, k: torch.prod(t, d, k, out=o), lambda t, o, d, k: torch.linalg.vector_norm(t, 2, d, k, out=o),
-    lambda t, o, d, k: torch.linalg.vector_norm(t, 1, d, k, out=o), lambda t, o, d, k: torch.var(t, d, keepdim=k, out=o),
+    lambda t, o, d, k: torch.linalg.vector_norm(t, 1, d, k, out=o),
+    lambda t, o, d, k: torch.var(t, d, keepdim=k, out=o),
     lambda t, o, d, k: torch.std(t, d, keepdim=k, out=o),
 ], ids=["prod", "norm2", "norm1", "var", "std"])
 def test_a_reduction_into_an_expanded_out_reduces_over_its_expanded_dims_as_cpu(reduce):

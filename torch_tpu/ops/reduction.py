@@ -687,17 +687,16 @@ register("std_mean.correction")(_moment_kernel("std_mean", wants_std=True, wants
 
 def _vector_norm(self, array, ord, axes, keepdim, dtype):
     """The ``ord``-norm over ``axes`` of the tensor ``self`` as ``array`` (converted to ``dtype``, which the kernel
-    iterates, in its accumulation type), as CPU forms it (``cpu_replay.norm_kernel``): silent, as CPU's, when squares or powers
-    overflow to inf."""
+    iterates, in its accumulation type), as CPU forms it (``cpu_replay.norm_kernel``)."""
     shape = _reduced_shape(self.shape, axes, keepdim)
     if all(self.shape[axis] == 1 for axis in axes):  # linalg_vector_norm's shortcut: abs(x) (or x != 0) itself
         return (array != 0 if ord == 0 else absolute(array)).reshape(shape)
     if not array.size:  # CPU fills an empty iteration with the identity (a negative ord refused it above)
         return np.zeros(shape, array.real.dtype)
-    if ord in (math.inf, -math.inf):  # the maximum or minimum of abs(x) (measured: complex128's vector lanes), NaN first
+    if ord in (math.inf, -math.inf):  # max/min of abs(x) (measured: complex128's vector lanes), NaN first
         return (np.max if ord > 0 else np.min)(absolute(array), axis=axes, keepdims=keepdim)
-    magnitude = array if ord == 2 and array.dtype.kind == "f" else c_abs(array)  # the norm ops' std::abs (a square
-    # needs no sign)
+    # the norm ops' std::abs (a real square needs none)
+    magnitude = array if ord == 2 and array.dtype.kind == "f" else c_abs(array)
     strides, itemsize = _sum_layout(self, dtype) or iterated_layout(array, None)
     order, sizes, output_strides, input_strides = _C.cpu_loops.reduction_iteration(tuple(self.shape), axes,
                                                                                     tuple(strides))
@@ -748,7 +747,7 @@ def _norm_into(self, ord, dim, keepdim, dtype, out):
     exact_dtype((dtype or self.dtype).to_real(), out.dtype)  # a complex dtype= still gives a real norm
     _reduction_out(out, self, axes, keepdim)
     expanded = expanded_kept_axes(as_numpy(out), self.shape, axes, keepdim)
-    with _C.vpu.ignoring_fp_errors():
+    with _C.vpu.ignoring_fp_errors():  # silent, as CPU's, when squares or powers overflow to inf
         norm = _vector_norm(self, _accumuland(self, dtype), ord, tuple(sorted(axes + expanded)), True,
                             dtype or self.dtype)
     return write(out, np.asarray(_into_expanded(norm, self.shape, axes, expanded, keepdim)))
