@@ -16,7 +16,7 @@ from .chip import Chip, current_chip
 from .chips import CHIPS, ChipSpec
 from .hbm import HBMOutOfMemory, HostOutOfMemory
 
-LAZY_SUBMODULES = frozenset({"cpu_loops", "dtypes", "mxu", "special", "vpu"})
+LAZY_SUBMODULES = frozenset({"cpu_loops", "dtypes", "libm", "mxu", "special", "vpu"})
 
 __all__ = ["CHIPS", "Chip", "ChipSpec", "HBMOutOfMemory", "HostOutOfMemory", "chips", "clock", "current_chip", "dtypes", "hbm", "ici",
            "rng", "trace", "vpu"]

@@ -17,6 +17,7 @@ This module knows nothing of torch: callers pass NumPy arrays and the thread cou
 """
 
 import functools
+import math
 
 import numpy as np
 
@@ -300,3 +301,38 @@ def reduction_iteration(shape, axes, input_strides, output_strides=None):
     sizes, (output_coalesced, input_coalesced) = _coalesce([shape[d] for d in order],
                                                            [[s[d] for d in order] for s in operands])
     return tuple(order), tuple(sizes), tuple(output_coalesced), tuple(input_coalesced)
+
+
+def reduced_rows(array, axes, order, elements_first=False):
+    """``array`` as (outputs, elements): a row per output of a reduction over ``axes`` (the kept dims in order),
+    holding its elements in the order the reduction reads them (``order``: ``reduction_iteration``'s dims,
+    innermost first); ``elements_first``: as (elements, outputs), C-ordered, for reductions down its columns."""
+    reduced = [axis for axis in reversed(order) if axis in axes]  # outermost first
+    outputs = math.prod(size for axis, size in enumerate(array.shape) if axis not in axes)
+    if elements_first:
+        return np.ascontiguousarray(np.moveaxis(array, reduced, range(len(reduced))).reshape(-1, outputs))
+    return np.moveaxis(array, reduced, range(array.ndim - len(reduced), array.ndim)).reshape(outputs, -1)
+
+
+def serial_calls(sizes, begin, end):
+    """The element counts of the 2-d loop calls ``serial_for_each`` makes over the iteration elements ``begin`` to
+    ``end`` of coalesced ``sizes`` (innermost first): a partial row alone, then as many whole rows as the current
+    span of dim 1 holds (DimCounter's max_2d_step); one call where the iteration has a single dim."""
+    if len(sizes) <= 1:
+        return [end - begin] if end > begin else []
+    calls, offset = [], begin
+    while offset < end:
+        first, column = offset % sizes[0], offset // sizes[0] % sizes[1]
+        length = min(sizes[0] - first, end - offset)
+        rows = min(sizes[1] - column, (end - offset) // sizes[0]) if length == sizes[0] else 1
+        calls.append(length * rows)
+        offset += length * rows
+    return calls
+
+
+def input_iteration(shape, strides):
+    """A one-input TensorIterator's loop over a tensor of ``shape`` and element ``strides``: its dims innermost
+    first, and their coalesced sizes."""
+    order = iteration_order(shape, [strides])
+    sizes, _ = _coalesce([shape[d] for d in order], [[strides[d] for d in order]])
+    return order, sizes

@@ -818,19 +818,56 @@ def test_var_and_std_are_cpus_welford_in_double_bit_for_bit(dtype, shape, reduce
                     assert _same_or_both_nan(got_one.cpu(), expected_one), (dims, options)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128, torch.complex32])
+@pytest.mark.parametrize("reduce", [torch.var, torch.var_mean])
+def test_complex_var_is_its_parts_vars_added_bit_for_bit(dtype, reduce):
+    """CPU's complex var is the real part's var plus the imaginary part's, each its real kernel's of the strided
+    part, rounded to the real dtype; var_mean's mean is the parts' means. tpu's complex two-pass differed in 440
+    of 594 cases. (std takes the sum's square root with MKL's float32 sqrt: docs/numerics.md's known exception.)"""
+    x = torch.randn(17, 33, generator=torch.Generator().manual_seed(1), dtype=torch.complex128).mul(3).add(1 + 2j)
+    x = x.to(dtype)
+    for view in (lambda t: t, lambda t: t.t(), lambda t: t[:, ::2]):
+        for dims in (None, 0, 1):
+            for options in ({}, {"correction": 0, "keepdim": True}):
+                expected, got = reduce(view(x), dims, **options), reduce(view(x.to("tpu")), dims, **options)
+                for got_one, expected_one in zip(*(r if isinstance(r, tuple) else (r,) for r in (got, expected))):
+                    as_real = lambda t: torch.view_as_real(t) if t.is_complex() else t  # no equal_cpu for complex32
+                    assert torch.equal(as_real(got_one.cpu()), as_real(expected_one)), (dims, options)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(12,), (70, 3), (17, 33), (9, 64), (300,), (3, 100), (4, 1000), (3, 5, 7)])
-def test_prod_over_contiguous_trailing_runs_is_cpus_vector_loop_bit_for_bit(dtype, shape):
-    """CPU's prod reads a contiguous run in blocks of four 32-byte vectors (Reduce.h's vectorized_inner_reduction:
-    four accumulators, combined pairwise, their lanes in order, then the run's tail); NumPy's multiply.reduce took
-    another order (float64 (300,) and (3, 100) were an ulp off). Products over leading dims combine rows in order."""
+def test_prod_is_cpus_reduce_vec_bit_for_bit(dtype, shape):
+    """CPU's prod reads a contiguous reduced run in blocks of four 32-byte vectors (Reduce.h's
+    vectorized_inner_reduction: four accumulators, combined pairwise, their lanes in order, then the run's tail), a
+    full product run by run in TensorIterator's order, other layouts element by element; bf16/fp16 round every
+    product. NumPy's multiply.reduce took another order (float64 (300,) and (3, 100) were an ulp off, transposed
+    full products too) and bf16/fp16 rounded once."""
     for seed in range(3):
         noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         x = (1 + 0.01 * noise).to(dtype)
-        assert torch.equal(torch.prod(x.to("tpu")).cpu(), torch.prod(x))
-        for dim in range(x.dim()):
-            for keepdim in (False, True):
-                assert torch.equal(torch.prod(x.to("tpu"), dim, keepdim=keepdim).cpu(), torch.prod(x, dim, keepdim))
+        for view in (lambda t: t, lambda t: t.transpose(0, -1), lambda t: t[..., ::2]):
+            source, on_tpu = view(x), view(x.to("tpu"))
+            assert torch.equal(torch.prod(on_tpu).cpu(), torch.prod(source))
+            for dim in range(x.dim()):
+                for keepdim in (False, True):
+                    assert torch.equal(torch.prod(on_tpu, dim, keepdim=keepdim).cpu(), torch.prod(source, dim, keepdim))
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_a_prod_past_grain_size_is_cpus_per_thread_products(threads):
+    """One output of 32768 or more elements: CPU multiplies each thread's chunk of the iteration into its own slot
+    (a row cut by a chunk's end is a row of its own in the vector loop), then the slots in order."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):
+            x = (1 + 0.001 * torch.randn(200, 301, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+            x = x.to(dtype)
+            for view in (lambda t: t, lambda t: t.t(), lambda t: t[:, 1:]):
+                assert torch.equal(torch.prod(view(x.to("tpu"))).cpu(), torch.prod(view(x))), dtype
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -948,3 +985,96 @@ def test_the_complex_inf_norm_is_a_maximum_of_abs_so_its_forward_gradient_is_cpu
             norm = torch.linalg.vector_norm(dual, ord, dim=(1, 3))
             tangents.append(forward_ad.unpack_dual(norm).tangent.cpu())
     torch.testing.assert_close(tangents[1], tangents[0], rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.complex64,
+                                   torch.complex128])
+@pytest.mark.parametrize("ord", [2, 1, 0, 3, 3.5, -1, 0.5])
+def test_vector_norm_is_cpus_norm_kernel_bit_for_bit(dtype, ord):
+    """CPU's 2-norm over a contiguous innermost run of a float32/float64/bf16 input is binary_kernel_reduce_lastdim's
+    32-byte vector loop (``acc + x * x`` unfused, the lanes in order, the float32 tail's groups of four unfused,
+    the rest fused); every other norm adds its terms one by one in TensorIterator's order
+    (``cpu_replay.norm_kernel``), a p-norm's powers C's ``pow``/``powf`` (``_C.libm``). NumPy's pairwise sums gave
+    other bits in about a third of the rows, its SIMD power in most p-norms (complex ord 3 too)."""
+    x = torch.randn(5, 37, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64).mul(3).to(dtype)
+    views = [lambda t: t, lambda t: t.transpose(0, -1), lambda t: t[..., ::2], lambda t: t[:, :7, :1].squeeze(-1)]
+    for view in views:
+        source, on_tpu = view(x), view(x.to("tpu"))
+        for dims in [None, 0, 1, -1, (0, -1), (1, 2) if source.dim() == 3 else (0, 1)]:
+            for keepdim in (False, True):
+                expected = torch.linalg.vector_norm(source, ord, dims, keepdim)
+                assert torch.equal(torch.linalg.vector_norm(on_tpu, ord, dims, keepdim).cpu(), expected), dims
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_norm_past_grain_size_is_cpus_per_thread_sums(threads):
+    """One output of 32768 or more elements outside the vector loop: CPU sums each thread's chunk on its own and
+    adds the chunks in thread order; a row in the vector loop is one row whatever the threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.rand(300, 150, generator=torch.Generator().manual_seed(0)) * 4
+        sliced = x.double()[:, ::2]
+        for source, on_tpu in ((x, x.to("tpu")), (x.t(), x.to("tpu").t()), (sliced, x.double().to("tpu")[:, ::2])):
+            for ord in (2, 1):
+                assert torch.equal(torch.linalg.vector_norm(on_tpu, ord).cpu(), torch.linalg.vector_norm(source, ord))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_compiled_vector_norms_are_cpus_bit_for_bit():
+    """linalg_vector_norm is not decomposed: the compiled program runs the eager kernel's replay."""
+    torch._dynamo.reset()
+    norms = lambda x: (torch.linalg.vector_norm(x, 2, -1), torch.linalg.vector_norm(x, 1, 0), x.norm(dim=0))
+    x = torch.randn(17, 37, generator=torch.Generator().manual_seed(0)) * 3
+    for got, expected in zip(torch.compile(norms, backend="tpu", fullgraph=True)(x.to("tpu")), norms(x)):
+        assert torch.equal(got.cpu(), expected)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("shape", [(200, 170), (20, 30, 70), (2, 33000)])
+def test_float64_var_and_std_past_grain_size_are_cpus_per_thread_bits(threads, shape):
+    """Past GRAIN_SIZE CPU splits a float64 var's single output across threads: var/std over every dim
+    (std_var_all_cpu) sums each thread's chunk of squared deviations call by call, then the chunks in order;
+    var_mean's Welford runs per chunk and combines the chunks' states in order. Several outputs each run Welford
+    whole. tpu's two-pass in double was a few ulps off on 2 and 3 threads (var/std over every dim) and for
+    Welford past GRAIN_SIZE on any thread count."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 + 1
+        for view in (lambda t: t, lambda t: t.transpose(0, -1)[1:]):  # [1:]: a 2-d loop call per outer index
+            source, on_tpu = view(x), view(x.to("tpu"))
+            for reduce, dims in ((torch.var, None), (torch.std, None), (torch.var_mean, None), (torch.std_mean, -1)):
+                expected, got = reduce(source, dims), reduce(on_tpu, dims)
+                for got_one, expected_one in zip(*(r if isinstance(r, tuple) else (r,) for r in (got, expected))):
+                    assert torch.equal(got_one.cpu(), expected_one), (reduce, dims)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("reduce", [
+    lambda t, o, d, k: torch.prod(t, d, k, out=o), lambda t, o, d, k: torch.linalg.vector_norm(t, 2, d, k, out=o),
+    lambda t, o, d, k: torch.linalg.vector_norm(t, 1, d, k, out=o),
+    lambda t, o, d, k: torch.var(t, d, keepdim=k, out=o),
+    lambda t, o, d, k: torch.std(t, d, keepdim=k, out=o),
+], ids=["prod", "norm2", "norm1", "var", "std"])
+def test_a_reduction_into_an_expanded_out_reduces_over_its_expanded_dims_as_cpu(reduce):
+    """An out= expanded (stride 0) along a kept dim: CPU's iterator reduces over that dim too, each element taking
+    the whole reduction, as for sum; tpu wrote each row's own result."""
+    x = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(0))
+    for dim, keepdim in ((1, False), (1, True), (0, False), (2, False)):
+        shape = [1 if axis == dim else size for axis, size in enumerate(x.shape)] if keepdim else [
+            size for axis, size in enumerate(x.shape) if axis != dim]
+        expected, got = torch.zeros(shape[-1]).expand(shape), torch.zeros(shape[-1], device="tpu").expand(shape)
+        reduce(x, expected, dim, keepdim)
+        reduce(x.to("tpu"), got, dim, keepdim)
+        assert torch.equal(got.cpu(), expected), (dim, keepdim)
+
+
+def test_logsumexp_into_an_expanded_out_is_refused_as_on_cpu():
+    """CPU's logsumexp writes its steps into out in place, which refuses an out= with overlapping elements."""
+    x = torch.randn(4, 5)
+    for device in ("cpu", "tpu"):
+        with pytest.raises(RuntimeError, match="more than one element of the written-to tensor"):
+            torch.logsumexp(x.to(device), 1, out=torch.zeros(1, device=device).expand(4))

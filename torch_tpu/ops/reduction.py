@@ -11,6 +11,7 @@ float32 for bfloat16/float16 (opmath), float64 for float64 and int64 for integer
 once on store. Max/min propagate NaN, and arg-reductions return the first extreme (or first NaN).
 """
 
+import functools
 import math
 import warnings
 
@@ -19,13 +20,13 @@ import torch
 
 from .. import _C
 from .._errors import cannot_cast, failed_check, not_implemented_for, scalar_type_name, shape_mismatch, warn_once
-from .._tensor import DTYPE_NAME
-from .cpu_replay import inner_reduction, libstdcxx_order, sum_kernel
+from .._tensor import DTYPE_NAME, numpy_dtype
+from .cpu_replay import libstdcxx_order, norm_kernel, reduce_vec, sum_kernel
 from ._common import (as_numpy, converted, empty, empty_with_array, exact_dtype, loop_rounding, operand, opmath_dtype,
                       prepare_out, store, wrap_dim, wrap_dims, write)
 from ._overlap import check_no_internal_overlap
 from ._registry import register
-from .pointwise import absolute, complex_logaddexp, floating_or_wide_complex
+from .pointwise import absolute, c_abs, complex_logaddexp, floating_or_wide_complex
 
 # ---------------------------------------------------------------------------------------------
 # Mechanisms shared by every reduction
@@ -189,14 +190,12 @@ def sum_into(target, array, axes, keepdim, dtype_name, layout=None, widened=True
         return target
     narrow_output = target.dtype if dtype_name in _NARROW_FLOATS else None
     output_strides = out_strides_per_input_dim(target, array.ndim, axes, keepdim)
-    expanded = () if output_strides is None else tuple(
-        axis for axis, step in enumerate(output_strides) if step == 0 and axis not in axes and array.shape[axis] > 1)
+    expanded = expanded_kept_axes(target, array.shape, axes, keepdim)
     with _C.vpu.ignoring_fp_errors():
-        if expanded:  # an out= of stride 0 along a kept dim: CPU's iterator sums over that dim too, into each element
+        if expanded:
             total = sum_array(array, tuple(sorted(axes + expanded)), True, layout, narrow_output, widened,
                               output_strides)
-            total = np.asarray(total if keepdim else total.reshape(
-                [1 if axis in expanded else size for axis, size in enumerate(array.shape) if axis not in axes]))
+            total = np.asarray(_into_expanded(total, array.shape, axes, expanded, keepdim))
         else:
             total = np.asarray(sum_array(array, axes, keepdim, layout, narrow_output, widened, output_strides))
         if target.dtype == total.dtype:
@@ -220,6 +219,22 @@ def _summed_directly(target, array, axes, layout):
 
 
 _NARROW_FLOATS = frozenset({"bfloat16", "float16"})
+
+
+def expanded_kept_axes(target, shape, axes, keepdim):
+    """The kept dims along which the array ``target``, the out= of a reduction of an input of ``shape`` over
+    ``axes``, is expanded (stride 0 over more than one element): CPU's iterator reduces over them too, so each of
+    its elements takes the reduction over those dims as well (sum, prod, norms, var and std alike)."""
+    output_strides = out_strides_per_input_dim(target, len(shape), axes, keepdim)
+    return () if output_strides is None else tuple(
+        axis for axis, step in enumerate(output_strides) if step == 0 and axis not in axes and shape[axis] > 1)
+
+
+def _into_expanded(total, shape, axes, expanded, keepdim):
+    """A reduction's result over ``axes`` and the ``expanded`` kept dims (kept as 1s) shaped to broadcast into
+    its out=."""
+    return total if keepdim else total.reshape(
+        [1 if axis in expanded else size for axis, size in enumerate(shape) if axis not in axes])
 
 
 def out_strides_per_input_dim(target, ndim, axes, keepdim):
@@ -250,33 +265,21 @@ def _sum_tensor_into(target, self, axes, keepdim, dtype):
 def _product_into(target, self, axes, keepdim, dtype):
     _refuse_complex_half_loop(self, dtype, "prod_out_cpu")
     array = _accumuland(self, dtype)
-    product = _product_of_runs if _reduces_contiguous_runs(self, axes, dtype, array) else np.multiply.reduce
-    reduce_into(target, product, array, axes, keepdim, DTYPE_NAME[dtype])
+    expanded = expanded_kept_axes(target, self.shape, axes, keepdim)
+    reduced = tuple(sorted(axes + expanded))
+    with _C.vpu.ignoring_fp_errors():  # CPU's products overflow to inf silently
+        if dtype in _REPLAYED_PRODUCT_DTYPES and reduced and array.size:
+            strides, _ = _sum_layout(self, dtype)
+            narrow = numpy_dtype(dtype)  # bf16/fp16 round every product: multiplied in their own dtype
+            product = reduce_vec.reduce_vec(np.multiply, array.astype(narrow, copy=False), reduced, tuple(strides),
+                                            torch.get_num_threads()).reshape(_reduced_shape(self.shape, reduced, True))
+        else:
+            product = np.multiply.reduce(array, axis=reduced, keepdims=True)
+    _C.dtypes.cast_into(target, _into_expanded(product, self.shape, axes, expanded, keepdim), DTYPE_NAME[dtype])
 
 
-def _reduces_contiguous_runs(self, axes, dtype, array):
-    """Whether CPU's prod reads each output's elements as one contiguous run in its vector loop
-    (``cpu_replay.inner_reduction``): a contiguous float32/float64 input over its trailing dims, on one thread or
-    with several outputs (the threads then divide the outputs). Reductions over other dims combine whole rows in
-    order, as NumPy's ``multiply.reduce`` does."""
-    trailing = tuple(range(self.dim() - len(axes), self.dim()))
-    return (dtype in _RUN_PRODUCT_DTYPES and self.is_contiguous() and tuple(sorted(axes)) == trailing
-            and array.flags.c_contiguous and array.size > 0
-            and (self.numel() < _C.cpu_loops.GRAIN_SIZE or len(axes) < self.dim()))
-
-
-_RUN_PRODUCT_DTYPES = (torch.float32, torch.float64)  # bf16/fp16: CPU rounds every partial product (not replayed)
-
-
-def _product_of_runs(array, axis, keepdims, out=None):
-    """np.multiply.reduce's signature, CPU's order for contiguous trailing runs."""
-    length = math.prod(array.shape[dim] for dim in axis)
-    total = inner_reduction.inner_reduction(np.multiply, array.reshape(-1, length), 1).reshape(
-        _reduced_shape(array.shape, axis, keepdims))
-    if out is None:
-        return total
-    out[...] = total
-    return out
+# complex products are NumPy's (CPU's vector lanes and scalar tail round them otherwise: not replayed)
+_REPLAYED_PRODUCT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def _refuse_complex_half_loop(self, dtype, kernel_name):
@@ -548,10 +551,10 @@ def argmin_out(self, dim=None, keepdim=False, *, out):
 
 
 def _moments(op_name, self, axes, correction, keepdim):
-    """(variance, mean) in opmath precision, with Bessel-style ``correction`` (default 1)."""
+    """(variance, mean) as CPU forms them, with Bessel-style ``correction`` (default 1): in double for a real input
+    (rounded on store), in the real dtype for a complex one."""
     if not _floating(self.dtype):
         raise RuntimeError("std and var only support floating point and complex dtypes")
-    array = _accumuland(self)
     count = math.prod(self.shape[axis] for axis in axes)
     correction = 1 if correction is None else correction
     if count - correction <= 0:
@@ -560,15 +563,30 @@ def _moments(op_name, self, axes, correction, keepdim):
             "reduction factor (input numel divided by output numel).",
             stacklevel=3,
         )
+    if self.dtype.is_complex:
+        return _complex_moments(op_name, self, axes, correction, keepdim)
+    return _real_moments(op_name, self, axes, correction, keepdim)
+
+
+def _complex_moments(op_name, self, axes, correction, keepdim):
+    """CPU's complex var: the real part's var plus the imaginary part's, each the real kernel's of that strided
+    part rounded to the real dtype (std: the sum's square root, in it); the mean: the parts' means."""
+    real = numpy_dtype(self.dtype.to_real())
+    (real_variance, real_mean), (imaginary_variance, imaginary_mean) = (
+        _real_moments(op_name, part, axes, correction, keepdim) for part in (torch.real(self), torch.imag(self)))
+    mean = np.empty(real_mean.shape, np.complex128)
+    mean.real, mean.imag = real_mean.astype(real), imaginary_mean.astype(real)
+    return real_variance.astype(real) + imaginary_variance.astype(real), mean
+
+
+def _real_moments(op_name, self, axes, correction, keepdim):
+    array = _accumuland(self)
+    count = math.prod(self.shape[axis] for axis in axes)
     with np.errstate(invalid="ignore", divide="ignore"):
-        if array.dtype.kind == "c":  # not replayed: CPU's complex var is its real part's plus its imaginary part's
-            mean = np.sum(array, axis=axes, keepdims=True) / array.dtype.type(count)
-            deviation = array - mean
-            m2 = np.sum(deviation.real**2 + deviation.imag**2, axis=axes, keepdims=True)
-        elif op_name in ("var", "std") and array.dtype in _ALL_DEVIATIONS_DTYPES and \
+        if op_name in ("var", "std") and array.dtype in _ALL_DEVIATIONS_DTYPES and \
                 math.prod(size for axis, size in enumerate(self.shape) if axis not in axes) == 1:
             mean, m2 = _all_deviations(self, array)
-        elif array.dtype != np.float64 or count >= _C.cpu_loops.GRAIN_SIZE:
+        elif array.dtype != np.float64:
             mean, m2 = _two_pass_in_double(array.astype(np.float64, copy=False), axes)
         else:
             mean, m2 = _welford(self, array, axes)
@@ -581,28 +599,48 @@ def _moments(op_name, self, axes, correction, keepdim):
 
 def _two_pass_in_double(array, axes):
     """(mean, m2) in double, vectorised: CPU's Welford sums are double too, so a float32 or 16-bit result rounds
-    from either alike (every case measured; only a double rounding that lands on a float32 tie could differ); a
-    float64 one past GRAIN_SIZE, which CPU splits across threads (not replayed), is within a few double ulps."""
+    from either alike (every case measured; only a double rounding that lands on a float32 tie could differ)."""
     mean = np.add.reduce(array, axis=axes, keepdims=True) / math.prod(array.shape[axis] for axis in axes)
     deviation = array - mean
     return mean, np.add.reduce(deviation * deviation, axis=axes, keepdims=True)
 
 
 def _welford(self, array, axes):
-    """(mean, m2) of a float64 input as CPU's WelfordOps form them: each output's elements in
-    TensorIterator's order (its reduced dims by falling stride), ``delta = x - mean; mean += delta / n;
-    m2 += delta * (x - mean)``, step by step (not fused: measured), every output at once. Keeps the reduced dims."""
+    """(mean, m2) of a float64 input as CPU's WelfordOps form them (binary_kernel_reduce): each output's elements in
+    TensorIterator's order, every output at once; one output of GRAIN_SIZE or more elements on several threads is
+    each thread's chunk on its own, the chunks' states then combined in thread order. Keeps the reduced dims."""
     order, _, _, _ = _C.cpu_loops.reduction_iteration(self.shape, axes, self.stride())
-    reduced = [axis for axis in reversed(order) if axis in axes]
+    rows = _C.cpu_loops.reduced_rows(array, axes, order)
     kept_shape = _reduced_shape(self.shape, axes, True)
-    elements = np.moveaxis(array, reduced, range(len(reduced))).reshape(
-        math.prod(self.shape[axis] for axis in axes), *kept_shape)
-    mean, m2 = np.zeros(kept_shape) if len(elements) else np.full(kept_shape, np.nan), np.zeros(kept_shape)  # 0 / 0
-    for count, value in enumerate(elements, 1):
+    threads, length = torch.get_num_threads(), rows.shape[1]
+    if len(rows) == 1 and length >= _C.cpu_loops.GRAIN_SIZE and threads > 1:
+        chunk = _C.cpu_loops.parallel_chunk_length(length, threads)
+        states = [_welford_steps(rows[:, begin:begin + chunk]) + (min(chunk, length - begin),)
+                  for begin in range(0, length, chunk)]
+        mean, m2, _ = functools.reduce(_welford_combine, states)
+    else:
+        mean, m2 = _welford_steps(rows)
+    return mean.reshape(kept_shape), m2.reshape(kept_shape)
+
+
+def _welford_steps(rows):
+    """(mean, m2) of each row of (outputs, n) ``rows``: ``delta = x - mean; mean += delta / n; m2 += delta * (x -
+    mean)``, step by step (not fused: measured); 0 / 0 for an empty row."""
+    mean = np.zeros(len(rows)) if rows.shape[1] else np.full(len(rows), np.nan)
+    m2 = np.zeros(len(rows))
+    for count, value in enumerate(rows.T, 1):
         delta = value - mean
         mean = mean + delta / count
         m2 = m2 + delta * (value - mean)
     return mean, m2
+
+
+def _welford_combine(first, second):
+    """WelfordOps::combine of two (mean, m2, count) states."""
+    (mean, m2, count), (other_mean, other_m2, other_count) = first, second
+    delta, total = other_mean - mean, float(count + other_count)
+    share = other_count / total
+    return mean + delta * share, m2 + other_m2 + delta * delta * count * share, total
 
 
 _ALL_DEVIATIONS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -611,14 +649,23 @@ _ALL_DEVIATIONS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def _all_deviations(self, array):
     """(mean, m2) of a float32/float64 ``var``/``std`` whose output is one element (every dim longer than 1 reduced:
     TensorIterator drops the others) as CPU's std_var_all_cpu forms them: the tensor's own ``mean()`` (the sum
-    kernel's, in its dtype) taken as a double, then the squared deviations in double added from +0.0 in the order
-    a one-input TensorIterator walks the tensor (measured below GRAIN_SIZE; its per-thread chunks past it are not
-    replayed)."""
+    kernel's, in its dtype) taken as a double, then the squared deviations in double in the order a one-input
+    TensorIterator walks the tensor: at::parallel_reduce's chunk per thread past GRAIN_SIZE, each 2-d loop call's
+    added from +0.0 into its chunk's sum, the chunks' sums added in thread order."""
     axes = tuple(range(array.ndim))
     mean = mean_array(array, axes, True, _sum_layout(self, self.dtype)).astype(np.float64)
-    walk = _C.cpu_loops.iteration_order(tuple(self.shape), [tuple(self.stride())])[::-1]  # outermost first
-    deviation = (array.astype(np.float64, copy=False) - mean).transpose(walk).reshape(-1)
-    return mean, np.asarray(np.add.accumulate(np.concatenate([[0.0], deviation * deviation]))[-1]).reshape(mean.shape)
+    walk, sizes = _C.cpu_loops.input_iteration(tuple(self.shape), tuple(self.stride()))  # innermost first
+    deviation = (array.astype(np.float64, copy=False) - mean).transpose(walk[::-1]).reshape(-1)
+    squares = deviation * deviation
+    chunk = _C.cpu_loops.parallel_chunk_length(len(squares), torch.get_num_threads())
+    total = 0.0
+    for begin in range(0, len(squares), chunk):
+        thread_sum, offset = 0.0, begin
+        for length in _C.cpu_loops.serial_calls(sizes, begin, min(begin + chunk, len(squares))):
+            thread_sum += float(np.add.accumulate(squares[offset:offset + length])[-1]) if length else 0.0
+            offset += length
+        total += thread_sum
+    return mean, np.full(mean.shape, total)
 
 
 def _moment_kernel(op_name, wants_std, wants_mean):
@@ -628,11 +675,15 @@ def _moment_kernel(op_name, wants_std, wants_mean):
         axes = _reduced_axes(self, dim)
         if out is not None and not torch.can_cast(self.dtype.to_real(), out.dtype):
             raise cannot_cast(self.dtype.to_real(), out.dtype)
-        variance, mean = _moments(op_name, self, axes, correction, keepdim)
+        shape = _reduced_shape(self.shape, axes, keepdim)
+        expanded = expanded_kept_axes(as_numpy(out), self.shape, axes, keepdim) if out is not None and tuple(
+            out.shape) == shape else ()
+        variance, mean = _moments(op_name, self, tuple(sorted(axes + expanded)), correction, True)
+        variance = np.broadcast_to(_into_expanded(variance, self.shape, axes, expanded, keepdim), shape)
         spread = store(np.asarray(np.sqrt(variance) if wants_std else variance), self.dtype.to_real(), out=out,
                        may_alias=True)
         if wants_mean:
-            return spread, store(np.asarray(mean), self.dtype)
+            return spread, store(np.asarray(mean).reshape(shape), self.dtype)  # var_mean has no out=: none expanded
         return spread
 
     return kernel
@@ -649,25 +700,55 @@ register("std_mean.correction")(_moment_kernel("std_mean", wants_std=True, wants
 # ---------------------------------------------------------------------------------------------
 
 
-def _vector_norm(magnitude, ord, axes, keepdim):
-    """The ``ord``-norm of non-negative ``magnitude`` over ``axes``, as linalg.vector_norm defines it: silent, as
-    CPU's, when squares or powers overflow to inf."""
-    with _C.vpu.ignoring_fp_errors():
-        return _vector_norm_values(magnitude, ord, axes, keepdim)
+def _vector_norm(self, array, ord, axes, keepdim, dtype):
+    """The ``ord``-norm over ``axes`` of the tensor ``self`` as ``array`` (converted to ``dtype``, which the kernel
+    iterates, in its accumulation type), as CPU forms it (``cpu_replay.norm_kernel``)."""
+    shape = _reduced_shape(self.shape, axes, keepdim)
+    if all(self.shape[axis] == 1 for axis in axes):  # linalg_vector_norm's shortcut: abs(x) (or x != 0) itself
+        return (array != 0 if ord == 0 else absolute(array)).reshape(shape)
+    if not array.size:  # CPU fills an empty iteration with the identity (a negative ord refused it above)
+        return np.zeros(shape, array.real.dtype)
+    if ord in (math.inf, -math.inf):  # max/min of abs(x) (measured: complex128's vector lanes), NaN first
+        return (np.max if ord > 0 else np.min)(absolute(array), axis=axes, keepdims=keepdim)
+    # the norm ops' std::abs (a real square needs none)
+    magnitude = array if ord == 2 and array.dtype.kind == "f" else c_abs(array)
+    strides, itemsize = _sum_layout(self, dtype) or iterated_layout(array, None)
+    order, sizes, output_strides, input_strides = _C.cpu_loops.reduction_iteration(tuple(self.shape), axes,
+                                                                                    tuple(strides))
+    if ord == 2 and dtype in _LASTDIM_NORM_DTYPES and output_strides.count(0) == 1 and output_strides[0] == 0 and \
+            input_strides[0] == 1:
+        rows = np.ascontiguousarray(_C.cpu_loops.reduced_rows(magnitude, axes, order))
+        norms = norm_kernel.lastdim_norm_two(rows, itemsize)
+    else:
+        columns = _C.cpu_loops.reduced_rows(magnitude, axes, order, elements_first=True)
+        norms = _projected_norm(norm_kernel.sequential_sums(_norm_terms(columns, ord), torch.get_num_threads()), ord)
+    return norms.reshape(shape)
 
 
-def _vector_norm_values(magnitude, ord, axes, keepdim):
+_LASTDIM_NORM_DTYPES = (torch.float32, torch.float64, torch.bfloat16)  # binary_kernel_reduce_lastdim's
+
+
+def _norm_terms(magnitude, ord):
+    """What CPU's NormZeroOps/NormOneOps/NormTwoOps/NormOps add per element, in the accumulation type (an ``ord``
+    of p rounded to it: ``acc_t(p)``)."""
     if ord == 0:
-        return np.sum(magnitude != 0, axis=axes, keepdims=keepdim, dtype=magnitude.dtype)
-    if ord == math.inf:
-        return np.max(magnitude, axis=axes, keepdims=keepdim)
-    if ord == -math.inf:
-        return np.min(magnitude, axis=axes, keepdims=keepdim)
+        return (magnitude != 0).astype(magnitude.dtype)
     if ord == 1:
-        return np.sum(magnitude, axis=axes, keepdims=keepdim)
+        return magnitude
     if ord == 2:
-        return np.sqrt(np.sum(magnitude * magnitude, axis=axes, keepdims=keepdim))
-    return np.sum(magnitude**ord, axis=axes, keepdims=keepdim) ** (1 / ord)
+        return magnitude * magnitude
+    return _C.libm.power(magnitude, ord)  # std::pow, as the kernel calls it
+
+
+def _projected_norm(total, ord):
+    """A sum of ``_norm_terms`` made the norm, in the accumulation type (``1 / p`` too, as CPU's ``acc_t(1.0) /
+    norm_``)."""
+    if ord in (0, 1):
+        return total
+    if ord == 2:
+        return np.sqrt(total)
+    real = total.dtype.type
+    return _C.libm.power(total, real(1) / real(ord))
 
 
 def _norm_into(self, ord, dim, keepdim, dtype, out):
@@ -680,8 +761,11 @@ def _norm_into(self, ord, dim, keepdim, dtype, out):
                            "operation does not have an identity")
     exact_dtype((dtype or self.dtype).to_real(), out.dtype)  # a complex dtype= still gives a real norm
     _reduction_out(out, self, axes, keepdim)
-    magnitude = absolute(_accumuland(self, dtype))  # CPU's std::abs: what abs() gives, so abs(x) == inf-norm holds
-    return write(out, np.asarray(_vector_norm(magnitude, ord, axes, keepdim)))
+    expanded = expanded_kept_axes(as_numpy(out), self.shape, axes, keepdim)
+    with _C.vpu.ignoring_fp_errors():  # silent, as CPU's, when squares or powers overflow to inf
+        norm = _vector_norm(self, _accumuland(self, dtype), ord, tuple(sorted(axes + expanded)), True,
+                            dtype or self.dtype)
+    return write(out, np.asarray(_into_expanded(norm, self.shape, axes, expanded, keepdim)))
 
 
 @register("linalg_vector_norm.out")
@@ -715,6 +799,7 @@ def logsumexp_out(self, dim, keepdim=False, *, out):
         # CPU adds the keepdim maxes of dim=[] (shaped [1, ...]) into a 0-d result in place.
         raise shape_mismatch((), [1] * self.dim())
     _reduction_out(out, self, axes, keepdim)
+    check_no_internal_overlap(out)  # CPU's composite writes its steps into out in place, which refuses overlap
     array = _accumuland(self, self.dtype if _floating(self.dtype) else torch.get_default_dtype())
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if array.size == 0:

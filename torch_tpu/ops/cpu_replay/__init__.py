@@ -12,8 +12,12 @@ sum rounds in, which elements a SIMD loop converts. Each replay lives in one nam
   its two innermost strides choose, the column sums' order into their outputs, the thread splits past
   GRAIN_SIZE), behind ``sum``, ``mean`` and ``nansum``, eager and compiled; its accumulation steps (vectors four
   abreast through cascade levels, every fourth element into one of four accumulators) are ``inner_sum``'s;
-- ``inner_reduction``: ``binary_kernel_reduce_vec``'s vector loop over a contiguous run (four 32-byte accumulators,
-  combined pairwise, their lanes in order, then the tail), behind float32/float64 ``prod`` over trailing dims;
+- ``reduce_vec``: ``binary_kernel_reduce_vec`` under TensorIterator (a contiguous reduced run in four 32-byte
+  accumulators, combined pairwise, their lanes in order, then the tail; other layouts element by element; a single
+  output's thread chunks past GRAIN_SIZE), behind ``prod`` of every real floating dtype (bf16/fp16 rounding every
+  product);
+- ``norm_kernel``: the vector norm kernel (the 2-norm's vector loop over a contiguous innermost run, every other
+  norm's terms one by one, a single output's thread chunks), behind ``linalg.vector_norm`` and ``norm``;
 - ``thread_buffers``: the two-pass column sums through per-thread buffers of layer norm's backward (bf16/fp16
   buffers round every addition), behind its 16-bit weight and bias gradients;
 - ``add``/``sub`` with an ``alpha`` round ``a + alpha * b`` once, as CPU's ``vec::fmadd`` does in float32 and
