@@ -11,7 +11,6 @@ float32 for bfloat16/float16 (opmath), float64 for float64 and int64 for integer
 once on store. Max/min propagate NaN, and arg-reductions return the first extreme (or first NaN).
 """
 
-import functools
 import math
 import warnings
 
@@ -586,7 +585,7 @@ def _real_moments(op_name, self, axes, correction, keepdim):
         if op_name in ("var", "std") and array.dtype in _ALL_DEVIATIONS_DTYPES and \
                 math.prod(size for axis, size in enumerate(self.shape) if axis not in axes) == 1:
             mean, m2 = _all_deviations(self, array)
-        elif array.dtype != np.float64:
+        elif array.dtype != np.float64 or count >= _C.cpu_loops.GRAIN_SIZE:
             mean, m2 = _two_pass_in_double(array.astype(np.float64, copy=False), axes)
         else:
             mean, m2 = _welford(self, array, axes)
@@ -599,48 +598,29 @@ def _real_moments(op_name, self, axes, correction, keepdim):
 
 def _two_pass_in_double(array, axes):
     """(mean, m2) in double, vectorised: CPU's Welford sums are double too, so a float32 or 16-bit result rounds
-    from either alike (every case measured; only a double rounding that lands on a float32 tie could differ)."""
+    from either alike (every case measured; only a double rounding that lands on a float32 tie could differ). A
+    float64 output of GRAIN_SIZE elements or more takes it too, within 1e-13 relative of CPU's Welford (per
+    thread chunk, the states combined): replaying Welford is a Python step per element, a cliff past that size."""
     mean = np.add.reduce(array, axis=axes, keepdims=True) / math.prod(array.shape[axis] for axis in axes)
     deviation = array - mean
     return mean, np.add.reduce(deviation * deviation, axis=axes, keepdims=True)
 
 
 def _welford(self, array, axes):
-    """(mean, m2) of a float64 input as CPU's WelfordOps form them (binary_kernel_reduce): each output's elements in
-    TensorIterator's order, every output at once; one output of GRAIN_SIZE or more elements on several threads is
-    each thread's chunk on its own, the chunks' states then combined in thread order. Keeps the reduced dims."""
+    """(mean, m2) of a float64 input of fewer than GRAIN_SIZE elements per output as CPU's WelfordOps form them
+    (binary_kernel_reduce): each output's elements in TensorIterator's order, ``delta = x - mean; mean += delta / n;
+    m2 += delta * (x - mean)``, step by step (not fused: measured), every output at once; 0 / 0 for an empty
+    reduction. Keeps the reduced dims."""
     order, _, _, _ = _C.cpu_loops.reduction_iteration(self.shape, axes, self.stride())
     rows = _C.cpu_loops.reduced_rows(array, axes, order)
-    kept_shape = _reduced_shape(self.shape, axes, True)
-    threads, length = torch.get_num_threads(), rows.shape[1]
-    if len(rows) == 1 and length >= _C.cpu_loops.GRAIN_SIZE and threads > 1:
-        chunk = _C.cpu_loops.parallel_chunk_length(length, threads)
-        states = [_welford_steps(rows[:, begin:begin + chunk]) + (min(chunk, length - begin),)
-                  for begin in range(0, length, chunk)]
-        mean, m2, _ = functools.reduce(_welford_combine, states)
-    else:
-        mean, m2 = _welford_steps(rows)
-    return mean.reshape(kept_shape), m2.reshape(kept_shape)
-
-
-def _welford_steps(rows):
-    """(mean, m2) of each row of (outputs, n) ``rows``: ``delta = x - mean; mean += delta / n; m2 += delta * (x -
-    mean)``, step by step (not fused: measured); 0 / 0 for an empty row."""
     mean = np.zeros(len(rows)) if rows.shape[1] else np.full(len(rows), np.nan)
     m2 = np.zeros(len(rows))
     for count, value in enumerate(rows.T, 1):
         delta = value - mean
         mean = mean + delta / count
         m2 = m2 + delta * (value - mean)
-    return mean, m2
-
-
-def _welford_combine(first, second):
-    """WelfordOps::combine of two (mean, m2, count) states."""
-    (mean, m2, count), (other_mean, other_m2, other_count) = first, second
-    delta, total = other_mean - mean, float(count + other_count)
-    share = other_count / total
-    return mean + delta * share, m2 + other_m2 + delta * delta * count * share, total
+    kept_shape = _reduced_shape(self.shape, axes, True)
+    return mean.reshape(kept_shape), m2.reshape(kept_shape)
 
 
 _ALL_DEVIATIONS_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
