@@ -16,6 +16,7 @@ from . import (  # noqa: F401
     histogram,
     indexing,
     linalg,
+    linear,
     losses,
     nested,
     nested_strided,

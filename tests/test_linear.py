@@ -1,0 +1,171 @@
+"""F.linear on tpu: one launch forward, one autograd node and one launch backward (ops/linear.py), with the bits,
+layouts and gradients of PyTorch's composite on tpu, values against CPU, and the cases left to the composite."""
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+import torch_tpu
+import torch_tpu.ops.linear as linear
+from torch_tpu import _C
+
+TOLERANCE = dict(atol=2e-5, rtol=2e-5)
+
+# (input shape, how the input is laid out, bias): the composite's four paths (addmm over a 2-d input, one addmm
+# over a contiguous input's rows, mm and add over a strided input, mm without a bias)
+CASES = [
+    ((6, 8), "contiguous", True),
+    ((2, 3, 8), "contiguous", True),
+    ((3, 2, 8), "transposed", True),  # multi-head attention's batch-first projections
+    ((2, 2, 2, 8), "contiguous", False),
+    ((6, 8), "contiguous", False),
+    ((3, 2, 8), "transposed", False),
+]
+
+
+def _laid_out(x, layout):
+    return x.transpose(0, 1) if layout == "transposed" else x
+
+
+def _run(device, shape, layout, bias, fused=True, monkeypatch=None):
+    """The output and the gradients of input, weight and bias, for a gradient that arrives strided."""
+    generator = torch.Generator().manual_seed(0)
+    x, w, b = (torch.randn(*s, generator=generator) for s in (shape, (5, 8), (5,)))
+    out_shape = (*_laid_out(x, layout).shape[:-1], 5)
+    grad = torch.randn(*out_shape, generator=generator)
+    if layout == "transposed":  # as it arrives from the transpose after multi-head attention's projections
+        grad = grad.transpose(0, 1).contiguous().transpose(0, 1)
+    x, w = (t.to(device).requires_grad_() for t in (x, w))
+    b = b.to(device).requires_grad_() if bias else None
+    if not fused:
+        monkeypatch.setattr(linear, "fusable", lambda *args: False)
+    y = F.linear(_laid_out(x, layout), w, b)
+    y.backward(grad.to(device))
+    return y, [y, x.grad, w.grad] + ([b.grad] if bias else [])
+
+
+@pytest.mark.parametrize("shape, layout, bias", CASES)
+def test_one_node_with_the_composites_bits_and_layouts(shape, layout, bias, monkeypatch):
+    y, fused = _run("tpu", shape, layout, bias)
+    assert type(y.grad_fn).__name__ == "LinearBackward"
+    assert y.grad_fn.next_functions[0][0] is not None  # straight to the input's node: no views, no transposes
+    with monkeypatch.context() as patch:
+        composite_y, composite = _run("tpu", shape, layout, bias, fused=False, monkeypatch=patch)
+    assert type(composite_y.grad_fn).__name__ != "LinearBackward"
+    for got, expected in zip(fused, composite):
+        assert got.stride() == expected.stride()
+        assert torch.equal(got.cpu(), expected.cpu())
+    _, cpu = _run("cpu", shape, layout, bias)
+    for got, expected in zip(fused, cpu):
+        assert_close(got.cpu(), expected, **TOLERANCE)
+
+
+def _launched(run):
+    clock = _C.current_chip().clock
+    before = clock.totals_snapshot()
+    run()
+    after = clock.totals_snapshot()
+    return {name: (t.minus(before[name]) if name in before else t) for name, t in after.items()}
+
+
+def test_one_launch_each_way_charged_the_matmuls_flops_and_the_boundarys_bytes():
+    x = torch.randn(4, 17, 32, device="tpu", requires_grad=True)
+    w = torch.randn(24, 32, device="tpu", requires_grad=True)
+    b = torch.randn(24, device="tpu", requires_grad=True)
+    grad = torch.randn(17, 4, 24, device="tpu")
+    holder = {}
+    launched = _launched(lambda: holder.update(y=F.linear(x.transpose(0, 1), w, b)))
+    assert {name for name, t in launched.items() if t.count} == {"linear"}
+    rows, nbytes = 17 * 4, 4
+    assert launched["linear"].flops == 2 * rows * 32 * 24
+    assert launched["linear"].bytes == nbytes * (rows * 32 + 24 * 32 + 24 + rows * 24)
+    launched = _launched(lambda: holder["y"].backward(grad))
+    # _copy_from: the leaf's gradient, transposed back, copied into the leaf's layout by AccumulateGrad, as on CPU
+    assert {name for name, t in launched.items() if t.count} == {"linear_backward", "_copy_from"}
+    assert launched["linear_backward"].count == 1
+    assert launched["linear_backward"].flops == 2 * 2 * rows * 32 * 24
+    assert launched["linear_backward"].bytes == nbytes * (rows * 24 + 24 * 32 + rows * 32  # read
+                                                          + rows * 32 + 24 * 32 + 24)  # written
+
+
+def test_gradients_only_of_what_requires_them(memory_baseline):
+    x = torch.randn(6, 8, device="tpu")
+    w = torch.randn(5, 8, device="tpu", requires_grad=True)
+    b = torch.randn(5, device="tpu")
+    F.linear(x, w, b).sum().backward()
+    assert w.grad is not None and x.grad is None and b.grad is None
+    assert_close(w.grad.cpu(), torch.ones(6, 5).t() @ x.cpu())
+    del x, w, b
+    assert memory_baseline.delta() == 0
+
+
+@pytest.mark.parametrize("case", ["bfloat16", "one-dim input", "strided weight", "one feature", "empty"])
+def test_other_calls_take_the_composite(case):
+    x, w, b = torch.randn(6, 8), torch.randn(5, 8), torch.randn(5)
+    if case == "bfloat16":
+        x, w, b = (t.bfloat16() for t in (x, w, b))
+    elif case == "one-dim input":
+        x = x[0]
+    elif case == "strided weight":
+        w = torch.randn(8, 5).t()
+    elif case == "one feature":
+        x, w = x[:, :1], w[:, :1]
+    elif case == "empty":
+        x = x[:0]
+    tpu = [t.to("tpu").requires_grad_() for t in (x, w, b)]
+    y = F.linear(*tpu)
+    assert type(y.grad_fn).__name__ != "LinearBackward"
+    cpu = [t.clone().requires_grad_() for t in (x, w, b)]
+    expected = F.linear(*cpu)
+    assert_close(y.cpu(), expected, **TOLERANCE, check_dtype=True)
+    y.sum().backward()
+    expected.sum().backward()
+    for got, want in zip(tpu, cpu):
+        assert_close(got.grad.cpu(), want.grad, **TOLERANCE)
+
+
+def test_errors_are_cpus():
+    for x, w in ((torch.randn(6, 8), torch.randn(5, 7)), (torch.randn(6, 8), torch.randn(5, 8, 1))):
+        with pytest.raises(RuntimeError) as cpu_error:
+            F.linear(x, w)
+        with pytest.raises(type(cpu_error.value), match=str(cpu_error.value).split("(")[0]):
+            F.linear(x.to("tpu").requires_grad_(), w.to("tpu"))
+
+
+def test_second_derivatives_and_torch_func_match_cpu():
+    def loss(x, w, b):
+        return F.linear(x, w, b).tanh().sum()
+
+    tensors = [torch.randn(3, 4, 8), torch.randn(5, 8), torch.randn(5)]
+    tpu = [t.to("tpu").requires_grad_() for t in tensors]
+    cpu = [t.clone().requires_grad_() for t in tensors]
+    for group in (tpu, cpu):
+        grads = torch.autograd.grad(loss(*group), group, create_graph=True)
+        sum(g.square().sum() for g in grads).backward()
+    for got, want in zip(tpu, cpu):
+        assert_close(got.grad.cpu(), want.grad, atol=1e-4, rtol=1e-4)
+    got = torch.func.grad(loss, argnums=1)(*(t.detach().to("tpu") for t in tensors))
+    assert_close(got.cpu(), torch.func.grad(loss, argnums=1)(*tensors), **TOLERANCE)
+
+
+@pytest.mark.parametrize("run_abstractly", [False, True])
+def test_abstract_mode_allocates_and_charges_as_eager(run_abstractly):
+    def charges(abstractly):
+        x = torch.randn(4, 17, 32, device="tpu").transpose(0, 1).requires_grad_()
+        w = torch.randn(24, 32, device="tpu", requires_grad=True)
+        allocated = torch.tpu.memory_allocated()
+        holder = {}
+
+        def step():
+            with torch_tpu.abstract() if abstractly else contextlib.nullcontext():
+                y = F.linear(x, w)
+                holder["held"] = torch.tpu.memory_allocated() - allocated
+                y.sum().backward()
+
+        launched = _launched(step)
+        return holder["held"], {name: (t.count, t.bytes, t.flops) for name, t in launched.items() if t.count}
+
+    assert charges(run_abstractly) == charges(False)
