@@ -1,5 +1,6 @@
-"""F.linear on tpu: one launch forward, one autograd node and one launch backward (ops/linear.py), with the bits,
-layouts and gradients of PyTorch's composite on tpu, values against CPU, and the cases left to the composite."""
+"""F.linear and batched matmul on tpu: one launch forward, one autograd node and one launch backward
+(ops/product_nodes.py), with the bits, layouts and gradients of PyTorch's composite on tpu, values against CPU, and
+the cases left to the composite."""
 
 import contextlib
 
@@ -9,10 +10,11 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 import torch_tpu
-import torch_tpu.ops.linear as linear
+import torch_tpu.ops.product_nodes as product_nodes
 from torch_tpu import _C
 
 TOLERANCE = dict(atol=2e-5, rtol=2e-5)
+NODE = "ProductNodeBackward"
 
 # (input shape, how the input is laid out, bias): the composite's four paths (addmm over a 2-d input, one addmm
 # over a contiguous input's rows, mm and add over a strided input, mm without a bias)
@@ -41,7 +43,7 @@ def _run(device, shape, layout, bias, fused=True, monkeypatch=None):
     x, w = (t.to(device).requires_grad_() for t in (x, w))
     b = b.to(device).requires_grad_() if bias else None
     if not fused:
-        monkeypatch.setattr(linear, "fusable", lambda *args: False)
+        monkeypatch.setattr(product_nodes, "plain_float32", lambda *tensors: False)
     y = F.linear(_laid_out(x, layout), w, b)
     y.backward(grad.to(device))
     return y, [y, x.grad, w.grad] + ([b.grad] if bias else [])
@@ -50,11 +52,11 @@ def _run(device, shape, layout, bias, fused=True, monkeypatch=None):
 @pytest.mark.parametrize("shape, layout, bias", CASES)
 def test_one_node_with_the_composites_bits_and_layouts(shape, layout, bias, monkeypatch):
     y, fused = _run("tpu", shape, layout, bias)
-    assert type(y.grad_fn).__name__ == "LinearBackward"
-    assert y.grad_fn.next_functions[0][0] is not None  # straight to the input's node: no views, no transposes
+    assert type(y.grad_fn).__name__ == NODE
+    assert type(y.grad_fn.next_functions[1][0]).__name__ == "AccumulateGrad"  # straight to the leaf: no views
     with monkeypatch.context() as patch:
         composite_y, composite = _run("tpu", shape, layout, bias, fused=False, monkeypatch=patch)
-    assert type(composite_y.grad_fn).__name__ != "LinearBackward"
+    assert type(composite_y.grad_fn).__name__ != NODE
     for got, expected in zip(fused, composite):
         assert got.stride() == expected.stride()
         assert torch.equal(got.cpu(), expected.cpu())
@@ -117,7 +119,7 @@ def test_other_calls_take_the_composite(case):
         x = x[:0]
     tpu = [t.to("tpu").requires_grad_() for t in (x, w, b)]
     y = F.linear(*tpu)
-    assert type(y.grad_fn).__name__ != "LinearBackward"
+    assert type(y.grad_fn).__name__ != NODE
     cpu = [t.clone().requires_grad_() for t in (x, w, b)]
     expected = F.linear(*cpu)
     assert_close(y.cpu(), expected, **TOLERANCE, check_dtype=True)
@@ -169,3 +171,75 @@ def test_abstract_mode_allocates_and_charges_as_eager(run_abstractly):
         return holder["held"], {name: (t.count, t.bytes, t.flops) for name, t in launched.items() if t.count}
 
     assert charges(run_abstractly) == charges(False)
+
+
+def _matmul_operands(layout):
+    """(self, other) leaves and the operands made of them: Swin's attention scores (a permuted query times a
+    transposed key: both copied by the composite's reshape), its output (softmax times a permuted value), or
+    contiguous 3-d and 4-d operands (views)."""
+    generator = torch.Generator().manual_seed(0)
+    if layout == "scores":
+        qkv = torch.randn(2, 4, 3, 2, 5, generator=generator)
+        return qkv, None, lambda qkv, _: (qkv.permute(2, 0, 3, 1, 4)[0] * 0.5,
+                                           qkv.permute(2, 0, 3, 1, 4)[1].transpose(-2, -1))
+    if layout == "weighted values":
+        attention, qkv = torch.randn(2, 2, 4, 4, generator=generator), torch.randn(2, 4, 3, 2, 5, generator=generator)
+        return attention, qkv, lambda a, qkv: (a.softmax(-1), qkv.permute(2, 0, 3, 1, 4)[2])
+    shapes = {"3-d": ((3, 4, 5), (3, 5, 2)), "4-d": ((2, 3, 4, 5), (2, 3, 5, 2))}[layout]
+    return (*(torch.randn(*s, generator=generator) for s in shapes), lambda a, b: (a, b))
+
+
+def _run_matmul(device, layout):
+    first, second, operands = _matmul_operands(layout)
+    leaves = [t.to(device).requires_grad_() for t in (first, second) if t is not None]
+    y = torch.matmul(*operands(*leaves, *([None] * (2 - len(leaves)))))
+    y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(device))
+    return y, [y, *(t.grad for t in leaves)]
+
+
+@pytest.mark.parametrize("layout", ["scores", "weighted values", "3-d", "4-d"])
+def test_a_batched_matmul_is_one_node_with_the_composites_bits_and_layouts(layout, monkeypatch):
+    y, fused = _run_matmul("tpu", layout)
+    assert type(y.grad_fn).__name__ == NODE
+    with monkeypatch.context() as patch:
+        patch.setattr(product_nodes, "plain_float32", lambda *tensors: False)
+        composite_y, composite = _run_matmul("tpu", layout)
+    assert type(composite_y.grad_fn).__name__ != NODE
+    for got, expected in zip(fused, composite):
+        assert got.stride() == expected.stride()
+        assert torch.equal(got.cpu(), expected.cpu())
+    for got, expected in zip(fused, _run_matmul("cpu", layout)[1]):
+        assert_close(got.cpu(), expected, **TOLERANCE)
+
+
+def test_a_batched_matmul_is_one_launch_each_way():
+    a = torch.randn(2, 3, 4, 5, device="tpu", requires_grad=True)
+    b = torch.randn(2, 3, 6, 5, device="tpu", requires_grad=True)
+    holder = {}
+    launched = _launched(lambda: holder.update(y=a @ b.transpose(-2, -1)))
+    assert {name for name, t in launched.items() if t.count} == {"matmul"}
+    assert launched["matmul"].flops == 2 * 6 * 4 * 5 * 6
+    assert launched["matmul"].bytes == 4 * (a.numel() + b.numel() + 6 * 4 * 6)
+    launched = _launched(lambda: holder["y"].sum().backward())
+    # besides the sum, its backward (a fill) and the leaf b's gradient copied into b's layout (AccumulateGrad, as on
+    # CPU), nothing: the composite added two bmm, a clone of b and views
+    assert {name for name, t in launched.items() if t.count} == {"sum.dim_IntList", "fill_.Scalar", "matmul_backward",
+                                                                   "_copy_from"}
+    assert launched["matmul_backward"].count == 1 and launched["matmul_backward"].flops == 2 * 2 * 6 * 4 * 5 * 6
+
+
+@pytest.mark.parametrize("case", ["broadcast batch", "matrix", "bfloat16"])
+def test_other_matmuls_take_the_composite(case):
+    a, b = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 5, 6)
+    if case == "broadcast batch":
+        b = b[:1]
+    elif case == "matrix":
+        b = b[0, 0]
+    else:
+        a, b = a.bfloat16(), b.bfloat16()
+    tpu = [t.to("tpu").requires_grad_() for t in (a, b)]
+    y = tpu[0] @ tpu[1]
+    assert type(y.grad_fn).__name__ != NODE
+    cpu = [t.clone().requires_grad_() for t in (a, b)]
+    expected = cpu[0] @ cpu[1]
+    assert_close(y.cpu(), expected, atol=1e-2 if case == "bfloat16" else 2e-5, rtol=1e-2 if case == "bfloat16" else 2e-5)
