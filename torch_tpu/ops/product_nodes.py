@@ -54,7 +54,10 @@ def plain_float32(*tensors):
                for t in tensors)
 
 
-def fusable(input, weight, bias=None):
+# --- F.linear -------------------------------------------------------------------------------------------------------
+
+
+def linear_fusable(input, weight, bias=None):
     """Whether the fused linear takes this call: a row-major (out, in) weight, a matching 1-d bias, and an input of
     at least 2 dims whose rows (``input.reshape(-1, in)``) are row-major and more than one."""
     if not plain_float32(input, weight, bias):
@@ -137,18 +140,17 @@ _launch_linear = charged(linear_forward, "linear", guard("linear"))
 _launch_linear_backward = charged(linear_backward, "linear_backward", guard("linear_backward"))
 
 
+def _abstract_results(shapes, output_mask):
+    """A fused backward's float32 results in abstract mode: those ``output_mask`` asks for, else None."""
+    return tuple(empty(shape, torch.float32) if wanted else None for shape, wanted in zip(shapes, output_mask))
+
+
 @_abstract_launch.rule(torch.ops.aten.linear_backward.default)
 def _abstract_linear_backward(op, args, kwargs):
     """Meta's ``linear_backward`` makes both parameter gradients when either is asked for; the kernel makes those
     asked for."""
     input, grad_output, weight, output_mask = args
-    shapes = (tuple(input.shape), tuple(weight.shape), (weight.shape[0],))
-    return tuple(empty(shape, input.dtype) if wanted else None for shape, wanted in zip(shapes, output_mask))
-
-
-def _batched(gradient):
-    """Whether ``gradient`` is one of vmap's batched tensors (torch.func's or gradcheck's legacy ``_vmap``'s)."""
-    return is_functorch_wrapped_tensor(gradient) or is_legacy_batchedtensor(gradient)
+    return _abstract_results((tuple(input.shape), tuple(weight.shape), (weight.shape[0],)), output_mask)
 
 
 def _differentiable_linear_backward(grad_output, input, weight, wanted):
@@ -222,8 +224,9 @@ def _matmul_backward_cost(args, kwargs, result):
 
 @_abstract_launch.rule(torch.ops.aten.matmul_backward.default)
 def _abstract_matmul_backward(op, args, kwargs):
+    """``matmul_backward`` has no Meta kernel."""
     grad, self, other, mask = args
-    return tuple(empty(tuple(t.shape), t.dtype) if wanted else None for t, wanted in zip((self, other), mask))
+    return _abstract_results((tuple(self.shape), tuple(other.shape)), mask)
 
 
 def _differentiable_matmul_backward(grad, self, other, wanted):
@@ -241,11 +244,16 @@ _launch_matmul_backward = charged(matmul_backward, "matmul_backward", guard("mat
 
 # arity: the aten op's operands, an absent optional one (a linear's bias) passed as None
 Product = collections.namedtuple("Product", "arity fusable composite forward backward differentiable_backward")
-LINEAR = Product(3, fusable, torch.ops.aten.linear.default, _launch_linear,
+LINEAR = Product(3, linear_fusable, torch.ops.aten.linear.default, _launch_linear,
                  lambda grad, input, weight, wanted: _launch_linear_backward(input, grad, weight, wanted),
                  _differentiable_linear_backward)
 MATMUL = Product(2, matmul_fusable, torch.ops.aten.matmul.default, _launch_matmul, _launch_matmul_backward,
                  _differentiable_matmul_backward)
+
+
+def _batched(gradient):
+    """Whether ``gradient`` is one of vmap's batched tensors (torch.func's or gradcheck's legacy ``_vmap``'s)."""
+    return is_functorch_wrapped_tensor(gradient) or is_legacy_batchedtensor(gradient)
 
 
 class ProductNode(torch.autograd.Function):
