@@ -73,24 +73,40 @@ def _launched(run):
     return {name: (t.minus(before[name]) if name in before else t) for name, t in after.items()}
 
 
-def test_one_launch_each_way_charged_the_matmuls_flops_and_the_boundarys_bytes():
+def test_one_launch_each_way_charged_the_composites_flops_and_bytes():
     x = torch.randn(4, 17, 32, device="tpu", requires_grad=True)
     w = torch.randn(24, 32, device="tpu", requires_grad=True)
     b = torch.randn(24, device="tpu", requires_grad=True)
     grad = torch.randn(17, 4, 24, device="tpu")
     holder = {}
+    composite_forward = _launched(lambda: _composite(lambda: F.linear(x.transpose(0, 1), w, b)))
     launched = _launched(lambda: holder.update(y=F.linear(x.transpose(0, 1), w, b)))
     assert {name for name, t in launched.items() if t.count} == {"linear"}
     rows, nbytes = 17 * 4, 4
     assert launched["linear"].flops == 2 * rows * 32 * 24
-    assert launched["linear"].bytes == nbytes * (rows * 32 + 24 * 32 + 24 + rows * 24)
+    # the composite's clone of the strided rows, mm, and add: x read twice and written once, the product written twice
+    # and read once
+    assert launched["linear"].bytes == nbytes * (3 * rows * 32 + 24 * 32 + 3 * rows * 24 + 24)
+    assert launched["linear"].bytes == sum(t.bytes for t in composite_forward.values())
+    assert launched["linear"].flops == sum(t.flops for t in composite_forward.values())
     launched = _launched(lambda: holder["y"].backward(grad))
     # _copy_from: the leaf's gradient, transposed back, copied into the leaf's layout by AccumulateGrad, as on CPU
     assert {name for name, t in launched.items() if t.count} == {"linear_backward", "_copy_from"}
     assert launched["linear_backward"].count == 1
     assert launched["linear_backward"].flops == 2 * 2 * rows * 32 * 24
-    assert launched["linear_backward"].bytes == nbytes * (rows * 24 + 24 * 32 + rows * 32  # read
-                                                          + rows * 32 + 24 * 32 + 24)  # written
+    assert launched["linear_backward"].bytes == nbytes * ((rows * 24 + 24 * 32) + rows * 32  # mm for the input
+                                                          + (rows * 24 + rows * 32) + 24 * 32  # mm for the weight
+                                                          + rows * 24 + 24)  # sum for the bias
+
+
+def _composite(run):
+    """``run()`` with the fused products off."""
+    saved = product_nodes.plain_float32
+    product_nodes.plain_float32 = lambda *tensors: False
+    try:
+        return run()
+    finally:
+        product_nodes.plain_float32 = saved
 
 
 def test_gradients_only_of_what_requires_them(memory_baseline):
@@ -212,20 +228,24 @@ def test_a_batched_matmul_is_one_node_with_the_composites_bits_and_layouts(layou
         assert_close(got.cpu(), expected, **TOLERANCE)
 
 
-def test_a_batched_matmul_is_one_launch_each_way():
+def test_a_batched_matmul_is_one_launch_each_way_charged_the_composites_flops_and_bytes():
     a = torch.randn(2, 3, 4, 5, device="tpu", requires_grad=True)
     b = torch.randn(2, 3, 6, 5, device="tpu", requires_grad=True)
     holder = {}
+    composite = _launched(lambda: _composite(lambda: a @ b.transpose(-2, -1)))
     launched = _launched(lambda: holder.update(y=a @ b.transpose(-2, -1)))
     assert {name for name, t in launched.items() if t.count} == {"matmul"}
     assert launched["matmul"].flops == 2 * 6 * 4 * 5 * 6
-    assert launched["matmul"].bytes == 4 * (a.numel() + b.numel() + 6 * 4 * 6)
+    assert launched["matmul"].bytes == 4 * (a.numel() + b.numel() + 6 * 4 * 6)  # b's transpose: batches by a view
+    assert (launched["matmul"].bytes, launched["matmul"].flops) == (
+        sum(t.bytes for t in composite.values()), sum(t.flops for t in composite.values()))
     launched = _launched(lambda: holder["y"].sum().backward())
     # besides the sum, its backward (a fill) and the leaf b's gradient copied into b's layout (AccumulateGrad, as on
-    # CPU), nothing: the composite added two bmm, a clone of b and views
+    # CPU), nothing: the composite added two bmm and views
     assert {name for name, t in launched.items() if t.count} == {"sum.dim_IntList", "fill_.Scalar", "matmul_backward",
                                                                    "_copy_from"}
     assert launched["matmul_backward"].count == 1 and launched["matmul_backward"].flops == 2 * 2 * 6 * 4 * 5 * 6
+    assert launched["matmul_backward"].bytes == 4 * (2 * (6 * 4 * 6 + b.numel() + a.numel()))
 
 
 @pytest.mark.parametrize("case", ["broadcast batch", "matrix", "bfloat16"])
@@ -243,3 +263,39 @@ def test_other_matmuls_take_the_composite(case):
     cpu = [t.clone().requires_grad_() for t in (a, b)]
     expected = cpu[0] @ cpu[1]
     assert_close(y.cpu(), expected, atol=1e-2 if case == "bfloat16" else 2e-5, rtol=1e-2 if case == "bfloat16" else 2e-5)
+
+
+@pytest.mark.parametrize("case", [*CASES, "scores", "weighted values", "3-d", "4-d"])
+def test_a_forward_launch_charges_the_composites_bytes_and_flops(case):
+    """One launch where the composite made several, charged their bytes and FLOPs (clones of strided operands
+    included): eager mode's clock moves the same bytes as before the fusion. (Operands that require a gradient:
+    the composite's matmul folds a strided input into rows only then.)"""
+    if isinstance(case, tuple):
+        shape, layout, bias = case
+        generator = torch.Generator().manual_seed(0)
+        x, w, b = (torch.randn(*s, generator=generator).to("tpu").requires_grad_() for s in (shape, (5, 8), (5,)))
+        args = (_laid_out(x, layout), w, b if bias else None)
+        run = lambda: F.linear(*args)  # noqa: E731
+    else:
+        first, second, operands = _matmul_operands(case)
+        leaves = [t.to("tpu").requires_grad_() for t in (first, second) if t is not None]
+        args = operands(*leaves, *([None] * (2 - len(leaves))))
+        run = lambda: torch.matmul(*args)  # noqa: E731
+    fused, composite = _launched(run), _launched(lambda: _composite(run))
+    assert sum(t.count for t in fused.values()) == 1
+    assert sum(t.bytes for t in fused.values()) == sum(t.bytes for t in composite.values())
+    assert sum(t.flops for t in fused.values()) == sum(t.flops for t in composite.values())
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_without_gradients_the_composites_bits(layout, monkeypatch):
+    """With nothing requiring a gradient the composite multiplies a strided input batch by batch (bmm against the
+    expanded weight) instead of folding it into rows: that call takes the composite; a contiguous one is fused."""
+    generator = torch.Generator().manual_seed(0)
+    x, w = (torch.randn(*s, generator=generator).to("tpu") for s in ((3, 2, 8), (5, 8)))
+    launched = _launched(lambda: F.linear(_laid_out(x, layout), w))
+    fused = F.linear(_laid_out(x, layout), w)
+    assert ({name for name, t in launched.items() if t.count} == {"linear"}) == (layout == "contiguous")
+    monkeypatch.setattr(product_nodes, "plain_float32", lambda *tensors: False)
+    composite = F.linear(_laid_out(x, layout), w)
+    assert fused.stride() == composite.stride() and torch.equal(fused.cpu(), composite.cpu())

@@ -64,6 +64,9 @@ def linear_fusable(input, weight, bias=None):
         return False
     if weight.dim() != 2 or input.dim() < 2 or (bias is not None and tuple(bias.shape) != (weight.shape[0],)):
         return False
+    if (input.dim() > 2 and not _flattened(input, bias is not None) and not (input.requires_grad or weight.requires_grad)
+            and not _merges_leading_dims(input, 1)):
+        return False  # the composite's matmul folds such an input into rows (a copy) only for a gradient, else bmm
     features = weight.shape[1]
     # the composite's mm backward takes another formula for column-major operands: a strided last dim, one
     # feature or one row can make the rows (or the weight) column-major
@@ -119,18 +122,47 @@ def linear_backward(input, grad_output, weight, output_mask):
     return grad_input, grad_weight, grad_bias
 
 
+def _merges_leading_dims(tensor, kept):
+    """Whether ATen's ``reshape(-1, *shape[-kept:])`` of ``tensor`` is a view (each leading dim longer than one steps
+    over the next whole); where it is not, the composite's reshape is a copy: a ``clone`` launch."""
+    leading = [(size, stride) for size, stride in zip(tensor.shape[:-kept], tensor.stride()[:-kept]) if size != 1]
+    return all(outer == inner * size for (_, outer), (size, inner) in zip(leading, leading[1:]))
+
+
+def _copied_bytes(tensor, kept):
+    """The bytes the composite's reshape of ``tensor`` into batches of its last ``kept`` dims reads and writes."""
+    return 0 if _merges_leading_dims(tensor, kept) else tensor.nbytes
+
+
 def _linear_cost(args, kwargs, result):
+    """What the composite's launches would charge, summed: ``addmm`` (or ``mm``), and for a strided input the
+    rows' ``clone`` and the bias's ``add``. One launch, the parts' bytes: the fusion changes the host's work, not
+    the chip's, so eager mode's clock (and what compiled programs are measured against) stays per op."""
     input, weight, *bias = args
+    bias = bias[0] if bias else None
+    read, written = input.nbytes + weight.nbytes, result.nbytes
+    if bias is not None:
+        read += bias.nbytes
+    if not _flattened(input, bias is not None):
+        copied = _copied_bytes(input, 1)
+        read, written = read + copied, written + copied
+        if bias is not None:  # ``add`` reads the product back
+            read, written = read + result.nbytes, written + result.nbytes
     rows = input.numel() // weight.shape[1]
-    read = input.nbytes + weight.nbytes + sum(b.nbytes for b in bias if b is not None)
-    return {DTYPE_NAME[input.dtype]: 2 * rows * weight.numel()}, read, result.nbytes
+    return {DTYPE_NAME[input.dtype]: 2 * rows * weight.numel()}, read, written
 
 
 def _linear_backward_cost(args, kwargs, result):
+    """The composite's backward launches summed (as ``_linear_cost``): the gradient's rows copied where no view
+    fits, one ``mm`` per parameter gradient asked for, the bias's ``sum``."""
     input, grad_output, weight, output_mask = args
+    gradient = grad_output.nbytes
+    takes_rows = any(output_mask) if _flattened(input, True) else output_mask[0] or output_mask[1]
+    copied = _copied_bytes(grad_output, 1) if takes_rows else 0
+    read = (copied + (gradient + weight.nbytes if output_mask[0] else 0)
+            + (gradient + input.nbytes if output_mask[1] else 0) + (gradient if output_mask[2] else 0))
+    written = copied + sum(t.nbytes for t in result if t is not None)
     rows = input.numel() // weight.shape[1]
-    read = grad_output.nbytes + (weight.nbytes if output_mask[0] else 0) + (input.nbytes if output_mask[1] else 0)
-    written = sum(t.nbytes for t in result if t is not None)
     return {DTYPE_NAME[input.dtype]: 2 * rows * weight.numel() * (bool(output_mask[0]) + bool(output_mask[1]))}, \
         read, written
 
@@ -210,16 +242,22 @@ def _matmul_flops(self, other):
 
 
 def _matmul_cost(args, kwargs, result):
+    """The composite's launches summed (as ``_linear_cost``): each operand's batches copied where no view fits,
+    ``bmm``."""
     self, other = args
-    return _matmul_flops(self, other), self.nbytes + other.nbytes, result.nbytes
+    copied = _copied_bytes(self, 2) + _copied_bytes(other, 2)
+    return _matmul_flops(self, other), self.nbytes + other.nbytes + copied, result.nbytes + copied
 
 
 def _matmul_backward_cost(args, kwargs, result):
+    """The composite's backward launches summed: the gradient's batches copied where no view fits, one ``bmm`` per
+    gradient asked for."""
     grad, self, other, mask = args
-    read = grad.nbytes + (other.nbytes if mask[0] else 0) + (self.nbytes if mask[1] else 0)
+    copied = _copied_bytes(grad, 2) if mask[0] or mask[1] else 0
+    read = (copied + (grad.nbytes + other.nbytes if mask[0] else 0) + (grad.nbytes + self.nbytes if mask[1] else 0))
     flops = _matmul_flops(self, other)
     return ({dtype: count * (bool(mask[0]) + bool(mask[1])) for dtype, count in flops.items()}, read,
-            sum(t.nbytes for t in result if t is not None))
+            copied + sum(t.nbytes for t in result if t is not None))
 
 
 @_abstract_launch.rule(torch.ops.aten.matmul_backward.default)
