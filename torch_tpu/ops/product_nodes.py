@@ -18,11 +18,12 @@ those cases (other dtypes, broadcast batch dims, 1-d and 2-d matmul operands, a 
 input, empty ones, bad shapes, tracing, torch.func transforms, forward-mode AD) take the composite, which has every
 check and every case.
 
-What differs from the composite: the charge is one fused kernel's (MXU FLOPs of the matmuls, HBM bytes at the
-launch's boundary: no copy of a strided operand, no intermediate product written and read again), and the node
-saves the operands themselves, not the composite's contiguous copies of strided ones (no copy's bytes in HBM;
-changing such an operand in place before the backward raises autograd's "modified by an inplace operation", as it
-does on CPU for a contiguous one).
+What differs from the composite: one launch each way, charged the bytes and FLOPs its parts would have been (a
+clone of a strided operand, the product read back by a bias's add, the gradient read by each matmul and sum), so
+that eager mode's clock moves the same bytes as before and compiled programs are measured against it as before
+(only the per-launch overhead of the parts is saved); and the node saves the operands themselves, not the
+composite's contiguous copies of strided ones (no copy's bytes in HBM; changing such an operand in place before the
+backward raises autograd's "modified by an inplace operation", as it does on CPU for a contiguous one).
 """
 
 import collections
