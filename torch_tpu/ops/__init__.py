@@ -21,6 +21,7 @@ from . import (  # noqa: F401
     nested_strided,
     nn,
     pooling,
+    product_nodes,
     optim,
     pointwise,
     random,
