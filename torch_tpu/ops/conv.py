@@ -9,7 +9,8 @@ window it sees ("columns", one copy, into a per-thread workspace, laid out with 
 positions), and one GEMM per group over the whole batch multiplies them by the weights on the MXU. The
 geometry (output sizes, window strides) is cached per shape, since a model repeats its shapes every
 step. A stride-1 correlation takes its windows over a wider grid whose columns are long contiguous
-runs of the input (``_wide_windows``) and crops the extra positions. A pointwise convolution (1x1
+runs of the input (``_wide_windows``) and crops the extra positions; a strided one with a wide kernel (5x5 at
+stride 2) does the same over the input's stride phases (``_phase_correlation``). A pointwise convolution (1x1
 kernel, stride 1, unpadded) needs no im2col: one GEMM per image from the input's memory into the
 result's (``_per_position``). A transposed convolution is the adjoint: the matmul spreads each input
 position over its window, and col2im adds the windows back (a loop over kernel offsets, never over
@@ -221,8 +222,9 @@ def _convolve(x, weight, stride, padding, dilation, groups, out_spatial=None):
 def _phases_pay(kernel, stride, dilation):
     """Whether a strided 2-d correlation takes ``_phase_correlation``: where every phase serves at least two kernel
     offsets along each dim (a 5x5 or 7x7 kernel at stride 2). Measured at the zoo's sizes (process CPU time, one
-    BLAS thread): a 5x5 depthwise convolution at stride 2 145 -> 117 us, a 7x7 stem 911 -> 880 us; a 3x3 kernel at
-    stride 2, whose odd phase serves one offset, lost 5% (its wide grid adds half a column per output column)."""
+    BLAS thread): a 5x5 depthwise convolution at stride 2 133 -> 108 us (4x32x14x14), a 7x7 stem the same; a 3x3
+    kernel at stride 2, whose odd phase serves one offset, lost 5% (its wide grid adds half a column per output
+    column)."""
     return len(kernel) == 2 and dilation == (1, 1) and all(k >= 2 * s for k, s in zip(kernel, stride))
 
 
