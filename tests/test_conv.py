@@ -446,7 +446,8 @@ def test_strided_convolutions_with_wide_kernels_take_the_stride_phases(monkeypat
 def test_stride_phases_in_every_layout_and_dtype(layout, dtype, tolerance):
     """The phases' columns from channels-last and strided inputs, in float64 and bf16, with a bias: CPU's values,
     layout and dtype; infinities and NaN where CPU has them (the positions past each output row, which read the
-    phases' zero fill, are cropped)."""
+    phases' zero fill, are cropped). The weight gradient too, where the zeros at those positions would make NaN of
+    an inf: the exact windows then decide."""
     x, w, b = torch.randn(3, 8, 15, 13), torch.randn(8, 1, 5, 5), torch.randn(8)
     x[0, 1, 4, 4], x[1, 2, 0, 0], x[2, 3, 14, 12] = math.inf, -math.inf, math.nan
     x, w, b = (t.to(dtype) for t in (x, w, b))
@@ -456,3 +457,26 @@ def test_stride_phases_in_every_layout_and_dtype(layout, dtype, tolerance):
     actual = F.conv2d(x.to("tpu"), w.to("tpu"), b.to("tpu"), stride=2, padding=2, groups=8)
     assert actual.dtype == expected.dtype and actual.stride() == expected.stride()
     torch.testing.assert_close(actual.cpu(), expected, equal_nan=True, **tolerance)
+    if dtype is torch.bfloat16:  # CPU's channels-last bf16 weight gradient keeps finite some sums that read an inf
+        return  # (the strided windows gave NaN there before the phases too): float64 checks the phases' gradient
+    grad = torch.randn(expected.shape).to(dtype)
+    settings = ([8], [2, 2], [2, 2], [1, 1], False, [0, 0], 8, [False, True, False])
+    weight_gradients = [torch.ops.aten.convolution_backward(grad.to(device), x.to(device), w.to(device), *settings)[1]
+                        for device in ("cpu", "tpu")]
+    torch.testing.assert_close(weight_gradients[1].cpu(), weight_gradients[0], equal_nan=True, **tolerance)
+
+
+def test_weight_gradient_through_the_stride_phases_is_taken_where_finite(monkeypatch):
+    """A 5x5 weight gradient at stride 2 correlates the target with the phases' columns (CPU's values); where an
+    inf or NaN in the source makes it non-finite, the exact windows decide, as for the stride-1 wide grid."""
+    from torch_tpu.ops import conv
+    taken = []
+    columns = conv._phase_columns
+    monkeypatch.setattr(conv, "_phase_columns", lambda *args: taken.append(args) or columns(*args))
+    x, w, grad = torch.randn(2, 6, 13, 11), torch.randn(6, 3, 5, 5), torch.randn(2, 6, 7, 6)
+    settings = ([6], [2, 2], [2, 2], [1, 1], False, [0, 0], 2, [True, True, True])
+    results = [[t.cpu() for t in torch.ops.aten.convolution_backward(grad.to(device), x.to(device), w.to(device),
+                                                                    *settings)] for device in ("cpu", "tpu")]
+    for actual, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(actual, expected, **FLOAT32)
+    assert len(taken) == 1

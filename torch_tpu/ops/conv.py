@@ -239,21 +239,21 @@ def _phase_geometry(kernel, stride, out_spatial):
     return extent, served
 
 
-def _phase_correlation(source, weight, stride, out_spatial, groups):
-    """Strided 2-d cross-correlation of a padded ``source``, (N, C_out, *out_spatial): the source split into its
-    stride phases (phase (a, b) holds the rows a, a + s, ... and the columns b, b + s, ...), each of which every
-    kernel offset of that phase reads at stride 1, over a wide grid as ``_wide_windows`` does.
+def _phase_columns(source, kernel, stride, out_spatial):
+    """The im2col columns (C, *k, N, Q) of a strided 2-d correlation of a padded ``source`` over the wide grid of
+    its stride phases, and that grid (the output's rows, a phase's width): phase (a, b) holds the rows a, a + s,
+    ... and the columns b, b + s, ... of the source, and every kernel offset of that phase reads it at stride 1, as
+    ``_wide_windows`` reads a stride-1 source.
 
     The strided windows' im2col copy moves runs as short as the output's width (7 positions at stride 2), and a
     5x5 depthwise convolution spent three quarters of its time there; from the phases it moves runs of a whole
-    wide grid. The columns hold the same values in the same order (the same dot products), and the extra
-    positions past each output row are cropped."""
+    wide grid. The columns of the output's positions hold the strided windows' values in the same order; the
+    positions past each output row read the phases' zero fill."""
     batch, channels = source.shape[:2]
-    kernel = weight.shape[2:]
-    (rows, width), served = _phase_geometry(tuple(kernel), stride, tuple(out_spatial))
+    (rows, width), served = _phase_geometry(kernel, stride, out_spatial)
     phases = _workspace_array("phases", source.dtype, (len(served), batch, channels, rows, width))
-    grid = out_spatial[0] * width
-    columns = _workspace_array("columns", source.dtype, (channels, *kernel, batch, grid))
+    positions = out_spatial[0] * width
+    columns = _workspace_array("columns", source.dtype, (channels, *kernel, batch, positions))
     for phase, ((a, b), offsets) in zip(phases, served):
         part = source[:, :, a::stride[0], b::stride[1]][:, :, :rows, :width]
         phase[:, :, :part.shape[2], :part.shape[3]] = part
@@ -261,11 +261,18 @@ def _phase_correlation(source, weight, stride, out_spatial, groups):
         phase[:, :, :, part.shape[3]:] = 0
         step = phase.strides
         columns[:, a::stride[0], b::stride[1]] = np.ndarray(
-            (channels, *offsets, batch, grid), source.dtype, buffer=phase,
+            (channels, *offsets, batch, positions), source.dtype, buffer=phase,
             strides=(step[1], step[2], step[3], step[0], step[3]))
-    product = _product(_grouped_weight(weight, groups), columns.reshape(groups, -1, batch * grid))
-    product = product.reshape(weight.shape[0], batch, out_spatial[0], width).swapaxes(0, 1)
-    return product[..., :out_spatial[1]]
+    return columns, (out_spatial[0], width)
+
+
+def _phase_correlation(source, weight, stride, out_spatial, groups):
+    """Strided 2-d cross-correlation of a padded ``source`` through its stride phases (``_phase_columns``),
+    (N, C_out, *out_spatial): the extra positions past each output row are cropped."""
+    batch = source.shape[0]
+    columns, grid = _phase_columns(source, tuple(weight.shape[2:]), stride, tuple(out_spatial))
+    product = _product(_grouped_weight(weight, groups), columns.reshape(groups, -1, batch * math.prod(grid)))
+    return product.reshape(weight.shape[0], batch, *grid).swapaxes(0, 1)[..., :out_spatial[1]]
 
 
 def _convolve_transposed(x, weight, stride, padding, dilation, output_padding, groups, held_in=None):
@@ -454,10 +461,9 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
     out_spatial = target.shape[2:]
     if _pointwise(kernel, stride, padding) and source.shape[2:] == out_spatial:
         return _pointwise_weight_gradient(source, target, groups).reshape(target.shape[1], -1, *kernel)
-    if stride.count(1) == len(stride) and _spare_rows(kernel):  # else the wide grid is the output's own
-        windows, grid = _wide_windows(_wide_source(source, _symmetric_widths(tuple(padding))[2:], kernel), kernel,
-                                      dilation, out_spatial)
-        gradient = _correlated_gradient(windows, target, grid, kernel, groups)
+    wide = stride.count(1) == len(stride) and _spare_rows(kernel)  # else the wide grid is the output's own
+    if wide or _phases_pay(tuple(kernel), tuple(stride), tuple(dilation)):
+        gradient = _wide_gradient(source, target, kernel, stride, padding, dilation, groups)
         if np.isfinite(gradient).all():
             return gradient
         # An inf or NaN that a window reads makes its sums inf or NaN, here as on CPU, but the zeros at the
@@ -465,6 +471,18 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
         # (a sum that overflowed comes here too, and comes out the same).
     return _correlated_gradient(_windows(source, kernel, stride, padding, dilation, out_spatial), target,
                                 out_spatial, kernel, groups)
+
+
+def _wide_gradient(source, target, kernel, stride, padding, dilation, groups):
+    """The weight gradient over a wide grid: a stride-1 one's (``_wide_windows``), a strided one's over its stride
+    phases (``_phase_columns``); the target has zeros at the grid's extra positions."""
+    if stride.count(1) == len(stride):
+        windows, grid = _wide_windows(_wide_source(source, _symmetric_widths(tuple(padding))[2:], kernel), kernel,
+                                      dilation, target.shape[2:])
+        return _correlated_gradient(windows, target, grid, kernel, groups)
+    columns, grid = _phase_columns(padded(source, _symmetric_widths(tuple(padding))), tuple(kernel), tuple(stride),
+                                   tuple(target.shape[2:]))
+    return _gradient_of_columns(columns, target, grid, kernel, groups)
 
 
 def _pointwise_weight_gradient(source, target, groups):
@@ -478,9 +496,15 @@ def _pointwise_weight_gradient(source, target, groups):
 
 
 def _correlated_gradient(windows, target, grid, kernel, groups):
+    columns = _im2col(windows.transpose(_batch_inner(windows.ndim, len(kernel))),
+                      (groups, -1, target.shape[0] * math.prod(grid)))
+    return _gradient_of_columns(columns, target, grid, kernel, groups)
+
+
+def _gradient_of_columns(columns, target, grid, kernel, groups):
+    """The weight gradient from the source's im2col ``columns`` over ``grid``: ``target``'s rows times them."""
     rows = _gradient_rows(target, grid, groups)
-    columns = _im2col(windows.transpose(_batch_inner(windows.ndim, len(kernel))), (groups, -1, rows.shape[2]))
-    gradient = mxu_matmul(rows, columns.swapaxes(1, 2))
+    gradient = mxu_matmul(rows, columns.reshape(groups, -1, rows.shape[2]).swapaxes(1, 2))
     return gradient.reshape(target.shape[1], -1, *kernel)
 
 
