@@ -38,6 +38,10 @@ CASES = {
     # stride 1 with a kernel wider than 1 after the first spatial dim: the wide-grid im2col (and its spare row)
     "3d stride 1 dilated": (F.conv3d, (2, 2, 5, 6, 7), (3, 2, 2, 3, 2), dict(padding=(1, 0, 2), dilation=(1, 2, 1))),
     "2d depthwise 7x7": (F.conv2d, (2, 6, 7, 9), (6, 1, 7, 7), dict(groups=6, padding=3)),
+    # strided, every stride phase serving two kernel offsets or more: the phases' im2col (_phase_correlation)
+    "2d depthwise 5x5 stride 2": (F.conv2d, (2, 6, 11, 9), (6, 1, 5, 5), dict(stride=2, padding=2, groups=6)),
+    "2d 5x4 stride 2 grouped": (F.conv2d, (2, 4, 10, 9), (6, 2, 5, 4), dict(stride=2, padding=(2, 1), groups=2)),
+    "2d 7x7 stride (3, 2)": (F.conv2d, (1, 3, 13, 12), (4, 3, 7, 7), dict(stride=(3, 2), padding=3)),
     "transposed 1d": (F.conv_transpose1d, (2, 4, 5), (4, 3, 3), dict(stride=2, padding=1, output_padding=1)),
     "transposed 2d": (F.conv_transpose2d, (2, 4, 5, 6), (4, 3, 3, 2),
                       dict(stride=(2, 3), padding=(1, 0), output_padding=(1, 2), groups=2, dilation=(1, 2))),
@@ -417,3 +421,62 @@ def test_fold_refuses_what_cpu_refuses(call):
 def test_fold_of_an_empty_batch():
     columns = torch.ones(0, 12, 12)
     assert F.fold(columns.to("tpu"), (4, 5), 2).shape == F.fold(columns, (4, 5), 2).shape == (0, 3, 4, 5)
+
+
+PHASE_CASES = ["2d depthwise 5x5 stride 2", "2d 5x4 stride 2 grouped", "2d 7x7 stride (3, 2)"]
+
+
+@pytest.mark.parametrize("name", PHASE_CASES + ["2d unbatched", "2d strided asymmetric"])
+def test_strided_convolutions_with_wide_kernels_take_the_stride_phases(monkeypatch, name):
+    """A 2-d correlation whose every stride phase serves two kernel offsets or more per dim (5x5 at stride 2)
+    gathers its columns from the phases; a 3x3 kernel at stride 2 and a dilated one keep the strided windows.
+    CPU's values either way."""
+    from torch_tpu.ops import conv
+    f, input_shape, weight_shape, kwargs = CASES[name]
+    taken = []
+    phases = conv._phase_correlation
+    monkeypatch.setattr(conv, "_phase_correlation", lambda *args: taken.append(args) or phases(*args))
+    x, w = torch.randn(input_shape), torch.randn(weight_shape)
+    torch.testing.assert_close(f(x.to("tpu"), w.to("tpu"), **kwargs).cpu(), f(x, w, **kwargs), **FLOAT32)
+    assert len(taken) == (name in PHASE_CASES)
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, dict(atol=1e-12, rtol=1e-12)), (torch.bfloat16, BF16)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
+def test_stride_phases_in_every_layout_and_dtype(layout, dtype, tolerance):
+    """The phases' columns from channels-last and strided inputs, in float64 and bf16, with a bias: CPU's values,
+    layout and dtype; infinities and NaN where CPU has them (the positions past each output row, which read the
+    phases' zero fill, are cropped). The weight gradient too, where the zeros at those positions would make NaN of
+    an inf: the exact windows then decide."""
+    x, w, b = torch.randn(3, 8, 15, 13), torch.randn(8, 1, 5, 5), torch.randn(8)
+    x[0, 1, 4, 4], x[1, 2, 0, 0], x[2, 3, 14, 12] = math.inf, -math.inf, math.nan
+    x, w, b = (t.to(dtype) for t in (x, w, b))
+    x = {"contiguous": x, "channels_last": x.contiguous(memory_format=torch.channels_last),
+         "transposed": x.transpose(2, 3).contiguous().transpose(2, 3)}[layout]
+    expected = F.conv2d(x, w, b, stride=2, padding=2, groups=8)
+    actual = F.conv2d(x.to("tpu"), w.to("tpu"), b.to("tpu"), stride=2, padding=2, groups=8)
+    assert actual.dtype == expected.dtype and actual.stride() == expected.stride()
+    torch.testing.assert_close(actual.cpu(), expected, equal_nan=True, **tolerance)
+    if dtype is torch.bfloat16:  # CPU's channels-last bf16 weight gradient keeps finite some sums that read an inf
+        return  # (the strided windows gave NaN there before the phases too): float64 checks the phases' gradient
+    grad = torch.randn(expected.shape).to(dtype)
+    settings = ([8], [2, 2], [2, 2], [1, 1], False, [0, 0], 8, [False, True, False])
+    weight_gradients = [torch.ops.aten.convolution_backward(grad.to(device), x.to(device), w.to(device), *settings)[1]
+                        for device in ("cpu", "tpu")]
+    torch.testing.assert_close(weight_gradients[1].cpu(), weight_gradients[0], equal_nan=True, **tolerance)
+
+
+def test_weight_gradient_through_the_stride_phases_is_taken_where_finite(monkeypatch):
+    """A 5x5 weight gradient at stride 2 correlates the target with the phases' columns (CPU's values); where an
+    inf or NaN in the source makes it non-finite, the exact windows decide, as for the stride-1 wide grid."""
+    from torch_tpu.ops import conv
+    taken = []
+    columns = conv._phase_columns
+    monkeypatch.setattr(conv, "_phase_columns", lambda *args: taken.append(args) or columns(*args))
+    x, w, grad = torch.randn(2, 6, 13, 11), torch.randn(6, 3, 5, 5), torch.randn(2, 6, 7, 6)
+    settings = ([6], [2, 2], [2, 2], [1, 1], False, [0, 0], 2, [True, True, True])
+    results = [[t.cpu() for t in torch.ops.aten.convolution_backward(grad.to(device), x.to(device), w.to(device),
+                                                                    *settings)] for device in ("cpu", "tpu")]
+    for actual, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(actual, expected, **FLOAT32)
+    assert len(taken) == 1

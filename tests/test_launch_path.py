@@ -1444,3 +1444,27 @@ def test_batch_norm_errors_are_cpus(call):
 def test_batch_norm_of_an_empty_batch_is_cpus():
     """The composite's own path for an empty input (a copy scaled by the weight's first element), on either device."""
     check_grads(lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True), make(0, 3, 4), make(3), make(3))
+
+
+# --- zoo round fifteen c: the unstructured activations' direct path --------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_activation_backward_direct_path_views_its_new_result_once(monkeypatch, layout):
+    """ReLU6's backward on float32 operands of one layout: a contiguous result comes with its NumPy view
+    (``empty_with_array``), so only the two operands are viewed; a strided one is viewed after its allocation. The
+    values and strides are CPU's either way."""
+    x = torch.randn(4, 8, 5, 5, generator=torch.Generator().manual_seed(8)) * 4
+    grad = torch.randn(4, 8, 5, 5, generator=torch.Generator().manual_seed(9))
+    if layout == "channels_last":
+        x, grad = (t.contiguous(memory_format=torch.channels_last) for t in (x, grad))
+    on_tpu = x.to("tpu"), grad.to("tpu")
+    viewed = []
+    as_numpy = pointwise.as_numpy
+    monkeypatch.setattr(pointwise, "as_numpy", lambda t: viewed.append(t) or as_numpy(t))
+    actual = torch.ops.aten.hardtanh_backward(on_tpu[1], on_tpu[0], 0.0, 6.0)
+    monkeypatch.undo()
+    assert len(viewed) == (2 if layout == "contiguous" else 3)
+    expected = torch.ops.aten.hardtanh_backward(grad, x, 0.0, 6.0)
+    assert actual.stride() == expected.stride()
+    assert torch.equal(actual.cpu().view(torch.int32), expected.view(torch.int32))

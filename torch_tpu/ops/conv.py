@@ -9,7 +9,8 @@ window it sees ("columns", one copy, into a per-thread workspace, laid out with 
 positions), and one GEMM per group over the whole batch multiplies them by the weights on the MXU. The
 geometry (output sizes, window strides) is cached per shape, since a model repeats its shapes every
 step. A stride-1 correlation takes its windows over a wider grid whose columns are long contiguous
-runs of the input (``_wide_windows``) and crops the extra positions. A pointwise convolution (1x1
+runs of the input (``_wide_windows``) and crops the extra positions; a strided one with a wide kernel (5x5 at
+stride 2) does the same over the input's stride phases (``_phase_correlation``). A pointwise convolution (1x1
 kernel, stride 1, unpadded) needs no im2col: one GEMM per image from the input's memory into the
 result's (``_per_position``). A transposed convolution is the adjoint: the matmul spreads each input
 position over its window, and col2im adds the windows back (a loop over kernel offsets, never over
@@ -156,16 +157,19 @@ def _workspace(role, dtype, size):
     return space[:size]
 
 
+def _workspace_array(role, dtype, shape):
+    """An array of ``shape`` in the ``role`` workspace, or a fresh one past ``WORKSPACE_BYTES``."""
+    space = _workspace(role, dtype, math.prod(shape))
+    return np.empty(shape, dtype) if space is None else space.reshape(shape)
+
+
 def _im2col(windows, shape):
     """The im2col copy of ``windows`` as an array of ``shape``, in the columns' workspace."""
     try:
         return windows.reshape(shape, copy=False)  # already laid out as columns (a 1x1 kernel): no copy at all
     except ValueError:
         pass
-    space = _workspace("columns", windows.dtype, windows.size)
-    if space is None:
-        return windows.reshape(shape)
-    columns = space.reshape(windows.shape)
+    columns = _workspace_array("columns", windows.dtype, windows.shape)
     np.copyto(columns, windows)
     return columns.reshape(shape)
 
@@ -207,8 +211,68 @@ def _convolve(x, weight, stride, padding, dilation, groups, out_spatial=None):
     if stride.count(1) == len(stride):
         return _wide_correlation(_wide_source(x, _symmetric_widths(tuple(padding))[2:], kernel), weight, dilation,
                                  groups, out_spatial)
+    if _phases_pay(tuple(kernel), tuple(stride), tuple(dilation)):
+        return _phase_correlation(padded(x, _symmetric_widths(tuple(padding))), weight, tuple(stride), out_spatial,
+                                  groups)
     return _correlated_windows(_windows(x, kernel, stride, padding, dilation, out_spatial), out_spatial, weight,
                                groups)
+
+
+@functools.lru_cache(maxsize=1024)
+def _phases_pay(kernel, stride, dilation):
+    """Whether a strided 2-d correlation takes ``_phase_correlation``: where every phase serves at least two kernel
+    offsets along each dim (a 5x5 or 7x7 kernel at stride 2). Measured at the zoo's sizes (process CPU time, one
+    BLAS thread): a 5x5 depthwise convolution at stride 2 133 -> 108 us (4x32x14x14), a 7x7 stem the same; a 3x3
+    kernel at stride 2, whose odd phase serves one offset, lost 5% (its wide grid adds half a column per output
+    column)."""
+    return len(kernel) == 2 and dilation == (1, 1) and all(k >= 2 * s for k, s in zip(kernel, stride))
+
+
+@functools.lru_cache(maxsize=1024)
+def _phase_geometry(kernel, stride, out_spatial):
+    """The phases' extent (rows with the spare one, columns) and, per phase (a, b), the kernel offsets it serves
+    along each dim."""
+    (kh, kw), (sh, sw), (rows, width) = kernel, stride, out_spatial
+    extent = ((kh - 1) // sh + rows + 1, (kw - 1) // sw + width)
+    served = tuple(((a, b), (len(range(a, kh, sh)), len(range(b, kw, sw))))
+                   for a in range(min(sh, kh)) for b in range(min(sw, kw)))
+    return extent, served
+
+
+def _phase_columns(source, kernel, stride, out_spatial):
+    """The im2col columns (C, *k, N, Q) of a strided 2-d correlation of a padded ``source`` over the wide grid of
+    its stride phases, and that grid (the output's rows, a phase's width): phase (a, b) holds the rows a, a + s,
+    ... and the columns b, b + s, ... of the source, and every kernel offset of that phase reads it at stride 1, as
+    ``_wide_windows`` reads a stride-1 source.
+
+    The strided windows' im2col copy moves runs as short as the output's width (7 positions at stride 2), and a
+    5x5 depthwise convolution spent three quarters of its time there; from the phases it moves runs of a whole
+    wide grid. The columns of the output's positions hold the strided windows' values in the same order; the
+    positions past each output row read the phases' zero fill."""
+    batch, channels = source.shape[:2]
+    (rows, width), served = _phase_geometry(kernel, stride, out_spatial)
+    phases = _workspace_array("phases", source.dtype, (len(served), batch, channels, rows, width))
+    positions = out_spatial[0] * width
+    columns = _workspace_array("columns", source.dtype, (channels, *kernel, batch, positions))
+    for phase, ((a, b), offsets) in zip(phases, served):
+        part = source[:, :, a::stride[0], b::stride[1]][:, :, :rows, :width]
+        phase[:, :, :part.shape[2], :part.shape[3]] = part
+        phase[:, :, part.shape[2]:] = 0  # read only by the cropped positions, but read: no stale NaN or inf
+        phase[:, :, :, part.shape[3]:] = 0
+        step = phase.strides
+        columns[:, a::stride[0], b::stride[1]] = np.ndarray(
+            (channels, *offsets, batch, positions), source.dtype, buffer=phase,
+            strides=(step[1], step[2], step[3], step[0], step[3]))
+    return columns, (out_spatial[0], width)
+
+
+def _phase_correlation(source, weight, stride, out_spatial, groups):
+    """Strided 2-d cross-correlation of a padded ``source`` through its stride phases (``_phase_columns``),
+    (N, C_out, *out_spatial): the extra positions past each output row are cropped."""
+    batch = source.shape[0]
+    columns, grid = _phase_columns(source, tuple(weight.shape[2:]), stride, tuple(out_spatial))
+    product = _product(_grouped_weight(weight, groups), columns.reshape(groups, -1, batch * math.prod(grid)))
+    return product.reshape(weight.shape[0], batch, *grid).swapaxes(0, 1)[..., :out_spatial[1]]
 
 
 def _convolve_transposed(x, weight, stride, padding, dilation, output_padding, groups, held_in=None):
@@ -397,10 +461,9 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
     out_spatial = target.shape[2:]
     if _pointwise(kernel, stride, padding) and source.shape[2:] == out_spatial:
         return _pointwise_weight_gradient(source, target, groups).reshape(target.shape[1], -1, *kernel)
-    if stride.count(1) == len(stride) and _spare_rows(kernel):  # else the wide grid is the output's own
-        windows, grid = _wide_windows(_wide_source(source, _symmetric_widths(tuple(padding))[2:], kernel), kernel,
-                                      dilation, out_spatial)
-        gradient = _correlated_gradient(windows, target, grid, kernel, groups)
+    wide = stride.count(1) == len(stride) and _spare_rows(kernel)  # else the wide grid is the output's own
+    if wide or _phases_pay(tuple(kernel), tuple(stride), tuple(dilation)):
+        gradient = _wide_gradient(source, target, kernel, stride, padding, dilation, groups)
         if np.isfinite(gradient).all():
             return gradient
         # An inf or NaN that a window reads makes its sums inf or NaN, here as on CPU, but the zeros at the
@@ -408,6 +471,18 @@ def _weight_gradient(source, target, kernel, stride, padding, dilation, groups):
         # (a sum that overflowed comes here too, and comes out the same).
     return _correlated_gradient(_windows(source, kernel, stride, padding, dilation, out_spatial), target,
                                 out_spatial, kernel, groups)
+
+
+def _wide_gradient(source, target, kernel, stride, padding, dilation, groups):
+    """The weight gradient over a wide grid: a stride-1 one's (``_wide_windows``), a strided one's over its stride
+    phases (``_phase_columns``); the target has zeros at the grid's extra positions."""
+    if stride.count(1) == len(stride):
+        windows, grid = _wide_windows(_wide_source(source, _symmetric_widths(tuple(padding))[2:], kernel), kernel,
+                                      dilation, target.shape[2:])
+        return _correlated_gradient(windows, target, grid, kernel, groups)
+    columns, grid = _phase_columns(padded(source, _symmetric_widths(tuple(padding))), tuple(kernel), tuple(stride),
+                                   tuple(target.shape[2:]))
+    return _gradient_of_columns(columns, target, grid, kernel, groups)
 
 
 def _pointwise_weight_gradient(source, target, groups):
@@ -421,9 +496,15 @@ def _pointwise_weight_gradient(source, target, groups):
 
 
 def _correlated_gradient(windows, target, grid, kernel, groups):
+    columns = _im2col(windows.transpose(_batch_inner(windows.ndim, len(kernel))),
+                      (groups, -1, target.shape[0] * math.prod(grid)))
+    return _gradient_of_columns(columns, target, grid, kernel, groups)
+
+
+def _gradient_of_columns(columns, target, grid, kernel, groups):
+    """The weight gradient from the source's im2col ``columns`` over ``grid``: ``target``'s rows times them."""
     rows = _gradient_rows(target, grid, groups)
-    columns = _im2col(windows.transpose(_batch_inner(windows.ndim, len(kernel))), (groups, -1, rows.shape[2]))
-    gradient = mxu_matmul(rows, columns.swapaxes(1, 2))
+    gradient = mxu_matmul(rows, columns.reshape(groups, -1, rows.shape[2]).swapaxes(1, 2))
     return gradient.reshape(target.shape[1], -1, *kernel)
 
 

@@ -674,9 +674,10 @@ def transformed(input, x, weight, bias, mean, invstd, compute, vectorised):
         weight, bias = (None if p is None else operand(p).astype(compute, copy=False) for p in (weight, bias))
         return write(out, shifted(scaled(centered, per_channel(weight, ndim)), per_channel(bias, ndim)))
     # in the opmath type: float32 for 16-bit inputs, float64 for float64 (CPU's kernel computes in double there)
-    alpha = scaled(per_channel(invstd.astype(np.promote_types(x.dtype, np.float32)), ndim),
+    alpha = scaled(per_channel(invstd.astype(np.promote_types(x.dtype, np.float32), copy=False), ndim),
                    per_channel(optional_operand(weight), ndim))
-    beta = shifted(-per_channel(mean.astype(alpha.dtype), ndim) * alpha, per_channel(optional_operand(bias), ndim))
+    beta = shifted(-per_channel(mean.astype(alpha.dtype, copy=False), ndim) * alpha,
+                   per_channel(optional_operand(bias), ndim))
 
     def affine(destination):
         if input.dtype in SIXTEEN_BIT:  # CPU's compiled float lanes fuse x * alpha + beta (one rounding before the

@@ -95,6 +95,16 @@ def new_output(operands, dtype):
     return empty(broadcast_shape(*operands), dtype, iterator_layout(operands))
 
 
+def new_with_array(operands, dtype, layout):
+    """``new_output`` laid out by ``layout`` (a rule as ``iterator_layout``), and its NumPy view: a contiguous one
+    comes with its allocation (``empty_with_array``), a strided one is viewed after."""
+    shape, strides = broadcast_shape(*operands), layout(operands)
+    if strides is None:
+        return empty_with_array(shape, dtype)
+    out = empty(shape, dtype, strides)
+    return out, as_numpy(out)
+
+
 def like_self_layout(operands):
     """The strides of ``empty_like(self)`` (ops whose CPU kernel allocates that way before computing into it, as
     hardtanh does): ``self``'s own strides even where TensorIterator's fast setup would have chosen contiguous
@@ -756,9 +766,9 @@ def unstructured(function, *overloads, operands=1, rule=keep, result=None, check
         if direct and native_floats_alike(promoted):
             dtype = promoted[0].dtype
             check_arguments(dtype, args, kwargs)  # no scalar to round: float32 and float64 are not reduced floats
-            out = empty(broadcast_shape(*promoted), dtype, layout(promoted))
+            out, target = new_with_array(promoted, dtype, layout)
             with vpu.ignoring_fp_errors():
-                function(*map(as_numpy, promoted), *args[operands:], **kwargs, out=as_numpy(out))
+                function(*map(as_numpy, promoted), *args[operands:], **kwargs, out=target)
             return out
         result_dtype = result(common_dtype(*promoted)) if result_like is None else promoted[result_like].dtype
         return run(empty(broadcast_shape(*promoted), result_dtype, layout(promoted)), args, kwargs)
