@@ -1558,8 +1558,8 @@ def gelu_of_cdf(x, cdf, out):
 
 def gaussian_cdf(x):
     """0.5 * (1 + erf(x / sqrt(2))), in a fresh array (also for a 0-d ``x``, whose products NumPy makes scalars)."""
-    scaled = np.multiply(x, scalar(math.sqrt(0.5), x), out=np.empty(np.shape(x), x.dtype))  # contiguous: erf's fast path
-    result = vpu_special.erf(scaled, out=np.empty_like(scaled))  # apart from its input: erf copies none of it
+    result = np.multiply(x, scalar(math.sqrt(0.5), x), out=np.empty(np.shape(x), x.dtype))  # contiguous: erf's fast path
+    vpu_special.erf(result, out=result)
     result += 1
     result *= scalar(0.5, x)
     return result
