@@ -125,7 +125,8 @@ def measure(name, make_model, make_batch, number, clock):
 # kinds of program lines (docs/compile.md, "Reading a program dump"), first match wins
 LINE_KINDS = (("new output tensor", r"new_output\("), ("planned buffer", r"new_buffer\("), ("buffer released", r"^del b\d"),
               ("other release", r"^del "), ("input as NumPy", r"as_numpy\(|input_view\(|\.numpy\(\)"), ("input taken", r"= args\["),
-              ("buffer's NumPy view", r"ndarray\(\*slot"), ("view", r"= view_\d+\("), ("gather", r"concatenate\("),
+              ("buffer's NumPy view", r"ndarray\(\*slot"),
+              ("view", r"= (at_home_\d+ if B\d+ is block_\d+ else )?view_\d+\("), ("gather", r"concatenate\("),
               ("copy back", r"^copyto\(v_"), ("alias", r"^[vt]_\w+ = (v_\w+|host_\d+|scratch_\d+|constant_\d+)$"),
               ("matmul", r"k_\w*(addmm|mm|bmm)_"), ("GELU", r"gelu"), ("layer norm", r"layer_norm"),
               ("attention", r"attention"), ("fused multiply-add (addcmul, lerp)", r"addcmul|lerp"))

@@ -172,3 +172,24 @@ def test_compiled_step_frees_what_eager_frees_and_peaks_no_higher():
     compiled_peak, compiled_kept = step_peak(model)
     assert compiled_kept == eager_kept == 0
     assert compiled_peak <= eager_peak
+
+
+def test_compiled_sum_follows_the_thread_count_set_after_compiling():
+    """A compiled sum looks up its plan when the program is made (``reduction.direct_summer``); past GRAIN_SIZE
+    CPU's bits follow the thread count (here 8 threads split 38 columns into runs shorter than a vector), so a
+    count set afterwards (dynamo guards it: the program is made anew) gets CPU's bits for that count, not the ones
+    of the count the plan was made for."""
+    x = torch.randn(1100, 38, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = (x * torch.logspace(-3, 3, 38, dtype=torch.float64)).float()
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        summed = torch.compile(lambda t: t.sum(0), backend="tpu")
+        one_thread = x.sum(0)
+        assert torch.equal(summed(x.to("tpu")).cpu(), one_thread)
+        torch.set_num_threads(8)
+        eight_threads = x.sum(0)
+        assert not torch.equal(eight_threads, one_thread)  # the data tells the two apart
+        assert torch.equal(summed(x.to("tpu")).cpu(), eight_threads)
+    finally:
+        torch.set_num_threads(previous)

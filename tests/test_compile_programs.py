@@ -2,6 +2,8 @@
 (docs/compile.md, "Compiled user programs"). Each compiled run is compared with tpu eager from the same state;
 a call eager refuses is refused compiled, with the same error."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -395,3 +397,24 @@ def test_a_compiled_floating_power_computes_as_eagers_pow():
         compiled = torch.compile(lambda e: torch.pow(base, e), backend="tpu")
         assert_identical(compiled(exponents.to("tpu")), torch.pow(base, exponents.to("tpu")))
         assert_identical(compiled(exponents.to("tpu")), torch.pow(base, exponents))
+
+
+def test_a_view_of_a_planned_buffer_is_made_once_and_built_while_the_buffer_is_away_from_home():
+    """A view of a planned buffer's value (the transposed ReLU the second matmul reads) is made when the program is
+    generated, as the buffer's own array is; a call whose buffer could not take its home block (an earlier buffer
+    still holds it) builds the view over the block it got."""
+    from torch_tpu.compile import runtime
+
+    def f(x, w):
+        return (x @ w).relu().t() @ x
+
+    compiled = torch.compile(f, backend="tpu")
+    x, w = torch.randn(16, 32).to("tpu"), torch.randn(32, 32).to("tpu")
+    for _ in range(2):
+        assert_identical(compiled(x, w), f(x, w))
+    program = torch_tpu.compile.last_programs()[-1]
+    assert re.search(r"= at_home_\d+ if B\d+ is block_\d+ else view_\d+\(v_relu\)", program.source)
+    homes = [value for name, value in program.program.generated.namespace.items() if name.startswith("home_")]
+    held = [runtime.new_buffer(home.block.nbytes, home) for home in homes]  # the home blocks taken
+    assert_identical(compiled(x, w), f(x, w))
+    del held

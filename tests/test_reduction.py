@@ -765,12 +765,13 @@ def test_sums_past_grain_size_split_across_threads_as_cpus(dtype, reduce, shape,
     ((8, 32, 64), (0,)), ((256, 192), (0,)), ((1, 64), (0,)),  # GPT-style gradients; one row: nothing added
     ((17, 32), (0,)), ((4101, 32), (0,)), ((65536 + 16 * 17 + 3, 32), (0,)),  # the cascade's levels, rows held
     ((64, 5), (0,)), ((64, 40), (0,)), ((100, 7), (0,)), ((3, 17, 37), (0, 1)),  # columns past whole runs
+    ((5, 8 * 4 * 17 + 8 * 2 + 7), (-1,)), ((3, 8 * 4 * 4101 + 8 * 3 + 5), (1,)),  # rows: levels, vectors, elements
 ])
 @pytest.mark.parametrize("threads", [1, 2, 8])
 def test_sums_over_leading_or_trailing_dims_of_contiguous_inputs_take_the_direct_path_with_cpus_bits(
         dtype, shape, dims, threads):
     """The commonest sums (a contiguous input over its leading dims, as every bias gradient; over its trailing
-    dims) skip the general replay's bookkeeping (``sum_kernel._direct_sum``), and past 32768 elements the threads'
+    dims) skip the general replay's bookkeeping (``sum_kernel.direct_sum``), and past 32768 elements the threads'
     split of the columns is dropped where it adds every column as one loop would (``_split_changes_sums``): still
     CPU's bits, on any number of threads."""
     previous = torch.get_num_threads()

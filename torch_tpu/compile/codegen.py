@@ -173,6 +173,7 @@ def generate(graph, name):
     w.namespace["chip"] = chip = _C.current_chip()
     w.namespace["input_views"] = [None] * sum(n.op == "placeholder" for n in nodes)  # runtime.input_view's
     buffer_homes = {}  # planned buffer index -> its BufferHome's block, and the block's name in the program
+    at_home_of = {}  # node -> its buffer's index and its array when the buffer is in its home (views included)
     w.line("clock = chip.clock; recording = clock.recorders  # a profiler wants each kernel's record")
     kernels, eager_nodes = [], []
     last_of_group = {group.nodes[-1]: group for group in fusion.groups}
@@ -219,7 +220,8 @@ def generate(graph, name):
         # it sums in eager's order, and the views after it stay views
         byte_strides = None if strides is None else tuple(s * value.element_size() for s in strides)
         block, block_name = buffer_homes[index]
-        at_home = w.constant("at_home_", np.ndarray(shape, dtype, block, 0, byte_strides))
+        at_home_of[node] = index, np.ndarray(shape, dtype, block, 0, byte_strides)
+        at_home = w.constant("at_home_", at_home_of[node][1])
         slot = w.constant("slot_", (shape, dtype))
         built = f"ndarray(*{slot}, B{index})" if strides is None else \
             f"ndarray(*{slot}, B{index}, 0, {w.constant('strides_', byte_strides)})"
@@ -230,7 +232,13 @@ def generate(graph, name):
         if node in made_by:  # made by its kernel, into the home emitted there
             return
         if home == "view":
-            w.line(f"{v} = {w.constant('view_', low.run)}(v_{low.inputs[0].name})")
+            viewed = f"{w.constant('view_', low.run)}(v_{low.inputs[0].name})"
+            if low.inputs[0] in at_home_of:  # a view of a buffer in its home: made once, as the buffer's array is
+                index, base = at_home_of[low.inputs[0]]
+                at_home_of[node] = index, low.run(base)
+                viewed = f"{w.constant('at_home_', at_home_of[node][1])} if B{index} is {buffer_homes[index][1]} " \
+                         f"else {viewed}"
+            w.line(f"{v} = {viewed}")
             if node.target is operator.getitem and low.inputs[0] in tensor_of:
                 w.line(f"t_{node.name} = t_{low.inputs[0].name}[{node.args[1]}]")
                 tensor_of[node] = f"t_{node.name}"

@@ -633,8 +633,11 @@ def lower_sum(node):
     axes, keepdim = _reduced_axes(node), _keepdim(node)
     dtype = value_of(node).dtype
     name = DTYPE_NAME[dtype]
+    direct = reduction.direct_summer(value_of(node.args[0]), axes, dtype)
 
     def run(out, array):
+        if direct is not None and direct(out, array):
+            return
         layout = reduction.iterated_layout(array, None if array.dtype == out.dtype else out.itemsize)
         reduction.sum_into(out, _accumuland(array, dtype), axes, keepdim, name, layout)
 

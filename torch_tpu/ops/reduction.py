@@ -217,6 +217,27 @@ def _summed_directly(target, array, axes, layout):
         return sum_kernel.summed_directly(target, array, tuple(axes), tuple(strides), torch.get_num_threads())
 
 
+def direct_summer(source, axes, dtype):
+    """``_summed_directly`` for a compiled program's sum of the tensor ``source`` over ``axes`` into ``dtype``, its
+    checks and plan done once when the program is made (dynamo guards the thread count: a new count compiles anew):
+    a function of (out, array) returning whether it summed, or None where the direct path never takes the sum."""
+    if source.dtype != dtype or numpy_dtype(dtype) not in _CASCADE_DTYPES or not axes or not source.numel():
+        return None
+    plan = sum_kernel.direct_plan(tuple(source.shape), tuple(axes), tuple(source.stride()), source.element_size(),
+                                  torch.get_num_threads())
+    if plan is None:
+        return None
+
+    def summed_into(out, array):
+        if not (out.flags.c_contiguous and array.flags.c_contiguous):  # as planned unless a view came otherwise
+            return False
+        with _C.vpu.ignoring_fp_errors():
+            sum_kernel.direct_sum(array, plan, out.reshape(-1))
+        return True
+
+    return summed_into
+
+
 _NARROW_FLOATS = frozenset({"bfloat16", "float16"})
 
 

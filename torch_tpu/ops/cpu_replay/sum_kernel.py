@@ -46,7 +46,7 @@ def cascade_sum(array, axes, strides, storage_itemsize, threads, output_dtype=No
                  storage_itemsize, array.itemsize, output_strides)
     store_dtype = None if widened and not plan.one_run else output_dtype
     if plan.direct is not None and store_dtype is None and array.flags.c_contiguous:
-        return _direct_sum(array, plan)
+        return direct_sum(array, plan)
     values = array.transpose(plan.order).reshape(plan.sizes[::-1])
     if plan.elementwise:  # nothing reduced but single elements: each output is +0.0 plus its element
         totals = values.reshape(-1) + array.dtype.type(0)
@@ -71,18 +71,24 @@ _Plan = collections.namedtuple("_Plan", "order sizes loop_strides reduced elemen
 
 
 def summed_directly(out, array, axes, strides, threads):
-    """Whether ``_direct_sum`` took ``cascade_sum`` of ``array`` (summed in its own dtype, ``strides`` its element
+    """Whether ``direct_sum`` took ``cascade_sum`` of ``array`` (summed in its own dtype, ``strides`` its element
     strides) and wrote it into ``out``, a C-contiguous array of its result's size and dtype (kept dims of size one
-    or not): the hot path of eager and compiled sums, with no bookkeeping past the plan's lookup."""
-    plan = _plan(array.shape, axes, strides, threads if array.size >= GRAIN_SIZE else 1, array.itemsize,
-                 array.itemsize)
-    if plan.direct is None or not array.flags.c_contiguous:
+    or not): the hot path of eager sums, with no bookkeeping past the plan's lookup (compiled sums bind the plan:
+    ``reduction.direct_summer``)."""
+    plan = direct_plan(array.shape, axes, strides, array.itemsize, threads)
+    if plan is None or not array.flags.c_contiguous:
         return False
-    _direct_sum(array, plan, out.reshape(-1))
+    direct_sum(array, plan, out.reshape(-1))
     return True
 
 
-def _direct_sum(array, plan, out=None):
+def direct_plan(shape, axes, strides, itemsize, threads):
+    """The plan of a sum in the input's own dtype where ``direct_sum`` takes it, else None."""
+    plan = _plan(shape, axes, strides, threads if math.prod(shape) >= GRAIN_SIZE else 1, itemsize, itemsize)
+    return None if plan.direct is None else plan
+
+
+def direct_sum(array, plan, out=None):
     """The commonest layouts without the general path's bookkeeping, the same bits: a contiguous input summed on
     one thread over its leading dims (a bias's gradient: the columns in runs through the cascade, the rest one
     ``row_sum`` each) or over its trailing dims (each row a contiguous run: ``inner_sums``); into ``out`` (flat)
@@ -98,7 +104,7 @@ def _direct_sum(array, plan, out=None):
 
 
 def _direct_kind(shape, axes, strides, sizes, loop_strides, storage_itemsize, itemsize):
-    """Which of ``_direct_sum``'s layouts a single-threaded plan is, with the 2-d shape its input is read as and
+    """Which of ``direct_sum``'s layouts a single-threaded plan is, with the 2-d shape its input is read as and
     the columns summed in runs (``_columns_in_runs``); None for others."""
     contiguous = all(step == math.prod(shape[axis + 1:]) for axis, step in enumerate(strides) if shape[axis] != 1)
     if len(sizes) != 2 or not contiguous:
@@ -116,7 +122,7 @@ def _plan(shape, axes, strides, threads, storage_itemsize, itemsize, out_strides
     """What cascade_sum does for a layout, worked out once (a model sums the same layouts every step): the
     transpose to the iteration's dims outermost first, the coalesced sizes (at least two), the element strides of
     the loop's two dims, which later dims are reduced, the thread split (None: none, or one of a dim past the
-    loop's two; -1: two passes), how the kept dims go back to the output's order, and whether ``_direct_sum`` can
+    loop's two; -1: two passes), how the kept dims go back to the output's order, and whether ``direct_sum`` can
     take it (for elements of ``storage_itemsize`` bytes summed in ``itemsize``)."""
     order, sizes, output_strides, input_strides = _C.cpu_loops.reduction_iteration(shape, axes, strides, out_strides)
     kept_axes = [axis for axis in reversed(order) if axis not in axes]  # outermost first
