@@ -1,16 +1,23 @@
 """``torch.tpu.set_sync_debug_mode``: warn about, or refuse, the operations that make the host wait for the chip.
 
 As torch.cuda's does, it covers the operations whose result the host must read before it can go on: a tensor's value
-(``.item()``, ``_local_scalar_dense``), a blocking copy to the host (``.cpu()``, ``.tolist()``, printing) and
-``nonzero`` (its output's size is the data's). Emulated kernels finish as they are launched, so nothing waits here,
-but on a TPU each of these stalls the pipeline: the mode finds them before the program runs on one.
+(``.item()``, ``_local_scalar_dense``), a blocking copy to the host (``.cpu()``, ``.tolist()``, printing) and the
+operations whose output's size is the data's, which the host must know to allocate it: ``nonzero``, indexing by a
+boolean mask (``x[mask]``), ``masked_select``, ``unique`` and its variants, ``repeat_interleave`` of a repeats tensor
+without ``output_size``. Emulated kernels finish as they are launched, so nothing waits here, but on a TPU each of
+these stalls the pipeline: the mode finds them before the program runs on one.
 """
 
 import os
 import sys
 import warnings
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+import torch
+
+# torch's own Python wrappers (torch.unique, torch.functional's helpers) sit between the user's line and the kernel;
+# the separator keeps torchvision's frames (a name that starts like torch's) the user's
+_LIBRARY_DIRS = tuple(os.path.join(os.path.dirname(os.path.abspath(module_file)), "")
+                      for module_file in (__file__, torch.__file__))
 
 MODE_NUMBERS = {"default": 0, "warn": 1, "error": 2}
 mode = 0
@@ -46,9 +53,9 @@ def host_waits():
 
 
 def _levels_to_the_caller():
-    """The warning's stack level of the first frame outside torch_tpu: the user's line that waits (the kernel
-    sits under one or more of torch_tpu's launch frames)."""
+    """The warning's stack level of the first frame outside torch_tpu and torch: the user's line that waits (the
+    kernel sits under one or more of torch_tpu's launch frames, and maybe under torch's Python wrapper)."""
     frame, level = sys._getframe(2), 2
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
         frame, level = frame.f_back, level + 1
     return level

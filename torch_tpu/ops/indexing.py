@@ -156,9 +156,17 @@ def _check_mask_shape(self, mask, first_dim, position):
             )
 
 
+def _wait_if_masked(indices):
+    """A boolean mask among the indices makes the result's size the count of its True elements, which the host must
+    read (CUDA's index kernel calls nonzero for it)."""
+    if any(index is not None and index.dtype in (torch.bool, torch.uint8) for index in indices):
+        _sync_debug.host_waits()
+
+
 @register("index.Tensor")
 def index(self, indices):
     key = advanced_index_key(self, indices)  # first: it checks where the indices are
+    _wait_if_masked(indices)
     return store(operand(self, "index")[key], self.dtype)
 
 
@@ -171,6 +179,7 @@ def _same_dtype_as_self(self_dtype, out_dtype):
 @register("index.Tensor_out")
 def index_out(self, indices, *, out):
     key = advanced_index_key(self, indices)
+    _wait_if_masked(indices)
     return store(operand(self, "index")[key], self.dtype, out=out,
                  distinct=(self, *(i for i in indices if i is not None)), dtype_rule=_same_dtype_as_self)
 
@@ -579,6 +588,7 @@ def masked_fill_tensor_(self, mask, value):
 def _masked_selection(self, mask):
     _check_bool_mask(mask, "masked_select")
     shape = broadcast_shapes(mask.shape, self.shape)
+    _sync_debug.host_waits()  # the result's size is the mask's count
     return np.broadcast_to(operand(self, "masked_select"), shape)[np.broadcast_to(operand(mask, "masked_select"), shape)]
 
 
