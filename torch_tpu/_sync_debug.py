@@ -8,16 +8,7 @@ without ``output_size``. Emulated kernels finish as they are launched, so nothin
 these stalls the pipeline: the mode finds them before the program runs on one.
 """
 
-import os
-import sys
-import warnings
-
-import torch
-
-# torch's own Python wrappers (torch.unique, torch.functional's helpers) sit between the user's line and the kernel;
-# the separator keeps torchvision's frames (a name that starts like torch's) the user's
-_LIBRARY_DIRS = tuple(os.path.join(os.path.dirname(os.path.abspath(module_file)), "")
-                      for module_file in (__file__, torch.__file__))
+from ._errors import warn_at_the_users_line
 
 MODE_NUMBERS = {"default": 0, "warn": 1, "error": 2}
 mode = 0
@@ -49,13 +40,4 @@ def host_waits():
     if mode >= 2:
         raise RuntimeError(MESSAGE)
     if mode == 1:
-        warnings.warn(MESSAGE, UserWarning, stacklevel=_levels_to_the_caller())
-
-
-def _levels_to_the_caller():
-    """The warning's stack level of the first frame outside torch_tpu and torch: the user's line that waits (the
-    kernel sits under one or more of torch_tpu's launch frames, and maybe under torch's Python wrapper)."""
-    frame, level = sys._getframe(2), 2
-    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
-        frame, level = frame.f_back, level + 1
-    return level
+        warn_at_the_users_line(MESSAGE)

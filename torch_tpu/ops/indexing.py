@@ -7,14 +7,14 @@ dtype: like the CPU loops it rounds after every addition, so duplicate indices
 accumulate exactly as on CPU.
 """
 
-import warnings
 
 import numpy as np
 import torch
 from torch._prims_common import alert_not_deterministic
 
 from .. import _C, _sync_debug
-from .._errors import cpp_type_name, indices_on_another_device, not_implemented_for, scalar_type_name
+from .._errors import (cpp_type_name, indices_on_another_device, not_implemented_for, scalar_type_name,
+                       warn_at_the_users_line)
 from ._common import (SIXTEEN_BIT, as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, empty_with_array,
                       exact_dtype, operand, opmath_operand, prepare_out, store, wrap_dim, write)
 from ._overlap import check_no_internal_overlap, check_no_overlap, check_no_partial_overlap, warn_if_expanded
@@ -93,7 +93,7 @@ def advanced_index_key(self, indices):
             continue
         if index.dtype in (torch.bool, torch.uint8):
             if index.dtype is torch.uint8:
-                warnings.warn(UINT8_INDEX_DEPRECATED, UserWarning, stacklevel=2)
+                warn_at_the_users_line(UINT8_INDEX_DEPRECATED)
             mask = _index_tensor_as_numpy(index).astype(bool, copy=False)
             _check_mask_shape(self, mask, dim, len(key))
             key.append(mask)
