@@ -286,6 +286,28 @@ def test_a_mask_that_would_broadcast_the_output_raises_torchs_error():
     check_same_error(lambda device: F.scaled_dot_product_attention(*(q.to(device),) * 3, attn_mask=mask.to(device)))
 
 
+@pytest.mark.parametrize("shape", [(2, 19, 8), (2, 3, 19, 8)])
+def test_forward_mode_ad_takes_the_math_path_and_gives_cpus_tangents(shape):
+    # the fused kernel has no forward derivative: torch.func.jvp/jacfwd raised NotImplementedError on tpu where CPU's
+    # math path (3-D inputs) differentiates
+    q, tangent = torch.randn(shape), torch.randn(shape)
+    k, v = torch.randn(shape), torch.randn(shape)
+
+    def attend(device):
+        return lambda query: F.scaled_dot_product_attention(query, k.to(device), v.to(device), is_causal=True)
+
+    with sdpa_kernel(SDPBackend.MATH):
+        expected = torch.func.jvp(attend("cpu"), (q,), (tangent,))
+    with launches() as counted:
+        actual = torch.func.jvp(attend("tpu"), (q.to("tpu"),), (tangent.to("tpu"),))
+    assert FORWARD not in counted or counted[FORWARD].count == 0
+    for tpu_result, cpu_result in zip(actual, expected):
+        torch.testing.assert_close(tpu_result.cpu(), cpu_result)
+    with launches() as counted:  # no tangent: the fused kernel again
+        F.scaled_dot_product_attention(*to_tpu((q, k, v)), is_causal=True)
+    assert counted[FORWARD].count == 1
+
+
 def test_inference_mode_takes_the_fused_kernel():
     q, k, v, _ = _inputs((2, 3, 19, 8), (2, 3, 23, 8), (2, 3, 23, 8), torch.float32)
     expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -162,6 +162,41 @@ def test_sync_debug_mode_does_not_take_a_kernels_own_scalar_read_for_a_wait():
     assert torch.equal(quantized.cpu(), torch.fake_quantize_per_tensor_affine(x.cpu(), 0.1, 0, 0, 255))
 
 
+def test_sync_debug_mode_catches_every_op_whose_output_size_is_the_data_as_cuda_does():
+    # the host must read the data to size these results: CUDA's synchronizing ops of test_cuda's sync-debug test
+    x = torch.arange(4.0, device="tpu")
+    mask, repeats = torch.tensor([True, False, True, True], device="tpu"), torch.tensor([2, 1, 0, 3], device="tpu")
+    size_is_the_data = {
+        "x[mask]": lambda: x[mask], "x[mask, None]": lambda: x[mask, None],
+        "index.Tensor_out": lambda: torch.ops.aten.index.Tensor_out(x, [mask], out=torch.empty(0, device="tpu")),
+        "masked_select": lambda: torch.masked_select(x, mask), "unique": lambda: torch.unique(x, return_counts=True),
+        "unique(dim)": lambda: torch.unique(x, dim=0), "unique_consecutive": lambda: torch.unique_consecutive(x),
+        "repeat_interleave(repeats)": lambda: torch.repeat_interleave(repeats),
+        "repeat_interleave(x, repeats)": lambda: torch.repeat_interleave(x, repeats),
+    }
+    size_is_known = (lambda: x[repeats], lambda: torch.repeat_interleave(x, repeats, output_size=6),
+                     lambda: torch.repeat_interleave(x, 2), lambda: x.masked_fill(mask, 1.0),
+                     lambda: x.clone().__setitem__(mask, 1.0))
+    try:
+        torch.tpu.set_sync_debug_mode("warn")
+        for name, waits in size_is_the_data.items():
+            with pytest.warns(UserWarning, match="called a synchronizing TPU operation") as caught:
+                waits()
+            assert caught[0].filename == __file__, name  # the user's line, past torch's own Python wrappers
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for no_wait in size_is_known:
+                no_wait()
+        torch.tpu.set_sync_debug_mode("error")
+        for name, waits in size_is_the_data.items():
+            with pytest.raises(RuntimeError, match="called a synchronizing TPU operation"):
+                waits()
+    finally:
+        torch.tpu.set_sync_debug_mode("default")
+    assert torch.equal(x[mask].cpu(), x.cpu()[mask.cpu()])
+    assert torch.equal(torch.repeat_interleave(repeats).cpu(), torch.repeat_interleave(repeats.cpu()))
+
+
 @pytest.mark.parametrize("mode, message", [(5, "invalid value of debug_mode, expected one of 0,1,2"),
                                            (-1, "invalid value of debug_mode, expected one of 0,1,2"),
                                            (1.0, "invalid argument to set_sync_debug_mode"),

@@ -408,6 +408,24 @@ def test_uint8_masks_warn_that_they_are_deprecated_once_per_index():
     assert torch.equal(tpu.cpu(), cpu)
 
 
+def test_uint8_mask_warnings_come_from_the_users_line_so_each_line_warns_as_on_cpu():
+    # C++'s TORCH_WARN names the Python line that indexed; Python's default filter then shows each line's warning once.
+    # From one line inside torch_tpu, the default filter showed the second line's warning no more
+    def index_on_two_lines(device):
+        x = torch.arange(5.0, device=device)
+        mask = torch.tensor([1, 0, 1, 1, 0], dtype=torch.uint8, device=device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            first = x[mask]
+            second = x[mask]
+        return [(warning.filename, warning.lineno - caught[0].lineno) for warning in caught], first, second
+
+    cpu_places, *cpu_values = index_on_two_lines("cpu")
+    tpu_places, *tpu_values = index_on_two_lines("tpu")
+    assert tpu_places == cpu_places == [(__file__, 0), (__file__, 1)]
+    assert all(torch.equal(t.cpu(), c) for t, c in zip(tpu_values, cpu_values))
+
+
 @pytest.mark.parametrize("case", [
     lambda d: torch.rand(1, device=d).expand(6).put_(torch.tensor([2, 1, 0], device=d), torch.rand(3, device=d)),
     lambda d: (lambda y: y.put_(torch.tensor(0, device=d), y[0]))(torch.rand(6, device=d)),

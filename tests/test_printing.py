@@ -73,3 +73,27 @@ def test_printing_does_not_compute_on_the_device(monkeypatch):
 def test_storage_repr():
     text = repr(torch.zeros(2, dtype=torch.uint8, device="tpu").untyped_storage())
     assert "device=tpu:0" in text and "of size 2" in text
+
+
+def test_tensors_inside_vmap_and_grad_print_as_on_cpu_and_later_transforms_still_work():
+    # repr of functorch's wrappers (BatchedTensor, GradTrackingTensor) is PyTorch's text around the wrapped tensor's;
+    # it raised for tpu tensors, and torch's printing keeps functorch disabled while the failed frame is alive
+    from torch.func import grad, vmap
+
+    def printed(device):
+        texts = []
+
+        def loss(t):
+            texts.append(repr(t))
+            return t.sin().sum()
+
+        x = torch.arange(6.0, device=device).view(2, 3)
+        vmap(grad(loss))(x)
+        vmap(vmap(lambda t: texts.append(repr(t)) or t))(x)
+        return texts
+
+    tpu_texts, cpu_texts = printed("tpu"), printed("cpu")
+    assert all(text.count("device='tpu:0'") == 1 for text in tpu_texts)
+    assert [text.replace(", device='tpu:0'", "") for text in tpu_texts] == cpu_texts
+    x = torch.randn(3, device="tpu")
+    assert torch.equal(vmap(torch.sin)(x).cpu(), torch.sin(x).cpu())

@@ -1,5 +1,7 @@
 """Error messages shared by kernels, worded like PyTorch's own so users recognise them."""
 
+import os
+import sys
 import threading
 import typing
 import warnings
@@ -102,6 +104,22 @@ def _cpu_standin(value):
     if isinstance(value, torch.Tensor) and value.device.type == "tpu":
         return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype)
     return value
+
+
+# torch's own Python wrappers (torch.unique, torch.functional's helpers) sit between the user's line and a kernel;
+# the separator keeps torchvision's frames (a name that starts like torch's) the user's
+_LIBRARY_DIRS = tuple(os.path.join(os.path.dirname(os.path.abspath(module_file)), "")
+                      for module_file in (__file__, torch.__file__))
+
+
+def warn_at_the_users_line(message, category=UserWarning):
+    """``warnings.warn`` from the first frame outside torch_tpu and torch, where C++'s TORCH_WARN puts a CPU kernel's
+    warning (the Python line that called the op): under Python's default filter each of the user's lines warns
+    once, not the whole program once for torch_tpu's line."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY_DIRS):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 _WARNED_ONCE = set()

@@ -11,6 +11,7 @@ their place, as a meta tensor does: ``tensor(..., size=(2, 3), device='tpu:0')``
 
 import functools
 
+import torch
 import torch._tensor_str as tensor_str
 
 _format_values = tensor_str._tensor_str
@@ -29,8 +30,12 @@ tensor_str._tensor_str = _format_values_on_cpu
 
 @functools.wraps(_format_tensor)
 def _format_tensor_without_values(inp, *, tensor_contents=None):
-    # A sparse tensor has no storage of its own: PyTorch prints its indices and values, tensors of their own.
-    if tensor_contents is None and inp.device.type == "tpu" and inp.numel() and not inp.is_sparse:
+    # A sparse tensor has no storage of its own: PyTorch prints its indices and values, tensors of their own. Nor
+    # has a functorch wrapper (vmap's BatchedTensor, grad's GradTrackingTensor): PyTorch prints the tensor it wraps,
+    # through this function again. Raising here would be worse than a wrong print: torch's ``_str`` holds a
+    # ``_DisableFuncTorch`` guard in a frame that a kept traceback keeps alive, which turns every later transform off.
+    if tensor_contents is None and inp.device.type == "tpu" and inp.numel() and not inp.is_sparse \
+            and not torch._C._functorch.is_functorch_wrapped_tensor(inp):
         from ._abstract import has_values  # a tpu tensor exists: the kernels are loaded
 
         if not has_values(inp):

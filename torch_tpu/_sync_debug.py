@@ -1,16 +1,14 @@
 """``torch.tpu.set_sync_debug_mode``: warn about, or refuse, the operations that make the host wait for the chip.
 
 As torch.cuda's does, it covers the operations whose result the host must read before it can go on: a tensor's value
-(``.item()``, ``_local_scalar_dense``), a blocking copy to the host (``.cpu()``, ``.tolist()``, printing) and
-``nonzero`` (its output's size is the data's). Emulated kernels finish as they are launched, so nothing waits here,
-but on a TPU each of these stalls the pipeline: the mode finds them before the program runs on one.
+(``.item()``, ``_local_scalar_dense``), a blocking copy to the host (``.cpu()``, ``.tolist()``, printing) and the
+operations whose output's size is the data's, which the host must know to allocate it: ``nonzero``, indexing by a
+boolean mask (``x[mask]``), ``masked_select``, ``unique`` and its variants, ``repeat_interleave`` of a repeats tensor
+without ``output_size``. Emulated kernels finish as they are launched, so nothing waits here, but on a TPU each of
+these stalls the pipeline: the mode finds them before the program runs on one.
 """
 
-import os
-import sys
-import warnings
-
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+from ._errors import warn_at_the_users_line
 
 MODE_NUMBERS = {"default": 0, "warn": 1, "error": 2}
 mode = 0
@@ -42,13 +40,4 @@ def host_waits():
     if mode >= 2:
         raise RuntimeError(MESSAGE)
     if mode == 1:
-        warnings.warn(MESSAGE, UserWarning, stacklevel=_levels_to_the_caller())
-
-
-def _levels_to_the_caller():
-    """The warning's stack level of the first frame outside torch_tpu: the user's line that waits (the kernel
-    sits under one or more of torch_tpu's launch frames)."""
-    frame, level = sys._getframe(2), 2
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
-        frame, level = frame.f_back, level + 1
-    return level
+        warn_at_the_users_line(MESSAGE)

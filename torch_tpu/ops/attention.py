@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 import torch
+from torch.autograd import forward_ad
 from torch.nn.attention import SDPBackend
 
 from .. import _C, _cost
@@ -407,6 +408,8 @@ def fits_fused(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
     tensors = (query, key, value) if attn_mask is None else (query, key, value, attn_mask)
     if any(t.device.type != "tpu" or t.is_nested or t.layout != torch.strided for t in tensors):
         return False
+    if _carries_a_tangent(tensors):
+        return False
     if query.dtype not in FUSED_DTYPES or key.dtype != query.dtype or value.dtype != query.dtype:
         return False
     if not 2 <= query.dim() <= 4 or key.dim() != query.dim() or value.dim() != query.dim():
@@ -421,6 +424,12 @@ def fits_fused(query, key, value, attn_mask, dropout_p, is_causal, enable_gqa):
         if not _broadcasts_to_scores(attn_mask, query, key):
             return False  # a mask with more (or larger) batch dimensions: the math path raises PyTorch's error
     return 0 <= dropout_p < 1
+
+
+def _carries_a_tangent(tensors):
+    """Forward-mode AD (``torch.func.jvp``, ``jacfwd``, dual tensors): the fused kernel, like PyTorch's own fused
+    kernels, has no forward derivative, and the math path's ops all have one."""
+    return forward_ad._current_level >= 0 and any(forward_ad.unpack_dual(t).tangent is not None for t in tensors)
 
 
 def _broadcasts_to_scores(mask, query, key):

@@ -7,14 +7,14 @@ dtype: like the CPU loops it rounds after every addition, so duplicate indices
 accumulate exactly as on CPU.
 """
 
-import warnings
 
 import numpy as np
 import torch
 from torch._prims_common import alert_not_deterministic
 
 from .. import _C, _sync_debug
-from .._errors import cpp_type_name, indices_on_another_device, not_implemented_for, scalar_type_name
+from .._errors import (cpp_type_name, indices_on_another_device, not_implemented_for, scalar_type_name,
+                       warn_at_the_users_line)
 from ._common import (SIXTEEN_BIT, as_numpy, broadcast_shapes, check_scalar_fits, converted, empty, empty_with_array,
                       exact_dtype, operand, opmath_operand, prepare_out, store, wrap_dim, write)
 from ._overlap import check_no_internal_overlap, check_no_overlap, check_no_partial_overlap, warn_if_expanded
@@ -93,7 +93,7 @@ def advanced_index_key(self, indices):
             continue
         if index.dtype in (torch.bool, torch.uint8):
             if index.dtype is torch.uint8:
-                warnings.warn(UINT8_INDEX_DEPRECATED, UserWarning, stacklevel=2)
+                warn_at_the_users_line(UINT8_INDEX_DEPRECATED)
             mask = _index_tensor_as_numpy(index).astype(bool, copy=False)
             _check_mask_shape(self, mask, dim, len(key))
             key.append(mask)
@@ -156,9 +156,17 @@ def _check_mask_shape(self, mask, first_dim, position):
             )
 
 
+def _wait_if_masked(indices):
+    """A boolean mask among the indices makes the result's size the count of its True elements, which the host must
+    read (CUDA's index kernel calls nonzero for it)."""
+    if any(index is not None and index.dtype in (torch.bool, torch.uint8) for index in indices):
+        _sync_debug.host_waits()
+
+
 @register("index.Tensor")
 def index(self, indices):
     key = advanced_index_key(self, indices)  # first: it checks where the indices are
+    _wait_if_masked(indices)
     return store(operand(self, "index")[key], self.dtype)
 
 
@@ -171,6 +179,7 @@ def _same_dtype_as_self(self_dtype, out_dtype):
 @register("index.Tensor_out")
 def index_out(self, indices, *, out):
     key = advanced_index_key(self, indices)
+    _wait_if_masked(indices)
     return store(operand(self, "index")[key], self.dtype, out=out,
                  distinct=(self, *(i for i in indices if i is not None)), dtype_rule=_same_dtype_as_self)
 
@@ -601,6 +610,7 @@ def masked_fill_tensor_(self, mask, value):
 def _masked_selection(self, mask):
     _check_bool_mask(mask, "masked_select")
     shape = broadcast_shapes(mask.shape, self.shape)
+    _sync_debug.host_waits()  # the result's size is the mask's count
     return np.broadcast_to(operand(self, "masked_select"), shape)[np.broadcast_to(operand(mask, "masked_select"), shape)]
 
 

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from .. import _tensor
+from .. import _sync_debug, _tensor
 from .._cost import charged
 from .._errors import cpp_type_name, not_implemented_for, raise_cpu_error, scalar_type_name, warn_once
 from .cpu_replay import libstdcxx_order
@@ -579,6 +579,7 @@ def _check_orderable(self, kernel_name):
 
 def _flat_unique(self, sort, return_inverse, return_counts):
     _check_orderable(self, "unique")
+    _sync_debug.host_waits()  # the result's size is the count of distinct values
     flat = _sortable(self, "unique").reshape(-1)
     order = np.argsort(flat, kind="stable") if sort else np.arange(flat.size)
     picked, inverse, counts = _unique_rows(flat, order)
@@ -610,6 +611,7 @@ def _dim_unique(self, dim, sort, return_inverse, return_counts):
     _check_orderable(self, "unique_dim")
     dim = wrap_dim(dim, self.dim())
     _check_unique_dim_of_empty(self, dim)
+    _sync_debug.host_waits()  # the result's size is the count of distinct slices
     source = np.moveaxis(operand(self, "unique_dim"), dim, 0)
     rows = np.moveaxis(_sortable(self, "unique_dim"), dim, 0).reshape(source.shape[0], math.prod(source.shape[1:]))
     order = np.lexsort(rows.T[::-1]) if sort and rows.shape[1] else np.arange(rows.shape[0])
@@ -648,6 +650,8 @@ def repeat_interleave(repeats, *, output_size=None):
         raise RuntimeError("repeats has to be Long or Int tensor")
     if (counts < 0).any():
         raise RuntimeError("repeats can not be negative")
+    if output_size is None:  # the result's size is the repeats' sum (CUDA's kernel reads it back too)
+        _sync_debug.host_waits()
     result = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
     if output_size is not None and result.size != output_size:
         raise RuntimeError("allocated size does not match required size")

@@ -131,7 +131,9 @@ def is_tf32_supported():
 
 def set_sync_debug_mode(debug_mode):
     """Warn about (``"warn"``, 1) or refuse (``"error"``, 2) the operations that make the host wait for the chip:
-    ``.item()``, blocking copies to the host and ``nonzero``; ``"default"`` (0) says nothing. See _sync_debug.py."""
+    ``.item()``, blocking copies to the host and the ops whose output's size is the data's (``nonzero``, ``x[mask]``,
+    ``masked_select``, ``unique``, ``repeat_interleave`` without ``output_size``); ``"default"`` (0) says nothing.
+    See _sync_debug.py."""
     init()
     _sync_debug.set_sync_debug_mode(debug_mode)
 
