@@ -249,6 +249,16 @@ def check_a_world_made_again_works(rank):
         assert tensor.cpu().tolist() == [world * world * (world + 1) / 2] * 3, tensor
         dist.destroy_process_group()
         dist.init_process_group(timeout=datetime.timedelta(seconds=20))
+    # a world whose default group is gloo's: its "ici" groups are named as the destroyed world's were (review16a)
+    dist.barrier(group=dist.new_group(list(range(world))))
+    dist.destroy_process_group()
+    gc.collect()  # the destroyed world's groups gone: a connection to them fails rather than meets a stale group
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=20))
+    tensor = torch.full((3,), float(rank + 1), device="tpu")
+    dist.all_reduce(tensor, group=dist.new_group(list(range(world)), backend="ici"))
+    assert tensor.cpu().tolist() == [world * (world + 1) / 2] * 3, tensor
+    dist.destroy_process_group()
+    dist.init_process_group(timeout=datetime.timedelta(seconds=20))
 
 
 scenario = sys.argv[1] if len(sys.argv) > 1 else "all"

@@ -22,6 +22,7 @@ import contextlib
 import datetime
 import itertools
 import os
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -683,7 +684,8 @@ def world_torus(world_size):
     return ici.torus_for(world_size, _C.current_chip().spec)
 
 
-_worlds_joined = 0  # init_process_group calls in this process (see _store_of_this_world)
+_worlds_joined = 0  # worlds (init_process_group calls) this process made "ici" groups in (see _store_of_this_world)
+_other_default = None  # a weak reference to the last world's default group when that was not "ici" (gloo)
 
 
 def _store_of_this_world(common_options):
@@ -691,11 +693,16 @@ def _store_of_this_world(common_options):
 
     torchrun's store outlives ``destroy_process_group()``, and c10d names groups by a count it restarts there, so the
     groups of a world made again had the names of the destroyed ones: gloo's rendezvous read the addresses those had
-    published and timed out connecting to them (as gloo's own groups on CPU tensors do). ``init_process_group`` is
-    collective, so every rank counts the worlds alike."""
-    global _worlds_joined
+    published and timed out connecting to them (as gloo's own groups on CPU tensors do). A world is counted when
+    "ici" makes its default group (``init_process_group`` is collective, so every rank counts alike), or, in a world
+    whose default group is another backend's, at the first "ici" group a rank makes there."""
+    global _worlds_joined, _other_default
     if not common_options.global_ranks_in_group:  # the default group: a new world
         _worlds_joined += 1
+    else:
+        default = dist.distributed_c10d._world.default_pg
+        if "ici" not in str(dist.get_backend(default)) and (_other_default is None or _other_default() is not default):
+            _worlds_joined, _other_default = _worlds_joined + 1, weakref.ref(default)
     return dist.PrefixStore(f"ici-world-{_worlds_joined}/", common_options.store)
 
 
