@@ -262,6 +262,24 @@ def test_batch_norm_eval_needs_running_stats():
         torch.ops.aten.native_batch_norm(torch.randn(4, 3).to("tpu"), None, None, None, None, False, 0.1, 1e-5)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_refuses_running_statistics_cpu_refuses(training):
+    """One running statistic without the other, or one that is not 1-d, is refused with CPU's error class and
+    wording (a (C, 1) running mean broadcast, or was read as its C values, review16a)."""
+    for running_mean, running_var in ((None, torch.ones(3)), (torch.ones(3, 1), torch.ones(3)),
+                                      (torch.ones(1, 3), torch.ones(3))):
+        results = []
+        for device in ("cpu", "tpu"):
+            mean = None if running_mean is None else running_mean.to(device)
+            try:
+                torch.native_batch_norm(torch.ones(2, 3, device=device), None, None, mean, running_var.to(device),
+                                        training, 0.1, 1e-5)
+                results.append(None)
+            except (RuntimeError, ValueError) as error:
+                results.append((type(error), str(error)))
+        assert results[0] is not None and results[1] == results[0]
+
+
 def test_batch_norm_2d_module_running_stats_train_then_eval():
     cpu_module = nn.BatchNorm2d(3, momentum=0.2)
     tpu_module = nn.BatchNorm2d(3, momentum=0.2).to("tpu")

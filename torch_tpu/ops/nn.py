@@ -700,10 +700,21 @@ def evaluation_invstd(running_var, eps, compute, vectorised):
     return np.asarray(1, compute) / root
 
 
+def check_running_statistics(running_mean, running_var):
+    """CPU's batch norm kernel's checks of the running statistics: both or neither, each read as 1-d (its
+    TensorAccessor; a (C, 1) running mean would otherwise broadcast, or be read as C values)."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    for statistic in (running_mean, running_var):
+        if statistic is not None and statistic.dim() != 1:
+            raise RuntimeError(f"TensorAccessor expected 1 dims but tensor has {statistic.dim()}")
+
+
 @register("native_batch_norm")
 @cpu_dtypes(torch.ops.aten.native_batch_norm.default, floating_not_fp8)
 def native_batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps):
     """Normalized with the statistics as CPU stores and reads them back."""
+    check_running_statistics(running_mean, running_var)
     check_parameter_dtypes(input, weight, bias, running_mean, running_var)
     x = opmath_operand(input)
     stats_dtype = statistics_dtype(input, weight, bias, running_mean, running_var)
