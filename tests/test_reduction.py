@@ -1100,3 +1100,33 @@ def test_c_power_is_exact_in_small_arrays_and_vectorised_past_them():
         assert whole.dtype == dtype
         assert np.mean(whole != element_by_element) < 0.005
         np.testing.assert_array_max_ulp(whole, element_by_element, maxulp=1)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_single_output_sums_and_vars_of_a_view_that_does_not_coalesce_are_cpus(threads):
+    """A view whose dims do not coalesce makes CPU's 2-d loop calls a few elements each; sum's two-pass reduction
+    and var's std_var_all_cpu add each call's sum in order. tpu summed the whole calls between a range's ends
+    together (it took a Python step per call: seconds for a million elements, review16b); the bits stay CPU's."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for dtype in (torch.float64, torch.float32):
+            x = torch.randn(20001, 3, 3, generator=torch.Generator().manual_seed(0), dtype=dtype) * 3 + 1
+            source, on_tpu = x[:, :2, :2], x.to("tpu")[:, :2, :2]
+            for reduce in (torch.sum, torch.mean, torch.var, torch.std):
+                assert torch.equal(reduce(on_tpu).cpu(), reduce(source)), (dtype, reduce)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("reduce", [torch.var, torch.std])
+def test_var_into_an_out_expanded_over_its_kept_dim_runs_welford_as_cpu(reduce):
+    """CPU picks std_var_all_cpu only for a result of one element; an out= expanded over a kept dim widens the
+    reduction, not the result, so CPU runs Welford there (tpu took the one-output kernel's order: an ulp off)."""
+    for seed in range(20):
+        x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        expected = torch.zeros((), dtype=torch.float64).expand(4, 1)
+        got = torch.zeros((), dtype=torch.float64, device="tpu").expand(4, 1)
+        reduce(x, 1, keepdim=True, out=expected)
+        reduce(x.to("tpu"), 1, keepdim=True, out=got)
+        assert torch.equal(got.cpu(), expected), seed

@@ -570,9 +570,10 @@ def argmin_out(self, dim=None, keepdim=False, *, out):
 # ---------------------------------------------------------------------------------------------
 
 
-def _moments(op_name, self, axes, correction, keepdim):
+def _moments(op_name, self, axes, correction, keepdim, outputs):
     """(variance, mean) as CPU forms them, with Bessel-style ``correction`` (default 1): in double for a real input
-    (rounded on store), in the real dtype for a complex one."""
+    (rounded on store), in the real dtype for a complex one. ``outputs``: the element count of CPU's result, which
+    picks its kernel (an out= expanded over a kept dim widens ``axes``, not the result)."""
     if not _floating(self.dtype):
         raise RuntimeError("std and var only support floating point and complex dtypes")
     count = math.prod(self.shape[axis] for axis in axes)
@@ -584,27 +585,26 @@ def _moments(op_name, self, axes, correction, keepdim):
             stacklevel=3,
         )
     if self.dtype.is_complex:
-        return _complex_moments(op_name, self, axes, correction, keepdim)
-    return _real_moments(op_name, self, axes, correction, keepdim)
+        return _complex_moments(op_name, self, axes, correction, keepdim, outputs)
+    return _real_moments(op_name, self, axes, correction, keepdim, outputs)
 
 
-def _complex_moments(op_name, self, axes, correction, keepdim):
+def _complex_moments(op_name, self, axes, correction, keepdim, outputs):
     """CPU's complex var: the real part's var plus the imaginary part's, each the real kernel's of that strided
     part rounded to the real dtype (std: the sum's square root, in it); the mean: the parts' means."""
     real = numpy_dtype(self.dtype.to_real())
     (real_variance, real_mean), (imaginary_variance, imaginary_mean) = (
-        _real_moments(op_name, part, axes, correction, keepdim) for part in (torch.real(self), torch.imag(self)))
+        _real_moments(op_name, part, axes, correction, keepdim, outputs) for part in (torch.real(self), torch.imag(self)))
     mean = np.empty(real_mean.shape, np.complex128)
     mean.real, mean.imag = real_mean.astype(real), imaginary_mean.astype(real)
     return real_variance.astype(real) + imaginary_variance.astype(real), mean
 
 
-def _real_moments(op_name, self, axes, correction, keepdim):
+def _real_moments(op_name, self, axes, correction, keepdim, outputs):
     array = _accumuland(self)
     count = math.prod(self.shape[axis] for axis in axes)
     with np.errstate(invalid="ignore", divide="ignore"):
-        if op_name in ("var", "std") and array.dtype in _ALL_DEVIATIONS_DTYPES and \
-                math.prod(size for axis, size in enumerate(self.shape) if axis not in axes) == 1:
+        if op_name in ("var", "std") and array.dtype in _ALL_DEVIATIONS_DTYPES and outputs == 1:
             mean, m2 = _all_deviations(self, array)
         elif array.dtype != np.float64 or count >= _C.cpu_loops.GRAIN_SIZE:
             mean, m2 = _two_pass_in_double(array.astype(np.float64, copy=False), axes)
@@ -661,12 +661,47 @@ def _all_deviations(self, array):
     chunk = _C.cpu_loops.parallel_chunk_length(len(squares), torch.get_num_threads())
     total = 0.0
     for begin in range(0, len(squares), chunk):
-        thread_sum, offset = 0.0, begin
-        for length in _C.cpu_loops.serial_calls(sizes, begin, min(begin + chunk, len(squares))):
-            thread_sum += float(np.add.accumulate(squares[offset:offset + length])[-1]) if length else 0.0
-            offset += length
-        total += thread_sum
+        total += _calls_summed(squares, sizes, begin, min(begin + chunk, len(squares)))
     return mean, np.full(mean.shape, total)
+
+
+def _calls_summed(squares, sizes, begin, end):
+    """``squares[begin:end]`` summed as one thread's chunk of std_var_all_cpu: each 2-d loop call's elements added
+    in order, the calls' sums added in order from +0.0 (``cpu_loops.serial_calls``). Between its first and last
+    whole span of the two innermost dims every call is one such span, so those are summed together, in fewer
+    Python steps than calls (a non-coalescing view makes a call per few elements)."""
+    if len(sizes) <= 1:
+        return _in_order(squares[begin:end])
+    span = sizes[0] * sizes[1]
+    first = min(end, -(-begin // span) * span)
+    last = first + (end - first) // span * span
+    spans = _rows_in_order(squares[first:last].reshape(-1, span))
+    return _in_order(np.concatenate([_call_sums(squares, sizes, begin, first), spans,
+                                     _call_sums(squares, sizes, last, end)]))
+
+
+def _call_sums(squares, sizes, begin, end):
+    """The sum of each 2-d loop call over ``squares[begin:end]``, in order (a span's head or tail: at most two)."""
+    sums, offset = [], begin
+    for length in _C.cpu_loops.serial_calls(sizes, begin, end):
+        sums.append(_in_order(squares[offset:offset + length]))
+        offset += length
+    return sums
+
+
+def _in_order(values):
+    """The sum of a 1-d array added element by element from +0.0 (0.0 for none)."""
+    return float(np.add.accumulate(values)[-1]) + 0.0 if len(values) else 0.0
+
+
+def _rows_in_order(rows):
+    """Each row of a 2-d array summed element by element: column by column or row by row, whichever is fewer."""
+    if rows.shape[1] <= len(rows):
+        total = np.zeros(len(rows))
+        for column in rows.T:
+            total += column
+        return total
+    return np.array([_in_order(row) for row in rows])
 
 
 def _moment_kernel(op_name, wants_std, wants_mean):
@@ -679,7 +714,7 @@ def _moment_kernel(op_name, wants_std, wants_mean):
         shape = _reduced_shape(self.shape, axes, keepdim)
         expanded = expanded_kept_axes(as_numpy(out), self.shape, axes, keepdim) if out is not None and tuple(
             out.shape) == shape else ()
-        variance, mean = _moments(op_name, self, tuple(sorted(axes + expanded)), correction, True)
+        variance, mean = _moments(op_name, self, tuple(sorted(axes + expanded)), correction, True, math.prod(shape))
         variance = np.broadcast_to(_into_expanded(variance, self.shape, axes, expanded, keepdim), shape)
         spread = store(np.asarray(np.sqrt(variance) if wants_std else variance), self.dtype.to_real(), out=out,
                        may_alias=True)

@@ -199,9 +199,24 @@ def _two_pass(blocks, sizes, strides, storage_itemsize, threads, store_dtype):
 def _range_sum(blocks, sizes, strides, storage_itemsize, begin, end, store_dtype):
     """The sum of the iteration's elements ``begin`` to ``end`` (dim 0 fastest) as serial_for_each's 2-d calls take
     them (a partial row alone, then as many whole rows as the current column span holds), each call's column sums
-    added in order from +0.0 (rounded to ``store_dtype`` first, if given)."""
-    total = (store_dtype or blocks.dtype).type(0)
-    offset = begin
+    added in order from +0.0 (rounded to ``store_dtype`` first, if given). Between the range's first and last whole
+    block every call is one whole block: those are summed together (a view that does not coalesce makes a call
+    per few elements, and a Python step per call grew with the tensor)."""
+    span = sizes[0] * sizes[1]
+    first = min(end, -(-begin // span) * span)
+    last = first + (end - first) // span * span
+    partials = [*_call_partials(blocks, sizes, strides, storage_itemsize, begin, first),
+                _column_sums(blocks[first // span:last // span], strides, storage_itemsize).reshape(-1),
+                *_call_partials(blocks, sizes, strides, storage_itemsize, last, end)]
+    dtype = store_dtype or blocks.dtype
+    added = np.concatenate([np.zeros(1, dtype)] + [partial.astype(dtype) for partial in partials])
+    return np.add.accumulate(added, dtype=dtype)[-1]
+
+
+def _call_partials(blocks, sizes, strides, storage_itemsize, begin, end):
+    """The column sums of each 2-d call over the iteration's elements ``begin`` to ``end`` within one block (a
+    range's head or tail: at most two calls)."""
+    partials, offset = [], begin
     while offset < end:
         position = np.unravel_index(offset, sizes[::-1])[::-1]  # dim 0 first
         first, column = int(position[0]), int(position[1])
@@ -209,10 +224,9 @@ def _range_sum(blocks, sizes, strides, storage_itemsize, begin, end, store_dtype
         width = min(sizes[1] - column, (end - offset) // sizes[0]) if length == sizes[0] else 1
         block = int(np.ravel_multi_index(position[:1:-1], sizes[:1:-1])) if len(sizes) > 2 else 0
         call = blocks[block:block + 1, first:first + length, column:column + width]
-        for partial in _column_sums(call, strides, storage_itemsize)[0].astype(total.dtype):
-            total = total + partial
+        partials.append(_column_sums(call, strides, storage_itemsize)[0])
         offset += length * width
-    return total
+    return partials
 
 
 def _column_sums(blocks, strides, storage_itemsize):
