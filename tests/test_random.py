@@ -523,6 +523,23 @@ def test_dirichlet_rsample_gradient_is_atens_approximation(dtype):
     assert_close_to(tpu, torch._dirichlet_grad(point, concentration, total), 5e-5 if dtype == torch.float32 else 1e-11)
 
 
+def test_dirichlet_gradient_whose_digammas_cancel_takes_cs_logarithm():
+    """With one concentration tiny against the other, ATen's rational branch is ``digamma(total) -
+    digamma(alpha)``: NumPy's SIMD float32 log, an ulp off C's logf, moved it by 4% (review16b). And digamma's
+    poles are read before the argument is stepped up: a concentration of 0 gives ATen's infinities."""
+    point, alpha, total = (torch.tensor([value]) for value in (0.8978355526924133, 23.438779830932617,
+                                                                23.438913345336914))
+    on_tpu = torch._dirichlet_grad(point.to("tpu"), alpha.to("tpu"), total.to("tpu"))
+    assert torch.equal(on_tpu.cpu(), torch._dirichlet_grad(point, alpha, total))
+    for dtype in (torch.float32, torch.float64):
+        point, alpha, total = (torch.tensor([value], dtype=dtype) for value in (0.7, 0.0, 1.0))
+        on_tpu = torch._dirichlet_grad(point.to("tpu"), alpha.to("tpu"), total.to("tpu"))
+        assert torch.equal(on_tpu.cpu(), torch._dirichlet_grad(point, alpha, total))
+        zero, half = torch.zeros(1, dtype=dtype), torch.full((1,), 0.5, dtype=dtype)
+        assert torch.equal(torch._standard_gamma_grad(zero.to("tpu"), half.to("tpu")).cpu(),
+                           torch._standard_gamma_grad(zero, half))
+
+
 def test_rsample_gradients_at_the_edges_match_cpu():
     """A sample of 0 (the series' NaN read as 0), tiny and huge concentrations."""
     alpha = torch.tensor([0.05, 0.3, 1.0, 2.5, 7.0, 30.0, 200.0, 1.0])

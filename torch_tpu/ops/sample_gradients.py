@@ -31,6 +31,7 @@ def _digamma(x, dtype):
     x = np.asarray(x, dtype=dtype)
     pi = x.dtype.type(np.pi)
     negative = x < 0
+    poles = (x == 0) | (negative & (x == np.floor(x)))
     reflection = np.where(negative, -pi / np.tan(pi * x), 0).astype(np.float64)
     x = np.where(negative, 1 - x, x)
     result = np.zeros(x.shape)
@@ -42,9 +43,11 @@ def _digamma(x, dtype):
     for coefficient in _DIGAMMA_ASYMPTOTIC[1:]:
         series = series * z + coefficient
     tail = np.where(x < _as_float(1.0e17), z * series, 0.0)
-    asymptotic = result + np.log(x) - 0.5 / x - tail + reflection
+    # C's logf/log, correctly rounded in practice (NumPy's SIMD float32 log is not: an ulp here moves a Dirichlet
+    # gradient whose terms cancel by percents)
+    logarithm = np.log(x.astype(np.float64)).astype(x.dtype)
+    asymptotic = result + logarithm - 0.5 / x - tail + reflection
     value = np.where(x == 10, result + _PSI_10 + reflection, asymptotic)
-    poles = (x == 0) | (negative & (x == np.floor(x)))
     return np.where(poles, np.inf, value).astype(dtype)
 
 
