@@ -299,3 +299,55 @@ def test_without_gradients_the_composites_bits(layout, monkeypatch):
     monkeypatch.setattr(product_nodes, "plain_float32", lambda *tensors: False)
     composite = F.linear(_laid_out(x, layout), w)
     assert fused.stride() == composite.stride() and torch.equal(fused.cpu(), composite.cpu())
+
+
+def _frozen_weight_linear(x, w, monkeypatch, fused):
+    """Output and input gradient of a linear whose weight is frozen (a LoRA base, a frozen layer)."""
+    with monkeypatch.context() as patch:
+        if not fused:
+            patch.setattr(product_nodes, "plain_float32", lambda *tensors: False)
+        x = x.detach().requires_grad_()
+        y = F.linear(x.transpose(0, 1), w)
+        y.backward(torch.ones_like(y))
+        return y, x.grad
+
+
+def test_a_frozen_weights_linear_of_a_strided_input_keeps_atens_bmm_and_saves_no_input(monkeypatch):
+    """ATen folds a strided input into rows only for the weight's gradient; with the weight frozen it runs bmm
+    (review16c: the node folded, a few ulps off), and the composite saves only the weight, not the input: such a
+    call is left to the composite, so the bits and the HBM held to the backward are its own."""
+    generator = torch.Generator().manual_seed(0)
+    x, w = torch.randn(7, 5, 16, generator=generator).to("tpu"), torch.randn(12, 16, generator=generator).to("tpu")
+    fused, composite = (_frozen_weight_linear(x, w, monkeypatch, fused) for fused in (True, False))
+    assert type(fused[0].grad_fn).__name__ != NODE
+    for got, expected in zip(fused, composite):
+        assert torch.equal(got.cpu(), expected.cpu())
+
+
+def test_a_product_with_one_side_needing_a_gradient_holds_only_what_the_composite_holds(monkeypatch):
+    """The node saves both operands; the composite saves a side only for the other's gradient, so a chain of
+    products with one side frozen would hold every intermediate until the backward (review16c): left to it."""
+    def held(fused):
+        with monkeypatch.context() as patch:
+            if not fused:
+                patch.setattr(product_nodes, "plain_float32", lambda *tensors: False)
+            weights = [torch.randn(4, 32, 32, device="tpu") for _ in range(4)]
+            x = torch.randn(4, 32, 32, device="tpu", requires_grad=True)
+            before = torch.tpu.memory_allocated()
+            y = x
+            for weight in weights:
+                y = y @ weight
+            return torch.tpu.memory_allocated() - before
+    assert held(True) == held(False)
+
+
+def test_an_input_without_a_gradient_folds_by_atens_rule_size_one_dims_included(monkeypatch):
+    """ATen's should_fold checks every leading dim's stride, size-1 dims included; a reshape's view test skips
+    them, and the fused linear folded a (7, 1, 16) slice ATen runs through bmm (review16c)."""
+    x = torch.randn(7, 5, 16, generator=torch.Generator().manual_seed(1)).to("tpu")[:, :1]
+    w = torch.randn(12, 16, generator=torch.Generator().manual_seed(2)).to("tpu")
+    fused = F.linear(x, w)
+    with monkeypatch.context() as patch:
+        patch.setattr(product_nodes, "plain_float32", lambda *tensors: False)
+        composite = F.linear(x, w)
+    assert torch.equal(fused.cpu(), composite.cpu())

@@ -15,8 +15,9 @@ The bits stay the composite's: each result is computed by the very NumPy calls, 
 layouts, that its kernels make (``linalg``'s matmuls, ``reduction``'s sum in CPU's order), following the formulas
 of PyTorch's ``mm`` and ``bmm`` backwards (for a linear: a row-major input and a row-major weight). Calls outside
 those cases (other dtypes, broadcast batch dims, 1-d and 2-d matmul operands, a strided weight, a column-major
-input, empty ones, bad shapes, tracing, torch.func transforms, forward-mode AD) take the composite, which has every
-check and every case.
+input, empty ones, bad shapes, tracing, torch.func transforms, forward-mode AD; a frozen linear weight or a product
+with one side frozen, where the composite saves less for the backward) take the composite, which has every check
+and every case.
 
 What differs from the composite: one launch each way, charged the bytes and FLOPs its parts would have been (a
 clone of a strided operand, the product read back by a bias's add, the gradient read by each matmul and sum), so
@@ -65,14 +66,21 @@ def linear_fusable(input, weight, bias=None):
         return False
     if weight.dim() != 2 or input.dim() < 2 or (bias is not None and tuple(bias.shape) != (weight.shape[0],)):
         return False
-    if (input.dim() > 2 and not _flattened(input, bias is not None) and not (input.requires_grad or weight.requires_grad)
-            and not _merges_leading_dims(input, 1)):
-        return False  # the composite's matmul folds such an input into rows (a copy) only for a gradient, else bmm
+    if (input.dim() > 2 and not _flattened(input, bias is not None) and not weight.requires_grad
+            and not _aten_folds(input)):
+        return False  # ATen's matmul folds such an input into rows (a copy) only for the weight's gradient, else bmm
     features = weight.shape[1]
     # the composite's mm backward takes another formula for column-major operands: a strided last dim, one
     # feature or one row can make the rows (or the weight) column-major
     return (input.shape[-1] == features > 1 and input.stride(-1) == 1 and input.numel() > features
             and weight.stride() == (features, 1))
+
+
+def _aten_folds(input):
+    """ATen's ``should_fold`` for an input the weight's gradient does not force into rows: each leading dim steps
+    over the next whole (size-1 dims included, unlike a reshape's view test), so ``mm`` over its rows, not ``bmm``."""
+    sizes, strides = input.shape, input.stride()
+    return all(strides[i] == strides[i + 1] * sizes[i + 1] for i in range(input.dim() - 2))
 
 
 def _rows(array, features):
@@ -281,12 +289,17 @@ _launch_matmul_backward = charged(matmul_backward, "matmul_backward", guard("mat
 # --- one node for each product -------------------------------------------------------------------------------------
 
 
-# arity: the aten op's operands, an absent optional one (a linear's bias) passed as None
-Product = collections.namedtuple("Product", "arity fusable composite forward backward differentiable_backward")
-LINEAR = Product(3, linear_fusable, torch.ops.aten.linear.default, _launch_linear,
+# arity: the aten op's operands, an absent optional one (a linear's bias) passed as None; saves_alike: whether the
+# node, which saves both operands, holds no more than the composite's nodes would (they save an operand only for the
+# other's gradient: a frozen linear's input, or one side of a product, would otherwise be held to the backward)
+Product = collections.namedtuple("Product",
+                                 "arity fusable saves_alike composite forward backward differentiable_backward")
+LINEAR = Product(3, linear_fusable, lambda input, weight, bias: weight.requires_grad, torch.ops.aten.linear.default,
+                 _launch_linear,
                  lambda grad, input, weight, wanted: _launch_linear_backward(input, grad, weight, wanted),
                  _differentiable_linear_backward)
-MATMUL = Product(2, matmul_fusable, torch.ops.aten.matmul.default, _launch_matmul, _launch_matmul_backward,
+MATMUL = Product(2, matmul_fusable, lambda self, other: self.requires_grad and other.requires_grad,
+                 torch.ops.aten.matmul.default, _launch_matmul, _launch_matmul_backward,
                  _differentiable_matmul_backward)
 
 
@@ -322,6 +335,8 @@ def _one_node(product):
         if not product.fusable(*operands):
             return product.composite._op_dk(_COMPOSITE, *operands)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands):
+            if not product.saves_alike(*operands):
+                return product.composite._op_dk(_COMPOSITE, *operands)
             return ProductNode.apply(product, *operands)
         return product.forward(*operands)
 
