@@ -274,10 +274,16 @@ class Reservations:
     def change(self, nbytes, blocks):
         """``blocks`` blocks of ``nbytes`` each made (negative: dropped)."""
         all_bytes, pool_bytes, all_segments, pool_segments = self._counters[nbytes > SMALL_SIZE]
-        all_bytes.add(nbytes * blocks)
-        pool_bytes.add(nbytes * blocks)
-        all_segments.add(blocks)
-        pool_segments.add(blocks)
+        if blocks < 0:  # only ``current`` falls (``freed`` is derived from it): no ``Stat.add`` frames
+            all_bytes.current += nbytes * blocks
+            pool_bytes.current += nbytes * blocks
+            all_segments.current += blocks
+            pool_segments.current += blocks
+        else:
+            all_bytes.add(nbytes * blocks)
+            pool_bytes.add(nbytes * blocks)
+            all_segments.add(blocks)
+            pool_segments.add(blocks)
 
     def stats(self):
         return [*self.bytes.values(), *self.segments.values()]
