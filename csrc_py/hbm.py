@@ -289,8 +289,10 @@ class Reservations:
         return [*self.bytes.values(), *self.segments.values()]
 
 
-class NoBytes:
-    """The buffer of an allocation of no bytes: nothing allocated, nothing to free."""
+class Buffer:
+    """Device bytes behind one storage: a NumPy ``array`` over them (None for an allocation without bytes, in
+    bufferless mode), their ``nbytes``, the ``allocator`` (an ``HBM``) and the allocation's ``id``. This one is an
+    allocation of no bytes: nothing allocated, nothing to free."""
 
     __slots__ = ("array", "nbytes", "allocator", "id")
 
@@ -298,17 +300,15 @@ class NoBytes:
         self.array, self.nbytes, self.allocator, self.id = _NO_BYTES, 0, None, -1
 
 
-class Buffer(NoBytes):
-    """Device bytes behind one storage. Freed when the last reference (the storage) drops it: its ``__del__`` is
-    ``HBM.release``.
-
-    ``array`` is None for an allocation without bytes (bufferless mode). Made by ``HBM.allocate``, which sets its
-    four attributes itself: an ``__init__`` frame would cost as much as the rest."""
+class AllocatedBuffer(Buffer):
+    """A Buffer of HBM bytes, freed when the last reference (the storage) drops it: its ``__del__`` is
+    ``HBM.release``. Made by ``HBM.allocate``, which sets its four attributes itself: an ``__init__`` frame would
+    cost as much as the rest."""
 
     __slots__ = ()
 
 
-_bare_buffer = functools.partial(object.__new__, Buffer)  # a Buffer whose attributes its maker sets
+_bare_buffer = functools.partial(object.__new__, AllocatedBuffer)  # a Buffer whose attributes its maker sets
 
 
 def aligned_block(nbytes):
@@ -388,11 +388,12 @@ class HBM:
         once): counted as every allocation, never pooled. Not in bufferless mode, where no program runs.
 
         Every kernel's output comes here and every Python call would cost as much as the work it does, so the pool
-        is read, the counters moved and the Buffer made inline; the allocation count moves by itself (``live``)."""
+        is read, the counters moved and the AllocatedBuffer made inline; the allocation count moves by itself
+        (``live``)."""
         if nbytes <= 0:
             if nbytes < 0:
                 raise ValueError(f"cannot allocate a negative number of bytes: {nbytes}")
-            return NoBytes()
+            return Buffer()
         current = self.bytes_current + nbytes
         if current > self.capacity:
             self.num_ooms += 1
@@ -443,8 +444,8 @@ class HBM:
 
     @staticmethod
     def release(buffer):
-        """Free ``buffer``'s allocation in its HBM: its block back to the pool's cache, or dropped. Every Buffer's
-        ``__del__``, so that a free costs one Python frame."""
+        """Free ``buffer``'s allocation in its HBM: its block back to the pool's cache, or dropped. Every
+        AllocatedBuffer's ``__del__``, so that a free costs one Python frame."""
         hbm = buffer.allocator
         nbytes = buffer.nbytes
         hbm.bytes_current = current = hbm.bytes_current - nbytes
@@ -545,4 +546,4 @@ class HBM:
         self.num_ooms = 0
 
 
-Buffer.__del__ = HBM.release
+AllocatedBuffer.__del__ = HBM.release
