@@ -99,5 +99,6 @@ def _lose_chip_in_child():
     global _current, _in_bad_fork
     if _current is not None:  # registered once the chip exists, so only a later fork() reaches here
         _current.lost_in_fork = True
+        _current.hbm.lose(ChipLostInFork)
         _current = None
         _in_bad_fork = True

@@ -18,6 +18,8 @@ exactly as always but get no host memory: their buffer's ``array`` is None, and 
 """
 
 import collections
+import functools
+from types import MappingProxyType
 
 import numpy as np
 
@@ -99,21 +101,27 @@ class BufferlessBlocks:
         return Bufferless(nbytes, address)
 
 
-class Stat:
-    """One counter family, as torch.cuda.memory_stats reports it.
+class Figures:
+    """One counter family's four figures, as torch.cuda.memory_stats reports them, over its ``current``,
+    ``allocated`` and ``window_peak`` (kept by ``Stat``; by the HBM itself for ``LiveBytes`` and ``LiveCount``).
 
     Its peak is kept in two parts, so that a size class's share of it can be worked out afterwards
     (``SizeClasses``): ``window_peak``, the highest ``current`` since ``open_window`` (what each allocation
-    updates), and ``earlier_peak``, the highest before."""
+    updates), and ``earlier_peak``, the highest before. ``freed`` is not counted but derived: ``base`` (what was
+    current at the last ``reset_accumulated``) and what was allocated since, less what is current."""
 
-    __slots__ = ("current", "window_peak", "earlier_peak", "allocated", "freed")
+    __slots__ = ("earlier_peak", "base")
 
     def __init__(self):
-        self.current = self.window_peak = self.earlier_peak = self.allocated = self.freed = 0
+        self.earlier_peak = self.base = 0
 
     @property
     def peak(self):
         return max(self.window_peak, self.earlier_peak)
+
+    @property
+    def freed(self):
+        return self.base + self.allocated - self.current
 
     def open_window(self):
         """Start a new window at ``current``; the old window's peak."""
@@ -122,23 +130,93 @@ class Stat:
         self.window_peak = self.current
         return window
 
+    def reset_peak(self):
+        self.window_peak = self.earlier_peak = self.current
+
+    def as_dict(self):
+        return {"current": self.current, "peak": self.peak, "allocated": self.allocated, "freed": self.freed}
+
+
+class Stat(Figures):
+    """A counter family counted as it moves (``add``)."""
+
+    __slots__ = ("current", "allocated", "window_peak")
+
+    def __init__(self):
+        super().__init__()
+        self.current = self.allocated = self.window_peak = 0
+
     def add(self, amount):
         """Count ``amount`` more (negative: fewer), off the allocation path (which counts inline)."""
         self.current += amount
         if amount > 0:
             self.allocated += amount
-            self.window_peak = max(self.window_peak, self.current)
-        else:
-            self.freed -= amount
-
-    def reset_peak(self):
-        self.window_peak = self.earlier_peak = self.current
+            if self.current > self.window_peak:
+                self.window_peak = self.current
 
     def reset_accumulated(self):
-        self.allocated = self.freed = 0
+        self.allocated, self.base = 0, self.current
 
-    def as_dict(self):
-        return {"current": self.current, "peak": self.peak, "allocated": self.allocated, "freed": self.freed}
+
+class LiveBytes(Figures):
+    """``HBM.allocated_bytes``, over the HBM's own counters (``bytes_current``, ``bytes_allocated``,
+    ``bytes_peak``), which the allocation path moves without looking this up."""
+
+    __slots__ = ("hbm",)
+
+    def __init__(self, hbm):
+        super().__init__()
+        self.hbm = hbm
+
+    @property
+    def current(self):
+        return self.hbm.bytes_current
+
+    @property
+    def allocated(self):
+        return self.hbm.bytes_allocated
+
+    @property
+    def window_peak(self):
+        return self.hbm.bytes_peak
+
+    @window_peak.setter
+    def window_peak(self, value):
+        self.hbm.bytes_peak = value
+
+    def reset_accumulated(self):
+        self.hbm.bytes_allocated, self.base = 0, self.current
+
+
+class LiveCount(Figures):
+    """``HBM.allocations``: ``current`` is the number of live allocations and ``allocated`` the number of buffer ids
+    handed out since the last reset, so that an allocation only moves its peak (``HBM.count_peak``) and a free
+    nothing."""
+
+    __slots__ = ("hbm", "first_id")
+
+    def __init__(self, hbm):
+        super().__init__()
+        self.hbm, self.first_id = hbm, 0
+
+    @property
+    def current(self):
+        return len(self.hbm.live)
+
+    @property
+    def allocated(self):
+        return self.hbm.last_id - self.first_id
+
+    @property
+    def window_peak(self):
+        return self.hbm.count_peak
+
+    @window_peak.setter
+    def window_peak(self, value):
+        self.hbm.count_peak = value
+
+    def reset_accumulated(self):
+        self.first_id, self.base = self.hbm.last_id, self.current
 
 
 class SizeClasses:
@@ -181,38 +259,56 @@ class SizeClasses:
 class Reservations:
     """The host blocks held for HBM, live allocations' and the cache's (torch.cuda's segments and reserved bytes),
     per pool. Counted when a block is made or dropped, never when the cache hands one out or takes one back: that is
-    off the allocation path, which reuses cached blocks."""
+    off the allocation path, which reuses cached blocks (a compiled program's call makes and drops a block for each
+    of its planned buffers, though: ``change`` finds the four counters a block moves in one look-up)."""
 
     POOLS = ("all", "small_pool", "large_pool")
 
     def __init__(self):
         self.bytes = {pool: Stat() for pool in self.POOLS}
         self.segments = {pool: Stat() for pool in self.POOLS}
+        # whether a block is large -> its counters: (bytes, its pool's bytes, segments, its pool's segments)
+        self._counters = {large: (self.bytes["all"], self.bytes[pool], self.segments["all"], self.segments[pool])
+                          for large, pool in ((False, "small_pool"), (True, "large_pool"))}
 
     def change(self, nbytes, blocks):
         """``blocks`` blocks of ``nbytes`` each made (negative: dropped)."""
-        pool = "large_pool" if nbytes > SMALL_SIZE else "small_pool"
-        for stats, amount in ((self.bytes, nbytes * blocks), (self.segments, blocks)):
-            stats["all"].add(amount)
-            stats[pool].add(amount)
+        all_bytes, pool_bytes, all_segments, pool_segments = self._counters[nbytes > SMALL_SIZE]
+        if blocks < 0:  # only ``current`` falls (``freed`` is derived from it): no ``Stat.add`` frames
+            all_bytes.current += nbytes * blocks
+            pool_bytes.current += nbytes * blocks
+            all_segments.current += blocks
+            pool_segments.current += blocks
+        else:
+            all_bytes.add(nbytes * blocks)
+            pool_bytes.add(nbytes * blocks)
+            all_segments.add(blocks)
+            pool_segments.add(blocks)
 
     def stats(self):
         return [*self.bytes.values(), *self.segments.values()]
 
 
 class Buffer:
-    """Device bytes behind one storage. Freed when the last reference (the storage) drops it.
-
-    ``array`` is None for an allocation without bytes (bufferless mode)."""
+    """Device bytes behind one storage: a NumPy ``array`` over them (None for an allocation without bytes, in
+    bufferless mode), their ``nbytes``, the ``allocator`` (an ``HBM``) and the allocation's ``id``. This one is an
+    allocation of no bytes: nothing allocated, nothing to free."""
 
     __slots__ = ("array", "nbytes", "allocator", "id")
 
-    def __init__(self, array, nbytes, allocator, buffer_id):
-        self.array, self.nbytes, self.allocator, self.id = array, nbytes, allocator, buffer_id
+    def __init__(self):
+        self.array, self.nbytes, self.allocator, self.id = _NO_BYTES, 0, None, -1
 
-    def __del__(self):
-        if self.allocator is not None:
-            self.allocator.release(self)
+
+class AllocatedBuffer(Buffer):
+    """A Buffer of HBM bytes, freed when the last reference (the storage) drops it: its ``__del__`` is
+    ``HBM.release``. Made by ``HBM.allocate``, which sets its four attributes itself: an ``__init__`` frame would
+    cost as much as the rest."""
+
+    __slots__ = ()
+
+
+_bare_buffer = functools.partial(object.__new__, AllocatedBuffer)  # a Buffer whose attributes its maker sets
 
 
 def aligned_block(nbytes):
@@ -223,36 +319,42 @@ def aligned_block(nbytes):
 
 
 class HostPool:
-    """Aligned host blocks, reused by exact size."""
+    """Aligned host blocks, reused by exact size. ``HBM`` hands a cached block out and takes a freed one back itself
+    (``cached``, ``limit``): every allocation and free passes there; ``make`` is the rest. Nothing counts the bytes
+    cached on that path: they are the reserved bytes less the allocated ones (``HBM.release``). A block larger than
+    ``POOL_BLOCK_LIMIT`` is never cached (``HBM.unpooled``)."""
 
     def __init__(self, reservations):
-        self._free = collections.defaultdict(list)
-        self.cached_bytes = 0
+        self.cached = collections.defaultdict(list)  # nbytes -> the cached blocks of that size
         self.reservations = reservations  # counts the blocks made and dropped
-        self.enabled = True  # False: freed blocks go straight back (torch.tpu.caching_allocator_enable(False))
+        self.limit = POOL_TOTAL_LIMIT  # the bytes it may cache; -1 while the cache is off
 
-    def take(self, nbytes):
-        blocks = self._free.get(nbytes)
-        if blocks:
-            self.cached_bytes -= nbytes
-            return blocks.pop()
+    @property
+    def enabled(self):
+        """False: freed blocks go straight back (torch.tpu.caching_allocator_enable(False))."""
+        return self.limit >= 0
+
+    @enabled.setter
+    def enabled(self, enabled):
+        self.limit = POOL_TOTAL_LIMIT if enabled else -1
+
+    @property
+    def cached_bytes(self):
+        return sum(nbytes * len(blocks) for nbytes, blocks in self.cached.items())
+
+    def make(self, nbytes):
+        """A fresh block, where none of its size is cached."""
         block = aligned_block(nbytes)
         self.reservations.change(nbytes, 1)
         return block
 
-    def give_back(self, block, nbytes):
-        """Keep ``block`` (of ``nbytes``, which the caller knows: a NumPy attribute read costs as much as this)."""
-        if self.enabled and nbytes <= POOL_BLOCK_LIMIT and self.cached_bytes + nbytes <= POOL_TOTAL_LIMIT:
-            self._free[nbytes].append(block)
-            self.cached_bytes += nbytes
-        else:
-            self.reservations.change(nbytes, -1)
-
     def clear(self):
-        for nbytes, blocks in self._free.items():
+        for nbytes, blocks in self.cached.items():
             self.reservations.change(nbytes, -len(blocks))
-        self._free.clear()
-        self.cached_bytes = 0
+        self.cached.clear()
+
+
+_NOTHING_CACHED = MappingProxyType({})  # the cached blocks a bufferless allocation may take: none
 
 
 class HBM:
@@ -264,86 +366,114 @@ class HBM:
         self.reservations = Reservations()
         self.pool = HostPool(self.reservations)
         # ids of the live allocations whose host blocks are not the pool's (``rehome`` moved them, or ``allocate``
-        # was given them): not pooled when freed
+        # was given them) or that have none (bufferless): not pooled when freed
         self.unpooled = set()
         self.bufferless_blocks = BufferlessBlocks(self.reservations)
-        self.take_block = self.pool.take  # where new allocations get their host block
-        self.allocated_bytes = Stat()
-        self.allocations = Stat()
+        # where a new allocation gets its host block: first a cached one of its size (``reusable``), else
+        # ``take_block`` makes one (both swapped while bufferless, ``set_bufferless``)
+        self.reusable, self.take_block = self.pool.cached, self.pool.make
+        self.reserved = self.reservations.bytes["all"]  # every live allocation's block and the pool's cached ones
+        self.live = {}  # buffer id -> host block, for every live allocation
+        self.last_id = 0  # the last buffer id handed out
+        # the allocated bytes (``allocated_bytes``) and the allocations' peak count, kept here for the allocation path
+        self.bytes_current = self.bytes_allocated = self.bytes_peak = self.count_peak = 0
+        self.allocated_bytes, self.allocations = LiveBytes(self), LiveCount(self)
         self.bytes_by_pool, self.allocations_by_pool = SizeClasses(self.allocated_bytes), SizeClasses(self.allocations)
         self.num_ooms = 0
-        self.live = {}  # buffer id -> host block, for every live allocation
         self.history = None  # a trace.MemoryHistory while history recording is on
-        self._next_id = 0
 
     def allocate(self, nbytes, home=None):
         """A new allocation of ``nbytes``, backed by a pooled host block or, with ``home``, by that block of
         ``nbytes`` its caller owns and reuses (a compiled program's planned buffer, whose NumPy views it makes
-        once): counted as every allocation, never pooled. Not in bufferless mode, where no program runs."""
+        once): counted as every allocation, never pooled. Not in bufferless mode, where no program runs.
+
+        Every kernel's output comes here and every Python call would cost as much as the work it does, so the pool
+        is read, the counters moved and the AllocatedBuffer made inline; the allocation count moves by itself
+        (``live``)."""
         if nbytes <= 0:
             if nbytes < 0:
                 raise ValueError(f"cannot allocate a negative number of bytes: {nbytes}")
-            return Buffer(_NO_BYTES, 0, None, -1)
-        allocated = self.allocated_bytes
-        if allocated.current + nbytes > self.capacity:
+            return Buffer()
+        current = self.bytes_current + nbytes
+        if current > self.capacity:
             self.num_ooms += 1
-            self.events.record("oom", -1, nbytes, allocated.current)
+            self.events.record("oom", -1, nbytes, self.bytes_current)
             if self.history is not None:
-                self.history.oom(nbytes, max(self.capacity - allocated.current, 0))
-            raise HBMOutOfMemory(nbytes, allocated.current, self.capacity, self.chip_name)
-        try:
-            block = self.take_block(nbytes) if home is None else home
-        except MemoryError:  # before any counter moves: the accounting stays exact
-            raise HostOutOfMemory(nbytes, allocated.current, self.capacity, self.chip_name) from None
-        self._next_id = buffer_id = self._next_id + 1
-        if home is not None:
+                self.history.oom(nbytes, max(self.capacity - self.bytes_current, 0))
+            raise HBMOutOfMemory(nbytes, self.bytes_current, self.capacity, self.chip_name)
+        if home is None:
+            try:
+                block = self.reusable[nbytes].pop()
+            except (IndexError, KeyError):  # none of its size cached (or, bufferless, none to take)
+                try:
+                    block = self.take_block(nbytes)
+                except MemoryError:  # before any counter moves: the accounting stays exact
+                    raise HostOutOfMemory(nbytes, self.bytes_current, self.capacity, self.chip_name) from None
+            self.last_id = buffer_id = self.last_id + 1
+        else:
+            block = home
+            self.last_id = buffer_id = self.last_id + 1
             self.unpooled.add(buffer_id)
             self.reservations.change(nbytes, 1)
+        live = self.live
         if nbytes > SMALL_SIZE:  # before the counters move: the small pool's peak is read off their window
             self.bytes_by_pool.change(nbytes)
             self.allocations_by_pool.change(1)
-        # both counters and the event log updated inline, not through methods: this runs for every
-        # kernel's output, and each Python call would cost as much as the work it does
-        allocated.current += nbytes
-        allocated.allocated += nbytes
-        if allocated.current > allocated.window_peak:
-            allocated.window_peak = allocated.current
-        count = self.allocations
-        count.current += 1
-        count.allocated += 1
-        if count.current > count.window_peak:
-            count.window_peak = count.current
-        self._log(("alloc", _now_ns(), buffer_id, nbytes, allocated.current))
-        self.live[buffer_id] = block
+            if nbytes > POOL_BLOCK_LIMIT:  # its block goes straight back to the OS when freed
+                self.unpooled.add(buffer_id)
+        self.bytes_current = current
+        self.bytes_allocated += nbytes
+        if current > self.bytes_peak:
+            self.bytes_peak = current
+        live[buffer_id] = block
+        if len(live) > self.count_peak:
+            self.count_peak = len(live)
+        self._log(("alloc", _now_ns(), buffer_id, nbytes, current))
         if self.history is not None:
             self.history.alloc(host_address(block), nbytes)
-        return Buffer(block if block.__class__ is not Bufferless else None, nbytes, self, buffer_id)
-
-    def release(self, buffer):
-        nbytes = buffer.nbytes
-        allocated = self.allocated_bytes
-        allocated.current -= nbytes
-        allocated.freed += nbytes
-        count = self.allocations
-        count.current -= 1
-        count.freed += 1
-        if nbytes > SMALL_SIZE:
-            self.bytes_by_pool.change(-nbytes)
-            self.allocations_by_pool.change(-1)
-        buffer_id = buffer.id
-        block = self.live.pop(buffer_id)
-        if self.history is not None:
-            self.history.free(host_address(block), nbytes)
-        if self.unpooled and buffer_id in self.unpooled:
-            # a part of a compiled program's flat array (``rehome``), or a program's own block: pooled, the next
-            # allocation of its size would share it with that program, or keep its whole array alive
-            self.unpooled.discard(buffer_id)
-            self.reservations.change(nbytes, -1)
-        elif block.__class__ is not Bufferless:
-            self.pool.give_back(block, nbytes)
+        buffer = _bare_buffer()
+        if block.__class__ is Bufferless:  # no bytes (bufferless mode): nothing to pool when freed
+            self.unpooled.add(buffer_id)
+            buffer.array = None
         else:
-            self.reservations.change(nbytes, -1)
-        self._log(("free", _now_ns(), buffer_id, nbytes, allocated.current))
+            buffer.array = block
+        buffer.nbytes = nbytes
+        buffer.allocator = self
+        buffer.id = buffer_id
+        return buffer
+
+    @staticmethod
+    def release(buffer):
+        """Free ``buffer``'s allocation in its HBM: its block back to the pool's cache, or dropped. Every
+        AllocatedBuffer's ``__del__``, so that a free costs one Python frame."""
+        hbm = buffer.allocator
+        nbytes = buffer.nbytes
+        hbm.bytes_current = current = hbm.bytes_current - nbytes
+        buffer_id = buffer.id
+        block = hbm.live.pop(buffer_id)
+        if nbytes > SMALL_SIZE:  # after the counters move, as an allocation's count before they do
+            hbm.bytes_by_pool.change(-nbytes)
+            hbm.allocations_by_pool.change(-1)
+        if hbm.history is not None:
+            hbm.history.free(host_address(block), nbytes)
+        if hbm.unpooled and buffer_id in hbm.unpooled:
+            # a part of a compiled program's flat array (``rehome``), or a program's own block: pooled, the next
+            # allocation of its size would share it with that program, or keep its whole array alive; or no block
+            hbm.unpooled.discard(buffer_id)
+            hbm.reservations.change(nbytes, -1)
+        elif hbm.reserved.current - current <= hbm.pool.limit:
+            # cached while the cache is on and has room: it holds the reserved bytes not allocated, this block's too
+            hbm.pool.cached[nbytes].append(block)
+        else:
+            hbm.reservations.change(nbytes, -1)
+        hbm._log(("free", _now_ns(), buffer_id, nbytes, current))
+
+    def lose(self, error):
+        """Refuse every allocation from now on, raising ``error()``: the chip is lost to this process (a forked
+        child's copy of its parent's), and whoever kept this HBM (``_tensor``, compiled programs) must not use it."""
+        def refuse(nbytes, home=None):
+            raise error()
+        self.allocate = refuse
 
     def log_also_to(self, observer=None):
         """Hand every event tuple to ``observer`` too (a profiler attributing bytes to ops), or, with None, to the
@@ -363,7 +493,10 @@ class HBM:
 
     def set_bufferless(self, bufferless):
         """From now on, allocate without host memory (True) or with it (False)."""
-        self.take_block = self.bufferless_blocks.take if bufferless else self.pool.take
+        if bufferless:
+            self.reusable, self.take_block = _NOTHING_CACHED, self.bufferless_blocks.take
+        else:
+            self.reusable, self.take_block = self.pool.cached, self.pool.make
 
     def drop_bytes(self, buffer):
         """Forget the values of a live allocation (written while bufferless): it stays allocated, unreadable."""
@@ -371,6 +504,7 @@ class HBM:
         if block is None or not buffer.nbytes:
             return
         self.live[buffer.id] = Bufferless(buffer.nbytes, host_address(block), retired=block)
+        self.unpooled.add(buffer.id)
         buffer.array = None
 
     def rehome(self, buffer, block):
@@ -393,7 +527,7 @@ class HBM:
 
     @property
     def reserved_bytes(self):
-        return self.allocated_bytes.current + self.pool.cached_bytes
+        return self.reserved.current
 
     def empty_cache(self):
         self.pool.clear()
@@ -410,3 +544,6 @@ class HBM:
         for stat in self.reservations.stats():
             stat.reset_accumulated()
         self.num_ooms = 0
+
+
+AllocatedBuffer.__del__ = HBM.release

@@ -43,6 +43,7 @@ INHERITED = torch.arange(4.0, device="tpu")
 
 TPU_CALLS = {
     "factory": lambda: torch.ones(2, device="tpu"),
+    "empty factory": lambda: torch.empty(0, device="tpu"),  # allocates nothing, yet the chip is lost
     "to": lambda: torch.ones(2).to("tpu"),
     "in-place op on an inherited tensor": lambda: INHERITED.add_(1),
     "printing an inherited tensor": lambda: repr(INHERITED),

@@ -1,10 +1,12 @@
 """Exact HBM accounting, torch.cuda-style statistics, OOM and host RAM use."""
 
 import gc
+import sys
 
 import expecttest
 import pytest
 import torch
+import torch_tpu
 
 from conftest import run_python
 
@@ -230,6 +232,59 @@ def test_reserved_bytes_and_segments_count_host_blocks_made_and_dropped(memory_b
     del a
     torch.tpu.empty_cache()
     assert torch.tpu.memory_reserved() == torch.tpu.memory_allocated()
+
+
+def test_the_cache_keeps_at_most_its_limit_and_reserved_is_allocated_plus_cached(memory_baseline):
+    """The pool's cached bytes are not counted on the free path but derived (reserved less allocated): the cache
+    still stops at POOL_TOTAL_LIMIT, and every figure agrees with the blocks it holds."""
+    hbm = torch_tpu._C.current_chip().hbm
+    torch.tpu.empty_cache()
+    limit, block = torch_tpu._C.hbm.POOL_TOTAL_LIMIT, 60 * MiB
+    blocks = [_uint8(block) for _ in range(limit // block + 1)]  # one more than the cache holds
+    allocated = torch.tpu.memory_allocated()
+    del blocks
+    cached = (limit // block) * block
+    assert hbm.pool.cached_bytes == cached == sum(nbytes * len(kept) for nbytes, kept in hbm.pool.cached.items())
+    assert torch.tpu.memory_reserved() == torch.tpu.memory_stats()["reserved_bytes.all.current"] == \
+        allocated - (limit // block + 1) * block + cached
+    torch.tpu.empty_cache()
+    assert hbm.pool.cached_bytes == 0 and torch.tpu.memory_reserved() == torch.tpu.memory_allocated()
+
+
+def test_an_abstract_allocation_never_takes_a_cached_block(memory_baseline):
+    """Allocations look in the pool's cache first; a bufferless one must not find the real block a tensor freed."""
+    hbm = torch_tpu._C.current_chip().hbm
+    real = _uint8(4096)
+    del real  # its block cached
+    cached = hbm.pool.cached_bytes
+    with torch_tpu.abstract():
+        ghost = _uint8(4096)
+        assert not torch_tpu._tensor.tensor_has_values(ghost) and hbm.pool.cached_bytes == cached
+        del ghost
+    again = _uint8(4096)
+    assert torch_tpu._tensor.tensor_has_values(again) and hbm.pool.cached_bytes == cached - 4096
+    del again
+
+
+def test_a_new_tensor_is_allocated_and_freed_in_three_python_frames(memory_baseline):
+    """Every kernel's output pays this path: ``_new`` allocates in ``HBM.allocate`` (pool, counters and Buffer
+    inline), the storage's death frees in ``HBM.release`` (the Buffer's ``__del__``). Nine frames before."""
+    calls = []
+
+    def profile(frame, event, arg):
+        if event == "call":
+            calls.append(frame.f_code.co_name)
+
+    def new_and_dropped():
+        torch_tpu._tensor.empty((16,), torch.float32)
+
+    new_and_dropped()  # the pool holds a block of its size now
+    sys.setprofile(profile)
+    try:
+        new_and_dropped()
+    finally:
+        sys.setprofile(None)
+    assert calls == ["new_and_dropped", "empty", "_new", "allocate", "release"]
 
 
 def test_snapshot_segment_type_follows_the_pools(memory_baseline):

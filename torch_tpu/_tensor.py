@@ -169,14 +169,38 @@ def storage_bytes(tensor):
     return storage.nbytes() if buffer is None else buffer.nbytes
 
 
+class _FirstUse:
+    """What ``_hbm`` is until the chip exists: the first allocation makes the chip (``_C.current_chip``)."""
+
+    @staticmethod
+    def allocate(nbytes, home=None):
+        return _C.current_chip().hbm.allocate(nbytes, home)
+
+
+def _use_hbm(chip):
+    global _hbm
+    _hbm = chip.hbm
+
+
+# The chip's HBM, kept once the chip exists: every new tensor allocates there. A forked child keeps its parent's,
+# which refuses to allocate (``HBM.lose``): the chip is lost there.
+_hbm = _FirstUse
+_C.chip.when_created(_use_hbm)
+_OUT_OF_MEMORY = (_C.HBMOutOfMemory, _C.HostOutOfMemory)
+
+
+def _torch_out_of_memory(oom):
+    """torch.OutOfMemoryError (a clean, recoverable error) for HBM full or the host without the RAM behind it."""
+    return torch.OutOfMemoryError(str(oom))
+
+
 def allocate(nbytes, home=None):
     """An HBM buffer (backed by the host block ``home`` when given: ``HBM.allocate``), raising
-    torch.OutOfMemoryError (a clean, recoverable error) when HBM is full or when the host cannot provide the RAM
-    that backs it."""
+    torch.OutOfMemoryError when HBM is full or when the host cannot provide the RAM that backs it."""
     try:
-        return _C.current_chip().hbm.allocate(nbytes, home)
-    except (_C.HBMOutOfMemory, _C.HostOutOfMemory) as oom:
-        raise torch.OutOfMemoryError(str(oom)) from None
+        return _hbm.allocate(nbytes, home)
+    except _OUT_OF_MEMORY as oom:
+        raise _torch_out_of_memory(oom) from None
 
 
 def set_metadata(tensor, storage, offset, shape, strides):
@@ -193,25 +217,41 @@ def set_metadata(tensor, storage, offset, shape, strides):
     return tensor
 
 
-def _new(shape, dtype, strides):
-    """A new tpu tensor and its HBM buffer; sizes are checked as CPU checks them, before anything is allocated."""
+# the item sizes of the dtypes a new tensor takes without a word: not ComplexHalf (``_unusual_itemsize``)
+_PLAIN_ITEMSIZE = {dtype: dtype.itemsize for dtype in NUMPY_DTYPE if dtype is not torch.complex32}
+
+
+def _unusual_itemsize(dtype):
+    """The item size of a new tensor's dtype outside ``_PLAIN_ITEMSIZE``: refused as CPU refuses it, or ComplexHalf,
+    for every new tensor of which ATen's empty_generic warns (once)."""
     if dtype not in NUMPY_DTYPE:
         raise unsupported_dtype(dtype)
-    if dtype is torch.complex32:  # ATen's empty_generic warns (once) for every new ComplexHalf tensor
-        warn_once("ComplexHalf support is experimental and many operators don't support it yet.", stacklevel=5)
+    warn_once("ComplexHalf support is experimental and many operators don't support it yet.", stacklevel=6)
+    return dtype.itemsize
+
+
+def _new(shape, dtype, strides):
+    """A new tpu tensor and its HBM buffer; sizes are checked as CPU checks them, before anything is allocated."""
+    try:
+        itemsize = _PLAIN_ITEMSIZE[dtype]
+    except KeyError:
+        itemsize = _unusual_itemsize(dtype)
     if strides is None:
-        nbytes = math.prod(shape) * dtype.itemsize
+        nbytes = math.prod(shape) * itemsize
         if not 0 < nbytes <= INT64_MAX:  # empty, negative or huge: the full check (kernels' shapes never get here)
             check_nonnegative_sizes(shape)
-            nbytes = contiguous_nbytes(shape, dtype.itemsize)
+            nbytes = contiguous_nbytes(shape, itemsize)
         # set_ then lays the sizes out contiguously; an empty tensor gets ATen's strides for its zero-size dims
         # (create_empty_tensor and Meta's set_ multiply by the zero: (0, 20, 5, 1) where CPU has (20, 20, 5, 1))
         strides = () if nbytes else contiguous_strides(shape)
     else:
         check_nonnegative_sizes(shape)
-        nbytes = storage_nbytes(shape, strides, dtype.itemsize)
+        nbytes = storage_nbytes(shape, strides, itemsize)
     tensor = _create_empty_tensor(shape, dtype)  # its own checks (stride overflow) come before the allocation
-    buffer = allocate(nbytes)
+    try:  # ``allocate``, inlined: this runs for every new tensor
+        buffer = _hbm.allocate(nbytes)
+    except _OUT_OF_MEMORY as oom:
+        raise _torch_out_of_memory(oom) from None
     storage = tensor.untyped_storage()
     if nbytes or strides:
         _set_meta_included(True)  # set_metadata, inlined: this runs for every new tensor
