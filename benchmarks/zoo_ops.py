@@ -8,7 +8,8 @@ kernel, an extra copy, a backward split over several nodes): a ``TorchDispatchMo
 autograd, on the main thread and on autograd's device thread alike (the tpu's own autograd kernels, batch norm's
 and the recurrent layers', hand a dispatch mode their composites, so it counts CPU's ops for those). The replay
 answers what each launch costs against CPU's own kernel, at the step's very arguments (the call alone, out of the
-step: a step's caches are colder). A step is benchmarks/zoo.py's: forward, cross-entropy, backward and an SGD update with momentum.
+step: a step's caches are colder). A step is benchmarks/zoo.py's: forward, cross-entropy, backward and an SGD update
+with momentum.
 """
 
 import argparse

@@ -262,7 +262,8 @@ def test_other_matmuls_take_the_composite(case):
     assert type(y.grad_fn).__name__ != NODE
     cpu = [t.clone().requires_grad_() for t in (a, b)]
     expected = cpu[0] @ cpu[1]
-    assert_close(y.cpu(), expected, atol=1e-2 if case == "bfloat16" else 2e-5, rtol=1e-2 if case == "bfloat16" else 2e-5)
+    tolerance = 1e-2 if case == "bfloat16" else 2e-5
+    assert_close(y.cpu(), expected, atol=tolerance, rtol=tolerance)
 
 
 @pytest.mark.parametrize("case", [*CASES, "scores", "weighted values", "3-d", "4-d"])

@@ -717,5 +717,6 @@ def create(common_options, backend_options=None):
     if world is not None:
         return ProcessGroupICI(rank, size, SimulatedTransport(rank, size), world.torus, global_ranks)
     world_size = dist.get_world_size() if common_options.global_ranks_in_group else size
-    transport = gloo_transport(_store_of_this_world(common_options), rank, size, resolve_timeout(common_options.timeout))
+    transport = gloo_transport(_store_of_this_world(common_options), rank, size,
+                               resolve_timeout(common_options.timeout))
     return ProcessGroupICI(rank, size, transport, world_torus(world_size), global_ranks)

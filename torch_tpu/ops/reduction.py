@@ -594,7 +594,8 @@ def _complex_moments(op_name, self, axes, correction, keepdim, outputs):
     part rounded to the real dtype (std: the sum's square root, in it); the mean: the parts' means."""
     real = numpy_dtype(self.dtype.to_real())
     (real_variance, real_mean), (imaginary_variance, imaginary_mean) = (
-        _real_moments(op_name, part, axes, correction, keepdim, outputs) for part in (torch.real(self), torch.imag(self)))
+        _real_moments(op_name, part, axes, correction, keepdim, outputs)
+        for part in (torch.real(self), torch.imag(self)))
     mean = np.empty(real_mean.shape, np.complex128)
     mean.real, mean.imag = real_mean.astype(real), imaginary_mean.astype(real)
     return real_variance.astype(real) + imaginary_variance.astype(real), mean
