@@ -48,11 +48,12 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (fake, functio
 def plain_float32(*tensors):
     """Whether eager float32 tpu tensors (None for an absent bias) are all this call has: no tracing (fake,
     functional or proxy tensors, dispatch modes: they see the composite's ops), no torch.func transform or
-    forward-mode AD (the one node has no rules for them), no negation bit."""
+    forward-mode AD (the one node has no rules for them), no sparse layout, no negation bit."""
     if (torch._C._len_torch_dispatch_stack() or forward_ad._current_level >= 0
             or torch._C._are_functorch_transforms_active()):
         return False
-    return all(t is None or (type(t) in _PLAIN_TENSORS and t.dtype == torch.float32 and is_tpu(t) and not t.is_neg())
+    return all(t is None or (type(t) in _PLAIN_TENSORS and t.dtype == torch.float32 and t.layout == torch.strided
+                             and is_tpu(t) and not t.is_neg())
                for t in tensors)
 
 
