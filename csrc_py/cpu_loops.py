@@ -330,6 +330,15 @@ def serial_calls(sizes, begin, end):
     return calls
 
 
+def whole_spans(sizes, begin, end):
+    """(first, last): the iteration elements ``begin`` to ``end`` of coalesced ``sizes`` between which every
+    ``serial_calls`` call is one whole span of the two innermost dims (``sizes[0] * sizes[1]`` elements), so such
+    calls can be taken together; the head before ``first`` and the tail after ``last`` make at most two calls each."""
+    span = sizes[0] * sizes[1]
+    first = min(end, -(-begin // span) * span)
+    return first, first + (end - first) // span * span
+
+
 def input_iteration(shape, strides):
     """A one-input TensorIterator's loop over a tensor of ``shape`` and element ``strides``: its dims innermost
     first, and their coalesced sizes."""

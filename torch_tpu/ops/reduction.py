@@ -673,10 +673,8 @@ def _calls_summed(squares, sizes, begin, end):
     Python steps than calls (a non-coalescing view makes a call per few elements)."""
     if len(sizes) <= 1:
         return _in_order(squares[begin:end])
-    span = sizes[0] * sizes[1]
-    first = min(end, -(-begin // span) * span)
-    last = first + (end - first) // span * span
-    spans = _rows_in_order(squares[first:last].reshape(-1, span))
+    first, last = _C.cpu_loops.whole_spans(sizes, begin, end)
+    spans = _rows_in_order(squares[first:last].reshape(-1, sizes[0] * sizes[1]))
     return _in_order(np.concatenate([_call_sums(squares, sizes, begin, first), spans,
                                      _call_sums(squares, sizes, last, end)]))
 

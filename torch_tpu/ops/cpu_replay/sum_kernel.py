@@ -203,8 +203,7 @@ def _range_sum(blocks, sizes, strides, storage_itemsize, begin, end, store_dtype
     block every call is one whole block: those are summed together (a view that does not coalesce makes a call
     per few elements, and a Python step per call grew with the tensor)."""
     span = sizes[0] * sizes[1]
-    first = min(end, -(-begin // span) * span)
-    last = first + (end - first) // span * span
+    first, last = _C.cpu_loops.whole_spans(sizes, begin, end)
     partials = [*_call_partials(blocks, sizes, strides, storage_itemsize, begin, first),
                 _column_sums(blocks[first // span:last // span], strides, storage_itemsize).reshape(-1),
                 *_call_partials(blocks, sizes, strides, storage_itemsize, last, end)]
@@ -214,18 +213,15 @@ def _range_sum(blocks, sizes, strides, storage_itemsize, begin, end, store_dtype
 
 
 def _call_partials(blocks, sizes, strides, storage_itemsize, begin, end):
-    """The column sums of each 2-d call over the iteration's elements ``begin`` to ``end`` within one block (a
-    range's head or tail: at most two calls)."""
+    """The column sums of each 2-d call (``cpu_loops.serial_calls``) over the iteration's elements ``begin`` to
+    ``end`` within one block (a range's head or tail: at most two calls)."""
     partials, offset = [], begin
-    while offset < end:
-        position = np.unravel_index(offset, sizes[::-1])[::-1]  # dim 0 first
-        first, column = int(position[0]), int(position[1])
-        length = min(sizes[0] - first, end - offset)
-        width = min(sizes[1] - column, (end - offset) // sizes[0]) if length == sizes[0] else 1
-        block = int(np.ravel_multi_index(position[:1:-1], sizes[:1:-1])) if len(sizes) > 2 else 0
-        call = blocks[block:block + 1, first:first + length, column:column + width]
+    for count in _C.cpu_loops.serial_calls(sizes, begin, end):
+        block, column, first = (int(index) for index in np.unravel_index(offset, (len(blocks), sizes[1], sizes[0])))
+        length = min(count, sizes[0])  # a partial row, or whole rows
+        call = blocks[block:block + 1, first:first + length, column:column + count // length]
         partials.append(_column_sums(call, strides, storage_itemsize)[0])
-        offset += length * width
+        offset += count
     return partials
 
 
