@@ -181,6 +181,12 @@ def _registered_as_is(dispatch_key, overloads):
     return decorate
 
 
+# What a kernel above autograd hands a call it does not take to: the op's own composite
+COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
+# The tensors such a kernel takes; subclasses (fake, functional tensors, DTensor) are being traced through the composite
+PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
+
+
 def register_autograd(*overloads):
     """For kernels that take the place of a composite above autograd (AutogradPrivateUse1): they build
     their own autograd graph, e.g. one node for a whole recurrent layer instead of one per time step."""

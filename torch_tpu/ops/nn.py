@@ -799,7 +799,6 @@ def batch_norm_no_update(input, weight, bias, running_mean, running_var, momentu
 
 _NATIVE_BATCH_NORM = torch.ops.aten.native_batch_norm.default
 _BATCH_NORM = torch.ops.aten.batch_norm.default
-PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (fake, functional tensors, DTensor) are being traced
 
 
 def plain_batch_norm(input, weight, bias, running_mean, running_var, training):
@@ -813,7 +812,8 @@ def plain_batch_norm(input, weight, bias, running_mean, running_var, training):
         return False
     channels = input.shape[1]
     given = [t for t in (weight, bias, running_mean, running_var) if t is not None]
-    return type(input) in PLAIN_TENSORS and all(type(t) in PLAIN_TENSORS and t.numel() == channels for t in given)
+    plain = _registry.PLAIN_TENSORS
+    return type(input) in plain and all(type(t) in plain and t.numel() == channels for t in given)
 
 
 @_registry.register_autograd("batch_norm")
@@ -824,7 +824,7 @@ def batch_norm(input, weight, bias, running_mean, running_var, training, momentu
     batch norm about 8 us a call. Anything else (an empty input, wrong sizes, tracing) takes the composite, with its
     checks and errors."""
     if not plain_batch_norm(input, weight, bias, running_mean, running_var, training):
-        return _BATCH_NORM._op_dk(torch._C.DispatchKey.CompositeImplicitAutograd, input, weight, bias, running_mean,
+        return _BATCH_NORM._op_dk(_registry.COMPOSITE, input, weight, bias, running_mean,
                                   running_var, training, momentum, eps, cudnn_enabled)
     return _NATIVE_BATCH_NORM(input, weight, bias, running_mean, running_var, training, momentum, eps)[0]
 

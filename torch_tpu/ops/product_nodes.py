@@ -37,12 +37,10 @@ from .. import _C, _abstract_launch
 from .._cost import FUSED_COSTS, charged
 from .._tensor import DTYPE_NAME, is_tpu
 from ._common import empty, empty_with_array, operand
-from ._registry import guard, register_autograd
+from ._registry import COMPOSITE, PLAIN_TENSORS, guard, register_autograd
 from .linalg import mxu_matmul
 from .reduction import iterated_layout, sum_into
 
-_COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
-_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)  # subclasses (fake, functional tensors) are being traced
 
 
 def plain_float32(*tensors):
@@ -52,7 +50,7 @@ def plain_float32(*tensors):
     if (torch._C._len_torch_dispatch_stack() or forward_ad._current_level >= 0
             or torch._C._are_functorch_transforms_active()):
         return False
-    return all(t is None or (type(t) in _PLAIN_TENSORS and t.dtype == torch.float32 and t.layout == torch.strided
+    return all(t is None or (type(t) in PLAIN_TENSORS and t.dtype == torch.float32 and t.layout == torch.strided
                              and is_tpu(t) and not t.is_neg())
                for t in tensors)
 
@@ -334,10 +332,10 @@ def _one_node(product):
     def kernel(*operands):
         operands += (None,) * (product.arity - len(operands))
         if not product.fusable(*operands):
-            return product.composite._op_dk(_COMPOSITE, *operands)
+            return product.composite._op_dk(COMPOSITE, *operands)
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands):
             if not product.saves_alike(*operands):
-                return product.composite._op_dk(_COMPOSITE, *operands)
+                return product.composite._op_dk(COMPOSITE, *operands)
             return ProductNode.apply(product, *operands)
         return product.forward(*operands)
 

@@ -32,9 +32,9 @@ from .. import _C, _abstract
 from .._cost import float32_passes
 from .._tensor import DTYPE_NAME, allocate, numpy_dtype
 from ._common import empty, opmath_operand, store
-from ._registry import register_autograd
+from ._registry import COMPOSITE, PLAIN_TENSORS, register_autograd
 from .linalg import mxu_matmul, mxu_multiplier
-from .nn import PLAIN_TENSORS, register
+from .nn import register
 
 
 def sigmoid(x, out=None):
@@ -621,7 +621,6 @@ class RecurrentLayers(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------
 
 FUSED_DTYPES = frozenset({torch.float32, torch.float64})
-COMPOSITE = torch._C.DispatchKey.CompositeImplicitAutograd
 
 
 def layer_parameters(params, index, has_biases, projected):
